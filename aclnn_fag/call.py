@@ -1,0 +1,89 @@
+"""The validated arguments of one op call, as every backend receives them.
+
+``validate.validate_backward`` builds a ``FagCall`` (``validate.validate_forward``
+a ``FwdCall``) once; backends only read it. Arrays are the caller's own numpy
+arrays (never copied or modified by validation); derived facts (sequence
+layout, normalised tokens) are computed once here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from .semantics.seqlens import SeqInfo
+
+__all__ = ["FagCall", "FwdCall", "FagGrads", "FagForward", "INT32_MAX"]
+
+INT32_MAX = 2147483647
+
+
+class FagGrads(NamedTuple):
+    """The five gradients of the backward op."""
+
+    dq: np.ndarray
+    dq_rope: np.ndarray
+    dk: np.ndarray
+    dk_rope: np.ndarray
+    dv: np.ndarray
+
+
+class FagForward(NamedTuple):
+    """Forward results: attention output and softmax statistics in the device layout."""
+
+    attention_out: np.ndarray
+    softmax_max: np.ndarray
+    softmax_sum: np.ndarray
+
+
+@dataclass(frozen=True)
+class FwdCall:
+    """Validated forward arguments (also the common part of FagCall)."""
+
+    query: np.ndarray          # [T1, N1, D]   bf16
+    query_rope: np.ndarray     # [T1, N1, Dr]  bf16
+    key: np.ndarray            # [T2, N2, D]   bf16
+    key_rope: np.ndarray       # [T2, N2, Dr]  bf16
+    value: np.ndarray          # [T2, N2, Dv]  bf16
+    atten_mask: np.ndarray     # bool/uint8, 2-D or 4-D, nonzero = masked
+    actual_seq_qlen: tuple     # cumulative ends, as given (ints)
+    actual_seq_kvlen: tuple
+    scale_value: float         # the double attribute as given
+    pre_tokens: int            # as given
+    next_tokens: int
+    head_num: int
+    sparse_mode: int
+    inner_precise: int
+    seqs: SeqInfo              # derived from the cumulative ends
+    pre_eff: int               # tokens after the op's normalisation (SEMANTICS.md §4)
+    next_eff: int
+    band_index: int            # bandIdx for modes 7/8 (else -1)
+    empty_result: bool = False  # the op succeeds with zero outputs without computing
+
+    @property
+    def scale32(self) -> np.float32:
+        """The scale as the device uses it: float32(scaleValue)."""
+        return np.float32(self.scale_value)
+
+    @property
+    def group(self) -> int:
+        """G = N1 / N2: query heads per KV head (query head h uses KV head h // G)."""
+        return self.query.shape[1] // self.key.shape[1]
+
+
+@dataclass(frozen=True)
+class FagCall(FwdCall):
+    """Validated backward arguments (see SEMANTICS.md §6)."""
+
+    dy: Optional[np.ndarray] = None            # [T1, N1, Dv] bf16
+    softmax_max: Optional[np.ndarray] = None   # [T1, N1, 8] float32, device layout
+    softmax_sum: Optional[np.ndarray] = None
+    attention_in: Optional[np.ndarray] = None  # [T1, N1, Dv] bf16 (forward output)
+    keep_prob: float = 1.0
+    input_layout: str = "TND"
+    pse_type: int = 1
+    q_start_idx: Optional[tuple] = None
+    kv_start_idx: Optional[tuple] = None
+    deterministic: bool = False

@@ -1,0 +1,173 @@
+"""Exceptions: one class per aclnn status code and per ACL runtime error code.
+
+Every exception carries the numeric ``code`` the device returns for the same
+condition, the ``param`` (parameter name) it concerns when known, the ``rule``
+in plain words, and for errors raised by a native call the ``function`` name
+and the text of ``aclGetRecentErrMsg()``.
+
+The classes are generated from the code tables, in the style of pynvml: catch
+``ParamNullptrError`` for 161001, ``ParamInvalidError`` for 161002, or the
+base ``AclnnError`` for all of them; ``error_class_for(code)`` maps a code to
+its class (unknown codes get ``AclnnError``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AclnnError",
+    "AclRuntimeError",
+    "LibraryNotFoundError",
+    "BackendUnavailableError",
+    "ACLNN_STATUS",
+    "ACL_ERRORS",
+    "error_class_for",
+    "raise_for_status",
+]
+
+# aclnnStatus values (opdev/op_errno.h) -> (class name, meaning)
+ACLNN_STATUS = {
+    161001: ("ParamNullptrError", "ACLNN_ERR_PARAM_NULLPTR: a required argument is null or a shape/attribute check in tiling failed"),
+    161002: ("ParamInvalidError", "ACLNN_ERR_PARAM_INVALID: a dtype, format, shape or attribute check failed"),
+    361001: ("RuntimeErrorStatus", "ACLNN_ERR_RUNTIME_ERROR: an NPU runtime call failed"),
+    561000: ("InnerError", "ACLNN_ERR_INNER: internal error"),
+    561001: ("InferShapeError", "ACLNN_ERR_INNER_INFERSHAPE_ERROR: shape inference failed"),
+    561002: ("TilingError", "ACLNN_ERR_INNER_TILING_ERROR: tiling failed"),
+    561003: ("FindKernelError", "ACLNN_ERR_INNER_FIND_KERNEL_ERROR: no kernel for these arguments (kernel package missing?)"),
+    561101: ("CreateExecutorError", "ACLNN_ERR_INNER_CREATE_EXECUTOR: executor creation failed"),
+    561102: ("NotTransExecutorError", "ACLNN_ERR_INNER_NOT_TRANS_EXECUTOR"),
+    561103: ("InnerNullptrError", "ACLNN_ERR_INNER_NULLPTR: an internal pointer was null"),
+    561104: ("WrongAttrInfoSizeError", "ACLNN_ERR_INNER_WRONG_ATTR_INFO_SIZE"),
+    561105: ("KeyConflictError", "ACLNN_ERR_INNER_KEY_CONFLICT"),
+    561106: ("InvalidImplModeError", "ACLNN_ERR_INNER_INVALID_IMPL_MODE"),
+    561107: ("OppPathNotFoundError", "ACLNN_ERR_INNER_OPP_PATH_NOT_FOUND: ASCEND_OPP_PATH is not set"),
+    561108: ("LoadJsonFailedError", "ACLNN_ERR_INNER_LOAD_JSON_FAILED: op-info JSON could not be loaded"),
+    561109: ("JsonValueNotFoundError", "ACLNN_ERR_INNER_JSON_VALUE_NOT_FOUND"),
+    561110: ("JsonFormatInvalidError", "ACLNN_ERR_INNER_JSON_FORMAT_INVALID"),
+    561111: ("JsonDtypeInvalidError", "ACLNN_ERR_INNER_JSON_DTYPE_INVALID"),
+    561112: ("OppKernelPkgNotFoundError", "ACLNN_ERR_INNER_OPP_KERNEL_PKG_NOT_FOUND: the op kernel package is not installed"),
+    561113: ("OpFileInvalidError", "ACLNN_ERR_INNER_OP_FILE_INVALID"),
+    561114: ("AttrNumOutOfBoundError", "ACLNN_ERR_INNER_ATTR_NUM_OUT_OF_BOUND"),
+    561115: ("AttrLenNotEnoughError", "ACLNN_ERR_INNER_ATTR_LEN_NOT_ENOUGH"),
+    561116: ("InputNumOutOfBoundError", "ACLNN_ERR_INNER_INPUT_NUM_OUT_OF_BOUND"),
+    561117: ("InputLenNotEnoughError", "ACLNN_ERR_INNER_INPUT_LEN_NOT_ENOUGH"),
+    561118: ("StaticWorkspaceInvalidError", "ACLNN_ERR_INNER_STATIC_WORKSPACE_INVALID"),
+    561119: ("StaticBlockDimInvalidError", "ACLNN_ERR_INNER_STATIC_BLOCK_DIM_INVALID"),
+}
+
+# aclError values (acl_base_rt.h, rt_error_codes.h) -> (class name, meaning)
+ACL_ERRORS = {
+    100000: ("AclInvalidParamError", "ACL_ERROR_INVALID_PARAM: invalid parameter"),
+    100001: ("AclUninitializeError", "ACL_ERROR_UNINITIALIZE: aclInit was not called"),
+    100002: ("AclRepeatInitializeError", "ACL_ERROR_REPEAT_INITIALIZE: aclInit called twice"),
+    100037: ("AclRepeatFinalizeError", "ACL_ERROR_REPEAT_FINALIZE: aclFinalize called twice"),
+    107000: ("AclRtParamInvalidError", "ACL_ERROR_RT_PARAM_INVALID: invalid runtime parameter"),
+    107001: ("AclRtInvalidDeviceIdError", "ACL_ERROR_RT_INVALID_DEVICEID: invalid device id"),
+    107002: ("AclRtContextNullError", "ACL_ERROR_RT_CONTEXT_NULL: no context on this thread (aclrtSetDevice not called)"),
+    200000: ("AclBadAllocError", "ACL_ERROR_BAD_ALLOC: host allocation failed"),
+    207001: ("AclRtMemoryAllocationError", "ACL_ERROR_RT_MEMORY_ALLOCATION: device out of memory"),
+    507015: ("AclRtAicoreExceptionError", "ACL_ERROR_RT_AICORE_EXCEPTION: AI Core kernel fault"),
+    507035: ("AclRtVectorCoreExceptionError", "ACL_ERROR_RT_VECTOR_CORE_EXCEPTION: vector core kernel fault"),
+    507899: ("AclRtDrvInternalError", "ACL_ERROR_RT_DRV_INTERNAL_ERROR: driver internal error"),
+}
+
+
+class AclnnError(Exception):
+    """An error with an aclnn status code (or ACL runtime error code).
+
+    Attributes: ``code`` (int), ``param`` (parameter name or None), ``rule``
+    (the violated rule in plain words), ``function`` (native function name for
+    errors reported by a native call), ``recent_msg`` (aclGetRecentErrMsg
+    text), ``meaning`` (what the code means), ``stricter`` (True when the
+    real device would not reject this input but crash or compute garbage, and
+    this package rejects it on purpose).
+    """
+
+    code: int = 0
+    meaning: str = "unknown status code"
+
+    def __init__(self, rule: str = "", *, code: int | None = None, param: str | None = None,
+                 function: str | None = None, recent_msg: str | None = None,
+                 stricter: bool = False):
+        if code is not None:
+            self.code = int(code)
+            known = ACLNN_STATUS.get(self.code) or ACL_ERRORS.get(self.code)
+            if known is not None:
+                self.meaning = known[1]
+        self.param = param
+        self.rule = rule
+        self.function = function
+        self.recent_msg = recent_msg
+        self.stricter = stricter
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        parts = []
+        if self.function:
+            parts.append(f"{self.function} returned {self.code}")
+        else:
+            parts.append(f"status {self.code}")
+        if self.param:
+            parts.append(f"parameter '{self.param}'")
+        head = ", ".join(parts)
+        text = f"{head}: {self.rule}" if self.rule else head
+        text += f" [{self.meaning}]"
+        if self.stricter:
+            text += " (aclnn_fag is stricter than the device here: the device would crash or compute garbage)"
+        if self.recent_msg:
+            text += f"\n  aclGetRecentErrMsg: {self.recent_msg}"
+        return text
+
+    def __reduce__(self):  # keep pickling (multiprocessing) working
+        return (_rebuild, (type(self), self.code, self.rule, self.param, self.function,
+                           self.recent_msg, self.stricter))
+
+
+def _rebuild(cls, code, rule, param, function, recent_msg, stricter):
+    return cls(rule, code=code, param=param, function=function, recent_msg=recent_msg,
+               stricter=stricter)
+
+
+class AclRuntimeError(AclnnError):
+    """An ACL runtime call (aclrt*, aclInit) returned a non-zero aclError."""
+
+
+class LibraryNotFoundError(AclnnError, OSError):
+    """The CANN libraries could not be found or loaded; the message lists every place tried."""
+
+    meaning = "CANN libraries not available"
+
+
+class BackendUnavailableError(AclnnError, RuntimeError):
+    """The requested backend cannot run here (no library, no device, unknown name)."""
+
+    meaning = "backend unavailable"
+
+
+_CLASSES: dict[int, type] = {}
+
+
+def _make_classes() -> None:
+    for table, base in ((ACLNN_STATUS, AclnnError), (ACL_ERRORS, AclRuntimeError)):
+        for code, (name, meaning) in table.items():
+            cls = type(name, (base,), {"code": code, "meaning": meaning,
+                                       "__doc__": f"Status {code}: {meaning}."})
+            cls.__module__ = __name__
+            globals()[name] = cls
+            __all__.append(name)
+            _CLASSES[code] = cls
+
+
+_make_classes()
+
+
+def error_class_for(code: int) -> type:
+    """The exception class for a status/error code (AclnnError for unknown codes)."""
+    return _CLASSES.get(int(code), AclnnError)
+
+
+def raise_for_status(code: int, *, function: str, recent_msg: str | None = None,
+                     param: str | None = None, rule: str = "") -> None:
+    """Raise the exception class of ``code`` when it is non-zero."""
+    if code != 0:
+        cls = error_class_for(code)
+        raise cls(rule, code=code, function=function, recent_msg=recent_msg, param=param)

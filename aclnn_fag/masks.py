@@ -1,0 +1,22 @@
+"""Mask helpers: the compressed causal mask and hand-made kept matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["COMPRESSED_SIZE", "compressed_causal_mask", "is_canonical_compressed"]
+
+COMPRESSED_SIZE = 2048
+
+
+def compressed_causal_mask(dtype=np.uint8) -> np.ndarray:
+    """The 2048x2048 mask sparse modes 2/3/4/7/8 require: 1 (masked) strictly above the diagonal."""
+    return np.triu(np.ones((COMPRESSED_SIZE, COMPRESSED_SIZE), dtype=dtype), 1)
+
+
+def is_canonical_compressed(mask: np.ndarray) -> bool:
+    """True when the first 2048x2048 slice has the canonical content (nonzero iff y > x)."""
+    m = mask.reshape(-1, COMPRESSED_SIZE, COMPRESSED_SIZE)[0] if mask.ndim == 4 else mask
+    nz = m != 0
+    upper = np.triu(np.ones(nz.shape, dtype=bool), 1)
+    return bool(np.array_equal(nz, upper))

@@ -1,0 +1,141 @@
+"""NumPy backward of the op (SEMANTICS.md §2), tiled.
+
+Loop order: per batch b, per KV head n2, per query tile (the G query heads of
+n2 stacked into one row block, so every matmul serves the whole GQA group and
+dK/dV sum over the group for free), per key tile with work (blocks.key_blocks).
+dQ of a query tile accumulates locally; dK/dV accumulate per (b, n2) in the
+working precision: extra memory is Skv_b·(D + Dr + Dv) accumulator elements
+plus a few tiles.
+
+Rope parts are concatenated per tile ([Q | Qr]·[K | Kr]ᵀ = Q·Kᵀ + Qr·Krᵀ, one
+fp32 accumulation instead of two added fp32 results), the scale is folded
+into the query tile and the per-row terms (−max, −Dterm) into the matmuls as
+one extra contraction column. These change only fp32 summation order (the
+"matmul rounding" the device does not let us reproduce either), not the
+rounding points.
+
+Precision "device": scores and P in float32; P and dS rounded to bf16 (ties
+away from zero) before the gradient matmuls; float32 accumulation; the scale
+applied to dq/dk/dqRope/dkRope at the end; outputs rounded to bf16 (ties away).
+"fp32"/"fp64": the same math in that precision, no bf16 rounding anywhere.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..call import FagCall, FagGrads
+from ..semantics.softmax_layout import device_stat_blocks
+from ..semantics.sparse import MaskReader, batch_keep
+from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
+from .common import (NEG, FullyMaskedRowWarning, apply_mask, gather_concat, gather_heads,
+                     precision_dtype, row_part, rows_2d, scatter_heads)
+from .rounding import BF16, round_bf16_away_inplace
+
+__all__ = ["attention_backward"]
+
+
+def attention_backward(call: FagCall, precision: str = "device",
+                       blocks: BlockSizes | None = None) -> FagGrads:
+    """The five gradients for a validated call (see module docstring)."""
+    work = precision_dtype(precision)
+    device = precision == "device"
+    blocks = blocks or default_block_sizes()
+    out_dtype = BF16 if device else work
+    q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
+    grads = FagGrads(*(np.zeros(x.shape, dtype=out_dtype) for x in (q, qr, k, kr, v)))
+    if call.empty_result:
+        return grads
+    scale = call.scale32 if work == np.float32 else np.float64(call.scale32)
+    group = call.group
+    n2_count = k.shape[1]
+    seqs = call.seqs
+    mask = MaskReader(call.atten_mask, seqs, q.shape[1]) if call.sparse_mode in (0, 1, 5) else None
+    bq = blocks.q_tokens(group)
+    d, d_qk, dv = q.shape[2], q.shape[2] + qr.shape[2], v.shape[2]
+    fully_masked = 0
+
+    for b, qs, sq, ks, skv in seqs.batches():
+        if sq == 0 or skv == 0:
+            continue
+        keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff, call.band_index)
+        max_blocks = device_stat_blocks(call.softmax_max, seqs, b)   # [N1, Sq_b, 8]
+        sum_blocks = device_stat_blocks(call.softmax_sum, seqs, b)
+        for n2 in range(n2_count):
+            hs = slice(n2 * group, (n2 + 1) * group)
+            per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
+            acc_k = np.zeros((skv, d_qk), work)       # [dK | dKr], unscaled
+            acc_v = np.zeros((skv, dv), work)
+            for i0, i1 in query_blocks(sq, bq):
+                work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
+                if not work_tiles:
+                    continue
+                rows = slice(qs + i0, qs + i1)
+                # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
+                # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
+                q_cat = gather_concat((q, qr), rows, hs, work)
+                row_max = max_blocks[hs, i0:i1, 0].reshape(-1, 1)
+                row_sum = sum_blocks[hs, i0:i1, 0].reshape(-1, 1).astype(work)
+                fully_masked += int(np.count_nonzero(row_max == NEG))
+                q_aug = np.empty((q_cat.shape[0], d_qk + 1), work)
+                np.multiply(q_cat, scale, out=q_aug[:, :d_qk])
+                np.negative(row_max, out=q_aug[:, d_qk:], casting="unsafe")
+                # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
+                dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1)
+                o_t = gather_heads(call.attention_in, rows, hs, work)
+                np.negative(np.einsum("rc,rc->r", dy_aug[:, :dv], o_t)[:, None], out=dy_aug[:, dv:])
+                acc_q = np.zeros((q_cat.shape[0], d_qk), work)   # [dQ | dQr], unscaled
+                for r0, r1, j0, j1, masked in work_tiles:
+                    kcols = slice(ks + j0, ks + j1)
+                    k_aug = gather_concat((k, kr), kcols, n2, work, extra=1)   # [K | Kr | 1]
+                    k_aug[:, d_qk] = 1
+                    v_aug = gather_concat((v,), kcols, n2, work, extra=1)      # [V | 1]
+                    v_aug[:, dv] = 1
+                    k_cat = k_aug[:, :d_qk]
+                    q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
+                                                         for x in (q_aug, q_cat, dy_aug, row_sum))
+                    # 1-2. P = exp(scale·S − max) / sum; excluded positions give exactly 0
+                    p = q_aug_t @ k_aug.T
+                    if masked is not None:
+                        apply_mask(p, masked, group)
+                    np.exp(p, out=p)
+                    p /= sum_t
+                    # 3-5. dS = P ⊙ (dy·Vᵀ − Dterm), with the un-rounded P
+                    ds = dy_aug_t @ v_aug.T
+                    ds *= p
+                    # 6. device rounding points: P and dS to bf16, ties away from zero
+                    if device:
+                        round_bf16_away_inplace(p)
+                        round_bf16_away_inplace(ds)
+                    # 7. accumulate (the G stacked heads sum into dK/dV)
+                    acc_v[j0:j1] += p.T @ dy_aug_t[:, :dv]
+                    acc_k[j0:j1] += ds.T @ q_cat_t
+                    part = ds @ k_cat
+                    if part.shape[0] == acc_q.shape[0]:
+                        acc_q += part
+                    else:
+                        row_part(acc_q, group, r0, r1)[...] += part.reshape(group, r1 - r0, -1)
+                finished = _finish(acc_q, scale, device)
+                scatter_heads(grads.dq, rows, hs, finished[:, :d])
+                scatter_heads(grads.dq_rope, rows, hs, finished[:, d:])
+            finished = _finish(acc_k, scale, device)
+            grads.dk[ks:ks + skv, n2] = finished[:, :d]
+            grads.dk_rope[ks:ks + skv, n2] = finished[:, d:]
+            grads.dv[ks:ks + skv, n2] = _finish(acc_v, None, device)
+    if fully_masked:
+        warnings.warn(f"{fully_masked} (row, head) pairs are fully masked (softmax_max = -FLT_MAX): "
+                      "the docs call this unsupported; they contribute zero gradients here",
+                      FullyMaskedRowWarning, stacklevel=3)
+    return grads
+
+
+def _finish(acc, scale, device):
+    """Scale (for dq/dk/rope) and, in device precision, round to bf16 ties-away."""
+    out = acc * scale if scale is not None else acc
+    if device:
+        out = np.ascontiguousarray(out, dtype=np.float32)
+        round_bf16_away_inplace(out)
+        return out.astype(BF16)
+    return out

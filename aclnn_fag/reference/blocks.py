@@ -1,0 +1,95 @@
+"""The block iterator: which tiles of a (batch, query tile) have work.
+
+A tile is skipped when the kept set of its batch (a diagonal band, see
+semantics.sparse) excludes all of it; it is *full* (no mask needed) when the
+band covers it and no explicit mask applies or the mask block is all zero;
+otherwise it is *partial* and comes with a boolean "masked" block. A tile that
+the band cuts (the diagonal of causal and band modes) is split into quarters,
+recursively down to ``BlockSizes.min_split``, so that the parts the band
+removes are not computed. Memory stays bounded by the block sizes, whatever
+the sequence lengths.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..semantics.sparse import BatchKeep, MaskReader
+
+__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks"]
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True)
+class BlockSizes:
+    """``q_rows``: rows per query tile *after* stacking the G query heads of a KV head
+    (so a tile covers q_rows // G tokens); ``k``: keys per key tile; ``min_split``: the
+    smallest side a band-cut tile is split down to."""
+
+    q_rows: int = 512
+    k: int = 512
+    min_split: int = 256
+
+    def q_tokens(self, group: int) -> int:
+        return max(8, self.q_rows // max(1, group))
+
+
+def default_block_sizes() -> BlockSizes:
+    """Defaults, overridable with ACLNN_FAG_BLOCK_Q / ACLNN_FAG_BLOCK_K / ACLNN_FAG_BLOCK_MIN."""
+    return BlockSizes(q_rows=int(os.environ.get("ACLNN_FAG_BLOCK_Q", 512)),
+                      k=int(os.environ.get("ACLNN_FAG_BLOCK_K", 512)),
+                      min_split=int(os.environ.get("ACLNN_FAG_BLOCK_MIN", 256)))
+
+
+def query_blocks(sq: int, q_tokens: int) -> Iterator[tuple]:
+    for i0 in range(0, sq, q_tokens):
+        yield i0, min(sq, i0 + q_tokens)
+
+
+def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int, skv: int,
+          blocks: BlockSizes, heads=None) -> Iterator[tuple]:
+    """Yield (r0, r1, j0, j1, masked) for the tiles of query rows [i0, i1) that have work.
+
+    Rows [i0 + r0, i0 + r1) meet keys [j0, j1) (local indices of the batch). ``masked`` is
+    None for a full tile, else a bool array (True = excluded) of shape [r1-r0, j1-j0], or
+    [len(heads), r1-r0, j1-j0] for a per-head mask.
+    """
+    lo, hi = keep.lo, keep.hi
+    j_first = max(0, i0 + lo) if lo != -_INF else 0
+    j_last = min(skv - 1, i1 - 1 + hi) if hi != _INF else skv - 1
+    if j_last < j_first:
+        return
+    bk = blocks.k
+    for j0 in range(int(j_first) // bk * bk, int(j_last) + 1, bk):
+        yield from _split(keep, mask, b, i0, i0, i1, j0, min(skv, j0 + bk), blocks.min_split, heads)
+
+
+def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):
+    """Tiles of rows [a0, a1) x keys [j0, j1), quartered where the band cuts them."""
+    lo, hi = keep.lo, keep.hi
+    d_min, d_max = j0 - (a1 - 1), (j1 - 1) - a0
+    if d_max < lo or d_min > hi:
+        return
+    band_full = d_min >= lo and d_max <= hi
+    if not band_full and a1 - a0 >= 2 * min_split and j1 - j0 >= 2 * min_split:
+        am, jm = (a0 + a1) // 2, (j0 + j1) // 2
+        for r in ((a0, am), (am, a1)):
+            for c in ((j0, jm), (jm, j1)):
+                yield from _split(keep, mask, b, i0, r[0], r[1], c[0], c[1], min_split, heads)
+        return
+    masked = None
+    if not band_full:
+        d = np.arange(j0, j1)[None, :] - np.arange(a0, a1)[:, None]
+        masked = (d > hi) if lo == -_INF else ((d < lo) | (d > hi))
+    if keep.uses_mask:
+        explicit = mask.block(b, a0, a1, j0, j1, heads)
+        if explicit.any():
+            masked = explicit if masked is None else (explicit | masked)
+    if masked is not None and masked.all():
+        return
+    yield a0 - i0, a1 - i0, j0, j1, masked

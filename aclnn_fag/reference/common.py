@@ -1,0 +1,83 @@
+"""Pieces shared by the forward and backward kernel bodies."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
+           "gather_heads", "gather_concat", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
+
+FLT_MAX = float(np.finfo(np.float32).max)
+NEG = -FLT_MAX
+PRECISIONS = ("device", "fp32", "fp64")
+
+
+class FullyMaskedRowWarning(UserWarning):
+    """A query row has no kept key (the docs call this unsupported)."""
+
+
+def precision_dtype(precision: str):
+    """Working dtype of a precision mode."""
+    if precision in ("device", "fp32"):
+        return np.float32
+    if precision == "fp64":
+        return np.float64
+    raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
+
+
+def gather_heads(x: np.ndarray, rows: slice, heads: slice, dtype) -> np.ndarray:
+    """x[rows, heads, :] as a C-contiguous [G*rows, C] array in ``dtype`` (head-major rows)."""
+    part = x[rows, heads]                       # [r, G, C]
+    out = np.empty((part.shape[1], part.shape[0], part.shape[2]), dtype=dtype)
+    np.copyto(out, part.transpose(1, 0, 2), casting="unsafe")
+    return out.reshape(-1, part.shape[2])
+
+
+def gather_concat(parts, rows: slice, heads, dtype, extra: int = 0) -> np.ndarray:
+    """Concatenate x[rows, heads, :] of several arrays along the last dim into one
+    C-contiguous [G*rows, sum(C) + extra] tile in ``dtype`` (head-major rows; ``heads`` a
+    slice, or an int for a single head). The ``extra`` trailing columns are left
+    uninitialised for the caller (used to fold a per-row term into a matmul)."""
+    if isinstance(heads, int):
+        heads = slice(heads, heads + 1)
+    first = parts[0][rows, heads]
+    g, r = first.shape[1], first.shape[0]
+    width = sum(p.shape[2] for p in parts)
+    out = np.empty((g, r, width + extra), dtype=dtype)
+    col = 0
+    for p in parts:
+        c = p.shape[2]
+        np.copyto(out[:, :, col:col + c], p[rows, heads].transpose(1, 0, 2), casting="unsafe")
+        col += c
+    return out.reshape(g * r, width + extra)
+
+
+def row_part(x: np.ndarray, group: int, r0: int, r1: int) -> np.ndarray:
+    """Rows [r0, r1) of every head of a head-major stacked [G*r, C] tile, as a [G, r1-r0, C] view."""
+    return x.reshape(group, -1, x.shape[-1])[:, r0:r1]
+
+
+def rows_2d(x: np.ndarray, group: int, r0: int, r1: int) -> np.ndarray:
+    """The same rows as a 2-D [G*(r1-r0), C] array (a view when G == 1, else a copy)."""
+    if r0 == 0 and r1 * group == x.shape[0]:
+        return x
+    return row_part(x, group, r0, r1).reshape(-1, x.shape[-1])
+
+
+def scatter_heads(x: np.ndarray, rows: slice, heads: slice, tile: np.ndarray) -> None:
+    """Inverse of gather_heads: write a [G*r, C] tile into x[rows, heads, :]."""
+    target = x[rows, heads]
+    target[...] = tile.reshape(target.shape[1], target.shape[0], -1).transpose(1, 0, 2)
+
+
+def apply_mask(s: np.ndarray, masked: np.ndarray, group: int) -> None:
+    """Exclude masked positions of a [G*r, c] score tile (masked: [r, c] or [G, r, c]).
+
+    Excluded scores become -inf: exp(-inf - max) = 0 exactly as the device's
+    -FLT_MAX gives 0 for any row with a kept key, and rows with no kept key
+    (max = -FLT_MAX) then contribute 0 instead of the device's ~2.9e-39.
+    """
+    s3 = s.reshape(group, -1, s.shape[1])
+    if masked.ndim == 2:
+        masked = np.broadcast_to(masked, s3.shape)
+    np.copyto(s3, -np.inf, where=masked)

@@ -1,0 +1,105 @@
+"""NumPy forward of the op (SEMANTICS.md §1), tiled, with online softmax.
+
+Produces attention_out [T1, N1, Dv] and softmaxMax / softmaxSum [T1, N1, 8] in
+the device's memory layout (per batch a [N1, Sq_b, 8] block, 8 equal copies),
+which is what the backward reads.
+
+Per query tile the running max m, sum l and output accumulator are updated
+key tile by key tile: m' = max(m, rowmax S); l' = l·e^(m−m') + Σ e^(S−m');
+acc' = acc·e^(m−m') + P·V. Precision "device": scores, P and l in float32, P
+rounded to bf16 (ties away from zero) before the P·V matmul, the output
+rounded to bf16 at the end. "fp32"/"fp64": no bf16 rounding; outputs and
+statistics in that dtype.
+
+Special rows (SEMANTICS.md §3): a row with no kept key stores max = -FLT_MAX,
+sum = FLT_MAX and output 0 (the device's invalid-line mode) and a warning is
+emitted; batches with Skv_b = 0 store max = sum = 0 and output 0; rows after
+the last cumulative end stay 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..call import FagForward, FwdCall
+from ..semantics.softmax_layout import COPIES
+from ..semantics.sparse import MaskReader, batch_keep
+from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
+from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, apply_mask, gather_concat,
+                     precision_dtype, row_part, rows_2d, scatter_heads)
+from .rounding import BF16, round_bf16_away_inplace
+
+__all__ = ["attention_forward"]
+
+
+def attention_forward(call: FwdCall, precision: str = "device",
+                      blocks: BlockSizes | None = None) -> FagForward:
+    """Attention output and softmax statistics for a validated call."""
+    work = precision_dtype(precision)
+    device = precision == "device"
+    blocks = blocks or default_block_sizes()
+    q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
+    t1, n1 = q.shape[0], q.shape[1]
+    out = np.zeros((t1, n1, v.shape[2]), dtype=BF16 if device else work)
+    stat_dtype = np.float32 if device else work
+    flat_max = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
+    flat_sum = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
+    scale = call.scale32 if work == np.float32 else np.float64(call.scale32)
+    group = call.group
+    seqs = call.seqs
+    mask = MaskReader(call.atten_mask, seqs, n1) if call.sparse_mode in (0, 1, 5) else None
+    bq = blocks.q_tokens(group)
+    fully_masked = 0
+
+    for b, qs, sq, ks, skv in seqs.batches():
+        if sq == 0 or skv == 0:
+            continue     # Skv_b = 0: max = sum = 0, output 0
+        keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff, call.band_index)
+        max_block = flat_max[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
+        sum_block = flat_sum[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
+        for n2 in range(k.shape[1]):
+            hs = slice(n2 * group, (n2 + 1) * group)
+            per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
+            for i0, i1 in query_blocks(sq, bq):
+                rows = slice(qs + i0, qs + i1)
+                q_scaled = gather_concat((q, qr), rows, hs, work)   # scale·[Q | Qr]
+                q_scaled *= scale
+                m = np.full((q_scaled.shape[0], 1), NEG, dtype=work)
+                l = np.zeros((q_scaled.shape[0], 1), dtype=work)
+                acc = np.zeros((q_scaled.shape[0], v.shape[2]), dtype=work)
+                for r0, r1, j0, j1, masked in tiles(keep, mask, b, i0, i1, skv, blocks, per_head):
+                    kcols = slice(ks + j0, ks + j1)
+                    s = rows_2d(q_scaled, group, r0, r1) @ gather_concat((k, kr), kcols, n2, work).T
+                    if masked is not None:
+                        apply_mask(s, masked, group)
+                    m_old, l_old, acc_old = (rows_2d(x, group, r0, r1) for x in (m, l, acc))
+                    m_new = np.maximum(m_old, s.max(axis=1, keepdims=True))
+                    correction = np.exp(m_old - m_new)
+                    s -= m_new
+                    np.exp(s, out=s)
+                    l_new = l_old * correction + s.sum(axis=1, keepdims=True)
+                    if device:
+                        round_bf16_away_inplace(s)
+                    acc_new = acc_old * correction + s @ v[kcols, n2].astype(work)
+                    for state, new in ((m, m_new), (l, l_new), (acc, acc_new)):
+                        row_part(state, group, r0, r1)[...] = new.reshape(group, r1 - r0, -1)
+                invalid = (m == NEG)[:, 0]
+                fully_masked += int(np.count_nonzero(invalid))
+                safe_l = np.where(invalid[:, None], 1.0, l)
+                o = acc / safe_l
+                o[invalid] = 0.0
+                m[invalid] = NEG
+                l[invalid] = FLT_MAX
+                if device:
+                    o = np.ascontiguousarray(o, dtype=np.float32)
+                    round_bf16_away_inplace(o)
+                scatter_heads(out, rows, hs, o)
+                max_block[hs, i0:i1, :] = m.reshape(group, i1 - i0, 1)
+                sum_block[hs, i0:i1, :] = l.reshape(group, i1 - i0, 1)
+    if fully_masked:
+        warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: the docs call this "
+                      "unsupported; stored as the device's invalid lines (max = -FLT_MAX, "
+                      "sum = FLT_MAX, output 0)", FullyMaskedRowWarning, stacklevel=3)
+    return FagForward(out, flat_max.reshape(t1, n1, COPIES), flat_sum.reshape(t1, n1, COPIES))

@@ -1,0 +1,39 @@
+"""Rounding points of the device (SEMANTICS.md §2): fp32 -> bf16 with ties away from zero.
+
+AscendC's ``RoundMode::CAST_ROUND`` rounds to nearest with ties away from zero
+(ml_dtypes' cast rounds ties to even). On the bit pattern: add half an ulp of
+bf16 (0x8000) to the magnitude and truncate the low 16 bits. Values stay float32
+(exactly representable in bf16), so the following matmuls run in float32 as the
+device's cube does on bf16 operands with fp32 accumulation.
+
+NaN: bf16-derived NaNs (low 16 bits 0, as every NaN computed from bf16 inputs
+on x86) stay NaN; +-inf stays inf; values that round past bf16's max become inf.
+"""
+
+from __future__ import annotations
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["round_bf16_away_inplace", "to_bf16_away", "BF16"]
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+_HALF = np.uint32(0x8000)
+_KEEP = np.uint32(0xFFFF0000)
+
+
+def round_bf16_away_inplace(x: np.ndarray) -> np.ndarray:
+    """Round a C-contiguous float32 array in place to bf16 values, ties away from zero."""
+    if x.dtype != np.float32:
+        raise TypeError("round_bf16_away_inplace needs float32")
+    bits = x.view(np.uint32)
+    np.add(bits, _HALF, out=bits)
+    np.bitwise_and(bits, _KEEP, out=bits)
+    return x
+
+
+def to_bf16_away(x: np.ndarray) -> np.ndarray:
+    """float32 (or float64, first rounded to float32) -> bfloat16 array, ties away from zero."""
+    y = np.array(x, dtype=np.float32, order="C", copy=True)
+    round_bf16_away_inplace(y)
+    return y.astype(BF16)
