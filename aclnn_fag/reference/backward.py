@@ -56,18 +56,20 @@ def attention_backward(call: FagCall, precision: str = "device",
     bq = blocks.q_tokens(group)
     d, d_qk, dv = q.shape[2], q.shape[2] + qr.shape[2], v.shape[2]
     fully_masked = 0
+    accumulators = _KvAccumulators(max(seqs.skv[:seqs.batch]), d_qk, dv, work)
+    stats_max = np.ascontiguousarray(call.softmax_max)   # no copy when already contiguous
+    stats_sum = np.ascontiguousarray(call.softmax_sum)
 
     for b, qs, sq, ks, skv in seqs.batches():
         if sq == 0 or skv == 0:
             continue
         keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff, call.band_index)
-        max_blocks = device_stat_blocks(call.softmax_max, seqs, b)   # [N1, Sq_b, 8]
-        sum_blocks = device_stat_blocks(call.softmax_sum, seqs, b)
+        max_blocks = device_stat_blocks(stats_max, seqs, b)   # [N1, Sq_b, 8]
+        sum_blocks = device_stat_blocks(stats_sum, seqs, b)
         for n2 in range(n2_count):
             hs = slice(n2 * group, (n2 + 1) * group)
             per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
-            acc_k = np.zeros((skv, d_qk), work)       # [dK | dKr], unscaled
-            acc_v = np.zeros((skv, dv), work)
+            acc_k, acc_v = accumulators.take(skv)      # [dK | dKr] (unscaled), dV; zeroed
             for i0, i1 in query_blocks(sq, bq):
                 work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
                 if not work_tiles:
@@ -117,13 +119,14 @@ def attention_backward(call: FagCall, precision: str = "device",
                         acc_q += part
                     else:
                         row_part(acc_q, group, r0, r1)[...] += part.reshape(group, r1 - r0, -1)
-                finished = _finish(acc_q, scale, device)
-                scatter_heads(grads.dq, rows, hs, finished[:, :d])
-                scatter_heads(grads.dq_rope, rows, hs, finished[:, d:])
-            finished = _finish(acc_k, scale, device)
-            grads.dk[ks:ks + skv, n2] = finished[:, :d]
-            grads.dk_rope[ks:ks + skv, n2] = finished[:, d:]
-            grads.dv[ks:ks + skv, n2] = _finish(acc_v, None, device)
+                _finish(acc_q, scale, device)
+                scatter_heads(grads.dq, rows, hs, acc_q[:, :d])
+                scatter_heads(grads.dq_rope, rows, hs, acc_q[:, d:])
+            _finish(acc_k, scale, device)
+            _finish(acc_v, None, device)
+            for out, part in ((grads.dk, acc_k[:, :d]), (grads.dk_rope, acc_k[:, d:]),
+                              (grads.dv, acc_v)):
+                np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs are fully masked (softmax_max = -FLT_MAX): "
                       "the docs call this unsupported; they contribute zero gradients here",
@@ -131,11 +134,25 @@ def attention_backward(call: FagCall, precision: str = "device",
     return grads
 
 
+class _KvAccumulators:
+    """dK/dV accumulators, allocated once per call for the longest KV sequence and reused
+    (zeroed) for every (batch, KV head): extra memory max(Skv_b)·(D + Dr + Dv) elements."""
+
+    def __init__(self, rows, d_qk, dv, dtype):
+        self.k = np.empty((rows, d_qk), dtype)
+        self.v = np.empty((rows, dv), dtype)
+
+    def take(self, rows):
+        k, v = self.k[:rows], self.v[:rows]
+        k.fill(0)
+        v.fill(0)
+        return k, v
+
+
 def _finish(acc, scale, device):
-    """Scale (for dq/dk/rope) and, in device precision, round to bf16 ties-away."""
-    out = acc * scale if scale is not None else acc
+    """In place: scale (dq/dk/rope accumulators) and, in device precision, round to bf16
+    values (ties away from zero); the caller's cast to the bf16 output is then exact."""
+    if scale is not None:
+        acc *= scale
     if device:
-        out = np.ascontiguousarray(out, dtype=np.float32)
-        round_bf16_away_inplace(out)
-        return out.astype(BF16)
-    return out
+        round_bf16_away_inplace(acc)

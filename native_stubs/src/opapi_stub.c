@@ -1,0 +1,1323 @@
+/*
+ * libopapi.so stand-in: aclnnFlashAttentionUnpaddingScoreGradV3 (two-phase).
+ *
+ * Phase 1 validates the arguments in the order of SEMANTICS.md section 6 and
+ * records them in an executor; phase 2 computes the backward pass of
+ * SEMANTICS.md sections 1-4 synchronously, in plain C, into the output
+ * tensors' "device" memory.
+ *
+ * Checks marked "[stub addition]" are not made by the real operator (which
+ * would crash or read out of bounds instead); they exist so that this C
+ * kernel never touches memory outside the caller's buffers.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "stub_abi.h"
+
+
+#define FN1 "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
+#define FN2 "aclnnFlashAttentionUnpaddingScoreGradV3"
+
+#define INT32_MAX_I64 ((int64_t)2147483647)
+
+static const StubApi *api(void)
+{
+    return aclStubInternalApi();
+}
+
+#define FAIL(code, ...)                   \
+    do {                                  \
+        api()->set_error(__VA_ARGS__);    \
+        return (code);                    \
+    } while (0)
+
+/* ------------------------------------------------------------------------ */
+/* the recorded call                                                         */
+/* ------------------------------------------------------------------------ */
+
+enum { PLAN_NOTHING = 0, PLAN_ZERO_FILL = 1, PLAN_COMPUTE = 2 };
+enum { MASK_2D = 0, MASK_B1SS = 1, MASK_BNSS = 2 };
+
+typedef struct FagPlan {
+    int mode;
+    /* slots in executor->in[] / executor->out[]; -1 when absent */
+    int s_q, s_qr, s_k, s_kr, s_v, s_dy, s_mask, s_smax, s_ssum, s_attn;
+    int o_dq, o_dqr, o_dk, o_dkr, o_dv;
+    float scale;                /* float32(scaleValue) */
+    int64_t pre, next;          /* normalised tokens */
+    int64_t sparse;
+    int64_t nb_raw, nb;         /* B_raw and B (trailing empty batches removed) */
+    int64_t *cum_q, *cum_kv;    /* copies of the cumulative ends, nb_raw each */
+    int64_t max_sq, max_skv;
+    int64_t band_idx;
+    int mask_kind;
+    int64_t T1, N1, D, Dr, T2, N2, Dv;
+} FagPlan;
+
+static void plan_free(void *p)
+{
+    FagPlan *plan = p;
+    if (plan == NULL) {
+        return;
+    }
+    free(plan->cum_q);
+    free(plan->cum_kv);
+    free(plan);
+}
+
+/* all 36 arguments of phase 1 */
+typedef struct Args {
+    const aclTensor *q, *qr, *k, *kr, *v, *dy, *pse, *drop, *pad, *mask, *smax, *ssum, *smin, *attn;
+    const aclIntArray *prefix, *seqq, *seqkv, *qstart, *kvstart;
+    double scale, keep;
+    int64_t pre, next, head_num;
+    const char *layout;
+    int64_t inner, sparse, pse_type;
+    const aclTensor *dq, *dqr, *dk, *dkr, *dv, *dpse;
+    uint64_t *ws;
+    aclOpExecutor **exec;
+} Args;
+
+/* ------------------------------------------------------------------------ */
+/* small helpers                                                             */
+/* ------------------------------------------------------------------------ */
+
+static const char *shape_str(const aclTensor *t, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    used += (size_t)snprintf(buf + used, n - used, "[");
+    for (int64_t i = 0; i < t->ndim && used < n; i++) {
+        used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? "," : "", (long long)t->dims[i]);
+    }
+    if (used < n) {
+        snprintf(buf + used, n - used, "]");
+    }
+    return buf;
+}
+
+static int same_shape(const aclTensor *a, const aclTensor *b)
+{
+    if (a->ndim != b->ndim) {
+        return 0;
+    }
+    for (int64_t i = 0; i < a->ndim; i++) {
+        if (a->dims[i] != b->dims[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* same rank and equal dims except the last */
+static int same_but_last(const aclTensor *a, const aclTensor *b)
+{
+    if (a->ndim != b->ndim || a->ndim < 1) {
+        return 0;
+    }
+    for (int64_t i = 0; i + 1 < a->ndim; i++) {
+        if (a->dims[i] != b->dims[i]) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int is_shape3(const aclTensor *t, int64_t d0, int64_t d1, int64_t d2)
+{
+    return t->ndim == 3 && t->dims[0] == d0 && t->dims[1] == d1 && t->dims[2] == d2;
+}
+
+static const char *dtype_name(int32_t dt)
+{
+    switch (dt) {
+    case STUB_DT_FLOAT: return "FLOAT";
+    case STUB_DT_FLOAT16: return "FLOAT16";
+    case STUB_DT_INT32: return "INT32";
+    case STUB_DT_UINT8: return "UINT8";
+    case STUB_DT_INT64: return "INT64";
+    case STUB_DT_DOUBLE: return "DOUBLE";
+    case STUB_DT_BOOL: return "BOOL";
+    case STUB_DT_BF16: return "BF16";
+    default: return "?";
+    }
+}
+
+/* per-batch lengths from cumulative ends (first entry is the first length) */
+static int64_t seg_len(const int64_t *cum, int64_t b)
+{
+    return b == 0 ? cum[0] : cum[b] - cum[b - 1];
+}
+
+/* ------------------------------------------------------------------------ */
+/* phase 1: validation (SEMANTICS.md section 6, in order)                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct NamedTensor {
+    const char *name;
+    const aclTensor *t;
+} NamedTensor;
+
+/* Row 16: does this shape need D / Dv padding (which V3 rejects)? */
+static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t whyn)
+{
+    int64_t det = 0;
+    int32_t rc = api()->ctx_get_opt_quiet(0 /* ACL_OPT_DETERMINISTIC */, &det);
+    int known = rc == 0;
+    int nondet = known && det == 0;
+    const char *det_str = !known ? "unreadable (aclrtCtxGetSysParamOpt(ACL_OPT_DETERMINISTIC) failed, e.g. never "
+                                   "set on this context; the op then behaves as deterministic)"
+                                 : (det == 0 ? "off" : "on");
+
+    int pad_value = (D != Dv) && !(D == 192 && Dv == 128 && nondet);
+    int64_t align = D < 128 ? 16 : 128;
+    int pad_dim = (D % align != 0) && x->q->numel != 0 && x->k->numel != 0;
+    if (pad_dim) {
+        if (nondet && D % 8 == 0) {
+            pad_dim = 0;
+        } else if (nondet && x->seqq != NULL && x->seqkv != NULL && x->seqq->size == x->seqkv->size &&
+                   x->seqq->size > 0) {
+            /* max kv length: max(first entry, consecutive differences) */
+            const int64_t *kv = x->seqkv->values;
+            int64_t kv_max = kv[0];
+            for (uint64_t i = 1; i < x->seqkv->size; i++) {
+                if (kv[i] - kv[i - 1] > kv_max) {
+                    kv_max = kv[i] - kv[i - 1];
+                }
+            }
+            /* last positive cumulative query end */
+            int64_t q_sum = 0;
+            for (uint64_t i = x->seqq->size; i-- > 0;) {
+                q_sum = x->seqq->values[i];
+                if (q_sum > 0) {
+                    break;
+                }
+            }
+            if (kv_max != 0 && q_sum != 0 && kv_max <= 1024 && D < 96 && q_sum < 160 * 1024 && x->keep == 1.0) {
+                pad_dim = 0;
+            }
+        }
+        if (D == 192 && Dv == 128 && nondet) {
+            pad_dim = 0;
+        }
+    }
+    if (pad_value || pad_dim) {
+        snprintf(why, whyn,
+                 "%s%s%s (D=%lld, Dv=%lld, deterministic %s). V3 rejects every case that needs padding: D must be a "
+                 "multiple of 16 (D<128) or 128 (D>=128) unless determinism is off and D%%8==0 (or the small-shape "
+                 "exception), and Dv must equal D except D=192/Dv=128 with determinism off",
+                 pad_dim ? "head dim D needs padding" : "", (pad_dim && pad_value) ? " and " : "",
+                 pad_value ? "value head dim Dv != D needs padding" : "", (long long)D, (long long)Dv, det_str);
+        return 1;
+    }
+    return 0;
+}
+
+static aclnnStatus validate(const Args *x, FagPlan *plan)
+{
+    const StubApi *a = api();
+    char s1[128], s2[128];
+
+    /* Row 1: layout, compared with strcmp before anything else */
+    if (x->layout == NULL) {
+        /* [stub addition] the real op would crash in strcmp */
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": inputLayout is NULL (must be \"TND\") [stub addition: the real op "
+                                          "crashes here]");
+    }
+    if (strcmp(x->layout, "TND") != 0) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": inputLayout \"%.32s\" is not \"TND\" (row 1)", x->layout);
+    }
+
+    /* Row 2: required pointers */
+    {
+        const struct {
+            const char *name;
+            const void *p;
+        } req[] = {
+            {"query", x->q},       {"keyIn", x->k},   {"value", x->v},         {"dy", x->dy},
+            {"attentionInOptional", x->attn}, {"dqOut", x->dq}, {"dkOut", x->dk}, {"dvOut", x->dv},
+            {"workspaceSize", x->ws}, {"executor", x->exec},
+        };
+        for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
+            if (req[i].p == NULL) {
+                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; it is required (row 2)", req[i].name);
+            }
+        }
+    }
+
+    /* [stub addition] every non-NULL handle must be live (the real op would
+     * dereference a dangling pointer) */
+    const NamedTensor all_tensors[] = {
+        {"query", x->q},
+        {"queryRope", x->qr},
+        {"keyIn", x->k},
+        {"keyInRope", x->kr},
+        {"value", x->v},
+        {"dy", x->dy},
+        {"pseShiftOptional", x->pse},
+        {"dropMaskOptional", x->drop},
+        {"paddingMaskOptional", x->pad},
+        {"attenMaskOptional", x->mask},
+        {"softmaxMaxOptional", x->smax},
+        {"softmaxSumOptional", x->ssum},
+        {"softmaxInOptional", x->smin},
+        {"attentionInOptional", x->attn},
+        {"dqOut", x->dq},
+        {"dqRopeOut", x->dqr},
+        {"dkOut", x->dk},
+        {"dkRopeOut", x->dkr},
+        {"dvOut", x->dv},
+        {"dpseOut", x->dpse},
+    };
+    for (size_t i = 0; i < sizeof all_tensors / sizeof all_tensors[0]; i++) {
+        if (all_tensors[i].t != NULL && !a->handle_live(STUB_H_TENSOR, all_tensors[i].t)) {
+            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s (%p) is not a live aclTensor (destroyed or never created) "
+                                              "[stub addition]",
+                 all_tensors[i].name, (const void *)all_tensors[i].t);
+        }
+    }
+    {
+        const struct {
+            const char *name;
+            const aclIntArray *p;
+        } arrs[] = {
+            {"prefixOptional", x->prefix},       {"actualSeqQLenOptional", x->seqq},
+            {"actualSeqKvLenOptional", x->seqkv}, {"qStartIdxOptional", x->qstart},
+            {"kvStartIdxOptional", x->kvstart},
+        };
+        for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) {
+            if (arrs[i].p != NULL && !a->handle_live(STUB_H_INT_ARRAY, arrs[i].p)) {
+                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s (%p) is not a live aclIntArray [stub addition]",
+                     arrs[i].name, (const void *)arrs[i].p);
+            }
+        }
+    }
+
+    /* Row 3: all outputs empty -> success, nothing computed */
+    if (x->dq->numel == 0 && x->dk->numel == 0 && x->dv->numel == 0 && (x->dpse == NULL || x->dpse->numel == 0)) {
+        plan->mode = PLAN_NOTHING;
+        return ACLNN_SUCCESS;
+    }
+
+    /* Row 4 */
+    if (x->head_num <= 0) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": headNum %lld must be > 0 (row 4)", (long long)x->head_num);
+    }
+
+    /* Row 5: ranks */
+    if (x->qr != NULL && x->kr != NULL && x->dqr != NULL && x->dkr != NULL) {
+        const NamedTensor rope[] = {
+            {"queryRope", x->qr}, {"keyInRope", x->kr}, {"dqRopeOut", x->dqr}, {"dkRopeOut", x->dkr}};
+        for (size_t i = 0; i < 4; i++) {
+            if (rope[i].t->ndim < 3) {
+                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not "
+                                                  "supported (row 5)",
+                     rope[i].name, (long long)rope[i].t->ndim);
+            }
+        }
+    }
+    {
+        const NamedTensor main_t[] = {{"query", x->q}, {"keyIn", x->k}, {"value", x->v}, {"dy", x->dy},
+                                      {"attentionInOptional", x->attn}, {"dqOut", x->dq}, {"dkOut", x->dk},
+                                      {"dvOut", x->dv}};
+        for (size_t i = 0; i < sizeof main_t / sizeof main_t[0]; i++) {
+            if (main_t[i].t->ndim < 3) {
+                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not "
+                                                  "supported (row 5)",
+                     main_t[i].name, (long long)main_t[i].t->ndim);
+            }
+        }
+    }
+
+    const int64_t D = x->q->dims[2];
+    const int64_t Dk = x->k->dims[2];
+    const int64_t Dv = x->v->dims[2];
+
+    /* Row 6 */
+    if (D != Dk) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of query (%lld) != head dim of keyIn (%lld) (row 6)",
+             (long long)D, (long long)Dk);
+    }
+    /* Row 7 */
+    if (D < Dv) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of value (%lld) is larger than that of query (%lld) (row 7)",
+             (long long)Dv, (long long)D);
+    }
+    /* Row 8 */
+    if ((x->qr == NULL) != (x->kr == NULL)) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL while %s is not; queryRope and keyInRope must both be "
+                                          "given (row 8)",
+             x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
+    }
+    if (x->qr == NULL) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": queryRope and keyInRope are both NULL; V3 needs them (row 8: the "
+                                          "real op dereferences them and crashes)");
+    }
+    /* [stub addition] the real op reads dim 2 of the rope tensors here */
+    if (x->qr->ndim < 3 || x->kr->ndim < 3) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has fewer than 3 dims [stub addition]",
+             x->qr->ndim < 3 ? "queryRope" : "keyInRope");
+    }
+    /* Row 9 */
+    if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim (queryRope %lld, keyInRope %lld) must not exceed the "
+                                          "query head dim %lld (row 9)",
+             (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
+    }
+    /* Row 10 */
+    if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
+        x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must "
+                                          "all be BF16 (row 10)",
+             dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype), dtype_name(x->kr->dtype),
+             dtype_name(x->v->dtype));
+    }
+    /* Row 11 */
+    if (x->sparse == 6) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode 6 is not supported with queryRope/keyInRope (row 11)");
+    }
+    /* Row 12 */
+    if (x->mask == NULL || x->mask->ndim == 0) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional is %s; V3 with rope requires an attention mask "
+                                          "(row 12)",
+             x->mask == NULL ? "NULL" : "0-dim");
+    }
+    /* Row 13 */
+    if (x->pse != NULL) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": pseShiftOptional must be NULL with queryRope/keyInRope (row 13)");
+    }
+    /* Row 14 */
+    if (x->drop != NULL) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": dropMaskOptional must be NULL with queryRope/keyInRope (row 14)");
+    }
+    /* Row 15 */
+    if (x->keep < 1) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keepProb %g must be 1 (row 15)", x->keep);
+    }
+    /* Row 16 */
+    {
+        char why[640];
+        if (needs_padding(x, D, Dv, why, sizeof why)) {
+            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query/keyIn/value: %s (row 16)", why);
+        }
+    }
+    /* Row 18 (0-dim optional tensors are treated as absent by the real op) */
+    if (x->smax == NULL || x->smax->ndim == 0 || x->ssum == NULL || x->ssum->ndim == 0 || x->attn->ndim == 0) {
+        const char *which = (x->smax == NULL || x->smax->ndim == 0)   ? "softmaxMaxOptional"
+                            : (x->ssum == NULL || x->ssum->ndim == 0) ? "softmaxSumOptional"
+                                                                      : "attentionInOptional";
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is missing (NULL or 0-dim); it is required (row 18)", which);
+    }
+    /* Row 19 */
+    if (x->head_num != x->q->dims[1]) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": headNum %lld != query.shape[1] %lld (row 19)", (long long)x->head_num,
+             (long long)x->q->dims[1]);
+    }
+
+    /* [stub addition] outputs must have the computed shape and dtype (BF16,
+     * shape of the corresponding input): phase 2 writes them through their
+     * views with those shapes */
+    {
+        const struct {
+            const char *name;
+            const aclTensor *out;
+            const char *in_name;
+            const aclTensor *in;
+        } outs[] = {
+            {"dqOut", x->dq, "query", x->q},           {"dqRopeOut", x->dqr, "queryRope", x->qr},
+            {"dkOut", x->dk, "keyIn", x->k},           {"dkRopeOut", x->dkr, "keyInRope", x->kr},
+            {"dvOut", x->dv, "value", x->v},
+        };
+        for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+            if (outs[i].out == NULL) {
+                continue;
+            }
+            if (outs[i].out->dtype != STUB_DT_BF16) {
+                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s dtype %s must be BF16 [stub addition: output check]",
+                     outs[i].name, dtype_name(outs[i].out->dtype));
+            }
+            if (!same_shape(outs[i].out, outs[i].in)) {
+                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must equal %s shape %s [stub addition: output "
+                                                  "check]",
+                     outs[i].name, shape_str(outs[i].out, s1, sizeof s1), outs[i].in_name,
+                     shape_str(outs[i].in, s2, sizeof s2));
+            }
+        }
+    }
+
+    /* Empty-tensor path: some computed gradient has 0 elements -> dq, dk, dv
+     * are zero-filled (rows 17 and 20-29 are skipped) */
+    if (x->q->numel == 0 || x->k->numel == 0 || x->v->numel == 0 || x->qr->numel == 0 || x->kr->numel == 0) {
+        plan->mode = PLAN_ZERO_FILL;
+        return ACLNN_SUCCESS;
+    }
+
+    /* Row 17 */
+    if ((float)x->keep > 1.0f) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keepProb %g must be 1 (row 17)", x->keep);
+    }
+
+    const int64_t T1 = x->q->dims[0];
+    const int64_t N1 = x->q->dims[1];
+
+    /* Row 20 */
+    if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT "
+                                          "(row 20)",
+             dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
+    }
+    if (x->attn->dtype != x->q->dtype) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional dtype %s != query dtype %s (row 20)",
+             dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
+    }
+    /* Row 21 */
+    if (!is_shape3(x->smax, T1, N1, 8) || !is_shape3(x->ssum, T1, N1, 8)) {
+        const aclTensor *bad = !is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must be [T1, N1, 8] = [%lld,%lld,8] (row 21)",
+             bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", shape_str(bad, s1, sizeof s1),
+             (long long)T1, (long long)N1);
+    }
+    if (!same_but_last(x->attn, x->q)) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional shape %s must match query shape %s except the "
+                                          "last dim (row 21)",
+             shape_str(x->attn, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
+    }
+    /* Row 22 */
+    if (T1 == 0 || N1 == 0 || D == 0) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query shape %s has a zero T, N or D (row 22)",
+             shape_str(x->q, s1, sizeof s1));
+    }
+    /* Row 23 */
+    if (x->seqq == NULL || x->seqkv == NULL) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; TND needs both cumulative length arrays (row 23)",
+             x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
+    }
+    if (x->seqq->size != x->seqkv->size || x->seqq->size == 0) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional "
+                                          "(length %llu) must have the same non-zero length (row 23)",
+             (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
+    }
+    /* Row 24 */
+    if (x->q->ndim != 3) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query must have 3 dims [T,N,D], got %s (row 24)",
+             shape_str(x->q, s1, sizeof s1));
+    }
+    const int64_t N2 = x->k->dims[1];
+    if (N2 == 0 || N1 / N2 == 0) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn head count N2=%lld must be > 0 and <= query head count "
+                                          "N1=%lld (row 24)",
+             (long long)N2, (long long)N1);
+    }
+    if (N1 % N2 != 0) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query head count N1=%lld must be a multiple of keyIn head count "
+                                          "N2=%lld (row 24 / softmax shape check)",
+             (long long)N1, (long long)N2);
+    }
+    /* Row 25 */
+    if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > D) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy shape %s must match query shape %s except the last dim, which "
+                                          "must be <= D (row 25)",
+             shape_str(x->dy, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
+    }
+    if (!same_but_last(x->v, x->k) || Dv > Dk) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": value shape %s must match keyIn shape %s except the last dim, which "
+                                          "must be <= D (row 25)",
+             shape_str(x->v, s1, sizeof s1), shape_str(x->k, s2, sizeof s2));
+    }
+    /* Row 26 */
+    if (x->sparse < 0 || x->sparse > 8) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": sparseMode %lld must be in 0..8 (row 26)", (long long)x->sparse);
+    }
+
+    /* sequence facts (section 0) */
+    const int64_t nb_raw = (int64_t)x->seqq->size;
+    const int64_t *cq = x->seqq->values;
+    const int64_t *ckv = x->seqkv->values;
+    int64_t nb = nb_raw;
+    while (nb > 1 && seg_len(cq, nb - 1) == 0 && seg_len(ckv, nb - 1) == 0) {
+        nb--;
+    }
+    int64_t max_sq = 0, max_skv = 0;
+    for (int64_t b = 0; b < nb_raw; b++) {
+        if (seg_len(cq, b) > max_sq) {
+            max_sq = seg_len(cq, b);
+        }
+        if (seg_len(ckv, b) > max_skv) {
+            max_skv = seg_len(ckv, b);
+        }
+    }
+
+    /* Row 27: attention mask */
+    const aclTensor *m = x->mask;
+    if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional dtype %s must be BOOL or UINT8 (row 27)",
+             dtype_name(m->dtype));
+    }
+    if (m->ndim != 2 && m->ndim != 4) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional must have 2 or 4 dims, got %s (row 27)",
+             shape_str(m, s1, sizeof s1));
+    }
+    int mask_kind = MASK_2D;
+    if (m->ndim == 4) {
+        int64_t d0 = m->dims[0], d1 = m->dims[1];
+        if (d0 == 1 && d1 == 1) {
+            mask_kind = MASK_2D;
+        } else if (d0 == nb && d1 == 1) {
+            mask_kind = MASK_B1SS;
+        } else if (d0 == nb && d1 == N1) {
+            mask_kind = MASK_BNSS;
+        } else {
+            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: the first two dims must be (B,N1), "
+                                              "(B,1) or (1,1) with B=%lld, N1=%lld (row 27)",
+                 shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
+        }
+    }
+    {
+        int64_t r = m->dims[m->ndim - 2], c = m->dims[m->ndim - 1];
+        int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
+        int64_t want_r = compressed ? 2048 : max_sq;
+        int64_t want_c = compressed ? 2048 : max_skv;
+        if (r != want_r || c != want_c) {
+            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: for sparseMode %lld the last two dims "
+                                              "must be [%lld,%lld]%s (row 27)",
+                 shape_str(m, s1, sizeof s1), (long long)x->sparse, (long long)want_r, (long long)want_c,
+                 compressed ? " (compressed mask)" : " ([maxSq, maxSkv])");
+        }
+    }
+
+    /* Row 28: tokens (normalised first) */
+    int64_t pre = x->pre > INT32_MAX_I64 ? INT32_MAX_I64 : x->pre;
+    int64_t next = x->next > INT32_MAX_I64 ? INT32_MAX_I64 : x->next;
+    if (x->sparse == 2 || x->sparse == 3) {
+        pre = INT32_MAX_I64;
+        next = 0;
+    } else if (x->sparse == 1) {
+        pre = INT32_MAX_I64;
+        next = INT32_MAX_I64;
+    }
+    int64_t band_idx = 0;
+    if (x->sparse == 7) {
+        for (int64_t b = nb - 1; b >= 0; b--) {
+            if (seg_len(cq, b) != 0) {
+                band_idx = b;
+                break;
+            }
+        }
+    } else if (x->sparse == 8) {
+        for (int64_t b = 0; b < nb; b++) {
+            if (seg_len(cq, b) != 0) {
+                band_idx = b;
+                break;
+            }
+        }
+    }
+    if (x->sparse == 0 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
+        int64_t b0 = 0, b1 = nb;
+        if (x->sparse == 7 || x->sparse == 8) {
+            b0 = band_idx;
+            b1 = band_idx + 1;
+        }
+        for (int64_t b = b0; b < b1; b++) {
+            int64_t sq = seg_len(cq, b), skv = seg_len(ckv, b);
+            int bad;
+            if (x->sparse == 0) {
+                bad = -pre > skv || -next > sq || pre + next <= 0;
+            } else {
+                bad = -pre > sq || -next > skv || pre + next <= 0;
+            }
+            if (bad) {
+                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
+                                                  "%lld at batch %lld (Sq=%lld, Skv=%lld) (row 28)",
+                     (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b, (long long)sq,
+                     (long long)skv);
+            }
+        }
+    }
+
+    /* Row 29 */
+    if (x->pse_type < 0 || x->pse_type >= 4) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be in [0,4) (row 29)", (long long)x->pse_type);
+    }
+    if (x->pse_type != 1) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be 1 when pseShiftOptional is NULL (row 29)",
+             (long long)x->pse_type);
+    }
+    /* Row 30 */
+    if (x->dy->dtype != x->q->dtype) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy dtype %s != query dtype %s (row 30)", dtype_name(x->dy->dtype),
+             dtype_name(x->q->dtype));
+    }
+
+    /* ---- [stub additions]: things the real op does not check but would read
+     * out of bounds on ---- */
+    if (x->k->ndim != 3) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition]",
+             shape_str(x->k, s1, sizeof s1));
+    }
+    if (x->attn->dims[2] != Dv || x->dy->dims[2] != Dv) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition]",
+             x->attn->dims[2] != Dv ? "attentionInOptional" : "dy",
+             (long long)(x->attn->dims[2] != Dv ? x->attn->dims[2] : x->dy->dims[2]), (long long)Dv);
+    }
+    const int64_t T2 = x->k->dims[0];
+    {
+        const struct {
+            const char *name;
+            const aclIntArray *arr;
+            int64_t T;
+            const char *tname;
+        } seqs[] = {{"actualSeqQLenOptional", x->seqq, T1, "query T1"},
+                    {"actualSeqKvLenOptional", x->seqkv, T2, "keyIn T2"}};
+        for (size_t s = 0; s < 2; s++) {
+            const int64_t *v = seqs[s].arr->values;
+            for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
+                if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
+                    FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s must be non-negative non-decreasing cumulative ends; "
+                                                      "entry %llu is %lld [stub addition]",
+                         seqs[s].name, (unsigned long long)i, (long long)v[i]);
+                }
+            }
+            int64_t last = v[seqs[s].arr->size - 1];
+            if (last > seqs[s].T) {
+                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition]",
+                     seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
+            }
+        }
+    }
+    const int64_t Dr = x->qr->dims[2];
+    if (!is_shape3(x->qr, T1, N1, Dr)) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub "
+                                          "addition]",
+             shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
+    }
+    if (!is_shape3(x->kr, T2, N2, Dr)) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
+                                          "queryRope) [stub addition]",
+             shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
+    }
+
+    /* ---- record the plan ---- */
+    plan->mode = PLAN_COMPUTE;
+    plan->scale = (float)x->scale;
+    plan->pre = pre;
+    plan->next = next;
+    plan->sparse = x->sparse;
+    plan->nb_raw = nb_raw;
+    plan->nb = nb;
+    plan->max_sq = max_sq;
+    plan->max_skv = max_skv;
+    plan->band_idx = band_idx;
+    plan->mask_kind = mask_kind;
+    plan->T1 = T1;
+    plan->N1 = N1;
+    plan->D = D;
+    plan->Dr = Dr;
+    plan->T2 = T2;
+    plan->N2 = N2;
+    plan->Dv = Dv;
+    plan->cum_q = malloc((size_t)nb_raw * sizeof(int64_t));
+    plan->cum_kv = malloc((size_t)nb_raw * sizeof(int64_t));
+    if (plan->cum_q == NULL || plan->cum_kv == NULL) {
+        FAIL(ACLNN_ERR_INNER_NULLPTR, FN1 ": out of host memory");
+    }
+    memcpy(plan->cum_q, cq, (size_t)nb_raw * sizeof(int64_t));
+    memcpy(plan->cum_kv, ckv, (size_t)nb_raw * sizeof(int64_t));
+    return ACLNN_SUCCESS;
+}
+
+static uint64_t plan_workspace_bytes(const FagPlan *p)
+{
+    if (p->mode != PLAN_COMPUTE) {
+        return 0;
+    }
+    uint64_t floats = (uint64_t)(p->T1 * p->N1 * (p->D + p->Dr)) + (uint64_t)(p->T2 * p->N2 * (p->D + p->Dr + p->Dv));
+    return floats * sizeof(float);
+}
+
+STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
+    const aclTensor *query, const aclTensor *queryRope, const aclTensor *keyIn, const aclTensor *keyInRope,
+    const aclTensor *value, const aclTensor *dy, const aclTensor *pseShiftOptional, const aclTensor *dropMaskOptional,
+    const aclTensor *paddingMaskOptional, const aclTensor *attenMaskOptional, const aclTensor *softmaxMaxOptional,
+    const aclTensor *softmaxSumOptional, const aclTensor *softmaxInOptional, const aclTensor *attentionInOptional,
+    const aclIntArray *prefixOptional, const aclIntArray *actualSeqQLenOptional,
+    const aclIntArray *actualSeqKvLenOptional, const aclIntArray *qStartIdxOptional,
+    const aclIntArray *kvStartIdxOptional, double scaleValue, double keepProb, int64_t preTokens, int64_t nextTokens,
+    int64_t headNum, char *inputLayout, int64_t innerPrecise, int64_t sparseMode, int64_t pseType,
+    const aclTensor *dqOut, const aclTensor *dqRopeOut, const aclTensor *dkOut, const aclTensor *dkRopeOut,
+    const aclTensor *dvOut, const aclTensor *dpseOut, uint64_t *workspaceSize, aclOpExecutor **executor)
+{
+    const StubApi *a = api();
+    int32_t inj = a->inject_check(FN1);
+    if (inj != 0) {
+        return inj;
+    }
+    if (a->current_device() < 0) {
+        a->set_error(FN1 ": no current context on this thread; call aclrtSetDevice first");
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    }
+
+    Args x;
+    x.q = query;
+    x.qr = queryRope;
+    x.k = keyIn;
+    x.kr = keyInRope;
+    x.v = value;
+    x.dy = dy;
+    x.pse = pseShiftOptional;
+    x.drop = dropMaskOptional;
+    x.pad = paddingMaskOptional;
+    x.mask = attenMaskOptional;
+    x.smax = softmaxMaxOptional;
+    x.ssum = softmaxSumOptional;
+    x.smin = softmaxInOptional;
+    x.attn = attentionInOptional;
+    x.prefix = prefixOptional;
+    x.seqq = actualSeqQLenOptional;
+    x.seqkv = actualSeqKvLenOptional;
+    x.qstart = qStartIdxOptional;
+    x.kvstart = kvStartIdxOptional;
+    x.scale = scaleValue;
+    x.keep = keepProb;
+    x.pre = preTokens;
+    x.next = nextTokens;
+    x.head_num = headNum;
+    x.layout = inputLayout;
+    x.inner = innerPrecise;
+    x.sparse = sparseMode;
+    x.pse_type = pseType;
+    x.dq = dqOut;
+    x.dqr = dqRopeOut;
+    x.dk = dkOut;
+    x.dkr = dkRopeOut;
+    x.dv = dvOut;
+    x.dpse = dpseOut;
+    x.ws = workspaceSize;
+    x.exec = executor;
+
+    FagPlan *plan = calloc(1, sizeof *plan);
+    if (plan == NULL) {
+        a->set_error(FN1 ": out of host memory");
+        return ACLNN_ERR_INNER_NULLPTR;
+    }
+    aclnnStatus rc = validate(&x, plan);
+    if (rc != ACLNN_SUCCESS) {
+        plan_free(plan);
+        return rc;
+    }
+
+    aclOpExecutor *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        plan_free(plan);
+        a->set_error(FN1 ": out of host memory");
+        return ACLNN_ERR_INNER_NULLPTR;
+    }
+    e->magic = STUB_MAGIC_EXEC;
+    e->payload = plan;
+    e->payload_free = plan_free;
+
+    /* snapshot the non-NULL tensors, inputs and outputs each in parameter order */
+    const aclTensor *ins[] = {query, queryRope, keyIn, keyInRope, value, dy, pseShiftOptional, dropMaskOptional,
+                              paddingMaskOptional, attenMaskOptional, softmaxMaxOptional, softmaxSumOptional,
+                              softmaxInOptional, attentionInOptional};
+    int *in_slot[] = {&plan->s_q,   &plan->s_qr,   &plan->s_k,    &plan->s_kr,   &plan->s_v,
+                      &plan->s_dy,  NULL,          NULL,          NULL,          &plan->s_mask,
+                      &plan->s_smax, &plan->s_ssum, NULL,         &plan->s_attn};
+    const aclTensor *outs[] = {dqOut, dqRopeOut, dkOut, dkRopeOut, dvOut, dpseOut};
+    int *out_slot[] = {&plan->o_dq, &plan->o_dqr, &plan->o_dk, &plan->o_dkr, &plan->o_dv, NULL};
+    for (size_t i = 0; i < sizeof ins / sizeof ins[0]; i++) {
+        if (in_slot[i] != NULL) {
+            *in_slot[i] = -1;
+        }
+        if (ins[i] != NULL) {
+            if (in_slot[i] != NULL) {
+                *in_slot[i] = (int)e->n_in;
+            }
+            e->in_handle[e->n_in] = (aclTensor *)ins[i];
+            e->in[e->n_in++] = *ins[i];
+        }
+    }
+    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+        if (out_slot[i] != NULL) {
+            *out_slot[i] = -1;
+        }
+        if (outs[i] != NULL) {
+            if (out_slot[i] != NULL) {
+                *out_slot[i] = (int)e->n_out;
+            }
+            e->out_handle[e->n_out] = (aclTensor *)outs[i];
+            e->out[e->n_out++] = *outs[i];
+        }
+    }
+    e->workspace_size = plan_workspace_bytes(plan);
+
+    if (a->handle_add(STUB_H_EXECUTOR, e) != 0) {
+        stub_exec_free(e);
+        a->set_error(FN1 ": out of host memory");
+        return ACLNN_ERR_INNER_NULLPTR;
+    }
+    *workspaceSize = e->workspace_size;
+    *executor = e;
+    a->inject_success(FN1);
+    return ACLNN_SUCCESS;
+}
+
+/* ------------------------------------------------------------------------ */
+/* phase 2: the math                                                         */
+/* ------------------------------------------------------------------------ */
+
+static inline float bf16_to_float(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* round to nearest, ties away from zero (CAST_ROUND); NaN stays NaN */
+static inline uint16_t float_to_bf16_away(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
+        return (uint16_t)((u >> 16) | 0x0040u);
+    }
+    uint32_t sign = u & 0x80000000u;
+    uint32_t mag = (u & 0x7FFFFFFFu) + 0x8000u;
+    return (uint16_t)((sign | mag) >> 16);
+}
+
+static inline float round_bf16(float f)
+{
+    return bf16_to_float(float_to_bf16_away(f));
+}
+
+static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2)
+{
+    return t->offset + i0 * t->strides[0] + i1 * t->strides[1] + i2 * t->strides[2];
+}
+
+/* element index of the flat (row-major logical) position of a view */
+static int64_t idx_flat(const aclTensor *t, int64_t flat)
+{
+    int64_t idx = t->offset;
+    for (int64_t d = t->ndim; d-- > 0;) {
+        int64_t n = t->dims[d];
+        idx += (flat % n) * t->strides[d];
+        flat /= n;
+    }
+    return idx;
+}
+
+static inline float ld_bf16(const aclTensor *t, int64_t idx)
+{
+    uint16_t h;
+    memcpy(&h, (const char *)t->data + idx * 2, sizeof h);
+    return bf16_to_float(h);
+}
+
+static inline float ld_f32(const aclTensor *t, int64_t idx)
+{
+    float f;
+    memcpy(&f, (const char *)t->data + idx * 4, sizeof f);
+    return f;
+}
+
+static inline void st_bf16(const aclTensor *t, int64_t idx, float v)
+{
+    uint16_t h = float_to_bf16_away(v);
+    memcpy((char *)t->data + idx * 2, &h, sizeof h);
+}
+
+static void *xcalloc(size_t n, size_t sz)
+{
+    return calloc(n ? n : 1, sz);
+}
+
+/* write zeros to every element of a view */
+static void zero_view(const aclTensor *t)
+{
+    if (t->numel == 0) {
+        return;
+    }
+    for (int64_t f = 0; f < t->numel; f++) {
+        memset((char *)t->data + idx_flat(t, f) * t->itemsize, 0, (size_t)t->itemsize);
+    }
+}
+
+typedef struct BatchCtx {
+    int64_t b, Sq, Skv, delta, mask_base;
+} BatchCtx;
+
+static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j)
+{
+    int64_t ji = j - i;
+    int64_t band_lo = c->delta - p->pre, band_hi = c->delta + p->next;
+    switch (p->sparse) {
+    case 0:
+    case 5:
+        if (ji < -p->pre || ji > p->next) {
+            return 0;
+        }
+        __attribute__((fallthrough)); /* and the mask */
+    case 1: {
+        int64_t flat;
+        if (p->mask_kind == MASK_2D) {
+            flat = i * p->max_skv + j;
+        } else if (p->mask_kind == MASK_B1SS) {
+            flat = c->mask_base + i * c->Skv + j;
+        } else {
+            flat = p->N1 * c->mask_base + (h * c->Sq + i) * c->Skv + j;
+        }
+        uint8_t mv;
+        memcpy(&mv, (const char *)M->data + idx_flat(M, flat), 1);
+        return mv == 0;
+    }
+    case 2:
+        return j <= i;
+    case 3:
+        return ji <= c->delta;
+    case 4:
+        return ji >= band_lo && ji <= band_hi;
+    case 7:
+        return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (ji <= c->delta);
+    case 8:
+        return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (j <= i);
+    default:
+        return 0;
+    }
+}
+
+/* returns 0 or ACLNN_ERR_RUNTIME_ERROR (host allocation failure) */
+static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *ws)
+{
+    const aclTensor *Q = &e->in[p->s_q], *QR = &e->in[p->s_qr], *K = &e->in[p->s_k], *KR = &e->in[p->s_kr];
+    const aclTensor *V = &e->in[p->s_v], *DY = &e->in[p->s_dy], *M = &e->in[p->s_mask];
+    const aclTensor *SMAX = &e->in[p->s_smax], *SSUM = &e->in[p->s_ssum], *AT = &e->in[p->s_attn];
+    const int64_t T1 = p->T1, N1 = p->N1, D = p->D, Dr = p->Dr, T2 = p->T2, N2 = p->N2, Dv = p->Dv;
+    const int64_t G = N1 / N2;
+    const float scale = p->scale;
+
+    float *dQ = ws;
+    float *dQr = dQ + T1 * N1 * D;
+    float *dK = dQr + T1 * N1 * Dr;
+    float *dKr = dK + T2 * N2 * D;
+    float *dV = dKr + T2 * N2 * Dr;
+    memset(ws, 0, (size_t)plan_workspace_bytes(p));
+
+    int64_t max_sq = 0, max_skv = 0;
+    for (int64_t b = 0; b < p->nb; b++) {
+        int64_t sq = seg_len(p->cum_q, b), skv = seg_len(p->cum_kv, b);
+        max_sq = sq > max_sq ? sq : max_sq;
+        max_skv = skv > max_skv ? skv : max_skv;
+    }
+    size_t mq = (size_t)max_sq, mk = (size_t)max_skv;
+    float *Qf = xcalloc(mq * (size_t)D, sizeof(float));
+    float *Qrf = xcalloc(mq * (size_t)Dr, sizeof(float));
+    float *DYf = xcalloc(mq * (size_t)Dv, sizeof(float));
+    float *Dterm = xcalloc(mq, sizeof(float));
+    char *row_ok = xcalloc(mq, 1);
+    float *Kf = xcalloc(mk * (size_t)D, sizeof(float));
+    float *Krf = xcalloc(mk * (size_t)Dr, sizeof(float));
+    float *Vf = xcalloc(mk * (size_t)Dv, sizeof(float));
+    float *P = xcalloc(mq * mk, sizeof(float));
+    float *dS = xcalloc(mq * mk, sizeof(float));
+    aclnnStatus rc = ACLNN_SUCCESS;
+    if (!Qf || !Qrf || !DYf || !Dterm || !row_ok || !Kf || !Krf || !Vf || !P || !dS) {
+        api()->set_error(FN2 ": out of host memory for the scratch buffers (max Sq %lld, max Skv %lld)",
+                         (long long)max_sq, (long long)max_skv);
+        rc = ACLNN_ERR_RUNTIME_ERROR;
+        goto out;
+    }
+
+    int64_t mask_base = 0; /* sum over earlier batches of Sq_b * Skv_b */
+    for (int64_t b = 0; b < p->nb; b++) {
+        const int64_t qs = b == 0 ? 0 : p->cum_q[b - 1];
+        const int64_t ks = b == 0 ? 0 : p->cum_kv[b - 1];
+        BatchCtx c;
+        c.b = b;
+        c.Sq = seg_len(p->cum_q, b);
+        c.Skv = seg_len(p->cum_kv, b);
+        c.delta = c.Skv - c.Sq;
+        c.mask_base = mask_base;
+        mask_base += c.Sq * c.Skv;
+        if (c.Sq <= 0 || c.Skv <= 0) {
+            continue; /* no computed block: the gradients of these rows stay 0 */
+        }
+        const int64_t Sq = c.Sq, Skv = c.Skv;
+        int64_t loaded_n2 = -1;
+        for (int64_t h = 0; h < N1; h++) {
+            const int64_t n2 = h / G;
+            if (n2 != loaded_n2) {
+                for (int64_t j = 0; j < Skv; j++) {
+                    for (int64_t d = 0; d < D; d++) {
+                        Kf[j * D + d] = ld_bf16(K, idx3(K, ks + j, n2, d));
+                    }
+                    for (int64_t d = 0; d < Dr; d++) {
+                        Krf[j * Dr + d] = ld_bf16(KR, idx3(KR, ks + j, n2, d));
+                    }
+                    for (int64_t d = 0; d < Dv; d++) {
+                        Vf[j * Dv + d] = ld_bf16(V, idx3(V, ks + j, n2, d));
+                    }
+                }
+                loaded_n2 = n2;
+            }
+            for (int64_t i = 0; i < Sq; i++) {
+                for (int64_t d = 0; d < D; d++) {
+                    Qf[i * D + d] = ld_bf16(Q, idx3(Q, qs + i, h, d));
+                }
+                for (int64_t d = 0; d < Dr; d++) {
+                    Qrf[i * Dr + d] = ld_bf16(QR, idx3(QR, qs + i, h, d));
+                }
+                float acc = 0.0f;
+                for (int64_t d = 0; d < Dv; d++) {
+                    float g = ld_bf16(DY, idx3(DY, qs + i, h, d));
+                    DYf[i * Dv + d] = g;
+                    acc += g * ld_bf16(AT, idx3(AT, qs + i, h, d));
+                }
+                Dterm[i] = acc;
+            }
+
+            /* P = exp(S - max) / sum with the forward's statistics */
+            for (int64_t i = 0; i < Sq; i++) {
+                const int64_t flat = qs * N1 * 8 + (h * Sq + i) * 8;
+                const float mx = ld_f32(SMAX, idx_flat(SMAX, flat));
+                const float sm = ld_f32(SSUM, idx_flat(SSUM, flat));
+                int any = 0;
+                float *prow = P + i * Skv;
+                for (int64_t j = 0; j < Skv; j++) {
+                    float s;
+                    if (is_kept(p, M, &c, h, i, j)) {
+                        any = 1;
+                        float qk = 0.0f, qr = 0.0f;
+                        for (int64_t d = 0; d < D; d++) {
+                            qk += Qf[i * D + d] * Kf[j * D + d];
+                        }
+                        for (int64_t d = 0; d < Dr; d++) {
+                            qr += Qrf[i * Dr + d] * Krf[j * Dr + d];
+                        }
+                        s = (qk + qr) * scale;
+                    } else {
+                        s = -FLT_MAX;
+                    }
+                    prow[j] = expf(s - mx) / sm;
+                }
+                row_ok[i] = (char)any;
+            }
+            /* dP = dy . v^T, dS = P * (dP - Dterm); round P and dS to bf16 */
+            for (int64_t i = 0; i < Sq; i++) {
+                float *prow = P + i * Skv;
+                float *dsrow = dS + i * Skv;
+                if (!row_ok[i]) {
+                    /* fully masked row: contributes nothing */
+                    memset(prow, 0, (size_t)Skv * sizeof(float));
+                    memset(dsrow, 0, (size_t)Skv * sizeof(float));
+                    continue;
+                }
+                for (int64_t j = 0; j < Skv; j++) {
+                    float dp = 0.0f;
+                    for (int64_t d = 0; d < Dv; d++) {
+                        dp += DYf[i * Dv + d] * Vf[j * Dv + d];
+                    }
+                    float ds = prow[j] * (dp - Dterm[i]);
+                    dsrow[j] = round_bf16(ds);
+                    prow[j] = round_bf16(prow[j]);
+                }
+            }
+            /* gradient matmuls, fp32 accumulation */
+            for (int64_t i = 0; i < Sq; i++) {
+                if (!row_ok[i]) {
+                    continue;
+                }
+                float *gq = dQ + ((qs + i) * N1 + h) * D;
+                float *gqr = dQr + ((qs + i) * N1 + h) * Dr;
+                for (int64_t j = 0; j < Skv; j++) {
+                    const float ds = dS[i * Skv + j];
+                    const float pv = P[i * Skv + j];
+                    float *gk = dK + ((ks + j) * N2 + n2) * D;
+                    float *gkr = dKr + ((ks + j) * N2 + n2) * Dr;
+                    float *gv = dV + ((ks + j) * N2 + n2) * Dv;
+                    for (int64_t d = 0; d < D; d++) {
+                        gq[d] += ds * Kf[j * D + d];
+                        gk[d] += ds * Qf[i * D + d];
+                    }
+                    for (int64_t d = 0; d < Dr; d++) {
+                        gqr[d] += ds * Krf[j * Dr + d];
+                        gkr[d] += ds * Qrf[i * Dr + d];
+                    }
+                    for (int64_t d = 0; d < Dv; d++) {
+                        gv[d] += pv * DYf[i * Dv + d];
+                    }
+                }
+            }
+        }
+    }
+
+    /* outputs: bf16(scale * acc) for dq, dqRope, dk, dkRope; bf16(acc) for dv */
+    {
+        const aclTensor *DQ = &e->out[p->o_dq], *DK = &e->out[p->o_dk], *DV = &e->out[p->o_dv];
+        const aclTensor *DQR = p->o_dqr >= 0 ? &e->out[p->o_dqr] : NULL;
+        const aclTensor *DKR = p->o_dkr >= 0 ? &e->out[p->o_dkr] : NULL;
+        for (int64_t t = 0; t < T1; t++) {
+            for (int64_t n = 0; n < N1; n++) {
+                for (int64_t d = 0; d < D; d++) {
+                    st_bf16(DQ, idx3(DQ, t, n, d), scale * dQ[(t * N1 + n) * D + d]);
+                }
+                for (int64_t d = 0; DQR != NULL && d < Dr; d++) {
+                    st_bf16(DQR, idx3(DQR, t, n, d), scale * dQr[(t * N1 + n) * Dr + d]);
+                }
+            }
+        }
+        for (int64_t t = 0; t < T2; t++) {
+            for (int64_t n = 0; n < N2; n++) {
+                for (int64_t d = 0; d < D; d++) {
+                    st_bf16(DK, idx3(DK, t, n, d), scale * dK[(t * N2 + n) * D + d]);
+                }
+                for (int64_t d = 0; DKR != NULL && d < Dr; d++) {
+                    st_bf16(DKR, idx3(DKR, t, n, d), scale * dKr[(t * N2 + n) * Dr + d]);
+                }
+                for (int64_t d = 0; d < Dv; d++) {
+                    st_bf16(DV, idx3(DV, t, n, d), dV[(t * N2 + n) * Dv + d]);
+                }
+            }
+        }
+    }
+
+out:
+    free(Qf);
+    free(Qrf);
+    free(DYf);
+    free(Dterm);
+    free(row_ok);
+    free(Kf);
+    free(Krf);
+    free(Vf);
+    free(P);
+    free(dS);
+    return rc;
+}
+
+/* every recorded tensor the plan touches must still be a live handle (161001)
+ * whose view lies in live device memory (361001) */
+static aclnnStatus check_buffers(const aclOpExecutor *e, const FagPlan *p)
+{
+    const struct {
+        const char *name;
+        int slot;
+        int out;
+    } used[] = {
+        {"query", p->s_q, 0},       {"queryRope", p->s_qr, 0},   {"keyIn", p->s_k, 0},
+        {"keyInRope", p->s_kr, 0},  {"value", p->s_v, 0},        {"dy", p->s_dy, 0},
+        {"attenMaskOptional", p->s_mask, 0}, {"softmaxMaxOptional", p->s_smax, 0},
+        {"softmaxSumOptional", p->s_ssum, 0}, {"attentionInOptional", p->s_attn, 0},
+        {"dqOut", p->o_dq, 1},      {"dqRopeOut", p->o_dqr, 1},  {"dkOut", p->o_dk, 1},
+        {"dkRopeOut", p->o_dkr, 1}, {"dvOut", p->o_dv, 1},
+    };
+    for (size_t i = 0; i < sizeof used / sizeof used[0]; i++) {
+        if (used[i].slot < 0) {
+            continue;
+        }
+        if (p->mode == PLAN_ZERO_FILL && !(used[i].out && (used[i].slot == p->o_dq || used[i].slot == p->o_dk ||
+                                                           used[i].slot == p->o_dv))) {
+            continue;
+        }
+        const aclTensor *h = used[i].out ? e->out_handle[used[i].slot] : e->in_handle[used[i].slot];
+        if (!api()->handle_live(STUB_H_TENSOR, h)) {
+            api()->set_error(FN2 ": %s (aclTensor %p) was destroyed before phase 2; the executor still uses it "
+                                 "(destroy tensors only after phase 2 returns, or after aclDestroyAclOpExecutor "
+                                 "for a repeatable executor)",
+                             used[i].name, (const void *)h);
+            return ACLNN_ERR_PARAM_NULLPTR;
+        }
+        const aclTensor *t = used[i].out ? &e->out[used[i].slot] : &e->in[used[i].slot];
+        if (t->numel == 0) {
+            continue;
+        }
+        uint64_t bytes = (uint64_t)(t->max_index + 1) * (uint64_t)t->itemsize;
+        if (!api()->device_range(t->data, bytes)) {
+            api()->set_error(FN2 ": %s memory %p (+%llu bytes) is no longer inside a live device allocation "
+                                 "(freed before phase 2?)",
+                             used[i].name, t->data, (unsigned long long)bytes);
+            return ACLNN_ERR_RUNTIME_ERROR;
+        }
+    }
+    return ACLNN_SUCCESS;
+}
+
+STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, uint64_t workspaceSize,
+                                                             aclOpExecutor *executor, const aclrtStream stream)
+{
+    const StubApi *a = api();
+    if (a->current_device() < 0) {
+        a->set_error(FN2 ": no current context on this thread; call aclrtSetDevice first");
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    }
+    if (executor == NULL) {
+        a->set_error(FN2 ": executor is NULL");
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    if (!a->handle_live(STUB_H_EXECUTOR, executor) || executor->payload_free != plan_free) {
+        a->set_error(FN2 ": executor %p is not live (already run, destroyed, or not made by " FN1 ")",
+                     (void *)executor);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    /* a non-repeatable executor is consumed by this call, whatever its outcome */
+    const int consume = !executor->repeatable;
+    if (consume && !a->handle_remove(STUB_H_EXECUTOR, executor)) {
+        a->set_error(FN2 ": executor %p is not live", (void *)executor);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    const FagPlan *p = executor->payload;
+    aclnnStatus rc = a->inject_check(FN2);
+    if (rc != 0) {
+        goto done;
+    }
+    if (stream != NULL && !a->handle_live(STUB_H_STREAM, stream)) {
+        a->set_error(FN2 ": stream %p is not a live aclrtStream", stream);
+        rc = ACLNN_ERR_PARAM_INVALID;
+        goto done;
+    }
+    if (executor->workspace_size > 0) {
+        if (workspaceSize < executor->workspace_size) {
+            a->set_error(FN2 ": workspaceSize %llu is smaller than the %llu bytes returned by phase 1",
+                         (unsigned long long)workspaceSize, (unsigned long long)executor->workspace_size);
+            rc = ACLNN_ERR_PARAM_INVALID;
+            goto done;
+        }
+        if (workspace == NULL || ((uintptr_t)workspace % 32) != 0 ||
+            !a->device_range(workspace, executor->workspace_size)) {
+            a->set_error(FN2 ": workspace %p must be 32-byte aligned device memory holding %llu bytes", workspace,
+                         (unsigned long long)executor->workspace_size);
+            rc = ACLNN_ERR_PARAM_INVALID;
+            goto done;
+        }
+    }
+    if (p->mode == PLAN_NOTHING) {
+        goto done;
+    }
+    rc = check_buffers(executor, p);
+    if (rc != ACLNN_SUCCESS) {
+        goto done;
+    }
+    if (p->mode == PLAN_ZERO_FILL) {
+        zero_view(&executor->out[p->o_dq]);
+        zero_view(&executor->out[p->o_dk]);
+        zero_view(&executor->out[p->o_dv]);
+    } else {
+        rc = run_compute(executor, p, (float *)workspace);
+    }
+done:
+    if (consume) {
+        stub_exec_free(executor);
+    }
+    if (rc == ACLNN_SUCCESS) {
+        a->inject_success(FN2);
+    }
+    return rc;
+}
