@@ -27,7 +27,8 @@ from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
 from .masks import COMPRESSED_SIZE, is_canonical_compressed
 from .semantics.seqlens import SeqInfo, seq_info
-from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, normalize_tokens
+from .semantics.sparse import (COMPRESSED_MODES, INT32_MAX, MaskReader, band_index, batch_keep,
+                               normalize_tokens)
 from .semantics.softmax_layout import COPIES
 
 __all__ = ["validate_backward", "validate_forward", "IgnoredArgumentWarning",
@@ -338,6 +339,55 @@ def _check_stats_copies(name, stats):
                    f"copy (j mod {COPIES}) for column j, so they must be identical", stricter=True)
 
 
+def _check_stats_layout(call_parts, seqs: SeqInfo, sparse_mode, pre_eff, next_eff, band_idx):
+    """Our own hint: a few sampled rows of softmax_max must hold the row's max of scale·S.
+
+    When a sampled row's value fits only the token-major reading ([T, N] broadcast to
+    [T, N, 8]) and not the device layout, the statistics were passed in the wrong layout:
+    the device would compute wrong gradients. Statistics that fit neither reading are left
+    alone (they are the caller's business), and so are rows where both readings coincide.
+    """
+    q, qr, k, kr, mask, stats, scale = call_parts
+    n1, group = q.shape[1], q.shape[1] // k.shape[1]
+    flat = stats.reshape(-1) if stats.flags.c_contiguous else np.ascontiguousarray(stats).reshape(-1)
+    reader = MaskReader(mask, seqs, n1) if sparse_mode in (0, 1, 5) else None
+    checked = device_fits = token_fits = 0
+    for b in range(seqs.batch):
+        sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
+        if sq == 0 or skv == 0 or skv > 65536:
+            continue
+        keep = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
+        for i, h in ((sq - 1, n1 - 1), (sq // 2, n1 // 2)):
+            device_val = flat[(qs * n1 + h * sq + i) * COPIES]
+            token_val = stats[qs + i, h, 0]
+            if device_val == token_val:
+                continue
+            j = np.arange(skv)
+            kept = (j - i >= keep.lo) & (j - i <= keep.hi)
+            if keep.uses_mask:
+                explicit = reader.block(b, i, i + 1, 0, skv, [h] if reader.per_head else None)
+                kept &= ~explicit.reshape(-1)
+            if not kept.any():
+                continue
+            n2 = h // group
+            scores = (k[ks:ks + skv, n2][kept].astype(np.float32) @ q[qs + i, h].astype(np.float32)
+                      + kr[ks:ks + skv, n2][kept].astype(np.float32) @ qr[qs + i, h].astype(np.float32))
+            true_max = float(np.float32(scale) * scores.max())
+            tol = 1e-3 * max(1.0, abs(true_max))
+            checked += 1
+            device_fits += abs(float(device_val) - true_max) <= tol
+            token_fits += abs(float(token_val) - true_max) <= tol
+            if checked >= 8:
+                break
+        if checked >= 8:
+            break
+    if checked and device_fits == 0 and token_fits == checked:
+        raise _invalid("softmax_max", "softmax_max looks token-major ([T, N] values broadcast to "
+                       "[T, N, 8]); the device reads it per batch as [N, Sq_b, 8] blocks. Convert with "
+                       "aclnn_fag.softmax_layout.device_stats_from_token_major(stats[..., 0], "
+                       "actual_seq_qlen)", stricter=True)
+
+
 def _resolve_head_num(head_num, query):
     if head_num is None and query.ndim >= 2:
         return query.shape[1]
@@ -463,12 +513,22 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
         raise _nullptr("pse_type", f"pse_type must be 1 when pse_shift is None, got {pse_type} (row 29)")
     if dy.dtype != query.dtype:                                                   # row 30
         raise _nullptr("dy", f"dy dtype {dy.dtype} must equal the query dtype {query.dtype} (row 30)")
-    # Our own checks (stricter than the device; see module docstring).
+    # Our own checks (stricter than the device; see module docstring). First the shape
+    # consistency the kernel relies on (161001, as the tiling reports shape failures) ...
+    if key.ndim != 3:
+        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", stricter=True)
+    for name, t in (("dy", dy), ("attention_in", attention_in)):
+        if _dim(t) != _dim(value):
+            raise _nullptr(name, f"{name} last dim {_dim(t)} must equal the value head dim "
+                           f"Dv={_dim(value)}", stricter=True)
+    # ... then the rest (161002).
     _check_sequences_strict(qlen, kvlen, t1, key.shape[0])
     _check_doc_constraints(query, query_rope, key, key_rope, seqs)
     _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)
     _check_stats_copies("softmax_max", softmax_max)
     _check_stats_copies("softmax_sum", softmax_sum)
+    _check_stats_layout((query, query_rope, key, key_rope, atten_mask, softmax_max, scale_value),
+                        seqs, sparse_mode, pre_eff, next_eff, band_idx)
     if mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs, q_start_idx,
                               kv_start_idx, deterministic):
         if avoid_rope_free_kernel:

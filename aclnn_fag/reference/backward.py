@@ -29,8 +29,8 @@ import numpy as np
 from ..call import FagCall, FagGrads
 from ..semantics.softmax_layout import device_stat_blocks
 from ..semantics.sparse import MaskReader, batch_keep
-from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
-from .common import (NEG, FullyMaskedRowWarning, apply_mask, gather_concat, gather_heads,
+from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
+from .common import (FullyMaskedRowWarning, apply_mask, gather_concat, gather_heads,
                      precision_dtype, row_part, rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
@@ -72,6 +72,7 @@ def attention_backward(call: FagCall, precision: str = "device",
             acc_k, acc_v = accumulators.take(skv)      # [dK | dKr] (unscaled), dV; zeroed
             for i0, i1 in query_blocks(sq, bq):
                 work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
+                fully_masked += rows_without_keys(work_tiles, group, i1 - i0)
                 if not work_tiles:
                     continue
                 rows = slice(qs + i0, qs + i1)
@@ -80,7 +81,6 @@ def attention_backward(call: FagCall, precision: str = "device",
                 q_cat = gather_concat((q, qr), rows, hs, work)
                 row_max = max_blocks[hs, i0:i1, 0].reshape(-1, 1)
                 row_sum = sum_blocks[hs, i0:i1, 0].reshape(-1, 1).astype(work)
-                fully_masked += int(np.count_nonzero(row_max == NEG))
                 q_aug = np.empty((q_cat.shape[0], d_qk + 1), work)
                 np.multiply(q_cat, scale, out=q_aug[:, :d_qk])
                 np.negative(row_max, out=q_aug[:, d_qk:], casting="unsafe")
@@ -128,7 +128,7 @@ def attention_backward(call: FagCall, precision: str = "device",
                               (grads.dv, acc_v)):
                 np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
     if fully_masked:
-        warnings.warn(f"{fully_masked} (row, head) pairs are fully masked (softmax_max = -FLT_MAX): "
+        warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: "
                       "the docs call this unsupported; they contribute zero gradients here",
                       FullyMaskedRowWarning, stacklevel=3)
     return grads

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..semantics.sparse import BatchKeep, MaskReader
 
-__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks"]
+__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys"]
 
 _INF = float("inf")
 
@@ -93,3 +93,14 @@ def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):
     if masked is not None and masked.all():
         return
     yield a0 - i0, a1 - i0, j0, j1, masked
+
+
+def rows_without_keys(work_tiles, group: int, rows: int) -> int:
+    """How many (head, row) pairs of a query tile have no kept key in any of its tiles."""
+    has_key = np.zeros((group, rows), dtype=bool)
+    for r0, r1, _, _, masked in work_tiles:
+        if masked is None:
+            has_key[:, r0:r1] = True
+        else:
+            has_key[:, r0:r1] |= ~masked.all(axis=-1)
+    return int(has_key.size - np.count_nonzero(has_key))
