@@ -104,12 +104,12 @@ class AclnnError(Exception):
         parts = []
         if self.function:
             parts.append(f"{self.function} returned {self.code}")
-        else:
+        elif self.code:
             parts.append(f"status {self.code}")
         if self.param:
             parts.append(f"parameter '{self.param}'")
         head = ", ".join(parts)
-        text = f"{head}: {self.rule}" if self.rule else head
+        text = f"{head}: {self.rule}" if head and self.rule else (self.rule or head)
         text += f" [{self.meaning}]"
         if self.stricter:
             text += " (aclnn_fag is stricter than the device here: the device would crash or compute garbage)"

@@ -15,8 +15,14 @@ def compressed_causal_mask(dtype=np.uint8) -> np.ndarray:
 
 
 def is_canonical_compressed(mask: np.ndarray) -> bool:
-    """True when the first 2048x2048 slice has the canonical content (nonzero iff y > x)."""
+    """True when the first 2048x2048 slice has the canonical content (nonzero iff y > x).
+
+    Compared in row chunks, so the temporaries stay small (< 1 MiB)."""
     m = mask.reshape(-1, COMPRESSED_SIZE, COMPRESSED_SIZE)[0] if mask.ndim == 4 else mask
-    nz = m != 0
-    upper = np.triu(np.ones(nz.shape, dtype=bool), 1)
-    return bool(np.array_equal(nz, upper))
+    cols = np.arange(COMPRESSED_SIZE)
+    chunk = 128
+    for r0 in range(0, COMPRESSED_SIZE, chunk):
+        rows = np.arange(r0, r0 + chunk)[:, None]
+        if not np.array_equal(m[r0:r0 + chunk] != 0, cols[None, :] > rows):
+            return False
+    return True

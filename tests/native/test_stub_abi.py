@@ -328,7 +328,10 @@ def test_ctx_sys_param_has_no_default_in_a_fresh_process(libdir):
 
 def test_create_tensor_device_memory_checks(acl):
     dev = acl.malloc(64)
-    host = np.zeros(64, np.float32)
+    host_block = np.zeros(64 + 8, np.float32)
+    # a 32-byte-aligned host pointer, so the device-memory check (not alignment) rejects it
+    host = host_block[(-host_block.ctypes.data % 32) // 4:][:64]
+    assert host.ctypes.data % 32 == 0
     try:
         t = acl.tensor([16], DT_FLOAT, dev)
         assert t

@@ -1,0 +1,8 @@
+"""``python -m aclnn_fag``: the ``aclnn-fag`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""The NPU backend: aclnnFlashAttentionUnpaddingScoreGradV3 through ctypes.
+
+Importing this package never fails and never loads a library; the first use does
+(see :mod:`.loader` for the search order).  Modules, by job:
+
+* :mod:`.loader` — finding/loading libascendcl, libnnopbase, libopapi[_transformer];
+* :mod:`.prototypes` — the declarative table of every C function used;
+* :mod:`.runtime` — aclInit, per-thread device, streams, :class:`DeviceBuffer`, copies,
+  the determinism option;
+* :mod:`.tensors` — :class:`AclTensor`, :class:`AclIntArray`;
+* :mod:`.device` — :class:`DeviceArray`, :func:`upload_arrays` (views of one host array
+  share one upload);
+* :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
+* :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+from ..errors import AclnnError, LibraryNotFoundError
+from . import loader, prototypes, runtime
+from .device import DeviceArray, upload_arrays
+from .op import AUTO, call_raw, run_backward
+from .plan import FagExecutor, FagPlan
+from .runtime import (DeviceBuffer, determinism, get_determinism, release_thread_resources,
+                      reset_stats, shutdown, stats)
+from .tensors import AclIntArray, AclTensor
+
+__all__ = [
+    "Availability", "availability", "info", "run_backward", "call_raw", "AUTO",
+    "DeviceArray", "DeviceBuffer", "upload_arrays", "FagPlan", "FagExecutor", "AclTensor",
+    "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
+    "stats", "reset_stats", "reset", "loader", "prototypes", "runtime",
+]
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether the NPU backend can run here.
+
+    ``ok`` is True only when the libraries load (with the V3 op) and
+    ``aclrtGetDeviceCount`` > 0. ``libraries`` maps each role (runtime, nnopbase, opapi)
+    to the loaded path or to the reason it could not be loaded; ``tried`` lists every
+    load attempt (:class:`.loader.Attempt`).
+    """
+
+    ok: bool
+    reason: str
+    device_count: int = 0
+    libraries: Dict[str, str] = field(default_factory=dict)
+    tried: List[object] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+_avail_lock = threading.Lock()
+_avail: Optional[tuple] = None   # (loader generation, Availability)
+
+
+def _library_summary(tried) -> Dict[str, str]:
+    out: Dict[str, str] = {}
+    for role in loader.ROLE_ORDER:
+        attempts = [a for a in tried if a.role == role]
+        loaded = [a for a in attempts if a.outcome == "loaded"]
+        if loaded:
+            out[role] = loaded[-1].path
+        elif attempts:
+            out[role] = "not loaded: " + "; ".join(
+                f"{a.path}: {a.outcome}" + (f" ({a.error})" if a.error and a.outcome != "not found"
+                                           else "") for a in attempts)
+        else:
+            out[role] = "not tried"
+    return out
+
+
+def _probe() -> Availability:
+    try:
+        b = loader.bindings()
+    except LibraryNotFoundError as exc:
+        tried = list(getattr(exc, "tried", None) or [])
+        return Availability(False, str(exc), 0, _library_summary(tried), tried)
+    libs = b.libraries
+    summary = dict(libs.paths)
+    tried = list(libs.tried)
+    try:
+        count = runtime.device_count()
+    except AclnnError as exc:
+        return Availability(False, f"ACL could not report the devices: {exc}", 0, summary, tried)
+    if count <= 0:
+        return Availability(False, "the CANN libraries load but aclrtGetDeviceCount reports no "
+                            "device", 0, summary, tried)
+    try:
+        dev = runtime.resolve_device(None)
+    except (TypeError, ValueError) as exc:
+        return Availability(False, str(exc), count, summary, tried)
+    if dev >= count:
+        return Availability(False, f"{runtime.ENV_DEVICE}={dev} but aclrtGetDeviceCount reports "
+                            f"{count} device(s)", count, summary, tried)
+    return Availability(True, f"{count} device(s); libraries: "
+                        + ", ".join(f"{r}={p}" for r, p in summary.items()), count, summary, tried)
+
+
+def availability(refresh: bool = False) -> Availability:
+    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again)."""
+    global _avail
+    with _avail_lock:
+        if refresh:
+            loader.reset()
+        gen = loader._cache.generation
+        if _avail is None or _avail[0] != gen:
+            _avail = (gen, _probe())
+        return _avail[1]
+
+
+def reset() -> None:
+    """Forget the cached library search and availability (e.g. after changing ACLNN_FAG_LIB_DIR)."""
+    global _avail
+    with _avail_lock:
+        loader.reset()
+        _avail = None
+
+
+def info() -> dict:
+    """A diagnostic report: libraries (paths or why not), search order, devices, SoC name,
+    optional features (determinism setter/getter, repeatable executors, address setters)."""
+    places, notes = loader.search_places()
+    status = availability()
+    report = {
+        "available": status.ok,
+        "reason": status.reason,
+        "search_order": [p.describe() for p in places],
+        "search_notes": notes,
+        "libraries": dict(status.libraries),
+        "tried": [a.line() if hasattr(a, "line") else str(a) for a in status.tried],
+        "device_count": status.device_count,
+        "soc_name": None,
+        "features": {},
+        "env": {k: os.environ.get(k) for k in (loader.ENV_LIB_DIR, "ASCEND_HOME_PATH",
+                                               "ASCEND_TOOLKIT_HOME", "ASCEND_OPP_PATH",
+                                               runtime.ENV_DEVICE)},
+        "c_widths": prototypes.c_widths(),
+    }
+    try:
+        b = loader.bindings()
+    except LibraryNotFoundError:
+        return report
+    report["symbols_found_in"] = dict(b.found_in)
+    report["features"] = {
+        "determinism_setter": b.has("aclrtCtxSetSysParamOpt"),
+        "determinism_getter": b.has("aclrtCtxGetSysParamOpt"),
+        "repeatable_executor": b.has("aclSetAclOpExecutorRepeatable"),
+        "tensor_addr_setters": b.has("aclSetInputTensorAddr") and b.has("aclSetOutputTensorAddr"),
+        "recent_error_message": b.has("aclGetRecentErrMsg"),
+        "soc_name": b.has("aclrtGetSocName"),
+    }
+    try:
+        report["soc_name"] = runtime.soc_name()
+    except AclnnError as exc:
+        report["soc_name_error"] = str(exc)
+    report["acl_initialised_by_aclnn_fag"] = runtime.owns_init()
+    return report

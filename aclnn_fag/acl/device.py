@@ -1,0 +1,335 @@
+"""Arrays that live on the device, and the upload planner that creates them from numpy.
+
+A :class:`DeviceArray` is a strided view (shape, dtype, element strides, element
+offset) over one :class:`~aclnn_fag.acl.runtime.DeviceBuffer`; several arrays may
+share a buffer.  It is what an ``aclTensor`` describes.
+
+**Uploads** (:func:`upload_arrays`): numpy arrays whose memory overlaps or touches
+(e.g. ``q = qkv[..., :128]`` and ``q_rope = qkv[..., 128:]`` of one ``[T, N, 192]``
+array) are uploaded as **one** copy of the byte range covering them, and each
+becomes a view (same strides, an element offset) over that one device buffer.
+Arrays that need a host copy first, each then uploaded on its own:
+
+* negative strides (``a[::-1]``) — the device tensors take non-negative strides;
+* strides or an address that are not a multiple of the item size inside the range;
+* non-native byte order.
+
+Zero strides (``np.broadcast_to``) are kept as views.  Empty arrays get an empty
+buffer (``tensorData`` NULL).
+"""
+
+from __future__ import annotations
+
+import operator
+import time
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .runtime import DeviceBuffer
+from .tensors import acl_dtype
+
+__all__ = ["DeviceArray", "upload_arrays", "contiguous_strides"]
+
+_FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
+
+
+def _unit_strides(shape: Sequence[int], strides: Sequence[int]) -> Tuple[int, ...]:
+    """Give size-1 axes the stride a C-contiguous layout would (their stride is never used;
+    this keeps a contiguous array looking contiguous to the op's checks)."""
+    out = list(strides)
+    for i in range(len(out) - 1, -1, -1):
+        if shape[i] == 1:
+            out[i] = out[i + 1] * max(shape[i + 1], 1) if i + 1 < len(out) else 1
+    return tuple(out)
+
+
+def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
+    """C-order strides in elements."""
+    strides = []
+    step = 1
+    for d in reversed(tuple(shape)):
+        strides.append(step)
+        step *= max(int(d), 1)
+    return tuple(reversed(strides))
+
+
+class _Interface:
+    def __init__(self, iface: dict) -> None:
+        self.__array_interface__ = iface
+
+
+def _is_basic_index(k) -> bool:
+    if k is Ellipsis or k is None or isinstance(k, slice):
+        return True
+    if isinstance(k, (bool, np.bool_)):
+        return False
+    try:
+        operator.index(k)
+        return True
+    except TypeError:
+        return False
+
+
+class DeviceArray:
+    """A view over device memory: ``buffer``, ``shape``, ``dtype``, ``strides`` and ``offset``
+    (both in elements, strides non-negative).
+
+    Create with :meth:`from_numpy`, :meth:`empty`, :meth:`zeros` or :func:`upload_arrays`;
+    read back with :meth:`numpy`; slice with basic indexing (``a[..., :128]``; no negative
+    steps). ``free()`` / the context manager free the underlying buffer — and so every view
+    sharing it; otherwise the buffer is freed when the last view is garbage collected.
+    """
+
+    def __init__(self, buffer: DeviceBuffer, shape: Sequence[int], dtype,
+                 strides: Optional[Sequence[int]] = None, offset: int = 0) -> None:
+        self.buffer = buffer
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        acl_dtype(self.dtype)  # supported?
+        self.strides = (contiguous_strides(self.shape) if strides is None
+                        else tuple(int(s) for s in strides))
+        self.offset = int(offset)
+        if len(self.strides) != len(self.shape):
+            raise ValueError("strides and shape must have the same length")
+        if any(d < 0 for d in self.shape):
+            raise ValueError(f"negative dimension in shape {self.shape}")
+        if self.offset < 0 or any(s < 0 for s in self.strides):
+            raise ValueError("device arrays take a non-negative offset and strides")
+        if self.size and self.offset + self.max_index_from_offset >= self.storage_elems:
+            raise ValueError(f"the view (offset {self.offset}, shape {self.shape}, strides "
+                             f"{self.strides}) reaches past the {buffer.nbytes}-byte buffer")
+
+    # ---- construction
+    @classmethod
+    def empty(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
+        shape = tuple(int(d) for d in shape)
+        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        buf = DeviceBuffer(n * np.dtype(dtype).itemsize, device_id)
+        return cls(buf, shape, dtype)
+
+    @classmethod
+    def zeros(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
+        arr = cls.empty(shape, dtype, device_id)
+        arr.buffer.memset(0)
+        return arr
+
+    @classmethod
+    def from_numpy(cls, array, device_id: Optional[int] = None) -> "DeviceArray":
+        """Upload one numpy array (a non-contiguous view keeps its strides; see module doc)."""
+        return upload_arrays([array], device_id)[0]
+
+    # ---- properties
+    @property
+    def itemsize(self) -> int:
+        return self.dtype.itemsize
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.itemsize
+
+    @property
+    def device_id(self) -> int:
+        return self.buffer.device_id
+
+    @property
+    def storage_elems(self) -> int:
+        """The buffer's size in elements of this dtype (the aclTensor's 1-D storageDims)."""
+        return self.buffer.nbytes // self.itemsize
+
+    @property
+    def max_index_from_offset(self) -> int:
+        return sum((d - 1) * s for d, s in zip(self.shape, self.strides)) if self.size else -1
+
+    @property
+    def is_contiguous(self) -> bool:
+        return all(s == c for d, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape))
+                   if d > 1)
+
+    @property
+    def closed(self) -> bool:
+        return self.buffer.closed
+
+    # ---- data movement
+    def numpy(self) -> np.ndarray:
+        """A new C-contiguous host array with the view's contents (D2H copy of the reached range)."""
+        out = np.empty(self.shape, self.dtype)
+        if self.size == 0:
+            return out
+        span = self.max_index_from_offset + 1
+        host = np.empty(span, self.dtype)
+        self.buffer.download(host, self.offset * self.itemsize)
+        view = np.lib.stride_tricks.as_strided(
+            host, self.shape, tuple(s * self.itemsize for s in self.strides), writeable=False)
+        out[...] = view
+        return out
+
+    def copy_from_numpy(self, array) -> None:
+        """Overwrite a contiguous device array with a host array of the same shape and dtype."""
+        a = np.asarray(array)
+        if a.shape != self.shape or a.dtype != self.dtype:
+            raise ValueError(f"need shape {self.shape} {self.dtype}, got {a.shape} {a.dtype}")
+        if not self.is_contiguous:
+            raise ValueError("copy_from_numpy needs a contiguous device array")
+        self.buffer.upload(a, self.offset * self.itemsize)
+
+    # ---- views
+    def view(self, shape: Sequence[int], strides: Optional[Sequence[int]] = None,
+             offset: Optional[int] = None) -> "DeviceArray":
+        """Another view over the same buffer."""
+        return DeviceArray(self.buffer, shape, self.dtype, strides,
+                           self.offset if offset is None else offset)
+
+    def __getitem__(self, key) -> "DeviceArray":
+        if not isinstance(key, tuple):
+            key = (key,)
+        if not all(_is_basic_index(k) for k in key):
+            raise IndexError("device arrays support basic indexing only (ints, slices, ..., None)")
+        if not any(k is Ellipsis for k in key):
+            key = key + (Ellipsis,)   # keeps the result a view even when every axis is an int
+        isz = self.itemsize
+        fake = np.asarray(_Interface({
+            "shape": self.shape, "typestr": f"|V{isz}", "version": 3,
+            "data": (_FAKE_BASE + self.offset * isz, True),
+            "strides": tuple(s * isz for s in self.strides)}))
+        v = fake[key]
+        if any(s < 0 for d, s in zip(v.shape, v.strides) if d > 1):
+            raise IndexError("negative steps are not supported on device arrays")
+        start = v.__array_interface__["data"][0] - _FAKE_BASE
+        strides = _unit_strides(v.shape, [(s // isz) if d > 1 else 0
+                                          for d, s in zip(v.shape, v.strides)])
+        return DeviceArray(self.buffer, v.shape, self.dtype, strides,
+                           start // isz if v.size else 0)
+
+    # ---- lifetime
+    def free(self) -> None:
+        """Free the underlying device buffer now (every view of it becomes unusable)."""
+        self.buffer.free()
+
+    close = free
+
+    def __enter__(self) -> "DeviceArray":
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.free()
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+
+    def __repr__(self) -> str:
+        return (f"<DeviceArray {self.dtype} {list(self.shape)} strides={list(self.strides)} "
+                f"offset={self.offset} on device {self.device_id}"
+                f"{' (freed)' if self.closed else ''}>")
+
+
+# ----------------------------------------------------------------------------- upload planner
+class _Item:
+    __slots__ = ("index", "array", "start", "end", "strides")
+
+    def __init__(self, index: int, array: np.ndarray) -> None:
+        self.index = index
+        self.array = array
+        isz = array.itemsize
+        addr = array.__array_interface__["data"][0]
+        self.start = addr
+        self.end = addr + isz + sum((d - 1) * s for d, s in zip(array.shape, array.strides))
+        self.strides = _unit_strides(array.shape, [s // isz if d > 1 else 0
+                                                   for d, s in zip(array.shape, array.strides)])
+
+
+def _needs_host_copy(a: np.ndarray) -> bool:
+    if a.dtype.byteorder not in ("=", "|"):
+        return True
+    isz = a.itemsize
+    return any(d > 1 and (s < 0 or s % isz) for d, s in zip(a.shape, a.strides))
+
+
+def _as_native(a: np.ndarray) -> np.ndarray:
+    if a.dtype.byteorder not in ("=", "|"):
+        a = a.astype(a.dtype.newbyteorder("="))
+    return np.ascontiguousarray(a)
+
+
+def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int] = None,
+                  timings: Optional[dict] = None) -> List[Optional[DeviceArray]]:
+    """Upload numpy arrays, one H2D copy per group of overlapping/touching memory ranges.
+
+    Returns one :class:`DeviceArray` per input (None for None), in order. On an error every
+    buffer allocated so far is freed. ``timings`` (a dict) accumulates host seconds under
+    "alloc" (aclrtMalloc) and "copy_in" (H2D copies).
+    """
+    out: List[Optional[DeviceArray]] = [None] * len(arrays)
+    items: List[_Item] = []
+    for i, a in enumerate(arrays):
+        if a is None:
+            continue
+        a = np.asarray(a)
+        acl_dtype(a.dtype)
+        if a.size == 0:
+            out[i] = DeviceArray(DeviceBuffer(0, device_id), a.shape, a.dtype)
+            continue
+        if _needs_host_copy(a):
+            a = _as_native(a)
+        items.append(_Item(i, a))
+    # group overlapping or touching byte ranges
+    items.sort(key=lambda it: (it.start, -it.end))
+    groups: List[List[_Item]] = []
+    group_end = None
+    for it in items:
+        if groups and it.start <= group_end:
+            groups[-1].append(it)
+            group_end = max(group_end, it.end)
+        else:
+            groups.append([it])
+            group_end = it.end
+    # a member whose position inside the group is not a whole number of its elements is split off
+    final: List[List[_Item]] = []
+    for g in groups:
+        base = g[0].start
+        keep = [it for it in g if (it.start - base) % it.array.itemsize == 0]
+        final.append(keep)
+        for it in g:
+            if it not in keep:
+                final.append([_Item(it.index, _as_native(it.array))])
+    created: List[DeviceBuffer] = []
+    try:
+        for g in final:
+            start = min(it.start for it in g)
+            end = max(it.end for it in g)
+            t0 = time.perf_counter()
+            buf = DeviceBuffer(end - start, device_id)
+            created.append(buf)
+            t1 = time.perf_counter()
+            buf.copy_from_host(start, end - start)
+            if timings is not None:
+                timings["alloc"] = timings.get("alloc", 0.0) + (t1 - t0)
+                timings["copy_in"] = timings.get("copy_in", 0.0) + (time.perf_counter() - t1)
+            for it in g:
+                a = it.array
+                out[it.index] = DeviceArray(buf, a.shape, a.dtype, it.strides,
+                                            (it.start - start) // a.itemsize)
+    except BaseException:
+        for buf in created:
+            try:
+                buf.free()
+            except Exception:
+                pass
+        raise
+    # the host arrays (including temporary copies) were alive until every copy finished
+    del items, groups, final
+    return out
+

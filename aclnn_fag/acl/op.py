@@ -1,0 +1,329 @@
+"""The op's two phases: ``run_backward`` (validated FagCall) and ``call_raw`` (no validation).
+
+One call, in order (ABI.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
+this thread's stream; the determinism option held for the call; uploads (one H2D copy
+per group of overlapping host arrays, see :mod:`.device`); bf16 output buffers;
+aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 0);
+phase 2 on the stream; tensors and int arrays destroyed right after phase 2 returns;
+``aclrtSynchronizeStream``; D2H copies; every buffer freed.
+
+Every resource is registered on a :class:`contextlib.ExitStack` the moment it exists,
+so an exception anywhere (including a failed ``aclCreateTensor`` halfway through)
+releases everything created so far.  The executor is destroyed by us only when phase
+1 succeeded and phase 2 never ran; once phase 2 was called it belongs to the library
+(phase 2 frees it, also when it fails — ABI.md §6).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
+from typing import Dict, Mapping, Optional
+
+import ml_dtypes
+import numpy as np
+
+from ..call import INT32_MAX, FagCall, FagGrads
+from . import runtime
+from ._status import status_error
+from .device import DeviceArray, upload_arrays
+from .prototypes import PHASE1, PHASE2
+from .tensors import AclIntArray, AclTensor
+
+__all__ = ["run_backward", "call_raw", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
+           "OUTPUT_LIKE", "AUTO", "TIMING_KEYS"]
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+# parameter order of phase 1 (ABI.md §2c)
+INPUT_SLOTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "pse_shift", "drop_mask",
+               "padding_mask", "atten_mask", "softmax_max", "softmax_sum", "softmax_in",
+               "attention_in")
+INT_ARRAY_SLOTS = ("prefix", "actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx")
+OUTPUT_SLOTS = ("dq", "dq_rope", "dk", "dk_rope", "dv", "dpse")
+OUTPUT_LIKE = {"dq": "query", "dq_rope": "query_rope", "dk": "key", "dk_rope": "key_rope",
+               "dv": "value"}
+TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
+
+
+class _Auto:
+    def __repr__(self) -> str:
+        return "AUTO"
+
+
+AUTO = _Auto()   # call_raw output default: a bf16 buffer shaped like the matching input
+
+
+class _Timer:
+    def __init__(self, timings: Optional[dict]) -> None:
+        self.timings = timings
+        if timings is not None:
+            for k in TIMING_KEYS:
+                timings.setdefault(k, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, key: str):
+        if self.timings is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[key] = self.timings.get(key, 0.0) + (time.perf_counter() - t0)
+
+
+def _release_on_exit(stack: contextlib.ExitStack, resource) -> None:
+    """Release ``resource`` when ``stack`` unwinds; its own error never hides one in flight."""
+    def _exit(exc_type, exc, tb):
+        try:
+            resource.release()
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+    stack.push(_exit)
+
+
+class _Executor(runtime.NativeResource):
+    """An ``aclOpExecutor*`` we own until phase 2 consumes it."""
+
+    def __init__(self, b, handle: int) -> None:
+        from .tensors import _destroy
+        self.handle: Optional[int] = handle
+        self._own(_destroy, b, "aclDestroyAclOpExecutor", handle)
+
+    def _on_released(self) -> None:
+        self.handle = None
+
+
+def _shape(x) -> tuple:
+    return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
+
+
+def _layout_arg(layout) -> Optional[bytes]:
+    if layout is None:
+        return None
+    if isinstance(layout, bytes):
+        return layout
+    return str(layout).encode("ascii")
+
+
+def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
+             attrs: Mapping[str, object], outputs: Mapping[str, object], *,
+             deterministic: Optional[bool], device_id: Optional[int], timings: Optional[dict],
+             workspace_size_out: bool = True, executor_out: bool = True) -> Dict[str, object]:
+    """Run one call. ``inputs``: slot -> numpy array / DeviceArray / None; ``int_arrays``:
+    slot -> sequence / None; ``outputs``: slot -> None or (shape, dtype, initial host array
+    or None). Returns slot -> host array (None for NULL outputs)."""
+    timer = _Timer(timings)
+    b = runtime.api()
+    dev = runtime.resolve_device(device_id)
+    runtime.ensure_device(dev)
+    stream = runtime.stream(dev)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(runtime.determinism(dev, deterministic))
+
+        # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
+        dev_inputs: Dict[str, Optional[DeviceArray]] = {}
+        host_names = [n for n in INPUT_SLOTS
+                      if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
+        uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
+        seen = set()
+        for name, da in zip(host_names, uploaded):
+            if id(da.buffer) not in seen:
+                seen.add(id(da.buffer))
+                _release_on_exit(stack, da.buffer)
+            dev_inputs[name] = da
+        for name in INPUT_SLOTS:
+            if isinstance(inputs.get(name), DeviceArray):
+                dev_inputs[name] = inputs[name]
+
+        # ---- outputs
+        dev_outputs: Dict[str, Optional[DeviceArray]] = {}
+        for name in OUTPUT_SLOTS:
+            spec = outputs.get(name)
+            if spec is None:
+                dev_outputs[name] = None
+                continue
+            shape, dtype, init = spec
+            with timer("alloc"):
+                da = DeviceArray.empty(shape, dtype, dev)
+            _release_on_exit(stack, da.buffer)
+            if init is not None:
+                with timer("copy_in"):
+                    da.copy_from_numpy(init)
+            dev_outputs[name] = da
+
+        # ---- handles (destroyed right after phase 2 returns, or on any error)
+        handles = stack.enter_context(contextlib.ExitStack())
+        with timer("marshal"):
+            t_args = {}
+            for name in INPUT_SLOTS:
+                da = dev_inputs.get(name)
+                if da is None:
+                    t_args[name] = None
+                    continue
+                t = AclTensor.from_device_array(da)
+                _release_on_exit(handles, t)
+                t_args[name] = t.handle
+            ia_args = {}
+            for name in INT_ARRAY_SLOTS:
+                vals = int_arrays.get(name)
+                if vals is None:
+                    ia_args[name] = None
+                    continue
+                ia = AclIntArray(vals)
+                _release_on_exit(handles, ia)
+                ia_args[name] = ia.handle
+            o_args = {}
+            for name in OUTPUT_SLOTS:
+                da = dev_outputs[name]
+                if da is None:
+                    o_args[name] = None
+                    continue
+                t = AclTensor.from_device_array(da)
+                _release_on_exit(handles, t)
+                o_args[name] = t.handle
+
+        # ---- phase 1
+        ws_size = c_uint64(0)
+        executor = c_void_p(None)
+        args = ([t_args[n] for n in INPUT_SLOTS] + [ia_args[n] for n in INT_ARRAY_SLOTS]
+                + [c_double(float(attrs["scale_value"])), c_double(float(attrs["keep_prob"])),
+                   c_int64(int(attrs["pre_tokens"])), c_int64(int(attrs["next_tokens"])),
+                   c_int64(int(attrs["head_num"])), _layout_arg(attrs["input_layout"]),
+                   c_int64(int(attrs["inner_precise"])), c_int64(int(attrs["sparse_mode"])),
+                   c_int64(int(attrs["pse_type"]))]
+                + [o_args[n] for n in OUTPUT_SLOTS]
+                + [byref(ws_size) if workspace_size_out else None,
+                   byref(executor) if executor_out else None])
+        phase1 = getattr(b, PHASE1)
+        with timer("phase1"):
+            rc = phase1(*args)
+        runtime._count("phase1")
+        if rc:
+            raise status_error(b, rc, PHASE1)
+        guard = None
+        if executor.value:
+            guard = _Executor(b, executor.value)
+            _release_on_exit(handles, guard)   # pushed last: destroyed before the tensors
+
+        # ---- workspace
+        workspace = None
+        if ws_size.value > 0:
+            with timer("alloc"):
+                workspace = runtime.DeviceBuffer(ws_size.value, dev)
+            _release_on_exit(stack, workspace)
+
+        # ---- phase 2 (+ sync)
+        if guard is not None:
+            phase2 = getattr(b, PHASE2)
+            t0 = time.perf_counter()
+            rc = phase2(workspace.ptr if workspace is not None else None, ws_size.value,
+                        guard.handle, stream)
+            guard.disown()                  # phase 2 ran: the executor is the library's now
+            runtime._count("phase2")
+            if rc:
+                raise status_error(b, rc, PHASE2)
+            t1 = time.perf_counter()
+            with timer("marshal"):
+                handles.close()
+            t2 = time.perf_counter()
+            rc = b.aclrtSynchronizeStream(stream)
+            if rc:
+                raise status_error(b, rc, "aclrtSynchronizeStream")
+            if timings is not None:
+                timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
+        else:
+            handles.close()
+
+        # ---- results
+        result: Dict[str, object] = {}
+        with timer("copy_out"):
+            for name in OUTPUT_SLOTS:
+                da = dev_outputs[name]
+                result[name] = None if da is None else da.numpy()
+    return result
+
+
+def _attrs(call) -> dict:
+    return dict(scale_value=call.scale_value, keep_prob=call.keep_prob,
+                pre_tokens=call.pre_tokens, next_tokens=call.next_tokens,
+                head_num=call.head_num, input_layout=call.input_layout,
+                inner_precise=call.inner_precise, sparse_mode=call.sparse_mode,
+                pse_type=call.pse_type)
+
+
+def run_backward(call: FagCall, *, device_id: Optional[int] = None,
+                 timings: Optional[dict] = None) -> FagGrads:
+    """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
+
+    ``device_id`` None means ``$ACLNN_FAG_DEVICE`` or 0. ``timings`` (a dict) receives host
+    seconds: "marshal" (aclTensor/aclIntArray creation and destruction), "phase1", "phase2"
+    (launch + aclrtSynchronizeStream), "copy_in", "copy_out", "alloc" (device allocations).
+    Errors raise the status code's exception class with aclGetRecentErrMsg text.
+    """
+    inputs = {n: getattr(call, n, None) for n in INPUT_SLOTS}
+    int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
+    outputs = {}
+    for out, src in OUTPUT_LIKE.items():
+        a = inputs[src]
+        outputs[out] = None if a is None else (tuple(a.shape), BF16, None)
+    outputs["dpse"] = None
+    res = _execute(inputs, int_arrays, _attrs(call), outputs,
+                   deterministic=bool(call.deterministic), device_id=device_id, timings=timings)
+    return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])
+
+
+def call_raw(*, query=None, query_rope=None, key=None, key_rope=None, value=None, dy=None,
+             pse_shift=None, drop_mask=None, padding_mask=None, atten_mask=None, softmax_max=None,
+             softmax_sum=None, softmax_in=None, attention_in=None, prefix=None,
+             actual_seq_qlen=None, actual_seq_kvlen=None, q_start_idx=None, kv_start_idx=None,
+             scale_value=1.0, keep_prob=1.0, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
+             head_num=None, input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1,
+             dq=AUTO, dq_rope=AUTO, dk=AUTO, dk_rope=AUTO, dv=AUTO, dpse=None,
+             workspace_size_out=True, executor_out=True, deterministic: Optional[bool] = False,
+             device_id: Optional[int] = None, timings: Optional[dict] = None) -> FagGrads:
+    """The 36-argument call with **no** Python validation: any slot may be None (NULL).
+
+    Tensor inputs: numpy arrays (any supported dtype, any rank, 0-d too) or DeviceArrays.
+    Int arrays: sequences of ints (may be empty) or None. ``input_layout``: str, bytes or None
+    (NULL). ``head_num`` None means ``query.shape[1]`` (0 when that does not exist).
+    Outputs: ``AUTO`` = a bf16 buffer shaped like the matching input (NULL when that input is
+    None), None = NULL, a numpy array = a buffer of its shape/dtype initialised with its
+    contents. ``workspace_size_out``/``executor_out`` False pass NULL for those out-params.
+    ``deterministic`` None leaves the context option alone.
+
+    Returns FagGrads (None for NULL outputs; dpse is not returned) or raises the status
+    code's exception class.
+    """
+    inputs = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                  dy=dy, pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
+                  atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
+                  softmax_in=softmax_in, attention_in=attention_in)
+    int_arrays = dict(prefix=prefix, actual_seq_qlen=actual_seq_qlen,
+                      actual_seq_kvlen=actual_seq_kvlen, q_start_idx=q_start_idx,
+                      kv_start_idx=kv_start_idx)
+    if head_num is None:
+        shape = _shape(query) if query is not None else ()
+        head_num = shape[1] if len(shape) >= 2 else 0
+    attrs = dict(scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                 next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
+                 inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type)
+    outputs = {}
+    for name, spec in (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
+                       ("dv", dv), ("dpse", dpse)):
+        if spec is AUTO:
+            src = inputs.get(OUTPUT_LIKE.get(name, ""))
+            outputs[name] = None if src is None else (_shape(src), BF16, None)
+        elif spec is None:
+            outputs[name] = None
+        else:
+            a = np.asarray(spec)
+            outputs[name] = (a.shape, a.dtype, a)
+    res = _execute(inputs, int_arrays, attrs, outputs, deterministic=deterministic,
+                   device_id=device_id, timings=timings, workspace_size_out=workspace_size_out,
+                   executor_out=executor_out)
+    return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])

@@ -1,0 +1,220 @@
+"""The declarative prototype table: every native function this package calls.
+
+Each entry gives the exact ``restype`` and ``argtypes`` (ABI.md §2) with the C
+prototype as a comment beside it.  ``bind(libraries)`` resolves each name and
+returns a :class:`Bindings` object with one attribute per function (``None`` for
+an optional symbol the installed CANN does not export).
+
+Width notes (LP64 Linux, x86-64 and aarch64): aclError is ``int``, aclnnStatus
+``int32_t``; every C enum is passed as ``c_int``; ``int64_t``/``uint64_t``/
+``size_t`` are 8 bytes; handles (aclrtStream, aclTensor*, aclIntArray*,
+aclOpExecutor*) are ``c_void_p``; the two ``const char*`` returns are
+``c_char_p`` (library-owned, never freed).  Function pointers are taken with
+``handle[name]`` (a fresh object), so other users of the same ``CDLL`` keep their
+own argtypes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from ctypes import (POINTER, c_char_p, c_double, c_int, c_int32, c_int64, c_size_t, c_uint32,
+                    c_uint64, c_void_p)
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Tuple
+
+from ..errors import LibraryNotFoundError
+
+__all__ = ["Proto", "PROTOTYPES", "PROTOTYPE_BY_NAME", "Bindings", "bind", "PHASE1", "PHASE2",
+           "PHASE1_NARGS", "OPTIONAL"]
+
+P_I64 = POINTER(c_int64)
+P_U64 = POINTER(c_uint64)
+P_U32 = POINTER(c_uint32)
+P_VOIDP = POINTER(c_void_p)
+aclError = c_int          # typedef int aclError;
+aclnnStatus = c_int32     # typedef int32_t aclnnStatus;
+ENUM = c_int              # every ACL enum (aclDataType, aclFormat, aclrtMemcpyKind, ...)
+HANDLE = c_void_p         # aclrtStream, aclTensor*, aclIntArray*, aclOpExecutor*
+
+PHASE1 = "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
+PHASE2 = "aclnnFlashAttentionUnpaddingScoreGradV3"
+
+
+@dataclass(frozen=True)
+class Proto:
+    """One native function: ``via`` is the handle it is resolved through first ("runtime"/"opapi")."""
+
+    name: str
+    restype: Any
+    argtypes: Tuple[Any, ...]
+    via: str
+    optional: bool = False
+
+
+RT, OP = "runtime", "opapi"
+
+PROTOTYPES: Tuple[Proto, ...] = (
+    # ---- ACL runtime (acl/acl_rt.h, acl/acl_base_rt.h), resolved through libascendcl ----
+    # aclError aclInit(const char *configPath);
+    Proto("aclInit", aclError, (c_char_p,), RT),
+    # aclError aclFinalize(void);
+    Proto("aclFinalize", aclError, (), RT),
+    # aclError aclrtSetDevice(int32_t deviceId);
+    Proto("aclrtSetDevice", aclError, (c_int32,), RT),
+    # aclError aclrtResetDevice(int32_t deviceId);
+    Proto("aclrtResetDevice", aclError, (c_int32,), RT),
+    # aclError aclrtGetDeviceCount(uint32_t *count);
+    Proto("aclrtGetDeviceCount", aclError, (P_U32,), RT),
+    # aclError aclrtCreateStream(aclrtStream *stream);
+    Proto("aclrtCreateStream", aclError, (P_VOIDP,), RT),
+    # aclError aclrtDestroyStream(aclrtStream stream);
+    Proto("aclrtDestroyStream", aclError, (HANDLE,), RT),
+    # aclError aclrtSynchronizeStream(aclrtStream stream);
+    Proto("aclrtSynchronizeStream", aclError, (HANDLE,), RT),
+    # aclError aclrtMalloc(void **devPtr, size_t size, aclrtMemMallocPolicy policy);
+    Proto("aclrtMalloc", aclError, (P_VOIDP, c_size_t, ENUM), RT),
+    # aclError aclrtFree(void *devPtr);
+    Proto("aclrtFree", aclError, (c_void_p,), RT),
+    # aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count,
+    #                      aclrtMemcpyKind kind);
+    Proto("aclrtMemcpy", aclError, (c_void_p, c_size_t, c_void_p, c_size_t, ENUM), RT),
+    # aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count);
+    Proto("aclrtMemset", aclError, (c_void_p, c_size_t, c_int32, c_size_t), RT),
+    # const char *aclrtGetSocName(void);                       (optional; NULL on failure)
+    Proto("aclrtGetSocName", c_char_p, (), RT, optional=True),
+    # const char *aclGetRecentErrMsg(void);                    (optional; NULL when none)
+    Proto("aclGetRecentErrMsg", c_char_p, (), RT, optional=True),
+    # aclError aclrtCtxSetSysParamOpt(aclSysParamOpt opt, int64_t value);   (optional)
+    Proto("aclrtCtxSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
+    # aclError aclrtCtxGetSysParamOpt(aclSysParamOpt opt, int64_t *value);  (optional)
+    Proto("aclrtCtxGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
+
+    # ---- aclnn meta API (aclnn/acl_meta.h, libnnopbase), resolved through the op-API handle ----
+    # aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum,
+    #     aclDataType dataType, const int64_t *stride, int64_t offset, aclFormat format,
+    #     const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData);
+    Proto("aclCreateTensor", HANDLE,
+          (P_I64, c_uint64, ENUM, P_I64, c_int64, ENUM, P_I64, c_uint64, c_void_p), OP),
+    # aclnnStatus aclDestroyTensor(const aclTensor *tensor);
+    Proto("aclDestroyTensor", aclnnStatus, (HANDLE,), OP),
+    # aclIntArray *aclCreateIntArray(const int64_t *value, uint64_t size);
+    Proto("aclCreateIntArray", HANDLE, (P_I64, c_uint64), OP),
+    # aclnnStatus aclDestroyIntArray(const aclIntArray *array);
+    Proto("aclDestroyIntArray", aclnnStatus, (HANDLE,), OP),
+    # aclnnStatus aclDestroyAclOpExecutor(aclOpExecutor *executor);
+    Proto("aclDestroyAclOpExecutor", aclnnStatus, (HANDLE,), OP),
+    # aclnnStatus aclSetAclOpExecutorRepeatable(aclOpExecutor *executor);   (optional)
+    Proto("aclSetAclOpExecutorRepeatable", aclnnStatus, (HANDLE,), OP, optional=True),
+    # aclnnStatus aclSetInputTensorAddr(aclOpExecutor *executor, const size_t index,
+    #                                   aclTensor *tensor, void *addr);     (optional)
+    Proto("aclSetInputTensorAddr", aclnnStatus, (HANDLE, c_size_t, HANDLE, c_void_p), OP,
+          optional=True),
+    # aclnnStatus aclSetOutputTensorAddr(aclOpExecutor *executor, const size_t index,
+    #                                    aclTensor *tensor, void *addr);    (optional)
+    Proto("aclSetOutputTensorAddr", aclnnStatus, (HANDLE, c_size_t, HANDLE, c_void_p), OP,
+          optional=True),
+
+    # ---- the operator (aclnnop/aclnn_flash_attention_score_grad.h, libopapi[_transformer]) ----
+    # aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
+    #     const aclTensor *query, const aclTensor *queryRope, const aclTensor *keyIn,
+    #     const aclTensor *keyInRope, const aclTensor *value, const aclTensor *dy,
+    #     const aclTensor *pseShiftOptional, const aclTensor *dropMaskOptional,
+    #     const aclTensor *paddingMaskOptional, const aclTensor *attenMaskOptional,
+    #     const aclTensor *softmaxMaxOptional, const aclTensor *softmaxSumOptional,
+    #     const aclTensor *softmaxInOptional, const aclTensor *attentionInOptional,
+    #     const aclIntArray *prefixOptional, const aclIntArray *actualSeqQLenOptional,
+    #     const aclIntArray *actualSeqKvLenOptional, const aclIntArray *qStartIdxOptional,
+    #     const aclIntArray *kvStartIdxOptional, double scaleValue, double keepProb,
+    #     int64_t preTokens, int64_t nextTokens, int64_t headNum, char *inputLayout,
+    #     int64_t innerPrecise, int64_t sparseMode, int64_t pseType,
+    #     const aclTensor *dqOut, const aclTensor *dqRopeOut, const aclTensor *dkOut,
+    #     const aclTensor *dkRopeOut, const aclTensor *dvOut, const aclTensor *dpseOut,
+    #     uint64_t *workspaceSize, aclOpExecutor **executor);
+    Proto(PHASE1, aclnnStatus,
+          (HANDLE,) * 14                                    # 1-14: tensors
+          + (HANDLE,) * 5                                   # 15-19: int arrays
+          + (c_double, c_double)                            # 20-21: scaleValue, keepProb
+          + (c_int64, c_int64, c_int64)                     # 22-24: preTokens, nextTokens, headNum
+          + (c_char_p,)                                     # 25: inputLayout
+          + (c_int64, c_int64, c_int64)                     # 26-28: innerPrecise, sparseMode, pseType
+          + (HANDLE,) * 6                                   # 29-34: outputs
+          + (P_U64, P_VOIDP),                               # 35-36: workspaceSize, executor
+          OP),
+    # aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, uint64_t workspaceSize,
+    #                                                     aclOpExecutor *executor,
+    #                                                     const aclrtStream stream);
+    Proto(PHASE2, aclnnStatus, (c_void_p, c_uint64, HANDLE, HANDLE), OP),
+)
+
+PROTOTYPE_BY_NAME: Dict[str, Proto] = {p.name: p for p in PROTOTYPES}
+OPTIONAL = tuple(p.name for p in PROTOTYPES if p.optional)
+PHASE1_NARGS = len(PROTOTYPE_BY_NAME[PHASE1].argtypes)
+assert PHASE1_NARGS == 36 and len(PROTOTYPE_BY_NAME[PHASE2].argtypes) == 4
+
+_SEARCH = {RT: ("runtime", "nnopbase", "opapi", "op_compiler"),
+           OP: ("opapi", "nnopbase", "runtime")}
+
+
+class Bindings:
+    """Bound functions: ``b.aclrtMalloc(...)``; optional ones are None when absent.
+
+    ``b.libraries`` is the :class:`.loader.Libraries`; ``b.found_in[name]`` the role whose handle
+    resolved a symbol; ``b.key`` identifies the loaded libraries.
+    """
+
+    def __init__(self, libraries) -> None:
+        self.libraries = libraries
+        self.found_in: Dict[str, str] = {}
+        self.key = libraries.key
+
+    def has(self, name: str) -> bool:
+        return getattr(self, name, None) is not None
+
+    def function(self, name: str) -> Optional[Any]:
+        return getattr(self, name, None)
+
+
+def _resolve(libraries, proto: Proto):
+    for role in _SEARCH[proto.via]:
+        lib = libraries.handles.get(role)
+        if lib is None:
+            continue
+        try:
+            fn = lib[proto.name]
+        except AttributeError:
+            continue
+        fn.restype = proto.restype
+        fn.argtypes = list(proto.argtypes)
+        return role, fn
+    return None, None
+
+
+def bind(libraries) -> Bindings:
+    """Resolve and type every prototype. A missing required symbol raises LibraryNotFoundError."""
+    b = Bindings(libraries)
+    missing = []
+    for proto in PROTOTYPES:
+        role, fn = _resolve(libraries, proto)
+        if fn is None and not proto.optional:
+            missing.append(proto.name)
+        setattr(b, proto.name, fn)
+        if role is not None:
+            b.found_in[proto.name] = role
+    if missing:
+        where = ", ".join(f"{r}={p}" for r, p in libraries.paths.items())
+        err = LibraryNotFoundError(
+            f"the CANN libraries loaded ({where}) do not export {', '.join(missing)}; "
+            "this CANN release is too old or incomplete for aclnnFlashAttentionUnpaddingScoreGradV3. "
+            "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.")
+        err.tried = list(libraries.tried)
+        err.places = list(libraries.places)
+        err.role = "symbols"
+        raise err
+    return b
+
+
+def c_widths() -> Dict[str, int]:
+    """Sizes of the C types the table relies on (for diagnostics and tests)."""
+    return {name: ctypes.sizeof(t) for name, t in
+            (("int", c_int), ("int32_t", c_int32), ("int64_t", c_int64), ("uint64_t", c_uint64),
+             ("size_t", c_size_t), ("double", c_double), ("void*", c_void_p))}

@@ -1,0 +1,631 @@
+"""The ACL runtime side: initialisation, per-thread device, streams, device buffers, copies.
+
+* ``aclInit`` runs once per process (100002 "already initialised", e.g. by torch_npu,
+  is accepted; then this package does not own the initialisation).
+* ``ensure_device(dev)`` calls ``aclrtSetDevice`` on each calling thread the first time
+  it uses ``dev`` there (thread-local record); the device's default context is shared
+  by all threads, so the determinism option is per device (see ``determinism``).
+  Threads are never ``aclrtResetDevice``'d (that would drop the shared context).
+* ``stream(dev)``: one stream per (device, thread), created lazily; streams of threads
+  that have ended are destroyed the next time a stream is requested on that device,
+  by ``release_thread_resources()`` and by ``shutdown()``.
+* :class:`DeviceBuffer`: ``aclrtMalloc``'d memory owned by a Python object, freed
+  exactly once by ``free()``, the context manager, garbage collection
+  (``weakref.finalize``) or ``shutdown()``; finalizers swallow errors only when they
+  cannot be reported (garbage collection, interpreter shutdown) and never free
+  memory inherited across ``fork``.
+* ``stats()``: process-wide counters of native calls (allocations, copies, ...).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import sys
+import threading
+import weakref
+from ctypes import byref, c_int64, c_uint32, c_void_p
+from typing import Dict, Iterator, Optional
+
+from ..errors import AclRuntimeError, BackendUnavailableError
+from . import loader
+from ._status import check, recent_message, status_error
+
+__all__ = [
+    "ENV_DEVICE", "MEMCPY_HOST_TO_DEVICE", "MEMCPY_DEVICE_TO_HOST", "OPT_DETERMINISTIC",
+    "api", "initialise", "resolve_device", "ensure_device", "device_count", "soc_name", "stream",
+    "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
+    "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
+]
+
+ENV_DEVICE = "ACLNN_FAG_DEVICE"
+ACL_ERROR_REPEAT_INITIALIZE = 100002
+MEMCPY_HOST_TO_DEVICE = 1
+MEMCPY_DEVICE_TO_HOST = 2
+MALLOC_HUGE_FIRST = 0
+OPT_DETERMINISTIC = 0
+DEVICE_ALIGN = 32
+
+# ----------------------------------------------------------------------------- counters
+_stats_lock = threading.RLock()
+_STAT_KEYS = ("malloc", "malloc_bytes", "free", "h2d", "h2d_bytes", "d2h", "d2h_bytes",
+              "memset", "tensors", "int_arrays", "streams", "phase1", "phase2")
+_stats: Dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
+
+
+def _count(key: str, n: int = 1) -> None:
+    with _stats_lock:
+        _stats[key] += n
+
+
+def stats() -> Dict[str, int]:
+    """Process-wide counters of native calls made by this package since the last reset."""
+    with _stats_lock:
+        return dict(_stats)
+
+
+def reset_stats() -> None:
+    with _stats_lock:
+        for k in _STAT_KEYS:
+            _stats[k] = 0
+
+
+# ----------------------------------------------------------------------------- process state
+_process_gen = 0          # bumped in a forked child: inherited handles are never released there
+_shutting_down = False
+
+
+class _Stream:
+    __slots__ = ("handle", "thread", "device")
+
+    def __init__(self, handle: int, thread, device: int) -> None:
+        self.handle = handle
+        self.thread = thread      # weakref to threading.Thread
+        self.device = device
+
+    def dead(self) -> bool:
+        t = self.thread()
+        return t is None or not t.is_alive()
+
+
+class _State:
+    """Runtime state for one set of loaded libraries."""
+
+    def __init__(self, b) -> None:
+        self.b = b
+        self.key = b.key
+        self.lock = threading.RLock()
+        self.initialised = False
+        self.owns_init = False
+        self.streams: Dict[tuple, _Stream] = {}
+        self.gates: Dict[int, "_ModeGate"] = {}
+
+
+_state: Optional[_State] = None
+_state_lock = threading.RLock()
+_tls = threading.local()
+_live: "weakref.WeakSet[NativeResource]" = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _get_state() -> _State:
+    global _state, _atexit_registered
+    b = loader.bindings()
+    st = _state
+    if st is not None and st.key == b.key:
+        return st
+    with _state_lock:
+        if _state is None or _state.key != b.key:
+            _state = _State(b)
+            if not _atexit_registered:
+                atexit.register(_at_exit)
+                _atexit_registered = True
+        return _state
+
+
+def api():
+    """The bound prototype table (loads the libraries; raises LibraryNotFoundError)."""
+    return _get_state().b
+
+
+def owns_init() -> bool:
+    """True when this package's aclInit call initialised ACL (False when someone else did)."""
+    st = _state
+    return bool(st is not None and st.owns_init)
+
+
+def initialise() -> _State:
+    """``aclInit(NULL)`` once per process; 100002 (already initialised) is accepted."""
+    st = _get_state()
+    if st.initialised:
+        return st
+    with st.lock:
+        if not st.initialised:
+            rc = st.b.aclInit(None)
+            if rc == 0:
+                st.owns_init = True
+            elif rc == ACL_ERROR_REPEAT_INITIALIZE:
+                recent_message(st.b)  # consume the message of the harmless repeat
+                st.owns_init = False
+            else:
+                check(st.b, rc, "aclInit")
+            st.initialised = True
+    return st
+
+
+def resolve_device(device_id: Optional[int] = None) -> int:
+    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0."""
+    if device_id is None:
+        text = os.environ.get(ENV_DEVICE, "").strip()
+        if not text:
+            return 0
+        try:
+            device_id = int(text)
+        except ValueError:
+            raise ValueError(f"{ENV_DEVICE} must be an integer device id, got {text!r}") from None
+    if isinstance(device_id, bool) or not isinstance(device_id, int):
+        try:
+            import operator
+            device_id = operator.index(device_id)
+        except TypeError:
+            raise TypeError(f"device_id must be an int, got {type(device_id).__name__}") from None
+    if device_id < 0:
+        raise ValueError(f"device_id must be >= 0, got {device_id}")
+    return int(device_id)
+
+
+def _tls_current(st: _State) -> Optional[int]:
+    if getattr(_tls, "key", None) != st.key or getattr(_tls, "gen", None) != _process_gen:
+        return None
+    return _tls.current
+
+
+def ensure_device(device_id: Optional[int] = None):
+    """Initialise ACL and make ``device_id`` current on this thread. Returns the bindings."""
+    st = initialise()
+    dev = resolve_device(device_id)
+    if _tls_current(st) != dev:
+        rc = st.b.aclrtSetDevice(dev)
+        check(st.b, rc, "aclrtSetDevice")
+        _tls.key = st.key
+        _tls.gen = _process_gen
+        _tls.current = dev
+    return st.b
+
+
+def _ensure_any_context(b, dev: int) -> None:
+    """For releases from any thread (GC, atexit): make sure the thread has a current context."""
+    st = _state
+    if st is not None and st.key == b.key and _tls_current(st) is not None:
+        return
+    rc = b.aclrtSetDevice(dev)
+    if rc == 0 and st is not None and st.key == b.key:
+        _tls.key = st.key
+        _tls.gen = _process_gen
+        _tls.current = dev
+
+
+def device_count() -> int:
+    """``aclrtGetDeviceCount`` (initialises ACL first)."""
+    st = initialise()
+    n = c_uint32(0)
+    check(st.b, st.b.aclrtGetDeviceCount(byref(n)), "aclrtGetDeviceCount")
+    return int(n.value)
+
+
+def soc_name() -> Optional[str]:
+    """``aclrtGetSocName()`` or None (symbol missing or NULL)."""
+    st = initialise()
+    fn = st.b.aclrtGetSocName
+    if fn is None:
+        return None
+    raw = fn()
+    if not raw:
+        recent_message(st.b)
+        return None
+    return raw.decode("utf-8", errors="replace")
+
+
+# ----------------------------------------------------------------------------- streams
+def stream(device_id: Optional[int] = None) -> int:
+    """The stream of (device, calling thread), created on first use."""
+    dev = resolve_device(device_id)
+    b = ensure_device(dev)
+    st = _get_state()
+    thread = threading.current_thread()
+    key = (dev, threading.get_ident())
+    with st.lock:
+        _sweep_dead_streams(st, dev)
+        entry = st.streams.get(key)
+        if entry is not None:
+            if entry.thread() is not thread:      # thread id reused by a new thread: adopt
+                entry.thread = weakref.ref(thread)
+            return entry.handle
+    handle = c_void_p()
+    check(b, b.aclrtCreateStream(byref(handle)), "aclrtCreateStream")
+    _count("streams")
+    with st.lock:
+        st.streams[key] = _Stream(handle.value, weakref.ref(thread), dev)
+    return handle.value
+
+
+def _destroy_stream(st: _State, entry: _Stream, strict: bool) -> None:
+    rc = st.b.aclrtDestroyStream(entry.handle)
+    if rc and strict:
+        check(st.b, rc, "aclrtDestroyStream")
+    elif rc:
+        recent_message(st.b)
+
+
+def _sweep_dead_streams(st: _State, dev: int) -> None:
+    """Destroy streams of ended threads on ``dev`` (the caller made ``dev`` current)."""
+    for key, entry in list(st.streams.items()):
+        if entry.device == dev and entry.dead():
+            del st.streams[key]
+            _destroy_stream(st, entry, strict=False)
+
+
+def release_thread_resources() -> None:
+    """Destroy this thread's streams and those of ended threads (all devices)."""
+    st = _state
+    if st is None:
+        return
+    me = threading.get_ident()
+    with st.lock:
+        victims = [(k, e) for k, e in st.streams.items() if k[1] == me or e.dead()]
+        for key, _ in victims:
+            del st.streams[key]
+    current = _tls_current(st)
+    for _, entry in victims:
+        ensure_device(entry.device)
+        _destroy_stream(st, entry, strict=False)
+    if current is not None:
+        ensure_device(current)
+
+
+# ----------------------------------------------------------------------------- resources
+def _release_call(gen: int, func, args, strict: bool) -> None:
+    """Run a native release function; errors are raised only when ``strict``."""
+    if gen != _process_gen:
+        return  # inherited across fork: the handle belongs to the parent's device context
+    try:
+        func(*args, strict=strict)
+    except Exception:
+        if strict and not sys.is_finalizing():
+            raise
+
+
+class NativeResource:
+    """Base of objects that own one native handle (buffer, tensor, int array, executor).
+
+    ``release()`` frees it now (errors raised); otherwise garbage collection or
+    ``shutdown()`` does (errors swallowed). Idempotent.
+    """
+
+    _finalizer = None
+
+    def _own(self, func, *args) -> None:
+        self._finalizer = weakref.finalize(self, _release_call, _process_gen, func, args, False)
+        _live.add(self)
+
+    @property
+    def released(self) -> bool:
+        f = self._finalizer
+        return f is None or not f.alive
+
+    def release(self) -> None:
+        f = self._finalizer
+        if f is None:
+            return
+        info = f.detach()
+        if info is None:
+            return
+        _, _, args, _ = info
+        gen, func, fargs, _ = args
+        _live.discard(self)
+        self._on_released()
+        _release_call(gen, func, fargs, True)
+
+    def disown(self) -> None:
+        """Forget the handle without releasing it (it was consumed by the library)."""
+        f = self._finalizer
+        if f is not None and f.detach() is not None:
+            _live.discard(self)
+            self._on_released()
+
+    def _on_released(self) -> None:
+        """Hook: forget the handle (called once, before the native release)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.release()
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+
+
+def live_resources() -> list:
+    """The native resources of this package that are still alive (diagnostics)."""
+    return [r for r in list(_live) if not r.released]
+
+
+def _free_device(b, dev: int, ptr: int, *, strict: bool) -> None:
+    _ensure_any_context(b, dev)
+    rc = b.aclrtFree(ptr)
+    _count("free")
+    if rc:
+        if strict:
+            check(b, rc, "aclrtFree")
+        recent_message(b)
+
+
+class DeviceBuffer(NativeResource):
+    """``nbytes`` of device memory (``aclrtMalloc``, policy HUGE_FIRST), 32-byte aligned.
+
+    ``ptr`` is the device address (None for an empty buffer or after ``free()``).
+    Use as a context manager, call ``free()``, or let garbage collection free it.
+    """
+
+    def __init__(self, nbytes: int, device_id: Optional[int] = None) -> None:
+        nbytes = int(nbytes)
+        if nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+        self.device_id = resolve_device(device_id)
+        self.nbytes = nbytes
+        self.ptr: Optional[int] = None
+        if nbytes == 0:
+            return
+        b = ensure_device(self.device_id)
+        p = c_void_p()
+        rc = b.aclrtMalloc(byref(p), nbytes, MALLOC_HUGE_FIRST)
+        check(b, rc, "aclrtMalloc", rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
+        if not p.value:
+            raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
+                               fetch_message=False)
+        _count("malloc")
+        _count("malloc_bytes", nbytes)
+        self.ptr = p.value
+        self._own(_free_device, b, self.device_id, p.value)
+        if p.value % DEVICE_ALIGN:
+            self.free()
+            raise AclRuntimeError(f"aclrtMalloc returned {p.value:#x}, not {DEVICE_ALIGN}-byte "
+                                  "aligned (aclCreateTensor requires it)", code=107000,
+                                  function="aclrtMalloc")
+
+    def _on_released(self) -> None:
+        self.ptr = None
+
+    def free(self) -> None:
+        """Free the memory now (idempotent)."""
+        self.release()
+
+    close = free
+
+    @property
+    def closed(self) -> bool:
+        return self.nbytes > 0 and self.ptr is None
+
+    def _require(self, offset: int, nbytes: int) -> int:
+        if self.closed:
+            raise ValueError("the device buffer has been freed")
+        if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
+            raise ValueError(f"range [{offset}, {offset + nbytes}) outside the {self.nbytes}-byte buffer")
+        return (self.ptr or 0) + offset
+
+    def copy_from_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
+        """H2D copy of ``nbytes`` from the host address into this buffer at ``offset``."""
+        if nbytes == 0:
+            return
+        dst = self._require(offset, nbytes)
+        b = ensure_device(self.device_id)
+        rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
+        check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
+        _count("h2d")
+        _count("h2d_bytes", nbytes)
+
+    def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
+        """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
+        if nbytes == 0:
+            return
+        src = self._require(offset, nbytes)
+        b = ensure_device(self.device_id)
+        rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
+        check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
+        _count("d2h")
+        _count("d2h_bytes", nbytes)
+
+    def upload(self, array, offset: int = 0) -> None:
+        """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""
+        import numpy as np
+        a = np.ascontiguousarray(array)
+        self.copy_from_host(a.ctypes.data, a.nbytes, offset)
+
+    def download(self, out, offset: int = 0) -> None:
+        """Fill a writable C-contiguous numpy array from the buffer at ``offset``."""
+        if not (out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError("download needs a writable C-contiguous array")
+        self.copy_to_host(out.ctypes.data, out.nbytes, offset)
+
+    def memset(self, value: int = 0) -> None:
+        """Fill the whole buffer with a byte value (aclrtMemset)."""
+        if self.nbytes == 0:
+            return
+        dst = self._require(0, self.nbytes)
+        b = ensure_device(self.device_id)
+        check(b, b.aclrtMemset(dst, self.nbytes, int(value), self.nbytes), "aclrtMemset")
+        _count("memset")
+
+    def __repr__(self) -> str:
+        state = "freed" if self.closed else (f"{self.ptr:#x}" if self.ptr else "empty")
+        return f"<DeviceBuffer {self.nbytes} bytes on device {self.device_id}: {state}>"
+
+
+# ----------------------------------------------------------------------------- determinism
+class _ModeGate:
+    """Serialises calls that need different values of a per-context option on one device.
+
+    Calls wanting the same value run concurrently; the first one in sets the value (if it
+    differs), the last one out restores the previous value.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.mode: Optional[bool] = None
+        self.active = 0
+        self.prev: Optional[int] = None
+        self.changed = False
+        self.holders: Dict[int, int] = {}    # thread id -> hold count
+
+
+def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
+    """The current context's ACL_OPT_DETERMINISTIC value, or None when it cannot be read."""
+    b = ensure_device(device_id)
+    getter = b.aclrtCtxGetSysParamOpt
+    if getter is None:
+        return None
+    value = c_int64(0)
+    rc = getter(OPT_DETERMINISTIC, byref(value))
+    if rc:
+        recent_message(b)
+        return None
+    return int(value.value)
+
+
+def _set_determinism(b, value: int) -> None:
+    check(b, b.aclrtCtxSetSysParamOpt(OPT_DETERMINISTIC, int(value)), "aclrtCtxSetSysParamOpt",
+          rule="cannot set ACL_OPT_DETERMINISTIC on the current context")
+
+
+@contextlib.contextmanager
+def determinism(device_id: Optional[int], want: Optional[bool]) -> Iterator[None]:
+    """Hold ACL_OPT_DETERMINISTIC == ``want`` on the device's context for the block.
+
+    ``want`` None leaves the option alone. The previous value is restored when the last
+    concurrent holder leaves; when it could not be read (never set: the option has no
+    default on a fresh context), 0 — the op's documented default — is written back.
+    Without ``aclrtCtxSetSysParamOpt``, ``want=True`` raises BackendUnavailableError and
+    ``want=False`` proceeds unchanged.
+    """
+    if want is None:
+        yield
+        return
+    want = bool(want)
+    dev = resolve_device(device_id)
+    b = ensure_device(dev)
+    if b.aclrtCtxSetSysParamOpt is None:
+        if want:
+            raise BackendUnavailableError(
+                "deterministic=True needs aclrtCtxSetSysParamOpt, which the loaded CANN does not "
+                "export", code=361001, param="deterministic")
+        yield
+        return
+    st = _get_state()
+    with st.lock:
+        gate = st.gates.setdefault(dev, _ModeGate())
+    me = threading.get_ident()
+    with gate.cond:
+        if gate.active and gate.mode != want and me in gate.holders:
+            raise RuntimeError(
+                f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
+                f"{dev}; a nested call asking for deterministic={want} would wait for itself")
+        while gate.active and gate.mode != want:
+            gate.cond.wait()
+        if gate.active == 0:
+            prev = get_determinism(dev)
+            changed = prev is None or bool(prev) != want
+            if changed:
+                _set_determinism(b, int(want))
+            gate.prev, gate.changed, gate.mode = prev, changed, want
+        gate.active += 1
+        gate.holders[me] = gate.holders.get(me, 0) + 1
+    failed = True
+    try:
+        yield
+        failed = False
+    finally:
+        with gate.cond:
+            gate.active -= 1
+            if gate.holders.get(me, 0) <= 1:
+                gate.holders.pop(me, None)
+            else:
+                gate.holders[me] -= 1
+            if gate.active == 0:
+                restore = gate.changed
+                value = gate.prev if gate.prev is not None else 0
+                gate.mode, gate.changed, gate.prev = None, False, None
+                gate.cond.notify_all()
+                if restore:
+                    try:
+                        ensure_device(dev)
+                        _set_determinism(b, value)
+                    except Exception:
+                        if not failed:
+                            raise
+
+
+# ----------------------------------------------------------------------------- teardown
+def _release_all_resources() -> None:
+    for res in list(_live):
+        try:
+            res.release()
+        except Exception:
+            pass
+
+
+def shutdown(finalize: bool = True) -> None:
+    """Release every live buffer/tensor/executor of this package and every stream; then, if
+    this package's ``aclInit`` initialised ACL and ``finalize`` is true, call ``aclFinalize``.
+    The next use initialises again."""
+    global _state
+    st = _state
+    _release_all_resources()
+    if st is None:
+        return
+    with st.lock:
+        entries = list(st.streams.values())
+        st.streams.clear()
+    for entry in entries:
+        try:
+            _ensure_any_context(st.b, entry.device)
+            _destroy_stream(st, entry, strict=False)
+        except Exception:
+            pass
+    if finalize and st.owns_init:
+        try:
+            rc = st.b.aclFinalize()
+            if rc:
+                recent_message(st.b)
+        except Exception:
+            pass
+    with _state_lock:
+        if _state is st:
+            _state = None
+    for attr in ("key", "gen", "current"):
+        if hasattr(_tls, attr):
+            delattr(_tls, attr)
+
+
+def _at_exit() -> None:
+    global _shutting_down
+    _shutting_down = True
+    try:
+        shutdown(finalize=False)
+    except Exception:
+        pass
+
+
+def _after_fork_in_child() -> None:
+    global _state, _process_gen
+    _process_gen += 1
+    _state = None
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+

@@ -1,0 +1,137 @@
+"""aclTensor and aclIntArray handles owned by Python objects.
+
+An :class:`AclTensor` describes a view over one device buffer exactly as ABI.md §4
+says: ``viewDims`` = shape, ``stride`` in **elements**, ``offset`` = storage offset
+in elements, a 1-D ``storageDims`` = the buffer's size in elements, format ND, and
+``tensorData`` = the **base** of the device buffer (not advanced by the offset).
+The values are copied by ``aclCreateTensor``/``aclCreateIntArray``; the handle is
+destroyed exactly once (``release()``, context manager, GC or ``runtime.shutdown``).
+"""
+
+from __future__ import annotations
+
+from ctypes import c_int64
+from typing import Iterable, Optional, Sequence
+
+import ml_dtypes
+import numpy as np
+
+from . import runtime
+from ._status import check, null_handle_error, recent_message
+
+__all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array"]
+
+FORMAT_ND = 2
+
+# numpy dtype -> aclDataType (ABI.md §3)
+ACL_DTYPES = {
+    np.dtype(np.float32): 0,          # ACL_FLOAT
+    np.dtype(np.float16): 1,          # ACL_FLOAT16
+    np.dtype(np.int8): 2,             # ACL_INT8
+    np.dtype(np.int32): 3,            # ACL_INT32
+    np.dtype(np.uint8): 4,            # ACL_UINT8
+    np.dtype(np.int16): 6,            # ACL_INT16
+    np.dtype(np.uint16): 7,           # ACL_UINT16
+    np.dtype(np.uint32): 8,           # ACL_UINT32
+    np.dtype(np.int64): 9,            # ACL_INT64
+    np.dtype(np.uint64): 10,          # ACL_UINT64
+    np.dtype(np.float64): 11,         # ACL_DOUBLE
+    np.dtype(np.bool_): 12,           # ACL_BOOL
+    np.dtype(np.complex64): 16,       # ACL_COMPLEX64
+    np.dtype(np.complex128): 17,      # ACL_COMPLEX128
+    np.dtype(ml_dtypes.bfloat16): 27,  # ACL_BF16
+}
+
+
+def acl_dtype(dtype) -> int:
+    """The aclDataType enum of a numpy dtype (native byte order); TypeError if unsupported."""
+    dt = np.dtype(dtype)
+    if dt.byteorder not in ("=", "|"):
+        dt = dt.newbyteorder("=")
+    try:
+        return ACL_DTYPES[dt]
+    except KeyError:
+        names = ", ".join(sorted(str(d) for d in ACL_DTYPES))
+        raise TypeError(f"dtype {dt} has no aclDataType (supported: {names})") from None
+
+
+def int64_array(values: Sequence[int]):
+    """A ctypes ``int64_t[n]`` (n may be 0) holding ``values``."""
+    vals = [int(v) for v in values]
+    return (c_int64 * len(vals))(*vals)
+
+
+def _destroy(b, fname: str, handle: int, *, strict: bool) -> None:
+    rc = getattr(b, fname)(handle)
+    if rc:
+        if strict:
+            check(b, rc, fname)
+        recent_message(b)
+
+
+class AclTensor(runtime.NativeResource):
+    """One ``aclTensor*``. Build with :meth:`from_device_array` or the raw constructor."""
+
+    def __init__(self, shape: Sequence[int], dtype, strides: Optional[Sequence[int]],
+                 offset: int, storage_dims: Sequence[int], data_ptr: Optional[int]) -> None:
+        b = runtime.api()
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.acl_dtype = acl_dtype(self.dtype)
+        self.strides = None if strides is None else tuple(int(s) for s in strides)
+        self.offset = int(offset)
+        self.storage_dims = tuple(int(d) for d in storage_dims)
+        self.data_ptr = data_ptr or None
+        dims = int64_array(self.shape)
+        strd = None if self.strides is None else int64_array(self.strides)
+        stor = int64_array(self.storage_dims)
+        handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
+                                   FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
+        if not handle:
+            raise null_handle_error(b, "aclCreateTensor")
+        runtime._count("tensors")
+        self.handle: Optional[int] = handle
+        self._own(_destroy, b, "aclDestroyTensor", handle)
+
+    @classmethod
+    def from_device_array(cls, array) -> "AclTensor":
+        """The tensor for a :class:`~aclnn_fag.acl.device.DeviceArray` view."""
+        buf = array.buffer
+        if buf.closed:
+            raise ValueError("the device array's buffer has been freed")
+        return cls(array.shape, array.dtype, array.strides, array.offset,
+                   (array.storage_elems,), buf.ptr)
+
+    def _on_released(self) -> None:
+        self.handle = None
+
+    destroy = runtime.NativeResource.release
+
+    def __repr__(self) -> str:
+        return (f"<AclTensor {self.dtype} {list(self.shape)} strides={self.strides} "
+                f"offset={self.offset} storage={list(self.storage_dims)} "
+                f"{'destroyed' if self.handle is None else hex(self.handle)}>")
+
+
+class AclIntArray(runtime.NativeResource):
+    """One ``aclIntArray*`` holding a copy of ``values`` (host int64)."""
+
+    def __init__(self, values: Iterable[int]) -> None:
+        b = runtime.api()
+        self.values = tuple(int(v) for v in values)
+        arr = int64_array(self.values)
+        handle = b.aclCreateIntArray(arr, len(self.values))
+        if not handle:
+            raise null_handle_error(b, "aclCreateIntArray")
+        runtime._count("int_arrays")
+        self.handle: Optional[int] = handle
+        self._own(_destroy, b, "aclDestroyIntArray", handle)
+
+    def _on_released(self) -> None:
+        self.handle = None
+
+    destroy = runtime.NativeResource.release
+
+    def __repr__(self) -> str:
+        return f"<AclIntArray {list(self.values)} {'destroyed' if self.handle is None else hex(self.handle)}>"
+

@@ -1,0 +1,313 @@
+"""Test cases as data: a case is shapes, arguments and a seed, never arrays.
+
+A case suite is a JSON file (the shipped one is ``aclnn_fag/data/parity_suite.json``)::
+
+    {"schema": "aclnn_fag.suite/1",
+     "description": "...",
+     "default_exclude_tags": ["long", "heavy"],
+     "defaults": {"d": 128, "d_rope": 64, "d_v": 128},
+     "cases": [{"name": "doc-example", "tags": ["quick"], "seed": 0, "lengths_q": [256],
+                "heads": 1, "sparse_mode": 0, "mask": "zeros", "scale": 0.088388,
+                "pre_tokens": 65536, "next_tokens": 65536}, ...]}
+
+Case keys (``CaseSpec``): ``name``, ``tags``, ``seed``, ``lengths_q`` (per-sequence query
+lengths; the op gets their cumulative ends), ``lengths_kv`` (default: ``lengths_q``),
+``heads`` (N1), ``kv_heads`` (N2, default N1), ``d``, ``d_rope``, ``d_v`` (default d),
+``sparse_mode``, ``pre_tokens``/``next_tokens`` (default INT32_MAX), ``scale`` (default
+1/sqrt(d + d_rope)), ``mask`` (modes 0/1/5 only: ``"zeros"``, ``"causal"`` = top-left
+triu(1), ``"band"`` = masked outside -pre <= j-i <= next, ``"random"`` with
+``mask_density``; modes 2/3/4/7/8 always get ``masks.compressed_causal_mask()``),
+``deterministic``, ``note``. Unknown keys are an error (typos must not pass silently).
+
+``make_inputs(spec)`` draws the inputs from ``numpy.random.default_rng(seed)`` in a fixed
+order (query, query_rope, key, key_rope, value, dy: standard normal rounded to bf16; then the
+random mask) and ``with_forward`` adds the NumPy forward's attention_out / softmax
+statistics in device precision: the backward's inputs, identical for every backend.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import pathlib
+from dataclasses import dataclass, fields
+from typing import Optional
+
+import ml_dtypes
+import numpy as np
+
+from .api import flash_attention_forward
+from .call import INT32_MAX
+from .masks import compressed_causal_mask
+from .semantics.sparse import COMPRESSED_MODES
+from .seqlens import lengths_to_cumulative
+
+__all__ = ["CaseSpec", "Suite", "SuiteError", "DOC_EXAMPLE", "load_suite", "default_suite_path",
+           "select_cases", "make_inputs", "with_forward", "case_arguments", "MASK_KINDS"]
+
+SUITE_SCHEMA = "aclnn_fag.suite/1"
+MASK_KINDS = ("zeros", "causal", "band", "random")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
+class SuiteError(ValueError):
+    """A suite file or case description is malformed."""
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One case: everything needed to regenerate its inputs bit for bit."""
+
+    name: str
+    lengths_q: tuple
+    heads: int
+    d: int = 128
+    d_rope: int = 64
+    d_v: Optional[int] = None
+    lengths_kv: Optional[tuple] = None
+    kv_heads: Optional[int] = None
+    sparse_mode: int = 0
+    pre_tokens: int = INT32_MAX
+    next_tokens: int = INT32_MAX
+    scale: Optional[float] = None
+    mask: str = "zeros"
+    mask_density: float = 0.3
+    deterministic: bool = False
+    seed: int = 0
+    tags: tuple = ()
+    note: str = ""
+
+    # ---- derived values
+    @property
+    def kv_lengths(self) -> tuple:
+        return tuple(self.lengths_kv if self.lengths_kv is not None else self.lengths_q)
+
+    @property
+    def n2(self) -> int:
+        return self.kv_heads if self.kv_heads is not None else self.heads
+
+    @property
+    def dv(self) -> int:
+        return self.d_v if self.d_v is not None else self.d
+
+    @property
+    def scale_value(self) -> float:
+        return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.d + self.d_rope)
+
+    @property
+    def t1(self) -> int:
+        return int(sum(self.lengths_q))
+
+    @property
+    def t2(self) -> int:
+        return int(sum(self.kv_lengths))
+
+    @property
+    def compressed_mask(self) -> bool:
+        return self.sparse_mode in COMPRESSED_MODES
+
+    def to_dict(self) -> dict:
+        """The JSON form (only the keys that differ from the defaults, plus the essentials)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("name", "lengths_q", "heads", "seed", "tags") or value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict, defaults: Optional[dict] = None) -> "CaseSpec":
+        data = dict(defaults or {})
+        data.update(raw)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        label = data.get("name", "<unnamed case>")
+        if unknown:
+            raise SuiteError(f"case {label!r}: unknown keys {unknown} (known: {sorted(known)})")
+        for key in ("name", "lengths_q", "heads"):
+            if key not in data:
+                raise SuiteError(f"case {label!r}: missing key {key!r}")
+        try:
+            for key in ("lengths_q", "lengths_kv", "tags"):
+                if data.get(key) is not None:
+                    if isinstance(data[key], (str, bytes)) or not hasattr(data[key], "__iter__"):
+                        raise TypeError(f"{key} must be a list")
+                    data[key] = tuple(data[key])
+            for key in ("heads", "kv_heads", "d", "d_rope", "d_v", "sparse_mode", "pre_tokens",
+                        "next_tokens", "seed"):
+                if data.get(key) is not None:
+                    data[key] = _as_int(key, data[key])
+            data["lengths_q"] = tuple(_as_int("lengths_q", x) for x in data["lengths_q"])
+            if data.get("lengths_kv") is not None:
+                data["lengths_kv"] = tuple(_as_int("lengths_kv", x) for x in data["lengths_kv"])
+            data["tags"] = tuple(str(t) for t in data.get("tags", ()))
+            spec = cls(**data)
+        except (TypeError, ValueError) as exc:
+            raise SuiteError(f"case {label!r}: {exc}") from None
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """Structural checks (the op's own rules are left to the validator)."""
+        problems = []
+        if not self.lengths_q:
+            problems.append("lengths_q is empty")
+        if len(self.kv_lengths) != len(self.lengths_q):
+            problems.append("lengths_kv must have as many entries as lengths_q")
+        if any(x < 0 for x in self.lengths_q + self.kv_lengths):
+            problems.append("lengths must be >= 0")
+        if self.mask not in MASK_KINDS:
+            problems.append(f"mask must be one of {MASK_KINDS}, got {self.mask!r}")
+        if not 0.0 <= self.mask_density < 1.0:
+            problems.append("mask_density must be in [0, 1)")
+        if problems:
+            raise SuiteError(f"case {self.name!r}: " + "; ".join(problems))
+
+
+def _as_int(key, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{key} must be an integer, got {value!r}")
+    return int(value)
+
+
+# The documentation's example (docs of aclnnFlashAttentionUnpaddingScoreGradV3, "调用示例").
+DOC_EXAMPLE = CaseSpec(name="doc-example", lengths_q=(256,), heads=1, d=128, d_rope=64, d_v=128,
+                       sparse_mode=0, pre_tokens=65536, next_tokens=65536, scale=0.088388,
+                       mask="zeros", seed=0, tags=("doc", "quick"),
+                       note="the operator documentation's example, random bf16 data")
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A loaded suite file."""
+
+    path: str
+    description: str
+    cases: tuple
+    default_exclude_tags: tuple = ()
+    raw_sha256: str = ""
+
+
+def default_suite_path() -> pathlib.Path:
+    """The shipped parity suite (package data)."""
+    return pathlib.Path(__file__).resolve().parent / "data" / "parity_suite.json"
+
+
+def load_suite(path=None) -> Suite:
+    """Read and check a suite file (default: the shipped one)."""
+    p = pathlib.Path(path) if path is not None else default_suite_path()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SuiteError(f"cannot read suite file {p}: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SuiteError(f"suite file {p} is not valid JSON: {exc}") from None
+    if isinstance(raw, list):                        # a bare list of cases is accepted too
+        raw = {"cases": raw}
+    if not isinstance(raw, dict) or not isinstance(raw.get("cases"), list):
+        raise SuiteError(f"suite file {p}: expected an object with a 'cases' list")
+    schema = raw.get("schema", SUITE_SCHEMA)
+    if schema != SUITE_SCHEMA:
+        raise SuiteError(f"suite file {p}: unsupported schema {schema!r} (expected {SUITE_SCHEMA!r})")
+    defaults = raw.get("defaults", {})
+    cases = tuple(CaseSpec.from_dict(c, defaults) for c in raw["cases"])
+    names = [c.name for c in cases]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise SuiteError(f"suite file {p}: duplicate case names {dup}")
+    return Suite(path=str(p), description=str(raw.get("description", "")), cases=cases,
+                 default_exclude_tags=tuple(raw.get("default_exclude_tags", ())),
+                 raw_sha256=hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+def select_cases(suite: Suite, tags=None, names=None, include_all=False) -> list:
+    """Cases to run: by ``names`` (glob patterns) and/or ``tags`` (any match); with neither,
+    every case except those carrying a tag of ``suite.default_exclude_tags`` (unless
+    ``include_all``)."""
+    chosen = []
+    for case in suite.cases:
+        if names and not any(fnmatch.fnmatchcase(case.name, pat) for pat in names):
+            continue
+        if tags and not set(tags) & set(case.tags):
+            continue
+        if not names and not tags and not include_all and set(case.tags) & set(suite.default_exclude_tags):
+            continue
+        chosen.append(case)
+    return chosen
+
+
+# --------------------------------------------------------------------------- inputs
+def _explicit_mask(spec: CaseSpec, rng) -> np.ndarray:
+    max_sq, max_skv = max(spec.lengths_q), max(spec.kv_lengths)
+    shape = (max_sq, max_skv)
+    if spec.mask == "zeros":
+        return np.zeros(shape, dtype=np.uint8)
+    diff = np.arange(max_skv)[None, :] - np.arange(max_sq)[:, None]     # j - i
+    if spec.mask == "causal":
+        return (diff > 0).astype(np.uint8)
+    if spec.mask == "band":
+        return ((diff > spec.next_tokens) | (-diff > spec.pre_tokens)).astype(np.uint8)
+    mask = (rng.random(shape, dtype=np.float32) < spec.mask_density).astype(np.uint8)
+    if max_skv:
+        # never leave a row fully masked: keep the diagonal and column 0 (a key every
+        # non-empty batch has)
+        rows = np.arange(max_sq)
+        mask[rows, np.minimum(rows, max_skv - 1)] = 0
+        mask[:, 0] = 0
+    return mask
+
+
+def make_inputs(spec: CaseSpec) -> dict:
+    """The backward's keyword arguments without the forward results (see module docstring)."""
+    rng = np.random.default_rng(spec.seed)
+
+    def draw(shape):
+        return rng.standard_normal(shape, dtype=np.float32).astype(BF16)
+
+    t1, t2, n1, n2 = spec.t1, spec.t2, spec.heads, spec.n2
+    query = draw((t1, n1, spec.d))
+    query_rope = draw((t1, n1, spec.d_rope))
+    key = draw((t2, n2, spec.d))
+    key_rope = draw((t2, n2, spec.d_rope))
+    value = draw((t2, n2, spec.dv))
+    dy = draw((t1, n1, spec.dv))
+    mask = compressed_causal_mask() if spec.compressed_mask else _explicit_mask(spec, rng)
+    return dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                dy=dy, atten_mask=mask,
+                actual_seq_qlen=[int(x) for x in lengths_to_cumulative(spec.lengths_q)],
+                actual_seq_kvlen=[int(x) for x in lengths_to_cumulative(spec.kv_lengths)],
+                scale_value=spec.scale_value, pre_tokens=spec.pre_tokens,
+                next_tokens=spec.next_tokens, sparse_mode=spec.sparse_mode,
+                deterministic=spec.deterministic)
+
+
+_FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
+                 "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
+                 "next_tokens", "sparse_mode")
+
+
+def with_forward(inputs: dict) -> dict:
+    """``inputs`` plus attention_in / softmax_max / softmax_sum from the NumPy forward
+    (device precision: bf16 output, float32 statistics in the device layout)."""
+    fwd = flash_attention_forward(**{k: inputs[k] for k in _FORWARD_KEYS}, precision="device")
+    out = dict(inputs)
+    out.update(attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
+               softmax_sum=fwd.softmax_sum)
+    return out
+
+
+def case_arguments(spec: CaseSpec, inputs: dict) -> dict:
+    """The exact call as JSON-ready data: scalar arguments, shapes and dtypes, seed."""
+    arrays = {k: v for k, v in inputs.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in inputs.items() if not isinstance(v, np.ndarray)}
+    scalars.update(head_num=spec.heads, input_layout="TND", keep_prob=1.0, inner_precise=0,
+                   pse_type=1)
+    return {"seed": spec.seed, "mask": "compressed_causal_mask" if spec.compressed_mask else spec.mask,
+            "arguments": scalars,
+            "shapes": {k: list(v.shape) for k, v in arrays.items()},
+            "dtypes": {k: str(v.dtype) for k, v in arrays.items()},
+            "spec": spec.to_dict()}

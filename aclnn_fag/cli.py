@@ -1,0 +1,189 @@
+"""The ``aclnn-fag`` command: ``info``, ``demo``, ``parity``, ``bench``.
+
+``main(argv)`` returns the exit status (also usable in-process: ``main(["demo"])``).
+``info`` and ``demo`` live here; ``parity`` and ``bench`` in their own modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+
+# --------------------------------------------------------------------------- info
+def _cmd_info(args) -> int:
+    from .envinfo import auto_backend, environment, npu_status
+
+    npu = npu_status(refresh=True)
+    auto, auto_error = auto_backend()
+    env = environment(auto, "device", npu)
+    if args.json:
+        print(json.dumps({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
+                          "npu": npu, "environment": env}, indent=1, default=str))
+        return 0
+    ok = bool(npu.get("ok"))
+    features = npu.get("features") or {}
+    print(f"aclnn_fag {__version__}  (python {env['python']}, numpy {env['numpy_version']}, "
+          f"ml_dtypes {env['ml_dtypes_version']}, {env['platform']})")
+    print(f"auto backend:    {auto if auto else 'cannot resolve: ' + str(auto_error)}")
+    reason = str(npu.get("reason") or "").strip().splitlines()
+    print(f"NPU backend:     {'available' if ok else 'unavailable'}"
+          + ("" if ok or not reason else f" -- {reason[0]}"))
+    libs = npu.get("libraries")
+    if isinstance(libs, dict) and libs:
+        print("libraries:")
+        for role, where in libs.items():
+            print(f"  {role:<10s} {where}")
+    if npu.get("search_order"):
+        print("search order:    " + "; ".join(npu["search_order"]))
+    if not ok and npu.get("search_notes"):
+        print("skipped:         " + "; ".join(npu["search_notes"]))
+    if not ok and npu.get("info_error"):
+        print(f"info:            {npu['info_error']}")
+    print(f"device count:    {npu.get('device_count') if npu.get('device_count') is not None else 0}")
+    soc = npu.get("soc_name")
+    if not soc:
+        soc = f"unknown ({npu['soc_name_error']})" if npu.get("soc_name_error") else "unknown (no device)"
+    print(f"SoC name:        {soc}")
+    print(f"determinism:     {_yes_no(features, 'determinism_setter', 'determinism_getter')}"
+          " (aclrtCtxSetSysParamOpt/aclrtCtxGetSysParamOpt)")
+    print(f"repeatable executors: {_yes_no(features, 'repeatable_executor')}"
+          " (aclSetAclOpExecutorRepeatable)")
+    if features:
+        others = {k: v for k, v in features.items()
+                  if k not in ("determinism_setter", "determinism_getter", "repeatable_executor")}
+        if others:
+            print("other features:  " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in others.items()))
+    return 0
+
+
+def _yes_no(features: dict, *keys) -> str:
+    if not features or any(k not in features for k in keys):
+        return "unknown (libraries not loaded)"
+    return "yes" if all(features[k] for k in keys) else "no"
+
+
+# --------------------------------------------------------------------------- demo
+def _checksums(x: np.ndarray) -> tuple:
+    x64 = x.astype(np.float64)
+    return float(x64.sum()), float(np.abs(x64).sum())
+
+
+def _cmd_demo(args) -> int:
+    from .api import flash_attention_unpadding_score_grad_v3, last_backend, resolve_backend
+    from .cases import DOC_EXAMPLE, make_inputs, with_forward
+    from dataclasses import replace
+
+    spec = replace(DOC_EXAMPLE, seed=args.seed)
+    try:
+        backend = resolve_backend(args.backend)
+    except Exception as exc:
+        print(f"aclnn-fag demo: {exc}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    inputs = make_inputs(spec)
+    t1 = time.perf_counter()
+    inputs = with_forward(inputs)
+    t2 = time.perf_counter()
+    grads = flash_attention_unpadding_score_grad_v3(**inputs, backend=backend)
+    t3 = time.perf_counter()
+    ran = last_backend()
+    print("aclnnFlashAttentionUnpaddingScoreGradV3 -- the documentation's example")
+    print(f"  T={spec.t1} N={spec.heads} D={spec.d} Dr={spec.d_rope} Dv={spec.dv} bf16, sparse_mode "
+          f"{spec.sparse_mode}, all-zero {spec.t1}x{spec.t1} mask, scale {spec.scale_value}, "
+          f"pre=next={spec.pre_tokens}, actual_seq_qlen=actual_seq_kvlen={inputs['actual_seq_qlen']}, "
+          f"seed {spec.seed}")
+    print(f"backend: {ran}  (requested {args.backend}; forward: numpy)")
+    rows = [("attention_in", inputs["attention_in"]), ("softmax_max", inputs["softmax_max"]),
+            ("softmax_sum", inputs["softmax_sum"])] + list(grads._asdict().items())
+    print(f"  {'tensor':<13s} {'shape':<16s} {'dtype':<9s} {'sum':>16s} {'sum |x|':>16s}")
+    for name, arr in rows:
+        s, a = _checksums(arr)
+        print(f"  {name:<13s} {str(list(arr.shape)):<16s} {str(arr.dtype):<9s} {s:>16.6f} {a:>16.6f}")
+    print(f"time: inputs {t1 - t0:.4f} s, forward {t2 - t1:.4f} s, backward {t3 - t2:.4f} s "
+          f"({ran}), total {t3 - t0:.4f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench, parity
+
+    parser = argparse.ArgumentParser(
+        prog="aclnn-fag",
+        description="aclnnFlashAttentionUnpaddingScoreGradV3 through ctypes, and its NumPy reference.")
+    parser.add_argument("--version", action="version", version=f"aclnn_fag {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="versions, CANN libraries, devices, the backend 'auto' picks",
+                       description="Package version; the CANN libraries found (with paths) or why "
+                                   "not; device count and SoC name; the backend 'auto' would pick; "
+                                   "determinism and repeatable-executor support. Works without CANN.")
+    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("demo", help="run the documentation's example (forward + backward)",
+                       description="The operator documentation's example (T=256, N=1, D=128, rope "
+                                   "64, Dv=128, bf16, sparse mode 0, all-zero mask, scale 0.088388, "
+                                   "pre=next=65536) with seeded random data: NumPy forward, backward "
+                                   "on the chosen backend; prints the backend, shapes, checksums "
+                                   "(float64 sum and sum of |x|) and times.")
+    p.add_argument("--backend", choices=("auto", "numpy", "npu"), default="auto",
+                   help="backend of the backward (default: auto)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default: 0)")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("parity", help="judge a backend against the fp64 golden on a case suite",
+                       description="Run a case suite on a backend and judge every output (dq, "
+                                   "dq_rope, dk, dk_rope, dv) against the fp64 golden (NumPy) by "
+                                   "flash-attention's criterion (max abs error <= k x that of the "
+                                   "NumPy device-precision reference, plus a tiny floor) and "
+                                   "Ascend's double-thousandths (bf16: the share of elements with "
+                                   "|y-g| / max(|g|, RMS(g)) > 2^-6 stays below 1e-3). Prints a "
+                                   "table, writes a JSON report, shows progress on stderr.",
+                       epilog="Details: the docstrings of aclnn_fag.parity and aclnn_fag.accuracy. "
+                              "Exit status: 0 all passed, 1 a case failed or errored, 2 usage "
+                              "error (bad suite, no case selected, backend unavailable).")
+    parity.add_arguments(p)
+    p.set_defaults(func=parity.main)
+
+    p = sub.add_parser("bench", help="time a backend and compare with this machine's sgemm",
+                       description="Time the backward on a backend (and the NumPy forward) over "
+                                   "a few sizes: GFLOP/s over the kept area of the mask next to "
+                                   "this machine's sgemm (numpy float32 matmul, measured in the "
+                                   "same run), the host time per call in marshaling and the two "
+                                   "phases on the NPU, and the peak extra memory of a call. "
+                                   "--suite targets measures the project's performance targets.",
+                       epilog="Targets are reported, not enforced, unless --check is given (then "
+                              "a missed target gives exit status 1). Exit status 2: usage error "
+                              "or backend unavailable.")
+    bench.add_arguments(p)
+    p.set_defaults(func=bench.main)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

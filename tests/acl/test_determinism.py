@@ -1,0 +1,142 @@
+"""ACL_OPT_DETERMINISTIC: set on the context for the call, restored afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import aclnn_fag.acl as acl
+from aclnn_fag import errors
+from aclnn_fag.acl import runtime
+from acl_cases import assert_grads_close, make_problem
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _set(value: int) -> None:
+    b = runtime.ensure_device(0)
+    runtime._set_determinism(b, value)
+
+
+@pytest.fixture
+def d40():
+    """D=40: accepted non-deterministically, rejected (161002) in deterministic mode."""
+    return make_problem(seed=51, q_lens=(8, 5), d=40, dr=8)
+
+
+def test_flag_is_on_during_the_call_and_restored(d40, no_leaks):
+    _set(0)
+    with pytest.raises(errors.ParamInvalidError):          # phase 1 saw the flag on
+        acl.call_raw(**d40.raw_kwargs(), deterministic=True)
+    assert runtime.get_determinism(0) == 0                 # restored, also after an error
+    _set(1)
+    got = acl.call_raw(**d40.raw_kwargs(), deterministic=False)   # phase 1 saw it off
+    assert got.dq is not None
+    assert runtime.get_determinism(0) == 1
+    _set(2)                                                # any non-zero value means on
+    with pytest.raises(errors.ParamInvalidError):
+        acl.call_raw(**d40.raw_kwargs(), deterministic=True)
+    assert runtime.get_determinism(0) == 2
+    with pytest.raises(errors.ParamInvalidError):          # None leaves the option alone
+        acl.call_raw(**d40.raw_kwargs(), deterministic=None)
+    _set(0)
+
+
+def test_public_api_deterministic_flag(no_leaks):
+    p = make_problem(seed=52, q_lens=(7, 0, 9), n2=1, g=2, d=32, dr=16)
+    _set(0)
+    got = p.grads("npu", deterministic=True)
+    assert runtime.get_determinism(0) == 0
+    assert_grads_close(got, p.grads("numpy", deterministic=True))
+
+
+def test_inside_the_block():
+    _set(0)
+    with acl.determinism(0, True):
+        assert runtime.get_determinism(0) == 1
+        with acl.determinism(0, True):                     # same mode: nests/overlaps
+            assert runtime.get_determinism(0) == 1
+        assert runtime.get_determinism(0) == 1
+    assert runtime.get_determinism(0) == 0
+
+
+def test_conflicting_modes_are_serialised():
+    _set(0)
+    entered_a, release_a = threading.Event(), threading.Event()
+    log = []
+
+    def a():
+        with acl.determinism(0, True):
+            log.append(("a in", runtime.get_determinism(0)))
+            entered_a.set()
+            release_a.wait(5)
+            log.append(("a out", runtime.get_determinism(0)))
+
+    def b():
+        entered_a.wait(5)
+        with acl.determinism(0, False):
+            log.append(("b in", runtime.get_determinism(0)))
+
+    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+    ta.start()
+    tb.start()
+    entered_a.wait(5)
+    time.sleep(0.2)
+    assert [e[0] for e in log] == ["a in"]                 # b waits for a
+    release_a.set()
+    ta.join(5)
+    tb.join(5)
+    assert log == [("a in", 1), ("a out", 1), ("b in", 0)]
+    assert runtime.get_determinism(0) == 0
+
+
+def test_without_the_setter(monkeypatch, d40, no_leaks):
+    b = runtime.api()
+    _set(0)
+    monkeypatch.setattr(b, "aclrtCtxSetSysParamOpt", None)
+    with pytest.raises(errors.BackendUnavailableError, match="aclrtCtxSetSysParamOpt"):
+        acl.call_raw(**d40.raw_kwargs(), deterministic=True)
+    # deterministic=False proceeds without touching the option
+    assert acl.call_raw(**d40.raw_kwargs(), deterministic=False).dq is not None
+
+
+def test_unset_option_is_written_back_as_zero(stub_lib_dir):
+    """On a fresh context the option is unset (unreadable); after a deterministic call it is
+    0 (the op's documented default)."""
+    script = textwrap.dedent("""
+        import json, sys
+        sys.path.insert(0, %r)
+        import aclnn_fag.acl as acl
+        from aclnn_fag.acl import runtime
+        from acl_cases import make_problem
+        p = make_problem(seed=53, q_lens=(6,), d=32, dr=16)
+        out = {"before": runtime.get_determinism(0)}
+        acl.call_raw(**p.raw_kwargs(), deterministic=True)
+        out["after"] = runtime.get_determinism(0)
+        print(json.dumps(out))
+    """ % str(pathlib.Path(__file__).resolve().parent))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_")}
+    env["ACLNN_FAG_LIB_DIR"] = str(stub_lib_dir)
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"before": None, "after": 0}
+
+
+def test_nested_conflicting_request_on_one_thread_raises_instead_of_deadlocking(d40, no_leaks):
+    _set(0)
+    with acl.determinism(0, True):
+        with pytest.raises(RuntimeError, match="wait for itself"):
+            acl.call_raw(**d40.raw_kwargs(), deterministic=False)
+        assert runtime.get_determinism(0) == 1
+    assert runtime.get_determinism(0) == 0
