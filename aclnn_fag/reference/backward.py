@@ -30,7 +30,7 @@ from ..call import FagCall, FagGrads
 from ..semantics.softmax_layout import device_stat_blocks
 from ..semantics.sparse import MaskReader, batch_keep
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
-from .common import (FullyMaskedRowWarning, apply_mask, gather_concat, gather_heads,
+from .common import (FullyMaskedRowWarning, KeySide, apply_mask, gather_concat, gather_heads,
                      precision_dtype, row_part, rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
@@ -70,6 +70,7 @@ def attention_backward(call: FagCall, precision: str = "device",
             hs = slice(n2 * group, (n2 + 1) * group)
             per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
             acc_k, acc_v = accumulators.take(skv)      # [dK | dKr] (unscaled), dV; zeroed
+            key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
             for i0, i1 in query_blocks(sq, bq):
                 work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
                 fully_masked += rows_without_keys(work_tiles, group, i1 - i0)
@@ -89,12 +90,8 @@ def attention_backward(call: FagCall, precision: str = "device",
                 o_t = gather_heads(call.attention_in, rows, hs, work)
                 np.negative(np.einsum("rc,rc->r", dy_aug[:, :dv], o_t)[:, None], out=dy_aug[:, dv:])
                 acc_q = np.zeros((q_cat.shape[0], d_qk), work)   # [dQ | dQr], unscaled
-                for r0, r1, j0, j1, masked in work_tiles:
-                    kcols = slice(ks + j0, ks + j1)
-                    k_aug = gather_concat((k, kr), kcols, n2, work, extra=1)   # [K | Kr | 1]
-                    k_aug[:, d_qk] = 1
-                    v_aug = gather_concat((v,), kcols, n2, work, extra=1)      # [V | 1]
-                    v_aug[:, dv] = 1
+                for r0, r1, j0, j1, masked, key_tile in work_tiles:
+                    k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
                     k_cat = k_aug[:, :d_qk]
                     q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
                                                          for x in (q_aug, q_cat, dy_aug, row_sum))

@@ -12,17 +12,29 @@ the sequence lengths.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
 from ..semantics.sparse import BatchKeep, MaskReader
 
-__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys"]
+__all__ = ["Tile", "BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys"]
 
 _INF = float("inf")
+
+
+class Tile(NamedTuple):
+    """Rows [r0, r1) of the query tile (relative) meet keys [j0, j1) of the batch."""
+
+    r0: int
+    r1: int
+    j0: int
+    j1: int
+    masked: Optional[np.ndarray]
+    key_tile: tuple
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,7 @@ class BlockSizes:
 
     q_rows: int = 512
     k: int = 512
-    min_split: int = 256
+    min_split: int = 128
 
     def q_tokens(self, group: int) -> int:
         return max(8, self.q_rows // max(1, group))
@@ -43,7 +55,7 @@ def default_block_sizes() -> BlockSizes:
     """Defaults, overridable with ACLNN_FAG_BLOCK_Q / ACLNN_FAG_BLOCK_K / ACLNN_FAG_BLOCK_MIN."""
     return BlockSizes(q_rows=int(os.environ.get("ACLNN_FAG_BLOCK_Q", 512)),
                       k=int(os.environ.get("ACLNN_FAG_BLOCK_K", 512)),
-                      min_split=int(os.environ.get("ACLNN_FAG_BLOCK_MIN", 256)))
+                      min_split=int(os.environ.get("ACLNN_FAG_BLOCK_MIN", 128)))
 
 
 def query_blocks(sq: int, q_tokens: int) -> Iterator[tuple]:
@@ -53,11 +65,13 @@ def query_blocks(sq: int, q_tokens: int) -> Iterator[tuple]:
 
 def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int, skv: int,
           blocks: BlockSizes, heads=None) -> Iterator[tuple]:
-    """Yield (r0, r1, j0, j1, masked) for the tiles of query rows [i0, i1) that have work.
+    """Yield a Tile for each piece of query rows [i0, i1) that has work.
 
     Rows [i0 + r0, i0 + r1) meet keys [j0, j1) (local indices of the batch). ``masked`` is
     None for a full tile, else a bool array (True = excluded) of shape [r1-r0, j1-j0], or
-    [len(heads), r1-r0, j1-j0] for a per-head mask.
+    [len(heads), r1-r0, j1-j0] for a per-head mask. The pieces of one key tile
+    ``key_tile = (kt0, kt1)`` come one after another, so a body can gather the key side
+    once per key tile and slice it.
     """
     lo, hi = keep.lo, keep.hi
     j_first = max(0, i0 + lo) if lo != -_INF else 0
@@ -65,8 +79,10 @@ def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int,
     if j_last < j_first:
         return
     bk = blocks.k
-    for j0 in range(int(j_first) // bk * bk, int(j_last) + 1, bk):
-        yield from _split(keep, mask, b, i0, i0, i1, j0, min(skv, j0 + bk), blocks.min_split, heads)
+    for j0 in range(int(j_first), int(j_last) + 1, bk):   # tiles start where the band starts
+        key_tile = (j0, min(skv, j0 + bk))
+        for piece in _split(keep, mask, b, i0, i0, i1, j0, key_tile[1], blocks.min_split, heads):
+            yield Tile(*piece, key_tile)
 
 
 def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):
@@ -78,14 +94,13 @@ def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):
     band_full = d_min >= lo and d_max <= hi
     if not band_full and a1 - a0 >= 2 * min_split and j1 - j0 >= 2 * min_split:
         am, jm = (a0 + a1) // 2, (j0 + j1) // 2
-        for r in ((a0, am), (am, a1)):
-            for c in ((j0, jm), (jm, j1)):
+        for c in ((j0, jm), (jm, j1)):
+            for r in ((a0, am), (am, a1)):
                 yield from _split(keep, mask, b, i0, r[0], r[1], c[0], c[1], min_split, heads)
         return
     masked = None
     if not band_full:
-        d = np.arange(j0, j1)[None, :] - np.arange(a0, a1)[:, None]
-        masked = (d > hi) if lo == -_INF else ((d < lo) | (d > hi))
+        masked = _band_mask(a1 - a0, j1 - j0, j0 - a0, lo, hi)
     if keep.uses_mask:
         explicit = mask.block(b, a0, a1, j0, j1, heads)
         if explicit.any():
@@ -95,10 +110,20 @@ def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):
     yield a0 - i0, a1 - i0, j0, j1, masked
 
 
+@functools.lru_cache(maxsize=64)
+def _band_mask(rows: int, cols: int, offset: int, lo, hi) -> np.ndarray:
+    """Read-only 'excluded' mask of a tile whose key j and row i differ by offset + c - r;
+    the same few shapes recur along a diagonal, so they are cached."""
+    d = np.arange(offset, offset + cols)[None, :] - np.arange(rows)[:, None]
+    masked = (d > hi) if lo == -_INF else ((d < lo) | (d > hi))
+    masked.flags.writeable = False
+    return masked
+
+
 def rows_without_keys(work_tiles, group: int, rows: int) -> int:
     """How many (head, row) pairs of a query tile have no kept key in any of its tiles."""
     has_key = np.zeros((group, rows), dtype=bool)
-    for r0, r1, _, _, masked in work_tiles:
+    for r0, r1, _, _, masked, _ in work_tiles:
         if masked is None:
             has_key[:, r0:r1] = True
         else:

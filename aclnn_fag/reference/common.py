@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
-           "gather_heads", "gather_concat", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
+           "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 NEG = -FLT_MAX
@@ -62,6 +62,72 @@ def rows_2d(x: np.ndarray, group: int, r0: int, r1: int) -> np.ndarray:
     if r0 == 0 and r1 * group == x.shape[0]:
         return x
     return row_part(x, group, r0, r1).reshape(-1, x.shape[-1])
+
+
+class KeySide:
+    """The key side of one (batch, KV head) in the working dtype: [K | Kr | 1] and [V | 1]
+    (the trailing ones column folds a per-row term into a matmul; ``ones=False`` omits it).
+
+    Gathered once for the whole sequence when it fits ``budget_bytes``, else once per key
+    tile (pieces of one key tile come together from the tile iterator); ``get`` returns
+    row slices (views) for keys [j0, j1)."""
+
+    def __init__(self, k, kr, v, kv_rows: slice, n2: int, dtype, ones: bool,
+                 budget_bytes: int = 16 << 20):
+        self._src = (k, kr, v)
+        self._start = kv_rows.start
+        self._n2, self._dtype, self._extra = n2, dtype, int(ones)
+        width = k.shape[2] + kr.shape[2] + v.shape[2] + 2 * self._extra
+        rows = kv_rows.stop - kv_rows.start
+        self._whole = rows * width * np.dtype(dtype).itemsize <= budget_bytes
+        self._cached = None
+        if self._whole:
+            self._tile, self._k, self._v = (0, rows), *self._gather(0, rows)
+
+    def _gather(self, t0, t1):
+        k, kr, v = self._src
+        cols = slice(self._start + t0, self._start + t1)
+        k_tile = gather_concat((k, kr), cols, self._n2, self._dtype, extra=self._extra)
+        v_tile = gather_concat((v,), cols, self._n2, self._dtype, extra=self._extra)
+        if self._extra:
+            k_tile[:, -1] = 1
+            v_tile[:, -1] = 1
+        return k_tile, v_tile
+
+    def get(self, key_tile: tuple, j0: int, j1: int):
+        """([K | Kr (| 1)], [V (| 1)]) rows for keys [j0, j1) of ``key_tile``."""
+        if not self._whole and self._cached != key_tile:
+            self._cached = key_tile
+            self._tile = key_tile
+            self._k, self._v = self._gather(*key_tile)
+        base = self._tile[0]
+        return self._k[j0 - base:j1 - base], self._v[j0 - base:j1 - base]
+
+
+def row_max(s: np.ndarray) -> np.ndarray:
+    """max over axis 1 of a 2-D tile, [r, 1]: halving with elementwise maximum (SIMD over
+    whole rows) is several times faster than numpy's per-row reduction."""
+    width = s.shape[1]
+    if width <= 16:
+        return s.max(axis=1, keepdims=True)
+    half = width // 2
+    part = np.maximum(s[:, :half], s[:, half:2 * half])
+    if width % 2:
+        np.maximum(part[:, :1], s[:, -1:], out=part[:, :1])
+    while part.shape[1] > 16:
+        half = part.shape[1] // 2
+        odd = part.shape[1] % 2
+        nxt = np.maximum(part[:, :half], part[:, half:2 * half])
+        if odd:
+            np.maximum(nxt[:, :1], part[:, -1:], out=nxt[:, :1])
+        part = nxt
+    return part.max(axis=1, keepdims=True)
+
+
+def row_sum(s: np.ndarray) -> np.ndarray:
+    """sum over axis 1 of a 2-D tile, [r, 1], as a matmul with a ones column (fp32
+    accumulation in BLAS order; several times faster than numpy's per-row reduction)."""
+    return s @ np.ones((s.shape[1], 1), dtype=s.dtype)
 
 
 def scatter_heads(x: np.ndarray, rows: slice, heads: slice, tile: np.ndarray) -> None:

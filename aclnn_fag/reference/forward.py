@@ -27,8 +27,8 @@ from ..call import FagForward, FwdCall
 from ..semantics.softmax_layout import COPIES
 from ..semantics.sparse import MaskReader, batch_keep
 from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
-from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, apply_mask, gather_concat,
-                     precision_dtype, row_part, rows_2d, scatter_heads)
+from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, KeySide, apply_mask, gather_concat,
+                     precision_dtype, row_max, row_part, row_sum, rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
 __all__ = ["attention_forward"]
@@ -62,6 +62,7 @@ def attention_forward(call: FwdCall, precision: str = "device",
         for n2 in range(k.shape[1]):
             hs = slice(n2 * group, (n2 + 1) * group)
             per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
+            key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=False)
             for i0, i1 in query_blocks(sq, bq):
                 rows = slice(qs + i0, qs + i1)
                 q_scaled = gather_concat((q, qr), rows, hs, work)   # scale·[Q | Qr]
@@ -69,20 +70,21 @@ def attention_forward(call: FwdCall, precision: str = "device",
                 m = np.full((q_scaled.shape[0], 1), NEG, dtype=work)
                 l = np.zeros((q_scaled.shape[0], 1), dtype=work)
                 acc = np.zeros((q_scaled.shape[0], v.shape[2]), dtype=work)
-                for r0, r1, j0, j1, masked in tiles(keep, mask, b, i0, i1, skv, blocks, per_head):
-                    kcols = slice(ks + j0, ks + j1)
-                    s = rows_2d(q_scaled, group, r0, r1) @ gather_concat((k, kr), kcols, n2, work).T
+                for r0, r1, j0, j1, masked, key_tile in tiles(keep, mask, b, i0, i1, skv, blocks,
+                                                              per_head):
+                    k_tile, v_tile = key_side.get(key_tile, j0, j1)
+                    s = rows_2d(q_scaled, group, r0, r1) @ k_tile.T
                     if masked is not None:
                         apply_mask(s, masked, group)
                     m_old, l_old, acc_old = (rows_2d(x, group, r0, r1) for x in (m, l, acc))
-                    m_new = np.maximum(m_old, s.max(axis=1, keepdims=True))
+                    m_new = np.maximum(m_old, row_max(s))
                     correction = np.exp(m_old - m_new)
                     s -= m_new
                     np.exp(s, out=s)
-                    l_new = l_old * correction + s.sum(axis=1, keepdims=True)
+                    l_new = l_old * correction + row_sum(s)
                     if device:
                         round_bf16_away_inplace(s)
-                    acc_new = acc_old * correction + s @ v[kcols, n2].astype(work)
+                    acc_new = acc_old * correction + s @ v_tile
                     for state, new in ((m, m_new), (l, l_new), (acc, acc_new)):
                         row_part(state, group, r0, r1)[...] = new.reshape(group, r1 - r0, -1)
                 invalid = (m == NEG)[:, 0]
