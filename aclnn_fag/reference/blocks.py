@@ -4,9 +4,9 @@ A tile is skipped when the kept set of its batch (a diagonal band, see
 semantics.sparse) excludes all of it; it is *full* (no mask needed) when the
 band covers it and no explicit mask applies or the mask block is all zero;
 otherwise it is *partial* and comes with a boolean "masked" block. A tile that
-the band cuts (the diagonal of causal and band modes) is split into quarters,
-recursively down to ``BlockSizes.min_split``, so that the parts the band
-removes are not computed. Memory stays bounded by the block sizes, whatever
+the band cuts (the diagonal of causal and band modes) is cut into row strips,
+halving down to ``BlockSizes.min_split`` rows, each strip's keys trimmed to the
+band's reach, so that most of what the band removes is not computed. Memory stays bounded by the block sizes, whatever
 the sequence lengths.
 """
 
@@ -41,7 +41,7 @@ class Tile(NamedTuple):
 class BlockSizes:
     """``q_rows``: rows per query tile *after* stacking the G query heads of a KV head
     (so a tile covers q_rows // G tokens); ``k``: keys per key tile; ``min_split``: the
-    smallest side a band-cut tile is split down to."""
+    fewest rows a band-cut tile is split down to."""
 
     q_rows: int = 512
     k: int = 512
@@ -86,17 +86,20 @@ def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int,
 
 
 def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):
-    """Tiles of rows [a0, a1) x keys [j0, j1), quartered where the band cuts them."""
+    """Pieces of rows [a0, a1) x keys [j0, j1): keys trimmed to the band's reach of these
+    rows; rows halved (down to ``min_split``) while the band still cuts the piece."""
     lo, hi = keep.lo, keep.hi
-    d_min, d_max = j0 - (a1 - 1), (j1 - 1) - a0
-    if d_max < lo or d_min > hi:
+    if lo != -_INF:
+        j0 = max(j0, a0 + int(lo))
+    if hi != _INF:
+        j1 = min(j1, a1 + int(hi))
+    if j1 <= j0:
         return
-    band_full = d_min >= lo and d_max <= hi
-    if not band_full and a1 - a0 >= 2 * min_split and j1 - j0 >= 2 * min_split:
-        am, jm = (a0 + a1) // 2, (j0 + j1) // 2
-        for c in ((j0, jm), (jm, j1)):
-            for r in ((a0, am), (am, a1)):
-                yield from _split(keep, mask, b, i0, r[0], r[1], c[0], c[1], min_split, heads)
+    band_full = j0 - (a1 - 1) >= lo and (j1 - 1) - a0 <= hi
+    if not band_full and a1 - a0 >= 2 * min_split:
+        am = (a0 + a1) // 2
+        yield from _split(keep, mask, b, i0, a0, am, j0, j1, min_split, heads)
+        yield from _split(keep, mask, b, i0, am, a1, j0, j1, min_split, heads)
         return
     masked = None
     if not band_full:

@@ -76,17 +76,24 @@ def attention_forward(call: FwdCall, precision: str = "device",
                     s = rows_2d(q_scaled, group, r0, r1) @ k_tile.T
                     if masked is not None:
                         apply_mask(s, masked, group)
-                    m_old, l_old, acc_old = (rows_2d(x, group, r0, r1) for x in (m, l, acc))
+                    m_old = rows_2d(m, group, r0, r1)
                     m_new = np.maximum(m_old, row_max(s))
                     correction = np.exp(m_old - m_new)
                     s -= m_new
                     np.exp(s, out=s)
-                    l_new = l_old * correction + row_sum(s)
+                    tile_sum = row_sum(s)
                     if device:
                         round_bf16_away_inplace(s)
-                    acc_new = acc_old * correction + s @ v_tile
-                    for state, new in ((m, m_new), (l, l_new), (acc, acc_new)):
-                        row_part(state, group, r0, r1)[...] = new.reshape(group, r1 - r0, -1)
+                    tile_out = s @ v_tile
+                    # the running state of these rows, updated in place through [G, r, .] views
+                    shape3 = (group, r1 - r0, -1)
+                    correction = correction.reshape(shape3)
+                    l_rows, acc_rows = row_part(l, group, r0, r1), row_part(acc, group, r0, r1)
+                    l_rows *= correction
+                    l_rows += tile_sum.reshape(shape3)
+                    acc_rows *= correction
+                    acc_rows += tile_out.reshape(shape3)
+                    row_part(m, group, r0, r1)[...] = m_new.reshape(shape3)
                 invalid = (m == NEG)[:, 0]
                 fully_masked += int(np.count_nonzero(invalid))
                 safe_l = np.where(invalid[:, None], 1.0, l)
