@@ -28,10 +28,10 @@ import numpy as np
 
 from ..call import FagCall, FagGrads
 from ..semantics.softmax_layout import device_stat_blocks
-from ..semantics.sparse import MaskReader, batch_keep
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
-from .common import (FullyMaskedRowWarning, KeySide, apply_mask, gather_concat, gather_heads,
-                     precision_dtype, row_part, rows_2d, scatter_heads)
+from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, gather_concat,
+                     gather_heads, kernel_setup, precision_dtype, row_part, rows_2d,
+                     scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
 __all__ = ["attention_backward"]
@@ -40,90 +40,78 @@ __all__ = ["attention_backward"]
 def attention_backward(call: FagCall, precision: str = "device",
                        blocks: BlockSizes | None = None) -> FagGrads:
     """The five gradients for a validated call (see module docstring)."""
-    work = precision_dtype(precision)
-    device = precision == "device"
     blocks = blocks or default_block_sizes()
-    out_dtype = BF16 if device else work
     q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
-    grads = FagGrads(*(np.zeros(x.shape, dtype=out_dtype) for x in (q, qr, k, kr, v)))
+    grads = FagGrads(*(np.zeros(x.shape, dtype=BF16 if precision == "device"
+                                else precision_dtype(precision)) for x in (q, qr, k, kr, v)))
     if call.empty_result:
         return grads
-    scale = call.scale32 if work == np.float32 else np.float64(call.scale32)
-    group = call.group
-    n2_count = k.shape[1]
-    seqs = call.seqs
-    mask = MaskReader(call.atten_mask, seqs, q.shape[1]) if call.sparse_mode in (0, 1, 5) else None
-    bq = blocks.q_tokens(group)
+    setup = kernel_setup(call, precision, blocks.q_tokens)
+    work, device, scale, group, bq, mask = setup
     d, d_qk, dv = q.shape[2], q.shape[2] + qr.shape[2], v.shape[2]
     fully_masked = 0
-    accumulators = _KvAccumulators(max(seqs.skv[:seqs.batch]), d_qk, dv, work)
+    accumulators = _KvAccumulators(max(call.seqs.skv[:call.seqs.batch]), d_qk, dv, work)
     stats_max = np.ascontiguousarray(call.softmax_max)   # no copy when already contiguous
     stats_sum = np.ascontiguousarray(call.softmax_sum)
 
-    for b, qs, sq, ks, skv in seqs.batches():
-        if sq == 0 or skv == 0:
-            continue
-        keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff, call.band_index)
-        max_blocks = device_stat_blocks(stats_max, seqs, b)   # [N1, Sq_b, 8]
-        sum_blocks = device_stat_blocks(stats_sum, seqs, b)
-        for n2 in range(n2_count):
-            hs = slice(n2 * group, (n2 + 1) * group)
-            per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
-            acc_k, acc_v = accumulators.take(skv)      # [dK | dKr] (unscaled), dV; zeroed
-            key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
-            for i0, i1 in query_blocks(sq, bq):
-                work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
-                fully_masked += rows_without_keys(work_tiles, group, i1 - i0)
-                if not work_tiles:
-                    continue
-                rows = slice(qs + i0, qs + i1)
-                # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
-                # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
-                q_cat = gather_concat((q, qr), rows, hs, work)
-                row_max = max_blocks[hs, i0:i1, 0].reshape(-1, 1)
-                row_sum = sum_blocks[hs, i0:i1, 0].reshape(-1, 1).astype(work)
-                q_aug = np.empty((q_cat.shape[0], d_qk + 1), work)
-                np.multiply(q_cat, scale, out=q_aug[:, :d_qk])
-                np.negative(row_max, out=q_aug[:, d_qk:], casting="unsafe")
-                # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
-                dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1)
-                o_t = gather_heads(call.attention_in, rows, hs, work)
-                np.negative(np.einsum("rc,rc->r", dy_aug[:, :dv], o_t)[:, None], out=dy_aug[:, dv:])
-                acc_q = np.zeros((q_cat.shape[0], d_qk), work)   # [dQ | dQr], unscaled
-                for r0, r1, j0, j1, masked, key_tile in work_tiles:
-                    k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
-                    k_cat = k_aug[:, :d_qk]
-                    q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
-                                                         for x in (q_aug, q_cat, dy_aug, row_sum))
-                    # 1-2. P = exp(scale·S − max) / sum; excluded positions give exactly 0
-                    p = q_aug_t @ k_aug.T
-                    if masked is not None:
-                        apply_mask(p, masked, group)
-                    np.exp(p, out=p)
-                    p /= sum_t
-                    # 3-5. dS = P ⊙ (dy·Vᵀ − Dterm), with the un-rounded P
-                    ds = dy_aug_t @ v_aug.T
-                    ds *= p
-                    # 6. device rounding points: P and dS to bf16, ties away from zero
-                    if device:
-                        round_bf16_away_inplace(p)
-                        round_bf16_away_inplace(ds)
-                    # 7. accumulate (the G stacked heads sum into dK/dV)
-                    acc_v[j0:j1] += p.T @ dy_aug_t[:, :dv]
-                    acc_k[j0:j1] += ds.T @ q_cat_t
-                    part = ds @ k_cat
-                    if part.shape[0] == acc_q.shape[0]:
-                        acc_q += part
-                    else:
-                        row_part(acc_q, group, r0, r1)[...] += part.reshape(group, r1 - r0, -1)
-                _finish(acc_q, scale, device)
-                scatter_heads(grads.dq, rows, hs, acc_q[:, :d])
-                scatter_heads(grads.dq_rope, rows, hs, acc_q[:, d:])
-            _finish(acc_k, scale, device)
-            _finish(acc_v, None, device)
-            for out, part in ((grads.dk, acc_k[:, :d]), (grads.dk_rope, acc_k[:, d:]),
-                              (grads.dv, acc_v)):
-                np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
+    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup):
+        max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
+        sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
+        acc_k, acc_v = accumulators.take(skv)      # [dK | dKr] (unscaled), dV; zeroed
+        key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
+        for i0, i1 in query_blocks(sq, bq):
+            work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
+            fully_masked += rows_without_keys(work_tiles, group, i1 - i0)
+            if not work_tiles:
+                continue
+            rows = slice(qs + i0, qs + i1)
+            # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
+            # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
+            q_cat = gather_concat((q, qr), rows, hs, work)
+            row_max = max_blocks[hs, i0:i1, 0].reshape(-1, 1)
+            row_sum = sum_blocks[hs, i0:i1, 0].reshape(-1, 1).astype(work)
+            q_aug = np.empty((q_cat.shape[0], d_qk + 1), work)
+            np.multiply(q_cat, scale, out=q_aug[:, :d_qk])
+            np.negative(row_max, out=q_aug[:, d_qk:], casting="unsafe")
+            # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
+            dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1)
+            o_t = gather_heads(call.attention_in, rows, hs, work)
+            np.negative(np.einsum("rc,rc->r", dy_aug[:, :dv], o_t)[:, None], out=dy_aug[:, dv:])
+            acc_q = np.zeros((q_cat.shape[0], d_qk), work)   # [dQ | dQr], unscaled
+            for r0, r1, j0, j1, masked, key_tile in work_tiles:
+                k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
+                k_cat = k_aug[:, :d_qk]
+                q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
+                                                     for x in (q_aug, q_cat, dy_aug, row_sum))
+                # 1-2. P = exp(scale·S − max) / sum; excluded positions give exactly 0
+                p = q_aug_t @ k_aug.T
+                if masked is not None:
+                    apply_mask(p, masked, group)
+                np.exp(p, out=p)
+                p /= sum_t
+                # 3-5. dS = P ⊙ (dy·Vᵀ − Dterm), with the un-rounded P
+                ds = dy_aug_t @ v_aug.T
+                ds *= p
+                # 6. device rounding points: P and dS to bf16, ties away from zero
+                if device:
+                    round_bf16_away_inplace(p)
+                    round_bf16_away_inplace(ds)
+                # 7. accumulate (the G stacked heads sum into dK/dV)
+                acc_v[j0:j1] += p.T @ dy_aug_t[:, :dv]
+                acc_k[j0:j1] += ds.T @ q_cat_t
+                part = ds @ k_cat
+                if part.shape[0] == acc_q.shape[0]:
+                    acc_q += part
+                else:
+                    row_part(acc_q, group, r0, r1)[...] += part.reshape(group, r1 - r0, -1)
+            _finish(acc_q, scale, device)
+            scatter_heads(grads.dq, rows, hs, acc_q[:, :d])
+            scatter_heads(grads.dq_rope, rows, hs, acc_q[:, d:])
+        _finish(acc_k, scale, device)
+        _finish(acc_v, None, device)
+        for out, part in ((grads.dk, acc_k[:, :d]), (grads.dk_rope, acc_k[:, d:]),
+                          (grads.dv, acc_v)):
+            np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: "
                       "the docs call this unsupported; they contribute zero gradients here",

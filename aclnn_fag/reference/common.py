@@ -2,14 +2,55 @@
 
 from __future__ import annotations
 
+from typing import Iterator, NamedTuple, Optional
+
 import numpy as np
 
-__all__ = ["NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
+from ..semantics.sparse import MaskReader, batch_keep
+
+__all__ = ["KernelSetup", "kernel_setup", "batch_heads", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
            "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
 
 FLT_MAX = float(np.finfo(np.float32).max)
 NEG = -FLT_MAX
 PRECISIONS = ("device", "fp32", "fp64")
+
+
+class KernelSetup(NamedTuple):
+    """What the forward and backward bodies derive the same way from a call."""
+
+    work: type          # working dtype
+    device: bool        # precision == "device" (bf16 rounding points)
+    scale: object       # float32(scaleValue), in the working dtype
+    group: int          # G = N1 / N2
+    q_tokens: int       # query tokens per tile
+    mask: Optional[MaskReader]   # explicit-mask reader for modes 0/1/5, else None
+
+
+def kernel_setup(call, precision: str, q_tokens_of) -> KernelSetup:
+    work = precision_dtype(precision)
+    scale = call.scale32 if work == np.float32 else np.float64(call.scale32)
+    mask = (MaskReader(call.atten_mask, call.seqs, call.query.shape[1])
+            if call.sparse_mode in (0, 1, 5) else None)
+    return KernelSetup(work, precision == "device", scale, call.group,
+                       q_tokens_of(call.group), mask)
+
+
+def batch_heads(call, setup: KernelSetup) -> Iterator[tuple]:
+    """Yield (b, qs, sq, ks, skv, keep, n2, heads, per_head) for every batch with work and
+    every KV head: ``heads`` the slice of its G query heads, ``per_head`` the head range when
+    the explicit mask differs per head (else None)."""
+    seqs, group = call.seqs, setup.group
+    for b, qs, sq, ks, skv in seqs.batches():
+        if sq == 0 or skv == 0:
+            continue     # nothing computed: outputs (and the forward's statistics) stay 0
+        keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff,
+                          call.band_index)
+        for n2 in range(call.key.shape[1]):
+            heads = slice(n2 * group, (n2 + 1) * group)
+            per_head = (range(heads.start, heads.stop)
+                        if setup.mask is not None and setup.mask.per_head else None)
+            yield b, qs, sq, ks, skv, keep, n2, heads, per_head
 
 
 class FullyMaskedRowWarning(UserWarning):

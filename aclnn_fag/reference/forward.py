@@ -25,10 +25,10 @@ import numpy as np
 
 from ..call import FagForward, FwdCall
 from ..semantics.softmax_layout import COPIES
-from ..semantics.sparse import MaskReader, batch_keep
 from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
-from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, KeySide, apply_mask, gather_concat,
-                     precision_dtype, row_max, row_part, row_sum, rows_2d, scatter_heads)
+from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, KeySide, apply_mask, batch_heads,
+                     gather_concat, kernel_setup, row_max, row_part, row_sum, rows_2d,
+                     scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
 __all__ = ["attention_forward"]
@@ -37,76 +37,65 @@ __all__ = ["attention_forward"]
 def attention_forward(call: FwdCall, precision: str = "device",
                       blocks: BlockSizes | None = None) -> FagForward:
     """Attention output and softmax statistics for a validated call."""
-    work = precision_dtype(precision)
-    device = precision == "device"
     blocks = blocks or default_block_sizes()
+    setup = kernel_setup(call, precision, blocks.q_tokens)
+    work, device, scale, group, bq, mask = setup
     q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
     t1, n1 = q.shape[0], q.shape[1]
     out = np.zeros((t1, n1, v.shape[2]), dtype=BF16 if device else work)
     stat_dtype = np.float32 if device else work
     flat_max = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
     flat_sum = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
-    scale = call.scale32 if work == np.float32 else np.float64(call.scale32)
-    group = call.group
-    seqs = call.seqs
-    mask = MaskReader(call.atten_mask, seqs, n1) if call.sparse_mode in (0, 1, 5) else None
-    bq = blocks.q_tokens(group)
     fully_masked = 0
 
-    for b, qs, sq, ks, skv in seqs.batches():
-        if sq == 0 or skv == 0:
-            continue     # Skv_b = 0: max = sum = 0, output 0
-        keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff, call.band_index)
+    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup):
         max_block = flat_max[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
         sum_block = flat_sum[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
-        for n2 in range(k.shape[1]):
-            hs = slice(n2 * group, (n2 + 1) * group)
-            per_head = range(hs.start, hs.stop) if mask is not None and mask.per_head else None
-            key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=False)
-            for i0, i1 in query_blocks(sq, bq):
-                rows = slice(qs + i0, qs + i1)
-                q_scaled = gather_concat((q, qr), rows, hs, work)   # scale·[Q | Qr]
-                q_scaled *= scale
-                m = np.full((q_scaled.shape[0], 1), NEG, dtype=work)
-                l = np.zeros((q_scaled.shape[0], 1), dtype=work)
-                acc = np.zeros((q_scaled.shape[0], v.shape[2]), dtype=work)
-                for r0, r1, j0, j1, masked, key_tile in tiles(keep, mask, b, i0, i1, skv, blocks,
-                                                              per_head):
-                    k_tile, v_tile = key_side.get(key_tile, j0, j1)
-                    s = rows_2d(q_scaled, group, r0, r1) @ k_tile.T
-                    if masked is not None:
-                        apply_mask(s, masked, group)
-                    m_old = rows_2d(m, group, r0, r1)
-                    m_new = np.maximum(m_old, row_max(s))
-                    correction = np.exp(m_old - m_new)
-                    s -= m_new
-                    np.exp(s, out=s)
-                    tile_sum = row_sum(s)
-                    if device:
-                        round_bf16_away_inplace(s)
-                    tile_out = s @ v_tile
-                    # the running state of these rows, updated in place through [G, r, .] views
-                    shape3 = (group, r1 - r0, -1)
-                    correction = correction.reshape(shape3)
-                    l_rows, acc_rows = row_part(l, group, r0, r1), row_part(acc, group, r0, r1)
-                    l_rows *= correction
-                    l_rows += tile_sum.reshape(shape3)
-                    acc_rows *= correction
-                    acc_rows += tile_out.reshape(shape3)
-                    row_part(m, group, r0, r1)[...] = m_new.reshape(shape3)
-                invalid = (m == NEG)[:, 0]
-                fully_masked += int(np.count_nonzero(invalid))
-                safe_l = np.where(invalid[:, None], 1.0, l)
-                o = acc / safe_l
-                o[invalid] = 0.0
-                m[invalid] = NEG
-                l[invalid] = FLT_MAX
+        key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=False)
+        for i0, i1 in query_blocks(sq, bq):
+            rows = slice(qs + i0, qs + i1)
+            q_scaled = gather_concat((q, qr), rows, hs, work)   # scale·[Q | Qr]
+            q_scaled *= scale
+            m = np.full((q_scaled.shape[0], 1), NEG, dtype=work)
+            l = np.zeros((q_scaled.shape[0], 1), dtype=work)
+            acc = np.zeros((q_scaled.shape[0], v.shape[2]), dtype=work)
+            for r0, r1, j0, j1, masked, key_tile in tiles(keep, mask, b, i0, i1, skv, blocks,
+                                                          per_head):
+                k_tile, v_tile = key_side.get(key_tile, j0, j1)
+                s = rows_2d(q_scaled, group, r0, r1) @ k_tile.T
+                if masked is not None:
+                    apply_mask(s, masked, group)
+                m_old = rows_2d(m, group, r0, r1)
+                m_new = np.maximum(m_old, row_max(s))
+                correction = np.exp(m_old - m_new)
+                s -= m_new
+                np.exp(s, out=s)
+                tile_sum = row_sum(s)
                 if device:
-                    o = np.ascontiguousarray(o, dtype=np.float32)
-                    round_bf16_away_inplace(o)
-                scatter_heads(out, rows, hs, o)
-                max_block[hs, i0:i1, :] = m.reshape(group, i1 - i0, 1)
-                sum_block[hs, i0:i1, :] = l.reshape(group, i1 - i0, 1)
+                    round_bf16_away_inplace(s)
+                tile_out = s @ v_tile
+                # the running state of these rows, updated in place through [G, r, .] views
+                shape3 = (group, r1 - r0, -1)
+                correction = correction.reshape(shape3)
+                l_rows, acc_rows = row_part(l, group, r0, r1), row_part(acc, group, r0, r1)
+                l_rows *= correction
+                l_rows += tile_sum.reshape(shape3)
+                acc_rows *= correction
+                acc_rows += tile_out.reshape(shape3)
+                row_part(m, group, r0, r1)[...] = m_new.reshape(shape3)
+            invalid = (m == NEG)[:, 0]
+            fully_masked += int(np.count_nonzero(invalid))
+            safe_l = np.where(invalid[:, None], 1.0, l)
+            o = acc / safe_l
+            o[invalid] = 0.0
+            m[invalid] = NEG
+            l[invalid] = FLT_MAX
+            if device:
+                o = np.ascontiguousarray(o, dtype=np.float32)
+                round_bf16_away_inplace(o)
+            scatter_heads(out, rows, hs, o)
+            max_block[hs, i0:i1, :] = m.reshape(group, i1 - i0, 1)
+            sum_block[hs, i0:i1, :] = l.reshape(group, i1 - i0, 1)
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: the docs call this "
                       "unsupported; stored as the device's invalid lines (max = -FLT_MAX, "
