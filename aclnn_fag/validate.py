@@ -7,18 +7,51 @@ device rejects, with the same aclnn status code:
 * 161001 (``ParamNullptrError``) for null arguments and every tiling failure
   (rows 17-30): the device reports a failed tiling as a null result.
 
-After the device's own rules come the checks the device does **not** make but
-that protect against an out-of-bounds read, a crash or silently wrong results
-(the docs' constraints, SEMANTICS.md "Not validated in code", Open question 3).
-They raise 161002 with ``stricter=True``; the README lists them.
+Where SEMANTICS.md is silent the op-API source decides (ops-transformer @c29bc10,
+``aclnn_flash_attention_score_grad.cpp`` and the TND tiling): D, Dk, Dv and Dr are
+dimension **2** of their tensors (``GetDim(2)``, also for a rank > 3 tensor); row 25
+compares the **last** dims (``IsSameShapeButValueDLeEqD``); row 16's small-shape
+exception uses ``max(ends[0], consecutive differences)`` of the KV ends and the last
+positive query end (``ends[0]`` when none is positive), both must be non-zero, and the
+keep-prob test is ``!(p < 1) && !(p > 1)``; maxSq/maxSkv of row 27 are the plain
+maximum of the per-batch lengths. All integer arithmetic is exact (Python ints); the
+stub op computes the same in 128 bits.
+
+After row 30 come the checks the device does **not** make but that protect against
+a crash, an out-of-bounds read or silently wrong results (the docs' constraints,
+SEMANTICS.md "Not validated in code", Open question 3), ``stricter=True``. The stub
+op (``native_stubs/src/opapi_stub.c``) makes the same checks in the same order with
+the same codes, so the two return the same status for every input:
+
+== ================================================================== =======
+S1 key rank != 3                                                       161001
+S2 dy, then attention_in: last dim != Dv                               161001
+S3 documented limits: N1 <= 256, D <= 768, T1 <= 1M, T2 <= 1M, B <= 2K 161002
+S4 cumulative ends (query, then KV): negative, decreasing, last > T    161002
+S5 query_rope != [T1,N1,Dr], key_rope != [T2,N2,Dr] (Dr of query_rope), 161002
+   Dr % 8 != 0
+S6 compressed modes: the first 2048x2048 mask slice is not canonical   161002
+S7 modes 4/7/8: pre + Sq_b - Skv_b reaches INT32_MAX (block-skip bound) 161002
+S8 softmax_max, then softmax_sum: the 8 copies differ                  161002
+S9 softmax statistics fit the token-major reading, not the device's    161002
+== ================================================================== =======
+
+Before any rule, arguments of the wrong Python type raise ``TypeError`` and values no
+C call can carry (an int beyond int64, an int array with more than
+``MAX_INT_ARRAY_ENTRIES`` entries, a NUL inside ``input_layout``) raise ``ValueError``,
+both naming the parameter. Validation never copies or allocates in proportion to a
+tensor (zero-stride arrays of any size are fine): it reads a few elements, the
+2048x2048 mask slice in row chunks, and the statistics in bounded chunks.
 
 ``validate_backward`` returns a ``FagCall``; ``validate_forward`` a ``FwdCall``.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
+from collections.abc import Sequence
 
 import ml_dtypes
 import numpy as np
@@ -27,18 +60,26 @@ from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
 from .masks import COMPRESSED_SIZE, is_canonical_compressed
 from .semantics.seqlens import SeqInfo, seq_info
-from .semantics.sparse import (COMPRESSED_MODES, INT32_MAX, MaskReader, band_index, batch_keep,
-                               normalize_tokens)
+from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
 from .semantics.softmax_layout import COPIES
 
 __all__ = ["validate_backward", "validate_forward", "IgnoredArgumentWarning",
-           "SequenceEndWarning", "LIMITS", "mla_basic_template_hit"]
+           "SequenceEndWarning", "LIMITS", "MAX_INT_ARRAY_ENTRIES", "mla_basic_template_hit",
+           "needs_padding"]
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
-# Documented limits the code does not check (docs D3/D3new); enforced here.
+# Documented limits the code does not check (docs D3/D3new); enforced here (S3).
 LIMITS = {"max_heads": 256, "max_head_dim": 768, "max_tokens": 1 << 20, "max_batch": 2048}
+# An int array longer than this is refused before it is copied (ValueError): the op takes
+# at most LIMITS["max_batch"] sequences, and a zero-stride array must not become a huge list.
+MAX_INT_ARRAY_ENTRIES = 1 << 20
+# S9: how many (row, head) samples are checked at most, and the longest KV sequence sampled.
+STATS_LAYOUT_SAMPLES = 8
+STATS_LAYOUT_MAX_SKV = 65536
+STATS_LAYOUT_KEY_CHUNK = 4096
 
 
 class IgnoredArgumentWarning(UserWarning):
@@ -71,7 +112,7 @@ def _check_int(name, value, allow_none=False):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
     value = int(value)
-    if not -(1 << 63) <= value < (1 << 63):
+    if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"parameter '{name}' = {value} does not fit in int64")
     return value
 
@@ -79,20 +120,55 @@ def _check_int(name, value, allow_none=False):
 def _check_float(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
+
+
+def _check_layout(value):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"parameter 'input_layout' must be a str ('TND'), got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"parameter 'input_layout' contains a NUL character: {value!r}")
+    return value
 
 
 def _check_int_list(name, value):
     """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values."""
     if value is None:
         return None
-    arr = np.asarray(value)
-    if arr.dtype == object or arr.ndim > 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, "
-                        f"got {type(value).__name__} of dtype {arr.dtype}")
-    out = tuple(int(x) for x in arr.reshape(-1))
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
+                            f"{value.ndim}-D array of shape {value.shape}")
+        if value.size > MAX_INT_ARRAY_ENTRIES:
+            raise ValueError(f"parameter '{name}' has {value.size} entries; at most "
+                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
+                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+        if value.size and value.dtype.kind not in "iu":
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got an "
+                            f"array of dtype {value.dtype}")
+        out = tuple(int(x) for x in value.tolist())
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
+        if len(value) > MAX_INT_ARRAY_ENTRIES:
+            raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
+                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
+                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+        out = []
+        for i, x in enumerate(value):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+                raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
+                                f"{i} is {type(x).__name__} {x!r}")
+            out.append(int(x))
+        out = tuple(out)
+    else:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple or "
+                        f"1-D numpy array) or None, got {type(value).__name__}")
     for x in out:
-        if not -(1 << 63) <= x < (1 << 63):
+        if not INT64_MIN <= x <= INT64_MAX:
             raise ValueError(f"parameter '{name}' has {x}, which does not fit in int64")
     return out
 
@@ -102,27 +178,79 @@ def _dim(a, axis=-1):
     return a.shape[axis] if a.ndim else 0
 
 
-def _lenient_seq_info(qlen, kvlen) -> SeqInfo:
-    return seq_info(qlen or (), kvlen or ())
+def _native(dt: np.dtype) -> np.dtype:
+    """The dtype in native byte order (the binding uploads byte-swapped arrays natively)."""
+    if dt.byteorder in ("<", ">") and dt.kind in "biufc":
+        return dt.newbyteorder("=")
+    return dt
 
 
-def needs_padding(d: int, dv: int, deterministic: bool, seqs: SeqInfo, keep_prob: float) -> str:
-    """Row 16: the reason the D/Dv combination needs padding (which V3 rejects), or ''."""
-    mla_shape = d == 192 and dv == 128 and not deterministic
-    if d != dv and not mla_shape:
-        return f"D={d} != Dv={dv} (only D=192 with Dv=128 in non-deterministic mode is allowed)"
+def _dtype_is(a, dtype) -> bool:
+    return _native(a.dtype) == np.dtype(dtype)
+
+
+def _same_dtype(a, b) -> bool:
+    return _native(a.dtype) == _native(b.dtype)
+
+
+def _lengths(ends) -> list:
+    """Per-batch lengths of cumulative ends (first entry = first length), exact."""
+    return [e - (ends[i - 1] if i else 0) for i, e in enumerate(ends)]
+
+
+def _kv_max_segment(kv_ends) -> int:
+    """GetSumIntArrayMaxValue of the op API: ends[0], or max(ends[0], consecutive diffs)."""
+    best = kv_ends[0]
+    for i in range(1, len(kv_ends)):
+        best = max(best, kv_ends[i] - kv_ends[i - 1])
+    return best
+
+
+def _last_positive_end(q_ends) -> int:
+    """getSeqLenQSum of the op API: the last positive end, scanning from the back (the first
+    entry when none is positive)."""
+    value = 0
+    for x in reversed(q_ends):
+        value = x
+        if value > 0:
+            break
+    return value
+
+
+def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob: float) -> str:
+    """Row 16 (GetInputShapeInfo + CheckTndIsNeedPad): why D/Dv needs padding (which V3
+    rejects), or ''. D = query.shape[2], Dv = value.shape[2]."""
+    d, dv = query.shape[2], value.shape[2]
+    nondet = not deterministic
+    mla_shape = d == 192 and dv == 128 and nondet
+    pad_value = d != dv and not mla_shape
     align = 16 if d < 128 else 128
-    if d % align == 0 or mla_shape:
-        return ""
-    if not deterministic:
-        if d % 8 == 0:
-            return ""
-        last_positive = max([e for e in seqs.q_ends if e > 0], default=0)
-        if (seqs.max_skv <= 1024 and d < 96 and last_positive < 163840 and keep_prob == 1.0):
-            return ""
-        return (f"D={d} is not a multiple of 8 (allowed only when max Skv <= 1024, D < 96 and "
-                f"the last query end < 163840)")
-    return f"D={d} must be a multiple of {align} in deterministic mode"
+    pad_dim = d % align != 0 and query.size != 0 and key.size != 0
+    if pad_dim:
+        if nondet and d % 8 == 0:
+            pad_dim = False
+        elif (nondet and qlen is not None and kvlen is not None and len(qlen) == len(kvlen)
+              and len(qlen) > 0):
+            kv_max, q_sum = _kv_max_segment(kvlen), _last_positive_end(qlen)
+            no_drop = not keep_prob < 1.0 and not keep_prob > 1.0
+            if (kv_max != 0 and q_sum != 0 and kv_max <= 1024 and d < 96 and q_sum < 163840
+                    and no_drop):
+                pad_dim = False
+        if mla_shape:
+            pad_dim = False
+    reasons = []
+    if pad_dim:
+        if deterministic:
+            reasons.append(f"D={d} must be a multiple of {align} in deterministic mode")
+        elif d % 8:
+            reasons.append(f"D={d} is not a multiple of 8 (allowed only when max Skv <= 1024, "
+                           "D < 96 and the last positive query end < 163840)")
+        else:
+            reasons.append(f"D={d} must be a multiple of {align}")
+    if pad_value:
+        reasons.append(f"D={d} != Dv={dv} (only D=192 with Dv=128 in non-deterministic mode "
+                       "is allowed)")
+    return "; ".join(reasons)
 
 
 def mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs: SeqInfo,
@@ -139,6 +267,21 @@ def mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs: Seq
     return d == dv and d <= 128 and d % 16 == 0 and seqs.max_skv <= 32768
 
 
+def _element(a: np.ndarray, flat: int):
+    """a.flat[flat] (C order of the logical shape) without copying a non-contiguous array."""
+    idx = []
+    for n in reversed(a.shape):
+        idx.append(flat % n)
+        flat //= n
+    return a[tuple(reversed(idx))]
+
+
+def _compact(a: np.ndarray) -> np.ndarray:
+    """A view with every zero-stride axis cut to length 1 (same distinct elements)."""
+    return a[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None)
+                   for n, s in zip(a.shape, a.strides))]
+
+
 # --------------------------------------------------------------------------- rules
 def _check_common_head(query, query_rope, key, key_rope, value, extra_3d, head_num):
     """Rows 4-10 (in order), shared by the forward and the backward."""
@@ -151,7 +294,7 @@ def _check_common_head(query, query_rope, key, key_rope, value, extra_3d, head_n
     for name, t in (("query", query), ("key", key), ("value", value)) + tuple(extra_3d):
         if t.ndim < 3:
             raise _invalid(name, f"{name} needs >= 3 dims, got shape {t.shape} (row 5)")
-    d, dk, dv = _dim(query), _dim(key), _dim(value)
+    d, dk, dv = query.shape[2], key.shape[2], value.shape[2]     # GetDim(2) for TND
     if d != dk:
         raise _invalid("key", f"head dim D of key ({dk}) must equal that of query ({d}) (row 6)")
     if d < dv:
@@ -163,13 +306,16 @@ def _check_common_head(query, query_rope, key, key_rope, value, extra_3d, head_n
         raise _nullptr("query_rope", "query_rope and key_rope are both None: V3 needs the rope "
                        "inputs (the device dereferences them and crashes; row 8)", stricter=True)
     for name, t in (("query_rope", query_rope), ("key_rope", key_rope)):
-        if _dim(t) > d:
-            raise _invalid(name, f"rope head dim Dr={_dim(t)} of {name} must be <= D={d} (row 9)")
+        if t.shape[2] > d:
+            raise _invalid(name, f"rope head dim Dr={t.shape[2]} of {name} must be <= D={d} (row 9)")
     for name, t in (("query", query), ("query_rope", query_rope), ("key", key),
                     ("key_rope", key_rope), ("value", value)):
-        if t.dtype != BF16:
+        if not _dtype_is(t, BF16):
+            hint = ""
+            if t.dtype.kind == "f":
+                hint = f"; convert with {name}.astype(ml_dtypes.bfloat16)"
             raise _invalid(name, f"{name} must be bfloat16 (ml_dtypes.bfloat16), got {t.dtype}; "
-                           "the V3 op with rope inputs accepts only BF16 (row 10)")
+                           f"the V3 op with rope inputs accepts only BF16{hint} (row 10)")
 
 
 def _check_mask_present(atten_mask):
@@ -209,30 +355,57 @@ def _check_sparse_range(sparse_mode):
         raise _nullptr("sparse_mode", f"sparse_mode must be in 0..8 (not 6), got {sparse_mode} (row 26)")
 
 
-def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1):
-    """Row 27."""
+def _per_seq_hint(qlen, kvlen, t1, t2) -> str:
+    """' -- ...' when the ends look like per-sequence lengths (they sum to T, the last != T)."""
+    for ends, total in ((qlen, t1), (kvlen, t2)):
+        if ends and len(ends) > 1 and sum(ends) == total and ends[-1] != total:
+            return (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
+                    "to T); the op takes cumulative ends without a leading 0 "
+                    "(aclnn_fag.seqlens.lengths_to_cumulative)")
+    return ""
+
+
+def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t1, t2):
+    """Row 27 (with hints for the common mistakes)."""
     if atten_mask.dtype not in MASK_DTYPES:
         raise _nullptr("atten_mask", f"atten_mask must be bool or uint8, got {atten_mask.dtype} (row 27)")
     if atten_mask.ndim not in (2, 4):
         raise _nullptr("atten_mask", f"atten_mask must be 2-D or 4-D, got shape {atten_mask.shape} (row 27)")
     if atten_mask.ndim == 4:
-        lead = atten_mask.shape[:2]
+        lead = tuple(atten_mask.shape[:2])
         if lead not in ((seqs.batch, n1), (seqs.batch, 1), (1, 1)):
+            hint = ""
+            if lead[0] == seqs.batch - 1 and qlen and qlen[0] == 0 and kvlen and kvlen[0] == 0:
+                hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention); the op "
+                        "takes cumulative ends without the leading 0")
+            elif lead[0] == seqs.batch_raw and seqs.batch != seqs.batch_raw:
+                hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
+                        f"({seqs.batch_raw} entries, B = {seqs.batch})")
             raise _nullptr("atten_mask", f"a 4-D atten_mask needs leading dims (B, N1), (B, 1) or "
-                           f"(1, 1) with B={seqs.batch}, N1={n1}; got {lead} (row 27)")
+                           f"(1, 1) with B={seqs.batch}, N1={n1}; got {lead}{hint} (row 27)")
     last = tuple(atten_mask.shape[-2:])
     if sparse_mode in COMPRESSED_MODES:
         if last != (COMPRESSED_SIZE, COMPRESSED_SIZE):
             hint = ""
-            if last == (seqs.max_sq, seqs.max_skv):
-                hint = (" -- this looks like a full [maxSq, maxSkv] mask; sparse modes 2/3/4/7/8 "
-                        "take the compressed mask aclnn_fag.masks.compressed_causal_mask()")
+            if last in ((seqs.max_sq, seqs.max_skv), (t1, t2)) or last[0] == last[1]:
+                hint = (" -- this looks like a full S x S mask; sparse modes 2/3/4/7/8 take the "
+                        "compressed 2048x2048 mask aclnn_fag.masks.compressed_causal_mask() "
+                        "(the kernel derives each batch's causal/band pattern from it)")
             raise _nullptr("atten_mask", f"sparse_mode {sparse_mode} needs the compressed "
                            f"{COMPRESSED_SIZE}x{COMPRESSED_SIZE} mask, got last dims {last}{hint} (row 27)")
     elif last != (seqs.max_sq, seqs.max_skv):
         hint = ""
         if last == (COMPRESSED_SIZE, COMPRESSED_SIZE):
-            hint = " -- the compressed 2048x2048 mask belongs to sparse modes 2/3/4/7/8"
+            hint = (" -- the compressed 2048x2048 mask belongs to sparse modes 2/3/4/7/8; for a "
+                    "causal mask pass sparse_mode=2 or 3")
+        elif seqs.batch > 1 and last == (t1, t2):
+            hint = (" -- this looks like a full [T1, T2] mask; sparse modes 0/1/5 read a "
+                    "[maxSq, maxSkv] mask top-left for every batch (or a 4-D [B, 1|N1, maxSq, "
+                    "maxSkv] mask per batch)")
+        else:
+            per_seq = _per_seq_hint(qlen, kvlen, t1, t2)
+            if per_seq and last == (max(qlen), max(kvlen)):
+                hint = per_seq
         raise _nullptr("atten_mask", f"sparse_mode {sparse_mode} needs mask last dims "
                        f"[maxSq, maxSkv] = [{seqs.max_sq}, {seqs.max_skv}], got {last}{hint} (row 27)")
 
@@ -240,8 +413,7 @@ def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1):
 def _check_tokens(sparse_mode, pre, nxt, seqs: SeqInfo, band_idx):
     """Row 28 (tokens already clamped)."""
     if sparse_mode == 0:
-        batches = range(seqs.batch)
-        for b in batches:
+        for b in range(seqs.batch):
             if -pre > seqs.skv[b] or -nxt > seqs.sq[b] or pre + nxt <= 0:
                 raise _nullptr("pre_tokens", f"sparse_mode 0 tokens pre={pre}, next={nxt} are invalid for "
                                f"batch {b} (Sq={seqs.sq[b]}, Skv={seqs.skv[b]}): need -pre <= Skv, "
@@ -255,61 +427,87 @@ def _check_tokens(sparse_mode, pre, nxt, seqs: SeqInfo, band_idx):
                                "-pre <= Sq, -next <= Skv and pre + next > 0 (row 28)")
 
 
-def _check_sequences_strict(qlen, kvlen, t1, t2):
-    """Our own checks: non-negative, non-decreasing cumulative ends within T (the kernel
-    would read out of bounds), with hints for per-sequence lengths."""
-    for name, ends, total in (("actual_seq_qlen", qlen, t1), ("actual_seq_kvlen", kvlen, t2)):
-        arr = np.asarray(ends, dtype=np.int64)
-        looks_per_seq = int(arr.sum()) == total and arr[-1] != total
-        hint = (" -- it looks like per-sequence lengths; the op takes cumulative ends "
-                "(aclnn_fag.seqlens.lengths_to_cumulative)") if looks_per_seq else ""
-        if (arr < 0).any():
-            raise _invalid(name, f"{name} has negative entries{hint}", stricter=True)
-        if (np.diff(arr) < 0).any():
-            raise _invalid(name, f"{name} must be non-decreasing cumulative ends, got "
-                           f"{list(arr[:8])}{'...' if arr.size > 8 else ''}{hint}", stricter=True)
-        if arr[-1] > total:
-            raise _invalid(name, f"the last cumulative end {arr[-1]} of {name} exceeds T={total} "
-                           f"(the kernel would read out of bounds){hint}", stricter=True)
-        if arr[-1] < total:
-            warnings.warn(f"{name} ends at {arr[-1]} < T={total}: rows after it are not part of any "
-                          f"sequence and get zero outputs{hint}", SequenceEndWarning, stacklevel=4)
-
-
-def _check_doc_constraints(query, query_rope, key, key_rope, seqs):
-    """The docs' constraints the code does not check (SEMANTICS.md 'Not validated in code')."""
-    dr_q, dr_k = _dim(query_rope), _dim(key_rope)
-    if dr_q != dr_k:
-        raise _invalid("key_rope", f"key_rope Dr={dr_k} must equal query_rope Dr={dr_q} (the kernel "
-                       "uses query_rope's Dr for both)", stricter=True)
-    if dr_q % 8:
-        raise _invalid("query_rope", f"rope head dim Dr={dr_q} must be a multiple of 8 (docs)", stricter=True)
-    for name, t, ref, ref_name in (("query_rope", query_rope, query, "query"),
-                                   ("key_rope", key_rope, key, "key")):
-        if t.ndim != 3 or t.shape[:2] != ref.shape[:2]:
-            raise _invalid(name, f"{name} shape {t.shape} must be [T, N, Dr] with T, N of {ref_name} "
-                           f"{ref.shape[:2]}", stricter=True)
+# --------------------------------------------------------------------------- our own checks (S*)
+def _check_limits(query, key, qlen):
+    """S3: the documented limits (N1 <= 256, D <= 768, T <= 1M, B <= 2048)."""
     if query.shape[1] > LIMITS["max_heads"]:
         raise _invalid("query", f"N1={query.shape[1]} exceeds the documented limit of "
                        f"{LIMITS['max_heads']} heads", stricter=True)
-    if _dim(query) > LIMITS["max_head_dim"]:
-        raise _invalid("query", f"D={_dim(query)} exceeds the documented limit of "
+    if query.shape[2] > LIMITS["max_head_dim"]:
+        raise _invalid("query", f"D={query.shape[2]} exceeds the documented limit of "
                        f"{LIMITS['max_head_dim']}", stricter=True)
     for name, t in (("query", query), ("key", key)):
         if t.shape[0] > LIMITS["max_tokens"]:
-            raise _invalid(name, f"T={t.shape[0]} exceeds the documented limit of "
-                           f"{LIMITS['max_tokens']} tokens", stricter=True)
-    if seqs.batch_raw > LIMITS["max_batch"]:
-        raise _invalid("actual_seq_qlen", f"{seqs.batch_raw} sequences exceed the documented limit "
+            raise _invalid(name, f"T={t.shape[0]} of {name} exceeds the documented limit of "
+                           f"{LIMITS['max_tokens']} tokens; split the batch into several calls",
+                           stricter=True)
+    if len(qlen) > LIMITS["max_batch"]:
+        raise _invalid("actual_seq_qlen", f"{len(qlen)} sequences exceed the documented limit "
                        f"of {LIMITS['max_batch']}", stricter=True)
 
 
+def _check_sequences_strict(qlen, kvlen, t1, t2):
+    """S4: non-negative, non-decreasing cumulative ends within T (the kernel would read out
+    of bounds), with hints for per-sequence lengths; a last end below T warns."""
+    for name, ends, total, tname in (("actual_seq_qlen", qlen, t1, "T1 (query.shape[0])"),
+                                     ("actual_seq_kvlen", kvlen, t2, "T2 (key.shape[0])")):
+        hint = _per_seq_hint(ends, None, total, None)
+        shown = f"{list(ends[:8])}{'...' if len(ends) > 8 else ''}"
+        for i, x in enumerate(ends):
+            if x < 0:
+                raise _invalid(name, f"{name} has a negative entry ({x} at index {i}): it must hold "
+                               f"cumulative ends, got {shown}{hint}", stricter=True)
+            if i and x < ends[i - 1]:
+                raise _invalid(name, f"{name} must be non-decreasing cumulative ends (entry {i} = "
+                               f"{x} < {ends[i - 1]}), got {shown}{hint}", stricter=True)
+        if ends[-1] > total:
+            raise _invalid(name, f"the last cumulative end {ends[-1]} of {name} exceeds "
+                           f"{tname} = {total} (the kernel would read out of bounds); the last "
+                           f"end must be T{hint}", stricter=True)
+        if ends[-1] < total:
+            warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
+                          f"part of any sequence and get zero outputs (the last cumulative end "
+                          f"is normally T){hint}", SequenceEndWarning, stacklevel=4)
+
+
+def _check_rope_shapes(query, query_rope, key, key_rope):
+    """S5: rope tensors [T1, N1, Dr] / [T2, N2, Dr] with Dr of query_rope, Dr % 8 == 0."""
+    dr = query_rope.shape[2]
+    want_q = (query.shape[0], query.shape[1], dr)
+    if query_rope.ndim != 3 or tuple(query_rope.shape) != want_q:
+        raise _invalid("query_rope", f"query_rope shape {query_rope.shape} must be [T1, N1, Dr] = "
+                       f"{list(want_q)} (T1, N1 of query)", stricter=True)
+    want_k = (key.shape[0], key.shape[1], dr)
+    if key_rope.ndim != 3 or tuple(key_rope.shape) != want_k:
+        hint = ""
+        if key_rope.ndim == 3 and key_rope.shape[2] != dr:
+            hint = " -- its Dr differs from query_rope's (the kernel uses query_rope's Dr for both)"
+        raise _invalid("key_rope", f"key_rope shape {key_rope.shape} must be [T2, N2, Dr] = "
+                       f"{list(want_k)} (T2, N2 of key, Dr of query_rope){hint}", stricter=True)
+    if dr % 8:
+        raise _invalid("query_rope", f"rope head dim Dr={dr} must be a multiple of 8 (docs)",
+                       stricter=True)
+
+
+def _first_compressed_slice(mask):
+    return mask if mask.ndim == 2 else mask[0, 0]      # no reshape: never a copy
+
+
 def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff):
-    if sparse_mode in COMPRESSED_MODES and not is_canonical_compressed(atten_mask):
-        raise _invalid("atten_mask", f"sparse_mode {sparse_mode} reads the compressed mask at shifted "
-                       "offsets and assumes the canonical content (1 strictly above the diagonal); "
-                       "with other content the device's result depends on its tiling. Use "
-                       "aclnn_fag.masks.compressed_causal_mask()", stricter=True)
+    """S6 and S7."""
+    if sparse_mode in COMPRESSED_MODES:
+        first = _first_compressed_slice(atten_mask)
+        if not is_canonical_compressed(first):
+            hint = ""
+            if _is_inverted_compressed(first):
+                hint = (" -- it looks inverted (nonzero on and below the diagonal): in aclnn masks "
+                        "nonzero means MASKED, the opposite of a 'keep' mask")
+            elif not first[:64, :64].any() and not _any_nonzero(first):
+                hint = " -- it is all zero"
+            raise _invalid("atten_mask", f"sparse_mode {sparse_mode} reads the compressed mask at shifted "
+                           "offsets and assumes the canonical content (1 strictly above the diagonal); "
+                           "with other content the device's result depends on its tiling. Use "
+                           f"aclnn_fag.masks.compressed_causal_mask(){hint}", stricter=True)
     if sparse_mode in (4, 7, 8):
         for b in range(seqs.batch):
             if pre_eff + seqs.sq[b] - seqs.skv[b] >= INT32_MAX:
@@ -317,6 +515,22 @@ def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff):
                                "kernel's int32 block-skip bound (blocks would be wrongly skipped); "
                                "pass a smaller pre_tokens (any value >= the longest sequence gives the "
                                "same kept set)", stricter=True)
+
+
+def _any_nonzero(m) -> bool:
+    for r0 in range(0, m.shape[0], 256):
+        if m[r0:r0 + 256].any():
+            return True
+    return False
+
+
+def _is_inverted_compressed(m) -> bool:
+    cols = np.arange(m.shape[1])
+    for r0 in range(0, m.shape[0], 128):
+        rows = np.arange(r0, min(r0 + 128, m.shape[0]))[:, None]
+        if not np.array_equal(m[r0:r0 + 128] != 0, cols[None, :] <= rows):
+            return False
+    return True
 
 
 def _warn_ignored(**kwargs):
@@ -327,65 +541,131 @@ def _warn_ignored(**kwargs):
 
 
 def _check_stats_copies(name, stats):
-    """Our own check: the 8 copies must be identical (the kernel reads copy j mod 8)."""
-    rows_per_chunk = max(1, (1 << 22) // max(1, stats.shape[1] * COPIES))   # bounded temporaries
-    for r0 in range(0, stats.shape[0], rows_per_chunk):
-        part = stats[r0:r0 + rows_per_chunk]
-        if not np.array_equal(part, np.broadcast_to(part[..., :1], part.shape), equal_nan=True):
-            break
-    else:
+    """S8: the 8 copies must be identical (the kernel reads copy j mod 8 for column j).
+    Zero-stride axes are read once; the rest in chunks of bounded size."""
+    if stats.strides[2] == 0:
         return
-    raise _invalid(name, f"the {COPIES} copies in the last dim of {name} differ; the device reads "
-                   f"copy (j mod {COPIES}) for column j, so they must be identical", stricter=True)
+    part_all = _compact(stats)
+    rows_per_chunk = max(1, (1 << 20) // max(1, part_all.shape[1] * COPIES))
+    for r0 in range(0, part_all.shape[0], rows_per_chunk):
+        part = part_all[r0:r0 + rows_per_chunk]
+        if not np.array_equal(part, np.broadcast_to(part[..., :1], part.shape), equal_nan=True):
+            raise _invalid(name, f"the {COPIES} copies in the last dim of {name} differ; the device "
+                           f"reads copy (j mod {COPIES}) for column j, so they must be identical. If "
+                           "you have token-major [T, N] statistics, convert them with "
+                           "aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                           "actual_seq_qlen), which also writes the 8 copies", stricter=True)
 
 
-def _check_stats_layout(call_parts, seqs: SeqInfo, sparse_mode, pre_eff, next_eff, band_idx):
-    """Our own hint: a few sampled rows of softmax_max must hold the row's max of scale·S.
+def _mask_row(mask, seqs: SeqInfo, n1, b, h, i, skv) -> np.ndarray:
+    """Row i of batch b, head h of an explicit (modes 0/1/5) mask as the kernel addresses it:
+    bool 'masked' [skv]; reads only those skv elements (no copy of the mask)."""
+    if mask.ndim == 2:
+        return mask[i, :skv] != 0
+    d0, d1, ms, mk = mask.shape
+    if d0 == 1 and d1 == 1:
+        return mask[0, 0, i, :skv] != 0
+    per_head = d1 != 1
+    base = 0
+    for bb in range(b):
+        base += (n1 if per_head else 1) * seqs.sq[bb] * seqs.skv[bb]
+    sq = seqs.sq[b]
+    start = base + ((h * sq + i) * skv if per_head else i * skv)
+    flat = np.arange(start, start + skv, dtype=np.int64)
+    idx = np.unravel_index(flat, mask.shape)
+    return mask[idx] != 0
 
-    When a sampled row's value fits only the token-major reading ([T, N] broadcast to
-    [T, N, 8]) and not the device layout, the statistics were passed in the wrong layout:
-    the device would compute wrong gradients. Statistics that fit neither reading are left
-    alone (they are the caller's business), and so are rows where both readings coincide.
+
+def _row_lse(q, qr, k, kr, qs, ks, skv, i, h, n2, kept, scale32) -> float:
+    """log-sum-exp over the kept keys of scale·(q·k + qr·kr) of one row (float32 scores as the
+    device computes them, the sum in float64), reading keys in bounded chunks."""
+    qv = q[qs + i, h].astype(np.float32)
+    qrv = qr[qs + i, h].astype(np.float32)
+    chunks = []
+    for j0 in range(0, skv, STATS_LAYOUT_KEY_CHUNK):
+        j1 = min(skv, j0 + STATS_LAYOUT_KEY_CHUNK)
+        sel = kept[j0:j1]
+        if not sel.any():
+            continue
+        rows = np.arange(ks + j0, ks + j1)[sel]
+        s = (k[rows, n2].astype(np.float32) @ qv + kr[rows, n2].astype(np.float32) @ qrv)
+        chunks.append((s.astype(np.float32) * scale32).astype(np.float64))
+    s = np.concatenate(chunks)
+    top = float(np.max(s))
+    if not math.isfinite(top):
+        return float("nan")
+    return top + math.log(float(np.sum(np.exp(s - top))))
+
+
+def _fits(m, l, lse) -> bool:
+    m, l = float(m), float(l)
+    if not (math.isfinite(m) and math.isfinite(l) and l > 0 and math.isfinite(lse)):
+        return False
+    return abs(m + math.log(l) - lse) <= 1e-3 * max(1.0, abs(lse))
+
+
+def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqInfo,
+                        sparse_mode, pre_eff, next_eff, band_idx):
+    """S9: a few sampled (row, head) pairs of the statistics must describe the row's scores.
+
+    For each sample the two readings of the [T1, N1, 8] arrays are taken: the device's
+    (flat (qStart·N1 + h·Sq_b + i)·8) and the token-major one (flat ((qStart + i)·N1 + h)·8).
+    A reading fits when max + log(sum) equals the row's log-sum-exp of scale·S over the kept
+    keys (so (max, sum) pairs and (lse, 1) pairs are both recognised) within 1e-3 relative.
+    Rejected: every checked sample fits the token-major reading and none fits the device's.
+    Samples where the two readings coincide or the row has no kept key are skipped;
+    statistics that fit neither reading are the caller's business.
     """
-    q, qr, k, kr, mask, stats, scale = call_parts
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
-    flat = stats.reshape(-1) if stats.flags.c_contiguous else np.ascontiguousarray(stats).reshape(-1)
-    reader = MaskReader(mask, seqs, n1) if sparse_mode in (0, 1, 5) else None
+    scale32 = np.float32(scale_value)
     checked = device_fits = token_fits = 0
     for b in range(seqs.batch):
         sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
-        if sq == 0 or skv == 0 or skv > 65536:
+        if sq <= 0 or skv <= 0 or skv > STATS_LAYOUT_MAX_SKV:
             continue
         keep = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
-        for i, h in ((sq - 1, n1 - 1), (sq // 2, n1 // 2)):
-            device_val = flat[(qs * n1 + h * sq + i) * COPIES]
-            token_val = stats[qs + i, h, 0]
-            if device_val == token_val:
+        for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
+            dev_flat = (qs * n1 + h * sq + i) * COPIES
+            tok_flat = ((qs + i) * n1 + h) * COPIES
+            if dev_flat == tok_flat:
+                continue
+            dm, dl = _element(smax, dev_flat), _element(ssum, dev_flat)
+            tm, tl = _element(smax, tok_flat), _element(ssum, tok_flat)
+            if (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl)):
                 continue
             j = np.arange(skv)
             kept = (j - i >= keep.lo) & (j - i <= keep.hi)
             if keep.uses_mask:
-                explicit = reader.block(b, i, i + 1, 0, skv, [h] if reader.per_head else None)
-                kept &= ~explicit.reshape(-1)
+                kept &= ~_mask_row(mask, seqs, n1, b, h, i, skv)
             if not kept.any():
                 continue
-            n2 = h // group
-            scores = (k[ks:ks + skv, n2][kept].astype(np.float32) @ q[qs + i, h].astype(np.float32)
-                      + kr[ks:ks + skv, n2][kept].astype(np.float32) @ qr[qs + i, h].astype(np.float32))
-            true_max = float(np.float32(scale) * scores.max())
-            tol = 1e-3 * max(1.0, abs(true_max))
+            lse = _row_lse(q, qr, k, kr, qs, ks, skv, i, h, h // group, kept, scale32)
             checked += 1
-            device_fits += abs(float(device_val) - true_max) <= tol
-            token_fits += abs(float(token_val) - true_max) <= tol
-            if checked >= 8:
+            device_fits += _fits(dm, dl, lse)
+            token_fits += _fits(tm, tl, lse)
+            if checked >= STATS_LAYOUT_SAMPLES:
                 break
-        if checked >= 8:
+        if checked >= STATS_LAYOUT_SAMPLES:
             break
     if checked and device_fits == 0 and token_fits == checked:
-        raise _invalid("softmax_max", "softmax_max looks token-major ([T, N] values broadcast to "
-                       "[T, N, 8]); the device reads it per batch as [N, Sq_b, 8] blocks. Convert with "
+        raise _invalid("softmax_max", "softmax_max/softmax_sum look token-major ([T, N] values "
+                       "broadcast to [T, N, 8]); the device reads them per batch as [N, Sq_b, 8] "
+                       "blocks and would compute wrong gradients without any error. Convert with "
                        "aclnn_fag.softmax_layout.device_stats_from_token_major(stats[..., 0], "
                        "actual_seq_qlen)", stricter=True)
+
+
+def _stats_shape_hint(shape, t1, n1) -> str:
+    if shape == (n1, t1, COPIES):
+        return " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]"
+    if shape in ((t1, n1), (t1, n1, 1)):
+        return (" -- these look like token-major [T, N] statistics (e.g. a log-sum-exp); convert "
+                "them with aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                "actual_seq_qlen)")
+    if shape == (n1, t1):
+        return (" -- these look like [N, T] statistics; transpose to [T, N] and convert with "
+                "aclnn_fag.softmax_layout.device_stats_from_token_major(stats.T, actual_seq_qlen)")
+    return ""
 
 
 def _resolve_head_num(head_num, query):
@@ -402,7 +682,8 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                       pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None,
                       prefix=None, q_start_idx=None, kv_start_idx=None,
                       deterministic=False, avoid_rope_free_kernel=True) -> FagCall:
-    """Check every rule of SEMANTICS.md §6 in the device's order; return the FagCall.
+    """Check every rule of SEMANTICS.md §6 in the device's order, then S1-S9 (module
+    docstring); return the FagCall.
 
     ``avoid_rope_free_kernel``: when the arguments would select the device's rope-ignoring
     'MLA basic' kernel (SEMANTICS.md Open question 3), pass q_start_idx = kv_start_idx = [0]
@@ -427,8 +708,12 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     q_start_idx = _check_int_list("q_start_idx", q_start_idx)
     kv_start_idx = _check_int_list("kv_start_idx", kv_start_idx)
     _check_int_list("prefix", prefix)
+    input_layout = _check_layout(input_layout)
 
     # Row 1: layout first, before the null checks.
+    if input_layout is None:
+        raise _nullptr("input_layout", "input_layout is None; it must be 'TND' (the device would "
+                       "crash in strcmp on a NULL layout)", stricter=True)
     if input_layout != "TND":
         raise _invalid("input_layout", f"input_layout must be exactly 'TND', got {input_layout!r} (row 1)")
     # Row 2: required tensors.
@@ -445,9 +730,15 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                   deterministic=bool(deterministic))
 
     def empty_call():
+        # Nothing is computed. Row 3 succeeds before the rope inputs are looked at, so one
+        # may be None: it gets an empty placeholder and its gradient comes back empty.
+        fields = dict(common)
+        for name, like in (("query_rope", query), ("key_rope", key)):
+            if fields[name] is None:
+                fields[name] = np.zeros(like.shape[:-1] + (0,), BF16)
         return FagCall(head_num=head_num if head_num is not None else 0,
-                       seqs=_lenient_seq_info((), ()), pre_eff=0, next_eff=0, band_index=-1,
-                       empty_result=True, **common)
+                       seqs=seq_info((), ()), pre_eff=0, next_eff=0, band_index=-1,
+                       empty_result=True, **fields)
 
     # Row 3: dq, dk, dv all empty -> success, nothing computed.
     if query.size == 0 and key.size == 0 and value.size == 0:
@@ -464,13 +755,12 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
         raise _invalid("drop_mask", "drop_mask must be None: V3 supports no dropout (row 14)")
     if keep_prob < 1.0:
         raise _invalid("keep_prob", f"keep_prob must be 1.0 (no dropout), got {keep_prob} (row 15)")
-    lenient = _lenient_seq_info(qlen, kvlen)
-    reason = needs_padding(_dim(query), _dim(value), bool(deterministic), lenient, keep_prob)
+    reason = needs_padding(query, key, value, qlen, kvlen, bool(deterministic), keep_prob)
     if reason:
         raise _invalid("query", f"head dims need padding, which V3 rejects: {reason} (row 16)")
-    for name in ("softmax_max", "softmax_sum", "attention_in"):                   # row 18
-        if arrays[name] is None:
-            raise _nullptr(name, f"{name} is required (row 18)")
+    for name in ("softmax_max", "softmax_sum"):                                   # row 18
+        if arrays[name] is None or arrays[name].ndim == 0:
+            raise _nullptr(name, f"{name} is required and must not be a scalar (row 18)")
     if head_num != query.shape[1]:                                                # row 19
         raise _nullptr("head_num", f"head_num={head_num} must equal query.shape[1]={query.shape[1]} (row 19)")
     # Empty-tensor path: any gradient with 0 elements -> zero outputs, success.
@@ -479,56 +769,56 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     if np.float32(keep_prob) > 1.0:                                               # row 17
         raise _nullptr("keep_prob", f"keep_prob must be 1.0, got {keep_prob} (row 17)")
     for name in ("softmax_max", "softmax_sum"):                                   # row 20
-        if arrays[name].dtype != np.float32:
+        if not _dtype_is(arrays[name], np.float32):
             raise _nullptr(name, f"{name} must be float32, got {arrays[name].dtype} (row 20)")
-    if attention_in.dtype != query.dtype:
+    if not _same_dtype(attention_in, query):
         raise _nullptr("attention_in", f"attention_in dtype {attention_in.dtype} must equal the query "
                        f"dtype {query.dtype} (row 20)")
     t1, n1 = query.shape[0], query.shape[1]
     for name in ("softmax_max", "softmax_sum"):                                   # row 21
         shape = tuple(arrays[name].shape)
         if shape != (t1, n1, COPIES):
-            hint = " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]" if shape == (n1, t1, COPIES) else ""
-            raise _nullptr(name, f"{name} shape must be [T1, N1, 8] = [{t1}, {n1}, 8], got {list(shape)}{hint} (row 21)")
+            raise _nullptr(name, f"{name} shape must be [T1, N1, 8] = [{t1}, {n1}, 8], got "
+                           f"{list(shape)}{_stats_shape_hint(shape, t1, n1)} (row 21)")
     if attention_in.ndim != query.ndim or attention_in.shape[:-1] != query.shape[:-1]:
         raise _nullptr("attention_in", f"attention_in shape {attention_in.shape} must match query "
                        f"{query.shape} except the last dim (row 21)")
-    if t1 == 0 or n1 == 0 or _dim(query) == 0:                                    # row 22
+    if t1 == 0 or n1 == 0 or query.shape[2] == 0:                                 # row 22
         raise _nullptr("query", f"T1, N1 and D must be > 0, got shape {query.shape} (row 22)")
     _check_seq_arrays(qlen, kvlen)                                                # row 23
     _check_heads(query, key)                                                      # row 24
-    if dy.shape[:-1] != query.shape[:-1] or dy.ndim != query.ndim or _dim(dy) > _dim(query):  # row 25
+    if dy.ndim != query.ndim or dy.shape[:-1] != query.shape[:-1] or _dim(dy) > _dim(query):  # row 25
         raise _nullptr("dy", f"dy shape {dy.shape} must equal query's {query.shape} except the last dim, "
                        "which must be <= D (row 25)")
     if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1] or _dim(value) > _dim(key):
         raise _nullptr("value", f"value shape {value.shape} must equal key's {key.shape} except the last "
-                       "dim, which must be <= D (row 25)")
+                       "dim, which must be <= that of key (row 25)")
     _check_sparse_range(sparse_mode)                                              # row 26
     seqs = seq_info(qlen, kvlen)
-    _check_mask_shape(atten_mask, sparse_mode, seqs, n1)                          # row 27
+    _check_mask_shape(atten_mask, sparse_mode, seqs, n1, qlen, kvlen, t1, key.shape[0])  # row 27
     pre_eff, next_eff = normalize_tokens(sparse_mode, pre_tokens, next_tokens)
     band_idx = band_index(sparse_mode, seqs)
     _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)                 # row 28
     if pse_type != 1:                                                             # row 29
         raise _nullptr("pse_type", f"pse_type must be 1 when pse_shift is None, got {pse_type} (row 29)")
-    if dy.dtype != query.dtype:                                                   # row 30
+    if not _same_dtype(dy, query):                                                # row 30
         raise _nullptr("dy", f"dy dtype {dy.dtype} must equal the query dtype {query.dtype} (row 30)")
-    # Our own checks (stricter than the device; see module docstring). First the shape
-    # consistency the kernel relies on (161001, as the tiling reports shape failures) ...
-    if key.ndim != 3:
+    # ---- our own checks S1-S9 (module docstring; the stub op makes the same, same order)
+    if key.ndim != 3:                                                             # S1
         raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", stricter=True)
-    for name, t in (("dy", dy), ("attention_in", attention_in)):
-        if _dim(t) != _dim(value):
-            raise _nullptr(name, f"{name} last dim {_dim(t)} must equal the value head dim "
-                           f"Dv={_dim(value)}", stricter=True)
-    # ... then the rest (161002).
-    _check_sequences_strict(qlen, kvlen, t1, key.shape[0])
-    _check_doc_constraints(query, query_rope, key, key_rope, seqs)
-    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)
-    _check_stats_copies("softmax_max", softmax_max)
+    dv = value.shape[2]
+    for name, t in (("dy", dy), ("attention_in", attention_in)):                  # S2
+        if t.shape[2] != dv:
+            raise _nullptr(name, f"{name} last dim {t.shape[2]} must equal the value head dim "
+                           f"Dv={dv} (the kernel reads [T1, N1, Dv] rows)", stricter=True)
+    _check_limits(query, key, qlen)                                               # S3
+    _check_sequences_strict(qlen, kvlen, t1, key.shape[0])                        # S4
+    _check_rope_shapes(query, query_rope, key, key_rope)                          # S5
+    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)         # S6, S7
+    _check_stats_copies("softmax_max", softmax_max)                               # S8
     _check_stats_copies("softmax_sum", softmax_sum)
-    _check_stats_layout((query, query_rope, key, key_rope, atten_mask, softmax_max, scale_value),
-                        seqs, sparse_mode, pre_eff, next_eff, band_idx)
+    _check_stats_layout(query, query_rope, key, key_rope, atten_mask, softmax_max,  # S9
+                        softmax_sum, scale_value, seqs, sparse_mode, pre_eff, next_eff, band_idx)
     if mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs, q_start_idx,
                               kv_start_idx, deterministic):
         if avoid_rope_free_kernel:
@@ -538,9 +828,9 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
             common.update(q_start_idx=q_start_idx, kv_start_idx=kv_start_idx)
         else:
             raise _invalid("q_start_idx", "with these arguments the device selects its 'MLA basic' kernel, "
-                       "which ignores query_rope/key_rope and leaves the rope gradients unwritten "
-                       "(SEMANTICS.md Open question 3); pass q_start_idx=[0], kv_start_idx=[0] "
-                       "(no effect on V3's math) to select a rope-aware kernel", stricter=True)
+                           "which ignores query_rope/key_rope and leaves the rope gradients unwritten "
+                           "(SEMANTICS.md Open question 3); pass q_start_idx=[0], kv_start_idx=[0] "
+                           "(no effect on V3's math) to select a rope-aware kernel", stricter=True)
     _warn_ignored(padding_mask=padding_mask, softmax_in=softmax_in, prefix=prefix)
     return FagCall(head_num=head_num, seqs=seqs, pre_eff=pre_eff, next_eff=next_eff,
                    band_index=band_idx, **common)
@@ -571,7 +861,7 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
     _check_mask_present(atten_mask)
     if head_num != query.shape[1]:
         raise _nullptr("head_num", f"head_num={head_num} must equal query.shape[1]={query.shape[1]}")
-    if min(query.shape[0], query.shape[1], _dim(query)) == 0:
+    if min(query.shape[0], query.shape[1], query.shape[2]) == 0:
         raise _nullptr("query", f"T1, N1 and D must be > 0, got shape {query.shape}")
     _check_seq_arrays(qlen, kvlen)
     _check_heads(query, key)
@@ -579,12 +869,16 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
         raise _nullptr("value", f"value shape {value.shape} must equal key's {key.shape} except the last dim")
     _check_sparse_range(sparse_mode)
     seqs = seq_info(qlen, kvlen)
-    _check_mask_shape(atten_mask, sparse_mode, seqs, query.shape[1])
+    _check_mask_shape(atten_mask, sparse_mode, seqs, query.shape[1], qlen, kvlen, query.shape[0],
+                      key.shape[0])
     pre_eff, next_eff = normalize_tokens(sparse_mode, pre_tokens, next_tokens)
     band_idx = band_index(sparse_mode, seqs)
     _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)
+    if key.ndim != 3:
+        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", stricter=True)
+    _check_limits(query, key, qlen)
     _check_sequences_strict(qlen, kvlen, query.shape[0], key.shape[0])
-    _check_doc_constraints(query, query_rope, key, key_rope, seqs)
+    _check_rope_shapes(query, query_rope, key, key_rope)
     _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)
     return FwdCall(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
                    atten_mask=atten_mask, actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,

@@ -12,6 +12,14 @@ Importing this package never fails and never loads a library; the first use does
   share one upload);
 * :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run.
+
+Processes: CANN's runtime is not fork-safe. A child forked after this process initialised
+ACL (any NPU call, or ``availability()``) cannot use the NPU backend: every use raises
+:class:`ForkedProcessError` (a ``BackendUnavailableError``, code 361001) saying so,
+``availability()`` is False there (``backend="auto"`` picks NumPy) and native handles
+inherited from the parent are dropped unreleased. The check is an ``os.register_at_fork``
+hook plus a pid comparison (for forks that bypass Python). A child of a parent that never
+initialised ACL initialises its own; "spawn"/"forkserver" children always do.
 """
 
 from __future__ import annotations
@@ -26,15 +34,15 @@ from . import loader, prototypes, runtime
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, run_backward
 from .plan import FagExecutor, FagPlan
-from .runtime import (DeviceBuffer, determinism, get_determinism, release_thread_resources,
-                      reset_stats, shutdown, stats)
+from .runtime import (DeviceBuffer, ForkedProcessError, determinism, get_determinism,
+                      release_thread_resources, reset_stats, shutdown, stats)
 from .tensors import AclIntArray, AclTensor
 
 __all__ = [
     "Availability", "availability", "info", "run_backward", "call_raw", "AUTO",
     "DeviceArray", "DeviceBuffer", "upload_arrays", "FagPlan", "FagExecutor", "AclTensor",
     "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
-    "stats", "reset_stats", "reset", "loader", "prototypes", "runtime",
+    "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
 ]
 
 
@@ -60,6 +68,15 @@ class Availability:
 
 _avail_lock = threading.Lock()
 _avail: Optional[tuple] = None   # (loader generation, Availability)
+
+
+def _reset_lock_in_child() -> None:
+    global _avail_lock
+    _avail_lock = threading.Lock()   # another parent thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
 
 
 def _library_summary(tried) -> Dict[str, str]:
@@ -106,8 +123,13 @@ def _probe() -> Availability:
 
 
 def availability(refresh: bool = False) -> Availability:
-    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again)."""
+    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again).
+    In a child forked after the parent initialised ACL it is never available (see
+    :class:`ForkedProcessError`)."""
     global _avail
+    forked = runtime.forked_child_reason()
+    if forked is not None:
+        return Availability(False, forked)
     with _avail_lock:
         if refresh:
             loader.reset()

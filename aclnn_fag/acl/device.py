@@ -104,7 +104,11 @@ class DeviceArray:
     @classmethod
     def empty(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
         shape = tuple(int(d) for d in shape)
-        n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if any(d < 0 for d in shape):
+            raise ValueError(f"negative dimension in shape {shape}")
+        n = 1
+        for d in shape:            # Python ints: no int64 wrap-around for absurd shapes
+            n *= d
         buf = DeviceBuffer(n * np.dtype(dtype).itemsize, device_id)
         return cls(buf, shape, dtype)
 
@@ -259,9 +263,19 @@ def _needs_host_copy(a: np.ndarray) -> bool:
 
 
 def _as_native(a: np.ndarray) -> np.ndarray:
-    if a.dtype.byteorder not in ("=", "|"):
-        a = a.astype(a.dtype.newbyteorder("="))
-    return np.ascontiguousarray(a)
+    """A native-byte-order array with non-negative strides and the same contents.
+
+    Only the distinct elements are copied: zero-stride axes (``np.broadcast_to``) are cut to
+    length 1 before the copy and broadcast again after it, so a huge broadcast view with a
+    reversed axis costs the memory of its distinct elements, not of its shape."""
+    compact = a[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None)
+                      for n, s in zip(a.shape, a.strides))]
+    if compact.dtype.byteorder not in ("=", "|"):
+        compact = compact.astype(compact.dtype.newbyteorder("="))
+    compact = np.ascontiguousarray(compact)
+    if compact.shape == a.shape:
+        return compact
+    return np.broadcast_to(compact, a.shape)
 
 
 def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int] = None,

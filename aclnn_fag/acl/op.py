@@ -17,6 +17,7 @@ releases everything created so far.  The executor is destroyed by us only when p
 from __future__ import annotations
 
 import contextlib
+import numbers
 import time
 from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
 from typing import Dict, Mapping, Optional
@@ -29,7 +30,7 @@ from . import runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import PHASE1, PHASE2
-from .tensors import AclIntArray, AclTensor
+from .tensors import AclIntArray, AclTensor, int64_values
 
 __all__ = ["run_backward", "call_raw", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
            "OUTPUT_LIKE", "AUTO", "TIMING_KEYS"]
@@ -103,11 +104,42 @@ def _shape(x) -> tuple:
 
 
 def _layout_arg(layout) -> Optional[bytes]:
+    """``input_layout`` as the C string the op receives (None = NULL). A NUL inside would
+    silently cut the string short on the C side, so it is refused (ValueError)."""
     if layout is None:
         return None
-    if isinstance(layout, bytes):
-        return layout
-    return str(layout).encode("ascii")
+    if isinstance(layout, (bytes, bytearray)):
+        raw = bytes(layout)
+    elif isinstance(layout, str):
+        raw = layout.encode("utf-8", "surrogatepass")
+    else:
+        raise TypeError(f"parameter 'input_layout' must be a str, bytes or None, got "
+                        f"{type(layout).__name__}")
+    if b"\x00" in raw:
+        raise ValueError(f"parameter 'input_layout' contains a NUL character: {layout!r}")
+    return raw
+
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def _int64_attr(name: str, value) -> int:
+    """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in int64")
+    return value
+
+
+def _double_attr(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
 
 
 def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
@@ -118,6 +150,16 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     slot -> sequence / None; ``outputs``: slot -> None or (shape, dtype, initial host array
     or None). Returns slot -> host array (None for NULL outputs)."""
     timer = _Timer(timings)
+    # Python-level argument checks first: nothing native exists yet when they fail.
+    attr_args = [c_double(_double_attr(n, attrs[n])) for n in ("scale_value", "keep_prob")]
+    attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("pre_tokens", "next_tokens", "head_num")]
+    layout_arg = _layout_arg(attrs["input_layout"])
+    attr_args += [layout_arg]
+    attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("inner_precise", "sparse_mode", "pse_type")]
+    for name in INT_ARRAY_SLOTS:
+        if int_arrays.get(name) is not None:
+            int_arrays = dict(int_arrays)
+            int_arrays[name] = int64_values(name, int_arrays[name])
     b = runtime.api()
     dev = runtime.resolve_device(device_id)
     runtime.ensure_device(dev)
@@ -191,11 +233,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         ws_size = c_uint64(0)
         executor = c_void_p(None)
         args = ([t_args[n] for n in INPUT_SLOTS] + [ia_args[n] for n in INT_ARRAY_SLOTS]
-                + [c_double(float(attrs["scale_value"])), c_double(float(attrs["keep_prob"])),
-                   c_int64(int(attrs["pre_tokens"])), c_int64(int(attrs["next_tokens"])),
-                   c_int64(int(attrs["head_num"])), _layout_arg(attrs["input_layout"]),
-                   c_int64(int(attrs["inner_precise"])), c_int64(int(attrs["sparse_mode"])),
-                   c_int64(int(attrs["pse_type"]))]
+                + attr_args
                 + [o_args[n] for n in OUTPUT_SLOTS]
                 + [byref(ws_size) if workspace_size_out else None,
                    byref(executor) if executor_out else None])

@@ -28,7 +28,7 @@ import weakref
 from ctypes import byref, c_int64, c_uint32, c_void_p
 from typing import Dict, Iterator, Optional
 
-from ..errors import AclRuntimeError, BackendUnavailableError
+from ..errors import AclRuntimeError, BackendUnavailableError, error_class_for
 from . import loader
 from ._status import check, recent_message, status_error
 
@@ -37,6 +37,7 @@ __all__ = [
     "api", "initialise", "resolve_device", "ensure_device", "device_count", "soc_name", "stream",
     "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
     "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
+    "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION",
 ]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
@@ -46,6 +47,7 @@ MEMCPY_DEVICE_TO_HOST = 2
 MALLOC_HUGE_FIRST = 0
 OPT_DETERMINISTIC = 0
 DEVICE_ALIGN = 32
+MAX_ALLOCATION = (1 << 63) - 1   # bytes: sizes are computed with Python ints, passed as size_t
 
 # ----------------------------------------------------------------------------- counters
 _stats_lock = threading.RLock()
@@ -89,12 +91,63 @@ class _Stream:
         return t is None or not t.is_alive()
 
 
+class ForkedProcessError(BackendUnavailableError):
+    """The NPU backend was initialised in a parent process before this process was forked.
+
+    CANN's runtime is not fork-safe (aclInit/aclrtSetDevice start driver threads and map
+    device memory, none of which a forked child inherits in a usable state), so a child
+    never touches it: every NPU use there raises this error, ``availability()`` reports the
+    backend unavailable (``backend="auto"`` falls back to NumPy) and handles inherited from
+    the parent are dropped without being released. The same holds for the stub libraries
+    of ``native_stubs/`` (no re-initialisation is attempted in the child). A child may use
+    the NPU backend when the parent never initialised it (importing ``aclnn_fag`` does not),
+    or use the "spawn"/"forkserver" start methods."""
+
+
+_fork_reason: Optional[str] = None    # set in a child forked after ACL was initialised
+
+
+def _forked_message(parent_pid: int) -> str:
+    return (f"the NPU backend was initialised in process {parent_pid} and this process "
+            f"(pid {os.getpid()}) was forked from it afterwards; CANN's runtime is not fork-safe, "
+            "so the NPU backend cannot be used in a forked child. Use "
+            "multiprocessing.get_context('spawn') or 'forkserver', or initialise the NPU backend "
+            "only in the child processes (importing aclnn_fag does not initialise it)")
+
+
+def forked_child_reason() -> Optional[str]:
+    """Why the NPU backend is unusable in this (forked) process, or None."""
+    _check_pid()
+    return _fork_reason
+
+
+def _check_pid() -> None:
+    """Catch forks that bypassed os.register_at_fork (e.g. a C extension calling fork())."""
+    global _fork_reason, _state, _process_gen
+    st = _state
+    if st is not None and st.pid != os.getpid():
+        with _state_lock:
+            if _state is st:
+                if st.initialised and _fork_reason is None:
+                    _fork_reason = _forked_message(st.pid)
+                _process_gen += 1
+                _state = None
+                _live.clear()
+
+
+def _raise_if_forked() -> None:
+    _check_pid()
+    if _fork_reason is not None:
+        raise ForkedProcessError(_fork_reason, code=361001, param="backend")
+
+
 class _State:
     """Runtime state for one set of loaded libraries."""
 
     def __init__(self, b) -> None:
         self.b = b
         self.key = b.key
+        self.pid = os.getpid()
         self.lock = threading.RLock()
         self.initialised = False
         self.owns_init = False
@@ -111,6 +164,7 @@ _atexit_registered = False
 
 def _get_state() -> _State:
     global _state, _atexit_registered
+    _raise_if_forked()
     b = loader.bindings()
     st = _state
     if st is not None and st.key == b.key:
@@ -380,6 +434,12 @@ class DeviceBuffer(NativeResource):
         self.ptr: Optional[int] = None
         if nbytes == 0:
             return
+        if nbytes > MAX_ALLOCATION:
+            # size_t would silently wrap in ctypes: refuse before any native call
+            raise error_class_for(207001)(
+                f"cannot allocate {nbytes} bytes on device {self.device_id}: more than "
+                f"{MAX_ALLOCATION} bytes can never be allocated", code=207001,
+                function="aclrtMalloc")
         b = ensure_device(self.device_id)
         p = c_void_p()
         rc = b.aclrtMalloc(byref(p), nbytes, MALLOC_HUGE_FIRST)
@@ -620,10 +680,17 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _state, _process_gen
+    global _state, _process_gen, _fork_reason, _state_lock, _stats_lock
     _process_gen += 1
+    st = _state
+    if st is not None and st.initialised and _fork_reason is None:
+        _fork_reason = _forked_message(st.pid)
     _state = None
     _live.clear()
+    # a lock held by another parent thread at fork time would never be released here
+    _state_lock = threading.RLock()
+    _stats_lock = threading.RLock()
+    loader._cache.lock = threading.RLock()
 
 
 if hasattr(os, "register_at_fork"):

@@ -10,6 +10,7 @@ destroyed exactly once (``release()``, context manager, GC or ``runtime.shutdown
 
 from __future__ import annotations
 
+import itertools
 from ctypes import c_int64
 from typing import Iterable, Optional, Sequence
 
@@ -19,7 +20,8 @@ import numpy as np
 from . import runtime
 from ._status import check, null_handle_error, recent_message
 
-__all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array"]
+__all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array",
+           "int64_values", "MAX_INT_ARRAY_ENTRIES"]
 
 FORMAT_ND = 2
 
@@ -55,9 +57,45 @@ def acl_dtype(dtype) -> int:
         raise TypeError(f"dtype {dt} has no aclDataType (supported: {names})") from None
 
 
-def int64_array(values: Sequence[int]):
-    """A ctypes ``int64_t[n]`` (n may be 0) holding ``values``."""
-    vals = [int(v) for v in values]
+MAX_INT_ARRAY_ENTRIES = 1 << 20   # as aclnn_fag.validate: more is refused before copying
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
+def int64_values(name: str, values) -> tuple:
+    """``values`` as a tuple of Python ints that fit int64 (ctypes would silently wrap the
+    others). TypeError for a non-sequence or a non-integer entry, ValueError for a value
+    outside int64 or more than ``MAX_INT_ARRAY_ENTRIES`` entries (e.g. a huge zero-stride
+    array), each naming the parameter."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise TypeError(f"parameter '{name}' must be 1-D, got shape {values.shape}")
+        n = values.size
+    else:
+        if not hasattr(values, "__len__"):
+            try:            # an iterable without a length: take at most one entry too many
+                values = list(itertools.islice(iter(values), MAX_INT_ARRAY_ENTRIES + 1))
+            except TypeError:
+                raise TypeError(f"parameter '{name}' must be a sequence of ints, got "
+                                f"{type(values).__name__}") from None
+        n = len(values)
+    if n > MAX_INT_ARRAY_ENTRIES:
+        raise ValueError(f"parameter '{name}' has {n} entries; more than {MAX_INT_ARRAY_ENTRIES} "
+                         "are refused")
+    seq = values.tolist() if isinstance(values, np.ndarray) else values
+    out = []
+    for v in seq:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"parameter '{name}' must hold ints, got {type(v).__name__} {v!r}")
+        v = int(v)
+        if not _INT64_MIN <= v <= _INT64_MAX:
+            raise ValueError(f"parameter '{name}' has {v}, which does not fit in int64")
+        out.append(v)
+    return tuple(out)
+
+
+def int64_array(values: Sequence[int], name: str = "values"):
+    """A ctypes ``int64_t[n]`` (n may be 0) holding ``values`` (checked: see int64_values)."""
+    vals = int64_values(name, values)
     return (c_int64 * len(vals))(*vals)
 
 
@@ -117,8 +155,8 @@ class AclIntArray(runtime.NativeResource):
     """One ``aclIntArray*`` holding a copy of ``values`` (host int64)."""
 
     def __init__(self, values: Iterable[int]) -> None:
+        self.values = int64_values("values", values)
         b = runtime.api()
-        self.values = tuple(int(v) for v in values)
         arr = int64_array(self.values)
         handle = b.aclCreateIntArray(arr, len(self.values))
         if not handle:

@@ -636,6 +636,42 @@ static int malloc_fill_byte(void)
     return (int)v; /* -1: leave the memory as malloc returned it */
 }
 
+/* Device capacity: like a real NPU's HBM, the stub's "device" is finite, so an absurd
+ * request fails cleanly with 207001 instead of taking the host down (the memory is host
+ * memory and is filled on allocation).  ACL_STUB_DEVICE_MEMORY = total bytes (suffixes
+ * k/m/g allowed); default 4 GiB. */
+#define STUB_DEFAULT_DEVICE_MEMORY ((uint64_t)4 << 30)
+
+static uint64_t device_capacity(void)
+{
+    const char *s = getenv("ACL_STUB_DEVICE_MEMORY");
+    if (s == NULL || s[0] == '\0') {
+        return STUB_DEFAULT_DEVICE_MEMORY;
+    }
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (end == s || errno != 0) {
+        return STUB_DEFAULT_DEVICE_MEMORY;
+    }
+    uint64_t mult = 1;
+    if (*end == 'k' || *end == 'K') {
+        mult = (uint64_t)1 << 10;
+        end++;
+    } else if (*end == 'm' || *end == 'M') {
+        mult = (uint64_t)1 << 20;
+        end++;
+    } else if (*end == 'g' || *end == 'G') {
+        mult = (uint64_t)1 << 30;
+        end++;
+    }
+    uint64_t bytes;
+    if (*end != '\0' || __builtin_mul_overflow((uint64_t)v, mult, &bytes)) {
+        return STUB_DEFAULT_DEVICE_MEMORY;
+    }
+    return bytes;
+}
+
 STUB_API aclError aclrtMalloc(void **devPtr, size_t size, int32_t policy)
 {
     (void)policy;
@@ -649,8 +685,29 @@ STUB_API aclError aclrtMalloc(void **devPtr, size_t size, int32_t policy)
         stub_set_error("aclrtMalloc: size must be > 0");
         return ACL_ERROR_INVALID_PARAM;
     }
+    /* reserve the bytes against the capacity first (64-bit, overflow-free) */
+    const uint64_t cap = device_capacity();
+    int over = 0;
+    uint64_t live_now = 0;
+    LOCK();
+    live_now = (uint64_t)g_live_bytes;
+    if ((uint64_t)size > cap || live_now > cap - (uint64_t)size) {
+        over = 1;
+    } else {
+        g_live_bytes += (int64_t)size;
+    }
+    UNLOCK();
+    if (over) {
+        stub_set_error("aclrtMalloc: cannot allocate %zu bytes: out of device memory (%llu of %llu bytes in use; "
+                       "the stub's capacity is set by ACL_STUB_DEVICE_MEMORY)",
+                       size, (unsigned long long)live_now, (unsigned long long)cap);
+        return ACL_ERROR_RT_MEMORY_ALLOCATION;
+    }
     void *p = NULL;
     if (posix_memalign(&p, STUB_DEVICE_ALIGN, size) != 0 || p == NULL) {
+        LOCK();
+        g_live_bytes -= (int64_t)size;
+        UNLOCK();
         stub_set_error("aclrtMalloc: cannot allocate %zu bytes", size);
         return ACL_ERROR_RT_MEMORY_ALLOCATION;
     }
@@ -675,7 +732,8 @@ STUB_API aclError aclrtMalloc(void **devPtr, size_t size, int32_t policy)
         g_allocs[g_nallocs].size = size;
         g_allocs[g_nallocs].device = tls_device;
         g_nallocs++;
-        g_live_bytes += (int64_t)size;
+    } else {
+        g_live_bytes -= (int64_t)size;
     }
     UNLOCK();
     if (rc != 0) {

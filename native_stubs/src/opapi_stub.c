@@ -8,7 +8,23 @@
  *
  * Checks marked "[stub addition]" are not made by the real operator (which
  * would crash or read out of bounds instead); they exist so that this C
- * kernel never touches memory outside the caller's buffers.
+ * kernel never touches memory outside the caller's buffers.  The additions
+ * after row 30 (S1-S9) are the same checks, in the same order and with the
+ * same codes, as the Python validator's (aclnn_fag/validate.py, module
+ * docstring), so that the validator and this op return the same status for
+ * every input:
+ *   S1 keyIn rank != 3                                             161001
+ *   S2 dy, then attentionIn: last dim != Dv                        161001
+ *   S3 documented limits: N1<=256, D<=768, T1,T2<=1M, B<=2048      161002
+ *   S4 cumulative ends (q, then kv): negative/decreasing/last > T  161002
+ *   S5 queryRope != [T1,N1,Dr], keyInRope != [T2,N2,Dr], Dr%8      161002
+ *   S6 compressed modes: first 2048x2048 mask slice not canonical  161002
+ *   S7 modes 4/7/8: pre + Sq_b - Skv_b >= INT32_MAX                161002
+ *   S8 softmaxMax, then softmaxSum: the 8 copies differ            161002
+ *   S9 softmax statistics fit the token-major reading only         161002
+ *
+ * Integer arithmetic on user values (cumulative ends, tokens) is exact: it is
+ * done in 128 bits, so no int64 overflow can change a verdict.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -27,6 +43,17 @@
 
 #define INT32_MAX_I64 ((int64_t)2147483647)
 
+__extension__ typedef __int128 i128;
+
+/* documented limits (S3), as LIMITS in aclnn_fag/validate.py */
+#define LIMIT_HEADS 256
+#define LIMIT_HEAD_DIM 768
+#define LIMIT_TOKENS ((int64_t)1 << 20)
+#define LIMIT_BATCH 2048
+/* S9 sampling, as in aclnn_fag/validate.py */
+#define STATS_LAYOUT_SAMPLES 8
+#define STATS_LAYOUT_MAX_SKV 65536
+
 static const StubApi *api(void)
 {
     return aclStubInternalApi();
@@ -37,6 +64,17 @@ static const StubApi *api(void)
         api()->set_error(__VA_ARGS__);    \
         return (code);                    \
     } while (0)
+
+/* element access helpers (defined with the phase-2 code below) */
+typedef struct BatchCtx {
+    int64_t b, Sq, Skv, delta, mask_base;
+} BatchCtx;
+struct FagPlan;
+static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2);
+static int64_t idx_flat(const aclTensor *t, int64_t flat);
+static inline float ld_bf16(const aclTensor *t, int64_t idx);
+static inline float ld_f32(const aclTensor *t, int64_t idx);
+static int is_kept(const struct FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j);
 
 /* ------------------------------------------------------------------------ */
 /* the recorded call                                                         */
@@ -150,10 +188,17 @@ static const char *dtype_name(int32_t dt)
     }
 }
 
-/* per-batch lengths from cumulative ends (first entry is the first length) */
+/* per-batch lengths from cumulative ends (first entry is the first length);
+ * only for ends already validated (S4): non-negative, non-decreasing */
 static int64_t seg_len(const int64_t *cum, int64_t b)
 {
     return b == 0 ? cum[0] : cum[b] - cum[b - 1];
+}
+
+/* the same, exact for any int64 values (validation before S4) */
+static i128 seg_len_x(const int64_t *cum, int64_t b)
+{
+    return b == 0 ? (i128)cum[0] : (i128)cum[b] - (i128)cum[b - 1];
 }
 
 /* ------------------------------------------------------------------------ */
@@ -184,15 +229,16 @@ static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t
             pad_dim = 0;
         } else if (nondet && x->seqq != NULL && x->seqkv != NULL && x->seqq->size == x->seqkv->size &&
                    x->seqq->size > 0) {
-            /* max kv length: max(first entry, consecutive differences) */
+            /* GetSumIntArrayMaxValue: kv[0], or max(kv[0], consecutive differences) -- exact */
             const int64_t *kv = x->seqkv->values;
-            int64_t kv_max = kv[0];
+            i128 kv_max = kv[0];
             for (uint64_t i = 1; i < x->seqkv->size; i++) {
-                if (kv[i] - kv[i - 1] > kv_max) {
-                    kv_max = kv[i] - kv[i - 1];
+                i128 d = (i128)kv[i] - (i128)kv[i - 1];
+                if (d > kv_max) {
+                    kv_max = d;
                 }
             }
-            /* last positive cumulative query end */
+            /* getSeqLenQSum: the last positive cumulative query end (values[0] if none) */
             int64_t q_sum = 0;
             for (uint64_t i = x->seqq->size; i-- > 0;) {
                 q_sum = x->seqq->values[i];
@@ -200,7 +246,9 @@ static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t
                     break;
                 }
             }
-            if (kv_max != 0 && q_sum != 0 && kv_max <= 1024 && D < 96 && q_sum < 160 * 1024 && x->keep == 1.0) {
+            /* notHasDropMask = !(keepProb < 1) && !(keepProb > 1): NaN counts as "no dropout" */
+            int no_drop = !(x->keep < 1.0) && !(x->keep > 1.0);
+            if (kv_max != 0 && q_sum != 0 && kv_max <= 1024 && D < 96 && q_sum < 160 * 1024 && no_drop) {
                 pad_dim = 0;
             }
         }
@@ -218,6 +266,148 @@ static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t
         return 1;
     }
     return 0;
+}
+
+
+/* ---- helpers of the stricter checks S6, S8, S9 (reading the tensors' device memory,
+ * which is host memory in this stub) ---- */
+
+/* S6: the first 2048x2048 slice holds 1 strictly above the diagonal, 0 elsewhere */
+static int mask_is_canonical(const aclTensor *m)
+{
+    const int64_t sr = m->strides[m->ndim - 2], sc = m->strides[m->ndim - 1];
+    const unsigned char *base = (const unsigned char *)m->data + m->offset * m->itemsize;
+    for (int64_t r = 0; r < 2048; r++) {
+        for (int64_t c = 0; c < 2048; c++) {
+            int masked = base[(r * sr + c * sc) * m->itemsize] != 0;
+            if (masked != (c > r)) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+/* S8: the 8 copies of every [t, n] are equal (NaN equals NaN); a zero-stride axis is read once */
+static int stats_copies_equal(const aclTensor *t)
+{
+    if (t->strides[2] == 0) {
+        return 1;
+    }
+    const int64_t nt = t->strides[0] == 0 ? (t->dims[0] > 0 ? 1 : 0) : t->dims[0];
+    const int64_t nn = t->strides[1] == 0 ? (t->dims[1] > 0 ? 1 : 0) : t->dims[1];
+    for (int64_t i = 0; i < nt; i++) {
+        for (int64_t n = 0; n < nn; n++) {
+            const float v0 = ld_f32(t, idx3(t, i, n, 0));
+            for (int64_t c = 1; c < 8; c++) {
+                const float v = ld_f32(t, idx3(t, i, n, c));
+                if (!(v == v0 || (isnan(v) && isnan(v0)))) {
+                    return 0;
+                }
+            }
+        }
+    }
+    return 1;
+}
+
+static int same_or_both_nan(float a, float b)
+{
+    return a == b || (isnan(a) && isnan(b));
+}
+
+/* max + log(sum) equals the row's log-sum-exp within 1e-3 relative */
+static int stats_fit(double m, double l, double lse)
+{
+    if (!isfinite(m) || !isfinite(l) || !(l > 0) || !isfinite(lse)) {
+        return 0;
+    }
+    return fabs(m + log(l) - lse) <= 1e-3 * fmax(1.0, fabs(lse));
+}
+
+/* S9: sample (row, head) pairs; a reading of the statistics fits when max + log(sum) is the
+ * log-sum-exp of scale*(q.k + qr.kr) over the row's kept keys.  1 = token-major only. */
+static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
+{
+    const aclTensor *Q = x->q, *QR = x->qr, *K = x->k, *KR = x->kr, *M = x->mask;
+    const aclTensor *SMAX = x->smax, *SSUM = x->ssum;
+    const int64_t N1 = p->N1, G = p->N1 / p->N2, D = Q->dims[2], Dr = QR->dims[2];
+    int checked = 0, dev_fits = 0, tok_fits = 0;
+    int64_t mask_base = 0;
+    for (int64_t b = 0; b < p->nb && checked < STATS_LAYOUT_SAMPLES; b++) {
+        BatchCtx c;
+        c.b = b;
+        c.Sq = seg_len(p->cum_q, b);
+        c.Skv = seg_len(p->cum_kv, b);
+        c.delta = c.Skv - c.Sq;
+        c.mask_base = mask_base;
+        mask_base += c.Sq * c.Skv;
+        const int64_t qs = b == 0 ? 0 : p->cum_q[b - 1];
+        const int64_t ks = b == 0 ? 0 : p->cum_kv[b - 1];
+        if (c.Sq <= 0 || c.Skv <= 0 || c.Skv > STATS_LAYOUT_MAX_SKV) {
+            continue;
+        }
+        const int64_t samples[3][2] = {{c.Sq / 2, N1 / 2}, {c.Sq - 1, 0}, {0, N1 - 1}};
+        for (int s = 0; s < 3; s++) {
+            const int64_t i = samples[s][0], h = samples[s][1], n2 = h / G;
+            const int64_t dev_flat = (qs * N1 + h * c.Sq + i) * 8;
+            const int64_t tok_flat = ((qs + i) * N1 + h) * 8;
+            if (dev_flat == tok_flat) {
+                continue;
+            }
+            const float dm = ld_f32(SMAX, idx_flat(SMAX, dev_flat)), dl = ld_f32(SSUM, idx_flat(SSUM, dev_flat));
+            const float tm = ld_f32(SMAX, idx_flat(SMAX, tok_flat)), tl = ld_f32(SSUM, idx_flat(SSUM, tok_flat));
+            if (same_or_both_nan(dm, tm) && same_or_both_nan(dl, tl)) {
+                continue;
+            }
+            /* scores of the kept keys: max first, then the sum */
+            int any = 0;
+            double top = -INFINITY;
+            for (int pass = 0; pass < 2; pass++) {
+                double acc = 0.0;
+                for (int64_t j = 0; j < c.Skv; j++) {
+                    if (!is_kept(p, M, &c, h, i, j)) {
+                        continue;
+                    }
+                    float qk = 0.0f, qr = 0.0f;
+                    for (int64_t d = 0; d < D; d++) {
+                        qk += ld_bf16(Q, idx3(Q, qs + i, h, d)) * ld_bf16(K, idx3(K, ks + j, n2, d));
+                    }
+                    for (int64_t d = 0; d < Dr; d++) {
+                        qr += ld_bf16(QR, idx3(QR, qs + i, h, d)) * ld_bf16(KR, idx3(KR, ks + j, n2, d));
+                    }
+                    const double sc = (double)((qk + qr) * scale);
+                    if (pass == 0) {
+                        any = 1;
+                        if (sc > top || isnan(sc)) {
+                            top = isnan(top) ? top : sc;
+                        }
+                    } else {
+                        acc += exp(sc - top);
+                    }
+                }
+                if (pass == 0 && !any) {
+                    break;
+                }
+                if (pass == 0 && !isfinite(top)) {
+                    checked++; /* no reading can fit a row whose scores are not finite */
+                    break;
+                }
+                if (pass == 1) {
+                    const double lse = top + log(acc);
+                    checked++;
+                    dev_fits += stats_fit(dm, dl, lse);
+                    tok_fits += stats_fit(tm, tl, lse);
+                }
+            }
+            if (!any) {
+                continue;
+            }
+            if (checked >= STATS_LAYOUT_SAMPLES) {
+                break;
+            }
+        }
+    }
+    return checked > 0 && dev_fits == 0 && tok_fits == checked;
 }
 
 static aclnnStatus validate(const Args *x, FagPlan *plan)
@@ -520,15 +710,15 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
                                           "N2=%lld (row 24 / softmax shape check)",
              (long long)N1, (long long)N2);
     }
-    /* Row 25 */
-    if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > D) {
+    /* Row 25 (IsSameShapeButValueDLeEqD: equal dims except the last, last <= the other's last) */
+    if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > x->q->dims[x->q->ndim - 1]) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy shape %s must match query shape %s except the last dim, which "
                                           "must be <= D (row 25)",
              shape_str(x->dy, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
     }
-    if (!same_but_last(x->v, x->k) || Dv > Dk) {
+    if (!same_but_last(x->v, x->k) || x->v->dims[x->v->ndim - 1] > x->k->dims[x->k->ndim - 1]) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": value shape %s must match keyIn shape %s except the last dim, which "
-                                          "must be <= D (row 25)",
+                                          "must be <= that of keyIn (row 25)",
              shape_str(x->v, s1, sizeof s1), shape_str(x->k, s2, sizeof s2));
     }
     /* Row 26 */
@@ -536,21 +726,22 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": sparseMode %lld must be in 0..8 (row 26)", (long long)x->sparse);
     }
 
-    /* sequence facts (section 0) */
+    /* sequence facts (section 0), exact: the lengths of unvalidated ends may overflow int64 */
     const int64_t nb_raw = (int64_t)x->seqq->size;
     const int64_t *cq = x->seqq->values;
     const int64_t *ckv = x->seqkv->values;
     int64_t nb = nb_raw;
-    while (nb > 1 && seg_len(cq, nb - 1) == 0 && seg_len(ckv, nb - 1) == 0) {
+    while (nb > 1 && seg_len_x(cq, nb - 1) == 0 && seg_len_x(ckv, nb - 1) == 0) {
         nb--;
     }
-    int64_t max_sq = 0, max_skv = 0;
-    for (int64_t b = 0; b < nb_raw; b++) {
-        if (seg_len(cq, b) > max_sq) {
-            max_sq = seg_len(cq, b);
+    /* maxSq / maxSkv: the plain maximum of the per-batch lengths (std::max_element) */
+    i128 max_sq = seg_len_x(cq, 0), max_skv = seg_len_x(ckv, 0);
+    for (int64_t b = 1; b < nb_raw; b++) {
+        if (seg_len_x(cq, b) > max_sq) {
+            max_sq = seg_len_x(cq, b);
         }
-        if (seg_len(ckv, b) > max_skv) {
-            max_skv = seg_len(ckv, b);
+        if (seg_len_x(ckv, b) > max_skv) {
+            max_skv = seg_len_x(ckv, b);
         }
     }
 
@@ -579,20 +770,20 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
                  shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
         }
     }
+    const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
     {
         int64_t r = m->dims[m->ndim - 2], c = m->dims[m->ndim - 1];
-        int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
-        int64_t want_r = compressed ? 2048 : max_sq;
-        int64_t want_c = compressed ? 2048 : max_skv;
-        if (r != want_r || c != want_c) {
+        i128 want_r = compressed ? 2048 : max_sq;
+        i128 want_c = compressed ? 2048 : max_skv;
+        if ((i128)r != want_r || (i128)c != want_c) {
             FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: for sparseMode %lld the last two dims "
-                                              "must be [%lld,%lld]%s (row 27)",
-                 shape_str(m, s1, sizeof s1), (long long)x->sparse, (long long)want_r, (long long)want_c,
-                 compressed ? " (compressed mask)" : " ([maxSq, maxSkv])");
+                                              "must be %s (row 27)",
+                 shape_str(m, s1, sizeof s1), (long long)x->sparse,
+                 compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
         }
     }
 
-    /* Row 28: tokens (normalised first) */
+    /* Row 28: tokens (normalised first); comparisons exact */
     int64_t pre = x->pre > INT32_MAX_I64 ? INT32_MAX_I64 : x->pre;
     int64_t next = x->next > INT32_MAX_I64 ? INT32_MAX_I64 : x->next;
     if (x->sparse == 2 || x->sparse == 3) {
@@ -605,14 +796,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     int64_t band_idx = 0;
     if (x->sparse == 7) {
         for (int64_t b = nb - 1; b >= 0; b--) {
-            if (seg_len(cq, b) != 0) {
+            if (seg_len_x(cq, b) != 0) {
                 band_idx = b;
                 break;
             }
         }
     } else if (x->sparse == 8) {
         for (int64_t b = 0; b < nb; b++) {
-            if (seg_len(cq, b) != 0) {
+            if (seg_len_x(cq, b) != 0) {
                 band_idx = b;
                 break;
             }
@@ -625,18 +816,17 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             b1 = band_idx + 1;
         }
         for (int64_t b = b0; b < b1; b++) {
-            int64_t sq = seg_len(cq, b), skv = seg_len(ckv, b);
+            i128 sq = seg_len_x(cq, b), skv = seg_len_x(ckv, b);
             int bad;
             if (x->sparse == 0) {
-                bad = -pre > skv || -next > sq || pre + next <= 0;
+                bad = -(i128)pre > skv || -(i128)next > sq || (i128)pre + (i128)next <= 0;
             } else {
-                bad = -pre > sq || -next > skv || pre + next <= 0;
+                bad = -(i128)pre > sq || -(i128)next > skv || (i128)pre + (i128)next <= 0;
             }
             if (bad) {
                 FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                                  "%lld at batch %lld (Sq=%lld, Skv=%lld) (row 28)",
-                     (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b, (long long)sq,
-                     (long long)skv);
+                                                  "%lld at batch %lld (row 28)",
+                     (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b);
             }
         }
     }
@@ -655,18 +845,29 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
              dtype_name(x->q->dtype));
     }
 
-    /* ---- [stub additions]: things the real op does not check but would read
-     * out of bounds on ---- */
+    /* ---- [stub additions] S1-S9: the Python validator's own checks, same order and
+     * codes (see the top of this file); the real op makes none of them ---- */
+    /* S1 */
     if (x->k->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition]",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition S1]",
              shape_str(x->k, s1, sizeof s1));
     }
-    if (x->attn->dims[2] != Dv || x->dy->dims[2] != Dv) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition]",
-             x->attn->dims[2] != Dv ? "attentionInOptional" : "dy",
-             (long long)(x->attn->dims[2] != Dv ? x->attn->dims[2] : x->dy->dims[2]), (long long)Dv);
+    /* S2 */
+    if (x->dy->dims[2] != Dv || x->attn->dims[2] != Dv) {
+        const int dy_bad = x->dy->dims[2] != Dv;
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition S2]",
+             dy_bad ? "dy" : "attentionInOptional", (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]),
+             (long long)Dv);
     }
     const int64_t T2 = x->k->dims[0];
+    /* S3 */
+    if (N1 > LIMIT_HEADS || D > LIMIT_HEAD_DIM || T1 > LIMIT_TOKENS || T2 > LIMIT_TOKENS || nb_raw > LIMIT_BATCH) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 "
+                                          "%lld <= %lld, %lld sequences <= %d) [stub addition S3]",
+             (long long)N1, LIMIT_HEADS, (long long)D, LIMIT_HEAD_DIM, (long long)T1, (long long)T2,
+             (long long)LIMIT_TOKENS, (long long)nb_raw, LIMIT_BATCH);
+    }
+    /* S4 */
     {
         const struct {
             const char *name;
@@ -680,27 +881,76 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
                     FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s must be non-negative non-decreasing cumulative ends; "
-                                                      "entry %llu is %lld [stub addition]",
+                                                      "entry %llu is %lld [stub addition S4]",
                          seqs[s].name, (unsigned long long)i, (long long)v[i]);
                 }
             }
             int64_t last = v[seqs[s].arr->size - 1];
             if (last > seqs[s].T) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition]",
+                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition S4]",
                      seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
             }
         }
     }
+    /* S5 */
     const int64_t Dr = x->qr->dims[2];
     if (!is_shape3(x->qr, T1, N1, Dr)) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub "
-                                          "addition]",
+                                          "addition S5]",
              shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
     }
     if (!is_shape3(x->kr, T2, N2, Dr)) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
-                                          "queryRope) [stub addition]",
+                                          "queryRope) [stub addition S5]",
              shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
+    }
+    if (Dr % 8 != 0) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim Dr=%lld must be a multiple of 8 [stub addition S5]",
+             (long long)Dr);
+    }
+    /* from here on the ends are valid: lengths fit int64 */
+    /* S6 */
+    if (compressed && !mask_is_canonical(m)) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode %lld needs the canonical compressed mask (1 strictly above "
+                                          "the diagonal) in the first 2048x2048 slice of attenMaskOptional [stub "
+                                          "addition S6]",
+             (long long)x->sparse);
+    }
+    /* S7 */
+    if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
+        for (int64_t b = 0; b < nb; b++) {
+            if ((i128)pre + seg_len(cq, b) - seg_len(ckv, b) >= INT32_MAX_I64) {
+                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": preTokens %lld + Sq - Skv of batch %lld overflows the kernel's "
+                                                  "int32 block-skip bound [stub addition S7]",
+                     (long long)pre, (long long)b);
+            }
+        }
+    }
+    /* S8 */
+    if (!stats_copies_equal(x->smax) || !stats_copies_equal(x->ssum)) {
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": the 8 copies in the last dim of %s differ [stub addition S8]",
+             !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
+    }
+    /* S9 */
+    {
+        FagPlan probe;
+        memset(&probe, 0, sizeof probe);
+        probe.sparse = x->sparse;
+        probe.pre = pre;
+        probe.next = next;
+        probe.band_idx = band_idx;
+        probe.mask_kind = mask_kind;
+        probe.max_skv = (int64_t)max_skv;
+        probe.N1 = N1;
+        probe.N2 = N2;
+        probe.nb = nb;
+        probe.cum_q = (int64_t *)cq;
+        probe.cum_kv = (int64_t *)ckv;
+        if (stats_look_token_major(x, &probe, (float)x->scale)) {
+            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] "
+                                              "broadcast to [T,N,8]); the op reads them per batch as [N,Sq_b,8] "
+                                              "blocks [stub addition S9]");
+        }
     }
 
     /* ---- record the plan ---- */
@@ -711,8 +961,8 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     plan->sparse = x->sparse;
     plan->nb_raw = nb_raw;
     plan->nb = nb;
-    plan->max_sq = max_sq;
-    plan->max_skv = max_skv;
+    plan->max_sq = (int64_t)max_sq;   /* the ends are valid (S4): the lengths fit int64 */
+    plan->max_skv = (int64_t)max_skv;
     plan->band_idx = band_idx;
     plan->mask_kind = mask_kind;
     plan->T1 = T1;
@@ -737,8 +987,16 @@ static uint64_t plan_workspace_bytes(const FagPlan *p)
     if (p->mode != PLAN_COMPUTE) {
         return 0;
     }
-    uint64_t floats = (uint64_t)(p->T1 * p->N1 * (p->D + p->Dr)) + (uint64_t)(p->T2 * p->N2 * (p->D + p->Dr + p->Dv));
-    return floats * sizeof(float);
+    /* bounded by the documented limits (S3), but computed with overflow checks anyway */
+    uint64_t a, b, floats, bytes;
+    if (__builtin_mul_overflow((uint64_t)p->T1, (uint64_t)p->N1, &a) ||
+        __builtin_mul_overflow(a, (uint64_t)(p->D + p->Dr), &a) ||
+        __builtin_mul_overflow((uint64_t)p->T2, (uint64_t)p->N2, &b) ||
+        __builtin_mul_overflow(b, (uint64_t)(p->D + p->Dr + p->Dv), &b) ||
+        __builtin_add_overflow(a, b, &floats) || __builtin_mul_overflow(floats, (uint64_t)sizeof(float), &bytes)) {
+        return UINT64_MAX;
+    }
+    return bytes;
 }
 
 STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
@@ -950,10 +1208,6 @@ static void zero_view(const aclTensor *t)
         memset((char *)t->data + idx_flat(t, f) * t->itemsize, 0, (size_t)t->itemsize);
     }
 }
-
-typedef struct BatchCtx {
-    int64_t b, Sq, Skv, delta, mask_base;
-} BatchCtx;
 
 static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j)
 {

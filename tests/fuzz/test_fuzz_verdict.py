@@ -1,0 +1,33 @@
+"""Property: for every generated argument set the Python validator and the stub op called
+directly (``acl.call_raw``, no Python validation) return the same status code (0 when
+both accept). Python-level errors (wrong Python types) have no stub equivalent and are
+excluded from the comparison (they are fuzzed through the public call)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+
+from fuzz_cases import (TALLY, assert_no_leak, assert_unchanged, fuzz_settings, mutated_case,
+                        raw_verdict, snapshot, validator_verdict)
+
+
+@fuzz_settings(1200)
+@given(case=mutated_case(verdict=True, min_mutations=1, max_mutations=4))
+def test_validator_and_stub_op_return_the_same_status(case, stub):
+    TALLY["verdict_cases"] += 1
+    what = case.describe()
+    before = snapshot(case.args)
+    objects = stub.objects()
+    expected = validator_verdict(case)
+    got, exc = raw_verdict(case)
+    assert_unchanged(before, case.args, f"validator / call_raw: {what}")
+    assert_no_leak(stub, objects, what)
+    if isinstance(expected, str):
+        TALLY["verdict_excluded_python_level"] += 1
+        return
+    if got != expected:
+        TALLY["verdict_disagreements"] += 1
+    assert got == expected, (f"validator says {expected}, the stub op says {got} ({exc}); "
+                             f"{what}")
+    TALLY["verdict_compared"] += 1
+    TALLY[f"verdict_status_{expected}"] += 1
