@@ -50,6 +50,8 @@ if PROFILE not in ("ci", "long"):
 SCALE = max(1, int(os.environ.get("ACLNN_FAG_FUZZ_SCALE", "25"))) if PROFILE == "long" else 1
 
 TALLY: collections.Counter = collections.Counter()
+TALLY["leaks"] = 0                      # shown even when zero
+TALLY["verdict_disagreements"] = 0
 
 
 def fuzz_settings(ci_examples: int):

@@ -39,7 +39,7 @@ def zeros(shape, dtype=BF16, value=0):
 
 
 def huge_args(*, t1=T_MAX, t2=None, n1=N_MAX, n2=None, d=128, dr=64, dv=None, batches=B_MAX,
-              mode=0, q_ends=None, kv_ends=None) -> dict:
+              mode=0, q_ends=None, kv_ends=None, mask4d=False) -> dict:
     t2 = t1 if t2 is None else t2
     n2 = n1 if n2 is None else n2
     dv = d if dv is None else dv
@@ -54,6 +54,8 @@ def huge_args(*, t1=T_MAX, t2=None, n1=N_MAX, n2=None, d=128, dr=64, dv=None, ba
         mask = af.masks.compressed_causal_mask()
     else:
         mask = zeros((max(lengths), max(kv_lengths)), np.uint8)
+    if mask4d:                          # [B, N1, ., .]: terabytes as a real array
+        mask = np.broadcast_to(mask, (batches, n1) + mask.shape)
     return dict(query=zeros((t1, n1, d)), query_rope=zeros((t1, n1, dr)), key=zeros((t2, n2, d)),
                 key_rope=zeros((t2, n2, dr)), value=zeros((t2, n2, dv)), dy=zeros((t1, n1, dv)),
                 atten_mask=mask, softmax_max=zeros((t1, n1, 8), np.float32, 0.5),
@@ -83,9 +85,11 @@ def _nbytes(args) -> int:
                if isinstance(v, np.ndarray))
 
 
-@pytest.mark.parametrize("mode", [0, 3])
-def test_validation_at_the_limits_accepts_and_allocates_little(mode):
-    args = huge_args(mode=mode)
+@pytest.mark.parametrize("mode,mask4d", [(0, False), (3, False), (0, True), (3, True)])
+def test_validation_at_the_limits_accepts_and_allocates_little(mode, mask4d):
+    """Also with a [2048, 256, S, S] mask (a 4-D per-head mask for mode 0, the compressed one
+    broadcast for mode 3): only the elements the checks need are read, nothing is reshaped."""
+    args = huge_args(mode=mode, mask4d=mask4d)
     assert _nbytes(args) > (64 << 30)             # what these views would take as real arrays
     validate_backward(**huge_args(t1=64, n1=2, d=16, dr=8, batches=4, mode=mode))   # warm-up
     out, peak, dt = _measure(lambda: validate_backward(**args))
