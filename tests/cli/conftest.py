@@ -8,17 +8,20 @@ Both reset the NPU backend's loader cache before and after the test.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import pathlib
-import shutil
 import sys
 
 import pytest
 
+TESTS = pathlib.Path(__file__).resolve().parents[1]
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+from stub_kit import build_stub_libs  # noqa: E402
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILD_PY = ROOT / "native_stubs" / "build.py"
 
 TINY_SUITE = {
     "schema": "aclnn_fag.suite/1",
@@ -60,14 +63,9 @@ def _refresh() -> None:
 
 
 @pytest.fixture(scope="session")
-def stub_lib_dir(tmp_path_factory):
-    """Build the stub CANN libraries once per session (skip when there is no C compiler)."""
-    if not (os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("no C compiler for the native stubs")
-    spec = importlib.util.spec_from_file_location("_native_stub_build", BUILD_PY)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return pathlib.Path(module.build())
+def stub_lib_dir():
+    """The stub CANN libraries, built once per session by ``tests/stub_kit.py``."""
+    return build_stub_libs()
 
 
 @pytest.fixture

@@ -1,0 +1,108 @@
+"""The stand-in CANN libraries of ``native_stubs/`` as the tests use them (a uniquely named
+module, imported by every test folder's conftest: one build, one set of controls).
+
+* ``build_stub_libs()``: builds the stubs once per process with ``native_stubs/build.py``
+  (imported by path; needs only a C compiler) and returns their directory.
+* ``stub_environment(lib_dir)``: a context manager that points ``ACLNN_FAG_LIB_DIR`` at
+  them, clears the CANN and backend variables and resets the NPU backend's caches, on
+  entry and on exit.
+* ``StubControls``: the stub-only exports of libascendcl.so (live-object counters, failure
+  injection), declared with ctypes on the same library instance the package loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import importlib.util
+import os
+import pathlib
+import shutil
+from ctypes import POINTER, byref, c_char_p, c_int32, c_int64
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BUILD_PY = ROOT / "native_stubs" / "build.py"
+
+# variables that would steer the package or the stubs away from the tests' defaults
+CLEARED_VARS = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ACLNN_FAG_BACKEND", "ACLNN_FAG_DEVICE",
+                "ACL_STUB_DEVICE_COUNT", "ACL_STUB_MALLOC_FILL", "ACL_STUB_DEVICE_MEMORY")
+
+
+def have_compiler() -> bool:
+    return bool(os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc"))
+
+
+@functools.lru_cache(maxsize=None)
+def build_stub_libs() -> pathlib.Path:
+    """Build (or reuse) the stub libraries; fails the test when there is no C compiler."""
+    if not have_compiler():
+        pytest.fail("no C compiler to build native_stubs/ (.ci/run installs gcc)")
+    spec = importlib.util.spec_from_file_location("_aclnn_fag_stub_build", BUILD_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return pathlib.Path(module.build()).resolve()
+
+
+def reset_acl() -> None:
+    """Forget the NPU backend's cached library search and availability."""
+    import aclnn_fag.acl as acl
+    acl.reset()
+
+
+@contextlib.contextmanager
+def stub_environment(lib_dir: pathlib.Path):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ACLNN_FAG_LIB_DIR", str(lib_dir))
+    for var in CLEARED_VARS:
+        mp.delenv(var, raising=False)
+    reset_acl()
+    try:
+        yield lib_dir
+    finally:
+        mp.undo()
+        reset_acl()
+
+
+class StubControls:
+    """The stub-only exports of libascendcl.so (the same library instance as the package's)."""
+
+    COUNTER_NAMES = ("tensors", "int_arrays", "executors", "device_bytes", "streams")
+
+    def __init__(self, lib_dir: pathlib.Path) -> None:
+        lib = ctypes.CDLL(str(pathlib.Path(lib_dir) / "libascendcl.so"), mode=ctypes.RTLD_GLOBAL)
+        self.lib = lib
+        # void aclStubGetCounters(int64_t *live_tensors, int64_t *live_int_arrays,
+        #     int64_t *live_executors, int64_t *live_device_bytes, int64_t *live_streams);
+        self._counters = lib["aclStubGetCounters"]
+        self._counters.argtypes = [POINTER(c_int64)] * 5
+        self._counters.restype = None
+        # void aclStubInjectFailure(const char *function_name, int64_t after_n_calls,
+        #                           int32_t error_code);
+        self._inject = lib["aclStubInjectFailure"]
+        self._inject.argtypes = [c_char_p, c_int64, c_int32]
+        self._inject.restype = None
+        # void aclStubClearFailures(void);
+        self._clear = lib["aclStubClearFailures"]
+        self._clear.argtypes = []
+        self._clear.restype = None
+
+    def counters(self) -> dict:
+        vals = [c_int64(0) for _ in range(5)]
+        self._counters(*[byref(v) for v in vals])
+        return dict(zip(self.COUNTER_NAMES, (v.value for v in vals)))
+
+    def objects(self) -> dict:
+        """The counters that must return to their value after every call (streams persist:
+        one per thread, by design)."""
+        c = self.counters()
+        c.pop("streams")
+        return c
+
+    def inject(self, function: str, after_n_calls: int, code: int) -> None:
+        self._inject(function.encode(), after_n_calls, code)
+
+    def clear(self) -> None:
+        self._clear()
