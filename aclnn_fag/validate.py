@@ -64,7 +64,7 @@ from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_kee
 from .semantics.softmax_layout import COPIES
 
 __all__ = ["validate_backward", "validate_forward", "IgnoredArgumentWarning",
-           "SequenceEndWarning", "LIMITS", "MAX_INT_ARRAY_ENTRIES", "mla_basic_template_hit",
+           "SequenceEndWarning", "LIMITS", "MAX_INT_ARRAY_ENTRIES", "start_indices", "START_INDEX_DEFAULT",
            "needs_padding"]
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -253,18 +253,26 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
     return "; ".join(reasons)
 
 
-def mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs: SeqInfo,
-                           q_start_idx, kv_start_idx, deterministic) -> bool:
-    """SEMANTICS.md Open question 3: the conditions under which the device selects the
-    'MLA basic' kernel, which ignores queryRope/keyRope and leaves the rope outputs unwritten."""
-    if q_start_idx is not None or kv_start_idx is not None or deterministic:
-        return False
-    if sparse_mode not in (2, 3) or atten_mask.ndim != 2 or COMPRESSED_SIZE not in atten_mask.shape:
-        return False
-    if query.shape[0] != key.shape[0] or seqs.sq != seqs.skv:
-        return False
-    d, dv = query.shape[-1], value.shape[-1]
-    return d == dv and d <= 128 and d % 16 == 0 and seqs.max_skv <= 32768
+START_INDEX_DEFAULT = (0,)
+
+
+def start_indices(q_start_idx, kv_start_idx):
+    """qStartIdx / kvStartIdx as every call passes them: the caller's values when given, else
+    ``(0,)`` -- never None (NULL).
+
+    Why: with both arrays NULL the device may select one of its "MLA basic" templates (1001,
+    non-deterministic: causal modes 2/3 with a 2-D mask, equal q/kv lengths, D == Dv <= 128;
+    1002, deterministic: modes 1 and 3, D == Dv <= 128, D % 16 == 0). Their kernels take no
+    rope inputs: they compute without the rope terms and copy uninitialised memory into the
+    rope gradients, with no error. Both templates refuse a non-NULL start index. The arrays
+    themselves only feed ALiBi position encodings (pse_type 2/3), which V3 cannot use, so
+    ``[0]`` changes no math. torch_npu passes non-NULL arrays too. (docs/forward.md,
+    "Start indices".)
+    """
+    q = _check_int_list("q_start_idx", q_start_idx)
+    kv = _check_int_list("kv_start_idx", kv_start_idx)
+    return (START_INDEX_DEFAULT if q is None else q,
+            START_INDEX_DEFAULT if kv is None else kv)
 
 
 def _element(a: np.ndarray, flat: int):
@@ -681,13 +689,12 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                       input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1,
                       pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None,
                       prefix=None, q_start_idx=None, kv_start_idx=None,
-                      deterministic=False, avoid_rope_free_kernel=True) -> FagCall:
+                      deterministic=False) -> FagCall:
     """Check every rule of SEMANTICS.md §6 in the device's order, then S1-S9 (module
     docstring); return the FagCall.
 
-    ``avoid_rope_free_kernel``: when the arguments would select the device's rope-ignoring
-    'MLA basic' kernel (SEMANTICS.md Open question 3), pass q_start_idx = kv_start_idx = [0]
-    instead (no effect on the math) -- or, when False, reject the call (161002, stricter).
+    ``q_start_idx``/``kv_start_idx`` left None become ``(0,)`` (:func:`start_indices`): the
+    call always passes non-NULL start indices, so no rope-blind 'MLA basic' kernel runs.
     """
     arrays = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
                   atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
@@ -705,8 +712,7 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     pse_type = _check_int("pse_type", pse_type)
     qlen = _check_int_list("actual_seq_qlen", actual_seq_qlen)
     kvlen = _check_int_list("actual_seq_kvlen", actual_seq_kvlen)
-    q_start_idx = _check_int_list("q_start_idx", q_start_idx)
-    kv_start_idx = _check_int_list("kv_start_idx", kv_start_idx)
+    q_start_idx, kv_start_idx = start_indices(q_start_idx, kv_start_idx)
     _check_int_list("prefix", prefix)
     input_layout = _check_layout(input_layout)
 
@@ -819,18 +825,6 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     _check_stats_copies("softmax_sum", softmax_sum)
     _check_stats_layout(query, query_rope, key, key_rope, atten_mask, softmax_max,  # S9
                         softmax_sum, scale_value, seqs, sparse_mode, pre_eff, next_eff, band_idx)
-    if mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs, q_start_idx,
-                              kv_start_idx, deterministic):
-        if avoid_rope_free_kernel:
-            # qStartIdx/kvStartIdx only feed inner-generated ALiBi pse (pseType 2/3), which V3
-            # cannot use: [0] changes no math and steers the device away from that kernel.
-            q_start_idx = kv_start_idx = (0,)
-            common.update(q_start_idx=q_start_idx, kv_start_idx=kv_start_idx)
-        else:
-            raise _invalid("q_start_idx", "with these arguments the device selects its 'MLA basic' kernel, "
-                           "which ignores query_rope/key_rope and leaves the rope gradients unwritten "
-                           "(SEMANTICS.md Open question 3); pass q_start_idx=[0], kv_start_idx=[0] "
-                           "(no effect on V3's math) to select a rope-aware kernel", stricter=True)
     _warn_ignored(padding_mask=padding_mask, softmax_in=softmax_in, prefix=prefix)
     return FagCall(head_num=head_num, seqs=seqs, pre_eff=pre_eff, next_eff=next_eff,
                    band_index=band_idx, **common)

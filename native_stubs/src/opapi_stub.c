@@ -97,6 +97,7 @@ typedef struct FagPlan {
     int64_t band_idx;
     int mask_kind;
     int64_t T1, N1, D, Dr, T2, N2, Dv;
+    int rope_blind;             /* an "MLA basic" template would run: see rope_blind_template() */
 } FagPlan;
 
 static void plan_free(void *p)
@@ -268,6 +269,47 @@ static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t
     return 0;
 }
 
+
+/* The device's "MLA basic" templates (1001 non-deterministic, 1002 deterministic) take no
+ * rope inputs: they compute the attention without the rope terms and copy uninitialised
+ * memory into dqRope/dkRope, with no error.  Both refuse a non-NULL qStartIdx/kvStartIdx.
+ * The stub models that danger so a binding that passes NULL start indices gets visibly wrong
+ * results here too:
+ *   1001: both NULL, deterministic off, sparse mode 2 or 3 with a 2-D mask having a 2048
+ *         dim, T1 == T2 and Sq_b == Skv_b for every b, D == Dv <= 128, D % 16 == 0,
+ *         max Skv <= 32768;
+ *   1002: both NULL, deterministic on, sparse mode 1 or 3, D == Dv <= 128, D % 16 == 0. */
+static int rope_blind_template(const Args *x, int64_t D, int64_t Dv, int64_t max_skv)
+{
+    if (x->qstart != NULL || x->kvstart != NULL) {
+        return 0;
+    }
+    if (!(D == Dv && D <= 128 && D % 16 == 0)) {
+        return 0;
+    }
+    int64_t det = 1;
+    if (api()->ctx_get_opt_quiet(0 /* ACL_OPT_DETERMINISTIC */, &det) != 0) {
+        det = 1; /* unreadable: the op behaves as deterministic */
+    }
+    if (det != 0) {
+        return x->sparse == 1 || x->sparse == 3; /* 1002 */
+    }
+    if (x->sparse != 2 && x->sparse != 3) {
+        return 0;
+    }
+    if (x->mask->ndim != 2 || (x->mask->dims[0] != 2048 && x->mask->dims[1] != 2048)) {
+        return 0;
+    }
+    if (x->q->dims[0] != x->k->dims[0] || max_skv > 32768) {
+        return 0;
+    }
+    for (uint64_t b = 0; b < x->seqq->size; b++) {
+        if (seg_len(x->seqq->values, (int64_t)b) != seg_len(x->seqkv->values, (int64_t)b)) {
+            return 0;
+        }
+    }
+    return 1; /* 1001 */
+}
 
 /* ---- helpers of the stricter checks S6, S8, S9 (reading the tensors' device memory,
  * which is host memory in this stub) ---- */
@@ -972,6 +1014,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     plan->T2 = T2;
     plan->N2 = N2;
     plan->Dv = Dv;
+    plan->rope_blind = rope_blind_template(x, D, Dv, (int64_t)max_skv);
     plan->cum_q = malloc((size_t)nb_raw * sizeof(int64_t));
     plan->cum_kv = malloc((size_t)nb_raw * sizeof(int64_t));
     if (plan->cum_q == NULL || plan->cum_kv == NULL) {
@@ -1248,6 +1291,10 @@ static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int6
     }
 }
 
+/* what a rope-blind template leaves in the rope gradients (uninitialised memory on the
+ * device): a fixed, obviously wrong pattern of large values */
+#define STUB_GARBAGE(t, n, d) ((float)(1 + (((t) * 7 + (n) * 3 + (d)) % 13)) * 1.0e6f)
+
 /* returns 0 or ACLNN_ERR_RUNTIME_ERROR (host allocation failure) */
 static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *ws)
 {
@@ -1353,7 +1400,7 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
                         for (int64_t d = 0; d < D; d++) {
                             qk += Qf[i * D + d] * Kf[j * D + d];
                         }
-                        for (int64_t d = 0; d < Dr; d++) {
+                        for (int64_t d = 0; !p->rope_blind && d < Dr; d++) {
                             qr += Qrf[i * Dr + d] * Krf[j * Dr + d];
                         }
                         s = (qk + qr) * scale;
@@ -1424,7 +1471,8 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
                     st_bf16(DQ, idx3(DQ, t, n, d), scale * dQ[(t * N1 + n) * D + d]);
                 }
                 for (int64_t d = 0; DQR != NULL && d < Dr; d++) {
-                    st_bf16(DQR, idx3(DQR, t, n, d), scale * dQr[(t * N1 + n) * Dr + d]);
+                    st_bf16(DQR, idx3(DQR, t, n, d),
+                            p->rope_blind ? STUB_GARBAGE(t, n, d) : scale * dQr[(t * N1 + n) * Dr + d]);
                 }
             }
         }
@@ -1434,7 +1482,8 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
                     st_bf16(DK, idx3(DK, t, n, d), scale * dK[(t * N2 + n) * D + d]);
                 }
                 for (int64_t d = 0; DKR != NULL && d < Dr; d++) {
-                    st_bf16(DKR, idx3(DKR, t, n, d), scale * dKr[(t * N2 + n) * Dr + d]);
+                    st_bf16(DKR, idx3(DKR, t, n, d),
+                            p->rope_blind ? STUB_GARBAGE(t, n, d) : scale * dKr[(t * N2 + n) * Dr + d]);
                 }
                 for (int64_t d = 0; d < Dv; d++) {
                     st_bf16(DV, idx3(DV, t, n, d), dV[(t * N2 + n) * Dv + d]);

@@ -462,6 +462,10 @@ class FagCase:
         self.t_dv = t([T, N2, Dv], DT_BF16, self.p_dv)
         self.a_q = self._a(self.cum_q)
         self.a_kv = self._a(self.cum_kv)
+        # non-NULL start indices, as the binding always passes them (NULL ones may select the
+        # stub's model of the rope-blind "MLA basic" templates)
+        self.a_qs0 = self._a([0])
+        self.a_kvs0 = self._a([0])
 
     # -- resources -------------------------------------------------------
     def _alloc(self, n):
@@ -630,7 +634,8 @@ class FagCase:
         a = dict(query=self.t_q, queryRope=self.t_qr, keyIn=self.t_k, keyInRope=self.t_kr, value=self.t_v,
                  dy=self.t_dy, pseShift=None, dropMask=None, paddingMask=None, attenMask=self.t_mask,
                  softmaxMax=self.t_smax, softmaxSum=self.t_ssum, softmaxIn=None, attentionIn=self.t_attn,
-                 prefix=None, actualSeqQLen=self.a_q, actualSeqKvLen=self.a_kv, qStartIdx=None, kvStartIdx=None,
+                 prefix=None, actualSeqQLen=self.a_q, actualSeqKvLen=self.a_kv, qStartIdx=self.a_qs0,
+                 kvStartIdx=self.a_kvs0,
                  scaleValue=self.scale, keepProb=1.0, preTokens=self.pre, nextTokens=self.nxt, headNum=self.N1,
                  inputLayout=b"TND", innerPrecise=0, sparseMode=self.sparse_mode, pseType=1, dqOut=self.t_dq,
                  dqRopeOut=self.t_dqr, dkOut=self.t_dk, dkRopeOut=self.t_dkr, dvOut=self.t_dv, dpseOut=None)
@@ -783,6 +788,7 @@ def test_phase2_needs_recorded_tensors_and_buffers_alive(acl, case):
     assert acl.phase2(wsp, ws, ex, None) == 0, acl.err()
     # a tensor handle destroyed between the phases -> 161001 (a use-after-free on the real executor)
     case.a_q, case.a_kv = case._a(case.cum_q), case._a(case.cum_kv)
+    case.a_qs0, case.a_kvs0 = case._a([0]), case._a([0])
     rc, ws, ex = case.phase1()
     assert rc == 0
     assert acl.aclDestroyTensor(case.t_dy) == 0
