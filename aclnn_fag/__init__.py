@@ -6,8 +6,8 @@ Public calls: ``flash_attention_unpadding_score_grad_v3`` (the backward op) and
 """
 
 from . import masks, seqlens, softmax_layout
-from .api import (BACKENDS, flash_attention_forward, flash_attention_unpadding_score_grad_v3,
-                  last_backend, resolve_backend)
+from .api import (BACKENDS, NpuFallbackWarning, flash_attention_forward,
+                  flash_attention_unpadding_score_grad_v3, last_backend, resolve_backend)
 from .call import FagForward, FagGrads
 from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, LibraryNotFoundError,
                      ParamInvalidError, ParamNullptrError, error_class_for)
@@ -20,6 +20,6 @@ __all__ = [
     "flash_attention_unpadding_score_grad_v3", "flash_attention_forward", "resolve_backend",
     "last_backend", "BACKENDS", "FagGrads", "FagForward", "AclnnError", "AclRuntimeError",
     "BackendUnavailableError", "LibraryNotFoundError", "ParamInvalidError", "ParamNullptrError",
-    "error_class_for", "FullyMaskedRowWarning", "IgnoredArgumentWarning", "SequenceEndWarning",
+    "error_class_for", "NpuFallbackWarning", "FullyMaskedRowWarning", "IgnoredArgumentWarning", "SequenceEndWarning",
     "masks", "seqlens", "softmax_layout", "__version__",
 ]

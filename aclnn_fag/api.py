@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
@@ -11,10 +12,38 @@ from .reference import PRECISIONS, attention_backward, attention_forward
 from .validate import validate_backward, validate_forward
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
-           "resolve_backend", "last_backend", "BACKENDS"]
+           "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
 
 BACKENDS = ("auto", "numpy", "npu")
 _last = threading.local()
+
+
+class NpuFallbackWarning(UserWarning):
+    """backend="auto" ran NumPy although CANN libraries are installed: the NPU cannot be used
+    as configured (the message names the device and the cause). Issued once per process and
+    reason; never when simply no CANN is installed."""
+
+
+_warned_lock = threading.Lock()
+_warned: set = set()
+
+
+def _warn_fallback(status) -> None:
+    """Warn once per process and reason that "auto" falls back to NumPy (see NpuFallbackWarning)."""
+    if not getattr(status, "installed", False):
+        return
+    key = status.reason
+    with _warned_lock:
+        if key in _warned:
+            return
+        _warned.add(key)
+    dev = status.device_id
+    if dev is None:
+        dev = os.environ.get("ACLNN_FAG_DEVICE", "").strip() or "0"
+    warnings.warn(f"backend='auto': the CANN libraries are installed but NPU device {dev} cannot "
+                  f"be used: {status.reason}; running the NumPy reference instead (pass "
+                  f"backend='npu' to get an error, or backend='numpy' to silence this)",
+                  NpuFallbackWarning, stacklevel=4)
 
 
 def last_backend():
@@ -46,7 +75,11 @@ def resolve_backend(backend: str = "auto", precision: str = "device") -> str:
         if precision != "device":
             return "numpy"
         from . import acl
-        return "npu" if acl.availability().ok else "numpy"
+        status = acl.availability()
+        if status.ok:
+            return "npu"
+        _warn_fallback(status)
+        return "numpy"
     if backend == "npu":
         from . import acl
         status = acl.availability()

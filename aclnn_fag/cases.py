@@ -290,10 +290,12 @@ _FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask"
                  "next_tokens", "sparse_mode")
 
 
-def with_forward(inputs: dict) -> dict:
-    """``inputs`` plus attention_in / softmax_max / softmax_sum from the NumPy forward
-    (device precision: bf16 output, float32 statistics in the device layout)."""
-    fwd = flash_attention_forward(**{k: inputs[k] for k in _FORWARD_KEYS}, precision="device")
+def with_forward(inputs: dict, backend: str = "numpy") -> dict:
+    """``inputs`` plus attention_in / softmax_max / softmax_sum from the forward on ``backend``
+    (default: the NumPy forward; device precision: bf16 output, float32 statistics in the
+    device layout)."""
+    fwd = flash_attention_forward(**{k: inputs[k] for k in _FORWARD_KEYS}, precision="device",
+                                  backend=backend)
     out = dict(inputs)
     out.update(attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
                softmax_sum=fwd.softmax_sum)

@@ -37,6 +37,8 @@ def _cmd_info(args) -> int:
     reason = str(npu.get("reason") or "").strip().splitlines()
     print(f"NPU backend:     {'available' if ok else 'unavailable'}"
           + ("" if ok or not reason else f" -- {reason[0]}"))
+    if npu.get("stand_in"):
+        print(f"                 *** {npu.get('stand_in_note')} ***")
     libs = npu.get("libraries")
     if isinstance(libs, dict) and libs:
         print("libraries:")
@@ -91,7 +93,8 @@ def _cmd_demo(args) -> int:
     t0 = time.perf_counter()
     inputs = make_inputs(spec)
     t1 = time.perf_counter()
-    inputs = with_forward(inputs)
+    inputs = with_forward(inputs, backend=backend)
+    ran_fwd = last_backend()
     t2 = time.perf_counter()
     grads = flash_attention_unpadding_score_grad_v3(**inputs, backend=backend)
     t3 = time.perf_counter()
@@ -101,15 +104,17 @@ def _cmd_demo(args) -> int:
           f"{spec.sparse_mode}, all-zero {spec.t1}x{spec.t1} mask, scale {spec.scale_value}, "
           f"pre=next={spec.pre_tokens}, actual_seq_qlen=actual_seq_kvlen={inputs['actual_seq_qlen']}, "
           f"seed {spec.seed}")
-    print(f"backend: {ran}  (requested {args.backend}; forward: numpy)")
+    from .envinfo import backend_label
+    print(f"backend: {backend_label(ran)}  (requested {args.backend}; forward: "
+          f"{backend_label(ran_fwd)})")
     rows = [("attention_in", inputs["attention_in"]), ("softmax_max", inputs["softmax_max"]),
             ("softmax_sum", inputs["softmax_sum"])] + list(grads._asdict().items())
     print(f"  {'tensor':<13s} {'shape':<16s} {'dtype':<9s} {'sum':>16s} {'sum |x|':>16s}")
     for name, arr in rows:
         s, a = _checksums(arr)
         print(f"  {name:<13s} {str(list(arr.shape)):<16s} {str(arr.dtype):<9s} {s:>16.6f} {a:>16.6f}")
-    print(f"time: inputs {t1 - t0:.4f} s, forward {t2 - t1:.4f} s, backward {t3 - t2:.4f} s "
-          f"({ran}), total {t3 - t0:.4f} s")
+    print(f"time: inputs {t1 - t0:.4f} s, forward {t2 - t1:.4f} s ({ran_fwd}), backward "
+          f"{t3 - t2:.4f} s ({ran}), total {t3 - t0:.4f} s")
     return 0
 
 

@@ -13,7 +13,20 @@ import sys
 import ml_dtypes
 import numpy as np
 
-__all__ = ["npu_status", "auto_backend", "environment", "device_id_from_env"]
+__all__ = ["npu_status", "auto_backend", "environment", "device_id_from_env", "backend_label"]
+
+
+def backend_label(name, npu: dict = None) -> str:
+    """``name`` ("numpy"/"npu"), with " [STAND-IN stub libraries ...]" when the "npu" backend
+    is the stand-in libraries of native_stubs/ (so a stub run is never taken for a device run)."""
+    if name != "npu":
+        return str(name)
+    npu = npu if npu is not None else npu_status()
+    if npu.get("stand_in"):
+        soc = npu.get("soc_name")
+        return f"npu [{npu.get('stand_in_note') or 'STAND-IN stub libraries'}" + (
+            f"; SoC {soc}]" if soc else "]")
+    return "npu"
 
 
 def device_id_from_env():
@@ -85,6 +98,8 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "library_paths": _library_paths(npu),
         "device_count": npu.get("device_count"),
         "soc_name": npu.get("soc_name"),
+        # True: the "npu" backend is this project's stand-in libraries, not a device
+        "stand_in": bool(npu.get("stand_in", False)),
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_")) or k in ("OMP_NUM_THREADS",)},

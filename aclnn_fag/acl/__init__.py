@@ -43,6 +43,7 @@ __all__ = [
     "DeviceArray", "DeviceBuffer", "upload_arrays", "FagPlan", "FagExecutor", "AclTensor",
     "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
+    "stand_in", "STAND_IN_LABEL",
 ]
 
 
@@ -61,6 +62,10 @@ class Availability:
     device_count: int = 0
     libraries: Dict[str, str] = field(default_factory=dict)
     tried: List[object] = field(default_factory=list)
+    # True when CANN libraries were found (they loaded, or loaded without the op) but the NPU
+    # cannot be used as configured; False when simply no CANN is installed (or ok is True)
+    installed: bool = False
+    device_id: Optional[int] = None   # the device the backend would use, when known
 
     def __bool__(self) -> bool:
         return self.ok
@@ -100,26 +105,38 @@ def _probe() -> Availability:
         b = loader.bindings()
     except LibraryNotFoundError as exc:
         tried = list(getattr(exc, "tried", None) or [])
-        return Availability(False, str(exc), 0, _library_summary(tried), tried)
+        # "symbols": the libraries loaded but lack the op (too old a CANN): installed
+        installed = getattr(exc, "role", None) == "symbols" or any(
+            getattr(a, "outcome", None) == "loaded" for a in tried)
+        return Availability(False, str(exc), 0, _library_summary(tried), tried,
+                            installed=installed)
     libs = b.libraries
     summary = dict(libs.paths)
     tried = list(libs.tried)
     try:
-        count = runtime.device_count()
-    except AclnnError as exc:
-        return Availability(False, f"ACL could not report the devices: {exc}", 0, summary, tried)
-    if count <= 0:
-        return Availability(False, "the CANN libraries load but aclrtGetDeviceCount reports no "
-                            "device", 0, summary, tried)
-    try:
         dev = runtime.resolve_device(None)
     except (TypeError, ValueError) as exc:
-        return Availability(False, str(exc), count, summary, tried)
+        dev = None
+        bad_device = str(exc)
+    else:
+        bad_device = None
+    try:
+        count = runtime.device_count()
+    except AclnnError as exc:
+        return Availability(False, f"ACL could not report the devices: {exc}", 0, summary, tried,
+                            installed=True, device_id=dev)
+    if count <= 0:
+        return Availability(False, "the CANN libraries load but aclrtGetDeviceCount reports no "
+                            "device", 0, summary, tried, installed=True, device_id=dev)
+    if bad_device is not None:
+        return Availability(False, bad_device, count, summary, tried, installed=True)
     if dev >= count:
         return Availability(False, f"{runtime.ENV_DEVICE}={dev} but aclrtGetDeviceCount reports "
-                            f"{count} device(s)", count, summary, tried)
+                            f"{count} device(s)", count, summary, tried, installed=True,
+                            device_id=dev)
     return Availability(True, f"{count} device(s); libraries: "
-                        + ", ".join(f"{r}={p}" for r, p in summary.items()), count, summary, tried)
+                        + ", ".join(f"{r}={p}" for r, p in summary.items()), count, summary, tried,
+                        device_id=dev)
 
 
 def availability(refresh: bool = False) -> Availability:
@@ -129,7 +146,7 @@ def availability(refresh: bool = False) -> Availability:
     global _avail
     forked = runtime.forked_child_reason()
     if forked is not None:
-        return Availability(False, forked)
+        return Availability(False, forked, installed=True)
     with _avail_lock:
         if refresh:
             loader.reset()
@@ -145,6 +162,29 @@ def reset() -> None:
     with _avail_lock:
         loader.reset()
         _avail = None
+
+
+STAND_IN_SYMBOL = "aclStubGetCounters"   # exported only by the stand-in libraries (native_stubs/)
+STAND_IN_LABEL = "STAND-IN stub libraries (native_stubs/), not an NPU"
+
+
+def stand_in() -> bool:
+    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/):
+    they export a stub-only symbol, and their SoC name ends in "_stub". Reports label runs on
+    them so nobody mistakes a stub report for a device report. False when nothing loads."""
+    try:
+        b = loader.bindings()
+    except LibraryNotFoundError:
+        return False
+    for lib in b.libraries.handles.values():
+        if lib is None:
+            continue
+        try:
+            lib[STAND_IN_SYMBOL]
+        except AttributeError:
+            continue
+        return True
+    return False
 
 
 def info() -> dict:
@@ -172,6 +212,9 @@ def info() -> dict:
     except LibraryNotFoundError:
         return report
     report["symbols_found_in"] = dict(b.found_in)
+    report["stand_in"] = stand_in()
+    if report["stand_in"]:
+        report["stand_in_note"] = STAND_IN_LABEL
     report["features"] = {
         "determinism_setter": b.has("aclrtCtxSetSysParamOpt"),
         "determinism_getter": b.has("aclrtCtxGetSysParamOpt"),
