@@ -6,6 +6,9 @@ import os
 import threading
 import warnings
 
+import ml_dtypes
+import numpy as np
+
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -15,6 +18,7 @@ __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
 
 BACKENDS = ("auto", "numpy", "npu")
+BF16 = np.dtype(ml_dtypes.bfloat16)
 _last = threading.local()
 
 
@@ -135,19 +139,64 @@ def flash_attention_unpadding_score_grad_v3(
 
 
 def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_mask,
-                            actual_seq_qlen, actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX,
-                            next_tokens=INT32_MAX, head_num=None, sparse_mode=0, inner_precise=0,
-                            precision="device") -> FagForward:
-    """The forward the backward differentiates (NumPy): FagForward(attention_out, softmax_max,
-    softmax_sum), the statistics in the device layout ([T1, N1, 8], per batch [N1, Sq_b, 8]
-    blocks, 8 equal copies). "device" precision returns bf16 output and float32 statistics;
-    "fp32"/"fp64" return everything in that dtype (cast the statistics to float32 before
-    passing them to the backward)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
+                            actual_seq_qlen, actual_seq_kvlen, scale_value, keep_prob=1.0,
+                            pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None,
+                            input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1,
+                            pse_shift=None, drop_mask=None, padding_mask=None, prefix=None,
+                            q_start_idx=None, kv_start_idx=None, backend="auto",
+                            precision="device", deterministic=False) -> FagForward:
+    """aclnnFlashAttentionVarLenScoreV3: the forward the backward differentiates.
+
+    Arguments mirror the C op (29 parameters; the tensors as in the backward). Returns
+    FagForward(attention_out, softmax_max, softmax_sum): bf16 [T1, N1, Dv] and float32
+    [T1, N1, 8] statistics in the device layout (per batch [N1, Sq_b, 8] blocks, 8 equal
+    copies) -- exactly what the backward reads. On the NPU they are what the device wrote.
+
+    ``backend``: "auto", "numpy" or "npu", chosen like the backward's (resolve_backend);
+    "npu" needs a CANN that exports the forward op, "auto" then runs NumPy. ``precision``
+    "fp32"/"fp64" (NumPy only) return everything in that dtype (cast the statistics to
+    float32 before passing them to the backward). ``deterministic`` sets
+    ACL_OPT_DETERMINISTIC for the call on the NPU. Invalid arguments raise the forward's
+    status codes in its order (docs/forward.md, "Validation").
+    """
+    name = resolve_backend(backend, precision)
     call = validate_forward(query, query_rope, key, key_rope, value, atten_mask=atten_mask,
                             actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-                            scale_value=scale_value, pre_tokens=pre_tokens,
-                            next_tokens=next_tokens, head_num=head_num, sparse_mode=sparse_mode,
-                            inner_precise=inner_precise)
-    return attention_forward(call, precision)
+                            scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                            next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
+                            inner_precise=inner_precise, sparse_mode=sparse_mode,
+                            pse_type=pse_type, pse_shift=pse_shift, drop_mask=drop_mask,
+                            padding_mask=padding_mask, prefix=prefix, q_start_idx=q_start_idx,
+                            kv_start_idx=kv_start_idx, deterministic=deterministic)
+    if name == "npu" and backend != "npu":
+        from . import acl
+        if not acl.forward_available():
+            # "auto" on a CANN without the forward op: the NumPy forward, said once
+            _warn_fallback(_NoForward())
+            name = "numpy"
+    _last.name = name
+    if call.empty_result:
+        return _empty_forward(call, precision)
+    if name == "numpy":
+        return attention_forward(call, precision)
+    from . import acl
+    return acl.run_forward(call)
+
+
+class _NoForward:
+    installed = True
+    device_id = None
+    reason = ("the loaded CANN libraries do not export aclnnFlashAttentionVarLenScoreV3 (the "
+              "device forward); the backward still runs on the NPU")
+
+
+def _empty_forward(call, precision) -> FagForward:
+    """F2: every output empty (T1 * N1 == 0): nothing is computed."""
+    t1, n1 = call.query.shape[0], call.query.shape[1]
+    dv = call.value.shape[-1] if call.value.ndim else 0
+    if precision == "device":
+        out_dtype, stat_dtype = BF16, np.float32
+    else:
+        out_dtype = stat_dtype = np.float32 if precision == "fp32" else np.float64
+    return FagForward(np.zeros((t1, n1, dv), out_dtype), np.zeros((t1, n1, 8), stat_dtype),
+                      np.zeros((t1, n1, 8), stat_dtype))

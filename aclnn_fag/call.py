@@ -61,6 +61,12 @@ class FwdCall:
     next_eff: int
     band_index: int            # bandIdx for modes 7/8 (else -1)
     empty_result: bool = False  # the op succeeds with zero outputs without computing
+    keep_prob: float = 1.0
+    input_layout: str = "TND"
+    pse_type: int = 1
+    q_start_idx: Optional[tuple] = None   # never None after validation: (0,) by default
+    kv_start_idx: Optional[tuple] = None
+    deterministic: bool = False
 
     @property
     def scale32(self) -> np.float32:
@@ -81,9 +87,3 @@ class FagCall(FwdCall):
     softmax_max: Optional[np.ndarray] = None   # [T1, N1, 8] float32, device layout
     softmax_sum: Optional[np.ndarray] = None
     attention_in: Optional[np.ndarray] = None  # [T1, N1, Dv] bf16 (forward output)
-    keep_prob: float = 1.0
-    input_layout: str = "TND"
-    pse_type: int = 1
-    q_start_idx: Optional[tuple] = None
-    kv_start_idx: Optional[tuple] = None
-    deterministic: bool = False

@@ -830,52 +830,224 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                    band_index=band_idx, **common)
 
 
+def _forward_needs_padding(query, value, qlen, kvlen) -> bool:
+    """Forward rule F5's pad decision (AnalysisInput + IsNeedPad of the forward's op API, TND):
+    True when D/Dv would be padded, which the forward rejects with rope inputs (F6)."""
+    d, dv = query.shape[2], value.shape[2]
+    align = 16 if (d < 196 or d == 448) else 128
+    need = d % align != 0 or dv % align != 0
+    # "hardware affinity" padding of the source: its HEAD_DIM_128 constant is 88
+    if d != dv and d in (88, 64, 80):
+        need = True
+    if d < 96 and qlen is not None and kvlen is not None and len(qlen) == len(kvlen) and qlen:
+        kv_max, q_sum = _kv_max_segment(kvlen), _last_positive_end(qlen)
+        if kv_max != 0 and q_sum != 0 and kv_max <= 1024 and q_sum < 160 * 1024:
+            need = False
+    return need
+
+
+def _clamped_total(ends) -> int:
+    """The forward tiling's sum of sequence lengths: ends[0] + sum of max(0, consecutive
+    differences)."""
+    total = ends[0]
+    for i in range(1, len(ends)):
+        total += max(0, ends[i] - ends[i - 1])
+    return total
+
+
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
-                     actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
-                     head_num=None, sparse_mode=0, inner_precise=0) -> FwdCall:
-    """The backward's rules that apply to the forward's inputs, in the same order and codes."""
-    for name, value_ in dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope,
-                             value=value, atten_mask=atten_mask).items():
+                     actual_seq_kvlen, scale_value, keep_prob=1.0, pre_tokens=INT32_MAX,
+                     next_tokens=INT32_MAX, head_num=None, input_layout="TND", inner_precise=0,
+                     sparse_mode=0, pse_type=1, pse_shift=None, drop_mask=None,
+                     padding_mask=None, prefix=None, q_start_idx=None, kv_start_idx=None,
+                     deterministic=False) -> FwdCall:
+    """The forward aclnnFlashAttentionVarLenScoreV3's checks in its order and with its codes
+    (docs/forward.md, "Validation", rules F1-F14), then the package's own stricter checks
+    (SF1, S3-S7); returns the FwdCall. Start indices left None become (0,) (start_indices).
+
+    F1  query, key, value, input_layout None                                     161001
+    F2  T1 * N1 == 0: every output empty -> success, nothing computed             0
+    F3  input_layout != "TND"                                                    161002
+    F4  query/key/value dtypes differ; pse_type 2/3 without pse_shift;
+        pse_shift dtype != query dtype                                           161002
+    F5  head_num <= 0; query rank != 3 (key/value rank < 3: stricter);
+        D(query) != D(key); D < Dv; D > 768                                      161002
+    F6  rope rules (the op API wraps them in CHECK_RET -> 161001): exactly one
+        rope None (both None: stricter); rope rank < 3 (stricter); Dr > D;
+        not all five BF16; sparse_mode 6; mask None/0-dim; pse_shift given;
+        drop_mask given; keep_prob < 1; D/Dv would be padded                     161001
+    F7  tiling: float32(keep_prob) <= 0 or > 1; pse_type not in [0, 4)          161001
+    F8  key rank != 3                                                            161001
+    F9  actual_seq_qlen/kvlen None, empty or of different lengths                161001
+    F10 T1 / T2 below the sum of the (negative-clamped) sequence lengths         161001
+    F11 head_num != N1; N2 == 0; N1 < N2; D == 0; N1 % N2 != 0                   161001
+    F12 pse_type != 1 (no pse_shift); attention mask dtype/rank/shape (the
+        backward's rule 27)                                                      161001
+    F13 sparse_mode outside 0..8                                                 161001
+    F14 tokens (the backward's rule 28)                                          161001
+    SF1 value not [T2, N2, Dv] (the kernel would read out of bounds)             161001
+    S3-S7 as the backward (limits, cumulative ends, rope shapes, canonical
+        compressed mask, int32 block-skip bound)                                 161002
+    """
+    arrays = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                  atten_mask=atten_mask, pse_shift=pse_shift, drop_mask=drop_mask,
+                  padding_mask=padding_mask)
+    for name, value_ in arrays.items():
         _check_array(name, value_)
     scale_value = _check_float("scale_value", scale_value)
+    keep_prob = _check_float("keep_prob", keep_prob)
     pre_tokens = _check_int("pre_tokens", pre_tokens)
     next_tokens = _check_int("next_tokens", next_tokens)
     head_num = _check_int("head_num", head_num, allow_none=True)
     sparse_mode = _check_int("sparse_mode", sparse_mode)
     inner_precise = _check_int("inner_precise", inner_precise)
+    pse_type = _check_int("pse_type", pse_type)
     qlen = _check_int_list("actual_seq_qlen", actual_seq_qlen)
     kvlen = _check_int_list("actual_seq_kvlen", actual_seq_kvlen)
-    for name, t in (("query", query), ("key", key), ("value", value)):
-        if t is None:
-            raise _nullptr(name, f"{name} is required")
+    q_start_idx, kv_start_idx = start_indices(q_start_idx, kv_start_idx)
+    _check_int_list("prefix", prefix)
+    input_layout = _check_layout(input_layout)
+
+    for name in ("query", "key", "value"):                                       # F1
+        if arrays[name] is None:
+            raise _nullptr(name, f"{name} is required (forward rule F1)")
+    if input_layout is None:
+        raise _nullptr("input_layout", "input_layout is None; it must be 'TND' (forward rule F1)")
     head_num = _resolve_head_num(head_num, query)
-    _check_common_head(query, query_rope, key, key_rope, value, (), head_num)
+    common = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                  atten_mask=atten_mask, actual_seq_qlen=qlen or (), actual_seq_kvlen=kvlen or (),
+                  scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
+                  sparse_mode=sparse_mode, inner_precise=inner_precise, keep_prob=keep_prob,
+                  input_layout=input_layout, pse_type=pse_type, q_start_idx=q_start_idx,
+                  kv_start_idx=kv_start_idx, deterministic=bool(deterministic))
+    if query.ndim >= 2 and query.shape[0] * query.shape[1] == 0:                  # F2
+        fields = dict(common)
+        for name, like in (("query_rope", query), ("key_rope", key)):
+            if fields[name] is None:
+                fields[name] = np.zeros(like.shape[:-1] + (0,), BF16)
+        return FwdCall(head_num=head_num if head_num is not None else 0, seqs=seq_info((), ()),
+                       pre_eff=0, next_eff=0, band_index=-1, empty_result=True, **fields)
+    if input_layout != "TND":                                                    # F3
+        raise _invalid("input_layout", f"input_layout must be exactly 'TND', got {input_layout!r} "
+                       "(forward rule F3)")
+    for name in ("key", "value"):                                                # F4
+        if not _same_dtype(arrays[name], query):
+            raise _invalid(name, f"{name} dtype {arrays[name].dtype} must equal the query dtype "
+                           f"{query.dtype} (forward rule F4)")
+    if pse_type in (2, 3) and pse_shift is None:
+        raise _invalid("pse_shift", f"pse_type {pse_type} needs pse_shift (forward rule F4)")
+    if pse_shift is not None and pse_type not in (2, 3) and not _same_dtype(pse_shift, query):
+        raise _invalid("pse_shift", f"pse_shift dtype {pse_shift.dtype} must equal the query "
+                       f"dtype {query.dtype} (forward rule F4)")
+    if head_num is not None and head_num <= 0:                                   # F5
+        raise _invalid("head_num", f"head_num must be > 0, got {head_num} (forward rule F5)")
+    if query.ndim != 3:
+        raise _invalid("query", f"query must be 3-D [T1, N1, D] for TND, got shape {query.shape} "
+                       "(forward rule F5)")
+    for name in ("key", "value"):
+        if arrays[name].ndim < 3:
+            raise _invalid(name, f"{name} needs 3 dims, got shape {arrays[name].shape} (the "
+                           "device reads dims 1 and 2 of it; forward rule F5)", stricter=True)
+    d, dk, dv = query.shape[2], key.shape[2], value.shape[2]
+    if d != dk:
+        raise _invalid("key", f"head dim D of key ({dk}) must equal that of query ({d}) "
+                       "(forward rule F5)")
+    if d < dv:
+        raise _invalid("value", f"value head dim Dv={dv} must be <= query head dim D={d} "
+                       "(forward rule F5)")
+    if d > LIMITS["max_head_dim"]:
+        raise _invalid("query", f"head dim D={d} must be <= {LIMITS['max_head_dim']} "
+                       "(forward rule F5)")
+    need_pad = key.shape[1] != 0 and d != 0 and _forward_needs_padding(query, value, qlen, kvlen)
+    # F6: the rope rules (isSupportMultiInput, wrapped in CHECK_RET -> 161001)
+    if (query_rope is None) != (key_rope is None):
+        missing = "query_rope" if query_rope is None else "key_rope"
+        raise _nullptr(missing, f"{missing} is None while the other rope input is given "
+                       "(forward rule F6)")
+    if query_rope is None:
+        raise _nullptr("query_rope", "query_rope and key_rope are both None: V3 needs the rope "
+                       "inputs (the device dereferences them and crashes; forward rule F6)",
+                       stricter=True)
+    for name in ("query_rope", "key_rope"):
+        if arrays[name].ndim < 3:
+            raise _nullptr(name, f"{name} needs 3 dims, got shape {arrays[name].shape} (the "
+                           "device reads dim 2 of it; forward rule F6)", stricter=True)
+    for name in ("query_rope", "key_rope"):
+        if arrays[name].shape[2] > d:
+            raise _nullptr(name, f"rope head dim Dr={arrays[name].shape[2]} of {name} must be <= "
+                           f"D={d} (forward rule F6)")
+    for name in ("query", "query_rope", "key", "key_rope", "value"):
+        t = arrays[name]
+        if not _dtype_is(t, BF16):
+            hint = f"; convert with {name}.astype(ml_dtypes.bfloat16)" if t.dtype.kind == "f" else ""
+            raise _nullptr(name, f"{name} must be bfloat16 (ml_dtypes.bfloat16), got {t.dtype}; the "
+                           f"V3 forward with rope inputs accepts only BF16{hint} (forward rule F6)")
     if sparse_mode == 6:
-        raise _invalid("sparse_mode", "sparse_mode 6 (prefix compression) is not supported with rope inputs")
-    _check_mask_present(atten_mask)
-    if head_num != query.shape[1]:
-        raise _nullptr("head_num", f"head_num={head_num} must equal query.shape[1]={query.shape[1]}")
-    if min(query.shape[0], query.shape[1], query.shape[2]) == 0:
-        raise _nullptr("query", f"T1, N1 and D must be > 0, got shape {query.shape}")
-    _check_seq_arrays(qlen, kvlen)
-    _check_heads(query, key)
-    if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1]:
-        raise _nullptr("value", f"value shape {value.shape} must equal key's {key.shape} except the last dim")
-    _check_sparse_range(sparse_mode)
+        raise _nullptr("sparse_mode", "sparse_mode 6 (prefix compression) is not supported with "
+                       "rope inputs (forward rule F6)")
+    if atten_mask is None or atten_mask.ndim == 0:
+        raise _nullptr("atten_mask", "atten_mask is required and must not be a scalar (forward "
+                       "rule F6); pass aclnn_fag.masks.compressed_causal_mask() for sparse modes "
+                       "2/3/4/7/8 or an all-zero [maxSq, maxSkv] mask for no masking")
+    if pse_shift is not None:
+        raise _nullptr("pse_shift", "pse_shift must be None with rope inputs (forward rule F6)")
+    if drop_mask is not None:
+        raise _nullptr("drop_mask", "drop_mask must be None with rope inputs (forward rule F6)")
+    if keep_prob < 1.0:
+        raise _nullptr("keep_prob", f"keep_prob must be 1.0 with rope inputs, got {keep_prob} "
+                       "(forward rule F6)")
+    if need_pad:
+        raise _nullptr("query", f"head dims D={d}, Dv={dv} would be padded, which the forward "
+                       "rejects with rope inputs: D and Dv must be multiples of 16 (D < 196) or "
+                       "128, D == Dv when D is 64 or 80 (or 88), unless D < 96 with every KV "
+                       "length <= 1024 and the last query end < 163840 (forward rule F6)")
+    # ---- tiling (161001)
+    if np.float32(keep_prob) <= 0.0 or np.float32(keep_prob) > 1.0:              # F7
+        raise _nullptr("keep_prob", f"keep_prob must be in (0, 1], got {keep_prob} (forward rule F7)")
+    if not 0 <= pse_type < 4:
+        raise _nullptr("pse_type", f"pse_type must be in [0, 4), got {pse_type} (forward rule F7)")
+    if key.ndim != 3:                                                            # F8
+        raise _nullptr("key", f"key must be 3-D [T2, N2, D] for TND, got shape {key.shape} "
+                       "(forward rule F8)")
+    _check_seq_arrays(qlen, kvlen)                                               # F9
+    t1, n1, t2 = query.shape[0], query.shape[1], key.shape[0]
+    for name, ends, total, tname in (("actual_seq_qlen", qlen, t1, "T1"),        # F10
+                                     ("actual_seq_kvlen", kvlen, t2, "T2")):
+        need = _clamped_total(ends)
+        if total < need:
+            raise _nullptr(name, f"{tname} = {total} is below the sum of the sequence lengths "
+                           f"of {name} ({need}){_per_seq_hint(ends, None, total, None)} "
+                           "(forward rule F10)")
+    if head_num != n1:                                                           # F11
+        raise _nullptr("head_num", f"head_num={head_num} must equal query.shape[1]={n1} "
+                       "(forward rule F11)")
+    n2 = key.shape[1]
+    if n2 == 0 or n1 // n2 == 0:
+        raise _nullptr("key", f"key heads N2={n2} must be >= 1 and <= query heads N1={n1} "
+                       "(forward rule F11)")
+    if d == 0:
+        raise _nullptr("query", f"head dim D must be > 0, got shape {query.shape} (forward rule F11)")
+    if n1 % n2:
+        raise _nullptr("key", f"query heads N1={n1} must be a multiple of key heads N2={n2} "
+                       "(forward rule F11)")
+    if pse_type != 1:                                                            # F12
+        raise _nullptr("pse_type", f"pse_type must be 1 when pse_shift is None, got {pse_type} "
+                       "(forward rule F12)")
     seqs = seq_info(qlen, kvlen)
-    _check_mask_shape(atten_mask, sparse_mode, seqs, query.shape[1], qlen, kvlen, query.shape[0],
-                      key.shape[0])
+    _check_mask_shape(atten_mask, sparse_mode, seqs, n1, qlen, kvlen, t1, t2)
+    _check_sparse_range(sparse_mode)                                             # F13
     pre_eff, next_eff = normalize_tokens(sparse_mode, pre_tokens, next_tokens)
     band_idx = band_index(sparse_mode, seqs)
-    _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)
-    if key.ndim != 3:
-        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", stricter=True)
-    _check_limits(query, key, qlen)
-    _check_sequences_strict(qlen, kvlen, query.shape[0], key.shape[0])
-    _check_rope_shapes(query, query_rope, key, key_rope)
-    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)
-    return FwdCall(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
-                   atten_mask=atten_mask, actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,
-                   scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
-                   head_num=head_num, sparse_mode=sparse_mode, inner_precise=inner_precise,
-                   seqs=seqs, pre_eff=pre_eff, next_eff=next_eff, band_index=band_idx)
+    _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)                # F14
+    # ---- our own checks (the stub's forward makes the same, same order)
+    if value.ndim != 3 or tuple(value.shape[:2]) != (t2, n2):                    # SF1
+        raise _nullptr("value", f"value shape {value.shape} must be [T2, N2, Dv] = "
+                       f"[{t2}, {n2}, {dv}] (T2, N2 of key; the kernel would read out of bounds)",
+                       stricter=True)
+    _check_limits(query, key, qlen)                                              # S3
+    _check_sequences_strict(qlen, kvlen, t1, t2)                                 # S4
+    _check_rope_shapes(query, query_rope, key, key_rope)                         # S5
+    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)        # S6, S7
+    _warn_ignored(padding_mask=padding_mask, prefix=prefix)
+    return FwdCall(head_num=head_num, seqs=seqs, pre_eff=pre_eff, next_eff=next_eff,
+                   band_index=band_idx, **common)

@@ -38,6 +38,7 @@ SRC = HERE / "src"
 DEFAULT_OUT = HERE / "build"
 
 LIBS = ("libascendcl.so", "libnnopbase.so", "libopapi.so")
+OPAPI_SOURCES = ("opapi_stub.c", "opapi_fwd_stub.c", "fwd_kernel.c")
 
 CFLAGS = [
     "-std=c11",
@@ -113,7 +114,10 @@ def _compile_all(tmp: pathlib.Path) -> None:
          + link_common + ["-Wl,-soname,libascendcl.so", "-lpthread", "-lm"])
     _run(cc + CFLAGS + inc + [str(SRC / "nnopbase_stub.c"), "-o", str(tmp / "libnnopbase.so")]
          + link_common + ["-Wl,-soname,libnnopbase.so", "-lascendcl", "-lpthread"])
-    _run(cc + CFLAGS + inc + [str(SRC / "opapi_stub.c"), "-o", str(tmp / "libopapi.so")]
+    # libopapi.so: the backward (opapi_stub.c) and the forward (opapi_fwd_stub.c, its kernel
+    # fwd_kernel.c)
+    _run(cc + CFLAGS + inc + [str(SRC / name) for name in OPAPI_SOURCES]
+         + ["-o", str(tmp / "libopapi.so")]
          + link_common + ["-Wl,-soname,libopapi.so", "-lnnopbase", "-lascendcl", "-lpthread", "-lm"])
 
 

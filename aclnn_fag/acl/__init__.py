@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 from ..errors import AclnnError, LibraryNotFoundError
 from . import loader, prototypes, runtime
 from .device import DeviceArray, upload_arrays
-from .op import AUTO, call_raw, run_backward
+from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
 from .plan import FagExecutor, FagPlan
 from .runtime import (DeviceBuffer, ForkedProcessError, determinism, get_determinism,
                       release_thread_resources, reset_stats, shutdown, stats)
@@ -40,6 +40,7 @@ from .tensors import AclIntArray, AclTensor
 
 __all__ = [
     "Availability", "availability", "info", "run_backward", "call_raw", "AUTO",
+    "run_forward", "call_raw_forward", "forward_available",
     "DeviceArray", "DeviceBuffer", "upload_arrays", "FagPlan", "FagExecutor", "AclTensor",
     "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
@@ -222,6 +223,8 @@ def info() -> dict:
         "tensor_addr_setters": b.has("aclSetInputTensorAddr") and b.has("aclSetOutputTensorAddr"),
         "recent_error_message": b.has("aclGetRecentErrMsg"),
         "soc_name": b.has("aclrtGetSocName"),
+        "forward_op": b.has("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize")
+        and b.has("aclnnFlashAttentionVarLenScoreV3"),
     }
     try:
         report["soc_name"] = runtime.soc_name()

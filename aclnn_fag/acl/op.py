@@ -20,19 +20,21 @@ import contextlib
 import numbers
 import time
 from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
-from typing import Dict, Mapping, Optional
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
 
-from ..call import INT32_MAX, FagCall, FagGrads
+from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
 from . import runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
-from .prototypes import PHASE1, PHASE2
+from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
 from .tensors import AclIntArray, AclTensor, int64_values
 
-__all__ = ["run_backward", "call_raw", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
+__all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
+           "FWD_INPUT_SLOTS", "FWD_OUTPUT_SLOTS", "OpSpec", "BACKWARD", "FORWARD", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
            "OUTPUT_LIKE", "AUTO", "TIMING_KEYS"]
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -46,6 +48,28 @@ OUTPUT_SLOTS = ("dq", "dq_rope", "dk", "dk_rope", "dv", "dpse")
 OUTPUT_LIKE = {"dq": "query", "dq_rope": "query_rope", "dk": "key", "dk_rope": "key_rope",
                "dv": "value"}
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One two-phase op's parameter order: tensor inputs, int arrays, then the nine attributes
+    (the same for both ops), tensor outputs, workspaceSize, executor."""
+
+    phase1: str
+    phase2: str
+    inputs: Tuple[str, ...]
+    int_arrays: Tuple[str, ...]
+    outputs: Tuple[str, ...]
+
+
+BACKWARD = OpSpec(PHASE1, PHASE2, INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_SLOTS)
+
+# the forward aclnnFlashAttentionVarLenScoreV3 (29 parameters: these, the same five int
+# arrays and nine attributes, the four outputs, workspaceSize, executor)
+FWD_INPUT_SLOTS = ("query", "query_rope", "key", "key_rope", "value", "pse_shift", "drop_mask",
+                   "padding_mask", "atten_mask")
+FWD_OUTPUT_SLOTS = ("softmax_max", "softmax_sum", "softmax_out", "attention_out")
+FORWARD = OpSpec(FWD_PHASE1, FWD_PHASE2, FWD_INPUT_SLOTS, INT_ARRAY_SLOTS, FWD_OUTPUT_SLOTS)
 
 
 class _Auto:
@@ -145,7 +169,8 @@ def _double_attr(name: str, value) -> float:
 def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
              attrs: Mapping[str, object], outputs: Mapping[str, object], *,
              deterministic: Optional[bool], device_id: Optional[int], timings: Optional[dict],
-             workspace_size_out: bool = True, executor_out: bool = True) -> Dict[str, object]:
+             workspace_size_out: bool = True, executor_out: bool = True,
+             op: OpSpec = BACKWARD) -> Dict[str, object]:
     """Run one call. ``inputs``: slot -> numpy array / DeviceArray / None; ``int_arrays``:
     slot -> sequence / None; ``outputs``: slot -> None or (shape, dtype, initial host array
     or None). Returns slot -> host array (None for NULL outputs)."""
@@ -156,7 +181,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     layout_arg = _layout_arg(attrs["input_layout"])
     attr_args += [layout_arg]
     attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("inner_precise", "sparse_mode", "pse_type")]
-    for name in INT_ARRAY_SLOTS:
+    for name in op.int_arrays:
         if int_arrays.get(name) is not None:
             int_arrays = dict(int_arrays)
             int_arrays[name] = int64_values(name, int_arrays[name])
@@ -169,7 +194,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
 
         # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
         dev_inputs: Dict[str, Optional[DeviceArray]] = {}
-        host_names = [n for n in INPUT_SLOTS
+        host_names = [n for n in op.inputs
                       if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
         uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
         seen = set()
@@ -178,13 +203,13 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 seen.add(id(da.buffer))
                 _release_on_exit(stack, da.buffer)
             dev_inputs[name] = da
-        for name in INPUT_SLOTS:
+        for name in op.inputs:
             if isinstance(inputs.get(name), DeviceArray):
                 dev_inputs[name] = inputs[name]
 
         # ---- outputs
         dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-        for name in OUTPUT_SLOTS:
+        for name in op.outputs:
             spec = outputs.get(name)
             if spec is None:
                 dev_outputs[name] = None
@@ -202,7 +227,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         handles = stack.enter_context(contextlib.ExitStack())
         with timer("marshal"):
             t_args = {}
-            for name in INPUT_SLOTS:
+            for name in op.inputs:
                 da = dev_inputs.get(name)
                 if da is None:
                     t_args[name] = None
@@ -211,7 +236,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 _release_on_exit(handles, t)
                 t_args[name] = t.handle
             ia_args = {}
-            for name in INT_ARRAY_SLOTS:
+            for name in op.int_arrays:
                 vals = int_arrays.get(name)
                 if vals is None:
                     ia_args[name] = None
@@ -220,7 +245,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 _release_on_exit(handles, ia)
                 ia_args[name] = ia.handle
             o_args = {}
-            for name in OUTPUT_SLOTS:
+            for name in op.outputs:
                 da = dev_outputs[name]
                 if da is None:
                     o_args[name] = None
@@ -232,17 +257,17 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # ---- phase 1
         ws_size = c_uint64(0)
         executor = c_void_p(None)
-        args = ([t_args[n] for n in INPUT_SLOTS] + [ia_args[n] for n in INT_ARRAY_SLOTS]
+        args = ([t_args[n] for n in op.inputs] + [ia_args[n] for n in op.int_arrays]
                 + attr_args
-                + [o_args[n] for n in OUTPUT_SLOTS]
+                + [o_args[n] for n in op.outputs]
                 + [byref(ws_size) if workspace_size_out else None,
                    byref(executor) if executor_out else None])
-        phase1 = getattr(b, PHASE1)
+        phase1 = getattr(b, op.phase1)
         with timer("phase1"):
             rc = phase1(*args)
         runtime._count("phase1")
         if rc:
-            raise status_error(b, rc, PHASE1)
+            raise status_error(b, rc, op.phase1)
         guard = None
         if executor.value:
             guard = _Executor(b, executor.value)
@@ -257,14 +282,14 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
 
         # ---- phase 2 (+ sync)
         if guard is not None:
-            phase2 = getattr(b, PHASE2)
+            phase2 = getattr(b, op.phase2)
             t0 = time.perf_counter()
             rc = phase2(workspace.ptr if workspace is not None else None, ws_size.value,
                         guard.handle, stream)
             guard.disown()                  # phase 2 ran: the executor is the library's now
             runtime._count("phase2")
             if rc:
-                raise status_error(b, rc, PHASE2)
+                raise status_error(b, rc, op.phase2)
             t1 = time.perf_counter()
             with timer("marshal"):
                 handles.close()
@@ -280,7 +305,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # ---- results
         result: Dict[str, object] = {}
         with timer("copy_out"):
-            for name in OUTPUT_SLOTS:
+            for name in op.outputs:
                 da = dev_outputs[name]
                 result[name] = None if da is None else da.numpy()
     return result
@@ -365,3 +390,94 @@ def call_raw(*, query=None, query_rope=None, key=None, key_rope=None, value=None
                    device_id=device_id, timings=timings, workspace_size_out=workspace_size_out,
                    executor_out=executor_out)
     return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])
+
+
+# --------------------------------------------------------------------------- the forward
+def forward_available() -> bool:
+    """Whether the loaded libraries export the forward op (both phases)."""
+    b = runtime.api()
+    return b.has(FWD_PHASE1) and b.has(FWD_PHASE2)
+
+
+def _require_forward() -> None:
+    if not forward_available():
+        from ..errors import LibraryNotFoundError
+        raise LibraryNotFoundError(
+            f"the loaded CANN libraries do not export {FWD_PHASE1}/{FWD_PHASE2}; this CANN is "
+            "too old for the device forward (use backend='numpy' for the forward)")
+
+
+def _forward_outputs(t1, n1, dv) -> dict:
+    return {"softmax_max": ((t1, n1, 8), np.dtype(np.float32), None),
+            "softmax_sum": ((t1, n1, 8), np.dtype(np.float32), None),
+            # unused by the op; an empty tensor, as torch_npu passes
+            "softmax_out": ((0,), BF16, None),
+            "attention_out": ((t1, n1, dv), BF16, None)}
+
+
+def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
+                timings: Optional[dict] = None) -> FagForward:
+    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU.
+
+    Returns FagForward(attention_out bf16 [T1, N1, Dv], softmax_max, softmax_sum float32
+    [T1, N1, 8]) exactly as the device wrote them: the statistics in the device layout
+    (per batch [N1, Sq_b, 8] blocks), ready for the backward. ``timings`` as run_backward.
+    """
+    _require_forward()
+    inputs = {n: getattr(call, n, None) for n in FWD_INPUT_SLOTS}
+    int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
+    t1, n1 = call.query.shape[0], call.query.shape[1]
+    outputs = _forward_outputs(t1, n1, call.value.shape[2])
+    res = _execute(inputs, int_arrays, _attrs(call), outputs,
+                   deterministic=bool(call.deterministic), device_id=device_id, timings=timings,
+                   op=FORWARD)
+    return FagForward(res["attention_out"], res["softmax_max"], res["softmax_sum"])
+
+
+def call_raw_forward(*, query=None, query_rope=None, key=None, key_rope=None, value=None,
+                     pse_shift=None, drop_mask=None, padding_mask=None, atten_mask=None,
+                     prefix=None, actual_seq_qlen=None, actual_seq_kvlen=None, q_start_idx=None,
+                     kv_start_idx=None, scale_value=1.0, keep_prob=1.0, pre_tokens=INT32_MAX,
+                     next_tokens=INT32_MAX, head_num=None, input_layout="TND", inner_precise=0,
+                     sparse_mode=0, pse_type=1, softmax_max=AUTO, softmax_sum=AUTO,
+                     softmax_out=AUTO, attention_out=AUTO, workspace_size_out=True,
+                     executor_out=True, deterministic: Optional[bool] = False,
+                     device_id: Optional[int] = None, timings: Optional[dict] = None) -> FagForward:
+    """The 29-argument forward with **no** Python validation: any slot may be None (NULL).
+
+    Outputs: ``AUTO`` = float32 [T1, N1, 8] statistics, an empty softmax_out, bf16
+    [T1, N1, Dv] attention_out (T1, N1 from ``query``, Dv from ``value``; NULL when those are
+    None); None = NULL; a numpy array = a buffer of its shape/dtype initialised with it.
+    Returns FagForward (None for NULL outputs) or raises the status code's exception class.
+    """
+    _require_forward()
+    inputs = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                  pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
+                  atten_mask=atten_mask)
+    int_arrays = dict(prefix=prefix, actual_seq_qlen=actual_seq_qlen,
+                      actual_seq_kvlen=actual_seq_kvlen, q_start_idx=q_start_idx,
+                      kv_start_idx=kv_start_idx)
+    qshape = _shape(query) if query is not None else None
+    vshape = _shape(value) if value is not None else None
+    if head_num is None:
+        head_num = qshape[1] if qshape is not None and len(qshape) >= 2 else 0
+    attrs = dict(scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                 next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
+                 inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type)
+    auto = None
+    if qshape is not None and len(qshape) >= 2 and vshape is not None and len(vshape) >= 1:
+        auto = _forward_outputs(qshape[0], qshape[1], vshape[-1])
+    outputs = {}
+    for name, spec in (("softmax_max", softmax_max), ("softmax_sum", softmax_sum),
+                       ("softmax_out", softmax_out), ("attention_out", attention_out)):
+        if spec is AUTO:
+            outputs[name] = None if auto is None else auto[name]
+        elif spec is None:
+            outputs[name] = None
+        else:
+            a = np.asarray(spec)
+            outputs[name] = (a.shape, a.dtype, a)
+    res = _execute(inputs, int_arrays, attrs, outputs, deterministic=deterministic,
+                   device_id=device_id, timings=timings, workspace_size_out=workspace_size_out,
+                   executor_out=executor_out, op=FORWARD)
+    return FagForward(res["attention_out"], res["softmax_max"], res["softmax_sum"])

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional, Tuple
 from ..errors import LibraryNotFoundError
 
 __all__ = ["Proto", "PROTOTYPES", "PROTOTYPE_BY_NAME", "Bindings", "bind", "PHASE1", "PHASE2",
-           "PHASE1_NARGS", "OPTIONAL"]
+           "PHASE1_NARGS", "OPTIONAL", "FWD_PHASE1", "FWD_PHASE2", "FWD_PHASE1_NARGS"]
 
 P_I64 = POINTER(c_int64)
 P_U64 = POINTER(c_uint64)
@@ -38,6 +38,8 @@ HANDLE = c_void_p         # aclrtStream, aclTensor*, aclIntArray*, aclOpExecutor
 
 PHASE1 = "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
 PHASE2 = "aclnnFlashAttentionUnpaddingScoreGradV3"
+FWD_PHASE1 = "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize"
+FWD_PHASE2 = "aclnnFlashAttentionVarLenScoreV3"
 
 
 @dataclass(frozen=True)
@@ -144,12 +146,43 @@ PROTOTYPES: Tuple[Proto, ...] = (
     #                                                     aclOpExecutor *executor,
     #                                                     const aclrtStream stream);
     Proto(PHASE2, aclnnStatus, (c_void_p, c_uint64, HANDLE, HANDLE), OP),
+
+    # ---- the forward (aclnnop/aclnn_flash_attention_score.h, same libraries); optional: a
+    #      CANN without it still runs the backward, the forward then falls back or raises ----
+    # aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
+    #     const aclTensor *query, const aclTensor *queryRope, const aclTensor *key,
+    #     const aclTensor *keyRope, const aclTensor *value, const aclTensor *realShiftOptional,
+    #     const aclTensor *dropMaskOptional, const aclTensor *paddingMaskOptional,
+    #     const aclTensor *attenMaskOptional, const aclIntArray *prefixOptional,
+    #     const aclIntArray *actualSeqQLenOptional, const aclIntArray *actualSeqKvLenOptional,
+    #     const aclIntArray *qStartIdxOptional, const aclIntArray *kvStartIdxOptional,
+    #     double scaleValue, double keepProb, int64_t preTokens, int64_t nextTokens,
+    #     int64_t headNum, char *inputLayout, int64_t innerPrecise, int64_t sparseMode,
+    #     int64_t pseType, const aclTensor *softmaxMaxOut, const aclTensor *softmaxSumOut,
+    #     const aclTensor *softmaxOutOut, const aclTensor *attentionOutOut,
+    #     uint64_t *workspaceSize, aclOpExecutor **executor);
+    Proto(FWD_PHASE1, aclnnStatus,
+          (HANDLE,) * 9                                     # 1-9: tensors
+          + (HANDLE,) * 5                                   # 10-14: int arrays
+          + (c_double, c_double)                            # 15-16: scaleValue, keepProb
+          + (c_int64, c_int64, c_int64)                     # 17-19: preTokens, nextTokens, headNum
+          + (c_char_p,)                                     # 20: inputLayout
+          + (c_int64, c_int64, c_int64)                     # 21-23: innerPrecise, sparseMode, pseType
+          + (HANDLE,) * 4                                   # 24-27: outputs
+          + (P_U64, P_VOIDP),                               # 28-29: workspaceSize, executor
+          OP, optional=True),
+    # aclnnStatus aclnnFlashAttentionVarLenScoreV3(void *workspace, uint64_t workspaceSize,
+    #                                              aclOpExecutor *executor,
+    #                                              const aclrtStream stream);
+    Proto(FWD_PHASE2, aclnnStatus, (c_void_p, c_uint64, HANDLE, HANDLE), OP, optional=True),
 )
 
 PROTOTYPE_BY_NAME: Dict[str, Proto] = {p.name: p for p in PROTOTYPES}
 OPTIONAL = tuple(p.name for p in PROTOTYPES if p.optional)
 PHASE1_NARGS = len(PROTOTYPE_BY_NAME[PHASE1].argtypes)
+FWD_PHASE1_NARGS = len(PROTOTYPE_BY_NAME[FWD_PHASE1].argtypes)
 assert PHASE1_NARGS == 36 and len(PROTOTYPE_BY_NAME[PHASE2].argtypes) == 4
+assert FWD_PHASE1_NARGS == 29 and len(PROTOTYPE_BY_NAME[FWD_PHASE2].argtypes) == 4
 
 _SEARCH = {RT: ("runtime", "nnopbase", "opapi", "op_compiler"),
            OP: ("opapi", "nnopbase", "runtime")}

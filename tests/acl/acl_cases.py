@@ -44,7 +44,7 @@ class Problem:
         self.fwd = af.flash_attention_forward(
             self.q, self.qr, self.k, self.kr, self.v, atten_mask=self.mask,
             actual_seq_qlen=self.q_ends, actual_seq_kvlen=self.kv_ends, scale_value=self.scale,
-            pre_tokens=self.pre, next_tokens=self.nxt, sparse_mode=self.mode)
+            pre_tokens=self.pre, next_tokens=self.nxt, sparse_mode=self.mode, backend="numpy")
         return self
 
     def kwargs(self, **over) -> dict:

@@ -65,6 +65,22 @@ def test_phase1_has_36_exactly_typed_arguments():
         c_void_p, c_uint64, c_void_p, c_void_p)
 
 
+def test_forward_phase1_has_29_exactly_typed_arguments():
+    t = prototypes.PROTOTYPE_BY_NAME
+    args = t[prototypes.FWD_PHASE1].argtypes
+    assert prototypes.FWD_PHASE1 == "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize"
+    assert len(args) == prototypes.FWD_PHASE1_NARGS == 29
+    assert all(a is c_void_p for a in args[:14])            # 9 tensors + 5 int arrays
+    assert args[14] is c_double and args[15] is c_double     # scaleValue, keepProb
+    assert args[16:19] == (c_int64, c_int64, c_int64)        # preTokens, nextTokens, headNum
+    assert args[19] is c_char_p                              # inputLayout
+    assert args[20:23] == (c_int64, c_int64, c_int64)        # innerPrecise, sparseMode, pseType
+    assert all(a is c_void_p for a in args[23:27])           # 4 outputs
+    assert args[27] is POINTER(c_uint64) and args[28] is POINTER(c_void_p)
+    assert t[prototypes.FWD_PHASE1].restype is c_int32 and t[prototypes.FWD_PHASE2].restype is c_int32
+    assert t[prototypes.FWD_PHASE2].argtypes == (c_void_p, c_uint64, c_void_p, c_void_p)
+
+
 def test_runtime_argument_widths():
     t = prototypes.PROTOTYPE_BY_NAME
     assert t["aclrtMalloc"].argtypes == (POINTER(c_void_p), c_size_t, c_int)
@@ -97,7 +113,8 @@ def test_every_native_name_used_in_the_package_is_declared():
 def test_optional_symbols_are_probed():
     assert set(prototypes.OPTIONAL) == {
         "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt", "aclrtCtxGetSysParamOpt",
-        "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr"}
+        "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
+        prototypes.FWD_PHASE1, prototypes.FWD_PHASE2}
     b = loader.bindings()
     for name in prototypes.OPTIONAL:
         assert b.has(name), name      # the stubs export all of them

@@ -61,7 +61,10 @@ EXPECTED_EXPORTS = {
         "aclSetAclOpExecutorRepeatable", "aclDestroyAclOpExecutor", "aclSetInputTensorAddr",
         "aclSetOutputTensorAddr", "aclSetTensorAddr", "aclnnInit", "aclnnFinalize",
     },
-    "libopapi.so": {PHASE1, PHASE2},
+    "libopapi.so": {PHASE1, PHASE2,
+                    # the forward (opapi_fwd_stub.c)
+                    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize",
+                    "aclnnFlashAttentionVarLenScoreV3"},
 }
 
 

@@ -1,0 +1,741 @@
+/*
+ * libopapi.so stand-in, the forward: aclnnFlashAttentionVarLenScoreV3 (two-phase, 29
+ * parameters of phase 1).
+ *
+ * Phase 1 checks the arguments in the order of the real op (its op API
+ * aclnn_flash_attention_score.cpp, then its TND tiling) with the same status codes, then the
+ * package's own stricter checks, exactly as aclnn_fag/validate.py validate_forward does
+ * (rules F1-F14, SF1, S3-S7; docs/forward.md, "Validation"), and records the call in an
+ * executor.  Phase 2 computes the forward with the C kernel of fwd_kernel.c.  Like the
+ * backward (opapi_stub.c): failure injection on both phases, executors counted in the
+ * live-handle registry, repeatable executors and the address setters work the same way.
+ *
+ * Checks marked "[stub addition]" are not made by the real op (which would crash or read
+ * out of bounds instead).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <float.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fwd_kernel.h"
+#include "stub_abi.h"
+
+#define FWD1 "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize"
+#define FWD2 "aclnnFlashAttentionVarLenScoreV3"
+#define I32MAX ((int64_t)2147483647)
+
+__extension__ typedef __int128 w128;
+
+/* the documented limits (S3), as LIMITS in aclnn_fag/validate.py */
+#define FWD_LIMIT_HEADS 256
+#define FWD_LIMIT_HEAD_DIM 768
+#define FWD_LIMIT_TOKENS ((int64_t)1 << 20)
+#define FWD_LIMIT_BATCH 2048
+
+STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
+    const aclTensor *query, const aclTensor *queryRope, const aclTensor *key, const aclTensor *keyRope,
+    const aclTensor *value, const aclTensor *realShiftOptional, const aclTensor *dropMaskOptional,
+    const aclTensor *paddingMaskOptional, const aclTensor *attenMaskOptional, const aclIntArray *prefixOptional,
+    const aclIntArray *actualSeqQLenOptional, const aclIntArray *actualSeqKvLenOptional,
+    const aclIntArray *qStartIdxOptional, const aclIntArray *kvStartIdxOptional, double scaleValue,
+    double keepProb, int64_t preTokens, int64_t nextTokens, int64_t headNum, char *inputLayout,
+    int64_t innerPrecise, int64_t sparseMode, int64_t pseType, const aclTensor *softmaxMaxOut,
+    const aclTensor *softmaxSumOut, const aclTensor *softmaxOutOut, const aclTensor *attentionOutOut,
+    uint64_t *workspaceSize, aclOpExecutor **executor);
+STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3(void *workspace, uint64_t workspaceSize,
+                                                      aclOpExecutor *executor, const aclrtStream stream);
+
+static const StubApi *sapi(void)
+{
+    return aclStubInternalApi();
+}
+
+#define REJECT(code, ...)                 \
+    do {                                  \
+        sapi()->set_error(__VA_ARGS__);   \
+        return (code);                    \
+    } while (0)
+
+/* the recorded call */
+typedef struct FwdPlan {
+    int compute;                 /* 0: every output empty, nothing to do */
+    /* slots in executor->in[] / out[] */
+    int s_q, s_qr, s_k, s_kr, s_v, s_mask, o_smax, o_ssum, o_out;
+    FwdProblem prob;             /* tensor pointers are filled at phase 2 from the snapshots */
+    int64_t *cum_q, *cum_kv;
+} FwdPlan;
+
+static void fwd_plan_free(void *p)
+{
+    FwdPlan *plan = p;
+    if (plan != NULL) {
+        free(plan->cum_q);
+        free(plan->cum_kv);
+        free(plan);
+    }
+}
+
+typedef struct FwdArgs {
+    const aclTensor *q, *qr, *k, *kr, *v, *pse, *drop, *pad, *mask;
+    const aclIntArray *prefix, *seqq, *seqkv, *qstart, *kvstart;
+    double scale, keep;
+    int64_t pre, next, head_num;
+    const char *layout;
+    int64_t inner, sparse, pse_type;
+    const aclTensor *smax, *ssum, *sout, *out;
+    uint64_t *ws;
+    aclOpExecutor **exec;
+} FwdArgs;
+
+static const char *dims_str(const aclTensor *t, char *buf, size_t n)
+{
+    size_t used = (size_t)snprintf(buf, n, "[");
+    for (int64_t i = 0; i < t->ndim && used < n; i++) {
+        used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)t->dims[i]);
+    }
+    if (used < n) {
+        snprintf(buf + used, n - used, "]");
+    }
+    return buf;
+}
+
+static int has_shape3(const aclTensor *t, int64_t a, int64_t b, int64_t c)
+{
+    return t->ndim == 3 && t->dims[0] == a && t->dims[1] == b && t->dims[2] == c;
+}
+
+static w128 seg(const int64_t *cum, int64_t b)
+{
+    return b ? (w128)cum[b] - (w128)cum[b - 1] : (w128)cum[0];
+}
+
+/* GetSumIntArrayMaxValue / getSeqLenQSum of the op API, exact */
+static w128 kv_max_segment(const aclIntArray *kv)
+{
+    w128 best = kv->values[0];
+    for (uint64_t i = 1; i < kv->size; i++) {
+        w128 d = (w128)kv->values[i] - (w128)kv->values[i - 1];
+        best = d > best ? d : best;
+    }
+    return best;
+}
+
+static int64_t last_positive_end(const aclIntArray *q)
+{
+    int64_t v = 0;
+    for (uint64_t i = q->size; i-- > 0;) {
+        v = q->values[i];
+        if (v > 0) {
+            break;
+        }
+    }
+    return v;
+}
+
+/* F5's pad decision for TND (AnalysisInput + IsNeedPad) */
+static int forward_needs_pad(const FwdArgs *x, int64_t D, int64_t Dv)
+{
+    int64_t align = (D < 196 || D == 448) ? 16 : 128;
+    int need = D % align != 0 || Dv % align != 0;
+    if (D != Dv && (D == 88 || D == 64 || D == 80)) { /* the source's HEAD_DIM_128 is 88 */
+        need = 1;
+    }
+    if (D < 96 && x->seqq != NULL && x->seqkv != NULL && x->seqq->size == x->seqkv->size && x->seqq->size > 0) {
+        w128 kv_max = kv_max_segment(x->seqkv);
+        int64_t q_sum = last_positive_end(x->seqq);
+        if (kv_max != 0 && q_sum != 0 && kv_max <= 1024 && q_sum < 160 * 1024) {
+            need = 0;
+        }
+    }
+    return need;
+}
+
+/* S6: the first 2048x2048 slice holds 1 strictly above the diagonal and 0 elsewhere */
+static int canonical_mask(const aclTensor *m)
+{
+    const int64_t rs = m->strides[m->ndim - 2], cs = m->strides[m->ndim - 1];
+    for (int64_t r = 0; r < 2048; r++) {
+        for (int64_t c = 0; c < 2048; c++) {
+            unsigned char v;
+            memcpy(&v, (const char *)m->data + m->offset + r * rs + c * cs, 1);
+            if ((v != 0) != (c > r)) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
+static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
+{
+    const StubApi *a = sapi();
+    char b1[128], b2[128];
+
+    /* F1: required pointers (CheckFaParam order) */
+    {
+        const struct {
+            const char *name;
+            const void *p;
+        } req[] = {{"query", x->q},         {"key", x->k},         {"value", x->v},
+                   {"inputLayout", x->layout}, {"executor", x->exec}, {"workspaceSize", x->ws},
+                   {"softmaxMaxOut", x->smax}, {"softmaxSumOut", x->ssum}, {"attentionOutOut", x->out}};
+        for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
+            if (req[i].p == NULL) {
+                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s is NULL; it is required (forward rule F1)", req[i].name);
+            }
+        }
+    }
+    /* [stub addition] every non-NULL handle must be live */
+    {
+        const struct {
+            const char *name;
+            const aclTensor *t;
+        } ts[] = {{"query", x->q},          {"queryRope", x->qr},        {"key", x->k},
+                  {"keyRope", x->kr},        {"value", x->v},             {"realShiftOptional", x->pse},
+                  {"dropMaskOptional", x->drop}, {"paddingMaskOptional", x->pad}, {"attenMaskOptional", x->mask},
+                  {"softmaxMaxOut", x->smax}, {"softmaxSumOut", x->ssum}, {"softmaxOutOut", x->sout},
+                  {"attentionOutOut", x->out}};
+        for (size_t i = 0; i < sizeof ts / sizeof ts[0]; i++) {
+            if (ts[i].t != NULL && !a->handle_live(STUB_H_TENSOR, ts[i].t)) {
+                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s (%p) is not a live aclTensor [stub addition]", ts[i].name,
+                       (const void *)ts[i].t);
+            }
+        }
+        const struct {
+            const char *name;
+            const aclIntArray *p;
+        } arrs[] = {{"prefixOptional", x->prefix}, {"actualSeqQLenOptional", x->seqq},
+                    {"actualSeqKvLenOptional", x->seqkv}, {"qStartIdxOptional", x->qstart},
+                    {"kvStartIdxOptional", x->kvstart}};
+        for (size_t i = 0; i < sizeof arrs / sizeof arrs[0]; i++) {
+            if (arrs[i].p != NULL && !a->handle_live(STUB_H_INT_ARRAY, arrs[i].p)) {
+                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s (%p) is not a live aclIntArray [stub addition]",
+                       arrs[i].name, (const void *)arrs[i].p);
+            }
+        }
+    }
+    /* F2: every output empty -> success, nothing computed */
+    if (x->smax->numel == 0 && x->ssum->numel == 0 && x->out->numel == 0) {
+        plan->compute = 0;
+        return ACLNN_SUCCESS;
+    }
+    /* F3 */
+    if (strcmp(x->layout, "TND") != 0) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": inputLayout \"%.32s\" is not \"TND\" (forward rule F3)", x->layout);
+    }
+    /* F4: InputDtypeCheck */
+    if (x->q->dtype != x->k->dtype || x->k->dtype != x->v->dtype) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": the dtypes of query, key and value differ (forward rule F4)");
+    }
+    if ((x->pse_type == 2 || x->pse_type == 3) && x->pse == NULL) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": pseType %lld needs realShiftOptional (forward rule F4)",
+               (long long)x->pse_type);
+    }
+    if (x->pse != NULL && x->pse_type != 2 && x->pse_type != 3 && x->pse->dtype != x->q->dtype) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": realShiftOptional dtype differs from query's (forward rule F4)");
+    }
+    /* F5: AnalysisInput */
+    if (x->head_num <= 0) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": headNum %lld must be > 0 (forward rule F5)", (long long)x->head_num);
+    }
+    if (x->q->ndim != 3) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": query must have 3 dims for TND, got %s (forward rule F5)",
+               dims_str(x->q, b1, sizeof b1));
+    }
+    if (x->k->ndim < 3 || x->v->ndim < 3) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": %s has fewer than 3 dims (forward rule F5) [stub addition]",
+               x->k->ndim < 3 ? "key" : "value");
+    }
+    const int64_t D = x->q->dims[2], Dk = x->k->dims[2], Dv = x->v->dims[2];
+    if (D != Dk) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": head dim of query (%lld) != that of key (%lld) (forward rule F5)",
+               (long long)D, (long long)Dk);
+    }
+    if (D < Dv) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": head dim of value (%lld) > that of query (%lld) (forward rule F5)",
+               (long long)Dv, (long long)D);
+    }
+    if (D > FWD_LIMIT_HEAD_DIM) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": head dim %lld must be <= 768 (forward rule F5)", (long long)D);
+    }
+    const int need_pad = x->k->dims[1] != 0 && D != 0 && forward_needs_pad(x, D, Dv);
+    /* F6: isSupportMultiInput, every failure returned as 161001 */
+    if ((x->qr == NULL) != (x->kr == NULL)) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": exactly one of queryRope/keyRope is NULL (forward rule F6)");
+    }
+    if (x->qr == NULL) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": queryRope and keyRope are both NULL (forward rule F6: the real op "
+                                        "dereferences them and crashes) [stub addition]");
+    }
+    if (x->qr->ndim < 3 || x->kr->ndim < 3) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s has fewer than 3 dims (forward rule F6) [stub addition]",
+               x->qr->ndim < 3 ? "queryRope" : "keyRope");
+    }
+    if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": rope head dim exceeds the query head dim %lld (forward rule F6)",
+               (long long)D);
+    }
+    if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
+        x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": query, queryRope, key, keyRope and value must all be BF16 "
+                                        "(forward rule F6)");
+    }
+    if (x->sparse == 6) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": sparseMode 6 is not supported with rope inputs (forward rule F6)");
+    }
+    if (x->mask == NULL || x->mask->ndim == 0) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional is %s; rope inputs need a mask (forward rule F6)",
+               x->mask == NULL ? "NULL" : "0-dim");
+    }
+    if (x->pse != NULL) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": realShiftOptional must be NULL with rope inputs (forward rule F6)");
+    }
+    if (x->drop != NULL) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": dropMaskOptional must be NULL with rope inputs (forward rule F6)");
+    }
+    if (x->keep < 1) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": keepProb %g must be 1 with rope inputs (forward rule F6)", x->keep);
+    }
+    if (need_pad) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": D=%lld / Dv=%lld would be padded, which rope inputs do not "
+                                        "support (forward rule F6)",
+               (long long)D, (long long)Dv);
+    }
+    /* F7: tiling attributes */
+    if ((float)x->keep <= 0.0f || (float)x->keep > 1.0f) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": keepProb %g must be in (0, 1] (forward rule F7)", x->keep);
+    }
+    if (x->pse_type < 0 || x->pse_type >= 4) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": pseType %lld must be in [0, 4) (forward rule F7)",
+               (long long)x->pse_type);
+    }
+    /* F8 */
+    if (x->k->ndim != 3) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": key must have 3 dims for TND, got %s (forward rule F8)",
+               dims_str(x->k, b1, sizeof b1));
+    }
+    /* F9 */
+    if (x->seqq == NULL || x->seqkv == NULL) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s is NULL; TND needs both cumulative length arrays (forward rule F9)",
+               x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
+    }
+    if (x->seqq->size == 0 || x->seqq->size != x->seqkv->size) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": the cumulative length arrays must have the same non-zero length "
+                                        "(%llu, %llu) (forward rule F9)",
+               (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
+    }
+    const int64_t T1 = x->q->dims[0], N1 = x->q->dims[1], T2 = x->k->dims[0], N2 = x->k->dims[1];
+    /* F10: T below the sum of the (negative-clamped) lengths */
+    {
+        const aclIntArray *arr[2] = {x->seqq, x->seqkv};
+        const int64_t tot[2] = {T1, T2};
+        for (int s = 0; s < 2; s++) {
+            w128 sum = arr[s]->values[0];
+            for (uint64_t i = 1; i < arr[s]->size; i++) {
+                w128 d = (w128)arr[s]->values[i] - (w128)arr[s]->values[i - 1];
+                sum += d > 0 ? d : 0;
+            }
+            if ((w128)tot[s] < sum) {
+                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s = %lld is below the sum of the sequence lengths "
+                                                "(forward rule F10)",
+                       s ? "T2" : "T1", (long long)tot[s]);
+            }
+        }
+    }
+    /* F11 */
+    if (x->head_num != N1) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": headNum %lld != query dim 1 %lld (forward rule F11)",
+               (long long)x->head_num, (long long)N1);
+    }
+    if (N2 == 0 || N1 / N2 == 0) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)",
+               (long long)N2, (long long)N1);
+    }
+    if (D == 0) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": head dim D is 0 (forward rule F11)");
+    }
+    if (N1 % N2 != 0) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": N1=%lld must be a multiple of N2=%lld (forward rule F11)",
+               (long long)N1, (long long)N2);
+    }
+    /* [stub addition] outputs: FLOAT [T1,N1,8] statistics, BF16 [T1,N1,Dv] attentionOut (ViewCopy) */
+    if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT || !has_shape3(x->smax, T1, N1, 8) ||
+        !has_shape3(x->ssum, T1, N1, 8)) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": softmaxMaxOut/softmaxSumOut must be FLOAT [T1,N1,8] = [%lld,%lld,8], "
+                                        "got %s / %s [stub addition: output check]",
+               (long long)T1, (long long)N1, dims_str(x->smax, b1, sizeof b1), dims_str(x->ssum, b2, sizeof b2));
+    }
+    if (x->out->dtype != STUB_DT_BF16 || !has_shape3(x->out, T1, N1, Dv)) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attentionOutOut must be BF16 [T1,N1,Dv] = [%lld,%lld,%lld], got %s "
+                                        "[stub addition: output check]",
+               (long long)T1, (long long)N1, (long long)Dv, dims_str(x->out, b1, sizeof b1));
+    }
+    /* F12: pse type, then the mask */
+    if (x->pse_type != 1) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": pseType %lld must be 1 without realShiftOptional (forward rule F12)",
+               (long long)x->pse_type);
+    }
+    const int64_t nb_raw = (int64_t)x->seqq->size;
+    const int64_t *cq = x->seqq->values, *ckv = x->seqkv->values;
+    int64_t nb = nb_raw;
+    while (nb > 1 && seg(cq, nb - 1) == 0 && seg(ckv, nb - 1) == 0) {
+        nb--;
+    }
+    w128 max_sq = seg(cq, 0), max_skv = seg(ckv, 0);
+    for (int64_t b = 1; b < nb_raw; b++) {
+        max_sq = seg(cq, b) > max_sq ? seg(cq, b) : max_sq;
+        max_skv = seg(ckv, b) > max_skv ? seg(ckv, b) : max_skv;
+    }
+    const aclTensor *m = x->mask;
+    if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional must be BOOL or UINT8 (forward rule F12)");
+    }
+    if (m->ndim != 2 && m->ndim != 4) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)",
+               dims_str(m, b1, sizeof b1));
+    }
+    int mask_kind = FWD_MASK_2D;
+    if (m->ndim == 4) {
+        if (m->dims[0] == 1 && m->dims[1] == 1) {
+            mask_kind = FWD_MASK_2D;
+        } else if (m->dims[0] == nb && m->dims[1] == 1) {
+            mask_kind = FWD_MASK_B1SS;
+        } else if (m->dims[0] == nb && m->dims[1] == N1) {
+            mask_kind = FWD_MASK_BNSS;
+        } else {
+            REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional %s: leading dims must be (B,N1), (B,1) or "
+                                            "(1,1) with B=%lld (forward rule F12)",
+                   dims_str(m, b1, sizeof b1), (long long)nb);
+        }
+    }
+    const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
+    {
+        w128 want_r = compressed ? 2048 : max_sq, want_c = compressed ? 2048 : max_skv;
+        if ((w128)m->dims[m->ndim - 2] != want_r || (w128)m->dims[m->ndim - 1] != want_c) {
+            REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional %s: sparseMode %lld needs last dims %s "
+                                            "(forward rule F12)",
+                   dims_str(m, b1, sizeof b1), (long long)x->sparse,
+                   compressed ? "[2048,2048]" : "[maxSq,maxSkv]");
+        }
+    }
+    /* F13 */
+    if (x->sparse < 0 || x->sparse > 8) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": sparseMode %lld must be in 0..8 (forward rule F13)",
+               (long long)x->sparse);
+    }
+    /* F14: tokens, normalised first */
+    int64_t pre = x->pre > I32MAX ? I32MAX : x->pre, next = x->next > I32MAX ? I32MAX : x->next;
+    if (x->sparse == 2 || x->sparse == 3) {
+        pre = I32MAX;
+        next = 0;
+    } else if (x->sparse == 1) {
+        pre = next = I32MAX;
+    }
+    int64_t band_idx = 0;
+    if (x->sparse == 7) {
+        for (int64_t b = nb - 1; b >= 0; b--) {
+            if (seg(cq, b) != 0) {
+                band_idx = b;
+                break;
+            }
+        }
+    } else if (x->sparse == 8) {
+        for (int64_t b = 0; b < nb; b++) {
+            if (seg(cq, b) != 0) {
+                band_idx = b;
+                break;
+            }
+        }
+    }
+    if (x->sparse == 0 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
+        int64_t lo = 0, hi = nb;
+        if (x->sparse == 7 || x->sparse == 8) {
+            lo = band_idx;
+            hi = band_idx + 1;
+        }
+        for (int64_t b = lo; b < hi; b++) {
+            w128 sq = seg(cq, b), skv = seg(ckv, b);
+            int bad = x->sparse == 0 ? (-(w128)pre > skv || -(w128)next > sq || (w128)pre + next <= 0)
+                                     : (-(w128)pre > sq || -(w128)next > skv || (w128)pre + next <= 0);
+            if (bad) {
+                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
+                                                "%lld at batch %lld (forward rule F14)",
+                       (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b);
+            }
+        }
+    }
+    /* ---- [stub additions] SF1, S3-S7: the Python validator's own checks, same order ---- */
+    if (x->v->ndim != 3 || x->v->dims[0] != T2 || x->v->dims[1] != N2) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": value %s must be [T2,N2,Dv] [stub addition SF1]",
+               dims_str(x->v, b1, sizeof b1));
+    }
+    if (N1 > FWD_LIMIT_HEADS || D > FWD_LIMIT_HEAD_DIM || T1 > FWD_LIMIT_TOKENS || T2 > FWD_LIMIT_TOKENS ||
+        nb_raw > FWD_LIMIT_BATCH) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": beyond the documented limits [stub addition S3]");
+    }
+    {
+        const aclIntArray *arr[2] = {x->seqq, x->seqkv};
+        const int64_t tot[2] = {T1, T2};
+        for (int s = 0; s < 2; s++) {
+            const int64_t *v = arr[s]->values;
+            for (uint64_t i = 0; i < arr[s]->size; i++) {
+                if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
+                    REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": %s must be non-negative non-decreasing cumulative ends "
+                                                    "[stub addition S4]",
+                           s ? "actualSeqKvLenOptional" : "actualSeqQLenOptional");
+                }
+            }
+            if (v[arr[s]->size - 1] > tot[s]) {
+                REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": the last cumulative end exceeds T [stub addition S4]");
+            }
+        }
+    }
+    const int64_t Dr = x->qr->dims[2];
+    if (!has_shape3(x->qr, T1, N1, Dr)) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": queryRope %s must be [T1,N1,Dr] [stub addition S5]",
+               dims_str(x->qr, b1, sizeof b1));
+    }
+    if (!has_shape3(x->kr, T2, N2, Dr)) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]",
+               dims_str(x->kr, b1, sizeof b1));
+    }
+    if (Dr % 8 != 0) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": rope head dim %lld must be a multiple of 8 [stub addition S5]",
+               (long long)Dr);
+    }
+    if (compressed && !canonical_mask(m)) {
+        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": sparseMode %lld needs the canonical compressed mask [stub addition S6]",
+               (long long)x->sparse);
+    }
+    if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
+        for (int64_t b = 0; b < nb; b++) {
+            if ((w128)pre + seg(cq, b) - seg(ckv, b) >= I32MAX) {
+                REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": preTokens + Sq - Skv of batch %lld overflows the kernel's "
+                                                "int32 block-skip bound [stub addition S7]",
+                       (long long)b);
+            }
+        }
+    }
+
+    /* ---- record ---- */
+    plan->compute = 1;
+    FwdProblem *p = &plan->prob;
+    p->T1 = T1;
+    p->N1 = N1;
+    p->D = D;
+    p->Dr = Dr;
+    p->T2 = T2;
+    p->N2 = N2;
+    p->Dv = Dv;
+    p->nb = nb;
+    p->max_sq = (int64_t)max_sq;
+    p->max_skv = (int64_t)max_skv;
+    p->sparse = x->sparse;
+    p->pre = pre;
+    p->next = next;
+    p->band_idx = band_idx;
+    p->mask_kind = mask_kind;
+    p->scale = (float)x->scale;
+    plan->cum_q = malloc((size_t)nb_raw * sizeof(int64_t));
+    plan->cum_kv = malloc((size_t)nb_raw * sizeof(int64_t));
+    if (plan->cum_q == NULL || plan->cum_kv == NULL) {
+        REJECT(ACLNN_ERR_INNER_NULLPTR, FWD1 ": out of host memory");
+    }
+    memcpy(plan->cum_q, cq, (size_t)nb_raw * sizeof(int64_t));
+    memcpy(plan->cum_kv, ckv, (size_t)nb_raw * sizeof(int64_t));
+    p->cum_q = plan->cum_q;
+    p->cum_kv = plan->cum_kv;
+    return ACLNN_SUCCESS;
+}
+
+STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
+    const aclTensor *query, const aclTensor *queryRope, const aclTensor *key, const aclTensor *keyRope,
+    const aclTensor *value, const aclTensor *realShiftOptional, const aclTensor *dropMaskOptional,
+    const aclTensor *paddingMaskOptional, const aclTensor *attenMaskOptional, const aclIntArray *prefixOptional,
+    const aclIntArray *actualSeqQLenOptional, const aclIntArray *actualSeqKvLenOptional,
+    const aclIntArray *qStartIdxOptional, const aclIntArray *kvStartIdxOptional, double scaleValue,
+    double keepProb, int64_t preTokens, int64_t nextTokens, int64_t headNum, char *inputLayout,
+    int64_t innerPrecise, int64_t sparseMode, int64_t pseType, const aclTensor *softmaxMaxOut,
+    const aclTensor *softmaxSumOut, const aclTensor *softmaxOutOut, const aclTensor *attentionOutOut,
+    uint64_t *workspaceSize, aclOpExecutor **executor)
+{
+    const StubApi *a = sapi();
+    int32_t inj = a->inject_check(FWD1);
+    if (inj != 0) {
+        return inj;
+    }
+    if (a->current_device() < 0) {
+        a->set_error(FWD1 ": no current context on this thread; call aclrtSetDevice first");
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    }
+    const FwdArgs x = {query, queryRope, key, keyRope, value, realShiftOptional, dropMaskOptional,
+                       paddingMaskOptional, attenMaskOptional, prefixOptional, actualSeqQLenOptional,
+                       actualSeqKvLenOptional, qStartIdxOptional, kvStartIdxOptional, scaleValue, keepProb,
+                       preTokens, nextTokens, headNum, inputLayout, innerPrecise, sparseMode, pseType,
+                       softmaxMaxOut, softmaxSumOut, softmaxOutOut, attentionOutOut, workspaceSize, executor};
+    FwdPlan *plan = calloc(1, sizeof *plan);
+    if (plan == NULL) {
+        a->set_error(FWD1 ": out of host memory");
+        return ACLNN_ERR_INNER_NULLPTR;
+    }
+    aclnnStatus rc = check_forward(&x, plan);
+    if (rc != ACLNN_SUCCESS) {
+        fwd_plan_free(plan);
+        return rc;
+    }
+    aclOpExecutor *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        fwd_plan_free(plan);
+        a->set_error(FWD1 ": out of host memory");
+        return ACLNN_ERR_INNER_NULLPTR;
+    }
+    e->magic = STUB_MAGIC_EXEC;
+    e->payload = plan;
+    e->payload_free = fwd_plan_free;
+    /* snapshots of the non-NULL tensors, inputs and outputs each in parameter order */
+    const aclTensor *ins[] = {query, queryRope, key, keyRope, value, realShiftOptional, dropMaskOptional,
+                              paddingMaskOptional, attenMaskOptional};
+    int *in_slot[] = {&plan->s_q, &plan->s_qr, &plan->s_k, &plan->s_kr, &plan->s_v, NULL, NULL, NULL, &plan->s_mask};
+    const aclTensor *outs[] = {softmaxMaxOut, softmaxSumOut, softmaxOutOut, attentionOutOut};
+    int *out_slot[] = {&plan->o_smax, &plan->o_ssum, NULL, &plan->o_out};
+    for (size_t i = 0; i < sizeof ins / sizeof ins[0]; i++) {
+        if (in_slot[i] != NULL) {
+            *in_slot[i] = -1;
+        }
+        if (ins[i] != NULL) {
+            if (in_slot[i] != NULL) {
+                *in_slot[i] = (int)e->n_in;
+            }
+            e->in_handle[e->n_in] = (aclTensor *)ins[i];
+            e->in[e->n_in++] = *ins[i];
+        }
+    }
+    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
+        if (out_slot[i] != NULL) {
+            *out_slot[i] = -1;
+        }
+        if (outs[i] != NULL) {
+            if (out_slot[i] != NULL) {
+                *out_slot[i] = (int)e->n_out;
+            }
+            e->out_handle[e->n_out] = (aclTensor *)outs[i];
+            e->out[e->n_out++] = *outs[i];
+        }
+    }
+    e->workspace_size = plan->compute ? fwd_kernel_workspace_bytes(&plan->prob) : 0;
+    if (a->handle_add(STUB_H_EXECUTOR, e) != 0) {
+        stub_exec_free(e);
+        a->set_error(FWD1 ": out of host memory");
+        return ACLNN_ERR_INNER_NULLPTR;
+    }
+    *workspaceSize = e->workspace_size;
+    *executor = e;
+    a->inject_success(FWD1);
+    return ACLNN_SUCCESS;
+}
+
+/* every recorded tensor phase 2 uses must still be live (161001) and lie in live device
+ * memory (361001) */
+static aclnnStatus fwd_check_buffers(const aclOpExecutor *e, const FwdPlan *p)
+{
+    const struct {
+        const char *name;
+        int slot;
+        int out;
+    } used[] = {{"query", p->s_q, 0},         {"queryRope", p->s_qr, 0},     {"key", p->s_k, 0},
+                {"keyRope", p->s_kr, 0},       {"value", p->s_v, 0},          {"attenMaskOptional", p->s_mask, 0},
+                {"softmaxMaxOut", p->o_smax, 1}, {"softmaxSumOut", p->o_ssum, 1}, {"attentionOutOut", p->o_out, 1}};
+    for (size_t i = 0; i < sizeof used / sizeof used[0]; i++) {
+        const aclTensor *h = used[i].out ? e->out_handle[used[i].slot] : e->in_handle[used[i].slot];
+        if (!sapi()->handle_live(STUB_H_TENSOR, h)) {
+            sapi()->set_error(FWD2 ": %s (aclTensor %p) was destroyed before phase 2; the executor still uses it",
+                              used[i].name, (const void *)h);
+            return ACLNN_ERR_PARAM_NULLPTR;
+        }
+        const aclTensor *t = used[i].out ? &e->out[used[i].slot] : &e->in[used[i].slot];
+        if (t->numel == 0) {
+            continue;
+        }
+        uint64_t bytes = (uint64_t)(t->max_index + 1) * (uint64_t)t->itemsize;
+        if (!sapi()->device_range(t->data, bytes)) {
+            sapi()->set_error(FWD2 ": %s memory %p (+%llu bytes) is not inside a live device allocation",
+                              used[i].name, t->data, (unsigned long long)bytes);
+            return ACLNN_ERR_RUNTIME_ERROR;
+        }
+    }
+    return ACLNN_SUCCESS;
+}
+
+STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3(void *workspace, uint64_t workspaceSize,
+                                                      aclOpExecutor *executor, const aclrtStream stream)
+{
+    const StubApi *a = sapi();
+    if (a->current_device() < 0) {
+        a->set_error(FWD2 ": no current context on this thread; call aclrtSetDevice first");
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    }
+    if (executor == NULL) {
+        a->set_error(FWD2 ": executor is NULL");
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    if (!a->handle_live(STUB_H_EXECUTOR, executor) || executor->payload_free != fwd_plan_free) {
+        a->set_error(FWD2 ": executor %p is not live (already run, destroyed, or not made by " FWD1 ")",
+                     (void *)executor);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    const int consume = !executor->repeatable;
+    if (consume && !a->handle_remove(STUB_H_EXECUTOR, executor)) {
+        a->set_error(FWD2 ": executor %p is not live", (void *)executor);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    FwdPlan *p = executor->payload;
+    aclnnStatus rc = a->inject_check(FWD2);
+    if (rc != 0) {
+        goto done;
+    }
+    if (stream != NULL && !a->handle_live(STUB_H_STREAM, stream)) {
+        a->set_error(FWD2 ": stream %p is not a live aclrtStream", stream);
+        rc = ACLNN_ERR_PARAM_INVALID;
+        goto done;
+    }
+    if (executor->workspace_size > 0) {
+        if (workspaceSize < executor->workspace_size || workspace == NULL || ((uintptr_t)workspace % 32) != 0 ||
+            !a->device_range(workspace, executor->workspace_size)) {
+            a->set_error(FWD2 ": workspace %p (%llu bytes) must be 32-byte aligned device memory of the %llu bytes "
+                              "phase 1 returned",
+                         workspace, (unsigned long long)workspaceSize, (unsigned long long)executor->workspace_size);
+            rc = ACLNN_ERR_PARAM_INVALID;
+            goto done;
+        }
+    }
+    if (!p->compute) {
+        goto done;
+    }
+    rc = fwd_check_buffers(executor, p);
+    if (rc != ACLNN_SUCCESS) {
+        goto done;
+    }
+    p->prob.q = &executor->in[p->s_q];
+    p->prob.qr = &executor->in[p->s_qr];
+    p->prob.k = &executor->in[p->s_k];
+    p->prob.kr = &executor->in[p->s_kr];
+    p->prob.v = &executor->in[p->s_v];
+    p->prob.mask = &executor->in[p->s_mask];
+    p->prob.smax = &executor->out[p->o_smax];
+    p->prob.ssum = &executor->out[p->o_ssum];
+    p->prob.out = &executor->out[p->o_out];
+    fwd_kernel_run(&p->prob, workspace);
+done:
+    if (consume) {
+        stub_exec_free(executor);
+    }
+    if (rc == ACLNN_SUCCESS) {
+        a->inject_success(FWD2);
+    }
+    return rc;
+}
