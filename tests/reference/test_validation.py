@@ -559,18 +559,26 @@ def test_unused_inputs_do_not_change_the_result():
             np.testing.assert_array_equal(a, b, err_msg=str(list(extra)))
 
 
-def test_forward_applies_the_same_rules():
+def test_forward_applies_its_own_codes():
+    """The forward's op API differs from the backward's: its rope rules (sparse mode 6, BF16,
+    the mask) are wrapped in CHECK_RET(..., PARAM_NULLPTR), so they return 161001, and it
+    first checks that query, key and value share one dtype (161002, naming the first that
+    differs). docs/forward.md, "Validation"."""
     case = base()
     common = case.api_common()
-    for over, code, param in ((dict(sparse_mode=6), INVALID, "sparse_mode"),
+    for over, code, param in ((dict(sparse_mode=6), NULLPTR, "sparse_mode"),
                               (dict(sparse_mode=9), NULLPTR, "sparse_mode"),
                               (dict(atten_mask=None), NULLPTR, "atten_mask"),
                               (dict(head_num=0), INVALID, "head_num")):
         kw = {**common, **over}
         with pytest.raises(af.AclnnError) as info:
             af.flash_attention_forward(case.q, case.qr, case.k, case.kr, case.v, **kw)
-        assert info.value.code == code and info.value.param == param
+        assert info.value.code == code and info.value.param == param, over
     with pytest.raises(af.AclnnError) as info:
         af.flash_attention_forward(case.q.astype(np.float32), case.qr, case.k, case.kr, case.v,
                                    **common)
-    assert info.value.code == INVALID and info.value.param == "query"
+    assert info.value.code == INVALID and info.value.param == "key"
+    with pytest.raises(af.AclnnError) as info:
+        af.flash_attention_forward(case.q.astype(np.float32), case.qr, case.k.astype(np.float32),
+                                   case.kr, case.v.astype(np.float32), **common)
+    assert info.value.code == NULLPTR and info.value.param == "query"
