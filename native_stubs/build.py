@@ -113,7 +113,7 @@ def _compile_all(tmp: pathlib.Path) -> None:
          + link_common + ["-Wl,-soname,libascendcl.so", "-lpthread", "-lm"])
     _run(cc + CFLAGS + inc + [str(SRC / "nnopbase_stub.c"), "-o", str(tmp / "libnnopbase.so")]
          + link_common + ["-Wl,-soname,libnnopbase.so", "-lascendcl", "-lpthread"])
-    _run(cc + CFLAGS + inc + [str(SRC / "opapi_stub.c"), "-o", str(tmp / "libopapi.so")]
+    _run(cc + CFLAGS + inc + [str(SRC / "opapi_stub.c"), str(SRC / "trace_stub.c"), "-o", str(tmp / "libopapi.so")]
          + link_common + ["-Wl,-soname,libopapi.so", "-lnnopbase", "-lascendcl", "-lpthread", "-lm"])
 
 
