@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="compare two reports case by case instead of running; exit 1 when NEW regressed")
     p.add_argument("--factor", type=float, default=None,
                    help="with --compare: error growth that counts as a change (default: 2)")
+    p.add_argument("--repro", metavar="DIR", default=None,
+                   help="write a standalone C reproducer for each failing case to DIR/<case>/")
+    p.add_argument("--no-shrink", action="store_true",
+                   help="with --repro: keep the failing case whole (default: shrink it first)")
     p.add_argument("--backend-module", metavar="PKG.MOD:FUNCTION", default=None,
                    help="judge this callable (the public call's keyword arguments -> dq, dq_rope, "
                         "dk, dk_rope, dv) instead of --backend")
@@ -76,6 +80,8 @@ def usage_problem(args):
         return "--factor only goes with --compare"
     if args.json == STDOUT and args.junit == STDOUT:
         return "--json - and --junit - cannot both write to stdout"
+    if args.no_shrink and not args.repro:
+        return "--no-shrink only goes with --repro"
     return None
 
 
@@ -93,7 +99,7 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         write_text(junit_xml(report), args.junit)
         if args.junit != STDOUT:
             print(f"junit: {args.junit}", file=text)
-    if getattr(args, "repro", None):
+    if args.repro:
         from . import repro
         failing = [c for c in report["cases"] if c["verdict"] == "FAIL"]
         written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
