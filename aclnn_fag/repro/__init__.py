@@ -227,8 +227,13 @@ def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, back
         if progress:
             progress.write(f"repro: {original.name}: " + (f"shrunk in {runs} runs ({len(steps)} steps)"
                                                           if shrink else "not shrunk") + "\n")
-        d = write_case(out_dir, spec, backend_fn=fn, k=k, environment=report.get("environment"),
-                       original=original, shrink_steps=steps, shrink_runs=runs,
-                       original_entry=entry, backend_name=report.get("backend"))
+        try:
+            d = write_case(out_dir, spec, backend_fn=fn, k=k, environment=report.get("environment"),
+                           original=original, shrink_steps=steps, shrink_runs=runs,
+                           original_entry=entry, backend_name=report.get("backend"))
+        except Exception as exc:        # one case must not cost the others their reproducer
+            if progress:
+                progress.write(f"repro: {original.name}: not written: {type(exc).__name__}: {exc}\n")
+            continue
         written.append(str(d))
     return written
