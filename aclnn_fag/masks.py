@@ -72,7 +72,7 @@ def band_mask(max_sq, max_skv, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
         raise ValueError(f"pre_tokens + next_tokens must be > 0 (docs/validation.md, rule 28), "
                          f"got {pre} + {nxt}")
     if max_sq * max_skv > MAX_MASK_ELEMENTS:
-        raise ValueError(f"a [{max_sq}, {max_skv}] mask has more than {MAX_MASK_ELEMENTS} "
+        raise ValueError(f"parameters 'max_sq', 'max_skv': a [{max_sq}, {max_skv}] mask has more than {MAX_MASK_ELEMENTS} "
                          "elements; use a compressed sparse mode (2/3/4/7/8) for long sequences")
     d = np.arange(max_skv, dtype=np.int64)[None, :] - np.arange(max_sq, dtype=np.int64)[:, None]
     return ((d < -pre) | (d > nxt)).astype(dtype)
