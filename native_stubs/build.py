@@ -38,7 +38,7 @@ SRC = HERE / "src"
 DEFAULT_OUT = HERE / "build"
 
 LIBS = ("libascendcl.so", "libnnopbase.so", "libopapi.so")
-OPAPI_SOURCES = ("opapi_stub.c", "opapi_fwd_stub.c", "fwd_kernel.c")
+OPAPI_SOURCES = ("opapi_stub.c", "trace_stub.c", "opapi_fwd_stub.c", "fwd_kernel.c")
 
 CFLAGS = [
     "-std=c11",
@@ -110,12 +110,12 @@ def _compile_all(tmp: pathlib.Path) -> None:
     # that loading libopapi.so alone pulls in the whole stack, as in CANN.
     link_common = ["-shared", "-Wl,--no-undefined", "-Wl,--no-as-needed", "-Wl,-rpath,$ORIGIN",
                    "-L", str(tmp)]
-    _run(cc + CFLAGS + inc + [str(SRC / "ascendcl_stub.c"), "-o", str(tmp / "libascendcl.so")]
+    _run(cc + CFLAGS + inc + [str(SRC / "ascendcl_stub.c"), str(SRC / "version_stub.c"), "-o", str(tmp / "libascendcl.so")]
          + link_common + ["-Wl,-soname,libascendcl.so", "-lpthread", "-lm"])
     _run(cc + CFLAGS + inc + [str(SRC / "nnopbase_stub.c"), "-o", str(tmp / "libnnopbase.so")]
          + link_common + ["-Wl,-soname,libnnopbase.so", "-lascendcl", "-lpthread"])
-    # libopapi.so: the backward (opapi_stub.c) and the forward (opapi_fwd_stub.c, its kernel
-    # fwd_kernel.c)
+    # libopapi.so: the backward (opapi_stub.c, trace_stub.c) and the forward
+    # (opapi_fwd_stub.c, its kernel fwd_kernel.c)
     _run(cc + CFLAGS + inc + [str(SRC / name) for name in OPAPI_SOURCES]
          + ["-o", str(tmp / "libopapi.so")]
          + link_common + ["-Wl,-soname,libopapi.so", "-lnnopbase", "-lascendcl", "-lpthread", "-lm"])

@@ -1,6 +1,6 @@
 /*
  * Prototypes of every function the stand-in libraries export, written from
- * /work/shared/spec/ABI.md section 2.  Enum parameters are passed as int
+ * docs/abi.md section 2.  Enum parameters are passed as int
  * (int32_t on every supported platform), as C enums are.
  */
 #ifndef ACL_STUB_ABI_H
@@ -16,7 +16,7 @@ typedef int32_t aclnnStatus;
 typedef void *aclrtStream;
 typedef void *aclrtContext;
 
-/* ---- libascendcl.so: runtime (ABI.md 2a) ---- */
+/* ---- libascendcl.so: runtime (docs/abi.md §2a) ---- */
 STUB_API aclError aclInit(const char *configPath);
 STUB_API aclError aclFinalize(void);
 STUB_API aclError aclrtSetDevice(int32_t deviceId);
@@ -37,13 +37,18 @@ STUB_API aclError aclrtSetSysParamOpt(int32_t opt, int64_t value);
 STUB_API aclError aclrtGetSysParamOpt(int32_t opt, int64_t *value);
 STUB_API aclError aclrtGetCurrentContext(aclrtContext *context);
 
+/* ---- libascendcl.so: version queries (optional in CANN; src/version_stub.c) ---- */
+STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr);
+STUB_API aclError aclsysGetCANNVersion(int32_t name, void *version); /* aclCANNPackageVersion * */
+STUB_API aclError aclrtGetVersion(int32_t *majorVersion, int32_t *minorVersion, int32_t *patchVersion);
+
 /* ---- libascendcl.so: stub-only ---- */
 STUB_API void aclStubInjectFailure(const char *function_name, int64_t after_n_calls, int32_t error_code);
 STUB_API void aclStubClearFailures(void);
 STUB_API void aclStubGetCounters(int64_t *live_tensors, int64_t *live_int_arrays, int64_t *live_executors,
                                  int64_t *live_device_bytes, int64_t *live_streams);
 
-/* ---- libnnopbase.so (ABI.md 2b) ---- */
+/* ---- libnnopbase.so (docs/abi.md §2b) ---- */
 STUB_API aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, int32_t dataType,
                                     const int64_t *stride, int64_t offset, int32_t format,
                                     const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData);
@@ -61,7 +66,7 @@ STUB_API aclnnStatus aclSetTensorAddr(aclOpExecutor *executor, const size_t inde
 STUB_API aclnnStatus aclnnInit(const char *configPath);
 STUB_API aclnnStatus aclnnFinalize(void);
 
-/* ---- libopapi.so (ABI.md 2c) ---- */
+/* ---- libopapi.so (docs/abi.md §2c) ---- */
 STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
     const aclTensor *query, const aclTensor *queryRope, const aclTensor *keyIn, const aclTensor *keyInRope,
     const aclTensor *value, const aclTensor *dy, const aclTensor *pseShiftOptional, const aclTensor *dropMaskOptional,

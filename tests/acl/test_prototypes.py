@@ -114,6 +114,7 @@ def test_optional_symbols_are_probed():
     assert set(prototypes.OPTIONAL) == {
         "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt", "aclrtCtxGetSysParamOpt",
         "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
+        "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",
         prototypes.FWD_PHASE1, prototypes.FWD_PHASE2}
     b = loader.bindings()
     for name in prototypes.OPTIONAL:
