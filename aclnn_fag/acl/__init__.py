@@ -171,21 +171,14 @@ STAND_IN_LABEL = "STAND-IN stub libraries (native_stubs/), not an NPU"
 
 def stand_in() -> bool:
     """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/):
-    they export a stub-only symbol, and their SoC name ends in "_stub". Reports label runs on
-    them so nobody mistakes a stub report for a device report. False when nothing loads."""
+    they export the stub-only ``aclStubGetCounters`` (their SoC name also ends in "_stub").
+    Reports label runs on them so nobody mistakes a stub report for a device report. False
+    when nothing loads."""
     try:
         b = loader.bindings()
     except LibraryNotFoundError:
         return False
-    for lib in b.libraries.handles.values():
-        if lib is None:
-            continue
-        try:
-            lib[STAND_IN_SYMBOL]
-        except AttributeError:
-            continue
-        return True
-    return False
+    return b.has(STAND_IN_SYMBOL)
 
 
 def info() -> dict:

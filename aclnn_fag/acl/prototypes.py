@@ -101,6 +101,12 @@ PROTOTYPES: Tuple[Proto, ...] = (
     #                          int32_t *patchVersion);                      (optional)
     Proto("aclrtGetVersion", aclError, (P_I32, P_I32, P_I32), RT, optional=True),
 
+    # void aclStubGetCounters(int64_t *live_tensors, int64_t *live_int_arrays,
+    #     int64_t *live_executors, int64_t *live_device_bytes, int64_t *live_streams);
+    # (optional; exported only by this project's stand-in libraries, native_stubs/: its
+    #  presence labels a run as a stub run, see acl.stand_in())
+    Proto("aclStubGetCounters", None, (P_I64,) * 5, RT, optional=True),
+
     # ---- aclnn meta API (aclnn/acl_meta.h, libnnopbase), resolved through the op-API handle ----
     # aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum,
     #     aclDataType dataType, const int64_t *stride, int64_t offset, aclFormat format,

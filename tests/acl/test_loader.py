@@ -219,7 +219,9 @@ def test_info_reports_libraries_and_features():
     assert report["soc_name"] == "Ascend910B_stub"
     assert report["features"] == {"determinism_setter": True, "determinism_getter": True,
                                   "repeatable_executor": True, "tensor_addr_setters": True,
-                                  "recent_error_message": True, "soc_name": True}
+                                  "recent_error_message": True, "soc_name": True,
+                                  "forward_op": True}
+    assert report["stand_in"] is True and "STAND-IN" in report["stand_in_note"]
     assert report["search_order"][0].startswith("$ACLNN_FAG_LIB_DIR")
     assert report["symbols_found_in"]["aclCreateTensor"] == "opapi"
     assert report["symbols_found_in"]["aclrtMalloc"] == "runtime"
