@@ -100,6 +100,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "soc_name": npu.get("soc_name"),
         # True: the "npu" backend is this project's stand-in libraries, not a device
         "stand_in": bool(npu.get("stand_in", False)),
+        "stand_in_note": npu.get("stand_in_note"),
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
         "versions": versions_block(npu),
         "env": {k: v for k, v in os.environ.items()

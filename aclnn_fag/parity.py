@@ -40,7 +40,7 @@ import traceback
 import warnings
 from typing import Callable, Optional
 
-from . import accuracy, cases as cases_mod, parity_cli
+from . import accuracy, cases as cases_mod, parity_cli, parity_ops
 from .api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from .call import FagGrads
 from .envinfo import environment
@@ -104,9 +104,11 @@ class _Progress:
 
 
 def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_K,
-             progress: Optional[_Progress] = None) -> dict:
+             progress: Optional[_Progress] = None, op: str = "backward") -> dict:
     """Run and judge one case. ``backend_fn=None`` means the NumPy device-precision backend
-    (its result is the reference, computed once)."""
+    (its result is the reference, computed once). ``op`` "forward"/"roundtrip"
+    (:mod:`aclnn_fag.parity_ops`): ``backend_fn`` is then only read for its
+    ``backend_name``/``precision``."""
     entry = {"name": spec.name, "tags": list(spec.tags), "note": spec.note, "verdict": "ERROR",
              "error": None, "backend": getattr(backend_fn, "backend_name", None) or
              ("numpy" if backend_fn is None else "custom"), "timings": {}, "warnings": [],
@@ -126,22 +128,36 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
         try:
             inputs = timed("inputs_s", cases_mod.make_inputs, spec)
             entry.update(cases_mod.case_arguments(spec, inputs))
-            stage("forward (numpy, device)")
-            inputs = timed("forward_s", cases_mod.with_forward, inputs)
-            stage("golden (numpy, fp64)")
-            golden = timed("golden_s", _golden, **inputs)
-            stage("reference (numpy, device)")
-            reference = timed("reference_s", _reference, **inputs)
-            if backend_fn is None:
-                result, timings["backend_s"] = reference, timings["reference_s"]
-                entry["backend_reused_reference"] = True
+            if op != "backward":
+                result, golden, reference = parity_ops.run_pipelines(
+                    op, inputs, None if backend_fn is None else entry["backend"],
+                    getattr(backend_fn, "precision", "device"), timed, stage)
+                if backend_fn is None:
+                    entry["backend_reused_reference"] = True
+                    timings["backend_s"] = timings.get("reference_s", timings["forward_s"])
+                else:
+                    timings["backend_s"] = (timings.get("backend_forward_s", 0.0)
+                                            + timings.get("backend_s", 0.0))
+                stage("judging")
+                entry["outputs"] = parity_ops.judge_outputs(op, result, golden, reference, k=k)
             else:
-                stage(f"backend ({entry['backend']})")
-                result = timed("backend_s", backend_fn, **inputs)
-            stage("judging")
-            for name in OUTPUTS:
-                entry["outputs"][name] = accuracy.judge(getattr(result, name), getattr(golden, name),
-                                                        getattr(reference, name), k=k)
+                stage("forward (numpy, device)")
+                inputs = timed("forward_s", cases_mod.with_forward, inputs)
+                stage("golden (numpy, fp64)")
+                golden = timed("golden_s", _golden, **inputs)
+                stage("reference (numpy, device)")
+                reference = timed("reference_s", _reference, **inputs)
+                if backend_fn is None:
+                    result, timings["backend_s"] = reference, timings["reference_s"]
+                    entry["backend_reused_reference"] = True
+                else:
+                    stage(f"backend ({entry['backend']})")
+                    result = timed("backend_s", backend_fn, **inputs)
+                stage("judging")
+                for name in OUTPUTS:
+                    entry["outputs"][name] = accuracy.judge(getattr(result, name),
+                                                            getattr(golden, name),
+                                                            getattr(reference, name), k=k)
             failed = [n for n, o in entry["outputs"].items() if o["verdict"] != "PASS"]
             entry["verdict"] = "FAIL" if failed else "PASS"
             entry["failed_outputs"] = failed
@@ -156,7 +172,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
 
 def run_suite(specs, backend: str = "auto", precision: str = "device", k: float = accuracy.DEFAULT_K,
               backend_fn: Optional[BackendFn] = None, progress=None, suite=None,
-              selection: Optional[dict] = None) -> dict:
+              selection: Optional[dict] = None, op: str = "backward") -> dict:
     """Run ``specs`` (CaseSpec list) and return the report dict.
 
     The backend under test is ``backend_fn`` when given (called with the backward's keyword
@@ -180,7 +196,7 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
         if bar:
             bar.start(i, spec.name)
         c0 = time.perf_counter()
-        entry = run_case(spec, fn, k=k, progress=bar)
+        entry = run_case(spec, fn, k=k, progress=bar, op=op)
         if fn is None:
             entry["backend"] = backend_name
         results.append(entry)
@@ -195,6 +211,8 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
                     "errors": counts["ERROR"],
                     "outputs_judged": sum(len(r["outputs"]) for r in results)},
         "backend": backend_name,
+        "op": op,
+        "outputs": list(parity_ops.OUTPUTS_BY_OP[op]),
         "precision": precision,
         "criteria": accuracy.criteria_description(k),
         "environment": environment(backend_name, precision),
@@ -251,7 +269,10 @@ def format_table(report: dict, verbose: bool = False) -> str:
                          f"{'  ' + o['problem'] if o.get('problem') else ''}")
     s = report["summary"]
     lines.append("-" * len(head))
-    lines.append(f"backend {report['backend']} (precision {report['precision']}): "
+    from .envinfo import backend_label
+    stand_in = (report.get("environment") or {})
+    label = backend_label(report["backend"], stand_in) if stand_in.get("stand_in") else report["backend"]
+    lines.append(f"{report.get('op', 'backward')} on backend {label} (precision {report['precision']}): "
                  f"{s['passed']}/{s['cases']} cases passed, {s['failed']} failed, {s['errors']} errors; "
                  f"criteria: max_abs_err <= {report['criteria']['flash_attention']['k']:g} x ref_err "
                  f"+ floor, and share>rtol below the dtype's limit (bf16: rtol 2^-6, limit 1e-3)")
@@ -293,6 +314,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("--k", type=float, default=accuracy.DEFAULT_K,
                    help="factor k of the flash-attention criterion (default: 2)")
+    p.add_argument("--op", choices=parity_ops.OPS, default="backward",
+                   help="what to judge: 'backward' (the NumPy forward's statistics into the backend's "
+                        "backward; default), 'forward' (the backend's forward: attention_out and "
+                        "statistics) or 'roundtrip' (the backend's forward fed to its backward; "
+                        "all eight outputs). Criteria: docs/forward.md")
     parity_cli.add_arguments(p)     # --json/--report, --junit, --compare, --backend-module, --repro
     p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -314,6 +340,9 @@ def main(args) -> int:
     if parity_cli.compare_requested(args):
         return parity_cli.run_compare(args)
     backend_fn, problem = parity_cli.load_backend_fn(args)
+    if not problem and args.op != "backward" and (backend_fn is not None or args.repro):
+        problem = f"--op {args.op} judges the package's own forward: it does not go with " + (
+            "--backend-module" if backend_fn is not None else "--repro")
     if problem:
         print(f"aclnn-fag parity: {problem}", file=sys.stderr)
         return 2
@@ -343,6 +372,6 @@ def main(args) -> int:
         return 2
     report = run_suite(specs, backend=args.backend, precision=args.precision, k=args.k,
                        backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
-                       suite=suite, selection=sel)
+                       suite=suite, selection=sel, op=args.op)
     return parity_cli.finish(report, format_table(report, verbose=args.verbose), args, specs,
                              backend_fn)
