@@ -139,3 +139,38 @@ def test_shrinker_finds_a_small_failing_case():
     # the budget bounds the runs
     _, _, runs = shrink_mod.shrink(spec, fails, budget=3)
     assert runs == 3
+
+
+ERRORING = """
+import aclnn_fag
+
+class OpFailure(RuntimeError):
+    pass
+
+def backward(**kw):
+    if kw["query"].shape[0] >= 20:
+        raise OpFailure("phase 1 returned 561002 (stand-in failure)")
+    return aclnn_fag.flash_attention_unpadding_score_grad_v3(**kw, backend="npu")
+"""
+
+
+def test_repro_of_a_backend_error(npu_stub, run_cli, tiny_suite, tmp_path, ascend_home, monkeypatch):
+    """A call that raises in the backend (not in the validator) is reproduced too, shrunk while
+    it raises the same error class; the program reports I/O problems with exit status 2."""
+    (tmp_path / "erroring.py").write_text(ERRORING)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(__import__("sys").modules, "erroring", raising=False)
+    code, text, err = run_cli("parity", "--suite", tiny_suite, "--case", "tiny-mode0", "--backend-module",
+                              "erroring:backward", "--repro", tmp_path / "rp", "-q")
+    assert code == 1 and "reproducers: 1 of 1" in text, text + err
+    d = tmp_path / "rp" / "tiny-mode0"
+    doc = json.loads((d / "case.json").read_text())
+    assert doc["backend_error"].startswith("OpFailure: phase 1 returned 561002")
+    assert 20 <= cases.CaseSpec.from_dict(doc["case"]).t1 < 40          # shrunk, still raising
+    assert "The call raised `OpFailure" in (d / "README.md").read_text()
+    proc = _build_and_run(d, ascend_home, tmp_path / "t.jsonl")
+    assert proc.returncode == 0, proc.stdout + proc.stderr           # the stub op itself is fine
+    data = (d / "inputs" / "dy.bin").read_bytes()
+    (d / "inputs" / "dy.bin").write_bytes(data[:-2])
+    proc = subprocess.run([str(d / "repro")], cwd=d, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "expected exactly" in proc.stderr
