@@ -125,7 +125,7 @@ def test_repro_passing_case_exits_0_and_no_shrink(npu_stub, run_cli, tiny_suite,
 
 
 def test_shrinker_finds_a_small_failing_case():
-    spec = cases.CaseSpec(name="s", lengths_q=(300, 0, 212, 40), heads=8, kv_heads=2, seed=1)
+    spec = cases.CaseSpec(name="s", lengths_q=(300, 0, 212, 40), heads=12, kv_heads=4, seed=1)
     calls = []
 
     def fails(c):           # "the op fails when some sequence has >= 20 tokens and N1 >= 2"
@@ -133,9 +133,14 @@ def test_shrinker_finds_a_small_failing_case():
         return max(c.lengths_q) >= 20 and c.heads >= 2
     small, steps, runs = shrink_mod.shrink(spec, fails, budget=100)
     assert len(small.lengths_q) == 1 and 20 <= small.lengths_q[0] < 40
-    assert small.heads == 2 and small.heads % small.n2 == 0
+    assert 2 <= small.heads < 12 and small.heads % small.n2 == 0
     assert fails(small) and runs == len(calls) - 1 and steps
     assert all(c.heads % c.n2 == 0 for c in calls)
+    # head candidates keep N1 % N2 == 0 even when the KV heads cannot shrink
+    tried = []
+    small, _, _ = shrink_mod.shrink(spec, lambda c: tried.append(c) or c.n2 >= 4, budget=100)
+    assert small.n2 == 4 and small.heads == 4
+    assert all(c.heads % c.n2 == 0 for c in tried)
     # the budget bounds the runs
     _, _, runs = shrink_mod.shrink(spec, fails, budget=3)
     assert runs == 3
