@@ -196,7 +196,7 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
                  f"key_rope, value; dpse NULL |")
     lines.append(f"| ACL_OPT_DETERMINISTIC | {1 if call.deterministic else 0} (set on the context "
                  "explicitly, as aclnn_fag does) |")
-    lines += ["", "Inputs are drawn from `numpy.random.default_rng(seed)` (standard normal rounded to "
+    lines += ["", f"Inputs are drawn from `numpy.random.default_rng({spec.seed})` (standard normal rounded to "
               "bf16; see `aclnn_fag/cases.py`); attention_in and the softmax statistics come from "
               "the NumPy forward in device precision. The case as a suite entry is in `case.json`.",
               "", "## Failing figures (this input)", ""]
