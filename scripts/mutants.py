@@ -16,8 +16,10 @@ AREAS = ("reference", "semantics", "validate", "acl", "accuracy", "parity", "stu
 _REF = ("tests/reference/test_reference_holes.py", "tests/reference/test_device_precision.py",
         "tests/reference/test_against_oracle.py", "tests/reference/test_sparse_examples.py",
         "tests/reference/test_softmax_layout.py")
-_PARITY = ("tests/cli/test_parity_criteria.py", "tests/cli/test_parity_holes.py",
-           "tests/cli/test_parity.py")
+_PARITY = ("tests/cli/test_parity_holes.py", "tests/cli/test_parity.py",
+           "tests/cli/test_parity_criteria.py")
+_ACCURACY = ("tests/cli/test_parity_criteria.py", "tests/cli/test_parity.py",
+             "tests/cli/test_parity_holes.py")
 AREA_TESTS = {
     "reference": _REF,
     "semantics": ("tests/reference/test_sparse_examples.py", "tests/reference/test_softmax_layout.py",
@@ -28,7 +30,7 @@ AREA_TESTS = {
     "acl": ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py", "tests/acl/test_determinism.py",
             "tests/acl/test_backend_matrix.py", "tests/acl/test_device_array.py",
             "tests/acl/test_errors.py", "tests/acl/test_leaks.py", "tests/acl/test_prototypes.py"),
-    "accuracy": _PARITY,
+    "accuracy": _ACCURACY,
     "parity": _PARITY,
     "stub": ("tests/acl/test_stub_exact.py", "tests/native", "tests/acl/test_backend_matrix.py",
              "tests/acl/test_errors.py", "tests/acl/test_plan.py", "tests/acl/test_plan_holes.py"),
