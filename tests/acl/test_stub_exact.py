@@ -54,7 +54,7 @@ def ident(x):
     return np.asarray(x, dtype=np.float32)
 
 
-def exact_case(seed, g=1, sq=8, skv=8, density=0.0):
+def exact_case(seed, g=1, sq=8, skv=8, density=0.0, masked_row=None):
     rng = np.random.default_rng(seed)
     n2, d, dr, dv = 1, 16, 8, 16
     n1 = n2 * g
@@ -72,18 +72,24 @@ def exact_case(seed, g=1, sq=8, skv=8, density=0.0):
     o[:, :, 0] = (rng.integers(-6, 7, (sq, n1)) * 2.0 ** -8)     # Dterm = o[.., 0]
     smax = (q.astype(np.float64) @ kappa + qr.astype(np.float64) @ kappa_r) * scale   # [sq, n1]
     ssum = np.array([[L_MENU[(i + h) % len(L_MENU)] for h in range(n1)] for i in range(sq)])
+    mask = (rng.random((sq, skv)) < density).astype(np.uint8)
+    mask[:, 0] = 0
+    if masked_row is not None:
+        # a fully masked row carries the forward's invalid-line statistics (max -FLT_MAX,
+        # sum FLT_MAX): it must contribute exactly nothing (not P = 1 / FLT_MAX)
+        mask[masked_row] = 1
+        smax[masked_row] = -np.finfo(np.float32).max
+        ssum[masked_row] = np.finfo(np.float32).max
     # device layout with one batch: [N1, Sq, 8] blocks
     dev_max = np.repeat(smax.T.reshape(-1)[:, None], 8, axis=1).reshape(sq, n1, 8)
     dev_sum = np.repeat(ssum.T.reshape(-1)[:, None], 8, axis=1).reshape(sq, n1, 8)
-    mask = (rng.random((sq, skv)) < density).astype(np.uint8)
-    mask[:, 0] = 0
     return dict(query=q, query_rope=qr, key=k, key_rope=kr, value=v, dy=dy, atten_mask=mask,
                 softmax_max=dev_max.astype(np.float32), softmax_sum=dev_sum.astype(np.float32),
                 attention_in=o, actual_seq_qlen=[sq], actual_seq_kvlen=[skv],
                 scale_value=scale, sparse_mode=0)
 
 
-def emulate(c, rnd_p=rnd_away, rnd_ds=rnd_away, rnd_out=rnd_away):
+def emulate(c, rnd_p=rnd_away, rnd_ds=rnd_away, rnd_out=rnd_away, masked_p=0.0):
     """The rounding points, element by element (fp64 where the value is exact anyway)."""
     f = {n: np.asarray(c[n]).astype(np.float64) for n in
          ("query", "query_rope", "key", "key_rope", "value", "dy", "attention_in")}
@@ -103,10 +109,12 @@ def emulate(c, rnd_p=rnd_away, rnd_ds=rnd_away, rnd_out=rnd_away):
         for i in range(sq):
             p32 = np.float32(1.0) / np.float32(sums[h, i])          # exp(S - max) = 1
             dterm = float(f["dy"][i, h] @ f["attention_in"][i, h])
+            row_masked = bool(mask[i].all())
             for j in range(skv):
-                if mask[i, j]:
+                if mask[i, j] and not (row_masked and masked_p):
                     continue
                 dp = float(f["dy"][i, h] @ f["value"][j, n2])
+                p32 = np.float32(masked_p) if row_masked else p32
                 ds32 = np.float32(p32 * np.float32(dp - dterm))
                 ds16 = float(rnd_ds(ds32))
                 p16 = float(rnd_p(p32))
@@ -137,7 +145,8 @@ def _equal(a, b) -> bool:
 
 
 CONFIGS = {"g1": dict(seed=101), "g2": dict(seed=102, g=2), "g1_mask": dict(seed=103, density=0.3),
-           "g2_long": dict(seed=104, g=2, sq=12, skv=16)}
+           "g2_long": dict(seed=104, g=2, sq=12, skv=16),
+           "g2_masked_row": dict(seed=105, g=2, density=0.2, masked_row=3)}
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -151,9 +160,13 @@ def test_stub_equals_reference_bit_for_bit_where_rounding_decides(name, no_leaks
             np.testing.assert_array_equal(x, y, err_msg=f"{label} {gname}")
     assert any(np.any(np.asarray(x).astype(np.float32) != 0) for x in stub)
     # power: another tie mode or a missing rounding point changes the result on these inputs
-    for variant in (dict(rnd_ds=rnd_even), dict(rnd_ds=rnd_zero), dict(rnd_ds=ident),
-                    dict(rnd_p=rnd_even), dict(rnd_p=rnd_zero), dict(rnd_p=ident),
-                    dict(rnd_out=rnd_even), dict(rnd_out=rnd_zero)):
+    variants = [dict(rnd_ds=rnd_even), dict(rnd_ds=rnd_zero), dict(rnd_ds=ident),
+                dict(rnd_p=rnd_even), dict(rnd_p=rnd_zero), dict(rnd_p=ident),
+                dict(rnd_out=rnd_even), dict(rnd_out=rnd_zero)]
+    if CONFIGS[name].get("masked_row") is not None:
+        # exp(-FLT_MAX - (-FLT_MAX)) / FLT_MAX: what a masked row gives if it is not skipped
+        variants.append(dict(masked_p=np.float32(1.0) / np.finfo(np.float32).max))
+    for variant in variants:
         assert not _equal(emulate(c, **variant), want), variant
 
 
@@ -212,3 +225,25 @@ def test_small_shape_exception_boundary_on_the_stub(t1, accepted, no_leaks):
         with pytest.raises(errors.ParamInvalidError) as info:
             FagPlan(**c)
         assert info.value.code == 161002
+
+
+@pytest.mark.parametrize("n1,ok", [(256, True), (257, False)])
+def test_head_limit_on_the_stub(n1, ok, no_leaks):
+    c = _heads_case(n1, 1, t=2)
+    if ok:
+        acl.call_raw(**c)
+    else:
+        with pytest.raises(errors.ParamInvalidError):
+            acl.call_raw(**c)
+
+
+@pytest.mark.parametrize("nb,ok", [(2048, True), (2049, False)])
+def test_batch_limit_on_the_stub(nb, ok, no_leaks):
+    c = _heads_case(1, 1, t=nb)
+    c.update(actual_seq_qlen=list(range(1, nb + 1)), actual_seq_kvlen=list(range(1, nb + 1)),
+             atten_mask=np.zeros((1, 1), np.uint8))
+    if ok:
+        FagPlan(**c).close()
+    else:
+        with pytest.raises(errors.ParamInvalidError):
+            FagPlan(**c)

@@ -70,3 +70,10 @@ def test_golden_is_float64(tiny_suite, monkeypatch):
     # the backend under test (fp32) is judged by the float32 thresholds
     for out in report["cases"][0]["outputs"].values():
         assert out["dtype"] == "float32" and out["rtol"] == 1e-4
+
+
+@pytest.mark.parametrize("k", ["0", "-1"])
+def test_non_positive_k_is_a_usage_error(k, numpy_only, run_cli, tiny_suite):
+    code, out, err = run_cli("parity", "--suite", tiny_suite, "--quick", "--k", k, "--report", "-")
+    assert code == 2 and "--k" in err
+    assert "cases passed" not in out                  # nothing ran

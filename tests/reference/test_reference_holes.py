@@ -283,3 +283,24 @@ def test_small_shape_exception_other_conditions():
             _small_shape_call(100, kv_len=1025)                      # max Skv > 1024
         with pytest.raises(errors.ParamInvalidError):
             _small_shape_call(100, deterministic=True)               # deterministic
+
+
+def test_device_forward_output_tie_rounds_away():
+    """Two keys with equal scores (P = 1 each, sum 2): O = (v1 + v2) / 2 exactly; with
+    v1 = 1, v2 = 1 + 2^-7 that is 1 + 2^-8, a bf16 tie: ties away give 1 + 2^-7 (the bf16
+    cast of ml_dtypes, ties to even, would give 1)."""
+    sq, skv, d, dr, dv = 2, 2, 16, 8, 16
+    q = np.zeros((sq, 1, d), BF16)
+    qr = np.zeros((sq, 1, dr), BF16)
+    k = np.ones((skv, 1, d), BF16)
+    kr = np.zeros((skv, 1, dr), BF16)
+    v = np.zeros((skv, 1, dv), BF16)
+    v[0, 0, :2] = 1, -1
+    v[1, 0, :2] = 1 + 2.0 ** -7, -(1 + 2.0 ** -7)
+    fwd = af.flash_attention_forward(q, qr, k, kr, v, atten_mask=np.zeros((sq, skv), np.uint8),
+                                     actual_seq_qlen=[sq], actual_seq_kvlen=[skv],
+                                     scale_value=1.0, precision="device")
+    out = fwd.attention_out.astype(np.float32)
+    np.testing.assert_array_equal(out[:, 0, 0], [1 + 2.0 ** -7] * sq)
+    np.testing.assert_array_equal(out[:, 0, 1], [-(1 + 2.0 ** -7)] * sq)
+    assert np.all(fwd.softmax_sum == 2.0) and np.all(fwd.softmax_max == 0.0)
