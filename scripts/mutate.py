@@ -184,6 +184,9 @@ def main(argv=None) -> int:
     ap.add_argument("--check-stale", action="store_true", help="only report stale mutants")
     ap.add_argument("--baseline", action="store_true",
                     help="first run every selection unmutated; abort if one is red")
+    ap.add_argument("--changed-since", metavar="REV",
+                    help="only mutants whose file or test selection changed since git REV "
+                         "(re-run after a merge: stale ones are reported as stale)")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant run")
     ap.add_argument("--report", default="mutation_report.json", help="JSON report path")
     ap.add_argument("--tree", default=str(ROOT), help="the tree to copy (default: this repo)")
@@ -192,6 +195,15 @@ def main(argv=None) -> int:
 
     chosen = [m for m in MUTANTS if (not args.area or m.area in args.area)
               and (not args.id or m.id in args.id)]
+    if args.changed_since:
+        diff = subprocess.run(["git", "diff", "--name-only", args.changed_since, "--"], cwd=root,
+                              capture_output=True, text=True, check=True).stdout.split()
+        changed = set(diff)
+
+        def touched(m):
+            paths = [m.file] + selection_of(m)
+            return any(c == p or c.startswith(p.rstrip("/") + "/") for p in paths for c in changed)
+        chosen = [m for m in chosen if touched(m)]
     if args.list:
         for m in chosen:
             print(f"{m.id:<28s} {m.area:<10s} {m.file}\n    breaks: {m.breaks}\n"
