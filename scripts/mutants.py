@@ -444,7 +444,7 @@ MUTANTS = [
     Mutant("par-verdict", "parity", "aclnn_fag/parity.py",
            '            entry["verdict"] = "FAIL" if failed else "PASS"',
            '            entry["verdict"] = "PASS"', "failing outputs do not fail the case"),
-    Mutant("par-exit", "parity", "aclnn_fag/parity.py",
+    Mutant("par-exit", "parity", "aclnn_fag/parity_cli.py",
            '    return 0 if report["ok"] else 1', "    return 0",
            "aclnn-fag parity exits 0 on failures"),
     Mutant("par-k-ignored", "parity", "aclnn_fag/parity.py",
