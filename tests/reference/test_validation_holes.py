@@ -96,11 +96,12 @@ def test_tokens_beyond_int32_are_clamped():
     assert (c.pre_eff, c.next_eff) == (INT32_MAX, 5)
 
 
-@pytest.mark.parametrize("d,steered", [(128, True), (112, True), (256, False)])
-def test_mla_basic_kernel_edge(d, steered):
-    """Causal, equal lengths, 2-D compressed mask, D = Dv <= 128 (multiple of 16): the call
-    is steered off the rope-ignoring kernel with start indices [0]; D = 256 is not."""
+@pytest.mark.parametrize("d", [128, 112, 256])
+def test_mla_basic_kernel_edge(d):
+    """Start indices are [0] on every call (docs/forward.md, "Start indices"): inside the
+    rope-ignoring kernel's conditions (D = Dv <= 128) and outside them (D = 256) alike; the
+    caller's own values are passed unchanged."""
     c = call(t1=16, d=d, dr=64, mode=3)
-    assert (c.q_start_idx == (0,) and c.kv_start_idx == (0,)) is steered
-    if not steered:
-        assert c.q_start_idx is None and c.kv_start_idx is None
+    assert c.q_start_idx == (0,) and c.kv_start_idx == (0,)
+    c = call(t1=16, d=d, dr=64, mode=3, q_start_idx=[5], kv_start_idx=[2])
+    assert c.q_start_idx == (5,) and c.kv_start_idx == (2,)
