@@ -47,6 +47,7 @@ import numpy as np
 
 from .api import resolve_backend
 from .cases import CaseSpec, make_inputs, with_forward
+from .cliargs import positive_int
 from .envinfo import environment
 from .semantics.sparse import MaskReader, batch_keep
 from .reference import attention_backward, attention_forward
@@ -379,7 +380,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=sorted(SUITES), default="default",
                    help="named suite: default (a few sizes; the default), smoke (tiny, for CI), "
                         "targets (the project's performance targets)")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls per row; best and median are reported (default: 3)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="timed calls per row; best and median are reported (default: 3)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
