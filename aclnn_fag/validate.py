@@ -59,7 +59,7 @@ import numpy as np
 from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
 from .masks import COMPRESSED_SIZE, is_canonical_compressed
-from .semantics.seqlens import SeqInfo, seq_info
+from .semantics.seqlens import SeqInfo, ends_problem, per_sequence_hint, seq_info
 from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
 from .semantics.softmax_layout import COPIES
 
@@ -375,12 +375,7 @@ def _check_sparse_range(sparse_mode):
 
 def _per_seq_hint(qlen, kvlen, t1, t2) -> str:
     """' -- ...' when the ends look like per-sequence lengths (they sum to T, the last != T)."""
-    for ends, total in ((qlen, t1), (kvlen, t2)):
-        if ends and len(ends) > 1 and sum(ends) == total and ends[-1] != total:
-            return (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
-                    "to T); the op takes cumulative ends without a leading 0 "
-                    "(aclnn_fag.seqlens.lengths_to_cumulative)")
-    return ""
+    return per_sequence_hint(qlen, t1) or (per_sequence_hint(kvlen, t2) if kvlen else "")
 
 
 def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t1, t2):
@@ -474,19 +469,10 @@ def _check_sequences_strict(qlen, kvlen, t1, t2):
     of bounds), with hints for per-sequence lengths; a last end below T warns."""
     for name, ends, total, tname in (("actual_seq_qlen", qlen, t1, "T1 (query.shape[0])"),
                                      ("actual_seq_kvlen", kvlen, t2, "T2 (key.shape[0])")):
-        hint = _per_seq_hint(ends, None, total, None)
-        shown = f"{list(ends[:8])}{'...' if len(ends) > 8 else ''}"
-        for i, x in enumerate(ends):
-            if x < 0:
-                raise _invalid(name, f"{name} has a negative entry ({x} at index {i}): it must hold "
-                               f"cumulative ends, got {shown}{hint}", check="S4")
-            if i and x < ends[i - 1]:
-                raise _invalid(name, f"{name} must be non-decreasing cumulative ends (entry {i} = "
-                               f"{x} < {ends[i - 1]}), got {shown}{hint}", check="S4")
-        if ends[-1] > total:
-            raise _invalid(name, f"the last cumulative end {ends[-1]} of {name} exceeds "
-                           f"{tname} = {total} (the kernel would read out of bounds); the last "
-                           f"end must be T{hint}", check="S4")
+        problem = ends_problem(name, ends, total, tname)
+        if problem:
+            raise _invalid(name, problem, check="S4")
+        hint = per_sequence_hint(ends, total)
         if ends[-1] < total:
             warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
                           f"part of any sequence and get zero outputs (the last cumulative end "
