@@ -12,7 +12,7 @@ from .call import FagForward, FagGrads
 from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, LibraryNotFoundError,
                      ParamInvalidError, ParamNullptrError, error_class_for)
 from .reference.common import FullyMaskedRowWarning
-from .validate import IgnoredArgumentWarning, SequenceEndWarning
+from .validate import IgnoredArgumentWarning, SequenceEndWarning, SoftmaxStatsMismatchWarning
 
 __version__ = "0.1.0"
 
@@ -21,5 +21,6 @@ __all__ = [
     "last_backend", "BACKENDS", "FagGrads", "FagForward", "AclnnError", "AclRuntimeError",
     "BackendUnavailableError", "LibraryNotFoundError", "ParamInvalidError", "ParamNullptrError",
     "error_class_for", "FullyMaskedRowWarning", "IgnoredArgumentWarning", "SequenceEndWarning",
+    "SoftmaxStatsMismatchWarning",
     "masks", "seqlens", "softmax_layout", "__version__",
 ]
