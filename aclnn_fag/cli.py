@@ -35,6 +35,8 @@ def _cmd_info(args) -> int:
     print(f"aclnn_fag {__version__}  (python {env['python']}, numpy {env['numpy_version']}, "
           f"ml_dtypes {env['ml_dtypes_version']}, {env['platform']})")
     print(f"auto backend:    {auto if auto else 'cannot resolve: ' + str(auto_error)}")
+    from .bench import format_blas
+    print(format_blas(env.get("blas")).replace("BLAS: ", "BLAS (numpy):    ", 1))
     reason = str(npu.get("reason") or "").strip().splitlines()
     print(f"NPU backend:     {'available' if ok else 'unavailable'}"
           + ("" if ok or not reason else f" -- {reason[0]}"))
@@ -195,7 +197,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:            # usage error (2) or --help/--version (0): a status
+        return exc.code if isinstance(exc.code, int) else 2
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -78,6 +78,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "numpy_version": np.__version__,
         "ml_dtypes_version": getattr(ml_dtypes, "__version__", "unknown"),
         "cpu_count": os.cpu_count(),
+        "blas": _blas(),
         "backend": backend,
         "precision": precision,
         "npu_available": npu.get("ok", False),
@@ -87,9 +88,19 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "soc_name": npu.get("soc_name"),
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
         "env": {k: v for k, v in os.environ.items()
-                if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_")) or k in ("OMP_NUM_THREADS",)},
+                if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
+                or k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
     }
     return env
+
+
+def _blas() -> dict:
+    """numpy's BLAS library and thread count (never raises)."""
+    try:
+        from .blas import blas_info
+        return blas_info()
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def _library_paths(npu: dict) -> dict:
