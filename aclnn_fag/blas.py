@@ -88,7 +88,7 @@ def _probe():
         found = None
         for path in _loaded_libraries():
             try:
-                lib = ctypes.CDLL(path)
+                lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
             except OSError:
                 continue
             for kind, getters, setters in _APIS:

@@ -11,9 +11,9 @@ def test_info_prints_the_blas(numpy_only, run_cli):
     code, out, _ = run_cli("info")
     assert code == 0
     line = next(x for x in out.splitlines() if x.startswith("BLAS"))
-    assert f"{blas.blas_threads()} threads" in line
+    assert f"threads {blas.blas_threads()}" in line
     code, out, _ = run_cli("info", "--json")
-    assert json.loads(out)["environment"]["blas"]["threads"] == blas.blas_threads()
+    assert json.loads(out)["environment"]["versions"]["blas"]["threads"] == blas.blas_threads()
 
 
 def test_bench_records_the_blas_it_ran_with(numpy_only, run_cli, tmp_path, monkeypatch):
@@ -32,5 +32,5 @@ def test_parity_report_records_the_blas(numpy_only, run_cli, tiny_suite, tmp_pat
     path = tmp_path / "r.json"
     code, _, _ = run_cli("parity", "--suite", tiny_suite, "--case", "tiny-mode0", "--report", path, "-q")
     assert code == 0
-    env = json.loads(path.read_text())["environment"]
-    assert env["blas"]["threads"] == blas.blas_threads() and "usable_cpus" in env["blas"]
+    b = json.loads(path.read_text())["environment"]["versions"]["blas"]
+    assert b["threads"] == blas.blas_threads() and "usable_cpus" in b and "cap" in b

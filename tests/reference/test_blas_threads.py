@@ -127,6 +127,6 @@ def test_concurrent_blocks_restore_once(controllable):
 def test_reports_record_the_blas(tmp_path):
     from aclnn_fag import bench, envinfo
     env = envinfo.environment("numpy", "device", npu={"ok": False})
-    assert env["blas"]["threads"] == blas.blas_threads()
-    line = bench.format_blas(env["blas"])
+    assert env["versions"]["blas"]["threads"] == blas.blas_threads()
+    line = bench.format_blas(blas.blas_info())
     assert line.startswith("BLAS: ") and "threads" in line
