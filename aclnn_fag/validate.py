@@ -399,8 +399,10 @@ def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t
         if lead not in ((seqs.batch, n1), (seqs.batch, 1), (1, 1)):
             hint = ""
             if lead[0] == seqs.batch - 1 and qlen and qlen[0] == 0 and kvlen and kvlen[0] == 0:
-                hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention); the op "
-                        "takes cumulative ends without the leading 0")
+                hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention), which the "
+                        "op reads as an empty first sequence counted in B: drop the leading 0 "
+                        "(cu_seqlens[1:]) or append one mask block "
+                        "(docs/semantics.md, The leading-0 form)")
             elif lead[0] == seqs.batch_raw and seqs.batch != seqs.batch_raw:
                 hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
                         f"({seqs.batch_raw} entries, B = {seqs.batch})")

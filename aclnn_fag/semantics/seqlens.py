@@ -1,6 +1,6 @@
 """Cumulative sequence ends (actualSeqQLen / actualSeqKvLen) and what follows from them.
 
-The op takes **cumulative end offsets without a leading 0**: per-sequence
+The op takes **cumulative end offsets** (a leading 0 reads as an empty first sequence): per-sequence
 lengths [2, 2, 0, 2, 2] are passed as [2, 4, 4, 6, 8] (docs/semantics.md, "Sequence lengths").
 """
 
