@@ -150,11 +150,22 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             actual_seq_qlen, actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX,
                             next_tokens=INT32_MAX, head_num=None, sparse_mode=0, inner_precise=0,
                             precision="device") -> FagForward:
-    """The forward the backward differentiates (NumPy): FagForward(attention_out, softmax_max,
-    softmax_sum), the statistics in the device layout ([T1, N1, 8], per batch [N1, Sq_b, 8]
-    blocks, 8 equal copies). "device" precision returns bf16 output and float32 statistics;
-    "fp32"/"fp64" return everything in that dtype (cast the statistics to float32 before
-    passing them to the backward)."""
+    """The forward the backward differentiates (aclnnFlashAttentionVarLenScoreV3's math, on the
+    NumPy reference), producing valid inputs for the backward.
+
+    query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr], value
+    [T2, N2, Dv]: bfloat16. atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
+    pre_tokens, next_tokens, head_num, sparse_mode, inner_precise: as for
+    ``flash_attention_unpadding_score_grad_v3`` (the same rules apply, docs/validation.md).
+    precision: "device" returns bf16 output and float32 statistics; "fp32"/"fp64" return
+    everything in that dtype (cast the statistics to float32 before passing them to the
+    backward).
+
+    Returns FagForward(attention_out, softmax_max, softmax_sum): attention_out [T1, N1, Dv];
+    the statistics [T1, N1, 8] in the device's layout (per batch [N1, Sq_b, 8] blocks, 8 equal
+    copies; docs/semantics.md, Softmax statistics). Rows with no kept key get max = -FLT_MAX,
+    sum = FLT_MAX, output 0 (FullyMaskedRowWarning).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
     call = validate_forward(query, query_rope, key, key_rope, value, atten_mask=atten_mask,
