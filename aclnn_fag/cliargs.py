@@ -20,23 +20,21 @@ def positive_float(text: str) -> float:
     return value
 
 
-def positive_int(text: str) -> int:
-    """An int >= 1."""
+def _int_in(text: str, low: int, high: int, what: str) -> int:
     try:
         value = int(text, 10)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+    if not low <= value < high:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An int >= 1."""
+    return _int_in(text, 1, 1 << 63, ">= 1")
 
 
 def seed(text: str) -> int:
     """A random seed: an int in [0, 2**63)."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if not 0 <= value < 1 << 63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text!r}")
-    return value
+    return _int_in(text, 0, 1 << 63, "in [0, 2**63)")
