@@ -42,6 +42,7 @@ from typing import Callable, Optional
 
 from . import accuracy, cases as cases_mod, parity_cli, parity_ops
 from .api import flash_attention_unpadding_score_grad_v3, resolve_backend
+from .cliargs import positive_float
 from .call import FagGrads
 from .envinfo import environment
 
@@ -51,6 +52,9 @@ __all__ = ["make_backend_fn", "run_case", "run_suite", "format_table", "write_re
 REPORT_SCHEMA = "aclnn_fag.parity_report/1"
 OUTPUTS = FagGrads._fields
 BackendFn = Callable[..., FagGrads]
+SELF_CHECK_NOTE = ("SELF-CHECK: the backend under test is the NumPy reference itself (ratio 1.00 by "
+                   "construction); this run tests the reference against the fp64 golden, not a "
+                   "device. Use --backend npu on an Ascend host.")
 
 
 def make_backend_fn(backend: str = "auto", precision: str = "device") -> BackendFn:
@@ -189,6 +193,9 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
     else:
         fn = backend_fn
         backend_name = getattr(backend_fn, "backend_name", "custom")
+    # The NumPy backend in device precision *is* the reference: such a run checks the suite
+    # and the criteria end to end (and the reference against the fp64 golden), not a device.
+    self_check = backend_name == "numpy" and precision == "device"
     specs = list(specs)
     bar = _Progress(progress, len(specs)) if progress else None
     results = []
@@ -214,6 +221,7 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
         "op": op,
         "outputs": list(parity_ops.OUTPUTS_BY_OP[op]),
         "precision": precision,
+        "self_check": self_check,
         "criteria": accuracy.criteria_description(k),
         "environment": environment(backend_name, precision),
         "suite": {"path": getattr(suite, "path", None), "sha256": getattr(suite, "raw_sha256", None),
@@ -269,6 +277,8 @@ def format_table(report: dict, verbose: bool = False) -> str:
                          f"{'  ' + o['problem'] if o.get('problem') else ''}")
     s = report["summary"]
     lines.append("-" * len(head))
+    if report.get("self_check"):
+        lines.append(SELF_CHECK_NOTE)
     from .envinfo import backend_label
     stand_in = (report.get("environment") or {})
     label = backend_label(report["backend"], stand_in) if stand_in.get("stand_in") else report["backend"]
@@ -312,8 +322,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true",
                    help="include the cases the suite excludes by default (tags 'long', 'heavy', ...)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
-    p.add_argument("--k", type=float, default=accuracy.DEFAULT_K,
-                   help="factor k of the flash-attention criterion (default: 2)")
+    p.add_argument("--k", type=positive_float, default=accuracy.DEFAULT_K,
+                   help="factor k of the flash-attention criterion, a finite number > 0 (default: 2)")
     p.add_argument("--op", choices=parity_ops.OPS, default="backward",
                    help="what to judge: 'backward' (the NumPy forward's statistics into the backend's "
                         "backward; default), 'forward' (the backend's forward: attention_out and "
@@ -361,8 +371,8 @@ def main(args) -> int:
     if not specs:
         print(f"aclnn-fag parity: no case of {suite.path} matches the selection {sel}", file=sys.stderr)
         return 2
-    if args.k <= 0:
-        print("aclnn-fag parity: --k must be > 0", file=sys.stderr)
+    if not (math.isfinite(args.k) and args.k > 0):          # args built without the parser
+        print(f"aclnn-fag parity: --k must be a finite number > 0, got {args.k}", file=sys.stderr)
         return 2
     try:
         if backend_fn is None:
