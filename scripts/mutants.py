@@ -230,8 +230,9 @@ MUTANTS = [
            "rule 16 small-shape exception boundary moves by one query token"),
     Mutant("val-kvmax-1024", "validate", V, "kv_max <= 1024 and d < 96", "kv_max < 1024 and d < 96",
            "rule 16 small-shape exception: max Skv 1024 rejected"),
-    Mutant("val-d96", "validate", V, "kv_max <= 1024 and d < 96", "kv_max <= 1024 and d <= 96",
-           "rule 16 small-shape exception extended to D = 96"),
+    # (d <= 96 would be an equivalent mutant: D = 96 is a multiple of 16 and never padded)
+    Mutant("val-d96", "validate", V, "kv_max <= 1024 and d < 96", "kv_max <= 1024 and d < 112",
+           "rule 16 small-shape exception extended to D = 96..111"),
     Mutant("val-nondet-d8", "validate", V, "        if nondet and d % 8 == 0:", "        if d % 8 == 0:",
            "rule 16: D % 8 == 0 accepted in deterministic mode too"),
     Mutant("val-mla-nondet", "validate", V, "mla_shape = d == 192 and dv == 128 and nondet",

@@ -104,3 +104,36 @@ def test_mla_basic_kernel_edge(d, steered):
     assert (c.q_start_idx == (0,) and c.kv_start_idx == (0,)) is steered
     if not steered:
         assert c.q_start_idx is None and c.kv_start_idx is None
+
+
+@pytest.mark.parametrize("mode,pre,nxt", [(2, 5, 7), (3, 1 << 40, -3), (3, 9, 9)])
+def test_causal_modes_normalise_tokens(mode, pre, nxt):
+    """Modes 2/3 ignore the tokens: (pre, next) become (INT32_MAX, 0) as on the device;
+    mode 1 makes them (INT32_MAX, INT32_MAX)."""
+    c = call(t1=8, mode=mode, pre=pre, nxt=nxt)
+    assert (c.pre_eff, c.next_eff) == (INT32_MAX, 0)
+    c = call(t1=8, mode=1, pre=3, nxt=2)
+    assert (c.pre_eff, c.next_eff) == (INT32_MAX, INT32_MAX)
+
+
+def test_trailing_batches_with_keys_count_in_b():
+    """B drops only the trailing batches whose query AND key lengths are 0: a last batch
+    with Sq = 0 but Skv = 5 counts, so a packed 4-D mask needs B = 3 blocks."""
+    q_ends, kv_ends = [4, 7, 7], [4, 7, 12]
+    stats = np.broadcast_to(np.ones((1, 1, 1), np.float32), (7, 1, 8))
+
+    def with_mask(b):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return validate_backward(z((7, 1, 16)), z((7, 1, 8)), z((12, 1, 16)), z((12, 1, 8)),
+                                     z((12, 1, 16)), z((7, 1, 16)), atten_mask=z((b, 1, 4, 5), np.uint8),
+                                     softmax_max=stats, softmax_sum=stats, attention_in=z((7, 1, 16)),
+                                     actual_seq_qlen=q_ends, actual_seq_kvlen=kv_ends,
+                                     scale_value=0.1, sparse_mode=0)
+    c = with_mask(3)
+    assert c.seqs.batch == 3
+    with pytest.raises(errors.ParamNullptrError, match="B=3"):
+        with_mask(2)
+    # while a trailing (0, 0) batch does not count
+    c = call(t1=7, t2=7, q_ends=[4, 7, 7], kv_ends=[4, 7, 7])
+    assert c.seqs.batch == 2
