@@ -137,3 +137,13 @@ def test_trailing_batches_with_keys_count_in_b():
     # while a trailing (0, 0) batch does not count
     c = call(t1=7, t2=7, q_ends=[4, 7, 7], kv_ends=[4, 7, 7])
     assert c.seqs.batch == 2
+
+
+@pytest.mark.parametrize("d,ok", [(112, True), (128, True), (144, False), (192, False), (256, True)])
+def test_deterministic_head_dim_alignment(d, ok):
+    """Rule 16 in deterministic mode: D < 128 must be a multiple of 16, D >= 128 of 128."""
+    if ok:
+        call(d=d, dr=64, deterministic=True)
+    else:
+        err = rejected(d=d, dr=64, deterministic=True)
+        assert err.param == "query" and "multiple of 128" in str(err)
