@@ -69,6 +69,7 @@ def fuzz_stub_dir() -> pathlib.Path:
 def fuzz_stub_env(fuzz_stub_dir):
     with stub_environment(fuzz_stub_dir):
         yield fuzz_stub_dir
+    fuzz_cases.assert_canonical_constants_intact()
 
 
 @pytest.fixture
