@@ -147,3 +147,30 @@ def test_deterministic_head_dim_alignment(d, ok):
     else:
         err = rejected(d=d, dr=64, deterministic=True)
         assert err.param == "query" and "multiple of 128" in str(err)
+
+
+def test_mode4_token_bounds_use_sq_for_pre_and_skv_for_next():
+    """Rule 28, modes 4/7/8: -pre <= Sq and -next <= Skv (Sq = 10, Skv = 6 here); mode 0
+    has them the other way round (-pre <= Skv, -next <= Sq)."""
+    call(t1=10, t2=6, mode=4, pre=-10, nxt=14)              # -pre = Sq: accepted
+    err = rejected(code=161001, t1=10, t2=6, mode=4, pre=-11, nxt=14)
+    assert err.param == "pre_tokens"
+    call(t1=10, t2=6, mode=4, pre=14, nxt=-6)               # -next = Skv: accepted
+    rejected(code=161001, t1=10, t2=6, mode=4, pre=14, nxt=-7)
+    call(t1=10, t2=6, mode=0, pre=-6, nxt=14)               # mode 0: -pre <= Skv
+    rejected(code=161001, t1=10, t2=6, mode=0, pre=-7, nxt=14)
+
+
+@pytest.mark.parametrize("ends", [[5, 4, 8], [3, 8, 7, 8]])
+def test_ends_decreasing_by_one_rejected(ends):
+    err = rejected(t1=8, q_ends=ends, kv_ends=[8] * len(ends))
+    assert err.param == "actual_seq_qlen" and err.stricter
+
+
+@pytest.mark.parametrize("dr,ok", [(8, True), (16, True), (4, False), (12, False), (20, False)])
+def test_rope_dim_multiple_of_8(dr, ok):
+    if ok:
+        call(d=32, dr=dr)
+    else:
+        err = rejected(d=32, dr=dr)
+        assert err.param == "query_rope" and err.stricter
