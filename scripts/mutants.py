@@ -355,10 +355,12 @@ MUTANTS = [
            "                value = gate.prev if gate.prev is not None else 0",
            "                value = gate.prev if gate.prev is not None else 1",
            "an unset determinism option is written back as 1 (deterministic) instead of 0", DET_T),
-    Mutant("acl-det-any-nonzero", "acl", A + "runtime.py",
-           "            changed = prev is None or bool(prev) != want",
-           "            changed = prev is None or prev != int(want)",
-           "determinism value 2 (on) is overwritten by 1", DET_T),
+    # (changed = prev != int(want) would be equivalent: a value 2 is set to 1 for the call and
+    #  restored afterwards; the op only tests for non-zero)
+    Mutant("acl-det-none", "acl", A + "runtime.py",
+           "    if want is None:\n        yield\n        return\n    want = bool(want)",
+           "    if want is None and False:\n        yield\n        return\n    want = bool(want)",
+           "deterministic=None (leave the context's option alone) turns determinism off", DET_T),
     Mutant("acl-device-env", "acl", A + "runtime.py",
            "        text = os.environ.get(ENV_DEVICE, \"\").strip()", "        text = \"\"",
            "ACLNN_FAG_DEVICE ignored", LOADER_T),

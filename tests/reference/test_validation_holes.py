@@ -174,3 +174,10 @@ def test_rope_dim_multiple_of_8(dr, ok):
     else:
         err = rejected(d=32, dr=dr)
         assert err.param == "query_rope" and err.stricter
+
+
+@pytest.mark.parametrize("dv", [40, 48, 64])
+def test_rule7_value_dim_above_d_names_value(dv):
+    """Rule 7 (Dv <= D) fires before rule 16's padding rule: the error names 'value'."""
+    err = rejected(d=32, dr=8, dv=dv)
+    assert err.param == "value" and "must be <= query head dim" in str(err)
