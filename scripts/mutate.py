@@ -144,8 +144,10 @@ def run_mutant(m: Mutant, tree: pathlib.Path, root: pathlib.Path, pristine_libs:
         target.write_text(original_text.replace(m.original, m.replacement, 1), encoding="utf-8")
         if is_c:
             ok, log = build_stubs(tree, timeout)
+            if not ok:                 # once more: a transient failure (disk, OOM) is not the mutant's
+                ok, log = build_stubs(tree, timeout)
             if not ok:
-                result.update(status="invalid", detail=log.strip().splitlines()[-1:] or "")
+                result.update(status="invalid", detail=" | ".join(log.strip().splitlines()[-4:]))
                 return result
         status, seconds, detail = run_tests(tree, result["tests"], timeout)
         result.update(status={"fail": "killed", "pass": "survived"}.get(status, status),
