@@ -181,3 +181,53 @@ def test_rule7_value_dim_above_d_names_value(dv):
     """Rule 7 (Dv <= D) fires before rule 16's padding rule: the error names 'value'."""
     err = rejected(d=32, dr=8, dv=dv)
     assert err.param == "value" and "must be <= query head dim" in str(err)
+
+
+@pytest.mark.parametrize("mode", [2, 3, 4, 7, 8])
+def test_non_canonical_compressed_mask_rejected_in_every_compressed_mode(mode):
+    """S6: the compressed modes read the 2048x2048 mask at shifted offsets; any other
+    content than the canonical one is refused (161002, stricter), in every mode."""
+    bad = masks.compressed_causal_mask().copy()
+    bad[5, 1000] = 0                                  # one masked cell cleared
+    stats = np.broadcast_to(np.ones((1, 1, 1), np.float32), (8, 1, 8))
+    kw = dict(atten_mask=bad, softmax_max=stats, softmax_sum=stats, attention_in=z((8, 1, 16)),
+              actual_seq_qlen=[8], actual_seq_kvlen=[8], scale_value=0.1, sparse_mode=mode,
+              pre_tokens=8, next_tokens=8)
+    args = (z((8, 1, 16)), z((8, 1, 8)), z((8, 1, 16)), z((8, 1, 8)), z((8, 1, 16)), z((8, 1, 16)))
+    with pytest.raises(errors.ParamInvalidError) as info:
+        validate_backward(*args, **kw)
+    assert info.value.param == "atten_mask" and info.value.stricter
+    kw["atten_mask"] = masks.compressed_causal_mask()
+    validate_backward(*args, **kw)
+
+
+def _stats_case():
+    import oracle as O
+    return O.make_case(seed=121, q_lens=[9, 0, 7], n1=4, n2=2, d=32, dr=16, mode=0)
+
+
+def _validate_with(case, smax, ssum):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return validate_backward(case.q, case.qr, case.k, case.kr, case.v, case.dy,
+                                 **case.bwd_kwargs(softmax_max=smax, softmax_sum=ssum))
+
+
+def test_token_major_statistics_rejected():
+    """S9: [T, N] statistics broadcast to [T, N, 8] (the token-major reading) are refused;
+    the same values in the device layout pass; values that fit neither reading pass too
+    (the caller's business)."""
+    case = _stats_case()
+    _validate_with(case, case.softmax_max, case.softmax_sum)            # device layout
+    tm_max = np.ascontiguousarray(np.repeat(case.max_tm[:, :, None], 8, axis=2))
+    tm_sum = np.ascontiguousarray(np.repeat(case.sum_tm[:, :, None], 8, axis=2))
+    with pytest.raises(errors.ParamInvalidError, match="token-major") as info:
+        _validate_with(case, tm_max, tm_sum)
+    assert info.value.stricter and info.value.param == "softmax_max"
+    # log-sum-exp with sum 1 in the token-major layout: refused as well
+    lse = case.max_tm + np.log(case.sum_tm)
+    with pytest.raises(errors.ParamInvalidError, match="token-major"):
+        _validate_with(case, np.ascontiguousarray(np.repeat(lse[:, :, None], 8, axis=2)),
+                       np.ones_like(tm_sum))
+    # a max off by 0.5 in both readings: neither fits, not this check's business
+    _validate_with(case, (tm_max + np.float32(0.5)).astype(np.float32), tm_sum)
