@@ -207,8 +207,11 @@ MUTANTS = [
            "    while batch > 1 and sq[batch - 1] == 0 and skv[batch - 1] == 0:",
            "    while batch > 1 and sq[batch - 1] == 0:",
            "B drops trailing batches that still have keys"),
-    Mutant("sem-cumulative", "semantics", S + "seqlens.py",
-           "    return np.cumsum(arr, dtype=np.int64)", "    return arr.copy()",
+    # (semantics/seqlens.py's own lengths_to_cumulative has no caller since the public helper
+    #  moved to aclnn_fag/seqlens.py: a mutant there would be dead code)
+    Mutant("sem-cumulative", "semantics", "aclnn_fag/seqlens.py",
+           "    return np.cumsum(np.asarray(values, dtype=np.int64), dtype=np.int64)",
+           "    return np.asarray(values, dtype=np.int64)",
            "seqlens.lengths_to_cumulative returns the lengths"),
     Mutant("sem-max-sq", "semantics", S + "seqlens.py",
            "max_sq=max(sq) if sq else 0", "max_sq=sq[0] if sq else 0",
