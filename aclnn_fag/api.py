@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+from . import operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -62,10 +63,11 @@ def flash_attention_unpadding_score_grad_v3(
         pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None, input_layout="TND",
         inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None, drop_mask=None,
         padding_mask=None, softmax_in=None, prefix=None, q_start_idx=None, kv_start_idx=None,
-        backend="auto", precision="device", deterministic=False) -> FagGrads:
+        backend="auto", precision="device", deterministic=False, check_data=True,
+        stream=None) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
-    Arguments mirror the C op (SEMANTICS.md): bf16 ``query`` [T1, N1, D], ``query_rope``
+    Arguments mirror the C op (docs/semantics.md): bf16 ``query`` [T1, N1, D], ``query_rope``
     [T1, N1, Dr], ``key`` [T2, N2, D], ``key_rope`` [T2, N2, Dr], ``value`` [T2, N2, Dv],
     ``dy`` and ``attention_in`` [T1, N1, Dv]; ``atten_mask`` bool/uint8 (nonzero = masked;
     [maxSq, maxSkv] for sparse modes 0/1, the compressed 2048x2048 mask for 2/3/4/7/8);
@@ -74,31 +76,69 @@ def flash_attention_unpadding_score_grad_v3(
     ends; ``scale_value`` the real scale (no 1/sqrt(d) is applied). ``head_num=None`` means
     query.shape[1].
 
-    ``backend``: "auto", "numpy" or "npu" (see resolve_backend). ``precision``: "device" (bf16
-    outputs with the device's rounding points), "fp32" or "fp64" (golden; numpy only).
-    ``deterministic``: sets ACL_OPT_DETERMINISTIC for the call on the NPU; on any backend it
-    also applies the deterministic-mode padding rule (SEMANTICS.md §6 row 16).
+    Tensor arguments, all of one kind (``aclnn_fag.operands``): numpy arrays, torch CPU
+    tensors (results are torch CPU tensors over the results' memory, no copies), or
+    device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (torch_npu), which run on the
+    NPU in place: the op reads the caller's memory with its strides, and the results are
+    DeviceArrays, or NPU tensors made with ``query.new_empty``.
+
+    ``backend``: "auto", "numpy" or "npu" (see resolve_backend; device-resident inputs always
+    run on "npu"). ``precision``: "device" (bf16 outputs with the device's rounding points),
+    "fp32" or "fp64" (golden; numpy only). ``deterministic``: sets ACL_OPT_DETERMINISTIC for
+    the call on the NPU; on any backend it also applies the deterministic-mode padding rule
+    (docs/validation.md, rule 16). ``check_data=False`` skips the checks that read tensor
+    data (compressed-mask content, statistic copies and layout); with device-resident inputs
+    they read back a bounded sample (at most 16 KiB). ``stream``: the caller's aclrtStream
+    (an int, or an object with ``npu_stream`` such as ``torch.npu.current_stream()``); with
+    device-resident inputs the call then only enqueues the op on it and returns (no
+    synchronisation); with host inputs the stream is synchronised before the results are
+    read. Without ``stream`` the NPU backend uses its own stream and synchronises.
 
     Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Invalid arguments raise AclnnError
     subclasses carrying the aclnn status code the device returns (161001/161002), or
     TypeError/ValueError for arguments of the wrong Python type.
     """
-    name = resolve_backend(backend, precision)
+    kind, t = operands.convert_inputs(dict(
+        query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
+        atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
+        attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
+        padding_mask=padding_mask, softmax_in=softmax_in))
+    on_device = kind in operands.DEVICE_KINDS
+    name = _device_backend(backend, precision) if on_device else resolve_backend(backend, precision)
     call = validate_backward(
-        query, query_rope, key, key_rope, value, dy, atten_mask=atten_mask,
-        softmax_max=softmax_max, softmax_sum=softmax_sum, attention_in=attention_in,
-        actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-        scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
-        next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
-        inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type,
-        pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
-        softmax_in=softmax_in, prefix=prefix, q_start_idx=q_start_idx,
-        kv_start_idx=kv_start_idx, deterministic=deterministic)
+        t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"], t["dy"],
+        atten_mask=t["atten_mask"], softmax_max=t["softmax_max"], softmax_sum=t["softmax_sum"],
+        attention_in=t["attention_in"], actual_seq_qlen=actual_seq_qlen,
+        actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value, keep_prob=keep_prob,
+        pre_tokens=pre_tokens, next_tokens=next_tokens, head_num=head_num,
+        input_layout=input_layout, inner_precise=inner_precise, sparse_mode=sparse_mode,
+        pse_type=pse_type, pse_shift=t["pse_shift"], drop_mask=t["drop_mask"],
+        padding_mask=t["padding_mask"], softmax_in=t["softmax_in"], prefix=prefix,
+        q_start_idx=q_start_idx, kv_start_idx=kv_start_idx, deterministic=deterministic,
+        check_data=check_data)
     _last.name = name
+    if on_device:
+        from .device_run import run_backward_on_device
+        return run_backward_on_device(call, kind, query, stream)
     if call.empty_result or name == "numpy":
-        return attention_backward(call, precision)
-    from . import acl
-    return acl.run_backward(call)
+        grads = attention_backward(call, precision)
+    else:
+        from . import acl
+        grads = acl.run_backward(call, stream=stream)
+    if kind == operands.TORCH:
+        grads = FagGrads(*(operands.to_torch(g) for g in grads))
+    return grads
+
+
+def _device_backend(backend, precision) -> str:
+    """The backend for device-resident inputs: always "npu" (they cannot run on NumPy)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"parameter 'backend' must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numpy":
+        raise ValueError("parameter 'backend'='numpy' cannot take device-resident tensors "
+                         "(DeviceArray or NPU tensors); pass backend='npu' or 'auto', or numpy "
+                         "arrays / torch CPU tensors")
+    return resolve_backend("npu", precision)
 
 
 def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_mask,

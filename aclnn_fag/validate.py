@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -58,7 +59,7 @@ import numpy as np
 
 from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
-from .masks import COMPRESSED_SIZE, is_canonical_compressed
+from .masks import COMPRESSED_SIZE, is_canonical_compressed, is_package_mask
 from .semantics.seqlens import SeqInfo, seq_info
 from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
 from .semantics.softmax_layout import COPIES
@@ -99,10 +100,16 @@ def _invalid(param, rule, stricter=False):
 
 
 # --------------------------------------------------------------------------- types
+def _is_device(value) -> bool:
+    """An aclnn_fag.acl.DeviceArray (looked up without importing the NPU backend)."""
+    mod = sys.modules.get("aclnn_fag.acl.device")
+    return mod is not None and isinstance(value, mod.DeviceArray)
+
+
 def _check_array(name, value):
-    if value is not None and not isinstance(value, np.ndarray):
-        raise TypeError(f"parameter '{name}' must be a numpy.ndarray or None, "
-                        f"got {type(value).__name__}")
+    if value is not None and not isinstance(value, np.ndarray) and not _is_device(value):
+        raise TypeError(f"parameter '{name}' must be a numpy.ndarray, a torch CPU or NPU tensor, "
+                        f"an aclnn_fag.acl.DeviceArray or None, got {type(value).__name__}")
     return value
 
 
@@ -493,11 +500,20 @@ def _first_compressed_slice(mask):
     return mask if mask.ndim == 2 else mask[0, 0]      # no reshape: never a copy
 
 
-def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff):
-    """S6 and S7."""
-    if sparse_mode in COMPRESSED_MODES:
-        first = _first_compressed_slice(atten_mask)
-        if not is_canonical_compressed(first):
+def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff, sampler=None,
+                                  check_data=True):
+    """S6 and S7 (S6 only with ``check_data``; on a sample for device arrays)."""
+    if sparse_mode in COMPRESSED_MODES and check_data and not is_package_mask(atten_mask):
+        if _is_device(atten_mask):
+            if not sampler.compressed_mask_is_canonical(atten_mask):
+                raise _invalid("atten_mask", f"sparse_mode {sparse_mode} reads the compressed mask at "
+                               "shifted offsets and assumes the canonical content (1 strictly above "
+                               "the diagonal); a sample of this device mask differs from it. Upload "
+                               "aclnn_fag.masks.compressed_causal_mask()", stricter=True)
+            first = None
+        else:
+            first = _first_compressed_slice(atten_mask)
+        if first is not None and not is_canonical_compressed(first):
             hint = ""
             if _is_inverted_compressed(first):
                 hint = (" -- it looks inverted (nonzero on and below the diagonal): in aclnn masks "
@@ -540,10 +556,23 @@ def _warn_ignored(**kwargs):
                           IgnoredArgumentWarning, stacklevel=4)
 
 
-def _check_stats_copies(name, stats):
+_COPIES_MESSAGE = ("the {copies} copies in the last dim of {name} differ; the device "
+                   "reads copy (j mod {copies}) for column j, so they must be identical. If "
+                   "you have token-major [T, N] statistics, convert them with "
+                   "aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                   "actual_seq_qlen), which also writes the 8 copies")
+
+
+def _check_stats_copies(name, stats, sampler=None):
     """S8: the 8 copies must be identical (the kernel reads copy j mod 8 for column j).
-    Zero-stride axes are read once; the rest in chunks of bounded size."""
+    Zero-stride axes are read once; the rest in chunks of bounded size (device arrays: a
+    bounded sample)."""
     if stats.strides[2] == 0:
+        return
+    if _is_device(stats):
+        if not sampler.stats_copies_equal(stats):
+            raise _invalid(name, _COPIES_MESSAGE.format(copies=COPIES, name=name)
+                           + " (found in a sample of the device array)", stricter=True)
         return
     part_all = _compact(stats)
     rows_per_chunk = max(1, (1 << 20) // max(1, part_all.shape[1] * COPIES))
@@ -605,7 +634,7 @@ def _fits(m, l, lse) -> bool:
 
 
 def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqInfo,
-                        sparse_mode, pre_eff, next_eff, band_idx):
+                        sparse_mode, pre_eff, next_eff, band_idx, sampler=None):
     """S9: a few sampled (row, head) pairs of the statistics must describe the row's scores.
 
     For each sample the two readings of the [T1, N1, 8] arrays are taken: the device's
@@ -616,6 +645,15 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     Samples where the two readings coincide or the row has no kept key are skipped;
     statistics that fit neither reading are the caller's business.
     """
+    on_device = [_is_device(a) for a in (q, qr, k, kr, mask, smax, ssum)]
+    if any(on_device):
+        if not all(on_device) or sampler is None:
+            return      # host and device arrays mixed (a FagPlan's inputs): not sampled
+        checked, device_fits, token_fits = sampler.stats_layout_votes(
+            q, qr, k, kr, mask, smax, ssum, scale_value, seqs, sparse_mode, pre_eff, next_eff,
+            band_idx, _fits)
+        _judge_stats_layout(checked, device_fits, token_fits)
+        return
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
     scale32 = np.float32(scale_value)
     checked = device_fits = token_fits = 0
@@ -647,6 +685,10 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
                 break
         if checked >= STATS_LAYOUT_SAMPLES:
             break
+    _judge_stats_layout(checked, device_fits, token_fits)
+
+
+def _judge_stats_layout(checked, device_fits, token_fits):
     if checked and device_fits == 0 and token_fits == checked:
         raise _invalid("softmax_max", "softmax_max/softmax_sum look token-major ([T, N] values "
                        "broadcast to [T, N, 8]); the device reads them per batch as [N, Sq_b, 8] "
@@ -668,6 +710,14 @@ def _stats_shape_hint(shape, t1, n1) -> str:
     return ""
 
 
+def _sampler_for(arrays):
+    """A bounded device reader when any tensor is device-resident (else None)."""
+    if any(_is_device(a) for a in arrays.values()):
+        from .device_checks import Sampler
+        return Sampler()
+    return None
+
+
 def _resolve_head_num(head_num, query):
     if head_num is None and query.ndim >= 2:
         return query.shape[1]
@@ -681,13 +731,19 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                       input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1,
                       pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None,
                       prefix=None, q_start_idx=None, kv_start_idx=None,
-                      deterministic=False, avoid_rope_free_kernel=True) -> FagCall:
+                      deterministic=False, avoid_rope_free_kernel=True,
+                      check_data=True) -> FagCall:
     """Check every rule of SEMANTICS.md §6 in the device's order, then S1-S9 (module
     docstring); return the FagCall.
 
     ``avoid_rope_free_kernel``: when the arguments would select the device's rope-ignoring
     'MLA basic' kernel (SEMANTICS.md Open question 3), pass q_start_idx = kv_start_idx = [0]
     instead (no effect on the math) -- or, when False, reject the call (161002, stricter).
+
+    ``check_data``: False skips the rules that read tensor data (S6 canonical compressed
+    mask, S8 equal statistic copies, S9 statistics layout); every shape, dtype and attribute
+    rule still runs. With device-resident inputs (DeviceArray) those rules read back only a
+    bounded sample (``aclnn_fag.device_checks``).
     """
     arrays = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
                   atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
@@ -814,11 +870,15 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     _check_limits(query, key, qlen)                                               # S3
     _check_sequences_strict(qlen, kvlen, t1, key.shape[0])                        # S4
     _check_rope_shapes(query, query_rope, key, key_rope)                          # S5
-    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)         # S6, S7
-    _check_stats_copies("softmax_max", softmax_max)                               # S8
-    _check_stats_copies("softmax_sum", softmax_sum)
-    _check_stats_layout(query, query_rope, key, key_rope, atten_mask, softmax_max,  # S9
-                        softmax_sum, scale_value, seqs, sparse_mode, pre_eff, next_eff, band_idx)
+    sampler = _sampler_for(arrays) if check_data else None
+    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff,         # S6, S7
+                                  sampler, check_data)
+    if check_data:
+        _check_stats_copies("softmax_max", softmax_max, sampler)                  # S8
+        _check_stats_copies("softmax_sum", softmax_sum, sampler)
+        _check_stats_layout(query, query_rope, key, key_rope, atten_mask, softmax_max,  # S9
+                            softmax_sum, scale_value, seqs, sparse_mode, pre_eff, next_eff,
+                            band_idx, sampler)
     if mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs, q_start_idx,
                               kv_start_idx, deterministic):
         if avoid_rope_free_kernel:
@@ -838,8 +898,9 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
 
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
                      actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
-                     head_num=None, sparse_mode=0, inner_precise=0) -> FwdCall:
-    """The backward's rules that apply to the forward's inputs, in the same order and codes."""
+                     head_num=None, sparse_mode=0, inner_precise=0, check_data=True) -> FwdCall:
+    """The backward's rules that apply to the forward's inputs, in the same order and codes
+    (``check_data`` as for validate_backward)."""
     for name, value_ in dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope,
                              value=value, atten_mask=atten_mask).items():
         _check_array(name, value_)
@@ -879,7 +940,8 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
     _check_limits(query, key, qlen)
     _check_sequences_strict(qlen, kvlen, query.shape[0], key.shape[0])
     _check_rope_shapes(query, query_rope, key, key_rope)
-    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)
+    sampler = _sampler_for(dict(atten_mask=atten_mask)) if check_data else None
+    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff, sampler, check_data)
     return FwdCall(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
                    atten_mask=atten_mask, actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,
                    scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,

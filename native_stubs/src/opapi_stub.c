@@ -1504,6 +1504,14 @@ static aclnnStatus check_buffers(const aclOpExecutor *e, const FagPlan *p)
     return ACLNN_SUCCESS;
 }
 
+/* ACL_STUB_SKIP_COMPUTE=1: phase 2 makes every check but computes nothing (the outputs keep
+ * their contents); used to measure the binding's host overhead */
+static int compute_disabled(void)
+{
+    const char *s = getenv("ACL_STUB_SKIP_COMPUTE");
+    return s != NULL && s[0] != '\0' && s[0] != '0';
+}
+
 STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, uint64_t workspaceSize,
                                                              aclOpExecutor *executor, const aclrtStream stream)
 {
@@ -1552,12 +1560,16 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
             goto done;
         }
     }
+    aclStubRecordLaunch(stream);
     if (p->mode == PLAN_NOTHING) {
         goto done;
     }
     rc = check_buffers(executor, p);
     if (rc != ACLNN_SUCCESS) {
         goto done;
+    }
+    if (compute_disabled()) {
+        goto done; /* ACL_STUB_SKIP_COMPUTE: host-overhead measurements */
     }
     if (p->mode == PLAN_ZERO_FILL) {
         zero_view(&executor->out[p->o_dq]);
