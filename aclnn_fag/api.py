@@ -144,17 +144,28 @@ def _device_backend(backend, precision) -> str:
 def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_mask,
                             actual_seq_qlen, actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX,
                             next_tokens=INT32_MAX, head_num=None, sparse_mode=0, inner_precise=0,
-                            precision="device") -> FagForward:
+                            precision="device", check_data=True) -> FagForward:
     """The forward the backward differentiates (NumPy): FagForward(attention_out, softmax_max,
     softmax_sum), the statistics in the device layout ([T1, N1, 8], per batch [N1, Sq_b, 8]
     blocks, 8 equal copies). "device" precision returns bf16 output and float32 statistics;
     "fp32"/"fp64" return everything in that dtype (cast the statistics to float32 before
-    passing them to the backward)."""
+    passing them to the backward). Tensor arguments: numpy arrays or torch CPU tensors (then
+    the results are torch CPU tensors, no copies); ``check_data`` as for the backward."""
     if precision not in PRECISIONS:
         raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
-    call = validate_forward(query, query_rope, key, key_rope, value, atten_mask=atten_mask,
-                            actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-                            scale_value=scale_value, pre_tokens=pre_tokens,
-                            next_tokens=next_tokens, head_num=head_num, sparse_mode=sparse_mode,
-                            inner_precise=inner_precise)
-    return attention_forward(call, precision)
+    kind, t = operands.convert_inputs(dict(query=query, query_rope=query_rope, key=key,
+                                           key_rope=key_rope, value=value, atten_mask=atten_mask))
+    if kind in operands.DEVICE_KINDS:
+        raise BackendUnavailableError("flash_attention_forward runs on NumPy only in this version: "
+                                      "pass numpy arrays or torch CPU tensors", code=361001,
+                                      param="query")
+    call = validate_forward(t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"],
+                            atten_mask=t["atten_mask"], actual_seq_qlen=actual_seq_qlen,
+                            actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value,
+                            pre_tokens=pre_tokens, next_tokens=next_tokens, head_num=head_num,
+                            sparse_mode=sparse_mode, inner_precise=inner_precise,
+                            check_data=check_data)
+    out = attention_forward(call, precision)
+    if kind == operands.TORCH:
+        out = FagForward(*(operands.to_torch(x) for x in out))
+    return out
