@@ -8,7 +8,7 @@ Memory comes from ``acl.DeviceArray`` (stub aclrtMalloc); dtypes are named like 
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import weakref
 
 import ml_dtypes
 import numpy as np
@@ -43,7 +43,7 @@ class FakeDevice:
 class FakeNpuTensor:
     """A strided view over a device allocation (``storage``: the DeviceArray that owns it)."""
 
-    allocations = []       # every new_empty result, for the tests' checks
+    allocations = []       # weak references to every new_empty result, for the tests' checks
 
     def __init__(self, storage: "acl.DeviceArray", shape, strides, offset: int, dtype: FakeDType,
                  device_index: int = 0) -> None:
@@ -66,7 +66,7 @@ class FakeNpuTensor:
         store = acl.DeviceArray.empty(shape, dtype.np, self.device.index)
         t = FakeNpuTensor(store, shape, acl.device.contiguous_strides(shape), 0, dtype,
                           self.device.index)
-        FakeNpuTensor.allocations.append(t)
+        FakeNpuTensor.allocations.append(weakref.ref(t))
         return t
 
     # ---- test helpers (not used by the package)
