@@ -63,7 +63,7 @@ def flash_attention_unpadding_score_grad_v3(
         pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None, input_layout="TND",
         inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None, drop_mask=None,
         padding_mask=None, softmax_in=None, prefix=None, q_start_idx=None, kv_start_idx=None,
-        backend="auto", precision="device", deterministic=False, check_data=True,
+        backend="auto", precision="device", deterministic=False, check_data=None,
         stream=None) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
@@ -86,13 +86,20 @@ def flash_attention_unpadding_score_grad_v3(
     run on "npu"). ``precision``: "device" (bf16 outputs with the device's rounding points),
     "fp32" or "fp64" (golden; numpy only). ``deterministic``: sets ACL_OPT_DETERMINISTIC for
     the call on the NPU; on any backend it also applies the deterministic-mode padding rule
-    (docs/validation.md, rule 16). ``check_data=False`` skips the checks that read tensor
-    data (compressed-mask content, statistic copies and layout); with device-resident inputs
-    they read back a bounded sample (at most 16 KiB). ``stream``: the caller's aclrtStream
-    (an int, or an object with ``npu_stream`` such as ``torch.npu.current_stream()``); with
-    device-resident inputs the call then only enqueues the op on it and returns (no
-    synchronisation); with host inputs the stream is synchronised before the results are
-    read. Without ``stream`` the NPU backend uses its own stream and synchronises.
+    (docs/validation.md, rule 16).
+
+    ``check_data``: whether to run the checks that read tensor data (compressed-mask
+    content, equal statistic copies, statistics layout). With device-resident inputs they
+    read back a bounded sample (at most 16 KiB). None (default) means True, except for
+    device-resident inputs with ``stream=``: their data may still be being written by work
+    queued on that stream, so reading it would need a synchronisation -- the checks are
+    skipped there; ``check_data=True`` then synchronises the stream once and samples.
+
+    ``stream``: the caller's aclrtStream (an int, or an object with ``npu_stream`` such as
+    ``torch.npu.current_stream()``); with device-resident inputs the call then only enqueues
+    the op on it and returns (no synchronisation; the workspace is kept per stream for later
+    calls); with host inputs the stream is synchronised before the results are read.
+    Without ``stream`` the NPU backend uses its own stream and synchronises.
 
     Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Invalid arguments raise AclnnError
     subclasses carrying the aclnn status code the device returns (161001/161002), or
@@ -105,6 +112,11 @@ def flash_attention_unpadding_score_grad_v3(
         padding_mask=padding_mask, softmax_in=softmax_in))
     on_device = kind in operands.DEVICE_KINDS
     name = _device_backend(backend, precision) if on_device else resolve_backend(backend, precision)
+    if check_data is None:
+        check_data = not (on_device and stream is not None)
+    elif check_data and on_device and stream is not None:
+        from .acl import runtime
+        runtime.synchronize_stream(stream, t["query"].device_id)   # the data must be ready
     call = validate_backward(
         t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"], t["dy"],
         atten_mask=t["atten_mask"], softmax_max=t["softmax_max"], softmax_sum=t["softmax_sum"],

@@ -376,13 +376,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("device", "fp32", "fp64"), default="device",
                    help="precision of the default/smoke suites' rows (default: device; fp32/fp64 "
                         "run on numpy; the targets suite fixes its own precisions)")
-    p.add_argument("--suite", choices=sorted(SUITES), default="default",
+    p.add_argument("--suite", choices=sorted(SUITES) + ["overhead"], default="default",
                    help="named suite: default (a few sizes; the default), smoke (tiny, for CI), "
-                        "targets (the project's performance targets)")
+                        "targets (the project's performance targets), overhead (host "
+                        "microseconds per call on the NPU path; needs the NPU backend or "
+                        "the stubs, whose computation it switches off)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per row; best and median are reported (default: 3)")
     p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _main_overhead(args) -> int:
+    from .bench_overhead import format_overhead, run_overhead
+    try:
+        resolve_backend("npu", "device")
+    except Exception as exc:
+        print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
+        return 2
+    report = run_overhead(repeat=max(args.repeat, 3), progress=None if args.quiet else sys.stderr)
+    print(format_overhead(report))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(report, fh, indent=1)
+            fh.write("\n")
+        print(f"json: {args.json}")
+    if args.check and not report["all_goals_met"]:
+        return 1
+    return 0
 
 
 def main(args) -> int:
@@ -395,6 +416,8 @@ def main(args) -> int:
     except Exception as exc:
         print(f"aclnn-fag bench: {exc}", file=sys.stderr)
         return 2
+    if args.suite == "overhead":
+        return _main_overhead(args)
     report = run_bench(args.suite, args.backend, args.precision, args.repeat,
                        progress=None if args.quiet else sys.stderr)
     print(format_bench(report))

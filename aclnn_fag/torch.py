@@ -85,7 +85,7 @@ def varlen_attention(q, q_rope, k, k_rope, v, *, actual_seq_qlen, actual_seq_kvl
                      scale_value: float, sparse_mode: int = 0,
                      atten_mask: Optional[torch.Tensor] = None, pre_tokens: int = INT32_MAX,
                      next_tokens: int = INT32_MAX, backend: str = "auto",
-                     check_data: bool = True, stream=None) -> torch.Tensor:
+                     check_data=None, stream=None) -> torch.Tensor:
     """Attention output [T1, N1, Dv] of varlen attention with rope parts; differentiable in
     q, q_rope, k, k_rope and v (see the module docstring). ``actual_seq_kvlen`` None means
     the query ends. ``backend``/``check_data``/``stream`` go to the backward op."""

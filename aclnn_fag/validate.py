@@ -772,6 +772,79 @@ def _preamble(arrays: dict, **scalars) -> dict:
 
 
 # --------------------------------------------------------------------------- public
+# --------------------------------------------------------------------------- verdict cache
+# Every rule except the data rules (S6, S8, S9) is a function of the arguments' shapes,
+# dtypes, strides, Python types and scalar / int-list values. A call whose description --
+# all of those, compared by value -- equals one that passed before passes again: only the
+# data rules are run on its (new) data. Never keyed by object identity. Calls that would
+# warn are not cached (the warnings must be emitted every time).
+_VERDICTS: dict = {}
+_VERDICTS_MAX = 256
+_TENSOR_NAMES = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
+                 "softmax_max", "softmax_sum", "attention_in", "pse_shift", "drop_mask",
+                 "padding_mask", "softmax_in")
+_SCALAR_NAMES = ("scale_value", "keep_prob", "pre_tokens", "next_tokens", "head_num",
+                 "input_layout", "inner_precise", "sparse_mode", "pse_type", "deterministic",
+                 "avoid_rope_free_kernel")
+_LIST_NAMES = ("actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx", "prefix")
+_ND = np.ndarray
+
+
+def _tensor_sig(a):
+    if a is None:
+        return None
+    if type(a) is _ND:
+        return (0, a.shape, a.dtype, a.strides)
+    if _is_device(a):
+        return (1, a.shape, a.dtype, a.strides, a.offset)
+    raise TypeError
+
+
+def _list_sig(v):
+    if v is None:
+        return None
+    if type(v) in (list, tuple):
+        if len(v) > 4096:
+            raise TypeError
+        return (type(v),) + tuple((type(x), x) for x in v)
+    raise TypeError       # numpy arrays and other sequences: not cached
+
+
+def _signature(tensors: dict, scalars: dict, lists: dict):
+    """The hashable description of a call, or None when it cannot be described safely."""
+    try:
+        key = (tuple(_tensor_sig(tensors[n]) for n in _TENSOR_NAMES),
+               tuple((type(scalars[n]), scalars[n]) for n in _SCALAR_NAMES),
+               tuple(_list_sig(lists[n]) for n in _LIST_NAMES))
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def _check_data_rules(call: FagCall, check_data: bool) -> None:
+    """S6, S8, S9 of a call whose other rules have passed."""
+    if not check_data:
+        return
+    sampler = _sampler_for(dict(q=call.query, m=call.atten_mask, s=call.softmax_max,
+                                t=call.softmax_sum, k=call.key))
+    _check_strict_mask_and_tokens(call.atten_mask, call.sparse_mode, call.seqs, call.pre_eff,
+                                  sampler, True)
+    _check_stats_copies("softmax_max", call.softmax_max, sampler)
+    _check_stats_copies("softmax_sum", call.softmax_sum, sampler)
+    _check_stats_layout(call.query, call.query_rope, call.key, call.key_rope, call.atten_mask,
+                        call.softmax_max, call.softmax_sum, call.scale_value, call.seqs,
+                        call.sparse_mode, call.pre_eff, call.next_eff, call.band_index, sampler)
+
+
+def _would_warn(call: FagCall, tensors: dict, lists: dict) -> bool:
+    ends_q, ends_kv = call.actual_seq_qlen, call.actual_seq_kvlen
+    return (tensors["padding_mask"] is not None or tensors["softmax_in"] is not None
+            or lists["prefix"] is not None or call.empty_result
+            or not ends_q or not ends_kv or ends_q[-1] < call.query.shape[0]
+            or ends_kv[-1] < call.key.shape[0])
+
+
 def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
                       softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
                       keep_prob=1.0, pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None,
@@ -780,6 +853,50 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                       prefix=None, q_start_idx=None, kv_start_idx=None,
                       deterministic=False, avoid_rope_free_kernel=True,
                       check_data=True) -> FagCall:
+    """Check every rule of docs/validation.md in the device's order, then S1-S9 (module
+    docstring); return the FagCall. (Documented in full on ``_validate_backward_full``; a
+    call described exactly like one that passed before runs only the data rules.)"""
+    tensors = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                   dy=dy, atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
+                   attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
+                   padding_mask=padding_mask, softmax_in=softmax_in)
+    scalars = dict(scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                   next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
+                   inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type,
+                   deterministic=deterministic, avoid_rope_free_kernel=avoid_rope_free_kernel)
+    lists = dict(actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
+                 q_start_idx=q_start_idx, kv_start_idx=kv_start_idx, prefix=prefix)
+    key_ = _signature(tensors, scalars, lists)
+    cached = _VERDICTS.get(key_) if key_ is not None else None
+    if cached is not None:
+        call = object.__new__(FagCall)
+        call.__dict__.update(cached.__dict__)
+        for n in _TENSOR_NAMES:
+            if n in call.__dict__:
+                call.__dict__[n] = tensors[n]
+        _check_data_rules(call, check_data)
+        return call
+    call = _validate_backward_full(**tensors, **scalars, **lists, check_data=check_data)
+    if key_ is not None and not _would_warn(call, tensors, lists):
+        if len(_VERDICTS) >= _VERDICTS_MAX:
+            _VERDICTS.clear()
+        bare = object.__new__(FagCall)       # no reference to the caller's tensors
+        bare.__dict__.update(call.__dict__)
+        for n in _TENSOR_NAMES:
+            if n in bare.__dict__:
+                bare.__dict__[n] = None
+        _VERDICTS[key_] = bare
+    return call
+
+
+def _validate_backward_full(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
+                            softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen,
+                            scale_value, keep_prob=1.0, pre_tokens=INT32_MAX,
+                            next_tokens=INT32_MAX, head_num=None, input_layout="TND",
+                            inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None,
+                            drop_mask=None, padding_mask=None, softmax_in=None, prefix=None,
+                            q_start_idx=None, kv_start_idx=None, deterministic=False,
+                            avoid_rope_free_kernel=True, check_data=True) -> FagCall:
     """Check every rule of docs/validation.md in the device's order, then S1-S9 (module
     docstring); return the FagCall.
 

@@ -30,7 +30,7 @@ from . import runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import PHASE1, PHASE2
-from .tensors import AclIntArray, AclTensor, int64_values
+from .tensors import HandleBatch, int64_values
 
 __all__ = ["run_backward", "call_raw", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
            "OUTPUT_LIKE", "AUTO", "TIMING_KEYS"]
@@ -229,33 +229,11 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # ---- handles (destroyed right after phase 2 returns, or on any error)
         handles = stack.enter_context(contextlib.ExitStack())
         with timer("marshal"):
-            t_args = {}
-            for name in INPUT_SLOTS:
-                da = dev_inputs.get(name)
-                if da is None:
-                    t_args[name] = None
-                    continue
-                t = AclTensor.from_device_array(da)
-                _release_on_exit(handles, t)
-                t_args[name] = t.handle
-            ia_args = {}
-            for name in INT_ARRAY_SLOTS:
-                vals = int_arrays.get(name)
-                if vals is None:
-                    ia_args[name] = None
-                    continue
-                ia = AclIntArray(vals)
-                _release_on_exit(handles, ia)
-                ia_args[name] = ia.handle
-            o_args = {}
-            for name in OUTPUT_SLOTS:
-                da = dev_outputs[name]
-                if da is None:
-                    o_args[name] = None
-                    continue
-                t = AclTensor.from_device_array(da)
-                _release_on_exit(handles, t)
-                o_args[name] = t.handle
+            batch = HandleBatch()
+            _release_on_exit(handles, batch)
+            t_args = {name: batch.tensor(dev_inputs.get(name)) for name in INPUT_SLOTS}
+            ia_args = {name: batch.int_array(int_arrays.get(name)) for name in INT_ARRAY_SLOTS}
+            o_args = {name: batch.tensor(dev_outputs[name]) for name in OUTPUT_SLOTS}
 
         # ---- phase 1
         ws_size = c_uint64(0)

@@ -38,7 +38,7 @@ __all__ = [
     "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
     "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
     "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "resolve_stream",
-    "stream_workspace", "release_stream_workspace",
+    "stream_workspace", "release_stream_workspace", "synchronize_stream",
 ]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
@@ -322,6 +322,13 @@ def resolve_stream(stream) -> int:
     if not 0 <= stream < (1 << 64):
         raise ValueError(f"parameter 'stream' = {stream} is not a pointer value")
     return int(stream)
+
+
+def synchronize_stream(stream, device_id: Optional[int] = None) -> None:
+    """``aclrtSynchronizeStream`` on a caller's stream (int or object with ``npu_stream``)."""
+    handle = resolve_stream(stream)
+    b = ensure_device(device_id)
+    check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
 
 
 class _StreamWorkspace:

@@ -1,0 +1,220 @@
+"""``aclnn-fag bench --suite overhead``: host time per call of the NPU path, in microseconds.
+
+Rows (the documentation's shape with a causal mask: T = 256, N = 2, D = 128 + rope 64,
+Dv = 128, sparse mode 3 with the package's compressed mask; every call validated in full):
+
+* ``bare ctypes call``: one ``aclrtGetDeviceCount`` through the bound prototype -- the floor
+  any call through ctypes pays;
+* ``device-resident public call``: ``flash_attention_unpadding_score_grad_v3`` on NPU tensors
+  (a minimal object implementing the tensor protocol over device memory) with ``stream=``:
+  conversion, validation (sampled data checks), output allocation, marshaling, both phases;
+  the same on ``acl.DeviceArray`` inputs, and without ``stream=`` (own stream + sync);
+* ``FagPlan.run``: phase 2 on a built plan, with ``stream=`` and with its synchronisation;
+* ``numpy-in public call, excluding copies``: the public call on host arrays minus the time
+  spent in host<->device copies (``acl.run_backward(timings=...)`` copy_in/copy_out).
+
+Goals (issue: a training step must not wait on the host): device-resident public call
+<= 250 us, FagPlan.run <= 50 us, numpy-in call overhead <= 500 us.
+
+On the stand-in libraries of ``native_stubs/`` the op's computation is switched off
+(``ACL_STUB_SKIP_COMPUTE=1``; every check still runs), so the times are the binding's own.
+On a real NPU they include the launch and, for the rows that synchronise, the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from ctypes import byref, c_uint32, c_void_p
+
+import numpy as np
+
+from .cases import CaseSpec, make_inputs, with_forward
+
+__all__ = ["run_overhead", "format_overhead", "GOALS_US"]
+
+GOALS_US = {"device_call": 250.0, "plan_run": 50.0, "numpy_call": 500.0}
+SKIP_COMPUTE_VAR = "ACL_STUB_SKIP_COMPUTE"
+
+
+class _ProtocolTensor:
+    """The NPU tensor protocol of aclnn_fag.operands over a DeviceArray (bench only)."""
+
+    class _Dev:
+        type = "npu"
+        index = 0
+
+    class _DType:
+        def __init__(self, name):
+            self.name = name
+
+        def __str__(self):
+            return self.name
+
+    _NAMES = {"bfloat16": "torch.bfloat16", "float32": "torch.float32", "uint8": "torch.uint8",
+              "bool": "torch.bool"}
+
+    def __init__(self, da):
+        self._da = da
+        self.device = self._Dev()
+        self.shape = da.shape
+        self.dtype = self._DType(self._NAMES[da.dtype.name])
+
+    def data_ptr(self):
+        return self._da.buffer.ptr + self._da.offset * self._da.itemsize
+
+    def stride(self):
+        return self._da.strides
+
+    def new_empty(self, shape, dtype=None):
+        from .acl import DeviceArray
+        from .operands import numpy_dtype_of_torch
+        dt = numpy_dtype_of_torch(dtype or self.dtype)
+        return _ProtocolTensor(DeviceArray.empty(shape, dt))
+
+
+def _time(fn, repeat: int, inner: int):
+    """Median over ``repeat`` rounds of the mean of ``inner`` calls, in microseconds."""
+    fn()
+    fn()
+    rounds = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        rounds.append((time.perf_counter() - t0) / inner)
+    return statistics.median(rounds) * 1e6, min(rounds) * 1e6
+
+
+def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
+    """Measure every row (see the module docstring); needs the NPU backend (or its stubs)."""
+    from . import acl
+    from .api import flash_attention_unpadding_score_grad_v3 as fag
+    from .validate import validate_backward
+
+    def say(msg):
+        if progress:
+            progress.write(msg + "\n")
+            progress.flush()
+
+    old = os.environ.get(SKIP_COMPUTE_VAR)
+    os.environ[SKIP_COMPUTE_VAR] = "1"
+    try:
+        b = acl.runtime.api()
+        is_stub = _is_stub(b)
+        spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
+                        d_v=128, sparse_mode=3, seed=0)
+        inp = with_forward(make_inputs(spec))
+        names = ("query", "query_rope", "key", "key_rope", "value", "dy")
+        host = {n: inp[n] for n in names}
+        kw = dict(atten_mask=inp["atten_mask"], softmax_max=inp["softmax_max"],
+                  softmax_sum=inp["softmax_sum"], attention_in=inp["attention_in"],
+                  actual_seq_qlen=inp["actual_seq_qlen"], actual_seq_kvlen=inp["actual_seq_kvlen"],
+                  scale_value=inp["scale_value"], sparse_mode=inp["sparse_mode"])
+        acl.runtime.ensure_device(0)
+        stream_h = c_void_p()
+        rc = b.aclrtCreateStream(byref(stream_h))
+        if rc:
+            raise RuntimeError(f"aclrtCreateStream returned {rc}")
+        stream = stream_h.value
+        rows = []
+        try:
+            dev = {n: acl.DeviceArray.from_numpy(a) for n, a in host.items()}
+            dev_kw = dict(kw)
+            for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
+                dev_kw[n] = acl.DeviceArray.from_numpy(kw[n])
+            npu = {n: _ProtocolTensor(a) for n, a in dev.items()}
+            npu_kw = dict(dev_kw)
+            for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
+                npu_kw[n] = _ProtocolTensor(dev_kw[n])
+
+            count = c_uint32()
+            say("bare ctypes call ...")
+            rows.append(("bare ctypes call (aclrtGetDeviceCount)", None,
+                         _time(lambda: b.aclrtGetDeviceCount(byref(count)), repeat, inner * 10)))
+            say("device-resident public calls ...")
+            rows.append(("device-resident public call: NPU tensors, stream=", "device_call",
+                         _time(lambda: fag(*npu.values(), stream=stream, **npu_kw), repeat, inner)))
+            rows.append(("device-resident public call: DeviceArray, stream=", "device_call",
+                         _time(lambda: fag(*dev.values(), stream=stream, **dev_kw), repeat, inner)))
+            rows.append(("device-resident public call: DeviceArray, own stream + sync", None,
+                         _time(lambda: fag(*dev.values(), **dev_kw), repeat, inner)))
+            rows.append(("device-resident public call: check_data=False, stream=", None,
+                         _time(lambda: fag(*dev.values(), stream=stream, check_data=False,
+                                           **dev_kw), repeat, inner)))
+            say("FagPlan.run ...")
+            plan = acl.FagPlan(**dev, **dev_kw)
+            try:
+                rows.append(("FagPlan.run(stream=)", "plan_run",
+                             _time(lambda: plan.run(stream=stream), repeat, inner * 5)))
+                rows.append(("FagPlan.run() (own stream + sync)", None,
+                             _time(lambda: plan.run(), repeat, inner * 5)))
+            finally:
+                plan.close()
+            say("numpy-in public call ...")
+            copies = {"s": 0.0}
+
+            def numpy_call():
+                call = validate_backward(*host.values(), **kw)
+                t = {}
+                acl.run_backward(call, timings=t)
+                copies["s"] += t["copy_in"] + t["copy_out"]
+            rows.append(("numpy-in public call, excluding copies", "numpy_call",
+                         _time_minus(numpy_call, copies, repeat, inner // 4)))
+            rows.append(("numpy-in public call, total (copies included)", None,
+                         _time(lambda: fag(*host.values(), backend="npu", **kw), repeat,
+                               inner // 4)))
+        finally:
+            acl.runtime.release_stream_workspace(stream)
+            b.aclrtDestroyStream(stream)
+    finally:
+        if old is None:
+            os.environ.pop(SKIP_COMPUTE_VAR, None)
+        else:
+            os.environ[SKIP_COMPUTE_VAR] = old
+    out = []
+    for label, goal_key, (median_us, best_us) in rows:
+        goal = GOALS_US.get(goal_key)
+        out.append({"label": label, "median_us": median_us, "best_us": best_us,
+                    "goal_us": goal, "met": None if goal is None else median_us <= goal})
+    return {"schema": "aclnn_fag.bench_overhead/1", "stub_compute_off": is_stub,
+            "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
+            "rows": out, "all_goals_met": all(r["met"] for r in out if r["met"] is not None)}
+
+
+def _is_stub(b) -> bool:
+    """True on the stand-in libraries of native_stubs/ (they export aclStubGetCounters)."""
+    for lib in b.libraries.handles.values():
+        try:
+            getattr(lib, "aclStubGetCounters")
+            return True
+        except AttributeError:
+            continue
+    return False
+
+
+def _time_minus(fn, acc: dict, repeat: int, inner: int):
+    fn()
+    rounds = []
+    for _ in range(repeat):
+        acc["s"] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        rounds.append((time.perf_counter() - t0 - acc["s"]) / inner)
+    return statistics.median(rounds) * 1e6, min(rounds) * 1e6
+
+
+def format_overhead(report: dict) -> str:
+    lines = [f"host overhead per call ({report['shape']}; "
+             + ("stub op computation off" if report["stub_compute_off"] else "real NPU")
+             + ")",
+             f"{'row':<62s} {'median us':>10s} {'best us':>9s} {'goal':>9s}  status"]
+    lines.append("-" * len(lines[-1]))
+    for r in report["rows"]:
+        goal = "-" if r["goal_us"] is None else f"<= {r['goal_us']:.0f}"
+        status = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
+        lines.append(f"{r['label']:<62s} {r['median_us']:>10.1f} {r['best_us']:>9.1f} "
+                     f"{goal:>9s}  {status}")
+    return "\n".join(lines)
