@@ -6,9 +6,12 @@ Dv = 128, sparse mode 3 with the package's compressed mask; every call validated
 * ``bare ctypes call``: one ``aclrtGetDeviceCount`` through the bound prototype -- the floor
   any call through ctypes pays;
 * ``device-resident public call``: ``flash_attention_unpadding_score_grad_v3`` on NPU tensors
-  (a minimal object implementing the tensor protocol over device memory) with ``stream=``:
-  conversion, validation (sampled data checks), output allocation, marshaling, both phases;
-  the same on ``acl.DeviceArray`` inputs, and without ``stream=`` (own stream + sync);
+  (a minimal object implementing the tensor protocol over device memory, whose ``new_empty``
+  reuses freed blocks like torch_npu's caching allocator) with ``stream=``: conversion,
+  validation (the data checks are skipped on a caller's stream by default), results from
+  ``new_empty``, marshaling, both phases; the same on ``acl.DeviceArray`` inputs (results
+  from aclrtMalloc each call), and without ``stream=`` (own stream + sync: the data checks
+  read their samples);
 * ``FagPlan.run``: phase 2 on a built plan, with ``stream=`` and with its synchronisation;
 * ``numpy-in public call, excluding copies``: the public call on host arrays minus the time
   spent in host<->device copies (``acl.run_backward(timings=...)`` copy_in/copy_out).
@@ -26,6 +29,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
+import weakref
 from ctypes import byref, c_uint32, c_void_p
 
 import numpy as np
@@ -67,24 +71,38 @@ class _ProtocolTensor:
     def stride(self):
         return self._da.strides
 
+    # a caching allocator, as torch_npu's: freed blocks are reused by size, never returned
+    _free: dict = {}
+
     def new_empty(self, shape, dtype=None):
         from .acl import DeviceArray
         from .operands import numpy_dtype_of_torch
         dt = numpy_dtype_of_torch(dtype or self.dtype)
-        return _ProtocolTensor(DeviceArray.empty(shape, dt))
+        n = dt.itemsize
+        for d in shape:
+            n *= d
+        pool = self._free.setdefault(n, [])
+        buf = pool.pop() if pool else DeviceArray.empty((n,), np.uint8).buffer
+        t = _ProtocolTensor(DeviceArray(buf, shape, dt))
+        weakref.finalize(t, pool.append, buf)
+        return t
 
 
 def _time(fn, repeat: int, inner: int):
-    """Median over ``repeat`` rounds of the mean of ``inner`` calls, in microseconds."""
+    """(median CPU us, best CPU us, median wall us) per call over ``repeat`` rounds of
+    ``inner`` calls. CPU time is the calling thread's (``time.thread_time``): the host work
+    of the call, unaffected by other processes competing for the cores; wall time is shown
+    next to it."""
     fn()
     fn()
-    rounds = []
+    cpu, wall = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         for _ in range(inner):
             fn()
-        rounds.append((time.perf_counter() - t0) / inner)
-    return statistics.median(rounds) * 1e6, min(rounds) * 1e6
+        cpu.append((time.thread_time() - c0) / inner)
+        wall.append((time.perf_counter() - t0) / inner)
+    return statistics.median(cpu) * 1e6, min(cpu) * 1e6, statistics.median(wall) * 1e6
 
 
 def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
@@ -136,7 +154,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             say("device-resident public calls ...")
             rows.append(("device-resident public call: NPU tensors, stream=", "device_call",
                          _time(lambda: fag(*npu.values(), stream=stream, **npu_kw), repeat, inner)))
-            rows.append(("device-resident public call: DeviceArray, stream=", "device_call",
+            rows.append(("device-resident public call: DeviceArray, stream=", None,
                          _time(lambda: fag(*dev.values(), stream=stream, **dev_kw), repeat, inner)))
             rows.append(("device-resident public call: DeviceArray, own stream + sync", None,
                          _time(lambda: fag(*dev.values(), **dev_kw), repeat, inner)))
@@ -153,30 +171,36 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             finally:
                 plan.close()
             say("numpy-in public call ...")
-            copies = {"s": 0.0}
+            copies = {"s": 0.0, "cpu": 0.0}
 
             def numpy_call():
                 call = validate_backward(*host.values(), **kw)
                 t = {}
-                acl.run_backward(call, timings=t)
+                acl.run_backward(call, timings=t, cpu_timings=True)
                 copies["s"] += t["copy_in"] + t["copy_out"]
+                copies["cpu"] += t["copy_in_cpu"] + t["copy_out_cpu"]
             rows.append(("numpy-in public call, excluding copies", "numpy_call",
-                         _time_minus(numpy_call, copies, repeat, inner // 4)))
+                         _time_minus(numpy_call, copies, repeat, max(1, inner // 4))))
             rows.append(("numpy-in public call, total (copies included)", None,
                          _time(lambda: fag(*host.values(), backend="npu", **kw), repeat,
-                               inner // 4)))
+                               max(1, inner // 4))))
         finally:
             acl.runtime.release_stream_workspace(stream)
             b.aclrtDestroyStream(stream)
+            for pool in _ProtocolTensor._free.values():
+                for buf in pool:
+                    buf.free()
+            _ProtocolTensor._free.clear()
     finally:
         if old is None:
             os.environ.pop(SKIP_COMPUTE_VAR, None)
         else:
             os.environ[SKIP_COMPUTE_VAR] = old
     out = []
-    for label, goal_key, (median_us, best_us) in rows:
+    for label, goal_key, (median_us, best_us, wall_us) in rows:
         goal = GOALS_US.get(goal_key)
         out.append({"label": label, "median_us": median_us, "best_us": best_us,
+                    "wall_median_us": wall_us,
                     "goal_us": goal, "met": None if goal is None else median_us <= goal})
     return {"schema": "aclnn_fag.bench_overhead/1", "stub_compute_off": is_stub,
             "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
@@ -195,26 +219,30 @@ def _is_stub(b) -> bool:
 
 
 def _time_minus(fn, acc: dict, repeat: int, inner: int):
+    """As _time, minus the CPU (and wall) time ``fn`` reports in acc["cpu"] / acc["s"]."""
     fn()
-    rounds = []
+    cpu, wall = [], []
     for _ in range(repeat):
-        acc["s"] = 0.0
-        t0 = time.perf_counter()
+        acc["s"] = acc["cpu"] = 0.0
+        c0, t0 = time.thread_time(), time.perf_counter()
         for _ in range(inner):
             fn()
-        rounds.append((time.perf_counter() - t0 - acc["s"]) / inner)
-    return statistics.median(rounds) * 1e6, min(rounds) * 1e6
+        cpu.append((time.thread_time() - c0 - acc["cpu"]) / inner)
+        wall.append((time.perf_counter() - t0 - acc["s"]) / inner)
+    return statistics.median(cpu) * 1e6, min(cpu) * 1e6, statistics.median(wall) * 1e6
 
 
 def format_overhead(report: dict) -> str:
     lines = [f"host overhead per call ({report['shape']}; "
              + ("stub op computation off" if report["stub_compute_off"] else "real NPU")
              + ")",
-             f"{'row':<62s} {'median us':>10s} {'best us':>9s} {'goal':>9s}  status"]
+             "host CPU time of the calling thread per call (median and best of the rounds), "
+             "wall time (median) beside it",
+             f"{'row':<62s} {'cpu us':>9s} {'best':>8s} {'wall us':>9s} {'goal':>8s}  status"]
     lines.append("-" * len(lines[-1]))
     for r in report["rows"]:
         goal = "-" if r["goal_us"] is None else f"<= {r['goal_us']:.0f}"
         status = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
-        lines.append(f"{r['label']:<62s} {r['median_us']:>10.1f} {r['best_us']:>9.1f} "
-                     f"{goal:>9s}  {status}")
+        lines.append(f"{r['label']:<62s} {r['median_us']:>9.1f} {r['best_us']:>8.1f} "
+                     f"{r['wall_median_us']:>9.1f} {goal:>8s}  {status}")
     return "\n".join(lines)

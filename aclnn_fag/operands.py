@@ -86,10 +86,10 @@ def _is_torch_tensor(x) -> bool:
 
 
 def kind_of(x) -> Optional[str]:
-    """The kind of one tensor argument (None for None); TypeError for anything else."""
+    """The kind of one tensor argument (None for None, "?" for anything unknown)."""
     if x is None:
         return None
-    if isinstance(x, np.ndarray):
+    if type(x) is np.ndarray or isinstance(x, np.ndarray):
         return NUMPY
     da = _device_array_type()
     if da is not None and isinstance(x, da):
@@ -139,8 +139,9 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
     Arguments of an unknown type pass through unchanged (validation names them)."""
     kind = None
     first = None
+    kinds = {}
     for name, x in tensors.items():
-        k = kind_of(x)
+        k = kinds[name] = kind_of(x)
         if k is None or k == "?":
             continue
         if kind is None:
@@ -153,11 +154,11 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
                 "one (e.g. the mask) once beforehand")
     kind = kind or NUMPY
     if kind == TORCH:
-        out = {n: (_torch_cpu_to_numpy(n, x) if kind_of(x) == TORCH else x) for n, x in tensors.items()}
+        out = {n: (_torch_cpu_to_numpy(n, x) if kinds[n] == TORCH else x) for n, x in tensors.items()}
     elif kind == NPU:
-        out = {n: (_npu_to_device_array(n, x) if kind_of(x) == NPU else x) for n, x in tensors.items()}
+        out = {n: (_npu_to_device_array(n, x) if kinds[n] == NPU else x) for n, x in tensors.items()}
     else:
-        out = dict(tensors)
+        out = tensors
     return kind, out
 
 

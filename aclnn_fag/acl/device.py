@@ -187,7 +187,7 @@ class DeviceArray:
         """
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
-        dt = np.dtype(dtype)
+        dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
         acl_dtype(dt)
         if any(d < 0 for d in shape):
             raise ValueError(f"parameter 'shape' has a negative dimension: {shape}")
@@ -215,7 +215,11 @@ class DeviceArray:
         strides = _unit_strides(shape, [s if d > 1 else 0 for d, s in zip(shape, strides)])
         span = sum((d - 1) * s for d, s in zip(shape, strides)) + 1
         buf = ForeignBuffer(base, (offset + span) * isz, device_id, owner)
-        return cls(buf, shape, dt, strides, offset)
+        # every invariant of __init__ holds by construction (non-negative strides, the view
+        # inside the buffer): set the fields directly (this runs per tensor per call)
+        self = object.__new__(cls)
+        self.buffer, self.shape, self.dtype, self.strides, self.offset = buf, shape, dt, strides, offset
+        return self
 
     # ---- properties
     @property

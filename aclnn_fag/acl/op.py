@@ -57,11 +57,14 @@ AUTO = _Auto()   # call_raw output default: a bf16 buffer shaped like the matchi
 
 
 class _Timer:
-    def __init__(self, timings: Optional[dict]) -> None:
+    def __init__(self, timings: Optional[dict], cpu: bool = False) -> None:
         self.timings = timings
+        self.cpu = cpu
         if timings is not None:
             for k in TIMING_KEYS:
                 timings.setdefault(k, 0.0)
+                if cpu:
+                    timings.setdefault(k + "_cpu", 0.0)
 
     @contextlib.contextmanager
     def __call__(self, key: str):
@@ -69,10 +72,13 @@ class _Timer:
             yield
             return
         t0 = time.perf_counter()
+        c0 = time.thread_time() if self.cpu else 0.0
         try:
             yield
         finally:
             self.timings[key] = self.timings.get(key, 0.0) + (time.perf_counter() - t0)
+            if self.cpu:
+                self.timings[key + "_cpu"] += time.thread_time() - c0
 
 
 def _release_on_exit(stack: contextlib.ExitStack, resource) -> None:
@@ -159,7 +165,8 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
              attrs: Mapping[str, object], outputs: Mapping[str, object], *,
              deterministic: Optional[bool], device_id: Optional[int], timings: Optional[dict],
              workspace_size_out: bool = True, executor_out: bool = True,
-             stream=None, keep_on_device: bool = False) -> Dict[str, object]:
+             stream=None, keep_on_device: bool = False,
+             cpu_timings: bool = False) -> Dict[str, object]:
     """Run one call. ``inputs``: slot -> numpy array / DeviceArray / None; ``int_arrays``:
     slot -> sequence / None; ``outputs``: slot -> None, a DeviceArray (written in place) or
     (shape, dtype, initial host array or None). Returns slot -> host array (None for NULL
@@ -171,7 +178,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     stream's own cache (``runtime.stream_workspace``) and stays alive for later work on
     it. With host inputs or outputs the caller's stream is synchronised before the
     temporaries are freed and the results downloaded."""
-    timer = _Timer(timings)
+    timer = _Timer(timings, cpu_timings)
     # Python-level argument checks first: nothing native exists yet when they fail.
     attr_args = [c_double(_double_attr(n, attrs[n])) for n in ("scale_value", "keep_prob")]
     attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("pre_tokens", "next_tokens", "head_num")]
@@ -308,7 +315,7 @@ def _attrs(call) -> dict:
 
 def run_backward(call: FagCall, *, device_id: Optional[int] = None,
                  timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
-                 keep_on_device: bool = False, stream=None) -> FagGrads:
+                 keep_on_device: bool = False, stream=None, cpu_timings: bool = False) -> FagGrads:
     """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
 
     ``outputs``: slot (dq, dq_rope, dk, dk_rope, dv) -> DeviceArray to write into (others
@@ -335,7 +342,7 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
     outputs["dpse"] = None
     res = _execute(inputs, int_arrays, _attrs(call), outputs,
                    deterministic=bool(call.deterministic), device_id=device_id, timings=timings,
-                   stream=stream, keep_on_device=keep_on_device)
+                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings)
     return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])
 
 

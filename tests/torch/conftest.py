@@ -32,5 +32,8 @@ except ImportError:
 
 @pytest.fixture(scope="module", autouse=True)
 def stub_env():
+    import aclnn_fag.acl as acl
+    acl.shutdown()        # start from a fresh runtime state (other folders drive the stubs too)
     with stub_environment(build_stub_libs()) as d:
         yield d
+    acl.shutdown()
