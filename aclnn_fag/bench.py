@@ -395,12 +395,12 @@ def _main_overhead(args) -> int:
         print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
         return 2
     report = run_overhead(repeat=max(args.repeat, 3), progress=None if args.quiet else sys.stderr)
-    print(format_overhead(report))
+    text = human_stream(args.json)
+    print(format_overhead(report), file=text)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=1)
-            fh.write("\n")
-        print(f"json: {args.json}")
+        write_json(report, args.json)
+        if args.json != STDOUT:
+            print(f"json: {args.json}", file=text)
     if args.check and not report["all_goals_met"]:
         return 1
     return 0
