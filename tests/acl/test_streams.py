@@ -44,8 +44,10 @@ def test_device_call_only_enqueues_on_the_callers_stream(stub, caller_stream):
     pos, kw = on_device(p, FakeNpuTensor.from_numpy)
     mine = stub.stream_counts(own_stream())
     before = stub.stream_counts(caller_stream)
+    d2h = acl.stats()["d2h"]
     got = af.flash_attention_unpadding_score_grad_v3(*pos, stream=NpuStream(caller_stream), **kw)
     after = stub.stream_counts(caller_stream)
+    assert acl.stats()["d2h"] == d2h            # no data checks: they would race queued work
     assert after["launches"] == before["launches"] + 1
     assert after["syncs"] == before["syncs"]                  # no aclrtSynchronizeStream
     assert stub.stream_counts(own_stream()) == mine          # the package's stream untouched
@@ -119,3 +121,14 @@ def test_bad_stream_arguments():
         af.flash_attention_unpadding_score_grad_v3(*pos, stream="default", **kw)
     with pytest.raises(ValueError, match="stream"):
         af.flash_attention_unpadding_score_grad_v3(*pos, stream=-1, **kw)
+
+
+def test_check_data_true_on_a_callers_stream_synchronises_then_samples(stub, caller_stream):
+    p = make_problem(seed=46, n2=1, g=2, mode=3, q_lens=(12, 7), kv_lens=(12, 7))
+    pos, kw = on_device(p, acl.DeviceArray.from_numpy)
+    before = stub.stream_counts(caller_stream)
+    d2h = acl.stats()["d2h"]
+    af.flash_attention_unpadding_score_grad_v3(*pos, stream=caller_stream, check_data=True, **kw)
+    after = stub.stream_counts(caller_stream)
+    assert after == {"launches": before["launches"] + 1, "syncs": before["syncs"] + 1}
+    assert acl.stats()["d2h"] > d2h
