@@ -20,7 +20,8 @@ Goals (issue: a training step must not wait on the host): device-resident public
 <= 250 us, FagPlan.run <= 50 us, numpy-in call overhead <= 500 us.
 
 On the stand-in libraries of ``native_stubs/`` the op's computation is switched off
-(``ACL_STUB_SKIP_COMPUTE=1``; every check still runs), so the times are the binding's own.
+(``ACL_STUB_SKIP_COMPUTE=1``; every check still runs) and fresh allocations are not filled
+(``ACL_STUB_MALLOC_FILL=-1``), so the times are the binding's own.
 On a real NPU they include the launch and, for the rows that synchronise, the kernel.
 """
 
@@ -40,6 +41,9 @@ __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
 
 GOALS_US = {"device_call": 250.0, "plan_run": 50.0, "numpy_call": 500.0}
 SKIP_COMPUTE_VAR = "ACL_STUB_SKIP_COMPUTE"
+# the stubs' computation off, and fresh allocations not filled (a debugging aid of the stub
+# that the real aclrtMalloc does not do); both ignored by a real CANN
+STUB_VARS = {SKIP_COMPUTE_VAR: "1", "ACL_STUB_MALLOC_FILL": "-1"}
 
 
 class _ProtocolTensor:
@@ -116,8 +120,8 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             progress.write(msg + "\n")
             progress.flush()
 
-    old = os.environ.get(SKIP_COMPUTE_VAR)
-    os.environ[SKIP_COMPUTE_VAR] = "1"
+    saved = {v: os.environ.get(v) for v in STUB_VARS}
+    os.environ.update(STUB_VARS)
     try:
         b = acl.runtime.api()
         is_stub = _is_stub(b)
@@ -192,10 +196,11 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
                     buf.free()
             _ProtocolTensor._free.clear()
     finally:
-        if old is None:
-            os.environ.pop(SKIP_COMPUTE_VAR, None)
-        else:
-            os.environ[SKIP_COMPUTE_VAR] = old
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
     out = []
     for label, goal_key, (median_us, best_us, wall_us) in rows:
         goal = GOALS_US.get(goal_key)

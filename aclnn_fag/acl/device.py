@@ -422,14 +422,17 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
         for g in final:
             start = min(it.start for it in g)
             end = max(it.end for it in g)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             buf = DeviceBuffer(end - start, device_id)
             created.append(buf)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             buf.copy_from_host(start, end - start)
             if timings is not None:
                 timings["alloc"] = timings.get("alloc", 0.0) + (t1 - t0)
                 timings["copy_in"] = timings.get("copy_in", 0.0) + (time.perf_counter() - t1)
+                if "copy_in_cpu" in timings:     # thread CPU time too (run_backward(cpu_timings))
+                    timings["alloc_cpu"] += c1 - c0
+                    timings["copy_in_cpu"] += time.thread_time() - c1
             for it in g:
                 a = it.array
                 out[it.index] = DeviceArray(buf, a.shape, a.dtype, it.strides,
