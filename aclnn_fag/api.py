@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from . import operands
+from . import blas, operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -67,43 +67,82 @@ def flash_attention_unpadding_score_grad_v3(
         stream=None) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
-    Arguments mirror the C op (docs/semantics.md): bf16 ``query`` [T1, N1, D], ``query_rope``
-    [T1, N1, Dr], ``key`` [T2, N2, D], ``key_rope`` [T2, N2, Dr], ``value`` [T2, N2, Dv],
-    ``dy`` and ``attention_in`` [T1, N1, Dv]; ``atten_mask`` bool/uint8 (nonzero = masked;
-    [maxSq, maxSkv] for sparse modes 0/1, the compressed 2048x2048 mask for 2/3/4/7/8);
-    ``softmax_max``/``softmax_sum`` float32 [T1, N1, 8] in the device layout (as
-    flash_attention_forward returns them); ``actual_seq_qlen``/``actual_seq_kvlen`` cumulative
-    ends; ``scale_value`` the real scale (no 1/sqrt(d) is applied). ``head_num=None`` means
-    query.shape[1].
+    The arguments mirror the C op one to one (docs/semantics.md; docs/porting.md for
+    torch_npu's names). Tensors are numpy arrays; T1/T2 count the packed query/key tokens,
+    N1/N2 the query/KV heads (N1 a multiple of N2), D the head dim, Dr the rope head dim, Dv
+    the value head dim.
 
-    Tensor arguments, all of one kind (``aclnn_fag.operands``): numpy arrays, torch CPU
-    tensors (results are torch CPU tensors over the results' memory, no copies), or
-    device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (torch_npu), which run on the
-    NPU in place: the op reads the caller's memory with its strides, and the results are
-    DeviceArrays, or NPU tensors made with ``query.new_empty``.
+    Tensors:
+        query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr],
+        value [T2, N2, Dv]: bfloat16 (``ml_dtypes.bfloat16``); the scores are
+        q·k + q_rope·k_rope.
+        dy, attention_in [T1, N1, Dv]: bfloat16, the output gradient and the forward's output.
+        softmax_max, softmax_sum [T1, N1, 8]: float32 statistics of the forward **in the
+        device's layout** (per batch [N1, Sq_b, 8] blocks, 8 equal copies), as
+        ``flash_attention_forward`` returns them; convert token-major statistics with
+        ``aclnn_fag.softmax_layout.device_stats_from_token_major``.
+        atten_mask: bool/uint8, nonzero = masked. Sparse modes 0/1/5: [maxSq, maxSkv] (or
+        [1|B, 1|N1, maxSq, maxSkv]; ``aclnn_fag.masks.band_mask`` builds one from tokens);
+        modes 2/3/4/7/8: the compressed 2048x2048 ``aclnn_fag.masks.compressed_causal_mask()``.
+        Kinds (``aclnn_fag.operands``), one per call: numpy arrays; torch CPU tensors (the
+        results are torch CPU tensors over the results' memory, no copies either way); or
+        device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (torch_npu), used in place
+        on the NPU (the caller's addresses and strides; results are DeviceArrays, or NPU
+        tensors made with ``query.new_empty``).
 
-    ``backend``: "auto", "numpy" or "npu" (see resolve_backend; device-resident inputs always
-    run on "npu"). ``precision``: "device" (bf16 outputs with the device's rounding points),
-    "fp32" or "fp64" (golden; numpy only). ``deterministic``: sets ACL_OPT_DETERMINISTIC for
-    the call on the NPU; on any backend it also applies the deterministic-mode padding rule
-    (docs/validation.md, rule 16).
+    Sequences and sparsity:
+        actual_seq_qlen, actual_seq_kvlen: cumulative end offsets of the sequences (lengths
+        [2, 2, 0, 2, 2] -> [2, 4, 4, 6, 8]; ``aclnn_fag.seqlens`` converts).
+        sparse_mode: 0 (mask and token band), 1 (mask only), 2 (causal, top-left), 3 (causal,
+        bottom-right), 4 (band, bottom-right), 5 (as 0), 7/8 (context-parallel mixes); 6 is
+        rejected. docs/sparse_modes.md draws each.
+        pre_tokens, next_tokens: the token band of modes 0/4/5/7/8 (keys i - pre .. i + next
+        are kept, shifted to the bottom-right origin in modes 4/7/8); clamped to 2^31 - 1;
+        ignored by modes 1/2/3.
 
-    ``check_data``: whether to run the checks that read tensor data (compressed-mask
-    content, equal statistic copies, statistics layout). With device-resident inputs they
-    read back a bounded sample (at most 16 KiB). None (default) means True, except for
-    device-resident inputs with ``stream=``: their data may still be being written by work
-    queued on that stream, so reading it would need a synchronisation -- the checks are
-    skipped there; ``check_data=True`` then synchronises the stream once and samples.
+    Scalars:
+        scale_value: the real scale of the scores (no 1/sqrt(d) is applied; MLA uses
+        1/sqrt(D + Dr)). keep_prob must be 1.0 and pse_shift/drop_mask None (V3 has no
+        dropout and no pse). head_num: None means query.shape[1] (any other value must equal
+        it). input_layout: "TND". inner_precise: passed through, unused. pse_type: must be 1.
+        padding_mask, softmax_in, prefix: accepted and ignored (IgnoredArgumentWarning).
+        q_start_idx, kv_start_idx: no effect on V3's math; the binding passes [0] where the
+        device would otherwise pick a rope-blind kernel (docs/abi.md §7, rope-blind kernels).
 
-    ``stream``: the caller's aclrtStream (an int, or an object with ``npu_stream`` such as
-    ``torch.npu.current_stream()``); with device-resident inputs the call then only enqueues
-    the op on it and returns (no synchronisation; the workspace is kept per stream for later
-    calls); with host inputs the stream is synchronised before the results are read.
-    Without ``stream`` the NPU backend uses its own stream and synchronises.
+    Execution:
+        backend: "auto", "numpy" or "npu" (see ``resolve_backend``). precision: "device"
+        (bf16 results with the device's rounding points), "fp32" or "fp64" (the same math
+        without bf16 rounding; NumPy only; float32/float64 results). deterministic: sets
+        ACL_OPT_DETERMINISTIC for the call on the NPU; on any backend it also selects the
+        deterministic-mode padding rule (docs/validation.md, rule 16). Device-resident inputs
+        always run on the NPU.
+        check_data: whether to run the rules that read tensor data (docs/validation.md, S6,
+        S8, S9); on device-resident inputs they read back a bounded sample (at most 16 KiB).
+        None (default) means True, except for device-resident inputs with ``stream``: their
+        data may still be being written by work queued on that stream, so the checks are
+        skipped there; True then synchronises the stream once and samples.
+        stream: the caller's aclrtStream (an int, or an object with ``npu_stream`` such as
+        ``torch.npu.current_stream()``). With device-resident inputs the call only enqueues
+        the op on it and returns (no synchronisation; the workspace is kept per stream for
+        later calls on it); with host inputs the stream is synchronised before the results
+        are read. Without it the NPU backend uses its own stream and synchronises.
 
-    Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Invalid arguments raise AclnnError
-    subclasses carrying the aclnn status code the device returns (161001/161002), or
-    TypeError/ValueError for arguments of the wrong Python type.
+    Returns:
+        FagGrads(dq, dq_rope, dk, dk_rope, dv), a named tuple in that order, each shaped like
+        its input (query, query_rope, key, key_rope, value); dk/dk_rope/dv sum over the G =
+        N1/N2 query heads of a KV head.
+
+    Raises:
+        ParamInvalidError (161002) / ParamNullptrError (161001): invalid arguments, with the
+        status code the device returns, ``.param`` and ``.rule`` (docs/validation.md lists
+        every rule); TypeError / ValueError for arguments of the wrong Python type;
+        BackendUnavailableError when backend="npu" cannot run; AclnnError subclasses for
+        failures of the native op.
+
+    Warns:
+        SequenceEndWarning (the last cumulative end is below T), FullyMaskedRowWarning (a
+        query row with no kept key: zero gradients), SoftmaxStatsMismatchWarning (the
+        statistics cannot be those of these scores), IgnoredArgumentWarning.
     """
     kind, t = operands.convert_inputs(dict(
         query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
@@ -133,7 +172,8 @@ def flash_attention_unpadding_score_grad_v3(
         from .device_run import run_backward_on_device
         return run_backward_on_device(call, kind, query, stream)
     if call.empty_result or name == "numpy":
-        grads = attention_backward(call, precision)
+        with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
+            grads = attention_backward(call, precision)
     else:
         from . import acl
         grads = acl.run_backward(call, stream=stream)
@@ -157,12 +197,23 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             actual_seq_qlen, actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX,
                             next_tokens=INT32_MAX, head_num=None, sparse_mode=0, inner_precise=0,
                             precision="device", check_data=True) -> FagForward:
-    """The forward the backward differentiates (NumPy): FagForward(attention_out, softmax_max,
-    softmax_sum), the statistics in the device layout ([T1, N1, 8], per batch [N1, Sq_b, 8]
-    blocks, 8 equal copies). "device" precision returns bf16 output and float32 statistics;
-    "fp32"/"fp64" return everything in that dtype (cast the statistics to float32 before
-    passing them to the backward). Tensor arguments: numpy arrays or torch CPU tensors (then
-    the results are torch CPU tensors, no copies); ``check_data`` as for the backward."""
+    """The forward the backward differentiates (aclnnFlashAttentionVarLenScoreV3's math, on the
+    NumPy reference), producing valid inputs for the backward.
+
+    query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr], value
+    [T2, N2, Dv]: bfloat16, numpy arrays or torch CPU tensors (then the results are torch CPU
+    tensors, no copies). atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
+    pre_tokens, next_tokens, head_num, sparse_mode, inner_precise, check_data: as for
+    ``flash_attention_unpadding_score_grad_v3`` (the same rules apply, docs/validation.md).
+    precision: "device" returns bf16 output and float32 statistics; "fp32"/"fp64" return
+    everything in that dtype (cast the statistics to float32 before passing them to the
+    backward).
+
+    Returns FagForward(attention_out, softmax_max, softmax_sum): attention_out [T1, N1, Dv];
+    the statistics [T1, N1, 8] in the device's layout (per batch [N1, Sq_b, 8] blocks, 8 equal
+    copies; docs/semantics.md, Softmax statistics). Rows with no kept key get max = -FLT_MAX,
+    sum = FLT_MAX, output 0 (FullyMaskedRowWarning).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
     kind, t = operands.convert_inputs(dict(query=query, query_rope=query_rope, key=key,
@@ -177,7 +228,8 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             pre_tokens=pre_tokens, next_tokens=next_tokens, head_num=head_num,
                             sparse_mode=sparse_mode, inner_precise=inner_precise,
                             check_data=check_data)
-    out = attention_forward(call, precision)
+    with blas.capped():
+        out = attention_forward(call, precision)
     if kind == operands.TORCH:
         out = FagForward(*(operands.to_torch(x) for x in out))
     return out
