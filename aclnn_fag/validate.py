@@ -104,6 +104,19 @@ def _cite(rule, check):
     return f"{rule} (docs/validation.md, {check})" if check else rule
 
 
+def _stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the calling function point at the
+    first frame outside this package (the user's call), however deep the package's own
+    frames are (public call, validation cache, helpers)."""
+    import os
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    level, f = 1, sys._getframe(1)
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg + os.sep):
+        f = f.f_back
+        level += 1
+    return level
+
+
 def _nullptr(param, rule, stricter=False, check=None):
     return ParamNullptrError(_cite(rule, check), code=161001, param=param,
                              stricter=stricter or check is not None)
@@ -493,7 +506,7 @@ def _check_sequences_strict(qlen, kvlen, t1, t2):
         if ends[-1] < total:
             warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
                           f"part of any sequence and get zero outputs (the last cumulative end "
-                          f"is normally T){hint}", SequenceEndWarning, stacklevel=4)
+                          f"is normally T){hint}", SequenceEndWarning, stacklevel=_stacklevel())
 
 
 def _check_rope_shapes(query, query_rope, key, key_rope):
@@ -572,7 +585,7 @@ def _warn_ignored(**kwargs):
     for name, value in kwargs.items():
         if value is not None:
             warnings.warn(f"parameter '{name}' is accepted by the op but not used; it is ignored",
-                          IgnoredArgumentWarning, stacklevel=4)
+                          IgnoredArgumentWarning, stacklevel=_stacklevel())
 
 
 _COPIES_MESSAGE = ("the {copies} copies in the last dim of {name} differ; the device "
@@ -748,7 +761,7 @@ def _warn_stats_mismatch(samples, scale_value):
                       f"query row {i}: {what}; the gradients will be wrong. Were the statistics "
                       "computed with another scale_value, other inputs or another mask? "
                       "(docs/validation.md, Statistics that do not match the scores)",
-                      SoftmaxStatsMismatchWarning, stacklevel=4)
+                      SoftmaxStatsMismatchWarning, stacklevel=_stacklevel())
         return
 
 
