@@ -173,3 +173,64 @@ class AclIntArray(runtime.NativeResource):
     def __repr__(self) -> str:
         return f"<AclIntArray {list(self.values)} {'destroyed' if self.handle is None else hex(self.handle)}>"
 
+
+
+def _destroy_batch(b, tensors: list, int_arrays: list, *, strict: bool) -> None:
+    first = None
+    for fname, handles in (("aclDestroyTensor", tensors), ("aclDestroyIntArray", int_arrays)):
+        fn = getattr(b, fname)
+        while handles:
+            rc = fn(handles.pop())
+            if rc and first is None:
+                first = (rc, fname)
+            elif rc:
+                recent_message(b)
+    if first is not None:
+        if strict:
+            check(b, first[0], first[1])
+        recent_message(b)
+
+
+class HandleBatch(runtime.NativeResource):
+    """The aclTensor and aclIntArray handles of one call, created on the fast path (values
+    taken from validated DeviceArrays and int tuples) and destroyed together, exactly once
+    (``release()``, an ExitStack, GC or ``runtime.shutdown``): one Python object instead of
+    one per handle keeps the host cost per call low."""
+
+    def __init__(self) -> None:
+        self._b = runtime.api()
+        self._tensors: list = []
+        self._int_arrays: list = []
+        self._own(_destroy_batch, self._b, self._tensors, self._int_arrays)
+
+    def tensor(self, array) -> Optional[int]:
+        """A new aclTensor for a DeviceArray view (None -> None)."""
+        if array is None:
+            return None
+        buf = array.buffer
+        if buf.closed:
+            raise ValueError("the device array's buffer has been freed")
+        shape, strides = array.shape, array.strides
+        n = len(shape)
+        arr_t = c_int64 * n
+        handle = self._b.aclCreateTensor(arr_t(*shape), n, acl_dtype(array.dtype), arr_t(*strides),
+                                         array.offset, FORMAT_ND,
+                                         (c_int64 * 1)(buf.nbytes // array.dtype.itemsize), 1,
+                                         buf.ptr)
+        if not handle:
+            raise null_handle_error(self._b, "aclCreateTensor")
+        self._tensors.append(handle)
+        runtime._count("tensors")
+        return handle
+
+    def int_array(self, values) -> Optional[int]:
+        """A new aclIntArray of a tuple of ints already checked to fit int64 (None -> None)."""
+        if values is None:
+            return None
+        n = len(values)
+        handle = self._b.aclCreateIntArray((c_int64 * n)(*values), n)
+        if not handle:
+            raise null_handle_error(self._b, "aclCreateIntArray")
+        self._int_arrays.append(handle)
+        runtime._count("int_arrays")
+        return handle

@@ -56,6 +56,7 @@ EXPECTED_EXPORTS = {
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",     # version queries
         # stub-only
         "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
+        "aclStubRecordLaunch", "aclStubStreamCounts",
     },
     "libnnopbase.so": {
         "aclCreateTensor", "aclDestroyTensor", "aclCreateIntArray", "aclDestroyIntArray",
