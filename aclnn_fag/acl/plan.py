@@ -171,9 +171,11 @@ class FagPlan:
                       (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
                        ("dv", dv))}
         dq, dq_rope, dk, dk_rope, dv = (outs_given[n] for n in _OUT_SLOTS)
+        # start indices are never NULL: [0] unless given (docs/forward.md, "Start indices")
         self._int_values = dict(prefix=prefix, actual_seq_qlen=actual_seq_qlen,
-                                actual_seq_kvlen=actual_seq_kvlen, q_start_idx=q_start_idx,
-                                kv_start_idx=kv_start_idx)
+                                actual_seq_kvlen=actual_seq_kvlen,
+                                q_start_idx=(0,) if q_start_idx is None else q_start_idx,
+                                kv_start_idx=(0,) if kv_start_idx is None else kv_start_idx)
         if head_num is None:
             shape = getattr(query, "shape", ())
             head_num = shape[1] if len(shape) >= 2 else 0
