@@ -17,8 +17,8 @@ from typing import Iterable, Optional, Sequence
 import ml_dtypes
 import numpy as np
 
-from . import runtime
-from ._status import check, null_handle_error, recent_message
+from . import ownership, runtime
+from ._status import null_handle_error, status_error
 
 __all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array",
            "int64_values", "MAX_INT_ARRAY_ENTRIES"]
@@ -99,16 +99,18 @@ def int64_array(values: Sequence[int], name: str = "values"):
     return (c_int64 * len(vals))(*vals)
 
 
-def _destroy(b, fname: str, handle: int, *, strict: bool) -> None:
+def _destroy(b, fname: str, handle: int):
+    """Call the destroy function ``fname``; None or the error (an ownership.Claim release)."""
     rc = getattr(b, fname)(handle)
     if rc:
-        if strict:
-            check(b, rc, fname)
-        recent_message(b)
+        return status_error(b, rc, fname, rule=f"cannot destroy {handle:#x}")
+    return None
 
 
 class AclTensor(runtime.NativeResource):
     """One ``aclTensor*``. Build with :meth:`from_device_array` or the raw constructor."""
+
+    _what = "an aclTensor"
 
     def __init__(self, shape: Sequence[int], dtype, strides: Optional[Sequence[int]],
                  offset: int, storage_dims: Sequence[int], data_ptr: Optional[int]) -> None:
@@ -123,13 +125,17 @@ class AclTensor(runtime.NativeResource):
         dims = int64_array(self.shape)
         strd = None if self.strides is None else int64_array(self.strides)
         stor = int64_array(self.storage_dims)
-        handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
-                                   FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
+        self.handle: Optional[int] = None
+        self._prepare()
+        with ownership.atomic():      # the create and its ownership: one step for SIGINT
+            handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
+                                       FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
+            if handle:
+                self._take(handle, _destroy, b, "aclDestroyTensor", handle)
+                self.handle = handle
         if not handle:
             raise null_handle_error(b, "aclCreateTensor")
         runtime._count("tensors")
-        self.handle: Optional[int] = handle
-        self._own(_destroy, b, "aclDestroyTensor", handle)
 
     @classmethod
     def from_device_array(cls, array) -> "AclTensor":
@@ -154,16 +160,22 @@ class AclTensor(runtime.NativeResource):
 class AclIntArray(runtime.NativeResource):
     """One ``aclIntArray*`` holding a copy of ``values`` (host int64)."""
 
+    _what = "an aclIntArray"
+
     def __init__(self, values: Iterable[int]) -> None:
         self.values = int64_values("values", values)
         b = runtime.api()
         arr = int64_array(self.values)
-        handle = b.aclCreateIntArray(arr, len(self.values))
+        self.handle: Optional[int] = None
+        self._prepare()
+        with ownership.atomic():
+            handle = b.aclCreateIntArray(arr, len(self.values))
+            if handle:
+                self._take(handle, _destroy, b, "aclDestroyIntArray", handle)
+                self.handle = handle
         if not handle:
             raise null_handle_error(b, "aclCreateIntArray")
         runtime._count("int_arrays")
-        self.handle: Optional[int] = handle
-        self._own(_destroy, b, "aclDestroyIntArray", handle)
 
     def _on_released(self) -> None:
         self.handle = None

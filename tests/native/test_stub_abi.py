@@ -55,6 +55,7 @@ EXPECTED_EXPORTS = {
         "aclrtCtxGetSysParamOpt", "aclrtSetSysParamOpt", "aclrtGetSysParamOpt", "aclrtGetCurrentContext",
         # stub-only
         "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
+        "aclStubSetCallDelay", "aclStubGetBadReleases",
     },
     "libnnopbase.so": {
         "aclCreateTensor", "aclDestroyTensor", "aclCreateIntArray", "aclDestroyIntArray",
