@@ -613,7 +613,10 @@ class _ModeGate:
     """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        # ``with gate.lock`` (a C lock: no bytecode runs between its acquire and the with
+        # block, so an interrupt cannot leave it held), ``gate.cond.wait()`` inside
+        self.lock = threading.Lock()
+        self.cond = threading.Condition(self.lock)
         self.mode: Optional[bool] = None
         self.active = 0
         self.prev: Optional[int] = None
@@ -648,7 +651,7 @@ def _set_determinism(b, value: int) -> None:
 
 def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
     """Release one hold of ``gate`` (a Claim release function: returns None or the error)."""
-    with gate.cond:
+    with gate.lock:
         gate.active -= 1
         if gate.holders.get(me, 0) <= 1:
             gate.holders.pop(me, None)
@@ -711,7 +714,7 @@ class DeterminismHold:
             gate = st.gates.setdefault(dev, _ModeGate())
         me = threading.get_ident()
         warn = None
-        with gate.cond:
+        with gate.lock:
             if gate.active and gate.mode != want and me in gate.holders:
                 raise RuntimeError(
                     f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
