@@ -188,6 +188,8 @@ class Claim:
             with _lock:
                 if self.state not in (OWNED, FAILED):
                     return True
+                if self.state == FAILED and mode in ("gc", "warn"):
+                    return False                # its retry is shutdown's (or release()'s)
                 if self.gen != _gen:            # inherited across fork: never ours to free
                     self.state = DROPPED
                     _registry.pop(id(self), None)

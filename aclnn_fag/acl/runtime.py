@@ -676,14 +676,18 @@ def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
     return None
 
 
+READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
+
+
 class DeterminismHold:
     """Hold ACL_OPT_DETERMINISTIC == ``want`` on the device's context between
     :meth:`acquire` and :meth:`release` (``want`` None: leave the option alone).
 
     The value is restored when the last concurrent holder leaves: exactly the value read
-    before; 0 (the op's documented default) when the option had never been set
-    (107021); when it could not be read for another reason, a DeterminismWarning says so
-    and the context keeps the value the call ran with. Without ``aclrtCtxSetSysParamOpt``,
+    before (a failed read is retried READ_RETRIES times); 0 (the op's documented default)
+    when the option had never been set (107021); when it could not be read for another
+    reason, a DeterminismWarning says so and the context keeps the value the call ran with
+    (no guessed value is written). Without ``aclrtCtxSetSysParamOpt``,
     ``want=True`` raises BackendUnavailableError and ``want=False`` proceeds unchanged.
 
     Interrupt-safe: the hold is a :class:`~.ownership.Claim` taken atomically with the
@@ -724,6 +728,10 @@ class DeterminismHold:
             with ownership.atomic():
                 if gate.active == 0:
                     prev, code = _read_determinism(b)
+                    for _ in range(READ_RETRIES):      # a transient failure: read again
+                        if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
+                            break
+                        prev, code = _read_determinism(b)
                     changed = prev is None or bool(prev) != want
                     if changed:
                         _set_determinism(b, int(want))     # raises: nothing was committed
