@@ -187,7 +187,10 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     check_device_arrays(outputs, dev)
     runtime.ensure_device(dev if device_id is not None else None)
     stream = runtime.stream(dev)
-    with contextlib.ExitStack() as stack:
+    # Creates are batched into a few ownership.atomic() blocks (each block costs two
+    # sigaction calls on the main thread; nested blocks cost nothing).
+    stack = contextlib.ExitStack()
+    try:
         hold = runtime.DeterminismHold(dev, deterministic)
         stack.callback(hold.release)            # registered before the hold is taken
         hold.acquire()
@@ -196,41 +199,43 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         dev_inputs: Dict[str, Optional[DeviceArray]] = {}
         host_names = [n for n in INPUT_SLOTS
                       if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
-        uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
-        seen = set()
-        for name, da in zip(host_names, uploaded):
-            if id(da.buffer) not in seen:
-                seen.add(id(da.buffer))
-                _release_on_exit(stack, da.buffer)
-            dev_inputs[name] = da
+        with ownership.atomic():
+            uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
+            seen = set()
+            for name, da in zip(host_names, uploaded):
+                if id(da.buffer) not in seen:
+                    seen.add(id(da.buffer))
+                    _release_on_exit(stack, da.buffer)
+                dev_inputs[name] = da
         for name in INPUT_SLOTS:
             if isinstance(inputs.get(name), DeviceArray):
                 dev_inputs[name] = inputs[name]
 
         # ---- outputs
         dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-        for name in OUTPUT_SLOTS:
-            spec = outputs.get(name)
-            if spec is None:
-                dev_outputs[name] = None
-                continue
-            shape, dtype, init = spec
-            with timer("alloc"):
-                da = DeviceArray.empty(shape, dtype, dev)
-            _release_on_exit(stack, da.buffer)
-            if init is not None:
-                with timer("copy_in"):
-                    da.copy_from_numpy(init)
-            else:
-                # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on its
-                # empty-tensor path): zeros, never stale device memory (docs/faults.md)
+        with ownership.atomic():
+            for name in OUTPUT_SLOTS:
+                spec = outputs.get(name)
+                if spec is None:
+                    dev_outputs[name] = None
+                    continue
+                shape, dtype, init = spec
                 with timer("alloc"):
-                    da.buffer.memset(0)
-            dev_outputs[name] = da
+                    da = DeviceArray.empty(shape, dtype, dev)
+                _release_on_exit(stack, da.buffer)
+                if init is not None:
+                    with timer("copy_in"):
+                        da.copy_from_numpy(init)
+                else:
+                    # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
+                    # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
+                    with timer("alloc"):
+                        da.buffer.memset(0)
+                dev_outputs[name] = da
 
         # ---- handles (destroyed right after phase 2 returns, or on any error)
         handles = stack.enter_context(contextlib.ExitStack())
-        with timer("marshal"):
+        with timer("marshal"), ownership.atomic():
             t_args = {}
             for name in INPUT_SLOTS:
                 da = dev_inputs.get(name)
@@ -300,7 +305,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             if rc:
                 raise status_error(b, rc, PHASE2)
             t1 = time.perf_counter()
-            with timer("marshal"):
+            with timer("marshal"), ownership.atomic():
                 handles.close()
             t2 = time.perf_counter()
             rc = b.aclrtSynchronizeStream(stream)
@@ -309,7 +314,8 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             if timings is not None:
                 timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
         else:
-            handles.close()
+            with ownership.atomic():
+                handles.close()
 
         # ---- results
         result: Dict[str, object] = {}
@@ -317,6 +323,9 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             for name in OUTPUT_SLOTS:
                 da = dev_outputs[name]
                 result[name] = None if da is None else da.numpy()
+    finally:
+        with ownership.atomic():
+            stack.close()
     return result
 
 
