@@ -68,7 +68,7 @@ def flash_attention_unpadding_score_grad_v3(
         backend="auto", precision="device", deterministic=False) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
-    Arguments mirror the C op (SEMANTICS.md): bf16 ``query`` [T1, N1, D], ``query_rope``
+    Arguments mirror the C op (docs/semantics.md): bf16 ``query`` [T1, N1, D], ``query_rope``
     [T1, N1, Dr], ``key`` [T2, N2, D], ``key_rope`` [T2, N2, Dr], ``value`` [T2, N2, Dv],
     ``dy`` and ``attention_in`` [T1, N1, Dv]; ``atten_mask`` bool/uint8 (nonzero = masked;
     [maxSq, maxSkv] for sparse modes 0/1, the compressed 2048x2048 mask for 2/3/4/7/8);
@@ -80,7 +80,7 @@ def flash_attention_unpadding_score_grad_v3(
     ``backend``: "auto", "numpy" or "npu" (see resolve_backend). ``precision``: "device" (bf16
     outputs with the device's rounding points), "fp32" or "fp64" (golden; numpy only).
     ``deterministic``: sets ACL_OPT_DETERMINISTIC for the call on the NPU; on any backend it
-    also applies the deterministic-mode padding rule (SEMANTICS.md §6 row 16).
+    also applies the deterministic-mode padding rule (docs/validation.md, rule 16).
 
     Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Invalid arguments raise AclnnError
     subclasses carrying the aclnn status code the device returns (161001/161002), or

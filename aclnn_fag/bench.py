@@ -1,7 +1,7 @@
 """``aclnn-fag bench``: time a backend over a few sizes and compare with this machine's sgemm.
 
 Work is counted over the **kept area** of the mask, exactly, per batch: the number of kept
-(i, j) pairs from the sparse mode's band (SEMANTICS.md section 4), intersected with the
+(i, j) pairs from the sparse mode's band (docs/sparse_modes.md), intersected with the
 mask's zeros for modes 0/1/5. Per query head and kept pair the backward does
 2 * (3 * Dqk + 2 * Dv) flops (recompute S, dP = dy V^T, dV, dQ, dK; Dqk = D + Dr) and the
 forward 2 * (Dqk + Dv). GFLOP/s are set against the machine's own sgemm (NumPy float32

@@ -57,7 +57,7 @@ class FwdCall:
     sparse_mode: int
     inner_precise: int
     seqs: SeqInfo              # derived from the cumulative ends
-    pre_eff: int               # tokens after the op's normalisation (SEMANTICS.md §4)
+    pre_eff: int               # tokens after the op's normalisation (docs/sparse_modes.md)
     next_eff: int
     band_index: int            # bandIdx for modes 7/8 (else -1)
     empty_result: bool = False  # the op succeeds with zero outputs without computing
@@ -75,7 +75,7 @@ class FwdCall:
 
 @dataclass(frozen=True)
 class FagCall(FwdCall):
-    """Validated backward arguments (see SEMANTICS.md §6)."""
+    """Validated backward arguments (see docs/validation.md)."""
 
     dy: Optional[np.ndarray] = None            # [T1, N1, Dv] bf16
     softmax_max: Optional[np.ndarray] = None   # [T1, N1, 8] float32, device layout

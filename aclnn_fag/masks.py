@@ -1,12 +1,28 @@
-"""Mask helpers: the compressed causal mask and hand-made kept matrices."""
+"""Attention masks the op takes (nonzero = masked; docs/sparse_modes.md, Masks).
+
+* ``compressed_causal_mask()``: the 2048x2048 mask sparse modes 2/3/4/7/8 require.
+* ``band_mask(max_sq, max_skv, pre_tokens, next_tokens)``: the ``[maxSq, maxSkv]`` mask of
+  sparse modes 0/1 that keeps exactly the token band ``-pre <= j - i <= next``.
+* ``causal_mask(max_sq, max_skv)``: the ``[maxSq, maxSkv]`` causal mask (``j <= i``) of modes
+  0/1 -- the kept set of sparse mode 2.
+
+A 2-D mask of modes 0/1 is read top-left for every sequence, so these masks give every
+sequence of a call the same band, counted from its first query row and first key.
+"""
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-__all__ = ["COMPRESSED_SIZE", "compressed_causal_mask", "is_canonical_compressed"]
+__all__ = ["COMPRESSED_SIZE", "compressed_causal_mask", "is_canonical_compressed", "band_mask",
+           "causal_mask"]
 
 COMPRESSED_SIZE = 2048
+INT32_MAX = 2147483647
+# a [maxSq, maxSkv] mask larger than this is refused (it would take more than 4 GiB)
+MAX_MASK_ELEMENTS = 1 << 32
 
 
 def compressed_causal_mask(dtype=np.uint8) -> np.ndarray:
@@ -26,3 +42,45 @@ def is_canonical_compressed(mask: np.ndarray) -> bool:
         if not np.array_equal(m[r0:r0 + chunk] != 0, cols[None, :] > rows):
             return False
     return True
+
+
+def _int(name, value, minimum=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"parameter '{name}' must be >= {minimum}, got {value}")
+    return value
+
+
+def band_mask(max_sq, max_skv, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
+              dtype=np.uint8) -> np.ndarray:
+    """The ``[max_sq, max_skv]`` mask of sparse modes 0/1 that masks every (i, j) outside the
+    token band ``-pre_tokens <= j - i <= next_tokens`` (top-left origin, as mode 0 counts).
+
+    Mode 0 applies its token band only block by block and needs a mask that agrees with the
+    tokens: pass this mask with the **same** ``pre_tokens``/``next_tokens``. With mode 1 (tokens
+    ignored) the mask alone gives the same kept set. ``max_sq``/``max_skv`` are the longest
+    query/KV sequence (``aclnn_fag.seqlens.max_lengths(ends)``). Tokens are clamped to 2^31 - 1 as the
+    op clamps them; negative tokens move the band off the diagonal (pre + next must stay > 0).
+    """
+    max_sq = _int("max_sq", max_sq, 0)
+    max_skv = _int("max_skv", max_skv, 0)
+    pre = min(_int("pre_tokens", pre_tokens), INT32_MAX)
+    nxt = min(_int("next_tokens", next_tokens), INT32_MAX)
+    if pre + nxt <= 0:
+        raise ValueError(f"pre_tokens + next_tokens must be > 0 (docs/validation.md, rule 28), "
+                         f"got {pre} + {nxt}")
+    if max_sq * max_skv > MAX_MASK_ELEMENTS:
+        raise ValueError(f"parameters 'max_sq', 'max_skv': a [{max_sq}, {max_skv}] mask has more than {MAX_MASK_ELEMENTS} "
+                         "elements; use a compressed sparse mode (2/3/4/7/8) for long sequences")
+    d = np.arange(max_skv, dtype=np.int64)[None, :] - np.arange(max_sq, dtype=np.int64)[:, None]
+    return ((d < -pre) | (d > nxt)).astype(dtype)
+
+
+def causal_mask(max_sq, max_skv, dtype=np.uint8) -> np.ndarray:
+    """The ``[max_sq, max_skv]`` causal mask of sparse modes 0/1: masked where j > i (top-left
+    origin, the kept set of sparse mode 2). Use it with ``sparse_mode=1``, or with
+    ``sparse_mode=0, pre_tokens=2**31 - 1, next_tokens=0``. For causality counted from the last
+    query row (bottom-right, sparse mode 3) use sparse mode 3 with the compressed mask."""
+    return band_mask(max_sq, max_skv, INT32_MAX, 0, dtype)

@@ -1,25 +1,25 @@
-"""Argument validation: SEMANTICS.md §6, rule by rule, in the device's call order.
+"""Argument validation: the rules of docs/validation.md, one by one, in the device's order.
 
 One module, shared by every backend, so a CPU run rejects exactly what the
 device rejects, with the same aclnn status code:
 
-* 161002 (``ParamInvalidError``) for the checks of the op-API layer (rows 1-16),
+* 161002 (``ParamInvalidError``) for the checks of the op-API layer (rules 1-16),
 * 161001 (``ParamNullptrError``) for null arguments and every tiling failure
-  (rows 17-30): the device reports a failed tiling as a null result.
+  (rules 17-30): the device reports a failed tiling as a null result.
 
-Where SEMANTICS.md is silent the op-API source decides (ops-transformer @c29bc10,
+Details taken from the op-API source (ops-transformer @c29bc10,
 ``aclnn_flash_attention_score_grad.cpp`` and the TND tiling): D, Dk, Dv and Dr are
-dimension **2** of their tensors (``GetDim(2)``, also for a rank > 3 tensor); row 25
-compares the **last** dims (``IsSameShapeButValueDLeEqD``); row 16's small-shape
+dimension **2** of their tensors (``GetDim(2)``, also for a rank > 3 tensor); rule 25
+compares the **last** dims (``IsSameShapeButValueDLeEqD``); rule 16's small-shape
 exception uses ``max(ends[0], consecutive differences)`` of the KV ends and the last
 positive query end (``ends[0]`` when none is positive), both must be non-zero, and the
-keep-prob test is ``!(p < 1) && !(p > 1)``; maxSq/maxSkv of row 27 are the plain
+keep-prob test is ``!(p < 1) && !(p > 1)``; maxSq/maxSkv of rule 27 are the plain
 maximum of the per-batch lengths. All integer arithmetic is exact (Python ints); the
 stub op computes the same in 128 bits.
 
-After row 30 come the checks the device does **not** make but that protect against
-a crash, an out-of-bounds read or silently wrong results (the docs' constraints,
-SEMANTICS.md "Not validated in code", Open question 3), ``stricter=True``. The stub
+After rule 30 come the checks the device does **not** make but that protect against
+a crash, an out-of-bounds read or silently wrong results (docs/validation.md, S1-S9;
+docs/abi.md §7, rope-blind kernels), ``stricter=True``. The stub
 op (``native_stubs/src/opapi_stub.c``) makes the same checks in the same order with
 the same codes, so the two return the same status for every input:
 
@@ -90,12 +90,19 @@ class SequenceEndWarning(UserWarning):
     """The last cumulative end is below T: the rows after it get zero gradients."""
 
 
-def _nullptr(param, rule, stricter=False):
-    return ParamNullptrError(rule, code=161001, param=param, stricter=stricter)
+def _cite(rule, check):
+    """The message with the package check it enforces (S1-S9) cited at its end."""
+    return f"{rule} (docs/validation.md, {check})" if check else rule
 
 
-def _invalid(param, rule, stricter=False):
-    return ParamInvalidError(rule, code=161002, param=param, stricter=stricter)
+def _nullptr(param, rule, stricter=False, check=None):
+    return ParamNullptrError(_cite(rule, check), code=161001, param=param,
+                             stricter=stricter or check is not None)
+
+
+def _invalid(param, rule, stricter=False, check=None):
+    return ParamInvalidError(_cite(rule, check), code=161002, param=param,
+                             stricter=stricter or check is not None)
 
 
 # --------------------------------------------------------------------------- types
@@ -218,7 +225,7 @@ def _last_positive_end(q_ends) -> int:
 
 
 def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob: float) -> str:
-    """Row 16 (GetInputShapeInfo + CheckTndIsNeedPad): why D/Dv needs padding (which V3
+    """Rule 16 (GetInputShapeInfo + CheckTndIsNeedPad): why D/Dv needs padding (which V3
     rejects), or ''. D = query.shape[2], Dv = value.shape[2]."""
     d, dv = query.shape[2], value.shape[2]
     nondet = not deterministic
@@ -255,7 +262,7 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
 
 def mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs: SeqInfo,
                            q_start_idx, kv_start_idx, deterministic) -> bool:
-    """SEMANTICS.md Open question 3: the conditions under which the device selects the
+    """docs/abi.md §7, rope-blind kernels: the conditions under which the device selects the
     'MLA basic' kernel, which ignores queryRope/keyRope and leaves the rope outputs unwritten."""
     if q_start_idx is not None or kv_start_idx is not None or deterministic:
         return False
@@ -284,30 +291,36 @@ def _compact(a: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- rules
 def _check_common_head(query, query_rope, key, key_rope, value, extra_3d, head_num):
-    """Rows 4-10 (in order), shared by the forward and the backward."""
+    """Rules 4-10 (in order), shared by the forward and the backward."""
     if head_num is not None and head_num <= 0:
-        raise _invalid("head_num", f"head_num must be > 0, got {head_num} (row 4)")
+        raise _invalid("head_num", f"head_num must be > 0, got {head_num} (docs/validation.md, rule 4)")
     if query_rope is not None and key_rope is not None:
         for name, t in (("query_rope", query_rope), ("key_rope", key_rope)):
             if t.ndim < 3:
-                raise _invalid(name, f"{name} needs >= 3 dims, got shape {t.shape} (row 5)")
+                raise _invalid(name, f"{name} needs >= 3 dims, got shape {t.shape}"
+                                     " (docs/validation.md, rule 5)")
     for name, t in (("query", query), ("key", key), ("value", value)) + tuple(extra_3d):
         if t.ndim < 3:
-            raise _invalid(name, f"{name} needs >= 3 dims, got shape {t.shape} (row 5)")
+            raise _invalid(name, f"{name} needs >= 3 dims, got shape {t.shape} (docs/validation.md, rule 5)")
     d, dk, dv = query.shape[2], key.shape[2], value.shape[2]     # GetDim(2) for TND
     if d != dk:
-        raise _invalid("key", f"head dim D of key ({dk}) must equal that of query ({d}) (row 6)")
+        raise _invalid("key", f"head dim D of key ({dk}) must equal that of query ({d})"
+                              " (docs/validation.md, rule 6)")
     if d < dv:
-        raise _invalid("value", f"value head dim Dv={dv} must be <= query head dim D={d} (row 7)")
+        raise _invalid("value", f"value head dim Dv={dv} must be <= query head dim D={d}"
+                                " (docs/validation.md, rule 7)")
     if (query_rope is None) != (key_rope is None):
         missing = "query_rope" if query_rope is None else "key_rope"
-        raise _nullptr(missing, f"{missing} is None while the other rope input is given (row 8)")
+        raise _nullptr(missing, f"{missing} is None while the other rope input is given"
+                                " (docs/validation.md, rule 8)")
     if query_rope is None:
         raise _nullptr("query_rope", "query_rope and key_rope are both None: V3 needs the rope "
-                       "inputs (the device dereferences them and crashes; row 8)", stricter=True)
+                       "inputs (the device dereferences them and crashes; docs/validation.md, "
+                       "rule 8)", stricter=True)
     for name, t in (("query_rope", query_rope), ("key_rope", key_rope)):
         if t.shape[2] > d:
-            raise _invalid(name, f"rope head dim Dr={t.shape[2]} of {name} must be <= D={d} (row 9)")
+            raise _invalid(name, f"rope head dim Dr={t.shape[2]} of {name} must be <= D={d}"
+                                 " (docs/validation.md, rule 9)")
     for name, t in (("query", query), ("query_rope", query_rope), ("key", key),
                     ("key_rope", key_rope), ("value", value)):
         if not _dtype_is(t, BF16):
@@ -315,44 +328,49 @@ def _check_common_head(query, query_rope, key, key_rope, value, extra_3d, head_n
             if t.dtype.kind == "f":
                 hint = f"; convert with {name}.astype(ml_dtypes.bfloat16)"
             raise _invalid(name, f"{name} must be bfloat16 (ml_dtypes.bfloat16), got {t.dtype}; "
-                           f"the V3 op with rope inputs accepts only BF16{hint} (row 10)")
+                           f"the V3 op with rope inputs accepts only BF16{hint}"
+                           " (docs/validation.md, rule 10)")
 
 
 def _check_mask_present(atten_mask):
     if atten_mask is None or atten_mask.ndim == 0:
-        raise _nullptr("atten_mask", "atten_mask is required and must not be a scalar (row 12); "
-                       "pass aclnn_fag.masks.compressed_causal_mask() for sparse modes 2/3/4/7/8 "
+        raise _nullptr("atten_mask", "atten_mask is required and must not be a scalar "
+                       "(docs/validation.md, rule 12); pass aclnn_fag.masks.compressed_causal_mask() for sparse modes 2/3/4/7/8 "
                        "or an all-zero [maxSq, maxSkv] mask for no masking")
 
 
 def _check_seq_arrays(qlen, kvlen):
-    """Row 23."""
+    """Rule 23."""
     if qlen is None:
-        raise _nullptr("actual_seq_qlen", "actual_seq_qlen is required (row 23)")
+        raise _nullptr("actual_seq_qlen", "actual_seq_qlen is required (docs/validation.md, rule 23)")
     if kvlen is None:
-        raise _nullptr("actual_seq_kvlen", "actual_seq_kvlen is required (row 23)")
+        raise _nullptr("actual_seq_kvlen", "actual_seq_kvlen is required (docs/validation.md, rule 23)")
     if len(qlen) == 0:
-        raise _nullptr("actual_seq_qlen", "actual_seq_qlen must have at least one entry (row 23)")
+        raise _nullptr("actual_seq_qlen", "actual_seq_qlen must have at least one entry"
+                                          " (docs/validation.md, rule 23)")
     if len(qlen) != len(kvlen):
         raise _nullptr("actual_seq_kvlen", f"actual_seq_kvlen has {len(kvlen)} entries but "
-                       f"actual_seq_qlen has {len(qlen)}; they must be equal (row 23)")
+                       f"actual_seq_qlen has {len(qlen)}; they must be equal (docs/validation.md, rule 23)")
 
 
 def _check_heads(query, key):
-    """Row 24."""
+    """Rule 24."""
     if query.ndim != 3:
-        raise _nullptr("query", f"query must be 3-D [T, N, D] for TND, got shape {query.shape} (row 24)")
+        raise _nullptr("query", f"query must be 3-D [T, N, D] for TND, got shape {query.shape}"
+                                " (docs/validation.md, rule 24)")
     n1, n2 = query.shape[1], key.shape[1]
     if n2 == 0 or n1 // n2 == 0:
-        raise _nullptr("key", f"key heads N2={n2} must be >= 1 and <= query heads N1={n1} (row 24)")
+        raise _nullptr("key", f"key heads N2={n2} must be >= 1 and <= query heads N1={n1}"
+                              " (docs/validation.md, rule 24)")
     if n1 % n2:
         raise _nullptr("key", f"query heads N1={n1} must be a multiple of key heads N2={n2} "
-                       "(the device fails in the softmax-shape check; row 24)")
+                       "(the device fails in the softmax-shape check; docs/validation.md, rule 24)")
 
 
 def _check_sparse_range(sparse_mode):
     if sparse_mode > 8 or sparse_mode < 0:
-        raise _nullptr("sparse_mode", f"sparse_mode must be in 0..8 (not 6), got {sparse_mode} (row 26)")
+        raise _nullptr("sparse_mode", f"sparse_mode must be in 0..8 (not 6), got {sparse_mode}"
+                                      " (docs/validation.md, rule 26)")
 
 
 def _per_seq_hint(qlen, kvlen, t1, t2) -> str:
@@ -366,11 +384,13 @@ def _per_seq_hint(qlen, kvlen, t1, t2) -> str:
 
 
 def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t1, t2):
-    """Row 27 (with hints for the common mistakes)."""
+    """Rule 27 (with hints for the common mistakes)."""
     if atten_mask.dtype not in MASK_DTYPES:
-        raise _nullptr("atten_mask", f"atten_mask must be bool or uint8, got {atten_mask.dtype} (row 27)")
+        raise _nullptr("atten_mask", f"atten_mask must be bool or uint8, got {atten_mask.dtype}"
+                                     " (docs/validation.md, rule 27)")
     if atten_mask.ndim not in (2, 4):
-        raise _nullptr("atten_mask", f"atten_mask must be 2-D or 4-D, got shape {atten_mask.shape} (row 27)")
+        raise _nullptr("atten_mask", f"atten_mask must be 2-D or 4-D, got shape {atten_mask.shape}"
+                                     " (docs/validation.md, rule 27)")
     if atten_mask.ndim == 4:
         lead = tuple(atten_mask.shape[:2])
         if lead not in ((seqs.batch, n1), (seqs.batch, 1), (1, 1)):
@@ -382,7 +402,8 @@ def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t
                 hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
                         f"({seqs.batch_raw} entries, B = {seqs.batch})")
             raise _nullptr("atten_mask", f"a 4-D atten_mask needs leading dims (B, N1), (B, 1) or "
-                           f"(1, 1) with B={seqs.batch}, N1={n1}; got {lead}{hint} (row 27)")
+                           f"(1, 1) with B={seqs.batch}, N1={n1}; got {lead}{hint}"
+                           " (docs/validation.md, rule 27)")
     last = tuple(atten_mask.shape[-2:])
     if sparse_mode in COMPRESSED_MODES:
         if last != (COMPRESSED_SIZE, COMPRESSED_SIZE):
@@ -392,7 +413,8 @@ def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t
                         "compressed 2048x2048 mask aclnn_fag.masks.compressed_causal_mask() "
                         "(the kernel derives each batch's causal/band pattern from it)")
             raise _nullptr("atten_mask", f"sparse_mode {sparse_mode} needs the compressed "
-                           f"{COMPRESSED_SIZE}x{COMPRESSED_SIZE} mask, got last dims {last}{hint} (row 27)")
+                           f"{COMPRESSED_SIZE}x{COMPRESSED_SIZE} mask, got last dims {last}{hint}"
+                           " (docs/validation.md, rule 27)")
     elif last != (seqs.max_sq, seqs.max_skv):
         hint = ""
         if last == (COMPRESSED_SIZE, COMPRESSED_SIZE):
@@ -407,24 +429,25 @@ def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t
             if per_seq and last == (max(qlen), max(kvlen)):
                 hint = per_seq
         raise _nullptr("atten_mask", f"sparse_mode {sparse_mode} needs mask last dims "
-                       f"[maxSq, maxSkv] = [{seqs.max_sq}, {seqs.max_skv}], got {last}{hint} (row 27)")
+                       f"[maxSq, maxSkv] = [{seqs.max_sq}, {seqs.max_skv}], got {last}{hint}"
+                       " (docs/validation.md, rule 27)")
 
 
 def _check_tokens(sparse_mode, pre, nxt, seqs: SeqInfo, band_idx):
-    """Row 28 (tokens already clamped)."""
+    """Rule 28 (tokens already clamped)."""
     if sparse_mode == 0:
         for b in range(seqs.batch):
             if -pre > seqs.skv[b] or -nxt > seqs.sq[b] or pre + nxt <= 0:
                 raise _nullptr("pre_tokens", f"sparse_mode 0 tokens pre={pre}, next={nxt} are invalid for "
                                f"batch {b} (Sq={seqs.sq[b]}, Skv={seqs.skv[b]}): need -pre <= Skv, "
-                               "-next <= Sq and pre + next > 0 (row 28)")
+                               "-next <= Sq and pre + next > 0 (docs/validation.md, rule 28)")
     elif sparse_mode in (4, 7, 8):
         batches = range(seqs.batch) if sparse_mode == 4 else [band_idx]
         for b in batches:
             if -pre > seqs.sq[b] or -nxt > seqs.skv[b] or pre + nxt <= 0:
                 raise _nullptr("pre_tokens", f"sparse_mode {sparse_mode} tokens pre={pre}, next={nxt} are "
                                f"invalid for batch {b} (Sq={seqs.sq[b]}, Skv={seqs.skv[b]}): need "
-                               "-pre <= Sq, -next <= Skv and pre + next > 0 (row 28)")
+                               "-pre <= Sq, -next <= Skv and pre + next > 0 (docs/validation.md, rule 28)")
 
 
 # --------------------------------------------------------------------------- our own checks (S*)
@@ -432,18 +455,18 @@ def _check_limits(query, key, qlen):
     """S3: the documented limits (N1 <= 256, D <= 768, T <= 1M, B <= 2048)."""
     if query.shape[1] > LIMITS["max_heads"]:
         raise _invalid("query", f"N1={query.shape[1]} exceeds the documented limit of "
-                       f"{LIMITS['max_heads']} heads", stricter=True)
+                       f"{LIMITS['max_heads']} heads", check="S3")
     if query.shape[2] > LIMITS["max_head_dim"]:
         raise _invalid("query", f"D={query.shape[2]} exceeds the documented limit of "
-                       f"{LIMITS['max_head_dim']}", stricter=True)
+                       f"{LIMITS['max_head_dim']}", check="S3")
     for name, t in (("query", query), ("key", key)):
         if t.shape[0] > LIMITS["max_tokens"]:
             raise _invalid(name, f"T={t.shape[0]} of {name} exceeds the documented limit of "
                            f"{LIMITS['max_tokens']} tokens; split the batch into several calls",
-                           stricter=True)
+                           check="S3")
     if len(qlen) > LIMITS["max_batch"]:
         raise _invalid("actual_seq_qlen", f"{len(qlen)} sequences exceed the documented limit "
-                       f"of {LIMITS['max_batch']}", stricter=True)
+                       f"of {LIMITS['max_batch']}", check="S3")
 
 
 def _check_sequences_strict(qlen, kvlen, t1, t2):
@@ -456,14 +479,14 @@ def _check_sequences_strict(qlen, kvlen, t1, t2):
         for i, x in enumerate(ends):
             if x < 0:
                 raise _invalid(name, f"{name} has a negative entry ({x} at index {i}): it must hold "
-                               f"cumulative ends, got {shown}{hint}", stricter=True)
+                               f"cumulative ends, got {shown}{hint}", check="S4")
             if i and x < ends[i - 1]:
                 raise _invalid(name, f"{name} must be non-decreasing cumulative ends (entry {i} = "
-                               f"{x} < {ends[i - 1]}), got {shown}{hint}", stricter=True)
+                               f"{x} < {ends[i - 1]}), got {shown}{hint}", check="S4")
         if ends[-1] > total:
             raise _invalid(name, f"the last cumulative end {ends[-1]} of {name} exceeds "
                            f"{tname} = {total} (the kernel would read out of bounds); the last "
-                           f"end must be T{hint}", stricter=True)
+                           f"end must be T{hint}", check="S4")
         if ends[-1] < total:
             warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
                           f"part of any sequence and get zero outputs (the last cumulative end "
@@ -476,17 +499,17 @@ def _check_rope_shapes(query, query_rope, key, key_rope):
     want_q = (query.shape[0], query.shape[1], dr)
     if query_rope.ndim != 3 or tuple(query_rope.shape) != want_q:
         raise _invalid("query_rope", f"query_rope shape {query_rope.shape} must be [T1, N1, Dr] = "
-                       f"{list(want_q)} (T1, N1 of query)", stricter=True)
+                       f"{list(want_q)} (T1, N1 of query)", check="S5")
     want_k = (key.shape[0], key.shape[1], dr)
     if key_rope.ndim != 3 or tuple(key_rope.shape) != want_k:
         hint = ""
         if key_rope.ndim == 3 and key_rope.shape[2] != dr:
             hint = " -- its Dr differs from query_rope's (the kernel uses query_rope's Dr for both)"
         raise _invalid("key_rope", f"key_rope shape {key_rope.shape} must be [T2, N2, Dr] = "
-                       f"{list(want_k)} (T2, N2 of key, Dr of query_rope){hint}", stricter=True)
+                       f"{list(want_k)} (T2, N2 of key, Dr of query_rope){hint}", check="S5")
     if dr % 8:
         raise _invalid("query_rope", f"rope head dim Dr={dr} must be a multiple of 8 (docs)",
-                       stricter=True)
+                       check="S5")
 
 
 def _first_compressed_slice(mask):
@@ -507,14 +530,14 @@ def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff):
             raise _invalid("atten_mask", f"sparse_mode {sparse_mode} reads the compressed mask at shifted "
                            "offsets and assumes the canonical content (1 strictly above the diagonal); "
                            "with other content the device's result depends on its tiling. Use "
-                           f"aclnn_fag.masks.compressed_causal_mask(){hint}", stricter=True)
+                           f"aclnn_fag.masks.compressed_causal_mask(){hint}", check="S6")
     if sparse_mode in (4, 7, 8):
         for b in range(seqs.batch):
             if pre_eff + seqs.sq[b] - seqs.skv[b] >= INT32_MAX:
                 raise _invalid("pre_tokens", f"pre_tokens={pre_eff} + Sq - Skv of batch {b} overflows the "
                                "kernel's int32 block-skip bound (blocks would be wrongly skipped); "
                                "pass a smaller pre_tokens (any value >= the longest sequence gives the "
-                               "same kept set)", stricter=True)
+                               "same kept set)", check="S7")
 
 
 def _any_nonzero(m) -> bool:
@@ -554,7 +577,7 @@ def _check_stats_copies(name, stats):
                            f"reads copy (j mod {COPIES}) for column j, so they must be identical. If "
                            "you have token-major [T, N] statistics, convert them with "
                            "aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
-                           "actual_seq_qlen), which also writes the 8 copies", stricter=True)
+                           "actual_seq_qlen), which also writes the 8 copies", check="S8")
 
 
 def _mask_row(mask, seqs: SeqInfo, n1, b, h, i, skv) -> np.ndarray:
@@ -652,7 +675,7 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
                        "broadcast to [T, N, 8]); the device reads them per batch as [N, Sq_b, 8] "
                        "blocks and would compute wrong gradients without any error. Convert with "
                        "aclnn_fag.softmax_layout.device_stats_from_token_major(stats[..., 0], "
-                       "actual_seq_qlen)", stricter=True)
+                       "actual_seq_qlen)", check="S9")
 
 
 def _stats_shape_hint(shape, t1, n1) -> str:
@@ -674,6 +697,30 @@ def _resolve_head_num(head_num, query):
     return head_num
 
 
+def _check_optional_int(name, value):
+    return _check_int(name, value, allow_none=True)
+
+
+# How each scalar argument of the public calls is checked (TypeError / ValueError).
+_SCALAR_CHECKS = {
+    "scale_value": _check_float, "keep_prob": _check_float,
+    "pre_tokens": _check_int, "next_tokens": _check_int, "inner_precise": _check_int,
+    "sparse_mode": _check_int, "pse_type": _check_int, "head_num": _check_optional_int,
+    "actual_seq_qlen": _check_int_list, "actual_seq_kvlen": _check_int_list,
+    "q_start_idx": _check_int_list, "kv_start_idx": _check_int_list, "prefix": _check_int_list,
+    "input_layout": lambda _name, value: _check_layout(value),
+}
+
+
+def _preamble(arrays: dict, **scalars) -> dict:
+    """The Python-level checks both validators make before any rule: every tensor argument
+    is a numpy array or None, every scalar has the right type and fits its C type. Returns
+    the scalars normalised (ints, floats, int tuples), keyed by parameter name."""
+    for name, value in arrays.items():
+        _check_array(name, value)
+    return {name: _SCALAR_CHECKS[name](name, value) for name, value in scalars.items()}
+
+
 # --------------------------------------------------------------------------- public
 def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
                       softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
@@ -682,44 +729,40 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                       pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None,
                       prefix=None, q_start_idx=None, kv_start_idx=None,
                       deterministic=False, avoid_rope_free_kernel=True) -> FagCall:
-    """Check every rule of SEMANTICS.md §6 in the device's order, then S1-S9 (module
+    """Check every rule of docs/validation.md in the device's order, then S1-S9 (module
     docstring); return the FagCall.
 
     ``avoid_rope_free_kernel``: when the arguments would select the device's rope-ignoring
-    'MLA basic' kernel (SEMANTICS.md Open question 3), pass q_start_idx = kv_start_idx = [0]
+    'MLA basic' kernel (docs/abi.md §7, rope-blind kernels), pass q_start_idx = kv_start_idx = [0]
     instead (no effect on the math) -- or, when False, reject the call (161002, stricter).
     """
     arrays = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
                   atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
                   attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
                   padding_mask=padding_mask, softmax_in=softmax_in)
-    for name, value_ in arrays.items():
-        _check_array(name, value_)
-    scale_value = _check_float("scale_value", scale_value)
-    keep_prob = _check_float("keep_prob", keep_prob)
-    pre_tokens = _check_int("pre_tokens", pre_tokens)
-    next_tokens = _check_int("next_tokens", next_tokens)
-    head_num = _check_int("head_num", head_num, allow_none=True)
-    inner_precise = _check_int("inner_precise", inner_precise)
-    sparse_mode = _check_int("sparse_mode", sparse_mode)
-    pse_type = _check_int("pse_type", pse_type)
-    qlen = _check_int_list("actual_seq_qlen", actual_seq_qlen)
-    kvlen = _check_int_list("actual_seq_kvlen", actual_seq_kvlen)
-    q_start_idx = _check_int_list("q_start_idx", q_start_idx)
-    kv_start_idx = _check_int_list("kv_start_idx", kv_start_idx)
-    _check_int_list("prefix", prefix)
-    input_layout = _check_layout(input_layout)
+    a = _preamble(arrays, scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                  next_tokens=next_tokens, head_num=head_num, inner_precise=inner_precise,
+                  sparse_mode=sparse_mode, pse_type=pse_type, actual_seq_qlen=actual_seq_qlen,
+                  actual_seq_kvlen=actual_seq_kvlen, q_start_idx=q_start_idx,
+                  kv_start_idx=kv_start_idx, prefix=prefix, input_layout=input_layout)
+    scale_value, keep_prob, pre_tokens, next_tokens = (a["scale_value"], a["keep_prob"],
+                                                       a["pre_tokens"], a["next_tokens"])
+    head_num, inner_precise, sparse_mode, pse_type = (a["head_num"], a["inner_precise"],
+                                                      a["sparse_mode"], a["pse_type"])
+    qlen, kvlen = a["actual_seq_qlen"], a["actual_seq_kvlen"]
+    q_start_idx, kv_start_idx, input_layout = a["q_start_idx"], a["kv_start_idx"], a["input_layout"]
 
-    # Row 1: layout first, before the null checks.
+    # rule 1: layout first, before the null checks.
     if input_layout is None:
         raise _nullptr("input_layout", "input_layout is None; it must be 'TND' (the device would "
-                       "crash in strcmp on a NULL layout)", stricter=True)
+                       "crash in strcmp on a NULL layout; docs/validation.md, rule 1)", stricter=True)
     if input_layout != "TND":
-        raise _invalid("input_layout", f"input_layout must be exactly 'TND', got {input_layout!r} (row 1)")
-    # Row 2: required tensors.
+        raise _invalid("input_layout", f"input_layout must be exactly 'TND', got {input_layout!r}"
+                                       " (docs/validation.md, rule 1)")
+    # rule 2: required tensors.
     for name in ("query", "key", "value", "dy", "attention_in"):
         if arrays[name] is None:
-            raise _nullptr(name, f"{name} is required (row 2)")
+            raise _nullptr(name, f"{name} is required (docs/validation.md, rule 2)")
     common = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
                   atten_mask=atten_mask, actual_seq_qlen=qlen or (), actual_seq_kvlen=kvlen or (),
                   scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
@@ -730,7 +773,7 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                   deterministic=bool(deterministic))
 
     def empty_call():
-        # Nothing is computed. Row 3 succeeds before the rope inputs are looked at, so one
+        # Nothing is computed. Rule 3 succeeds before the rope inputs are looked at, so one
         # may be None: it gets an empty placeholder and its gradient comes back empty.
         fields = dict(common)
         for name, like in (("query_rope", query), ("key_rope", key)):
@@ -740,77 +783,87 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                        seqs=seq_info((), ()), pre_eff=0, next_eff=0, band_index=-1,
                        empty_result=True, **fields)
 
-    # Row 3: dq, dk, dv all empty -> success, nothing computed.
+    # rule 3: dq, dk, dv all empty -> success, nothing computed.
     if query.size == 0 and key.size == 0 and value.size == 0:
         return empty_call()
     head_num = _resolve_head_num(head_num, query)
     _check_common_head(query, query_rope, key, key_rope, value,
-                       (("dy", dy), ("attention_in", attention_in)), head_num)   # rows 4-10
+                       (("dy", dy), ("attention_in", attention_in)), head_num)   # rules 4-10
     if sparse_mode == 6:
-        raise _invalid("sparse_mode", "sparse_mode 6 (prefix compression) is not supported by V3 (row 11)")
-    _check_mask_present(atten_mask)                                               # row 12
+        raise _invalid("sparse_mode", "sparse_mode 6 (prefix compression) is not supported by V3"
+                                      " (docs/validation.md, rule 11)")
+    _check_mask_present(atten_mask)                                               # rule 12
     if pse_shift is not None:
-        raise _invalid("pse_shift", "pse_shift must be None: V3 supports no pse (row 13)")
+        raise _invalid("pse_shift", "pse_shift must be None: V3 supports no pse"
+                                    " (docs/validation.md, rule 13)")
     if drop_mask is not None:
-        raise _invalid("drop_mask", "drop_mask must be None: V3 supports no dropout (row 14)")
+        raise _invalid("drop_mask", "drop_mask must be None: V3 supports no dropout"
+                                    " (docs/validation.md, rule 14)")
     if keep_prob < 1.0:
-        raise _invalid("keep_prob", f"keep_prob must be 1.0 (no dropout), got {keep_prob} (row 15)")
+        raise _invalid("keep_prob", f"keep_prob must be 1.0 (no dropout), got {keep_prob}"
+                                    " (docs/validation.md, rule 15)")
     reason = needs_padding(query, key, value, qlen, kvlen, bool(deterministic), keep_prob)
     if reason:
-        raise _invalid("query", f"head dims need padding, which V3 rejects: {reason} (row 16)")
-    for name in ("softmax_max", "softmax_sum"):                                   # row 18
+        raise _invalid("query", f"head dims need padding, which V3 rejects: {reason}"
+                                " (docs/validation.md, rule 16)")
+    for name in ("softmax_max", "softmax_sum"):                                   # rule 18
         if arrays[name] is None or arrays[name].ndim == 0:
-            raise _nullptr(name, f"{name} is required and must not be a scalar (row 18)")
-    if head_num != query.shape[1]:                                                # row 19
-        raise _nullptr("head_num", f"head_num={head_num} must equal query.shape[1]={query.shape[1]} (row 19)")
+            raise _nullptr(name, f"{name} is required and must not be a scalar (docs/validation.md, rule 18)")
+    if head_num != query.shape[1]:                                                # rule 19
+        raise _nullptr("head_num", f"head_num={head_num} must equal query.shape[1]={query.shape[1]}"
+                                   " (docs/validation.md, rule 19)")
     # Empty-tensor path: any gradient with 0 elements -> zero outputs, success.
     if min(query.size, key.size, value.size, query_rope.size, key_rope.size) == 0:
         return empty_call()
-    if np.float32(keep_prob) > 1.0:                                               # row 17
-        raise _nullptr("keep_prob", f"keep_prob must be 1.0, got {keep_prob} (row 17)")
-    for name in ("softmax_max", "softmax_sum"):                                   # row 20
+    if np.float32(keep_prob) > 1.0:                                               # rule 17
+        raise _nullptr("keep_prob", f"keep_prob must be 1.0, got {keep_prob} (docs/validation.md, rule 17)")
+    for name in ("softmax_max", "softmax_sum"):                                   # rule 20
         if not _dtype_is(arrays[name], np.float32):
-            raise _nullptr(name, f"{name} must be float32, got {arrays[name].dtype} (row 20)")
+            raise _nullptr(name, f"{name} must be float32, got {arrays[name].dtype}"
+                                 " (docs/validation.md, rule 20)")
     if not _same_dtype(attention_in, query):
         raise _nullptr("attention_in", f"attention_in dtype {attention_in.dtype} must equal the query "
-                       f"dtype {query.dtype} (row 20)")
+                       f"dtype {query.dtype} (docs/validation.md, rule 20)")
     t1, n1 = query.shape[0], query.shape[1]
-    for name in ("softmax_max", "softmax_sum"):                                   # row 21
+    for name in ("softmax_max", "softmax_sum"):                                   # rule 21
         shape = tuple(arrays[name].shape)
         if shape != (t1, n1, COPIES):
             raise _nullptr(name, f"{name} shape must be [T1, N1, 8] = [{t1}, {n1}, 8], got "
-                           f"{list(shape)}{_stats_shape_hint(shape, t1, n1)} (row 21)")
+                           f"{list(shape)}{_stats_shape_hint(shape, t1, n1)} (docs/validation.md, rule 21)")
     if attention_in.ndim != query.ndim or attention_in.shape[:-1] != query.shape[:-1]:
         raise _nullptr("attention_in", f"attention_in shape {attention_in.shape} must match query "
-                       f"{query.shape} except the last dim (row 21)")
-    if t1 == 0 or n1 == 0 or query.shape[2] == 0:                                 # row 22
-        raise _nullptr("query", f"T1, N1 and D must be > 0, got shape {query.shape} (row 22)")
-    _check_seq_arrays(qlen, kvlen)                                                # row 23
-    _check_heads(query, key)                                                      # row 24
-    if dy.ndim != query.ndim or dy.shape[:-1] != query.shape[:-1] or _dim(dy) > _dim(query):  # row 25
+                       f"{query.shape} except the last dim (docs/validation.md, rule 21)")
+    if t1 == 0 or n1 == 0 or query.shape[2] == 0:                                 # rule 22
+        raise _nullptr("query", f"T1, N1 and D must be > 0, got shape {query.shape}"
+                                " (docs/validation.md, rule 22)")
+    _check_seq_arrays(qlen, kvlen)                                                # rule 23
+    _check_heads(query, key)                                                      # rule 24
+    if dy.ndim != query.ndim or dy.shape[:-1] != query.shape[:-1] or _dim(dy) > _dim(query):  # rule 25
         raise _nullptr("dy", f"dy shape {dy.shape} must equal query's {query.shape} except the last dim, "
-                       "which must be <= D (row 25)")
+                       "which must be <= D (docs/validation.md, rule 25)")
     if value.ndim != key.ndim or value.shape[:-1] != key.shape[:-1] or _dim(value) > _dim(key):
         raise _nullptr("value", f"value shape {value.shape} must equal key's {key.shape} except the last "
-                       "dim, which must be <= that of key (row 25)")
-    _check_sparse_range(sparse_mode)                                              # row 26
+                       "dim, which must be <= that of key (docs/validation.md, rule 25)")
+    _check_sparse_range(sparse_mode)                                              # rule 26
     seqs = seq_info(qlen, kvlen)
-    _check_mask_shape(atten_mask, sparse_mode, seqs, n1, qlen, kvlen, t1, key.shape[0])  # row 27
+    _check_mask_shape(atten_mask, sparse_mode, seqs, n1, qlen, kvlen, t1, key.shape[0])  # rule 27
     pre_eff, next_eff = normalize_tokens(sparse_mode, pre_tokens, next_tokens)
     band_idx = band_index(sparse_mode, seqs)
-    _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)                 # row 28
-    if pse_type != 1:                                                             # row 29
-        raise _nullptr("pse_type", f"pse_type must be 1 when pse_shift is None, got {pse_type} (row 29)")
-    if not _same_dtype(dy, query):                                                # row 30
-        raise _nullptr("dy", f"dy dtype {dy.dtype} must equal the query dtype {query.dtype} (row 30)")
+    _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)                 # rule 28
+    if pse_type != 1:                                                             # rule 29
+        raise _nullptr("pse_type", f"pse_type must be 1 when pse_shift is None, got {pse_type}"
+                                   " (docs/validation.md, rule 29)")
+    if not _same_dtype(dy, query):                                                # rule 30
+        raise _nullptr("dy", f"dy dtype {dy.dtype} must equal the query dtype {query.dtype}"
+                             " (docs/validation.md, rule 30)")
     # ---- our own checks S1-S9 (module docstring; the stub op makes the same, same order)
     if key.ndim != 3:                                                             # S1
-        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", stricter=True)
+        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", check="S1")
     dv = value.shape[2]
     for name, t in (("dy", dy), ("attention_in", attention_in)):                  # S2
         if t.shape[2] != dv:
             raise _nullptr(name, f"{name} last dim {t.shape[2]} must equal the value head dim "
-                           f"Dv={dv} (the kernel reads [T1, N1, Dv] rows)", stricter=True)
+                           f"Dv={dv} (the kernel reads [T1, N1, Dv] rows)", check="S2")
     _check_limits(query, key, qlen)                                               # S3
     _check_sequences_strict(qlen, kvlen, t1, key.shape[0])                        # S4
     _check_rope_shapes(query, query_rope, key, key_rope)                          # S5
@@ -829,7 +882,7 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
         else:
             raise _invalid("q_start_idx", "with these arguments the device selects its 'MLA basic' kernel, "
                            "which ignores query_rope/key_rope and leaves the rope gradients unwritten "
-                           "(SEMANTICS.md Open question 3); pass q_start_idx=[0], kv_start_idx=[0] "
+                           "(docs/abi.md §7, rope-blind kernels); pass q_start_idx=[0], kv_start_idx=[0] "
                            "(no effect on V3's math) to select a rope-aware kernel", stricter=True)
     _warn_ignored(padding_mask=padding_mask, softmax_in=softmax_in, prefix=prefix)
     return FagCall(head_num=head_num, seqs=seqs, pre_eff=pre_eff, next_eff=next_eff,
@@ -840,17 +893,14 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
                      actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
                      head_num=None, sparse_mode=0, inner_precise=0) -> FwdCall:
     """The backward's rules that apply to the forward's inputs, in the same order and codes."""
-    for name, value_ in dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope,
-                             value=value, atten_mask=atten_mask).items():
-        _check_array(name, value_)
-    scale_value = _check_float("scale_value", scale_value)
-    pre_tokens = _check_int("pre_tokens", pre_tokens)
-    next_tokens = _check_int("next_tokens", next_tokens)
-    head_num = _check_int("head_num", head_num, allow_none=True)
-    sparse_mode = _check_int("sparse_mode", sparse_mode)
-    inner_precise = _check_int("inner_precise", inner_precise)
-    qlen = _check_int_list("actual_seq_qlen", actual_seq_qlen)
-    kvlen = _check_int_list("actual_seq_kvlen", actual_seq_kvlen)
+    a = _preamble(dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope,
+                       value=value, atten_mask=atten_mask),
+                  scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
+                  head_num=head_num, sparse_mode=sparse_mode, inner_precise=inner_precise,
+                  actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen)
+    scale_value, pre_tokens, next_tokens = a["scale_value"], a["pre_tokens"], a["next_tokens"]
+    head_num, sparse_mode, inner_precise = a["head_num"], a["sparse_mode"], a["inner_precise"]
+    qlen, kvlen = a["actual_seq_qlen"], a["actual_seq_kvlen"]
     for name, t in (("query", query), ("key", key), ("value", value)):
         if t is None:
             raise _nullptr(name, f"{name} is required")
@@ -875,7 +925,7 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
     band_idx = band_index(sparse_mode, seqs)
     _check_tokens(sparse_mode, pre_eff, next_eff, seqs, band_idx)
     if key.ndim != 3:
-        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", stricter=True)
+        raise _nullptr("key", f"key must be 3-D [T2, N2, D], got shape {key.shape}", check="S1")
     _check_limits(query, key, qlen)
     _check_sequences_strict(qlen, kvlen, query.shape[0], key.shape[0])
     _check_rope_shapes(query, query_rope, key, key_rope)

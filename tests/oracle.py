@@ -1,18 +1,22 @@
 """A dense, deliberately simple float64 oracle for aclnnFlashAttentionUnpaddingScoreGradV3.
 
-Written from /work/shared/spec/SEMANTICS.md only (it imports nothing from ``aclnn_fag``):
+Written from the op's description only (docs/semantics.md, docs/sparse_modes.md,
+docs/validation.md); it imports nothing from ``aclnn_fag``:
 
-* ``layout``: cumulative ends -> starts, lengths, B (trailing empty run removed), maxSq/maxSkv (§0).
-* ``normalize_tokens`` / ``band_index`` / ``kept`` / ``kept_matrix``: the kept set of §4,
+* ``layout``: cumulative ends -> starts, lengths, B (trailing empty run removed), maxSq/maxSkv
+  (docs/semantics.md, Sequence lengths).
+* ``normalize_tokens`` / ``band_index`` / ``kept`` / ``kept_matrix``: the kept set of docs/sparse_modes.md,
   built element by element (mask addressing for modes 0/1/5: 2-D and [1,1,..] read top-left,
   [B,1,..] and [B,N1,..] read as packed ragged blocks; formulas for 2/3/4/7/8).
-* ``forward``: O, max, sum in float64 (stats token-major [T1, N1]) (§1, §3).
-* ``backward``: dq, dq_rope, dk, dk_rope, dv in float64 from the *given* statistics (§2).
-* ``device_backward``: an emulation of the device's rounding points (§2): fp32 matmuls on
+* ``forward``: O, max, sum in float64 (stats token-major [T1, N1]) (docs/semantics.md, Forward
+  and Softmax statistics).
+* ``backward``: dq, dq_rope, dk, dk_rope, dv in float64 from the *given* statistics
+  (docs/semantics.md, Backward).
+* ``device_backward``: an emulation of the device's rounding points (docs/semantics.md, Backward): fp32 matmuls on
   bf16-valued inputs, P and dS rounded to bf16 with ties away from zero, fp32 accumulation,
   the scale applied at the end, outputs rounded (ties away) to bf16.  With
   ``round_points=False`` the same code is "plain fp32" (no intermediate rounding, fp32 out).
-* ``to_device_layout`` / ``from_device_layout``: the softmax-statistics memory layout (§3),
+* ``to_device_layout`` / ``from_device_layout``: the softmax-statistics memory layout (docs/semantics.md, Softmax statistics),
   written from the flat-index formula.
 * ``make_case``: random valid bf16 inputs for a configuration, plus the oracle forward.
 """
@@ -33,7 +37,7 @@ COMPRESSED = 2048
 COPIES = 8
 
 
-# ----------------------------------------------------------------------------- §0 layout
+# ------------------------------ layout (docs/semantics.md, Sequence lengths)
 @dataclass(frozen=True)
 class Layout:
     q_ends: tuple
@@ -70,7 +74,7 @@ def cumulative(lengths) -> list:
     return out
 
 
-# ----------------------------------------------------------------------------- §4 kept set
+# ------------------------------ kept set (docs/sparse_modes.md)
 def normalize_tokens(mode: int, pre: int, nxt: int) -> tuple:
     pre = min(int(pre), INT32_MAX)
     nxt = min(int(nxt), INT32_MAX)
@@ -91,7 +95,7 @@ def band_index(mode: int, lay: Layout) -> Optional[int]:
 
 
 def mask_flat_index(mask_shape, lay: Layout, b: int, h: int, i: int, j: int, n1: int) -> int:
-    """Flat element index the kernel reads for (b, h, i, j) in modes 0/1/5 (§4 addressing)."""
+    """Flat element index the kernel reads for (b, h, i, j) in modes 0/1/5 (docs/sparse_modes.md, Masks)."""
     if len(mask_shape) == 2:
         return i * mask_shape[1] + j
     assert len(mask_shape) == 4
@@ -172,9 +176,9 @@ def fully_masked_rows(mode, lay, pre, nxt, mask, n1) -> list:
     return rows
 
 
-# ----------------------------------------------------------------------------- §1 forward
+# ------------------------------ forward (docs/semantics.md, Forward)
 def scale32(scale_value) -> float:
-    """The scale the op applies: float32(scaleValue) (§1)."""
+    """The scale the op applies: float32(scaleValue) (docs/semantics.md, Forward)."""
     return float(np.float32(scale_value))
 
 
@@ -198,7 +202,7 @@ def forward(q, qr, k, kr, v, mask, q_ends, kv_ends, scale_value, mode, pre=INT32
     for b in range(lay.B):
         qs, sq, ks, skv = lay.q_starts[b], lay.sq[b], lay.kv_starts[b], lay.skv[b]
         if sq == 0 or skv == 0:
-            continue                 # Skv_b == 0: stats 0, O 0 (§3)
+            continue                 # Skv_b == 0: stats 0, O 0 (docs/semantics.md, Softmax statistics)
         for h in range(n1):
             n2 = h // g
             s = (q[qs:qs + sq, h] @ k[ks:ks + skv, n2].T
@@ -218,7 +222,7 @@ def forward(q, qr, k, kr, v, mask, q_ends, kv_ends, scale_value, mode, pre=INT32
     return o, mx, sm
 
 
-# ----------------------------------------------------------------------------- §2 backward
+# ------------------------------ backward (docs/semantics.md, Backward)
 def backward(q, qr, k, kr, v, dy, o, stat_max, stat_sum, mask, q_ends, kv_ends, scale_value,
              mode, pre=INT32_MAX, nxt=INT32_MAX, raw_scale=False):
     """float64 backward from the given statistics (token-major [T1, N1]) and O (attention_in).
@@ -274,14 +278,15 @@ def bf16_ulp(x) -> np.ndarray:
 
 def device_backward(q, qr, k, kr, v, dy, o, stat_max, stat_sum, mask, q_ends, kv_ends,
                     scale_value, mode, pre=INT32_MAX, nxt=INT32_MAX, round_points=True):
-    """fp32 backward on bf16-valued inputs with the device's rounding points (§2).
+    """fp32 backward on bf16-valued inputs with the device's rounding points (docs/semantics.md, Backward).
 
     round_points=True: S = fp32(fp32(QK^T) + fp32(QrKr^T)) * scale32, masked -> NEG,
     P32 = exp(S - m) / l, dP = dy V^T, Dterm = sum(dy * O), dS32 = P32 (dP - Dterm), P16 and
     dS16 rounded ties-away, fp32 accumulation, dq/dk/rope = round(scale32 * acc), dv =
     round(acc); returns float32 arrays holding bf16 values.
     round_points=False ("plain fp32"): the same without any bf16 rounding; float32 outputs.
-    Rows with no kept key contribute nothing (the reference's choice for invalid lines, §3).
+    Rows with no kept key contribute nothing (the reference's choice for invalid lines;
+    docs/semantics.md, Softmax statistics).
     """
     f32 = np.float32
     q, qr, k, kr, v, dy, o = (np.asarray(x).astype(f32) for x in (q, qr, k, kr, v, dy, o))
@@ -320,7 +325,7 @@ def device_backward(q, qr, k, kr, v, dy, o, stat_max, stat_sum, mask, q_ends, kv
     return (rnd(sc * dq), rnd(sc * dqr), rnd(sc * dk), rnd(sc * dkr), rnd(dv))
 
 
-# ----------------------------------------------------------------------------- §3 layout
+# ------------------------------ layout (docs/semantics.md, Softmax statistics)
 def to_device_layout(tm, q_ends, dtype=np.float32) -> np.ndarray:
     """token-major [T1, N1] -> [T1, N1, 8] whose memory holds element (b, h, i, k) at
     qStart[b]*N1*8 + (h*Sq_b + i)*8 + k; untouched elements (rows after the last end) are 0."""

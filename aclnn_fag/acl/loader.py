@@ -64,7 +64,7 @@ ROLES: Dict[str, Tuple[Tuple[str, ...], int, Optional[str]]] = {
 }
 ROLE_ORDER = ("runtime", "nnopbase", "opapi")
 # Optional extra: torch_npu resolves the aclrtCtx*SysParamOpt pair through libacl_op_compiler
-# (ABI.md §2a); it is loaded only when the runtime handle does not export the setter.
+# (docs/abi.md §2a); it is loaded only when the runtime handle does not export the setter.
 OPTIONAL_ROLE = ("op_compiler", ("libacl_op_compiler.so",), "aclrtCtxSetSysParamOpt")
 
 HINT = ("Install the CANN toolkit and run `source /usr/local/Ascend/ascend-toolkit/set_env.sh` "

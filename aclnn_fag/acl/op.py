@@ -1,6 +1,6 @@
 """The op's two phases: ``run_backward`` (validated FagCall) and ``call_raw`` (no validation).
 
-One call, in order (ABI.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
+One call, in order (docs/abi.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
 this thread's stream; the determinism option held for the call; uploads (one H2D copy
 per group of overlapping host arrays, see :mod:`.device`); bf16 output buffers;
 aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 0);
@@ -13,7 +13,7 @@ store of its handle are one atomic step for SIGINT) and registered on a
 at any bytecode, or a failed ``aclCreateTensor`` halfway through — releases everything
 created so far, exactly once.  The executor is destroyed by us only when phase 1 succeeded
 and phase 2 was never entered; it counts as the library's from the moment phase 2 is
-entered (phase 2 frees it, also when it fails — docs/faults.md).  Cleanup failures after a
+entered (phase 2 frees it, also when it fails — docs/abi.md §6, docs/faults.md).  Cleanup failures after a
 successful op warn (ResourceReleaseWarning) and the results are returned; outputs this
 module allocates are zero-filled before the op runs (the op may leave parts unwritten).
 """
@@ -41,7 +41,7 @@ __all__ = ["run_backward", "call_raw", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
-# parameter order of phase 1 (ABI.md §2c)
+# parameter order of phase 1 (docs/abi.md §2c)
 INPUT_SLOTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "pse_shift", "drop_mask",
                "padding_mask", "atten_mask", "softmax_max", "softmax_sum", "softmax_in",
                "attention_in")

@@ -18,7 +18,7 @@ The input index passed to the address setters is the position among the **non-NU
 tensor inputs in parameter order (query, queryRope, keyIn, keyInRope, value, dy,
 pseShift, dropMask, paddingMask, attenMask, softmaxMax, softmaxSum, softmaxIn,
 attentionIn), the outputs likewise (dq, dqRope, dk, dkRope, dv, dpse) — how the real
-library counts NULL optional inputs is unverified (ABI.md §2b); pass
+library counts NULL optional inputs is unverified (docs/abi.md §2b); pass
 ``repoint=False`` to always rebuild instead.
 
 The plan owns its executor, tensors, int arrays, workspace and the buffers it

@@ -1,6 +1,6 @@
 """The declarative prototype table: every native function this package calls.
 
-Each entry gives the exact ``restype`` and ``argtypes`` (ABI.md §2) with the C
+Each entry gives the exact ``restype`` and ``argtypes`` (docs/abi.md §2) with the C
 prototype as a comment beside it.  ``bind(libraries)`` resolves each name and
 returns a :class:`Bindings` object with one attribute per function (``None`` for
 an optional symbol the installed CANN does not export).

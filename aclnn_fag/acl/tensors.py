@@ -1,6 +1,6 @@
 """aclTensor and aclIntArray handles owned by Python objects.
 
-An :class:`AclTensor` describes a view over one device buffer exactly as ABI.md §4
+An :class:`AclTensor` describes a view over one device buffer exactly as docs/abi.md §4
 says: ``viewDims`` = shape, ``stride`` in **elements**, ``offset`` = storage offset
 in elements, a 1-D ``storageDims`` = the buffer's size in elements, format ND, and
 ``tensorData`` = the **base** of the device buffer (not advanced by the offset).
@@ -25,7 +25,7 @@ __all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "
 
 FORMAT_ND = 2
 
-# numpy dtype -> aclDataType (ABI.md §3)
+# numpy dtype -> aclDataType (docs/abi.md §3)
 ACL_DTYPES = {
     np.dtype(np.float32): 0,          # ACL_FLOAT
     np.dtype(np.float16): 1,          # ACL_FLOAT16

@@ -1,4 +1,4 @@
-"""NumPy backward of the op (SEMANTICS.md §2), tiled.
+"""NumPy backward of the op (docs/semantics.md, "Backward"), tiled.
 
 Loop order: per batch b, per KV head n2, per query tile (the G query heads of
 n2 stacked into one row block, so every matmul serves the whole GQA group and

@@ -1,4 +1,4 @@
-"""NumPy forward of the op (SEMANTICS.md §1), tiled, with online softmax.
+"""NumPy forward of the op (docs/semantics.md, "Forward"), tiled, with online softmax.
 
 Produces attention_out [T1, N1, Dv] and softmaxMax / softmaxSum [T1, N1, 8] in
 the device's memory layout (per batch a [N1, Sq_b, 8] block, 8 equal copies),
@@ -11,7 +11,7 @@ rounded to bf16 (ties away from zero) before the P·V matmul, the output
 rounded to bf16 at the end. "fp32"/"fp64": no bf16 rounding; outputs and
 statistics in that dtype.
 
-Special rows (SEMANTICS.md §3): a row with no kept key stores max = -FLT_MAX,
+Special rows (docs/semantics.md, "Softmax statistics"): a row with no kept key stores max = -FLT_MAX,
 sum = FLT_MAX and output 0 (the device's invalid-line mode) and a warning is
 emitted; batches with Skv_b = 0 store max = sum = 0 and output 0; rows after
 the last cumulative end stay 0.

@@ -1,7 +1,7 @@
 """Cumulative sequence ends (actualSeqQLen / actualSeqKvLen) and what follows from them.
 
 The op takes **cumulative end offsets without a leading 0**: per-sequence
-lengths [2, 2, 0, 2, 2] are passed as [2, 4, 4, 6, 8] (SEMANTICS.md §0, §5).
+lengths [2, 2, 0, 2, 2] are passed as [2, 4, 4, 6, 8] (docs/semantics.md, "Sequence lengths").
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def cumulative_to_lengths(ends) -> np.ndarray:
 class SeqInfo:
     """Per-batch starts/lengths derived from the cumulative ends.
 
-    ``batch`` is B of SEMANTICS.md §0: the raw count minus the trailing run
+    ``batch`` is B of docs/semantics.md, "Sequence lengths": the raw count minus the trailing run
     (index >= 1) of batches whose query and key lengths are both 0.
     ``max_sq``/``max_skv`` are taken over all raw entries.
     """

@@ -1,4 +1,4 @@
-"""The device's memory layout of softmaxMax / softmaxSum (SEMANTICS.md §3).
+"""The device's memory layout of softmaxMax / softmaxSum (docs/semantics.md, "Softmax statistics").
 
 Declared shape [T1, N1, 8], float32, but the memory is **not token-major**:
 the element for batch b, head h, local row i, copy k sits at flat index

@@ -1,4 +1,4 @@
-"""Kept sets per sparse mode (SEMANTICS.md §4).
+"""Kept sets per sparse mode (docs/sparse_modes.md).
 
 Every supported mode reduces, per batch b, to a diagonal band on the local
 difference ``d = j - i`` (``lo <= d <= hi``), intersected for modes 0/1/5
@@ -81,7 +81,7 @@ def batch_keep(sparse_mode: int, b: int, sq: int, skv: int, pre: int, nxt: int,
 
 
 class MaskReader:
-    """Reads the explicit mask of modes 0/1/5 with the kernel's addressing (SEMANTICS.md §4).
+    """Reads the explicit mask of modes 0/1/5 with the kernel's addressing (docs/sparse_modes.md).
 
     2-D [maxSq, maxSkv] and [1, 1, maxSq, maxSkv] masks are read top-left for every
     batch and head; [B, 1, ..] and [B, N1, ..] masks are read as packed ragged blocks

@@ -248,24 +248,32 @@ static int stub_handle_add(int kind, const void *h)
     return rc;
 }
 
+/* position of handle h in its set, or -1 (call with the lock held; kind already checked) */
+static long handle_find_locked(int kind, const void *h)
+{
+    const HandleSet *s = &g_handles[kind];
+    for (size_t i = s->n; i-- > 0;) {
+        if (s->items[i] == h) {
+            return (long)i;
+        }
+    }
+    return -1;
+}
+
 static int stub_handle_remove(int kind, const void *h)
 {
     if (kind < 0 || kind >= STUB_H_KINDS || h == NULL) {
         return 0;
     }
-    int found = 0;
     LOCK();
     HandleSet *s = &g_handles[kind];
-    for (size_t i = s->n; i-- > 0;) {
-        if (s->items[i] == h) {
-            s->items[i] = s->items[s->n - 1];
-            s->n--;
-            found = 1;
-            break;
-        }
+    long i = handle_find_locked(kind, h);
+    if (i >= 0) {
+        s->items[i] = s->items[s->n - 1];
+        s->n--;
     }
     UNLOCK();
-    return found;
+    return i >= 0;
 }
 
 static int stub_handle_live(int kind, const void *h)
@@ -273,17 +281,10 @@ static int stub_handle_live(int kind, const void *h)
     if (kind < 0 || kind >= STUB_H_KINDS || h == NULL) {
         return 0;
     }
-    int found = 0;
     LOCK();
-    HandleSet *s = &g_handles[kind];
-    for (size_t i = s->n; i-- > 0;) {
-        if (s->items[i] == h) {
-            found = 1;
-            break;
-        }
-    }
+    long i = handle_find_locked(kind, h);
     UNLOCK();
-    return found;
+    return i >= 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -835,9 +836,28 @@ static const char *kind_name(int32_t kind)
 
 /* side check: want_device 1 = whole range in one device allocation,
  * 0 = host memory (not inside any device allocation) */
-static int side_ok(const void *p, size_t count, int want_device)
+/* The range checks of aclrtMemcpy / aclrtMemset, one helper each:
+ * count <= the destination's capacity, and [p, p + count) on the side the call expects
+ * (inside one device allocation, or host memory outside every allocation).
+ * Each sets the error message and returns 0 when the check fails. */
+static int count_fits(const char *fn, const char *count_name, size_t count, const char *cap_name, size_t cap)
 {
-    return want_device ? stub_device_range(p, count) : !touches_device(p);
+    if (count > cap) {
+        stub_set_error("%s: %s %zu > %s %zu", fn, count_name, count, cap_name, cap);
+        return 0;
+    }
+    return 1;
+}
+
+static int side_ok(const char *fn, const char *what, const void *p, size_t count, int want_device)
+{
+    if (want_device ? stub_device_range(p, count) : !touches_device(p)) {
+        return 1;
+    }
+    stub_set_error("%s: %s %p %s", fn, what, p,
+                   want_device ? "with count bytes is not inside one device allocation (aclrtMalloc)"
+                               : "must be host memory but lies inside a device allocation");
+    return 0;
 }
 
 STUB_API aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t count, int32_t kind)
@@ -848,8 +868,7 @@ STUB_API aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t
         stub_set_error("aclrtMemcpy: kind %d is not supported by the stub", (int)kind);
         return ACL_ERROR_INVALID_PARAM;
     }
-    if (count > destMax) {
-        stub_set_error("aclrtMemcpy: count %zu > destMax %zu", count, destMax);
+    if (!count_fits("aclrtMemcpy", "count", count, "destMax", destMax)) {
         return ACL_ERROR_INVALID_PARAM;
     }
     if (count == 0) {
@@ -870,16 +889,9 @@ STUB_API aclError aclrtMemcpy(void *dst, size_t destMax, const void *src, size_t
         src_dev = touches_device(src);
         break;
     }
-    if (!side_ok(dst, count, dst_dev)) {
-        stub_set_error("aclrtMemcpy(%s): dst %p %s", kind_name(kind), dst,
-                       dst_dev ? "with count bytes is not inside one device allocation (aclrtMalloc)"
-                               : "must be host memory but lies inside a device allocation");
-        return ACL_ERROR_INVALID_PARAM;
-    }
-    if (!side_ok(src, count, src_dev)) {
-        stub_set_error("aclrtMemcpy(%s): src %p %s", kind_name(kind), src,
-                       src_dev ? "with count bytes is not inside one device allocation (aclrtMalloc)"
-                               : "must be host memory but lies inside a device allocation");
+    char fn[48];
+    snprintf(fn, sizeof fn, "aclrtMemcpy(%s)", kind_name(kind));
+    if (!side_ok(fn, "dst", dst, count, dst_dev) || !side_ok(fn, "src", src, count, src_dev)) {
         return ACL_ERROR_INVALID_PARAM;
     }
     memmove(dst, src, count);
@@ -890,16 +902,14 @@ STUB_API aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size
 {
     INJECT_POINT();
     REQUIRE_DEVICE("aclrtMemset");
-    if (count > maxCount) {
-        stub_set_error("aclrtMemset: count %zu > maxCount %zu", count, maxCount);
+    if (!count_fits("aclrtMemset", "count", count, "maxCount", maxCount)) {
         return ACL_ERROR_INVALID_PARAM;
     }
     if (devPtr == NULL) {
         stub_set_error("aclrtMemset: devPtr is NULL");
         return ACL_ERROR_INVALID_PARAM;
     }
-    if (!stub_device_range(devPtr, count)) {
-        stub_set_error("aclrtMemset: [%p, +%zu) is not inside one device allocation", devPtr, count);
+    if (!side_ok("aclrtMemset", "devPtr", devPtr, count, 1)) {
         return ACL_ERROR_INVALID_PARAM;
     }
     memset(devPtr, (unsigned char)value, count);

@@ -1,15 +1,15 @@
 /*
  * libopapi.so stand-in: aclnnFlashAttentionUnpaddingScoreGradV3 (two-phase).
  *
- * Phase 1 validates the arguments in the order of SEMANTICS.md section 6 and
+ * Phase 1 validates the arguments in the order of docs/validation.md and
  * records them in an executor; phase 2 computes the backward pass of
- * SEMANTICS.md sections 1-4 synchronously, in plain C, into the output
+ * docs/semantics.md synchronously, in plain C, into the output
  * tensors' "device" memory.
  *
  * Checks marked "[stub addition]" are not made by the real operator (which
  * would crash or read out of bounds instead); they exist so that this C
  * kernel never touches memory outside the caller's buffers.  The additions
- * after row 30 (S1-S9) are the same checks, in the same order and with the
+ * after rule 30 (S1-S9) are the same checks, in the same order and with the
  * same codes, as the Python validator's (aclnn_fag/validate.py, module
  * docstring), so that the validator and this op return the same status for
  * every input:
@@ -40,6 +40,9 @@
 
 #define FN1 "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
 #define FN2 "aclnnFlashAttentionUnpaddingScoreGradV3"
+/* message suffixes naming the rule (docs/validation.md) a failed check enforces */
+#define RULE(n) " (docs/validation.md, rule " #n ")"
+#define CHECK(s) " (docs/validation.md, " #s ")"
 
 #define INT32_MAX_I64 ((int64_t)2147483647)
 
@@ -202,7 +205,7 @@ static i128 seg_len_x(const int64_t *cum, int64_t b)
 }
 
 /* ------------------------------------------------------------------------ */
-/* phase 1: validation (SEMANTICS.md section 6, in order)                   */
+/* phase 1: validation (docs/validation.md, in order)                       */
 /* ------------------------------------------------------------------------ */
 
 typedef struct NamedTensor {
@@ -210,7 +213,29 @@ typedef struct NamedTensor {
     const aclTensor *t;
 } NamedTensor;
 
-/* Row 16: does this shape need D / Dv padding (which V3 rejects)? */
+/* return a failed check's status from validate() */
+#define TRY(expr)                      \
+    do {                               \
+        aclnnStatus try_rc_ = (expr);  \
+        if (try_rc_ != ACLNN_SUCCESS) { \
+            return try_rc_;            \
+        }                              \
+    } while (0)
+
+/* Rule 5: every tensor of the list has at least 3 dims */
+static aclnnStatus check_min_rank(const NamedTensor *ts, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (ts[i].t->ndim < 3) {
+            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not supported"
+                                              RULE(5),
+                 ts[i].name, (long long)ts[i].t->ndim);
+        }
+    }
+    return ACLNN_SUCCESS;
+}
+
+/* Rule 16: does this shape need D / Dv padding (which V3 rejects)? */
 static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t whyn)
 {
     int64_t det = 0;
@@ -415,17 +440,17 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const StubApi *a = api();
     char s1[128], s2[128];
 
-    /* Row 1: layout, compared with strcmp before anything else */
+    /* Rule 1: layout, compared with strcmp before anything else */
     if (x->layout == NULL) {
         /* [stub addition] the real op would crash in strcmp */
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": inputLayout is NULL (must be \"TND\") [stub addition: the real op "
                                           "crashes here]");
     }
     if (strcmp(x->layout, "TND") != 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": inputLayout \"%.32s\" is not \"TND\" (row 1)", x->layout);
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": inputLayout \"%.32s\" is not \"TND\"" RULE(1), x->layout);
     }
 
-    /* Row 2: required pointers */
+    /* Rule 2: required pointers */
     {
         const struct {
             const char *name;
@@ -437,7 +462,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         };
         for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
             if (req[i].p == NULL) {
-                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; it is required (row 2)", req[i].name);
+                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; it is required" RULE(2), req[i].name);
             }
         }
     }
@@ -490,124 +515,112 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         }
     }
 
-    /* Row 3: all outputs empty -> success, nothing computed */
+    /* Rule 3: all outputs empty -> success, nothing computed */
     if (x->dq->numel == 0 && x->dk->numel == 0 && x->dv->numel == 0 && (x->dpse == NULL || x->dpse->numel == 0)) {
         plan->mode = PLAN_NOTHING;
         return ACLNN_SUCCESS;
     }
 
-    /* Row 4 */
+    /* Rule 4 */
     if (x->head_num <= 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": headNum %lld must be > 0 (row 4)", (long long)x->head_num);
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": headNum %lld must be > 0" RULE(4), (long long)x->head_num);
     }
 
-    /* Row 5: ranks */
+    /* Rule 5: ranks */
     if (x->qr != NULL && x->kr != NULL && x->dqr != NULL && x->dkr != NULL) {
         const NamedTensor rope[] = {
             {"queryRope", x->qr}, {"keyInRope", x->kr}, {"dqRopeOut", x->dqr}, {"dkRopeOut", x->dkr}};
-        for (size_t i = 0; i < 4; i++) {
-            if (rope[i].t->ndim < 3) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not "
-                                                  "supported (row 5)",
-                     rope[i].name, (long long)rope[i].t->ndim);
-            }
-        }
+        TRY(check_min_rank(rope, sizeof rope / sizeof rope[0]));
     }
     {
         const NamedTensor main_t[] = {{"query", x->q}, {"keyIn", x->k}, {"value", x->v}, {"dy", x->dy},
                                       {"attentionInOptional", x->attn}, {"dqOut", x->dq}, {"dkOut", x->dk},
                                       {"dvOut", x->dv}};
-        for (size_t i = 0; i < sizeof main_t / sizeof main_t[0]; i++) {
-            if (main_t[i].t->ndim < 3) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not "
-                                                  "supported (row 5)",
-                     main_t[i].name, (long long)main_t[i].t->ndim);
-            }
-        }
+        TRY(check_min_rank(main_t, sizeof main_t / sizeof main_t[0]));
     }
 
     const int64_t D = x->q->dims[2];
     const int64_t Dk = x->k->dims[2];
     const int64_t Dv = x->v->dims[2];
 
-    /* Row 6 */
+    /* Rule 6 */
     if (D != Dk) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of query (%lld) != head dim of keyIn (%lld) (row 6)",
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of query (%lld) != head dim of keyIn (%lld)" RULE(6),
              (long long)D, (long long)Dk);
     }
-    /* Row 7 */
+    /* Rule 7 */
     if (D < Dv) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of value (%lld) is larger than that of query (%lld) (row 7)",
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of value (%lld) is larger than that of query (%lld)" RULE(7),
              (long long)Dv, (long long)D);
     }
-    /* Row 8 */
+    /* Rule 8 */
     if ((x->qr == NULL) != (x->kr == NULL)) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL while %s is not; queryRope and keyInRope must both be "
-                                          "given (row 8)",
+                                          "given" RULE(8),
              x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
     }
     if (x->qr == NULL) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": queryRope and keyInRope are both NULL; V3 needs them (row 8: the "
-                                          "real op dereferences them and crashes)");
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": queryRope and keyInRope are both NULL; V3 needs them (the real op "
+                                          "dereferences them and crashes)" RULE(8));
     }
     /* [stub addition] the real op reads dim 2 of the rope tensors here */
     if (x->qr->ndim < 3 || x->kr->ndim < 3) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has fewer than 3 dims [stub addition]",
              x->qr->ndim < 3 ? "queryRope" : "keyInRope");
     }
-    /* Row 9 */
+    /* Rule 9 */
     if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim (queryRope %lld, keyInRope %lld) must not exceed the "
-                                          "query head dim %lld (row 9)",
+                                          "query head dim %lld" RULE(9),
              (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
     }
-    /* Row 10 */
+    /* Rule 10 */
     if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
         x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must "
-                                          "all be BF16 (row 10)",
+                                          "all be BF16" RULE(10),
              dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype), dtype_name(x->kr->dtype),
              dtype_name(x->v->dtype));
     }
-    /* Row 11 */
+    /* Rule 11 */
     if (x->sparse == 6) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode 6 is not supported with queryRope/keyInRope (row 11)");
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode 6 is not supported with queryRope/keyInRope" RULE(11));
     }
-    /* Row 12 */
+    /* Rule 12 */
     if (x->mask == NULL || x->mask->ndim == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional is %s; V3 with rope requires an attention mask "
-                                          "(row 12)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional is %s; V3 with rope requires an attention mask"
+                                          RULE(12),
              x->mask == NULL ? "NULL" : "0-dim");
     }
-    /* Row 13 */
+    /* Rule 13 */
     if (x->pse != NULL) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": pseShiftOptional must be NULL with queryRope/keyInRope (row 13)");
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": pseShiftOptional must be NULL with queryRope/keyInRope" RULE(13));
     }
-    /* Row 14 */
+    /* Rule 14 */
     if (x->drop != NULL) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": dropMaskOptional must be NULL with queryRope/keyInRope (row 14)");
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": dropMaskOptional must be NULL with queryRope/keyInRope" RULE(14));
     }
-    /* Row 15 */
+    /* Rule 15 */
     if (x->keep < 1) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keepProb %g must be 1 (row 15)", x->keep);
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keepProb %g must be 1" RULE(15), x->keep);
     }
-    /* Row 16 */
+    /* Rule 16 */
     {
         char why[640];
         if (needs_padding(x, D, Dv, why, sizeof why)) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query/keyIn/value: %s (row 16)", why);
+            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query/keyIn/value: %s" RULE(16), why);
         }
     }
-    /* Row 18 (0-dim optional tensors are treated as absent by the real op) */
+    /* Rule 18 (0-dim optional tensors are treated as absent by the real op) */
     if (x->smax == NULL || x->smax->ndim == 0 || x->ssum == NULL || x->ssum->ndim == 0 || x->attn->ndim == 0) {
         const char *which = (x->smax == NULL || x->smax->ndim == 0)   ? "softmaxMaxOptional"
                             : (x->ssum == NULL || x->ssum->ndim == 0) ? "softmaxSumOptional"
                                                                       : "attentionInOptional";
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is missing (NULL or 0-dim); it is required (row 18)", which);
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is missing (NULL or 0-dim); it is required" RULE(18), which);
     }
-    /* Row 19 */
+    /* Rule 19 */
     if (x->head_num != x->q->dims[1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": headNum %lld != query.shape[1] %lld (row 19)", (long long)x->head_num,
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": headNum %lld != query.shape[1] %lld" RULE(19), (long long)x->head_num,
              (long long)x->q->dims[1]);
     }
 
@@ -643,87 +656,87 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
 
     /* Empty-tensor path: some computed gradient has 0 elements -> dq, dk, dv
-     * are zero-filled (rows 17 and 20-29 are skipped) */
+     * are zero-filled (rules 17 and 20-29 are skipped) */
     if (x->q->numel == 0 || x->k->numel == 0 || x->v->numel == 0 || x->qr->numel == 0 || x->kr->numel == 0) {
         plan->mode = PLAN_ZERO_FILL;
         return ACLNN_SUCCESS;
     }
 
-    /* Row 17 */
+    /* Rule 17 */
     if ((float)x->keep > 1.0f) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keepProb %g must be 1 (row 17)", x->keep);
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keepProb %g must be 1" RULE(17), x->keep);
     }
 
     const int64_t T1 = x->q->dims[0];
     const int64_t N1 = x->q->dims[1];
 
-    /* Row 20 */
+    /* Rule 20 */
     if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT "
-                                          "(row 20)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT"
+                                          RULE(20),
              dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
     }
     if (x->attn->dtype != x->q->dtype) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional dtype %s != query dtype %s (row 20)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional dtype %s != query dtype %s" RULE(20),
              dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
     }
-    /* Row 21 */
+    /* Rule 21 */
     if (!is_shape3(x->smax, T1, N1, 8) || !is_shape3(x->ssum, T1, N1, 8)) {
         const aclTensor *bad = !is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must be [T1, N1, 8] = [%lld,%lld,8] (row 21)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must be [T1, N1, 8] = [%lld,%lld,8]" RULE(21),
              bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", shape_str(bad, s1, sizeof s1),
              (long long)T1, (long long)N1);
     }
     if (!same_but_last(x->attn, x->q)) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional shape %s must match query shape %s except the "
-                                          "last dim (row 21)",
+                                          "last dim" RULE(21),
              shape_str(x->attn, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
     }
-    /* Row 22 */
+    /* Rule 22 */
     if (T1 == 0 || N1 == 0 || D == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query shape %s has a zero T, N or D (row 22)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query shape %s has a zero T, N or D" RULE(22),
              shape_str(x->q, s1, sizeof s1));
     }
-    /* Row 23 */
+    /* Rule 23 */
     if (x->seqq == NULL || x->seqkv == NULL) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; TND needs both cumulative length arrays (row 23)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; TND needs both cumulative length arrays" RULE(23),
              x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
     }
     if (x->seqq->size != x->seqkv->size || x->seqq->size == 0) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional "
-                                          "(length %llu) must have the same non-zero length (row 23)",
+                                          "(length %llu) must have the same non-zero length" RULE(23),
              (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
     }
-    /* Row 24 */
+    /* Rule 24 */
     if (x->q->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query must have 3 dims [T,N,D], got %s (row 24)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query must have 3 dims [T,N,D], got %s" RULE(24),
              shape_str(x->q, s1, sizeof s1));
     }
     const int64_t N2 = x->k->dims[1];
     if (N2 == 0 || N1 / N2 == 0) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn head count N2=%lld must be > 0 and <= query head count "
-                                          "N1=%lld (row 24)",
+                                          "N1=%lld" RULE(24),
              (long long)N2, (long long)N1);
     }
     if (N1 % N2 != 0) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query head count N1=%lld must be a multiple of keyIn head count "
-                                          "N2=%lld (row 24 / softmax shape check)",
+                                          "N2=%lld (softmax shape check)" RULE(24),
              (long long)N1, (long long)N2);
     }
-    /* Row 25 (IsSameShapeButValueDLeEqD: equal dims except the last, last <= the other's last) */
+    /* Rule 25 (IsSameShapeButValueDLeEqD: equal dims except the last, last <= the other's last) */
     if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > x->q->dims[x->q->ndim - 1]) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy shape %s must match query shape %s except the last dim, which "
-                                          "must be <= D (row 25)",
+                                          "must be <= D" RULE(25),
              shape_str(x->dy, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
     }
     if (!same_but_last(x->v, x->k) || x->v->dims[x->v->ndim - 1] > x->k->dims[x->k->ndim - 1]) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": value shape %s must match keyIn shape %s except the last dim, which "
-                                          "must be <= that of keyIn (row 25)",
+                                          "must be <= that of keyIn" RULE(25),
              shape_str(x->v, s1, sizeof s1), shape_str(x->k, s2, sizeof s2));
     }
-    /* Row 26 */
+    /* Rule 26 */
     if (x->sparse < 0 || x->sparse > 8) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": sparseMode %lld must be in 0..8 (row 26)", (long long)x->sparse);
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": sparseMode %lld must be in 0..8" RULE(26), (long long)x->sparse);
     }
 
     /* sequence facts (section 0), exact: the lengths of unvalidated ends may overflow int64 */
@@ -745,14 +758,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         }
     }
 
-    /* Row 27: attention mask */
+    /* Rule 27: attention mask */
     const aclTensor *m = x->mask;
     if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional dtype %s must be BOOL or UINT8 (row 27)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional dtype %s must be BOOL or UINT8" RULE(27),
              dtype_name(m->dtype));
     }
     if (m->ndim != 2 && m->ndim != 4) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional must have 2 or 4 dims, got %s (row 27)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional must have 2 or 4 dims, got %s" RULE(27),
              shape_str(m, s1, sizeof s1));
     }
     int mask_kind = MASK_2D;
@@ -766,7 +779,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             mask_kind = MASK_BNSS;
         } else {
             FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: the first two dims must be (B,N1), "
-                                              "(B,1) or (1,1) with B=%lld, N1=%lld (row 27)",
+                                              "(B,1) or (1,1) with B=%lld, N1=%lld" RULE(27),
                  shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
         }
     }
@@ -777,13 +790,13 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         i128 want_c = compressed ? 2048 : max_skv;
         if ((i128)r != want_r || (i128)c != want_c) {
             FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: for sparseMode %lld the last two dims "
-                                              "must be %s (row 27)",
+                                              "must be %s" RULE(27),
                  shape_str(m, s1, sizeof s1), (long long)x->sparse,
                  compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
         }
     }
 
-    /* Row 28: tokens (normalised first); comparisons exact */
+    /* Rule 28: tokens (normalised first); comparisons exact */
     int64_t pre = x->pre > INT32_MAX_I64 ? INT32_MAX_I64 : x->pre;
     int64_t next = x->next > INT32_MAX_I64 ? INT32_MAX_I64 : x->next;
     if (x->sparse == 2 || x->sparse == 3) {
@@ -825,23 +838,23 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             }
             if (bad) {
                 FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                                  "%lld at batch %lld (row 28)",
+                                                  "%lld at batch %lld" RULE(28),
                      (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b);
             }
         }
     }
 
-    /* Row 29 */
+    /* Rule 29 */
     if (x->pse_type < 0 || x->pse_type >= 4) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be in [0,4) (row 29)", (long long)x->pse_type);
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be in [0,4)" RULE(29), (long long)x->pse_type);
     }
     if (x->pse_type != 1) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be 1 when pseShiftOptional is NULL (row 29)",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be 1 when pseShiftOptional is NULL" RULE(29),
              (long long)x->pse_type);
     }
-    /* Row 30 */
+    /* Rule 30 */
     if (x->dy->dtype != x->q->dtype) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy dtype %s != query dtype %s (row 30)", dtype_name(x->dy->dtype),
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy dtype %s != query dtype %s" RULE(30), dtype_name(x->dy->dtype),
              dtype_name(x->q->dtype));
     }
 
@@ -849,13 +862,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
      * codes (see the top of this file); the real op makes none of them ---- */
     /* S1 */
     if (x->k->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition S1]",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition]" CHECK(S1),
              shape_str(x->k, s1, sizeof s1));
     }
     /* S2 */
     if (x->dy->dims[2] != Dv || x->attn->dims[2] != Dv) {
         const int dy_bad = x->dy->dims[2] != Dv;
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition S2]",
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition]"
+                                          CHECK(S2),
              dy_bad ? "dy" : "attentionInOptional", (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]),
              (long long)Dv);
     }
@@ -863,7 +877,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* S3 */
     if (N1 > LIMIT_HEADS || D > LIMIT_HEAD_DIM || T1 > LIMIT_TOKENS || T2 > LIMIT_TOKENS || nb_raw > LIMIT_BATCH) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 "
-                                          "%lld <= %lld, %lld sequences <= %d) [stub addition S3]",
+                                          "%lld <= %lld, %lld sequences <= %d) [stub addition]" CHECK(S3),
              (long long)N1, LIMIT_HEADS, (long long)D, LIMIT_HEAD_DIM, (long long)T1, (long long)T2,
              (long long)LIMIT_TOKENS, (long long)nb_raw, LIMIT_BATCH);
     }
@@ -881,13 +895,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
                     FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s must be non-negative non-decreasing cumulative ends; "
-                                                      "entry %llu is %lld [stub addition S4]",
+                                                      "entry %llu is %lld [stub addition]" CHECK(S4),
                          seqs[s].name, (unsigned long long)i, (long long)v[i]);
                 }
             }
             int64_t last = v[seqs[s].arr->size - 1];
             if (last > seqs[s].T) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition S4]",
+                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition]"
+                                                  CHECK(S4),
                      seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
             }
         }
@@ -901,11 +916,11 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     if (!is_shape3(x->kr, T2, N2, Dr)) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
-                                          "queryRope) [stub addition S5]",
+                                          "queryRope) [stub addition]" CHECK(S5),
              shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
     }
     if (Dr % 8 != 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim Dr=%lld must be a multiple of 8 [stub addition S5]",
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim Dr=%lld must be a multiple of 8 [stub addition]" CHECK(S5),
              (long long)Dr);
     }
     /* from here on the ends are valid: lengths fit int64 */
@@ -921,14 +936,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         for (int64_t b = 0; b < nb; b++) {
             if ((i128)pre + seg_len(cq, b) - seg_len(ckv, b) >= INT32_MAX_I64) {
                 FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": preTokens %lld + Sq - Skv of batch %lld overflows the kernel's "
-                                                  "int32 block-skip bound [stub addition S7]",
+                                                  "int32 block-skip bound [stub addition]" CHECK(S7),
                      (long long)pre, (long long)b);
             }
         }
     }
     /* S8 */
     if (!stats_copies_equal(x->smax) || !stats_copies_equal(x->ssum)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": the 8 copies in the last dim of %s differ [stub addition S8]",
+        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": the 8 copies in the last dim of %s differ [stub addition]" CHECK(S8),
              !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
     }
     /* S9 */
@@ -949,7 +964,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         if (stats_look_token_major(x, &probe, (float)x->scale)) {
             FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] "
                                               "broadcast to [T,N,8]); the op reads them per batch as [N,Sq_b,8] "
-                                              "blocks [stub addition S9]");
+                                              "blocks [stub addition]" CHECK(S9));
         }
     }
 
@@ -1089,30 +1104,8 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
                       &plan->s_smax, &plan->s_ssum, NULL,         &plan->s_attn};
     const aclTensor *outs[] = {dqOut, dqRopeOut, dkOut, dkRopeOut, dvOut, dpseOut};
     int *out_slot[] = {&plan->o_dq, &plan->o_dqr, &plan->o_dk, &plan->o_dkr, &plan->o_dv, NULL};
-    for (size_t i = 0; i < sizeof ins / sizeof ins[0]; i++) {
-        if (in_slot[i] != NULL) {
-            *in_slot[i] = -1;
-        }
-        if (ins[i] != NULL) {
-            if (in_slot[i] != NULL) {
-                *in_slot[i] = (int)e->n_in;
-            }
-            e->in_handle[e->n_in] = (aclTensor *)ins[i];
-            e->in[e->n_in++] = *ins[i];
-        }
-    }
-    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
-        if (out_slot[i] != NULL) {
-            *out_slot[i] = -1;
-        }
-        if (outs[i] != NULL) {
-            if (out_slot[i] != NULL) {
-                *out_slot[i] = (int)e->n_out;
-            }
-            e->out_handle[e->n_out] = (aclTensor *)outs[i];
-            e->out[e->n_out++] = *outs[i];
-        }
-    }
+    stub_exec_record(e, 0, ins, in_slot, sizeof ins / sizeof ins[0]);
+    stub_exec_record(e, 1, outs, out_slot, sizeof outs / sizeof outs[0]);
     e->workspace_size = plan_workspace_bytes(plan);
 
     if (a->handle_add(STUB_H_EXECUTOR, e) != 0) {
@@ -1245,6 +1238,22 @@ static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int6
         return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (j <= i);
     default:
         return 0;
+    }
+}
+
+/* write bf16(mul * acc[t][n][d]) through the view of output tensor T ([rows, heads, dim]);
+ * a NULL T (an output the caller did not pass) is skipped */
+static void store_output(const aclTensor *T, const float *acc, int64_t rows, int64_t heads, int64_t dim, float mul)
+{
+    if (T == NULL) {
+        return;
+    }
+    for (int64_t t = 0; t < rows; t++) {
+        for (int64_t n = 0; n < heads; n++) {
+            for (int64_t d = 0; d < dim; d++) {
+                st_bf16(T, idx3(T, t, n, d), mul * acc[(t * heads + n) * dim + d]);
+            }
+        }
     }
 }
 
@@ -1414,34 +1423,11 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
     }
 
     /* outputs: bf16(scale * acc) for dq, dqRope, dk, dkRope; bf16(acc) for dv */
-    {
-        const aclTensor *DQ = &e->out[p->o_dq], *DK = &e->out[p->o_dk], *DV = &e->out[p->o_dv];
-        const aclTensor *DQR = p->o_dqr >= 0 ? &e->out[p->o_dqr] : NULL;
-        const aclTensor *DKR = p->o_dkr >= 0 ? &e->out[p->o_dkr] : NULL;
-        for (int64_t t = 0; t < T1; t++) {
-            for (int64_t n = 0; n < N1; n++) {
-                for (int64_t d = 0; d < D; d++) {
-                    st_bf16(DQ, idx3(DQ, t, n, d), scale * dQ[(t * N1 + n) * D + d]);
-                }
-                for (int64_t d = 0; DQR != NULL && d < Dr; d++) {
-                    st_bf16(DQR, idx3(DQR, t, n, d), scale * dQr[(t * N1 + n) * Dr + d]);
-                }
-            }
-        }
-        for (int64_t t = 0; t < T2; t++) {
-            for (int64_t n = 0; n < N2; n++) {
-                for (int64_t d = 0; d < D; d++) {
-                    st_bf16(DK, idx3(DK, t, n, d), scale * dK[(t * N2 + n) * D + d]);
-                }
-                for (int64_t d = 0; DKR != NULL && d < Dr; d++) {
-                    st_bf16(DKR, idx3(DKR, t, n, d), scale * dKr[(t * N2 + n) * Dr + d]);
-                }
-                for (int64_t d = 0; d < Dv; d++) {
-                    st_bf16(DV, idx3(DV, t, n, d), dV[(t * N2 + n) * Dv + d]);
-                }
-            }
-        }
-    }
+    store_output(p->o_dq >= 0 ? &e->out[p->o_dq] : NULL, dQ, T1, N1, D, scale);
+    store_output(p->o_dqr >= 0 ? &e->out[p->o_dqr] : NULL, dQr, T1, N1, Dr, scale);
+    store_output(p->o_dk >= 0 ? &e->out[p->o_dk] : NULL, dK, T2, N2, D, scale);
+    store_output(p->o_dkr >= 0 ? &e->out[p->o_dkr] : NULL, dKr, T2, N2, Dr, scale);
+    store_output(p->o_dv >= 0 ? &e->out[p->o_dv] : NULL, dV, T2, N2, Dv, 1.0f);
 
 out:
     free(Qf);

@@ -1,6 +1,6 @@
 /*
  * Prototypes of every function the stand-in libraries export, written from
- * /work/shared/spec/ABI.md section 2.  Enum parameters are passed as int
+ * docs/abi.md section 2.  Enum parameters are passed as int
  * (int32_t on every supported platform), as C enums are.
  */
 #ifndef ACL_STUB_ABI_H
@@ -16,7 +16,7 @@ typedef int32_t aclnnStatus;
 typedef void *aclrtStream;
 typedef void *aclrtContext;
 
-/* ---- libascendcl.so: runtime (ABI.md 2a) ---- */
+/* ---- libascendcl.so: runtime (docs/abi.md §2a) ---- */
 STUB_API aclError aclInit(const char *configPath);
 STUB_API aclError aclFinalize(void);
 STUB_API aclError aclrtSetDevice(int32_t deviceId);
@@ -45,7 +45,7 @@ STUB_API void aclStubGetCounters(int64_t *live_tensors, int64_t *live_int_arrays
 STUB_API void aclStubSetCallDelay(int64_t microseconds);
 STUB_API int64_t aclStubGetBadReleases(void);
 
-/* ---- libnnopbase.so (ABI.md 2b) ---- */
+/* ---- libnnopbase.so (docs/abi.md §2b) ---- */
 STUB_API aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, int32_t dataType,
                                     const int64_t *stride, int64_t offset, int32_t format,
                                     const int64_t *storageDims, uint64_t storageDimsNum, void *tensorData);
@@ -63,7 +63,7 @@ STUB_API aclnnStatus aclSetTensorAddr(aclOpExecutor *executor, const size_t inde
 STUB_API aclnnStatus aclnnInit(const char *configPath);
 STUB_API aclnnStatus aclnnFinalize(void);
 
-/* ---- libopapi.so (ABI.md 2c) ---- */
+/* ---- libopapi.so (docs/abi.md §2c) ---- */
 STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
     const aclTensor *query, const aclTensor *queryRope, const aclTensor *keyIn, const aclTensor *keyInRope,
     const aclTensor *value, const aclTensor *dy, const aclTensor *pseShiftOptional, const aclTensor *dropMaskOptional,

@@ -19,7 +19,7 @@
 
 #define STUB_API __attribute__((visibility("default")))
 
-/* ---- status codes (ABI.md section 3) ---------------------------------- */
+/* ---- status codes (docs/abi.md §3) ---------------------------------- */
 #define ACL_SUCCESS 0
 #define ACL_ERROR_INVALID_PARAM 100000
 #define ACL_ERROR_UNINITIALIZE 100001
@@ -117,6 +117,25 @@ typedef struct aclOpExecutor {
     void *payload;                       /* op-specific, owned */
     void (*payload_free)(void *payload); /* frees payload; may be NULL */
 } aclOpExecutor;
+
+/* Record the non-NULL tensors ts[0..n) of one phase-1 call, in parameter order, as the
+ * executor's inputs (out == 0) or outputs (out != 0): handle and snapshot. slot[i], when
+ * not NULL, receives the tensor's index among them, or -1 for a NULL tensor. */
+static inline void stub_exec_record(aclOpExecutor *e, int out, const aclTensor *const *ts, int *const *slot, size_t n)
+{
+    size_t *count = out ? &e->n_out : &e->n_in;
+    aclTensor *snap = out ? e->out : e->in;
+    aclTensor **handle = out ? e->out_handle : e->in_handle;
+    for (size_t i = 0; i < n; i++) {
+        if (slot[i] != NULL) {
+            *slot[i] = ts[i] != NULL ? (int)*count : -1;
+        }
+        if (ts[i] != NULL) {
+            handle[*count] = (aclTensor *)ts[i];
+            snap[(*count)++] = *ts[i];
+        }
+    }
+}
 
 /* ---- internal API table exported by libascendcl.so ---------------------- */
 typedef struct StubApi {

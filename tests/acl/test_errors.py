@@ -253,7 +253,7 @@ def test_call_raw_accepts_device_arrays_and_lists(problem, no_leaks):
         assert dq_in.numpy().shape == problem.q.shape       # still the caller's, still alive
     for a, b in zip(got, expected):
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
-    # a list becomes a float64 array (no validation): the op rejects the dtype (row 20)
+    # a list becomes a float64 array (no validation): the op rejects the dtype (docs/validation.md, rule 20)
     with pytest.raises(errors.ParamNullptrError):
         acl.call_raw(**problem.raw_kwargs(softmax_max=problem.fwd.softmax_max.tolist()))
     out = acl.call_raw(**problem.raw_kwargs(dq_rope=None, dk_rope=None))

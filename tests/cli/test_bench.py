@@ -19,7 +19,7 @@ def fast_sgemm(monkeypatch):
 
 
 def _brute_kept(spec, mask):
-    """Kept pairs per batch straight from SEMANTICS.md section 4's table."""
+    """Kept pairs per batch straight from docs/sparse_modes.md's table."""
     lq, lk = spec.lengths_q, spec.kv_lengths
     nonempty = [b for b in range(len(lq)) if lq[b]]
     band = (nonempty[-1] if spec.sparse_mode == 7 else nonempty[0]) if nonempty else 0

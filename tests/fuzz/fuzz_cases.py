@@ -3,7 +3,7 @@
 
 * ``base_case()`` (hypothesis strategy): a valid small call — 1-3 sequences (empty ones
   too, rows after the last end sometimes), GQA, D in {8, 16, 20, 24, 32, 72} (20 passes
-  row 16 only through the small-shape exception, 72 only when non-deterministic), every
+  rule 16 only through the small-shape exception, 72 only when non-deterministic), every
   supported sparse mode with its mask (2-D / 4-D, dense or compressed, uint8 / bool,
   broadcast views), tokens, statistics from ``flash_attention_forward``.
 * ``MUTATIONS``: named functions that change one thing: None in a slot, a dtype, a shape,

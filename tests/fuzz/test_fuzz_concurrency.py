@@ -49,7 +49,7 @@ def _bits(grads):
 def test_threads_give_the_single_threaded_results_and_leak_nothing(stub):
     problems = [_problem(1, 0, [5, 0, 7], [6, 2, 7], 2), _problem(2, 3, [4, 6], [6, 6], 1),
                 _problem(3, 4, [7], [5], 3, deterministic=True), _problem(4, 1, [3, 3], [2, 4], 2)]
-    bad = Case(dict(problems[0].args, sparse_mode=9), {})            # row 26: 161001
+    bad = Case(dict(problems[0].args, sparse_mode=9), {})            # rule 26: 161001
     expected = []
     for p in problems:
         kind, res = public_call(p, "npu")

@@ -70,7 +70,7 @@ def test_per_sequence_lengths_decreasing():
 
 def test_per_sequence_lengths_seen_through_the_mask_shape():
     """Lengths [3, 5] read as ends give Sq = [3, 2]: the [5, 6] mask built for the true
-    lengths fails row 27, whose message names the likely cause."""
+    lengths fails rule 27, whose message names the likely cause."""
     case = make(q_lens=(3, 5), kv_lens=(4, 6))
     rejected(with_args(case, actual_seq_qlen=[3, 5], actual_seq_kvlen=[4, 6]), NULLPTR,
              "atten_mask", "per-sequence lengths", "cumulative ends")

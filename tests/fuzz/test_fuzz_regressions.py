@@ -33,13 +33,13 @@ def both(case: Case, **over):
 
 
 def test_head_dims_are_dim_2_even_for_rank_4_tensors():
-    """GetDim(2) (op API, TND): a [T, N, D, 1] query has D = dims[2] for rows 6/7/9/16; it
-    then fails row 24 (query rank) in both -- not row 6 on the last dim."""
+    """GetDim(2) (op API, TND): a [T, N, D, 1] query has D = dims[2] for rules 6/7/9/16; it
+    then fails rule 24 (query rank) in both -- not rule 6 on the last dim."""
     case = make()
     q4 = case.args["query"][..., None]
     assert both(case, query=q4, dy=case.args["dy"][..., None],
                 attention_in=case.args["attention_in"][..., None]) == (NULLPTR, NULLPTR)
-    v, r = both(case, query=q4)                  # row 21 (attention_in rank) in both
+    v, r = both(case, query=q4)                  # rule 21 (attention_in rank) in both
     assert v == r == NULLPTR
 
 
@@ -48,7 +48,7 @@ def test_row25_compares_the_last_dims():
     case = make()
     k4 = np.concatenate([case.args["key"][..., None]] * 2, axis=-1)      # [T2, N2, D, 2]
     v4 = np.concatenate([case.args["value"][..., None]] * 3, axis=-1)    # [T2, N2, D, 3]
-    assert both(case, key=k4, value=v4) == (NULLPTR, NULLPTR)            # 3 > 2: row 25
+    assert both(case, key=k4, value=v4) == (NULLPTR, NULLPTR)            # 3 > 2: rule 25
     assert both(case, key=k4, value=v4[..., :2])[0] == both(case, key=k4, value=v4[..., :2])[1]
 
 

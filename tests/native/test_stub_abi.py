@@ -1,7 +1,7 @@
 """ABI and behaviour tests for the stand-in CANN libraries in native_stubs/.
 
 The stubs are built with native_stubs/build.py and loaded with ctypes; every
-prototype is declared locally here from /work/shared/spec/ABI.md, so these
+prototype is declared locally here from docs/abi.md, so these
 tests do not depend on the package's own binding.
 """
 
@@ -25,7 +25,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD_PY = ROOT / "native_stubs" / "build.py"
 
-# status codes (ABI.md section 3)
+# status codes (docs/abi.md §3)
 ACL_SUCCESS = 0
 ACL_ERROR_INVALID_PARAM = 100000
 ACL_ERROR_REPEAT_INITIALIZE = 100002
@@ -496,7 +496,7 @@ class FagCase:
             assert self.acl.aclrtFree(p) == 0
         self.tensors, self.arrays, self.ptrs = [], [], []
 
-    # -- math (float64), written from SEMANTICS.md sections 0-4 ---------------
+    # -- math (float64), written from docs/semantics.md and docs/sparse_modes.md ---------------
     def _batches(self):
         qs = ks = 0
         for b, (qe, ke) in enumerate(zip(self.cum_q, self.cum_kv)):
@@ -714,7 +714,7 @@ def test_sparse_modes_and_mask_layouts(acl, name):
 
 def test_empty_tensor_paths(acl):
     base = acl.counters()
-    # row 3: every output empty -> workspace 0, an executor that does nothing
+    # rule 3: every output empty -> workspace 0, an executor that does nothing
     c = FagCase(acl, T=4, cum_q=(4,), cum_kv=(4,))
     empty = [c._t([0, 2, 16], DT_BF16, None) for _ in range(3)]
     rc, ws, ex = c.phase1(dqOut=empty[0], dkOut=empty[1], dvOut=empty[2])
@@ -805,13 +805,13 @@ def test_phase2_needs_recorded_tensors_and_buffers_alive(acl, case):
 def test_validation_codes(acl, case):
     base = acl.counters()
     cases = [
-        (dict(query=None), ACLNN_ERR_PARAM_NULLPTR, "query"),             # row 2
-        (dict(inputLayout=b"BSH"), ACLNN_ERR_PARAM_INVALID, "inputLayout"),  # row 1
-        (dict(sparseMode=6), ACLNN_ERR_PARAM_INVALID, "sparseMode"),      # row 11
-        (dict(attenMask=None), ACLNN_ERR_PARAM_NULLPTR, "attenMask"),     # row 12
-        (dict(headNum=1), ACLNN_ERR_PARAM_NULLPTR, "headNum"),            # row 19
-        (dict(pseType=0), ACLNN_ERR_PARAM_NULLPTR, "pseType"),            # row 29
-        (dict(keyInRope=None), ACLNN_ERR_PARAM_NULLPTR, "keyInRope"),     # row 8
+        (dict(query=None), ACLNN_ERR_PARAM_NULLPTR, "query"),             # rule 2
+        (dict(inputLayout=b"BSH"), ACLNN_ERR_PARAM_INVALID, "inputLayout"),  # rule 1
+        (dict(sparseMode=6), ACLNN_ERR_PARAM_INVALID, "sparseMode"),      # rule 11
+        (dict(attenMask=None), ACLNN_ERR_PARAM_NULLPTR, "attenMask"),     # rule 12
+        (dict(headNum=1), ACLNN_ERR_PARAM_NULLPTR, "headNum"),            # rule 19
+        (dict(pseType=0), ACLNN_ERR_PARAM_NULLPTR, "pseType"),            # rule 29
+        (dict(keyInRope=None), ACLNN_ERR_PARAM_NULLPTR, "keyInRope"),     # rule 8
     ]
     for over, code, word in cases:
         rc, ws, ex = case.phase1(**over)

@@ -186,7 +186,7 @@ def test_forward_matches_oracle(name, precision):
     np.testing.assert_allclose(tm.astype(np.float64), case.max64, rtol=rtol, atol=atol_max)
     o = fwd.attention_out.astype(np.float64)
     if precision == "device":
-        # §1 fixes no rounding points inside the forward; judge it like flash-attention's
+        # docs/semantics.md, Forward: fixes no rounding points inside the forward; judge it like flash-attention's
         # tests: max|out - ref| <= 2 * max|bf16(plain fp32 out) - ref| (+ a tiny floor)
         o32, _, _ = O.forward(case.q, case.qr, case.k, case.kr, case.v, case.mask, case.q_ends,
                               case.kv_ends, case.scale, case.mode, case.pre, case.nxt,
@@ -216,7 +216,7 @@ def test_forward_matches_oracle(name, precision):
 
 
 def test_mode5_is_mode0():
-    """§4: the code accepts mode 5 and treats it like mode 0 (mask + top-left tokens)."""
+    """docs/sparse_modes.md: the code accepts mode 5 and treats it like mode 0 (mask + top-left tokens)."""
     case = get_case("m5_as_m0")
     as0 = O.Case(**{**case.__dict__, "mode": 0})
     for precision in ("fp64", "device"):
@@ -231,7 +231,7 @@ def test_mode5_is_mode0():
 
 
 def test_deterministic_flag_changes_no_math():
-    """§7: deterministic and non-deterministic paths differ only in accumulation order."""
+    """docs/semantics.md, Deterministic mode: deterministic and non-deterministic paths differ only in accumulation order."""
     case = get_case("m0_b1_packed_gqa4")
     g, _ = run_backward(case, "fp64", deterministic=True)
     O.assert_grads_close(g, case.oracle_backward(), rtol=1e-10, what="deterministic",
@@ -239,7 +239,7 @@ def test_deterministic_flag_changes_no_math():
 
 
 def test_forward_fully_masked_rows_are_invalid_lines():
-    """Invalid lines (§3): max = -FLT_MAX, sum = +FLT_MAX, output 0; Skv_b = 0 batches: 0, 0, 0."""
+    """Invalid lines (docs/semantics.md, Softmax statistics): max = -FLT_MAX, sum = +FLT_MAX, output 0; Skv_b = 0 batches: 0, 0, 0."""
     case = O.make_case(21, [6, 4, 3], [3, 0, 5], n1=2, n2=1, d=32, dr=16, mode=3)
     fwd, caught = run_forward(case, "device")
     tm_max = O.from_device_layout(fwd.softmax_max, case.q_ends)
@@ -262,7 +262,7 @@ def test_forward_fully_masked_rows_are_invalid_lines():
 
 
 def test_scale_is_float32_of_scale_value():
-    """§1: the op applies float32(scaleValue), not the double (fp64 precision included)."""
+    """docs/semantics.md, Forward: the op applies float32(scaleValue), not the double (fp64 precision included)."""
     case = O.make_case(22, [9, 7], n1=2, n2=1, d=64, dr=16, mode=0, scale=0.1)
     assert float(np.float32(0.1)) != 0.1
     g, _ = run_backward(case, "fp64")
@@ -301,7 +301,7 @@ def configs(draw):
 
 
 def tokens_valid(cfg) -> bool:
-    """Row 28 (§4 token validation) for the drawn tokens."""
+    """Rule 28 (docs/validation.md) for the drawn tokens."""
     lay = O.layout(O.cumulative(cfg["q_lens"]), O.cumulative(cfg["kv_lens"]))
     mode = cfg["mode"]
     pre, nxt = O.normalize_tokens(mode, cfg["pre"], cfg["nxt"])
@@ -333,7 +333,7 @@ def test_random_configurations_fp64(cfg):
 @pytest.mark.parametrize("mode,pre,nxt", [(0, 2 ** 40, 2 ** 35), (4, 2 ** 40, 1), (4, 3, 2 ** 62),
                                           (8, 2 ** 40, 0)])
 def test_tokens_above_int32_are_clamped(mode, pre, nxt):
-    """§4: pre/next are int64 and clamped from above to INT32_MAX before use."""
+    """docs/sparse_modes.md: pre/next are int64 and clamped from above to INT32_MAX before use."""
     cfg = dict(seed=61, q_lens=[7, 0, 9], kv_lens=[9, 2, 12], n1=2, n2=1, d=32, dr=16,
                mode=mode, pre=pre, nxt=nxt)
     case = O.make_case(**cfg)

@@ -1,4 +1,4 @@
-"""precision="device" (SEMANTICS.md §2): judged like flash-attention's tests, and against an
+"""precision="device" (docs/semantics.md, "Backward"): judged like flash-attention's tests, and against an
 independent emulation of the device's rounding points.
 
 1. Accuracy, flash-attention style: for each output,

@@ -6,7 +6,7 @@ The chain:
    weights W (= dy).  Every input element of q, q_rope, k, k_rope, v is perturbed.
 2. The package's fp64 backward equals the oracle's backward to ~1e-10 on the same inputs
    (bf16 tensors, float32 statistics, bf16 attention_in, as the API requires).
-Together: the package computes the derivative of the forward of SEMANTICS.md §1.
+Together: the package computes the derivative of the forward of docs/semantics.md, "Forward".
 """
 
 from __future__ import annotations

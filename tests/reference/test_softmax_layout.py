@@ -1,4 +1,4 @@
-"""The softmax-statistics memory layout (SEMANTICS.md §3).
+"""The softmax-statistics memory layout (docs/semantics.md, "Softmax statistics").
 
 softmax_max / softmax_sum are declared [T1, N1, 8] but hold, per batch b, a contiguous
 [N1, Sq_b, 8] block at flat offset qStart[b]*N1*8: element (b, h, i, k) is at
@@ -156,7 +156,7 @@ def test_token_major_is_fine_for_one_head(lens):
 
 
 def test_rows_after_the_last_end_are_never_read():
-    """§5: rows after the last cumulative end are outside every sequence; whatever their
+    """docs/semantics.md, Sequence lengths: rows after the last cumulative end are outside every sequence; whatever their
     statistics hold, the gradients do not change."""
     case = _case()
     t_end = case.q_ends[-1]
@@ -172,7 +172,7 @@ def test_rows_after_the_last_end_are_never_read():
 
 @pytest.mark.parametrize("param", ["softmax_max", "softmax_sum"])
 def test_differing_copies_are_rejected(param):
-    """§2.2: column j reads copy (j mod 8), so the 8 copies must be identical; the package
+    """docs/semantics.md, Backward: column j reads copy (j mod 8), so the 8 copies must be identical; the package
     rejects statistics whose copies differ (stricter than the device)."""
     case = _case()
     stats = getattr(case, param).copy()
@@ -184,7 +184,7 @@ def test_differing_copies_are_rejected(param):
 
 
 def test_seqlens_helpers():
-    """§5: per-sequence lengths [2, 2, 0, 2, 2] are passed as cumulative ends [2, 4, 4, 6, 8]."""
+    """docs/semantics.md, Sequence lengths: per-sequence lengths [2, 2, 0, 2, 2] are passed as cumulative ends [2, 4, 4, 6, 8]."""
     ends = af.seqlens.lengths_to_cumulative([2, 2, 0, 2, 2])
     assert list(np.asarray(ends)) == [2, 4, 4, 6, 8]
     assert list(np.asarray(af.seqlens.cumulative_to_lengths([2, 4, 4, 6, 8]))) == [2, 2, 0, 2, 2]

@@ -1,8 +1,8 @@
-"""Worked examples of the kept sets (SEMANTICS.md §4).
+"""Worked examples of the kept sets (docs/sparse_modes.md).
 
 1. Context parallelism, query side: a packed stream of causal sequences is cut into
    device spans; each span runs with mode 8 (or 7) on its pieces and must give exactly the
-   gradients of mode 3 (= mode 2, Sq = Skv) on the whole stream.  Derivation from §4:
+   gradients of mode 3 (= mode 2, Sq = Skv) on the whole stream.  Derivation from docs/sparse_modes.md:
    a span holds, per overlapping sequence, the query rows [a, b) (sequence-local).
    * A piece with kv = [0, b) has Δ = Skv - Sq = a, so bottom-right origin gives the causal
      rule j <= i + Δ = i + a  (mode 3, or the band of mode 4 with next = 0, pre >= Skv).

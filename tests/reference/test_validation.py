@@ -1,10 +1,10 @@
-"""One test per rule of SEMANTICS.md §6 (plus the stricter checks the package documents).
+"""One test per rule of docs/validation.md (plus the stricter checks the package documents).
 
-Codes: op-API checks (rows 1-16) return 161002 ACLNN_ERR_PARAM_INVALID; null arguments
-(row 2, row 8, row 12) and every tiling failure (rows 17-30) return 161001
+Codes: op-API checks (rules 1-16) return 161002 ACLNN_ERR_PARAM_INVALID; null arguments
+(rule 2, rule 8, rule 12) and every tiling failure (rules 17-30) return 161001
 ACLNN_ERR_PARAM_NULLPTR. Every failing call must raise the class of its code
 (ParamInvalidError / ParamNullptrError) with ``.code`` set and ``.param`` naming the
-parameter; the rule order of §6 decides which error wins when several apply.
+parameter; the rule order of docs/validation.md decides which error wins when several apply.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def test_base_call_is_valid():
     assert np.max(np.abs(g.dq)) > 0
 
 
-# ----------------------------------------------------------------------------- row 1
+# ----------------------------------------------------------------------------- rule 1
 @pytest.mark.parametrize("layout", ["BSH", "tnd", "TND ", "BNSD", "SBH", ""])
 def test_row1_layout_must_be_exactly_TND(layout):
     expect(INVALID, "input_layout", input_layout=layout)
@@ -90,13 +90,13 @@ def test_row1_layout_is_checked_before_the_null_checks():
     expect(INVALID, "input_layout", input_layout="BSH", dy=None, attention_in=None)
 
 
-# ----------------------------------------------------------------------------- row 2
+# ----------------------------------------------------------------------------- rule 2
 @pytest.mark.parametrize("name", ["query", "key", "value", "dy", "attention_in"])
 def test_row2_required_tensors(name):
     expect(NULLPTR, name, **{name: None})
 
 
-# ----------------------------------------------------------------------------- row 3 / empty
+# ----------------------------------------------------------------------------- rule 3 / empty
 def test_row3_all_gradients_empty_succeeds_with_empty_outputs():
     """dq, dk, dv all empty: SUCCESS before every later rule (here keep_prob 0.5, sparse
     mode 9 and a missing mask would each fail otherwise)."""
@@ -111,9 +111,9 @@ def test_row3_all_gradients_empty_succeeds_with_empty_outputs():
 
 
 def test_empty_key_side_zero_fills_dq_and_skips_tiling_rules():
-    """§6 'Empty tensors': any gradient with 0 elements -> dq, dk, dv zero-filled, success;
-    rows 17 and 20-29 are skipped on this path (keep_prob 1.5 would be row 17, sparse mode
-    9 row 26)."""
+    """docs/validation.md, 'Empty tensors': any gradient with 0 elements -> dq, dk, dv zero-filled, success;
+    rules 17 and 20-29 are skipped on this path (keep_prob 1.5 would be rule 17, sparse mode
+    9 rule 26)."""
     case = base()
     empty = dict(key=np.zeros((0, 1, 16), BF16), key_rope=np.zeros((0, 1, 8), BF16),
                  value=np.zeros((0, 1, 16), BF16), actual_seq_kvlen=[0, 0])
@@ -124,7 +124,7 @@ def test_empty_key_side_zero_fills_dq_and_skips_tiling_rules():
 
 
 def test_empty_path_still_applies_the_op_api_rules():
-    """The empty-tensor path comes after rows 1-16: a float32 query is still rejected."""
+    """The empty-tensor path comes after rules 1-16: a float32 query is still rejected."""
     expect(INVALID, "query", query=base().q.astype(np.float32), key=np.zeros((0, 1, 16), BF16),
            key_rope=np.zeros((0, 1, 8), BF16), value=np.zeros((0, 1, 16), BF16),
            actual_seq_kvlen=[0, 0])
@@ -142,13 +142,13 @@ def test_row22_is_unreachable_T1_zero_takes_the_empty_path():
     assert np.all(np.asarray(g.dv, np.float64) == 0)
 
 
-# ----------------------------------------------------------------------------- row 4
+# ----------------------------------------------------------------------------- rule 4
 @pytest.mark.parametrize("head_num", [0, -1, -2])
 def test_row4_head_num_positive(head_num):
     expect(INVALID, "head_num", head_num=head_num)
 
 
-# ----------------------------------------------------------------------------- row 5
+# ----------------------------------------------------------------------------- rule 5
 @pytest.mark.parametrize("name,shape", [("query", (8, 32)), ("key", (9, 16)), ("value", (9, 16)),
                                         ("dy", (8, 32)), ("attention_in", (8, 32)),
                                         ("query_rope", (8, 16)), ("key_rope", (9, 8))])
@@ -156,7 +156,7 @@ def test_row5_tensors_need_three_dims(name, shape):
     expect(INVALID, name, **{name: arr(shape)})
 
 
-# ----------------------------------------------------------------------------- rows 6, 7
+# ----------------------------------------------------------------------------- rules 6, 7
 def test_row6_query_and_key_head_dims_equal():
     expect(INVALID, ("key", "query"), key=arr((9, 1, 32)))
 
@@ -166,7 +166,7 @@ def test_row7_value_dim_not_above_query_dim():
            attention_in=arr((8, 2, 32)))
 
 
-# ----------------------------------------------------------------------------- row 8
+# ----------------------------------------------------------------------------- rule 8
 @pytest.mark.parametrize("name", ["query_rope", "key_rope"])
 def test_row8_exactly_one_rope_missing(name):
     expect(NULLPTR, name, **{name: None})
@@ -182,13 +182,13 @@ def test_row8_comes_before_the_dtype_rule():
     expect(NULLPTR, "key_rope", key_rope=None, query=base().q.astype(np.float32))
 
 
-# ----------------------------------------------------------------------------- row 9
+# ----------------------------------------------------------------------------- rule 9
 def test_row9_rope_dim_not_above_d():
     expect(INVALID, ("query_rope", "key_rope"), query_rope=arr((8, 2, 24)),
            key_rope=arr((9, 1, 24)))
 
 
-# ----------------------------------------------------------------------------- row 10
+# ----------------------------------------------------------------------------- rule 10
 @pytest.mark.parametrize("name,dtype", [("query", np.float32), ("query", np.float16),
                                         ("key", np.float16), ("value", np.float32),
                                         ("query_rope", np.float32), ("key_rope", np.float16)])
@@ -198,7 +198,7 @@ def test_row10_inputs_must_be_bf16(name, dtype):
     expect(INVALID, name, **{name: src.astype(np.float32).astype(dtype)})
 
 
-# ----------------------------------------------------------------------------- rows 11-15
+# ----------------------------------------------------------------------------- rules 11-15
 def test_row11_sparse_mode_6():
     expect(INVALID, "sparse_mode", sparse_mode=6)
 
@@ -230,7 +230,7 @@ def test_row15_keep_prob_below_one(keep_prob):
     expect(INVALID, "keep_prob", keep_prob=keep_prob)
 
 
-# ----------------------------------------------------------------------------- row 16
+# ----------------------------------------------------------------------------- rule 16
 def _dims(d, dv, dr=8, t2=9, kv_ends=(6, 9)):
     rng = np.random.default_rng(d * 1000 + dv)
     return dict(query=O.bf16_normal(rng, (8, 2, d)), query_rope=O.bf16_normal(rng, (8, 2, dr)),
@@ -262,13 +262,13 @@ def test_row16_small_unaligned_d_needs_short_keys():
     expect(INVALID, ("query", "value"), **_dims(12, 12, t2=1100, kv_ends=(1025, 1100)))
 
 
-# ----------------------------------------------------------------------------- row 17
+# ----------------------------------------------------------------------------- rule 17
 def test_row17_keep_prob_above_one():
     expect(NULLPTR, "keep_prob", keep_prob=1.1)
 
 
 def test_row17_compares_after_the_float_cast():
-    """1 + 1e-9 is 1.0 as a float32: neither row 15 (< 1) nor row 17 (> 1 after the cast)."""
+    """1 + 1e-9 is 1.0 as a float32: neither rule 15 (< 1) nor rule 17 (> 1 after the cast)."""
     ok(keep_prob=1.0 + 1e-9)
 
 
@@ -276,13 +276,13 @@ def test_row10_comes_before_row17():
     expect(INVALID, "query", query=base().q.astype(np.float32), keep_prob=1.1)
 
 
-# ----------------------------------------------------------------------------- row 18
+# ----------------------------------------------------------------------------- rule 18
 @pytest.mark.parametrize("name", ["softmax_max", "softmax_sum"])
 def test_row18_statistics_required(name):
     expect(NULLPTR, name, **{name: None})
 
 
-# ----------------------------------------------------------------------------- row 19
+# ----------------------------------------------------------------------------- rule 19
 @pytest.mark.parametrize("head_num", [1, 3, 4])
 def test_row19_head_num_equals_query_heads(head_num):
     expect(NULLPTR, "head_num", head_num=head_num)
@@ -292,7 +292,7 @@ def test_row19_comes_before_row21():
     expect(NULLPTR, "head_num", head_num=3, softmax_max=np.zeros((2, 8, 8), np.float32))
 
 
-# ----------------------------------------------------------------------------- row 20
+# ----------------------------------------------------------------------------- rule 20
 @pytest.mark.parametrize("name,dtype", [("softmax_max", np.float64), ("softmax_sum", np.float16),
                                         ("softmax_max", BF16)])
 def test_row20_statistics_float32(name, dtype):
@@ -305,7 +305,7 @@ def test_row20_attention_in_dtype_equals_query(dtype):
     expect(NULLPTR, "attention_in", attention_in=base().attention_in.astype(np.float32).astype(dtype))
 
 
-# ----------------------------------------------------------------------------- row 21
+# ----------------------------------------------------------------------------- rule 21
 @pytest.mark.parametrize("shape", [(2, 8, 8), (8, 2, 1), (8, 2), (8, 2, 8, 1), (9, 2, 8)],
                          ids=["N,T,8", "T,N,1", "T,N", "T,N,8,1", "T+1,N,8"])
 def test_row21_statistics_shape(shape):
@@ -332,7 +332,7 @@ def test_last_dim_mismatch_with_dv_is_an_aclnn_error(name, shape):
     assert info.value.param == name
 
 
-# ----------------------------------------------------------------------------- row 23
+# ----------------------------------------------------------------------------- rule 23
 @pytest.mark.parametrize("name", ["actual_seq_qlen", "actual_seq_kvlen"])
 def test_row23_sequence_arrays_required(name):
     expect(NULLPTR, name, **{name: None})
@@ -349,7 +349,7 @@ def test_row23_sequence_arrays_not_empty():
 
 @pytest.mark.parametrize("name,ends", [("actual_seq_qlen", [5, 9]), ("actual_seq_kvlen", [6, 10])])
 def test_last_end_beyond_T_rejected(name, ends):
-    """The kernel would read out of bounds (§5); the package rejects it (stricter)."""
+    """The kernel would read out of bounds (docs/semantics.md, Sequence lengths); the package rejects it (stricter)."""
     with pytest.raises(af.AclnnError) as info:
         call(**{name: ends})
     assert info.value.param == name and info.value.code in (NULLPTR, INVALID)
@@ -359,15 +359,15 @@ def test_last_end_beyond_T_rejected(name, ends):
                          [("actual_seq_qlen", [5, 3], (5, 6)), ("actual_seq_kvlen", [6, 2], (5, 6)),
                           ("actual_seq_qlen", [-1, 8], (9, 6))])
 def test_decreasing_or_negative_ends_rejected(name, ends, mask_shape):
-    """Not checked by the device (§5); rejected by the package. The mask matches the maxSq
-    the ends imply ([-1, 8] -> lengths [-1, 9]), else row 27 fires first."""
+    """Not checked by the device (docs/semantics.md, Sequence lengths); rejected by the package. The mask matches the maxSq
+    the ends imply ([-1, 8] -> lengths [-1, 9]), else rule 27 fires first."""
     with pytest.raises(af.AclnnError) as info:
         call(**{name: ends}, atten_mask=np.zeros(mask_shape, np.uint8))
     assert info.value.param == name and info.value.code in (NULLPTR, INVALID)
 
 
 def test_negative_end_with_the_old_mask_fails_row27_first():
-    """Device order: the lengths [-1, 9] make maxSq = 9, so the [5, 6] mask fails row 27."""
+    """Device order: the lengths [-1, 9] make maxSq = 9, so the [5, 6] mask fails rule 27."""
     expect(NULLPTR, "atten_mask", actual_seq_qlen=[-1, 8])
 
 
@@ -377,7 +377,7 @@ def test_per_sequence_lengths_are_not_cumulative_ends():
         call(actual_seq_qlen=[5, 3], actual_seq_kvlen=[6, 3])
 
 
-# ----------------------------------------------------------------------------- row 24
+# ----------------------------------------------------------------------------- rule 24
 def test_row24_query_rank_three():
     case = base()
     four = lambda x: x[:, :, None, :]  # noqa: E731
@@ -405,7 +405,7 @@ def test_row24_query_heads_multiple_of_kv_heads():
            actual_seq_qlen=O.cumulative(q_lens), actual_seq_kvlen=O.cumulative(kv_lens))
 
 
-# ----------------------------------------------------------------------------- row 25
+# ----------------------------------------------------------------------------- rule 25
 @pytest.mark.parametrize("shape", [(9, 2, 16), (8, 1, 16), (8, 2, 24)],
                          ids=["T", "N", "D>Dq"])
 def test_row25_dy_shape(shape):
@@ -417,7 +417,7 @@ def test_row25_value_shape(shape):
     expect(NULLPTR, "value", value=arr(shape))
 
 
-# ----------------------------------------------------------------------------- row 26
+# ----------------------------------------------------------------------------- rule 26
 @pytest.mark.parametrize("mode", [9, 100, -1])
 def test_row26_sparse_mode_range(mode):
     expect(NULLPTR, "sparse_mode", sparse_mode=mode)
@@ -427,7 +427,7 @@ def test_row26_comes_before_row27():
     expect(NULLPTR, "sparse_mode", sparse_mode=9, atten_mask=np.zeros((5, 6), np.float32))
 
 
-# ----------------------------------------------------------------------------- row 27
+# ----------------------------------------------------------------------------- rule 27
 @pytest.mark.parametrize("dtype", [np.float32, np.int8, np.int32, np.float16])
 def test_row27_mask_dtype(dtype):
     expect(NULLPTR, "atten_mask", atten_mask=np.zeros((5, 6), dtype))
@@ -475,7 +475,7 @@ def test_compressed_modes_accept_the_canonical_mask(mode):
     np.testing.assert_array_equal(af.masks.compressed_causal_mask(), O.compressed_mask())
 
 
-# ----------------------------------------------------------------------------- row 28
+# ----------------------------------------------------------------------------- rule 28
 # base: Sq = [5, 3], Skv = [6, 3]
 @pytest.mark.parametrize("pre,nxt", [(-7, 10), (10, -4), (0, 0), (1, -1), (-3, 3)],
                          ids=["-pre>Skv", "-next>Sq", "sum0", "sum0b", "sum0c"])
@@ -521,7 +521,7 @@ def test_row28_tokens_not_validated_for_modes_1_2_3_5(mode):
 
 
 def test_mode4_int32_block_bound_overflow_rejected():
-    """§4 hazard: pre + Sq_b - Skv_b beyond int32 makes the device skip blocks wrongly; the
+    """docs/sparse_modes.md (block-skip hazard): pre + Sq_b - Skv_b beyond int32 makes the device skip blocks wrongly; the
     package rejects it (stricter). Sq > Skv with the default pre = INT32_MAX."""
     c = O.make_case(3, [6, 3], [4, 3], n1=2, n2=1, d=16, dr=8, mode=4, pre=20, nxt=20)
     ok(c)
@@ -530,13 +530,13 @@ def test_mode4_int32_block_bound_overflow_rejected():
     assert info.value.stricter and info.value.param in ("pre_tokens", "next_tokens")
 
 
-# ----------------------------------------------------------------------------- row 29
+# ----------------------------------------------------------------------------- rule 29
 @pytest.mark.parametrize("pse_type", [0, 2, 3, 4, -1])
 def test_row29_pse_type_must_be_1(pse_type):
     expect(NULLPTR, "pse_type", pse_type=pse_type)
 
 
-# ----------------------------------------------------------------------------- row 30
+# ----------------------------------------------------------------------------- rule 30
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_row30_dy_dtype_equals_query(dtype):
     with pytest.raises(af.AclnnError) as info:
@@ -546,8 +546,8 @@ def test_row30_dy_dtype_equals_query(dtype):
 
 # ----------------------------------------------------------------------------- unused inputs
 def test_unused_inputs_do_not_change_the_result():
-    """paddingMask, softmaxIn, prefix, innerPrecise are passed through but unused (§6);
-    qStartIdx / kvStartIdx only feed ALiBi pse, which V3 cannot use (§5)."""
+    """paddingMask, softmaxIn, prefix, innerPrecise are passed through but unused (docs/validation.md);
+    qStartIdx / kvStartIdx only feed ALiBi pse, which V3 cannot use (docs/semantics.md, Sequence lengths)."""
     ref = ok()
     variants = [dict(inner_precise=1), dict(inner_precise=2),
                 dict(padding_mask=np.ones((5, 6), np.uint8)),
