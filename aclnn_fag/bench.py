@@ -35,7 +35,6 @@ targets do not change the exit status unless ``--check`` is given.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -48,6 +47,7 @@ import numpy as np
 from .api import resolve_backend
 from .cases import CaseSpec, make_inputs, with_forward
 from .envinfo import environment
+from .output import STDOUT, add_json_argument, human_stream, write_json
 from .semantics.sparse import MaskReader, batch_keep
 from .reference import attention_backward, attention_forward
 from .validate import validate_backward, validate_forward
@@ -380,7 +380,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="named suite: default (a few sizes; the default), smoke (tiny, for CI), "
                         "targets (the project's performance targets)")
     p.add_argument("--repeat", type=int, default=3, help="timed calls per row; best and median are reported (default: 3)")
-    p.add_argument("--json", metavar="FILE", default=None, help="also write the results as JSON")
+    add_json_argument(p, "the results")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -397,12 +397,12 @@ def main(args) -> int:
         return 2
     report = run_bench(args.suite, args.backend, args.precision, args.repeat,
                        progress=None if args.quiet else sys.stderr)
-    print(format_bench(report))
+    text = human_stream(args.json)
+    print(format_bench(report), file=text)
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=1, default=str)
-            fh.write("\n")
-        print(f"json: {args.json}")
+        write_json(report, args.json)
+        if args.json != STDOUT:
+            print(f"json: {args.json}", file=text)
     if args.check and report["targets"] and not report["all_targets_met"]:
         return 1
     return 0

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -26,9 +25,11 @@ def _cmd_info(args) -> int:
     auto, auto_error = auto_backend()
     env = environment(auto, "device", npu)
     if args.json:
-        print(json.dumps({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
-                          "npu": npu, "environment": env}, indent=1, default=str))
-        return 0
+        from .output import STDOUT, write_json
+        write_json({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
+                    "npu": npu, "environment": env}, args.json)
+        if args.json == STDOUT:
+            return 0
     ok = bool(npu.get("ok"))
     features = npu.get("features") or {}
     print(f"aclnn_fag {__version__}  (python {env['python']}, numpy {env['numpy_version']}, "
@@ -53,6 +54,7 @@ def _cmd_info(args) -> int:
     if not soc:
         soc = f"unknown ({npu['soc_name_error']})" if npu.get("soc_name_error") else "unknown (no device)"
     print(f"SoC name:        {soc}")
+    _print_versions(env.get("versions") or {})
     print(f"determinism:     {_yes_no(features, 'determinism_setter', 'determinism_getter')}"
           " (aclrtCtxSetSysParamOpt/aclrtCtxGetSysParamOpt)")
     print(f"repeatable executors: {_yes_no(features, 'repeatable_executor')}"
@@ -63,6 +65,26 @@ def _cmd_info(args) -> int:
         if others:
             print("other features:  " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in others.items()))
     return 0
+
+
+def _print_versions(v: dict) -> None:
+    from .acl.versions import version_summary_line
+    print(f"CANN version:    {version_summary_line(v.get('cann'))}")
+    if (v.get("cann") or {}).get("acl_api_version"):
+        print(f"ACL API version: {v['cann']['acl_api_version']} (aclrtGetVersion)")
+    tk = v.get("toolkit_install") or {}
+    print(f"toolkit install: " + (f"{tk.get('version')} ({tk['path']})" if tk.get("path")
+                                  else "no install-info file found"))
+    drv = v.get("driver") or {}
+    print(f"driver version:  " + (f"{drv.get('version')} ({drv['path']})" if drv.get("path")
+                                  else "not readable"))
+    blas = v.get("blas") or {}
+    if blas:
+        threads = blas.get("threads")
+        print(f"BLAS:            {blas.get('name') or 'unknown'} {blas.get('version') or ''}".rstrip()
+              + f", threads {threads if threads is not None else 'unknown'}"
+              + (f" ({blas['threads_source']})" if blas.get("threads_source") else "")
+              + (f", {blas['library']}" if blas.get("library") else ""))
 
 
 def _yes_no(features: dict, *keys) -> str:
@@ -127,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Package version; the CANN libraries found (with paths) or why "
                                    "not; device count and SoC name; the backend 'auto' would pick; "
                                    "determinism and repeatable-executor support. Works without CANN.")
-    p.add_argument("--json", action="store_true", help="print the same as JSON")
+    from .output import add_json_argument
+    add_json_argument(p, "the same information", optional_value=True)
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("demo", help="run the documentation's example (forward + backward)",

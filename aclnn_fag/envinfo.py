@@ -67,7 +67,7 @@ def auto_backend() -> tuple:
 
 
 def environment(backend: str = None, precision: str = None, npu: dict = None) -> dict:
-    """Environment block of the JSON reports."""
+    """Environment block of the JSON reports (``versions``: see ``versions_block``)."""
     from . import __version__
     npu = npu if npu is not None else npu_status()
     env = {
@@ -86,10 +86,26 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "device_count": npu.get("device_count"),
         "soc_name": npu.get("soc_name"),
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
+        "versions": versions_block(npu),
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_")) or k in ("OMP_NUM_THREADS",)},
     }
     return env
+
+
+def versions_block(npu: dict) -> dict:
+    """Versions a parity result depends on (see :mod:`aclnn_fag.versions`): the CANN version
+    the runtime reports (None when the libraries are not loaded), the toolkit's install-info
+    file, the driver's version, numpy's BLAS and threads, the Python packages."""
+    from . import versions
+    paths = [p for p in _library_paths(npu).values() if isinstance(p, str)]
+    return {
+        "cann": npu.get("versions"),
+        "toolkit_install": versions.toolkit_install_info(library_paths=paths),
+        "driver": versions.driver_version(),
+        "blas": versions.blas_info(),
+        "packages": versions.package_versions(),
+    }
 
 
 def _library_paths(npu: dict) -> dict:

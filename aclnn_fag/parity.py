@@ -18,7 +18,8 @@ When the backend under test is the NumPy backend in device precision, its result
 reference, so it is computed once (it passes criterion 1 trivially and criterion 2 by the
 thresholds' design; the run still checks the suite and the criteria end to end).
 
-The JSON report (``--report``, default ``parity_report.json``, schema
+The JSON report (``--json FILE``, ``-`` = stdout; ``--report FILE`` is the old spelling; none by
+default; JUnit, comparison and reproducers: ``aclnn_fag.parity_cli``; schema
 ``aclnn_fag.parity_report/1``) holds per case the exact arguments, shapes, dtypes and seed,
 the timings, the warnings raised, and per output the metrics of ``accuracy.judge``; plus the
 environment (package version, backend, library paths, numpy version, ...) and the criteria.
@@ -39,7 +40,7 @@ import traceback
 import warnings
 from typing import Callable, Optional
 
-from . import accuracy, cases as cases_mod
+from . import accuracy, cases as cases_mod, parity_cli
 from .api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from .call import FagGrads
 from .envinfo import environment
@@ -292,8 +293,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
     p.add_argument("--k", type=float, default=accuracy.DEFAULT_K,
                    help="factor k of the flash-attention criterion (default: 2)")
-    p.add_argument("--report", metavar="FILE", default="parity_report.json",
-                   help="JSON report path (default: parity_report.json; '-' for none)")
+    parity_cli.add_arguments(p)     # --json/--report, --junit, --compare, --backend-module, --repro
     p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -307,6 +307,16 @@ def _selection(args) -> dict:
 
 def main(args) -> int:
     """The ``parity`` subcommand (``args`` from ``add_arguments``)."""
+    problem = parity_cli.usage_problem(args)
+    if problem:
+        print(f"aclnn-fag parity: {problem}", file=sys.stderr)
+        return 2
+    if parity_cli.compare_requested(args):
+        return parity_cli.run_compare(args)
+    backend_fn, problem = parity_cli.load_backend_fn(args)
+    if problem:
+        print(f"aclnn-fag parity: {problem}", file=sys.stderr)
+        return 2
     try:
         suite = cases_mod.load_suite(args.suite)
     except cases_mod.SuiteError as exc:
@@ -326,14 +336,13 @@ def main(args) -> int:
         print("aclnn-fag parity: --k must be > 0", file=sys.stderr)
         return 2
     try:
-        resolve_backend(args.backend, args.precision)      # fail early when it cannot run
+        if backend_fn is None:
+            resolve_backend(args.backend, args.precision)      # fail early when it cannot run
     except Exception as exc:
         print(f"aclnn-fag parity: {exc}", file=sys.stderr)
         return 2
     report = run_suite(specs, backend=args.backend, precision=args.precision, k=args.k,
-                       progress=None if args.quiet else sys.stderr, suite=suite, selection=sel)
-    print(format_table(report, verbose=args.verbose))
-    if args.report and args.report != "-":
-        write_report(report, args.report)
-        print(f"report: {args.report}")
-    return 0 if report["ok"] else 1
+                       backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
+                       suite=suite, selection=sel)
+    return parity_cli.finish(report, format_table(report, verbose=args.verbose), args, specs,
+                             backend_fn)

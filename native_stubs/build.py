@@ -132,11 +132,11 @@ def _compile_all(tmp: pathlib.Path, variant: str = "") -> None:
     # that loading libopapi.so alone pulls in the whole stack, as in CANN.
     link_common = ["-shared", "-Wl,--no-undefined", "-Wl,--no-as-needed", "-Wl,-rpath,$ORIGIN",
                    "-L", str(tmp)]
-    _run(cc + flags + inc + [str(SRC / "ascendcl_stub.c"), "-o", str(tmp / "libascendcl.so")]
+    _run(cc + flags + inc + [str(SRC / "ascendcl_stub.c"), str(SRC / "version_stub.c"), "-o", str(tmp / "libascendcl.so")]
          + link_common + ["-Wl,-soname,libascendcl.so", "-lpthread", "-lm"])
     _run(cc + flags + inc + [str(SRC / "nnopbase_stub.c"), "-o", str(tmp / "libnnopbase.so")]
          + link_common + ["-Wl,-soname,libnnopbase.so", "-lascendcl", "-lpthread"])
-    _run(cc + flags + inc + [str(SRC / "opapi_stub.c"), "-o", str(tmp / "libopapi.so")]
+    _run(cc + flags + inc + [str(SRC / "opapi_stub.c"), str(SRC / "trace_stub.c"), "-o", str(tmp / "libopapi.so")]
          + link_common + ["-Wl,-soname,libopapi.so", "-lnnopbase", "-lascendcl", "-lpthread", "-lm"])
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import loader, prototypes, runtime
+from . import loader, prototypes, runtime, versions
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, run_backward
 from .plan import FagExecutor, FagPlan
@@ -167,7 +167,7 @@ def reset() -> None:
 
 def info() -> dict:
     """A diagnostic report: libraries (paths or why not), search order, devices, SoC name,
-    optional features (determinism setter/getter, repeatable executors, address setters)."""
+    the CANN version (``versions``, see :mod:`.versions`), optional features (determinism setter/getter, repeatable executors, address setters)."""
     places, notes = loader.search_places()
     status = availability()
     report = {
@@ -202,5 +202,10 @@ def info() -> dict:
         report["soc_name"] = runtime.soc_name()
     except AclnnError as exc:
         report["soc_name_error"] = str(exc)
+    try:
+        runtime.initialise()
+        report["versions"] = versions.cann_version_or_error(b)
+    except AclnnError as exc:
+        report["versions"] = {"cann_version": None, "error": str(exc)}
     report["acl_initialised_by_aclnn_fag"] = runtime.owns_init()
     return report

@@ -30,6 +30,7 @@ __all__ = ["Proto", "PROTOTYPES", "PROTOTYPE_BY_NAME", "Bindings", "bind", "PHAS
 P_I64 = POINTER(c_int64)
 P_U64 = POINTER(c_uint64)
 P_U32 = POINTER(c_uint32)
+P_I32 = POINTER(c_int32)
 P_VOIDP = POINTER(c_void_p)
 aclError = c_int          # typedef int aclError;
 aclnnStatus = c_int32     # typedef int32_t aclnnStatus;
@@ -88,6 +89,15 @@ PROTOTYPES: Tuple[Proto, ...] = (
     Proto("aclrtCtxSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
     # aclError aclrtCtxGetSysParamOpt(aclSysParamOpt opt, int64_t *value);  (optional)
     Proto("aclrtCtxGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
+    # ---- version queries (acl/acl_rt.h; all optional, see aclnn_fag/acl/versions.py) ----
+    # aclError aclsysGetVersionStr(char *pkgName, char *versionStr);        (optional)
+    Proto("aclsysGetVersionStr", aclError, (c_char_p, c_char_p), RT, optional=True),
+    # aclError aclsysGetCANNVersion(aclCANNPackageName name,
+    #                               aclCANNPackageVersion *version);        (optional)
+    Proto("aclsysGetCANNVersion", aclError, (ENUM, c_void_p), RT, optional=True),
+    # aclError aclrtGetVersion(int32_t *majorVersion, int32_t *minorVersion,
+    #                          int32_t *patchVersion);                      (optional)
+    Proto("aclrtGetVersion", aclError, (P_I32, P_I32, P_I32), RT, optional=True),
 
     # ---- aclnn meta API (aclnn/acl_meta.h, libnnopbase), resolved through the op-API handle ----
     # aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum,

@@ -36,6 +36,7 @@
 #include <string.h>
 
 #include "stub_abi.h"
+#include "trace_stub.h"
 
 
 #define FN1 "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
@@ -1027,6 +1028,17 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
     const aclTensor *dvOut, const aclTensor *dpseOut, uint64_t *workspaceSize, aclOpExecutor **executor)
 {
     const StubApi *a = api();
+    {   /* ACL_STUB_TRACE: record exactly what was passed (src/trace_stub.h) */
+        const aclTensor *const tr_in[14] = {query, queryRope, keyIn, keyInRope, value, dy, pseShiftOptional,
+                                            dropMaskOptional, paddingMaskOptional, attenMaskOptional,
+                                            softmaxMaxOptional, softmaxSumOptional, softmaxInOptional,
+                                            attentionInOptional};
+        const aclIntArray *const tr_ia[5] = {prefixOptional, actualSeqQLenOptional, actualSeqKvLenOptional,
+                                             qStartIdxOptional, kvStartIdxOptional};
+        const aclTensor *const tr_out[6] = {dqOut, dqRopeOut, dkOut, dkRopeOut, dvOut, dpseOut};
+        stub_trace_fag_phase1(tr_in, tr_ia, scaleValue, keepProb, preTokens, nextTokens, headNum, inputLayout,
+                              innerPrecise, sparseMode, pseType, tr_out, workspaceSize, executor);
+    }
     int32_t inj = a->inject_check(FN1);
     if (inj != 0) {
         return inj;
@@ -1494,6 +1506,7 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
                                                              aclOpExecutor *executor, const aclrtStream stream)
 {
     const StubApi *a = api();
+    stub_trace_fag_phase2(workspace, workspaceSize, executor, stream);
     if (a->current_device() < 0) {
         a->set_error(FN2 ": no current context on this thread; call aclrtSetDevice first");
         return ACL_ERROR_RT_CONTEXT_NULL;

@@ -37,6 +37,11 @@ STUB_API aclError aclrtSetSysParamOpt(int32_t opt, int64_t value);
 STUB_API aclError aclrtGetSysParamOpt(int32_t opt, int64_t *value);
 STUB_API aclError aclrtGetCurrentContext(aclrtContext *context);
 
+/* ---- libascendcl.so: version queries (optional in CANN; src/version_stub.c) ---- */
+STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr);
+STUB_API aclError aclsysGetCANNVersion(int32_t name, void *version); /* aclCANNPackageVersion * */
+STUB_API aclError aclrtGetVersion(int32_t *majorVersion, int32_t *minorVersion, int32_t *patchVersion);
+
 /* ---- libascendcl.so: stub-only ---- */
 STUB_API void aclStubInjectFailure(const char *function_name, int64_t after_n_calls, int32_t error_code);
 STUB_API void aclStubClearFailures(void);

@@ -97,7 +97,8 @@ def test_every_native_name_used_in_the_package_is_declared():
 def test_optional_symbols_are_probed():
     assert set(prototypes.OPTIONAL) == {
         "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt", "aclrtCtxGetSysParamOpt",
-        "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr"}
+        "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
+        "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion"}
     b = loader.bindings()
     for name in prototypes.OPTIONAL:
         assert b.has(name), name      # the stubs export all of them

@@ -53,6 +53,7 @@ EXPECTED_EXPORTS = {
         "aclrtCreateStream", "aclrtDestroyStream", "aclrtSynchronizeStream", "aclrtMalloc", "aclrtFree",
         "aclrtMemcpy", "aclrtMemset", "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt",
         "aclrtCtxGetSysParamOpt", "aclrtSetSysParamOpt", "aclrtGetSysParamOpt", "aclrtGetCurrentContext",
+        "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",     # version queries
         # stub-only
         "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
         "aclStubSetCallDelay", "aclStubGetBadReleases",

@@ -1,0 +1,105 @@
+"""``aclnn-fag parity --backend-module pkg.mod:function``: judge any implementation.
+
+The function is called exactly like the public call
+``aclnn_fag.flash_attention_unpadding_score_grad_v3`` is by the parity suite, with keyword
+arguments only: ``query, query_rope, key, key_rope, value, dy`` (bf16 numpy arrays, TND),
+``atten_mask`` (uint8), ``softmax_max, softmax_sum`` (float32 ``[T, N, 8]``, device layout),
+``attention_in`` (bf16), ``actual_seq_qlen, actual_seq_kvlen`` (lists of cumulative ends),
+``scale_value, pre_tokens, next_tokens, sparse_mode, deterministic``. It returns the five
+gradients ``dq, dq_rope, dk, dk_rope, dv`` as numpy arrays shaped like their inputs: a
+``FagGrads``, any 5-sequence in that order, a dict or an object with those names.
+
+The module is imported from ``sys.path`` with the current directory first (so a local
+``my_adapter.py`` works with ``--backend-module my_adapter:backward``). ``function`` may be a
+dotted path inside the module (``mod:Class.method``). Its ``backend_name`` attribute, if any,
+names it in the report; otherwise ``module:<pkg.mod:function>``. See docs/parity.md and
+``aclnn_fag/adapters/torch_npu_v2.py`` (torch_npu's ``npu_fusion_attention_grad_v2``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+
+import numpy as np
+
+from .call import FagGrads
+
+__all__ = ["load_backend", "BackendModuleError", "CALL_KEYWORDS", "as_grads"]
+
+CALL_KEYWORDS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
+                 "softmax_max", "softmax_sum", "attention_in", "actual_seq_qlen",
+                 "actual_seq_kvlen", "scale_value", "pre_tokens", "next_tokens", "sparse_mode",
+                 "deterministic")
+
+
+class BackendModuleError(ValueError):
+    """``--backend-module`` names nothing callable with the public call's keyword arguments."""
+
+
+def as_grads(result) -> FagGrads:
+    """The callable's result as FagGrads of numpy arrays (TypeError when it is not one)."""
+    if isinstance(result, FagGrads):
+        values = tuple(result)
+    elif isinstance(result, dict):
+        missing = [k for k in FagGrads._fields if k not in result]
+        if missing:
+            raise TypeError(f"the backend module returned a dict without {missing}")
+        values = tuple(result[k] for k in FagGrads._fields)
+    elif all(hasattr(result, k) for k in FagGrads._fields):
+        values = tuple(getattr(result, k) for k in FagGrads._fields)
+    elif isinstance(result, (tuple, list)) and len(result) == 5:
+        values = tuple(result)
+    else:
+        raise TypeError("the backend module must return dq, dq_rope, dk, dk_rope, dv (FagGrads, "
+                        f"a 5-sequence, a dict or an object with those names), got "
+                        f"{type(result).__name__}")
+    return FagGrads(*(None if v is None else np.asarray(v) for v in values))
+
+
+def load_backend(spec: str):
+    """The backend function for ``pkg.mod:function`` (raises BackendModuleError)."""
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise BackendModuleError(f"--backend-module takes 'pkg.module:function', got {spec!r}")
+    mod_name, attr_path = spec.split(":")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise BackendModuleError(f"--backend-module {spec}: cannot import {mod_name}: "
+                                 f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            try:
+                sys.path.remove(cwd)
+            except ValueError:
+                pass
+    obj = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise BackendModuleError(f"--backend-module {spec}: {mod_name} has no {attr_path}") from None
+    if not callable(obj):
+        raise BackendModuleError(f"--backend-module {spec}: {attr_path} is not callable")
+    try:
+        inspect.signature(obj).bind(**dict.fromkeys(CALL_KEYWORDS))
+    except TypeError as exc:
+        raise BackendModuleError(f"--backend-module {spec}: {attr_path} cannot take the public "
+                                 f"call's keyword arguments ({', '.join(CALL_KEYWORDS)}): {exc}") from None
+    except ValueError:
+        pass                                     # no signature (a builtin): try it at run time
+    fn = obj
+    name = getattr(fn, "backend_name", None) or f"module:{spec}"
+
+    def run(**kwargs) -> FagGrads:
+        return as_grads(fn(**kwargs))
+
+    run.backend_name = str(name)
+    run.backend_module = spec
+    return run

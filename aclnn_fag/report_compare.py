@@ -1,0 +1,239 @@
+"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports.
+
+Typical use: OLD = the report of the CANN release in production, NEW = the candidate's, same
+suite and selection. Cases are matched by name. Printed, in order:
+
+1. both environments' versions side by side (CANN version, toolkit install-info, driver, SoC,
+   op-API library, package, numpy/ml_dtypes, BLAS), differing lines marked ``*``;
+2. one line per case: the two verdicts and what changed;
+3. a summary, and ``NEW regressed`` or ``no regression``.
+
+What counts (``FACTOR`` = 2 by default, ``--factor``):
+
+* **regression** (exit status 1): a case that passed in OLD and fails or errors in NEW, or failed
+  in OLD and errors in NEW; or an output whose ``max_abs_err`` grew by more than ``FACTOR``
+  (NEW > FACTOR x OLD) while NEW is above the noise floor (the NumPy device-precision
+  reference's own error ``ref_max_abs_err`` — any bf16 implementation is that far off), or whose
+  share of elements above rtol grew by more than ``FACTOR`` while NEW is above a tenth of the
+  share limit. Errors that grow count even when the case still passes: it is the trend the
+  comparison is for.
+* **improvement**: fail/error -> pass, or the same changes downwards (OLD > FACTOR x NEW, OLD
+  above the noise floor).
+* **missing**: a case in only one report is listed ("only in OLD" / "only in NEW") and is
+  not a regression (selections differ); a case whose arguments (shapes, seed, scalars) differ
+  between the reports is compared by verdict only and flagged "arguments differ".
+
+Exit status: 0 no regression, 1 NEW regressed, 2 a report cannot be read.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import List, Optional
+
+from . import versions
+from .junit import output_figures
+
+__all__ = ["compare_reports", "format_comparison", "load_report", "main", "FACTOR",
+           "ReportError"]
+
+FACTOR = 2.0
+SHARE_NOISE = 0.1          # of the share limit
+ACCEPTED_SCHEMAS = ("aclnn_fag.parity_report/1",)
+
+
+class ReportError(ValueError):
+    """A file that is not a readable parity report."""
+
+
+def load_report(path) -> dict:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except OSError as exc:
+        raise ReportError(f"cannot read {path}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("schema") not in ACCEPTED_SCHEMAS:
+        raise ReportError(f"{path} is not a parity report (schema {data.get('schema') if isinstance(data, dict) else None!r}, "
+                          f"expected one of {ACCEPTED_SCHEMAS})")
+    if not isinstance(data.get("cases"), list):
+        raise ReportError(f"{path}: no 'cases' list")
+    return data
+
+
+def _f(x) -> Optional[float]:
+    if x is None:
+        return None
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return None
+    return float(x)
+
+
+def _grew(new, old, factor: float, noise: float) -> bool:
+    """new > factor * old, new above the noise floor (inf/NaN-safe)."""
+    if new is None or old is None:
+        return False
+    if math.isnan(new):
+        return not math.isnan(old)
+    return new > noise and new > factor * old
+
+
+def _metric_changes(name: str, o_old: dict, o_new: dict, factor: float) -> List[dict]:
+    out = []
+    noise_abs = _f(o_new.get("ref_max_abs_err")) or _f(o_old.get("ref_max_abs_err")) or 0.0
+    limit = _f(o_new.get("share_limit")) or _f(o_old.get("share_limit")) or 0.0
+    for metric, noise in (("max_abs_err", noise_abs), ("share_above", SHARE_NOISE * limit)):
+        a, b = _f(o_old.get(metric)), _f(o_new.get(metric))
+        if a is None or b is None:
+            continue
+        if _grew(b, a, factor, noise):
+            out.append({"output": name, "metric": metric, "old": a, "new": b, "direction": "up"})
+        elif _grew(a, b, factor, noise):
+            out.append({"output": name, "metric": metric, "old": a, "new": b, "direction": "down"})
+    return out
+
+
+def _comparable(c_old: dict, c_new: dict) -> bool:
+    keys = ("arguments", "shapes", "dtypes", "seed")
+    return all(c_old.get(k) == c_new.get(k) for k in keys if k in c_old and k in c_new)
+
+
+def _ratio(new, old) -> str:
+    if old == 0:
+        return "x inf" if new else "x 1"
+    return f"x {new / old:.2f}"
+
+
+def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
+    """The comparison as data: ``cases`` (one entry per case name, OLD's order then NEW-only),
+    ``summary`` and ``regressed``."""
+    if not factor > 1:
+        raise ValueError("factor must be > 1")
+    old_cases = {c.get("name"): c for c in old["cases"]}
+    new_cases = {c.get("name"): c for c in new["cases"]}
+    names = list(old_cases) + [n for n in new_cases if n not in old_cases]
+    rows = []
+    for name in names:
+        c_old, c_new = old_cases.get(name), new_cases.get(name)
+        row = {"name": name, "old": c_old.get("verdict") if c_old else None,
+               "new": c_new.get("verdict") if c_new else None, "status": "unchanged",
+               "regression": False, "changes": [], "notes": []}
+        rows.append(row)
+        if c_old is None or c_new is None:
+            row["status"] = "only in NEW" if c_old is None else "only in OLD"
+            continue
+        comparable = _comparable(c_old, c_new)
+        if not comparable:
+            row["notes"].append("arguments differ (verdicts compared only)")
+        vo, vn = row["old"], row["new"]
+        if vo == "PASS" and vn != "PASS":
+            row.update(status=f"pass->{vn.lower()}", regression=True)
+        elif vo == "FAIL" and vn == "ERROR":
+            row.update(status="fail->error", regression=True)
+        elif vo != "PASS" and vn == "PASS":
+            row["status"] = f"{vo.lower()}->pass"
+        elif vo == "ERROR" and vn == "FAIL":
+            row["status"] = "error->fail"
+        elif vo != "PASS":
+            row["status"] = f"still {vn.lower()}"
+        if comparable:
+            outs_old, outs_new = c_old.get("outputs") or {}, c_new.get("outputs") or {}
+            for out in outs_new:
+                if out in outs_old:
+                    row["changes"].extend(_metric_changes(out, outs_old[out], outs_new[out], factor))
+        ups = [ch for ch in row["changes"] if ch["direction"] == "up"]
+        if ups and not row["regression"]:
+            row["regression"] = True
+            if row["status"] in ("unchanged",) or row["status"].startswith("still"):
+                row["status"] = "errors up" if row["status"] == "unchanged" else row["status"] + ", errors up"
+        elif row["status"] == "unchanged" and row["changes"]:
+            row["status"] = "errors down"
+        if vn == "FAIL":
+            failing = [n for n, o in (c_new.get("outputs") or {}).items() if o.get("verdict") != "PASS"]
+            row["failing_outputs"] = failing
+            if failing:
+                row["notes"].append("NEW " + output_figures(failing[0], c_new["outputs"][failing[0]]))
+        if vn == "ERROR" and c_new.get("error"):
+            row["notes"].append(f"NEW error: {c_new['error']}")
+    summary = {
+        "cases_old": len(old_cases), "cases_new": len(new_cases),
+        "regressed": sum(r["regression"] for r in rows),
+        "pass_to_fail": sum(r["status"] in ("pass->fail", "pass->error", "fail->error") for r in rows),
+        "errors_up": sum(any(ch["direction"] == "up" for ch in r["changes"]) for r in rows),
+        "improved": sum(r["status"] in ("fail->pass", "error->pass", "error->fail", "errors down")
+                        for r in rows),
+        "only_in_old": [r["name"] for r in rows if r["status"] == "only in OLD"],
+        "only_in_new": [r["name"] for r in rows if r["status"] == "only in NEW"],
+    }
+    env_old, env_new = versions.summary(old.get("environment")), versions.summary(new.get("environment"))
+    return {"schema": "aclnn_fag.parity_compare/1", "factor": factor,
+            "old": {"backend": old.get("backend"), "started": old.get("started"),
+                    "summary": old.get("summary"), "versions": env_old,
+                    "k": (old.get("criteria") or {}).get("flash_attention", {}).get("k")},
+            "new": {"backend": new.get("backend"), "started": new.get("started"),
+                    "summary": new.get("summary"), "versions": env_new,
+                    "k": (new.get("criteria") or {}).get("flash_attention", {}).get("k")},
+            "cases": rows, "summary": summary, "regressed": summary["regressed"] > 0}
+
+
+def _v(x) -> str:
+    return "-" if x is None else str(x)
+
+
+def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW") -> str:
+    lines = [f"OLD: {old_label}  (backend {cmp['old']['backend']}, started {cmp['old']['started']})",
+             f"NEW: {new_label}  (backend {cmp['new']['backend']}, started {cmp['new']['started']})"]
+    if cmp["old"].get("k") != cmp["new"].get("k"):
+        lines.append(f"note: the reports used different criteria (k {cmp['old'].get('k')} vs "
+                     f"{cmp['new'].get('k')})")
+    lines.append("")
+    lines.append(f"  {'version':<15s} {'OLD':<34s} {'NEW':<34s}")
+    vo, vn = cmp["old"]["versions"], cmp["new"]["versions"]
+    for key in vo:
+        a, b = _v(vo.get(key)), _v(vn.get(key))
+        mark = "*" if a != b else " "
+        lines.append(f"{mark} {key:<15s} {a:<34s} {b:<34s}")
+    lines.append("")
+    lines.append(f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change")
+    for r in cmp["cases"]:
+        mark = "!" if r["regression"] else " "
+        detail = [r["status"]]
+        for ch in r["changes"]:
+            fmt = ".2e" if ch["metric"] == "max_abs_err" else ".1e"
+            detail.append(f"{ch['output']} {ch['metric']} {format(ch['old'], fmt)} -> "
+                          f"{format(ch['new'], fmt)} ({_ratio(ch['new'], ch['old'])}, {ch['direction']})")
+        lines.append(f"{mark} {r['name']:<32s} {_v(r['old']):<6s} {_v(r['new']):<6s} " + "; ".join(detail))
+        for note in r["notes"]:
+            lines.append(f"  {'':<32s} {'':<6s} {'':<6s}   {note}")
+    s = cmp["summary"]
+    lines.append("")
+    lines.append(f"summary: {s['regressed']} regressed ({s['pass_to_fail']} pass->fail/error, "
+                 f"{s['errors_up']} with errors up by more than x{cmp['factor']:g}), {s['improved']} "
+                 f"improved; only in OLD: {', '.join(s['only_in_old']) or 'none'}; only in NEW: "
+                 f"{', '.join(s['only_in_new']) or 'none'}")
+    lines.append("NEW regressed" if cmp["regressed"] else "no regression")
+    return "\n".join(lines)
+
+
+def main(old_path, new_path, factor: float = FACTOR, json_dest=None) -> int:
+    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input)."""
+    import sys
+
+    from .output import STDOUT, human_stream, write_json
+    try:
+        old, new = load_report(old_path), load_report(new_path)
+        cmp = compare_reports(old, new, factor)
+    except (ReportError, ValueError) as exc:
+        print(f"aclnn-fag parity --compare: {exc}", file=sys.stderr)
+        return 2
+    print(format_comparison(cmp, str(old_path), str(new_path)), file=human_stream(json_dest))
+    if json_dest:
+        write_json(cmp, json_dest)
+        if json_dest != STDOUT:
+            print(f"comparison: {json_dest}", file=human_stream(json_dest))
+    return 1 if cmp["regressed"] else 0

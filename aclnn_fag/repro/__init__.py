@@ -1,0 +1,239 @@
+"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer for each failing case.
+
+For a failing case the case is first shrunk (:mod:`.shrink`; ``--no-shrink`` keeps it) and then
+``DIR/<case>/`` gets:
+
+* ``inputs/<name>.bin`` — query, query_rope, key, key_rope, value, dy, atten_mask,
+  softmax_max, softmax_sum, attention_in exactly as the binding passes them (raw
+  little-endian, C order, the op's dtypes: bf16, uint8 mask, float32 statistics);
+* ``golden/<name>.bin`` — dq, dq_rope, dk, dk_rope, dv: the fp64 golden as float32;
+* ``repro.c`` (:mod:`.csource`) — the binding's exact call through CANN's C API, both
+  phases, ``outputs/<name>.bin`` (bf16), judged with the parity criteria; exit 1 on failure;
+* ``build.sh`` — ``cc`` against ``$ASCEND_HOME_PATH/include`` and ``lib64``;
+* ``README.md`` — the case, the versions, how to build and run, the figures, what was shrunk;
+* ``case.json`` — the (shrunk) case as a suite entry, plus the original one.
+
+The arguments come from ``aclnn_fag.validate.validate_backward`` — the ``FagCall`` that
+``aclnn_fag.acl.run_backward`` turns into the native call (including the ``q_start_idx`` /
+``kv_start_idx`` it adds), and the attributes ``aclnn_fag/acl/op.py`` passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+from typing import List, Optional
+
+import numpy as np
+
+from .. import __version__, accuracy, cases as cases_mod, versions
+from ..acl.loader import ROLES
+from ..acl.op import INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS
+from ..validate import validate_backward
+from . import csource
+from .shrink import DEFAULT_BUDGET, shrink as shrink_case
+
+__all__ = ["write_reproducers", "write_case", "case_directory_name", "binding_call"]
+
+JUDGED = ("dq", "dq_rope", "dk", "dk_rope", "dv")
+
+
+def case_directory_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+
+
+def binding_call(inputs: dict):
+    """The FagCall the binding would run for the parity inputs (validated like the public call)."""
+    return validate_backward(**inputs)
+
+
+def _tensor_spec(a) -> Optional[dict]:
+    if a is None:
+        return None
+    a = np.asarray(a)
+    return {"shape": [int(d) for d in a.shape], "dtype": a.dtype.name, "itemsize": a.itemsize}
+
+
+def _backend_for(report: dict, backend_fn):
+    """The backend under test as run_case expects it (None = the NumPy reference)."""
+    if backend_fn is not None:
+        return backend_fn
+    from ..parity import make_backend_fn
+    fn = make_backend_fn(report.get("backend") or "auto", report.get("precision") or "device")
+    if fn.backend_name == "numpy" and fn.precision == "device":
+        return None
+    return fn
+
+
+def _judge_case(spec, backend_fn, k):
+    """Inputs, FagCall, golden, result and per-output metrics of one case."""
+    from ..parity import _golden, _reference
+    inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
+    call = binding_call(inputs)
+    golden = _golden(**inputs)
+    reference = _reference(**inputs)
+    result = reference if backend_fn is None else backend_fn(**inputs)
+    metrics = {n: accuracy.judge(getattr(result, n), getattr(golden, n), getattr(reference, n), k=k)
+               for n in JUDGED}
+    return inputs, call, golden, result, metrics
+
+
+def _write_bin(path: pathlib.Path, a) -> None:
+    a = np.ascontiguousarray(a)
+    if a.dtype.byteorder == ">":
+        a = a.astype(a.dtype.newbyteorder("<"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(a.tobytes())
+
+
+def _fmt_metrics(name, o) -> str:
+    return (f"| {name} | {o['max_abs_err']:.4e} | {o['fa_bound']:.4e} | {o['fa_ratio']:.2f} | "
+            f"{o['share_above']:.4e} | {o['share_limit']:.0e} | {o['verdict']} |")
+
+
+def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environment=None,
+               original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
+               backend_name=None) -> pathlib.Path:
+    """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
+    inputs, call, golden, result, metrics = _judge_case(spec, backend_fn, k)
+    d = pathlib.Path(out_dir) / case_directory_name(spec.name)
+    d.mkdir(parents=True, exist_ok=True)
+    in_specs = []
+    for slot in INPUT_SLOTS:
+        a = getattr(call, slot, None)
+        in_specs.append(_tensor_spec(a))
+        if a is not None:
+            _write_bin(d / "inputs" / f"{slot}.bin", a)
+    out_specs = []
+    for slot in OUTPUT_SLOTS:
+        src = getattr(call, OUTPUT_LIKE[slot], None) if slot in OUTPUT_LIKE else None
+        out_specs.append(None if src is None else {"shape": list(np.shape(src)), "dtype": "bfloat16",
+                                                  "itemsize": 2})
+    for name in JUDGED:
+        _write_bin(d / "golden" / f"{name}.bin", np.asarray(getattr(golden, name), dtype=np.float32))
+    int_arrays = {n: (None if getattr(call, n, None) is None else [int(v) for v in getattr(call, n)])
+                  for n in INT_ARRAY_SLOTS}
+    attrs = dict(scale_value=call.scale_value, keep_prob=call.keep_prob, pre_tokens=call.pre_tokens,
+                 next_tokens=call.next_tokens, head_num=call.head_num, input_layout=call.input_layout,
+                 inner_precise=call.inner_precise, sparse_mode=call.sparse_mode, pse_type=call.pse_type)
+    criteria = {n: {"ref_max_abs_err": metrics[n]["ref_max_abs_err"], "rtol": metrics[n]["rtol"],
+                    "share_limit": metrics[n]["share_limit"]} for n in JUDGED if "rtol" in metrics[n]}
+    src = csource.c_source(case=spec.name, version=__version__, inputs=in_specs, input_names=INPUT_SLOTS,
+                           int_arrays=int_arrays, int_array_names=INT_ARRAY_SLOTS, attrs=attrs,
+                           outputs=out_specs, output_names=OUTPUT_SLOTS,
+                           deterministic=1 if call.deterministic else 0, criteria=criteria, k=k,
+                           floor_rel=accuracy.FA_FLOOR_REL, floor_min=accuracy.FA_FLOOR_MIN)
+    (d / "repro.c").write_text(src, encoding="utf-8")
+    build = d / "build.sh"
+    build.write_text(csource.build_script(ROLES["opapi"][0]), encoding="utf-8")
+    os.chmod(build, 0o755)
+    case_doc = {"case": spec.to_dict(), "original_case": (original or spec).to_dict(),
+                "shrink_steps": list(shrink_steps), "arguments": {**attrs, **int_arrays,
+                                                                  "deterministic": bool(call.deterministic)},
+                "inputs": {n: s for n, s in zip(INPUT_SLOTS, in_specs) if s is not None},
+                "criteria": {"k": k, **criteria}, "python_verdicts": {n: metrics[n]["verdict"] for n in JUDGED}}
+    (d / "case.json").write_text(json.dumps(case_doc, indent=1) + "\n", encoding="utf-8")
+    (d / "README.md").write_text(_readme(spec, original, shrink_steps, shrink_runs, metrics, attrs,
+                                         int_arrays, in_specs, call, environment, original_entry, k,
+                                         backend_name), encoding="utf-8")
+    return d
+
+
+def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, call, env,
+            original_entry, k, backend_name) -> str:
+    v = versions.summary(env)
+    lines = [f"# Reproducer: parity case `{spec.name}`", "",
+             f"Generated by aclnn_fag {__version__} (`aclnn-fag parity --repro`). "
+             f"`aclnnFlashAttentionUnpaddingScoreGradV3` gives gradients that fail the parity "
+             f"criteria on this input (backend under test: `{backend_name or v.get('backend')}`).", "",
+             "## Versions (of the run that found the failure)", "",
+             "| what | version |", "|---|---|"]
+    for key in ("cann", "cann_source", "acl_api", "toolkit_install", "driver", "soc", "opapi_library",
+                "aclnn_fag", "numpy", "ml_dtypes", "blas", "blas_threads", "python"):
+        lines.append(f"| {key} | {v.get(key) if v.get(key) is not None else '-'} |")
+    lines += ["", "## Build and run", "", "```bash",
+              "source /usr/local/Ascend/ascend-toolkit/set_env.sh   # sets ASCEND_HOME_PATH",
+              "./build.sh                                           # cc -> ./repro",
+              "./repro            # device: $ACLNN_FAG_DEVICE (default 0); exit 1 = fails the criteria",
+              "```", "",
+              "`repro` reads `inputs/*.bin`, runs both phases with the arguments below, writes "
+              "`outputs/*.bin` (bf16, shaped like the matching input) and prints, per output, its "
+              "errors against `golden/*.bin` (the fp64 golden as float32). Exit status: 0 pass, 1 an "
+              "output fails the criteria, 2 an ACL/aclnn call or file failed (the status code and "
+              "`aclGetRecentErrMsg` are printed).", "",
+              "## The call", "",
+              "| argument | value |", "|---|---|"]
+    for name, s in zip(INPUT_SLOTS, in_specs):
+        lines.append(f"| {name} | " + ("NULL" if s is None else
+                                       f"{s['dtype']} {s['shape']} (`inputs/{name}.bin`)") + " |")
+    for name, vals in int_arrays.items():
+        lines.append(f"| {name} | {'NULL' if vals is None else vals} |")
+    for name, val in attrs.items():
+        lines.append(f"| {name} | {val!r} |")
+    lines.append(f"| outputs | dq, dq_rope, dk, dk_rope, dv: bf16 shaped like query, query_rope, key, "
+                 f"key_rope, value; dpse NULL |")
+    lines.append(f"| ACL_OPT_DETERMINISTIC | {1 if call.deterministic else 0} (set on the context "
+                 "explicitly, as aclnn_fag does) |")
+    lines += ["", "Inputs are drawn from `numpy.random.default_rng(seed)` (standard normal rounded to "
+              "bf16; see `aclnn_fag/cases.py`); attention_in and the softmax statistics come from "
+              "the NumPy forward in device precision. The case as a suite entry is in `case.json`.",
+              "", "## Failing figures (this input)", "",
+              f"Criteria: (1) max|y−g| ≤ k·ref_err + max(1e-6·max|g|, 1e-30), k = {k:g}, ref_err = the "
+              "NumPy bf16 reference's own max error (built into repro.c); (2) the share of elements "
+              "with |y−g| / max(|g|, RMS(g)) > rtol below the limit (bf16: rtol 2^-6, limit 1e-3).", "",
+              "| output | max_abs_err | bound | ratio | share>rtol | limit | verdict |",
+              "|---|---|---|---|---|---|---|"]
+    for name in JUDGED:
+        if "max_abs_err" in metrics[name]:
+            lines.append(_fmt_metrics(name, metrics[name]))
+    lines += ["", "(aclnn_fag judged against the fp64 golden; repro.c judges against its float32 "
+              "rounding, which can move a borderline figure in the last digits.)", "",
+              "## What was shrunk", ""]
+    if original is None or original == spec:
+        lines.append("Nothing: the case is the suite's case as it is (`--no-shrink`, or no smaller "
+                     "variant failed).")
+    else:
+        lines.append(f"The suite's case `{original.name}` (lengths_q {list(original.lengths_q)}, "
+                     f"lengths_kv {list(original.kv_lengths)}, heads {original.heads}/{original.n2}) was "
+                     f"shrunk while it still failed ({runs} runs; the seed is kept, so the smaller "
+                     "shapes get freshly drawn data):")
+        lines += [f"{i}. {s}" for i, s in enumerate(steps, 1)]
+        lines.append(f"\nResult: lengths_q {list(spec.lengths_q)}, lengths_kv {list(spec.kv_lengths)}, "
+                     f"heads {spec.heads}/{spec.n2}.")
+        if original_entry and original_entry.get("failed_outputs"):
+            lines.append(f"The original case failed on: {', '.join(original_entry['failed_outputs'])}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, backend_fn=None,
+                      progress=None, budget: int = DEFAULT_BUDGET) -> List[str]:
+    """One reproducer per failing case of ``report``; returns the directories written."""
+    from ..parity import run_case
+    k = (report.get("criteria") or {}).get("flash_attention", {}).get("k", accuracy.DEFAULT_K)
+    by_name = {s.name: s for s in specs}
+    fn = _backend_for(report, backend_fn)
+    written = []
+    for entry in report["cases"]:
+        if entry.get("verdict") != "FAIL" or entry.get("name") not in by_name:
+            continue
+        original = by_name[entry["name"]]
+        spec, steps, runs = original, [], 0
+        if shrink:
+            def still_fails(cand):
+                return run_case(cand, fn, k=k)["verdict"] == "FAIL"
+            spec, steps, runs = shrink_case(original, still_fails, budget)
+        if progress:
+            progress.write(f"repro: {original.name}: " + (f"shrunk in {runs} runs ({len(steps)} steps)"
+                                                          if shrink else "not shrunk") + "\n")
+        try:
+            d = write_case(out_dir, spec, backend_fn=fn, k=k, environment=report.get("environment"),
+                           original=original, shrink_steps=steps, shrink_runs=runs,
+                           original_entry=entry, backend_name=report.get("backend"))
+        except Exception as exc:        # one case must not cost the others their reproducer
+            if progress:
+                progress.write(f"repro: {original.name}: not written: {type(exc).__name__}: {exc}\n")
+            continue
+        written.append(str(d))
+    return written
