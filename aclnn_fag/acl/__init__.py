@@ -11,7 +11,9 @@ Importing this package never fails and never loads a library; the first use does
 * :mod:`.device` — :class:`DeviceArray`, :func:`upload_arrays` (views of one host array
   share one upload);
 * :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
-* :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run.
+* :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
+* :mod:`.ownership` — interrupt-safe ownership of native handles (claims taken atomically
+  with each create, SIGINT deferred across create-and-own; docs/faults.md).
 
 Processes: CANN's runtime is not fork-safe. A child forked after this process initialised
 ACL (any NPU call, or ``availability()``) cannot use the NPU backend: every use raises
@@ -31,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import loader, prototypes, runtime, versions
+from . import loader, ownership, prototypes, runtime, versions
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, run_backward
 from .plan import FagExecutor, FagPlan
@@ -44,6 +46,7 @@ __all__ = [
     "DeviceArray", "DeviceBuffer", "upload_arrays", "FagPlan", "FagExecutor", "AclTensor",
     "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
+    "ownership", "RETRY_BACKOFF_MIN", "RETRY_BACKOFF_MAX",
 ]
 
 

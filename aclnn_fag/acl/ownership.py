@@ -157,8 +157,9 @@ class Claim:
         self.func = func
         self.args = args
         self.gen = _gen
-        self.state = OWNED
-        _registry[id(self)] = self
+        with _lock:
+            self.state = OWNED
+            _registry[id(self)] = self
 
     @property
     def live(self) -> bool:
@@ -231,7 +232,8 @@ class Claim:
 def pending() -> List[Claim]:
     """Claims still holding a handle (owned, or kept after a failed release)."""
     with _lock:
-        return [c for c in _registry.values() if c.live]
+        claims = list(_registry.values())
+    return [c for c in claims if c.live]
 
 
 def release_all(final: bool = True) -> List[Claim]:
@@ -239,7 +241,8 @@ def release_all(final: bool = True) -> List[Claim]:
     whose release fails is dropped with a warning when ``final`` (its retry). Returns the
     claims that could not be released."""
     with _lock:
-        claims = sorted(_registry.values(), key=lambda c: c.rank)
+        claims = list(_registry.values())
+    claims.sort(key=lambda c: c.rank)
     failed = []
     for c in claims:
         if not c.release("final" if final else "warn"):

@@ -11,9 +11,13 @@
   by ``release_thread_resources()`` and by ``shutdown()``.
 * :class:`DeviceBuffer`: ``aclrtMalloc``'d memory owned by a Python object, freed
   exactly once by ``free()``, the context manager, garbage collection
-  (``weakref.finalize``) or ``shutdown()``; finalizers swallow errors only when they
-  cannot be reported (garbage collection, interpreter shutdown) and never free
-  memory inherited across ``fork``.
+  (``weakref.finalize``) or ``shutdown()``, through an :class:`.ownership.Claim` taken
+  atomically with the allocation (Ctrl-C at any bytecode neither leaks nor double-frees);
+  a failed release warns (``ResourceReleaseWarning``) or raises (explicit ``free()``) and
+  keeps the handle for a retry by ``shutdown()``; memory inherited across ``fork`` is never
+  freed. Streams likewise (a failed ``aclrtDestroyStream`` is reported and retried).
+* device ids: int32 and below ``aclrtGetDeviceCount`` (:func:`resolve_device`,
+  :func:`ensure_device`).
 * ``stats()``: process-wide counters of native calls (allocations, copies, ...).
 """
 
