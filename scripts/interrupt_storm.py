@@ -121,10 +121,13 @@ def storm(stub, *, iterations: int = 200, seconds: float = None, seed: int = 0,
     # how long each workload takes with the delay on: the signal lands uniformly inside it
     stub.set_delay(delay_us)
     durations = {}
-    for name in names:
-        t0 = time.perf_counter()
-        work[name]()
-        durations[name] = time.perf_counter() - t0
+    for name in names:                          # the median of three runs
+        runs = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            work[name]()
+            runs.append(time.perf_counter() - t0)
+        durations[name] = sorted(runs)[1]
 
     class State:
         inside = False
