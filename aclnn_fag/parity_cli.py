@@ -86,7 +86,8 @@ def usage_problem(args):
 
 
 def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
-    """Print the table, write the report / JUnit / reproducers; the exit status (0 all passed)."""
+    """Print the table, write the report / JUnit / reproducers (for failing cases and for cases
+    whose backend call raised on arguments the validator accepts); the exit status."""
     json_dest = _json_dest(args)
     text = human_stream(json_dest, args.junit)
     print(table, file=text)
@@ -101,7 +102,7 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
             print(f"junit: {args.junit}", file=text)
     if args.repro:
         from . import repro
-        failing = [c for c in report["cases"] if c["verdict"] == "FAIL"]
+        failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
         written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
                                           backend_fn=backend_fn, progress=None if args.quiet else sys.stderr)
         print(f"reproducers: {len(written)} of {len(failing)} failing case(s) in {args.repro}"

@@ -192,12 +192,13 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
         lines.append(f"note: the reports used different criteria (k {cmp['old'].get('k')} vs "
                      f"{cmp['new'].get('k')})")
     lines.append("")
-    lines.append(f"  {'version':<15s} {'OLD':<34s} {'NEW':<34s}")
     vo, vn = cmp["old"]["versions"], cmp["new"]["versions"]
+    width = max([3] + [len(_v(vo.get(key))) for key in vo])
+    lines.append(f"  {'version':<15s} {'OLD':<{width}s}  NEW")
     for key in vo:
         a, b = _v(vo.get(key)), _v(vn.get(key))
         mark = "*" if a != b else " "
-        lines.append(f"{mark} {key:<15s} {a:<34s} {b:<34s}")
+        lines.append(f"{mark} {key:<15s} {a:<{width}s}  {b}")
     lines.append("")
     lines.append(f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change")
     for r in cmp["cases"]:

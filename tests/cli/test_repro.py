@@ -125,7 +125,7 @@ def test_repro_passing_case_exits_0_and_no_shrink(npu_stub, run_cli, tiny_suite,
 
 
 def test_shrinker_finds_a_small_failing_case():
-    spec = cases.CaseSpec(name="s", lengths_q=(300, 0, 212, 40), heads=8, kv_heads=2, seed=1)
+    spec = cases.CaseSpec(name="s", lengths_q=(300, 0, 212, 40), heads=12, kv_heads=4, seed=1)
     calls = []
 
     def fails(c):           # "the op fails when some sequence has >= 20 tokens and N1 >= 2"
@@ -133,9 +133,49 @@ def test_shrinker_finds_a_small_failing_case():
         return max(c.lengths_q) >= 20 and c.heads >= 2
     small, steps, runs = shrink_mod.shrink(spec, fails, budget=100)
     assert len(small.lengths_q) == 1 and 20 <= small.lengths_q[0] < 40
-    assert small.heads == 2 and small.heads % small.n2 == 0
+    assert 2 <= small.heads < 12 and small.heads % small.n2 == 0
     assert fails(small) and runs == len(calls) - 1 and steps
     assert all(c.heads % c.n2 == 0 for c in calls)
+    # head candidates keep N1 % N2 == 0 even when the KV heads cannot shrink
+    tried = []
+    small, _, _ = shrink_mod.shrink(spec, lambda c: tried.append(c) or c.n2 >= 4, budget=100)
+    assert small.n2 == 4 and small.heads == 4
+    assert all(c.heads % c.n2 == 0 for c in tried)
     # the budget bounds the runs
     _, _, runs = shrink_mod.shrink(spec, fails, budget=3)
     assert runs == 3
+
+
+ERRORING = """
+import aclnn_fag
+
+class OpFailure(RuntimeError):
+    pass
+
+def backward(**kw):
+    if kw["query"].shape[0] >= 20:
+        raise OpFailure("phase 1 returned 561002 (stand-in failure)")
+    return aclnn_fag.flash_attention_unpadding_score_grad_v3(**kw, backend="npu")
+"""
+
+
+def test_repro_of_a_backend_error(npu_stub, run_cli, tiny_suite, tmp_path, ascend_home, monkeypatch):
+    """A call that raises in the backend (not in the validator) is reproduced too, shrunk while
+    it raises the same error class; the program reports I/O problems with exit status 2."""
+    (tmp_path / "erroring.py").write_text(ERRORING)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(__import__("sys").modules, "erroring", raising=False)
+    code, text, err = run_cli("parity", "--suite", tiny_suite, "--case", "tiny-mode0", "--backend-module",
+                              "erroring:backward", "--repro", tmp_path / "rp", "-q")
+    assert code == 1 and "reproducers: 1 of 1" in text, text + err
+    d = tmp_path / "rp" / "tiny-mode0"
+    doc = json.loads((d / "case.json").read_text())
+    assert doc["backend_error"].startswith("OpFailure: phase 1 returned 561002")
+    assert 20 <= cases.CaseSpec.from_dict(doc["case"]).t1 < 40          # shrunk, still raising
+    assert "The call raised `OpFailure" in (d / "README.md").read_text()
+    proc = _build_and_run(d, ascend_home, tmp_path / "t.jsonl")
+    assert proc.returncode == 0, proc.stdout + proc.stderr           # the stub op itself is fine
+    data = (d / "inputs" / "dy.bin").read_bytes()
+    (d / "inputs" / "dy.bin").write_bytes(data[:-2])
+    proc = subprocess.run([str(d / "repro")], cwd=d, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "expected exactly" in proc.stderr
