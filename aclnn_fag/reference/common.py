@@ -12,6 +12,9 @@ __all__ = ["KernelSetup", "kernel_setup", "batch_heads", "NEG", "FLT_MAX", "PREC
            "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
 
 FLT_MAX = float(np.finfo(np.float32).max)
+# KeySide gathers one (batch, KV head)'s whole key side when it fits this many bytes, else
+# key tile by key tile (read at construction: tests lower it to drive the tile path).
+KEY_GATHER_BYTES = 16 << 20
 NEG = -FLT_MAX
 PRECISIONS = ("device", "fp32", "fp64")
 
@@ -109,12 +112,14 @@ class KeySide:
     """The key side of one (batch, KV head) in the working dtype: [K | Kr | 1] and [V | 1]
     (the trailing ones column folds a per-row term into a matmul; ``ones=False`` omits it).
 
-    Gathered once for the whole sequence when it fits ``budget_bytes``, else once per key
-    tile (pieces of one key tile come together from the tile iterator); ``get`` returns
+    Gathered once for the whole sequence when it fits ``budget_bytes`` (default
+    ``KEY_GATHER_BYTES``), else once per key tile (pieces of one key tile come together from the tile iterator); ``get`` returns
     row slices (views) for keys [j0, j1)."""
 
     def __init__(self, k, kr, v, kv_rows: slice, n2: int, dtype, ones: bool,
-                 budget_bytes: int = 16 << 20):
+                 budget_bytes: Optional[int] = None):
+        if budget_bytes is None:
+            budget_bytes = KEY_GATHER_BYTES
         self._src = (k, kr, v)
         self._start = kv_rows.start
         self._n2, self._dtype, self._extra = n2, dtype, int(ones)

@@ -267,7 +267,8 @@ static int64_t numel_of(const TensorArg *t)
 }
 
 /* CreateAclTensor of the documented sample: device memory (an empty tensor gets none), the
- * host data copied in when given, C-contiguous strides, 1-D storage of numel elements. */
+ * host data copied in (inputs) or zero-filled (outputs), C-contiguous strides, 1-D storage of
+ * numel elements. */
 static int CreateAclTensor(TensorArg *t, int copy_in)
 {
     size_t bytes = (size_t)t->numel * t->itemsize;
@@ -278,6 +279,10 @@ static int CreateAclTensor(TensorArg *t, int copy_in)
         if (copy_in) {
             ret = aclrtMemcpy(t->dev, bytes, t->host, bytes, ACL_MEMCPY_HOST_TO_DEVICE);
             CHECK_RET(ret == ACL_SUCCESS, print_recent_error("aclrtMemcpy H2D", ret); return 2);
+        } else {
+            /* outputs start as zeros: a part the op leaves unwritten reads 0, not stale memory */
+            ret = aclrtMemset(t->dev, bytes, 0, bytes);
+            CHECK_RET(ret == ACL_SUCCESS, print_recent_error("aclrtMemset", ret); return 2);
         }
     }
     return 0;

@@ -28,7 +28,7 @@ static FILE *trace_open(void)
 
 static uint64_t fnv1a(const unsigned char *p, uint64_t n)
 {
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 14695981039346656037ULL; /* FNV-1a 64-bit offset basis */
     for (uint64_t i = 0; i < n; i++) {
         h ^= p[i];
         h *= 1099511628211ULL;

@@ -48,6 +48,30 @@ def test_parity_quick_numpy(numpy_only, run_cli, tmp_path):
     _check_schema(report, "numpy")
     assert report["ok"] and report["summary"]["passed"] == report["summary"]["cases"] >= 5
     assert all("quick" in c["tags"] for c in report["cases"])
+    # The NumPy backend in device precision *is* the reference: it passes by construction
+    # (say so in the report); what this run checks is the fp64 golden being a different
+    # computation (non-zero reference errors) and the shipped cases meeting rule 2.
+    for case in report["cases"]:
+        assert case["backend_reused_reference"] is True
+        for out in case["outputs"].values():
+            assert out["ref_max_abs_err"] > 0 and out["max_abs_err"] == out["ref_max_abs_err"]
+            assert out["share_above"] < out["share_limit"]
+
+
+def test_parity_quick_numpy_fp32_is_judged_for_real(numpy_only, run_cli, tmp_path):
+    """The fp32 NumPy backend is not the reference: its outputs are judged by the float32
+    thresholds against the fp64 golden."""
+    report_path = tmp_path / "r.json"
+    code, out, err = run_cli("parity", "--quick", "--precision",
+                             "fp32", "--case", "doc-example", "--report", report_path, "-q")
+    assert code == 0, out + err
+    report = json.loads(report_path.read_text())
+    assert report["ok"] and report["precision"] == "fp32"
+    for case in report["cases"]:
+        assert "backend_reused_reference" not in case
+        for out_ in case["outputs"].values():
+            assert out_["dtype"] == "float32" and out_["rtol"] == 1e-4
+            assert 0 < out_["max_abs_err"] < out_["ref_max_abs_err"]
 
 
 def test_parity_quick_npu_stub(npu_stub, run_cli, tmp_path):
@@ -129,7 +153,10 @@ def test_backend_exception_is_error(tiny_suite):
     specs = cases.select_cases(cases.load_suite(tiny_suite), tags=["quick"])
     report = parity.run_suite(specs, backend_fn=boom)
     assert report["summary"]["errors"] == len(specs)
+    assert report["summary"]["passed"] == 0
+    assert report["ok"] is False                       # errors are not passes
     assert "device on fire" in report["cases"][0]["error"]
+    assert all(c["verdict"] == "ERROR" for c in report["cases"])
 
 
 def test_judge_floor_and_nonfinite():

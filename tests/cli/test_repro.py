@@ -45,6 +45,14 @@ def _build_and_run(case_dir: pathlib.Path, home: pathlib.Path, trace: pathlib.Pa
                           text=True, timeout=300)
 
 
+def _fnv1a(data: bytes) -> str:
+    """The stub trace's hash of a buffer (FNV-1a, 64 bit)."""
+    h = 0xcbf29ce484222325
+    for byte in data:
+        h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+
+
 def _trace(path: pathlib.Path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -92,6 +100,14 @@ def test_repro_failing_case_matches_binding(npu_stub, run_cli, tiny_suite, tmp_p
     grads = _binding_run(spec, binding_trace, monkeypatch)
     a, b = _trace(repro_trace), _trace(binding_trace)
     assert [x["call"] for x in a] == ["phase1", "phase2"] == [x["call"] for x in b]
+    # The output buffers' contents before the call are not arguments: the reproducer zero-fills
+    # them; the binding zero-fills them or leaves fresh device memory (the stub fills that 0xFF).
+    for name, t in a[0]["outputs"].items():
+        if t is not None:
+            nbytes = 2 * int(np.prod(t["storage"]))
+            assert t["data"] == _fnv1a(bytes(nbytes)), name
+            assert b[0]["outputs"][name]["data"] in (_fnv1a(bytes(nbytes)), _fnv1a(b"\xff" * nbytes))
+            t["data"] = b[0]["outputs"][name]["data"] = "checked"
     assert a == b                                      # every argument, descriptor and data hash
     assert a[0]["inputs"]["query"]["data"] and a[0]["int_arrays"]["actual_seq_qlen"]
     for name in OUTS:

@@ -610,7 +610,7 @@ def compact(a: np.ndarray) -> np.ndarray:
 
 
 def _digest(a: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
+    h = hashlib.sha1()          # any collision-resistant digest; sha1 is the fastest here
     c = compact(a)
     if c.dtype == object:
         h.update(repr(c.tolist()).encode())
