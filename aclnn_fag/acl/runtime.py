@@ -618,9 +618,11 @@ class _ModeGate:
 
     def __init__(self) -> None:
         # ``with gate.lock`` (a C lock: no bytecode runs between its acquire and the with
-        # block, so an interrupt cannot leave it held), ``gate.cond.wait()`` inside
-        self.lock = threading.Lock()
+        # block, so an interrupt cannot leave it held), ``gate.cond.wait()`` inside;
+        # re-entrant for the finalizers that may run inside a section (see _leave_gate)
+        self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
+        self.deferred: list = []
         self.mode: Optional[bool] = None
         self.active = 0
         self.prev: Optional[int] = None
@@ -653,28 +655,56 @@ def _set_determinism(b, value: int) -> None:
           rule="cannot set ACL_OPT_DETERMINISTIC on the current context")
 
 
-def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
-    """Release one hold of ``gate`` (a Claim release function: returns None or the error)."""
-    with gate.lock:
-        gate.active -= 1
-        if gate.holders.get(me, 0) <= 1:
-            gate.holders.pop(me, None)
-        else:
-            gate.holders[me] -= 1
-        if gate.active:
-            return None
-        restore, prev, code = gate.changed, gate.prev, gate.prev_code
-        gate.mode, gate.changed, gate.prev, gate.prev_code = None, False, None, 0
-        gate.cond.notify_all()
+def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
+    """One holder leaves (``gate.lock`` held); the value to write back, or None."""
+    gate.active -= 1
+    if gate.holders.get(me, 0) <= 1:
+        gate.holders.pop(me, None)
+    else:
+        gate.holders[me] -= 1
+    if gate.active:
+        return None
+    restore, prev, code = gate.changed, gate.prev, gate.prev_code
+    gate.mode, gate.changed, gate.prev, gate.prev_code = None, False, None, 0
+    gate.cond.notify_all()
     if not restore:
         return None
     if prev is None:
         if code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
             return None             # unknown previous value: left as the call ran (warned)
         prev = 0                    # never set on this context: the documented default
+    return prev
+
+
+def _drain_gate_locked(gate: _ModeGate) -> None:
+    """Apply the leaves deferred by finalizers that ran inside this thread's gate section."""
+    while gate.deferred:
+        b, dev, me = gate.deferred.pop()
+        value = _exit_gate_locked(gate, me)
+        if value is not None:
+            try:
+                ensure_device(dev)
+                _set_determinism(b, value)
+            except Exception:       # pragma: no cover - reported by nobody: best effort
+                pass
+
+
+def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
+    """Release one hold of ``gate`` (a Claim release function: returns None or the error)."""
+    if gate.lock._is_owned():
+        # a garbage-collection finalizer running inside this thread's own gate section
+        # (any allocation there may trigger one): changing the gate now would corrupt the
+        # section's view of it, so the leave is applied at the next entry of the gate
+        gate.deferred.append((b, dev, me))
+        return None
+    with gate.lock:
+        _drain_gate_locked(gate)
+        value = _exit_gate_locked(gate, me)
+    if value is None:
+        return None
     try:
         ensure_device(dev)
-        _set_determinism(b, prev)
+        _set_determinism(b, value)
     except Exception as exc:
         return exc
     return None
@@ -723,12 +753,14 @@ class DeterminismHold:
         me = threading.get_ident()
         warn = None
         with gate.lock:
+            _drain_gate_locked(gate)
             if gate.active and gate.mode != want and me in gate.holders:
                 raise RuntimeError(
                     f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
                     f"{dev}; a nested call asking for deterministic={want} would wait for itself")
             while gate.active and gate.mode != want:
                 gate.cond.wait()
+                _drain_gate_locked(gate)
             with ownership.atomic():
                 if gate.active == 0:
                     prev, code = _read_determinism(b)

@@ -272,3 +272,20 @@ def test_unreadable_option_is_reported_and_left_as_the_call_ran(prob, stub, monk
     monkeypatch.undo()
     assert runtime.get_determinism(0) == 1               # left as the call ran, no guess
     _set(0)
+
+
+def test_hold_released_by_a_finalizer_inside_a_gate_section_is_applied_later(no_leaks):
+    """Garbage collection may run a dead hold's finalizer while this thread is inside the
+    gate (any allocation there): the leave is deferred to the next entry, not applied
+    halfway through the section."""
+    _set(0)
+    a = runtime.DeterminismHold(0, True).acquire()
+    gate = runtime._state.gates[0]
+    with gate.lock:                                      # as inside a gate section
+        a.release()
+        assert gate.active == 1 and len(gate.deferred) == 1
+    assert runtime.get_determinism(0) == 1
+    with acl.determinism(0, False):                      # the deferred leave is applied first
+        assert runtime.get_determinism(0) == 0
+    assert runtime.get_determinism(0) == 0
+    assert gate.active == 0 and not gate.deferred
