@@ -1,18 +1,43 @@
-"""aclnn_fag: aclnnFlashAttentionUnpaddingScoreGradV3 on Ascend NPUs through ctypes, and the
-same computation as a NumPy reference.
+"""aclnn_fag: Huawei CANN's fused attention backward ``aclnnFlashAttentionUnpaddingScoreGradV3``
+(TND varlen, rope parts, GQA, every sparse mode) through ctypes on Ascend NPUs, and the same
+computation as a NumPy reference when no NPU is present.
 
-Public calls: ``flash_attention_unpadding_score_grad_v3`` (the backward op) and
-``flash_attention_forward`` (NumPy forward producing valid softmax statistics).
+Calls:
+    flash_attention_unpadding_score_grad_v3(...) -> FagGrads(dq, dq_rope, dk, dk_rope, dv)
+        the backward op; arguments mirror the C op (see its docstring).
+    flash_attention_forward(...) -> FagForward(attention_out, softmax_max, softmax_sum)
+        the forward it differentiates, statistics in the device's layout.
+    resolve_backend(backend, precision), last_backend(), BACKENDS
+        which backend runs ("numpy" or "npu"; ``ACLNN_FAG_BACKEND`` for "auto").
+    blas_info(), reference_threads(n), set_reference_threads(n)
+        numpy's BLAS and its thread count; cap the threads of the NumPy reference (shared
+        machines; also ``$ACLNN_FAG_BLAS_THREADS``).
+
+Helpers:
+    aclnn_fag.masks          compressed_causal_mask, band_mask, causal_mask
+    aclnn_fag.seqlens        lengths_to_cumulative, cumulative_to_lengths, max_lengths
+    aclnn_fag.softmax_layout device_stats_from_token_major, token_major_from_device_stats
+    aclnn_fag.acl            the ctypes layer: FagPlan, DeviceArray, call_raw (imported on use)
+
+Errors and warnings:
+    AclnnError and its subclasses (ParamNullptrError 161001, ParamInvalidError 161002, ...;
+    error_class_for(code)), AclRuntimeError, LibraryNotFoundError, BackendUnavailableError;
+    SequenceEndWarning, FullyMaskedRowWarning, SoftmaxStatsMismatchWarning,
+    IgnoredArgumentWarning.
+
+Documentation (in the repository): docs/semantics.md, docs/sparse_modes.md,
+docs/validation.md, docs/abi.md, docs/porting.md; the command line: ``aclnn-fag --help``.
 """
 
 from . import masks, seqlens, softmax_layout
+from .blas import blas_info, reference_threads, set_reference_threads
 from .api import (BACKENDS, flash_attention_forward, flash_attention_unpadding_score_grad_v3,
                   last_backend, resolve_backend)
 from .call import FagForward, FagGrads
 from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, LibraryNotFoundError,
                      ParamInvalidError, ParamNullptrError, error_class_for)
 from .reference.common import FullyMaskedRowWarning
-from .validate import IgnoredArgumentWarning, SequenceEndWarning
+from .validate import IgnoredArgumentWarning, SequenceEndWarning, SoftmaxStatsMismatchWarning
 
 __version__ = "0.1.0"
 
@@ -21,5 +46,7 @@ __all__ = [
     "last_backend", "BACKENDS", "FagGrads", "FagForward", "AclnnError", "AclRuntimeError",
     "BackendUnavailableError", "LibraryNotFoundError", "ParamInvalidError", "ParamNullptrError",
     "error_class_for", "FullyMaskedRowWarning", "IgnoredArgumentWarning", "SequenceEndWarning",
-    "masks", "seqlens", "softmax_layout", "__version__",
+    "SoftmaxStatsMismatchWarning",
+    "masks", "seqlens", "softmax_layout", "blas_info", "reference_threads",
+    "set_reference_threads", "__version__",
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
+from . import blas
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -68,23 +69,66 @@ def flash_attention_unpadding_score_grad_v3(
         backend="auto", precision="device", deterministic=False) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
-    Arguments mirror the C op (docs/semantics.md): bf16 ``query`` [T1, N1, D], ``query_rope``
-    [T1, N1, Dr], ``key`` [T2, N2, D], ``key_rope`` [T2, N2, Dr], ``value`` [T2, N2, Dv],
-    ``dy`` and ``attention_in`` [T1, N1, Dv]; ``atten_mask`` bool/uint8 (nonzero = masked;
-    [maxSq, maxSkv] for sparse modes 0/1, the compressed 2048x2048 mask for 2/3/4/7/8);
-    ``softmax_max``/``softmax_sum`` float32 [T1, N1, 8] in the device layout (as
-    flash_attention_forward returns them); ``actual_seq_qlen``/``actual_seq_kvlen`` cumulative
-    ends; ``scale_value`` the real scale (no 1/sqrt(d) is applied). ``head_num=None`` means
-    query.shape[1].
+    The arguments mirror the C op one to one (docs/semantics.md; docs/porting.md for
+    torch_npu's names). Tensors are numpy arrays; T1/T2 count the packed query/key tokens,
+    N1/N2 the query/KV heads (N1 a multiple of N2), D the head dim, Dr the rope head dim, Dv
+    the value head dim.
 
-    ``backend``: "auto", "numpy" or "npu" (see resolve_backend). ``precision``: "device" (bf16
-    outputs with the device's rounding points), "fp32" or "fp64" (golden; numpy only).
-    ``deterministic``: sets ACL_OPT_DETERMINISTIC for the call on the NPU; on any backend it
-    also applies the deterministic-mode padding rule (docs/validation.md, rule 16).
+    Tensors:
+        query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr],
+        value [T2, N2, Dv]: bfloat16 (``ml_dtypes.bfloat16``); the scores are
+        q·k + q_rope·k_rope.
+        dy, attention_in [T1, N1, Dv]: bfloat16, the output gradient and the forward's output.
+        softmax_max, softmax_sum [T1, N1, 8]: float32 statistics of the forward **in the
+        device's layout** (per batch [N1, Sq_b, 8] blocks, 8 equal copies), as
+        ``flash_attention_forward`` returns them; convert token-major statistics with
+        ``aclnn_fag.softmax_layout.device_stats_from_token_major``.
+        atten_mask: bool/uint8, nonzero = masked. Sparse modes 0/1/5: [maxSq, maxSkv] (or
+        [1|B, 1|N1, maxSq, maxSkv]; ``aclnn_fag.masks.band_mask`` builds one from tokens);
+        modes 2/3/4/7/8: the compressed 2048x2048 ``aclnn_fag.masks.compressed_causal_mask()``.
 
-    Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Invalid arguments raise AclnnError
-    subclasses carrying the aclnn status code the device returns (161001/161002), or
-    TypeError/ValueError for arguments of the wrong Python type.
+    Sequences and sparsity:
+        actual_seq_qlen, actual_seq_kvlen: cumulative end offsets of the sequences (lengths
+        [2, 2, 0, 2, 2] -> [2, 4, 4, 6, 8]; ``aclnn_fag.seqlens`` converts).
+        sparse_mode: 0 (mask and token band), 1 (mask only), 2 (causal, top-left), 3 (causal,
+        bottom-right), 4 (band, bottom-right), 5 (as 0), 7/8 (context-parallel mixes); 6 is
+        rejected. docs/sparse_modes.md draws each.
+        pre_tokens, next_tokens: the token band of modes 0/4/5/7/8 (keys i - pre .. i + next
+        are kept, shifted to the bottom-right origin in modes 4/7/8); clamped to 2^31 - 1;
+        ignored by modes 1/2/3.
+
+    Scalars:
+        scale_value: the real scale of the scores (no 1/sqrt(d) is applied; MLA uses
+        1/sqrt(D + Dr)). keep_prob must be 1.0 and pse_shift/drop_mask None (V3 has no
+        dropout and no pse). head_num: None means query.shape[1] (any other value must equal
+        it). input_layout: "TND". inner_precise: passed through, unused. pse_type: must be 1.
+        padding_mask, softmax_in, prefix: accepted and ignored (IgnoredArgumentWarning).
+        q_start_idx, kv_start_idx: no effect on V3's math; the binding passes [0] where the
+        device would otherwise pick a rope-blind kernel (docs/abi.md §7, rope-blind kernels).
+
+    Execution:
+        backend: "auto", "numpy" or "npu" (see ``resolve_backend``). precision: "device"
+        (bf16 results with the device's rounding points), "fp32" or "fp64" (the same math
+        without bf16 rounding; NumPy only; float32/float64 results). deterministic: sets
+        ACL_OPT_DETERMINISTIC for the call on the NPU; on any backend it also selects the
+        deterministic-mode padding rule (docs/validation.md, rule 16).
+
+    Returns:
+        FagGrads(dq, dq_rope, dk, dk_rope, dv), a named tuple in that order, each shaped like
+        its input (query, query_rope, key, key_rope, value); dk/dk_rope/dv sum over the G =
+        N1/N2 query heads of a KV head.
+
+    Raises:
+        ParamInvalidError (161002) / ParamNullptrError (161001): invalid arguments, with the
+        status code the device returns, ``.param`` and ``.rule`` (docs/validation.md lists
+        every rule); TypeError / ValueError for arguments of the wrong Python type;
+        BackendUnavailableError when backend="npu" cannot run; AclnnError subclasses for
+        failures of the native op.
+
+    Warns:
+        SequenceEndWarning (the last cumulative end is below T), FullyMaskedRowWarning (a
+        query row with no kept key: zero gradients), SoftmaxStatsMismatchWarning (the
+        statistics cannot be those of these scores), IgnoredArgumentWarning.
     """
     name = resolve_backend(backend, precision)
     call = validate_backward(
@@ -99,7 +143,8 @@ def flash_attention_unpadding_score_grad_v3(
         kv_start_idx=kv_start_idx, deterministic=deterministic)
     _last.name = name
     if call.empty_result or name == "numpy":
-        return attention_backward(call, precision)
+        with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
+            return attention_backward(call, precision)
     from . import acl
     return acl.run_backward(call)
 
@@ -108,11 +153,22 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             actual_seq_qlen, actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX,
                             next_tokens=INT32_MAX, head_num=None, sparse_mode=0, inner_precise=0,
                             precision="device") -> FagForward:
-    """The forward the backward differentiates (NumPy): FagForward(attention_out, softmax_max,
-    softmax_sum), the statistics in the device layout ([T1, N1, 8], per batch [N1, Sq_b, 8]
-    blocks, 8 equal copies). "device" precision returns bf16 output and float32 statistics;
-    "fp32"/"fp64" return everything in that dtype (cast the statistics to float32 before
-    passing them to the backward)."""
+    """The forward the backward differentiates (aclnnFlashAttentionVarLenScoreV3's math, on the
+    NumPy reference), producing valid inputs for the backward.
+
+    query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr], value
+    [T2, N2, Dv]: bfloat16. atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
+    pre_tokens, next_tokens, head_num, sparse_mode, inner_precise: as for
+    ``flash_attention_unpadding_score_grad_v3`` (the same rules apply, docs/validation.md).
+    precision: "device" returns bf16 output and float32 statistics; "fp32"/"fp64" return
+    everything in that dtype (cast the statistics to float32 before passing them to the
+    backward).
+
+    Returns FagForward(attention_out, softmax_max, softmax_sum): attention_out [T1, N1, Dv];
+    the statistics [T1, N1, 8] in the device's layout (per batch [N1, Sq_b, 8] blocks, 8 equal
+    copies; docs/semantics.md, Softmax statistics). Rows with no kept key get max = -FLT_MAX,
+    sum = FLT_MAX, output 0 (FullyMaskedRowWarning).
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
     call = validate_forward(query, query_rope, key, key_rope, value, atten_mask=atten_mask,
@@ -120,4 +176,5 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             scale_value=scale_value, pre_tokens=pre_tokens,
                             next_tokens=next_tokens, head_num=head_num, sparse_mode=sparse_mode,
                             inner_precise=inner_precise)
-    return attention_forward(call, precision)
+    with blas.capped():
+        return attention_forward(call, precision)

@@ -44,8 +44,10 @@ from typing import Optional
 
 import numpy as np
 
+from . import blas
 from .api import resolve_backend
 from .cases import CaseSpec, make_inputs, with_forward
+from .cliargs import positive_int
 from .envinfo import environment
 from .output import STDOUT, add_json_argument, human_stream, write_json
 from .semantics.sparse import MaskReader, batch_keep
@@ -321,29 +323,47 @@ def run_bench(suite: str = "default", backend: str = "auto", precision: str = "d
             progress.write(msg + "\n")
             progress.flush()
 
-    say("measuring sgemm (numpy float32 matmul 1024/1536/2048, best of 3) ...")
-    sgemm = sgemm or measure_sgemm()
-    results, cache = {}, {}
-    t0 = time.perf_counter()
-    for i, row in enumerate(rows, 1):
-        prec = row.precision or precision
-        say(f"[{i}/{len(rows)}] {row.label} ...")
-        if row.spec not in cache:
-            cache.clear()                               # keep one input set alive at a time
-            cache[row.spec] = with_forward(make_inputs(row.spec))
-        results[row.key] = _measure_row(row, cache[row.spec], name, prec, repeat, sgemm["gflops"],
-                                        measure_memory=True)
+    with blas.capped():        # sgemm and the NumPy rows with the threads the package's calls get
+        blas_used = blas.blas_info()
+        say(f"{format_blas(blas_used)}")
+        say("measuring sgemm (numpy float32 matmul 1024/1536/2048, best of 3) ...")
+        sgemm = sgemm or measure_sgemm()
+        results, cache = {}, {}
+        t0 = time.perf_counter()
+        for i, row in enumerate(rows, 1):
+            prec = row.precision or precision
+            say(f"[{i}/{len(rows)}] {row.label} ...")
+            if row.spec not in cache:
+                cache.clear()                               # keep one input set alive at a time
+                cache[row.spec] = with_forward(make_inputs(row.spec))
+            results[row.key] = _measure_row(row, cache[row.spec], name, prec, repeat, sgemm["gflops"],
+                                            measure_memory=True)
     cache.clear()
     targets = _goal_rows(results) if suite == "targets" else []
     return {"schema": BENCH_SCHEMA, "suite": suite, "backend": name, "precision": precision,
-            "repeat": repeat, "sgemm": sgemm, "results": list(results.values()), "targets": targets,
+            "repeat": repeat, "blas": blas_used, "sgemm": sgemm, "results": list(results.values()),
+            "targets": targets,
             "all_targets_met": all(t["met"] for t in targets) if targets else None,
             "environment": environment(name, precision), "wall_s": time.perf_counter() - t0}
 
 
+def format_blas(info: dict) -> str:
+    """One line: numpy's BLAS, its thread count and the CPUs this process may use."""
+    if not info or info.get("error"):
+        return f"BLAS: unknown ({(info or {}).get('error', 'not reported')})"
+    threads = info.get("threads")
+    cap = info.get("cap")
+    return (f"BLAS: {info.get('library') or 'unknown'} {info.get('version') or ''}".rstrip()
+            + f", {threads if threads is not None else 'unknown'} threads"
+            + (f" (capped at {cap} during NumPy-backend calls)" if cap else "")
+            + f"; {info.get('usable_cpus') or info.get('cpu_count')} usable CPUs"
+            + "".join(f", {k}={v}" for k, v in sorted((info.get("env") or {}).items())))
+
+
 def format_bench(report: dict) -> str:
     sg = report["sgemm"]
-    lines = [f"sgemm (numpy float32): {sg['gflops']:.1f} GFLOP/s best "
+    lines = [format_blas(report.get("blas") or report.get("environment", {}).get("blas")),
+             f"sgemm (numpy float32): {sg['gflops']:.1f} GFLOP/s best "
              f"({', '.join(f'{n}: {g:.1f}' for n, g in sg['per_size_gflops'].items())})"]
     head = (f"{'row':<44s} {'backend':<7s} {'prec':<6s} {'GFLOP':>8s} {'best_s':>8s} {'median_s':>8s} "
             f"{'GFLOP/s':>8s} {'x sgemm':>7s} {'area':>5s} {'peak MiB':>8s}")
@@ -379,7 +399,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=sorted(SUITES), default="default",
                    help="named suite: default (a few sizes; the default), smoke (tiny, for CI), "
                         "targets (the project's performance targets)")
-    p.add_argument("--repeat", type=int, default=3, help="timed calls per row; best and median are reported (default: 3)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="timed calls per row; best and median are reported (default: 3)")
     add_json_argument(p, "the results")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")

@@ -21,7 +21,14 @@ INT32_MAX = 2147483647
 
 
 class FagGrads(NamedTuple):
-    """The five gradients of the backward op."""
+    """The five gradients of the backward op, in this order: ``(dq, dq_rope, dk, dk_rope, dv)``.
+
+    Each has the shape of its input -- dq [T1, N1, D], dq_rope [T1, N1, Dr], dk [T2, N2, D],
+    dk_rope [T2, N2, Dr], dv [T2, N2, Dv] -- and is bfloat16 in precision "device" (float32 /
+    float64 in "fp32" / "fp64"). Each rope gradient follows its main gradient; torch_npu's
+    fused-attention grad returns (dq, dk, dv, ...) instead, so use the names when porting
+    (docs/porting.md).
+    """
 
     dq: np.ndarray
     dq_rope: np.ndarray
@@ -31,7 +38,12 @@ class FagGrads(NamedTuple):
 
 
 class FagForward(NamedTuple):
-    """Forward results: attention output and softmax statistics in the device layout."""
+    """Forward results, in this order: ``(attention_out, softmax_max, softmax_sum)``.
+
+    attention_out [T1, N1, Dv] (bfloat16 in precision "device"); softmax_max and softmax_sum
+    [T1, N1, 8] in the device's layout (per batch [N1, Sq_b, 8] blocks, 8 equal copies;
+    docs/semantics.md, Softmax statistics) -- pass them to the backward unchanged.
+    """
 
     attention_out: np.ndarray
     softmax_max: np.ndarray

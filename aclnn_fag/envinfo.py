@@ -88,7 +88,8 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
         "versions": versions_block(npu),
         "env": {k: v for k, v in os.environ.items()
-                if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_")) or k in ("OMP_NUM_THREADS",)},
+                if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
+                or k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
     }
     return env
 

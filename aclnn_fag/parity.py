@@ -42,6 +42,7 @@ from typing import Callable, Optional
 
 from . import accuracy, cases as cases_mod, parity_cli
 from .api import flash_attention_unpadding_score_grad_v3, resolve_backend
+from .cliargs import positive_float
 from .call import FagGrads
 from .envinfo import environment
 
@@ -51,6 +52,9 @@ __all__ = ["make_backend_fn", "run_case", "run_suite", "format_table", "write_re
 REPORT_SCHEMA = "aclnn_fag.parity_report/1"
 OUTPUTS = FagGrads._fields
 BackendFn = Callable[..., FagGrads]
+SELF_CHECK_NOTE = ("SELF-CHECK: the backend under test is the NumPy reference itself (ratio 1.00 by "
+                   "construction); this run tests the reference against the fp64 golden, not a "
+                   "device. Use --backend npu on an Ascend host.")
 
 
 def make_backend_fn(backend: str = "auto", precision: str = "device") -> BackendFn:
@@ -173,6 +177,9 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
     else:
         fn = backend_fn
         backend_name = getattr(backend_fn, "backend_name", "custom")
+    # The NumPy backend in device precision *is* the reference: such a run checks the suite
+    # and the criteria end to end (and the reference against the fp64 golden), not a device.
+    self_check = backend_name == "numpy" and precision == "device"
     specs = list(specs)
     bar = _Progress(progress, len(specs)) if progress else None
     results = []
@@ -196,6 +203,7 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
                     "outputs_judged": sum(len(r["outputs"]) for r in results)},
         "backend": backend_name,
         "precision": precision,
+        "self_check": self_check,
         "criteria": accuracy.criteria_description(k),
         "environment": environment(backend_name, precision),
         "suite": {"path": getattr(suite, "path", None), "sha256": getattr(suite, "raw_sha256", None),
@@ -251,6 +259,8 @@ def format_table(report: dict, verbose: bool = False) -> str:
                          f"{'  ' + o['problem'] if o.get('problem') else ''}")
     s = report["summary"]
     lines.append("-" * len(head))
+    if report.get("self_check"):
+        lines.append(SELF_CHECK_NOTE)
     lines.append(f"backend {report['backend']} (precision {report['precision']}): "
                  f"{s['passed']}/{s['cases']} cases passed, {s['failed']} failed, {s['errors']} errors; "
                  f"criteria: max_abs_err <= {report['criteria']['flash_attention']['k']:g} x ref_err "
@@ -291,8 +301,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true",
                    help="include the cases the suite excludes by default (tags 'long', 'heavy', ...)")
     p.add_argument("--list", action="store_true", help="list the selected cases and exit")
-    p.add_argument("--k", type=float, default=accuracy.DEFAULT_K,
-                   help="factor k of the flash-attention criterion (default: 2)")
+    p.add_argument("--k", type=positive_float, default=accuracy.DEFAULT_K,
+                   help="factor k of the flash-attention criterion, a finite number > 0 (default: 2)")
     parity_cli.add_arguments(p)     # --json/--report, --junit, --compare, --backend-module, --repro
     p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -332,8 +342,8 @@ def main(args) -> int:
     if not specs:
         print(f"aclnn-fag parity: no case of {suite.path} matches the selection {sel}", file=sys.stderr)
         return 2
-    if args.k <= 0:
-        print("aclnn-fag parity: --k must be > 0", file=sys.stderr)
+    if not (math.isfinite(args.k) and args.k > 0):          # args built without the parser
+        print(f"aclnn-fag parity: --k must be a finite number > 0, got {args.k}", file=sys.stderr)
         return 2
     try:
         if backend_fn is None:

@@ -59,13 +59,13 @@ import numpy as np
 from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
 from .masks import COMPRESSED_SIZE, is_canonical_compressed
-from .semantics.seqlens import SeqInfo, seq_info
+from .semantics.seqlens import SeqInfo, ends_problem, per_sequence_hint, seq_info
 from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
 from .semantics.softmax_layout import COPIES
 
 __all__ = ["validate_backward", "validate_forward", "IgnoredArgumentWarning",
-           "SequenceEndWarning", "LIMITS", "MAX_INT_ARRAY_ENTRIES", "mla_basic_template_hit",
-           "needs_padding"]
+           "SequenceEndWarning", "SoftmaxStatsMismatchWarning", "LIMITS", "MAX_INT_ARRAY_ENTRIES",
+           "mla_basic_template_hit", "needs_padding"]
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
@@ -80,10 +80,18 @@ MAX_INT_ARRAY_ENTRIES = 1 << 20
 STATS_LAYOUT_SAMPLES = 8
 STATS_LAYOUT_MAX_SKV = 65536
 STATS_LAYOUT_KEY_CHUNK = 4096
+# SoftmaxStatsMismatchWarning: how far (relative) max + log(sum) may fall below the recomputed
+# log-sum-exp -- fp32 statistics of a bf16 forward agree to about 1e-6
+STATS_MISMATCH_TOLERANCE = 1e-3
 
 
 class IgnoredArgumentWarning(UserWarning):
     """An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."""
+
+
+class SoftmaxStatsMismatchWarning(UserWarning):
+    """Sampled softmax statistics make a row's probabilities sum to more than 1: they were not
+    computed from these scores (e.g. another scale_value) and the gradients will be wrong."""
 
 
 class SequenceEndWarning(UserWarning):
@@ -375,12 +383,7 @@ def _check_sparse_range(sparse_mode):
 
 def _per_seq_hint(qlen, kvlen, t1, t2) -> str:
     """' -- ...' when the ends look like per-sequence lengths (they sum to T, the last != T)."""
-    for ends, total in ((qlen, t1), (kvlen, t2)):
-        if ends and len(ends) > 1 and sum(ends) == total and ends[-1] != total:
-            return (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
-                    "to T); the op takes cumulative ends without a leading 0 "
-                    "(aclnn_fag.seqlens.lengths_to_cumulative)")
-    return ""
+    return per_sequence_hint(qlen, t1) or (per_sequence_hint(kvlen, t2) if kvlen else "")
 
 
 def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t1, t2):
@@ -396,8 +399,10 @@ def _check_mask_shape(atten_mask, sparse_mode, seqs: SeqInfo, n1, qlen, kvlen, t
         if lead not in ((seqs.batch, n1), (seqs.batch, 1), (1, 1)):
             hint = ""
             if lead[0] == seqs.batch - 1 and qlen and qlen[0] == 0 and kvlen and kvlen[0] == 0:
-                hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention); the op "
-                        "takes cumulative ends without the leading 0")
+                hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention), which the "
+                        "op reads as an empty first sequence counted in B: drop the leading 0 "
+                        "(cu_seqlens[1:]) or append one mask block "
+                        "(docs/semantics.md, The leading-0 form)")
             elif lead[0] == seqs.batch_raw and seqs.batch != seqs.batch_raw:
                 hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
                         f"({seqs.batch_raw} entries, B = {seqs.batch})")
@@ -474,19 +479,10 @@ def _check_sequences_strict(qlen, kvlen, t1, t2):
     of bounds), with hints for per-sequence lengths; a last end below T warns."""
     for name, ends, total, tname in (("actual_seq_qlen", qlen, t1, "T1 (query.shape[0])"),
                                      ("actual_seq_kvlen", kvlen, t2, "T2 (key.shape[0])")):
-        hint = _per_seq_hint(ends, None, total, None)
-        shown = f"{list(ends[:8])}{'...' if len(ends) > 8 else ''}"
-        for i, x in enumerate(ends):
-            if x < 0:
-                raise _invalid(name, f"{name} has a negative entry ({x} at index {i}): it must hold "
-                               f"cumulative ends, got {shown}{hint}", check="S4")
-            if i and x < ends[i - 1]:
-                raise _invalid(name, f"{name} must be non-decreasing cumulative ends (entry {i} = "
-                               f"{x} < {ends[i - 1]}), got {shown}{hint}", check="S4")
-        if ends[-1] > total:
-            raise _invalid(name, f"the last cumulative end {ends[-1]} of {name} exceeds "
-                           f"{tname} = {total} (the kernel would read out of bounds); the last "
-                           f"end must be T{hint}", check="S4")
+        problem = ends_problem(name, ends, total, tname)
+        if problem:
+            raise _invalid(name, problem, check="S4")
+        hint = per_sequence_hint(ends, total)
         if ends[-1] < total:
             warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
                           f"part of any sequence and get zero outputs (the last cumulative end "
@@ -637,11 +633,15 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     keys (so (max, sum) pairs and (lse, 1) pairs are both recognised) within 1e-3 relative.
     Rejected: every checked sample fits the token-major reading and none fits the device's.
     Samples where the two readings coincide or the row has no kept key are skipped;
-    statistics that fit neither reading are the caller's business.
+    statistics that fit neither reading are the caller's business -- except those that make
+    a row's probabilities sum to more than 1, which ``_warn_stats_mismatch`` reports.
+    Returns the samples [(b, i, h, lse, max, sum)] read with the device's layout.
     """
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
     scale32 = np.float32(scale_value)
     checked = device_fits = token_fits = 0
+    samples = []          # every recomputed row (for the mismatch warning)
+    same_rows = 0         # rows where both readings coincide: sampled for the warning only
     for b in range(seqs.batch):
         sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
         if sq <= 0 or skv <= 0 or skv > STATS_LAYOUT_MAX_SKV:
@@ -650,11 +650,10 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
         for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
             dev_flat = (qs * n1 + h * sq + i) * COPIES
             tok_flat = ((qs + i) * n1 + h) * COPIES
-            if dev_flat == tok_flat:
-                continue
             dm, dl = _element(smax, dev_flat), _element(ssum, dev_flat)
             tm, tl = _element(smax, tok_flat), _element(ssum, tok_flat)
-            if (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl)):
+            same = (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl))
+            if same and same_rows >= STATS_LAYOUT_SAMPLES:
                 continue
             j = np.arange(skv)
             kept = (j - i >= keep.lo) & (j - i <= keep.hi)
@@ -663,6 +662,10 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
             if not kept.any():
                 continue
             lse = _row_lse(q, qr, k, kr, qs, ks, skv, i, h, h // group, kept, scale32)
+            samples.append((b, i, h, lse, float(dm), float(dl)))
+            if same:
+                same_rows += 1
+                continue
             checked += 1
             device_fits += _fits(dm, dl, lse)
             token_fits += _fits(tm, tl, lse)
@@ -676,6 +679,35 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
                        "blocks and would compute wrong gradients without any error. Convert with "
                        "aclnn_fag.softmax_layout.device_stats_from_token_major(stats[..., 0], "
                        "actual_seq_qlen)", check="S9")
+    return samples
+
+
+def _warn_stats_mismatch(samples, scale_value):
+    """SoftmaxStatsMismatchWarning when a sampled row's statistics give max + log(sum) below
+    the log-sum-exp of the row's scaled scores: its probabilities exp(S - max) / sum would sum
+    to more than 1, which no softmax does (a wrong scale_value, other inputs or another mask).
+    A larger max + log(sum) is not reported: statistics over more keys than this call sees
+    (context parallelism, ring attention) are legitimate."""
+    for b, i, h, lse, m, l in samples:
+        stored = m + math.log(l) if (math.isfinite(m) and math.isfinite(l) and l > 0) else None
+        if stored is not None and not math.isfinite(lse):
+            continue
+        if stored is not None and lse - stored <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
+            continue
+        if stored is None:
+            what = f"max = {m:g}, sum = {l:g} cannot be a softmax's statistics"
+        else:
+            excess = lse - stored
+            ratio = f"{math.exp(excess):.3g}" if excess < 700 else f"e^{excess:.3g}"
+            what = (f"max + log(sum) = {stored:.6g} is below the log-sum-exp {lse:.6g} of the "
+                    f"row's scores (scale_value={scale_value:g}), so its probabilities would sum "
+                    f"to {ratio}")
+        warnings.warn(f"softmax_max/softmax_sum do not match the scores: at batch {b}, head {h}, "
+                      f"query row {i}: {what}; the gradients will be wrong. Were the statistics "
+                      "computed with another scale_value, other inputs or another mask? "
+                      "(docs/validation.md, Statistics that do not match the scores)",
+                      SoftmaxStatsMismatchWarning, stacklevel=4)
+        return
 
 
 def _stats_shape_hint(shape, t1, n1) -> str:
@@ -870,8 +902,9 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)         # S6, S7
     _check_stats_copies("softmax_max", softmax_max)                               # S8
     _check_stats_copies("softmax_sum", softmax_sum)
-    _check_stats_layout(query, query_rope, key, key_rope, atten_mask, softmax_max,  # S9
-                        softmax_sum, scale_value, seqs, sparse_mode, pre_eff, next_eff, band_idx)
+    samples = _check_stats_layout(query, query_rope, key, key_rope, atten_mask,   # S9
+                                  softmax_max, softmax_sum, scale_value, seqs, sparse_mode,
+                                  pre_eff, next_eff, band_idx)
     if mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs, q_start_idx,
                               kv_start_idx, deterministic):
         if avoid_rope_free_kernel:
@@ -885,6 +918,7 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                            "(docs/abi.md §7, rope-blind kernels); pass q_start_idx=[0], kv_start_idx=[0] "
                            "(no effect on V3's math) to select a rope-aware kernel", stricter=True)
     _warn_ignored(padding_mask=padding_mask, softmax_in=softmax_in, prefix=prefix)
+    _warn_stats_mismatch(samples, scale_value)
     return FagCall(head_num=head_num, seqs=seqs, pre_eff=pre_eff, next_eff=next_eff,
                    band_index=band_idx, **common)
 

@@ -17,7 +17,6 @@ Every function returns JSON-ready data and never raises for a missing file or li
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pathlib
 import platform
@@ -121,65 +120,18 @@ def driver_version(environ: Optional[Mapping[str, str]] = None) -> dict:
     return {"path": None, "version": None, "searched": searched}
 
 
-def _mapped_libraries(fragment: str) -> List[str]:
-    found: List[str] = []
-    try:
-        with open("/proc/self/maps", "r", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 6 and fragment in os.path.basename(parts[5]).lower():
-                    if parts[5] not in found:
-                        found.append(parts[5])
-    except OSError:
-        pass
-    return found
-
-
-_THREAD_FUNCTIONS = ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
-                     "openblas_get_num_threads64_", "openblas_get_num_threads",
-                     "MKL_Get_Max_Threads", "bli_thread_get_num_threads")
-
-
-def _library_threads(path: str):
-    try:
-        lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
-    except OSError:
-        return None, None
-    for name in _THREAD_FUNCTIONS:
-        fn = getattr(lib, name, None)
-        if fn is None:
-            continue
-        # int openblas_get_num_threads(void);  int MKL_Get_Max_Threads(void);
-        fn.restype = ctypes.c_int
-        fn.argtypes = []
-        try:
-            return int(fn()), name
-        except Exception:
-            continue
-    return None, None
-
-
 def blas_info() -> dict:
-    """numpy's BLAS: ``{"name", "version", "library", "threads", "threads_source", "env"}``."""
-    import numpy as np
-    out = {"name": None, "version": None, "library": None, "threads": None,
-           "threads_source": None,
-           "env": {k: os.environ[k] for k in _THREAD_VARS if k in os.environ}}
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = (cfg or {}).get("Build Dependencies", {}).get("blas", {})
-        out["name"], out["version"] = blas.get("name"), blas.get("version")
-        if blas.get("openblas configuration"):
-            out["configuration"] = blas["openblas configuration"]
-    except Exception:        # older numpy: no mode="dicts"
-        pass
-    libs = [p for frag in ("openblas", "mkl_rt", "blis", "libblas", "libcblas")
-            for p in _mapped_libraries(frag)]
-    if libs:
-        out["library"] = libs[0]
-        threads, source = _library_threads(libs[0])
-        if threads is not None:
-            out["threads"], out["threads_source"] = threads, source
+    """numpy's BLAS: ``{"name", "version", "library", "threads", "threads_source", "env"}``
+    (plus ``cap`` and ``usable_cpus``), read through :mod:`aclnn_fag.blas`."""
+    from . import blas
+    info = blas.blas_info()
+    out = {"name": info["library"], "version": info["version"], "library": info["path"],
+           "threads": info["threads"], "threads_source": info["threads_via"],
+           "env": {k: os.environ[k] for k in _THREAD_VARS if k in os.environ},
+           "cap": info["cap"], "usable_cpus": info["usable_cpus"]}
+    cfg = blas._numpy_blas_config().get("configuration")
+    if cfg:
+        out["configuration"] = cfg
     if out["threads"] is None:
         for var in _THREAD_VARS:
             value = os.environ.get(var, "").strip()

@@ -8,6 +8,9 @@ module, imported by every test folder's conftest: one build, one set of controls
   entry and on exit.
 * ``StubControls``: the stub-only exports of libascendcl.so (live-object counters, failure
   injection), declared with ctypes on the same library instance the package loads.
+* ``stub_fixtures(lib_dir_name)``: the fixtures a test folder on the stubs needs -- the
+  session's library directory (named ``lib_dir_name``), an autouse module-wide
+  ``stub_environment`` (``<lib_dir_name>_env``) and ``stub`` (cleared controls).
 """
 
 from __future__ import annotations
@@ -123,3 +126,26 @@ class StubControls:
         """Releases of handles that were not live (double destroy/free, a consumed executor
         run or destroyed again) since the libraries were loaded."""
         return int(self._bad())
+
+
+def stub_fixtures(lib_dir_name: str):
+    """(library dir, environment, controls) fixtures for a conftest: bind all three there,
+    e.g. ``stub_lib_dir, stub_env, stub = stub_fixtures("stub_lib_dir")``."""
+
+    @pytest.fixture(scope="session", name=lib_dir_name)
+    def lib_dir() -> pathlib.Path:
+        return build_stub_libs()
+
+    @pytest.fixture(scope="module", autouse=True, name=f"{lib_dir_name}_env")
+    def env(request):
+        with stub_environment(request.getfixturevalue(lib_dir_name)) as d:
+            yield d
+
+    @pytest.fixture(name="stub")
+    def controls(request):
+        s = StubControls(request.getfixturevalue(lib_dir_name))
+        s.clear()
+        yield s
+        s.clear()
+
+    return lib_dir, env, controls

@@ -1,6 +1,6 @@
 """Cumulative sequence ends (actualSeqQLen / actualSeqKvLen) and what follows from them.
 
-The op takes **cumulative end offsets without a leading 0**: per-sequence
+The op takes **cumulative end offsets** (a leading 0 reads as an empty first sequence): per-sequence
 lengths [2, 2, 0, 2, 2] are passed as [2, 4, 4, 6, 8] (docs/semantics.md, "Sequence lengths").
 """
 
@@ -10,7 +10,47 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SeqInfo", "seq_info", "lengths_to_cumulative", "cumulative_to_lengths"]
+__all__ = ["SeqInfo", "seq_info", "lengths_to_cumulative", "cumulative_to_lengths",
+           "per_sequence_hint", "ends_problem"]
+
+PER_SEQUENCE_HINT = (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
+                     "to T); the op takes cumulative ends without a leading 0 "
+                     "(aclnn_fag.seqlens.lengths_to_cumulative)")
+
+
+def per_sequence_hint(ends, total=None) -> str:
+    """' -- ...' when ``ends`` look like per-sequence lengths: with ``total`` (T) known, they
+    sum to T and the last is not T; without it, they decrease somewhere."""
+    if not ends or len(ends) < 2:
+        return ""
+    if total is not None:
+        return PER_SEQUENCE_HINT if sum(ends) == total and ends[-1] != total else ""
+    if any(b < a for a, b in zip(ends, ends[1:])) and min(ends) >= 0:
+        return (" -- these look like per-sequence lengths, not cumulative ends "
+                "(aclnn_fag.seqlens.lengths_to_cumulative converts lengths to ends)")
+    return ""
+
+
+def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
+    """What is wrong with cumulative ends ``ends`` (ints), or '' when nothing is: a negative
+    entry, a decrease, or (with ``total`` = T) a last end past T. The public call (check S4 of
+    docs/validation.md) and the helpers of aclnn_fag.seqlens / aclnn_fag.softmax_layout all
+    report these with this text."""
+    if not ends:
+        return f"{name} must have at least one entry"
+    hint = per_sequence_hint(ends, total)
+    shown = f"{list(ends[:8])}{'...' if len(ends) > 8 else ''}"
+    for i, x in enumerate(ends):
+        if x < 0:
+            return (f"{name} has a negative entry ({x} at index {i}): it must hold cumulative "
+                    f"ends, got {shown}{hint}")
+        if i and x < ends[i - 1]:
+            return (f"{name} must be non-decreasing cumulative ends (entry {i} = {x} < "
+                    f"{ends[i - 1]}), got {shown}{hint}")
+    if total is not None and ends[-1] > total:
+        return (f"the last cumulative end {ends[-1]} of {name} exceeds {total_name} = {total} "
+                f"(the kernel would read out of bounds); the last end must be T{hint}")
+    return ""
 
 
 def lengths_to_cumulative(lengths) -> np.ndarray:

@@ -205,6 +205,20 @@ static i128 seg_len_x(const int64_t *cum, int64_t b)
     return b == 0 ? (i128)cum[0] : (i128)cum[b] - (i128)cum[b - 1];
 }
 
+/* batch b's lengths and mask offset; *mask_base (the sum of Sq_b' * Skv_b' over the
+ * earlier batches, where packed 4-D masks start) advances past batch b */
+static BatchCtx batch_ctx(const FagPlan *p, int64_t b, int64_t *mask_base)
+{
+    BatchCtx c;
+    c.b = b;
+    c.Sq = seg_len(p->cum_q, b);
+    c.Skv = seg_len(p->cum_kv, b);
+    c.delta = c.Skv - c.Sq;
+    c.mask_base = *mask_base;
+    *mask_base += c.Sq * c.Skv;
+    return c;
+}
+
 /* ------------------------------------------------------------------------ */
 /* phase 1: validation (docs/validation.md, in order)                       */
 /* ------------------------------------------------------------------------ */
@@ -360,13 +374,7 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
     int checked = 0, dev_fits = 0, tok_fits = 0;
     int64_t mask_base = 0;
     for (int64_t b = 0; b < p->nb && checked < STATS_LAYOUT_SAMPLES; b++) {
-        BatchCtx c;
-        c.b = b;
-        c.Sq = seg_len(p->cum_q, b);
-        c.Skv = seg_len(p->cum_kv, b);
-        c.delta = c.Skv - c.Sq;
-        c.mask_base = mask_base;
-        mask_base += c.Sq * c.Skv;
+        const BatchCtx c = batch_ctx(p, b, &mask_base);
         const int64_t qs = b == 0 ? 0 : p->cum_q[b - 1];
         const int64_t ks = b == 0 ? 0 : p->cum_kv[b - 1];
         if (c.Sq <= 0 || c.Skv <= 0 || c.Skv > STATS_LAYOUT_MAX_SKV) {
@@ -1315,13 +1323,7 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
     for (int64_t b = 0; b < p->nb; b++) {
         const int64_t qs = b == 0 ? 0 : p->cum_q[b - 1];
         const int64_t ks = b == 0 ? 0 : p->cum_kv[b - 1];
-        BatchCtx c;
-        c.b = b;
-        c.Sq = seg_len(p->cum_q, b);
-        c.Skv = seg_len(p->cum_kv, b);
-        c.delta = c.Skv - c.Sq;
-        c.mask_base = mask_base;
-        mask_base += c.Sq * c.Skv;
+        const BatchCtx c = batch_ctx(p, b, &mask_base);
         if (c.Sq <= 0 || c.Skv <= 0) {
             continue; /* no computed block: the gradients of these rows stay 0 */
         }

@@ -22,28 +22,12 @@ for path in (HERE, HERE.parent):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from stub_kit import StubControls, build_stub_libs, stub_environment  # noqa: E402
+from stub_kit import StubControls, build_stub_libs, stub_environment, stub_fixtures  # noqa: E402,F401
 
 Stub = StubControls          # the name the tests of this folder know
 
 
-@pytest.fixture(scope="session")
-def stub_lib_dir() -> pathlib.Path:
-    return build_stub_libs()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def stub_env(stub_lib_dir):
-    with stub_environment(stub_lib_dir):
-        yield stub_lib_dir
-
-
-@pytest.fixture
-def stub(stub_lib_dir):
-    s = StubControls(stub_lib_dir)
-    s.clear()
-    yield s
-    s.clear()
+stub_lib_dir, stub_env, stub = stub_fixtures("stub_lib_dir")
 
 
 def settle() -> None:

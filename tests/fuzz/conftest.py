@@ -31,7 +31,7 @@ for path in (HERE, HERE.parent):
         sys.path.insert(0, str(path))
 
 import fuzz_cases  # noqa: E402  (after the sys.path setup)
-from stub_kit import StubControls, build_stub_libs, stub_environment  # noqa: E402
+from stub_kit import stub_fixtures  # noqa: E402
 
 WATCHDOG_SECONDS = float(os.environ.get("ACLNN_FAG_FUZZ_WATCHDOG", "1800"))
 
@@ -60,20 +60,4 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
                                                  "tally": dict(tally)}, indent=2))
 
 
-@pytest.fixture(scope="session")
-def fuzz_stub_dir() -> pathlib.Path:
-    return build_stub_libs()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fuzz_stub_env(fuzz_stub_dir):
-    with stub_environment(fuzz_stub_dir):
-        yield fuzz_stub_dir
-
-
-@pytest.fixture
-def stub(fuzz_stub_dir):
-    s = StubControls(fuzz_stub_dir)
-    s.clear()
-    yield s
-    s.clear()
+fuzz_stub_dir, fuzz_stub_env, stub = stub_fixtures("fuzz_stub_dir")

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Produce the README's command samples by running the commands, so they cannot go stale.
+
+    python scripts/readme_samples.py            # print the samples
+    python scripts/readme_samples.py --write    # refresh them in README.md
+    python scripts/readme_samples.py --check    # exit 1 when README.md differs
+
+Each sample sits in README.md between ``<!-- sample:NAME -->`` and ``<!-- /sample:NAME -->``
+as a fenced block. The commands run on the NumPy backend (``ACLNN_FAG_BACKEND=numpy``, no
+CANN libraries visible), in a subprocess with this checkout first on ``PYTHONPATH``.
+Comparisons ignore what legitimately changes from run to run (``normalise``): times, and the
+time column of the parity table; the demo's checksums are printed with BLAS-stable digits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+
+# name -> the aclnn-fag arguments
+SAMPLES = {
+    "demo": ["demo"],
+    "parity-quick": ["parity", "--quick", "--report", "-", "-q"],
+}
+TIME = re.compile(r"\b\d+\.\d+ s\b")
+PARITY_ROW = re.compile(r"^(\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+)(\d+\.\d+)( +\S+.*)$")
+
+
+def run_sample(name: str) -> str:
+    """The command's output (stdout), prefixed by the command line."""
+    with tempfile.TemporaryDirectory() as empty:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.update(ACLNN_FAG_BACKEND="numpy", ACLNN_FAG_LIB_DIR=empty)
+        for var in ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME"):
+            env.pop(var, None)
+        proc = subprocess.run([sys.executable, "-m", "aclnn_fag", *SAMPLES[name]], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+    if proc.returncode != 0:
+        raise RuntimeError(f"aclnn-fag {' '.join(SAMPLES[name])} exited {proc.returncode}:\n"
+                           f"{proc.stdout}\n{proc.stderr}")
+    shown = " ".join(a for a in SAMPLES[name] if a not in ("-q",))
+    shown = shown.replace(" --report -", "")
+    return f"$ aclnn-fag {shown}\n{proc.stdout}"
+
+
+def block(name: str, text: str) -> str:
+    return f"<!-- sample:{name} -->\n```text\n{text.rstrip()}\n```\n<!-- /sample:{name} -->"
+
+
+def normalise(text: str) -> str:
+    """Mask what differs between two honest runs: wall times."""
+    out = []
+    for line in text.splitlines():
+        m = PARITY_ROW.match(line)
+        if m and line.rstrip().endswith(("PASS", "FAIL", "ERROR")):
+            line = m.group(1) + "<t>" + m.group(3)
+        out.append(TIME.sub("<t> s", line).rstrip())
+    return "\n".join(out).strip()
+
+
+# Relative tolerance of the numbers of a sample (the parity errors have 3 significant digits,
+# which another CPU's BLAS kernels may move in the last one); 0 = exact.
+TOLERANCE = {"demo": 0.0, "parity-quick": 0.05}
+NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+
+
+def same(name: str, shown: str, produced: str) -> bool:
+    """Does the README's sample ``shown`` agree with a fresh run's ``produced``?"""
+    a, b = normalise(shown).splitlines(), normalise(produced).splitlines()
+    if len(a) != len(b):
+        return False
+    tol = TOLERANCE.get(name, 0.0)
+    for line_a, line_b in zip(a, b):
+        ta, tb = line_a.split(), line_b.split()
+        if len(ta) != len(tb):
+            return False
+        for x, y in zip(ta, tb):
+            if x == y:
+                continue
+            if not (tol and NUMBER.match(x) and NUMBER.match(y)):
+                return False
+            fx, fy = float(x), float(y)
+            if abs(fx - fy) > tol * max(abs(fx), abs(fy)):
+                return False
+    return True
+
+
+def readme_samples(text: str) -> dict:
+    """name -> the sample text currently in the README."""
+    found = {}
+    for m in re.finditer(r"<!-- sample:([\w-]+) -->\n```text\n(.*?)\n```\n<!-- /sample:\1 -->", text, re.S):
+        found[m.group(1)] = m.group(2)
+    return found
+
+
+def replace_samples(text: str, fresh: dict) -> str:
+    for name, sample in fresh.items():
+        pattern = re.compile(rf"<!-- sample:{re.escape(name)} -->.*?<!-- /sample:{re.escape(name)} -->", re.S)
+        if not pattern.search(text):
+            raise KeyError(f"README.md has no <!-- sample:{name} --> block")
+        text = pattern.sub(lambda _m: block(name, sample), text, count=1)
+    return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--write", action="store_true", help="refresh the samples in README.md")
+    ap.add_argument("--check", action="store_true", help="exit 1 when README.md's samples are stale")
+    ap.add_argument("names", nargs="*", default=list(SAMPLES), help="samples (default: all)")
+    args = ap.parse_args(argv)
+    fresh = {name: run_sample(name) for name in args.names}
+    if args.write:
+        README.write_text(replace_samples(README.read_text(encoding="utf-8"), fresh), encoding="utf-8")
+        return 0
+    if args.check:
+        current = readme_samples(README.read_text(encoding="utf-8"))
+        stale = [n for n in fresh if not same(n, current.get(n, ""), fresh[n])]
+        for n in stale:
+            print(f"README.md sample {n!r} is stale: run scripts/readme_samples.py --write", file=sys.stderr)
+        return 1 if stale else 0
+    for name, sample in fresh.items():
+        print(block(name, sample))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
