@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["positive_float", "positive_int", "seed"]
+__all__ = ["positive_float", "nonnegative_float", "positive_int", "nonnegative_int", "seed"]
 
 
 def positive_float(text: str) -> float:
@@ -17,6 +17,17 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
     return value
 
 
@@ -33,6 +44,11 @@ def _int_in(text: str, low: int, high: int, what: str) -> int:
 def positive_int(text: str) -> int:
     """An int >= 1."""
     return _int_in(text, 1, 1 << 63, ">= 1")
+
+
+def nonnegative_int(text: str) -> int:
+    """An int >= 0."""
+    return _int_in(text, 0, 1 << 63, ">= 0")
 
 
 def seed(text: str) -> int:

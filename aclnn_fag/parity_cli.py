@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .cliargs import positive_float
 from .output import STDOUT, human_stream, write_json, write_text
 
 __all__ = ["add_arguments", "compare_requested", "run_compare", "load_backend_fn", "finish"]
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write JUnit XML to FILE ('-' = stdout): one testcase per case")
     p.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"), default=None,
                    help="compare two reports case by case instead of running; exit 1 when NEW regressed")
-    p.add_argument("--factor", type=float, default=None,
+    p.add_argument("--factor", type=positive_float, default=None,
                    help="with --compare: error growth that counts as a change (default: 2)")
     p.add_argument("--repro", metavar="DIR", default=None,
                    help="write a standalone C reproducer for each failing case to DIR/<case>/")

@@ -23,12 +23,15 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from aclnn_fag import cliargs  # noqa: E402  (checked numbers for the options)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    ap.add_argument("--scale", type=int, default=25, help="examples per property = CI count x scale")
-    ap.add_argument("--minutes", type=float, default=0.0,
+    ap.add_argument("--scale", type=cliargs.positive_int, default=25,
+                    help="examples per property = CI count x scale")
+    ap.add_argument("--minutes", type=cliargs.nonnegative_float, default=0.0,
                     help="keep starting new runs until this many minutes have passed")
     ap.add_argument("--report", default="fuzz_long_report.json")
     ap.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")

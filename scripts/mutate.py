@@ -144,8 +144,10 @@ def run_mutant(m: Mutant, tree: pathlib.Path, root: pathlib.Path, pristine_libs:
         target.write_text(original_text.replace(m.original, m.replacement, 1), encoding="utf-8")
         if is_c:
             ok, log = build_stubs(tree, timeout)
+            if not ok:                 # once more: a transient failure (disk, OOM) is not the mutant's
+                ok, log = build_stubs(tree, timeout)
             if not ok:
-                result.update(status="invalid", detail=log.strip().splitlines()[-1:] or "")
+                result.update(status="invalid", detail=" | ".join(log.strip().splitlines()[-4:]))
                 return result
         status, seconds, detail = run_tests(tree, result["tests"], timeout)
         result.update(status={"fail": "killed", "pass": "survived"}.get(status, status),
@@ -187,6 +189,9 @@ def main(argv=None) -> int:
     ap.add_argument("--changed-since", metavar="REV",
                     help="only mutants whose file or test selection changed since git REV "
                          "(re-run after a merge: stale ones are reported as stale)")
+    ap.add_argument("--base-report", metavar="FILE",
+                    help="combine with an earlier report: mutants not run now keep their result "
+                         "from FILE (if their snippet still matches); the summary covers both")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant run")
     ap.add_argument("--report", default="mutation_report.json", help="JSON report path")
     ap.add_argument("--tree", default=str(ROOT), help="the tree to copy (default: this repo)")
@@ -247,6 +252,23 @@ def main(argv=None) -> int:
             print(f"[{i:>3}/{len(chosen)}] {r['status']:<8s} {r.get('seconds', 0):6.1f}s "
                   f"{m.area:<10s} {m.id:<28s} {r.get('detail', '')[:110]}", flush=True)
             write_report(args.report, started, root, results, len(chosen))
+    if args.base_report:
+        earlier = {r["id"]: r for r in json.load(open(args.base_report, encoding="utf-8"))["results"]}
+        now = {r["id"]: r for r in results}
+        combined = []
+        for m in MUTANTS:
+            if m.id in now:
+                combined.append(now[m.id])
+            elif m.id in earlier:
+                old = dict(earlier[m.id])
+                stale = check(m, root)
+                if stale:
+                    old.update(status="stale", detail=stale)
+                old["from"] = args.base_report
+                combined.append(old)
+        results = combined
+        print(f"\ncombined with {args.base_report}: {len(now)} run now, "
+              f"{len(results) - len(now)} taken from the earlier report")
     per = summarise(results)
     print("\narea        mutants  killed  survived  stale  invalid  kill rate")
     for area in AREAS:

@@ -87,7 +87,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="parity_reports", help="directory for the reports and logs")
     p.add_argument("--backend", default="npu", choices=("npu", "auto", "numpy"),
                    help="backend each process tests (default: npu)")
-    p.add_argument("--jobs", type=int, default=0, help="parallel processes (default: one per device)")
+    from aclnn_fag.cliargs import nonnegative_int
+    p.add_argument("--jobs", type=nonnegative_int, default=0,
+                   help="parallel processes (default: one per device)")
     args = p.parse_args(argv)
     devices = _device_ids(args.devices)
     if not devices:

@@ -216,6 +216,14 @@ def test_public_call_holds_the_determinism_option_during_phase_1(want, monkeypat
         plan.run()
     assert seen and all(bool(v) is want for v in seen), seen
     assert runtime.get_determinism(0) == before
+    # a run that must rebuild (repoint=False, a swapped buffer) runs phase 1 inside run()
+    with FagPlan.from_call(call, repoint=False) as plan:
+        seen.clear()
+        with DeviceArray.from_numpy(p.dy) as new_dy:
+            plan.run(dy=new_dy)
+        assert plan.phase1_runs == 2
+    assert len(seen) == 1 and bool(seen[0]) is want, seen
+    assert runtime.get_determinism(0) == before
     runtime._set_determinism(runtime.ensure_device(0), 0)
 
 

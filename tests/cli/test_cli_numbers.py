@@ -18,6 +18,8 @@ import pytest
     (("bench", "--repeat", "1.5"), "--repeat"),
     (("demo", "--seed", "-1"), "--seed"),
     (("demo", "--seed", "1e3"), "--seed"),
+    (("parity", "--compare", "a.json", "b.json", "--factor", "nan"), "--factor"),
+    (("parity", "--compare", "a.json", "b.json", "--factor", "0"), "--factor"),
 ])
 def test_bad_numbers_are_usage_errors(run_cli, argv, option):
     code, out, err = run_cli(*argv)
@@ -65,3 +67,16 @@ def test_npu_parity_is_not_a_self_check(npu_stub, run_cli, tiny_suite, tmp_path)
     assert code == 0
     assert "SELF-CHECK" not in out
     assert json.loads(report.read_text())["self_check"] is False
+
+
+@pytest.mark.parametrize("script,argv,option", [
+    ("fuzz_long.py", ["--scale", "0"], "--scale"),
+    ("fuzz_long.py", ["--minutes", "nan"], "--minutes"),
+    ("parity_all_devices.py", ["--jobs", "-1"], "--jobs"),
+])
+def test_script_numbers_are_checked(script, argv, option):
+    import subprocess
+    from cli_paths import PYTHON, ROOT, subprocess_env
+    proc = subprocess.run([PYTHON, str(ROOT / "scripts" / script), *argv], cwd=ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"argument {option}" in proc.stderr

@@ -61,3 +61,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 fuzz_stub_dir, fuzz_stub_env, stub = stub_fixtures("fuzz_stub_dir")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def canonical_masks_intact():
+    """The shared CANONICAL masks are snapshot by identity (fuzz_cases._digest): their
+    content is checked once per module instead."""
+    yield
+    fuzz_cases.assert_canonical_constants_intact()

@@ -279,6 +279,9 @@ def test_small_shape_exception_other_conditions():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _small_shape_call(100, kv_len=1024)
+        _small_shape_call(100, d=92)                                 # D < 96
+        with pytest.raises(errors.ParamInvalidError):
+            _small_shape_call(100, d=100)                            # D = 100 > 96, not % 8
         with pytest.raises(errors.ParamInvalidError):
             _small_shape_call(100, kv_len=1025)                      # max Skv > 1024
         with pytest.raises(errors.ParamInvalidError):
