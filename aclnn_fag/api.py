@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from . import blas
+from . import blas, operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -66,7 +66,8 @@ def flash_attention_unpadding_score_grad_v3(
         pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None, input_layout="TND",
         inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None, drop_mask=None,
         padding_mask=None, softmax_in=None, prefix=None, q_start_idx=None, kv_start_idx=None,
-        backend="auto", precision="device", deterministic=False) -> FagGrads:
+        backend="auto", precision="device", deterministic=False, check_data=None,
+        stream=None) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
     The arguments mirror the C op one to one (docs/semantics.md; docs/porting.md for
@@ -86,6 +87,11 @@ def flash_attention_unpadding_score_grad_v3(
         atten_mask: bool/uint8, nonzero = masked. Sparse modes 0/1/5: [maxSq, maxSkv] (or
         [1|B, 1|N1, maxSq, maxSkv]; ``aclnn_fag.masks.band_mask`` builds one from tokens);
         modes 2/3/4/7/8: the compressed 2048x2048 ``aclnn_fag.masks.compressed_causal_mask()``.
+        Kinds (``aclnn_fag.operands``), one per call: numpy arrays; torch CPU tensors (the
+        results are torch CPU tensors over the results' memory, no copies either way); or
+        device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (torch_npu), used in place
+        on the NPU (the caller's addresses and strides; results are DeviceArrays, or NPU
+        tensors made with ``query.new_empty``).
 
     Sequences and sparsity:
         actual_seq_qlen, actual_seq_kvlen: cumulative end offsets of the sequences (lengths
@@ -111,7 +117,18 @@ def flash_attention_unpadding_score_grad_v3(
         (bf16 results with the device's rounding points), "fp32" or "fp64" (the same math
         without bf16 rounding; NumPy only; float32/float64 results). deterministic: sets
         ACL_OPT_DETERMINISTIC for the call on the NPU; on any backend it also selects the
-        deterministic-mode padding rule (docs/validation.md, rule 16).
+        deterministic-mode padding rule (docs/validation.md, rule 16). Device-resident inputs
+        always run on the NPU.
+        check_data: whether to run the rules that read tensor data (docs/validation.md, S6,
+        S8, S9); on device-resident inputs they read back a bounded sample (at most 16 KiB).
+        None (default) means True, except for device-resident inputs with ``stream``: their
+        data may still be being written by work queued on that stream, so the checks are
+        skipped there; True then synchronises the stream once and samples.
+        stream: the caller's aclrtStream (an int, or an object with ``npu_stream`` such as
+        ``torch.npu.current_stream()``). With device-resident inputs the call only enqueues
+        the op on it and returns (no synchronisation; the workspace is kept per stream for
+        later calls on it); with host inputs the stream is synchronised before the results
+        are read. Without it the NPU backend uses its own stream and synchronises.
 
     Returns:
         FagGrads(dq, dq_rope, dk, dk_rope, dv), a named tuple in that order, each shaped like
@@ -130,35 +147,66 @@ def flash_attention_unpadding_score_grad_v3(
         query row with no kept key: zero gradients), SoftmaxStatsMismatchWarning (the
         statistics cannot be those of these scores), IgnoredArgumentWarning.
     """
-    name = resolve_backend(backend, precision)
+    kind, t = operands.convert_inputs(dict(
+        query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
+        atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
+        attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
+        padding_mask=padding_mask, softmax_in=softmax_in))
+    on_device = kind in operands.DEVICE_KINDS
+    name = _device_backend(backend, precision) if on_device else resolve_backend(backend, precision)
+    if check_data is None:
+        check_data = not (on_device and stream is not None)
+    elif check_data and on_device and stream is not None:
+        from .acl import runtime
+        runtime.synchronize_stream(stream, t["query"].device_id)   # the data must be ready
     call = validate_backward(
-        query, query_rope, key, key_rope, value, dy, atten_mask=atten_mask,
-        softmax_max=softmax_max, softmax_sum=softmax_sum, attention_in=attention_in,
-        actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-        scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
-        next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
-        inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type,
-        pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
-        softmax_in=softmax_in, prefix=prefix, q_start_idx=q_start_idx,
-        kv_start_idx=kv_start_idx, deterministic=deterministic)
+        t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"], t["dy"],
+        atten_mask=t["atten_mask"], softmax_max=t["softmax_max"], softmax_sum=t["softmax_sum"],
+        attention_in=t["attention_in"], actual_seq_qlen=actual_seq_qlen,
+        actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value, keep_prob=keep_prob,
+        pre_tokens=pre_tokens, next_tokens=next_tokens, head_num=head_num,
+        input_layout=input_layout, inner_precise=inner_precise, sparse_mode=sparse_mode,
+        pse_type=pse_type, pse_shift=t["pse_shift"], drop_mask=t["drop_mask"],
+        padding_mask=t["padding_mask"], softmax_in=t["softmax_in"], prefix=prefix,
+        q_start_idx=q_start_idx, kv_start_idx=kv_start_idx, deterministic=deterministic,
+        check_data=check_data)
     _last.name = name
+    if on_device:
+        from .device_run import run_backward_on_device
+        return run_backward_on_device(call, kind, query, stream)
     if call.empty_result or name == "numpy":
         with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
-            return attention_backward(call, precision)
-    from . import acl
-    return acl.run_backward(call)
+            grads = attention_backward(call, precision)
+    else:
+        from . import acl
+        grads = acl.run_backward(call, stream=stream)
+    if kind == operands.TORCH:
+        grads = FagGrads(*(operands.to_torch(g) for g in grads))
+    return grads
+
+
+def _device_backend(backend, precision) -> str:
+    """The backend for device-resident inputs: always "npu" (they cannot run on NumPy)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"parameter 'backend' must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numpy":
+        raise ValueError("parameter 'backend'='numpy' cannot take device-resident tensors "
+                         "(DeviceArray or NPU tensors); pass backend='npu' or 'auto', or numpy "
+                         "arrays / torch CPU tensors")
+    return resolve_backend("npu", precision)
 
 
 def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_mask,
                             actual_seq_qlen, actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX,
                             next_tokens=INT32_MAX, head_num=None, sparse_mode=0, inner_precise=0,
-                            precision="device") -> FagForward:
+                            precision="device", check_data=True) -> FagForward:
     """The forward the backward differentiates (aclnnFlashAttentionVarLenScoreV3's math, on the
     NumPy reference), producing valid inputs for the backward.
 
     query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr], value
-    [T2, N2, Dv]: bfloat16. atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
-    pre_tokens, next_tokens, head_num, sparse_mode, inner_precise: as for
+    [T2, N2, Dv]: bfloat16, numpy arrays or torch CPU tensors (then the results are torch CPU
+    tensors, no copies). atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
+    pre_tokens, next_tokens, head_num, sparse_mode, inner_precise, check_data: as for
     ``flash_attention_unpadding_score_grad_v3`` (the same rules apply, docs/validation.md).
     precision: "device" returns bf16 output and float32 statistics; "fp32"/"fp64" return
     everything in that dtype (cast the statistics to float32 before passing them to the
@@ -171,10 +219,20 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     """
     if precision not in PRECISIONS:
         raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
-    call = validate_forward(query, query_rope, key, key_rope, value, atten_mask=atten_mask,
-                            actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-                            scale_value=scale_value, pre_tokens=pre_tokens,
-                            next_tokens=next_tokens, head_num=head_num, sparse_mode=sparse_mode,
-                            inner_precise=inner_precise)
+    kind, t = operands.convert_inputs(dict(query=query, query_rope=query_rope, key=key,
+                                           key_rope=key_rope, value=value, atten_mask=atten_mask))
+    if kind in operands.DEVICE_KINDS:
+        raise BackendUnavailableError("flash_attention_forward runs on NumPy only in this version: "
+                                      "pass numpy arrays or torch CPU tensors", code=361001,
+                                      param="query")
+    call = validate_forward(t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"],
+                            atten_mask=t["atten_mask"], actual_seq_qlen=actual_seq_qlen,
+                            actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value,
+                            pre_tokens=pre_tokens, next_tokens=next_tokens, head_num=head_num,
+                            sparse_mode=sparse_mode, inner_precise=inner_precise,
+                            check_data=check_data)
     with blas.capped():
-        return attention_forward(call, precision)
+        out = attention_forward(call, precision)
+    if kind == operands.TORCH:
+        out = FagForward(*(operands.to_torch(x) for x in out))
+    return out

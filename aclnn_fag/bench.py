@@ -396,13 +396,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("device", "fp32", "fp64"), default="device",
                    help="precision of the default/smoke suites' rows (default: device; fp32/fp64 "
                         "run on numpy; the targets suite fixes its own precisions)")
-    p.add_argument("--suite", choices=sorted(SUITES), default="default",
+    p.add_argument("--suite", choices=sorted(SUITES) + ["overhead"], default="default",
                    help="named suite: default (a few sizes; the default), smoke (tiny, for CI), "
-                        "targets (the project's performance targets)")
+                        "targets (the project's performance targets), overhead (host "
+                        "microseconds per call on the NPU path; needs the NPU backend or "
+                        "the stubs, whose computation it switches off)")
     p.add_argument("--repeat", type=positive_int, default=3, help="timed calls per row; best and median are reported (default: 3)")
     add_json_argument(p, "the results")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+
+
+def _main_overhead(args) -> int:
+    from .bench_overhead import format_overhead, run_overhead
+    try:
+        resolve_backend("npu", "device")
+    except Exception as exc:
+        print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
+        return 2
+    report = run_overhead(repeat=max(args.repeat, 3), progress=None if args.quiet else sys.stderr)
+    text = human_stream(args.json)
+    print(format_overhead(report), file=text)
+    if args.json:
+        write_json(report, args.json)
+        if args.json != STDOUT:
+            print(f"json: {args.json}", file=text)
+    if args.check and not report["all_goals_met"]:
+        return 1
+    return 0
 
 
 def main(args) -> int:
@@ -415,6 +436,8 @@ def main(args) -> int:
     except Exception as exc:
         print(f"aclnn-fag bench: {exc}", file=sys.stderr)
         return 2
+    if args.suite == "overhead":
+        return _main_overhead(args)
     report = run_bench(args.suite, args.backend, args.precision, args.repeat,
                        progress=None if args.quiet else sys.stderr)
     text = human_stream(args.json)

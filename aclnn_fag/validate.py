@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 import warnings
 from collections.abc import Sequence
 
@@ -58,7 +59,7 @@ import numpy as np
 
 from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
-from .masks import COMPRESSED_SIZE, is_canonical_compressed
+from .masks import COMPRESSED_SIZE, is_canonical_compressed, is_package_mask
 from .semantics.seqlens import SeqInfo, ends_problem, per_sequence_hint, seq_info
 from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
 from .semantics.softmax_layout import COPIES
@@ -103,6 +104,19 @@ def _cite(rule, check):
     return f"{rule} (docs/validation.md, {check})" if check else rule
 
 
+def _stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the calling function point at the
+    first frame outside this package (the user's call), however deep the package's own
+    frames are (public call, validation cache, helpers)."""
+    import os
+    pkg = os.path.dirname(os.path.abspath(__file__))
+    level, f = 1, sys._getframe(1)
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(pkg + os.sep):
+        f = f.f_back
+        level += 1
+    return level
+
+
 def _nullptr(param, rule, stricter=False, check=None):
     return ParamNullptrError(_cite(rule, check), code=161001, param=param,
                              stricter=stricter or check is not None)
@@ -114,10 +128,16 @@ def _invalid(param, rule, stricter=False, check=None):
 
 
 # --------------------------------------------------------------------------- types
+def _is_device(value) -> bool:
+    """An aclnn_fag.acl.DeviceArray (looked up without importing the NPU backend)."""
+    mod = sys.modules.get("aclnn_fag.acl.device")
+    return mod is not None and isinstance(value, mod.DeviceArray)
+
+
 def _check_array(name, value):
-    if value is not None and not isinstance(value, np.ndarray):
-        raise TypeError(f"parameter '{name}' must be a numpy.ndarray or None, "
-                        f"got {type(value).__name__}")
+    if value is not None and not isinstance(value, np.ndarray) and not _is_device(value):
+        raise TypeError(f"parameter '{name}' must be a numpy.ndarray, a torch CPU or NPU tensor, "
+                        f"an aclnn_fag.acl.DeviceArray or None, got {type(value).__name__}")
     return value
 
 
@@ -486,7 +506,7 @@ def _check_sequences_strict(qlen, kvlen, t1, t2):
         if ends[-1] < total:
             warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
                           f"part of any sequence and get zero outputs (the last cumulative end "
-                          f"is normally T){hint}", SequenceEndWarning, stacklevel=4)
+                          f"is normally T){hint}", SequenceEndWarning, stacklevel=_stacklevel())
 
 
 def _check_rope_shapes(query, query_rope, key, key_rope):
@@ -512,11 +532,20 @@ def _first_compressed_slice(mask):
     return mask if mask.ndim == 2 else mask[0, 0]      # no reshape: never a copy
 
 
-def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff):
-    """S6 and S7."""
-    if sparse_mode in COMPRESSED_MODES:
-        first = _first_compressed_slice(atten_mask)
-        if not is_canonical_compressed(first):
+def _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff, sampler=None,
+                                  check_data=True):
+    """S6 and S7 (S6 only with ``check_data``; on a sample for device arrays)."""
+    if sparse_mode in COMPRESSED_MODES and check_data and not is_package_mask(atten_mask):
+        if _is_device(atten_mask):
+            if not sampler.compressed_mask_is_canonical(atten_mask):
+                raise _invalid("atten_mask", f"sparse_mode {sparse_mode} reads the compressed mask at "
+                               "shifted offsets and assumes the canonical content (1 strictly above "
+                               "the diagonal); a sample of this device mask differs from it. Upload "
+                               "aclnn_fag.masks.compressed_causal_mask()", check="S6")
+            first = None
+        else:
+            first = _first_compressed_slice(atten_mask)
+        if first is not None and not is_canonical_compressed(first):
             hint = ""
             if _is_inverted_compressed(first):
                 hint = (" -- it looks inverted (nonzero on and below the diagonal): in aclnn masks "
@@ -556,13 +585,26 @@ def _warn_ignored(**kwargs):
     for name, value in kwargs.items():
         if value is not None:
             warnings.warn(f"parameter '{name}' is accepted by the op but not used; it is ignored",
-                          IgnoredArgumentWarning, stacklevel=4)
+                          IgnoredArgumentWarning, stacklevel=_stacklevel())
 
 
-def _check_stats_copies(name, stats):
+_COPIES_MESSAGE = ("the {copies} copies in the last dim of {name} differ; the device "
+                   "reads copy (j mod {copies}) for column j, so they must be identical. If "
+                   "you have token-major [T, N] statistics, convert them with "
+                   "aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                   "actual_seq_qlen), which also writes the 8 copies")
+
+
+def _check_stats_copies(name, stats, sampler=None):
     """S8: the 8 copies must be identical (the kernel reads copy j mod 8 for column j).
-    Zero-stride axes are read once; the rest in chunks of bounded size."""
+    Zero-stride axes are read once; the rest in chunks of bounded size (device arrays: a
+    bounded sample)."""
     if stats.strides[2] == 0:
+        return
+    if _is_device(stats):
+        if not sampler.stats_copies_equal(stats):
+            raise _invalid(name, _COPIES_MESSAGE.format(copies=COPIES, name=name)
+                           + " (found in a sample of the device array)", check="S8")
         return
     part_all = _compact(stats)
     rows_per_chunk = max(1, (1 << 20) // max(1, part_all.shape[1] * COPIES))
@@ -624,7 +666,7 @@ def _fits(m, l, lse) -> bool:
 
 
 def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqInfo,
-                        sparse_mode, pre_eff, next_eff, band_idx):
+                        sparse_mode, pre_eff, next_eff, band_idx, sampler=None):
     """S9: a few sampled (row, head) pairs of the statistics must describe the row's scores.
 
     For each sample the two readings of the [T1, N1, 8] arrays are taken: the device's
@@ -637,6 +679,15 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     a row's probabilities sum to more than 1, which ``_warn_stats_mismatch`` reports.
     Returns the samples [(b, i, h, lse, max, sum)] read with the device's layout.
     """
+    on_device = [_is_device(a) for a in (q, qr, k, kr, mask, smax, ssum)]
+    if any(on_device):
+        if not all(on_device) or sampler is None:
+            return []   # host and device arrays mixed (a FagPlan's inputs): not sampled
+        checked, device_fits, token_fits = sampler.stats_layout_votes(
+            q, qr, k, kr, mask, smax, ssum, scale_value, seqs, sparse_mode, pre_eff, next_eff,
+            band_idx, _fits)
+        _judge_stats_layout(checked, device_fits, token_fits)
+        return []
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
     scale32 = np.float32(scale_value)
     checked = device_fits = token_fits = 0
@@ -673,13 +724,17 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
                 break
         if checked >= STATS_LAYOUT_SAMPLES:
             break
+    _judge_stats_layout(checked, device_fits, token_fits)
+    return samples
+
+
+def _judge_stats_layout(checked, device_fits, token_fits):
     if checked and device_fits == 0 and token_fits == checked:
         raise _invalid("softmax_max", "softmax_max/softmax_sum look token-major ([T, N] values "
                        "broadcast to [T, N, 8]); the device reads them per batch as [N, Sq_b, 8] "
                        "blocks and would compute wrong gradients without any error. Convert with "
                        "aclnn_fag.softmax_layout.device_stats_from_token_major(stats[..., 0], "
                        "actual_seq_qlen)", check="S9")
-    return samples
 
 
 def _warn_stats_mismatch(samples, scale_value):
@@ -706,7 +761,7 @@ def _warn_stats_mismatch(samples, scale_value):
                       f"query row {i}: {what}; the gradients will be wrong. Were the statistics "
                       "computed with another scale_value, other inputs or another mask? "
                       "(docs/validation.md, Statistics that do not match the scores)",
-                      SoftmaxStatsMismatchWarning, stacklevel=4)
+                      SoftmaxStatsMismatchWarning, stacklevel=_stacklevel())
         return
 
 
@@ -721,6 +776,14 @@ def _stats_shape_hint(shape, t1, n1) -> str:
         return (" -- these look like [N, T] statistics; transpose to [T, N] and convert with "
                 "aclnn_fag.softmax_layout.device_stats_from_token_major(stats.T, actual_seq_qlen)")
     return ""
+
+
+def _sampler_for(arrays):
+    """A bounded device reader when any tensor is device-resident (else None)."""
+    if any(_is_device(a) for a in arrays.values()):
+        from .device_checks import Sampler
+        return Sampler()
+    return None
 
 
 def _resolve_head_num(head_num, query):
@@ -754,19 +817,144 @@ def _preamble(arrays: dict, **scalars) -> dict:
 
 
 # --------------------------------------------------------------------------- public
+# --------------------------------------------------------------------------- verdict cache
+# Every rule except the data rules (S6, S8, S9) is a function of the arguments' shapes,
+# dtypes, strides, Python types and scalar / int-list values. A call whose description --
+# all of those, compared by value -- equals one that passed before passes again: only the
+# data rules are run on its (new) data. Never keyed by object identity. Calls that would
+# warn are not cached (the warnings must be emitted every time).
+_VERDICTS: dict = {}
+_VERDICTS_MAX = 256
+_TENSOR_NAMES = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
+                 "softmax_max", "softmax_sum", "attention_in", "pse_shift", "drop_mask",
+                 "padding_mask", "softmax_in")
+_SCALAR_NAMES = ("scale_value", "keep_prob", "pre_tokens", "next_tokens", "head_num",
+                 "input_layout", "inner_precise", "sparse_mode", "pse_type", "deterministic",
+                 "avoid_rope_free_kernel")
+_LIST_NAMES = ("actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx", "prefix")
+_ND = np.ndarray
+
+
+def _tensor_sig(a):
+    if a is None:
+        return None
+    if type(a) is _ND:
+        return (0, a.shape, a.dtype, a.strides)
+    if _is_device(a):
+        return (1, a.shape, a.dtype, a.strides, a.offset)
+    raise TypeError
+
+
+def _list_sig(v):
+    if v is None:
+        return None
+    if type(v) in (list, tuple):
+        if len(v) > 4096:
+            raise TypeError
+        return (type(v),) + tuple((type(x), x) for x in v)
+    raise TypeError       # numpy arrays and other sequences: not cached
+
+
+def _signature(tensors: dict, scalars: dict, lists: dict):
+    """The hashable description of a call, or None when it cannot be described safely."""
+    try:
+        key = (tuple(_tensor_sig(tensors[n]) for n in _TENSOR_NAMES),
+               tuple((type(scalars[n]), scalars[n]) for n in _SCALAR_NAMES),
+               tuple(_list_sig(lists[n]) for n in _LIST_NAMES))
+        hash(key)
+        return key
+    except TypeError:
+        return None
+
+
+def _check_data_rules(call: FagCall, check_data: bool) -> None:
+    """S6, S8, S9 of a call whose other rules have passed."""
+    if not check_data:
+        return
+    sampler = _sampler_for(dict(q=call.query, m=call.atten_mask, s=call.softmax_max,
+                                t=call.softmax_sum, k=call.key))
+    _check_strict_mask_and_tokens(call.atten_mask, call.sparse_mode, call.seqs, call.pre_eff,
+                                  sampler, True)
+    _check_stats_copies("softmax_max", call.softmax_max, sampler)
+    _check_stats_copies("softmax_sum", call.softmax_sum, sampler)
+    samples = _check_stats_layout(call.query, call.query_rope, call.key, call.key_rope,
+                                  call.atten_mask, call.softmax_max, call.softmax_sum,
+                                  call.scale_value, call.seqs, call.sparse_mode, call.pre_eff,
+                                  call.next_eff, call.band_index, sampler)
+    _warn_stats_mismatch(samples, call.scale_value)
+
+
+def _would_warn(call: FagCall, tensors: dict, lists: dict) -> bool:
+    ends_q, ends_kv = call.actual_seq_qlen, call.actual_seq_kvlen
+    return (tensors["padding_mask"] is not None or tensors["softmax_in"] is not None
+            or lists["prefix"] is not None or call.empty_result
+            or not ends_q or not ends_kv or ends_q[-1] < call.query.shape[0]
+            or ends_kv[-1] < call.key.shape[0])
+
+
 def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
                       softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
                       keep_prob=1.0, pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None,
                       input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1,
                       pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None,
                       prefix=None, q_start_idx=None, kv_start_idx=None,
-                      deterministic=False, avoid_rope_free_kernel=True) -> FagCall:
+                      deterministic=False, avoid_rope_free_kernel=True,
+                      check_data=True) -> FagCall:
+    """Check every rule of docs/validation.md in the device's order, then S1-S9 (module
+    docstring); return the FagCall. (Documented in full on ``_validate_backward_full``; a
+    call described exactly like one that passed before runs only the data rules.)"""
+    tensors = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
+                   dy=dy, atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
+                   attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
+                   padding_mask=padding_mask, softmax_in=softmax_in)
+    scalars = dict(scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
+                   next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
+                   inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type,
+                   deterministic=deterministic, avoid_rope_free_kernel=avoid_rope_free_kernel)
+    lists = dict(actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
+                 q_start_idx=q_start_idx, kv_start_idx=kv_start_idx, prefix=prefix)
+    key_ = _signature(tensors, scalars, lists)
+    cached = _VERDICTS.get(key_) if key_ is not None else None
+    if cached is not None:
+        call = object.__new__(FagCall)
+        call.__dict__.update(cached.__dict__)
+        for n in _TENSOR_NAMES:
+            if n in call.__dict__:
+                call.__dict__[n] = tensors[n]
+        _check_data_rules(call, check_data)
+        return call
+    call = _validate_backward_full(**tensors, **scalars, **lists, check_data=check_data)
+    if key_ is not None and not _would_warn(call, tensors, lists):
+        if len(_VERDICTS) >= _VERDICTS_MAX:
+            _VERDICTS.clear()
+        bare = object.__new__(FagCall)       # no reference to the caller's tensors
+        bare.__dict__.update(call.__dict__)
+        for n in _TENSOR_NAMES:
+            if n in bare.__dict__:
+                bare.__dict__[n] = None
+        _VERDICTS[key_] = bare
+    return call
+
+
+def _validate_backward_full(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
+                            softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen,
+                            scale_value, keep_prob=1.0, pre_tokens=INT32_MAX,
+                            next_tokens=INT32_MAX, head_num=None, input_layout="TND",
+                            inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None,
+                            drop_mask=None, padding_mask=None, softmax_in=None, prefix=None,
+                            q_start_idx=None, kv_start_idx=None, deterministic=False,
+                            avoid_rope_free_kernel=True, check_data=True) -> FagCall:
     """Check every rule of docs/validation.md in the device's order, then S1-S9 (module
     docstring); return the FagCall.
 
     ``avoid_rope_free_kernel``: when the arguments would select the device's rope-ignoring
     'MLA basic' kernel (docs/abi.md §7, rope-blind kernels), pass q_start_idx = kv_start_idx = [0]
     instead (no effect on the math) -- or, when False, reject the call (161002, stricter).
+
+    ``check_data``: False skips the rules that read tensor data (S6 canonical compressed
+    mask, S8 equal statistic copies, S9 statistics layout); every shape, dtype and attribute
+    rule still runs. With device-resident inputs (DeviceArray) those rules read back only a
+    bounded sample (``aclnn_fag.device_checks``).
     """
     arrays = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
                   atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
@@ -899,12 +1087,16 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     _check_limits(query, key, qlen)                                               # S3
     _check_sequences_strict(qlen, kvlen, t1, key.shape[0])                        # S4
     _check_rope_shapes(query, query_rope, key, key_rope)                          # S5
-    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)         # S6, S7
-    _check_stats_copies("softmax_max", softmax_max)                               # S8
-    _check_stats_copies("softmax_sum", softmax_sum)
-    samples = _check_stats_layout(query, query_rope, key, key_rope, atten_mask,   # S9
-                                  softmax_max, softmax_sum, scale_value, seqs, sparse_mode,
-                                  pre_eff, next_eff, band_idx)
+    sampler = _sampler_for(arrays) if check_data else None
+    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff,         # S6, S7
+                                  sampler, check_data)
+    samples = []
+    if check_data:
+        _check_stats_copies("softmax_max", softmax_max, sampler)                  # S8
+        _check_stats_copies("softmax_sum", softmax_sum, sampler)
+        samples = _check_stats_layout(query, query_rope, key, key_rope, atten_mask,  # S9
+                                      softmax_max, softmax_sum, scale_value, seqs, sparse_mode,
+                                      pre_eff, next_eff, band_idx, sampler)
     if mla_basic_template_hit(query, key, value, atten_mask, sparse_mode, seqs, q_start_idx,
                               kv_start_idx, deterministic):
         if avoid_rope_free_kernel:
@@ -925,8 +1117,9 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
 
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
                      actual_seq_kvlen, scale_value, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
-                     head_num=None, sparse_mode=0, inner_precise=0) -> FwdCall:
-    """The backward's rules that apply to the forward's inputs, in the same order and codes."""
+                     head_num=None, sparse_mode=0, inner_precise=0, check_data=True) -> FwdCall:
+    """The backward's rules that apply to the forward's inputs, in the same order and codes
+    (``check_data`` as for validate_backward)."""
     a = _preamble(dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope,
                        value=value, atten_mask=atten_mask),
                   scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
@@ -963,7 +1156,8 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
     _check_limits(query, key, qlen)
     _check_sequences_strict(qlen, kvlen, query.shape[0], key.shape[0])
     _check_rope_shapes(query, query_rope, key, key_rope)
-    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff)
+    sampler = _sampler_for(dict(atten_mask=atten_mask)) if check_data else None
+    _check_strict_mask_and_tokens(atten_mask, sparse_mode, seqs, pre_eff, sampler, check_data)
     return FwdCall(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
                    atten_mask=atten_mask, actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,
                    scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,

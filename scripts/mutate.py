@@ -251,7 +251,7 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"[{i:>3}/{len(chosen)}] {r['status']:<8s} {r.get('seconds', 0):6.1f}s "
                   f"{m.area:<10s} {m.id:<28s} {r.get('detail', '')[:110]}", flush=True)
-            write_report(args.report, started, root, results, len(chosen))
+            write_report(args.report, started, root, results, i == len(chosen))
     if args.base_report:
         earlier = {r["id"]: r for r in json.load(open(args.base_report, encoding="utf-8"))["results"]}
         now = {r["id"]: r for r in results}
@@ -285,17 +285,17 @@ def main(argv=None) -> int:
     survivors = [r for r in results if r["status"] == "survived"]
     for r in survivors:
         print(f"SURVIVED {r['id']}: {r['breaks']}")
-    write_report(args.report, started, root, results, len(chosen))
+    write_report(args.report, started, root, results, True)
     return 0
 
 
-def write_report(path, started, root, results, total) -> None:
+def write_report(path, started, root, results, complete: bool) -> None:
     if not path or path == "-":
         return
     with open(path, "w", encoding="utf-8") as fh:
         json.dump({"started": started.isoformat(timespec="seconds"),
                    "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-                   "tree": str(root), "complete": len(results) == total, "selected": total,
+                   "tree": str(root), "complete": complete,
                    "per_area": summarise(results), "results": results}, fh, indent=1)
 
 

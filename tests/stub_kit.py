@@ -31,7 +31,8 @@ BUILD_PY = ROOT / "native_stubs" / "build.py"
 
 # variables that would steer the package or the stubs away from the tests' defaults
 CLEARED_VARS = ("ASCEND_HOME_PATH", "ASCEND_TOOLKIT_HOME", "ACLNN_FAG_BACKEND", "ACLNN_FAG_DEVICE",
-                "ACL_STUB_DEVICE_COUNT", "ACL_STUB_MALLOC_FILL", "ACL_STUB_DEVICE_MEMORY")
+                "ACL_STUB_DEVICE_COUNT", "ACL_STUB_MALLOC_FILL", "ACL_STUB_DEVICE_MEMORY",
+                "ACL_STUB_SKIP_COMPUTE")
 
 
 def have_compiler() -> bool:
@@ -99,6 +100,19 @@ class StubControls:
         self._bad = lib["aclStubGetBadReleases"]
         self._bad.argtypes = []
         self._bad.restype = c_int64
+
+        # int32_t aclStubStreamCounts(aclrtStream stream, int64_t *launches, int64_t *syncs);
+        self._stream_counts = lib["aclStubStreamCounts"]
+        self._stream_counts.argtypes = [ctypes.c_void_p, POINTER(c_int64), POINTER(c_int64)]
+        self._stream_counts.restype = c_int32
+
+    def stream_counts(self, stream) -> dict:
+        """{'launches': op launches on the stream, 'syncs': aclrtSynchronizeStream calls on it}
+        (stream: an int handle, None = the default stream)."""
+        launches, syncs = c_int64(0), c_int64(0)
+        rc = self._stream_counts(stream, byref(launches), byref(syncs))
+        assert rc == 0, f"stream {stream!r} is not a live stub stream"
+        return {"launches": launches.value, "syncs": syncs.value}
 
     def counters(self) -> dict:
         vals = [c_int64(0) for _ in range(5)]

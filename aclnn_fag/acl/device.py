@@ -29,7 +29,7 @@ import numpy as np
 from .runtime import DeviceBuffer
 from .tensors import acl_dtype
 
-__all__ = ["DeviceArray", "upload_arrays", "contiguous_strides"]
+__all__ = ["DeviceArray", "ForeignBuffer", "upload_arrays", "contiguous_strides"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 
@@ -52,6 +52,55 @@ def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
         strides.append(step)
         step *= max(int(d), 1)
     return tuple(reversed(strides))
+
+
+class ForeignBuffer(DeviceBuffer):
+    """Device memory this package does not own (``DeviceArray.from_pointer``).
+
+    ``ptr`` is a 32-byte aligned base at or below the caller's address (aclCreateTensor
+    wants an aligned ``tensorData``; device allocations are at least 32-byte aligned, so the
+    aligned base never lies before the allocation), ``nbytes`` reaches the last element the
+    view can address. ``free()`` only forgets the address: the memory stays the caller's.
+    ``owner`` (any object) is kept alive as long as this buffer is.
+    """
+
+    def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
+        # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
+        self.device_id = int(device_id)
+        self.nbytes = int(nbytes)
+        self.ptr: Optional[int] = int(ptr) if nbytes else None
+        self.owner = owner
+        self._forgotten = False
+
+    def release(self) -> None:
+        self.ptr = None
+        self.owner = None
+        self._forgotten = True
+
+    free = close = release
+
+    @property
+    def released(self) -> bool:
+        return self._forgotten
+
+    @property
+    def closed(self) -> bool:
+        return self._forgotten
+
+    def __repr__(self) -> str:
+        state = "forgotten" if self._forgotten else (f"{self.ptr:#x}" if self.ptr else "empty")
+        return f"<ForeignBuffer {self.nbytes} bytes on device {self.device_id}: {state} (not owned)>"
+
+
+_BASE_ALIGN = 32
+
+
+def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
+    try:
+        out = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise TypeError(f"parameter '{name}' must be a sequence of ints, got {values!r}") from None
+    return out
 
 
 class _Interface:
@@ -122,6 +171,55 @@ class DeviceArray:
     def from_numpy(cls, array, device_id: Optional[int] = None) -> "DeviceArray":
         """Upload one numpy array (a non-contiguous view keeps its strides; see module doc)."""
         return upload_arrays([array], device_id)[0]
+
+    @classmethod
+    def from_pointer(cls, ptr: int, shape: Sequence[int], dtype, strides: Optional[Sequence[int]] = None,
+                     device_id: int = 0, owner=None) -> "DeviceArray":
+        """Wrap device memory allocated by someone else (e.g. a framework's tensor) without
+        copying: ``ptr`` is the address of element 0, ``strides`` are in elements
+        (None = C-contiguous, non-negative), ``device_id`` the NPU the memory lives on.
+
+        The caller keeps ownership: nothing is freed by this package (``free()`` only
+        forgets the address) and ``owner`` -- typically the tensor the memory belongs to --
+        is kept alive as long as the returned array or any view of it. The array's aclTensor
+        gets a 32-byte aligned base at or below ``ptr`` and an element offset to ``ptr``
+        (ABI: ``tensorData`` must be 32-byte aligned; allocations always are).
+        """
+        ptr = operator.index(ptr)
+        shape = _check_int_tuple("shape", shape)
+        dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
+        acl_dtype(dt)
+        if any(d < 0 for d in shape):
+            raise ValueError(f"parameter 'shape' has a negative dimension: {shape}")
+        strides = contiguous_strides(shape) if strides is None else _check_int_tuple("strides", strides)
+        if len(strides) != len(shape):
+            raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension of {shape}")
+        if any(s < 0 for d, s in zip(shape, strides) if d > 1):
+            raise ValueError(f"parameter 'strides' must be non-negative (element strides), got {strides}")
+        device_id = operator.index(device_id)
+        if device_id < 0:
+            raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
+        isz = dt.itemsize
+        n = 1
+        for d in shape:
+            n *= d
+        if n == 0:
+            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt,
+                       [s if d > 1 else 0 for d, s in zip(shape, strides)] or None, 0)
+        if ptr <= 0:
+            raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
+        if ptr % isz:
+            raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
+        base = ptr - ptr % _BASE_ALIGN
+        offset = (ptr - base) // isz
+        strides = _unit_strides(shape, [s if d > 1 else 0 for d, s in zip(shape, strides)])
+        span = sum((d - 1) * s for d, s in zip(shape, strides)) + 1
+        buf = ForeignBuffer(base, (offset + span) * isz, device_id, owner)
+        # every invariant of __init__ holds by construction (non-negative strides, the view
+        # inside the buffer): set the fields directly (this runs per tensor per call)
+        self = object.__new__(cls)
+        self.buffer, self.shape, self.dtype, self.strides, self.offset = buf, shape, dt, strides, offset
+        return self
 
     # ---- properties
     @property
@@ -324,14 +422,17 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
         for g in final:
             start = min(it.start for it in g)
             end = max(it.end for it in g)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             buf = DeviceBuffer(end - start, device_id)
             created.append(buf)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.thread_time()
             buf.copy_from_host(start, end - start)
             if timings is not None:
                 timings["alloc"] = timings.get("alloc", 0.0) + (t1 - t0)
                 timings["copy_in"] = timings.get("copy_in", 0.0) + (time.perf_counter() - t1)
+                if "copy_in_cpu" in timings:     # thread CPU time too (run_backward(cpu_timings))
+                    timings["alloc_cpu"] += c1 - c0
+                    timings["copy_in_cpu"] += time.thread_time() - c1
             for it in g:
                 a = it.array
                 out[it.index] = DeviceArray(buf, a.shape, a.dtype, it.strides,

@@ -34,7 +34,7 @@ from . import ownership, runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import PHASE1, PHASE2
-from .tensors import AclIntArray, AclTensor, int64_values
+from .tensors import HandleBatch, int64_values
 
 __all__ = ["run_backward", "call_raw", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
            "OUTPUT_LIKE", "AUTO", "TIMING_KEYS"]
@@ -61,11 +61,14 @@ AUTO = _Auto()   # call_raw output default: a bf16 buffer shaped like the matchi
 
 
 class _Timer:
-    def __init__(self, timings: Optional[dict]) -> None:
+    def __init__(self, timings: Optional[dict], cpu: bool = False) -> None:
         self.timings = timings
+        self.cpu = cpu
         if timings is not None:
             for k in TIMING_KEYS:
                 timings.setdefault(k, 0.0)
+                if cpu:
+                    timings.setdefault(k + "_cpu", 0.0)
 
     @contextlib.contextmanager
     def __call__(self, key: str):
@@ -73,10 +76,13 @@ class _Timer:
             yield
             return
         t0 = time.perf_counter()
+        c0 = time.thread_time() if self.cpu else 0.0
         try:
             yield
         finally:
             self.timings[key] = self.timings.get(key, 0.0) + (time.perf_counter() - t0)
+            if self.cpu:
+                self.timings[key + "_cpu"] += time.thread_time() - c0
 
 
 def _release_on_exit(stack: contextlib.ExitStack, resource) -> None:
@@ -84,6 +90,19 @@ def _release_on_exit(stack: contextlib.ExitStack, resource) -> None:
     (ResourceReleaseWarning, the handle kept for shutdown) instead of raising: it neither
     hides an error in flight nor throws away results already computed."""
     stack.callback(resource.release, "warn")
+
+
+def _release_on_error(stack: contextlib.ExitStack, resource) -> None:
+    """Release ``resource`` only when ``stack`` unwinds with an exception (a result that
+    would have been handed to the caller)."""
+    def _exit(exc_type, exc, tb):
+        if exc_type is not None:
+            try:
+                resource.release()
+            except Exception:
+                pass
+        return False
+    stack.push(_exit)
 
 
 class _Executor(runtime.NativeResource):
@@ -166,11 +185,21 @@ def _double_attr(name: str, value) -> float:
 def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
              attrs: Mapping[str, object], outputs: Mapping[str, object], *,
              deterministic: Optional[bool], device_id: Optional[int], timings: Optional[dict],
-             workspace_size_out: bool = True, executor_out: bool = True) -> Dict[str, object]:
+             workspace_size_out: bool = True, executor_out: bool = True,
+             stream=None, keep_on_device: bool = False,
+             cpu_timings: bool = False) -> Dict[str, object]:
     """Run one call. ``inputs``: slot -> numpy array / DeviceArray / None; ``int_arrays``:
-    slot -> sequence / None; ``outputs``: slot -> None or (shape, dtype, initial host array
-    or None). Returns slot -> host array (None for NULL outputs)."""
-    timer = _Timer(timings)
+    slot -> sequence / None; ``outputs``: slot -> None, a DeviceArray (written in place) or
+    (shape, dtype, initial host array or None). Returns slot -> host array (None for NULL
+    outputs), or with ``keep_on_device`` slot -> DeviceArray (nothing downloaded).
+
+    ``stream``: None runs on this thread's own stream and synchronises it. A caller's stream
+    (``runtime.resolve_stream``) only gets the launch when every input is device-resident
+    and ``keep_on_device`` is set: no synchronisation, the workspace comes from the
+    stream's own cache (``runtime.stream_workspace``) and stays alive for later work on
+    it. With host inputs or outputs the caller's stream is synchronised before the
+    temporaries are freed and the results downloaded."""
+    timer = _Timer(timings, cpu_timings)
     # Python-level argument checks first: nothing native exists yet when they fail.
     attr_args = [c_double(_double_attr(n, attrs[n])) for n in ("scale_value", "keep_prob")]
     attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("pre_tokens", "next_tokens", "head_num")]
@@ -186,10 +215,14 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     check_device_arrays(inputs, dev)
     check_device_arrays(outputs, dev)
     runtime.ensure_device(dev if device_id is not None else None)
-    stream = runtime.stream(dev)
+    caller_stream = stream is not None
+    stream = runtime.resolve_stream(stream) if caller_stream else runtime.stream(dev)
+    enqueue_only = (caller_stream and keep_on_device
+                    and all(v is None or isinstance(v, DeviceArray) for v in inputs.values()))
     # Creates are batched into a few ownership.atomic() blocks (each block costs two
     # sigaction calls on the main thread; nested blocks cost nothing).
     stack = contextlib.ExitStack()
+    ok = False
     try:
         hold = runtime.DeterminismHold(dev, deterministic)
         stack.callback(hold.release)            # registered before the hold is taken
@@ -216,13 +249,16 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         with ownership.atomic():
             for name in OUTPUT_SLOTS:
                 spec = outputs.get(name)
-                if spec is None:
-                    dev_outputs[name] = None
+                if spec is None or isinstance(spec, DeviceArray):
+                    dev_outputs[name] = spec
                     continue
                 shape, dtype, init = spec
                 with timer("alloc"):
                     da = DeviceArray.empty(shape, dtype, dev)
-                _release_on_exit(stack, da.buffer)
+                if keep_on_device:
+                    _release_on_error(stack, da.buffer)
+                else:
+                    _release_on_exit(stack, da.buffer)
                 if init is not None:
                     with timer("copy_in"):
                         da.copy_from_numpy(init)
@@ -236,33 +272,11 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # ---- handles (destroyed right after phase 2 returns, or on any error)
         handles = stack.enter_context(contextlib.ExitStack())
         with timer("marshal"), ownership.atomic():
-            t_args = {}
-            for name in INPUT_SLOTS:
-                da = dev_inputs.get(name)
-                if da is None:
-                    t_args[name] = None
-                    continue
-                t = AclTensor.from_device_array(da)
-                _release_on_exit(handles, t)
-                t_args[name] = t.handle
-            ia_args = {}
-            for name in INT_ARRAY_SLOTS:
-                vals = int_arrays.get(name)
-                if vals is None:
-                    ia_args[name] = None
-                    continue
-                ia = AclIntArray(vals)
-                _release_on_exit(handles, ia)
-                ia_args[name] = ia.handle
-            o_args = {}
-            for name in OUTPUT_SLOTS:
-                da = dev_outputs[name]
-                if da is None:
-                    o_args[name] = None
-                    continue
-                t = AclTensor.from_device_array(da)
-                _release_on_exit(handles, t)
-                o_args[name] = t.handle
+            batch = HandleBatch()
+            _release_on_exit(handles, batch)
+            t_args = {name: batch.tensor(dev_inputs.get(name)) for name in INPUT_SLOTS}
+            ia_args = {name: batch.int_array(int_arrays.get(name)) for name in INT_ARRAY_SLOTS}
+            o_args = {name: batch.tensor(dev_outputs[name]) for name in OUTPUT_SLOTS}
 
         # ---- phase 1
         ws_size = c_uint64(0)
@@ -290,8 +304,11 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         workspace = None
         if ws_size.value > 0:
             with timer("alloc"):
-                workspace = runtime.DeviceBuffer(ws_size.value, dev)
-            _release_on_exit(stack, workspace)
+                if enqueue_only:
+                    workspace = runtime.stream_workspace(dev, stream, ws_size.value)
+                else:
+                    workspace = runtime.DeviceBuffer(ws_size.value, dev)
+                    _release_on_exit(stack, workspace)
 
         # ---- phase 2 (+ sync)
         if guard is not None:
@@ -308,9 +325,10 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             with timer("marshal"), ownership.atomic():
                 handles.close()
             t2 = time.perf_counter()
-            rc = b.aclrtSynchronizeStream(stream)
-            if rc:
-                raise status_error(b, rc, "aclrtSynchronizeStream")
+            if not enqueue_only:
+                rc = b.aclrtSynchronizeStream(stream)
+                if rc:
+                    raise status_error(b, rc, "aclrtSynchronizeStream")
             if timings is not None:
                 timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
         else:
@@ -319,13 +337,21 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
 
         # ---- results
         result: Dict[str, object] = {}
-        with timer("copy_out"):
-            for name in OUTPUT_SLOTS:
-                da = dev_outputs[name]
-                result[name] = None if da is None else da.numpy()
+        if keep_on_device:
+            result = dict(dev_outputs)
+        else:
+            with timer("copy_out"):
+                for name in OUTPUT_SLOTS:
+                    da = dev_outputs[name]
+                    result[name] = None if da is None else da.numpy()
+        ok = True
     finally:
         with ownership.atomic():
-            stack.close()
+            if ok:
+                stack.close()
+            else:       # the callbacks that release only on errors must see one
+                err = RuntimeError("the call failed")
+                stack.__exit__(RuntimeError, err, None)
     return result
 
 
@@ -338,8 +364,15 @@ def _attrs(call) -> dict:
 
 
 def run_backward(call: FagCall, *, device_id: Optional[int] = None,
-                 timings: Optional[dict] = None) -> FagGrads:
+                 timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
+                 keep_on_device: bool = False, stream=None, cpu_timings: bool = False) -> FagGrads:
     """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
+
+    ``outputs``: slot (dq, dq_rope, dk, dk_rope, dv) -> DeviceArray to write into (others
+    are allocated). ``keep_on_device``: return FagGrads of DeviceArrays instead of
+    downloading. ``stream``: a caller's aclrtStream (int or an object with ``npu_stream``);
+    with device-resident inputs and ``keep_on_device`` the call only enqueues (see
+    ``_execute``).
 
     ``device_id`` None means ``$ACLNN_FAG_DEVICE`` or 0. ``timings`` (a dict) receives host
     seconds: "marshal" (aclTensor/aclIntArray creation and destruction), "phase1", "phase2"
@@ -348,13 +381,18 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
     """
     inputs = {n: getattr(call, n, None) for n in INPUT_SLOTS}
     int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
+    given = dict(outputs or {})
     outputs = {}
     for out, src in OUTPUT_LIKE.items():
         a = inputs[src]
-        outputs[out] = None if a is None else (tuple(a.shape), BF16, None)
+        if given.get(out) is not None:
+            outputs[out] = given[out]
+        else:
+            outputs[out] = None if a is None else (tuple(a.shape), BF16, None)
     outputs["dpse"] = None
     res = _execute(inputs, int_arrays, _attrs(call), outputs,
-                   deterministic=bool(call.deterministic), device_id=device_id, timings=timings)
+                   deterministic=bool(call.deterministic), device_id=device_id, timings=timings,
+                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings)
     return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])
 
 

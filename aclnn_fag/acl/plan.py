@@ -62,6 +62,19 @@ class _PlanState:
         self.int_arrays: List[AclIntArray] = []
         self.workspace: Optional[runtime.DeviceBuffer] = None
         self.owned: List[runtime.DeviceBuffer] = []
+        self.streams: Dict[int, int] = {}    # caller streams with queued runs -> device
+
+    def wait_for_streams(self) -> None:
+        """Synchronise the caller's streams that may still run this plan's work (before its
+        memory is released); errors (e.g. a stream destroyed meanwhile) are ignored."""
+        streams, self.streams = self.streams, {}
+        for handle, dev in streams.items():
+            try:
+                b = runtime.ensure_device(dev)
+                if b.aclrtSynchronizeStream(handle):
+                    recent_message(b)
+            except Exception:
+                pass
 
     def drop_executor(self, strict: bool = True) -> None:
         ex, self.executor = self.executor, None
@@ -73,6 +86,7 @@ class _PlanState:
                     raise
 
     def close(self, strict: bool = True) -> None:
+        self.wait_for_streams()
         errors = []
         resources = ([self.executor] + list(self.tensors.values()) + self.int_arrays
                      + [self.workspace] + self.owned)
@@ -90,6 +104,16 @@ class _PlanState:
                 errors.append(exc)
         if errors and strict:
             raise errors[0]
+
+
+def _as_device_or_host(name: str, a):
+    """NPU tensors (the protocol of ``aclnn_fag.operands``) become DeviceArrays over their
+    memory; anything else is returned unchanged."""
+    if a is not None and not isinstance(a, (DeviceArray, np.ndarray)):
+        from ..operands import NPU, _npu_to_device_array, kind_of
+        if kind_of(a) == NPU:
+            return _npu_to_device_array(name, a)
+    return a
 
 
 def _same_view(a: DeviceArray, b: DeviceArray) -> bool:
@@ -115,7 +139,7 @@ class FagPlan:
                  q_start_idx=None, kv_start_idx=None, dq=None, dq_rope=None, dk=None,
                  dk_rope=None, dv=None, deterministic: Optional[bool] = False,
                  device_id: Optional[int] = None, repeatable: bool = True,
-                 repoint: bool = True) -> None:
+                 repoint: bool = True, validate: bool = True, check_data: bool = True) -> None:
         self._lock = threading.RLock()
         self._state = _PlanState()
         self._finalizer = weakref.finalize(self, self._state.close, False)
@@ -134,6 +158,11 @@ class FagPlan:
                      dy=dy, pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
                      atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
                      softmax_in=softmax_in, attention_in=attention_in)
+        given = {n: _as_device_or_host(n, a) for n, a in given.items()}
+        outs_given = {n: _as_device_or_host(n, a) for n, a in
+                      (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
+                       ("dv", dv))}
+        dq, dq_rope, dk, dk_rope, dv = (outs_given[n] for n in _OUT_SLOTS)
         self._int_values = dict(prefix=prefix, actual_seq_qlen=actual_seq_qlen,
                                 actual_seq_kvlen=actual_seq_kvlen, q_start_idx=q_start_idx,
                                 kv_start_idx=kv_start_idx)
@@ -160,6 +189,8 @@ class FagPlan:
                 self._inputs[n] = given[n] if isinstance(given[n], DeviceArray) else None
             for n, d in zip(host, uploaded):
                 self._inputs[n] = d
+            if validate:
+                self._validate(check_data)
             self._outputs: Dict[str, Optional[DeviceArray]] = {}
             for n, out in (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
                            ("dv", dv)):
@@ -182,10 +213,30 @@ class FagPlan:
             self._state.close(strict=False)
             raise
 
+    def _validate(self, check_data: bool) -> None:
+        """The public call's rules on the plan's (uploaded) inputs; the data rules read only
+        a bounded sample of device memory, or nothing with ``check_data=False``."""
+        from ..validate import validate_backward
+        i, a = self._inputs, self._attrs
+        iv = self._int_values
+        validate_backward(
+            i["query"], i["query_rope"], i["key"], i["key_rope"], i["value"], i["dy"],
+            atten_mask=i["atten_mask"], softmax_max=i["softmax_max"],
+            softmax_sum=i["softmax_sum"], attention_in=i["attention_in"],
+            actual_seq_qlen=iv["actual_seq_qlen"], actual_seq_kvlen=iv["actual_seq_kvlen"],
+            scale_value=a["scale_value"], keep_prob=a["keep_prob"], pre_tokens=a["pre_tokens"],
+            next_tokens=a["next_tokens"], head_num=a["head_num"], input_layout=a["input_layout"],
+            inner_precise=a["inner_precise"], sparse_mode=a["sparse_mode"],
+            pse_type=a["pse_type"], pse_shift=i["pse_shift"], drop_mask=i["drop_mask"],
+            padding_mask=i["padding_mask"], softmax_in=i["softmax_in"], prefix=iv["prefix"],
+            q_start_idx=iv["q_start_idx"], kv_start_idx=iv["kv_start_idx"],
+            deterministic=bool(self.deterministic), check_data=check_data)
+
     @classmethod
     def from_call(cls, call, *, device_id: Optional[int] = None, repeatable: bool = True,
                   repoint: bool = True) -> "FagPlan":
-        """A plan for a validated FagCall (its numpy inputs are uploaded once)."""
+        """A plan for a validated FagCall (its numpy inputs are uploaded once; not validated
+        again)."""
         kw = {n: getattr(call, n, None) for n in INPUT_SLOTS}
         kw.update({n: getattr(call, n, None) for n in INT_ARRAY_SLOTS})
         kw.update(scale_value=call.scale_value, keep_prob=call.keep_prob,
@@ -194,7 +245,7 @@ class FagPlan:
                   inner_precise=call.inner_precise, sparse_mode=call.sparse_mode,
                   pse_type=call.pse_type)
         return cls(**kw, deterministic=bool(call.deterministic), device_id=device_id,
-                   repeatable=repeatable, repoint=repoint)
+                   repeatable=repeatable, repoint=repoint, validate=False)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -306,13 +357,19 @@ class FagPlan:
         return True
 
     # ------------------------------------------------------------------ public
-    def run(self, **arrays: DeviceArray) -> FagGrads:
+    def run(self, stream=None, **arrays: DeviceArray) -> FagGrads:
         """Run the op (phase 2 + sync; phase 1 first when needed) and return the output arrays.
 
         Keyword arguments swap device arrays in: any input slot (``query``, ``dy``, ...)
         or output slot (``dq``, ...), each with the same shape/dtype/strides/offset as the
         array it replaces. The plan keeps a reference to each array it uses.
+
+        ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``): phase 2
+        is only enqueued on it (no synchronisation). The plan's workspace and buffers stay
+        alive until :meth:`close`, which first synchronises every stream a run was
+        enqueued on.
         """
+        arrays = {n: _as_device_or_host(n, a) for n, a in arrays.items()}
         with self._lock:
             if self.closed:
                 raise ValueError("the plan is closed")
@@ -339,7 +396,9 @@ class FagPlan:
                     raise ValueError(f"{name}: the device array has been freed")
             b = runtime.api()
             runtime.ensure_device(self.device_id)
-            stream = runtime.stream(self.device_id)
+            caller_stream = stream is not None
+            stream = (runtime.resolve_stream(stream) if caller_stream
+                      else runtime.stream(self.device_id))
             st = self._state
             hold = runtime.DeterminismHold(self.device_id, self.deterministic)
             try:
@@ -373,9 +432,12 @@ class FagPlan:
                 self.phase2_runs += 1
                 if rc:
                     raise status_error(b, rc, PHASE2)
-                rc = b.aclrtSynchronizeStream(stream)
-                if rc:
-                    raise status_error(b, rc, "aclrtSynchronizeStream")
+                if caller_stream:
+                    st.streams[stream] = self.device_id
+                else:
+                    rc = b.aclrtSynchronizeStream(stream)
+                    if rc:
+                        raise status_error(b, rc, "aclrtSynchronizeStream")
             finally:
                 hold.release()
             return self.outputs

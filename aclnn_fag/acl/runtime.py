@@ -43,7 +43,8 @@ __all__ = [
     "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
     "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
     "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "DeterminismHold",
-    "INT32_MAX",
+    "INT32_MAX", "resolve_stream", "stream_workspace", "release_stream_workspace",
+    "synchronize_stream",
 ]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
@@ -163,6 +164,7 @@ class _State:
         self.streams: Dict[tuple, _Stream] = {}
         self.failed_streams: list = []      # destroy failed once: retried by shutdown()
         self.gates: Dict[int, "_ModeGate"] = {}
+        self.workspaces: Dict[tuple, "_StreamWorkspace"] = {}   # (device, caller stream)
 
 
 _state: Optional[_State] = None
@@ -342,6 +344,82 @@ def stream(device_id: Optional[int] = None) -> int:
     check(b, rc, "aclrtCreateStream")
     _count("streams")
     return handle.value
+
+
+def resolve_stream(stream) -> int:
+    """A caller's aclrtStream as an int handle: an int (0 = the default stream) or an object
+    with an ``npu_stream`` attribute (torch_npu's ``torch.npu.current_stream()``)."""
+    if hasattr(stream, "npu_stream"):
+        stream = stream.npu_stream
+    if isinstance(stream, bool) or not isinstance(stream, int):
+        try:
+            import operator
+            stream = operator.index(stream)
+        except TypeError:
+            raise TypeError("parameter 'stream' must be an aclrtStream handle (int) or an object "
+                            "with an 'npu_stream' attribute (torch.npu.current_stream()), got "
+                            f"{type(stream).__name__}") from None
+    if not 0 <= stream < (1 << 64):
+        raise ValueError(f"parameter 'stream' = {stream} is not a pointer value")
+    return int(stream)
+
+
+def synchronize_stream(stream, device_id: Optional[int] = None) -> None:
+    """``aclrtSynchronizeStream`` on a caller's stream (int or object with ``npu_stream``)."""
+    handle = resolve_stream(stream)
+    b = ensure_device(device_id)
+    check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
+
+
+class _StreamWorkspace:
+    __slots__ = ("buffer",)
+
+    def __init__(self) -> None:
+        self.buffer: Optional["DeviceBuffer"] = None
+
+
+def stream_workspace(device_id: int, stream_handle: int, nbytes: int) -> "DeviceBuffer":
+    """The workspace of a caller's stream: at least ``nbytes`` of device memory that stays
+    alive for later work queued on that stream (calls on one stream run in order, so the
+    next call may reuse it). Growing it synchronises the stream once before the smaller
+    buffer is freed. Released by ``release_stream_workspace`` or ``shutdown``."""
+    st = _get_state()
+    key = (int(device_id), int(stream_handle))
+    with st.lock:
+        entry = st.workspaces.setdefault(key, _StreamWorkspace())
+        buf = entry.buffer
+        if buf is not None and not buf.closed and buf.nbytes >= nbytes:
+            return buf
+        entry.buffer = None
+    if buf is not None and not buf.closed:
+        check(st.b, st.b.aclrtSynchronizeStream(stream_handle), "aclrtSynchronizeStream",
+              rule="before growing the stream's workspace")
+        buf.free()
+    new = DeviceBuffer(nbytes, device_id)
+    with st.lock:
+        entry.buffer = new
+    return new
+
+
+def release_stream_workspace(stream=None) -> None:
+    """Free the cached workspace of one caller's stream (all of them for None), after
+    synchronising that stream. Call it before destroying a stream you passed as ``stream=``."""
+    st = _state
+    if st is None:
+        return
+    handle = None if stream is None else resolve_stream(stream)
+    with st.lock:
+        keys = [k for k in st.workspaces if handle is None or k[1] == handle]
+        entries = [(k, st.workspaces.pop(k)) for k in keys]
+    for (dev, h), entry in entries:
+        buf = entry.buffer
+        if buf is None or buf.closed:
+            continue
+        ensure_device(dev)
+        rc = st.b.aclrtSynchronizeStream(h)
+        if rc:
+            recent_message(st.b)
+        buf.free()
 
 
 def _destroy_stream(st: _State, entry: _Stream, final: bool = False) -> bool:
@@ -820,6 +898,10 @@ def shutdown(finalize: bool = True) -> None:
     as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
+    try:
+        release_stream_workspace()      # waits for the caller's streams first
+    except Exception:
+        pass
     _release_all_resources()
     if st is None:
         return

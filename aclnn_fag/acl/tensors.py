@@ -185,3 +185,72 @@ class AclIntArray(runtime.NativeResource):
     def __repr__(self) -> str:
         return f"<AclIntArray {list(self.values)} {'destroyed' if self.handle is None else hex(self.handle)}>"
 
+
+
+def _destroy_batch(b, tensors: list, int_arrays: list):
+    """Destroy every handle of a batch; the ones whose destroy fails stay in their list (for
+    the retry by shutdown). Returns None or the first error (an ownership.Claim release)."""
+    first = None
+    for fname, handles in (("aclDestroyTensor", tensors), ("aclDestroyIntArray", int_arrays)):
+        fn = getattr(b, fname)
+        kept = []
+        while handles:
+            h = handles.pop()
+            rc = fn(h)
+            if rc:
+                kept.append(h)
+                err = status_error(b, rc, fname, rule=f"cannot destroy {h:#x}")
+                first = first or err
+        handles.extend(kept)
+    return first
+
+
+class HandleBatch(runtime.NativeResource):
+    """The aclTensor and aclIntArray handles of one call, created on the fast path (values
+    taken from validated DeviceArrays and int tuples) and destroyed together, exactly once
+    (``release()``, an ExitStack, GC or ``runtime.shutdown``): one Python object instead of
+    one per handle keeps the host cost per call low."""
+
+    def __init__(self) -> None:
+        self._b = runtime.api()
+        self._tensors: list = []
+        self._int_arrays: list = []
+        self._prepare()
+        # the claim owns the two lists; each create appends in the same atomic step
+        self._take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
+
+    def tensor(self, array) -> Optional[int]:
+        """A new aclTensor for a DeviceArray view (None -> None)."""
+        if array is None:
+            return None
+        buf = array.buffer
+        if buf.closed:
+            raise ValueError("the device array's buffer has been freed")
+        shape, strides = array.shape, array.strides
+        n = len(shape)
+        arr_t = c_int64 * n
+        args = (arr_t(*shape), n, acl_dtype(array.dtype), arr_t(*strides), array.offset, FORMAT_ND,
+                (c_int64 * 1)(buf.nbytes // array.dtype.itemsize), 1, buf.ptr)
+        with ownership.atomic():          # the create and its ownership: one step for SIGINT
+            handle = self._b.aclCreateTensor(*args)
+            if handle:
+                self._tensors.append(handle)
+        if not handle:
+            raise null_handle_error(self._b, "aclCreateTensor")
+        runtime._count("tensors")
+        return handle
+
+    def int_array(self, values) -> Optional[int]:
+        """A new aclIntArray of a tuple of ints already checked to fit int64 (None -> None)."""
+        if values is None:
+            return None
+        n = len(values)
+        arr = (c_int64 * n)(*values)
+        with ownership.atomic():
+            handle = self._b.aclCreateIntArray(arr, n)
+            if handle:
+                self._int_arrays.append(handle)
+        if not handle:
+            raise null_handle_error(self._b, "aclCreateIntArray")
+        runtime._count("int_arrays")
+        return handle

@@ -605,7 +605,12 @@ STUB_API aclError aclrtGetSysParamOpt(int32_t opt, int64_t *value)
 typedef struct StubStream {
     uint64_t magic;
     int32_t device;
+    int64_t launches; /* op launches recorded on this stream (aclStubRecordLaunch) */
+    int64_t syncs;    /* aclrtSynchronizeStream calls on this stream */
 } StubStream;
+
+static int64_t g_null_stream_launches = 0;
+static int64_t g_null_stream_syncs = 0;
 
 #define STUB_MAGIC_STREAM 0x53545245414d3031ULL
 
@@ -658,8 +663,48 @@ STUB_API aclError aclrtSynchronizeStream(aclrtStream stream)
         stub_set_error("aclrtSynchronizeStream: %p is not a live stream", stream);
         return ACL_ERROR_RT_PARAM_INVALID;
     }
+    LOCK();
+    if (stream != NULL) {
+        ((StubStream *)stream)->syncs++;
+    } else {
+        g_null_stream_syncs++;
+    }
+    UNLOCK();
     /* every stub operation completes synchronously */
     RETURN_OK();
+}
+
+/* stub-only: an op's phase 2 records the stream it was launched on */
+STUB_API void aclStubRecordLaunch(aclrtStream stream)
+{
+    const int live = stream != NULL && stub_handle_live(STUB_H_STREAM, stream); /* takes the lock */
+    LOCK();
+    if (stream == NULL) {
+        g_null_stream_launches++;
+    } else if (live) {
+        ((StubStream *)stream)->launches++;
+    }
+    UNLOCK();
+}
+
+/* stub-only: launches and synchronisations seen on a stream (NULL = the default stream);
+ * returns 0, or -1 when the stream is not live */
+STUB_API int32_t aclStubStreamCounts(aclrtStream stream, int64_t *launches, int64_t *syncs)
+{
+    int32_t rc = 0;
+    const int live = stream != NULL && stub_handle_live(STUB_H_STREAM, stream); /* takes the lock */
+    LOCK();
+    if (stream == NULL) {
+        *launches = g_null_stream_launches;
+        *syncs = g_null_stream_syncs;
+    } else if (live) {
+        *launches = ((StubStream *)stream)->launches;
+        *syncs = ((StubStream *)stream)->syncs;
+    } else {
+        rc = -1;
+    }
+    UNLOCK();
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ */

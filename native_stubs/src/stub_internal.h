@@ -180,4 +180,7 @@ static inline void stub_exec_free(aclOpExecutor *e)
 
 STUB_API const StubApi *aclStubInternalApi(void);
 
+/* stub-only exports of libascendcl.so used by the op library */
+STUB_API void aclStubRecordLaunch(void *stream);
+
 #endif

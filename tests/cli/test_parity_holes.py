@@ -77,3 +77,14 @@ def test_non_positive_k_is_a_usage_error(k, numpy_only, run_cli, tiny_suite):
     code, out, err = run_cli("parity", "--suite", tiny_suite, "--quick", "--k", k, "--report", "-")
     assert code == 2 and "--k" in err
     assert "cases passed" not in out                  # nothing ran
+
+
+@pytest.mark.parametrize("k", [0.0, -2.0, float("nan"), float("inf")])
+def test_parity_main_refuses_a_bad_k_also_without_the_parser(k, numpy_only, tiny_suite, capsys):
+    """parity.main checks k itself (arguments built in code skip the parser's check)."""
+    from aclnn_fag.cli import build_parser
+    args = build_parser().parse_args(["parity", "--suite", str(tiny_suite), "--quick",
+                                      "--report", "-"])
+    args.k = k
+    assert parity.main(args) == 2
+    assert "--k" in capsys.readouterr().err

@@ -57,6 +57,7 @@ EXPECTED_EXPORTS = {
         # stub-only
         "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
         "aclStubSetCallDelay", "aclStubGetBadReleases",
+        "aclStubRecordLaunch", "aclStubStreamCounts",
     },
     "libnnopbase.so": {
         "aclCreateTensor", "aclDestroyTensor", "aclCreateIntArray", "aclDestroyIntArray",

@@ -1,0 +1,253 @@
+"""``aclnn-fag bench --suite overhead``: host time per call of the NPU path, in microseconds.
+
+Rows (the documentation's shape with a causal mask: T = 256, N = 2, D = 128 + rope 64,
+Dv = 128, sparse mode 3 with the package's compressed mask; every call validated in full):
+
+* ``bare ctypes call``: one ``aclrtGetDeviceCount`` through the bound prototype -- the floor
+  any call through ctypes pays;
+* ``device-resident public call``: ``flash_attention_unpadding_score_grad_v3`` on NPU tensors
+  (a minimal object implementing the tensor protocol over device memory, whose ``new_empty``
+  reuses freed blocks like torch_npu's caching allocator) with ``stream=``: conversion,
+  validation (the data checks are skipped on a caller's stream by default), results from
+  ``new_empty``, marshaling, both phases; the same on ``acl.DeviceArray`` inputs (results
+  from aclrtMalloc each call), and without ``stream=`` (own stream + sync: the data checks
+  read their samples);
+* ``FagPlan.run``: phase 2 on a built plan, with ``stream=`` and with its synchronisation;
+* ``numpy-in public call, excluding copies``: the public call on host arrays minus the time
+  spent in host<->device copies (``acl.run_backward(timings=...)`` copy_in/copy_out).
+
+Goals (issue: a training step must not wait on the host): device-resident public call
+<= 250 us, FagPlan.run <= 50 us, numpy-in call overhead <= 500 us.
+
+On the stand-in libraries of ``native_stubs/`` the op's computation is switched off
+(``ACL_STUB_SKIP_COMPUTE=1``; every check still runs) and fresh allocations are not filled
+(``ACL_STUB_MALLOC_FILL=-1``), so the times are the binding's own.
+On a real NPU they include the launch and, for the rows that synchronise, the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+import weakref
+from ctypes import byref, c_uint32, c_void_p
+
+import numpy as np
+
+from .cases import CaseSpec, make_inputs, with_forward
+
+__all__ = ["run_overhead", "format_overhead", "GOALS_US"]
+
+GOALS_US = {"device_call": 250.0, "plan_run": 50.0, "numpy_call": 500.0}
+SKIP_COMPUTE_VAR = "ACL_STUB_SKIP_COMPUTE"
+# the stubs' computation off, and fresh allocations not filled (a debugging aid of the stub
+# that the real aclrtMalloc does not do); both ignored by a real CANN
+STUB_VARS = {SKIP_COMPUTE_VAR: "1", "ACL_STUB_MALLOC_FILL": "-1"}
+
+
+class _ProtocolTensor:
+    """The NPU tensor protocol of aclnn_fag.operands over a DeviceArray (bench only)."""
+
+    class _Dev:
+        type = "npu"
+        index = 0
+
+    class _DType:
+        def __init__(self, name):
+            self.name = name
+
+        def __str__(self):
+            return self.name
+
+    _NAMES = {"bfloat16": "torch.bfloat16", "float32": "torch.float32", "uint8": "torch.uint8",
+              "bool": "torch.bool"}
+
+    def __init__(self, da):
+        self._da = da
+        self.device = self._Dev()
+        self.shape = da.shape
+        self.dtype = self._DType(self._NAMES[da.dtype.name])
+
+    def data_ptr(self):
+        return self._da.buffer.ptr + self._da.offset * self._da.itemsize
+
+    def stride(self):
+        return self._da.strides
+
+    # a caching allocator, as torch_npu's: freed blocks are reused by size, never returned
+    _free: dict = {}
+
+    def new_empty(self, shape, dtype=None):
+        from .acl import DeviceArray
+        from .operands import numpy_dtype_of_torch
+        dt = numpy_dtype_of_torch(dtype or self.dtype)
+        n = dt.itemsize
+        for d in shape:
+            n *= d
+        pool = self._free.setdefault(n, [])
+        buf = pool.pop() if pool else DeviceArray.empty((n,), np.uint8).buffer
+        t = _ProtocolTensor(DeviceArray(buf, shape, dt))
+        weakref.finalize(t, pool.append, buf)
+        return t
+
+
+def _time(fn, repeat: int, inner: int):
+    """(median CPU us, best CPU us, median wall us) per call over ``repeat`` rounds of
+    ``inner`` calls. CPU time is the calling thread's (``time.thread_time``): the host work
+    of the call, unaffected by other processes competing for the cores; wall time is shown
+    next to it."""
+    fn()
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeat):
+        c0, t0 = time.thread_time(), time.perf_counter()
+        for _ in range(inner):
+            fn()
+        cpu.append((time.thread_time() - c0) / inner)
+        wall.append((time.perf_counter() - t0) / inner)
+    return statistics.median(cpu) * 1e6, min(cpu) * 1e6, statistics.median(wall) * 1e6
+
+
+def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
+    """Measure every row (see the module docstring); needs the NPU backend (or its stubs)."""
+    from . import acl
+    from .api import flash_attention_unpadding_score_grad_v3 as fag
+    from .validate import validate_backward
+
+    def say(msg):
+        if progress:
+            progress.write(msg + "\n")
+            progress.flush()
+
+    saved = {v: os.environ.get(v) for v in STUB_VARS}
+    os.environ.update(STUB_VARS)
+    try:
+        b = acl.runtime.api()
+        is_stub = _is_stub(b)
+        spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
+                        d_v=128, sparse_mode=3, seed=0)
+        inp = with_forward(make_inputs(spec))
+        names = ("query", "query_rope", "key", "key_rope", "value", "dy")
+        host = {n: inp[n] for n in names}
+        kw = dict(atten_mask=inp["atten_mask"], softmax_max=inp["softmax_max"],
+                  softmax_sum=inp["softmax_sum"], attention_in=inp["attention_in"],
+                  actual_seq_qlen=inp["actual_seq_qlen"], actual_seq_kvlen=inp["actual_seq_kvlen"],
+                  scale_value=inp["scale_value"], sparse_mode=inp["sparse_mode"])
+        acl.runtime.ensure_device(0)
+        stream_h = c_void_p()
+        rc = b.aclrtCreateStream(byref(stream_h))
+        if rc:
+            raise RuntimeError(f"aclrtCreateStream returned {rc}")
+        stream = stream_h.value
+        rows = []
+        try:
+            dev = {n: acl.DeviceArray.from_numpy(a) for n, a in host.items()}
+            dev_kw = dict(kw)
+            for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
+                dev_kw[n] = acl.DeviceArray.from_numpy(kw[n])
+            npu = {n: _ProtocolTensor(a) for n, a in dev.items()}
+            npu_kw = dict(dev_kw)
+            for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
+                npu_kw[n] = _ProtocolTensor(dev_kw[n])
+
+            count = c_uint32()
+            say("bare ctypes call ...")
+            rows.append(("bare ctypes call (aclrtGetDeviceCount)", None,
+                         _time(lambda: b.aclrtGetDeviceCount(byref(count)), repeat, inner * 10)))
+            say("device-resident public calls ...")
+            rows.append(("device-resident public call: NPU tensors, stream=", "device_call",
+                         _time(lambda: fag(*npu.values(), stream=stream, **npu_kw), repeat, inner)))
+            rows.append(("device-resident public call: DeviceArray, stream=", None,
+                         _time(lambda: fag(*dev.values(), stream=stream, **dev_kw), repeat, inner)))
+            rows.append(("device-resident public call: DeviceArray, own stream + sync", None,
+                         _time(lambda: fag(*dev.values(), **dev_kw), repeat, inner)))
+            rows.append(("device-resident public call: check_data=False, stream=", None,
+                         _time(lambda: fag(*dev.values(), stream=stream, check_data=False,
+                                           **dev_kw), repeat, inner)))
+            say("FagPlan.run ...")
+            plan = acl.FagPlan(**dev, **dev_kw)
+            try:
+                rows.append(("FagPlan.run(stream=)", "plan_run",
+                             _time(lambda: plan.run(stream=stream), repeat, inner * 5)))
+                rows.append(("FagPlan.run() (own stream + sync)", None,
+                             _time(lambda: plan.run(), repeat, inner * 5)))
+            finally:
+                plan.close()
+            say("numpy-in public call ...")
+            copies = {"s": 0.0, "cpu": 0.0}
+
+            def numpy_call():
+                call = validate_backward(*host.values(), **kw)
+                t = {}
+                acl.run_backward(call, timings=t, cpu_timings=True)
+                copies["s"] += t["copy_in"] + t["copy_out"]
+                copies["cpu"] += t["copy_in_cpu"] + t["copy_out_cpu"]
+            rows.append(("numpy-in public call, excluding copies", "numpy_call",
+                         _time_minus(numpy_call, copies, repeat, max(1, inner // 4))))
+            rows.append(("numpy-in public call, total (copies included)", None,
+                         _time(lambda: fag(*host.values(), backend="npu", **kw), repeat,
+                               max(1, inner // 4))))
+        finally:
+            acl.runtime.release_stream_workspace(stream)
+            b.aclrtDestroyStream(stream)
+            for pool in _ProtocolTensor._free.values():
+                for buf in pool:
+                    buf.free()
+            _ProtocolTensor._free.clear()
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    out = []
+    for label, goal_key, (median_us, best_us, wall_us) in rows:
+        goal = GOALS_US.get(goal_key)
+        out.append({"label": label, "median_us": median_us, "best_us": best_us,
+                    "wall_median_us": wall_us,
+                    "goal_us": goal, "met": None if goal is None else median_us <= goal})
+    return {"schema": "aclnn_fag.bench_overhead/1", "stub_compute_off": is_stub,
+            "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
+            "rows": out, "all_goals_met": all(r["met"] for r in out if r["met"] is not None)}
+
+
+def _is_stub(b) -> bool:
+    """True on the stand-in libraries of native_stubs/ (they export aclStubGetCounters)."""
+    for lib in b.libraries.handles.values():
+        try:
+            getattr(lib, "aclStubGetCounters")
+            return True
+        except AttributeError:
+            continue
+    return False
+
+
+def _time_minus(fn, acc: dict, repeat: int, inner: int):
+    """As _time, minus the CPU (and wall) time ``fn`` reports in acc["cpu"] / acc["s"]."""
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeat):
+        acc["s"] = acc["cpu"] = 0.0
+        c0, t0 = time.thread_time(), time.perf_counter()
+        for _ in range(inner):
+            fn()
+        cpu.append((time.thread_time() - c0 - acc["cpu"]) / inner)
+        wall.append((time.perf_counter() - t0 - acc["s"]) / inner)
+    return statistics.median(cpu) * 1e6, min(cpu) * 1e6, statistics.median(wall) * 1e6
+
+
+def format_overhead(report: dict) -> str:
+    lines = [f"host overhead per call ({report['shape']}; "
+             + ("stub op computation off" if report["stub_compute_off"] else "real NPU")
+             + ")",
+             "host CPU time of the calling thread per call (median and best of the rounds), "
+             "wall time (median) beside it",
+             f"{'row':<62s} {'cpu us':>9s} {'best':>8s} {'wall us':>9s} {'goal':>8s}  status"]
+    lines.append("-" * len(lines[-1]))
+    for r in report["rows"]:
+        goal = "-" if r["goal_us"] is None else f"<= {r['goal_us']:.0f}"
+        status = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
+        lines.append(f"{r['label']:<62s} {r['median_us']:>9.1f} {r['best_us']:>8.1f} "
+                     f"{r['wall_median_us']:>9.1f} {goal:>8s}  {status}")
+    return "\n".join(lines)

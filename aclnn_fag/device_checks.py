@@ -1,0 +1,197 @@
+"""The data rules (S6, S8, S9 of ``validate``) for device-resident inputs, on a bounded sample.
+
+Shape, dtype and attribute rules never read tensor data, so they run unchanged on
+:class:`aclnn_fag.acl.DeviceArray` inputs (and NPU tensors, which arrive as DeviceArrays over
+the caller's memory). The three rules that look at data read back only a few small
+ranges with ``aclrtMemcpy`` (device to host), at most ``DEVICE_SAMPLE_BYTES`` per call:
+
+* S6 (canonical compressed mask): rows 0, 1023 and 2047 of the first 2048x2048 slice
+  (2 KiB each for a contiguous uint8/bool mask; a window around the diagonal otherwise);
+* S8 (8 equal statistic copies): three runs of 16 (token, head) entries of each array,
+  at the start, the middle and the end (512 bytes each);
+* S9 (token-major statistics): up to two (row, head) samples whose kept keys fit the
+  remaining budget -- in practice the first rows of causal or band masks; rows that
+  keep more keys are not sampled (a fully unmasked long sequence is not checked).
+
+``check_data=False`` on the public calls skips all three (also for numpy inputs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .masks import COMPRESSED_SIZE
+from .semantics.softmax_layout import COPIES
+from .semantics.sparse import batch_keep
+
+__all__ = ["DEVICE_SAMPLE_BYTES", "Sampler"]
+
+DEVICE_SAMPLE_BYTES = 16 << 10      # upper bound of device bytes read per validated call
+_ROW_BYTES = 2048                   # one read of S6
+_S8_RUN = 16                        # (token, head) entries per S8 read
+_S9_SAMPLES = 2
+
+
+class _Budget(Exception):
+    """The next read would exceed the byte budget."""
+
+
+class Sampler:
+    """Bounded reads of device arrays for one validated call (``bytes_read`` counts them)."""
+
+    def __init__(self, budget: int = DEVICE_SAMPLE_BYTES) -> None:
+        self.budget = budget
+        self.bytes_read = 0
+
+    # ------------------------------------------------------------------ reads
+    def _raw(self, da, start: int, count: int) -> np.ndarray:
+        """``count`` storage elements from element ``start`` of the view's storage (offset
+        included) -- one device-to-host copy."""
+        nbytes = count * da.itemsize
+        if self.bytes_read + nbytes > self.budget:
+            raise _Budget()
+        host = np.empty(count, da.dtype)
+        da.buffer.copy_to_host(host.ctypes.data, nbytes, (da.offset + start) * da.itemsize)
+        self.bytes_read += nbytes
+        return host
+
+    def strided(self, da, start: int, step: int, n: int) -> np.ndarray:
+        """n elements at storage positions start + k * step (relative to the view's offset)."""
+        if n <= 0:
+            return np.empty(0, da.dtype)
+        if step == 0:
+            return np.repeat(self._raw(da, start, 1), n)
+        span = (n - 1) * step + 1
+        if span * da.itemsize <= 2 * _ROW_BYTES:
+            return self._raw(da, start, span)[::step]
+        return np.concatenate([self._raw(da, start + k * step, 1) for k in range(n)])
+
+    def element(self, da, index) -> object:
+        pos = sum(i * s for i, s in zip(index, da.strides))
+        return self._raw(da, pos, 1)[0]
+
+    # ------------------------------------------------------------------ S6
+    def compressed_mask_is_canonical(self, mask) -> bool:
+        """Sampled S6: rows 0, 1023 and 2047 (or windows of them) equal the canonical rows."""
+        rs, cs = mask.strides[-2], mask.strides[-1]
+        base = 0                                     # first slice of a 4-D mask: index 0, 0
+        cols = np.arange(COMPRESSED_SIZE)
+        for r in (0, COMPRESSED_SIZE // 2 - 1, COMPRESSED_SIZE - 1):
+            if cs * mask.itemsize <= 1:
+                c0, c1 = 0, COMPRESSED_SIZE
+            else:                                    # a window around the diagonal
+                half = max(1, _ROW_BYTES // (2 * max(1, cs) * mask.itemsize))
+                c0, c1 = max(0, r - half), min(COMPRESSED_SIZE, r + half + 1)
+            row = self.strided(mask, base + r * rs + c0 * cs, cs, c1 - c0)
+            if not np.array_equal(row != 0, cols[c0:c1] > r):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ S8
+    def stats_copies_equal(self, stats) -> bool:
+        """Sampled S8: three runs of (token, head) entries have 8 equal copies."""
+        t, n, _ = stats.shape
+        s0, s1, s2 = stats.strides
+        if s2 == 0 or t * n == 0:
+            return True
+        entries = t * n
+        merged = (s1 == COPIES * s2 and (n == 1 or s0 == n * s1)) or t == 1
+        starts = sorted({0, max(0, entries // 2 - _S8_RUN // 2), max(0, entries - _S8_RUN)})
+        for e0 in starts:
+            run = min(_S8_RUN, entries - e0)
+            if merged and s2 == 1:
+                first = (e0 // n) * s0 + (e0 % n) * s1
+                vals = self._raw(stats, first, run * COPIES).reshape(run, COPIES)
+            else:
+                rows = []
+                for e in range(e0, e0 + min(run, 2)):
+                    rows.append(self.strided(stats, (e // n) * s0 + (e % n) * s1, s2, COPIES))
+                vals = np.stack(rows)
+            if not np.array_equal(vals, np.broadcast_to(vals[:, :1], vals.shape), equal_nan=True):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ S9
+    def stats_layout_votes(self, q, qr, k, kr, mask, smax, ssum, scale_value, seqs,
+                           sparse_mode, pre_eff, next_eff, band_idx, fits) -> tuple:
+        """(checked, device_fits, token_fits) over at most two affordable samples."""
+        n1, group = q.shape[1], q.shape[1] // k.shape[1]
+        d, dr = q.shape[2], qr.shape[2]
+        scale32 = np.float32(scale_value)
+        checked = dev_fits = tok_fits = 0
+        try:
+            for b in range(seqs.batch):
+                sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
+                if sq <= 0 or skv <= 0:
+                    continue
+                keep = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
+                if keep.uses_mask and mask.ndim != 2:
+                    continue                        # packed ragged 4-D masks: not sampled
+                for i, h in ((0, n1 - 1), (1, n1 // 2), (0, n1 // 2)):
+                    if i >= sq:
+                        continue
+                    dev = (qs * n1 + h * sq + i) * COPIES
+                    tok = ((qs + i) * n1 + h) * COPIES
+                    if dev == tok:
+                        continue
+                    j0 = max(0, math.ceil(i + keep.lo)) if keep.lo != -math.inf else 0
+                    j1 = min(skv - 1, math.floor(i + keep.hi)) if keep.hi != math.inf else skv - 1
+                    if j1 < j0:
+                        continue
+                    cost = (j1 - j0 + 1) * (d + dr) * k.itemsize * 2
+                    if self.bytes_read + cost + (d + dr) * q.itemsize + 64 > self.budget:
+                        continue
+                    dm, dl = self._flat(smax, dev), self._flat(ssum, dev)
+                    tm, tl = self._flat(smax, tok), self._flat(ssum, tok)
+                    if _same(dm, tm) and _same(dl, tl):
+                        continue
+                    kept = np.ones(j1 - j0 + 1, bool)
+                    if keep.uses_mask:
+                        ms0, ms1 = mask.strides
+                        kept &= self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0 + 1) == 0
+                    if not kept.any():
+                        continue
+                    n2 = h // group
+                    qv = self.strided(q, (qs + i) * q.strides[0] + h * q.strides[1], q.strides[2], d)
+                    qrv = self.strided(qr, (qs + i) * qr.strides[0] + h * qr.strides[1],
+                                       qr.strides[2], dr)
+                    kk = self._rows(k, ks + j0, j1 - j0 + 1, n2, d)[kept]
+                    kkr = self._rows(kr, ks + j0, j1 - j0 + 1, n2, dr)[kept]
+                    s = (kk.astype(np.float32) @ qv.astype(np.float32)
+                         + kkr.astype(np.float32) @ qrv.astype(np.float32))
+                    s = (s.astype(np.float32) * scale32).astype(np.float64)
+                    top = float(np.max(s))
+                    if not math.isfinite(top):
+                        continue
+                    lse = top + math.log(float(np.sum(np.exp(s - top))))
+                    checked += 1
+                    dev_fits += fits(dm, dl, lse)
+                    tok_fits += fits(tm, tl, lse)
+                    if checked >= _S9_SAMPLES:
+                        return checked, dev_fits, tok_fits
+        except _Budget:
+            pass
+        return checked, dev_fits, tok_fits
+
+    def _flat(self, stats, flat: int):
+        t, n, c = stats.shape
+        idx = (flat // (n * c), (flat // c) % n, flat % c)
+        return self.element(stats, idx)
+
+    def _rows(self, a, t0: int, count: int, head: int, width: int) -> np.ndarray:
+        """a[t0:t0+count, head, :width] as a host [count, width] array (one read when the
+        range is small, else row by row)."""
+        s0, s1, s2 = a.strides
+        start = t0 * s0 + head * s1
+        span = (count - 1) * s0 + (width - 1) * s2 + 1
+        if span * a.itemsize <= self.budget - self.bytes_read and span * a.itemsize <= 4 * _ROW_BYTES:
+            host = self._raw(a, start, span)
+            return np.lib.stride_tricks.as_strided(
+                host, (count, width), (s0 * a.itemsize, s2 * a.itemsize), writeable=False).copy()
+        return np.stack([self.strided(a, start + r * s0, s2, width) for r in range(count)])
+
+
+def _same(a, b) -> bool:
+    return a == b or (a != a and b != b)
