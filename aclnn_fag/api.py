@@ -89,6 +89,9 @@ def resolve_backend(backend: str = "auto", precision: str = "device") -> str:
         from . import acl
         status = acl.availability()
         if not status.ok:
+            forked = acl.runtime.forked_child_reason()
+            if forked is not None:      # a subclass of BackendUnavailableError
+                raise acl.ForkedProcessError(forked, code=361001, param="backend")
             raise BackendUnavailableError(f"backend 'npu' is not available: {status.reason}",
                                           code=361001, param="backend")
     return backend

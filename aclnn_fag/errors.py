@@ -18,6 +18,8 @@ __all__ = [
     "AclRuntimeError",
     "LibraryNotFoundError",
     "BackendUnavailableError",
+    "ResourceReleaseWarning",
+    "DeterminismWarning",
     "ACLNN_STATUS",
     "ACL_ERRORS",
     "error_class_for",
@@ -141,6 +143,18 @@ class BackendUnavailableError(AclnnError, RuntimeError):
     """The requested backend cannot run here (no library, no device, unknown name)."""
 
     meaning = "backend unavailable"
+
+
+class ResourceReleaseWarning(RuntimeWarning):
+    """Releasing a native handle (aclrtFree, aclDestroyTensor, aclrtDestroyStream, ...) failed.
+
+    The handle is kept and released once more by ``acl.shutdown()`` (also run at exit);
+    results an op had already computed are still returned (docs/faults.md)."""
+
+
+class DeterminismWarning(RuntimeWarning):
+    """ACL_OPT_DETERMINISTIC could not be read before a call, so it could not be restored
+    after it: the context keeps the value the call ran with (docs/faults.md)."""
 
 
 _CLASSES: dict[int, type] = {}

@@ -15,6 +15,13 @@ Only the standard library is used.  The C compiler is ``$CC`` if set, else
 is given.  The libraries are rebuilt only when a source (or this script) is
 newer than the oldest output, or when ``force`` is true.
 
+Variants: ``$NATIVE_STUBS_VARIANT`` (or ``--variant``) ``asan`` builds with
+AddressSanitizer + UndefinedBehaviorSanitizer (``-fsanitize=address,undefined``, UB
+fatal) into ``native_stubs/build-asan/``; ``debug`` builds ``-O0 -g`` (for valgrind)
+into ``native_stubs/build-debug/``. Processes loading the asan variant need the ASan
+runtime preloaded (``scripts/sanitize.sh`` does it). Every caller of ``build()`` — the
+tests included — picks the variant up from the environment.
+
 Concurrent builds are safe: the build runs under an exclusive ``fcntl`` lock
 on ``<out_dir>/.build.lock``, compiles into a private temporary directory
 inside ``out_dir`` and moves each finished library into place with
@@ -50,7 +57,22 @@ CFLAGS = [
     "-pthread",
 ]
 
-__all__ = ["build", "LIBS", "DEFAULT_OUT"]
+VARIANTS = {
+    "": [],
+    "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
+             "-fno-sanitize-recover=undefined"],
+    "debug": ["-O0", "-g"],
+}
+ENV_VARIANT = "NATIVE_STUBS_VARIANT"
+
+__all__ = ["build", "LIBS", "DEFAULT_OUT", "VARIANTS", "ENV_VARIANT"]
+
+
+def _variant(variant=None) -> str:
+    v = (os.environ.get(ENV_VARIANT, "") if variant is None else variant).strip()
+    if v not in VARIANTS:
+        raise RuntimeError(f"unknown stub build variant {v!r} (known: {sorted(k for k in VARIANTS if k)})")
+    return v
 
 
 def _compiler() -> list:
@@ -103,27 +125,33 @@ def _run(cmd: list) -> None:
         sys.stderr.write(proc.stdout)
 
 
-def _compile_all(tmp: pathlib.Path) -> None:
+def _compile_all(tmp: pathlib.Path, variant: str = "") -> None:
     cc = _compiler()
+    flags = CFLAGS + VARIANTS[variant]        # later flags win: -O1/-O0 over -O2
     inc = ["-I", str(SRC)]
     # --no-as-needed: keep the NEEDED entries even where no symbol is used, so
     # that loading libopapi.so alone pulls in the whole stack, as in CANN.
     link_common = ["-shared", "-Wl,--no-undefined", "-Wl,--no-as-needed", "-Wl,-rpath,$ORIGIN",
                    "-L", str(tmp)]
-    _run(cc + CFLAGS + inc + [str(SRC / "ascendcl_stub.c"), str(SRC / "version_stub.c"), "-o", str(tmp / "libascendcl.so")]
+    _run(cc + flags + inc + [str(SRC / "ascendcl_stub.c"), str(SRC / "version_stub.c"), "-o", str(tmp / "libascendcl.so")]
          + link_common + ["-Wl,-soname,libascendcl.so", "-lpthread", "-lm"])
-    _run(cc + CFLAGS + inc + [str(SRC / "nnopbase_stub.c"), "-o", str(tmp / "libnnopbase.so")]
+    _run(cc + flags + inc + [str(SRC / "nnopbase_stub.c"), "-o", str(tmp / "libnnopbase.so")]
          + link_common + ["-Wl,-soname,libnnopbase.so", "-lascendcl", "-lpthread"])
     # libopapi.so: the backward (opapi_stub.c, trace_stub.c) and the forward
     # (opapi_fwd_stub.c, its kernel fwd_kernel.c)
-    _run(cc + CFLAGS + inc + [str(SRC / name) for name in OPAPI_SOURCES]
+    _run(cc + flags + inc + [str(SRC / name) for name in OPAPI_SOURCES]
          + ["-o", str(tmp / "libopapi.so")]
          + link_common + ["-Wl,-soname,libopapi.so", "-lnnopbase", "-lascendcl", "-lpthread", "-lm"])
 
 
-def build(out_dir=None, force: bool = False) -> pathlib.Path:
-    """Compile the stub libraries if needed and return the directory holding them."""
-    out = pathlib.Path(out_dir).resolve() if out_dir is not None else DEFAULT_OUT
+def build(out_dir=None, force: bool = False, variant=None) -> pathlib.Path:
+    """Compile the stub libraries if needed and return the directory holding them.
+    ``variant`` None means ``$NATIVE_STUBS_VARIANT`` ("" = the normal build)."""
+    variant = _variant(variant)
+    if out_dir is not None:
+        out = pathlib.Path(out_dir).resolve()
+    else:
+        out = DEFAULT_OUT if not variant else HERE / f"build-{variant}"
     if not force and _up_to_date(out):
         return out
     out.mkdir(parents=True, exist_ok=True)
@@ -132,7 +160,7 @@ def build(out_dir=None, force: bool = False) -> pathlib.Path:
             return out
         tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-build-", dir=out))
         try:
-            _compile_all(tmp)
+            _compile_all(tmp, variant)
             for name in LIBS:
                 os.replace(tmp / name, out / name)
         finally:
@@ -144,9 +172,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Build the stand-in CANN libraries for CI.")
     parser.add_argument("--out", default=None, help="output directory (default: native_stubs/build)")
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    parser.add_argument("--variant", default=None, choices=sorted(VARIANTS),
+                        help="asan or debug (default: $NATIVE_STUBS_VARIANT, else the normal build)")
     args = parser.parse_args(argv)
     try:
-        out = build(args.out, force=args.force)
+        out = build(args.out, force=args.force, variant=args.variant)
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1

@@ -92,6 +92,14 @@ class StubControls:
         self._clear = lib["aclStubClearFailures"]
         self._clear.argtypes = []
         self._clear.restype = None
+        # void aclStubSetCallDelay(int64_t microseconds);
+        self._delay = lib["aclStubSetCallDelay"]
+        self._delay.argtypes = [c_int64]
+        self._delay.restype = None
+        # int64_t aclStubGetBadReleases(void);
+        self._bad = lib["aclStubGetBadReleases"]
+        self._bad.argtypes = []
+        self._bad.restype = c_int64
 
         # int32_t aclStubStreamCounts(aclrtStream stream, int64_t *launches, int64_t *syncs);
         self._stream_counts = lib["aclStubStreamCounts"]
@@ -123,6 +131,15 @@ class StubControls:
 
     def clear(self) -> None:
         self._clear()
+
+    def set_delay(self, microseconds: int) -> None:
+        """Every ABI call of the stubs sleeps this long first (0: off)."""
+        self._delay(int(microseconds))
+
+    def bad_releases(self) -> int:
+        """Releases of handles that were not live (double destroy/free, a consumed executor
+        run or destroyed again) since the libraries were loaded."""
+        return int(self._bad())
 
 
 def stub_fixtures(lib_dir_name: str):

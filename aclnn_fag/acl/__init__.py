@@ -11,7 +11,9 @@ Importing this package never fails and never loads a library; the first use does
 * :mod:`.device` — :class:`DeviceArray`, :func:`upload_arrays` (views of one host array
   share one upload);
 * :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
-* :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run.
+* :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
+* :mod:`.ownership` — interrupt-safe ownership of native handles (claims taken atomically
+  with each create, SIGINT deferred across create-and-own; docs/faults.md).
 
 Processes: CANN's runtime is not fork-safe. A child forked after this process initialised
 ACL (any NPU call, or ``availability()``) cannot use the NPU backend: every use raises
@@ -26,11 +28,12 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import loader, prototypes, runtime, versions
+from . import loader, ownership, prototypes, runtime, versions
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
 from .plan import FagExecutor, FagPlan
@@ -45,6 +48,7 @@ __all__ = [
     "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
     "stand_in", "STAND_IN_LABEL",
+    "ownership", "RETRY_BACKOFF_MIN", "RETRY_BACKOFF_MAX",
 ]
 
 
@@ -67,13 +71,20 @@ class Availability:
     # cannot be used as configured; False when simply no CANN is installed (or ok is True)
     installed: bool = False
     device_id: Optional[int] = None   # the device the backend would use, when known
+    transient: bool = False      # ACL itself failed (aclInit, device query): retried later
 
     def __bool__(self) -> bool:
         return self.ok
 
 
 _avail_lock = threading.Lock()
-_avail: Optional[tuple] = None   # (loader generation, Availability)
+_avail: Optional[tuple] = None   # (loader generation, Availability, time before which not to re-probe)
+# A failed aclInit / aclrtGetDeviceCount (a driver hiccup) is not cached for good: the next
+# call probes again once the back-off has passed (doubling from MIN to MAX seconds while the
+# failure persists; docs/faults.md).
+RETRY_BACKOFF_MIN = 0.05
+RETRY_BACKOFF_MAX = 5.0
+_backoff = RETRY_BACKOFF_MIN
 
 
 def _reset_lock_in_child() -> None:
@@ -124,8 +135,9 @@ def _probe() -> Availability:
     try:
         count = runtime.device_count()
     except AclnnError as exc:
+        # the message names the function (aclInit or aclrtGetDeviceCount) and its code
         return Availability(False, f"ACL could not report the devices: {exc}", 0, summary, tried,
-                            installed=True, device_id=dev)
+                            transient=True, installed=True, device_id=dev)
     if count <= 0:
         return Availability(False, "the CANN libraries load but aclrtGetDeviceCount reports no "
                             "device", 0, summary, tried, installed=True, device_id=dev)
@@ -144,7 +156,7 @@ def availability(refresh: bool = False) -> Availability:
     """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again).
     In a child forked after the parent initialised ACL it is never available (see
     :class:`ForkedProcessError`)."""
-    global _avail
+    global _avail, _backoff
     forked = runtime.forked_child_reason()
     if forked is not None:
         return Availability(False, forked, installed=True)
@@ -152,17 +164,25 @@ def availability(refresh: bool = False) -> Availability:
         if refresh:
             loader.reset()
         gen = loader._cache.generation
-        if _avail is None or _avail[0] != gen:
-            _avail = (gen, _probe())
+        now = time.monotonic()
+        if _avail is None or _avail[0] != gen or (_avail[1].transient and now >= _avail[2]):
+            status = _probe()
+            if status.transient:
+                retry_at = now + _backoff
+                _backoff = min(max(_backoff * 2, RETRY_BACKOFF_MIN), RETRY_BACKOFF_MAX)
+            else:
+                retry_at, _backoff = 0.0, RETRY_BACKOFF_MIN
+            _avail = (gen, status, retry_at)
         return _avail[1]
 
 
 def reset() -> None:
     """Forget the cached library search and availability (e.g. after changing ACLNN_FAG_LIB_DIR)."""
-    global _avail
+    global _avail, _backoff
     with _avail_lock:
         loader.reset()
         _avail = None
+        _backoff = RETRY_BACKOFF_MIN
 
 
 STAND_IN_SYMBOL = "aclStubGetCounters"   # exported only by the stand-in libraries (native_stubs/)

@@ -7,11 +7,15 @@ aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 
 phase 2 on the stream; tensors and int arrays destroyed right after phase 2 returns;
 ``aclrtSynchronizeStream``; D2H copies; every buffer freed.
 
-Every resource is registered on a :class:`contextlib.ExitStack` the moment it exists,
-so an exception anywhere (including a failed ``aclCreateTensor`` halfway through)
-releases everything created so far.  The executor is destroyed by us only when phase
-1 succeeded and phase 2 never ran; once phase 2 was called it belongs to the library
-(phase 2 frees it, also when it fails — docs/abi.md §6).
+Every native handle is owned the moment it exists (:mod:`.ownership`: the create and the
+store of its handle are one atomic step for SIGINT) and registered on a
+:class:`contextlib.ExitStack`, so an exception anywhere — including a ``KeyboardInterrupt``
+at any bytecode, or a failed ``aclCreateTensor`` halfway through — releases everything
+created so far, exactly once.  The executor is destroyed by us only when phase 1 succeeded
+and phase 2 was never entered; it counts as the library's from the moment phase 2 is
+entered (phase 2 frees it, also when it fails — docs/abi.md §6, docs/faults.md).  Cleanup failures after a
+successful op warn (ResourceReleaseWarning) and the results are returned; outputs this
+module allocates are zero-filled before the op runs (the op may leave parts unwritten).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
-from . import runtime
+from . import ownership, runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
@@ -106,15 +110,10 @@ class _Timer:
 
 
 def _release_on_exit(stack: contextlib.ExitStack, resource) -> None:
-    """Release ``resource`` when ``stack`` unwinds; its own error never hides one in flight."""
-    def _exit(exc_type, exc, tb):
-        try:
-            resource.release()
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
-    stack.push(_exit)
+    """Release ``resource`` when ``stack`` unwinds. A failed release warns
+    (ResourceReleaseWarning, the handle kept for shutdown) instead of raising: it neither
+    hides an error in flight nor throws away results already computed."""
+    stack.callback(resource.release, "warn")
 
 
 def _release_on_error(stack: contextlib.ExitStack, resource) -> None:
@@ -131,15 +130,37 @@ def _release_on_error(stack: contextlib.ExitStack, resource) -> None:
 
 
 class _Executor(runtime.NativeResource):
-    """An ``aclOpExecutor*`` we own until phase 2 consumes it."""
+    """An ``aclOpExecutor*`` we own until phase 2 consumes it.
 
-    def __init__(self, b, handle: int) -> None:
-        from .tensors import _destroy
-        self.handle: Optional[int] = handle
-        self._own(_destroy, b, "aclDestroyAclOpExecutor", handle)
+    Create it (empty) *before* phase 1 and call :meth:`adopt` inside the atomic block of
+    phase 1; hand it to phase 2 with ``call_consuming``."""
+
+    _what = "an aclOpExecutor"
+    _rank = 0                      # destroyed before the tensors it refers to
+
+    def __init__(self, b) -> None:
+        self.b = b
+        self.handle: Optional[int] = None
+        self._prepare()
+
+    def adopt(self, handle: Optional[int]) -> None:
+        """Own the executor phase 1 returned (inside phase 1's ``ownership.atomic()``)."""
+        if handle:
+            from .tensors import _destroy
+            self._take(handle, _destroy, self.b, "aclDestroyAclOpExecutor", handle)
+            self.handle = handle
 
     def _on_released(self) -> None:
         self.handle = None
+
+
+def check_device_arrays(arrays: Mapping[str, object], dev: int) -> None:
+    """ValueError when a DeviceArray lives on another device than the call's."""
+    for name, arr in arrays.items():
+        if isinstance(arr, DeviceArray) and arr.device_id != dev:
+            raise ValueError(f"parameter '{name}': the device array is on device {arr.device_id}, "
+                             f"but the call runs on device {dev}; pass device_id={arr.device_id} "
+                             "or copy the array to that device")
 
 
 def _shape(x) -> tuple:
@@ -215,51 +236,66 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             int_arrays[name] = int64_values(name, int_arrays[name])
     b = runtime.api()
     dev = runtime.resolve_device(device_id)
-    runtime.ensure_device(dev)
+    check_device_arrays(inputs, dev)
+    check_device_arrays(outputs, dev)
+    runtime.ensure_device(dev if device_id is not None else None)
     caller_stream = stream is not None
     stream = runtime.resolve_stream(stream) if caller_stream else runtime.stream(dev)
     enqueue_only = (caller_stream and keep_on_device
                     and all(v is None or isinstance(v, DeviceArray) for v in inputs.values()))
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(runtime.determinism(dev, deterministic))
+    # Creates are batched into a few ownership.atomic() blocks (each block costs two
+    # sigaction calls on the main thread; nested blocks cost nothing).
+    stack = contextlib.ExitStack()
+    ok = False
+    try:
+        hold = runtime.DeterminismHold(dev, deterministic)
+        stack.callback(hold.release)            # registered before the hold is taken
+        hold.acquire()
 
         # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
         dev_inputs: Dict[str, Optional[DeviceArray]] = {}
         host_names = [n for n in op.inputs
                       if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
-        uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
-        seen = set()
-        for name, da in zip(host_names, uploaded):
-            if id(da.buffer) not in seen:
-                seen.add(id(da.buffer))
-                _release_on_exit(stack, da.buffer)
-            dev_inputs[name] = da
+        with ownership.atomic():
+            uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
+            seen = set()
+            for name, da in zip(host_names, uploaded):
+                if id(da.buffer) not in seen:
+                    seen.add(id(da.buffer))
+                    _release_on_exit(stack, da.buffer)
+                dev_inputs[name] = da
         for name in op.inputs:
             if isinstance(inputs.get(name), DeviceArray):
                 dev_inputs[name] = inputs[name]
 
         # ---- outputs
         dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-        for name in op.outputs:
-            spec = outputs.get(name)
-            if spec is None or isinstance(spec, DeviceArray):
-                dev_outputs[name] = spec
-                continue
-            shape, dtype, init = spec
-            with timer("alloc"):
-                da = DeviceArray.empty(shape, dtype, dev)
-            if keep_on_device:
-                _release_on_error(stack, da.buffer)
-            else:
-                _release_on_exit(stack, da.buffer)
-            if init is not None:
-                with timer("copy_in"):
-                    da.copy_from_numpy(init)
-            dev_outputs[name] = da
+        with ownership.atomic():
+            for name in op.outputs:
+                spec = outputs.get(name)
+                if spec is None or isinstance(spec, DeviceArray):
+                    dev_outputs[name] = spec
+                    continue
+                shape, dtype, init = spec
+                with timer("alloc"):
+                    da = DeviceArray.empty(shape, dtype, dev)
+                if keep_on_device:
+                    _release_on_error(stack, da.buffer)
+                else:
+                    _release_on_exit(stack, da.buffer)
+                if init is not None:
+                    with timer("copy_in"):
+                        da.copy_from_numpy(init)
+                else:
+                    # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
+                    # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
+                    with timer("alloc"):
+                        da.buffer.memset(0)
+                dev_outputs[name] = da
 
         # ---- handles (destroyed right after phase 2 returns, or on any error)
         handles = stack.enter_context(contextlib.ExitStack())
-        with timer("marshal"):
+        with timer("marshal"), ownership.atomic():
             batch = HandleBatch()
             _release_on_exit(handles, batch)
             t_args = {name: batch.tensor(dev_inputs.get(name)) for name in op.inputs}
@@ -275,15 +311,18 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 + [byref(ws_size) if workspace_size_out else None,
                    byref(executor) if executor_out else None])
         phase1 = getattr(b, op.phase1)
+        guard = _Executor(b)
+        _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
         with timer("phase1"):
-            rc = phase1(*args)
+            with ownership.atomic():           # phase 1 and the executor's ownership
+                rc = phase1(*args)
+                if rc == 0:
+                    guard.adopt(executor.value)
         runtime._count("phase1")
         if rc:
             raise status_error(b, rc, op.phase1)
-        guard = None
-        if executor.value:
-            guard = _Executor(b, executor.value)
-            _release_on_exit(handles, guard)   # pushed last: destroyed before the tensors
+        if guard.handle is None:
+            guard = None
 
         # ---- workspace
         workspace = None
@@ -298,15 +337,16 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # ---- phase 2 (+ sync)
         if guard is not None:
             phase2 = getattr(b, op.phase2)
+            p2_args = (c_void_p(workspace.ptr if workspace is not None else None),
+                       c_uint64(ws_size.value), c_void_p(guard.handle), c_void_p(stream))
             t0 = time.perf_counter()
-            rc = phase2(workspace.ptr if workspace is not None else None, ws_size.value,
-                        guard.handle, stream)
-            guard.disown()                  # phase 2 ran: the executor is the library's now
+            # the executor is the library's from the moment phase 2 is entered
+            rc = guard.call_consuming(phase2, *p2_args)
             runtime._count("phase2")
             if rc:
                 raise status_error(b, rc, op.phase2)
             t1 = time.perf_counter()
-            with timer("marshal"):
+            with timer("marshal"), ownership.atomic():
                 handles.close()
             t2 = time.perf_counter()
             if not enqueue_only:
@@ -316,16 +356,26 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             if timings is not None:
                 timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
         else:
-            handles.close()
+            with ownership.atomic():
+                handles.close()
 
         # ---- results
         result: Dict[str, object] = {}
         if keep_on_device:
-            return dict(dev_outputs)
-        with timer("copy_out"):
-            for name in op.outputs:
-                da = dev_outputs[name]
-                result[name] = None if da is None else da.numpy()
+            result = dict(dev_outputs)
+        else:
+            with timer("copy_out"):
+                for name in op.outputs:
+                    da = dev_outputs[name]
+                    result[name] = None if da is None else da.numpy()
+        ok = True
+    finally:
+        with ownership.atomic():
+            if ok:
+                stack.close()
+            else:       # the callbacks that release only on errors must see one
+                err = RuntimeError("the call failed")
+                stack.__exit__(RuntimeError, err, None)
     return result
 
 

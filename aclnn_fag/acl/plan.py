@@ -44,10 +44,11 @@ import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagGrads
-from . import runtime
+from . import ownership, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, upload_arrays
-from .op import INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS, _Executor, _layout_arg
+from .op import (INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS, _Executor, _layout_arg,
+                 check_device_arrays)
 from .prototypes import PHASE1, PHASE2
 from .tensors import AclIntArray, AclTensor
 
@@ -103,7 +104,7 @@ class _PlanState:
             if res is None:
                 continue
             try:
-                res.release()
+                res.release("raise" if strict else "warn")
             except Exception as exc:
                 errors.append(exc)
         if errors and strict:
@@ -184,8 +185,11 @@ class FagPlan:
                            head_num=int(head_num), input_layout=input_layout,
                            inner_precise=int(inner_precise), sparse_mode=int(sparse_mode),
                            pse_type=int(pse_type))
+        check_device_arrays(given, self.device_id)
+        check_device_arrays(dict(dq=dq, dq_rope=dq_rope, dk=dk, dk_rope=dk_rope, dv=dv),
+                            self.device_id)
         try:
-            runtime.ensure_device(self.device_id)
+            runtime.ensure_device(self.device_id if device_id is not None else None)
             self._inputs: Dict[str, Optional[DeviceArray]] = {}
             host = [n for n in INPUT_SLOTS if given[n] is not None
                     and not isinstance(given[n], DeviceArray)]
@@ -204,14 +208,19 @@ class FagPlan:
                 if out is None:
                     src = self._inputs[OUTPUT_LIKE[n]]
                     if src is not None:
-                        out = DeviceArray.empty(src.shape, BF16, self.device_id)
+                        # zeros: the op may leave parts of an output unwritten (docs/faults.md)
+                        out = DeviceArray.zeros(src.shape, BF16, self.device_id)
                         self._state.owned.append(out.buffer)
                         self._plan_outputs.add(n)
                 elif not isinstance(out, DeviceArray):
                     raise TypeError(f"output {n!r} must be a DeviceArray or None")
                 self._outputs[n] = out
-            with runtime.determinism(self.device_id, self.deterministic):
+            hold = runtime.DeterminismHold(self.device_id, self.deterministic)
+            try:
+                hold.acquire()
                 self._build()
+            finally:
+                hold.release()
         except BaseException:
             self._state.close(strict=False)
             raise
@@ -300,19 +309,24 @@ class FagPlan:
         a = self._attrs
         ws_size = c_uint64(0)
         executor = c_void_p(None)
-        rc = getattr(b, PHASE1)(
-            *in_h, *[ia_handles[n] for n in INT_ARRAY_SLOTS],
-            c_double(a["scale_value"]), c_double(a["keep_prob"]), c_int64(a["pre_tokens"]),
-            c_int64(a["next_tokens"]), c_int64(a["head_num"]), _layout_arg(a["input_layout"]),
-            c_int64(a["inner_precise"]), c_int64(a["sparse_mode"]), c_int64(a["pse_type"]),
-            *out_h, byref(ws_size), byref(executor))
+        args = (*in_h, *[ia_handles[n] for n in INT_ARRAY_SLOTS],
+                c_double(a["scale_value"]), c_double(a["keep_prob"]), c_int64(a["pre_tokens"]),
+                c_int64(a["next_tokens"]), c_int64(a["head_num"]), _layout_arg(a["input_layout"]),
+                c_int64(a["inner_precise"]), c_int64(a["sparse_mode"]), c_int64(a["pse_type"]),
+                *out_h, byref(ws_size), byref(executor))
+        guard = _Executor(b)
+        phase1 = getattr(b, PHASE1)
+        with ownership.atomic():           # phase 1 and the executor's ownership: one step
+            rc = phase1(*args)
+            if rc == 0 and executor.value:
+                guard.adopt(executor.value)
+                st.executor = guard
         runtime._count("phase1")
         self.phase1_runs += 1
         if rc:
             raise status_error(b, rc, PHASE1)
         if not executor.value:
             raise status_error(b, 561103, PHASE1, rule="phase 1 succeeded but returned no executor")
-        st.executor = _Executor(b, executor.value)
         self.repeatable = False
         if not self.want_repeatable:
             self.repeatable_reason = "not requested (repeatable=False)"
@@ -381,6 +395,7 @@ class FagPlan:
                     raise TypeError(f"unknown tensor slot {name!r}")
                 if not isinstance(arr, DeviceArray):
                     raise TypeError(f"{name} must be a DeviceArray")
+                check_device_arrays({name: arr}, self.device_id)
                 if cur is None or not _same_view(cur, arr):
                     raise ValueError(f"{name}: a replacement must match the planned array "
                                      f"({cur!r}), got {arr!r}")
@@ -408,7 +423,9 @@ class FagPlan:
             stream = (runtime.resolve_stream(stream) if caller_stream
                       else runtime.stream(self.device_id))
             st = self._state
-            with runtime.determinism(self.device_id, self.deterministic):
+            hold = runtime.DeterminismHold(self.device_id, self.deterministic)
+            try:
+                hold.acquire()
                 if changes:
                     if not (st.executor is not None and self.repeatable
                             and self._repoint(b, changes)):
@@ -424,13 +441,18 @@ class FagPlan:
                     self._build()
                 ex = st.executor
                 ws = st.workspace
-                rc = getattr(b, PHASE2)(ws.ptr if ws is not None else None, self._ws_size,
-                                        ex.handle, stream)
+                phase2 = getattr(b, PHASE2)
+                args = (c_void_p(ws.ptr if ws is not None else None), c_uint64(self._ws_size),
+                        c_void_p(ex.handle), c_void_p(stream))
+                with ownership.atomic():
+                    if not self.repeatable:
+                        # a one-shot executor is the library's from the moment phase 2 is
+                        # entered: forgotten in the same atomic step as the call
+                        st.executor = None
+                        ex.disown()
+                    rc = phase2(*args)
                 runtime._count("phase2")
                 self.phase2_runs += 1
-                if not self.repeatable:
-                    ex.disown()          # consumed by phase 2
-                    st.executor = None
                 if rc:
                     raise status_error(b, rc, PHASE2)
                 if caller_stream:
@@ -439,6 +461,8 @@ class FagPlan:
                     rc = b.aclrtSynchronizeStream(stream)
                     if rc:
                         raise status_error(b, rc, "aclrtSynchronizeStream")
+            finally:
+                hold.release()
             return self._hand_over()
 
     def _hand_over(self) -> FagGrads:

@@ -11,25 +11,30 @@
   by ``release_thread_resources()`` and by ``shutdown()``.
 * :class:`DeviceBuffer`: ``aclrtMalloc``'d memory owned by a Python object, freed
   exactly once by ``free()``, the context manager, garbage collection
-  (``weakref.finalize``) or ``shutdown()``; finalizers swallow errors only when they
-  cannot be reported (garbage collection, interpreter shutdown) and never free
-  memory inherited across ``fork``.
+  (``weakref.finalize``) or ``shutdown()``, through an :class:`.ownership.Claim` taken
+  atomically with the allocation (Ctrl-C at any bytecode neither leaks nor double-frees);
+  a failed release warns (``ResourceReleaseWarning``) or raises (explicit ``free()``) and
+  keeps the handle for a retry by ``shutdown()``; memory inherited across ``fork`` is never
+  freed. Streams likewise (a failed ``aclrtDestroyStream`` is reported and retried).
+* device ids: int32 and below ``aclrtGetDeviceCount`` (:func:`resolve_device`,
+  :func:`ensure_device`).
 * ``stats()``: process-wide counters of native calls (allocations, copies, ...).
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import sys
 import threading
+import warnings
 import weakref
 from ctypes import byref, c_int64, c_uint32, c_void_p
-from typing import Dict, Iterator, Optional
+from typing import Dict, Optional
 
-from ..errors import AclRuntimeError, BackendUnavailableError, error_class_for
-from . import loader
+from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
+                      ResourceReleaseWarning, error_class_for)
+from . import loader, ownership
 from ._status import check, recent_message, status_error
 
 __all__ = [
@@ -37,12 +42,15 @@ __all__ = [
     "api", "initialise", "resolve_device", "ensure_device", "device_count", "soc_name", "stream",
     "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
     "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
-    "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "resolve_stream",
-    "stream_workspace", "release_stream_workspace", "synchronize_stream",
+    "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "DeterminismHold",
+    "INT32_MAX", "resolve_stream", "stream_workspace", "release_stream_workspace",
+    "synchronize_stream",
 ]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
 ACL_ERROR_REPEAT_INITIALIZE = 100002
+ACL_ERROR_RT_SYSPARAMOPT_NOT_SET = 107021
+INT32_MAX = (1 << 31) - 1      # device ids are int32_t in every ACL prototype
 MEMCPY_HOST_TO_DEVICE = 1
 MEMCPY_DEVICE_TO_HOST = 2
 MALLOC_HUGE_FIRST = 0
@@ -134,6 +142,7 @@ def _check_pid() -> None:
                 _process_gen += 1
                 _state = None
                 _live.clear()
+                ownership.after_fork()
 
 
 def _raise_if_forked() -> None:
@@ -153,6 +162,7 @@ class _State:
         self.initialised = False
         self.owns_init = False
         self.streams: Dict[tuple, _Stream] = {}
+        self.failed_streams: list = []      # destroy failed once: retried by shutdown()
         self.gates: Dict[int, "_ModeGate"] = {}
         self.workspaces: Dict[tuple, "_StreamWorkspace"] = {}   # (device, caller stream)
 
@@ -210,8 +220,15 @@ def initialise() -> _State:
     return st
 
 
+def _device_source(device_id) -> str:
+    return f"${ENV_DEVICE}" if device_id is None else "parameter 'device_id'"
+
+
 def resolve_device(device_id: Optional[int] = None) -> int:
-    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0."""
+    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX] (ctypes
+    would silently wrap a larger one modulo 2**32 into another device). The device count is
+    checked by :func:`ensure_device`, where ACL is initialised anyway."""
+    source = _device_source(device_id)
     if device_id is None:
         text = os.environ.get(ENV_DEVICE, "").strip()
         if not text:
@@ -226,9 +243,26 @@ def resolve_device(device_id: Optional[int] = None) -> int:
             device_id = operator.index(device_id)
         except TypeError:
             raise TypeError(f"device_id must be an int, got {type(device_id).__name__}") from None
-    if device_id < 0:
-        raise ValueError(f"device_id must be >= 0, got {device_id}")
+    if not 0 <= device_id <= INT32_MAX:
+        raise ValueError(f"{source}: device id {device_id} is outside [0, {INT32_MAX}] "
+                         "(device ids are int32_t)")
     return int(device_id)
+
+
+ACL_ERROR_RT_INVALID_DEVICEID = 107001
+
+
+def check_device_count(b, dev: int, source: str = "parameter 'device_id'") -> None:
+    """The 107001 (ACL_ERROR_RT_INVALID_DEVICEID) error class when ``dev`` is not below
+    ``aclrtGetDeviceCount`` (``.param`` names where the id came from)."""
+    n = c_uint32(0)
+    check(b, b.aclrtGetDeviceCount(byref(n)), "aclrtGetDeviceCount")
+    if dev >= n.value:
+        param = ENV_DEVICE if source.startswith("$") else "device_id"
+        raise error_class_for(ACL_ERROR_RT_INVALID_DEVICEID)(
+            f"{source}: device id {dev} does not exist: aclrtGetDeviceCount reports "
+            f"{n.value} device(s)" + (f" (ids 0..{n.value - 1})" if n.value else ""),
+            code=ACL_ERROR_RT_INVALID_DEVICEID, param=param)
 
 
 def _tls_current(st: _State) -> Optional[int]:
@@ -242,6 +276,7 @@ def ensure_device(device_id: Optional[int] = None):
     st = initialise()
     dev = resolve_device(device_id)
     if _tls_current(st) != dev:
+        check_device_count(st.b, dev, _device_source(device_id))
         rc = st.b.aclrtSetDevice(dev)
         check(st.b, rc, "aclrtSetDevice")
         _tls.key = st.key
@@ -299,10 +334,15 @@ def stream(device_id: Optional[int] = None) -> int:
                 entry.thread = weakref.ref(thread)
             return entry.handle
     handle = c_void_p()
-    check(b, b.aclrtCreateStream(byref(handle)), "aclrtCreateStream")
+    entry = _Stream(None, weakref.ref(thread), dev)     # Python objects before the create
+    with ownership.atomic():
+        rc = b.aclrtCreateStream(byref(handle))
+        if rc == 0:
+            entry.handle = handle.value
+            with st.lock:
+                st.streams[key] = entry
+    check(b, rc, "aclrtCreateStream")
     _count("streams")
-    with st.lock:
-        st.streams[key] = _Stream(handle.value, weakref.ref(thread), dev)
     return handle.value
 
 
@@ -382,20 +422,35 @@ def release_stream_workspace(stream=None) -> None:
         buf.free()
 
 
-def _destroy_stream(st: _State, entry: _Stream, strict: bool) -> None:
+def _destroy_stream(st: _State, entry: _Stream, final: bool = False) -> bool:
+    """``aclrtDestroyStream``; a failure is reported (ResourceReleaseWarning) and the stream
+    kept for one retry by ``shutdown()`` (``final``: that retry; then it is dropped)."""
+    if entry.handle is None:
+        return True
     rc = st.b.aclrtDestroyStream(entry.handle)
-    if rc and strict:
-        check(st.b, rc, "aclrtDestroyStream")
-    elif rc:
-        recent_message(st.b)
+    if rc == 0:
+        entry.handle = None
+        return True
+    err = status_error(st.b, rc, "aclrtDestroyStream",
+                       rule=f"cannot destroy the stream {entry.handle:#x} of device {entry.device}")
+    if final:
+        tail = "it could not be destroyed at shutdown either and is dropped"
+    else:
+        st.failed_streams.append(entry)
+        tail = "the stream is kept and destroyed again by acl.shutdown()"
+    if not (_shutting_down or sys.is_finalizing()):
+        warnings.warn(ResourceReleaseWarning(f"{err}; {tail}"), stacklevel=3)
+    return False
 
 
 def _sweep_dead_streams(st: _State, dev: int) -> None:
     """Destroy streams of ended threads on ``dev`` (the caller made ``dev`` current)."""
     for key, entry in list(st.streams.items()):
         if entry.device == dev and entry.dead():
-            del st.streams[key]
-            _destroy_stream(st, entry, strict=False)
+            with ownership.atomic():
+                if st.streams.get(key) is entry:
+                    del st.streams[key]
+                    _destroy_stream(st, entry)
 
 
 def release_thread_resources() -> None:
@@ -406,68 +461,89 @@ def release_thread_resources() -> None:
     me = threading.get_ident()
     with st.lock:
         victims = [(k, e) for k, e in st.streams.items() if k[1] == me or e.dead()]
-        for key, _ in victims:
-            del st.streams[key]
     current = _tls_current(st)
-    for _, entry in victims:
+    for key, entry in victims:
         ensure_device(entry.device)
-        _destroy_stream(st, entry, strict=False)
+        with ownership.atomic():
+            with st.lock:
+                if st.streams.get(key) is not entry:
+                    continue
+                del st.streams[key]
+            _destroy_stream(st, entry)
     if current is not None:
         ensure_device(current)
 
 
 # ----------------------------------------------------------------------------- resources
-def _release_call(gen: int, func, args, strict: bool) -> None:
-    """Run a native release function; errors are raised only when ``strict``."""
-    if gen != _process_gen:
-        return  # inherited across fork: the handle belongs to the parent's device context
-    try:
-        func(*args, strict=strict)
-    except Exception:
-        if strict and not sys.is_finalizing():
-            raise
-
-
 class NativeResource:
     """Base of objects that own one native handle (buffer, tensor, int array, executor).
 
-    ``release()`` frees it now (errors raised); otherwise garbage collection or
-    ``shutdown()`` does (errors swallowed). Idempotent.
+    Ownership goes through an :class:`~.ownership.Claim` allocated before the native create
+    (``_prepare``) and filled in the create's atomic block (``_take``): an interrupt at any
+    bytecode neither leaks the handle nor frees it twice. ``release()`` frees it now (errors
+    raised; the handle is then kept for a retry); otherwise garbage collection or
+    ``shutdown()`` does (failures warned). Idempotent.
     """
 
+    _claim: Optional[ownership.Claim] = None
     _finalizer = None
+    _what = "a native handle"
+    _rank = 1
 
-    def _own(self, func, *args) -> None:
-        self._finalizer = weakref.finalize(self, _release_call, _process_gen, func, args, False)
+    def _prepare(self) -> ownership.Claim:
+        """Allocate the claim and the finalizer (before the native create)."""
+        claim = ownership.Claim(self._what, self._rank)
+        self._claim = claim
+        self._finalizer = weakref.finalize(self, claim.release, "gc")
+        return claim
+
+    def _take(self, handle, func, *args) -> None:
+        """Own ``handle`` (inside the create's ``ownership.atomic()`` block)."""
+        self._claim.take(handle, func, *args)
         _live.add(self)
 
     @property
     def released(self) -> bool:
-        f = self._finalizer
-        return f is None or not f.alive
+        c = self._claim
+        return c is None or c.state != ownership.OWNED
 
-    def release(self) -> None:
-        f = self._finalizer
-        if f is None:
+    def release(self, mode: str = "raise") -> None:
+        """Release the handle now. ``mode`` "raise" (default) raises a failed release's error;
+        "warn" warns instead (used on the op's cleanup paths, so that computed results are
+        still returned). Either way a failed handle is kept for a retry by ``shutdown()``."""
+        c = self._claim
+        if c is None:
             return
-        info = f.detach()
-        if info is None:
-            return
-        _, _, args, _ = info
-        gen, func, fargs, _ = args
-        _live.discard(self)
-        self._on_released()
-        _release_call(gen, func, fargs, True)
+        was_owned = c.state == ownership.OWNED
+        try:
+            ok = c.release(mode)
+        finally:
+            if was_owned and c.state != ownership.OWNED:
+                _live.discard(self)
+                self._on_released()
+        if ok and self._finalizer is not None:
+            self._finalizer.detach()
 
     def disown(self) -> None:
-        """Forget the handle without releasing it (it was consumed by the library)."""
-        f = self._finalizer
-        if f is not None and f.detach() is not None:
+        """The library took the handle (e.g. phase 2 consumed the executor). Call inside the
+        ``ownership.atomic()`` block of the consuming call, right before it."""
+        c = self._claim
+        if c is not None and c.state == ownership.OWNED:
+            c.consume()
             _live.discard(self)
             self._on_released()
 
+    def call_consuming(self, fn, *args):
+        """``fn(*args)`` — a call that takes the handle over (phase 2 and its executor) —
+        with the handle counted as the library's from the moment the call is entered: the
+        disown and the call form one atomic step for SIGINT. Pass ctypes objects (no
+        conversion can fail between the two)."""
+        with ownership.atomic():
+            self.disown()
+            return fn(*args)
+
     def _on_released(self) -> None:
-        """Hook: forget the handle (called once, before the native release)."""
+        """Hook: forget the handle (called once, when it stops being owned)."""
 
     def __enter__(self):
         return self
@@ -486,14 +562,14 @@ def live_resources() -> list:
     return [r for r in list(_live) if not r.released]
 
 
-def _free_device(b, dev: int, ptr: int, *, strict: bool) -> None:
+def _free_device(b, dev: int, ptr: int):
+    """``aclrtFree``; returns None or the error (see ownership.Claim.take)."""
     _ensure_any_context(b, dev)
     rc = b.aclrtFree(ptr)
     _count("free")
     if rc:
-        if strict:
-            check(b, rc, "aclrtFree")
-        recent_message(b)
+        return status_error(b, rc, "aclrtFree", rule=f"cannot free {ptr:#x} on device {dev}")
+    return None
 
 
 class DeviceBuffer(NativeResource):
@@ -503,6 +579,9 @@ class DeviceBuffer(NativeResource):
     Use as a context manager, call ``free()``, or let garbage collection free it.
     """
 
+    _what = "device memory (aclrtMalloc)"
+    _rank = 2
+
     def __init__(self, nbytes: int, device_id: Optional[int] = None) -> None:
         nbytes = int(nbytes)
         if nbytes < 0:
@@ -511,6 +590,7 @@ class DeviceBuffer(NativeResource):
         self.nbytes = nbytes
         self.ptr: Optional[int] = None
         if nbytes == 0:
+            ensure_device(self.device_id)     # the device id is checked for empty arrays too
             return
         if nbytes > MAX_ALLOCATION:
             # size_t would silently wrap in ctypes: refuse before any native call
@@ -519,16 +599,19 @@ class DeviceBuffer(NativeResource):
                 f"{MAX_ALLOCATION} bytes can never be allocated", code=207001,
                 function="aclrtMalloc")
         b = ensure_device(self.device_id)
+        self._prepare()
         p = c_void_p()
-        rc = b.aclrtMalloc(byref(p), nbytes, MALLOC_HUGE_FIRST)
+        with ownership.atomic():      # the create and its ownership: one step for SIGINT
+            rc = b.aclrtMalloc(byref(p), nbytes, MALLOC_HUGE_FIRST)
+            if rc == 0 and p.value:
+                self._take(p.value, _free_device, b, self.device_id, p.value)
+                self.ptr = p.value
         check(b, rc, "aclrtMalloc", rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
         if not p.value:
             raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
                                fetch_message=False)
         _count("malloc")
         _count("malloc_bytes", nbytes)
-        self.ptr = p.value
-        self._own(_free_device, b, self.device_id, p.value)
         if p.value % DEVICE_ALIGN:
             self.free()
             raise AclRuntimeError(f"aclrtMalloc returned {p.value:#x}, not {DEVICE_ALIGN}-byte "
@@ -612,26 +695,37 @@ class _ModeGate:
     """
 
     def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
+        # ``with gate.lock`` (a C lock: no bytecode runs between its acquire and the with
+        # block, so an interrupt cannot leave it held), ``gate.cond.wait()`` inside;
+        # re-entrant for the finalizers that may run inside a section (see _leave_gate)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.deferred: list = []
         self.mode: Optional[bool] = None
         self.active = 0
         self.prev: Optional[int] = None
+        self.prev_code = 0               # aclrtCtxGetSysParamOpt's code when prev is None
         self.changed = False
         self.holders: Dict[int, int] = {}    # thread id -> hold count
+
+
+def _read_determinism(b):
+    """(value, 0) or (None, the getter's error code; -1 when the getter is missing)."""
+    getter = b.aclrtCtxGetSysParamOpt
+    if getter is None:
+        return None, -1
+    value = c_int64(0)
+    rc = getter(OPT_DETERMINISTIC, byref(value))
+    if rc:
+        recent_message(b)
+        return None, int(rc)
+    return int(value.value), 0
 
 
 def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
     """The current context's ACL_OPT_DETERMINISTIC value, or None when it cannot be read."""
     b = ensure_device(device_id)
-    getter = b.aclrtCtxGetSysParamOpt
-    if getter is None:
-        return None
-    value = c_int64(0)
-    rc = getter(OPT_DETERMINISTIC, byref(value))
-    if rc:
-        recent_message(b)
-        return None
-    return int(value.value)
+    return _read_determinism(b)[0]
 
 
 def _set_determinism(b, value: int) -> None:
@@ -639,86 +733,169 @@ def _set_determinism(b, value: int) -> None:
           rule="cannot set ACL_OPT_DETERMINISTIC on the current context")
 
 
-@contextlib.contextmanager
-def determinism(device_id: Optional[int], want: Optional[bool]) -> Iterator[None]:
-    """Hold ACL_OPT_DETERMINISTIC == ``want`` on the device's context for the block.
+def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
+    """One holder leaves (``gate.lock`` held); the value to write back, or None."""
+    gate.active -= 1
+    if gate.holders.get(me, 0) <= 1:
+        gate.holders.pop(me, None)
+    else:
+        gate.holders[me] -= 1
+    if gate.active:
+        return None
+    restore, prev, code = gate.changed, gate.prev, gate.prev_code
+    gate.mode, gate.changed, gate.prev, gate.prev_code = None, False, None, 0
+    gate.cond.notify_all()
+    if not restore:
+        return None
+    if prev is None:
+        if code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
+            return None             # unknown previous value: left as the call ran (warned)
+        prev = 0                    # never set on this context: the documented default
+    return prev
 
-    ``want`` None leaves the option alone. The previous value is restored when the last
-    concurrent holder leaves; when it could not be read (never set: the option has no
-    default on a fresh context), 0 — the op's documented default — is written back.
-    Without ``aclrtCtxSetSysParamOpt``, ``want=True`` raises BackendUnavailableError and
-    ``want=False`` proceeds unchanged.
-    """
-    if want is None:
-        yield
-        return
-    want = bool(want)
-    dev = resolve_device(device_id)
-    b = ensure_device(dev)
-    if b.aclrtCtxSetSysParamOpt is None:
-        if want:
-            raise BackendUnavailableError(
-                "deterministic=True needs aclrtCtxSetSysParamOpt, which the loaded CANN does not "
-                "export", code=361001, param="deterministic")
-        yield
-        return
-    st = _get_state()
-    with st.lock:
-        gate = st.gates.setdefault(dev, _ModeGate())
-    me = threading.get_ident()
-    with gate.cond:
-        if gate.active and gate.mode != want and me in gate.holders:
-            raise RuntimeError(
-                f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
-                f"{dev}; a nested call asking for deterministic={want} would wait for itself")
-        while gate.active and gate.mode != want:
-            gate.cond.wait()
-        if gate.active == 0:
-            prev = get_determinism(dev)
-            changed = prev is None or bool(prev) != want
-            if changed:
-                _set_determinism(b, int(want))
-            gate.prev, gate.changed, gate.mode = prev, changed, want
-        gate.active += 1
-        gate.holders[me] = gate.holders.get(me, 0) + 1
-    failed = True
+
+def _drain_gate_locked(gate: _ModeGate) -> None:
+    """Apply the leaves deferred by finalizers that ran inside this thread's gate section."""
+    while gate.deferred:
+        b, dev, me = gate.deferred.pop()
+        value = _exit_gate_locked(gate, me)
+        if value is not None:
+            try:
+                ensure_device(dev)
+                _set_determinism(b, value)
+            except Exception:       # pragma: no cover - reported by nobody: best effort
+                pass
+
+
+def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
+    """Release one hold of ``gate`` (a Claim release function: returns None or the error)."""
+    if gate.lock._is_owned():
+        # a garbage-collection finalizer running inside this thread's own gate section
+        # (any allocation there may trigger one): changing the gate now would corrupt the
+        # section's view of it, so the leave is applied at the next entry of the gate
+        gate.deferred.append((b, dev, me))
+        return None
+    with gate.lock:
+        _drain_gate_locked(gate)
+        value = _exit_gate_locked(gate, me)
+    if value is None:
+        return None
     try:
-        yield
-        failed = False
-    finally:
-        with gate.cond:
-            gate.active -= 1
-            if gate.holders.get(me, 0) <= 1:
-                gate.holders.pop(me, None)
-            else:
-                gate.holders[me] -= 1
-            if gate.active == 0:
-                restore = gate.changed
-                value = gate.prev if gate.prev is not None else 0
-                gate.mode, gate.changed, gate.prev = None, False, None
-                gate.cond.notify_all()
-                if restore:
-                    try:
-                        ensure_device(dev)
-                        _set_determinism(b, value)
-                    except Exception:
-                        if not failed:
-                            raise
+        ensure_device(dev)
+        _set_determinism(b, value)
+    except Exception as exc:
+        return exc
+    return None
+
+
+READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
+
+
+class DeterminismHold:
+    """Hold ACL_OPT_DETERMINISTIC == ``want`` on the device's context between
+    :meth:`acquire` and :meth:`release` (``want`` None: leave the option alone).
+
+    The value is restored when the last concurrent holder leaves: exactly the value read
+    before (a failed read is retried READ_RETRIES times); 0 (the op's documented default)
+    when the option had never been set (107021); when it could not be read for another
+    reason, a DeterminismWarning says so and the context keeps the value the call ran with
+    (no guessed value is written). Without ``aclrtCtxSetSysParamOpt``,
+    ``want=True`` raises BackendUnavailableError and ``want=False`` proceeds unchanged.
+
+    Interrupt-safe: the hold is a :class:`~.ownership.Claim` taken atomically with the
+    gate entry, released by :meth:`release`, by garbage collection or by ``shutdown()``.
+    Register :meth:`release` (e.g. on an ExitStack) *before* calling :meth:`acquire`.
+    """
+
+    def __init__(self, device_id: Optional[int], want: Optional[bool]) -> None:
+        self.want = None if want is None else bool(want)
+        self.device_id = device_id
+        self._claim = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
+        self._finalizer = weakref.finalize(self, self._claim.release, "gc")
+
+    def acquire(self) -> "DeterminismHold":
+        want = self.want
+        if want is None:
+            return self
+        dev = resolve_device(self.device_id)
+        b = ensure_device(dev)
+        if b.aclrtCtxSetSysParamOpt is None:
+            if want:
+                raise BackendUnavailableError(
+                    "deterministic=True needs aclrtCtxSetSysParamOpt, which the loaded CANN does "
+                    "not export", code=361001, param="deterministic")
+            return self
+        st = _get_state()
+        with st.lock:
+            gate = st.gates.setdefault(dev, _ModeGate())
+        me = threading.get_ident()
+        warn = None
+        with gate.lock:
+            _drain_gate_locked(gate)
+            if gate.active and gate.mode != want and me in gate.holders:
+                raise RuntimeError(
+                    f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
+                    f"{dev}; a nested call asking for deterministic={want} would wait for itself")
+            while gate.active and gate.mode != want:
+                gate.cond.wait()
+                _drain_gate_locked(gate)
+            with ownership.atomic():
+                if gate.active == 0:
+                    prev, code = _read_determinism(b)
+                    for _ in range(READ_RETRIES):      # a transient failure: read again
+                        if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
+                            break
+                        prev, code = _read_determinism(b)
+                    changed = prev is None or bool(prev) != want
+                    if changed:
+                        _set_determinism(b, int(want))     # raises: nothing was committed
+                    gate.prev, gate.prev_code, gate.changed, gate.mode = prev, code, changed, want
+                    if prev is None and code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
+                        warn = code
+                gate.active += 1
+                gate.holders[me] = gate.holders.get(me, 0) + 1
+                self._claim.take(gate, _leave_gate, b, dev, gate, me)
+        if warn is not None:
+            warnings.warn(DeterminismWarning(
+                f"aclrtCtxGetSysParamOpt could not read ACL_OPT_DETERMINISTIC on device {dev} "
+                f"(it returned {warn}); the option is set to {int(want)} for the call and left at "
+                "that value afterwards, since the previous value is unknown"), stacklevel=3)
+        return self
+
+    def release(self, mode: str = "warn") -> None:
+        """Leave the hold (idempotent; a failed restore warns, or raises with mode="raise")."""
+        if self._claim.release(mode):
+            self._finalizer.detach()
+
+    def __enter__(self) -> "DeterminismHold":
+        return self.acquire()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.release("warn" if exc_type is not None else "raise")
+        return False
+
+
+def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
+    """``with determinism(dev, want):`` hold ACL_OPT_DETERMINISTIC == ``want`` for the block
+    (see :class:`DeterminismHold`)."""
+    return DeterminismHold(device_id, want)
 
 
 # ----------------------------------------------------------------------------- teardown
 def _release_all_resources() -> None:
-    for res in list(_live):
-        try:
-            res.release()
-        except Exception:
-            pass
+    # through the owning objects first (so that they know: buffer.closed, tensor.handle
+    # None), executors before tensors before memory; then the claims whose object is gone
+    # (its finalizer was interrupted) or whose earlier release failed — their one retry
+    for res in sorted((r for r in list(_live) if not r.released), key=lambda r: r._rank):
+        res.release("final")
+    ownership.release_all(final=True)
 
 
 def shutdown(finalize: bool = True) -> None:
-    """Release every live buffer/tensor/executor of this package and every stream; then, if
-    this package's ``aclInit`` initialised ACL and ``finalize`` is true, call ``aclFinalize``.
-    The next use initialises again."""
+    """Release every live buffer/tensor/executor of this package (also handles whose earlier
+    release failed: their one retry) and every stream; then, if this package's ``aclInit``
+    initialised ACL and ``finalize`` is true, call ``aclFinalize``. Failures are reported
+    as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
     try:
@@ -731,10 +908,12 @@ def shutdown(finalize: bool = True) -> None:
     with st.lock:
         entries = list(st.streams.values())
         st.streams.clear()
-    for entry in entries:
+        retries, st.failed_streams = st.failed_streams, []
+    for entry in entries + retries:
         try:
-            _ensure_any_context(st.b, entry.device)
-            _destroy_stream(st, entry, strict=False)
+            with ownership.atomic():
+                _ensure_any_context(st.b, entry.device)
+                _destroy_stream(st, entry, final=True)
         except Exception:
             pass
     if finalize and st.owns_init:
@@ -755,6 +934,7 @@ def shutdown(finalize: bool = True) -> None:
 def _at_exit() -> None:
     global _shutting_down
     _shutting_down = True
+    ownership.set_quiet(True)
     try:
         shutdown(finalize=False)
     except Exception:
@@ -769,6 +949,7 @@ def _after_fork_in_child() -> None:
         _fork_reason = _forked_message(st.pid)
     _state = None
     _live.clear()
+    ownership.after_fork()
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()
     _stats_lock = threading.RLock()
@@ -777,4 +958,3 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
-

@@ -17,8 +17,8 @@ from typing import Iterable, Optional, Sequence
 import ml_dtypes
 import numpy as np
 
-from . import runtime
-from ._status import check, null_handle_error, recent_message
+from . import ownership, runtime
+from ._status import null_handle_error, status_error
 
 __all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array",
            "int64_values", "MAX_INT_ARRAY_ENTRIES"]
@@ -99,16 +99,18 @@ def int64_array(values: Sequence[int], name: str = "values"):
     return (c_int64 * len(vals))(*vals)
 
 
-def _destroy(b, fname: str, handle: int, *, strict: bool) -> None:
+def _destroy(b, fname: str, handle: int):
+    """Call the destroy function ``fname``; None or the error (an ownership.Claim release)."""
     rc = getattr(b, fname)(handle)
     if rc:
-        if strict:
-            check(b, rc, fname)
-        recent_message(b)
+        return status_error(b, rc, fname, rule=f"cannot destroy {handle:#x}")
+    return None
 
 
 class AclTensor(runtime.NativeResource):
     """One ``aclTensor*``. Build with :meth:`from_device_array` or the raw constructor."""
+
+    _what = "an aclTensor"
 
     def __init__(self, shape: Sequence[int], dtype, strides: Optional[Sequence[int]],
                  offset: int, storage_dims: Sequence[int], data_ptr: Optional[int]) -> None:
@@ -123,13 +125,17 @@ class AclTensor(runtime.NativeResource):
         dims = int64_array(self.shape)
         strd = None if self.strides is None else int64_array(self.strides)
         stor = int64_array(self.storage_dims)
-        handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
-                                   FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
+        self.handle: Optional[int] = None
+        self._prepare()
+        with ownership.atomic():      # the create and its ownership: one step for SIGINT
+            handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
+                                       FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
+            if handle:
+                self._take(handle, _destroy, b, "aclDestroyTensor", handle)
+                self.handle = handle
         if not handle:
             raise null_handle_error(b, "aclCreateTensor")
         runtime._count("tensors")
-        self.handle: Optional[int] = handle
-        self._own(_destroy, b, "aclDestroyTensor", handle)
 
     @classmethod
     def from_device_array(cls, array) -> "AclTensor":
@@ -154,16 +160,22 @@ class AclTensor(runtime.NativeResource):
 class AclIntArray(runtime.NativeResource):
     """One ``aclIntArray*`` holding a copy of ``values`` (host int64)."""
 
+    _what = "an aclIntArray"
+
     def __init__(self, values: Iterable[int]) -> None:
         self.values = int64_values("values", values)
         b = runtime.api()
         arr = int64_array(self.values)
-        handle = b.aclCreateIntArray(arr, len(self.values))
+        self.handle: Optional[int] = None
+        self._prepare()
+        with ownership.atomic():
+            handle = b.aclCreateIntArray(arr, len(self.values))
+            if handle:
+                self._take(handle, _destroy, b, "aclDestroyIntArray", handle)
+                self.handle = handle
         if not handle:
             raise null_handle_error(b, "aclCreateIntArray")
         runtime._count("int_arrays")
-        self.handle: Optional[int] = handle
-        self._own(_destroy, b, "aclDestroyIntArray", handle)
 
     def _on_released(self) -> None:
         self.handle = None
@@ -175,20 +187,22 @@ class AclIntArray(runtime.NativeResource):
 
 
 
-def _destroy_batch(b, tensors: list, int_arrays: list, *, strict: bool) -> None:
+def _destroy_batch(b, tensors: list, int_arrays: list):
+    """Destroy every handle of a batch; the ones whose destroy fails stay in their list (for
+    the retry by shutdown). Returns None or the first error (an ownership.Claim release)."""
     first = None
     for fname, handles in (("aclDestroyTensor", tensors), ("aclDestroyIntArray", int_arrays)):
         fn = getattr(b, fname)
+        kept = []
         while handles:
-            rc = fn(handles.pop())
-            if rc and first is None:
-                first = (rc, fname)
-            elif rc:
-                recent_message(b)
-    if first is not None:
-        if strict:
-            check(b, first[0], first[1])
-        recent_message(b)
+            h = handles.pop()
+            rc = fn(h)
+            if rc:
+                kept.append(h)
+                err = status_error(b, rc, fname, rule=f"cannot destroy {h:#x}")
+                first = first or err
+        handles.extend(kept)
+    return first
 
 
 class HandleBatch(runtime.NativeResource):
@@ -201,7 +215,9 @@ class HandleBatch(runtime.NativeResource):
         self._b = runtime.api()
         self._tensors: list = []
         self._int_arrays: list = []
-        self._own(_destroy_batch, self._b, self._tensors, self._int_arrays)
+        self._prepare()
+        # the claim owns the two lists; each create appends in the same atomic step
+        self._take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
 
     def tensor(self, array) -> Optional[int]:
         """A new aclTensor for a DeviceArray view (None -> None)."""
@@ -213,13 +229,14 @@ class HandleBatch(runtime.NativeResource):
         shape, strides = array.shape, array.strides
         n = len(shape)
         arr_t = c_int64 * n
-        handle = self._b.aclCreateTensor(arr_t(*shape), n, acl_dtype(array.dtype), arr_t(*strides),
-                                         array.offset, FORMAT_ND,
-                                         (c_int64 * 1)(buf.nbytes // array.dtype.itemsize), 1,
-                                         buf.ptr)
+        args = (arr_t(*shape), n, acl_dtype(array.dtype), arr_t(*strides), array.offset, FORMAT_ND,
+                (c_int64 * 1)(buf.nbytes // array.dtype.itemsize), 1, buf.ptr)
+        with ownership.atomic():          # the create and its ownership: one step for SIGINT
+            handle = self._b.aclCreateTensor(*args)
+            if handle:
+                self._tensors.append(handle)
         if not handle:
             raise null_handle_error(self._b, "aclCreateTensor")
-        self._tensors.append(handle)
         runtime._count("tensors")
         return handle
 
@@ -228,9 +245,12 @@ class HandleBatch(runtime.NativeResource):
         if values is None:
             return None
         n = len(values)
-        handle = self._b.aclCreateIntArray((c_int64 * n)(*values), n)
+        arr = (c_int64 * n)(*values)
+        with ownership.atomic():
+            handle = self._b.aclCreateIntArray(arr, n)
+            if handle:
+                self._int_arrays.append(handle)
         if not handle:
             raise null_handle_error(self._b, "aclCreateIntArray")
-        self._int_arrays.append(handle)
         runtime._count("int_arrays")
         return handle

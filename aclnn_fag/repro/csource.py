@@ -4,7 +4,7 @@
 synchronise, copy back, release) and makes exactly the calls the binding
 (``aclnn_fag/acl/op.py``) makes, in its order: aclInit(NULL), aclrtSetDevice, a stream, the
 context's ACL_OPT_DETERMINISTIC set explicitly, one aclrtMalloc + H2D copy per input, bf16
-output buffers, aclCreateTensor for every non-NULL input (slot order, C-contiguous strides
+output buffers zero-filled with aclrtMemset (docs/faults.md), aclCreateTensor for every non-NULL input (slot order, C-contiguous strides
 in elements, offset 0, 1-D storageDims = element count, format ND), aclCreateIntArray for
 every non-NULL int array, the output tensors, phase 1, a workspace only when its size is >
 0, phase 2, the tensors/int arrays destroyed, aclrtSynchronizeStream, D2H copies.
@@ -461,6 +461,11 @@ int main(int argc, char **argv)
         if (!t->present) continue;
         t->numel = numel_of(t);
         if ((rc = CreateAclTensor(t, 0)) != 0) return rc;
+        if (t->dev != NULL) {   /* zeros, as the binding: the op may leave parts unwritten */
+            size_t bytes = (size_t)t->numel * t->itemsize;
+            ret = aclrtMemset(t->dev, bytes, 0, bytes);
+            CHECK_RET(ret == ACL_SUCCESS, print_recent_error("aclrtMemset", ret); return 2);
+        }
     }
     for (int i = 0; i < %(n_in)d; i++)
         if (g_in[i].present && (rc = MakeTensorHandle(&g_in[i])) != 0) return rc;

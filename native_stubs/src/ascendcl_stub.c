@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,9 +124,52 @@ STUB_API void aclStubClearFailures(void)
     UNLOCK();
 }
 
+/* ------------------------------------------------------------------------ */
+/* call delay (widens the windows of interrupt tests) and bad releases      */
+/* ------------------------------------------------------------------------ */
+
+static int64_t g_delay_us;      /* guarded by g_lock */
+static int64_t g_bad_releases;  /* guarded by g_lock */
+
+STUB_API void aclStubSetCallDelay(int64_t microseconds)
+{
+    LOCK();
+    g_delay_us = microseconds < 0 ? 0 : microseconds;
+    UNLOCK();
+}
+
+STUB_API int64_t aclStubGetBadReleases(void)
+{
+    LOCK();
+    int64_t n = g_bad_releases;
+    UNLOCK();
+    return n;
+}
+
+static void stub_note_bad_release(const char *fn, const void *h)
+{
+    (void)fn;
+    (void)h;
+    LOCK();
+    g_bad_releases++;
+    UNLOCK();
+}
+
+static void stub_delay(void)
+{
+    LOCK();
+    int64_t us = g_delay_us;
+    UNLOCK();
+    if (us > 0) {
+        struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000L};
+        nanosleep(&ts, NULL); /* a signal cuts it short: fine */
+    }
+}
+
 static int32_t stub_inject_check(const char *fn)
 {
     int32_t code = 0;
+    stub_delay();
     LOCK();
     for (int i = 0; i < STUB_MAX_INJECT; i++) {
         if (g_inject[i].active && g_inject[i].remaining == 0 && strcmp(g_inject[i].name, fn) == 0) {
@@ -603,6 +647,7 @@ STUB_API aclError aclrtDestroyStream(aclrtStream stream)
     }
     REQUIRE_DEVICE("aclrtDestroyStream");
     if (!stub_handle_remove(STUB_H_STREAM, stream)) {
+        stub_note_bad_release("aclrtDestroyStream", stream);
         stub_set_error("aclrtDestroyStream: %p is not a live stream (already destroyed?)", stream);
         return ACL_ERROR_RT_PARAM_INVALID;
     }
@@ -812,6 +857,7 @@ STUB_API aclError aclrtFree(void *devPtr)
     }
     UNLOCK();
     if (!found) {
+        stub_note_bad_release("aclrtFree", devPtr);
         stub_set_error("aclrtFree: %p is not the start of a live device allocation "
                        "(host pointer, interior pointer or double free)",
                        devPtr);
@@ -952,6 +998,7 @@ static const StubApi g_api = {
     stub_handle_remove,
     stub_handle_live,
     stub_ctx_get_opt_quiet,
+    stub_note_bad_release,
 };
 
 STUB_API const StubApi *aclStubInternalApi(void)

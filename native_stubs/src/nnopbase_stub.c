@@ -207,6 +207,7 @@ STUB_API aclnnStatus aclDestroyTensor(const aclTensor *tensor)
         RETURN_OK();
     }
     if (!api()->handle_remove(STUB_H_TENSOR, tensor)) {
+        api()->note_bad_release(__func__, tensor);
         api()->set_error("aclDestroyTensor: %p is not a live aclTensor (double destroy?)", (const void *)tensor);
         return ACLNN_ERR_PARAM_NULLPTR;
     }
@@ -262,6 +263,7 @@ STUB_API aclnnStatus aclDestroyIntArray(const aclIntArray *array)
         RETURN_OK();
     }
     if (!api()->handle_remove(STUB_H_INT_ARRAY, array)) {
+        api()->note_bad_release(__func__, array);
         api()->set_error("aclDestroyIntArray: %p is not a live aclIntArray (double destroy?)", (const void *)array);
         return ACLNN_ERR_PARAM_NULLPTR;
     }
@@ -310,6 +312,7 @@ STUB_API aclnnStatus aclDestroyAclOpExecutor(aclOpExecutor *executor)
         return ACLNN_ERR_INNER_NULLPTR;
     }
     if (!api()->handle_remove(STUB_H_EXECUTOR, executor)) {
+        api()->note_bad_release(__func__, executor);
         api()->set_error("aclDestroyAclOpExecutor: executor %p is not live (already run, destroyed, or never "
                          "created)",
                          (void *)executor);

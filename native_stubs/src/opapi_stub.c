@@ -1592,6 +1592,7 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
         return ACLNN_ERR_PARAM_NULLPTR;
     }
     if (!a->handle_live(STUB_H_EXECUTOR, executor) || executor->payload_free != plan_free) {
+        a->note_bad_release(FN2, executor); /* running a consumed executor frees it twice */
         a->set_error(FN2 ": executor %p is not live (already run, destroyed, or not made by " FN1 ")",
                      (void *)executor);
         return ACLNN_ERR_PARAM_NULLPTR;
@@ -1599,6 +1600,7 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
     /* a non-repeatable executor is consumed by this call, whatever its outcome */
     const int consume = !executor->repeatable;
     if (consume && !a->handle_remove(STUB_H_EXECUTOR, executor)) {
+        a->note_bad_release(FN2, executor);
         a->set_error(FN2 ": executor %p is not live", (void *)executor);
         return ACLNN_ERR_PARAM_NULLPTR;
     }

@@ -47,6 +47,8 @@ STUB_API void aclStubInjectFailure(const char *function_name, int64_t after_n_ca
 STUB_API void aclStubClearFailures(void);
 STUB_API void aclStubGetCounters(int64_t *live_tensors, int64_t *live_int_arrays, int64_t *live_executors,
                                  int64_t *live_device_bytes, int64_t *live_streams);
+STUB_API void aclStubSetCallDelay(int64_t microseconds);
+STUB_API int64_t aclStubGetBadReleases(void);
 
 /* ---- libnnopbase.so (docs/abi.md §2b) ---- */
 STUB_API aclTensor *aclCreateTensor(const int64_t *viewDims, uint64_t viewDimsNum, int32_t dataType,

@@ -158,9 +158,12 @@ typedef struct StubApi {
     /* deterministic option of the current context without touching the
      * error message: returns 0 and sets *v, or an aclError */
     int32_t (*ctx_get_opt_quiet)(int32_t opt, int64_t *v);
+    /* version 2: count a release (destroy, free, executor run) of a handle that is not
+     * live: a double destroy / double free / use after consumption on real CANN */
+    void (*note_bad_release)(const char *fn, const void *h);
 } StubApi;
 
-#define STUB_API_VERSION 1
+#define STUB_API_VERSION 2
 
 /* frees an executor that has already been removed from the registry */
 static inline void stub_exec_free(aclOpExecutor *e)

@@ -141,8 +141,8 @@ def test_null_out_params(problem, no_leaks):
 def test_invalid_device(problem, no_leaks):
     with pytest.raises(errors.AclRuntimeError) as info:
         acl.call_raw(**problem.raw_kwargs(), device_id=3)
-    assert info.value.code == 107001 and info.value.function == "aclrtSetDevice"
-    assert "deviceId 3" in info.value.recent_msg
+    assert info.value.code == 107001 and info.value.param == "device_id"
+    assert "device id 3 does not exist: aclrtGetDeviceCount reports 1 device(s)" in str(info.value)
 
 
 def test_context_null_on_a_thread_without_set_device():

@@ -56,6 +56,7 @@ EXPECTED_EXPORTS = {
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",     # version queries
         # stub-only
         "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
+        "aclStubSetCallDelay", "aclStubGetBadReleases",
         "aclStubRecordLaunch", "aclStubStreamCounts",
     },
     "libnnopbase.so": {
@@ -873,3 +874,27 @@ def test_d192_dv128_depends_on_context_determinism(libdir):
     assert res["unset"] == ACLNN_ERR_PARAM_INVALID and "unreadable" in res["unset_msg"]
     assert res["on"] == ACLNN_ERR_PARAM_INVALID
     assert res["off"] == 0
+
+
+# ---------------------------------------------------------------------------
+# interrupt-test controls: bad-release counter, call delay
+# ---------------------------------------------------------------------------
+
+def test_bad_release_counter_counts_double_destroys_and_frees(acl):
+    bad = _decl(acl.asc, "aclStubGetBadReleases", c_int64)
+    delay = _decl(acl.asc, "aclStubSetCallDelay", None, c_int64)
+    before = bad()
+    ia = acl.int_array([1, 2])
+    assert acl.aclDestroyIntArray(ia) == 0
+    assert bad() == before                                   # a normal destroy is fine
+    assert acl.aclDestroyIntArray(ia) == ACLNN_ERR_PARAM_NULLPTR
+    assert bad() == before + 1                               # the double destroy is counted
+    dev = c_void_p()
+    assert acl.aclrtMalloc(byref(dev), 64, 0) == 0
+    assert acl.aclrtFree(dev) == 0
+    assert acl.aclrtFree(dev) == ACL_ERROR_RT_PARAM_INVALID
+    assert bad() == before + 2
+    acl.err()
+    delay(50)                                                # calls still work, only slower
+    assert acl.aclDestroyIntArray(None) == 0
+    delay(0)

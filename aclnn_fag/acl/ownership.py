@@ -1,0 +1,271 @@
+"""Interrupt-safe ownership of native handles: one small mechanism for every native sequence.
+
+The problem it solves: Python raises ``KeyboardInterrupt`` between any two bytecodes of the
+main thread (also at the first bytecode of any Python function). A handle returned by
+``aclCreateTensor`` that has not yet been stored anywhere when the interrupt lands is lost
+for good (a leak); an executor handed to phase 2 that is still marked "ours" when the
+interrupt lands after the call is destroyed again by the cleanup (a double free on real
+CANN, which frees it inside phase 2).
+
+The rules (see docs/faults.md):
+
+* :class:`atomic` — a context manager that, on the main thread, holds ``SIGINT`` back for
+  its block (the signal is recorded by a stand-in handler) and delivers it right after the
+  block, to whatever handler was installed before (so ``KeyboardInterrupt`` is raised
+  there, or the process dies under ``SIG_DFL``, exactly as it would have). Other threads
+  never receive ``KeyboardInterrupt``, so there it costs nothing. Blocks are nestable and
+  meant to be tiny: *one native create and the store of its result*, or *marking an
+  executor consumed and calling phase 2*.
+* :class:`Claim` — the ownership record of one handle. It is allocated **before** the
+  native call (so nothing can fail between the call and the store except a signal, which
+  :class:`atomic` defers), filled by :meth:`Claim.take` in the same atomic block as the
+  create, and kept in a process-wide registry (strong references) until released. The
+  Python object owning the handle has a ``weakref.finalize`` calling
+  :meth:`Claim.release`; should that finalizer itself be interrupted, the claim is still
+  in the registry and :func:`release_all` (``acl.shutdown()``) releases it.
+* :meth:`Claim.consume` — marks the handle as the library's (an executor given to phase
+  2). Call it inside the same :class:`atomic` block as the consuming call, right before it:
+  from that bytecode on the handle is never released by us.
+* Releases go through the claim's state (owned → releasing → released), under a lock: a
+  handle is released at most once whatever mix of explicit release, garbage collection,
+  context-manager exit and shutdown reaches it. A release that fails keeps the handle in
+  the registry (state ``failed``) with a :class:`~aclnn_fag.errors.ResourceReleaseWarning`
+  (or the error, for an explicit ``release()``); ``release_all()`` tries it once more and
+  then drops it with a warning.
+* Handles inherited across ``fork`` are never released in the child (:func:`after_fork`).
+
+Usage, for any native create::
+
+    resource._prepare()                     # the claim and the finalizer first
+    with ownership.atomic():
+        handle = b.aclCreateTensor(...)
+        if handle:
+            resource._take(handle, release_fn, *args)  # the only step after the call
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import warnings
+from typing import Callable, Dict, List, Optional
+
+from ..errors import ResourceReleaseWarning
+
+__all__ = ["atomic", "Claim", "release_all", "pending", "after_fork", "generation",
+           "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
+
+EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
+    "empty", "owned", "releasing", "failed", "released", "consumed", "dropped")
+
+# ----------------------------------------------------------------------------- SIGINT deferral
+_depth = 0              # atomic blocks open on the main thread
+_pending = False        # a SIGINT arrived inside a block
+
+
+def _record(signum, frame) -> None:     # the stand-in SIGINT handler inside atomic blocks
+    global _pending
+    _pending = True
+
+
+class atomic:
+    """Hold SIGINT back on the main thread for the block; deliver it right after.
+
+    Nestable; a no-op on other threads and where the SIGINT handler cannot be swapped
+    (not the main interpreter, or a handler installed outside Python)."""
+
+    __slots__ = ("_old", "_mine")
+
+    def __enter__(self) -> "atomic":
+        global _depth, _pending
+        self._mine = False
+        if threading.get_ident() != threading.main_thread().ident:
+            return self
+        if _depth:
+            _depth += 1
+            self._mine = True
+            self._old = None
+            return self
+        try:
+            current = signal.getsignal(signal.SIGINT)
+        except (ValueError, OSError):       # pragma: no cover - no signal support here
+            return self
+        if current is None or current is _record:
+            # None: a handler installed outside Python, which signal.signal could not put
+            # back; _record: an outer block is between its swap and its depth update (a
+            # finalizer ran inside it) — the outer block defers for us.
+            return self
+        _pending = False                    # before the swap: a signal now raises here
+        try:
+            self._old = signal.signal(signal.SIGINT, _record)
+        except (ValueError, OSError):       # pragma: no cover - not the main interpreter
+            return self
+        _depth = 1
+        self._mine = True
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        global _depth, _pending
+        if not self._mine:
+            return False
+        _depth -= 1
+        if _depth:
+            return False
+        signal.signal(signal.SIGINT, self._old)
+        if _pending:
+            _pending = False
+            signal.raise_signal(signal.SIGINT)   # handled at the next bytecode, as usual
+        return False
+
+
+# ----------------------------------------------------------------------------- claims
+_lock = threading.RLock()
+_registry: Dict[int, "Claim"] = {}
+_gen = 0                # bumped in a forked child: inherited claims are never released there
+_quiet = False          # interpreter exit: failures are not reported any more
+
+
+def generation() -> int:
+    return _gen
+
+
+class Claim:
+    """The ownership record of one native handle (see the module doc).
+
+    ``what`` names the handle for messages; ``rank`` orders :func:`release_all`
+    (lower first: executors before the tensors they use, those before memory)."""
+
+    __slots__ = ("what", "rank", "handle", "func", "args", "state", "gen", "failures",
+                 "error", "__weakref__")
+
+    def __init__(self, what: str, rank: int = 1) -> None:
+        self.what = what
+        self.rank = rank
+        self.handle = None
+        self.func: Optional[Callable] = None
+        self.args: tuple = ()
+        self.state = EMPTY
+        self.gen = _gen
+        self.failures = 0
+        self.error: Optional[BaseException] = None
+
+    def take(self, handle, func: Callable, *args) -> None:
+        """Own ``handle``; ``func(*args)`` releases it and returns None or an exception.
+        Call inside the :class:`atomic` block of the create, right after it."""
+        self.handle = handle
+        self.func = func
+        self.args = args
+        self.gen = _gen
+        with _lock:
+            self.state = OWNED
+            _registry[id(self)] = self
+
+    @property
+    def live(self) -> bool:
+        """Owned, or kept after a failed release."""
+        return self.state in (OWNED, FAILED, RELEASING)
+
+    def consume(self) -> None:
+        """The library takes the handle now (call inside the atomic block of that call)."""
+        with _lock:
+            if self.state in (OWNED, FAILED):
+                self.state = CONSUMED
+                _registry.pop(id(self), None)
+
+    def unconsume(self) -> None:
+        """Undo :meth:`consume` when the consuming call was never entered."""
+        with _lock:
+            if self.state == CONSUMED:
+                self.state = OWNED
+                _registry[id(self)] = self
+
+    def release(self, mode: str = "raise") -> bool:
+        """Release the handle now. True when it is gone (released before, consumed, never
+        taken, or released now). On failure the handle is kept and, by ``mode``: "raise"
+        raises the error, "warn" and "gc" warn (quiet at interpreter exit), "final" warns and
+        drops the handle (the last try, from :func:`release_all`)."""
+        with atomic():
+            with _lock:
+                if self.state not in (OWNED, FAILED):
+                    return True
+                if self.state == FAILED and mode in ("gc", "warn"):
+                    return False                # its retry is shutdown's (or release()'s)
+                if self.gen != _gen:            # inherited across fork: never ours to free
+                    self.state = DROPPED
+                    _registry.pop(id(self), None)
+                    return True
+                self.state = RELEASING
+            try:
+                err = self.func(*self.args)
+            except Exception as exc:            # a release function must not raise; be safe
+                err = exc
+            with _lock:
+                if err is None:
+                    self.state = RELEASED
+                    self.error = None
+                    _registry.pop(id(self), None)
+                    return True
+                self.failures += 1
+                self.error = err
+                if mode == "final":
+                    self.state = DROPPED
+                    _registry.pop(id(self), None)
+                else:
+                    self.state = FAILED
+        if mode == "raise":
+            raise err
+        if not (_quiet or sys.is_finalizing()):
+            if mode == "final":
+                tail = "it could not be released at shutdown either and is dropped"
+            else:
+                tail = "the handle is kept and released again by acl.shutdown()"
+            warnings.warn(ResourceReleaseWarning(f"releasing {self.what} failed: {err}; {tail}"),
+                          stacklevel=2)
+        return False
+
+    def __repr__(self) -> str:
+        h = f"{self.handle:#x}" if isinstance(self.handle, int) else repr(self.handle)
+        return f"<Claim {self.what} {h} {self.state}>"
+
+
+def pending() -> List[Claim]:
+    """Claims still holding a handle (owned, or kept after a failed release)."""
+    with _lock:
+        claims = list(_registry.values())
+    return [c for c in claims if c.live]
+
+
+def release_all(final: bool = True) -> List[Claim]:
+    """Release every registered handle, lowest rank first (``acl.shutdown()``). A handle
+    whose release fails is dropped with a warning when ``final`` (its retry). Returns the
+    claims that could not be released."""
+    with _lock:
+        claims = list(_registry.values())
+    claims.sort(key=lambda c: c.rank)
+    failed = []
+    for c in claims:
+        if not c.release("final" if final else "warn"):
+            failed.append(c)
+    return failed
+
+
+def set_quiet(value: bool = True) -> None:
+    """At interpreter exit: failures are no longer reported (nothing could act on them)."""
+    global _quiet
+    _quiet = bool(value)
+
+
+def after_fork() -> None:
+    """In a forked child: the parent's handles are not ours (never released here)."""
+    global _gen, _registry, _lock, _depth, _pending
+    _gen += 1
+    _registry = {}
+    _lock = threading.RLock()
+    _depth = 0
+    _pending = False
+    try:        # forked from inside an atomic block of another thread: undo the stand-in
+        if signal.getsignal(signal.SIGINT) is _record:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    except (ValueError, OSError):   # pragma: no cover
+        pass
