@@ -21,13 +21,8 @@ attentionIn), the outputs likewise (dq, dqRope, dk, dkRope, dv, dpse) — how th
 library counts NULL optional inputs is unverified (docs/abi.md §2b); pass
 ``repoint=False`` to always rebuild instead.
 
-Results never alias: the arrays a :meth:`FagPlan.run` returns belong to the caller from
-then on -- they stay valid after the plan is closed or collected, and a later run writes
-into fresh arrays (repointing the executor, or phase 1 again) instead of overwriting them.
-Only output arrays the caller passed in (``dq=...``) are written again by later runs.
-
 The plan owns its executor, tensors, int arrays, workspace and the buffers it
-allocated (uploads of numpy inputs, outputs not yet returned); ``close()`` / the context
+allocated (uploads of numpy inputs, outputs it created); ``close()`` / the context
 manager / garbage collection release them, the executor first.  Device arrays passed
 in by the caller stay the caller's.  A plan is bound to one device and is not meant
 for concurrent use (runs are serialised by a lock).
@@ -159,10 +154,6 @@ class FagPlan:
         self.repoints = 0
         self._int_handles: Optional[Dict[str, Optional[int]]] = None
         self._ws_size = 0
-        # output slots whose arrays the plan allocated, and those of them already returned by
-        # a run (handed to the caller: the next run writes into fresh arrays, see run())
-        self._plan_outputs: set = set()
-        self._handed: set = set()
         given = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
                      dy=dy, pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
                      atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
@@ -211,7 +202,6 @@ class FagPlan:
                         # zeros: the op may leave parts of an output unwritten (docs/faults.md)
                         out = DeviceArray.zeros(src.shape, BF16, self.device_id)
                         self._state.owned.append(out.buffer)
-                        self._plan_outputs.add(n)
                 elif not isinstance(out, DeviceArray):
                     raise TypeError(f"output {n!r} must be a DeviceArray or None")
                 self._outputs[n] = out
@@ -403,18 +393,7 @@ class FagPlan:
                     raise ValueError(f"{name}: the device array has been freed")
                 if arr is not cur:
                     changes[key] = arr
-                if name in _OUT_SLOTS:
-                    self._plan_outputs.discard(name)   # the caller's array from now on
-                    self._handed.discard(name)
-            for name in sorted(self._handed):
-                # an earlier run returned this array: never write into it again
-                cur = self._outputs[name]
-                fresh = DeviceArray.empty(cur.shape, cur.dtype, self.device_id)
-                self._state.owned.append(fresh.buffer)
-                changes["out:" + name] = fresh
-            self._handed.clear()
-            for name, arr in {**self._inputs, **self._outputs,
-                              **{k.split(":", 1)[1]: v for k, v in changes.items()}}.items():
+            for name, arr in {**self._inputs, **self._outputs}.items():
                 if arr is not None and arr.closed:
                     raise ValueError(f"{name}: the device array has been freed")
             b = runtime.api()
@@ -463,20 +442,7 @@ class FagPlan:
                         raise status_error(b, rc, "aclrtSynchronizeStream")
             finally:
                 hold.release()
-            return self._hand_over()
-
-    def _hand_over(self) -> FagGrads:
-        """The outputs of a finished run, given to the caller: arrays the plan allocated leave
-        the plan's ownership (they outlive close() and are freed when the caller drops them),
-        and the next run writes into fresh ones. Arrays the caller passed in stay theirs."""
-        st = self._state
-        for name in self._plan_outputs:
-            arr = self._outputs[name]
-            if arr is None:
-                continue
-            st.owned = [buf for buf in st.owned if buf is not arr.buffer]
-            self._handed.add(name)
-        return self.outputs
+            return self.outputs
 
     def grads(self) -> FagGrads:
         """The outputs copied to the host (FagGrads of numpy arrays; None for absent ones)."""
