@@ -353,8 +353,8 @@ MUTANTS = [
            "            elif rc == ACL_ERROR_REPEAT_INITIALIZE:", "            elif rc == -12345:",
            "a prior aclInit (torch_npu) makes the package fail"),
     Mutant("acl-det-no-restore", "acl", A + "runtime.py",
-           "        restore, prev, code = gate.changed, gate.prev, gate.prev_code",
-           "        restore, prev, code = False, gate.prev, gate.prev_code",
+           "    restore, prev, code = gate.changed, gate.prev, gate.prev_code",
+           "    restore, prev, code = False, gate.prev, gate.prev_code",
            "the determinism option is not restored after a call", DET_T),
     Mutant("acl-det-unset-writeback", "acl", A + "runtime.py",
            "        prev = 0                    # never set on this context: the documented default",
@@ -363,8 +363,8 @@ MUTANTS = [
     # (changed = prev != int(want) would be equivalent: a value 2 is set to 1 for the call and
     #  restored afterwards; the op only tests for non-zero)
     Mutant("acl-det-none", "acl", A + "runtime.py",
-           "    if want is None:\n        yield\n        return\n    want = bool(want)",
-           "    if want is None and False:\n        yield\n        return\n    want = bool(want)",
+           "        self.want = None if want is None else bool(want)",
+           "        self.want = bool(want)",
            "deterministic=None (leave the context's option alone) turns determinism off", DET_T),
     Mutant("acl-device-env", "acl", A + "runtime.py",
            "        text = os.environ.get(ENV_DEVICE, \"\").strip()", "        text = \"\"",
