@@ -132,12 +132,12 @@ def run_mutant(m: Mutant, tree: pathlib.Path, root: pathlib.Path, pristine_libs:
                timeout: float) -> dict:
     result = {"id": m.id, "area": m.area, "file": m.file, "breaks": m.breaks,
               "tests": selection_of(m)}
-    stale = check(m, root)
+    stale = check(m, tree)          # against the copy: the tree may change during the run
     if stale:
         result.update(status="stale", detail=stale)
         return result
     target = tree / m.file
-    original_text = (root / m.file).read_text(encoding="utf-8")
+    original_text = target.read_text(encoding="utf-8")
     stat = target.stat()
     is_c = m.file.endswith((".c", ".h"))
     try:

@@ -248,3 +248,18 @@ def test_batch_limit_on_the_stub(nb, ok, no_leaks):
     else:
         with pytest.raises(errors.ParamInvalidError):
             FagPlan(**c, validate=False)
+
+
+@pytest.mark.parametrize("over,code", [(dict(dr=12), 161002), (dict(dr=4), 161002),
+                                       (dict(pre=-3, nxt=3), 161001), (dict(pre=0, nxt=0), 161001)])
+def test_stub_and_validator_agree_at_s5_and_rule_28(over, code, no_leaks):
+    """Dr must be a multiple of 8 (S5); mode 0 needs pre + next > 0 (rule 28)."""
+    dr = over.get("dr", 8)
+    c = _heads_case(2, 1, t=6, dr=dr)
+    c.update(sparse_mode=0, pre_tokens=over.get("pre", 2147483647),
+             next_tokens=over.get("nxt", 2147483647))
+    with pytest.raises(errors.AclnnError) as v_err:
+        validate_backward(**c)
+    with pytest.raises(errors.AclnnError) as s_err:
+        acl.call_raw(**c)
+    assert v_err.value.code == s_err.value.code == code
