@@ -458,19 +458,23 @@ def call_raw(*, query=None, query_rope=None, key=None, key_rope=None, value=None
     outputs = {}
     for name, spec in (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
                        ("dv", dv), ("dpse", dpse)):
-        if spec is AUTO:
-            src = inputs.get(OUTPUT_LIKE.get(name, ""))
-            outputs[name] = None if src is None else (_shape(src), BF16, None)
-        elif spec is None:
-            outputs[name] = None
-        else:
-            a = np.asarray(spec)
-            outputs[name] = (a.shape, a.dtype, a)
+        src = inputs.get(OUTPUT_LIKE.get(name, "")) if spec is AUTO else None
+        outputs[name] = _output_slot(spec, None if src is None else (_shape(src), BF16, None))
     res = _execute(inputs, int_arrays, attrs, outputs, deterministic=deterministic,
                    device_id=device_id, timings=timings, workspace_size_out=workspace_size_out,
                    executor_out=executor_out)
     return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])
 
+
+def _output_slot(spec, auto_slot):
+    """One output of ``_execute``: ``auto_slot`` (shape, dtype, None) for AUTO, None for no
+    output, else the caller's array as (shape, dtype, array)."""
+    if spec is AUTO:
+        return auto_slot
+    if spec is None:
+        return None
+    a = np.asarray(spec)
+    return (a.shape, a.dtype, a)
 
 # --------------------------------------------------------------------------- the forward
 def forward_available() -> bool:
@@ -550,13 +554,7 @@ def call_raw_forward(*, query=None, query_rope=None, key=None, key_rope=None, va
     outputs = {}
     for name, spec in (("softmax_max", softmax_max), ("softmax_sum", softmax_sum),
                        ("softmax_out", softmax_out), ("attention_out", attention_out)):
-        if spec is AUTO:
-            outputs[name] = None if auto is None else auto[name]
-        elif spec is None:
-            outputs[name] = None
-        else:
-            a = np.asarray(spec)
-            outputs[name] = (a.shape, a.dtype, a)
+        outputs[name] = _output_slot(spec, None if auto is None else auto[name])
     res = _execute(inputs, int_arrays, attrs, outputs, deterministic=deterministic,
                    device_id=device_id, timings=timings, workspace_size_out=workspace_size_out,
                    executor_out=executor_out, op=FORWARD)
