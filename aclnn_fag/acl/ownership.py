@@ -60,6 +60,8 @@ try:        # the C functions under ``signal``'s wrappers: those convert every h
 except ImportError:     # pragma: no cover - other interpreters
     _getsignal, _setsignal = signal.getsignal, signal.signal
 _SIGINT = int(signal.SIGINT)
+_get_ident = threading.get_ident
+_main_ident = threading.main_thread().ident     # refreshed by after_fork
 
 __all__ = ["atomic", "Claim", "release_all", "pending", "after_fork", "generation",
            "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
@@ -88,7 +90,7 @@ class atomic:
     def __enter__(self) -> "atomic":
         global _depth, _pending
         self._mine = False
-        if threading.get_ident() != threading.main_thread().ident:
+        if _get_ident() != _main_ident:
             return self
         if _depth:
             _depth += 1
@@ -266,8 +268,9 @@ def set_quiet(value: bool = True) -> None:
 
 def after_fork() -> None:
     """In a forked child: the parent's handles are not ours (never released here)."""
-    global _gen, _registry, _lock, _depth, _pending
+    global _gen, _registry, _lock, _depth, _pending, _main_ident
     _gen += 1
+    _main_ident = threading.main_thread().ident
     _registry = {}
     _lock = threading.RLock()
     _depth = 0
