@@ -47,7 +47,12 @@ STUB_VARS = {SKIP_COMPUTE_VAR: "1", "ACL_STUB_MALLOC_FILL": "-1"}
 
 
 class _ProtocolTensor:
-    """The NPU tensor protocol of aclnn_fag.operands over a DeviceArray (bench only)."""
+    """The NPU tensor protocol of aclnn_fag.operands over device memory (bench only).
+
+    ``new_empty`` models torch_npu's caching allocator: a freed block goes back to a pool
+    by size (when the tensor is garbage collected) and is handed out again, never returned
+    to the device. Kept lean (plain attributes, no DeviceArray per result), as torch's C++
+    allocator is: its own cost is measured in a row of its own."""
 
     class _Dev:
         type = "npu"
@@ -62,34 +67,55 @@ class _ProtocolTensor:
 
     _NAMES = {"bfloat16": "torch.bfloat16", "float32": "torch.float32", "uint8": "torch.uint8",
               "bool": "torch.bool"}
+    device = _Dev()
+    _free: dict = {}            # nbytes -> [DeviceBuffer]: the allocator's cached blocks
 
-    def __init__(self, da):
-        self._da = da
-        self.device = self._Dev()
-        self.shape = da.shape
-        self.dtype = self._DType(self._NAMES[da.dtype.name])
+    __slots__ = ("shape", "dtype", "_ptr", "_strides", "_keep", "_block")
+
+    def __init__(self, da=None):
+        self._block = None
+        if da is not None:
+            self._keep = da
+            self.shape = da.shape
+            self.dtype = _PT_DTYPES[da.dtype.name]
+            self._ptr = da.buffer.ptr + da.offset * da.itemsize
+            self._strides = da.strides
 
     def data_ptr(self):
-        return self._da.buffer.ptr + self._da.offset * self._da.itemsize
+        return self._ptr
 
     def stride(self):
-        return self._da.strides
-
-    # a caching allocator, as torch_npu's: freed blocks are reused by size, never returned
-    _free: dict = {}
+        return self._strides
 
     def new_empty(self, shape, dtype=None):
-        from .acl import DeviceArray
         from .operands import numpy_dtype_of_torch
-        dt = numpy_dtype_of_torch(dtype or self.dtype)
+        dtype = dtype or self.dtype
+        dt = numpy_dtype_of_torch(dtype)
+        shape = tuple(shape)
         n = dt.itemsize
-        for d in shape:
+        strides = []
+        for d in reversed(shape):
+            strides.append(n // dt.itemsize)
             n *= d
         pool = self._free.setdefault(n, [])
-        buf = pool.pop() if pool else DeviceArray.empty((n,), np.uint8).buffer
-        t = _ProtocolTensor(DeviceArray(buf, shape, dt))
-        weakref.finalize(t, pool.append, buf)
+        if pool:
+            buf = pool.pop()
+        else:
+            from .acl.runtime import DeviceBuffer
+            buf = DeviceBuffer(n)
+        t = _ProtocolTensor()
+        t.shape, t.dtype, t._ptr, t._strides = shape, dtype, buf.ptr, tuple(reversed(strides))
+        t._keep = None
+        t._block = (pool, buf)
         return t
+
+    def __del__(self):
+        block = self._block
+        if block is not None:
+            block[0].append(block[1])
+
+
+_PT_DTYPES = {n: _ProtocolTensor._DType(t) for n, t in _ProtocolTensor._NAMES.items()}
 
 
 def _time(fn, repeat: int, inner: int):
@@ -158,6 +184,10 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             say("device-resident public calls ...")
             rows.append(("device-resident public call: NPU tensors, stream=", "device_call",
                          _time(lambda: fag(*npu.values(), stream=stream, **npu_kw), repeat, inner)))
+            q = npu["query"]
+            rows.append(("  of which the test tensors' new_empty (5 results)", None,
+                         _time(lambda: [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)],
+                               repeat, inner)))
             rows.append(("device-resident public call: DeviceArray, stream=", None,
                          _time(lambda: fag(*dev.values(), stream=stream, **dev_kw), repeat, inner)))
             rows.append(("device-resident public call: DeviceArray, own stream + sync", None,

@@ -197,7 +197,10 @@ class DeviceArray:
         strides = contiguous_strides(shape) if strides is None else _check_int_tuple("strides", strides)
         if len(strides) != len(shape):
             raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension of {shape}")
-        kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
+        if 0 in shape or 1 in shape:
+            kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
+        else:
+            kept = strides
         if kept and min(kept) < 0:
             raise ValueError(f"parameter 'strides' must be non-negative (element strides), got {strides}")
         device_id = operator.index(device_id)
@@ -205,7 +208,7 @@ class DeviceArray:
             raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
         isz = dt.itemsize
         if _prod(shape) == 0:
-            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt, kept or None, 0)
+            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt, list(kept) or None, 0)
         if ptr <= 0:
             raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
         if ptr % isz:
@@ -218,7 +221,7 @@ class DeviceArray:
         # inside the buffer): set the fields directly (this runs per tensor per call)
         self = object.__new__(cls)
         self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, offset
-        self.strides = _unit_strides(shape, kept)
+        self.strides = strides if kept is strides else _unit_strides(shape, kept)
         return self
 
     # ---- properties

@@ -65,9 +65,11 @@ _STAT_KEYS = ("malloc", "malloc_bytes", "free", "h2d", "h2d_bytes", "d2h", "d2h_
 _stats: Dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
 
 
-def _count(key: str, n: int = 1) -> None:
+def _count(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> None:
     with _stats_lock:
         _stats[key] += n
+        if key2 is not None:
+            _stats[key2] += n2
 
 
 def stats() -> Dict[str, int]:
@@ -228,6 +230,8 @@ def resolve_device(device_id: Optional[int] = None) -> int:
     """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX] (ctypes
     would silently wrap a larger one modulo 2**32 into another device). The device count is
     checked by :func:`ensure_device`, where ACL is initialised anyway."""
+    if type(device_id) is int and 0 <= device_id <= INT32_MAX:
+        return device_id                # the common case, first
     source = _device_source(device_id)
     if device_id is None:
         text = os.environ.get(ENV_DEVICE, "").strip()
@@ -610,8 +614,7 @@ class DeviceBuffer(NativeResource):
         if not p.value:
             raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
                                fetch_message=False)
-        _count("malloc")
-        _count("malloc_bytes", nbytes)
+        _count("malloc", 1, "malloc_bytes", nbytes)
         if p.value % DEVICE_ALIGN:
             self.free()
             raise AclRuntimeError(f"aclrtMalloc returned {p.value:#x}, not {DEVICE_ALIGN}-byte "
@@ -646,8 +649,7 @@ class DeviceBuffer(NativeResource):
         b = ensure_device(self.device_id)
         rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
         check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
-        _count("h2d")
-        _count("h2d_bytes", nbytes)
+        _count("h2d", 1, "h2d_bytes", nbytes)
 
     def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
@@ -657,8 +659,7 @@ class DeviceBuffer(NativeResource):
         b = ensure_device(self.device_id)
         rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
         check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
-        _count("d2h")
-        _count("d2h_bytes", nbytes)
+        _count("d2h", 1, "d2h_bytes", nbytes)
 
     def upload(self, array, offset: int = 0) -> None:
         """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""

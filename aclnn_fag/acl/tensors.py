@@ -207,6 +207,7 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
 
 _INT64_ARRAYS = tuple(c_int64 * n for n in range(17))    # the ctypes array types, made once
 _INT64_ONE = _INT64_ARRAYS[1]
+_N_ARRAY_TYPES = len(_INT64_ARRAYS)
 
 
 class HandleBatch(runtime.NativeResource):
@@ -225,39 +226,72 @@ class HandleBatch(runtime.NativeResource):
 
     def tensor(self, array) -> Optional[int]:
         """A new aclTensor for a DeviceArray view (None -> None)."""
-        if array is None:
-            return None
-        buf = array.buffer
-        if buf.closed:
-            raise ValueError("the device array's buffer has been freed")
-        shape, dt = array.shape, array.dtype
-        n = len(shape)
-        arr_t = _INT64_ARRAYS[n] if n < len(_INT64_ARRAYS) else c_int64 * n
-        code = ACL_DTYPES.get(dt)
-        if code is None:
-            code = acl_dtype(dt)
-        args = (arr_t(*shape), n, code, arr_t(*array.strides), array.offset, FORMAT_ND,
-                _INT64_ONE(buf.nbytes // dt.itemsize), 1, buf.ptr)
-        with ownership.atomic():          # the create and its ownership: one step for SIGINT
-            handle = self._b.aclCreateTensor(*args)
-            if handle:
-                self._tensors.append(handle)
-        if not handle:
+        return self.tensors((array,))[0]
+
+    def tensors(self, arrays) -> list:
+        """New aclTensors for DeviceArray views (None -> None), in order. Each create and the
+        store of its handle happen in one ``ownership.atomic()`` step (the whole loop); on a
+        NULL handle the ones made so far stay in the batch (released with it)."""
+        create = self._b.aclCreateTensor
+        store = self._tensors.append
+        out = []
+        made = 0
+        try:
+            with ownership.atomic():
+                for array in arrays:
+                    if array is None:
+                        out.append(None)
+                        continue
+                    buf = array.buffer
+                    if buf.closed:
+                        raise ValueError("the device array's buffer has been freed")
+                    shape, dt = array.shape, array.dtype
+                    n = len(shape)
+                    arr_t = _INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n
+                    code = ACL_DTYPES.get(dt)
+                    if code is None:
+                        code = acl_dtype(dt)
+                    handle = create(arr_t(*shape), n, code, arr_t(*array.strides), array.offset,
+                                    FORMAT_ND, _INT64_ONE(buf.nbytes // dt.itemsize), 1, buf.ptr)
+                    if not handle:
+                        break
+                    store(handle)
+                    made += 1
+                    out.append(handle)
+        finally:
+            if made:
+                runtime._count("tensors", made)
+        if len(out) < len(arrays):
             raise null_handle_error(self._b, "aclCreateTensor")
-        runtime._count("tensors")
-        return handle
+        return out
 
     def int_array(self, values) -> Optional[int]:
         """A new aclIntArray of a tuple of ints already checked to fit int64 (None -> None)."""
-        if values is None:
-            return None
-        n = len(values)
-        arr = (_INT64_ARRAYS[n] if n < len(_INT64_ARRAYS) else c_int64 * n)(*values)
-        with ownership.atomic():
-            handle = self._b.aclCreateIntArray(arr, n)
-            if handle:
-                self._int_arrays.append(handle)
-        if not handle:
+        return self.int_arrays((values,))[0]
+
+    def int_arrays(self, seqs) -> list:
+        """New aclIntArrays of tuples of ints already checked to fit int64 (None -> None)."""
+        create = self._b.aclCreateIntArray
+        store = self._int_arrays.append
+        out = []
+        made = 0
+        try:
+            with ownership.atomic():
+                for values in seqs:
+                    if values is None:
+                        out.append(None)
+                        continue
+                    n = len(values)
+                    arr = (_INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n)(*values)
+                    handle = create(arr, n)
+                    if not handle:
+                        break
+                    store(handle)
+                    made += 1
+                    out.append(handle)
+        finally:
+            if made:
+                runtime._count("int_arrays", made)
+        if len(out) < len(seqs):
             raise null_handle_error(self._b, "aclCreateIntArray")
-        runtime._count("int_arrays")
-        return handle
+        return out
