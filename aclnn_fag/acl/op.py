@@ -194,6 +194,8 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 def _int64_attr(name: str, value) -> int:
     """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+        return value                    # the common case, without the ABC checks
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
     value = int(value)
@@ -203,6 +205,8 @@ def _int64_attr(name: str, value) -> int:
 
 
 def _double_attr(name: str, value) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
     try:
@@ -246,8 +250,8 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     stream = runtime.resolve_stream(stream) if caller_stream else runtime.stream(dev)
     enqueue_only = (caller_stream and keep_on_device
                     and all(v is None or isinstance(v, DeviceArray) for v in inputs.values()))
-    # Creates are batched into a few ownership.atomic() blocks (each block costs two
-    # sigaction calls on the main thread; nested blocks cost nothing).
+    # Creates are batched into few outermost ownership.atomic() blocks (each costs two
+    # sigaction calls on the main thread; nested blocks cost almost nothing).
     stack = contextlib.ExitStack()
     ok = False
     try:
@@ -255,114 +259,118 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         stack.callback(hold.release)            # registered before the hold is taken
         hold.acquire()
 
-        # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
-        dev_inputs: Dict[str, Optional[DeviceArray]] = {}
-        host_names = [n for n in op.inputs
-                      if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
-        if host_names:
-            with ownership.atomic():
-                uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
-                seen = set()
-                for name, da in zip(host_names, uploaded):
-                    if id(da.buffer) not in seen:
-                        seen.add(id(da.buffer))
-                        _release_on_exit(stack, da.buffer)
-                    dev_inputs[name] = da
-        for name in op.inputs:
-            if isinstance(inputs.get(name), DeviceArray):
-                dev_inputs[name] = inputs[name]
-
-        # ---- outputs
-        dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-        to_make = []
-        for name in op.outputs:
-            spec = outputs.get(name)
-            if spec is None or isinstance(spec, DeviceArray):
-                dev_outputs[name] = spec
-            else:
-                to_make.append(name)
+        # One outer ownership.atomic() block from the uploads to the handles' destruction:
+        # the blocks inside it nest (no sigaction calls). Nothing in it waits in Python
+        # (the waits are native calls, which hold SIGINT back anyway).
         with ownership.atomic():
-            for name in to_make:
-                shape, dtype, init = outputs[name]
-                with timer("alloc"):
-                    da = DeviceArray.empty(shape, dtype, dev)
-                if keep_on_device:
-                    _release_on_error(stack, da.buffer)
+            # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
+            dev_inputs: Dict[str, Optional[DeviceArray]] = {}
+            host_names = [n for n in op.inputs
+                          if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
+            if host_names:
+                with ownership.atomic():
+                    uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
+                    seen = set()
+                    for name, da in zip(host_names, uploaded):
+                        if id(da.buffer) not in seen:
+                            seen.add(id(da.buffer))
+                            _release_on_exit(stack, da.buffer)
+                        dev_inputs[name] = da
+            for name in op.inputs:
+                if isinstance(inputs.get(name), DeviceArray):
+                    dev_inputs[name] = inputs[name]
+
+            # ---- outputs
+            dev_outputs: Dict[str, Optional[DeviceArray]] = {}
+            to_make = []
+            for name in op.outputs:
+                spec = outputs.get(name)
+                if spec is None or isinstance(spec, DeviceArray):
+                    dev_outputs[name] = spec
                 else:
-                    _release_on_exit(stack, da.buffer)
-                if init is not None:
-                    with timer("copy_in"):
-                        da.copy_from_numpy(init)
-                else:
-                    # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
-                    # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
-                    with timer("alloc"):
-                        da.buffer.memset(0)
-                dev_outputs[name] = da
-
-        # ---- handles (destroyed right after phase 2 returns, or on any error)
-        handles = stack.enter_context(contextlib.ExitStack())
-        with timer("marshal"), ownership.atomic():
-            batch = HandleBatch()
-            _release_on_exit(handles, batch)
-            t_args = batch.tensors([dev_inputs.get(name) for name in op.inputs])
-            ia_args = batch.int_arrays([int_arrays.get(name) for name in op.int_arrays])
-            o_args = batch.tensors([dev_outputs[name] for name in op.outputs])
-
-        # ---- phase 1
-        ws_size = c_uint64(0)
-        executor = c_void_p(None)
-        args = (t_args + ia_args + attr_args + o_args
-                + [byref(ws_size) if workspace_size_out else None,
-                   byref(executor) if executor_out else None])
-        phase1 = getattr(b, op.phase1)
-        guard = _Executor(b)
-        _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
-        with timer("phase1"):
-            with ownership.atomic():           # phase 1 and the executor's ownership
-                rc = phase1(*args)
-                if rc == 0:
-                    guard.adopt(executor.value)
-        runtime._count("phase1")
-        if rc:
-            raise status_error(b, rc, op.phase1)
-        if guard.handle is None:
-            guard = None
-
-        # ---- workspace
-        workspace = None
-        if ws_size.value > 0:
-            with timer("alloc"):
-                if enqueue_only:
-                    workspace = runtime.stream_workspace(dev, stream, ws_size.value)
-                else:
-                    workspace = runtime.DeviceBuffer(ws_size.value, dev)
-                    _release_on_exit(stack, workspace)
-
-        # ---- phase 2 (+ sync)
-        if guard is not None:
-            phase2 = getattr(b, op.phase2)
-            p2_args = (c_void_p(workspace.ptr if workspace is not None else None),
-                       c_uint64(ws_size.value), c_void_p(guard.handle), c_void_p(stream))
-            t0 = time.perf_counter()
-            # the executor is the library's from the moment phase 2 is entered
-            rc = guard.call_consuming(phase2, *p2_args)
-            runtime._count("phase2")
-            if rc:
-                raise status_error(b, rc, op.phase2)
-            t1 = time.perf_counter()
-            with timer("marshal"), ownership.atomic():
-                handles.close()
-            t2 = time.perf_counter()
-            if not enqueue_only:
-                rc = b.aclrtSynchronizeStream(stream)
-                if rc:
-                    raise status_error(b, rc, "aclrtSynchronizeStream")
-            if timings is not None:
-                timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
-        else:
+                    to_make.append(name)
             with ownership.atomic():
-                handles.close()
+                for name in to_make:
+                    shape, dtype, init = outputs[name]
+                    with timer("alloc"):
+                        da = DeviceArray.empty(shape, dtype, dev)
+                    if keep_on_device:
+                        _release_on_error(stack, da.buffer)
+                    else:
+                        _release_on_exit(stack, da.buffer)
+                    if init is not None:
+                        with timer("copy_in"):
+                            da.copy_from_numpy(init)
+                    else:
+                        # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
+                        # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
+                        with timer("alloc"):
+                            da.buffer.memset(0)
+                    dev_outputs[name] = da
+
+            # ---- handles (destroyed right after phase 2 returns, or on any error)
+            handles = stack.enter_context(contextlib.ExitStack())
+            with timer("marshal"), ownership.atomic():
+                batch = HandleBatch()
+                _release_on_exit(handles, batch)
+                t_args = batch.tensors([dev_inputs.get(name) for name in op.inputs])
+                ia_args = batch.int_arrays([int_arrays.get(name) for name in op.int_arrays])
+                o_args = batch.tensors([dev_outputs[name] for name in op.outputs])
+
+            # ---- phase 1
+            ws_size = c_uint64(0)
+            executor = c_void_p(None)
+            args = (t_args + ia_args + attr_args + o_args
+                    + [byref(ws_size) if workspace_size_out else None,
+                       byref(executor) if executor_out else None])
+            phase1 = getattr(b, op.phase1)
+            guard = _Executor(b)
+            _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
+            with timer("phase1"):
+                with ownership.atomic():           # phase 1 and the executor's ownership
+                    rc = phase1(*args)
+                    if rc == 0:
+                        guard.adopt(executor.value)
+            runtime._count("phase1")
+            if rc:
+                raise status_error(b, rc, op.phase1)
+            if guard.handle is None:
+                guard = None
+
+            # ---- workspace
+            workspace = None
+            if ws_size.value > 0:
+                with timer("alloc"):
+                    if enqueue_only:
+                        workspace = runtime.stream_workspace(dev, stream, ws_size.value)
+                    else:
+                        workspace = runtime.DeviceBuffer(ws_size.value, dev)
+                        _release_on_exit(stack, workspace)
+
+            # ---- phase 2 (+ sync)
+            if guard is not None:
+                phase2 = getattr(b, op.phase2)
+                p2_args = (c_void_p(workspace.ptr if workspace is not None else None),
+                           c_uint64(ws_size.value), c_void_p(guard.handle), c_void_p(stream))
+                t0 = time.perf_counter()
+                # the executor is the library's from the moment phase 2 is entered
+                rc = guard.call_consuming(phase2, *p2_args)
+                runtime._count("phase2")
+                if rc:
+                    raise status_error(b, rc, op.phase2)
+                t1 = time.perf_counter()
+                with timer("marshal"), ownership.atomic():
+                    handles.close()
+                t2 = time.perf_counter()
+                if not enqueue_only:
+                    rc = b.aclrtSynchronizeStream(stream)
+                    if rc:
+                        raise status_error(b, rc, "aclrtSynchronizeStream")
+                if timings is not None:
+                    timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
+            else:
+                with ownership.atomic():
+                    handles.close()
 
         # ---- results
         result: Dict[str, object] = {}

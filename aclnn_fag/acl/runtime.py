@@ -11,7 +11,7 @@
   by ``release_thread_resources()`` and by ``shutdown()``.
 * :class:`DeviceBuffer`: ``aclrtMalloc``'d memory owned by a Python object, freed
   exactly once by ``free()``, the context manager, garbage collection
-  (``weakref.finalize``) or ``shutdown()``, through an :class:`.ownership.Claim` taken
+  (a weak reference on its claim) or ``shutdown()``, through an :class:`.ownership.Claim` taken
   atomically with the allocation (Ctrl-C at any bytecode neither leaks nor double-frees);
   a failed release warns (``ResourceReleaseWarning``) or raises (explicit ``free()``) and
   keeps the handle for a retry by ``shutdown()``; memory inherited across ``fork`` is never
@@ -490,7 +490,6 @@ class NativeResource:
     """
 
     _claim: Optional[ownership.Claim] = None
-    _finalizer = None
     _what = "a native handle"
     _rank = 1
 
@@ -498,7 +497,7 @@ class NativeResource:
         """Allocate the claim and the finalizer (before the native create)."""
         claim = ownership.Claim(self._what, self._rank)
         self._claim = claim
-        self._finalizer = weakref.finalize(self, claim.release, "gc")
+        claim.watch(self)           # released ("gc") when this object is collected
         return claim
 
     def _take(self, handle, func, *args) -> None:
@@ -525,8 +524,8 @@ class NativeResource:
             if was_owned and c.state != ownership.OWNED:
                 _live.discard(self)
                 self._on_released()
-        if ok and self._finalizer is not None:
-            self._finalizer.detach()
+        if ok:
+            c.unwatch()
 
     def disown(self) -> None:
         """The library took the handle (e.g. phase 2 consumed the executor). Call inside the
@@ -814,6 +813,7 @@ class DeterminismHold:
         self._claim = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
         self._finalizer = weakref.finalize(self, self._claim.release, "gc")
         self._pooled = False        # recycled by release() into this thread's pool (call_hold)
+        self._in_pool = False       # released and waiting in the pool: release() is a no-op
 
     def acquire(self) -> "DeterminismHold":
         want = self.want
@@ -868,15 +868,18 @@ class DeterminismHold:
 
     def release(self, mode: str = "warn") -> None:
         """Leave the hold (idempotent; a failed restore warns, or raises with mode="raise")."""
+        if self._in_pool:
+            return
         if self._claim.release(mode):
             if not self._pooled:
                 self._finalizer.detach()
             elif not self._claim.live:
-                # back into this thread's pool, once (the flag is cleared by call_hold);
-                # the finalizer stays: releasing a released claim is a no-op
+                # back into this thread's pool, once (call_hold clears the flags); the
+                # finalizer stays: releasing a released claim is a no-op
                 self._pooled = False
                 pool = getattr(_tls, "holds", None)
                 if pool is not None and len(pool) < 4:
+                    self._in_pool = True
                     pool.append(self)
 
     def __enter__(self) -> "DeterminismHold":
@@ -901,6 +904,7 @@ def call_hold(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold
             continue            # pragma: no cover - never pooled while live; a forked child
         h.want = None if want is None else bool(want)
         h.device_id = device_id
+        h._in_pool = False
         h._pooled = True
         return h
     h = DeterminismHold(device_id, want)

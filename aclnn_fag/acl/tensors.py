@@ -66,6 +66,12 @@ def int64_values(name: str, values) -> tuple:
     others). TypeError for a non-sequence or a non-integer entry, ValueError for a value
     outside int64 or more than ``MAX_INT_ARRAY_ENTRIES`` entries (e.g. a huge zero-stride
     array), each naming the parameter."""
+    if type(values) is tuple and len(values) <= MAX_INT_ARRAY_ENTRIES:
+        for v in values:                # the common case (validated calls): plain ints
+            if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
+                break
+        else:
+            return values
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise TypeError(f"parameter '{name}' must be 1-D, got shape {values.shape}")
@@ -208,6 +214,23 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
 _INT64_ARRAYS = tuple(c_int64 * n for n in range(17))    # the ctypes array types, made once
 _INT64_ONE = _INT64_ARRAYS[1]
 _N_ARRAY_TYPES = len(_INT64_ARRAYS)
+_DIMS: dict = {}            # tuple of ints -> an int64_t[n] holding it (never written to)
+_DIMS_MAX = 4096
+
+
+def _dims(values: tuple):
+    """A ctypes int64_t[n] with ``values``, shared by every tensor that has them (the ACL
+    create functions copy their arguments, and nothing here writes to them)."""
+    if type(values) is not tuple:
+        values = tuple(values)
+    arr = _DIMS.get(values)
+    if arr is None:
+        n = len(values)
+        arr = (_INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n)(*values)
+        if len(_DIMS) >= _DIMS_MAX:
+            _DIMS.clear()
+        _DIMS[values] = arr
+    return arr
 
 
 class HandleBatch(runtime.NativeResource):
@@ -234,6 +257,7 @@ class HandleBatch(runtime.NativeResource):
         NULL handle the ones made so far stay in the batch (released with it)."""
         create = self._b.aclCreateTensor
         store = self._tensors.append
+        dims = _dims
         out = []
         made = 0
         try:
@@ -246,13 +270,12 @@ class HandleBatch(runtime.NativeResource):
                     if buf.closed:
                         raise ValueError("the device array's buffer has been freed")
                     shape, dt = array.shape, array.dtype
-                    n = len(shape)
-                    arr_t = _INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n
                     code = ACL_DTYPES.get(dt)
                     if code is None:
                         code = acl_dtype(dt)
-                    handle = create(arr_t(*shape), n, code, arr_t(*array.strides), array.offset,
-                                    FORMAT_ND, _INT64_ONE(buf.nbytes // dt.itemsize), 1, buf.ptr)
+                    handle = create(dims(shape), len(shape), code, dims(array.strides),
+                                    array.offset, FORMAT_ND, dims((buf.nbytes // dt.itemsize,)),
+                                    1, buf.ptr)
                     if not handle:
                         break
                     store(handle)
@@ -281,9 +304,7 @@ class HandleBatch(runtime.NativeResource):
                     if values is None:
                         out.append(None)
                         continue
-                    n = len(values)
-                    arr = (_INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n)(*values)
-                    handle = create(arr, n)
+                    handle = create(_dims(values), len(values))
                     if not handle:
                         break
                     store(handle)
