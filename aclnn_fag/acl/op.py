@@ -35,7 +35,7 @@ from . import ownership, runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
-from .tensors import HandleBatch, int64_values
+from .tensors import HandleBatch, _destroy, int64_values
 
 __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
            "FWD_INPUT_SLOTS", "FWD_OUTPUT_SLOTS", "OpSpec", "BACKWARD", "FORWARD", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
@@ -151,7 +151,6 @@ class _Executor(runtime.NativeResource):
     def adopt(self, handle: Optional[int]) -> None:
         """Own the executor phase 1 returned (inside phase 1's ``ownership.atomic()``)."""
         if handle:
-            from .tensors import _destroy
             self._take(handle, _destroy, self.b, "aclDestroyAclOpExecutor", handle)
             self.handle = handle
 

@@ -707,6 +707,7 @@ class _ModeGate:
         self.prev_code = 0               # aclrtCtxGetSysParamOpt's code when prev is None
         self.changed = False
         self.holders: Dict[int, int] = {}    # thread id -> hold count
+        self.waiting = 0                     # threads in cond.wait(): notified on a change
 
 
 def _read_determinism(b):
@@ -744,7 +745,8 @@ def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
         return None
     restore, prev, code = gate.changed, gate.prev, gate.prev_code
     gate.mode, gate.changed, gate.prev, gate.prev_code = None, False, None, 0
-    gate.cond.notify_all()
+    if gate.waiting:
+        gate.cond.notify_all()
     if not restore:
         return None
     if prev is None:
@@ -841,7 +843,11 @@ class DeterminismHold:
                     f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
                     f"{dev}; a nested call asking for deterministic={want} would wait for itself")
             while gate.active and gate.mode != want:
-                gate.cond.wait()
+                gate.waiting += 1
+                try:
+                    gate.cond.wait()
+                finally:
+                    gate.waiting -= 1
                 _drain_gate_locked(gate)
             with ownership.atomic():
                 if gate.active == 0:
