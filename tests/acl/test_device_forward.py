@@ -17,16 +17,10 @@ from aclnn_fag.device_checks import DEVICE_SAMPLE_BYTES
 from acl_cases import BF16, assert_grads_close, make_problem
 from fake_npu import FakeNpuTensor
 from test_device_tensors import counting
+from test_forward import _fwd_kwargs as fwd_kwargs
 from test_streams import NpuStream, caller_stream, own_stream  # noqa: F401 (fixture)
 
 FWD_SLOTS = ("q", "qr", "k", "kr", "v")
-
-
-def fwd_kwargs(p, **over):
-    kw = dict(atten_mask=p.mask, actual_seq_qlen=p.q_ends, actual_seq_kvlen=p.kv_ends,
-              scale_value=p.scale, pre_tokens=p.pre, next_tokens=p.nxt, sparse_mode=p.mode)
-    kw.update(over)
-    return kw
 
 
 def fwd_on_device(p, make, **over):
