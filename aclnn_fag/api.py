@@ -13,7 +13,7 @@ from . import blas, operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
-from .validate import validate_backward, validate_forward
+from .validate import _stacklevel, validate_backward, validate_forward
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
@@ -48,7 +48,7 @@ def _warn_fallback(status) -> None:
     warnings.warn(f"backend='auto': the CANN libraries are installed but NPU device {dev} cannot "
                   f"be used: {status.reason}; running the NumPy reference instead (pass "
                   f"backend='npu' to get an error, or backend='numpy' to silence this)",
-                  NpuFallbackWarning, stacklevel=4)
+                  NpuFallbackWarning, stacklevel=_stacklevel())
 
 
 def last_backend():
