@@ -76,8 +76,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
                 query_obj.dtype, operands.torch_dtype_name(dt)[len("torch."):])
             tensors[out] = query_obj.new_empty(shape, dtype=tdt)
         outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), specs[out][0], specs[out][1],
-                                              tuple(int(s) for s in t.stride()), device_id=dev,
-                                              owner=t)
+                                              t.stride(), device_id=dev, owner=t)
                 for out, t in tensors.items()}
         if call.empty_result:
             for da in outs.values():
