@@ -143,7 +143,6 @@ def _check_pid() -> None:
                     _fork_reason = _forked_message(st.pid)
                 _process_gen += 1
                 _state = None
-                _live.clear()
                 ownership.after_fork()
 
 
@@ -172,7 +171,6 @@ class _State:
 _state: Optional[_State] = None
 _state_lock = threading.RLock()
 _tls = threading.local()
-_live: "weakref.WeakSet[NativeResource]" = weakref.WeakSet()
 _atexit_registered = False
 
 
@@ -503,7 +501,6 @@ class NativeResource:
     def _take(self, handle, func, *args) -> None:
         """Own ``handle`` (inside the create's ``ownership.atomic()`` block)."""
         self._claim.take(handle, func, *args)
-        _live.add(self)
 
     @property
     def released(self) -> bool:
@@ -522,7 +519,6 @@ class NativeResource:
             ok = c.release(mode)
         finally:
             if was_owned and c.state != ownership.OWNED:
-                _live.discard(self)
                 self._on_released()
         if ok:
             c.unwatch()
@@ -533,7 +529,6 @@ class NativeResource:
         c = self._claim
         if c is not None and c.state == ownership.OWNED:
             c.consume()
-            _live.discard(self)
             self._on_released()
 
     def call_consuming(self, fn, *args):
@@ -560,9 +555,20 @@ class NativeResource:
         return False
 
 
+def _owners() -> list:
+    """The objects owning the registered claims' handles (each watched by its claim)."""
+    out = []
+    for c in ownership.pending():
+        ref = c.ref
+        obj = ref() if ref is not None else None
+        if isinstance(obj, NativeResource):
+            out.append(obj)
+    return out
+
+
 def live_resources() -> list:
     """The native resources of this package that are still alive (diagnostics)."""
-    return [r for r in list(_live) if not r.released]
+    return [r for r in _owners() if not r.released]
 
 
 def _free_device(b, dev: int, ptr: int):
@@ -929,7 +935,7 @@ def _release_all_resources() -> None:
     # through the owning objects first (so that they know: buffer.closed, tensor.handle
     # None), executors before tensors before memory; then the claims whose object is gone
     # (its finalizer was interrupted) or whose earlier release failed — their one retry
-    for res in sorted((r for r in list(_live) if not r.released), key=lambda r: r._rank):
+    for res in sorted((r for r in _owners() if not r.released), key=lambda r: r._rank):
         res.release("final")
     ownership.release_all(final=True)
 
@@ -991,7 +997,6 @@ def _after_fork_in_child() -> None:
     if st is not None and st.initialised and _fork_reason is None:
         _fork_reason = _forked_message(st.pid)
     _state = None
-    _live.clear()
     ownership.after_fork()
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()
