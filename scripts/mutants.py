@@ -58,6 +58,7 @@ A = "aclnn_fag/acl/"
 C = "native_stubs/src/opapi_stub.c"
 PLAN_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py")
 DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
+RESULTS_T = ("tests/acl/test_plan_results.py",)
 LOADER_T = ("tests/acl/test_loader.py",)
 
 MUTANTS = [
@@ -333,6 +334,14 @@ MUTANTS = [
            "            if rc == 0:\n                self.repeatable = True",
            "            if rc == 0:\n                self.repeatable = False",
            "FagPlan never reuses a repeatable executor (phase 1 every run)", PLAN_T),
+    Mutant("acl-plan-results-alias", "acl", A + "plan.py",
+           "                elif real.closed or results.leased(st.leases.get(name)):",
+           "                elif real.closed:",
+           "FagPlan.run writes into the arrays an earlier run returned (results alias)", RESULTS_T),
+    Mutant("acl-plan-close-frees-results", "acl", A + "plan.py",
+           "                    if not results.leased(self.leases.get(n))]",
+           "                    ]",
+           "FagPlan.close frees the arrays its runs returned", RESULTS_T),
     Mutant("acl-plan-run-determinism", "acl", A + "plan.py",
            "            hold = runtime.DeterminismHold(self.device_id, self.deterministic)\n            try:\n                hold.acquire()\n                if changes:",
            "            hold = runtime.DeterminismHold(self.device_id, None)\n            try:\n                hold.acquire()\n                if changes:",
