@@ -69,10 +69,10 @@ class _PlanState:
         self.int_arrays: List[AclIntArray] = []
         self.workspace: Optional[runtime.DeviceBuffer] = None
         self.owned: List[runtime.DeviceBuffer] = []
-        # output slot -> the buffer the plan allocated for it, and the weak reference to the
-        # ResultBuffer the last run returned over it (aclnn_fag/acl/results.py)
+        # output slot -> the buffer the plan allocated for it; the FagGrads the last run
+        # returned over them (aclnn_fag/acl/results.py)
         self.results: Dict[str, runtime.DeviceBuffer] = {}
-        self.leases: Dict[str, "weakref.ref"] = {}
+        self.last: Optional[results.LastResults] = None
         self.streams: Dict[int, int] = {}    # caller streams with queued runs -> device
 
     def wait_for_streams(self) -> None:
@@ -100,17 +100,17 @@ class _PlanState:
         self.wait_for_streams()
         errors = []
         # outputs a live result holds are the caller's now: only dropped here
-        unleased = [buf for n, buf in self.results.items()
-                    if not results.leased(self.leases.get(n))]
+        held = dict(zip(_OUT_SLOTS, self.last.held())) if self.last is not None else {}
+        unheld = [buf for n, buf in self.results.items() if not held.get(n)]
         resources = ([self.executor] + list(self.tensors.values()) + self.int_arrays
-                     + [self.workspace] + self.owned + unleased)
+                     + [self.workspace] + self.owned + unheld)
         self.executor = None
         self.tensors = {}
         self.int_arrays = []
         self.workspace = None
         self.owned = []
         self.results = {}
-        self.leases = {}
+        self.last = None
         for res in resources:        # executor first, then handles, then memory
             if res is None:
                 continue
@@ -286,19 +286,23 @@ class FagPlan:
             return self._results()
 
     def _results(self) -> FagGrads:
-        """The outputs as results: new DeviceArray objects over a ResultBuffer for the
-        buffers the plan allocated (aclnn_fag/acl/results.py), the caller's own arrays as
-        they are."""
+        """The outputs as results (aclnn_fag/acl/results.py): the last FagGrads again while
+        it is current, else a new one — DeviceArrays over a ResultBuffer for the buffers the
+        plan allocated (a slot's previous one when its buffer did not change), the
+        caller's own arrays as they are."""
         st = self._state
-        out = []
-        for n in _OUT_SLOTS:
-            arr = self._outputs[n]
-            real = st.results.get(n)
-            if real is not None:
-                handle, st.leases[n] = results.lease(real, st.leases.get(n))
-                arr = results.result_view(handle, arr)
-            out.append(arr)
-        return FagGrads(*out)
+        last = st.last
+        if last is not None and last.current:
+            return last.grads
+        reuse = {}
+        if last is not None:
+            for i, n in enumerate(_OUT_SLOTS):
+                prev = last.grads[i]
+                real = st.results.get(n)
+                if real is not None and last.owned[i] and prev.buffer.real is real:
+                    reuse[n] = prev
+        st.last = results.build(_OUT_SLOTS, self._outputs, st.results, reuse, FagGrads)
+        return st.last.grads
 
     @property
     def workspace_size(self) -> int:
@@ -441,14 +445,17 @@ class FagPlan:
                     raise ValueError(f"{name}: the device array has been freed")
             st = self._state
             fresh = set()
-            for name, arr in self._outputs.items():
+            held = dict(zip(_OUT_SLOTS, st.last.held() if st.last is not None
+                            else [False] * len(_OUT_SLOTS)))
+            for name, h in held.items():
+                arr = self._outputs[name]
                 if arr is None or "out:" + name in changes:
                     continue
                 real = st.results.get(name)
                 if real is None:
                     if arr.closed:
                         raise ValueError(f"{name}: the device array has been freed")
-                elif real.closed or results.leased(st.leases.get(name)):
+                elif h or real.closed:
                     # a result of the last run still holds this buffer (or freed it): write
                     # into a fresh one; zeros, as at construction (docs/faults.md)
                     changes["out:" + name] = DeviceArray.zeros(arr.shape, arr.dtype,
@@ -463,7 +470,7 @@ class FagPlan:
             try:
                 hold.acquire()
                 if changes:
-                    self._apply(b, changes, fresh)
+                    self._apply(b, changes, fresh, held)
                 if st.executor is None:
                     self._build()
                 ex = st.executor
@@ -501,9 +508,9 @@ class FagPlan:
             if t is not None:
                 t.release("raise" if strict else "warn")
 
-    def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
+    def _apply(self, b, changes: Dict[str, DeviceArray], fresh, held) -> None:
         """Point the plan at the changed arrays (``fresh``: the output slots whose new array
-        the plan allocated): repoint the executor (or forget it and the changed tensors),
+        the plan allocated; ``held``: slot -> a result of its buffer is still alive): repoint the executor (or forget it and the changed tensors),
         then record the arrays; an output buffer the plan allocated and no result holds is
         kept until close (work queued on a caller's stream may still write it). Should
         anything fail or be interrupted before the record is complete, the executor and
@@ -519,11 +526,11 @@ class FagPlan:
                     if kind == "in":
                         self._inputs[name] = arr
                         continue
+                    if st.last is not None:
+                        st.last.current = False
                     old = st.results.pop(name, None)
-                    if old is not None and not old.closed and not results.leased(
-                            st.leases.get(name)):
+                    if old is not None and not (name in fresh or held[name] or old.closed):
                         st.owned.append(old)   # the caller swapped in their own array
-                    st.leases.pop(name, None)
                     if name in fresh:
                         st.results[name] = arr.buffer
                     self._outputs[name] = arr

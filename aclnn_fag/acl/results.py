@@ -1,34 +1,46 @@
 """The arrays a :class:`~aclnn_fag.acl.plan.FagPlan` run returns: never aliased by later runs.
 
-A plan writes its outputs into device buffers it allocated. What ``run()`` returns for
-such an output is a :class:`~aclnn_fag.acl.device.DeviceArray` over a
-:class:`ResultBuffer` — a second Python handle on the same memory that the plan itself
-never holds strongly (it keeps a weak reference). Every view the caller takes of a result
-(``g.dq[..., :4]``) shares that handle, so "is any result of this buffer still alive?" is
-"is its ResultBuffer still alive?", a weak-reference check with no native call:
+A plan writes its outputs into device buffers it allocated. What ``run()`` returns for such
+an output is a :class:`~aclnn_fag.acl.device.DeviceArray` over a :class:`ResultBuffer` — a
+second Python handle on the same memory, so that every view the caller takes of a result
+(``g.dq[..., :4]``) refers to that handle, never to the plan's own buffer object. The plan
+keeps the last returned FagGrads (:class:`LastResults`) and, before the next run, asks
+whether anybody else still refers to it, to one of its arrays or to one of their
+ResultBuffers (:meth:`LastResults.held`):
 
-* alive at the next run: the plan hands the buffer over (it stops owning it; the
-  ResultBuffer keeps it alive and the memory is freed when the last result dies, through
-  the buffer's own ownership claim) and writes into a fresh zero-filled buffer;
-* gone: the plan writes into the same buffer again (the common loop
-  ``for ...: plan.run()`` allocates nothing per run);
-* at ``close()`` or garbage collection of the plan: buffers with live results are left to
-  them; the others are freed with the plan.
+* held: the plan hands that output's buffer over (it stops owning it; the results keep it
+  alive and it is freed when the last of them dies, through the buffer's own ownership
+  claim) and writes the run into a fresh zero-filled buffer;
+* not held: the run writes into the same buffer and returns the same objects again (the
+  loop ``for ...: plan.run()`` allocates nothing per run);
+* at ``close()`` or garbage collection of the plan: held buffers are left to the results;
+  the others are freed with the plan.
 
-The memory's release stays with the one :class:`~aclnn_fag.acl.runtime.DeviceBuffer` that
-allocated it (its :class:`~aclnn_fag.acl.ownership.Claim`): handing over moves Python
-references only, so an interrupt at any bytecode neither leaks nor frees it twice.
+"Anybody else refers to it" is a reference count above the plan's own references
+(CPython's ``sys.getrefcount``, calibrated at import with the same helper, so that the
+interpreter's own stack references cancel out). A count can only be too high (a traceback
+or debugger holding a result), which costs a fresh buffer, never an overwritten result.
+Handing over moves Python references only: an interrupt at any bytecode neither leaks the
+memory nor frees it twice.
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import Optional
+import sys
+from typing import Dict, List, Optional, Sequence
 
 from .device import DeviceArray
 from .runtime import DeviceBuffer
 
-__all__ = ["ResultBuffer", "lease", "leased", "result_view"]
+__all__ = ["ResultBuffer", "LastResults", "result_view"]
+
+
+_refs = sys.getrefcount
+_PROBE = [object()]
+# the count of an object held by exactly one container slot, read as ``_refs(c[k])`` (the
+# shape every check below has: the object is never bound to a name while counted)
+_BASE = _refs(_PROBE[0])
+del _PROBE
 
 
 class ResultBuffer(DeviceBuffer):
@@ -58,27 +70,60 @@ class ResultBuffer(DeviceBuffer):
         return f"<ResultBuffer of {self.real!r}>"
 
 
-def leased(ref: Optional[weakref.ref]) -> bool:
-    """True when a result over the buffer is still alive (``ref``: the plan's weak reference
-    to the buffer's ResultBuffer, or None when no run returned it)."""
-    return ref is not None and ref() is not None
-
-
-def lease(real: DeviceBuffer, ref: Optional[weakref.ref]):
-    """(the live ResultBuffer of ``real``, its weak reference): the existing one when a
-    result still holds it, else a new one."""
-    handle = None if ref is None else ref()
-    if handle is None:
-        handle = ResultBuffer(real)
-        ref = weakref.ref(handle)
-    return handle, ref
-
-
-def result_view(handle: ResultBuffer, like: DeviceArray) -> DeviceArray:
-    """A new DeviceArray over ``handle`` with the view of ``like`` (a valid array over the
-    same memory: the invariants of DeviceArray.__init__ hold, so they are not re-checked —
-    this runs for every output of every run)."""
+def result_view(real: DeviceBuffer, like: DeviceArray) -> DeviceArray:
+    """A new DeviceArray with the view of ``like`` (a valid array over ``real``) over a new
+    ResultBuffer of ``real`` (DeviceArray.__init__'s checks hold already: not re-run)."""
     arr = object.__new__(DeviceArray)
-    arr.buffer, arr.shape, arr.dtype = handle, like.shape, like.dtype
+    arr.buffer, arr.shape, arr.dtype = ResultBuffer(real), like.shape, like.dtype
     arr.strides, arr.offset = like.strides, like.offset
     return arr
+
+
+class LastResults:
+    """The FagGrads a plan returned last, and which of its outputs somebody still holds.
+
+    ``slots`` names the fields; ``owned`` (per field) tells which arrays are over a
+    ResultBuffer (the plan's buffers) rather than the caller's own arrays."""
+
+    __slots__ = ("_box", "owned", "current")
+
+    def __init__(self, grads, owned: Sequence[bool]) -> None:
+        self._box = [grads]          # the plan's one reference to the tuple
+        self.owned = tuple(owned)
+        self.current = True          # False once an output array of the plan changed
+
+    @property
+    def grads(self):
+        return self._box[0]
+
+    def held(self) -> List[bool]:
+        """Per field: True when anything besides this record refers to the returned tuple,
+        to that field's array or (through a view or directly) to its ResultBuffer."""
+        box, base = self._box, _BASE
+        if _refs(box[0]) > base:
+            return [True] * len(self.owned)
+        g = box[0]
+        out = []
+        i = 0
+        for own in self.owned:
+            out.append(own and (_refs(g[i]) > base or _refs(g[i].buffer) > base))
+            i += 1
+        return out
+
+
+def build(slots: Sequence[str], arrays: Dict[str, Optional[DeviceArray]],
+          reals: Dict[str, DeviceBuffer], reuse: Dict[str, DeviceArray], factory):
+    """A new LastResults: for each slot the caller's array (``arrays[slot]``, when the plan
+    does not own the slot), the previous result array when given in ``reuse``, else a new
+    result view over the plan's buffer ``reals[slot]``."""
+    out, owned = [], []
+    for n in slots:
+        real = reals.get(n)
+        if real is None:
+            out.append(arrays[n])
+            owned.append(False)
+        else:
+            prev = reuse.get(n)
+            out.append(prev if prev is not None else result_view(real, arrays[n]))
+            owned.append(True)
+    return LastResults(factory(*out), owned)

@@ -150,15 +150,21 @@ def test_caller_outputs_are_written_in_place(prob, new_dy, kind, no_leaks):
     my_dq.free(), my_dk.free()
 
 
-def test_a_kept_view_of_a_result_is_not_overwritten(prob, new_dy, no_leaks):
+def test_a_kept_array_or_view_of_a_result_is_not_overwritten(prob, new_dy, no_leaks):
     first = _raw(prob)
     with _plan(prob) as plan, DeviceArray.from_numpy(new_dy) as dy2:
         head = plan.run().dq[:, :1]            # only a view survives the statement
         tail = plan.outputs.dv[2:]
+        dk = plan.run().dk                     # only one array of the FagGrads
+        dk_rope_buffer = plan.run().dk_rope.buffer
         plan.run(dy=dy2)
         plan.run()
         np.testing.assert_array_equal(_bits(head), _bits(first.dq[:, :1]))
         np.testing.assert_array_equal(_bits(tail), _bits(first.dv[2:]))
+        np.testing.assert_array_equal(_bits(dk), _bits(first.dk))
+        got = np.empty(first.dk_rope.shape, BF16)
+        dk_rope_buffer.download(got)
+        np.testing.assert_array_equal(got.view(np.uint16), _bits(first.dk_rope))
 
 
 def test_numpy_results_are_independent(prob, new_dy, no_leaks):
