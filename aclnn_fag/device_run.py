@@ -56,9 +56,8 @@ def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
     if kind == operands.NPU:
         tensors = {out: query_obj.new_empty(shapes[out], dtype=query_obj.dtype)
                    for out in shapes}
-        outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), shapes[out], BF16,
-                                              tuple(int(s) for s in t.stride()), device_id=dev,
-                                              owner=t)
+        outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), shapes[out], BF16, t.stride(),
+                                              device_id=dev, owner=t)
                 for out, t in tensors.items()}
         if call.empty_result:
             for da in outs.values():

@@ -248,7 +248,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     stack = contextlib.ExitStack()
     ok = False
     try:
-        hold = runtime.DeterminismHold(dev, deterministic)
+        hold = runtime.call_hold(dev, deterministic)
         stack.callback(hold.release)            # registered before the hold is taken
         hold.acquire()
 

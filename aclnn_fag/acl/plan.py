@@ -221,7 +221,7 @@ class FagPlan:
                 elif not isinstance(out, DeviceArray):
                     raise TypeError(f"output {n!r} must be a DeviceArray or None")
                 self._outputs[n] = out
-            hold = runtime.DeterminismHold(self.device_id, self.deterministic)
+            hold = runtime.call_hold(self.device_id, self.deterministic)
             try:
                 hold.acquire()
                 self._build()
@@ -466,7 +466,7 @@ class FagPlan:
             caller_stream = stream is not None
             stream = (runtime.resolve_stream(stream) if caller_stream
                       else runtime.stream(self.device_id))
-            hold = runtime.DeterminismHold(self.device_id, self.deterministic)
+            hold = runtime.call_hold(self.device_id, self.deterministic)
             try:
                 hold.acquire()
                 if changes:
