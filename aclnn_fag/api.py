@@ -13,7 +13,7 @@ from . import blas, operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
-from .validate import validate_backward, validate_forward
+from .validate import _stacklevel, validate_backward, validate_forward
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
@@ -48,7 +48,7 @@ def _warn_fallback(status) -> None:
     warnings.warn(f"backend='auto': the CANN libraries are installed but NPU device {dev} cannot "
                   f"be used: {status.reason}; running the NumPy reference instead (pass "
                   f"backend='npu' to get an error, or backend='numpy' to silence this)",
-                  NpuFallbackWarning, stacklevel=4)
+                  NpuFallbackWarning, stacklevel=_stacklevel())
 
 
 def last_backend():
@@ -189,13 +189,7 @@ def flash_attention_unpadding_score_grad_v3(
         atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
         attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
         padding_mask=padding_mask, softmax_in=softmax_in))
-    on_device = kind in operands.DEVICE_KINDS
-    name = _device_backend(backend, precision) if on_device else resolve_backend(backend, precision)
-    if check_data is None:
-        check_data = not (on_device and stream is not None)
-    elif check_data and on_device and stream is not None:
-        from .acl import runtime
-        runtime.synchronize_stream(stream, t["query"].device_id)   # the data must be ready
+    on_device, name, check_data = _call_setup(kind, t, backend, precision, check_data, stream)
     call = validate_backward(
         t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"], t["dy"],
         atten_mask=t["atten_mask"], softmax_max=t["softmax_max"], softmax_sum=t["softmax_sum"],
@@ -222,6 +216,21 @@ def flash_attention_unpadding_score_grad_v3(
     return grads
 
 
+def _call_setup(kind, t, backend, precision, check_data, stream):
+    """(on_device, backend name, check_data) of one public call: device-resident inputs
+    always run on the NPU; ``check_data`` None means True except for device-resident inputs
+    with a caller's stream (their data may still be being written by queued work), and True
+    there synchronises that stream once first."""
+    on_device = kind in operands.DEVICE_KINDS
+    name = _device_backend(backend, precision) if on_device else resolve_backend(backend, precision)
+    if check_data is None:
+        check_data = not (on_device and stream is not None)
+    elif check_data and on_device and stream is not None:
+        from .acl import runtime
+        runtime.synchronize_stream(stream, t["query"].device_id)   # the data must be ready
+    return on_device, name, check_data
+
+
 def _device_backend(backend, precision) -> str:
     """The backend for device-resident inputs: always "npu" (they cannot run on NumPy)."""
     if backend not in BACKENDS:
@@ -239,14 +248,19 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1,
                             pse_shift=None, drop_mask=None, padding_mask=None, prefix=None,
                             q_start_idx=None, kv_start_idx=None, backend="auto",
-                            precision="device", deterministic=False,
-                            check_data=True) -> FagForward:
+                            precision="device", deterministic=False, check_data=None,
+                            stream=None) -> FagForward:
     """aclnnFlashAttentionVarLenScoreV3: the forward the backward differentiates, on the NPU
     or the NumPy reference (docs/forward.md).
 
     query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D], key_rope [T2, N2, Dr], value
-    [T2, N2, Dv]: bfloat16, numpy arrays or torch CPU tensors (then the results are torch CPU
-    tensors, no copies). check_data: as for ``flash_attention_unpadding_score_grad_v3``. atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
+    [T2, N2, Dv]: bfloat16. Kinds, one per call, as for the backward: numpy arrays, torch CPU
+    tensors (torch CPU results, no copies), or device-resident ``aclnn_fag.acl.DeviceArray``
+    / NPU tensors, used in place on the NPU (results are DeviceArrays, or NPU tensors made
+    with ``query.new_empty``: attention_out bf16, the statistics float32). check_data and
+    stream: as for ``flash_attention_unpadding_score_grad_v3`` (with a caller's stream and
+    device-resident inputs the call only enqueues; the results are ready when that stream
+    gets there). atten_mask, actual_seq_qlen, actual_seq_kvlen, scale_value,
     pre_tokens, next_tokens, head_num, sparse_mode, inner_precise, input_layout, keep_prob
     (must be 1), pse_type (must be 1): as for ``flash_attention_unpadding_score_grad_v3``.
     pse_shift and drop_mask must be None; padding_mask and prefix are accepted and ignored
@@ -266,23 +280,26 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     output 0 (FullyMaskedRowWarning on the NumPy backend). Invalid arguments raise the
     forward's status codes (161001/161002) in its order (docs/forward.md, "Validation").
     """
-    name = resolve_backend(backend, precision)
     kind, t = operands.convert_inputs(dict(query=query, query_rope=query_rope, key=key,
-                                           key_rope=key_rope, value=value, atten_mask=atten_mask))
-    if kind in operands.DEVICE_KINDS:
-        raise BackendUnavailableError("flash_attention_forward takes host inputs only in this "
-                                      "version: pass numpy arrays or torch CPU tensors (the "
-                                      "NPU backend uploads them)", code=361001, param="query")
+                                           key_rope=key_rope, value=value, atten_mask=atten_mask,
+                                           pse_shift=pse_shift, drop_mask=drop_mask,
+                                           padding_mask=padding_mask))
+    on_device, name, check_data = _call_setup(kind, t, backend, precision, check_data, stream)
     call = validate_forward(t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"],
                             atten_mask=t["atten_mask"], actual_seq_qlen=actual_seq_qlen,
                             actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value,
                             keep_prob=keep_prob, pre_tokens=pre_tokens, next_tokens=next_tokens,
                             head_num=head_num, input_layout=input_layout,
                             inner_precise=inner_precise, sparse_mode=sparse_mode,
-                            pse_type=pse_type, pse_shift=pse_shift, drop_mask=drop_mask,
-                            padding_mask=padding_mask, prefix=prefix, q_start_idx=q_start_idx,
+                            pse_type=pse_type, pse_shift=t["pse_shift"],
+                            drop_mask=t["drop_mask"], padding_mask=t["padding_mask"],
+                            prefix=prefix, q_start_idx=q_start_idx,
                             kv_start_idx=kv_start_idx, deterministic=deterministic,
                             check_data=check_data)
+    if on_device:
+        from .device_run import run_forward_on_device
+        _last.name = name
+        return run_forward_on_device(call, kind, query, stream)
     if name == "npu" and backend != "npu":
         from . import acl
         if not acl.forward_available():
@@ -297,7 +314,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
             out = attention_forward(call, precision)
     else:
         from . import acl
-        out = acl.run_forward(call)
+        out = acl.run_forward(call, stream=stream)
     if kind == operands.TORCH:
         out = FagForward(*(operands.to_torch(x) for x in out))
     return out

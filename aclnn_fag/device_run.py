@@ -2,9 +2,10 @@
 the device.
 
 * DeviceArray inputs: the results are new DeviceArrays (owned by the returned objects).
-* NPU tensors (``aclnn_fag.operands``): each result is ``query.new_empty(shape,
-  dtype=query.dtype)`` -- the caller's allocator owns it -- and the op writes into it
-  through a DeviceArray over its memory. The results are returned as those tensors.
+* NPU tensors (``aclnn_fag.operands``): each result is ``query.new_empty(shape, dtype=...)``
+  (bf16 results take ``query.dtype``, the forward's float32 statistics the float32 of the
+  query's framework) -- the caller's allocator owns it -- and the op writes into it through
+  a DeviceArray over its memory. The results are returned as those tensors.
 
 All inputs must live on one device; the op runs there.
 """
@@ -15,9 +16,9 @@ import ml_dtypes
 import numpy as np
 
 from . import operands
-from .call import FagGrads
+from .call import FagForward, FagGrads
 
-__all__ = ["run_backward_on_device", "call_device"]
+__all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 _GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
@@ -48,24 +49,67 @@ def _zero(da) -> None:
     check(b, b.aclrtMemset(ptr, da.nbytes, 0, da.nbytes), "aclrtMemset")
 
 
-def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    from .acl import DeviceArray, run_backward
-    dev = call_device(call, ("query", "query_rope", "key", "key_rope", "value", "dy",
-                             "atten_mask", "softmax_max", "softmax_sum", "attention_in"))
-    shapes = {out: tuple(getattr(call, src).shape) for out, src in _GRAD_LIKE}
+def _framework_dtype(like, name: str):
+    """The dtype called ``name`` (e.g. "float32") of the framework of the tensor dtype ``like``
+    (torch for torch_npu tensors), looked up without importing it: the module of ``like``'s
+    type, else an already imported ``torch``."""
+    import sys
+    for mod in (sys.modules.get(type(like).__module__), sys.modules.get("torch")):
+        dt = getattr(mod, name, None)
+        if dt is not None and str(dt) == f"torch.{name}":
+            return dt
+    raise TypeError(f"cannot find the {name} dtype of the framework of {like!r} (torch is not "
+                    "imported)")
+
+
+def _run_on_device(call, kind: str, query_obj, specs, run, names):
+    """Run one op on device-resident inputs; ``specs``: output -> (shape, numpy dtype), in
+    result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
+    DeviceArray to write into) and returns its results. Returns the outputs in order: NPU
+    tensors from ``query_obj.new_empty`` for NPU inputs, else new DeviceArrays."""
+    from .acl import DeviceArray
+    dev = call_device(call, names)
     if kind == operands.NPU:
-        tensors = {out: query_obj.new_empty(shapes[out], dtype=query_obj.dtype)
-                   for out in shapes}
-        outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), shapes[out], BF16,
-                                              tuple(int(s) for s in t.stride()), device_id=dev,
-                                              owner=t)
+        tensors = {}
+        for out, (shape, dt) in specs.items():
+            tdt = query_obj.dtype if dt == BF16 else _framework_dtype(
+                query_obj.dtype, operands.torch_dtype_name(dt)[len("torch."):])
+            tensors[out] = query_obj.new_empty(shape, dtype=tdt)
+        outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), specs[out][0], specs[out][1],
+                                              t.stride(), device_id=dev, owner=t)
                 for out, t in tensors.items()}
         if call.empty_result:
             for da in outs.values():
                 _zero(da)
         else:
-            run_backward(call, device_id=dev, outputs=outs, keep_on_device=True, stream=stream)
-        return FagGrads(*(tensors[out] for out, _ in _GRAD_LIKE))
+            run(dev, outs)
+        return [tensors[out] for out in specs]
     if call.empty_result:
-        return FagGrads(*(DeviceArray.zeros(shapes[out], BF16, dev) for out, _ in _GRAD_LIKE))
-    return run_backward(call, device_id=dev, keep_on_device=True, stream=stream)
+        return [DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
+    return list(run(dev, None))
+
+
+def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
+    from .acl import run_backward
+    specs = {out: (tuple(getattr(call, src).shape), BF16) for out, src in _GRAD_LIKE}
+    return FagGrads(*_run_on_device(
+        call, kind, query_obj, specs,
+        lambda dev, outs: run_backward(call, device_id=dev, outputs=outs, keep_on_device=True,
+                                       stream=stream),
+        ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask", "softmax_max",
+         "softmax_sum", "attention_in")))
+
+
+def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
+    """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
+    statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
+    from .acl import run_forward
+    t1, n1 = call.query.shape[0], call.query.shape[1]
+    stats = ((t1, n1, 8), np.dtype(np.float32))
+    specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),
+             "softmax_max": stats, "softmax_sum": stats}
+    return FagForward(*_run_on_device(
+        call, kind, query_obj, specs,
+        lambda dev, outs: run_forward(call, device_id=dev, outputs=outs, keep_on_device=True,
+                                      stream=stream),
+        ("query", "query_rope", "key", "key_rope", "value", "atten_mask")))

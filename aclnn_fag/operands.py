@@ -126,11 +126,11 @@ def _npu_to_device_array(name: str, t):
             raise ValueError(f"parameter '{name}' has the private NPU storage format {fmt} (its "
                              "memory is not plain strided memory); convert it with "
                              "torch_npu.npu_format_cast(t, 2) (ND)")
-    dt = numpy_dtype_of_torch(t.dtype, name)
+    dt = _TORCH_TO_NUMPY.get(str(t.dtype)) or numpy_dtype_of_torch(t.dtype, name)
     index = t.device.index
-    return DeviceArray.from_pointer(int(t.data_ptr()), tuple(int(d) for d in t.shape), dt,
-                                    tuple(int(s) for s in t.stride()),
-                                    device_id=0 if index is None else int(index), owner=t)
+    # from_pointer takes each value through operator.index (ints, torch.Size entries)
+    return DeviceArray.from_pointer(int(t.data_ptr()), t.shape, dt, t.stride(),
+                                    device_id=0 if index is None else index, owner=t)
 
 
 def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:

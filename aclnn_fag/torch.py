@@ -2,9 +2,13 @@
 
 ``varlen_attention(q, q_rope, k, k_rope, v, actual_seq_qlen=..., scale_value=...)`` returns
 the attention output and, on ``backward()``, the gradients of q, q_rope, k, k_rope and v,
-computed by this package: the forward and the backward op (aclnnFlashAttentionUnpadding-
-ScoreGradV3) on the NPU for NPU tensors, the NumPy reference (device precision: the
-device's bf16 rounding points) for CPU tensors. It is a drop-in for a model's attention::
+computed by this package: for NPU tensors (torch_npu) the forward op
+(aclnnFlashAttentionVarLenScoreV3) and the backward op (aclnnFlashAttentionUnpadding-
+ScoreGradV3) on the NPU, in place and on the caller's current stream
+(``torch.npu.current_stream()`` when torch_npu is there; only enqueued, never
+synchronised), the statistics kept on the device between the two; for CPU tensors the
+backend ``backend`` chooses (the NumPy reference in device precision -- the device's bf16
+rounding points -- when there is no NPU). It is a drop-in for a model's attention::
 
     from aclnn_fag.torch import varlen_attention
     out = varlen_attention(q, q_rope, k, k_rope, v, actual_seq_qlen=ends,
@@ -13,8 +17,11 @@ device's bf16 rounding points) for CPU tensors. It is a drop-in for a model's at
 
 Tensors: bf16 ``[T, N, D]`` (TND, cumulative ends without a leading 0, see the README);
 GQA when k/v have fewer heads. ``atten_mask`` None gives the compressed causal mask for
-sparse modes 2/3/4/7/8 and an all-zero ``[maxSq, maxSkv]`` mask for modes 0/1. The softmax
-statistics are kept for the backward (saved tensors), as flash-attention does.
+sparse modes 2/3/4/7/8 and an all-zero ``[maxSq, maxSkv]`` mask for modes 0/1 (on the NPU:
+made once per device and shape with ``q.new_empty`` and kept, see ``_default_mask``). The
+softmax statistics are kept for the backward (saved tensors), as flash-attention does.
+NPU tensors are used only through the protocol of ``aclnn_fag.operands``; torch_npu is
+never imported (its stream is found as ``torch.npu.current_stream``).
 
 Importing this module imports torch; ``import aclnn_fag`` does not.
 """
@@ -26,27 +33,65 @@ from typing import Optional
 import numpy as np
 import torch
 
-from . import api, masks
+from . import api, masks, operands
 from .call import INT32_MAX
 from .semantics.sparse import COMPRESSED_MODES
 
 __all__ = ["FlashAttentionVarlenRope", "varlen_attention"]
 
 _MASK_CACHE: dict = {}
+_NPU_ZERO_MASKS = 16          # all-zero NPU masks kept per process (the newest shapes)
 
 
-def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen) -> torch.Tensor:
+def current_stream(t):
+    """torch_npu's current stream of an NPU tensor's device (``torch.npu.current_stream``,
+    found by duck typing), or None: on CPU tensors or without torch_npu."""
+    if not operands.is_npu_tensor(t):
+        return None
+    current = getattr(getattr(torch, "npu", None), "current_stream", None)
+    return None if current is None else current(t.device)
+
+
+def _npu_mask(q: torch.Tensor, host: np.ndarray, stream) -> torch.Tensor:
+    """A uint8 NPU tensor holding ``host``: made with ``q.new_empty`` (the caller's allocator)
+    and filled by a host-to-device copy. The new block may have been freed by work still
+    queued on ``stream`` (caching allocators reuse blocks in stream order), and the copy is
+    not stream-ordered, so that stream is synchronised first -- once per cached mask."""
+    from . import acl
+    m = q.new_empty(host.shape, dtype=torch.uint8)
+    dev = 0 if m.device.index is None else int(m.device.index)
+    if stream is not None:
+        acl.runtime.synchronize_stream(stream, dev)
+    acl.DeviceArray.from_pointer(int(m.data_ptr()), host.shape, np.uint8,
+                                 tuple(int(x) for x in m.stride()), device_id=dev,
+                                 owner=m).copy_from_numpy(host)
+    return m
+
+
+def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen, stream=None) -> torch.Tensor:
+    npu = operands.is_npu_tensor(q)
     if sparse_mode in COMPRESSED_MODES:
-        key = (str(q.device), "compressed")
+        key = (q.device.type, q.device.index, "compressed")
         m = _MASK_CACHE.get(key)
         if m is None:
-            m = torch.from_numpy(masks.compressed_causal_mask().copy()).to(q.device)
+            host = masks.compressed_causal_mask()
+            m = _npu_mask(q, host, stream) if npu else torch.from_numpy(host.copy()).to(q.device)
             _MASK_CACHE[key] = m
         return m
     lens_q = np.diff(np.concatenate([[0], np.asarray(qlen, dtype=np.int64)]))
     lens_kv = np.diff(np.concatenate([[0], np.asarray(kvlen, dtype=np.int64)]))
-    return torch.zeros((int(max(lens_q.max(), 1)), int(max(lens_kv.max(), 1))),
-                       dtype=torch.uint8, device=q.device)
+    shape = (int(max(lens_q.max(), 1)), int(max(lens_kv.max(), 1)))
+    if not npu:
+        return torch.zeros(shape, dtype=torch.uint8, device=q.device)
+    key = (q.device.type, q.device.index, shape)
+    m = _MASK_CACHE.pop(key, None)
+    if m is None:
+        m = _npu_mask(q, np.zeros(shape, np.uint8), stream)
+        zero_keys = [k for k in _MASK_CACHE if k[2] != "compressed"]
+        for old in zero_keys[:max(0, len(zero_keys) - _NPU_ZERO_MASKS + 1)]:
+            del _MASK_CACHE[old]     # the oldest (torch_npu frees in stream order)
+    _MASK_CACHE[key] = m             # (re)inserted as the newest
+    return m
 
 
 class FlashAttentionVarlenRope(torch.autograd.Function):
@@ -55,12 +100,14 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, q_rope, k, k_rope, v, atten_mask, options: dict):
+        stream = options["stream"] if options["stream"] is not None else current_stream(q)
         fwd = api.flash_attention_forward(
             q, q_rope, k, k_rope, v, atten_mask=atten_mask,
             actual_seq_qlen=options["actual_seq_qlen"],
             actual_seq_kvlen=options["actual_seq_kvlen"], scale_value=options["scale_value"],
             pre_tokens=options["pre_tokens"], next_tokens=options["next_tokens"],
-            sparse_mode=options["sparse_mode"], check_data=options["check_data"])
+            sparse_mode=options["sparse_mode"], backend=options["backend"],
+            check_data=options["check_data"], stream=stream)
         ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, fwd.attention_out,
                               fwd.softmax_max, fwd.softmax_sum)
         ctx.options = options
@@ -70,6 +117,7 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, q_rope, k, k_rope, v, mask, out, smax, ssum = ctx.saved_tensors
         o = ctx.options
+        stream = o["stream"] if o["stream"] is not None else current_stream(q)
         dy = grad_out.to(q.dtype).contiguous()
         g = api.flash_attention_unpadding_score_grad_v3(
             q.detach(), q_rope.detach(), k.detach(), k_rope.detach(), v.detach(), dy,
@@ -77,7 +125,7 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
             actual_seq_qlen=o["actual_seq_qlen"], actual_seq_kvlen=o["actual_seq_kvlen"],
             scale_value=o["scale_value"], pre_tokens=o["pre_tokens"],
             next_tokens=o["next_tokens"], sparse_mode=o["sparse_mode"], backend=o["backend"],
-            check_data=o["check_data"], stream=o["stream"])
+            check_data=o["check_data"], stream=stream)
         return g.dq, g.dq_rope, g.dk, g.dk_rope, g.dv, None, None
 
 
@@ -88,11 +136,13 @@ def varlen_attention(q, q_rope, k, k_rope, v, *, actual_seq_qlen, actual_seq_kvl
                      check_data=None, stream=None) -> torch.Tensor:
     """Attention output [T1, N1, Dv] of varlen attention with rope parts; differentiable in
     q, q_rope, k, k_rope and v (see the module docstring). ``actual_seq_kvlen`` None means
-    the query ends. ``backend``/``check_data``/``stream`` go to the backward op."""
+    the query ends. ``backend``/``check_data``/``stream`` go to both ops; ``stream`` None
+    means torch_npu's current stream for NPU tensors (at the time each op runs)."""
     qlen = [int(x) for x in actual_seq_qlen]
     kvlen = qlen if actual_seq_kvlen is None else [int(x) for x in actual_seq_kvlen]
     if atten_mask is None:
-        atten_mask = _default_mask(q, sparse_mode, qlen, kvlen)
+        atten_mask = _default_mask(q, sparse_mode, qlen, kvlen,
+                                   stream if stream is not None else current_stream(q))
     options = dict(actual_seq_qlen=qlen, actual_seq_kvlen=kvlen, scale_value=float(scale_value),
                    sparse_mode=int(sparse_mode), pre_tokens=int(pre_tokens),
                    next_tokens=int(next_tokens), backend=backend, check_data=check_data,

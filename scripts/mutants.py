@@ -520,4 +520,18 @@ MUTANTS = [
            "stub accepts 257 heads (S3)"),
     Mutant("stub-row-ok", "stub", C, "                row_ok[i] = (char)any;", "                row_ok[i] = 1;",
            "stub fully masked rows contribute P = 1/FLT_MAX instead of 0"),
+    # the forward on device-resident inputs and aclnn_fag.torch on NPU tensors
+    Mutant("fwd-device-stream", "acl", A + "op.py",
+           "stream=stream, keep_on_device=keep_on_device, op=FORWARD)",
+           "keep_on_device=keep_on_device, op=FORWARD)",
+           "the device forward ignores stream= (runs and synchronises on the package's stream)",
+           ("tests/acl/test_device_forward.py",)),
+    Mutant("fwd-device-stats-dtype", "acl", "aclnn_fag/device_run.py",
+           "stats = ((t1, n1, 8), np.dtype(np.float32))", "stats = ((t1, n1, 8), BF16)",
+           "the device forward's statistics are bf16 tensors", ("tests/acl/test_device_forward.py",)),
+    Mutant("torch-npu-stream", "acl", "aclnn_fag/torch.py",
+           'stream = o["stream"] if o["stream"] is not None else current_stream(q)',
+           'stream = o["stream"]',
+           "varlen_attention's backward on NPU tensors ignores torch_npu's current stream",
+           ("tests/torch/test_npu_autograd.py",)),
 ]

@@ -20,6 +20,7 @@ buffer (``tensorData`` NULL).
 
 from __future__ import annotations
 
+import math
 import operator
 import time
 from typing import List, Optional, Sequence, Tuple
@@ -27,7 +28,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from .runtime import DeviceBuffer
-from .tensors import acl_dtype
+from .tensors import ACL_DTYPES, acl_dtype
 
 __all__ = ["DeviceArray", "ForeignBuffer", "upload_arrays", "contiguous_strides"]
 
@@ -93,11 +94,12 @@ class ForeignBuffer(DeviceBuffer):
 
 
 _BASE_ALIGN = 32
+_prod = math.prod
 
 
 def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
     try:
-        out = tuple(operator.index(v) for v in values)
+        out = tuple(map(operator.index, values))
     except TypeError:
         raise TypeError(f"parameter '{name}' must be a sequence of ints, got {values!r}") from None
     return out
@@ -188,37 +190,35 @@ class DeviceArray:
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
         dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
-        acl_dtype(dt)
-        if any(d < 0 for d in shape):
+        if dt not in ACL_DTYPES:
+            acl_dtype(dt)               # TypeError for an unsupported dtype
+        if shape and min(shape) < 0:
             raise ValueError(f"parameter 'shape' has a negative dimension: {shape}")
         strides = contiguous_strides(shape) if strides is None else _check_int_tuple("strides", strides)
         if len(strides) != len(shape):
             raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension of {shape}")
-        if any(s < 0 for d, s in zip(shape, strides) if d > 1):
+        kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
+        if kept and min(kept) < 0:
             raise ValueError(f"parameter 'strides' must be non-negative (element strides), got {strides}")
         device_id = operator.index(device_id)
         if device_id < 0:
             raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
         isz = dt.itemsize
-        n = 1
-        for d in shape:
-            n *= d
-        if n == 0:
-            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt,
-                       [s if d > 1 else 0 for d, s in zip(shape, strides)] or None, 0)
+        if _prod(shape) == 0:
+            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt, kept or None, 0)
         if ptr <= 0:
             raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
         if ptr % isz:
             raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
         base = ptr - ptr % _BASE_ALIGN
         offset = (ptr - base) // isz
-        strides = _unit_strides(shape, [s if d > 1 else 0 for d, s in zip(shape, strides)])
-        span = sum((d - 1) * s for d, s in zip(shape, strides)) + 1
+        span = sum(map(operator.mul, shape, kept)) - sum(kept) + 1    # sum((d - 1) * s) + 1
         buf = ForeignBuffer(base, (offset + span) * isz, device_id, owner)
         # every invariant of __init__ holds by construction (non-negative strides, the view
         # inside the buffer): set the fields directly (this runs per tensor per call)
         self = object.__new__(cls)
-        self.buffer, self.shape, self.dtype, self.strides, self.offset = buf, shape, dt, strides, offset
+        self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, offset
+        self.strides = _unit_strides(shape, kept)
         return self
 
     # ---- properties

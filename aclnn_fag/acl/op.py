@@ -248,7 +248,7 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     stack = contextlib.ExitStack()
     ok = False
     try:
-        hold = runtime.DeterminismHold(dev, deterministic)
+        hold = runtime.call_hold(dev, deterministic)
         stack.callback(hold.release)            # registered before the hold is taken
         hold.acquire()
 
@@ -500,21 +500,25 @@ def _forward_outputs(t1, n1, dv) -> dict:
 
 
 def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
-                timings: Optional[dict] = None) -> FagForward:
+                timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
+                keep_on_device: bool = False, stream=None) -> FagForward:
     """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU.
 
     Returns FagForward(attention_out bf16 [T1, N1, Dv], softmax_max, softmax_sum float32
     [T1, N1, 8]) exactly as the device wrote them: the statistics in the device layout
-    (per batch [N1, Sq_b, 8] blocks), ready for the backward. ``timings`` as run_backward.
+    (per batch [N1, Sq_b, 8] blocks), ready for the backward. ``timings``, ``outputs``
+    (slot attention_out / softmax_max / softmax_sum -> DeviceArray to write into),
+    ``keep_on_device`` and ``stream``: as run_backward.
     """
     _require_forward()
     inputs = {n: getattr(call, n, None) for n in FWD_INPUT_SLOTS}
     int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
     t1, n1 = call.query.shape[0], call.query.shape[1]
-    outputs = _forward_outputs(t1, n1, call.value.shape[2])
-    res = _execute(inputs, int_arrays, _attrs(call), outputs,
+    slots = _forward_outputs(t1, n1, call.value.shape[2])
+    slots.update({n: a for n, a in (outputs or {}).items() if a is not None})
+    res = _execute(inputs, int_arrays, _attrs(call), slots,
                    deterministic=bool(call.deterministic), device_id=device_id, timings=timings,
-                   op=FORWARD)
+                   stream=stream, keep_on_device=keep_on_device, op=FORWARD)
     return FagForward(res["attention_out"], res["softmax_max"], res["softmax_sum"])
 
 

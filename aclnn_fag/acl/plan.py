@@ -205,7 +205,7 @@ class FagPlan:
                 elif not isinstance(out, DeviceArray):
                     raise TypeError(f"output {n!r} must be a DeviceArray or None")
                 self._outputs[n] = out
-            hold = runtime.DeterminismHold(self.device_id, self.deterministic)
+            hold = runtime.call_hold(self.device_id, self.deterministic)
             try:
                 hold.acquire()
                 self._build()
@@ -402,7 +402,7 @@ class FagPlan:
             stream = (runtime.resolve_stream(stream) if caller_stream
                       else runtime.stream(self.device_id))
             st = self._state
-            hold = runtime.DeterminismHold(self.device_id, self.deterministic)
+            hold = runtime.call_hold(self.device_id, self.deterministic)
             try:
                 hold.acquire()
                 if changes:

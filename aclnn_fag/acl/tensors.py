@@ -205,6 +205,10 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
     return first
 
 
+_INT64_ARRAYS = tuple(c_int64 * n for n in range(17))    # the ctypes array types, made once
+_INT64_ONE = _INT64_ARRAYS[1]
+
+
 class HandleBatch(runtime.NativeResource):
     """The aclTensor and aclIntArray handles of one call, created on the fast path (values
     taken from validated DeviceArrays and int tuples) and destroyed together, exactly once
@@ -226,11 +230,14 @@ class HandleBatch(runtime.NativeResource):
         buf = array.buffer
         if buf.closed:
             raise ValueError("the device array's buffer has been freed")
-        shape, strides = array.shape, array.strides
+        shape, dt = array.shape, array.dtype
         n = len(shape)
-        arr_t = c_int64 * n
-        args = (arr_t(*shape), n, acl_dtype(array.dtype), arr_t(*strides), array.offset, FORMAT_ND,
-                (c_int64 * 1)(buf.nbytes // array.dtype.itemsize), 1, buf.ptr)
+        arr_t = _INT64_ARRAYS[n] if n < len(_INT64_ARRAYS) else c_int64 * n
+        code = ACL_DTYPES.get(dt)
+        if code is None:
+            code = acl_dtype(dt)
+        args = (arr_t(*shape), n, code, arr_t(*array.strides), array.offset, FORMAT_ND,
+                _INT64_ONE(buf.nbytes // dt.itemsize), 1, buf.ptr)
         with ownership.atomic():          # the create and its ownership: one step for SIGINT
             handle = self._b.aclCreateTensor(*args)
             if handle:
@@ -245,7 +252,7 @@ class HandleBatch(runtime.NativeResource):
         if values is None:
             return None
         n = len(values)
-        arr = (c_int64 * n)(*values)
+        arr = (_INT64_ARRAYS[n] if n < len(_INT64_ARRAYS) else c_int64 * n)(*values)
         with ownership.atomic():
             handle = self._b.aclCreateIntArray(arr, n)
             if handle:

@@ -713,6 +713,7 @@ STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3(void *workspace, uint64_t 
             goto done;
         }
     }
+    aclStubRecordLaunch(stream);    /* counted per stream, as the backward's launches */
     if (!p->compute) {
         goto done;
     }

@@ -56,7 +56,7 @@ class FakeNpuTensor:
 
     # ---- the protocol
     def data_ptr(self) -> int:
-        return self._storage.buffer.ptr + self._offset * self.dtype.np.itemsize
+        return (self._storage.buffer.ptr or 0) + self._offset * self.dtype.np.itemsize
 
     def stride(self):
         return self._strides
