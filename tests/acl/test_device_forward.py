@@ -6,6 +6,7 @@ pair (bf16 tolerance: the stub's and NumPy's fp32 summation orders differ)."""
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import numpy as np
@@ -247,3 +248,24 @@ def test_empty_result_on_the_device(make, no_leaks):
     assert [tuple(x.shape) for x in got] == [(0, n1, dv), (0, n1, 8), (0, n1, 8)]
     assert type(got.attention_out) is type(pos[0])
     del got, pos, kw
+
+
+@pytest.mark.parametrize("fn,code", [("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize", 161002),
+                                     ("aclnnFlashAttentionVarLenScoreV3", 561103)])
+def test_a_failing_device_forward_on_a_stream_leaves_nothing_live(fn, code, no_leaks,
+                                                                 caller_stream):  # noqa: F811
+    """The outputs the call allocated are freed on the error; the stream's cached workspace
+    is released with the stream (fixture), and then nothing is left."""
+    p = make_problem(seed=71, mode=2, q_lens=(6, 5))
+    pos, kw = fwd_on_device(p, acl.DeviceArray.from_numpy)
+    bytes_before = no_leaks.counters()["device_bytes"]
+    no_leaks.inject(fn, 0, code)
+    with pytest.raises(af.AclnnError) as info:
+        af.flash_attention_forward(*pos, stream=caller_stream, **kw)
+    assert info.value.code == code
+    ws = acl.runtime._get_state().workspaces.get((0, caller_stream))
+    cached = ws.buffer.nbytes if ws is not None and ws.buffer is not None else 0
+    del info
+    gc.collect()
+    assert no_leaks.counters()["device_bytes"] == bytes_before + cached
+    del pos, kw
