@@ -102,7 +102,7 @@ def rel(a, b):
     return float((a - b).abs().max() / max(float(b.abs().max()), 1e-30))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"mode2-gqa2-default-mask"}))  # mode 2: below
 def test_npu_training_step_on_the_current_stream(name, stub, npu_stream):
     leaves, mask, dy, kw = problem(name)
     out_cpu, grads_cpu = cpu_step(leaves, mask, dy, kw, "npu")     # the same stub ops, host
