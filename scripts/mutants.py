@@ -58,6 +58,7 @@ A = "aclnn_fag/acl/"
 C = "native_stubs/src/opapi_stub.c"
 PLAN_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py")
 DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
+RESULTS_T = ("tests/acl/test_plan_results.py",)
 LOADER_T = ("tests/acl/test_loader.py",)
 
 MUTANTS = [
@@ -333,9 +334,17 @@ MUTANTS = [
            "            if rc == 0:\n                self.repeatable = True",
            "            if rc == 0:\n                self.repeatable = False",
            "FagPlan never reuses a repeatable executor (phase 1 every run)", PLAN_T),
+    Mutant("acl-plan-results-alias", "acl", A + "plan.py",
+           "                elif h or real.closed:",
+           "                elif real.closed:",
+           "FagPlan.run writes into the arrays an earlier run returned (results alias)", RESULTS_T),
+    Mutant("acl-plan-close-frees-results", "acl", A + "plan.py",
+           "        unheld = [buf for n, buf in self.results.items() if not held.get(n)]",
+           "        unheld = list(self.results.values())",
+           "FagPlan.close frees the arrays its runs returned", RESULTS_T),
     Mutant("acl-plan-run-determinism", "acl", A + "plan.py",
-           "            hold = runtime.DeterminismHold(self.device_id, self.deterministic)\n            try:\n                hold.acquire()\n                if changes:",
-           "            hold = runtime.DeterminismHold(self.device_id, None)\n            try:\n                hold.acquire()\n                if changes:",
+           "            hold = runtime.call_hold(self.device_id, self.deterministic)\n            try:\n                hold.acquire()\n                if changes:",
+           "            hold = runtime.call_hold(self.device_id, None)\n            try:\n                hold.acquire()\n                if changes:",
            "FagPlan.run does not hold the determinism option", DET_T),
     Mutant("acl-plan-from-call-det", "acl", A + "plan.py",
            "return cls(**kw, deterministic=bool(call.deterministic), device_id=device_id,",

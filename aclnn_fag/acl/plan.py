@@ -21,10 +21,17 @@ attentionIn), the outputs likewise (dq, dqRope, dk, dkRope, dv, dpse) — how th
 library counts NULL optional inputs is unverified (docs/abi.md §2b); pass
 ``repoint=False`` to always rebuild instead.
 
+Results never alias (``aclnn_fag.acl.results``): each run returns new DeviceArray
+objects; an output the plan allocated is handed to the caller when a result of it is still
+alive at the next run (which then writes into a fresh zero-filled buffer, repointing the
+executor or running phase 1 again), and it outlives ``close()`` and garbage collection of
+the plan. Output arrays the caller passed in (``dq=...``, at construction or to ``run``)
+are written by every later run and returned as they are.
+
 The plan owns its executor, tensors, int arrays, workspace and the buffers it
-allocated (uploads of numpy inputs, outputs it created); ``close()`` / the context
-manager / garbage collection release them, the executor first.  Device arrays passed
-in by the caller stay the caller's.  A plan is bound to one device and is not meant
+allocated (uploads of numpy inputs, outputs no live result holds); ``close()`` / the
+context manager / garbage collection release them, the executor first.  Device arrays
+passed in by the caller stay the caller's.  A plan is bound to one device and is not meant
 for concurrent use (runs are serialised by a lock).
 """
 
@@ -39,7 +46,7 @@ import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagGrads
-from . import ownership, runtime
+from . import ownership, results, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, upload_arrays
 from .op import (INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS, _Executor, _layout_arg,
@@ -62,6 +69,10 @@ class _PlanState:
         self.int_arrays: List[AclIntArray] = []
         self.workspace: Optional[runtime.DeviceBuffer] = None
         self.owned: List[runtime.DeviceBuffer] = []
+        # output slot -> the buffer the plan allocated for it; the FagGrads the last run
+        # returned over them (aclnn_fag/acl/results.py)
+        self.results: Dict[str, runtime.DeviceBuffer] = {}
+        self.last: Optional[results.LastResults] = None
         self.streams: Dict[int, int] = {}    # caller streams with queued runs -> device
 
     def wait_for_streams(self) -> None:
@@ -88,13 +99,18 @@ class _PlanState:
     def close(self, strict: bool = True) -> None:
         self.wait_for_streams()
         errors = []
+        # outputs a live result holds are the caller's now: only dropped here
+        held = dict(zip(_OUT_SLOTS, self.last.held())) if self.last is not None else {}
+        unheld = [buf for n, buf in self.results.items() if not held.get(n)]
         resources = ([self.executor] + list(self.tensors.values()) + self.int_arrays
-                     + [self.workspace] + self.owned)
+                     + [self.workspace] + self.owned + unheld)
         self.executor = None
         self.tensors = {}
         self.int_arrays = []
         self.workspace = None
         self.owned = []
+        self.results = {}
+        self.last = None
         for res in resources:        # executor first, then handles, then memory
             if res is None:
                 continue
@@ -201,7 +217,7 @@ class FagPlan:
                     if src is not None:
                         # zeros: the op may leave parts of an output unwritten (docs/faults.md)
                         out = DeviceArray.zeros(src.shape, BF16, self.device_id)
-                        self._state.owned.append(out.buffer)
+                        self._state.results[n] = out.buffer
                 elif not isinstance(out, DeviceArray):
                     raise TypeError(f"output {n!r} must be a DeviceArray or None")
                 self._outputs[n] = out
@@ -260,9 +276,33 @@ class FagPlan:
 
     @property
     def outputs(self) -> FagGrads:
-        """The output device arrays (FagGrads of DeviceArray)."""
-        o = self._outputs
-        return FagGrads(o["dq"], o["dq_rope"], o["dk"], o["dk_rope"], o["dv"])
+        """The output device arrays the next run writes into, which hold the last run's
+        results (FagGrads of DeviceArray; the same memory as what the last ``run()``
+        returned). Holding them makes the next run write into fresh buffers, like holding
+        a run's result."""
+        with self._lock:
+            if self.closed:
+                raise ValueError("the plan is closed")
+            return self._results()
+
+    def _results(self) -> FagGrads:
+        """The outputs as results (aclnn_fag/acl/results.py): the last FagGrads again while
+        it is current, else a new one — DeviceArrays over a ResultBuffer for the buffers the
+        plan allocated (a slot's previous one when its buffer did not change), the
+        caller's own arrays as they are."""
+        st = self._state
+        last = st.last
+        if last is not None and last.current:
+            return last.grads
+        reuse = {}
+        if last is not None:
+            for i, n in enumerate(_OUT_SLOTS):
+                prev = last.grads[i]
+                real = st.results.get(n)
+                if real is not None and last.owned[i] and prev.buffer.real is real:
+                    reuse[n] = prev
+        st.last = results.build(_OUT_SLOTS, self._outputs, st.results, reuse, FagGrads)
+        return st.last.grads
 
     @property
     def workspace_size(self) -> int:
@@ -364,7 +404,14 @@ class FagPlan:
 
         Keyword arguments swap device arrays in: any input slot (``query``, ``dy``, ...)
         or output slot (``dq``, ...), each with the same shape/dtype/strides/offset as the
-        array it replaces. The plan keeps a reference to each array it uses.
+        array it replaces. The plan keeps a reference to each array it uses; a swapped-in
+        output array is written by this run and every later one.
+
+        Returns FagGrads of new DeviceArray objects. They never alias another run's
+        results: an output the plan allocated is not written again while a result of it
+        (or a view of one) is alive, and it stays valid after :meth:`close` or garbage
+        collection of the plan (see the module doc). Output arrays the caller passed in
+        are returned as they are.
 
         ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``): phase 2
         is only enqueued on it (no synchronisation). The plan's workspace and buffers stay
@@ -393,29 +440,37 @@ class FagPlan:
                     raise ValueError(f"{name}: the device array has been freed")
                 if arr is not cur:
                     changes[key] = arr
-            for name, arr in {**self._inputs, **self._outputs}.items():
+            for name, arr in self._inputs.items():
                 if arr is not None and arr.closed:
                     raise ValueError(f"{name}: the device array has been freed")
+            st = self._state
+            fresh = set()
+            held = dict(zip(_OUT_SLOTS, st.last.held() if st.last is not None
+                            else [False] * len(_OUT_SLOTS)))
+            for name, h in held.items():
+                arr = self._outputs[name]
+                if arr is None or "out:" + name in changes:
+                    continue
+                real = st.results.get(name)
+                if real is None:
+                    if arr.closed:
+                        raise ValueError(f"{name}: the device array has been freed")
+                elif h or real.closed:
+                    # a result of the last run still holds this buffer (or freed it): write
+                    # into a fresh one; zeros, as at construction (docs/faults.md)
+                    changes["out:" + name] = DeviceArray.zeros(arr.shape, arr.dtype,
+                                                               self.device_id)
+                    fresh.add(name)
             b = runtime.api()
             runtime.ensure_device(self.device_id)
             caller_stream = stream is not None
             stream = (runtime.resolve_stream(stream) if caller_stream
                       else runtime.stream(self.device_id))
-            st = self._state
             hold = runtime.call_hold(self.device_id, self.deterministic)
             try:
                 hold.acquire()
                 if changes:
-                    if not (st.executor is not None and self.repeatable
-                            and self._repoint(b, changes)):
-                        st.drop_executor()
-                        for key in changes:
-                            t = st.tensors.pop(key, None)
-                            if t is not None:
-                                t.release()
-                    for key, arr in changes.items():
-                        kind, name = key.split(":", 1)
-                        (self._inputs if kind == "in" else self._outputs)[name] = arr
+                    self._apply(b, changes, fresh, held)
                 if st.executor is None:
                     self._build()
                 ex = st.executor
@@ -442,17 +497,64 @@ class FagPlan:
                         raise status_error(b, rc, "aclrtSynchronizeStream")
             finally:
                 hold.release()
-            return self.outputs
+            return self._results()
+
+    def _forget(self, changes, strict: bool) -> None:
+        """The executor and the tensors of the changed slots go (rebuilt by the next phase 1)."""
+        st = self._state
+        st.drop_executor(strict)
+        for key in changes:
+            t = st.tensors.pop(key, None)
+            if t is not None:
+                t.release("raise" if strict else "warn")
+
+    def _apply(self, b, changes: Dict[str, DeviceArray], fresh, held) -> None:
+        """Point the plan at the changed arrays (``fresh``: the output slots whose new array
+        the plan allocated; ``held``: slot -> a result of its buffer is still alive): repoint the executor (or forget it and the changed tensors),
+        then record the arrays; an output buffer the plan allocated and no result holds is
+        kept until close (work queued on a caller's stream may still write it). Should
+        anything fail or be interrupted before the record is complete, the executor and
+        the changed tensors are forgotten: no executor points at an array the plan does
+        not hold."""
+        st = self._state
+        try:
+            if not (st.executor is not None and self.repeatable and self._repoint(b, changes)):
+                self._forget(changes, strict=True)
+            with ownership.atomic():       # the record: one step for SIGINT
+                for key, arr in changes.items():
+                    kind, name = key.split(":", 1)
+                    if kind == "in":
+                        self._inputs[name] = arr
+                        continue
+                    if st.last is not None:
+                        st.last.current = False
+                    old = st.results.pop(name, None)
+                    if old is not None and not (name in fresh or held[name] or old.closed):
+                        st.owned.append(old)   # the caller swapped in their own array
+                    if name in fresh:
+                        st.results[name] = arr.buffer
+                    self._outputs[name] = arr
+        except BaseException:
+            with ownership.atomic():
+                self._forget(changes, strict=False)
+            raise
 
     def grads(self) -> FagGrads:
-        """The outputs copied to the host (FagGrads of numpy arrays; None for absent ones)."""
+        """The outputs of the last run copied to the host (FagGrads of new numpy arrays;
+        None for absent ones)."""
         with self._lock:
-            return FagGrads(*(None if d is None else d.numpy() for d in self.outputs))
+            if self.closed:
+                raise ValueError("the plan is closed")
+            return FagGrads(*(None if d is None else d.numpy()
+                              for d in (self._outputs[n] for n in _OUT_SLOTS)))
 
     def close(self) -> None:
         """Destroy the executor (if any), the tensors and int arrays, free owned memory."""
         with self._lock:
             if self._finalizer.detach() is not None:
+                # the plan lets go of every array: results it returned live on alone
+                self._inputs = dict.fromkeys(self._inputs)
+                self._outputs = dict.fromkeys(self._outputs)
                 self._state.close(strict=True)
 
     def __enter__(self) -> "FagPlan":
