@@ -6,6 +6,7 @@ pair (bf16 tolerance: the stub's and NumPy's fp32 summation orders differ)."""
 
 from __future__ import annotations
 
+import gc
 import warnings
 
 import numpy as np
@@ -64,7 +65,7 @@ CASES = {   # make_problem arguments: a 2-D mask with a band, causal GQA, band G
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_device_arrays_in_device_arrays_out(name, no_leaks):
+def test_device_arrays_in_device_arrays_out(name):
     p = make_problem(**CASES[name])
     want = host_forward(p, "npu")
     pos, kw = fwd_on_device(p, acl.DeviceArray.from_numpy)
@@ -106,10 +107,18 @@ def test_npu_tensors_views_in_place_and_new_empty_outputs(no_leaks):
     del got, q, qr, k, kr, qq, kk, v, mask
 
 
+def round_trip(p, pos, kw, dy):
+    """The device forward, its outputs fed straight into the device backward."""
+    f = af.flash_attention_forward(*pos, **kw)
+    return af.flash_attention_unpadding_score_grad_v3(
+        *pos, dy, **p.kwargs(atten_mask=kw["atten_mask"], softmax_max=f.softmax_max,
+                             softmax_sum=f.softmax_sum, attention_in=f.attention_out))
+
+
 @pytest.mark.parametrize("make", [acl.DeviceArray.from_numpy, FakeNpuTensor.from_numpy],
                          ids=["DeviceArray", "npu"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_round_trip_stays_on_the_device(name, make, no_leaks):
+def test_round_trip_stays_on_the_device(name, make):
     """The forward's outputs go straight into the backward: no upload, no download beyond the
     validation samples; the gradients equal the host-input round trip on the same stub bit for
     bit and the NumPy round trip to bf16 tolerance."""
@@ -118,13 +127,7 @@ def test_round_trip_stays_on_the_device(name, make, no_leaks):
     _, ref = host_round_trip(p, "numpy")
     pos, kw = fwd_on_device(p, make)
     dy = make(p.dy)
-
-    def round_trip():
-        f = af.flash_attention_forward(*pos, **kw)
-        return af.flash_attention_unpadding_score_grad_v3(
-            *pos, dy, **p.kwargs(atten_mask=kw["atten_mask"], softmax_max=f.softmax_max,
-                                 softmax_sum=f.softmax_sum, attention_in=f.attention_out))
-    got, moved = counting(round_trip)
+    got, moved = counting(lambda: round_trip(p, pos, kw, dy))
     assert moved["h2d"] == 0
     assert moved["d2h_bytes"] <= 2 * DEVICE_SAMPLE_BYTES
     got = [host(x) for x in got]
@@ -206,7 +209,7 @@ def test_mixed_kinds_and_the_numpy_backend_are_refused():
         af.flash_attention_forward(*pos, backend="numpy", **kw)
 
 
-def test_sampled_mask_check_and_check_data_false(no_leaks):
+def test_sampled_mask_check_and_check_data_false():
     p = make_problem(seed=68, n2=1, g=2, mode=3, q_lens=(40, 24))
     want = host_forward(p, "npu")
     pos, kw = fwd_on_device(p, acl.DeviceArray.from_numpy,
@@ -238,7 +241,7 @@ def test_shape_rules_run_on_device_inputs_without_reading_data():
 
 @pytest.mark.parametrize("make", [acl.DeviceArray.from_numpy, FakeNpuTensor.from_numpy],
                          ids=["DeviceArray", "npu"])
-def test_empty_result_on_the_device(make, no_leaks):
+def test_empty_result_on_the_device(make):
     p = make_problem(seed=70, mode=2, q_lens=(5, 4))
     pos, kw = fwd_on_device(p, make)
     pos[0], pos[1] = make(p.q[:0]), make(p.qr[:0])
@@ -247,3 +250,37 @@ def test_empty_result_on_the_device(make, no_leaks):
     assert [tuple(x.shape) for x in got] == [(0, n1, dv), (0, n1, 8), (0, n1, 8)]
     assert type(got.attention_out) is type(pos[0])
     del got, pos, kw
+
+
+@pytest.mark.parametrize("fn,code", [("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize", 161002),
+                                     ("aclnnFlashAttentionVarLenScoreV3", 561103)])
+def test_a_failing_device_forward_on_a_stream_leaves_nothing_live(fn, code, no_leaks,
+                                                                 caller_stream):  # noqa: F811
+    """The outputs the call allocated are freed on the error; the stream's cached workspace
+    is released with the stream (fixture), and then nothing is left."""
+    p = make_problem(seed=71, mode=2, q_lens=(6, 5))
+    pos, kw = fwd_on_device(p, acl.DeviceArray.from_numpy)
+    bytes_before = no_leaks.counters()["device_bytes"]
+    no_leaks.inject(fn, 0, code)
+    with pytest.raises(af.AclnnError) as info:
+        af.flash_attention_forward(*pos, stream=caller_stream, **kw)
+    assert info.value.code == code
+    ws = acl.runtime._get_state().workspaces.get((0, caller_stream))
+    cached = ws.buffer.nbytes if ws is not None and ws.buffer is not None else 0
+    del info
+    gc.collect()
+    assert no_leaks.counters()["device_bytes"] == bytes_before + cached
+    del pos, kw
+
+
+def test_device_calls_leave_nothing_live(no_leaks):
+    """Round trips and empty results of both device kinds: every native object and every byte
+    of device memory is gone once the results are dropped."""
+    p = make_problem(**CASES["mode3-gqa2"])
+    for make in (acl.DeviceArray.from_numpy, FakeNpuTensor.from_numpy):
+        pos, kw = fwd_on_device(p, make)
+        grads = round_trip(p, pos, kw, make(p.dy))
+        assert no_leaks.counters()["device_bytes"] > 0
+        pos[0], pos[1] = make(p.q[:0]), make(p.qr[:0])
+        empty = af.flash_attention_forward(*pos, **kw)
+        del grads, empty, pos, kw

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-
-from cli_paths import PYTHON, ROOT, subprocess_env
 
 ROWS = ("bare ctypes call", "device-resident public call: NPU tensors, stream=",
         "FagPlan.run(stream=)", "numpy-in public call, excluding copies")
 
 
-def test_overhead_suite_reports_every_row_with_goals(npu_stub, tmp_path):
+def test_overhead_suite_reports_every_row_with_goals(npu_stub, run_cli, tmp_path, monkeypatch):
+    from aclnn_fag import bench_overhead
+    real = bench_overhead.run_overhead
+    # the command's rows, goals and JSON, not its timings: a short run (the CLI imports
+    # run_overhead when the command runs, so the patched module attribute is the one used)
+    monkeypatch.setattr(bench_overhead, "run_overhead",
+                        lambda repeat, progress=None: real(repeat=1, inner=4, progress=progress))
     out = tmp_path / "o.json"
-    env = subprocess_env({"ACLNN_FAG_LIB_DIR": str(npu_stub)})
-    r = subprocess.run([PYTHON, "-m", "aclnn_fag", "bench", "--suite", "overhead", "-q",
-                        "--repeat", "3", "--json", str(out)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr
-    assert "stub op computation off" in r.stdout
+    code, stdout, stderr = run_cli("bench", "--suite", "overhead", "-q", "--json", out)
+    assert code == 0, stderr
+    assert "stub op computation off" in stdout
     report = json.loads(out.read_text())
     labels = [row["label"] for row in report["rows"]]
     for want in ROWS:
@@ -31,10 +31,9 @@ def test_overhead_suite_reports_every_row_with_goals(npu_stub, tmp_path):
         assert row["met"] is None or row["met"] == (row["median_us"] <= row["goal_us"])
 
 
-def test_overhead_suite_needs_the_npu_backend(numpy_only):
-    r = subprocess.run([PYTHON, "-m", "aclnn_fag", "bench", "--suite", "overhead", "-q"],
-                       cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-    assert r.returncode == 2 and "needs the NPU backend" in r.stderr
+def test_overhead_suite_needs_the_npu_backend(numpy_only, run_cli):
+    code, _, stderr = run_cli("bench", "--suite", "overhead", "-q")
+    assert code == 2 and "needs the NPU backend" in stderr
 
 
 def test_overhead_run_restores_the_compute_switch(npu_stub, monkeypatch):

@@ -6,7 +6,8 @@ example database; ``long`` multiplies the examples by ``ACLNN_FAG_FUZZ_SCALE`` (
 draws fresh random examples each run and prints a reproduction blob on failure
 (``scripts/fuzz_long.py`` runs it). ``ACLNN_FAG_FUZZ_REPORT=<file>`` writes the tallies
 (cases tried, rejected, verdict comparisons, leaks) as JSON at the end of the session; the
-terminal summary prints them too.
+terminal summary prints them too (summed over the workers under pytest-xdist:
+tests/fuzz_tally.py).
 
 Environment (as in ``tests/acl``): the stand-in CANN libraries of ``native_stubs/`` are
 built once per session; an autouse module-scoped fixture points ``ACLNN_FAG_LIB_DIR`` at
@@ -17,7 +18,6 @@ the module. A watchdog dumps every thread's stack if the session hangs.
 from __future__ import annotations
 
 import faulthandler
-import json
 import os
 import pathlib
 import sys
@@ -31,6 +31,7 @@ for path in (HERE, HERE.parent):
         sys.path.insert(0, str(path))
 
 import fuzz_cases  # noqa: E402  (after the sys.path setup)
+import fuzz_tally  # noqa: E402
 from stub_kit import stub_fixtures  # noqa: E402
 
 WATCHDOG_SECONDS = float(os.environ.get("ACLNN_FAG_FUZZ_WATCHDOG", "1800"))
@@ -46,18 +47,17 @@ def pytest_unconfigure(config):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    tally = fuzz_cases.TALLY
-    if not any(tally.values()):
-        return
-    terminalreporter.section(f"aclnn_fag fuzz tallies (profile {fuzz_cases.PROFILE})")
-    for key in sorted(tally):
-        terminalreporter.write_line(f"  {key:40s} {tally[key]}")
-    out = os.environ.get("ACLNN_FAG_FUZZ_REPORT")
-    if out:
-        pathlib.Path(out).write_text(json.dumps({"profile": fuzz_cases.PROFILE,
-                                                 "scale": fuzz_cases.SCALE,
-                                                 "exitstatus": int(exitstatus),
-                                                 "tally": dict(tally)}, indent=2))
+    fuzz_tally.summary(terminalreporter, fuzz_cases.TALLY, fuzz_cases.PROFILE, fuzz_cases.SCALE,
+                       exitstatus)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # a pytest-xdist worker: hand the tallies to the controller (tests/conftest.py sums them)
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput[fuzz_tally.WORKER_KEY] = {"profile": fuzz_cases.PROFILE,
+                                               "scale": fuzz_cases.SCALE,
+                                               "tally": dict(fuzz_cases.TALLY)}
 
 
 fuzz_stub_dir, fuzz_stub_env, stub = stub_fixtures("fuzz_stub_dir")

@@ -1,7 +1,7 @@
 """Threads and processes on the stub NPU backend.
 
-* 8 threads x 200 public calls (several problems, both determinism settings, a few
-  invalid calls mixed in) give the single-threaded results bit for bit and leave the
+* 8 threads x 50 public calls (x ``ACLNN_FAG_FUZZ_SCALE`` in the long profile; several
+  problems, both determinism settings, an invalid call mixed in every 50) give the single-threaded results bit for bit and leave the
   stub's live counters at zero.
 * fork: a child forked after the parent initialised ACL gets a clear ForkedProcessError
   (explicit backend="npu" and the acl API), while backend="auto" falls back to NumPy and
@@ -28,9 +28,9 @@ import pytest
 
 import aclnn_fag as af
 from aclnn_fag import acl
-from fuzz_cases import TALLY, Case, build_case, public_call
+from fuzz_cases import SCALE, TALLY, Case, build_case, public_call
 
-THREADS, CALLS = 8, 200
+THREADS, CALLS = 8, 50 * SCALE
 CHILD_TIMEOUT = 60
 
 

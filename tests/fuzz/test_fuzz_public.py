@@ -15,7 +15,7 @@ from fuzz_cases import (TALLY, assert_no_leak, assert_unchanged, check_error, co
                         fuzz_settings, mutated_case, public_call, snapshot)
 
 
-@fuzz_settings(500)
+@fuzz_settings(150)
 @given(case=mutated_case(verdict=False))
 def test_public_call_on_both_backends(case, stub):
     TALLY["public_cases"] += 1

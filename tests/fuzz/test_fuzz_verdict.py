@@ -11,7 +11,7 @@ from fuzz_cases import (TALLY, assert_no_leak, assert_unchanged, fuzz_settings, 
                         raw_verdict, snapshot, validator_verdict)
 
 
-@fuzz_settings(1200)
+@fuzz_settings(300)
 @given(case=mutated_case(verdict=True, min_mutations=1, max_mutations=4))
 def test_validator_and_stub_op_return_the_same_status(case, stub):
     TALLY["verdict_cases"] += 1

@@ -25,7 +25,7 @@ from stub_kit import StubControls  # noqa: E402
 # mode, q_lens, kv_lens, n2, g, pre, nxt, explicit mask
 CASES = {
     "mode0-band-mask": (0, [9, 0, 13], [11, 4, 13], 2, 1, 5, 3, True),
-    "mode1-gqa2": (1, [8, 12], [10, 12], 1, 2, None, None, True),
+    "mode1-gqa2-default-zero-mask": (1, [8, 12], [10, 12], 1, 2, None, None, False),
     "mode2-gqa2-default-mask": (2, [10, 7], [10, 7], 2, 2, None, None, False),
     "mode3-gqa4-default-mask": (3, [6, 11], [9, 11], 1, 4, None, None, False),
     "mode4-band": (4, [12, 9], [12, 9], 1, 2, 4, 2, False),
@@ -102,7 +102,7 @@ def rel(a, b):
     return float((a - b).abs().max() / max(float(b.abs().max()), 1e-30))
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("name", sorted(set(CASES) - {"mode2-gqa2-default-mask"}))  # mode 2: below
 def test_npu_training_step_on_the_current_stream(name, stub, npu_stream):
     leaves, mask, dy, kw = problem(name)
     out_cpu, grads_cpu = cpu_step(leaves, mask, dy, kw, "npu")     # the same stub ops, host

@@ -1,0 +1,69 @@
+"""Suite-wide settings of the tests (every folder's own conftest adds its fixtures).
+
+Garbage collection: many tests call ``gc.collect()`` to prove that native objects are
+released (the ``no_leaks`` fixture of tests/acl does it before and after every test). A
+full collection walks every tracked object of the process -- pytest's, hypothesis', numpy's,
+torch's once a test imported it -- which made those collections most of the suite's time.
+At the start of each test module the garbage of the earlier modules is collected and the
+survivors are moved to the permanent generation (``gc.freeze``): later collections only
+walk the objects created since, so a test still sees every object *it* made (and every
+cycle it leaked) collected, at a fraction of the cost. Reference counting is unaffected;
+only cycles that were already alive when a module started (long-lived state of earlier
+modules) are no longer collected by later collections.
+
+pytest-xdist (``-n auto``, the README's command): the workers' fuzz tallies are summed here
+(tests/fuzz_tally.py); the stub libraries are built under a file lock (native_stubs/build.py),
+so concurrent workers share one build; each worker's BLAS (and OpenMP) runs one thread unless
+the caller set the variables (one worker per core: BLAS threads per worker would only wait
+for each other -- README.md, Threads).
+"""
+
+from __future__ import annotations
+
+import collections
+import gc
+import os
+import pathlib
+import sys
+
+import pytest
+
+HERE = pathlib.Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+import fuzz_tally  # noqa: E402  (after the sys.path setup)
+
+_WORKER_TALLIES = {"profile": None, "scale": None, "tally": collections.Counter()}
+
+
+BLAS_VARS = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+def pytest_configure(config):
+    # the xdist controller, before it starts the workers (they inherit the environment)
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        for var in BLAS_VARS:
+            os.environ.setdefault(var, "1")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_then_freeze_older_objects():
+    gc.collect()            # earlier modules' garbage (and the native handles it holds) first
+    gc.freeze()
+    yield
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist controller: a worker finished; add its fuzz tallies."""
+    got = getattr(node, "workeroutput", {}).get(fuzz_tally.WORKER_KEY)
+    if got:
+        _WORKER_TALLIES["profile"], _WORKER_TALLIES["scale"] = got["profile"], got["scale"]
+        _WORKER_TALLIES["tally"].update(got["tally"])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _WORKER_TALLIES["profile"] is not None:        # only a controller receives tallies
+        fuzz_tally.summary(terminalreporter, _WORKER_TALLIES["tally"], _WORKER_TALLIES["profile"],
+                           _WORKER_TALLIES["scale"], exitstatus)
