@@ -288,12 +288,17 @@ def _context_lost(b) -> bool:
     """True when the thread's context is no longer the one this package's aclrtSetDevice
     made current: another library, a user or a test called aclrtResetDevice, aclFinalize or
     aclrtSetCurrentContext on this thread meanwhile, so the thread-local record is stale.
-    One query per check; without aclrtGetCurrentContext (or when it could not be read right
-    after aclrtSetDevice) the record is trusted."""
+    One query per check; without aclrtGetCurrentContext the record is trusted. A record made
+    without the context (the query was missing or failed then) adopts the thread's current
+    one, and is lost only when there is none."""
+    if b.aclrtGetCurrentContext is None:
+        return False
+    actual = _current_context(b)
     expected = getattr(_tls, "ctx", None)
     if expected is None:
-        return False
-    return _current_context(b) != expected
+        _tls.ctx = actual
+        return actual is None
+    return actual != expected
 
 
 def _record_device(st: _State, dev: int) -> None:

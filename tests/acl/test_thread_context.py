@@ -115,7 +115,8 @@ def test_a_valid_record_costs_no_set_device(foreign, stub, monkeypatch, no_leaks
     assert calls == [0]
 
 
-def test_without_the_context_query_the_record_is_trusted(stub, monkeypatch, no_leaks):
+def test_without_the_context_query_the_record_is_trusted(stub, stub_lib_dir, monkeypatch,
+                                                        no_leaks):
     """An older CANN without aclrtGetCurrentContext: no check, no extra aclrtSetDevice."""
     b = runtime.api()
     monkeypatch.setattr(b, "aclrtGetCurrentContext", None)
@@ -129,3 +130,8 @@ def test_without_the_context_query_the_record_is_trusted(stub, monkeypatch, no_l
     with DeviceArray.from_numpy(np.ones(3, np.float32)) as arr:
         assert arr.numpy().sum() == 3
     assert calls == []
+    monkeypatch.undo()        # the query is back: the record made without it is checked again
+    foreign = _foreign_runtime(stub_lib_dir)
+    assert foreign["aclrtResetDevice"](0) == 0
+    with DeviceArray.from_numpy(np.ones(3, np.float32)) as arr:
+        assert arr.numpy().sum() == 3
