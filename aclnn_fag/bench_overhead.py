@@ -47,7 +47,12 @@ STUB_VARS = {SKIP_COMPUTE_VAR: "1", "ACL_STUB_MALLOC_FILL": "-1"}
 
 
 class _ProtocolTensor:
-    """The NPU tensor protocol of aclnn_fag.operands over a DeviceArray (bench only)."""
+    """The NPU tensor protocol of aclnn_fag.operands over device memory (bench only).
+
+    ``new_empty`` models torch_npu's caching allocator: a freed block goes back to a pool
+    by size (when the tensor is garbage collected) and is handed out again, never returned
+    to the device. Kept lean (plain attributes, no DeviceArray per result), as torch's C++
+    allocator is: its own cost is measured in a row of its own."""
 
     class _Dev:
         type = "npu"
@@ -62,34 +67,55 @@ class _ProtocolTensor:
 
     _NAMES = {"bfloat16": "torch.bfloat16", "float32": "torch.float32", "uint8": "torch.uint8",
               "bool": "torch.bool"}
+    device = _Dev()
+    _free: dict = {}            # nbytes -> [DeviceBuffer]: the allocator's cached blocks
 
-    def __init__(self, da):
-        self._da = da
-        self.device = self._Dev()
-        self.shape = da.shape
-        self.dtype = self._DType(self._NAMES[da.dtype.name])
+    __slots__ = ("shape", "dtype", "_ptr", "_strides", "_keep", "_block")
+
+    def __init__(self, da=None):
+        self._block = None
+        if da is not None:
+            self._keep = da
+            self.shape = da.shape
+            self.dtype = _PT_DTYPES[da.dtype.name]
+            self._ptr = da.buffer.ptr + da.offset * da.itemsize
+            self._strides = da.strides
 
     def data_ptr(self):
-        return self._da.buffer.ptr + self._da.offset * self._da.itemsize
+        return self._ptr
 
     def stride(self):
-        return self._da.strides
-
-    # a caching allocator, as torch_npu's: freed blocks are reused by size, never returned
-    _free: dict = {}
+        return self._strides
 
     def new_empty(self, shape, dtype=None):
-        from .acl import DeviceArray
         from .operands import numpy_dtype_of_torch
-        dt = numpy_dtype_of_torch(dtype or self.dtype)
+        dtype = dtype or self.dtype
+        dt = numpy_dtype_of_torch(dtype)
+        shape = tuple(shape)
         n = dt.itemsize
-        for d in shape:
+        strides = []
+        for d in reversed(shape):
+            strides.append(n // dt.itemsize)
             n *= d
         pool = self._free.setdefault(n, [])
-        buf = pool.pop() if pool else DeviceArray.empty((n,), np.uint8).buffer
-        t = _ProtocolTensor(DeviceArray(buf, shape, dt))
-        weakref.finalize(t, pool.append, buf)
+        if pool:
+            buf = pool.pop()
+        else:
+            from .acl.runtime import DeviceBuffer
+            buf = DeviceBuffer(n)
+        t = _ProtocolTensor()
+        t.shape, t.dtype, t._ptr, t._strides = shape, dtype, buf.ptr, tuple(reversed(strides))
+        t._keep = None
+        t._block = (pool, buf)
         return t
+
+    def __del__(self):
+        block = self._block
+        if block is not None:
+            block[0].append(block[1])
+
+
+_PT_DTYPES = {n: _ProtocolTensor._DType(t) for n, t in _ProtocolTensor._NAMES.items()}
 
 
 def _time(fn, repeat: int, inner: int):
@@ -158,6 +184,10 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             say("device-resident public calls ...")
             rows.append(("device-resident public call: NPU tensors, stream=", "device_call",
                          _time(lambda: fag(*npu.values(), stream=stream, **npu_kw), repeat, inner)))
+            q = npu["query"]
+            rows.append(("  of which the test tensors' new_empty (5 results)", None,
+                         _time(lambda: [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)],
+                               repeat, inner)))
             rows.append(("device-resident public call: DeviceArray, stream=", None,
                          _time(lambda: fag(*dev.values(), stream=stream, **dev_kw), repeat, inner)))
             rows.append(("device-resident public call: DeviceArray, own stream + sync", None,
@@ -165,6 +195,8 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             rows.append(("device-resident public call: check_data=False, stream=", None,
                          _time(lambda: fag(*dev.values(), stream=stream, check_data=False,
                                            **dev_kw), repeat, inner)))
+            say("breakdown ...")
+            breakdown = _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner)
             say("FagPlan.run ...")
             plan = acl.FagPlan(**dev, **dev_kw)
             try:
@@ -209,7 +241,78 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
                     "goal_us": goal, "met": None if goal is None else median_us <= goal})
     return {"schema": "aclnn_fag.bench_overhead/1", "stub_compute_off": is_stub,
             "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
-            "rows": out, "all_goals_met": all(r["met"] for r in out if r["met"] is not None)}
+            "rows": out, "all_goals_met": all(r["met"] for r in out if r["met"] is not None),
+            "breakdown": breakdown}
+
+
+def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
+    """Where the time of two rows goes: each stage timed on its own (CPU us, median), plus
+    the native handles and allocations one call makes (``acl.runtime.stats()``)."""
+    from . import operands
+    from .device_run import run_backward_on_device
+    from .validate import _check_data_rules, validate_backward
+    out = []
+
+    def stage(label, fn, n=inner):
+        out.append({"label": label, "cpu_us": _time(fn, repeat, n)[0]})
+
+    names = ("query", "query_rope", "key", "key_rope", "value", "dy")
+    tensors = dict(npu, atten_mask=npu_kw["atten_mask"], softmax_max=npu_kw["softmax_max"],
+                   softmax_sum=npu_kw["softmax_sum"], attention_in=npu_kw["attention_in"],
+                   pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None)
+    _, conv = operands.convert_inputs(tensors)
+    scal = {k: v for k, v in npu_kw.items() if k not in tensors}
+    dkw = dict(scal, **{n: conv[n] for n in ("atten_mask", "softmax_max", "softmax_sum",
+                                             "attention_in")})
+    dcall = validate_backward(*(conv[n] for n in names), check_data=False, **dkw)
+    q = npu["query"]
+    stage("NPU tensors, stream=: operand conversion (10 NPU tensors -> DeviceArray)",
+          lambda: operands.convert_inputs(tensors))
+    stage("NPU tensors, stream=: validation (every rule; data rules off on a caller's stream)",
+          lambda: validate_backward(*(conv[n] for n in names), check_data=False, **dkw))
+    stage("NPU tensors, stream=: results (5 x new_empty + DeviceArray.from_pointer)",
+          lambda: [acl.DeviceArray.from_pointer(t.data_ptr(), t.shape, dcall.query.dtype,
+                                                t.stride(), owner=t)
+                   for t in [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)]])
+    stage("NPU tensors, stream=: run_backward_on_device (results + the op's host side)",
+          lambda: run_backward_on_device(dcall, operands.NPU, q, stream))
+    t = {}
+    n_calls = [0]
+
+    def op_only():
+        acl.run_backward(dcall, keep_on_device=True, stream=stream, timings=t, cpu_timings=True,
+                         outputs={o: getattr(dcall, s) for o, s in
+                                  (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"),
+                                   ("dk_rope", "key_rope"), ("dv", "value"))})
+        n_calls[0] += 1
+    stage("  the op's host side (run_backward into given outputs)", op_only)
+    for key, label in (("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
+                       ("phase1_cpu", "phase 1 (36 arguments through ctypes)")):
+        out.append({"label": f"    of which {label}", "cpu_us": t[key] / n_calls[0] * 1e6})
+    before = acl.runtime.stats()
+    op_only()
+    after = acl.runtime.stats()
+    per_call = {k: after[k] - before[k] for k in ("tensors", "int_arrays", "malloc", "memset")}
+    out.append({"label": "    native handles per call: " + ", ".join(
+        f"{k} {v}" for k, v in per_call.items()), "cpu_us": None})
+    hcall = validate_backward(*host.values(), **kw)
+    stage("numpy-in: validation without the data rules", lambda: validate_backward(
+        *host.values(), check_data=False, **kw), max(1, inner // 4))
+    stage("numpy-in: data rules S6 + S8 + S9 (mask recognised, statistics sampled)",
+          lambda: _check_data_rules(hcall, True), max(1, inner // 4))
+    th = {}
+    nh = [0]
+
+    def host_op():
+        acl.run_backward(hcall, timings=th, cpu_timings=True)
+        nh[0] += 1
+    stage("numpy-in: the op's host side with copies (run_backward)", host_op, max(1, inner // 4))
+    for key, label in (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
+                       ("alloc_cpu", "device allocations + zero fill of outputs"),
+                       ("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
+                       ("phase1_cpu", "phase 1")):
+        out.append({"label": f"    of which {label}", "cpu_us": th[key] / nh[0] * 1e6})
+    return out
 
 
 def _is_stub(b) -> bool:
@@ -250,4 +353,10 @@ def format_overhead(report: dict) -> str:
         status = "" if r["met"] is None else ("met" if r["met"] else "MISSED")
         lines.append(f"{r['label']:<62s} {r['median_us']:>9.1f} {r['best_us']:>8.1f} "
                      f"{r['wall_median_us']:>9.1f} {goal:>8s}  {status}")
+    if report.get("breakdown"):
+        lines.append("")
+        lines.append("where the time goes (each stage timed on its own; CPU us, median)")
+        for r in report["breakdown"]:
+            v = "" if r["cpu_us"] is None else f"{r['cpu_us']:>9.1f}"
+            lines.append(f"{r['label']:<86s} {v}")
     return "\n".join(lines)

@@ -117,8 +117,14 @@ def _torch_cpu_to_numpy(name: str, t) -> np.ndarray:
     return t.numpy()
 
 
+_DEVICE_ARRAY = []      # [DeviceArray] once imported (an import statement per tensor costs ~2 us)
+
+
 def _npu_to_device_array(name: str, t):
-    from .acl.device import DeviceArray
+    if not _DEVICE_ARRAY:
+        from .acl.device import DeviceArray as cls
+        _DEVICE_ARRAY.append(cls)
+    DeviceArray = _DEVICE_ARRAY[0]
     torch_npu = sys.modules.get("torch_npu")
     if torch_npu is not None and hasattr(torch_npu, "get_npu_format"):
         fmt = int(torch_npu.get_npu_format(t))

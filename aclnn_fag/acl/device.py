@@ -95,6 +95,11 @@ class ForeignBuffer(DeviceBuffer):
 
 _BASE_ALIGN = 32
 _prod = math.prod
+# (shape, strides or None, dtype) -> (unit strides, span in elements, item size) of a
+# from_pointer geometry that passed its checks (non-empty): the checks that do not depend
+# on the address are not repeated for it (from_pointer runs per NPU tensor per call)
+_GEOMETRY: dict = {}
+_GEOMETRY_MAX = 1024
 
 
 def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
@@ -190,14 +195,36 @@ class DeviceArray:
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
         dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
+        strides = None if strides is None else _check_int_tuple("strides", strides)
+        geom = _GEOMETRY.get((shape, strides, dt))
+        if geom is not None:            # this geometry passed every check below before
+            device_id = operator.index(device_id)
+            if device_id < 0:
+                raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
+            unit, span, isz = geom
+            if ptr <= 0:
+                raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
+            if ptr % isz:
+                raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
+            offset = (ptr % _BASE_ALIGN) // isz
+            self = object.__new__(cls)
+            self.buffer = ForeignBuffer(ptr - ptr % _BASE_ALIGN, (offset + span) * isz,
+                                        device_id, owner)
+            self.shape, self.dtype, self.offset, self.strides = shape, dt, offset, unit
+            return self
+        key = (shape, strides, dt)
         if dt not in ACL_DTYPES:
             acl_dtype(dt)               # TypeError for an unsupported dtype
         if shape and min(shape) < 0:
             raise ValueError(f"parameter 'shape' has a negative dimension: {shape}")
-        strides = contiguous_strides(shape) if strides is None else _check_int_tuple("strides", strides)
+        if strides is None:
+            strides = contiguous_strides(shape)
         if len(strides) != len(shape):
             raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension of {shape}")
-        kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
+        if 0 in shape or 1 in shape:
+            kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
+        else:
+            kept = strides
         if kept and min(kept) < 0:
             raise ValueError(f"parameter 'strides' must be non-negative (element strides), got {strides}")
         device_id = operator.index(device_id)
@@ -205,7 +232,7 @@ class DeviceArray:
             raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
         isz = dt.itemsize
         if _prod(shape) == 0:
-            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt, kept or None, 0)
+            return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt, list(kept) or None, 0)
         if ptr <= 0:
             raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
         if ptr % isz:
@@ -218,7 +245,10 @@ class DeviceArray:
         # inside the buffer): set the fields directly (this runs per tensor per call)
         self = object.__new__(cls)
         self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, offset
-        self.strides = _unit_strides(shape, kept)
+        self.strides = strides if kept is strides else _unit_strides(shape, kept)
+        if len(_GEOMETRY) >= _GEOMETRY_MAX:
+            _GEOMETRY.clear()
+        _GEOMETRY[key] = (self.strides, span, isz)
         return self
 
     # ---- properties

@@ -35,7 +35,7 @@ from . import ownership, runtime
 from ._status import status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
-from .tensors import HandleBatch, int64_values
+from .tensors import HandleBatch, _destroy, int64_values
 
 __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
            "FWD_INPUT_SLOTS", "FWD_OUTPUT_SLOTS", "OpSpec", "BACKWARD", "FORWARD", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
@@ -84,6 +84,9 @@ class _Auto:
 AUTO = _Auto()   # call_raw output default: a bf16 buffer shaped like the matching input
 
 
+_NO_TIMER = contextlib.nullcontext()
+
+
 class _Timer:
     def __init__(self, timings: Optional[dict], cpu: bool = False) -> None:
         self.timings = timings
@@ -94,11 +97,13 @@ class _Timer:
                 if cpu:
                     timings.setdefault(k + "_cpu", 0.0)
 
-    @contextlib.contextmanager
     def __call__(self, key: str):
         if self.timings is None:
-            yield
-            return
+            return _NO_TIMER                # reusable; a generator context costs ~2 us
+        return self._timed(key)
+
+    @contextlib.contextmanager
+    def _timed(self, key: str):
         t0 = time.perf_counter()
         c0 = time.thread_time() if self.cpu else 0.0
         try:
@@ -146,7 +151,6 @@ class _Executor(runtime.NativeResource):
     def adopt(self, handle: Optional[int]) -> None:
         """Own the executor phase 1 returned (inside phase 1's ``ownership.atomic()``)."""
         if handle:
-            from .tensors import _destroy
             self._take(handle, _destroy, self.b, "aclDestroyAclOpExecutor", handle)
             self.handle = handle
 
@@ -189,6 +193,8 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 def _int64_attr(name: str, value) -> int:
     """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
+    if type(value) is int and INT64_MIN <= value <= INT64_MAX:
+        return value                    # the common case, without the ABC checks
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
     value = int(value)
@@ -198,6 +204,8 @@ def _int64_attr(name: str, value) -> int:
 
 
 def _double_attr(name: str, value) -> float:
+    if type(value) is float:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
     try:
@@ -230,10 +238,8 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     layout_arg = _layout_arg(attrs["input_layout"])
     attr_args += [layout_arg]
     attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("inner_precise", "sparse_mode", "pse_type")]
-    for name in op.int_arrays:
-        if int_arrays.get(name) is not None:
-            int_arrays = dict(int_arrays)
-            int_arrays[name] = int64_values(name, int_arrays[name])
+    int_arrays = {name: (None if int_arrays.get(name) is None
+                         else int64_values(name, int_arrays[name])) for name in op.int_arrays}
     b = runtime.api()
     dev = runtime.resolve_device(device_id)
     check_device_arrays(inputs, dev)
@@ -243,8 +249,8 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     stream = runtime.resolve_stream(stream) if caller_stream else runtime.stream(dev)
     enqueue_only = (caller_stream and keep_on_device
                     and all(v is None or isinstance(v, DeviceArray) for v in inputs.values()))
-    # Creates are batched into a few ownership.atomic() blocks (each block costs two
-    # sigaction calls on the main thread; nested blocks cost nothing).
+    # Creates are batched into few outermost ownership.atomic() blocks (each costs two
+    # sigaction calls on the main thread; nested blocks cost almost nothing).
     stack = contextlib.ExitStack()
     ok = False
     try:
@@ -252,112 +258,118 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         stack.callback(hold.release)            # registered before the hold is taken
         hold.acquire()
 
-        # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
-        dev_inputs: Dict[str, Optional[DeviceArray]] = {}
-        host_names = [n for n in op.inputs
-                      if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
+        # One outer ownership.atomic() block from the uploads to the handles' destruction:
+        # the blocks inside it nest (no sigaction calls). Nothing in it waits in Python
+        # (the waits are native calls, which hold SIGINT back anyway).
         with ownership.atomic():
-            uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
-            seen = set()
-            for name, da in zip(host_names, uploaded):
-                if id(da.buffer) not in seen:
-                    seen.add(id(da.buffer))
-                    _release_on_exit(stack, da.buffer)
-                dev_inputs[name] = da
-        for name in op.inputs:
-            if isinstance(inputs.get(name), DeviceArray):
-                dev_inputs[name] = inputs[name]
+            # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
+            dev_inputs: Dict[str, Optional[DeviceArray]] = {}
+            host_names = [n for n in op.inputs
+                          if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
+            if host_names:
+                with ownership.atomic():
+                    uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
+                    seen = set()
+                    for name, da in zip(host_names, uploaded):
+                        if id(da.buffer) not in seen:
+                            seen.add(id(da.buffer))
+                            _release_on_exit(stack, da.buffer)
+                        dev_inputs[name] = da
+            for name in op.inputs:
+                if isinstance(inputs.get(name), DeviceArray):
+                    dev_inputs[name] = inputs[name]
 
-        # ---- outputs
-        dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-        with ownership.atomic():
+            # ---- outputs
+            dev_outputs: Dict[str, Optional[DeviceArray]] = {}
+            to_make = []
             for name in op.outputs:
                 spec = outputs.get(name)
                 if spec is None or isinstance(spec, DeviceArray):
                     dev_outputs[name] = spec
-                    continue
-                shape, dtype, init = spec
-                with timer("alloc"):
-                    da = DeviceArray.empty(shape, dtype, dev)
-                if keep_on_device:
-                    _release_on_error(stack, da.buffer)
                 else:
-                    _release_on_exit(stack, da.buffer)
-                if init is not None:
-                    with timer("copy_in"):
-                        da.copy_from_numpy(init)
-                else:
-                    # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
-                    # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
-                    with timer("alloc"):
-                        da.buffer.memset(0)
-                dev_outputs[name] = da
-
-        # ---- handles (destroyed right after phase 2 returns, or on any error)
-        handles = stack.enter_context(contextlib.ExitStack())
-        with timer("marshal"), ownership.atomic():
-            batch = HandleBatch()
-            _release_on_exit(handles, batch)
-            t_args = {name: batch.tensor(dev_inputs.get(name)) for name in op.inputs}
-            ia_args = {name: batch.int_array(int_arrays.get(name)) for name in op.int_arrays}
-            o_args = {name: batch.tensor(dev_outputs[name]) for name in op.outputs}
-
-        # ---- phase 1
-        ws_size = c_uint64(0)
-        executor = c_void_p(None)
-        args = ([t_args[n] for n in op.inputs] + [ia_args[n] for n in op.int_arrays]
-                + attr_args
-                + [o_args[n] for n in op.outputs]
-                + [byref(ws_size) if workspace_size_out else None,
-                   byref(executor) if executor_out else None])
-        phase1 = getattr(b, op.phase1)
-        guard = _Executor(b)
-        _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
-        with timer("phase1"):
-            with ownership.atomic():           # phase 1 and the executor's ownership
-                rc = phase1(*args)
-                if rc == 0:
-                    guard.adopt(executor.value)
-        runtime._count("phase1")
-        if rc:
-            raise status_error(b, rc, op.phase1)
-        if guard.handle is None:
-            guard = None
-
-        # ---- workspace
-        workspace = None
-        if ws_size.value > 0:
-            with timer("alloc"):
-                if enqueue_only:
-                    workspace = runtime.stream_workspace(dev, stream, ws_size.value)
-                else:
-                    workspace = runtime.DeviceBuffer(ws_size.value, dev)
-                    _release_on_exit(stack, workspace)
-
-        # ---- phase 2 (+ sync)
-        if guard is not None:
-            phase2 = getattr(b, op.phase2)
-            p2_args = (c_void_p(workspace.ptr if workspace is not None else None),
-                       c_uint64(ws_size.value), c_void_p(guard.handle), c_void_p(stream))
-            t0 = time.perf_counter()
-            # the executor is the library's from the moment phase 2 is entered
-            rc = guard.call_consuming(phase2, *p2_args)
-            runtime._count("phase2")
-            if rc:
-                raise status_error(b, rc, op.phase2)
-            t1 = time.perf_counter()
-            with timer("marshal"), ownership.atomic():
-                handles.close()
-            t2 = time.perf_counter()
-            if not enqueue_only:
-                rc = b.aclrtSynchronizeStream(stream)
-                if rc:
-                    raise status_error(b, rc, "aclrtSynchronizeStream")
-            if timings is not None:
-                timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
-        else:
+                    to_make.append(name)
             with ownership.atomic():
-                handles.close()
+                for name in to_make:
+                    shape, dtype, init = outputs[name]
+                    with timer("alloc"):
+                        da = DeviceArray.empty(shape, dtype, dev)
+                    if keep_on_device:
+                        _release_on_error(stack, da.buffer)
+                    else:
+                        _release_on_exit(stack, da.buffer)
+                    if init is not None:
+                        with timer("copy_in"):
+                            da.copy_from_numpy(init)
+                    else:
+                        # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
+                        # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
+                        with timer("alloc"):
+                            da.buffer.memset(0)
+                    dev_outputs[name] = da
+
+            # ---- handles (destroyed right after phase 2 returns, or on any error)
+            handles = stack.enter_context(contextlib.ExitStack())
+            with timer("marshal"), ownership.atomic():
+                batch = HandleBatch()
+                _release_on_exit(handles, batch)
+                t_args = batch.tensors([dev_inputs.get(name) for name in op.inputs])
+                ia_args = batch.int_arrays([int_arrays.get(name) for name in op.int_arrays])
+                o_args = batch.tensors([dev_outputs[name] for name in op.outputs])
+
+            # ---- phase 1
+            ws_size = c_uint64(0)
+            executor = c_void_p(None)
+            args = (t_args + ia_args + attr_args + o_args
+                    + [byref(ws_size) if workspace_size_out else None,
+                       byref(executor) if executor_out else None])
+            phase1 = getattr(b, op.phase1)
+            guard = _Executor(b)
+            _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
+            with timer("phase1"):
+                with ownership.atomic():           # phase 1 and the executor's ownership
+                    rc = phase1(*args)
+                    if rc == 0:
+                        guard.adopt(executor.value)
+            runtime._count("phase1")
+            if rc:
+                raise status_error(b, rc, op.phase1)
+            if guard.handle is None:
+                guard = None
+
+            # ---- workspace
+            workspace = None
+            if ws_size.value > 0:
+                with timer("alloc"):
+                    if enqueue_only:
+                        workspace = runtime.stream_workspace(dev, stream, ws_size.value)
+                    else:
+                        workspace = runtime.DeviceBuffer(ws_size.value, dev)
+                        _release_on_exit(stack, workspace)
+
+            # ---- phase 2 (+ sync)
+            if guard is not None:
+                phase2 = getattr(b, op.phase2)
+                p2_args = (c_void_p(workspace.ptr if workspace is not None else None),
+                           c_uint64(ws_size.value), c_void_p(guard.handle), c_void_p(stream))
+                t0 = time.perf_counter()
+                # the executor is the library's from the moment phase 2 is entered
+                rc = guard.call_consuming(phase2, *p2_args)
+                runtime._count("phase2")
+                if rc:
+                    raise status_error(b, rc, op.phase2)
+                t1 = time.perf_counter()
+                with timer("marshal"), ownership.atomic():
+                    handles.close()
+                t2 = time.perf_counter()
+                if not enqueue_only:
+                    rc = b.aclrtSynchronizeStream(stream)
+                    if rc:
+                        raise status_error(b, rc, "aclrtSynchronizeStream")
+                if timings is not None:
+                    timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
+            else:
+                with ownership.atomic():
+                    handles.close()
 
         # ---- results
         result: Dict[str, object] = {}

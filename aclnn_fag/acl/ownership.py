@@ -20,9 +20,10 @@ The rules (see docs/faults.md):
   native call (so nothing can fail between the call and the store except a signal, which
   :class:`atomic` defers), filled by :meth:`Claim.take` in the same atomic block as the
   create, and kept in a process-wide registry (strong references) until released. The
-  Python object owning the handle has a ``weakref.finalize`` calling
-  :meth:`Claim.release`; should that finalizer itself be interrupted, the claim is still
-  in the registry and :func:`release_all` (``acl.shutdown()``) releases it.
+  Python object owning the handle is watched by the claim (:meth:`Claim.watch`, a weak
+  reference whose callback calls :meth:`Claim.release`); should that callback itself be
+  interrupted, the claim is still in the registry and :func:`release_all`
+  (``acl.shutdown()``) releases it.
 * :meth:`Claim.consume` — marks the handle as the library's (an executor given to phase
   2). Call it inside the same :class:`atomic` block as the consuming call, right before it:
   from that bytecode on the handle is never released by us.
@@ -49,6 +50,7 @@ import signal
 import sys
 import threading
 import warnings
+import weakref
 from typing import Callable, Dict, List, Optional
 
 from ..errors import ResourceReleaseWarning
@@ -147,7 +149,7 @@ class Claim:
     (lower first: executors before the tensors they use, those before memory)."""
 
     __slots__ = ("what", "rank", "handle", "func", "args", "state", "gen", "failures",
-                 "error", "__weakref__")
+                 "error", "ref", "__weakref__")
 
     def __init__(self, what: str, rank: int = 1) -> None:
         self.what = what
@@ -159,6 +161,20 @@ class Claim:
         self.gen = _gen
         self.failures = 0
         self.error: Optional[BaseException] = None
+        self.ref = None         # watch(): the owner's weak reference (its finalizer)
+
+    def watch(self, owner) -> None:
+        """Release the handle when ``owner`` is garbage collected (mode "gc"). The weak
+        reference lives on the claim, which the registry holds while the handle is owned,
+        so its callback runs also when the owner dies in a reference cycle; cheaper than a
+        ``weakref.finalize``. :meth:`unwatch` cancels it."""
+        self.ref = weakref.ref(owner, self._collected)
+
+    def unwatch(self) -> None:
+        self.ref = None
+
+    def _collected(self, _ref) -> None:
+        self.release("gc")
 
     def take(self, handle, func: Callable, *args) -> None:
         """Own ``handle``; ``func(*args)`` releases it and returns None or an exception.

@@ -11,7 +11,7 @@
   by ``release_thread_resources()`` and by ``shutdown()``.
 * :class:`DeviceBuffer`: ``aclrtMalloc``'d memory owned by a Python object, freed
   exactly once by ``free()``, the context manager, garbage collection
-  (``weakref.finalize``) or ``shutdown()``, through an :class:`.ownership.Claim` taken
+  (a weak reference on its claim) or ``shutdown()``, through an :class:`.ownership.Claim` taken
   atomically with the allocation (Ctrl-C at any bytecode neither leaks nor double-frees);
   a failed release warns (``ResourceReleaseWarning``) or raises (explicit ``free()``) and
   keeps the handle for a retry by ``shutdown()``; memory inherited across ``fork`` is never
@@ -66,9 +66,11 @@ _STAT_KEYS = ("malloc", "malloc_bytes", "free", "h2d", "h2d_bytes", "d2h", "d2h_
 _stats: Dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
 
 
-def _count(key: str, n: int = 1) -> None:
+def _count(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> None:
     with _stats_lock:
         _stats[key] += n
+        if key2 is not None:
+            _stats[key2] += n2
 
 
 def stats() -> Dict[str, int]:
@@ -142,7 +144,6 @@ def _check_pid() -> None:
                     _fork_reason = _forked_message(st.pid)
                 _process_gen += 1
                 _state = None
-                _live.clear()
                 ownership.after_fork()
 
 
@@ -171,7 +172,6 @@ class _State:
 _state: Optional[_State] = None
 _state_lock = threading.RLock()
 _tls = threading.local()
-_live: "weakref.WeakSet[NativeResource]" = weakref.WeakSet()
 _atexit_registered = False
 
 
@@ -229,6 +229,8 @@ def resolve_device(device_id: Optional[int] = None) -> int:
     """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX] (ctypes
     would silently wrap a larger one modulo 2**32 into another device). The device count is
     checked by :func:`ensure_device`, where ACL is initialised anyway."""
+    if type(device_id) is int and 0 <= device_id <= INT32_MAX:
+        return device_id                # the common case, first
     source = _device_source(device_id)
     if device_id is None:
         text = os.environ.get(ENV_DEVICE, "").strip()
@@ -532,7 +534,6 @@ class NativeResource:
     """
 
     _claim: Optional[ownership.Claim] = None
-    _finalizer = None
     _what = "a native handle"
     _rank = 1
 
@@ -540,13 +541,12 @@ class NativeResource:
         """Allocate the claim and the finalizer (before the native create)."""
         claim = ownership.Claim(self._what, self._rank)
         self._claim = claim
-        self._finalizer = weakref.finalize(self, claim.release, "gc")
+        claim.watch(self)           # released ("gc") when this object is collected
         return claim
 
     def _take(self, handle, func, *args) -> None:
         """Own ``handle`` (inside the create's ``ownership.atomic()`` block)."""
         self._claim.take(handle, func, *args)
-        _live.add(self)
 
     @property
     def released(self) -> bool:
@@ -565,10 +565,9 @@ class NativeResource:
             ok = c.release(mode)
         finally:
             if was_owned and c.state != ownership.OWNED:
-                _live.discard(self)
                 self._on_released()
-        if ok and self._finalizer is not None:
-            self._finalizer.detach()
+        if ok:
+            c.unwatch()
 
     def disown(self) -> None:
         """The library took the handle (e.g. phase 2 consumed the executor). Call inside the
@@ -576,7 +575,6 @@ class NativeResource:
         c = self._claim
         if c is not None and c.state == ownership.OWNED:
             c.consume()
-            _live.discard(self)
             self._on_released()
 
     def call_consuming(self, fn, *args):
@@ -603,9 +601,20 @@ class NativeResource:
         return False
 
 
+def _owners() -> list:
+    """The objects owning the registered claims' handles (each watched by its claim)."""
+    out = []
+    for c in ownership.pending():
+        ref = c.ref
+        obj = ref() if ref is not None else None
+        if isinstance(obj, NativeResource):
+            out.append(obj)
+    return out
+
+
 def live_resources() -> list:
     """The native resources of this package that are still alive (diagnostics)."""
-    return [r for r in list(_live) if not r.released]
+    return [r for r in _owners() if not r.released]
 
 
 def _free_device(b, dev: int, ptr: int):
@@ -656,8 +665,7 @@ class DeviceBuffer(NativeResource):
         if not p.value:
             raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
                                fetch_message=False)
-        _count("malloc")
-        _count("malloc_bytes", nbytes)
+        _count("malloc", 1, "malloc_bytes", nbytes)
         if p.value % DEVICE_ALIGN:
             self.free()
             raise AclRuntimeError(f"aclrtMalloc returned {p.value:#x}, not {DEVICE_ALIGN}-byte "
@@ -692,8 +700,7 @@ class DeviceBuffer(NativeResource):
         b = ensure_device(self.device_id)
         rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
         check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
-        _count("h2d")
-        _count("h2d_bytes", nbytes)
+        _count("h2d", 1, "h2d_bytes", nbytes)
 
     def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
@@ -703,8 +710,7 @@ class DeviceBuffer(NativeResource):
         b = ensure_device(self.device_id)
         rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
         check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
-        _count("d2h")
-        _count("d2h_bytes", nbytes)
+        _count("d2h", 1, "d2h_bytes", nbytes)
 
     def upload(self, array, offset: int = 0) -> None:
         """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""
@@ -753,6 +759,7 @@ class _ModeGate:
         self.prev_code = 0               # aclrtCtxGetSysParamOpt's code when prev is None
         self.changed = False
         self.holders: Dict[int, int] = {}    # thread id -> hold count
+        self.waiting = 0                     # threads in cond.wait(): notified on a change
 
 
 def _read_determinism(b):
@@ -790,7 +797,8 @@ def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
         return None
     restore, prev, code = gate.changed, gate.prev, gate.prev_code
     gate.mode, gate.changed, gate.prev, gate.prev_code = None, False, None, 0
-    gate.cond.notify_all()
+    if gate.waiting:
+        gate.cond.notify_all()
     if not restore:
         return None
     if prev is None:
@@ -859,6 +867,7 @@ class DeterminismHold:
         self._claim = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
         self._finalizer = weakref.finalize(self, self._claim.release, "gc")
         self._pooled = False        # recycled by release() into this thread's pool (call_hold)
+        self._in_pool = False       # released and waiting in the pool: release() is a no-op
 
     def acquire(self) -> "DeterminismHold":
         want = self.want
@@ -886,7 +895,11 @@ class DeterminismHold:
                     f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
                     f"{dev}; a nested call asking for deterministic={want} would wait for itself")
             while gate.active and gate.mode != want:
-                gate.cond.wait()
+                gate.waiting += 1
+                try:
+                    gate.cond.wait()
+                finally:
+                    gate.waiting -= 1
                 _drain_gate_locked(gate)
             with ownership.atomic():
                 if gate.active == 0:
@@ -918,15 +931,18 @@ class DeterminismHold:
 
     def release(self, mode: str = "warn") -> None:
         """Leave the hold (idempotent; a failed restore warns, or raises with mode="raise")."""
+        if self._in_pool:
+            return
         if self._claim.release(mode):
             if not self._pooled:
                 self._finalizer.detach()
             elif not self._claim.live:
-                # back into this thread's pool, once (the flag is cleared by call_hold);
-                # the finalizer stays: releasing a released claim is a no-op
+                # back into this thread's pool, once (call_hold clears the flags); the
+                # finalizer stays: releasing a released claim is a no-op
                 self._pooled = False
                 pool = getattr(_tls, "holds", None)
                 if pool is not None and len(pool) < 4:
+                    self._in_pool = True
                     pool.append(self)
 
     def __enter__(self) -> "DeterminismHold":
@@ -951,6 +967,7 @@ def call_hold(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold
             continue            # pragma: no cover - never pooled while live; a forked child
         h.want = None if want is None else bool(want)
         h.device_id = device_id
+        h._in_pool = False
         h._pooled = True
         return h
     h = DeterminismHold(device_id, want)
@@ -969,7 +986,7 @@ def _release_all_resources() -> None:
     # through the owning objects first (so that they know: buffer.closed, tensor.handle
     # None), executors before tensors before memory; then the claims whose object is gone
     # (its finalizer was interrupted) or whose earlier release failed — their one retry
-    for res in sorted((r for r in list(_live) if not r.released), key=lambda r: r._rank):
+    for res in sorted((r for r in _owners() if not r.released), key=lambda r: r._rank):
         res.release("final")
     ownership.release_all(final=True)
 
@@ -1031,7 +1048,6 @@ def _after_fork_in_child() -> None:
     if st is not None and st.initialised and _fork_reason is None:
         _fork_reason = _forked_message(st.pid)
     _state = None
-    _live.clear()
     ownership.after_fork()
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()

@@ -66,6 +66,12 @@ def int64_values(name: str, values) -> tuple:
     others). TypeError for a non-sequence or a non-integer entry, ValueError for a value
     outside int64 or more than ``MAX_INT_ARRAY_ENTRIES`` entries (e.g. a huge zero-stride
     array), each naming the parameter."""
+    if type(values) is tuple and len(values) <= MAX_INT_ARRAY_ENTRIES:
+        for v in values:                # the common case (validated calls): plain ints
+            if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
+                break
+        else:
+            return values
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise TypeError(f"parameter '{name}' must be 1-D, got shape {values.shape}")
@@ -207,6 +213,24 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
 
 _INT64_ARRAYS = tuple(c_int64 * n for n in range(17))    # the ctypes array types, made once
 _INT64_ONE = _INT64_ARRAYS[1]
+_N_ARRAY_TYPES = len(_INT64_ARRAYS)
+_DIMS: dict = {}            # tuple of ints -> an int64_t[n] holding it (never written to)
+_DIMS_MAX = 4096
+
+
+def _dims(values: tuple):
+    """A ctypes int64_t[n] with ``values``, shared by every tensor that has them (the ACL
+    create functions copy their arguments, and nothing here writes to them)."""
+    if type(values) is not tuple:
+        values = tuple(values)
+    arr = _DIMS.get(values)
+    if arr is None:
+        n = len(values)
+        arr = (_INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n)(*values)
+        if len(_DIMS) >= _DIMS_MAX:
+            _DIMS.clear()
+        _DIMS[values] = arr
+    return arr
 
 
 class HandleBatch(runtime.NativeResource):
@@ -225,39 +249,70 @@ class HandleBatch(runtime.NativeResource):
 
     def tensor(self, array) -> Optional[int]:
         """A new aclTensor for a DeviceArray view (None -> None)."""
-        if array is None:
-            return None
-        buf = array.buffer
-        if buf.closed:
-            raise ValueError("the device array's buffer has been freed")
-        shape, dt = array.shape, array.dtype
-        n = len(shape)
-        arr_t = _INT64_ARRAYS[n] if n < len(_INT64_ARRAYS) else c_int64 * n
-        code = ACL_DTYPES.get(dt)
-        if code is None:
-            code = acl_dtype(dt)
-        args = (arr_t(*shape), n, code, arr_t(*array.strides), array.offset, FORMAT_ND,
-                _INT64_ONE(buf.nbytes // dt.itemsize), 1, buf.ptr)
-        with ownership.atomic():          # the create and its ownership: one step for SIGINT
-            handle = self._b.aclCreateTensor(*args)
-            if handle:
-                self._tensors.append(handle)
-        if not handle:
+        return self.tensors((array,))[0]
+
+    def tensors(self, arrays) -> list:
+        """New aclTensors for DeviceArray views (None -> None), in order. Each create and the
+        store of its handle happen in one ``ownership.atomic()`` step (the whole loop); on a
+        NULL handle the ones made so far stay in the batch (released with it)."""
+        create = self._b.aclCreateTensor
+        store = self._tensors.append
+        dims = _dims
+        out = []
+        made = 0
+        try:
+            with ownership.atomic():
+                for array in arrays:
+                    if array is None:
+                        out.append(None)
+                        continue
+                    buf = array.buffer
+                    if buf.closed:
+                        raise ValueError("the device array's buffer has been freed")
+                    shape, dt = array.shape, array.dtype
+                    code = ACL_DTYPES.get(dt)
+                    if code is None:
+                        code = acl_dtype(dt)
+                    handle = create(dims(shape), len(shape), code, dims(array.strides),
+                                    array.offset, FORMAT_ND, dims((buf.nbytes // dt.itemsize,)),
+                                    1, buf.ptr)
+                    if not handle:
+                        break
+                    store(handle)
+                    made += 1
+                    out.append(handle)
+        finally:
+            if made:
+                runtime._count("tensors", made)
+        if len(out) < len(arrays):
             raise null_handle_error(self._b, "aclCreateTensor")
-        runtime._count("tensors")
-        return handle
+        return out
 
     def int_array(self, values) -> Optional[int]:
         """A new aclIntArray of a tuple of ints already checked to fit int64 (None -> None)."""
-        if values is None:
-            return None
-        n = len(values)
-        arr = (_INT64_ARRAYS[n] if n < len(_INT64_ARRAYS) else c_int64 * n)(*values)
-        with ownership.atomic():
-            handle = self._b.aclCreateIntArray(arr, n)
-            if handle:
-                self._int_arrays.append(handle)
-        if not handle:
+        return self.int_arrays((values,))[0]
+
+    def int_arrays(self, seqs) -> list:
+        """New aclIntArrays of tuples of ints already checked to fit int64 (None -> None)."""
+        create = self._b.aclCreateIntArray
+        store = self._int_arrays.append
+        out = []
+        made = 0
+        try:
+            with ownership.atomic():
+                for values in seqs:
+                    if values is None:
+                        out.append(None)
+                        continue
+                    handle = create(_dims(values), len(values))
+                    if not handle:
+                        break
+                    store(handle)
+                    made += 1
+                    out.append(handle)
+        finally:
+            if made:
+                runtime._count("int_arrays", made)
+        if len(out) < len(seqs):
             raise null_handle_error(self._b, "aclCreateIntArray")
-        runtime._count("int_arrays")
-        return handle
+        return out

@@ -103,6 +103,28 @@ def test_buffers_freed_by_gc_from_any_thread(no_leaks):
     assert no_leaks.counters()["device_bytes"] == 0
 
 
+def test_buffer_in_a_reference_cycle_is_freed_by_the_collector(no_leaks):
+    """The garbage-collection release (a weak reference kept on the registered claim) also
+    runs when the owner dies inside a reference cycle."""
+    class Node:
+        pass
+
+    node = Node()
+    node.buf = acl.runtime.DeviceBuffer(4096)
+    node.buf.back = node            # buffer <-> node: only the cycle collector frees them
+    node.me = node
+    assert no_leaks.counters()["device_bytes"] == 4096
+    gc.disable()
+    try:
+        del node
+        assert no_leaks.counters()["device_bytes"] == 4096   # not by reference counting
+    finally:
+        gc.enable()
+    gc.collect()
+    assert no_leaks.counters()["device_bytes"] == 0
+    assert not [c for c in acl.runtime.ownership.pending() if c.what.startswith("device")]
+
+
 def test_explicit_release_is_idempotent(no_leaks):
     buf = acl.DeviceBuffer(100)
     assert not buf.closed and buf.ptr % 32 == 0
