@@ -214,7 +214,7 @@ def _double_attr(name: str, value) -> float:
         raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
 
 
-def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
+def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
              attrs: Mapping[str, object], outputs: Mapping[str, object], *,
              deterministic: Optional[bool], device_id: Optional[int], timings: Optional[dict],
              workspace_size_out: bool = True, executor_out: bool = True,
@@ -389,6 +389,12 @@ def _execute(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 err = RuntimeError("the call failed")
                 stack.__exit__(RuntimeError, err, None)
     return result
+
+
+def _execute(*args, **kwargs):
+    """:func:`_execute_op` as one operation: the thread's context is checked once."""
+    with runtime.operation():
+        return _execute_op(*args, **kwargs)
 
 
 def _attrs(call) -> dict:

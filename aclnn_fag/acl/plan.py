@@ -195,41 +195,42 @@ class FagPlan:
         check_device_arrays(given, self.device_id)
         check_device_arrays(dict(dq=dq, dq_rope=dq_rope, dk=dk, dk_rope=dk_rope, dv=dv),
                             self.device_id)
-        try:
-            runtime.ensure_device(self.device_id if device_id is not None else None)
-            self._inputs: Dict[str, Optional[DeviceArray]] = {}
-            host = [n for n in INPUT_SLOTS if given[n] is not None
-                    and not isinstance(given[n], DeviceArray)]
-            uploaded = upload_arrays([given[n] for n in host], self.device_id)
-            for buf in {id(d.buffer): d.buffer for d in uploaded}.values():
-                self._state.owned.append(buf)
-            for n in INPUT_SLOTS:
-                self._inputs[n] = given[n] if isinstance(given[n], DeviceArray) else None
-            for n, d in zip(host, uploaded):
-                self._inputs[n] = d
-            if validate:
-                self._validate(check_data)
-            self._outputs: Dict[str, Optional[DeviceArray]] = {}
-            for n, out in (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
-                           ("dv", dv)):
-                if out is None:
-                    src = self._inputs[OUTPUT_LIKE[n]]
-                    if src is not None:
-                        # zeros: the op may leave parts of an output unwritten (docs/faults.md)
-                        out = DeviceArray.zeros(src.shape, BF16, self.device_id)
-                        self._state.results[n] = out.buffer
-                elif not isinstance(out, DeviceArray):
-                    raise TypeError(f"output {n!r} must be a DeviceArray or None")
-                self._outputs[n] = out
-            hold = runtime.call_hold(self.device_id, self.deterministic)
+        with runtime.operation():     # one context check for the construction
             try:
-                hold.acquire()
-                self._build()
-            finally:
-                hold.release()
-        except BaseException:
-            self._state.close(strict=False)
-            raise
+                runtime.ensure_device(self.device_id if device_id is not None else None)
+                self._inputs: Dict[str, Optional[DeviceArray]] = {}
+                host = [n for n in INPUT_SLOTS if given[n] is not None
+                        and not isinstance(given[n], DeviceArray)]
+                uploaded = upload_arrays([given[n] for n in host], self.device_id)
+                for buf in {id(d.buffer): d.buffer for d in uploaded}.values():
+                    self._state.owned.append(buf)
+                for n in INPUT_SLOTS:
+                    self._inputs[n] = given[n] if isinstance(given[n], DeviceArray) else None
+                for n, d in zip(host, uploaded):
+                    self._inputs[n] = d
+                if validate:
+                    self._validate(check_data)
+                self._outputs: Dict[str, Optional[DeviceArray]] = {}
+                for n, out in (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
+                               ("dv", dv)):
+                    if out is None:
+                        src = self._inputs[OUTPUT_LIKE[n]]
+                        if src is not None:
+                            # zeros: the op may leave parts of an output unwritten (docs/faults.md)
+                            out = DeviceArray.zeros(src.shape, BF16, self.device_id)
+                            self._state.results[n] = out.buffer
+                    elif not isinstance(out, DeviceArray):
+                        raise TypeError(f"output {n!r} must be a DeviceArray or None")
+                    self._outputs[n] = out
+                hold = runtime.call_hold(self.device_id, self.deterministic)
+                try:
+                    hold.acquire()
+                    self._build()
+                finally:
+                    hold.release()
+            except BaseException:
+                self._state.close(strict=False)
+                raise
 
     def _validate(self, check_data: bool) -> None:
         """The public call's rules on the plan's (uploaded) inputs; the data rules read only
@@ -419,7 +420,7 @@ class FagPlan:
         enqueued on.
         """
         arrays = {n: _as_device_or_host(n, a) for n, a in arrays.items()}
-        with self._lock:
+        with self._lock, runtime.operation():
             if self.closed:
                 raise ValueError("the plan is closed")
             changes: Dict[str, DeviceArray] = {}

@@ -321,19 +321,52 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
     otherwise pay the query again."""
     st = initialise()
     dev = resolve_device(device_id)
-    if _tls_current(st) != dev or (check_context and _context_lost(st.b)):
+    op = getattr(_tls, "op", None)
+    if _tls_current(st) != dev or (check_context and op != _VERIFIED and _context_lost(st.b)):
         check_device_count(st.b, dev, _device_source(device_id))
         rc = st.b.aclrtSetDevice(dev)
         check(st.b, rc, "aclrtSetDevice")
         _record_device(st, dev)
+    if op == _OPEN and check_context:
+        _tls.op = _VERIFIED         # checked (or set) once in this operation: trusted after
     return st.b
+
+
+_OPEN, _VERIFIED = 1, 2     # _tls.op: inside an operation; its context already checked
+
+
+class operation:
+    """``with runtime.operation():`` one public operation (an op call, a plan's
+    construction or run). Its first :func:`ensure_device` checks the thread's context as
+    usual; the later ones in the same operation trust the record (saves one
+    aclrtGetCurrentContext each). Leaving the operation restores the state before it, so
+    the next operation, and every call outside one, checks again: a foreign
+    aclrtResetDevice between operations is still noticed. A nested operation checks again
+    on its own first call."""
+
+    __slots__ = ("prev",)
+
+    def __enter__(self) -> "operation":
+        self.prev = getattr(_tls, "op", None)
+        _tls.op = _OPEN
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        _tls.op = self.prev
+        return False
+
+
+def distrust_context() -> None:
+    """The record was found stale inside an operation: the next ensure_device checks."""
+    if getattr(_tls, "op", None) == _VERIFIED:
+        _tls.op = _OPEN
 
 
 def _ensure_any_context(b, dev: int) -> None:
     """For releases from any thread (GC, atexit): make sure the thread has a current context."""
     st = _state
     if (st is not None and st.key == b.key and _tls_current(st) is not None
-            and not _context_lost(b)):
+            and (getattr(_tls, "op", None) == _VERIFIED or not _context_lost(b))):
         return
     rc = b.aclrtSetDevice(dev)
     if rc == 0 and st is not None and st.key == b.key:
@@ -907,6 +940,7 @@ class DeterminismHold:
                     if code == ACL_ERROR_RT_CONTEXT_NULL:
                         # the record trusted above was stale (other code reset this thread's
                         # device): set it again, then read
+                        distrust_context()
                         b = ensure_device(dev)
                         prev, code = _read_determinism(b)
                     for _ in range(READ_RETRIES):      # a transient failure: read again

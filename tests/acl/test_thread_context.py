@@ -135,3 +135,55 @@ def test_without_the_context_query_the_record_is_trusted(stub, stub_lib_dir, mon
     assert foreign["aclrtResetDevice"](0) == 0
     with DeviceArray.from_numpy(np.ones(3, np.float32)) as arr:
         assert arr.numpy().sum() == 3
+
+
+def _count_context_queries(monkeypatch):
+    b = runtime.api()
+    real = b.aclrtGetCurrentContext
+    calls = []
+    monkeypatch.setattr(b, "aclrtGetCurrentContext", lambda p: calls.append(1) or real(p))
+    return calls
+
+
+def test_one_context_query_per_operation(stub, monkeypatch, no_leaks):
+    """An op call (many uploads, allocations, downloads) queries the context once; the
+    calls outside an operation still query every time."""
+    p = make_problem(seed=95, q_lens=(5, 3), d=16, dr=8)
+    call = validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy, **p.kwargs())
+    acl.run_backward(call)                        # streams etc. made
+    calls = _count_context_queries(monkeypatch)
+    acl.run_backward(call)
+    assert len(calls) == 1
+    del calls[:]
+    for _ in range(3):
+        runtime.ensure_device(0)
+    assert len(calls) == 3
+    del calls[:]
+    with runtime.operation():
+        for _ in range(3):
+            runtime.ensure_device(0)
+        with runtime.operation():                 # nested: checks again on its own
+            runtime.ensure_device(0)
+            runtime.ensure_device(0)
+        runtime.ensure_device(0)
+    assert len(calls) == 2
+    runtime.ensure_device(0)                      # the operation is over: checked again
+    assert len(calls) == 3
+
+
+def test_foreign_reset_inside_then_between_operations(foreign, monkeypatch, no_leaks):
+    """A reset between two plan runs is noticed by the next run's single check."""
+    p = make_problem(seed=96, q_lens=(5, 3), d=16, dr=8)
+    call = validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy, **p.kwargs())
+    expected = acl.run_backward(call)
+    with acl.FagPlan.from_call(call) as plan:
+        first = [x.numpy() if x is not None else None for x in plan.run()]
+        assert foreign["aclrtResetDevice"](0) == 0
+        assert not _has_context(foreign)
+        second = [x.numpy() if x is not None else None for x in plan.run()]
+        assert _has_context(foreign)
+    for a, b_, e in zip(first, second, expected):
+        if e is None:
+            continue
+        np.testing.assert_array_equal(a.view(np.uint16), e.view(np.uint16))
+        np.testing.assert_array_equal(b_.view(np.uint16), e.view(np.uint16))
