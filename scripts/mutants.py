@@ -33,8 +33,9 @@ AREA_TESTS = {
             "tests/acl/test_errors.py", "tests/acl/test_leaks.py", "tests/acl/test_prototypes.py"),
     "accuracy": _ACCURACY,
     "parity": _PARITY,
-    # tests/native last: run before tests/acl in one process, test_backend_matrix's first case
-    # fails even without a mutant (an order dependence between the two folders)
+    # tests/native last (it used to make test_backend_matrix's first case fail when run in
+    # between: its aclrtResetDevice left the package's per-thread device record stale, now
+    # checked in acl/runtime.py; tests/acl/test_thread_context.py)
     "stub": ("tests/acl/test_stub_exact.py", "tests/acl/test_backend_matrix.py",
              "tests/acl/test_errors.py", "tests/acl/test_plan.py", "tests/acl/test_plan_holes.py",
              "tests/native"),

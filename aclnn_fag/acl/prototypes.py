@@ -91,6 +91,8 @@ PROTOTYPES: Tuple[Proto, ...] = (
     Proto("aclrtCtxSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
     # aclError aclrtCtxGetSysParamOpt(aclSysParamOpt opt, int64_t *value);  (optional)
     Proto("aclrtCtxGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
+    # aclError aclrtGetCurrentContext(aclrtContext *context);             (optional)
+    Proto("aclrtGetCurrentContext", aclError, (P_VOIDP,), RT, optional=True),
     # ---- version queries (acl/acl_rt.h; all optional, see aclnn_fag/acl/versions.py) ----
     # aclError aclsysGetVersionStr(char *pkgName, char *versionStr);        (optional)
     Proto("aclsysGetVersionStr", aclError, (c_char_p, c_char_p), RT, optional=True),

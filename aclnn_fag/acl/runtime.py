@@ -50,6 +50,7 @@ __all__ = [
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
 ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_ERROR_RT_SYSPARAMOPT_NOT_SET = 107021
+ACL_ERROR_RT_CONTEXT_NULL = 107002
 INT32_MAX = (1 << 31) - 1      # device ids are int32_t in every ACL prototype
 MEMCPY_HOST_TO_DEVICE = 1
 MEMCPY_DEVICE_TO_HOST = 2
@@ -268,35 +269,75 @@ def check_device_count(b, dev: int, source: str = "parameter 'device_id'") -> No
 
 
 def _tls_current(st: _State) -> Optional[int]:
+    """The device this package made current on the calling thread, or None. Only a record:
+    other code may have changed the thread's context since (see _context_lost)."""
     if getattr(_tls, "key", None) != st.key or getattr(_tls, "gen", None) != _process_gen:
         return None
     return _tls.current
 
 
-def ensure_device(device_id: Optional[int] = None):
-    """Initialise ACL and make ``device_id`` current on this thread. Returns the bindings."""
+def _current_context(b) -> Optional[int]:
+    """``aclrtGetCurrentContext``: the calling thread's context, or None (no context, or the
+    query failed; its error message is consumed)."""
+    ctx = c_void_p()
+    if b.aclrtGetCurrentContext(byref(ctx)):
+        recent_message(b)
+        return None
+    return ctx.value
+
+
+def _context_lost(b) -> bool:
+    """True when the thread's context is no longer the one this package's aclrtSetDevice
+    made current: another library, a user or a test called aclrtResetDevice, aclFinalize or
+    aclrtSetCurrentContext on this thread meanwhile, so the thread-local record is stale.
+    One query per check; without aclrtGetCurrentContext the record is trusted. A record made
+    without the context (the query was missing or failed then) adopts the thread's current
+    one, and is lost only when there is none."""
+    if b.aclrtGetCurrentContext is None:
+        return False
+    actual = _current_context(b)
+    expected = getattr(_tls, "ctx", None)
+    if expected is None:
+        _tls.ctx = actual
+        return actual is None
+    return actual != expected
+
+
+def _record_device(st: _State, dev: int) -> None:
+    """After a successful aclrtSetDevice on this thread: remember the device and its context."""
+    _tls.key = st.key
+    _tls.gen = _process_gen
+    _tls.current = dev
+    _tls.ctx = _current_context(st.b) if st.b.aclrtGetCurrentContext is not None else None
+
+
+def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
+    """Initialise ACL and make ``device_id`` current on this thread. Returns the bindings.
+
+    The thread-local record of what this package made current is checked against the
+    thread's real context (one aclrtGetCurrentContext), so that a reset by other code is
+    noticed. ``check_context=False`` trusts the record: for the steps of one operation that
+    follow its checked ensure_device (stream lookup, determinism hold), which would
+    otherwise pay the query again."""
     st = initialise()
     dev = resolve_device(device_id)
-    if _tls_current(st) != dev:
+    if _tls_current(st) != dev or (check_context and _context_lost(st.b)):
         check_device_count(st.b, dev, _device_source(device_id))
         rc = st.b.aclrtSetDevice(dev)
         check(st.b, rc, "aclrtSetDevice")
-        _tls.key = st.key
-        _tls.gen = _process_gen
-        _tls.current = dev
+        _record_device(st, dev)
     return st.b
 
 
 def _ensure_any_context(b, dev: int) -> None:
     """For releases from any thread (GC, atexit): make sure the thread has a current context."""
     st = _state
-    if st is not None and st.key == b.key and _tls_current(st) is not None:
+    if (st is not None and st.key == b.key and _tls_current(st) is not None
+            and not _context_lost(b)):
         return
     rc = b.aclrtSetDevice(dev)
     if rc == 0 and st is not None and st.key == b.key:
-        _tls.key = st.key
-        _tls.gen = _process_gen
-        _tls.current = dev
+        _record_device(st, dev)
 
 
 def device_count() -> int:
@@ -324,7 +365,7 @@ def soc_name() -> Optional[str]:
 def stream(device_id: Optional[int] = None) -> int:
     """The stream of (device, calling thread), created on first use."""
     dev = resolve_device(device_id)
-    b = ensure_device(dev)
+    b = ensure_device(dev, check_context=False)
     st = _get_state()
     thread = threading.current_thread()
     key = (dev, threading.get_ident())
@@ -335,6 +376,7 @@ def stream(device_id: Optional[int] = None) -> int:
             if entry.thread() is not thread:      # thread id reused by a new thread: adopt
                 entry.thread = weakref.ref(thread)
             return entry.handle
+    b = ensure_device(dev)        # a native create follows: the context must really be current
     handle = c_void_p()
     entry = _Stream(None, weakref.ref(thread), dev)     # Python objects before the create
     with ownership.atomic():
@@ -447,8 +489,12 @@ def _destroy_stream(st: _State, entry: _Stream, final: bool = False) -> bool:
 
 def _sweep_dead_streams(st: _State, dev: int) -> None:
     """Destroy streams of ended threads on ``dev`` (the caller made ``dev`` current)."""
+    checked = False
     for key, entry in list(st.streams.items()):
         if entry.device == dev and entry.dead():
+            if not checked:         # native destroys follow: the context must really be current
+                ensure_device(dev)
+                checked = True
             with ownership.atomic():
                 if st.streams.get(key) is entry:
                     del st.streams[key]
@@ -828,7 +874,7 @@ class DeterminismHold:
         if want is None:
             return self
         dev = resolve_device(self.device_id)
-        b = ensure_device(dev)
+        b = ensure_device(dev, check_context=False)     # checked on a failed read below
         if b.aclrtCtxSetSysParamOpt is None:
             if want:
                 raise BackendUnavailableError(
@@ -858,6 +904,11 @@ class DeterminismHold:
             with ownership.atomic():
                 if gate.active == 0:
                     prev, code = _read_determinism(b)
+                    if code == ACL_ERROR_RT_CONTEXT_NULL:
+                        # the record trusted above was stale (other code reset this thread's
+                        # device): set it again, then read
+                        b = ensure_device(dev)
+                        prev, code = _read_determinism(b)
                     for _ in range(READ_RETRIES):      # a transient failure: read again
                         if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
                             break
@@ -975,7 +1026,7 @@ def shutdown(finalize: bool = True) -> None:
     with _state_lock:
         if _state is st:
             _state = None
-    for attr in ("key", "gen", "current"):
+    for attr in ("key", "gen", "current", "ctx"):
         if hasattr(_tls, attr):
             delattr(_tls, attr)
 

@@ -113,6 +113,7 @@ def test_every_native_name_used_in_the_package_is_declared():
 def test_optional_symbols_are_probed():
     assert set(prototypes.OPTIONAL) == {
         "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt", "aclrtCtxGetSysParamOpt",
+        "aclrtGetCurrentContext",
         "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",
         prototypes.FWD_PHASE1, prototypes.FWD_PHASE2, "aclStubGetCounters"}

@@ -13,6 +13,7 @@ extern "C" {
 
 typedef int aclError;
 typedef void *aclrtStream;
+typedef void *aclrtContext;
 
 static const int ACL_SUCCESS = 0;
 
