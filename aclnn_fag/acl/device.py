@@ -165,8 +165,15 @@ class DeviceArray:
         n = 1
         for d in shape:            # Python ints: no int64 wrap-around for absurd shapes
             n *= d
-        buf = DeviceBuffer(n * np.dtype(dtype).itemsize, device_id)
-        return cls(buf, shape, dtype)
+        dt = np.dtype(dtype)
+        if dt not in ACL_DTYPES:
+            acl_dtype(dt)          # TypeError for an unsupported dtype, before allocating
+        buf = DeviceBuffer(n * dt.itemsize, device_id)
+        # a C-contiguous view of the whole new buffer: every invariant of __init__ holds
+        self = object.__new__(cls)
+        self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, 0
+        self.strides = contiguous_strides(shape)
+        return self
 
     @classmethod
     def zeros(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
