@@ -50,6 +50,31 @@ def test_flag_is_on_during_the_call_and_restored(d40, no_leaks):
     _set(0)
 
 
+def test_none_leaves_the_option_alone_on_a_fresh_hold(d40, no_leaks):
+    """deterministic=None never writes the option -- also on a hold made fresh rather than
+    recycled from the thread's pool (runtime.call_hold): ``acl.determinism(dev, None)`` and
+    the first call of a new thread."""
+    _set(1)
+    with acl.determinism(0, None):
+        assert runtime.get_determinism(0) == 1
+    assert runtime.get_determinism(0) == 1
+    out = {}
+
+    def first_call_of_a_thread():
+        try:      # D=40 is rejected only in deterministic mode: the option stays 1
+            acl.call_raw(**d40.raw_kwargs(), deterministic=None)
+            out["verdict"] = "accepted"
+        except errors.ParamInvalidError:
+            out["verdict"] = "rejected"
+        out["after"] = runtime.get_determinism(0)
+
+    t = threading.Thread(target=first_call_of_a_thread)
+    t.start()
+    t.join()
+    _set(0)
+    assert out == {"verdict": "rejected", "after": 1}
+
+
 def test_public_api_deterministic_flag(no_leaks):
     p = make_problem(seed=52, q_lens=(7, 0, 9), n2=1, g=2, d=32, dr=16)
     _set(0)
