@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 from .device import DeviceArray
 from .runtime import DeviceBuffer
 
-__all__ = ["ResultBuffer", "LastResults", "result_view"]
+__all__ = ["ResultBuffer", "LastResults", "result_view", "build"]
 
 
 _refs = sys.getrefcount

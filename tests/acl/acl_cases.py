@@ -94,6 +94,30 @@ def make_problem(seed: int = 0, q_lens=(9, 0, 14), kv_lens=None, *, n2: int = 1,
     return p.forward()
 
 
+def plan_host_inputs(p: Problem) -> dict:
+    """The ten tensor inputs of a plan (or of ``acl.call_raw``) for a problem, by slot name."""
+    f = p.fwd
+    return dict(query=p.q, query_rope=p.qr, key=p.k, key_rope=p.kr, value=p.v, dy=p.dy,
+                atten_mask=p.mask, softmax_max=f.softmax_max, softmax_sum=f.softmax_sum,
+                attention_in=f.attention_out)
+
+
+def raw_grads(p: Problem, **over):
+    """``acl.call_raw`` on the problem (no Python validation), slots overridden by ``over``."""
+    from aclnn_fag import acl
+    kw = dict(plan_host_inputs(p), actual_seq_qlen=p.q_ends, actual_seq_kvlen=p.kv_ends,
+              scale_value=p.scale, sparse_mode=p.mode)
+    kw.update(over)
+    return acl.call_raw(**kw)
+
+
+def plan_for(p: Problem, **kw):
+    """An ``acl.FagPlan`` over the problem's numpy inputs (``kw``: outputs, plan options)."""
+    from aclnn_fag.acl import FagPlan
+    return FagPlan(**plan_host_inputs(p), actual_seq_qlen=p.q_ends, actual_seq_kvlen=p.kv_ends,
+                   scale_value=p.scale, sparse_mode=p.mode, **kw)
+
+
 def max_rel_error(actual, expected) -> float:
     a = np.asarray(actual, dtype=np.float64)
     e = np.asarray(expected, dtype=np.float64)

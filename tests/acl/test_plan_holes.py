@@ -24,6 +24,9 @@ from aclnn_fag.acl import DeviceArray, FagPlan, runtime
 from aclnn_fag.acl.prototypes import PHASE1
 from aclnn_fag.validate import validate_backward
 from acl_cases import BF16, make_problem
+from acl_cases import plan_for as _plan
+from acl_cases import plan_host_inputs as _host_inputs
+from acl_cases import raw_grads as _raw
 
 INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask", "softmax_max",
           "softmax_sum", "attention_in")
@@ -35,13 +38,6 @@ def prob():
     # a random mask (density 0.3) so that the mask slot changes the result too
     return make_problem(seed=91, q_lens=(7, 0, 9), kv_lens=(8, 4, 9), n2=1, g=2, d=32, dr=16,
                         density=0.3)
-
-
-def _host_inputs(p) -> dict:
-    f = p.fwd
-    return dict(query=p.q, query_rope=p.qr, key=p.k, key_rope=p.kr, value=p.v, dy=p.dy,
-                atten_mask=p.mask, softmax_max=f.softmax_max, softmax_sum=f.softmax_sum,
-                attention_in=f.attention_out)
 
 
 def _replacement(p, slot: str) -> np.ndarray:
@@ -57,21 +53,6 @@ def _replacement(p, slot: str) -> np.ndarray:
     if slot == "softmax_sum":
         return (old * np.float32(2.0)).astype(np.float32)
     return rng.standard_normal(old.shape).astype(BF16)
-
-
-def _raw(p, **over):
-    kw = dict(_host_inputs(p), actual_seq_qlen=p.q_ends, actual_seq_kvlen=p.kv_ends,
-              scale_value=p.scale, sparse_mode=p.mode)
-    kw.update(over)
-    return acl.call_raw(**kw)
-
-
-def _plan(p, **kw):
-    f = p.fwd
-    return FagPlan(query=p.q, query_rope=p.qr, key=p.k, key_rope=p.kr, value=p.v, dy=p.dy,
-                   atten_mask=p.mask, softmax_max=f.softmax_max, softmax_sum=f.softmax_sum,
-                   attention_in=f.attention_out, actual_seq_qlen=p.q_ends,
-                   actual_seq_kvlen=p.kv_ends, scale_value=p.scale, sparse_mode=p.mode, **kw)
 
 
 def _bits(grads):

@@ -15,9 +15,10 @@ import gc
 import numpy as np
 import pytest
 
-import aclnn_fag.acl as acl
-from aclnn_fag.acl import DeviceArray, FagPlan, runtime
+from aclnn_fag.acl import DeviceArray, runtime
 from acl_cases import BF16, make_problem
+from acl_cases import plan_for as _plan
+from acl_cases import raw_grads as _raw
 
 OUTPUTS = ("dq", "dq_rope", "dk", "dk_rope", "dv")
 KINDS = {"repeatable": {}, "one_shot": dict(repeatable=False), "rebuild": dict(repoint=False)}
@@ -36,28 +37,6 @@ def new_dy(prob):
 @pytest.fixture(scope="module")
 def new_value(prob):
     return np.random.default_rng(13).standard_normal(prob.v.shape).astype(BF16)
-
-
-def _host_inputs(p) -> dict:
-    f = p.fwd
-    return dict(query=p.q, query_rope=p.qr, key=p.k, key_rope=p.kr, value=p.v, dy=p.dy,
-                atten_mask=p.mask, softmax_max=f.softmax_max, softmax_sum=f.softmax_sum,
-                attention_in=f.attention_out)
-
-
-def _raw(p, **over):
-    kw = dict(_host_inputs(p), actual_seq_qlen=p.q_ends, actual_seq_kvlen=p.kv_ends,
-              scale_value=p.scale, sparse_mode=p.mode)
-    kw.update(over)
-    return acl.call_raw(**kw)
-
-
-def _plan(p, **kw):
-    f = p.fwd
-    return FagPlan(query=p.q, query_rope=p.qr, key=p.k, key_rope=p.kr, value=p.v, dy=p.dy,
-                   atten_mask=p.mask, softmax_max=f.softmax_max, softmax_sum=f.softmax_sum,
-                   attention_in=f.attention_out, actual_seq_qlen=p.q_ends,
-                   actual_seq_kvlen=p.kv_ends, scale_value=p.scale, sparse_mode=p.mode, **kw)
 
 
 def _bits(a) -> np.ndarray:
