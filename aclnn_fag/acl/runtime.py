@@ -865,13 +865,15 @@ def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
     with gate.lock:
         _drain_gate_locked(gate)
         value = _exit_gate_locked(gate, me)
-    if value is None:
-        return None
-    try:
-        ensure_device(dev)
-        _set_determinism(b, value)
-    except Exception as exc:
-        return exc
+        if value is None:
+            return None
+        # written back before the lock is released: a call waiting for the other mode must
+        # read the restored value as its "previous" one, not the value this hold set
+        try:
+            ensure_device(dev)
+            _set_determinism(b, value)
+        except Exception as exc:
+            return exc
     return None
 
 

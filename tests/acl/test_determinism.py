@@ -123,6 +123,51 @@ def test_conflicting_modes_are_serialised():
     assert runtime.get_determinism(0) == 0
 
 
+def test_the_last_holder_restores_before_a_waiting_mode_enters(monkeypatch):
+    """The last holder of one mode writes the previous value back before a call waiting for
+    the other mode may enter: otherwise the waiter reads the not-yet-restored value as "the
+    previous one" and writes it back when it leaves, leaving the option wrong for good."""
+    _set(0)
+    real_set = runtime._set_determinism
+    a_restored = threading.Event()
+    a_ident = []
+
+    def slow_restore_in_a(b, value):
+        if threading.get_ident() in a_ident and value == 0:
+            time.sleep(0.3)            # a's write-back is slow: b has time to enter if it can
+            real_set(b, value)
+            a_restored.set()
+            return
+        real_set(b, value)
+
+    monkeypatch.setattr(runtime, "_set_determinism", slow_restore_in_a)
+    entered_a, release_a = threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        a_ident.append(threading.get_ident())
+        with acl.determinism(0, True):
+            entered_a.set()
+            release_a.wait(5)
+
+    def b():
+        entered_a.wait(5)
+        with acl.determinism(0, False):
+            seen["b in"] = runtime.get_determinism(0)
+            a_restored.wait(5)         # leave only after a's write-back has happened
+
+    ta, tb = threading.Thread(target=a), threading.Thread(target=b)
+    ta.start()
+    tb.start()
+    entered_a.wait(5)
+    time.sleep(0.1)
+    release_a.set()
+    ta.join(10)
+    tb.join(10)
+    assert seen == {"b in": 0}
+    assert runtime.get_determinism(0) == 0
+
+
 def test_without_the_setter(monkeypatch, d40, no_leaks):
     b = runtime.api()
     _set(0)
