@@ -255,38 +255,20 @@ class HandleBatch(runtime.NativeResource):
         """New aclTensors for DeviceArray views (None -> None), in order. Each create and the
         store of its handle happen in one ``ownership.atomic()`` step (the whole loop); on a
         NULL handle the ones made so far stay in the batch (released with it)."""
-        create = self._b.aclCreateTensor
-        store = self._tensors.append
-        dims = _dims
-        out = []
-        made = 0
-        try:
-            with ownership.atomic():
-                for array in arrays:
-                    if array is None:
-                        out.append(None)
-                        continue
-                    buf = array.buffer
-                    if buf.closed:
-                        raise ValueError("the device array's buffer has been freed")
-                    shape, dt = array.shape, array.dtype
-                    code = ACL_DTYPES.get(dt)
-                    if code is None:
-                        code = acl_dtype(dt)
-                    handle = create(dims(shape), len(shape), code, dims(array.strides),
-                                    array.offset, FORMAT_ND, dims((buf.nbytes // dt.itemsize,)),
-                                    1, buf.ptr)
-                    if not handle:
-                        break
-                    store(handle)
-                    made += 1
-                    out.append(handle)
-        finally:
-            if made:
-                runtime._count("tensors", made)
-        if len(out) < len(arrays):
-            raise null_handle_error(self._b, "aclCreateTensor")
-        return out
+        create, dims, dtype_codes = self._b.aclCreateTensor, _dims, ACL_DTYPES
+
+        def make(array):
+            buf = array.buffer
+            if buf.closed:
+                raise ValueError("the device array's buffer has been freed")
+            shape, dt = array.shape, array.dtype
+            code = dtype_codes.get(dt)
+            if code is None:
+                code = acl_dtype(dt)
+            return create(dims(shape), len(shape), code, dims(array.strides), array.offset,
+                          FORMAT_ND, dims((buf.nbytes // dt.itemsize,)), 1, buf.ptr)
+
+        return self._create_each(arrays, make, self._tensors, "tensors", "aclCreateTensor")
 
     def int_array(self, values) -> Optional[int]:
         """A new aclIntArray of a tuple of ints already checked to fit int64 (None -> None)."""
@@ -295,16 +277,23 @@ class HandleBatch(runtime.NativeResource):
     def int_arrays(self, seqs) -> list:
         """New aclIntArrays of tuples of ints already checked to fit int64 (None -> None)."""
         create = self._b.aclCreateIntArray
-        store = self._int_arrays.append
+        return self._create_each(seqs, lambda values: create(_dims(values), len(values)),
+                                 self._int_arrays, "int_arrays", "aclCreateIntArray")
+
+    def _create_each(self, items, make, handles: list, counter: str, function: str) -> list:
+        """``make(item)`` for each item (None -> None), storing every handle in ``handles``
+        inside one atomic step; a NULL handle stops the loop and raises (the handles made so
+        far stay in the batch and are released with it)."""
+        store = handles.append
         out = []
         made = 0
         try:
             with ownership.atomic():
-                for values in seqs:
-                    if values is None:
+                for item in items:
+                    if item is None:
                         out.append(None)
                         continue
-                    handle = create(_dims(values), len(values))
+                    handle = make(item)
                     if not handle:
                         break
                     store(handle)
@@ -312,7 +301,7 @@ class HandleBatch(runtime.NativeResource):
                     out.append(handle)
         finally:
             if made:
-                runtime._count("int_arrays", made)
-        if len(out) < len(seqs):
-            raise null_handle_error(self._b, "aclCreateIntArray")
+                runtime._count(counter, made)
+        if len(out) < len(items):
+            raise null_handle_error(self._b, function)
         return out
