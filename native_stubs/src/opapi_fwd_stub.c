@@ -23,13 +23,14 @@
 #include <string.h>
 
 #include "fwd_kernel.h"
+#include "op_rules.h"
 #include "stub_abi.h"
 
 #define FWD1 "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize"
 #define FWD2 "aclnnFlashAttentionVarLenScoreV3"
-#define I32MAX ((int64_t)2147483647)
+#define I32MAX STUB_I32MAX
 
-__extension__ typedef __int128 w128;
+typedef stub_i128 w128;
 
 /* the documented limits (S3), as LIMITS in aclnn_fag/validate.py */
 #define FWD_LIMIT_HEADS 256
@@ -92,51 +93,6 @@ typedef struct FwdArgs {
     aclOpExecutor **exec;
 } FwdArgs;
 
-static const char *dims_str(const aclTensor *t, char *buf, size_t n)
-{
-    size_t used = (size_t)snprintf(buf, n, "[");
-    for (int64_t i = 0; i < t->ndim && used < n; i++) {
-        used += (size_t)snprintf(buf + used, n - used, i ? ",%lld" : "%lld", (long long)t->dims[i]);
-    }
-    if (used < n) {
-        snprintf(buf + used, n - used, "]");
-    }
-    return buf;
-}
-
-static int has_shape3(const aclTensor *t, int64_t a, int64_t b, int64_t c)
-{
-    return t->ndim == 3 && t->dims[0] == a && t->dims[1] == b && t->dims[2] == c;
-}
-
-static w128 seg(const int64_t *cum, int64_t b)
-{
-    return b ? (w128)cum[b] - (w128)cum[b - 1] : (w128)cum[0];
-}
-
-/* GetSumIntArrayMaxValue / getSeqLenQSum of the op API, exact */
-static w128 kv_max_segment(const aclIntArray *kv)
-{
-    w128 best = kv->values[0];
-    for (uint64_t i = 1; i < kv->size; i++) {
-        w128 d = (w128)kv->values[i] - (w128)kv->values[i - 1];
-        best = d > best ? d : best;
-    }
-    return best;
-}
-
-static int64_t last_positive_end(const aclIntArray *q)
-{
-    int64_t v = 0;
-    for (uint64_t i = q->size; i-- > 0;) {
-        v = q->values[i];
-        if (v > 0) {
-            break;
-        }
-    }
-    return v;
-}
-
 /* F5's pad decision for TND (AnalysisInput + IsNeedPad) */
 static int forward_needs_pad(const FwdArgs *x, int64_t D, int64_t Dv)
 {
@@ -146,29 +102,13 @@ static int forward_needs_pad(const FwdArgs *x, int64_t D, int64_t Dv)
         need = 1;
     }
     if (D < 96 && x->seqq != NULL && x->seqkv != NULL && x->seqq->size == x->seqkv->size && x->seqq->size > 0) {
-        w128 kv_max = kv_max_segment(x->seqkv);
-        int64_t q_sum = last_positive_end(x->seqq);
+        w128 kv_max = stub_kv_max_segment(x->seqkv);
+        int64_t q_sum = stub_last_positive_end(x->seqq);
         if (kv_max != 0 && q_sum != 0 && kv_max <= 1024 && q_sum < 160 * 1024) {
             need = 0;
         }
     }
     return need;
-}
-
-/* S6: the first 2048x2048 slice holds 1 strictly above the diagonal and 0 elsewhere */
-static int canonical_mask(const aclTensor *m)
-{
-    const int64_t rs = m->strides[m->ndim - 2], cs = m->strides[m->ndim - 1];
-    for (int64_t r = 0; r < 2048; r++) {
-        for (int64_t c = 0; c < 2048; c++) {
-            unsigned char v;
-            memcpy(&v, (const char *)m->data + m->offset + r * rs + c * cs, 1);
-            if ((v != 0) != (c > r)) {
-                return 0;
-            }
-        }
-    }
-    return 1;
 }
 
 static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
@@ -245,7 +185,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     }
     if (x->q->ndim != 3) {
         REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": query must have 3 dims for TND, got %s (forward rule F5)",
-               dims_str(x->q, b1, sizeof b1));
+               stub_shape_str(x->q, b1, sizeof b1));
     }
     if (x->k->ndim < 3 || x->v->ndim < 3) {
         REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": %s has fewer than 3 dims (forward rule F5) [stub addition]",
@@ -317,7 +257,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     /* F8 */
     if (x->k->ndim != 3) {
         REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": key must have 3 dims for TND, got %s (forward rule F8)",
-               dims_str(x->k, b1, sizeof b1));
+               stub_shape_str(x->k, b1, sizeof b1));
     }
     /* F9 */
     if (x->seqq == NULL || x->seqkv == NULL) {
@@ -364,16 +304,16 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
                (long long)N1, (long long)N2);
     }
     /* [stub addition] outputs: FLOAT [T1,N1,8] statistics, BF16 [T1,N1,Dv] attentionOut (ViewCopy) */
-    if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT || !has_shape3(x->smax, T1, N1, 8) ||
-        !has_shape3(x->ssum, T1, N1, 8)) {
+    if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT || !stub_is_shape3(x->smax, T1, N1, 8) ||
+        !stub_is_shape3(x->ssum, T1, N1, 8)) {
         REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": softmaxMaxOut/softmaxSumOut must be FLOAT [T1,N1,8] = [%lld,%lld,8], "
                                         "got %s / %s [stub addition: output check]",
-               (long long)T1, (long long)N1, dims_str(x->smax, b1, sizeof b1), dims_str(x->ssum, b2, sizeof b2));
+               (long long)T1, (long long)N1, stub_shape_str(x->smax, b1, sizeof b1), stub_shape_str(x->ssum, b2, sizeof b2));
     }
-    if (x->out->dtype != STUB_DT_BF16 || !has_shape3(x->out, T1, N1, Dv)) {
+    if (x->out->dtype != STUB_DT_BF16 || !stub_is_shape3(x->out, T1, N1, Dv)) {
         REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attentionOutOut must be BF16 [T1,N1,Dv] = [%lld,%lld,%lld], got %s "
                                         "[stub addition: output check]",
-               (long long)T1, (long long)N1, (long long)Dv, dims_str(x->out, b1, sizeof b1));
+               (long long)T1, (long long)N1, (long long)Dv, stub_shape_str(x->out, b1, sizeof b1));
     }
     /* F12: pse type, then the mask */
     if (x->pse_type != 1) {
@@ -383,13 +323,13 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     const int64_t nb_raw = (int64_t)x->seqq->size;
     const int64_t *cq = x->seqq->values, *ckv = x->seqkv->values;
     int64_t nb = nb_raw;
-    while (nb > 1 && seg(cq, nb - 1) == 0 && seg(ckv, nb - 1) == 0) {
+    while (nb > 1 && stub_seg_len_x(cq, nb - 1) == 0 && stub_seg_len_x(ckv, nb - 1) == 0) {
         nb--;
     }
-    w128 max_sq = seg(cq, 0), max_skv = seg(ckv, 0);
+    w128 max_sq = stub_seg_len_x(cq, 0), max_skv = stub_seg_len_x(ckv, 0);
     for (int64_t b = 1; b < nb_raw; b++) {
-        max_sq = seg(cq, b) > max_sq ? seg(cq, b) : max_sq;
-        max_skv = seg(ckv, b) > max_skv ? seg(ckv, b) : max_skv;
+        max_sq = stub_seg_len_x(cq, b) > max_sq ? stub_seg_len_x(cq, b) : max_sq;
+        max_skv = stub_seg_len_x(ckv, b) > max_skv ? stub_seg_len_x(ckv, b) : max_skv;
     }
     const aclTensor *m = x->mask;
     if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
@@ -397,7 +337,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     }
     if (m->ndim != 2 && m->ndim != 4) {
         REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)",
-               dims_str(m, b1, sizeof b1));
+               stub_shape_str(m, b1, sizeof b1));
     }
     int mask_kind = FWD_MASK_2D;
     if (m->ndim == 4) {
@@ -410,7 +350,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
         } else {
             REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional %s: leading dims must be (B,N1), (B,1) or "
                                             "(1,1) with B=%lld (forward rule F12)",
-                   dims_str(m, b1, sizeof b1), (long long)nb);
+                   stub_shape_str(m, b1, sizeof b1), (long long)nb);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
@@ -419,7 +359,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
         if ((w128)m->dims[m->ndim - 2] != want_r || (w128)m->dims[m->ndim - 1] != want_c) {
             REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional %s: sparseMode %lld needs last dims %s "
                                             "(forward rule F12)",
-                   dims_str(m, b1, sizeof b1), (long long)x->sparse,
+                   stub_shape_str(m, b1, sizeof b1), (long long)x->sparse,
                    compressed ? "[2048,2048]" : "[maxSq,maxSkv]");
         }
     }
@@ -429,50 +369,17 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
                (long long)x->sparse);
     }
     /* F14: tokens, normalised first */
-    int64_t pre = x->pre > I32MAX ? I32MAX : x->pre, next = x->next > I32MAX ? I32MAX : x->next;
-    if (x->sparse == 2 || x->sparse == 3) {
-        pre = I32MAX;
-        next = 0;
-    } else if (x->sparse == 1) {
-        pre = next = I32MAX;
-    }
-    int64_t band_idx = 0;
-    if (x->sparse == 7) {
-        for (int64_t b = nb - 1; b >= 0; b--) {
-            if (seg(cq, b) != 0) {
-                band_idx = b;
-                break;
-            }
-        }
-    } else if (x->sparse == 8) {
-        for (int64_t b = 0; b < nb; b++) {
-            if (seg(cq, b) != 0) {
-                band_idx = b;
-                break;
-            }
-        }
-    }
-    if (x->sparse == 0 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
-        int64_t lo = 0, hi = nb;
-        if (x->sparse == 7 || x->sparse == 8) {
-            lo = band_idx;
-            hi = band_idx + 1;
-        }
-        for (int64_t b = lo; b < hi; b++) {
-            w128 sq = seg(cq, b), skv = seg(ckv, b);
-            int bad = x->sparse == 0 ? (-(w128)pre > skv || -(w128)next > sq || (w128)pre + next <= 0)
-                                     : (-(w128)pre > sq || -(w128)next > skv || (w128)pre + next <= 0);
-            if (bad) {
-                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                                "%lld at batch %lld (forward rule F14)",
-                       (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b);
-            }
-        }
+    const StubTokens tokens = stub_tokens_rule(x->sparse, x->pre, x->next, cq, ckv, nb);
+    const int64_t pre = tokens.pre, next = tokens.next, band_idx = tokens.band_idx;
+    if (tokens.bad_batch >= 0) {
+        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
+                                        "%lld at batch %lld (forward rule F14)",
+               (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)tokens.bad_batch);
     }
     /* ---- [stub additions] SF1, S3-S7: the Python validator's own checks, same order ---- */
     if (x->v->ndim != 3 || x->v->dims[0] != T2 || x->v->dims[1] != N2) {
         REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": value %s must be [T2,N2,Dv] [stub addition SF1]",
-               dims_str(x->v, b1, sizeof b1));
+               stub_shape_str(x->v, b1, sizeof b1));
     }
     if (N1 > FWD_LIMIT_HEADS || D > FWD_LIMIT_HEAD_DIM || T1 > FWD_LIMIT_TOKENS || T2 > FWD_LIMIT_TOKENS ||
         nb_raw > FWD_LIMIT_BATCH) {
@@ -496,25 +403,25 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
         }
     }
     const int64_t Dr = x->qr->dims[2];
-    if (!has_shape3(x->qr, T1, N1, Dr)) {
+    if (!stub_is_shape3(x->qr, T1, N1, Dr)) {
         REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": queryRope %s must be [T1,N1,Dr] [stub addition S5]",
-               dims_str(x->qr, b1, sizeof b1));
+               stub_shape_str(x->qr, b1, sizeof b1));
     }
-    if (!has_shape3(x->kr, T2, N2, Dr)) {
+    if (!stub_is_shape3(x->kr, T2, N2, Dr)) {
         REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]",
-               dims_str(x->kr, b1, sizeof b1));
+               stub_shape_str(x->kr, b1, sizeof b1));
     }
     if (Dr % 8 != 0) {
         REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": rope head dim %lld must be a multiple of 8 [stub addition S5]",
                (long long)Dr);
     }
-    if (compressed && !canonical_mask(m)) {
+    if (compressed && !stub_mask_is_canonical(m)) {
         REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": sparseMode %lld needs the canonical compressed mask [stub addition S6]",
                (long long)x->sparse);
     }
     if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
         for (int64_t b = 0; b < nb; b++) {
-            if ((w128)pre + seg(cq, b) - seg(ckv, b) >= I32MAX) {
+            if ((w128)pre + stub_seg_len_x(cq, b) - stub_seg_len_x(ckv, b) >= I32MAX) {
                 REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": preTokens + Sq - Skv of batch %lld overflows the kernel's "
                                                 "int32 block-skip bound [stub addition S7]",
                        (long long)b);
@@ -603,30 +510,8 @@ STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
     int *in_slot[] = {&plan->s_q, &plan->s_qr, &plan->s_k, &plan->s_kr, &plan->s_v, NULL, NULL, NULL, &plan->s_mask};
     const aclTensor *outs[] = {softmaxMaxOut, softmaxSumOut, softmaxOutOut, attentionOutOut};
     int *out_slot[] = {&plan->o_smax, &plan->o_ssum, NULL, &plan->o_out};
-    for (size_t i = 0; i < sizeof ins / sizeof ins[0]; i++) {
-        if (in_slot[i] != NULL) {
-            *in_slot[i] = -1;
-        }
-        if (ins[i] != NULL) {
-            if (in_slot[i] != NULL) {
-                *in_slot[i] = (int)e->n_in;
-            }
-            e->in_handle[e->n_in] = (aclTensor *)ins[i];
-            e->in[e->n_in++] = *ins[i];
-        }
-    }
-    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
-        if (out_slot[i] != NULL) {
-            *out_slot[i] = -1;
-        }
-        if (outs[i] != NULL) {
-            if (out_slot[i] != NULL) {
-                *out_slot[i] = (int)e->n_out;
-            }
-            e->out_handle[e->n_out] = (aclTensor *)outs[i];
-            e->out[e->n_out++] = *outs[i];
-        }
-    }
+    stub_exec_record(e, 0, ins, in_slot, sizeof ins / sizeof ins[0]);
+    stub_exec_record(e, 1, outs, out_slot, sizeof outs / sizeof outs[0]);
     e->workspace_size = plan->compute ? fwd_kernel_workspace_bytes(&plan->prob) : 0;
     if (a->handle_add(STUB_H_EXECUTOR, e) != 0) {
         stub_exec_free(e);

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "op_rules.h"
 #include "stub_abi.h"
 #include "trace_stub.h"
 
@@ -45,9 +46,9 @@
 #define RULE(n) " (docs/validation.md, rule " #n ")"
 #define CHECK(s) " (docs/validation.md, " #s ")"
 
-#define INT32_MAX_I64 ((int64_t)2147483647)
+#define INT32_MAX_I64 STUB_I32MAX
 
-__extension__ typedef __int128 i128;
+typedef stub_i128 i128;
 
 /* documented limits (S3), as LIMITS in aclnn_fag/validate.py */
 #define LIMIT_HEADS 256
@@ -132,20 +133,6 @@ typedef struct Args {
 /* small helpers                                                             */
 /* ------------------------------------------------------------------------ */
 
-static const char *shape_str(const aclTensor *t, char *buf, size_t n)
-{
-    size_t used = 0;
-    buf[0] = '\0';
-    used += (size_t)snprintf(buf + used, n - used, "[");
-    for (int64_t i = 0; i < t->ndim && used < n; i++) {
-        used += (size_t)snprintf(buf + used, n - used, "%s%lld", i ? "," : "", (long long)t->dims[i]);
-    }
-    if (used < n) {
-        snprintf(buf + used, n - used, "]");
-    }
-    return buf;
-}
-
 static int same_shape(const aclTensor *a, const aclTensor *b)
 {
     if (a->ndim != b->ndim) {
@@ -173,11 +160,6 @@ static int same_but_last(const aclTensor *a, const aclTensor *b)
     return 1;
 }
 
-static int is_shape3(const aclTensor *t, int64_t d0, int64_t d1, int64_t d2)
-{
-    return t->ndim == 3 && t->dims[0] == d0 && t->dims[1] == d1 && t->dims[2] == d2;
-}
-
 static const char *dtype_name(int32_t dt)
 {
     switch (dt) {
@@ -198,12 +180,6 @@ static const char *dtype_name(int32_t dt)
 static int64_t seg_len(const int64_t *cum, int64_t b)
 {
     return b == 0 ? cum[0] : cum[b] - cum[b - 1];
-}
-
-/* the same, exact for any int64 values (validation before S4) */
-static i128 seg_len_x(const int64_t *cum, int64_t b)
-{
-    return b == 0 ? (i128)cum[0] : (i128)cum[b] - (i128)cum[b - 1];
 }
 
 /* batch b's lengths and mask offset; *mask_base (the sum of Sq_b' * Skv_b' over the
@@ -270,23 +246,8 @@ static int needs_padding(const Args *x, int64_t D, int64_t Dv, char *why, size_t
             pad_dim = 0;
         } else if (nondet && x->seqq != NULL && x->seqkv != NULL && x->seqq->size == x->seqkv->size &&
                    x->seqq->size > 0) {
-            /* GetSumIntArrayMaxValue: kv[0], or max(kv[0], consecutive differences) -- exact */
-            const int64_t *kv = x->seqkv->values;
-            i128 kv_max = kv[0];
-            for (uint64_t i = 1; i < x->seqkv->size; i++) {
-                i128 d = (i128)kv[i] - (i128)kv[i - 1];
-                if (d > kv_max) {
-                    kv_max = d;
-                }
-            }
-            /* getSeqLenQSum: the last positive cumulative query end (values[0] if none) */
-            int64_t q_sum = 0;
-            for (uint64_t i = x->seqq->size; i-- > 0;) {
-                q_sum = x->seqq->values[i];
-                if (q_sum > 0) {
-                    break;
-                }
-            }
+            i128 kv_max = stub_kv_max_segment(x->seqkv);
+            int64_t q_sum = stub_last_positive_end(x->seqq);
             /* notHasDropMask = !(keepProb < 1) && !(keepProb > 1): NaN counts as "no dropout" */
             int no_drop = !(x->keep < 1.0) && !(x->keep > 1.0);
             if (kv_max != 0 && q_sum != 0 && kv_max <= 1024 && D < 96 && q_sum < 160 * 1024 && no_drop) {
@@ -362,22 +323,6 @@ static int compute_disabled(void)
 
 /* ---- helpers of the stricter checks S6, S8, S9 (reading the tensors' device memory,
  * which is host memory in this stub) ---- */
-
-/* S6: the first 2048x2048 slice holds 1 strictly above the diagonal, 0 elsewhere */
-static int mask_is_canonical(const aclTensor *m)
-{
-    const int64_t sr = m->strides[m->ndim - 2], sc = m->strides[m->ndim - 1];
-    const unsigned char *base = (const unsigned char *)m->data + m->offset * m->itemsize;
-    for (int64_t r = 0; r < 2048; r++) {
-        for (int64_t c = 0; c < 2048; c++) {
-            int masked = base[(r * sr + c * sc) * m->itemsize] != 0;
-            if (masked != (c > r)) {
-                return 0;
-            }
-        }
-    }
-    return 1;
-}
 
 /* S8: the 8 copies of every [t, n] are equal (NaN equals NaN); a zero-stride axis is read once */
 static int stats_copies_equal(const aclTensor *t)
@@ -709,8 +654,8 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             if (!same_shape(outs[i].out, outs[i].in)) {
                 FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must equal %s shape %s [stub addition: output "
                                                   "check]",
-                     outs[i].name, shape_str(outs[i].out, s1, sizeof s1), outs[i].in_name,
-                     shape_str(outs[i].in, s2, sizeof s2));
+                     outs[i].name, stub_shape_str(outs[i].out, s1, sizeof s1), outs[i].in_name,
+                     stub_shape_str(outs[i].in, s2, sizeof s2));
             }
         }
     }
@@ -741,21 +686,21 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
              dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
     }
     /* Rule 21 */
-    if (!is_shape3(x->smax, T1, N1, 8) || !is_shape3(x->ssum, T1, N1, 8)) {
-        const aclTensor *bad = !is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
+    if (!stub_is_shape3(x->smax, T1, N1, 8) || !stub_is_shape3(x->ssum, T1, N1, 8)) {
+        const aclTensor *bad = !stub_is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must be [T1, N1, 8] = [%lld,%lld,8]" RULE(21),
-             bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", shape_str(bad, s1, sizeof s1),
+             bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", stub_shape_str(bad, s1, sizeof s1),
              (long long)T1, (long long)N1);
     }
     if (!same_but_last(x->attn, x->q)) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional shape %s must match query shape %s except the "
                                           "last dim" RULE(21),
-             shape_str(x->attn, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
+             stub_shape_str(x->attn, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     /* Rule 22 */
     if (T1 == 0 || N1 == 0 || D == 0) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query shape %s has a zero T, N or D" RULE(22),
-             shape_str(x->q, s1, sizeof s1));
+             stub_shape_str(x->q, s1, sizeof s1));
     }
     /* Rule 23 */
     if (x->seqq == NULL || x->seqkv == NULL) {
@@ -770,7 +715,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* Rule 24 */
     if (x->q->ndim != 3) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query must have 3 dims [T,N,D], got %s" RULE(24),
-             shape_str(x->q, s1, sizeof s1));
+             stub_shape_str(x->q, s1, sizeof s1));
     }
     const int64_t N2 = x->k->dims[1];
     if (N2 == 0 || N1 / N2 == 0) {
@@ -787,12 +732,12 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > x->q->dims[x->q->ndim - 1]) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy shape %s must match query shape %s except the last dim, which "
                                           "must be <= D" RULE(25),
-             shape_str(x->dy, s1, sizeof s1), shape_str(x->q, s2, sizeof s2));
+             stub_shape_str(x->dy, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     if (!same_but_last(x->v, x->k) || x->v->dims[x->v->ndim - 1] > x->k->dims[x->k->ndim - 1]) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": value shape %s must match keyIn shape %s except the last dim, which "
                                           "must be <= that of keyIn" RULE(25),
-             shape_str(x->v, s1, sizeof s1), shape_str(x->k, s2, sizeof s2));
+             stub_shape_str(x->v, s1, sizeof s1), stub_shape_str(x->k, s2, sizeof s2));
     }
     /* Rule 26 */
     if (x->sparse < 0 || x->sparse > 8) {
@@ -804,17 +749,17 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const int64_t *cq = x->seqq->values;
     const int64_t *ckv = x->seqkv->values;
     int64_t nb = nb_raw;
-    while (nb > 1 && seg_len_x(cq, nb - 1) == 0 && seg_len_x(ckv, nb - 1) == 0) {
+    while (nb > 1 && stub_seg_len_x(cq, nb - 1) == 0 && stub_seg_len_x(ckv, nb - 1) == 0) {
         nb--;
     }
     /* maxSq / maxSkv: the plain maximum of the per-batch lengths (std::max_element) */
-    i128 max_sq = seg_len_x(cq, 0), max_skv = seg_len_x(ckv, 0);
+    i128 max_sq = stub_seg_len_x(cq, 0), max_skv = stub_seg_len_x(ckv, 0);
     for (int64_t b = 1; b < nb_raw; b++) {
-        if (seg_len_x(cq, b) > max_sq) {
-            max_sq = seg_len_x(cq, b);
+        if (stub_seg_len_x(cq, b) > max_sq) {
+            max_sq = stub_seg_len_x(cq, b);
         }
-        if (seg_len_x(ckv, b) > max_skv) {
-            max_skv = seg_len_x(ckv, b);
+        if (stub_seg_len_x(ckv, b) > max_skv) {
+            max_skv = stub_seg_len_x(ckv, b);
         }
     }
 
@@ -826,7 +771,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     if (m->ndim != 2 && m->ndim != 4) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional must have 2 or 4 dims, got %s" RULE(27),
-             shape_str(m, s1, sizeof s1));
+             stub_shape_str(m, s1, sizeof s1));
     }
     int mask_kind = MASK_2D;
     if (m->ndim == 4) {
@@ -840,7 +785,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         } else {
             FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: the first two dims must be (B,N1), "
                                               "(B,1) or (1,1) with B=%lld, N1=%lld" RULE(27),
-                 shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
+                 stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
@@ -851,57 +796,18 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         if ((i128)r != want_r || (i128)c != want_c) {
             FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: for sparseMode %lld the last two dims "
                                               "must be %s" RULE(27),
-                 shape_str(m, s1, sizeof s1), (long long)x->sparse,
+                 stub_shape_str(m, s1, sizeof s1), (long long)x->sparse,
                  compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
         }
     }
 
     /* Rule 28: tokens (normalised first); comparisons exact */
-    int64_t pre = x->pre > INT32_MAX_I64 ? INT32_MAX_I64 : x->pre;
-    int64_t next = x->next > INT32_MAX_I64 ? INT32_MAX_I64 : x->next;
-    if (x->sparse == 2 || x->sparse == 3) {
-        pre = INT32_MAX_I64;
-        next = 0;
-    } else if (x->sparse == 1) {
-        pre = INT32_MAX_I64;
-        next = INT32_MAX_I64;
-    }
-    int64_t band_idx = 0;
-    if (x->sparse == 7) {
-        for (int64_t b = nb - 1; b >= 0; b--) {
-            if (seg_len_x(cq, b) != 0) {
-                band_idx = b;
-                break;
-            }
-        }
-    } else if (x->sparse == 8) {
-        for (int64_t b = 0; b < nb; b++) {
-            if (seg_len_x(cq, b) != 0) {
-                band_idx = b;
-                break;
-            }
-        }
-    }
-    if (x->sparse == 0 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
-        int64_t b0 = 0, b1 = nb;
-        if (x->sparse == 7 || x->sparse == 8) {
-            b0 = band_idx;
-            b1 = band_idx + 1;
-        }
-        for (int64_t b = b0; b < b1; b++) {
-            i128 sq = seg_len_x(cq, b), skv = seg_len_x(ckv, b);
-            int bad;
-            if (x->sparse == 0) {
-                bad = -(i128)pre > skv || -(i128)next > sq || (i128)pre + (i128)next <= 0;
-            } else {
-                bad = -(i128)pre > sq || -(i128)next > skv || (i128)pre + (i128)next <= 0;
-            }
-            if (bad) {
-                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                                  "%lld at batch %lld" RULE(28),
-                     (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)b);
-            }
-        }
+    const StubTokens tokens = stub_tokens_rule(x->sparse, x->pre, x->next, cq, ckv, nb);
+    const int64_t pre = tokens.pre, next = tokens.next, band_idx = tokens.band_idx;
+    if (tokens.bad_batch >= 0) {
+        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
+                                          "%lld at batch %lld" RULE(28),
+             (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)tokens.bad_batch);
     }
 
     /* Rule 29 */
@@ -923,7 +829,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* S1 */
     if (x->k->ndim != 3) {
         FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition]" CHECK(S1),
-             shape_str(x->k, s1, sizeof s1));
+             stub_shape_str(x->k, s1, sizeof s1));
     }
     /* S2 */
     if (x->dy->dims[2] != Dv || x->attn->dims[2] != Dv) {
@@ -969,15 +875,15 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     /* S5 */
     const int64_t Dr = x->qr->dims[2];
-    if (!is_shape3(x->qr, T1, N1, Dr)) {
+    if (!stub_is_shape3(x->qr, T1, N1, Dr)) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub "
                                           "addition S5]",
-             shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
+             stub_shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
     }
-    if (!is_shape3(x->kr, T2, N2, Dr)) {
+    if (!stub_is_shape3(x->kr, T2, N2, Dr)) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
                                           "queryRope) [stub addition]" CHECK(S5),
-             shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
+             stub_shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
     }
     if (Dr % 8 != 0) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim Dr=%lld must be a multiple of 8 [stub addition]" CHECK(S5),
@@ -986,7 +892,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* from here on the ends are valid: lengths fit int64 */
     /* S6 */
     const int read_data = !compute_disabled();
-    if (read_data && compressed && !mask_is_canonical(m)) {
+    if (read_data && compressed && !stub_mask_is_canonical(m)) {
         FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode %lld needs the canonical compressed mask (1 strictly above "
                                           "the diagonal) in the first 2048x2048 slice of attenMaskOptional [stub "
                                           "addition S6]",
