@@ -1,15 +1,17 @@
 /*
  * Helpers the two stub ops (the backward in opapi_stub.c, the forward in
  * opapi_fwd_stub.c) share: shape strings, sequence-length arithmetic exact for any
- * int64 input, the canonical compressed mask, and the tokens rule (docs/validation.md,
- * rule 28 for the backward, F14 for the forward; the two ops check it the same way).
- * Header-only (static inline): each op's file keeps its own messages and status codes.
+ * int64 input, the canonical compressed mask, the tokens rule (docs/validation.md,
+ * rule 28 for the backward, F14 for the forward; the two ops check it the same way), and
+ * phase 2's checks before a launch.
+ * Header-only (static inline); each op's file keeps its own validation messages.
  */
 #ifndef ACLNN_FAG_STUB_OP_RULES_H
 #define ACLNN_FAG_STUB_OP_RULES_H
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "stub_abi.h"
 
@@ -147,6 +149,121 @@ static inline StubTokens stub_tokens_rule(int64_t sparse, int64_t pre_tokens, in
         }
     }
     return t;
+}
+
+/* ---- phase 2, shared by both ops ------------------------------------------------- */
+
+/* The checks phase 2 makes before launching, in the device's order: a current context,
+ * a live executor made by this op's phase 1 (`payload_free` identifies it; running a
+ * consumed one is counted as a bad release), the executor consumed (removed from the
+ * live set) when it is not repeatable -- *consume says so, and stub_phase2_leave() then
+ * frees it whatever the outcome --, injected failure, a live stream, the workspace.
+ * Returns ACLNN_SUCCESS with the launch recorded on the stream, or the status. */
+static inline aclnnStatus stub_phase2_enter(const StubApi *a, const char *fn1, const char *fn2,
+                                            aclOpExecutor *executor, void (*payload_free)(void *),
+                                            void *workspace, uint64_t workspaceSize, void *stream,
+                                            int *consume)
+{
+    *consume = 0;
+    if (a->current_device() < 0) {
+        a->set_error("%s: no current context on this thread; call aclrtSetDevice first", fn2);
+        return ACL_ERROR_RT_CONTEXT_NULL;
+    }
+    if (executor == NULL) {
+        a->set_error("%s: executor is NULL", fn2);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    if (!a->handle_live(STUB_H_EXECUTOR, executor) || executor->payload_free != payload_free) {
+        a->note_bad_release(fn2, executor); /* running a consumed executor frees it twice */
+        a->set_error("%s: executor %p is not live (already run, destroyed, or not made by %s)", fn2,
+                     (void *)executor, fn1);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
+    /* a non-repeatable executor is consumed by this call, whatever its outcome */
+    if (!executor->repeatable) {
+        if (!a->handle_remove(STUB_H_EXECUTOR, executor)) {
+            a->note_bad_release(fn2, executor);
+            a->set_error("%s: executor %p is not live", fn2, (void *)executor);
+            return ACLNN_ERR_PARAM_NULLPTR;
+        }
+        *consume = 1;
+    }
+    aclnnStatus rc = a->inject_check(fn2);
+    if (rc != 0) {
+        return rc;
+    }
+    if (stream != NULL && !a->handle_live(STUB_H_STREAM, stream)) {
+        a->set_error("%s: stream %p is not a live aclrtStream", fn2, stream);
+        return ACLNN_ERR_PARAM_INVALID;
+    }
+    if (executor->workspace_size > 0) {
+        if (workspaceSize < executor->workspace_size) {
+            a->set_error("%s: workspaceSize %llu is smaller than the %llu bytes returned by phase 1", fn2,
+                         (unsigned long long)workspaceSize, (unsigned long long)executor->workspace_size);
+            return ACLNN_ERR_PARAM_INVALID;
+        }
+        if (workspace == NULL || ((uintptr_t)workspace % 32) != 0 ||
+            !a->device_range(workspace, executor->workspace_size)) {
+            a->set_error("%s: workspace %p must be 32-byte aligned device memory holding %llu bytes", fn2,
+                         workspace, (unsigned long long)executor->workspace_size);
+            return ACLNN_ERR_PARAM_INVALID;
+        }
+    }
+    aclStubRecordLaunch(stream);
+    return ACLNN_SUCCESS;
+}
+
+/* The end of phase 2: a consumed executor is freed, a success is recorded; returns rc. */
+static inline aclnnStatus stub_phase2_leave(const StubApi *a, const char *fn2, aclOpExecutor *executor,
+                                            int consume, aclnnStatus rc)
+{
+    if (consume) {
+        stub_exec_free(executor);
+    }
+    if (rc == ACLNN_SUCCESS) {
+        a->inject_success(fn2);
+    }
+    return rc;
+}
+
+/* One tensor phase 2 uses: its parameter name and its slot among the executor's inputs
+ * (out == 0) or outputs (out == 1); slot -1: not used this time. */
+typedef struct StubUsed {
+    const char *name;
+    int slot;
+    int out;
+} StubUsed;
+
+/* Every tensor phase 2 uses must still be live (161001) and lie in live device memory
+ * (361001). */
+static inline aclnnStatus stub_check_used(const StubApi *a, const char *fn2, const aclOpExecutor *e,
+                                          const StubUsed *used, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (used[i].slot < 0) {
+            continue;
+        }
+        const aclTensor *h = used[i].out ? e->out_handle[used[i].slot] : e->in_handle[used[i].slot];
+        if (!a->handle_live(STUB_H_TENSOR, h)) {
+            a->set_error("%s: %s (aclTensor %p) was destroyed before phase 2; the executor still uses it "
+                         "(destroy tensors only after phase 2 returns, or after aclDestroyAclOpExecutor "
+                         "for a repeatable executor)",
+                         fn2, used[i].name, (const void *)h);
+            return ACLNN_ERR_PARAM_NULLPTR;
+        }
+        const aclTensor *t = used[i].out ? &e->out[used[i].slot] : &e->in[used[i].slot];
+        if (t->numel == 0) {
+            continue;
+        }
+        uint64_t bytes = (uint64_t)(t->max_index + 1) * (uint64_t)t->itemsize;
+        if (!a->device_range(t->data, bytes)) {
+            a->set_error("%s: %s memory %p (+%llu bytes) is no longer inside a live device allocation "
+                         "(freed before phase 2?)",
+                         fn2, used[i].name, t->data, (unsigned long long)bytes);
+            return ACLNN_ERR_RUNTIME_ERROR;
+        }
+    }
+    return ACLNN_SUCCESS;
 }
 
 #endif

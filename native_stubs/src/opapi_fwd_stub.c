@@ -528,100 +528,39 @@ STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
  * memory (361001) */
 static aclnnStatus fwd_check_buffers(const aclOpExecutor *e, const FwdPlan *p)
 {
-    const struct {
-        const char *name;
-        int slot;
-        int out;
-    } used[] = {{"query", p->s_q, 0},         {"queryRope", p->s_qr, 0},     {"key", p->s_k, 0},
-                {"keyRope", p->s_kr, 0},       {"value", p->s_v, 0},          {"attenMaskOptional", p->s_mask, 0},
-                {"softmaxMaxOut", p->o_smax, 1}, {"softmaxSumOut", p->o_ssum, 1}, {"attentionOutOut", p->o_out, 1}};
-    for (size_t i = 0; i < sizeof used / sizeof used[0]; i++) {
-        const aclTensor *h = used[i].out ? e->out_handle[used[i].slot] : e->in_handle[used[i].slot];
-        if (!sapi()->handle_live(STUB_H_TENSOR, h)) {
-            sapi()->set_error(FWD2 ": %s (aclTensor %p) was destroyed before phase 2; the executor still uses it",
-                              used[i].name, (const void *)h);
-            return ACLNN_ERR_PARAM_NULLPTR;
-        }
-        const aclTensor *t = used[i].out ? &e->out[used[i].slot] : &e->in[used[i].slot];
-        if (t->numel == 0) {
-            continue;
-        }
-        uint64_t bytes = (uint64_t)(t->max_index + 1) * (uint64_t)t->itemsize;
-        if (!sapi()->device_range(t->data, bytes)) {
-            sapi()->set_error(FWD2 ": %s memory %p (+%llu bytes) is not inside a live device allocation",
-                              used[i].name, t->data, (unsigned long long)bytes);
-            return ACLNN_ERR_RUNTIME_ERROR;
-        }
-    }
-    return ACLNN_SUCCESS;
+    const StubUsed used[] = {
+        {"query", p->s_q, 0},           {"queryRope", p->s_qr, 0},       {"key", p->s_k, 0},
+        {"keyRope", p->s_kr, 0},        {"value", p->s_v, 0},            {"attenMaskOptional", p->s_mask, 0},
+        {"softmaxMaxOut", p->o_smax, 1}, {"softmaxSumOut", p->o_ssum, 1}, {"attentionOutOut", p->o_out, 1}};
+    return stub_check_used(sapi(), FWD2, e, used, sizeof used / sizeof used[0]);
 }
 
 STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3(void *workspace, uint64_t workspaceSize,
                                                       aclOpExecutor *executor, const aclrtStream stream)
 {
     const StubApi *a = sapi();
-    if (a->current_device() < 0) {
-        a->set_error(FWD2 ": no current context on this thread; call aclrtSetDevice first");
-        return ACL_ERROR_RT_CONTEXT_NULL;
-    }
-    if (executor == NULL) {
-        a->set_error(FWD2 ": executor is NULL");
-        return ACLNN_ERR_PARAM_NULLPTR;
-    }
-    if (!a->handle_live(STUB_H_EXECUTOR, executor) || executor->payload_free != fwd_plan_free) {
-        a->set_error(FWD2 ": executor %p is not live (already run, destroyed, or not made by " FWD1 ")",
-                     (void *)executor);
-        return ACLNN_ERR_PARAM_NULLPTR;
-    }
-    const int consume = !executor->repeatable;
-    if (consume && !a->handle_remove(STUB_H_EXECUTOR, executor)) {
-        a->set_error(FWD2 ": executor %p is not live", (void *)executor);
-        return ACLNN_ERR_PARAM_NULLPTR;
+    int consume;
+    aclnnStatus rc = stub_phase2_enter(a, FWD1, FWD2, executor, fwd_plan_free, workspace, workspaceSize, stream,
+                                       &consume);
+    if (rc != ACLNN_SUCCESS) {
+        return stub_phase2_leave(a, FWD2, executor, consume, rc);
     }
     FwdPlan *p = executor->payload;
-    aclnnStatus rc = a->inject_check(FWD2);
-    if (rc != 0) {
-        goto done;
-    }
-    if (stream != NULL && !a->handle_live(STUB_H_STREAM, stream)) {
-        a->set_error(FWD2 ": stream %p is not a live aclrtStream", stream);
-        rc = ACLNN_ERR_PARAM_INVALID;
-        goto done;
-    }
-    if (executor->workspace_size > 0) {
-        if (workspaceSize < executor->workspace_size || workspace == NULL || ((uintptr_t)workspace % 32) != 0 ||
-            !a->device_range(workspace, executor->workspace_size)) {
-            a->set_error(FWD2 ": workspace %p (%llu bytes) must be 32-byte aligned device memory of the %llu bytes "
-                              "phase 1 returned",
-                         workspace, (unsigned long long)workspaceSize, (unsigned long long)executor->workspace_size);
-            rc = ACLNN_ERR_PARAM_INVALID;
-            goto done;
-        }
-    }
-    aclStubRecordLaunch(stream);    /* counted per stream, as the backward's launches */
     if (!p->compute) {
-        goto done;
+        return stub_phase2_leave(a, FWD2, executor, consume, rc);
     }
     rc = fwd_check_buffers(executor, p);
-    if (rc != ACLNN_SUCCESS) {
-        goto done;
-    }
-    p->prob.q = &executor->in[p->s_q];
-    p->prob.qr = &executor->in[p->s_qr];
-    p->prob.k = &executor->in[p->s_k];
-    p->prob.kr = &executor->in[p->s_kr];
-    p->prob.v = &executor->in[p->s_v];
-    p->prob.mask = &executor->in[p->s_mask];
-    p->prob.smax = &executor->out[p->o_smax];
-    p->prob.ssum = &executor->out[p->o_ssum];
-    p->prob.out = &executor->out[p->o_out];
-    fwd_kernel_run(&p->prob, workspace);
-done:
-    if (consume) {
-        stub_exec_free(executor);
-    }
     if (rc == ACLNN_SUCCESS) {
-        a->inject_success(FWD2);
+        p->prob.q = &executor->in[p->s_q];
+        p->prob.qr = &executor->in[p->s_qr];
+        p->prob.k = &executor->in[p->s_k];
+        p->prob.kr = &executor->in[p->s_kr];
+        p->prob.v = &executor->in[p->s_v];
+        p->prob.mask = &executor->in[p->s_mask];
+        p->prob.smax = &executor->out[p->o_smax];
+        p->prob.ssum = &executor->out[p->o_ssum];
+        p->prob.out = &executor->out[p->o_out];
+        fwd_kernel_run(&p->prob, workspace);
     }
-    return rc;
+    return stub_phase2_leave(a, FWD2, executor, consume, rc);
 }

@@ -1441,11 +1441,7 @@ out:
  * whose view lies in live device memory (361001) */
 static aclnnStatus check_buffers(const aclOpExecutor *e, const FagPlan *p)
 {
-    const struct {
-        const char *name;
-        int slot;
-        int out;
-    } used[] = {
+    StubUsed used[] = {
         {"query", p->s_q, 0},       {"queryRope", p->s_qr, 0},   {"keyIn", p->s_k, 0},
         {"keyInRope", p->s_kr, 0},  {"value", p->s_v, 0},        {"dy", p->s_dy, 0},
         {"attenMaskOptional", p->s_mask, 0}, {"softmaxMaxOptional", p->s_smax, 0},
@@ -1453,35 +1449,14 @@ static aclnnStatus check_buffers(const aclOpExecutor *e, const FagPlan *p)
         {"dqOut", p->o_dq, 1},      {"dqRopeOut", p->o_dqr, 1},  {"dkOut", p->o_dk, 1},
         {"dkRopeOut", p->o_dkr, 1}, {"dvOut", p->o_dv, 1},
     };
-    for (size_t i = 0; i < sizeof used / sizeof used[0]; i++) {
-        if (used[i].slot < 0) {
-            continue;
-        }
-        if (p->mode == PLAN_ZERO_FILL && !(used[i].out && (used[i].slot == p->o_dq || used[i].slot == p->o_dk ||
-                                                           used[i].slot == p->o_dv))) {
-            continue;
-        }
-        const aclTensor *h = used[i].out ? e->out_handle[used[i].slot] : e->in_handle[used[i].slot];
-        if (!api()->handle_live(STUB_H_TENSOR, h)) {
-            api()->set_error(FN2 ": %s (aclTensor %p) was destroyed before phase 2; the executor still uses it "
-                                 "(destroy tensors only after phase 2 returns, or after aclDestroyAclOpExecutor "
-                                 "for a repeatable executor)",
-                             used[i].name, (const void *)h);
-            return ACLNN_ERR_PARAM_NULLPTR;
-        }
-        const aclTensor *t = used[i].out ? &e->out[used[i].slot] : &e->in[used[i].slot];
-        if (t->numel == 0) {
-            continue;
-        }
-        uint64_t bytes = (uint64_t)(t->max_index + 1) * (uint64_t)t->itemsize;
-        if (!api()->device_range(t->data, bytes)) {
-            api()->set_error(FN2 ": %s memory %p (+%llu bytes) is no longer inside a live device allocation "
-                                 "(freed before phase 2?)",
-                             used[i].name, t->data, (unsigned long long)bytes);
-            return ACLNN_ERR_RUNTIME_ERROR;
+    if (p->mode == PLAN_ZERO_FILL) { /* only dq, dk, dv are written (zeros) */
+        for (size_t i = 0; i < sizeof used / sizeof used[0]; i++) {
+            if (!(used[i].out && (used[i].slot == p->o_dq || used[i].slot == p->o_dk || used[i].slot == p->o_dv))) {
+                used[i].slot = -1;
+            }
         }
     }
-    return ACLNN_SUCCESS;
+    return stub_check_used(api(), FN2, e, used, sizeof used / sizeof used[0]);
 }
 
 STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, uint64_t workspaceSize,
@@ -1489,76 +1464,24 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
 {
     const StubApi *a = api();
     stub_trace_fag_phase2(workspace, workspaceSize, executor, stream);
-    if (a->current_device() < 0) {
-        a->set_error(FN2 ": no current context on this thread; call aclrtSetDevice first");
-        return ACL_ERROR_RT_CONTEXT_NULL;
-    }
-    if (executor == NULL) {
-        a->set_error(FN2 ": executor is NULL");
-        return ACLNN_ERR_PARAM_NULLPTR;
-    }
-    if (!a->handle_live(STUB_H_EXECUTOR, executor) || executor->payload_free != plan_free) {
-        a->note_bad_release(FN2, executor); /* running a consumed executor frees it twice */
-        a->set_error(FN2 ": executor %p is not live (already run, destroyed, or not made by " FN1 ")",
-                     (void *)executor);
-        return ACLNN_ERR_PARAM_NULLPTR;
-    }
-    /* a non-repeatable executor is consumed by this call, whatever its outcome */
-    const int consume = !executor->repeatable;
-    if (consume && !a->handle_remove(STUB_H_EXECUTOR, executor)) {
-        a->note_bad_release(FN2, executor);
-        a->set_error(FN2 ": executor %p is not live", (void *)executor);
-        return ACLNN_ERR_PARAM_NULLPTR;
+    int consume;
+    aclnnStatus rc = stub_phase2_enter(a, FN1, FN2, executor, plan_free, workspace, workspaceSize, stream, &consume);
+    if (rc != ACLNN_SUCCESS) {
+        return stub_phase2_leave(a, FN2, executor, consume, rc);
     }
     const FagPlan *p = executor->payload;
-    aclnnStatus rc = a->inject_check(FN2);
-    if (rc != 0) {
-        goto done;
-    }
-    if (stream != NULL && !a->handle_live(STUB_H_STREAM, stream)) {
-        a->set_error(FN2 ": stream %p is not a live aclrtStream", stream);
-        rc = ACLNN_ERR_PARAM_INVALID;
-        goto done;
-    }
-    if (executor->workspace_size > 0) {
-        if (workspaceSize < executor->workspace_size) {
-            a->set_error(FN2 ": workspaceSize %llu is smaller than the %llu bytes returned by phase 1",
-                         (unsigned long long)workspaceSize, (unsigned long long)executor->workspace_size);
-            rc = ACLNN_ERR_PARAM_INVALID;
-            goto done;
-        }
-        if (workspace == NULL || ((uintptr_t)workspace % 32) != 0 ||
-            !a->device_range(workspace, executor->workspace_size)) {
-            a->set_error(FN2 ": workspace %p must be 32-byte aligned device memory holding %llu bytes", workspace,
-                         (unsigned long long)executor->workspace_size);
-            rc = ACLNN_ERR_PARAM_INVALID;
-            goto done;
-        }
-    }
-    aclStubRecordLaunch(stream);
     if (p->mode == PLAN_NOTHING) {
-        goto done;
+        return stub_phase2_leave(a, FN2, executor, consume, rc);
     }
     rc = check_buffers(executor, p);
-    if (rc != ACLNN_SUCCESS) {
-        goto done;
+    if (rc == ACLNN_SUCCESS && !compute_disabled()) { /* ACL_STUB_SKIP_COMPUTE: host-overhead measurements */
+        if (p->mode == PLAN_ZERO_FILL) {
+            zero_view(&executor->out[p->o_dq]);
+            zero_view(&executor->out[p->o_dk]);
+            zero_view(&executor->out[p->o_dv]);
+        } else {
+            rc = run_compute(executor, p, (float *)workspace);
+        }
     }
-    if (compute_disabled()) {
-        goto done; /* ACL_STUB_SKIP_COMPUTE: host-overhead measurements */
-    }
-    if (p->mode == PLAN_ZERO_FILL) {
-        zero_view(&executor->out[p->o_dq]);
-        zero_view(&executor->out[p->o_dk]);
-        zero_view(&executor->out[p->o_dv]);
-    } else {
-        rc = run_compute(executor, p, (float *)workspace);
-    }
-done:
-    if (consume) {
-        stub_exec_free(executor);
-    }
-    if (rc == ACLNN_SUCCESS) {
-        a->inject_success(FN2);
-    }
-    return rc;
+    return stub_phase2_leave(a, FN2, executor, consume, rc);
 }

@@ -303,6 +303,31 @@ def test_failure_injection_leaves_nothing_live(fn, code, no_leaks):
     _assert_forward_close(got, _forward(p, "numpy"))
 
 
+@pytest.mark.parametrize("fn", [FWD2, "aclnnFlashAttentionUnpaddingScoreGradV3"])
+def test_running_a_consumed_executor_again_is_counted(fn, monkeypatch, no_leaks):
+    """Both stub ops share phase 2's checks: a binding that runs a one-shot executor a
+    second time (a double release of it on the device) is refused with 161001 and counted
+    by the stub's bad-release counter, for the forward as for the backward."""
+    b = acl.runtime.api()
+    real = getattr(b, fn)
+    second = []
+
+    def twice(workspace, size, executor, stream):
+        rc = real(workspace, size, executor, stream)
+        second.append(real(workspace, size, executor, stream))
+        return rc
+
+    monkeypatch.setattr(b, fn, twice)
+    p = make_problem(seed=8, q_lens=(6, 5), mode=2)
+    before = no_leaks.bad_releases()
+    if fn == FWD2:
+        _forward(p, "npu")
+    else:
+        p.grads("npu")
+    assert second == [NULLPTR]
+    assert no_leaks.bad_releases() == before + 1
+
+
 def test_raw_forward_errors_leave_nothing_live(no_leaks):
     p = _base()
     for over in (dict(sparse_mode=9), dict(atten_mask=None), dict(input_layout=None)):
