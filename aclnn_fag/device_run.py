@@ -27,15 +27,24 @@ _GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_ro
 
 def call_device(call, names) -> int:
     """The one device id of the call's device arrays (ValueError when they differ)."""
-    seen = {}
+    fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
+    dev = first = None
     for n in names:
-        a = getattr(call, n, None)
-        if a is not None and hasattr(a, "device_id"):
-            seen.setdefault(a.device_id, n)
-    if len(seen) > 1:
-        detail = ", ".join(f"'{n}' on device {d}" for d, n in seen.items())
-        raise ValueError(f"all tensor arguments must live on one device, got {detail}")
-    return next(iter(seen), 0)
+        a = fields.get(n)
+        if a is None or not hasattr(a, "device_id"):
+            continue
+        d = a.device_id
+        if dev is None:
+            dev, first = d, n
+        elif d != dev:
+            seen = {dev: first}
+            for m in names:
+                b = fields.get(m)
+                if b is not None and hasattr(b, "device_id"):
+                    seen.setdefault(b.device_id, m)
+            detail = ", ".join(f"'{m}' on device {d}" for d, m in seen.items())
+            raise ValueError(f"all tensor arguments must live on one device, got {detail}")
+    return 0 if dev is None else dev
 
 
 def _zero(da) -> None:
@@ -67,23 +76,27 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
     result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
     DeviceArray to write into) and returns its results. Returns the outputs in order: NPU
     tensors from ``query_obj.new_empty`` for NPU inputs, else new DeviceArrays."""
-    from .acl import DeviceArray
+    from .acl.device import DeviceArray, foreign_view
     dev = call_device(call, names)
     if kind == operands.NPU:
-        tensors = {}
+        tensors = []
+        outs = {}
+        qdtype = query_obj.dtype
         for out, (shape, dt) in specs.items():
-            tdt = query_obj.dtype if dt == BF16 else _framework_dtype(
-                query_obj.dtype, operands.torch_dtype_name(dt)[len("torch."):])
-            tensors[out] = query_obj.new_empty(shape, dtype=tdt)
-        outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), specs[out][0], specs[out][1],
-                                              t.stride(), device_id=dev, owner=t)
-                for out, t in tensors.items()}
+            tdt = qdtype if dt == BF16 else _framework_dtype(
+                qdtype, operands.torch_dtype_name(dt)[len("torch."):])
+            t = query_obj.new_empty(shape, dtype=tdt)
+            tensors.append(t)
+            ptr = t.data_ptr()
+            # from_pointer's checks (the allocator's strides must be non-negative etc.)
+            outs[out] = foreign_view(ptr if type(ptr) is int else int(ptr), shape, dt,
+                                     t.stride(), dev, t)
         if call.empty_result:
             for da in outs.values():
                 _zero(da)
         else:
             run(dev, outs)
-        return [tensors[out] for out in specs]
+        return tensors
     if call.empty_result:
         return [DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
     return list(run(dev, None))
@@ -91,13 +104,16 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
     from .acl import run_backward
-    specs = {out: (tuple(getattr(call, src).shape), BF16) for out, src in _GRAD_LIKE}
+    fields = call.__dict__
+    specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
     return FagGrads(*_run_on_device(
         call, kind, query_obj, specs,
         lambda dev, outs: run_backward(call, device_id=dev, outputs=outs, keep_on_device=True,
-                                       stream=stream),
-        ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask", "softmax_max",
-         "softmax_sum", "attention_in")))
+                                       stream=stream), _BACKWARD_INPUTS))
+
+
+_BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
+                    "softmax_max", "softmax_sum", "attention_in")
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:

@@ -65,6 +65,27 @@ def numpy_dtype_of_torch(dtype, name: str = "tensor") -> np.dtype:
                         f"(supported: {', '.join(sorted(_TORCH_TO_NUMPY))})") from None
 
 
+# dtype object -> numpy dtype, for the dtypes met so far (torch dtypes are immutable
+# singletons, so their name -- and mapping -- never changes): one dict lookup per tensor
+# instead of str() and a lookup by name. Unsupported dtypes are never stored.
+_DTYPE_OF: dict = {}
+_DTYPE_OF_MAX = 64
+
+
+def _numpy_dtype_cached(dtype, name: str) -> np.dtype:
+    try:
+        return _DTYPE_OF[dtype]
+    except KeyError:
+        pass
+    except TypeError:                     # an unhashable dtype object: by name each time
+        return numpy_dtype_of_torch(dtype, name)
+    dt = numpy_dtype_of_torch(dtype, name)
+    if len(_DTYPE_OF) >= _DTYPE_OF_MAX:
+        _DTYPE_OF.clear()
+    _DTYPE_OF[dtype] = dt
+    return dt
+
+
 def torch_dtype_name(dtype) -> str:
     """``'torch.bfloat16'`` etc. for a numpy dtype."""
     return _NUMPY_TO_TORCH[np.dtype(dtype)]
@@ -85,15 +106,42 @@ def _is_torch_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+# type -> NUMPY or DEVICE for the types whose kind follows from the type alone (numpy
+# arrays and DeviceArrays, subclasses included), _BY_INSTANCE for the types already found
+# to be neither (NPU / torch CPU tensors and unknown objects: their device decides).
+_BY_INSTANCE = "by instance"
+_KIND_OF_TYPE: dict = {np.ndarray: NUMPY}
+_KIND_OF_TYPE_MAX = 256
+
+
 def kind_of(x) -> Optional[str]:
     """The kind of one tensor argument (None for None, "?" for anything unknown)."""
     if x is None:
         return None
-    if type(x) is np.ndarray or isinstance(x, np.ndarray):
-        return NUMPY
-    da = _device_array_type()
-    if da is not None and isinstance(x, da):
-        return DEVICE
+    tx = type(x)
+    k = _KIND_OF_TYPE.get(tx)
+    if k is None:
+        da = _device_array_type()
+        if isinstance(x, np.ndarray):
+            k = NUMPY
+        elif da is not None and isinstance(x, da):
+            k = DEVICE
+        elif da is None:
+            # before the NPU backend is imported no DeviceArray exists, but a type seen now
+            # could still be one's subclass later: not remembered
+            return _kind_by_instance(x)
+        else:
+            k = _BY_INSTANCE
+        if len(_KIND_OF_TYPE) >= _KIND_OF_TYPE_MAX:
+            _KIND_OF_TYPE.clear()
+            _KIND_OF_TYPE[np.ndarray] = NUMPY
+        _KIND_OF_TYPE[tx] = k
+    if k is _BY_INSTANCE:
+        return _kind_by_instance(x)
+    return k
+
+
+def _kind_by_instance(x) -> str:
     if is_npu_tensor(x):
         return NPU
     if _is_torch_tensor(x):
@@ -117,26 +165,31 @@ def _torch_cpu_to_numpy(name: str, t) -> np.ndarray:
     return t.numpy()
 
 
-_DEVICE_ARRAY = []      # [DeviceArray] once imported (an import statement per tensor costs ~2 us)
-
-
-def _npu_to_device_array(name: str, t):
-    if not _DEVICE_ARRAY:
-        from .acl.device import DeviceArray as cls
-        _DEVICE_ARRAY.append(cls)
-    DeviceArray = _DEVICE_ARRAY[0]
-    torch_npu = sys.modules.get("torch_npu")
+def _npu_to_device_array(name: str, t, torch_npu=False):
+    """A DeviceArray over an NPU tensor's memory (no copy; ``owner`` the tensor).
+    ``torch_npu``: the torch_npu module when imported, else None (False: look it up)."""
+    if torch_npu is False:
+        torch_npu = sys.modules.get("torch_npu")
     if torch_npu is not None and hasattr(torch_npu, "get_npu_format"):
         fmt = int(torch_npu.get_npu_format(t))
         if fmt not in _PLAIN_FORMATS:
             raise ValueError(f"parameter '{name}' has the private NPU storage format {fmt} (its "
                              "memory is not plain strided memory); convert it with "
                              "torch_npu.npu_format_cast(t, 2) (ND)")
-    dt = _TORCH_TO_NUMPY.get(str(t.dtype)) or numpy_dtype_of_torch(t.dtype, name)
+    dt = _numpy_dtype_cached(t.dtype, name)
     index = t.device.index
-    # from_pointer takes each value through operator.index (ints, torch.Size entries)
-    return DeviceArray.from_pointer(int(t.data_ptr()), t.shape, dt, t.stride(),
-                                    device_id=0 if index is None else index, owner=t)
+    ptr = t.data_ptr()
+    if type(ptr) is not int:
+        ptr = int(ptr)
+    # foreign_view: from_pointer's checks (each value an int: ints, torch.Size entries)
+    return _foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
+
+
+def _foreign_view(*args):
+    global _foreign_view
+    from .acl.device import foreign_view
+    _foreign_view = foreign_view          # imported once (an import per tensor costs ~2 us)
+    return foreign_view(*args)
 
 
 def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
@@ -145,12 +198,14 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
     Arguments of an unknown type pass through unchanged (validation names them)."""
     kind = None
     first = None
-    kinds = {}
+    odd = False                           # some argument is not of the call's kind
     for name, x in tensors.items():
-        k = kinds[name] = kind_of(x)
-        if k is None or k == "?":
+        if x is None:
             continue
-        if kind is None:
+        k = kind_of(x)
+        if k == "?":
+            odd = True
+        elif kind is None:
             kind, first = k, name
         elif k != kind:
             raise TypeError(
@@ -158,14 +213,21 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
                 "tensor arguments of one call must be of one kind (numpy arrays, torch CPU "
                 "tensors, aclnn_fag.acl.DeviceArray or NPU tensors); convert or upload the odd "
                 "one (e.g. the mask) once beforehand")
-    kind = kind or NUMPY
     if kind == TORCH:
-        out = {n: (_torch_cpu_to_numpy(n, x) if kinds[n] == TORCH else x) for n, x in tensors.items()}
+        out = {n: (_torch_cpu_to_numpy(n, x) if x is not None and kind_of(x) == TORCH else x)
+               for n, x in tensors.items()}
     elif kind == NPU:
-        out = {n: (_npu_to_device_array(n, x) if kinds[n] == NPU else x) for n, x in tensors.items()}
+        torch_npu = sys.modules.get("torch_npu")
+        if odd:
+            out = {n: (_npu_to_device_array(n, x, torch_npu)
+                       if x is not None and kind_of(x) == NPU else x)
+                   for n, x in tensors.items()}
+        else:                             # every argument an NPU tensor or None
+            out = {n: (x if x is None else _npu_to_device_array(n, x, torch_npu))
+                   for n, x in tensors.items()}
     else:
         out = tensors
-    return kind, out
+    return kind or NUMPY, out
 
 
 def to_torch(a):
