@@ -12,6 +12,8 @@ All inputs must live on one device; the op runs there.
 
 from __future__ import annotations
 
+import sys
+
 import ml_dtypes
 import numpy as np
 
@@ -62,7 +64,6 @@ def _framework_dtype(like, name: str):
     """The dtype called ``name`` (e.g. "float32") of the framework of the tensor dtype ``like``
     (torch for torch_npu tensors), looked up without importing it: the module of ``like``'s
     type, else an already imported ``torch``."""
-    import sys
     for mod in (sys.modules.get(type(like).__module__), sys.modules.get("torch")):
         dt = getattr(mod, name, None)
         if dt is not None and str(dt) == f"torch.{name}":
@@ -76,7 +77,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
     result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
     DeviceArray to write into) and returns its results. Returns the outputs in order: NPU
     tensors from ``query_obj.new_empty`` for NPU inputs, else new DeviceArrays."""
-    from .acl.device import DeviceArray, foreign_view
+    acl = _acl()
     dev = call_device(call, names)
     if kind == operands.NPU:
         tensors = []
@@ -89,8 +90,8 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
             tensors.append(t)
             ptr = t.data_ptr()
             # from_pointer's checks (the allocator's strides must be non-negative etc.)
-            outs[out] = foreign_view(ptr if type(ptr) is int else int(ptr), shape, dt,
-                                     t.stride(), dev, t)
+            outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr), shape,
+                                                dt, t.stride(), dev, t)
         if call.empty_result:
             for da in outs.values():
                 _zero(da)
@@ -98,12 +99,20 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
             run(dev, outs)
         return tensors
     if call.empty_result:
-        return [DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
+        return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
     return list(run(dev, None))
 
 
+def _acl():
+    """aclnn_fag.acl (imported on first use; an import statement per call costs ~2 us)."""
+    acl = sys.modules.get("aclnn_fag.acl")
+    if acl is None:
+        from . import acl
+    return acl
+
+
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    from .acl import run_backward
+    run_backward = _acl().run_backward
     fields = call.__dict__
     specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
     return FagGrads(*_run_on_device(
@@ -119,7 +128,7 @@ _BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "at
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
     statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
-    from .acl import run_forward
+    run_forward = _acl().run_forward
     t1, n1 = call.query.shape[0], call.query.shape[1]
     stats = ((t1, n1, 8), np.dtype(np.float32))
     specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),

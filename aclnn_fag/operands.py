@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
-__all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_inputs",
+__all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_inputs", "convert_args",
            "numpy_dtype_of_torch", "torch_dtype_name", "to_torch", "is_npu_tensor",
            "DEVICE_KINDS"]
 
@@ -196,38 +196,53 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
     """(kind, converted) for one call's tensor arguments: torch CPU tensors become numpy views,
     NPU tensors DeviceArrays over their memory; numpy arrays and DeviceArrays pass through.
     Arguments of an unknown type pass through unchanged (validation names them)."""
+    kind, values = convert_args(tuple(tensors), tuple(tensors.values()))
+    return kind, (tensors if kind in (NUMPY, DEVICE) else dict(zip(tensors, values)))
+
+
+def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
+    """``convert_inputs`` on parallel tuples (parameter names, arguments): (kind, the
+    arguments converted, in order) -- the form the public calls use."""
     kind = None
     first = None
     odd = False                           # some argument is not of the call's kind
-    for name, x in tensors.items():
+    kinds = _KIND_OF_TYPE
+    for name, x in zip(names, values):
         if x is None:
             continue
-        k = kind_of(x)
+        k = kinds.get(type(x))
+        if k is _BY_INSTANCE:             # is_npu_tensor, inline (this runs per tensor)
+            dev = getattr(x, "device", None)
+            if getattr(dev, "type", None) == "npu" and callable(getattr(x, "data_ptr", None)):
+                k = NPU
+            else:
+                k = _kind_by_instance(x)
+        elif k is None:
+            k = kind_of(x)
         if k == "?":
             odd = True
-        elif kind is None:
-            kind, first = k, name
         elif k != kind:
+            if kind is None:
+                kind, first = k, name
+                continue
             raise TypeError(
                 f"parameter '{name}' is {_DESCRIBE[k]} but '{first}' is {_DESCRIBE[kind]}: all "
                 "tensor arguments of one call must be of one kind (numpy arrays, torch CPU "
                 "tensors, aclnn_fag.acl.DeviceArray or NPU tensors); convert or upload the odd "
                 "one (e.g. the mask) once beforehand")
-    if kind == TORCH:
-        out = {n: (_torch_cpu_to_numpy(n, x) if x is not None and kind_of(x) == TORCH else x)
-               for n, x in tensors.items()}
-    elif kind == NPU:
+    if kind == NPU:
         torch_npu = sys.modules.get("torch_npu")
         if odd:
-            out = {n: (_npu_to_device_array(n, x, torch_npu)
-                       if x is not None and kind_of(x) == NPU else x)
-                   for n, x in tensors.items()}
-        else:                             # every argument an NPU tensor or None
-            out = {n: (x if x is None else _npu_to_device_array(n, x, torch_npu))
-                   for n, x in tensors.items()}
-    else:
-        out = tensors
-    return kind or NUMPY, out
+            return kind, tuple(_npu_to_device_array(n, x, torch_npu)
+                               if x is not None and kind_of(x) == NPU else x
+                               for n, x in zip(names, values))
+        # every argument an NPU tensor or None
+        return kind, tuple(x if x is None else _npu_to_device_array(n, x, torch_npu)
+                           for n, x in zip(names, values))
+    if kind == TORCH:
+        return kind, tuple(_torch_cpu_to_numpy(n, x) if x is not None and kind_of(x) == TORCH
+                           else x for n, x in zip(names, values))
+    return kind or NUMPY, values
 
 
 def to_torch(a):

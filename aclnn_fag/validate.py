@@ -922,6 +922,14 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     scalars = (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
                inner_precise, sparse_mode, pse_type, deterministic)
     lists = (actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx, prefix)
+    return validate_backward_args(tensors, scalars, lists, check_data)
+
+
+def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
+                           check_data: bool = True) -> FagCall:
+    """``validate_backward`` on the arguments as three tuples, in the orders of
+    _TENSOR_NAMES, _SCALAR_NAMES and _LIST_NAMES (the public calls' form: no keyword
+    arguments rebuilt into dicts on the cached path)."""
     key_ = _signature(tensors, scalars, lists)
     cached = _VERDICTS.get(key_) if key_ is not None else None
     if cached is not None:
