@@ -256,28 +256,30 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
 def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     """Where the time of two rows goes: each stage timed on its own (CPU us, median), plus
     the native handles and allocations one call makes (``acl.runtime.stats()``)."""
-    from . import operands
+    import inspect
+
+    from . import operands, validate
     from .device_run import run_backward_on_device
-    from .validate import _check_data_rules, validate_backward
+    from .validate import _check_data_rules, validate_backward, validate_backward_args
     out = []
 
     def stage(label, fn, n=inner):
         out.append({"label": label, "cpu_us": _time(fn, repeat, n)[0]})
 
-    names = ("query", "query_rope", "key", "key_rope", "value", "dy")
-    tensors = dict(npu, atten_mask=npu_kw["atten_mask"], softmax_max=npu_kw["softmax_max"],
-                   softmax_sum=npu_kw["softmax_sum"], attention_in=npu_kw["attention_in"],
-                   pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None)
-    _, conv = operands.convert_inputs(tensors)
-    scal = {k: v for k, v in npu_kw.items() if k not in tensors}
-    dkw = dict(scal, **{n: conv[n] for n in ("atten_mask", "softmax_max", "softmax_sum",
-                                             "attention_in")})
-    dcall = validate_backward(*(conv[n] for n in names), check_data=False, **dkw)
+    # the public call's own steps: its tensors in validate's order, converted in one pass
+    # (operands.convert_args), then validated as tuples (validate.validate_backward_args)
+    args = {n: p.default for n, p in inspect.signature(validate_backward).parameters.items()}
+    args.update(npu, **npu_kw)
+    tensors = tuple(args[n] for n in validate._TENSOR_NAMES)
+    _, conv = operands.convert_args(validate._TENSOR_NAMES, tensors)
+    scalars = tuple(args[n] for n in validate._SCALAR_NAMES)
+    lists = tuple(args[n] for n in validate._LIST_NAMES)
+    dcall = validate_backward_args(conv, scalars, lists, False)
     q = npu["query"]
     stage("NPU tensors, stream=: operand conversion (10 NPU tensors -> DeviceArray)",
-          lambda: operands.convert_inputs(tensors))
+          lambda: operands.convert_args(validate._TENSOR_NAMES, tensors))
     stage("NPU tensors, stream=: validation (every rule; data rules off on a caller's stream)",
-          lambda: validate_backward(*(conv[n] for n in names), check_data=False, **dkw))
+          lambda: validate_backward_args(conv, scalars, lists, False))
     stage("NPU tensors, stream=: results (5 x new_empty + a DeviceArray over each)",
           lambda: [acl.device.foreign_view(t.data_ptr(), t.shape, dcall.query.dtype,
                                            t.stride(), 0, t)

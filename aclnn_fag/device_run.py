@@ -32,18 +32,17 @@ def call_device(call, names) -> int:
     fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
     dev = first = None
     for n in names:
-        a = fields.get(n)
-        if a is None or not hasattr(a, "device_id"):
+        d = getattr(fields.get(n), "device_id", None)
+        if d is None:
             continue
-        d = a.device_id
         if dev is None:
             dev, first = d, n
         elif d != dev:
             seen = {dev: first}
             for m in names:
-                b = fields.get(m)
-                if b is not None and hasattr(b, "device_id"):
-                    seen.setdefault(b.device_id, m)
+                e = getattr(fields.get(m), "device_id", None)
+                if e is not None:
+                    seen.setdefault(e, m)
             detail = ", ".join(f"'{m}' on device {d}" for d, m in seen.items())
             raise ValueError(f"all tensor arguments must live on one device, got {detail}")
     return 0 if dev is None else dev

@@ -192,6 +192,38 @@ def _foreign_view(*args):
     return foreign_view(*args)
 
 
+def _all_npu(values: tuple) -> Optional[tuple]:
+    """The arguments converted when every one is an NPU tensor (of a type met before) or
+    None, with a supported dtype met before and a plain storage format; else None (the
+    general path of convert_args decides, checks and raises in its order). One pass, the
+    steps of kind_of and _npu_to_device_array inline: this runs per tensor per call."""
+    kinds, dtypes, view = _KIND_OF_TYPE, _DTYPE_OF, _foreign_view
+    torch_npu = sys.modules.get("torch_npu")
+    npu_format = getattr(torch_npu, "get_npu_format", None)
+    out = []
+    seen = False
+    for x in values:
+        if x is None:
+            out.append(None)
+            continue
+        if kinds.get(type(x)) is not _BY_INSTANCE:
+            return None
+        dev = getattr(x, "device", None)
+        if getattr(dev, "type", None) != "npu" or not callable(getattr(x, "data_ptr", None)):
+            return None
+        if npu_format is not None and int(npu_format(x)) not in _PLAIN_FORMATS:
+            return None
+        dt = dtypes.get(x.dtype)
+        if dt is None:
+            return None
+        index = dev.index
+        ptr = x.data_ptr()
+        out.append(view(ptr if type(ptr) is int else int(ptr), x.shape, dt, x.stride(),
+                        0 if index is None else index, x))
+        seen = True
+    return tuple(out) if seen else None
+
+
 def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
     """(kind, converted) for one call's tensor arguments: torch CPU tensors become numpy views,
     NPU tensors DeviceArrays over their memory; numpy arrays and DeviceArrays pass through.
@@ -203,6 +235,12 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
 def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
     """``convert_inputs`` on parallel tuples (parameter names, arguments): (kind, the
     arguments converted, in order) -- the form the public calls use."""
+    try:
+        fast = _all_npu(values)
+    except Exception:                     # the general path below raises it, in its order
+        fast = None
+    if fast is not None:
+        return NPU, fast
     kind = None
     first = None
     odd = False                           # some argument is not of the call's kind

@@ -872,12 +872,17 @@ def _list_sig(v):
 def _signature(tensors: tuple, scalars: tuple, lists: tuple):
     """The hashable description of a call (its tensors, scalars and int lists in the orders
     of _TENSOR_NAMES, _SCALAR_NAMES, _LIST_NAMES), or None when it cannot be described
-    safely. Types are part of it: 128.0 == 128, but only 128 passed the checks."""
+    safely. Types are part of it: 128.0 == 128, but only 128 passed the checks. (Its hash
+    may still fail: an unhashable scalar.)"""
+    nd, dev = _ND, _DEVICE_TYPES
     try:
-        key = (tuple(map(_tensor_sig, tensors)), tuple(map(type, scalars)), scalars,
-               tuple(map(_list_sig, lists)))
-        hash(key)
-        return key
+        # _tensor_sig / _list_sig inline for the common cases (this runs on every call)
+        return (tuple([None if a is None
+                       else (0, a.shape, a.dtype, a.strides) if type(a) is nd
+                       else (1, a.shape, a.dtype, a.strides, a.offset) if type(a) in dev
+                       else _tensor_sig(a) for a in tensors]),
+                tuple(map(type, scalars)), scalars,
+                tuple([None if v is None else _list_sig(v) for v in lists]))
     except TypeError:
         return None
 
@@ -931,7 +936,10 @@ def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
     _TENSOR_NAMES, _SCALAR_NAMES and _LIST_NAMES (the public calls' form: no keyword
     arguments rebuilt into dicts on the cached path)."""
     key_ = _signature(tensors, scalars, lists)
-    cached = _VERDICTS.get(key_) if key_ is not None else None
+    try:
+        cached = _VERDICTS.get(key_)       # None for key_ None (never stored)
+    except TypeError:                      # unhashable: not cached
+        cached = key_ = None
     if cached is not None:
         call = _new(FagCall)
         fields = call.__dict__

@@ -65,6 +65,8 @@ class ForeignBuffer(DeviceBuffer):
     ``owner`` (any object) is kept alive as long as this buffer is.
     """
 
+    _forgotten = False
+
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
         # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
         self.device_id = int(device_id)
@@ -385,12 +387,12 @@ def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> Devi
     the result gets the checked int tuples. Entries that are not ints (e.g. 128.0, equal to
     128 but not an int) never take the short path: from_pointer refuses them."""
     try:
-        geom = _GEOMETRY.get((shape, strides, dtype))
+        geom = _GEOMETRY[shape, strides, dtype]
         # ints only: a sum of ints (bools included, as operator.index takes them) is an int;
-        # any float / numpy scalar / other number makes it something else
-        exact = geom is not None and type(sum(shape, sum(strides))) is int
-    except TypeError:               # unhashable or not numbers: from_pointer names the fault
-        exact = False
+        # a float, numpy scalar or other number makes it something else
+        exact = type(sum(shape + strides)) is int
+    except Exception:               # unknown geometry, unhashable, not numbers: from_pointer
+        exact = False               # checks it (and names the fault)
     if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
             or device_id < 0 or ptr % geom[3]):
         return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
@@ -401,8 +403,7 @@ def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> Devi
     buf.device_id = device_id
     buf.nbytes = (offset + span) * isz
     buf.ptr = ptr - rem
-    buf.owner = owner
-    buf._forgotten = False
+    buf.owner = owner                # (_forgotten: the class's False until released)
     self = _new(DeviceArray)        # every invariant of __init__ holds (checked geometry)
     self.buffer = buf
     self.shape = shape
