@@ -89,8 +89,11 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
             tensors.append(t)
             ptr = t.data_ptr()
             # from_pointer's checks (the allocator's strides must be non-negative etc.)
-            outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr), shape,
-                                                dt, t.stride(), dev, t)
+            try:
+                outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr),
+                                                    shape, dt, t.stride(), dev, t)
+            except (TypeError, ValueError) as e:
+                raise operands._named(e, f"result '{out}' (query.new_empty)") from None
         if call.empty_result:
             for da in outs.values():
                 _zero(da)

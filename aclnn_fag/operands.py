@@ -182,7 +182,18 @@ def _npu_to_device_array(name: str, t, torch_npu=False):
     if type(ptr) is not int:
         ptr = int(ptr)
     # foreign_view: from_pointer's checks (each value an int: ints, torch.Size entries)
-    return _foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
+    try:
+        return _foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
+    except (TypeError, ValueError) as e:
+        raise _named(e, f"parameter '{name}' (an NPU tensor)") from None
+
+
+def _named(error: Exception, what: str) -> Exception:
+    """``error`` (a TypeError / ValueError about a view's pointer, shape or strides) with the
+    tensor it is about named first; other exception types unchanged."""
+    if type(error) not in (TypeError, ValueError):
+        return error
+    return type(error)(f"{what}: {error}")
 
 
 def _foreign_view(*args):
