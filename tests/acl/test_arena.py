@@ -216,3 +216,17 @@ def test_a_failure_at_any_native_call_frees_the_arena(function, count, keep, stu
         acl.run_backward(call, keep_on_device=keep)
     assert info.value.code == (561103 if function == "aclCreateTensor" else 507899)
     assert "injected failure 507899" in str(info.value)
+
+
+@pytest.mark.parametrize("apart", [False, True])
+def test_a_failed_upload_frees_the_memory_before_raising(apart, stub, no_leaks):
+    acl.runtime.ensure_device(0)
+    before = _live_bytes(stub)
+    a, b = np.ones((8, 4), np.float32), np.zeros(5, np.uint8)
+    stub.inject("aclrtMemcpy", 1, 507899)                     # the second upload
+    with pytest.raises(errors.AclnnError) as info:
+        device.call_memory([a, b], [((4,), BF16, None)], 0, results_apart=apart)
+    assert info.value.code == 507899
+    # the traceback still holds call_memory's frame (and so its arenas): they were freed
+    # explicitly, not left to the garbage collector
+    assert info.tb is not None and _live_bytes(stub) == before
