@@ -595,7 +595,7 @@ MUTANTS = [
            "                    da.buffer.arena.share(da.buffer)", "                    pass",
            "freeing every device result does not give the memory back", ARENA_T),
     Mutant("acl-arena-last-share", "acl", A + "arena.py",
-           "            last = self._shares == 0", "            last = self._shares <= 1",
+           "                last = arena._shares == 0", "                last = arena._shares <= 1",
            "freeing one device result frees the memory of the others", ARENA_T),
     Mutant("acl-upload-contiguous-end", "acl", A + "device.py",
            "            self.end = addr + array.nbytes", "            self.end = addr + array.nbytes - 1",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import threading
 from typing import List, Optional, Sequence, Tuple
 
+from . import ownership
 from .runtime import DEVICE_ALIGN, DeviceBuffer
 
 __all__ = ["ARENA_ALIGN", "ArenaBuffer", "ArenaSlice", "layout"]
@@ -70,13 +71,6 @@ class ArenaBuffer(DeviceBuffer):
                 piece._shared = True
                 self._shares += 1
 
-    def _unshare(self, mode: str) -> None:
-        with self._share_lock:
-            self._shares -= 1
-            last = self._shares == 0
-        if last:
-            self.release(mode)
-
     @property
     def shares(self) -> int:
         return self._shares
@@ -113,10 +107,17 @@ class ArenaSlice(DeviceBuffer):
         arena = self.arena
         if arena is None:
             return
-        self.arena = None
-        if self._shared:
-            self._shared = False
-            arena._unshare(mode)
+        with ownership.atomic(), arena._share_lock:    # once, whichever thread comes first
+            if self.arena is None:
+                return
+            self.arena = None
+            last = False
+            if self._shared:
+                self._shared = False
+                arena._shares -= 1
+                last = arena._shares == 0
+        if last:
+            arena.release(mode)
 
     free = close = release
 

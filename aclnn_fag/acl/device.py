@@ -357,7 +357,11 @@ class DeviceArray:
 
     # ---- lifetime
     def free(self) -> None:
-        """Free the underlying device buffer now (every view of it becomes unusable)."""
+        """Free the underlying device buffer now (every view of it becomes unusable).
+
+        The device results of one call share one allocation (:mod:`.arena`): freeing one
+        makes it unusable and gives its share back; the memory returns to the device when
+        the last of them is freed or collected."""
         self.buffer.free()
 
     close = free
