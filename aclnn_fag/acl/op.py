@@ -1,8 +1,10 @@
 """The op's two phases: ``run_backward`` (validated FagCall) and ``call_raw`` (no validation).
 
 One call, in order (docs/abi.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
-this thread's stream; the determinism option held for the call; uploads (one H2D copy
-per group of overlapping host arrays, see :mod:`.device`); bf16 output buffers;
+this thread's stream; the determinism option held for the call; one device allocation
+for the uploads and the outputs (:mod:`.arena`, :func:`.device.call_memory`: one H2D copy
+per group of overlapping host arrays, the outputs zeroed by one aclrtMemset; with
+``keep_on_device`` the outputs get an allocation of their own, owned by the results);
 aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 0);
 phase 2 on the stream; tensors and int arrays destroyed right after phase 2 returns;
 ``aclrtSynchronizeStream``; D2H copies; every buffer freed.
