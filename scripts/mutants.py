@@ -63,6 +63,7 @@ RESULTS_T = ("tests/acl/test_plan_results.py",)
 CACHE_T = ("tests/acl/test_exec_cache.py", "tests/acl/test_leaks.py")
 LOADER_T = ("tests/acl/test_loader.py",)
 ARENA_T = ("tests/acl/test_arena.py", "tests/acl/test_faults.py", "tests/acl/test_device_array.py")
+NPU_FAST_T = ("tests/acl/test_npu_fast_path.py",)
 
 MUTANTS = [
     # ------------------------------------------------------------------ reference/
@@ -576,6 +577,47 @@ MUTANTS = [
            "stub accepts 257 heads (S3)"),
     Mutant("stub-row-ok", "stub", C, "                row_ok[i] = (char)any;", "                row_ok[i] = 1;",
            "stub fully masked rows contribute P = 1/FLT_MAX instead of 0"),
+    # the per-call short paths of device-resident calls (NPU tensors, DeviceArray)
+    Mutant("npu-view-exact", "acl", A + "device.py",
+           "        exact = type(sum(shape + strides)) is int\n", "        exact = True\n",
+           "a float shape or stride equal to a known geometry is taken as that geometry",
+           NPU_FAST_T),
+    Mutant("npu-view-offset", "acl", A + "device.py", "    offset = rem // isz\n",
+           "    offset = 0\n", "an NPU view not 32-byte aligned reads from the aligned base",
+           NPU_FAST_T),
+    Mutant("npu-view-device", "acl", A + "device.py", "    buf.device_id = device_id\n",
+           "    buf.device_id = 0\n", "an NPU tensor's device index is lost on repeated calls",
+           NPU_FAST_T),
+    Mutant("npu-fast-format", "acl", "aclnn_fag/operands.py",
+           "        if npu_format is not None and int(npu_format(x)) not in _PLAIN_FORMATS:",
+           "        if False:",
+           "a tensor in a private NPU storage format (FRACTAL_NZ) is read as strided memory",
+           NPU_FAST_T),
+    Mutant("npu-fast-device-type", "acl", "aclnn_fag/operands.py",
+           '        if getattr(dev, "type", None) != "npu" or not callable(getattr(x, "data_ptr", None)):',
+           '        if not callable(getattr(x, "data_ptr", None)):',
+           "a CPU tensor of a type seen on the NPU before is taken for an NPU tensor",
+           NPU_FAST_T),
+    Mutant("npu-fast-index", "acl", "aclnn_fag/operands.py",
+           "                        0 if index is None else index, x))",
+           "                        0, x))",
+           "tensors on two devices are run on device 0 on repeated calls", NPU_FAST_T),
+    Mutant("npu-call-device", "acl", "aclnn_fag/device_run.py", "        elif d != dev:",
+           "        elif False:", "tensors on two devices run on the first one's device",
+           NPU_FAST_T),
+    Mutant("verdict-float-bits", "validate", V,
+           "tuple([float(v).hex() if isinstance(v, _FLOATS) else v for v in scalars]),",
+           "scalars,", "a -0.0 scale is served the cached verdict of 0.0 (the op gets +0.0)",
+           NPU_FAST_T),
+    Mutant("verdict-device-offset", "validate", V,
+           "else (1, a.shape, a.dtype, a.strides, a.offset) if type(a) in dev",
+           "else (1, a.shape, a.dtype, a.strides) if type(a) in dev",
+           "a device view at another offset is served another view's verdict", NPU_FAST_T),
+    Mutant("verdict-list-types", "validate", V,
+           "        return (t, tuple(map(type, v)), tuple(v))",
+           "        return (t, tuple(v))",
+           "float sequence ends equal to validated ints skip the int checks",
+           ("tests/acl/test_npu_fast_path.py", "tests/acl/test_host_path.py")),
     # the forward on device-resident inputs and aclnn_fag.torch on NPU tensors
     Mutant("fwd-device-stream", "acl", A + "op.py",
            "stream=stream, keep_on_device=keep_on_device, op=FORWARD, cache=True)",

@@ -30,8 +30,8 @@ import numpy as np
 from .runtime import DeviceBuffer
 from .tensors import ACL_DTYPES, acl_dtype
 
-__all__ = ["DeviceArray", "ForeignBuffer", "upload_arrays", "call_memory", "CallMemory",
-           "contiguous_strides"]
+__all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
+           "CallMemory", "contiguous_strides"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 
@@ -66,6 +66,8 @@ class ForeignBuffer(DeviceBuffer):
     ``owner`` (any object) is kept alive as long as this buffer is.
     """
 
+    _forgotten = False
+
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
         # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
         self.device_id = int(device_id)
@@ -96,9 +98,10 @@ class ForeignBuffer(DeviceBuffer):
 
 _BASE_ALIGN = 32
 _prod = math.prod
-# (shape, strides or None, dtype) -> (unit strides, span in elements, item size) of a
-# from_pointer geometry that passed its checks (non-empty): the checks that do not depend
-# on the address are not repeated for it (from_pointer runs per NPU tensor per call)
+# (shape, strides or None, dtype) -> (shape, unit strides, span in elements, item size) of
+# a from_pointer geometry that passed its checks (non-empty), keyed and valued by the
+# checked int tuples: the checks that do not depend on the address are not repeated for it
+# (from_pointer and foreign_view run per NPU tensor per call)
 _GEOMETRY: dict = {}
 _GEOMETRY_MAX = 1024
 
@@ -209,7 +212,7 @@ class DeviceArray:
             device_id = operator.index(device_id)
             if device_id < 0:
                 raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
-            unit, span, isz = geom
+            shape, unit, span, isz = geom
             if ptr <= 0:
                 raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
             if ptr % isz:
@@ -256,7 +259,7 @@ class DeviceArray:
         self.strides = strides if kept is strides else _unit_strides(shape, kept)
         if len(_GEOMETRY) >= _GEOMETRY_MAX:
             _GEOMETRY.clear()
-        _GEOMETRY[key] = (self.strides, span, isz)
+        _GEOMETRY[key] = (shape, self.strides, span, isz)
         return self
 
     # ---- properties
@@ -381,6 +384,44 @@ class DeviceArray:
         return (f"<DeviceArray {self.dtype} {list(self.shape)} strides={list(self.strides)} "
                 f"offset={self.offset} on device {self.device_id}"
                 f"{' (freed)' if self.closed else ''}>")
+
+
+def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
+    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)`` -- the same
+    checks, errors and result -- for the conversions that run per tensor per call (NPU
+    tensors and their results): a geometry (shape, strides, numpy ``dtype``) that passed
+    from_pointer's checks before is looked up instead of checked again, and the view is built
+    directly. ``shape`` and ``strides`` may be any int sequences (``torch.Size``, tuples);
+    the result gets the checked int tuples. Entries that are not ints (e.g. 128.0, equal to
+    128 but not an int) never take the short path: from_pointer refuses them."""
+    try:
+        geom = _GEOMETRY[shape, strides, dtype]
+        # ints only: a sum of ints (bools included, as operator.index takes them) is an int;
+        # a float, numpy scalar or other number makes it something else
+        exact = type(sum(shape + strides)) is int
+    except Exception:               # unknown geometry, unhashable, not numbers: from_pointer
+        exact = False               # checks it (and names the fault)
+    if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
+            or device_id < 0 or ptr % geom[3]):
+        return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
+    shape, unit, span, isz = geom
+    rem = ptr % _BASE_ALIGN
+    offset = rem // isz
+    buf = _new(ForeignBuffer)       # ForeignBuffer.__init__'s fields, already normalised
+    buf.device_id = device_id
+    buf.nbytes = (offset + span) * isz
+    buf.ptr = ptr - rem
+    buf.owner = owner                # (_forgotten: the class's False until released)
+    self = _new(DeviceArray)        # every invariant of __init__ holds (checked geometry)
+    self.buffer = buf
+    self.shape = shape
+    self.dtype = dtype
+    self.offset = offset
+    self.strides = unit
+    return self
+
+
+_new = object.__new__
 
 
 # ----------------------------------------------------------------------------- upload planner
