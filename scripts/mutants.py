@@ -62,6 +62,7 @@ DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
 RESULTS_T = ("tests/acl/test_plan_results.py",)
 CACHE_T = ("tests/acl/test_exec_cache.py", "tests/acl/test_leaks.py")
 LOADER_T = ("tests/acl/test_loader.py",)
+ARENA_T = ("tests/acl/test_arena.py", "tests/acl/test_faults.py", "tests/acl/test_device_array.py")
 NPU_FAST_T = ("tests/acl/test_npu_fast_path.py",)
 
 MUTANTS = [
@@ -645,4 +646,42 @@ MUTANTS = [
            'stream = o["stream"]',
            "varlen_attention's backward on NPU tensors ignores torch_npu's current stream",
            ("tests/torch/test_npu_autograd.py",)),
+    # ------------------------------------------------------------------ one call's device memory
+    Mutant("acl-arena-unaligned", "acl", A + "arena.py",
+           "        at = -(-end // align) * align", "        at = end",
+           "the pieces of a call's arena start at any byte: tensorData no longer aligned", ARENA_T),
+    Mutant("acl-arena-slice-base", "acl", A + "arena.py",
+           "        return None if base is None else base + self.start",
+           "        return None if base is None else base",
+           "every upload and output of a call at the arena's base: they overwrite each other",
+           ARENA_T),
+    Mutant("acl-arena-no-zero-fill", "acl", A + "device.py",
+           "            out_arena.memset(0, 0, zero_end)", "            pass",
+           "outputs the op leaves unwritten hold stale device memory (docs/faults.md)", ARENA_T),
+    Mutant("acl-arena-zero-first-only", "acl", A + "device.py",
+           "            out_arena.memset(0, 0, zero_end)",
+           "            out_arena.memset(0, 0, zero_sizes[0])",
+           "only the first output is zero-filled", ARENA_T),
+    Mutant("acl-arena-no-free-on-error", "acl", A + "device.py",
+           "        for buf in mem.arenas + mem.result_arenas:\n            try:\n                buf.free()",
+           "        for buf in mem.arenas + mem.result_arenas:\n            try:\n                pass",
+           "a failed upload leaves the call's device memory to the garbage collector", ARENA_T),
+    Mutant("acl-arena-results-together", "acl", A + "op.py",
+           "                                      results_apart=keep_on_device)",
+           "                                      results_apart=False)",
+           "device results keep the call's uploads alive (and the call frees them under the "
+           "results)", ARENA_T),
+    Mutant("acl-arena-no-share", "acl", A + "op.py",
+           "                    da.buffer.arena.share(da.buffer)", "                    pass",
+           "freeing every device result does not give the memory back", ARENA_T),
+    Mutant("acl-arena-last-share", "acl", A + "arena.py",
+           "                last = arena._shares == 0", "                last = arena._shares <= 1",
+           "freeing one device result frees the memory of the others", ARENA_T),
+    Mutant("acl-upload-contiguous-end", "acl", A + "device.py",
+           "            self.end = addr + array.nbytes", "            self.end = addr + array.nbytes - 1",
+           "the last byte of each contiguous upload is missing", ARENA_T),
+    Mutant("acl-download-contiguous", "acl", A + "device.py",
+           "        if self.is_contiguous:          # one D2H copy straight into the result",
+           "        if True:          # one D2H copy straight into the result",
+           "strided device views download the wrong elements", ARENA_T),
 ]

@@ -1,8 +1,10 @@
 """The op's two phases: ``run_backward`` (validated FagCall) and ``call_raw`` (no validation).
 
 One call, in order (docs/abi.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
-this thread's stream; the determinism option held for the call; uploads (one H2D copy
-per group of overlapping host arrays, see :mod:`.device`); bf16 output buffers;
+this thread's stream; the determinism option held for the call; one device allocation
+for the uploads and the outputs (:mod:`.arena`, :func:`.device.call_memory`: one H2D copy
+per group of overlapping host arrays, the outputs zeroed by one aclrtMemset; with
+``keep_on_device`` the outputs get an allocation of their own, owned by the results);
 aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 0);
 phase 2 on the stream; tensors and int arrays destroyed right after phase 2 returns;
 ``aclrtSynchronizeStream``; D2H copies; every buffer freed.
@@ -33,7 +35,7 @@ import numpy as np
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
 from . import exec_cache, ownership, runtime
 from ._status import recent_message, status_error
-from .device import DeviceArray, upload_arrays
+from .device import DeviceArray, call_memory
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
 from .tensors import HandleBatch, _destroy, int64_values
 
@@ -262,50 +264,36 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # the blocks inside it nest (no sigaction calls). Nothing in it waits in Python
         # (the waits are native calls, which hold SIGINT back anyway).
         with ownership.atomic():
-            # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
+            # ---- inputs and outputs: host arrays uploaded (shared ranges once), device
+            # arrays used as they are; the uploads and the outputs to allocate share one
+            # device allocation (.arena; the outputs zero-filled by one aclrtMemset), with
+            # keep_on_device the outputs one of their own, owned by the returned arrays
             dev_inputs: Dict[str, Optional[DeviceArray]] = {}
-            host_names = [n for n in op.inputs
-                          if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
-            if host_names:
-                with ownership.atomic():
-                    uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
-                    seen = set()
-                    for name, da in zip(host_names, uploaded):
-                        if id(da.buffer) not in seen:
-                            seen.add(id(da.buffer))
-                            _release_on_exit(stack, da.buffer)
-                        dev_inputs[name] = da
-            for name in op.inputs:
-                if isinstance(inputs.get(name), DeviceArray):
-                    dev_inputs[name] = inputs[name]
-
-            # ---- outputs
             dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-            to_make = []
+            host_names, to_make = [], []
+            for name in op.inputs:
+                arr = inputs.get(name)
+                if isinstance(arr, DeviceArray):
+                    dev_inputs[name] = arr
+                elif arr is not None:
+                    host_names.append(name)
             for name in op.outputs:
                 spec = outputs.get(name)
                 if spec is None or isinstance(spec, DeviceArray):
                     dev_outputs[name] = spec
                 else:
                     to_make.append(name)
-            with ownership.atomic():
-                for name in to_make:
-                    shape, dtype, init = outputs[name]
-                    with timer("alloc"):
-                        da = DeviceArray.empty(shape, dtype, dev)
-                    if keep_on_device:
-                        _release_on_error(stack, da.buffer)
-                    else:
-                        _release_on_exit(stack, da.buffer)
-                    if init is not None:
-                        with timer("copy_in"):
-                            da.copy_from_numpy(init)
-                    else:
-                        # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
-                        # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
-                        with timer("alloc"):
-                            da.buffer.memset(0)
-                    dev_outputs[name] = da
+            if host_names or to_make:
+                with ownership.atomic():
+                    mem = call_memory([inputs[n] for n in host_names],
+                                      [outputs[n] for n in to_make], dev, timings,
+                                      results_apart=keep_on_device)
+                    for arena in mem.arenas:
+                        _release_on_exit(stack, arena)
+                    for arena in mem.result_arenas:
+                        _release_on_error(stack, arena)
+                dev_inputs.update(zip(host_names, mem.inputs))
+                dev_outputs.update(zip(to_make, mem.outputs))
 
             in_list = [dev_inputs.get(name) for name in op.inputs]
             out_list = [dev_outputs[name] for name in op.outputs]
@@ -429,6 +417,10 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         result: Dict[str, object] = {}
         if keep_on_device:
             result = dict(dev_outputs)
+            for name in to_make:        # each result holds a share of the outputs' arena
+                da = result[name]
+                if da.size:
+                    da.buffer.arena.share(da.buffer)
         else:
             with timer("copy_out"):
                 for name in op.outputs:
