@@ -165,7 +165,7 @@ class _Executor(runtime.NativeResource):
 def check_device_arrays(arrays: Mapping[str, object], dev: int) -> None:
     """ValueError when a DeviceArray lives on another device than the call's."""
     for name, arr in arrays.items():
-        if isinstance(arr, DeviceArray) and arr.device_id != dev:
+        if arr is not None and isinstance(arr, DeviceArray) and arr.device_id != dev:
             raise ValueError(f"parameter '{name}': the device array is on device {arr.device_id}, "
                              f"but the call runs on device {dev}; pass device_id={arr.device_id} "
                              "or copy the array to that device")
