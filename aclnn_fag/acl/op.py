@@ -1,21 +1,28 @@
 """The op's two phases: ``run_backward`` (validated FagCall) and ``call_raw`` (no validation).
 
 One call, in order (docs/abi.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
-this thread's stream; the determinism option held for the call; one device allocation
+this thread's stream; one device allocation
 for the uploads and the outputs (:mod:`.arena`, :func:`.device.call_memory`: one H2D copy
 per group of overlapping host arrays, the outputs zeroed by one aclrtMemset; with
 ``keep_on_device`` the outputs get an allocation of their own, owned by the results);
-aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 0);
-phase 2 on the stream; tensors and int arrays destroyed right after phase 2 returns;
-``aclrtSynchronizeStream``; D2H copies; every buffer freed.
+then either a **cached executor** for the call's signature (:mod:`.exec_cache`: its
+aclTensors repointed at this call's buffers; no creates, no phase 1, no determinism hold)
+or: the determinism option held, aclTensor / aclIntArray creation, phase 1 (the executor
+marked repeatable for the cache); the workspace (only if its size is > 0); phase 2 on the
+stream; the tensors and int arrays destroyed right after phase 2 returns, or kept with
+the repeatable executor in the cache; ``aclrtSynchronizeStream``; D2H copies; every
+buffer freed. ``_launch_cached`` is the short path of a training step (device arrays,
+given outputs, a caller's stream): signature, repoint, phase 2.
 
 Every native handle is owned the moment it exists (:mod:`.ownership`: the create and the
 store of its handle are one atomic step for SIGINT) and registered on a
 :class:`contextlib.ExitStack`, so an exception anywhere — including a ``KeyboardInterrupt``
 at any bytecode, or a failed ``aclCreateTensor`` halfway through — releases everything
-created so far, exactly once.  The executor is destroyed by us only when phase 1 succeeded
-and phase 2 was never entered; it counts as the library's from the moment phase 2 is
-entered (phase 2 frees it, also when it fails — docs/abi.md §6, docs/faults.md).  Cleanup failures after a
+created so far, exactly once.  A one-shot executor is destroyed by us only when phase 1
+succeeded and phase 2 was never entered; it counts as the library's from the moment phase 2
+is entered (phase 2 frees it, also when it fails — docs/abi.md §6, docs/faults.md). A
+repeatable (cached) one stays ours: back into the cache after a successful call, destroyed
+after a failed one.  Cleanup failures after a
 successful op warn (ResourceReleaseWarning) and the results are returned; outputs this
 module allocates are zero-filled before the op runs (the op may leave parts unwritten).
 """

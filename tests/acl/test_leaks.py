@@ -1,4 +1,6 @@
-"""No native object outlives its call: the stub's counters return to zero."""
+"""No native object outlives its call: the stub's counters return to zero (once the executor
+cache, which keeps executors and their handles between calls on purpose, is emptied:
+``StubControls.counters`` does that; tests/acl/test_exec_cache.py checks the cache itself)."""
 
 from __future__ import annotations
 
