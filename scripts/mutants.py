@@ -452,6 +452,10 @@ MUTANTS = [
            "        if False and not entry.repoint(b, [a for a in in_list if a is not None],",
            "a step on a caller's stream runs the cached executor on the previous step's buffers",
            CACHE_T),
+    Mutant("acl-cache-after-reset", "acl", A + "runtime.py",
+           "            _context_epoch += 1", "            _context_epoch += 0",
+           "after someone else's aclrtResetDevice, calls run executors made in the destroyed "
+           "context", CACHE_T),
     Mutant("acl-cache-no-bound", "acl", A + "exec_cache.py",
            "    if _count > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
            "the executor cache grows without bound", CACHE_T),
