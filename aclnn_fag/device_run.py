@@ -79,6 +79,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
         tensors = []
         outs = {}
         qdtype = query_obj.dtype
+        view = acl.device.foreign_view
         for out, (shape, dt) in specs.items():
             tdt = qdtype if dt == BF16 else _framework_dtype(
                 qdtype, operands.torch_dtype_name(dt)[len("torch."):])
@@ -87,8 +88,8 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
             ptr = t.data_ptr()
             # from_pointer's checks (the allocator's strides must be non-negative etc.)
             try:
-                outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr),
-                                                    shape, dt, t.stride(), dev, t)
+                outs[out] = view(ptr if type(ptr) is int else int(ptr), shape, dt, t.stride(),
+                                 dev, t)
             except (TypeError, ValueError) as e:
                 raise operands._named(e, f"result '{out}' (query.new_empty)") from None
         if call.empty_result:
@@ -103,11 +104,17 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
 
 
 def _acl():
-    """aclnn_fag.acl (imported on first use; an import statement per call costs ~2 us)."""
-    acl = sys.modules.get("aclnn_fag.acl")
-    if acl is None:
+    """aclnn_fag.acl, imported by the first call (an import statement per call costs ~2 us;
+    the statement, not a sys.modules look-up, so that a first use while another thread is
+    still importing it waits for that import)."""
+    global _acl_module
+    if _acl_module is None:
         from . import acl
-    return acl
+        _acl_module = acl
+    return _acl_module
+
+
+_acl_module = None
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
