@@ -256,9 +256,21 @@ def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk):
     """Keys gathered a few at a time (rows split across chunks, chunks spanning rows): the
     same log-sum-exps."""
     monkeypatch.setattr(V, "STATS_LAYOUT_KEY_CHUNK", chunk)
+    gathered = []                                     # keys per gather
+    score = row_lse._score
+
+    def counting(arrays, rows, pieces, scores):
+        gathered.append(sum(p[4] for p in pieces))
+        return score(arrays, rows, pieces, scores)
+    monkeypatch.setattr(row_lse, "_score", counting)
     for name in ("gqa-mode3", "mode1-b1", "mode4-band"):
         case = cases[name]
-        _compare(case, case.softmax_max, case.softmax_sum)
+        gathered.clear()
+        expected = _compare(case, case.softmax_max, case.softmax_sum)
+        kept = O.all_kept(case.mode, case.lay, case.pre, case.nxt, case.mask, case.n1)
+        total = sum(int(kept[b, h][i].sum()) for b, i, h, *_ in expected)
+        assert sum(gathered) == total and max(gathered) <= chunk       # bounded gathers
+        assert len(gathered) == -(-total // chunk)                     # and no more than needed
 
 
 def test_long_sequences_not_sampled(cases, monkeypatch):
