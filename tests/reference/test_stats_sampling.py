@@ -350,3 +350,32 @@ def test_bf16_widening_is_exact():
     assert np.array_equal(got.view(np.uint32)[~np.isnan(want)],
                           want.view(np.uint32)[~np.isnan(want)])
     assert np.array_equal(np.isnan(got), np.isnan(want))
+
+
+def test_data_rules_read_data_changed_in_place(cases):
+    """A call described like one that passed before (the verdict cache) still reads its
+    data: a writable mask or statistics changed in place between two calls are rejected
+    (S6, S8, S9) -- only the package's own read-only mask is recognised without reading."""
+    case = cases["gqa-mode3"]
+    args = (case.q, case.qr, case.k, case.kr, case.v, case.dy)
+    mask = O.compressed_mask()
+    smax, ssum = case.softmax_max.copy(), case.softmax_sum.copy()
+    kw = case.bwd_kwargs(atten_mask=mask, softmax_max=smax, softmax_sum=ssum)
+    V._VERDICTS.clear()
+    V.validate_backward(*args, **kw)
+    V.validate_backward(*args, **kw)
+    assert V._VERDICTS                              # the second call used the cached verdict
+    mask[5, 100] = 0                                # the same object, changed in place
+    with pytest.raises(ParamInvalidError, match="S6"):
+        V.validate_backward(*args, **kw)
+    mask[5, 100] = 1
+    V.validate_backward(*args, **kw)
+    kept = float(ssum[3, 1, 7])
+    ssum[3, 1, 7] = kept * 2
+    with pytest.raises(ParamInvalidError, match="S8"):
+        V.validate_backward(*args, **kw)
+    ssum[3, 1, 7] = kept
+    tm_max, tm_sum = _token_major(case)
+    smax[...], ssum[...] = tm_max, tm_sum
+    with pytest.raises(ParamInvalidError, match="S9"):
+        V.validate_backward(*args, **kw)
