@@ -65,6 +65,14 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     arrays = (q, qr, k, kr)
     if all(a.dtype == _BF16 for a in arrays):
         arrays = tuple(a.view(_U16) for a in arrays)      # gathered as bits, widened once
+    total = len(scores)
+    if total <= chunk:                # the common case: every key in one gather
+        offsets = accumulate(counts, initial=0)
+        _score(arrays, rows, [(slice(*keys) if type(keys) is tuple else keys, n2, r, o, n)
+                              for (r, (_, _, n2, keys)), o, n
+                              in zip(enumerate(rows), offsets, counts)], scores)
+        scores *= scale32
+        return segment_lse(scores, counts)
     pieces = []                       # (tokens, key head, row, score offset, count)
     fill = off = 0
     for r, (_, _, n2, keys) in enumerate(rows):
