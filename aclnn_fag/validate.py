@@ -875,11 +875,17 @@ def _list_sig(v):
     raise TypeError       # numpy arrays and other sequences: not cached
 
 
+def _scalar_sig(v):
+    """A scalar as a key: floats by their bits (0.0 == -0.0 would otherwise hand a -0.0
+    call the validated call of 0.0, and the op another attribute value)."""
+    return (float, v.hex()) if type(v) is float else (type(v), v)
+
+
 def _signature(tensors: dict, scalars: dict, lists: dict):
     """The hashable description of a call, or None when it cannot be described safely."""
     try:
         key = (tuple(_tensor_sig(tensors[n]) for n in _TENSOR_NAMES),
-               tuple((type(scalars[n]), scalars[n]) for n in _SCALAR_NAMES),
+               tuple(_scalar_sig(scalars[n]) for n in _SCALAR_NAMES),
                tuple(_list_sig(lists[n]) for n in _LIST_NAMES))
         hash(key)
         return key

@@ -62,6 +62,7 @@ C = "native_stubs/src/opapi_stub.c"
 PLAN_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py")
 DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
 RESULTS_T = ("tests/acl/test_plan_results.py",)
+CACHE_T = ("tests/acl/test_exec_cache.py", "tests/acl/test_leaks.py")
 LOADER_T = ("tests/acl/test_loader.py",)
 
 MUTANTS = [
@@ -378,22 +379,24 @@ MUTANTS = [
            "        unheld = list(self.results.values())",
            "FagPlan.close frees the arrays its runs returned", RESULTS_T),
     Mutant("acl-plan-run-determinism", "acl", A + "plan.py",
-           "            hold = runtime.call_hold(self.device_id, self.deterministic)\n            try:\n                hold.acquire()\n                if changes:",
-           "            hold = runtime.call_hold(self.device_id, None)\n            try:\n                hold.acquire()\n                if changes:",
-           "FagPlan.run does not hold the determinism option", DET_T),
+           "                    hold = runtime.call_hold(self.device_id, self.deterministic)\n"
+           "                    hold.acquire()\n                    self._build()",
+           "                    hold = runtime.call_hold(self.device_id, None)\n"
+           "                    hold.acquire()\n                    self._build()",
+           "FagPlan.run does not hold the determinism option when it runs phase 1 again", DET_T),
     Mutant("acl-plan-from-call-det", "acl", A + "plan.py",
            "return cls(**kw, deterministic=bool(call.deterministic), device_id=device_id,",
            "return cls(**kw, deterministic=False, device_id=device_id,",
            "FagPlan.from_call ignores deterministic=True", DET_T),
     Mutant("acl-op-determinism", "acl", A + "op.py",
-           "        hold = runtime.call_hold(dev, deterministic)",
-           "        hold = runtime.call_hold(dev, None)",
+           "                hold = runtime.call_hold(dev, deterministic)",
+           "                hold = runtime.call_hold(dev, None)",
            "calls never set ACL_OPT_DETERMINISTIC", DET_T),
     Mutant("acl-run-backward-det", "acl", A + "op.py",
            "deterministic=bool(call.deterministic), device_id=device_id, timings=timings,\n"
-           "                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings)",
+           "                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings,\n",
            "deterministic=False, device_id=device_id, timings=timings,\n"
-           "                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings)",
+           "                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings,\n",
            "public deterministic=True does not turn determinism on (only call_raw does)", DET_T),
     Mutant("acl-shutdown-foreign-init", "acl", A + "runtime.py",
            "    if finalize and st.owns_init:", "    if finalize:",
@@ -439,8 +442,29 @@ MUTANTS = [
            "    else:\n        cls = error_class_for(code)", "    else:\n        cls = AclRuntimeError",
            "status codes lose their exception classes (161002 -> generic error)"),
     Mutant("acl-op-no-workspace", "acl", A + "op.py",
-           "        if ws_size.value > 0:", "        if ws_size.value > (1 << 50):",
+           "            if ws_size_value > 0:", "            if ws_size_value > (1 << 50):",
            "phase 2 gets no workspace"),
+    Mutant("acl-cache-no-repoint", "acl", A + "exec_cache.py",
+           "                if new != ptr:", "                if False:",
+           "a cached executor reads the buffers of the call that made it (wrong gradients)",
+           CACHE_T),
+    Mutant("acl-cache-key-det", "acl", A + "exec_cache.py",
+           "    return (op_name, dev, ctx, deterministic,", "    return (op_name, dev, ctx,",
+           "a deterministic=True call runs the executor tiled for deterministic=False", CACHE_T),
+    Mutant("acl-cache-key-float", "acl", A + "exec_cache.py",
+           "    return float(value).hex()", "    return float(value)",
+           "scale_value -0.0 runs the executor made for 0.0", CACHE_T),
+    Mutant("acl-cache-key-strides", "acl", A + "exec_cache.py",
+           "    return (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)",
+           "    return (a.shape, a.dtype, a.offset, a.buffer.nbytes)",
+           "a strided view runs the executor made for a contiguous array", CACHE_T),
+    Mutant("acl-cache-keep-failed", "acl", A + "op.py",
+           "                if exc_type is None:\n                    exec_cache.give(",
+           "                if True:\n                    exec_cache.give(",
+           "an executor whose phase 2 failed is kept for the next call", CACHE_T),
+    Mutant("acl-cache-no-bound", "acl", A + "exec_cache.py",
+           "    if _count > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
+           "the executor cache grows without bound", CACHE_T),
     Mutant("acl-loader-env-first", "acl", A + "loader.py",
            "    value = env.get(ENV_LIB_DIR, \"\").strip()\n    if value:",
            "    value = env.get(ENV_LIB_DIR, \"\").strip()\n    if False:",
@@ -575,8 +599,8 @@ MUTANTS = [
            "stub fully masked rows contribute P = 1/FLT_MAX instead of 0"),
     # the forward on device-resident inputs and aclnn_fag.torch on NPU tensors
     Mutant("fwd-device-stream", "acl", A + "op.py",
-           "stream=stream, keep_on_device=keep_on_device, op=FORWARD)",
-           "keep_on_device=keep_on_device, op=FORWARD)",
+           "stream=stream, keep_on_device=keep_on_device, op=FORWARD, cache=True)",
+           "keep_on_device=keep_on_device, op=FORWARD, cache=True)",
            "the device forward ignores stream= (runs and synchronises on the package's stream)",
            ("tests/acl/test_device_forward.py",)),
     Mutant("fwd-device-stats-dtype", "acl", "aclnn_fag/device_run.py",

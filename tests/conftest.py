@@ -54,6 +54,19 @@ def _collect_then_freeze_older_objects():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _empty_executor_cache():
+    """Each test starts and ends with an empty executor cache (aclnn_fag/acl/exec_cache.py),
+    so that no test depends on which executors an earlier one left behind."""
+    cache = sys.modules.get("aclnn_fag.acl.exec_cache")
+    if cache is not None:
+        cache.clear()
+    yield
+    cache = sys.modules.get("aclnn_fag.acl.exec_cache")
+    if cache is not None:
+        cache.clear()
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """pytest-xdist controller: a worker finished; add its fuzz tallies."""

@@ -114,15 +114,21 @@ class StubControls:
         assert rc == 0, f"stream {stream!r} is not a live stub stream"
         return {"launches": launches.value, "syncs": syncs.value}
 
-    def counters(self) -> dict:
+    def counters(self, keep_cache: bool = False) -> dict:
+        """The stub's live objects. The package's executor cache (aclnn_fag/acl/exec_cache.py)
+        keeps executors and their handles between calls on purpose; it is emptied first so
+        that what remains is what leaked, unless ``keep_cache``."""
+        if not keep_cache:
+            from aclnn_fag.acl import exec_cache
+            exec_cache.clear()
         vals = [c_int64(0) for _ in range(5)]
         self._counters(*[byref(v) for v in vals])
         return dict(zip(self.COUNTER_NAMES, (v.value for v in vals)))
 
-    def objects(self) -> dict:
+    def objects(self, keep_cache: bool = False) -> dict:
         """The counters that must return to their value after every call (streams persist:
-        one per thread, by design)."""
-        c = self.counters()
+        one per thread, by design; the executor cache is emptied first unless ``keep_cache``)."""
+        c = self.counters(keep_cache)
         c.pop("streams")
         return c
 

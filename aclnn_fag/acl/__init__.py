@@ -12,6 +12,8 @@ Importing this package never fails and never loads a library; the first use does
   share one upload);
 * :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
+* :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature
+  (phase 1 once per signature; ``ACLNN_FAG_EXECUTOR_CACHE``, :func:`clear_executor_cache`);
 * :mod:`.ownership` — interrupt-safe ownership of native handles (claims taken atomically
   with each create, SIGINT deferred across create-and-own; docs/faults.md).
 
@@ -33,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import loader, ownership, prototypes, runtime, versions
+from . import exec_cache, loader, ownership, prototypes, runtime, versions
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
 from .plan import FagExecutor, FagPlan
@@ -48,8 +50,15 @@ __all__ = [
     "AclIntArray", "determinism", "get_determinism", "shutdown", "release_thread_resources",
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
     "stand_in", "STAND_IN_LABEL",
-    "ownership", "RETRY_BACKOFF_MIN", "RETRY_BACKOFF_MAX",
+    "ownership", "RETRY_BACKOFF_MIN", "RETRY_BACKOFF_MAX", "clear_executor_cache",
+    "exec_cache",
 ]
+
+
+def clear_executor_cache() -> int:
+    """Destroy every executor the public calls keep for reuse (:mod:`.exec_cache`), with its
+    aclTensors and aclIntArrays; returns how many there were. ``shutdown()`` does this too."""
+    return exec_cache.clear()
 
 
 @dataclass(frozen=True)

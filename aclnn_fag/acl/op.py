@@ -31,8 +31,8 @@ import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
-from . import ownership, runtime
-from ._status import status_error
+from . import exec_cache, ownership, runtime
+from ._status import recent_message, status_error
 from .device import DeviceArray, upload_arrays
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
 from .tensors import HandleBatch, _destroy, int64_values
@@ -219,7 +219,8 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
              deterministic: Optional[bool], device_id: Optional[int], timings: Optional[dict],
              workspace_size_out: bool = True, executor_out: bool = True,
              stream=None, keep_on_device: bool = False,
-             cpu_timings: bool = False, op: OpSpec = BACKWARD) -> Dict[str, object]:
+             cpu_timings: bool = False, op: OpSpec = BACKWARD,
+             cache: bool = False) -> Dict[str, object]:
     """Run one call. ``inputs``: slot -> numpy array / DeviceArray / None; ``int_arrays``:
     slot -> sequence / None; ``outputs``: slot -> None, a DeviceArray (written in place) or
     (shape, dtype, initial host array or None). Returns slot -> host array (None for NULL
@@ -233,11 +234,10 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     temporaries are freed and the results downloaded."""
     timer = _Timer(timings, cpu_timings)
     # Python-level argument checks first: nothing native exists yet when they fail.
-    attr_args = [c_double(_double_attr(n, attrs[n])) for n in ("scale_value", "keep_prob")]
-    attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("pre_tokens", "next_tokens", "head_num")]
+    doubles = [_double_attr(n, attrs[n]) for n in ("scale_value", "keep_prob")]
+    ints_a = [_int64_attr(n, attrs[n]) for n in ("pre_tokens", "next_tokens", "head_num")]
     layout_arg = _layout_arg(attrs["input_layout"])
-    attr_args += [layout_arg]
-    attr_args += [c_int64(_int64_attr(n, attrs[n])) for n in ("inner_precise", "sparse_mode", "pse_type")]
+    ints_b = [_int64_attr(n, attrs[n]) for n in ("inner_precise", "sparse_mode", "pse_type")]
     int_arrays = {name: (None if int_arrays.get(name) is None
                          else int64_values(name, int_arrays[name])) for name in op.int_arrays}
     b = runtime.api()
@@ -249,15 +249,14 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     stream = runtime.resolve_stream(stream) if caller_stream else runtime.stream(dev)
     enqueue_only = (caller_stream and keep_on_device
                     and all(v is None or isinstance(v, DeviceArray) for v in inputs.values()))
+    cache_cap = (exec_cache.enabled(b) if cache and workspace_size_out and executor_out
+                 and deterministic is not None else 0)
+    use_cache = cache_cap > 0
     # Creates are batched into few outermost ownership.atomic() blocks (each costs two
     # sigaction calls on the main thread; nested blocks cost almost nothing).
     stack = contextlib.ExitStack()
     ok = False
     try:
-        hold = runtime.call_hold(dev, deterministic)
-        stack.callback(hold.release)            # registered before the hold is taken
-        hold.acquire()
-
         # One outer ownership.atomic() block from the uploads to the handles' destruction:
         # the blocks inside it nest (no sigaction calls). Nothing in it waits in Python
         # (the waits are native calls, which hold SIGINT back anyway).
@@ -307,59 +306,113 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                             da.buffer.memset(0)
                     dev_outputs[name] = da
 
-            # ---- handles (destroyed right after phase 2 returns, or on any error)
-            handles = stack.enter_context(contextlib.ExitStack())
-            with timer("marshal"), ownership.atomic():
-                batch = HandleBatch()
-                _release_on_exit(handles, batch)
-                t_args = batch.tensors([dev_inputs.get(name) for name in op.inputs])
-                ia_args = batch.int_arrays([int_arrays.get(name) for name in op.int_arrays])
-                o_args = batch.tensors([dev_outputs[name] for name in op.outputs])
-
-            # ---- phase 1
-            ws_size = c_uint64(0)
-            executor = c_void_p(None)
-            args = (t_args + ia_args + attr_args + o_args
-                    + [byref(ws_size) if workspace_size_out else None,
-                       byref(executor) if executor_out else None])
-            phase1 = getattr(b, op.phase1)
-            guard = _Executor(b)
-            _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
-            with timer("phase1"):
-                with ownership.atomic():           # phase 1 and the executor's ownership
-                    rc = phase1(*args)
-                    if rc == 0:
-                        guard.adopt(executor.value)
-            runtime._count("phase1")
-            if rc:
-                raise status_error(b, rc, op.phase1)
-            if guard.handle is None:
+            in_list = [dev_inputs.get(name) for name in op.inputs]
+            out_list = [dev_outputs[name] for name in op.outputs]
+            # ---- a cached executor for this signature (acl/exec_cache.py), repointed
+            checkout = _Checkout()
+            checkout.cap = cache_cap
+            if use_cache:
+                checkout.key = exec_cache.signature(
+                    op.phase1, dev, bool(deterministic), (*doubles, *ints_a, layout_arg, *ints_b),
+                    tuple(int_arrays[n] for n in op.int_arrays), in_list, out_list)
+                with ownership.atomic():
+                    checkout.entry = exec_cache.take(checkout.key)
+                stack.push(checkout.settle)        # back into the cache, or destroyed on error
+                if checkout.entry is not None:
+                    with timer("marshal"):
+                        if not checkout.entry.repoint(b, [a for a in in_list if a is not None],
+                                                      [a for a in out_list if a is not None]):
+                            with ownership.atomic():
+                                entry, checkout.entry = checkout.entry, None
+                                exec_cache.discard(entry)
+            entry = checkout.entry
+            if entry is not None:
+                runtime._count("cache_hits")
+                ws_size_value = entry.workspace_size
+                exec_handle = entry.executor.handle
                 guard = None
+                handles = None
+            else:
+                # ---- the determinism option, held from phase 1 (which reads it) to the end
+                hold = runtime.call_hold(dev, deterministic)
+                stack.callback(hold.release)            # registered before the hold is taken
+                hold.acquire()
+
+                # ---- handles (destroyed right after phase 2 returns, or on any error)
+                handles = stack.enter_context(contextlib.ExitStack())
+                with timer("marshal"), ownership.atomic():
+                    batch = HandleBatch()
+                    _release_on_exit(handles, batch)
+                    t_args = batch.tensors(in_list)
+                    ia_args = batch.int_arrays([int_arrays.get(name) for name in op.int_arrays])
+                    o_args = batch.tensors(out_list)
+
+                # ---- phase 1
+                ws_size = c_uint64(0)
+                executor = c_void_p(None)
+                attr_args = ([c_double(v) for v in doubles] + [c_int64(v) for v in ints_a]
+                             + [layout_arg] + [c_int64(v) for v in ints_b])
+                args = (t_args + ia_args + attr_args + o_args
+                        + [byref(ws_size) if workspace_size_out else None,
+                           byref(executor) if executor_out else None])
+                phase1 = getattr(b, op.phase1)
+                guard = _Executor(b)
+                _release_on_exit(handles, guard)       # pushed last: destroyed before the tensors
+                with timer("phase1"):
+                    with ownership.atomic():           # phase 1 and the executor's ownership
+                        rc = phase1(*args)
+                        if rc == 0:
+                            guard.adopt(executor.value)
+                runtime._count("phase1")
+                if rc:
+                    raise status_error(b, rc, op.phase1)
+                if guard.handle is None:
+                    guard = None
+                ws_size_value = ws_size.value
+                exec_handle = None if guard is None else guard.handle
+                if (guard is not None and use_cache
+                        and b.aclSetAclOpExecutorRepeatable(exec_handle) == 0):
+                    # kept for the next call with this signature (after a good phase 2)
+                    checkout.new = exec_cache.CachedExecutor(
+                        guard, batch, _slots(t_args, in_list), _slots(o_args, out_list),
+                        ws_size_value)
+                elif guard is not None and use_cache:
+                    recent_message(b)     # not repeatable: one-shot, as without the cache
 
             # ---- workspace
             workspace = None
-            if ws_size.value > 0:
+            if ws_size_value > 0:
                 with timer("alloc"):
                     if enqueue_only:
-                        workspace = runtime.stream_workspace(dev, stream, ws_size.value)
+                        workspace = runtime.stream_workspace(dev, stream, ws_size_value)
                     else:
-                        workspace = runtime.DeviceBuffer(ws_size.value, dev)
+                        workspace = runtime.DeviceBuffer(ws_size_value, dev)
                         _release_on_exit(stack, workspace)
 
             # ---- phase 2 (+ sync)
-            if guard is not None:
+            if exec_handle is not None:
                 phase2 = getattr(b, op.phase2)
                 p2_args = (c_void_p(workspace.ptr if workspace is not None else None),
-                           c_uint64(ws_size.value), c_void_p(guard.handle), c_void_p(stream))
+                           c_uint64(ws_size_value), c_void_p(exec_handle), c_void_p(stream))
                 t0 = time.perf_counter()
-                # the executor is the library's from the moment phase 2 is entered
-                rc = guard.call_consuming(phase2, *p2_args)
+                if entry is not None or checkout.new is not None:
+                    # a repeatable executor stays ours through phase 2
+                    rc = phase2(*p2_args)
+                else:
+                    # a one-shot executor is the library's from the moment phase 2 is entered
+                    rc = guard.call_consuming(phase2, *p2_args)
                 runtime._count("phase2")
                 if rc:
                     raise status_error(b, rc, op.phase2)
                 t1 = time.perf_counter()
-                with timer("marshal"), ownership.atomic():
-                    handles.close()
+                if handles is not None:
+                    with timer("marshal"), ownership.atomic():
+                        if checkout.new is not None:
+                            # the executor and its handles now belong to the cache entry
+                            handles.pop_all()
+                            checkout.entry, checkout.new = checkout.new, None
+                        else:
+                            handles.close()
                 t2 = time.perf_counter()
                 if not enqueue_only:
                     rc = b.aclrtSynchronizeStream(stream)
@@ -367,7 +420,7 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                         raise status_error(b, rc, "aclrtSynchronizeStream")
                 if timings is not None:
                     timings["phase2"] += (t1 - t0) + (time.perf_counter() - t2)
-            else:
+            elif handles is not None:
                 with ownership.atomic():
                     handles.close()
 
@@ -389,6 +442,40 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 err = RuntimeError("the call failed")
                 stack.__exit__(RuntimeError, err, None)
     return result
+
+
+class _Checkout:
+    """The cached executor one call uses (``entry``: taken from the cache, or made by this
+    call's phase 1 once phase 2 succeeded; ``new``: made by phase 1, not yet run).
+    ``settle`` is the call's exit callback: back into the cache after a successful call,
+    destroyed after a failed one."""
+
+    __slots__ = ("key", "entry", "new", "cap")
+
+    def __init__(self) -> None:
+        self.cap = None
+        self.key = None
+        self.entry = None
+        self.new = None
+
+    def settle(self, exc_type, exc, tb) -> bool:
+        with ownership.atomic():
+            entry, self.entry = self.entry, None
+            if entry is not None:
+                if exc_type is None:
+                    exec_cache.give(self.key, entry, self.cap)
+                else:
+                    exec_cache.discard(entry)
+        return False
+
+
+def _slots(handles: list, arrays: list) -> list:
+    """(setter index, aclTensor handle, base address) of each non-NULL tensor, in order."""
+    out = []
+    for h, a in zip(handles, arrays):
+        if a is not None:
+            out.append((len(out), h, a.buffer.ptr))
+    return out
 
 
 def _execute(*args, **kwargs):
@@ -434,7 +521,8 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
     outputs["dpse"] = None
     res = _execute(inputs, int_arrays, _attrs(call), outputs,
                    deterministic=bool(call.deterministic), device_id=device_id, timings=timings,
-                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings)
+                   stream=stream, keep_on_device=keep_on_device, cpu_timings=cpu_timings,
+                   cache=True)
     return FagGrads(res["dq"], res["dq_rope"], res["dk"], res["dk_rope"], res["dv"])
 
 
@@ -536,7 +624,7 @@ def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
     slots.update({n: a for n, a in (outputs or {}).items() if a is not None})
     res = _execute(inputs, int_arrays, _attrs(call), slots,
                    deterministic=bool(call.deterministic), device_id=device_id, timings=timings,
-                   stream=stream, keep_on_device=keep_on_device, op=FORWARD)
+                   stream=stream, keep_on_device=keep_on_device, op=FORWARD, cache=True)
     return FagForward(res["attention_out"], res["softmax_max"], res["softmax_sum"])
 
 

@@ -467,12 +467,15 @@ class FagPlan:
             caller_stream = stream is not None
             stream = (runtime.resolve_stream(stream) if caller_stream
                       else runtime.stream(self.device_id))
-            hold = runtime.call_hold(self.device_id, self.deterministic)
+            # the determinism option is read by phase 1 (docs/abi.md §6): held only when
+            # this run builds the executor; a repeatable executor's phase 2 needs no hold
+            hold = None
             try:
-                hold.acquire()
                 if changes:
                     self._apply(b, changes, fresh, held)
                 if st.executor is None:
+                    hold = runtime.call_hold(self.device_id, self.deterministic)
+                    hold.acquire()
                     self._build()
                 ex = st.executor
                 ws = st.workspace
@@ -497,7 +500,8 @@ class FagPlan:
                     if rc:
                         raise status_error(b, rc, "aclrtSynchronizeStream")
             finally:
-                hold.release()
+                if hold is not None:
+                    hold.release()
             return self._results()
 
     def _forget(self, changes, strict: bool) -> None:

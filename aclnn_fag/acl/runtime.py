@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import os
 import sys
 import threading
@@ -62,7 +63,7 @@ MAX_ALLOCATION = (1 << 63) - 1   # bytes: sizes are computed with Python ints, p
 # ----------------------------------------------------------------------------- counters
 _stats_lock = threading.RLock()
 _STAT_KEYS = ("malloc", "malloc_bytes", "free", "h2d", "h2d_bytes", "d2h", "d2h_bytes",
-              "memset", "tensors", "int_arrays", "streams", "phase1", "phase2")
+              "memset", "tensors", "int_arrays", "streams", "phase1", "phase2", "cache_hits")
 _stats: Dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
 
 
@@ -159,6 +160,7 @@ class _State:
     def __init__(self, b) -> None:
         self.b = b
         self.key = b.key
+        self.serial = next(_state_serials)      # told apart from a later state's
         self.pid = os.getpid()
         self.lock = threading.RLock()
         self.initialised = False
@@ -170,6 +172,7 @@ class _State:
 
 
 _state: Optional[_State] = None
+_state_serials = itertools.count(1)
 _state_lock = threading.RLock()
 _tls = threading.local()
 _atexit_registered = False
@@ -301,6 +304,16 @@ def _context_lost(b) -> bool:
         _tls.ctx = actual
         return actual is None
     return actual != expected
+
+
+def current_context_record() -> tuple:
+    """What identifies the ACL context this thread's calls run in, as recorded by the last
+    checked :func:`ensure_device`: (runtime state serial, process generation, context
+    handle). Objects tied to a context (cached executors) carry it; a reset device, a new
+    ``aclInit`` or a fork gives a different record."""
+    st = _state
+    return (st.serial if st is not None else 0, _process_gen, getattr(_tls, "ctx", None),
+            getattr(_tls, "current", None))
 
 
 def _record_device(st: _State, dev: int) -> None:
@@ -1027,6 +1040,15 @@ def _release_all_resources() -> None:
     ownership.release_all(final=True)
 
 
+_shutdown_hooks: list = []
+
+
+def on_shutdown(fn) -> None:
+    """Call ``fn()`` at the start of every :func:`shutdown` (before the sweep of live
+    handles), e.g. to empty a cache of native handles in the right order."""
+    _shutdown_hooks.append(fn)
+
+
 def shutdown(finalize: bool = True) -> None:
     """Release every live buffer/tensor/executor of this package (also handles whose earlier
     release failed: their one retry) and every stream; then, if this package's ``aclInit``
@@ -1034,6 +1056,11 @@ def shutdown(finalize: bool = True) -> None:
     as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
+    for hook in list(_shutdown_hooks):
+        try:
+            hook()
+        except Exception:
+            pass
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:

@@ -307,7 +307,9 @@ def test_failure_injection_leaves_nothing_live(fn, code, no_leaks):
 def test_running_a_consumed_executor_again_is_counted(fn, monkeypatch, no_leaks):
     """Both stub ops share phase 2's checks: a binding that runs a one-shot executor a
     second time (a double release of it on the device) is refused with 161001 and counted
-    by the stub's bad-release counter, for the forward as for the backward."""
+    by the stub's bad-release counter, for the forward as for the backward. (The executor
+    cache is off: a cached executor is repeatable, and running it again is allowed.)"""
+    monkeypatch.setenv("ACLNN_FAG_EXECUTOR_CACHE", "0")
     b = acl.runtime.api()
     real = getattr(b, fn)
     second = []

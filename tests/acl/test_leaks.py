@@ -22,22 +22,35 @@ def _call(p):
     return validate_backward(**tensors, **p.kwargs())
 
 
-def test_thousand_calls_with_failures_leak_nothing(no_leaks):
+# (native function, calls to let through first, status): one failure point per call
+_FAILURES_CACHE_OFF = {
+    1: ("aclCreateTensor", 6, 561103),          # halfway through marshaling
+    2: (PHASE1, 0, 561002),                     # phase 1 fails
+    3: ("aclrtMalloc", None, 207001),           # the workspace (phase 1 succeeded)
+    4: (PHASE2, 0, 361001),                     # phase 2 fails
+    5: ("aclrtSynchronizeStream", 0, 507015),   # the kernel "faults"
+    6: ("aclCreateIntArray", 1, 561103),
+    7: ("aclrtMemcpy", 4, 507899),
+    8: ("aclrtMalloc", 2, 207001),              # an input upload
+}
+# with the executor cache, call 0 of every ten leaves a cached executor: call 1 is a cache
+# hit whose phase 2 fails (the entry is destroyed), so calls 2..8 run phase 1 again and
+# every failure point of the first table is reached; call 9 caches a new executor
+_FAILURES_CACHE_ON = dict(_FAILURES_CACHE_OFF)
+_FAILURES_CACHE_ON[1] = (PHASE2, 0, 361001)    # phase 2 of a cached, repointed executor
+_FAILURES_CACHE_ON[4] = ("aclCreateTensor", 6, 561103)
+
+
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_thousand_calls_with_failures_leak_nothing(cache, monkeypatch, no_leaks):
+    monkeypatch.setenv("ACLNN_FAG_EXECUTOR_CACHE", "0" if cache == "off" else "4")
     p = make_problem(seed=31, q_lens=(5, 0, 7), kv_lens=(6, 2, 7), n2=1, g=2, d=16, dr=8)
     call = _call(p)
     acl.reset_stats()
     expected = acl.run_backward(call)
     n_malloc = acl.stats()["malloc"]
-    failures = {
-        1: ("aclCreateTensor", 6, 561103),          # halfway through marshaling
-        2: (PHASE1, 0, 561002),                     # phase 1 fails
-        3: ("aclrtMalloc", n_malloc - 1, 207001),   # the workspace (phase 1 succeeded)
-        4: (PHASE2, 0, 361001),                     # phase 2 fails
-        5: ("aclrtSynchronizeStream", 0, 507015),   # the kernel "faults"
-        6: ("aclCreateIntArray", 1, 561103),
-        7: ("aclrtMemcpy", 4, 507899),
-        8: ("aclrtMalloc", 2, 207001),              # an input upload
-    }
+    failures = {k: (f, n_malloc - 1 if n is None else n, code) for k, (f, n, code) in
+                (_FAILURES_CACHE_OFF if cache == "off" else _FAILURES_CACHE_ON).items()}
     failed = 0
     for i in range(1000):
         plan = failures.get(i % 10)
@@ -53,6 +66,9 @@ def test_thousand_calls_with_failures_leak_nothing(no_leaks):
         assert info.value.code == plan[2], (plan, info.value)
         failed += 1
     assert failed == 800
+    if cache == "on":
+        # hits: each call 0 (the entry of the call before) and each failing call 1
+        assert acl.stats()["cache_hits"] == 200
     counters = no_leaks.counters()
     assert counters["tensors"] == counters["int_arrays"] == counters["executors"] == 0
     assert counters["device_bytes"] == 0

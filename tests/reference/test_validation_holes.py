@@ -232,3 +232,20 @@ def test_token_major_statistics_rejected():
                        np.ones_like(tm_sum))
     # a max off by 0.5 in both readings: neither fits, not this check's business
     _validate_with(case, (tm_max + np.float32(0.5)).astype(np.float32), tm_sum)
+
+
+def test_a_negative_zero_scale_is_not_served_the_positive_zero_call():
+    """Validated calls are cached by their arguments; 0.0 == -0.0 in Python, so the cache
+    must tell the two apart by their bits or the op would get the other attribute."""
+    import math
+    stats = np.broadcast_to(np.ones((1, 1, 1), np.float32), (8, 1, 8))
+    args = (z((8, 1, 16)), z((8, 1, 8)), z((8, 1, 16)), z((8, 1, 8)), z((8, 1, 16)),
+            z((8, 1, 16)))
+    kw = dict(atten_mask=z((8, 8), np.uint8), softmax_max=stats, softmax_sum=stats,
+              attention_in=z((8, 1, 16)), actual_seq_qlen=[8], actual_seq_kvlen=[8])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = validate_backward(*args, scale_value=0.0, **kw)
+        second = validate_backward(*args, scale_value=-0.0, **kw)
+    assert math.copysign(1.0, first.scale_value) == 1.0
+    assert math.copysign(1.0, second.scale_value) == -1.0

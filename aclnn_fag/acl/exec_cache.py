@@ -1,0 +1,239 @@
+"""Executors kept between public calls: phase 1 once per call signature.
+
+A public call (``run_backward`` / ``run_forward``, so every ``backend="npu"`` call) whose
+phase 1 succeeded marks its executor repeatable (``aclSetAclOpExecutorRepeatable``) and,
+after a successful phase 2, keeps it here together with the aclTensor and aclIntArray
+handles it refers to, instead of destroying them. The next call with the same
+**signature** takes it out, points its tensors at the new device addresses
+(``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``) and runs phase 2 only: no
+aclTensor is created, phase 1 (tiling) does not run again, and the determinism option is
+not touched (phase 1 is where the op reads it; docs/abi.md §6).
+
+The signature is everything phase 1 sees except the device addresses: the op, the device
+and the thread's ACL context, the determinism value, every attribute (floats compared bit
+for bit), the int arrays' values, and for each tensor slot NULL-ness, shape, strides,
+dtype, element offset and the size of the storage its aclTensor describes. Two calls with
+equal signatures give phase 1 identical arguments but for ``tensorData``, which is exactly
+what the address setters replace.
+
+Rules that keep it safe:
+
+* An entry is used by one call at a time: ``take`` removes it from the cache, ``give``
+  puts it back (a concurrent call with the same signature builds its own).
+* Failure anywhere (an address setter, phase 2, the synchronisation) destroys the entry
+  instead of returning it. A repeatable executor stays ours through phase 2 (phase 2 does
+  not free it), so it is destroyed by us exactly once: executor first, then its handles.
+* The cache holds at most ``capacity()`` idle entries (least recently used dropped first);
+  ``ACLNN_FAG_EXECUTOR_CACHE`` sets it (default 16; ``0`` turns caching off, every call
+  then creates and destroys its handles as before). :func:`clear` destroys every idle
+  entry; ``acl.shutdown()`` does too. Host memory only: no device memory is kept (each
+  call brings its own buffers and workspace).
+* Without ``aclSetAclOpExecutorRepeatable`` or the address setters nothing is cached.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from typing import List, Optional, Tuple
+
+from . import ownership, runtime
+from ._status import recent_message
+
+__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature", "take", "give",
+           "discard", "clear", "size", "CachedExecutor"]
+
+ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
+DEFAULT_CAPACITY = 16
+
+_lock = threading.Lock()
+_idle: "OrderedDict[tuple, List[CachedExecutor]]" = OrderedDict()
+_count = 0                       # idle entries over all keys
+_env_seen: Optional[str] = "unset"
+_capacity = DEFAULT_CAPACITY
+
+
+def capacity() -> int:
+    """Idle entries kept at most (``$ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off).
+    Read again whenever the variable changes; an invalid value raises ValueError naming it."""
+    global _env_seen, _capacity
+    raw = os.environ.get(ENV_CAPACITY)
+    if raw != _env_seen:
+        if raw is None or raw.strip() == "":
+            value = DEFAULT_CAPACITY
+        else:
+            try:
+                value = int(raw)
+            except ValueError:
+                raise ValueError(f"environment variable {ENV_CAPACITY}={raw!r} must be a "
+                                 "non-negative integer (0 turns the executor cache off)") from None
+            if value < 0:
+                raise ValueError(f"environment variable {ENV_CAPACITY}={raw!r} must be >= 0")
+        _capacity, _env_seen = value, raw
+        if value < _count:
+            _trim(value)
+    return _capacity
+
+
+def enabled(b) -> int:
+    """The capacity when caching is on and the loaded libraries have what it needs, else 0."""
+    cap = capacity()
+    if (cap > 0 and b.aclSetAclOpExecutorRepeatable is not None
+            and b.aclSetInputTensorAddr is not None and b.aclSetOutputTensorAddr is not None):
+        return cap
+    return 0
+
+
+def _double_key(value: float) -> str:
+    return float(value).hex()          # -0.0 and 0.0, NaN payloads: told apart
+
+
+def _array_key(a) -> Optional[tuple]:
+    if a is None:
+        return None
+    return (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)
+
+
+def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
+              inputs: list, outputs: list) -> tuple:
+    """The cache key of one call (see the module doc). ``attrs``: the nine attribute values
+    in parameter order (doubles first); ``inputs`` / ``outputs``: DeviceArray or None per
+    slot in parameter order."""
+    ctx = runtime.current_context_record()
+    return (op_name, dev, ctx, deterministic,
+            (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
+            tuple(map(_array_key, inputs)), tuple(map(_array_key, outputs)))
+
+
+class CachedExecutor:
+    """A repeatable executor plus the handles (``HandleBatch``) its tensors and int arrays
+    live in; ``inputs`` / ``outputs``: per non-NULL tensor slot (setter index, aclTensor
+    handle, the device base address it points at now)."""
+
+    __slots__ = ("executor", "batch", "inputs", "outputs", "workspace_size", "__weakref__")
+
+    def __init__(self, executor, batch, inputs: list, outputs: list, workspace_size: int) -> None:
+        self.executor = executor
+        self.batch = batch
+        self.inputs = inputs
+        self.outputs = outputs
+        self.workspace_size = workspace_size
+
+    @property
+    def alive(self) -> bool:
+        return not (self.executor.released or self.batch.released)
+
+    def repoint(self, b, inputs: list, outputs: list) -> bool:
+        """Point the tensors at the base addresses of ``inputs`` / ``outputs`` (DeviceArrays
+        in the order of the entry's slots). False when a setter fails (the entry must then
+        be discarded: some tensors may already point at the new buffers)."""
+        ex = self.executor.handle
+        for setter, slots, arrays in ((b.aclSetInputTensorAddr, self.inputs, inputs),
+                                      (b.aclSetOutputTensorAddr, self.outputs, outputs)):
+            for k, arr in enumerate(arrays):
+                index, handle, ptr = slots[k]
+                buf = arr.buffer
+                new = buf.ptr
+                if new is None and buf.closed:
+                    raise ValueError("the device array's buffer has been freed")
+                if new != ptr:
+                    if setter(ex, index, handle, new):
+                        recent_message(b)
+                        return False
+                    slots[k] = (index, handle, new)
+        return True
+
+    def release(self, mode: str = "warn") -> None:
+        """Destroy the executor, then its tensors and int arrays (idempotent)."""
+        with ownership.atomic():
+            try:
+                self.executor.release(mode)
+            finally:
+                self.batch.release(mode)
+
+
+def take(key: tuple) -> Optional[CachedExecutor]:
+    """An idle entry for ``key`` (removed from the cache), or None."""
+    global _count
+    with _lock:
+        entries = _idle.get(key)
+        while entries:
+            entry = entries.pop()
+            _count -= 1
+            if not entries:
+                del _idle[key]
+            if entry.alive:
+                return entry
+            entries = _idle.get(key)
+    return None
+
+
+def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
+    """Return an entry after a successful call (the least recently used ones beyond the
+    capacity -- ``capacity()`` unless given -- are destroyed)."""
+    global _count
+    if cap is None:
+        cap = capacity()
+    if cap <= 0 or not entry.alive:
+        entry.release()
+        return
+    with _lock:
+        entries = _idle.get(key)
+        if entries is None:
+            _idle[key] = [entry]
+        else:
+            entries.append(entry)
+            _idle.move_to_end(key)
+        _count += 1
+    if _count > cap:
+        _trim(cap)
+
+
+def discard(entry: Optional[CachedExecutor]) -> None:
+    """Destroy an entry that failed (or is not wanted); failures only warn."""
+    if entry is not None:
+        entry.release("warn")
+
+
+def _trim(cap: int) -> None:
+    global _count
+    dropped = []
+    with _lock:
+        while _count > cap and _idle:
+            key, entries = next(iter(_idle.items()))
+            dropped.append(entries.pop(0))
+            _count -= 1
+            if not entries:
+                del _idle[key]
+    for entry in dropped:
+        entry.release("warn")
+
+
+def clear() -> int:
+    """Destroy every idle entry; returns how many there were."""
+    global _count
+    with _lock:
+        entries = [e for lst in _idle.values() for e in lst]
+        _idle.clear()
+        _count = 0
+    for entry in entries:
+        entry.release("warn")
+    return len(entries)
+
+
+def size() -> int:
+    """Idle entries in the cache now."""
+    return _count
+
+
+def _forget_after_fork() -> None:
+    global _lock, _count
+    _lock = threading.Lock()
+    _idle.clear()              # the handles were the parent's: never released here
+    _count = 0
+
+
+runtime.on_shutdown(clear)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
