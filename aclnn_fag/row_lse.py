@@ -19,6 +19,8 @@ __all__ = ["as_f32", "segment_lse", "rows_lse"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _U16 = np.dtype(np.uint16)
+# rows_lse: at most this many scores reduced at once (float64 temporaries of 512 KiB)
+_LSE_GROUP = 1 << 16
 
 
 def as_f32(a: np.ndarray) -> np.ndarray:
@@ -58,8 +60,8 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
 
     ``rows``: [(query token, head, key head, keys)] with keys a (first, end) token range or
     an index array of key tokens, at least one key. Keys are gathered ``chunk`` at a time
-    (the rows' keys one after the other), so the temporaries stay bounded; the scores of
-    all rows are kept (float32, one per kept key)."""
+    (the rows' keys one after the other) and reduced ``_LSE_GROUP`` at a time, so the
+    temporaries stay bounded; the scores of all rows are kept (float32, one per kept key)."""
     counts = [keys[1] - keys[0] if type(keys) is tuple else len(keys) for *_, keys in rows]
     scores = np.empty(sum(counts), np.float32)
     arrays = (q, qr, k, kr)
@@ -91,7 +93,15 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     if pieces:
         _score(arrays, rows, pieces, scores)
     scores *= scale32
-    return segment_lse(scores, counts)
+    out, g0, o0 = [], 0, 0            # reduced a group of rows (<= _LSE_GROUP keys) at a time
+    while g0 < len(rows):
+        g1, n = g0 + 1, counts[g0]
+        while g1 < len(rows) and n + counts[g1] <= _LSE_GROUP:
+            n += counts[g1]
+            g1 += 1
+        out += segment_lse(scores[o0:o0 + n], counts[g0:g1])
+        g0, o0 = g1, o0 + n
+    return out
 
 
 def _score(arrays, rows, pieces, scores) -> None:

@@ -641,10 +641,9 @@ def _mask_row(mask, seqs: SeqInfo, n1, b, h, i, skv) -> np.ndarray:
     return mask[idx] != 0
 
 
-def _elements(a: np.ndarray, flat: list) -> list:
-    """[a.flat[f] for f in flat] (C order of the logical shape) as Python scalars, in one
+def _elements(a: np.ndarray, idx: np.ndarray) -> list:
+    """[a.flat[f] for f in idx] (C order of the logical shape) as Python scalars, in one
     gather and without copying a non-contiguous array."""
-    idx = np.array(flat, np.intp)
     if a.flags.c_contiguous:
         return a.reshape(-1)[idx].tolist()
     return a[np.unravel_index(idx, a.shape)].tolist()
@@ -706,6 +705,7 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
             flats.append(((qs + i) * n1 + h) * COPIES)            # the token-major one
     if not candidates:
         return []
+    flats = np.array(flats, np.intp)
     maxes, sums = _elements(smax, flats), _elements(ssum, flats)
     picked = []           # (candidate, same): the rows recomputed, in the order visited
     rows = []             # their rows_lse descriptions

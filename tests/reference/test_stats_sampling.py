@@ -251,11 +251,12 @@ def test_same_reading_rows_capped(cases):
     assert len(expected) == V.STATS_LAYOUT_SAMPLES and all(e[8] for e in expected)
 
 
-@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
-def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk):
-    """Keys gathered a few at a time (rows split across chunks, chunks spanning rows): the
-    same log-sum-exps."""
+@pytest.mark.parametrize("chunk, group", [(1, 1 << 16), (3, 20), (7, 1), (64, 30)])
+def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk, group):
+    """Keys gathered a few at a time (rows split across chunks, chunks spanning rows) and
+    rows reduced in groups: the same log-sum-exps."""
     monkeypatch.setattr(V, "STATS_LAYOUT_KEY_CHUNK", chunk)
+    monkeypatch.setattr(row_lse, "_LSE_GROUP", group)
     gathered = []                                     # keys per gather
     score = row_lse._score
 
