@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import warnings
 
@@ -13,7 +14,8 @@ from . import blas, operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
-from .validate import _stacklevel, validate_backward, validate_forward
+from .validate import (_TENSOR_NAMES, _stacklevel, validate_backward,
+                       validate_backward_args, validate_forward)
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
@@ -86,7 +88,7 @@ def resolve_backend(backend: str = "auto", precision: str = "device") -> str:
         _warn_fallback(status)
         return "numpy"
     if backend == "npu":
-        from . import acl
+        acl = _acl()
         status = acl.availability()
         if not status.ok:
             forked = acl.runtime.forked_child_reason()
@@ -184,27 +186,18 @@ def flash_attention_unpadding_score_grad_v3(
         query row with no kept key: zero gradients), SoftmaxStatsMismatchWarning (the
         statistics cannot be those of these scores), IgnoredArgumentWarning.
     """
-    kind, t = operands.convert_inputs(dict(
-        query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value, dy=dy,
-        atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
-        attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
-        padding_mask=padding_mask, softmax_in=softmax_in))
-    on_device, name, check_data = _call_setup(kind, t, backend, precision, check_data, stream)
-    call = validate_backward(
-        t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"], t["dy"],
-        atten_mask=t["atten_mask"], softmax_max=t["softmax_max"], softmax_sum=t["softmax_sum"],
-        attention_in=t["attention_in"], actual_seq_qlen=actual_seq_qlen,
-        actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value, keep_prob=keep_prob,
-        pre_tokens=pre_tokens, next_tokens=next_tokens, head_num=head_num,
-        input_layout=input_layout, inner_precise=inner_precise, sparse_mode=sparse_mode,
-        pse_type=pse_type, pse_shift=t["pse_shift"], drop_mask=t["drop_mask"],
-        padding_mask=t["padding_mask"], softmax_in=t["softmax_in"], prefix=prefix,
-        q_start_idx=q_start_idx, kv_start_idx=kv_start_idx, deterministic=deterministic,
-        check_data=check_data)
+    # the tensors in validate's _TENSOR_NAMES order, converted in one pass (operands)
+    kind, t = operands.convert_args(_TENSOR_NAMES, (
+        query, query_rope, key, key_rope, value, dy, atten_mask, softmax_max, softmax_sum,
+        attention_in, pse_shift, drop_mask, padding_mask, softmax_in))
+    on_device, name, check_data = _call_setup(kind, t[0], backend, precision, check_data, stream)
+    call = validate_backward_args(
+        t, (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
+            inner_precise, sparse_mode, pse_type, deterministic),
+        (actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx, prefix), check_data)
     _last.name = name
     if on_device:
-        from .device_run import run_backward_on_device
-        return run_backward_on_device(call, kind, query, stream)
+        return _device_run().run_backward_on_device(call, kind, query, stream)
     if call.empty_result or name == "numpy":
         with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
             grads = attention_backward(call, precision)
@@ -216,7 +209,27 @@ def flash_attention_unpadding_score_grad_v3(
     return grads
 
 
-def _call_setup(kind, t, backend, precision, check_data, stream):
+def _acl():
+    """aclnn_fag.acl (imported on first use, then taken from the module cache)."""
+    acl = sys.modules.get("aclnn_fag.acl")
+    if acl is None:
+        from . import acl
+    return acl
+
+
+def _device_run():
+    """aclnn_fag.device_run (imported on first use; an import statement per call costs ~2 us)."""
+    global _device_run_mod
+    if _device_run_mod is None:
+        from . import device_run
+        _device_run_mod = device_run
+    return _device_run_mod
+
+
+_device_run_mod = None
+
+
+def _call_setup(kind, query, backend, precision, check_data, stream):
     """(on_device, backend name, check_data) of one public call: device-resident inputs
     always run on the NPU; ``check_data`` None means True except for device-resident inputs
     with a caller's stream (their data may still be being written by queued work), and True
@@ -227,7 +240,7 @@ def _call_setup(kind, t, backend, precision, check_data, stream):
         check_data = not (on_device and stream is not None)
     elif check_data and on_device and stream is not None:
         from .acl import runtime
-        runtime.synchronize_stream(stream, t["query"].device_id)   # the data must be ready
+        runtime.synchronize_stream(stream, query.device_id)   # the data must be ready
     return on_device, name, check_data
 
 
@@ -284,7 +297,8 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                                            key_rope=key_rope, value=value, atten_mask=atten_mask,
                                            pse_shift=pse_shift, drop_mask=drop_mask,
                                            padding_mask=padding_mask))
-    on_device, name, check_data = _call_setup(kind, t, backend, precision, check_data, stream)
+    on_device, name, check_data = _call_setup(kind, t["query"], backend, precision, check_data,
+                                              stream)
     call = validate_forward(t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"],
                             atten_mask=t["atten_mask"], actual_seq_qlen=actual_seq_qlen,
                             actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value,
@@ -297,9 +311,8 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             kv_start_idx=kv_start_idx, deterministic=deterministic,
                             check_data=check_data)
     if on_device:
-        from .device_run import run_forward_on_device
         _last.name = name
-        return run_forward_on_device(call, kind, query, stream)
+        return _device_run().run_forward_on_device(call, kind, query, stream)
     if name == "npu" and backend != "npu":
         from . import acl
         if not acl.forward_available():

@@ -35,7 +35,9 @@ from ctypes import byref, c_uint32, c_void_p
 
 import numpy as np
 
+from .acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
+from .operands import numpy_dtype_of_torch
 
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
 
@@ -69,6 +71,7 @@ class _ProtocolTensor:
               "bool": "torch.bool"}
     device = _Dev()
     _free: dict = {}            # nbytes -> [DeviceBuffer]: the allocator's cached blocks
+    _geometry: dict = {}        # (shape, dtype) -> (shape, nbytes, strides)
 
     __slots__ = ("shape", "dtype", "_ptr", "_strides", "_keep", "_block")
 
@@ -88,23 +91,26 @@ class _ProtocolTensor:
         return self._strides
 
     def new_empty(self, shape, dtype=None):
-        from .operands import numpy_dtype_of_torch
         dtype = dtype or self.dtype
-        dt = numpy_dtype_of_torch(dtype)
-        shape = tuple(shape)
-        n = dt.itemsize
-        strides = []
-        for d in reversed(shape):
-            strides.append(n // dt.itemsize)
-            n *= d
-        pool = self._free.setdefault(n, [])
-        if pool:
+        key = (tuple(shape), dtype)
+        geom = self._geometry.get(key)
+        if geom is None:                # sizes and strides: C++ arithmetic in torch, once here
+            itemsize = numpy_dtype_of_torch(dtype).itemsize
+            n, strides = 1, []
+            for d in reversed(key[0]):
+                strides.append(n)
+                n *= d
+            geom = self._geometry[key] = (key[0], n * itemsize, tuple(reversed(strides)))
+        shape, nbytes, strides = geom
+        pool = self._free.get(nbytes)
+        if pool:                        # a cached block of this size
             buf = pool.pop()
-        else:
-            from .acl.runtime import DeviceBuffer
-            buf = DeviceBuffer(n)
-        t = _ProtocolTensor()
-        t.shape, t.dtype, t._ptr, t._strides = shape, dtype, buf.ptr, tuple(reversed(strides))
+        else:                           # none free: a new device allocation
+            if pool is None:
+                pool = self._free[nbytes] = []
+            buf = DeviceBuffer(nbytes)
+        t = _new(_ProtocolTensor)
+        t.shape, t.dtype, t._ptr, t._strides = shape, dtype, buf.ptr, strides
         t._keep = None
         t._block = (pool, buf)
         return t
@@ -116,6 +122,7 @@ class _ProtocolTensor:
 
 
 _PT_DTYPES = {n: _ProtocolTensor._DType(t) for n, t in _ProtocolTensor._NAMES.items()}
+_new = object.__new__
 
 
 def _time(fn, repeat: int, inner: int):
@@ -227,6 +234,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
                 for buf in pool:
                     buf.free()
             _ProtocolTensor._free.clear()
+            _ProtocolTensor._geometry.clear()
     finally:
         for var, value in saved.items():
             if value is None:
@@ -248,31 +256,33 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
 def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     """Where the time of two rows goes: each stage timed on its own (CPU us, median), plus
     the native handles and allocations one call makes (``acl.runtime.stats()``)."""
-    from . import operands
+    import inspect
+
+    from . import operands, validate
     from .device_run import run_backward_on_device
-    from .validate import _check_data_rules, validate_backward
+    from .validate import _check_data_rules, validate_backward, validate_backward_args
     out = []
 
     def stage(label, fn, n=inner):
         out.append({"label": label, "cpu_us": _time(fn, repeat, n)[0]})
 
-    names = ("query", "query_rope", "key", "key_rope", "value", "dy")
-    tensors = dict(npu, atten_mask=npu_kw["atten_mask"], softmax_max=npu_kw["softmax_max"],
-                   softmax_sum=npu_kw["softmax_sum"], attention_in=npu_kw["attention_in"],
-                   pse_shift=None, drop_mask=None, padding_mask=None, softmax_in=None)
-    _, conv = operands.convert_inputs(tensors)
-    scal = {k: v for k, v in npu_kw.items() if k not in tensors}
-    dkw = dict(scal, **{n: conv[n] for n in ("atten_mask", "softmax_max", "softmax_sum",
-                                             "attention_in")})
-    dcall = validate_backward(*(conv[n] for n in names), check_data=False, **dkw)
+    # the public call's own steps: its tensors in validate's order, converted in one pass
+    # (operands.convert_args), then validated as tuples (validate.validate_backward_args)
+    args = {n: p.default for n, p in inspect.signature(validate_backward).parameters.items()}
+    args.update(npu, **npu_kw)
+    tensors = tuple(args[n] for n in validate._TENSOR_NAMES)
+    _, conv = operands.convert_args(validate._TENSOR_NAMES, tensors)
+    scalars = tuple(args[n] for n in validate._SCALAR_NAMES)
+    lists = tuple(args[n] for n in validate._LIST_NAMES)
+    dcall = validate_backward_args(conv, scalars, lists, False)
     q = npu["query"]
     stage("NPU tensors, stream=: operand conversion (10 NPU tensors -> DeviceArray)",
-          lambda: operands.convert_inputs(tensors))
+          lambda: operands.convert_args(validate._TENSOR_NAMES, tensors))
     stage("NPU tensors, stream=: validation (every rule; data rules off on a caller's stream)",
-          lambda: validate_backward(*(conv[n] for n in names), check_data=False, **dkw))
-    stage("NPU tensors, stream=: results (5 x new_empty + DeviceArray.from_pointer)",
-          lambda: [acl.DeviceArray.from_pointer(t.data_ptr(), t.shape, dcall.query.dtype,
-                                                t.stride(), owner=t)
+          lambda: validate_backward_args(conv, scalars, lists, False))
+    stage("NPU tensors, stream=: results (5 x new_empty + a DeviceArray over each)",
+          lambda: [acl.device.foreign_view(t.data_ptr(), t.shape, dcall.query.dtype,
+                                           t.stride(), 0, t)
                    for t in [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)]])
     stage("NPU tensors, stream=: run_backward_on_device (results + the op's host side)",
           lambda: run_backward_on_device(dcall, operands.NPU, q, stream))

@@ -12,6 +12,8 @@ All inputs must live on one device; the op runs there.
 
 from __future__ import annotations
 
+import sys
+
 import ml_dtypes
 import numpy as np
 
@@ -27,15 +29,23 @@ _GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_ro
 
 def call_device(call, names) -> int:
     """The one device id of the call's device arrays (ValueError when they differ)."""
-    seen = {}
+    fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
+    dev = first = None
     for n in names:
-        a = getattr(call, n, None)
-        if a is not None and hasattr(a, "device_id"):
-            seen.setdefault(a.device_id, n)
-    if len(seen) > 1:
-        detail = ", ".join(f"'{n}' on device {d}" for d, n in seen.items())
-        raise ValueError(f"all tensor arguments must live on one device, got {detail}")
-    return next(iter(seen), 0)
+        d = getattr(fields.get(n), "device_id", None)
+        if d is None:
+            continue
+        if dev is None:
+            dev, first = d, n
+        elif d != dev:
+            seen = {dev: first}
+            for m in names:
+                e = getattr(fields.get(m), "device_id", None)
+                if e is not None:
+                    seen.setdefault(e, m)
+            detail = ", ".join(f"'{m}' on device {d}" for d, m in seen.items())
+            raise ValueError(f"all tensor arguments must live on one device, got {detail}")
+    return 0 if dev is None else dev
 
 
 def _zero(da) -> None:
@@ -53,7 +63,6 @@ def _framework_dtype(like, name: str):
     """The dtype called ``name`` (e.g. "float32") of the framework of the tensor dtype ``like``
     (torch for torch_npu tensors), looked up without importing it: the module of ``like``'s
     type, else an already imported ``torch``."""
-    import sys
     for mod in (sys.modules.get(type(like).__module__), sys.modules.get("torch")):
         dt = getattr(mod, name, None)
         if dt is not None and str(dt) == f"torch.{name}":
@@ -67,43 +76,61 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
     result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
     DeviceArray to write into) and returns its results. Returns the outputs in order: NPU
     tensors from ``query_obj.new_empty`` for NPU inputs, else new DeviceArrays."""
-    from .acl import DeviceArray
+    acl = _acl()
     dev = call_device(call, names)
     if kind == operands.NPU:
-        tensors = {}
+        tensors = []
+        outs = {}
+        qdtype = query_obj.dtype
         for out, (shape, dt) in specs.items():
-            tdt = query_obj.dtype if dt == BF16 else _framework_dtype(
-                query_obj.dtype, operands.torch_dtype_name(dt)[len("torch."):])
-            tensors[out] = query_obj.new_empty(shape, dtype=tdt)
-        outs = {out: DeviceArray.from_pointer(int(t.data_ptr()), specs[out][0], specs[out][1],
-                                              t.stride(), device_id=dev, owner=t)
-                for out, t in tensors.items()}
+            tdt = qdtype if dt == BF16 else _framework_dtype(
+                qdtype, operands.torch_dtype_name(dt)[len("torch."):])
+            t = query_obj.new_empty(shape, dtype=tdt)
+            tensors.append(t)
+            ptr = t.data_ptr()
+            # from_pointer's checks (the allocator's strides must be non-negative etc.)
+            try:
+                outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr),
+                                                    shape, dt, t.stride(), dev, t)
+            except (TypeError, ValueError) as e:
+                raise operands._named(e, f"result '{out}' (query.new_empty)") from None
         if call.empty_result:
             for da in outs.values():
                 _zero(da)
         else:
             run(dev, outs)
-        return [tensors[out] for out in specs]
+        return tensors
     if call.empty_result:
-        return [DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
+        return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
     return list(run(dev, None))
 
 
+def _acl():
+    """aclnn_fag.acl (imported on first use; an import statement per call costs ~2 us)."""
+    acl = sys.modules.get("aclnn_fag.acl")
+    if acl is None:
+        from . import acl
+    return acl
+
+
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    from .acl import run_backward
-    specs = {out: (tuple(getattr(call, src).shape), BF16) for out, src in _GRAD_LIKE}
+    run_backward = _acl().run_backward
+    fields = call.__dict__
+    specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
     return FagGrads(*_run_on_device(
         call, kind, query_obj, specs,
         lambda dev, outs: run_backward(call, device_id=dev, outputs=outs, keep_on_device=True,
-                                       stream=stream),
-        ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask", "softmax_max",
-         "softmax_sum", "attention_in")))
+                                       stream=stream), _BACKWARD_INPUTS))
+
+
+_BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
+                    "softmax_max", "softmax_sum", "attention_in")
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
     statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
-    from .acl import run_forward
+    run_forward = _acl().run_forward
     t1, n1 = call.query.shape[0], call.query.shape[1]
     stats = ((t1, n1, 8), np.dtype(np.float32))
     specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),

@@ -24,7 +24,7 @@ from typing import Dict, Optional, Tuple
 import ml_dtypes
 import numpy as np
 
-__all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_inputs",
+__all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_inputs", "convert_args",
            "numpy_dtype_of_torch", "torch_dtype_name", "to_torch", "is_npu_tensor",
            "DEVICE_KINDS"]
 
@@ -65,6 +65,27 @@ def numpy_dtype_of_torch(dtype, name: str = "tensor") -> np.dtype:
                         f"(supported: {', '.join(sorted(_TORCH_TO_NUMPY))})") from None
 
 
+# dtype object -> numpy dtype, for the dtypes met so far (torch dtypes are immutable
+# singletons, so their name -- and mapping -- never changes): one dict lookup per tensor
+# instead of str() and a lookup by name. Unsupported dtypes are never stored.
+_DTYPE_OF: dict = {}
+_DTYPE_OF_MAX = 64
+
+
+def _numpy_dtype_cached(dtype, name: str) -> np.dtype:
+    try:
+        return _DTYPE_OF[dtype]
+    except KeyError:
+        pass
+    except TypeError:                     # an unhashable dtype object: by name each time
+        return numpy_dtype_of_torch(dtype, name)
+    dt = numpy_dtype_of_torch(dtype, name)
+    if len(_DTYPE_OF) >= _DTYPE_OF_MAX:
+        _DTYPE_OF.clear()
+    _DTYPE_OF[dtype] = dt
+    return dt
+
+
 def torch_dtype_name(dtype) -> str:
     """``'torch.bfloat16'`` etc. for a numpy dtype."""
     return _NUMPY_TO_TORCH[np.dtype(dtype)]
@@ -85,15 +106,42 @@ def _is_torch_tensor(x) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+# type -> NUMPY or DEVICE for the types whose kind follows from the type alone (numpy
+# arrays and DeviceArrays, subclasses included), _BY_INSTANCE for the types already found
+# to be neither (NPU / torch CPU tensors and unknown objects: their device decides).
+_BY_INSTANCE = "by instance"
+_KIND_OF_TYPE: dict = {np.ndarray: NUMPY}
+_KIND_OF_TYPE_MAX = 256
+
+
 def kind_of(x) -> Optional[str]:
     """The kind of one tensor argument (None for None, "?" for anything unknown)."""
     if x is None:
         return None
-    if type(x) is np.ndarray or isinstance(x, np.ndarray):
-        return NUMPY
-    da = _device_array_type()
-    if da is not None and isinstance(x, da):
-        return DEVICE
+    tx = type(x)
+    k = _KIND_OF_TYPE.get(tx)
+    if k is None:
+        da = _device_array_type()
+        if isinstance(x, np.ndarray):
+            k = NUMPY
+        elif da is not None and isinstance(x, da):
+            k = DEVICE
+        elif da is None:
+            # before the NPU backend is imported no DeviceArray exists, but a type seen now
+            # could still be one's subclass later: not remembered
+            return _kind_by_instance(x)
+        else:
+            k = _BY_INSTANCE
+        if len(_KIND_OF_TYPE) >= _KIND_OF_TYPE_MAX:
+            _KIND_OF_TYPE.clear()
+            _KIND_OF_TYPE[np.ndarray] = NUMPY
+        _KIND_OF_TYPE[tx] = k
+    if k is _BY_INSTANCE:
+        return _kind_by_instance(x)
+    return k
+
+
+def _kind_by_instance(x) -> str:
     if is_npu_tensor(x):
         return NPU
     if _is_torch_tensor(x):
@@ -117,55 +165,133 @@ def _torch_cpu_to_numpy(name: str, t) -> np.ndarray:
     return t.numpy()
 
 
-_DEVICE_ARRAY = []      # [DeviceArray] once imported (an import statement per tensor costs ~2 us)
-
-
-def _npu_to_device_array(name: str, t):
-    if not _DEVICE_ARRAY:
-        from .acl.device import DeviceArray as cls
-        _DEVICE_ARRAY.append(cls)
-    DeviceArray = _DEVICE_ARRAY[0]
-    torch_npu = sys.modules.get("torch_npu")
+def _npu_to_device_array(name: str, t, torch_npu=False):
+    """A DeviceArray over an NPU tensor's memory (no copy; ``owner`` the tensor).
+    ``torch_npu``: the torch_npu module when imported, else None (False: look it up)."""
+    if torch_npu is False:
+        torch_npu = sys.modules.get("torch_npu")
     if torch_npu is not None and hasattr(torch_npu, "get_npu_format"):
         fmt = int(torch_npu.get_npu_format(t))
         if fmt not in _PLAIN_FORMATS:
             raise ValueError(f"parameter '{name}' has the private NPU storage format {fmt} (its "
                              "memory is not plain strided memory); convert it with "
                              "torch_npu.npu_format_cast(t, 2) (ND)")
-    dt = _TORCH_TO_NUMPY.get(str(t.dtype)) or numpy_dtype_of_torch(t.dtype, name)
+    dt = _numpy_dtype_cached(t.dtype, name)
     index = t.device.index
-    # from_pointer takes each value through operator.index (ints, torch.Size entries)
-    return DeviceArray.from_pointer(int(t.data_ptr()), t.shape, dt, t.stride(),
-                                    device_id=0 if index is None else index, owner=t)
+    ptr = t.data_ptr()
+    if type(ptr) is not int:
+        ptr = int(ptr)
+    # foreign_view: from_pointer's checks (each value an int: ints, torch.Size entries)
+    try:
+        return _foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
+    except (TypeError, ValueError) as e:
+        raise _named(e, f"parameter '{name}' (an NPU tensor)") from None
+
+
+def _named(error: Exception, what: str) -> Exception:
+    """``error`` (a TypeError / ValueError about a view's pointer, shape or strides) with the
+    tensor it is about named first; other exception types unchanged."""
+    if type(error) not in (TypeError, ValueError):
+        return error
+    return type(error)(f"{what}: {error}")
+
+
+def _foreign_view(*args):
+    global _foreign_view
+    from .acl.device import foreign_view
+    _foreign_view = foreign_view          # imported once (an import per tensor costs ~2 us)
+    return foreign_view(*args)
+
+
+def _all_npu(values: tuple) -> Optional[tuple]:
+    """The arguments converted when every one is an NPU tensor (of a type met before) or
+    None, with a supported dtype met before and a plain storage format; else None (the
+    general path of convert_args decides, checks and raises in its order). One pass, the
+    steps of kind_of and _npu_to_device_array inline: this runs per tensor per call."""
+    kinds, dtypes, view = _KIND_OF_TYPE, _DTYPE_OF, _foreign_view
+    torch_npu = sys.modules.get("torch_npu")
+    npu_format = getattr(torch_npu, "get_npu_format", None)
+    out = []
+    seen = False
+    for x in values:
+        if x is None:
+            out.append(None)
+            continue
+        if kinds.get(type(x)) is not _BY_INSTANCE:
+            return None
+        dev = getattr(x, "device", None)
+        if getattr(dev, "type", None) != "npu" or not callable(getattr(x, "data_ptr", None)):
+            return None
+        if npu_format is not None and int(npu_format(x)) not in _PLAIN_FORMATS:
+            return None
+        dt = dtypes.get(x.dtype)
+        if dt is None:
+            return None
+        index = dev.index
+        ptr = x.data_ptr()
+        out.append(view(ptr if type(ptr) is int else int(ptr), x.shape, dt, x.stride(),
+                        0 if index is None else index, x))
+        seen = True
+    return tuple(out) if seen else None
 
 
 def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
     """(kind, converted) for one call's tensor arguments: torch CPU tensors become numpy views,
     NPU tensors DeviceArrays over their memory; numpy arrays and DeviceArrays pass through.
     Arguments of an unknown type pass through unchanged (validation names them)."""
+    kind, values = convert_args(tuple(tensors), tuple(tensors.values()))
+    return kind, (tensors if kind in (NUMPY, DEVICE) else dict(zip(tensors, values)))
+
+
+def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
+    """``convert_inputs`` on parallel tuples (parameter names, arguments): (kind, the
+    arguments converted, in order) -- the form the public calls use."""
+    try:
+        fast = _all_npu(values)
+    except Exception:                     # the general path below raises it, in its order
+        fast = None
+    if fast is not None:
+        return NPU, fast
     kind = None
     first = None
-    kinds = {}
-    for name, x in tensors.items():
-        k = kinds[name] = kind_of(x)
-        if k is None or k == "?":
+    odd = False                           # some argument is not of the call's kind
+    kinds = _KIND_OF_TYPE
+    for name, x in zip(names, values):
+        if x is None:
             continue
-        if kind is None:
-            kind, first = k, name
+        k = kinds.get(type(x))
+        if k is _BY_INSTANCE:             # is_npu_tensor, inline (this runs per tensor)
+            dev = getattr(x, "device", None)
+            if getattr(dev, "type", None) == "npu" and callable(getattr(x, "data_ptr", None)):
+                k = NPU
+            else:
+                k = _kind_by_instance(x)
+        elif k is None:
+            k = kind_of(x)
+        if k == "?":
+            odd = True
         elif k != kind:
+            if kind is None:
+                kind, first = k, name
+                continue
             raise TypeError(
                 f"parameter '{name}' is {_DESCRIBE[k]} but '{first}' is {_DESCRIBE[kind]}: all "
                 "tensor arguments of one call must be of one kind (numpy arrays, torch CPU "
                 "tensors, aclnn_fag.acl.DeviceArray or NPU tensors); convert or upload the odd "
                 "one (e.g. the mask) once beforehand")
-    kind = kind or NUMPY
+    if kind == NPU:
+        torch_npu = sys.modules.get("torch_npu")
+        if odd:
+            return kind, tuple(_npu_to_device_array(n, x, torch_npu)
+                               if x is not None and kind_of(x) == NPU else x
+                               for n, x in zip(names, values))
+        # every argument an NPU tensor or None
+        return kind, tuple(x if x is None else _npu_to_device_array(n, x, torch_npu)
+                           for n, x in zip(names, values))
     if kind == TORCH:
-        out = {n: (_torch_cpu_to_numpy(n, x) if kinds[n] == TORCH else x) for n, x in tensors.items()}
-    elif kind == NPU:
-        out = {n: (_npu_to_device_array(n, x) if kinds[n] == NPU else x) for n, x in tensors.items()}
-    else:
-        out = tensors
-    return kind, out
+        return kind, tuple(_torch_cpu_to_numpy(n, x) if x is not None and kind_of(x) == TORCH
+                           else x for n, x in zip(names, values))
+    return kind or NUMPY, values
 
 
 def to_torch(a):

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import operator
 import sys
 import warnings
 from collections.abc import Sequence
@@ -853,14 +854,18 @@ _SCALAR_NAMES = ("scale_value", "keep_prob", "pre_tokens", "next_tokens", "head_
                  "input_layout", "inner_precise", "sparse_mode", "pse_type", "deterministic")
 _LIST_NAMES = ("actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx", "prefix")
 _ND = np.ndarray
+_FLOATS = (float, np.floating)
+_DEVICE_TYPES: set = set()      # DeviceArray and its subclasses met so far (by type)
 
 
 def _tensor_sig(a):
     if a is None:
         return None
-    if type(a) is _ND:
+    t = type(a)
+    if t is _ND:
         return (0, a.shape, a.dtype, a.strides)
-    if _is_device(a):
+    if t in _DEVICE_TYPES or _is_device(a):
+        _DEVICE_TYPES.add(t)
         return (1, a.shape, a.dtype, a.strides, a.offset)
     raise TypeError
 
@@ -868,27 +873,30 @@ def _tensor_sig(a):
 def _list_sig(v):
     if v is None:
         return None
-    if type(v) in (list, tuple):
+    t = type(v)
+    if t is list or t is tuple:
         if len(v) > 4096:
             raise TypeError
-        return (type(v),) + tuple((type(x), x) for x in v)
+        return (t, tuple(map(type, v)), tuple(v))
     raise TypeError       # numpy arrays and other sequences: not cached
 
 
-def _scalar_sig(v):
-    """A scalar as a key: floats by their bits (0.0 == -0.0 would otherwise hand a -0.0
-    call the validated call of 0.0, and the op another attribute value)."""
-    return (float, v.hex()) if type(v) is float else (type(v), v)
-
-
-def _signature(tensors: dict, scalars: dict, lists: dict):
-    """The hashable description of a call, or None when it cannot be described safely."""
+def _signature(tensors: tuple, scalars: tuple, lists: tuple):
+    """The hashable description of a call (its tensors, scalars and int lists in the orders
+    of _TENSOR_NAMES, _SCALAR_NAMES, _LIST_NAMES), or None when it cannot be described
+    safely. Types are part of it: 128.0 == 128, but only 128 passed the checks. (Its hash
+    may still fail: an unhashable scalar.)"""
+    nd, dev = _ND, _DEVICE_TYPES
     try:
-        key = (tuple(_tensor_sig(tensors[n]) for n in _TENSOR_NAMES),
-               tuple(_scalar_sig(scalars[n]) for n in _SCALAR_NAMES),
-               tuple(_list_sig(lists[n]) for n in _LIST_NAMES))
-        hash(key)
-        return key
+        # _tensor_sig / _list_sig inline for the common cases (this runs on every call)
+        return (tuple([None if a is None
+                       else (0, a.shape, a.dtype, a.strides) if type(a) is nd
+                       else (1, a.shape, a.dtype, a.strides, a.offset) if type(a) in dev
+                       else _tensor_sig(a) for a in tensors]),
+                tuple(map(type, scalars)),
+                # floats by their bits: 0.0 == -0.0, but the op gets the one passed
+                tuple([float(v).hex() if isinstance(v, _FLOATS) else v for v in scalars]),
+                tuple([None if v is None else _list_sig(v) for v in lists]))
     except TypeError:
         return None
 
@@ -928,37 +936,50 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     """Check every rule of docs/validation.md in the device's order, then S1-S9 (module
     docstring); return the FagCall. (Documented in full on ``_validate_backward_full``; a
     call described exactly like one that passed before runs only the data rules.)"""
-    tensors = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
-                   dy=dy, atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
-                   attention_in=attention_in, pse_shift=pse_shift, drop_mask=drop_mask,
-                   padding_mask=padding_mask, softmax_in=softmax_in)
-    scalars = dict(scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
-                   next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
-                   inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type,
-                   deterministic=deterministic)
-    lists = dict(actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-                 q_start_idx=q_start_idx, kv_start_idx=kv_start_idx, prefix=prefix)
+    tensors = (query, query_rope, key, key_rope, value, dy, atten_mask, softmax_max,
+               softmax_sum, attention_in, pse_shift, drop_mask, padding_mask, softmax_in)
+    scalars = (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
+               inner_precise, sparse_mode, pse_type, deterministic)
+    lists = (actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx, prefix)
+    return validate_backward_args(tensors, scalars, lists, check_data)
+
+
+def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
+                           check_data: bool = True) -> FagCall:
+    """``validate_backward`` on the arguments as three tuples, in the orders of
+    _TENSOR_NAMES, _SCALAR_NAMES and _LIST_NAMES (the public calls' form: no keyword
+    arguments rebuilt into dicts on the cached path)."""
     key_ = _signature(tensors, scalars, lists)
-    cached = _VERDICTS.get(key_) if key_ is not None else None
+    try:
+        cached = _VERDICTS.get(key_)       # None for key_ None (never stored)
+    except TypeError:                      # unhashable: not cached
+        cached = key_ = None
     if cached is not None:
-        call = object.__new__(FagCall)
-        call.__dict__.update(cached.__dict__)
-        for n in _TENSOR_NAMES:
-            if n in call.__dict__:
-                call.__dict__[n] = tensors[n]
+        call = _new(FagCall)
+        fields = call.__dict__
+        fields.update(cached.__dict__)
+        fields.update(zip(_CALL_TENSORS, _call_tensors(tensors)))
         _check_data_rules(call, check_data)
         return call
-    call = _validate_backward_full(**tensors, **scalars, **lists, check_data=check_data)
+    tensors = dict(zip(_TENSOR_NAMES, tensors))
+    lists = dict(zip(_LIST_NAMES, lists))
+    call = _validate_backward_full(**tensors, **dict(zip(_SCALAR_NAMES, scalars)), **lists,
+                                   check_data=check_data)
     if key_ is not None and not _would_warn(call, tensors, lists):
         if len(_VERDICTS) >= _VERDICTS_MAX:
             _VERDICTS.clear()
-        bare = object.__new__(FagCall)       # no reference to the caller's tensors
+        bare = _new(FagCall)                     # no reference to the caller's tensors
         bare.__dict__.update(call.__dict__)
-        for n in _TENSOR_NAMES:
-            if n in bare.__dict__:
-                bare.__dict__[n] = None
+        bare.__dict__.update(dict.fromkeys(_CALL_TENSORS))
         _VERDICTS[key_] = bare
     return call
+
+
+_new = object.__new__
+# the tensor arguments that are FagCall fields (pse_shift, drop_mask, padding_mask and
+# softmax_in are not), and a getter of them from the tensors in _TENSOR_NAMES order
+_CALL_TENSORS = tuple(n for n in _TENSOR_NAMES if n in FagCall.__dataclass_fields__)
+_call_tensors = operator.itemgetter(*(_TENSOR_NAMES.index(n) for n in _CALL_TENSORS))
 
 
 def _validate_backward_full(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,

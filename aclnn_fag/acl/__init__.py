@@ -9,7 +9,8 @@ Importing this package never fails and never loads a library; the first use does
   the determinism option;
 * :mod:`.tensors` — :class:`AclTensor`, :class:`AclIntArray`;
 * :mod:`.device` — :class:`DeviceArray`, :func:`upload_arrays` (views of one host array
-  share one upload);
+  share one upload), ``call_memory`` (a call's uploads and outputs in one allocation);
+* :mod:`.arena` — that one allocation, handed out in aligned slices;
 * :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
 * :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature

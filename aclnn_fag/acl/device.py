@@ -30,7 +30,8 @@ import numpy as np
 from .runtime import DeviceBuffer
 from .tensors import ACL_DTYPES, acl_dtype
 
-__all__ = ["DeviceArray", "ForeignBuffer", "upload_arrays", "contiguous_strides"]
+__all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
+           "CallMemory", "contiguous_strides"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 
@@ -65,6 +66,8 @@ class ForeignBuffer(DeviceBuffer):
     ``owner`` (any object) is kept alive as long as this buffer is.
     """
 
+    _forgotten = False
+
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
         # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
         self.device_id = int(device_id)
@@ -95,9 +98,10 @@ class ForeignBuffer(DeviceBuffer):
 
 _BASE_ALIGN = 32
 _prod = math.prod
-# (shape, strides or None, dtype) -> (unit strides, span in elements, item size) of a
-# from_pointer geometry that passed its checks (non-empty): the checks that do not depend
-# on the address are not repeated for it (from_pointer runs per NPU tensor per call)
+# (shape, strides or None, dtype) -> (shape, unit strides, span in elements, item size) of
+# a from_pointer geometry that passed its checks (non-empty), keyed and valued by the
+# checked int tuples: the checks that do not depend on the address are not repeated for it
+# (from_pointer and foreign_view run per NPU tensor per call)
 _GEOMETRY: dict = {}
 _GEOMETRY_MAX = 1024
 
@@ -208,7 +212,7 @@ class DeviceArray:
             device_id = operator.index(device_id)
             if device_id < 0:
                 raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
-            unit, span, isz = geom
+            shape, unit, span, isz = geom
             if ptr <= 0:
                 raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
             if ptr % isz:
@@ -255,7 +259,7 @@ class DeviceArray:
         self.strides = strides if kept is strides else _unit_strides(shape, kept)
         if len(_GEOMETRY) >= _GEOMETRY_MAX:
             _GEOMETRY.clear()
-        _GEOMETRY[key] = (self.strides, span, isz)
+        _GEOMETRY[key] = (shape, self.strides, span, isz)
         return self
 
     # ---- properties
@@ -304,7 +308,10 @@ class DeviceArray:
     def numpy(self) -> np.ndarray:
         """A new C-contiguous host array with the view's contents (D2H copy of the reached range)."""
         out = np.empty(self.shape, self.dtype)
-        if self.size == 0:
+        if out.size == 0:
+            return out
+        if self.is_contiguous:          # one D2H copy straight into the result
+            self.buffer.download(out, self.offset * self.itemsize)
             return out
         span = self.max_index_from_offset + 1
         host = np.empty(span, self.dtype)
@@ -353,7 +360,11 @@ class DeviceArray:
 
     # ---- lifetime
     def free(self) -> None:
-        """Free the underlying device buffer now (every view of it becomes unusable)."""
+        """Free the underlying device buffer now (every view of it becomes unusable).
+
+        The device results of one call share one allocation (:mod:`.arena`): freeing one
+        makes it unusable and gives its share back; the memory returns to the device when
+        the last of them is freed or collected."""
         self.buffer.free()
 
     close = free
@@ -375,6 +386,44 @@ class DeviceArray:
                 f"{' (freed)' if self.closed else ''}>")
 
 
+def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
+    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)`` -- the same
+    checks, errors and result -- for the conversions that run per tensor per call (NPU
+    tensors and their results): a geometry (shape, strides, numpy ``dtype``) that passed
+    from_pointer's checks before is looked up instead of checked again, and the view is built
+    directly. ``shape`` and ``strides`` may be any int sequences (``torch.Size``, tuples);
+    the result gets the checked int tuples. Entries that are not ints (e.g. 128.0, equal to
+    128 but not an int) never take the short path: from_pointer refuses them."""
+    try:
+        geom = _GEOMETRY[shape, strides, dtype]
+        # ints only: a sum of ints (bools included, as operator.index takes them) is an int;
+        # a float, numpy scalar or other number makes it something else
+        exact = type(sum(shape + strides)) is int
+    except Exception:               # unknown geometry, unhashable, not numbers: from_pointer
+        exact = False               # checks it (and names the fault)
+    if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
+            or device_id < 0 or ptr % geom[3]):
+        return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
+    shape, unit, span, isz = geom
+    rem = ptr % _BASE_ALIGN
+    offset = rem // isz
+    buf = _new(ForeignBuffer)       # ForeignBuffer.__init__'s fields, already normalised
+    buf.device_id = device_id
+    buf.nbytes = (offset + span) * isz
+    buf.ptr = ptr - rem
+    buf.owner = owner                # (_forgotten: the class's False until released)
+    self = _new(DeviceArray)        # every invariant of __init__ holds (checked geometry)
+    self.buffer = buf
+    self.shape = shape
+    self.dtype = dtype
+    self.offset = offset
+    self.strides = unit
+    return self
+
+
+_new = object.__new__
+
+
 # ----------------------------------------------------------------------------- upload planner
 class _Item:
     __slots__ = ("index", "array", "start", "end", "strides")
@@ -382,12 +431,29 @@ class _Item:
     def __init__(self, index: int, array: np.ndarray) -> None:
         self.index = index
         self.array = array
-        isz = array.itemsize
         addr = array.__array_interface__["data"][0]
         self.start = addr
+        if array.flags.c_contiguous:    # the common case: no per-axis arithmetic
+            self.end = addr + array.nbytes
+            self.strides = _c_strides(array.shape)
+            return
+        isz = array.itemsize
         self.end = addr + isz + sum((d - 1) * s for d, s in zip(array.shape, array.strides))
         self.strides = _unit_strides(array.shape, [s // isz if d > 1 else 0
                                                    for d, s in zip(array.shape, array.strides)])
+
+
+_C_STRIDES: dict = {}       # shape -> contiguous_strides(shape), for the shapes of the calls
+
+
+def _c_strides(shape: tuple) -> Tuple[int, ...]:
+    st = _C_STRIDES.get(shape)
+    if st is None:
+        st = contiguous_strides(shape)
+        if len(_C_STRIDES) >= 1024:
+            _C_STRIDES.clear()
+        _C_STRIDES[shape] = st
+    return st
 
 
 def _needs_host_copy(a: np.ndarray) -> bool:
@@ -413,25 +479,24 @@ def _as_native(a: np.ndarray) -> np.ndarray:
     return np.broadcast_to(compact, a.shape)
 
 
-def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int] = None,
-                  timings: Optional[dict] = None) -> List[Optional[DeviceArray]]:
-    """Upload numpy arrays, one H2D copy per group of overlapping/touching memory ranges.
-
-    Returns one :class:`DeviceArray` per input (None for None), in order. On an error every
-    buffer allocated so far is freed. ``timings`` (a dict) accumulates host seconds under
-    "alloc" (aclrtMalloc) and "copy_in" (H2D copies).
-    """
+def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int]):
+    """(out, groups): ``out`` has one entry per input (None for None, an empty DeviceArray
+    for an empty array, else None for now); ``groups`` lists the H2D copies to make as
+    (start address, end address, members) where each member (an _Item) becomes a view
+    (its strides, an element offset) over the group's device bytes."""
     out: List[Optional[DeviceArray]] = [None] * len(arrays)
     items: List[_Item] = []
     for i, a in enumerate(arrays):
         if a is None:
             continue
-        a = np.asarray(a)
-        acl_dtype(a.dtype)
+        if type(a) is not np.ndarray:
+            a = np.asarray(a)
+        if a.dtype not in ACL_DTYPES:
+            acl_dtype(a.dtype)          # TypeError for an unsupported dtype
         if a.size == 0:
             out[i] = DeviceArray(DeviceBuffer(0, device_id), a.shape, a.dtype)
             continue
-        if _needs_host_copy(a):
+        if not (a.flags.c_contiguous and a.dtype.isnative) and _needs_host_copy(a):
             a = _as_native(a)
         items.append(_Item(i, a))
     # group overlapping or touching byte ranges
@@ -446,34 +511,62 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
             groups.append([it])
             group_end = it.end
     # a member whose position inside the group is not a whole number of its elements is split off
-    final: List[List[_Item]] = []
+    final = []
     for g in groups:
+        if len(g) == 1:
+            final.append((g[0].start, g[0].end, g))
+            continue
         base = g[0].start
         keep = [it for it in g if (it.start - base) % it.array.itemsize == 0]
-        final.append(keep)
+        final.append((base, max(it.end for it in keep), keep))
         for it in g:
             if it not in keep:
-                final.append([_Item(it.index, _as_native(it.array))])
+                alone = _Item(it.index, _as_native(it.array))
+                final.append((alone.start, alone.end, [alone]))
+    return out, final
+
+
+def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
+    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``).
+    Every invariant of DeviceArray.__init__ holds by construction (non-negative strides,
+    each member inside the group's range): the fields are set directly."""
+    new = object.__new__
+    for it in members:
+        a = it.array
+        da = new(DeviceArray)
+        da.buffer, da.shape, da.dtype, da.strides = buf, a.shape, a.dtype, it.strides
+        da.offset = (it.start - start) // a.itemsize
+        out[it.index] = da
+
+
+def _add(timings: Optional[dict], key: str, wall: float, cpu: float) -> None:
+    timings[key] = timings.get(key, 0.0) + wall
+    if key + "_cpu" in timings:          # thread CPU time too (run_backward(cpu_timings))
+        timings[key + "_cpu"] += cpu
+
+
+def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int] = None,
+                  timings: Optional[dict] = None) -> List[Optional[DeviceArray]]:
+    """Upload numpy arrays, one H2D copy per group of overlapping/touching memory ranges,
+    each group into a device buffer of its own.
+
+    Returns one :class:`DeviceArray` per input (None for None), in order. On an error every
+    buffer allocated so far is freed. ``timings`` (a dict) accumulates host seconds under
+    "alloc" (aclrtMalloc) and "copy_in" (H2D copies).
+    """
+    out, groups = _plan_uploads(arrays, device_id)
     created: List[DeviceBuffer] = []
     try:
-        for g in final:
-            start = min(it.start for it in g)
-            end = max(it.end for it in g)
+        for start, end, members in groups:
             t0, c0 = time.perf_counter(), time.thread_time()
             buf = DeviceBuffer(end - start, device_id)
             created.append(buf)
             t1, c1 = time.perf_counter(), time.thread_time()
             buf.copy_from_host(start, end - start)
             if timings is not None:
-                timings["alloc"] = timings.get("alloc", 0.0) + (t1 - t0)
-                timings["copy_in"] = timings.get("copy_in", 0.0) + (time.perf_counter() - t1)
-                if "copy_in_cpu" in timings:     # thread CPU time too (run_backward(cpu_timings))
-                    timings["alloc_cpu"] += c1 - c0
-                    timings["copy_in_cpu"] += time.thread_time() - c1
-            for it in g:
-                a = it.array
-                out[it.index] = DeviceArray(buf, a.shape, a.dtype, it.strides,
-                                            (it.start - start) // a.itemsize)
+                _add(timings, "alloc", t1 - t0, c1 - c0)
+                _add(timings, "copy_in", time.perf_counter() - t1, time.thread_time() - c1)
+            _views(out, buf, start, members)
     except BaseException:
         for buf in created:
             try:
@@ -482,6 +575,107 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
                 pass
         raise
     # the host arrays (including temporary copies) were alive until every copy finished
-    del items, groups, final
+    del groups
     return out
 
+
+class CallMemory:
+    """The device memory of one call (:func:`call_memory`): ``inputs`` and ``outputs`` (one
+    DeviceArray per entry, in order), ``arenas`` (the allocations to free when the call
+    ends) and ``result_arenas`` (those owned by the outputs when they are handed out)."""
+
+    __slots__ = ("inputs", "outputs", "arenas", "result_arenas")
+
+
+def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple],
+                device_id: int, timings: Optional[dict] = None,
+                results_apart: bool = False) -> CallMemory:
+    """Upload host ``arrays`` (as :func:`upload_arrays`: one H2D copy per group of
+    overlapping ranges) and allocate ``outputs`` -- each (shape, dtype, initial host array
+    or None) -- in **one** device allocation (an :mod:`.arena`), or two with
+    ``results_apart`` (the outputs in an arena of their own, to be owned by the returned
+    DeviceArrays: see :meth:`.arena.ArenaBuffer.share`).
+
+    Outputs without an initial array are zero-filled by one ``aclrtMemset`` (the op may
+    leave parts unwritten: docs/faults.md); they come first in the arena so that their
+    bytes are one range. Empty arrays and outputs get an empty buffer (``tensorData``
+    NULL). On an error the allocation is freed before the exception propagates.
+    ``timings``: "alloc" (the allocation and the zero fill), "copy_in" (H2D copies).
+    """
+    from .arena import ArenaBuffer, layout
+
+    dev_in, groups = _plan_uploads(arrays, device_id)
+    dev_out: List[Optional[DeviceArray]] = [None] * len(outputs)
+    zero_sizes, zero_idx, init_sizes, init_idx, inits = [], [], [], [], []
+    for i, (shape, dtype, init) in enumerate(outputs):
+        shape = tuple(shape)
+        dt = np.dtype(dtype)
+        n = dt.itemsize
+        for d in shape:
+            n *= d
+        if n == 0:
+            dev_out[i] = DeviceArray.empty(shape, dt, device_id)
+            continue
+        if init is None:
+            zero_idx.append((i, shape, dt))
+            zero_sizes.append(n)
+        else:
+            a = np.asarray(init)
+            if a.shape != shape or a.dtype != dt:
+                raise ValueError(f"need shape {shape} {dt}, got {a.shape} {a.dtype}")
+            init_idx.append((i, shape, dt))
+            init_sizes.append(n)
+            inits.append(np.ascontiguousarray(a))
+    zero_at, zero_end = layout(zero_sizes)
+    init_at, out_end = layout(init_sizes, zero_end)
+    group_at, in_end = layout([end - start for start, end, _ in groups],
+                              0 if results_apart else out_end)
+    t0, c0 = time.perf_counter(), time.thread_time()
+    mem = CallMemory()
+    mem.arenas, mem.result_arenas = [], []
+    try:
+        if results_apart:
+            if out_end:
+                mem.result_arenas.append(ArenaBuffer(out_end, device_id))
+            if in_end:
+                mem.arenas.append(ArenaBuffer(in_end, device_id))
+            out_arena = mem.result_arenas[0] if out_end else None
+            in_arena = mem.arenas[0] if in_end else None
+        else:
+            if in_end:
+                mem.arenas.append(ArenaBuffer(in_end, device_id))
+            out_arena = in_arena = mem.arenas[0] if in_end else None
+        if zero_end:
+            out_arena.memset(0, 0, zero_end)
+        if timings is not None:
+            _add(timings, "alloc", time.perf_counter() - t0, time.thread_time() - c0)
+        t1, c1 = time.perf_counter(), time.thread_time()
+        new = object.__new__
+        for (i, shape, dt), at, n in zip(zero_idx, zero_at, zero_sizes):
+            da = new(DeviceArray)
+            da.buffer, da.shape, da.dtype, da.offset = out_arena.slice(at, n), shape, dt, 0
+            da.strides = _c_strides(shape)
+            dev_out[i] = da
+        for (i, shape, dt), at, n, a in zip(init_idx, init_at, init_sizes, inits):
+            da = new(DeviceArray)
+            da.buffer, da.shape, da.dtype, da.offset = out_arena.slice(at, n), shape, dt, 0
+            da.strides = _c_strides(shape)
+            da.buffer.copy_from_host(a.ctypes.data, n)
+            dev_out[i] = da
+        for (start, end, members), at in zip(groups, group_at):
+            buf = in_arena.slice(at, end - start)
+            buf.copy_from_host(start, end - start)
+            _views(dev_in, buf, start, members)
+        if timings is not None:
+            _add(timings, "copy_in", time.perf_counter() - t1, time.thread_time() - c1)
+    except BaseException:
+        for buf in mem.arenas + mem.result_arenas:
+            try:
+                buf.free()
+            except Exception:
+                pass
+        raise
+    # the host arrays (including temporary copies) were alive until every copy finished
+    del groups, inits
+    mem.inputs, mem.outputs = dev_in, dev_out
+    return mem

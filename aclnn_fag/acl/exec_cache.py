@@ -101,9 +101,29 @@ def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: t
     in parameter order (doubles first); ``inputs`` / ``outputs``: DeviceArray or None per
     slot in parameter order."""
     ctx = runtime.current_context_record()
-    return (op_name, dev, ctx, deterministic,
-            (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
-            tuple(map(_array_key, inputs)), tuple(map(_array_key, outputs)))
+    return _Key((op_name, dev, ctx, deterministic,
+                 (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
+                 tuple(map(_array_key, inputs)), tuple(map(_array_key, outputs))))
+
+
+class _Key:
+    """A signature tuple with its hash computed once (a call looks it up several times)."""
+
+    __slots__ = ("parts", "hash")
+
+    def __init__(self, parts: tuple) -> None:
+        self.parts = parts
+        self.hash = hash(parts)
+
+    def __hash__(self) -> int:
+        return self.hash
+
+    def __eq__(self, other) -> bool:
+        return (type(other) is _Key and self.hash == other.hash
+                and (self.parts is other.parts or self.parts == other.parts))
+
+    def __repr__(self) -> str:
+        return f"_Key({self.parts!r})"
 
 
 class CachedExecutor:

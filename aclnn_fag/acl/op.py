@@ -1,8 +1,10 @@
 """The op's two phases: ``run_backward`` (validated FagCall) and ``call_raw`` (no validation).
 
 One call, in order (docs/abi.md §6): ``aclInit`` once; ``aclrtSetDevice`` on this thread;
-this thread's stream; the determinism option held for the call; uploads (one H2D copy
-per group of overlapping host arrays, see :mod:`.device`); bf16 output buffers;
+this thread's stream; the determinism option held for the call; one device allocation
+for the uploads and the outputs (:mod:`.arena`, :func:`.device.call_memory`: one H2D copy
+per group of overlapping host arrays, the outputs zeroed by one aclrtMemset; with
+``keep_on_device`` the outputs get an allocation of their own, owned by the results);
 aclTensor / aclIntArray creation; phase 1; the workspace (only if its size is > 0);
 phase 2 on the stream; tensors and int arrays destroyed right after phase 2 returns;
 ``aclrtSynchronizeStream``; D2H copies; every buffer freed.
@@ -33,7 +35,7 @@ import numpy as np
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
 from . import exec_cache, ownership, runtime
 from ._status import recent_message, status_error
-from .device import DeviceArray, upload_arrays
+from .device import DeviceArray, call_memory
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
 from .tensors import HandleBatch, _destroy, int64_values
 
@@ -51,6 +53,8 @@ INT_ARRAY_SLOTS = ("prefix", "actual_seq_qlen", "actual_seq_kvlen", "q_start_idx
 OUTPUT_SLOTS = ("dq", "dq_rope", "dk", "dk_rope", "dv", "dpse")
 OUTPUT_LIKE = {"dq": "query", "dq_rope": "query_rope", "dk": "key", "dk_rope": "key_rope",
                "dv": "value"}
+_GRAD_SLOTS = tuple(OUTPUT_LIKE)                                  # dq .. dv
+_GRAD_SOURCES = tuple(INPUT_SLOTS.index(src) for src in OUTPUT_LIKE.values())
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
 
 
@@ -234,10 +238,9 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     temporaries are freed and the results downloaded."""
     timer = _Timer(timings, cpu_timings)
     # Python-level argument checks first: nothing native exists yet when they fail.
-    doubles = [_double_attr(n, attrs[n]) for n in ("scale_value", "keep_prob")]
-    ints_a = [_int64_attr(n, attrs[n]) for n in ("pre_tokens", "next_tokens", "head_num")]
-    layout_arg = _layout_arg(attrs["input_layout"])
-    ints_b = [_int64_attr(n, attrs[n]) for n in ("inner_precise", "sparse_mode", "pse_type")]
+    attr_values = _attr_values(attrs)
+    doubles, ints_a, layout_arg, ints_b = (attr_values[:2], attr_values[2:5], attr_values[5],
+                                           attr_values[6:])
     int_arrays = {name: (None if int_arrays.get(name) is None
                          else int64_values(name, int_arrays[name])) for name in op.int_arrays}
     b = runtime.api()
@@ -261,50 +264,36 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         # the blocks inside it nest (no sigaction calls). Nothing in it waits in Python
         # (the waits are native calls, which hold SIGINT back anyway).
         with ownership.atomic():
-            # ---- inputs: host arrays uploaded (shared ranges once), device arrays used as they are
+            # ---- inputs and outputs: host arrays uploaded (shared ranges once), device
+            # arrays used as they are; the uploads and the outputs to allocate share one
+            # device allocation (.arena; the outputs zero-filled by one aclrtMemset), with
+            # keep_on_device the outputs one of their own, owned by the returned arrays
             dev_inputs: Dict[str, Optional[DeviceArray]] = {}
-            host_names = [n for n in op.inputs
-                          if inputs.get(n) is not None and not isinstance(inputs[n], DeviceArray)]
-            if host_names:
-                with ownership.atomic():
-                    uploaded = upload_arrays([inputs[n] for n in host_names], dev, timings)
-                    seen = set()
-                    for name, da in zip(host_names, uploaded):
-                        if id(da.buffer) not in seen:
-                            seen.add(id(da.buffer))
-                            _release_on_exit(stack, da.buffer)
-                        dev_inputs[name] = da
-            for name in op.inputs:
-                if isinstance(inputs.get(name), DeviceArray):
-                    dev_inputs[name] = inputs[name]
-
-            # ---- outputs
             dev_outputs: Dict[str, Optional[DeviceArray]] = {}
-            to_make = []
+            host_names, to_make = [], []
+            for name in op.inputs:
+                arr = inputs.get(name)
+                if isinstance(arr, DeviceArray):
+                    dev_inputs[name] = arr
+                elif arr is not None:
+                    host_names.append(name)
             for name in op.outputs:
                 spec = outputs.get(name)
                 if spec is None or isinstance(spec, DeviceArray):
                     dev_outputs[name] = spec
                 else:
                     to_make.append(name)
-            with ownership.atomic():
-                for name in to_make:
-                    shape, dtype, init = outputs[name]
-                    with timer("alloc"):
-                        da = DeviceArray.empty(shape, dtype, dev)
-                    if keep_on_device:
-                        _release_on_error(stack, da.buffer)
-                    else:
-                        _release_on_exit(stack, da.buffer)
-                    if init is not None:
-                        with timer("copy_in"):
-                            da.copy_from_numpy(init)
-                    else:
-                        # the op may leave parts of an output unwritten (e.g. dq_rope/dk_rope on
-                        # its empty-tensor path): zeros, never stale device memory (docs/faults.md)
-                        with timer("alloc"):
-                            da.buffer.memset(0)
-                    dev_outputs[name] = da
+            if host_names or to_make:
+                with ownership.atomic():
+                    mem = call_memory([inputs[n] for n in host_names],
+                                      [outputs[n] for n in to_make], dev, timings,
+                                      results_apart=keep_on_device)
+                    for arena in mem.arenas:
+                        _release_on_exit(stack, arena)
+                    for arena in mem.result_arenas:
+                        _release_on_error(stack, arena)
+                dev_inputs.update(zip(host_names, mem.inputs))
+                dev_outputs.update(zip(to_make, mem.outputs))
 
             in_list = [dev_inputs.get(name) for name in op.inputs]
             out_list = [dev_outputs[name] for name in op.outputs]
@@ -313,7 +302,7 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             checkout.cap = cache_cap
             if use_cache:
                 checkout.key = exec_cache.signature(
-                    op.phase1, dev, bool(deterministic), (*doubles, *ints_a, layout_arg, *ints_b),
+                    op.phase1, dev, bool(deterministic), attr_values,
                     tuple(int_arrays[n] for n in op.int_arrays), in_list, out_list)
                 with ownership.atomic():
                     checkout.entry = exec_cache.take(checkout.key)
@@ -428,6 +417,10 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
         result: Dict[str, object] = {}
         if keep_on_device:
             result = dict(dev_outputs)
+            for name in to_make:        # each result holds a share of the outputs' arena
+                da = result[name]
+                if da.size:
+                    da.buffer.arena.share(da.buffer)
         else:
             with timer("copy_out"):
                 for name in op.outputs:
@@ -484,6 +477,70 @@ def _execute(*args, **kwargs):
         return _execute_op(*args, **kwargs)
 
 
+def _attr_values(attrs: Mapping[str, object]) -> tuple:
+    """The nine attributes in parameter order, checked (doubles, int64s, the layout bytes)."""
+    return (_double_attr("scale_value", attrs["scale_value"]),
+            _double_attr("keep_prob", attrs["keep_prob"]),
+            _int64_attr("pre_tokens", attrs["pre_tokens"]),
+            _int64_attr("next_tokens", attrs["next_tokens"]),
+            _int64_attr("head_num", attrs["head_num"]),
+            _layout_arg(attrs["input_layout"]),
+            _int64_attr("inner_precise", attrs["inner_precise"]),
+            _int64_attr("sparse_mode", attrs["sparse_mode"]),
+            _int64_attr("pse_type", attrs["pse_type"]))
+
+
+def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: Optional[int],
+                   stream) -> bool:
+    """A validated call on device arrays, with its outputs given, on a caller's stream, as
+    a cache hit: signature, repoint, phase 2 enqueued; nothing else (the short path of a
+    training step). False when it cannot be one (no cached executor for the signature, a
+    host array, an array on another device, a failed address setter): the caller then runs
+    the general path, which also reports what is wrong. Inside ``runtime.operation()``."""
+    b = runtime.api()
+    cap = exec_cache.enabled(b)
+    if not cap:
+        return False
+    dev = runtime.resolve_device(device_id)
+    for a in in_list:
+        if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
+            return False
+    for a in out_list:
+        if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
+            return False
+    int_values = tuple(None if getattr(call, n, None) is None
+                       else int64_values(n, getattr(call, n)) for n in op.int_arrays)
+    key = exec_cache.signature(op.phase1, dev, bool(call.deterministic), _attr_values(_attrs(call)),
+                               int_values, in_list, out_list)
+    runtime.ensure_device(dev if device_id is not None else None)
+    handle = runtime.resolve_stream(stream)
+    with ownership.atomic():
+        entry = exec_cache.take(key)
+    if entry is None:
+        return False
+    try:
+        if not entry.repoint(b, [a for a in in_list if a is not None],
+                             [a for a in out_list if a is not None]):
+            with ownership.atomic():
+                exec_cache.discard(entry)
+            return False
+        size = entry.workspace_size
+        ws = runtime.stream_workspace(dev, handle, size) if size > 0 else None
+        rc = getattr(b, op.phase2)(c_void_p(None if ws is None else ws.ptr), c_uint64(size),
+                                   c_void_p(entry.executor.handle), c_void_p(handle))
+        runtime._count("phase2")
+        runtime._count("cache_hits")
+        if rc:
+            raise status_error(b, rc, op.phase2)
+    except BaseException:
+        with ownership.atomic():
+            exec_cache.discard(entry)
+        raise
+    with ownership.atomic():
+        exec_cache.give(key, entry, cap)
+    return True
+
+
 def _attrs(call) -> dict:
     return dict(scale_value=call.scale_value, keep_prob=call.keep_prob,
                 pre_tokens=call.pre_tokens, next_tokens=call.next_tokens,
@@ -508,6 +565,13 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
     (launch + aclrtSynchronizeStream), "copy_in", "copy_out", "alloc" (device allocations).
     Errors raise the status code's exception class with aclGetRecentErrMsg text.
     """
+    if keep_on_device and stream is not None and timings is None and outputs:
+        in_list = [getattr(call, n, None) for n in INPUT_SLOTS]
+        out_list = [outputs.get(n) for n in _GRAD_SLOTS] + [None]       # dpse: NULL
+        if all((a is None) == (in_list[i] is None) for a, i in zip(out_list, _GRAD_SOURCES)):
+            with runtime.operation():
+                if _launch_cached(BACKWARD, call, in_list, out_list, device_id, stream):
+                    return FagGrads(*out_list[:5])
     inputs = {n: getattr(call, n, None) for n in INPUT_SLOTS}
     int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
     given = dict(outputs or {})

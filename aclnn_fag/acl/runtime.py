@@ -770,13 +770,15 @@ class DeviceBuffer(NativeResource):
             raise ValueError("download needs a writable C-contiguous array")
         self.copy_to_host(out.ctypes.data, out.nbytes, offset)
 
-    def memset(self, value: int = 0) -> None:
-        """Fill the whole buffer with a byte value (aclrtMemset)."""
-        if self.nbytes == 0:
+    def memset(self, value: int = 0, offset: int = 0, nbytes: Optional[int] = None) -> None:
+        """Fill ``nbytes`` (default: to the end) from ``offset`` with a byte value (aclrtMemset)."""
+        if nbytes is None:
+            nbytes = self.nbytes - offset
+        if nbytes == 0:
             return
-        dst = self._require(0, self.nbytes)
+        dst = self._require(offset, nbytes)
         b = ensure_device(self.device_id)
-        check(b, b.aclrtMemset(dst, self.nbytes, int(value), self.nbytes), "aclrtMemset")
+        check(b, b.aclrtMemset(dst, self.nbytes - offset, int(value), nbytes), "aclrtMemset")
         _count("memset")
 
     def __repr__(self) -> str:

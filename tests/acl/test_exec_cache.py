@@ -194,7 +194,11 @@ def test_a_failing_address_setter_falls_back_to_phase1(setter, monkeypatch, no_l
     a = make_problem(seed=10, q_lens=(6, 3), mode=0)
     b = make_problem(seed=11, q_lens=(6, 3), mode=0)
     want_b = _uncached(monkeypatch, lambda: b.grads("npu"))
-    a.grads("npu")
+    # the first call's results stay on the device, so the second call's memory (one
+    # allocation per call, README) cannot take the addresses the cached tensors point at:
+    # every input and output is repointed
+    kept = acl.run_backward(validate_backward(a.q, a.qr, a.k, a.kr, a.v, a.dy, **a.kwargs()),
+                            keep_on_device=True)
     acl.reset_stats()
     no_leaks.inject(setter, 0, 161002)
     _same(b.grads("npu"), want_b)               # the failed entry destroyed, phase 1 again
@@ -202,6 +206,7 @@ def test_a_failing_address_setter_falls_back_to_phase1(setter, monkeypatch, no_l
     assert exec_cache.size() == 1
     assert no_leaks.counters(keep_cache=True)["executors"] == 1
     assert no_leaks.bad_releases() == 0
+    del kept
 
 
 def test_a_failed_phase2_destroys_the_entry(monkeypatch, no_leaks):
@@ -298,3 +303,58 @@ def test_raw_calls_are_never_cached(no_leaks):
     for _ in range(2):
         acl.call_raw(**p.raw_kwargs())
     assert _stat("phase1") == 2 and _stat("cache_hits") == 0 and exec_cache.size() == 0
+
+
+def _stream():
+    from ctypes import byref, c_void_p
+    b = acl.runtime.ensure_device(0)
+    h = c_void_p()
+    assert b.aclrtCreateStream(byref(h)) == 0
+    return h.value
+
+
+def _device_call(prob):
+    arrays = [acl.DeviceArray.from_numpy(x) for x in (prob.q, prob.qr, prob.k, prob.kr, prob.v,
+                                                      prob.dy)]
+    kw = {k: (acl.DeviceArray.from_numpy(v) if k in ("atten_mask", "softmax_max", "softmax_sum",
+                                                       "attention_in") else v)
+          for k, v in prob.kwargs().items()}
+    call = validate_backward(*arrays, check_data=False, **kw)
+    outs = {o: acl.DeviceArray.zeros(getattr(call, s).shape, getattr(call, s).dtype)
+            for o, s in (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"),
+                         ("dk_rope", "key_rope"), ("dv", "value"))}
+    return call, outs
+
+
+@pytest.mark.parametrize("fail", [None, "phase2", "setter"])
+def test_the_short_path_of_a_step_on_a_callers_stream(fail, monkeypatch, no_leaks):
+    """Device arrays, given outputs, stream=: a hit is signature + repoint + phase 2 only
+    (op.py _launch_cached), with new data read from the new buffers; a failed phase 2
+    destroys the entry, a failed setter falls back to phase 1."""
+    a = make_problem(seed=30, q_lens=(6, 5), n2=2, g=2, mode=3)
+    b = make_problem(seed=31, q_lens=(6, 5), n2=2, g=2, mode=3)
+    want_b = _uncached(monkeypatch, lambda: b.grads("npu"))
+    stream = _stream()
+    try:
+        call_a, outs_a = _device_call(a)
+        acl.run_backward(call_a, keep_on_device=True, stream=stream, outputs=outs_a)
+        call_b, outs_b = _device_call(b)
+        acl.reset_stats()
+        if fail == "phase2":
+            no_leaks.inject(prototypes.PHASE2, 0, 361001)
+            with pytest.raises(af.AclnnError):
+                acl.run_backward(call_b, keep_on_device=True, stream=stream, outputs=outs_b)
+            assert exec_cache.size() == 0 and _stat("cache_hits") == 1
+            assert no_leaks.counters(keep_cache=True)["executors"] == 0
+            return
+        if fail == "setter":
+            no_leaks.inject("aclSetOutputTensorAddr", 0, 161002)
+        got = acl.run_backward(call_b, keep_on_device=True, stream=stream, outputs=outs_b)
+        assert [g is o for g, o in zip(got, outs_b.values())] == [True] * 5
+        assert _stat("phase1") == (1 if fail else 0)
+        assert _stat("cache_hits") == (0 if fail else 1)
+        assert acl.runtime.api().aclrtSynchronizeStream(stream) == 0
+        _same([g.numpy() for g in got], want_b)
+    finally:
+        acl.runtime.release_stream_workspace(stream)
+        acl.runtime.api().aclrtDestroyStream(stream)

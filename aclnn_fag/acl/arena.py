@@ -1,0 +1,126 @@
+"""One device allocation for the device memory of one op call, handed out in slices.
+
+A call on host arrays needs device memory for its uploads and its outputs. Instead of one
+``aclrtMalloc``/``aclrtFree`` (and one owning Python object) per array, :func:`layout`
+places every piece in one :class:`ArenaBuffer` and each piece becomes an
+:class:`ArenaSlice`: a :class:`~aclnn_fag.acl.runtime.DeviceBuffer` look-alike whose ``ptr``
+is the arena's base plus the slice's start. Every slice starts at a multiple of
+:data:`ARENA_ALIGN` bytes from the base (the base itself is 32-byte aligned, checked by
+``DeviceBuffer``), so the aclTensor of a slice gets its own aligned ``tensorData`` and a
+storage of the slice's size -- exactly what it got from a buffer of its own (docs/abi.md §4)
+-- and no two slices overlap.
+
+Lifetime: the arena is one native resource (one ownership claim, freed exactly once by
+``free()``, an ExitStack of the call, garbage collection or ``shutdown()``). A slice holds
+the arena alive. A slice handed out as a result (:meth:`ArenaBuffer.share`) holds one
+*share*: ``free()`` on the slice gives its share back, and the arena is freed when the last
+share is given back -- or when the last slice object is collected. Freeing the arena itself
+(the call's cleanup; an error path) makes every slice of it ``closed``.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import List, Optional, Sequence, Tuple
+
+from . import ownership
+from .runtime import DEVICE_ALIGN, DeviceBuffer
+
+__all__ = ["ARENA_ALIGN", "ArenaBuffer", "ArenaSlice", "layout"]
+
+# a multiple of the 32 bytes aclCreateTensor wants for tensorData (docs/abi.md §4); 512, the
+# granularity of torch_npu's caching allocator, so the op sees the alignment it usually gets
+ARENA_ALIGN = 512
+assert ARENA_ALIGN % DEVICE_ALIGN == 0
+
+
+def layout(sizes: Sequence[int], start: int = 0) -> Tuple[List[int], int]:
+    """(start offsets, end) of pieces of ``sizes`` bytes placed one after the other from
+    ``start``, each start rounded up to a multiple of :data:`ARENA_ALIGN`."""
+    offsets = []
+    end = start
+    align = ARENA_ALIGN
+    for n in sizes:
+        at = -(-end // align) * align
+        offsets.append(at)
+        end = at + n
+    return offsets, end
+
+
+class ArenaBuffer(DeviceBuffer):
+    """The arena's one allocation (see the module doc)."""
+
+    _what = "device memory of a call (aclrtMalloc, arena)"
+
+    def __init__(self, nbytes: int, device_id: Optional[int] = None) -> None:
+        self._shares = 0
+        self._share_lock = threading.Lock()
+        super().__init__(nbytes, device_id)
+
+    def slice(self, start: int, nbytes: int) -> "ArenaSlice":
+        """Bytes [start, start + nbytes) as a buffer of their own (not checked: the caller
+        placed them with :func:`layout`)."""
+        return ArenaSlice(self, start, nbytes)
+
+    def share(self, piece: "ArenaSlice") -> None:
+        """``piece`` is handed out (a result): it holds a share of the arena until freed."""
+        if piece.arena is not self:
+            raise ValueError("the slice belongs to another arena")
+        with self._share_lock:
+            if not piece._shared:
+                piece._shared = True
+                self._shares += 1
+
+    @property
+    def shares(self) -> int:
+        return self._shares
+
+
+class ArenaSlice(DeviceBuffer):
+    """Bytes [start, start + nbytes) of an :class:`ArenaBuffer` (see the module doc).
+
+    Owns nothing native: ``free()`` gives back the slice's share of the arena (if it holds
+    one) and makes the slice unusable; the memory goes back when the arena is freed."""
+
+    def __init__(self, arena: ArenaBuffer, start: int, nbytes: int) -> None:
+        # no DeviceBuffer.__init__: nothing is allocated and nothing is registered
+        self.arena: Optional[ArenaBuffer] = arena
+        self.start = int(start)
+        self.nbytes = int(nbytes)
+        self.device_id = arena.device_id
+        self._shared = False
+
+    @property
+    def ptr(self) -> Optional[int]:
+        arena = self.arena
+        base = None if arena is None else arena.ptr
+        return None if base is None else base + self.start
+
+    @property
+    def closed(self) -> bool:
+        arena = self.arena
+        return arena is None or arena.ptr is None
+
+    released = closed
+
+    def release(self, mode: str = "raise") -> None:
+        arena = self.arena
+        if arena is None:
+            return
+        with ownership.atomic(), arena._share_lock:    # once, whichever thread comes first
+            if self.arena is None:
+                return
+            self.arena = None
+            last = False
+            if self._shared:
+                self._shared = False
+                arena._shares -= 1
+                last = arena._shares == 0
+        if last:
+            arena.release(mode)
+
+    free = close = release
+
+    def __repr__(self) -> str:
+        state = "freed" if self.closed else f"{self.ptr:#x}"
+        return f"<ArenaSlice {self.nbytes} bytes at +{self.start} on device {self.device_id}: {state}>"
