@@ -9,9 +9,10 @@ Dv = 128, sparse mode 3 with the package's compressed mask; every call validated
   (a minimal object implementing the tensor protocol over device memory, whose ``new_empty``
   reuses freed blocks like torch_npu's caching allocator) with ``stream=``: conversion,
   validation (the data checks are skipped on a caller's stream by default), results from
-  ``new_empty``, marshaling, both phases; the same on ``acl.DeviceArray`` inputs (results
-  from aclrtMalloc each call), and without ``stream=`` (own stream + sync: the data checks
-  read their samples);
+  ``new_empty``, and the op: every timed call after the first is an executor-cache hit
+  (``acl/exec_cache.py``: signature, repoint, phase 2), as every training step after the
+  first is; the same on ``acl.DeviceArray`` inputs (results from aclrtMalloc each call), and
+  without ``stream=`` (own stream + sync: the data checks read their samples);
 * ``FagPlan.run``: phase 2 on a built plan, with ``stream=`` and with its synchronisation;
 * ``numpy-in public call, excluding copies``: the public call on host arrays minus the time
   spent in host<->device copies (``acl.run_backward(timings=...)`` copy_in/copy_out).
@@ -286,25 +287,34 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
                    for t in [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)]])
     stage("NPU tensors, stream=: run_backward_on_device (results + the op's host side)",
           lambda: run_backward_on_device(dcall, operands.NPU, q, stream))
+    outs = {o: getattr(dcall, s) for o, s in
+            (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
+             ("dv", "value"))}
+
+    def op_hit():
+        acl.run_backward(dcall, keep_on_device=True, stream=stream, outputs=outs)
+    stage("  the op's host side, a cache hit (signature, repoint, phase 2; acl/exec_cache.py)",
+          op_hit)
+    before = acl.runtime.stats()
+    op_hit()
+    after = acl.runtime.stats()
+    per_call = {k: after[k] - before[k] for k in ("tensors", "int_arrays", "phase1", "malloc",
+                                                  "memset")}
+    out.append({"label": "    native handles per hit: " + ", ".join(
+        f"{k} {v}" for k, v in per_call.items()), "cpu_us": None})
     t = {}
     n_calls = [0]
 
-    def op_only():
+    def op_miss():
+        acl.clear_executor_cache()
         acl.run_backward(dcall, keep_on_device=True, stream=stream, timings=t, cpu_timings=True,
-                         outputs={o: getattr(dcall, s) for o, s in
-                                  (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"),
-                                   ("dk_rope", "key_rope"), ("dv", "value"))})
+                         outputs=outs)
         n_calls[0] += 1
-    stage("  the op's host side (run_backward into given outputs)", op_only)
-    for key, label in (("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
+    stage("  the op's host side, a cache miss (the cache emptied before each call)", op_miss,
+          max(1, inner // 4))
+    for key, label in (("marshal_cpu", "aclTensor/aclIntArray creates"),
                        ("phase1_cpu", "phase 1 (36 arguments through ctypes)")):
         out.append({"label": f"    of which {label}", "cpu_us": t[key] / n_calls[0] * 1e6})
-    before = acl.runtime.stats()
-    op_only()
-    after = acl.runtime.stats()
-    per_call = {k: after[k] - before[k] for k in ("tensors", "int_arrays", "malloc", "memset")}
-    out.append({"label": "    native handles per call: " + ", ".join(
-        f"{k} {v}" for k, v in per_call.items()), "cpu_us": None})
     hcall = validate_backward(*host.values(), **kw)
     stage("numpy-in: validation without the data rules", lambda: validate_backward(
         *host.values(), check_data=False, **kw), max(1, inner // 4))

@@ -30,22 +30,19 @@ _GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_ro
 def call_device(call, names) -> int:
     """The one device id of the call's device arrays (ValueError when they differ)."""
     fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
-    dev = first = None
+    devices = {getattr(fields.get(n), "device_id", None) for n in names}
+    devices.discard(None)
+    if len(devices) == 1:
+        return devices.pop()
+    if not devices:
+        return 0
+    seen = {}
     for n in names:
         d = getattr(fields.get(n), "device_id", None)
-        if d is None:
-            continue
-        if dev is None:
-            dev, first = d, n
-        elif d != dev:
-            seen = {dev: first}
-            for m in names:
-                e = getattr(fields.get(m), "device_id", None)
-                if e is not None:
-                    seen.setdefault(e, m)
-            detail = ", ".join(f"'{m}' on device {d}" for d, m in seen.items())
-            raise ValueError(f"all tensor arguments must live on one device, got {detail}")
-    return 0 if dev is None else dev
+        if d is not None:
+            seen.setdefault(d, n)
+    detail = ", ".join(f"'{n}' on device {d}" for d, n in seen.items())
+    raise ValueError(f"all tensor arguments must live on one device, got {detail}")
 
 
 def _zero(da) -> None:

@@ -209,18 +209,18 @@ def _all_npu(values: tuple) -> Optional[tuple]:
     general path of convert_args decides, checks and raises in its order). One pass, the
     steps of kind_of and _npu_to_device_array inline: this runs per tensor per call."""
     kinds, dtypes, view = _KIND_OF_TYPE, _DTYPE_OF, _foreign_view
-    torch_npu = sys.modules.get("torch_npu")
-    npu_format = getattr(torch_npu, "get_npu_format", None)
+    npu_format = getattr(sys.modules.get("torch_npu"), "get_npu_format", None)
     out = []
-    seen = False
     for x in values:
         if x is None:
             out.append(None)
             continue
         if kinds.get(type(x)) is not _BY_INSTANCE:
             return None
-        dev = getattr(x, "device", None)
-        if getattr(dev, "type", None) != "npu" or not callable(getattr(x, "data_ptr", None)):
+        # is_npu_tensor, inline; a missing attribute or a data_ptr that cannot be called
+        # raises, and the general path sorts the argument out
+        dev = x.device
+        if dev.type != "npu":
             return None
         if npu_format is not None and int(npu_format(x)) not in _PLAIN_FORMATS:
             return None
@@ -231,8 +231,7 @@ def _all_npu(values: tuple) -> Optional[tuple]:
         ptr = x.data_ptr()
         out.append(view(ptr if type(ptr) is int else int(ptr), x.shape, dt, x.stride(),
                         0 if index is None else index, x))
-        seen = True
-    return tuple(out) if seen else None
+    return None if out.count(None) == len(out) else tuple(out)
 
 
 def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:

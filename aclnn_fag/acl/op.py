@@ -165,7 +165,7 @@ class _Executor(runtime.NativeResource):
 def check_device_arrays(arrays: Mapping[str, object], dev: int) -> None:
     """ValueError when a DeviceArray lives on another device than the call's."""
     for name, arr in arrays.items():
-        if isinstance(arr, DeviceArray) and arr.device_id != dev:
+        if arr is not None and isinstance(arr, DeviceArray) and arr.device_id != dev:
             raise ValueError(f"parameter '{name}': the device array is on device {arr.device_id}, "
                              f"but the call runs on device {dev}; pass device_id={arr.device_id} "
                              "or copy the array to that device")
@@ -502,17 +502,17 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
     if not cap:
         return False
     dev = runtime.resolve_device(device_id)
-    for a in in_list:
-        if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
-            return False
-    for a in out_list:
-        if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
-            return False
+    for arrays in (in_list, out_list):
+        for a in arrays:
+            if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
+                return False
     int_values = tuple(None if getattr(call, n, None) is None
                        else int64_values(n, getattr(call, n)) for n in op.int_arrays)
-    key = exec_cache.signature(op.phase1, dev, bool(call.deterministic), _attr_values(_attrs(call)),
-                               int_values, in_list, out_list)
+    attr_values = _attr_values_of(call)
+    # the device (and the thread's context, which the signature names) first
     runtime.ensure_device(dev if device_id is not None else None)
+    key = exec_cache.signature(op.phase1, dev, bool(call.deterministic), attr_values,
+                               int_values, in_list, out_list)
     handle = runtime.resolve_stream(stream)
     with ownership.atomic():
         entry = exec_cache.take(key)
@@ -539,6 +539,19 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
     with ownership.atomic():
         exec_cache.give(key, entry, cap)
     return True
+
+
+def _attr_values_of(call) -> tuple:
+    """:func:`_attr_values` of a call's attributes (no dict in between)."""
+    return (_double_attr("scale_value", call.scale_value),
+            _double_attr("keep_prob", call.keep_prob),
+            _int64_attr("pre_tokens", call.pre_tokens),
+            _int64_attr("next_tokens", call.next_tokens),
+            _int64_attr("head_num", call.head_num),
+            _layout_arg(call.input_layout),
+            _int64_attr("inner_precise", call.inner_precise),
+            _int64_attr("sparse_mode", call.sparse_mode),
+            _int64_attr("pse_type", call.pse_type))
 
 
 def _attrs(call) -> dict:

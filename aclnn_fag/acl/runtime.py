@@ -306,14 +306,18 @@ def _context_lost(b) -> bool:
     return actual != expected
 
 
+_context_epoch = 0     # bumped whenever a thread's context is found reset by someone else
+
+
 def current_context_record() -> tuple:
     """What identifies the ACL context this thread's calls run in, as recorded by the last
-    checked :func:`ensure_device`: (runtime state serial, process generation, context
-    handle). Objects tied to a context (cached executors) carry it; a reset device, a new
-    ``aclInit`` or a fork gives a different record."""
+    checked :func:`ensure_device`: (runtime state serial, process generation, context epoch,
+    context handle, device). Objects tied to a context (cached executors) carry it; a new
+    ``aclInit``, a fork, or a context found reset by other code (even when the runtime
+    hands out the same handle again) gives a different record."""
     st = _state
-    return (st.serial if st is not None else 0, _process_gen, getattr(_tls, "ctx", None),
-            getattr(_tls, "current", None))
+    return (st.serial if st is not None else 0, _process_gen, _context_epoch,
+            getattr(_tls, "ctx", None), getattr(_tls, "current", None))
 
 
 def _record_device(st: _State, dev: int) -> None:
@@ -335,7 +339,13 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
     st = initialise()
     dev = resolve_device(device_id)
     op = getattr(_tls, "op", None)
-    if _tls_current(st) != dev or (check_context and op != _VERIFIED and _context_lost(st.b)):
+    recorded = _tls_current(st)
+    if recorded != dev or (check_context and op != _VERIFIED and _context_lost(st.b)):
+        if recorded == dev:
+            # the context this package made current was reset by someone else: objects tied
+            # to contexts (cached executors) made before now are never used again
+            global _context_epoch
+            _context_epoch += 1
         check_device_count(st.b, dev, _device_source(device_id))
         rc = st.b.aclrtSetDevice(dev)
         check(st.b, rc, "aclrtSetDevice")

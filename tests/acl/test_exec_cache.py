@@ -358,3 +358,22 @@ def test_the_short_path_of_a_step_on_a_callers_stream(fail, monkeypatch, no_leak
     finally:
         acl.runtime.release_stream_workspace(stream)
         acl.runtime.api().aclrtDestroyStream(stream)
+
+
+def test_a_foreign_device_reset_retires_every_cached_executor(monkeypatch, no_leaks):
+    """Someone else's aclrtResetDevice destroys the context the cached executors were made
+    in (the stub hands out the same context handle again): the next call must not use
+    them, it builds a new executor."""
+    import ctypes
+    p = make_problem(seed=40, q_lens=(5, 4))
+    want = _uncached(monkeypatch, lambda: p.grads("npu"))
+    p.grads("npu")
+    acl.reset_stats()
+    p.grads("npu")
+    assert _stat("cache_hits") == 1
+    lib = ctypes.CDLL(str(acl.runtime.api().libraries.paths["runtime"]))
+    lib.aclrtResetDevice.argtypes = [ctypes.c_int32]
+    assert lib.aclrtResetDevice(0) == 0
+    acl.reset_stats()
+    _same(p.grads("npu"), want)
+    assert _stat("cache_hits") == 0 and _stat("phase1") == 1
