@@ -642,14 +642,6 @@ def _mask_row(mask, seqs: SeqInfo, n1, b, h, i, skv) -> np.ndarray:
     return mask[idx] != 0
 
 
-def _elements(a: np.ndarray, idx: np.ndarray) -> list:
-    """[a.flat[f] for f in idx] (C order of the logical shape) as Python scalars, in one
-    gather and without copying a non-contiguous array."""
-    if a.flags.c_contiguous:
-        return a.reshape(-1)[idx].tolist()
-    return a[np.unravel_index(idx, a.shape)].tolist()
-
-
 def _kept_keys(keep, mask, seqs: SeqInfo, n1, b, h, i, skv):
     """The kept keys of row i (batch b, head h) as local indices: a (j0, j1) range when the
     kept set is the band alone, an index array when a mask takes part; None when no key is
@@ -695,53 +687,42 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
         _judge_stats_layout(checked, device_fits, token_fits)
         return []
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
-    candidates, flats = [], []       # the (b, i, h) visited, in order; their two readings
-    for b in range(seqs.batch):
-        sq, skv, qs = seqs.sq[b], seqs.skv[b], seqs.q_starts[b]
-        if sq <= 0 or skv <= 0 or skv > STATS_LAYOUT_MAX_SKV:
-            continue
-        for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
-            candidates.append((b, i, h))
-            flats.append((qs * n1 + h * sq + i) * COPIES)         # the device's reading
-            flats.append(((qs + i) * n1 + h) * COPIES)            # the token-major one
-    if not candidates:
-        return []
-    flats = np.array(flats, np.intp)
-    maxes, sums = _elements(smax, flats), _elements(ssum, flats)
-    picked = []           # (candidate, same): the rows recomputed, in the order visited
+    picked = []           # (b, i, h, dm, dl, tm, tl, same) of the rows recomputed, in order
     rows = []             # their rows_lse descriptions
     checked = 0
     same_rows = 0         # rows where both readings coincide: sampled for the warning only
-    keeps = {}
-    for c, (b, i, h) in enumerate(candidates):
-        dm, tm, dl, tl = maxes[2 * c], maxes[2 * c + 1], sums[2 * c], sums[2 * c + 1]
-        same = (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl))
-        if same and same_rows >= STATS_LAYOUT_SAMPLES:
+    for b in range(seqs.batch):
+        sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
+        if sq <= 0 or skv <= 0 or skv > STATS_LAYOUT_MAX_SKV:
             continue
-        sq, skv = seqs.sq[b], seqs.skv[b]
-        keep = keeps.get(b)
-        if keep is None:
-            keep = keeps[b] = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
-        keys = _kept_keys(keep, mask, seqs, n1, b, h, i, skv)
-        if keys is None:
-            continue
-        ks = seqs.kv_starts[b]
-        picked.append((c, same))
-        rows.append((seqs.q_starts[b] + i, h, h // group,
-                     (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks))
-        if same:
-            same_rows += 1
-            continue
-        checked += 1
+        keep = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
+        for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
+            dev_flat = (qs * n1 + h * sq + i) * COPIES
+            tok_flat = ((qs + i) * n1 + h) * COPIES
+            dm, dl = smax.item(dev_flat), ssum.item(dev_flat)     # flat C-order index
+            tm, tl = smax.item(tok_flat), ssum.item(tok_flat)
+            same = (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl))
+            if same and same_rows >= STATS_LAYOUT_SAMPLES:
+                continue
+            keys = _kept_keys(keep, mask, seqs, n1, b, h, i, skv)
+            if keys is None:
+                continue
+            picked.append((b, i, h, dm, dl, tm, tl, same))
+            rows.append((qs + i, h, h // group,
+                         (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks))
+            if same:
+                same_rows += 1
+                continue
+            checked += 1
+            if checked >= STATS_LAYOUT_SAMPLES:
+                break
         if checked >= STATS_LAYOUT_SAMPLES:
             break
     lses = (rows_lse(q, qr, k, kr, rows, np.float32(scale_value), STATS_LAYOUT_KEY_CHUNK)
             if rows else [])
     device_fits = token_fits = 0
     samples = []          # every recomputed row (for the mismatch warning)
-    for (c, same), lse in zip(picked, lses):
-        b, i, h = candidates[c]
-        dm, tm, dl, tl = maxes[2 * c], maxes[2 * c + 1], sums[2 * c], sums[2 * c + 1]
+    for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
         samples.append((b, i, h, lse, dm, dl))
         if not same:
             device_fits += _fits(dm, dl, lse)
