@@ -79,6 +79,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
         tensors = []
         outs = {}
         qdtype = query_obj.dtype
+        view = acl.device.foreign_view
         for out, (shape, dt) in specs.items():
             tdt = qdtype if dt == BF16 else _framework_dtype(
                 qdtype, operands.torch_dtype_name(dt)[len("torch."):])
@@ -87,8 +88,8 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
             ptr = t.data_ptr()
             # from_pointer's checks (the allocator's strides must be non-negative etc.)
             try:
-                outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr),
-                                                    shape, dt, t.stride(), dev, t)
+                outs[out] = view(ptr if type(ptr) is int else int(ptr), shape, dt, t.stride(),
+                                 dev, t)
             except (TypeError, ValueError) as e:
                 raise operands._named(e, f"result '{out}' (query.new_empty)") from None
         if call.empty_result:

@@ -835,7 +835,7 @@ _SCALAR_NAMES = ("scale_value", "keep_prob", "pre_tokens", "next_tokens", "head_
                  "input_layout", "inner_precise", "sparse_mode", "pse_type", "deterministic")
 _LIST_NAMES = ("actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx", "prefix")
 _ND = np.ndarray
-_FLOATS = (float, np.floating)
+_copysign = math.copysign
 _DEVICE_TYPES: set = set()      # DeviceArray and its subclasses met so far (by type)
 
 
@@ -874,11 +874,12 @@ def _signature(tensors: tuple, scalars: tuple, lists: tuple):
                        else (0, a.shape, a.dtype, a.strides) if type(a) is nd
                        else (1, a.shape, a.dtype, a.strides, a.offset) if type(a) in dev
                        else _tensor_sig(a) for a in tensors]),
-                tuple(map(type, scalars)),
-                # floats by their bits: 0.0 == -0.0, but the op gets the one passed
-                tuple([float(v).hex() if isinstance(v, _FLOATS) else v for v in scalars]),
+                tuple(map(type, scalars)), scalars,
+                # the sign of each zero: 0.0 == -0.0, but the op gets the one passed (equal
+                # values of one type differ in no other way; NaN equals nothing)
+                tuple([_copysign(1.0, v) if v == 0 else None for v in scalars]),
                 tuple([None if v is None else _list_sig(v) for v in lists]))
-    except TypeError:
+    except Exception:             # e.g. an array where a scalar belongs: validation says so
         return None
 
 

@@ -334,3 +334,12 @@ def test_negative_zero_scales_of_any_float_type_are_not_served_positive_zero_ver
     assert pos_sig != neg_sig
     assert validate._signature((None,) * 14, scalars(zero), ([1, 2], (3,), None, None, None)) \
         != validate._signature((None,) * 14, scalars(zero), ([1, 2.0], (3,), None, None, None))
+
+
+def test_an_array_where_a_scalar_belongs_is_reported_by_validation_not_the_cache():
+    p = make_problem(seed=75)
+    kw = p.kwargs()
+    for bad in (np.array([0.1, 0.2]), [0.1]):
+        with pytest.raises(TypeError, match="parameter 'scale_value' must be a float"):
+            validate.validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy,
+                                       **dict(kw, scale_value=bad))
