@@ -104,11 +104,17 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
 
 
 def _acl():
-    """aclnn_fag.acl (imported on first use; an import statement per call costs ~2 us)."""
-    acl = sys.modules.get("aclnn_fag.acl")
-    if acl is None:
+    """aclnn_fag.acl, imported by the first call (an import statement per call costs ~2 us;
+    the statement, not a sys.modules look-up, so that a first use while another thread is
+    still importing it waits for that import)."""
+    global _acl_module
+    if _acl_module is None:
         from . import acl
-    return acl
+        _acl_module = acl
+    return _acl_module
+
+
+_acl_module = None
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:

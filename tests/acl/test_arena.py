@@ -230,3 +230,28 @@ def test_a_failed_upload_frees_the_memory_before_raising(apart, stub, no_leaks):
     # the traceback still holds call_memory's frame (and so its arenas): they were freed
     # explicitly, not left to the garbage collector
     assert info.tb is not None and _live_bytes(stub) == before
+
+
+def test_results_freed_from_many_threads_free_the_arena_once(stub, no_leaks):
+    import threading
+    p = make_problem(seed=86, q_lens=(3, 2), n2=1, g=1, d=16, dr=8)
+    call = _call(p)
+    bad = stub.bad_releases()
+    before = _live_bytes(stub)
+    for _ in range(20):
+        res = acl.run_backward(call, keep_on_device=True)
+        owner = res[0].buffer.arena
+        barrier = threading.Barrier(10)
+
+        def worker(i):
+            barrier.wait()
+            res[i % 5].free()               # every result freed twice, concurrently
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert owner.closed and owner.shares == 0
+        assert _live_bytes(stub) == before
+    assert stub.bad_releases() == bad        # never freed twice

@@ -125,6 +125,13 @@ def _workloads(p):
             plan.run()
         g1.dk.numpy()
 
+    def device_results():
+        # a call's device results share one allocation: freed when the last one goes
+        g = acl.run_backward(call, keep_on_device=True)
+        g.dq.free()
+        g.dv.numpy()
+        g.dk.free()
+
     def arrays():
         a = acl.DeviceArray.from_numpy(np.arange(48, dtype=np.float32).reshape(6, 8))
         acl.DeviceArray.zeros((4, 4), np.float32).numpy()
@@ -132,11 +139,12 @@ def _workloads(p):
         a.free()
 
     return dict(raw=raw, det=det, plan_one_shot=plan_one_shot, plan_swap=plan_swap,
-                plan_kept=plan_kept, plan_kept_one_shot=plan_kept_one_shot, arrays=arrays)
+                plan_kept=plan_kept, plan_kept_one_shot=plan_kept_one_shot,
+                device_results=device_results, arrays=arrays)
 
 
 @pytest.mark.parametrize("workload", ["raw", "det", "plan_one_shot", "plan_swap", "plan_kept",
-                                      "plan_kept_one_shot", "arrays"])
+                                      "plan_kept_one_shot", "device_results", "arrays"])
 def test_sigint_right_after_or_before_every_native_call(workload, stub, monkeypatch,
                                                         sigint_raises):
     p = make_problem(seed=91, q_lens=(4, 0, 5), n2=1, g=2, d=16, dr=8)
