@@ -395,16 +395,15 @@ def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> Devi
     the result gets the checked int tuples. Entries that are not ints (e.g. 128.0, equal to
     128 but not an int) never take the short path: from_pointer refuses them."""
     try:
-        geom = _GEOMETRY[shape, strides, dtype]
+        checked, unit, span, isz = _GEOMETRY[shape, strides, dtype]
         # ints only: a sum of ints (bools included, as operator.index takes them) is an int;
         # a float, numpy scalar or other number makes it something else
         exact = type(sum(shape + strides)) is int
     except Exception:               # unknown geometry, unhashable, not numbers: from_pointer
         exact = False               # checks it (and names the fault)
     if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
-            or device_id < 0 or ptr % geom[3]):
+            or device_id < 0 or ptr % isz):
         return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
-    shape, unit, span, isz = geom
     rem = ptr % _BASE_ALIGN
     offset = rem // isz
     buf = _new(ForeignBuffer)       # ForeignBuffer.__init__'s fields, already normalised
@@ -414,7 +413,7 @@ def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> Devi
     buf.owner = owner                # (_forgotten: the class's False until released)
     self = _new(DeviceArray)        # every invariant of __init__ holds (checked geometry)
     self.buffer = buf
-    self.shape = shape
+    self.shape = checked
     self.dtype = dtype
     self.offset = offset
     self.strides = unit
