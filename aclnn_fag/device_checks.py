@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from .masks import COMPRESSED_SIZE
+from .row_lse import as_f32, segment_lse
 from .semantics.softmax_layout import COPIES
 from .semantics.sparse import batch_keep
 
@@ -159,13 +160,11 @@ class Sampler:
                                        qr.strides[2], dr)
                     kk = self._rows(k, ks + j0, j1 - j0 + 1, n2, d)[kept]
                     kkr = self._rows(kr, ks + j0, j1 - j0 + 1, n2, dr)[kept]
-                    s = (kk.astype(np.float32) @ qv.astype(np.float32)
-                         + kkr.astype(np.float32) @ qrv.astype(np.float32))
-                    s = (s.astype(np.float32) * scale32).astype(np.float64)
-                    top = float(np.max(s))
-                    if not math.isfinite(top):
+                    s = as_f32(kk) @ as_f32(qv) + as_f32(kkr) @ as_f32(qrv)
+                    s *= scale32
+                    lse = segment_lse(s, [s.size])[0]      # NaN: the top score is not finite
+                    if not math.isfinite(lse):
                         continue
-                    lse = top + math.log(float(np.sum(np.exp(s - top))))
                     checked += 1
                     dev_fits += fits(dm, dl, lse)
                     tok_fits += fits(tm, tl, lse)

@@ -61,6 +61,7 @@ import numpy as np
 from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
 from .masks import COMPRESSED_SIZE, is_canonical_compressed, is_package_mask
+from .row_lse import rows_lse
 from .semantics.seqlens import SeqInfo, ends_problem, per_sequence_hint, seq_info
 from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
 from .semantics.softmax_layout import COPIES
@@ -82,6 +83,8 @@ MAX_INT_ARRAY_ENTRIES = 1 << 20
 STATS_LAYOUT_SAMPLES = 8
 STATS_LAYOUT_MAX_SKV = 65536
 STATS_LAYOUT_KEY_CHUNK = 4096
+# S8: statistics elements compared per chunk (host arrays)
+_S8_CHUNK = 1 << 20
 # SoftmaxStatsMismatchWarning: how far (relative) max + log(sum) may fall below the recomputed
 # log-sum-exp -- fp32 statistics of a bf16 forward agree to about 1e-6
 STATS_MISMATCH_TOLERANCE = 1e-3
@@ -309,15 +312,6 @@ def start_indices(q_start_idx, kv_start_idx):
     kv = _check_int_list("kv_start_idx", kv_start_idx)
     return (START_INDEX_DEFAULT if q is None else q,
             START_INDEX_DEFAULT if kv is None else kv)
-
-
-def _element(a: np.ndarray, flat: int):
-    """a.flat[flat] (C order of the logical shape) without copying a non-contiguous array."""
-    idx = []
-    for n in reversed(a.shape):
-        idx.append(flat % n)
-        flat //= n
-    return a[tuple(reversed(idx))]
 
 
 def _compact(a: np.ndarray) -> np.ndarray:
@@ -615,18 +609,18 @@ def _check_stats_copies(name, stats, sampler=None):
             raise _invalid(name, _COPIES_MESSAGE.format(copies=COPIES, name=name)
                            + " (found in a sample of the device array)", check="S8")
         return
+    if stats.flags.c_contiguous and stats.size <= _S8_CHUNK:     # the common case, at once
+        rows = stats.reshape(-1, COPIES)
+        if (rows == rows[:, :1]).all():
+            return
     part_all = _compact(stats)
-    rows_per_chunk = max(1, (1 << 20) // max(1, part_all.shape[1] * COPIES))
+    rows_per_chunk = max(1, _S8_CHUNK // max(1, part_all.shape[1] * COPIES))
     for r0 in range(0, part_all.shape[0], rows_per_chunk):
         part = part_all[r0:r0 + rows_per_chunk]
         if (part == part[..., :1]).all():       # the common case, cheaply: no NaN, all equal
             continue
         if not np.array_equal(part, np.broadcast_to(part[..., :1], part.shape), equal_nan=True):
-            raise _invalid(name, f"the {COPIES} copies in the last dim of {name} differ; the device "
-                           f"reads copy (j mod {COPIES}) for column j, so they must be identical. If "
-                           "you have token-major [T, N] statistics, convert them with "
-                           "aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
-                           "actual_seq_qlen), which also writes the 8 copies", check="S8")
+            raise _invalid(name, _COPIES_MESSAGE.format(copies=COPIES, name=name), check="S8")
 
 
 def _mask_row(mask, seqs: SeqInfo, n1, b, h, i, skv) -> np.ndarray:
@@ -648,25 +642,18 @@ def _mask_row(mask, seqs: SeqInfo, n1, b, h, i, skv) -> np.ndarray:
     return mask[idx] != 0
 
 
-def _row_lse(q, qr, k, kr, qs, ks, skv, i, h, n2, kept, scale32) -> float:
-    """log-sum-exp over the kept keys of scale·(q·k + qr·kr) of one row (float32 scores as the
-    device computes them, the sum in float64), reading keys in bounded chunks."""
-    qv = q[qs + i, h].astype(np.float32)
-    qrv = qr[qs + i, h].astype(np.float32)
-    chunks = []
-    for j0 in range(0, skv, STATS_LAYOUT_KEY_CHUNK):
-        j1 = min(skv, j0 + STATS_LAYOUT_KEY_CHUNK)
-        sel = kept[j0:j1]
-        if not sel.any():
-            continue
-        rows = np.arange(ks + j0, ks + j1)[sel]
-        s = (k[rows, n2].astype(np.float32) @ qv + kr[rows, n2].astype(np.float32) @ qrv)
-        chunks.append((s.astype(np.float32) * scale32).astype(np.float64))
-    s = np.concatenate(chunks)
-    top = float(np.max(s))
-    if not math.isfinite(top):
-        return float("nan")
-    return top + math.log(float(np.sum(np.exp(s - top))))
+def _kept_keys(keep, mask, seqs: SeqInfo, n1, b, h, i, skv):
+    """The kept keys of row i (batch b, head h) as local indices: a (j0, j1) range when the
+    kept set is the band alone, an index array when a mask takes part; None when no key is
+    kept."""
+    j0 = 0 if keep.lo == -math.inf else max(0, i + keep.lo)
+    j1 = skv if keep.hi == math.inf else min(skv, i + keep.hi + 1)
+    if j1 <= j0:
+        return None
+    if not keep.uses_mask:
+        return (j0, j1)
+    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
+    return sel + j0 if sel.size else None
 
 
 def _fits(m, l, lse) -> bool:
@@ -700,9 +687,9 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
         _judge_stats_layout(checked, device_fits, token_fits)
         return []
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
-    scale32 = np.float32(scale_value)
-    checked = device_fits = token_fits = 0
-    samples = []          # every recomputed row (for the mismatch warning)
+    picked = []           # (b, i, h, dm, dl, tm, tl, same) of the rows recomputed, in order
+    rows = []             # their rows_lse descriptions
+    checked = 0
     same_rows = 0         # rows where both readings coincide: sampled for the warning only
     for b in range(seqs.batch):
         sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
@@ -712,29 +699,34 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
         for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
             dev_flat = (qs * n1 + h * sq + i) * COPIES
             tok_flat = ((qs + i) * n1 + h) * COPIES
-            dm, dl = _element(smax, dev_flat), _element(ssum, dev_flat)
-            tm, tl = _element(smax, tok_flat), _element(ssum, tok_flat)
+            dm, dl = smax.item(dev_flat), ssum.item(dev_flat)     # flat C-order index
+            tm, tl = smax.item(tok_flat), ssum.item(tok_flat)
             same = (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl))
             if same and same_rows >= STATS_LAYOUT_SAMPLES:
                 continue
-            j = np.arange(skv)
-            kept = (j - i >= keep.lo) & (j - i <= keep.hi)
-            if keep.uses_mask:
-                kept &= ~_mask_row(mask, seqs, n1, b, h, i, skv)
-            if not kept.any():
+            keys = _kept_keys(keep, mask, seqs, n1, b, h, i, skv)
+            if keys is None:
                 continue
-            lse = _row_lse(q, qr, k, kr, qs, ks, skv, i, h, h // group, kept, scale32)
-            samples.append((b, i, h, lse, float(dm), float(dl)))
+            picked.append((b, i, h, dm, dl, tm, tl, same))
+            rows.append((qs + i, h, h // group,
+                         (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks))
             if same:
                 same_rows += 1
                 continue
             checked += 1
-            device_fits += _fits(dm, dl, lse)
-            token_fits += _fits(tm, tl, lse)
             if checked >= STATS_LAYOUT_SAMPLES:
                 break
         if checked >= STATS_LAYOUT_SAMPLES:
             break
+    lses = (rows_lse(q, qr, k, kr, rows, np.float32(scale_value), STATS_LAYOUT_KEY_CHUNK)
+            if rows else [])
+    device_fits = token_fits = 0
+    samples = []          # every recomputed row (for the mismatch warning)
+    for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
+        samples.append((b, i, h, lse, dm, dl))
+        if not same:
+            device_fits += _fits(dm, dl, lse)
+            token_fits += _fits(tm, tl, lse)
     _judge_stats_layout(checked, device_fits, token_fits)
     return samples
 

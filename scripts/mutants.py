@@ -55,6 +55,8 @@ class Mutant(NamedTuple):
 R = "aclnn_fag/reference/"
 S = "aclnn_fag/semantics/"
 V = "aclnn_fag/validate.py"
+RL = "aclnn_fag/row_lse.py"
+S9_T = ("tests/reference/test_stats_sampling.py",)
 A = "aclnn_fag/acl/"
 C = "native_stubs/src/opapi_stub.c"
 PLAN_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py")
@@ -306,6 +308,26 @@ MUTANTS = [
            "    return abs(m + math.log(l) - lse) <= 1e-3 * max(1.0, abs(lse))",
            "    return abs(m + math.log(l) - lse) <= 1e3 * max(1.0, abs(lse))",
            "S9: every reading fits, token-major statistics accepted"),
+    # S9's sampled rows recomputed together (aclnn_fag/row_lse.py)
+    Mutant("val-s9-row-pairing", "validate", RL,
+           "        np.matmul(both[f:f + n], both[r], out=scores[o:o + n])",
+           "        np.matmul(both[f:f + n], both[0], out=scores[o:o + n])",
+           "S9: every sampled row scored with the first sampled query row", S9_T),
+    Mutant("val-s9-gqa-head", "validate", V,
+           "            rows.append((qs + i, h, h // group,",
+           "            rows.append((qs + i, h, h % k.shape[1],",
+           "S9: GQA rows scored against another key head", S9_T),
+    Mutant("val-s9-band-end", "validate", V,
+           "    j1 = skv if keep.hi == math.inf else min(skv, i + keep.hi + 1)",
+           "    j1 = skv if keep.hi == math.inf else min(skv, i + keep.hi)",
+           "S9: a band row's last kept key left out of its log-sum-exp", S9_T),
+    Mutant("val-s9-mask-head", "validate", V,
+           "    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])",
+           "    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, 0, i, skv)[j0:j1])",
+           "S9: a per-head [B, N1, ..] mask read for head 0 in every sampled row", S9_T),
+    Mutant("val-s9-chunk-bound", "validate", RL, "            take = min(n - j, chunk - fill)",
+           "            take = min(n - j, chunk)",
+           "S9: key gathers exceed STATS_LAYOUT_KEY_CHUNK (temporaries no longer bounded)", S9_T),
     Mutant("val-row19", "validate", V, "    if head_num != query.shape[1]:                                                # rule 19",
            "    if head_num > query.shape[1]:                                                # rule 19",
            "rule 19: head_num below N1 accepted"),

@@ -1,0 +1,125 @@
+"""Log-sum-exp of sampled score rows (the S9 check and the statistics-mismatch warning).
+
+Shared by the host variant (``validate``) and the bounded device sample
+(``device_checks``): float32 operands and scores, as the device computes them
+(``scale * (q·k + qr·kr)``: the dot product rounded to float32, then scaled in float32), and the
+reductions in float64. Several rows are computed and reduced together: checking a few rows
+costs a few numpy operations, not a Python loop per row and per key chunk.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import accumulate
+
+import ml_dtypes
+import numpy as np
+
+__all__ = ["as_f32", "segment_lse", "rows_lse"]
+
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_U16 = np.dtype(np.uint16)
+# rows_lse: at most this many scores reduced at once (float64 temporaries of 512 KiB)
+_LSE_GROUP = 1 << 16
+
+
+def as_f32(a: np.ndarray) -> np.ndarray:
+    """``a`` as float32 (a new array). bfloat16 is widened by moving its 16 bits to the top
+    of a 32-bit word -- exactly its float32 value, without ml_dtypes' element-wise cast."""
+    if a.dtype == _BF16:
+        wide = a.view(np.uint16).astype(np.uint32)
+        wide <<= 16
+        return wide.view(np.float32)
+    return a.astype(np.float32)
+
+
+def segment_lse(scores: np.ndarray, counts: list) -> list:
+    """Per segment of ``scores`` (consecutive runs of ``counts[r]`` > 0 entries): the
+    log-sum-exp ``top + log(sum(exp(s - top)))`` in float64, NaN where the segment's
+    maximum is not finite (a NaN or an infinite score)."""
+    offsets = list(accumulate(counts[:-1], initial=0))
+    top = np.maximum.reduceat(scores, offsets)
+    tops = top.tolist()
+    finite = [math.isfinite(x) for x in tops]
+    s = scores.astype(np.float64)
+    if all(finite):
+        s -= top.repeat(counts)
+        np.exp(s, out=s)
+    else:
+        top[~np.array(finite)] = 0.0          # these segments' results are replaced by NaN
+        with np.errstate(over="ignore", invalid="ignore"):
+            s -= top.repeat(counts)
+            np.exp(s, out=s)
+    sums = np.add.reduceat(s, offsets).tolist()
+    return [t + math.log(x) if ok else math.nan for t, x, ok in zip(tops, sums, finite)]
+
+
+def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
+    """The log-sum-exp over the kept keys of ``scale32 * (q·k + qr·kr)`` of each row
+    (``segment_lse``; NaN when the row's top score is not finite).
+
+    ``rows``: [(query token, head, key head, keys)] with keys a (first, end) token range or
+    an index array of key tokens, at least one key. Keys are gathered ``chunk`` at a time
+    (the rows' keys one after the other) and reduced ``_LSE_GROUP`` at a time, so the
+    temporaries stay bounded; the scores of all rows are kept (float32, one per kept key)."""
+    counts = [keys[1] - keys[0] if type(keys) is tuple else len(keys) for *_, keys in rows]
+    scores = np.empty(sum(counts), np.float32)
+    arrays = (q, qr, k, kr)
+    if all(a.dtype == _BF16 for a in arrays):
+        arrays = tuple(a.view(_U16) for a in arrays)      # gathered as bits, widened once
+    total = len(scores)
+    if total <= chunk:                # the common case: every key in one gather
+        offsets = accumulate(counts, initial=0)
+        _score(arrays, rows, [(slice(*keys) if type(keys) is tuple else keys, n2, r, o, n)
+                              for (r, (_, _, n2, keys)), o, n
+                              in zip(enumerate(rows), offsets, counts)], scores)
+        scores *= scale32
+        return segment_lse(scores, counts)
+    pieces = []                       # (tokens, key head, row, score offset, count)
+    fill = off = 0
+    for r, (_, _, n2, keys) in enumerate(rows):
+        n, j = counts[r], 0
+        while j < n:
+            take = min(n - j, chunk - fill)
+            tokens = (slice(keys[0] + j, keys[0] + j + take) if type(keys) is tuple
+                      else keys[j:j + take])
+            pieces.append((tokens, n2, r, off + j, take))
+            fill += take
+            j += take
+            if fill == chunk:
+                _score(arrays, rows, pieces, scores)
+                pieces, fill = [], 0
+        off += n
+    if pieces:
+        _score(arrays, rows, pieces, scores)
+    scores *= scale32
+    out, g0, o0 = [], 0, 0            # reduced a group of rows (<= _LSE_GROUP keys) at a time
+    while g0 < len(rows):
+        g1, n = g0 + 1, counts[g0]
+        while g1 < len(rows) and n + counts[g1] <= _LSE_GROUP:
+            n += counts[g1]
+            g1 += 1
+        out += segment_lse(scores[o0:o0 + n], counts[g0:g1])
+        g0, o0 = g1, o0 + n
+    return out
+
+
+def _score(arrays, rows, pieces, scores) -> None:
+    """The float32 dot products of the pieces' keys with their rows' query vectors: the
+    query rows and the keys are stacked (q above k, qr above kr), the two stacks put side by
+    side and widened to float32 in one go."""
+    q, qr, k, kr = arrays
+    left = np.concatenate([q[t:t + 1, h] for t, h, _, _ in rows]
+                          + [k[tokens, n2] for tokens, n2, *_ in pieces])
+    right = np.concatenate([qr[t:t + 1, h] for t, h, _, _ in rows]
+                           + [kr[tokens, n2] for tokens, n2, *_ in pieces])
+    if left.dtype == _U16:
+        both = np.concatenate((left, right), axis=1, dtype=np.uint32)
+        both <<= 16
+        both = both.view(np.float32)
+    else:
+        both = np.concatenate((left, right), axis=1, dtype=np.float32)
+    f = len(rows)
+    for _, _, r, o, n in pieces:
+        np.matmul(both[f:f + n], both[r], out=scores[o:o + n])
+        f += n
