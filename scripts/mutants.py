@@ -454,11 +454,14 @@ MUTANTS = [
            "    return _Key((op_name, dev, ctx, deterministic,", "    return _Key((op_name, dev, ctx,",
            "a deterministic=True call runs the executor tiled for deterministic=False", CACHE_T),
     Mutant("acl-cache-key-float", "acl", A + "exec_cache.py",
-           "    return float(value).hex()", "    return float(value)",
+           "        return value.hex()             # -0.0 and 0.0, NaN payloads: told apart",
+           "        return value",
            "scale_value -0.0 runs the executor made for 0.0", CACHE_T),
     Mutant("acl-cache-key-strides", "acl", A + "exec_cache.py",
-           "    return (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)",
-           "    return (a.shape, a.dtype, a.offset, a.buffer.nbytes)",
+           "                 tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset,\n"
+           "                                                a.buffer.nbytes) for a in inputs]),",
+           "                 tuple([None if a is None else (a.shape, a.dtype, a.offset,\n"
+           "                                                a.buffer.nbytes) for a in inputs]),",
            "a strided view runs the executor made for a contiguous array", CACHE_T),
     Mutant("acl-cache-keep-failed", "acl", A + "op.py",
            "                if exc_type is None:\n                    exec_cache.give(",
@@ -478,6 +481,10 @@ MUTANTS = [
            "            _context_epoch += 1", "            _context_epoch += 0",
            "after someone else's aclrtResetDevice, calls run executors made in the destroyed "
            "context", CACHE_T),
+    Mutant("acl-cache-short-attr-order", "acl", A + "op.py",
+           "                    ints[3], ints[4], ints[5])", "                    ints[4], ints[3], ints[5])",
+           "the short path's signature differs from the one the first call stored: every step "
+           "runs phase 1 again", CACHE_T),
     Mutant("acl-cache-no-bound", "acl", A + "exec_cache.py",
            "    if _count > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
            "the executor cache grows without bound", CACHE_T),

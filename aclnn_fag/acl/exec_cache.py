@@ -86,13 +86,9 @@ def enabled(b) -> int:
 
 
 def _double_key(value: float) -> str:
-    return float(value).hex()          # -0.0 and 0.0, NaN payloads: told apart
-
-
-def _array_key(a) -> Optional[tuple]:
-    if a is None:
-        return None
-    return (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)
+    if type(value) is float:
+        return value.hex()             # -0.0 and 0.0, NaN payloads: told apart
+    return float(value).hex()
 
 
 def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
@@ -103,7 +99,10 @@ def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: t
     ctx = runtime.current_context_record()
     return _Key((op_name, dev, ctx, deterministic,
                  (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
-                 tuple(map(_array_key, inputs)), tuple(map(_array_key, outputs))))
+                 tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset,
+                                                a.buffer.nbytes) for a in inputs]),
+                 tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset,
+                                                a.buffer.nbytes) for a in outputs])))
 
 
 class _Key:

@@ -513,13 +513,15 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
         for a in arrays:
             if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
                 return False
-    int_values = tuple(None if getattr(call, n, None) is None
-                       else int64_values(n, getattr(call, n)) for n in op.int_arrays)
+    int_values = []
+    for n in op.int_arrays:
+        v = getattr(call, n, None)
+        int_values.append(None if v is None else int64_values(n, v))
     attr_values = _attr_values_of(call)
     # the device (and the thread's context, which the signature names) first
     runtime.ensure_device(dev if device_id is not None else None)
     key = exec_cache.signature(op.phase1, dev, bool(call.deterministic), attr_values,
-                               int_values, in_list, out_list)
+                               tuple(int_values), in_list, out_list)
     handle = runtime.resolve_stream(stream)
     with ownership.atomic():
         entry = exec_cache.take(key)
@@ -549,7 +551,19 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
 
 
 def _attr_values_of(call) -> tuple:
-    """:func:`_attr_values` of a call's attributes (no dict in between)."""
+    """:func:`_attr_values` of a call's attributes (no dict in between); plain floats, ints
+    in int64 and a str layout without NUL (what validation hands over) are taken as they
+    are."""
+    sv, kp, layout = call.scale_value, call.keep_prob, call.input_layout
+    ints = (call.pre_tokens, call.next_tokens, call.head_num, call.inner_precise,
+            call.sparse_mode, call.pse_type)
+    if type(sv) is float and type(kp) is float and type(layout) is str and "\x00" not in layout:
+        for v in ints:
+            if type(v) is not int or not INT64_MIN <= v <= INT64_MAX:
+                break
+        else:
+            return (sv, kp, ints[0], ints[1], ints[2], layout.encode("utf-8", "surrogatepass"),
+                    ints[3], ints[4], ints[5])
     return (_double_attr("scale_value", call.scale_value),
             _double_attr("keep_prob", call.keep_prob),
             _int64_attr("pre_tokens", call.pre_tokens),
