@@ -18,6 +18,7 @@ import ml_dtypes
 import numpy as np
 
 from . import operands
+from .api import _acl           # aclnn_fag.acl, imported once on first use
 from .call import FagForward, FagGrads
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
@@ -101,20 +102,6 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
     if call.empty_result:
         return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
     return list(run(dev, None))
-
-
-def _acl():
-    """aclnn_fag.acl, imported by the first call (an import statement per call costs ~2 us;
-    the statement, not a sys.modules look-up, so that a first use while another thread is
-    still importing it waits for that import)."""
-    global _acl_module
-    if _acl_module is None:
-        from . import acl
-        _acl_module = acl
-    return _acl_module
-
-
-_acl_module = None
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
