@@ -92,3 +92,15 @@ class FakeNpuTensor:
     @property
     def storage(self):
         return self._storage
+
+
+def rope_views(p):
+    """(q, q_rope, k, k_rope) of a test problem as views of two fake NPU tensors, one
+    [T1, N1, D + Dr] and one [T2, N2, D + Dr] (offsets inside a block: ``q = qk[..., :D]``);
+    also returns the two whole tensors: ``(q, qr, k, kr), (qq, kk)``."""
+    import numpy as np
+    d = p.q.shape[2]
+    qq = FakeNpuTensor.from_numpy(np.concatenate([p.q, p.qr], axis=-1))
+    kk = FakeNpuTensor.from_numpy(np.concatenate([p.k, p.kr], axis=-1))
+    return ((qq.slice_last(0, d), qq.slice_last(d, qq.shape[-1]),
+             kk.slice_last(0, d), kk.slice_last(d, kk.shape[-1])), (qq, kk))

@@ -16,7 +16,7 @@ import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag.device_checks import DEVICE_SAMPLE_BYTES
 from acl_cases import BF16, assert_grads_close, make_problem
-from fake_npu import FakeNpuTensor
+from fake_npu import FakeNpuTensor, rope_views
 from test_device_tensors import counting
 from test_forward import _fwd_kwargs as fwd_kwargs
 from test_streams import NpuStream, caller_stream, own_stream  # noqa: F401 (fixture)
@@ -86,11 +86,7 @@ def test_npu_tensors_views_in_place_and_new_empty_outputs(no_leaks):
     the three outputs come from query.new_empty with the device's dtypes and shapes."""
     p = make_problem(seed=63, n2=1, g=2, mode=3, q_lens=(10, 6))
     want = host_forward(p, "npu")
-    d = p.q.shape[2]
-    qq = FakeNpuTensor.from_numpy(np.concatenate([p.q, p.qr], axis=-1))
-    kk = FakeNpuTensor.from_numpy(np.concatenate([p.k, p.kr], axis=-1))
-    q, qr = qq.slice_last(0, d), qq.slice_last(d, qq.shape[-1])
-    k, kr = kk.slice_last(0, d), kk.slice_last(d, kk.shape[-1])
+    (q, qr, k, kr), (qq, kk) = rope_views(p)
     v, mask = FakeNpuTensor.from_numpy(p.v), FakeNpuTensor.from_numpy(p.mask)
     FakeNpuTensor.allocations.clear()
     got, moved = counting(lambda: af.flash_attention_forward(

@@ -14,7 +14,7 @@ import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag.device_checks import DEVICE_SAMPLE_BYTES
 from acl_cases import BF16, assert_grads_close, make_problem
-from fake_npu import FakeNpuTensor
+from fake_npu import FakeNpuTensor, rope_views
 
 SLOTS = ("q", "qr", "k", "kr", "v", "dy")
 EXTRA = ("atten_mask", "softmax_max", "softmax_sum", "attention_in")
@@ -57,11 +57,7 @@ def test_npu_tensors_in_place_views_and_new_empty(no_leaks):
     them in place (no copy), the results come from query.new_empty."""
     p = make_problem(seed=7, n2=1, g=2, mode=3, q_lens=(10, 6), kv_lens=(10, 6))
     ref = p.grads("numpy")
-    d = p.q.shape[2]
-    qkv = FakeNpuTensor.from_numpy(np.concatenate([p.q, p.qr], axis=-1))
-    kk = FakeNpuTensor.from_numpy(np.concatenate([p.k, p.kr], axis=-1))
-    q, qr = qkv.slice_last(0, d), qkv.slice_last(d, qkv.shape[-1])
-    k, kr = kk.slice_last(0, d), kk.slice_last(d, kk.shape[-1])
+    (q, qr, k, kr), (qkv, kk) = rope_views(p)
     assert q.stride() == qr.stride() == (qkv.shape[1] * qkv.shape[2], qkv.shape[2], 1)
     rest = {n: FakeNpuTensor.from_numpy(a) for n, a in (("v", p.v), ("dy", p.dy))}
     kw = p.kwargs()

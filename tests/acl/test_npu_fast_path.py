@@ -23,7 +23,7 @@ import aclnn_fag.acl as acl
 from aclnn_fag import operands, validate
 from aclnn_fag.acl.device import _GEOMETRY, ForeignBuffer, foreign_view
 from acl_cases import assert_grads_close, make_problem
-from fake_npu import FakeDType, FakeNpuTensor
+from fake_npu import FakeDType, FakeNpuTensor, rope_views
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 BASE = 1 << 24              # a 32-byte aligned fake device address (never dereferenced here)
@@ -237,11 +237,7 @@ def test_repeated_npu_calls_with_views_match_the_reference(no_leaks):
     result matches NumPy's; a differently strided call afterwards is still right."""
     p = make_problem(seed=71, n2=1, g=2, mode=3, q_lens=(10, 6), kv_lens=(10, 6))
     ref = p.grads("numpy")
-    d = p.q.shape[2]
-    qkv = FakeNpuTensor.from_numpy(np.concatenate([p.q, p.qr], axis=-1))
-    kk = FakeNpuTensor.from_numpy(np.concatenate([p.k, p.kr], axis=-1))
-    q, qr = qkv.slice_last(0, d), qkv.slice_last(d, qkv.shape[-1])
-    k, kr = kk.slice_last(0, d), kk.slice_last(d, kk.shape[-1])
+    (q, qr, k, kr), (qkv, kk) = rope_views(p)
     v, dy = FakeNpuTensor.from_numpy(p.v), FakeNpuTensor.from_numpy(p.dy)
     kw = p.kwargs()
     for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
