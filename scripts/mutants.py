@@ -485,6 +485,21 @@ MUTANTS = [
            "                    ints[3], ints[4], ints[5])", "                    ints[4], ints[3], ints[5])",
            "the short path's signature differs from the one the first call stored: every step "
            "runs phase 1 again", CACHE_T),
+    Mutant("acl-const-off", "acl", A + "op.py",
+           '            if cache and type(inputs.get("atten_mask")) is np.ndarray:',
+           '            if False and type(inputs.get("atten_mask")) is np.ndarray:',
+           "every numpy-in call uploads the package's 4 MiB compressed mask again",
+           ("tests/acl/test_constants.py",)),
+    Mutant("acl-const-any-rank", "acl", A + "constants.py",
+           "    if type(mask) is not np.ndarray or mask.ndim != 2 or not masks.is_package_mask(mask):",
+           "    if type(mask) is not np.ndarray or not masks.is_package_mask(mask):",
+           "a 4-D view of the mask is replaced by the 2-D device copy (another tensor rank "
+           "than the caller passed)", ("tests/acl/test_constants.py",)),
+    Mutant("acl-const-writable", "acl", A + "constants.py",
+           "    if type(mask) is not np.ndarray or mask.ndim != 2 or not masks.is_package_mask(mask):",
+           "    if type(mask) is not np.ndarray or mask.ndim != 2 or mask.shape != (2048, 2048):",
+           "a caller's writable mask is replaced by the copy of the package's (its own content "
+           "ignored)", ("tests/acl/test_constants.py",)),
     Mutant("acl-cache-no-bound", "acl", A + "exec_cache.py",
            "    if _count > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
            "the executor cache grows without bound", CACHE_T),

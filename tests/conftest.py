@@ -56,15 +56,18 @@ def _collect_then_freeze_older_objects():
 
 @pytest.fixture(autouse=True)
 def _empty_executor_cache():
-    """Each test starts and ends with an empty executor cache (aclnn_fag/acl/exec_cache.py),
-    so that no test depends on which executors an earlier one left behind."""
-    cache = sys.modules.get("aclnn_fag.acl.exec_cache")
-    if cache is not None:
-        cache.clear()
+    """Each test starts and ends with an empty executor cache (aclnn_fag/acl/exec_cache.py)
+    and no device copy of the compressed mask (aclnn_fag/acl/constants.py), so that no test
+    depends on what an earlier one left behind."""
+    for name in ("aclnn_fag.acl.exec_cache", "aclnn_fag.acl.constants"):
+        cache = sys.modules.get(name)
+        if cache is not None:
+            cache.clear()
     yield
-    cache = sys.modules.get("aclnn_fag.acl.exec_cache")
-    if cache is not None:
-        cache.clear()
+    for name in ("aclnn_fag.acl.exec_cache", "aclnn_fag.acl.constants"):
+        cache = sys.modules.get(name)
+        if cache is not None:
+            cache.clear()
 
 
 @pytest.hookimpl(optionalhook=True)

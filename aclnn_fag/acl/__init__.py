@@ -15,6 +15,8 @@ Importing this package never fails and never loads a library; the first use does
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
 * :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature
   (phase 1 once per signature; ``ACLNN_FAG_EXECUTOR_CACHE``, :func:`clear_executor_cache`);
+* :mod:`.constants` — one device copy per device of the package's compressed mask
+  (:func:`release_constants`);
 * :mod:`.ownership` — interrupt-safe ownership of native handles (claims taken atomically
   with each create, SIGINT deferred across create-and-own; docs/faults.md).
 
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import exec_cache, loader, ownership, prototypes, runtime, versions
+from . import constants, exec_cache, loader, ownership, prototypes, runtime, versions
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
 from .plan import FagExecutor, FagPlan
@@ -52,7 +54,7 @@ __all__ = [
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
     "stand_in", "STAND_IN_LABEL",
     "ownership", "RETRY_BACKOFF_MIN", "RETRY_BACKOFF_MAX", "clear_executor_cache",
-    "exec_cache",
+    "exec_cache", "release_constants", "constants",
 ]
 
 
@@ -60,6 +62,13 @@ def clear_executor_cache() -> int:
     """Destroy every executor the public calls keep for reuse (:mod:`.exec_cache`), with its
     aclTensors and aclIntArrays; returns how many there were. ``shutdown()`` does this too."""
     return exec_cache.clear()
+
+
+def release_constants() -> int:
+    """Free the device copies of the package's compressed mask (:mod:`.constants`; 4 MiB per
+    device and dtype, made by the first numpy-in call that passes it); returns how many there
+    were. ``shutdown()`` does this too."""
+    return constants.clear()
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
-from . import exec_cache, ownership, runtime
+from . import constants, exec_cache, ownership, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, call_memory
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
@@ -278,6 +278,11 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             dev_inputs: Dict[str, Optional[DeviceArray]] = {}
             dev_outputs: Dict[str, Optional[DeviceArray]] = {}
             host_names, to_make = [], []
+            if cache and type(inputs.get("atten_mask")) is np.ndarray:
+                # the package's own compressed mask: one device copy per device (.constants)
+                shared = constants.package_mask(inputs["atten_mask"], dev)
+                if shared is not None:
+                    inputs = dict(inputs, atten_mask=shared)
             for name in op.inputs:
                 arr = inputs.get(name)
                 if isinstance(arr, DeviceArray):

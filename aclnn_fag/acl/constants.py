@@ -1,0 +1,79 @@
+"""Device copies of the package's immutable host arrays, uploaded once per device.
+
+The compressed causal mask of sparse modes 2/3/4/7/8 is 2048 x 2048 bytes (4 MiB), the same
+for every call. When a public call passes the package's own read-only mask
+(``aclnn_fag.masks.compressed_causal_mask()``, recognised by ``masks.is_package_mask``
+without reading it), the call uses one device copy of it made by the first such call
+instead of uploading 4 MiB every time. The array can never change (a read-only view of a
+buffer only the package holds), so the copy cannot go stale; a writable mask, even one
+with the same content, is uploaded by every call as before.
+
+One copy per (dtype, device, ACL context record): a context found reset by other code
+gets a new copy. :func:`clear` frees the copies; ``acl.shutdown()`` does too. Calls only
+read the copy (it is an input of the op).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, Optional
+
+import numpy as np
+
+from .. import masks
+from . import runtime
+from .device import DeviceArray, upload_arrays
+
+__all__ = ["package_mask", "clear", "size"]
+
+_lock = threading.Lock()
+_copies: Dict[tuple, DeviceArray] = {}
+
+
+def package_mask(mask, dev: int) -> Optional[DeviceArray]:
+    """The device copy of ``mask`` when it is the package's own 2-D compressed mask (made
+    now if this device and context have none yet), else None. Call after
+    ``runtime.ensure_device(dev)``."""
+    if type(mask) is not np.ndarray or mask.ndim != 2 or not masks.is_package_mask(mask):
+        return None
+    key = (mask.dtype.str, dev, runtime.current_context_record())
+    da = _copies.get(key)
+    if da is not None and not da.buffer.closed:
+        return da
+    with _lock:
+        da = _copies.get(key)
+        if da is None or da.buffer.closed:
+            for old in [k for k in _copies if k[:2] == key[:2]]:
+                del _copies[old]            # another context's copy: freed when unused
+            da = upload_arrays([mask], dev)[0]
+            _copies[key] = da
+    return da
+
+
+def clear() -> int:
+    """Free every device copy; returns how many there were."""
+    with _lock:
+        copies = list(_copies.values())
+        _copies.clear()
+    for da in copies:
+        try:
+            da.buffer.free()
+        except Exception:
+            pass
+    return len(copies)
+
+
+def size() -> int:
+    return len(_copies)
+
+
+def _forget_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _copies.clear()             # the parent's device memory: never freed here
+
+
+runtime.on_shutdown(clear)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
