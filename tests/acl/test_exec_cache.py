@@ -16,6 +16,7 @@ import aclnn_fag.acl as acl
 from aclnn_fag.acl import exec_cache, prototypes
 from aclnn_fag.validate import validate_backward
 from acl_cases import make_problem
+from test_streams import caller_stream  # noqa: F401 (fixture)
 
 ENV = exec_cache.ENV_CAPACITY
 
@@ -305,14 +306,6 @@ def test_raw_calls_are_never_cached(no_leaks):
     assert _stat("phase1") == 2 and _stat("cache_hits") == 0 and exec_cache.size() == 0
 
 
-def _stream():
-    from ctypes import byref, c_void_p
-    b = acl.runtime.ensure_device(0)
-    h = c_void_p()
-    assert b.aclrtCreateStream(byref(h)) == 0
-    return h.value
-
-
 def _device_call(prob):
     arrays = [acl.DeviceArray.from_numpy(x) for x in (prob.q, prob.qr, prob.k, prob.kr, prob.v,
                                                       prob.dy)]
@@ -327,44 +320,40 @@ def _device_call(prob):
 
 
 @pytest.mark.parametrize("fail", [None, "phase2", "setter"])
-def test_the_short_path_of_a_step_on_a_callers_stream(fail, monkeypatch, no_leaks):
+def test_the_short_path_of_a_step_on_a_callers_stream(fail, monkeypatch, no_leaks,
+                                                     caller_stream):  # noqa: F811
     """Device arrays, given outputs, stream=: a hit is signature + repoint + phase 2 only
     (op.py _launch_cached), with new data read from the new buffers; a failed phase 2
     destroys the entry, a failed setter falls back to phase 1."""
     a = make_problem(seed=30, q_lens=(6, 5), n2=2, g=2, mode=3)
     b = make_problem(seed=31, q_lens=(6, 5), n2=2, g=2, mode=3)
     want_b = _uncached(monkeypatch, lambda: b.grads("npu"))
-    stream = _stream()
-    try:
-        call_a, outs_a = _device_call(a)
-        acl.run_backward(call_a, keep_on_device=True, stream=stream, outputs=outs_a)
-        call_b, outs_b = _device_call(b)
-        acl.reset_stats()
-        if fail == "phase2":
-            no_leaks.inject(prototypes.PHASE2, 0, 361001)
-            with pytest.raises(af.AclnnError):
-                acl.run_backward(call_b, keep_on_device=True, stream=stream, outputs=outs_b)
-            assert exec_cache.size() == 0 and _stat("cache_hits") == 1
-            assert no_leaks.counters(keep_cache=True)["executors"] == 0
-            return
-        if fail == "setter":
-            no_leaks.inject("aclSetOutputTensorAddr", 0, 161002)
-        else:
-            # a hit never reaches the general path (its signature matches the stored one)
-            from aclnn_fag.acl import op as op_module
+    call_a, outs_a = _device_call(a)
+    acl.run_backward(call_a, keep_on_device=True, stream=caller_stream, outputs=outs_a)
+    call_b, outs_b = _device_call(b)
+    acl.reset_stats()
+    if fail == "phase2":
+        no_leaks.inject(prototypes.PHASE2, 0, 361001)
+        with pytest.raises(af.AclnnError):
+            acl.run_backward(call_b, keep_on_device=True, stream=caller_stream, outputs=outs_b)
+        assert exec_cache.size() == 0 and _stat("cache_hits") == 1
+        assert no_leaks.counters(keep_cache=True)["executors"] == 0
+        return
+    if fail == "setter":
+        no_leaks.inject("aclSetOutputTensorAddr", 0, 161002)
+    else:
+        # a hit never reaches the general path (its signature matches the stored one)
+        from aclnn_fag.acl import op as op_module
 
-            def general(*a, **k):
-                raise AssertionError("the general path ran for a cache hit")
-            monkeypatch.setattr(op_module, "_execute_op", general)
-        got = acl.run_backward(call_b, keep_on_device=True, stream=stream, outputs=outs_b)
-        assert [g is o for g, o in zip(got, outs_b.values())] == [True] * 5
-        assert _stat("phase1") == (1 if fail else 0)
-        assert _stat("cache_hits") == (0 if fail else 1)
-        assert acl.runtime.api().aclrtSynchronizeStream(stream) == 0
-        _same([g.numpy() for g in got], want_b)
-    finally:
-        acl.runtime.release_stream_workspace(stream)
-        acl.runtime.api().aclrtDestroyStream(stream)
+        def general(*a, **k):
+            raise AssertionError("the general path ran for a cache hit")
+        monkeypatch.setattr(op_module, "_execute_op", general)
+    got = acl.run_backward(call_b, keep_on_device=True, stream=caller_stream, outputs=outs_b)
+    assert [g is o for g, o in zip(got, outs_b.values())] == [True] * 5
+    assert _stat("phase1") == (1 if fail else 0)
+    assert _stat("cache_hits") == (0 if fail else 1)
+    assert acl.runtime.api().aclrtSynchronizeStream(caller_stream) == 0
+    _same([g.numpy() for g in got], want_b)
 
 
 def test_a_foreign_device_reset_retires_every_cached_executor(monkeypatch, no_leaks):
