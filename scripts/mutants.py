@@ -458,10 +458,8 @@ MUTANTS = [
            "        return value",
            "scale_value -0.0 runs the executor made for 0.0", CACHE_T),
     Mutant("acl-cache-key-strides", "acl", A + "exec_cache.py",
-           "                 tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset,\n"
-           "                                                a.buffer.nbytes) for a in inputs]),",
-           "                 tuple([None if a is None else (a.shape, a.dtype, a.offset,\n"
-           "                                                a.buffer.nbytes) for a in inputs]),",
+           "    return tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)",
+           "    return tuple([None if a is None else (a.shape, a.dtype, a.offset, a.buffer.nbytes)",
            "a strided view runs the executor made for a contiguous array", CACHE_T),
     Mutant("acl-cache-keep-failed", "acl", A + "op.py",
            "                if exc_type is None:\n                    exec_cache.give(",
@@ -472,11 +470,11 @@ MUTANTS = [
            "        with ownership.atomic():\n            exec_cache.give(key, entry, cap)\n        raise",
            "on a caller's stream, an executor whose phase 2 failed is kept for the next step",
            CACHE_T),
-    Mutant("acl-cache-short-no-repoint", "acl", A + "op.py",
-           "        if not entry.repoint(b, [a for a in in_list if a is not None],",
-           "        if False and not entry.repoint(b, [a for a in in_list if a is not None],",
-           "a step on a caller's stream runs the cached executor on the previous step's buffers",
-           CACHE_T),
+    Mutant("acl-cache-take-no-repoint", "acl", A + "exec_cache.py",
+           "        ok = entry.repoint(b, [a for a in inputs if a is not None],",
+           "        ok = True or entry.repoint(b, [a for a in inputs if a is not None],",
+           "a cache hit (a public call, or a step on a caller's stream) runs the cached executor "
+           "on the previous call's buffers", CACHE_T),
     Mutant("acl-cache-after-reset", "acl", A + "runtime.py",
            "            _context_epoch += 1", "            _context_epoch += 0",
            "after someone else's aclrtResetDevice, calls run executors made in the destroyed "

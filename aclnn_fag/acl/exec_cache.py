@@ -41,7 +41,8 @@ from typing import List, Optional, Tuple
 from . import ownership, runtime
 from ._status import recent_message
 
-__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature", "take", "give",
+__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature", "take",
+           "take_repointed", "give",
            "discard", "clear", "size", "CachedExecutor"]
 
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
@@ -99,10 +100,14 @@ def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: t
     ctx = runtime.current_context_record()
     return _Key((op_name, dev, ctx, deterministic,
                  (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
-                 tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset,
-                                                a.buffer.nbytes) for a in inputs]),
-                 tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset,
-                                                a.buffer.nbytes) for a in outputs])))
+                 _array_keys(inputs), _array_keys(outputs)))
+
+
+def _array_keys(arrays: list) -> tuple:
+    """What phase 1 sees of each tensor slot but its address: NULL, or shape, strides,
+    dtype, element offset and the storage size."""
+    return tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)
+                  for a in arrays])
 
 
 class _Key:
@@ -177,15 +182,38 @@ def take(key: tuple) -> Optional[CachedExecutor]:
     global _count
     with _lock:
         entries = _idle.get(key)
-        while entries:
-            entry = entries.pop()
+        found = None
+        while entries and found is None:
+            entry = entries.pop()           # a released one (shutdown) is dropped
             _count -= 1
-            if not entries:
-                del _idle[key]
             if entry.alive:
-                return entry
-            entries = _idle.get(key)
-    return None
+                found = entry
+        if entries is not None and not entries:
+            del _idle[key]
+    return found
+
+
+def take_repointed(key: tuple, b, inputs: list, outputs: list) -> Optional[CachedExecutor]:
+    """:func:`take`, then the entry's tensors pointed at ``inputs`` / ``outputs`` (a
+    DeviceArray or None per slot, in parameter order): the entry ready for phase 2, or None
+    (no entry, or an address setter failed: that entry is destroyed and the caller runs
+    phase 1). An error while repointing (a freed buffer) destroys the entry too."""
+    with ownership.atomic():
+        entry = take(key)
+    if entry is None:
+        return None
+    try:
+        ok = entry.repoint(b, [a for a in inputs if a is not None],
+                           [a for a in outputs if a is not None])
+    except BaseException:
+        with ownership.atomic():
+            discard(entry)
+        raise
+    if not ok:
+        with ownership.atomic():
+            discard(entry)
+        return None
+    return entry
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:

@@ -310,22 +310,15 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             in_list = [dev_inputs.get(name) for name in op.inputs]
             out_list = [dev_outputs[name] for name in op.outputs]
             # ---- a cached executor for this signature (acl/exec_cache.py), repointed
-            checkout = _Checkout()
-            checkout.cap = cache_cap
+            checkout = _Checkout(cache_cap)
             if use_cache:
                 checkout.key = exec_cache.signature(
                     op.phase1, dev, bool(deterministic), attr_values,
                     tuple(int_arrays[n] for n in op.int_arrays), in_list, out_list)
-                with ownership.atomic():
-                    checkout.entry = exec_cache.take(checkout.key)
                 stack.push(checkout.settle)        # back into the cache, or destroyed on error
-                if checkout.entry is not None:
-                    with timer("marshal"):
-                        if not checkout.entry.repoint(b, [a for a in in_list if a is not None],
-                                                      [a for a in out_list if a is not None]):
-                            with ownership.atomic():
-                                entry, checkout.entry = checkout.entry, None
-                                exec_cache.discard(entry)
+                with timer("marshal"):
+                    checkout.entry = exec_cache.take_repointed(checkout.key, b, in_list,
+                                                               out_list)
             entry = checkout.entry
             if entry is not None:
                 runtime._count("cache_hits")
@@ -457,8 +450,8 @@ class _Checkout:
 
     __slots__ = ("key", "entry", "new", "cap")
 
-    def __init__(self) -> None:
-        self.cap = None
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
         self.key = None
         self.entry = None
         self.new = None
@@ -528,16 +521,10 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
     key = exec_cache.signature(op.phase1, dev, bool(call.deterministic), attr_values,
                                tuple(int_values), in_list, out_list)
     handle = runtime.resolve_stream(stream)
-    with ownership.atomic():
-        entry = exec_cache.take(key)
+    entry = exec_cache.take_repointed(key, b, in_list, out_list)
     if entry is None:
         return False
     try:
-        if not entry.repoint(b, [a for a in in_list if a is not None],
-                             [a for a in out_list if a is not None]):
-            with ownership.atomic():
-                exec_cache.discard(entry)
-            return False
         size = entry.workspace_size
         ws = runtime.stream_workspace(dev, handle, size) if size > 0 else None
         rc = getattr(b, op.phase2)(c_void_p(None if ws is None else ws.ptr), c_uint64(size),
@@ -569,15 +556,7 @@ def _attr_values_of(call) -> tuple:
         else:
             return (sv, kp, ints[0], ints[1], ints[2], layout.encode("utf-8", "surrogatepass"),
                     ints[3], ints[4], ints[5])
-    return (_double_attr("scale_value", call.scale_value),
-            _double_attr("keep_prob", call.keep_prob),
-            _int64_attr("pre_tokens", call.pre_tokens),
-            _int64_attr("next_tokens", call.next_tokens),
-            _int64_attr("head_num", call.head_num),
-            _layout_arg(call.input_layout),
-            _int64_attr("inner_precise", call.inner_precise),
-            _int64_attr("sparse_mode", call.sparse_mode),
-            _int64_attr("pse_type", call.pse_type))
+    return _attr_values(_attrs(call))
 
 
 def _attrs(call) -> dict:
