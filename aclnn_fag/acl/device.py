@@ -212,17 +212,12 @@ class DeviceArray:
             device_id = operator.index(device_id)
             if device_id < 0:
                 raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
-            shape, unit, span, isz = geom
+            isz = geom[3]
             if ptr <= 0:
                 raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
             if ptr % isz:
                 raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
-            offset = (ptr % _BASE_ALIGN) // isz
-            self = object.__new__(cls)
-            self.buffer = ForeignBuffer(ptr - ptr % _BASE_ALIGN, (offset + span) * isz,
-                                        device_id, owner)
-            self.shape, self.dtype, self.offset, self.strides = shape, dt, offset, unit
-            return self
+            return _foreign(ptr, dt, geom, device_id, owner)
         key = (shape, strides, dt)
         if dt not in ACL_DTYPES:
             acl_dtype(dt)               # TypeError for an unsupported dtype
@@ -248,19 +243,12 @@ class DeviceArray:
             raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
         if ptr % isz:
             raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
-        base = ptr - ptr % _BASE_ALIGN
-        offset = (ptr - base) // isz
         span = sum(map(operator.mul, shape, kept)) - sum(kept) + 1    # sum((d - 1) * s) + 1
-        buf = ForeignBuffer(base, (offset + span) * isz, device_id, owner)
-        # every invariant of __init__ holds by construction (non-negative strides, the view
-        # inside the buffer): set the fields directly (this runs per tensor per call)
-        self = object.__new__(cls)
-        self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, offset
-        self.strides = strides if kept is strides else _unit_strides(shape, kept)
+        geom = (shape, strides if kept is strides else _unit_strides(shape, kept), span, isz)
         if len(_GEOMETRY) >= _GEOMETRY_MAX:
             _GEOMETRY.clear()
-        _GEOMETRY[key] = (shape, self.strides, span, isz)
-        return self
+        _GEOMETRY[key] = geom
+        return _foreign(ptr, dt, geom, device_id, owner)
 
     # ---- properties
     @property
@@ -404,6 +392,19 @@ def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> Devi
     if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
             or device_id < 0 or ptr % isz):
         return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
+    return _foreign(ptr, dtype, (checked, unit, span, isz), device_id, owner)
+
+
+_new = object.__new__
+
+
+def _foreign(ptr: int, dtype: np.dtype, geom: tuple, device_id: int, owner) -> DeviceArray:
+    """The view over foreign memory at ``ptr`` for a checked geometry (shape, unit strides,
+    span in elements, item size) and a checked address and device: a ForeignBuffer from the
+    32-byte aligned base at or below ``ptr``, the element offset to ``ptr``. Every invariant
+    of DeviceArray.__init__ holds by construction (non-negative strides, the view inside the
+    buffer): the fields are set directly (this runs per tensor per call)."""
+    shape, unit, span, isz = geom
     rem = ptr % _BASE_ALIGN
     offset = rem // isz
     buf = _new(ForeignBuffer)       # ForeignBuffer.__init__'s fields, already normalised
@@ -411,16 +412,13 @@ def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> Devi
     buf.nbytes = (offset + span) * isz
     buf.ptr = ptr - rem
     buf.owner = owner                # (_forgotten: the class's False until released)
-    self = _new(DeviceArray)        # every invariant of __init__ holds (checked geometry)
+    self = _new(DeviceArray)
     self.buffer = buf
-    self.shape = checked
+    self.shape = shape
     self.dtype = dtype
     self.offset = offset
     self.strides = unit
     return self
-
-
-_new = object.__new__
 
 
 # ----------------------------------------------------------------------------- upload planner
