@@ -79,7 +79,7 @@ def resolve_backend(backend: str = "auto", precision: str = "device") -> str:
     if backend == "auto":
         if precision != "device":
             return "numpy"
-        from . import acl
+        acl = _acl()
         status = acl.availability()
         if status.ok:
             return "npu"
@@ -200,7 +200,7 @@ def flash_attention_unpadding_score_grad_v3(
         with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
             grads = attention_backward(call, precision)
     else:
-        from . import acl
+        acl = _acl()
         grads = acl.run_backward(call, stream=stream)
     if kind == operands.TORCH:
         grads = FagGrads(*(operands.to_torch(g) for g in grads))
@@ -243,7 +243,7 @@ def _call_setup(kind, query, backend, precision, check_data, stream):
     if check_data is None:
         check_data = not (on_device and stream is not None)
     elif check_data and on_device and stream is not None:
-        from .acl import runtime
+        runtime = _acl().runtime
         runtime.synchronize_stream(stream, query.device_id)   # the data must be ready
     return on_device, name, check_data
 
@@ -318,7 +318,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
         _last.name = name
         return _device_run().run_forward_on_device(call, kind, query, stream)
     if name == "npu" and backend != "npu":
-        from . import acl
+        acl = _acl()
         if not acl.forward_available():
             # "auto" on a CANN without the forward op: the NumPy forward, said once
             _warn_fallback(_NoForward())
@@ -330,7 +330,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
         with blas.capped():
             out = attention_forward(call, precision)
     else:
-        from . import acl
+        acl = _acl()
         out = acl.run_forward(call, stream=stream)
     if kind == operands.TORCH:
         out = FagForward(*(operands.to_torch(x) for x in out))

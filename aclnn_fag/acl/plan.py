@@ -17,9 +17,9 @@ Fallbacks (never an error):
 The input index passed to the address setters is the position among the **non-NULL**
 tensor inputs in parameter order (query, queryRope, keyIn, keyInRope, value, dy,
 pseShift, dropMask, paddingMask, attenMask, softmaxMax, softmaxSum, softmaxIn,
-attentionIn), the outputs likewise (dq, dqRope, dk, dkRope, dv, dpse) — how the real
-library counts NULL optional inputs is unverified (docs/abi.md §2b); pass
-``repoint=False`` to always rebuild instead.
+attentionIn), the outputs likewise (dq, dqRope, dk, dkRope, dv, dpse). This op's
+executor ignores the index and reads the address stored in the aclTensor (docs/abi.md
+§2b); pass ``repoint=False`` to always rebuild instead.
 
 Results never alias (``aclnn_fag.acl.results``): each run returns new DeviceArray
 objects; an output the plan allocated is handed to the caller when a result of it is still

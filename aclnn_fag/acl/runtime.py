@@ -336,6 +336,7 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
     noticed. ``check_context=False`` trusts the record: for the steps of one operation that
     follow its checked ensure_device (stream lookup, determinism hold), which would
     otherwise pay the query again."""
+    global _context_epoch
     st = initialise()
     dev = resolve_device(device_id)
     op = getattr(_tls, "op", None)
@@ -344,7 +345,6 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
         if recorded == dev:
             # the context this package made current was reset by someone else: objects tied
             # to contexts (cached executors) made before now are never used again
-            global _context_epoch
             _context_epoch += 1
         check_device_count(st.b, dev, _device_source(device_id))
         rc = st.b.aclrtSetDevice(dev)
