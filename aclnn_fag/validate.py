@@ -675,7 +675,8 @@ _batch_keep = functools.lru_cache(maxsize=1024)(batch_keep)
 def _fits(m, l, lse) -> bool:
     """max + log(sum) equals ``lse`` within 1e-3 relative; False for a sum <= 0 or NaN and a
     lse that is not finite -- and for an infinite or NaN max or sum, through the arithmetic
-    (inf or NaN is never within the finite tolerance)."""
+    (inf or NaN is never within the finite tolerance). The device sample's criterion; the
+    host loop of ``_check_stats_layout`` applies the same with one tolerance per row."""
     m, l = float(m), float(l)
     if not (l > 0 and math.isfinite(lse)):
         return False

@@ -307,7 +307,8 @@ MUTANTS = [
     Mutant("val-s9-fit-tolerance", "validate", V,
            "    return abs(m + math.log(l) - lse) <= 1e-3 * max(1.0, abs(lse))",
            "    return abs(m + math.log(l) - lse) <= 1e3 * max(1.0, abs(lse))",
-           "S9: every reading fits, token-major statistics accepted"),
+           "S9 (device arrays, sampled): every reading fits, token-major statistics accepted",
+           ("tests/acl/test_device_tensors.py",)),
     # S9's sampled rows recomputed together (aclnn_fag/row_lse.py)
     Mutant("val-s9-row-pairing", "validate", RL,
            "        np.matmul(both[f:f + n], both[r], out=scores[o:o + n])",
