@@ -3,8 +3,9 @@
 Shared by the host variant (``validate``) and the bounded device sample
 (``device_checks``): float32 operands and scores, as the device computes them
 (``scale * (q·k + qr·kr)``: the dot product rounded to float32, then scaled in float32), and the
-reductions in float64. Several rows are computed and reduced together: checking a few rows
-costs a few numpy operations, not a Python loop per row and per key chunk.
+reductions in float64. Several rows are gathered, widened and reduced together: checking a
+few rows costs a few numpy operations and one matrix-vector product per row, not a Python
+loop per row and per key chunk.
 """
 
 from __future__ import annotations
