@@ -73,7 +73,7 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     rows' keys one after the other, a row split where a chunk ends). Either way the
     temporaries stay bounded by ``chunk`` keys and the scores are reduced ``_LSE_GROUP`` at
     a time; the scores of all rows are kept (float32, one per kept key)."""
-    counts = [keys[1] - keys[0] if type(keys) is tuple else len(keys) for *_, keys in rows]
+    counts = [keys[1] - keys[0] if type(keys) is tuple else len(keys) for _, _, _, keys in rows]
     arrays = (q, qr, k, kr)
     if q.dtype == _BF16 and qr.dtype == _BF16 and k.dtype == _BF16 and kr.dtype == _BF16:
         arrays = (q.view(_U16), qr.view(_U16), k.view(_U16), kr.view(_U16))   # widened once
@@ -81,10 +81,10 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     pieces, first, gathered = _union(rows)
     if gathered <= chunk:             # the common case: every key in one gather
         both = _widened(arrays, rows, pieces, gathered)
-        f, o = len(rows), 0
+        f, o, dot = len(rows), 0, np.dot
         for r, n in enumerate(counts):          # each row's keys: one matrix-vector product
             g = f + first[r]
-            np.matmul(both[g:g + n], both[r], out=scores[o:o + n])
+            dot(both[g:g + n], both[r], scores[o:o + n])
             o += n
         scores *= scale32
         return _reduced(scores, counts)
@@ -129,9 +129,13 @@ def _union(rows):
     head merged where they overlap or touch, an index array on its own -- the total count,
     and per row the position of its first key among the gathered keys."""
     first = [0] * len(rows)
-    pieces = []
-    spans = sorted((n2, keys[0], keys[1], r) for r, (_, _, n2, keys) in enumerate(rows)
-                   if type(keys) is tuple)
+    pieces, spans, masked = [], [], []
+    for r, (_, _, n2, keys) in enumerate(rows):
+        if type(keys) is tuple:
+            spans.append((n2, keys[0], keys[1], r))
+        else:
+            masked.append(r)
+    spans.sort()
     total = 0
     head = a0 = e0 = None
     for n2, a, e, r in spans:
@@ -146,11 +150,11 @@ def _union(rows):
     if head is not None:
         pieces.append((slice(a0, e0), head, e0 - a0))
         total += e0 - a0
-    for r, (_, _, n2, keys) in enumerate(rows):
-        if type(keys) is not tuple:
-            first[r] = total
-            pieces.append((keys, n2, len(keys)))
-            total += len(keys)
+    for r in masked:
+        _, _, n2, keys = rows[r]
+        first[r] = total
+        pieces.append((keys, n2, len(keys)))
+        total += len(keys)
     return pieces, first, total
 
 
@@ -163,8 +167,15 @@ def _widened(arrays, rows, pieces, gathered):
     bits = q.dtype == _U16
     both = np.empty((len(rows) + gathered, d + qr.shape[2]), np.uint32 if bits else np.float32)
     f = len(rows)
-    both[:f, :d] = _query_rows(q, rows)
-    both[:f, d:] = _query_rows(qr, rows)
+    if q.flags.c_contiguous and qr.flags.c_contiguous:    # one row index into [T*N, width]
+        n = q.shape[1]
+        at = [t * n + h for t, h, _, _ in rows]
+        both[:f, :d] = q.reshape(-1, d).take(at, axis=0)
+        both[:f, d:] = qr.reshape(-1, qr.shape[2]).take(at, axis=0)
+    else:
+        ts, hs = [t for t, _, _, _ in rows], [h for _, h, _, _ in rows]
+        both[:f, :d] = q[ts, hs]
+        both[:f, d:] = qr[ts, hs]
     for tokens, n2, n in pieces:
         both[f:f + n, :d] = k[tokens, n2]
         both[f:f + n, d:] = kr[tokens, n2]
@@ -173,14 +184,6 @@ def _widened(arrays, rows, pieces, gathered):
         both <<= 16
         return both.view(np.float32)
     return both
-
-
-def _query_rows(a, rows):
-    """a[t, h] of each row (query token t, head h) as one [len(rows), width] array."""
-    if a.flags.c_contiguous:          # one row index into the [T*N, width] view
-        n = a.shape[1]
-        return a.reshape(-1, a.shape[2])[[t * n + h for t, h, *_ in rows]]
-    return a[[t for t, *_ in rows], [h for _, h, *_ in rows]]
 
 
 def _score(arrays, rows, pieces, scores) -> None:

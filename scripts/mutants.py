@@ -332,8 +332,8 @@ MUTANTS = [
     # the sampled rows' keys gathered once per key head (row_lse._union), then one
     # matrix-vector product per row; the host verdict's inline fits; S8's word comparison
     Mutant("val-s9-union-row-pairing", "validate", RL,
-           "            np.matmul(both[g:g + n], both[r], out=scores[o:o + n])",
-           "            np.matmul(both[g:g + n], both[0], out=scores[o:o + n])",
+           "            dot(both[g:g + n], both[r], scores[o:o + n])",
+           "            dot(both[g:g + n], both[0], scores[o:o + n])",
            "S9 (keys gathered once): every sampled row scored with the first query row", S9_T),
     Mutant("val-s9-union-first", "validate", RL, "        first[r] = total + a - a0\n",
            "        first[r] = total\n",
