@@ -16,6 +16,8 @@ import numbers
 
 import numpy as np
 
+from ._address import data_address
+
 __all__ = ["COMPRESSED_SIZE", "compressed_causal_mask", "is_canonical_compressed", "band_mask",
            "causal_mask", "is_package_mask"]
 
@@ -68,8 +70,7 @@ def is_package_mask(mask) -> bool:
     root = mask
     while isinstance(root, np.ndarray) and root.base is not None:
         root = root.base
-    return (root is raw and mask.__array_interface__["data"][0] == addr
-            and mask.strides == view.strides)
+    return root is raw and data_address(mask) == addr and mask.strides == view.strides
 
 
 _CANONICAL_U8 = None

@@ -35,6 +35,7 @@ from typing import Dict, Optional
 
 from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
                       ResourceReleaseWarning, error_class_for)
+from .. import _env
 from . import loader, ownership
 from ._status import check, recent_message, status_error
 
@@ -236,7 +237,7 @@ def resolve_device(device_id: Optional[int] = None) -> int:
         return device_id                # the common case, first
     source = _device_source(device_id)
     if device_id is None:
-        text = os.environ.get(ENV_DEVICE, "").strip()
+        text = (_env.get(ENV_DEVICE) or "").strip()
         if not text:
             return 0
         try:
