@@ -85,7 +85,6 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
     if cap == 0 or nbytes > cap:
         return ArenaBuffer(nbytes, device_id)   # not kept (pool_key None): give() frees it
     key = (device_id, runtime.current_context_record())
-    stale = []
     with _lock:
         found = None
         entries = _idle.get(key)
@@ -95,11 +94,12 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
                     found = i
             if found is not None:
                 found = entries.pop(found)
-        for k in [k for k in _idle if k[0] == device_id and k != key]:
-            stale += _idle.pop(k)               # another context's: never handed out again
-    _drop(stale)
     if found is not None and not found.closed:
         return found
+    with _lock:
+        stale = [a for k in [k for k in _idle if k[0] == device_id and k != key]
+                 for a in _idle.pop(k)]         # another context's: never handed out again
+    _drop(stale)
     size = min(cap, -(-nbytes // GRAIN) * GRAIN)
     try:
         arena = ArenaBuffer(size, device_id)
@@ -113,11 +113,12 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
 
 def give(arena: ArenaBuffer) -> None:
     """Back after a successful call: kept for the next one (within the limit), or freed
-    (not poolable, too big, or its context is gone). A failed free only warns."""
-    key = getattr(arena, "pool_key", None)
+    (not poolable or too big). A failed free only warns. (An allocation of a context that
+    was reset meanwhile is kept under its old record: :func:`take` never hands it out and
+    frees it when it next allocates on that device.)"""
+    key = arena.pool_key
     cap = limit()
-    if (key is None or arena.closed or arena.nbytes > cap
-            or key != (arena.device_id, runtime.current_context_record())):
+    if key is None or arena.closed or arena.nbytes > cap:
         arena.release("warn")
         return
     dropped = []

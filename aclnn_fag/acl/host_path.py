@@ -46,6 +46,17 @@ _layouts: Dict[tuple, "_Layout"] = {}
 _MAX_LAYOUTS = 256
 
 
+class _MaskSlots(dict):
+    """Input slot names -> the index of ``atten_mask`` among them (-1: none)."""
+
+    def __missing__(self, slots: tuple) -> int:
+        at = self[slots] = slots.index("atten_mask") if "atten_mask" in slots else -1
+        return at
+
+
+_MASK_SLOT = _MaskSlots()
+
+
 class _Layout:
     """Where one shape signature's pieces lie in the call's allocation: the outputs first
     (``zero_end`` bytes, zero-filled), then the inputs, then room for the workspace
@@ -115,7 +126,7 @@ def run(op, call, arrays: list, out_specs: list, device_id: Optional[int], strea
         dev = runtime.resolve_device(device_id)
         runtime.ensure_device(dev if device_id is not None else None)
         handle = runtime.resolve_stream(stream) if stream is not None else runtime.stream(dev)
-        mask_at = op.inputs.index("atten_mask") if "atten_mask" in op.inputs else -1
+        mask_at = _MASK_SLOT[op.inputs]
         shared = None
         if mask_at >= 0 and arrays[mask_at] is not None:
             shared = constants.package_mask(arrays[mask_at], dev)
@@ -173,6 +184,7 @@ def run(op, call, arrays: list, out_specs: list, device_id: Optional[int], strea
                     else:
                         call_pool.discard(buf)
     return results
+
 
 def _signature(op, lay: _Layout, dev: int, deterministic: bool, attr_values: tuple,
                int_values: tuple, shared, mask_at: int):
