@@ -248,12 +248,12 @@ def _take_then(key: tuple, b, repoint) -> Optional[CachedExecutor]:
     return entry
 
 
-def launch(b, phase2: str, key: tuple, entry: CachedExecutor, cap: int, stream: int,
-           workspace_of) -> None:
+def launch(b, phase2: str, entry: CachedExecutor, stream: int, workspace_of) -> None:
     """Phase 2 (the function named ``phase2``) of a repointed entry on ``stream``, with
     ``workspace_of(nbytes)`` giving the workspace's address (asked only for a workspace of
-    more than 0 bytes); then the entry back into the cache. Any failure destroys the entry
-    and propagates (the status code's exception for a failed phase 2)."""
+    more than 0 bytes). Any failure destroys the entry and propagates (the status code's
+    exception for a failed phase 2); after success the caller gives the entry back
+    (:func:`give`) -- or discards it if what follows (its synchronisation) fails."""
     try:
         size = entry.workspace_size
         ws = workspace_of(size) if size > 0 else None
@@ -266,8 +266,6 @@ def launch(b, phase2: str, key: tuple, entry: CachedExecutor, cap: int, stream: 
         with ownership.atomic():
             discard(entry)
         raise
-    with ownership.atomic():
-        give(key, entry, cap)
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:

@@ -168,8 +168,13 @@ def run(op, call, arrays: list, out_specs: list, device_id: Optional[int], strea
                         return ws.ptr
                     if timings is not None:
                         t0, c0 = time.perf_counter(), time.thread_time()
-                    exec_cache.launch(b, op.phase2, key, entry, cap, handle, workspace_of)
-                    check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
+                    exec_cache.launch(b, op.phase2, entry, handle, workspace_of)
+                    try:
+                        check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
+                    except BaseException:
+                        exec_cache.discard(entry)       # as a failed phase 2
+                        raise
+                    exec_cache.give(key, entry, cap)
                     if timings is not None:
                         _add(timings, "phase2", t0, c0)
                 else:       # the general path: its own timings; a caller's stream left to us

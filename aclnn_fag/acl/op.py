@@ -543,8 +543,10 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
     entry = exec_cache.take_repointed(key, b, in_list, out_list)
     if entry is None:
         return False
-    exec_cache.launch(b, op.phase2, key, entry, cap, handle,
+    exec_cache.launch(b, op.phase2, entry, handle,
                       lambda size: runtime.stream_workspace(dev, handle, size).ptr)
+    with ownership.atomic():
+        exec_cache.give(key, entry, cap)
     return True
 
 
