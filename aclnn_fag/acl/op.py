@@ -10,9 +10,12 @@ aclTensors repointed at this call's buffers; no creates, no phase 1, no determin
 or: the determinism option held, aclTensor / aclIntArray creation, phase 1 (the executor
 marked repeatable for the cache); the workspace (only if its size is > 0); phase 2 on the
 stream; the tensors and int arrays destroyed right after phase 2 returns, or kept with
-the repeatable executor in the cache; ``aclrtSynchronizeStream``; D2H copies; every
-buffer freed. ``_launch_cached`` is the short path of a training step (device arrays,
-given outputs, a caller's stream): signature, repoint, phase 2.
+the repeatable executor in the cache; ``aclrtSynchronizeStream``; D2H copies; the
+buffers freed -- or, for the public calls, the ones used only during the call handed back to
+:mod:`.call_pool` for the next call. Two short paths skip most of that:
+``_launch_cached`` for a training step (device arrays, given outputs, a caller's stream:
+signature, repoint, phase 2) and :mod:`.host_path` for calls on C-contiguous host arrays
+(pooled memory, uploads, a cached executor, downloads; the general path on its miss).
 
 Every native handle is owned the moment it exists (:mod:`.ownership`: the create and the
 store of its handle are one atomic step for SIGINT) and registered on a
