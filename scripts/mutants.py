@@ -769,4 +769,14 @@ MUTANTS = [
            "    return _read_pointer(id(a) + _HEADER + 8).value or 0",
            "every upload and download pays ``a.ctypes.data`` again (the fast read is refused "
            "by its own check)", ENV_T),
+    Mutant("acl-host-miss-det", "acl", A + "op.py",
+           "                    dict(zip(op.outputs, out_list)), deterministic=bool(call.deterministic),",
+           "                    dict(zip(op.outputs, out_list)), deterministic=False,",
+           "a public deterministic=True call on host arrays runs phase 1 with determinism off",
+           DET_T),
+    Mutant("acl-host-const-off", "acl", A + "host_path.py",
+           "            shared = constants.package_mask(arrays[mask_at], dev)",
+           "            shared = None",
+           "every numpy-in call uploads the package's 4 MiB compressed mask again",
+           ("tests/acl/test_constants.py",)),
 ]
