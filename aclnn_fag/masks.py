@@ -70,6 +70,7 @@ def is_package_mask(mask) -> bool:
     root = mask
     while isinstance(root, np.ndarray) and root.base is not None:
         root = root.base
+    # the address too: a view made with as_strided could start inside raw and run past it
     return root is raw and data_address(mask) == addr and mask.strides == view.strides
 
 

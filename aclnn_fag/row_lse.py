@@ -3,8 +3,9 @@
 Shared by the host variant (``validate``) and the bounded device sample
 (``device_checks``): float32 operands and scores, as the device computes them
 (``scale * (q·k + qr·kr)``: the dot product rounded to float32, then scaled in float32), and the
-reductions in float64. Several rows are computed and reduced together: checking a few rows
-costs a few numpy operations, not a Python loop per row and per key chunk.
+reductions in float64. Several rows are gathered, widened and reduced together: checking a
+few rows costs a few numpy operations and one matrix-vector product per row, not a Python
+loop per row and per key chunk.
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def segment_lse(scores: np.ndarray, counts: list) -> list:
     offsets = list(accumulate(counts[:-1], initial=0))
     top = np.maximum.reduceat(scores, offsets)
     tops = top.tolist()
+    if all(map(math.isfinite, tops)):     # the common case: float64 differences in one pass
+        s = np.subtract(scores, top.repeat(counts), dtype=np.float64)
+        np.exp(s, out=s)
+        sums = np.add.reduceat(s, offsets).tolist()
+        return [t + math.log(x) for t, x in zip(tops, sums)]
     finite = [math.isfinite(x) for x in tops]
     s = scores.astype(np.float64)
     if all(finite):
@@ -59,22 +65,29 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     (``segment_lse``; NaN when the row's top score is not finite).
 
     ``rows``: [(query token, head, key head, keys)] with keys a (first, end) token range or
-    an index array of key tokens, at least one key. Keys are gathered ``chunk`` at a time
-    (the rows' keys one after the other) and reduced ``_LSE_GROUP`` at a time, so the
-    temporaries stay bounded; the scores of all rows are kept (float32, one per kept key)."""
+    an index array of key tokens, at least one key. When the keys to gather -- the ranges of
+    one key head merged where they overlap or touch (``_union``: in the band modes a batch's
+    sampled rows share most of their keys), each index array on its own -- number at most
+    ``chunk``, they are gathered and widened in one go and each row's scores are one float32
+    matrix-vector product over its keys. Otherwise keys are gathered ``chunk`` at a time (the
+    rows' keys one after the other, a row split where a chunk ends). Either way the
+    temporaries stay bounded by ``chunk`` keys and the scores are reduced ``_LSE_GROUP`` at
+    a time; the scores of all rows are kept (float32, one per kept key)."""
     counts = [keys[1] - keys[0] if type(keys) is tuple else len(keys) for *_, keys in rows]
-    scores = np.empty(sum(counts), np.float32)
     arrays = (q, qr, k, kr)
-    if all(a.dtype == _BF16 for a in arrays):
-        arrays = tuple(a.view(_U16) for a in arrays)      # gathered as bits, widened once
-    total = len(scores)
-    if total <= chunk:                # the common case: every key in one gather
-        offsets = accumulate(counts, initial=0)
-        _score(arrays, rows, [(slice(*keys) if type(keys) is tuple else keys, n2, r, o, n)
-                              for (r, (_, _, n2, keys)), o, n
-                              in zip(enumerate(rows), offsets, counts)], scores)
+    if q.dtype == _BF16 and qr.dtype == _BF16 and k.dtype == _BF16 and kr.dtype == _BF16:
+        arrays = (q.view(_U16), qr.view(_U16), k.view(_U16), kr.view(_U16))   # widened once
+    scores = np.empty(sum(counts), np.float32)
+    pieces, first, gathered = _union(rows)
+    if gathered <= chunk:             # the common case: every key in one gather
+        both = _widened(arrays, rows, pieces, gathered)
+        f, o = len(rows), 0
+        for r, n in enumerate(counts):          # each row's keys: one matrix-vector product
+            g = f + first[r]
+            np.matmul(both[g:g + n], both[r], out=scores[o:o + n])
+            o += n
         scores *= scale32
-        return segment_lse(scores, counts)
+        return _reduced(scores, counts)
     pieces = []                       # (tokens, key head, row, score offset, count)
     fill = off = 0
     for r, (_, _, n2, keys) in enumerate(rows):
@@ -93,15 +106,81 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     if pieces:
         _score(arrays, rows, pieces, scores)
     scores *= scale32
-    out, g0, o0 = [], 0, 0            # reduced a group of rows (<= _LSE_GROUP keys) at a time
-    while g0 < len(rows):
+    return _reduced(scores, counts)
+
+
+def _reduced(scores, counts) -> list:
+    """segment_lse of the rows, a group of rows (<= _LSE_GROUP keys) at a time."""
+    if len(scores) <= _LSE_GROUP:
+        return segment_lse(scores, counts)
+    out, g0, o0 = [], 0, 0
+    while g0 < len(counts):
         g1, n = g0 + 1, counts[g0]
-        while g1 < len(rows) and n + counts[g1] <= _LSE_GROUP:
+        while g1 < len(counts) and n + counts[g1] <= _LSE_GROUP:
             n += counts[g1]
             g1 += 1
         out += segment_lse(scores[o0:o0 + n], counts[g0:g1])
         g0, o0 = g1, o0 + n
     return out
+
+
+def _union(rows):
+    """The keys to gather: [(tokens, key head, count)] -- the (first, end) ranges of one key
+    head merged where they overlap or touch, an index array on its own -- the total count,
+    and per row the position of its first key among the gathered keys."""
+    first = [0] * len(rows)
+    pieces = []
+    spans = sorted((n2, keys[0], keys[1], r) for r, (_, _, n2, keys) in enumerate(rows)
+                   if type(keys) is tuple)
+    total = 0
+    head = a0 = e0 = None
+    for n2, a, e, r in spans:
+        if n2 != head or a > e0:          # a new piece (the previous one is complete)
+            if head is not None:
+                pieces.append((slice(a0, e0), head, e0 - a0))
+                total += e0 - a0
+            head, a0, e0 = n2, a, e
+        elif e > e0:
+            e0 = e
+        first[r] = total + a - a0
+    if head is not None:
+        pieces.append((slice(a0, e0), head, e0 - a0))
+        total += e0 - a0
+    for r, (_, _, n2, keys) in enumerate(rows):
+        if type(keys) is not tuple:
+            first[r] = total
+            pieces.append((keys, n2, len(keys)))
+            total += len(keys)
+    return pieces, first, total
+
+
+def _widened(arrays, rows, pieces, gathered):
+    """float32 [len(rows) + gathered, D + Dr]: the rows' query vectors (q beside qr), then
+    the pieces' keys (k beside kr); bfloat16 bits are written into 32-bit words and moved to
+    their top half in one pass (exactly the float32 values)."""
+    q, qr, k, kr = arrays
+    d = q.shape[2]
+    bits = q.dtype == _U16
+    both = np.empty((len(rows) + gathered, d + qr.shape[2]), np.uint32 if bits else np.float32)
+    f = len(rows)
+    both[:f, :d] = _query_rows(q, rows)
+    both[:f, d:] = _query_rows(qr, rows)
+    for tokens, n2, n in pieces:
+        both[f:f + n, :d] = k[tokens, n2]
+        both[f:f + n, d:] = kr[tokens, n2]
+        f += n
+    if bits:
+        both <<= 16
+        return both.view(np.float32)
+    return both
+
+
+def _query_rows(a, rows):
+    """a[t, h] of each row (query token t, head h) as one [len(rows), width] array."""
+    if a.flags.c_contiguous:          # one row index into the [T*N, width] view
+        n = a.shape[1]
+        return a.reshape(-1, a.shape[2])[[t * n + h for t, h, *_ in rows]]
+    return a[[t for t, *_ in rows], [h for _, h, *_ in rows]]
 
 
 def _score(arrays, rows, pieces, scores) -> None:

@@ -48,6 +48,7 @@ tensor (zero-stride arrays of any size are fine): it reads a few elements, the
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
@@ -85,6 +86,7 @@ STATS_LAYOUT_MAX_SKV = 65536
 STATS_LAYOUT_KEY_CHUNK = 4096
 # S8: statistics elements compared per chunk (host arrays)
 _S8_CHUNK = 1 << 20
+_F32 = np.dtype(np.float32)
 # SoftmaxStatsMismatchWarning: how far (relative) max + log(sum) may fall below the recomputed
 # log-sum-exp -- fp32 statistics of a bf16 forward agree to about 1e-6
 STATS_MISMATCH_TOLERANCE = 1e-3
@@ -610,6 +612,15 @@ def _check_stats_copies(name, stats, sampler=None):
                            + " (found in a sample of the device array)", check="S8")
         return
     if stats.flags.c_contiguous and stats.size <= _S8_CHUNK:     # the common case, at once
+        if stats.dtype == _F32:
+            # every copy bitwise equal to the next one within its row: the neighbours of
+            # the flat array compared as 32-bit words, the row boundaries (every 8th
+            # comparison) left out; anything else (a difference, -0.0 beside 0.0, NaN
+            # payloads) is judged by the float comparison below
+            flat = stats.reshape(-1).view(np.uint32)
+            differ = np.not_equal(flat[1:], flat[:-1])
+            if np.count_nonzero(differ) == np.count_nonzero(differ[COPIES - 1::COPIES]):
+                return
         rows = stats.reshape(-1, COPIES)
         if (rows == rows[:, :1]).all():
             return
@@ -656,9 +667,18 @@ def _kept_keys(keep, mask, seqs: SeqInfo, n1, b, h, i, skv):
     return sel + j0 if sel.size else None
 
 
+# batch_keep of the sampled batches, remembered across calls (its arguments are ints, its
+# result immutable): a training loop calls with the same lengths again and again
+_batch_keep = functools.lru_cache(maxsize=1024)(batch_keep)
+
+
 def _fits(m, l, lse) -> bool:
+    """max + log(sum) equals ``lse`` within 1e-3 relative; False for a sum <= 0 or NaN and a
+    lse that is not finite -- and for an infinite or NaN max or sum, through the arithmetic
+    (inf or NaN is never within the finite tolerance). The device sample's criterion; the
+    host loop of ``_check_stats_layout`` applies the same with one tolerance per row."""
     m, l = float(m), float(l)
-    if not (math.isfinite(m) and math.isfinite(l) and l > 0 and math.isfinite(lse)):
+    if not (l > 0 and math.isfinite(lse)):
         return False
     return abs(m + math.log(l) - lse) <= 1e-3 * max(1.0, abs(lse))
 
@@ -677,7 +697,10 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     a row's probabilities sum to more than 1, which ``_warn_stats_mismatch`` reports.
     Returns the samples [(b, i, h, lse, max, sum)] read with the device's layout.
     """
-    on_device = [_is_device(a) for a in (q, qr, k, kr, mask, smax, ssum)]
+    nd = _ND
+    host = (type(q) is nd and type(qr) is nd and type(k) is nd and type(kr) is nd
+            and type(smax) is nd and type(ssum) is nd and (mask is None or type(mask) is nd))
+    on_device = () if host else [_is_device(a) for a in (q, qr, k, kr, mask, smax, ssum)]
     if any(on_device):
         if not all(on_device) or sampler is None:
             return []   # host and device arrays mixed (a FagPlan's inputs): not sampled
@@ -691,16 +714,19 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     rows = []             # their rows_lse descriptions
     checked = 0
     same_rows = 0         # rows where both readings coincide: sampled for the warning only
+    max_item, sum_item = smax.item, ssum.item         # by flat C-order index
+    sqs, skvs, q_starts, kv_starts = seqs.sq, seqs.skv, seqs.q_starts, seqs.kv_starts
     for b in range(seqs.batch):
-        sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
+        sq, skv = sqs[b], skvs[b]
         if sq <= 0 or skv <= 0 or skv > STATS_LAYOUT_MAX_SKV:
             continue
-        keep = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
+        qs, ks = q_starts[b], kv_starts[b]
+        keep = _batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
         for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
             dev_flat = (qs * n1 + h * sq + i) * COPIES
             tok_flat = ((qs + i) * n1 + h) * COPIES
-            dm, dl = smax.item(dev_flat), ssum.item(dev_flat)     # flat C-order index
-            tm, tl = smax.item(tok_flat), ssum.item(tok_flat)
+            dm, dl = max_item(dev_flat), sum_item(dev_flat)
+            tm, tl = max_item(tok_flat), sum_item(tok_flat)
             same = (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl))
             if same and same_rows >= STATS_LAYOUT_SAMPLES:
                 continue
@@ -722,11 +748,15 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
             if rows else [])
     device_fits = token_fits = 0
     samples = []          # every recomputed row (for the mismatch warning)
+    log, isfinite = math.log, math.isfinite
     for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
         samples.append((b, i, h, lse, dm, dl))
-        if not same:
-            device_fits += _fits(dm, dl, lse)
-            token_fits += _fits(tm, tl, lse)
+        if not same and isfinite(lse):
+            # _fits of both readings, the row's tolerance computed once (dm..tl are floats
+            # from .item): an infinite or NaN max or sum gives inf or NaN, never within it
+            tol = 1e-3 * max(1.0, abs(lse))
+            device_fits += dl > 0 and abs(dm + log(dl) - lse) <= tol
+            token_fits += tl > 0 and abs(tm + log(tl) - lse) <= tol
     _judge_stats_layout(checked, device_fits, token_fits)
     return samples
 
@@ -887,8 +917,13 @@ def _check_data_rules(call: FagCall, check_data: bool) -> None:
     """S6, S8, S9 of a call whose other rules have passed."""
     if not check_data:
         return
-    sampler = _sampler_for(dict(q=call.query, m=call.atten_mask, s=call.softmax_max,
-                                t=call.softmax_sum, k=call.key))
+    nd = _ND
+    if (type(call.query) is nd and type(call.key) is nd and type(call.softmax_max) is nd
+            and type(call.softmax_sum) is nd and type(call.atten_mask) in (nd, type(None))):
+        sampler = None                # host arrays (the numpy-in call): nothing to sample
+    else:
+        sampler = _sampler_for(dict(q=call.query, m=call.atten_mask, s=call.softmax_max,
+                                    t=call.softmax_sum, k=call.key))
     _check_strict_mask_and_tokens(call.atten_mask, call.sparse_mode, call.seqs, call.pre_eff,
                                   sampler, True)
     _check_stats_copies("softmax_max", call.softmax_max, sampler)

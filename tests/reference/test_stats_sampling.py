@@ -42,6 +42,12 @@ CASES = {
                            mask_kind="bn", density=0.85),
     "one-head-many-batches": dict(seed=21, q_lens=[3] * 12, kv_lens=[4] * 12, n1=1, n2=1,
                                   mode=3),
+    # one key head for all query heads: the three sampled rows of a batch share their keys
+    "mqa-mode3": dict(seed=22, q_lens=[11, 9, 6], kv_lens=[11, 12, 6], n1=4, n2=1, mode=3),
+    "mqa-mode4": dict(seed=23, q_lens=[10, 7], kv_lens=[13, 7], n1=3, n2=1, mode=4,
+                      pre=4, nxt=2),
+    "mode5-bn": dict(seed=24, q_lens=[7, 6], kv_lens=[8, 9], n1=4, n2=2, mode=5,
+                     pre=3, nxt=2, mask_kind="bn", density=0.3),
 }
 
 
@@ -251,27 +257,141 @@ def test_same_reading_rows_capped(cases):
     assert len(expected) == V.STATS_LAYOUT_SAMPLES and all(e[8] for e in expected)
 
 
-@pytest.mark.parametrize("chunk, group", [(1, 1 << 16), (3, 20), (7, 1), (64, 30)])
+def _gathers_expected(case, expected):
+    """(keys gathered at once, kept keys in all): the band rows' kept keys of one key head
+    counted once (their ranges overlap or touch), a masked row's kept keys on their own."""
+    kept = O.all_kept(case.mode, case.lay, case.pre, case.nxt, case.mask, case.n1)
+    group = case.n1 // case.k.shape[1]
+    total = sum(int(kept[b, h][i].sum()) for b, i, h, *_ in expected)
+    if case.mode in (0, 1, 5):
+        return total, total
+    union = {(h // group, case.lay.kv_starts[b] + int(j))
+             for b, i, h, *_ in expected for j in np.flatnonzero(kept[b, h][i])}
+    return len(union), total
+
+
+@pytest.mark.parametrize("chunk, group", [(1, 1 << 16), (3, 20), (7, 1), (64, 30), (4096, 7)])
 def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk, group):
-    """Keys gathered a few at a time (rows split across chunks, chunks spanning rows) and
-    rows reduced in groups: the same log-sum-exps."""
+    """Keys gathered at once when they fit in a chunk (the rows' shared keys once), else a
+    few at a time (rows split across chunks, chunks spanning rows), and rows reduced in
+    groups: the same log-sum-exps, and no gather above the chunk."""
     monkeypatch.setattr(V, "STATS_LAYOUT_KEY_CHUNK", chunk)
     monkeypatch.setattr(row_lse, "_LSE_GROUP", group)
-    gathered = []                                     # keys per gather
-    score = row_lse._score
+    gathered = []                                     # (how, keys) per gather
+    score, widened = row_lse._score, row_lse._widened
 
     def counting(arrays, rows, pieces, scores):
-        gathered.append(sum(p[4] for p in pieces))
+        gathered.append(("chunk", sum(p[4] for p in pieces)))
         return score(arrays, rows, pieces, scores)
+
+    def counting_once(arrays, rows, pieces, n):
+        gathered.append(("once", n))
+        return widened(arrays, rows, pieces, n)
     monkeypatch.setattr(row_lse, "_score", counting)
-    for name in ("gqa-mode3", "mode1-b1", "mode4-band"):
+    monkeypatch.setattr(row_lse, "_widened", counting_once)
+    paths = set()
+    for name in ("gqa-mode3", "mode1-b1", "mode4-band", "mqa-mode3", "mqa-mode4"):
         case = cases[name]
         gathered.clear()
         expected = _compare(case, case.softmax_max, case.softmax_sum)
-        kept = O.all_kept(case.mode, case.lay, case.pre, case.nxt, case.mask, case.n1)
-        total = sum(int(kept[b, h][i].sum()) for b, i, h, *_ in expected)
-        assert sum(gathered) == total and max(gathered) <= chunk       # bounded gathers
-        assert len(gathered) == -(-total // chunk)                     # and no more than needed
+        union, total = _gathers_expected(case, expected)
+        if union <= chunk:
+            assert gathered == [("once", union)]
+        else:
+            assert {how for how, _ in gathered} == {"chunk"}
+            assert sum(n for _, n in gathered) == total and max(n for _, n in gathered) <= chunk
+            assert len(gathered) == -(-total // chunk)                 # no more than needed
+        paths.add(gathered[0][0])
+    assert paths == ({"once"} if chunk >= 64 else {"chunk"})
+
+
+def _lse_row_alone(q, qr, k, kr, row, scale32) -> float:
+    """One row of rows_lse on its own: its keys' float32 [k | kr] times the float32 [q | qr]
+    (one matrix-vector product, as the device rounds: the dot product to float32, then the
+    scale in float32), the log-sum-exp in float64; NaN when the top score is not finite."""
+    t, h, n2, keys = row
+    tokens = np.arange(*keys) if type(keys) is tuple else keys
+    kk = np.concatenate([k[tokens, n2].astype(np.float32), kr[tokens, n2].astype(np.float32)],
+                        axis=1)
+    qq = np.concatenate([q[t, h].astype(np.float32), qr[t, h].astype(np.float32)])
+    s = ((kk @ qq).astype(np.float32) * scale32).astype(np.float64)
+    top = float(s.max())
+    if not math.isfinite(top):
+        return math.nan
+    return top + math.log(float(np.exp(s - top).sum()))
+
+
+def _random_rows(rng, t1, n1, t2, group, count, masked_share):
+    rows = []
+    for _ in range(count):
+        t, h = int(rng.integers(t1)), int(rng.integers(n1))
+        if rng.random() < masked_share:
+            keys = np.flatnonzero(rng.random(t2) < 0.4)
+            keys = keys if keys.size else np.array([int(rng.integers(t2))])
+        else:
+            a = int(rng.integers(t2))
+            keys = (a, int(rng.integers(a + 1, t2 + 1)))
+        rows.append((t, h, h // group, keys))
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_rows_lse_against_each_row_alone(seed):
+    """rows_lse on random rows -- nested, overlapping, touching and disjoint key ranges of
+    several key heads (GQA, MQA), index arrays among them, queries sharing heads -- in one
+    gather and chunk by chunk, bfloat16 / float16 / float32, an infinite query element in one
+    row: each row's log-sum-exp equals the row computed on its own."""
+    import ml_dtypes
+    rng = np.random.default_rng(100 + seed)
+    dtype = (ml_dtypes.bfloat16, np.float16, np.float32)[seed % 3]
+    n2 = (1, 2, 3)[seed % 3]
+    group = (1, 2, 4)[seed // 3 % 3]
+    n1, t1, t2, d, dr = n2 * group, 40, int(rng.integers(20, 90)), 16 * (1 + seed % 4), 8
+    q, qr = (rng.standard_normal((t1, n1, w)).astype(dtype) for w in (d, dr))
+    k, kr = (rng.standard_normal((t2, n2, w)).astype(dtype) for w in (d, dr))
+    rows = _random_rows(rng, t1, n1, t2, group, int(rng.integers(1, 17)), (0, 0.3, 1)[seed % 3])
+    # rows that nest and touch on purpose: one key head, ranges [0, 10), [3, 7), [10, 15)
+    rows += [(1, 0, 0, (0, 10)), (2, 0, 0, (3, 7)), (3, 0, 0, (10, 15))]
+    if seed % 2:
+        q[rows[0][0], rows[0][1], 0] = np.inf             # a non-finite row (NaN) among them
+    scale32 = np.float32(0.125 + seed / 7)
+    want = [_lse_row_alone(q, qr, k, kr, r, scale32) for r in rows]
+    for chunk in (1 << 20, 5):
+        got = row_lse.rows_lse(q, qr, k, kr, rows, scale32, chunk)
+        assert len(got) == len(want)
+        for g, w, r in zip(got, want, rows):
+            if math.isnan(w):
+                assert math.isnan(g), r
+            else:
+                assert g == pytest.approx(w, rel=1e-6, abs=1e-6), (chunk, r)
+
+
+def test_union_places_every_row_on_its_keys():
+    """_union: each row's keys are found, in order, at its position among the gathered keys
+    (a piece of its own key head); ranges merged only where they overlap or touch."""
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        rows = _random_rows(rng, 8, 6, int(rng.integers(1, 40)), 3, int(rng.integers(1, 17)),
+                            0.2)
+        pieces, first, total = row_lse._union(rows)
+        tokens, heads = [], []
+        for toks, n2, n in pieces:
+            got = np.arange(toks.start, toks.stop) if type(toks) is slice else toks
+            assert len(got) == n
+            tokens += list(got)
+            heads += [n2] * n
+        assert len(tokens) == total
+        for r, (_, _, n2, keys) in enumerate(rows):
+            want = list(range(*keys)) if type(keys) is tuple else list(keys)
+            at = slice(first[r], first[r] + len(want))
+            assert tokens[at] == want and set(heads[at]) == {n2}, (r, rows[r])
+        ranges = sorted((n2, toks.start, toks.stop) for toks, n2, _ in pieces
+                        if type(toks) is slice)
+        for (h0, _, e0), (h1, a1, _) in zip(ranges, ranges[1:]):
+            assert h0 != h1 or a1 > e0                # disjoint, not touching: not merged
+        covered = {(n2, j) for _, _, n2, keys in rows if type(keys) is tuple
+                   for j in range(*keys)}
+        assert sum(e - a for _, a, e in ranges) == len(covered)   # each key once
 
 
 def test_long_sequences_not_sampled(cases, monkeypatch):
@@ -380,3 +500,28 @@ def test_data_rules_read_data_changed_in_place(cases):
     smax[...], ssum[...] = tm_max, tm_sum
     with pytest.raises(ParamInvalidError, match="S9"):
         V.validate_backward(*args, **kw)
+
+
+_SPECIALS = [(math.nan, 1.0), (math.inf, 1.0), (-math.inf, 1.0), (0.5, 0.0), (0.5, -1.0),
+             (0.5, math.inf), (0.5, math.nan), (math.nan, math.nan), (-math.inf, math.inf)]
+
+
+@pytest.mark.parametrize("special", _SPECIALS, ids=repr)
+@pytest.mark.parametrize("where", ["token", "device"])
+def test_non_finite_statistics_judged_like_the_rule(cases, special, where):
+    """Token-major statistics (rejected as they stand) with NaN, infinite or non-positive
+    values written at the token-major or the device position of two checked rows: the
+    samples, readings and verdict are the rule's (a reading with such values fits no row)."""
+    for name in ("gqa-mode3", "mode1-bn-gqa"):
+        case = cases[name]
+        smax, ssum = _token_major(case)
+        checked = [e for e in _expected(case, smax, ssum) if not e[8]]
+        lay, n1 = case.lay, case.n1
+        for b, i, h, *_ in checked[:2]:
+            qs, sq = lay.q_starts[b], lay.sq[b]
+            flat = ((qs + i) * n1 + h if where == "token" else qs * n1 + h * sq + i) * COPIES
+            smax.reshape(-1)[flat:flat + COPIES] = special[0]
+            ssum.reshape(-1)[flat:flat + COPIES] = special[1]
+        _compare(case, smax, ssum)
+        if where == "token":                  # two rows no longer fit the token-major reading
+            _run(case, smax, ssum)
