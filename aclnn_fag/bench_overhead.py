@@ -326,12 +326,21 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     def host_op():
         acl.run_backward(hcall, timings=th, cpu_timings=True)
         nh[0] += 1
-    stage("numpy-in: the op's host side with copies (run_backward)", host_op, max(1, inner // 4))
+    stage("numpy-in: the op's host side with copies (run_backward; acl/host_path.py)", host_op,
+          max(1, inner // 4))
     for key, label in (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
-                       ("alloc_cpu", "device allocations + zero fill of outputs"),
+                       ("alloc_cpu", "device memory (kept from the last call) + zero fill"),
+                       ("phase2_cpu", "phase 2 + synchronisation (a cache hit)"),
                        ("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
                        ("phase1_cpu", "phase 1")):
         out.append({"label": f"    of which {label}", "cpu_us": th[key] / nh[0] * 1e6})
+    before = acl.runtime.stats()
+    acl.run_backward(hcall)
+    after = acl.runtime.stats()
+    per_call = {k: after[k] - before[k] for k in ("tensors", "phase1", "malloc", "free",
+                                                  "memset", "h2d", "d2h")}
+    out.append({"label": "    native calls per call: " + ", ".join(
+        f"{k} {v}" for k, v in per_call.items()), "cpu_us": None})
     return out
 
 

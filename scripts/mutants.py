@@ -63,6 +63,8 @@ PLAN_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py")
 DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
 RESULTS_T = ("tests/acl/test_plan_results.py",)
 CACHE_T = ("tests/acl/test_exec_cache.py", "tests/acl/test_leaks.py")
+POOL_T = ("tests/acl/test_call_pool.py",)
+ENV_T = ("tests/test_env_address.py",)
 LOADER_T = ("tests/acl/test_loader.py",)
 ARENA_T = ("tests/acl/test_arena.py", "tests/acl/test_faults.py", "tests/acl/test_device_array.py")
 NPU_FAST_T = ("tests/acl/test_npu_fast_path.py",)
@@ -455,7 +457,7 @@ MUTANTS = [
            "        self.want = bool(want)",
            "deterministic=None (leave the context's option alone) turns determinism off", DET_T),
     Mutant("acl-device-env", "acl", A + "runtime.py",
-           "        text = os.environ.get(ENV_DEVICE, \"\").strip()", "        text = \"\"",
+           "        text = (_env.get(ENV_DEVICE) or \"\").strip()", "        text = \"\"",
            "ACLNN_FAG_DEVICE ignored", LOADER_T),
     Mutant("acl-tensor-offset", "acl", A + "tensors.py",
            "        return cls(array.shape, array.dtype, array.strides, array.offset,",
@@ -492,14 +494,14 @@ MUTANTS = [
            "                if exc_type is None:\n                    exec_cache.give(",
            "                if True:\n                    exec_cache.give(",
            "an executor whose phase 2 failed is kept for the next call", CACHE_T),
-    Mutant("acl-cache-short-keep-failed", "acl", A + "op.py",
-           "        with ownership.atomic():\n            exec_cache.discard(entry)\n        raise",
-           "        with ownership.atomic():\n            exec_cache.give(key, entry, cap)\n        raise",
-           "on a caller's stream, an executor whose phase 2 failed is kept for the next step",
-           CACHE_T),
+    Mutant("acl-cache-short-keep-failed", "acl", A + "host_path.py",
+           "                        exec_cache.discard(entry)       # as a failed phase 2",
+           "                        exec_cache.give(key, entry, cap)",
+           "on host arrays, an executor whose synchronisation failed is kept for the next call",
+           POOL_T),
     Mutant("acl-cache-take-no-repoint", "acl", A + "exec_cache.py",
-           "        ok = entry.repoint(b, [a for a in inputs if a is not None],",
-           "        ok = True or entry.repoint(b, [a for a in inputs if a is not None],",
+           "    return _take_then(key, b, lambda entry: entry.repoint(",
+           "    return _take_then(key, b, lambda entry: True or entry.repoint(",
            "a cache hit (a public call, or a step on a caller's stream) runs the cached executor "
            "on the previous call's buffers", CACHE_T),
     Mutant("acl-cache-after-reset", "acl", A + "runtime.py",
@@ -736,8 +738,8 @@ MUTANTS = [
            "        for buf in mem.arenas + mem.result_arenas:\n            try:\n                pass",
            "a failed upload leaves the call's device memory to the garbage collector", ARENA_T),
     Mutant("acl-arena-results-together", "acl", A + "op.py",
-           "                                      results_apart=keep_on_device)",
-           "                                      results_apart=False)",
+           "                                      results_apart=keep_on_device, pooled=cache)",
+           "                                      results_apart=False, pooled=cache)",
            "device results keep the call's uploads alive (and the call frees them under the "
            "results)", ARENA_T),
     Mutant("acl-arena-no-share", "acl", A + "op.py",
@@ -753,4 +755,55 @@ MUTANTS = [
            "        if self.is_contiguous:          # one D2H copy straight into the result",
            "        if True:          # one D2H copy straight into the result",
            "strided device views download the wrong elements", ARENA_T),
+    Mutant("acl-pool-no-zero-fill", "acl", A + "host_path.py",
+           "        check(b, b.aclrtMemset(base, arena.nbytes, 0, lay.zero_end), \"aclrtMemset\")",
+           "        pass",
+           "on reused device memory, rows the op leaves unwritten hold the previous call's "
+           "gradients", POOL_T),
+    Mutant("acl-pool-keep-on-error", "acl", A + "host_path.py",
+           "                    else:\n                        call_pool.discard(buf)",
+           "                    else:\n                        call_pool.give(buf)",
+           "memory of a failed call (which the device may still use) is handed to the next "
+           "call", POOL_T),
+    Mutant("acl-pool-any-context", "acl", A + "call_pool.py",
+           "    key = (device_id, runtime.current_context_record())",
+           "    key = (device_id,)",
+           "after someone else's aclrtResetDevice, calls reuse memory of the destroyed context",
+           POOL_T),
+    Mutant("acl-pool-no-limit", "acl", A + "call_pool.py",
+           "        while total > cap:", "        while False:",
+           "idle device memory grows without bound", POOL_T),
+    Mutant("acl-pool-worst-fit", "acl", A + "call_pool.py",
+           "a.nbytes < entries[found].nbytes", "a.nbytes > entries[found].nbytes",
+           "a small call takes the largest idle allocation, and a large call must allocate anew",
+           POOL_T),
+    Mutant("acl-host-memo-by-value", "acl", A + "host_path.py",
+           "    parts = (dev, runtime.current_context_record(), deterministic, attr_values[0].hex(),\n"
+           "             attr_values[1].hex(), attr_values[2:], int_values)",
+           "    parts = (dev, runtime.current_context_record(), deterministic, attr_values[0],\n"
+           "             attr_values[1], attr_values[2:], int_values)",
+           "scale_value -0.0 runs the executor made for 0.0 (numpy-in calls)", POOL_T),
+    Mutant("acl-host-inputs-over-outputs", "acl", A + "host_path.py",
+           "        in_at, end = layout([n for n in in_sizes if n], self.zero_end)",
+           "        in_at, end = layout([n for n in in_sizes if n], 0)",
+           "uploads and outputs share device bytes: wrong gradients", POOL_T),
+    Mutant("env-stale-value", "acl", "aclnn_fag/_env.py",
+           "    if last is not None and last[0] is value:", "    if last is not None:",
+           "a changed environment variable (ACLNN_FAG_DEVICE, the cache sizes) is not seen",
+           ENV_T),
+    Mutant("address-fast-path-lost", "acl", "aclnn_fag/_address.py",
+           "    return _read_pointer(id(a) + _HEADER).value or 0",
+           "    return _read_pointer(id(a) + _HEADER + 8).value or 0",
+           "every upload and download pays ``a.ctypes.data`` again (the fast read is refused "
+           "by its own check)", ENV_T),
+    Mutant("acl-host-miss-det", "acl", A + "op.py",
+           "                    dict(zip(op.outputs, out_list)), deterministic=bool(call.deterministic),",
+           "                    dict(zip(op.outputs, out_list)), deterministic=False,",
+           "a public deterministic=True call on host arrays runs phase 1 with determinism off",
+           DET_T),
+    Mutant("acl-host-const-off", "acl", A + "host_path.py",
+           "            shared = constants.package_mask(arrays[mask_at], dev)",
+           "            shared = None",
+           "every numpy-in call uploads the package's 4 MiB compressed mask again",
+           ("tests/acl/test_constants.py",)),
 ]

@@ -11,6 +11,8 @@ Importing this package never fails and never loads a library; the first use does
 * :mod:`.device` — :class:`DeviceArray`, :func:`upload_arrays` (views of one host array
   share one upload), ``call_memory`` (a call's uploads and outputs in one allocation);
 * :mod:`.arena` — that one allocation, handed out in aligned slices;
+* :mod:`.call_pool` — those allocations kept after a call for the next one
+  (``ACLNN_FAG_CALL_MEMORY_CACHE``, :func:`release_call_memory`);
 * :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
 * :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import constants, exec_cache, loader, ownership, prototypes, runtime, versions
+from . import call_pool, constants, exec_cache, loader, ownership, prototypes, runtime, versions
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
 from .plan import FagExecutor, FagPlan
@@ -54,7 +56,7 @@ __all__ = [
     "stats", "reset_stats", "reset", "loader", "prototypes", "runtime", "ForkedProcessError",
     "stand_in", "STAND_IN_LABEL",
     "ownership", "RETRY_BACKOFF_MIN", "RETRY_BACKOFF_MAX", "clear_executor_cache",
-    "exec_cache", "release_constants", "constants",
+    "exec_cache", "release_constants", "constants", "release_call_memory", "call_pool",
 ]
 
 
@@ -69,6 +71,13 @@ def release_constants() -> int:
     device and dtype, made by the first numpy-in call that passes it); returns how many there
     were. ``shutdown()`` does this too."""
     return constants.clear()
+
+
+def release_call_memory() -> int:
+    """Free the device memory that calls on host arrays keep for the next call
+    (:mod:`.call_pool`; at most ``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB per device, default 64);
+    returns how many allocations there were. ``shutdown()`` does this too."""
+    return call_pool.clear()
 
 
 @dataclass(frozen=True)

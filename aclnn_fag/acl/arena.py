@@ -51,6 +51,8 @@ class ArenaBuffer(DeviceBuffer):
     """The arena's one allocation (see the module doc)."""
 
     _what = "device memory of a call (aclrtMalloc, arena)"
+    # (device, context record) when it came from .call_pool and may go back there, else None
+    pool_key = None
 
     def __init__(self, nbytes: int, device_id: Optional[int] = None) -> None:
         self._shares = 0

@@ -586,7 +586,7 @@ class CallMemory:
 
 def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple],
                 device_id: int, timings: Optional[dict] = None,
-                results_apart: bool = False) -> CallMemory:
+                results_apart: bool = False, pooled: bool = False) -> CallMemory:
     """Upload host ``arrays`` (as :func:`upload_arrays`: one H2D copy per group of
     overlapping ranges) and allocate ``outputs`` -- each (shape, dtype, initial host array
     or None) -- in **one** device allocation (an :mod:`.arena`), or two with
@@ -597,8 +597,11 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
     leave parts unwritten: docs/faults.md); they come first in the arena so that their
     bytes are one range. Empty arrays and outputs get an empty buffer (``tensorData``
     NULL). On an error the allocation is freed before the exception propagates.
+    ``pooled``: the allocation that is not handed out with the results comes from
+    :mod:`.call_pool` (the caller hands it back after its synchronisation).
     ``timings``: "alloc" (the allocation and the zero fill), "copy_in" (H2D copies).
     """
+    from . import call_pool
     from .arena import ArenaBuffer, layout
 
     dev_in, groups = _plan_uploads(arrays, device_id)
@@ -635,12 +638,14 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
             if out_end:
                 mem.result_arenas.append(ArenaBuffer(out_end, device_id))
             if in_end:
-                mem.arenas.append(ArenaBuffer(in_end, device_id))
+                mem.arenas.append(call_pool.take(in_end, device_id) if pooled
+                                  else ArenaBuffer(in_end, device_id))
             out_arena = mem.result_arenas[0] if out_end else None
             in_arena = mem.arenas[0] if in_end else None
         else:
-            if in_end:
-                mem.arenas.append(ArenaBuffer(in_end, device_id))
+            if in_end:          # used only until the call returns: reusable (.call_pool)
+                mem.arenas.append(call_pool.take(in_end, device_id) if pooled
+                                  else ArenaBuffer(in_end, device_id))
             out_arena = in_arena = mem.arenas[0] if in_end else None
         if zero_end:
             out_arena.memset(0, 0, zero_end)

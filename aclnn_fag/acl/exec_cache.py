@@ -36,13 +36,15 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from ctypes import c_uint64, c_void_p
 from typing import List, Optional, Tuple
 
+from .. import _env
 from . import ownership, runtime
-from ._status import recent_message
+from ._status import recent_message, status_error
 
-__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature", "take",
-           "take_repointed", "give",
+__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature",
+           "signature_of_keys", "array_keys", "take", "take_repointed", "take_repointed_at", "launch", "give",
            "discard", "clear", "size", "CachedExecutor"]
 
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
@@ -59,7 +61,7 @@ def capacity() -> int:
     """Idle entries kept at most (``$ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off).
     Read again whenever the variable changes; an invalid value raises ValueError naming it."""
     global _env_seen, _capacity
-    raw = os.environ.get(ENV_CAPACITY)
+    raw = _env.get(ENV_CAPACITY)
     if raw != _env_seen:
         if raw is None or raw.strip() == "":
             value = DEFAULT_CAPACITY
@@ -97,13 +99,21 @@ def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: t
     """The cache key of one call (see the module doc). ``attrs``: the nine attribute values
     in parameter order (doubles first); ``inputs`` / ``outputs``: DeviceArray or None per
     slot in parameter order."""
+    return signature_of_keys(op_name, dev, deterministic, attrs, int_arrays,
+                             array_keys(inputs), array_keys(outputs))
+
+
+def signature_of_keys(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
+                      input_keys: tuple, output_keys: tuple) -> tuple:
+    """:func:`signature` from the slots' :func:`array_keys` (for a caller that knows them
+    without making DeviceArrays: :mod:`.host_path`)."""
     ctx = runtime.current_context_record()
     return _Key((op_name, dev, ctx, deterministic,
                  (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
-                 _array_keys(inputs), _array_keys(outputs)))
+                 input_keys, output_keys))
 
 
-def _array_keys(arrays: list) -> tuple:
+def array_keys(arrays: list) -> tuple:
     """What phase 1 sees of each tensor slot but its address: NULL, or shape, strides,
     dtype, element offset and the storage size."""
     return tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)
@@ -152,15 +162,15 @@ class CachedExecutor:
         """Point the tensors at the base addresses of ``inputs`` / ``outputs`` (DeviceArrays
         in the order of the entry's slots). False when a setter fails (the entry must then
         be discarded: some tensors may already point at the new buffers)."""
+        return self.repoint_addresses(b, _addresses(inputs), _addresses(outputs))
+
+    def repoint_addresses(self, b, inputs: list, outputs: list) -> bool:
+        """:meth:`repoint` given the base addresses (int, or None for an empty buffer)."""
         ex = self.executor.handle
-        for setter, slots, arrays in ((b.aclSetInputTensorAddr, self.inputs, inputs),
-                                      (b.aclSetOutputTensorAddr, self.outputs, outputs)):
-            for k, arr in enumerate(arrays):
+        for setter, slots, addresses in ((b.aclSetInputTensorAddr, self.inputs, inputs),
+                                         (b.aclSetOutputTensorAddr, self.outputs, outputs)):
+            for k, new in enumerate(addresses):
                 index, handle, ptr = slots[k]
-                buf = arr.buffer
-                new = buf.ptr
-                if new is None and buf.closed:
-                    raise ValueError("the device array's buffer has been freed")
                 if new != ptr:
                     if setter(ex, index, handle, new):
                         recent_message(b)
@@ -193,18 +203,40 @@ def take(key: tuple) -> Optional[CachedExecutor]:
     return found
 
 
+def _addresses(arrays: list) -> list:
+    """The base address of each DeviceArray's buffer (None: an empty one); ValueError for
+    a freed buffer."""
+    out = []
+    for arr in arrays:
+        buf = arr.buffer
+        new = buf.ptr
+        if new is None and buf.closed:
+            raise ValueError("the device array's buffer has been freed")
+        out.append(new)
+    return out
+
+
 def take_repointed(key: tuple, b, inputs: list, outputs: list) -> Optional[CachedExecutor]:
     """:func:`take`, then the entry's tensors pointed at ``inputs`` / ``outputs`` (a
     DeviceArray or None per slot, in parameter order): the entry ready for phase 2, or None
     (no entry, or an address setter failed: that entry is destroyed and the caller runs
     phase 1). An error while repointing (a freed buffer) destroys the entry too."""
+    return _take_then(key, b, lambda entry: entry.repoint(
+        b, [a for a in inputs if a is not None], [a for a in outputs if a is not None]))
+
+
+def take_repointed_at(key: tuple, b, inputs: list, outputs: list) -> Optional[CachedExecutor]:
+    """:func:`take_repointed` given the base addresses of the non-NULL slots, in order."""
+    return _take_then(key, b, lambda entry: entry.repoint_addresses(b, inputs, outputs))
+
+
+def _take_then(key: tuple, b, repoint) -> Optional[CachedExecutor]:
     with ownership.atomic():
         entry = take(key)
     if entry is None:
         return None
     try:
-        ok = entry.repoint(b, [a for a in inputs if a is not None],
-                           [a for a in outputs if a is not None])
+        ok = repoint(entry)
     except BaseException:
         with ownership.atomic():
             discard(entry)
@@ -214,6 +246,26 @@ def take_repointed(key: tuple, b, inputs: list, outputs: list) -> Optional[Cache
             discard(entry)
         return None
     return entry
+
+
+def launch(b, phase2: str, entry: CachedExecutor, stream: int, workspace_of) -> None:
+    """Phase 2 (the function named ``phase2``) of a repointed entry on ``stream``, with
+    ``workspace_of(nbytes)`` giving the workspace's address (asked only for a workspace of
+    more than 0 bytes). Any failure destroys the entry and propagates (the status code's
+    exception for a failed phase 2); after success the caller gives the entry back
+    (:func:`give`) -- or discards it if what follows (its synchronisation) fails."""
+    try:
+        size = entry.workspace_size
+        ws = workspace_of(size) if size > 0 else None
+        rc = getattr(b, phase2)(c_void_p(ws), c_uint64(size), c_void_p(entry.executor.handle),
+                                c_void_p(stream))
+        runtime._count("phase2", 1, "cache_hits", 1)
+        if rc:
+            raise status_error(b, rc, phase2)
+    except BaseException:
+        with ownership.atomic():
+            discard(entry)
+        raise
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:

@@ -10,9 +10,12 @@ aclTensors repointed at this call's buffers; no creates, no phase 1, no determin
 or: the determinism option held, aclTensor / aclIntArray creation, phase 1 (the executor
 marked repeatable for the cache); the workspace (only if its size is > 0); phase 2 on the
 stream; the tensors and int arrays destroyed right after phase 2 returns, or kept with
-the repeatable executor in the cache; ``aclrtSynchronizeStream``; D2H copies; every
-buffer freed. ``_launch_cached`` is the short path of a training step (device arrays,
-given outputs, a caller's stream): signature, repoint, phase 2.
+the repeatable executor in the cache; ``aclrtSynchronizeStream``; D2H copies; the
+buffers freed -- or, for the public calls, the ones used only during the call handed back to
+:mod:`.call_pool` for the next call. Two short paths skip most of that:
+``_launch_cached`` for a training step (device arrays, given outputs, a caller's stream:
+signature, repoint, phase 2) and :mod:`.host_path` for calls on C-contiguous host arrays
+(pooled memory, uploads, a cached executor, downloads; the general path on its miss).
 
 Every native handle is owned the moment it exists (:mod:`.ownership`: the create and the
 store of its handle are one atomic step for SIGINT) and registered on a
@@ -40,7 +43,7 @@ import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
-from . import constants, exec_cache, ownership, runtime
+from . import call_pool, constants, exec_cache, host_path, ownership, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, call_memory
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
@@ -145,6 +148,18 @@ def _release_on_error(stack: contextlib.ExitStack, resource) -> None:
     stack.push(_exit)
 
 
+def _pool_on_exit(stack: contextlib.ExitStack, arena) -> None:
+    """When ``stack`` unwinds: ``arena`` (a call's device memory, unused once the call has
+    synchronised) back to :mod:`.call_pool` after success, freed after an error."""
+    def _exit(exc_type, exc, tb):
+        if exc_type is None:
+            call_pool.give(arena)
+        else:
+            call_pool.discard(arena)
+        return False
+    stack.push(_exit)
+
+
 class _Executor(runtime.NativeResource):
     """An ``aclOpExecutor*`` we own until phase 2 consumes it.
 
@@ -242,7 +257,12 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
     and ``keep_on_device`` is set: no synchronisation, the workspace comes from the
     stream's own cache (``runtime.stream_workspace``) and stays alive for later work on
     it. With host inputs or outputs the caller's stream is synchronised before the
-    temporaries are freed and the results downloaded."""
+    temporaries are freed and the results downloaded.
+
+    ``cache`` (the public calls): the executor is kept for later calls with the same
+    signature (:mod:`.exec_cache`), and the device memory used only during the call (the
+    uploads' allocation, the workspace) comes from and goes back to :mod:`.call_pool`.
+    Without it (``call_raw``) every handle and allocation is made and freed by the call."""
     timer = _Timer(timings, cpu_timings)
     # Python-level argument checks first: nothing native exists yet when they fail.
     attr_values = _attr_values(attrs)
@@ -299,9 +319,12 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 with ownership.atomic():
                     mem = call_memory([inputs[n] for n in host_names],
                                       [outputs[n] for n in to_make], dev, timings,
-                                      results_apart=keep_on_device)
+                                      results_apart=keep_on_device, pooled=cache)
                     for arena in mem.arenas:
-                        _release_on_exit(stack, arena)
+                        if cache:
+                            _pool_on_exit(stack, arena)
+                        else:
+                            _release_on_exit(stack, arena)
                     for arena in mem.result_arenas:
                         _release_on_error(stack, arena)
                 dev_inputs.update(zip(host_names, mem.inputs))
@@ -379,6 +402,9 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
                 with timer("alloc"):
                     if enqueue_only:
                         workspace = runtime.stream_workspace(dev, stream, ws_size_value)
+                    elif cache:         # used only until the call has synchronised
+                        workspace = call_pool.take(ws_size_value, dev)
+                        _pool_on_exit(stack, workspace)
                     else:
                         workspace = runtime.DeviceBuffer(ws_size_value, dev)
                         _release_on_exit(stack, workspace)
@@ -501,7 +527,8 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
     a cache hit: signature, repoint, phase 2 enqueued; nothing else (the short path of a
     training step). False when it cannot be one (no cached executor for the signature, a
     host array, an array on another device, a failed address setter): the caller then runs
-    the general path, which also reports what is wrong. Inside ``runtime.operation()``."""
+    the general path, which also reports what is wrong. Inside ``runtime.operation()``.
+    The workspace is the stream's own (``runtime.stream_workspace``: it outlives the call)."""
     b = runtime.api()
     cap = exec_cache.enabled(b)
     if not cap:
@@ -511,35 +538,54 @@ def _launch_cached(op: OpSpec, call, in_list: list, out_list: list, device_id: O
         for a in arrays:
             if a is not None and (type(a) is not DeviceArray or a.buffer.device_id != dev):
                 return False
-    int_values = []
-    for n in op.int_arrays:
-        v = getattr(call, n, None)
-        int_values.append(None if v is None else int64_values(n, v))
-    attr_values = _attr_values_of(call)
+    det, attr_values, int_values = _signature_parts(op, call)
     # the device (and the thread's context, which the signature names) first
     runtime.ensure_device(dev if device_id is not None else None)
-    key = exec_cache.signature(op.phase1, dev, bool(call.deterministic), attr_values,
-                               tuple(int_values), in_list, out_list)
+    key = exec_cache.signature(op.phase1, dev, det, attr_values, int_values, in_list, out_list)
     handle = runtime.resolve_stream(stream)
     entry = exec_cache.take_repointed(key, b, in_list, out_list)
     if entry is None:
         return False
-    try:
-        size = entry.workspace_size
-        ws = runtime.stream_workspace(dev, handle, size) if size > 0 else None
-        rc = getattr(b, op.phase2)(c_void_p(None if ws is None else ws.ptr), c_uint64(size),
-                                   c_void_p(entry.executor.handle), c_void_p(handle))
-        runtime._count("phase2")
-        runtime._count("cache_hits")
-        if rc:
-            raise status_error(b, rc, op.phase2)
-    except BaseException:
-        with ownership.atomic():
-            exec_cache.discard(entry)
-        raise
+    exec_cache.launch(b, op.phase2, entry, handle,
+                      lambda size: runtime.stream_workspace(dev, handle, size).ptr)
     with ownership.atomic():
         exec_cache.give(key, entry, cap)
     return True
+
+
+def _on_host_path(op: OpSpec, call, in_list: list, out_specs: tuple, device_id, stream,
+                  timings: Optional[dict], cpu_timings: bool) -> list:
+    """A validated call on host arrays (``host_path.eligible``) through :mod:`.host_path`:
+    its outputs as numpy arrays, in slot order."""
+    if timings is not None:
+        _Timer(timings, cpu_timings)            # every timing key present, as _execute_op does
+    return host_path.run(op, call, in_list, out_specs, device_id, stream,
+                         *_signature_parts(op, call),
+                         _general_on_device(op, call, device_id, stream, timings, cpu_timings),
+                         timings)
+
+
+def _signature_parts(op: OpSpec, call) -> tuple:
+    """What a call's cache signature takes besides the device and its tensors: the
+    determinism value, the nine attribute values, the int arrays' values."""
+    int_values = []
+    for n in op.int_arrays:
+        v = getattr(call, n, None)
+        int_values.append(None if v is None else int64_values(n, v))
+    return bool(call.deterministic), _attr_values_of(call), tuple(int_values)
+
+
+def _general_on_device(op: OpSpec, call, device_id: Optional[int], stream,
+                       timings: Optional[dict] = None, cpu_timings: bool = False):
+    """For :mod:`.host_path`: the general path on the device arrays it made (its cache
+    miss), results left on the device; a caller's stream is not synchronised."""
+    def general(in_list: list, out_list: list) -> None:
+        _execute_op(dict(zip(op.inputs, in_list)),
+                    {n: getattr(call, n, None) for n in op.int_arrays}, _attrs(call),
+                    dict(zip(op.outputs, out_list)), deterministic=bool(call.deterministic),
+                    device_id=device_id, timings=timings, stream=stream, keep_on_device=True,
+                    cpu_timings=cpu_timings, cache=True, op=op)
+    return general
 
 
 def _attr_values_of(call) -> tuple:
@@ -590,6 +636,13 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
             with runtime.operation():
                 if _launch_cached(BACKWARD, call, in_list, out_list, device_id, stream):
                     return FagGrads(*out_list[:5])
+    if not keep_on_device and not outputs:
+        in_list = [getattr(call, n, None) for n in INPUT_SLOTS]
+        if host_path.eligible(in_list):          # host arrays: the short path of host_path
+            out_specs = tuple([None if in_list[i] is None else (in_list[i].shape, BF16)
+                               for i in _GRAD_SOURCES] + [None])        # dpse: NULL
+            return FagGrads(*_on_host_path(BACKWARD, call, in_list, out_specs, device_id,
+                                           stream, timings, cpu_timings)[:5])
     inputs = {n: getattr(call, n, None) for n in INPUT_SLOTS}
     int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
     given = dict(outputs or {})
@@ -699,10 +752,17 @@ def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
     ``keep_on_device`` and ``stream``: as run_backward.
     """
     _require_forward()
-    inputs = {n: getattr(call, n, None) for n in FWD_INPUT_SLOTS}
-    int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
     t1, n1 = call.query.shape[0], call.query.shape[1]
     slots = _forward_outputs(t1, n1, call.value.shape[2])
+    if not keep_on_device and not outputs:
+        in_list = [getattr(call, n, None) for n in FWD_INPUT_SLOTS]
+        if host_path.eligible(in_list):          # host arrays: the short path of host_path
+            out_specs = tuple((slots[n][0], slots[n][1]) for n in FWD_OUTPUT_SLOTS)
+            res = dict(zip(FWD_OUTPUT_SLOTS, _on_host_path(FORWARD, call, in_list, out_specs,
+                                                           device_id, stream, timings, False)))
+            return FagForward(res["attention_out"], res["softmax_max"], res["softmax_sum"])
+    inputs = {n: getattr(call, n, None) for n in FWD_INPUT_SLOTS}
+    int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
     slots.update({n: a for n, a in (outputs or {}).items() if a is not None})
     res = _execute(inputs, int_arrays, _attrs(call), slots,
                    deterministic=bool(call.deterministic), device_id=device_id, timings=timings,

@@ -35,6 +35,7 @@ from typing import Dict, Optional
 
 from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
                       ResourceReleaseWarning, error_class_for)
+from .. import _env
 from . import loader, ownership
 from ._status import check, recent_message, status_error
 
@@ -236,7 +237,7 @@ def resolve_device(device_id: Optional[int] = None) -> int:
         return device_id                # the common case, first
     source = _device_source(device_id)
     if device_id is None:
-        text = os.environ.get(ENV_DEVICE, "").strip()
+        text = (_env.get(ENV_DEVICE) or "").strip()
         if not text:
             return 0
         try:
@@ -419,10 +420,18 @@ def soc_name() -> Optional[str]:
 
 # ----------------------------------------------------------------------------- streams
 def stream(device_id: Optional[int] = None) -> int:
-    """The stream of (device, calling thread), created on first use."""
+    """The stream of (device, calling thread), created on first use. The thread remembers
+    the last one it got: while that stream is still registered (not destroyed by
+    ``release_thread_resources``, ``shutdown`` or a new runtime state) it is returned at
+    once; otherwise streams of ended threads on the device are destroyed first."""
     dev = resolve_device(device_id)
     b = ensure_device(dev, check_context=False)
     st = _get_state()
+    last = getattr(_tls, "stream", None)
+    if last is not None and last[0] is st and last[1] == dev:
+        entry = last[2]
+        if entry.handle is not None and st.streams.get((dev, threading.get_ident())) is entry:
+            return entry.handle
     thread = threading.current_thread()
     key = (dev, threading.get_ident())
     with st.lock:
@@ -431,6 +440,7 @@ def stream(device_id: Optional[int] = None) -> int:
         if entry is not None:
             if entry.thread() is not thread:      # thread id reused by a new thread: adopt
                 entry.thread = weakref.ref(thread)
+            _tls.stream = (st, dev, entry)
             return entry.handle
     b = ensure_device(dev)        # a native create follows: the context must really be current
     handle = c_void_p()
@@ -441,6 +451,7 @@ def stream(device_id: Optional[int] = None) -> int:
             entry.handle = handle.value
             with st.lock:
                 st.streams[key] = entry
+            _tls.stream = (st, dev, entry)
     check(b, rc, "aclrtCreateStream")
     _count("streams")
     return handle.value

@@ -1,5 +1,8 @@
 """The device memory of a call on host arrays: one allocation (an arena) for the uploads and
-the outputs, slices aligned and disjoint, outputs zero-filled, freed once on every path."""
+the outputs, slices aligned and disjoint, outputs zero-filled, freed once on every path.
+
+These tests count allocations and frees per call, so the reuse of that memory by later
+calls (aclnn_fag/acl/call_pool.py, tested in test_call_pool.py) is turned off here."""
 
 from __future__ import annotations
 
@@ -11,12 +14,17 @@ import pytest
 
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
-from aclnn_fag.acl import arena, device, op, tensors
+from aclnn_fag.acl import arena, call_pool, device, op, tensors
 from aclnn_fag.validate import validate_backward
 from acl_cases import assert_grads_close, make_problem
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 ALIGN = arena.ARENA_ALIGN
+
+
+@pytest.fixture(autouse=True)
+def _no_reuse(monkeypatch):
+    monkeypatch.setenv(call_pool.ENV_LIMIT, "0")
 
 
 def _call(p):

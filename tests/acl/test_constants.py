@@ -83,6 +83,18 @@ def test_release_shutdown_and_raw_calls(no_leaks):
     assert nbytes >= MASK_BYTES and constants.size() == 0
 
 
+def test_the_general_path_uses_the_copy_too(no_leaks):
+    """A call that does not take the short path of acl/host_path.py (a strided input)."""
+    p = make_problem(seed=56, q_lens=(6, 5), mode=3)
+    want = p.grads("npu")                                    # makes the copy
+    strided = np.ascontiguousarray(p.fwd.softmax_sum[:, :, None].repeat(2, 2))[:, :, 0]
+    assert not strided.flags.c_contiguous and np.array_equal(strided, p.fwd.softmax_sum)
+    got, nbytes = _h2d(lambda: p.grads("npu", softmax_sum=strided))
+    assert 0 < nbytes < MASK_BYTES
+    for a, b in zip(_bits(want), _bits(got)):
+        assert np.array_equal(a, b)
+
+
 def test_a_foreign_device_reset_makes_a_new_copy(no_leaks):
     p = make_problem(seed=54, q_lens=(5, 4), mode=3)
     want = p.grads("npu")

@@ -70,6 +70,11 @@ def test_package_mask_is_read_only_and_recognised(monkeypatch):
     assert not masks.is_package_mask(copy)                    # the caller could change it
     copy.setflags(write=False)
     assert not masks.is_package_mask(copy)                    # same content, not ours
+    # a view made by as_strided that starts one row into the package's buffer (numpy makes
+    # no other view of it that starts elsewhere with these strides): not recognised
+    shifted = np.lib.stride_tricks.as_strided(m[1:], shape=m.shape, strides=m.strides,
+                                              writeable=False)
+    assert not masks.is_package_mask(shifted)
     # recognised masks are not read: the canonical check never runs for them
     calls = []
     monkeypatch.setattr(validate, "is_canonical_compressed",

@@ -190,6 +190,14 @@ def test_public_call_holds_the_determinism_option_during_phase_1(want, monkeypat
     assert seen and all(bool(v) is want for v in seen), seen
     assert runtime.get_determinism(0) == before                # restored afterwards
     assert got.dq is not None
+    # the general path of acl/op.py too (device results: not the host-array short path)
+    seen.clear()
+    acl.clear_executor_cache()              # (else a cache hit: no phase 1 to look at)
+    call = validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy, **p.kwargs(), deterministic=want)
+    for g in acl.run_backward(call, keep_on_device=True):
+        g.free()
+    assert seen and all(bool(v) is want for v in seen), seen
+    assert runtime.get_determinism(0) == before
     # the same through a plan built from a validated call
     seen.clear()
     call = validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy, **p.kwargs(), deterministic=want)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import aclnn_fag as af
-from aclnn_fag.acl import op as acl_op
+from aclnn_fag.acl import tensors
 from aclnn_fag.validate import start_indices, validate_backward
 from acl_cases import assert_grads_close, make_problem
 
@@ -76,13 +76,15 @@ def test_start_indices_default_and_caller_values_win(monkeypatch, no_leaks):
     call = validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy, **p.kwargs())
     assert (call.q_start_idx, call.kv_start_idx) == ((0,), (0,))
     seen = []
-    real = acl_op._execute
+    real = tensors.HandleBatch.int_arrays
 
-    def spy(inputs, int_arrays, *a, **kw):
-        seen.append((int_arrays["q_start_idx"], int_arrays["kv_start_idx"]))
-        return real(inputs, int_arrays, *a, **kw)
+    def spy(self, seqs):        # the aclIntArrays phase 1 gets, in parameter order
+        seqs = list(seqs)
+        seen.append((seqs[3], seqs[4]))         # q_start_idx, kv_start_idx
+        return real(self, seqs)
 
-    monkeypatch.setattr(acl_op, "_execute", spy)
+    monkeypatch.setattr(tensors.HandleBatch, "int_arrays", spy)
     p.grads("npu")
     p.grads("npu", q_start_idx=[3], kv_start_idx=[1])
+    p.grads("npu", q_start_idx=[3], kv_start_idx=[1])   # the same signature: no phase 1
     assert [tuple(map(tuple, s)) for s in seen] == [((0,), (0,)), ((3,), (1,))]

@@ -1,0 +1,173 @@
+"""Device memory kept between calls on host arrays: the arena of a finished call, reused.
+
+A call on host arrays puts its uploads and outputs in one device allocation
+(:func:`.device.call_memory`, :mod:`.arena`). That call synchronises its stream before it
+returns (host results are downloaded; with host inputs and a caller's stream, that stream
+too), so once it is over nothing queued can still use the allocation. Instead of
+``aclrtFree`` it gives the allocation back here, and the next call that needs at most as
+many bytes takes it: no ``aclrtMalloc``/``aclrtFree`` per call (on the stand-in libraries
+also no fresh pages for the copies to fault in).
+
+Rules:
+
+* An allocation is used by one call at a time: :func:`take` removes it from the pool,
+  :func:`give` puts it back after a **successful** call. A failed call frees its
+  allocation instead (the device may not be done with it).
+* Kept per (device, ACL context record -- ``runtime.current_context_record()``): memory
+  of a context that was reset, finalised or forked away is never handed out again.
+* At most ``limit()`` bytes of idle allocations per device and context
+  (``ACLNN_FAG_CALL_MEMORY_CACHE`` in MiB, default 64; ``0`` turns reuse off: every call
+  allocates and frees as before). A call needing more than the limit allocates and frees
+  its own. Beyond the limit the least recently returned allocations are freed first.
+* Sizes are rounded up to :data:`GRAIN` bytes so that calls of nearly equal sizes share.
+* An allocation that fails for lack of device memory frees the idle allocations of that
+  device and is tried once more.
+* :func:`clear` (``acl.release_call_memory()``) frees every idle allocation;
+  ``acl.shutdown()`` does too.
+
+Results kept on the device (``keep_on_device``) never come from here: they own an
+allocation of their own (:meth:`.arena.ArenaBuffer.share`).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, List, Optional
+
+from .. import _env
+from ..errors import AclnnError
+from . import runtime
+from .arena import ArenaBuffer
+
+__all__ = ["ENV_LIMIT", "DEFAULT_LIMIT_MIB", "GRAIN", "limit", "take", "give", "discard",
+           "clear", "idle_bytes"]
+
+ENV_LIMIT = "ACLNN_FAG_CALL_MEMORY_CACHE"
+DEFAULT_LIMIT_MIB = 64
+GRAIN = 64 * 1024
+_OUT_OF_MEMORY = 207001          # ACL_ERROR_RT_MEMORY_ALLOCATION
+
+_lock = threading.Lock()
+_idle: Dict[tuple, List[ArenaBuffer]] = {}   # (device, context record) -> oldest first
+_env_seen: Optional[str] = "unset"
+_limit = DEFAULT_LIMIT_MIB << 20
+
+
+def limit() -> int:
+    """Idle bytes kept at most per device (``$ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default
+    64, 0 = off). Read again whenever the variable changes; an invalid value raises
+    ValueError naming it."""
+    global _env_seen, _limit
+    raw = _env.get(ENV_LIMIT)
+    if raw != _env_seen:
+        if raw is None or raw.strip() == "":
+            mib = DEFAULT_LIMIT_MIB
+        else:
+            try:
+                mib = int(raw)
+            except ValueError:
+                raise ValueError(f"environment variable {ENV_LIMIT}={raw!r} must be a "
+                                 "non-negative integer (MiB; 0 turns the reuse off)") from None
+            if mib < 0:
+                raise ValueError(f"environment variable {ENV_LIMIT}={raw!r} must be >= 0")
+        _limit, _env_seen = mib << 20, raw
+        if _limit == 0:
+            clear()
+    return _limit
+
+
+def take(nbytes: int, device_id: int) -> ArenaBuffer:
+    """An allocation of at least ``nbytes`` on ``device_id`` for one call: an idle one
+    (the smallest that fits) or a new one. Call after ``runtime.ensure_device``. Hand it
+    back with :func:`give` after a successful call, :func:`discard` after a failed one."""
+    cap = limit()
+    if cap == 0 or nbytes > cap:
+        return ArenaBuffer(nbytes, device_id)   # not kept (pool_key None): give() frees it
+    key = (device_id, runtime.current_context_record())
+    with _lock:
+        found = None
+        entries = _idle.get(key)
+        if entries:
+            for i, a in enumerate(entries):
+                if a.nbytes >= nbytes and (found is None or a.nbytes < entries[found].nbytes):
+                    found = i
+            if found is not None:
+                found = entries.pop(found)
+    if found is not None and not found.closed:
+        return found
+    with _lock:
+        stale = [a for k in [k for k in _idle if k[0] == device_id and k != key]
+                 for a in _idle.pop(k)]         # another context's: never handed out again
+    _drop(stale)
+    size = min(cap, -(-nbytes // GRAIN) * GRAIN)
+    try:
+        arena = ArenaBuffer(size, device_id)
+    except AclnnError as e:
+        if e.code != _OUT_OF_MEMORY or not clear(device_id):
+            raise
+        arena = ArenaBuffer(size, device_id)    # the idle ones freed: once more
+    arena.pool_key = key
+    return arena
+
+
+def give(arena: ArenaBuffer) -> None:
+    """Back after a successful call: kept for the next one (within the limit), or freed
+    (not poolable or too big). A failed free only warns. (An allocation of a context that
+    was reset meanwhile is kept under its old record: :func:`take` never hands it out and
+    frees it when it next allocates on that device.)"""
+    key = arena.pool_key
+    cap = limit()
+    if key is None or arena.closed or arena.nbytes > cap:
+        arena.release("warn")
+        return
+    dropped = []
+    with _lock:
+        entries = _idle.setdefault(key, [])
+        entries.append(arena)
+        total = sum(a.nbytes for a in entries)
+        while total > cap:
+            old = entries.pop(0)
+            total -= old.nbytes
+            dropped.append(old)
+    _drop(dropped)
+
+
+def discard(arena: ArenaBuffer) -> None:
+    """After a failed call: freed, never reused (a failed free only warns)."""
+    arena.release("warn")
+
+
+def _drop(arenas) -> None:
+    for a in arenas:
+        try:
+            a.release("warn")
+        except Exception:
+            pass
+
+
+def clear(device_id: Optional[int] = None) -> int:
+    """Free every idle allocation (of one device, or all); returns how many there were."""
+    with _lock:
+        keys = [k for k in _idle if device_id is None or k[0] == device_id]
+        arenas = [a for k in keys for a in _idle.pop(k)]
+    _drop(arenas)
+    return len(arenas)
+
+
+def idle_bytes(device_id: Optional[int] = None) -> int:
+    """Bytes of idle allocations kept now (of one device, or all)."""
+    with _lock:
+        return sum(a.nbytes for k, lst in _idle.items() for a in lst
+                   if device_id is None or k[0] == device_id)
+
+
+def _forget_after_fork() -> None:
+    global _lock
+    _lock = threading.Lock()
+    _idle.clear()              # the parent's device memory: never freed here
+
+
+runtime.on_shutdown(clear)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
