@@ -776,12 +776,16 @@ def _warn_stats_mismatch(samples, scale_value):
     to more than 1, which no softmax does (a wrong scale_value, other inputs or another mask).
     A larger max + log(sum) is not reported: statistics over more keys than this call sees
     (context parallelism, ring attention) are legitimate."""
+    isfinite = math.isfinite
     for b, i, h, lse, m, l in samples:
-        stored = m + math.log(l) if (math.isfinite(m) and math.isfinite(l) and l > 0) else None
-        if stored is not None and not math.isfinite(lse):
-            continue
-        if stored is not None and lse - stored <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
-            continue
+        if isfinite(m) and isfinite(l) and l > 0:
+            if not isfinite(lse):
+                continue
+            stored = m + math.log(l)
+            if lse - stored <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
+                continue
+        else:
+            stored = None
         if stored is None:
             what = f"max = {m:g}, sum = {l:g} cannot be a softmax's statistics"
         else:
