@@ -712,9 +712,12 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
     picked = []           # (b, i, h, dm, dl, tm, tl, same) of the rows recomputed, in order
     rows = []             # their rows_lse descriptions
+    lses = []             # their log-sum-exps where already computed (else None)
+    scale32 = np.float32(scale_value)
     checked = 0
     same_rows = 0         # rows where both readings coincide: sampled for the warning only
     max_item, sum_item = smax.item, ssum.item         # by flat C-order index
+    log, isfinite = math.log, math.isfinite
     sqs, skvs, q_starts, kv_starts = seqs.sq, seqs.skv, seqs.q_starts, seqs.kv_starts
     for b in range(seqs.batch):
         sq, skv = sqs[b], skvs[b]
@@ -736,19 +739,32 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
             picked.append((b, i, h, dm, dl, tm, tl, same))
             rows.append((qs + i, h, h // group,
                          (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks))
+            lses.append(None)
             if same:
                 same_rows += 1
                 continue
+            if not checked:
+                # the first checked row, recomputed at once: when its statistics fit the
+                # device's reading the call can no longer be rejected, and they describe the
+                # scores where checked -- done (the common case costs one row, not every
+                # sampled row; docs/validation.md, "What S9 samples")
+                lse = lses[-1] = rows_lse(q, qr, k, kr, rows[-1:], scale32,
+                                          STATS_LAYOUT_KEY_CHUNK)[0]
+                if isfinite(lse) and dl > 0 and abs(dm + log(dl) - lse) <= 1e-3 * max(
+                        1.0, abs(lse)):
+                    return [(b, i, h, lse, dm, dl)]
             checked += 1
             if checked >= STATS_LAYOUT_SAMPLES:
                 break
         if checked >= STATS_LAYOUT_SAMPLES:
             break
-    lses = (rows_lse(q, qr, k, kr, rows, np.float32(scale_value), STATS_LAYOUT_KEY_CHUNK)
-            if rows else [])
+    rest = [r for r, lse in enumerate(lses) if lse is None]
+    if rest:                    # every other sampled row, recomputed together
+        for r, lse in zip(rest, rows_lse(q, qr, k, kr, [rows[r] for r in rest], scale32,
+                                         STATS_LAYOUT_KEY_CHUNK)):
+            lses[r] = lse
     device_fits = token_fits = 0
     samples = []          # every recomputed row (for the mismatch warning)
-    log, isfinite = math.log, math.isfinite
     for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
         samples.append((b, i, h, lse, dm, dl))
         if not same and isfinite(lse):

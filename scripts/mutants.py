@@ -806,4 +806,12 @@ MUTANTS = [
            "            shared = None",
            "every numpy-in call uploads the package's 4 MiB compressed mask again",
            ("tests/acl/test_constants.py",)),
+    Mutant("val-s9-no-early-stop", "validate", V,
+           "            if not checked:\n", "            if False:\n",
+           "every numpy-in call recomputes all sampled rows even when the first fits", S9_T),
+    Mutant("val-s9-early-stop-token", "validate", V,
+           "                if isfinite(lse) and dl > 0 and abs(dm + log(dl) - lse) <= 1e-3 * max(",
+           "                if isfinite(lse) and tl > 0 and abs(tm + log(tl) - lse) <= 1e-3 * max(",
+           "token-major statistics pass S9 (their first row fits the token-major reading)",
+           S9_T),
 ]

@@ -94,6 +94,8 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
                     found = i
             if found is not None:
                 found = entries.pop(found)
+                if not entries:
+                    del _idle[key]
     if found is not None and not found.closed:
         return found
     with _lock:
@@ -121,10 +123,13 @@ def give(arena: ArenaBuffer) -> None:
     if key is None or arena.closed or arena.nbytes > cap:
         arena.release("warn")
         return
-    dropped = []
     with _lock:
-        entries = _idle.setdefault(key, [])
+        entries = _idle.get(key)
+        if entries is None:
+            _idle[key] = [arena]
+            return                              # the common case: the only one, within cap
         entries.append(arena)
+        dropped = []
         total = sum(a.nbytes for a in entries)
         while total > cap:
             old = entries.pop(0)

@@ -57,17 +57,25 @@ class _MaskSlots(dict):
 _MASK_SLOT = _MaskSlots()
 
 
+_SHARED = "the package mask's device copy"     # its input slot in a layout's specs
+
+
 class _Layout:
     """Where one shape signature's pieces lie in the call's allocation: the outputs first
     (``zero_end`` bytes, zero-filled), then the inputs, then room for the workspace
-    (``workspace``: the largest a cached executor of this layout asked for so far)."""
+    (``workspace``: the largest a cached executor of this layout asked for so far).
+    ``input_at`` / ``output_at``: the offset of each non-NULL slot's piece, in order (what
+    the cached executor's tensors are pointed at; -1: the mask's device copy, None: an
+    empty output)."""
 
     __slots__ = ("outputs", "inputs", "zero_end", "nbytes", "input_keys", "output_keys",
-                 "workspace", "memo")
+                 "workspace", "memo", "input_at", "output_at")
 
     def __init__(self, in_specs: Sequence, out_specs: Sequence) -> None:
-        # out_specs / in_specs: (shape, dtype) or None per slot; an input None here is NULL
-        # or the device copy of the package's mask (not placed)
+        # out_specs / in_specs: (shape, dtype) or None (NULL) per slot; an input _SHARED is
+        # the device copy of the package's mask (not placed)
+        given = in_specs
+        in_specs = [None if s is _SHARED else s for s in in_specs]
         out_sizes = [0 if s is None else _nbytes(*s) for s in out_specs]
         out_at, self.zero_end = layout([n for n in out_sizes if n])
         at = iter(out_at)
@@ -89,6 +97,9 @@ class _Layout:
                            for p in self.inputs]
         self.output_keys = tuple([None if p is None else (p[2], p[4], p[3], 0, p[1])
                                   for p in self.outputs])
+        self.input_at = [-1 if p is None else p[0] for p, s in zip(self.inputs, given)
+                         if s is not None]
+        self.output_at = [p[0] for p in self.outputs if p is not None]
 
 
 def _nbytes(shape: tuple, dt: np.dtype) -> int:
@@ -130,8 +141,9 @@ def run(op, call, arrays: list, out_specs: list, device_id: Optional[int], strea
         shared = None
         if mask_at >= 0 and arrays[mask_at] is not None:
             shared = constants.package_mask(arrays[mask_at], dev)
-        specs = tuple([None if a is None or (shared is not None and i == mask_at)
-                       else (a.shape, a.dtype) for i, a in enumerate(arrays)])
+        specs = tuple([None if a is None else (a.shape, a.dtype) for a in arrays])
+        if shared is not None:
+            specs = specs[:mask_at] + (_SHARED,) + specs[mask_at + 1:]
         lay = _layouts.get((specs, out_specs))
         if lay is None:
             if len(_layouts) >= _MAX_LAYOUTS:
@@ -154,10 +166,9 @@ def run(op, call, arrays: list, out_specs: list, device_id: Optional[int], strea
                     key = _signature(op, lay, dev, deterministic, attr_values, int_values,
                                      shared, mask_at)
                     entry = exec_cache.take_repointed_at(
-                        key, b, [shared.buffer.ptr if p is None else base + p[0]
-                                 for a, p in zip(arrays, lay.inputs) if a is not None],
-                        [None if p[0] is None else base + p[0]
-                         for p in lay.outputs if p is not None])
+                        key, b, [base + at if at >= 0 else shared.buffer.ptr
+                                 for at in lay.input_at],
+                        [None if at is None else base + at for at in lay.output_at])
                 if entry is not None:
                     def workspace_of(size):
                         if size <= arena.nbytes - lay.nbytes:   # room behind the pieces

@@ -81,7 +81,9 @@ def _expected(case, smax, ssum, q=None, qr=None, k=None, kr=None):
     (Sq/2, N1/2), (Sq-1, 0), (0, N1-1); a row without kept key is skipped; a row whose two
     readings address equal values is recomputed for the warning only (at most
     STATS_LAYOUT_SAMPLES such rows); the sampling stops after STATS_LAYOUT_SAMPLES checked
-    rows. Returns [(b, i, h, lse, dm, dl, tm, tl, same)]."""
+    rows -- or at the first checked row, when its statistics fit the device's reading (the
+    call can no longer be rejected): that row is then the only sample.
+    Returns [(b, i, h, lse, dm, dl, tm, tl, same)]."""
     q, qr, k, kr = (case.q if q is None else q, case.qr if qr is None else qr,
                     case.k if k is None else k, case.kr if kr is None else kr)
     lay, n1 = case.lay, case.n1
@@ -106,6 +108,8 @@ def _expected(case, smax, ssum, q=None, qr=None, k=None, kr=None):
             if same:
                 same_rows += 1
                 continue
+            if checked == 0 and _fits(dm, dl, lse):
+                return out[-1:]
             checked += 1
             if checked >= V.STATS_LAYOUT_SAMPLES:
                 return out
@@ -225,6 +229,29 @@ def test_one_sampled_row_in_the_device_layout(cases, name):
         _run(case, smax, ssum)                            # not rejected
 
 
+@pytest.mark.parametrize("name", ["gqa-mode3", "mode1-bn-gqa", "mode4-band", "mqa-mode3"])
+def test_statistics_that_fit_cost_one_row(cases, monkeypatch, name):
+    """Device-layout statistics: the first checked row fits, so it is the only row
+    recomputed; statistics of another scale: the first row does not fit and every sampled
+    row is recomputed (the first alone, then the others together)."""
+    case = cases[name]
+    calls = []
+    real = V.rows_lse
+
+    def spy(q, qr, k, kr, rows, *rest):
+        calls.append(len(rows))
+        return real(q, qr, k, kr, rows, *rest)
+    monkeypatch.setattr(V, "rows_lse", spy)
+    _compare(case, case.softmax_max, case.softmax_sum)
+    assert calls == [1]
+    calls.clear()
+    other = case.softmax_max * np.float32(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = _compare(case, other, case.softmax_sum)
+    assert len(expected) > 1 and calls == [1, len(expected) - 1]
+
+
 def test_rows_without_kept_keys_are_skipped(cases):
     """Fully masked sampled rows (per head and for every head) are skipped and the next
     candidates taken, as the rule says."""
@@ -292,17 +319,31 @@ def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk, group):
     paths = set()
     for name in ("gqa-mode3", "mode1-b1", "mode4-band", "mqa-mode3", "mqa-mode4"):
         case = cases[name]
-        gathered.clear()
-        expected = _compare(case, case.softmax_max, case.softmax_sum)
-        union, total = _gathers_expected(case, expected)
-        if union <= chunk:
-            assert gathered == [("once", union)]
-        else:
-            assert {how for how, _ in gathered} == {"chunk"}
-            assert sum(n for _, n in gathered) == total and max(n for _, n in gathered) <= chunk
-            assert len(gathered) == -(-total // chunk)                 # no more than needed
-        paths.add(gathered[0][0])
-    assert paths == ({"once"} if chunk >= 64 else {"chunk"})
+        for stats in ((case.softmax_max, case.softmax_sum), _token_major(case)):
+            gathered.clear()
+            expected = _compare(case, *stats)
+            first = next(r for r, e in enumerate(expected) if not e[8])
+            # the first checked row alone; then (when it did not fit the device's reading)
+            # every other sampled row together
+            calls = [expected[first:first + 1], expected[:first] + expected[first + 1:]]
+            at = 0
+            for rows in calls:
+                if not rows:
+                    continue
+                union, total = _gathers_expected(case, rows)
+                if union <= chunk:
+                    assert gathered[at] == ("once", union)
+                    at += 1
+                else:
+                    n = -(-total // chunk)                          # no more than needed
+                    got = gathered[at:at + n]
+                    assert {how for how, _ in got} == {"chunk"}
+                    assert sum(k for _, k in got) == total and max(k for _, k in got) <= chunk
+                    at += n
+                paths.add(gathered[at - 1][0])
+            assert at == len(gathered)
+    # large chunks: always one gather per call; small ones: the chunked path taken too
+    assert paths == {"once"} if chunk >= 64 else "chunk" in paths
 
 
 def _lse_row_alone(q, qr, k, kr, row, scale32) -> float:
