@@ -77,6 +77,8 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
     arrays = (q, qr, k, kr)
     if q.dtype == _BF16 and qr.dtype == _BF16 and k.dtype == _BF16 and kr.dtype == _BF16:
         arrays = (q.view(_U16), qr.view(_U16), k.view(_U16), kr.view(_U16))   # widened once
+    if len(rows) == 1 and type(rows[0][3]) is tuple and counts[0] <= chunk:
+        return [_range_row_lse(arrays, rows[0], counts[0], scale32)]
     scores = np.empty(sum(counts), np.float32)
     pieces, first, gathered = _union(rows)
     if gathered <= chunk:             # the common case: every key in one gather
@@ -107,6 +109,27 @@ def rows_lse(q, qr, k, kr, rows, scale32, chunk: int) -> list:
         _score(arrays, rows, pieces, scores)
     scores *= scale32
     return _reduced(scores, counts)
+
+
+def _range_row_lse(arrays, row, n: int, scale32) -> float:
+    """rows_lse of one row whose keys are a token range: the same widening, matrix-vector
+    product and reduction as the general path (the same values), without its bookkeeping
+    (S9 recomputes one such row on most calls)."""
+    q, qr, k, kr = arrays
+    t, h, n2, (a, e) = row
+    d = q.shape[2]
+    bits = q.dtype == _U16
+    both = np.empty((1 + n, d + qr.shape[2]), np.uint32 if bits else np.float32)
+    both[0, :d] = q[t, h]
+    both[0, d:] = qr[t, h]
+    both[1:, :d] = k[a:e, n2]
+    both[1:, d:] = kr[a:e, n2]
+    if bits:
+        both <<= 16
+        both = both.view(np.float32)
+    scores = np.dot(both[1:], both[0])
+    scores *= scale32
+    return segment_lse(scores, [n])[0]
 
 
 def _reduced(scores, counts) -> list:

@@ -814,4 +814,7 @@ MUTANTS = [
            "                if isfinite(lse) and tl > 0 and abs(tm + log(tl) - lse) <= 1e-3 * max(",
            "token-major statistics pass S9 (their first row fits the token-major reading)",
            S9_T),
+    Mutant("val-s9-one-row-key-off", "validate", RL,
+           "    both[1:, :d] = k[a:e, n2]\n", "    both[1:, :d] = k[a + 1:e + 1, n2]\n",
+           "S9's first check reads the keys after the row's (wrong verdicts)", S9_T),
 ]

@@ -314,8 +314,14 @@ def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk, group):
     def counting_once(arrays, rows, pieces, n):
         gathered.append(("once", n))
         return widened(arrays, rows, pieces, n)
+    one_row = row_lse._range_row_lse
+
+    def counting_one_row(arrays, row, n, scale32):       # one row's key range, at once
+        gathered.append(("once", n))
+        return one_row(arrays, row, n, scale32)
     monkeypatch.setattr(row_lse, "_score", counting)
     monkeypatch.setattr(row_lse, "_widened", counting_once)
+    monkeypatch.setattr(row_lse, "_range_row_lse", counting_one_row)
     paths = set()
     for name in ("gqa-mode3", "mode1-b1", "mode4-band", "mqa-mode3", "mqa-mode4"):
         case = cases[name]
@@ -405,6 +411,13 @@ def test_rows_lse_against_each_row_alone(seed):
                 assert math.isnan(g), r
             else:
                 assert g == pytest.approx(w, rel=1e-6, abs=1e-6), (chunk, r)
+    # one range row on its own (the short path S9's first check takes): the very value the
+    # general path gives that row among the others
+    together = row_lse.rows_lse(q, qr, k, kr, rows, scale32, 1 << 20)
+    for r, g in zip(rows, together):
+        if type(r[3]) is tuple:
+            alone = row_lse.rows_lse(q, qr, k, kr, [r], scale32, 1 << 20)
+            assert len(alone) == 1 and (alone[0] == g or (math.isnan(g) and math.isnan(alone[0])))
 
 
 def test_union_places_every_row_on_its_keys():
