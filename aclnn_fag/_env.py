@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Dict, Optional, Tuple
 
-__all__ = ["get"]
+__all__ = ["get", "non_negative_int"]
 
 _env = os.environ
 _store = getattr(_env, "_data", None)
@@ -41,3 +41,19 @@ def get(name: str) -> Optional[str]:
     text = _decodevalue(value)
     _decoded[name] = (value, text)
     return text
+
+
+def non_negative_int(name: str, raw: Optional[str], default: int, zero_means: str) -> int:
+    """The value of variable ``name`` whose text is ``raw`` (from :func:`get`): ``default``
+    when unset or blank, else a non-negative integer; ValueError naming the variable
+    otherwise (``zero_means``: what 0 does, for the message)."""
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} must be a non-negative integer "
+                         f"({zero_means})") from None
+    if value < 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be >= 0")
+    return value

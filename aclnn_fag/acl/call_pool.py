@@ -61,16 +61,8 @@ def limit() -> int:
     global _env_seen, _limit
     raw = _env.get(ENV_LIMIT)
     if raw != _env_seen:
-        if raw is None or raw.strip() == "":
-            mib = DEFAULT_LIMIT_MIB
-        else:
-            try:
-                mib = int(raw)
-            except ValueError:
-                raise ValueError(f"environment variable {ENV_LIMIT}={raw!r} must be a "
-                                 "non-negative integer (MiB; 0 turns the reuse off)") from None
-            if mib < 0:
-                raise ValueError(f"environment variable {ENV_LIMIT}={raw!r} must be >= 0")
+        mib = _env.non_negative_int(ENV_LIMIT, raw, DEFAULT_LIMIT_MIB,
+                                    "MiB; 0 turns the reuse off")
         _limit, _env_seen = mib << 20, raw
         if _limit == 0:
             clear()

@@ -63,16 +63,8 @@ def capacity() -> int:
     global _env_seen, _capacity
     raw = _env.get(ENV_CAPACITY)
     if raw != _env_seen:
-        if raw is None or raw.strip() == "":
-            value = DEFAULT_CAPACITY
-        else:
-            try:
-                value = int(raw)
-            except ValueError:
-                raise ValueError(f"environment variable {ENV_CAPACITY}={raw!r} must be a "
-                                 "non-negative integer (0 turns the executor cache off)") from None
-            if value < 0:
-                raise ValueError(f"environment variable {ENV_CAPACITY}={raw!r} must be >= 0")
+        value = _env.non_negative_int(ENV_CAPACITY, raw, DEFAULT_CAPACITY,
+                                      "0 turns the executor cache off")
         _capacity, _env_seen = value, raw
         if value < _count:
             _trim(value)

@@ -61,6 +61,20 @@ def _counted(fn):
 
 
 @pytest.fixture
+def taken(monkeypatch):
+    """Every allocation call_pool.take hands out (from now on)."""
+    out = []
+    real = call_pool.take
+
+    def spy(nbytes, dev):
+        a = real(nbytes, dev)
+        out.append(a)
+        return a
+    monkeypatch.setattr(call_pool, "take", spy)
+    return out
+
+
+@pytest.fixture
 def runs(monkeypatch):
     """Counts the calls host_path.run takes."""
     n = [0]
@@ -195,22 +209,15 @@ def test_other_layouts_take_the_general_path_with_the_same_results(make, runs, n
     (op.PHASE2, 0, True), ("aclrtSynchronizeStream", 0, True),
     (op.PHASE2, 0, False), ("aclrtSynchronizeStream", 0, False),
 ])
-def test_a_failure_anywhere_frees_the_call_memory(function, count, second, monkeypatch, stub,
-                                                  no_leaks):
+def test_a_failure_anywhere_frees_the_call_memory(function, count, second, stub, no_leaks,
+                                                  request):
     p = make_problem(seed=11, q_lens=(5, 3), g=2, mode=3)
     want = p.grads("numpy")
-    taken = []
-    real = call_pool.take
-
-    def spy(nbytes, dev):
-        a = real(nbytes, dev)
-        taken.append(a)
-        return a
     if second:
         p.grads("npu")                                       # the next call is a hit
         if function == "aclrtMemcpy" and count < 5:
             count += 9                                       # after the nine uploads
-    monkeypatch.setattr(call_pool, "take", spy)
+    taken = request.getfixturevalue("taken")                 # what the failing call takes
     entries = exec_cache.size()
     stub.inject(function, count, 507899)
     with pytest.raises(errors.AclnnError) as info:
@@ -245,7 +252,7 @@ def test_threads_never_share_memory(no_leaks):
     assert not errs, errs[0]
 
 
-def test_a_foreign_device_reset_never_reuses_the_old_memory(monkeypatch, no_leaks):
+def test_a_foreign_device_reset_never_reuses_the_old_memory(no_leaks, request):
     p = make_problem(seed=12, q_lens=(5, 4), mode=3)
     want = p.grads("npu")
     old = [a for lst in call_pool._idle.values() for a in lst]
@@ -253,14 +260,7 @@ def test_a_foreign_device_reset_never_reuses_the_old_memory(monkeypatch, no_leak
     lib = ctypes.CDLL(str(acl.runtime.api().libraries.paths["runtime"]))
     lib.aclrtResetDevice.argtypes = [ctypes.c_int32]
     assert lib.aclrtResetDevice(0) == 0
-    taken = []
-    real = call_pool.take
-
-    def spy(nbytes, dev):
-        a = real(nbytes, dev)
-        taken.append(a)
-        return a
-    monkeypatch.setattr(call_pool, "take", spy)
+    taken = request.getfixturevalue("taken")
     _same(p.grads("npu"), want)
     assert taken and not any(t is a for t in taken for a in old)
     assert all(a.closed for a in old)        # dropped when the new context allocated
