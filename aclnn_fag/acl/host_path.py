@@ -9,18 +9,20 @@ here instead of the general path of :mod:`.op`:
    the outputs' bytes are zero-filled by one ``aclrtMemset`` (the op may leave parts
    unwritten: docs/faults.md) and each input is copied by one ``aclrtMemcpy``;
    the package's compressed mask is not uploaded (its device copy, :mod:`.constants`);
-3. the executor cached for the call's signature (:mod:`.exec_cache`) is repointed at
-   those addresses and phase 2 runs (``op._launch_cached``); on a miss the general path
-   runs on the same device arrays, so that its executor is cached under the signature the
+3. the executor cached for the call's signature (:mod:`.exec_cache`; the signature is
+   made from the layout, and reused while the attributes repeat) is repointed at those
+   addresses and phase 2 runs, its workspace behind the pieces in the same allocation
+   when there is room (else from the pool); on a miss the general path of :mod:`.op` runs
+   on the same device arrays, so that its executor is cached under the signature the
    next call computes;
 4. the stream is synchronised, every output downloaded into a new numpy array, and the
-   allocation (and the workspace, from the pool too) handed back for the next call.
+   memory handed back for the next call (freed instead when anything failed).
 
 Every input is uploaded on its own (views of one host buffer are not merged into one copy
 as the general path does: that needs no address arithmetic, and each copy is still one
 native call). Anything else -- a non-contiguous or byte-swapped array, a DeviceArray,
 outputs given by the caller, results kept on the device -- takes the general path. The
-results are the same either way (tests/acl/test_host_path.py).
+results are the same either way (tests/acl/test_call_pool.py).
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ def eligible(arrays: Sequence) -> bool:
     return True
 
 
-def run(op, call, arrays: list, out_specs: list, device_id: Optional[int], stream,
+def run(op, arrays: list, out_specs: tuple, device_id: Optional[int], stream,
         deterministic: bool, attr_values: tuple, int_values: tuple, general,
         timings: Optional[dict] = None) -> list:
     """One call (see the module doc): ``arrays`` (host array or None per input slot, in

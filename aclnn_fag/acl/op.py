@@ -559,7 +559,7 @@ def _on_host_path(op: OpSpec, call, in_list: list, out_specs: tuple, device_id, 
     its outputs as numpy arrays, in slot order."""
     if timings is not None:
         _Timer(timings, cpu_timings)            # every timing key present, as _execute_op does
-    return host_path.run(op, call, in_list, out_specs, device_id, stream,
+    return host_path.run(op, in_list, out_specs, device_id, stream,
                          *_signature_parts(op, call),
                          _general_on_device(op, call, device_id, stream, timings, cpu_timings),
                          timings)
