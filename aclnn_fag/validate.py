@@ -725,7 +725,7 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
             continue
         qs, ks = q_starts[b], kv_starts[b]
         keep = _batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
-        for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
+        for i, h in ((0, n1 - 1), (sq // 2, n1 // 2), (sq - 1, 0)):
             dev_flat = (qs * n1 + h * sq + i) * COPIES
             tok_flat = ((qs + i) * n1 + h) * COPIES
             dm, dl = max_item(dev_flat), sum_item(dev_flat)

@@ -78,7 +78,7 @@ def _row_lse_by_hand(case, q, qr, k, kr, b, i, h, keep) -> float:
 
 def _expected(case, smax, ssum, q=None, qr=None, k=None, kr=None):
     """The samples of S9 taken one by one: per batch (Skv_b <= STATS_LAYOUT_MAX_SKV) the rows
-    (Sq/2, N1/2), (Sq-1, 0), (0, N1-1); a row without kept key is skipped; a row whose two
+    (0, N1-1), (Sq/2, N1/2), (Sq-1, 0); a row without kept key is skipped; a row whose two
     readings address equal values is recomputed for the warning only (at most
     STATS_LAYOUT_SAMPLES such rows); the sampling stops after STATS_LAYOUT_SAMPLES checked
     rows -- or at the first checked row, when its statistics fit the device's reading (the
@@ -94,7 +94,7 @@ def _expected(case, smax, ssum, q=None, qr=None, k=None, kr=None):
         sq, skv, qs = lay.sq[b], lay.skv[b], lay.q_starts[b]
         if sq <= 0 or skv <= 0 or skv > V.STATS_LAYOUT_MAX_SKV:
             continue
-        for i, h in ((sq // 2, n1 // 2), (sq - 1, 0), (0, n1 - 1)):
+        for i, h in ((0, n1 - 1), (sq // 2, n1 // 2), (sq - 1, 0)):
             dev, tok = (qs * n1 + h * sq + i) * COPIES, ((qs + i) * n1 + h) * COPIES
             dm, dl, tm, tl = (float(fm[dev]), float(fs[dev]), float(fm[tok]), float(fs[tok]))
             same = _same(dm, tm) and _same(dl, tl)
