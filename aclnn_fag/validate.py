@@ -675,8 +675,8 @@ _batch_keep = functools.lru_cache(maxsize=1024)(batch_keep)
 def _fits(m, l, lse) -> bool:
     """max + log(sum) equals ``lse`` within 1e-3 relative; False for a sum <= 0 or NaN and a
     lse that is not finite -- and for an infinite or NaN max or sum, through the arithmetic
-    (inf or NaN is never within the finite tolerance). The device sample's criterion; the
-    host loop of ``_check_stats_layout`` applies the same with one tolerance per row."""
+    (inf or NaN is never within the finite tolerance). The criterion of both variants of
+    S9 (host arrays, the device sample)."""
     m, l = float(m), float(l)
     if not (l > 0 and math.isfinite(lse)):
         return False
@@ -717,7 +717,6 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     checked = 0
     same_rows = 0         # rows where both readings coincide: sampled for the warning only
     max_item, sum_item = smax.item, ssum.item         # by flat C-order index
-    log, isfinite = math.log, math.isfinite
     sqs, skvs, q_starts, kv_starts = seqs.sq, seqs.skv, seqs.q_starts, seqs.kv_starts
     for b in range(seqs.batch):
         sq, skv = sqs[b], skvs[b]
@@ -750,8 +749,7 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
                 # sampled row; docs/validation.md, "What S9 samples")
                 lse = lses[-1] = rows_lse(q, qr, k, kr, rows[-1:], scale32,
                                           STATS_LAYOUT_KEY_CHUNK)[0]
-                if isfinite(lse) and dl > 0 and abs(dm + log(dl) - lse) <= 1e-3 * max(
-                        1.0, abs(lse)):
+                if _fits(dm, dl, lse):
                     return [(b, i, h, lse, dm, dl)]
             checked += 1
             if checked >= STATS_LAYOUT_SAMPLES:
@@ -767,12 +765,9 @@ def _check_stats_layout(q, qr, k, kr, mask, smax, ssum, scale_value, seqs: SeqIn
     samples = []          # every recomputed row (for the mismatch warning)
     for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
         samples.append((b, i, h, lse, dm, dl))
-        if not same and isfinite(lse):
-            # _fits of both readings, the row's tolerance computed once (dm..tl are floats
-            # from .item): an infinite or NaN max or sum gives inf or NaN, never within it
-            tol = 1e-3 * max(1.0, abs(lse))
-            device_fits += dl > 0 and abs(dm + log(dl) - lse) <= tol
-            token_fits += tl > 0 and abs(tm + log(tl) - lse) <= tol
+        if not same:
+            device_fits += _fits(dm, dl, lse)
+            token_fits += _fits(tm, tl, lse)
     _judge_stats_layout(checked, device_fits, token_fits)
     return samples
 
