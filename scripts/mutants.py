@@ -774,8 +774,8 @@ MUTANTS = [
            "a small call takes the largest idle allocation, and a large call must allocate anew",
            POOL_T),
     Mutant("acl-host-memo-by-value", "acl", A + "host_path.py",
-           "    parts = (dev, runtime.current_context_record(), deterministic, attr_values[0].hex(),\n"
-           "             attr_values[1].hex(), attr_values[2:], int_values)",
+           "    parts = (dev, runtime.current_context_record(), deterministic, float_key(attr_values[0]),\n"
+           "             float_key(attr_values[1]), attr_values[2:], int_values)",
            "    parts = (dev, runtime.current_context_record(), deterministic, attr_values[0],\n"
            "             attr_values[1], attr_values[2:], int_values)",
            "scale_value -0.0 runs the executor made for 0.0 (numpy-in calls)", POOL_T),

@@ -536,6 +536,18 @@ def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
         out[it.index] = da
 
 
+def slice_view(arena, at: int, nbytes: int, shape: tuple, dtype: np.dtype,
+               strides: tuple) -> DeviceArray:
+    """A C-contiguous DeviceArray (``strides``: its C strides in elements) over bytes
+    [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`: every
+    invariant of DeviceArray.__init__ holds by construction, so the fields are set directly
+    (this runs per array per call)."""
+    da = _new(DeviceArray)
+    da.buffer, da.shape, da.dtype, da.strides, da.offset = (arena.slice(at, nbytes), shape,
+                                                            dtype, strides, 0)
+    return da
+
+
 def _add(timings: Optional[dict], key: str, wall: float, cpu: float) -> None:
     timings[key] = timings.get(key, 0.0) + wall
     if key + "_cpu" in timings:          # thread CPU time too (run_backward(cpu_timings))
@@ -652,18 +664,11 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
         if timings is not None:
             _add(timings, "alloc", time.perf_counter() - t0, time.thread_time() - c0)
         t1, c1 = time.perf_counter(), time.thread_time()
-        new = object.__new__
         for (i, shape, dt), at, n in zip(zero_idx, zero_at, zero_sizes):
-            da = new(DeviceArray)
-            da.buffer, da.shape, da.dtype, da.offset = out_arena.slice(at, n), shape, dt, 0
-            da.strides = _c_strides(shape)
-            dev_out[i] = da
+            dev_out[i] = slice_view(out_arena, at, n, shape, dt, _c_strides(shape))
         for (i, shape, dt), at, n, a in zip(init_idx, init_at, init_sizes, inits):
-            da = new(DeviceArray)
-            da.buffer, da.shape, da.dtype, da.offset = out_arena.slice(at, n), shape, dt, 0
-            da.strides = _c_strides(shape)
+            da = dev_out[i] = slice_view(out_arena, at, n, shape, dt, _c_strides(shape))
             da.buffer.copy_from_host(a.ctypes.data, n)
-            dev_out[i] = da
         for (start, end, members), at in zip(groups, group_at):
             buf = in_arena.slice(at, end - start)
             buf.copy_from_host(start, end - start)

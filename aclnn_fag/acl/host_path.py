@@ -34,15 +34,16 @@ import numpy as np
 
 from .._address import data_address
 from . import call_pool, constants, exec_cache, ownership, runtime
+from .exec_cache import _double_key as float_key
 from ._status import check
-from .arena import ARENA_ALIGN, ArenaSlice, layout
-from .device import DeviceArray, _c_strides
+from .arena import ARENA_ALIGN, layout
+from .device import DeviceArray, _c_strides, slice_view
+from .device import _add as device_add
 from .runtime import MEMCPY_DEVICE_TO_HOST, MEMCPY_HOST_TO_DEVICE
 
 __all__ = ["eligible", "run"]
 
 _ND = np.ndarray
-_new = object.__new__
 # (input shapes and dtypes, output shapes and dtypes) -> _Layout
 _layouts: Dict[tuple, "_Layout"] = {}
 _MAX_LAYOUTS = 256
@@ -210,8 +211,8 @@ def _signature(op, lay: _Layout, dev: int, deterministic: bool, attr_values: tup
     layout's array keys). The layout keeps the last one it made: a call that repeats
     everything else (the attributes' floats compared by their bits, as the signature does)
     reuses that key object, whose hash is already computed."""
-    parts = (dev, runtime.current_context_record(), deterministic, attr_values[0].hex(),
-             attr_values[1].hex(), attr_values[2:], int_values)
+    parts = (dev, runtime.current_context_record(), deterministic, float_key(attr_values[0]),
+             float_key(attr_values[1]), attr_values[2:], int_values)
     memo = lay.memo
     if memo is not None and memo[1] is shared and memo[0] == parts:
         return memo[2]
@@ -258,10 +259,7 @@ def _arrays(arena, lay: _Layout, arrays: list, shared, dev: int) -> Tuple[list, 
         at, n, shape, dt, strides = place
         if at is None:
             return DeviceArray.empty(shape, dt, dev)
-        da = _new(DeviceArray)
-        da.buffer, da.shape, da.dtype, da.strides, da.offset = (ArenaSlice(arena, at, n), shape,
-                                                                dt, strides, 0)
-        return da
+        return slice_view(arena, at, n, shape, dt, strides)
     in_list = [(shared if a is not None else None) if p is None else view(p)
                for a, p in zip(arrays, lay.inputs)]
     return in_list, [None if p is None else view(p) for p in lay.outputs]
@@ -294,6 +292,5 @@ def _download(b, base: int, lay: _Layout, timings: Optional[dict]) -> list:
 
 
 def _add(timings: dict, key: str, t0: float, c0: float) -> None:
-    timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-    if key + "_cpu" in timings:
-        timings[key + "_cpu"] += time.thread_time() - c0
+    """device._add of the wall and CPU time since (t0, c0)."""
+    device_add(timings, key, time.perf_counter() - t0, time.thread_time() - c0)
