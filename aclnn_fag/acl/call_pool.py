@@ -90,10 +90,8 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
                     del _idle[key]
     if found is not None and not found.closed:
         return found
-    with _lock:
-        stale = [a for k in [k for k in _idle if k[0] == device_id and k != key]
-                 for a in _idle.pop(k)]         # another context's: never handed out again
-    _drop(stale)
+    # another context's on this device: never handed out again
+    _drop(_pop_idle(lambda k: k[0] == device_id and k != key))
     size = min(cap, -(-nbytes // GRAIN) * GRAIN)
     try:
         arena = ArenaBuffer(size, device_id)
@@ -145,11 +143,15 @@ def _drop(arenas) -> None:
 
 def clear(device_id: Optional[int] = None) -> int:
     """Free every idle allocation (of one device, or all); returns how many there were."""
-    with _lock:
-        keys = [k for k in _idle if device_id is None or k[0] == device_id]
-        arenas = [a for k in keys for a in _idle.pop(k)]
+    arenas = _pop_idle(lambda k: device_id is None or k[0] == device_id)
     _drop(arenas)
     return len(arenas)
+
+
+def _pop_idle(match) -> list:
+    """The idle allocations kept under the keys ``match`` accepts, taken out of the pool."""
+    with _lock:
+        return [a for k in [k for k in _idle if match(k)] for a in _idle.pop(k)]
 
 
 def idle_bytes(device_id: Optional[int] = None) -> int:
