@@ -267,6 +267,14 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     def stage(label, fn, n=inner):
         out.append({"label": label, "cpu_us": _time(fn, repeat, n)[0]})
 
+    def native_calls(label, fn, keys):
+        """One call of ``fn``: how many of each counter of acl.runtime.stats() it adds."""
+        before = acl.runtime.stats()
+        fn()
+        after = acl.runtime.stats()
+        out.append({"label": f"    {label}: " + ", ".join(
+            f"{k} {after[k] - before[k]}" for k in keys), "cpu_us": None})
+
     # the public call's own steps: its tensors in validate's order, converted in one pass
     # (operands.convert_args), then validated as tuples (validate.validate_backward_args)
     args = {n: p.default for n, p in inspect.signature(validate_backward).parameters.items()}
@@ -295,13 +303,8 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
         acl.run_backward(dcall, keep_on_device=True, stream=stream, outputs=outs)
     stage("  the op's host side, a cache hit (signature, repoint, phase 2; acl/exec_cache.py)",
           op_hit)
-    before = acl.runtime.stats()
-    op_hit()
-    after = acl.runtime.stats()
-    per_call = {k: after[k] - before[k] for k in ("tensors", "int_arrays", "phase1", "malloc",
-                                                  "memset")}
-    out.append({"label": "    native handles per hit: " + ", ".join(
-        f"{k} {v}" for k, v in per_call.items()), "cpu_us": None})
+    native_calls("native handles per hit", op_hit,
+                 ("tensors", "int_arrays", "phase1", "malloc", "memset"))
     t = {}
     n_calls = [0]
 
@@ -334,13 +337,8 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
                        ("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
                        ("phase1_cpu", "phase 1")):
         out.append({"label": f"    of which {label}", "cpu_us": th[key] / nh[0] * 1e6})
-    before = acl.runtime.stats()
-    acl.run_backward(hcall)
-    after = acl.runtime.stats()
-    per_call = {k: after[k] - before[k] for k in ("tensors", "phase1", "malloc", "free",
-                                                  "memset", "h2d", "d2h")}
-    out.append({"label": "    native calls per call: " + ", ".join(
-        f"{k} {v}" for k, v in per_call.items()), "cpu_us": None})
+    native_calls("native calls per call", lambda: acl.run_backward(hcall),
+                 ("tensors", "phase1", "malloc", "free", "memset", "h2d", "d2h"))
     return out
 
 
