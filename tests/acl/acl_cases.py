@@ -131,6 +131,21 @@ def max_rel_error(actual, expected) -> float:
 BF16_TOL = 2.0 ** -7   # a few bf16 ulps, relative to the largest gradient element
 
 
+def result_bits(results) -> list:
+    """Each result's bytes (a copy; None stays None): bitwise comparable (-0.0 vs 0.0, NaN
+    payloads)."""
+    return [None if r is None else np.asarray(r).view(np.uint8).copy() for r in results]
+
+
+def assert_same_bits(actual, expected) -> None:
+    """The same results bit for bit (None where the other is None)."""
+    assert len(actual) == len(expected)
+    for x, y in zip(result_bits(actual), result_bits(expected)):
+        assert (x is None) == (y is None)
+        if x is not None:
+            assert np.array_equal(x, y)
+
+
 def assert_grads_close(actual, expected, tol: float = BF16_TOL) -> None:
     names = ("dq", "dq_rope", "dk", "dk_rope", "dv")
     for name, a, e in zip(names, actual, expected):

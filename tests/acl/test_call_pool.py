@@ -22,7 +22,7 @@ import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import call_pool, exec_cache, host_path, op
 from aclnn_fag.validate import validate_backward
-from acl_cases import assert_grads_close, make_problem
+from acl_cases import assert_grads_close, assert_same_bits, make_problem
 from test_streams import caller_stream  # noqa: F401  (a fixture)
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -34,17 +34,6 @@ SHAPES = {
     "mode4-band": dict(q_lens=(9, 14), mode=4, pre=5, nxt=3),
     "mode8": dict(q_lens=(0, 6, 9), kv_lens=(2, 8, 9), mode=8, pre=2, nxt=3),
 }
-
-
-def _bits(grads):
-    return [None if g is None else np.asarray(g).view(np.uint8).copy() for g in grads]
-
-
-def _same(a, b):
-    for x, y in zip(_bits(a), _bits(b)):
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert np.array_equal(x, y)
 
 
 def _general(monkeypatch, fn):
@@ -94,8 +83,8 @@ def test_results_equal_the_general_path_bit_for_bit(name, monkeypatch, runs, no_
     assert runs[0] == 0
     first, second = p.grads("npu"), p.grads("npu")          # a cache miss, then a hit
     assert runs[0] == 2
-    _same(first, want)
-    _same(second, want)
+    assert_same_bits(first, want)
+    assert_same_bits(second, want)
     assert_grads_close(first, p.grads("numpy"))
 
 
@@ -115,7 +104,7 @@ def test_a_repeated_call_allocates_nothing_and_makes_no_handle(no_leaks):
     assert s["malloc"] >= 1 and s["free"] == 0
     kept = call_pool.idle_bytes()
     assert kept > 0 and no_leaks.counters(keep_cache=True)["device_bytes"] - live == kept
-    _same(got2, got)
+    assert_same_bits(got2, got)
 
 
 def test_the_forward_takes_the_short_path_too(monkeypatch, runs, no_leaks):
@@ -132,7 +121,7 @@ def test_the_forward_takes_the_short_path_too(monkeypatch, runs, no_leaks):
     assert runs[0] == 2
     assert (s["malloc"], s["phase1"], s["cache_hits"]) == (0, 0, 1)
     for got in (first, second):
-        _same([got.attention_out, got.softmax_max, got.softmax_sum],
+        assert_same_bits([got.attention_out, got.softmax_max, got.softmax_sum],
               [want.attention_out, want.softmax_max, want.softmax_sum])
 
 
@@ -163,7 +152,7 @@ def test_a_caller_stream_gets_the_launch_and_is_synchronised(caller_stream, stub
         after = stub.stream_counts(caller_stream)
         assert after["launches"] - before["launches"] == 1
         assert after["syncs"] > before["syncs"]
-        _same(got, want)
+        assert_same_bits(got, want)
 
 
 def test_timings_on_a_hit(no_leaks):
@@ -198,7 +187,7 @@ def test_other_layouts_take_the_general_path_with_the_same_results(make, runs, n
     smax = make(p.fwd.softmax_max)
     got = p.grads("npu", softmax_max=smax)
     assert runs[0] == 1
-    _same(got, want)
+    assert_same_bits(got, want)
 
 
 @pytest.mark.parametrize("function,count,second", [
@@ -241,7 +230,7 @@ def test_threads_never_share_memory(no_leaks):
     def work(i):
         try:
             for _ in range(12):
-                _same(probs[i].grads("npu"), want[i])
+                assert_same_bits(probs[i].grads("npu"), want[i])
         except BaseException as e:          # reported by the main thread
             errs.append(e)
     threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
@@ -261,7 +250,7 @@ def test_a_foreign_device_reset_never_reuses_the_old_memory(no_leaks, request):
     lib.aclrtResetDevice.argtypes = [ctypes.c_int32]
     assert lib.aclrtResetDevice(0) == 0
     taken = request.getfixturevalue("taken")
-    _same(p.grads("npu"), want)
+    assert_same_bits(p.grads("npu"), want)
     assert taken and not any(t is a for t in taken for a in old)
     assert all(a.closed for a in old)        # dropped when the new context allocated
 

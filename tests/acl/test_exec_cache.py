@@ -15,22 +15,10 @@ import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag.acl import exec_cache, prototypes
 from aclnn_fag.validate import validate_backward
-from acl_cases import make_problem
+from acl_cases import assert_same_bits, make_problem, result_bits
 from test_streams import caller_stream  # noqa: F401 (fixture)
 
 ENV = exec_cache.ENV_CAPACITY
-
-
-def _bits(grads):
-    return [None if g is None else np.asarray(g).view(np.uint16).copy() for g in grads]
-
-
-def _same(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(_bits(a), _bits(b)):
-        assert (x is None) == (y is None)
-        if x is not None:
-            assert np.array_equal(x, y)
 
 
 def _uncached(monkeypatch, fn):
@@ -57,8 +45,8 @@ def test_second_call_reuses_the_executor_and_creates_nothing(monkeypatch, no_lea
     second = p.grads("npu")
     assert _stat("phase1") == 1 and _stat("phase2") == 2 and _stat("cache_hits") == 1
     assert (_stat("tensors"), _stat("int_arrays")) == made           # no new handle
-    _same(first, want)
-    _same(second, want)
+    assert_same_bits(first, want)
+    assert_same_bits(second, want)
 
 
 def test_new_data_at_new_addresses_is_what_the_hit_computes(monkeypatch, no_leaks):
@@ -71,9 +59,9 @@ def test_new_data_at_new_addresses_is_what_the_hit_computes(monkeypatch, no_leak
     assert not np.array_equal(np.asarray(want_a.dq).view(np.uint16),
                               np.asarray(want_b.dq).view(np.uint16))
     acl.reset_stats()
-    _same(a.grads("npu"), want_a)
-    _same(b.grads("npu"), want_b)
-    _same(a.grads("npu"), want_a)
+    assert_same_bits(a.grads("npu"), want_a)
+    assert_same_bits(b.grads("npu"), want_b)
+    assert_same_bits(a.grads("npu"), want_a)
     assert _stat("cache_hits") == 2 and _stat("phase1") == 1
 
 
@@ -97,8 +85,8 @@ def test_device_arrays_with_given_outputs_are_repointed(monkeypatch, no_leaks):
     got_p = on_device(p)
     got_q = on_device(q)
     assert _stat("cache_hits") == 1
-    _same([g.numpy() for g in got_q], want_q)
-    _same([g.numpy() for g in got_p], want_p)      # not overwritten by the second call
+    assert_same_bits([g.numpy() for g in got_q], want_q)
+    assert_same_bits([g.numpy() for g in got_p], want_p)      # not overwritten by the second call
 
 
 @pytest.mark.parametrize("change", ["scale", "negative_zero_scale", "seq_lens", "mode",
@@ -138,7 +126,7 @@ def test_any_change_phase1_sees_is_a_new_entry(change, monkeypatch, no_leaks):
     got = call(other, second_det, **dict(second_kw))
     assert _stat("cache_hits") == 0 and _stat("phase1") == 2
     assert exec_cache.size() == 2
-    _same(got, want)
+    assert_same_bits(got, want)
 
 
 def test_capacity_bounds_the_idle_entries(monkeypatch, no_leaks):
@@ -202,7 +190,7 @@ def test_a_failing_address_setter_falls_back_to_phase1(setter, monkeypatch, no_l
                             keep_on_device=True)
     acl.reset_stats()
     no_leaks.inject(setter, 0, 161002)
-    _same(b.grads("npu"), want_b)               # the failed entry destroyed, phase 1 again
+    assert_same_bits(b.grads("npu"), want_b)               # the failed entry destroyed, phase 1 again
     assert _stat("phase1") == 1 and _stat("cache_hits") == 0
     assert exec_cache.size() == 1
     assert no_leaks.counters(keep_cache=True)["executors"] == 1
@@ -222,7 +210,7 @@ def test_a_failed_phase2_destroys_the_entry(monkeypatch, no_leaks):
     assert exec_cache.size() == 0
     assert no_leaks.counters(keep_cache=True)["executors"] == 0
     assert no_leaks.bad_releases() == before          # destroyed once, by us
-    _same(p.grads("npu"), want)
+    assert_same_bits(p.grads("npu"), want)
 
 
 def test_a_freed_buffer_on_a_hit_is_refused_and_the_entry_dropped(no_leaks):
@@ -250,7 +238,7 @@ def test_threads_with_one_signature_never_share_an_entry(monkeypatch, no_leaks):
             for r in range(15):
                 k = (i + r) % len(probs)
                 got = probs[k].grads("npu")
-                for x, y in zip(_bits(got), _bits(want[k])):
+                for x, y in zip(result_bits(got), result_bits(want[k])):
                     if x is not None and not np.array_equal(x, y):
                         errors.append((i, r, k))
         except Exception as exc:             # pragma: no cover - reported below
@@ -353,7 +341,7 @@ def test_the_short_path_of_a_step_on_a_callers_stream(fail, monkeypatch, no_leak
     assert _stat("phase1") == (1 if fail else 0)
     assert _stat("cache_hits") == (0 if fail else 1)
     assert acl.runtime.api().aclrtSynchronizeStream(caller_stream) == 0
-    _same([g.numpy() for g in got], want_b)
+    assert_same_bits([g.numpy() for g in got], want_b)
 
 
 def test_a_foreign_device_reset_retires_every_cached_executor(monkeypatch, no_leaks):
@@ -371,5 +359,5 @@ def test_a_foreign_device_reset_retires_every_cached_executor(monkeypatch, no_le
     lib.aclrtResetDevice.argtypes = [ctypes.c_int32]
     assert lib.aclrtResetDevice(0) == 0
     acl.reset_stats()
-    _same(p.grads("npu"), want)
+    assert_same_bits(p.grads("npu"), want)
     assert _stat("cache_hits") == 0 and _stat("phase1") == 1
