@@ -31,10 +31,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-import weakref
 from ctypes import byref, c_uint32, c_void_p
-
-import numpy as np
 
 from .acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
