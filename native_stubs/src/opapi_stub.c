@@ -10,9 +10,9 @@
  * would crash or read out of bounds instead); they exist so that this C
  * kernel never touches memory outside the caller's buffers.  The additions
  * after rule 30 (S1-S9) are the same checks, in the same order and with the
- * same codes, as the Python validator's (aclnn_fag/validate.py, module
- * docstring), so that the validator and this op return the same status for
- * every input:
+ * same codes, as the Python validator's (the rows of aclnn_fag/rules/table.py,
+ * from which rule_table.h, every FAIL_RULE's code and message, is generated), so
+ * that the validator and this op return the same status for every input:
  *   S1 keyIn rank != 3                                             161001
  *   S2 dy, then attentionIn: last dim != Dv                        161001
  *   S3 documented limits: N1<=256, D<=768, T1,T2<=1M, B<=2048      161002
@@ -36,26 +36,24 @@
 #include <string.h>
 
 #include "op_rules.h"
+#include "rule_table.h"
 #include "stub_abi.h"
 #include "trace_stub.h"
 
 
 #define FN1 "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
 #define FN2 "aclnnFlashAttentionUnpaddingScoreGradV3"
-/* message suffixes naming the rule (docs/validation.md) a failed check enforces */
-#define RULE(n) " (docs/validation.md, rule " #n ")"
-#define CHECK(s) " (docs/validation.md, " #s ")"
 
 #define INT32_MAX_I64 STUB_I32MAX
 
 typedef stub_i128 i128;
 
-/* documented limits (S3), as LIMITS in aclnn_fag/validate.py */
+/* documented limits (S3), as LIMITS in aclnn_fag/constants.py */
 #define LIMIT_HEADS 256
 #define LIMIT_HEAD_DIM 768
 #define LIMIT_TOKENS ((int64_t)1 << 20)
 #define LIMIT_BATCH 2048
-/* S9 sampling, as in aclnn_fag/validate.py */
+/* S9 sampling, as in aclnn_fag/rules/data_rules.py */
 #define STATS_LAYOUT_SAMPLES 8
 #define STATS_LAYOUT_MAX_SKV 65536
 
@@ -69,6 +67,9 @@ static const StubApi *api(void)
         api()->set_error(__VA_ARGS__);    \
         return (code);                    \
     } while (0)
+/* FAIL_RULE(BWD_<id>, args...): fail with the rule's status code and message (rule_table.h,
+ * generated from aclnn_fag/rules/table.py) */
+#define FAIL_RULE(...) FAIL(__VA_ARGS__)
 
 /* element access helpers (defined with the phase-2 code below) */
 typedef struct BatchCtx {
@@ -219,8 +220,7 @@ static aclnnStatus check_min_rank(const NamedTensor *ts, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (ts[i].t->ndim < 3) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not supported"
-                                              RULE(5),
+            FAIL_RULE(BWD_R5,
                  ts[i].name, (long long)ts[i].t->ndim);
         }
     }
@@ -448,11 +448,10 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* Rule 1: layout, compared with strcmp before anything else */
     if (x->layout == NULL) {
         /* [stub addition] the real op would crash in strcmp */
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": inputLayout is NULL (must be \"TND\") [stub addition: the real op "
-                                          "crashes here]");
+        FAIL_RULE(BWD_R1_null);
     }
     if (strcmp(x->layout, "TND") != 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": inputLayout \"%.32s\" is not \"TND\"" RULE(1), x->layout);
+        FAIL_RULE(BWD_R1, x->layout);
     }
 
     /* Rule 2: required pointers */
@@ -467,7 +466,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         };
         for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
             if (req[i].p == NULL) {
-                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; it is required" RULE(2), req[i].name);
+                FAIL_RULE(BWD_R2, req[i].name);
             }
         }
     }
@@ -528,7 +527,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 4 */
     if (x->head_num <= 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": headNum %lld must be > 0" RULE(4), (long long)x->head_num);
+        FAIL_RULE(BWD_R4, (long long)x->head_num);
     }
 
     /* Rule 5: ranks */
@@ -550,23 +549,21 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 6 */
     if (D != Dk) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of query (%lld) != head dim of keyIn (%lld)" RULE(6),
+        FAIL_RULE(BWD_R6,
              (long long)D, (long long)Dk);
     }
     /* Rule 7 */
     if (D < Dv) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of value (%lld) is larger than that of query (%lld)" RULE(7),
+        FAIL_RULE(BWD_R7,
              (long long)Dv, (long long)D);
     }
     /* Rule 8 */
     if ((x->qr == NULL) != (x->kr == NULL)) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL while %s is not; queryRope and keyInRope must both be "
-                                          "given" RULE(8),
+        FAIL_RULE(BWD_R8,
              x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
     }
     if (x->qr == NULL) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": queryRope and keyInRope are both NULL; V3 needs them (the real op "
-                                          "dereferences them and crashes)" RULE(8));
+        FAIL_RULE(BWD_R8_both);
     }
     /* [stub addition] the real op reads dim 2 of the rope tensors here */
     if (x->qr->ndim < 3 || x->kr->ndim < 3) {
@@ -575,45 +572,42 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     /* Rule 9 */
     if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim (queryRope %lld, keyInRope %lld) must not exceed the "
-                                          "query head dim %lld" RULE(9),
+        FAIL_RULE(BWD_R9,
              (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
     }
     /* Rule 10 */
     if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
         x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must "
-                                          "all be BF16" RULE(10),
+        FAIL_RULE(BWD_R10,
              dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype), dtype_name(x->kr->dtype),
              dtype_name(x->v->dtype));
     }
     /* Rule 11 */
     if (x->sparse == 6) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode 6 is not supported with queryRope/keyInRope" RULE(11));
+        FAIL_RULE(BWD_R11);
     }
     /* Rule 12 */
     if (x->mask == NULL || x->mask->ndim == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional is %s; V3 with rope requires an attention mask"
-                                          RULE(12),
+        FAIL_RULE(BWD_R12,
              x->mask == NULL ? "NULL" : "0-dim");
     }
     /* Rule 13 */
     if (x->pse != NULL) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": pseShiftOptional must be NULL with queryRope/keyInRope" RULE(13));
+        FAIL_RULE(BWD_R13);
     }
     /* Rule 14 */
     if (x->drop != NULL) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": dropMaskOptional must be NULL with queryRope/keyInRope" RULE(14));
+        FAIL_RULE(BWD_R14);
     }
     /* Rule 15 */
     if (x->keep < 1) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keepProb %g must be 1" RULE(15), x->keep);
+        FAIL_RULE(BWD_R15, x->keep);
     }
     /* Rule 16 */
     {
         char why[640];
         if (needs_padding(x, D, Dv, why, sizeof why)) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query/keyIn/value: %s" RULE(16), why);
+            FAIL_RULE(BWD_R16, why);
         }
     }
     /* Rule 18 (0-dim optional tensors are treated as absent by the real op) */
@@ -621,11 +615,11 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         const char *which = (x->smax == NULL || x->smax->ndim == 0)   ? "softmaxMaxOptional"
                             : (x->ssum == NULL || x->ssum->ndim == 0) ? "softmaxSumOptional"
                                                                       : "attentionInOptional";
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is missing (NULL or 0-dim); it is required" RULE(18), which);
+        FAIL_RULE(BWD_R18, which);
     }
     /* Rule 19 */
     if (x->head_num != x->q->dims[1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": headNum %lld != query.shape[1] %lld" RULE(19), (long long)x->head_num,
+        FAIL_RULE(BWD_R19, (long long)x->head_num,
              (long long)x->q->dims[1]);
     }
 
@@ -669,7 +663,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 17 */
     if ((float)x->keep > 1.0f) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keepProb %g must be 1" RULE(17), x->keep);
+        FAIL_RULE(BWD_R17, x->keep);
     }
 
     const int64_t T1 = x->q->dims[0];
@@ -677,71 +671,64 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 20 */
     if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT"
-                                          RULE(20),
+        FAIL_RULE(BWD_R20,
              dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
     }
     if (x->attn->dtype != x->q->dtype) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional dtype %s != query dtype %s" RULE(20),
+        FAIL_RULE(BWD_R20_attn,
              dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
     }
     /* Rule 21 */
     if (!stub_is_shape3(x->smax, T1, N1, 8) || !stub_is_shape3(x->ssum, T1, N1, 8)) {
         const aclTensor *bad = !stub_is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must be [T1, N1, 8] = [%lld,%lld,8]" RULE(21),
+        FAIL_RULE(BWD_R21,
              bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", stub_shape_str(bad, s1, sizeof s1),
              (long long)T1, (long long)N1);
     }
     if (!same_but_last(x->attn, x->q)) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional shape %s must match query shape %s except the "
-                                          "last dim" RULE(21),
+        FAIL_RULE(BWD_R21_attn,
              stub_shape_str(x->attn, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     /* Rule 22 */
     if (T1 == 0 || N1 == 0 || D == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query shape %s has a zero T, N or D" RULE(22),
+        FAIL_RULE(BWD_R22,
              stub_shape_str(x->q, s1, sizeof s1));
     }
     /* Rule 23 */
     if (x->seqq == NULL || x->seqkv == NULL) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; TND needs both cumulative length arrays" RULE(23),
+        FAIL_RULE(BWD_R23_q,
              x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
     }
     if (x->seqq->size != x->seqkv->size || x->seqq->size == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional "
-                                          "(length %llu) must have the same non-zero length" RULE(23),
+        FAIL_RULE(BWD_R23_empty,
              (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
     }
     /* Rule 24 */
     if (x->q->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query must have 3 dims [T,N,D], got %s" RULE(24),
+        FAIL_RULE(BWD_R24_rank,
              stub_shape_str(x->q, s1, sizeof s1));
     }
     const int64_t N2 = x->k->dims[1];
     if (N2 == 0 || N1 / N2 == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn head count N2=%lld must be > 0 and <= query head count "
-                                          "N1=%lld" RULE(24),
+        FAIL_RULE(BWD_R24_n2,
              (long long)N2, (long long)N1);
     }
     if (N1 % N2 != 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query head count N1=%lld must be a multiple of keyIn head count "
-                                          "N2=%lld (softmax shape check)" RULE(24),
+        FAIL_RULE(BWD_R24_mod,
              (long long)N1, (long long)N2);
     }
     /* Rule 25 (IsSameShapeButValueDLeEqD: equal dims except the last, last <= the other's last) */
     if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > x->q->dims[x->q->ndim - 1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy shape %s must match query shape %s except the last dim, which "
-                                          "must be <= D" RULE(25),
+        FAIL_RULE(BWD_R25_dy,
              stub_shape_str(x->dy, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     if (!same_but_last(x->v, x->k) || x->v->dims[x->v->ndim - 1] > x->k->dims[x->k->ndim - 1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": value shape %s must match keyIn shape %s except the last dim, which "
-                                          "must be <= that of keyIn" RULE(25),
+        FAIL_RULE(BWD_R25_value,
              stub_shape_str(x->v, s1, sizeof s1), stub_shape_str(x->k, s2, sizeof s2));
     }
     /* Rule 26 */
     if (x->sparse < 0 || x->sparse > 8) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": sparseMode %lld must be in 0..8" RULE(26), (long long)x->sparse);
+        FAIL_RULE(BWD_R26, (long long)x->sparse);
     }
 
     /* sequence facts (section 0), exact: the lengths of unvalidated ends may overflow int64 */
@@ -766,11 +753,11 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* Rule 27: attention mask */
     const aclTensor *m = x->mask;
     if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional dtype %s must be BOOL or UINT8" RULE(27),
+        FAIL_RULE(BWD_R27_dtype,
              dtype_name(m->dtype));
     }
     if (m->ndim != 2 && m->ndim != 4) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional must have 2 or 4 dims, got %s" RULE(27),
+        FAIL_RULE(BWD_R27_rank,
              stub_shape_str(m, s1, sizeof s1));
     }
     int mask_kind = MASK_2D;
@@ -783,8 +770,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         } else if (d0 == nb && d1 == N1) {
             mask_kind = MASK_BNSS;
         } else {
-            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: the first two dims must be (B,N1), "
-                                              "(B,1) or (1,1) with B=%lld, N1=%lld" RULE(27),
+            FAIL_RULE(BWD_R27_lead,
                  stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
         }
     }
@@ -794,8 +780,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         i128 want_r = compressed ? 2048 : max_sq;
         i128 want_c = compressed ? 2048 : max_skv;
         if ((i128)r != want_r || (i128)c != want_c) {
-            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: for sparseMode %lld the last two dims "
-                                              "must be %s" RULE(27),
+            FAIL_RULE(BWD_R27_compressed,
                  stub_shape_str(m, s1, sizeof s1), (long long)x->sparse,
                  compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
         }
@@ -805,22 +790,21 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const StubTokens tokens = stub_tokens_rule(x->sparse, x->pre, x->next, cq, ckv, nb);
     const int64_t pre = tokens.pre, next = tokens.next, band_idx = tokens.band_idx;
     if (tokens.bad_batch >= 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                          "%lld at batch %lld" RULE(28),
+        FAIL_RULE(BWD_R28_mode0,
              (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)tokens.bad_batch);
     }
 
     /* Rule 29 */
     if (x->pse_type < 0 || x->pse_type >= 4) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be in [0,4)" RULE(29), (long long)x->pse_type);
+        FAIL_RULE(BWD_R29, (long long)x->pse_type);
     }
     if (x->pse_type != 1) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be 1 when pseShiftOptional is NULL" RULE(29),
+        FAIL_RULE(BWD_R29_2,
              (long long)x->pse_type);
     }
     /* Rule 30 */
     if (x->dy->dtype != x->q->dtype) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy dtype %s != query dtype %s" RULE(30), dtype_name(x->dy->dtype),
+        FAIL_RULE(BWD_R30, dtype_name(x->dy->dtype),
              dtype_name(x->q->dtype));
     }
 
@@ -828,22 +812,20 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
      * codes (see the top of this file); the real op makes none of them ---- */
     /* S1 */
     if (x->k->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition]" CHECK(S1),
+        FAIL_RULE(BWD_S1,
              stub_shape_str(x->k, s1, sizeof s1));
     }
     /* S2 */
     if (x->dy->dims[2] != Dv || x->attn->dims[2] != Dv) {
         const int dy_bad = x->dy->dims[2] != Dv;
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition]"
-                                          CHECK(S2),
+        FAIL_RULE(BWD_S2,
              dy_bad ? "dy" : "attentionInOptional", (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]),
              (long long)Dv);
     }
     const int64_t T2 = x->k->dims[0];
     /* S3 */
     if (N1 > LIMIT_HEADS || D > LIMIT_HEAD_DIM || T1 > LIMIT_TOKENS || T2 > LIMIT_TOKENS || nb_raw > LIMIT_BATCH) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 "
-                                          "%lld <= %lld, %lld sequences <= %d) [stub addition]" CHECK(S3),
+        FAIL_RULE(BWD_S3_heads,
              (long long)N1, LIMIT_HEADS, (long long)D, LIMIT_HEAD_DIM, (long long)T1, (long long)T2,
              (long long)LIMIT_TOKENS, (long long)nb_raw, LIMIT_BATCH);
     }
@@ -860,15 +842,13 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             const int64_t *v = seqs[s].arr->values;
             for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
-                    FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s must be non-negative non-decreasing cumulative ends; "
-                                                      "entry %llu is %lld [stub addition]" CHECK(S4),
+                    FAIL_RULE(BWD_S4,
                          seqs[s].name, (unsigned long long)i, (long long)v[i]);
                 }
             }
             int64_t last = v[seqs[s].arr->size - 1];
             if (last > seqs[s].T) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition]"
-                                                  CHECK(S4),
+                FAIL_RULE(BWD_S4_2,
                      seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
             }
         }
@@ -876,41 +856,36 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* S5 */
     const int64_t Dr = x->qr->dims[2];
     if (!stub_is_shape3(x->qr, T1, N1, Dr)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub "
-                                          "addition S5]",
+        FAIL_RULE(BWD_S5_q,
              stub_shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
     }
     if (!stub_is_shape3(x->kr, T2, N2, Dr)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
-                                          "queryRope) [stub addition]" CHECK(S5),
+        FAIL_RULE(BWD_S5_k,
              stub_shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
     }
     if (Dr % 8 != 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim Dr=%lld must be a multiple of 8 [stub addition]" CHECK(S5),
+        FAIL_RULE(BWD_S5_dr,
              (long long)Dr);
     }
     /* from here on the ends are valid: lengths fit int64 */
     /* S6 */
     const int read_data = !compute_disabled();
     if (read_data && compressed && !stub_mask_is_canonical(m)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode %lld needs the canonical compressed mask (1 strictly above "
-                                          "the diagonal) in the first 2048x2048 slice of attenMaskOptional [stub "
-                                          "addition S6]",
+        FAIL_RULE(BWD_S6,
              (long long)x->sparse);
     }
     /* S7 */
     if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
         for (int64_t b = 0; b < nb; b++) {
             if ((i128)pre + seg_len(cq, b) - seg_len(ckv, b) >= INT32_MAX_I64) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": preTokens %lld + Sq - Skv of batch %lld overflows the kernel's "
-                                                  "int32 block-skip bound [stub addition]" CHECK(S7),
+                FAIL_RULE(BWD_S7,
                      (long long)pre, (long long)b);
             }
         }
     }
     /* S8 */
     if (read_data && (!stats_copies_equal(x->smax) || !stats_copies_equal(x->ssum))) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": the 8 copies in the last dim of %s differ [stub addition]" CHECK(S8),
+        FAIL_RULE(BWD_S8,
              !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
     }
     /* S9 */
@@ -929,9 +904,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         probe.cum_q = (int64_t *)cq;
         probe.cum_kv = (int64_t *)ckv;
         if (stats_look_token_major(x, &probe, (float)x->scale)) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] "
-                                              "broadcast to [T,N,8]); the op reads them per batch as [N,Sq_b,8] "
-                                              "blocks [stub addition]" CHECK(S9));
+            FAIL_RULE(BWD_S9);
         }
     }
 

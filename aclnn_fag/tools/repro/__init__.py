@@ -13,7 +13,7 @@ For a failing case the case is first shrunk (:mod:`.shrink`; ``--no-shrink`` kee
 * ``README.md`` — the case, the versions, how to build and run, the figures, what was shrunk;
 * ``case.json`` — the (shrunk) case as a suite entry, plus the original one.
 
-The arguments come from ``aclnn_fag.validate.validate_backward`` — the ``FagCall`` that
+The arguments come from ``aclnn_fag.rules.validate_backward`` — the ``FagCall`` that
 ``aclnn_fag.acl.run_backward`` turns into the native call (including the ``q_start_idx`` /
 ``kv_start_idx`` it adds), and the attributes ``aclnn_fag/acl/op.py`` passes.
 """
@@ -33,7 +33,7 @@ from .. import accuracy, cases as cases_mod
 from ..envinfo import summary as version_summary
 from ...acl.loader import ROLES
 from ...acl.op import INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS
-from ...validate import validate_backward
+from ...rules import validate_backward
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
 

@@ -1,4 +1,4 @@
-"""The data rules (S6, S8, S9 of ``validate``) for device-resident inputs, on a bounded sample.
+"""The data rules (S6, S8, S9) for device-resident inputs, on a bounded sample.
 
 Shape, dtype and attribute rules never read tensor data, so they run unchanged on
 :class:`aclnn_fag.acl.DeviceArray` inputs (and NPU tensors, which arrive as DeviceArrays over
@@ -22,10 +22,10 @@ import math
 
 import numpy as np
 
-from .masks import COMPRESSED_SIZE
+from ..masks import COMPRESSED_SIZE
+from ..semantics.sparse import batch_keep
+from ..softmax_layout import COPIES
 from .row_lse import as_f32, segment_lse
-from .softmax_layout import COPIES
-from .semantics.sparse import batch_keep
 
 __all__ = ["DEVICE_SAMPLE_BYTES", "Sampler"]
 

@@ -1,0 +1,541 @@
+"""The predicates of the shape, dtype and attribute rules, one per row of the table
+(:mod:`.table`, same id). Each takes the call's :class:`~.context.Context` and returns
+nothing when the rule holds, else True or the message's fields (a dict; ``name`` is the
+parameter blamed where the row's param is ``{name}``). Rows of code 0 (the op succeeds
+without computing) return the empty call's ``head_num``. Details taken from the op-API source
+(ops-transformer @c29bc10, ``aclnn_flash_attention_score_grad.cpp`` and the TND tiling):
+D, Dk, Dv and Dr are dimension **2** of their tensors (``GetDim(2)``, also for a rank > 3
+tensor); rule 25 compares the **last** dims; all integer arithmetic is exact.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..constants import BF16, INT32_MAX, LIMITS
+from ..errors import SequenceEndWarning, caller_stacklevel
+from ..masks import COMPRESSED_SIZE
+from ..semantics.sparse import COMPRESSED_MODES
+from ..seqlens import ends_problem, per_sequence_hint
+from ..softmax_layout import COPIES
+from .padding import clamped_total, forward_needs_padding, needs_padding
+
+__all__ = ["CHECKS", "check"]
+
+CHECKS: dict = {}
+MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
+_F32 = np.dtype(np.float32)
+_ROPES = ("query_rope", "key_rope")
+_FIVE = ("query", "query_rope", "key", "key_rope", "value")
+
+
+def check(*ids):
+    """Register the decorated predicate for the table rows ``ids``."""
+    def register(fn):
+        for i in ids:
+            CHECKS[i] = fn
+        return fn
+    return register
+
+
+def _native(dt: np.dtype) -> np.dtype:
+    """The dtype in native byte order (the binding uploads byte-swapped arrays natively)."""
+    if dt.byteorder in ("<", ">") and dt.kind in "biufc":
+        return dt.newbyteorder("=")
+    return dt
+
+
+def _same_dtype(a, b) -> bool:
+    return _native(a.dtype) == _native(b.dtype)
+
+
+def _first(c, names, bad):
+    """{name, shape, dtype} of the first tensor of ``names`` with ``bad(tensor)``."""
+    for name in names:
+        t = getattr(c, name)
+        if bad(t):
+            return {"name": name} if t is None else dict(name=name, shape=t.shape, dtype=t.dtype)
+    return None
+
+
+# ---------------------------------------------------------------- the backward, rules 1-22
+@check("R1_null", "F1_layout")
+def _layout_null(c):
+    return c.input_layout is None
+
+
+@check("R1", "F3")
+def _layout(c):
+    return c.input_layout != "TND"
+
+
+@check("R2")
+def _required(c):
+    return _first(c, ("query", "key", "value", "dy", "attention_in"), lambda t: t is None)
+
+
+@check("R3")
+def _all_empty(c):
+    if c.query.size == 0 and c.key.size == 0 and c.value.size == 0:
+        return {"head_num": c.head_num}
+
+
+@check("R4", "F5_heads")
+def _heads_positive(c):
+    return c.heads is not None and c.heads <= 0
+
+
+@check("R5")
+def _min_rank(c):
+    ropes = _ROPES if c.query_rope is not None and c.key_rope is not None else ()
+    return _first(c, ropes + ("query", "key", "value", "dy", "attention_in"),
+                  lambda t: t.ndim < 3)
+
+
+@check("R6", "F5_d")
+def _same_d(c):
+    return c.d != c.dk
+
+
+@check("R7", "F5_dv")
+def _dv_le_d(c):
+    return c.d < c.dv
+
+
+@check("R8", "F6_rope")
+def _one_rope(c):
+    if (c.query_rope is None) != (c.key_rope is None):
+        return {"name": "query_rope" if c.query_rope is None else "key_rope"}
+
+
+@check("R8_both", "F6_rope_both")
+def _no_rope(c):
+    return c.query_rope is None
+
+
+@check("R9", "F6_dr")
+def _dr_le_d(c):
+    for name in _ROPES:
+        if getattr(c, name).shape[2] > c.d:
+            return {"name": name, "dr": getattr(c, name).shape[2]}
+
+
+@check("R10", "F6_bf16")
+def _bf16(c):
+    bad = _first(c, _FIVE, lambda t: _native(t.dtype) != BF16)
+    if bad:
+        name = bad["name"]
+        bad["hint"] = (f"; convert with {name}.astype(ml_dtypes.bfloat16)"
+                       if bad["dtype"].kind == "f" else "")
+    return bad
+
+
+@check("R11", "F6_sparse6")
+def _mode6(c):
+    return c.sparse_mode == 6
+
+
+@check("R12", "F6_mask")
+def _mask_present(c):
+    return c.atten_mask is None or c.atten_mask.ndim == 0
+
+
+@check("R13", "F6_pse")
+def _no_pse(c):
+    return c.pse_shift is not None
+
+
+@check("R14", "F6_drop")
+def _no_drop(c):
+    return c.drop_mask is not None
+
+
+@check("R15", "F6_keep")
+def _no_dropout(c):
+    return c.keep_prob < 1.0
+
+
+@check("R16")
+def _padding(c):
+    reason = needs_padding(c.query, c.key, c.value, c.qlen, c.kvlen, bool(c.deterministic),
+                           c.keep_prob)
+    return {"reason": reason} if reason else None
+
+
+@check("R18")
+def _stats_present(c):
+    return _first(c, ("softmax_max", "softmax_sum"), lambda t: t is None or t.ndim == 0)
+
+
+@check("R19", "F11_heads")
+def _heads_match(c):
+    return c.heads != c.n1
+
+
+@check("R_empty")
+def _any_empty(c):
+    if min(c.query.size, c.key.size, c.value.size, c.query_rope.size, c.key_rope.size) == 0:
+        return {"head_num": c.heads}
+
+
+@check("R17")
+def _keep_prob_f32(c):
+    return np.float32(c.keep_prob) > 1.0
+
+
+@check("R20")
+def _stats_f32(c):
+    return _first(c, ("softmax_max", "softmax_sum"), lambda t: _native(t.dtype) != _F32)
+
+
+@check("R20_attn")
+def _attention_dtype(c):
+    return not _same_dtype(c.attention_in, c.query)
+
+
+def _stats_shape_hint(shape, t1, n1) -> str:
+    if shape == (n1, t1, COPIES):
+        return " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]"
+    if shape in ((t1, n1), (t1, n1, 1)):
+        return (" -- these look like token-major [T, N] statistics (e.g. a log-sum-exp); convert "
+                "them with aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                "actual_seq_qlen)")
+    if shape == (n1, t1):
+        return (" -- these look like [N, T] statistics; transpose to [T, N] and convert with "
+                "aclnn_fag.softmax_layout.device_stats_from_token_major(stats.T, actual_seq_qlen)")
+    return ""
+
+
+@check("R21")
+def _stats_shape(c):
+    bad = _first(c, ("softmax_max", "softmax_sum"), lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
+    if bad:
+        shape = tuple(bad["shape"])
+        bad.update(shape=list(shape), hint=_stats_shape_hint(shape, c.t1, c.n1))
+    return bad
+
+
+@check("R21_attn")
+def _attention_shape(c):
+    a, q = c.attention_in, c.query
+    return a.ndim != q.ndim or a.shape[:-1] != q.shape[:-1]
+
+
+@check("R22")
+def _nonzero(c):
+    return c.t1 == 0 or c.n1 == 0 or c.d == 0
+
+
+# ---------------------------------------------------------------- the forward, F1-F8
+@check("F1")
+def _fwd_required(c):
+    return _first(c, ("query", "key", "value"), lambda t: t is None)
+
+
+@check("F2")
+def _fwd_empty(c):
+    if c.query.ndim >= 2 and c.query.shape[0] * c.query.shape[1] == 0:
+        return {"head_num": c.heads}
+
+
+@check("F4")
+def _fwd_dtypes(c):
+    return _first(c, ("key", "value"), lambda t: not _same_dtype(t, c.query))
+
+
+@check("F4_pse")
+def _fwd_pse_needed(c):
+    return c.pse_type in (2, 3) and c.pse_shift is None
+
+
+@check("F4_pse_dtype")
+def _fwd_pse_dtype(c):
+    return (c.pse_shift is not None and c.pse_type not in (2, 3)
+            and not _same_dtype(c.pse_shift, c.query))
+
+
+@check("F5_rank", "R24_rank")
+def _query_3d(c):
+    return c.query.ndim != 3
+
+
+@check("F5_kv_rank")
+def _fwd_kv_rank(c):
+    return _first(c, ("key", "value"), lambda t: t.ndim < 3)
+
+
+@check("F5_max_d")
+def _fwd_max_d(c):
+    if c.d > LIMITS["max_head_dim"]:
+        return {"limit": LIMITS["max_head_dim"]}
+
+
+@check("F6_rope_rank")
+def _fwd_rope_rank(c):
+    return _first(c, _ROPES, lambda t: t.ndim < 3)
+
+
+@check("F6_pad")
+def _fwd_padding(c):
+    return c.n2 != 0 and c.d != 0 and forward_needs_padding(c.query, c.value, c.qlen, c.kvlen)
+
+
+@check("F7_keep")
+def _fwd_keep_prob(c):
+    return np.float32(c.keep_prob) <= 0.0 or np.float32(c.keep_prob) > 1.0
+
+
+@check("F7_pse")
+def _fwd_pse_range(c):
+    return not 0 <= c.pse_type < 4
+
+
+@check("F8", "S1")
+def _key_3d(c):
+    return c.key.ndim != 3
+
+
+# ---------------------------------------------------------------- rules 23-30, F9-F14
+@check("R23_q")
+def _qlen_given(c):
+    return c.qlen is None
+
+
+@check("R23_kv")
+def _kvlen_given(c):
+    return c.kvlen is None
+
+
+@check("R23_empty")
+def _qlen_nonempty(c):
+    return len(c.qlen) == 0
+
+
+@check("R23_len")
+def _same_batches(c):
+    if len(c.qlen) != len(c.kvlen):
+        return {"nq": len(c.qlen), "nkv": len(c.kvlen)}
+
+
+@check("R24_n2", "F11_n2")
+def _n2_range(c):
+    return c.n2 == 0 or c.n1 // c.n2 == 0
+
+
+@check("R24_mod", "F11_mod")
+def _n1_multiple(c):
+    return c.n1 % c.n2 != 0
+
+
+def _last(a) -> int:
+    return a.shape[-1] if a.ndim else 0
+
+
+@check("R25_dy")
+def _dy_like_query(c):
+    dy, q = c.dy, c.query
+    return dy.ndim != q.ndim or dy.shape[:-1] != q.shape[:-1] or _last(dy) > _last(q)
+
+
+@check("R25_value")
+def _value_like_key(c):
+    v, k = c.value, c.key
+    return v.ndim != k.ndim or v.shape[:-1] != k.shape[:-1] or _last(v) > _last(k)
+
+
+@check("R26", "F13")
+def _mode_range(c):
+    return c.sparse_mode > 8 or c.sparse_mode < 0
+
+
+@check("F10")
+def _fwd_totals(c):
+    for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1"),
+                                     ("actual_seq_kvlen", c.kvlen, c.t2, "T2")):
+        need = clamped_total(ends)
+        if total < need:
+            return dict(name=name, tname=tname, total=total, need=need,
+                        hint=per_sequence_hint(ends, total))
+
+
+@check("F11_d")
+def _fwd_d_nonzero(c):
+    return c.d == 0
+
+
+@check("F12", "R29")
+def _pse_type_one(c):
+    return c.pse_type != 1
+
+
+@check("R27_dtype")
+def _mask_dtype(c):
+    return c.atten_mask.dtype not in MASK_DTYPES
+
+
+@check("R27_rank")
+def _mask_rank(c):
+    return c.atten_mask.ndim not in (2, 4)
+
+
+@check("R27_lead")
+def _mask_lead(c):
+    m, seqs = c.atten_mask, c.seqs
+    lead = tuple(m.shape[:2])
+    if m.ndim != 4 or lead in ((seqs.batch, c.n1), (seqs.batch, 1), (1, 1)):
+        return None
+    hint = ""
+    if lead[0] == seqs.batch - 1 and c.qlen and c.qlen[0] == 0 and c.kvlen and c.kvlen[0] == 0:
+        hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention), which the op "
+                "reads as an empty first sequence counted in B: drop the leading 0 "
+                "(cu_seqlens[1:]) or append one mask block (docs/semantics.md, The leading-0 form)")
+    elif lead[0] == seqs.batch_raw and seqs.batch != seqs.batch_raw:
+        hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
+                f"({seqs.batch_raw} entries, B = {seqs.batch})")
+    return {"lead": lead, "hint": hint}
+
+
+@check("R27_compressed")
+def _mask_compressed(c):
+    last, seqs = tuple(c.atten_mask.shape[-2:]), c.seqs
+    if c.sparse_mode not in COMPRESSED_MODES or last == (COMPRESSED_SIZE, COMPRESSED_SIZE):
+        return None
+    hint = ""
+    if last in ((seqs.max_sq, seqs.max_skv), (c.t1, c.t2)) or last[0] == last[1]:
+        hint = (" -- this looks like a full S x S mask; sparse modes 2/3/4/7/8 take the "
+                "compressed 2048x2048 mask aclnn_fag.masks.compressed_causal_mask() "
+                "(the kernel derives each batch's causal/band pattern from it)")
+    return {"last": last, "hint": hint}
+
+
+@check("R27_dense")
+def _mask_dense(c):
+    last, seqs = tuple(c.atten_mask.shape[-2:]), c.seqs
+    if c.sparse_mode in COMPRESSED_MODES or last == (seqs.max_sq, seqs.max_skv):
+        return None
+    hint = ""
+    if last == (COMPRESSED_SIZE, COMPRESSED_SIZE):
+        hint = (" -- the compressed 2048x2048 mask belongs to sparse modes 2/3/4/7/8; for a "
+                "causal mask pass sparse_mode=2 or 3")
+    elif seqs.batch > 1 and last == (c.t1, c.t2):
+        hint = (" -- this looks like a full [T1, T2] mask; sparse modes 0/1/5 read a "
+                "[maxSq, maxSkv] mask top-left for every batch (or a 4-D [B, 1|N1, maxSq, "
+                "maxSkv] mask per batch)")
+    else:
+        per_seq = per_sequence_hint(c.qlen, c.t1) or per_sequence_hint(c.kvlen, c.t2)
+        if per_seq and last == (max(c.qlen), max(c.kvlen)):
+            hint = per_seq
+    return {"last": last, "hint": hint}
+
+
+def _bad_tokens(c, batches, sq_side):
+    pre, nxt, seqs = c.pre_eff, c.next_eff, c.seqs
+    for b in batches:
+        near, far = (seqs.sq[b], seqs.skv[b]) if sq_side else (seqs.skv[b], seqs.sq[b])
+        if -pre > near or -nxt > far or pre + nxt <= 0:
+            return {"b": b, "sq": seqs.sq[b], "skv": seqs.skv[b]}
+    return None
+
+
+@check("R28_mode0")
+def _tokens_mode0(c):
+    return c.sparse_mode == 0 and _bad_tokens(c, range(c.seqs.batch), False)
+
+
+@check("R28_band")
+def _tokens_band(c):
+    if c.sparse_mode in (4, 7, 8):
+        return _bad_tokens(c, range(c.seqs.batch) if c.sparse_mode == 4 else [c.band_index],
+                           True)
+
+
+@check("R30")
+def _dy_dtype(c):
+    return not _same_dtype(c.dy, c.query)
+
+
+# ---------------------------------------------------------------- the package's own checks
+@check("S2")
+def _dv_rows(c):
+    for name in ("dy", "attention_in"):
+        if getattr(c, name).shape[2] != c.dv:
+            return {"name": name, "last": getattr(c, name).shape[2]}
+
+
+@check("SF1")
+def _value_shape(c):
+    return c.value.ndim != 3 or tuple(c.value.shape[:2]) != (c.t2, c.n2)
+
+
+@check("S3_heads")
+def _limit_heads(c):
+    if c.n1 > LIMITS["max_heads"]:
+        return {"limit": LIMITS["max_heads"]}
+
+
+@check("S3_dim")
+def _limit_dim(c):
+    if c.d > LIMITS["max_head_dim"]:
+        return {"limit": LIMITS["max_head_dim"]}
+
+
+@check("S3_tokens")
+def _limit_tokens(c):
+    for name in ("query", "key"):
+        t = getattr(c, name).shape[0]
+        if t > LIMITS["max_tokens"]:
+            return {"name": name, "t": t, "limit": LIMITS["max_tokens"]}
+
+
+@check("S3_batch")
+def _limit_batch(c):
+    if len(c.qlen) > LIMITS["max_batch"]:
+        return {"nq": len(c.qlen), "limit": LIMITS["max_batch"]}
+
+
+@check("S4")
+def _ends(c):
+    for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1 (query.shape[0])"),
+                                     ("actual_seq_kvlen", c.kvlen, c.t2, "T2 (key.shape[0])")):
+        problem = ends_problem(name, ends, total, tname)
+        if problem:
+            return {"name": name, "problem": problem}
+        if ends[-1] < total:
+            warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
+                          f"part of any sequence and get zero outputs (the last cumulative end "
+                          f"is normally T){per_sequence_hint(ends, total)}", SequenceEndWarning,
+                          stacklevel=caller_stacklevel())
+
+
+@check("S5_q")
+def _rope_q_shape(c):
+    want = (c.t1, c.n1, c.query_rope.shape[2])
+    if c.query_rope.ndim != 3 or tuple(c.query_rope.shape) != want:
+        return {"want": list(want)}
+
+
+@check("S5_k")
+def _rope_k_shape(c):
+    kr, dr = c.key_rope, c.query_rope.shape[2]
+    want = (c.t2, c.n2, dr)
+    if kr.ndim != 3 or tuple(kr.shape) != want:
+        hint = (" -- its Dr differs from query_rope's (the kernel uses query_rope's Dr for both)"
+                if kr.ndim == 3 and kr.shape[2] != dr else "")
+        return {"want": list(want), "hint": hint}
+
+
+@check("S5_dr")
+def _rope_dr8(c):
+    if c.query_rope.shape[2] % 8:
+        return {"dr": c.query_rope.shape[2]}
+
+
+@check("S7")
+def _block_skip_bound(c):
+    if c.sparse_mode in (4, 7, 8):
+        seqs = c.seqs
+        for b in range(seqs.batch):
+            if c.pre_eff + seqs.sq[b] - seqs.skv[b] >= INT32_MAX:
+                return {"b": b}
