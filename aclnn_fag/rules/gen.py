@@ -34,7 +34,7 @@ def stub_header() -> str:
             for n, fmt in enumerate(rule.c_formats(op.key)):
                 name = f"{PREFIX[op.key]}_{rule.id}" + (f"_{n + 1}" if n else "")
                 text = f"{op.phase1}: " + fmt.replace("{ref}", citation(rule.section))
-                out.append(f"#define {name} {_CODES[rule.code]}, \\\n    {_c_string(text)}")
+                out.append(f"#define {name} {_CODES[rule.code]}, {_c_string(text)}")
         out.append("")
     out.append("#endif")
     return "\n".join(out) + "\n"

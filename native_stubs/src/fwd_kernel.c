@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "fwd_kernel.h"
+#include "kernel_math.h"
 
 static inline int64_t at3(const aclTensor *t, int64_t a, int64_t b, int64_t c)
 {
@@ -38,36 +39,13 @@ static int64_t at_flat(const aclTensor *t, int64_t flat)
 static inline float bf16_load(const aclTensor *t, int64_t idx)
 {
     uint16_t h;
-    uint32_t u;
-    float f;
     memcpy(&h, (const char *)t->data + idx * 2, 2);
-    u = (uint32_t)h << 16;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* float -> bf16 bits, round to nearest, ties away from zero; NaN stays a quiet NaN */
-static inline uint16_t bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-        return (uint16_t)(0x7FC0u | ((u >> 16) & 0x8000u));
-    }
-    return (uint16_t)((((u & 0x7FFFFFFFu) + 0x00008000u) >> 16) | ((u >> 16) & 0x8000u));
-}
-
-static inline float bf16_round(float f)
-{
-    uint32_t u = (uint32_t)bf16_bits(f) << 16;
-    float r;
-    memcpy(&r, &u, 4);
-    return r;
+    return stub_bf16_value(h);
 }
 
 static inline void bf16_store(const aclTensor *t, int64_t idx, float f)
 {
-    uint16_t h = bf16_bits(f);
+    uint16_t h = stub_bf16_bits(f);
     memcpy((char *)t->data + idx * 2, &h, 2);
 }
 
@@ -92,27 +70,9 @@ static int64_t len_of(const int64_t *cum, int64_t b)
 static int kept(const FwdProblem *p, int64_t b, int64_t sq, int64_t skv, int64_t mask_base, int64_t h,
                 int64_t i, int64_t j)
 {
-    const int64_t rel = j - i, delta = skv - sq;
-    int band = rel >= delta - p->pre && rel <= delta + p->next;
-    switch (p->sparse) {
-    case 2:
-        return j <= i;
-    case 3:
-        return rel <= delta;
-    case 4:
+    const int band = stub_band_kept(p->sparse, b == p->band_idx, p->pre, p->next, skv - sq, i, j);
+    if (band >= 0) {
         return band;
-    case 7:
-        return b == p->band_idx ? band : rel <= delta;
-    case 8:
-        return b == p->band_idx ? band : j <= i;
-    case 0:
-    case 5:
-        if (rel < -p->pre || rel > p->next) {
-            return 0;
-        }
-        break;
-    default: /* 1: the mask only */
-        break;
     }
     int64_t pos;
     if (p->mask_kind == FWD_MASK_B1SS) {
@@ -190,7 +150,7 @@ void fwd_kernel_run(const FwdProblem *p, void *scratch)
                         }
                         const float e = expf(row[j] - mx);
                         sum += e;
-                        const float e16 = bf16_round(e);
+                        const float e16 = stub_bf16_round(e);
                         for (int64_t d = 0; d < p->Dv; d++) {
                             acc[d] += e16 * bf16_load(p->v, at3(p->v, k0 + j, kh, d));
                         }

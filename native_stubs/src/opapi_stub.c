@@ -8,20 +8,11 @@
  *
  * Checks marked "[stub addition]" are not made by the real operator (which
  * would crash or read out of bounds instead); they exist so that this C
- * kernel never touches memory outside the caller's buffers.  The additions
- * after rule 30 (S1-S9) are the same checks, in the same order and with the
- * same codes, as the Python validator's (the rows of aclnn_fag/rules/table.py,
- * from which rule_table.h, every FAIL_RULE's code and message, is generated), so
- * that the validator and this op return the same status for every input:
- *   S1 keyIn rank != 3                                             161001
- *   S2 dy, then attentionIn: last dim != Dv                        161001
- *   S3 documented limits: N1<=256, D<=768, T1,T2<=1M, B<=2048      161002
- *   S4 cumulative ends (q, then kv): negative/decreasing/last > T  161002
- *   S5 queryRope != [T1,N1,Dr], keyInRope != [T2,N2,Dr], Dr%8      161002
- *   S6 compressed modes: first 2048x2048 mask slice not canonical  161002
- *   S7 modes 4/7/8: pre + Sq_b - Skv_b >= INT32_MAX                161002
- *   S8 softmaxMax, then softmaxSum: the 8 copies differ            161002
- *   S9 softmax statistics fit the token-major reading only         161002
+ * kernel never touches memory outside the caller's buffers.  The rules (1-30
+ * and the package's own S1-S9) are the rows of aclnn_fag/rules/table.py, checked
+ * in its order through FAIL_RULE with the codes and messages of the generated
+ * rule_table.h, so that the validator and this op return the same status for
+ * every input (docs/validation.md lists them).
  *
  * Integer arithmetic on user values (cumulative ends, tokens) is exact: it is
  * done in 128 bits, so no int64 overflow can change a verdict.
@@ -35,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernel_math.h"
 #include "op_rules.h"
 #include "rule_table.h"
 #include "stub_abi.h"
@@ -1075,32 +1067,6 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
 /* phase 2: the math                                                         */
 /* ------------------------------------------------------------------------ */
 
-static inline float bf16_to_float(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* round to nearest, ties away from zero (CAST_ROUND); NaN stays NaN */
-static inline uint16_t float_to_bf16_away(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-        return (uint16_t)((u >> 16) | 0x0040u);
-    }
-    uint32_t sign = u & 0x80000000u;
-    uint32_t mag = (u & 0x7FFFFFFFu) + 0x8000u;
-    return (uint16_t)((sign | mag) >> 16);
-}
-
-static inline float round_bf16(float f)
-{
-    return bf16_to_float(float_to_bf16_away(f));
-}
-
 static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2)
 {
     return t->offset + i0 * t->strides[0] + i1 * t->strides[1] + i2 * t->strides[2];
@@ -1122,7 +1088,7 @@ static inline float ld_bf16(const aclTensor *t, int64_t idx)
 {
     uint16_t h;
     memcpy(&h, (const char *)t->data + idx * 2, sizeof h);
-    return bf16_to_float(h);
+    return stub_bf16_value(h);
 }
 
 static inline float ld_f32(const aclTensor *t, int64_t idx)
@@ -1134,7 +1100,7 @@ static inline float ld_f32(const aclTensor *t, int64_t idx)
 
 static inline void st_bf16(const aclTensor *t, int64_t idx, float v)
 {
-    uint16_t h = float_to_bf16_away(v);
+    uint16_t h = stub_bf16_bits(v);
     memcpy((char *)t->data + idx * 2, &h, sizeof h);
 }
 
@@ -1156,41 +1122,21 @@ static void zero_view(const aclTensor *t)
 
 static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j)
 {
-    int64_t ji = j - i;
-    int64_t band_lo = c->delta - p->pre, band_hi = c->delta + p->next;
-    switch (p->sparse) {
-    case 0:
-    case 5:
-        if (ji < -p->pre || ji > p->next) {
-            return 0;
-        }
-        __attribute__((fallthrough)); /* and the mask */
-    case 1: {
-        int64_t flat;
-        if (p->mask_kind == MASK_2D) {
-            flat = i * p->max_skv + j;
-        } else if (p->mask_kind == MASK_B1SS) {
-            flat = c->mask_base + i * c->Skv + j;
-        } else {
-            flat = p->N1 * c->mask_base + (h * c->Sq + i) * c->Skv + j;
-        }
-        uint8_t mv;
-        memcpy(&mv, (const char *)M->data + idx_flat(M, flat), 1);
-        return mv == 0;
+    const int band = stub_band_kept(p->sparse, c->b == p->band_idx, p->pre, p->next, c->delta, i, j);
+    if (band >= 0) {
+        return band;
     }
-    case 2:
-        return j <= i;
-    case 3:
-        return ji <= c->delta;
-    case 4:
-        return ji >= band_lo && ji <= band_hi;
-    case 7:
-        return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (ji <= c->delta);
-    case 8:
-        return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (j <= i);
-    default:
-        return 0;
+    int64_t flat;
+    if (p->mask_kind == MASK_2D) {
+        flat = i * p->max_skv + j;
+    } else if (p->mask_kind == MASK_B1SS) {
+        flat = c->mask_base + i * c->Skv + j;
+    } else {
+        flat = p->N1 * c->mask_base + (h * c->Sq + i) * c->Skv + j;
     }
+    uint8_t mv;
+    memcpy(&mv, (const char *)M->data + idx_flat(M, flat), 1);
+    return mv == 0;
 }
 
 /* write bf16(mul * acc[t][n][d]) through the view of output tensor T ([rows, heads, dim]);
@@ -1351,8 +1297,8 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
                         dp += DYf[i * Dv + d] * Vf[j * Dv + d];
                     }
                     float ds = prow[j] * (dp - Dterm[i]);
-                    dsrow[j] = round_bf16(ds);
-                    prow[j] = round_bf16(prow[j]);
+                    dsrow[j] = stub_bf16_round(ds);
+                    prow[j] = stub_bf16_round(prow[j]);
                 }
             }
             /* gradient matmuls, fp32 accumulation */

@@ -6,209 +6,108 @@
 #define ACLNN_FAG_STUB_RULE_TABLE_H
 
 /* aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize */
-#define BWD_R1_null ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: inputLayout is NULL (must be \"TND\") [stub addition: the real op crashes here]"
-#define BWD_R1 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: inputLayout \"%.32s\" is not \"TND\" (docs/validation.md, rule 1)"
-#define BWD_R2 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is NULL; it is required (docs/validation.md, rule 2)"
-#define BWD_R4 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: headNum %lld must be > 0 (docs/validation.md, rule 4)"
-#define BWD_R5 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s has %lld dims; tensors with fewer than 3 dims are not supported (docs/validation.md, rule 5)"
-#define BWD_R6 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: head dim of query (%lld) != head dim of keyIn (%lld) (docs/validation.md, rule 6)"
-#define BWD_R7 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: head dim of value (%lld) is larger than that of query (%lld) (docs/validation.md, rule 7)"
-#define BWD_R8 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is NULL while %s is not; queryRope and keyInRope must both be given (docs/validation.md, rule 8)"
-#define BWD_R8_both ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: queryRope and keyInRope are both NULL; V3 needs them (the real op dereferences them and crashes) (docs/validation.md, rule 8)"
-#define BWD_R9 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: rope head dim (queryRope %lld, keyInRope %lld) must not exceed the query head dim %lld (docs/validation.md, rule 9)"
-#define BWD_R10 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must all be BF16 (docs/validation.md, rule 10)"
-#define BWD_R11 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: sparseMode 6 is not supported with queryRope/keyInRope (docs/validation.md, rule 11)"
-#define BWD_R12 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional is %s; V3 with rope requires an attention mask (docs/validation.md, rule 12)"
-#define BWD_R13 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: pseShiftOptional must be NULL with queryRope/keyInRope (docs/validation.md, rule 13)"
-#define BWD_R14 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: dropMaskOptional must be NULL with queryRope/keyInRope (docs/validation.md, rule 14)"
-#define BWD_R15 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keepProb %g must be 1 (docs/validation.md, rule 15)"
-#define BWD_R16 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query/keyIn/value: %s (docs/validation.md, rule 16)"
-#define BWD_R18 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is missing (NULL or 0-dim); it is required (docs/validation.md, rule 18)"
-#define BWD_R19 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: headNum %lld != query.shape[1] %lld (docs/validation.md, rule 19)"
-#define BWD_R17 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keepProb %g must be 1 (docs/validation.md, rule 17)"
-#define BWD_R20 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT (docs/validation.md, rule 20)"
-#define BWD_R20_attn ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attentionInOptional dtype %s != query dtype %s (docs/validation.md, rule 20)"
-#define BWD_R21 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s shape %s must be [T1, N1, 8] = [%lld,%lld,8] (docs/validation.md, rule 21)"
-#define BWD_R21_attn ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attentionInOptional shape %s must match query shape %s except the last dim (docs/validation.md, rule 21)"
-#define BWD_R22 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query shape %s has a zero T, N or D (docs/validation.md, rule 22)"
-#define BWD_R23_q ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is NULL; TND needs both cumulative length arrays (docs/validation.md, rule 23)"
-#define BWD_R23_empty ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional (length %llu) must have the same non-zero length (docs/validation.md, rule 23)"
-#define BWD_R24_rank ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query must have 3 dims [T,N,D], got %s (docs/validation.md, rule 24)"
-#define BWD_R24_n2 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keyIn head count N2=%lld must be > 0 and <= query head count N1=%lld (docs/validation.md, rule 24)"
-#define BWD_R24_mod ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query head count N1=%lld must be a multiple of keyIn head count N2=%lld (softmax shape check) (docs/validation.md, rule 24)"
-#define BWD_R25_dy ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: dy shape %s must match query shape %s except the last dim, which must be <= D (docs/validation.md, rule 25)"
-#define BWD_R25_value ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: value shape %s must match keyIn shape %s except the last dim, which must be <= that of keyIn (docs/validation.md, rule 25)"
-#define BWD_R26 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: sparseMode %lld must be in 0..8 (docs/validation.md, rule 26)"
-#define BWD_R27_dtype ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional dtype %s must be BOOL or UINT8 (docs/validation.md, rule 27)"
-#define BWD_R27_rank ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional must have 2 or 4 dims, got %s (docs/validation.md, rule 27)"
-#define BWD_R27_lead ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional shape %s: the first two dims must be (B,N1), (B,1) or (1,1) with B=%lld, N1=%lld (docs/validation.md, rule 27)"
-#define BWD_R27_compressed ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional shape %s: for sparseMode %lld the last two dims must be %s (docs/validation.md, rule 27)"
-#define BWD_R28_mode0 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at batch %lld (docs/validation.md, rule 28)"
-#define BWD_R29 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: pseType %lld must be in [0,4) (docs/validation.md, rule 29)"
-#define BWD_R29_2 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: pseType %lld must be 1 when pseShiftOptional is NULL (docs/validation.md, rule 29)"
-#define BWD_R30 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: dy dtype %s != query dtype %s (docs/validation.md, rule 30)"
-#define BWD_S1 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keyIn must have 3 dims [T2,N2,D], got %s [stub addition] (docs/validation.md, S1)"
-#define BWD_S2 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s last dim %lld must equal value head dim Dv=%lld [stub addition] (docs/validation.md, S2)"
-#define BWD_S3_heads ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 %lld <= %lld, %lld sequences <= %d) [stub addition] (docs/validation.md, S3)"
-#define BWD_S4 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s must be non-negative non-decreasing cumulative ends; entry %llu is %lld [stub addition] (docs/validation.md, S4)"
-#define BWD_S4_2 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s last cumulative end %lld exceeds %s = %lld [stub addition] (docs/validation.md, S4)"
-#define BWD_S5_q ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub addition S5]"
-#define BWD_S5_k ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of queryRope) [stub addition] (docs/validation.md, S5)"
-#define BWD_S5_dr ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: rope head dim Dr=%lld must be a multiple of 8 [stub addition] (docs/validation.md, S5)"
-#define BWD_S6 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: sparseMode %lld needs the canonical compressed mask (1 strictly above the diagonal) in the first 2048x2048 slice of attenMaskOptional [stub addition S6]"
-#define BWD_S7 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: preTokens %lld + Sq - Skv of batch %lld overflows the kernel's int32 block-skip bound [stub addition] (docs/validation.md, S7)"
-#define BWD_S8 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: the 8 copies in the last dim of %s differ [stub addition] (docs/validation.md, S8)"
-#define BWD_S9 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] broadcast to [T,N,8]); the op reads them per batch as [N,Sq_b,8] blocks [stub addition] (docs/validation.md, S9)"
+#define BWD_R1_null ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: inputLayout is NULL (must be \"TND\") [stub addition: the real op crashes here]"
+#define BWD_R1 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: inputLayout \"%.32s\" is not \"TND\" (docs/validation.md, rule 1)"
+#define BWD_R2 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is NULL; it is required (docs/validation.md, rule 2)"
+#define BWD_R4 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: headNum %lld must be > 0 (docs/validation.md, rule 4)"
+#define BWD_R5 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s has %lld dims; tensors with fewer than 3 dims are not supported (docs/validation.md, rule 5)"
+#define BWD_R6 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: head dim of query (%lld) != head dim of keyIn (%lld) (docs/validation.md, rule 6)"
+#define BWD_R7 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: head dim of value (%lld) is larger than that of query (%lld) (docs/validation.md, rule 7)"
+#define BWD_R8 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is NULL while %s is not; queryRope and keyInRope must both be given (docs/validation.md, rule 8)"
+#define BWD_R8_both ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: queryRope and keyInRope are both NULL; V3 needs them (the real op dereferences them and crashes) (docs/validation.md, rule 8)"
+#define BWD_R9 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: rope head dim (queryRope %lld, keyInRope %lld) must not exceed the query head dim %lld (docs/validation.md, rule 9)"
+#define BWD_R10 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must all be BF16 (docs/validation.md, rule 10)"
+#define BWD_R11 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: sparseMode 6 is not supported with queryRope/keyInRope (docs/validation.md, rule 11)"
+#define BWD_R12 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional is %s; V3 with rope requires an attention mask (docs/validation.md, rule 12)"
+#define BWD_R13 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: pseShiftOptional must be NULL with queryRope/keyInRope (docs/validation.md, rule 13)"
+#define BWD_R14 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: dropMaskOptional must be NULL with queryRope/keyInRope (docs/validation.md, rule 14)"
+#define BWD_R15 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keepProb %g must be 1 (docs/validation.md, rule 15)"
+#define BWD_R16 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query/keyIn/value: %s (docs/validation.md, rule 16)"
+#define BWD_R18 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is missing (NULL or 0-dim); it is required (docs/validation.md, rule 18)"
+#define BWD_R19 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: headNum %lld != query.shape[1] %lld (docs/validation.md, rule 19)"
+#define BWD_R17 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keepProb %g must be 1 (docs/validation.md, rule 17)"
+#define BWD_R20 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT (docs/validation.md, rule 20)"
+#define BWD_R20_attn ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attentionInOptional dtype %s != query dtype %s (docs/validation.md, rule 20)"
+#define BWD_R21 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s shape %s must be [T1, N1, 8] = [%lld,%lld,8] (docs/validation.md, rule 21)"
+#define BWD_R21_attn ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attentionInOptional shape %s must match query shape %s except the last dim (docs/validation.md, rule 21)"
+#define BWD_R22 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query shape %s has a zero T, N or D (docs/validation.md, rule 22)"
+#define BWD_R23_q ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s is NULL; TND needs both cumulative length arrays (docs/validation.md, rule 23)"
+#define BWD_R23_empty ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional (length %llu) must have the same non-zero length (docs/validation.md, rule 23)"
+#define BWD_R24_rank ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query must have 3 dims [T,N,D], got %s (docs/validation.md, rule 24)"
+#define BWD_R24_n2 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keyIn head count N2=%lld must be > 0 and <= query head count N1=%lld (docs/validation.md, rule 24)"
+#define BWD_R24_mod ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: query head count N1=%lld must be a multiple of keyIn head count N2=%lld (softmax shape check) (docs/validation.md, rule 24)"
+#define BWD_R25_dy ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: dy shape %s must match query shape %s except the last dim, which must be <= D (docs/validation.md, rule 25)"
+#define BWD_R25_value ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: value shape %s must match keyIn shape %s except the last dim, which must be <= that of keyIn (docs/validation.md, rule 25)"
+#define BWD_R26 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: sparseMode %lld must be in 0..8 (docs/validation.md, rule 26)"
+#define BWD_R27_dtype ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional dtype %s must be BOOL or UINT8 (docs/validation.md, rule 27)"
+#define BWD_R27_rank ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional must have 2 or 4 dims, got %s (docs/validation.md, rule 27)"
+#define BWD_R27_lead ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional shape %s: the first two dims must be (B,N1), (B,1) or (1,1) with B=%lld, N1=%lld (docs/validation.md, rule 27)"
+#define BWD_R27_compressed ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: attenMaskOptional shape %s: for sparseMode %lld the last two dims must be %s (docs/validation.md, rule 27)"
+#define BWD_R28_mode0 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at batch %lld (docs/validation.md, rule 28)"
+#define BWD_R29 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: pseType %lld must be in [0,4) (docs/validation.md, rule 29)"
+#define BWD_R29_2 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: pseType %lld must be 1 when pseShiftOptional is NULL (docs/validation.md, rule 29)"
+#define BWD_R30 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: dy dtype %s != query dtype %s (docs/validation.md, rule 30)"
+#define BWD_S1 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keyIn must have 3 dims [T2,N2,D], got %s [stub addition] (docs/validation.md, S1)"
+#define BWD_S2 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s last dim %lld must equal value head dim Dv=%lld [stub addition] (docs/validation.md, S2)"
+#define BWD_S3_heads ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 %lld <= %lld, %lld sequences <= %d) [stub addition] (docs/validation.md, S3)"
+#define BWD_S4 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s must be non-negative non-decreasing cumulative ends; entry %llu is %lld [stub addition] (docs/validation.md, S4)"
+#define BWD_S4_2 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: %s last cumulative end %lld exceeds %s = %lld [stub addition] (docs/validation.md, S4)"
+#define BWD_S5_q ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub addition S5]"
+#define BWD_S5_k ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of queryRope) [stub addition] (docs/validation.md, S5)"
+#define BWD_S5_dr ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: rope head dim Dr=%lld must be a multiple of 8 [stub addition] (docs/validation.md, S5)"
+#define BWD_S6 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: sparseMode %lld needs the canonical compressed mask (1 strictly above the diagonal) in the first 2048x2048 slice of attenMaskOptional [stub addition S6]"
+#define BWD_S7 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: preTokens %lld + Sq - Skv of batch %lld overflows the kernel's int32 block-skip bound [stub addition] (docs/validation.md, S7)"
+#define BWD_S8 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: the 8 copies in the last dim of %s differ [stub addition] (docs/validation.md, S8)"
+#define BWD_S9 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] broadcast to [T,N,8]); the op reads them per batch as [N,Sq_b,8] blocks [stub addition] (docs/validation.md, S9)"
 
 /* aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize */
-#define FWD_F1 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s is NULL; it is required (forward rule F1)"
-#define FWD_F3 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: inputLayout \"%.32s\" is not \"TND\" (forward rule F3)"
-#define FWD_F4 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: the dtypes of query, key and value differ (forward rule F4)"
-#define FWD_F4_pse ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: pseType %lld needs realShiftOptional (forward rule F4)"
-#define FWD_F4_pse_dtype ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: realShiftOptional dtype differs from query's (forward rule F4)"
-#define FWD_F5_heads ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: headNum %lld must be > 0 (forward rule F5)"
-#define FWD_F5_rank ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: query must have 3 dims for TND, got %s (forward rule F5)"
-#define FWD_F5_kv_rank ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s has fewer than 3 dims (forward rule F5) [stub addition]"
-#define FWD_F5_d ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim of query (%lld) != that of key (%lld) (forward rule F5)"
-#define FWD_F5_dv ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim of value (%lld) > that of query (%lld) (forward rule F5)"
-#define FWD_F5_max_d ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim %lld must be <= 768 (forward rule F5)"
-#define FWD_F6_rope ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: exactly one of queryRope/keyRope is NULL (forward rule F6)"
-#define FWD_F6_rope_both ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: queryRope and keyRope are both NULL (forward rule F6: the real op dereferences them and crashes) [stub addition]"
-#define FWD_F6_rope_rank ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s has fewer than 3 dims (forward rule F6) [stub addition]"
-#define FWD_F6_dr ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: rope head dim exceeds the query head dim %lld (forward rule F6)"
-#define FWD_F6_bf16 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: query, queryRope, key, keyRope and value must all be BF16 (forward rule F6)"
-#define FWD_F6_sparse6 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: sparseMode 6 is not supported with rope inputs (forward rule F6)"
-#define FWD_F6_mask ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional is %s; rope inputs need a mask (forward rule F6)"
-#define FWD_F6_pse ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: realShiftOptional must be NULL with rope inputs (forward rule F6)"
-#define FWD_F6_drop ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: dropMaskOptional must be NULL with rope inputs (forward rule F6)"
-#define FWD_F6_keep ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: keepProb %g must be 1 with rope inputs (forward rule F6)"
-#define FWD_F6_pad ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: D=%lld / Dv=%lld would be padded, which rope inputs do not support (forward rule F6)"
-#define FWD_F7_keep ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: keepProb %g must be in (0, 1] (forward rule F7)"
-#define FWD_F7_pse ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: pseType %lld must be in [0, 4) (forward rule F7)"
-#define FWD_F8 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: key must have 3 dims for TND, got %s (forward rule F8)"
-#define FWD_R23_q ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s is NULL; TND needs both cumulative length arrays (forward rule F9)"
-#define FWD_R23_empty ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: the cumulative length arrays must have the same non-zero length (%llu, %llu) (forward rule F9)"
-#define FWD_F10 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s = %lld is below the sum of the sequence lengths (forward rule F10)"
-#define FWD_F11_heads ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: headNum %lld != query dim 1 %lld (forward rule F11)"
-#define FWD_F11_n2 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)"
-#define FWD_F11_d ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim D is 0 (forward rule F11)"
-#define FWD_F11_mod ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: N1=%lld must be a multiple of N2=%lld (forward rule F11)"
-#define FWD_F12 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: pseType %lld must be 1 without realShiftOptional (forward rule F12)"
-#define FWD_R27_dtype ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional must be BOOL or UINT8 (forward rule F12)"
-#define FWD_R27_rank ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)"
-#define FWD_R27_lead ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional %s: leading dims must be (B,N1), (B,1) or (1,1) with B=%lld (forward rule F12)"
-#define FWD_R27_compressed ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional %s: sparseMode %lld needs last dims %s (forward rule F12)"
-#define FWD_F13 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: sparseMode %lld must be in 0..8 (forward rule F13)"
-#define FWD_R28_mode0 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at batch %lld (forward rule F14)"
-#define FWD_SF1 ACLNN_ERR_PARAM_NULLPTR, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: value %s must be [T2,N2,Dv] [stub addition SF1]"
-#define FWD_S3_heads ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: beyond the documented limits [stub addition S3]"
-#define FWD_S4 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s must be non-negative non-decreasing cumulative ends [stub addition S4]"
-#define FWD_S4_2 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: the last cumulative end exceeds T [stub addition S4]"
-#define FWD_S5_q ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: queryRope %s must be [T1,N1,Dr] [stub addition S5]"
-#define FWD_S5_k ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]"
-#define FWD_S5_dr ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: rope head dim %lld must be a multiple of 8 [stub addition S5]"
-#define FWD_S6 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: sparseMode %lld needs the canonical compressed mask [stub addition S6]"
-#define FWD_S7 ACLNN_ERR_PARAM_INVALID, \
-    "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: preTokens + Sq - Skv of batch %lld overflows the kernel's int32 block-skip bound [stub addition S7]"
+#define FWD_F1 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s is NULL; it is required (forward rule F1)"
+#define FWD_F3 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: inputLayout \"%.32s\" is not \"TND\" (forward rule F3)"
+#define FWD_F4 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: the dtypes of query, key and value differ (forward rule F4)"
+#define FWD_F4_pse ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: pseType %lld needs realShiftOptional (forward rule F4)"
+#define FWD_F4_pse_dtype ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: realShiftOptional dtype differs from query's (forward rule F4)"
+#define FWD_F5_heads ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: headNum %lld must be > 0 (forward rule F5)"
+#define FWD_F5_rank ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: query must have 3 dims for TND, got %s (forward rule F5)"
+#define FWD_F5_kv_rank ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s has fewer than 3 dims (forward rule F5) [stub addition]"
+#define FWD_F5_d ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim of query (%lld) != that of key (%lld) (forward rule F5)"
+#define FWD_F5_dv ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim of value (%lld) > that of query (%lld) (forward rule F5)"
+#define FWD_F5_max_d ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim %lld must be <= 768 (forward rule F5)"
+#define FWD_F6_rope ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: exactly one of queryRope/keyRope is NULL (forward rule F6)"
+#define FWD_F6_rope_both ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: queryRope and keyRope are both NULL (forward rule F6: the real op dereferences them and crashes) [stub addition]"
+#define FWD_F6_rope_rank ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s has fewer than 3 dims (forward rule F6) [stub addition]"
+#define FWD_F6_dr ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: rope head dim exceeds the query head dim %lld (forward rule F6)"
+#define FWD_F6_bf16 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: query, queryRope, key, keyRope and value must all be BF16 (forward rule F6)"
+#define FWD_F6_sparse6 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: sparseMode 6 is not supported with rope inputs (forward rule F6)"
+#define FWD_F6_mask ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional is %s; rope inputs need a mask (forward rule F6)"
+#define FWD_F6_pse ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: realShiftOptional must be NULL with rope inputs (forward rule F6)"
+#define FWD_F6_drop ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: dropMaskOptional must be NULL with rope inputs (forward rule F6)"
+#define FWD_F6_keep ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: keepProb %g must be 1 with rope inputs (forward rule F6)"
+#define FWD_F6_pad ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: D=%lld / Dv=%lld would be padded, which rope inputs do not support (forward rule F6)"
+#define FWD_F7_keep ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: keepProb %g must be in (0, 1] (forward rule F7)"
+#define FWD_F7_pse ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: pseType %lld must be in [0, 4) (forward rule F7)"
+#define FWD_F8 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: key must have 3 dims for TND, got %s (forward rule F8)"
+#define FWD_R23_q ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s is NULL; TND needs both cumulative length arrays (forward rule F9)"
+#define FWD_R23_empty ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: the cumulative length arrays must have the same non-zero length (%llu, %llu) (forward rule F9)"
+#define FWD_F10 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s = %lld is below the sum of the sequence lengths (forward rule F10)"
+#define FWD_F11_heads ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: headNum %lld != query dim 1 %lld (forward rule F11)"
+#define FWD_F11_n2 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)"
+#define FWD_F11_d ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: head dim D is 0 (forward rule F11)"
+#define FWD_F11_mod ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: N1=%lld must be a multiple of N2=%lld (forward rule F11)"
+#define FWD_F12 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: pseType %lld must be 1 without realShiftOptional (forward rule F12)"
+#define FWD_R27_dtype ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional must be BOOL or UINT8 (forward rule F12)"
+#define FWD_R27_rank ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)"
+#define FWD_R27_lead ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional %s: leading dims must be (B,N1), (B,1) or (1,1) with B=%lld (forward rule F12)"
+#define FWD_R27_compressed ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: attenMaskOptional %s: sparseMode %lld needs last dims %s (forward rule F12)"
+#define FWD_F13 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: sparseMode %lld must be in 0..8 (forward rule F13)"
+#define FWD_R28_mode0 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at batch %lld (forward rule F14)"
+#define FWD_SF1 ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: value %s must be [T2,N2,Dv] [stub addition SF1]"
+#define FWD_S3_heads ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: beyond the documented limits [stub addition S3]"
+#define FWD_S4 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: %s must be non-negative non-decreasing cumulative ends [stub addition S4]"
+#define FWD_S4_2 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: the last cumulative end exceeds T [stub addition S4]"
+#define FWD_S5_q ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: queryRope %s must be [T1,N1,Dr] [stub addition S5]"
+#define FWD_S5_k ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]"
+#define FWD_S5_dr ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: rope head dim %lld must be a multiple of 8 [stub addition S5]"
+#define FWD_S6 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: sparseMode %lld needs the canonical compressed mask [stub addition S6]"
+#define FWD_S7 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize: preTokens + Sq - Skv of batch %lld overflows the kernel's int32 block-skip bound [stub addition S7]"
 
 #endif
