@@ -61,30 +61,10 @@ def _first(c, names, bad):
 
 
 # ---------------------------------------------------------------- the backward, rules 1-22
-@check("R1_null", "F1_layout")
-def _layout_null(c):
-    return c.input_layout is None
-
-
-@check("R1", "F3")
-def _layout(c):
-    return c.input_layout != "TND"
-
-
-@check("R2")
-def _required(c):
-    return _first(c, ("query", "key", "value", "dy", "attention_in"), lambda t: t is None)
-
-
 @check("R3")
 def _all_empty(c):
     if c.query.size == 0 and c.key.size == 0 and c.value.size == 0:
         return {"head_num": c.head_num}
-
-
-@check("R4", "F5_heads")
-def _heads_positive(c):
-    return c.heads is not None and c.heads <= 0
 
 
 @check("R5")
@@ -94,25 +74,10 @@ def _min_rank(c):
                   lambda t: t.ndim < 3)
 
 
-@check("R6", "F5_d")
-def _same_d(c):
-    return c.d != c.dk
-
-
-@check("R7", "F5_dv")
-def _dv_le_d(c):
-    return c.d < c.dv
-
-
 @check("R8", "F6_rope")
 def _one_rope(c):
     if (c.query_rope is None) != (c.key_rope is None):
         return {"name": "query_rope" if c.query_rope is None else "key_rope"}
-
-
-@check("R8_both", "F6_rope_both")
-def _no_rope(c):
-    return c.query_rope is None
 
 
 @check("R9", "F6_dr")
@@ -132,31 +97,6 @@ def _bf16(c):
     return bad
 
 
-@check("R11", "F6_sparse6")
-def _mode6(c):
-    return c.sparse_mode == 6
-
-
-@check("R12", "F6_mask")
-def _mask_present(c):
-    return c.atten_mask is None or c.atten_mask.ndim == 0
-
-
-@check("R13", "F6_pse")
-def _no_pse(c):
-    return c.pse_shift is not None
-
-
-@check("R14", "F6_drop")
-def _no_drop(c):
-    return c.drop_mask is not None
-
-
-@check("R15", "F6_keep")
-def _no_dropout(c):
-    return c.keep_prob < 1.0
-
-
 @check("R16")
 def _padding(c):
     reason = needs_padding(c.query, c.key, c.value, c.qlen, c.kvlen, bool(c.deterministic),
@@ -164,35 +104,10 @@ def _padding(c):
     return {"reason": reason} if reason else None
 
 
-@check("R18")
-def _stats_present(c):
-    return _first(c, ("softmax_max", "softmax_sum"), lambda t: t is None or t.ndim == 0)
-
-
-@check("R19", "F11_heads")
-def _heads_match(c):
-    return c.heads != c.n1
-
-
 @check("R_empty")
 def _any_empty(c):
     if min(c.query.size, c.key.size, c.value.size, c.query_rope.size, c.key_rope.size) == 0:
         return {"head_num": c.heads}
-
-
-@check("R17")
-def _keep_prob_f32(c):
-    return np.float32(c.keep_prob) > 1.0
-
-
-@check("R20")
-def _stats_f32(c):
-    return _first(c, ("softmax_max", "softmax_sum"), lambda t: _native(t.dtype) != _F32)
-
-
-@check("R20_attn")
-def _attention_dtype(c):
-    return not _same_dtype(c.attention_in, c.query)
 
 
 def _stats_shape_hint(shape, t1, n1) -> str:
@@ -210,7 +125,8 @@ def _stats_shape_hint(shape, t1, n1) -> str:
 
 @check("R21")
 def _stats_shape(c):
-    bad = _first(c, ("softmax_max", "softmax_sum"), lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
+    bad = _first(c, ("softmax_max", "softmax_sum"),
+                 lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
     if bad:
         shape = tuple(bad["shape"])
         bad.update(shape=list(shape), hint=_stats_shape_hint(shape, c.t1, c.n1))
@@ -223,31 +139,11 @@ def _attention_shape(c):
     return a.ndim != q.ndim or a.shape[:-1] != q.shape[:-1]
 
 
-@check("R22")
-def _nonzero(c):
-    return c.t1 == 0 or c.n1 == 0 or c.d == 0
-
-
 # ---------------------------------------------------------------- the forward, F1-F8
-@check("F1")
-def _fwd_required(c):
-    return _first(c, ("query", "key", "value"), lambda t: t is None)
-
-
 @check("F2")
 def _fwd_empty(c):
     if c.query.ndim >= 2 and c.query.shape[0] * c.query.shape[1] == 0:
         return {"head_num": c.heads}
-
-
-@check("F4")
-def _fwd_dtypes(c):
-    return _first(c, ("key", "value"), lambda t: not _same_dtype(t, c.query))
-
-
-@check("F4_pse")
-def _fwd_pse_needed(c):
-    return c.pse_type in (2, 3) and c.pse_shift is None
 
 
 @check("F4_pse_dtype")
@@ -256,77 +152,17 @@ def _fwd_pse_dtype(c):
             and not _same_dtype(c.pse_shift, c.query))
 
 
-@check("F5_rank", "R24_rank")
-def _query_3d(c):
-    return c.query.ndim != 3
-
-
-@check("F5_kv_rank")
-def _fwd_kv_rank(c):
-    return _first(c, ("key", "value"), lambda t: t.ndim < 3)
-
-
 @check("F5_max_d")
 def _fwd_max_d(c):
     if c.d > LIMITS["max_head_dim"]:
         return {"limit": LIMITS["max_head_dim"]}
 
 
-@check("F6_rope_rank")
-def _fwd_rope_rank(c):
-    return _first(c, _ROPES, lambda t: t.ndim < 3)
-
-
-@check("F6_pad")
-def _fwd_padding(c):
-    return c.n2 != 0 and c.d != 0 and forward_needs_padding(c.query, c.value, c.qlen, c.kvlen)
-
-
-@check("F7_keep")
-def _fwd_keep_prob(c):
-    return np.float32(c.keep_prob) <= 0.0 or np.float32(c.keep_prob) > 1.0
-
-
-@check("F7_pse")
-def _fwd_pse_range(c):
-    return not 0 <= c.pse_type < 4
-
-
-@check("F8", "S1")
-def _key_3d(c):
-    return c.key.ndim != 3
-
-
 # ---------------------------------------------------------------- rules 23-30, F9-F14
-@check("R23_q")
-def _qlen_given(c):
-    return c.qlen is None
-
-
-@check("R23_kv")
-def _kvlen_given(c):
-    return c.kvlen is None
-
-
-@check("R23_empty")
-def _qlen_nonempty(c):
-    return len(c.qlen) == 0
-
-
 @check("R23_len")
 def _same_batches(c):
     if len(c.qlen) != len(c.kvlen):
         return {"nq": len(c.qlen), "nkv": len(c.kvlen)}
-
-
-@check("R24_n2", "F11_n2")
-def _n2_range(c):
-    return c.n2 == 0 or c.n1 // c.n2 == 0
-
-
-@check("R24_mod", "F11_mod")
-def _n1_multiple(c):
-    return c.n1 % c.n2 != 0
 
 
 def _last(a) -> int:
@@ -345,11 +181,6 @@ def _value_like_key(c):
     return v.ndim != k.ndim or v.shape[:-1] != k.shape[:-1] or _last(v) > _last(k)
 
 
-@check("R26", "F13")
-def _mode_range(c):
-    return c.sparse_mode > 8 or c.sparse_mode < 0
-
-
 @check("F10")
 def _fwd_totals(c):
     for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1"),
@@ -358,26 +189,6 @@ def _fwd_totals(c):
         if total < need:
             return dict(name=name, tname=tname, total=total, need=need,
                         hint=per_sequence_hint(ends, total))
-
-
-@check("F11_d")
-def _fwd_d_nonzero(c):
-    return c.d == 0
-
-
-@check("F12", "R29")
-def _pse_type_one(c):
-    return c.pse_type != 1
-
-
-@check("R27_dtype")
-def _mask_dtype(c):
-    return c.atten_mask.dtype not in MASK_DTYPES
-
-
-@check("R27_rank")
-def _mask_rank(c):
-    return c.atten_mask.ndim not in (2, 4)
 
 
 @check("R27_lead")
@@ -439,21 +250,11 @@ def _bad_tokens(c, batches, sq_side):
     return None
 
 
-@check("R28_mode0")
-def _tokens_mode0(c):
-    return c.sparse_mode == 0 and _bad_tokens(c, range(c.seqs.batch), False)
-
-
 @check("R28_band")
 def _tokens_band(c):
     if c.sparse_mode in (4, 7, 8):
         return _bad_tokens(c, range(c.seqs.batch) if c.sparse_mode == 4 else [c.band_index],
                            True)
-
-
-@check("R30")
-def _dy_dtype(c):
-    return not _same_dtype(c.dy, c.query)
 
 
 # ---------------------------------------------------------------- the package's own checks
@@ -462,11 +263,6 @@ def _dv_rows(c):
     for name in ("dy", "attention_in"):
         if getattr(c, name).shape[2] != c.dv:
             return {"name": name, "last": getattr(c, name).shape[2]}
-
-
-@check("SF1")
-def _value_shape(c):
-    return c.value.ndim != 3 or tuple(c.value.shape[:2]) != (c.t2, c.n2)
 
 
 @check("S3_heads")
@@ -539,3 +335,55 @@ def _block_skip_bound(c):
         for b in range(seqs.batch):
             if c.pre_eff + seqs.sq[b] - seqs.skv[b] >= INT32_MAX:
                 return {"b": b}
+
+
+# ---------------------------------------------------------------- the one-line predicates
+_SIMPLE = {
+    ("R1_null", "F1_layout"): lambda c: c.input_layout is None,
+    ("R1", "F3"): lambda c: c.input_layout != "TND",
+    "R2": lambda c: _first(c, ("query", "key", "value", "dy", "attention_in"),
+                           lambda t: t is None),
+    ("R4", "F5_heads"): lambda c: c.heads is not None and c.heads <= 0,
+    ("R6", "F5_d"): lambda c: c.d != c.dk,
+    ("R7", "F5_dv"): lambda c: c.d < c.dv,
+    ("R8_both", "F6_rope_both"): lambda c: c.query_rope is None,
+    ("R11", "F6_sparse6"): lambda c: c.sparse_mode == 6,
+    ("R12", "F6_mask"): lambda c: c.atten_mask is None or c.atten_mask.ndim == 0,
+    ("R13", "F6_pse"): lambda c: c.pse_shift is not None,
+    ("R14", "F6_drop"): lambda c: c.drop_mask is not None,
+    ("R15", "F6_keep"): lambda c: c.keep_prob < 1.0,
+    "R18": lambda c: _first(c, ("softmax_max", "softmax_sum"),
+                            lambda t: t is None or t.ndim == 0),
+    ("R19", "F11_heads"): lambda c: c.heads != c.n1,
+    "R17": lambda c: np.float32(c.keep_prob) > 1.0,
+    "R20": lambda c: _first(c, ("softmax_max", "softmax_sum"),
+                            lambda t: _native(t.dtype) != _F32),
+    "R20_attn": lambda c: not _same_dtype(c.attention_in, c.query),
+    "R22": lambda c: c.t1 == 0 or c.n1 == 0 or c.d == 0,
+    "F1": lambda c: _first(c, ("query", "key", "value"), lambda t: t is None),
+    "F4": lambda c: _first(c, ("key", "value"), lambda t: not _same_dtype(t, c.query)),
+    "F4_pse": lambda c: c.pse_type in (2, 3) and c.pse_shift is None,
+    ("F5_rank", "R24_rank"): lambda c: c.query.ndim != 3,
+    "F5_kv_rank": lambda c: _first(c, ("key", "value"), lambda t: t.ndim < 3),
+    "F6_rope_rank": lambda c: _first(c, _ROPES, lambda t: t.ndim < 3),
+    "F6_pad": lambda c: (c.n2 != 0 and c.d != 0
+                         and forward_needs_padding(c.query, c.value, c.qlen, c.kvlen)),
+    "F7_keep": lambda c: np.float32(c.keep_prob) <= 0.0 or np.float32(c.keep_prob) > 1.0,
+    "F7_pse": lambda c: not 0 <= c.pse_type < 4,
+    ("F8", "S1"): lambda c: c.key.ndim != 3,
+    "R23_q": lambda c: c.qlen is None,
+    "R23_kv": lambda c: c.kvlen is None,
+    "R23_empty": lambda c: len(c.qlen) == 0,
+    ("R24_n2", "F11_n2"): lambda c: c.n2 == 0 or c.n1 // c.n2 == 0,
+    ("R24_mod", "F11_mod"): lambda c: c.n1 % c.n2 != 0,
+    ("R26", "F13"): lambda c: c.sparse_mode > 8 or c.sparse_mode < 0,
+    "F11_d": lambda c: c.d == 0,
+    ("F12", "R29"): lambda c: c.pse_type != 1,
+    "R27_dtype": lambda c: c.atten_mask.dtype not in MASK_DTYPES,
+    "R27_rank": lambda c: c.atten_mask.ndim not in (2, 4),
+    "R28_mode0": lambda c: c.sparse_mode == 0 and _bad_tokens(c, range(c.seqs.batch), False),
+    "R30": lambda c: not _same_dtype(c.dy, c.query),
+    "SF1": lambda c: c.value.ndim != 3 or tuple(c.value.shape[:2]) != (c.t2, c.n2),
+}
+for _ids, _fn in _SIMPLE.items():
+    check(*(_ids if type(_ids) is tuple else (_ids,)))(_fn)

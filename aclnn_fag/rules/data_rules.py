@@ -40,19 +40,23 @@ _ND = np.ndarray
 
 
 # ---------------------------------------------------------------- S6
+def _on_device(a) -> bool:
+    return type(a) is not _ND and is_device(a)
+
+
 def _compressed_mask_checked(c) -> bool:
     return c.sparse_mode in COMPRESSED_MODES and not is_package_mask(c.atten_mask)
 
 
 @check("S6_sample")
 def _mask_sample(c):
-    return (_compressed_mask_checked(c) and is_device(c.atten_mask)
+    return (_on_device(c.atten_mask) and _compressed_mask_checked(c)
             and not c.sampler.compressed_mask_is_canonical(c.atten_mask))
 
 
 @check("S6")
 def _mask_canonical(c):
-    if not _compressed_mask_checked(c) or is_device(c.atten_mask):
+    if _on_device(c.atten_mask) or not _compressed_mask_checked(c):
         return None
     m = c.atten_mask if c.atten_mask.ndim == 2 else c.atten_mask[0, 0]   # never a copy
     if is_canonical_compressed(m):
@@ -82,7 +86,7 @@ def _copies_equal(c):
         stats = getattr(c, name)
         if stats.strides[2] == 0:
             continue
-        if is_device(stats):
+        if _on_device(stats):
             if not c.sampler.stats_copies_equal(stats):
                 return {"name": name, "copies": COPIES, "sampled": S8_SAMPLED}
         elif not _host_copies_equal(stats):
@@ -142,8 +146,11 @@ def _stats_layout(c):
     sum)] for the mismatch warning (host arrays only)."""
     arrays = (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.softmax_max,
               c.softmax_sum)
-    c.samples = []
-    if all(type(a) is _ND for a in arrays if a is not None):
+    nd = _ND
+    if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
+            and type(c.key_rope) is nd and type(c.softmax_max) is nd
+            and type(c.softmax_sum) is nd and type(c.atten_mask) is nd):
+        c.samples = []
         checked, device_fits, token_fits = _host_votes(c)
     elif all(is_device(a) for a in arrays):
         checked, device_fits, token_fits = c.sampler.stats_layout_votes(

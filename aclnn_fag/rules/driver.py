@@ -188,9 +188,8 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                           softmax_max=softmax_max, softmax_sum=softmax_sum,
                           attention_in=attention_in, actual_seq_qlen=actual_seq_qlen,
                           actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value)
-    return validate_backward_args(tuple(args[n] for n in _TENSORS),
-                                  tuple(args[n] for n in _SCALARS),
-                                  tuple(args[n] for n in _LISTS), check_data)
+    return validate_backward_args(_get_tensors(args), _get_scalars(args), _get_lists(args),
+                                  check_data)
 
 
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
@@ -205,12 +204,17 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
     return validate(FORWARD_V3, args, check_data)
 
 
+_DEFAULTS = {op.key: dict({p.name: p.default for p in op.params
+                            if p.role in ("input", "int_array", "attr")}, deterministic=False)
+             for op in (BACKWARD_V3, FORWARD_V3)}
+_get_tensors, _get_scalars, _get_lists = (operator.itemgetter(*n) for n in names(BACKWARD_V3))
+
+
 def _with_defaults(op: OpVersion, optional: dict, **given) -> dict:
     """The inputs, int arrays and attributes of ``op`` (and deterministic): the given ones,
     the spec's defaults for the rest; an unknown keyword is a TypeError, as in a call."""
-    args = {p.name: p.default for p in op.params if p.role in ("input", "int_array", "attr")}
-    args["deterministic"] = False
-    unknown = set(optional) - set(args) or set(optional) & set(given)
+    args = dict(_DEFAULTS[op.key])
+    unknown = (optional.keys() - args.keys()) or (optional.keys() & given.keys())
     if unknown:
         raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
     args.update(given)
