@@ -66,3 +66,17 @@ def test_the_stub_ops_check_the_rules_in_the_tables_order():
         # no status code written by hand in the rules' part of the checks
         assert not re.search(rf"\b{macro[:-5]}\(ACLNN_ERR_PARAM_\w+, [A-Z0-9]+ \": [^\"]*\(docs/validation.md, (rule|S)",
                              _body(text, start)), path.name
+
+
+def test_rows_can_be_keyed_on_a_release(monkeypatch):
+    """The releases column is real: a row limited to one CANN release drops out of the
+    others' rule lists (today every row applies to every known release)."""
+    from dataclasses import replace
+
+    from aclnn_fag.rules import table
+    assert all(r.releases == table.RELEASES for r in RULES)
+    assert rules_for(BACKWARD_V3.key, "9.1") == rules_for(BACKWARD_V3.key)
+    limited = tuple(replace(r, releases=("8.5",)) if r.id == "S9" else r for r in RULES)
+    monkeypatch.setattr(table, "RULES", limited)
+    assert "S9" in [r.id for r in table.rules_for(BACKWARD_V3.key, "8.5")]
+    assert "S9" not in [r.id for r in table.rules_for(BACKWARD_V3.key, "9.1")]
