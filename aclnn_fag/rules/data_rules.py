@@ -142,39 +142,69 @@ def _stats_layout(c):
     A reading fits when max + log(sum) equals the row's log-sum-exp of scale·S over the kept
     keys within 1e-3 relative. Rejected: every checked sample fits the token-major reading
     and none fits the device's. Samples where the two readings coincide or the row has no
-    kept key are skipped. The rows recomputed are kept in ``c.samples`` [(b, i, h, lse, max,
-    sum)] for the mismatch warning (host arrays only)."""
-    arrays = (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.softmax_max,
-              c.softmax_sum)
+    kept key are skipped. Host arrays are read directly (:class:`HostReader`), device arrays
+    through the call's bounded sampler; the rows recomputed on host arrays are kept in
+    ``c.samples`` [(b, i, h, lse, max, sum)] for the mismatch warning."""
     nd = _ND
     if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
             and type(c.key_rope) is nd and type(c.softmax_max) is nd
             and type(c.softmax_sum) is nd and type(c.atten_mask) is nd):
-        c.samples = []
-        checked, device_fits, token_fits = _host_votes(c)
-    elif all(is_device(a) for a in arrays):
-        checked, device_fits, token_fits = c.sampler.stats_layout_votes(
-            *arrays, c.scale_value, c.seqs, c.sparse_mode, c.pre_eff, c.next_eff,
-            c.band_index, fits)
+        reader = HOST
+    elif all(is_device(a) for a in (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask,
+                                     c.softmax_max, c.softmax_sum)):
+        reader = c.sampler
     else:
         return None       # host and device arrays mixed (a FagPlan's inputs): not sampled
+    samples, checked, device_fits, token_fits = _votes(c, reader)
+    if reader is HOST:
+        c.samples = samples
     return checked and device_fits == 0 and token_fits == checked
 
+
+class HostReader:
+    """S9's reads of host arrays: every sampled row is affordable, up to
+    ``STATS_LAYOUT_SAMPLES`` rows are checked, their log-sum-exps recomputed together."""
+
+    max_samples = STATS_LAYOUT_SAMPLES
+    sampled = False
+
+    @staticmethod
+    def item(a, flat):
+        return a.item(flat)                    # by flat C-order index
+
+    @staticmethod
+    def affords(keys: int, width: int) -> bool:
+        return True
+
+    @staticmethod
+    def kept_keys(mask, seqs, n1, b, h, i, skv, band):
+        j0, j1 = band
+        sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
+        return sel + j0 if sel.size else None
+
+    @staticmethod
+    def lses(q, qr, k, kr, rows, scale32) -> list:
+        return rows_lse(q, qr, k, kr, rows, scale32, STATS_LAYOUT_KEY_CHUNK)
+
+
+HOST = HostReader()
 
 # batch_keep of the sampled batches, remembered across calls (its arguments are ints, its
 # result immutable): a training loop calls with the same lengths again and again
 _batch_keep = functools.lru_cache(maxsize=1024)(batch_keep)
 
 
-def _host_votes(c):
-    """(checked, device_fits, token_fits) of S9 on host arrays (docs/validation.md, "What S9
-    samples")."""
+def _votes(c, reader):
+    """(samples, checked, device_fits, token_fits) of S9 through ``reader`` (docs/validation.md,
+    "What S9 samples"): in each batch the rows (0, N1 - 1), (Sq/2, N1/2), (Sq - 1, 0) the
+    reader affords, until ``reader.max_samples`` are checked."""
     q, qr, k, kr, mask, seqs = c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.seqs
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
-    picked, rows, lses = [], [], []     # (b, i, h, dm, dl, tm, tl, same); rows_lse rows; lse
+    width = (q.shape[2] + qr.shape[2]) * k.itemsize      # bytes of one key (k and k_rope)
+    picked, rows, lses = [], [], []     # (b, i, h, dm, dl, tm, tl, same); lses rows; lse
     scale32 = np.float32(c.scale_value)
     checked = same_rows = 0
-    max_item, sum_item = c.softmax_max.item, c.softmax_sum.item      # by flat C-order index
+    item, smax, ssum = reader.item, c.softmax_max, c.softmax_sum
     for b in range(seqs.batch):
         sq, skv = seqs.sq[b], seqs.skv[b]
         if sq <= 0 or skv <= 0 or skv > STATS_LAYOUT_MAX_SKV:
@@ -182,16 +212,22 @@ def _host_votes(c):
         qs, ks = seqs.q_starts[b], seqs.kv_starts[b]
         keep = _batch_keep(c.sparse_mode, b, sq, skv, c.pre_eff, c.next_eff, c.band_index)
         for i, h in ((0, n1 - 1), (sq // 2, n1 // 2), (sq - 1, 0)):
+            j0 = 0 if keep.lo == -math.inf else max(0, i + keep.lo)
+            j1 = skv if keep.hi == math.inf else min(skv, i + keep.hi + 1)
+            if j1 <= j0 or not reader.affords(j1 - j0, width):
+                continue
             dev_flat = (qs * n1 + h * sq + i) * COPIES
             tok_flat = ((qs + i) * n1 + h) * COPIES
-            dm, dl = max_item(dev_flat), sum_item(dev_flat)
-            tm, tl = max_item(tok_flat), sum_item(tok_flat)
+            dm, dl = item(smax, dev_flat), item(ssum, dev_flat)
+            tm, tl = item(smax, tok_flat), item(ssum, tok_flat)
             same = (dm == tm or (dm != dm and tm != tm)) and (dl == tl or (dl != dl and tl != tl))
-            if same and same_rows >= STATS_LAYOUT_SAMPLES:
+            if same and (reader.sampled or same_rows >= STATS_LAYOUT_SAMPLES):
                 continue
-            keys = _kept_keys(keep, mask, seqs, n1, b, h, i, skv)
-            if keys is None:
-                continue
+            keys = (j0, j1)
+            if keep.uses_mask:
+                keys = reader.kept_keys(mask, seqs, n1, b, h, i, skv, keys)
+                if keys is None:
+                    continue
             picked.append((b, i, h, dm, dl, tm, tl, same))
             rows.append((qs + i, h, h // group,
                          (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks))
@@ -203,28 +239,26 @@ def _host_votes(c):
                 # the first checked row, recomputed at once: when its statistics fit the
                 # device's reading the call can no longer be rejected, and they describe the
                 # scores where checked -- done (the common case costs one row)
-                lse = lses[-1] = rows_lse(q, qr, k, kr, rows[-1:], scale32,
-                                          STATS_LAYOUT_KEY_CHUNK)[0]
+                lse = lses[-1] = reader.lses(q, qr, k, kr, rows[-1:], scale32)[0]
                 if fits(dm, dl, lse):
-                    c.samples = [(b, i, h, lse, dm, dl)]
-                    return 1, 1, 0
+                    return [(b, i, h, lse, dm, dl)], 1, 1, 0
             checked += 1
-            if checked >= STATS_LAYOUT_SAMPLES:
+            if checked >= reader.max_samples:
                 break
-        if checked >= STATS_LAYOUT_SAMPLES:
+        if checked >= reader.max_samples:
             break
     rest = [r for r, lse in enumerate(lses) if lse is None]
     if rest:                    # every other sampled row, recomputed together
-        for r, lse in zip(rest, rows_lse(q, qr, k, kr, [rows[r] for r in rest], scale32,
-                                         STATS_LAYOUT_KEY_CHUNK)):
+        for r, lse in zip(rest, reader.lses(q, qr, k, kr, [rows[r] for r in rest], scale32)):
             lses[r] = lse
     device_fits = token_fits = 0
+    samples = []
     for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
-        c.samples.append((b, i, h, lse, dm, dl))
+        samples.append((b, i, h, lse, dm, dl))
         if not same:
             device_fits += fits(dm, dl, lse)
             token_fits += fits(tm, tl, lse)
-    return checked, device_fits, token_fits
+    return samples, checked, device_fits, token_fits
 
 
 def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
@@ -239,20 +273,6 @@ def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
     base = sum((n1 if per_head else 1) * seqs.sq[bb] * seqs.skv[bb] for bb in range(b))
     start = base + ((h * seqs.sq[b] + i) * skv if per_head else i * skv)
     return mask[np.unravel_index(np.arange(start, start + skv, dtype=np.int64), mask.shape)] != 0
-
-
-def _kept_keys(keep, mask, seqs, n1, b, h, i, skv):
-    """The kept keys of row i (batch b, head h) as local indices: a (j0, j1) range when the
-    kept set is the band alone, an index array when a mask takes part; None when no key is
-    kept."""
-    j0 = 0 if keep.lo == -math.inf else max(0, i + keep.lo)
-    j1 = skv if keep.hi == math.inf else min(skv, i + keep.hi + 1)
-    if j1 <= j0:
-        return None
-    if not keep.uses_mask:
-        return (j0, j1)
-    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
-    return sel + j0 if sel.size else None
 
 
 # ---------------------------------------------------------------- the mismatch warning
