@@ -29,6 +29,7 @@ __all__ = [
     "FullyMaskedRowWarning",
     "NpuFallbackWarning",
     "caller_stacklevel",
+    "UnknownReleaseWarning",
     "ACLNN_STATUS",
     "ACL_ERRORS",
     "error_class_for",
@@ -201,6 +202,11 @@ def caller_stacklevel() -> int:
         f = f.f_back
         level += 1
     return level
+
+
+class UnknownReleaseWarning(UserWarning):
+    """The CANN version is not a release the package knows (newer, older or unreadable): the
+    rules of the nearest known release apply (docs/releases.md). Said once per version."""
 
 
 _CLASSES: dict[int, type] = {}
