@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import re
 
+from ..constants import LIMITS
 from ..spec import BACKWARD_V3, FORWARD_V3
+from .data_rules import STATS_LAYOUT_MAX_SKV, STATS_LAYOUT_SAMPLES
 from .table import RULES, SECTIONS, citation, rules_for
 
 __all__ = ["stub_header", "docs_table", "update_docs", "PREFIX"]
@@ -27,7 +29,13 @@ def stub_header() -> str:
            " * edit. Per op, each rule the stand-in op checks, in the order it checks them: its",
            " * status code and its message (a printf format), as FAIL_RULE(<OP>_<id>, ...) takes",
            " * them. */",
-           "#ifndef ACLNN_FAG_STUB_RULE_TABLE_H", "#define ACLNN_FAG_STUB_RULE_TABLE_H", ""]
+           "#ifndef ACLNN_FAG_STUB_RULE_TABLE_H", "#define ACLNN_FAG_STUB_RULE_TABLE_H", "",
+           "/* S3's documented limits (aclnn_fag/constants.py) and S9's sampling (data_rules.py) */"]
+    consts = dict(HEADS=LIMITS["max_heads"], HEAD_DIM=LIMITS["max_head_dim"],
+                  TOKENS=LIMITS["max_tokens"], BATCH=LIMITS["max_batch"])
+    out += [f"#define STUB_LIMIT_{k} {v}" for k, v in consts.items()]
+    out += [f"#define STUB_STATS_LAYOUT_SAMPLES {STATS_LAYOUT_SAMPLES}",
+            f"#define STUB_STATS_LAYOUT_MAX_SKV {STATS_LAYOUT_MAX_SKV}", ""]
     for op in (BACKWARD_V3, FORWARD_V3):
         out.append(f"/* {op.phase1} */")
         for rule in rules_for(op.key):

@@ -40,14 +40,6 @@
 
 typedef stub_i128 i128;
 
-/* documented limits (S3), as LIMITS in aclnn_fag/constants.py */
-#define LIMIT_HEADS 256
-#define LIMIT_HEAD_DIM 768
-#define LIMIT_TOKENS ((int64_t)1 << 20)
-#define LIMIT_BATCH 2048
-/* S9 sampling, as in aclnn_fag/rules/data_rules.py */
-#define STATS_LAYOUT_SAMPLES 8
-#define STATS_LAYOUT_MAX_SKV 65536
 
 static const StubApi *api(void)
 {
@@ -68,10 +60,6 @@ typedef struct BatchCtx {
     int64_t b, Sq, Skv, delta, mask_base;
 } BatchCtx;
 struct FagPlan;
-static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2);
-static int64_t idx_flat(const aclTensor *t, int64_t flat);
-static inline float ld_bf16(const aclTensor *t, int64_t idx);
-static inline float ld_f32(const aclTensor *t, int64_t idx);
 static int is_kept(const struct FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j);
 
 /* ------------------------------------------------------------------------ */
@@ -79,7 +67,6 @@ static int is_kept(const struct FagPlan *p, const aclTensor *M, const BatchCtx *
 /* ------------------------------------------------------------------------ */
 
 enum { PLAN_NOTHING = 0, PLAN_ZERO_FILL = 1, PLAN_COMPUTE = 2 };
-enum { MASK_2D = 0, MASK_B1SS = 1, MASK_BNSS = 2 };
 
 typedef struct FagPlan {
     int mode;
@@ -212,8 +199,7 @@ static aclnnStatus check_min_rank(const NamedTensor *ts, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (ts[i].t->ndim < 3) {
-            FAIL_RULE(BWD_R5,
-                 ts[i].name, (long long)ts[i].t->ndim);
+            FAIL_RULE(BWD_R5, ts[i].name, (long long)ts[i].t->ndim);
         }
     }
     return ACLNN_SUCCESS;
@@ -326,9 +312,9 @@ static int stats_copies_equal(const aclTensor *t)
     const int64_t nn = t->strides[1] == 0 ? (t->dims[1] > 0 ? 1 : 0) : t->dims[1];
     for (int64_t i = 0; i < nt; i++) {
         for (int64_t n = 0; n < nn; n++) {
-            const float v0 = ld_f32(t, idx3(t, i, n, 0));
+            const float v0 = stub_ld_f32(t, stub_at3(t, i, n, 0));
             for (int64_t c = 1; c < 8; c++) {
-                const float v = ld_f32(t, idx3(t, i, n, c));
+                const float v = stub_ld_f32(t, stub_at3(t, i, n, c));
                 if (!(v == v0 || (isnan(v) && isnan(v0)))) {
                     return 0;
                 }
@@ -361,11 +347,11 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
     const int64_t N1 = p->N1, G = p->N1 / p->N2, D = Q->dims[2], Dr = QR->dims[2];
     int checked = 0, dev_fits = 0, tok_fits = 0;
     int64_t mask_base = 0;
-    for (int64_t b = 0; b < p->nb && checked < STATS_LAYOUT_SAMPLES; b++) {
+    for (int64_t b = 0; b < p->nb && checked < STUB_STATS_LAYOUT_SAMPLES; b++) {
         const BatchCtx c = batch_ctx(p, b, &mask_base);
         const int64_t qs = b == 0 ? 0 : p->cum_q[b - 1];
         const int64_t ks = b == 0 ? 0 : p->cum_kv[b - 1];
-        if (c.Sq <= 0 || c.Skv <= 0 || c.Skv > STATS_LAYOUT_MAX_SKV) {
+        if (c.Sq <= 0 || c.Skv <= 0 || c.Skv > STUB_STATS_LAYOUT_MAX_SKV) {
             continue;
         }
         const int64_t samples[3][2] = {{c.Sq / 2, N1 / 2}, {c.Sq - 1, 0}, {0, N1 - 1}};
@@ -376,8 +362,10 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
             if (dev_flat == tok_flat) {
                 continue;
             }
-            const float dm = ld_f32(SMAX, idx_flat(SMAX, dev_flat)), dl = ld_f32(SSUM, idx_flat(SSUM, dev_flat));
-            const float tm = ld_f32(SMAX, idx_flat(SMAX, tok_flat)), tl = ld_f32(SSUM, idx_flat(SSUM, tok_flat));
+            const float dm = stub_ld_f32(SMAX, stub_at_flat(SMAX, dev_flat));
+            const float dl = stub_ld_f32(SSUM, stub_at_flat(SSUM, dev_flat));
+            const float tm = stub_ld_f32(SMAX, stub_at_flat(SMAX, tok_flat));
+            const float tl = stub_ld_f32(SSUM, stub_at_flat(SSUM, tok_flat));
             if (same_or_both_nan(dm, tm) && same_or_both_nan(dl, tl)) {
                 continue;
             }
@@ -392,10 +380,11 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
                     }
                     float qk = 0.0f, qr = 0.0f;
                     for (int64_t d = 0; d < D; d++) {
-                        qk += ld_bf16(Q, idx3(Q, qs + i, h, d)) * ld_bf16(K, idx3(K, ks + j, n2, d));
+                        qk += stub_ld_bf16(Q, stub_at3(Q, qs + i, h, d)) * stub_ld_bf16(K, stub_at3(K, ks + j, n2, d));
                     }
                     for (int64_t d = 0; d < Dr; d++) {
-                        qr += ld_bf16(QR, idx3(QR, qs + i, h, d)) * ld_bf16(KR, idx3(KR, ks + j, n2, d));
+                        qr += stub_ld_bf16(QR, stub_at3(QR, qs + i, h, d)) *
+                              stub_ld_bf16(KR, stub_at3(KR, ks + j, n2, d));
                     }
                     const double sc = (double)((qk + qr) * scale);
                     if (pass == 0) {
@@ -424,7 +413,7 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
             if (!any) {
                 continue;
             }
-            if (checked >= STATS_LAYOUT_SAMPLES) {
+            if (checked >= STUB_STATS_LAYOUT_SAMPLES) {
                 break;
             }
         }
@@ -541,18 +530,15 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 6 */
     if (D != Dk) {
-        FAIL_RULE(BWD_R6,
-             (long long)D, (long long)Dk);
+        FAIL_RULE(BWD_R6, (long long)D, (long long)Dk);
     }
     /* Rule 7 */
     if (D < Dv) {
-        FAIL_RULE(BWD_R7,
-             (long long)Dv, (long long)D);
+        FAIL_RULE(BWD_R7, (long long)Dv, (long long)D);
     }
     /* Rule 8 */
     if ((x->qr == NULL) != (x->kr == NULL)) {
-        FAIL_RULE(BWD_R8,
-             x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
+        FAIL_RULE(BWD_R8, x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
     }
     if (x->qr == NULL) {
         FAIL_RULE(BWD_R8_both);
@@ -564,15 +550,13 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     /* Rule 9 */
     if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
-        FAIL_RULE(BWD_R9,
-             (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
+        FAIL_RULE(BWD_R9, (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
     }
     /* Rule 10 */
     if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
         x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
-        FAIL_RULE(BWD_R10,
-             dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype), dtype_name(x->kr->dtype),
-             dtype_name(x->v->dtype));
+        FAIL_RULE(BWD_R10, dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype),
+                  dtype_name(x->kr->dtype), dtype_name(x->v->dtype));
     }
     /* Rule 11 */
     if (x->sparse == 6) {
@@ -580,8 +564,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     /* Rule 12 */
     if (x->mask == NULL || x->mask->ndim == 0) {
-        FAIL_RULE(BWD_R12,
-             x->mask == NULL ? "NULL" : "0-dim");
+        FAIL_RULE(BWD_R12, x->mask == NULL ? "NULL" : "0-dim");
     }
     /* Rule 13 */
     if (x->pse != NULL) {
@@ -611,8 +594,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     /* Rule 19 */
     if (x->head_num != x->q->dims[1]) {
-        FAIL_RULE(BWD_R19, (long long)x->head_num,
-             (long long)x->q->dims[1]);
+        FAIL_RULE(BWD_R19, (long long)x->head_num, (long long)x->q->dims[1]);
     }
 
     /* [stub addition] outputs must have the computed shape and dtype (BF16,
@@ -663,60 +645,48 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 20 */
     if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT) {
-        FAIL_RULE(BWD_R20,
-             dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
+        FAIL_RULE(BWD_R20, dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
     }
     if (x->attn->dtype != x->q->dtype) {
-        FAIL_RULE(BWD_R20_attn,
-             dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
+        FAIL_RULE(BWD_R20_attn, dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
     }
     /* Rule 21 */
     if (!stub_is_shape3(x->smax, T1, N1, 8) || !stub_is_shape3(x->ssum, T1, N1, 8)) {
         const aclTensor *bad = !stub_is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
-        FAIL_RULE(BWD_R21,
-             bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", stub_shape_str(bad, s1, sizeof s1),
-             (long long)T1, (long long)N1);
+        FAIL_RULE(BWD_R21, bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional",
+                  stub_shape_str(bad, s1, sizeof s1), (long long)T1, (long long)N1);
     }
     if (!same_but_last(x->attn, x->q)) {
-        FAIL_RULE(BWD_R21_attn,
-             stub_shape_str(x->attn, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
+        FAIL_RULE(BWD_R21_attn, stub_shape_str(x->attn, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     /* Rule 22 */
     if (T1 == 0 || N1 == 0 || D == 0) {
-        FAIL_RULE(BWD_R22,
-             stub_shape_str(x->q, s1, sizeof s1));
+        FAIL_RULE(BWD_R22, stub_shape_str(x->q, s1, sizeof s1));
     }
     /* Rule 23 */
     if (x->seqq == NULL || x->seqkv == NULL) {
-        FAIL_RULE(BWD_R23_q,
-             x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
+        FAIL_RULE(BWD_R23_q, x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
     }
     if (x->seqq->size != x->seqkv->size || x->seqq->size == 0) {
-        FAIL_RULE(BWD_R23_empty,
-             (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
+        FAIL_RULE(BWD_R23_empty, (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
     }
     /* Rule 24 */
     if (x->q->ndim != 3) {
-        FAIL_RULE(BWD_R24_rank,
-             stub_shape_str(x->q, s1, sizeof s1));
+        FAIL_RULE(BWD_R24_rank, stub_shape_str(x->q, s1, sizeof s1));
     }
     const int64_t N2 = x->k->dims[1];
     if (N2 == 0 || N1 / N2 == 0) {
-        FAIL_RULE(BWD_R24_n2,
-             (long long)N2, (long long)N1);
+        FAIL_RULE(BWD_R24_n2, (long long)N2, (long long)N1);
     }
     if (N1 % N2 != 0) {
-        FAIL_RULE(BWD_R24_mod,
-             (long long)N1, (long long)N2);
+        FAIL_RULE(BWD_R24_mod, (long long)N1, (long long)N2);
     }
     /* Rule 25 (IsSameShapeButValueDLeEqD: equal dims except the last, last <= the other's last) */
     if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > x->q->dims[x->q->ndim - 1]) {
-        FAIL_RULE(BWD_R25_dy,
-             stub_shape_str(x->dy, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
+        FAIL_RULE(BWD_R25_dy, stub_shape_str(x->dy, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     if (!same_but_last(x->v, x->k) || x->v->dims[x->v->ndim - 1] > x->k->dims[x->k->ndim - 1]) {
-        FAIL_RULE(BWD_R25_value,
-             stub_shape_str(x->v, s1, sizeof s1), stub_shape_str(x->k, s2, sizeof s2));
+        FAIL_RULE(BWD_R25_value, stub_shape_str(x->v, s1, sizeof s1), stub_shape_str(x->k, s2, sizeof s2));
     }
     /* Rule 26 */
     if (x->sparse < 0 || x->sparse > 8) {
@@ -745,25 +715,22 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* Rule 27: attention mask */
     const aclTensor *m = x->mask;
     if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
-        FAIL_RULE(BWD_R27_dtype,
-             dtype_name(m->dtype));
+        FAIL_RULE(BWD_R27_dtype, dtype_name(m->dtype));
     }
     if (m->ndim != 2 && m->ndim != 4) {
-        FAIL_RULE(BWD_R27_rank,
-             stub_shape_str(m, s1, sizeof s1));
+        FAIL_RULE(BWD_R27_rank, stub_shape_str(m, s1, sizeof s1));
     }
-    int mask_kind = MASK_2D;
+    int mask_kind = STUB_MASK_2D;
     if (m->ndim == 4) {
         int64_t d0 = m->dims[0], d1 = m->dims[1];
         if (d0 == 1 && d1 == 1) {
-            mask_kind = MASK_2D;
+            mask_kind = STUB_MASK_2D;
         } else if (d0 == nb && d1 == 1) {
-            mask_kind = MASK_B1SS;
+            mask_kind = STUB_MASK_B1SS;
         } else if (d0 == nb && d1 == N1) {
-            mask_kind = MASK_BNSS;
+            mask_kind = STUB_MASK_BNSS;
         } else {
-            FAIL_RULE(BWD_R27_lead,
-                 stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
+            FAIL_RULE(BWD_R27_lead, stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
@@ -772,9 +739,8 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         i128 want_r = compressed ? 2048 : max_sq;
         i128 want_c = compressed ? 2048 : max_skv;
         if ((i128)r != want_r || (i128)c != want_c) {
-            FAIL_RULE(BWD_R27_compressed,
-                 stub_shape_str(m, s1, sizeof s1), (long long)x->sparse,
-                 compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
+            FAIL_RULE(BWD_R27_compressed, stub_shape_str(m, s1, sizeof s1), (long long)x->sparse,
+                      compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
         }
     }
 
@@ -782,8 +748,8 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const StubTokens tokens = stub_tokens_rule(x->sparse, x->pre, x->next, cq, ckv, nb);
     const int64_t pre = tokens.pre, next = tokens.next, band_idx = tokens.band_idx;
     if (tokens.bad_batch >= 0) {
-        FAIL_RULE(BWD_R28_mode0,
-             (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)tokens.bad_batch);
+        FAIL_RULE(BWD_R28_mode0, (long long)x->pre, (long long)x->next, (long long)x->sparse,
+                  (long long)tokens.bad_batch);
     }
 
     /* Rule 29 */
@@ -791,35 +757,31 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         FAIL_RULE(BWD_R29, (long long)x->pse_type);
     }
     if (x->pse_type != 1) {
-        FAIL_RULE(BWD_R29_2,
-             (long long)x->pse_type);
+        FAIL_RULE(BWD_R29_2, (long long)x->pse_type);
     }
     /* Rule 30 */
     if (x->dy->dtype != x->q->dtype) {
-        FAIL_RULE(BWD_R30, dtype_name(x->dy->dtype),
-             dtype_name(x->q->dtype));
+        FAIL_RULE(BWD_R30, dtype_name(x->dy->dtype), dtype_name(x->q->dtype));
     }
 
     /* ---- [stub additions] S1-S9: the Python validator's own checks, same order and
      * codes (see the top of this file); the real op makes none of them ---- */
     /* S1 */
     if (x->k->ndim != 3) {
-        FAIL_RULE(BWD_S1,
-             stub_shape_str(x->k, s1, sizeof s1));
+        FAIL_RULE(BWD_S1, stub_shape_str(x->k, s1, sizeof s1));
     }
     /* S2 */
     if (x->dy->dims[2] != Dv || x->attn->dims[2] != Dv) {
         const int dy_bad = x->dy->dims[2] != Dv;
-        FAIL_RULE(BWD_S2,
-             dy_bad ? "dy" : "attentionInOptional", (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]),
-             (long long)Dv);
+        FAIL_RULE(BWD_S2, dy_bad ? "dy" : "attentionInOptional",
+                  (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]), (long long)Dv);
     }
     const int64_t T2 = x->k->dims[0];
     /* S3 */
-    if (N1 > LIMIT_HEADS || D > LIMIT_HEAD_DIM || T1 > LIMIT_TOKENS || T2 > LIMIT_TOKENS || nb_raw > LIMIT_BATCH) {
-        FAIL_RULE(BWD_S3_heads,
-             (long long)N1, LIMIT_HEADS, (long long)D, LIMIT_HEAD_DIM, (long long)T1, (long long)T2,
-             (long long)LIMIT_TOKENS, (long long)nb_raw, LIMIT_BATCH);
+    if (N1 > STUB_LIMIT_HEADS || D > STUB_LIMIT_HEAD_DIM || T1 > STUB_LIMIT_TOKENS || T2 > STUB_LIMIT_TOKENS ||
+        nb_raw > STUB_LIMIT_BATCH) {
+        FAIL_RULE(BWD_S3_heads, (long long)N1, STUB_LIMIT_HEADS, (long long)D, STUB_LIMIT_HEAD_DIM, (long long)T1,
+                  (long long)T2, (long long)STUB_LIMIT_TOKENS, (long long)nb_raw, STUB_LIMIT_BATCH);
     }
     /* S4 */
     {
@@ -834,51 +796,43 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             const int64_t *v = seqs[s].arr->values;
             for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
-                    FAIL_RULE(BWD_S4,
-                         seqs[s].name, (unsigned long long)i, (long long)v[i]);
+                    FAIL_RULE(BWD_S4, seqs[s].name, (unsigned long long)i, (long long)v[i]);
                 }
             }
             int64_t last = v[seqs[s].arr->size - 1];
             if (last > seqs[s].T) {
-                FAIL_RULE(BWD_S4_2,
-                     seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
+                FAIL_RULE(BWD_S4_2, seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
             }
         }
     }
     /* S5 */
     const int64_t Dr = x->qr->dims[2];
     if (!stub_is_shape3(x->qr, T1, N1, Dr)) {
-        FAIL_RULE(BWD_S5_q,
-             stub_shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
+        FAIL_RULE(BWD_S5_q, stub_shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
     }
     if (!stub_is_shape3(x->kr, T2, N2, Dr)) {
-        FAIL_RULE(BWD_S5_k,
-             stub_shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
+        FAIL_RULE(BWD_S5_k, stub_shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
     }
     if (Dr % 8 != 0) {
-        FAIL_RULE(BWD_S5_dr,
-             (long long)Dr);
+        FAIL_RULE(BWD_S5_dr, (long long)Dr);
     }
     /* from here on the ends are valid: lengths fit int64 */
     /* S6 */
     const int read_data = !compute_disabled();
     if (read_data && compressed && !stub_mask_is_canonical(m)) {
-        FAIL_RULE(BWD_S6,
-             (long long)x->sparse);
+        FAIL_RULE(BWD_S6, (long long)x->sparse);
     }
     /* S7 */
     if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
         for (int64_t b = 0; b < nb; b++) {
             if ((i128)pre + seg_len(cq, b) - seg_len(ckv, b) >= INT32_MAX_I64) {
-                FAIL_RULE(BWD_S7,
-                     (long long)pre, (long long)b);
+                FAIL_RULE(BWD_S7, (long long)pre, (long long)b);
             }
         }
     }
     /* S8 */
     if (read_data && (!stats_copies_equal(x->smax) || !stats_copies_equal(x->ssum))) {
-        FAIL_RULE(BWD_S8,
-             !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
+        FAIL_RULE(BWD_S8, !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
     }
     /* S9 */
     if (read_data) {
@@ -1067,76 +1021,15 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
 /* phase 2: the math                                                         */
 /* ------------------------------------------------------------------------ */
 
-static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2)
-{
-    return t->offset + i0 * t->strides[0] + i1 * t->strides[1] + i2 * t->strides[2];
-}
-
-/* element index of the flat (row-major logical) position of a view */
-static int64_t idx_flat(const aclTensor *t, int64_t flat)
-{
-    int64_t idx = t->offset;
-    for (int64_t d = t->ndim; d-- > 0;) {
-        int64_t n = t->dims[d];
-        idx += (flat % n) * t->strides[d];
-        flat /= n;
-    }
-    return idx;
-}
-
-static inline float ld_bf16(const aclTensor *t, int64_t idx)
-{
-    uint16_t h;
-    memcpy(&h, (const char *)t->data + idx * 2, sizeof h);
-    return stub_bf16_value(h);
-}
-
-static inline float ld_f32(const aclTensor *t, int64_t idx)
-{
-    float f;
-    memcpy(&f, (const char *)t->data + idx * 4, sizeof f);
-    return f;
-}
-
-static inline void st_bf16(const aclTensor *t, int64_t idx, float v)
-{
-    uint16_t h = stub_bf16_bits(v);
-    memcpy((char *)t->data + idx * 2, &h, sizeof h);
-}
-
 static void *xcalloc(size_t n, size_t sz)
 {
     return calloc(n ? n : 1, sz);
 }
 
-/* write zeros to every element of a view */
-static void zero_view(const aclTensor *t)
-{
-    if (t->numel == 0) {
-        return;
-    }
-    for (int64_t f = 0; f < t->numel; f++) {
-        memset((char *)t->data + idx_flat(t, f) * t->itemsize, 0, (size_t)t->itemsize);
-    }
-}
-
 static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j)
 {
-    const int band = stub_band_kept(p->sparse, c->b == p->band_idx, p->pre, p->next, c->delta, i, j);
-    if (band >= 0) {
-        return band;
-    }
-    int64_t flat;
-    if (p->mask_kind == MASK_2D) {
-        flat = i * p->max_skv + j;
-    } else if (p->mask_kind == MASK_B1SS) {
-        flat = c->mask_base + i * c->Skv + j;
-    } else {
-        flat = p->N1 * c->mask_base + (h * c->Sq + i) * c->Skv + j;
-    }
-    uint8_t mv;
-    memcpy(&mv, (const char *)M->data + idx_flat(M, flat), 1);
-    return mv == 0;
+    return stub_kept(M, p->mask_kind, p->sparse, c->b == p->band_idx, p->pre, p->next, c->Sq, c->Skv, p->max_skv,
+                     p->N1, c->mask_base, h, i, j);
 }
 
 /* write bf16(mul * acc[t][n][d]) through the view of output tensor T ([rows, heads, dim]);
@@ -1149,7 +1042,7 @@ static void store_output(const aclTensor *T, const float *acc, int64_t rows, int
     for (int64_t t = 0; t < rows; t++) {
         for (int64_t n = 0; n < heads; n++) {
             for (int64_t d = 0; d < dim; d++) {
-                st_bf16(T, idx3(T, t, n, d), mul * acc[(t * heads + n) * dim + d]);
+                stub_st_bf16(T, stub_at3(T, t, n, d), mul * acc[(t * heads + n) * dim + d]);
             }
         }
     }
@@ -1165,7 +1058,7 @@ static void store_garbage(const aclTensor *T, int64_t rows, int64_t heads, int64
     for (int64_t t = 0; t < rows; t++) {
         for (int64_t n = 0; n < heads; n++) {
             for (int64_t d = 0; d < dim; d++) {
-                st_bf16(T, idx3(T, t, n, d), (float)(1 + ((t * 7 + n * 3 + d) % 13)) * 1.0e6f);
+                stub_st_bf16(T, stub_at3(T, t, n, d), (float)(1 + ((t * 7 + n * 3 + d) % 13)) * 1.0e6f);
             }
         }
     }
@@ -1228,29 +1121,29 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
             if (n2 != loaded_n2) {
                 for (int64_t j = 0; j < Skv; j++) {
                     for (int64_t d = 0; d < D; d++) {
-                        Kf[j * D + d] = ld_bf16(K, idx3(K, ks + j, n2, d));
+                        Kf[j * D + d] = stub_ld_bf16(K, stub_at3(K, ks + j, n2, d));
                     }
                     for (int64_t d = 0; d < Dr; d++) {
-                        Krf[j * Dr + d] = ld_bf16(KR, idx3(KR, ks + j, n2, d));
+                        Krf[j * Dr + d] = stub_ld_bf16(KR, stub_at3(KR, ks + j, n2, d));
                     }
                     for (int64_t d = 0; d < Dv; d++) {
-                        Vf[j * Dv + d] = ld_bf16(V, idx3(V, ks + j, n2, d));
+                        Vf[j * Dv + d] = stub_ld_bf16(V, stub_at3(V, ks + j, n2, d));
                     }
                 }
                 loaded_n2 = n2;
             }
             for (int64_t i = 0; i < Sq; i++) {
                 for (int64_t d = 0; d < D; d++) {
-                    Qf[i * D + d] = ld_bf16(Q, idx3(Q, qs + i, h, d));
+                    Qf[i * D + d] = stub_ld_bf16(Q, stub_at3(Q, qs + i, h, d));
                 }
                 for (int64_t d = 0; d < Dr; d++) {
-                    Qrf[i * Dr + d] = ld_bf16(QR, idx3(QR, qs + i, h, d));
+                    Qrf[i * Dr + d] = stub_ld_bf16(QR, stub_at3(QR, qs + i, h, d));
                 }
                 float acc = 0.0f;
                 for (int64_t d = 0; d < Dv; d++) {
-                    float g = ld_bf16(DY, idx3(DY, qs + i, h, d));
+                    float g = stub_ld_bf16(DY, stub_at3(DY, qs + i, h, d));
                     DYf[i * Dv + d] = g;
-                    acc += g * ld_bf16(AT, idx3(AT, qs + i, h, d));
+                    acc += g * stub_ld_bf16(AT, stub_at3(AT, qs + i, h, d));
                 }
                 Dterm[i] = acc;
             }
@@ -1258,8 +1151,8 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
             /* P = exp(S - max) / sum with the forward's statistics */
             for (int64_t i = 0; i < Sq; i++) {
                 const int64_t flat = qs * N1 * 8 + (h * Sq + i) * 8;
-                const float mx = ld_f32(SMAX, idx_flat(SMAX, flat));
-                const float sm = ld_f32(SSUM, idx_flat(SSUM, flat));
+                const float mx = stub_ld_f32(SMAX, stub_at_flat(SMAX, flat));
+                const float sm = stub_ld_f32(SSUM, stub_at_flat(SSUM, flat));
                 int any = 0;
                 float *prow = P + i * Skv;
                 for (int64_t j = 0; j < Skv; j++) {
@@ -1395,9 +1288,9 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
     rc = check_buffers(executor, p);
     if (rc == ACLNN_SUCCESS && !compute_disabled()) { /* ACL_STUB_SKIP_COMPUTE: host-overhead measurements */
         if (p->mode == PLAN_ZERO_FILL) {
-            zero_view(&executor->out[p->o_dq]);
-            zero_view(&executor->out[p->o_dk]);
-            zero_view(&executor->out[p->o_dv]);
+            stub_clear_view(&executor->out[p->o_dq]);
+            stub_clear_view(&executor->out[p->o_dk]);
+            stub_clear_view(&executor->out[p->o_dv]);
         } else {
             rc = run_compute(executor, p, (float *)workspace);
         }

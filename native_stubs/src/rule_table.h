@@ -5,6 +5,14 @@
 #ifndef ACLNN_FAG_STUB_RULE_TABLE_H
 #define ACLNN_FAG_STUB_RULE_TABLE_H
 
+/* S3's documented limits (aclnn_fag/constants.py) and S9's sampling (data_rules.py) */
+#define STUB_LIMIT_HEADS 256
+#define STUB_LIMIT_HEAD_DIM 768
+#define STUB_LIMIT_TOKENS 1048576
+#define STUB_LIMIT_BATCH 2048
+#define STUB_STATS_LAYOUT_SAMPLES 8
+#define STUB_STATS_LAYOUT_MAX_SKV 65536
+
 /* aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize */
 #define BWD_R1_null ACLNN_ERR_PARAM_NULLPTR, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: inputLayout is NULL (must be \"TND\") [stub addition: the real op crashes here]"
 #define BWD_R1 ACLNN_ERR_PARAM_INVALID, "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize: inputLayout \"%.32s\" is not \"TND\" (docs/validation.md, rule 1)"
