@@ -90,14 +90,17 @@ def _checker(p):
     return _int
 
 
+def _kind(p) -> int:
+    """The order type errors are reported in: tensors, numbers, int arrays, the layout."""
+    return {"input": 0, "int_array": 2}.get(p.role, 3 if p.c_type == "char *" else 1)
+
+
 def normalize(op: OpVersion, values: dict) -> dict:
-    """Every argument of ``values`` (keyed by parameter name) type-checked in the spec's
-    order and normalised (ints, floats, int tuples; arrays unchanged)."""
-    out = {}
-    for p in op.params:
-        if p.name in values:
-            out[p.name] = _checker(p)(p.name, values[p.name])
-    return out
+    """Every argument of ``values`` (keyed by parameter name) type-checked -- tensors, then
+    numbers, int arrays and the layout, each in the spec's order -- and normalised (ints,
+    floats, int tuples; arrays unchanged)."""
+    return {p.name: _checker(p)(p.name, values[p.name])
+            for p in sorted(op.params, key=_kind) if p.name in values}
 
 
 def start_indices(q_start_idx, kv_start_idx):
