@@ -658,8 +658,8 @@ MUTANTS = [
     Mutant("stub-stats-token-major", "stub", C, "const int64_t flat = qs * N1 * 8 + (h * Sq + i) * 8;",
            "const int64_t flat = ((qs + i) * N1 + h) * 8;",
            "stub reads the statistics token-major"),
-    Mutant("stub-limit-heads", "stub", C, "#define LIMIT_HEADS 256", "#define LIMIT_HEADS 257",
-           "stub accepts 257 heads (S3)"),
+    Mutant("stub-limit-heads", "stub", "native_stubs/src/rule_table.h", "#define STUB_LIMIT_HEADS 256",
+           "#define STUB_LIMIT_HEADS 257", "stub accepts 257 heads (S3)"),
     Mutant("stub-row-ok", "stub", C, "                row_ok[i] = (char)any;", "                row_ok[i] = 1;",
            "stub fully masked rows contribute P = 1/FLT_MAX instead of 0"),
     # the per-call short paths of device-resident calls (NPU tensors, DeviceArray)
