@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "or backend unavailable.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.main)
+
+    from .tools.report_cli import add_report_command
+    add_report_command(sub)
     return parser
 
 

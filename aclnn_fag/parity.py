@@ -45,6 +45,7 @@ from .api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from .cliargs import positive_float
 from .call import FagGrads
 from .envinfo import environment
+from .tools import error_summary
 
 __all__ = ["make_backend_fn", "run_case", "run_suite", "format_table", "write_report",
            "add_arguments", "main", "REPORT_SCHEMA", "OUTPUTS"]
@@ -144,6 +145,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                                             + timings.get("backend_s", 0.0))
                 stage("judging")
                 entry["outputs"] = parity_ops.judge_outputs(op, result, golden, reference, k=k)
+                error_summary.attach(entry["outputs"], result, golden, reference, inputs)
             else:
                 stage("forward (numpy, device)")
                 inputs = timed("forward_s", cases_mod.with_forward, inputs)
@@ -162,6 +164,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                     entry["outputs"][name] = accuracy.judge(getattr(result, name),
                                                             getattr(golden, name),
                                                             getattr(reference, name), k=k)
+                error_summary.attach(entry["outputs"], result, golden, reference, inputs)
             failed = [n for n, o in entry["outputs"].items() if o["verdict"] != "PASS"]
             entry["verdict"] = "FAIL" if failed else "PASS"
             entry["failed_outputs"] = failed
@@ -346,6 +349,9 @@ def main(args) -> int:
     problem = parity_cli.usage_problem(args)
     if problem:
         print(f"aclnn-fag parity: {problem}", file=sys.stderr)
+        return 2
+    from .tools.report_cli import prepare_html
+    if prepare_html(args, "aclnn-fag parity"):      # before any work: destination, matplotlib
         return 2
     if parity_cli.compare_requested(args):
         return parity_cli.run_compare(args)
