@@ -121,8 +121,8 @@ def summarise(output, golden, reference, ends, token_axis: str = "query",
         raise ValueError(f"expected [T, N, ...], got shape {list(g.shape)}")
     ends = [int(e) for e in ends]
     if stats:
-        from ..semantics import softmax_layout
-        y, g, r = (softmax_layout.token_major_from_device_stats(a, ends) for a in (y, g, r))
+        from ..softmax_layout import token_major_from_device_stats
+        y, g, r = (token_major_from_device_stats(a, ends) for a in (y, g, r))
     per_y, h_y, z_y, u_y, o_y = _per_token_head(y, g)
     per_r, h_r, z_r, u_r, o_r = _per_token_head(r, g)
     t, n = g.shape[0], g.shape[1]

@@ -42,8 +42,8 @@ import re
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-from .. import versions
-from ..output import STDOUT, write_text
+from .envinfo import shorten, summary as version_summary
+from .output import STDOUT, write_text
 
 __all__ = ["HtmlError", "BORDERLINE", "check_destination", "prepare", "case_status",
            "missing_summaries", "render_report", "render_compare", "write_page"]
@@ -223,7 +223,7 @@ def _img(png: Optional[bytes], alt: str) -> str:
 def _environment_rows(report: dict) -> List[Tuple[str, str, str]]:
     """(label, short value, full value) of the environment block."""
     env = report.get("environment") or {}
-    v = versions.summary(env)
+    v = version_summary(env)
     blas = ((env.get("versions") or {}).get("blas") or {})
     threads = v.get("blas_threads")
     rows = [
@@ -241,8 +241,9 @@ def _environment_rows(report: dict) -> List[Tuple[str, str, str]]:
         ("started / wall time", f"{report.get('started')} / {_num(report.get('wall_s'), '.1f')} s"),
         ("suite", (report.get("suite") or {}).get("path")),
     ]
-    full = {"BLAS and threads": f"{blas.get('library')} ({blas.get('threads_source')})"}
-    return [(label, versions.shorten(value, 72), full.get(label) or ("-" if value is None else str(value)))
+    full = {"BLAS and threads": f"{blas.get('path') or blas.get('library')} (threads via "
+                                f"{blas.get('threads_via') or blas.get('threads_source')})"}
+    return [(label, shorten(value, 72), full.get(label) or ("-" if value is None else str(value)))
             for label, value in rows]
 
 
@@ -269,7 +270,7 @@ def _banners(report: dict) -> List[str]:
         out.append(f'<div class="standin">STAND-IN stub libraries (native_stubs/), not an NPU: '
                    f'{_e(env.get("stand_in_note"))}</div>')
     if report.get("self_check"):
-        from ..parity import SELF_CHECK_NOTE
+        from .parity import SELF_CHECK_NOTE
         out.append(f'<div class="notice">{_e(SELF_CHECK_NOTE)}</div>')
     return out
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from ..output import STDOUT, human_stream
+from .output import STDOUT, human_stream
 
 __all__ = ["add_html_argument", "prepare_html", "write_run_page", "write_compare_page",
            "add_report_command", "cmd_report"]
@@ -92,9 +92,9 @@ def add_report_command(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from .. import report_compare
-    from ..output import write_text
-    from ..parity import format_table
+    from . import report_compare
+    from .output import write_text
+    from .parity import format_table
     prog = "aclnn-fag report"
     if args.html == STDOUT:
         print(f"{prog}: --html takes a file name, not '-'", file=sys.stderr)
@@ -116,7 +116,7 @@ def cmd_report(args) -> int:
             print(f"{prog}: {args.report_json}: the report lacks {exc} for its table", file=sys.stderr)
             return 2
     if args.junit:
-        from ..junit import junit_xml
+        from .junit import junit_xml
         write_text(junit_xml(report), args.junit)
         if args.junit != STDOUT:
             print(f"junit: {args.junit}", file=text)

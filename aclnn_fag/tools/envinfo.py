@@ -1,4 +1,5 @@
-"""Versions of everything a parity result depends on, read without loading CANN.
+"""What this machine offers: package and library versions, the NPU backend's status, and
+the versions of everything a parity result depends on.
 
 * ``toolkit_install_info()``: the CANN toolkit's install-info file (``ascend_toolkit_install.info``
   and, on older installs, ``version.info`` / ``version.cfg``), looked for in the directories
@@ -6,13 +7,13 @@
   ``key=value`` lines parsed (``version``, ``innerversion``, ``package_name``, ...).
 * ``driver_version()``: ``<Ascend root>/driver/version.info`` (``Version=...``), where the
   Ascend root is ``/usr/local/Ascend`` or a parent of ``$ASCEND_HOME_PATH``.
-* ``blas_info()``: numpy's BLAS (name and version from numpy's build configuration, the shared
-  library mapped into this process) and its thread count (the library's own
-  ``*_get_num_threads`` when it exports one, else the environment variables).
+* numpy's BLAS and its threads: :func:`aclnn_fag.blas.blas_info`, recorded as it is.
 * ``package_versions()``: aclnn_fag, numpy, ml_dtypes, Python.
+* ``summary(env)``: the version facts of a report's environment block, flat.
 
 The CANN version reported by the runtime itself comes from :mod:`aclnn_fag.acl.versions`.
-Every function returns JSON-ready data and never raises for a missing file or library.
+Never raises because the NPU stack is missing: ``npu_status()`` reports why instead, so
+``aclnn-fag info`` and every report work on a machine without CANN.
 """
 
 from __future__ import annotations
@@ -23,15 +24,154 @@ import platform
 import sys
 from typing import Dict, List, Mapping, Optional
 
-__all__ = ["toolkit_install_info", "driver_version", "blas_info", "package_versions",
-           "parse_key_values", "DEFAULT_ASCEND_ROOT", "INSTALL_INFO_NAMES", "summary", "shorten",
-           "SHORT_WIDTH"]
+import ml_dtypes
+import numpy as np
 
+__all__ = ["npu_status", "auto_backend", "environment", "device_id_from_env", "backend_label",
+           "toolkit_install_info", "driver_version", "package_versions", "parse_key_values",
+           "DEFAULT_ASCEND_ROOT", "INSTALL_INFO_NAMES", "summary", "shorten", "SHORT_WIDTH"]
+
+
+def backend_label(name, npu: dict = None) -> str:
+    """``name`` ("numpy"/"npu"), with " [STAND-IN stub libraries ...]" when the "npu" backend
+    is the stand-in libraries of native_stubs/ (so a stub run is never taken for a device run)."""
+    if name != "npu":
+        return str(name)
+    npu = npu if npu is not None else npu_status()
+    if npu.get("stand_in"):
+        soc = npu.get("soc_name")
+        return f"npu [{npu.get('stand_in_note') or 'STAND-IN stub libraries'}" + (
+            f"; SoC {soc}]" if soc else "]")
+    return "npu"
+
+
+def device_id_from_env():
+    """``$ACLNN_FAG_DEVICE`` as an int, or None when unset/empty."""
+    raw = os.environ.get("ACLNN_FAG_DEVICE", "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"ACLNN_FAG_DEVICE must be an integer device id, got {raw!r}") from None
+
+
+def npu_status(refresh: bool = False) -> dict:
+    """The NPU backend's view of this machine as a JSON-ready dict: what ``acl.info()``
+    returns (libraries with paths or why not, search order, device count, SoC name,
+    features), plus ``ok`` (bool) and ``reason``. Never raises."""
+    try:
+        from .. import acl
+    except Exception as exc:        # module missing or broken: report, never raise
+        return {"ok": False, "reason": f"the NPU backend module aclnn_fag.acl cannot be imported: "
+                                        f"{type(exc).__name__}: {exc}"}
+    out = {}
+    try:
+        status = acl.availability(refresh=refresh)
+        out.update(ok=bool(status.ok), reason=str(getattr(status, "reason", "") or ""),
+                   device_count=getattr(status, "device_count", None),
+                   libraries=_jsonable(getattr(status, "libraries", None)))
+    except Exception as exc:
+        out.update(ok=False, reason=f"acl.availability() failed: {type(exc).__name__}: {exc}")
+    try:
+        info = acl.info()
+    except Exception as exc:
+        out["info_error"] = f"acl.info() failed: {type(exc).__name__}: {exc}"
+        return out
+    if isinstance(info, dict):
+        for key, value in info.items():
+            if key == "reason" and out.get("reason"):
+                continue
+            out[key] = _jsonable(value)
+    return out
+
+
+def auto_backend() -> tuple:
+    """(name, None) of the backend "auto" picks, or (None, reason) when resolving fails."""
+    from ..api import resolve_backend
+    try:
+        return resolve_backend("auto"), None
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def environment(backend: str = None, precision: str = None, npu: dict = None) -> dict:
+    """Environment block of the JSON reports (``versions``: see ``versions_block``)."""
+    from .. import __version__
+    npu = npu if npu is not None else npu_status()
+    env = {
+        "package_version": __version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "numpy_version": np.__version__,
+        "ml_dtypes_version": getattr(ml_dtypes, "__version__", "unknown"),
+        "cpu_count": os.cpu_count(),
+        "backend": backend,
+        "precision": precision,
+        "npu_available": npu.get("ok", False),
+        "npu_reason": npu.get("reason", ""),
+        "library_paths": _library_paths(npu),
+        "device_count": npu.get("device_count"),
+        "soc_name": npu.get("soc_name"),
+        # True: the "npu" backend is this project's stand-in libraries, not a device
+        "stand_in": bool(npu.get("stand_in", False)),
+        "stand_in_note": npu.get("stand_in_note"),
+        "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
+        "versions": versions_block(npu),
+        "env": {k: v for k, v in os.environ.items()
+                if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
+                or k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
+    }
+    return env
+
+
+def versions_block(npu: dict) -> dict:
+    """Versions a parity result depends on (see the functions below): the CANN version
+    the runtime reports (None when the libraries are not loaded), the toolkit's install-info
+    file, the driver's version, numpy's BLAS and threads, the Python packages."""
+    from .. import blas
+    paths = [p for p in _library_paths(npu).values() if isinstance(p, str)]
+    return {
+        "cann": npu.get("versions"),
+        "toolkit_install": toolkit_install_info(library_paths=paths),
+        "driver": driver_version(),
+        "blas": blas.blas_info(),
+        "packages": package_versions(),
+    }
+
+
+def _library_paths(npu: dict) -> dict:
+    libs = npu.get("libraries")
+    if isinstance(libs, dict):
+        return {str(k): (v if isinstance(v, (str, type(None))) else _jsonable(v)) for k, v in libs.items()}
+    if isinstance(libs, (list, tuple)):
+        return {str(i): _jsonable(v) for i, v in enumerate(libs)}
+    return {}
+
+
+def _jsonable(value):
+    """Best-effort conversion of library/status objects to JSON-ready data."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "_asdict"):
+        return _jsonable(value._asdict())
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+        return _jsonable(asdict(value))
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------- versions read without loading CANN
 DEFAULT_ASCEND_ROOT = "/usr/local/Ascend"
 INSTALL_INFO_NAMES = ("ascend_toolkit_install.info", "version.info", "version.cfg")
 _MAX_BYTES = 64 * 1024
-_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
-                "GOTO_NUM_THREADS")
 
 
 def parse_key_values(text: str) -> Dict[str, str]:
@@ -121,32 +261,8 @@ def driver_version(environ: Optional[Mapping[str, str]] = None) -> dict:
     return {"path": None, "version": None, "searched": searched}
 
 
-def blas_info() -> dict:
-    """numpy's BLAS: ``{"name", "version", "library", "threads", "threads_source", "env"}``
-    (plus ``cap`` and ``usable_cpus``), read through :mod:`aclnn_fag.blas`."""
-    from . import blas
-    info = blas.blas_info()
-    out = {"name": info["library"], "version": info["version"], "library": info["path"],
-           "threads": info["threads"], "threads_source": info["threads_via"],
-           "env": {k: os.environ[k] for k in _THREAD_VARS if k in os.environ},
-           "cap": info["cap"], "usable_cpus": info["usable_cpus"]}
-    cfg = blas._numpy_blas_config().get("configuration")
-    if cfg:
-        out["configuration"] = cfg
-    if out["threads"] is None:
-        for var in _THREAD_VARS:
-            value = os.environ.get(var, "").strip()
-            if value.isdigit():
-                out["threads"], out["threads_source"] = int(value), f"${var}"
-                break
-    return out
-
-
 def package_versions() -> dict:
-    import ml_dtypes
-    import numpy as np
-
-    from . import __version__
+    from .. import __version__
     return {"aclnn_fag": __version__, "numpy": np.__version__,
             "ml_dtypes": getattr(ml_dtypes, "__version__", "unknown"),
             "python": sys.version.split()[0]}
@@ -171,7 +287,9 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
         "opapi_library": libs.get("opapi") if isinstance(libs, dict) else None,
         "numpy": env.get("numpy_version"),
         "ml_dtypes": env.get("ml_dtypes_version"),
-        "blas": " ".join(str(x) for x in (blas.get("name"), blas.get("version")) if x) or None,
+        # "name" in the reports of earlier releases, "library" since (aclnn_fag.blas.blas_info)
+        "blas": " ".join(str(x) for x in (blas.get("name") or blas.get("library"),
+                                          blas.get("version")) if x) or None,
         "blas_threads": None if blas.get("threads") is None else str(blas.get("threads")),
         "python": env.get("python"),
     }

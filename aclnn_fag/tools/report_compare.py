@@ -32,7 +32,7 @@ import json
 import math
 from typing import List, Optional
 
-from . import versions
+from .envinfo import shorten, summary as version_summary
 from .junit import output_figures
 
 __all__ = ["compare_reports", "format_comparison", "load_report", "main", "FACTOR",
@@ -170,7 +170,7 @@ def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
         "only_in_old": [r["name"] for r in rows if r["status"] == "only in OLD"],
         "only_in_new": [r["name"] for r in rows if r["status"] == "only in NEW"],
     }
-    env_old, env_new = versions.summary(old.get("environment")), versions.summary(new.get("environment"))
+    env_old, env_new = version_summary(old.get("environment")), version_summary(new.get("environment"))
     return {"schema": "aclnn_fag.parity_compare/1", "factor": factor,
             "old": {"backend": old.get("backend"), "started": old.get("started"),
                     "summary": old.get("summary"), "versions": env_old,
@@ -193,12 +193,12 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
                      f"{cmp['new'].get('k')})")
     lines.append("")
     vo, vn = cmp["old"]["versions"], cmp["new"]["versions"]
-    width = max([3] + [len(versions.shorten(vo.get(key))) for key in vo])
+    width = max([3] + [len(shorten(vo.get(key))) for key in vo])
     lines.append(f"  {'version':<15s} {'OLD':<{width}s}  NEW")
     for key in vo:
         a, b = _v(vo.get(key)), _v(vn.get(key))
         mark = "*" if a != b else " "      # compared in full, shown shortened (JSON: in full)
-        lines.append(f"{mark} {key:<15s} {versions.shorten(a):<{width}s}  {versions.shorten(b)}")
+        lines.append(f"{mark} {key:<15s} {shorten(a):<{width}s}  {shorten(b)}")
     lines.append("")
     lines.append(f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change")
     for r in cmp["cases"]:
@@ -239,7 +239,7 @@ def main(old_path, new_path, factor: float = FACTOR, json_dest=None, html_dest=N
         if json_dest != STDOUT:
             print(f"comparison: {json_dest}", file=human_stream(json_dest))
     if html_dest:
-        from .tools.report_cli import write_compare_page
+        from .report_cli import write_compare_page
         if write_compare_page(old, new, cmp, str(old_path), str(new_path), html_dest,
                               stream=human_stream(json_dest)):
             return 2

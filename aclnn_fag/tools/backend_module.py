@@ -13,7 +13,7 @@ The module is imported from ``sys.path`` with the current directory first (so a 
 ``my_adapter.py`` works with ``--backend-module my_adapter:backward``). ``function`` may be a
 dotted path inside the module (``mod:Class.method``). Its ``backend_name`` attribute, if any,
 names it in the report; otherwise ``module:<pkg.mod:function>``. See docs/parity.md and
-``aclnn_fag/adapters/torch_npu_v2.py`` (torch_npu's ``npu_fusion_attention_grad_v2``).
+``aclnn_fag/tools/adapters/torch_npu_v2.py`` (torch_npu's ``npu_fusion_attention_grad_v2``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sys
 
 import numpy as np
 
-from .call import FagGrads
+from ..call import FagGrads
 
 __all__ = ["load_backend", "BackendModuleError", "CALL_KEYWORDS", "as_grads"]
 

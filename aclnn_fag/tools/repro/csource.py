@@ -1,4 +1,4 @@
-"""The text of ``repro.c`` and ``build.sh`` for one call (see :mod:`aclnn_fag.repro`).
+"""The text of ``repro.c`` and ``build.sh`` for one call (see :mod:`aclnn_fag.tools.repro`).
 
 ``repro.c`` follows the op's documented C sample (Init, CreateAclTensor, the two phases,
 synchronise, copy back, release) and makes exactly the calls the binding
@@ -314,7 +314,7 @@ static const TensorArg *output_named(const char *name)
     return NULL;
 }
 
-/* criterion 1 and 2 of aclnn_fag.accuracy.judge, against the float32 golden */
+/* criterion 1 and 2 of aclnn_fag.tools.accuracy.judge, against the float32 golden */
 static int judge(const char *dir)
 {
     int failed = 0;
