@@ -148,7 +148,8 @@ h3{font-size:1.05em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 6px;
 vertical-align:top}th{background:#f3f3f3;text-align:left}
 table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#999}
-.num{font-family:ui-monospace,monospace;text-align:right;white-space:nowrap}
+.num{font-family:ui-monospace,monospace;font-size:12px;text-align:right;white-space:nowrap}
+.name{white-space:nowrap}
 .mono{font-family:ui-monospace,monospace}
 .v-PASS{color:#1e7e34;font-weight:600}.v-FAIL,.v-ERROR{color:#c0392b;font-weight:700}
 .v-BORDERLINE{color:#b9770e;font-weight:700}.bad{color:#c0392b;font-weight:700}
@@ -296,7 +297,7 @@ def _case_table(report: dict, outputs: List[str], with_sections: set) -> List[st
     head = "".join(f"<th>{_e(n)}<br><span class=small>err / bound<br>share / limit</span></th>"
                    for n in outputs)
     lines = ['<table class="sortable" id="cases"><thead><tr><th>#</th><th>case</th><th>verdict</th>'
-             f'<th>worst output</th><th>budget used</th>{head}<th>backend s</th></tr></thead><tbody>']
+             f'<th>worst output</th><th>budget used</th>{head}<th>time s</th></tr></thead><tbody>']
     for i, case in enumerate(_ordered(report.get("cases") or []), 1):
         status = case_status(case)
         name = case.get("name")
@@ -305,7 +306,7 @@ def _case_table(report: dict, outputs: List[str], with_sections: set) -> List[st
         outs = case.get("outputs") or {}
         t = (case.get("timings") or {}).get("backend_s")
         lines.append(
-            f'<tr class="case-row" data-status="{status}"><td class="num">{i}</td><td>{label}</td>'
+            f'<tr class="case-row" data-status="{status}"><td class="num">{i}</td><td class="name">{label}</td>'
             f'<td class="v-{status}" data-sort="{STATUS_ORDER[status]}">{status}</td>'
             f'<td>{_e(_worst(case))}</td>'
             f'<td class="num" data-sort="{_sort_key(usage)}">{_num(usage * 100, ".0f")}%</td>'
@@ -419,7 +420,7 @@ def render_report(report: dict, source: str = "", html_path: str = "report.html"
     cases = report.get("cases") or []
     sections = [c for c in _ordered(cases) if case_status(c) != "PASS"]
     missing = missing_summaries(report)
-    notices = [_notice(f"the report {source}".rstrip(), missing)] if missing else []
+    notices = [_notice(source or "the report", missing)] if missing else []
     body = [f"<h1>aclnn_fag parity: {_e(report.get('op', 'backward'))} on {_e(report.get('backend'))}</h1>",
             f'<p class="small">{_e(source)} &mdash; rendered '
             f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}</p>']
@@ -516,7 +517,7 @@ def render_compare(old: dict, new: dict, cmp: dict, old_label: str, new_label: s
         details += [_e(n) for n in r["notes"]]
         cls = ' class="case-row regression"' if r["regression"] else ' class="case-row"'
         body.append(
-            f'<tr{cls} data-kind="{kind(r)}"><td class="num">{i}</td><td>{label}</td>'
+            f'<tr{cls} data-kind="{kind(r)}"><td class="num">{i}</td><td class="name">{label}</td>'
             f'<td class="v-{_e(r["old"])}">{_e(r["old"])}</td><td class="v-{_e(r["new"])}">{_e(r["new"])}</td>'
             f'<td data-sort="{rank[kind(r)]}">{_e(r["status"])}</td>'
             f'{_worst_cell(c_old)}{_worst_cell(c_new)}<td>{"<br>".join(details)}</td></tr>')

@@ -125,7 +125,8 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
     status = 0 if report["ok"] else 1
     if getattr(args, "html", None):
         from .report_cli import write_run_page
-        status = write_run_page(report, args.html, stream=text) or status
+        source = f"report {json_dest}" if json_dest and json_dest != STDOUT else "this run"
+        status = write_run_page(report, args.html, source=source, stream=text) or status
     return status
 
 

@@ -122,6 +122,7 @@ def cmd_report(args) -> int:
             print(f"junit: {args.junit}", file=text)
     status = 0 if report.get("ok") else 1
     if args.html:
-        html_status = write_run_page(report, args.html, prog, source=str(args.report_json), stream=text)
+        html_status = write_run_page(report, args.html, prog, source=f"report {args.report_json}",
+                                     stream=text)
         status = html_status or status
     return status

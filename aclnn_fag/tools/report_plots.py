@@ -81,8 +81,8 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
     b = max(len(o["error_summary"]["bh_max_abs"]) for _, o in panels)
     height = min(6.0, 1.8 + 0.3 * b)
     fig = Figure(figsize=(3.1 * len(panels), height))
-    fig.subplots_adjust(left=0.35 / len(panels), right=0.98, bottom=0.55 / height,
-                        top=1 - 0.35 / height, wspace=0.55)
+    fig.subplots_adjust(left=0.35 / len(panels), right=1 - 0.3 / len(panels), bottom=0.55 / height,
+                        top=1 - 0.35 / height, wspace=0.75)
     for i, (name, o) in enumerate(panels, 1):
         s = o["error_summary"]
         rows = s["bh_max_abs"]
@@ -118,9 +118,7 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
 
 def _cmap():
     import matplotlib
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("#dddddd")
-    return cmap
+    return matplotlib.colormaps["viridis"].with_extremes(bad="#dddddd")
 
 
 def _token_series(values, width):
@@ -131,6 +129,7 @@ def _token_series(values, width):
 
 def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None) -> Optional[bytes]:
     """One row per output with a per-token summary; None when none has one."""
+    from matplotlib.ticker import NullFormatter
     _, Figure, _ = require()
     panels = [(n, o) for n, o in outputs.items()
               if isinstance(o.get("error_summary"), dict) and o["error_summary"].get("token_max_abs")]
@@ -138,7 +137,7 @@ def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None
         return None
     height = 1.75 * len(panels) + 0.5
     fig = Figure(figsize=(10, height))
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.45 / height, top=1 - 0.4 / height,
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.45 / height, top=1 - 0.4 / height,
                         hspace=0.6)
     for i, (name, o) in enumerate(panels, 1):
         s = o["error_summary"]
@@ -165,6 +164,7 @@ def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None
         for end in s.get("batch_ends") or []:
             ax.axvline(end - 0.5, color="black", linestyle=":", linewidth=0.8)
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xlim(-0.5, max(1, int(s.get("tokens") or x.size * width)) - 0.5)
         axis = "key" if s.get("token_axis") == "key" else "query"
         ax.set_ylabel(name, fontsize=8)
