@@ -245,3 +245,14 @@ def test_compare_table_shortens_long_values(numpy_only, run_cli, tiny_suite, tmp
     assert code == 0
     line = next(l for l in out.splitlines() if "opapi_library" in l)
     assert "not loaded (6 places tried)" in line and len(line) < 100
+
+
+def test_core_and_cli_do_not_import_matplotlib():
+    import subprocess
+
+    from cli_paths import PYTHON, subprocess_env
+    code = ("import sys, aclnn_fag, aclnn_fag.tools.parity, aclnn_fag.tools.html_report; "
+            "from aclnn_fag.tools.cli import build_parser; build_parser(); "
+            "assert 'matplotlib' not in sys.modules, 'matplotlib imported'")
+    done = subprocess.run([PYTHON, "-c", code], env=subprocess_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
