@@ -8,9 +8,9 @@ Three entry points, all through :func:`write_page`:
 
 The page needs nothing but itself: CSS and a small sorting script inline, pictures as base64
 PNG (matplotlib, the optional extra ``[report]``: :mod:`aclnn_fag.tools.report_plots`), no
-network, no fonts. It shows, top to bottom: the environment (CANN version, ACL API/runtime,
-toolkit install, driver, SoC, the op-API library (ops-transformer), package, numpy, BLAS and
-its threads) and the verdict counts; the table of cases, failing first (click a heading to
+network, no fonts. It shows, top to bottom: the environment (the CANN, runtime and
+ops_transformer versions, the ACL API version, the release whose rules apply, toolkit install,
+driver, SoC, the op-API library, package, numpy, BLAS and its threads) and the verdict counts; the table of cases, failing first (click a heading to
 sort); then one section per ERROR, FAIL or borderline case (a passing case that used at least
 ``BORDERLINE`` of a criterion's budget): every output's figures against its thresholds, the
 heat map of max |y - golden| per (batch, head), the error along the token positions and the
@@ -229,11 +229,14 @@ def _environment_rows(report: dict) -> List[Tuple[str, str, str]]:
     threads = v.get("blas_threads")
     rows = [
         ("CANN", v.get("cann") and f"{v['cann']} (via {v.get('cann_source') or '?'})"),
-        ("ACL API (runtime)", v.get("acl_api")),
+        ("runtime", v.get("runtime")),
+        ("ops_transformer", v.get("ops_transformer")),
+        ("ACL API", v.get("acl_api")),
+        ("rules of CANN release", v.get("cann_rules")),
         ("toolkit install", v.get("toolkit_install")),
         ("driver", v.get("driver")),
         ("SoC", v.get("soc")),
-        ("op-API library (ops-transformer)", v.get("opapi_library")),
+        ("op-API library", v.get("opapi_library")),
         ("aclnn_fag", v.get("aclnn_fag")),
         ("numpy / ml_dtypes / python", " / ".join(_e(v.get(k)) for k in ("numpy", "ml_dtypes", "python"))),
         ("BLAS and threads", (v.get("blas") or "unknown") + f", {threads or 'unknown'} threads"),

@@ -102,7 +102,9 @@ def test_failing_run_page(numpy_only, run_cli, tiny_suite, tmp_path, block_adapt
     assert _sections(page) == ["case-tiny-gqa-causal", "case-tiny-mode0"] or \
         sorted(_sections(page)) == ["case-tiny-gqa-causal", "case-tiny-mode0"]
     assert page.count("data:image/png;base64,") == 6          # 3 pictures per failing case
-    assert "op-API library (ops-transformer)" in page and "BLAS and threads" in page
+    for row in ("CANN", "runtime", "ops_transformer", "driver", "SoC", "op-API library",
+                "BLAS and threads"):
+        assert f"<tr><th>{row}</th>" in page
     # the saved report renders the same sections (from JSON alone)
     again = tmp_path / "again.html"
     code, out, err = run_cli("report", rep, "--html", again, "-q")

@@ -172,7 +172,8 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
              "",
              "## Versions (of the run that found the failure)", "",
              "| what | version |", "|---|---|"]
-    for key in ("cann", "cann_source", "acl_api", "toolkit_install", "driver", "soc", "opapi_library",
+    for key in ("cann", "cann_source", "runtime", "ops_transformer", "cann_rules", "acl_api",
+                "toolkit_install", "driver", "soc", "opapi_library",
                 "aclnn_fag", "numpy", "ml_dtypes", "blas", "blas_threads", "python"):
         lines.append(f"| {key} | {v.get(key) if v.get(key) is not None else '-'} |")
     lines += ["", "## Build and run", "", "```bash",
