@@ -116,7 +116,8 @@ def test_section_citations_name_real_headings(page):
 
 
 def test_readme_citations_name_real_readme_sections():
-    """'README, "Section"' / 'README ("Section")' citations name a heading the README has."""
+    """A README section cited by its quoted heading (README, then a comma or a parenthesis)
+    names a heading the README has."""
     heads = [m.group(1).strip() for m in re.finditer(r"^#{1,4} +(.+)$",
                                                      (ROOT / "README.md").read_text(), re.M)]
     pat = re.compile(r"README(?:\.md)?(?:,\s+|\s+\()\"([^\"]+)\"")
