@@ -50,7 +50,7 @@ def test_summary_bins_long_outputs_and_marks_empty_batches():
     assert s["token_bin"] == 4 and len(s["token_max_abs"]) == -(-t // 4)
     assert s["token_max_abs"][1] == float("inf") and s["hist"]["backend_over"] == 1
     assert s["bh_max_abs"][0] is None and s["bh_max_abs"][2] is None
-    assert s["bh_max_abs"][1] == [float("inf")]
+    assert s["bh_max_abs"][1] == [float("inf")] and s["bh_max_abs"][3] == [0.0]
 
 
 def test_summary_reads_statistics_token_major():
@@ -114,13 +114,24 @@ def test_failing_run_page(numpy_only, run_cli, tiny_suite, tmp_path, block_adapt
 
 
 def test_passing_run_page_orders_and_counts(numpy_only, run_cli, tiny_suite, tmp_path):
-    html = tmp_path / "pass.html"
-    code, _, err = run_cli("parity", "--suite", tiny_suite, "--quick", "--html", html, "-q")
+    html, rep = tmp_path / "pass.html", tmp_path / "pass.json"
+    code, _, err = run_cli("parity", "--suite", tiny_suite, "--quick", "--html", html, "--json", rep, "-q")
     assert code == 0, err
     page = html.read_text()
     assert len(re.findall(r'<tr class="case-row"', page)) == 2
     assert _sections(page) == [] and "data:image/png" not in page
-    assert "SELF-CHECK" in page
+    assert "SELF-CHECK" in page and "PASS 2" in page
+    # failing first: the suite's second case made to fail comes first in the table
+    report = json.loads(rep.read_text())
+    assert [c["name"] for c in report["cases"]] == ["tiny-mode0", "tiny-gqa-causal"]
+    report["cases"][1]["verdict"] = "FAIL"
+    report["cases"][1]["outputs"]["dv"].update(verdict="FAIL", fa_pass=False)
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(report))
+    code, _, _ = run_cli("report", edited, "--html", html, "-q")
+    assert code == 0                                  # the report's own "ok" is still true
+    rows = re.findall(r'data-status="(\w+)"><td class="num">\d+</td><td class="name">([^<]*<a[^>]*>)?([\w-]+)', html.read_text())
+    assert [(r[0], r[2]) for r in rows] == [("FAIL", "tiny-gqa-causal"), ("PASS", "tiny-mode0")]
 
 
 def test_repro_links(numpy_only, run_cli, tiny_suite, tmp_path, block_adapter):
