@@ -522,7 +522,7 @@ def render_compare(old: dict, new: dict, cmp: dict, old_label: str, new_label: s
         body.append(
             f'<tr{cls} data-kind="{kind(r)}"><td class="num">{i}</td><td class="name">{label}</td>'
             f'<td class="v-{_e(r["old"])}">{_e(r["old"])}</td><td class="v-{_e(r["new"])}">{_e(r["new"])}</td>'
-            f'<td data-sort="{rank[kind(r)]}">{_e(r["status"])}</td>'
+            f'<td class="name" data-sort="{rank[kind(r)]}">{_e(r["status"])}</td>'
             f'{_worst_cell(c_old)}{_worst_cell(c_new)}<td>{"<br>".join(details)}</td></tr>')
     body.append("</tbody></table>")
     body.append('<p class="small">Regressions first, then cases failing in NEW, improvements, the '
