@@ -198,11 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="aclnn-fag",
-        description="aclnnFlashAttentionUnpaddingScoreGradV3 through ctypes, and its NumPy reference.")
+        description="aclnnFlashAttentionUnpaddingScoreGradV3 (backward) and "
+                    "aclnnFlashAttentionVarLenScoreV3 (forward) through ctypes on an Ascend NPU, "
+                    "and their NumPy reference where there is none.")
     parser.add_argument("--version", action="version", version=f"aclnn_fag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("info", help="versions, CANN libraries, devices, the backend 'auto' picks",
+    p = sub.add_parser("info", help="versions, CANN libraries, devices, the backend 'auto' picks (runs no op)",
                        description="Package version; the CANN libraries found (with paths) or why "
                                    "not; device count and SoC name; the backend 'auto' would pick; "
                                    "determinism and repeatable-executor support. Loads the "
@@ -214,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no text (with --json FILE: only the file)")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="run the documentation's example (forward + backward)",
+    p = sub.add_parser("demo", help="the documentation's example: forward and backward on the chosen backend",
                        description="The operator documentation's example (T=256, N=1, D=128, rope "
                                    "64, Dv=128, bf16, sparse mode 0, all-zero mask, scale 0.088388, "
                                    "pre=next=65536) with seeded random data drawn on the host: the "
@@ -230,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no text (with --json FILE: only the file)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("parity", help="judge a backend against the fp64 golden on a case suite",
+    p = sub.add_parser("parity", help="judge a backend against the fp64 golden (NumPy) on a case suite",
                        description="Run a case suite on a backend and judge every output (dq, "
                                    "dq_rope, dk, dk_rope, dv) against the fp64 golden (NumPy) by "
                                    "flash-attention's criterion (max abs error <= k x that of the "
@@ -247,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     parity_cli.add_arguments(p)
     p.set_defaults(func=parity_cli.main)
 
-    p = sub.add_parser("bench", help="time a backend and compare with this machine's sgemm",
+    p = sub.add_parser("bench", help="time the backward on a backend next to this machine's sgemm",
                        description="Time the backward on the chosen backend (its inputs from the "
                                    "NumPy forward) over "
                                    "a few sizes: GFLOP/s over the kept area of the mask next to "

@@ -74,7 +74,7 @@ def write_compare_page(old: dict, new: dict, cmp: dict, old_label: str, new_labe
 
 def add_report_command(sub) -> None:
     p = sub.add_parser(
-        "report", help="show a saved parity report (JSON) as a table, an HTML page or JUnit XML",
+        "report", help="a saved parity report as a table, an HTML page or JUnit XML (runs nothing)",
         description="Read a JSON report written by 'aclnn-fag parity --json' and print its table; "
                     "--html FILE renders the same self-contained page as 'parity --html', "
                     "--junit FILE the JUnit XML. Runs nothing: no backend, no NPU.",

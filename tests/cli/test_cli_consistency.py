@@ -40,6 +40,9 @@ def test_help_says_what_runs_where(run_cli):
     parity = _help(run_cli, "parity")
     assert "always run on NumPy" in parity and "--html FILE" in parity
     assert "runs no op" in _help(run_cli, "info")
+    top = _help(run_cli)
+    assert "forward and backward on the chosen backend" in top and "(runs nothing)" in top
+    assert "fp64 golden (NumPy)" in top
 
 
 def test_demo_json_to_stdout(numpy_only, run_cli):
