@@ -6,8 +6,8 @@ without computing), the parameter it blames (``{name}``: the one the check names
 it is stricter than the device, its message (a ``str.format`` template over the validated
 arguments and the fields its check returns; ``{ref}`` is the citation of ``section``), the
 section of the docs it enforces, whether it reads tensor data (skipped with
-``check_data=False``), the CANN releases it applies to, and the stand-in op's message (a
-printf formats per op, :data:`STUB_MESSAGES`). The checks themselves are
+``check_data=False``), the CANN releases it applies to (:func:`rules_for` keys on them), and
+the stand-in op's messages (printf formats per op, :data:`STUB_MESSAGES`). The checks are
 :mod:`.checks` and :mod:`.data_rules`; the driver :mod:`.driver`; the stub's header and the
 docs' rule tables are generated from here (:mod:`.gen`).
 """
