@@ -61,12 +61,6 @@ def _first(c, names, bad):
 
 
 # ---------------------------------------------------------------- the backward, rules 1-22
-@check("R3")
-def _all_empty(c):
-    if c.query.size == 0 and c.key.size == 0 and c.value.size == 0:
-        return {"head_num": c.head_num}
-
-
 @check("R5")
 def _min_rank(c):
     ropes = _ROPES if c.query_rope is not None and c.key_rope is not None else ()
@@ -104,12 +98,6 @@ def _padding(c):
     return {"reason": reason} if reason else None
 
 
-@check("R_empty")
-def _any_empty(c):
-    if min(c.query.size, c.key.size, c.value.size, c.query_rope.size, c.key_rope.size) == 0:
-        return {"head_num": c.heads}
-
-
 def _stats_shape_hint(shape, t1, n1) -> str:
     if shape == (n1, t1, COPIES):
         return " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]"
@@ -133,52 +121,13 @@ def _stats_shape(c):
     return bad
 
 
-@check("R21_attn")
-def _attention_shape(c):
-    a, q = c.attention_in, c.query
-    return a.ndim != q.ndim or a.shape[:-1] != q.shape[:-1]
-
-
 # ---------------------------------------------------------------- the forward, F1-F8
-@check("F2")
-def _fwd_empty(c):
-    if c.query.ndim >= 2 and c.query.shape[0] * c.query.shape[1] == 0:
-        return {"head_num": c.heads}
-
-
-@check("F4_pse_dtype")
-def _fwd_pse_dtype(c):
-    return (c.pse_shift is not None and c.pse_type not in (2, 3)
-            and not _same_dtype(c.pse_shift, c.query))
-
-
-@check("F5_max_d")
-def _fwd_max_d(c):
-    if c.d > LIMITS["max_head_dim"]:
-        return {"limit": LIMITS["max_head_dim"]}
-
-
 # ---------------------------------------------------------------- rules 23-30, F9-F14
-@check("R23_len")
-def _same_batches(c):
-    if len(c.qlen) != len(c.kvlen):
-        return {"nq": len(c.qlen), "nkv": len(c.kvlen)}
-
-
-def _last(a) -> int:
-    return a.shape[-1] if a.ndim else 0
-
-
-@check("R25_dy")
-def _dy_like_query(c):
-    dy, q = c.dy, c.query
-    return dy.ndim != q.ndim or dy.shape[:-1] != q.shape[:-1] or _last(dy) > _last(q)
-
-
-@check("R25_value")
-def _value_like_key(c):
-    v, k = c.value, c.key
-    return v.ndim != k.ndim or v.shape[:-1] != k.shape[:-1] or _last(v) > _last(k)
+def _unlike(a, b) -> bool:
+    """Rule 25 (IsSameShapeButValueDLeEqD): not equal to b except the last dim, or that dim
+    larger than b's."""
+    last = lambda t: t.shape[-1] if t.ndim else 0    # noqa: E731
+    return a.ndim != b.ndim or a.shape[:-1] != b.shape[:-1] or last(a) > last(b)
 
 
 @check("F10")
@@ -265,30 +214,12 @@ def _dv_rows(c):
             return {"name": name, "last": getattr(c, name).shape[2]}
 
 
-@check("S3_heads")
-def _limit_heads(c):
-    if c.n1 > LIMITS["max_heads"]:
-        return {"limit": LIMITS["max_heads"]}
-
-
-@check("S3_dim")
-def _limit_dim(c):
-    if c.d > LIMITS["max_head_dim"]:
-        return {"limit": LIMITS["max_head_dim"]}
-
-
 @check("S3_tokens")
 def _limit_tokens(c):
     for name in ("query", "key"):
         t = getattr(c, name).shape[0]
         if t > LIMITS["max_tokens"]:
             return {"name": name, "t": t, "limit": LIMITS["max_tokens"]}
-
-
-@check("S3_batch")
-def _limit_batch(c):
-    if len(c.qlen) > LIMITS["max_batch"]:
-        return {"nq": len(c.qlen), "limit": LIMITS["max_batch"]}
 
 
 @check("S4")
@@ -322,12 +253,6 @@ def _rope_k_shape(c):
         return {"want": list(want), "hint": hint}
 
 
-@check("S5_dr")
-def _rope_dr8(c):
-    if c.query_rope.shape[2] % 8:
-        return {"dr": c.query_rope.shape[2]}
-
-
 @check("S7")
 def _block_skip_bound(c):
     if c.sparse_mode in (4, 7, 8):
@@ -339,6 +264,26 @@ def _block_skip_bound(c):
 
 # ---------------------------------------------------------------- the one-line predicates
 _SIMPLE = {
+    "R3": lambda c: (c.query.size == 0 and c.key.size == 0 and c.value.size == 0
+                     and {"head_num": c.head_num}),
+    "R_empty": lambda c: (min(c.query.size, c.key.size, c.value.size, c.query_rope.size,
+                              c.key_rope.size) == 0 and {"head_num": c.heads}),
+    "F2": lambda c: (c.query.ndim >= 2 and c.query.shape[0] * c.query.shape[1] == 0
+                     and {"head_num": c.heads}),
+    "R21_attn": lambda c: (c.attention_in.ndim != c.query.ndim
+                           or c.attention_in.shape[:-1] != c.query.shape[:-1]),
+    "F4_pse_dtype": lambda c: (c.pse_shift is not None and c.pse_type not in (2, 3)
+                               and not _same_dtype(c.pse_shift, c.query)),
+    "R25_dy": lambda c: _unlike(c.dy, c.query),
+    "R25_value": lambda c: _unlike(c.value, c.key),
+    ("F5_max_d", "S3_dim"): lambda c: (c.d > LIMITS["max_head_dim"]
+                                       and {"limit": LIMITS["max_head_dim"]}),
+    "S3_heads": lambda c: c.n1 > LIMITS["max_heads"] and {"limit": LIMITS["max_heads"]},
+    "S3_batch": lambda c: (len(c.qlen) > LIMITS["max_batch"]
+                           and {"nq": len(c.qlen), "limit": LIMITS["max_batch"]}),
+    "R23_len": lambda c: (len(c.qlen) != len(c.kvlen)
+                          and {"nq": len(c.qlen), "nkv": len(c.kvlen)}),
+    "S5_dr": lambda c: c.query_rope.shape[2] % 8 != 0 and {"dr": c.query_rope.shape[2]},
     ("R1_null", "F1_layout"): lambda c: c.input_layout is None,
     ("R1", "F3"): lambda c: c.input_layout != "TND",
     "R2": lambda c: _first(c, ("query", "key", "value", "dy", "attention_in"),
