@@ -12,7 +12,8 @@ Report options (docs/parity.md):
 * ``--backend-module pkg.mod:function`` — the backend under test is that callable
   (:mod:`aclnn_fag.tools.backend_module`);
 * ``--repro DIR`` [``--no-shrink``] — a C reproducer per failing case
-  (:mod:`aclnn_fag.tools.repro`).
+  (:mod:`aclnn_fag.tools.repro`); a DIR that cannot be made is a usage error before the run,
+  and a reproducer that cannot be written is reported on stderr even with ``-q``.
 """
 
 from __future__ import annotations
@@ -88,6 +89,11 @@ def usage_problem(args):
         return "--json - and --junit - cannot both write to stdout"
     if args.no_shrink and not args.repro:
         return "--no-shrink only goes with --repro"
+    if args.repro and not compare_requested(args):
+        from .repro import target_problem
+        why = target_problem(args.repro)
+        if why:
+            return f"--repro {args.repro}: cannot write reproducers there: {why}"
     return None
 
 
@@ -110,9 +116,14 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         from . import repro
         failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
         written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
-                                          backend_fn=backend_fn, progress=None if args.quiet else sys.stderr)
+                                          backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
+                                          errors=sys.stderr)
         print(f"reproducers: {len(written)} of {len(failing)} failing case(s) in {args.repro}"
               + "".join(f"\n  {w}" for w in written), file=text)
+        name, c_op = repro.backend_under_test(backend_fn, report.get("backend"))
+        if failing and not c_op:
+            print(f"note: the failures come from {name}; the reproducers call the C op directly "
+                  "and test the C op only (their README says so)", file=sys.stderr)
     return 0 if report["ok"] else 1
 
 
