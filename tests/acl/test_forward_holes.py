@@ -69,21 +69,28 @@ def test_f10_decreasing_ends_on_the_stub_op_itself(no_leaks):
     with pytest.raises(af.AclnnError) as info:
         acl.call_raw_forward(**_args(p, actual_seq_kvlen=[9, 5, 23]))
     assert info.value.code == NULLPTR and "T2" in str(info.value)
+    # T1 = 27 covers the clamped sum: the stub's own S4 rejects the decreasing ends (161002)
+    big = dict(query=np.concatenate([p.q, p.q[:4]]), query_rope=np.concatenate([p.qr, p.qr[:4]]))
+    with pytest.raises(af.AclnnError) as info:
+        acl.call_raw_forward(**_args(p, **big, **over))
+    assert info.value.code == INVALID and "S4" in str(info.value)
 
 
 # ----------------------------------------------------------------------------- item 15: BNSS
-def _bnss_problem(seed=3):
-    """Two batches (plus an empty one), N1 = 4 (GQA 2), a [B, N1, maxSq, maxSkv] mask whose
-    packed per-(batch, head) blocks differ: head h of batch 1 masks row h entirely."""
+def _packed_mask_problem(per_head=True, seed=3):
+    """Two batches (plus an empty one), N1 = 4 (GQA 2), a [B, N1, maxSq, maxSkv] mask (or
+    [B, 1, maxSq, maxSkv]) whose packed blocks differ per batch (and head): with per_head,
+    head h of batch 2 masks row h entirely."""
     q_lens, kv_lens = (9, 0, 11), (7, 3, 12)
     p = make_problem(seed=seed, q_lens=q_lens, kv_lens=kv_lens, n2=2, g=2, mode=1)
     rng = np.random.default_rng(seed)
     b, n1 = len(q_lens), p.q.shape[1]
-    mask = np.zeros((b, n1, max(q_lens), max(kv_lens)), np.uint8)
+    heads = n1 if per_head else 1
+    mask = np.zeros((b, heads, max(q_lens), max(kv_lens)), np.uint8)
     flat = mask.reshape(-1)
     base = 0
     for bi, (sq, skv) in enumerate(zip(q_lens, kv_lens)):
-        for h in range(n1):
+        for h in range(heads):
             block = (rng.random((sq, skv)) < 0.4).astype(np.uint8)
             if sq and skv:
                 block[:, h % skv] = 0                 # a kept key per row, another per head
@@ -96,8 +103,16 @@ def _bnss_problem(seed=3):
 
 
 @pytest.mark.filterwarnings("ignore::aclnn_fag.FullyMaskedRowWarning")
+def test_stub_forward_reads_each_batchs_block_of_a_b1ss_mask(no_leaks):
+    p = _packed_mask_problem(per_head=False)
+    want = _public(p, "numpy")
+    got = _public(p, "npu")
+    _assert_forward_close(got, want)
+
+
+@pytest.mark.filterwarnings("ignore::aclnn_fag.FullyMaskedRowWarning")
 def test_stub_forward_reads_each_heads_block_of_a_4d_mask(no_leaks):
-    p = _bnss_problem()
+    p = _packed_mask_problem()
     want = _public(p, "numpy")
     got = _public(p, "npu")
     assert af.last_backend() == "npu"

@@ -138,6 +138,8 @@ MALFORMED = {
     "environment-list": (_set(lambda d: d.update(environment=[1])), "", "'environment'"),
     "versions-list": (_set(lambda d: d["environment"].update(versions=["8.1"])), "",
                       "'environment.versions'"),
+    "driver-string": (_set(lambda d: d["environment"].update(versions={"driver": "24.1"})), "",
+                      "'environment.versions.driver'"),
     "criteria-list": (_set(lambda d: d.update(criteria=[2.0])), "", "'criteria'"),
     "flash-attention-list": (_set(lambda d: d["criteria"].update(flash_attention=[2.0])), "",
                              "'criteria.flash_attention'"),
@@ -191,6 +193,7 @@ def test_well_formed_optional_fields_still_compare(run_cli, tmp_path):
     strings ('nan', 'inf'), ERROR cases without outputs, reports of earlier releases."""
     old = _good()
     new = _good()
+    old["environment"] = {"versions": {"packages": "numpy 2.4", "cann": None}}   # not read
     new["environment"] = None
     new["criteria"] = None
     new["cases"][0]["outputs"] = None

@@ -89,6 +89,30 @@ def test_shrinking_ends_on_a_case_that_fails_the_same_way(tmp_path):
     assert doc["python_verdicts"]["dq"] == "PASS"
 
 
+class OpFailure(RuntimeError):
+    pass
+
+
+def raises_by_shape(**kw):
+    """Two batches: OpFailure (the error under study); one batch: ValueError (another error)."""
+    if len(kw["actual_seq_qlen"]) < 2:
+        raise ValueError("another error")
+    raise OpFailure("phase 1 returned 561002 (stand-in failure)")
+
+
+def test_shrinking_a_backend_error_keeps_its_exception_class(tmp_path):
+    spec = cases.CaseSpec.from_dict(dict(SHRINK_SPEC, sparse_mode=0, pre_tokens=2147483647,
+                                         next_tokens=2147483647))
+    report = parity.run_suite([spec], backend_fn=raises_by_shape)
+    assert report["cases"][0]["error"].startswith("OpFailure")
+    written = write_reproducers(report, [spec], tmp_path / "rp", backend_fn=raises_by_shape)
+    assert len(written) == 1
+    doc = json.loads((tmp_path / "rp" / "band" / "case.json").read_text())
+    small = cases.CaseSpec.from_dict(doc["case"])
+    assert doc["shrink_steps"] and len(small.lengths_q) == 2          # shrunk, not to one batch
+    assert doc["backend_error"].startswith("OpFailure: phase 1 returned 561002")
+
+
 # ----------------------------------------------------------------------------- item 12
 @pytest.mark.filterwarnings("ignore::aclnn_fag.FullyMaskedRowWarning")
 def test_readme_shows_driver_and_toolkit_each_in_its_field(tmp_path):
