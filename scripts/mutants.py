@@ -911,6 +911,11 @@ MUTANTS = [
            "    if added:\n        sys.path.insert(0, cwd)", "    if False:\n        sys.path.insert(0, cwd)",
            "--backend-module my_adapter:f does not find my_adapter.py in the current directory",
            BM_T),
+    Mutant("bm-import-system-exit", "tools", TL + "backend_module.py",
+           "    except BaseException as exc:                 # SystemExit at import too: a usage error",
+           "    except Exception as exc:                 # SystemExit at import too: a usage error",
+           "a backend module calling sys.exit(0) when imported ends parity with exit 0 and no "
+           "word", BM_T),
     Mutant("bm-name-ignored", "tools", TL + "backend_module.py",
            '    name = getattr(fn, "backend_name", None) or f"module:{spec}"',
            '    name = f"module:{spec}"',

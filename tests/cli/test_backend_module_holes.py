@@ -1,6 +1,6 @@
 """``parity --backend-module``: a backend that raises SystemExit (or another BaseException
 that is not KeyboardInterrupt) is an ERROR of its case, never the end of the run with exit 0
-and no table."""
+and no table; a module that exits while it is imported is a usage error (exit 2)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,11 @@ def test_keyboard_interrupt_still_stops_the_run(numpy_only, run_cli, tiny_suite,
     code, out, err = run_cli("parity", "--suite", tiny_suite, "--quick", "--backend-module",
                              f"{exiting}:interrupted", "-q")
     assert code == 130 and "interrupted" in err and "cases passed" not in out
+
+
+def test_module_exiting_at_import_is_a_usage_error(numpy_only, run_cli, tiny_suite, local_module):
+    name = local_module("exits_at_import", "raise SystemExit(0)\n")
+    code, out, err = run_cli("parity", "--suite", tiny_suite, "--quick", "--backend-module",
+                             f"{name}:backward")
+    assert code == 2 and out == ""
+    assert f"--backend-module {name}:backward: cannot import {name}: SystemExit: 0" in err
