@@ -59,6 +59,9 @@ def _cmd_info(args) -> int:
         soc = f"unknown ({npu['soc_name_error']})" if npu.get("soc_name_error") else "unknown (no device)"
     print(f"SoC name:        {soc}")
     _print_versions(env.get("versions") or {})
+    rules = env.get("cann_rules") or {}
+    print(f"rules of CANN:   {rules.get('release')} (from {rules.get('from')})"
+          + (f"; {rules['note']}" if rules.get("note") else ""))
     print(f"determinism:     {_yes_no(features, 'determinism_setter', 'determinism_getter')}"
           " (aclrtCtxSetSysParamOpt/aclrtCtxGetSysParamOpt)")
     print(f"repeatable executors: {_yes_no(features, 'repeatable_executor')}"
@@ -73,7 +76,12 @@ def _cmd_info(args) -> int:
 
 def _print_versions(v: dict) -> None:
     from ..acl.versions import version_summary_line
+    cann = v.get("cann") or {}
     print(f"CANN version:    {version_summary_line(v.get('cann'))}")
+    if cann:
+        for pkg in ("runtime", "ops_transformer"):
+            print(f"{pkg + ':':<17s}{cann.get(pkg + '_version') or 'unknown'}"
+                  f" (aclsysGetVersionStr(\"{pkg}\"))")
     if (v.get("cann") or {}).get("acl_api_version"):
         print(f"ACL API version: {v['cann']['acl_api_version']} (aclrtGetVersion)")
     tk = v.get("toolkit_install") or {}

@@ -119,6 +119,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "stand_in_note": npu.get("stand_in_note"),
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
         "versions": versions_block(npu),
+        "cann_rules": rules_block(backend, npu),
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
                 or k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
@@ -139,6 +140,21 @@ def versions_block(npu: dict) -> dict:
         "blas": blas.blas_info(),
         "packages": package_versions(),
     }
+
+
+def rules_block(backend, npu: dict) -> dict:
+    """Which CANN release's rules the backend under test follows (docs/releases.md): on the
+    NPU the release read from the runtime's versions, on the NumPy backend
+    ``$ACLNN_FAG_CANN_RELEASE`` or the newest known."""
+    from .. import releases
+    if backend == "npu":
+        v = npu.get("versions") or {}
+        return {"release": v.get("release"), "from": v.get("release_from"),
+                "note": v.get("release_note")}
+    raw = os.environ.get(releases.ENV_VAR, "").strip()
+    release, note = releases.resolve(raw, f"${releases.ENV_VAR}") if raw else (releases.NEWEST, None)
+    return {"release": release.name, "from": f"${releases.ENV_VAR}" if raw else "newest known",
+            "note": note}
 
 
 def _library_paths(npu: dict) -> dict:
@@ -280,6 +296,9 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
         "backend": env.get("backend"),
         "cann": cann.get("cann_version"),
         "cann_source": cann.get("cann_version_source"),
+        "runtime": cann.get("runtime_version"),
+        "ops_transformer": cann.get("ops_transformer_version"),
+        "cann_rules": (env.get("cann_rules") or {}).get("release"),
         "acl_api": cann.get("acl_api_version"),
         "toolkit_install": (v.get("toolkit_install") or {}).get("version"),
         "driver": (v.get("driver") or {}).get("version"),

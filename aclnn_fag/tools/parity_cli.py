@@ -24,7 +24,7 @@ import sys
 
 from . import accuracy, cases as cases_mod, parity_ops
 from ..api import resolve_backend
-from .cliargs import positive_float
+from .cliargs import positive_float, positive_int
 from .output import STDOUT, human_stream, write_json, write_text
 from .parity import format_table, run_suite
 
@@ -150,6 +150,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "backward; default), 'forward' (the backend's forward: attention_out and "
                         "statistics) or 'roundtrip' (the backend's forward fed to its backward; "
                         "all eight outputs). Criteria: docs/forward.md")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                   help="run the backend under test N times per case on the same inputs and "
+                        "report whether its outputs were bit-identical (default: 1)")
     _add_report_arguments(p)     # --json/--report, --junit, --compare, --backend-module, --repro
     p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -203,6 +206,6 @@ def main(args) -> int:
         return 2
     report = run_suite(specs, backend=args.backend, precision=args.precision, k=args.k,
                        backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
-                       suite=suite, selection=sel, op=args.op)
+                       suite=suite, selection=sel, op=args.op, repeat=args.repeat)
     return finish(report, format_table(report, verbose=args.verbose), args, specs,
                              backend_fn)
