@@ -893,7 +893,8 @@ MUTANTS = [
            '            module is None and name == "npu")', "            True)",
            "the reproducer of a --backend-module failure claims the C op fails", REPRO_T),
     Mutant("repro-readme-no-driver", "tools", TL + "repro/__init__.py",
-           '"acl_api", "toolkit_install", "driver", "soc",', '"acl_api", "toolkit_install", "soc",',
+           '                "toolkit_install", "driver", "soc", "opapi_library",',
+           '                "toolkit_install", "soc", "opapi_library",',
            "the reproducer README leaves out the driver version", REPRO_T),
     # parity run and --backend-module
     Mutant("par-system-exit", "tools", TL + "parity.py",

@@ -98,6 +98,7 @@ def check_report(data: dict, label: str) -> None:
     _object_or_null(env.get("versions"), "environment.versions", label)
     for key in ("cann", "toolkit_install", "driver", "blas"):        # what envinfo.summary reads
         _object_or_null((env.get("versions") or {}).get(key), f"environment.versions.{key}", label)
+    _object_or_null(env.get("cann_rules"), "environment.cann_rules", label)
     _object_or_null(data.get("criteria"), "criteria", label)
     _object_or_null((data.get("criteria") or {}).get("flash_attention"), "criteria.flash_attention",
                     label)

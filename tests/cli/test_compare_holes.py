@@ -140,6 +140,8 @@ MALFORMED = {
                       "'environment.versions'"),
     "driver-string": (_set(lambda d: d["environment"].update(versions={"driver": "24.1"})), "",
                       "'environment.versions.driver'"),
+    "cann-rules-string": (_set(lambda d: d["environment"].update(cann_rules="9.1.0")), "",
+                          "'environment.cann_rules'"),
     "criteria-list": (_set(lambda d: d.update(criteria=[2.0])), "", "'criteria'"),
     "flash-attention-list": (_set(lambda d: d["criteria"].update(flash_attention=[2.0])), "",
                              "'criteria.flash_attention'"),
