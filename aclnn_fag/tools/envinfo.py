@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["npu_status", "auto_backend", "environment", "device_id_from_env", "backend_label",
            "toolkit_install_info", "driver_version", "package_versions", "parse_key_values",
-           "DEFAULT_ASCEND_ROOT", "INSTALL_INFO_NAMES", "summary"]
+           "DEFAULT_ASCEND_ROOT", "INSTALL_INFO_NAMES", "summary", "shorten", "SHORT_WIDTH"]
 
 
 def backend_label(name, npu: dict = None) -> str:
@@ -312,3 +312,31 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
         "blas_threads": None if blas.get("threads") is None else str(blas.get("threads")),
         "python": env.get("python"),
     }
+
+
+SHORT_WIDTH = 48
+
+
+def shorten(value, width: int = SHORT_WIDTH) -> str:
+    """A version-table value in at most ``width`` characters (the full one belongs in JSON):
+    ``not loaded: <a; b; c>`` becomes ``not loaded (3 places tried)``, an absolute path keeps
+    its last parts (``.../lib64/libopapi.so``), anything else loses its middle."""
+    text = "-" if value is None else " ".join(str(value).split())
+    if len(text) <= width:
+        return text
+    if text.startswith("not loaded:"):
+        tried = [p for p in text[len("not loaded:"):].split(";") if p.strip()]
+        short = f"not loaded ({len(tried)} places tried)"
+        if len(short) <= width:
+            return short
+    if text.startswith("/") and " " not in text:
+        parts = text.split("/")
+        tail = parts[-1]
+        for part in reversed(parts[1:-1]):
+            if len(tail) + len(part) + 5 > width:
+                break
+            tail = f"{part}/{tail}"
+        if len(tail) + 4 <= width:
+            return ".../" + tail
+    keep = width - 3
+    return text[:keep - keep // 3] + "..." + text[len(text) - keep // 3:]

@@ -41,7 +41,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from . import accuracy, cases as cases_mod, parity_ops
+from . import accuracy, cases as cases_mod, error_summary, parity_ops
 from ..api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from ..call import FagGrads
 from .envinfo import environment
@@ -163,6 +163,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                                             + timings.get("backend_s", 0.0))
                 stage("judging")
                 entry["outputs"] = parity_ops.judge_outputs(op, result, golden, reference, k=k)
+                error_summary.attach(entry["outputs"], result, golden, reference, inputs)
             else:
                 stage("forward (numpy, device)")
                 inputs = timed("forward_s", cases_mod.with_forward, inputs)
@@ -181,6 +182,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                     entry["outputs"][name] = accuracy.judge(getattr(result, name),
                                                             getattr(golden, name),
                                                             getattr(reference, name), k=k)
+                error_summary.attach(entry["outputs"], result, golden, reference, inputs)
             failed = [n for n, o in entry["outputs"].items() if o["verdict"] != "PASS"]
             entry["verdict"] = "FAIL" if failed else "PASS"
             entry["failed_outputs"] = failed

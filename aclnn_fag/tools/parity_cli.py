@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from . import accuracy, cases as cases_mod, parity_ops
@@ -49,6 +50,8 @@ def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend-module", metavar="PKG.MOD:FUNCTION", default=None,
                    help="judge this callable (the public call's keyword arguments -> dq, dq_rope, "
                         "dk, dk_rope, dv) instead of --backend")
+    from .report_cli import add_html_argument
+    add_html_argument(p, "the results (with --compare: the comparison)")
 
 
 def compare_requested(args) -> bool:
@@ -58,7 +61,8 @@ def compare_requested(args) -> bool:
 def run_compare(args) -> int:
     from . import report_compare
     factor = report_compare.FACTOR if args.factor is None else args.factor
-    return report_compare.main(args.compare[0], args.compare[1], factor=factor, json_dest=args.json)
+    return report_compare.main(args.compare[0], args.compare[1], factor=factor, json_dest=args.json,
+                               html_dest=getattr(args, "html", None))
 
 
 def load_backend_fn(args):
@@ -89,6 +93,8 @@ def usage_problem(args):
         return "--json - and --junit - cannot both write to stdout"
     if args.no_shrink and not args.repro:
         return "--no-shrink only goes with --repro"
+    if getattr(args, "html", None) == STDOUT:
+        return "--html takes a file name, not '-'"
     if args.repro and not compare_requested(args):
         from .repro import target_problem
         why = target_problem(args.repro)
@@ -103,16 +109,7 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
     json_dest = _json_dest(args)
     text = human_stream(json_dest, args.junit)
     print(table, file=text)
-    if json_dest:
-        write_json(report, json_dest)
-        if json_dest != STDOUT:
-            print(f"report: {json_dest}", file=text)
-    if args.junit:
-        from .junit import junit_xml
-        write_text(junit_xml(report), args.junit)
-        if args.junit != STDOUT:
-            print(f"junit: {args.junit}", file=text)
-    if args.repro:
+    if args.repro:            # first, so that the report records where the reproducers are
         from . import repro
         failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
         written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
@@ -124,7 +121,24 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         if failing and not c_op:
             print(f"note: the failures come from {name}; the reproducers call the C op directly "
                   "and test the C op only (their README says so)", file=sys.stderr)
-    return 0 if report["ok"] else 1
+        by_dir = {repro.case_directory_name(c["name"]): c["name"] for c in failing}
+        report["reproducers"] = {"dir": str(args.repro), "cases": {
+            by_dir[os.path.basename(w)]: w for w in written if os.path.basename(w) in by_dir}}
+    if json_dest:
+        write_json(report, json_dest)
+        if json_dest != STDOUT:
+            print(f"report: {json_dest}", file=text)
+    if args.junit:
+        from .junit import junit_xml
+        write_text(junit_xml(report), args.junit)
+        if args.junit != STDOUT:
+            print(f"junit: {args.junit}", file=text)
+    status = 0 if report["ok"] else 1
+    if getattr(args, "html", None):
+        from .report_cli import write_run_page
+        source = f"report {json_dest}" if json_dest and json_dest != STDOUT else "this run"
+        status = write_run_page(report, args.html, source=source, stream=text) or status
+    return status
 
 
 # --------------------------------------------------------------------------- the command
@@ -170,6 +184,9 @@ def main(args) -> int:
     problem = usage_problem(args)
     if problem:
         print(f"aclnn-fag parity: {problem}", file=sys.stderr)
+        return 2
+    from .report_cli import prepare_html
+    if prepare_html(args, "aclnn-fag parity"):      # before any work: destination, matplotlib
         return 2
     if compare_requested(args):
         return run_compare(args)
