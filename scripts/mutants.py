@@ -871,7 +871,7 @@ MUTANTS = [
     Mutant("cmp-environment-unchecked", "tools", TL + "report_compare.py",
            '    _object_or_null(data.get("environment"), "environment", label)', "    pass",
            "an 'environment' given as a list crashes --compare with exit 1", CMP_T),
-    Mutant("cmp-exit", "tools", TL + "report_compare.py",
+    Mutant("cmp-exit", "tools", TL + "report_cli.py",
            '    return 1 if cmp["regressed"] else 0', "    return 0",
            "--compare exits 0 when NEW regressed", CMP_T),
     Mutant("cmp-driver-is-toolkit", "tools", TL + "envinfo.py",
