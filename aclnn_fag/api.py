@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from . import blas, operands
+from . import blas, operands, releases
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -195,7 +195,8 @@ def flash_attention_unpadding_score_grad_v3(
     call = validate_backward_args(
         t, (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
             inner_precise, sparse_mode, pse_type, deterministic),
-        (prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data)
+        (prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data,
+        _release(name))
     _last.name = name
     if on_device:
         return _device_run().run_backward_on_device(call, kind, query, stream)
@@ -222,6 +223,22 @@ def _acl():
 
 
 _acl_module = None
+
+
+def _release(backend: str):
+    """The CANN release whose rules a call on ``backend`` follows (docs/releases.md): the
+    loaded runtime's on the NPU (read once per library set), $ACLNN_FAG_CANN_RELEASE's on
+    NumPy."""
+    global _npu_release
+    if backend == "npu":
+        if _npu_release is None:
+            from .acl.release import current
+            _npu_release = current
+        return _npu_release()
+    return releases.numpy_release()
+
+
+_npu_release = None
 
 
 def _device_run():
@@ -316,7 +333,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             drop_mask=t["drop_mask"], padding_mask=t["padding_mask"],
                             prefix=prefix, q_start_idx=q_start_idx,
                             kv_start_idx=kv_start_idx, deterministic=deterministic,
-                            check_data=check_data)
+                            check_data=check_data, release=_release(name))
     if on_device:
         _last.name = name
         return _device_run().run_forward_on_device(call, kind, query, stream)

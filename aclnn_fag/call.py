@@ -16,7 +16,7 @@ import numpy as np
 from .seqlens import SeqInfo
 from .constants import INT32_MAX
 
-__all__ = ["FagCall", "FwdCall", "FagGrads", "FagForward", "INT32_MAX"]
+__all__ = ["FagCall", "FwdCall", "FagGrads", "FagForward", "INT32_MAX", "device_int_array"]
 
 
 
@@ -79,6 +79,10 @@ class FwdCall:
     q_start_idx: Optional[tuple] = None   # never None after validation: (0,) by default
     kv_start_idx: Optional[tuple] = None
     deterministic: bool = False
+    # the cumulative ends the device is given: as given, or with the end-of-data padding the
+    # binding appends on a release that checks it (seqlens.with_device_padding); () = as given
+    device_seq_qlen: tuple = ()
+    device_seq_kvlen: tuple = ()
 
     @property
     def scale32(self) -> np.float32:
@@ -99,3 +103,13 @@ class FagCall(FwdCall):
     softmax_max: Optional[np.ndarray] = None   # [T1, N1, 8] float32, device layout
     softmax_sum: Optional[np.ndarray] = None
     attention_in: Optional[np.ndarray] = None  # [T1, N1, Dv] bf16 (forward output)
+
+
+_DEVICE_ENDS = {"actual_seq_qlen": "device_seq_qlen", "actual_seq_kvlen": "device_seq_kvlen"}
+
+
+def device_int_array(call, name: str):
+    """The value of int array ``name`` of a validated call that the device is given (for the
+    cumulative ends: the device ends, which may carry the padding the binding appended)."""
+    device = getattr(call, _DEVICE_ENDS.get(name, ""), None)
+    return device if device else getattr(call, name, None)

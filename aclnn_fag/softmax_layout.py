@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .seqlens import SeqInfo, ends_problem, int_list, seq_info
+from .seqlens import SeqInfo, ends_problem, int_list, seq_info, without_padding
 
 __all__ = ["COPIES", "device_stats_from_token_major", "token_major_from_device_stats",
            "device_stat_blocks"]
@@ -85,6 +85,7 @@ def _checked_ends(actual_seq_qlen, t1):
     ends = int_list("actual_seq_qlen", actual_seq_qlen)
     if ends is None:
         raise TypeError("parameter 'actual_seq_qlen' must be a 1-D sequence of integers, got None")
+    ends = without_padding(ends)        # end-of-data padding entries are no batches
     problem = ends_problem("actual_seq_qlen", ends, t1, "T (stats.shape[0])")
     if problem:
         raise ValueError(f"parameter 'actual_seq_qlen': {problem} (docs/validation.md, S4)")

@@ -74,6 +74,30 @@ def _empty_executor_cache():
             cache.clear()
 
 
+RELEASE_NAMES = ("8.5.0", "9.0.0", "9.1.0")
+
+
+def forget_npu_release() -> None:
+    """Drop the release the binding read from the loaded runtime (aclnn_fag/acl/release.py),
+    so that the next NPU call queries the (stub) versions again."""
+    kept = sys.modules.get("aclnn_fag.acl.release")
+    if kept is not None:
+        kept.forget()
+
+
+@pytest.fixture(params=RELEASE_NAMES)
+def cann_release(request, monkeypatch):
+    """Each CANN release in turn: the NumPy backend follows it ($ACLNN_FAG_CANN_RELEASE) and
+    the stub libraries emulate it ($ACL_STUB_CANN_VERSION, read at call time); the binding's
+    kept release is dropped before and after. Yields the aclnn_fag.releases.Release."""
+    from aclnn_fag import releases
+    monkeypatch.setenv("ACLNN_FAG_CANN_RELEASE", request.param)
+    monkeypatch.setenv("ACL_STUB_CANN_VERSION", request.param)
+    forget_npu_release()
+    yield releases.by_name(request.param)
+    forget_npu_release()
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     """pytest-xdist controller: a worker finished; add its fuzz tallies."""

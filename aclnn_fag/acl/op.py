@@ -41,7 +41,7 @@ from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
+from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall, device_int_array
 from . import call_pool, device_constants, exec_cache, host_path, ownership, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, call_memory
@@ -567,7 +567,7 @@ def _signature_parts(op: OpSpec, call) -> tuple:
     determinism value, the nine attribute values, the int arrays' values."""
     int_values = []
     for n in op.int_arrays:
-        v = getattr(call, n, None)
+        v = device_int_array(call, n)
         int_values.append(None if v is None else int64_values(n, v))
     return bool(call.deterministic), _attr_values_of(call), tuple(int_values)
 
@@ -578,7 +578,7 @@ def _general_on_device(op: OpSpec, call, device_id: Optional[int], stream,
     miss), results left on the device; a caller's stream is not synchronised."""
     def general(in_list: list, out_list: list) -> None:
         _execute_op(dict(zip(op.inputs, in_list)),
-                    {n: getattr(call, n, None) for n in op.int_arrays}, _attrs(call),
+                    {n: device_int_array(call, n) for n in op.int_arrays}, _attrs(call),
                     dict(zip(op.outputs, out_list)), deterministic=bool(call.deterministic),
                     device_id=device_id, timings=timings, stream=stream, keep_on_device=True,
                     cpu_timings=cpu_timings, cache=True, op=op)
@@ -641,7 +641,7 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
             return FagGrads(*_on_host_path(BACKWARD, call, in_list, out_specs, device_id,
                                            stream, timings, cpu_timings)[:5])
     inputs = {n: getattr(call, n, None) for n in INPUT_SLOTS}
-    int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
+    int_arrays = {n: device_int_array(call, n) for n in INT_ARRAY_SLOTS}
     given = dict(outputs or {})
     outputs = {}
     for out, src in OUTPUT_LIKE.items():
@@ -759,7 +759,7 @@ def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
                                                            device_id, stream, timings, False)))
             return FagForward(res["attention_out"], res["softmax_max"], res["softmax_sum"])
     inputs = {n: getattr(call, n, None) for n in FWD_INPUT_SLOTS}
-    int_arrays = {n: getattr(call, n, None) for n in INT_ARRAY_SLOTS}
+    int_arrays = {n: device_int_array(call, n) for n in INT_ARRAY_SLOTS}
     slots.update({n: a for n, a in (outputs or {}).items() if a is not None})
     res = _execute(inputs, int_arrays, _attrs(call), slots,
                    deterministic=bool(call.deterministic), device_id=device_id, timings=timings,

@@ -44,7 +44,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from ..call import INT32_MAX, FagGrads
+from ..call import INT32_MAX, FagGrads, device_int_array
 from . import ownership, results, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, upload_arrays
@@ -237,7 +237,8 @@ class FagPlan:
         from ..rules import validate_backward
         i, a = self._inputs, self._attrs
         iv = self._int_values
-        validate_backward(
+        from .release import current
+        call = validate_backward(
             i["query"], i["query_rope"], i["key"], i["key_rope"], i["value"], i["dy"],
             atten_mask=i["atten_mask"], softmax_max=i["softmax_max"],
             softmax_sum=i["softmax_sum"], attention_in=i["attention_in"],
@@ -248,7 +249,9 @@ class FagPlan:
             pse_type=a["pse_type"], pse_shift=i["pse_shift"], drop_mask=i["drop_mask"],
             padding_mask=i["padding_mask"], softmax_in=i["softmax_in"], prefix=iv["prefix"],
             q_start_idx=iv["q_start_idx"], kv_start_idx=iv["kv_start_idx"],
-            deterministic=bool(self.deterministic), check_data=check_data)
+            deterministic=bool(self.deterministic), check_data=check_data, release=current())
+        # the device gets the ends with the release's end-of-data padding (docs/releases.md)
+        iv.update(actual_seq_qlen=call.device_seq_qlen, actual_seq_kvlen=call.device_seq_kvlen)
 
     @classmethod
     def from_call(cls, call, *, device_id: Optional[int] = None, repeatable: bool = True,
@@ -256,7 +259,7 @@ class FagPlan:
         """A plan for a validated FagCall (its numpy inputs are uploaded once; not validated
         again)."""
         kw = {n: getattr(call, n, None) for n in INPUT_SLOTS}
-        kw.update({n: getattr(call, n, None) for n in INT_ARRAY_SLOTS})
+        kw.update({n: device_int_array(call, n) for n in INT_ARRAY_SLOTS})
         kw.update(scale_value=call.scale_value, keep_prob=call.keep_prob,
                   pre_tokens=call.pre_tokens, next_tokens=call.next_tokens,
                   head_num=call.head_num, input_layout=call.input_layout,

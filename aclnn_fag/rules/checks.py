@@ -18,7 +18,8 @@ from ..constants import BF16, INT32_MAX, LIMITS
 from ..errors import SequenceEndWarning, caller_stacklevel
 from ..masks import COMPRESSED_SIZE
 from ..semantics.sparse import COMPRESSED_MODES
-from ..seqlens import ends_problem, per_sequence_hint
+from ..seqlens import (device_batch_count, ends_problem, is_padded, padding_problem,
+                       per_sequence_hint, without_padding)
 from ..softmax_layout import COPIES
 from .padding import clamped_total, forward_needs_padding, needs_padding
 
@@ -142,19 +143,21 @@ def _fwd_totals(c):
 
 @check("R27_lead")
 def _mask_lead(c):
-    m, seqs = c.atten_mask, c.seqs
+    m, q_dev, kv_dev = c.atten_mask, *c.device_ends
+    batch, n_raw = device_batch_count(q_dev, kv_dev, c.release), len(q_dev)
     lead = tuple(m.shape[:2])
-    if m.ndim != 4 or lead in ((seqs.batch, c.n1), (seqs.batch, 1), (1, 1)):
+    if m.ndim != 4 or lead in ((batch, c.n1), (batch, 1), (1, 1)):
         return None
     hint = ""
-    if lead[0] == seqs.batch - 1 and c.qlen and c.qlen[0] == 0 and c.kvlen and c.kvlen[0] == 0:
+    if lead[0] == batch - 1 and c.qlen and c.qlen[0] == 0 and c.kvlen and c.kvlen[0] == 0:
         hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention), which the op "
                 "reads as an empty first sequence counted in B: drop the leading 0 "
                 "(cu_seqlens[1:]) or append one mask block (docs/semantics.md, The leading-0 form)")
-    elif lead[0] == seqs.batch_raw and seqs.batch != seqs.batch_raw:
-        hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
-                f"({seqs.batch_raw} entries, B = {seqs.batch})")
-    return {"lead": lead, "hint": hint}
+    elif lead[0] == n_raw and batch != n_raw:
+        which = ("whose cumulative ends are 0 (CANN " + c.release.name + ")"
+                 if c.release.batch_drops_zero_ends else "with Sq = Skv = 0")
+        hint = f" -- B excludes the trailing batches {which} ({n_raw} entries, B = {batch})"
+    return {"lead": lead, "hint": hint, "batch": batch}
 
 
 @check("R27_compressed")
@@ -226,14 +229,25 @@ def _limit_tokens(c):
 def _ends(c):
     for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1 (query.shape[0])"),
                                      ("actual_seq_kvlen", c.kvlen, c.t2, "T2 (key.shape[0])")):
-        problem = ends_problem(name, ends, total, tname)
+        data = without_padding(ends)      # a trailing run of 0 entries is end-of-data padding
+        problem = ends_problem(name, data, total, tname)
         if problem:
             return {"name": name, "problem": problem}
-        if ends[-1] < total:
+        if data[-1] < total and len(data) == len(ends):
             warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
                           f"part of any sequence and get zero outputs (the last cumulative end "
                           f"is normally T){per_sequence_hint(ends, total)}", SequenceEndWarning,
                           stacklevel=caller_stacklevel())
+
+
+@check("R_eod", "F_eod")
+def _eod_padding(c):
+    if c.qlen and c.kvlen:     # rule 23 (null or empty arrays) comes later in the backward
+        q_dev, kv_dev = c.device_ends
+        problem = padding_problem(q_dev, kv_dev, c.t1, c.t2, c.release)
+        if problem:
+            return {"problem": problem,
+                    "name": "actual_seq_kvlen" if is_padded(q_dev) else "actual_seq_qlen"}
 
 
 @check("S5_q")

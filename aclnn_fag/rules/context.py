@@ -10,15 +10,16 @@ from __future__ import annotations
 from functools import cached_property
 
 from ..semantics.sparse import band_index, normalize_tokens
-from ..seqlens import seq_info
+from ..seqlens import seq_info, with_device_padding, without_padding
 
 __all__ = ["Context", "for_call"]
 
 
 class Context:
-    def __init__(self, args: dict, check_data: bool) -> None:
+    def __init__(self, args: dict, check_data: bool, release=None) -> None:
         self.__dict__.update(args)
         self.check_data = check_data
+        self.release = release      # the CANN release whose rules apply (aclnn_fag.releases)
         self.qlen, self.kvlen = args["actual_seq_qlen"], args["actual_seq_kvlen"]
 
     @cached_property
@@ -38,7 +39,14 @@ class Context:
 
     @cached_property
     def seqs(self):
-        return seq_info(self.qlen, self.kvlen)
+        """The batches: end-of-data padding entries are no batches (docs/releases.md)."""
+        return seq_info(without_padding(self.qlen), without_padding(self.kvlen))
+
+    @cached_property
+    def device_ends(self):
+        """(q ends, kv ends) the device is given: the release's end-of-data padding appended
+        where the binding adds it (seqlens.with_device_padding)."""
+        return with_device_padding(self.qlen, self.kvlen, self.t1, self.t2, self.release)
 
     @cached_property
     def pre_eff(self):

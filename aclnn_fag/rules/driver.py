@@ -5,6 +5,10 @@ stricter flag; a row of code 0 ends validation with an empty call (the op succee
 computing). Host arrays and device-resident inputs go through the same rows: only the data
 rules read differently (:mod:`.data_rules`).
 
+Release: the rows of one CANN release run (the table's ``releases`` column): the caller's
+(the public calls pass their backend's: :func:`aclnn_fag.releases.numpy_release` or the
+release the loaded runtime reports), else the NumPy backend's.
+
 Verdict cache: every rule except the data rules (S6, S8, S9) is a function of the arguments'
 shapes, dtypes, strides, Python types and scalar / int-list values. A call whose description
 (:func:`.arguments.signature`, compared by value, never by identity) equals one that passed
@@ -19,25 +23,28 @@ import warnings
 
 import numpy as np
 
+from .. import releases
 from ..call import FagCall, FwdCall
 from ..constants import BF16
 from ..errors import IgnoredArgumentWarning, caller_stacklevel, error_class_for
-from ..seqlens import seq_info
+from ..seqlens import seq_info, without_padding
 from ..spec import BACKWARD_V3, FORWARD_V3, OpVersion
 from . import data_rules
 from .arguments import IGNORED, names, normalize, signature, start_indices
 from .checks import CHECKS
 from .context import Context, for_call
-from .table import RULES, citation, rules_for
+from .table import RELEASES, RULES, citation, release_key, rules_for
 
 __all__ = ["validate", "validate_backward", "validate_backward_args", "validate_forward",
            "check_data_rules", "run_rules"]
 
 _CALLS = {BACKWARD_V3.key: FagCall, FORWARD_V3.key: FwdCall}
-_DERIVED = ("head_num", "seqs", "pre_eff", "next_eff", "band_index", "empty_result")
-_PLANS = {op.key: tuple((r, CHECKS[r.id]) for r in rules_for(op.key))
-          for op in (BACKWARD_V3, FORWARD_V3)}
-_DATA_PLAN = tuple(p for p in _PLANS[BACKWARD_V3.key] if p[0].data)
+_DERIVED = ("head_num", "seqs", "pre_eff", "next_eff", "band_index", "empty_result",
+            "device_seq_qlen", "device_seq_kvlen")
+# per (op, release key): the rows that op runs on that release, in order
+_PLANS = {(op.key, rel): tuple((r, CHECKS[r.id]) for r in rules_for(op.key, rel))
+          for op in (BACKWARD_V3, FORWARD_V3) for rel in RELEASES}
+_DATA_PLAN = tuple(p for p in _PLANS[BACKWARD_V3.key, RELEASES[-1]] if p[0].data)
 
 
 class _Fields(dict):
@@ -91,23 +98,28 @@ def _call(op: OpVersion, c: Context, empty):
         head_num = empty["head_num"]
         return cls(head_num=head_num if head_num is not None else 0, seqs=seq_info((), ()),
                    pre_eff=0, next_eff=0, band_index=-1, empty_result=True, **fields)
+    q_dev, kv_dev = c.device_ends
     return cls(head_num=c.heads, seqs=c.seqs, pre_eff=c.pre_eff, next_eff=c.next_eff,
-               band_index=c.band_index, **fields)
+               band_index=c.band_index, device_seq_qlen=q_dev, device_seq_kvlen=kv_dev,
+               **fields)
 
 
-def validate(op: OpVersion, args: dict, check_data: bool = True):
+def validate(op: OpVersion, args: dict, check_data: bool = True, release=None):
     """Every rule of ``op`` in the device's order on ``args`` (keyed by parameter name, with
     ``deterministic``); returns the FagCall / FwdCall. ``check_data=False`` skips the rules
     that read tensor data (S6, S8, S9); with device-resident inputs they read back only a
-    bounded sample (:mod:`.device_sample`)."""
+    bounded sample (:mod:`.device_sample`). ``release``: the :class:`aclnn_fag.releases.Release`
+    whose rules apply (None: the NumPy backend's, ``releases.numpy_release()``)."""
+    if release is None:
+        release = releases.numpy_release()
     det = args.pop("deterministic", False)
     args = normalize(op, args)
     args["deterministic"] = det
     args["q_start_idx"], args["kv_start_idx"] = start_indices(args["q_start_idx"],
                                                               args["kv_start_idx"])
-    c = Context(args, check_data)
+    c = Context(args, check_data, release)
     c.samples = []
-    empty = _run(_PLANS[op.key], c)
+    empty = _run(_PLANS[op.key, release_key(release)], c)
     if empty is None:
         for name in IGNORED:
             if args.get(name) is not None:
@@ -140,16 +152,20 @@ _call_tensors = operator.itemgetter(*(_TENSORS.index(n) for n in _CALL_TENSORS))
 def _would_warn(call: FagCall, args: dict) -> bool:
     ends_q, ends_kv = call.actual_seq_qlen, call.actual_seq_kvlen
     return (any(args.get(n) is not None for n in IGNORED) or call.empty_result
-            or not ends_q or not ends_kv or ends_q[-1] < call.query.shape[0]
-            or ends_kv[-1] < call.key.shape[0])
+            or not ends_q or not ends_kv or without_padding(ends_q)[-1] < call.query.shape[0]
+            or without_padding(ends_kv)[-1] < call.key.shape[0])
 
 
 def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
-                           check_data: bool = True) -> FagCall:
+                           check_data: bool = True, release=None) -> FagCall:
     """``validate_backward`` on the arguments as three tuples, in the orders of
     ``arguments.names(BACKWARD_V3)`` (the public call's form: no keyword arguments rebuilt
-    into dicts on the cached path)."""
+    into dicts on the cached path). ``release`` as for :func:`validate`."""
+    if release is None:
+        release = releases.numpy_release()
     key = signature(tensors, scalars, lists)
+    if key is not None:
+        key = (release.name, key)       # a verdict holds for one release
     try:
         cached = _VERDICTS.get(key)       # None for key None (never stored)
     except TypeError:                     # unhashable: not cached
@@ -164,7 +180,7 @@ def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
     args = dict(zip(_TENSORS, tensors))
     args.update(zip(_SCALARS, scalars))
     args.update(zip(_LISTS, lists))
-    call = validate(BACKWARD_V3, dict(args), check_data)
+    call = validate(BACKWARD_V3, dict(args), check_data, release)
     if key is not None and not _would_warn(call, args):
         if len(_VERDICTS) >= _VERDICTS_MAX:
             _VERDICTS.clear()
@@ -177,23 +193,25 @@ def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
 
 def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
                       softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
-                      check_data=True, **optional) -> FagCall:
+                      check_data=True, release=None, **optional) -> FagCall:
     """Check every rule of docs/validation.md in the device's order, then S1-S9; return the
     FagCall. The optional keywords (keep_prob, pre_tokens, next_tokens, head_num,
     input_layout, inner_precise, sparse_mode, pse_type, pse_shift, drop_mask, padding_mask,
     softmax_in, prefix, q_start_idx, kv_start_idx, deterministic) default as aclnn_fag/spec.py
-    says. Start indices left None become (0,) (:func:`.arguments.start_indices`)."""
+    says; ``release`` as for :func:`validate`. Start indices left None become (0,)
+    (:func:`.arguments.start_indices`)."""
     args = _with_defaults(BACKWARD_V3, optional, query=query, query_rope=query_rope, key=key,
                           key_rope=key_rope, value=value, dy=dy, atten_mask=atten_mask,
                           softmax_max=softmax_max, softmax_sum=softmax_sum,
                           attention_in=attention_in, actual_seq_qlen=actual_seq_qlen,
                           actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value)
     return validate_backward_args(_get_tensors(args), _get_scalars(args), _get_lists(args),
-                                  check_data)
+                                  check_data, release)
 
 
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
-                     actual_seq_kvlen, scale_value, check_data=True, **optional) -> FwdCall:
+                     actual_seq_kvlen, scale_value, check_data=True, release=None,
+                     **optional) -> FwdCall:
     """The forward's checks in its order and with its codes (docs/forward.md, "Validation",
     F1-F14), then the package's own (SF1, S3-S7); returns the FwdCall. Optional keywords as
     for validate_backward (the forward has no softmax_in)."""
@@ -201,7 +219,7 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
                           key_rope=key_rope, value=value, atten_mask=atten_mask,
                           actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
                           scale_value=scale_value)
-    return validate(FORWARD_V3, args, check_data)
+    return validate(FORWARD_V3, args, check_data, release)
 
 
 _DEFAULTS = {op.key: dict({p.name: p.default for p in op.params

@@ -17,9 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, Optional, Tuple
 
-__all__ = ["Rule", "RULES", "SECTIONS", "RELEASES", "STUB_MESSAGES", "rules_for", "citation"]
+__all__ = ["Rule", "RULES", "SECTIONS", "RELEASES", "EOD_RELEASES", "STUB_MESSAGES", "rules_for",
+           "citation", "release_key"]
 
 RELEASES = ("8.5", "9.0", "9.1")      # the CANN releases the rules are known for
+EOD_RELEASES = ("9.0", "9.1")         # those that check end-of-data padding (docs/releases.md)
 B, F = ("backward_v3",), ("forward_v3",)
 BF = B + F
 NULLPTR, INVALID = 161001, 161002
@@ -101,6 +103,7 @@ RULES: Tuple[Rule, ...] = (
        "({ref})", "rule 15"),
     _r("R16", B, INVALID, "query", "head dims need padding, which V3 rejects: {reason} ({ref})",
        "rule 16"),
+    _r("R_eod", B, INVALID, "{name}", "{problem} ({ref})", "rule EOD", releases=EOD_RELEASES),
     # ---- tiling (161001), rules 17-30, after the empty-tensor path
     _r("R18", B, NULLPTR, "{name}", "{name} is required and must not be a scalar ({ref})",
        "rule 18"),
@@ -194,6 +197,8 @@ RULES: Tuple[Rule, ...] = (
        "{sparse_mode} ({ref})", "rule 26"),
     _r("F10", F, NULLPTR, "{name}", "{tname} = {total} is below the sum of the sequence lengths "
        "of {name} ({need}){hint} ({ref})", "rule F10"),
+    _r("F_eod", F, NULLPTR, "{name}", "{problem} (the forward's tiling fails; {ref})",
+       "rule EOD", releases=EOD_RELEASES),
     _r("F11_heads", F, NULLPTR, "head_num", "head_num={heads} must equal query.shape[1]={n1} "
        "({ref})", "rule F11"),
     _r("F11_n2", F, NULLPTR, "key", "key heads N2={n2} must be >= 1 and <= query heads N1={n1} "
@@ -210,7 +215,7 @@ RULES: Tuple[Rule, ...] = (
     _r("R27_rank", BF, NULLPTR, "atten_mask", "atten_mask must be 2-D or 4-D, got shape "
        "{atten_mask.shape} ({ref})", "rule 27"),
     _r("R27_lead", BF, NULLPTR, "atten_mask", "a 4-D atten_mask needs leading dims (B, N1), "
-       "(B, 1) or (1, 1) with B={seqs.batch}, N1={n1}; got {lead}{hint} ({ref})", "rule 27"),
+       "(B, 1) or (1, 1) with B={batch}, N1={n1}; got {lead}{hint} ({ref})", "rule 27"),
     _r("R27_compressed", BF, NULLPTR, "atten_mask", "sparse_mode {sparse_mode} needs the "
        "compressed 2048x2048 mask, got last dims {last}{hint} ({ref})", "rule 27"),
     _r("R27_dense", BF, NULLPTR, "atten_mask", "sparse_mode {sparse_mode} needs mask last dims "
@@ -348,6 +353,11 @@ STUB_MESSAGES: Dict[str, Dict[str, Tuple[str, ...]]] = {
     "R25_value": {_SB: ("value shape %s must match keyIn shape %s except the last dim, which "
                         "must be <= that of keyIn ({ref})",)},
     "R26": {_SB: ("sparseMode %lld must be in 0..8 ({ref})",)},
+    "R_eod": {_SB: ("actualSeqQLenOptional ends at %lld < T1 %lld and actualSeqKvLenOptional at "
+                    "%lld < T2 %lld: the last entries of both must be 0 (end-of-data padding, "
+                    "CANN >= 9.0) ({ref})",)},
+    "F_eod": {_SF: ("the last cumulative ends (%lld < T1 %lld, %lld < T2 %lld) need end-of-data "
+                    "padding in both arrays (CANN >= 9.0; forward tiling)",)},
     "F10": {_SF: ("%s = %lld is below the sum of the sequence lengths (forward rule F10)",)},
     "F11_heads": {_SF: ("headNum %lld != query dim 1 %lld (forward rule F11)",)},
     "F11_n2": {_SF: ("key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)",)},
@@ -433,6 +443,11 @@ SECTIONS: Dict[str, str] = {
     "rule 14": "`drop_mask` is given",
     "rule 15": "`keep_prob` < 1",
     "rule 16": "the head dims would need padding, which V3 rejects (see below)",
+    "rule EOD": "CANN 9.0 and later: the query side ends short of T1 **and** the key side short "
+                "of T2, but not both `actual_seq_qlen` and `actual_seq_kvlen` end in a 0 entry "
+                "(end-of-data padding; docs/releases.md). The forward's tiling fails with "
+                "161001. When neither array is padded the binding appends the 0 entries itself, "
+                "so only padding on one side fails",
     "rule 17": "`keep_prob` > 1 after rounding to float32",
     "rule 18": "`softmax_max` or `softmax_sum` is missing or 0-d",
     "rule 19": "`head_num` differs from `query.shape[1]`",
@@ -459,8 +474,10 @@ SECTIONS: Dict[str, str] = {
           "`[T1, N1, Dv]` rows)",
     "S3": "the documented limits: N1 ≤ 256, D ≤ 768, T1 and T2 ≤ 2^20, at most 2048 sequences",
     "S4": "the cumulative ends (query side, then KV side) hold a negative entry, decrease, or "
-          "end past T. A last end below T is allowed with a `SequenceEndWarning` (the rows "
-          "after it get zero gradients).",
+          "end past T. A trailing run of 0 entries after a positive end (`[2, 5, 9, 0, 0]`) is "
+          "end-of-data padding, not a decrease: its entries are no batches. A last end below T "
+          "without padding is allowed with a `SequenceEndWarning` (the rows after it get zero "
+          "gradients).",
     "S5": "query_rope is not `[T1, N1, Dr]`, key_rope is not `[T2, N2, Dr]` with Dr of "
           "query_rope, or Dr is not a multiple of 8",
     "S6": "modes 2/3/4/7/8: the first 2048×2048 slice of the mask is not the canonical "
@@ -471,6 +488,11 @@ SECTIONS: Dict[str, str] = {
     "S9": "the statistics fit the token-major reading and not the device's (docs/semantics.md, "
           "\"Softmax statistics\")",
 }
+
+
+def release_key(release) -> str:
+    """The key of :data:`RELEASES` for an :class:`aclnn_fag.releases.Release` ("9.1")."""
+    return "%d.%d" % release.version[:2]
 
 
 def rules_for(op_key: str, release: Optional[str] = None) -> Tuple[Rule, ...]:

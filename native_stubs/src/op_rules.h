@@ -58,6 +58,67 @@ static inline stub_i128 stub_kv_max_segment(const aclIntArray *kv)
     return best;
 }
 
+/* ---- the CANN release the stand-in emulates (docs/releases.md; stub_release(): 850/900/910) */
+
+/* end-of-data padding: where a trailing run of 0 entries after a positive end starts, else n
+ * (aclnn_fag.seqlens.padding_start); the padding entries are no batches */
+static inline int64_t stub_padding_start(const int64_t *v, int64_t n)
+{
+    int64_t k = n;
+    while (k > 1 && v[k - 1] == 0) {
+        k--;
+    }
+    return (k < n && v[k - 1] > 0) ? k : n;
+}
+
+/* B as the release counts it (rule 27's 4-D mask check; seqlens.device_batch_count): from
+ * 9.1 the trailing entries whose cumulative values are 0 are dropped; before, the trailing
+ * entries (index >= 1) whose query and key lengths are both 0 */
+static inline int64_t stub_device_batch_count(const int64_t *q, const int64_t *kv, int64_t n, int release)
+{
+    if (release >= 910) {
+        while (n > 0 && q[n - 1] == 0 && kv[n - 1] == 0) {
+            n--;
+        }
+        return n;
+    }
+    while (n > 1 && q[n - 1] == q[n - 2] && kv[n - 1] == kv[n - 2]) {
+        n--;
+    }
+    return n;
+}
+
+/* B of the computation: the batches before the padding of either array, without the
+ * trailing batches (index >= 1) whose lengths are both 0 (seqlens.seq_info on the ends
+ * without their padding) */
+static inline int64_t stub_batches(const int64_t *q, const int64_t *kv, int64_t n)
+{
+    int64_t pq = stub_padding_start(q, n), pkv = stub_padding_start(kv, n);
+    int64_t nb = pq < pkv ? pq : pkv;
+    while (nb > 1 && stub_seg_len_x(q, nb - 1) == 0 && stub_seg_len_x(kv, nb - 1) == 0) {
+        nb--;
+    }
+    return nb;
+}
+
+/* the EOD check of releases >= 9.0 (seqlens.padding_problem): both sides end short of
+ * T1/T2 but not both arrays end in padding; *q_end / *kv_end: the last ends before padding */
+static inline int stub_eod_fails(const aclIntArray *q, const aclIntArray *kv, int64_t T1, int64_t T2,
+                                 int64_t *q_end, int64_t *kv_end)
+{
+    if (stub_release() < 900 || q == NULL || kv == NULL || q->size == 0 || kv->size == 0) {
+        return 0;
+    }
+    const int64_t pq = stub_padding_start(q->values, (int64_t)q->size);
+    const int64_t pkv = stub_padding_start(kv->values, (int64_t)kv->size);
+    *q_end = q->values[pq - 1];
+    *kv_end = kv->values[pkv - 1];
+    if (!(T1 > *q_end && T2 > *kv_end)) {
+        return 0;
+    }
+    return !(pq < (int64_t)q->size && pkv < (int64_t)kv->size);
+}
+
 /* getSeqLenQSum of the op API: the last positive cumulative query end (values[0] if none) */
 static inline int64_t stub_last_positive_end(const aclIntArray *q)
 {

@@ -267,6 +267,13 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
             }
         }
     }
+    /* End-of-data padding (releases >= 9.0: the tiling fails; docs/releases.md) */
+    {
+        int64_t q_end = 0, kv_end = 0;
+        if (stub_eod_fails(x->seqq, x->seqkv, T1, T2, &q_end, &kv_end)) {
+            REJECT_RULE(FWD_F_eod, (long long)q_end, (long long)T1, (long long)kv_end, (long long)T2);
+        }
+    }
     /* F11 */
     if (x->head_num != N1) {
         REJECT_RULE(FWD_F11_heads, (long long)x->head_num, (long long)N1);
@@ -298,10 +305,10 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     }
     const int64_t nb_raw = (int64_t)x->seqq->size;
     const int64_t *cq = x->seqq->values, *ckv = x->seqkv->values;
-    int64_t nb = nb_raw;
-    while (nb > 1 && stub_seg_len_x(cq, nb - 1) == 0 && stub_seg_len_x(ckv, nb - 1) == 0) {
-        nb--;
-    }
+    /* B of the computation (padding entries are no batches) and B as the release counts it
+     * (rule 27) */
+    const int64_t nb = stub_batches(cq, ckv, nb_raw);
+    const int64_t nb_dev = stub_device_batch_count(cq, ckv, nb_raw, stub_release());
     w128 max_sq = stub_seg_len_x(cq, 0), max_skv = stub_seg_len_x(ckv, 0);
     for (int64_t b = 1; b < nb_raw; b++) {
         max_sq = stub_seg_len_x(cq, b) > max_sq ? stub_seg_len_x(cq, b) : max_sq;
@@ -318,12 +325,12 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     if (m->ndim == 4) {
         if (m->dims[0] == 1 && m->dims[1] == 1) {
             mask_kind = STUB_MASK_2D;
-        } else if (m->dims[0] == nb && m->dims[1] == 1) {
+        } else if (m->dims[0] == nb_dev && m->dims[1] == 1) {
             mask_kind = STUB_MASK_B1SS;
-        } else if (m->dims[0] == nb && m->dims[1] == N1) {
+        } else if (m->dims[0] == nb_dev && m->dims[1] == N1) {
             mask_kind = STUB_MASK_BNSS;
         } else {
-            REJECT_RULE(FWD_R27_lead, stub_shape_str(m, b1, sizeof b1), (long long)nb);
+            REJECT_RULE(FWD_R27_lead, stub_shape_str(m, b1, sizeof b1), (long long)nb_dev);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
@@ -358,12 +365,14 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
         const int64_t tot[2] = {T1, T2};
         for (int s = 0; s < 2; s++) {
             const int64_t *v = arr[s]->values;
-            for (uint64_t i = 0; i < arr[s]->size; i++) {
+            /* a trailing run of 0 entries after a positive end is end-of-data padding */
+            const uint64_t n = (uint64_t)stub_padding_start(v, (int64_t)arr[s]->size);
+            for (uint64_t i = 0; i < n; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
                     REJECT_RULE(FWD_S4, s ? "actualSeqKvLenOptional" : "actualSeqQLenOptional");
                 }
             }
-            if (v[arr[s]->size - 1] > tot[s]) {
+            if (v[n - 1] > tot[s]) {
                 REJECT_RULE(FWD_S4_2);
             }
         }

@@ -585,6 +585,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             FAIL_RULE(BWD_R16, why);
         }
     }
+    /* End-of-data padding (releases >= 9.0, the op API's EOD check; docs/releases.md) */
+    {
+        int64_t q_end = 0, kv_end = 0;
+        if (stub_eod_fails(x->seqq, x->seqkv, x->q->dims[0], x->k->dims[0], &q_end, &kv_end)) {
+            FAIL_RULE(BWD_R_eod, (long long)q_end, (long long)x->q->dims[0], (long long)kv_end,
+                      (long long)x->k->dims[0]);
+        }
+    }
     /* Rule 18 (0-dim optional tensors are treated as absent by the real op) */
     if (x->smax == NULL || x->smax->ndim == 0 || x->ssum == NULL || x->ssum->ndim == 0 || x->attn->ndim == 0) {
         const char *which = (x->smax == NULL || x->smax->ndim == 0)   ? "softmaxMaxOptional"
@@ -697,10 +705,10 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const int64_t nb_raw = (int64_t)x->seqq->size;
     const int64_t *cq = x->seqq->values;
     const int64_t *ckv = x->seqkv->values;
-    int64_t nb = nb_raw;
-    while (nb > 1 && stub_seg_len_x(cq, nb - 1) == 0 && stub_seg_len_x(ckv, nb - 1) == 0) {
-        nb--;
-    }
+    /* B of the computation (padding entries are no batches) and B as the release counts it
+     * (rule 27) */
+    const int64_t nb = stub_batches(cq, ckv, nb_raw);
+    const int64_t nb_dev = stub_device_batch_count(cq, ckv, nb_raw, stub_release());
     /* maxSq / maxSkv: the plain maximum of the per-batch lengths (std::max_element) */
     i128 max_sq = stub_seg_len_x(cq, 0), max_skv = stub_seg_len_x(ckv, 0);
     for (int64_t b = 1; b < nb_raw; b++) {
@@ -725,12 +733,12 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         int64_t d0 = m->dims[0], d1 = m->dims[1];
         if (d0 == 1 && d1 == 1) {
             mask_kind = STUB_MASK_2D;
-        } else if (d0 == nb && d1 == 1) {
+        } else if (d0 == nb_dev && d1 == 1) {
             mask_kind = STUB_MASK_B1SS;
-        } else if (d0 == nb && d1 == N1) {
+        } else if (d0 == nb_dev && d1 == N1) {
             mask_kind = STUB_MASK_BNSS;
         } else {
-            FAIL_RULE(BWD_R27_lead, stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
+            FAIL_RULE(BWD_R27_lead, stub_shape_str(m, s1, sizeof s1), (long long)nb_dev, (long long)N1);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
@@ -794,12 +802,14 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
                     {"actualSeqKvLenOptional", x->seqkv, T2, "keyIn T2"}};
         for (size_t s = 0; s < 2; s++) {
             const int64_t *v = seqs[s].arr->values;
-            for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
+            /* a trailing run of 0 entries after a positive end is end-of-data padding */
+            const uint64_t n = (uint64_t)stub_padding_start(v, (int64_t)seqs[s].arr->size);
+            for (uint64_t i = 0; i < n; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
                     FAIL_RULE(BWD_S4, seqs[s].name, (unsigned long long)i, (long long)v[i]);
                 }
             }
-            int64_t last = v[seqs[s].arr->size - 1];
+            int64_t last = v[n - 1];
             if (last > seqs[s].T) {
                 FAIL_RULE(BWD_S4_2, seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
             }

@@ -68,15 +68,14 @@ def test_the_stub_ops_check_the_rules_in_the_tables_order():
                              _body(text, start)), path.name
 
 
-def test_rows_can_be_keyed_on_a_release(monkeypatch):
-    """The releases column is real: a row limited to one CANN release drops out of the
-    others' rule lists (today every row applies to every known release)."""
-    from dataclasses import replace
-
+def test_rows_are_keyed_on_a_release():
+    """The releases column is real: the end-of-data padding rows (rule EOD) run on 9.0 and
+    later only; every other row applies to every known release."""
     from aclnn_fag.rules import table
-    assert all(r.releases == table.RELEASES for r in RULES)
+    eod = {"R_eod", "F_eod"}
+    assert all(r.releases == table.RELEASES for r in RULES if r.id not in eod)
+    for op, rid in ((BACKWARD_V3.key, "R_eod"), (FORWARD_V3.key, "F_eod")):
+        assert rid not in [r.id for r in rules_for(op, "8.5")]
+        for rel in ("9.0", "9.1"):
+            assert rid in [r.id for r in rules_for(op, rel)]
     assert rules_for(BACKWARD_V3.key, "9.1") == rules_for(BACKWARD_V3.key)
-    limited = tuple(replace(r, releases=("8.5",)) if r.id == "S9" else r for r in RULES)
-    monkeypatch.setattr(table, "RULES", limited)
-    assert "S9" in [r.id for r in table.rules_for(BACKWARD_V3.key, "8.5")]
-    assert "S9" not in [r.id for r in table.rules_for(BACKWARD_V3.key, "9.1")]
