@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import gc
 import hashlib
@@ -37,8 +38,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 import aclnn_fag as af
-from aclnn_fag import acl
-from aclnn_fag.seqlens import seq_info
+from aclnn_fag import acl, releases
+from aclnn_fag.acl.release import forget
+from aclnn_fag.seqlens import seq_info, with_device_padding
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 INT32_MAX = 2147483647
@@ -293,7 +295,7 @@ def m_ends(draw, case):
     ends = [int(x) for x in ends]
     how = draw(st.sampled_from(("per_seq", "append", "drop", "negative", "huge", "decreasing",
                                 "last_plus", "last_minus", "empty", "leading0", "numpy",
-                                "numpy_u64", "extreme", "both_per_seq")))
+                                "numpy_u64", "extreme", "both_per_seq", "pad")))
     if how in ("per_seq", "both_per_seq"):
         for nm in ((name,) if how == "per_seq" else ("actual_seq_qlen", "actual_seq_kvlen")):
             e = case.args[nm]
@@ -318,6 +320,8 @@ def m_ends(draw, case):
         ends[-1] += draw(st.integers(1, 3))
     elif how == "last_minus" and ends:
         ends[-1] -= draw(st.integers(1, 2))
+    elif how == "pad":            # end-of-data padding (docs/releases.md), maybe on one side
+        ends += [0] * draw(st.integers(1, 2))
     elif how == "empty":
         ends = []
     elif how == "leading0":
@@ -575,13 +579,14 @@ def public_call(case: Case, backend: str):
         return "err", exc
 
 
-def validator_verdict(case: Case):
-    """0, the status code, or the exception class name of a Python-level error."""
+def validator_verdict(case: Case, release=None):
+    """0, the status code, or the exception class name of a Python-level error (``release``:
+    the aclnn_fag.releases.Release whose rules apply; None: $ACLNN_FAG_CANN_RELEASE's)."""
     from aclnn_fag.rules import validate_backward
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            validate_backward(**case.args)
+            validate_backward(**case.args, release=release)
         return 0
     except af.AclnnError as exc:
         return exc.code
@@ -589,17 +594,53 @@ def validator_verdict(case: Case):
         return type(exc).__name__
 
 
-def raw_verdict(case: Case):
-    """0, the status code of phase 1 (or of the call), or a Python-level error name."""
+def _device_ends(args: dict, release) -> dict:
+    """The ends as the binding gives them to the device on ``release`` (the end-of-data
+    padding it appends: seqlens.with_device_padding), where they are int lists and the
+    query/key have a first dim; else unchanged."""
+    q, kv = args.get("actual_seq_qlen"), args.get("actual_seq_kvlen")
+    query, key = args.get("query"), args.get("key")
+    if not all(isinstance(e, (list, tuple)) and all(type(x) is int for x in e) for e in (q, kv)):
+        return args
+    if getattr(query, "ndim", 0) < 1 or getattr(key, "ndim", 0) < 1:
+        return args
+    q, kv = with_device_padding(q, kv, query.shape[0], key.shape[0], release)
+    return dict(args, actual_seq_qlen=list(q), actual_seq_kvlen=list(kv))
+
+
+def raw_verdict(case: Case, release=None):
+    """0, the status code of phase 1 (or of the call), or a Python-level error name; the ends
+    as the binding passes them on ``release`` (its padding; None: $ACLNN_FAG_CANN_RELEASE's,
+    the release the stubs emulate when neither variable is set)."""
+    args = _device_ends(case.args, release or releases.numpy_release())
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            acl.call_raw(**case.args)
+            acl.call_raw(**args)
         return 0, None
     except af.AclnnError as exc:
         return exc.code, exc
     except (TypeError, ValueError) as exc:
         return type(exc).__name__, exc
+
+
+@contextlib.contextmanager
+def emulating(release: str):
+    """The stubs emulate ``release`` and the NumPy backend follows it (both variables set,
+    the binding's kept release dropped), restored after."""
+    names = ("ACL_STUB_CANN_VERSION", "ACLNN_FAG_CANN_RELEASE")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ.update(dict.fromkeys(names, release))
+    forget()
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+        forget()
 
 
 # ----------------------------------------------------------------------------- checks
