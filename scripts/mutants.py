@@ -68,6 +68,8 @@ RL = V + "row_lse.py"
 S9_T = ("tests/reference/test_stats_sampling.py",)
 A = "aclnn_fag/acl/"
 C = "native_stubs/src/opapi_stub.c"
+OR = "native_stubs/src/op_rules.h"
+REL_T = ("tests/reference/test_release_rules.py", "tests/acl/test_releases_npu.py")
 KM = "native_stubs/src/kernel_math.h"
 PLAN_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_plan.py")
 DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
@@ -394,9 +396,40 @@ MUTANTS = [
            '"R17": lambda c: np.float32(c.keep_prob) > 2.0,', "rule 17: keep_prob above 1 accepted"),
     # the driver: a row's code and order come from the table
     Mutant("val-driver-order", "validate", V + "driver.py",
-           "_PLANS = {op.key: tuple((r, CHECKS[r.id]) for r in rules_for(op.key))",
-           "_PLANS = {op.key: tuple((r, CHECKS[r.id]) for r in rules_for(op.key)[::-1])",
+           "_PLANS = {(op.key, rel): tuple((r, CHECKS[r.id]) for r in rules_for(op.key, rel))",
+           "_PLANS = {(op.key, rel): tuple((r, CHECKS[r.id]) for r in rules_for(op.key, rel)[::-1])",
            "the rules run in reverse order: another rule decides the error"),
+    # ---- the CANN release's rules (docs/releases.md)
+    Mutant("rel-eod-rule", "validate", CK,
+           "        problem = padding_problem(q_dev, kv_dev, c.t1, c.t2, c.release)",
+           '        problem = ""',
+           "padding on one side only passes validation on 9.0+ and fails on the device",
+           REL_T),
+    Mutant("rel-batch-count", "validate", CK,
+           "    batch, n_raw = device_batch_count(q_dev, kv_dev, c.release), len(q_dev)",
+           "    batch, n_raw = c.seqs.batch, len(q_dev)",
+           "a 4-D mask is checked against the 8.5 batch count on 9.1 (and the padded count is ignored)",
+           ("tests/reference/test_release_rules.py", "tests/reference/test_validation.py")),
+    Mutant("rel-padding-batches", "validate", V + "context.py",
+           "        return seq_info(without_padding(self.qlen), without_padding(self.kvlen))",
+           "        return seq_info(self.qlen, self.kvlen)",
+           "end-of-data padding entries become batches with negative lengths",
+           REL_T),
+    Mutant("rel-s4-padding", "validate", CK,
+           "        data = without_padding(ends)      # a trailing run of 0 entries is end-of-data padding",
+           "        data = ends",
+           "padded ends are rejected by S4 as decreasing",
+           REL_T),
+    Mutant("rel-device-ends", "acl", "aclnn_fag/call.py",
+           "    return device if device else getattr(call, name, None)",
+           "    return getattr(call, name, None)",
+           "the binding passes the ends as given: 'last end below T' fails on 9.0+ devices",
+           ("tests/acl/test_releases_npu.py",)),
+    Mutant("rel-npu-release", "acl", "aclnn_fag/api.py",
+           "        return _npu_release()",
+           "        return releases.numpy_release()",
+           "NPU calls follow $ACLNN_FAG_CANN_RELEASE instead of the runtime's release",
+           ("tests/acl/test_releases_npu.py",)),
     # ------------------------------------------------------------------ acl/
     Mutant("acl-plan-index-counts-empty", "acl", A + "plan.py",
            "in_index = {n: i for i, n in enumerate(x for x in INPUT_SLOTS if self._inputs[x] is not None)}",
@@ -678,6 +711,16 @@ MUTANTS = [
            "stub accepts Dr = 4 (mod 8)"),
     Mutant("stub-nondet-d8", "stub", C, "        if (nondet && D % 8 == 0) {", "        if (D % 8 == 0) {",
            "stub accepts D % 8 == 0 in deterministic mode"),
+    Mutant("stub-eod", "stub", OR, "    if (stub_release() < 900 || q == NULL",
+           "    if (stub_release() < 1000 || q == NULL",
+           "the stub op emulating 9.0/9.1 does not check end-of-data padding",
+           ("tests/acl/test_releases_npu.py", "tests/fuzz/test_fuzz_verdict.py")),
+    Mutant("stub-batch-count", "stub", OR, "    if (release >= 910) {", "    if (release >= 1000) {",
+           "the stub op emulating 9.1 counts B as before 9.1",
+           ("tests/acl/test_releases_npu.py", "tests/fuzz/test_fuzz_verdict.py")),
+    Mutant("stub-padding-batches", "stub", OR, "    int64_t nb = pq < pkv ? pq : pkv;",
+           "    int64_t nb = n;", "the stub op computes padding entries as batches",
+           ("tests/acl/test_releases_npu.py",)),
     Mutant("stub-tokens-mode0", "stub", "native_stubs/src/op_rules.h",
            "bad = -pre > skv || -next > sq || pre + next <= 0;",
            "bad = -pre > skv || -next > sq || pre + next < 0;",
