@@ -293,8 +293,9 @@ _SIMPLE = {
     ("F5_max_d", "S3_dim"): lambda c: (c.d > LIMITS["max_head_dim"]
                                        and {"limit": LIMITS["max_head_dim"]}),
     "S3_heads": lambda c: c.n1 > LIMITS["max_heads"] and {"limit": LIMITS["max_heads"]},
-    "S3_batch": lambda c: (len(c.qlen) > LIMITS["max_batch"]
-                           and {"nq": len(c.qlen), "limit": LIMITS["max_batch"]}),
+    # sequences: end-of-data padding entries (also the one the binding appends) are none
+    "S3_batch": lambda c: (len(without_padding(c.qlen)) > LIMITS["max_batch"]
+                           and {"nq": len(without_padding(c.qlen)), "limit": LIMITS["max_batch"]}),
     "R23_len": lambda c: (len(c.qlen) != len(c.kvlen)
                           and {"nq": len(c.qlen), "nkv": len(c.kvlen)}),
     "S5_dr": lambda c: c.query_rope.shape[2] % 8 != 0 and {"dr": c.query_rope.shape[2]},

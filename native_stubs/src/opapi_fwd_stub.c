@@ -357,7 +357,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
         REJECT_RULE(FWD_SF1, stub_shape_str(x->v, b1, sizeof b1));
     }
     if (N1 > STUB_LIMIT_HEADS || D > STUB_LIMIT_HEAD_DIM || T1 > STUB_LIMIT_TOKENS || T2 > STUB_LIMIT_TOKENS ||
-        nb_raw > STUB_LIMIT_BATCH) {
+        stub_padding_start(cq, nb_raw) > STUB_LIMIT_BATCH /* padding entries are no sequences */) {
         REJECT_RULE(FWD_S3_heads);
     }
     {

@@ -787,7 +787,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const int64_t T2 = x->k->dims[0];
     /* S3 */
     if (N1 > STUB_LIMIT_HEADS || D > STUB_LIMIT_HEAD_DIM || T1 > STUB_LIMIT_TOKENS || T2 > STUB_LIMIT_TOKENS ||
-        nb_raw > STUB_LIMIT_BATCH) {
+        stub_padding_start(cq, nb_raw) > STUB_LIMIT_BATCH /* padding entries are no sequences */) {
         FAIL_RULE(BWD_S3_heads, (long long)N1, STUB_LIMIT_HEADS, (long long)D, STUB_LIMIT_HEAD_DIM, (long long)T1,
                   (long long)T2, (long long)STUB_LIMIT_TOKENS, (long long)nb_raw, STUB_LIMIT_BATCH);
     }

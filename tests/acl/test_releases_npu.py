@@ -202,3 +202,16 @@ def test_an_unknown_runtime_version_gets_the_newest_rules_and_one_warning(monkey
     with pytest.warns(af.errors.UnknownReleaseWarning):
         assert npu_release.current() == releases.NEWEST     # a broken query: never an error
     npu_release.forget()
+
+
+def test_the_appended_padding_entry_is_no_sequence_for_the_limit(cann_release):
+    """2048 sequences (S3's limit) ending short of T: on 9.0+ the device gets 2049 entries,
+    the padding entry is no sequence, so neither the validator nor the stub op rejects it."""
+    p = _extended(make_problem(seed=9, mode=3, q_lens=(1,) * 2048, d=16, dr=8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        grads = p.grads("npu")
+    assert grads[0].shape == p.q.shape
+    with pytest.raises(af.AclnnError, match="2049 sequences exceed"):
+        p.grads("npu", actual_seq_qlen=list(p.q_ends) + [2049],
+                actual_seq_kvlen=list(p.kv_ends) + [2049])
