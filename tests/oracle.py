@@ -50,6 +50,8 @@ class Layout:
     B_raw: int
     max_sq: int
     max_skv: int
+    mask_B: int     # a 4-D mask's first dim as CANN 9.1 (the tests' default) counts B: the
+    #                 entries minus the trailing run whose cumulative ends are both 0
 
 
 def layout(q_ends, kv_ends) -> Layout:
@@ -63,7 +65,11 @@ def layout(q_ends, kv_ends) -> Layout:
     B = len(q_ends)
     while B > 1 and sq[B - 1] == 0 and skv[B - 1] == 0:
         B -= 1
-    return Layout(q_ends, kv_ends, q_starts, kv_starts, sq, skv, B, len(q_ends), max(sq), max(skv))
+    mask_B = len(q_ends)
+    while mask_B > 0 and q_ends[mask_B - 1] == 0 and kv_ends[mask_B - 1] == 0:
+        mask_B -= 1
+    return Layout(q_ends, kv_ends, q_starts, kv_starts, sq, skv, B, len(q_ends), max(sq), max(skv),
+                  mask_B)
 
 
 def cumulative(lengths) -> list:
@@ -368,8 +374,8 @@ def random_dense_mask(rng, mode, lay: Layout, n1, kind, density, pre, nxt, dtype
     every element the token band excludes is also masked (mask and tokens consistent, as the
     docs require; the device applies the band only at block granularity)."""
     shape = {"2d": (lay.max_sq, lay.max_skv), "11": (1, 1, lay.max_sq, lay.max_skv),
-             "b1": (lay.B, 1, lay.max_sq, lay.max_skv),
-             "bn": (lay.B, n1, lay.max_sq, lay.max_skv)}[kind]
+             "b1": (lay.mask_B, 1, lay.max_sq, lay.max_skv),
+             "bn": (lay.mask_B, n1, lay.max_sq, lay.max_skv)}[kind]
     mask = (rng.random(shape) < density).astype(dtype)
     if mode in (0, 5):
         pre_n, nxt_n = normalize_tokens(mode, pre, nxt)

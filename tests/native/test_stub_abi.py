@@ -699,7 +699,10 @@ MODE_CASES = {
     "mode1-bnss-ragged": dict(sparse_mode=1, mask_kind="bnss", N1=2),
     "mode5-b1ss": dict(sparse_mode=5, mask_kind="b1ss", pre=4, nxt=4),
     "mode0-11ss-gqa": dict(sparse_mode=0, mask_kind="11ss", N1=4, N2=2),
-    "mode2-gqa-tail-rows": dict(sparse_mode=2, N1=4, N2=2, cum_q=(4, 12), cum_kv=(6, 14)),
+    # ends short of T on both sides without end-of-data padding: only 8.5 accepts them
+    # (docs/releases.md; test_short_ends_need_padding_from_9_0 below)
+    "mode2-gqa-tail-rows": dict(sparse_mode=2, N1=4, N2=2, cum_q=(4, 12), cum_kv=(6, 14),
+                                release="8.5.0"),
     "mode4-band": dict(sparse_mode=4, pre=2, nxt=1),
     "mode7-empty-batch": dict(sparse_mode=7, pre=3, nxt=0, cum_q=(4, 4, 16), cum_kv=(6, 6, 16)),
     "mode8": dict(sparse_mode=8, pre=2, nxt=3, cum_q=(0, 6, 16), cum_kv=(2, 8, 16)),
@@ -707,8 +710,10 @@ MODE_CASES = {
 
 
 @pytest.mark.parametrize("name", sorted(MODE_CASES))
-def test_sparse_modes_and_mask_layouts(acl, name):
-    c = FagCase(acl, seed=sorted(MODE_CASES).index(name), **MODE_CASES[name])
+def test_sparse_modes_and_mask_layouts(acl, name, monkeypatch):
+    kw = dict(MODE_CASES[name])
+    monkeypatch.setenv("ACL_STUB_CANN_VERSION", kw.pop("release", "9.1.0"))
+    c = FagCase(acl, seed=sorted(MODE_CASES).index(name), **kw)
     try:
         rc, ws, ex = c.phase1()
         assert rc == 0, acl.err()
@@ -719,6 +724,23 @@ def test_sparse_modes_and_mask_layouts(acl, name):
             assert ok, (name, key, err, np.abs(ref[key]).max())
             # rows past the last cumulative end are written as exact zeros
             assert not got[key][max(c.cum_q if key.startswith("dq") else c.cum_kv):].any()
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("release,status", [("8.5.0", 0), ("9.0.0", ACLNN_ERR_PARAM_INVALID),
+                                            ("9.1.0", ACLNN_ERR_PARAM_INVALID)])
+def test_short_ends_need_padding_from_9_0(acl, monkeypatch, release, status):
+    """Both sides end short of T without 0 entries: the op API's EOD check (rule EOD) from 9.0."""
+    monkeypatch.setenv("ACL_STUB_CANN_VERSION", release)
+    c = FagCase(acl, sparse_mode=2, cum_q=(4, 12), cum_kv=(6, 14))
+    try:
+        rc, ws, ex = c.phase1()
+        assert rc == status, acl.err()
+        if status:
+            assert "rule EOD" in acl.err() and not ex
+        else:
+            assert acl.aclDestroyAclOpExecutor(ex) == 0
     finally:
         c.close()
 
