@@ -215,3 +215,20 @@ def test_the_appended_padding_entry_is_no_sequence_for_the_limit(cann_release):
     with pytest.raises(af.AclnnError, match="2049 sequences exceed"):
         p.grads("npu", actual_seq_qlen=list(p.q_ends) + [2049],
                 actual_seq_kvlen=list(p.kv_ends) + [2049])
+
+
+def test_a_plan_gives_the_device_the_padded_ends(cann_release):
+    """FagPlan validates with the runtime's release and runs on the ends the device gets:
+    "last end below T" works on every release, as the public call does."""
+    from acl_cases import plan_for
+    p = _extended(make_problem(seed=10, mode=3, **CASES[3]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = p.grads("npu")
+        plan = plan_for(p)
+        try:
+            got = [g.numpy() for g in plan.run()]
+        finally:
+            plan.close()
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -36,6 +36,7 @@ from typing import List, Optional
 import numpy as np
 
 from ... import __version__
+from ...call import device_int_array
 from .. import accuracy, cases as cases_mod
 from ..envinfo import summary as version_summary
 from ...acl.loader import ROLES
@@ -171,7 +172,9 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
                                                   "itemsize": 2})
     for name in JUDGED:
         _write_bin(d / "golden" / f"{name}.bin", np.asarray(getattr(golden, name), dtype=np.float32))
-    int_arrays = {n: (None if getattr(call, n, None) is None else [int(v) for v in getattr(call, n)])
+    # what the binding gives the device (the ends with the release's end-of-data padding)
+    int_arrays = {n: (None if device_int_array(call, n) is None
+                      else [int(v) for v in device_int_array(call, n)])
                   for n in BACKWARD_V3.int_arrays}
     attrs = dict(scale_value=call.scale_value, keep_prob=call.keep_prob, pre_tokens=call.pre_tokens,
                  next_tokens=call.next_tokens, head_num=call.head_num, input_layout=call.input_layout,
