@@ -301,3 +301,16 @@ def to_torch(a):
     if a.dtype == np.dtype(ml_dtypes.bfloat16):
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+def npu_to_device_array(name: str, t):
+    """A DeviceArray over an NPU tensor's memory (no copy; the tensor is its owner), or None
+    when ``t`` is not an NPU tensor (the converter aclnn_fag.device_run registers for the
+    plans, :func:`aclnn_fag.acl.device.register_converter`)."""
+    return _npu_to_device_array(name, t) if kind_of(t) == NPU else None
+
+
+def named_error(error: Exception, what: str) -> Exception:
+    """``error`` (a TypeError / ValueError about a view) with the tensor it is about named
+    first (``what``, e.g. "result 'dq' (query.new_empty)"); other exception types unchanged."""
+    return _named(error, what)

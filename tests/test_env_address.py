@@ -35,15 +35,6 @@ def test_env_get_follows_every_change(values, monkeypatch):
     assert _env.get(NAME) is None
 
 
-def test_env_fast_read_is_used_on_cpython():
-    assert _env._FAST == (sys.implementation.name == "cpython")
-
-
-def test_address_fast_read_is_used_on_cpython():
-    assert _address.FAST == (sys.implementation.name == "cpython")
-    assert _address.data_address is (_address._fast if _address.FAST else _address._slow)
-
-
 _DTYPES = [np.uint8, np.float32, np.int64, ml_dtypes.bfloat16, np.bool_]
 
 

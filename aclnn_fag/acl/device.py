@@ -27,11 +27,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from . import caches
 from .runtime import DeviceBuffer
 from .tensors import ACL_DTYPES, acl_dtype
 
 __all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
-           "CallMemory", "contiguous_strides"]
+           "CallMemory", "contiguous_strides", "as_device_array", "register_converter"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 
@@ -421,6 +422,32 @@ def _foreign(ptr: int, dtype: np.dtype, geom: tuple, device_id: int, owner) -> D
     return self
 
 
+_converters: list = []
+
+
+def register_converter(fn) -> None:
+    """Add ``fn(name, value)``: a DeviceArray over the device memory of ``value`` (an array
+    of another framework, e.g. an NPU tensor: aclnn_fag.operands registers it), or None
+    when ``value`` is not of its kind. :func:`as_device_array` asks each in turn."""
+    if fn not in _converters:
+        _converters.append(fn)
+
+
+def as_device_array(name: str, value):
+    """``value`` as a DeviceArray when a registered converter recognises it (the plans take
+    NPU tensors this way); anything else (numpy, DeviceArray, None) unchanged."""
+    if value is None or isinstance(value, (DeviceArray, np.ndarray)):
+        return value
+    for fn in _converters:
+        out = fn(name, value)
+        if out is not None:
+            return out
+    return value
+
+
+caches.register("device-view geometries", lambda: _GEOMETRY.clear() or 0, _GEOMETRY.clear)
+
+
 # ----------------------------------------------------------------------------- upload planner
 class _Item:
     __slots__ = ("index", "array", "start", "end", "strides")
@@ -432,25 +459,12 @@ class _Item:
         self.start = addr
         if array.flags.c_contiguous:    # the common case: no per-axis arithmetic
             self.end = addr + array.nbytes
-            self.strides = _c_strides(array.shape)
+            self.strides = contiguous_strides(array.shape)
             return
         isz = array.itemsize
         self.end = addr + isz + sum((d - 1) * s for d, s in zip(array.shape, array.strides))
         self.strides = _unit_strides(array.shape, [s // isz if d > 1 else 0
                                                    for d, s in zip(array.shape, array.strides)])
-
-
-_C_STRIDES: dict = {}       # shape -> contiguous_strides(shape), for the shapes of the calls
-
-
-def _c_strides(shape: tuple) -> Tuple[int, ...]:
-    st = _C_STRIDES.get(shape)
-    if st is None:
-        st = contiguous_strides(shape)
-        if len(_C_STRIDES) >= 1024:
-            _C_STRIDES.clear()
-        _C_STRIDES[shape] = st
-    return st
 
 
 def _needs_host_copy(a: np.ndarray) -> bool:
@@ -665,9 +679,9 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
             _add(timings, "alloc", time.perf_counter() - t0, time.thread_time() - c0)
         t1, c1 = time.perf_counter(), time.thread_time()
         for (i, shape, dt), at, n in zip(zero_idx, zero_at, zero_sizes):
-            dev_out[i] = slice_view(out_arena, at, n, shape, dt, _c_strides(shape))
+            dev_out[i] = slice_view(out_arena, at, n, shape, dt, contiguous_strides(shape))
         for (i, shape, dt), at, n, a in zip(init_idx, init_at, init_sizes, inits):
-            da = dev_out[i] = slice_view(out_arena, at, n, shape, dt, _c_strides(shape))
+            da = dev_out[i] = slice_view(out_arena, at, n, shape, dt, contiguous_strides(shape))
             da.buffer.copy_from_host(a.ctypes.data, n)
         for (start, end, members), at in zip(groups, group_at):
             buf = in_arena.slice(at, end - start)

@@ -36,7 +36,7 @@ from typing import Dict, Optional
 from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
                       ResourceReleaseWarning, error_class_for)
 from .. import _env
-from . import loader, ownership
+from . import caches, loader, ownership
 from ._status import check, recent_message, status_error
 from ..constants import INT32_MAX
 
@@ -1063,15 +1063,6 @@ def _release_all_resources() -> None:
     ownership.release_all(final=True)
 
 
-_shutdown_hooks: list = []
-
-
-def on_shutdown(fn) -> None:
-    """Call ``fn()`` at the start of every :func:`shutdown` (before the sweep of live
-    handles), e.g. to empty a cache of native handles in the right order."""
-    _shutdown_hooks.append(fn)
-
-
 def shutdown(finalize: bool = True) -> None:
     """Release every live buffer/tensor/executor of this package (also handles whose earlier
     release failed: their one retry) and every stream; then, if this package's ``aclInit``
@@ -1079,11 +1070,7 @@ def shutdown(finalize: bool = True) -> None:
     as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
-    for hook in list(_shutdown_hooks):
-        try:
-            hook()
-        except Exception:
-            pass
+    caches.clear_all()      # the caches' handles and memory first, in their order
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
@@ -1135,6 +1122,7 @@ def _after_fork_in_child() -> None:
         _fork_reason = _forked_message(st.pid)
     _state = None
     ownership.after_fork()
+    caches.forget_all()         # the parent's handles and memory: never released here
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()
     _stats_lock = threading.RLock()

@@ -195,8 +195,8 @@ def test_other_layouts_take_the_general_path_with_the_same_results(make, runs, n
     ("aclrtMemset", 0, False), ("aclrtMemset", 0, True),
     ("aclrtMemcpy", 1, True), ("aclrtMemcpy", 9, True),      # uploads (0: the mask's copy)
     ("aclrtMemcpy", 0, True), ("aclrtMemcpy", 4, True),      # downloads, on a hit
-    (op.PHASE2, 0, True), ("aclrtSynchronizeStream", 0, True),
-    (op.PHASE2, 0, False), ("aclrtSynchronizeStream", 0, False),
+    (op.BACKWARD.phase2, 0, True), ("aclrtSynchronizeStream", 0, True),
+    (op.BACKWARD.phase2, 0, False), ("aclrtSynchronizeStream", 0, False),
 ])
 def test_a_failure_anywhere_frees_the_call_memory(function, count, second, stub, no_leaks,
                                                   request):
@@ -217,7 +217,7 @@ def test_a_failure_anywhere_frees_the_call_memory(function, count, second, stub,
     assert all(a.closed for a in taken)                      # freed, not back in the pool
     idle = [a for lst in call_pool._idle.values() for a in lst]
     assert not any(a is t for a in idle for t in taken)
-    if second and function in (op.PHASE2, "aclrtSynchronizeStream"):
+    if second and function in (op.BACKWARD.phase2, "aclrtSynchronizeStream"):
         assert exec_cache.size() == entries - 1              # the failed entry destroyed
     assert_grads_close(p.grads("npu"), want)                 # and the next call works
 
