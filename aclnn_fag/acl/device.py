@@ -27,7 +27,6 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import caches
 from .runtime import DeviceBuffer
 from .tensors import ACL_DTYPES, acl_dtype
 
@@ -99,12 +98,6 @@ class ForeignBuffer(DeviceBuffer):
 
 _BASE_ALIGN = 32
 _prod = math.prod
-# (shape, strides or None, dtype) -> (shape, unit strides, span in elements, item size) of
-# a from_pointer geometry that passed its checks (non-empty), keyed and valued by the
-# checked int tuples: the checks that do not depend on the address are not repeated for it
-# (from_pointer and foreign_view run per NPU tensor per call)
-_GEOMETRY: dict = {}
-_GEOMETRY_MAX = 1024
 
 
 def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
@@ -208,18 +201,6 @@ class DeviceArray:
         shape = _check_int_tuple("shape", shape)
         dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
         strides = None if strides is None else _check_int_tuple("strides", strides)
-        geom = _GEOMETRY.get((shape, strides, dt))
-        if geom is not None:            # this geometry passed every check below before
-            device_id = operator.index(device_id)
-            if device_id < 0:
-                raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
-            isz = geom[3]
-            if ptr <= 0:
-                raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
-            if ptr % isz:
-                raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
-            return _foreign(ptr, dt, geom, device_id, owner)
-        key = (shape, strides, dt)
         if dt not in ACL_DTYPES:
             acl_dtype(dt)               # TypeError for an unsupported dtype
         if shape and min(shape) < 0:
@@ -245,11 +226,12 @@ class DeviceArray:
         if ptr % isz:
             raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
         span = sum(map(operator.mul, shape, kept)) - sum(kept) + 1    # sum((d - 1) * s) + 1
-        geom = (shape, strides if kept is strides else _unit_strides(shape, kept), span, isz)
-        if len(_GEOMETRY) >= _GEOMETRY_MAX:
-            _GEOMETRY.clear()
-        _GEOMETRY[key] = geom
-        return _foreign(ptr, dt, geom, device_id, owner)
+        # the aclTensor's base: 32-byte aligned at or below ptr; the view starts at an offset
+        rem = ptr % _BASE_ALIGN
+        offset = rem // isz
+        buf = ForeignBuffer(ptr - rem, (offset + span) * isz, device_id, owner)
+        return cls(buf, shape, dt, strides if kept is strides else _unit_strides(shape, kept),
+                   offset)
 
     # ---- properties
     @property
@@ -376,50 +358,9 @@ class DeviceArray:
 
 
 def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
-    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)`` -- the same
-    checks, errors and result -- for the conversions that run per tensor per call (NPU
-    tensors and their results): a geometry (shape, strides, numpy ``dtype``) that passed
-    from_pointer's checks before is looked up instead of checked again, and the view is built
-    directly. ``shape`` and ``strides`` may be any int sequences (``torch.Size``, tuples);
-    the result gets the checked int tuples. Entries that are not ints (e.g. 128.0, equal to
-    128 but not an int) never take the short path: from_pointer refuses them."""
-    try:
-        checked, unit, span, isz = _GEOMETRY[shape, strides, dtype]
-        # ints only: a sum of ints (bools included, as operator.index takes them) is an int;
-        # a float, numpy scalar or other number makes it something else
-        exact = type(sum(shape + strides)) is int
-    except Exception:               # unknown geometry, unhashable, not numbers: from_pointer
-        exact = False               # checks it (and names the fault)
-    if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
-            or device_id < 0 or ptr % isz):
-        return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
-    return _foreign(ptr, dtype, (checked, unit, span, isz), device_id, owner)
-
-
-_new = object.__new__
-
-
-def _foreign(ptr: int, dtype: np.dtype, geom: tuple, device_id: int, owner) -> DeviceArray:
-    """The view over foreign memory at ``ptr`` for a checked geometry (shape, unit strides,
-    span in elements, item size) and a checked address and device: a ForeignBuffer from the
-    32-byte aligned base at or below ``ptr``, the element offset to ``ptr``. Every invariant
-    of DeviceArray.__init__ holds by construction (non-negative strides, the view inside the
-    buffer): the fields are set directly (this runs per tensor per call)."""
-    shape, unit, span, isz = geom
-    rem = ptr % _BASE_ALIGN
-    offset = rem // isz
-    buf = _new(ForeignBuffer)       # ForeignBuffer.__init__'s fields, already normalised
-    buf.device_id = device_id
-    buf.nbytes = (offset + span) * isz
-    buf.ptr = ptr - rem
-    buf.owner = owner                # (_forgotten: the class's False until released)
-    self = _new(DeviceArray)
-    self.buffer = buf
-    self.shape = shape
-    self.dtype = dtype
-    self.offset = offset
-    self.strides = unit
-    return self
+    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)``: the view
+    over an NPU tensor or a result the caller's allocator made (device_run.py, operands)."""
+    return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
 
 
 _converters: list = []
@@ -443,9 +384,6 @@ def as_device_array(name: str, value):
         if out is not None:
             return out
     return value
-
-
-caches.register("device-view geometries", lambda: _GEOMETRY.clear() or 0, _GEOMETRY.clear)
 
 
 # ----------------------------------------------------------------------------- upload planner
@@ -538,28 +476,18 @@ def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
 
 
 def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
-    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``).
-    Every invariant of DeviceArray.__init__ holds by construction (non-negative strides,
-    each member inside the group's range): the fields are set directly."""
-    new = object.__new__
+    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``)."""
     for it in members:
         a = it.array
-        da = new(DeviceArray)
-        da.buffer, da.shape, da.dtype, da.strides = buf, a.shape, a.dtype, it.strides
-        da.offset = (it.start - start) // a.itemsize
-        out[it.index] = da
+        out[it.index] = DeviceArray(buf, a.shape, a.dtype, it.strides,
+                                    (it.start - start) // a.itemsize)
 
 
 def slice_view(arena, at: int, nbytes: int, shape: tuple, dtype: np.dtype,
                strides: tuple) -> DeviceArray:
     """A C-contiguous DeviceArray (``strides``: its C strides in elements) over bytes
-    [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`: every
-    invariant of DeviceArray.__init__ holds by construction, so the fields are set directly
-    (this runs per array per call)."""
-    da = _new(DeviceArray)
-    da.buffer, da.shape, da.dtype, da.strides, da.offset = (arena.slice(at, nbytes), shape,
-                                                            dtype, strides, 0)
-    return da
+    [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`."""
+    return DeviceArray(arena.slice(at, nbytes), shape, dtype, strides)
 
 
 def _add(timings: Optional[dict], key: str, wall: float, cpu: float) -> None:

@@ -263,7 +263,7 @@ def _workspace(workspace_of, size: int, cached: bool) -> Optional[int]:
 def _build_and_launch(b, call: Launch, cap: int, stream: int, workspace_of,
                       timer: Timer) -> Optional[exec_cache.CachedExecutor]:
     """Phase 1 and phase 2 with new handles; the cache entry they make (None: one-shot)."""
-    hold = runtime.call_hold(call.dev, call.deterministic)
+    hold = runtime.DeterminismHold(call.dev, call.deterministic)
     batch = ex = None
     try:
         hold.acquire()

@@ -227,7 +227,7 @@ class FagPlan:
                     elif not isinstance(out, DeviceArray):
                         raise TypeError(f"output {n!r} must be a DeviceArray or None")
                     self._outputs[n] = out
-                hold = runtime.call_hold(self.device_id, self.deterministic)
+                hold = runtime.DeterminismHold(self.device_id, self.deterministic)
                 try:
                     hold.acquire()
                     self._build()
@@ -428,7 +428,7 @@ class FagPlan:
                 if changes:
                     self._apply(b, changes, fresh)
                 if st.executor is None:
-                    hold = runtime.call_hold(self.device_id, self.deterministic)
+                    hold = runtime.DeterminismHold(self.device_id, self.deterministic)
                     hold.acquire()
                     self._build()
                 ex, ws = st.executor, st.workspace

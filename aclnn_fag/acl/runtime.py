@@ -937,8 +937,6 @@ class DeterminismHold:
         self.device_id = device_id
         self._claim = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
         self._finalizer = weakref.finalize(self, self._claim.release, "gc")
-        self._pooled = False        # recycled by release() into this thread's pool (call_hold)
-        self._in_pool = False       # released and waiting in the pool: release() is a no-op
 
     def acquire(self) -> "DeterminismHold":
         want = self.want
@@ -1003,19 +1001,8 @@ class DeterminismHold:
 
     def release(self, mode: str = "warn") -> None:
         """Leave the hold (idempotent; a failed restore warns, or raises with mode="raise")."""
-        if self._in_pool:
-            return
         if self._claim.release(mode):
-            if not self._pooled:
-                self._finalizer.detach()
-            elif not self._claim.live:
-                # back into this thread's pool, once (call_hold clears the flags); the
-                # finalizer stays: releasing a released claim is a no-op
-                self._pooled = False
-                pool = getattr(_tls, "holds", None)
-                if pool is not None and len(pool) < 4:
-                    self._in_pool = True
-                    pool.append(self)
+            self._finalizer.detach()
 
     def __enter__(self) -> "DeterminismHold":
         return self.acquire()
@@ -1023,28 +1010,6 @@ class DeterminismHold:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.release("warn" if exc_type is not None else "raise")
         return False
-
-
-def call_hold(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
-    """A :class:`DeterminismHold` for one op call, recycled through a per-thread pool (its
-    claim and finalizer, ~10 us to make, are reused). Use it exactly as a new hold:
-    ``release()`` is idempotent and puts it back into the pool at most once; a hold whose
-    release failed or never happened (an interrupt) is not reused."""
-    pool = getattr(_tls, "holds", None)
-    if pool is None:
-        pool = _tls.holds = []
-    while pool:
-        h = pool.pop()
-        if h._claim.live or h._claim.gen != ownership.generation():
-            continue            # pragma: no cover - never pooled while live; a forked child
-        h.want = None if want is None else bool(want)
-        h.device_id = device_id
-        h._in_pool = False
-        h._pooled = True
-        return h
-    h = DeterminismHold(device_id, want)
-    h._pooled = True
-    return h
 
 
 def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
