@@ -22,6 +22,7 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 
 import numpy as np
 
@@ -33,6 +34,9 @@ CALL_KEYWORDS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten
                  "softmax_max", "softmax_sum", "attention_in", "actual_seq_qlen",
                  "actual_seq_kvlen", "scale_value", "pre_tokens", "next_tokens", "sparse_mode",
                  "deterministic")
+
+
+_OLD_ADAPTERS = "aclnn_fag.adapters."      # where the shipped adapters lived before tools/
 
 
 class BackendModuleError(ValueError):
@@ -64,6 +68,11 @@ def load_backend(spec: str):
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise BackendModuleError(f"--backend-module takes 'pkg.module:function', got {spec!r}")
     mod_name, attr_path = spec.split(":")
+    if mod_name.startswith(_OLD_ADAPTERS):
+        new = "aclnn_fag.tools.adapters." + mod_name[len(_OLD_ADAPTERS):]
+        warnings.warn(f"--backend-module {mod_name} is now {new}; the old name will go",
+                      DeprecationWarning, stacklevel=2)
+        mod_name = new
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:

@@ -32,7 +32,7 @@ import json
 import math
 from typing import List, Optional
 
-from .envinfo import summary as version_summary
+from .envinfo import shorten, summary as version_summary
 from .junit import output_figures
 
 __all__ = ["compare_reports", "format_comparison", "load_report", "main", "FACTOR",
@@ -193,12 +193,12 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
                      f"{cmp['new'].get('k')})")
     lines.append("")
     vo, vn = cmp["old"]["versions"], cmp["new"]["versions"]
-    width = max([3] + [len(_v(vo.get(key))) for key in vo])
+    width = max([3] + [len(shorten(vo.get(key))) for key in vo])
     lines.append(f"  {'version':<15s} {'OLD':<{width}s}  NEW")
     for key in vo:
         a, b = _v(vo.get(key)), _v(vn.get(key))
-        mark = "*" if a != b else " "
-        lines.append(f"{mark} {key:<15s} {a:<{width}s}  {b}")
+        mark = "*" if a != b else " "      # compared in full, shown shortened (JSON: in full)
+        lines.append(f"{mark} {key:<15s} {shorten(a):<{width}s}  {shorten(b)}")
     lines.append("")
     lines.append(f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change")
     for r in cmp["cases"]:
@@ -221,8 +221,9 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
     return "\n".join(lines)
 
 
-def main(old_path, new_path, factor: float = FACTOR, json_dest=None) -> int:
-    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input)."""
+def main(old_path, new_path, factor: float = FACTOR, json_dest=None, html_dest=None) -> int:
+    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input;
+    also when ``html_dest``'s page lacks pictures because NEW has no error summaries)."""
     import sys
 
     from .output import STDOUT, human_stream, write_json
@@ -237,4 +238,9 @@ def main(old_path, new_path, factor: float = FACTOR, json_dest=None) -> int:
         write_json(cmp, json_dest)
         if json_dest != STDOUT:
             print(f"comparison: {json_dest}", file=human_stream(json_dest))
+    if html_dest:
+        from .report_cli import write_compare_page
+        if write_compare_page(old, new, cmp, str(old_path), str(new_path), html_dest,
+                              stream=human_stream(json_dest)):
+            return 2
     return 1 if cmp["regressed"] else 0

@@ -280,3 +280,13 @@ def test_compare_unit_rules():
     assert not cmp["regressed"] and cmp["cases"][0]["status"] == "unchanged"
     with pytest.raises(ValueError):
         report_compare.compare_reports(report({}), report({}), factor=1.0)
+
+
+def test_old_adapter_path_still_loads_with_a_deprecation_warning():
+    """``aclnn_fag.adapters.torch_npu_v2:backward`` (the path before the tools moved to
+    aclnn_fag/tools/) loads the same adapter and says where it lives now."""
+    from aclnn_fag.tools.backend_module import load_backend
+    with pytest.warns(DeprecationWarning, match="aclnn_fag.tools.adapters.torch_npu_v2"):
+        fn = load_backend("aclnn_fag.adapters.torch_npu_v2:backward")
+    assert fn.backend_name == "torch_npu.npu_fusion_attention_grad_v2"
+    assert fn.backend_module == "aclnn_fag.adapters.torch_npu_v2:backward"

@@ -54,8 +54,9 @@ EXPECTED_EXPORTS = {
         "aclrtMemcpy", "aclrtMemset", "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt",
         "aclrtCtxGetSysParamOpt", "aclrtSetSysParamOpt", "aclrtGetSysParamOpt", "aclrtGetCurrentContext",
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",     # version queries
+        "aclsysGetVersionNum",
         # stub-only
-        "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
+        "stub_release", "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
         "aclStubSetCallDelay", "aclStubGetBadReleases",
         "aclStubRecordLaunch", "aclStubStreamCounts",
     },

@@ -32,7 +32,7 @@ from ... import __version__
 from .. import accuracy, cases as cases_mod
 from ..envinfo import summary as version_summary
 from ...acl.loader import ROLES
-from ...acl.op import INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS
+from ...spec import BACKWARD_V3
 from ...validate import validate_backward
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
@@ -119,28 +119,28 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
     d = pathlib.Path(out_dir) / case_directory_name(spec.name)
     d.mkdir(parents=True, exist_ok=True)
     in_specs = []
-    for slot in INPUT_SLOTS:
+    for slot in BACKWARD_V3.inputs:
         a = getattr(call, slot, None)
         in_specs.append(_tensor_spec(a))
         if a is not None:
             _write_bin(d / "inputs" / f"{slot}.bin", a)
     out_specs = []
-    for slot in OUTPUT_SLOTS:
-        src = getattr(call, OUTPUT_LIKE[slot], None) if slot in OUTPUT_LIKE else None
+    for slot in BACKWARD_V3.outputs:
+        src = getattr(call, BACKWARD_V3.output_like[slot], None) if slot in BACKWARD_V3.output_like else None
         out_specs.append(None if src is None else {"shape": list(np.shape(src)), "dtype": "bfloat16",
                                                   "itemsize": 2})
     for name in JUDGED:
         _write_bin(d / "golden" / f"{name}.bin", np.asarray(getattr(golden, name), dtype=np.float32))
     int_arrays = {n: (None if getattr(call, n, None) is None else [int(v) for v in getattr(call, n)])
-                  for n in INT_ARRAY_SLOTS}
+                  for n in BACKWARD_V3.int_arrays}
     attrs = dict(scale_value=call.scale_value, keep_prob=call.keep_prob, pre_tokens=call.pre_tokens,
                  next_tokens=call.next_tokens, head_num=call.head_num, input_layout=call.input_layout,
                  inner_precise=call.inner_precise, sparse_mode=call.sparse_mode, pse_type=call.pse_type)
     criteria = {n: {"ref_max_abs_err": metrics[n]["ref_max_abs_err"], "rtol": metrics[n]["rtol"],
                     "share_limit": metrics[n]["share_limit"]} for n in JUDGED if "rtol" in metrics[n]}
-    src = csource.c_source(case=spec.name, version=__version__, inputs=in_specs, input_names=INPUT_SLOTS,
-                           int_arrays=int_arrays, int_array_names=INT_ARRAY_SLOTS, attrs=attrs,
-                           outputs=out_specs, output_names=OUTPUT_SLOTS,
+    src = csource.c_source(case=spec.name, version=__version__, inputs=in_specs, input_names=BACKWARD_V3.inputs,
+                           int_arrays=int_arrays, int_array_names=BACKWARD_V3.int_arrays, attrs=attrs,
+                           outputs=out_specs, output_names=BACKWARD_V3.outputs,
                            deterministic=1 if call.deterministic else 0, criteria=criteria, k=k,
                            floor_rel=accuracy.FA_FLOOR_REL, floor_min=accuracy.FA_FLOOR_MIN)
     (d / "repro.c").write_text(src, encoding="utf-8")
@@ -150,7 +150,7 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
     case_doc = {"case": spec.to_dict(), "original_case": (original or spec).to_dict(),
                 "shrink_steps": list(shrink_steps), "arguments": {**attrs, **int_arrays,
                                                                   "deterministic": bool(call.deterministic)},
-                "inputs": {n: s for n, s in zip(INPUT_SLOTS, in_specs) if s is not None},
+                "inputs": {n: s for n, s in zip(BACKWARD_V3.inputs, in_specs) if s is not None},
                 "criteria": {"k": k, **criteria}, "backend_error": error,
                 "python_verdicts": None if error else {n: metrics[n]["verdict"] for n in JUDGED}}
     (d / "case.json").write_text(json.dumps(case_doc, indent=1) + "\n", encoding="utf-8")
@@ -172,7 +172,8 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
              "",
              "## Versions (of the run that found the failure)", "",
              "| what | version |", "|---|---|"]
-    for key in ("cann", "cann_source", "acl_api", "toolkit_install", "driver", "soc", "opapi_library",
+    for key in ("cann", "cann_source", "runtime", "ops_transformer", "cann_rules", "acl_api",
+                "toolkit_install", "driver", "soc", "opapi_library",
                 "aclnn_fag", "numpy", "ml_dtypes", "blas", "blas_threads", "python"):
         lines.append(f"| {key} | {v.get(key) if v.get(key) is not None else '-'} |")
     lines += ["", "## Build and run", "", "```bash",
@@ -187,7 +188,7 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
               "`aclGetRecentErrMsg` are printed).", "",
               "## The call", "",
               "| argument | value |", "|---|---|"]
-    for name, s in zip(INPUT_SLOTS, in_specs):
+    for name, s in zip(BACKWARD_V3.inputs, in_specs):
         lines.append(f"| {name} | " + ("NULL" if s is None else
                                        f"{s['dtype']} {s['shape']} (`inputs/{name}.bin`)") + " |")
     for name, vals in int_arrays.items():
