@@ -28,7 +28,6 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .._address import data_address
 from . import caches, call_pool, device_constants, executor, ownership, runtime
 from ._status import check
 from .arena import ARENA_ALIGN, layout
@@ -156,7 +155,7 @@ def _fill(b, arena, lay: _Layout, arrays: list, timer: executor.Timer) -> None:
         for a, place in zip(arrays, lay.inputs):
             if place is not None:
                 at, n = place[0], place[1]
-                check(b, b.aclrtMemcpy(base + at, arena.nbytes - at, data_address(a), n,
+                check(b, b.aclrtMemcpy(base + at, arena.nbytes - at, a.ctypes.data, n,
                                        MEMCPY_HOST_TO_DEVICE),
                       "aclrtMemcpy", rule="host to device copy failed")
                 copies += 1
@@ -189,7 +188,7 @@ def _download(b, base: int, lay: _Layout, timer: executor.Timer) -> list:
             at, n, shape, dt, _ = place
             host = np.empty(shape, dt)
             if n:
-                check(b, b.aclrtMemcpy(data_address(host), n, base + at, n,
+                check(b, b.aclrtMemcpy(host.ctypes.data, n, base + at, n,
                                        MEMCPY_DEVICE_TO_HOST),
                       "aclrtMemcpy", rule="device to host copy failed")
                 copies += 1

@@ -199,13 +199,6 @@ class Claim:
                 self.state = CONSUMED
                 _registry.pop(id(self), None)
 
-    def unconsume(self) -> None:
-        """Undo :meth:`consume` when the consuming call was never entered."""
-        with _lock:
-            if self.state == CONSUMED:
-                self.state = OWNED
-                _registry[id(self)] = self
-
     def release(self, mode: str = "raise") -> bool:
         """Release the handle now. True when it is gone (released before, consumed, never
         taken, or released now). On failure the handle is kept and, by ``mode``: "raise"
