@@ -156,6 +156,24 @@ class DeviceArray:
 
     # ---- construction
     @classmethod
+    def _checked(cls, buffer: DeviceBuffer, shape: Tuple[int, ...], dtype: np.dtype,
+                 strides: Tuple[int, ...], offset: int = 0) -> "DeviceArray":
+        """An array whose fields the caller has checked already (int tuples, a supported
+        dtype, the view inside ``buffer``): __init__'s checks are not run again."""
+        self = object.__new__(cls)
+        self.buffer, self.shape, self.dtype = buffer, shape, dtype
+        self.strides, self.offset = strides, offset
+        return self
+
+    def rebased(self, buffer: DeviceBuffer) -> "DeviceArray":
+        """The same view (shape, dtype, strides, offset) over ``buffer``, a buffer of the
+        same size as this array's (e.g. another handle on the same memory)."""
+        if buffer.nbytes != self.buffer.nbytes:
+            raise ValueError(f"rebased onto a {buffer.nbytes}-byte buffer, need "
+                             f"{self.buffer.nbytes} bytes")
+        return DeviceArray._checked(buffer, self.shape, self.dtype, self.strides, self.offset)
+
+    @classmethod
     def empty(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
@@ -168,10 +186,7 @@ class DeviceArray:
             acl_dtype(dt)          # TypeError for an unsupported dtype, before allocating
         buf = DeviceBuffer(n * dt.itemsize, device_id)
         # a C-contiguous view of the whole new buffer: every invariant of __init__ holds
-        self = object.__new__(cls)
-        self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, 0
-        self.strides = contiguous_strides(shape)
-        return self
+        return cls._checked(buf, shape, dt, contiguous_strides(shape))
 
     @classmethod
     def zeros(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
@@ -230,8 +245,8 @@ class DeviceArray:
         rem = ptr % _BASE_ALIGN
         offset = rem // isz
         buf = ForeignBuffer(ptr - rem, (offset + span) * isz, device_id, owner)
-        return cls(buf, shape, dt, strides if kept is strides else _unit_strides(shape, kept),
-                   offset)
+        return cls._checked(buf, shape, dt,
+                            strides if kept is strides else _unit_strides(shape, kept), offset)
 
     # ---- properties
     @property
@@ -476,18 +491,19 @@ def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
 
 
 def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
-    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``)."""
+    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``;
+    each member lies inside the group's range, with non-negative strides)."""
     for it in members:
         a = it.array
-        out[it.index] = DeviceArray(buf, a.shape, a.dtype, it.strides,
-                                    (it.start - start) // a.itemsize)
+        out[it.index] = DeviceArray._checked(buf, a.shape, a.dtype, it.strides,
+                                             (it.start - start) // a.itemsize)
 
 
 def slice_view(arena, at: int, nbytes: int, shape: tuple, dtype: np.dtype,
                strides: tuple) -> DeviceArray:
     """A C-contiguous DeviceArray (``strides``: its C strides in elements) over bytes
     [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`."""
-    return DeviceArray(arena.slice(at, nbytes), shape, dtype, strides)
+    return DeviceArray._checked(arena.slice(at, nbytes), shape, dtype, strides)
 
 
 def _add(timings: Optional[dict], key: str, wall: float, cpu: float) -> None:

@@ -42,6 +42,9 @@ __all__ = ["Executor", "Launch", "Timer", "run", "phase1", "make_repeatable", "s
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
 
 
+_UNTIMED = contextlib.nullcontext()
+
+
 class Timer:
     """Host seconds per stage added to ``timings`` (wall, and thread CPU as ``<key>_cpu``
     with ``cpu``); without a dict it times nothing."""
@@ -54,11 +57,12 @@ class Timer:
             if cpu:
                 timings.setdefault(k + "_cpu", 0.0)
 
-    @contextlib.contextmanager
     def __call__(self, key: str):
-        if self.timings is None:
-            yield
-            return
+        """A context manager timing its block under ``key`` (a no-op one without a dict)."""
+        return _UNTIMED if self.timings is None else self._timed(key)
+
+    @contextlib.contextmanager
+    def _timed(self, key: str):
         t0, c0 = time.perf_counter(), time.thread_time()
         try:
             yield
@@ -112,7 +116,8 @@ def layout_arg(layout) -> Optional[bytes]:
 
 def _int64_attr(name: str, value) -> int:
     """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, bool)
+                                   or not isinstance(value, numbers.Integral)):
         raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
     value = int(value)
     if not INT64_MIN <= value <= INT64_MAX:
@@ -121,7 +126,8 @@ def _int64_attr(name: str, value) -> int:
 
 
 def _double_attr(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if type(value) is not float and (isinstance(value, bool)
+                                     or not isinstance(value, numbers.Real)):
         raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
     try:
         return float(value)
@@ -134,11 +140,22 @@ _CHECK = {"double": _double_attr, "int64_t": _int64_attr,
 _CTYPE = {"double": c_double, "int64_t": c_int64, "char *": lambda raw: raw}
 
 
+def _attr_params(op: OpVersion) -> list:
+    """(name, check, ctypes type) of each attribute of ``op``, in parameter order."""
+    got = _ATTR_PARAMS.get(op.key)
+    if got is None:
+        got = _ATTR_PARAMS[op.key] = [(p.name, _CHECK[p.c_type], _CTYPE[p.c_type])
+                                      for p in op.params if p.role == "attr"]
+    return got
+
+
+_ATTR_PARAMS: dict = {}
+
+
 def attr_values(op: OpVersion, attrs) -> tuple:
     """The op's attributes in parameter order, checked against their C types (``attrs``:
     name -> value; the layout becomes bytes)."""
-    return tuple(_CHECK[p.c_type](p.name, attrs[p.name])
-                 for p in op.params if p.role == "attr")
+    return tuple([check(name, attrs[name]) for name, check, _ in _attr_params(op)])
 
 
 # --------------------------------------------------------------------------- the four natives
@@ -149,8 +166,7 @@ def phase1(b, op: OpVersion, tensors_in: Sequence, int_arrays: Sequence, attrs: 
     checked attribute values: the executor (owned; None when phase 1 returned none) and the
     workspace size. ``out_params``: pass workspaceSize / executor (False: NULL)."""
     ws_size, handle = c_uint64(0), c_void_p(None)
-    c_attrs = [_CTYPE[p.c_type](v) for p, v in
-               zip((p for p in op.params if p.role == "attr"), attrs)]
+    c_attrs = [ctype(v) for (_, _, ctype), v in zip(_attr_params(op), attrs)]
     args = (list(tensors_in) + list(int_arrays) + c_attrs + list(tensors_out)
             + [byref(ws_size) if out_params[0] else None,
                byref(handle) if out_params[1] else None])

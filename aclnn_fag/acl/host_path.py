@@ -155,7 +155,7 @@ def _fill(b, arena, lay: _Layout, arrays: list, timer: executor.Timer) -> None:
         for a, place in zip(arrays, lay.inputs):
             if place is not None:
                 at, n = place[0], place[1]
-                check(b, b.aclrtMemcpy(base + at, arena.nbytes - at, a.ctypes.data, n,
+                check(b, b.aclrtMemcpy(base + at, arena.nbytes - at, _address(a), n,
                                        MEMCPY_HOST_TO_DEVICE),
                       "aclrtMemcpy", rule="host to device copy failed")
                 copies += 1
@@ -188,7 +188,7 @@ def _download(b, base: int, lay: _Layout, timer: executor.Timer) -> list:
             at, n, shape, dt, _ = place
             host = np.empty(shape, dt)
             if n:
-                check(b, b.aclrtMemcpy(host.ctypes.data, n, base + at, n,
+                check(b, b.aclrtMemcpy(_address(host), n, base + at, n,
                                        MEMCPY_DEVICE_TO_HOST),
                       "aclrtMemcpy", rule="device to host copy failed")
                 copies += 1
@@ -196,6 +196,11 @@ def _download(b, base: int, lay: _Layout, timer: executor.Timer) -> list:
             results.append(host)
     runtime._count("d2h", copies, "d2h_bytes", total)
     return results
+
+
+def _address(a: np.ndarray) -> int:
+    """The address of a numpy array's first element (NumPy's array interface)."""
+    return a.__array_interface__["data"][0]
 
 
 def _forget() -> None:

@@ -282,7 +282,7 @@ class FagPlan:
             if rb is None or rb.real is not real:
                 rb = ResultBuffer(real)
                 st.handed[n] = weakref.ref(rb)
-            out.append(DeviceArray(rb, arr.shape, arr.dtype, arr.strides, arr.offset))
+            out.append(arr.rebased(rb))
         return FagGrads(*out)
 
     @property

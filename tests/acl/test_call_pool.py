@@ -88,6 +88,17 @@ def test_results_equal_the_general_path_bit_for_bit(name, monkeypatch, runs, no_
     assert_grads_close(first, p.grads("numpy"))
 
 
+def test_calls_of_several_shapes_in_turn_each_get_their_own_layout(monkeypatch, runs, no_leaks):
+    """Layouts are kept per shape signature: calls alternating between shapes (each a hit
+    after its first call) give every shape its own pieces and results."""
+    probs = [make_problem(seed=5, **SHAPES[n]) for n in ("mode2", "mode3", "mode8")]
+    want = [_general(monkeypatch, lambda p=p: p.grads("npu")) for p in probs]
+    for _ in range(2):
+        for p, w in zip(probs, want):
+            assert_same_bits(p.grads("npu"), w)
+    assert runs[0] == 2 * len(probs)
+
+
 def test_a_repeated_call_allocates_nothing_and_makes_no_handle(no_leaks):
     p = make_problem(seed=4, q_lens=(7, 9), g=2, mode=3)
     _, first = _counted(lambda: p.grads("npu"))
