@@ -55,12 +55,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import ResourceReleaseWarning
 
-try:        # the C functions under ``signal``'s wrappers: those convert every handler they
-    # return to an enum member (a failed enum lookup, i.e. a raised and caught ValueError,
-    # for each Python handler), ~10 us per call, whereas the swap itself costs ~0.5 us
-    from _signal import getsignal as _getsignal, signal as _setsignal
-except ImportError:     # pragma: no cover - other interpreters
-    _getsignal, _setsignal = signal.getsignal, signal.signal
+_getsignal, _setsignal = signal.getsignal, signal.signal
 _SIGINT = int(signal.SIGINT)
 _get_ident = threading.get_ident
 _main_ident = threading.main_thread().ident     # refreshed by after_fork
