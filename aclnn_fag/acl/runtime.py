@@ -147,6 +147,7 @@ def _check_pid() -> None:
                 _process_gen += 1
                 _state = None
                 ownership.after_fork()
+                caches.forget_all()
 
 
 def _raise_if_forked() -> None:
