@@ -516,8 +516,8 @@ MUTANTS = [
            "after someone else's aclrtResetDevice, calls run executors made in the destroyed "
            "context", CACHE_T),
     Mutant('acl-cache-key-per-call', "acl", A + "exec_cache.py",
-           '(_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,',
-           '(_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]) + (id(attrs),), int_arrays,',
+           '    return (op_name, dev, runtime.current_context_record(), deterministic,',
+           '    return (op_name, dev, object(), deterministic,',
            'no two calls share a signature: every call runs phase 1 again (the executor cache never hits)',
            CACHE_T),
     Mutant('acl-const-off', "acl", A + "op.py",

@@ -221,7 +221,8 @@ class Launch:
     one DeviceArray or None per tensor slot, in parameter order; ``attrs``: checked values
     (:func:`attr_values`); ``int_values``: a tuple of ints or None per int-array slot.
     ``cache``: use the executor cache (the public calls); ``out_params``: pass phase 1's
-    workspaceSize / executor out-parameters (``call_raw`` may pass NULL)."""
+    workspaceSize / executor out-parameters (``call_raw``, which never caches, may pass
+    NULL)."""
 
     __slots__ = ("op", "dev", "deterministic", "attrs", "int_values", "inputs", "outputs",
                  "cache", "out_params")
@@ -232,7 +233,7 @@ class Launch:
         self.op, self.dev, self.deterministic = op, dev, deterministic
         self.attrs, self.int_values = attrs, int_values
         self.inputs, self.outputs = inputs, outputs
-        self.cache = cache and deterministic is not None and all(out_params)
+        self.cache = cache
         self.out_params = out_params
 
 
