@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Tuple
 
-AREAS = ("reference", "semantics", "validate", "acl", "accuracy", "parity", "stub")
+AREAS = ("reference", "semantics", "validate", "acl", "accuracy", "parity", "tools", "stub")
 
 _REF = ("tests/reference/test_reference_holes.py", "tests/reference/test_device_precision.py",
         "tests/reference/test_against_oracle.py", "tests/reference/test_sparse_examples.py",
@@ -33,6 +33,10 @@ AREA_TESTS = {
             "tests/acl/test_errors.py", "tests/acl/test_leaks.py", "tests/acl/test_prototypes.py"),
     "accuracy": _ACCURACY,
     "parity": _PARITY,
+    # --compare, --repro, --junit, --backend-module, the BLAS cap (issue 23)
+    "tools": ("tests/cli/test_compare_holes.py", "tests/cli/test_repro_holes.py",
+              "tests/cli/test_backend_module_holes.py", "tests/cli/test_parity_outputs.py",
+              "tests/cli/test_repro.py"),
     # tests/native last (it used to make test_backend_matrix's first case fail when run in
     # between: its aclrtResetDevice left the package's per-thread device record stale, now
     # checked in acl/runtime.py; tests/acl/test_thread_context.py)
@@ -68,6 +72,15 @@ ENV_T = ("tests/test_env_address.py",)
 LOADER_T = ("tests/acl/test_loader.py",)
 ARENA_T = ("tests/acl/test_arena.py", "tests/acl/test_faults.py", "tests/acl/test_device_array.py")
 NPU_FAST_T = ("tests/acl/test_npu_fast_path.py",)
+TL = "aclnn_fag/tools/"
+CMP_T = ("tests/cli/test_compare_holes.py", "tests/cli/test_parity_outputs.py")
+REPRO_T = ("tests/cli/test_repro_holes.py", "tests/cli/test_repro.py")
+BM_T = ("tests/cli/test_backend_module_holes.py", "tests/cli/test_parity_outputs.py")
+BLAS_T = ("tests/reference/test_blas_threads.py",)
+FK = "native_stubs/src/fwd_kernel.c"
+FS = "native_stubs/src/opapi_fwd_stub.c"
+FWD_T = ("tests/acl/test_forward_holes.py", "tests/acl/test_forward.py")
+S9_DEV_T = ("tests/acl/test_device_stats_layout_masks.py", "tests/acl/test_device_tensors.py")
 
 MUTANTS = [
     # ------------------------------------------------------------------ reference/
@@ -837,6 +850,164 @@ MUTANTS = [
            "                if _fits(tm, tl, lse):",
            "token-major statistics pass S9 (their first row fits the token-major reading)",
            S9_T),
+    # ------------------------------------------------------------------ issue 23: the tools
+    # --compare (report_compare.py, envinfo.summary)
+    Mutant("cmp-nan-not-growth", "tools", TL + "report_compare.py",
+           "        return not math.isnan(old)", "        return False",
+           "a case whose max_abs_err became NaN is not a regression", CMP_T),
+    Mutant("cmp-share-noise", "tools", TL + "report_compare.py",
+           "SHARE_NOISE = 0.1          # of the share limit", "SHARE_NOISE = 1.0          # of the share limit",
+           "a share above rtol growing 4x under the limit (2e-4 -> 8e-4) is not flagged", CMP_T),
+    Mutant("cmp-still-fail-growth", "tools", TL + "report_compare.py",
+           '        if ups and not row["regression"]:',
+           '        if ups and row["status"] == "unchanged":',
+           "errors growing in a case that fails in both reports are not a regression", CMP_T),
+    Mutant("cmp-duplicates", "tools", TL + "report_compare.py",
+           "        if name in seen:", "        if False:",
+           "a case listed twice (FAIL, then PASS) passes silently: exit 0", CMP_T),
+    Mutant("cmp-verdict-unchecked", "tools", TL + "report_compare.py",
+           '        if case.get("verdict") not in VERDICTS:', "        if False:",
+           "a missing or null verdict crashes --compare with exit 1 (the 'regressed' code)", CMP_T),
+    Mutant("cmp-metric-unchecked", "tools", TL + "report_compare.py",
+           "                if value is not None and not isinstance(value, (int, float, str)):",
+           "                if False:",
+           "max_abs_err given as an object crashes --compare with exit 1", CMP_T),
+    Mutant("cmp-recursion", "tools", TL + "report_compare.py",
+           "    except RecursionError:", "    except MemoryError:",
+           "a report nested 100k deep crashes --compare with a RecursionError", CMP_T),
+    Mutant("cmp-environment-unchecked", "tools", TL + "report_compare.py",
+           '    _object_or_null(data.get("environment"), "environment", label)', "    pass",
+           "an 'environment' given as a list crashes --compare with exit 1", CMP_T),
+    Mutant("cmp-exit", "tools", TL + "report_compare.py",
+           '    return 1 if cmp["regressed"] else 0', "    return 0",
+           "--compare exits 0 when NEW regressed", CMP_T),
+    Mutant("cmp-driver-is-toolkit", "tools", TL + "envinfo.py",
+           '        "driver": (v.get("driver") or {}).get("version"),',
+           '        "driver": (v.get("toolkit_install") or {}).get("version"),',
+           "--compare and the reproducer README show the toolkit's version as the driver's", CMP_T),
+    # JUnit
+    Mutant("junit-failures-count", "tools", TL + "junit.py",
+           '"failures": str(counts["FAIL"])', '"failures": str(counts["ERROR"])',
+           "CI sees 0 failures in a run whose cases failed", CMP_T),
+    # --repro
+    Mutant("repro-determinism-lost", "tools", TL + "repro/__init__.py",
+           "deterministic=1 if call.deterministic else 0, criteria=criteria",
+           "deterministic=0, criteria=criteria",
+           "the reproducer of a deterministic=True case runs the op non-deterministically", REPRO_T),
+    Mutant("repro-shrink-onto-errors", "tools", TL + "repro/__init__.py",
+           '                    return got["verdict"] == "FAIL" and (\n'
+           '                        not failed or bool(failed & set(got.get("failed_outputs") or ())))',
+           '                    return got["verdict"] != "PASS"',
+           "shrinking ends on a smaller case that errors instead of failing", REPRO_T),
+    Mutant("repro-shrink-other-output", "tools", TL + "repro/__init__.py",
+           '                    return got["verdict"] == "FAIL" and (\n'
+           '                        not failed or bool(failed & set(got.get("failed_outputs") or ())))',
+           '                    return got["verdict"] == "FAIL"',
+           "shrinking ends on a smaller case that fails on another output (another defect)",
+           REPRO_T),
+    Mutant("repro-shrink-error-class", "tools", TL + "repro/__init__.py",
+           "                return backend_error(got) and _error_class(got) == _error_class(entry)",
+           "                return backend_error(got)",
+           "a backend error is shrunk onto a case raising another exception", REPRO_T),
+    Mutant("repro-target-unchecked", "tools", TL + "parity_cli.py",
+           "        why = target_problem(args.repro)", "        why = None",
+           "--repro onto a file runs the whole suite and writes nothing", REPRO_T),
+    Mutant("repro-quiet-hides-errors", "tools", TL + "parity_cli.py",
+           "                                          errors=sys.stderr)",
+           "                                          errors=None)",
+           "with -q a reproducer that cannot be written is dropped without a word", REPRO_T),
+    Mutant("repro-module-as-c-op", "tools", TL + "repro/__init__.py",
+           '            module is None and name == "npu")', "            True)",
+           "the reproducer of a --backend-module failure claims the C op fails", REPRO_T),
+    Mutant("repro-readme-no-driver", "tools", TL + "repro/__init__.py",
+           '                "toolkit_install", "driver", "soc", "opapi_library",',
+           '                "toolkit_install", "soc", "opapi_library",',
+           "the reproducer README leaves out the driver version", REPRO_T),
+    # parity run and --backend-module
+    Mutant("par-system-exit", "tools", TL + "parity.py",
+           "        except BaseException as exc:", "        except Exception as exc:",
+           "a backend raising SystemExit(0) ends parity with exit 0, no table, no report", BM_T),
+    Mutant("par-keyboard-swallowed", "tools", TL + "parity.py",
+           "        except KeyboardInterrupt:\n            raise\n        # one broken case",
+           "        except KeyboardInterrupt:\n            pass\n        # one broken case",
+           "Ctrl-C during a case no longer stops parity", BM_T),
+    Mutant("bm-tuple-order", "tools", TL + "backend_module.py",
+           "len(result) == 5:\n        values = tuple(result)\n",
+           "len(result) == 5:\n        values = tuple(result)[::-1]\n",
+           "a backend module's 5-tuple is read in the wrong order", BM_T),
+    Mutant("bm-no-cwd", "tools", TL + "backend_module.py",
+           "    if added:\n        sys.path.insert(0, cwd)", "    if False:\n        sys.path.insert(0, cwd)",
+           "--backend-module my_adapter:f does not find my_adapter.py in the current directory",
+           BM_T),
+    Mutant("bm-import-system-exit", "tools", TL + "backend_module.py",
+           "    except BaseException as exc:                 # SystemExit at import too: a usage error",
+           "    except Exception as exc:                 # SystemExit at import too: a usage error",
+           "a backend module calling sys.exit(0) when imported ends parity with exit 0 and no "
+           "word", BM_T),
+    Mutant("bm-name-ignored", "tools", TL + "backend_module.py",
+           '    name = getattr(fn, "backend_name", None) or f"module:{spec}"',
+           '    name = f"module:{spec}"',
+           "a backend module's backend_name is not used in the report", BM_T),
+    # the BLAS cap (blas.py)
+    Mutant("blas-none-not-override", "tools", "aclnn_fag/blas.py",
+           '    _cap_state["setting"] = ("set", _check_threads(n))',
+           '    _cap_state["setting"] = None if n is None else ("set", _check_threads(n))',
+           "set_reference_threads(None) leaves $ACLNN_FAG_BLAS_THREADS in force", BLAS_T),
+    Mutant("blas-not-restored", "tools", "aclnn_fag/blas.py",
+           '                ctl.set(_cap_state["saved"])', "                pass",
+           "the BLAS thread count stays capped after a NumPy-backend call", BLAS_T),
+    Mutant("blas-cap-raises", "tools", "aclnn_fag/blas.py",
+           '            ctl.set(min(n, _cap_state["saved"]) if _cap_state["saved"] > 0 else n)',
+           "            ctl.set(n)",
+           "a cap above the current count raises the BLAS threads", BLAS_T),
+    Mutant("blas-env-ignored", "tools", "aclnn_fag/blas.py",
+           '    raw = os.environ.get(ENV_VAR, "").strip()', '    raw = ""',
+           "$ACLNN_FAG_BLAS_THREADS has no effect", BLAS_T),
+    # ------------------------------------------------------------------ issue 23: stub forward
+    Mutant("fwd-bnss-head", "stub", FK,
+           "        pos = p->N1 * mask_base + (h * sq + i) * skv + j;",
+           "        pos = p->N1 * mask_base + i * skv + j;",
+           "the stub forward reads head 0's block of a [B,N1,..] mask for every head", FWD_T),
+    Mutant("fwd-bnss-batch", "stub", FK,
+           "        pos = p->N1 * mask_base + (h * sq + i) * skv + j;",
+           "        pos = mask_base + (h * sq + i) * skv + j;",
+           "the stub forward's [B,N1,..] mask blocks of batch >= 1 start at the wrong place",
+           FWD_T),
+    Mutant("fwd-b1ss-batch", "stub", FK,
+           "        pos = mask_base + i * skv + j;", "        pos = i * skv + j;",
+           "the stub forward reads batch 0's block of a [B,1,..] mask for every batch", FWD_T),
+    Mutant("fwd-f10-unclamped", "stub", FS,
+           "                sum += d > 0 ? d : 0;", "                sum += d;",
+           "the stub forward answers decreasing ends with S4's 161002 instead of F10's 161001",
+           FWD_T),
+    Mutant("fwd-s4-decreasing", "stub", FS,
+           "                if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {",
+           "                if (v[i] < 0) {",
+           "the stub forward computes with decreasing cumulative ends", FWD_T),
+    Mutant("fwd-gqa-heads", "stub", FK,
+           "            const int64_t kh = h / G;", "            const int64_t kh = h % p->N2;",
+           "the stub forward maps query heads to the wrong KV heads under GQA", FWD_T),
+    Mutant("fwd-p-unrounded", "stub", FK,
+           "                        const float e16 = bf16_round(e);",
+           "                        const float e16 = e;",
+           "the stub forward drops the P bf16 rounding point", FWD_T),
+    Mutant("fwd-invalid-line-sum", "stub", FK,
+           "                    sum = FLT_MAX; /* invalid line; the output row stays 0 */",
+           "                    sum = 0.0f; /* invalid line; the output row stays 0 */",
+           "fully masked rows get sum 0 instead of the device's FLT_MAX", FWD_T),
+    Mutant("stub-s8-copy7", "stub", C, "            for (int64_t c = 1; c < 8; c++) {",
+           "            for (int64_t c = 1; c < 7; c++) {",
+           "the stub accepts statistics whose 8th copy differs", ("tests/native",)),
+    # the bounded S9 sample on device-resident inputs, modes 0/1
+    Mutant("dev-s9-no-mask-modes", "validate", "aclnn_fag/device_checks.py",
+           "                if keep.uses_mask and mask.ndim != 2:",
+           "                if keep.uses_mask:",
+           "token-major statistics on device arrays in modes 0/1 reach the op (no sample taken)",
+           S9_DEV_T),
+    Mutant("dev-s9-mask-inverted", "validate", "aclnn_fag/device_checks.py",
+           "                        kept &= self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0 + 1) == 0",
+           "                        kept &= self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0 + 1) != 0",
+           "the device S9 sample sums the masked keys of a row instead of the kept ones", S9_DEV_T),
     Mutant("val-s9-one-row-key-off", "validate", RL,
            "    both[1:, :d] = k[a:e, n2]\n", "    both[1:, :d] = k[a + 1:e + 1, n2]\n",
            "S9's first check reads the keys after the row's (wrong verdicts)", S9_T),

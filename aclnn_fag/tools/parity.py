@@ -12,7 +12,8 @@ Every output (dq, dq_rope, dk, dk_rope, dv) is judged by ``aclnn_fag.tools.accur
 flash-attention's criterion (max abs error <= k x the reference's, plus a tiny floor) and
 Ascend's double-thousandths with per-dtype thresholds (bf16: share of elements with
 |y - g| / max(|g|, RMS(g)) > 2**-6 below 1e-3). See ``aclnn_fag.tools.accuracy`` for the
-thresholds and why. A case passes when all its outputs pass; an exception is an ERROR.
+thresholds and why. A case passes when all its outputs pass; an exception is an ERROR (any
+exception but KeyboardInterrupt: a backend raising SystemExit errs its case, the run goes on).
 
 When the backend under test is the NumPy backend in device precision, its result *is* the
 reference, so it is computed once (it passes criterion 1 trivially and criterion 2 by the
@@ -192,7 +193,9 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                     _again(op, inputs, backend_fn, entry["backend"]), repeat)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:   # one broken case must not stop the suite
+        # one broken case must not stop the suite: nor may a backend's SystemExit(0) (or any
+        # other BaseException) end the run with exit status 0 and no table
+        except BaseException as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
             entry["traceback"] = traceback.format_exc(limit=6)
     entry["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})

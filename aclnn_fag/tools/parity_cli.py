@@ -12,7 +12,8 @@ Report options (docs/parity.md):
 * ``--backend-module pkg.mod:function`` — the backend under test is that callable
   (:mod:`aclnn_fag.tools.backend_module`);
 * ``--repro DIR`` [``--no-shrink``] — a C reproducer per failing case
-  (:mod:`aclnn_fag.tools.repro`).
+  (:mod:`aclnn_fag.tools.repro`); a DIR that cannot be made is a usage error before the run,
+  and a reproducer that cannot be written is reported on stderr even with ``-q``.
 """
 
 from __future__ import annotations
@@ -94,6 +95,11 @@ def usage_problem(args):
         return "--no-shrink only goes with --repro"
     if getattr(args, "html", None) == STDOUT:
         return "--html takes a file name, not '-'"
+    if args.repro and not compare_requested(args):
+        from .repro import target_problem
+        why = target_problem(args.repro)
+        if why:
+            return f"--repro {args.repro}: cannot write reproducers there: {why}"
     return None
 
 
@@ -107,9 +113,14 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         from . import repro
         failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
         written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
-                                          backend_fn=backend_fn, progress=None if args.quiet else sys.stderr)
+                                          backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
+                                          errors=sys.stderr)
         print(f"reproducers: {len(written)} of {len(failing)} failing case(s) in {args.repro}"
               + "".join(f"\n  {w}" for w in written), file=text)
+        name, c_op = repro.backend_under_test(backend_fn, report.get("backend"))
+        if failing and not c_op:
+            print(f"note: the failures come from {name}; the reproducers call the C op directly "
+                  "and test the C op only (their README says so)", file=sys.stderr)
         by_dir = {repro.case_directory_name(c["name"]): c["name"] for c in failing}
         report["reproducers"] = {"dir": str(args.repro), "cases": {
             by_dir[os.path.basename(w)]: w for w in written if os.path.basename(w) in by_dir}}

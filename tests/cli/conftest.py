@@ -128,6 +128,24 @@ def block_adapter(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def local_module(tmp_path, monkeypatch):
+    """``local_module(name, source)``: write ``name.py`` into a temporary current directory
+    (where ``--backend-module name:function`` finds it) and return ``name``; the module is
+    forgotten after the test."""
+    names = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.chdir(tmp_path)
+        sys.modules.pop(name, None)
+        names.append(name)
+        return name
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
+@pytest.fixture
 def run_cli(capsys):
     """Run ``aclnn-fag`` in-process: returns (exit status, stdout, stderr)."""
     from aclnn_fag.tools.cli import main
