@@ -19,7 +19,7 @@ import numpy as np
 from . import acl, operands
 from .call import FagForward, FagGrads
 from .constants import BF16
-from .validate import validate_backward
+from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from ..semantics.sparse import MaskReader, batch_keep
 from ..constants import FLT_MAX
+from ..errors import FullyMaskedRowWarning
 
 __all__ = ["KernelSetup", "kernel_setup", "batch_heads", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
            "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
@@ -54,10 +55,6 @@ def batch_heads(call, setup: KernelSetup) -> Iterator[tuple]:
             per_head = (range(heads.start, heads.stop)
                         if setup.mask is not None and setup.mask.per_head else None)
             yield b, qs, sq, ks, skv, keep, n2, heads, per_head
-
-
-class FullyMaskedRowWarning(UserWarning):
-    """A query row has no kept key (the docs call this unsupported)."""
 
 
 def precision_dtype(precision: str):
