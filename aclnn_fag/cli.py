@@ -230,6 +230,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .progress import enable_call_progress
+    enable_call_progress(True)          # long NumPy-backend calls report progress on stderr
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -29,17 +29,18 @@ import numpy as np
 from ..call import FagCall, FagGrads
 from ..semantics.softmax_layout import device_stat_blocks
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
-from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, gather_concat,
-                     gather_heads, kernel_setup, precision_dtype, row_part, rows_2d,
-                     scatter_heads)
+from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, call_progress,
+                     gather_concat, gather_heads, kernel_setup, precision_dtype, row_part,
+                     rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
 __all__ = ["attention_backward"]
 
 
 def attention_backward(call: FagCall, precision: str = "device",
-                       blocks: BlockSizes | None = None) -> FagGrads:
-    """The five gradients for a validated call (see module docstring)."""
+                       blocks: BlockSizes | None = None, progress=None) -> FagGrads:
+    """The five gradients for a validated call (see module docstring). ``progress``: report
+    progress on stderr when the call is long (``common.call_progress``)."""
     blocks = blocks or default_block_sizes()
     q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
     grads = FagGrads(*(np.zeros(x.shape, dtype=BF16 if precision == "device"
@@ -53,6 +54,7 @@ def attention_backward(call: FagCall, precision: str = "device",
     accumulators = _KvAccumulators(max(call.seqs.skv[:call.seqs.batch]), d_qk, dv, work)
     stats_max = np.ascontiguousarray(call.softmax_max)   # no copy when already contiguous
     stats_sum = np.ascontiguousarray(call.softmax_sum)
+    bar = call_progress(call, setup, "backward", progress)
 
     for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup):
         max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
@@ -62,13 +64,16 @@ def attention_backward(call: FagCall, precision: str = "device",
         for i0, i1 in query_blocks(sq, bq):
             work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
             fully_masked += rows_without_keys(work_tiles, group, i1 - i0)
+            bar.step()
             if not work_tiles:
                 continue
             rows = slice(qs + i0, qs + i1)
             # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
             # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
             q_cat = gather_concat((q, qr), rows, hs, work)
-            row_max = max_blocks[hs, i0:i1, 0].reshape(-1, 1)
+            # a contiguous copy: NumPy 2.4's float64 negative misreads this strided [r, 1]
+            # view into a column of q_aug (float64 statistics: torch golden precision fp64)
+            row_max = np.ascontiguousarray(max_blocks[hs, i0:i1, 0]).reshape(-1, 1)
             row_sum = sum_blocks[hs, i0:i1, 0].reshape(-1, 1).astype(work)
             q_aug = np.empty((q_cat.shape[0], d_qk + 1), work)
             np.multiply(q_cat, scale, out=q_aug[:, :d_qk])
@@ -112,6 +117,7 @@ def attention_backward(call: FagCall, precision: str = "device",
         for out, part in ((grads.dk, acc_k[:, :d]), (grads.dk_rope, acc_k[:, d:]),
                           (grads.dv, acc_v)):
             np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
+    bar.close()
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: "
                       "the docs call this unsupported; they contribute zero gradients here",

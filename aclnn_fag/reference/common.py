@@ -8,7 +8,7 @@ import numpy as np
 
 from ..semantics.sparse import MaskReader, batch_keep
 
-__all__ = ["KernelSetup", "kernel_setup", "batch_heads", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
+__all__ = ["KernelSetup", "kernel_setup", "batch_heads", "call_progress", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
            "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -54,6 +54,27 @@ def batch_heads(call, setup: KernelSetup) -> Iterator[tuple]:
             per_head = (range(heads.start, heads.stop)
                         if setup.mask is not None and setup.mask.per_head else None)
             yield b, qs, sq, ks, skv, keep, n2, heads, per_head
+
+
+def call_progress(call, setup: KernelSetup, direction: str, progress):
+    """A ``progress.BlockProgress`` over the query tiles of a call: shown when progress is
+    wanted (``progress`` / $ACLNN_FAG_PROGRESS / the CLI) and the call is estimated to take
+    more than ``progress.LONG_CALL_S`` (the area of the sequences, halved for the causal
+    modes 2/3, at ``progress.ASSUMED_GFLOPS``)."""
+    from .. import progress as prog
+    if not prog.call_progress_wanted(progress):
+        return prog.BlockProgress(0, "", False)
+    d_qk = call.query.shape[2] + call.query_rope.shape[2]
+    dv = call.value.shape[2]
+    per_pair = 2 * (d_qk + dv) if direction == "forward" else 2 * (3 * d_qk + 2 * dv)
+    area = sum(sq * skv for _, _, sq, _, skv in call.seqs.batches())
+    if call.sparse_mode in (2, 3):
+        area /= 2
+    flops = area * call.query.shape[1] * per_pair
+    show = prog.estimate_seconds(flops) > prog.LONG_CALL_S
+    steps = sum(-(-sq // setup.q_tokens) for _, _, sq, _, skv in call.seqs.batches()
+                if sq and skv) * call.key.shape[1]
+    return prog.BlockProgress(steps, f"aclnn_fag {direction} (numpy)", show)
 
 
 class FullyMaskedRowWarning(UserWarning):

@@ -27,16 +27,17 @@ from ..call import FagForward, FwdCall
 from ..semantics.softmax_layout import COPIES
 from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
 from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, KeySide, apply_mask, batch_heads,
-                     gather_concat, kernel_setup, row_max, row_part, row_sum, rows_2d,
-                     scatter_heads)
+                     call_progress, gather_concat, kernel_setup, row_max, row_part, row_sum,
+                     rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
 __all__ = ["attention_forward"]
 
 
 def attention_forward(call: FwdCall, precision: str = "device",
-                      blocks: BlockSizes | None = None) -> FagForward:
-    """Attention output and softmax statistics for a validated call."""
+                      blocks: BlockSizes | None = None, progress=None) -> FagForward:
+    """Attention output and softmax statistics for a validated call. ``progress``: report
+    progress on stderr when the call is long (``common.call_progress``)."""
     blocks = blocks or default_block_sizes()
     setup = kernel_setup(call, precision, blocks.q_tokens)
     work, device, scale, group, bq, mask = setup
@@ -47,6 +48,7 @@ def attention_forward(call: FwdCall, precision: str = "device",
     flat_max = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
     flat_sum = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
     fully_masked = 0
+    bar = call_progress(call, setup, "forward", progress)
 
     for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup):
         max_block = flat_max[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
@@ -96,6 +98,8 @@ def attention_forward(call: FwdCall, precision: str = "device",
             scatter_heads(out, rows, hs, o)
             max_block[hs, i0:i1, :] = m.reshape(group, i1 - i0, 1)
             sum_block[hs, i0:i1, :] = l.reshape(group, i1 - i0, 1)
+            bar.step()
+    bar.close()
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: the docs call this "
                       "unsupported; stored as the device's invalid lines (max = -FLT_MAX, "
