@@ -6,7 +6,6 @@ import os
 import threading
 import warnings
 
-import ml_dtypes
 import numpy as np
 
 from . import blas, operands
@@ -14,12 +13,12 @@ from .call import INT32_MAX, FagForward, FagGrads
 from .errors import AclnnError, BackendUnavailableError
 from .reference import PRECISIONS, attention_backward, attention_forward
 from .validate import _TENSOR_NAMES, _stacklevel, validate_backward_args, validate_forward
+from .constants import BF16
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
 
 BACKENDS = ("auto", "numpy", "npu")
-BF16 = np.dtype(ml_dtypes.bfloat16)
 _TORCH_KINDS = (operands.TORCH, operands.NPU)
 _last = threading.local()
 

@@ -135,27 +135,39 @@ def blas_threads():
 def blas_info() -> dict:
     """Which BLAS numpy uses and how many threads it runs, as a JSON-ready dict:
     ``library`` (name from numpy's build config, else the loaded library's kind), ``version``,
-    ``path`` (the loaded library), ``threads`` (now; None when unreadable), ``threads_via``
-    (the C function read), ``cap`` (the package-level cap, None when unset), ``cpu_count``,
-    ``usable_cpus`` (this process's CPU affinity) and the thread environment variables."""
+    ``configuration`` (numpy's record of the build, when it has one), ``kind``, ``path`` (the
+    loaded library), ``threads`` (now; read from the library, else from the first thread
+    variable set; None when neither tells), ``threads_via`` (the C function read, or the
+    variable), ``cap`` (the package-level cap, None when unset), ``cpu_count``,
+    ``usable_cpus`` (this process's CPU affinity) and ``env`` (the thread variables set).
+    The ``info`` command and every report record this dict as it is."""
     cfg = _numpy_blas_config()
     ctl = _probe()
     try:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = None
-    return {
+    env = {k: os.environ[k] for k in THREAD_ENV if k in os.environ}
+    threads, via = blas_threads(), (ctl.getter_name if ctl else None)
+    if threads is None:
+        var = next((k for k in THREAD_ENV if env.get(k, "").strip().isdigit()), None)
+        if var is not None:
+            threads, via = int(env[var].strip()), f"${var}"
+    info = {
         "library": cfg.get("name") or (ctl.kind if ctl else None),
         "version": cfg.get("version"),
         "kind": ctl.kind if ctl else None,
         "path": ctl.path if ctl else None,
-        "threads": blas_threads(),
-        "threads_via": ctl.getter_name if ctl else None,
+        "threads": threads,
+        "threads_via": via,
         "cap": get_reference_threads(),
         "cpu_count": os.cpu_count(),
         "usable_cpus": usable,
-        "env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
+        "env": env,
     }
+    if cfg.get("configuration"):
+        info["configuration"] = cfg["configuration"]
+    return info
 
 
 # --------------------------------------------------------------------------- the cap

@@ -13,11 +13,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .semantics.seqlens import SeqInfo
+from .seqlens import SeqInfo
+from .constants import INT32_MAX
 
 __all__ = ["FagCall", "FwdCall", "FagGrads", "FagForward", "INT32_MAX"]
 
-INT32_MAX = 2147483647
 
 
 class FagGrads(NamedTuple):

@@ -24,7 +24,7 @@ import numpy as np
 
 from .masks import COMPRESSED_SIZE
 from .row_lse import as_f32, segment_lse
-from .semantics.softmax_layout import COPIES
+from .softmax_layout import COPIES
 from .semantics.sparse import batch_keep
 
 __all__ = ["DEVICE_SAMPLE_BYTES", "Sampler"]

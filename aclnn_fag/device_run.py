@@ -14,16 +14,15 @@ from __future__ import annotations
 
 import sys
 
-import ml_dtypes
 import numpy as np
 
 from . import operands
-from .api import _acl           # aclnn_fag.acl, imported once on first use
+from . import acl
 from .call import FagForward, FagGrads
+from .constants import BF16
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 _GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
               ("dv", "value"))
 
@@ -74,7 +73,6 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
     result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
     DeviceArray to write into) and returns its results. Returns the outputs in order: NPU
     tensors from ``query_obj.new_empty`` for NPU inputs, else new DeviceArrays."""
-    acl = _acl()
     dev = call_device(call, names)
     if kind == operands.NPU:
         tensors = []
@@ -105,7 +103,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    run_backward = _acl().run_backward
+    run_backward = acl.run_backward
     fields = call.__dict__
     specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
     return FagGrads(*_run_on_device(
@@ -121,7 +119,7 @@ _BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "at
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
     statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
-    run_forward = _acl().run_forward
+    run_forward = acl.run_forward
     t1, n1 = call.query.shape[0], call.query.shape[1]
     stats = ((t1, n1, 8), np.dtype(np.float32))
     specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),

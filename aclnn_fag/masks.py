@@ -15,12 +15,12 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from .constants import INT32_MAX
 
 __all__ = ["COMPRESSED_SIZE", "compressed_causal_mask", "is_canonical_compressed", "band_mask",
            "causal_mask", "is_package_mask"]
 
 COMPRESSED_SIZE = 2048
-INT32_MAX = 2147483647
 # a [maxSq, maxSkv] mask larger than this is refused (it would take more than 4 GiB)
 MAX_MASK_ELEMENTS = 1 << 32
 

@@ -1,32 +1,170 @@
-"""Per-sequence lengths and the cumulative ends the op takes (docs/semantics.md, Sequence
-lengths).
+"""Cumulative sequence ends (``actual_seq_qlen``/``actual_seq_kvlen``) and what follows
+from them (docs/semantics.md, Sequence lengths).
 
 The op's ``actual_seq_qlen``/``actual_seq_kvlen`` hold **cumulative end offsets**: lengths
-``[2, 2, 0, 2, 2]`` are passed as ``[2, 4, 4, 6, 8]``. These helpers check their input the
-way the public call does and with the same messages: a list of integers (``TypeError``
-otherwise, e.g. for floats), no negative entry, ends that never decrease (``ValueError``).
+``[2, 2, 0, 2, 2]`` are passed as ``[2, 4, 4, 6, 8]``. A leading 0 (flash-attn's
+``cu_seqlens``) is accepted: the op reads it as an empty first sequence (docs/semantics.md,
+The leading-0 form).
+
+Public helpers (they check their input the way the public call does, with the same
+messages: a list of integers -- ``TypeError`` otherwise, e.g. for floats --, no negative
+entry, ends that never decrease -- ``ValueError``):
 
 * ``lengths_to_cumulative(lengths)`` -> int64 ends;
 * ``cumulative_to_lengths(ends)`` -> int64 lengths;
 * ``max_lengths(q_ends, kv_ends=None)`` -> ``(maxSq, maxSkv)``, the last two dims of the
   ``[maxSq, maxSkv]`` mask of sparse modes 0/1 (``aclnn_fag.masks.band_mask``).
 
-A leading 0 (flash-attn's ``cu_seqlens``) is accepted: the op reads it as an empty first
-sequence (docs/semantics.md, The leading-0 form).
+For the rest of the package: ``int_list`` (an aclIntArray argument as a tuple of ints),
+``ends_problem``/``per_sequence_hint`` (the S4 messages) and ``SeqInfo``/``seq_info`` (per-batch
+starts and lengths, the batch count B).
 """
 
 from __future__ import annotations
 
+import numbers
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 
-from .semantics.seqlens import ends_problem
-from .validate import _check_int_list
+from .constants import INT64_MAX, INT64_MIN, LIMITS, MAX_INT_ARRAY_ENTRIES
 
-__all__ = ["lengths_to_cumulative", "cumulative_to_lengths", "max_lengths"]
+__all__ = ["lengths_to_cumulative", "cumulative_to_lengths", "max_lengths", "int_list",
+           "SeqInfo", "seq_info", "per_sequence_hint", "ends_problem"]
 
+PER_SEQUENCE_HINT = (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
+                     "to T); the op takes cumulative ends without a leading 0 "
+                     "(aclnn_fag.seqlens.lengths_to_cumulative)")
+
+
+def per_sequence_hint(ends, total=None) -> str:
+    """' -- ...' when ``ends`` look like per-sequence lengths: with ``total`` (T) known, they
+    sum to T and the last is not T; without it, they decrease somewhere."""
+    if not ends or len(ends) < 2:
+        return ""
+    if total is not None:
+        return PER_SEQUENCE_HINT if sum(ends) == total and ends[-1] != total else ""
+    if any(b < a for a, b in zip(ends, ends[1:])) and min(ends) >= 0:
+        return (" -- these look like per-sequence lengths, not cumulative ends "
+                "(aclnn_fag.seqlens.lengths_to_cumulative converts lengths to ends)")
+    return ""
+
+
+def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
+    """What is wrong with cumulative ends ``ends`` (ints), or '' when nothing is: a negative
+    entry, a decrease, or (with ``total`` = T) a last end past T. The public call (check S4 of
+    docs/validation.md) and the helpers of aclnn_fag.seqlens / aclnn_fag.softmax_layout all
+    report these with this text."""
+    if not ends:
+        return f"{name} must have at least one entry"
+    hint = per_sequence_hint(ends, total)
+    shown = f"{list(ends[:8])}{'...' if len(ends) > 8 else ''}"
+    for i, x in enumerate(ends):
+        if x < 0:
+            return (f"{name} has a negative entry ({x} at index {i}): it must hold cumulative "
+                    f"ends, got {shown}{hint}")
+        if i and x < ends[i - 1]:
+            return (f"{name} must be non-decreasing cumulative ends (entry {i} = {x} < "
+                    f"{ends[i - 1]}), got {shown}{hint}")
+    if total is not None and ends[-1] > total:
+        return (f"the last cumulative end {ends[-1]} of {name} exceeds {total_name} = {total} "
+                f"(the kernel would read out of bounds); the last end must be T{hint}")
+    return ""
+
+
+@dataclass(frozen=True)
+class SeqInfo:
+    """Per-batch starts/lengths derived from the cumulative ends.
+
+    ``batch`` is B of docs/semantics.md, "Sequence lengths": the raw count minus the trailing run
+    (index >= 1) of batches whose query and key lengths are both 0.
+    ``max_sq``/``max_skv`` are taken over all raw entries.
+    """
+
+    q_ends: tuple
+    kv_ends: tuple
+    q_starts: tuple
+    kv_starts: tuple
+    sq: tuple
+    skv: tuple
+    batch: int
+    max_sq: int
+    max_skv: int
+
+    @property
+    def batch_raw(self) -> int:
+        return len(self.q_ends)
+
+    def batches(self):
+        """Yield (b, q_start, sq, kv_start, skv) for b < batch."""
+        for b in range(self.batch):
+            yield b, self.q_starts[b], self.sq[b], self.kv_starts[b], self.skv[b]
+
+
+def seq_info(actual_seq_qlen, actual_seq_kvlen) -> SeqInfo:
+    """Build SeqInfo from the two cumulative-end sequences (already validated)."""
+    q_ends = tuple(int(x) for x in actual_seq_qlen)
+    kv_ends = tuple(int(x) for x in actual_seq_kvlen)
+    q_starts = ((0,) + q_ends[:-1]) if q_ends else ()
+    kv_starts = ((0,) + kv_ends[:-1]) if kv_ends else ()
+    sq = tuple(e - s for s, e in zip(q_starts, q_ends))
+    skv = tuple(e - s for s, e in zip(kv_starts, kv_ends))
+    batch = min(len(q_ends), len(kv_ends))
+    while batch > 1 and sq[batch - 1] == 0 and skv[batch - 1] == 0:
+        batch -= 1
+    return SeqInfo(q_ends=q_ends, kv_ends=kv_ends, q_starts=q_starts, kv_starts=kv_starts,
+                   sq=sq, skv=skv, batch=batch,
+                   max_sq=max(sq) if sq else 0, max_skv=max(skv) if skv else 0)
+
+
+def int_list(name, value):
+    """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values (a list
+    or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
+    if value is None:
+        return None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise TypeError(f"parameter '{name}' is a torch tensor on {value.device.type!r}: "
+                            "the sequence ends are read on the host; pass a list, a numpy array "
+                            f"or a CPU tensor ({name}.cpu())")
+        value = value.detach().numpy()
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
+                            f"{value.ndim}-D array of shape {value.shape}")
+        if value.size > MAX_INT_ARRAY_ENTRIES:
+            raise ValueError(f"parameter '{name}' has {value.size} entries; at most "
+                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
+                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+        if value.size and value.dtype.kind not in "iu":
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got an "
+                            f"array of dtype {value.dtype}")
+        out = tuple(int(x) for x in value.tolist())
+    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
+        if len(value) > MAX_INT_ARRAY_ENTRIES:
+            raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
+                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
+                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+        out = []
+        for i, x in enumerate(value):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+                raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
+                                f"{i} is {type(x).__name__} {x!r}")
+            out.append(int(x))
+        out = tuple(out)
+    else:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
+                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
+    for x in out:
+        if not INT64_MIN <= x <= INT64_MAX:
+            raise ValueError(f"parameter '{name}' has {x}, which does not fit in int64")
+    return out
 
 def _ends(name, ends) -> tuple:
-    values = _check_int_list(name, ends)
+    values = int_list(name, ends)
     if values is None:
         raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
     problem = ends_problem(name, values)
@@ -40,7 +178,7 @@ def lengths_to_cumulative(lengths) -> np.ndarray:
 
     ``[300, 0, 212]`` -> ``[300, 300, 512]``. Raises TypeError for anything but a 1-D
     sequence of integers and ValueError for a negative length."""
-    values = _check_int_list("lengths", lengths)
+    values = int_list("lengths", lengths)
     if values is None:
         raise TypeError("parameter 'lengths' must be a 1-D sequence of integers, got None")
     for i, x in enumerate(values):

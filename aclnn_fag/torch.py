@@ -55,7 +55,7 @@ from . import api, masks, operands
 from .call import INT32_MAX
 from .reference import PRECISIONS
 from .semantics.sparse import COMPRESSED_MODES
-from .validate import _check_int_list
+from .seqlens import int_list
 
 __all__ = ["FlashAttentionVarlenRope", "varlen_attention", "DOUBLE_BACKWARD_ERROR",
            "STATS_GRADIENT_ERROR"]
@@ -170,10 +170,10 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
 
 def _ends(name, value) -> list:
     """Cumulative ends as a list of ints: a list/tuple, a 1-D numpy array or a CPU torch
-    tensor, checked as the public calls check them (validate._check_int_list)."""
+    tensor, checked as the public calls check them (seqlens.int_list)."""
     if type(value) is list and all(type(x) is int for x in value):
         return value                       # the common case, also under torch.compile
-    ends = _check_int_list(name, value)
+    ends = int_list(name, value)
     if ends is None:
         raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
     return list(ends)

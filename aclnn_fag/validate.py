@@ -54,32 +54,24 @@ import numbers
 import operator
 import sys
 import warnings
-from collections.abc import Sequence
 
-import ml_dtypes
 import numpy as np
 
 from .call import FagCall, FwdCall
 from .errors import ParamInvalidError, ParamNullptrError
 from .masks import COMPRESSED_SIZE, is_canonical_compressed, is_package_mask
 from .row_lse import rows_lse
-from .semantics.seqlens import SeqInfo, ends_problem, per_sequence_hint, seq_info
+from .seqlens import SeqInfo, ends_problem, int_list, per_sequence_hint, seq_info
 from .semantics.sparse import COMPRESSED_MODES, INT32_MAX, band_index, batch_keep, normalize_tokens
-from .semantics.softmax_layout import COPIES
+from .softmax_layout import COPIES
+from .constants import BF16, INT64_MIN, INT64_MAX, LIMITS, MAX_INT_ARRAY_ENTRIES
 
 __all__ = ["validate_backward", "validate_forward", "IgnoredArgumentWarning",
            "SequenceEndWarning", "SoftmaxStatsMismatchWarning", "LIMITS", "MAX_INT_ARRAY_ENTRIES",
            "start_indices", "START_INDEX_DEFAULT", "needs_padding"]
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 
-# Documented limits the code does not check (docs D3/D3new); enforced here (S3).
-LIMITS = {"max_heads": 256, "max_head_dim": 768, "max_tokens": 1 << 20, "max_batch": 2048}
-# An int array longer than this is refused before it is copied (ValueError): the op takes
-# at most LIMITS["max_batch"] sequences, and a zero-stride array must not become a huge list.
-MAX_INT_ARRAY_ENTRIES = 1 << 20
 # S9: how many (row, head) samples are checked at most, and the longest KV sequence sampled.
 STATS_LAYOUT_SAMPLES = 8
 STATS_LAYOUT_MAX_SKV = 65536
@@ -175,51 +167,6 @@ def _check_layout(value):
     if "\x00" in value:
         raise ValueError(f"parameter 'input_layout' contains a NUL character: {value!r}")
     return value
-
-
-def _check_int_list(name, value):
-    """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values (a list
-    or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
-    if value is None:
-        return None
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        if value.device.type != "cpu":
-            raise TypeError(f"parameter '{name}' is a torch tensor on {value.device.type!r}: "
-                            "the sequence ends are read on the host; pass a list, a numpy array "
-                            f"or a CPU tensor ({name}.cpu())")
-        value = value.detach().numpy()
-    if isinstance(value, np.ndarray):
-        if value.ndim != 1:
-            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
-                            f"{value.ndim}-D array of shape {value.shape}")
-        if value.size > MAX_INT_ARRAY_ENTRIES:
-            raise ValueError(f"parameter '{name}' has {value.size} entries; at most "
-                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
-                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
-        if value.size and value.dtype.kind not in "iu":
-            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got an "
-                            f"array of dtype {value.dtype}")
-        out = tuple(int(x) for x in value.tolist())
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
-        if len(value) > MAX_INT_ARRAY_ENTRIES:
-            raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
-                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
-                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
-        out = []
-        for i, x in enumerate(value):
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-                raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
-                                f"{i} is {type(x).__name__} {x!r}")
-            out.append(int(x))
-        out = tuple(out)
-    else:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
-                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
-    for x in out:
-        if not INT64_MIN <= x <= INT64_MAX:
-            raise ValueError(f"parameter '{name}' has {x}, which does not fit in int64")
-    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -318,8 +265,8 @@ def start_indices(q_start_idx, kv_start_idx):
     ``[0]`` changes no math. torch_npu passes non-NULL arrays too. (docs/forward.md,
     "Start indices".)
     """
-    q = _check_int_list("q_start_idx", q_start_idx)
-    kv = _check_int_list("kv_start_idx", kv_start_idx)
+    q = int_list("q_start_idx", q_start_idx)
+    kv = int_list("kv_start_idx", kv_start_idx)
     return (START_INDEX_DEFAULT if q is None else q,
             START_INDEX_DEFAULT if kv is None else kv)
 
@@ -857,8 +804,8 @@ _SCALAR_CHECKS = {
     "scale_value": _check_float, "keep_prob": _check_float,
     "pre_tokens": _check_int, "next_tokens": _check_int, "inner_precise": _check_int,
     "sparse_mode": _check_int, "pse_type": _check_int, "head_num": _check_optional_int,
-    "actual_seq_qlen": _check_int_list, "actual_seq_kvlen": _check_int_list,
-    "q_start_idx": _check_int_list, "kv_start_idx": _check_int_list, "prefix": _check_int_list,
+    "actual_seq_qlen": int_list, "actual_seq_kvlen": int_list,
+    "q_start_idx": int_list, "kv_start_idx": int_list, "prefix": int_list,
     "input_layout": lambda _name, value: _check_layout(value),
 }
 

@@ -24,7 +24,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aclnn_fag import cliargs  # noqa: E402  (checked numbers for the options)
+from aclnn_fag.tools import cliargs  # noqa: E402  (checked numbers for the options)
 
 
 def main(argv=None) -> int:

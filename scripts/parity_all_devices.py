@@ -34,7 +34,7 @@ def _device_ids(spec):
     if spec:
         return [int(x) for x in spec.split(",") if x.strip()]
     sys.path.insert(0, str(ROOT))
-    from aclnn_fag.envinfo import npu_status
+    from aclnn_fag.tools.envinfo import npu_status
     status = npu_status()
     count = status.get("device_count") or 0
     if not status.get("ok") or not count:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="parity_reports", help="directory for the reports and logs")
     p.add_argument("--backend", default="npu", choices=("npu", "auto", "numpy"),
                    help="backend each process tests (default: npu)")
-    from aclnn_fag.cliargs import nonnegative_int
+    from aclnn_fag.tools.cliargs import nonnegative_int
     p.add_argument("--jobs", type=nonnegative_int, default=0,
                    help="parallel processes (default: one per device)")
     args = p.parse_args(argv)

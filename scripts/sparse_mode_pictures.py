@@ -16,7 +16,7 @@ import argparse
 import pathlib
 import sys
 
-from aclnn_fag.semantics.seqlens import seq_info
+from aclnn_fag.seqlens import seq_info
 from aclnn_fag.semantics.sparse import band_index, batch_keep, normalize_tokens
 
 DOC = pathlib.Path(__file__).resolve().parent.parent / "docs" / "sparse_modes.md"

@@ -54,13 +54,13 @@ def _collect_then_freeze_older_objects():
     yield
 
 
-_CACHES = ("aclnn_fag.acl.exec_cache", "aclnn_fag.acl.constants", "aclnn_fag.acl.call_pool")
+_CACHES = ("aclnn_fag.acl.exec_cache", "aclnn_fag.acl.device_constants", "aclnn_fag.acl.call_pool")
 
 
 @pytest.fixture(autouse=True)
 def _empty_executor_cache():
     """Each test starts and ends with an empty executor cache (aclnn_fag/acl/exec_cache.py),
-    no device copy of the compressed mask (aclnn_fag/acl/constants.py) and no device memory
+    no device copy of the compressed mask (aclnn_fag/acl/device_constants.py) and no device memory
     kept between calls (aclnn_fag/acl/call_pool.py), so that no test depends on what an
     earlier one left behind."""
     for name in _CACHES:

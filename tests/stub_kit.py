@@ -116,12 +116,12 @@ class StubControls:
 
     def counters(self, keep_cache: bool = False) -> dict:
         """The stub's live objects. The package's executor cache (aclnn_fag/acl/exec_cache.py),
-        its device copy of the compressed mask (aclnn_fag/acl/constants.py) and the device
+        its device copy of the compressed mask (aclnn_fag/acl/device_constants.py) and the device
         memory calls keep for the next call (aclnn_fag/acl/call_pool.py) outlive calls on
         purpose; all are emptied first so that what remains is what leaked, unless
         ``keep_cache``."""
         if not keep_cache:
-            from aclnn_fag.acl import call_pool, constants, exec_cache
+            from aclnn_fag.acl import call_pool, device_constants as constants, exec_cache
             exec_cache.clear()
             constants.clear()
             call_pool.clear()

@@ -17,7 +17,7 @@ Importing this package never fails and never loads a library; the first use does
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
 * :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature
   (phase 1 once per signature; ``ACLNN_FAG_EXECUTOR_CACHE``, :func:`clear_executor_cache`);
-* :mod:`.constants` — one device copy per device of the package's compressed mask
+* :mod:`.device_constants` — one device copy per device of the package's compressed mask
   (:func:`release_constants`);
 * :mod:`.ownership` — interrupt-safe ownership of native handles (claims taken atomically
   with each create, SIGINT deferred across create-and-own; docs/faults.md).
@@ -40,7 +40,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import call_pool, constants, exec_cache, loader, ownership, prototypes, runtime, versions
+from . import call_pool, device_constants, exec_cache, loader, ownership, prototypes, runtime, versions
+from . import device_constants as constants     # the public name of earlier releases
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
 from .plan import FagExecutor, FagPlan
@@ -67,10 +68,10 @@ def clear_executor_cache() -> int:
 
 
 def release_constants() -> int:
-    """Free the device copies of the package's compressed mask (:mod:`.constants`; 4 MiB per
+    """Free the device copies of the package's compressed mask (:mod:`.device_constants`; 4 MiB per
     device and dtype, made by the first numpy-in call that passes it); returns how many there
     were. ``shutdown()`` does this too."""
-    return constants.clear()
+    return device_constants.clear()
 
 
 def release_call_memory() -> int:

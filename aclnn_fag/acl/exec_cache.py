@@ -37,7 +37,7 @@ import os
 import threading
 from collections import OrderedDict
 from ctypes import c_uint64, c_void_p
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from .. import _env
 from . import ownership, runtime

@@ -8,7 +8,7 @@ here instead of the general path of :mod:`.op`:
 2. the allocation comes from :mod:`.call_pool` (the memory of an earlier call, reused);
    the outputs' bytes are zero-filled by one ``aclrtMemset`` (the op may leave parts
    unwritten: docs/faults.md) and each input is copied by one ``aclrtMemcpy``;
-   the package's compressed mask is not uploaded (its device copy, :mod:`.constants`);
+   the package's compressed mask is not uploaded (its device copy, :mod:`.device_constants`);
 3. the executor cached for the call's signature (:mod:`.exec_cache`; the signature is
    made from the layout, and reused while the attributes repeat) is repointed at those
    addresses and phase 2 runs, its workspace behind the pieces in the same allocation
@@ -33,7 +33,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from .._address import data_address
-from . import call_pool, constants, exec_cache, ownership, runtime
+from . import call_pool, device_constants, exec_cache, ownership, runtime
 from .exec_cache import _double_key as float_key
 from ._status import check
 from .arena import ARENA_ALIGN, layout
@@ -143,7 +143,7 @@ def run(op, arrays: list, out_specs: tuple, device_id: Optional[int], stream,
         mask_at = _MASK_SLOT[op.inputs]
         shared = None
         if mask_at >= 0 and arrays[mask_at] is not None:
-            shared = constants.package_mask(arrays[mask_at], dev)
+            shared = device_constants.package_mask(arrays[mask_at], dev)
         specs = tuple([None if a is None else (a.shape, a.dtype) for a in arrays])
         if shared is not None:
             specs = specs[:mask_at] + (_SHARED,) + specs[mask_at + 1:]

@@ -39,21 +39,20 @@ from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
 from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Tuple
 
-import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagCall, FagForward, FagGrads, FwdCall
-from . import call_pool, constants, exec_cache, host_path, ownership, runtime
+from . import call_pool, device_constants, exec_cache, host_path, ownership, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, call_memory
 from .prototypes import FWD_PHASE1, FWD_PHASE2, PHASE1, PHASE2
 from .tensors import HandleBatch, _destroy, int64_values
+from ..constants import BF16, INT64_MIN, INT64_MAX
 
 __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
            "FWD_INPUT_SLOTS", "FWD_OUTPUT_SLOTS", "OpSpec", "BACKWARD", "FORWARD", "INPUT_SLOTS", "INT_ARRAY_SLOTS", "OUTPUT_SLOTS",
            "OUTPUT_LIKE", "AUTO", "TIMING_KEYS"]
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 
 # parameter order of phase 1 (docs/abi.md §2c)
 INPUT_SLOTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "pse_shift", "drop_mask",
@@ -214,8 +213,6 @@ def _layout_arg(layout) -> Optional[bytes]:
     return raw
 
 
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-
 
 def _int64_attr(name: str, value) -> int:
     """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
@@ -300,7 +297,7 @@ def _execute_op(inputs: Mapping[str, object], int_arrays: Mapping[str, object],
             host_names, to_make = [], []
             if cache and type(inputs.get("atten_mask")) is np.ndarray:
                 # the package's own compressed mask: one device copy per device (.constants)
-                shared = constants.package_mask(inputs["atten_mask"], dev)
+                shared = device_constants.package_mask(inputs["atten_mask"], dev)
                 if shared is not None:
                     inputs = dict(inputs, atten_mask=shared)
             for name in op.inputs:

@@ -42,7 +42,6 @@ import weakref
 from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
 from typing import Dict, List, Optional
 
-import ml_dtypes
 import numpy as np
 
 from ..call import INT32_MAX, FagGrads
@@ -53,10 +52,10 @@ from .op import (INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS, _Execu
                  check_device_arrays)
 from .prototypes import PHASE1, PHASE2
 from .tensors import AclIntArray, AclTensor
+from ..constants import BF16
 
 __all__ = ["FagPlan", "FagExecutor"]
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 _OUT_SLOTS = tuple(s for s in OUTPUT_SLOTS if s != "dpse")
 
 

@@ -38,6 +38,7 @@ from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarni
 from .. import _env
 from . import loader, ownership
 from ._status import check, recent_message, status_error
+from ..constants import INT32_MAX
 
 __all__ = [
     "ENV_DEVICE", "MEMCPY_HOST_TO_DEVICE", "MEMCPY_DEVICE_TO_HOST", "OPT_DETERMINISTIC",
@@ -53,7 +54,6 @@ ENV_DEVICE = "ACLNN_FAG_DEVICE"
 ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_ERROR_RT_SYSPARAMOPT_NOT_SET = 107021
 ACL_ERROR_RT_CONTEXT_NULL = 107002
-INT32_MAX = (1 << 31) - 1      # device ids are int32_t in every ACL prototype
 MEMCPY_HOST_TO_DEVICE = 1
 MEMCPY_DEVICE_TO_HOST = 2
 MALLOC_HUGE_FIRST = 0

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import ownership, runtime
 from ._status import null_handle_error, status_error
+from ..constants import MAX_INT_ARRAY_ENTRIES, INT64_MIN as _INT64_MIN, INT64_MAX as _INT64_MAX
 
 __all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array",
            "int64_values", "MAX_INT_ARRAY_ENTRIES"]
@@ -57,8 +58,6 @@ def acl_dtype(dtype) -> int:
         raise TypeError(f"dtype {dt} has no aclDataType (supported: {names})") from None
 
 
-MAX_INT_ARRAY_ENTRIES = 1 << 20   # as aclnn_fag.validate: more is refused before copying
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def int64_values(name: str, values) -> tuple:

@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 
 from ..call import FagCall, FagGrads
-from ..semantics.softmax_layout import device_stat_blocks
+from ..softmax_layout import device_stat_blocks
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
 from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, call_progress,
                      gather_concat, gather_heads, kernel_setup, precision_dtype, row_part,

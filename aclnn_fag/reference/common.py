@@ -7,11 +7,11 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from ..semantics.sparse import MaskReader, batch_keep
+from ..constants import FLT_MAX
 
 __all__ = ["KernelSetup", "kernel_setup", "batch_heads", "call_progress", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
            "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
 
-FLT_MAX = float(np.finfo(np.float32).max)
 # KeySide gathers one (batch, KV head)'s whole key side when it fits this many bytes, else
 # key tile by key tile (read at construction: tests lower it to drive the tile path).
 KEY_GATHER_BYTES = 16 << 20

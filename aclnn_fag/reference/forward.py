@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 
 from ..call import FagForward, FwdCall
-from ..semantics.softmax_layout import COPIES
+from ..softmax_layout import COPIES
 from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
 from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, KeySide, apply_mask, batch_heads,
                      call_progress, gather_concat, kernel_setup, row_max, row_part, row_sum,

@@ -12,12 +12,11 @@ on x86) stay NaN; +-inf stays inf; values that round past bf16's max become inf.
 
 from __future__ import annotations
 
-import ml_dtypes
 import numpy as np
+from ..constants import BF16
 
 __all__ = ["round_bf16_away_inplace", "to_bf16_away", "BF16"]
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 _HALF = np.uint32(0x8000)
 _KEEP = np.uint32(0xFFFF0000)
 

@@ -14,12 +14,12 @@ from typing import Optional
 
 import numpy as np
 
-from .seqlens import SeqInfo
+from ..seqlens import SeqInfo
+from ..constants import INT32_MAX
 
 __all__ = ["INT32_MAX", "COMPRESSED_MODES", "DENSE_MASK_MODES", "SUPPORTED_MODES",
            "normalize_tokens", "band_index", "BatchKeep", "batch_keep", "MaskReader"]
 
-INT32_MAX = 2147483647
 COMPRESSED_MODES = (2, 3, 4, 7, 8)
 DENSE_MASK_MODES = (0, 1, 5)
 SUPPORTED_MODES = (0, 1, 2, 3, 4, 5, 7, 8)

@@ -1,4 +1,4 @@
-"""The device copy of the package's compressed mask (aclnn_fag/acl/constants.py) on the stub.
+"""The device copy of the package's compressed mask (aclnn_fag/acl/device_constants.py) on the stub.
 
 Oracle: the same call with a writable copy of the mask (same content, uploaded by every
 call as before) must give bit-identical results; the H2D byte counter shows which call
@@ -14,7 +14,7 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
-from aclnn_fag.acl import constants
+from aclnn_fag.acl import device_constants as constants
 from acl_cases import make_problem
 
 MASK_BYTES = 2048 * 2048

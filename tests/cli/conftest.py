@@ -107,7 +107,7 @@ def tiny_suite(tmp_path) -> pathlib.Path:
 @pytest.fixture
 def run_cli(capsys):
     """Run ``aclnn-fag`` in-process: returns (exit status, stdout, stderr)."""
-    from aclnn_fag.cli import main
+    from aclnn_fag.tools.cli import main
 
     def run(*argv):
         code = main([str(a) for a in argv])

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from aclnn_fag import bench, cases
+from aclnn_fag.tools import bench, cases
 from aclnn_fag.validate import validate_forward
 
 FAKE_SGEMM = {"gflops": 100.0, "per_size_gflops": {"1024": 100.0}, "repeats": 1}
@@ -102,7 +102,7 @@ def test_bench_smoke_numpy_json(numpy_only, fast_sgemm, run_cli, tmp_path):
     assert code == 0, out + err
     assert "GFLOP/s" in out and "x sgemm" in out
     data = json.loads(path.read_text())
-    assert data["schema"] == "aclnn_fag.bench/1" and data["backend"] == "numpy"
+    assert data["schema"] == "aclnn_fag.tools.bench/1" and data["backend"] == "numpy"
     assert data["sgemm"]["gflops"] == 100.0
     for r in data["results"]:
         assert {"gflop", "best_s", "median_s", "gflops", "ratio_to_sgemm", "kept_pairs",

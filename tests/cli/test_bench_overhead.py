@@ -10,7 +10,7 @@ ROWS = ("bare ctypes call", "device-resident public call: NPU tensors, stream=",
 
 
 def test_overhead_suite_reports_every_row_with_goals(npu_stub, run_cli, tmp_path, monkeypatch):
-    from aclnn_fag import bench_overhead
+    from aclnn_fag.tools import bench_overhead
     real = bench_overhead.run_overhead
     # the command's rows, goals and JSON, not its timings: a short run (the CLI imports
     # run_overhead when the command runs, so the patched module attribute is the one used)
@@ -37,7 +37,7 @@ def test_overhead_suite_needs_the_npu_backend(numpy_only, run_cli):
 
 
 def test_overhead_run_restores_the_compute_switch(npu_stub, monkeypatch):
-    from aclnn_fag import bench_overhead
+    from aclnn_fag.tools import bench_overhead
     monkeypatch.delenv("ACL_STUB_SKIP_COMPUTE", raising=False)
     report = bench_overhead.run_overhead(repeat=1, inner=2)
     assert report["stub_compute_off"] is True

@@ -30,7 +30,7 @@ def test_bad_numbers_are_usage_errors(run_cli, argv, option):
     (("parity", "--k", "nan"), "--k"), (("bench", "--repeat", "-3"), "--repeat"),
     (("demo", "--seed", "-5"), "--seed")])
 def test_bad_number_message_names_the_option(capsys, argv, option):
-    from aclnn_fag.cli import main
+    from aclnn_fag.tools.cli import main
     assert main(list(argv)) == 2
     err = capsys.readouterr().err
     assert f"argument {option}" in err and argv[-1] in err

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from aclnn_fag import parity, parity_ops
+from aclnn_fag.tools import parity, parity_ops
 
 FORWARD = ("attention_out", "softmax_max", "softmax_sum")
 GRADS = ("dq", "dq_rope", "dk", "dk_rope", "dv")
@@ -98,7 +98,7 @@ def _bad_forward_judged(monkeypatch, tiny_suite, op, breaker):
         return breaker(fwd) if backend == "npu" else fwd
 
     monkeypatch.setattr(parity_ops, "_forward", broken)
-    from aclnn_fag import cases
+    from aclnn_fag.tools import cases
     suite = cases.load_suite(tiny_suite)
     specs = cases.select_cases(suite, names=["tiny-gqa-causal"])
     return parity.run_suite(specs, backend="npu", op=op)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import aclnn_fag
-from aclnn_fag import accuracy, cases, parity
+from aclnn_fag.tools import accuracy, cases, parity
 
 OUTPUTS = ("dq", "dq_rope", "dk", "dk_rope", "dv")
 OUTPUT_KEYS = {"max_abs_err", "ref_max_abs_err", "max_rel_err", "share_above", "ref_share_above",

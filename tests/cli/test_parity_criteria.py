@@ -1,5 +1,5 @@
 """The two parity criteria at their documented thresholds (README "Parity criteria",
-``aclnn_fag.accuracy``), for every output dtype the thresholds table names.
+``aclnn_fag.tools.accuracy``), for every output dtype the thresholds table names.
 
 Each scenario builds a synthetic (output y, golden g, reference r) triple whose errors sit
 just inside (verdict PASS) or just outside (FAIL) exactly one threshold while the other
@@ -28,7 +28,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from aclnn_fag import accuracy, parity
+from aclnn_fag.tools import accuracy, parity
 from aclnn_fag.call import FagGrads
 
 # the documented thresholds (README "Parity criteria", accuracy module docstring)
@@ -215,8 +215,8 @@ def big_suite(tmp_path):
 
 
 def _patch(monkeypatch, syn: Synthetic):
-    monkeypatch.setattr(parity, "_golden", syn.golden)
-    monkeypatch.setattr(parity, "_reference", syn.reference)
+    monkeypatch.setattr(parity, "golden_grads", syn.golden)
+    monkeypatch.setattr(parity, "reference_grads", syn.reference)
 
     def make_backend_fn(backend="auto", precision="device"):
         fn = syn.backend

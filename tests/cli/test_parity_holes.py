@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import aclnn_fag as af
-from aclnn_fag import accuracy, cases, parity
+from aclnn_fag.tools import accuracy, cases, parity
 
 
 def _raising(**kwargs):
@@ -81,10 +81,11 @@ def test_non_positive_k_is_a_usage_error(k, numpy_only, run_cli, tiny_suite):
 
 @pytest.mark.parametrize("k", [0.0, -2.0, float("nan"), float("inf")])
 def test_parity_main_refuses_a_bad_k_also_without_the_parser(k, numpy_only, tiny_suite, capsys):
-    """parity.main checks k itself (arguments built in code skip the parser's check)."""
-    from aclnn_fag.cli import build_parser
+    """parity_cli.main checks k itself (arguments built in code skip the parser's check)."""
+    from aclnn_fag.tools.cli import build_parser
     args = build_parser().parse_args(["parity", "--suite", str(tiny_suite), "--quick",
                                       "--report", "-"])
     args.k = k
-    assert parity.main(args) == 2
+    from aclnn_fag.tools import parity_cli
+    assert parity_cli.main(args) == 2
     assert "--k" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from aclnn_fag import report_compare
+from aclnn_fag.tools import report_compare
 
 ADAPTERS = '''
 import numpy as np
@@ -102,7 +102,7 @@ def test_junit_pass_and_fail(numpy_only, run_cli, tiny_suite, tmp_path, adapters
 
 
 def test_junit_error_case(numpy_only, tiny_suite):
-    from aclnn_fag import cases, junit, parity
+    from aclnn_fag.tools import cases, junit, parity
 
     def boom(**kwargs):
         raise RuntimeError("device on fire")
@@ -140,9 +140,9 @@ def test_torch_npu_adapter_mapping(monkeypatch, tiny_suite):
     import numpy as np
 
     import aclnn_fag
-    from aclnn_fag import cases, parity
-    from aclnn_fag.adapters import torch_npu_v2
-    from aclnn_fag.backend_module import load_backend
+    from aclnn_fag.tools import cases, parity
+    from aclnn_fag.tools.adapters import torch_npu_v2
+    from aclnn_fag.tools.backend_module import load_backend
 
     seen = {}
 
@@ -164,7 +164,7 @@ def test_torch_npu_adapter_mapping(monkeypatch, tiny_suite):
     monkeypatch.setitem(sys.modules, "torch_npu",
                         types.SimpleNamespace(npu_fusion_attention_grad_v2=npu_fusion_attention_grad_v2))
     monkeypatch.setattr(torch_npu_v2, "DEVICE", "cpu")
-    fn = load_backend("aclnn_fag.adapters.torch_npu_v2:backward")
+    fn = load_backend("aclnn_fag.tools.adapters.torch_npu_v2:backward")
     assert fn.backend_name == "torch_npu.npu_fusion_attention_grad_v2"
     report = parity.run_suite(cases.select_cases(cases.load_suite(tiny_suite), tags=["quick"]),
                               backend_fn=fn)
@@ -280,3 +280,13 @@ def test_compare_unit_rules():
     assert not cmp["regressed"] and cmp["cases"][0]["status"] == "unchanged"
     with pytest.raises(ValueError):
         report_compare.compare_reports(report({}), report({}), factor=1.0)
+
+
+def test_old_adapter_path_still_loads_with_a_deprecation_warning():
+    """``aclnn_fag.adapters.torch_npu_v2:backward`` (the path before the tools moved to
+    aclnn_fag/tools/) loads the same adapter and says where it lives now."""
+    from aclnn_fag.tools.backend_module import load_backend
+    with pytest.warns(DeprecationWarning, match="aclnn_fag.tools.adapters.torch_npu_v2"):
+        fn = load_backend("aclnn_fag.adapters.torch_npu_v2:backward")
+    assert fn.backend_name == "torch_npu.npu_fusion_attention_grad_v2"
+    assert fn.backend_module == "aclnn_fag.adapters.torch_npu_v2:backward"

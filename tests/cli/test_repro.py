@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 import aclnn_fag
-from aclnn_fag import cases
-from aclnn_fag.repro import shrink as shrink_mod, write_case
+from aclnn_fag.tools import cases
+from aclnn_fag.tools.repro import shrink as shrink_mod, write_case
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 INCLUDE = ROOT / "native_stubs" / "include"
@@ -128,7 +128,7 @@ def test_repro_failing_case_matches_binding(npu_stub, run_cli, tiny_suite, tmp_p
 def test_repro_passing_case_exits_0_and_no_shrink(npu_stub, run_cli, tiny_suite, tmp_path, ascend_home):
     suite = cases.load_suite(tiny_suite)
     spec = next(s for s in suite.cases if s.name == "tiny-mode0")
-    from aclnn_fag.parity import make_backend_fn
+    from aclnn_fag.tools.parity import make_backend_fn
     d = write_case(tmp_path / "ok", spec, backend_fn=make_backend_fn("npu"), k=2.0)
     proc = _build_and_run(d, ascend_home, tmp_path / "t.jsonl")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import aclnn_fag
-from aclnn_fag import versions as host_versions
+from aclnn_fag.tools import envinfo as host_versions
 from aclnn_fag.acl import versions as acl_versions
 
 
@@ -157,7 +157,7 @@ def test_report_environment_records_versions(npu_stub, tmp_path, monkeypatch, ti
     assert v["packages"] == {"aclnn_fag": aclnn_fag.__version__, "numpy": np.__version__,
                              "ml_dtypes": __import__("ml_dtypes").__version__,
                              "python": env["python"]}
-    assert v["blas"]["name"] and (v["blas"]["threads"] is None or v["blas"]["threads"] >= 1)
+    assert v["blas"]["library"] and (v["blas"]["threads"] is None or v["blas"]["threads"] >= 1)
     assert env["soc_name"] and env["library_paths"]["opapi"].startswith(str(npu_stub))
     summary = host_versions.summary(env)
     assert summary["cann"] == "8.5.0.stub" and summary["toolkit_install"] == "8.2.RC1"

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 import aclnn_fag as af
 from aclnn_fag import acl
-from aclnn_fag.semantics.seqlens import seq_info
+from aclnn_fag.seqlens import seq_info
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 INT32_MAX = 2147483647

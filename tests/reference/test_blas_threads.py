@@ -125,7 +125,7 @@ def test_concurrent_blocks_restore_once(controllable):
 
 
 def test_reports_record_the_blas(tmp_path):
-    from aclnn_fag import bench, envinfo
+    from aclnn_fag.tools import bench, envinfo
     env = envinfo.environment("numpy", "device", npu={"ok": False})
     assert env["versions"]["blas"]["threads"] == blas.blas_threads()
     line = bench.format_blas(blas.blas_info())

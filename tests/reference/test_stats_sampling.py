@@ -16,7 +16,7 @@ import oracle as O
 from aclnn_fag import row_lse
 from aclnn_fag import validate as V
 from aclnn_fag.errors import ParamInvalidError
-from aclnn_fag.semantics.seqlens import seq_info
+from aclnn_fag.seqlens import seq_info
 from aclnn_fag.semantics.sparse import band_index, normalize_tokens
 
 COPIES = 8

@@ -10,7 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import aclnn_fag as af  # noqa: E402
-from aclnn_fag import bench_torch, progress  # noqa: E402
+from aclnn_fag import progress  # noqa: E402
+from aclnn_fag.tools import bench_torch  # noqa: E402
 
 
 def call_inputs():

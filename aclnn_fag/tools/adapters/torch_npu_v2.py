@@ -1,6 +1,6 @@
 """torch_npu's ``npu_fusion_attention_grad_v2`` behind the public call's signature.
 
-    aclnn-fag parity --backend-module aclnn_fag.adapters.torch_npu_v2:backward
+    aclnn-fag parity --backend-module aclnn_fag.tools.adapters.torch_npu_v2:backward
 
 torch_npu calls the same op (``aclnnFlashAttentionUnpaddingScoreGradV3`` when the rope inputs
 are given in layout TND), so this judges torch_npu's path (its argument marshaling, its
@@ -31,12 +31,11 @@ from __future__ import annotations
 
 import os
 
-import ml_dtypes
 import numpy as np
+from ...constants import BF16
 
 __all__ = ["backward", "DEVICE", "to_torch", "to_numpy"]
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
 DEVICE = f"npu:{os.environ.get('ACLNN_FAG_DEVICE', '').strip() or 0}"
 
 

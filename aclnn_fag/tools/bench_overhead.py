@@ -33,9 +33,9 @@ import statistics
 import time
 from ctypes import byref, c_uint32, c_void_p
 
-from .acl.runtime import DeviceBuffer
+from ..acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
-from .operands import numpy_dtype_of_torch
+from ..operands import numpy_dtype_of_torch
 
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
 
@@ -142,9 +142,9 @@ def _time(fn, repeat: int, inner: int):
 
 def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     """Measure every row (see the module docstring); needs the NPU backend (or its stubs)."""
-    from . import acl
-    from .api import flash_attention_unpadding_score_grad_v3 as fag
-    from .validate import validate_backward
+    from .. import acl
+    from ..api import flash_attention_unpadding_score_grad_v3 as fag
+    from ..validate import validate_backward
 
     def say(msg):
         if progress:
@@ -245,7 +245,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
         out.append({"label": label, "median_us": median_us, "best_us": best_us,
                     "wall_median_us": wall_us,
                     "goal_us": goal, "met": None if goal is None else median_us <= goal})
-    return {"schema": "aclnn_fag.bench_overhead/1", "stub_compute_off": is_stub,
+    return {"schema": "aclnn_fag.tools.bench_overhead/1", "stub_compute_off": is_stub,
             "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
             "rows": out, "all_goals_met": all(r["met"] for r in out if r["met"] is not None),
             "breakdown": breakdown}
@@ -256,9 +256,9 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     the native handles and allocations one call makes (``acl.runtime.stats()``)."""
     import inspect
 
-    from . import operands, validate
-    from .device_run import run_backward_on_device
-    from .validate import _check_data_rules, validate_backward, validate_backward_args
+    from .. import operands, validate
+    from ..device_run import run_backward_on_device
+    from ..validate import _check_data_rules, validate_backward, validate_backward_args
     out = []
 
     def stage(label, fn, n=inner):

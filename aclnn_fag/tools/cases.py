@@ -1,6 +1,6 @@
 """Test cases as data: a case is shapes, arguments and a seed, never arrays.
 
-A case suite is a JSON file (the shipped one is ``aclnn_fag/data/parity_suite.json``)::
+A case suite is a JSON file (the shipped one is ``aclnn_fag/tools/data/parity_suite.json``)::
 
     {"schema": "aclnn_fag.suite/1",
      "description": "...",
@@ -35,21 +35,20 @@ import pathlib
 from dataclasses import dataclass, fields
 from typing import Optional
 
-import ml_dtypes
 import numpy as np
 
-from .api import flash_attention_forward
-from .call import INT32_MAX
-from .masks import compressed_causal_mask
-from .semantics.sparse import COMPRESSED_MODES
-from .seqlens import lengths_to_cumulative
+from ..api import flash_attention_forward
+from ..call import INT32_MAX
+from ..masks import compressed_causal_mask
+from ..semantics.sparse import COMPRESSED_MODES
+from ..seqlens import lengths_to_cumulative
+from ..constants import BF16
 
 __all__ = ["CaseSpec", "Suite", "SuiteError", "DOC_EXAMPLE", "load_suite", "default_suite_path",
            "select_cases", "make_inputs", "with_forward", "case_arguments", "MASK_KINDS"]
 
 SUITE_SCHEMA = "aclnn_fag.suite/1"
 MASK_KINDS = ("zeros", "causal", "band", "random")
-BF16 = np.dtype(ml_dtypes.bfloat16)
 
 
 class SuiteError(ValueError):

@@ -28,10 +28,12 @@ from typing import List, Optional
 
 import numpy as np
 
-from .. import __version__, accuracy, cases as cases_mod, versions
-from ..acl.loader import ROLES
-from ..acl.op import INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS
-from ..validate import validate_backward
+from ... import __version__
+from .. import accuracy, cases as cases_mod
+from ..envinfo import summary as version_summary
+from ...acl.loader import ROLES
+from ...spec import BACKWARD_V3
+from ...validate import validate_backward
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
 
@@ -69,11 +71,11 @@ def _backend_for(report: dict, backend_fn):
 
 def _judge_case(spec, backend_fn, k):
     """Inputs, FagCall, golden, result and per-output metrics of one case."""
-    from ..parity import _golden, _reference
+    from ..parity import golden_grads, reference_grads
     inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
     call = binding_call(inputs)
-    golden = _golden(**inputs)
-    reference = _reference(**inputs)
+    golden = golden_grads(**inputs)
+    reference = reference_grads(**inputs)
     error = None
     try:
         result = reference if backend_fn is None else backend_fn(**inputs)
@@ -117,28 +119,28 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
     d = pathlib.Path(out_dir) / case_directory_name(spec.name)
     d.mkdir(parents=True, exist_ok=True)
     in_specs = []
-    for slot in INPUT_SLOTS:
+    for slot in BACKWARD_V3.inputs:
         a = getattr(call, slot, None)
         in_specs.append(_tensor_spec(a))
         if a is not None:
             _write_bin(d / "inputs" / f"{slot}.bin", a)
     out_specs = []
-    for slot in OUTPUT_SLOTS:
-        src = getattr(call, OUTPUT_LIKE[slot], None) if slot in OUTPUT_LIKE else None
+    for slot in BACKWARD_V3.outputs:
+        src = getattr(call, BACKWARD_V3.output_like[slot], None) if slot in BACKWARD_V3.output_like else None
         out_specs.append(None if src is None else {"shape": list(np.shape(src)), "dtype": "bfloat16",
                                                   "itemsize": 2})
     for name in JUDGED:
         _write_bin(d / "golden" / f"{name}.bin", np.asarray(getattr(golden, name), dtype=np.float32))
     int_arrays = {n: (None if getattr(call, n, None) is None else [int(v) for v in getattr(call, n)])
-                  for n in INT_ARRAY_SLOTS}
+                  for n in BACKWARD_V3.int_arrays}
     attrs = dict(scale_value=call.scale_value, keep_prob=call.keep_prob, pre_tokens=call.pre_tokens,
                  next_tokens=call.next_tokens, head_num=call.head_num, input_layout=call.input_layout,
                  inner_precise=call.inner_precise, sparse_mode=call.sparse_mode, pse_type=call.pse_type)
     criteria = {n: {"ref_max_abs_err": metrics[n]["ref_max_abs_err"], "rtol": metrics[n]["rtol"],
                     "share_limit": metrics[n]["share_limit"]} for n in JUDGED if "rtol" in metrics[n]}
-    src = csource.c_source(case=spec.name, version=__version__, inputs=in_specs, input_names=INPUT_SLOTS,
-                           int_arrays=int_arrays, int_array_names=INT_ARRAY_SLOTS, attrs=attrs,
-                           outputs=out_specs, output_names=OUTPUT_SLOTS,
+    src = csource.c_source(case=spec.name, version=__version__, inputs=in_specs, input_names=BACKWARD_V3.inputs,
+                           int_arrays=int_arrays, int_array_names=BACKWARD_V3.int_arrays, attrs=attrs,
+                           outputs=out_specs, output_names=BACKWARD_V3.outputs,
                            deterministic=1 if call.deterministic else 0, criteria=criteria, k=k,
                            floor_rel=accuracy.FA_FLOOR_REL, floor_min=accuracy.FA_FLOOR_MIN)
     (d / "repro.c").write_text(src, encoding="utf-8")
@@ -148,7 +150,7 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
     case_doc = {"case": spec.to_dict(), "original_case": (original or spec).to_dict(),
                 "shrink_steps": list(shrink_steps), "arguments": {**attrs, **int_arrays,
                                                                   "deterministic": bool(call.deterministic)},
-                "inputs": {n: s for n, s in zip(INPUT_SLOTS, in_specs) if s is not None},
+                "inputs": {n: s for n, s in zip(BACKWARD_V3.inputs, in_specs) if s is not None},
                 "criteria": {"k": k, **criteria}, "backend_error": error,
                 "python_verdicts": None if error else {n: metrics[n]["verdict"] for n in JUDGED}}
     (d / "case.json").write_text(json.dumps(case_doc, indent=1) + "\n", encoding="utf-8")
@@ -160,7 +162,7 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
 
 def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, call, env,
             original_entry, k, backend_name, error=None) -> str:
-    v = versions.summary(env)
+    v = version_summary(env)
     lines = [f"# Reproducer: parity case `{spec.name}`", "",
              f"Generated by aclnn_fag {__version__} (`aclnn-fag parity --repro`). "
              + (f"`aclnnFlashAttentionUnpaddingScoreGradV3` fails on this valid input (backend under "
@@ -185,7 +187,7 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
               "`aclGetRecentErrMsg` are printed).", "",
               "## The call", "",
               "| argument | value |", "|---|---|"]
-    for name, s in zip(INPUT_SLOTS, in_specs):
+    for name, s in zip(BACKWARD_V3.inputs, in_specs):
         lines.append(f"| {name} | " + ("NULL" if s is None else
                                        f"{s['dtype']} {s['shape']} (`inputs/{name}.bin`)") + " |")
     for name, vals in int_arrays.items():
@@ -197,7 +199,7 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
     lines.append(f"| ACL_OPT_DETERMINISTIC | {1 if call.deterministic else 0} (set on the context "
                  "explicitly, as aclnn_fag does) |")
     lines += ["", f"Inputs are drawn from `numpy.random.default_rng({spec.seed})` (standard normal rounded to "
-              "bf16; see `aclnn_fag/cases.py`); attention_in and the softmax statistics come from "
+              "bf16; see `aclnn_fag/tools/cases.py`); attention_in and the softmax statistics come from "
               "the NumPy forward in device precision. The case as a suite entry is in `case.json`.",
               "", "## Failing figures (this input)", ""]
     if error:

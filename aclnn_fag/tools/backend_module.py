@@ -13,7 +13,7 @@ The module is imported from ``sys.path`` with the current directory first (so a 
 ``my_adapter.py`` works with ``--backend-module my_adapter:backward``). ``function`` may be a
 dotted path inside the module (``mod:Class.method``). Its ``backend_name`` attribute, if any,
 names it in the report; otherwise ``module:<pkg.mod:function>``. See docs/parity.md and
-``aclnn_fag/adapters/torch_npu_v2.py`` (torch_npu's ``npu_fusion_attention_grad_v2``).
+``aclnn_fag/tools/adapters/torch_npu_v2.py`` (torch_npu's ``npu_fusion_attention_grad_v2``).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import importlib
 import inspect
 import os
 import sys
+import warnings
 
 import numpy as np
 
-from .call import FagGrads
+from ..call import FagGrads
 
 __all__ = ["load_backend", "BackendModuleError", "CALL_KEYWORDS", "as_grads"]
 
@@ -33,6 +34,9 @@ CALL_KEYWORDS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten
                  "softmax_max", "softmax_sum", "attention_in", "actual_seq_qlen",
                  "actual_seq_kvlen", "scale_value", "pre_tokens", "next_tokens", "sparse_mode",
                  "deterministic")
+
+
+_OLD_ADAPTERS = "aclnn_fag.adapters."      # where the shipped adapters lived before tools/
 
 
 class BackendModuleError(ValueError):
@@ -64,6 +68,11 @@ def load_backend(spec: str):
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise BackendModuleError(f"--backend-module takes 'pkg.module:function', got {spec!r}")
     mod_name, attr_path = spec.split(":")
+    if mod_name.startswith(_OLD_ADAPTERS):
+        new = "aclnn_fag.tools.adapters." + mod_name[len(_OLD_ADAPTERS):]
+        warnings.warn(f"--backend-module {mod_name} is now {new}; the old name will go",
+                      DeprecationWarning, stacklevel=2)
+        mod_name = new
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:

@@ -13,7 +13,8 @@ import time
 
 import numpy as np
 
-from . import __version__, cliargs
+from .. import __version__
+from . import cliargs
 
 __all__ = ["main", "build_parser"]
 
@@ -71,7 +72,7 @@ def _cmd_info(args) -> int:
 
 
 def _print_versions(v: dict) -> None:
-    from .acl.versions import version_summary_line
+    from ..acl.versions import version_summary_line
     print(f"CANN version:    {version_summary_line(v.get('cann'))}")
     if (v.get("cann") or {}).get("acl_api_version"):
         print(f"ACL API version: {v['cann']['acl_api_version']} (aclrtGetVersion)")
@@ -84,10 +85,10 @@ def _print_versions(v: dict) -> None:
     blas = v.get("blas") or {}
     if blas:
         threads = blas.get("threads")
-        print(f"BLAS:            {blas.get('name') or 'unknown'} {blas.get('version') or ''}".rstrip()
+        print(f"BLAS:            {blas.get('library') or 'unknown'} {blas.get('version') or ''}".rstrip()
               + f", threads {threads if threads is not None else 'unknown'}"
-              + (f" ({blas['threads_source']})" if blas.get("threads_source") else "")
-              + (f", {blas['library']}" if blas.get("library") else ""))
+              + (f" ({blas['threads_via']})" if blas.get("threads_via") else "")
+              + (f", {blas['path']}" if blas.get("path") else ""))
 
 
 def _yes_no(features: dict, *keys) -> str:
@@ -124,7 +125,7 @@ def _stable_checksums(x: np.ndarray) -> tuple:
 
 
 def _cmd_demo(args) -> int:
-    from .api import flash_attention_unpadding_score_grad_v3, last_backend, resolve_backend
+    from ..api import flash_attention_unpadding_score_grad_v3, last_backend, resolve_backend
     from .cases import DOC_EXAMPLE, make_inputs, with_forward
     from dataclasses import replace
 
@@ -165,7 +166,7 @@ def _cmd_demo(args) -> int:
 
 # --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, parity
+    from . import bench, parity_cli
 
     parser = argparse.ArgumentParser(
         prog="aclnn-fag",
@@ -200,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Ascend's double-thousandths (bf16: the share of elements with "
                                    "|y-g| / max(|g|, RMS(g)) > 2^-6 stays below 1e-3). Prints a "
                                    "table, writes a JSON report, shows progress on stderr.",
-                       epilog="Details: the docstrings of aclnn_fag.parity and aclnn_fag.accuracy. "
+                       epilog="Details: the docstrings of aclnn_fag.tools.parity and aclnn_fag.tools.accuracy. "
                               "Exit status: 0 all passed, 1 a case failed or errored, 2 usage "
                               "error (bad suite, no case selected, backend unavailable).")
-    parity.add_arguments(p)
-    p.set_defaults(func=parity.main)
+    parity_cli.add_arguments(p)
+    p.set_defaults(func=parity_cli.main)
 
     p = sub.add_parser("bench", help="time a backend and compare with this machine's sgemm",
                        description="Time the backward on a backend (and the NumPy forward) over "
@@ -230,7 +231,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .progress import enable_call_progress
+    from ..progress import enable_call_progress
     enable_call_progress(True)          # long NumPy-backend calls report progress on stderr
     try:
         return int(args.func(args) or 0)

@@ -1,7 +1,7 @@
 """JUnit XML for ``aclnn-fag parity --junit FILE``: what CI systems (Jenkins, GitLab, GitHub
 test reporters) read.
 
-One ``<testsuite name="aclnn_fag.parity">`` with the environment as ``<properties>`` (backend,
+One ``<testsuite name="aclnn_fag.tools.parity">`` with the environment as ``<properties>`` (backend,
 precision, CANN version, SoC, library paths, ...), one ``<testcase>`` per case:
 
 * PASS: an empty testcase (``time`` = the backend's seconds), the worst output's figures in
@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import xml.etree.ElementTree as ET
 
-from . import versions
+from .envinfo import summary as version_summary
 
 __all__ = ["junit_xml", "output_figures", "worst_output"]
 
@@ -91,19 +91,19 @@ def junit_xml(report: dict) -> str:
     backend = report.get("backend") or "unknown"
     counts = {v: sum(1 for c in cases if c.get("verdict") == v) for v in ("FAIL", "ERROR")}
     suite = ET.Element("testsuite", {
-        "name": "aclnn_fag.parity", "tests": str(len(cases)), "failures": str(counts["FAIL"]),
+        "name": "aclnn_fag.tools.parity", "tests": str(len(cases)), "failures": str(counts["FAIL"]),
         "errors": str(counts["ERROR"]), "skipped": "0",
         "time": f"{float(report.get('wall_s') or 0.0):.3f}",
         "timestamp": str(report.get("started") or "")})
     props = ET.SubElement(suite, "properties")
     facts = {"backend": backend, "precision": report.get("precision")}
-    facts.update(versions.summary(report.get("environment")))
+    facts.update(version_summary(report.get("environment")))
     for key, value in facts.items():
         if value is not None:
             ET.SubElement(props, "property", {"name": key, "value": str(value)})
     for case in cases:
         tc = ET.SubElement(suite, "testcase", {
-            "classname": f"aclnn_fag.parity.{backend}", "name": str(case.get("name")),
+            "classname": f"aclnn_fag.tools.parity.{backend}", "name": str(case.get("name")),
             "time": f"{_case_time(case):.3f}"})
         verdict = case.get("verdict")
         if verdict == "ERROR":

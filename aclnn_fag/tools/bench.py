@@ -44,20 +44,20 @@ from typing import Optional
 
 import numpy as np
 
-from . import blas
-from .api import resolve_backend
+from .. import blas
+from ..api import resolve_backend
 from .cases import CaseSpec, make_inputs, with_forward
 from .cliargs import positive_int
 from .envinfo import environment
 from .output import STDOUT, add_json_argument, human_stream, write_json
-from .semantics.sparse import MaskReader, batch_keep
-from .reference import attention_backward, attention_forward
-from .validate import validate_backward, validate_forward
+from ..semantics.sparse import MaskReader, batch_keep
+from ..reference import attention_backward, attention_forward
+from ..validate import validate_backward, validate_forward
 
 __all__ = ["kept_pairs", "flop_count", "measure_sgemm", "peak_extra_memory", "SUITES",
            "run_bench", "add_arguments", "main", "BENCH_SCHEMA"]
 
-BENCH_SCHEMA = "aclnn_fag.bench/1"
+BENCH_SCHEMA = "aclnn_fag.tools.bench/1"
 MiB = float(1 << 20)
 
 
@@ -217,7 +217,7 @@ def _backward_fn(call, backend: str, precision: str, host_timings: Optional[list
     """A zero-argument callable running one backward call on a validated call (validation is
     done once per row, outside the timed calls)."""
     if backend == "npu":
-        from . import acl
+        from .. import acl
 
         def run():
             t = {}
@@ -450,12 +450,5 @@ def main(args) -> int:
         return main_torch(args)
     report = run_bench(args.suite, args.backend, args.precision, args.repeat,
                        progress=None if args.quiet else sys.stderr)
-    text = human_stream(args.json)
-    print(format_bench(report), file=text)
-    if args.json:
-        write_json(report, args.json)
-        if args.json != STDOUT:
-            print(f"json: {args.json}", file=text)
-    if args.check and report["targets"] and not report["all_targets_met"]:
-        return 1
-    return 0
+    return emit_report(args, format_bench(report), report,
+                       not report["targets"] or report["all_targets_met"])

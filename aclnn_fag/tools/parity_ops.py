@@ -1,7 +1,7 @@
 """What ``aclnn-fag parity --op`` judges: the backward alone (``backward``, the default), the
 forward alone (``forward``) or the device round trip (``roundtrip``). docs/forward.md,
 "Parity of the forward and of the round trip", gives the criteria; this module runs the
-pipelines and judges their outputs (:mod:`aclnn_fag.parity` runs the suite).
+pipelines and judges their outputs (:mod:`aclnn_fag.tools.parity` runs the suite).
 
 * ``backward``: the NumPy forward's statistics (device precision) into the backward under test;
   the five gradients judged against the fp64 golden backward on the same inputs.
@@ -25,8 +25,9 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from . import accuracy
-from .api import flash_attention_forward, flash_attention_unpadding_score_grad_v3
-from .call import FagForward, FagGrads
+from ..api import flash_attention_forward, flash_attention_unpadding_score_grad_v3
+from ..call import FagForward, FagGrads
+from ..constants import FLT_MAX
 
 __all__ = ["OPS", "OUTPUTS_BY_OP", "FORWARD_OUTPUTS", "run_pipelines", "judge_outputs"]
 
@@ -37,7 +38,6 @@ OUTPUTS_BY_OP = {"backward": FagGrads._fields, "forward": FORWARD_OUTPUTS,
 FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
                 "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
                 "next_tokens", "sparse_mode", "deterministic")
-FLT_MAX = float(np.finfo(np.float32).max)
 
 
 def _forward(inputs: dict, backend: str, precision: str) -> FagForward:

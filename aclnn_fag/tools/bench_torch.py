@@ -31,8 +31,8 @@ from typing import NamedTuple, Optional
 import ml_dtypes
 import numpy as np
 
-from . import blas
-from .progress import progress_bar
+from .. import blas
+from ..progress import progress_bar
 
 __all__ = ["TorchCase", "CASES", "run_torch_bench", "format_torch_bench", "main_torch"]
 
@@ -74,7 +74,7 @@ def _runners(case: TorchCase, heads: int = HEADS):
     import torch.nn.functional as F
 
     import aclnn_fag as af
-    from .torch import varlen_attention
+    from ..torch import varlen_attention
 
     bf16 = ml_dtypes.bfloat16
     lengths = list(case.lengths)

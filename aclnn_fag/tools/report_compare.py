@@ -32,7 +32,7 @@ import json
 import math
 from typing import List, Optional
 
-from . import versions
+from .envinfo import summary as version_summary
 from .junit import output_figures
 
 __all__ = ["compare_reports", "format_comparison", "load_report", "main", "FACTOR",
@@ -170,7 +170,7 @@ def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
         "only_in_old": [r["name"] for r in rows if r["status"] == "only in OLD"],
         "only_in_new": [r["name"] for r in rows if r["status"] == "only in NEW"],
     }
-    env_old, env_new = versions.summary(old.get("environment")), versions.summary(new.get("environment"))
+    env_old, env_new = version_summary(old.get("environment")), version_summary(new.get("environment"))
     return {"schema": "aclnn_fag.parity_compare/1", "factor": factor,
             "old": {"backend": old.get("backend"), "started": old.get("started"),
                     "summary": old.get("summary"), "versions": env_old,

@@ -1,6 +1,6 @@
 """``aclnn-fag parity``: run a case suite on a backend and judge every output.
 
-For each case the inputs are drawn from its seed (``aclnn_fag.cases``), the NumPy forward
+For each case the inputs are drawn from its seed (``aclnn_fag.tools.cases``), the NumPy forward
 (device precision) supplies attention_in and the softmax statistics, and then three backward
 runs get identical inputs:
 
@@ -8,10 +8,10 @@ runs get identical inputs:
 * the **reference**: the NumPy backend in precision "device" (the device's rounding points);
 * the **backend** under test (``--backend``; or any ``backend_fn`` given to ``run_suite``).
 
-Every output (dq, dq_rope, dk, dk_rope, dv) is judged by ``aclnn_fag.accuracy.judge``:
+Every output (dq, dq_rope, dk, dk_rope, dv) is judged by ``aclnn_fag.tools.accuracy.judge``:
 flash-attention's criterion (max abs error <= k x the reference's, plus a tiny floor) and
 Ascend's double-thousandths with per-dtype thresholds (bf16: share of elements with
-|y - g| / max(|g|, RMS(g)) > 2**-6 below 1e-3). See ``aclnn_fag.accuracy`` for the
+|y - g| / max(|g|, RMS(g)) > 2**-6 below 1e-3). See ``aclnn_fag.tools.accuracy`` for the
 thresholds and why. A case passes when all its outputs pass; an exception is an ERROR.
 
 When the backend under test is the NumPy backend in device precision, its result *is* the
@@ -19,7 +19,7 @@ reference, so it is computed once (it passes criterion 1 trivially and criterion
 thresholds' design; the run still checks the suite and the criteria end to end).
 
 The JSON report (``--json FILE``, ``-`` = stdout; ``--report FILE`` is the old spelling; none by
-default; JUnit, comparison and reproducers: ``aclnn_fag.parity_cli``; schema
+default; JUnit, comparison and reproducers: ``aclnn_fag.tools.parity_cli``; schema
 ``aclnn_fag.parity_report/1``) holds per case the exact arguments, shapes, dtypes and seed,
 the timings, the warnings raised, and per output the metrics of ``accuracy.judge``; plus the
 environment (package version, backend, library paths, numpy version, ...) and the criteria.
@@ -30,24 +30,21 @@ suite file, no case selected, backend unavailable).
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import math
-import sys
 import time
 import traceback
 import warnings
 from typing import Callable, Optional
 
-from . import accuracy, cases as cases_mod, parity_cli, parity_ops
-from .api import flash_attention_unpadding_score_grad_v3, resolve_backend
-from .cliargs import positive_float
-from .call import FagGrads
+from . import accuracy, cases as cases_mod, parity_ops
+from ..api import flash_attention_unpadding_score_grad_v3, resolve_backend
+from ..call import FagGrads
 from .envinfo import environment
 
 __all__ = ["make_backend_fn", "run_case", "run_suite", "format_table", "write_report",
-           "add_arguments", "main", "REPORT_SCHEMA", "OUTPUTS"]
+           "REPORT_SCHEMA", "OUTPUTS"]
 
 REPORT_SCHEMA = "aclnn_fag.parity_report/1"
 OUTPUTS = FagGrads._fields
@@ -72,11 +69,11 @@ def make_backend_fn(backend: str = "auto", precision: str = "device") -> Backend
     return run
 
 
-def _golden(**kwargs) -> FagGrads:
+def golden_grads(**kwargs) -> FagGrads:
     return flash_attention_unpadding_score_grad_v3(**kwargs, backend="numpy", precision="fp64")
 
 
-def _reference(**kwargs) -> FagGrads:
+def reference_grads(**kwargs) -> FagGrads:
     return flash_attention_unpadding_score_grad_v3(**kwargs, backend="numpy", precision="device")
 
 
@@ -111,7 +108,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
              progress: Optional[_Progress] = None, op: str = "backward") -> dict:
     """Run and judge one case. ``backend_fn=None`` means the NumPy device-precision backend
     (its result is the reference, computed once). ``op`` "forward"/"roundtrip"
-    (:mod:`aclnn_fag.parity_ops`): ``backend_fn`` is then only read for its
+    (:mod:`aclnn_fag.tools.parity_ops`): ``backend_fn`` is then only read for its
     ``backend_name``/``precision``."""
     entry = {"name": spec.name, "tags": list(spec.tags), "note": spec.note, "verdict": "ERROR",
              "error": None, "backend": getattr(backend_fn, "backend_name", None) or
@@ -148,9 +145,9 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                 stage("forward (numpy, device)")
                 inputs = timed("forward_s", cases_mod.with_forward, inputs)
                 stage("golden (numpy, fp64)")
-                golden = timed("golden_s", _golden, **inputs)
+                golden = timed("golden_s", golden_grads, **inputs)
                 stage("reference (numpy, device)")
-                reference = timed("reference_s", _reference, **inputs)
+                reference = timed("reference_s", reference_grads, **inputs)
                 if backend_fn is None:
                     result, timings["backend_s"] = reference, timings["reference_s"]
                     entry["backend_reused_reference"] = True
@@ -304,84 +301,3 @@ def write_report(report: dict, path) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(_json_safe(report), fh, indent=1, allow_nan=False)
         fh.write("\n")
-
-
-# --------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=("auto", "numpy", "npu"), default="auto",
-                   help="backend under test (default: auto)")
-    p.add_argument("--precision", choices=("device", "fp32", "fp64"), default="device",
-                   help="precision of the backend under test (fp32/fp64: NumPy only; default: device)")
-    p.add_argument("--suite", metavar="FILE", default=None,
-                   help="case suite JSON (default: the shipped aclnn_fag/data/parity_suite.json)")
-    p.add_argument("--tags", metavar="TAGS", action="append", default=[],
-                   help="run the cases carrying any of these tags (comma-separated; repeatable)")
-    p.add_argument("--quick", action="store_true", help="run the cases tagged 'quick' (= --tags quick)")
-    p.add_argument("--case", metavar="NAME", action="append", default=[],
-                   help="run the cases whose name matches this glob pattern (repeatable)")
-    p.add_argument("--all", action="store_true",
-                   help="include the cases the suite excludes by default (tags 'long', 'heavy', ...)")
-    p.add_argument("--list", action="store_true", help="list the selected cases and exit")
-    p.add_argument("--k", type=positive_float, default=accuracy.DEFAULT_K,
-                   help="factor k of the flash-attention criterion, a finite number > 0 (default: 2)")
-    p.add_argument("--op", choices=parity_ops.OPS, default="backward",
-                   help="what to judge: 'backward' (the NumPy forward's statistics into the backend's "
-                        "backward; default), 'forward' (the backend's forward: attention_out and "
-                        "statistics) or 'roundtrip' (the backend's forward fed to its backward; "
-                        "all eight outputs). Criteria: docs/forward.md")
-    parity_cli.add_arguments(p)     # --json/--report, --junit, --compare, --backend-module, --repro
-    p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
-
-
-def _selection(args) -> dict:
-    tags = [t.strip() for group in args.tags for t in group.split(",") if t.strip()]
-    if args.quick:
-        tags.append("quick")
-    return {"tags": tags, "names": list(args.case), "all": bool(args.all)}
-
-
-def main(args) -> int:
-    """The ``parity`` subcommand (``args`` from ``add_arguments``)."""
-    problem = parity_cli.usage_problem(args)
-    if problem:
-        print(f"aclnn-fag parity: {problem}", file=sys.stderr)
-        return 2
-    if parity_cli.compare_requested(args):
-        return parity_cli.run_compare(args)
-    backend_fn, problem = parity_cli.load_backend_fn(args)
-    if not problem and args.op != "backward" and (backend_fn is not None or args.repro):
-        problem = f"--op {args.op} judges the package's own forward: it does not go with " + (
-            "--backend-module" if backend_fn is not None else "--repro")
-    if problem:
-        print(f"aclnn-fag parity: {problem}", file=sys.stderr)
-        return 2
-    try:
-        suite = cases_mod.load_suite(args.suite)
-    except cases_mod.SuiteError as exc:
-        print(f"aclnn-fag parity: {exc}", file=sys.stderr)
-        return 2
-    sel = _selection(args)
-    specs = cases_mod.select_cases(suite, tags=sel["tags"], names=sel["names"], include_all=sel["all"])
-    if args.list:
-        for s in specs:
-            print(f"{s.name:<32s} T={s.t1:<6d} N={s.heads}/{s.n2} D={s.d}+{s.d_rope} Dv={s.dv} "
-                  f"mode={s.sparse_mode} tags={','.join(s.tags)}")
-        return 0
-    if not specs:
-        print(f"aclnn-fag parity: no case of {suite.path} matches the selection {sel}", file=sys.stderr)
-        return 2
-    if not (math.isfinite(args.k) and args.k > 0):          # args built without the parser
-        print(f"aclnn-fag parity: --k must be a finite number > 0, got {args.k}", file=sys.stderr)
-        return 2
-    try:
-        if backend_fn is None:
-            resolve_backend(args.backend, args.precision)      # fail early when it cannot run
-    except Exception as exc:
-        print(f"aclnn-fag parity: {exc}", file=sys.stderr)
-        return 2
-    report = run_suite(specs, backend=args.backend, precision=args.precision, k=args.k,
-                       backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
-                       suite=suite, selection=sel, op=args.op)
-    return parity_cli.finish(report, format_table(report, verbose=args.verbose), args, specs,
-                             backend_fn)

@@ -1,0 +1,199 @@
+"""Each op version as data: its C symbols, its ordered parameters with their C types and
+roles, and the defaults the Python calls use (docs/abi.md §2).
+
+Everything that depends on an op's signature is derived from here: the ctypes prototypes
+(:mod:`aclnn_fag.acl.prototypes`), the raw calls ``call_raw``/``call_raw_forward``, the slot
+order of the executor, the keywords a ``--backend-module`` receives, the C reproducer's call
+and the check of the stub libraries' header (tests/native). Adding an op version (say the
+V5 backward with an attention sink) means one more :class:`OpVersion` below, its rules, its
+reference terms and its stub entry.
+
+Roles, in the order the C prototype lists them:
+
+* ``input``: an ``aclTensor*`` the op reads (``optional`` when the header names it
+  ``...Optional``);
+* ``int_array``: an ``aclIntArray*`` (all optional);
+* ``attr``: a scalar attribute (``double``, ``int64_t`` or the ``char*`` layout);
+* ``output``: an ``aclTensor*`` the op writes;
+* ``workspace_size``/``executor``: phase 1's two out-parameters.
+
+Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace, uint64_t workspaceSize,
+aclOpExecutor *executor, const aclrtStream stream)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Tuple
+
+from .constants import INT32_MAX
+
+__all__ = ["Param", "OpVersion", "BACKWARD_V3", "FORWARD_V3", "OPS", "INT_ARRAYS", "ATTRIBUTES",
+           "PHASE2_PARAMS", "ROLES", "op_for_symbol"]
+
+ROLES = ("input", "int_array", "attr", "output", "workspace_size", "executor")
+TENSOR, INT_ARRAY = "const aclTensor *", "const aclIntArray *"
+
+
+@dataclass(frozen=True)
+class Param:
+    """One C parameter: ``name`` is the Python keyword, ``c_name`` the header's name."""
+
+    name: str
+    c_name: str
+    c_type: str
+    role: str
+    optional: bool = False
+    default: object = None
+
+
+@dataclass(frozen=True)
+class OpVersion:
+    """One op version: ``symbol`` is phase 2, ``symbol + "GetWorkspaceSize"`` phase 1."""
+
+    key: str
+    symbol: str
+    header: str
+    params: Tuple[Param, ...]
+    output_like: Mapping[str, str] = field(default_factory=dict)
+    optional_symbols: bool = False      # a CANN without this op still loads (the forward)
+
+    @property
+    def phase1(self) -> str:
+        return self.symbol + "GetWorkspaceSize"
+
+    @property
+    def phase2(self) -> str:
+        return self.symbol
+
+    def names(self, role: str) -> Tuple[str, ...]:
+        return tuple(p.name for p in self.params if p.role == role)
+
+    @property
+    def inputs(self) -> Tuple[str, ...]:
+        return self.names("input")
+
+    @property
+    def int_arrays(self) -> Tuple[str, ...]:
+        return self.names("int_array")
+
+    @property
+    def attrs(self) -> Tuple[str, ...]:
+        return self.names("attr")
+
+    @property
+    def outputs(self) -> Tuple[str, ...]:
+        return self.names("output")
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise KeyError(f"{self.symbol} has no parameter {name!r}")
+
+    def attr_defaults(self) -> Dict[str, object]:
+        return {p.name: p.default for p in self.params if p.role == "attr"}
+
+    def c_parameters(self) -> str:
+        """The phase-1 parameter list as C text (``const aclTensor *query, ...``)."""
+        return ", ".join(_c_decl(p) for p in self.params)
+
+    def c_prototype(self, phase: int = 1) -> str:
+        """``aclnnStatus <symbol>(...)`` of phase 1 or 2, on one line."""
+        if phase == 1:
+            return f"aclnnStatus {self.phase1}({self.c_parameters()})"
+        return f"aclnnStatus {self.phase2}({', '.join(_c_decl(p) for p in PHASE2_PARAMS)})"
+
+
+def _c_decl(p: Param) -> str:
+    return f"{p.c_type}{p.c_name}" if p.c_type.endswith("*") else f"{p.c_type} {p.c_name}"
+
+
+def _tensor(name: str, c_name: str) -> Param:
+    """A tensor input; optional exactly when the header's name says so."""
+    return Param(name, c_name, TENSOR, "input", c_name.endswith("Optional"))
+
+
+def _out(name: str, c_name: str) -> Param:
+    return Param(name, c_name, TENSOR, "output")
+
+
+# The five int arrays and nine attributes both ops share, in their C order.
+INT_ARRAYS = tuple(Param(n, c, INT_ARRAY, "int_array", True) for n, c in (
+    ("prefix", "prefixOptional"), ("actual_seq_qlen", "actualSeqQLenOptional"),
+    ("actual_seq_kvlen", "actualSeqKvLenOptional"), ("q_start_idx", "qStartIdxOptional"),
+    ("kv_start_idx", "kvStartIdxOptional")))
+ATTRIBUTES = (
+    Param("scale_value", "scaleValue", "double", "attr", default=1.0),
+    Param("keep_prob", "keepProb", "double", "attr", default=1.0),
+    Param("pre_tokens", "preTokens", "int64_t", "attr", default=INT32_MAX),
+    Param("next_tokens", "nextTokens", "int64_t", "attr", default=INT32_MAX),
+    Param("head_num", "headNum", "int64_t", "attr", default=None),     # None: query.shape[1]
+    Param("input_layout", "inputLayout", "char *", "attr", default="TND"),
+    Param("inner_precise", "innerPrecise", "int64_t", "attr", default=0),
+    Param("sparse_mode", "sparseMode", "int64_t", "attr", default=0),
+    Param("pse_type", "pseType", "int64_t", "attr", default=1),
+)
+PHASE1_TAIL = (Param("workspace_size", "workspaceSize", "uint64_t *", "workspace_size"),
+               Param("executor", "executor", "aclOpExecutor **", "executor"))
+PHASE2_PARAMS = (Param("workspace", "workspace", "void *", "phase2"),
+                 Param("workspace_size", "workspaceSize", "uint64_t", "phase2"),
+                 Param("executor", "executor", "aclOpExecutor *", "phase2"),
+                 Param("stream", "stream", "const aclrtStream", "phase2"))
+
+# aclnnFlashAttentionUnpaddingScoreGradV3 (aclnnop/aclnn_flash_attention_score_grad.h): 36.
+BACKWARD_V3 = OpVersion(
+    key="backward_v3",
+    symbol="aclnnFlashAttentionUnpaddingScoreGradV3",
+    header="aclnnop/aclnn_flash_attention_score_grad.h",
+    params=(
+        _tensor("query", "query"), _tensor("query_rope", "queryRope"),
+        _tensor("key", "keyIn"), _tensor("key_rope", "keyInRope"),
+        _tensor("value", "value"), _tensor("dy", "dy"),
+        _tensor("pse_shift", "pseShiftOptional"),
+        _tensor("drop_mask", "dropMaskOptional"),
+        _tensor("padding_mask", "paddingMaskOptional"),
+        _tensor("atten_mask", "attenMaskOptional"),
+        _tensor("softmax_max", "softmaxMaxOptional"),
+        _tensor("softmax_sum", "softmaxSumOptional"),
+        _tensor("softmax_in", "softmaxInOptional"),
+        _tensor("attention_in", "attentionInOptional"),
+    ) + INT_ARRAYS + ATTRIBUTES + (
+        _out("dq", "dqOut"), _out("dq_rope", "dqRopeOut"), _out("dk", "dkOut"),
+        _out("dk_rope", "dkRopeOut"), _out("dv", "dvOut"), _out("dpse", "dpseOut"),
+    ) + PHASE1_TAIL,
+    output_like={"dq": "query", "dq_rope": "query_rope", "dk": "key", "dk_rope": "key_rope",
+                 "dv": "value"},
+)
+
+# aclnnFlashAttentionVarLenScoreV3 (aclnnop/aclnn_flash_attention_score.h): 29.
+FORWARD_V3 = OpVersion(
+    key="forward_v3",
+    symbol="aclnnFlashAttentionVarLenScoreV3",
+    header="aclnnop/aclnn_flash_attention_score.h",
+    params=(
+        _tensor("query", "query"), _tensor("query_rope", "queryRope"),
+        _tensor("key", "key"), _tensor("key_rope", "keyRope"),
+        _tensor("value", "value"),
+        _tensor("pse_shift", "realShiftOptional"),
+        _tensor("drop_mask", "dropMaskOptional"),
+        _tensor("padding_mask", "paddingMaskOptional"),
+        _tensor("atten_mask", "attenMaskOptional"),
+    ) + INT_ARRAYS + ATTRIBUTES + (
+        _out("softmax_max", "softmaxMaxOut"), _out("softmax_sum", "softmaxSumOut"),
+        _out("softmax_out", "softmaxOutOut"), _out("attention_out", "attentionOutOut"),
+    ) + PHASE1_TAIL,
+    optional_symbols=True,
+)
+
+OPS: Dict[str, OpVersion] = {op.key: op for op in (BACKWARD_V3, FORWARD_V3)}
+
+assert len(BACKWARD_V3.params) == 36 and len(FORWARD_V3.params) == 29
+
+
+def op_for_symbol(symbol: str) -> Optional[OpVersion]:
+    """The op version whose phase 1 or phase 2 is ``symbol`` (None when none is)."""
+    for op in OPS.values():
+        if symbol in (op.phase1, op.phase2):
+            return op
+    return None
