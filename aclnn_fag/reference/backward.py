@@ -32,7 +32,7 @@ from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_
 from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, call_progress,
                      gather_concat, gather_heads, kernel_setup, precision_dtype, row_part,
                      rows_2d, scatter_heads)
-from .rounding import BF16, round_bf16_away_inplace
+from .rounding import BF16, round_bf16_away_inplace, store_into
 
 __all__ = ["attention_backward"]
 
@@ -116,7 +116,7 @@ def attention_backward(call: FagCall, precision: str = "device",
         _finish(acc_v, None, device)
         for out, part in ((grads.dk, acc_k[:, :d]), (grads.dk_rope, acc_k[:, d:]),
                           (grads.dv, acc_v)):
-            np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
+            store_into(out[ks:ks + skv, n2], part)
     bar.close()
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: "

@@ -7,6 +7,7 @@ from typing import Iterator, NamedTuple, Optional
 import numpy as np
 
 from ..semantics.sparse import MaskReader, batch_keep
+from .rounding import load_into, store_into
 from ..constants import FLT_MAX
 
 __all__ = ["KernelSetup", "kernel_setup", "batch_heads", "call_progress", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
@@ -94,7 +95,7 @@ def gather_heads(x: np.ndarray, rows: slice, heads: slice, dtype) -> np.ndarray:
     """x[rows, heads, :] as a C-contiguous [G*rows, C] array in ``dtype`` (head-major rows)."""
     part = x[rows, heads]                       # [r, G, C]
     out = np.empty((part.shape[1], part.shape[0], part.shape[2]), dtype=dtype)
-    np.copyto(out, part.transpose(1, 0, 2), casting="unsafe")
+    load_into(out, part.transpose(1, 0, 2))
     return out.reshape(-1, part.shape[2])
 
 
@@ -112,7 +113,7 @@ def gather_concat(parts, rows: slice, heads, dtype, extra: int = 0) -> np.ndarra
     col = 0
     for p in parts:
         c = p.shape[2]
-        np.copyto(out[:, :, col:col + c], p[rows, heads].transpose(1, 0, 2), casting="unsafe")
+        load_into(out[:, :, col:col + c], p[rows, heads].transpose(1, 0, 2))
         col += c
     return out.reshape(g * r, width + extra)
 
@@ -172,23 +173,9 @@ class KeySide:
 
 
 def row_max(s: np.ndarray) -> np.ndarray:
-    """max over axis 1 of a 2-D tile, [r, 1]: halving with elementwise maximum (SIMD over
-    whole rows) is several times faster than numpy's per-row reduction."""
-    width = s.shape[1]
-    if width <= 16:
-        return s.max(axis=1, keepdims=True)
-    half = width // 2
-    part = np.maximum(s[:, :half], s[:, half:2 * half])
-    if width % 2:
-        np.maximum(part[:, :1], s[:, -1:], out=part[:, :1])
-    while part.shape[1] > 16:
-        half = part.shape[1] // 2
-        odd = part.shape[1] % 2
-        nxt = np.maximum(part[:, :half], part[:, half:2 * half])
-        if odd:
-            np.maximum(nxt[:, :1], part[:, -1:], out=nxt[:, :1])
-        part = nxt
-    return part.max(axis=1, keepdims=True)
+    """max over axis 1 of a 2-D tile, [r, 1] (NumPy's own reduction: since NumPy 2 it runs
+    SIMD over the rows and beats a hand-written halving by ~3x)."""
+    return s.max(axis=1, keepdims=True)
 
 
 def row_sum(s: np.ndarray) -> np.ndarray:
@@ -200,7 +187,7 @@ def row_sum(s: np.ndarray) -> np.ndarray:
 def scatter_heads(x: np.ndarray, rows: slice, heads: slice, tile: np.ndarray) -> None:
     """Inverse of gather_heads: write a [G*r, C] tile into x[rows, heads, :]."""
     target = x[rows, heads]
-    target[...] = tile.reshape(target.shape[1], target.shape[0], -1).transpose(1, 0, 2)
+    store_into(target, tile.reshape(target.shape[1], target.shape[0], -1).transpose(1, 0, 2))
 
 
 def apply_mask(s: np.ndarray, masked: np.ndarray, group: int) -> None:

@@ -408,6 +408,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--threads", type=positive_int, default=1,
                    help="--suite torch: torch's and the BLAS's threads for both sides (default: 1)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--suite torch: wall time (default) or this process's CPU time")
 
 
 def _main_overhead(args) -> int:

@@ -18,7 +18,9 @@ warm-up call, of:
 Ratios printed: torch / sdpa, plain / sdpa, torch / plain and ref64 / sdpa, with the goals
 (<= 1.0 x sdpa from 2 x 512 up, <= 1.5 x sdpa at T = 256, the torch wrapper within 10 % of
 the plain call). ``--threads`` (default 1) sets both torch's intra-op threads and the BLAS
-threads of the package's calls, so that both sides get the same cores.
+threads of the package's calls, so that both sides get the same cores; ``--clock cpu``
+measures this process's CPU time instead of wall time (with one thread: robust to other
+load on a shared host).
 """
 
 from __future__ import annotations
@@ -58,13 +60,16 @@ CASES = (
 WRAPPER_GOAL = 1.10         # torch API time / plain API time
 
 
-def _median_time(fn, repeat: int) -> float:
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _median_time(fn, repeat: int, clock=time.perf_counter) -> float:
     fn()                                            # warm-up (caches, first-call costs)
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -148,8 +153,13 @@ def _runners(case: TorchCase, heads: int = HEADS):
 
 
 def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
-                    heads: int = HEADS, progress: bool = True, reference: bool = True) -> dict:
-    """Time every case (module docstring); returns the JSON-ready report."""
+                    heads: int = HEADS, progress: bool = True, reference: bool = True,
+                    clock: str = "wall") -> dict:
+    """Time every case (module docstring); returns the JSON-ready report. ``clock``: "wall"
+    or "cpu" (this process's CPU time: with one thread, what the step costs however busy
+    the machine is)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"parameter 'clock' must be one of {sorted(CLOCKS)}, got {clock!r}")
     import torch
     old_threads = torch.get_num_threads()
     rows = []
@@ -166,13 +176,13 @@ def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
                 times = {}
                 for name in names:
                     bar.set_postfix_str(f"{case.name}: {name}")
-                    times[name] = _median_time(runners[name], repeat)
+                    times[name] = _median_time(runners[name], repeat, CLOCKS[clock])
                     bar.update(1)
                 del runners
                 rows.append(_row(case, times))
     finally:
         torch.set_num_threads(old_threads)
-    return {"schema": BENCH_TORCH_SCHEMA, "suite": "torch", "repeat": repeat,
+    return {"schema": BENCH_TORCH_SCHEMA, "suite": "torch", "repeat": repeat, "clock": clock,
             "threads": threads, "torch": torch.__version__, "heads": heads,
             "dims": {"D": D, "Dr": DR, "Dv": DV}, "rows": rows,
             "all_goals_met": all(r["met"] for r in rows),
@@ -194,7 +204,8 @@ def _row(case: TorchCase, times: dict) -> dict:
 
 def format_torch_bench(report: dict) -> str:
     lines = [f"forward + backward, N={report['heads']}, D={report['dims']['D']} + rope "
-             f"{report['dims']['Dr']}, Dv={report['dims']['Dv']}; median of {report['repeat']}; "
+             f"{report['dims']['Dr']}, Dv={report['dims']['Dv']}; median of {report['repeat']} "
+             f"({report['clock']} clock); "
              f"{report['threads']} thread(s) for torch and the BLAS; torch {report['torch']}",
              f"{'case':<36s} {'torch ms':>9s} {'plain ms':>9s} {'sdpa ms':>9s} {'ref64 ms':>9s} "
              f"{'torch/sdpa':>10s} {'plain/sdpa':>10s} {'torch/plain':>11s} {'goal':>6s} status"]
@@ -220,5 +231,6 @@ def main_torch(args) -> int:
               file=sys.stderr)
         return 2
     from .bench import emit_report
-    report = run_torch_bench(args.repeat, args.threads, progress=not args.quiet)
+    report = run_torch_bench(args.repeat, args.threads, progress=not args.quiet,
+                             clock=args.clock)
     return emit_report(args, format_torch_bench(report), report, report["all_goals_met"])
