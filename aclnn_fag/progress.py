@@ -139,8 +139,8 @@ class BlockProgress:
         self._cm = progress_bar(total_blocks, what, "block", enabled) if enabled else None
         self._bar = self._cm.__enter__() if enabled else _NoBar()
 
-    def step(self):
-        self._bar.update(1)
+    def step(self, n: int = 1):
+        self._bar.update(n)
 
     def close(self):
         if self._cm is not None:

@@ -13,8 +13,10 @@ give the output shapes and dtypes, and ``varlen_fwd``'s autograd formula calls
 function is once differentiable. A nonzero gradient reaching the statistics raises
 (``STATS_GRADIENT_ERROR``) inside ``varlen_bwd``.
 
-Precision "device" calls the public ops (``aclnn_fag.api``) on the tensors: bf16 inputs,
-the backend ``backend`` chooses. The golden precisions "fp32"/"fp64" run the NumPy reference
+Precision "device" calls the public ops (``aclnn_fag.api``) on numpy views of the tensors
+(no copies; validation errors reworded for torch): bf16 inputs, the backend ``backend``
+chooses. A mask of None is the default one as numpy (the package's read-only compressed
+mask, which validation recognises without reading it). The golden precisions "fp32"/"fp64" run the NumPy reference
 in that dtype on bf16, float32 or float64 inputs (all five of one dtype): the call is
 validated with the forward's rules on zero-stride bf16 stand-ins of the inputs' shapes (the
 mask and every attribute as given), and the reference then reads the caller's arrays. The
@@ -29,11 +31,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import api, blas, operands
+from . import api, blas, masks, operands
 from .call import FagCall, FwdCall
+from .errors import AclnnError
 from .reference import attention_backward, attention_forward
 from .reference.rounding import BF16
-from .torch import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR, _default_mask
+from .semantics.sparse import COMPRESSED_MODES
+from .torch import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR
 from .validate import validate_forward
 
 __all__ = ["varlen_fwd", "varlen_bwd", "GOLDEN_DTYPES"]
@@ -63,8 +67,7 @@ def _golden_call(q, q_rope, k, k_rope, v, atten_mask, qlen, kvlen, scale_value, 
                             f"precision={precision!r} takes torch.bfloat16, torch.float32 or "
                             f"torch.float64 tensors, all five of one dtype: convert with "
                             f"{name}.to({want})")
-    kind, arrays = operands.convert_args(_INPUT_NAMES + ("atten_mask",),
-                                         tensors + (atten_mask,))
+    arrays = _arrays(tensors, atten_mask, sparse_mode, qlen, kvlen)
     stand_ins = [np.broadcast_to(np.zeros((), BF16), a.shape) for a in arrays[:5]]
     call = validate_forward(*stand_ins, atten_mask=arrays[5], actual_seq_qlen=qlen,
                             actual_seq_kvlen=kvlen, scale_value=scale_value,
@@ -74,21 +77,49 @@ def _golden_call(q, q_rope, k, k_rope, v, atten_mask, qlen, kvlen, scale_value, 
     return dataclasses.replace(call, **dict(zip(_INPUT_NAMES, arrays[:5])))
 
 
+def _arrays(tensors, atten_mask, sparse_mode, qlen, kvlen) -> tuple:
+    """numpy views of the input tensors and of the mask (no copies); a mask of None becomes
+    the default one as numpy: the package's read-only compressed causal mask, which
+    validation recognises without reading its 4 MiB, or an all-zero [maxSq, maxSkv] mask."""
+    _, arrays = operands.convert_args(_INPUT_NAMES + ("atten_mask",), tensors + (atten_mask,))
+    if atten_mask is None:
+        if sparse_mode in COMPRESSED_MODES:
+            mask = masks.compressed_causal_mask()
+        else:
+            mask = np.zeros((max(max(_lengths(qlen), default=0), 1),
+                             max(max(_lengths(kvlen), default=0), 1)), np.uint8)
+        arrays = arrays[:5] + (mask,)
+    return arrays
+
+
+def _lengths(ends) -> list:
+    return [b - a for a, b in zip([0] + list(ends[:-1]), ends)]
+
+
+def _in_torch_terms(fn, *args, **kwargs):
+    """``fn`` (a public call on numpy views of the caller's tensors) with its validation
+    errors worded for torch (``operands.in_torch_terms``)."""
+    try:
+        return fn(*args, **kwargs)
+    except AclnnError as e:
+        raise operands.in_torch_terms(e) from None
+
+
 @torch.library.custom_op("aclnn_fag::varlen_fwd", mutates_args=())
 def varlen_fwd(q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor, v: Tensor,
                atten_mask: Optional[Tensor], actual_seq_qlen: list[int],
                actual_seq_kvlen: list[int], scale_value: float, sparse_mode: int,
                pre_tokens: int, next_tokens: int, backend: str, precision: str,
                check_data: Optional[bool]) -> tuple[Tensor, Tensor, Tensor]:
-    if atten_mask is None:
-        atten_mask = _default_mask(q, sparse_mode, actual_seq_qlen, actual_seq_kvlen)
     if precision == "device":
-        fwd = api.flash_attention_forward(
-            q, q_rope, k, k_rope, v, atten_mask=atten_mask, actual_seq_qlen=actual_seq_qlen,
-            actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value, pre_tokens=pre_tokens,
-            next_tokens=next_tokens, sparse_mode=sparse_mode, backend=backend,
-            check_data=check_data)
-        return fwd.attention_out, fwd.softmax_max, fwd.softmax_sum
+        arrays = _arrays((q, q_rope, k, k_rope, v), atten_mask, sparse_mode, actual_seq_qlen,
+                         actual_seq_kvlen)
+        fwd = _in_torch_terms(
+            api.flash_attention_forward, *arrays[:5], atten_mask=arrays[5],
+            actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
+            scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
+            sparse_mode=sparse_mode, backend=backend, check_data=check_data)
+        return tuple(operands.to_torch(x) for x in fwd)
     call = _golden_call(q, q_rope, k, k_rope, v, atten_mask, actual_seq_qlen, actual_seq_kvlen,
                         scale_value, sparse_mode, pre_tokens, next_tokens, backend, precision,
                         check_data)
@@ -122,16 +153,20 @@ def varlen_bwd(grad_out: Tensor, q: Tensor, q_rope: Tensor, k: Tensor, k_rope: T
     for g in (grad_max, grad_sum):
         if g is not None and bool(g.any()):
             raise RuntimeError(STATS_GRADIENT_ERROR)
-    if atten_mask is None:
-        atten_mask = _default_mask(q, sparse_mode, actual_seq_qlen, actual_seq_kvlen)
     if precision == "device":
-        g = api.flash_attention_unpadding_score_grad_v3(
-            q, q_rope, k, k_rope, v, grad_out.to(q.dtype).contiguous(), atten_mask=atten_mask,
-            softmax_max=softmax_max, softmax_sum=softmax_sum, attention_in=out,
-            actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-            scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
-            sparse_mode=sparse_mode, backend=backend, check_data=check_data)
-        return tuple(g)
+        arrays = _arrays((q, q_rope, k, k_rope, v), atten_mask, sparse_mode, actual_seq_qlen,
+                         actual_seq_kvlen)
+        _, extra = operands.convert_args(
+            ("dy", "attention_in", "softmax_max", "softmax_sum"),
+            (grad_out.to(q.dtype).contiguous(), out, softmax_max, softmax_sum))
+        g = _in_torch_terms(
+            api.flash_attention_unpadding_score_grad_v3, *arrays[:5], extra[0],
+            atten_mask=arrays[5], softmax_max=extra[2], softmax_sum=extra[3],
+            attention_in=extra[1], actual_seq_qlen=actual_seq_qlen,
+            actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value, pre_tokens=pre_tokens,
+            next_tokens=next_tokens, sparse_mode=sparse_mode, backend=backend,
+            check_data=check_data)
+        return tuple(operands.to_torch(x) for x in g)
     call = _golden_call(q, q_rope, k, k_rope, v, atten_mask, actual_seq_qlen, actual_seq_kvlen,
                         scale_value, sparse_mode, pre_tokens, next_tokens, backend, precision,
                         check_data)
