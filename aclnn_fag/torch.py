@@ -101,20 +101,18 @@ def _npu_mask(q: torch.Tensor, host: np.ndarray, stream) -> torch.Tensor:
 
 
 def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen, stream=None) -> torch.Tensor:
-    npu = operands.is_npu_tensor(q)
+    """The default mask of an NPU tensor's call, on its device (CPU tensors get theirs as
+    numpy in aclnn_fag.torch_ops)."""
     if sparse_mode in COMPRESSED_MODES:
         key = (q.device.type, q.device.index, "compressed")
         m = _MASK_CACHE.get(key)
         if m is None:
-            host = masks.compressed_causal_mask()
-            m = _npu_mask(q, host, stream) if npu else torch.from_numpy(host.copy()).to(q.device)
+            m = _npu_mask(q, masks.compressed_causal_mask(), stream)
             _MASK_CACHE[key] = m
         return m
     lens_q = np.diff(np.concatenate([[0], np.asarray(qlen, dtype=np.int64)]))
     lens_kv = np.diff(np.concatenate([[0], np.asarray(kvlen, dtype=np.int64)]))
     shape = (int(max(lens_q.max(), 1)), int(max(lens_kv.max(), 1)))
-    if not npu:
-        return torch.zeros(shape, dtype=torch.uint8, device=q.device)
     key = (q.device.type, q.device.index, shape)
     m = _MASK_CACHE.pop(key, None)
     if m is None:

@@ -43,7 +43,8 @@ def kernel_setup(call, precision: str, q_tokens_of) -> KernelSetup:
                        q_tokens_of(call.group), mask)
 
 
-def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes) -> Iterator[tuple]:
+def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes,
+                max_heads: Optional[int] = None) -> Iterator[tuple]:
     """Yield (b, qs, sq, ks, skv, keep, kv_heads, heads, per_head) for every batch with work
     and every group of KV heads processed together: ``kv_heads`` a slice of H KV heads,
     ``heads`` the slice of their H*G query heads, ``per_head`` the head range when the
@@ -52,7 +53,7 @@ def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes) -> Iterator[tu
     H is as large as ``HEAD_BATCH_BYTES`` allows for one [H, G*rows, keys] score tile and
     ``per_head_bytes(skv)`` (a body's other per-KV-head memory, e.g. its dK/dV accumulators)
     allows within ``HEAD_BATCH_BYTES`` too: small sequences then run all heads in one set of
-    batched matmuls instead of one Python pass per head."""
+    batched matmuls instead of one Python pass per head. ``max_heads`` caps H."""
     seqs, group = call.seqs, setup.group
     n2_total = call.key.shape[1]
     per_head_mask = setup.mask is not None and setup.mask.per_head
@@ -64,7 +65,7 @@ def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes) -> Iterator[tu
                           call.band_index)
         tile = group * min(sq, setup.q_tokens) * min(skv, blocks.k) * itemsize
         step = 1 if per_head_mask else max(1, min(
-            n2_total, HEAD_BATCH_BYTES // max(1, tile),
+            n2_total if max_heads is None else max_heads, HEAD_BATCH_BYTES // max(1, tile),
             HEAD_BATCH_BYTES // max(1, per_head_bytes(skv))))
         for n2 in range(0, n2_total, step):
             kv_heads = slice(n2, min(n2 + step, n2_total))
