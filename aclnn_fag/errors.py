@@ -20,6 +20,7 @@ __all__ = [
     "BackendUnavailableError",
     "ResourceReleaseWarning",
     "DeterminismWarning",
+    "UnknownReleaseWarning",
     "ACLNN_STATUS",
     "ACL_ERRORS",
     "error_class_for",
@@ -155,6 +156,11 @@ class ResourceReleaseWarning(RuntimeWarning):
 class DeterminismWarning(RuntimeWarning):
     """ACL_OPT_DETERMINISTIC could not be read before a call, so it could not be restored
     after it: the context keeps the value the call ran with (docs/faults.md)."""
+
+
+class UnknownReleaseWarning(UserWarning):
+    """The CANN version is not a release the package knows (newer, older or unreadable): the
+    rules of the nearest known release apply (docs/releases.md). Said once per version."""
 
 
 _CLASSES: dict[int, type] = {}

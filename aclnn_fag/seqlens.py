@@ -204,3 +204,65 @@ def max_lengths(q_ends, kv_ends=None) -> tuple:
     q = cumulative_to_lengths(_ends("q_ends", q_ends))
     kv = q if kv_ends is None else cumulative_to_lengths(_ends("kv_ends", kv_ends))
     return int(q.max()), int(kv.max())
+
+
+# --------------------------------------------------------------------------- end-of-data padding
+def padding_start(ends) -> int:
+    """Where the end-of-data padding of ``ends`` starts: the index of a trailing run of 0
+    entries that follows a positive end (``[2, 5, 9, 0, 0]`` -> 3), else ``len(ends)``.
+    The padding entries are no sequences (docs/releases.md, End-of-data padding)."""
+    n = len(ends)
+    while n > 1 and ends[n - 1] == 0:
+        n -= 1
+    return n if n < len(ends) and ends[n - 1] > 0 else len(ends)
+
+
+def without_padding(ends) -> tuple:
+    """``ends`` without their end-of-data padding."""
+    return tuple(ends[:padding_start(ends)])
+
+
+def is_padded(ends) -> bool:
+    return padding_start(ends) < len(ends)
+
+
+def padding_problem(q_ends, kv_ends, t1: int, t2: int, release) -> str:
+    """What a release that checks end-of-data padding (``release.eod_padding``) rejects, or
+    '': both sides end short of T1/T2 but not both arrays end in padding."""
+    if not release.eod_padding or not q_ends or not kv_ends:
+        return ""
+    q, kv = without_padding(q_ends), without_padding(kv_ends)
+    if not (q and kv and t1 > q[-1] and t2 > kv[-1]):
+        return ""
+    padded = (is_padded(q_ends), is_padded(kv_ends))
+    if all(padded):
+        return ""
+    side = ("actual_seq_kvlen" if padded[0] else "actual_seq_qlen") if any(padded) else "both"
+    return (f"the query ends at {q[-1]} < T1 = {t1} and the keys at {kv[-1]} < T2 = {t2}, so CANN "
+            f"{release.name} requires end-of-data padding: the last entries of both "
+            f"actual_seq_qlen and actual_seq_kvlen must be 0 ({side} not padded)")
+
+
+def with_device_padding(q_ends, kv_ends, t1: int, t2: int, release) -> tuple:
+    """The ends the device is given: on a release that checks end-of-data padding, a 0 entry
+    appended to both arrays when both sides end short of T1/T2 and neither is padded yet
+    (so a call written for "last end below T" works on every release); else unchanged."""
+    q, kv = tuple(q_ends), tuple(kv_ends)
+    if (release.eod_padding and q and kv and not is_padded(q) and not is_padded(kv)
+            and t1 > q[-1] and t2 > kv[-1]):
+        return q + (0,), kv + (0,)
+    return q, kv
+
+
+def device_batch_count(q_ends, kv_ends, release) -> int:
+    """B as the release counts it from the ends the device is given (rule 27's 4-D mask
+    check): from 9.1 the trailing entries whose cumulative values are 0 are dropped; before,
+    the trailing entries (index >= 1) whose query and key lengths are both 0."""
+    n = min(len(q_ends), len(kv_ends))
+    if release.batch_drops_zero_ends:
+        while n > 0 and q_ends[n - 1] == 0 and kv_ends[n - 1] == 0:
+            n -= 1
+        return n
+    while n > 1 and q_ends[n - 1] == q_ends[n - 2] and kv_ends[n - 1] == kv_ends[n - 2]:
+        n -= 1
+    return n

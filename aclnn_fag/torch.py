@@ -35,7 +35,7 @@ computed by this package (docs/torch.md)::
   gradient that reaches them (nonzero on CPU tensors, any on NPU tensors) raises.
 
 Tensors: ``[T, N, D]`` (TND, cumulative ends without a leading 0 -- a list, a 1-D numpy
-array or a CPU torch tensor, see the README); GQA when k/v have fewer heads. ``atten_mask``
+array or a CPU torch tensor, see docs/usage.md); GQA when k/v have fewer heads. ``atten_mask``
 None gives the compressed causal mask for sparse modes 2/3/4/7/8 and an all-zero ``[maxSq,
 maxSkv]`` mask for modes 0/1 (on the NPU: made once per device and shape with
 ``q.new_empty`` and kept, see ``_default_mask``).

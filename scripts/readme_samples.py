@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Produce the README's command samples by running the commands, so they cannot go stale.
+"""Produce the documentation's command samples by running the commands, so they cannot go stale.
 
     python scripts/readme_samples.py            # print the samples
-    python scripts/readme_samples.py --write    # refresh them in README.md
-    python scripts/readme_samples.py --check    # exit 1 when README.md differs
+    python scripts/readme_samples.py --write    # refresh them in their files
+    python scripts/readme_samples.py --check    # exit 1 when a file differs
 
-Each sample sits in README.md between ``<!-- sample:NAME -->`` and ``<!-- /sample:NAME -->``
-as a fenced block. The commands run on the NumPy backend (``ACLNN_FAG_BACKEND=numpy``, no
+Each sample sits in its file (``SAMPLE_FILES``: the demo in README.md, the parity table in
+docs/cli.md) between ``<!-- sample:NAME -->`` and ``<!-- /sample:NAME -->`` as a fenced block. The commands run on the NumPy backend (``ACLNN_FAG_BACKEND=numpy``, no
 CANN libraries visible), in a subprocess with this checkout first on ``PYTHONPATH``.
 Comparisons ignore what legitimately changes from run to run (``normalise``): times, and the
 time column of the parity table; the demo's checksums are printed with BLAS-stable digits.
@@ -30,6 +30,18 @@ SAMPLES = {
     "demo": ["demo"],
     "parity-quick": ["parity", "--quick", "--report", "-", "-q"],
 }
+# name -> the file that shows it
+SAMPLE_FILES = {"parity-quick": ROOT / "docs" / "cli.md", "demo": README}
+
+
+def current_samples() -> dict:
+    """name -> the sample text currently in its file (missing ones absent)."""
+    found = {}
+    for name, path in SAMPLE_FILES.items():
+        shown = readme_samples(path.read_text(encoding="utf-8"))
+        if name in shown:
+            found[name] = shown[name]
+    return found
 TIME = re.compile(r"\b\d+\.\d+ s\b")
 PARITY_ROW = re.compile(r"^(\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+\S+\s+)(\d+\.\d+)( +\S+.*)$")
 
@@ -107,7 +119,7 @@ def replace_samples(text: str, fresh: dict) -> str:
     for name, sample in fresh.items():
         pattern = re.compile(rf"<!-- sample:{re.escape(name)} -->.*?<!-- /sample:{re.escape(name)} -->", re.S)
         if not pattern.search(text):
-            raise KeyError(f"README.md has no <!-- sample:{name} --> block")
+            raise KeyError(f"no <!-- sample:{name} --> block")
         text = pattern.sub(lambda _m: block(name, sample), text, count=1)
     return text
 
@@ -120,13 +132,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     fresh = {name: run_sample(name) for name in args.names}
     if args.write:
-        README.write_text(replace_samples(README.read_text(encoding="utf-8"), fresh), encoding="utf-8")
+        for name, sample in fresh.items():
+            path = SAMPLE_FILES[name]
+            path.write_text(replace_samples(path.read_text(encoding="utf-8"), {name: sample}),
+                            encoding="utf-8")
         return 0
     if args.check:
-        current = readme_samples(README.read_text(encoding="utf-8"))
+        current = current_samples()
         stale = [n for n in fresh if not same(n, current.get(n, ""), fresh[n])]
         for n in stale:
-            print(f"README.md sample {n!r} is stale: run scripts/readme_samples.py --write", file=sys.stderr)
+            print(f"{SAMPLE_FILES[n].relative_to(ROOT)} sample {n!r} is stale: run "
+                  f"scripts/readme_samples.py --write", file=sys.stderr)
         return 1 if stale else 0
     for name, sample in fresh.items():
         print(block(name, sample))

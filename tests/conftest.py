@@ -15,7 +15,7 @@ pytest-xdist (``-n auto``, the README's command): the workers' fuzz tallies are 
 (tests/fuzz_tally.py); the stub libraries are built under a file lock (native_stubs/build.py),
 so concurrent workers share one build; each worker's BLAS (and OpenMP) runs one thread unless
 the caller set the variables (one worker per core: BLAS threads per worker would only wait
-for each other -- README.md, Threads).
+for each other -- docs/usage.md, "Threads").
 """
 
 from __future__ import annotations

@@ -102,6 +102,8 @@ PROTOTYPES: Tuple[Proto, ...] = (
     # aclError aclrtGetVersion(int32_t *majorVersion, int32_t *minorVersion,
     #                          int32_t *patchVersion);                      (optional)
     Proto("aclrtGetVersion", aclError, (P_I32, P_I32, P_I32), RT, optional=True),
+    # aclError aclsysGetVersionNum(char *pkgName, int32_t *versionNum);       (optional)
+    Proto("aclsysGetVersionNum", aclError, (c_char_p, P_I32), RT, optional=True),
 
     # void aclStubGetCounters(int64_t *live_tensors, int64_t *live_int_arrays,
     #     int64_t *live_executors, int64_t *live_device_bytes, int64_t *live_streams);

@@ -79,7 +79,9 @@ def load_backend(spec: str):
         sys.path.insert(0, cwd)
     try:
         module = importlib.import_module(mod_name)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:                 # SystemExit at import too: a usage error
         raise BackendModuleError(f"--backend-module {spec}: cannot import {mod_name}: "
                                  f"{type(exc).__name__}: {exc}") from None
     finally:

@@ -32,6 +32,8 @@ def _cmd_info(args) -> int:
                     "npu": npu, "environment": env}, args.json)
         if args.json == STDOUT:
             return 0
+    if getattr(args, "quiet", False):
+        return 0
     ok = bool(npu.get("ok"))
     features = npu.get("features") or {}
     print(f"aclnn_fag {__version__}  (python {env['python']}, numpy {env['numpy_version']}, "
@@ -59,6 +61,9 @@ def _cmd_info(args) -> int:
         soc = f"unknown ({npu['soc_name_error']})" if npu.get("soc_name_error") else "unknown (no device)"
     print(f"SoC name:        {soc}")
     _print_versions(env.get("versions") or {})
+    rules = env.get("cann_rules") or {}
+    print(f"rules of CANN:   {rules.get('release')} (from {rules.get('from')})"
+          + (f"; {rules['note']}" if rules.get("note") else ""))
     print(f"determinism:     {_yes_no(features, 'determinism_setter', 'determinism_getter')}"
           " (aclrtCtxSetSysParamOpt/aclrtCtxGetSysParamOpt)")
     print(f"repeatable executors: {_yes_no(features, 'repeatable_executor')}"
@@ -73,7 +78,12 @@ def _cmd_info(args) -> int:
 
 def _print_versions(v: dict) -> None:
     from ..acl.versions import version_summary_line
+    cann = v.get("cann") or {}
     print(f"CANN version:    {version_summary_line(v.get('cann'))}")
+    if cann:
+        for pkg in ("runtime", "ops_transformer"):
+            print(f"{pkg + ':':<17s}{cann.get(pkg + '_version') or 'unknown'}"
+                  f" (aclsysGetVersionStr(\"{pkg}\"))")
     if (v.get("cann") or {}).get("acl_api_version"):
         print(f"ACL API version: {v['cann']['acl_api_version']} (aclrtGetVersion)")
     tk = v.get("toolkit_install") or {}
@@ -144,23 +154,41 @@ def _cmd_demo(args) -> int:
     grads = flash_attention_unpadding_score_grad_v3(**inputs, backend=backend)
     t3 = time.perf_counter()
     ran = last_backend()
-    print("aclnnFlashAttentionUnpaddingScoreGradV3 -- the documentation's example")
+    rows = [("attention_in", inputs["attention_in"]), ("softmax_max", inputs["softmax_max"]),
+            ("softmax_sum", inputs["softmax_sum"])] + list(grads._asdict().items())
+    times = {"inputs": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "total": t3 - t0}
+    from .envinfo import backend_label
+    from .output import STDOUT, human_stream, write_json
+    if args.json:
+        tensors = {}
+        for name, arr in rows:
+            (total, total_abs), (shown, shown_abs) = _checksums(arr), _stable_checksums(arr)
+            tensors[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sum": total,
+                             "sum_abs": total_abs, "sum_shown": shown, "sum_abs_shown": shown_abs}
+        write_json({"schema": "aclnn_fag.demo/1", "requested": args.backend, "backend": ran,
+                    "forward_backend": ran_fwd, "backend_label": backend_label(ran),
+                    "case": spec.to_dict(), "actual_seq_qlen": list(inputs["actual_seq_qlen"]),
+                    "tensors": tensors, "times_s": times}, args.json)
+    if args.quiet:
+        return 0
+    out = human_stream(args.json)
+    print("aclnnFlashAttentionUnpaddingScoreGradV3 -- the documentation's example", file=out)
     print(f"  T={spec.t1} N={spec.heads} D={spec.d} Dr={spec.d_rope} Dv={spec.dv} bf16, sparse_mode "
           f"{spec.sparse_mode}, all-zero {spec.t1}x{spec.t1} mask, scale {spec.scale_value}, "
           f"pre=next={spec.pre_tokens}, actual_seq_qlen=actual_seq_kvlen={inputs['actual_seq_qlen']}, "
-          f"seed {spec.seed}")
-    from .envinfo import backend_label
+          f"seed {spec.seed}", file=out)
     print(f"backend: {backend_label(ran)}  (requested {args.backend}; forward: "
-          f"{backend_label(ran_fwd)})")
-    rows = [("attention_in", inputs["attention_in"]), ("softmax_max", inputs["softmax_max"]),
-            ("softmax_sum", inputs["softmax_sum"])] + list(grads._asdict().items())
+          f"{backend_label(ran_fwd)})", file=out)
     print(f"  {'tensor':<13s} {'shape':<16s} {'dtype':<9s} {'sum':>12s} {'sum |x|':>12s}"
-          f"   (float64 sums, rounded to 1e-5 of sum |x|)")
+          f"   (float64 sums, rounded to 1e-5 of sum |x|)", file=out)
     for name, arr in rows:
         s, a = _stable_checksums(arr)
-        print(f"  {name:<13s} {str(list(arr.shape)):<16s} {str(arr.dtype):<9s} {s:>12s} {a:>12s}")
-    print(f"time: inputs {t1 - t0:.4f} s, forward {t2 - t1:.4f} s ({ran_fwd}), backward "
-          f"{t3 - t2:.4f} s ({ran}), total {t3 - t0:.4f} s")
+        print(f"  {name:<13s} {str(list(arr.shape)):<16s} {str(arr.dtype):<9s} {s:>12s} {a:>12s}",
+              file=out)
+    print(f"time: inputs {times['inputs']:.4f} s, forward {times['forward']:.4f} s ({ran_fwd}), "
+          f"backward {times['backward']:.4f} s ({ran}), total {times['total']:.4f} s", file=out)
+    if args.json and args.json != STDOUT:
+        print(f"json: {args.json}", file=out)
     return 0
 
 
@@ -170,45 +198,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="aclnn-fag",
-        description="aclnnFlashAttentionUnpaddingScoreGradV3 through ctypes, and its NumPy reference.")
+        description="aclnnFlashAttentionUnpaddingScoreGradV3 (backward) and "
+                    "aclnnFlashAttentionVarLenScoreV3 (forward) through ctypes on an Ascend NPU, "
+                    "and their NumPy reference where there is none.")
     parser.add_argument("--version", action="version", version=f"aclnn_fag {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("info", help="versions, CANN libraries, devices, the backend 'auto' picks",
+    p = sub.add_parser("info", help="versions, CANN libraries, devices, the backend 'auto' picks (runs no op)",
                        description="Package version; the CANN libraries found (with paths) or why "
                                    "not; device count and SoC name; the backend 'auto' would pick; "
-                                   "determinism and repeatable-executor support. Works without CANN.")
+                                   "determinism and repeatable-executor support. Loads the "
+                                   "libraries and queries the runtime, runs no op; works without "
+                                   "CANN.")
     from .output import add_json_argument
     add_json_argument(p, "the same information", optional_value=True)
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no text (with --json FILE: only the file)")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("demo", help="run the documentation's example (forward + backward)",
+    p = sub.add_parser("demo", help="the documentation's example: forward and backward on the chosen backend",
                        description="The operator documentation's example (T=256, N=1, D=128, rope "
                                    "64, Dv=128, bf16, sparse mode 0, all-zero mask, scale 0.088388, "
-                                   "pre=next=65536) with seeded random data: NumPy forward, backward "
-                                   "on the chosen backend; prints the backend, shapes, checksums "
-                                   "(float64 sum and sum of |x|) and times.")
+                                   "pre=next=65536) with seeded random data drawn on the host: the "
+                                   "forward and then the backward, both on the chosen backend "
+                                   "(auto: the NPU when usable, else NumPy); prints the backend each "
+                                   "ran on, shapes, checksums (float64 sum and sum of |x|) and times.",
+                       epilog="Exit status: 0 done, 2 usage error or backend unavailable.")
     p.add_argument("--backend", choices=("auto", "numpy", "npu"), default="auto",
-                   help="backend of the backward (default: auto)")
+                   help="backend of the forward and the backward (default: auto)")
     p.add_argument("--seed", type=cliargs.seed, default=0, help="seed of the random inputs, >= 0 (default: 0)")
+    add_json_argument(p, "the backends, shapes, checksums and times")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no text (with --json FILE: only the file)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("parity", help="judge a backend against the fp64 golden on a case suite",
+    p = sub.add_parser("parity", help="judge a backend against the fp64 golden (NumPy) on a case suite",
                        description="Run a case suite on a backend and judge every output (dq, "
                                    "dq_rope, dk, dk_rope, dv) against the fp64 golden (NumPy) by "
                                    "flash-attention's criterion (max abs error <= k x that of the "
                                    "NumPy device-precision reference, plus a tiny floor) and "
                                    "Ascend's double-thousandths (bf16: the share of elements with "
-                                   "|y-g| / max(|g|, RMS(g)) > 2^-6 stays below 1e-3). Prints a "
-                                   "table, writes a JSON report, shows progress on stderr.",
+                                   "|y-g| / max(|g|, RMS(g)) > 2^-6 stays below 1e-3). The golden "
+                                   "(fp64) and the reference (device precision) always run on "
+                                   "NumPy; only the backend under test runs on --backend (or is "
+                                   "--backend-module). Prints a table and progress on stderr; "
+                                   "--json, --junit and --html write reports.",
                        epilog="Details: the docstrings of aclnn_fag.tools.parity and aclnn_fag.tools.accuracy. "
                               "Exit status: 0 all passed, 1 a case failed or errored, 2 usage "
                               "error (bad suite, no case selected, backend unavailable).")
     parity_cli.add_arguments(p)
     p.set_defaults(func=parity_cli.main)
 
-    p = sub.add_parser("bench", help="time a backend and compare with this machine's sgemm",
-                       description="Time the backward on a backend (and the NumPy forward) over "
+    p = sub.add_parser("bench", help="time the backward on a backend next to this machine's sgemm",
+                       description="Time the backward on the chosen backend (its inputs from the "
+                                   "NumPy forward) over "
                                    "a few sizes: GFLOP/s over the kept area of the mask next to "
                                    "this machine's sgemm (numpy float32 matmul, measured in the "
                                    "same run), the host time per call in marshaling and the two "
@@ -219,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "or backend unavailable.")
     bench.add_arguments(p)
     p.set_defaults(func=bench.main)
+
+    from .report_cli import add_report_command
+    add_report_command(sub)
     return parser
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 __all__ = ["npu_status", "auto_backend", "environment", "device_id_from_env", "backend_label",
            "toolkit_install_info", "driver_version", "package_versions", "parse_key_values",
-           "DEFAULT_ASCEND_ROOT", "INSTALL_INFO_NAMES", "summary"]
+           "DEFAULT_ASCEND_ROOT", "INSTALL_INFO_NAMES", "summary", "shorten", "SHORT_WIDTH"]
 
 
 def backend_label(name, npu: dict = None) -> str:
@@ -119,6 +119,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
         "stand_in_note": npu.get("stand_in_note"),
         "device_id": os.environ.get("ACLNN_FAG_DEVICE") or None,
         "versions": versions_block(npu),
+        "cann_rules": rules_block(backend, npu),
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
                 or k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")},
@@ -139,6 +140,21 @@ def versions_block(npu: dict) -> dict:
         "blas": blas.blas_info(),
         "packages": package_versions(),
     }
+
+
+def rules_block(backend, npu: dict) -> dict:
+    """Which CANN release's rules the backend under test follows (docs/releases.md): on the
+    NPU the release read from the runtime's versions, on the NumPy backend
+    ``$ACLNN_FAG_CANN_RELEASE`` or the newest known."""
+    from .. import releases
+    if backend == "npu":
+        v = npu.get("versions") or {}
+        return {"release": v.get("release"), "from": v.get("release_from"),
+                "note": v.get("release_note")}
+    raw = os.environ.get(releases.ENV_VAR, "").strip()
+    release, note = releases.resolve(raw, f"${releases.ENV_VAR}") if raw else (releases.NEWEST, None)
+    return {"release": release.name, "from": f"${releases.ENV_VAR}" if raw else "newest known",
+            "note": note}
 
 
 def _library_paths(npu: dict) -> dict:
@@ -280,6 +296,9 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
         "backend": env.get("backend"),
         "cann": cann.get("cann_version"),
         "cann_source": cann.get("cann_version_source"),
+        "runtime": cann.get("runtime_version"),
+        "ops_transformer": cann.get("ops_transformer_version"),
+        "cann_rules": (env.get("cann_rules") or {}).get("release"),
         "acl_api": cann.get("acl_api_version"),
         "toolkit_install": (v.get("toolkit_install") or {}).get("version"),
         "driver": (v.get("driver") or {}).get("version"),
@@ -293,3 +312,31 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
         "blas_threads": None if blas.get("threads") is None else str(blas.get("threads")),
         "python": env.get("python"),
     }
+
+
+SHORT_WIDTH = 48
+
+
+def shorten(value, width: int = SHORT_WIDTH) -> str:
+    """A version-table value in at most ``width`` characters (the full one belongs in JSON):
+    ``not loaded: <a; b; c>`` becomes ``not loaded (3 places tried)``, an absolute path keeps
+    its last parts (``.../lib64/libopapi.so``), anything else loses its middle."""
+    text = "-" if value is None else " ".join(str(value).split())
+    if len(text) <= width:
+        return text
+    if text.startswith("not loaded:"):
+        tried = [p for p in text[len("not loaded:"):].split(";") if p.strip()]
+        short = f"not loaded ({len(tried)} places tried)"
+        if len(short) <= width:
+            return short
+    if text.startswith("/") and " " not in text:
+        parts = text.split("/")
+        tail = parts[-1]
+        for part in reversed(parts[1:-1]):
+            if len(tail) + len(part) + 5 > width:
+                break
+            tail = f"{part}/{tail}"
+        if len(tail) + 4 <= width:
+            return ".../" + tail
+    keep = width - 3
+    return text[:keep - keep // 3] + "..." + text[len(text) - keep // 3:]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 
@@ -74,5 +75,16 @@ def write_text(text: str, dest) -> None:
         raise
 
 
+# A JSON array of numbers (or nulls) that the indentation spread over lines. JSON strings
+# hold no raw newline, so a match is never inside a string.
+_NUMBER_ARRAY = re.compile(r'\[\n(?:[ ]*(?:-?[0-9][0-9eE.+\-]*|null|"-?inf"|"nan"),?\n)+[ ]*\]')
+
+
+def _one_line(match) -> str:
+    return "[" + ", ".join(p.strip() for p in match.group(0)[1:-1].split(",")) + "]"
+
+
 def write_json(data, dest) -> None:
-    write_text(json.dumps(json_safe(data), indent=1, allow_nan=False) + "\n", dest)
+    """Indented JSON; arrays of numbers stay on one line (error summaries, shapes)."""
+    text = json.dumps(json_safe(data), indent=1, allow_nan=False)
+    write_text(_NUMBER_ARRAY.sub(_one_line, text) + "\n", dest)

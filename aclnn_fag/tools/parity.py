@@ -12,7 +12,8 @@ Every output (dq, dq_rope, dk, dk_rope, dv) is judged by ``aclnn_fag.tools.accur
 flash-attention's criterion (max abs error <= k x the reference's, plus a tiny floor) and
 Ascend's double-thousandths with per-dtype thresholds (bf16: share of elements with
 |y - g| / max(|g|, RMS(g)) > 2**-6 below 1e-3). See ``aclnn_fag.tools.accuracy`` for the
-thresholds and why. A case passes when all its outputs pass; an exception is an ERROR.
+thresholds and why. A case passes when all its outputs pass; an exception is an ERROR (any
+exception but KeyboardInterrupt: a backend raising SystemExit errs its case, the run goes on).
 
 When the backend under test is the NumPy backend in device precision, its result *is* the
 reference, so it is computed once (it passes criterion 1 trivially and criterion 2 by the
@@ -38,7 +39,9 @@ import traceback
 import warnings
 from typing import Callable, Optional
 
-from . import accuracy, cases as cases_mod, parity_ops
+import numpy as np
+
+from . import accuracy, cases as cases_mod, error_summary, parity_ops
 from ..api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from ..call import FagGrads
 from .envinfo import environment
@@ -108,12 +111,31 @@ class _Progress:
         self.stream.flush()
 
 
+def _bits(a) -> bytes:
+    a = np.ascontiguousarray(np.asarray(a))
+    return a.dtype.str.encode() + repr(a.shape).encode() + a.tobytes()
+
+
+def _repeat_check(first: dict, again: Callable[[], dict], runs: int) -> dict:
+    """Run the backend ``runs - 1`` more times on the same inputs; which outputs ever differed
+    from the first run in any bit (``parity --repeat``: a race or a non-deterministic
+    accumulation shows here even when every run passes the criteria)."""
+    ref = {n: _bits(v) for n, v in first.items() if v is not None}
+    differing: dict = {}
+    for _ in range(runs - 1):
+        for n, v in again().items():
+            if n in ref and _bits(v) != ref[n]:
+                differing[n] = differing.get(n, 0) + 1
+    return {"runs": runs, "bit_identical": not differing, "differing_runs": differing}
+
+
 def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_K,
-             progress: Optional[_Progress] = None, op: str = "backward") -> dict:
+             progress: Optional[_Progress] = None, op: str = "backward", repeat: int = 1) -> dict:
     """Run and judge one case. ``backend_fn=None`` means the NumPy device-precision backend
     (its result is the reference, computed once). ``op`` "forward"/"roundtrip"
     (:mod:`aclnn_fag.tools.parity_ops`): ``backend_fn`` is then only read for its
-    ``backend_name``/``precision``."""
+    ``backend_name``/``precision``. ``repeat`` > 1 runs the backend that many times in all and
+    records in ``entry["repeat"]`` whether its outputs were bit-identical."""
     entry = {"name": spec.name, "tags": list(spec.tags), "note": spec.note, "verdict": "ERROR",
              "error": None, "backend": getattr(backend_fn, "backend_name", None) or
              ("numpy" if backend_fn is None else "custom"), "timings": {}, "warnings": [],
@@ -145,6 +167,7 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                                             + timings.get("backend_s", 0.0))
                 stage("judging")
                 entry["outputs"] = parity_ops.judge_outputs(op, result, golden, reference, k=k)
+                error_summary.attach(entry["outputs"], result, golden, reference, inputs)
             else:
                 stage("forward (numpy, device)")
                 inputs = timed("forward_s", cases_mod.with_forward, inputs)
@@ -163,21 +186,39 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
                     entry["outputs"][name] = accuracy.judge(getattr(result, name),
                                                             getattr(golden, name),
                                                             getattr(reference, name), k=k)
+                error_summary.attach(entry["outputs"], result, golden, reference, inputs)
             failed = [n for n, o in entry["outputs"].items() if o["verdict"] != "PASS"]
             entry["verdict"] = "FAIL" if failed else "PASS"
             entry["failed_outputs"] = failed
+            if repeat > 1:
+                stage(f"repeat x{repeat}")
+                entry["repeat"] = _repeat_check(
+                    result if isinstance(result, dict) else result._asdict(),
+                    _again(op, inputs, backend_fn, entry["backend"]), repeat)
         except KeyboardInterrupt:
             raise
-        except Exception as exc:   # one broken case must not stop the suite
+        # one broken case must not stop the suite: nor may a backend's SystemExit(0) (or any
+        # other BaseException) end the run with exit status 0 and no table
+        except BaseException as exc:
             entry["error"] = f"{type(exc).__name__}: {exc}"
             entry["traceback"] = traceback.format_exc(limit=6)
     entry["warnings"] = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     return entry
 
 
+def _again(op: str, inputs: dict, backend_fn: Optional[BackendFn], backend: str) -> Callable:
+    """One more run of the backend under test on ``inputs``, as a dict of outputs."""
+    if op != "backward":
+        precision = getattr(backend_fn, "precision", "device")
+        name = "numpy" if backend_fn is None else backend
+        return lambda: parity_ops.backend_outputs(op, inputs, name, precision)
+    fn = backend_fn or reference_grads
+    return lambda: fn(**inputs)._asdict()
+
+
 def run_suite(specs, backend: str = "auto", precision: str = "device", k: float = accuracy.DEFAULT_K,
               backend_fn: Optional[BackendFn] = None, progress=None, suite=None,
-              selection: Optional[dict] = None, op: str = "backward") -> dict:
+              selection: Optional[dict] = None, op: str = "backward", repeat: int = 1) -> dict:
     """Run ``specs`` (CaseSpec list) and return the report dict.
 
     The backend under test is ``backend_fn`` when given (called with the backward's keyword
@@ -204,7 +245,7 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
         if bar:
             bar.start(i, spec.name)
         c0 = time.perf_counter()
-        entry = run_case(spec, fn, k=k, progress=bar, op=op)
+        entry = run_case(spec, fn, k=k, progress=bar, op=op, repeat=repeat)
         if fn is None:
             entry["backend"] = backend_name
         results.append(entry)
@@ -220,6 +261,7 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
                     "outputs_judged": sum(len(r["outputs"]) for r in results)},
         "backend": backend_name,
         "op": op,
+        "repeat": repeat,
         "outputs": list(parity_ops.OUTPUTS_BY_OP[op]),
         "precision": precision,
         "self_check": self_check,
@@ -287,6 +329,15 @@ def format_table(report: dict, verbose: bool = False) -> str:
                  f"{s['passed']}/{s['cases']} cases passed, {s['failed']} failed, {s['errors']} errors; "
                  f"criteria: max_abs_err <= {report['criteria']['flash_attention']['k']:g} x ref_err "
                  f"+ floor, and share>rtol below the dtype's limit (bf16: rtol 2^-6, limit 1e-3)")
+    repeated = [c for c in report["cases"] if c.get("repeat")]
+    if repeated:
+        differ = [c for c in repeated if not c["repeat"]["bit_identical"]]
+        lines.append(f"repeat x{report.get('repeat')}: {len(repeated) - len(differ)}/{len(repeated)} "
+                     "cases bit-identical from run to run" + "".join(
+                         f"\n  NOT bit-identical: {c['name']} ("
+                         + ", ".join(f"{n} differed in {k} run(s)"
+                                     for n, k in sorted(c["repeat"]["differing_runs"].items())) + ")"
+                         for c in differ))
     return "\n".join(lines)
 
 

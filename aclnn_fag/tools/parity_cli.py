@@ -12,18 +12,20 @@ Report options (docs/parity.md):
 * ``--backend-module pkg.mod:function`` — the backend under test is that callable
   (:mod:`aclnn_fag.tools.backend_module`);
 * ``--repro DIR`` [``--no-shrink``] — a C reproducer per failing case
-  (:mod:`aclnn_fag.tools.repro`).
+  (:mod:`aclnn_fag.tools.repro`); a DIR that cannot be made is a usage error before the run,
+  and a reproducer that cannot be written is reported on stderr even with ``-q``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 
 from . import accuracy, cases as cases_mod, parity_ops
 from ..api import resolve_backend
-from .cliargs import positive_float
+from .cliargs import positive_float, positive_int
 from .output import STDOUT, human_stream, write_json, write_text
 from .parity import format_table, run_suite
 
@@ -48,6 +50,8 @@ def _add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend-module", metavar="PKG.MOD:FUNCTION", default=None,
                    help="judge this callable (the public call's keyword arguments -> dq, dq_rope, "
                         "dk, dk_rope, dv) instead of --backend")
+    from .report_cli import add_html_argument
+    add_html_argument(p, "the results (with --compare: the comparison)")
 
 
 def compare_requested(args) -> bool:
@@ -57,7 +61,8 @@ def compare_requested(args) -> bool:
 def run_compare(args) -> int:
     from . import report_compare
     factor = report_compare.FACTOR if args.factor is None else args.factor
-    return report_compare.main(args.compare[0], args.compare[1], factor=factor, json_dest=args.json)
+    return report_compare.main(args.compare[0], args.compare[1], factor=factor, json_dest=args.json,
+                               html_dest=getattr(args, "html", None))
 
 
 def load_backend_fn(args):
@@ -88,6 +93,13 @@ def usage_problem(args):
         return "--json - and --junit - cannot both write to stdout"
     if args.no_shrink and not args.repro:
         return "--no-shrink only goes with --repro"
+    if getattr(args, "html", None) == STDOUT:
+        return "--html takes a file name, not '-'"
+    if args.repro and not compare_requested(args):
+        from .repro import target_problem
+        why = target_problem(args.repro)
+        if why:
+            return f"--repro {args.repro}: cannot write reproducers there: {why}"
     return None
 
 
@@ -97,6 +109,21 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
     json_dest = _json_dest(args)
     text = human_stream(json_dest, args.junit)
     print(table, file=text)
+    if args.repro:            # first, so that the report records where the reproducers are
+        from . import repro
+        failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
+        written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
+                                          backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
+                                          errors=sys.stderr)
+        print(f"reproducers: {len(written)} of {len(failing)} failing case(s) in {args.repro}"
+              + "".join(f"\n  {w}" for w in written), file=text)
+        name, c_op = repro.backend_under_test(backend_fn, report.get("backend"))
+        if failing and not c_op:
+            print(f"note: the failures come from {name}; the reproducers call the C op directly "
+                  "and test the C op only (their README says so)", file=sys.stderr)
+        by_dir = {repro.case_directory_name(c["name"]): c["name"] for c in failing}
+        report["reproducers"] = {"dir": str(args.repro), "cases": {
+            by_dir[os.path.basename(w)]: w for w in written if os.path.basename(w) in by_dir}}
     if json_dest:
         write_json(report, json_dest)
         if json_dest != STDOUT:
@@ -106,14 +133,12 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         write_text(junit_xml(report), args.junit)
         if args.junit != STDOUT:
             print(f"junit: {args.junit}", file=text)
-    if args.repro:
-        from . import repro
-        failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
-        written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
-                                          backend_fn=backend_fn, progress=None if args.quiet else sys.stderr)
-        print(f"reproducers: {len(written)} of {len(failing)} failing case(s) in {args.repro}"
-              + "".join(f"\n  {w}" for w in written), file=text)
-    return 0 if report["ok"] else 1
+    status = 0 if report["ok"] else 1
+    if getattr(args, "html", None):
+        from .report_cli import write_run_page
+        source = f"report {json_dest}" if json_dest and json_dest != STDOUT else "this run"
+        status = write_run_page(report, args.html, source=source, stream=text) or status
+    return status
 
 
 # --------------------------------------------------------------------------- the command
@@ -139,6 +164,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "backward; default), 'forward' (the backend's forward: attention_out and "
                         "statistics) or 'roundtrip' (the backend's forward fed to its backward; "
                         "all eight outputs). Criteria: docs/forward.md")
+    p.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                   help="run the backend under test N times per case on the same inputs and "
+                        "report whether its outputs were bit-identical (default: 1)")
     _add_report_arguments(p)     # --json/--report, --junit, --compare, --backend-module, --repro
     p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -156,6 +184,9 @@ def main(args) -> int:
     problem = usage_problem(args)
     if problem:
         print(f"aclnn-fag parity: {problem}", file=sys.stderr)
+        return 2
+    from .report_cli import prepare_html
+    if prepare_html(args, "aclnn-fag parity"):      # before any work: destination, matplotlib
         return 2
     if compare_requested(args):
         return run_compare(args)
@@ -192,6 +223,6 @@ def main(args) -> int:
         return 2
     report = run_suite(specs, backend=args.backend, precision=args.precision, k=args.k,
                        backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
-                       suite=suite, selection=sel, op=args.op)
+                       suite=suite, selection=sel, op=args.op, repeat=args.repeat)
     return finish(report, format_table(report, verbose=args.verbose), args, specs,
                              backend_fn)

@@ -95,6 +95,16 @@ def run_pipelines(op: str, inputs: dict, backend: Optional[str], precision: str,
     return result, golden, reference
 
 
+def backend_outputs(op: str, inputs: dict, backend: str, precision: str) -> dict:
+    """The backend's own outputs of ``op`` once more (no golden, no reference): what
+    ``parity --repeat`` compares run to run."""
+    fwd = _forward(inputs, backend, precision)
+    out = dict(fwd._asdict())
+    if op == "roundtrip":
+        out.update(_backward(_with_stats(inputs, fwd), backend, precision)._asdict())
+    return out
+
+
 def _judge_stats(name: str, y, g, r, golden_max, k: float) -> dict:
     """Statistics: invalid lines exact, the rest by both criteria (float32 thresholds)."""
     y, g, r = (np.ravel(np.asarray(a)) for a in (y, g, r))

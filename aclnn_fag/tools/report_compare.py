@@ -23,7 +23,10 @@ What counts (``FACTOR`` = 2 by default, ``--factor``):
   not a regression (selections differ); a case whose arguments (shapes, seed, scalars) differ
   between the reports is compared by verdict only and flagged "arguments differ".
 
-Exit status: 0 no regression, 1 NEW regressed, 2 a report cannot be read.
+Exit status: 0 no regression, 1 NEW regressed, 2 a report cannot be read: not JSON (or
+nested too deeply), not a parity report, or a field the comparison reads has the wrong type
+(``check_report``; the message names the case and the field). A case name that appears twice
+in one report is an error too (which of its verdicts counts would be a guess).
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ import json
 import math
 from typing import List, Optional
 
-from .envinfo import summary as version_summary
+from .envinfo import shorten, summary as version_summary
 from .junit import output_figures
 
-__all__ = ["compare_reports", "format_comparison", "load_report", "main", "FACTOR",
-           "ReportError"]
+__all__ = ["compare_reports", "format_comparison", "load_report", "check_report", "main",
+           "FACTOR", "ReportError"]
 
 FACTOR = 2.0
 SHARE_NOISE = 0.1          # of the share limit
@@ -55,12 +58,77 @@ def load_report(path) -> dict:
         raise ReportError(f"cannot read {path}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ReportError(f"{path} is not UTF-8 text: {exc}") from None
+    except RecursionError:
+        raise ReportError(f"{path}: the JSON is nested too deeply to be a parity report") from None
     if not isinstance(data, dict) or data.get("schema") not in ACCEPTED_SCHEMAS:
         raise ReportError(f"{path} is not a parity report (schema {data.get('schema') if isinstance(data, dict) else None!r}, "
                           f"expected one of {ACCEPTED_SCHEMAS})")
-    if not isinstance(data.get("cases"), list):
-        raise ReportError(f"{path}: no 'cases' list")
+    check_report(data, str(path))
     return data
+
+
+VERDICTS = ("PASS", "FAIL", "ERROR")
+# the per-output figures the comparison reads or prints (junit.output_figures)
+_METRICS = ("max_abs_err", "ref_max_abs_err", "share_above", "share_limit", "fa_bound", "fa_ratio",
+            "k", "rtol", "max_rel_err")
+
+
+def _kind(x) -> str:
+    return "null" if x is None else type(x).__name__
+
+
+def _object_or_null(value, what: str, label: str) -> None:
+    if value is not None and not isinstance(value, dict):
+        raise ReportError(f"{label}: '{what}' must be an object or null, got {_kind(value)}")
+
+
+def check_report(data: dict, label: str) -> None:
+    """Raise ReportError naming the first field the comparison cannot read: ``cases`` a list
+    of objects with a non-empty string ``name`` (each name once), a ``verdict`` PASS/FAIL/ERROR,
+    ``outputs`` an object of objects whose figures are numbers, strings ("nan") or null;
+    ``environment`` (and its ``versions`` and the entries the version summary reads) and
+    ``criteria`` (and its ``flash_attention``) objects or null."""
+    cases = data.get("cases")
+    if not isinstance(cases, list):
+        raise ReportError(f"{label}: no 'cases' list")
+    _object_or_null(data.get("environment"), "environment", label)
+    env = data.get("environment") or {}
+    _object_or_null(env.get("versions"), "environment.versions", label)
+    for key in ("cann", "toolkit_install", "driver", "blas"):        # what envinfo.summary reads
+        _object_or_null((env.get("versions") or {}).get(key), f"environment.versions.{key}", label)
+    _object_or_null(env.get("cann_rules"), "environment.cann_rules", label)
+    _object_or_null(data.get("criteria"), "criteria", label)
+    _object_or_null((data.get("criteria") or {}).get("flash_attention"), "criteria.flash_attention",
+                    label)
+    seen = {}
+    for i, case in enumerate(cases, 1):
+        if not isinstance(case, dict):
+            raise ReportError(f"{label}: case {i} is not an object (got {_kind(case)})")
+        name = case.get("name")
+        if not isinstance(name, str) or not name:
+            raise ReportError(f"{label}: case {i}: 'name' must be a non-empty string, got {name!r}")
+        if name in seen:
+            raise ReportError(f"{label}: case {name!r} appears more than once (cases {seen[name]} "
+                              f"and {i}): which verdict counts is ambiguous")
+        seen[name] = i
+        where = f"{label}: case {i} ({name!r})"
+        if case.get("verdict") not in VERDICTS:
+            raise ReportError(f"{where}: 'verdict' must be one of {', '.join(VERDICTS)}, got "
+                              f"{case.get('verdict')!r}")
+        outputs = case.get("outputs")
+        if outputs is not None and not isinstance(outputs, dict):
+            raise ReportError(f"{where}: 'outputs' must be an object (output name -> figures) or "
+                              f"null, got {_kind(outputs)}")
+        for out, figures in (outputs or {}).items():
+            if not isinstance(figures, dict):
+                raise ReportError(f"{where}: output {out!r} must be an object, got {_kind(figures)}")
+            for metric in _METRICS:
+                value = figures.get(metric)
+                if value is not None and not isinstance(value, (int, float, str)):
+                    raise ReportError(f"{where}: output {out!r}: {metric!r} must be a number, a "
+                                      f"string such as \"nan\", or null, got {_kind(value)}")
 
 
 def _f(x) -> Optional[float]:
@@ -114,6 +182,8 @@ def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
     ``summary`` and ``regressed``."""
     if not factor > 1:
         raise ValueError("factor must be > 1")
+    check_report(old, "OLD")
+    check_report(new, "NEW")
     old_cases = {c.get("name"): c for c in old["cases"]}
     new_cases = {c.get("name"): c for c in new["cases"]}
     names = list(old_cases) + [n for n in new_cases if n not in old_cases]
@@ -193,12 +263,12 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
                      f"{cmp['new'].get('k')})")
     lines.append("")
     vo, vn = cmp["old"]["versions"], cmp["new"]["versions"]
-    width = max([3] + [len(_v(vo.get(key))) for key in vo])
+    width = max([3] + [len(shorten(vo.get(key))) for key in vo])
     lines.append(f"  {'version':<15s} {'OLD':<{width}s}  NEW")
     for key in vo:
         a, b = _v(vo.get(key)), _v(vn.get(key))
-        mark = "*" if a != b else " "
-        lines.append(f"{mark} {key:<15s} {a:<{width}s}  {b}")
+        mark = "*" if a != b else " "      # compared in full, shown shortened (JSON: in full)
+        lines.append(f"{mark} {key:<15s} {shorten(a):<{width}s}  {shorten(b)}")
     lines.append("")
     lines.append(f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change")
     for r in cmp["cases"]:
@@ -221,8 +291,9 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
     return "\n".join(lines)
 
 
-def main(old_path, new_path, factor: float = FACTOR, json_dest=None) -> int:
-    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input)."""
+def main(old_path, new_path, factor: float = FACTOR, json_dest=None, html_dest=None) -> int:
+    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input;
+    also when ``html_dest``'s page lacks pictures because NEW has no error summaries)."""
     import sys
 
     from .output import STDOUT, human_stream, write_json
@@ -237,4 +308,9 @@ def main(old_path, new_path, factor: float = FACTOR, json_dest=None) -> int:
         write_json(cmp, json_dest)
         if json_dest != STDOUT:
             print(f"comparison: {json_dest}", file=human_stream(json_dest))
+    if html_dest:
+        from .report_cli import write_compare_page
+        if write_compare_page(old, new, cmp, str(old_path), str(new_path), html_dest,
+                              stream=human_stream(json_dest)):
+            return 2
     return 1 if cmp["regressed"] else 0

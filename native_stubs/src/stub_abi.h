@@ -39,6 +39,8 @@ STUB_API aclError aclrtGetCurrentContext(aclrtContext *context);
 
 /* ---- libascendcl.so: version queries (optional in CANN; src/version_stub.c) ---- */
 STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr);
+STUB_API aclError aclsysGetVersionNum(char *pkgName, int32_t *versionNum);
+STUB_API int stub_release(void); /* stand-in only: the emulated release, 850 / 900 / 910 */
 STUB_API aclError aclsysGetCANNVersion(int32_t name, void *version); /* aclCANNPackageVersion * */
 STUB_API aclError aclrtGetVersion(int32_t *majorVersion, int32_t *minorVersion, int32_t *patchVersion);
 

@@ -1,21 +1,26 @@
 /*
- * libascendcl.so stand-in, version queries (acl/acl_rt.h; all three are
- * optional symbols in CANN, see docs/parity.md "Versions"):
+ * libascendcl.so stand-in, version queries (acl/acl_rt.h; all four are
+ * optional symbols in CANN, see docs/releases.md):
  *
  *   aclError aclsysGetVersionStr(char *pkgName, char *versionStr);
+ *   aclError aclsysGetVersionNum(char *pkgName, int32_t *versionNum);
  *   aclError aclsysGetCANNVersion(aclCANNPackageName name, aclCANNPackageVersion *version);
  *   aclError aclrtGetVersion(int32_t *majorVersion, int32_t *minorVersion, int32_t *patchVersion);
  *
- * Every string the stand-in returns says "stub", so that a report made on
- * the stubs can never be mistaken for one made on a real CANN install.
- * Failure injection works as for every other exported function.
+ * The release the stand-in emulates is $ACL_STUB_CANN_VERSION (8.5.0, 9.0.0 or 9.1.0;
+ * default and anything else: 9.1.0, the newest); stub_release() gives it to the other stub
+ * files, whose rules follow it. Every string the stand-in returns says "stub" ("9.1.0.stub"),
+ * so that a report made on the stubs can never be mistaken for one made on a real CANN
+ * install. aclsysGetVersionNum answers major * 1000000 + minor * 10000 + patch * 100 (the
+ * real encoding is CANN's own: only its order matters). Failure injection works as for every
+ * other exported function.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "stub_abi.h"
 
-#define STUB_CANN_VERSION "8.5.0.stub"
 #define STUB_PKG_VERSION_MAX 128 /* ACL_PKG_VERSION_MAX_SIZE */
 #define STUB_PKG_PART_MAX 64     /* ACL_PKG_VERSION_PARTS_MAX_SIZE */
 
@@ -30,6 +35,36 @@ typedef struct StubPackageVersion {
     char patch[STUB_PKG_PART_MAX];
     char reserved[STUB_PKG_VERSION_MAX];
 } StubPackageVersion;
+
+/* the emulated release: 850, 900 or 910 (major * 100 + minor * 10 + patch) */
+STUB_API int stub_release(void)
+{
+    const char *v = getenv("ACL_STUB_CANN_VERSION");
+    if (v != NULL && strcmp(v, "8.5.0") == 0) {
+        return 850;
+    }
+    if (v != NULL && strcmp(v, "9.0.0") == 0) {
+        return 900;
+    }
+    return 910;
+}
+
+static void release_text(char *out, size_t size)
+{
+    int r = stub_release();
+    snprintf(out, size, "%d.%d.%d.stub", r / 100, r / 10 % 10, r % 10);
+}
+
+static int known_package(const char *pkg)
+{
+    static const char *const names[] = {"CANN", "runtime", "ops_transformer", "opp", "toolkit"};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(pkg, names[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
 
 static int32_t injected(const char *fn)
 {
@@ -53,12 +88,30 @@ STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr)
         return ACL_ERROR_INVALID_PARAM;
     }
     /* the packages a toolkit install knows; anything else is not installed */
-    if (strcmp(pkgName, "CANN") != 0 && strcmp(pkgName, "runtime") != 0 && strcmp(pkgName, "opp") != 0 &&
-        strcmp(pkgName, "toolkit") != 0) {
+    if (!known_package(pkgName)) {
         aclStubInternalApi()->set_error("aclsysGetVersionStr: package '%.64s' is not installed", pkgName);
         return ACL_ERROR_INVALID_PARAM;
     }
-    snprintf(versionStr, STUB_PKG_VERSION_MAX, "%s", STUB_CANN_VERSION);
+    release_text(versionStr, STUB_PKG_VERSION_MAX);
+    return ok(__func__);
+}
+
+STUB_API aclError aclsysGetVersionNum(char *pkgName, int32_t *versionNum)
+{
+    int32_t code = injected(__func__);
+    if (code != 0) {
+        return code;
+    }
+    if (pkgName == NULL || versionNum == NULL) {
+        aclStubInternalApi()->set_error("aclsysGetVersionNum: pkgName and versionNum must not be NULL");
+        return ACL_ERROR_INVALID_PARAM;
+    }
+    if (!known_package(pkgName)) {
+        aclStubInternalApi()->set_error("aclsysGetVersionNum: package '%.64s' is not installed", pkgName);
+        return ACL_ERROR_INVALID_PARAM;
+    }
+    int r = stub_release();
+    *versionNum = (int32_t)(r / 100 * 1000000 + r / 10 % 10 * 10000 + r % 10 * 100);
     return ok(__func__);
 }
 
@@ -74,10 +127,11 @@ STUB_API aclError aclsysGetCANNVersion(int32_t name, void *version)
     }
     StubPackageVersion *v = (StubPackageVersion *)version;
     memset(v, 0, sizeof *v);
-    snprintf(v->version, sizeof v->version, "%s", STUB_CANN_VERSION);
-    snprintf(v->major, sizeof v->major, "8");
-    snprintf(v->minor, sizeof v->minor, "5");
-    snprintf(v->release, sizeof v->release, "0");
+    int r = stub_release();
+    release_text(v->version, sizeof v->version);
+    snprintf(v->major, sizeof v->major, "%d", r / 100);
+    snprintf(v->minor, sizeof v->minor, "%d", r / 10 % 10);
+    snprintf(v->release, sizeof v->release, "%d", r % 10);
     snprintf(v->patch, sizeof v->patch, "stub");
     return ok(__func__);
 }

@@ -115,7 +115,7 @@ def test_optional_symbols_are_probed():
         "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt", "aclrtCtxGetSysParamOpt",
         "aclrtGetCurrentContext",
         "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
-        "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",
+        "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion", "aclsysGetVersionNum",
         prototypes.FWD_PHASE1, prototypes.FWD_PHASE2, "aclStubGetCounters"}
     b = loader.bindings()
     for name in prototypes.OPTIONAL:

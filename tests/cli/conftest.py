@@ -104,6 +104,47 @@ def tiny_suite(tmp_path) -> pathlib.Path:
     return path
 
 
+BLOCK_ADAPTER = '''
+import numpy as np
+import aclnn_fag
+
+def bad_block(**kw):
+    """dv of key tokens 16..23, head 1, off by 0.25: one bad block."""
+    g = aclnn_fag.flash_attention_unpadding_score_grad_v3(**kw, backend="numpy")
+    dv = g.dv.copy()
+    dv[16:24, 1, :] += np.float32(0.25).astype(dv.dtype)
+    return (g.dq, g.dq_rope, g.dk, g.dk_rope, dv)
+'''
+
+
+@pytest.fixture
+def block_adapter(tmp_path, monkeypatch):
+    """``--backend-module`` spec of a backend whose dv is wrong in one block (key tokens
+    16..23, head 1): the tiny suite's cases with 2+ heads FAIL on dv."""
+    (tmp_path / "block_adapter.py").write_text(BLOCK_ADAPTER)
+    monkeypatch.chdir(tmp_path)
+    yield "block_adapter:bad_block"
+    sys.modules.pop("block_adapter", None)
+
+
+@pytest.fixture
+def local_module(tmp_path, monkeypatch):
+    """``local_module(name, source)``: write ``name.py`` into a temporary current directory
+    (where ``--backend-module name:function`` finds it) and return ``name``; the module is
+    forgotten after the test."""
+    names = []
+
+    def write(name: str, source: str) -> str:
+        (tmp_path / f"{name}.py").write_text(source)
+        monkeypatch.chdir(tmp_path)
+        sys.modules.pop(name, None)
+        names.append(name)
+        return name
+    yield write
+    for name in names:
+        sys.modules.pop(name, None)
+
+
 @pytest.fixture
 def run_cli(capsys):
     """Run ``aclnn-fag`` in-process: returns (exit status, stdout, stderr)."""

@@ -1,4 +1,4 @@
-"""The two parity criteria at their documented thresholds (README "Parity criteria",
+"""The two parity criteria at their documented thresholds (docs/parity.md, "Criteria",
 ``aclnn_fag.tools.accuracy``), for every output dtype the thresholds table names.
 
 Each scenario builds a synthetic (output y, golden g, reference r) triple whose errors sit
@@ -31,7 +31,7 @@ import pytest
 from aclnn_fag.tools import accuracy, parity
 from aclnn_fag.call import FagGrads
 
-# the documented thresholds (README "Parity criteria", accuracy module docstring)
+# the documented thresholds (docs/parity.md, "Criteria", accuracy module docstring)
 DOCUMENTED = {
     "bfloat16": (2.0 ** -6, 1e-3),
     "float16": (2.0 ** -9, 1e-3),

@@ -93,12 +93,14 @@ def test_repro_failing_case_matches_binding(npu_stub, run_cli, tiny_suite, tmp_p
     original = cases.CaseSpec.from_dict(doc["original_case"])
     assert spec.t1 < original.t1 or spec.heads < original.heads      # it was shrunk
     readme = (case_dir / "README.md").read_text()
-    assert "What was shrunk" in readme and "8.5.0.stub" in readme and "FAIL" in readme
+    assert "What was shrunk" in readme and "9.1.0.stub" in readme and "FAIL" in readme
 
     repro_trace = tmp_path / "repro_trace.jsonl"
     proc = _build_and_run(case_dir, ascend_home, repro_trace)
     assert proc.returncode == 1, proc.stdout + proc.stderr         # fails the same criteria
-    assert "CANN version: 8.5.0.stub" in proc.stdout and "FAIL" in proc.stdout
+    assert "CANN version: 9.1.0.stub" in proc.stdout and "FAIL" in proc.stdout
+    assert "ops_transformer version: 9.1.0.stub (aclsysGetVersionStr)" in proc.stdout
+    assert "runtime version: 9.1.0.stub" in proc.stdout
 
     binding_trace = tmp_path / "binding_trace.jsonl"
     grads = _binding_run(spec, binding_trace, monkeypatch)

@@ -30,7 +30,10 @@ def _stub_controls(lib_dir):
 def test_info_shows_stub_versions(npu_stub, run_cli):
     code, out, _ = run_cli("info")
     assert code == 0
-    assert re.search(r"CANN version:\s+8\.5\.0\.stub \(aclsysGetVersionStr\)", out), out
+    assert re.search(r"CANN version:\s+9\.1\.0\.stub \(aclsysGetCANNVersion\)", out), out
+    assert re.search(r'runtime:\s+9\.1\.0\.stub \(aclsysGetVersionStr\("runtime"\)\)', out), out
+    assert re.search(r"ops_transformer:\s+9\.1\.0\.stub", out), out
+    assert re.search(r"rules of CANN:\s+9\.1\.0 \(from ops_transformer\)", out), out
     assert re.search(r"ACL API version:\s+1\.0\.0", out)
     assert re.search(r"BLAS:\s+\S+", out)
 
@@ -40,8 +43,11 @@ def test_info_json_file_and_stdout(npu_stub, run_cli, tmp_path):
     assert code == 0
     data = json.loads(out)
     cann = data["environment"]["versions"]["cann"]
-    assert cann["cann_version"] == "8.5.0.stub" and "stub" in cann["cann_version"]
-    assert data["npu"]["versions"]["cann_version_source"] == "aclsysGetVersionStr"
+    assert cann["cann_version"] == "9.1.0.stub" and "stub" in cann["cann_version"]
+    assert data["npu"]["versions"]["cann_version_source"] == "aclsysGetCANNVersion"
+    assert (cann["runtime_version"], cann["ops_transformer_version"]) == ("9.1.0.stub", "9.1.0.stub")
+    assert cann["version_num"] == {"runtime": 9010000, "ops_transformer": 9010000}
+    assert data["environment"]["cann_rules"]["release"] == "9.1.0"
     target = tmp_path / "info.json"
     code, out, _ = run_cli("info", "--json", target)            # new: a file, text on stdout
     assert code == 0 and "CANN version:" in out
@@ -49,35 +55,85 @@ def test_info_json_file_and_stdout(npu_stub, run_cli, tmp_path):
 
 
 def test_fallback_order_on_stub(npu_stub):
-    """aclsysGetVersionStr failing -> aclsysGetCANNVersion; both failing -> aclrtGetVersion."""
+    """aclsysGetCANNVersion failing -> aclsysGetVersionStr("CANN"); both failing ->
+    aclrtGetVersion; the package versions are queried on their own either way."""
     from aclnn_fag.acl import loader, runtime
     b = loader.bindings()
     runtime.initialise()
     inject, clear = _stub_controls(npu_stub)
     try:
-        inject(b"aclsysGetVersionStr", 0, 100000)
-        v = acl_versions.query_cann_version(b)
-        assert v["cann_version"] == "8.5.0.stub"
-        assert v["cann_version_source"] == "aclsysGetCANNVersion"
-        assert v["cann_version_parts"] == {"major": "8", "minor": "5", "release": "0", "patch": "stub"}
-        assert "aclsysGetVersionStr returned 100000" in v["attempts"][0]
-        inject(b"aclsysGetVersionStr", 0, 100000)
         inject(b"aclsysGetCANNVersion", 0, 100000)
+        v = acl_versions.query_cann_version(b)
+        assert v["cann_version"] == "9.1.0.stub"
+        assert v["cann_version_source"] == "aclsysGetVersionStr"
+        assert "aclsysGetCANNVersion returned 100000" in v["attempts"][0]
+        inject(b"aclsysGetCANNVersion", 0, 100000)
+        inject(b"aclsysGetVersionStr", 0, 100000)
         v = acl_versions.query_cann_version(b)
         assert v["cann_version"] == "acl-api 1.0.0" and v["cann_version_source"] == "aclrtGetVersion"
         assert len(v["attempts"]) == 2
+        assert v["ops_transformer_version"] == "9.1.0.stub"          # its own query answered
     finally:
         clear()
     v = acl_versions.query_cann_version(b)
-    assert v["cann_version_source"] == "aclsysGetVersionStr"
+    assert v["cann_version_source"] == "aclsysGetCANNVersion"
+    assert v["cann_version_parts"] == {"major": "9", "minor": "1", "release": "0", "patch": "stub"}
+
+
+@pytest.mark.parametrize("release", ["8.5.0", "9.0.0", "9.1.0"])
+def test_stub_emulates_each_release(npu_stub, monkeypatch, release):
+    """ACL_STUB_CANN_VERSION selects what every version query of the stubs answers, and the
+    binding reads the release whose rules apply from the ops_transformer version."""
+    from aclnn_fag.acl import loader, runtime
+    monkeypatch.setenv("ACL_STUB_CANN_VERSION", release)
+    b = loader.bindings()
+    runtime.initialise()
+    v = acl_versions.query_cann_version(b)
+    text = release + ".stub"
+    assert (v["cann_version"], v["runtime_version"], v["ops_transformer_version"]) == (text,) * 3
+    major, minor, patch = (int(x) for x in release.split("."))
+    assert v["version_num"]["ops_transformer"] == major * 1000000 + minor * 10000 + patch * 100
+    assert (v["release"], v["release_from"], v["release_note"]) == (release, "ops_transformer", None)
+
+
+def test_package_query_uses_a_128_byte_buffer_and_names_the_package():
+    """aclsysGetVersionStr is given exactly ACL_PKG_VERSION_MAX_SIZE bytes and the package
+    names "runtime" and "ops_transformer"; a package that is not installed is recorded."""
+    seen = []
+
+    def get_str(pkg, buf):
+        seen.append((pkg, ctypes.sizeof(buf)))
+        if pkg == b"runtime":
+            ctypes.memmove(buf, b"9.0.0\0", 6)
+            return 0
+        return 100000
+
+    b = types.SimpleNamespace(aclsysGetVersionStr=get_str, aclsysGetCANNVersion=None,
+                              aclrtGetVersion=None, aclGetRecentErrMsg=lambda: b"not installed")
+    v = acl_versions.query_cann_version(b)
+    assert seen == [(b"CANN", 128), (b"runtime", 128), (b"ops_transformer", 128)]
+    assert (v["runtime_version"], v["ops_transformer_version"]) == ("9.0.0", None)
+    assert "aclsysGetVersionStr('ops_transformer') returned 100000: not installed" in v["attempts"]
+    assert (v["release"], v["release_from"]) == ("9.0.0", "runtime")
+
+
+@pytest.mark.parametrize("text,release,note", [
+    ("9.1.0", "9.1.0", None), ("8.5.RC1", "8.5.0", None), ("9.0.0.alpha001", "9.0.0", None),
+    ("9.3.0", "9.1.0", "newer than"), ("8.0.0", "8.5.0", "older than"),
+    ("8.7.0", "8.5.0", "not a release"), ("V100R001", "9.1.0", "not a version"),
+    ("", "9.1.0", "not a version"), ("\xff\x00garbage", "9.1.0", "not a version")])
+def test_release_read_from_any_version_text(text, release, note):
+    """A malformed or unknown version never crashes: the nearest known rules and a note."""
+    got = acl_versions.release_of({"ops_transformer_version": text or None})
+    assert got["release"] == release
+    assert (got["release_note"] is None) if note is None else (note in got["release_note"])
 
 
 def _fake_bindings(version_str=None, cann=None, api=None):
     """Bindings whose version functions behave as given (None = symbol not exported)."""
     def get_str(pkg, buf):
-        assert pkg == b"CANN"
-        if isinstance(version_str, int):
-            return version_str
+        if pkg != b"CANN" or isinstance(version_str, int):
+            return 100000 if pkg != b"CANN" else version_str
         ctypes.memmove(buf, version_str.encode() + b"\0", len(version_str) + 1)
         return 0
 
@@ -104,17 +160,20 @@ def _fake_bindings(version_str=None, cann=None, api=None):
 
 
 def test_fallback_order_hand_made():
+    """torch_npu's order: the CANN struct first, then the string query, then the API version."""
     v = acl_versions.query_cann_version(_fake_bindings("8.3.RC1", "8.1.RC1", (1, 2, 3)))
     assert (v["cann_version"], v["cann_version_source"], v["acl_api_version"]) == \
-        ("8.3.RC1", "aclsysGetVersionStr", "1.2.3")
-    v = acl_versions.query_cann_version(_fake_bindings(None, "8.1.RC1", (1, 2, 3)))
-    assert (v["cann_version"], v["cann_version_source"]) == ("8.1.RC1", "aclsysGetCANNVersion")
-    assert v["attempts"] == ["aclsysGetVersionStr: not exported"]
+        ("8.1.RC1", "aclsysGetCANNVersion", "1.2.3")
+    v = acl_versions.query_cann_version(_fake_bindings("8.3.RC1", None, (1, 2, 3)))
+    assert (v["cann_version"], v["cann_version_source"]) == ("8.3.RC1", "aclsysGetVersionStr")
+    assert v["attempts"][0] == "aclsysGetCANNVersion: not exported"
     v = acl_versions.query_cann_version(_fake_bindings(507000, "", (1, 2, 3)))
     assert (v["cann_version"], v["cann_version_source"]) == ("acl-api 1.2.3", "aclrtGetVersion")
-    assert v["attempts"][0] == "aclsysGetVersionStr returned 507000: why"
+    assert v["attempts"][:2] == ["aclsysGetCANNVersion: returned an empty string",
+                                 "aclsysGetVersionStr('CANN') returned 507000: why"]
+    assert v["release_from"] is None and "not a version" in v["release_note"]   # acl-api is no release
     v = acl_versions.query_cann_version(_fake_bindings(None, None, None))
-    assert v["cann_version"] is None and len(v["attempts"]) == 3
+    assert v["cann_version"] is None and len(v["attempts"]) == 5
     assert acl_versions.version_summary_line(v).startswith("unknown (")
 
 
@@ -152,7 +211,7 @@ def test_report_environment_records_versions(npu_stub, tmp_path, monkeypatch, ti
     assert code == 0, out + err
     env = json.loads(out_json.read_text())["environment"]
     v = env["versions"]
-    assert v["cann"]["cann_version"] == "8.5.0.stub"
+    assert v["cann"]["cann_version"] == "9.1.0.stub"
     assert v["toolkit_install"]["version"] == "8.2.RC1"
     assert v["packages"] == {"aclnn_fag": aclnn_fag.__version__, "numpy": np.__version__,
                              "ml_dtypes": __import__("ml_dtypes").__version__,
@@ -160,7 +219,7 @@ def test_report_environment_records_versions(npu_stub, tmp_path, monkeypatch, ti
     assert v["blas"]["library"] and (v["blas"]["threads"] is None or v["blas"]["threads"] >= 1)
     assert env["soc_name"] and env["library_paths"]["opapi"].startswith(str(npu_stub))
     summary = host_versions.summary(env)
-    assert summary["cann"] == "8.5.0.stub" and summary["toolkit_install"] == "8.2.RC1"
+    assert summary["cann"] == "9.1.0.stub" and summary["toolkit_install"] == "8.2.RC1"
 
 
 def test_parse_key_values():

@@ -1,4 +1,5 @@
-"""The README's command samples are what the commands print (scripts/readme_samples.py)."""
+"""The documentation's command samples are what the commands print (scripts/readme_samples.py):
+the demo in README.md, the parity table in docs/cli.md."""
 
 from __future__ import annotations
 
@@ -19,21 +20,21 @@ def _script():
 
 
 S = _script()
-README = (ROOT / "README.md").read_text(encoding="utf-8")
+SHOWN = S.current_samples()
 
 
 @pytest.mark.parametrize("name", sorted(S.SAMPLES))
 def test_readme_sample_matches_a_fresh_run(name):
-    shown = S.readme_samples(README)
-    assert name in shown, f"README.md lacks the sample {name!r}"
+    shown = SHOWN
+    assert name in shown, f"{S.SAMPLE_FILES[name]} lacks the sample {name!r}"
     fresh = S.run_sample(name)
     assert S.same(name, shown[name], fresh), (
-        f"README.md sample {name!r} is stale; run: python scripts/readme_samples.py --write\n"
+        f"sample {name!r} is stale; run: python scripts/readme_samples.py --write\n"
         f"--- README\n{shown[name]}\n--- fresh run\n{fresh}")
 
 
 def test_demo_sample_has_header_checksums_and_time_lines():
-    demo = S.readme_samples(README)["demo"]
+    demo = SHOWN["demo"]
     assert demo.startswith("$ aclnn-fag demo\naclnnFlashAttentionUnpaddingScoreGradV3")
     assert "backend: numpy" in demo and "\ntime: inputs " in demo
     for name in ("dq", "dq_rope", "dk", "dk_rope", "dv"):
@@ -41,7 +42,7 @@ def test_demo_sample_has_header_checksums_and_time_lines():
 
 
 def test_comparison_masks_times_only():
-    demo = S.readme_samples(README)["demo"]
+    demo = SHOWN["demo"]
     retimed = S.TIME.sub("9.9999 s", demo)
     assert S.same("demo", demo, retimed)
     line = next(x for x in demo.splitlines() if x.startswith("  dq "))
@@ -51,7 +52,7 @@ def test_comparison_masks_times_only():
 
 
 def test_parity_comparison_tolerates_last_digit_noise_only():
-    par = S.readme_samples(README)["parity-quick"]
+    par = SHOWN["parity-quick"]
     assert "SELF-CHECK" in par
     err = re.search(r"\b(\d)\.(\d\d)e-0\d\b", par)             # the first error shown
     a, b = err.group(1), err.group(2)

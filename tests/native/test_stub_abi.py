@@ -54,8 +54,9 @@ EXPECTED_EXPORTS = {
         "aclrtMemcpy", "aclrtMemset", "aclrtGetSocName", "aclGetRecentErrMsg", "aclrtCtxSetSysParamOpt",
         "aclrtCtxGetSysParamOpt", "aclrtSetSysParamOpt", "aclrtGetSysParamOpt", "aclrtGetCurrentContext",
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion",     # version queries
+        "aclsysGetVersionNum",
         # stub-only
-        "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
+        "stub_release", "aclStubInjectFailure", "aclStubClearFailures", "aclStubGetCounters", "aclStubInternalApi",
         "aclStubSetCallDelay", "aclStubGetBadReleases",
         "aclStubRecordLaunch", "aclStubStreamCounts",
     },
@@ -898,3 +899,25 @@ def test_bad_release_counter_counts_double_destroys_and_frees(acl):
     delay(50)                                                # calls still work, only slower
     assert acl.aclDestroyIntArray(None) == 0
     delay(0)
+
+
+@pytest.mark.parametrize("which", ["softmaxMax", "softmaxSum"])
+@pytest.mark.parametrize("copy", [1, 4, 7])
+def test_s8_compares_every_one_of_the_8_copies(acl, case, which, copy):
+    """S8 (stub addition): statistics whose copies differ are rejected with 161002, whichever
+    copy differs -- the last one (7) included -- and in the last (token, head) entry too."""
+    stats = (case.smax if which == "softmaxMax" else case.ssum).copy()
+    stats[-1, -1, copy] += 0.5
+    bad = case._t([case.T, case.N1, 8], DT_FLOAT, case._up(stats))
+    base = acl.counters()
+    over = {"softmaxMax" if which == "softmaxMax" else "softmaxSum": bad}
+    rc, ws, ex = case.phase1(**over)
+    msg = acl.err()                    # (reading the message clears it)
+    assert rc == ACLNN_ERR_PARAM_INVALID, (rc, msg)
+    assert "8 copies" in msg and which in msg and "S8" in msg, msg
+    assert ex is None and ws == 12345
+    # the unchanged statistics pass the same check
+    rc, ws, ex = case.phase1()
+    assert rc == 0, acl.err()
+    assert acl.aclDestroyAclOpExecutor(ex) == 0
+    assert acl.counters() == base

@@ -130,3 +130,19 @@ def test_reports_record_the_blas(tmp_path):
     assert env["versions"]["blas"]["threads"] == blas.blas_threads()
     line = bench.format_blas(blas.blas_info())
     assert line.startswith("BLAS: ") and "threads" in line
+
+
+def test_set_none_overrides_the_environment_variable(controllable, monkeypatch):
+    """set_reference_threads(None) means "no cap", also over $ACLNN_FAG_BLAS_THREADS (which
+    only gives the default while set_reference_threads was never called)."""
+    before = controllable.get()
+    seen = _spy(monkeypatch)
+    monkeypatch.setenv(blas.ENV_VAR, "1")
+    _call()                                    # the variable's default applies
+    af.set_reference_threads(None)
+    _call()                                    # explicitly uncapped: the variable is ignored
+    assert seen == [1, before] and before >= 2
+    assert blas.get_reference_threads() is None and af.blas_info()["cap"] is None
+    monkeypatch.setenv(blas.ENV_VAR, "many")   # not even read any more
+    _call()
+    assert seen[-1] == before

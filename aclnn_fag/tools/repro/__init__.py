@@ -13,6 +13,13 @@ For a failing case the case is first shrunk (:mod:`.shrink`; ``--no-shrink`` kee
 * ``README.md`` — the case, the versions, how to build and run, the figures, what was shrunk;
 * ``case.json`` — the (shrunk) case as a suite entry, plus the original one.
 
+The reproducer calls the C op itself. When the failure came from something else -- a
+``--backend-module`` (torch_npu's path, another binding) or the NumPy backend -- the README
+and ``case.json`` say that the program tests the C op only (it may pass although the backend
+under test failed). A target directory that cannot be made (a file, a dangling symbolic link,
+a file among its parents) is refused before the run (``target_problem``), and a reproducer
+that cannot be written is reported on ``errors`` even when progress lines are off.
+
 The arguments come from ``aclnn_fag.validate.validate_backward`` — the ``FagCall`` that
 ``aclnn_fag.acl.run_backward`` turns into the native call (including the ``q_start_idx`` /
 ``kv_start_idx`` it adds), and the attributes ``aclnn_fag/acl/op.py`` passes.
@@ -37,13 +44,43 @@ from ...validate import validate_backward
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
 
-__all__ = ["write_reproducers", "write_case", "case_directory_name", "binding_call"]
+__all__ = ["write_reproducers", "write_case", "case_directory_name", "binding_call",
+           "target_problem", "backend_under_test"]
 
 JUDGED = ("dq", "dq_rope", "dk", "dk_rope", "dv")
 
 
 def case_directory_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "case"
+
+
+def target_problem(path) -> Optional[str]:
+    """Why ``path`` cannot become the reproducers' directory, or None: it exists and is not a
+    directory, it is a symbolic link to nothing, or one of its parents is not a directory."""
+    p = pathlib.Path(path)
+    for q in [p] + list(p.parents):
+        if q.is_symlink() and not q.exists():
+            return (f"{q} is a symbolic link to a missing target ({os.readlink(q)})" if q == p else
+                    f"its parent {q} is a symbolic link to a missing target ({os.readlink(q)})")
+        if q.exists():
+            if not q.is_dir():
+                return (f"{q} exists and is not a directory" if q == p else
+                        f"its parent {q} is not a directory")
+            return None
+    return None
+
+
+def backend_under_test(backend_fn, backend_name=None) -> tuple:
+    """(name, whether it is aclnn_fag's own call of the C op) of the backend a case failed on:
+    ``backend_fn``, else the backend named ``backend_name`` (default: the NumPy reference).
+    Only the package's "npu" backend runs the C op the way repro.c does; a --backend-module
+    (``backend_module`` attribute), another callable or the NumPy backend do not."""
+    if backend_fn is None:
+        return backend_name or "numpy", backend_name == "npu"
+    name = getattr(backend_fn, "backend_name", None) or backend_name or "custom"
+    module = getattr(backend_fn, "backend_module", None)
+    return (f"{name} (--backend-module {module})" if module and module not in name else name,
+            module is None and name == "npu")
 
 
 def binding_call(inputs: dict):
@@ -79,7 +116,9 @@ def _judge_case(spec, backend_fn, k):
     error = None
     try:
         result = reference if backend_fn is None else backend_fn(**inputs)
-    except Exception as exc:       # the backend raised on a valid call: reproduce the call
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:   # the backend raised on a valid call: reproduce the call
         result, error = reference, f"{type(exc).__name__}: {exc}"
     metrics = {n: accuracy.judge(getattr(result, n), getattr(golden, n), getattr(reference, n), k=k)
                for n in JUDGED}
@@ -116,6 +155,7 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
                backend_name=None) -> pathlib.Path:
     """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
     inputs, call, golden, error, metrics = _judge_case(spec, backend_fn, k)
+    backend_name, c_op = backend_under_test(backend_fn, backend_name)
     d = pathlib.Path(out_dir) / case_directory_name(spec.name)
     d.mkdir(parents=True, exist_ok=True)
     in_specs = []
@@ -152,27 +192,39 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
                                                                   "deterministic": bool(call.deterministic)},
                 "inputs": {n: s for n, s in zip(BACKWARD_V3.inputs, in_specs) if s is not None},
                 "criteria": {"k": k, **criteria}, "backend_error": error,
+                "backend_under_test": backend_name,
+                "tests": "the C op, as aclnn_fag calls it" if c_op else
+                         f"the C op only, not the backend the failure came from ({backend_name})",
                 "python_verdicts": None if error else {n: metrics[n]["verdict"] for n in JUDGED}}
     (d / "case.json").write_text(json.dumps(case_doc, indent=1) + "\n", encoding="utf-8")
     (d / "README.md").write_text(_readme(spec, original, shrink_steps, shrink_runs, metrics, attrs,
                                          int_arrays, in_specs, call, environment, original_entry, k,
-                                         backend_name, error), encoding="utf-8")
+                                         backend_name, error, c_op), encoding="utf-8")
     return d
 
 
 def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, call, env,
-            original_entry, k, backend_name, error=None) -> str:
+            original_entry, k, backend_name, error=None, c_op=True) -> str:
     v = version_summary(env)
+    who, which = (("`aclnnFlashAttentionUnpaddingScoreGradV3`", f" (backend under test: `{backend_name}`)")
+                  if c_op else (f"The backend under test `{backend_name}`", ""))
     lines = [f"# Reproducer: parity case `{spec.name}`", "",
              f"Generated by aclnn_fag {__version__} (`aclnn-fag parity --repro`). "
-             + (f"`aclnnFlashAttentionUnpaddingScoreGradV3` fails on this valid input (backend under "
-                f"test: `{backend_name or v.get('backend')}`): `{error}`." if error else
-                f"`aclnnFlashAttentionUnpaddingScoreGradV3` gives gradients that fail the parity "
-                f"criteria on this input (backend under test: `{backend_name or v.get('backend')}`)."),
-             "",
-             "## Versions (of the run that found the failure)", "",
+             + (f"{who} fails on this valid input{which}: `{error}`." if error else
+                f"{who} gives gradients that fail the parity criteria on this input{which}."),
+             ""]
+    if not c_op:
+        lines += ["## This program tests the C op only", "",
+                  f"The failure was found with `{backend_name}`, not with aclnn_fag's own call of "
+                  "the C op. `repro.c` calls `aclnnFlashAttentionUnpaddingScoreGradV3` directly, "
+                  "with the arguments aclnn_fag passes: it tests the C op only. If it passes, the "
+                  "failure lies in the path of the backend under test (its conversion of the "
+                  "arguments, its binding, the framework around the op), which this program "
+                  "cannot show.", ""]
+    lines += ["## Versions (of the run that found the failure)", "",
              "| what | version |", "|---|---|"]
-    for key in ("cann", "cann_source", "acl_api", "toolkit_install", "driver", "soc", "opapi_library",
+    for key in ("cann", "cann_source", "runtime", "ops_transformer", "cann_rules", "acl_api",
+                "toolkit_install", "driver", "soc", "opapi_library",
                 "aclnn_fag", "numpy", "ml_dtypes", "blas", "blas_threads", "python"):
         lines.append(f"| {key} | {v.get(key) if v.get(key) is not None else '-'} |")
     lines += ["", "## Build and run", "", "```bash",
@@ -235,8 +287,14 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
 
 
 def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, backend_fn=None,
-                      progress=None, budget: int = DEFAULT_BUDGET) -> List[str]:
-    """One reproducer per failing case of ``report``; returns the directories written."""
+                      progress=None, budget: int = DEFAULT_BUDGET, errors=None) -> List[str]:
+    """One reproducer per failing case of ``report``; returns the directories written.
+    ``progress``: a stream for progress lines (or None); ``errors``: a stream for the reason a
+    reproducer could not be written (default: ``progress``), printed even without progress.
+
+    A case is shrunk while it fails *the same way*: a FAIL while still failing on at least one
+    of the outputs the suite's run failed on (never on a candidate that errors or that the
+    validator rejects), a backend error while raising the same exception class."""
     from ..parity import run_case
     k = (report.get("criteria") or {}).get("flash_attention", {}).get("k", accuracy.DEFAULT_K)
     by_name = {s.name: s for s in specs}
@@ -251,7 +309,9 @@ def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, back
             def still_fails(cand, entry=entry):
                 got = run_case(cand, fn, k=k)
                 if entry["verdict"] == "FAIL":
-                    return got["verdict"] == "FAIL"
+                    failed = set(entry.get("failed_outputs") or ())
+                    return got["verdict"] == "FAIL" and (
+                        not failed or bool(failed & set(got.get("failed_outputs") or ())))
                 return backend_error(got) and _error_class(got) == _error_class(entry)
             spec, steps, runs = shrink_case(original, still_fails, budget)
         if progress:
@@ -262,8 +322,9 @@ def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, back
                            original=original, shrink_steps=steps, shrink_runs=runs,
                            original_entry=entry, backend_name=report.get("backend"))
         except Exception as exc:        # one case must not cost the others their reproducer
-            if progress:
-                progress.write(f"repro: {original.name}: not written: {type(exc).__name__}: {exc}\n")
+            stream = errors or progress
+            if stream:
+                stream.write(f"repro: {original.name}: not written: {type(exc).__name__}: {exc}\n")
             continue
         written.append(str(d))
     return written

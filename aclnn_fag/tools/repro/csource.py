@@ -404,26 +404,34 @@ static void print_versions(void)
     typedef aclError (*CannVersionFn)(aclCANNPackageName, aclCANNPackageVersion *);
     typedef aclError (*ApiVersionFn)(int32_t *, int32_t *, int32_t *);
     typedef const char *(*SocFn)(void);
-    char buf[1024] = {0};
+    char buf[ACL_PKG_VERSION_MAX_SIZE] = {0};
     VersionStrFn vs = (VersionStrFn)dlsym(RTLD_DEFAULT, "aclsysGetVersionStr");
     CannVersionFn cv = (CannVersionFn)dlsym(RTLD_DEFAULT, "aclsysGetCANNVersion");
     ApiVersionFn av = (ApiVersionFn)dlsym(RTLD_DEFAULT, "aclrtGetVersion");
     SocFn soc = (SocFn)dlsym(RTLD_DEFAULT, "aclrtGetSocName");
-    char pkg[] = "CANN";
-    if (vs != NULL && vs(pkg, buf) == ACL_SUCCESS && buf[0]) {
+    aclCANNPackageVersion v;
+    memset(&v, 0, sizeof v);
+    char cann[] = "CANN";
+    if (cv != NULL && cv(ACL_PKG_NAME_CANN, &v) == ACL_SUCCESS && v.version[0]) {
+        printf("CANN version: %%s (aclsysGetCANNVersion)\n", v.version);
+    } else if (vs != NULL && vs(cann, buf) == ACL_SUCCESS && buf[0]) {
         printf("CANN version: %%s (aclsysGetVersionStr)\n", buf);
     } else {
-        aclCANNPackageVersion v;
-        memset(&v, 0, sizeof v);
-        if (cv != NULL && cv(ACL_PKG_NAME_CANN, &v) == ACL_SUCCESS && v.version[0]) {
-            printf("CANN version: %%s (aclsysGetCANNVersion)\n", v.version);
-        } else {
-            int32_t ma = 0, mi = 0, pa = 0;
-            if (av != NULL && av(&ma, &mi, &pa) == ACL_SUCCESS)
-                printf("CANN version: unknown; ACL API %%d.%%d.%%d (aclrtGetVersion)\n", ma, mi, pa);
-            else
-                printf("CANN version: unknown\n");
-        }
+        int32_t ma = 0, mi = 0, pa = 0;
+        if (av != NULL && av(&ma, &mi, &pa) == ACL_SUCCESS)
+            printf("CANN version: unknown; ACL API %%d.%%d.%%d (aclrtGetVersion)\n", ma, mi, pa);
+        else
+            printf("CANN version: unknown\n");
+    }
+    static const char *const packages[] = {"runtime", "ops_transformer"};
+    for (int i = 0; i < 2; i++) {
+        char pkg[32];
+        snprintf(pkg, sizeof pkg, "%%s", packages[i]);
+        memset(buf, 0, sizeof buf);
+        if (vs != NULL && vs(pkg, buf) == ACL_SUCCESS && buf[0])
+            printf("%%s version: %%s (aclsysGetVersionStr)\n", pkg, buf);
+        else
+            printf("%%s version: unknown\n", pkg);
     }
     const char *name = soc != NULL ? soc() : NULL;
     printf("SoC: %%s\n", name ? name : "unknown");

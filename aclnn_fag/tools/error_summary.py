@@ -1,0 +1,165 @@
+"""Where an output's error sits: compact per-(batch, head), per-token and histogram summaries.
+
+``aclnn-fag parity`` stores one summary per judged output in its JSON report
+(``cases[i].outputs[name].error_summary``), so that ``--html`` pages (and
+``aclnn-fag report REPORT.json --html FILE``) can draw the heat map, the error along the
+token positions and the error histogram from the JSON alone. ``FORMAT`` names the layout::
+
+    {"format": "aclnn_fag.error_summary/1",
+     "tokens": T, "heads": N, "token_axis": "query" | "key",
+     "batch_ends": [cumulative ends],               # the ends the output's rows follow
+     "bh_max_abs": [[B x N]], "bh_ref_max_abs": [[B x N]],   # max |y-g|, |ref-g| per cell;
+                                                    # null for an empty batch
+     "token_bin": tokens per bin (1 up to MAX_TOKEN_BINS bins),
+     "token_max_abs": [...], "token_ref_max_abs": [...],     # max over heads and the last dim
+     "hist": {"log10_lo": -12, "log10_step": 0.25, "bins": 56,
+              "backend": [counts], "reference": [counts],
+              "backend_zero": n, "reference_zero": n,        # |err| == 0 exactly
+              "backend_under": n, "reference_under": n,      # 0 < |err| < 10**log10_lo
+              "backend_over": n, "reference_over": n}}       # |err| >= the top edge or not finite
+
+Values are rounded to 3 significant digits (the page shows magnitudes, the verdict uses the
+exact figures next to the summary). ``y`` and ``g`` are the output under test and the fp64
+golden, ``ref`` the NumPy device-precision reference (the noise floor of criterion 1).
+Statistics outputs (``softmax_max``/``softmax_sum``, device layout) are read token-major first;
+their invalid lines compare as equal when both hold the same FLT_MAX value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Optional
+
+import numpy as np
+
+__all__ = ["FORMAT", "MAX_TOKEN_BINS", "MAX_BH_CELLS", "HIST_LO", "HIST_STEP", "HIST_BINS",
+           "summarise", "attach", "QUERY_OUTPUTS", "STATS_OUTPUTS"]
+
+FORMAT = "aclnn_fag.error_summary/1"
+MAX_TOKEN_BINS = 512
+MAX_BH_CELLS = 65536
+HIST_LO, HIST_STEP, HIST_BINS = -12.0, 0.25, 56          # log10 |err| from 1e-12 to 1e2
+QUERY_OUTPUTS = ("dq", "dq_rope", "attention_out", "softmax_max", "softmax_sum")
+STATS_OUTPUTS = ("softmax_max", "softmax_sum")
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _r3(x: float):
+    """3 significant digits (inf stays inf: json_safe writes it as a string)."""
+    if x is None or not math.isfinite(x) or x == 0:
+        return x
+    return float(f"{x:.3g}")
+
+
+def _per_token_head(y: np.ndarray, g: np.ndarray):
+    """max over the trailing dims of |y - g| as [T, N] float64 (non-finite y: inf), and the
+    histogram counts of log10 |y - g|."""
+    t, n = g.shape[0], g.shape[1]
+    per = np.zeros((t, n), np.float64)
+    counts = np.zeros(HIST_BINS, np.int64)
+    zero = under = over = 0
+    row = max(1, int(np.prod(g.shape[1:])))
+    step = max(1, _CHUNK_ELEMENTS // row)
+    hi = HIST_LO + HIST_STEP * HIST_BINS
+    for start in range(0, t, step):
+        s = slice(start, min(t, start + step))
+        yp = y[s].astype(np.float64).reshape(s.stop - s.start, n, -1)
+        gp = g[s].astype(np.float64).reshape(s.stop - s.start, n, -1)
+        with np.errstate(invalid="ignore", over="ignore"):
+            err = np.abs(yp - gp)
+        both_equal = yp == gp                 # FLT_MAX invalid lines, infinities in both
+        err = np.where(both_equal, 0.0, err)
+        err = np.where(np.isfinite(err), err, np.inf)
+        if err.shape[2]:
+            per[s] = err.max(axis=2)
+        flat = err.ravel()
+        zero += int(np.count_nonzero(flat == 0))
+        positive = flat[flat > 0]
+        with np.errstate(divide="ignore"):
+            logs = np.log10(positive)
+        under += int(np.count_nonzero(logs < HIST_LO))
+        over += int(np.count_nonzero(logs >= hi))
+        inside = logs[(logs >= HIST_LO) & (logs < hi)]
+        idx = np.floor((inside - HIST_LO) / HIST_STEP).astype(np.int64)
+        counts += np.bincount(np.clip(idx, 0, HIST_BINS - 1), minlength=HIST_BINS)
+    return per, counts, zero, under, over
+
+
+def _bh(per: np.ndarray, ends) -> Optional[list]:
+    rows, start = [], 0
+    for end in ends:
+        end = min(int(end), per.shape[0])
+        if end <= start:
+            rows.append(None)
+        else:
+            rows.append([_r3(float(v)) for v in per[start:end].max(axis=0)])
+        start = max(start, end)
+    return rows
+
+
+def _tokens(per: np.ndarray, width: int) -> list:
+    by_token = per.max(axis=1) if per.shape[1] else np.zeros(per.shape[0])
+    t = by_token.shape[0]
+    if width > 1 and t:
+        pad = (-t) % width
+        if pad:
+            by_token = np.concatenate([by_token, np.zeros(pad)])
+        by_token = by_token.reshape(-1, width).max(axis=1)
+    return [_r3(float(v)) for v in by_token]
+
+
+def summarise(output, golden, reference, ends, token_axis: str = "query",
+              stats: bool = False) -> dict:
+    """The summary of one output (see the module docstring). ``ends``: the cumulative ends
+    its rows follow (``actual_seq_qlen`` for query-side outputs, ``actual_seq_kvlen`` for
+    dk/dk_rope/dv). ``stats``: the output is softmax statistics in the device layout."""
+    y, g, r = (np.asarray(a) for a in (output, golden, reference))
+    if y.shape != g.shape or r.shape != g.shape:
+        raise ValueError(f"shapes differ: output {list(y.shape)}, golden {list(g.shape)}, "
+                         f"reference {list(r.shape)}")
+    if g.ndim < 2:
+        raise ValueError(f"expected [T, N, ...], got shape {list(g.shape)}")
+    ends = [int(e) for e in ends]
+    if stats:
+        from ..softmax_layout import token_major_from_device_stats
+        y, g, r = (token_major_from_device_stats(a, ends) for a in (y, g, r))
+    per_y, h_y, z_y, u_y, o_y = _per_token_head(y, g)
+    per_r, h_r, z_r, u_r, o_r = _per_token_head(r, g)
+    t, n = g.shape[0], g.shape[1]
+    width = max(1, math.ceil(t / MAX_TOKEN_BINS))
+    out = {"format": FORMAT, "tokens": t, "heads": n, "token_axis": token_axis,
+           "batch_ends": ends, "token_bin": width,
+           "token_max_abs": _tokens(per_y, width), "token_ref_max_abs": _tokens(per_r, width),
+           "hist": {"log10_lo": HIST_LO, "log10_step": HIST_STEP, "bins": HIST_BINS,
+                    "backend": h_y.tolist(), "reference": h_r.tolist(),
+                    "backend_zero": z_y, "reference_zero": z_r,
+                    "backend_under": u_y, "reference_under": u_r,
+                    "backend_over": o_y, "reference_over": o_r}}
+    if len(ends) * n <= MAX_BH_CELLS:
+        out["bh_max_abs"] = _bh(per_y, ends)
+        out["bh_ref_max_abs"] = _bh(per_r, ends)
+    else:
+        out["bh_omitted"] = f"{len(ends)} x {n} cells > {MAX_BH_CELLS}"
+    return out
+
+
+def attach(outputs: Mapping[str, dict], result, golden, reference, inputs: Mapping) -> None:
+    """Add ``error_summary`` to each judged output of ``outputs`` (name -> judge dict) whose
+    shapes agree; ``result``/``golden``/``reference``: name -> array mappings or objects with
+    those attributes. A summary that cannot be made records ``error_summary_error`` instead
+    (the verdict never depends on it)."""
+    def get(src, name):
+        return src[name] if isinstance(src, Mapping) else getattr(src, name)
+
+    for name, judged in outputs.items():
+        if judged.get("problem", "").startswith("shape"):
+            continue
+        query_side = name in QUERY_OUTPUTS
+        ends = inputs["actual_seq_qlen"] if query_side else inputs["actual_seq_kvlen"]
+        try:
+            judged["error_summary"] = summarise(get(result, name), get(golden, name),
+                                                get(reference, name), ends,
+                                                "query" if query_side else "key",
+                                                stats=name in STATS_OUTPUTS)
+        except Exception as exc:          # a summary is for the eyes; never fail the case
+            judged["error_summary_error"] = f"{type(exc).__name__}: {exc}"

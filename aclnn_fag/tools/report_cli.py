@@ -1,0 +1,128 @@
+"""``--html FILE`` on ``parity`` and ``parity --compare``, and the ``aclnn-fag report`` command
+(a saved JSON report as a table, an HTML page or JUnit XML). The pages:
+:mod:`aclnn_fag.tools.html_report`.
+
+Exit status of ``report``: 0 every case of the report passed, 1 a case failed or errored (as
+``parity`` would have exited), 2 bad input: the file is not a parity report of this format
+(``aclnn_fag.parity_report/1``), ``--html`` cannot be written or matplotlib is missing, or the
+report has no per-position error summaries (an older run: the page is still written with the
+parts it has, and the message says what is missing).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .output import STDOUT, human_stream
+
+__all__ = ["add_html_argument", "prepare_html", "write_run_page", "write_compare_page",
+           "add_report_command", "cmd_report"]
+
+HTML_HELP = ("write the results as one self-contained HTML page (environment, verdicts, the case "
+             "table failing first, heat maps and token plots of the failing and borderline "
+             "cases) to FILE; needs matplotlib: pip install 'aclnn_fag[report]'")
+
+
+def add_html_argument(p, what: str = "the results") -> None:
+    p.add_argument("--html", metavar="FILE", default=None,
+                   help=HTML_HELP.replace("the results", what, 1))
+
+
+def prepare_html(args, prog: str) -> int:
+    """0, or 2 after a message when ``--html`` cannot be honoured (checked before any work)."""
+    dest = getattr(args, "html", None)
+    if dest is None:
+        return 0
+    from .html_report import HtmlError, prepare
+    try:
+        prepare(dest)
+    except HtmlError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _write(page_and_notices, dest, prog: str, stream) -> int:
+    from .html_report import HtmlError, write_page
+    page, notices = page_and_notices
+    try:
+        write_page(dest, page)
+    except HtmlError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    print(f"html: {dest}", file=stream)
+    for notice in notices:
+        print(f"{prog}: {notice}", file=sys.stderr)
+    return 2 if notices else 0
+
+
+def write_run_page(report: dict, dest, prog: str = "aclnn-fag parity", source: str = "",
+                   stream=None) -> int:
+    """Render ``report`` to ``dest``: 0, or 2 (cannot write, or the page lacks pictures)."""
+    from .html_report import render_report
+    stream = stream or sys.stdout
+    return _write(render_report(report, source=source, html_path=dest), dest, prog, stream)
+
+
+def write_compare_page(old: dict, new: dict, cmp: dict, old_label: str, new_label: str, dest,
+                       stream=None) -> int:
+    from .html_report import render_compare
+    stream = stream or sys.stdout
+    return _write(render_compare(old, new, cmp, old_label, new_label, html_path=dest), dest,
+                  "aclnn-fag parity --compare", stream)
+
+
+def add_report_command(sub) -> None:
+    p = sub.add_parser(
+        "report", help="a saved parity report as a table, an HTML page or JUnit XML (runs nothing)",
+        description="Read a JSON report written by 'aclnn-fag parity --json' and print its table; "
+                    "--html FILE renders the same self-contained page as 'parity --html', "
+                    "--junit FILE the JUnit XML. Runs nothing: no backend, no NPU.",
+        epilog="Exit status: 0 every case passed, 1 a case failed or errored, 2 bad input (not a "
+               "parity report of this format, --html not writable, no matplotlib, or a report "
+               "without per-position error summaries: the page is then written without its "
+               "pictures).")
+    p.add_argument("report_json", metavar="REPORT.json", help="a report of 'aclnn-fag parity --json'")
+    add_html_argument(p, "the report")
+    p.add_argument("--junit", metavar="FILE", default=None,
+                   help="write JUnit XML to FILE ('-' = stdout): one testcase per case")
+    p.add_argument("-v", "--verbose", action="store_true", help="one table row per output")
+    p.add_argument("-q", "--quiet", action="store_true", help="no table (only what the options write)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args) -> int:
+    from . import report_compare
+    from .output import write_text
+    from .parity import format_table
+    prog = "aclnn-fag report"
+    if args.html == STDOUT:
+        print(f"{prog}: --html takes a file name, not '-'", file=sys.stderr)
+        return 2
+    try:
+        report = report_compare.load_report(args.report_json)
+    except report_compare.ReportError as exc:
+        hint = (" (a comparison: render it with 'aclnn-fag parity --compare OLD.json NEW.json "
+                "--html FILE')" if "parity_compare" in str(exc) else "")
+        print(f"{prog}: {exc}{hint}", file=sys.stderr)
+        return 2
+    if prepare_html(args, prog):
+        return 2
+    text = human_stream(args.junit)
+    if not args.quiet:
+        try:
+            print(format_table(report, verbose=args.verbose), file=text)
+        except (KeyError, TypeError) as exc:
+            print(f"{prog}: {args.report_json}: the report lacks {exc} for its table", file=sys.stderr)
+            return 2
+    if args.junit:
+        from .junit import junit_xml
+        write_text(junit_xml(report), args.junit)
+        if args.junit != STDOUT:
+            print(f"junit: {args.junit}", file=text)
+    status = 0 if report.get("ok") else 1
+    if args.html:
+        html_status = write_run_page(report, args.html, prog, source=f"report {args.report_json}",
+                                     stream=text)
+        status = html_status or status
+    return status
