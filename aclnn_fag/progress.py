@@ -32,10 +32,12 @@ PLAIN_INTERVAL_S = 2.0      # the plain (no tqdm) bar writes at most this often
 _enabled_by_cli = False
 
 
-def enable_call_progress(on: bool = True) -> None:
-    """Report progress of long NumPy-backend calls by default (the CLI turns it on)."""
+def enable_call_progress(on: bool = True) -> bool:
+    """Report progress of long NumPy-backend calls by default (the CLI turns it on for the
+    command's duration); returns the previous setting."""
     global _enabled_by_cli
-    _enabled_by_cli = bool(on)
+    previous, _enabled_by_cli = _enabled_by_cli, bool(on)
+    return previous
 
 
 def call_progress_wanted(progress: Optional[bool]) -> bool:

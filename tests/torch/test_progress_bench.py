@@ -49,6 +49,12 @@ def test_long_calls_report_blocks_rate_and_eta(monkeypatch, capsys, tqdm_install
 
 def test_progress_switches(monkeypatch, capsys):
     xs, kw = call_inputs()
+    from aclnn_fag.tools.cli import main
+    monkeypatch.setattr(progress, "LONG_CALL_S", 0.0)
+    monkeypatch.delenv(progress.ENV_VAR, raising=False)
+    assert main(["demo", "--backend", "numpy", "-q"]) == 0  # the CLI turns progress on ...
+    assert "aclnn_fag backward (numpy)" in capsys.readouterr().err
+    assert progress._enabled_by_cli is False                # ... for its own run only
     monkeypatch.setattr(progress, "LONG_CALL_S", 0.0)
     monkeypatch.delenv(progress.ENV_VAR, raising=False)
     af.flash_attention_forward(*xs, **kw)                  # off by default in the library
