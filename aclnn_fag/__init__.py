@@ -36,8 +36,8 @@ from .api import (BACKENDS, NpuFallbackWarning, flash_attention_forward,
 from .call import FagForward, FagGrads
 from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, LibraryNotFoundError,
                      ParamInvalidError, ParamNullptrError, error_class_for)
-from .reference.common import FullyMaskedRowWarning
-from .validate import IgnoredArgumentWarning, SequenceEndWarning, SoftmaxStatsMismatchWarning
+from .errors import (FullyMaskedRowWarning, IgnoredArgumentWarning, SequenceEndWarning,
+                     SoftmaxStatsMismatchWarning)
 
 __version__ = "0.1.0"
 

@@ -10,9 +10,11 @@ import numpy as np
 
 from . import blas, operands
 from .call import INT32_MAX, FagForward, FagGrads
-from .errors import AclnnError, BackendUnavailableError
+from .errors import AclnnError, BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
 from .reference import PRECISIONS, attention_backward, attention_forward
-from .validate import _TENSOR_NAMES, _stacklevel, validate_backward_args, validate_forward
+from .rules import validate_backward_args, validate_forward
+from .rules.arguments import names
+from .spec import BACKWARD_V3
 from .constants import BF16
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
@@ -21,12 +23,13 @@ __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
 BACKENDS = ("auto", "numpy", "npu")
 _TORCH_KINDS = (operands.TORCH, operands.NPU)
 _last = threading.local()
-
-
-class NpuFallbackWarning(UserWarning):
-    """backend="auto" ran NumPy although CANN libraries are installed: the NPU cannot be used
-    as configured (the message names the device and the cause). Issued once per process and
-    reason; never when simply no CANN is installed."""
+_TENSORS, _SCALARS, _LISTS = names(BACKWARD_V3)
+assert _TENSORS == ("query", "query_rope", "key", "key_rope", "value", "dy", "pse_shift",
+                    "drop_mask", "padding_mask", "atten_mask", "softmax_max", "softmax_sum",
+                    "softmax_in", "attention_in")
+assert _SCALARS == ("scale_value", "keep_prob", "pre_tokens", "next_tokens", "head_num",
+                    "input_layout", "inner_precise", "sparse_mode", "pse_type", "deterministic")
+assert _LISTS == ("prefix", "actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx")
 
 
 _warned_lock = threading.Lock()
@@ -48,7 +51,7 @@ def _warn_fallback(status) -> None:
     warnings.warn(f"backend='auto': the CANN libraries are installed but NPU device {dev} cannot "
                   f"be used: {status.reason}; running the NumPy reference instead (pass "
                   f"backend='npu' to get an error, or backend='numpy' to silence this)",
-                  NpuFallbackWarning, stacklevel=_stacklevel())
+                  NpuFallbackWarning, stacklevel=caller_stacklevel())
 
 
 def last_backend():
@@ -187,16 +190,17 @@ def flash_attention_unpadding_score_grad_v3(
         query row with no kept key: zero gradients), SoftmaxStatsMismatchWarning (the
         statistics cannot be those of these scores), IgnoredArgumentWarning.
     """
-    # the tensors in validate's _TENSOR_NAMES order, converted in one pass (operands)
-    kind, t = operands.convert_args(_TENSOR_NAMES, (
-        query, query_rope, key, key_rope, value, dy, atten_mask, softmax_max, softmax_sum,
-        attention_in, pse_shift, drop_mask, padding_mask, softmax_in))
+    # the arguments in the spec's orders (rules.arguments.names), the tensors converted in
+    # one pass (operands)
+    kind, t = operands.convert_args(_TENSORS, (
+        query, query_rope, key, key_rope, value, dy, pse_shift, drop_mask, padding_mask,
+        atten_mask, softmax_max, softmax_sum, softmax_in, attention_in))
     on_device, name, check_data = _call_setup(kind, t[0], backend, precision, check_data, stream)
     try:
         call = validate_backward_args(
             t, (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
                 inner_precise, sparse_mode, pse_type, deterministic),
-            (actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx, prefix), check_data)
+            (prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data)
     except AclnnError as e:
         if kind in _TORCH_KINDS:          # dtypes and conversions in torch's terms
             raise operands.in_torch_terms(e) from None

@@ -13,6 +13,9 @@ its class (unknown codes get ``AclnnError``).
 
 from __future__ import annotations
 
+import os
+import sys
+
 __all__ = [
     "AclnnError",
     "AclRuntimeError",
@@ -20,6 +23,12 @@ __all__ = [
     "BackendUnavailableError",
     "ResourceReleaseWarning",
     "DeterminismWarning",
+    "IgnoredArgumentWarning",
+    "SequenceEndWarning",
+    "SoftmaxStatsMismatchWarning",
+    "FullyMaskedRowWarning",
+    "NpuFallbackWarning",
+    "caller_stacklevel",
     "UnknownReleaseWarning",
     "ACLNN_STATUS",
     "ACL_ERRORS",
@@ -156,6 +165,43 @@ class ResourceReleaseWarning(RuntimeWarning):
 class DeterminismWarning(RuntimeWarning):
     """ACL_OPT_DETERMINISTIC could not be read before a call, so it could not be restored
     after it: the context keeps the value the call ran with (docs/faults.md)."""
+
+
+class IgnoredArgumentWarning(UserWarning):
+    """An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."""
+
+
+class SoftmaxStatsMismatchWarning(UserWarning):
+    """Sampled softmax statistics make a row's probabilities sum to more than 1: they were not
+    computed from these scores (e.g. another scale_value) and the gradients will be wrong."""
+
+
+class SequenceEndWarning(UserWarning):
+    """The last cumulative end is below T: the rows after it get zero gradients."""
+
+
+class FullyMaskedRowWarning(UserWarning):
+    """A query row has no kept key (the docs call this unsupported)."""
+
+
+class NpuFallbackWarning(UserWarning):
+    """backend="auto" ran NumPy although CANN libraries are installed: the NPU cannot be used
+    as configured (the message names the device and the cause). Issued once per process and
+    reason; never when simply no CANN is installed."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by the calling function point at the
+    first frame outside this package (the user's call), however deep the package's own
+    frames are (public call, validation cache, helpers)."""
+    level, f = 1, sys._getframe(1)
+    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE + os.sep):
+        f = f.f_back
+        level += 1
+    return level
 
 
 class UnknownReleaseWarning(UserWarning):

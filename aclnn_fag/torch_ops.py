@@ -38,7 +38,7 @@ from .reference import attention_backward, attention_forward
 from .reference.rounding import BF16
 from .semantics.sparse import COMPRESSED_MODES
 from .torch import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR
-from .validate import validate_forward
+from .rules import validate_forward
 
 __all__ = ["varlen_fwd", "varlen_bwd", "GOLDEN_DTYPES"]
 

@@ -45,7 +45,7 @@ def _workloads(rng_seed: int):
     import ml_dtypes
     import aclnn_fag as af
     import aclnn_fag.acl as acl
-    from aclnn_fag.validate import validate_backward
+    from aclnn_fag.rules import validate_backward
 
     bf16 = np.dtype(ml_dtypes.bfloat16)
     rng = np.random.default_rng(rng_seed)

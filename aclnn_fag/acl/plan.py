@@ -234,7 +234,7 @@ class FagPlan:
     def _validate(self, check_data: bool) -> None:
         """The public call's rules on the plan's (uploaded) inputs; the data rules read only
         a bounded sample of device memory, or nothing with ``check_data=False``."""
-        from ..validate import validate_backward
+        from ..rules import validate_backward
         i, a = self._inputs, self._attrs
         iv = self._int_values
         validate_backward(

@@ -1,7 +1,7 @@
 """NumPy reference of the op: tiled forward and backward with the device's semantics.
 
 ``attention_forward(call, precision)`` and ``attention_backward(call, precision)``
-take validated calls (``aclnn_fag.validate``); the public entry points are in
+take validated calls (``aclnn_fag.rules``); the public entry points are in
 ``aclnn_fag.api``.
 """
 

@@ -9,6 +9,7 @@ import numpy as np
 from ..semantics.sparse import MaskReader, batch_keep
 from .rounding import load_into, store_into
 from ..constants import FLT_MAX
+from ..errors import FullyMaskedRowWarning
 
 __all__ = ["KernelSetup", "kernel_setup", "batch_heads", "call_progress", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
            "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
@@ -93,10 +94,6 @@ def call_progress(call, setup: KernelSetup, direction: str, progress):
     steps = sum(-(-sq // setup.q_tokens) for _, _, sq, _, skv in call.seqs.batches()
                 if sq and skv) * call.key.shape[1]
     return prog.BlockProgress(steps, f"aclnn_fag {direction} (numpy)", show)
-
-
-class FullyMaskedRowWarning(UserWarning):
-    """A query row has no kept key (the docs call this unsupported)."""
 
 
 def precision_dtype(precision: str):

@@ -52,7 +52,7 @@ from .envinfo import environment
 from .output import STDOUT, add_json_argument, human_stream, write_json
 from ..semantics.sparse import MaskReader, batch_keep
 from ..reference import attention_backward, attention_forward
-from ..validate import validate_backward, validate_forward
+from ..rules import validate_backward, validate_forward
 
 __all__ = ["kept_pairs", "flop_count", "measure_sgemm", "peak_extra_memory", "SUITES",
            "run_bench", "add_arguments", "main", "BENCH_SCHEMA"]

@@ -144,7 +144,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     """Measure every row (see the module docstring); needs the NPU backend (or its stubs)."""
     from .. import acl
     from ..api import flash_attention_unpadding_score_grad_v3 as fag
-    from ..validate import validate_backward
+    from ..rules import validate_backward
 
     def say(msg):
         if progress:
@@ -254,11 +254,11 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
 def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     """Where the time of two rows goes: each stage timed on its own (CPU us, median), plus
     the native handles and allocations one call makes (``acl.runtime.stats()``)."""
-    import inspect
-
-    from .. import operands, validate
+    from .. import operands
+    from ..rules.arguments import names
+    from ..spec import BACKWARD_V3
     from ..device_run import run_backward_on_device
-    from ..validate import _check_data_rules, validate_backward, validate_backward_args
+    from ..rules import check_data_rules, validate_backward, validate_backward_args
     out = []
 
     def stage(label, fn, n=inner):
@@ -272,18 +272,19 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
         out.append({"label": f"    {label}: " + ", ".join(
             f"{k} {after[k] - before[k]}" for k in keys), "cpu_us": None})
 
-    # the public call's own steps: its tensors in validate's order, converted in one pass
-    # (operands.convert_args), then validated as tuples (validate.validate_backward_args)
-    args = {n: p.default for n, p in inspect.signature(validate_backward).parameters.items()}
-    args.update(npu, **npu_kw)
-    tensors = tuple(args[n] for n in validate._TENSOR_NAMES)
-    _, conv = operands.convert_args(validate._TENSOR_NAMES, tensors)
-    scalars = tuple(args[n] for n in validate._SCALAR_NAMES)
-    lists = tuple(args[n] for n in validate._LIST_NAMES)
+    # the public call's own steps: its tensors in the spec's order, converted in one pass
+    # (operands.convert_args), then validated as tuples (rules.validate_backward_args)
+    tensor_names, scalar_names, list_names = names(BACKWARD_V3)
+    args = {p.name: p.default for p in BACKWARD_V3.params}
+    args.update(npu, deterministic=False, **npu_kw)
+    tensors = tuple(args[n] for n in tensor_names)
+    _, conv = operands.convert_args(tensor_names, tensors)
+    scalars = tuple(args[n] for n in scalar_names)
+    lists = tuple(args[n] for n in list_names)
     dcall = validate_backward_args(conv, scalars, lists, False)
     q = npu["query"]
     stage("NPU tensors, stream=: operand conversion (10 NPU tensors -> DeviceArray)",
-          lambda: operands.convert_args(validate._TENSOR_NAMES, tensors))
+          lambda: operands.convert_args(tensor_names, tensors))
     stage("NPU tensors, stream=: validation (every rule; data rules off on a caller's stream)",
           lambda: validate_backward_args(conv, scalars, lists, False))
     stage("NPU tensors, stream=: results (5 x new_empty + a DeviceArray over each)",
@@ -319,7 +320,7 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     stage("numpy-in: validation without the data rules", lambda: validate_backward(
         *host.values(), check_data=False, **kw), max(1, inner // 4))
     stage("numpy-in: data rules S6 + S8 + S9 (mask recognised, statistics sampled)",
-          lambda: _check_data_rules(hcall, True), max(1, inner // 4))
+          lambda: check_data_rules(hcall, True), max(1, inner // 4))
     th = {}
     nh = [0]
 

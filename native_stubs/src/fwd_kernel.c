@@ -18,113 +18,11 @@
 #include <string.h>
 
 #include "fwd_kernel.h"
-
-static inline int64_t at3(const aclTensor *t, int64_t a, int64_t b, int64_t c)
-{
-    return t->offset + a * t->strides[0] + b * t->strides[1] + c * t->strides[2];
-}
-
-/* element index of the row-major logical position `flat` of a view of any rank */
-static int64_t at_flat(const aclTensor *t, int64_t flat)
-{
-    int64_t idx = t->offset;
-    for (int64_t d = t->ndim - 1; d >= 0; d--) {
-        idx += (flat % t->dims[d]) * t->strides[d];
-        flat /= t->dims[d];
-    }
-    return idx;
-}
-
-static inline float bf16_load(const aclTensor *t, int64_t idx)
-{
-    uint16_t h;
-    uint32_t u;
-    float f;
-    memcpy(&h, (const char *)t->data + idx * 2, 2);
-    u = (uint32_t)h << 16;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-/* float -> bf16 bits, round to nearest, ties away from zero; NaN stays a quiet NaN */
-static inline uint16_t bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-        return (uint16_t)(0x7FC0u | ((u >> 16) & 0x8000u));
-    }
-    return (uint16_t)((((u & 0x7FFFFFFFu) + 0x00008000u) >> 16) | ((u >> 16) & 0x8000u));
-}
-
-static inline float bf16_round(float f)
-{
-    uint32_t u = (uint32_t)bf16_bits(f) << 16;
-    float r;
-    memcpy(&r, &u, 4);
-    return r;
-}
-
-static inline void bf16_store(const aclTensor *t, int64_t idx, float f)
-{
-    uint16_t h = bf16_bits(f);
-    memcpy((char *)t->data + idx * 2, &h, 2);
-}
-
-static inline void f32_store(const aclTensor *t, int64_t idx, float f)
-{
-    memcpy((char *)t->data + idx * 4, &f, 4);
-}
-
-static void clear_view(const aclTensor *t)
-{
-    for (int64_t f = 0; f < t->numel; f++) {
-        memset((char *)t->data + at_flat(t, f) * t->itemsize, 0, (size_t)t->itemsize);
-    }
-}
+#include "kernel_math.h"
 
 static int64_t len_of(const int64_t *cum, int64_t b)
 {
     return b ? cum[b] - cum[b - 1] : cum[0];
-}
-
-/* is key j kept for row i of batch b, head h (docs/sparse_modes.md) */
-static int kept(const FwdProblem *p, int64_t b, int64_t sq, int64_t skv, int64_t mask_base, int64_t h,
-                int64_t i, int64_t j)
-{
-    const int64_t rel = j - i, delta = skv - sq;
-    int band = rel >= delta - p->pre && rel <= delta + p->next;
-    switch (p->sparse) {
-    case 2:
-        return j <= i;
-    case 3:
-        return rel <= delta;
-    case 4:
-        return band;
-    case 7:
-        return b == p->band_idx ? band : rel <= delta;
-    case 8:
-        return b == p->band_idx ? band : j <= i;
-    case 0:
-    case 5:
-        if (rel < -p->pre || rel > p->next) {
-            return 0;
-        }
-        break;
-    default: /* 1: the mask only */
-        break;
-    }
-    int64_t pos;
-    if (p->mask_kind == FWD_MASK_B1SS) {
-        pos = mask_base + i * skv + j;
-    } else if (p->mask_kind == FWD_MASK_BNSS) {
-        pos = p->N1 * mask_base + (h * sq + i) * skv + j;
-    } else {
-        pos = i * p->max_skv + j;
-    }
-    unsigned char m;
-    memcpy(&m, (const char *)p->mask->data + at_flat(p->mask, pos), 1);
-    return m == 0;
 }
 
 uint64_t fwd_kernel_workspace_bytes(const FwdProblem *p)
@@ -138,9 +36,9 @@ void fwd_kernel_run(const FwdProblem *p, void *scratch)
     float *row = scratch;
     float *acc = row + p->max_skv;
     const int64_t G = p->N1 / p->N2;
-    clear_view(p->out);
-    clear_view(p->smax);
-    clear_view(p->ssum);
+    stub_clear_view(p->out);
+    stub_clear_view(p->smax);
+    stub_clear_view(p->ssum);
     int64_t mask_base = 0;
     for (int64_t b = 0; b < p->nb; b++) {
         const int64_t sq = len_of(p->cum_q, b), skv = len_of(p->cum_kv, b);
@@ -157,17 +55,19 @@ void fwd_kernel_run(const FwdProblem *p, void *scratch)
                 float mx = -FLT_MAX;
                 int any = 0;
                 for (int64_t j = 0; j < skv; j++) {
-                    if (!kept(p, b, sq, skv, base, h, i, j)) {
+                    if (!stub_kept(p->mask, p->mask_kind, p->sparse, b == p->band_idx, p->pre, p->next, sq, skv,
+                                   p->max_skv, p->N1, base, h, i, j)) {
                         row[j] = -FLT_MAX;
                         continue;
                     }
                     float dot = 0.0f, dot_r = 0.0f;
                     for (int64_t d = 0; d < p->D; d++) {
-                        dot += bf16_load(p->q, at3(p->q, t, h, d)) * bf16_load(p->k, at3(p->k, k0 + j, kh, d));
+                        dot += stub_ld_bf16(p->q, stub_at3(p->q, t, h, d)) *
+                               stub_ld_bf16(p->k, stub_at3(p->k, k0 + j, kh, d));
                     }
                     for (int64_t d = 0; d < p->Dr; d++) {
-                        dot_r += bf16_load(p->qr, at3(p->qr, t, h, d)) *
-                                 bf16_load(p->kr, at3(p->kr, k0 + j, kh, d));
+                        dot_r += stub_ld_bf16(p->qr, stub_at3(p->qr, t, h, d)) *
+                                 stub_ld_bf16(p->kr, stub_at3(p->kr, k0 + j, kh, d));
                     }
                     row[j] = (dot + dot_r) * p->scale;
                     any = 1;
@@ -190,19 +90,19 @@ void fwd_kernel_run(const FwdProblem *p, void *scratch)
                         }
                         const float e = expf(row[j] - mx);
                         sum += e;
-                        const float e16 = bf16_round(e);
+                        const float e16 = stub_bf16_round(e);
                         for (int64_t d = 0; d < p->Dv; d++) {
-                            acc[d] += e16 * bf16_load(p->v, at3(p->v, k0 + j, kh, d));
+                            acc[d] += e16 * stub_ld_bf16(p->v, stub_at3(p->v, k0 + j, kh, d));
                         }
                     }
                     for (int64_t d = 0; d < p->Dv; d++) {
-                        bf16_store(p->out, at3(p->out, t, h, d), acc[d] / sum);
+                        stub_st_bf16(p->out, stub_at3(p->out, t, h, d), acc[d] / sum);
                     }
                 }
                 const int64_t flat = (q0 * p->N1 + h * sq + i) * 8;
                 for (int c = 0; c < 8; c++) {
-                    f32_store(p->smax, at_flat(p->smax, flat + c), mx);
-                    f32_store(p->ssum, at_flat(p->ssum, flat + c), sum);
+                    stub_st_f32(p->smax, stub_at_flat(p->smax, flat + c), mx);
+                    stub_st_f32(p->ssum, stub_at_flat(p->ssum, flat + c), sum);
                 }
             }
         }

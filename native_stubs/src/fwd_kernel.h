@@ -9,7 +9,7 @@
 
 #include "stub_internal.h"
 
-enum { FWD_MASK_2D = 0, FWD_MASK_B1SS = 1, FWD_MASK_BNSS = 2 };
+#include "kernel_math.h"
 
 /* everything the kernel needs, recorded at phase 1 (tensors are the executor's snapshots) */
 typedef struct FwdProblem {
@@ -20,7 +20,7 @@ typedef struct FwdProblem {
     const int64_t *cum_q, *cum_kv;               /* cumulative ends, nb entries at least */
     int64_t max_sq, max_skv;
     int64_t sparse, pre, next, band_idx;         /* tokens already normalised */
-    int mask_kind;
+    int mask_kind;                               /* STUB_MASK_* */
     float scale;                                 /* float32(scaleValue) */
 } FwdProblem;
 

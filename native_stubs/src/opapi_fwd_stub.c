@@ -4,7 +4,7 @@
  *
  * Phase 1 checks the arguments in the order of the real op (its op API
  * aclnn_flash_attention_score.cpp, then its TND tiling) with the same status codes, then the
- * package's own stricter checks, exactly as aclnn_fag/validate.py validate_forward does
+ * package's own stricter checks, exactly as aclnn_fag/rules (the forward's rows of its table) does
  * (rules F1-F14, SF1, S3-S7; docs/forward.md, "Validation"), and records the call in an
  * executor.  Phase 2 computes the forward with the C kernel of fwd_kernel.c.  Like the
  * backward (opapi_stub.c): failure injection on both phases, executors counted in the
@@ -24,6 +24,7 @@
 
 #include "fwd_kernel.h"
 #include "op_rules.h"
+#include "rule_table.h"
 #include "stub_abi.h"
 
 #define FWD1 "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize"
@@ -32,11 +33,6 @@
 
 typedef stub_i128 w128;
 
-/* the documented limits (S3), as LIMITS in aclnn_fag/validate.py */
-#define FWD_LIMIT_HEADS 256
-#define FWD_LIMIT_HEAD_DIM 768
-#define FWD_LIMIT_TOKENS ((int64_t)1 << 20)
-#define FWD_LIMIT_BATCH 2048
 
 STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
     const aclTensor *query, const aclTensor *queryRope, const aclTensor *key, const aclTensor *keyRope,
@@ -61,6 +57,9 @@ static const StubApi *sapi(void)
         sapi()->set_error(__VA_ARGS__);   \
         return (code);                    \
     } while (0)
+/* REJECT_RULE(FWD_<id>, args...): reject with the rule's status code and message
+ * (rule_table.h, generated from aclnn_fag/rules/table.py) */
+#define REJECT_RULE(...) REJECT(__VA_ARGS__)
 
 /* the recorded call */
 typedef struct FwdPlan {
@@ -126,7 +125,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
                    {"softmaxMaxOut", x->smax}, {"softmaxSumOut", x->ssum}, {"attentionOutOut", x->out}};
         for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
             if (req[i].p == NULL) {
-                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s is NULL; it is required (forward rule F1)", req[i].name);
+                REJECT_RULE(FWD_F1, req[i].name);
             }
         }
     }
@@ -166,108 +165,91 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     }
     /* F3 */
     if (strcmp(x->layout, "TND") != 0) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": inputLayout \"%.32s\" is not \"TND\" (forward rule F3)", x->layout);
+        REJECT_RULE(FWD_F3, x->layout);
     }
     /* F4: InputDtypeCheck */
     if (x->q->dtype != x->k->dtype || x->k->dtype != x->v->dtype) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": the dtypes of query, key and value differ (forward rule F4)");
+        REJECT_RULE(FWD_F4);
     }
     if ((x->pse_type == 2 || x->pse_type == 3) && x->pse == NULL) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": pseType %lld needs realShiftOptional (forward rule F4)",
-               (long long)x->pse_type);
+        REJECT_RULE(FWD_F4_pse, (long long)x->pse_type);
     }
     if (x->pse != NULL && x->pse_type != 2 && x->pse_type != 3 && x->pse->dtype != x->q->dtype) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": realShiftOptional dtype differs from query's (forward rule F4)");
+        REJECT_RULE(FWD_F4_pse_dtype);
     }
     /* F5: AnalysisInput */
     if (x->head_num <= 0) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": headNum %lld must be > 0 (forward rule F5)", (long long)x->head_num);
+        REJECT_RULE(FWD_F5_heads, (long long)x->head_num);
     }
     if (x->q->ndim != 3) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": query must have 3 dims for TND, got %s (forward rule F5)",
-               stub_shape_str(x->q, b1, sizeof b1));
+        REJECT_RULE(FWD_F5_rank, stub_shape_str(x->q, b1, sizeof b1));
     }
     if (x->k->ndim < 3 || x->v->ndim < 3) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": %s has fewer than 3 dims (forward rule F5) [stub addition]",
-               x->k->ndim < 3 ? "key" : "value");
+        REJECT_RULE(FWD_F5_kv_rank, x->k->ndim < 3 ? "key" : "value");
     }
     const int64_t D = x->q->dims[2], Dk = x->k->dims[2], Dv = x->v->dims[2];
     if (D != Dk) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": head dim of query (%lld) != that of key (%lld) (forward rule F5)",
-               (long long)D, (long long)Dk);
+        REJECT_RULE(FWD_F5_d, (long long)D, (long long)Dk);
     }
     if (D < Dv) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": head dim of value (%lld) > that of query (%lld) (forward rule F5)",
-               (long long)Dv, (long long)D);
+        REJECT_RULE(FWD_F5_dv, (long long)Dv, (long long)D);
     }
-    if (D > FWD_LIMIT_HEAD_DIM) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": head dim %lld must be <= 768 (forward rule F5)", (long long)D);
+    if (D > STUB_LIMIT_HEAD_DIM) {
+        REJECT_RULE(FWD_F5_max_d, (long long)D);
     }
     const int need_pad = x->k->dims[1] != 0 && D != 0 && forward_needs_pad(x, D, Dv);
     /* F6: isSupportMultiInput, every failure returned as 161001 */
     if ((x->qr == NULL) != (x->kr == NULL)) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": exactly one of queryRope/keyRope is NULL (forward rule F6)");
+        REJECT_RULE(FWD_F6_rope);
     }
     if (x->qr == NULL) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": queryRope and keyRope are both NULL (forward rule F6: the real op "
-                                        "dereferences them and crashes) [stub addition]");
+        REJECT_RULE(FWD_F6_rope_both);
     }
     if (x->qr->ndim < 3 || x->kr->ndim < 3) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s has fewer than 3 dims (forward rule F6) [stub addition]",
-               x->qr->ndim < 3 ? "queryRope" : "keyRope");
+        REJECT_RULE(FWD_F6_rope_rank, x->qr->ndim < 3 ? "queryRope" : "keyRope");
     }
     if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": rope head dim exceeds the query head dim %lld (forward rule F6)",
-               (long long)D);
+        REJECT_RULE(FWD_F6_dr, (long long)D);
     }
     if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
         x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": query, queryRope, key, keyRope and value must all be BF16 "
-                                        "(forward rule F6)");
+        REJECT_RULE(FWD_F6_bf16);
     }
     if (x->sparse == 6) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": sparseMode 6 is not supported with rope inputs (forward rule F6)");
+        REJECT_RULE(FWD_F6_sparse6);
     }
     if (x->mask == NULL || x->mask->ndim == 0) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional is %s; rope inputs need a mask (forward rule F6)",
-               x->mask == NULL ? "NULL" : "0-dim");
+        REJECT_RULE(FWD_F6_mask, x->mask == NULL ? "NULL" : "0-dim");
     }
     if (x->pse != NULL) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": realShiftOptional must be NULL with rope inputs (forward rule F6)");
+        REJECT_RULE(FWD_F6_pse);
     }
     if (x->drop != NULL) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": dropMaskOptional must be NULL with rope inputs (forward rule F6)");
+        REJECT_RULE(FWD_F6_drop);
     }
     if (x->keep < 1) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": keepProb %g must be 1 with rope inputs (forward rule F6)", x->keep);
+        REJECT_RULE(FWD_F6_keep, x->keep);
     }
     if (need_pad) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": D=%lld / Dv=%lld would be padded, which rope inputs do not "
-                                        "support (forward rule F6)",
-               (long long)D, (long long)Dv);
+        REJECT_RULE(FWD_F6_pad, (long long)D, (long long)Dv);
     }
     /* F7: tiling attributes */
     if ((float)x->keep <= 0.0f || (float)x->keep > 1.0f) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": keepProb %g must be in (0, 1] (forward rule F7)", x->keep);
+        REJECT_RULE(FWD_F7_keep, x->keep);
     }
     if (x->pse_type < 0 || x->pse_type >= 4) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": pseType %lld must be in [0, 4) (forward rule F7)",
-               (long long)x->pse_type);
+        REJECT_RULE(FWD_F7_pse, (long long)x->pse_type);
     }
     /* F8 */
     if (x->k->ndim != 3) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": key must have 3 dims for TND, got %s (forward rule F8)",
-               stub_shape_str(x->k, b1, sizeof b1));
+        REJECT_RULE(FWD_F8, stub_shape_str(x->k, b1, sizeof b1));
     }
     /* F9 */
     if (x->seqq == NULL || x->seqkv == NULL) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s is NULL; TND needs both cumulative length arrays (forward rule F9)",
-               x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
+        REJECT_RULE(FWD_R23_q, x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
     }
     if (x->seqq->size == 0 || x->seqq->size != x->seqkv->size) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": the cumulative length arrays must have the same non-zero length "
-                                        "(%llu, %llu) (forward rule F9)",
-               (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
+        REJECT_RULE(FWD_R23_empty, (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
     }
     const int64_t T1 = x->q->dims[0], N1 = x->q->dims[1], T2 = x->k->dims[0], N2 = x->k->dims[1];
     /* F10: T below the sum of the (negative-clamped) lengths */
@@ -281,27 +263,22 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
                 sum += d > 0 ? d : 0;
             }
             if ((w128)tot[s] < sum) {
-                REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": %s = %lld is below the sum of the sequence lengths "
-                                                "(forward rule F10)",
-                       s ? "T2" : "T1", (long long)tot[s]);
+                REJECT_RULE(FWD_F10, s ? "T2" : "T1", (long long)tot[s]);
             }
         }
     }
     /* F11 */
     if (x->head_num != N1) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": headNum %lld != query dim 1 %lld (forward rule F11)",
-               (long long)x->head_num, (long long)N1);
+        REJECT_RULE(FWD_F11_heads, (long long)x->head_num, (long long)N1);
     }
     if (N2 == 0 || N1 / N2 == 0) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)",
-               (long long)N2, (long long)N1);
+        REJECT_RULE(FWD_F11_n2, (long long)N2, (long long)N1);
     }
     if (D == 0) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": head dim D is 0 (forward rule F11)");
+        REJECT_RULE(FWD_F11_d);
     }
     if (N1 % N2 != 0) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": N1=%lld must be a multiple of N2=%lld (forward rule F11)",
-               (long long)N1, (long long)N2);
+        REJECT_RULE(FWD_F11_mod, (long long)N1, (long long)N2);
     }
     /* [stub addition] outputs: FLOAT [T1,N1,8] statistics, BF16 [T1,N1,Dv] attentionOut (ViewCopy) */
     if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT || !stub_is_shape3(x->smax, T1, N1, 8) ||
@@ -317,8 +294,7 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     }
     /* F12: pse type, then the mask */
     if (x->pse_type != 1) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": pseType %lld must be 1 without realShiftOptional (forward rule F12)",
-               (long long)x->pse_type);
+        REJECT_RULE(FWD_F12, (long long)x->pse_type);
     }
     const int64_t nb_raw = (int64_t)x->seqq->size;
     const int64_t *cq = x->seqq->values, *ckv = x->seqkv->values;
@@ -333,57 +309,49 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     }
     const aclTensor *m = x->mask;
     if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional must be BOOL or UINT8 (forward rule F12)");
+        REJECT_RULE(FWD_R27_dtype);
     }
     if (m->ndim != 2 && m->ndim != 4) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)",
-               stub_shape_str(m, b1, sizeof b1));
+        REJECT_RULE(FWD_R27_rank, stub_shape_str(m, b1, sizeof b1));
     }
-    int mask_kind = FWD_MASK_2D;
+    int mask_kind = STUB_MASK_2D;
     if (m->ndim == 4) {
         if (m->dims[0] == 1 && m->dims[1] == 1) {
-            mask_kind = FWD_MASK_2D;
+            mask_kind = STUB_MASK_2D;
         } else if (m->dims[0] == nb && m->dims[1] == 1) {
-            mask_kind = FWD_MASK_B1SS;
+            mask_kind = STUB_MASK_B1SS;
         } else if (m->dims[0] == nb && m->dims[1] == N1) {
-            mask_kind = FWD_MASK_BNSS;
+            mask_kind = STUB_MASK_BNSS;
         } else {
-            REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional %s: leading dims must be (B,N1), (B,1) or "
-                                            "(1,1) with B=%lld (forward rule F12)",
-                   stub_shape_str(m, b1, sizeof b1), (long long)nb);
+            REJECT_RULE(FWD_R27_lead, stub_shape_str(m, b1, sizeof b1), (long long)nb);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
     {
         w128 want_r = compressed ? 2048 : max_sq, want_c = compressed ? 2048 : max_skv;
         if ((w128)m->dims[m->ndim - 2] != want_r || (w128)m->dims[m->ndim - 1] != want_c) {
-            REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": attenMaskOptional %s: sparseMode %lld needs last dims %s "
-                                            "(forward rule F12)",
-                   stub_shape_str(m, b1, sizeof b1), (long long)x->sparse,
-                   compressed ? "[2048,2048]" : "[maxSq,maxSkv]");
+            REJECT_RULE(FWD_R27_compressed, stub_shape_str(m, b1, sizeof b1), (long long)x->sparse,
+                        compressed ? "[2048,2048]" : "[maxSq,maxSkv]");
         }
     }
     /* F13 */
     if (x->sparse < 0 || x->sparse > 8) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": sparseMode %lld must be in 0..8 (forward rule F13)",
-               (long long)x->sparse);
+        REJECT_RULE(FWD_F13, (long long)x->sparse);
     }
     /* F14: tokens, normalised first */
     const StubTokens tokens = stub_tokens_rule(x->sparse, x->pre, x->next, cq, ckv, nb);
     const int64_t pre = tokens.pre, next = tokens.next, band_idx = tokens.band_idx;
     if (tokens.bad_batch >= 0) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                        "%lld at batch %lld (forward rule F14)",
-               (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)tokens.bad_batch);
+        REJECT_RULE(FWD_R28_mode0, (long long)x->pre, (long long)x->next, (long long)x->sparse,
+                    (long long)tokens.bad_batch);
     }
     /* ---- [stub additions] SF1, S3-S7: the Python validator's own checks, same order ---- */
     if (x->v->ndim != 3 || x->v->dims[0] != T2 || x->v->dims[1] != N2) {
-        REJECT(ACLNN_ERR_PARAM_NULLPTR, FWD1 ": value %s must be [T2,N2,Dv] [stub addition SF1]",
-               stub_shape_str(x->v, b1, sizeof b1));
+        REJECT_RULE(FWD_SF1, stub_shape_str(x->v, b1, sizeof b1));
     }
-    if (N1 > FWD_LIMIT_HEADS || D > FWD_LIMIT_HEAD_DIM || T1 > FWD_LIMIT_TOKENS || T2 > FWD_LIMIT_TOKENS ||
-        nb_raw > FWD_LIMIT_BATCH) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": beyond the documented limits [stub addition S3]");
+    if (N1 > STUB_LIMIT_HEADS || D > STUB_LIMIT_HEAD_DIM || T1 > STUB_LIMIT_TOKENS || T2 > STUB_LIMIT_TOKENS ||
+        nb_raw > STUB_LIMIT_BATCH) {
+        REJECT_RULE(FWD_S3_heads);
     }
     {
         const aclIntArray *arr[2] = {x->seqq, x->seqkv};
@@ -392,39 +360,31 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
             const int64_t *v = arr[s]->values;
             for (uint64_t i = 0; i < arr[s]->size; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
-                    REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": %s must be non-negative non-decreasing cumulative ends "
-                                                    "[stub addition S4]",
-                           s ? "actualSeqKvLenOptional" : "actualSeqQLenOptional");
+                    REJECT_RULE(FWD_S4, s ? "actualSeqKvLenOptional" : "actualSeqQLenOptional");
                 }
             }
             if (v[arr[s]->size - 1] > tot[s]) {
-                REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": the last cumulative end exceeds T [stub addition S4]");
+                REJECT_RULE(FWD_S4_2);
             }
         }
     }
     const int64_t Dr = x->qr->dims[2];
     if (!stub_is_shape3(x->qr, T1, N1, Dr)) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": queryRope %s must be [T1,N1,Dr] [stub addition S5]",
-               stub_shape_str(x->qr, b1, sizeof b1));
+        REJECT_RULE(FWD_S5_q, stub_shape_str(x->qr, b1, sizeof b1));
     }
     if (!stub_is_shape3(x->kr, T2, N2, Dr)) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]",
-               stub_shape_str(x->kr, b1, sizeof b1));
+        REJECT_RULE(FWD_S5_k, stub_shape_str(x->kr, b1, sizeof b1));
     }
     if (Dr % 8 != 0) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": rope head dim %lld must be a multiple of 8 [stub addition S5]",
-               (long long)Dr);
+        REJECT_RULE(FWD_S5_dr, (long long)Dr);
     }
     if (compressed && !stub_mask_is_canonical(m)) {
-        REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": sparseMode %lld needs the canonical compressed mask [stub addition S6]",
-               (long long)x->sparse);
+        REJECT_RULE(FWD_S6, (long long)x->sparse);
     }
     if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
         for (int64_t b = 0; b < nb; b++) {
             if ((w128)pre + stub_seg_len_x(cq, b) - stub_seg_len_x(ckv, b) >= I32MAX) {
-                REJECT(ACLNN_ERR_PARAM_INVALID, FWD1 ": preTokens + Sq - Skv of batch %lld overflows the kernel's "
-                                                "int32 block-skip bound [stub addition S7]",
-                       (long long)b);
+                REJECT_RULE(FWD_S7, (long long)b);
             }
         }
     }

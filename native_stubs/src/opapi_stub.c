@@ -8,20 +8,11 @@
  *
  * Checks marked "[stub addition]" are not made by the real operator (which
  * would crash or read out of bounds instead); they exist so that this C
- * kernel never touches memory outside the caller's buffers.  The additions
- * after rule 30 (S1-S9) are the same checks, in the same order and with the
- * same codes, as the Python validator's (aclnn_fag/validate.py, module
- * docstring), so that the validator and this op return the same status for
- * every input:
- *   S1 keyIn rank != 3                                             161001
- *   S2 dy, then attentionIn: last dim != Dv                        161001
- *   S3 documented limits: N1<=256, D<=768, T1,T2<=1M, B<=2048      161002
- *   S4 cumulative ends (q, then kv): negative/decreasing/last > T  161002
- *   S5 queryRope != [T1,N1,Dr], keyInRope != [T2,N2,Dr], Dr%8      161002
- *   S6 compressed modes: first 2048x2048 mask slice not canonical  161002
- *   S7 modes 4/7/8: pre + Sq_b - Skv_b >= INT32_MAX                161002
- *   S8 softmaxMax, then softmaxSum: the 8 copies differ            161002
- *   S9 softmax statistics fit the token-major reading only         161002
+ * kernel never touches memory outside the caller's buffers.  The rules (1-30
+ * and the package's own S1-S9) are the rows of aclnn_fag/rules/table.py, checked
+ * in its order through FAIL_RULE with the codes and messages of the generated
+ * rule_table.h, so that the validator and this op return the same status for
+ * every input (docs/validation.md lists them).
  *
  * Integer arithmetic on user values (cumulative ends, tokens) is exact: it is
  * done in 128 bits, so no int64 overflow can change a verdict.
@@ -35,29 +26,20 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernel_math.h"
 #include "op_rules.h"
+#include "rule_table.h"
 #include "stub_abi.h"
 #include "trace_stub.h"
 
 
 #define FN1 "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
 #define FN2 "aclnnFlashAttentionUnpaddingScoreGradV3"
-/* message suffixes naming the rule (docs/validation.md) a failed check enforces */
-#define RULE(n) " (docs/validation.md, rule " #n ")"
-#define CHECK(s) " (docs/validation.md, " #s ")"
 
 #define INT32_MAX_I64 STUB_I32MAX
 
 typedef stub_i128 i128;
 
-/* documented limits (S3), as LIMITS in aclnn_fag/validate.py */
-#define LIMIT_HEADS 256
-#define LIMIT_HEAD_DIM 768
-#define LIMIT_TOKENS ((int64_t)1 << 20)
-#define LIMIT_BATCH 2048
-/* S9 sampling, as in aclnn_fag/validate.py */
-#define STATS_LAYOUT_SAMPLES 8
-#define STATS_LAYOUT_MAX_SKV 65536
 
 static const StubApi *api(void)
 {
@@ -69,16 +51,15 @@ static const StubApi *api(void)
         api()->set_error(__VA_ARGS__);    \
         return (code);                    \
     } while (0)
+/* FAIL_RULE(BWD_<id>, args...): fail with the rule's status code and message (rule_table.h,
+ * generated from aclnn_fag/rules/table.py) */
+#define FAIL_RULE(...) FAIL(__VA_ARGS__)
 
 /* element access helpers (defined with the phase-2 code below) */
 typedef struct BatchCtx {
     int64_t b, Sq, Skv, delta, mask_base;
 } BatchCtx;
 struct FagPlan;
-static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2);
-static int64_t idx_flat(const aclTensor *t, int64_t flat);
-static inline float ld_bf16(const aclTensor *t, int64_t idx);
-static inline float ld_f32(const aclTensor *t, int64_t idx);
 static int is_kept(const struct FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j);
 
 /* ------------------------------------------------------------------------ */
@@ -86,7 +67,6 @@ static int is_kept(const struct FagPlan *p, const aclTensor *M, const BatchCtx *
 /* ------------------------------------------------------------------------ */
 
 enum { PLAN_NOTHING = 0, PLAN_ZERO_FILL = 1, PLAN_COMPUTE = 2 };
-enum { MASK_2D = 0, MASK_B1SS = 1, MASK_BNSS = 2 };
 
 typedef struct FagPlan {
     int mode;
@@ -219,9 +199,7 @@ static aclnnStatus check_min_rank(const NamedTensor *ts, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         if (ts[i].t->ndim < 3) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s has %lld dims; tensors with fewer than 3 dims are not supported"
-                                              RULE(5),
-                 ts[i].name, (long long)ts[i].t->ndim);
+            FAIL_RULE(BWD_R5, ts[i].name, (long long)ts[i].t->ndim);
         }
     }
     return ACLNN_SUCCESS;
@@ -334,9 +312,9 @@ static int stats_copies_equal(const aclTensor *t)
     const int64_t nn = t->strides[1] == 0 ? (t->dims[1] > 0 ? 1 : 0) : t->dims[1];
     for (int64_t i = 0; i < nt; i++) {
         for (int64_t n = 0; n < nn; n++) {
-            const float v0 = ld_f32(t, idx3(t, i, n, 0));
+            const float v0 = stub_ld_f32(t, stub_at3(t, i, n, 0));
             for (int64_t c = 1; c < 8; c++) {
-                const float v = ld_f32(t, idx3(t, i, n, c));
+                const float v = stub_ld_f32(t, stub_at3(t, i, n, c));
                 if (!(v == v0 || (isnan(v) && isnan(v0)))) {
                     return 0;
                 }
@@ -369,11 +347,11 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
     const int64_t N1 = p->N1, G = p->N1 / p->N2, D = Q->dims[2], Dr = QR->dims[2];
     int checked = 0, dev_fits = 0, tok_fits = 0;
     int64_t mask_base = 0;
-    for (int64_t b = 0; b < p->nb && checked < STATS_LAYOUT_SAMPLES; b++) {
+    for (int64_t b = 0; b < p->nb && checked < STUB_STATS_LAYOUT_SAMPLES; b++) {
         const BatchCtx c = batch_ctx(p, b, &mask_base);
         const int64_t qs = b == 0 ? 0 : p->cum_q[b - 1];
         const int64_t ks = b == 0 ? 0 : p->cum_kv[b - 1];
-        if (c.Sq <= 0 || c.Skv <= 0 || c.Skv > STATS_LAYOUT_MAX_SKV) {
+        if (c.Sq <= 0 || c.Skv <= 0 || c.Skv > STUB_STATS_LAYOUT_MAX_SKV) {
             continue;
         }
         const int64_t samples[3][2] = {{c.Sq / 2, N1 / 2}, {c.Sq - 1, 0}, {0, N1 - 1}};
@@ -384,8 +362,10 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
             if (dev_flat == tok_flat) {
                 continue;
             }
-            const float dm = ld_f32(SMAX, idx_flat(SMAX, dev_flat)), dl = ld_f32(SSUM, idx_flat(SSUM, dev_flat));
-            const float tm = ld_f32(SMAX, idx_flat(SMAX, tok_flat)), tl = ld_f32(SSUM, idx_flat(SSUM, tok_flat));
+            const float dm = stub_ld_f32(SMAX, stub_at_flat(SMAX, dev_flat));
+            const float dl = stub_ld_f32(SSUM, stub_at_flat(SSUM, dev_flat));
+            const float tm = stub_ld_f32(SMAX, stub_at_flat(SMAX, tok_flat));
+            const float tl = stub_ld_f32(SSUM, stub_at_flat(SSUM, tok_flat));
             if (same_or_both_nan(dm, tm) && same_or_both_nan(dl, tl)) {
                 continue;
             }
@@ -400,10 +380,11 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
                     }
                     float qk = 0.0f, qr = 0.0f;
                     for (int64_t d = 0; d < D; d++) {
-                        qk += ld_bf16(Q, idx3(Q, qs + i, h, d)) * ld_bf16(K, idx3(K, ks + j, n2, d));
+                        qk += stub_ld_bf16(Q, stub_at3(Q, qs + i, h, d)) * stub_ld_bf16(K, stub_at3(K, ks + j, n2, d));
                     }
                     for (int64_t d = 0; d < Dr; d++) {
-                        qr += ld_bf16(QR, idx3(QR, qs + i, h, d)) * ld_bf16(KR, idx3(KR, ks + j, n2, d));
+                        qr += stub_ld_bf16(QR, stub_at3(QR, qs + i, h, d)) *
+                              stub_ld_bf16(KR, stub_at3(KR, ks + j, n2, d));
                     }
                     const double sc = (double)((qk + qr) * scale);
                     if (pass == 0) {
@@ -432,7 +413,7 @@ static int stats_look_token_major(const Args *x, const FagPlan *p, float scale)
             if (!any) {
                 continue;
             }
-            if (checked >= STATS_LAYOUT_SAMPLES) {
+            if (checked >= STUB_STATS_LAYOUT_SAMPLES) {
                 break;
             }
         }
@@ -448,11 +429,10 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* Rule 1: layout, compared with strcmp before anything else */
     if (x->layout == NULL) {
         /* [stub addition] the real op would crash in strcmp */
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": inputLayout is NULL (must be \"TND\") [stub addition: the real op "
-                                          "crashes here]");
+        FAIL_RULE(BWD_R1_null);
     }
     if (strcmp(x->layout, "TND") != 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": inputLayout \"%.32s\" is not \"TND\"" RULE(1), x->layout);
+        FAIL_RULE(BWD_R1, x->layout);
     }
 
     /* Rule 2: required pointers */
@@ -467,7 +447,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         };
         for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
             if (req[i].p == NULL) {
-                FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; it is required" RULE(2), req[i].name);
+                FAIL_RULE(BWD_R2, req[i].name);
             }
         }
     }
@@ -528,7 +508,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 4 */
     if (x->head_num <= 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": headNum %lld must be > 0" RULE(4), (long long)x->head_num);
+        FAIL_RULE(BWD_R4, (long long)x->head_num);
     }
 
     /* Rule 5: ranks */
@@ -550,23 +530,18 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 6 */
     if (D != Dk) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of query (%lld) != head dim of keyIn (%lld)" RULE(6),
-             (long long)D, (long long)Dk);
+        FAIL_RULE(BWD_R6, (long long)D, (long long)Dk);
     }
     /* Rule 7 */
     if (D < Dv) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": head dim of value (%lld) is larger than that of query (%lld)" RULE(7),
-             (long long)Dv, (long long)D);
+        FAIL_RULE(BWD_R7, (long long)Dv, (long long)D);
     }
     /* Rule 8 */
     if ((x->qr == NULL) != (x->kr == NULL)) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL while %s is not; queryRope and keyInRope must both be "
-                                          "given" RULE(8),
-             x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
+        FAIL_RULE(BWD_R8, x->qr == NULL ? "queryRope" : "keyInRope", x->qr == NULL ? "keyInRope" : "queryRope");
     }
     if (x->qr == NULL) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": queryRope and keyInRope are both NULL; V3 needs them (the real op "
-                                          "dereferences them and crashes)" RULE(8));
+        FAIL_RULE(BWD_R8_both);
     }
     /* [stub addition] the real op reads dim 2 of the rope tensors here */
     if (x->qr->ndim < 3 || x->kr->ndim < 3) {
@@ -575,45 +550,39 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     }
     /* Rule 9 */
     if (x->qr->dims[2] > D || x->kr->dims[2] > D) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim (queryRope %lld, keyInRope %lld) must not exceed the "
-                                          "query head dim %lld" RULE(9),
-             (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
+        FAIL_RULE(BWD_R9, (long long)x->qr->dims[2], (long long)x->kr->dims[2], (long long)D);
     }
     /* Rule 10 */
     if (x->q->dtype != STUB_DT_BF16 || x->k->dtype != STUB_DT_BF16 || x->v->dtype != STUB_DT_BF16 ||
         x->qr->dtype != STUB_DT_BF16 || x->kr->dtype != STUB_DT_BF16) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must "
-                                          "all be BF16" RULE(10),
-             dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype), dtype_name(x->kr->dtype),
-             dtype_name(x->v->dtype));
+        FAIL_RULE(BWD_R10, dtype_name(x->q->dtype), dtype_name(x->qr->dtype), dtype_name(x->k->dtype),
+                  dtype_name(x->kr->dtype), dtype_name(x->v->dtype));
     }
     /* Rule 11 */
     if (x->sparse == 6) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode 6 is not supported with queryRope/keyInRope" RULE(11));
+        FAIL_RULE(BWD_R11);
     }
     /* Rule 12 */
     if (x->mask == NULL || x->mask->ndim == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional is %s; V3 with rope requires an attention mask"
-                                          RULE(12),
-             x->mask == NULL ? "NULL" : "0-dim");
+        FAIL_RULE(BWD_R12, x->mask == NULL ? "NULL" : "0-dim");
     }
     /* Rule 13 */
     if (x->pse != NULL) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": pseShiftOptional must be NULL with queryRope/keyInRope" RULE(13));
+        FAIL_RULE(BWD_R13);
     }
     /* Rule 14 */
     if (x->drop != NULL) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": dropMaskOptional must be NULL with queryRope/keyInRope" RULE(14));
+        FAIL_RULE(BWD_R14);
     }
     /* Rule 15 */
     if (x->keep < 1) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keepProb %g must be 1" RULE(15), x->keep);
+        FAIL_RULE(BWD_R15, x->keep);
     }
     /* Rule 16 */
     {
         char why[640];
         if (needs_padding(x, D, Dv, why, sizeof why)) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": query/keyIn/value: %s" RULE(16), why);
+            FAIL_RULE(BWD_R16, why);
         }
     }
     /* Rule 18 (0-dim optional tensors are treated as absent by the real op) */
@@ -621,12 +590,11 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         const char *which = (x->smax == NULL || x->smax->ndim == 0)   ? "softmaxMaxOptional"
                             : (x->ssum == NULL || x->ssum->ndim == 0) ? "softmaxSumOptional"
                                                                       : "attentionInOptional";
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is missing (NULL or 0-dim); it is required" RULE(18), which);
+        FAIL_RULE(BWD_R18, which);
     }
     /* Rule 19 */
     if (x->head_num != x->q->dims[1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": headNum %lld != query.shape[1] %lld" RULE(19), (long long)x->head_num,
-             (long long)x->q->dims[1]);
+        FAIL_RULE(BWD_R19, (long long)x->head_num, (long long)x->q->dims[1]);
     }
 
     /* [stub addition] outputs must have the computed shape and dtype (BF16,
@@ -669,7 +637,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 17 */
     if ((float)x->keep > 1.0f) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keepProb %g must be 1" RULE(17), x->keep);
+        FAIL_RULE(BWD_R17, x->keep);
     }
 
     const int64_t T1 = x->q->dims[0];
@@ -677,71 +645,52 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
 
     /* Rule 20 */
     if (x->smax->dtype != STUB_DT_FLOAT || x->ssum->dtype != STUB_DT_FLOAT) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT"
-                                          RULE(20),
-             dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
+        FAIL_RULE(BWD_R20, dtype_name(x->smax->dtype), dtype_name(x->ssum->dtype));
     }
     if (x->attn->dtype != x->q->dtype) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional dtype %s != query dtype %s" RULE(20),
-             dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
+        FAIL_RULE(BWD_R20_attn, dtype_name(x->attn->dtype), dtype_name(x->q->dtype));
     }
     /* Rule 21 */
     if (!stub_is_shape3(x->smax, T1, N1, 8) || !stub_is_shape3(x->ssum, T1, N1, 8)) {
         const aclTensor *bad = !stub_is_shape3(x->smax, T1, N1, 8) ? x->smax : x->ssum;
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s shape %s must be [T1, N1, 8] = [%lld,%lld,8]" RULE(21),
-             bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional", stub_shape_str(bad, s1, sizeof s1),
-             (long long)T1, (long long)N1);
+        FAIL_RULE(BWD_R21, bad == x->smax ? "softmaxMaxOptional" : "softmaxSumOptional",
+                  stub_shape_str(bad, s1, sizeof s1), (long long)T1, (long long)N1);
     }
     if (!same_but_last(x->attn, x->q)) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attentionInOptional shape %s must match query shape %s except the "
-                                          "last dim" RULE(21),
-             stub_shape_str(x->attn, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
+        FAIL_RULE(BWD_R21_attn, stub_shape_str(x->attn, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     /* Rule 22 */
     if (T1 == 0 || N1 == 0 || D == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query shape %s has a zero T, N or D" RULE(22),
-             stub_shape_str(x->q, s1, sizeof s1));
+        FAIL_RULE(BWD_R22, stub_shape_str(x->q, s1, sizeof s1));
     }
     /* Rule 23 */
     if (x->seqq == NULL || x->seqkv == NULL) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s is NULL; TND needs both cumulative length arrays" RULE(23),
-             x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
+        FAIL_RULE(BWD_R23_q, x->seqq == NULL ? "actualSeqQLenOptional" : "actualSeqKvLenOptional");
     }
     if (x->seqq->size != x->seqkv->size || x->seqq->size == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional "
-                                          "(length %llu) must have the same non-zero length" RULE(23),
-             (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
+        FAIL_RULE(BWD_R23_empty, (unsigned long long)x->seqq->size, (unsigned long long)x->seqkv->size);
     }
     /* Rule 24 */
     if (x->q->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query must have 3 dims [T,N,D], got %s" RULE(24),
-             stub_shape_str(x->q, s1, sizeof s1));
+        FAIL_RULE(BWD_R24_rank, stub_shape_str(x->q, s1, sizeof s1));
     }
     const int64_t N2 = x->k->dims[1];
     if (N2 == 0 || N1 / N2 == 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn head count N2=%lld must be > 0 and <= query head count "
-                                          "N1=%lld" RULE(24),
-             (long long)N2, (long long)N1);
+        FAIL_RULE(BWD_R24_n2, (long long)N2, (long long)N1);
     }
     if (N1 % N2 != 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": query head count N1=%lld must be a multiple of keyIn head count "
-                                          "N2=%lld (softmax shape check)" RULE(24),
-             (long long)N1, (long long)N2);
+        FAIL_RULE(BWD_R24_mod, (long long)N1, (long long)N2);
     }
     /* Rule 25 (IsSameShapeButValueDLeEqD: equal dims except the last, last <= the other's last) */
     if (!same_but_last(x->dy, x->q) || x->dy->dims[x->dy->ndim - 1] > x->q->dims[x->q->ndim - 1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy shape %s must match query shape %s except the last dim, which "
-                                          "must be <= D" RULE(25),
-             stub_shape_str(x->dy, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
+        FAIL_RULE(BWD_R25_dy, stub_shape_str(x->dy, s1, sizeof s1), stub_shape_str(x->q, s2, sizeof s2));
     }
     if (!same_but_last(x->v, x->k) || x->v->dims[x->v->ndim - 1] > x->k->dims[x->k->ndim - 1]) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": value shape %s must match keyIn shape %s except the last dim, which "
-                                          "must be <= that of keyIn" RULE(25),
-             stub_shape_str(x->v, s1, sizeof s1), stub_shape_str(x->k, s2, sizeof s2));
+        FAIL_RULE(BWD_R25_value, stub_shape_str(x->v, s1, sizeof s1), stub_shape_str(x->k, s2, sizeof s2));
     }
     /* Rule 26 */
     if (x->sparse < 0 || x->sparse > 8) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": sparseMode %lld must be in 0..8" RULE(26), (long long)x->sparse);
+        FAIL_RULE(BWD_R26, (long long)x->sparse);
     }
 
     /* sequence facts (section 0), exact: the lengths of unvalidated ends may overflow int64 */
@@ -766,26 +715,22 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     /* Rule 27: attention mask */
     const aclTensor *m = x->mask;
     if (m->dtype != STUB_DT_BOOL && m->dtype != STUB_DT_UINT8) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional dtype %s must be BOOL or UINT8" RULE(27),
-             dtype_name(m->dtype));
+        FAIL_RULE(BWD_R27_dtype, dtype_name(m->dtype));
     }
     if (m->ndim != 2 && m->ndim != 4) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional must have 2 or 4 dims, got %s" RULE(27),
-             stub_shape_str(m, s1, sizeof s1));
+        FAIL_RULE(BWD_R27_rank, stub_shape_str(m, s1, sizeof s1));
     }
-    int mask_kind = MASK_2D;
+    int mask_kind = STUB_MASK_2D;
     if (m->ndim == 4) {
         int64_t d0 = m->dims[0], d1 = m->dims[1];
         if (d0 == 1 && d1 == 1) {
-            mask_kind = MASK_2D;
+            mask_kind = STUB_MASK_2D;
         } else if (d0 == nb && d1 == 1) {
-            mask_kind = MASK_B1SS;
+            mask_kind = STUB_MASK_B1SS;
         } else if (d0 == nb && d1 == N1) {
-            mask_kind = MASK_BNSS;
+            mask_kind = STUB_MASK_BNSS;
         } else {
-            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: the first two dims must be (B,N1), "
-                                              "(B,1) or (1,1) with B=%lld, N1=%lld" RULE(27),
-                 stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
+            FAIL_RULE(BWD_R27_lead, stub_shape_str(m, s1, sizeof s1), (long long)nb, (long long)N1);
         }
     }
     const int compressed = x->sparse == 2 || x->sparse == 3 || x->sparse == 4 || x->sparse == 7 || x->sparse == 8;
@@ -794,10 +739,8 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         i128 want_r = compressed ? 2048 : max_sq;
         i128 want_c = compressed ? 2048 : max_skv;
         if ((i128)r != want_r || (i128)c != want_c) {
-            FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": attenMaskOptional shape %s: for sparseMode %lld the last two dims "
-                                              "must be %s" RULE(27),
-                 stub_shape_str(m, s1, sizeof s1), (long long)x->sparse,
-                 compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
+            FAIL_RULE(BWD_R27_compressed, stub_shape_str(m, s1, sizeof s1), (long long)x->sparse,
+                      compressed ? "[2048,2048] (compressed mask)" : "[maxSq, maxSkv]");
         }
     }
 
@@ -805,47 +748,40 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
     const StubTokens tokens = stub_tokens_rule(x->sparse, x->pre, x->next, cq, ckv, nb);
     const int64_t pre = tokens.pre, next = tokens.next, band_idx = tokens.band_idx;
     if (tokens.bad_batch >= 0) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": preTokens %lld / nextTokens %lld are invalid for sparseMode "
-                                          "%lld at batch %lld" RULE(28),
-             (long long)x->pre, (long long)x->next, (long long)x->sparse, (long long)tokens.bad_batch);
+        FAIL_RULE(BWD_R28_mode0, (long long)x->pre, (long long)x->next, (long long)x->sparse,
+                  (long long)tokens.bad_batch);
     }
 
     /* Rule 29 */
     if (x->pse_type < 0 || x->pse_type >= 4) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be in [0,4)" RULE(29), (long long)x->pse_type);
+        FAIL_RULE(BWD_R29, (long long)x->pse_type);
     }
     if (x->pse_type != 1) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": pseType %lld must be 1 when pseShiftOptional is NULL" RULE(29),
-             (long long)x->pse_type);
+        FAIL_RULE(BWD_R29_2, (long long)x->pse_type);
     }
     /* Rule 30 */
     if (x->dy->dtype != x->q->dtype) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": dy dtype %s != query dtype %s" RULE(30), dtype_name(x->dy->dtype),
-             dtype_name(x->q->dtype));
+        FAIL_RULE(BWD_R30, dtype_name(x->dy->dtype), dtype_name(x->q->dtype));
     }
 
     /* ---- [stub additions] S1-S9: the Python validator's own checks, same order and
      * codes (see the top of this file); the real op makes none of them ---- */
     /* S1 */
     if (x->k->ndim != 3) {
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": keyIn must have 3 dims [T2,N2,D], got %s [stub addition]" CHECK(S1),
-             stub_shape_str(x->k, s1, sizeof s1));
+        FAIL_RULE(BWD_S1, stub_shape_str(x->k, s1, sizeof s1));
     }
     /* S2 */
     if (x->dy->dims[2] != Dv || x->attn->dims[2] != Dv) {
         const int dy_bad = x->dy->dims[2] != Dv;
-        FAIL(ACLNN_ERR_PARAM_NULLPTR, FN1 ": %s last dim %lld must equal value head dim Dv=%lld [stub addition]"
-                                          CHECK(S2),
-             dy_bad ? "dy" : "attentionInOptional", (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]),
-             (long long)Dv);
+        FAIL_RULE(BWD_S2, dy_bad ? "dy" : "attentionInOptional",
+                  (long long)(dy_bad ? x->dy->dims[2] : x->attn->dims[2]), (long long)Dv);
     }
     const int64_t T2 = x->k->dims[0];
     /* S3 */
-    if (N1 > LIMIT_HEADS || D > LIMIT_HEAD_DIM || T1 > LIMIT_TOKENS || T2 > LIMIT_TOKENS || nb_raw > LIMIT_BATCH) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 "
-                                          "%lld <= %lld, %lld sequences <= %d) [stub addition]" CHECK(S3),
-             (long long)N1, LIMIT_HEADS, (long long)D, LIMIT_HEAD_DIM, (long long)T1, (long long)T2,
-             (long long)LIMIT_TOKENS, (long long)nb_raw, LIMIT_BATCH);
+    if (N1 > STUB_LIMIT_HEADS || D > STUB_LIMIT_HEAD_DIM || T1 > STUB_LIMIT_TOKENS || T2 > STUB_LIMIT_TOKENS ||
+        nb_raw > STUB_LIMIT_BATCH) {
+        FAIL_RULE(BWD_S3_heads, (long long)N1, STUB_LIMIT_HEADS, (long long)D, STUB_LIMIT_HEAD_DIM, (long long)T1,
+                  (long long)T2, (long long)STUB_LIMIT_TOKENS, (long long)nb_raw, STUB_LIMIT_BATCH);
     }
     /* S4 */
     {
@@ -860,58 +796,43 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
             const int64_t *v = seqs[s].arr->values;
             for (uint64_t i = 0; i < seqs[s].arr->size; i++) {
                 if (v[i] < 0 || (i > 0 && v[i] < v[i - 1])) {
-                    FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s must be non-negative non-decreasing cumulative ends; "
-                                                      "entry %llu is %lld [stub addition]" CHECK(S4),
-                         seqs[s].name, (unsigned long long)i, (long long)v[i]);
+                    FAIL_RULE(BWD_S4, seqs[s].name, (unsigned long long)i, (long long)v[i]);
                 }
             }
             int64_t last = v[seqs[s].arr->size - 1];
             if (last > seqs[s].T) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": %s last cumulative end %lld exceeds %s = %lld [stub addition]"
-                                                  CHECK(S4),
-                     seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
+                FAIL_RULE(BWD_S4_2, seqs[s].name, (long long)last, seqs[s].tname, (long long)seqs[s].T);
             }
         }
     }
     /* S5 */
     const int64_t Dr = x->qr->dims[2];
     if (!stub_is_shape3(x->qr, T1, N1, Dr)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub "
-                                          "addition S5]",
-             stub_shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
+        FAIL_RULE(BWD_S5_q, stub_shape_str(x->qr, s1, sizeof s1), (long long)T1, (long long)N1, (long long)Dr);
     }
     if (!stub_is_shape3(x->kr, T2, N2, Dr)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
-                                          "queryRope) [stub addition]" CHECK(S5),
-             stub_shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
+        FAIL_RULE(BWD_S5_k, stub_shape_str(x->kr, s1, sizeof s1), (long long)T2, (long long)N2, (long long)Dr);
     }
     if (Dr % 8 != 0) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": rope head dim Dr=%lld must be a multiple of 8 [stub addition]" CHECK(S5),
-             (long long)Dr);
+        FAIL_RULE(BWD_S5_dr, (long long)Dr);
     }
     /* from here on the ends are valid: lengths fit int64 */
     /* S6 */
     const int read_data = !compute_disabled();
     if (read_data && compressed && !stub_mask_is_canonical(m)) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": sparseMode %lld needs the canonical compressed mask (1 strictly above "
-                                          "the diagonal) in the first 2048x2048 slice of attenMaskOptional [stub "
-                                          "addition S6]",
-             (long long)x->sparse);
+        FAIL_RULE(BWD_S6, (long long)x->sparse);
     }
     /* S7 */
     if (x->sparse == 4 || x->sparse == 7 || x->sparse == 8) {
         for (int64_t b = 0; b < nb; b++) {
             if ((i128)pre + seg_len(cq, b) - seg_len(ckv, b) >= INT32_MAX_I64) {
-                FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": preTokens %lld + Sq - Skv of batch %lld overflows the kernel's "
-                                                  "int32 block-skip bound [stub addition]" CHECK(S7),
-                     (long long)pre, (long long)b);
+                FAIL_RULE(BWD_S7, (long long)pre, (long long)b);
             }
         }
     }
     /* S8 */
     if (read_data && (!stats_copies_equal(x->smax) || !stats_copies_equal(x->ssum))) {
-        FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": the 8 copies in the last dim of %s differ [stub addition]" CHECK(S8),
-             !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
+        FAIL_RULE(BWD_S8, !stats_copies_equal(x->smax) ? "softmaxMaxOptional" : "softmaxSumOptional");
     }
     /* S9 */
     if (read_data) {
@@ -929,9 +850,7 @@ static aclnnStatus validate(const Args *x, FagPlan *plan)
         probe.cum_q = (int64_t *)cq;
         probe.cum_kv = (int64_t *)ckv;
         if (stats_look_token_major(x, &probe, (float)x->scale)) {
-            FAIL(ACLNN_ERR_PARAM_INVALID, FN1 ": softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] "
-                                              "broadcast to [T,N,8]); the op reads them per batch as [N,Sq_b,8] "
-                                              "blocks [stub addition]" CHECK(S9));
+            FAIL_RULE(BWD_S9);
         }
     }
 
@@ -1102,122 +1021,15 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
 /* phase 2: the math                                                         */
 /* ------------------------------------------------------------------------ */
 
-static inline float bf16_to_float(uint16_t h)
-{
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-/* round to nearest, ties away from zero (CAST_ROUND); NaN stays NaN */
-static inline uint16_t float_to_bf16_away(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, sizeof u);
-    if ((u & 0x7FFFFFFFu) > 0x7F800000u) {
-        return (uint16_t)((u >> 16) | 0x0040u);
-    }
-    uint32_t sign = u & 0x80000000u;
-    uint32_t mag = (u & 0x7FFFFFFFu) + 0x8000u;
-    return (uint16_t)((sign | mag) >> 16);
-}
-
-static inline float round_bf16(float f)
-{
-    return bf16_to_float(float_to_bf16_away(f));
-}
-
-static inline int64_t idx3(const aclTensor *t, int64_t i0, int64_t i1, int64_t i2)
-{
-    return t->offset + i0 * t->strides[0] + i1 * t->strides[1] + i2 * t->strides[2];
-}
-
-/* element index of the flat (row-major logical) position of a view */
-static int64_t idx_flat(const aclTensor *t, int64_t flat)
-{
-    int64_t idx = t->offset;
-    for (int64_t d = t->ndim; d-- > 0;) {
-        int64_t n = t->dims[d];
-        idx += (flat % n) * t->strides[d];
-        flat /= n;
-    }
-    return idx;
-}
-
-static inline float ld_bf16(const aclTensor *t, int64_t idx)
-{
-    uint16_t h;
-    memcpy(&h, (const char *)t->data + idx * 2, sizeof h);
-    return bf16_to_float(h);
-}
-
-static inline float ld_f32(const aclTensor *t, int64_t idx)
-{
-    float f;
-    memcpy(&f, (const char *)t->data + idx * 4, sizeof f);
-    return f;
-}
-
-static inline void st_bf16(const aclTensor *t, int64_t idx, float v)
-{
-    uint16_t h = float_to_bf16_away(v);
-    memcpy((char *)t->data + idx * 2, &h, sizeof h);
-}
-
 static void *xcalloc(size_t n, size_t sz)
 {
     return calloc(n ? n : 1, sz);
 }
 
-/* write zeros to every element of a view */
-static void zero_view(const aclTensor *t)
-{
-    if (t->numel == 0) {
-        return;
-    }
-    for (int64_t f = 0; f < t->numel; f++) {
-        memset((char *)t->data + idx_flat(t, f) * t->itemsize, 0, (size_t)t->itemsize);
-    }
-}
-
 static int is_kept(const FagPlan *p, const aclTensor *M, const BatchCtx *c, int64_t h, int64_t i, int64_t j)
 {
-    int64_t ji = j - i;
-    int64_t band_lo = c->delta - p->pre, band_hi = c->delta + p->next;
-    switch (p->sparse) {
-    case 0:
-    case 5:
-        if (ji < -p->pre || ji > p->next) {
-            return 0;
-        }
-        __attribute__((fallthrough)); /* and the mask */
-    case 1: {
-        int64_t flat;
-        if (p->mask_kind == MASK_2D) {
-            flat = i * p->max_skv + j;
-        } else if (p->mask_kind == MASK_B1SS) {
-            flat = c->mask_base + i * c->Skv + j;
-        } else {
-            flat = p->N1 * c->mask_base + (h * c->Sq + i) * c->Skv + j;
-        }
-        uint8_t mv;
-        memcpy(&mv, (const char *)M->data + idx_flat(M, flat), 1);
-        return mv == 0;
-    }
-    case 2:
-        return j <= i;
-    case 3:
-        return ji <= c->delta;
-    case 4:
-        return ji >= band_lo && ji <= band_hi;
-    case 7:
-        return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (ji <= c->delta);
-    case 8:
-        return c->b == p->band_idx ? (ji >= band_lo && ji <= band_hi) : (j <= i);
-    default:
-        return 0;
-    }
+    return stub_kept(M, p->mask_kind, p->sparse, c->b == p->band_idx, p->pre, p->next, c->Sq, c->Skv, p->max_skv,
+                     p->N1, c->mask_base, h, i, j);
 }
 
 /* write bf16(mul * acc[t][n][d]) through the view of output tensor T ([rows, heads, dim]);
@@ -1230,7 +1042,7 @@ static void store_output(const aclTensor *T, const float *acc, int64_t rows, int
     for (int64_t t = 0; t < rows; t++) {
         for (int64_t n = 0; n < heads; n++) {
             for (int64_t d = 0; d < dim; d++) {
-                st_bf16(T, idx3(T, t, n, d), mul * acc[(t * heads + n) * dim + d]);
+                stub_st_bf16(T, stub_at3(T, t, n, d), mul * acc[(t * heads + n) * dim + d]);
             }
         }
     }
@@ -1246,7 +1058,7 @@ static void store_garbage(const aclTensor *T, int64_t rows, int64_t heads, int64
     for (int64_t t = 0; t < rows; t++) {
         for (int64_t n = 0; n < heads; n++) {
             for (int64_t d = 0; d < dim; d++) {
-                st_bf16(T, idx3(T, t, n, d), (float)(1 + ((t * 7 + n * 3 + d) % 13)) * 1.0e6f);
+                stub_st_bf16(T, stub_at3(T, t, n, d), (float)(1 + ((t * 7 + n * 3 + d) % 13)) * 1.0e6f);
             }
         }
     }
@@ -1309,29 +1121,29 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
             if (n2 != loaded_n2) {
                 for (int64_t j = 0; j < Skv; j++) {
                     for (int64_t d = 0; d < D; d++) {
-                        Kf[j * D + d] = ld_bf16(K, idx3(K, ks + j, n2, d));
+                        Kf[j * D + d] = stub_ld_bf16(K, stub_at3(K, ks + j, n2, d));
                     }
                     for (int64_t d = 0; d < Dr; d++) {
-                        Krf[j * Dr + d] = ld_bf16(KR, idx3(KR, ks + j, n2, d));
+                        Krf[j * Dr + d] = stub_ld_bf16(KR, stub_at3(KR, ks + j, n2, d));
                     }
                     for (int64_t d = 0; d < Dv; d++) {
-                        Vf[j * Dv + d] = ld_bf16(V, idx3(V, ks + j, n2, d));
+                        Vf[j * Dv + d] = stub_ld_bf16(V, stub_at3(V, ks + j, n2, d));
                     }
                 }
                 loaded_n2 = n2;
             }
             for (int64_t i = 0; i < Sq; i++) {
                 for (int64_t d = 0; d < D; d++) {
-                    Qf[i * D + d] = ld_bf16(Q, idx3(Q, qs + i, h, d));
+                    Qf[i * D + d] = stub_ld_bf16(Q, stub_at3(Q, qs + i, h, d));
                 }
                 for (int64_t d = 0; d < Dr; d++) {
-                    Qrf[i * Dr + d] = ld_bf16(QR, idx3(QR, qs + i, h, d));
+                    Qrf[i * Dr + d] = stub_ld_bf16(QR, stub_at3(QR, qs + i, h, d));
                 }
                 float acc = 0.0f;
                 for (int64_t d = 0; d < Dv; d++) {
-                    float g = ld_bf16(DY, idx3(DY, qs + i, h, d));
+                    float g = stub_ld_bf16(DY, stub_at3(DY, qs + i, h, d));
                     DYf[i * Dv + d] = g;
-                    acc += g * ld_bf16(AT, idx3(AT, qs + i, h, d));
+                    acc += g * stub_ld_bf16(AT, stub_at3(AT, qs + i, h, d));
                 }
                 Dterm[i] = acc;
             }
@@ -1339,8 +1151,8 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
             /* P = exp(S - max) / sum with the forward's statistics */
             for (int64_t i = 0; i < Sq; i++) {
                 const int64_t flat = qs * N1 * 8 + (h * Sq + i) * 8;
-                const float mx = ld_f32(SMAX, idx_flat(SMAX, flat));
-                const float sm = ld_f32(SSUM, idx_flat(SSUM, flat));
+                const float mx = stub_ld_f32(SMAX, stub_at_flat(SMAX, flat));
+                const float sm = stub_ld_f32(SSUM, stub_at_flat(SSUM, flat));
                 int any = 0;
                 float *prow = P + i * Skv;
                 for (int64_t j = 0; j < Skv; j++) {
@@ -1378,8 +1190,8 @@ static aclnnStatus run_compute(const aclOpExecutor *e, const FagPlan *p, float *
                         dp += DYf[i * Dv + d] * Vf[j * Dv + d];
                     }
                     float ds = prow[j] * (dp - Dterm[i]);
-                    dsrow[j] = round_bf16(ds);
-                    prow[j] = round_bf16(prow[j]);
+                    dsrow[j] = stub_bf16_round(ds);
+                    prow[j] = stub_bf16_round(prow[j]);
                 }
             }
             /* gradient matmuls, fp32 accumulation */
@@ -1476,9 +1288,9 @@ STUB_API aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, ui
     rc = check_buffers(executor, p);
     if (rc == ACLNN_SUCCESS && !compute_disabled()) { /* ACL_STUB_SKIP_COMPUTE: host-overhead measurements */
         if (p->mode == PLAN_ZERO_FILL) {
-            zero_view(&executor->out[p->o_dq]);
-            zero_view(&executor->out[p->o_dk]);
-            zero_view(&executor->out[p->o_dv]);
+            stub_clear_view(&executor->out[p->o_dq]);
+            stub_clear_view(&executor->out[p->o_dk]);
+            stub_clear_view(&executor->out[p->o_dv]);
         } else {
             rc = run_compute(executor, p, (float *)workspace);
         }

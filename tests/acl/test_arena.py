@@ -15,7 +15,7 @@ import pytest
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import arena, call_pool, device, op, tensors
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import assert_grads_close, make_problem
 
 BF16 = np.dtype(ml_dtypes.bfloat16)

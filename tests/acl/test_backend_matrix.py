@@ -9,7 +9,7 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import BF16, assert_grads_close, make_problem
 
 # (mode, q_lens, kv_lens, pre, next): every sparse mode, zero-length batches included

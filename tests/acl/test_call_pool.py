@@ -21,7 +21,7 @@ import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import call_pool, exec_cache, host_path, op
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import assert_grads_close, assert_same_bits, make_problem
 from test_streams import caller_stream  # noqa: F401  (a fixture)
 

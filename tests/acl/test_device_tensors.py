@@ -12,7 +12,7 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
-from aclnn_fag.device_checks import DEVICE_SAMPLE_BYTES
+from aclnn_fag.rules.device_sample import DEVICE_SAMPLE_BYTES
 from acl_cases import BF16, assert_grads_close, make_problem
 from fake_npu import FakeNpuTensor, rope_views
 
@@ -209,7 +209,7 @@ def test_sampled_token_major_statistics_are_rejected():
 
 def test_data_checks_read_a_bounded_sample_of_large_inputs():
     """T = 4096, N1 = 8: the statistics alone are 1 MiB each; validation reads <= 16 KiB."""
-    from aclnn_fag.validate import validate_backward
+    from aclnn_fag.rules import validate_backward
     rng = np.random.default_rng(0)
     t, n, d, dr = 4096, 8, 64, 32
     mk = lambda *s: acl.DeviceArray.from_numpy(rng.standard_normal(s).astype(BF16))

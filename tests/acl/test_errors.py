@@ -14,7 +14,7 @@ import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import prototypes, runtime
 from aclnn_fag.acl._status import check
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import BF16, make_problem
 
 PHASE1, PHASE2 = prototypes.PHASE1, prototypes.PHASE2

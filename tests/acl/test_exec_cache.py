@@ -14,7 +14,7 @@ import pytest
 import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag.acl import exec_cache, prototypes
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import assert_same_bits, make_problem, result_bits
 from test_streams import caller_stream  # noqa: F401 (fixture)
 

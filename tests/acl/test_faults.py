@@ -16,7 +16,7 @@ import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import ownership, runtime
 from aclnn_fag.api import resolve_backend
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import make_problem
 
 

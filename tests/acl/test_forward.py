@@ -14,7 +14,7 @@ import pytest
 import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag.acl import op as acl_op
-from aclnn_fag.validate import validate_forward
+from aclnn_fag.rules import validate_forward
 from acl_cases import BF16, INT32_MAX, assert_grads_close, make_problem
 
 NULLPTR, INVALID = 161001, 161002

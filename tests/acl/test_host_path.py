@@ -8,7 +8,9 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
-from aclnn_fag import masks, validate
+from aclnn_fag import masks
+from aclnn_fag.rules import data_rules
+from aclnn_fag.rules import driver as validate
 from acl_cases import make_problem
 
 
@@ -77,7 +79,7 @@ def test_package_mask_is_read_only_and_recognised(monkeypatch):
     assert not masks.is_package_mask(shifted)
     # recognised masks are not read: the canonical check never runs for them
     calls = []
-    monkeypatch.setattr(validate, "is_canonical_compressed",
+    monkeypatch.setattr(data_rules, "is_canonical_compressed",
                         lambda mm: calls.append(1) or masks.is_canonical_compressed(mm))
     p = make_problem(seed=63, mode=3, q_lens=(6, 9), kv_lens=(6, 9))
     pos, kw = _args(p)

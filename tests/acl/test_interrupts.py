@@ -25,7 +25,7 @@ import pytest
 
 import aclnn_fag.acl as acl
 from aclnn_fag.acl import ownership, prototypes, runtime
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import make_problem
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

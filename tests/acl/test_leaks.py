@@ -13,7 +13,7 @@ import pytest
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import prototypes
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import make_problem
 
 PHASE1, PHASE2 = prototypes.PHASE1, prototypes.PHASE2
@@ -203,7 +203,7 @@ def test_interpreter_shutdown_with_live_resources(stub_lib_dir):
         sys.path.insert(0, %r)
         import numpy as np
         import aclnn_fag.acl as acl
-        from aclnn_fag.validate import validate_backward
+        from aclnn_fag.rules import validate_backward
         from acl_cases import make_problem
         p = make_problem(seed=3, q_lens=(5, 4), d=16, dr=8)
         call = validate_backward(p.q, p.qr, p.k, p.kr, p.v, p.dy, **p.kwargs())

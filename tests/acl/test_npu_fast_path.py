@@ -6,7 +6,7 @@
 * ``operands.convert_args`` (one pass when every tensor is an NPU tensor of a known type and
   dtype) maps every supported dtype, keeps views' addresses, offsets and strides, checks the
   storage format, and names the parameter in its errors, on the first call and on repeats;
-* the verdict cache of ``validate`` tells apart what validation or the op would tell apart.
+* the verdict cache of ``rules.driver`` tells apart what validation or the op would tell apart.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
-from aclnn_fag import operands, validate
+from aclnn_fag import operands
+from aclnn_fag.rules import arguments
+from aclnn_fag.rules import driver as validate
 from aclnn_fag.acl.device import _GEOMETRY, ForeignBuffer, foreign_view
 from acl_cases import assert_grads_close, make_problem
 from fake_npu import FakeDType, FakeNpuTensor, rope_views
@@ -306,7 +308,7 @@ def test_the_verdict_cache_tells_device_views_apart():
     assert again.seqs == first.seqs and again.query.shape == first.query.shape
 
     def sig(q):
-        return validate._signature((q,) + tuple(pos[1:]) + (None,) * 8, (1.0,) * 10,
+        return arguments.signature((q,) + tuple(pos[1:]) + (None,) * 8, (1.0,) * 10,
                                    (None,) * 5)
     t, n, d = pos[0].shape
     wide = acl.DeviceArray.empty((t, 2 * n, d), pos[0].dtype)
@@ -325,11 +327,11 @@ def test_the_verdict_cache_tells_device_views_apart():
 @pytest.mark.parametrize("zero", [np.float32(0.0), 0.0])
 def test_negative_zero_scales_of_any_float_type_are_not_served_positive_zero_verdicts(zero):
     scalars = lambda s: (s, 1.0, 2, 2, None, "TND", 0, 0, 1, False)   # noqa: E731
-    pos_sig = validate._signature((None,) * 14, scalars(zero), (None,) * 5)
-    neg_sig = validate._signature((None,) * 14, scalars(-zero), (None,) * 5)
+    pos_sig = arguments.signature((None,) * 14, scalars(zero), (None,) * 5)
+    neg_sig = arguments.signature((None,) * 14, scalars(-zero), (None,) * 5)
     assert pos_sig != neg_sig
-    assert validate._signature((None,) * 14, scalars(zero), ([1, 2], (3,), None, None, None)) \
-        != validate._signature((None,) * 14, scalars(zero), ([1, 2.0], (3,), None, None, None))
+    assert arguments.signature((None,) * 14, scalars(zero), ([1, 2], (3,), None, None, None)) \
+        != arguments.signature((None,) * 14, scalars(zero), ([1, 2.0], (3,), None, None, None))
 
 
 def test_an_array_where_a_scalar_belongs_is_reported_by_validation_not_the_cache():

@@ -22,7 +22,7 @@ import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag.acl import DeviceArray, FagPlan, runtime
 from aclnn_fag.acl.prototypes import PHASE1
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import BF16, make_problem
 from acl_cases import plan_for as _plan
 from acl_cases import plan_host_inputs as _host_inputs

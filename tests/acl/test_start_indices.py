@@ -14,7 +14,7 @@ import pytest
 
 import aclnn_fag as af
 from aclnn_fag.acl import tensors
-from aclnn_fag.validate import start_indices, validate_backward
+from aclnn_fag.rules import start_indices, validate_backward
 from acl_cases import assert_grads_close, make_problem
 
 # (name, sparse mode, deterministic): each hits one template's conditions with NULL indices

@@ -26,7 +26,7 @@ import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import FagPlan
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 TIE = 1.0 + 2.0 ** -8

@@ -19,7 +19,7 @@ import pytest
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import DeviceArray, runtime
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 from acl_cases import make_problem
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from aclnn_fag.tools import bench, cases
-from aclnn_fag.validate import validate_forward
+from aclnn_fag.rules import validate_forward
 
 FAKE_SGEMM = {"gflops": 100.0, "per_size_gflops": {"1024": 100.0}, "repeats": 1}
 

@@ -577,7 +577,7 @@ def public_call(case: Case, backend: str):
 
 def validator_verdict(case: Case):
     """0, the status code, or the exception class name of a Python-level error."""
-    from aclnn_fag.validate import validate_backward
+    from aclnn_fag.rules import validate_backward
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import aclnn_fag as af
-from aclnn_fag.validate import SequenceEndWarning, validate_backward
+from aclnn_fag.errors import SequenceEndWarning
+from aclnn_fag.rules import validate_backward
 from fuzz_cases import BF16, INT32_MAX, Case, build_case, raw_verdict, validator_verdict
 
 NULLPTR, INVALID = 161001, 161002

@@ -24,7 +24,7 @@ import pytest
 
 import aclnn_fag as af
 from aclnn_fag import acl
-from aclnn_fag.validate import LIMITS, validate_backward
+from aclnn_fag.rules import LIMITS, validate_backward
 from fuzz_cases import (BF16, TALLY, Case, assert_no_leak, assert_unchanged, public_call,
                         raw_verdict, snapshot)
 

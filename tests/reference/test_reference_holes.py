@@ -21,7 +21,7 @@ import aclnn_fag as af
 import oracle as O
 from aclnn_fag import errors
 from aclnn_fag.reference import common
-from aclnn_fag.validate import validate_backward
+from aclnn_fag.rules import validate_backward
 
 BF16 = O.BF16
 

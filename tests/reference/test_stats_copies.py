@@ -1,13 +1,14 @@
-"""S8 on host arrays (validate._check_stats_copies) against the rule written out here: every
+"""S8 on host arrays (rule S8 of aclnn_fag/rules/data_rules.py) against the rule written out here: every
 row's 8 copies equal to its first as floats (NaN equal to NaN, 0.0 equal to -0.0), whatever
 the memory layout (docs/validation.md, S8)."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from aclnn_fag import validate as V
+from aclnn_fag.rules.driver import run_rules
 from aclnn_fag.errors import ParamInvalidError
 
 COPIES = 8
@@ -21,7 +22,8 @@ def _rule(stats) -> bool:
 
 def _accepted(stats) -> bool:
     try:
-        V._check_stats_copies("softmax_sum", stats)
+        ok = np.zeros((1, 1, COPIES), np.float32)
+        run_rules(("S8",), SimpleNamespace(softmax_max=ok, softmax_sum=stats, check_data=True))
     except ParamInvalidError as err:
         assert err.code == 161002 and "S8" in str(err) and err.param == "softmax_sum"
         return False

@@ -1,5 +1,5 @@
-"""S9's sampled rows (validate._check_stats_layout), which are recomputed together in a few
-numpy operations (aclnn_fag/row_lse.py), against the rule written out here row by row:
+"""S9's sampled rows (rule S9 of aclnn_fag/rules/data_rules.py), which are recomputed together
+in a few numpy operations (aclnn_fag/rules/row_lse.py), against the rule written out here row by row:
 the same (batch, row, head) samples in the same order, the same statistics read, each row's
 log-sum-exp equal to a per-row float32 computation and to the oracle forward's, and the
 same verdict (docs/validation.md, "What S9 samples")."""
@@ -7,14 +7,15 @@ same verdict (docs/validation.md, "What S9 samples")."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 import warnings
 
 import numpy as np
 import pytest
 
 import oracle as O
-from aclnn_fag import row_lse
-from aclnn_fag import validate as V
+from aclnn_fag.rules import data_rules as V
+from aclnn_fag.rules import driver, row_lse
 from aclnn_fag.errors import ParamInvalidError
 from aclnn_fag.seqlens import seq_info
 from aclnn_fag.semantics.sparse import band_index, normalize_tokens
@@ -121,8 +122,12 @@ def _run(case, smax, ssum, q=None, qr=None, k=None, kr=None):
     pre, nxt = normalize_tokens(case.mode, case.pre, case.nxt)
     args = [case.q if q is None else q, case.qr if qr is None else qr,
             case.k if k is None else k, case.kr if kr is None else kr]
-    return V._check_stats_layout(*args, case.mask, smax, ssum, case.scale, seqs, case.mode,
-                                 pre, nxt, band_index(case.mode, seqs))
+    c = SimpleNamespace(query=args[0], query_rope=args[1], key=args[2], key_rope=args[3],
+                        atten_mask=case.mask, softmax_max=smax, softmax_sum=ssum,
+                        scale_value=case.scale, seqs=seqs, sparse_mode=case.mode, pre_eff=pre,
+                        next_eff=nxt, band_index=band_index(case.mode, seqs), check_data=True)
+    driver.run_rules(("S9",), c)
+    return c.samples
 
 
 def _compare(case, smax, ssum, **arrays):
@@ -536,24 +541,24 @@ def test_data_rules_read_data_changed_in_place(cases):
     mask = O.compressed_mask()
     smax, ssum = case.softmax_max.copy(), case.softmax_sum.copy()
     kw = case.bwd_kwargs(atten_mask=mask, softmax_max=smax, softmax_sum=ssum)
-    V._VERDICTS.clear()
-    V.validate_backward(*args, **kw)
-    V.validate_backward(*args, **kw)
-    assert V._VERDICTS                              # the second call used the cached verdict
+    driver._VERDICTS.clear()
+    driver.validate_backward(*args, **kw)
+    driver.validate_backward(*args, **kw)
+    assert driver._VERDICTS                              # the second call used the cached verdict
     mask[5, 100] = 0                                # the same object, changed in place
     with pytest.raises(ParamInvalidError, match="S6"):
-        V.validate_backward(*args, **kw)
+        driver.validate_backward(*args, **kw)
     mask[5, 100] = 1
-    V.validate_backward(*args, **kw)
+    driver.validate_backward(*args, **kw)
     kept = float(ssum[3, 1, 7])
     ssum[3, 1, 7] = kept * 2
     with pytest.raises(ParamInvalidError, match="S8"):
-        V.validate_backward(*args, **kw)
+        driver.validate_backward(*args, **kw)
     ssum[3, 1, 7] = kept
     tm_max, tm_sum = _token_major(case)
     smax[...], ssum[...] = tm_max, tm_sum
     with pytest.raises(ParamInvalidError, match="S9"):
-        V.validate_backward(*args, **kw)
+        driver.validate_backward(*args, **kw)
 
 
 _SPECIALS = [(math.nan, 1.0), (math.inf, 1.0), (-math.inf, 1.0), (0.5, 0.0), (0.5, -1.0),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aclnn_fag import errors, masks
-from aclnn_fag.validate import LIMITS, validate_backward
+from aclnn_fag.rules import LIMITS, validate_backward
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 INT32_MAX = 2147483647

@@ -20,7 +20,7 @@ under test failed). A target directory that cannot be made (a file, a dangling s
 a file among its parents) is refused before the run (``target_problem``), and a reproducer
 that cannot be written is reported on ``errors`` even when progress lines are off.
 
-The arguments come from ``aclnn_fag.validate.validate_backward`` — the ``FagCall`` that
+The arguments come from ``aclnn_fag.rules.validate_backward`` — the ``FagCall`` that
 ``aclnn_fag.acl.run_backward`` turns into the native call (including the ``q_start_idx`` /
 ``kv_start_idx`` it adds), and the attributes ``aclnn_fag/acl/op.py`` passes.
 """
@@ -39,8 +39,8 @@ from ... import __version__
 from .. import accuracy, cases as cases_mod
 from ..envinfo import summary as version_summary
 from ...acl.loader import ROLES
+from ...rules import validate_backward
 from ...spec import BACKWARD_V3
-from ...validate import validate_backward
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
 

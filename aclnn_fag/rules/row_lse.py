@@ -1,7 +1,7 @@
 """Log-sum-exp of sampled score rows (the S9 check and the statistics-mismatch warning).
 
-Shared by the host variant (``validate``) and the bounded device sample
-(``device_checks``): float32 operands and scores, as the device computes them
+Shared by the host variant (``data_rules``) and the bounded device sample
+(``device_sample``): float32 operands and scores, as the device computes them
 (``scale * (q·k + qr·kr)``: the dot product rounded to float32, then scaled in float32), and the
 reductions in float64. Several rows are gathered, widened and reduced together: checking a
 few rows costs a few numpy operations and one matrix-vector product per row, not a Python
@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from itertools import accumulate
 
-import ml_dtypes
 import numpy as np
+
+from ..constants import BF16 as _BF16
 
 __all__ = ["as_f32", "segment_lse", "rows_lse"]
 
-_BF16 = np.dtype(ml_dtypes.bfloat16)
 _U16 = np.dtype(np.uint16)
 # rows_lse: at most this many scores reduced at once (float64 temporaries of 512 KiB)
 _LSE_GROUP = 1 << 16

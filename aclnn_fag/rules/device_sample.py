@@ -1,4 +1,4 @@
-"""The data rules (S6, S8, S9 of ``validate``) for device-resident inputs, on a bounded sample.
+"""The data rules (S6, S8, S9) for device-resident inputs, on a bounded sample.
 
 Shape, dtype and attribute rules never read tensor data, so they run unchanged on
 :class:`aclnn_fag.acl.DeviceArray` inputs (and NPU tensors, which arrive as DeviceArrays over
@@ -9,9 +9,10 @@ ranges with ``aclrtMemcpy`` (device to host), at most ``DEVICE_SAMPLE_BYTES`` pe
   (2 KiB each for a contiguous uint8/bool mask; a window around the diagonal otherwise);
 * S8 (8 equal statistic copies): three runs of 16 (token, head) entries of each array,
   at the start, the middle and the end (512 bytes each);
-* S9 (token-major statistics): up to two (row, head) samples whose kept keys fit the
-  remaining budget -- in practice the first rows of causal or band masks; rows that
-  keep more keys are not sampled (a fully unmasked long sequence is not checked).
+* S9 (token-major statistics): the rows S9 samples on host arrays (data_rules._votes) whose
+  kept keys fit the remaining budget, at most two -- in practice the first rows of causal
+  or band masks; rows that keep more keys are not sampled (a fully unmasked long sequence
+  is not checked).
 
 ``check_data=False`` on the public calls skips all three (also for numpy inputs).
 """
@@ -22,10 +23,9 @@ import math
 
 import numpy as np
 
-from .masks import COMPRESSED_SIZE
+from ..masks import COMPRESSED_SIZE
+from ..softmax_layout import COPIES
 from .row_lse import as_f32, segment_lse
-from .softmax_layout import COPIES
-from .semantics.sparse import batch_keep
 
 __all__ = ["DEVICE_SAMPLE_BYTES", "Sampler"]
 
@@ -45,6 +45,7 @@ class Sampler:
     def __init__(self, budget: int = DEVICE_SAMPLE_BYTES) -> None:
         self.budget = budget
         self.bytes_read = 0
+        self._pending = 0               # bytes set aside for S9's rows (affords)
 
     # ------------------------------------------------------------------ reads
     def _raw(self, da, start: int, count: int) -> np.ndarray:
@@ -114,65 +115,52 @@ class Sampler:
                 return False
         return True
 
-    # ------------------------------------------------------------------ S9
-    def stats_layout_votes(self, q, qr, k, kr, mask, smax, ssum, scale_value, seqs,
-                           sparse_mode, pre_eff, next_eff, band_idx, fits) -> tuple:
-        """(checked, device_fits, token_fits) over at most two affordable samples."""
-        n1, group = q.shape[1], q.shape[1] // k.shape[1]
+    # ------------------------------------------------------------------ S9 (data_rules._votes)
+    max_samples = _S9_SAMPLES
+    sampled = True
+
+    def affords(self, keys: int, width: int) -> bool:
+        """Whether a row of ``keys`` keys (``width`` bytes each, its query row and statistics
+        beside) still fits the budget; if so its bytes are set aside."""
+        cost = keys * width + width + 64
+        if self.bytes_read + self._pending + cost > self.budget:
+            return False
+        self._pending += cost
+        return True
+
+    def item(self, stats, flat: int):
+        return self._flat(stats, flat)
+
+    def kept_keys(self, mask, seqs, n1, b, h, i, skv, band):
+        """The unmasked keys of row i within ``band`` (a 2-D mask; packed ragged 4-D masks
+        are not sampled: None)."""
+        if mask.ndim != 2:
+            return None
+        (j0, j1), (ms0, ms1) = band, mask.strides
+        sel = np.flatnonzero(self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0) == 0)
+        return sel + j0 if sel.size else None
+
+    def lses(self, q, qr, k, kr, rows, scale32) -> list:
+        """Each row's log-sum-exp (NaN when a read would exceed the budget)."""
+        out = []
+        for t, h, n2, keys in rows:
+            try:
+                out.append(self._row_lse(q, qr, k, kr, t, h, n2, keys, scale32))
+            except _Budget:
+                out.append(math.nan)
+        return out
+
+    def _row_lse(self, q, qr, k, kr, t, h, n2, keys, scale32) -> float:
         d, dr = q.shape[2], qr.shape[2]
-        scale32 = np.float32(scale_value)
-        checked = dev_fits = tok_fits = 0
-        try:
-            for b in range(seqs.batch):
-                sq, skv, qs, ks = seqs.sq[b], seqs.skv[b], seqs.q_starts[b], seqs.kv_starts[b]
-                if sq <= 0 or skv <= 0:
-                    continue
-                keep = batch_keep(sparse_mode, b, sq, skv, pre_eff, next_eff, band_idx)
-                if keep.uses_mask and mask.ndim != 2:
-                    continue                        # packed ragged 4-D masks: not sampled
-                for i, h in ((0, n1 - 1), (1, n1 // 2), (0, n1 // 2)):
-                    if i >= sq:
-                        continue
-                    dev = (qs * n1 + h * sq + i) * COPIES
-                    tok = ((qs + i) * n1 + h) * COPIES
-                    if dev == tok:
-                        continue
-                    j0 = max(0, math.ceil(i + keep.lo)) if keep.lo != -math.inf else 0
-                    j1 = min(skv - 1, math.floor(i + keep.hi)) if keep.hi != math.inf else skv - 1
-                    if j1 < j0:
-                        continue
-                    cost = (j1 - j0 + 1) * (d + dr) * k.itemsize * 2
-                    if self.bytes_read + cost + (d + dr) * q.itemsize + 64 > self.budget:
-                        continue
-                    dm, dl = self._flat(smax, dev), self._flat(ssum, dev)
-                    tm, tl = self._flat(smax, tok), self._flat(ssum, tok)
-                    if _same(dm, tm) and _same(dl, tl):
-                        continue
-                    kept = np.ones(j1 - j0 + 1, bool)
-                    if keep.uses_mask:
-                        ms0, ms1 = mask.strides
-                        kept &= self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0 + 1) == 0
-                    if not kept.any():
-                        continue
-                    n2 = h // group
-                    qv = self.strided(q, (qs + i) * q.strides[0] + h * q.strides[1], q.strides[2], d)
-                    qrv = self.strided(qr, (qs + i) * qr.strides[0] + h * qr.strides[1],
-                                       qr.strides[2], dr)
-                    kk = self._rows(k, ks + j0, j1 - j0 + 1, n2, d)[kept]
-                    kkr = self._rows(kr, ks + j0, j1 - j0 + 1, n2, dr)[kept]
-                    s = as_f32(kk) @ as_f32(qv) + as_f32(kkr) @ as_f32(qrv)
-                    s *= scale32
-                    lse = segment_lse(s, [s.size])[0]      # NaN: the top score is not finite
-                    if not math.isfinite(lse):
-                        continue
-                    checked += 1
-                    dev_fits += fits(dm, dl, lse)
-                    tok_fits += fits(tm, tl, lse)
-                    if checked >= _S9_SAMPLES:
-                        return checked, dev_fits, tok_fits
-        except _Budget:
-            pass
-        return checked, dev_fits, tok_fits
+        qv = self.strided(q, t * q.strides[0] + h * q.strides[1], q.strides[2], d)
+        qrv = self.strided(qr, t * qr.strides[0] + h * qr.strides[1], qr.strides[2], dr)
+        a, e = keys if type(keys) is tuple else (int(keys[0]), int(keys[-1]) + 1)
+        kk, kkr = self._rows(k, a, e - a, n2, d), self._rows(kr, a, e - a, n2, dr)
+        if type(keys) is not tuple:
+            kk, kkr = kk[keys - a], kkr[keys - a]
+        s = as_f32(kk) @ as_f32(qv) + as_f32(kkr) @ as_f32(qrv)
+        s *= scale32
+        return segment_lse(s, [s.size])[0]      # NaN: the top score is not finite
 
     def _flat(self, stats, flat: int):
         t, n, c = stats.shape
@@ -191,6 +179,3 @@ class Sampler:
                 host, (count, width), (s0 * a.itemsize, s2 * a.itemsize), writeable=False).copy()
         return np.stack([self.strided(a, start + r * s0, s2, width) for r in range(count)])
 
-
-def _same(a, b) -> bool:
-    return a == b or (a != a and b != b)

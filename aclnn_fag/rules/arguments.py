@@ -1,0 +1,156 @@
+"""The arguments of a validated call, as aclnn_fag/spec.py describes them: which parameters an
+op takes, in which order, with which Python types (before any rule: ``TypeError`` for the
+wrong type, ``ValueError`` for a value no C call can carry), the start indices every call
+passes, and the hashable description of a call the verdict cache keys on.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+
+import numpy as np
+
+from ..constants import INT64_MAX, INT64_MIN
+from ..seqlens import int_list
+from ..spec import OpVersion
+
+__all__ = ["is_device", "normalize", "names", "start_indices", "START_INDEX_DEFAULT",
+           "signature", "IGNORED"]
+
+# accepted by the ops but not used (IgnoredArgumentWarning when passed)
+IGNORED = ("padding_mask", "softmax_in", "prefix")
+START_INDEX_DEFAULT = (0,)
+_ND = np.ndarray
+_DEVICE_TYPES: set = set()      # DeviceArray and its subclasses met so far (by type)
+
+
+def is_device(value) -> bool:
+    """An aclnn_fag.acl.DeviceArray (looked up without importing the NPU backend)."""
+    mod = sys.modules.get("aclnn_fag.acl.device")
+    return mod is not None and isinstance(value, mod.DeviceArray)
+
+
+def names(op: OpVersion):
+    """(tensors, scalars, int lists) of ``op`` in the spec's order; the scalars are its
+    attributes and ``deterministic`` (the Python calls' own attribute)."""
+    return op.inputs, op.attrs + ("deterministic",), op.int_arrays
+
+
+def _array(name, value):
+    if value is not None and not isinstance(value, np.ndarray) and not is_device(value):
+        raise TypeError(f"parameter '{name}' must be a numpy.ndarray, a torch CPU or NPU tensor, "
+                        f"an aclnn_fag.acl.DeviceArray or None, got {type(value).__name__}")
+    return value
+
+
+def _int(name, value, optional=False):
+    if value is None and optional:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in int64")
+    return value
+
+
+def _float(name, value):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
+
+
+def _layout(name, value):
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"parameter '{name}' must be a str ('TND'), got {type(value).__name__}")
+    if "\x00" in value:
+        raise ValueError(f"parameter '{name}' contains a NUL character: {value!r}")
+    return value
+
+
+def _checker(p):
+    """How a parameter of the spec is checked, from its role and C type."""
+    if p.role == "input":
+        return _array
+    if p.role == "int_array":
+        return int_list
+    if p.c_type == "double":
+        return _float
+    if p.c_type == "char *":
+        return _layout
+    if p.default is None:                      # head_num: None means query.shape[1]
+        return lambda name, value: _int(name, value, optional=True)
+    return _int
+
+
+def _kind(p) -> int:
+    """The order type errors are reported in: tensors, numbers, int arrays, the layout."""
+    return {"input": 0, "int_array": 2}.get(p.role, 3 if p.c_type == "char *" else 1)
+
+
+def normalize(op: OpVersion, values: dict) -> dict:
+    """Every argument of ``values`` (keyed by parameter name) type-checked -- tensors, then
+    numbers, int arrays and the layout, each in the spec's order -- and normalised (ints,
+    floats, int tuples; arrays unchanged)."""
+    return {p.name: _checker(p)(p.name, values[p.name])
+            for p in sorted(op.params, key=_kind) if p.name in values}
+
+
+def start_indices(q_start_idx, kv_start_idx):
+    """qStartIdx / kvStartIdx as every call passes them: the caller's values when given, else
+    ``(0,)`` -- never None (NULL).
+
+    Why: with both arrays NULL the device may select one of its "MLA basic" templates (1001,
+    non-deterministic: causal modes 2/3 with a 2-D mask, equal q/kv lengths, D == Dv <= 128;
+    1002, deterministic: modes 1 and 3, D == Dv <= 128, D % 16 == 0). Their kernels take no
+    rope inputs: they compute without the rope terms and copy uninitialised memory into the
+    rope gradients, with no error. Both templates refuse a non-NULL start index. The arrays
+    themselves only feed ALiBi position encodings (pse_type 2/3), which V3 cannot use, so
+    ``[0]`` changes no math. torch_npu passes non-NULL arrays too. (docs/forward.md,
+    "Start indices".)
+    """
+    q = int_list("q_start_idx", q_start_idx)
+    kv = int_list("kv_start_idx", kv_start_idx)
+    return (START_INDEX_DEFAULT if q is None else q,
+            START_INDEX_DEFAULT if kv is None else kv)
+
+
+def _tensor_sig(a):
+    t = type(a)
+    if t in _DEVICE_TYPES or is_device(a):
+        _DEVICE_TYPES.add(t)
+        return (1, a.shape, a.dtype, a.strides, a.offset)
+    raise TypeError
+
+
+def _list_sig(v):
+    t = type(v)
+    if (t is list or t is tuple) and len(v) <= 4096:
+        return (t, tuple(map(type, v)), tuple(v))
+    raise TypeError       # numpy arrays, long lists and other sequences: not cached
+
+
+def signature(tensors: tuple, scalars: tuple, lists: tuple):
+    """The hashable description of a call (its tensors, scalars and int lists in the orders
+    of :func:`names`), or None when it cannot be described safely. Every rule except the
+    data rules is a function of it. Types are part of it: 128.0 == 128, but only 128 passed
+    the checks; so is the sign of each zero (0.0 == -0.0, but the op gets the one passed).
+    (Its hash may still fail: an unhashable scalar.)"""
+    nd, dev, copysign = _ND, _DEVICE_TYPES, math.copysign
+    try:
+        return (tuple([None if a is None
+                       else (0, a.shape, a.dtype, a.strides) if type(a) is nd
+                       else (1, a.shape, a.dtype, a.strides, a.offset) if type(a) in dev
+                       else _tensor_sig(a) for a in tensors]),
+                tuple(map(type, scalars)), scalars,
+                tuple([copysign(1.0, v) if v == 0 else None for v in scalars]),
+                tuple([None if v is None else _list_sig(v) for v in lists]))
+    except Exception:             # e.g. an array where a scalar belongs: validation says so
+        return None

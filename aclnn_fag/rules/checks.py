@@ -1,0 +1,334 @@
+"""The predicates of the shape, dtype and attribute rules, one per row of the table
+(:mod:`.table`, same id). Each takes the call's :class:`~.context.Context` and returns
+nothing when the rule holds, else True or the message's fields (a dict; ``name`` is the
+parameter blamed where the row's param is ``{name}``). Rows of code 0 (the op succeeds
+without computing) return the empty call's ``head_num``. Details taken from the op-API source
+(ops-transformer @c29bc10, ``aclnn_flash_attention_score_grad.cpp`` and the TND tiling):
+D, Dk, Dv and Dr are dimension **2** of their tensors (``GetDim(2)``, also for a rank > 3
+tensor); rule 25 compares the **last** dims; all integer arithmetic is exact.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from ..constants import BF16, INT32_MAX, LIMITS
+from ..errors import SequenceEndWarning, caller_stacklevel
+from ..masks import COMPRESSED_SIZE
+from ..semantics.sparse import COMPRESSED_MODES
+from ..seqlens import ends_problem, per_sequence_hint
+from ..softmax_layout import COPIES
+from .padding import clamped_total, forward_needs_padding, needs_padding
+
+__all__ = ["CHECKS", "check"]
+
+CHECKS: dict = {}
+MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
+_F32 = np.dtype(np.float32)
+_ROPES = ("query_rope", "key_rope")
+_FIVE = ("query", "query_rope", "key", "key_rope", "value")
+
+
+def check(*ids):
+    """Register the decorated predicate for the table rows ``ids``."""
+    def register(fn):
+        for i in ids:
+            CHECKS[i] = fn
+        return fn
+    return register
+
+
+def _native(dt: np.dtype) -> np.dtype:
+    """The dtype in native byte order (the binding uploads byte-swapped arrays natively)."""
+    if dt.byteorder in ("<", ">") and dt.kind in "biufc":
+        return dt.newbyteorder("=")
+    return dt
+
+
+def _same_dtype(a, b) -> bool:
+    return _native(a.dtype) == _native(b.dtype)
+
+
+def _first(c, names, bad):
+    """{name, shape, dtype} of the first tensor of ``names`` with ``bad(tensor)``."""
+    for name in names:
+        t = getattr(c, name)
+        if bad(t):
+            return {"name": name} if t is None else dict(name=name, shape=t.shape, dtype=t.dtype)
+    return None
+
+
+# ---------------------------------------------------------------- the backward, rules 1-22
+@check("R5")
+def _min_rank(c):
+    ropes = _ROPES if c.query_rope is not None and c.key_rope is not None else ()
+    return _first(c, ropes + ("query", "key", "value", "dy", "attention_in"),
+                  lambda t: t.ndim < 3)
+
+
+@check("R8", "F6_rope")
+def _one_rope(c):
+    if (c.query_rope is None) != (c.key_rope is None):
+        return {"name": "query_rope" if c.query_rope is None else "key_rope"}
+
+
+@check("R9", "F6_dr")
+def _dr_le_d(c):
+    for name in _ROPES:
+        if getattr(c, name).shape[2] > c.d:
+            return {"name": name, "dr": getattr(c, name).shape[2]}
+
+
+@check("R10", "F6_bf16")
+def _bf16(c):
+    bad = _first(c, _FIVE, lambda t: _native(t.dtype) != BF16)
+    if bad:
+        name = bad["name"]
+        bad["hint"] = (f"; convert with {name}.astype(ml_dtypes.bfloat16)"
+                       if bad["dtype"].kind == "f" else "")
+    return bad
+
+
+@check("R16")
+def _padding(c):
+    reason = needs_padding(c.query, c.key, c.value, c.qlen, c.kvlen, bool(c.deterministic),
+                           c.keep_prob)
+    return {"reason": reason} if reason else None
+
+
+def _stats_shape_hint(shape, t1, n1) -> str:
+    if shape == (n1, t1, COPIES):
+        return " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]"
+    if shape in ((t1, n1), (t1, n1, 1)):
+        return (" -- these look like token-major [T, N] statistics (e.g. a log-sum-exp); convert "
+                "them with aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                "actual_seq_qlen)")
+    if shape == (n1, t1):
+        return (" -- these look like [N, T] statistics; transpose to [T, N] and convert with "
+                "aclnn_fag.softmax_layout.device_stats_from_token_major(stats.T, actual_seq_qlen)")
+    return ""
+
+
+@check("R21")
+def _stats_shape(c):
+    bad = _first(c, ("softmax_max", "softmax_sum"),
+                 lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
+    if bad:
+        shape = tuple(bad["shape"])
+        bad.update(shape=list(shape), hint=_stats_shape_hint(shape, c.t1, c.n1))
+    return bad
+
+
+# ---------------------------------------------------------------- the forward, F1-F8
+# ---------------------------------------------------------------- rules 23-30, F9-F14
+def _unlike(a, b) -> bool:
+    """Rule 25 (IsSameShapeButValueDLeEqD): not equal to b except the last dim, or that dim
+    larger than b's."""
+    last = lambda t: t.shape[-1] if t.ndim else 0    # noqa: E731
+    return a.ndim != b.ndim or a.shape[:-1] != b.shape[:-1] or last(a) > last(b)
+
+
+@check("F10")
+def _fwd_totals(c):
+    for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1"),
+                                     ("actual_seq_kvlen", c.kvlen, c.t2, "T2")):
+        need = clamped_total(ends)
+        if total < need:
+            return dict(name=name, tname=tname, total=total, need=need,
+                        hint=per_sequence_hint(ends, total))
+
+
+@check("R27_lead")
+def _mask_lead(c):
+    m, seqs = c.atten_mask, c.seqs
+    lead = tuple(m.shape[:2])
+    if m.ndim != 4 or lead in ((seqs.batch, c.n1), (seqs.batch, 1), (1, 1)):
+        return None
+    hint = ""
+    if lead[0] == seqs.batch - 1 and c.qlen and c.qlen[0] == 0 and c.kvlen and c.kvlen[0] == 0:
+        hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention), which the op "
+                "reads as an empty first sequence counted in B: drop the leading 0 "
+                "(cu_seqlens[1:]) or append one mask block (docs/semantics.md, The leading-0 form)")
+    elif lead[0] == seqs.batch_raw and seqs.batch != seqs.batch_raw:
+        hint = (f" -- B excludes the trailing batches with Sq = Skv = 0 "
+                f"({seqs.batch_raw} entries, B = {seqs.batch})")
+    return {"lead": lead, "hint": hint}
+
+
+@check("R27_compressed")
+def _mask_compressed(c):
+    last, seqs = tuple(c.atten_mask.shape[-2:]), c.seqs
+    if c.sparse_mode not in COMPRESSED_MODES or last == (COMPRESSED_SIZE, COMPRESSED_SIZE):
+        return None
+    hint = ""
+    if last in ((seqs.max_sq, seqs.max_skv), (c.t1, c.t2)) or last[0] == last[1]:
+        hint = (" -- this looks like a full S x S mask; sparse modes 2/3/4/7/8 take the "
+                "compressed 2048x2048 mask aclnn_fag.masks.compressed_causal_mask() "
+                "(the kernel derives each batch's causal/band pattern from it)")
+    return {"last": last, "hint": hint}
+
+
+@check("R27_dense")
+def _mask_dense(c):
+    last, seqs = tuple(c.atten_mask.shape[-2:]), c.seqs
+    if c.sparse_mode in COMPRESSED_MODES or last == (seqs.max_sq, seqs.max_skv):
+        return None
+    hint = ""
+    if last == (COMPRESSED_SIZE, COMPRESSED_SIZE):
+        hint = (" -- the compressed 2048x2048 mask belongs to sparse modes 2/3/4/7/8; for a "
+                "causal mask pass sparse_mode=2 or 3")
+    elif seqs.batch > 1 and last == (c.t1, c.t2):
+        hint = (" -- this looks like a full [T1, T2] mask; sparse modes 0/1/5 read a "
+                "[maxSq, maxSkv] mask top-left for every batch (or a 4-D [B, 1|N1, maxSq, "
+                "maxSkv] mask per batch)")
+    else:
+        per_seq = per_sequence_hint(c.qlen, c.t1) or per_sequence_hint(c.kvlen, c.t2)
+        if per_seq and last == (max(c.qlen), max(c.kvlen)):
+            hint = per_seq
+    return {"last": last, "hint": hint}
+
+
+def _bad_tokens(c, batches, sq_side):
+    pre, nxt, seqs = c.pre_eff, c.next_eff, c.seqs
+    for b in batches:
+        near, far = (seqs.sq[b], seqs.skv[b]) if sq_side else (seqs.skv[b], seqs.sq[b])
+        if -pre > near or -nxt > far or pre + nxt <= 0:
+            return {"b": b, "sq": seqs.sq[b], "skv": seqs.skv[b]}
+    return None
+
+
+@check("R28_band")
+def _tokens_band(c):
+    if c.sparse_mode in (4, 7, 8):
+        return _bad_tokens(c, range(c.seqs.batch) if c.sparse_mode == 4 else [c.band_index],
+                           True)
+
+
+# ---------------------------------------------------------------- the package's own checks
+@check("S2")
+def _dv_rows(c):
+    for name in ("dy", "attention_in"):
+        if getattr(c, name).shape[2] != c.dv:
+            return {"name": name, "last": getattr(c, name).shape[2]}
+
+
+@check("S3_tokens")
+def _limit_tokens(c):
+    for name in ("query", "key"):
+        t = getattr(c, name).shape[0]
+        if t > LIMITS["max_tokens"]:
+            return {"name": name, "t": t, "limit": LIMITS["max_tokens"]}
+
+
+@check("S4")
+def _ends(c):
+    for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1 (query.shape[0])"),
+                                     ("actual_seq_kvlen", c.kvlen, c.t2, "T2 (key.shape[0])")):
+        problem = ends_problem(name, ends, total, tname)
+        if problem:
+            return {"name": name, "problem": problem}
+        if ends[-1] < total:
+            warnings.warn(f"{name} ends at {ends[-1]} < {tname} = {total}: rows after it are not "
+                          f"part of any sequence and get zero outputs (the last cumulative end "
+                          f"is normally T){per_sequence_hint(ends, total)}", SequenceEndWarning,
+                          stacklevel=caller_stacklevel())
+
+
+@check("S5_q")
+def _rope_q_shape(c):
+    want = (c.t1, c.n1, c.query_rope.shape[2])
+    if c.query_rope.ndim != 3 or tuple(c.query_rope.shape) != want:
+        return {"want": list(want)}
+
+
+@check("S5_k")
+def _rope_k_shape(c):
+    kr, dr = c.key_rope, c.query_rope.shape[2]
+    want = (c.t2, c.n2, dr)
+    if kr.ndim != 3 or tuple(kr.shape) != want:
+        hint = (" -- its Dr differs from query_rope's (the kernel uses query_rope's Dr for both)"
+                if kr.ndim == 3 and kr.shape[2] != dr else "")
+        return {"want": list(want), "hint": hint}
+
+
+@check("S7")
+def _block_skip_bound(c):
+    if c.sparse_mode in (4, 7, 8):
+        seqs = c.seqs
+        for b in range(seqs.batch):
+            if c.pre_eff + seqs.sq[b] - seqs.skv[b] >= INT32_MAX:
+                return {"b": b}
+
+
+# ---------------------------------------------------------------- the one-line predicates
+_SIMPLE = {
+    "R3": lambda c: (c.query.size == 0 and c.key.size == 0 and c.value.size == 0
+                     and {"head_num": c.head_num}),
+    "R_empty": lambda c: (min(c.query.size, c.key.size, c.value.size, c.query_rope.size,
+                              c.key_rope.size) == 0 and {"head_num": c.heads}),
+    "F2": lambda c: (c.query.ndim >= 2 and c.query.shape[0] * c.query.shape[1] == 0
+                     and {"head_num": c.heads}),
+    "R21_attn": lambda c: (c.attention_in.ndim != c.query.ndim
+                           or c.attention_in.shape[:-1] != c.query.shape[:-1]),
+    "F4_pse_dtype": lambda c: (c.pse_shift is not None and c.pse_type not in (2, 3)
+                               and not _same_dtype(c.pse_shift, c.query)),
+    "R25_dy": lambda c: _unlike(c.dy, c.query),
+    "R25_value": lambda c: _unlike(c.value, c.key),
+    ("F5_max_d", "S3_dim"): lambda c: (c.d > LIMITS["max_head_dim"]
+                                       and {"limit": LIMITS["max_head_dim"]}),
+    "S3_heads": lambda c: c.n1 > LIMITS["max_heads"] and {"limit": LIMITS["max_heads"]},
+    "S3_batch": lambda c: (len(c.qlen) > LIMITS["max_batch"]
+                           and {"nq": len(c.qlen), "limit": LIMITS["max_batch"]}),
+    "R23_len": lambda c: (len(c.qlen) != len(c.kvlen)
+                          and {"nq": len(c.qlen), "nkv": len(c.kvlen)}),
+    "S5_dr": lambda c: c.query_rope.shape[2] % 8 != 0 and {"dr": c.query_rope.shape[2]},
+    ("R1_null", "F1_layout"): lambda c: c.input_layout is None,
+    ("R1", "F3"): lambda c: c.input_layout != "TND",
+    "R2": lambda c: _first(c, ("query", "key", "value", "dy", "attention_in"),
+                           lambda t: t is None),
+    ("R4", "F5_heads"): lambda c: c.heads is not None and c.heads <= 0,
+    ("R6", "F5_d"): lambda c: c.d != c.dk,
+    ("R7", "F5_dv"): lambda c: c.d < c.dv,
+    ("R8_both", "F6_rope_both"): lambda c: c.query_rope is None,
+    ("R11", "F6_sparse6"): lambda c: c.sparse_mode == 6,
+    ("R12", "F6_mask"): lambda c: c.atten_mask is None or c.atten_mask.ndim == 0,
+    ("R13", "F6_pse"): lambda c: c.pse_shift is not None,
+    ("R14", "F6_drop"): lambda c: c.drop_mask is not None,
+    ("R15", "F6_keep"): lambda c: c.keep_prob < 1.0,
+    "R18": lambda c: _first(c, ("softmax_max", "softmax_sum"),
+                            lambda t: t is None or t.ndim == 0),
+    ("R19", "F11_heads"): lambda c: c.heads != c.n1,
+    "R17": lambda c: np.float32(c.keep_prob) > 1.0,
+    "R20": lambda c: _first(c, ("softmax_max", "softmax_sum"),
+                            lambda t: _native(t.dtype) != _F32),
+    "R20_attn": lambda c: not _same_dtype(c.attention_in, c.query),
+    "R22": lambda c: c.t1 == 0 or c.n1 == 0 or c.d == 0,
+    "F1": lambda c: _first(c, ("query", "key", "value"), lambda t: t is None),
+    "F4": lambda c: _first(c, ("key", "value"), lambda t: not _same_dtype(t, c.query)),
+    "F4_pse": lambda c: c.pse_type in (2, 3) and c.pse_shift is None,
+    ("F5_rank", "R24_rank"): lambda c: c.query.ndim != 3,
+    "F5_kv_rank": lambda c: _first(c, ("key", "value"), lambda t: t.ndim < 3),
+    "F6_rope_rank": lambda c: _first(c, _ROPES, lambda t: t.ndim < 3),
+    "F6_pad": lambda c: (c.n2 != 0 and c.d != 0
+                         and forward_needs_padding(c.query, c.value, c.qlen, c.kvlen)),
+    "F7_keep": lambda c: np.float32(c.keep_prob) <= 0.0 or np.float32(c.keep_prob) > 1.0,
+    "F7_pse": lambda c: not 0 <= c.pse_type < 4,
+    ("F8", "S1"): lambda c: c.key.ndim != 3,
+    "R23_q": lambda c: c.qlen is None,
+    "R23_kv": lambda c: c.kvlen is None,
+    "R23_empty": lambda c: len(c.qlen) == 0,
+    ("R24_n2", "F11_n2"): lambda c: c.n2 == 0 or c.n1 // c.n2 == 0,
+    ("R24_mod", "F11_mod"): lambda c: c.n1 % c.n2 != 0,
+    ("R26", "F13"): lambda c: c.sparse_mode > 8 or c.sparse_mode < 0,
+    "F11_d": lambda c: c.d == 0,
+    ("F12", "R29"): lambda c: c.pse_type != 1,
+    "R27_dtype": lambda c: c.atten_mask.dtype not in MASK_DTYPES,
+    "R27_rank": lambda c: c.atten_mask.ndim not in (2, 4),
+    "R28_mode0": lambda c: c.sparse_mode == 0 and _bad_tokens(c, range(c.seqs.batch), False),
+    "R30": lambda c: not _same_dtype(c.dy, c.query),
+    "SF1": lambda c: c.value.ndim != 3 or tuple(c.value.shape[:2]) != (c.t2, c.n2),
+}
+for _ids, _fn in _SIMPLE.items():
+    check(*(_ids if type(_ids) is tuple else (_ids,)))(_fn)

@@ -1,0 +1,479 @@
+"""Every validation rule of both ops, once, as data (docs/validation.md, docs/forward.md).
+
+One row per check, in the order the device evaluates them: an op runs the rows that name it,
+in table order (:func:`rules_for`). Each row carries its status code (0: the op succeeds
+without computing), the parameter it blames (``{name}``: the one the check names), whether
+it is stricter than the device, its message (a ``str.format`` template over the validated
+arguments and the fields its check returns; ``{ref}`` is the citation of ``section``), the
+section of the docs it enforces, whether it reads tensor data (skipped with
+``check_data=False``), the CANN releases it applies to (:func:`rules_for` keys on them), and
+the stand-in op's messages (printf formats per op, :data:`STUB_MESSAGES`). The checks are
+:mod:`.checks` and :mod:`.data_rules`; the driver :mod:`.driver`; the stub's header and the
+docs' rule tables are generated from here (:mod:`.gen`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Dict, Optional, Tuple
+
+__all__ = ["Rule", "RULES", "SECTIONS", "RELEASES", "STUB_MESSAGES", "rules_for", "citation"]
+
+RELEASES = ("8.5", "9.0", "9.1")      # the CANN releases the rules are known for
+B, F = ("backward_v3",), ("forward_v3",)
+BF = B + F
+NULLPTR, INVALID = 161001, 161002
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    ops: Tuple[str, ...]
+    code: int
+    param: str
+    message: str
+    section: str
+    stricter: bool = False
+    data: bool = False
+    releases: Tuple[str, ...] = RELEASES
+    c_messages: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+
+    def c_formats(self, op_key: str) -> Tuple[str, ...]:
+        """The stand-in op's messages of this rule for ``op_key`` (printf formats after the
+        phase-1 symbol and ": "; ``{ref}`` is the citation), () when the stub has none."""
+        return dict(self.c_messages).get(op_key, ())
+
+
+def citation(section: str) -> str:
+    """``docs/forward.md, rule F5`` / ``docs/validation.md, rule 4`` / ``..., S3``."""
+    doc = "docs/forward.md" if section.startswith("rule F") else "docs/validation.md"
+    return f"{doc}, {section}"
+
+
+_BF16_HINT = "; the V3 {what} with rope inputs accepts only BF16{hint}"
+_NOT_CANONICAL = ("sparse_mode {sparse_mode} reads the compressed mask at shifted offsets and "
+                  "assumes the canonical content (1 strictly above the diagonal); ")
+_COPIES = ("the {copies} copies in the last dim of {name} differ; the device reads copy "
+           "(j mod {copies}) for column j, so they must be identical. If you have token-major "
+           "[T, N] statistics, convert them with aclnn_fag.softmax_layout."
+           "device_stats_from_token_major(stats, actual_seq_qlen), which also writes the 8 "
+           "copies")
+_MASK_NEEDED = ("atten_mask is required and must not be a scalar ({where}); pass "
+                "aclnn_fag.masks.compressed_causal_mask() for sparse modes 2/3/4/7/8 or an "
+                "all-zero [maxSq, maxSkv] mask for no masking")
+_ROPE_BOTH = ("query_rope and key_rope are both None: V3 needs the rope inputs (the device "
+              "dereferences them and crashes; {ref})")
+
+
+def _r(id, ops, code, param, message, section, **kw) -> Rule:
+    return Rule(id, ops, code, param, message, section, **kw)
+
+
+RULES: Tuple[Rule, ...] = (
+    # ---- the backward's op-API checks (161002 unless null), rules 1-16
+    _r("R1_null", B, NULLPTR, "input_layout", "input_layout is None; it must be 'TND' (the "
+       "device would crash in strcmp on a NULL layout; {ref})", "rule 1", stricter=True),
+    _r("R1", B, INVALID, "input_layout", "input_layout must be exactly 'TND', got "
+       "{input_layout!r} ({ref})", "rule 1"),
+    _r("R2", B, NULLPTR, "{name}", "{name} is required ({ref})", "rule 2"),
+    _r("R3", B, 0, "", "", "rule 3"),
+    _r("R4", B, INVALID, "head_num", "head_num must be > 0, got {heads} ({ref})", "rule 4"),
+    _r("R5", B, INVALID, "{name}", "{name} needs >= 3 dims, got shape {shape} ({ref})", "rule 5"),
+    _r("R6", B, INVALID, "key", "head dim D of key ({dk}) must equal that of query ({d}) ({ref})",
+       "rule 6"),
+    _r("R7", B, INVALID, "value", "value head dim Dv={dv} must be <= query head dim D={d} "
+       "({ref})", "rule 7"),
+    _r("R8", B, NULLPTR, "{name}", "{name} is None while the other rope input is given ({ref})",
+       "rule 8"),
+    _r("R8_both", B, NULLPTR, "query_rope", _ROPE_BOTH, "rule 8", stricter=True),
+    _r("R9", B, INVALID, "{name}", "rope head dim Dr={dr} of {name} must be <= D={d} ({ref})",
+       "rule 9"),
+    _r("R10", B, INVALID, "{name}", "{name} must be bfloat16 (ml_dtypes.bfloat16), got {dtype}"
+       + _BF16_HINT.replace("{what}", "op") + " ({ref})", "rule 10"),
+    _r("R11", B, INVALID, "sparse_mode", "sparse_mode 6 (prefix compression) is not supported "
+       "by V3 ({ref})", "rule 11"),
+    _r("R12", B, NULLPTR, "atten_mask", _MASK_NEEDED.replace("{where}", "{ref}"), "rule 12"),
+    _r("R13", B, INVALID, "pse_shift", "pse_shift must be None: V3 supports no pse ({ref})",
+       "rule 13"),
+    _r("R14", B, INVALID, "drop_mask", "drop_mask must be None: V3 supports no dropout ({ref})",
+       "rule 14"),
+    _r("R15", B, INVALID, "keep_prob", "keep_prob must be 1.0 (no dropout), got {keep_prob} "
+       "({ref})", "rule 15"),
+    _r("R16", B, INVALID, "query", "head dims need padding, which V3 rejects: {reason} ({ref})",
+       "rule 16"),
+    # ---- tiling (161001), rules 17-30, after the empty-tensor path
+    _r("R18", B, NULLPTR, "{name}", "{name} is required and must not be a scalar ({ref})",
+       "rule 18"),
+    _r("R19", B, NULLPTR, "head_num", "head_num={heads} must equal query.shape[1]={n1} ({ref})",
+       "rule 19"),
+    _r("R_empty", B, 0, "", "", "rule 3"),
+    _r("R17", B, NULLPTR, "keep_prob", "keep_prob must be 1.0, got {keep_prob} ({ref})",
+       "rule 17"),
+    _r("R20", B, NULLPTR, "{name}", "{name} must be float32, got {dtype} ({ref})", "rule 20"),
+    _r("R20_attn", B, NULLPTR, "attention_in", "attention_in dtype {attention_in.dtype} must "
+       "equal the query dtype {query.dtype} ({ref})", "rule 20"),
+    _r("R21", B, NULLPTR, "{name}", "{name} shape must be [T1, N1, 8] = [{t1}, {n1}, 8], got "
+       "{shape}{hint} ({ref})", "rule 21"),
+    _r("R21_attn", B, NULLPTR, "attention_in", "attention_in shape {attention_in.shape} must "
+       "match query {query.shape} except the last dim ({ref})", "rule 21"),
+    _r("R22", B, NULLPTR, "query", "T1, N1 and D must be > 0, got shape {query.shape} ({ref})",
+       "rule 22"),
+    # ---- the forward's op-API checks, F1-F8
+    _r("F1", F, NULLPTR, "{name}", "{name} is required ({ref})", "rule F1"),
+    _r("F1_layout", F, NULLPTR, "input_layout", "input_layout is None; it must be 'TND' "
+       "({ref})", "rule F1"),
+    _r("F2", F, 0, "", "", "rule F2"),
+    _r("F3", F, INVALID, "input_layout", "input_layout must be exactly 'TND', got "
+       "{input_layout!r} ({ref})", "rule F3"),
+    _r("F4", F, INVALID, "{name}", "{name} dtype {dtype} must equal the query dtype "
+       "{query.dtype} ({ref})", "rule F4"),
+    _r("F4_pse", F, INVALID, "pse_shift", "pse_type {pse_type} needs pse_shift ({ref})",
+       "rule F4"),
+    _r("F4_pse_dtype", F, INVALID, "pse_shift", "pse_shift dtype {pse_shift.dtype} must equal "
+       "the query dtype {query.dtype} ({ref})", "rule F4"),
+    _r("F5_heads", F, INVALID, "head_num", "head_num must be > 0, got {heads} ({ref})",
+       "rule F5"),
+    _r("F5_rank", F, INVALID, "query", "query must be 3-D [T1, N1, D] for TND, got shape "
+       "{query.shape} ({ref})", "rule F5"),
+    _r("F5_kv_rank", F, INVALID, "{name}", "{name} needs 3 dims, got shape {shape} (the device "
+       "reads dims 1 and 2 of it; {ref})", "rule F5", stricter=True),
+    _r("F5_d", F, INVALID, "key", "head dim D of key ({dk}) must equal that of query ({d}) "
+       "({ref})", "rule F5"),
+    _r("F5_dv", F, INVALID, "value", "value head dim Dv={dv} must be <= query head dim D={d} "
+       "({ref})", "rule F5"),
+    _r("F5_max_d", F, INVALID, "query", "head dim D={d} must be <= {limit} ({ref})", "rule F5"),
+    _r("F6_rope", F, NULLPTR, "{name}", "{name} is None while the other rope input is given "
+       "({ref})", "rule F6"),
+    _r("F6_rope_both", F, NULLPTR, "query_rope", _ROPE_BOTH, "rule F6", stricter=True),
+    _r("F6_rope_rank", F, NULLPTR, "{name}", "{name} needs 3 dims, got shape {shape} (the "
+       "device reads dim 2 of it; {ref})", "rule F6", stricter=True),
+    _r("F6_dr", F, NULLPTR, "{name}", "rope head dim Dr={dr} of {name} must be <= D={d} "
+       "({ref})", "rule F6"),
+    _r("F6_bf16", F, NULLPTR, "{name}", "{name} must be bfloat16 (ml_dtypes.bfloat16), got "
+       "{dtype}" + _BF16_HINT.replace("{what}", "forward") + " ({ref})", "rule F6"),
+    _r("F6_sparse6", F, NULLPTR, "sparse_mode", "sparse_mode 6 (prefix compression) is not "
+       "supported with rope inputs ({ref})", "rule F6"),
+    _r("F6_mask", F, NULLPTR, "atten_mask", _MASK_NEEDED.replace("{where}", "forward rule F6"),
+       "rule F6"),
+    _r("F6_pse", F, NULLPTR, "pse_shift", "pse_shift must be None with rope inputs ({ref})",
+       "rule F6"),
+    _r("F6_drop", F, NULLPTR, "drop_mask", "drop_mask must be None with rope inputs ({ref})",
+       "rule F6"),
+    _r("F6_keep", F, NULLPTR, "keep_prob", "keep_prob must be 1.0 with rope inputs, got "
+       "{keep_prob} ({ref})", "rule F6"),
+    _r("F6_pad", F, NULLPTR, "query", "head dims D={d}, Dv={dv} would be padded, which the "
+       "forward rejects with rope inputs: D and Dv must be multiples of 16 (D < 196) or 128, "
+       "D == Dv when D is 64 or 80 (or 88), unless D < 96 with every KV length <= 1024 and the "
+       "last query end < 163840 ({ref})", "rule F6"),
+    _r("F7_keep", F, NULLPTR, "keep_prob", "keep_prob must be in (0, 1], got {keep_prob} "
+       "({ref})", "rule F7"),
+    _r("F7_pse", F, NULLPTR, "pse_type", "pse_type must be in [0, 4), got {pse_type} ({ref})",
+       "rule F7"),
+    _r("F8", F, NULLPTR, "key", "key must be 3-D [T2, N2, D] for TND, got shape {key.shape} "
+       "({ref})", "rule F8"),
+    # ---- both: the cumulative length arrays (rule 23 = F9)
+    _r("R23_q", BF, NULLPTR, "actual_seq_qlen", "actual_seq_qlen is required ({ref})",
+       "rule 23"),
+    _r("R23_kv", BF, NULLPTR, "actual_seq_kvlen", "actual_seq_kvlen is required ({ref})",
+       "rule 23"),
+    _r("R23_empty", BF, NULLPTR, "actual_seq_qlen", "actual_seq_qlen must have at least one "
+       "entry ({ref})", "rule 23"),
+    _r("R23_len", BF, NULLPTR, "actual_seq_kvlen", "actual_seq_kvlen has {nkv} entries but "
+       "actual_seq_qlen has {nq}; they must be equal ({ref})", "rule 23"),
+    _r("R24_rank", B, NULLPTR, "query", "query must be 3-D [T, N, D] for TND, got shape "
+       "{query.shape} ({ref})", "rule 24"),
+    _r("R24_n2", B, NULLPTR, "key", "key heads N2={n2} must be >= 1 and <= query heads N1={n1} "
+       "({ref})", "rule 24"),
+    _r("R24_mod", B, NULLPTR, "key", "query heads N1={n1} must be a multiple of key heads "
+       "N2={n2} (the device fails in the softmax-shape check; {ref})", "rule 24"),
+    _r("R25_dy", B, NULLPTR, "dy", "dy shape {dy.shape} must equal query's {query.shape} except "
+       "the last dim, which must be <= D ({ref})", "rule 25"),
+    _r("R25_value", B, NULLPTR, "value", "value shape {value.shape} must equal key's "
+       "{key.shape} except the last dim, which must be <= that of key ({ref})", "rule 25"),
+    _r("R26", B, NULLPTR, "sparse_mode", "sparse_mode must be in 0..8 (not 6), got "
+       "{sparse_mode} ({ref})", "rule 26"),
+    _r("F10", F, NULLPTR, "{name}", "{tname} = {total} is below the sum of the sequence lengths "
+       "of {name} ({need}){hint} ({ref})", "rule F10"),
+    _r("F11_heads", F, NULLPTR, "head_num", "head_num={heads} must equal query.shape[1]={n1} "
+       "({ref})", "rule F11"),
+    _r("F11_n2", F, NULLPTR, "key", "key heads N2={n2} must be >= 1 and <= query heads N1={n1} "
+       "({ref})", "rule F11"),
+    _r("F11_d", F, NULLPTR, "query", "head dim D must be > 0, got shape {query.shape} ({ref})",
+       "rule F11"),
+    _r("F11_mod", F, NULLPTR, "key", "query heads N1={n1} must be a multiple of key heads "
+       "N2={n2} ({ref})", "rule F11"),
+    _r("F12", F, NULLPTR, "pse_type", "pse_type must be 1 when pse_shift is None, got "
+       "{pse_type} ({ref})", "rule F12"),
+    # ---- both: the attention mask (rule 27 = F12) and the tokens (rule 28 = F14)
+    _r("R27_dtype", BF, NULLPTR, "atten_mask", "atten_mask must be bool or uint8, got "
+       "{atten_mask.dtype} ({ref})", "rule 27"),
+    _r("R27_rank", BF, NULLPTR, "atten_mask", "atten_mask must be 2-D or 4-D, got shape "
+       "{atten_mask.shape} ({ref})", "rule 27"),
+    _r("R27_lead", BF, NULLPTR, "atten_mask", "a 4-D atten_mask needs leading dims (B, N1), "
+       "(B, 1) or (1, 1) with B={seqs.batch}, N1={n1}; got {lead}{hint} ({ref})", "rule 27"),
+    _r("R27_compressed", BF, NULLPTR, "atten_mask", "sparse_mode {sparse_mode} needs the "
+       "compressed 2048x2048 mask, got last dims {last}{hint} ({ref})", "rule 27"),
+    _r("R27_dense", BF, NULLPTR, "atten_mask", "sparse_mode {sparse_mode} needs mask last dims "
+       "[maxSq, maxSkv] = [{seqs.max_sq}, {seqs.max_skv}], got {last}{hint} ({ref})", "rule 27"),
+    _r("F13", F, NULLPTR, "sparse_mode", "sparse_mode must be in 0..8 (not 6), got "
+       "{sparse_mode} ({ref})", "rule 26"),
+    _r("R28_mode0", BF, NULLPTR, "pre_tokens", "sparse_mode 0 tokens pre={pre_eff}, "
+       "next={next_eff} are invalid for batch {b} (Sq={sq}, Skv={skv}): need -pre <= Skv, "
+       "-next <= Sq and pre + next > 0 ({ref})", "rule 28"),
+    _r("R28_band", BF, NULLPTR, "pre_tokens", "sparse_mode {sparse_mode} tokens pre={pre_eff}, "
+       "next={next_eff} are invalid for batch {b} (Sq={sq}, Skv={skv}): need -pre <= Sq, "
+       "-next <= Skv and pre + next > 0 ({ref})", "rule 28"),
+    _r("R29", B, NULLPTR, "pse_type", "pse_type must be 1 when pse_shift is None, got "
+       "{pse_type} ({ref})", "rule 29"),
+    _r("R30", B, NULLPTR, "dy", "dy dtype {dy.dtype} must equal the query dtype {query.dtype} "
+       "({ref})", "rule 30"),
+    # ---- the package's own checks (stricter than the device)
+    _r("S1", B, NULLPTR, "key", "key must be 3-D [T2, N2, D], got shape {key.shape} ({ref})",
+       "S1", stricter=True),
+    _r("S2", B, NULLPTR, "{name}", "{name} last dim {last} must equal the value head dim "
+       "Dv={dv} (the kernel reads [T1, N1, Dv] rows) ({ref})", "S2", stricter=True),
+    _r("SF1", F, NULLPTR, "value", "value shape {value.shape} must be [T2, N2, Dv] = "
+       "[{t2}, {n2}, {dv}] (T2, N2 of key; the kernel would read out of bounds)", "SF1",
+       stricter=True),
+    _r("S3_heads", BF, INVALID, "query", "N1={n1} exceeds the documented limit of {limit} heads "
+       "({ref})", "S3", stricter=True),
+    _r("S3_dim", BF, INVALID, "query", "D={d} exceeds the documented limit of {limit} ({ref})",
+       "S3", stricter=True),
+    _r("S3_tokens", BF, INVALID, "{name}", "T={t} of {name} exceeds the documented limit of "
+       "{limit} tokens; split the batch into several calls ({ref})", "S3", stricter=True),
+    _r("S3_batch", BF, INVALID, "actual_seq_qlen", "{nq} sequences exceed the documented limit "
+       "of {limit} ({ref})", "S3", stricter=True),
+    _r("S4", BF, INVALID, "{name}", "{problem} ({ref})", "S4", stricter=True),
+    _r("S5_q", BF, INVALID, "query_rope", "query_rope shape {query_rope.shape} must be "
+       "[T1, N1, Dr] = {want} (T1, N1 of query) ({ref})", "S5", stricter=True),
+    _r("S5_k", BF, INVALID, "key_rope", "key_rope shape {key_rope.shape} must be [T2, N2, Dr] = "
+       "{want} (T2, N2 of key, Dr of query_rope){hint} ({ref})", "S5", stricter=True),
+    _r("S5_dr", BF, INVALID, "query_rope", "rope head dim Dr={dr} must be a multiple of 8 "
+       "(docs) ({ref})", "S5", stricter=True),
+    _r("S6_sample", BF, INVALID, "atten_mask", _NOT_CANONICAL + "a sample of this device mask "
+       "differs from it. Upload aclnn_fag.masks.compressed_causal_mask() ({ref})", "S6",
+       stricter=True, data=True),
+    _r("S6", BF, INVALID, "atten_mask", _NOT_CANONICAL + "with other content the device's "
+       "result depends on its tiling. Use aclnn_fag.masks.compressed_causal_mask(){hint} "
+       "({ref})", "S6", stricter=True, data=True),
+    _r("S7", BF, INVALID, "pre_tokens", "pre_tokens={pre_eff} + Sq - Skv of batch {b} overflows "
+       "the kernel's int32 block-skip bound (blocks would be wrongly skipped); pass a smaller "
+       "pre_tokens (any value >= the longest sequence gives the same kept set) ({ref})", "S7",
+       stricter=True),
+    _r("S8", B, INVALID, "{name}", _COPIES + "{sampled} ({ref})", "S8", stricter=True,
+       data=True),
+    _r("S9", B, INVALID, "softmax_max", "softmax_max/softmax_sum look token-major ([T, N] "
+       "values broadcast to [T, N, 8]); the device reads them per batch as [N, Sq_b, 8] blocks "
+       "and would compute wrong gradients without any error. Convert with aclnn_fag."
+       "softmax_layout.device_stats_from_token_major(stats[..., 0], actual_seq_qlen) ({ref})",
+       "S9", stricter=True, data=True),
+)
+
+# The stand-in op's messages (native_stubs/src/rule_table.h is generated from them): per rule,
+# per op, the printf formats its C checks report, in their order ("{ref}": the citation).
+_SB, _SF = B[0], F[0]
+STUB_MESSAGES: Dict[str, Dict[str, Tuple[str, ...]]] = {
+    "R1_null": {_SB: ('inputLayout is NULL (must be "TND") [stub addition: the real op crashes '
+                      'here]',)},
+    "R1": {_SB: ('inputLayout "%.32s" is not "TND" ({ref})',)},
+    "R2": {_SB: ("%s is NULL; it is required ({ref})",)},
+    "R4": {_SB: ("headNum %lld must be > 0 ({ref})",)},
+    "R5": {_SB: ("%s has %lld dims; tensors with fewer than 3 dims are not supported ({ref})",)},
+    "R6": {_SB: ("head dim of query (%lld) != head dim of keyIn (%lld) ({ref})",)},
+    "R7": {_SB: ("head dim of value (%lld) is larger than that of query (%lld) ({ref})",)},
+    "R8": {_SB: ("%s is NULL while %s is not; queryRope and keyInRope must both be given "
+                 "({ref})",)},
+    "R8_both": {_SB: ("queryRope and keyInRope are both NULL; V3 needs them (the real op "
+                      "dereferences them and crashes) ({ref})",)},
+    "R9": {_SB: ("rope head dim (queryRope %lld, keyInRope %lld) must not exceed the query head "
+                 "dim %lld ({ref})",)},
+    "R10": {_SB: ("query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must all be "
+                  "BF16 ({ref})",)},
+    "R11": {_SB: ("sparseMode 6 is not supported with queryRope/keyInRope ({ref})",)},
+    "R12": {_SB: ("attenMaskOptional is %s; V3 with rope requires an attention mask ({ref})",)},
+    "R13": {_SB: ("pseShiftOptional must be NULL with queryRope/keyInRope ({ref})",)},
+    "R14": {_SB: ("dropMaskOptional must be NULL with queryRope/keyInRope ({ref})",)},
+    "R15": {_SB: ("keepProb %g must be 1 ({ref})",)},
+    "R16": {_SB: ("query/keyIn/value: %s ({ref})",)},
+    "R18": {_SB: ("%s is missing (NULL or 0-dim); it is required ({ref})",)},
+    "R19": {_SB: ("headNum %lld != query.shape[1] %lld ({ref})",)},
+    "R17": {_SB: ("keepProb %g must be 1 ({ref})",)},
+    "R20": {_SB: ("softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT ({ref})",)},
+    "R20_attn": {_SB: ("attentionInOptional dtype %s != query dtype %s ({ref})",)},
+    "R21": {_SB: ("%s shape %s must be [T1, N1, 8] = [%lld,%lld,8] ({ref})",)},
+    "R21_attn": {_SB: ("attentionInOptional shape %s must match query shape %s except the last "
+                       "dim ({ref})",)},
+    "R22": {_SB: ("query shape %s has a zero T, N or D ({ref})",)},
+    "F1": {_SF: ("%s is NULL; it is required (forward rule F1)",)},
+    "F3": {_SF: ('inputLayout "%.32s" is not "TND" (forward rule F3)',)},
+    "F4": {_SF: ("the dtypes of query, key and value differ (forward rule F4)",)},
+    "F4_pse": {_SF: ("pseType %lld needs realShiftOptional (forward rule F4)",)},
+    "F4_pse_dtype": {_SF: ("realShiftOptional dtype differs from query's (forward rule F4)",)},
+    "F5_heads": {_SF: ("headNum %lld must be > 0 (forward rule F5)",)},
+    "F5_rank": {_SF: ("query must have 3 dims for TND, got %s (forward rule F5)",)},
+    "F5_kv_rank": {_SF: ("%s has fewer than 3 dims (forward rule F5) [stub addition]",)},
+    "F5_d": {_SF: ("head dim of query (%lld) != that of key (%lld) (forward rule F5)",)},
+    "F5_dv": {_SF: ("head dim of value (%lld) > that of query (%lld) (forward rule F5)",)},
+    "F5_max_d": {_SF: ("head dim %lld must be <= 768 (forward rule F5)",)},
+    "F6_rope": {_SF: ("exactly one of queryRope/keyRope is NULL (forward rule F6)",)},
+    "F6_rope_both": {_SF: ("queryRope and keyRope are both NULL (forward rule F6: the real op "
+                           "dereferences them and crashes) [stub addition]",)},
+    "F6_rope_rank": {_SF: ("%s has fewer than 3 dims (forward rule F6) [stub addition]",)},
+    "F6_dr": {_SF: ("rope head dim exceeds the query head dim %lld (forward rule F6)",)},
+    "F6_bf16": {_SF: ("query, queryRope, key, keyRope and value must all be BF16 (forward rule "
+                      "F6)",)},
+    "F6_sparse6": {_SF: ("sparseMode 6 is not supported with rope inputs (forward rule F6)",)},
+    "F6_mask": {_SF: ("attenMaskOptional is %s; rope inputs need a mask (forward rule F6)",)},
+    "F6_pse": {_SF: ("realShiftOptional must be NULL with rope inputs (forward rule F6)",)},
+    "F6_drop": {_SF: ("dropMaskOptional must be NULL with rope inputs (forward rule F6)",)},
+    "F6_keep": {_SF: ("keepProb %g must be 1 with rope inputs (forward rule F6)",)},
+    "F6_pad": {_SF: ("D=%lld / Dv=%lld would be padded, which rope inputs do not support "
+                     "(forward rule F6)",)},
+    "F7_keep": {_SF: ("keepProb %g must be in (0, 1] (forward rule F7)",)},
+    "F7_pse": {_SF: ("pseType %lld must be in [0, 4) (forward rule F7)",)},
+    "F8": {_SF: ("key must have 3 dims for TND, got %s (forward rule F8)",)},
+    "R23_q": {_SB: ("%s is NULL; TND needs both cumulative length arrays ({ref})",),
+              _SF: ("%s is NULL; TND needs both cumulative length arrays (forward rule F9)",)},
+    "R23_empty": {_SB: ("actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional (length "
+                        "%llu) must have the same non-zero length ({ref})",),
+                  _SF: ("the cumulative length arrays must have the same non-zero length (%llu, "
+                        "%llu) (forward rule F9)",)},
+    "R24_rank": {_SB: ("query must have 3 dims [T,N,D], got %s ({ref})",)},
+    "R24_n2": {_SB: ("keyIn head count N2=%lld must be > 0 and <= query head count N1=%lld "
+                     "({ref})",)},
+    "R24_mod": {_SB: ("query head count N1=%lld must be a multiple of keyIn head count N2=%lld "
+                      "(softmax shape check) ({ref})",)},
+    "R25_dy": {_SB: ("dy shape %s must match query shape %s except the last dim, which must be "
+                     "<= D ({ref})",)},
+    "R25_value": {_SB: ("value shape %s must match keyIn shape %s except the last dim, which "
+                        "must be <= that of keyIn ({ref})",)},
+    "R26": {_SB: ("sparseMode %lld must be in 0..8 ({ref})",)},
+    "F10": {_SF: ("%s = %lld is below the sum of the sequence lengths (forward rule F10)",)},
+    "F11_heads": {_SF: ("headNum %lld != query dim 1 %lld (forward rule F11)",)},
+    "F11_n2": {_SF: ("key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)",)},
+    "F11_d": {_SF: ("head dim D is 0 (forward rule F11)",)},
+    "F11_mod": {_SF: ("N1=%lld must be a multiple of N2=%lld (forward rule F11)",)},
+    "F12": {_SF: ("pseType %lld must be 1 without realShiftOptional (forward rule F12)",)},
+    "R27_dtype": {_SB: ("attenMaskOptional dtype %s must be BOOL or UINT8 ({ref})",),
+                  _SF: ("attenMaskOptional must be BOOL or UINT8 (forward rule F12)",)},
+    "R27_rank": {_SB: ("attenMaskOptional must have 2 or 4 dims, got %s ({ref})",),
+                 _SF: ("attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)",)},
+    "R27_lead": {_SB: ("attenMaskOptional shape %s: the first two dims must be (B,N1), (B,1) or "
+                       "(1,1) with B=%lld, N1=%lld ({ref})",),
+                 _SF: ("attenMaskOptional %s: leading dims must be (B,N1), (B,1) or (1,1) with "
+                       "B=%lld (forward rule F12)",)},
+    "R27_compressed": {_SB: ("attenMaskOptional shape %s: for sparseMode %lld the last two dims "
+                             "must be %s ({ref})",),
+                       _SF: ("attenMaskOptional %s: sparseMode %lld needs last dims %s (forward "
+                             "rule F12)",)},
+    "F13": {_SF: ("sparseMode %lld must be in 0..8 (forward rule F13)",)},
+    "R28_mode0": {_SB: ("preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at "
+                        "batch %lld ({ref})",),
+                  _SF: ("preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at "
+                        "batch %lld (forward rule F14)",)},
+    "R29": {_SB: ("pseType %lld must be in [0,4) ({ref})",
+                  "pseType %lld must be 1 when pseShiftOptional is NULL ({ref})")},
+    "R30": {_SB: ("dy dtype %s != query dtype %s ({ref})",)},
+    "S1": {_SB: ("keyIn must have 3 dims [T2,N2,D], got %s [stub addition] ({ref})",)},
+    "S2": {_SB: ("%s last dim %lld must equal value head dim Dv=%lld [stub addition] ({ref})",)},
+    "SF1": {_SF: ("value %s must be [T2,N2,Dv] [stub addition SF1]",)},
+    "S3_heads": {_SB: ("beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and "
+                       "T2 %lld <= %lld, %lld sequences <= %d) [stub addition] ({ref})",),
+                 _SF: ("beyond the documented limits [stub addition S3]",)},
+    "S4": {_SB: ("%s must be non-negative non-decreasing cumulative ends; entry %llu is %lld "
+                 "[stub addition] ({ref})",
+                 "%s last cumulative end %lld exceeds %s = %lld [stub addition] ({ref})"),
+           _SF: ("%s must be non-negative non-decreasing cumulative ends [stub addition S4]",
+                 "the last cumulative end exceeds T [stub addition S4]")},
+    "S5_q": {_SB: ("queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub addition "
+                   "S5]",),
+             _SF: ("queryRope %s must be [T1,N1,Dr] [stub addition S5]",)},
+    "S5_k": {_SB: ("keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
+                   "queryRope) [stub addition] ({ref})",),
+             _SF: ("keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]",)},
+    "S5_dr": {_SB: ("rope head dim Dr=%lld must be a multiple of 8 [stub addition] ({ref})",),
+              _SF: ("rope head dim %lld must be a multiple of 8 [stub addition S5]",)},
+    "S6": {_SB: ("sparseMode %lld needs the canonical compressed mask (1 strictly above the "
+                 "diagonal) in the first 2048x2048 slice of attenMaskOptional [stub addition "
+                 "S6]",),
+           _SF: ("sparseMode %lld needs the canonical compressed mask [stub addition S6]",)},
+    "S7": {_SB: ("preTokens %lld + Sq - Skv of batch %lld overflows the kernel's int32 "
+                 "block-skip bound [stub addition] ({ref})",),
+           _SF: ("preTokens + Sq - Skv of batch %lld overflows the kernel's int32 block-skip "
+                 "bound [stub addition S7]",)},
+    "S8": {_SB: ("the 8 copies in the last dim of %s differ [stub addition] ({ref})",)},
+    "S9": {_SB: ("softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] broadcast to "
+                 "[T,N,8]); the op reads them per batch as [N,Sq_b,8] blocks [stub addition] "
+                 "({ref})",)},
+}
+RULES = tuple(replace(r, c_messages=tuple(STUB_MESSAGES.get(r.id, {}).items())) for r in RULES)
+
+# What each section of docs/validation.md checks, in words (its rule tables are generated
+# from these and the rows above).
+SECTIONS: Dict[str, str] = {
+    "rule 1": '`input_layout` is not exactly `"TND"` (case-sensitive). Checked before '
+              'everything else. `None` is refused with 161001 (stricter: the device would '
+              'crash in `strcmp`).',
+    "rule 2": "`query`, `key`, `value`, `dy` or `attention_in` is missing (the C op also "
+              "requires the output tensors, `workspaceSize` and `executor`)",
+    "rule 3": "not a failure: when dq, dk and dv are all empty the call succeeds and computes "
+              "nothing",
+    "rule 4": "`head_num` ≤ 0",
+    "rule 5": "a tensor has fewer than 3 dims (query, key, value, dy, attention_in; the rope "
+              "tensors when both are given)",
+    "rule 6": "head dim D of key differs from that of query (dimension 2 of each tensor)",
+    "rule 7": "value head dim Dv is larger than D",
+    "rule 8": "exactly one of `query_rope`/`key_rope` is None. Both None: refused too "
+              "(stricter: the device dereferences them)",
+    "rule 9": "the rope head dim Dr of `query_rope` or `key_rope` exceeds D",
+    "rule 10": "query, query_rope, key, key_rope, value are not all bfloat16",
+    "rule 11": "`sparse_mode` is 6 (prefix compression)",
+    "rule 12": "`atten_mask` is None or a 0-d array",
+    "rule 13": "`pse_shift` is given",
+    "rule 14": "`drop_mask` is given",
+    "rule 15": "`keep_prob` < 1",
+    "rule 16": "the head dims would need padding, which V3 rejects (see below)",
+    "rule 17": "`keep_prob` > 1 after rounding to float32",
+    "rule 18": "`softmax_max` or `softmax_sum` is missing or 0-d",
+    "rule 19": "`head_num` differs from `query.shape[1]`",
+    "rule 20": "the statistics are not float32; `attention_in` has another dtype than query",
+    "rule 21": "the statistics are not shaped `[T1, N1, 8]`; `attention_in` differs from query "
+               "except in the last dim",
+    "rule 22": "T1, N1 or D is 0 (on the computing path)",
+    "rule 23": "`actual_seq_qlen`/`actual_seq_kvlen` missing, empty, or of different lengths",
+    "rule 24": "query is not 3-D; N2 is 0 or larger than N1; N1 is not a multiple of N2",
+    "rule 25": "dy differs from query except in the last dim, or its last dim exceeds "
+               "query's; the same for value against key",
+    "rule 26": "`sparse_mode` outside 0..8",
+    "rule 27": "the mask: dtype not bool/uint8, rank not 2 or 4, 4-D leading dims not (B, N1), "
+               "(B, 1) or (1, 1), last two dims not `[maxSq, maxSkv]` (modes 0/1/5) or "
+               "`[2048, 2048]` (modes 2/3/4/7/8)",
+    "rule 28": "the tokens, after normalisation (docs/sparse_modes.md): mode 0 needs −pre ≤ "
+               "Skv_b, −next ≤ Sq_b and pre + next > 0 for every batch; mode 4 needs −pre ≤ "
+               "Sq_b, −next ≤ Skv_b and pre + next > 0 for every batch; modes 7/8 the same as "
+               "mode 4 for the band batch only",
+    "rule 29": "`pse_type` is not 1 (without a pse tensor the op accepts only 1)",
+    "rule 30": "dy has another dtype than query (no kernel exists for the mix)",
+    "S1": "key is not 3-D `[T2, N2, D]`",
+    "S2": "the last dim of dy, then of attention_in, is not Dv (the kernel reads "
+          "`[T1, N1, Dv]` rows)",
+    "S3": "the documented limits: N1 ≤ 256, D ≤ 768, T1 and T2 ≤ 2^20, at most 2048 sequences",
+    "S4": "the cumulative ends (query side, then KV side) hold a negative entry, decrease, or "
+          "end past T. A last end below T is allowed with a `SequenceEndWarning` (the rows "
+          "after it get zero gradients).",
+    "S5": "query_rope is not `[T1, N1, Dr]`, key_rope is not `[T2, N2, Dr]` with Dr of "
+          "query_rope, or Dr is not a multiple of 8",
+    "S6": "modes 2/3/4/7/8: the first 2048×2048 slice of the mask is not the canonical "
+          "compressed mask (1 strictly above the diagonal)",
+    "S7": "modes 4/7/8: pre + Sq_b − Skv_b reaches 2^31 − 1 for some batch (the kernel's int32 "
+          "block-skip bound would overflow)",
+    "S8": "the 8 copies in the last dim of softmax_max, then of softmax_sum, differ",
+    "S9": "the statistics fit the token-major reading and not the device's (docs/semantics.md, "
+          "\"Softmax statistics\")",
+}
+
+
+def rules_for(op_key: str, release: Optional[str] = None) -> Tuple[Rule, ...]:
+    """The rows ``op_key`` runs, in order (those of ``release`` only, when given)."""
+    return tuple(r for r in RULES if op_key in r.ops
+                 and (release is None or release in r.releases))

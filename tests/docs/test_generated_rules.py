@@ -1,0 +1,82 @@
+"""The artefacts generated from the rule table (aclnn_fag/rules/table.py) are up to date, and
+the stand-in ops and the validator use the table as it says: every row has its check, every
+generated message is used by its stub op, in the table's order. A failure here after editing
+the table: run ``python3 scripts/gen_rules.py`` and commit the result."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+from aclnn_fag.rules import gen
+from aclnn_fag.rules.checks import CHECKS
+from aclnn_fag.rules.table import RULES, STUB_MESSAGES, rules_for
+from aclnn_fag.spec import BACKWARD_V3, FORWARD_V3, OPS
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SRC = ROOT / "native_stubs" / "src"
+STUBS = {BACKWARD_V3.key: (SRC / "opapi_stub.c", "static aclnnStatus validate(", "FAIL_RULE"),
+         FORWARD_V3.key: (SRC / "opapi_fwd_stub.c", "static aclnnStatus check_forward(",
+                          "REJECT_RULE")}
+
+
+def test_the_stub_header_is_generated_from_the_table():
+    assert (SRC / "rule_table.h").read_text() == gen.stub_header(), \
+        "native_stubs/src/rule_table.h is stale: run python3 scripts/gen_rules.py"
+
+
+def test_the_docs_rule_tables_are_generated_from_the_table():
+    text = (ROOT / "docs" / "validation.md").read_text()
+    for which in ("device", "own"):
+        assert f"<!-- rules:{which} -->" in text and f"<!-- rules:{which}:end -->" in text
+    assert gen.update_docs(text) == text, \
+        "docs/validation.md's rule tables are stale: run python3 scripts/gen_rules.py"
+
+
+def test_every_row_has_a_check_and_a_known_op():
+    ids = [r.id for r in RULES]
+    assert len(ids) == len(set(ids))
+    assert set(CHECKS) == set(ids)
+    assert all(r.ops and set(r.ops) <= set(OPS) for r in RULES)
+    assert set(STUB_MESSAGES) <= set(ids)
+    for r in RULES:
+        assert set(dict(r.c_messages)) <= set(r.ops), r.id
+        assert (r.code == 0) == (r.message == ""), r.id
+
+
+def _body(text: str, start: str) -> str:
+    body = text[text.index(start):]
+    return body[:body.index("\n}\n")]
+
+
+def test_the_stub_ops_check_the_rules_in_the_tables_order():
+    """Each stub op fails through its generated rule macros only, each macro once, in the
+    order of the op's rows (a helper's macros count where the helper is defined)."""
+    for key, (path, start, macro) in STUBS.items():
+        text = path.read_text()
+        prefix = gen.PREFIX[key]
+        used = re.findall(rf"\b{macro}\(({prefix}_\w+)", text)
+        order = []
+        for rule in rules_for(key):
+            formats = rule.c_formats(key)
+            order += [f"{prefix}_{rule.id}" + (f"_{n + 1}" if n else "") for n in range(len(formats))]
+        assert sorted(used) == sorted(order), path.name
+        in_body = re.findall(rf"\b{macro}\(({prefix}_\w+)", _body(text, start))
+        assert in_body == [m for m in order if m in in_body], path.name
+        # no status code written by hand in the rules' part of the checks
+        assert not re.search(rf"\b{macro[:-5]}\(ACLNN_ERR_PARAM_\w+, [A-Z0-9]+ \": [^\"]*\(docs/validation.md, (rule|S)",
+                             _body(text, start)), path.name
+
+
+def test_rows_can_be_keyed_on_a_release(monkeypatch):
+    """The releases column is real: a row limited to one CANN release drops out of the
+    others' rule lists (today every row applies to every known release)."""
+    from dataclasses import replace
+
+    from aclnn_fag.rules import table
+    assert all(r.releases == table.RELEASES for r in RULES)
+    assert rules_for(BACKWARD_V3.key, "9.1") == rules_for(BACKWARD_V3.key)
+    limited = tuple(replace(r, releases=("8.5",)) if r.id == "S9" else r for r in RULES)
+    monkeypatch.setattr(table, "RULES", limited)
+    assert "S9" in [r.id for r in table.rules_for(BACKWARD_V3.key, "8.5")]
+    assert "S9" not in [r.id for r in table.rules_for(BACKWARD_V3.key, "9.1")]
