@@ -95,3 +95,23 @@ def test_torch_bench_rows_and_ratios():
     text = bench_torch.format_torch_bench(report)
     assert "tiny ragged causal" in text and "torch/sdpa" in text
     assert torch.get_num_threads() >= 1
+
+
+def test_bench_suite_torch_command(monkeypatch, tmp_path, capsys):
+    """``aclnn-fag bench --suite torch`` (cases shrunk): the table, the JSON report, and
+    --check's exit status following the goals."""
+    import json
+    from aclnn_fag.tools.cli import main
+    monkeypatch.setattr(bench_torch, "CASES",
+                        (bench_torch.TorchCase("tiny causal", (9, 7), True, 1e9),))
+    monkeypatch.setattr(bench_torch, "WRAPPER_GOAL", 1e9)   # tiny shapes: overhead only
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--suite", "torch", "--repeat", "1", "-q", "--clock", "cpu",
+                 "--json", str(out), "--check"]) == 0       # goals of 1e9 x are met
+    assert "tiny causal" in capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["suite"] == "torch" and report["clock"] == "cpu" and report["threads"] == 1
+    assert report["rows"][0]["met"] is True
+    monkeypatch.setattr(bench_torch, "CASES",
+                        (bench_torch.TorchCase("tiny causal", (9, 7), True, 1e-9),))
+    assert main(["bench", "--suite", "torch", "--repeat", "1", "-q", "--check"]) == 1
