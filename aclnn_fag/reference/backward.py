@@ -61,8 +61,9 @@ def attention_backward(call: FagCall, precision: str = "device",
         return 2 * skv * (d_qk + dv + 2) * itemsize
 
     # Tiles are [H, G*rows, C] for H KV heads at a time (batch_heads), but the backward runs
-    # one KV head per step: batched, its small-shape steps measured slower (T = 256, N = 8:
-    # 11.3 vs 8.4 ms CPU), while the forward gains (3.0 vs 4.6 ms).
+    # one KV head per step: batched (T = 256, N = 8) it measured slower, 11.3 vs 8.4 ms CPU,
+    # its user time lower but its larger gathers page-faulted afresh on every call once
+    # torch was imported (~2,000 minor faults per call); the forward gains (3.0 vs 4.6 ms).
     for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
                                                                     per_head_bytes, 1):
         nh = n2.stop - n2.start
