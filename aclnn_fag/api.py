@@ -8,7 +8,7 @@ import warnings
 
 import numpy as np
 
-from . import blas, operands
+from . import acl, blas, device_run, operands
 from .call import INT32_MAX, FagForward, FagGrads
 from .errors import AclnnError, BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
 from .reference import PRECISIONS, attention_backward, attention_forward
@@ -82,14 +82,12 @@ def resolve_backend(backend: str = "auto", precision: str = "device") -> str:
     if backend == "auto":
         if precision != "device":
             return "numpy"
-        acl = _acl()
         status = acl.availability()
         if status.ok:
             return "npu"
         _warn_fallback(status)
         return "numpy"
     if backend == "npu":
-        acl = _acl()
         status = acl.availability()
         if not status.ok:
             forked = acl.runtime.forked_child_reason()
@@ -207,42 +205,15 @@ def flash_attention_unpadding_score_grad_v3(
         raise
     _last.name = name
     if on_device:
-        return _device_run().run_backward_on_device(call, kind, query, stream)
+        return device_run.run_backward_on_device(call, kind, query, stream)
     if call.empty_result or name == "numpy":
         with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
             grads = attention_backward(call, precision, progress=progress)
     else:
-        acl = _acl()
         grads = acl.run_backward(call, stream=stream)
     if kind == operands.TORCH:
         grads = FagGrads(*(operands.to_torch(g) for g in grads))
     return grads
-
-
-def _acl():
-    """aclnn_fag.acl, imported by the first call (an import statement per call costs ~2 us;
-    the statement, not a sys.modules look-up, so that a first use while another thread is
-    still importing it waits for that import)."""
-    global _acl_module
-    if _acl_module is None:
-        from . import acl
-        _acl_module = acl
-    return _acl_module
-
-
-_acl_module = None
-
-
-def _device_run():
-    """aclnn_fag.device_run (imported on first use; an import statement per call costs ~2 us)."""
-    global _device_run_mod
-    if _device_run_mod is None:
-        from . import device_run
-        _device_run_mod = device_run
-    return _device_run_mod
-
-
-_device_run_mod = None
 
 
 def _call_setup(kind, query, backend, precision, check_data, stream):
@@ -255,8 +226,7 @@ def _call_setup(kind, query, backend, precision, check_data, stream):
     if check_data is None:
         check_data = not (on_device and stream is not None)
     elif check_data and on_device and stream is not None:
-        runtime = _acl().runtime
-        runtime.synchronize_stream(stream, query.device_id)   # the data must be ready
+        acl.runtime.synchronize_stream(stream, query.device_id)   # the data must be ready
     return on_device, name, check_data
 
 
@@ -334,9 +304,8 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
         raise
     if on_device:
         _last.name = name
-        return _device_run().run_forward_on_device(call, kind, query, stream)
+        return device_run.run_forward_on_device(call, kind, query, stream)
     if name == "npu" and backend != "npu":
-        acl = _acl()
         if not acl.forward_available():
             # "auto" on a CANN without the forward op: the NumPy forward, said once
             _warn_fallback(_NoForward())
@@ -348,7 +317,6 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
         with blas.capped():
             out = attention_forward(call, precision, progress=progress)
     else:
-        acl = _acl()
         out = acl.run_forward(call, stream=stream)
     if kind == operands.TORCH:
         out = FagForward(*(operands.to_torch(x) for x in out))

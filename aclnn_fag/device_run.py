@@ -16,10 +16,10 @@ import sys
 
 import numpy as np
 
-from . import operands
-from . import acl
+from . import acl, operands
 from .call import FagForward, FagGrads
 from .constants import BF16
+from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
@@ -47,13 +47,8 @@ def call_device(call, names) -> int:
 
 def _zero(da) -> None:
     """Zero a contiguous device array's own bytes (not the aligned base before it)."""
-    from .acl import runtime
-    if da.size == 0:
-        return
-    b = runtime.ensure_device(da.device_id)
-    ptr = da.buffer.ptr + da.offset * da.itemsize
-    from .acl._status import check
-    check(b, b.aclrtMemset(ptr, da.nbytes, 0, da.nbytes), "aclrtMemset")
+    if da.size:
+        da.buffer.memset(0, da.offset * da.itemsize, da.nbytes)
 
 
 def _framework_dtype(like, name: str):
@@ -90,7 +85,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
                 outs[out] = view(ptr if type(ptr) is int else int(ptr), shape, dt, t.stride(),
                                  dev, t)
             except (TypeError, ValueError) as e:
-                raise operands._named(e, f"result '{out}' (query.new_empty)") from None
+                raise operands.named_error(e, f"result '{out}' (query.new_empty)") from None
         if call.empty_result:
             for da in outs.values():
                 _zero(da)
@@ -129,3 +124,19 @@ def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
         lambda dev, outs: run_forward(call, device_id=dev, outputs=outs, keep_on_device=True,
                                       stream=stream),
         ("query", "query_rope", "key", "key_rope", "value", "atten_mask")))
+
+
+def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:
+    """``FagPlan(validate=True)``: the public call's rules on the plan's (uploaded) inputs;
+    the data rules read only a bounded sample of device memory (none with check_data=False)."""
+    validate_backward(*(inputs[n] for n in ("query", "query_rope", "key", "key_rope", "value",
+                                            "dy")),
+                      **{n: inputs[n] for n in ("atten_mask", "softmax_max", "softmax_sum",
+                                                "attention_in", "pse_shift", "drop_mask",
+                                                "padding_mask", "softmax_in")},
+                      **int_values, **attrs, deterministic=deterministic, check_data=check_data)
+
+
+# NPU tensors in plans, and the plans' validation: the acl layer asks the layers above
+acl.device.register_converter(operands.npu_to_device_array)
+acl.plan.register_validator(_validate_plan)

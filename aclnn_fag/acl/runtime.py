@@ -36,7 +36,7 @@ from typing import Dict, Optional
 from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
                       ResourceReleaseWarning, error_class_for)
 from .. import _env
-from . import loader, ownership
+from . import caches, loader, ownership
 from ._status import check, recent_message, status_error
 from ..constants import INT32_MAX
 
@@ -147,6 +147,7 @@ def _check_pid() -> None:
                 _process_gen += 1
                 _state = None
                 ownership.after_fork()
+                caches.forget_all()
 
 
 def _raise_if_forked() -> None:
@@ -937,8 +938,6 @@ class DeterminismHold:
         self.device_id = device_id
         self._claim = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
         self._finalizer = weakref.finalize(self, self._claim.release, "gc")
-        self._pooled = False        # recycled by release() into this thread's pool (call_hold)
-        self._in_pool = False       # released and waiting in the pool: release() is a no-op
 
     def acquire(self) -> "DeterminismHold":
         want = self.want
@@ -1003,19 +1002,8 @@ class DeterminismHold:
 
     def release(self, mode: str = "warn") -> None:
         """Leave the hold (idempotent; a failed restore warns, or raises with mode="raise")."""
-        if self._in_pool:
-            return
         if self._claim.release(mode):
-            if not self._pooled:
-                self._finalizer.detach()
-            elif not self._claim.live:
-                # back into this thread's pool, once (call_hold clears the flags); the
-                # finalizer stays: releasing a released claim is a no-op
-                self._pooled = False
-                pool = getattr(_tls, "holds", None)
-                if pool is not None and len(pool) < 4:
-                    self._in_pool = True
-                    pool.append(self)
+            self._finalizer.detach()
 
     def __enter__(self) -> "DeterminismHold":
         return self.acquire()
@@ -1023,28 +1011,6 @@ class DeterminismHold:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.release("warn" if exc_type is not None else "raise")
         return False
-
-
-def call_hold(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
-    """A :class:`DeterminismHold` for one op call, recycled through a per-thread pool (its
-    claim and finalizer, ~10 us to make, are reused). Use it exactly as a new hold:
-    ``release()`` is idempotent and puts it back into the pool at most once; a hold whose
-    release failed or never happened (an interrupt) is not reused."""
-    pool = getattr(_tls, "holds", None)
-    if pool is None:
-        pool = _tls.holds = []
-    while pool:
-        h = pool.pop()
-        if h._claim.live or h._claim.gen != ownership.generation():
-            continue            # pragma: no cover - never pooled while live; a forked child
-        h.want = None if want is None else bool(want)
-        h.device_id = device_id
-        h._in_pool = False
-        h._pooled = True
-        return h
-    h = DeterminismHold(device_id, want)
-    h._pooled = True
-    return h
 
 
 def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
@@ -1063,15 +1029,6 @@ def _release_all_resources() -> None:
     ownership.release_all(final=True)
 
 
-_shutdown_hooks: list = []
-
-
-def on_shutdown(fn) -> None:
-    """Call ``fn()`` at the start of every :func:`shutdown` (before the sweep of live
-    handles), e.g. to empty a cache of native handles in the right order."""
-    _shutdown_hooks.append(fn)
-
-
 def shutdown(finalize: bool = True) -> None:
     """Release every live buffer/tensor/executor of this package (also handles whose earlier
     release failed: their one retry) and every stream; then, if this package's ``aclInit``
@@ -1079,11 +1036,7 @@ def shutdown(finalize: bool = True) -> None:
     as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
-    for hook in list(_shutdown_hooks):
-        try:
-            hook()
-        except Exception:
-            pass
+    caches.clear_all()      # the caches' handles and memory first, in their order
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
@@ -1135,6 +1088,7 @@ def _after_fork_in_child() -> None:
         _fork_reason = _forked_message(st.pid)
     _state = None
     ownership.after_fork()
+    caches.forget_all()         # the parent's handles and memory: never released here
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()
     _stats_lock = threading.RLock()

@@ -59,10 +59,10 @@ def compare_requested(args) -> bool:
 
 
 def run_compare(args) -> int:
-    from . import report_compare
+    from . import report_cli, report_compare
     factor = report_compare.FACTOR if args.factor is None else args.factor
-    return report_compare.main(args.compare[0], args.compare[1], factor=factor, json_dest=args.json,
-                               html_dest=getattr(args, "html", None))
+    return report_cli.run_compare(args.compare[0], args.compare[1], factor=factor,
+                                  json_dest=args.json, html_dest=getattr(args, "html", None))
 
 
 def load_backend_fn(args):

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import sys
 
+from . import report_compare
 from .output import STDOUT, human_stream
 
 __all__ = ["add_html_argument", "prepare_html", "write_run_page", "write_compare_page",
-           "add_report_command", "cmd_report"]
+           "add_report_command", "cmd_report", "run_compare"]
 
 HTML_HELP = ("write the results as one self-contained HTML page (environment, verdicts, the case "
              "table failing first, heat maps and token plots of the failing and borderline "
@@ -92,7 +93,6 @@ def add_report_command(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from . import report_compare
     from .output import write_text
     from .parity import format_table
     prog = "aclnn-fag report"
@@ -126,3 +126,27 @@ def cmd_report(args) -> int:
                                      stream=text)
         status = html_status or status
     return status
+
+
+def run_compare(old_path, new_path, factor: float = report_compare.FACTOR, json_dest=None,
+                html_dest=None) -> int:
+    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input;
+    also when ``html_dest``'s page lacks pictures because NEW has no error summaries)."""
+    from .output import write_json
+    try:
+        old, new = report_compare.load_report(old_path), report_compare.load_report(new_path)
+        cmp = report_compare.compare_reports(old, new, factor)
+    except (report_compare.ReportError, ValueError) as exc:
+        print(f"aclnn-fag parity --compare: {exc}", file=sys.stderr)
+        return 2
+    print(report_compare.format_comparison(cmp, str(old_path), str(new_path)),
+          file=human_stream(json_dest))
+    if json_dest:
+        write_json(cmp, json_dest)
+        if json_dest != STDOUT:
+            print(f"comparison: {json_dest}", file=human_stream(json_dest))
+    if html_dest:
+        if write_compare_page(old, new, cmp, str(old_path), str(new_path), html_dest,
+                              stream=human_stream(json_dest)):
+            return 2
+    return 1 if cmp["regressed"] else 0

@@ -38,7 +38,7 @@ from typing import List, Optional
 from .envinfo import shorten, summary as version_summary
 from .junit import output_figures
 
-__all__ = ["compare_reports", "format_comparison", "load_report", "check_report", "main",
+__all__ = ["compare_reports", "format_comparison", "load_report", "check_report",
            "FACTOR", "ReportError"]
 
 FACTOR = 2.0
@@ -289,28 +289,3 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
                  f"{', '.join(s['only_in_new']) or 'none'}")
     lines.append("NEW regressed" if cmp["regressed"] else "no regression")
     return "\n".join(lines)
-
-
-def main(old_path, new_path, factor: float = FACTOR, json_dest=None, html_dest=None) -> int:
-    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input;
-    also when ``html_dest``'s page lacks pictures because NEW has no error summaries)."""
-    import sys
-
-    from .output import STDOUT, human_stream, write_json
-    try:
-        old, new = load_report(old_path), load_report(new_path)
-        cmp = compare_reports(old, new, factor)
-    except (ReportError, ValueError) as exc:
-        print(f"aclnn-fag parity --compare: {exc}", file=sys.stderr)
-        return 2
-    print(format_comparison(cmp, str(old_path), str(new_path)), file=human_stream(json_dest))
-    if json_dest:
-        write_json(cmp, json_dest)
-        if json_dest != STDOUT:
-            print(f"comparison: {json_dest}", file=human_stream(json_dest))
-    if html_dest:
-        from .report_cli import write_compare_page
-        if write_compare_page(old, new, cmp, str(old_path), str(new_path), html_dest,
-                              stream=human_stream(json_dest)):
-            return 2
-    return 1 if cmp["regressed"] else 0

@@ -51,9 +51,8 @@ def test_flag_is_on_during_the_call_and_restored(d40, no_leaks):
 
 
 def test_none_leaves_the_option_alone_on_a_fresh_hold(d40, no_leaks):
-    """deterministic=None never writes the option -- also on a hold made fresh rather than
-    recycled from the thread's pool (runtime.call_hold): ``acl.determinism(dev, None)`` and
-    the first call of a new thread."""
+    """deterministic=None never writes the option: ``acl.determinism(dev, None)`` and the
+    first call of a new thread."""
     _set(1)
     with acl.determinism(0, None):
         assert runtime.get_determinism(0) == 1
@@ -210,36 +209,3 @@ def test_nested_conflicting_request_on_one_thread_raises_instead_of_deadlocking(
             acl.call_raw(**d40.raw_kwargs(), deterministic=False)
         assert runtime.get_determinism(0) == 1
     assert runtime.get_determinism(0) == 0
-
-
-def test_call_hold_pool_reuses_only_released_holds(stub):
-    """runtime.call_hold recycles a hold once per release; a hold whose restore failed is
-    kept out of the pool (its claim is live until shutdown retries it)."""
-    _set(0)
-    h = runtime.call_hold(0, True)
-    h.acquire()
-    assert runtime.get_determinism(0) == 1
-    h.release()
-    h.release()                                  # idempotent: pooled once, not twice
-    a = runtime.call_hold(0, False)
-    b = runtime.call_hold(0, False)
-    assert a is h and b is not h                 # the second request makes a new hold
-    for x in (a, b):
-        x.acquire()
-    assert runtime.get_determinism(0) == 0
-    b.release()
-    a.release()
-    assert runtime.get_determinism(0) == 0
-    # a failed restore: the hold stays live, is never handed out again
-    c = runtime.call_hold(0, True)
-    assert c in (a, b)
-    c.acquire()
-    stub.inject("aclrtCtxSetSysParamOpt", 0, 107000)
-    with pytest.warns(errors.ResourceReleaseWarning):
-        c.release()
-    stub.clear()
-    assert c._claim.live
-    assert all(runtime.call_hold(0, False) is not c for _ in range(6))
-    runtime.shutdown()                           # its one retry, then it is dropped
-    assert not c._claim.live
-    _set(0)
