@@ -243,7 +243,19 @@ def to_torch(a):
     return torch.from_numpy(a)
 
 
-<<<<<<< HEAD
+def npu_to_device_array(name: str, t):
+    """A DeviceArray over an NPU tensor's memory (no copy; the tensor is its owner), or None
+    when ``t`` is not an NPU tensor (the converter aclnn_fag.device_run registers for the
+    plans, :func:`aclnn_fag.acl.device.register_converter`)."""
+    return _npu_to_device_array(name, t) if kind_of(t) == NPU else None
+
+
+def named_error(error: Exception, what: str) -> Exception:
+    """``error`` (a TypeError / ValueError about a view) with the tensor it is about named
+    first (``what``, e.g. "result 'dq' (query.new_empty)"); other exception types unchanged."""
+    return _named(error, what)
+
+
 # numpy dtype names in validation messages -> their torch names
 _TORCH_NAMES = {"bfloat16": "torch.bfloat16", "float16": "torch.float16",
                 "float32": "torch.float32", "float64": "torch.float64", "uint8": "torch.uint8",
@@ -267,16 +279,3 @@ def in_torch_terms(error: Exception) -> Exception:
         return error
     return type(error)(text, code=error.code, param=error.param, function=error.function,
                        recent_msg=error.recent_msg, stricter=error.stricter)
-=======
-def npu_to_device_array(name: str, t):
-    """A DeviceArray over an NPU tensor's memory (no copy; the tensor is its owner), or None
-    when ``t`` is not an NPU tensor (the converter aclnn_fag.device_run registers for the
-    plans, :func:`aclnn_fag.acl.device.register_converter`)."""
-    return _npu_to_device_array(name, t) if kind_of(t) == NPU else None
-
-
-def named_error(error: Exception, what: str) -> Exception:
-    """``error`` (a TypeError / ValueError about a view) with the tensor it is about named
-    first (``what``, e.g. "result 'dq' (query.new_empty)"); other exception types unchanged."""
-    return _named(error, what)
->>>>>>> main
