@@ -56,20 +56,10 @@ from .call import INT32_MAX
 from .reference import PRECISIONS
 from .semantics.sparse import COMPRESSED_MODES
 from .seqlens import int_list
+from .torch_ops import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR
 
 __all__ = ["FlashAttentionVarlenRope", "varlen_attention", "DOUBLE_BACKWARD_ERROR",
            "STATS_GRADIENT_ERROR"]
-
-DOUBLE_BACKWARD_ERROR = (
-    "aclnn_fag.torch.varlen_attention is once differentiable: its backward (the "
-    "aclnnFlashAttentionUnpaddingScoreGradV3 op or its NumPy reference) has no derivative, so "
-    "second-order gradients (torch.autograd.grad(..., create_graph=True) followed by a "
-    "backward through the result, e.g. a gradient penalty) are not supported; compute the "
-    "penalty on another part of the model or use a plain torch attention there")
-STATS_GRADIENT_ERROR = (
-    "aclnn_fag.torch.varlen_attention(return_stats=True): a gradient reached softmax_max / "
-    "softmax_sum, which are not differentiable here; detach() them before using them in a "
-    "differentiable computation (a context-parallel merge needs its own backward)")
 
 _MASK_CACHE: dict = {}
 _NPU_ZERO_MASKS = 16          # all-zero NPU masks kept per process (the newest shapes)

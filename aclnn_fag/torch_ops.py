@@ -37,10 +37,21 @@ from .errors import AclnnError
 from .reference import attention_backward, attention_forward
 from .reference.rounding import BF16
 from .semantics.sparse import COMPRESSED_MODES
-from .torch import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR
 from .rules import validate_forward
 
 __all__ = ["varlen_fwd", "varlen_bwd", "GOLDEN_DTYPES"]
+
+DOUBLE_BACKWARD_ERROR = (
+    "aclnn_fag.torch.varlen_attention is once differentiable: its backward (the "
+    "aclnnFlashAttentionUnpaddingScoreGradV3 op or its NumPy reference) has no derivative, so "
+    "second-order gradients (torch.autograd.grad(..., create_graph=True) followed by a "
+    "backward through the result, e.g. a gradient penalty) are not supported; compute the "
+    "penalty on another part of the model or use a plain torch attention there")
+STATS_GRADIENT_ERROR = (
+    "aclnn_fag.torch.varlen_attention(return_stats=True): a gradient reached softmax_max / "
+    "softmax_sum, which are not differentiable here; detach() them before using them in a "
+    "differentiable computation (a context-parallel merge needs its own backward)")
+
 
 GOLDEN_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 _INPUT_NAMES = ("query", "query_rope", "key", "key_rope", "value")

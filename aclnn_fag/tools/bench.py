@@ -49,7 +49,7 @@ from ..api import resolve_backend
 from .cases import CaseSpec, make_inputs, with_forward
 from .cliargs import positive_int
 from .envinfo import environment
-from .output import STDOUT, add_json_argument, human_stream, write_json
+from .output import add_json_argument, emit_report
 from ..semantics.sparse import MaskReader, batch_keep
 from ..reference import attention_backward, attention_forward
 from ..rules import validate_backward, validate_forward
@@ -421,18 +421,6 @@ def _main_overhead(args) -> int:
         return 2
     report = run_overhead(repeat=max(args.repeat, 3), progress=None if args.quiet else sys.stderr)
     return emit_report(args, format_overhead(report), report, report["all_goals_met"])
-
-
-def emit_report(args, text: str, report: dict, goals_met: bool) -> int:
-    """Print a suite's table (stderr when the JSON goes to stdout), write ``--json``, and
-    return the exit status (1 when ``--check`` and a goal was missed)."""
-    stream = human_stream(args.json)
-    print(text, file=stream)
-    if args.json:
-        write_json(report, args.json)
-        if args.json != STDOUT:
-            print(f"json: {args.json}", file=stream)
-    return 1 if args.check and not goals_met else 0
 
 
 def main(args) -> int:

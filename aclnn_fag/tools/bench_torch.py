@@ -229,7 +229,7 @@ def main_torch(args) -> int:
         print("aclnn-fag bench --suite torch needs torch (pip install -e '.[torch]')",
               file=sys.stderr)
         return 2
-    from .bench import emit_report
+    from .output import emit_report
     report = run_torch_bench(args.repeat, args.threads, cases=CASES, progress=not args.quiet,
                              clock=args.clock)
     return emit_report(args, format_torch_bench(report), report, report["all_goals_met"])
