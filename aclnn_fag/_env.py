@@ -1,46 +1,16 @@
-"""Environment variables read on every call, read cheaply.
-
-``os.environ.get`` encodes the name and decodes the value on every call (about 2 us); a
-call on the NPU path reads a few variables (the device, the cache sizes), so that added up.
-:func:`get` returns exactly what ``os.environ.get`` returns, from the same mapping
-(``os.environ``'s own store, so changes made through ``os.environ`` -- ``monkeypatch.setenv``
-included -- are seen at once), with the encoded name kept and the last decoded value reused
-while the stored value object is the same one. Where ``os.environ`` does not keep such a store
-(not CPython's ``os._Environ``) it is ``os.environ.get``.
-"""
+"""Environment variables the NPU path reads on every call (the device, the cache sizes)."""
 
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional, Tuple
+from typing import Optional
 
 __all__ = ["get", "non_negative_int"]
 
-_env = os.environ
-_store = getattr(_env, "_data", None)
-_encodekey = getattr(_env, "encodekey", None)
-_decodevalue = getattr(_env, "decodevalue", None)
-_FAST = isinstance(_store, dict) and callable(_encodekey) and callable(_decodevalue)
-_keys: Dict[str, object] = {}
-_decoded: Dict[str, Tuple[object, str]] = {}
-
 
 def get(name: str) -> Optional[str]:
-    """``os.environ.get(name)``, cheaply (see the module doc)."""
-    if not _FAST:
-        return _env.get(name)
-    key = _keys.get(name)
-    if key is None:
-        key = _keys[name] = _encodekey(name)
-    value = _store.get(key)
-    if value is None:
-        return None
-    last = _decoded.get(name)
-    if last is not None and last[0] is value:
-        return last[1]
-    text = _decodevalue(value)
-    _decoded[name] = (value, text)
-    return text
+    """``os.environ.get(name)``: a change made at any time is seen by the next call."""
+    return os.environ.get(name)
 
 
 def non_negative_int(name: str, raw: Optional[str], default: int, zero_means: str) -> int:

@@ -16,10 +16,11 @@ import sys
 
 import numpy as np
 
-from . import operands
-from . import acl
-from .call import FagForward, FagGrads
+from . import acl, operands
+from .acl import release as acl_release
+from .call import FagForward, FagGrads, device_int_array
 from .constants import BF16
+from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
@@ -47,13 +48,8 @@ def call_device(call, names) -> int:
 
 def _zero(da) -> None:
     """Zero a contiguous device array's own bytes (not the aligned base before it)."""
-    from .acl import runtime
-    if da.size == 0:
-        return
-    b = runtime.ensure_device(da.device_id)
-    ptr = da.buffer.ptr + da.offset * da.itemsize
-    from .acl._status import check
-    check(b, b.aclrtMemset(ptr, da.nbytes, 0, da.nbytes), "aclrtMemset")
+    if da.size:
+        da.buffer.memset(0, da.offset * da.itemsize, da.nbytes)
 
 
 def _framework_dtype(like, name: str):
@@ -90,7 +86,7 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
                 outs[out] = view(ptr if type(ptr) is int else int(ptr), shape, dt, t.stride(),
                                  dev, t)
             except (TypeError, ValueError) as e:
-                raise operands._named(e, f"result '{out}' (query.new_empty)") from None
+                raise operands.named_error(e, f"result '{out}' (query.new_empty)") from None
         if call.empty_result:
             for da in outs.values():
                 _zero(da)
@@ -129,3 +125,23 @@ def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
         lambda dev, outs: run_forward(call, device_id=dev, outputs=outs, keep_on_device=True,
                                       stream=stream),
         ("query", "query_rope", "key", "key_rope", "value", "atten_mask")))
+
+
+def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:
+    """``FagPlan(validate=True)``: the public call's rules on the plan's (uploaded) inputs, of
+    the release the runtime reports; the data rules read only a bounded sample of device
+    memory (none with check_data=False). Sets the ends the device gets in ``int_values`` (the
+    plan's own dict: the release's end-of-data padding, docs/releases.md)."""
+    call = validate_backward(
+        *(inputs[n] for n in ("query", "query_rope", "key", "key_rope", "value", "dy")),
+        **{n: inputs[n] for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in",
+                                  "pse_shift", "drop_mask", "padding_mask", "softmax_in")},
+        **int_values, **attrs, deterministic=deterministic, check_data=check_data,
+        release=acl_release.current())
+    for n in ("actual_seq_qlen", "actual_seq_kvlen"):
+        int_values[n] = device_int_array(call, n)
+
+
+# NPU tensors in plans, and the plans' validation: the acl layer asks the layers above
+acl.device.register_converter(operands.npu_to_device_array)
+acl.plan.register_validator(_validate_plan)

@@ -18,15 +18,18 @@ One call takes one kind for all its tensor arguments (``None`` aside); mixing ki
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Dict, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
 
+from .acl.device import DeviceArray, foreign_view
+
 __all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_inputs", "convert_args",
            "numpy_dtype_of_torch", "torch_dtype_name", "to_torch", "is_npu_tensor",
-           "DEVICE_KINDS"]
+           "DEVICE_KINDS", "in_torch_terms"]
 
 NUMPY, TORCH, DEVICE, NPU = "numpy", "torch", "device", "npu"
 KINDS = (NUMPY, TORCH, DEVICE, NPU)
@@ -91,11 +94,6 @@ def torch_dtype_name(dtype) -> str:
     return _NUMPY_TO_TORCH[np.dtype(dtype)]
 
 
-def _device_array_type():
-    mod = sys.modules.get("aclnn_fag.acl.device")
-    return None if mod is None else mod.DeviceArray
-
-
 def is_npu_tensor(x) -> bool:
     dev = getattr(x, "device", None)
     return getattr(dev, "type", None) == "npu" and callable(getattr(x, "data_ptr", None))
@@ -121,15 +119,10 @@ def kind_of(x) -> Optional[str]:
     tx = type(x)
     k = _KIND_OF_TYPE.get(tx)
     if k is None:
-        da = _device_array_type()
         if isinstance(x, np.ndarray):
             k = NUMPY
-        elif da is not None and isinstance(x, da):
+        elif isinstance(x, DeviceArray):
             k = DEVICE
-        elif da is None:
-            # before the NPU backend is imported no DeviceArray exists, but a type seen now
-            # could still be one's subclass later: not remembered
-            return _kind_by_instance(x)
         else:
             k = _BY_INSTANCE
         if len(_KIND_OF_TYPE) >= _KIND_OF_TYPE_MAX:
@@ -181,9 +174,9 @@ def _npu_to_device_array(name: str, t, torch_npu=False):
     ptr = t.data_ptr()
     if type(ptr) is not int:
         ptr = int(ptr)
-    # foreign_view: from_pointer's checks (each value an int: ints, torch.Size entries)
+    # from_pointer's checks (each value an int: ints, torch.Size entries)
     try:
-        return _foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
+        return foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
     except (TypeError, ValueError) as e:
         raise _named(e, f"parameter '{name}' (an NPU tensor)") from None
 
@@ -194,44 +187,6 @@ def _named(error: Exception, what: str) -> Exception:
     if type(error) not in (TypeError, ValueError):
         return error
     return type(error)(f"{what}: {error}")
-
-
-def _foreign_view(*args):
-    global _foreign_view
-    from .acl.device import foreign_view
-    _foreign_view = foreign_view          # imported once (an import per tensor costs ~2 us)
-    return foreign_view(*args)
-
-
-def _all_npu(values: tuple) -> Optional[tuple]:
-    """The arguments converted when every one is an NPU tensor (of a type met before) or
-    None, with a supported dtype met before and a plain storage format; else None (the
-    general path of convert_args decides, checks and raises in its order). One pass, the
-    steps of kind_of and _npu_to_device_array inline: this runs per tensor per call."""
-    kinds, dtypes, view = _KIND_OF_TYPE, _DTYPE_OF, _foreign_view
-    npu_format = getattr(sys.modules.get("torch_npu"), "get_npu_format", None)
-    out = []
-    for x in values:
-        if x is None:
-            out.append(None)
-            continue
-        if kinds.get(type(x)) is not _BY_INSTANCE:
-            return None
-        # is_npu_tensor, inline; a missing attribute or a data_ptr that cannot be called
-        # raises, and the general path sorts the argument out
-        dev = x.device
-        if dev.type != "npu":
-            return None
-        if npu_format is not None and int(npu_format(x)) not in _PLAIN_FORMATS:
-            return None
-        dt = dtypes.get(x.dtype)
-        if dt is None:
-            return None
-        index = dev.index
-        ptr = x.data_ptr()
-        out.append(view(ptr if type(ptr) is int else int(ptr), x.shape, dt, x.stride(),
-                        0 if index is None else index, x))
-    return None if out.count(None) == len(out) else tuple(out)
 
 
 def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
@@ -245,28 +200,13 @@ def convert_inputs(tensors: Dict[str, object]) -> Tuple[str, Dict[str, object]]:
 def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
     """``convert_inputs`` on parallel tuples (parameter names, arguments): (kind, the
     arguments converted, in order) -- the form the public calls use."""
-    try:
-        fast = _all_npu(values)
-    except Exception:                     # the general path below raises it, in its order
-        fast = None
-    if fast is not None:
-        return NPU, fast
     kind = None
     first = None
     odd = False                           # some argument is not of the call's kind
-    kinds = _KIND_OF_TYPE
     for name, x in zip(names, values):
         if x is None:
             continue
-        k = kinds.get(type(x))
-        if k is _BY_INSTANCE:             # is_npu_tensor, inline (this runs per tensor)
-            dev = getattr(x, "device", None)
-            if getattr(dev, "type", None) == "npu" and callable(getattr(x, "data_ptr", None)):
-                k = NPU
-            else:
-                k = _kind_by_instance(x)
-        elif k is None:
-            k = kind_of(x)
+        k = kind_of(x)
         if k == "?":
             odd = True
         elif k != kind:
@@ -301,3 +241,41 @@ def to_torch(a):
     if a.dtype == np.dtype(ml_dtypes.bfloat16):
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(a)
+
+
+def npu_to_device_array(name: str, t):
+    """A DeviceArray over an NPU tensor's memory (no copy; the tensor is its owner), or None
+    when ``t`` is not an NPU tensor (the converter aclnn_fag.device_run registers for the
+    plans, :func:`aclnn_fag.acl.device.register_converter`)."""
+    return _npu_to_device_array(name, t) if kind_of(t) == NPU else None
+
+
+def named_error(error: Exception, what: str) -> Exception:
+    """``error`` (a TypeError / ValueError about a view) with the tensor it is about named
+    first (``what``, e.g. "result 'dq' (query.new_empty)"); other exception types unchanged."""
+    return _named(error, what)
+
+
+# numpy dtype names in validation messages -> their torch names
+_TORCH_NAMES = {"bfloat16": "torch.bfloat16", "float16": "torch.float16",
+                "float32": "torch.float32", "float64": "torch.float64", "uint8": "torch.uint8",
+                "bool": "torch.bool", "int8": "torch.int8", "int16": "torch.int16",
+                "int32": "torch.int32", "int64": "torch.int64"}
+_DTYPE_WORD = re.compile(r"(?<![\w.])(" + "|".join(_TORCH_NAMES) + r")(?![\w])")
+
+
+def in_torch_terms(error: Exception) -> Exception:
+    """A validation error of a call made with torch tensors, reworded for torch: dtypes by
+    their torch names (``torch.float32``) and torch's conversion (``query.to(torch.bfloat16)``
+    instead of ``query.astype(ml_dtypes.bfloat16)``). Same class, code, parameter and rule
+    otherwise; errors without a ``rule`` come back unchanged."""
+    rule = getattr(error, "rule", None)
+    if not rule:
+        return error
+    text = re.sub(r"\.astype\(ml_dtypes\.bfloat16\)", ".to(bfloat16)", rule)
+    text = text.replace(" (ml_dtypes.bfloat16)", "")
+    text = _DTYPE_WORD.sub(lambda m: _TORCH_NAMES[m.group(1)], text)
+    if text == rule:
+        return error
+    return type(error)(text, code=error.code, param=error.param, function=error.function,
+                       recent_msg=error.recent_msg, stricter=error.stricter)

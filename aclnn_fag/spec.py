@@ -24,6 +24,7 @@ aclOpExecutor *executor, const aclrtStream stream)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Dict, Mapping, Optional, Tuple
 
 from .constants import INT32_MAX
@@ -69,19 +70,19 @@ class OpVersion:
     def names(self, role: str) -> Tuple[str, ...]:
         return tuple(p.name for p in self.params if p.role == role)
 
-    @property
+    @cached_property
     def inputs(self) -> Tuple[str, ...]:
         return self.names("input")
 
-    @property
+    @cached_property
     def int_arrays(self) -> Tuple[str, ...]:
         return self.names("int_array")
 
-    @property
+    @cached_property
     def attrs(self) -> Tuple[str, ...]:
         return self.names("attr")
 
-    @property
+    @cached_property
     def outputs(self) -> Tuple[str, ...]:
         return self.names("output")
 

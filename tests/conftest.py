@@ -54,24 +54,19 @@ def _collect_then_freeze_older_objects():
     yield
 
 
-_CACHES = ("aclnn_fag.acl.exec_cache", "aclnn_fag.acl.device_constants", "aclnn_fag.acl.call_pool")
-
-
 @pytest.fixture(autouse=True)
 def _empty_executor_cache():
-    """Each test starts and ends with an empty executor cache (aclnn_fag/acl/exec_cache.py),
-    no device copy of the compressed mask (aclnn_fag/acl/device_constants.py) and no device memory
-    kept between calls (aclnn_fag/acl/call_pool.py), so that no test depends on what an
-    earlier one left behind."""
-    for name in _CACHES:
-        cache = sys.modules.get(name)
-        if cache is not None:
-            cache.clear()
+    """Each test starts and ends with every cache of the acl layer empty (the registry
+    aclnn_fag/acl/caches.py: the executor cache, the device copy of the compressed mask, the
+    device memory kept between calls, the host path's layouts), so that no test depends on
+    what an earlier one left behind."""
+    caches = sys.modules.get("aclnn_fag.acl.caches")
+    if caches is not None:
+        caches.clear_all()
     yield
-    for name in _CACHES:
-        cache = sys.modules.get(name)
-        if cache is not None:
-            cache.clear()
+    caches = sys.modules.get("aclnn_fag.acl.caches")
+    if caches is not None:
+        caches.clear_all()
 
 
 RELEASE_NAMES = ("8.5.0", "9.0.0", "9.1.0")

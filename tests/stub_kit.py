@@ -115,16 +115,13 @@ class StubControls:
         return {"launches": launches.value, "syncs": syncs.value}
 
     def counters(self, keep_cache: bool = False) -> dict:
-        """The stub's live objects. The package's executor cache (aclnn_fag/acl/exec_cache.py),
-        its device copy of the compressed mask (aclnn_fag/acl/device_constants.py) and the device
-        memory calls keep for the next call (aclnn_fag/acl/call_pool.py) outlive calls on
-        purpose; all are emptied first so that what remains is what leaked, unless
-        ``keep_cache``."""
+        """The stub's live objects. The caches of the acl layer (aclnn_fag/acl/caches.py: the
+        executor cache, the device copy of the compressed mask, the device memory calls keep
+        for the next call) outlive calls on purpose; all are emptied first so that what
+        remains is what leaked, unless ``keep_cache``."""
         if not keep_cache:
-            from aclnn_fag.acl import call_pool, device_constants as constants, exec_cache
-            exec_cache.clear()
-            constants.clear()
-            call_pool.clear()
+            from aclnn_fag.acl import caches
+            caches.clear_all()
         vals = [c_int64(0) for _ in range(5)]
         self._counters(*[byref(v) for v in vals])
         return dict(zip(self.COUNTER_NAMES, (v.value for v in vals)))

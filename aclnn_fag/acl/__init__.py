@@ -13,8 +13,13 @@ Importing this package never fails and never loads a library; the first use does
 * :mod:`.arena` — that one allocation, handed out in aligned slices;
 * :mod:`.call_pool` — those allocations kept after a call for the next one
   (``ACLNN_FAG_CALL_MEMORY_CACHE``, :func:`release_call_memory`);
-* :mod:`.op` — :func:`run_backward` (validated FagCall) and :func:`call_raw` (no validation);
+* :mod:`.executor` — the one route of a call: the only caller of phase 1, the address
+  setters and phase 2 (the executor cache and the caller's memory policy behind it);
+* :mod:`.op` — :func:`run_backward` / :func:`run_forward` (validated calls) and
+  :func:`call_raw` / :func:`call_raw_forward` (no validation; keywords from the op spec);
+* :mod:`.host_path` — the short path of calls on C-contiguous host arrays;
 * :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
+* :mod:`.caches` — the registry of every cache (emptied at shutdown, forgotten after fork);
 * :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature
   (phase 1 once per signature; ``ACLNN_FAG_EXECUTOR_CACHE``, :func:`clear_executor_cache`);
 * :mod:`.device_constants` — one device copy per device of the package's compressed mask

@@ -31,13 +31,12 @@ allocation of their own (:meth:`.arena.ArenaBuffer.share`).
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Dict, List, Optional
 
 from .. import _env
 from ..errors import AclnnError
-from . import runtime
+from . import caches, runtime
 from .arena import ArenaBuffer
 
 __all__ = ["ENV_LIMIT", "DEFAULT_LIMIT_MIB", "GRAIN", "limit", "take", "give", "discard",
@@ -167,6 +166,4 @@ def _forget_after_fork() -> None:
     _idle.clear()              # the parent's device memory: never freed here
 
 
-runtime.on_shutdown(clear)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+caches.register("call memory pool", clear, _forget_after_fork)

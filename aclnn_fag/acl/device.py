@@ -31,7 +31,7 @@ from .runtime import DeviceBuffer
 from .tensors import ACL_DTYPES, acl_dtype
 
 __all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
-           "CallMemory", "contiguous_strides"]
+           "CallMemory", "contiguous_strides", "as_device_array", "register_converter"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 
@@ -98,12 +98,6 @@ class ForeignBuffer(DeviceBuffer):
 
 _BASE_ALIGN = 32
 _prod = math.prod
-# (shape, strides or None, dtype) -> (shape, unit strides, span in elements, item size) of
-# a from_pointer geometry that passed its checks (non-empty), keyed and valued by the
-# checked int tuples: the checks that do not depend on the address are not repeated for it
-# (from_pointer and foreign_view run per NPU tensor per call)
-_GEOMETRY: dict = {}
-_GEOMETRY_MAX = 1024
 
 
 def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
@@ -162,6 +156,24 @@ class DeviceArray:
 
     # ---- construction
     @classmethod
+    def _checked(cls, buffer: DeviceBuffer, shape: Tuple[int, ...], dtype: np.dtype,
+                 strides: Tuple[int, ...], offset: int = 0) -> "DeviceArray":
+        """An array whose fields the caller has checked already (int tuples, a supported
+        dtype, the view inside ``buffer``): __init__'s checks are not run again."""
+        self = object.__new__(cls)
+        self.buffer, self.shape, self.dtype = buffer, shape, dtype
+        self.strides, self.offset = strides, offset
+        return self
+
+    def rebased(self, buffer: DeviceBuffer) -> "DeviceArray":
+        """The same view (shape, dtype, strides, offset) over ``buffer``, a buffer of the
+        same size as this array's (e.g. another handle on the same memory)."""
+        if buffer.nbytes != self.buffer.nbytes:
+            raise ValueError(f"rebased onto a {buffer.nbytes}-byte buffer, need "
+                             f"{self.buffer.nbytes} bytes")
+        return DeviceArray._checked(buffer, self.shape, self.dtype, self.strides, self.offset)
+
+    @classmethod
     def empty(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
@@ -174,10 +186,7 @@ class DeviceArray:
             acl_dtype(dt)          # TypeError for an unsupported dtype, before allocating
         buf = DeviceBuffer(n * dt.itemsize, device_id)
         # a C-contiguous view of the whole new buffer: every invariant of __init__ holds
-        self = object.__new__(cls)
-        self.buffer, self.shape, self.dtype, self.offset = buf, shape, dt, 0
-        self.strides = contiguous_strides(shape)
-        return self
+        return cls._checked(buf, shape, dt, contiguous_strides(shape))
 
     @classmethod
     def zeros(cls, shape: Sequence[int], dtype, device_id: Optional[int] = None) -> "DeviceArray":
@@ -207,18 +216,6 @@ class DeviceArray:
         shape = _check_int_tuple("shape", shape)
         dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
         strides = None if strides is None else _check_int_tuple("strides", strides)
-        geom = _GEOMETRY.get((shape, strides, dt))
-        if geom is not None:            # this geometry passed every check below before
-            device_id = operator.index(device_id)
-            if device_id < 0:
-                raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
-            isz = geom[3]
-            if ptr <= 0:
-                raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
-            if ptr % isz:
-                raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
-            return _foreign(ptr, dt, geom, device_id, owner)
-        key = (shape, strides, dt)
         if dt not in ACL_DTYPES:
             acl_dtype(dt)               # TypeError for an unsupported dtype
         if shape and min(shape) < 0:
@@ -244,11 +241,12 @@ class DeviceArray:
         if ptr % isz:
             raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
         span = sum(map(operator.mul, shape, kept)) - sum(kept) + 1    # sum((d - 1) * s) + 1
-        geom = (shape, strides if kept is strides else _unit_strides(shape, kept), span, isz)
-        if len(_GEOMETRY) >= _GEOMETRY_MAX:
-            _GEOMETRY.clear()
-        _GEOMETRY[key] = geom
-        return _foreign(ptr, dt, geom, device_id, owner)
+        # the aclTensor's base: 32-byte aligned at or below ptr; the view starts at an offset
+        rem = ptr % _BASE_ALIGN
+        offset = rem // isz
+        buf = ForeignBuffer(ptr - rem, (offset + span) * isz, device_id, owner)
+        return cls._checked(buf, shape, dt,
+                            strides if kept is strides else _unit_strides(shape, kept), offset)
 
     # ---- properties
     @property
@@ -375,50 +373,32 @@ class DeviceArray:
 
 
 def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
-    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)`` -- the same
-    checks, errors and result -- for the conversions that run per tensor per call (NPU
-    tensors and their results): a geometry (shape, strides, numpy ``dtype``) that passed
-    from_pointer's checks before is looked up instead of checked again, and the view is built
-    directly. ``shape`` and ``strides`` may be any int sequences (``torch.Size``, tuples);
-    the result gets the checked int tuples. Entries that are not ints (e.g. 128.0, equal to
-    128 but not an int) never take the short path: from_pointer refuses them."""
-    try:
-        checked, unit, span, isz = _GEOMETRY[shape, strides, dtype]
-        # ints only: a sum of ints (bools included, as operator.index takes them) is an int;
-        # a float, numpy scalar or other number makes it something else
-        exact = type(sum(shape + strides)) is int
-    except Exception:               # unknown geometry, unhashable, not numbers: from_pointer
-        exact = False               # checks it (and names the fault)
-    if (not exact or type(ptr) is not int or ptr <= 0 or type(device_id) is not int
-            or device_id < 0 or ptr % isz):
-        return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
-    return _foreign(ptr, dtype, (checked, unit, span, isz), device_id, owner)
+    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)``: the view
+    over an NPU tensor or a result the caller's allocator made (device_run.py, operands)."""
+    return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
 
 
-_new = object.__new__
+_converters: list = []
 
 
-def _foreign(ptr: int, dtype: np.dtype, geom: tuple, device_id: int, owner) -> DeviceArray:
-    """The view over foreign memory at ``ptr`` for a checked geometry (shape, unit strides,
-    span in elements, item size) and a checked address and device: a ForeignBuffer from the
-    32-byte aligned base at or below ``ptr``, the element offset to ``ptr``. Every invariant
-    of DeviceArray.__init__ holds by construction (non-negative strides, the view inside the
-    buffer): the fields are set directly (this runs per tensor per call)."""
-    shape, unit, span, isz = geom
-    rem = ptr % _BASE_ALIGN
-    offset = rem // isz
-    buf = _new(ForeignBuffer)       # ForeignBuffer.__init__'s fields, already normalised
-    buf.device_id = device_id
-    buf.nbytes = (offset + span) * isz
-    buf.ptr = ptr - rem
-    buf.owner = owner                # (_forgotten: the class's False until released)
-    self = _new(DeviceArray)
-    self.buffer = buf
-    self.shape = shape
-    self.dtype = dtype
-    self.offset = offset
-    self.strides = unit
-    return self
+def register_converter(fn) -> None:
+    """Add ``fn(name, value)``: a DeviceArray over the device memory of ``value`` (an array
+    of another framework, e.g. an NPU tensor: aclnn_fag.operands registers it), or None
+    when ``value`` is not of its kind. :func:`as_device_array` asks each in turn."""
+    if fn not in _converters:
+        _converters.append(fn)
+
+
+def as_device_array(name: str, value):
+    """``value`` as a DeviceArray when a registered converter recognises it (the plans take
+    NPU tensors this way); anything else (numpy, DeviceArray, None) unchanged."""
+    if value is None or isinstance(value, (DeviceArray, np.ndarray)):
+        return value
+    for fn in _converters:
+        out = fn(name, value)
+        if out is not None:
+            return out
+    return value
 
 
 # ----------------------------------------------------------------------------- upload planner
@@ -432,25 +412,12 @@ class _Item:
         self.start = addr
         if array.flags.c_contiguous:    # the common case: no per-axis arithmetic
             self.end = addr + array.nbytes
-            self.strides = _c_strides(array.shape)
+            self.strides = contiguous_strides(array.shape)
             return
         isz = array.itemsize
         self.end = addr + isz + sum((d - 1) * s for d, s in zip(array.shape, array.strides))
         self.strides = _unit_strides(array.shape, [s // isz if d > 1 else 0
                                                    for d, s in zip(array.shape, array.strides)])
-
-
-_C_STRIDES: dict = {}       # shape -> contiguous_strides(shape), for the shapes of the calls
-
-
-def _c_strides(shape: tuple) -> Tuple[int, ...]:
-    st = _C_STRIDES.get(shape)
-    if st is None:
-        st = contiguous_strides(shape)
-        if len(_C_STRIDES) >= 1024:
-            _C_STRIDES.clear()
-        _C_STRIDES[shape] = st
-    return st
 
 
 def _needs_host_copy(a: np.ndarray) -> bool:
@@ -524,28 +491,19 @@ def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
 
 
 def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
-    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``).
-    Every invariant of DeviceArray.__init__ holds by construction (non-negative strides,
-    each member inside the group's range): the fields are set directly."""
-    new = object.__new__
+    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``;
+    each member lies inside the group's range, with non-negative strides)."""
     for it in members:
         a = it.array
-        da = new(DeviceArray)
-        da.buffer, da.shape, da.dtype, da.strides = buf, a.shape, a.dtype, it.strides
-        da.offset = (it.start - start) // a.itemsize
-        out[it.index] = da
+        out[it.index] = DeviceArray._checked(buf, a.shape, a.dtype, it.strides,
+                                             (it.start - start) // a.itemsize)
 
 
 def slice_view(arena, at: int, nbytes: int, shape: tuple, dtype: np.dtype,
                strides: tuple) -> DeviceArray:
     """A C-contiguous DeviceArray (``strides``: its C strides in elements) over bytes
-    [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`: every
-    invariant of DeviceArray.__init__ holds by construction, so the fields are set directly
-    (this runs per array per call)."""
-    da = _new(DeviceArray)
-    da.buffer, da.shape, da.dtype, da.strides, da.offset = (arena.slice(at, nbytes), shape,
-                                                            dtype, strides, 0)
-    return da
+    [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`."""
+    return DeviceArray._checked(arena.slice(at, nbytes), shape, dtype, strides)
 
 
 def _add(timings: Optional[dict], key: str, wall: float, cpu: float) -> None:
@@ -665,9 +623,9 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
             _add(timings, "alloc", time.perf_counter() - t0, time.thread_time() - c0)
         t1, c1 = time.perf_counter(), time.thread_time()
         for (i, shape, dt), at, n in zip(zero_idx, zero_at, zero_sizes):
-            dev_out[i] = slice_view(out_arena, at, n, shape, dt, _c_strides(shape))
+            dev_out[i] = slice_view(out_arena, at, n, shape, dt, contiguous_strides(shape))
         for (i, shape, dt), at, n, a in zip(init_idx, init_at, init_sizes, inits):
-            da = dev_out[i] = slice_view(out_arena, at, n, shape, dt, _c_strides(shape))
+            da = dev_out[i] = slice_view(out_arena, at, n, shape, dt, contiguous_strides(shape))
             da.buffer.copy_from_host(a.ctypes.data, n)
         for (start, end, members), at in zip(groups, group_at):
             buf = in_arena.slice(at, end - start)

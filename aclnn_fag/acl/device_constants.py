@@ -15,14 +15,13 @@ read the copy (it is an input of the op).
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Dict, Optional
 
 import numpy as np
 
 from .. import masks
-from . import runtime
+from . import caches, runtime
 from .device import DeviceArray, upload_arrays
 
 __all__ = ["package_mask", "clear", "size"]
@@ -74,6 +73,4 @@ def _forget_after_fork() -> None:
     _copies.clear()             # the parent's device memory: never freed here
 
 
-runtime.on_shutdown(clear)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+caches.register("package mask device copies", clear, _forget_after_fork)

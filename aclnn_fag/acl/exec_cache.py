@@ -33,18 +33,15 @@ Rules that keep it safe:
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
-from ctypes import c_uint64, c_void_p
 from typing import List, Optional
 
 from .. import _env
-from . import ownership, runtime
-from ._status import recent_message, status_error
+from . import caches, ownership, runtime
 
 __all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature",
-           "signature_of_keys", "array_keys", "take", "take_repointed", "take_repointed_at", "launch", "give",
+           "array_keys", "take", "give",
            "discard", "clear", "size", "CachedExecutor"]
 
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
@@ -81,28 +78,17 @@ def enabled(b) -> int:
 
 
 def _double_key(value: float) -> str:
-    if type(value) is float:
-        return value.hex()             # -0.0 and 0.0, NaN payloads: told apart
-    return float(value).hex()
+    return float(value).hex()             # -0.0 and 0.0, NaN payloads: told apart
 
 
 def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
               inputs: list, outputs: list) -> tuple:
-    """The cache key of one call (see the module doc). ``attrs``: the nine attribute values
-    in parameter order (doubles first); ``inputs`` / ``outputs``: DeviceArray or None per
+    """The cache key of one call (see the module doc). ``attrs``: the attribute values in
+    parameter order (doubles first); ``inputs`` / ``outputs``: DeviceArray or None per
     slot in parameter order."""
-    return signature_of_keys(op_name, dev, deterministic, attrs, int_arrays,
-                             array_keys(inputs), array_keys(outputs))
-
-
-def signature_of_keys(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
-                      input_keys: tuple, output_keys: tuple) -> tuple:
-    """:func:`signature` from the slots' :func:`array_keys` (for a caller that knows them
-    without making DeviceArrays: :mod:`.host_path`)."""
-    ctx = runtime.current_context_record()
-    return _Key((op_name, dev, ctx, deterministic,
-                 (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
-                 input_keys, output_keys))
+    return (op_name, dev, runtime.current_context_record(), deterministic,
+            (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
+            array_keys(inputs), array_keys(outputs))
 
 
 def array_keys(arrays: list) -> tuple:
@@ -112,30 +98,10 @@ def array_keys(arrays: list) -> tuple:
                   for a in arrays])
 
 
-class _Key:
-    """A signature tuple with its hash computed once (a call looks it up several times)."""
-
-    __slots__ = ("parts", "hash")
-
-    def __init__(self, parts: tuple) -> None:
-        self.parts = parts
-        self.hash = hash(parts)
-
-    def __hash__(self) -> int:
-        return self.hash
-
-    def __eq__(self, other) -> bool:
-        return (type(other) is _Key and self.hash == other.hash
-                and (self.parts is other.parts or self.parts == other.parts))
-
-    def __repr__(self) -> str:
-        return f"_Key({self.parts!r})"
-
-
 class CachedExecutor:
     """A repeatable executor plus the handles (``HandleBatch``) its tensors and int arrays
     live in; ``inputs`` / ``outputs``: per non-NULL tensor slot (setter index, aclTensor
-    handle, the device base address it points at now)."""
+    handle, the device base address it points at now; :mod:`.executor` repoints them)."""
 
     __slots__ = ("executor", "batch", "inputs", "outputs", "workspace_size", "__weakref__")
 
@@ -149,26 +115,6 @@ class CachedExecutor:
     @property
     def alive(self) -> bool:
         return not (self.executor.released or self.batch.released)
-
-    def repoint(self, b, inputs: list, outputs: list) -> bool:
-        """Point the tensors at the base addresses of ``inputs`` / ``outputs`` (DeviceArrays
-        in the order of the entry's slots). False when a setter fails (the entry must then
-        be discarded: some tensors may already point at the new buffers)."""
-        return self.repoint_addresses(b, _addresses(inputs), _addresses(outputs))
-
-    def repoint_addresses(self, b, inputs: list, outputs: list) -> bool:
-        """:meth:`repoint` given the base addresses (int, or None for an empty buffer)."""
-        ex = self.executor.handle
-        for setter, slots, addresses in ((b.aclSetInputTensorAddr, self.inputs, inputs),
-                                         (b.aclSetOutputTensorAddr, self.outputs, outputs)):
-            for k, new in enumerate(addresses):
-                index, handle, ptr = slots[k]
-                if new != ptr:
-                    if setter(ex, index, handle, new):
-                        recent_message(b)
-                        return False
-                    slots[k] = (index, handle, new)
-        return True
 
     def release(self, mode: str = "warn") -> None:
         """Destroy the executor, then its tensors and int arrays (idempotent)."""
@@ -193,71 +139,6 @@ def take(key: tuple) -> Optional[CachedExecutor]:
         if entries is not None and not entries:
             del _idle[key]
     return found
-
-
-def _addresses(arrays: list) -> list:
-    """The base address of each DeviceArray's buffer (None: an empty one); ValueError for
-    a freed buffer."""
-    out = []
-    for arr in arrays:
-        buf = arr.buffer
-        new = buf.ptr
-        if new is None and buf.closed:
-            raise ValueError("the device array's buffer has been freed")
-        out.append(new)
-    return out
-
-
-def take_repointed(key: tuple, b, inputs: list, outputs: list) -> Optional[CachedExecutor]:
-    """:func:`take`, then the entry's tensors pointed at ``inputs`` / ``outputs`` (a
-    DeviceArray or None per slot, in parameter order): the entry ready for phase 2, or None
-    (no entry, or an address setter failed: that entry is destroyed and the caller runs
-    phase 1). An error while repointing (a freed buffer) destroys the entry too."""
-    return _take_then(key, b, lambda entry: entry.repoint(
-        b, [a for a in inputs if a is not None], [a for a in outputs if a is not None]))
-
-
-def take_repointed_at(key: tuple, b, inputs: list, outputs: list) -> Optional[CachedExecutor]:
-    """:func:`take_repointed` given the base addresses of the non-NULL slots, in order."""
-    return _take_then(key, b, lambda entry: entry.repoint_addresses(b, inputs, outputs))
-
-
-def _take_then(key: tuple, b, repoint) -> Optional[CachedExecutor]:
-    with ownership.atomic():
-        entry = take(key)
-    if entry is None:
-        return None
-    try:
-        ok = repoint(entry)
-    except BaseException:
-        with ownership.atomic():
-            discard(entry)
-        raise
-    if not ok:
-        with ownership.atomic():
-            discard(entry)
-        return None
-    return entry
-
-
-def launch(b, phase2: str, entry: CachedExecutor, stream: int, workspace_of) -> None:
-    """Phase 2 (the function named ``phase2``) of a repointed entry on ``stream``, with
-    ``workspace_of(nbytes)`` giving the workspace's address (asked only for a workspace of
-    more than 0 bytes). Any failure destroys the entry and propagates (the status code's
-    exception for a failed phase 2); after success the caller gives the entry back
-    (:func:`give`) -- or discards it if what follows (its synchronisation) fails."""
-    try:
-        size = entry.workspace_size
-        ws = workspace_of(size) if size > 0 else None
-        rc = getattr(b, phase2)(c_void_p(ws), c_uint64(size), c_void_p(entry.executor.handle),
-                                c_void_p(stream))
-        runtime._count("phase2", 1, "cache_hits", 1)
-        if rc:
-            raise status_error(b, rc, phase2)
-    except BaseException:
-        with ownership.atomic():
-            discard(entry)
-        raise
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
@@ -325,6 +206,4 @@ def _forget_after_fork() -> None:
     _count = 0
 
 
-runtime.on_shutdown(clear)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_after_fork)
+caches.register("executor cache", clear, _forget_after_fork)

@@ -1,10 +1,11 @@
 """A reusable executor for data that stays on the device: :class:`FagPlan`.
 
 Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` exists and returns 0 the
-executor is kept and every :meth:`FagPlan.run` is one phase 2 (+ sync).  New device
+executor is kept and every :meth:`FagPlan.run` is one phase 2 (+ sync), through
+:mod:`.executor` (the only caller of both phases and of the address setters). New device
 buffers can be swapped in between runs (``plan.run(query=new_q, dq=new_dq)``) through
-``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; a replacement must have the
-same shape, dtype, strides and offset as the array it replaces.
+``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; a replacement must have the same
+shape, dtype, strides and offset as the array it replaces.
 
 Fallbacks (never an error):
 
@@ -14,65 +15,99 @@ Fallbacks (never an error):
 * the address setters are missing or one returns non-zero: the executor is destroyed
   and rebuilt (phase 1) with new tensors for the swapped buffers.
 
-The input index passed to the address setters is the position among the **non-NULL**
-tensor inputs in parameter order (query, queryRope, keyIn, keyInRope, value, dy,
-pseShift, dropMask, paddingMask, attenMask, softmaxMax, softmaxSum, softmaxIn,
-attentionIn), the outputs likewise (dq, dqRope, dk, dkRope, dv, dpse). This op's
-executor ignores the index and reads the address stored in the aclTensor (docs/abi.md
-§2b); pass ``repoint=False`` to always rebuild instead.
+The setters' index is the position among the **non-NULL** tensors of each kind in
+parameter order (docs/abi.md §2b); pass ``repoint=False`` to always rebuild instead.
 
-Results never alias (``aclnn_fag.acl.results``): each run returns new DeviceArray
-objects; an output the plan allocated is handed to the caller when a result of it is still
-alive at the next run (which then writes into a fresh zero-filled buffer, repointing the
-executor or running phase 1 again), and it outlives ``close()`` and garbage collection of
-the plan. Output arrays the caller passed in (``dq=...``, at construction or to ``run``)
-are written by every later run and returned as they are.
+Results never alias: each run returns new DeviceArray objects. What a run returns for an
+output the plan allocated is a view over a :class:`ResultBuffer` -- the caller's handle on
+the plan's buffer. The plan keeps only a weak reference to it: while it is alive (a result,
+a view of one, or the buffer object itself is held), the next run writes into a fresh
+zero-filled buffer (repointing the executor or running phase 1 again) and the old one
+belongs to the results (freed with the last of them); once it is gone, the next run
+writes into the same buffer again (a loop that drops its results allocates nothing).
+Output arrays the caller passed in are written by every later run and returned as they are.
 
-The plan owns its executor, tensors, int arrays, workspace and the buffers it
-allocated (uploads of numpy inputs, outputs no live result holds); ``close()`` / the
-context manager / garbage collection release them, the executor first.  Device arrays
-passed in by the caller stay the caller's.  A plan is bound to one device and is not meant
-for concurrent use (runs are serialised by a lock).
+The plan owns its executor, tensors, int arrays, workspace and the buffers it allocated;
+``close()`` / the context manager / garbage collection release them, the executor first.
+Device arrays passed in stay the caller's. A plan is bound to one device; runs are
+serialised by a lock. Inputs of other kinds (NPU tensors) are converted by the
+converters registered with :func:`.device.register_converter`; ``validate=True`` runs the
+validator registered with :func:`register_validator` (both by the layers above acl/).
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
-from ..call import INT32_MAX, FagGrads, device_int_array
-from . import ownership, results, runtime
-from ._status import recent_message, status_error
-from .device import DeviceArray, upload_arrays
-from .op import (INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_LIKE, OUTPUT_SLOTS, _Executor, _layout_arg,
-                 check_device_arrays)
-from .prototypes import PHASE1, PHASE2
-from .tensors import AclIntArray, AclTensor
+from ..call import FagGrads, device_int_array
 from ..constants import BF16
+from . import executor, ownership, runtime
+from ._status import recent_message, status_error
+from .device import DeviceArray, as_device_array, upload_arrays
+from .op import BACKWARD, check_device_arrays
+from .runtime import DeviceBuffer
+from .tensors import AclIntArray, AclTensor
 
-__all__ = ["FagPlan", "FagExecutor"]
+__all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
 
-_OUT_SLOTS = tuple(s for s in OUTPUT_SLOTS if s != "dpse")
+_OUT_SLOTS = FagGrads._fields                      # dq .. dv (dpse: NULL)
+_validator: List[Callable] = []
+
+
+def register_validator(fn: Callable) -> None:
+    """The public call's rules for ``FagPlan(validate=True)``: ``fn(inputs, int_values,
+    attrs, deterministic, check_data)`` raises for an invalid plan (aclnn_fag.device_run
+    registers ``validate_backward``)."""
+    _validator[:] = [fn]
+
+
+class ResultBuffer(DeviceBuffer):
+    """The caller's handle on a plan's output buffer (``real``): same memory, and it keeps
+    ``real`` alive. ``free()`` frees the memory now (every result over it becomes unusable,
+    and the plan writes its next run into a fresh buffer)."""
+
+    def __init__(self, real: DeviceBuffer) -> None:   # no allocation: shares ``real``
+        self.real = real
+        self.device_id = real.device_id
+        self.nbytes = real.nbytes
+
+    @property
+    def ptr(self) -> Optional[int]:
+        return self.real.ptr
+
+    @property
+    def released(self) -> bool:
+        return self.real.released
+
+    def release(self, mode: str = "raise") -> None:
+        self.real.release(mode)
+
+    free = close = release
+
+    def __repr__(self) -> str:
+        return f"<ResultBuffer of {self.real!r}>"
 
 
 class _PlanState:
     """Everything native a plan owns (no reference back to the plan, for the finalizer)."""
 
     def __init__(self) -> None:
-        self.executor: Optional[_Executor] = None
+        self.executor: Optional[executor.Executor] = None
         self.tensors: Dict[str, AclTensor] = {}
         self.int_arrays: List[AclIntArray] = []
-        self.workspace: Optional[runtime.DeviceBuffer] = None
-        self.owned: List[runtime.DeviceBuffer] = []
-        # output slot -> the buffer the plan allocated for it; the FagGrads the last run
-        # returned over them (aclnn_fag/acl/results.py)
-        self.results: Dict[str, runtime.DeviceBuffer] = {}
-        self.last: Optional[results.LastResults] = None
+        self.workspace: Optional[DeviceBuffer] = None
+        self.owned: List[DeviceBuffer] = []
+        # output slot -> the buffer the plan allocated for it, and a weak reference to the
+        # ResultBuffer the last results were handed out over
+        self.results: Dict[str, DeviceBuffer] = {}
+        self.handed: Dict[str, weakref.ref] = {}
         self.streams: Dict[int, int] = {}    # caller streams with queued runs -> device
+
+    def held(self, slot: str) -> bool:
+        ref = self.handed.get(slot)
+        return ref is not None and ref() is not None
 
     def wait_for_streams(self) -> None:
         """Synchronise the caller's streams that may still run this plan's work (before its
@@ -99,17 +134,11 @@ class _PlanState:
         self.wait_for_streams()
         errors = []
         # outputs a live result holds are the caller's now: only dropped here
-        held = dict(zip(_OUT_SLOTS, self.last.held())) if self.last is not None else {}
-        unheld = [buf for n, buf in self.results.items() if not held.get(n)]
+        unheld = [buf for n, buf in self.results.items() if not self.held(n)]
         resources = ([self.executor] + list(self.tensors.values()) + self.int_arrays
                      + [self.workspace] + self.owned + unheld)
-        self.executor = None
-        self.tensors = {}
-        self.int_arrays = []
-        self.workspace = None
-        self.owned = []
-        self.results = {}
-        self.last = None
+        self.executor, self.tensors, self.int_arrays = None, {}, []
+        self.workspace, self.owned, self.results, self.handed = None, [], {}, {}
         for res in resources:        # executor first, then handles, then memory
             if res is None:
                 continue
@@ -119,16 +148,6 @@ class _PlanState:
                 errors.append(exc)
         if errors and strict:
             raise errors[0]
-
-
-def _as_device_or_host(name: str, a):
-    """NPU tensors (the protocol of ``aclnn_fag.operands``) become DeviceArrays over their
-    memory; anything else is returned unchanged."""
-    if a is not None and not isinstance(a, (DeviceArray, np.ndarray)):
-        from ..operands import NPU, _npu_to_device_array, kind_of
-        if kind_of(a) == NPU:
-            return _npu_to_device_array(name, a)
-    return a
 
 
 def _same_view(a: DeviceArray, b: DeviceArray) -> bool:
@@ -142,19 +161,21 @@ class FagPlan:
     Tensor arguments: :class:`DeviceArray` (used in place, stays the caller's) or numpy
     (uploaded once, owned by the plan; views of one host array share one upload). Outputs
     ``dq``...``dv``: a DeviceArray to write into, or None to let the plan allocate bf16
-    arrays shaped like the matching inputs. Attributes mirror the op; no Python validation
-    (phase 1 reports invalid arguments with its status code).
+    arrays shaped like the matching inputs. Attributes mirror the op; ``validate`` runs the
+    public call's rules (``check_data=False`` skips the data rules).
     """
 
     def __init__(self, *, query, query_rope, key, key_rope, value, dy, atten_mask, softmax_max,
                  softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
-                 keep_prob=1.0, pre_tokens=INT32_MAX, next_tokens=INT32_MAX, head_num=None,
+                 keep_prob=1.0, pre_tokens=BACKWARD.param("pre_tokens").default,
+                 next_tokens=BACKWARD.param("next_tokens").default, head_num=None,
                  input_layout="TND", inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None,
                  drop_mask=None, padding_mask=None, softmax_in=None, prefix=None,
                  q_start_idx=None, kv_start_idx=None, dq=None, dq_rope=None, dk=None,
                  dk_rope=None, dv=None, deterministic: Optional[bool] = False,
                  device_id: Optional[int] = None, repeatable: bool = True,
                  repoint: bool = True, validate: bool = True, check_data: bool = True) -> None:
+        args = dict(locals())
         self._lock = threading.RLock()
         self._state = _PlanState()
         self._finalizer = weakref.finalize(self, self._state.close, False)
@@ -164,56 +185,41 @@ class FagPlan:
         self.repoint_enabled = bool(repoint)
         self.repeatable = False
         self.repeatable_reason = "phase 1 has not run"
-        self.phase1_runs = 0
-        self.phase2_runs = 0
-        self.repoints = 0
-        self._int_handles: Optional[Dict[str, Optional[int]]] = None
+        self.phase1_runs = self.phase2_runs = self.repoints = 0
+        self._int_handles: Optional[list] = None
         self._ws_size = 0
-        given = dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
-                     dy=dy, pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
-                     atten_mask=atten_mask, softmax_max=softmax_max, softmax_sum=softmax_sum,
-                     softmax_in=softmax_in, attention_in=attention_in)
-        given = {n: _as_device_or_host(n, a) for n, a in given.items()}
-        outs_given = {n: _as_device_or_host(n, a) for n, a in
-                      (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
-                       ("dv", dv))}
-        dq, dq_rope, dk, dk_rope, dv = (outs_given[n] for n in _OUT_SLOTS)
+        given = {n: as_device_array(n, args[n]) for n in BACKWARD.inputs}
+        outs_given = {n: as_device_array(n, args[n]) for n in _OUT_SLOTS}
         # start indices are never NULL: [0] unless given (docs/forward.md, "Start indices")
-        self._int_values = dict(prefix=prefix, actual_seq_qlen=actual_seq_qlen,
-                                actual_seq_kvlen=actual_seq_kvlen,
-                                q_start_idx=(0,) if q_start_idx is None else q_start_idx,
-                                kv_start_idx=(0,) if kv_start_idx is None else kv_start_idx)
+        self._int_values = {n: args[n] for n in BACKWARD.int_arrays}
+        for n in ("q_start_idx", "kv_start_idx"):
+            if self._int_values[n] is None:
+                self._int_values[n] = (0,)
         if head_num is None:
             shape = getattr(query, "shape", ())
-            head_num = shape[1] if len(shape) >= 2 else 0
-        self._attrs = dict(scale_value=float(scale_value), keep_prob=float(keep_prob),
-                           pre_tokens=int(pre_tokens), next_tokens=int(next_tokens),
-                           head_num=int(head_num), input_layout=input_layout,
-                           inner_precise=int(inner_precise), sparse_mode=int(sparse_mode),
-                           pse_type=int(pse_type))
+            args["head_num"] = shape[1] if len(shape) >= 2 else 0
+        self._attrs = {n: args[n] for n in BACKWARD.attrs}
         check_device_arrays(given, self.device_id)
-        check_device_arrays(dict(dq=dq, dq_rope=dq_rope, dk=dk, dk_rope=dk_rope, dv=dv),
-                            self.device_id)
+        check_device_arrays(outs_given, self.device_id)
         with runtime.operation():     # one context check for the construction
             try:
                 runtime.ensure_device(self.device_id if device_id is not None else None)
-                self._inputs: Dict[str, Optional[DeviceArray]] = {}
-                host = [n for n in INPUT_SLOTS if given[n] is not None
+                host = [n for n in BACKWARD.inputs if given[n] is not None
                         and not isinstance(given[n], DeviceArray)]
                 uploaded = upload_arrays([given[n] for n in host], self.device_id)
                 for buf in {id(d.buffer): d.buffer for d in uploaded}.values():
                     self._state.owned.append(buf)
-                for n in INPUT_SLOTS:
-                    self._inputs[n] = given[n] if isinstance(given[n], DeviceArray) else None
-                for n, d in zip(host, uploaded):
-                    self._inputs[n] = d
+                self._inputs: Dict[str, Optional[DeviceArray]] = dict(given)
+                self._inputs.update(zip(host, uploaded))
                 if validate:
-                    self._validate(check_data)
+                    if not _validator:
+                        raise RuntimeError("no plan validator is registered (import aclnn_fag)")
+                    _validator[0](self._inputs, self._int_values, self._attrs,
+                                  bool(self.deterministic), check_data)
                 self._outputs: Dict[str, Optional[DeviceArray]] = {}
-                for n, out in (("dq", dq), ("dq_rope", dq_rope), ("dk", dk), ("dk_rope", dk_rope),
-                               ("dv", dv)):
+                for n, out in outs_given.items():
                     if out is None:
-                        src = self._inputs[OUTPUT_LIKE[n]]
+                        src = self._inputs[BACKWARD.output_like[n]]
                         if src is not None:
                             # zeros: the op may leave parts of an output unwritten (docs/faults.md)
                             out = DeviceArray.zeros(src.shape, BF16, self.device_id)
@@ -221,7 +227,7 @@ class FagPlan:
                     elif not isinstance(out, DeviceArray):
                         raise TypeError(f"output {n!r} must be a DeviceArray or None")
                     self._outputs[n] = out
-                hold = runtime.call_hold(self.device_id, self.deterministic)
+                hold = runtime.DeterminismHold(self.device_id, self.deterministic)
                 try:
                     hold.acquire()
                     self._build()
@@ -231,40 +237,13 @@ class FagPlan:
                 self._state.close(strict=False)
                 raise
 
-    def _validate(self, check_data: bool) -> None:
-        """The public call's rules on the plan's (uploaded) inputs; the data rules read only
-        a bounded sample of device memory, or nothing with ``check_data=False``."""
-        from ..rules import validate_backward
-        i, a = self._inputs, self._attrs
-        iv = self._int_values
-        from .release import current
-        call = validate_backward(
-            i["query"], i["query_rope"], i["key"], i["key_rope"], i["value"], i["dy"],
-            atten_mask=i["atten_mask"], softmax_max=i["softmax_max"],
-            softmax_sum=i["softmax_sum"], attention_in=i["attention_in"],
-            actual_seq_qlen=iv["actual_seq_qlen"], actual_seq_kvlen=iv["actual_seq_kvlen"],
-            scale_value=a["scale_value"], keep_prob=a["keep_prob"], pre_tokens=a["pre_tokens"],
-            next_tokens=a["next_tokens"], head_num=a["head_num"], input_layout=a["input_layout"],
-            inner_precise=a["inner_precise"], sparse_mode=a["sparse_mode"],
-            pse_type=a["pse_type"], pse_shift=i["pse_shift"], drop_mask=i["drop_mask"],
-            padding_mask=i["padding_mask"], softmax_in=i["softmax_in"], prefix=iv["prefix"],
-            q_start_idx=iv["q_start_idx"], kv_start_idx=iv["kv_start_idx"],
-            deterministic=bool(self.deterministic), check_data=check_data, release=current())
-        # the device gets the ends with the release's end-of-data padding (docs/releases.md)
-        iv.update(actual_seq_qlen=call.device_seq_qlen, actual_seq_kvlen=call.device_seq_kvlen)
-
     @classmethod
     def from_call(cls, call, *, device_id: Optional[int] = None, repeatable: bool = True,
                   repoint: bool = True) -> "FagPlan":
         """A plan for a validated FagCall (its numpy inputs are uploaded once; not validated
         again)."""
-        kw = {n: getattr(call, n, None) for n in INPUT_SLOTS}
-        kw.update({n: device_int_array(call, n) for n in INT_ARRAY_SLOTS})
-        kw.update(scale_value=call.scale_value, keep_prob=call.keep_prob,
-                  pre_tokens=call.pre_tokens, next_tokens=call.next_tokens,
-                  head_num=call.head_num, input_layout=call.input_layout,
-                  inner_precise=call.inner_precise, sparse_mode=call.sparse_mode,
-                  pse_type=call.pse_type)
+        kw = {n: getattr(call, n, None) for n in BACKWARD.inputs + BACKWARD.attrs}
+        kw.update({n: device_int_array(call, n) for n in BACKWARD.int_arrays})  # device's ends
         return cls(**kw, deterministic=bool(call.deterministic), device_id=device_id,
                    repeatable=repeatable, repoint=repoint, validate=False)
 
@@ -280,7 +259,7 @@ class FagPlan:
     @property
     def outputs(self) -> FagGrads:
         """The output device arrays the next run writes into, which hold the last run's
-        results (FagGrads of DeviceArray; the same memory as what the last ``run()``
+        results (FagGrads of DeviceArray over the same memory as what the last ``run()``
         returned). Holding them makes the next run write into fresh buffers, like holding
         a run's result."""
         with self._lock:
@@ -289,23 +268,22 @@ class FagPlan:
             return self._results()
 
     def _results(self) -> FagGrads:
-        """The outputs as results (aclnn_fag/acl/results.py): the last FagGrads again while
-        it is current, else a new one — DeviceArrays over a ResultBuffer for the buffers the
-        plan allocated (a slot's previous one when its buffer did not change), the
-        caller's own arrays as they are."""
+        """New DeviceArrays over a ResultBuffer for the buffers the plan allocated (the one
+        handed out last while it is alive and over the same buffer), the caller's own
+        arrays as they are."""
         st = self._state
-        last = st.last
-        if last is not None and last.current:
-            return last.grads
-        reuse = {}
-        if last is not None:
-            for i, n in enumerate(_OUT_SLOTS):
-                prev = last.grads[i]
-                real = st.results.get(n)
-                if real is not None and last.owned[i] and prev.buffer.real is real:
-                    reuse[n] = prev
-        st.last = results.build(_OUT_SLOTS, self._outputs, st.results, reuse, FagGrads)
-        return st.last.grads
+        out = []
+        for n in _OUT_SLOTS:
+            arr, real = self._outputs[n], st.results.get(n)
+            if real is None:
+                out.append(arr)
+                continue
+            rb = st.handed[n]() if n in st.handed else None
+            if rb is None or rb.real is not real:
+                rb = ResultBuffer(real)
+                st.handed[n] = weakref.ref(rb)
+            out.append(arr.rebased(rb))
+        return FagGrads(*out)
 
     @property
     def workspace_size(self) -> int:
@@ -318,8 +296,7 @@ class FagPlan:
             return None
         t = self._state.tensors.get(key)
         if t is None:
-            t = AclTensor.from_device_array(arr)
-            self._state.tensors[key] = t
+            t = self._state.tensors[key] = AclTensor.from_device_array(arr)
         return t.handle
 
     def _build(self) -> None:
@@ -327,79 +304,81 @@ class FagPlan:
         b = runtime.api()
         st = self._state
         if self._int_handles is None:
-            self._int_handles = {}
-            for n in INT_ARRAY_SLOTS:
+            self._int_handles = []
+            for n in BACKWARD.int_arrays:
                 vals = self._int_values[n]
                 if vals is None:
-                    self._int_handles[n] = None
+                    self._int_handles.append(None)
                     continue
                 ia = AclIntArray(vals)
                 st.int_arrays.append(ia)
-                self._int_handles[n] = ia.handle
-        ia_handles = self._int_handles
-        in_h = [self._tensor("in:" + n, self._inputs[n]) for n in INPUT_SLOTS]
+                self._int_handles.append(ia.handle)
+        in_h = [self._tensor("in:" + n, self._inputs[n]) for n in BACKWARD.inputs]
         out_h = [self._tensor("out:" + n, self._outputs[n]) for n in _OUT_SLOTS] + [None]
-        a = self._attrs
-        ws_size = c_uint64(0)
-        executor = c_void_p(None)
-        args = (*in_h, *[ia_handles[n] for n in INT_ARRAY_SLOTS],
-                c_double(a["scale_value"]), c_double(a["keep_prob"]), c_int64(a["pre_tokens"]),
-                c_int64(a["next_tokens"]), c_int64(a["head_num"]), _layout_arg(a["input_layout"]),
-                c_int64(a["inner_precise"]), c_int64(a["sparse_mode"]), c_int64(a["pse_type"]),
-                *out_h, byref(ws_size), byref(executor))
-        guard = _Executor(b)
-        phase1 = getattr(b, PHASE1)
-        with ownership.atomic():           # phase 1 and the executor's ownership: one step
-            rc = phase1(*args)
-            if rc == 0 and executor.value:
-                guard.adopt(executor.value)
-                st.executor = guard
-        runtime._count("phase1")
-        self.phase1_runs += 1
-        if rc:
-            raise status_error(b, rc, PHASE1)
-        if not executor.value:
-            raise status_error(b, 561103, PHASE1, rule="phase 1 succeeded but returned no executor")
+        try:
+            ex, ws_size = executor.phase1(b, BACKWARD, in_h, self._int_handles,
+                                          executor.attr_values(BACKWARD, self._attrs), out_h)
+        finally:
+            self.phase1_runs += 1
+        if ex is None:
+            raise status_error(b, 561103, BACKWARD.phase1,
+                               rule="phase 1 succeeded but returned no executor")
+        st.executor = ex
         self.repeatable = False
         if not self.want_repeatable:
             self.repeatable_reason = "not requested (repeatable=False)"
-        elif b.aclSetAclOpExecutorRepeatable is None:
-            self.repeatable_reason = "aclSetAclOpExecutorRepeatable is not exported by this CANN"
         else:
-            rc = b.aclSetAclOpExecutorRepeatable(st.executor.handle)
-            if rc == 0:
-                self.repeatable = True
-                self.repeatable_reason = "repeatable"
-            else:
-                msg = recent_message(b)
-                self.repeatable_reason = (f"aclSetAclOpExecutorRepeatable returned {rc}"
-                                          + (f": {msg}" if msg else ""))
-        if ws_size.value > (st.workspace.nbytes if st.workspace is not None else 0):
+            why = executor.make_repeatable(b, ex)
+            self.repeatable = why is None
+            self.repeatable_reason = why or "repeatable"
+        if ws_size > (st.workspace.nbytes if st.workspace is not None else 0):
             old, st.workspace = st.workspace, None
             if old is not None:
                 old.release()
-            st.workspace = runtime.DeviceBuffer(ws_size.value, self.device_id)
-        self._ws_size = ws_size.value
+            st.workspace = DeviceBuffer(ws_size, self.device_id)
+        self._ws_size = ws_size
 
     def _repoint(self, b, changes: Dict[str, DeviceArray]) -> bool:
         """Point the repeatable executor at new buffers; False when that is not possible."""
-        setters = {"in": b.aclSetInputTensorAddr, "out": b.aclSetOutputTensorAddr}
-        if not self.repoint_enabled or None in setters.values():
+        if (not self.repoint_enabled or b.aclSetInputTensorAddr is None
+                or b.aclSetOutputTensorAddr is None):
             return False
-        in_index = {n: i for i, n in enumerate(x for x in INPUT_SLOTS if self._inputs[x] is not None)}
-        out_index = {n: i for i, n in enumerate(x for x in _OUT_SLOTS if self._outputs[x] is not None)}
-        ex = self._state.executor
+        index = {"in": [n for n in BACKWARD.inputs if self._inputs[n] is not None],
+                 "out": [n for n in _OUT_SLOTS if self._outputs[n] is not None]}
         for key, arr in changes.items():
             kind, name = key.split(":", 1)
-            index = in_index[name] if kind == "in" else out_index[name]
             tensor = self._state.tensors[key]
-            rc = setters[kind](ex.handle, index, tensor.handle, arr.buffer.ptr)
-            if rc:
-                recent_message(b)
+            if not executor.set_address(b, kind == "out", self._state.executor,
+                                        index[kind].index(name), tensor.handle, arr.buffer.ptr):
                 return False
             tensor.data_ptr = arr.buffer.ptr
             self.repoints += 1
         return True
+
+    def _changes(self, arrays: Dict[str, object]) -> Dict[str, DeviceArray]:
+        """The swaps of one run, checked: "in:<slot>" / "out:<slot>" -> the new array."""
+        changes: Dict[str, DeviceArray] = {}
+        for name, arr in arrays.items():
+            if name in BACKWARD.inputs:
+                key, cur = "in:" + name, self._inputs[name]
+            elif name in _OUT_SLOTS:
+                key, cur = "out:" + name, self._outputs[name]
+            else:
+                raise TypeError(f"unknown tensor slot {name!r}")
+            if not isinstance(arr, DeviceArray):
+                raise TypeError(f"{name} must be a DeviceArray")
+            check_device_arrays({name: arr}, self.device_id)
+            if cur is None or not _same_view(cur, arr):
+                raise ValueError(f"{name}: a replacement must match the planned array "
+                                 f"({cur!r}), got {arr!r}")
+            if arr.closed:
+                raise ValueError(f"{name}: the device array has been freed")
+            if arr is not cur:
+                changes[key] = arr
+        for name, arr in self._inputs.items():
+            if arr is not None and arr.closed:
+                raise ValueError(f"{name}: the device array has been freed")
+        return changes
 
     # ------------------------------------------------------------------ public
     def run(self, stream=None, **arrays: DeviceArray) -> FagGrads:
@@ -410,55 +389,29 @@ class FagPlan:
         array it replaces. The plan keeps a reference to each array it uses; a swapped-in
         output array is written by this run and every later one.
 
-        Returns FagGrads of new DeviceArray objects. They never alias another run's
-        results: an output the plan allocated is not written again while a result of it
-        (or a view of one) is alive, and it stays valid after :meth:`close` or garbage
-        collection of the plan (see the module doc). Output arrays the caller passed in
-        are returned as they are.
+        Returns FagGrads of new DeviceArray objects that never alias another run's results
+        (see the module doc); output arrays the caller passed in are returned as they are.
 
         ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``): phase 2
         is only enqueued on it (no synchronisation). The plan's workspace and buffers stay
         alive until :meth:`close`, which first synchronises every stream a run was
         enqueued on.
         """
-        arrays = {n: _as_device_or_host(n, a) for n, a in arrays.items()}
+        arrays = {n: as_device_array(n, a) for n, a in arrays.items()}
         with self._lock, runtime.operation():
             if self.closed:
                 raise ValueError("the plan is closed")
-            changes: Dict[str, DeviceArray] = {}
-            for name, arr in arrays.items():
-                if name in INPUT_SLOTS:
-                    key, cur = "in:" + name, self._inputs[name]
-                elif name in _OUT_SLOTS:
-                    key, cur = "out:" + name, self._outputs[name]
-                else:
-                    raise TypeError(f"unknown tensor slot {name!r}")
-                if not isinstance(arr, DeviceArray):
-                    raise TypeError(f"{name} must be a DeviceArray")
-                check_device_arrays({name: arr}, self.device_id)
-                if cur is None or not _same_view(cur, arr):
-                    raise ValueError(f"{name}: a replacement must match the planned array "
-                                     f"({cur!r}), got {arr!r}")
-                if arr.closed:
-                    raise ValueError(f"{name}: the device array has been freed")
-                if arr is not cur:
-                    changes[key] = arr
-            for name, arr in self._inputs.items():
-                if arr is not None and arr.closed:
-                    raise ValueError(f"{name}: the device array has been freed")
+            changes = self._changes(arrays)
             st = self._state
             fresh = set()
-            held = dict(zip(_OUT_SLOTS, st.last.held() if st.last is not None
-                            else [False] * len(_OUT_SLOTS)))
-            for name, h in held.items():
-                arr = self._outputs[name]
+            for name, arr in self._outputs.items():
+                real = st.results.get(name)
                 if arr is None or "out:" + name in changes:
                     continue
-                real = st.results.get(name)
                 if real is None:
                     if arr.closed:
                         raise ValueError(f"{name}: the device array has been freed")
-                elif h or real.closed:
+                elif st.held(name) or real.closed:
                     # a result of the last run still holds this buffer (or freed it): write
                     # into a fresh one; zeros, as at construction (docs/faults.md)
                     changes["out:" + name] = DeviceArray.zeros(arr.shape, arr.dtype,
@@ -466,39 +419,31 @@ class FagPlan:
                     fresh.add(name)
             b = runtime.api()
             runtime.ensure_device(self.device_id)
-            caller_stream = stream is not None
-            stream = (runtime.resolve_stream(stream) if caller_stream
+            handle = (runtime.resolve_stream(stream) if stream is not None
                       else runtime.stream(self.device_id))
             # the determinism option is read by phase 1 (docs/abi.md §6): held only when
             # this run builds the executor; a repeatable executor's phase 2 needs no hold
             hold = None
             try:
                 if changes:
-                    self._apply(b, changes, fresh, held)
+                    self._apply(b, changes, fresh)
                 if st.executor is None:
-                    hold = runtime.call_hold(self.device_id, self.deterministic)
+                    hold = runtime.DeterminismHold(self.device_id, self.deterministic)
                     hold.acquire()
                     self._build()
-                ex = st.executor
-                ws = st.workspace
-                phase2 = getattr(b, PHASE2)
-                args = (c_void_p(ws.ptr if ws is not None else None), c_uint64(self._ws_size),
-                        c_void_p(ex.handle), c_void_p(stream))
+                ex, ws = st.executor, st.workspace
                 with ownership.atomic():
                     if not self.repeatable:
-                        # a one-shot executor is the library's from the moment phase 2 is
-                        # entered: forgotten in the same atomic step as the call
-                        st.executor = None
-                        ex.disown()
-                    rc = phase2(*args)
-                runtime._count("phase2")
-                self.phase2_runs += 1
-                if rc:
-                    raise status_error(b, rc, PHASE2)
-                if caller_stream:
-                    st.streams[stream] = self.device_id
+                        st.executor = None     # the library's once phase 2 is entered
+                    try:
+                        executor.phase2(b, BACKWARD, ex, None if ws is None else ws.ptr,
+                                        self._ws_size, handle, self.repeatable)
+                    finally:
+                        self.phase2_runs += 1
+                if stream is not None:
+                    st.streams[handle] = self.device_id
                 else:
-                    rc = b.aclrtSynchronizeStream(stream)
+                    rc = b.aclrtSynchronizeStream(handle)
                     if rc:
                         raise status_error(b, rc, "aclrtSynchronizeStream")
             finally:
@@ -515,9 +460,9 @@ class FagPlan:
             if t is not None:
                 t.release("raise" if strict else "warn")
 
-    def _apply(self, b, changes: Dict[str, DeviceArray], fresh, held) -> None:
+    def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
         """Point the plan at the changed arrays (``fresh``: the output slots whose new array
-        the plan allocated; ``held``: slot -> a result of its buffer is still alive): repoint the executor (or forget it and the changed tensors),
+        the plan allocated): repoint the executor (or forget it and the changed tensors),
         then record the arrays; an output buffer the plan allocated and no result holds is
         kept until close (work queued on a caller's stream may still write it). Should
         anything fail or be interrupted before the record is complete, the executor and
@@ -533,10 +478,8 @@ class FagPlan:
                     if kind == "in":
                         self._inputs[name] = arr
                         continue
-                    if st.last is not None:
-                        st.last.current = False
                     old = st.results.pop(name, None)
-                    if old is not None and not (name in fresh or held[name] or old.closed):
+                    if old is not None and not (name in fresh or st.held(name) or old.closed):
                         st.owned.append(old)   # the caller swapped in their own array
                     if name in fresh:
                         st.results[name] = arr.buffer

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
 from ..errors import LibraryNotFoundError
+from ..spec import BACKWARD_V3, FORWARD_V3, OPS, PHASE2_PARAMS, OpVersion
 
 __all__ = ["Proto", "PROTOTYPES", "PROTOTYPE_BY_NAME", "Bindings", "bind", "PHASE1", "PHASE2",
-           "PHASE1_NARGS", "OPTIONAL", "FWD_PHASE1", "FWD_PHASE2", "FWD_PHASE1_NARGS"]
+           "PHASE1_NARGS", "OPTIONAL", "FWD_PHASE1", "FWD_PHASE2", "FWD_PHASE1_NARGS",
+           "op_prototypes"]
 
 P_I64 = POINTER(c_int64)
 P_U64 = POINTER(c_uint64)
@@ -37,10 +39,8 @@ aclnnStatus = c_int32     # typedef int32_t aclnnStatus;
 ENUM = c_int              # every ACL enum (aclDataType, aclFormat, aclrtMemcpyKind, ...)
 HANDLE = c_void_p         # aclrtStream, aclTensor*, aclIntArray*, aclOpExecutor*
 
-PHASE1 = "aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize"
-PHASE2 = "aclnnFlashAttentionUnpaddingScoreGradV3"
-FWD_PHASE1 = "aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize"
-FWD_PHASE2 = "aclnnFlashAttentionVarLenScoreV3"
+PHASE1, PHASE2 = BACKWARD_V3.phase1, BACKWARD_V3.phase2
+FWD_PHASE1, FWD_PHASE2 = FORWARD_V3.phase1, FORWARD_V3.phase2
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,10 @@ PROTOTYPES: Tuple[Proto, ...] = (
     Proto("aclrtCtxSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
     # aclError aclrtCtxGetSysParamOpt(aclSysParamOpt opt, int64_t *value);  (optional)
     Proto("aclrtCtxGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
+    # aclError aclrtSetSysParamOpt(aclSysParamOpt opt, int64_t value);     (optional)
+    Proto("aclrtSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
+    # aclError aclrtGetSysParamOpt(aclSysParamOpt opt, int64_t *value);    (optional)
+    Proto("aclrtGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
     # aclError aclrtGetCurrentContext(aclrtContext *context);             (optional)
     Proto("aclrtGetCurrentContext", aclError, (P_VOIDP,), RT, optional=True),
     # ---- version queries (acl/acl_rt.h; all optional, see aclnn_fag/acl/versions.py) ----
@@ -136,67 +140,31 @@ PROTOTYPES: Tuple[Proto, ...] = (
     Proto("aclSetOutputTensorAddr", aclnnStatus, (HANDLE, c_size_t, HANDLE, c_void_p), OP,
           optional=True),
 
-    # ---- the operator (aclnnop/aclnn_flash_attention_score_grad.h, libopapi[_transformer]) ----
-    # aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3GetWorkspaceSize(
-    #     const aclTensor *query, const aclTensor *queryRope, const aclTensor *keyIn,
-    #     const aclTensor *keyInRope, const aclTensor *value, const aclTensor *dy,
-    #     const aclTensor *pseShiftOptional, const aclTensor *dropMaskOptional,
-    #     const aclTensor *paddingMaskOptional, const aclTensor *attenMaskOptional,
-    #     const aclTensor *softmaxMaxOptional, const aclTensor *softmaxSumOptional,
-    #     const aclTensor *softmaxInOptional, const aclTensor *attentionInOptional,
-    #     const aclIntArray *prefixOptional, const aclIntArray *actualSeqQLenOptional,
-    #     const aclIntArray *actualSeqKvLenOptional, const aclIntArray *qStartIdxOptional,
-    #     const aclIntArray *kvStartIdxOptional, double scaleValue, double keepProb,
-    #     int64_t preTokens, int64_t nextTokens, int64_t headNum, char *inputLayout,
-    #     int64_t innerPrecise, int64_t sparseMode, int64_t pseType,
-    #     const aclTensor *dqOut, const aclTensor *dqRopeOut, const aclTensor *dkOut,
-    #     const aclTensor *dkRopeOut, const aclTensor *dvOut, const aclTensor *dpseOut,
-    #     uint64_t *workspaceSize, aclOpExecutor **executor);
-    Proto(PHASE1, aclnnStatus,
-          (HANDLE,) * 14                                    # 1-14: tensors
-          + (HANDLE,) * 5                                   # 15-19: int arrays
-          + (c_double, c_double)                            # 20-21: scaleValue, keepProb
-          + (c_int64, c_int64, c_int64)                     # 22-24: preTokens, nextTokens, headNum
-          + (c_char_p,)                                     # 25: inputLayout
-          + (c_int64, c_int64, c_int64)                     # 26-28: innerPrecise, sparseMode, pseType
-          + (HANDLE,) * 6                                   # 29-34: outputs
-          + (P_U64, P_VOIDP),                               # 35-36: workspaceSize, executor
-          OP),
-    # aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3(void *workspace, uint64_t workspaceSize,
-    #                                                     aclOpExecutor *executor,
-    #                                                     const aclrtStream stream);
-    Proto(PHASE2, aclnnStatus, (c_void_p, c_uint64, HANDLE, HANDLE), OP),
-
-    # ---- the forward (aclnnop/aclnn_flash_attention_score.h, same libraries); optional: a
-    #      CANN without it still runs the backward, the forward then falls back or raises ----
-    # aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
-    #     const aclTensor *query, const aclTensor *queryRope, const aclTensor *key,
-    #     const aclTensor *keyRope, const aclTensor *value, const aclTensor *realShiftOptional,
-    #     const aclTensor *dropMaskOptional, const aclTensor *paddingMaskOptional,
-    #     const aclTensor *attenMaskOptional, const aclIntArray *prefixOptional,
-    #     const aclIntArray *actualSeqQLenOptional, const aclIntArray *actualSeqKvLenOptional,
-    #     const aclIntArray *qStartIdxOptional, const aclIntArray *kvStartIdxOptional,
-    #     double scaleValue, double keepProb, int64_t preTokens, int64_t nextTokens,
-    #     int64_t headNum, char *inputLayout, int64_t innerPrecise, int64_t sparseMode,
-    #     int64_t pseType, const aclTensor *softmaxMaxOut, const aclTensor *softmaxSumOut,
-    #     const aclTensor *softmaxOutOut, const aclTensor *attentionOutOut,
-    #     uint64_t *workspaceSize, aclOpExecutor **executor);
-    Proto(FWD_PHASE1, aclnnStatus,
-          (HANDLE,) * 9                                     # 1-9: tensors
-          + (HANDLE,) * 5                                   # 10-14: int arrays
-          + (c_double, c_double)                            # 15-16: scaleValue, keepProb
-          + (c_int64, c_int64, c_int64)                     # 17-19: preTokens, nextTokens, headNum
-          + (c_char_p,)                                     # 20: inputLayout
-          + (c_int64, c_int64, c_int64)                     # 21-23: innerPrecise, sparseMode, pseType
-          + (HANDLE,) * 4                                   # 24-27: outputs
-          + (P_U64, P_VOIDP),                               # 28-29: workspaceSize, executor
-          OP, optional=True),
-    # aclnnStatus aclnnFlashAttentionVarLenScoreV3(void *workspace, uint64_t workspaceSize,
-    #                                              aclOpExecutor *executor,
-    #                                              const aclrtStream stream);
-    Proto(FWD_PHASE2, aclnnStatus, (c_void_p, c_uint64, HANDLE, HANDLE), OP, optional=True),
 )
 
+
+
+# ---- the ops (aclnn_fag/spec.py: one entry per op version), resolved through libopapi ----
+_CTYPES = {"const aclTensor *": HANDLE, "const aclIntArray *": HANDLE, "double": c_double,
+           "int64_t": c_int64, "char *": c_char_p, "uint64_t *": P_U64,
+           "aclOpExecutor **": P_VOIDP, "void *": c_void_p, "uint64_t": c_uint64,
+           "aclOpExecutor *": HANDLE, "const aclrtStream": HANDLE}
+
+
+def op_prototypes(op: OpVersion) -> Tuple[Proto, Proto]:
+    """Phase 1 and phase 2 of one op version, typed from its spec (an optional op's symbols
+    may be absent). Their C prototypes, one argtype per C parameter in order, are
+    ``op.c_prototype(1)`` -- e.g. ``aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3
+    GetWorkspaceSize(const aclTensor *query, ..., uint64_t *workspaceSize, aclOpExecutor
+    **executor)`` -- and ``op.c_prototype(2)``: ``aclnnStatus <symbol>(void *workspace,
+    uint64_t workspaceSize, aclOpExecutor *executor, const aclrtStream stream)``."""
+    return (Proto(op.phase1, aclnnStatus, tuple(_CTYPES[p.c_type] for p in op.params), OP,
+                  optional=op.optional_symbols),
+            Proto(op.phase2, aclnnStatus, tuple(_CTYPES[p.c_type] for p in PHASE2_PARAMS), OP,
+                  optional=op.optional_symbols))
+
+
+PROTOTYPES = PROTOTYPES + tuple(proto for op in OPS.values() for proto in op_prototypes(op))
 PROTOTYPE_BY_NAME: Dict[str, Proto] = {p.name: p for p in PROTOTYPES}
 OPTIONAL = tuple(p.name for p in PROTOTYPES if p.optional)
 PHASE1_NARGS = len(PROTOTYPE_BY_NAME[PHASE1].argtypes)

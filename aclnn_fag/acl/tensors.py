@@ -104,7 +104,7 @@ def int64_array(values: Sequence[int], name: str = "values"):
     return (c_int64 * len(vals))(*vals)
 
 
-def _destroy(b, fname: str, handle: int):
+def destroy(b, fname: str, handle: int):
     """Call the destroy function ``fname``; None or the error (an ownership.Claim release)."""
     rc = getattr(b, fname)(handle)
     if rc:
@@ -136,7 +136,7 @@ class AclTensor(runtime.NativeResource):
             handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
                                        FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
             if handle:
-                self._take(handle, _destroy, b, "aclDestroyTensor", handle)
+                self._take(handle, destroy, b, "aclDestroyTensor", handle)
                 self.handle = handle
         if not handle:
             raise null_handle_error(b, "aclCreateTensor")
@@ -176,7 +176,7 @@ class AclIntArray(runtime.NativeResource):
         with ownership.atomic():
             handle = b.aclCreateIntArray(arr, len(self.values))
             if handle:
-                self._take(handle, _destroy, b, "aclDestroyIntArray", handle)
+                self._take(handle, destroy, b, "aclDestroyIntArray", handle)
                 self.handle = handle
         if not handle:
             raise null_handle_error(b, "aclCreateIntArray")
@@ -210,26 +210,10 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
     return first
 
 
-_INT64_ARRAYS = tuple(c_int64 * n for n in range(17))    # the ctypes array types, made once
-_INT64_ONE = _INT64_ARRAYS[1]
-_N_ARRAY_TYPES = len(_INT64_ARRAYS)
-_DIMS: dict = {}            # tuple of ints -> an int64_t[n] holding it (never written to)
-_DIMS_MAX = 4096
-
-
-def _dims(values: tuple):
-    """A ctypes int64_t[n] with ``values``, shared by every tensor that has them (the ACL
-    create functions copy their arguments, and nothing here writes to them)."""
-    if type(values) is not tuple:
-        values = tuple(values)
-    arr = _DIMS.get(values)
-    if arr is None:
-        n = len(values)
-        arr = (_INT64_ARRAYS[n] if n < _N_ARRAY_TYPES else c_int64 * n)(*values)
-        if len(_DIMS) >= _DIMS_MAX:
-            _DIMS.clear()
-        _DIMS[values] = arr
-    return arr
+def _dims(values):
+    """A ctypes int64_t[n] holding ``values`` (the ACL create functions copy it)."""
+    values = tuple(values)
+    return (c_int64 * len(values))(*values)
 
 
 class HandleBatch(runtime.NativeResource):

@@ -197,7 +197,7 @@ def test_device_results_dropped_without_free_release_the_arena(stub, no_leaks):
     ("aclrtMemcpy", 0), ("aclrtMemcpy", 5), ("aclrtMemcpy", 9),    # uploads
     ("aclrtMemcpy", 10), ("aclrtMemcpy", 14),                       # downloads
     ("aclCreateTensor", 3), ("aclCreateTensor", 12),
-    (op.PHASE1, 0), ("aclrtMalloc", 1), (op.PHASE2, 0), ("aclrtSynchronizeStream", 0),
+    (op.BACKWARD.phase1, 0), ("aclrtMalloc", 1), (op.BACKWARD.phase2, 0), ("aclrtSynchronizeStream", 0),
     ("aclrtFree", 0),
 ])
 @pytest.mark.parametrize("keep", [False, True])

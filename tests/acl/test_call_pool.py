@@ -88,6 +88,17 @@ def test_results_equal_the_general_path_bit_for_bit(name, monkeypatch, runs, no_
     assert_grads_close(first, p.grads("numpy"))
 
 
+def test_calls_of_several_shapes_in_turn_each_get_their_own_layout(monkeypatch, runs, no_leaks):
+    """Layouts are kept per shape signature: calls alternating between shapes (each a hit
+    after its first call) give every shape its own pieces and results."""
+    probs = [make_problem(seed=5, **SHAPES[n]) for n in ("mode2", "mode3", "mode8")]
+    want = [_general(monkeypatch, lambda p=p: p.grads("npu")) for p in probs]
+    for _ in range(2):
+        for p, w in zip(probs, want):
+            assert_same_bits(p.grads("npu"), w)
+    assert runs[0] == 2 * len(probs)
+
+
 def test_a_repeated_call_allocates_nothing_and_makes_no_handle(no_leaks):
     p = make_problem(seed=4, q_lens=(7, 9), g=2, mode=3)
     _, first = _counted(lambda: p.grads("npu"))
@@ -195,8 +206,8 @@ def test_other_layouts_take_the_general_path_with_the_same_results(make, runs, n
     ("aclrtMemset", 0, False), ("aclrtMemset", 0, True),
     ("aclrtMemcpy", 1, True), ("aclrtMemcpy", 9, True),      # uploads (0: the mask's copy)
     ("aclrtMemcpy", 0, True), ("aclrtMemcpy", 4, True),      # downloads, on a hit
-    (op.PHASE2, 0, True), ("aclrtSynchronizeStream", 0, True),
-    (op.PHASE2, 0, False), ("aclrtSynchronizeStream", 0, False),
+    (op.BACKWARD.phase2, 0, True), ("aclrtSynchronizeStream", 0, True),
+    (op.BACKWARD.phase2, 0, False), ("aclrtSynchronizeStream", 0, False),
 ])
 def test_a_failure_anywhere_frees_the_call_memory(function, count, second, stub, no_leaks,
                                                   request):
@@ -217,7 +228,7 @@ def test_a_failure_anywhere_frees_the_call_memory(function, count, second, stub,
     assert all(a.closed for a in taken)                      # freed, not back in the pool
     idle = [a for lst in call_pool._idle.values() for a in lst]
     assert not any(a is t for a in idle for t in taken)
-    if second and function in (op.PHASE2, "aclrtSynchronizeStream"):
+    if second and function in (op.BACKWARD.phase2, "aclrtSynchronizeStream"):
         assert exec_cache.size() == entries - 1              # the failed entry destroyed
     assert_grads_close(p.grads("npu"), want)                 # and the next call works
 

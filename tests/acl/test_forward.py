@@ -13,6 +13,7 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
+from aclnn_fag.acl import executor as acl_executor
 from aclnn_fag.acl import op as acl_op
 from aclnn_fag.rules import validate_forward
 from acl_cases import BF16, INT32_MAX, assert_grads_close, make_problem
@@ -124,17 +125,16 @@ def test_round_trip_on_the_device(det, no_leaks):
 
 def test_call_shape_empty_softmax_out_and_start_indices(monkeypatch, no_leaks):
     seen = []
-    real = acl_op._execute_op
+    real = acl_executor.run
 
-    def spy(inputs, int_arrays, attrs, outputs, **kw):
-        # the outputs: (shape, dtype, init) to allocate, or DeviceArrays made by the caller
-        # (acl/host_path.py); either way (shape, dtype)
-        shapes = {n: None if o is None else (tuple(o[0]), np.dtype(o[1])) if type(o) is tuple
-                  else (o.shape, o.dtype) for n, o in outputs.items()}
-        seen.append((dict(int_arrays), shapes, kw.get("op")))
-        return real(inputs, int_arrays, attrs, outputs, **kw)
+    def spy(call, *args, **kw):
+        # every call reaches the executor (acl/executor.py) with its device arrays
+        shapes = {n: None if o is None else (o.shape, o.dtype)
+                  for n, o in zip(call.op.outputs, call.outputs)}
+        seen.append((dict(zip(call.op.int_arrays, call.int_values)), shapes, call.op))
+        return real(call, *args, **kw)
 
-    monkeypatch.setattr(acl_op, "_execute_op", spy)
+    monkeypatch.setattr(acl_executor, "run", spy)
     p = make_problem(seed=9, q_lens=(6, 5), d=32, dr=16, dv=16, g=2, mode=2)
     _forward(p, "npu")
     _forward(p, "npu", q_start_idx=[4], kv_start_idx=[2])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import inspect
 import pathlib
 import re
 from ctypes import (POINTER, c_char_p, c_double, c_int, c_int32, c_int64, c_size_t, c_uint32,
@@ -13,6 +14,7 @@ import pytest
 import aclnn_fag.acl as acl
 from aclnn_fag.acl import loader, prototypes
 from aclnn_fag.errors import LibraryNotFoundError
+from aclnn_fag.spec import BACKWARD_V3, FORWARD_V3
 
 PKG = pathlib.Path(acl.__file__).resolve().parent
 
@@ -116,6 +118,7 @@ def test_optional_symbols_are_probed():
         "aclrtGetCurrentContext",
         "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion", "aclsysGetVersionNum",
+        "aclrtSetSysParamOpt", "aclrtGetSysParamOpt",
         prototypes.FWD_PHASE1, prototypes.FWD_PHASE2, "aclStubGetCounters"}
     b = loader.bindings()
     for name in prototypes.OPTIONAL:
@@ -166,3 +169,28 @@ def test_function_pointers_are_private_to_the_bindings():
     other = lib.aclrtMalloc          # attribute access: cached on the CDLL, untyped here
     assert other is not b.aclrtMalloc
     assert other.argtypes is None
+
+
+@pytest.mark.parametrize("op, raw, result", [(BACKWARD_V3, "call_raw", "FagGrads"),
+                                             (FORWARD_V3, "call_raw_forward", "FagForward")])
+def test_raw_calls_take_the_parameters_of_the_spec_in_order(op, raw, result):
+    """call_raw / call_raw_forward: one keyword per C parameter of the op's spec, in the C
+    order, the attributes with the spec's defaults; then the raw call's own options."""
+    params = inspect.signature(getattr(acl, raw)).parameters
+    c_params = [p for p in op.params if p.role in ("input", "int_array", "attr", "output")]
+    assert list(params)[:len(c_params)] == [p.name for p in c_params]
+    assert list(params)[len(c_params):] == ["workspace_size_out", "executor_out",
+                                            "deterministic", "device_id", "timings"]
+    for p in c_params:
+        want = p.default if p.role == "attr" else params[p.name].default
+        assert params[p.name].default == want or params[p.name].default is want, p.name
+        assert params[p.name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(params[n].default is None for n in op.inputs + op.int_arrays)
+    assert getattr(acl, raw).__name__ == raw and result in (getattr(acl, raw).__doc__ or "")
+
+
+def test_op_prototypes_follow_the_spec():
+    for op in (BACKWARD_V3, FORWARD_V3):
+        p1, p2 = prototypes.PROTOTYPE_BY_NAME[op.phase1], prototypes.PROTOTYPE_BY_NAME[op.phase2]
+        assert len(p1.argtypes) == len(op.params) and len(p2.argtypes) == 4
+        assert (p1.optional, p2.optional) == (op.optional_symbols,) * 2

@@ -1,0 +1,378 @@
+"""The one route of a call on the device: the only caller of phase 1, the address setters
+and phase 2 (docs/architecture.md, "The path of one call").
+
+Every public call, ``call_raw``, the host-array short path (:mod:`.host_path`) and the
+plans (:mod:`.plan`) end here. A call arrives as a :class:`Launch` -- the op version
+(:mod:`aclnn_fag.spec`), the device, the determinism value, the nine attributes, the int
+arrays' values and one DeviceArray (or None) per tensor slot -- and :func:`run` does, in
+order (docs/abi.md §6):
+
+1. with the executor cache on (``Launch.cache``): the call's signature, an idle executor
+   of that signature taken out of :mod:`.exec_cache` and its tensors repointed at this
+   call's addresses (no create, no phase 1, no determinism hold);
+2. otherwise: the determinism option held, the aclTensors and aclIntArrays created (one
+   :class:`~.tensors.HandleBatch`), phase 1, the executor marked repeatable when it will
+   be cached;
+3. the workspace (``workspace_of(nbytes, cached)``, the caller's memory policy), phase 2 on the
+   stream, the handles destroyed right after phase 2 (or kept with the executor), the
+   stream synchronised when asked, and the executor back into the cache.
+
+Ownership: every handle is owned the moment it exists (:mod:`.ownership`). A one-shot
+executor is the library's from the moment phase 2 is entered; a repeatable one stays ours
+(destroyed by us after a failure, exactly once: executor first, then its handles).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+import time
+from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ..constants import INT64_MAX, INT64_MIN
+from ..errors import ParamNullptrError
+from ..spec import OpVersion
+from . import exec_cache, ownership, runtime
+from ._status import recent_message, status_error
+from .tensors import HandleBatch, destroy
+
+__all__ = ["Executor", "Launch", "Timer", "run", "phase1", "make_repeatable", "set_address",
+           "phase2", "attr_values", "layout_arg", "TIMING_KEYS"]
+
+TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
+
+
+_UNTIMED = contextlib.nullcontext()
+
+
+class Timer:
+    """Host seconds per stage added to ``timings`` (wall, and thread CPU as ``<key>_cpu``
+    with ``cpu``); without a dict it times nothing."""
+
+    def __init__(self, timings: Optional[dict] = None, cpu: bool = False) -> None:
+        self.timings = timings
+        self.cpu = cpu
+        for k in TIMING_KEYS if timings is not None else ():
+            timings.setdefault(k, 0.0)
+            if cpu:
+                timings.setdefault(k + "_cpu", 0.0)
+
+    def __call__(self, key: str):
+        """A context manager timing its block under ``key`` (a no-op one without a dict)."""
+        return _UNTIMED if self.timings is None else self._timed(key)
+
+    @contextlib.contextmanager
+    def _timed(self, key: str):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.add(key, time.perf_counter() - t0, time.thread_time() - c0)
+
+    def add(self, key: str, wall: float, cpu: float) -> None:
+        if self.timings is not None:
+            self.timings[key] = self.timings.get(key, 0.0) + wall
+            if key + "_cpu" in self.timings:
+                self.timings[key + "_cpu"] += cpu
+
+
+class Executor(runtime.NativeResource):
+    """An ``aclOpExecutor*`` we own until phase 2 consumes it (a one-shot one) or we destroy
+    it. Made empty before phase 1; phase 1 adopts its handle in the same atomic step."""
+
+    _what = "an aclOpExecutor"
+    _rank = 0                      # destroyed before the tensors it refers to
+
+    def __init__(self, b) -> None:
+        self.b = b
+        self.handle: Optional[int] = None
+        self._prepare()
+
+    def _adopt(self, handle: int) -> None:
+        self._take(handle, destroy, self.b, "aclDestroyAclOpExecutor", handle)
+        self.handle = handle
+
+    def _on_released(self) -> None:
+        self.handle = None
+
+
+# --------------------------------------------------------------------------- arguments
+def layout_arg(layout) -> Optional[bytes]:
+    """``input_layout`` as the C string the op receives (None = NULL). A NUL inside would
+    silently cut the string short on the C side, so it is refused (ValueError)."""
+    if layout is None:
+        return None
+    if isinstance(layout, (bytes, bytearray)):
+        raw = bytes(layout)
+    elif isinstance(layout, str):
+        raw = layout.encode("utf-8", "surrogatepass")
+    else:
+        raise TypeError(f"parameter 'input_layout' must be a str, bytes or None, got "
+                        f"{type(layout).__name__}")
+    if b"\x00" in raw:
+        raise ValueError(f"parameter 'input_layout' contains a NUL character: {layout!r}")
+    return raw
+
+
+def _int64_attr(name: str, value) -> int:
+    """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
+    if type(value) is not int and (isinstance(value, bool)
+                                   or not isinstance(value, numbers.Integral)):
+        raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
+    value = int(value)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in int64")
+    return value
+
+
+def _double_attr(name: str, value) -> float:
+    if type(value) is not float and (isinstance(value, bool)
+                                     or not isinstance(value, numbers.Real)):
+        raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
+
+
+_CHECK = {"double": _double_attr, "int64_t": _int64_attr,
+          "char *": lambda name, value: layout_arg(value)}
+_CTYPE = {"double": c_double, "int64_t": c_int64, "char *": lambda raw: raw}
+
+
+def _attr_params(op: OpVersion) -> list:
+    """(name, check, ctypes type) of each attribute of ``op``, in parameter order."""
+    got = _ATTR_PARAMS.get(op.key)
+    if got is None:
+        got = _ATTR_PARAMS[op.key] = [(p.name, _CHECK[p.c_type], _CTYPE[p.c_type])
+                                      for p in op.params if p.role == "attr"]
+    return got
+
+
+_ATTR_PARAMS: dict = {}
+
+
+def attr_values(op: OpVersion, attrs) -> tuple:
+    """The op's attributes in parameter order, checked against their C types (``attrs``:
+    name -> value; the layout becomes bytes)."""
+    return tuple([check(name, attrs[name]) for name, check, _ in _attr_params(op)])
+
+
+# --------------------------------------------------------------------------- the four natives
+def phase1(b, op: OpVersion, tensors_in: Sequence, int_arrays: Sequence, attrs: tuple,
+           tensors_out: Sequence, out_params: Tuple[bool, bool] = (True, True)
+           ) -> Tuple[Optional[Executor], int]:
+    """Phase 1 on handles (aclTensor / aclIntArray / None per slot, parameter order) and
+    checked attribute values: the executor (owned; None when phase 1 returned none) and the
+    workspace size. ``out_params``: pass workspaceSize / executor (False: NULL)."""
+    ws_size, handle = c_uint64(0), c_void_p(None)
+    c_attrs = [ctype(v) for (_, _, ctype), v in zip(_attr_params(op), attrs)]
+    args = (list(tensors_in) + list(int_arrays) + c_attrs + list(tensors_out)
+            + [byref(ws_size) if out_params[0] else None,
+               byref(handle) if out_params[1] else None])
+    ex = Executor(b)
+    fn = getattr(b, op.phase1)
+    with ownership.atomic():           # phase 1 and the executor's ownership: one step
+        rc = fn(*args)
+        if handle.value:               # also on failure: the forward hands one out on two
+            ex._adopt(handle.value)    # of its error paths (docs/releases.md)
+    runtime._count("phase1")
+    if rc:
+        error = status_error(b, rc, op.phase1)
+        ex.release("warn")             # a failed phase 1's executor: ours to destroy
+        raise error
+    return (ex if ex.handle is not None else None), ws_size.value
+
+
+def make_repeatable(b, ex: Executor) -> Optional[str]:
+    """Mark ``ex`` repeatable: None on success, else why not (the status and message)."""
+    if b.aclSetAclOpExecutorRepeatable is None:
+        return "aclSetAclOpExecutorRepeatable is not exported by this CANN"
+    rc = b.aclSetAclOpExecutorRepeatable(ex.handle)
+    if rc == 0:
+        return None
+    msg = recent_message(b)
+    return f"aclSetAclOpExecutorRepeatable returned {rc}" + (f": {msg}" if msg else "")
+
+
+def set_address(b, output: bool, ex: Executor, index: int, tensor: int, address) -> bool:
+    """Point one aclTensor of a repeatable executor at ``address`` (``index``: the position
+    among the non-NULL tensors of its kind, docs/abi.md §2b). False when the setter fails."""
+    setter = b.aclSetOutputTensorAddr if output else b.aclSetInputTensorAddr
+    if setter(ex.handle, index, tensor, address):
+        recent_message(b)
+        return False
+    return True
+
+
+def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: int, stream: int,
+           repeatable: bool) -> None:
+    """Phase 2 on ``stream``. A repeatable executor stays ours; a one-shot one is the
+    library's from the moment phase 2 is entered (also when it fails)."""
+    if ws_size > 0 and not workspace:
+        # the op would delete the executor, even a repeatable one we still own (opbase):
+        # refused before the call, the executor stays ours (docs/releases.md)
+        raise ParamNullptrError(f"phase 1 asked for a workspace of {ws_size} bytes and none was "
+                                "given; phase 2 is not run without it", code=161001,
+                                param="workspace", function=op.phase2, stricter=True)
+    fn = getattr(b, op.phase2)
+    args = (c_void_p(workspace), c_uint64(ws_size), c_void_p(ex.handle), c_void_p(stream))
+    rc = fn(*args) if repeatable else ex.call_consuming(fn, *args)
+    runtime._count("phase2")
+    if rc:
+        raise status_error(b, rc, op.phase2)
+
+
+# --------------------------------------------------------------------------- one call
+class Launch:
+    """One call as the executor sees it (see the module doc). ``inputs`` / ``outputs``:
+    one DeviceArray or None per tensor slot, in parameter order; ``attrs``: checked values
+    (:func:`attr_values`); ``int_values``: a tuple of ints or None per int-array slot.
+    ``cache``: use the executor cache (the public calls); ``out_params``: pass phase 1's
+    workspaceSize / executor out-parameters (``call_raw``, which never caches, may pass
+    NULL)."""
+
+    __slots__ = ("op", "dev", "deterministic", "attrs", "int_values", "inputs", "outputs",
+                 "cache", "out_params")
+
+    def __init__(self, op: OpVersion, dev: int, deterministic: Optional[bool], attrs: tuple,
+                 int_values: tuple, inputs: list, outputs: list, cache: bool = True,
+                 out_params: Tuple[bool, bool] = (True, True)) -> None:
+        self.op, self.dev, self.deterministic = op, dev, deterministic
+        self.attrs, self.int_values = attrs, int_values
+        self.inputs, self.outputs = inputs, outputs
+        self.cache = cache
+        self.out_params = out_params
+
+
+def run(call: Launch, stream: int, workspace_of: Callable[[int, bool], int], sync: bool,
+        timer: Timer = Timer()) -> None:
+    """Run ``call`` on ``stream`` (see the module doc); ``workspace_of(nbytes, cached)``
+    gives the workspace's address (asked only for more than 0 bytes; ``cached``: for an
+    executor taken from the cache; the memory's lifetime is the caller's);
+    ``sync``: synchronise the stream before returning (kernel faults surface there)."""
+    b = runtime.api()
+    cap = exec_cache.enabled(b) if call.cache else 0
+    key = entry = None
+    if cap:
+        key = exec_cache.signature(call.op.phase1, call.dev, bool(call.deterministic),
+                                   call.attrs, call.int_values, call.inputs, call.outputs)
+        entry = _take_repointed(b, key, call)
+    try:
+        if entry is not None:
+            runtime._count("cache_hits")
+            with timer("phase2"):
+                phase2(b, call.op, entry.executor,
+                       _workspace(workspace_of, entry.workspace_size, True),
+                       entry.workspace_size, stream, True)
+        else:
+            entry = _build_and_launch(b, call, cap, stream, workspace_of, timer)
+        if sync:
+            with timer("phase2"):
+                rc = b.aclrtSynchronizeStream(stream)
+            if rc:
+                raise status_error(b, rc, "aclrtSynchronizeStream")
+    except BaseException:
+        with ownership.atomic():
+            exec_cache.discard(entry)
+        raise
+    if entry is not None:
+        with ownership.atomic():
+            exec_cache.give(key, entry, cap)
+
+
+def _workspace(workspace_of, size: int, cached: bool) -> Optional[int]:
+    return workspace_of(size, cached) if size > 0 else None
+
+
+def _build_and_launch(b, call: Launch, cap: int, stream: int, workspace_of,
+                      timer: Timer) -> Optional[exec_cache.CachedExecutor]:
+    """Phase 1 and phase 2 with new handles; the cache entry they make (None: one-shot)."""
+    hold = runtime.DeterminismHold(call.dev, call.deterministic)
+    batch = ex = None
+    try:
+        hold.acquire()
+        with timer("marshal"), ownership.atomic():
+            batch = HandleBatch()
+            t_in = batch.tensors(call.inputs)
+            t_ia = batch.int_arrays(call.int_values)
+            t_out = batch.tensors(call.outputs)
+        with timer("phase1"):
+            ex, ws_size = phase1(b, call.op, t_in, t_ia, call.attrs, t_out, call.out_params)
+        if ex is None:
+            return None
+        entry = None
+        if cap and b.aclSetAclOpExecutorRepeatable(ex.handle) == 0:
+            entry = exec_cache.CachedExecutor(ex, batch, _slots(t_in, call.inputs),
+                                              _slots(t_out, call.outputs), ws_size)
+        elif cap:
+            recent_message(b)       # not repeatable: one-shot, as without the cache
+        workspace = _workspace(workspace_of, ws_size, False)
+        with timer("phase2"):
+            phase2(b, call.op, ex, workspace, ws_size, stream, entry is not None)
+        if entry is not None:
+            batch = ex = None       # the entry's now
+        return entry
+    finally:
+        with timer("marshal"), ownership.atomic():
+            try:
+                if ex is not None:
+                    ex.release("warn")
+            finally:
+                if batch is not None:
+                    batch.release("warn")
+        hold.release()
+
+
+def _slots(handles: list, arrays: list) -> list:
+    """(setter index, aclTensor handle, base address) of each non-NULL tensor, in order."""
+    out = []
+    for h, a in zip(handles, arrays):
+        if a is not None:
+            out.append((len(out), h, a.buffer.ptr))
+    return out
+
+
+def _addresses(arrays: list) -> List[Optional[int]]:
+    """The base address of each non-NULL DeviceArray's buffer (None: an empty one);
+    ValueError for a freed buffer."""
+    out = []
+    for arr in arrays:
+        if arr is not None:
+            if arr.buffer.closed:
+                raise ValueError("the device array's buffer has been freed")
+            out.append(arr.buffer.ptr)
+    return out
+
+
+def _take_repointed(b, key, call: Launch) -> Optional[exec_cache.CachedExecutor]:
+    """An idle entry of ``key`` with its tensors pointed at the call's arrays, or None (no
+    entry, or a setter failed: that entry is destroyed and the caller runs phase 1). An
+    error while repointing (a freed buffer) destroys the entry too."""
+    with ownership.atomic():
+        entry = exec_cache.take(key)
+    if entry is None:
+        return None
+    try:
+        ok = (_repoint(b, entry, entry.inputs, _addresses(call.inputs), False)
+              and _repoint(b, entry, entry.outputs, _addresses(call.outputs), True))
+    except BaseException:
+        with ownership.atomic():
+            exec_cache.discard(entry)
+        raise
+    if not ok:
+        with ownership.atomic():
+            exec_cache.discard(entry)
+        return None
+    return entry
+
+
+def _repoint(b, entry, slots: list, addresses: list, output: bool) -> bool:
+    for k, new in enumerate(addresses):
+        index, handle, ptr = slots[k]
+        if new != ptr:
+            if not set_address(b, output, entry.executor, index, handle, new):
+                return False
+            slots[k] = (index, handle, new)
+    return True
