@@ -153,6 +153,10 @@ def _mask_lead(c):
         hint = (" -- the ends start with 0 (flash-attn's cu_seqlens convention), which the op "
                 "reads as an empty first sequence counted in B: drop the leading 0 "
                 "(cu_seqlens[1:]) or append one mask block (docs/semantics.md, The leading-0 form)")
+    elif lead[0] == batch - 1 and len(q_dev) > len(c.qlen) and q_dev[-1] == 0:
+        hint = (f" -- CANN {c.release.name} counts the end-of-data padding entry the binding "
+                "appends (both sides end short of T) as a batch: pass one more mask block (it "
+                "is never read) or end the last sequences at T (docs/releases.md)")
     elif lead[0] == n_raw and batch != n_raw:
         which = ("whose cumulative ends are 0 (CANN " + c.release.name + ")"
                  if c.release.batch_drops_zero_ends else "with Sq = Skv = 0")

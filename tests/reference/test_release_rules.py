@@ -148,3 +148,18 @@ def test_stats_layout_helpers_read_padded_ends_like_unpadded():
     plain = af.softmax_layout.device_stats_from_token_major(tm, Q_ENDS)
     padded = af.softmax_layout.device_stats_from_token_major(tm, Q_ENDS + [0, 0])
     np.testing.assert_array_equal(plain, padded)
+
+
+def test_the_appended_padding_entry_in_the_mask_count_is_explained_on_9_0(cann_release):
+    """On 9.0 the binding's padding entry counts in B: a 4-D mask with one block per sequence
+    is rejected with a hint saying why; 8.5 (no padding appended) and 9.1 (padding not
+    counted) accept it."""
+    blocks = np.zeros((3, 1, 6, 5), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if cann_release.name != "9.0.0":
+            _round_trip(0, Q_ENDS, KV_ENDS, mask=blocks)
+            return
+        with pytest.raises(af.AclnnError, match="counts the end-of-data padding entry") as err:
+            _round_trip(0, Q_ENDS, KV_ENDS, mask=blocks)
+    assert err.value.code == 161001 and err.value.param == "atten_mask"
