@@ -18,8 +18,9 @@ Rules:
 * At most ``limit()`` bytes of idle allocations per device and context
   (``ACLNN_FAG_CALL_MEMORY_CACHE`` in MiB, default 64; ``0`` turns reuse off: every call
   allocates and frees as before, and what the pool held is freed by the next call; an
-  invalid value warns and leaves the limit as it was). A call needing more than the limit allocates and frees
-  its own. Beyond the limit the least recently returned allocations are freed first.
+  invalid value warns and leaves the limit as it was). A call needing more than the limit
+  allocates and frees its own. Beyond the limit the least recently returned allocations
+  are freed first.
 * Sizes are rounded up to :data:`GRAIN` bytes so that calls of nearly equal sizes share.
 * An allocation that fails for lack of device memory frees the idle allocations of that
   device and is tried once more.

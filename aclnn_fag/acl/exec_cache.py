@@ -205,4 +205,4 @@ def _forget_after_fork() -> None:
     _lru.clear()
 
 
-caches.register("executor cache", clear, _forget_after_fork, order=0)   # before memory
+caches.register("executor cache", clear, _forget_after_fork)

@@ -1047,14 +1047,12 @@ def shutdown(finalize: bool = True) -> None:
     as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
-    # dependency order: the cached executors and their tensors first; then every owned
-    # handle by rank (executors, tensors and int arrays, memory -- the memory caches'
-    # allocations included); then the memory caches let go of what was released
-    caches.clear_all(max_order=0)
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
         pass
+    # dependency order: every owned handle by rank (executors, then tensors and int arrays,
+    # then memory), the caches' included; then the caches forget what was released
     _release_all_resources()
     caches.clear_all()
     if st is None:

@@ -302,8 +302,10 @@ def test_ctrl_c_during_a_garbage_collection_free_reaches_the_caller(sigint_raise
     with pytest.raises(KeyboardInterrupt):
         del a                   # the finalizer frees: the interrupt lands inside it
         assert freed == ["aclrtFree"]
+        acl.reset_stats()
         acl.DeviceArray.zeros((4,), np.float32)         # the next library boundary
     monkeypatch.undo()
+    assert acl.stats()["malloc"] == 0                   # raised before its native step
     assert dropped == [] and ownership.deferred_interrupts() == 0
     b = acl.DeviceArray.zeros((4,), np.float32)         # delivered once, not again
     b.free()
