@@ -10,7 +10,7 @@ import numpy as np
 
 from . import acl, blas, device_run, operands
 from .call import INT32_MAX, FagForward, FagGrads
-from .errors import BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
+from .errors import AclnnError, BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
 from .reference import PRECISIONS, attention_backward, attention_forward
 from .rules import validate_backward_args, validate_forward
 from .rules.arguments import names
@@ -21,6 +21,7 @@ __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
 
 BACKENDS = ("auto", "numpy", "npu")
+_TORCH_KINDS = (operands.TORCH, operands.NPU)
 _last = threading.local()
 _TENSORS, _SCALARS, _LISTS = names(BACKWARD_V3)
 assert _TENSORS == ("query", "query_rope", "key", "key_rope", "value", "dy", "pse_shift",
@@ -104,7 +105,7 @@ def flash_attention_unpadding_score_grad_v3(
         inner_precise=0, sparse_mode=0, pse_type=1, pse_shift=None, drop_mask=None,
         padding_mask=None, softmax_in=None, prefix=None, q_start_idx=None, kv_start_idx=None,
         backend="auto", precision="device", deterministic=False, check_data=None,
-        stream=None) -> FagGrads:
+        stream=None, progress=None) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
     The arguments mirror the C op one to one (docs/semantics.md; docs/porting.md for
@@ -166,6 +167,9 @@ def flash_attention_unpadding_score_grad_v3(
         the op on it and returns (no synchronisation; the workspace is kept per stream for
         later calls on it); with host inputs the stream is synchronised before the results
         are read. Without it the NPU backend uses its own stream and synchronises.
+        progress: on the NumPy backend, report progress (blocks done, rate, ETA) on stderr
+        when the call is estimated to take over 10 s: True/False, or None for
+        ``$ACLNN_FAG_PROGRESS`` (the CLI turns it on; ``aclnn_fag.progress``).
 
     Returns:
         FagGrads(dq, dq_rope, dk, dk_rope, dv), a named tuple in that order, each shaped like
@@ -190,16 +194,21 @@ def flash_attention_unpadding_score_grad_v3(
         query, query_rope, key, key_rope, value, dy, pse_shift, drop_mask, padding_mask,
         atten_mask, softmax_max, softmax_sum, softmax_in, attention_in))
     on_device, name, check_data = _call_setup(kind, t[0], backend, precision, check_data, stream)
-    call = validate_backward_args(
-        t, (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
-            inner_precise, sparse_mode, pse_type, deterministic),
-        (prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data)
+    try:
+        call = validate_backward_args(
+            t, (scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout,
+                inner_precise, sparse_mode, pse_type, deterministic),
+            (prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data)
+    except AclnnError as e:
+        if kind in _TORCH_KINDS:          # dtypes and conversions in torch's terms
+            raise operands.in_torch_terms(e) from None
+        raise
     _last.name = name
     if on_device:
         return device_run.run_backward_on_device(call, kind, query, stream)
     if call.empty_result or name == "numpy":
         with blas.capped():              # set_reference_threads / $ACLNN_FAG_BLAS_THREADS
-            grads = attention_backward(call, precision)
+            grads = attention_backward(call, precision, progress=progress)
     else:
         grads = acl.run_backward(call, stream=stream)
     if kind == operands.TORCH:
@@ -239,7 +248,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                             pse_shift=None, drop_mask=None, padding_mask=None, prefix=None,
                             q_start_idx=None, kv_start_idx=None, backend="auto",
                             precision="device", deterministic=False, check_data=None,
-                            stream=None) -> FagForward:
+                            stream=None, progress=None) -> FagForward:
     """aclnnFlashAttentionVarLenScoreV3: the forward the backward differentiates, on the NPU
     or the NumPy reference (docs/forward.md).
 
@@ -262,6 +271,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     precision: "device" returns bf16 output and float32 statistics; "fp32"/"fp64" (NumPy
     only) return everything in that dtype (cast the statistics to float32 before passing
     them to the backward). deterministic: sets ACL_OPT_DETERMINISTIC for the call on the NPU.
+    progress: as for ``flash_attention_unpadding_score_grad_v3``.
 
     Returns FagForward(attention_out, softmax_max, softmax_sum): attention_out [T1, N1, Dv];
     the statistics [T1, N1, 8] in the device's layout (per batch [N1, Sq_b, 8] blocks, 8 equal
@@ -276,17 +286,22 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
                                            padding_mask=padding_mask))
     on_device, name, check_data = _call_setup(kind, t["query"], backend, precision, check_data,
                                               stream)
-    call = validate_forward(t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"],
-                            atten_mask=t["atten_mask"], actual_seq_qlen=actual_seq_qlen,
-                            actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value,
-                            keep_prob=keep_prob, pre_tokens=pre_tokens, next_tokens=next_tokens,
-                            head_num=head_num, input_layout=input_layout,
-                            inner_precise=inner_precise, sparse_mode=sparse_mode,
-                            pse_type=pse_type, pse_shift=t["pse_shift"],
-                            drop_mask=t["drop_mask"], padding_mask=t["padding_mask"],
-                            prefix=prefix, q_start_idx=q_start_idx,
-                            kv_start_idx=kv_start_idx, deterministic=deterministic,
-                            check_data=check_data)
+    try:
+        call = validate_forward(t["query"], t["query_rope"], t["key"], t["key_rope"], t["value"],
+                                atten_mask=t["atten_mask"], actual_seq_qlen=actual_seq_qlen,
+                                actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value,
+                                keep_prob=keep_prob, pre_tokens=pre_tokens, next_tokens=next_tokens,
+                                head_num=head_num, input_layout=input_layout,
+                                inner_precise=inner_precise, sparse_mode=sparse_mode,
+                                pse_type=pse_type, pse_shift=t["pse_shift"],
+                                drop_mask=t["drop_mask"], padding_mask=t["padding_mask"],
+                                prefix=prefix, q_start_idx=q_start_idx,
+                                kv_start_idx=kv_start_idx, deterministic=deterministic,
+                                check_data=check_data)
+    except AclnnError as e:
+        if kind in _TORCH_KINDS:          # dtypes and conversions in torch's terms
+            raise operands.in_torch_terms(e) from None
+        raise
     if on_device:
         _last.name = name
         return device_run.run_forward_on_device(call, kind, query, stream)
@@ -300,7 +315,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
         out = _empty_forward(call, precision)
     elif name == "numpy":
         with blas.capped():
-            out = attention_forward(call, precision)
+            out = attention_forward(call, precision, progress=progress)
     else:
         out = acl.run_forward(call, stream=stream)
     if kind == operands.TORCH:

@@ -18,6 +18,7 @@ One call takes one kind for all its tensor arguments (``None`` aside); mixing ki
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Dict, Optional, Tuple
 
@@ -28,7 +29,7 @@ from .acl.device import DeviceArray, foreign_view
 
 __all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_inputs", "convert_args",
            "numpy_dtype_of_torch", "torch_dtype_name", "to_torch", "is_npu_tensor",
-           "DEVICE_KINDS"]
+           "DEVICE_KINDS", "in_torch_terms"]
 
 NUMPY, TORCH, DEVICE, NPU = "numpy", "torch", "device", "npu"
 KINDS = (NUMPY, TORCH, DEVICE, NPU)
@@ -253,3 +254,28 @@ def named_error(error: Exception, what: str) -> Exception:
     """``error`` (a TypeError / ValueError about a view) with the tensor it is about named
     first (``what``, e.g. "result 'dq' (query.new_empty)"); other exception types unchanged."""
     return _named(error, what)
+
+
+# numpy dtype names in validation messages -> their torch names
+_TORCH_NAMES = {"bfloat16": "torch.bfloat16", "float16": "torch.float16",
+                "float32": "torch.float32", "float64": "torch.float64", "uint8": "torch.uint8",
+                "bool": "torch.bool", "int8": "torch.int8", "int16": "torch.int16",
+                "int32": "torch.int32", "int64": "torch.int64"}
+_DTYPE_WORD = re.compile(r"(?<![\w.])(" + "|".join(_TORCH_NAMES) + r")(?![\w])")
+
+
+def in_torch_terms(error: Exception) -> Exception:
+    """A validation error of a call made with torch tensors, reworded for torch: dtypes by
+    their torch names (``torch.float32``) and torch's conversion (``query.to(torch.bfloat16)``
+    instead of ``query.astype(ml_dtypes.bfloat16)``). Same class, code, parameter and rule
+    otherwise; errors without a ``rule`` come back unchanged."""
+    rule = getattr(error, "rule", None)
+    if not rule:
+        return error
+    text = re.sub(r"\.astype\(ml_dtypes\.bfloat16\)", ".to(bfloat16)", rule)
+    text = text.replace(" (ml_dtypes.bfloat16)", "")
+    text = _DTYPE_WORD.sub(lambda m: _TORCH_NAMES[m.group(1)], text)
+    if text == rule:
+        return error
+    return type(error)(text, code=error.code, param=error.param, function=error.function,
+                       recent_msg=error.recent_msg, stricter=error.stricter)

@@ -23,6 +23,7 @@ starts and lengths, the batch count B).
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -119,9 +120,17 @@ def seq_info(actual_seq_qlen, actual_seq_kvlen) -> SeqInfo:
 
 
 def int_list(name, value):
-    """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values."""
+    """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values (a list
+    or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
     if value is None:
         return None
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        if value.device.type != "cpu":
+            raise TypeError(f"parameter '{name}' is a torch tensor on {value.device.type!r}: "
+                            "the sequence ends are read on the host; pass a list, a numpy array "
+                            f"or a CPU tensor ({name}.cpu())")
+        value = value.detach().numpy()
     if isinstance(value, np.ndarray):
         if value.ndim != 1:
             raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
@@ -147,8 +156,8 @@ def int_list(name, value):
             out.append(int(x))
         out = tuple(out)
     else:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple or "
-                        f"1-D numpy array) or None, got {type(value).__name__}")
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
+                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
     for x in out:
         if not INT64_MIN <= x <= INT64_MAX:
             raise ValueError(f"parameter '{name}' has {x}, which does not fit in int64")

@@ -1,27 +1,44 @@
-"""Varlen attention with rope parts as a torch autograd Function (optional: needs torch).
+"""Varlen attention with rope parts for torch: autograd, torch.compile, golden precisions
+(optional: needs torch).
 
 ``varlen_attention(q, q_rope, k, k_rope, v, actual_seq_qlen=..., scale_value=...)`` returns
 the attention output and, on ``backward()``, the gradients of q, q_rope, k, k_rope and v,
-computed by this package: for NPU tensors (torch_npu) the forward op
-(aclnnFlashAttentionVarLenScoreV3) and the backward op (aclnnFlashAttentionUnpadding-
-ScoreGradV3) on the NPU, in place and on the caller's current stream
-(``torch.npu.current_stream()`` when torch_npu is there; only enqueued, never
-synchronised), the statistics kept on the device between the two; for CPU tensors the
-backend ``backend`` chooses (the NumPy reference in device precision -- the device's bf16
-rounding points -- when there is no NPU). It is a drop-in for a model's attention::
+computed by this package (docs/torch.md)::
 
     from aclnn_fag.torch import varlen_attention
     out = varlen_attention(q, q_rope, k, k_rope, v, actual_seq_qlen=ends,
                            actual_seq_kvlen=ends, scale_value=1 / (192 ** 0.5), sparse_mode=3)
     loss = f(out); loss.backward()                # q.grad, q_rope.grad, ... filled
 
-Tensors: bf16 ``[T, N, D]`` (TND, cumulative ends without a leading 0, see the README);
-GQA when k/v have fewer heads. ``atten_mask`` None gives the compressed causal mask for
-sparse modes 2/3/4/7/8 and an all-zero ``[maxSq, maxSkv]`` mask for modes 0/1 (on the NPU:
-made once per device and shape with ``q.new_empty`` and kept, see ``_default_mask``). The
-softmax statistics are kept for the backward (saved tensors), as flash-attention does.
-NPU tensors are used only through the protocol of ``aclnn_fag.operands``; torch_npu is
-never imported (its stream is found as ``torch.npu.current_stream``).
+* **CPU tensors** go through the torch custom ops ``torch.ops.aclnn_fag.varlen_fwd`` /
+  ``varlen_bwd`` (``aclnn_fag.torch_ops``: fake implementations give the shapes and dtypes,
+  the autograd formula is registered), so ``torch.compile(model)`` and ``fullgraph=True``
+  trace them without graph breaks; they run the backend ``backend`` chooses (the NumPy
+  reference without an NPU).
+* **NPU tensors** (torch_npu) run the forward op (aclnnFlashAttentionVarLenScoreV3) and the
+  backward op (aclnnFlashAttentionUnpaddingScoreGradV3) on the NPU, in place and on the
+  caller's current stream (``torch.npu.current_stream()``, found by duck typing; only
+  enqueued, never synchronised), the statistics kept on the device between the two
+  (``FlashAttentionVarlenRope``, an autograd Function). NPU tensors are used only through
+  the protocol of ``aclnn_fag.operands``; torch_npu is never imported.
+* **Once differentiable**: the backward is not itself differentiable. Any second-order use
+  (``torch.autograd.grad(..., create_graph=True)`` and a backward through its result, e.g. a
+  gradient penalty) raises ``RuntimeError`` naming ``aclnn_fag.torch.varlen_attention``.
+* **precision** ``"device"`` (default: bf16 tensors, the device's rounding points), ``"fp32"``
+  or ``"fp64"`` (the golden precisions, NumPy backend only, CPU tensors: bf16, float32 or
+  float64 inputs, all five of one dtype; output and statistics in the precision's dtype),
+  so that ``torch.autograd.gradcheck`` runs in float64.
+* **return_stats=True** returns ``(out, softmax_max, softmax_sum)``: the statistics in the
+  device layout (``[T1, N1, 8]``, per batch ``[N1, Sq_b, 8]`` blocks;
+  ``aclnn_fag.softmax_layout.token_major_from_device_stats`` gives token-major ``[T1, N1]``)
+  for merging partial results (context parallelism). They are not differentiable: a
+  gradient that reaches them (nonzero on CPU tensors, any on NPU tensors) raises.
+
+Tensors: ``[T, N, D]`` (TND, cumulative ends without a leading 0 -- a list, a 1-D numpy
+array or a CPU torch tensor, see docs/usage.md); GQA when k/v have fewer heads. ``atten_mask``
+None gives the compressed causal mask for sparse modes 2/3/4/7/8 and an all-zero ``[maxSq,
+maxSkv]`` mask for modes 0/1 (on the NPU: made once per device and shape with
+``q.new_empty`` and kept, see ``_default_mask``).
 
 Importing this module imports torch; ``import aclnn_fag`` does not.
 """
@@ -32,12 +49,17 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from . import api, masks, operands
 from .call import INT32_MAX
+from .reference import PRECISIONS
 from .semantics.sparse import COMPRESSED_MODES
+from .seqlens import int_list
+from .torch_ops import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR
 
-__all__ = ["FlashAttentionVarlenRope", "varlen_attention"]
+__all__ = ["FlashAttentionVarlenRope", "varlen_attention", "DOUBLE_BACKWARD_ERROR",
+           "STATS_GRADIENT_ERROR"]
 
 _MASK_CACHE: dict = {}
 _NPU_ZERO_MASKS = 16          # all-zero NPU masks kept per process (the newest shapes)
@@ -69,20 +91,18 @@ def _npu_mask(q: torch.Tensor, host: np.ndarray, stream) -> torch.Tensor:
 
 
 def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen, stream=None) -> torch.Tensor:
-    npu = operands.is_npu_tensor(q)
+    """The default mask of an NPU tensor's call, on its device (CPU tensors get theirs as
+    numpy in aclnn_fag.torch_ops)."""
     if sparse_mode in COMPRESSED_MODES:
         key = (q.device.type, q.device.index, "compressed")
         m = _MASK_CACHE.get(key)
         if m is None:
-            host = masks.compressed_causal_mask()
-            m = _npu_mask(q, host, stream) if npu else torch.from_numpy(host.copy()).to(q.device)
+            m = _npu_mask(q, masks.compressed_causal_mask(), stream)
             _MASK_CACHE[key] = m
         return m
     lens_q = np.diff(np.concatenate([[0], np.asarray(qlen, dtype=np.int64)]))
     lens_kv = np.diff(np.concatenate([[0], np.asarray(kvlen, dtype=np.int64)]))
     shape = (int(max(lens_q.max(), 1)), int(max(lens_kv.max(), 1)))
-    if not npu:
-        return torch.zeros(shape, dtype=torch.uint8, device=q.device)
     key = (q.device.type, q.device.index, shape)
     m = _MASK_CACHE.pop(key, None)
     if m is None:
@@ -95,8 +115,9 @@ def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen, stream=None) -
 
 
 class FlashAttentionVarlenRope(torch.autograd.Function):
-    """forward(q, q_rope, k, k_rope, v, atten_mask, options) -> attention output; the
-    backward returns dq, dq_rope, dk, dk_rope, dv (None for the mask and options)."""
+    """The NPU-tensor path: forward(q, q_rope, k, k_rope, v, atten_mask, options) ->
+    (attention output, softmax_max, softmax_sum); the backward returns dq, dq_rope, dk,
+    dk_rope, dv (None for the mask and options). Once differentiable."""
 
     @staticmethod
     def forward(ctx, q, q_rope, k, k_rope, v, atten_mask, options: dict):
@@ -111,16 +132,22 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
         ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, fwd.attention_out,
                               fwd.softmax_max, fwd.softmax_sum)
         ctx.options = options
-        return fwd.attention_out
+        ctx.set_materialize_grads(False)      # unused statistics get None, not zeros
+        return fwd.attention_out, fwd.softmax_max, fwd.softmax_sum
 
     @staticmethod
-    def backward(ctx, grad_out):
+    @once_differentiable
+    def backward(ctx, grad_out, grad_max=None, grad_sum=None):
+        if grad_max is not None or grad_sum is not None:
+            raise RuntimeError(STATS_GRADIENT_ERROR)
         q, q_rope, k, k_rope, v, mask, out, smax, ssum = ctx.saved_tensors
+        if grad_out is None:
+            return None, None, None, None, None, None, None
         o = ctx.options
         stream = o["stream"] if o["stream"] is not None else current_stream(q)
         dy = grad_out.to(q.dtype).contiguous()
         g = api.flash_attention_unpadding_score_grad_v3(
-            q.detach(), q_rope.detach(), k.detach(), k_rope.detach(), v.detach(), dy,
+            q, q_rope, k, k_rope, v, dy,
             atten_mask=mask, softmax_max=smax, softmax_sum=ssum, attention_in=out,
             actual_seq_qlen=o["actual_seq_qlen"], actual_seq_kvlen=o["actual_seq_kvlen"],
             scale_value=o["scale_value"], pre_tokens=o["pre_tokens"],
@@ -129,22 +156,53 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
         return g.dq, g.dq_rope, g.dk, g.dk_rope, g.dv, None, None
 
 
+def _ends(name, value) -> list:
+    """Cumulative ends as a list of ints: a list/tuple, a 1-D numpy array or a CPU torch
+    tensor, checked as the public calls check them (seqlens.int_list)."""
+    if type(value) is list and all(type(x) is int for x in value):
+        return value                       # the common case, also under torch.compile
+    ends = int_list(name, value)
+    if ends is None:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
+    return list(ends)
+
+
 def varlen_attention(q, q_rope, k, k_rope, v, *, actual_seq_qlen, actual_seq_kvlen=None,
                      scale_value: float, sparse_mode: int = 0,
                      atten_mask: Optional[torch.Tensor] = None, pre_tokens: int = INT32_MAX,
                      next_tokens: int = INT32_MAX, backend: str = "auto",
-                     check_data=None, stream=None) -> torch.Tensor:
-    """Attention output [T1, N1, Dv] of varlen attention with rope parts; differentiable in
-    q, q_rope, k, k_rope and v (see the module docstring). ``actual_seq_kvlen`` None means
+                     precision: str = "device", return_stats: bool = False,
+                     check_data=None, stream=None):
+    """Attention output [T1, N1, Dv] of varlen attention with rope parts; differentiable (once)
+    in q, q_rope, k, k_rope and v (see the module docstring). ``actual_seq_kvlen`` None means
     the query ends. ``backend``/``check_data``/``stream`` go to both ops; ``stream`` None
-    means torch_npu's current stream for NPU tensors (at the time each op runs)."""
-    qlen = [int(x) for x in actual_seq_qlen]
-    kvlen = qlen if actual_seq_kvlen is None else [int(x) for x in actual_seq_kvlen]
-    if atten_mask is None:
-        atten_mask = _default_mask(q, sparse_mode, qlen, kvlen,
-                                   stream if stream is not None else current_stream(q))
-    options = dict(actual_seq_qlen=qlen, actual_seq_kvlen=kvlen, scale_value=float(scale_value),
-                   sparse_mode=int(sparse_mode), pre_tokens=int(pre_tokens),
-                   next_tokens=int(next_tokens), backend=backend, check_data=check_data,
-                   stream=stream)
-    return FlashAttentionVarlenRope.apply(q, q_rope, k, k_rope, v, atten_mask, options)
+    means torch_npu's current stream for NPU tensors (at the time each op runs).
+    ``precision``: "device", "fp32" or "fp64" (the last two: NumPy backend, CPU tensors).
+    ``return_stats``: return ``(out, softmax_max, softmax_sum)`` (device layout)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
+    qlen = _ends("actual_seq_qlen", actual_seq_qlen)
+    kvlen = qlen if actual_seq_kvlen is None else _ends("actual_seq_kvlen", actual_seq_kvlen)
+    if operands.is_npu_tensor(q):
+        if precision != "device":
+            raise ValueError(f"parameter 'precision'={precision!r} needs CPU tensors and the "
+                             "NumPy backend: the NPU computes only the device precision")
+        if atten_mask is None:
+            atten_mask = _default_mask(q, sparse_mode, qlen, kvlen,
+                                       stream if stream is not None else current_stream(q))
+        options = dict(actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,
+                       scale_value=float(scale_value), sparse_mode=int(sparse_mode),
+                       pre_tokens=int(pre_tokens), next_tokens=int(next_tokens), backend=backend,
+                       check_data=check_data, stream=stream)
+        out, smax, ssum = FlashAttentionVarlenRope.apply(q, q_rope, k, k_rope, v, atten_mask,
+                                                         options)
+    else:
+        if stream is not None:
+            raise ValueError("parameter 'stream' applies to NPU tensors only")
+        out, smax, ssum = torch.ops.aclnn_fag.varlen_fwd(
+            q, q_rope, k, k_rope, v, atten_mask, qlen, kvlen, float(scale_value),
+            int(sparse_mode), int(pre_tokens), int(next_tokens), backend, precision, check_data)
+    return (out, smax, ssum) if return_stats else out
+
+
+from . import torch_ops as _torch_ops  # noqa: E402,F401  (registers torch.ops.aclnn_fag.*)

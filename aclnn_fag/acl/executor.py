@@ -31,6 +31,7 @@ from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..constants import INT64_MAX, INT64_MIN
+from ..errors import ParamNullptrError
 from ..spec import OpVersion
 from . import exec_cache, ownership, runtime
 from ._status import recent_message, status_error
@@ -174,11 +175,13 @@ def phase1(b, op: OpVersion, tensors_in: Sequence, int_arrays: Sequence, attrs: 
     fn = getattr(b, op.phase1)
     with ownership.atomic():           # phase 1 and the executor's ownership: one step
         rc = fn(*args)
-        if rc == 0 and handle.value:
-            ex._adopt(handle.value)
+        if handle.value:               # also on failure: the forward hands one out on two
+            ex._adopt(handle.value)    # of its error paths (docs/releases.md)
     runtime._count("phase1")
     if rc:
-        raise status_error(b, rc, op.phase1)
+        error = status_error(b, rc, op.phase1)
+        ex.release("warn")             # a failed phase 1's executor: ours to destroy
+        raise error
     return (ex if ex.handle is not None else None), ws_size.value
 
 
@@ -207,6 +210,12 @@ def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: in
            repeatable: bool) -> None:
     """Phase 2 on ``stream``. A repeatable executor stays ours; a one-shot one is the
     library's from the moment phase 2 is entered (also when it fails)."""
+    if ws_size > 0 and not workspace:
+        # the op would delete the executor, even a repeatable one we still own (opbase):
+        # refused before the call, the executor stays ours (docs/releases.md)
+        raise ParamNullptrError(f"phase 1 asked for a workspace of {ws_size} bytes and none was "
+                                "given; phase 2 is not run without it", code=161001,
+                                param="workspace", function=op.phase2, stricter=True)
     fn = getattr(b, op.phase2)
     args = (c_void_p(workspace), c_uint64(ws_size), c_void_p(ex.handle), c_void_p(stream))
     rc = fn(*args) if repeatable else ex.call_consuming(fn, *args)

@@ -91,6 +91,10 @@ PROTOTYPES: Tuple[Proto, ...] = (
     Proto("aclrtCtxSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
     # aclError aclrtCtxGetSysParamOpt(aclSysParamOpt opt, int64_t *value);  (optional)
     Proto("aclrtCtxGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
+    # aclError aclrtSetSysParamOpt(aclSysParamOpt opt, int64_t value);     (optional)
+    Proto("aclrtSetSysParamOpt", aclError, (ENUM, c_int64), RT, optional=True),
+    # aclError aclrtGetSysParamOpt(aclSysParamOpt opt, int64_t *value);    (optional)
+    Proto("aclrtGetSysParamOpt", aclError, (ENUM, P_I64), RT, optional=True),
     # aclError aclrtGetCurrentContext(aclrtContext *context);             (optional)
     Proto("aclrtGetCurrentContext", aclError, (P_VOIDP,), RT, optional=True),
     # ---- version queries (acl/acl_rt.h; all optional, see aclnn_fag/acl/versions.py) ----

@@ -31,7 +31,7 @@ import threading
 import warnings
 import weakref
 from ctypes import byref, c_int64, c_uint32, c_void_p
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
                       ResourceReleaseWarning, error_class_for)
@@ -169,7 +169,7 @@ class _State:
         self.owns_init = False
         self.streams: Dict[tuple, _Stream] = {}
         self.failed_streams: list = []      # destroy failed once: retried by shutdown()
-        self.gates: Dict[int, "_ModeGate"] = {}
+        self.gates: Dict[object, "_ModeGate"] = {}    # per device, and "process"
         self.workspaces: Dict[tuple, "_StreamWorkspace"] = {}   # (device, caller stream)
 
 
@@ -821,39 +821,45 @@ class DeviceBuffer(NativeResource):
 
 # ----------------------------------------------------------------------------- determinism
 class _ModeGate:
-    """Serialises calls that need different values of a per-context option on one device.
+    """Serialises calls that need different values of one option.
 
     Calls wanting the same value run concurrently; the first one in sets the value (if it
-    differs), the last one out restores the previous value.
+    differs), the last one out restores the previous value. ``read()`` gives (value, 0) or
+    (None, the getter's error code); ``write(value)`` sets it (raises on failure).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, read: Callable, write: Callable) -> None:
         # ``with gate.lock`` (a C lock: no bytecode runs between its acquire and the with
         # block, so an interrupt cannot leave it held), ``gate.cond.wait()`` inside;
         # re-entrant for the finalizers that may run inside a section (see _leave_gate)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
+        self.read, self.write = read, write
         self.deferred: list = []
         self.mode: Optional[bool] = None
         self.active = 0
         self.prev: Optional[int] = None
-        self.prev_code = 0               # aclrtCtxGetSysParamOpt's code when prev is None
+        self.prev_code = 0               # the getter's code when prev is None
         self.changed = False
         self.holders: Dict[int, int] = {}    # thread id -> hold count
         self.waiting = 0                     # threads in cond.wait(): notified on a change
 
 
-def _read_determinism(b):
+def _read_option(getter):
     """(value, 0) or (None, the getter's error code; -1 when the getter is missing)."""
-    getter = b.aclrtCtxGetSysParamOpt
     if getter is None:
         return None, -1
     value = c_int64(0)
     rc = getter(OPT_DETERMINISTIC, byref(value))
     if rc:
-        recent_message(b)
+        recent_message(api())
         return None, int(rc)
     return int(value.value), 0
+
+
+def _read_determinism(b):
+    """The current context's ACL_OPT_DETERMINISTIC: (value, 0) or (None, error code)."""
+    return _read_option(b.aclrtCtxGetSysParamOpt)
 
 
 def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
@@ -862,9 +868,20 @@ def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
     return _read_determinism(b)[0]
 
 
+def get_process_determinism() -> Optional[int]:
+    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``; the value CANN 9.0
+    and later read), or None when it cannot be read or the symbol is missing."""
+    return _read_option(api().aclrtGetSysParamOpt)[0]
+
+
 def _set_determinism(b, value: int) -> None:
     check(b, b.aclrtCtxSetSysParamOpt(OPT_DETERMINISTIC, int(value)), "aclrtCtxSetSysParamOpt",
           rule="cannot set ACL_OPT_DETERMINISTIC on the current context")
+
+
+def _set_process_determinism(b, value: int) -> None:
+    check(b, b.aclrtSetSysParamOpt(OPT_DETERMINISTIC, int(value)), "aclrtSetSysParamOpt",
+          rule="cannot set the process-wide ACL_OPT_DETERMINISTIC")
 
 
 def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
@@ -892,23 +909,22 @@ def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
 def _drain_gate_locked(gate: _ModeGate) -> None:
     """Apply the leaves deferred by finalizers that ran inside this thread's gate section."""
     while gate.deferred:
-        b, dev, me = gate.deferred.pop()
+        me = gate.deferred.pop()
         value = _exit_gate_locked(gate, me)
         if value is not None:
             try:
-                ensure_device(dev)
-                _set_determinism(b, value)
+                gate.write(value)
             except Exception:       # pragma: no cover - reported by nobody: best effort
                 pass
 
 
-def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
+def _leave_gate(gate: _ModeGate, me: int):
     """Release one hold of ``gate`` (a Claim release function: returns None or the error)."""
     if gate.lock._is_owned():
         # a garbage-collection finalizer running inside this thread's own gate section
         # (any allocation there may trigger one): changing the gate now would corrupt the
         # section's view of it, so the leave is applied at the next entry of the gate
-        gate.deferred.append((b, dev, me))
+        gate.deferred.append(me)
         return None
     with gate.lock:
         _drain_gate_locked(gate)
@@ -918,8 +934,7 @@ def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
         # written back before the lock is released: a call waiting for the other mode must
         # read the restored value as its "previous" one, not the value this hold set
         try:
-            ensure_device(dev)
-            _set_determinism(b, value)
+            gate.write(value)
         except Exception as exc:
             return exc
     return None
@@ -928,18 +943,103 @@ def _leave_gate(b, dev: int, gate: _ModeGate, me: int):
 READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
 
 
+def _enter_gate(gate: _ModeGate, want: bool, claim, what: str) -> Optional[int]:
+    """Join ``gate`` with ``want`` (waiting while other holders want the other value); the
+    first holder in reads, sets and remembers the option. ``claim`` owns this holder's
+    leave. Returns the getter's error code when the previous value is unknown, else None."""
+    me = threading.get_ident()
+    warn = None
+    with gate.lock:
+        _drain_gate_locked(gate)
+        if gate.active and gate.mode != want and me in gate.holders:
+            raise RuntimeError(
+                f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} ({what}); a "
+                f"nested call asking for deterministic={want} would wait for itself")
+        while gate.active and gate.mode != want:
+            gate.waiting += 1
+            try:
+                gate.cond.wait()
+            finally:
+                gate.waiting -= 1
+            _drain_gate_locked(gate)
+        with ownership.atomic():
+            if gate.active == 0:
+                prev, code = gate.read()
+                for _ in range(READ_RETRIES):      # a transient failure: read again
+                    if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
+                        break
+                    prev, code = gate.read()
+                changed = prev is None or bool(prev) != want
+                if changed:
+                    gate.write(int(want))          # raises: nothing was committed
+                gate.prev, gate.prev_code, gate.changed, gate.mode = prev, code, changed, want
+                if prev is None and code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
+                    warn = code
+            gate.active += 1
+            gate.holders[me] = gate.holders.get(me, 0) + 1
+            claim.take(gate, _leave_gate, gate, me)
+    return warn
+
+
+def _device_gate(st: "_State", b, dev: int) -> _ModeGate:
+    """The gate of one device's context option."""
+    gate = st.gates.get(dev)
+    if gate is None:
+        def read():
+            prev, code = _read_determinism(b)
+            if code == ACL_ERROR_RT_CONTEXT_NULL:
+                # the record trusted before was stale (other code reset this thread's
+                # device): set it again, then read
+                distrust_context()
+                prev, code = _read_determinism(ensure_device(dev))
+            return prev, code
+
+        def write(value):
+            _set_determinism(ensure_device(dev), value)
+            # from CANN 9.0 the context setter also writes the process-wide value: while the
+            # process gate is held, put back the value its holders run with
+            held = st.gates.get("process")
+            if held is not None and held.active and b.aclrtSetSysParamOpt is not None:
+                _set_process_determinism(b, int(held.mode))
+
+        with st.lock:
+            gate = st.gates.setdefault(dev, _ModeGate(read, write))
+    return gate
+
+
+def _process_gate(st: "_State", b) -> _ModeGate:
+    """The gate of the process-wide option: every call that sets the option enters it, on
+    any device, so calls with different settings never overlap (CANN 9.0 and later read
+    this one value for every device and context). Without ``aclrtSetSysParamOpt`` the gate
+    still serialises the calls and writes nothing."""
+    gate = st.gates.get("process")
+    if gate is None:
+        if b.aclrtSetSysParamOpt is None or b.aclrtGetSysParamOpt is None:
+            gate = _ModeGate(lambda: (None, -1), lambda value: None)
+        else:
+            gate = _ModeGate(lambda: _read_option(b.aclrtGetSysParamOpt),
+                             lambda value: _set_process_determinism(b, value))
+        with st.lock:
+            gate = st.gates.setdefault("process", gate)
+    return gate
+
+
 class DeterminismHold:
-    """Hold ACL_OPT_DETERMINISTIC == ``want`` on the device's context between
-    :meth:`acquire` and :meth:`release` (``want`` None: leave the option alone).
+    """Hold ACL_OPT_DETERMINISTIC == ``want`` between :meth:`acquire` and :meth:`release`
+    (``want`` None: leave the option alone): the process-wide value
+    (``aclrtSetSysParamOpt``, where exported) and the device's context value
+    (``aclrtCtxSetSysParamOpt``), each set by the first holder that needs it and restored by
+    the last one out. One process-wide gate orders the holds: calls wanting different values
+    wait for each other on every device (docs/releases.md, Determinism).
 
-    The value is restored when the last concurrent holder leaves: exactly the value read
-    before (a failed read is retried READ_RETRIES times); 0 (the op's documented default)
-    when the option had never been set (107021); when it could not be read for another
-    reason, a DeterminismWarning says so and the context keeps the value the call ran with
-    (no guessed value is written). Without ``aclrtCtxSetSysParamOpt``,
-    ``want=True`` raises BackendUnavailableError and ``want=False`` proceeds unchanged.
+    Each value is restored exactly as read before (a failed read is retried READ_RETRIES
+    times); 0 (the op's documented default) when the context option had never been set
+    (107021); when it could not be read for another reason, a DeterminismWarning says so
+    and the option keeps the value the call ran with (no guessed value is written). Without
+    ``aclrtCtxSetSysParamOpt``, ``want=True`` raises BackendUnavailableError and
+    ``want=False`` proceeds unchanged.
 
-    Interrupt-safe: the hold is a :class:`~.ownership.Claim` taken atomically with the
+    Interrupt-safe: each hold is a :class:`~.ownership.Claim` taken atomically with the
     gate entry, released by :meth:`release`, by garbage collection or by ``shutdown()``.
     Register :meth:`release` (e.g. on an ExitStack) *before* calling :meth:`acquire`.
     """
@@ -947,8 +1047,11 @@ class DeterminismHold:
     def __init__(self, device_id: Optional[int], want: Optional[bool]) -> None:
         self.want = None if want is None else bool(want)
         self.device_id = device_id
-        self._claim = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
-        self._finalizer = weakref.finalize(self, self._claim.release, "gc")
+        # rank 1: released after the context's hold (rank 0) when shutdown() releases all
+        self._process = ownership.Claim("a process-wide ACL_OPT_DETERMINISTIC hold", rank=1)
+        self._context = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
+        self._finalizer = weakref.finalize(self, _release_claims, self._context,
+                                           self._process, "gc")
 
     def acquire(self) -> "DeterminismHold":
         want = self.want
@@ -963,47 +1066,13 @@ class DeterminismHold:
                     "not export", code=361001, param="deterministic")
             return self
         st = _get_state()
-        gate = st.gates.get(dev)
-        if gate is None:
-            with st.lock:
-                gate = st.gates.setdefault(dev, _ModeGate())
-        me = threading.get_ident()
-        warn = None
-        with gate.lock:
-            _drain_gate_locked(gate)
-            if gate.active and gate.mode != want and me in gate.holders:
-                raise RuntimeError(
-                    f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} on device "
-                    f"{dev}; a nested call asking for deterministic={want} would wait for itself")
-            while gate.active and gate.mode != want:
-                gate.waiting += 1
-                try:
-                    gate.cond.wait()
-                finally:
-                    gate.waiting -= 1
-                _drain_gate_locked(gate)
-            with ownership.atomic():
-                if gate.active == 0:
-                    prev, code = _read_determinism(b)
-                    if code == ACL_ERROR_RT_CONTEXT_NULL:
-                        # the record trusted above was stale (other code reset this thread's
-                        # device): set it again, then read
-                        distrust_context()
-                        b = ensure_device(dev)
-                        prev, code = _read_determinism(b)
-                    for _ in range(READ_RETRIES):      # a transient failure: read again
-                        if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
-                            break
-                        prev, code = _read_determinism(b)
-                    changed = prev is None or bool(prev) != want
-                    if changed:
-                        _set_determinism(b, int(want))     # raises: nothing was committed
-                    gate.prev, gate.prev_code, gate.changed, gate.mode = prev, code, changed, want
-                    if prev is None and code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
-                        warn = code
-                gate.active += 1
-                gate.holders[me] = gate.holders.get(me, 0) + 1
-                self._claim.take(gate, _leave_gate, b, dev, gate, me)
+        warn = _enter_gate(_process_gate(st, b), want, self._process, "the process")
+        if warn is not None:
+            warnings.warn(DeterminismWarning(
+                f"aclrtGetSysParamOpt could not read the process-wide ACL_OPT_DETERMINISTIC (it "
+                f"returned {warn}); it is set to {int(want)} for the call and left at that value "
+                "afterwards, since the previous value is unknown"), stacklevel=3)
+        warn = _enter_gate(_device_gate(st, b, dev), want, self._context, f"device {dev}")
         if warn is not None:
             warnings.warn(DeterminismWarning(
                 f"aclrtCtxGetSysParamOpt could not read ACL_OPT_DETERMINISTIC on device {dev} "
@@ -1013,7 +1082,7 @@ class DeterminismHold:
 
     def release(self, mode: str = "warn") -> None:
         """Leave the hold (idempotent; a failed restore warns, or raises with mode="raise")."""
-        if self._claim.release(mode):
+        if _release_claims(self._context, self._process, mode):
             self._finalizer.detach()
 
     def __enter__(self) -> "DeterminismHold":
@@ -1022,6 +1091,15 @@ class DeterminismHold:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.release("warn" if exc_type is not None else "raise")
         return False
+
+
+def _release_claims(context, process, mode: str) -> bool:
+    """The context hold, then the process hold (the order they were taken in, reversed)."""
+    try:
+        done = context.release(mode)
+    finally:
+        done = process.release(mode) and done
+    return done
 
 
 def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:

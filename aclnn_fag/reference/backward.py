@@ -29,17 +29,18 @@ import numpy as np
 from ..call import FagCall, FagGrads
 from ..softmax_layout import device_stat_blocks
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
-from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, gather_concat,
-                     gather_heads, kernel_setup, precision_dtype, row_part, rows_2d,
-                     scatter_heads)
-from .rounding import BF16, round_bf16_away_inplace
+from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, call_progress,
+                     gather_concat, gather_heads, kernel_setup, precision_dtype, row_part,
+                     rows_2d, scatter_heads)
+from .rounding import BF16, round_bf16_away_inplace, store_into
 
 __all__ = ["attention_backward"]
 
 
 def attention_backward(call: FagCall, precision: str = "device",
-                       blocks: BlockSizes | None = None) -> FagGrads:
-    """The five gradients for a validated call (see module docstring)."""
+                       blocks: BlockSizes | None = None, progress=None) -> FagGrads:
+    """The five gradients for a validated call (see module docstring). ``progress``: report
+    progress on stderr when the call is long (``common.call_progress``)."""
     blocks = blocks or default_block_sizes()
     q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
     grads = FagGrads(*(np.zeros(x.shape, dtype=BF16 if precision == "device"
@@ -50,68 +51,84 @@ def attention_backward(call: FagCall, precision: str = "device",
     work, device, scale, group, bq, mask = setup
     d, d_qk, dv = q.shape[2], q.shape[2] + qr.shape[2], v.shape[2]
     fully_masked = 0
-    accumulators = _KvAccumulators(max(call.seqs.skv[:call.seqs.batch]), d_qk, dv, work)
+    accumulators = _KvAccumulators(d_qk, dv, work)
     stats_max = np.ascontiguousarray(call.softmax_max)   # no copy when already contiguous
     stats_sum = np.ascontiguousarray(call.softmax_sum)
+    bar = call_progress(call, setup, "backward", progress)
+    itemsize = np.dtype(work).itemsize
 
-    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup):
+    def per_head_bytes(skv):          # dK/dV accumulators and the key side of one KV head
+        return 2 * skv * (d_qk + dv + 2) * itemsize
+
+    # Tiles are [H, G*rows, C] for H KV heads at a time (batch_heads), but the backward runs
+    # one KV head per step: batched (T = 256, N = 8) it measured slower, 11.3 vs 8.4 ms CPU,
+    # its user time lower but its larger gathers page-faulted afresh on every call once
+    # torch was imported (~2,000 minor faults per call); the forward gains (3.0 vs 4.6 ms).
+    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
+                                                                    per_head_bytes, 1):
+        nh = n2.stop - n2.start
         max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
         sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
-        acc_k, acc_v = accumulators.take(skv)      # [dK | dKr] (unscaled), dV; zeroed
+        acc_k, acc_v = accumulators.take(nh, skv)  # [dK | dKr] (unscaled), dV; zeroed
         key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
         for i0, i1 in query_blocks(sq, bq):
             work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
-            fully_masked += rows_without_keys(work_tiles, group, i1 - i0)
+            fully_masked += nh * rows_without_keys(work_tiles, group, i1 - i0)
+            bar.step(nh)
             if not work_tiles:
                 continue
             rows = slice(qs + i0, qs + i1)
             # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
             # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
-            q_cat = gather_concat((q, qr), rows, hs, work)
-            row_max = max_blocks[hs, i0:i1, 0].reshape(-1, 1)
-            row_sum = sum_blocks[hs, i0:i1, 0].reshape(-1, 1).astype(work)
-            q_aug = np.empty((q_cat.shape[0], d_qk + 1), work)
-            np.multiply(q_cat, scale, out=q_aug[:, :d_qk])
-            np.negative(row_max, out=q_aug[:, d_qk:], casting="unsafe")
+            q_cat = gather_concat((q, qr), rows, hs, work).reshape(nh, -1, d_qk)
+            # a contiguous copy: NumPy 2.4's float64 negative misreads this strided [r, 1]
+            # view into a column of q_aug (float64 statistics: torch golden precision fp64)
+            row_max = np.ascontiguousarray(max_blocks[hs, i0:i1, 0]).reshape(nh, -1, 1)
+            row_sum = sum_blocks[hs, i0:i1, 0].reshape(nh, -1, 1).astype(work)
+            q_aug = np.empty(q_cat.shape[:2] + (d_qk + 1,), work)
+            np.multiply(q_cat, scale, out=q_aug[..., :d_qk])
+            np.negative(row_max, out=q_aug[..., d_qk:], casting="unsafe")
             # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
-            dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1)
-            o_t = gather_heads(call.attention_in, rows, hs, work)
-            np.negative(np.einsum("rc,rc->r", dy_aug[:, :dv], o_t)[:, None], out=dy_aug[:, dv:])
-            acc_q = np.zeros((q_cat.shape[0], d_qk), work)   # [dQ | dQr], unscaled
+            dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1).reshape(nh, -1, dv + 1)
+            o_t = gather_heads(call.attention_in, rows, hs, work).reshape(nh, -1, dv)
+            np.negative(np.einsum("hrc,hrc->hr", dy_aug[..., :dv], o_t)[..., None],
+                        out=dy_aug[..., dv:])
+            acc_q = np.zeros(q_cat.shape, work)   # [dQ | dQr], unscaled
             for r0, r1, j0, j1, masked, key_tile in work_tiles:
                 k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
-                k_cat = k_aug[:, :d_qk]
+                k_cat = k_aug[..., :d_qk]
                 q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
                                                      for x in (q_aug, q_cat, dy_aug, row_sum))
                 # 1-2. P = exp(scale·S − max) / sum; excluded positions give exactly 0
-                p = q_aug_t @ k_aug.T
+                p = q_aug_t @ k_aug.swapaxes(-1, -2)
                 if masked is not None:
                     apply_mask(p, masked, group)
                 np.exp(p, out=p)
                 p /= sum_t
                 # 3-5. dS = P ⊙ (dy·Vᵀ − Dterm), with the un-rounded P
-                ds = dy_aug_t @ v_aug.T
+                ds = dy_aug_t @ v_aug.swapaxes(-1, -2)
                 ds *= p
                 # 6. device rounding points: P and dS to bf16, ties away from zero
                 if device:
                     round_bf16_away_inplace(p)
                     round_bf16_away_inplace(ds)
                 # 7. accumulate (the G stacked heads sum into dK/dV)
-                acc_v[j0:j1] += p.T @ dy_aug_t[:, :dv]
-                acc_k[j0:j1] += ds.T @ q_cat_t
+                acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
+                acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
                 part = ds @ k_cat
-                if part.shape[0] == acc_q.shape[0]:
+                if part.shape[1] == acc_q.shape[1]:
                     acc_q += part
                 else:
-                    row_part(acc_q, group, r0, r1)[...] += part.reshape(group, r1 - r0, -1)
+                    row_part(acc_q, group, r0, r1)[...] += part.reshape(nh, group, r1 - r0, -1)
             _finish(acc_q, scale, device)
-            scatter_heads(grads.dq, rows, hs, acc_q[:, :d])
-            scatter_heads(grads.dq_rope, rows, hs, acc_q[:, d:])
+            scatter_heads(grads.dq, rows, hs, acc_q[..., :d].reshape(-1, d))
+            scatter_heads(grads.dq_rope, rows, hs, acc_q[..., d:].reshape(-1, d_qk - d))
         _finish(acc_k, scale, device)
         _finish(acc_v, None, device)
-        for out, part in ((grads.dk, acc_k[:, :d]), (grads.dk_rope, acc_k[:, d:]),
+        for out, part in ((grads.dk, acc_k[..., :d]), (grads.dk_rope, acc_k[..., d:]),
                           (grads.dv, acc_v)):
-            np.copyto(out[ks:ks + skv, n2], part, casting="unsafe")
+            store_into(out[ks:ks + skv, n2], part.transpose(1, 0, 2))
+    bar.close()
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: "
                       "the docs call this unsupported; they contribute zero gradients here",
@@ -120,15 +137,20 @@ def attention_backward(call: FagCall, precision: str = "device",
 
 
 class _KvAccumulators:
-    """dK/dV accumulators, allocated once per call for the longest KV sequence and reused
-    (zeroed) for every (batch, KV head): extra memory max(Skv_b)·(D + Dr + Dv) elements."""
+    """dK/dV accumulators, allocated for the most KV heads and the longest KV sequence met so
+    far and reused (zeroed) for every (batch, group of KV heads): extra memory
+    H·max(Skv_b)·(D + Dr + Dv) elements (H bounded by batch_heads)."""
 
-    def __init__(self, rows, d_qk, dv, dtype):
-        self.k = np.empty((rows, d_qk), dtype)
-        self.v = np.empty((rows, dv), dtype)
+    def __init__(self, d_qk, dv, dtype):
+        self.k = np.empty((0, 0, d_qk), dtype)
+        self.v = np.empty((0, 0, dv), dtype)
 
-    def take(self, rows):
-        k, v = self.k[:rows], self.v[:rows]
+    def take(self, heads, rows):
+        if heads > self.k.shape[0] or rows > self.k.shape[1]:
+            shape = (max(heads, self.k.shape[0]), max(rows, self.k.shape[1]))
+            self.k = np.empty(shape + self.k.shape[2:], self.k.dtype)
+            self.v = np.empty(shape + self.v.shape[2:], self.v.dtype)
+        k, v = self.k[:heads, :rows], self.v[:heads, :rows]
         k.fill(0)
         v.fill(0)
         return k, v

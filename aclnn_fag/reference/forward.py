@@ -27,16 +27,17 @@ from ..call import FagForward, FwdCall
 from ..softmax_layout import COPIES
 from .blocks import BlockSizes, default_block_sizes, query_blocks, tiles
 from .common import (FLT_MAX, NEG, FullyMaskedRowWarning, KeySide, apply_mask, batch_heads,
-                     gather_concat, kernel_setup, row_max, row_part, row_sum, rows_2d,
-                     scatter_heads)
+                     call_progress, gather_concat, kernel_setup, row_max, row_part, row_sum,
+                     rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace
 
 __all__ = ["attention_forward"]
 
 
 def attention_forward(call: FwdCall, precision: str = "device",
-                      blocks: BlockSizes | None = None) -> FagForward:
-    """Attention output and softmax statistics for a validated call."""
+                      blocks: BlockSizes | None = None, progress=None) -> FagForward:
+    """Attention output and softmax statistics for a validated call. ``progress``: report
+    progress on stderr when the call is long (``common.call_progress``)."""
     blocks = blocks or default_block_sizes()
     setup = kernel_setup(call, precision, blocks.q_tokens)
     work, device, scale, group, bq, mask = setup
@@ -47,22 +48,32 @@ def attention_forward(call: FwdCall, precision: str = "device",
     flat_max = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
     flat_sum = np.zeros(t1 * n1 * COPIES, dtype=stat_dtype)
     fully_masked = 0
+    bar = call_progress(call, setup, "forward", progress)
 
-    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup):
+    itemsize = np.dtype(work).itemsize
+    d_qk = q.shape[2] + qr.shape[2]
+
+    def per_head_bytes(skv):          # the key side of one KV head
+        return skv * (d_qk + v.shape[2]) * itemsize
+
+    # H KV heads at a time (batch_heads): every tile is [H, G*rows, C], the matmuls batched
+    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
+                                                                    per_head_bytes):
+        nh = n2.stop - n2.start
         max_block = flat_max[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
         sum_block = flat_sum[qs * n1 * COPIES:(qs + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
         key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=False)
         for i0, i1 in query_blocks(sq, bq):
             rows = slice(qs + i0, qs + i1)
-            q_scaled = gather_concat((q, qr), rows, hs, work)   # scale·[Q | Qr]
-            q_scaled *= scale
-            m = np.full((q_scaled.shape[0], 1), NEG, dtype=work)
-            l = np.zeros((q_scaled.shape[0], 1), dtype=work)
-            acc = np.zeros((q_scaled.shape[0], v.shape[2]), dtype=work)
+            q_scaled = gather_concat((q, qr), rows, hs, work).reshape(nh, -1, d_qk)
+            q_scaled *= scale                                   # scale·[Q | Qr]
+            m = np.full(q_scaled.shape[:2] + (1,), NEG, dtype=work)
+            l = np.zeros(q_scaled.shape[:2] + (1,), dtype=work)
+            acc = np.zeros(q_scaled.shape[:2] + (v.shape[2],), dtype=work)
             for r0, r1, j0, j1, masked, key_tile in tiles(keep, mask, b, i0, i1, skv, blocks,
                                                           per_head):
                 k_tile, v_tile = key_side.get(key_tile, j0, j1)
-                s = rows_2d(q_scaled, group, r0, r1) @ k_tile.T
+                s = rows_2d(q_scaled, group, r0, r1) @ k_tile.swapaxes(-1, -2)
                 if masked is not None:
                     apply_mask(s, masked, group)
                 m_old = rows_2d(m, group, r0, r1)
@@ -74,18 +85,18 @@ def attention_forward(call: FwdCall, precision: str = "device",
                 if device:
                     round_bf16_away_inplace(s)
                 tile_out = s @ v_tile
-                # the running state of these rows, updated in place through [G, r, .] views
-                shape3 = (group, r1 - r0, -1)
-                correction = correction.reshape(shape3)
+                # the running state of these rows, updated in place through [H, G, r, .] views
+                shape4 = (nh, group, r1 - r0, -1)
+                correction = correction.reshape(shape4)
                 l_rows, acc_rows = row_part(l, group, r0, r1), row_part(acc, group, r0, r1)
                 l_rows *= correction
-                l_rows += tile_sum.reshape(shape3)
+                l_rows += tile_sum.reshape(shape4)
                 acc_rows *= correction
-                acc_rows += tile_out.reshape(shape3)
-                row_part(m, group, r0, r1)[...] = m_new.reshape(shape3)
-            invalid = (m == NEG)[:, 0]
+                acc_rows += tile_out.reshape(shape4)
+                row_part(m, group, r0, r1)[...] = m_new.reshape(shape4)
+            invalid = (m == NEG)[..., 0]
             fully_masked += int(np.count_nonzero(invalid))
-            safe_l = np.where(invalid[:, None], 1.0, l)
+            safe_l = np.where(invalid[..., None], 1.0, l)
             o = acc / safe_l
             o[invalid] = 0.0
             m[invalid] = NEG
@@ -93,9 +104,11 @@ def attention_forward(call: FwdCall, precision: str = "device",
             if device:
                 o = np.ascontiguousarray(o, dtype=np.float32)
                 round_bf16_away_inplace(o)
-            scatter_heads(out, rows, hs, o)
-            max_block[hs, i0:i1, :] = m.reshape(group, i1 - i0, 1)
-            sum_block[hs, i0:i1, :] = l.reshape(group, i1 - i0, 1)
+            scatter_heads(out, rows, hs, o.reshape(-1, v.shape[2]))
+            max_block[hs, i0:i1, :] = m.reshape(nh * group, i1 - i0, 1)
+            sum_block[hs, i0:i1, :] = l.reshape(nh * group, i1 - i0, 1)
+            bar.step(nh)
+    bar.close()
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: the docs call this "
                       "unsupported; stored as the device's invalid lines (max = -FLT_MAX, "

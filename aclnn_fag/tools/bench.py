@@ -49,7 +49,7 @@ from ..api import resolve_backend
 from .cases import CaseSpec, make_inputs, with_forward
 from .cliargs import positive_int
 from .envinfo import environment
-from .output import STDOUT, add_json_argument, human_stream, write_json
+from .output import add_json_argument, emit_report
 from ..semantics.sparse import MaskReader, batch_keep
 from ..reference import attention_backward, attention_forward
 from ..rules import validate_backward, validate_forward
@@ -396,15 +396,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("device", "fp32", "fp64"), default="device",
                    help="precision of the default/smoke suites' rows (default: device; fp32/fp64 "
                         "run on numpy; the targets suite fixes its own precisions)")
-    p.add_argument("--suite", choices=sorted(SUITES) + ["overhead"], default="default",
+    p.add_argument("--suite", choices=sorted(SUITES) + ["overhead", "torch"], default="default",
                    help="named suite: default (a few sizes; the default), smoke (tiny, for CI), "
                         "targets (the project's performance targets), overhead (host "
                         "microseconds per call on the NPU path; needs the NPU backend or "
-                        "the stubs, whose computation it switches off)")
+                        "the stubs, whose computation it switches off), torch (forward + "
+                        "backward against torch's CPU scaled_dot_product_attention; needs torch)")
     p.add_argument("--repeat", type=positive_int, default=3, help="timed calls per row; best and median are reported (default: 3)")
     add_json_argument(p, "the results")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="--suite torch: torch's and the BLAS's threads for both sides (default: 1)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="--suite torch: wall time (default) or this process's CPU time")
 
 
 def _main_overhead(args) -> int:
@@ -415,15 +420,7 @@ def _main_overhead(args) -> int:
         print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
         return 2
     report = run_overhead(repeat=max(args.repeat, 3), progress=None if args.quiet else sys.stderr)
-    text = human_stream(args.json)
-    print(format_overhead(report), file=text)
-    if args.json:
-        write_json(report, args.json)
-        if args.json != STDOUT:
-            print(f"json: {args.json}", file=text)
-    if args.check and not report["all_goals_met"]:
-        return 1
-    return 0
+    return emit_report(args, format_overhead(report), report, report["all_goals_met"])
 
 
 def main(args) -> int:
@@ -438,14 +435,10 @@ def main(args) -> int:
         return 2
     if args.suite == "overhead":
         return _main_overhead(args)
+    if args.suite == "torch":
+        from .bench_torch import main_torch
+        return main_torch(args)
     report = run_bench(args.suite, args.backend, args.precision, args.repeat,
                        progress=None if args.quiet else sys.stderr)
-    text = human_stream(args.json)
-    print(format_bench(report), file=text)
-    if args.json:
-        write_json(report, args.json)
-        if args.json != STDOUT:
-            print(f"json: {args.json}", file=text)
-    if args.check and report["targets"] and not report["all_targets_met"]:
-        return 1
-    return 0
+    return emit_report(args, format_bench(report), report,
+                       not report["targets"] or report["all_targets_met"])

@@ -277,6 +277,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from ..progress import enable_call_progress
+    previous = enable_call_progress(True)   # long NumPy calls report progress on stderr
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -284,6 +286,8 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    finally:
+        enable_call_progress(previous)      # main() run in-process leaves it as it was
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import tempfile
 
 __all__ = ["STDOUT", "add_json_argument", "to_stdout", "human_stream", "write_text", "write_json",
-           "json_safe"]
+           "emit_report", "json_safe"]
 
 STDOUT = "-"
 
@@ -88,3 +88,15 @@ def write_json(data, dest) -> None:
     """Indented JSON; arrays of numbers stay on one line (error summaries, shapes)."""
     text = json.dumps(json_safe(data), indent=1, allow_nan=False)
     write_text(_NUMBER_ARRAY.sub(_one_line, text) + "\n", dest)
+
+
+def emit_report(args, text: str, report: dict, goals_met: bool) -> int:
+    """Print a suite's table (stderr when the JSON goes to stdout), write ``--json``, and
+    return the exit status (1 when ``--check`` and a goal was missed)."""
+    stream = human_stream(args.json)
+    print(text, file=stream)
+    if args.json:
+        write_json(report, args.json)
+        if args.json != STDOUT:
+            print(f"json: {args.json}", file=stream)
+    return 1 if args.check and not goals_met else 0

@@ -87,6 +87,7 @@ class _Progress:
         self.stream, self.total = stream, total
         self.tty = bool(stream) and hasattr(stream, "isatty") and stream.isatty()
         self.index, self.name = 0, ""
+        self.elapsed = 0.0            # seconds of the cases done, for the ETA
 
     def start(self, index: int, name: str):
         self.index, self.name = index, name
@@ -102,8 +103,11 @@ class _Progress:
             return
         prefix = "\r\033[K" if self.tty else ""
         width = len(str(self.total))
+        self.elapsed += seconds
+        eta = self.elapsed / max(self.index, 1) * (self.total - self.index)
         self.stream.write(f"{prefix}[{self.index:>{width}}/{self.total}] {self.name:<32s} "
-                          f"{verdict:<5s} {seconds:7.2f} s{('  ' + detail) if detail else ''}\n")
+                          f"{verdict:<5s} {seconds:7.2f} s  (ETA {eta:.0f} s)"
+                          f"{('  ' + detail) if detail else ''}\n")
         self.stream.flush()
 
 

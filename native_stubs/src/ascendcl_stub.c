@@ -518,8 +518,29 @@ STUB_API aclError aclrtCtxSetSysParamOpt(int32_t opt, int64_t value)
     LOCK();
     g_dev[dev].opt_set[opt] = 1;
     g_dev[dev].opt_val[opt] = value;
+    if (stub_release() >= 900) {
+        g_proc_opt[opt] = value; /* 9.0 on: the context setter writes the process-wide value */
+    }
     UNLOCK();
     RETURN_OK();
+}
+
+static int32_t stub_ctx_get_opt_quiet(int32_t opt, int64_t *value);
+
+/* The option as the op reads it: from 9.0 on the process-wide value (the op reads
+ * aclrtGetSysParamOpt; always set, default 0), before that the current context's. */
+static int32_t stub_op_get_opt_quiet(int32_t opt, int64_t *value)
+{
+    if (stub_release() < 900) {
+        return stub_ctx_get_opt_quiet(opt, value);
+    }
+    if (!valid_opt(opt) || value == NULL) {
+        return ACL_ERROR_RT_PARAM_INVALID;
+    }
+    LOCK();
+    *value = g_proc_opt[opt];
+    UNLOCK();
+    return ACL_SUCCESS;
 }
 
 static int32_t stub_ctx_get_opt_quiet(int32_t opt, int64_t *value)
@@ -997,7 +1018,7 @@ static const StubApi g_api = {
     stub_handle_add,
     stub_handle_remove,
     stub_handle_live,
-    stub_ctx_get_opt_quiet,
+    stub_op_get_opt_quiet,
     stub_note_bad_release,
 };
 

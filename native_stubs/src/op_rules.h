@@ -179,6 +179,16 @@ static inline aclnnStatus stub_phase2_enter(const StubApi *a, const char *fn1, c
                      (void *)executor, fn1);
         return ACLNN_ERR_PARAM_NULLPTR;
     }
+    /* opbase: a workspace size > 0 with a NULL workspace deletes the executor, even a
+     * repeatable one (DeleteExecutorForError), and fails */
+    if (workspaceSize > 0 && workspace == NULL) {
+        if (a->handle_remove(STUB_H_EXECUTOR, executor)) {
+            *consume = 1;
+        }
+        a->set_error("%s: workspaceSize %llu with a NULL workspace (the executor is deleted)", fn2,
+                     (unsigned long long)workspaceSize);
+        return ACLNN_ERR_PARAM_NULLPTR;
+    }
     /* a non-repeatable executor is consumed by this call, whatever its outcome */
     if (!executor->repeatable) {
         if (!a->handle_remove(STUB_H_EXECUTOR, executor)) {

@@ -420,6 +420,26 @@ static aclnnStatus check_forward(const FwdArgs *x, FwdPlan *plan)
     return ACLNN_SUCCESS;
 }
 
+/* a failed phase 1's executor handed out anyway: registered (so a leak shows in the
+ * counters), nothing to compute; on host-memory failure nothing is handed out */
+static void hand_out_failed(FwdPlan *plan, aclOpExecutor **executor)
+{
+    aclOpExecutor *e = calloc(1, sizeof *e);
+    if (e == NULL) {
+        fwd_plan_free(plan);
+        return;
+    }
+    plan->compute = 0;
+    e->magic = STUB_MAGIC_EXEC;
+    e->payload = plan;
+    e->payload_free = fwd_plan_free;
+    if (sapi()->handle_add(STUB_H_EXECUTOR, e) != 0) {
+        stub_exec_free(e);
+        return;
+    }
+    *executor = e;
+}
+
 STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
     const aclTensor *query, const aclTensor *queryRope, const aclTensor *key, const aclTensor *keyRope,
     const aclTensor *value, const aclTensor *realShiftOptional, const aclTensor *dropMaskOptional,
@@ -452,7 +472,15 @@ STUB_API aclnnStatus aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize(
     }
     aclnnStatus rc = check_forward(&x, plan);
     if (rc != ACLNN_SUCCESS) {
-        fwd_plan_free(plan);
+        /* CANN's forward hands its executor out before two of its error returns (layout
+         * not TND: 161002; a null internal output: 161001); the caller must destroy it.
+         * Emulated for the layout check (docs/releases.md). */
+        if (rc == ACLNN_ERR_PARAM_INVALID && inputLayout != NULL && strcmp(inputLayout, "TND") != 0 &&
+            executor != NULL) {
+            hand_out_failed(plan, executor);
+        } else {
+            fwd_plan_free(plan);
+        }
         return rc;
     }
     aclOpExecutor *e = calloc(1, sizeof *e);

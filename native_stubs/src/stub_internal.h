@@ -155,8 +155,9 @@ typedef struct StubApi {
     int (*handle_add)(int kind, const void *h);    /* 0 on success */
     int (*handle_remove)(int kind, const void *h); /* 1 if it was live */
     int (*handle_live)(int kind, const void *h);   /* 1 if live */
-    /* deterministic option of the current context without touching the
-     * error message: returns 0 and sets *v, or an aclError */
+    /* an option as the op reads it (the current context's before CANN 9.0, the
+     * process-wide value from 9.0 on: stub_release()) without touching the error
+     * message: returns 0 and sets *v, or an aclError */
     int32_t (*ctx_get_opt_quiet)(int32_t opt, int64_t *v);
     /* version 2: count a release (destroy, free, executor run) of a handle that is not
      * live: a double destroy / double free / use after consumption on real CANN */

@@ -209,3 +209,74 @@ def test_nested_conflicting_request_on_one_thread_raises_instead_of_deadlocking(
             acl.call_raw(**d40.raw_kwargs(), deterministic=False)
         assert runtime.get_determinism(0) == 1
     assert runtime.get_determinism(0) == 0
+
+
+TWO_DEVICES = textwrap.dedent("""
+    import json, sys, threading
+    sys.path.insert(0, %r)
+    import aclnn_fag.acl as acl
+    from aclnn_fag import errors
+    from aclnn_fag.acl import runtime
+    from acl_cases import make_problem
+    from stub_kit import StubControls
+    p = make_problem(seed=51, q_lens=(8, 5), d=40, dr=8)   # D=40: rejected only when deterministic
+    stub = StubControls(%r)
+    stub.set_delay(300)                                  # every native call: a window to overlap in
+    runtime.ensure_device(1); runtime._set_determinism(runtime.api(), 0)
+    runtime.ensure_device(0); runtime._set_determinism(runtime.api(), 0)
+    wrong = []
+
+    def calls(dev, want):
+        for _ in range(12):
+            try:
+                acl.call_raw(**p.raw_kwargs(), deterministic=want, device_id=dev)
+                saw = False
+            except errors.ParamInvalidError:
+                saw = True
+            if saw != want:
+                wrong.append((dev, want))
+
+    threads = [threading.Thread(target=calls, args=(0, True)),
+               threading.Thread(target=calls, args=(1, False))]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    stub.set_delay(0)
+    print(json.dumps({"wrong": len(wrong), "process": runtime.get_process_determinism(),
+                      "ctx0": runtime.get_determinism(0), "ctx1": runtime.get_determinism(1)}))
+""")
+
+
+@pytest.mark.parametrize("release", ["9.1.0", "8.5.0"])
+def test_concurrent_calls_on_two_devices_with_different_settings(stub_lib_dir, release):
+    """From CANN 9.0 the op reads one process-wide option: a call on device 0 wanting
+    determinism and one on device 1 not wanting it must never overlap (each call saw the
+    value it asked for: D=40 is rejected exactly when deterministic), and every value is
+    restored afterwards. On 8.5 (per-context option) the same holds."""
+    here = pathlib.Path(__file__).resolve().parent
+    script = TWO_DEVICES % (str(here), str(stub_lib_dir))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASCEND_")}
+    env.update(ACLNN_FAG_LIB_DIR=str(stub_lib_dir), ACL_STUB_DEVICE_COUNT="2",
+               ACL_STUB_CANN_VERSION=release,
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(here.parent)]))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"wrong": 0, "process": 0, "ctx0": 0, "ctx1": 0}
+
+
+def test_the_process_option_is_set_for_the_call_and_restored(d40, no_leaks, monkeypatch):
+    """The process-wide value (aclrtSetSysParamOpt) is held with the context's and put back
+    exactly as found, also when the context setter writes it too (9.0 and later)."""
+    b = runtime.ensure_device(0)
+    _set(0)
+    runtime._set_process_determinism(b, 0)
+    with pytest.raises(errors.ParamInvalidError):          # phase 1 saw the flag on
+        acl.call_raw(**d40.raw_kwargs(), deterministic=True)
+    assert (runtime.get_process_determinism(), runtime.get_determinism(0)) == (0, 0)
+    _set(1)                                    # (from 9.0 this writes the process value too)
+    runtime._set_process_determinism(b, 3)
+    acl.call_raw(**d40.raw_kwargs(), deterministic=False)
+    assert (runtime.get_process_determinism(), runtime.get_determinism(0)) == (3, 1)
+    _set(0)
+    runtime._set_process_determinism(b, 0)

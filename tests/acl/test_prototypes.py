@@ -118,6 +118,7 @@ def test_optional_symbols_are_probed():
         "aclrtGetCurrentContext",
         "aclSetAclOpExecutorRepeatable", "aclSetInputTensorAddr", "aclSetOutputTensorAddr",
         "aclsysGetVersionStr", "aclsysGetCANNVersion", "aclrtGetVersion", "aclsysGetVersionNum",
+        "aclrtSetSysParamOpt", "aclrtGetSysParamOpt",
         prototypes.FWD_PHASE1, prototypes.FWD_PHASE2, "aclStubGetCounters"}
     b = loader.bindings()
     for name in prototypes.OPTIONAL:

@@ -850,30 +850,48 @@ def test_phase1_failure_injection_leaves_nothing_live(acl, case):
 
 
 def _determinism_probe(libdir):
-    """Run in a fresh process: D=192/Dv=128 passes phase 1 only with determinism explicitly off."""
+    """Run in a fresh process: D=192/Dv=128 passes phase 1 only with determinism off, as the
+    op reads the option (the context's before 9.0, the process-wide value from 9.0)."""
     acl = Stubs(libdir)
     acl.aclInit(None)
     assert acl.aclrtSetDevice(0) == 0
+    set_process = _decl(acl.asc, "aclrtSetSysParamOpt", c_int32, c_int32, c_int64)
     c = FagCase(acl, T=4, N1=1, N2=1, D=192, Dr=64, Dv=128, cum_q=(4,), cum_kv=(4,))
-    res = {"unset": c.phase1()[0], "unset_msg": acl.err()}
+    rc, ws, ex = c.phase1()
+    res = {"unset": rc, "unset_msg": acl.err()}
+    if ex:
+        acl.aclDestroyAclOpExecutor(ex)
     acl.aclrtCtxSetSysParamOpt(0, 1)
     res["on"] = c.phase1()[0]
     acl.aclrtCtxSetSysParamOpt(0, 0)
     rc, ws, ex = c.phase1()
     res["off"] = rc
     acl.aclDestroyAclOpExecutor(ex)
+    assert set_process(0, 1) == 0              # the process value only; the context's stays 0
+    rc, ws, ex = c.phase1()
+    res["process_on"] = rc
+    if ex:
+        acl.aclDestroyAclOpExecutor(ex)
     c.close()
     print(json.dumps(res))
 
 
-def test_d192_dv128_depends_on_context_determinism(libdir):
+@pytest.mark.parametrize("release", ["8.5.0", "9.0.0", "9.1.0"])
+def test_d192_dv128_depends_on_the_determinism_the_release_reads(libdir, release):
     code = ("import importlib.util,sys; s=importlib.util.spec_from_file_location('t', sys.argv[1]); "
             "m=importlib.util.module_from_spec(s); s.loader.exec_module(m); m._determinism_probe(sys.argv[2])")
-    out = subprocess.run([sys.executable, "-c", code, __file__, str(libdir)], capture_output=True, text=True)
+    env = dict(os.environ, ACL_STUB_CANN_VERSION=release)
+    out = subprocess.run([sys.executable, "-c", code, __file__, str(libdir)], capture_output=True,
+                         text=True, env=env)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["unset"] == ACLNN_ERR_PARAM_INVALID and "unreadable" in res["unset_msg"]
-    assert res["on"] == ACLNN_ERR_PARAM_INVALID
+    if release == "8.5.0":      # the context's option; never set: unreadable -> deterministic
+        assert res["unset"] == ACLNN_ERR_PARAM_INVALID and "unreadable" in res["unset_msg"]
+        assert res["process_on"] == 0
+    else:                       # the process-wide value: 0 by default, and set on its own
+        assert res["unset"] == 0
+        assert res["process_on"] == ACLNN_ERR_PARAM_INVALID
+    assert res["on"] == ACLNN_ERR_PARAM_INVALID       # the context setter works on every release
     assert res["off"] == 0
 
 

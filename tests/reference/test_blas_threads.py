@@ -43,9 +43,9 @@ def _spy(monkeypatch):
     seen = []
     original = api.attention_backward
 
-    def spy(call, precision):
+    def spy(call, precision, **kw):
         seen.append(blas.blas_threads())
-        return original(call, precision)
+        return original(call, precision, **kw)
     monkeypatch.setattr(api, "attention_backward", spy)
     return seen
 

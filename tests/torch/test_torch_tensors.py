@@ -43,9 +43,9 @@ def test_numpy_backend_zero_copy_both_ways(monkeypatch, mask_dtype):
     seen = {}
     real = api.attention_backward
 
-    def spy(call, precision):
+    def spy(call, precision, **kw):
         seen["call"] = call
-        seen["out"] = real(call, precision)
+        seen["out"] = real(call, precision, **kw)
         return seen["out"]
     monkeypatch.setattr(api, "attention_backward", spy)
     got = af.flash_attention_unpadding_score_grad_v3(*pos, backend="numpy", **kw)

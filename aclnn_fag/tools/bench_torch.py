@@ -1,0 +1,235 @@
+"""``aclnn-fag bench --suite torch``: forward + backward of the package against torch's CPU
+attention (needs torch).
+
+Per case (MLA dims: N = 8 query and KV heads, D = 128 + rope 64, Dv = 128, bf16 inputs) the
+median time of ``--repeat`` calls of one forward + backward step, each after one untimed
+warm-up call, of:
+
+* ``torch``: ``aclnn_fag.torch.varlen_attention`` on bf16 CPU tensors, ``out.backward(dy)``
+  (the NumPy backend, precision "device");
+* ``plain``: ``flash_attention_forward`` + ``flash_attention_unpadding_score_grad_v3`` on
+  numpy arrays (the NumPy backend, precision "device");
+* ``sdpa``: torch's ``scaled_dot_product_attention`` in float32, one call per sequence (query
+  and key with the rope part concatenated, ``is_causal`` for the causal cases), forward +
+  ``backward`` -- the peer a torch user would pick on a CPU;
+* ``ref64``: an explicit float64 torch attention (scores, softmax, output; autograd), one call
+  per sequence -- what a float64 golden costs.
+
+Ratios printed: torch / sdpa, plain / sdpa, torch / plain and ref64 / sdpa, with the goals
+(<= 1.0 x sdpa from 2 x 512 up, <= 1.5 x sdpa at T = 256, the torch wrapper within 10 % of
+the plain call). ``--threads`` (default 1) sets both torch's intra-op threads and the BLAS
+threads of the package's calls, so that both sides get the same cores; ``--clock cpu``
+measures this process's CPU time instead of wall time (with one thread: robust to other
+load on a shared host).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from typing import NamedTuple, Optional
+
+import ml_dtypes
+import numpy as np
+
+from .. import blas
+from ..progress import progress_bar
+
+__all__ = ["TorchCase", "CASES", "run_torch_bench", "format_torch_bench", "main_torch"]
+
+BENCH_TORCH_SCHEMA = "aclnn_fag.bench_torch/1"
+HEADS, D, DR, DV = 8, 128, 64, 128
+
+
+class TorchCase(NamedTuple):
+    name: str
+    lengths: tuple          # per-sequence lengths (q and kv alike)
+    causal: bool            # sparse mode 3 (else 0 with an all-zero mask)
+    goal: float             # the time goal as a multiple of sdpa's
+
+
+CASES = (
+    TorchCase("T=256 ragged (100,0,60,96) causal", (100, 0, 60, 96), True, 1.5),
+    TorchCase("2x512 full", (512, 512), False, 1.0),
+    TorchCase("2x512 causal", (512, 512), True, 1.0),
+    TorchCase("2x2048 full", (2048, 2048), False, 1.0),
+    TorchCase("2x2048 causal", (2048, 2048), True, 1.0),
+    TorchCase("1x4096 causal", (4096,), True, 1.0),
+)
+WRAPPER_GOAL = 1.10         # torch API time / plain API time
+
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def _median_time(fn, repeat: int, clock=time.perf_counter) -> float:
+    fn()                                            # warm-up (caches, first-call costs)
+    times = []
+    for _ in range(repeat):
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def _runners(case: TorchCase, heads: int = HEADS):
+    """(name -> a no-argument callable doing one forward + backward step)."""
+    import torch
+    import torch.nn.functional as F
+
+    import aclnn_fag as af
+    from ..torch import varlen_attention
+
+    bf16 = ml_dtypes.bfloat16
+    lengths = list(case.lengths)
+    ends = [int(x) for x in np.cumsum(lengths)]
+    t = ends[-1]
+    rng = np.random.default_rng(0)
+    q, qr, k, kr, v, dy = (rng.standard_normal((t, heads, d)).astype(bf16)
+                           for d in (D, DR, D, DR, DV, DV))
+    mode = 3 if case.causal else 0
+    mask = (af.masks.compressed_causal_mask() if case.causal
+            else np.zeros((max(max(lengths), 1),) * 2, np.uint8))
+    scale = 1 / (D + DR) ** 0.5
+    opts = dict(actual_seq_qlen=ends, actual_seq_kvlen=ends, scale_value=scale,
+                sparse_mode=mode, backend="numpy")
+
+    def plain():
+        f = af.flash_attention_forward(q, qr, k, kr, v, atten_mask=mask, **opts)
+        af.flash_attention_unpadding_score_grad_v3(
+            q, qr, k, kr, v, dy, atten_mask=mask, softmax_max=f.softmax_max,
+            softmax_sum=f.softmax_sum, attention_in=f.attention_out, **opts)
+
+    def tensor(a):
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    leaves = [tensor(x).requires_grad_() for x in (q, qr, k, kr, v)]
+    tdy = tensor(dy)
+
+    def torch_api():
+        for x in leaves:
+            x.grad = None
+        out = varlen_attention(*leaves, **opts)      # the default mask (as "plain"'s)
+        out.backward(tdy)
+
+    # per-sequence [1, N, S, C] tensors for the dense references (empty sequences skipped)
+    def per_seq(dtype):
+        seqs = []
+        start = 0
+        for end in ends:
+            if end > start:
+                sl = slice(start, end)
+                qq = torch.cat([tensor(q[sl]), tensor(qr[sl])], -1).to(dtype).transpose(0, 1)
+                kk = torch.cat([tensor(k[sl]), tensor(kr[sl])], -1).to(dtype).transpose(0, 1)
+                vv = tensor(v[sl]).to(dtype).transpose(0, 1)
+                gg = tensor(dy[sl]).to(dtype).transpose(0, 1)
+                seqs.append([x.contiguous()[None] for x in (qq, kk, vv, gg)])
+                for x in seqs[-1][:3]:
+                    x.requires_grad_()
+            start = end
+        return seqs
+    seqs32, seqs64 = per_seq(torch.float32), per_seq(torch.float64)
+
+    def sdpa():
+        for qq, kk, vv, gg in seqs32:
+            for x in (qq, kk, vv):
+                x.grad = None
+            out = F.scaled_dot_product_attention(qq, kk, vv, is_causal=case.causal, scale=scale)
+            out.backward(gg)
+
+    def ref64():
+        for qq, kk, vv, gg in seqs64:
+            for x in (qq, kk, vv):
+                x.grad = None
+            s = (qq @ kk.transpose(-1, -2)) * scale
+            if case.causal:
+                n = s.shape[-1]
+                s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+            out = torch.softmax(s, -1) @ vv
+            out.backward(gg)
+
+    return {"torch": torch_api, "plain": plain, "sdpa": sdpa, "ref64": ref64}
+
+
+def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
+                    heads: int = HEADS, progress: bool = True, reference: bool = True,
+                    clock: str = "wall") -> dict:
+    """Time every case (module docstring); returns the JSON-ready report. ``clock``: "wall"
+    or "cpu" (this process's CPU time: with one thread, what the step costs however busy
+    the machine is)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"parameter 'clock' must be one of {sorted(CLOCKS)}, got {clock!r}")
+    import torch
+    old_threads = torch.get_num_threads()
+    rows = []
+    names = ["torch", "plain", "sdpa"] + (["ref64"] if reference else [])
+    t_start = time.perf_counter()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with blas.reference_threads(threads), \
+                progress_bar(total=len(cases) * len(names), desc="bench torch", unit="run",
+                             enabled=progress) as bar:
+            for case in cases:
+                runners = _runners(case, heads)
+                times = {}
+                for name in names:
+                    bar.set_postfix_str(f"{case.name}: {name}")
+                    times[name] = _median_time(runners[name], repeat, CLOCKS[clock])
+                    bar.update(1)
+                del runners
+                rows.append(_row(case, times))
+    finally:
+        torch.set_num_threads(old_threads)
+    return {"schema": BENCH_TORCH_SCHEMA, "suite": "torch", "repeat": repeat, "clock": clock,
+            "threads": threads, "torch": torch.__version__, "heads": heads,
+            "dims": {"D": D, "Dr": DR, "Dv": DV}, "rows": rows,
+            "all_goals_met": all(r["met"] for r in rows),
+            "blas": blas.blas_info(), "wall_s": time.perf_counter() - t_start}
+
+
+def _row(case: TorchCase, times: dict) -> dict:
+    sdpa = times["sdpa"]
+    ratios = {"torch/sdpa": times["torch"] / sdpa, "plain/sdpa": times["plain"] / sdpa,
+              "torch/plain": times["torch"] / times["plain"]}
+    if "ref64" in times:
+        ratios["ref64/sdpa"] = times["ref64"] / sdpa
+    met = (ratios["torch/sdpa"] <= case.goal and ratios["plain/sdpa"] <= case.goal
+           and ratios["torch/plain"] <= WRAPPER_GOAL)
+    return {"case": case.name, "lengths": list(case.lengths), "causal": case.causal,
+            "median_s": times, "ratios": ratios, "goal_x_sdpa": case.goal,
+            "goal_torch_over_plain": WRAPPER_GOAL, "met": met}
+
+
+def format_torch_bench(report: dict) -> str:
+    lines = [f"forward + backward, N={report['heads']}, D={report['dims']['D']} + rope "
+             f"{report['dims']['Dr']}, Dv={report['dims']['Dv']}; median of {report['repeat']} "
+             f"({report['clock']} clock); "
+             f"{report['threads']} thread(s) for torch and the BLAS; torch {report['torch']}",
+             f"{'case':<36s} {'torch ms':>9s} {'plain ms':>9s} {'sdpa ms':>9s} {'ref64 ms':>9s} "
+             f"{'torch/sdpa':>10s} {'plain/sdpa':>10s} {'torch/plain':>11s} {'goal':>6s} status"]
+    lines.append("-" * len(lines[-1]))
+    for r in report["rows"]:
+        t, x = r["median_s"], r["ratios"]
+        ref = f"{t['ref64'] * 1e3:9.1f}" if "ref64" in t else f"{'-':>9s}"
+        lines.append(f"{r['case']:<36s} {t['torch'] * 1e3:9.1f} {t['plain'] * 1e3:9.1f} "
+                     f"{t['sdpa'] * 1e3:9.1f} {ref} {x['torch/sdpa']:10.2f} "
+                     f"{x['plain/sdpa']:10.2f} {x['torch/plain']:11.2f} "
+                     f"{r['goal_x_sdpa']:5.1f}x {'met' if r['met'] else 'MISSED'}")
+    lines.append(f"goals: torch/sdpa and plain/sdpa <= the row's goal, torch/plain <= "
+                 f"{WRAPPER_GOAL:.2f}")
+    return "\n".join(lines)
+
+
+def main_torch(args) -> int:
+    """``aclnn-fag bench --suite torch``."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("aclnn-fag bench --suite torch needs torch (pip install -e '.[torch]')",
+              file=sys.stderr)
+        return 2
+    from .output import emit_report
+    report = run_torch_bench(args.repeat, args.threads, cases=CASES, progress=not args.quiet,
+                             clock=args.clock)
+    return emit_report(args, format_torch_bench(report), report, report["all_goals_met"])
