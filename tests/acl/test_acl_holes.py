@@ -336,11 +336,12 @@ def test_a_deferred_interrupt_waits_while_finalizers_run(sigint_raises, monkeypa
 
     def nested():
         ownership.deliver_deferred()                    # inside a finalizer: waits
-        with ownership.atomic():
+        with ownership.atomic():                        # neither its start nor its end
             seen.append(ownership.deferred_interrupts())
+        seen.append("done")
     ownership.run_finalizer(finalizer)
     ownership.run_finalizer(nested)
-    assert seen == [1]
+    assert seen == [1, "done"]
     with pytest.raises(KeyboardInterrupt):
         with ownership.atomic():
             pass
