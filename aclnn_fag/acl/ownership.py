@@ -75,7 +75,8 @@ _get_ident = threading.get_ident
 _main_ident = threading.main_thread().ident     # refreshed by after_fork
 
 __all__ = ["atomic", "Claim", "release_all", "pending", "after_fork", "generation",
-           "run_finalizer", "deliver_deferred", "deferred_interrupts", "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
+           "run_finalizer", "deliver_deferred", "deferred_interrupts",
+           "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
 
 EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
     "empty", "owned", "releasing", "failed", "released", "consumed", "dropped")
