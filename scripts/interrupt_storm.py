@@ -7,7 +7,11 @@ random order on the main thread, while a helper thread sends SIGINT to it at a r
 moment of each call; the stub libraries sleep before every ABI call to widen the windows.
 Afterwards every stub counter (tensors, int arrays, executors, device bytes, streams)
 must be back at zero after ``acl.shutdown()``, no handle may have been released twice
-(the stubs' bad-release counter), and the package must still compute the same gradients.
+(the stubs' bad-release counter), the package must still compute the same gradients, and
+every KeyboardInterrupt the handler raised must have reached the storm's loop: counted
+where it is caught (``interrupted``), not where it is raised, so one raised inside a
+garbage-collection finalizer and dropped there ("Exception ignored") shows up as
+``lost`` (also counted by ``sys.unraisablehook``: ``dropped_in_finalizers``).
 
     python scripts/interrupt_storm.py --seconds 60 [--delay-us 200] [--seed 1]
 
@@ -137,6 +141,8 @@ def storm(stub, *, iterations: int = 200, seconds: float = None, seed: int = 0,
         sent = 0
         raised = 0
         late = 0
+        delivered = 0           # KeyboardInterrupts that reached this loop
+        dropped = 0             # KeyboardInterrupts CPython dropped (unraisable)
 
     st = State()
     arm = threading.Event()
@@ -167,9 +173,16 @@ def storm(stub, *, iterations: int = 200, seconds: float = None, seed: int = 0,
         finally:
             st.inside = False
 
+    def unraisable(u):
+        if isinstance(u.exc_value, KeyboardInterrupt):
+            st.dropped += 1
+        else:
+            old_hook(u)
+
     rng = random.Random(seed)
     per_name = {n: [0, 0] for n in names}      # runs, interrupted
     old = signal.signal(signal.SIGINT, handler)
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     thread = threading.Thread(target=sender, name="sigint-sender", daemon=True)
     thread.start()
     t_start = time.perf_counter()
@@ -192,10 +205,12 @@ def storm(stub, *, iterations: int = 200, seconds: float = None, seed: int = 0,
                         hit = False
                     except KeyboardInterrupt:
                         st.inside = False
+                        st.delivered += 1
                         hit = True
                     break
                 except KeyboardInterrupt:
                     st.inside = False
+                    st.delivered += 1
             per_name[name][0] += 1
             per_name[name][1] += hit
             done += 1
@@ -204,7 +219,13 @@ def storm(stub, *, iterations: int = 200, seconds: float = None, seed: int = 0,
         st.inside = False
         arm.set()
         thread.join(5)
+        while ownership.deferred_interrupts():  # caught in a finalizer, not delivered yet
+            try:
+                ownership.deliver_deferred()
+            except KeyboardInterrupt:
+                st.delivered += 1
         signal.signal(signal.SIGINT, old)
+        sys.unraisablehook = old_hook
         stub.set_delay(0)
     elapsed = time.perf_counter() - t_start
     gc.collect()
@@ -219,10 +240,12 @@ def storm(stub, *, iterations: int = 200, seconds: float = None, seed: int = 0,
     got = acl.run_backward(call)
     same = all(np.array_equal(a.view(np.uint16), b.view(np.uint16)) for a, b in zip(got, expected))
     acl.shutdown(finalize=False)
-    ok = (all(v == 0 for v in after.values()) and bad == 0 and same
+    lost = st.raised - st.delivered
+    ok = (all(v == 0 for v in after.values()) and bad == 0 and same and lost == 0
           and all(v == 0 for v in start_counters.values()))
     return dict(ok=ok, iterations=done, seconds=round(elapsed, 2), delay_us=delay_us,
-                signals_sent=st.sent, interrupted=st.raised, late_signals=st.late,
+                signals_sent=st.sent, raised=st.raised, interrupted=st.delivered, lost=lost,
+                dropped_in_finalizers=st.dropped, late_signals=st.late,
                 per_workload={n: {"runs": r, "interrupted": i} for n, (r, i) in per_name.items()},
                 counters_before_shutdown=before_shutdown, pending_claims_before_shutdown=pending,
                 counters_after_shutdown=after, bad_releases=bad, same_gradients_after=same,

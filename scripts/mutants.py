@@ -76,6 +76,8 @@ DET_T = ("tests/acl/test_plan_holes.py", "tests/acl/test_determinism.py")
 RESULTS_T = ("tests/acl/test_plan_results.py",)
 CACHE_T = ("tests/acl/test_exec_cache.py", "tests/acl/test_leaks.py")
 POOL_T = ("tests/acl/test_call_pool.py",)
+HOLES_T = ("tests/acl/test_acl_holes.py",)
+INTR_T = ("tests/acl/test_acl_holes.py", "tests/acl/test_interrupts.py")
 ENV_T = ("tests/test_env_address.py",)
 LOADER_T = ("tests/acl/test_loader.py",)
 ARENA_T = ("tests/acl/test_arena.py", "tests/acl/test_faults.py", "tests/acl/test_device_array.py")
@@ -540,7 +542,7 @@ MUTANTS = [
            'a deterministic=True call runs the executor tiled for deterministic=False',
            CACHE_T),
     Mutant('acl-cache-key-float', "acl", A + "exec_cache.py",
-           '    return float(value).hex()             # -0.0 and 0.0, NaN payloads: told apart',
+           '    return _BITS.unpack(_DOUBLE.pack(value))[0]',
            '    return float(value)',
            'scale_value -0.0 runs the executor made for 0.0',
            CACHE_T),
@@ -588,7 +590,7 @@ MUTANTS = [
            "a caller's writable mask is replaced by the copy of the package's (its own content "
            "ignored)", ("tests/acl/test_constants.py",)),
     Mutant("acl-cache-no-bound", "acl", A + "exec_cache.py",
-           "    if _count > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
+           "    if len(_lru) > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
            "the executor cache grows without bound", CACHE_T),
     Mutant("acl-loader-env-first", "acl", A + "loader.py",
            "    value = env.get(ENV_LIB_DIR, \"\").strip()\n    if value:",
@@ -1058,4 +1060,91 @@ MUTANTS = [
     Mutant("val-s9-one-row-key-off", "validate", RL,
            "    both[1:, :d] = k[a:e, n2]\n", "    both[1:, :d] = k[a + 1:e + 1, n2]\n",
            "S9's first check reads the keys after the row's (wrong verdicts)", S9_T),
+    # ------------------------------------------------------------------ acl/ (issue 23)
+    Mutant("acl-cache-key-nan", "acl", A + "exec_cache.py",
+           "    return _BITS.unpack(_DOUBLE.pack(value))[0]", "    return float(value).hex()",
+           "a call with scale -NaN (or another NaN payload) runs the executor built for +NaN "
+           "and returns other bits than an uncached call", HOLES_T),
+    Mutant("acl-cache-evict-newest", "acl", A + "exec_cache.py",
+           "            entry, key = _lru.popitem(last=False)",
+           "            entry, key = _lru.popitem(last=True)",
+           "a full executor cache drops the entry just used instead of the least recently "
+           "used one (the training step's executor is rebuilt every step)", HOLES_T),
+    Mutant("acl-cache-no-output-setter", "acl", A + "exec_cache.py",
+           "            and b.aclSetInputTensorAddr is not None and b.aclSetOutputTensorAddr is not None):",
+           "            and b.aclSetInputTensorAddr is not None):",
+           "with a CANN lacking aclSetOutputTensorAddr the second call of a signature calls "
+           "a missing function (TypeError) instead of running uncached", HOLES_T),
+    Mutant("acl-cache-lower-capacity-kept", "acl", A + "exec_cache.py",
+           "        if value < len(_lru):\n            _trim(value)",
+           "        if False:\n            _trim(value)",
+           "lowering ACLNN_FAG_EXECUTOR_CACHE keeps every idle executor beyond the new "
+           "capacity", HOLES_T),
+    Mutant("acl-exec-rank", "acl", A + "executor.py",
+           "    _rank = 0                      # destroyed before the tensors it refers to",
+           "    _rank = 2                      # destroyed before the tensors it refers to",
+           "acl.shutdown() destroys an executor after the aclTensors it refers to", HOLES_T),
+    Mutant("acl-own-finalizer-drops", "acl", A + "ownership.py",
+           "    except KeyboardInterrupt:\n        _deferred += 1",
+           "    except ZeroDivisionError:\n        _deferred += 1",
+           "Ctrl-C during a garbage-collection free is printed as 'Exception ignored' and "
+           "lost", INTR_T),
+    Mutant("acl-own-deferred-late", "acl", A + "ownership.py",
+           "        if _deferred and not _finalizing:\n            _raise_deferred()               # a boundary: before anything of the block",
+           "        if False:\n            _raise_deferred()               # a boundary: before anything of the block",
+           "a Ctrl-C caught in a finalizer reaches the caller only after the next native step "
+           "ran (an allocation made and lost)", HOLES_T),
+    Mutant("acl-own-deliver-in-finalizer", "acl", A + "ownership.py",
+           "        if _deferred and not _finalizing:\n            _raise_deferred()               # a boundary: after the block",
+           "        if _deferred:\n            _raise_deferred()               # a boundary: after the block",
+           "a kept Ctrl-C is raised again inside the next finalizer, where CPython drops it",
+           HOLES_T),
+    Mutant("acl-own-release-twice", "acl", A + "ownership.py",
+           "                if self.state not in (OWNED, FAILED):\n                    return True",
+           "                if self.state not in (OWNED, FAILED, RELEASED):\n                    return True",
+           "a handle freed explicitly is freed again by garbage collection (double free)",
+           ("tests/acl/test_faults.py", "tests/acl/test_interrupts.py")),
+    Mutant("acl-own-consumed-destroyed", "acl", A + "ownership.py",
+           "            if self.state in (OWNED, FAILED):\n                self.state = CONSUMED",
+           "            if False:\n                self.state = CONSUMED",
+           "an executor phase 2 consumed is destroyed again by the package (double free on "
+           "CANN)", ("tests/acl/test_interrupts.py", "tests/acl/test_leaks.py")),
+    Mutant("acl-own-no-deferral", "acl", A + "ownership.py",
+           "            self._old = _setsignal(_SIGINT, _record)",
+           "            self._old = _getsignal(_SIGINT)",
+           "Ctrl-C between a native create and the store of its handle leaks the handle",
+           ("tests/acl/test_interrupts.py",)),
+    Mutant("acl-pool-off-keeps", "acl", A + "call_pool.py",
+           "        if _limit == 0:\n            clear()", "        if False:\n            clear()",
+           "ACLNN_FAG_CALL_MEMORY_CACHE=0 set after memory was pooled keeps that memory",
+           HOLES_T),
+    Mutant("acl-pool-bad-value-raises", "acl", A + "call_pool.py",
+           "        except ValueError as e:\n            warnings.warn(",
+           "        except TypeError as e:\n            warnings.warn(",
+           "ACLNN_FAG_CALL_MEMORY_CACHE made invalid while a call runs makes the call raise "
+           "after computing and lose its results", HOLES_T + POOL_T),
+    Mutant("acl-const-stale-kept", "acl", A + "device_constants.py",
+           "                del _copies[old]            # another context's copy: freed when unused",
+           "                pass",
+           "after a foreign device reset the stale 4 MiB mask copy stays allocated beside the "
+           "new one", HOLES_T),
+    Mutant("acl-const-any-context", "acl", A + "device_constants.py",
+           "    key = (mask.dtype.str, dev, runtime.current_context_record())",
+           "    key = (mask.dtype.str, dev, 0)",
+           "after a foreign device reset calls read the mask copy of the destroyed context",
+           ("tests/acl/test_constants.py",) + HOLES_T),
+    Mutant("npu-zero-offset", "acl", "aclnn_fag/device_run.py",
+           "        da.buffer.memset(0, da.offset * da.itemsize, da.nbytes)",
+           "        da.buffer.memset(0, 0, da.nbytes)",
+           "without keys (T2 = 0), an NPU result that does not start at its block's first "
+           "byte keeps a NaN at its end", HOLES_T),
+    Mutant("npu-no-zero-fill", "acl", "aclnn_fag/device_run.py",
+           "            for da in outs.values():\n                _zero(da)",
+           "            for da in outs.values():\n                pass",
+           "without keys (T2 = 0), NPU-tensor calls return uninitialised dq / dq_rope", HOLES_T),
+    Mutant("dev-no-zero-fill", "acl", "aclnn_fag/device_run.py",
+           "        return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]",
+           "        return [acl.DeviceArray.empty(shape, dt, dev) for shape, dt in specs.values()]",
+           "without keys (T2 = 0), DeviceArray calls return uninitialised (NaN) gradients",
+           HOLES_T),
 ]

@@ -17,8 +17,10 @@ Rules:
   of a context that was reset, finalised or forked away is never handed out again.
 * At most ``limit()`` bytes of idle allocations per device and context
   (``ACLNN_FAG_CALL_MEMORY_CACHE`` in MiB, default 64; ``0`` turns reuse off: every call
-  allocates and frees as before). A call needing more than the limit allocates and frees
-  its own. Beyond the limit the least recently returned allocations are freed first.
+  allocates and frees as before, and what the pool held is freed by the next call; an
+  invalid value warns and leaves the limit as it was). A call needing more than the limit
+  allocates and frees its own. Beyond the limit the least recently returned allocations
+  are freed first.
 * Sizes are rounded up to :data:`GRAIN` bytes so that calls of nearly equal sizes share.
 * An allocation that fails for lack of device memory frees the idle allocations of that
   device and is tried once more.
@@ -32,6 +34,7 @@ allocation of their own (:meth:`.arena.ArenaBuffer.share`).
 from __future__ import annotations
 
 import threading
+import warnings
 from typing import Dict, List, Optional
 
 from .. import _env
@@ -55,14 +58,21 @@ _limit = DEFAULT_LIMIT_MIB << 20
 
 def limit() -> int:
     """Idle bytes kept at most per device (``$ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default
-    64, 0 = off). Read again whenever the variable changes; an invalid value raises
-    ValueError naming it."""
+    64, 0 = off). Read again whenever the variable changes. An invalid value never fails a
+    call (it may be set while one runs, which must not lose its results): a RuntimeWarning
+    naming the variable, once per value, and the limit in force stays."""
     global _env_seen, _limit
     raw = _env.get(ENV_LIMIT)
     if raw != _env_seen:
-        mib = _env.non_negative_int(ENV_LIMIT, raw, DEFAULT_LIMIT_MIB,
-                                    "MiB; 0 turns the reuse off")
-        _limit, _env_seen = mib << 20, raw
+        _env_seen = raw
+        try:
+            mib = _env.non_negative_int(ENV_LIMIT, raw, DEFAULT_LIMIT_MIB,
+                                        "MiB; 0 turns the reuse off")
+        except ValueError as e:
+            warnings.warn(RuntimeWarning(f"{e}; the call memory pool keeps its limit of "
+                                         f"{_limit >> 20} MiB"), stacklevel=2)
+            return _limit
+        _limit = mib << 20
         if _limit == 0:
             clear()
     return _limit

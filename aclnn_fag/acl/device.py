@@ -27,7 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .runtime import DeviceBuffer
+from .runtime import DeviceBuffer, refuse_pickle
 from .tensors import ACL_DTYPES, acl_dtype
 
 __all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
@@ -134,6 +134,8 @@ class DeviceArray:
     steps). ``free()`` / the context manager free the underlying buffer — and so every view
     sharing it; otherwise the buffer is freed when the last view is garbage collected.
     """
+
+    __reduce_ex__ = refuse_pickle     # device memory: .numpy() is the host copy
 
     def __init__(self, buffer: DeviceBuffer, shape: Sequence[int], dtype,
                  strides: Optional[Sequence[int]] = None, offset: int = 0) -> None:

@@ -33,9 +33,10 @@ Rules that keep it safe:
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections import OrderedDict
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from .. import _env
 from . import caches, ownership, runtime
@@ -48,8 +49,8 @@ ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
 DEFAULT_CAPACITY = 16
 
 _lock = threading.Lock()
-_idle: "OrderedDict[tuple, List[CachedExecutor]]" = OrderedDict()
-_count = 0                       # idle entries over all keys
+_idle: "Dict[tuple, List[CachedExecutor]]" = {}     # key -> its idle entries, newest last
+_lru: "OrderedDict[CachedExecutor, tuple]" = OrderedDict()   # every idle entry, oldest first
 _env_seen: Optional[str] = "unset"
 _capacity = DEFAULT_CAPACITY
 
@@ -63,7 +64,7 @@ def capacity() -> int:
         value = _env.non_negative_int(ENV_CAPACITY, raw, DEFAULT_CAPACITY,
                                       "0 turns the executor cache off")
         _capacity, _env_seen = value, raw
-        if value < _count:
+        if value < len(_lru):
             _trim(value)
     return _capacity
 
@@ -77,8 +78,13 @@ def enabled(b) -> int:
     return 0
 
 
-def _double_key(value: float) -> str:
-    return float(value).hex()             # -0.0 and 0.0, NaN payloads: told apart
+def _double_key(value: float) -> int:
+    """The double's 64-bit pattern: -0.0 and 0.0, the NaN signs and payloads told apart
+    (``float.hex()`` gives 'nan' for every NaN)."""
+    return _BITS.unpack(_DOUBLE.pack(value))[0]
+
+
+_DOUBLE, _BITS = struct.Struct("=d"), struct.Struct("=Q")
 
 
 def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
@@ -127,13 +133,12 @@ class CachedExecutor:
 
 def take(key: tuple) -> Optional[CachedExecutor]:
     """An idle entry for ``key`` (removed from the cache), or None."""
-    global _count
     with _lock:
         entries = _idle.get(key)
         found = None
         while entries and found is None:
             entry = entries.pop()           # a released one (shutdown) is dropped
-            _count -= 1
+            del _lru[entry]
             if entry.alive:
                 found = entry
         if entries is not None and not entries:
@@ -144,21 +149,15 @@ def take(key: tuple) -> Optional[CachedExecutor]:
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
     """Return an entry after a successful call (the least recently used ones beyond the
     capacity -- ``capacity()`` unless given -- are destroyed)."""
-    global _count
     if cap is None:
         cap = capacity()
     if cap <= 0 or not entry.alive:
         entry.release()
         return
     with _lock:
-        entries = _idle.get(key)
-        if entries is None:
-            _idle[key] = [entry]
-        else:
-            entries.append(entry)
-            _idle.move_to_end(key)
-        _count += 1
-    if _count > cap:
+        _idle.setdefault(key, []).append(entry)
+        _lru[entry] = key
+    if len(_lru) > cap:
         _trim(cap)
 
 
@@ -169,26 +168,26 @@ def discard(entry: Optional[CachedExecutor]) -> None:
 
 
 def _trim(cap: int) -> None:
-    global _count
+    """Destroy the least recently returned entries (of any key) beyond ``cap``."""
     dropped = []
     with _lock:
-        while _count > cap and _idle:
-            key, entries = next(iter(_idle.items()))
-            dropped.append(entries.pop(0))
-            _count -= 1
+        while len(_lru) > cap:
+            entry, key = _lru.popitem(last=False)
+            entries = _idle[key]
+            entries.remove(entry)
             if not entries:
                 del _idle[key]
+            dropped.append(entry)
     for entry in dropped:
         entry.release("warn")
 
 
 def clear() -> int:
     """Destroy every idle entry; returns how many there were."""
-    global _count
     with _lock:
-        entries = [e for lst in _idle.values() for e in lst]
+        entries = list(_lru)
         _idle.clear()
-        _count = 0
+        _lru.clear()
     for entry in entries:
         entry.release("warn")
     return len(entries)
@@ -196,14 +195,14 @@ def clear() -> int:
 
 def size() -> int:
     """Idle entries in the cache now."""
-    return _count
+    return len(_lru)
 
 
 def _forget_after_fork() -> None:
-    global _lock, _count
+    global _lock
     _lock = threading.Lock()
     _idle.clear()              # the handles were the parent's: never released here
-    _count = 0
+    _lru.clear()
 
 
 caches.register("executor cache", clear, _forget_after_fork)

@@ -24,6 +24,13 @@ The rules (see docs/faults.md):
   reference whose callback calls :meth:`Claim.release`); should that callback itself be
   interrupted, the claim is still in the registry and :func:`release_all`
   (``acl.shutdown()``) releases it.
+* Finalizers run through :func:`run_finalizer`. A ``KeyboardInterrupt`` raised inside a
+  garbage-collection callback (an interrupt deferred by the release's atomic block and
+  delivered at its end, or one landing in the callback's own bytecodes) would be printed
+  as "Exception ignored" and dropped by CPython; it is kept instead and raised in the main
+  flow at the next library boundary: the start or the end of the next outermost
+  :class:`atomic` block on the main thread (every native step of the package), or
+  :func:`deliver_deferred`.
 * :meth:`Claim.consume` — marks the handle as the library's (an executor given to phase
   2). Call it inside the same :class:`atomic` block as the consuming call, right before it:
   from that bytecode on the handle is never released by us.
@@ -68,6 +75,7 @@ _get_ident = threading.get_ident
 _main_ident = threading.main_thread().ident     # refreshed by after_fork
 
 __all__ = ["atomic", "Claim", "release_all", "pending", "after_fork", "generation",
+           "run_finalizer", "deliver_deferred", "deferred_interrupts",
            "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
 
 EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
@@ -76,6 +84,8 @@ EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
 # ----------------------------------------------------------------------------- SIGINT deferral
 _depth = 0              # atomic blocks open on the main thread
 _pending = False        # a SIGINT arrived inside a block
+_finalizing = 0         # finalizers running on the main thread (run_finalizer)
+_deferred = 0           # KeyboardInterrupts caught in finalizers, not yet raised again
 
 
 def _record(signum, frame) -> None:     # the stand-in SIGINT handler inside atomic blocks
@@ -110,6 +120,8 @@ class atomic:
             # back; _record: an outer block is between its swap and its depth update (a
             # finalizer ran inside it) — the outer block defers for us.
             return self
+        if _deferred and not _finalizing:
+            _raise_deferred()               # a boundary: before anything of the block
         _pending = False                    # before the swap: a signal now raises here
         try:
             self._old = _setsignal(_SIGINT, _record)
@@ -130,7 +142,44 @@ class atomic:
         if _pending:
             _pending = False
             signal.raise_signal(signal.SIGINT)   # handled at the next bytecode, as usual
+        if _deferred and not _finalizing:
+            _raise_deferred()               # a boundary: after the block
         return False
+
+
+def _raise_deferred() -> None:
+    global _deferred
+    _deferred -= 1
+    raise KeyboardInterrupt     # the handler already ran (in the finalizer): its exception
+
+
+def run_finalizer(fn: Callable, *args) -> None:
+    """``fn(*args)`` as a garbage-collection finalizer (a weak reference's callback, a
+    ``weakref.finalize``): a KeyboardInterrupt raised inside it is kept and raised again in
+    the main flow at the next library boundary (see the module doc) instead of being
+    dropped by CPython."""
+    global _finalizing, _deferred
+    main = _get_ident() == _main_ident
+    if main:
+        _finalizing += 1
+    try:
+        fn(*args)
+    except KeyboardInterrupt:
+        _deferred += 1
+    finally:
+        if main:
+            _finalizing -= 1
+
+
+def deferred_interrupts() -> int:
+    """KeyboardInterrupts caught in finalizers that have not been raised again yet."""
+    return _deferred
+
+
+def deliver_deferred() -> None:
+    """Raise a KeyboardInterrupt a finalizer caught, if one is waiting (main thread only)."""
+    if _deferred and not _finalizing and _get_ident() == _main_ident:
+        _raise_deferred()
 
 
 # ----------------------------------------------------------------------------- claims
@@ -176,7 +225,7 @@ class Claim:
         self.ref = None
 
     def _collected(self, _ref) -> None:
-        self.release("gc")
+        run_finalizer(self.release, "gc")
 
     def take(self, handle, func: Callable, *args) -> None:
         """Own ``handle``; ``func(*args)`` releases it and returns None or an exception.
@@ -279,13 +328,15 @@ def set_quiet(value: bool = True) -> None:
 
 def after_fork() -> None:
     """In a forked child: the parent's handles are not ours (never released here)."""
-    global _gen, _registry, _lock, _depth, _pending, _main_ident
+    global _gen, _registry, _lock, _depth, _pending, _main_ident, _finalizing, _deferred
     _gen += 1
     _main_ident = threading.main_thread().ident
     _registry = {}
     _lock = threading.RLock()
     _depth = 0
     _pending = False
+    _finalizing = 0
+    _deferred = 0
     try:        # forked from inside an atomic block of another thread: undo the stand-in
         if signal.getsignal(signal.SIGINT) is _record:
             signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -47,7 +47,7 @@ from . import executor, ownership, runtime
 from ._status import recent_message, status_error
 from .device import DeviceArray, as_device_array, upload_arrays
 from .op import BACKWARD, check_device_arrays
-from .runtime import DeviceBuffer
+from .runtime import DeviceBuffer, refuse_pickle
 from .tensors import AclIntArray, AclTensor
 
 __all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
@@ -165,6 +165,8 @@ class FagPlan:
     public call's rules (``check_data=False`` skips the data rules).
     """
 
+    __reduce_ex__ = refuse_pickle     # its executor and buffers live in this process
+
     def __init__(self, *, query, query_rope, key, key_rope, value, dy, atten_mask, softmax_max,
                  softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
                  keep_prob=1.0, pre_tokens=BACKWARD.param("pre_tokens").default,
@@ -178,7 +180,8 @@ class FagPlan:
         args = dict(locals())
         self._lock = threading.RLock()
         self._state = _PlanState()
-        self._finalizer = weakref.finalize(self, self._state.close, False)
+        self._finalizer = weakref.finalize(self, ownership.run_finalizer, self._state.close,
+                                          False)
         self.device_id = runtime.resolve_device(device_id)
         self.deterministic = deterministic
         self.want_repeatable = bool(repeatable)

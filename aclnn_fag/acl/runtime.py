@@ -46,7 +46,7 @@ __all__ = [
     "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
     "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
     "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "DeterminismHold",
-    "INT32_MAX", "resolve_stream", "stream_workspace", "release_stream_workspace",
+    "INT32_MAX", "refuse_pickle", "resolve_stream", "stream_workspace", "release_stream_workspace",
     "synchronize_stream",
 ]
 
@@ -591,6 +591,16 @@ def release_thread_resources() -> None:
 
 
 # ----------------------------------------------------------------------------- resources
+def refuse_pickle(obj, protocol=None):
+    """``__reduce_ex__`` of the objects over device memory or native handles: they only
+    mean something in this process, so ``pickle`` and ``copy.deepcopy`` (and
+    ``copy.copy``) raise a TypeError saying so and what to do instead."""
+    raise TypeError(f"a {type(obj).__name__} cannot be pickled or copied: it refers to "
+                    "device memory (or native handles) that only this process can use; "
+                    "copy the data to the host with .numpy() (a numpy array pickles) and "
+                    "upload it again with DeviceArray.from_numpy")
+
+
 class NativeResource:
     """Base of objects that own one native handle (buffer, tensor, int array, executor).
 
@@ -604,6 +614,7 @@ class NativeResource:
     _claim: Optional[ownership.Claim] = None
     _what = "a native handle"
     _rank = 1
+    __reduce_ex__ = refuse_pickle
 
     def _prepare(self) -> ownership.Claim:
         """Allocate the claim and the finalizer (before the native create)."""
@@ -1114,12 +1125,14 @@ def shutdown(finalize: bool = True) -> None:
     as ResourceReleaseWarning. The next use initialises again."""
     global _state
     st = _state
-    caches.clear_all()      # the caches' handles and memory first, in their order
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
         pass
+    # dependency order: every owned handle by rank (executors, then tensors and int arrays,
+    # then memory), the caches' included; then the caches forget what was released
     _release_all_resources()
+    caches.clear_all()
     if st is None:
         return
     with st.lock:

@@ -61,6 +61,7 @@ class _Tracer:
     def __init__(self, b, monkeypatch):
         self.counts = collections.Counter()
         self.target = None      # (name, n, "after" | "before")
+        self.fired = 0          # SIGINTs raised
         for name in TRACED:
             real = getattr(b, name, None)
             if real is None:
@@ -72,9 +73,11 @@ class _Tracer:
             self.counts[name] += 1
             hit = self.target is not None and self.target[:2] == (name, self.counts[name])
             if hit and self.target[2] == "before":
+                self.fired += 1
                 signal.raise_signal(signal.SIGINT)
             result = real(*args)
             if hit and self.target[2] == "after":
+                self.fired += 1
                 signal.raise_signal(signal.SIGINT)   # lands right after the call returned
             return result
         return traced
@@ -162,11 +165,15 @@ def test_sigint_right_after_or_before_every_native_call(workload, stub, monkeypa
                  for when in (("after", "before") if name in (PHASE1, PHASE2) else ("after",))]
     assert len(positions) >= 8, total
     interrupted = 0
+    tracer.fired = 0
     for name, n, when in positions:
         tracer.counts.clear()
         tracer.target = (name, n, when)
         try:
             fn()
+            # a release run by the garbage collector at the end of fn: its interrupt is
+            # kept and raised at the next library boundary (docs/faults.md)
+            ownership.deliver_deferred()
         except KeyboardInterrupt:
             interrupted += 1
         finally:
@@ -177,9 +184,12 @@ def test_sigint_right_after_or_before_every_native_call(workload, stub, monkeypa
         assert stub.bad_releases() == bad0, f"{where}: a handle was released twice"
         assert not ownership.pending(), f"{where}: {ownership.pending()}"
         assert _gate_idle(), f"{where}: the determinism gate is still held"
-    # nearly every position interrupts the call (a release run by the garbage collector may
-    # swallow the KeyboardInterrupt: CPython reports exceptions in finalizers as "ignored")
-    assert interrupted >= 0.5 * len(positions), (interrupted, len(positions))
+    # every SIGINT raised interrupts the call, also one in a release run by the garbage
+    # collector (CPython would drop an exception raised in a finalizer: it is raised again
+    # at the next library boundary); most positions are reached (some calls happen only
+    # on a first run, e.g. the stream's creation)
+    assert interrupted == tracer.fired >= 0.5 * len(positions), (interrupted, tracer.fired,
+                                                                  len(positions))
     fn()                                     # still works
     _settle()
     assert stub.objects() == base
@@ -221,6 +231,10 @@ def test_sigint_storm_over_mixed_calls(stub):
     assert all(v == 0 for v in report["counters_after_shutdown"].values()), report
     assert report["same_gradients_after"], report
     assert report["interrupted"] >= 30, report        # the storm really interrupted calls
+    # every KeyboardInterrupt the handler raised reached the loop (none dropped in a
+    # garbage-collection finalizer: docs/faults.md)
+    assert report["lost"] == 0 and report["dropped_in_finalizers"] == 0, report
+    assert report["raised"] == report["interrupted"], report
     for name, r in report["per_workload"].items():
         assert r["runs"] == 0 or r["interrupted"] > 0, (name, report)
     assert report["ok"], report
