@@ -1050,8 +1050,8 @@ class DeterminismHold:
         # rank 1: released after the context's hold (rank 0) when shutdown() releases all
         self._process = ownership.Claim("a process-wide ACL_OPT_DETERMINISTIC hold", rank=1)
         self._context = ownership.Claim("an ACL_OPT_DETERMINISTIC hold", rank=0)
-        self._finalizer = weakref.finalize(self, _release_claims, self._context,
-                                           self._process, "gc")
+        self._finalizer = weakref.finalize(self, ownership.run_finalizer, _release_claims,
+                                           self._context, self._process, "gc")
 
     def acquire(self) -> "DeterminismHold":
         want = self.want

@@ -280,3 +280,44 @@ def test_the_process_option_is_set_for_the_call_and_restored(d40, no_leaks, monk
     assert (runtime.get_process_determinism(), runtime.get_determinism(0)) == (3, 1)
     _set(0)
     runtime._set_process_determinism(b, 0)
+
+
+def test_the_last_holder_restores_before_a_call_of_the_other_mode_enters(monkeypatch, no_leaks):
+    """The last holder writes the previous value back while it still holds the gate: a call
+    waiting for the other mode must read the restored value as its own "previous" one. The
+    write-back is slowed down until the waiting call has read (or 0.3 s passed): correct
+    code makes the waiting call wait for it; code that writes after unlocking lets it read
+    the stale value, and the option ends wrong after both calls."""
+    b = runtime.ensure_device(0)
+    _set(0)
+    runtime._set_process_determinism(b, 0)
+    gate = runtime._process_gate(runtime._get_state(), b)
+    read, write = gate.read, gate.write
+    main = threading.get_ident()
+    other_read = threading.Event()
+
+    def slow_write(value):
+        if threading.get_ident() == main and value == 0:     # the first holder's write-back
+            other_read.wait(0.3)
+        write(value)
+
+    def noted_read():
+        got = read()
+        if threading.get_ident() != main:
+            other_read.set()
+        return got
+
+    monkeypatch.setattr(gate, "write", slow_write)
+    monkeypatch.setattr(gate, "read", noted_read)
+    hold = acl.determinism(0, True).acquire()
+
+    def other_mode():
+        with acl.determinism(0, False):
+            pass
+
+    t = threading.Thread(target=other_mode)
+    t.start()
+    time.sleep(0.05)                               # the other call waits for the gate
+    hold.release()
+    t.join()
+    assert runtime.get_process_determinism() == 0 and runtime.get_determinism(0) == 0
