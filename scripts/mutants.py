@@ -128,7 +128,7 @@ MUTANTS = [
            "dk accumulators leak from one (batch, KV head) into the next"),
     Mutant("ref-bwd-kv-head-out", "reference", R + "backward.py",
            'store_into(out[ks:ks + skv, n2], part.transpose(1, 0, 2))',
-           'store_into(out[ks:ks + skv, n2.start], part.transpose(1, 0, 2)[:, 0])',
+           'store_into(out[ks:ks + skv, :n2.stop - n2.start], part.transpose(1, 0, 2))',
            "dk/dv of every KV head written to head 0 (N2 > 1)"),
     Mutant("ref-bwd-mask-ignored", "reference", R + "backward.py",
            "                if masked is not None:\n                    apply_mask(p, masked, group)",
