@@ -1,11 +1,12 @@
 """NumPy backward of the op (docs/semantics.md, "Backward"), tiled.
 
-Loop order: per batch b, per KV head n2, per query tile (the G query heads of
-n2 stacked into one row block, so every matmul serves the whole GQA group and
-dK/dV sum over the group for free), per key tile with work (blocks.key_blocks).
-dQ of a query tile accumulates locally; dK/dV accumulate per (b, n2) in the
-working precision: extra memory is Skv_b·(D + Dr + Dv) accumulator elements
-plus a few tiles.
+Loop order: per batch b, per group of up to MAX_BWD_HEADS KV heads (batched
+matmuls), per query tile (the G query heads of a KV head stacked into one row
+block, so every matmul serves the whole GQA group and dK/dV sum over the group
+for free), per key tile with work (blocks.key_blocks). dQ of a query tile
+accumulates locally; dK/dV accumulate per (b, KV heads) in the working
+precision: extra memory is H·Skv_b·(D + Dr + Dv) accumulator elements plus a
+few tiles.
 
 Rope parts are concatenated per tile ([Q | Qr]·[K | Kr]ᵀ = Q·Kᵀ + Qr·Krᵀ, one
 fp32 accumulation instead of two added fp32 results), the scale is folded
@@ -36,6 +37,9 @@ from .rounding import BF16, round_bf16_away_inplace, store_into
 
 __all__ = ["attention_backward"]
 
+# KV heads per step of the backward (the comment at its loop)
+MAX_BWD_HEADS = 4
+
 
 def attention_backward(call: FagCall, precision: str = "device",
                        blocks: BlockSizes | None = None, progress=None) -> FagGrads:
@@ -60,12 +64,13 @@ def attention_backward(call: FagCall, precision: str = "device",
     def per_head_bytes(skv):          # dK/dV accumulators and the key side of one KV head
         return 2 * skv * (d_qk + dv + 2) * itemsize
 
-    # Tiles are [H, G*rows, C] for H KV heads at a time (batch_heads), but the backward runs
-    # one KV head per step: batched (T = 256, N = 8) it measured slower, 11.3 vs 8.4 ms CPU,
-    # its user time lower but its larger gathers page-faulted afresh on every call once
-    # torch was imported (~2,000 minor faults per call); the forward gains (3.0 vs 4.6 ms).
+    # Tiles are [H, G*rows, C] for H KV heads at a time (batch_heads), H at most
+    # MAX_BWD_HEADS: all 8 heads of a short sequence at once (T = 256, N = 8) page-faulted
+    # afresh on every call (~2,000 minor faults per call, slower than one head per step);
+    # 4 at a time did not fault and measured ~8 % faster than one at a time.
     for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
-                                                                    per_head_bytes, 1):
+                                                                    per_head_bytes,
+                                                                    MAX_BWD_HEADS):
         nh = n2.stop - n2.start
         max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
         sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
@@ -93,7 +98,7 @@ def attention_backward(call: FagCall, precision: str = "device",
             o_t = gather_heads(call.attention_in, rows, hs, work).reshape(nh, -1, dv)
             np.negative(np.einsum("hrc,hrc->hr", dy_aug[..., :dv], o_t)[..., None],
                         out=dy_aug[..., dv:])
-            acc_q = np.zeros(q_cat.shape, work)   # [dQ | dQr], unscaled
+            acc_q = None   # [dQ | dQr], unscaled: a first tile over every row gives it
             for r0, r1, j0, j1, masked, key_tile in work_tiles:
                 k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
                 k_cat = k_aug[..., :d_qk]
@@ -116,9 +121,14 @@ def attention_backward(call: FagCall, precision: str = "device",
                 acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
                 acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
                 part = ds @ k_cat
-                if part.shape[1] == acc_q.shape[1]:
-                    acc_q += part
+                if part.shape[1] == q_cat.shape[1]:
+                    if acc_q is None:
+                        acc_q = part
+                    else:
+                        acc_q += part
                 else:
+                    if acc_q is None:
+                        acc_q = np.zeros(q_cat.shape, work)
                     row_part(acc_q, group, r0, r1)[...] += part.reshape(nh, group, r1 - r0, -1)
             _finish(acc_q, scale, device)
             scatter_heads(grads.dq, rows, hs, acc_q[..., :d].reshape(-1, d))
