@@ -77,20 +77,30 @@ static aclError ok(const char *fn)
     return ACL_SUCCESS;
 }
 
-STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr)
+/* What both package queries check first: failure injection, NULL arguments, and a package
+ * a toolkit install knows (anything else is not installed). 0 or the aclError. */
+static int32_t package_query(const char *fn, const char *pkg, const void *out, const char *out_name)
 {
-    int32_t code = injected(__func__);
+    int32_t code = injected(fn);
     if (code != 0) {
         return code;
     }
-    if (pkgName == NULL || versionStr == NULL) {
-        aclStubInternalApi()->set_error("aclsysGetVersionStr: pkgName and versionStr must not be NULL");
+    if (pkg == NULL || out == NULL) {
+        aclStubInternalApi()->set_error("%s: pkgName and %s must not be NULL", fn, out_name);
         return ACL_ERROR_INVALID_PARAM;
     }
-    /* the packages a toolkit install knows; anything else is not installed */
-    if (!known_package(pkgName)) {
-        aclStubInternalApi()->set_error("aclsysGetVersionStr: package '%.64s' is not installed", pkgName);
+    if (!known_package(pkg)) {
+        aclStubInternalApi()->set_error("%s: package '%.64s' is not installed", fn, pkg);
         return ACL_ERROR_INVALID_PARAM;
+    }
+    return 0;
+}
+
+STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr)
+{
+    int32_t code = package_query(__func__, pkgName, versionStr, "versionStr");
+    if (code != 0) {
+        return code;
     }
     release_text(versionStr, STUB_PKG_VERSION_MAX);
     return ok(__func__);
@@ -98,17 +108,9 @@ STUB_API aclError aclsysGetVersionStr(char *pkgName, char *versionStr)
 
 STUB_API aclError aclsysGetVersionNum(char *pkgName, int32_t *versionNum)
 {
-    int32_t code = injected(__func__);
+    int32_t code = package_query(__func__, pkgName, versionNum, "versionNum");
     if (code != 0) {
         return code;
-    }
-    if (pkgName == NULL || versionNum == NULL) {
-        aclStubInternalApi()->set_error("aclsysGetVersionNum: pkgName and versionNum must not be NULL");
-        return ACL_ERROR_INVALID_PARAM;
-    }
-    if (!known_package(pkgName)) {
-        aclStubInternalApi()->set_error("aclsysGetVersionNum: package '%.64s' is not installed", pkgName);
-        return ACL_ERROR_INVALID_PARAM;
     }
     int r = stub_release();
     *versionNum = (int32_t)(r / 100 * 1000000 + r / 10 % 10 * 10000 + r % 10 * 100);
