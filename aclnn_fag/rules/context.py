@@ -63,7 +63,7 @@ class Context:
     @cached_property
     def sampler(self):
         """The bounded reader of device-resident data, one per validated call."""
-        from .device_sample import Sampler
+        from .data_rules import Sampler
         return Sampler()
 
 

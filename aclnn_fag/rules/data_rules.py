@@ -1,10 +1,10 @@
 """The rules that read tensor data -- S6 (canonical compressed mask), S8 (8 equal statistic
 copies), S9 (statistics in the device's layout) -- and the statistics-mismatch warning.
 
-Host arrays are read directly, never copied in proportion to their size (the mask slice in
-row chunks, the statistics in bounded chunks, S9 a few sampled rows); device-resident arrays
-(DeviceArray) through the call's bounded :class:`~.device_sample.Sampler`. The predicates
-follow :mod:`.checks`' convention (nothing when the rule holds, else the message's fields).
+Host arrays are read in place, never copied in proportion to their size. Device-resident
+arrays (DeviceArray, NPU tensors) are read through a :class:`Sampler`: a few small ranges,
+at most ``DEVICE_SAMPLE_BYTES`` per call (docs/validation.md, "What S9 samples"). The
+predicates follow :mod:`.checks`' convention (nothing when the rule holds, else the fields).
 """
 
 from __future__ import annotations
@@ -15,35 +15,36 @@ import warnings
 
 import numpy as np
 
+from ..constants import BF16
 from ..errors import SoftmaxStatsMismatchWarning, caller_stacklevel
-from ..masks import is_canonical_compressed, is_package_mask
+from ..masks import COMPRESSED_SIZE, is_canonical_compressed, is_package_mask
 from ..semantics.sparse import COMPRESSED_MODES, batch_keep
 from ..softmax_layout import COPIES
 from .arguments import is_device
 from .checks import check
-from .row_lse import rows_lse
 
 __all__ = ["STATS_LAYOUT_SAMPLES", "STATS_LAYOUT_MAX_SKV", "STATS_LAYOUT_KEY_CHUNK",
-           "STATS_MISMATCH_TOLERANCE", "S8_SAMPLED", "fits", "warn_stats_mismatch"]
+           "DEVICE_SAMPLE_BYTES", "Sampler", "fits", "warn_stats_mismatch"]
 
-# S9: how many (row, head) samples are checked at most, and the longest KV sequence sampled.
+# S9: how many (row, head) samples are checked at most, and the longest KV sequence sampled
 STATS_LAYOUT_SAMPLES = 8
 STATS_LAYOUT_MAX_SKV = 65536
-STATS_LAYOUT_KEY_CHUNK = 4096
+STATS_LAYOUT_KEY_CHUNK = 4096       # keys widened at once (host arrays)
 # SoftmaxStatsMismatchWarning: how far (relative) max + log(sum) may fall below the recomputed
 # log-sum-exp -- fp32 statistics of a bf16 forward agree to about 1e-6
 STATS_MISMATCH_TOLERANCE = 1e-3
-S8_SAMPLED = " (found in a sample of the device array)"
-_S8_CHUNK = 1 << 20          # S8: statistics elements compared per chunk (host arrays)
-_F32 = np.dtype(np.float32)
-_ND = np.ndarray
+DEVICE_SAMPLE_BYTES = 16 << 10      # device bytes read per validated call, at most
+_ROW_BYTES = 2048                   # one read of S6
+_S8_RUN = 16                        # (token, head) entries per S8 read of a device array
+_S8_CHUNK = 1 << 20                 # statistics elements compared at once (host arrays)
+_F32, _U16, _ND = np.dtype(np.float32), np.dtype(np.uint16), np.ndarray
 
 
-# ---------------------------------------------------------------- S6
 def _on_device(a) -> bool:
     return type(a) is not _ND and is_device(a)
 
 
+# ---------------------------------------------------------------- S6
 def _compressed_mask_checked(c) -> bool:
     return c.sparse_mode in COMPRESSED_MODES and not is_package_mask(c.atten_mask)
 
@@ -88,7 +89,8 @@ def _copies_equal(c):
             continue
         if _on_device(stats):
             if not c.sampler.stats_copies_equal(stats):
-                return {"name": name, "copies": COPIES, "sampled": S8_SAMPLED}
+                return {"name": name, "copies": COPIES,
+                        "sampled": " (found in a sample of the device array)"}
         elif not _host_copies_equal(stats):
             return {"name": name, "copies": COPIES, "sampled": ""}
     return None
@@ -98,10 +100,9 @@ def _host_copies_equal(stats) -> bool:
     """Zero-stride axes are read once; the rest in chunks of bounded size."""
     if stats.flags.c_contiguous and stats.size <= _S8_CHUNK:     # the common case, at once
         if stats.dtype == _F32:
-            # every copy bitwise equal to the next one within its row: the neighbours of
-            # the flat array compared as 32-bit words, the row boundaries (every 8th
-            # comparison) left out; anything else (a difference, -0.0 beside 0.0, NaN
-            # payloads) is judged by the float comparison below
+            # every copy bitwise equal to the next one in its row: neighbours compared as
+            # 32-bit words, the row boundaries (every 8th comparison) left out; anything else
+            # (-0.0 beside 0.0, NaN payloads) is judged by the float comparisons below
             flat = stats.reshape(-1).view(np.uint32)
             differ = np.not_equal(flat[1:], flat[:-1])
             if np.count_nonzero(differ) == np.count_nonzero(differ[COPIES - 1::COPIES]):
@@ -124,13 +125,36 @@ def _host_copies_equal(stats) -> bool:
 # ---------------------------------------------------------------- S9
 def fits(m, l, lse) -> bool:
     """max + log(sum) equals ``lse`` within 1e-3 relative; False for a sum <= 0 or NaN and a
-    lse that is not finite -- and for an infinite or NaN max or sum, through the arithmetic
-    (inf or NaN is never within the finite tolerance). The criterion of S9 on host arrays
-    and on the device sample."""
+    lse that is not finite (an infinite or NaN max or sum never fits, through the arithmetic)."""
     m, l = float(m), float(l)
     if not (l > 0 and math.isfinite(lse)):
         return False
     return abs(m + math.log(l) - lse) <= 1e-3 * max(1.0, abs(lse))
+
+
+def _f32_beside(a, b) -> np.ndarray:
+    """[a | b] along the last axis as a new float32 array; bfloat16 widened exactly by moving
+    its 16 bits to the top of a 32-bit word (no element-wise ml_dtypes cast)."""
+    d = a.shape[-1]
+    bits = a.dtype == BF16 and b.dtype == BF16
+    out = np.empty(a.shape[:-1] + (d + b.shape[-1],), np.uint32 if bits else np.float32)
+    if not bits:
+        out[..., :d], out[..., d:] = a, b
+        return out
+    out[..., :d], out[..., d:] = a.view(_U16), b.view(_U16)
+    out <<= 16
+    return out.view(np.float32)
+
+
+def _lse(s, scale32) -> float:
+    """The log-sum-exp of a row's scores ``scale32 * s`` (``s``: the float32 dot products,
+    scaled in place in float32, as the device rounds them), summed in float64; NaN when the
+    top score is not finite."""
+    s *= scale32
+    top = float(s.max())
+    if not math.isfinite(top):
+        return math.nan
+    return top + math.log(float(np.exp(np.subtract(s, top, dtype=np.float64)).sum()))
 
 
 @check("S9")
@@ -140,11 +164,9 @@ def _stats_layout(c):
     For each sample the two readings of the [T1, N1, 8] arrays are taken: the device's
     (flat (qStart·N1 + h·Sq_b + i)·8) and the token-major one (flat ((qStart + i)·N1 + h)·8).
     A reading fits when max + log(sum) equals the row's log-sum-exp of scale·S over the kept
-    keys within 1e-3 relative. Rejected: every checked sample fits the token-major reading
-    and none fits the device's. Samples where the two readings coincide or the row has no
-    kept key are skipped. Host arrays are read directly (:class:`HostReader`), device arrays
-    through the call's bounded sampler; the rows recomputed on host arrays are kept in
-    ``c.samples`` [(b, i, h, lse, max, sum)] for the mismatch warning."""
+    keys. Rejected: every checked sample fits the token-major reading and none the device's.
+    The rows recomputed on host arrays are kept in ``c.samples`` [(b, i, h, lse, max, sum)]
+    for the mismatch warning."""
     nd = _ND
     if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
             and type(c.key_rope) is nd and type(c.softmax_max) is nd
@@ -155,15 +177,15 @@ def _stats_layout(c):
         reader = c.sampler
     else:
         return None       # host and device arrays mixed (a FagPlan's inputs): not sampled
-    samples, checked, device_fits, token_fits = _votes(c, reader)
+    samples, rejected = _votes(c, reader)
     if reader is HOST:
         c.samples = samples
-    return checked and device_fits == 0 and token_fits == checked
+    return rejected
 
 
 class HostReader:
-    """S9's reads of host arrays: every sampled row is affordable, up to
-    ``STATS_LAYOUT_SAMPLES`` rows are checked, their log-sum-exps recomputed together."""
+    """S9's reads of host arrays: every sampled row affordable, up to STATS_LAYOUT_SAMPLES
+    checked, each row's keys widened STATS_LAYOUT_KEY_CHUNK at a time."""
 
     max_samples = STATS_LAYOUT_SAMPLES
     sampled = False
@@ -183,8 +205,16 @@ class HostReader:
         return sel + j0 if sel.size else None
 
     @staticmethod
-    def lses(q, qr, k, kr, rows, scale32) -> list:
-        return rows_lse(q, qr, k, kr, rows, scale32, STATS_LAYOUT_KEY_CHUNK)
+    def lse(q, qr, k, kr, row, scale32) -> float:
+        t, h, n2, keys = row
+        step = STATS_LAYOUT_KEY_CHUNK
+        if type(keys) is tuple:
+            parts = [slice(j, min(j + step, keys[1])) for j in range(keys[0], keys[1], step)]
+        else:
+            parts = [keys[j:j + step] for j in range(0, len(keys), step)]
+        query = _f32_beside(q[t, h], qr[t, h])
+        s = [_f32_beside(k[p, n2], kr[p, n2]) @ query for p in parts]
+        return _lse(s[0] if len(s) == 1 else np.concatenate(s), scale32)
 
 
 HOST = HostReader()
@@ -195,15 +225,18 @@ _batch_keep = functools.lru_cache(maxsize=1024)(batch_keep)
 
 
 def _votes(c, reader):
-    """(samples, checked, device_fits, token_fits) of S9 through ``reader`` (docs/validation.md,
-    "What S9 samples"): in each batch the rows (0, N1 - 1), (Sq/2, N1/2), (Sq - 1, 0) the
-    reader affords, until ``reader.max_samples`` are checked."""
+    """(samples, rejected) of S9 through ``reader`` (docs/validation.md, "What S9 samples"):
+    in each batch the rows (0, N1 - 1), (Sq/2, N1/2), (Sq - 1, 0) the reader affords, until
+    ``reader.max_samples`` are checked -- or until the first checked row fits the device's
+    reading (the call can no longer be rejected; it is then the only sample). Rows whose two
+    readings give the same values are recomputed for the warning only (host arrays, at most
+    STATS_LAYOUT_SAMPLES, at the end)."""
     q, qr, k, kr, mask, seqs = c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.seqs
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
     width = (q.shape[2] + qr.shape[2]) * k.itemsize      # bytes of one key (k and k_rope)
-    picked, rows, lses = [], [], []     # (b, i, h, dm, dl, tm, tl, same); lses rows; lse
     scale32 = np.float32(c.scale_value)
-    checked = same_rows = 0
+    samples = []                  # (b, i, h, lse or the row still to recompute, max, sum)
+    checked = device_fits = token_fits = same_rows = 0
     item, smax, ssum = reader.item, c.softmax_max, c.softmax_sum
     for b in range(seqs.batch):
         sq, skv = seqs.sq[b], seqs.skv[b]
@@ -228,37 +261,26 @@ def _votes(c, reader):
                 keys = reader.kept_keys(mask, seqs, n1, b, h, i, skv, keys)
                 if keys is None:
                     continue
-            picked.append((b, i, h, dm, dl, tm, tl, same))
-            rows.append((qs + i, h, h // group,
-                         (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks))
-            lses.append(None)
+            row = (qs + i, h, h // group,
+                   (ks + keys[0], ks + keys[1]) if type(keys) is tuple else keys + ks)
             if same:
                 same_rows += 1
+                samples.append((b, i, h, row, dm, dl))
                 continue
-            if not checked:
-                # the first checked row, recomputed at once: when its statistics fit the
-                # device's reading the call can no longer be rejected, and they describe the
-                # scores where checked -- done (the common case costs one row)
-                lse = lses[-1] = reader.lses(q, qr, k, kr, rows[-1:], scale32)[0]
-                if fits(dm, dl, lse):
-                    return [(b, i, h, lse, dm, dl)], 1, 1, 0
+            lse = reader.lse(q, qr, k, kr, row, scale32)
+            if not checked and fits(dm, dl, lse):
+                return [(b, i, h, lse, dm, dl)], False
+            samples.append((b, i, h, lse, dm, dl))
             checked += 1
+            device_fits += fits(dm, dl, lse)
+            token_fits += fits(tm, tl, lse)
             if checked >= reader.max_samples:
                 break
         if checked >= reader.max_samples:
             break
-    rest = [r for r, lse in enumerate(lses) if lse is None]
-    if rest:                    # every other sampled row, recomputed together
-        for r, lse in zip(rest, reader.lses(q, qr, k, kr, [rows[r] for r in rest], scale32)):
-            lses[r] = lse
-    device_fits = token_fits = 0
-    samples = []
-    for (b, i, h, dm, dl, tm, tl, same), lse in zip(picked, lses):
-        samples.append((b, i, h, lse, dm, dl))
-        if not same:
-            device_fits += fits(dm, dl, lse)
-            token_fits += fits(tm, tl, lse)
-    return samples, checked, device_fits, token_fits
+    samples = [(b, i, h, reader.lse(q, qr, k, kr, x, scale32) if type(x) is tuple else x, m, l)
+               for b, i, h, x, m, l in samples]
+    return samples, checked and device_fits == 0 and token_fits == checked
 
 
 def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
@@ -275,13 +297,134 @@ def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
     return mask[np.unravel_index(np.arange(start, start + skv, dtype=np.int64), mask.shape)] != 0
 
 
+# ---------------------------------------------------------------- device-resident inputs
+class _Budget(Exception):
+    """The next read would exceed the byte budget."""
+
+
+class Sampler:
+    """Bounded reads of device arrays for one validated call (``bytes_read`` counts them):
+    S6 reads rows 0, 1023 and 2047 of the compressed mask (a window around the diagonal of a
+    strided one), S8 three runs of 16 (token, head) entries of each statistic, S9 at most two
+    rows whose kept keys fit the remaining budget (a 2-D mask or none)."""
+
+    max_samples = 2
+    sampled = True
+
+    def __init__(self, budget: int = DEVICE_SAMPLE_BYTES) -> None:
+        self.budget = budget
+        self.bytes_read = 0
+        self._pending = 0               # bytes set aside for S9's rows (affords)
+
+    def _raw(self, da, start: int, count: int) -> np.ndarray:
+        """``count`` storage elements from element ``start`` of the view (one copy)."""
+        nbytes = count * da.itemsize
+        if self.bytes_read + nbytes > self.budget:
+            raise _Budget()
+        host = np.empty(count, da.dtype)
+        da.buffer.copy_to_host(host.ctypes.data, nbytes, (da.offset + start) * da.itemsize)
+        self.bytes_read += nbytes
+        return host
+
+    def strided(self, da, start: int, step: int, n: int) -> np.ndarray:
+        """n elements at storage positions start + k * step (relative to the view's offset)."""
+        if n <= 0:
+            return np.empty(0, da.dtype)
+        if step == 0:
+            return np.repeat(self._raw(da, start, 1), n)
+        span = (n - 1) * step + 1
+        if span * da.itemsize <= 2 * _ROW_BYTES:
+            return self._raw(da, start, span)[::step]
+        return np.concatenate([self._raw(da, start + k * step, 1) for k in range(n)])
+
+    def compressed_mask_is_canonical(self, mask) -> bool:
+        """Sampled S6: rows 0, 1023 and 2047 (or windows of them) equal the canonical rows."""
+        rs, cs = mask.strides[-2], mask.strides[-1]     # a 4-D mask: its slice [0, 0]
+        cols = np.arange(COMPRESSED_SIZE)
+        for r in (0, COMPRESSED_SIZE // 2 - 1, COMPRESSED_SIZE - 1):
+            if cs * mask.itemsize <= 1:
+                c0, c1 = 0, COMPRESSED_SIZE
+            else:                                    # a window around the diagonal
+                half = max(1, _ROW_BYTES // (2 * max(1, cs) * mask.itemsize))
+                c0, c1 = max(0, r - half), min(COMPRESSED_SIZE, r + half + 1)
+            row = self.strided(mask, r * rs + c0 * cs, cs, c1 - c0)
+            if not np.array_equal(row != 0, cols[c0:c1] > r):
+                return False
+        return True
+
+    def stats_copies_equal(self, stats) -> bool:
+        """Sampled S8: three runs of (token, head) entries have 8 equal copies."""
+        t, n, _ = stats.shape
+        s0, s1, s2 = stats.strides
+        if s2 == 0 or t * n == 0:
+            return True
+        entries = t * n
+        merged = (s1 == COPIES * s2 and (n == 1 or s0 == n * s1)) or t == 1
+        for e0 in sorted({0, max(0, entries // 2 - _S8_RUN // 2), max(0, entries - _S8_RUN)}):
+            run = min(_S8_RUN, entries - e0)
+            if merged and s2 == 1:
+                first = (e0 // n) * s0 + (e0 % n) * s1
+                vals = self._raw(stats, first, run * COPIES).reshape(run, COPIES)
+            else:
+                vals = np.stack([self.strided(stats, (e // n) * s0 + (e % n) * s1, s2, COPIES)
+                                 for e in range(e0, e0 + min(run, 2))])
+            if not np.array_equal(vals, np.broadcast_to(vals[:, :1], vals.shape), equal_nan=True):
+                return False
+        return True
+
+    def affords(self, keys: int, width: int) -> bool:
+        """Whether a row of ``keys`` keys (``width`` bytes each, its query row and statistics
+        beside) still fits the budget; if so its bytes are set aside."""
+        cost = keys * width + width + 64
+        if self.bytes_read + self._pending + cost > self.budget:
+            return False
+        self._pending += cost
+        return True
+
+    def item(self, stats, flat: int):
+        index = np.unravel_index(flat, stats.shape)
+        return self._raw(stats, sum(int(i) * s for i, s in zip(index, stats.strides)), 1)[0]
+
+    def kept_keys(self, mask, seqs, n1, b, h, i, skv, band):
+        """The unmasked keys of row i within ``band`` (a 2-D mask; packed ragged 4-D masks
+        are not sampled: None)."""
+        if mask.ndim != 2:
+            return None
+        (j0, j1), (ms0, ms1) = band, mask.strides
+        sel = np.flatnonzero(self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0) == 0)
+        return sel + j0 if sel.size else None
+
+    def lse(self, q, qr, k, kr, row, scale32) -> float:
+        """The row's log-sum-exp (NaN when a read would exceed the budget)."""
+        t, h, n2, keys = row
+        a, e = keys if type(keys) is tuple else (int(keys[0]), int(keys[-1]) + 1)
+        try:
+            query = _f32_beside(*(self.strided(x, t * x.strides[0] + h * x.strides[1],
+                                               x.strides[2], x.shape[2]) for x in (q, qr)))
+            both = _f32_beside(self._rows(k, a, e - a, n2), self._rows(kr, a, e - a, n2))
+        except _Budget:
+            return math.nan
+        return _lse((both if type(keys) is tuple else both[keys - a]) @ query, scale32)
+
+    def _rows(self, a, t0: int, count: int, head: int) -> np.ndarray:
+        """a[t0:t0+count, head] as a host [count, width] array (one read when the range is
+        small, else row by row)."""
+        s0, s1, s2 = a.strides
+        width, start = a.shape[2], t0 * s0 + head * s1
+        span = (count - 1) * s0 + (width - 1) * s2 + 1
+        if span * a.itemsize <= min(self.budget - self.bytes_read, 4 * _ROW_BYTES):
+            return np.lib.stride_tricks.as_strided(
+                self._raw(a, start, span), (count, width), (s0 * a.itemsize, s2 * a.itemsize),
+                writeable=False).copy()
+        return np.stack([self.strided(a, start + r * s0, s2, width) for r in range(count)])
+
+
 # ---------------------------------------------------------------- the mismatch warning
 def warn_stats_mismatch(samples, scale_value) -> None:
     """SoftmaxStatsMismatchWarning when a sampled row's statistics give max + log(sum) below
-    the log-sum-exp of the row's scaled scores: its probabilities exp(S - max) / sum would sum
-    to more than 1, which no softmax does (a wrong scale_value, other inputs or another mask).
-    A larger max + log(sum) is not reported: statistics over more keys than this call sees
-    (context parallelism, ring attention) are legitimate."""
+    the log-sum-exp of the row's scaled scores: its probabilities would sum to more than 1
+    (a wrong scale_value, other inputs or another mask). A larger max + log(sum) is fine:
+    statistics over more keys (context parallelism, ring attention) are legitimate."""
     isfinite = math.isfinite
     for b, i, h, lse, m, l in samples:
         if isfinite(m) and isfinite(l) and l > 0:

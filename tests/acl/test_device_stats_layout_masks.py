@@ -12,7 +12,7 @@ import aclnn_fag.acl as acl
 from aclnn_fag import softmax_layout
 from acl_cases import assert_grads_close, make_problem
 from test_device_tensors import counting, on_device
-from aclnn_fag.rules.device_sample import DEVICE_SAMPLE_BYTES
+from aclnn_fag.rules.data_rules import DEVICE_SAMPLE_BYTES
 
 
 def _token_major(p):

@@ -12,7 +12,7 @@ import pytest
 
 import aclnn_fag as af
 import aclnn_fag.acl as acl
-from aclnn_fag.rules.device_sample import DEVICE_SAMPLE_BYTES
+from aclnn_fag.rules.data_rules import DEVICE_SAMPLE_BYTES
 from acl_cases import BF16, assert_grads_close, make_problem
 from fake_npu import FakeNpuTensor, rope_views
 

@@ -5,15 +5,18 @@ the table: run ``python3 scripts/gen_rules.py`` and commit the result."""
 
 from __future__ import annotations
 
+import importlib.util
 import pathlib
 import re
 
-from aclnn_fag.rules import gen
 from aclnn_fag.rules.checks import CHECKS
 from aclnn_fag.rules.table import RULES, STUB_MESSAGES, rules_for
 from aclnn_fag.spec import BACKWARD_V3, FORWARD_V3, OPS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+_SPEC = importlib.util.spec_from_file_location("gen_rules", ROOT / "scripts" / "gen_rules.py")
+gen = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(gen)
 SRC = ROOT / "native_stubs" / "src"
 STUBS = {BACKWARD_V3.key: (SRC / "opapi_stub.c", "static aclnnStatus validate(", "FAIL_RULE"),
          FORWARD_V3.key: (SRC / "opapi_fwd_stub.c", "static aclnnStatus check_forward(",

@@ -1,5 +1,5 @@
-"""S9's sampled rows (rule S9 of aclnn_fag/rules/data_rules.py), which are recomputed together
-in a few numpy operations (aclnn_fag/rules/row_lse.py), against the rule written out here row by row:
+"""S9's sampled rows (rule S9 of aclnn_fag/rules/data_rules.py), each recomputed in a few numpy
+operations with its keys widened a bounded chunk at a time, against the rule written out here:
 the same (batch, row, head) samples in the same order, the same statistics read, each row's
 log-sum-exp equal to a per-row float32 computation and to the oracle forward's, and the
 same verdict (docs/validation.md, "What S9 samples")."""
@@ -15,7 +15,7 @@ import pytest
 
 import oracle as O
 from aclnn_fag.rules import data_rules as V
-from aclnn_fag.rules import driver, row_lse
+from aclnn_fag.rules import driver
 from aclnn_fag.errors import ParamInvalidError
 from aclnn_fag.seqlens import seq_info
 from aclnn_fag.semantics.sparse import band_index, normalize_tokens
@@ -238,23 +238,24 @@ def test_one_sampled_row_in_the_device_layout(cases, name):
 def test_statistics_that_fit_cost_one_row(cases, monkeypatch, name):
     """Device-layout statistics: the first checked row fits, so it is the only row
     recomputed; statistics of another scale: the first row does not fit and every sampled
-    row is recomputed (the first alone, then the others together)."""
+    row is recomputed, once each."""
     case = cases[name]
     calls = []
-    real = V.rows_lse
+    real = V.HOST.lse
 
-    def spy(q, qr, k, kr, rows, *rest):
-        calls.append(len(rows))
-        return real(q, qr, k, kr, rows, *rest)
-    monkeypatch.setattr(V, "rows_lse", spy)
+    def spy(q, qr, k, kr, row, scale32):
+        calls.append(row[:2])
+        return real(q, qr, k, kr, row, scale32)
+    monkeypatch.setattr(V.HOST, "lse", spy)
     _compare(case, case.softmax_max, case.softmax_sum)
-    assert calls == [1]
+    assert len(calls) == 1
     calls.clear()
     other = case.softmax_max * np.float32(0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         expected = _compare(case, other, case.softmax_sum)
-    assert len(expected) > 1 and calls == [1, len(expected) - 1]
+    rows = [(case.lay.q_starts[b] + i, h) for b, i, h, *_ in expected]
+    assert len(expected) > 1 and sorted(calls) == sorted(rows)
 
 
 def test_rows_without_kept_keys_are_skipped(cases):
@@ -289,76 +290,31 @@ def test_same_reading_rows_capped(cases):
     assert len(expected) == V.STATS_LAYOUT_SAMPLES and all(e[8] for e in expected)
 
 
-def _gathers_expected(case, expected):
-    """(keys gathered at once, kept keys in all): the band rows' kept keys of one key head
-    counted once (their ranges overlap or touch), a masked row's kept keys on their own."""
-    kept = O.all_kept(case.mode, case.lay, case.pre, case.nxt, case.mask, case.n1)
-    group = case.n1 // case.k.shape[1]
-    total = sum(int(kept[b, h][i].sum()) for b, i, h, *_ in expected)
-    if case.mode in (0, 1, 5):
-        return total, total
-    union = {(h // group, case.lay.kv_starts[b] + int(j))
-             for b, i, h, *_ in expected for j in np.flatnonzero(kept[b, h][i])}
-    return len(union), total
-
-
-@pytest.mark.parametrize("chunk, group", [(1, 1 << 16), (3, 20), (7, 1), (64, 30), (4096, 7)])
-def test_key_chunks_split_rows_anywhere(cases, monkeypatch, chunk, group):
-    """Keys gathered at once when they fit in a chunk (the rows' shared keys once), else a
-    few at a time (rows split across chunks, chunks spanning rows), and rows reduced in
-    groups: the same log-sum-exps, and no gather above the chunk."""
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64, 4096])
+def test_key_chunks_bound_every_gather(cases, monkeypatch, chunk):
+    """Each row's kept keys are widened at most STATS_LAYOUT_KEY_CHUNK at a time (rows split
+    into chunks anywhere), every kept key once: the same log-sum-exps as the rule's."""
     monkeypatch.setattr(V, "STATS_LAYOUT_KEY_CHUNK", chunk)
-    monkeypatch.setattr(row_lse, "_LSE_GROUP", group)
-    gathered = []                                     # (how, keys) per gather
-    score, widened = row_lse._score, row_lse._widened
+    gathered = []                                     # keys per widening of key rows
+    widen = V._f32_beside
 
-    def counting(arrays, rows, pieces, scores):
-        gathered.append(("chunk", sum(p[4] for p in pieces)))
-        return score(arrays, rows, pieces, scores)
-
-    def counting_once(arrays, rows, pieces, n):
-        gathered.append(("once", n))
-        return widened(arrays, rows, pieces, n)
-    one_row = row_lse._range_row_lse
-
-    def counting_one_row(arrays, row, n, scale32):       # one row's key range, at once
-        gathered.append(("once", n))
-        return one_row(arrays, row, n, scale32)
-    monkeypatch.setattr(row_lse, "_score", counting)
-    monkeypatch.setattr(row_lse, "_widened", counting_once)
-    monkeypatch.setattr(row_lse, "_range_row_lse", counting_one_row)
-    paths = set()
+    def counting(a, b):
+        if a.ndim == 2:
+            gathered.append(len(a))
+        return widen(a, b)
+    monkeypatch.setattr(V, "_f32_beside", counting)
     for name in ("gqa-mode3", "mode1-b1", "mode4-band", "mqa-mode3", "mqa-mode4"):
         case = cases[name]
+        kept = O.all_kept(case.mode, case.lay, case.pre, case.nxt, case.mask, case.n1)
         for stats in ((case.softmax_max, case.softmax_sum), _token_major(case)):
             gathered.clear()
             expected = _compare(case, *stats)
-            first = next(r for r, e in enumerate(expected) if not e[8])
-            # the first checked row alone; then (when it did not fit the device's reading)
-            # every other sampled row together
-            calls = [expected[first:first + 1], expected[:first] + expected[first + 1:]]
-            at = 0
-            for rows in calls:
-                if not rows:
-                    continue
-                union, total = _gathers_expected(case, rows)
-                if union <= chunk:
-                    assert gathered[at] == ("once", union)
-                    at += 1
-                else:
-                    n = -(-total // chunk)                          # no more than needed
-                    got = gathered[at:at + n]
-                    assert {how for how, _ in got} == {"chunk"}
-                    assert sum(k for _, k in got) == total and max(k for _, k in got) <= chunk
-                    at += n
-                paths.add(gathered[at - 1][0])
-            assert at == len(gathered)
-    # large chunks: always one gather per call; small ones: the chunked path taken too
-    assert paths == {"once"} if chunk >= 64 else "chunk" in paths
+            assert sum(gathered) == sum(int(kept[b, h][i].sum()) for b, i, h, *_ in expected)
+            assert max(gathered) <= chunk
 
 
 def _lse_row_alone(q, qr, k, kr, row, scale32) -> float:
-    """One row of rows_lse on its own: its keys' float32 [k | kr] times the float32 [q | qr]
+    """One row by hand: its keys' float32 [k | kr] times the float32 [q | qr]
     (one matrix-vector product, as the device rounds: the dot product to float32, then the
     scale in float32), the log-sum-exp in float64; NaN when the top score is not finite."""
     t, h, n2, keys = row
@@ -388,11 +344,10 @@ def _random_rows(rng, t1, n1, t2, group, count, masked_share):
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_rows_lse_against_each_row_alone(seed):
-    """rows_lse on random rows -- nested, overlapping, touching and disjoint key ranges of
-    several key heads (GQA, MQA), index arrays among them, queries sharing heads -- in one
-    gather and chunk by chunk, bfloat16 / float16 / float32, an infinite query element in one
-    row: each row's log-sum-exp equals the row computed on its own."""
+def test_row_lse_against_the_row_by_hand(seed, monkeypatch):
+    """The host rows' log-sum-exps on random rows -- key ranges and index arrays of several
+    key heads (GQA, MQA), in one gather and chunk by chunk, bfloat16 / float16 / float32, an
+    infinite query element in one row -- equal each row computed by hand."""
     import ml_dtypes
     rng = np.random.default_rng(100 + seed)
     dtype = (ml_dtypes.bfloat16, np.float16, np.float32)[seed % 3]
@@ -402,55 +357,19 @@ def test_rows_lse_against_each_row_alone(seed):
     q, qr = (rng.standard_normal((t1, n1, w)).astype(dtype) for w in (d, dr))
     k, kr = (rng.standard_normal((t2, n2, w)).astype(dtype) for w in (d, dr))
     rows = _random_rows(rng, t1, n1, t2, group, int(rng.integers(1, 17)), (0, 0.3, 1)[seed % 3])
-    # rows that nest and touch on purpose: one key head, ranges [0, 10), [3, 7), [10, 15)
     rows += [(1, 0, 0, (0, 10)), (2, 0, 0, (3, 7)), (3, 0, 0, (10, 15))]
     if seed % 2:
         q[rows[0][0], rows[0][1], 0] = np.inf             # a non-finite row (NaN) among them
     scale32 = np.float32(0.125 + seed / 7)
     want = [_lse_row_alone(q, qr, k, kr, r, scale32) for r in rows]
     for chunk in (1 << 20, 5):
-        got = row_lse.rows_lse(q, qr, k, kr, rows, scale32, chunk)
-        assert len(got) == len(want)
-        for g, w, r in zip(got, want, rows):
+        monkeypatch.setattr(V, "STATS_LAYOUT_KEY_CHUNK", chunk)
+        for w, r in zip(want, rows):
+            g = V.HOST.lse(q, qr, k, kr, r, scale32)
             if math.isnan(w):
                 assert math.isnan(g), r
             else:
                 assert g == pytest.approx(w, rel=1e-6, abs=1e-6), (chunk, r)
-    # one range row on its own (the short path S9's first check takes): the very value the
-    # general path gives that row among the others
-    together = row_lse.rows_lse(q, qr, k, kr, rows, scale32, 1 << 20)
-    for r, g in zip(rows, together):
-        if type(r[3]) is tuple:
-            alone = row_lse.rows_lse(q, qr, k, kr, [r], scale32, 1 << 20)
-            assert len(alone) == 1 and (alone[0] == g or (math.isnan(g) and math.isnan(alone[0])))
-
-
-def test_union_places_every_row_on_its_keys():
-    """_union: each row's keys are found, in order, at its position among the gathered keys
-    (a piece of its own key head); ranges merged only where they overlap or touch."""
-    rng = np.random.default_rng(7)
-    for _ in range(300):
-        rows = _random_rows(rng, 8, 6, int(rng.integers(1, 40)), 3, int(rng.integers(1, 17)),
-                            0.2)
-        pieces, first, total = row_lse._union(rows)
-        tokens, heads = [], []
-        for toks, n2, n in pieces:
-            got = np.arange(toks.start, toks.stop) if type(toks) is slice else toks
-            assert len(got) == n
-            tokens += list(got)
-            heads += [n2] * n
-        assert len(tokens) == total
-        for r, (_, _, n2, keys) in enumerate(rows):
-            want = list(range(*keys)) if type(keys) is tuple else list(keys)
-            at = slice(first[r], first[r] + len(want))
-            assert tokens[at] == want and set(heads[at]) == {n2}, (r, rows[r])
-        ranges = sorted((n2, toks.start, toks.stop) for toks, n2, _ in pieces
-                        if type(toks) is slice)
-        for (h0, _, e0), (h1, a1, _) in zip(ranges, ranges[1:]):
-            assert h0 != h1 or a1 > e0                # disjoint, not touching: not merged
-        covered = {(n2, j) for _, _, n2, keys in rows if type(keys) is tuple
-                   for j in range(*keys)}
-        assert sum(e - a for _, a, e in ranges) == len(covered)   # each key once
 
 
 def test_long_sequences_not_sampled(cases, monkeypatch):
@@ -501,16 +420,17 @@ def _segment_by_hand(scores, counts):
 
 
 @pytest.mark.parametrize("special", [None, np.nan, np.inf, -np.inf])
-def test_segment_lse_edge_values(special):
+def test_lse_edge_values(special):
     rng = np.random.default_rng(5)
     counts = [1, 4, 2, 9, 1]
     scores = (rng.standard_normal(sum(counts)) * 30).astype(np.float32)
     if special is not None:
         scores[2] = special                      # in the second segment
         scores[-1] = special                     # the last, one-element segment
+    offsets = np.cumsum([0] + counts)
     with warnings.catch_warnings():
         warnings.simplefilter("error")           # no RuntimeWarning from the NaN segments
-        got = row_lse.segment_lse(scores, counts)
+        got = [V._lse(scores[a:e].copy(), np.float32(1)) for a, e in zip(offsets, offsets[1:])]
     want = _segment_by_hand(scores, counts)
     assert len(got) == len(want)
     for g, w in zip(got, want):
@@ -525,7 +445,7 @@ def test_bf16_widening_is_exact():
     import ml_dtypes
     bits = np.arange(1 << 16, dtype=np.uint16)
     values = bits.view(ml_dtypes.bfloat16)
-    got = row_lse.as_f32(values)
+    got = V._f32_beside(values[:, None], values[:, None][:, :0])[:, 0]
     want = values.astype(np.float32)
     assert np.array_equal(got.view(np.uint32)[~np.isnan(want)],
                           want.view(np.uint32)[~np.isnan(want)])
