@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from aclnn_fag.constants import LIMITS  # noqa: E402
 from aclnn_fag.rules.data_rules import STATS_LAYOUT_MAX_SKV, STATS_LAYOUT_SAMPLES  # noqa: E402
-from aclnn_fag.rules.table import RULES, SECTIONS, citation, rules_for  # noqa: E402
+from aclnn_fag.rules.table import RULES, citation, rules_for, stub_formats  # noqa: E402
 from aclnn_fag.spec import BACKWARD_V3, FORWARD_V3  # noqa: E402
 
 PREFIX = {BACKWARD_V3.key: "BWD", FORWARD_V3.key: "FWD"}
@@ -35,7 +35,8 @@ def stub_header() -> str:
            " * status code and its message (a printf format), as FAIL_RULE(<OP>_<id>, ...) takes",
            " * them. */",
            "#ifndef ACLNN_FAG_STUB_RULE_TABLE_H", "#define ACLNN_FAG_STUB_RULE_TABLE_H", "",
-           "/* S3's documented limits (aclnn_fag/constants.py) and S9's sampling (data_rules.py) */"]
+           "/* S3's documented limits (aclnn_fag/constants.py) and S9's sampling (data_rules.py) "
+           "*/"]
     consts = dict(HEADS=LIMITS["max_heads"], HEAD_DIM=LIMITS["max_head_dim"],
                   TOKENS=LIMITS["max_tokens"], BATCH=LIMITS["max_batch"])
     out += [f"#define STUB_LIMIT_{k} {v}" for k, v in consts.items()]
@@ -44,7 +45,7 @@ def stub_header() -> str:
     for op in (BACKWARD_V3, FORWARD_V3):
         out.append(f"/* {op.phase1} */")
         for rule in rules_for(op.key):
-            for n, fmt in enumerate(rule.c_formats(op.key)):
+            for n, fmt in enumerate(stub_formats(op.key, rule)):
                 name = f"{PREFIX[op.key]}_{rule.id}" + (f"_{n + 1}" if n else "")
                 text = f"{op.phase1}: " + fmt.replace("{ref}", citation(rule.section))
                 out.append(f"#define {name} {_CODES[rule.code]}, {_c_string(text)}")
@@ -59,17 +60,25 @@ def _code(section: str) -> str:
     return "/".join(str(c) for c in sorted({r.code for r in device}, reverse=True))
 
 
-def docs_table(which: str) -> str:
-    """The table ``which`` ("device": rules 1-30, "own": S1-S9) of docs/validation.md."""
-    first = "rule" if which == "device" else "check"
+def docs_table(which: str, old: str) -> str:
+    """The table ``which`` ("device": rules 1-30, "own": S1-S9) of docs/validation.md: its
+    rows and their words ("what fails") as ``old`` has them, the code and the rows of the
+    table generated; a section of the backward's rows missing from ``old`` is an error."""
+    device = which == "device"
+    first = "rule" if device else "check"
+    rows = [line[2:-2].split(" | ")[:2] for line in old.strip().split("\n")[2:]]
+    prefix = "rule " if device else ""
+    wanted = {r.section for r in RULES
+              if BACKWARD_V3.key in r.ops and r.section.startswith("rule ") == device}
+    if {prefix + label for label, _ in rows} != wanted:
+        raise ValueError(f"docs/validation.md's {which} rule table needs one row for each of "
+                         f"{sorted(wanted)}")
     lines = [f"| {first} | what fails | code | table rows (aclnn_fag/rules/table.py) |",
              "|---|---|---|---|"]
-    for section, text in SECTIONS.items():
-        if section.startswith("rule ") != (which == "device"):
-            continue
+    for label, text in rows:
+        section = prefix + label
         ids = ", ".join(f"`{r.id}`" for r in RULES
                         if r.section == section and BACKWARD_V3.key in r.ops)
-        label = section[len("rule "):] if which == "device" else section
         lines.append(f"| {label} | {text} | {_code(section)} | {ids} |")
     return "\n".join(lines)
 
@@ -78,11 +87,10 @@ def update_docs(text: str) -> str:
     """docs/validation.md with its generated tables replaced by the current ones."""
     for which in ("device", "own"):
         begin, end = f"<!-- rules:{which} -->", f"<!-- rules:{which}:end -->"
-        pattern = re.escape(begin) + ".*?" + re.escape(end)
-        text = re.sub(pattern, lambda _m: f"{begin}\n{docs_table(which)}\n{end}", text,
-                      count=1, flags=re.S)
+        pattern = re.escape(begin) + "(.*?)" + re.escape(end)
+        text = re.sub(pattern, lambda m: f"{begin}\n{docs_table(which, m.group(1))}\n{end}",
+                      text, count=1, flags=re.S)
     return text
-
 
 TARGETS = {ROOT / "native_stubs" / "src" / "rule_table.h": lambda _old: stub_header(),
            ROOT / "docs" / "validation.md": update_docs}

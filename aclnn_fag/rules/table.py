@@ -1,24 +1,21 @@
 """Every validation rule of both ops, once, as data (docs/validation.md, docs/forward.md).
 
 One row per check, in the order the device evaluates them: an op runs the rows that name it,
-in table order (:func:`rules_for`). Each row carries its status code (0: the op succeeds
-without computing), the parameter it blames (``{name}``: the one the check names), whether
-it is stricter than the device, its message (a ``str.format`` template over the validated
-arguments and the fields its check returns; ``{ref}`` is the citation of ``section``), the
-section of the docs it enforces, whether it reads tensor data (skipped with
-``check_data=False``), the CANN releases it applies to (:func:`rules_for` keys on them), and
-the stand-in op's messages (printf formats per op, :data:`STUB_MESSAGES`). The checks are
-:mod:`.checks` and :mod:`.data_rules`; the driver :mod:`.driver`; the stub's header and the
-docs' rule tables are generated from here (:mod:`.gen`).
+in table order (:func:`rules_for`). A row holds its status code (0: the op succeeds without
+computing), the parameter it blames (``{name}``: the one its check names), whether it is
+stricter than the device, its message (a ``str.format`` template over the call and the
+fields its check returns; ``{ref}`` cites ``section``), its section of the docs, whether it
+reads tensor data and the CANN releases it applies to. :data:`STUB_MESSAGES` holds the
+stand-in op's printf formats per op and rule; scripts/gen_rules.py writes the stub's header
+and the docs' rule tables from this module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Dict, Optional, Tuple
+from typing import NamedTuple, Optional, Tuple
 
-__all__ = ["Rule", "RULES", "SECTIONS", "RELEASES", "EOD_RELEASES", "STUB_MESSAGES", "rules_for",
-           "citation", "release_key"]
+__all__ = ["Rule", "RULES", "RELEASES", "EOD_RELEASES", "STUB_MESSAGES", "rules_for",
+           "citation", "release_key", "stub_formats"]
 
 RELEASES = ("8.5", "9.0", "9.1")      # the CANN releases the rules are known for
 EOD_RELEASES = ("9.0", "9.1")         # those that check end-of-data padding (docs/releases.md)
@@ -27,8 +24,7 @@ BF = B + F
 NULLPTR, INVALID = 161001, 161002
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     id: str
     ops: Tuple[str, ...]
     code: int
@@ -38,12 +34,6 @@ class Rule:
     stricter: bool = False
     data: bool = False
     releases: Tuple[str, ...] = RELEASES
-    c_messages: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
-
-    def c_formats(self, op_key: str) -> Tuple[str, ...]:
-        """The stand-in op's messages of this rule for ``op_key`` (printf formats after the
-        phase-1 symbol and ": "; ``{ref}`` is the citation), () when the stub has none."""
-        return dict(self.c_messages).get(op_key, ())
 
 
 def citation(section: str) -> str:
@@ -67,8 +57,7 @@ _ROPE_BOTH = ("query_rope and key_rope are both None: V3 needs the rope inputs (
               "dereferences them and crashes; {ref})")
 
 
-def _r(id, ops, code, param, message, section, **kw) -> Rule:
-    return Rule(id, ops, code, param, message, section, **kw)
+_r = Rule
 
 
 RULES: Tuple[Rule, ...] = (
@@ -274,220 +263,150 @@ RULES: Tuple[Rule, ...] = (
        "S9", stricter=True, data=True),
 )
 
-# The stand-in op's messages (native_stubs/src/rule_table.h is generated from them): per rule,
-# per op, the printf formats its C checks report, in their order ("{ref}": the citation).
-_SB, _SF = B[0], F[0]
-STUB_MESSAGES: Dict[str, Dict[str, Tuple[str, ...]]] = {
-    "R1_null": {_SB: ('inputLayout is NULL (must be "TND") [stub addition: the real op crashes '
-                      'here]',)},
-    "R1": {_SB: ('inputLayout "%.32s" is not "TND" ({ref})',)},
-    "R2": {_SB: ("%s is NULL; it is required ({ref})",)},
-    "R4": {_SB: ("headNum %lld must be > 0 ({ref})",)},
-    "R5": {_SB: ("%s has %lld dims; tensors with fewer than 3 dims are not supported ({ref})",)},
-    "R6": {_SB: ("head dim of query (%lld) != head dim of keyIn (%lld) ({ref})",)},
-    "R7": {_SB: ("head dim of value (%lld) is larger than that of query (%lld) ({ref})",)},
-    "R8": {_SB: ("%s is NULL while %s is not; queryRope and keyInRope must both be given "
-                 "({ref})",)},
-    "R8_both": {_SB: ("queryRope and keyInRope are both NULL; V3 needs them (the real op "
-                      "dereferences them and crashes) ({ref})",)},
-    "R9": {_SB: ("rope head dim (queryRope %lld, keyInRope %lld) must not exceed the query head "
-                 "dim %lld ({ref})",)},
-    "R10": {_SB: ("query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must all be "
-                  "BF16 ({ref})",)},
-    "R11": {_SB: ("sparseMode 6 is not supported with queryRope/keyInRope ({ref})",)},
-    "R12": {_SB: ("attenMaskOptional is %s; V3 with rope requires an attention mask ({ref})",)},
-    "R13": {_SB: ("pseShiftOptional must be NULL with queryRope/keyInRope ({ref})",)},
-    "R14": {_SB: ("dropMaskOptional must be NULL with queryRope/keyInRope ({ref})",)},
-    "R15": {_SB: ("keepProb %g must be 1 ({ref})",)},
-    "R16": {_SB: ("query/keyIn/value: %s ({ref})",)},
-    "R18": {_SB: ("%s is missing (NULL or 0-dim); it is required ({ref})",)},
-    "R19": {_SB: ("headNum %lld != query.shape[1] %lld ({ref})",)},
-    "R17": {_SB: ("keepProb %g must be 1 ({ref})",)},
-    "R20": {_SB: ("softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT ({ref})",)},
-    "R20_attn": {_SB: ("attentionInOptional dtype %s != query dtype %s ({ref})",)},
-    "R21": {_SB: ("%s shape %s must be [T1, N1, 8] = [%lld,%lld,8] ({ref})",)},
-    "R21_attn": {_SB: ("attentionInOptional shape %s must match query shape %s except the last "
-                       "dim ({ref})",)},
-    "R22": {_SB: ("query shape %s has a zero T, N or D ({ref})",)},
-    "F1": {_SF: ("%s is NULL; it is required (forward rule F1)",)},
-    "F3": {_SF: ('inputLayout "%.32s" is not "TND" (forward rule F3)',)},
-    "F4": {_SF: ("the dtypes of query, key and value differ (forward rule F4)",)},
-    "F4_pse": {_SF: ("pseType %lld needs realShiftOptional (forward rule F4)",)},
-    "F4_pse_dtype": {_SF: ("realShiftOptional dtype differs from query's (forward rule F4)",)},
-    "F5_heads": {_SF: ("headNum %lld must be > 0 (forward rule F5)",)},
-    "F5_rank": {_SF: ("query must have 3 dims for TND, got %s (forward rule F5)",)},
-    "F5_kv_rank": {_SF: ("%s has fewer than 3 dims (forward rule F5) [stub addition]",)},
-    "F5_d": {_SF: ("head dim of query (%lld) != that of key (%lld) (forward rule F5)",)},
-    "F5_dv": {_SF: ("head dim of value (%lld) > that of query (%lld) (forward rule F5)",)},
-    "F5_max_d": {_SF: ("head dim %lld must be <= 768 (forward rule F5)",)},
-    "F6_rope": {_SF: ("exactly one of queryRope/keyRope is NULL (forward rule F6)",)},
-    "F6_rope_both": {_SF: ("queryRope and keyRope are both NULL (forward rule F6: the real op "
-                           "dereferences them and crashes) [stub addition]",)},
-    "F6_rope_rank": {_SF: ("%s has fewer than 3 dims (forward rule F6) [stub addition]",)},
-    "F6_dr": {_SF: ("rope head dim exceeds the query head dim %lld (forward rule F6)",)},
-    "F6_bf16": {_SF: ("query, queryRope, key, keyRope and value must all be BF16 (forward rule "
-                      "F6)",)},
-    "F6_sparse6": {_SF: ("sparseMode 6 is not supported with rope inputs (forward rule F6)",)},
-    "F6_mask": {_SF: ("attenMaskOptional is %s; rope inputs need a mask (forward rule F6)",)},
-    "F6_pse": {_SF: ("realShiftOptional must be NULL with rope inputs (forward rule F6)",)},
-    "F6_drop": {_SF: ("dropMaskOptional must be NULL with rope inputs (forward rule F6)",)},
-    "F6_keep": {_SF: ("keepProb %g must be 1 with rope inputs (forward rule F6)",)},
-    "F6_pad": {_SF: ("D=%lld / Dv=%lld would be padded, which rope inputs do not support "
-                     "(forward rule F6)",)},
-    "F7_keep": {_SF: ("keepProb %g must be in (0, 1] (forward rule F7)",)},
-    "F7_pse": {_SF: ("pseType %lld must be in [0, 4) (forward rule F7)",)},
-    "F8": {_SF: ("key must have 3 dims for TND, got %s (forward rule F8)",)},
-    "R23_q": {_SB: ("%s is NULL; TND needs both cumulative length arrays ({ref})",),
-              _SF: ("%s is NULL; TND needs both cumulative length arrays (forward rule F9)",)},
-    "R23_empty": {_SB: ("actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional (length "
-                        "%llu) must have the same non-zero length ({ref})",),
-                  _SF: ("the cumulative length arrays must have the same non-zero length (%llu, "
-                        "%llu) (forward rule F9)",)},
-    "R24_rank": {_SB: ("query must have 3 dims [T,N,D], got %s ({ref})",)},
-    "R24_n2": {_SB: ("keyIn head count N2=%lld must be > 0 and <= query head count N1=%lld "
-                     "({ref})",)},
-    "R24_mod": {_SB: ("query head count N1=%lld must be a multiple of keyIn head count N2=%lld "
-                      "(softmax shape check) ({ref})",)},
-    "R25_dy": {_SB: ("dy shape %s must match query shape %s except the last dim, which must be "
-                     "<= D ({ref})",)},
-    "R25_value": {_SB: ("value shape %s must match keyIn shape %s except the last dim, which "
-                        "must be <= that of keyIn ({ref})",)},
-    "R26": {_SB: ("sparseMode %lld must be in 0..8 ({ref})",)},
-    "R_eod": {_SB: ("actualSeqQLenOptional ends at %lld < T1 %lld and actualSeqKvLenOptional at "
-                    "%lld < T2 %lld: the last entries of both must be 0 (end-of-data padding, "
-                    "CANN >= 9.0) ({ref})",)},
-    "F_eod": {_SF: ("the last cumulative ends (%lld < T1 %lld, %lld < T2 %lld) need end-of-data "
-                    "padding in both arrays (CANN >= 9.0; forward tiling)",)},
-    "F10": {_SF: ("%s = %lld is below the sum of the sequence lengths (forward rule F10)",)},
-    "F11_heads": {_SF: ("headNum %lld != query dim 1 %lld (forward rule F11)",)},
-    "F11_n2": {_SF: ("key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)",)},
-    "F11_d": {_SF: ("head dim D is 0 (forward rule F11)",)},
-    "F11_mod": {_SF: ("N1=%lld must be a multiple of N2=%lld (forward rule F11)",)},
-    "F12": {_SF: ("pseType %lld must be 1 without realShiftOptional (forward rule F12)",)},
-    "R27_dtype": {_SB: ("attenMaskOptional dtype %s must be BOOL or UINT8 ({ref})",),
-                  _SF: ("attenMaskOptional must be BOOL or UINT8 (forward rule F12)",)},
-    "R27_rank": {_SB: ("attenMaskOptional must have 2 or 4 dims, got %s ({ref})",),
-                 _SF: ("attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)",)},
-    "R27_lead": {_SB: ("attenMaskOptional shape %s: the first two dims must be (B,N1), (B,1) or "
-                       "(1,1) with B=%lld, N1=%lld ({ref})",),
-                 _SF: ("attenMaskOptional %s: leading dims must be (B,N1), (B,1) or (1,1) with "
-                       "B=%lld (forward rule F12)",)},
-    "R27_compressed": {_SB: ("attenMaskOptional shape %s: for sparseMode %lld the last two dims "
-                             "must be %s ({ref})",),
-                       _SF: ("attenMaskOptional %s: sparseMode %lld needs last dims %s (forward "
-                             "rule F12)",)},
-    "F13": {_SF: ("sparseMode %lld must be in 0..8 (forward rule F13)",)},
-    "R28_mode0": {_SB: ("preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at "
-                        "batch %lld ({ref})",),
-                  _SF: ("preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at "
-                        "batch %lld (forward rule F14)",)},
-    "R29": {_SB: ("pseType %lld must be in [0,4) ({ref})",
-                  "pseType %lld must be 1 when pseShiftOptional is NULL ({ref})")},
-    "R30": {_SB: ("dy dtype %s != query dtype %s ({ref})",)},
-    "S1": {_SB: ("keyIn must have 3 dims [T2,N2,D], got %s [stub addition] ({ref})",)},
-    "S2": {_SB: ("%s last dim %lld must equal value head dim Dv=%lld [stub addition] ({ref})",)},
-    "SF1": {_SF: ("value %s must be [T2,N2,Dv] [stub addition SF1]",)},
-    "S3_heads": {_SB: ("beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and "
-                       "T2 %lld <= %lld, %lld sequences <= %d) [stub addition] ({ref})",),
-                 _SF: ("beyond the documented limits [stub addition S3]",)},
-    "S4": {_SB: ("%s must be non-negative non-decreasing cumulative ends; entry %llu is %lld "
-                 "[stub addition] ({ref})",
-                 "%s last cumulative end %lld exceeds %s = %lld [stub addition] ({ref})"),
-           _SF: ("%s must be non-negative non-decreasing cumulative ends [stub addition S4]",
-                 "the last cumulative end exceeds T [stub addition S4]")},
-    "S5_q": {_SB: ("queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub addition "
-                   "S5]",),
-             _SF: ("queryRope %s must be [T1,N1,Dr] [stub addition S5]",)},
-    "S5_k": {_SB: ("keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of "
-                   "queryRope) [stub addition] ({ref})",),
-             _SF: ("keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]",)},
-    "S5_dr": {_SB: ("rope head dim Dr=%lld must be a multiple of 8 [stub addition] ({ref})",),
-              _SF: ("rope head dim %lld must be a multiple of 8 [stub addition S5]",)},
-    "S6": {_SB: ("sparseMode %lld needs the canonical compressed mask (1 strictly above the "
-                 "diagonal) in the first 2048x2048 slice of attenMaskOptional [stub addition "
-                 "S6]",),
-           _SF: ("sparseMode %lld needs the canonical compressed mask [stub addition S6]",)},
-    "S7": {_SB: ("preTokens %lld + Sq - Skv of batch %lld overflows the kernel's int32 "
-                 "block-skip bound [stub addition] ({ref})",),
-           _SF: ("preTokens + Sq - Skv of batch %lld overflows the kernel's int32 block-skip "
-                 "bound [stub addition S7]",)},
-    "S8": {_SB: ("the 8 copies in the last dim of %s differ [stub addition] ({ref})",)},
-    "S9": {_SB: ("softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] broadcast to "
-                 "[T,N,8]); the op reads them per batch as [N,Sq_b,8] blocks [stub addition] "
-                 "({ref})",)},
+_STUB_B = {
+    "R1_null": 'inputLayout is NULL (must be "TND") [stub addition: the real op crashes here]',
+    "R1": 'inputLayout "%.32s" is not "TND" ({ref})',
+    "R2": "%s is NULL; it is required ({ref})",
+    "R4": "headNum %lld must be > 0 ({ref})",
+    "R5": "%s has %lld dims; tensors with fewer than 3 dims are not supported ({ref})",
+    "R6": "head dim of query (%lld) != head dim of keyIn (%lld) ({ref})",
+    "R7": "head dim of value (%lld) is larger than that of query (%lld) ({ref})",
+    "R8": "%s is NULL while %s is not; queryRope and keyInRope must both be given ({ref})",
+    "R8_both": "queryRope and keyInRope are both NULL; V3 needs them (the real op dereferences "
+               "them and crashes) ({ref})",
+    "R9": "rope head dim (queryRope %lld, keyInRope %lld) must not exceed the query head dim %lld "
+          "({ref})",
+    "R10": "query[%s], queryRope[%s], keyIn[%s], keyInRope[%s], value[%s] must all be BF16 "
+           "({ref})",
+    "R11": "sparseMode 6 is not supported with queryRope/keyInRope ({ref})",
+    "R12": "attenMaskOptional is %s; V3 with rope requires an attention mask ({ref})",
+    "R13": "pseShiftOptional must be NULL with queryRope/keyInRope ({ref})",
+    "R14": "dropMaskOptional must be NULL with queryRope/keyInRope ({ref})",
+    "R15": "keepProb %g must be 1 ({ref})",
+    "R16": "query/keyIn/value: %s ({ref})",
+    "R18": "%s is missing (NULL or 0-dim); it is required ({ref})",
+    "R19": "headNum %lld != query.shape[1] %lld ({ref})",
+    "R17": "keepProb %g must be 1 ({ref})",
+    "R20": "softmaxMaxOptional[%s] and softmaxSumOptional[%s] must be FLOAT ({ref})",
+    "R20_attn": "attentionInOptional dtype %s != query dtype %s ({ref})",
+    "R21": "%s shape %s must be [T1, N1, 8] = [%lld,%lld,8] ({ref})",
+    "R21_attn": "attentionInOptional shape %s must match query shape %s except the last dim "
+                "({ref})",
+    "R22": "query shape %s has a zero T, N or D ({ref})",
+    "R23_q": "%s is NULL; TND needs both cumulative length arrays ({ref})",
+    "R23_empty": "actualSeqQLenOptional (length %llu) and actualSeqKvLenOptional (length %llu) "
+                 "must have the same non-zero length ({ref})",
+    "R24_rank": "query must have 3 dims [T,N,D], got %s ({ref})",
+    "R24_n2": "keyIn head count N2=%lld must be > 0 and <= query head count N1=%lld ({ref})",
+    "R24_mod": "query head count N1=%lld must be a multiple of keyIn head count N2=%lld (softmax "
+               "shape check) ({ref})",
+    "R25_dy": "dy shape %s must match query shape %s except the last dim, which must be <= D "
+              "({ref})",
+    "R25_value": "value shape %s must match keyIn shape %s except the last dim, which must be <= "
+                 "that of keyIn ({ref})",
+    "R26": "sparseMode %lld must be in 0..8 ({ref})",
+    "R_eod": "actualSeqQLenOptional ends at %lld < T1 %lld and actualSeqKvLenOptional at %lld < "
+             "T2 %lld: the last entries of both must be 0 (end-of-data padding, CANN >= 9.0) "
+             "({ref})",
+    "R27_dtype": "attenMaskOptional dtype %s must be BOOL or UINT8 ({ref})",
+    "R27_rank": "attenMaskOptional must have 2 or 4 dims, got %s ({ref})",
+    "R27_lead": "attenMaskOptional shape %s: the first two dims must be (B,N1), (B,1) or (1,1) "
+                "with B=%lld, N1=%lld ({ref})",
+    "R27_compressed": "attenMaskOptional shape %s: for sparseMode %lld the last two dims must be "
+                      "%s ({ref})",
+    "R28_mode0": "preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at batch %lld "
+                 "({ref})",
+    "R29": ("pseType %lld must be in [0,4) ({ref})",
+            "pseType %lld must be 1 when pseShiftOptional is NULL ({ref})"),
+    "R30": "dy dtype %s != query dtype %s ({ref})",
+    "S1": "keyIn must have 3 dims [T2,N2,D], got %s [stub addition] ({ref})",
+    "S2": "%s last dim %lld must equal value head dim Dv=%lld [stub addition] ({ref})",
+    "S3_heads": "beyond the documented limits (N1 %lld <= %d, D %lld <= %d, T1 %lld and T2 %lld "
+                "<= %lld, %lld sequences <= %d) [stub addition] ({ref})",
+    "S4": ("%s must be non-negative non-decreasing cumulative ends; entry %llu is %lld [stub "
+           "addition] ({ref})",
+           "%s last cumulative end %lld exceeds %s = %lld [stub addition] ({ref})"),
+    "S5_q": "queryRope shape %s must be [T1, N1, Dr] = [%lld,%lld,%lld] [stub addition S5]",
+    "S5_k": "keyInRope shape %s must be [T2, N2, Dr] = [%lld,%lld,%lld] (Dr of queryRope) [stub "
+            "addition] ({ref})",
+    "S5_dr": "rope head dim Dr=%lld must be a multiple of 8 [stub addition] ({ref})",
+    "S6": "sparseMode %lld needs the canonical compressed mask (1 strictly above the diagonal) in "
+          "the first 2048x2048 slice of attenMaskOptional [stub addition S6]",
+    "S7": "preTokens %lld + Sq - Skv of batch %lld overflows the kernel's int32 block-skip bound "
+          "[stub addition] ({ref})",
+    "S8": "the 8 copies in the last dim of %s differ [stub addition] ({ref})",
+    "S9": "softmaxMaxOptional/softmaxSumOptional look token-major ([T,N] broadcast to [T,N,8]); "
+          "the op reads them per batch as [N,Sq_b,8] blocks [stub addition] ({ref})",
 }
-RULES = tuple(replace(r, c_messages=tuple(STUB_MESSAGES.get(r.id, {}).items())) for r in RULES)
+_STUB_F = {
+    "F1": "%s is NULL; it is required (forward rule F1)",
+    "F3": 'inputLayout "%.32s" is not "TND" (forward rule F3)',
+    "F4": "the dtypes of query, key and value differ (forward rule F4)",
+    "F4_pse": "pseType %lld needs realShiftOptional (forward rule F4)",
+    "F4_pse_dtype": "realShiftOptional dtype differs from query's (forward rule F4)",
+    "F5_heads": "headNum %lld must be > 0 (forward rule F5)",
+    "F5_rank": "query must have 3 dims for TND, got %s (forward rule F5)",
+    "F5_kv_rank": "%s has fewer than 3 dims (forward rule F5) [stub addition]",
+    "F5_d": "head dim of query (%lld) != that of key (%lld) (forward rule F5)",
+    "F5_dv": "head dim of value (%lld) > that of query (%lld) (forward rule F5)",
+    "F5_max_d": "head dim %lld must be <= 768 (forward rule F5)",
+    "F6_rope": "exactly one of queryRope/keyRope is NULL (forward rule F6)",
+    "F6_rope_both": "queryRope and keyRope are both NULL (forward rule F6: the real op "
+                    "dereferences them and crashes) [stub addition]",
+    "F6_rope_rank": "%s has fewer than 3 dims (forward rule F6) [stub addition]",
+    "F6_dr": "rope head dim exceeds the query head dim %lld (forward rule F6)",
+    "F6_bf16": "query, queryRope, key, keyRope and value must all be BF16 (forward rule F6)",
+    "F6_sparse6": "sparseMode 6 is not supported with rope inputs (forward rule F6)",
+    "F6_mask": "attenMaskOptional is %s; rope inputs need a mask (forward rule F6)",
+    "F6_pse": "realShiftOptional must be NULL with rope inputs (forward rule F6)",
+    "F6_drop": "dropMaskOptional must be NULL with rope inputs (forward rule F6)",
+    "F6_keep": "keepProb %g must be 1 with rope inputs (forward rule F6)",
+    "F6_pad": "D=%lld / Dv=%lld would be padded, which rope inputs do not support (forward rule "
+              "F6)",
+    "F7_keep": "keepProb %g must be in (0, 1] (forward rule F7)",
+    "F7_pse": "pseType %lld must be in [0, 4) (forward rule F7)",
+    "F8": "key must have 3 dims for TND, got %s (forward rule F8)",
+    "R23_q": "%s is NULL; TND needs both cumulative length arrays (forward rule F9)",
+    "R23_empty": "the cumulative length arrays must have the same non-zero length (%llu, %llu) "
+                 "(forward rule F9)",
+    "F_eod": "the last cumulative ends (%lld < T1 %lld, %lld < T2 %lld) need end-of-data padding "
+             "in both arrays (CANN >= 9.0; forward tiling)",
+    "F10": "%s = %lld is below the sum of the sequence lengths (forward rule F10)",
+    "F11_heads": "headNum %lld != query dim 1 %lld (forward rule F11)",
+    "F11_n2": "key heads N2=%lld must be >= 1 and <= N1=%lld (forward rule F11)",
+    "F11_d": "head dim D is 0 (forward rule F11)",
+    "F11_mod": "N1=%lld must be a multiple of N2=%lld (forward rule F11)",
+    "F12": "pseType %lld must be 1 without realShiftOptional (forward rule F12)",
+    "R27_dtype": "attenMaskOptional must be BOOL or UINT8 (forward rule F12)",
+    "R27_rank": "attenMaskOptional must have 2 or 4 dims, got %s (forward rule F12)",
+    "R27_lead": "attenMaskOptional %s: leading dims must be (B,N1), (B,1) or (1,1) with B=%lld "
+                "(forward rule F12)",
+    "R27_compressed": "attenMaskOptional %s: sparseMode %lld needs last dims %s (forward rule "
+                      "F12)",
+    "F13": "sparseMode %lld must be in 0..8 (forward rule F13)",
+    "R28_mode0": "preTokens %lld / nextTokens %lld are invalid for sparseMode %lld at batch %lld "
+                 "(forward rule F14)",
+    "SF1": "value %s must be [T2,N2,Dv] [stub addition SF1]",
+    "S3_heads": "beyond the documented limits [stub addition S3]",
+    "S4": ("%s must be non-negative non-decreasing cumulative ends [stub addition S4]",
+           "the last cumulative end exceeds T [stub addition S4]"),
+    "S5_q": "queryRope %s must be [T1,N1,Dr] [stub addition S5]",
+    "S5_k": "keyRope %s must be [T2,N2,Dr] (Dr of queryRope) [stub addition S5]",
+    "S5_dr": "rope head dim %lld must be a multiple of 8 [stub addition S5]",
+    "S6": "sparseMode %lld needs the canonical compressed mask [stub addition S6]",
+    "S7": "preTokens + Sq - Skv of batch %lld overflows the kernel's int32 block-skip bound [stub "
+          "addition S7]",
+}
 
-# What each section of docs/validation.md checks, in words (its rule tables are generated
-# from these and the rows above).
-SECTIONS: Dict[str, str] = {
-    "rule 1": '`input_layout` is not exactly `"TND"` (case-sensitive). Checked before '
-              'everything else. `None` is refused with 161001 (stricter: the device would '
-              'crash in `strcmp`).',
-    "rule 2": "`query`, `key`, `value`, `dy` or `attention_in` is missing (the C op also "
-              "requires the output tensors, `workspaceSize` and `executor`)",
-    "rule 3": "not a failure: when dq, dk and dv are all empty the call succeeds and computes "
-              "nothing",
-    "rule 4": "`head_num` ≤ 0",
-    "rule 5": "a tensor has fewer than 3 dims (query, key, value, dy, attention_in; the rope "
-              "tensors when both are given)",
-    "rule 6": "head dim D of key differs from that of query (dimension 2 of each tensor)",
-    "rule 7": "value head dim Dv is larger than D",
-    "rule 8": "exactly one of `query_rope`/`key_rope` is None. Both None: refused too "
-              "(stricter: the device dereferences them)",
-    "rule 9": "the rope head dim Dr of `query_rope` or `key_rope` exceeds D",
-    "rule 10": "query, query_rope, key, key_rope, value are not all bfloat16",
-    "rule 11": "`sparse_mode` is 6 (prefix compression)",
-    "rule 12": "`atten_mask` is None or a 0-d array",
-    "rule 13": "`pse_shift` is given",
-    "rule 14": "`drop_mask` is given",
-    "rule 15": "`keep_prob` < 1",
-    "rule 16": "the head dims would need padding, which V3 rejects (see below)",
-    "rule EOD": "CANN 9.0 and later: the query side ends short of T1 **and** the key side short "
-                "of T2, but not both `actual_seq_qlen` and `actual_seq_kvlen` end in a 0 entry "
-                "(end-of-data padding; docs/releases.md). The forward's tiling fails with "
-                "161001. When neither array is padded the binding appends the 0 entries itself, "
-                "so only padding on one side fails",
-    "rule 17": "`keep_prob` > 1 after rounding to float32",
-    "rule 18": "`softmax_max` or `softmax_sum` is missing or 0-d",
-    "rule 19": "`head_num` differs from `query.shape[1]`",
-    "rule 20": "the statistics are not float32; `attention_in` has another dtype than query",
-    "rule 21": "the statistics are not shaped `[T1, N1, 8]`; `attention_in` differs from query "
-               "except in the last dim",
-    "rule 22": "T1, N1 or D is 0 (on the computing path)",
-    "rule 23": "`actual_seq_qlen`/`actual_seq_kvlen` missing, empty, or of different lengths",
-    "rule 24": "query is not 3-D; N2 is 0 or larger than N1; N1 is not a multiple of N2",
-    "rule 25": "dy differs from query except in the last dim, or its last dim exceeds "
-               "query's; the same for value against key",
-    "rule 26": "`sparse_mode` outside 0..8",
-    "rule 27": "the mask: dtype not bool/uint8, rank not 2 or 4, 4-D leading dims not (B, N1), "
-               "(B, 1) or (1, 1), last two dims not `[maxSq, maxSkv]` (modes 0/1/5) or "
-               "`[2048, 2048]` (modes 2/3/4/7/8)",
-    "rule 28": "the tokens, after normalisation (docs/sparse_modes.md): mode 0 needs −pre ≤ "
-               "Skv_b, −next ≤ Sq_b and pre + next > 0 for every batch; mode 4 needs −pre ≤ "
-               "Sq_b, −next ≤ Skv_b and pre + next > 0 for every batch; modes 7/8 the same as "
-               "mode 4 for the band batch only",
-    "rule 29": "`pse_type` is not 1 (without a pse tensor the op accepts only 1)",
-    "rule 30": "dy has another dtype than query (no kernel exists for the mix)",
-    "S1": "key is not 3-D `[T2, N2, D]`",
-    "S2": "the last dim of dy, then of attention_in, is not Dv (the kernel reads "
-          "`[T1, N1, Dv]` rows)",
-    "S3": "the documented limits: N1 ≤ 256, D ≤ 768, T1 and T2 ≤ 2^20, at most 2048 sequences",
-    "S4": "the cumulative ends (query side, then KV side) hold a negative entry, decrease, or "
-          "end past T. A trailing run of 0 entries after a positive end (`[2, 5, 9, 0, 0]`) is "
-          "end-of-data padding, not a decrease: its entries are no batches. A last end below T "
-          "without padding is allowed with a `SequenceEndWarning` (the rows after it get zero "
-          "gradients).",
-    "S5": "query_rope is not `[T1, N1, Dr]`, key_rope is not `[T2, N2, Dr]` with Dr of "
-          "query_rope, or Dr is not a multiple of 8",
-    "S6": "modes 2/3/4/7/8: the first 2048×2048 slice of the mask is not the canonical "
-          "compressed mask (1 strictly above the diagonal)",
-    "S7": "modes 4/7/8: pre + Sq_b − Skv_b reaches 2^31 − 1 for some batch (the kernel's int32 "
-          "block-skip bound would overflow)",
-    "S8": "the 8 copies in the last dim of softmax_max, then of softmax_sum, differ",
-    "S9": "the statistics fit the token-major reading and not the device's (docs/semantics.md, "
-          "\"Softmax statistics\")",
-}
+# The stand-in op's messages (printf formats after "<phase-1 symbol>: "; "{ref}" is the
+# citation), per op and rule, in the order its C checks report them.
+STUB_MESSAGES = {B[0]: _STUB_B, F[0]: _STUB_F}
+
+
+def stub_formats(op_key: str, rule: Rule) -> Tuple[str, ...]:
+    """The stand-in op's messages of ``rule`` for ``op_key``; () when the stub has none."""
+    fmt = STUB_MESSAGES[op_key].get(rule.id, ())
+    return (fmt,) if type(fmt) is str else fmt
 
 
 def release_key(release) -> str:
