@@ -2,7 +2,7 @@
 as a row of :mod:`.table`, run in the device's order by one driver for both ops
 (:mod:`.driver`), so every backend rejects exactly what the device rejects, with its status
 code. Layout: ``table`` (the rows), ``arguments`` (parameters and Python types, from
-aclnn_fag/spec.py), ``context`` (one call's arguments and derived facts), ``checks`` (shape,
+aclnn_fag/spec.py), ``checks`` (shape,
 dtype and attribute predicates), ``padding`` (rule 16 / F6), ``data_rules`` (S6, S8, S9),
 ``device_sample`` (bounded reads of device memory), ``row_lse`` (S9's log-sum-exps), ``gen``
 (the stub's header and the docs' tables, generated)."""
@@ -10,7 +10,7 @@ dtype and attribute predicates), ``padding`` (rule 16 / F6), ``data_rules`` (S6,
 from ..constants import LIMITS, MAX_INT_ARRAY_ENTRIES
 from .arguments import START_INDEX_DEFAULT, start_indices
 from .driver import check_data_rules, validate_backward, validate_backward_args, validate_forward
-from .padding import needs_padding
+from .checks import needs_padding
 from .table import RULES, rules_for
 
 __all__ = ["validate_backward", "validate_backward_args", "validate_forward",

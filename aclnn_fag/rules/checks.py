@@ -1,11 +1,10 @@
 """The predicates of the shape, dtype and attribute rules, one per row of the table
-(:mod:`.table`, same id). Each takes the call's :class:`~.context.Context` and returns
+(:mod:`.table`, same id). Each takes the call's :class:`~.driver.Context` and returns
 nothing when the rule holds, else True or the message's fields (a dict; ``name`` is the
-parameter blamed where the row's param is ``{name}``). Rows of code 0 (the op succeeds
-without computing) return the empty call's ``head_num``. Details taken from the op-API source
-(ops-transformer @c29bc10, ``aclnn_flash_attention_score_grad.cpp`` and the TND tiling):
-D, Dk, Dv and Dr are dimension **2** of their tensors (``GetDim(2)``, also for a rank > 3
-tensor); rule 25 compares the **last** dims; all integer arithmetic is exact.
+parameter blamed where the row's param is ``{name}``); rows of code 0 return the empty
+call's ``head_num``. As in the op-API source (ops-transformer @c29bc10): D, Dk, Dv and Dr
+are dimension **2** of their tensors (also for a rank > 3 tensor); rule 25 compares the
+**last** dims; all integer arithmetic is exact.
 """
 
 from __future__ import annotations
@@ -21,9 +20,8 @@ from ..semantics.sparse import COMPRESSED_MODES
 from ..seqlens import (device_batch_count, ends_problem, is_padded, padding_problem,
                        per_sequence_hint, without_padding)
 from ..softmax_layout import COPIES
-from .padding import clamped_total, forward_needs_padding, needs_padding
 
-__all__ = ["CHECKS", "check"]
+__all__ = ["CHECKS", "check", "needs_padding"]
 
 CHECKS: dict = {}
 MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
@@ -278,6 +276,70 @@ def _block_skip_bound(c):
         for b in range(seqs.batch):
             if c.pre_eff + seqs.sq[b] - seqs.skv[b] >= INT32_MAX:
                 return {"b": b}
+
+
+# ---------------------------------------------------------------- rule 16 and F6: padding
+def _small_call(qlen, kvlen, q_limit) -> bool:
+    """The small-shape exception: the longest KV sequence (GetSumIntArrayMaxValue: ends[0] or
+    a consecutive difference) <= 1024 and the last positive query end (getSeqLenQSum; the
+    first entry when none is positive) below ``q_limit``, both non-zero (None or unequal
+    ends: not small)."""
+    if qlen is None or kvlen is None or len(qlen) != len(kvlen) or not qlen:
+        return False
+    kv_max = max([kvlen[0]] + [b - a for a, b in zip(kvlen, kvlen[1:])])
+    q_sum = next((x for x in reversed(qlen) if x > 0), qlen[0])
+    return kv_max != 0 and q_sum != 0 and kv_max <= 1024 and q_sum < q_limit
+
+
+def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob: float) -> str:
+    """Rule 16: why D/Dv needs padding (which V3 rejects), or ''. D = query.shape[2],
+    Dv = value.shape[2]."""
+    d, dv = query.shape[2], value.shape[2]
+    nondet = not deterministic
+    mla_shape = d == 192 and dv == 128 and nondet
+    pad_value = d != dv and not mla_shape
+    align = 16 if d < 128 else 128
+    pad_dim = d % align != 0 and query.size != 0 and key.size != 0
+    if pad_dim:
+        if nondet and d % 8 == 0:
+            pad_dim = False
+        elif nondet and d < 96 and not keep_prob < 1.0 and not keep_prob > 1.0 \
+                and _small_call(qlen, kvlen, 163840):
+            pad_dim = False
+        if mla_shape:
+            pad_dim = False
+    reasons = []
+    if pad_dim:
+        if deterministic:
+            reasons.append(f"D={d} must be a multiple of {align} in deterministic mode")
+        elif d % 8:
+            reasons.append(f"D={d} is not a multiple of 8 (allowed only when max Skv <= 1024, "
+                           "D < 96 and the last positive query end < 163840)")
+        else:
+            reasons.append(f"D={d} must be a multiple of {align}")
+    if pad_value:
+        reasons.append(f"D={d} != Dv={dv} (only D=192 with Dv=128 in non-deterministic mode "
+                       "is allowed)")
+    return "; ".join(reasons)
+
+
+def forward_needs_padding(query, value, qlen, kvlen) -> bool:
+    """F6's pad decision: True when D/Dv would be padded, which the forward rejects with rope
+    inputs."""
+    d, dv = query.shape[2], value.shape[2]
+    align = 16 if (d < 196 or d == 448) else 128
+    need = d % align != 0 or dv % align != 0
+    # "hardware affinity" padding of the source: its HEAD_DIM_128 constant is 88
+    if d != dv and d in (88, 64, 80):
+        need = True
+    if d < 96 and _small_call(qlen, kvlen, 160 * 1024):
+        need = False
+    return need
+
+
+def clamped_total(ends) -> int:
+    """F10: the forward tiling's sum of sequence lengths (negative differences count 0)."""
+    return ends[0] + sum(max(0, b - a) for a, b in zip(ends, ends[1:]))
 
 
 # ---------------------------------------------------------------- the one-line predicates

@@ -1,25 +1,20 @@
-"""The one validation driver of both ops: the table's rows of an op run in order on the call's
-:class:`~.context.Context`; the first that fails raises its code's error (161001
-``ParamNullptrError``, 161002 ``ParamInvalidError``) with the row's parameter, message and
-stricter flag; a row of code 0 ends validation with an empty call (the op succeeds without
-computing). Host arrays and device-resident inputs go through the same rows: only the data
-rules read differently (:mod:`.data_rules`).
+"""The one validation driver of both ops: an op's rows of the table (those of one CANN
+release: the caller's, else the NumPy backend's) run in order on the call's
+:class:`Context`; the first that fails raises its code's error (161001 ``ParamNullptrError``,
+161002 ``ParamInvalidError``) with the row's parameter, message and stricter flag; a row of
+code 0 ends validation with an empty call. Host arrays and device-resident inputs go through
+the same rows (only the data rules read them differently, :mod:`.data_rules`).
 
-Release: the rows of one CANN release run (the table's ``releases`` column): the caller's
-(the public calls pass their backend's: :func:`aclnn_fag.releases.numpy_release` or the
-release the loaded runtime reports), else the NumPy backend's.
-
-Verdict cache: every rule except the data rules (S6, S8, S9) is a function of the arguments'
-shapes, dtypes, strides, Python types and scalar / int-list values. A call whose description
-(:func:`.arguments.signature`, compared by value, never by identity) equals one that passed
-before passes again: only the data rules run on its (new) data. Calls that would warn are
-not cached (the warnings must be emitted every time).
+Verdict cache: every rule but the data rules (S6, S8, S9) is a function of the description
+of a call (:func:`.arguments.signature`, compared by value). A call described like one that
+passed before runs only the data rules; calls that warn are not cached.
 """
 
 from __future__ import annotations
 
 import operator
 import warnings
+from functools import cached_property
 
 import numpy as np
 
@@ -27,16 +22,16 @@ from .. import releases
 from ..call import FagCall, FwdCall
 from ..constants import BF16
 from ..errors import IgnoredArgumentWarning, caller_stacklevel, error_class_for
-from ..seqlens import seq_info, without_padding
+from ..semantics.sparse import band_index, normalize_tokens
+from ..seqlens import seq_info, with_device_padding, without_padding
 from ..spec import BACKWARD_V3, FORWARD_V3, OpVersion
 from . import data_rules
 from .arguments import IGNORED, names, normalize, signature, start_indices
 from .checks import CHECKS
-from .context import Context, for_call
 from .table import RELEASES, RULES, citation, release_key, rules_for
 
-__all__ = ["validate", "validate_backward", "validate_backward_args", "validate_forward",
-           "check_data_rules", "run_rules"]
+__all__ = ["Context", "validate", "validate_backward", "validate_backward_args",
+           "validate_forward", "check_data_rules", "run_rules"]
 
 _CALLS = {BACKWARD_V3.key: FagCall, FORWARD_V3.key: FwdCall}
 _DERIVED = ("head_num", "seqs", "pre_eff", "next_eff", "band_index", "empty_result",
@@ -45,6 +40,60 @@ _DERIVED = ("head_num", "seqs", "pre_eff", "next_eff", "band_index", "empty_resu
 _PLANS = {(op.key, rel): tuple((r, CHECKS[r.id]) for r in rules_for(op.key, rel))
           for op in (BACKWARD_V3, FORWARD_V3) for rel in RELEASES}
 _DATA_PLAN = tuple(p for p in _PLANS[BACKWARD_V3.key, RELEASES[-1]] if p[0].data)
+
+
+class Context:
+    """One call as the rules see it: its arguments by parameter name (those of
+    :class:`aclnn_fag.call.FagCall`, so a validated call serves as it is) and the facts
+    derived from them, each computed when a rule first asks (the rules before it made it
+    safe to compute)."""
+
+    def __init__(self, args: dict, check_data: bool = True, release=None) -> None:
+        self.__dict__.update(args)
+        self.check_data, self.release, self.samples = check_data, release, []
+        self.qlen, self.kvlen = args["actual_seq_qlen"], args["actual_seq_kvlen"]
+
+    @cached_property
+    def heads(self):
+        """head_num, None meaning query.shape[1]."""
+        if self.head_num is None and self.query.ndim >= 2:
+            return self.query.shape[1]
+        return self.head_num
+
+    d = property(lambda self: self.query.shape[2])
+    dk = property(lambda self: self.key.shape[2])
+    dv = property(lambda self: self.value.shape[2])
+    t1 = property(lambda self: self.query.shape[0])
+    n1 = property(lambda self: self.query.shape[1])
+    t2 = property(lambda self: self.key.shape[0])
+    n2 = property(lambda self: self.key.shape[1])
+
+    @cached_property
+    def seqs(self):
+        """The batches: end-of-data padding entries are no batches (docs/releases.md)."""
+        return seq_info(without_padding(self.qlen), without_padding(self.kvlen))
+
+    @cached_property
+    def device_ends(self):
+        """(q ends, kv ends) as the device gets them (seqlens.with_device_padding)."""
+        return with_device_padding(self.qlen, self.kvlen, self.t1, self.t2, self.release)
+
+    @cached_property
+    def pre_eff(self):
+        return normalize_tokens(self.sparse_mode, self.pre_tokens, self.next_tokens)[0]
+
+    @cached_property
+    def next_eff(self):
+        return normalize_tokens(self.sparse_mode, self.pre_tokens, self.next_tokens)[1]
+
+    @cached_property
+    def band_index(self):
+        return band_index(self.sparse_mode, self.seqs)
+
+    @cached_property
+    def sampler(self):
+        """The bounded reader of device-resident data, one per validated call."""
+        return data_rules.Sampler()
 
 
 class _Fields(dict):
@@ -107,8 +156,7 @@ def _call(op: OpVersion, c: Context, empty):
 def validate(op: OpVersion, args: dict, check_data: bool = True, release=None):
     """Every rule of ``op`` in the device's order on ``args`` (keyed by parameter name, with
     ``deterministic``); returns the FagCall / FwdCall. ``check_data=False`` skips the rules
-    that read tensor data (S6, S8, S9); with device-resident inputs they read back only a
-    bounded sample (:mod:`.device_sample`). ``release``: the :class:`aclnn_fag.releases.Release`
+    that read tensor data (S6, S8, S9). ``release``: the :class:`aclnn_fag.releases.Release`
     whose rules apply (None: the NumPy backend's, ``releases.numpy_release()``)."""
     if release is None:
         release = releases.numpy_release()
@@ -118,7 +166,6 @@ def validate(op: OpVersion, args: dict, check_data: bool = True, release=None):
     args["q_start_idx"], args["kv_start_idx"] = start_indices(args["q_start_idx"],
                                                               args["kv_start_idx"])
     c = Context(args, check_data, release)
-    c.samples = []
     empty = _run(_PLANS[op.key, release_key(release)], c)
     if empty is None:
         for name in IGNORED:
@@ -132,8 +179,7 @@ def validate(op: OpVersion, args: dict, check_data: bool = True, release=None):
 def check_data_rules(call: FagCall, check_data: bool = True) -> None:
     """S6, S8, S9 (and the mismatch warning) of a backward call whose other rules passed."""
     if check_data:
-        c = for_call(call)
-        c.samples = []
+        c = Context(call.__dict__)
         _run(_DATA_PLAN, c)
         data_rules.warn_stats_mismatch(c.samples, c.scale_value)
 
@@ -158,9 +204,8 @@ def _would_warn(call: FagCall, args: dict) -> bool:
 
 def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
                            check_data: bool = True, release=None) -> FagCall:
-    """``validate_backward`` on the arguments as three tuples, in the orders of
-    ``arguments.names(BACKWARD_V3)`` (the public call's form: no keyword arguments rebuilt
-    into dicts on the cached path). ``release`` as for :func:`validate`."""
+    """``validate_backward`` on the arguments as three tuples in the orders of
+    ``arguments.names(BACKWARD_V3)`` (the public call's form)."""
     if release is None:
         release = releases.numpy_release()
     key = signature(tensors, scalars, lists)
@@ -194,12 +239,9 @@ def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
 def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask, softmax_max,
                       softmax_sum, attention_in, actual_seq_qlen, actual_seq_kvlen, scale_value,
                       check_data=True, release=None, **optional) -> FagCall:
-    """Check every rule of docs/validation.md in the device's order, then S1-S9; return the
-    FagCall. The optional keywords (keep_prob, pre_tokens, next_tokens, head_num,
-    input_layout, inner_precise, sparse_mode, pse_type, pse_shift, drop_mask, padding_mask,
-    softmax_in, prefix, q_start_idx, kv_start_idx, deterministic) default as aclnn_fag/spec.py
-    says; ``release`` as for :func:`validate`. Start indices left None become (0,)
-    (:func:`.arguments.start_indices`)."""
+    """Every rule of docs/validation.md in the device's order, then S1-S9; returns the
+    FagCall. The optional keywords (the other parameters of aclnn_fag/spec.py's backward and
+    ``deterministic``) default as the spec says; ``release`` as for :func:`validate`."""
     args = _with_defaults(BACKWARD_V3, optional, query=query, query_rope=query_rope, key=key,
                           key_rope=key_rope, value=value, dy=dy, atten_mask=atten_mask,
                           softmax_max=softmax_max, softmax_sum=softmax_sum,
@@ -212,9 +254,8 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
                      actual_seq_kvlen, scale_value, check_data=True, release=None,
                      **optional) -> FwdCall:
-    """The forward's checks in its order and with its codes (docs/forward.md, "Validation",
-    F1-F14), then the package's own (SF1, S3-S7); returns the FwdCall. Optional keywords as
-    for validate_backward (the forward has no softmax_in)."""
+    """The forward's checks in its order and with its codes (docs/forward.md, F1-F14), then
+    the package's own (SF1, S3-S7); returns the FwdCall. Keywords as for validate_backward."""
     args = _with_defaults(FORWARD_V3, optional, query=query, query_rope=query_rope, key=key,
                           key_rope=key_rope, value=value, atten_mask=atten_mask,
                           actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
