@@ -45,9 +45,11 @@ def _array(name, value):
     return value
 
 
-def _int(name, value, optional=False):
-    if value is None and optional:
-        return None
+def _optional_int(name, value):
+    return None if value is None else _int(name, value)
+
+
+def _int(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
     value = int(value)
@@ -77,17 +79,11 @@ def _layout(name, value):
 
 def _checker(p):
     """How a parameter of the spec is checked, from its role and C type."""
-    if p.role == "input":
-        return _array
-    if p.role == "int_array":
-        return int_list
-    if p.c_type == "double":
-        return _float
-    if p.c_type == "char *":
-        return _layout
-    if p.default is None:                      # head_num: None means query.shape[1]
-        return lambda name, value: _int(name, value, optional=True)
-    return _int
+    if p.role in ("input", "int_array"):
+        return _array if p.role == "input" else int_list
+    if p.c_type in ("double", "char *"):
+        return _float if p.c_type == "double" else _layout
+    return _int if p.default is not None else _optional_int   # head_num: None = query's N1
 
 
 def _kind(p) -> int:
@@ -96,26 +92,17 @@ def _kind(p) -> int:
 
 
 def normalize(op: OpVersion, values: dict) -> dict:
-    """Every argument of ``values`` (keyed by parameter name) type-checked -- tensors, then
-    numbers, int arrays and the layout, each in the spec's order -- and normalised (ints,
-    floats, int tuples; arrays unchanged)."""
+    """Every argument of ``values`` (keyed by parameter name) type-checked in the order of
+    :func:`_kind`, then the spec's, and normalised (ints, floats, int tuples; arrays as
+    they are)."""
     return {p.name: _checker(p)(p.name, values[p.name])
             for p in sorted(op.params, key=_kind) if p.name in values}
 
 
 def start_indices(q_start_idx, kv_start_idx):
-    """qStartIdx / kvStartIdx as every call passes them: the caller's values when given, else
-    ``(0,)`` -- never None (NULL).
-
-    Why: with both arrays NULL the device may select one of its "MLA basic" templates (1001,
-    non-deterministic: causal modes 2/3 with a 2-D mask, equal q/kv lengths, D == Dv <= 128;
-    1002, deterministic: modes 1 and 3, D == Dv <= 128, D % 16 == 0). Their kernels take no
-    rope inputs: they compute without the rope terms and copy uninitialised memory into the
-    rope gradients, with no error. Both templates refuse a non-NULL start index. The arrays
-    themselves only feed ALiBi position encodings (pse_type 2/3), which V3 cannot use, so
-    ``[0]`` changes no math. torch_npu passes non-NULL arrays too. (docs/forward.md,
-    "Start indices".)
-    """
+    """qStartIdx / kvStartIdx as every call passes them: the caller's values, else ``(0,)``
+    -- never None (NULL), which may select the device's "MLA basic" templates that ignore
+    the rope inputs without an error (docs/forward.md, "Start indices")."""
     q = int_list("q_start_idx", q_start_idx)
     kv = int_list("kv_start_idx", kv_start_idx)
     return (START_INDEX_DEFAULT if q is None else q,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -37,7 +38,7 @@ DEVICE_SAMPLE_BYTES = 16 << 10      # device bytes read per validated call, at m
 _ROW_BYTES = 2048                   # one read of S6
 _S8_RUN = 16                        # (token, head) entries per S8 read of a device array
 _S8_CHUNK = 1 << 20                 # statistics elements compared at once (host arrays)
-_F32, _U16, _ND = np.dtype(np.float32), np.dtype(np.uint16), np.ndarray
+_U16, _ND = np.dtype(np.uint16), np.ndarray
 
 
 def _on_device(a) -> bool:
@@ -97,27 +98,15 @@ def _copies_equal(c):
 
 
 def _host_copies_equal(stats) -> bool:
-    """Zero-stride axes are read once; the rest in chunks of bounded size."""
-    if stats.flags.c_contiguous and stats.size <= _S8_CHUNK:     # the common case, at once
-        if stats.dtype == _F32:
-            # every copy bitwise equal to the next one in its row: neighbours compared as
-            # 32-bit words, the row boundaries (every 8th comparison) left out; anything else
-            # (-0.0 beside 0.0, NaN payloads) is judged by the float comparisons below
-            flat = stats.reshape(-1).view(np.uint32)
-            differ = np.not_equal(flat[1:], flat[:-1])
-            if np.count_nonzero(differ) == np.count_nonzero(differ[COPIES - 1::COPIES]):
-                return True
-        rows = stats.reshape(-1, COPIES)
-        if (rows == rows[:, :1]).all():
-            return True
-    part_all = stats[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None)
-                           for n, s in zip(stats.shape, stats.strides))]
-    rows_per_chunk = max(1, _S8_CHUNK // max(1, part_all.shape[1] * COPIES))
-    for r0 in range(0, part_all.shape[0], rows_per_chunk):
-        part = part_all[r0:r0 + rows_per_chunk]
-        if (part == part[..., :1]).all():       # the common case, cheaply: no NaN, all equal
-            continue
-        if not np.array_equal(part, np.broadcast_to(part[..., :1], part.shape), equal_nan=True):
+    """Zero-stride axes read once, the rest in chunks of bounded size; NaN equals NaN."""
+    once = stats[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None)
+                       for n, s in zip(stats.shape, stats.strides))]
+    step = max(1, _S8_CHUNK // max(1, once.shape[1] * COPIES))
+    for r0 in range(0, once.shape[0], step):
+        part = once[r0:r0 + step]
+        first = part[..., :1]
+        if not (part == first).all() and not np.array_equal(  # the common case first: no NaN
+                part, np.broadcast_to(first, part.shape), equal_nan=True):
             return False
     return True
 
@@ -167,13 +156,11 @@ def _stats_layout(c):
     keys. Rejected: every checked sample fits the token-major reading and none the device's.
     The rows recomputed on host arrays are kept in ``c.samples`` [(b, i, h, lse, max, sum)]
     for the mismatch warning."""
-    nd = _ND
-    if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
-            and type(c.key_rope) is nd and type(c.softmax_max) is nd
-            and type(c.softmax_sum) is nd and type(c.atten_mask) is nd):
+    arrays = (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.softmax_max,
+              c.softmax_sum)
+    if all(type(a) is _ND for a in arrays):
         reader = HOST
-    elif all(is_device(a) for a in (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask,
-                                     c.softmax_max, c.softmax_sum)):
+    elif all(is_device(a) for a in arrays):
         reader = c.sampler
     else:
         return None       # host and device arrays mixed (a FagPlan's inputs): not sampled
@@ -183,41 +170,28 @@ def _stats_layout(c):
     return rejected
 
 
-class HostReader:
-    """S9's reads of host arrays: every sampled row affordable, up to STATS_LAYOUT_SAMPLES
-    checked, each row's keys widened STATS_LAYOUT_KEY_CHUNK at a time."""
-
-    max_samples = STATS_LAYOUT_SAMPLES
-    sampled = False
-
-    @staticmethod
-    def item(a, flat):
-        return a.item(flat)                    # by flat C-order index
-
-    @staticmethod
-    def affords(keys: int, width: int) -> bool:
-        return True
-
-    @staticmethod
-    def kept_keys(mask, seqs, n1, b, h, i, skv, band):
-        j0, j1 = band
-        sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
-        return sel + j0 if sel.size else None
-
-    @staticmethod
-    def lse(q, qr, k, kr, row, scale32) -> float:
-        t, h, n2, keys = row
-        step = STATS_LAYOUT_KEY_CHUNK
-        if type(keys) is tuple:
-            parts = [slice(j, min(j + step, keys[1])) for j in range(keys[0], keys[1], step)]
-        else:
-            parts = [keys[j:j + step] for j in range(0, len(keys), step)]
-        query = _f32_beside(q[t, h], qr[t, h])
-        s = [_f32_beside(k[p, n2], kr[p, n2]) @ query for p in parts]
-        return _lse(s[0] if len(s) == 1 else np.concatenate(s), scale32)
+def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
+    j0, j1 = band
+    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
+    return sel + j0 if sel.size else None
 
 
-HOST = HostReader()
+def _host_lse(q, qr, k, kr, row, scale32) -> float:
+    """A row's log-sum-exp on host arrays, its keys widened STATS_LAYOUT_KEY_CHUNK at a time."""
+    t, h, n2, keys = row
+    step = STATS_LAYOUT_KEY_CHUNK
+    if type(keys) is tuple:
+        parts = [slice(j, min(j + step, keys[1])) for j in range(keys[0], keys[1], step)]
+    else:
+        parts = [keys[j:j + step] for j in range(0, len(keys), step)]
+    query = _f32_beside(q[t, h], qr[t, h])
+    s = [_f32_beside(k[p, n2], kr[p, n2]) @ query for p in parts]
+    return _lse(s[0] if len(s) == 1 else np.concatenate(s), scale32)
+
+
+# S9's reader of host arrays (a Sampler reads device arrays): every row affordable
+HOST = SimpleNamespace(max_samples=STATS_LAYOUT_SAMPLES, sampled=False, item=np.ndarray.item,
+                       affords=lambda keys, width: True, kept_keys=_host_kept_keys, lse=_host_lse)
 
 # batch_keep of the sampled batches, remembered across calls (its arguments are ints, its
 # result immutable): a training loop calls with the same lengths again and again
