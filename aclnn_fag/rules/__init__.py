@@ -1,11 +1,7 @@
 """Argument validation: the rules of docs/validation.md and docs/forward.md, each written once
 as a row of :mod:`.table`, run in the device's order by one driver for both ops
-(:mod:`.driver`), so every backend rejects exactly what the device rejects, with its status
-code. Layout: ``table`` (the rows), ``arguments`` (parameters and Python types, from
-aclnn_fag/spec.py), ``checks`` (shape,
-dtype and attribute predicates), ``padding`` (rule 16 / F6), ``data_rules`` (S6, S8, S9),
-``device_sample`` (bounded reads of device memory), ``row_lse`` (S9's log-sum-exps), ``gen``
-(the stub's header and the docs' tables, generated)."""
+(:mod:`.driver`). ``arguments``: parameters and Python types (from aclnn_fag/spec.py);
+``checks``: shape, dtype and attribute predicates; ``data_rules``: S6, S8, S9."""
 
 from ..constants import LIMITS, MAX_INT_ARRAY_ENTRIES
 from .arguments import START_INDEX_DEFAULT, start_indices
