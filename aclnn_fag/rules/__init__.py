@@ -5,8 +5,8 @@ as a row of :mod:`.table`, run in the device's order by one driver for both ops
 
 from ..constants import LIMITS, MAX_INT_ARRAY_ENTRIES
 from .arguments import START_INDEX_DEFAULT, start_indices
-from .driver import check_data_rules, validate_backward, validate_backward_args, validate_forward
 from .checks import needs_padding
+from .driver import check_data_rules, validate_backward, validate_backward_args, validate_forward
 from .table import RULES, rules_for
 
 __all__ = ["validate_backward", "validate_backward_args", "validate_forward",
