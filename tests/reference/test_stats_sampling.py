@@ -372,6 +372,29 @@ def test_row_lse_against_the_row_by_hand(seed, monkeypatch):
                 assert g == pytest.approx(w, rel=1e-6, abs=1e-6), (chunk, r)
 
 
+def test_each_row_gathers_its_own_keys(monkeypatch):
+    """Each row's keys -- a token range or an index array, of its own key head -- are the
+    ones widened, in order, each once, also split into chunks."""
+    rng = np.random.default_rng(7)
+    k, kr = rng.standard_normal((40, 3, 16)).astype(np.float32), np.zeros((40, 3, 8), np.float32)
+    q, qr = rng.standard_normal((8, 6, 16)).astype(np.float32), np.zeros((8, 6, 8), np.float32)
+    gathered = []
+    widen = V._f32_beside
+
+    def recording(a, b):
+        if a.ndim == 2:
+            gathered.append(a.copy())
+        return widen(a, b)
+    monkeypatch.setattr(V, "_f32_beside", recording)
+    for chunk in (1 << 20, 5):
+        monkeypatch.setattr(V, "STATS_LAYOUT_KEY_CHUNK", chunk)
+        for row in _random_rows(rng, 8, 6, 40, 2, 60, 0.3):
+            gathered.clear()
+            V.HOST.lse(q, qr, k, kr, row, np.float32(1))
+            tokens = np.arange(*row[3]) if type(row[3]) is tuple else row[3]
+            assert np.array_equal(np.concatenate(gathered), k[tokens, row[2]]), row
+
+
 def test_long_sequences_not_sampled(cases, monkeypatch):
     monkeypatch.setattr(V, "STATS_LAYOUT_MAX_SKV", 8)      # batches with Skv > 8 skipped
     case = cases["gqa-mode3"]
