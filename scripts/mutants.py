@@ -359,6 +359,11 @@ MUTANTS = [
            "S9 (host arrays): the token-major reading never fits, token-major statistics "
            "accepted", S9_T),
     Mutant("val-s8-word-compare", "validate", DR,
+           "if np.count_nonzero(differ) == np.count_nonzero(differ[COPIES - 1::COPIES]):",
+           "if np.count_nonzero(differ) >= np.count_nonzero(differ[COPIES - 1::COPIES]):",
+           "S8: float32 statistics with differing copies accepted",
+           ("tests/reference/test_stats_copies.py", "tests/reference/test_softmax_layout.py")),
+    Mutant("val-s8-nan-copies", "validate", DR,
            "                part, np.broadcast_to(first, part.shape), equal_nan=True):",
            "                part, np.broadcast_to(first, part.shape), equal_nan=False):",
            "S8: statistics whose copies are all the same NaN rejected",
