@@ -67,19 +67,6 @@ def _min_rank(c):
                   lambda t: t.ndim < 3)
 
 
-@check("R8", "F6_rope")
-def _one_rope(c):
-    if (c.query_rope is None) != (c.key_rope is None):
-        return {"name": "query_rope" if c.query_rope is None else "key_rope"}
-
-
-@check("R9", "F6_dr")
-def _dr_le_d(c):
-    for name in _ROPES:
-        if getattr(c, name).shape[2] > c.d:
-            return {"name": name, "dr": getattr(c, name).shape[2]}
-
-
 @check("R10", "F6_bf16")
 def _bf16(c):
     bad = _first(c, _FIVE, lambda t: _native(t.dtype) != BF16)
@@ -212,13 +199,6 @@ def _tokens_band(c):
 
 
 # ---------------------------------------------------------------- the package's own checks
-@check("S2")
-def _dv_rows(c):
-    for name in ("dy", "attention_in"):
-        if getattr(c, name).shape[2] != c.dv:
-            return {"name": name, "last": getattr(c, name).shape[2]}
-
-
 @check("S3_tokens")
 def _limit_tokens(c):
     for name in ("query", "key"):
@@ -372,7 +352,10 @@ _SIMPLE = {
     ("R4", "F5_heads"): lambda c: c.heads is not None and c.heads <= 0,
     ("R6", "F5_d"): lambda c: c.d != c.dk,
     ("R7", "F5_dv"): lambda c: c.d < c.dv,
+    ("R8", "F6_rope"): lambda c: ((c.query_rope is None) != (c.key_rope is None)
+                                  and _first(c, _ROPES, lambda t: t is None)),
     ("R8_both", "F6_rope_both"): lambda c: c.query_rope is None,
+    ("R9", "F6_dr"): lambda c: _first(c, _ROPES, lambda t: t.shape[2] > c.d),
     ("R11", "F6_sparse6"): lambda c: c.sparse_mode == 6,
     ("R12", "F6_mask"): lambda c: c.atten_mask is None or c.atten_mask.ndim == 0,
     ("R13", "F6_pse"): lambda c: c.pse_shift is not None,
@@ -409,6 +392,7 @@ _SIMPLE = {
     "R27_rank": lambda c: c.atten_mask.ndim not in (2, 4),
     "R28_mode0": lambda c: c.sparse_mode == 0 and _bad_tokens(c, range(c.seqs.batch), False),
     "R30": lambda c: not _same_dtype(c.dy, c.query),
+    "S2": lambda c: _first(c, ("dy", "attention_in"), lambda t: t.shape[2] != c.dv),
     "SF1": lambda c: c.value.ndim != 3 or tuple(c.value.shape[:2]) != (c.t2, c.n2),
 }
 for _ids, _fn in _SIMPLE.items():

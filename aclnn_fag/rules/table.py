@@ -77,7 +77,7 @@ RULES: Tuple[Rule, ...] = (
     _r("R8", B, NULLPTR, "{name}", "{name} is None while the other rope input is given ({ref})",
        "rule 8"),
     _r("R8_both", B, NULLPTR, "query_rope", _ROPE_BOTH, "rule 8", stricter=True),
-    _r("R9", B, INVALID, "{name}", "rope head dim Dr={dr} of {name} must be <= D={d} ({ref})",
+    _r("R9", B, INVALID, "{name}", "rope head dim Dr={shape[2]} of {name} must be <= D={d} ({ref})",
        "rule 9"),
     _r("R10", B, INVALID, "{name}", "{name} must be bfloat16 (ml_dtypes.bfloat16), got {dtype}"
        + _BF16_HINT.replace("{what}", "op") + " ({ref})", "rule 10"),
@@ -139,7 +139,7 @@ RULES: Tuple[Rule, ...] = (
     _r("F6_rope_both", F, NULLPTR, "query_rope", _ROPE_BOTH, "rule F6", stricter=True),
     _r("F6_rope_rank", F, NULLPTR, "{name}", "{name} needs 3 dims, got shape {shape} (the "
        "device reads dim 2 of it; {ref})", "rule F6", stricter=True),
-    _r("F6_dr", F, NULLPTR, "{name}", "rope head dim Dr={dr} of {name} must be <= D={d} "
+    _r("F6_dr", F, NULLPTR, "{name}", "rope head dim Dr={shape[2]} of {name} must be <= D={d} "
        "({ref})", "rule F6"),
     _r("F6_bf16", F, NULLPTR, "{name}", "{name} must be bfloat16 (ml_dtypes.bfloat16), got "
        "{dtype}" + _BF16_HINT.replace("{what}", "forward") + " ({ref})", "rule F6"),
@@ -224,7 +224,7 @@ RULES: Tuple[Rule, ...] = (
     # ---- the package's own checks (stricter than the device)
     _r("S1", B, NULLPTR, "key", "key must be 3-D [T2, N2, D], got shape {key.shape} ({ref})",
        "S1", stricter=True),
-    _r("S2", B, NULLPTR, "{name}", "{name} last dim {last} must equal the value head dim "
+    _r("S2", B, NULLPTR, "{name}", "{name} last dim {shape[2]} must equal the value head dim "
        "Dv={dv} (the kernel reads [T1, N1, Dv] rows) ({ref})", "S2", stricter=True),
     _r("SF1", F, NULLPTR, "value", "value shape {value.shape} must be [T2, N2, Dv] = "
        "[{t2}, {n2}, {dv}] (T2, N2 of key; the kernel would read out of bounds)", "SF1",
@@ -262,6 +262,7 @@ RULES: Tuple[Rule, ...] = (
        "softmax_layout.device_stats_from_token_major(stats[..., 0], actual_seq_qlen) ({ref})",
        "S9", stricter=True, data=True),
 )
+
 
 def release_key(release) -> str:
     """The key of :data:`RELEASES` for an :class:`aclnn_fag.releases.Release` ("9.1")."""
