@@ -50,12 +50,14 @@ def _same_dtype(a, b) -> bool:
     return _native(a.dtype) == _native(b.dtype)
 
 
-def _first(c, names, bad):
-    """{name, shape, dtype} of the first tensor of ``names`` with ``bad(tensor)``."""
+def _first(c, names, bad, **fields):
+    """{name, shape, dtype, **fields} of the first tensor of ``names`` with ``bad(tensor)``."""
     for name in names:
         t = getattr(c, name)
         if bad(t):
-            return {"name": name} if t is None else dict(name=name, shape=t.shape, dtype=t.dtype)
+            if t is not None:
+                fields.update(shape=t.shape, dtype=t.dtype)
+            return dict(fields, name=name)
     return None
 
 
@@ -199,14 +201,6 @@ def _tokens_band(c):
 
 
 # ---------------------------------------------------------------- the package's own checks
-@check("S3_tokens")
-def _limit_tokens(c):
-    for name in ("query", "key"):
-        t = getattr(c, name).shape[0]
-        if t > LIMITS["max_tokens"]:
-            return {"name": name, "t": t, "limit": LIMITS["max_tokens"]}
-
-
 @check("S4")
 def _ends(c):
     for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1 (query.shape[0])"),
@@ -338,6 +332,8 @@ _SIMPLE = {
     "R25_value": lambda c: _unlike(c.value, c.key),
     ("F5_max_d", "S3_dim"): lambda c: (c.d > LIMITS["max_head_dim"]
                                        and {"limit": LIMITS["max_head_dim"]}),
+    "S3_tokens": lambda c: _first(c, ("query", "key"), lambda t: t.shape[0] > LIMITS["max_tokens"],
+                                  limit=LIMITS["max_tokens"]),
     "S3_heads": lambda c: c.n1 > LIMITS["max_heads"] and {"limit": LIMITS["max_heads"]},
     # sequences: end-of-data padding entries (also the one the binding appends) are none
     "S3_batch": lambda c: (len(without_padding(c.qlen)) > LIMITS["max_batch"]

@@ -233,7 +233,7 @@ RULES: Tuple[Rule, ...] = (
        "({ref})", "S3", stricter=True),
     _r("S3_dim", BF, INVALID, "query", "D={d} exceeds the documented limit of {limit} ({ref})",
        "S3", stricter=True),
-    _r("S3_tokens", BF, INVALID, "{name}", "T={t} of {name} exceeds the documented limit of "
+    _r("S3_tokens", BF, INVALID, "{name}", "T={shape[0]} of {name} exceeds the documented limit of "
        "{limit} tokens; split the batch into several calls ({ref})", "S3", stricter=True),
     _r("S3_batch", BF, INVALID, "actual_seq_qlen", "{nq} sequences exceed the documented limit "
        "of {limit} ({ref})", "S3", stricter=True),
