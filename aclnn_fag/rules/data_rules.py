@@ -136,9 +136,11 @@ def _f32_beside(a, b) -> np.ndarray:
     bits = a.dtype == BF16 and b.dtype == BF16
     out = np.empty(a.shape[:-1] + (d + b.shape[-1],), np.uint32 if bits else np.float32)
     if not bits:
-        out[..., :d], out[..., d:] = a, b
+        out[..., :d] = a
+        out[..., d:] = b
         return out
-    out[..., :d], out[..., d:] = a.view(_U16), b.view(_U16)
+    out[..., :d] = a.view(_U16)
+    out[..., d:] = b.view(_U16)
     out <<= 16
     return out.view(np.float32)
 
