@@ -12,7 +12,7 @@ import re
 import pytest
 
 from aclnn_fag.rules.checks import CHECKS
-from aclnn_fag.rules.table import RULES, rules_for
+from aclnn_fag.rules.table import RULES, STUB_MESSAGES, rules_for, stub_formats
 from aclnn_fag.spec import BACKWARD_V3, FORWARD_V3, OPS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -47,8 +47,8 @@ def test_every_row_has_a_check_and_a_known_op():
     assert len(ids) == len(set(ids))
     assert set(CHECKS) == set(ids)
     assert all(r.ops and set(r.ops) <= set(OPS) for r in RULES)
-    assert set(gen.STUB_MESSAGES) == set(OPS)
-    for key, messages in gen.STUB_MESSAGES.items():          # only rows the op runs
+    assert set(STUB_MESSAGES) == set(OPS)
+    for key, messages in STUB_MESSAGES.items():          # only rows the op runs
         assert set(messages) <= {r.id for r in rules_for(key)}, key
     for r in RULES:
         assert (r.code == 0) == (r.message == ""), r.id
@@ -68,7 +68,7 @@ def test_the_stub_ops_check_the_rules_in_the_tables_order():
         used = re.findall(rf"\b{macro}\(({prefix}_\w+)", text)
         order = []
         for rule in rules_for(key):
-            formats = gen.stub_formats(key, rule)
+            formats = stub_formats(key, rule)
             order += [f"{prefix}_{rule.id}" + (f"_{n + 1}" if n else "") for n in range(len(formats))]
         assert sorted(used) == sorted(order), path.name
         in_body = re.findall(rf"\b{macro}\(({prefix}_\w+)", _body(text, start))
