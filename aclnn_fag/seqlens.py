@@ -1,23 +1,13 @@
 """Cumulative sequence ends (``actual_seq_qlen``/``actual_seq_kvlen``) and what follows
-from them (docs/semantics.md, Sequence lengths).
+from them (docs/semantics.md, Sequence lengths): lengths ``[2, 2, 0, 2, 2]`` are passed as
+``[2, 4, 4, 6, 8]``; a leading 0 (flash-attn's ``cu_seqlens``) is read as an empty first
+sequence.
 
-The op's ``actual_seq_qlen``/``actual_seq_kvlen`` hold **cumulative end offsets**: lengths
-``[2, 2, 0, 2, 2]`` are passed as ``[2, 4, 4, 6, 8]``. A leading 0 (flash-attn's
-``cu_seqlens``) is accepted: the op reads it as an empty first sequence (docs/semantics.md,
-The leading-0 form).
-
-Public helpers (they check their input the way the public call does, with the same
-messages: a list of integers -- ``TypeError`` otherwise, e.g. for floats --, no negative
-entry, ends that never decrease -- ``ValueError``):
-
-* ``lengths_to_cumulative(lengths)`` -> int64 ends;
-* ``cumulative_to_lengths(ends)`` -> int64 lengths;
-* ``max_lengths(q_ends, kv_ends=None)`` -> ``(maxSq, maxSkv)``, the last two dims of the
-  ``[maxSq, maxSkv]`` mask of sparse modes 0/1 (``aclnn_fag.masks.band_mask``).
-
-For the rest of the package: ``int_list`` (an aclIntArray argument as a tuple of ints),
-``ends_problem``/``per_sequence_hint`` (the S4 messages) and ``SeqInfo``/``seq_info`` (per-batch
-starts and lengths, the batch count B).
+Public helpers, checking their input with the public call's messages:
+``lengths_to_cumulative``, ``cumulative_to_lengths`` and ``max_lengths`` (the ``[maxSq,
+maxSkv]`` of the explicit mask of sparse modes 0/1). For the rest of the package: ``int_list``
+(an aclIntArray argument), ``ends_problem``/``per_sequence_hint`` (the S4 messages),
+``SeqInfo``/``seq_info`` (per-batch starts and lengths) and the end-of-data padding.
 """
 
 from __future__ import annotations
@@ -32,11 +22,7 @@ import numpy as np
 from .constants import INT64_MAX, INT64_MIN, LIMITS, MAX_INT_ARRAY_ENTRIES
 
 __all__ = ["lengths_to_cumulative", "cumulative_to_lengths", "max_lengths", "int_list",
-           "SeqInfo", "seq_info", "per_sequence_hint", "ends_problem"]
-
-PER_SEQUENCE_HINT = (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
-                     "to T); the op takes cumulative ends without a leading 0 "
-                     "(aclnn_fag.seqlens.lengths_to_cumulative)")
+           "SeqInfo", "seq_info", "per_sequence_hint", "ends_problem", "checked_ends"]
 
 
 def per_sequence_hint(ends, total=None) -> str:
@@ -45,7 +31,11 @@ def per_sequence_hint(ends, total=None) -> str:
     if not ends or len(ends) < 2:
         return ""
     if total is not None:
-        return PER_SEQUENCE_HINT if sum(ends) == total and ends[-1] != total else ""
+        if sum(ends) != total or ends[-1] == total:
+            return ""
+        return (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
+                "to T); the op takes cumulative ends without a leading 0 "
+                "(aclnn_fag.seqlens.lengths_to_cumulative)")
     if any(b < a for a, b in zip(ends, ends[1:])) and min(ends) >= 0:
         return (" -- these look like per-sequence lengths, not cumulative ends "
                 "(aclnn_fag.seqlens.lengths_to_cumulative converts lengths to ends)")
@@ -131,43 +121,49 @@ def int_list(name, value):
                             "the sequence ends are read on the host; pass a list, a numpy array "
                             f"or a CPU tensor ({name}.cpu())")
         value = value.detach().numpy()
-    if isinstance(value, np.ndarray):
-        if value.ndim != 1:
-            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
-                            f"{value.ndim}-D array of shape {value.shape}")
-        if value.size > MAX_INT_ARRAY_ENTRIES:
-            raise ValueError(f"parameter '{name}' has {value.size} entries; at most "
-                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
-                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+    is_array = isinstance(value, np.ndarray)
+    if is_array and value.ndim != 1:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
+                        f"{value.ndim}-D array of shape {value.shape}")
+    if not is_array and (not isinstance(value, Sequence)
+                         or isinstance(value, (str, bytes, bytearray))):
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
+                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
+    if len(value) > MAX_INT_ARRAY_ENTRIES:
+        raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
+                         f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
+                         f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+    if is_array:
         if value.size and value.dtype.kind not in "iu":
             raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got an "
                             f"array of dtype {value.dtype}")
-        out = tuple(int(x) for x in value.tolist())
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
-        if len(value) > MAX_INT_ARRAY_ENTRIES:
-            raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
-                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
-                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
-        out = []
-        for i, x in enumerate(value):
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-                raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
-                                f"{i} is {type(x).__name__} {x!r}")
-            out.append(int(x))
-        out = tuple(out)
-    else:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
-                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
+        value = value.tolist()
+    for i, x in enumerate(value):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
+                            f"{i} is {type(x).__name__} {x!r}")
+    out = tuple(int(x) for x in value)
     for x in out:
         if not INT64_MIN <= x <= INT64_MAX:
             raise ValueError(f"parameter '{name}' has {x}, which does not fit in int64")
     return out
 
-def _ends(name, ends) -> tuple:
-    values = int_list(name, ends)
+
+def _ints(name, value) -> tuple:
+    values = int_list(name, value)
     if values is None:
         raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
-    problem = ends_problem(name, values)
+    return values
+
+
+def checked_ends(name, ends, total=None, total_name: str = "T", strip_padding=False) -> tuple:
+    """Cumulative ends as ints (without their end-of-data padding when ``strip_padding``),
+    checked as the public call checks them (S4; ``total`` T when known): TypeError for anything
+    but a 1-D sequence of integers, ValueError otherwise."""
+    values = _ints(name, ends)
+    if strip_padding:
+        values = without_padding(values)
+    problem = ends_problem(name, values, total, total_name)
     if problem:
         raise ValueError(f"parameter '{name}': {problem} (docs/validation.md, S4)")
     return values
@@ -178,9 +174,7 @@ def lengths_to_cumulative(lengths) -> np.ndarray:
 
     ``[300, 0, 212]`` -> ``[300, 300, 512]``. Raises TypeError for anything but a 1-D
     sequence of integers and ValueError for a negative length."""
-    values = int_list("lengths", lengths)
-    if values is None:
-        raise TypeError("parameter 'lengths' must be a 1-D sequence of integers, got None")
+    values = _ints("lengths", lengths)
     for i, x in enumerate(values):
         if x < 0:
             raise ValueError(f"parameter 'lengths' has a negative entry ({x} at index {i}): "
@@ -193,16 +187,14 @@ def cumulative_to_lengths(ends) -> np.ndarray:
 
     Raises TypeError for anything but a 1-D sequence of integers and ValueError for ends that
     are negative or decrease (per-sequence lengths passed by mistake are named in the message)."""
-    values = _ends("ends", ends)
-    arr = np.asarray(values, dtype=np.int64)
-    return np.diff(arr, prepend=np.int64(0))
+    return np.diff(np.asarray(checked_ends("ends", ends), dtype=np.int64), prepend=np.int64(0))
 
 
 def max_lengths(q_ends, kv_ends=None) -> tuple:
     """``(maxSq, maxSkv)`` of cumulative ends (``kv_ends`` defaults to ``q_ends``): the last
     two dims of the explicit mask of sparse modes 0/1."""
-    q = cumulative_to_lengths(_ends("q_ends", q_ends))
-    kv = q if kv_ends is None else cumulative_to_lengths(_ends("kv_ends", kv_ends))
+    q = cumulative_to_lengths(checked_ends("q_ends", q_ends))
+    kv = q if kv_ends is None else cumulative_to_lengths(checked_ends("kv_ends", kv_ends))
     return int(q.max()), int(kv.max())
 
 
