@@ -45,9 +45,10 @@ def device_stats_from_token_major(token_major, actual_seq_qlen) -> np.ndarray:
     if tm.ndim == 3 and tm.shape[2] == 1:
         tm = tm[:, :, 0]
     if tm.ndim != 2:
+        hint = (" -- [T, N, 8] statistics are already in the op's declared shape; "
+                "token_major_from_device_stats reads them" if tm.ndim == 3 else "")
         raise ValueError(f"parameter 'token_major' must be [T, N] or [T, N, 1], got shape "
-                         f"{tm.shape}" + (" -- [T, N, 8] statistics are already in the op's declared shape; "
-                            "token_major_from_device_stats reads them" if tm.ndim == 3 else ""))
+                         f"{tm.shape}{hint}")
     info = _checked_info(actual_seq_qlen, tm.shape[0])
     out = np.zeros(tm.shape + (COPIES,), dtype=np.float32)
     for b in range(info.batch_raw):
