@@ -1,22 +1,11 @@
 """Each op version as data: its C symbols, its ordered parameters with their C types and
-roles, and the defaults the Python calls use (docs/abi.md §2).
+roles, and the defaults the Python calls use (docs/abi.md §2). The ctypes prototypes, the raw
+calls, the executor's slots, the ``--backend-module`` keywords, the C reproducer's call and
+the check of the stub's header all follow from here (docs/architecture.md, A new op version).
 
-Everything that depends on an op's signature is derived from here: the ctypes prototypes
-(:mod:`aclnn_fag.acl.prototypes`), the raw calls ``call_raw``/``call_raw_forward``, the slot
-order of the executor, the keywords a ``--backend-module`` receives, the C reproducer's call
-and the check of the stub libraries' header (tests/native). Adding an op version (say the
-V5 backward with an attention sink) means one more :class:`OpVersion` below, its rules, its
-reference terms and its stub entry.
-
-Roles, in the order the C prototype lists them:
-
-* ``input``: an ``aclTensor*`` the op reads (``optional`` when the header names it
-  ``...Optional``);
-* ``int_array``: an ``aclIntArray*`` (all optional);
-* ``attr``: a scalar attribute (``double``, ``int64_t`` or the ``char*`` layout);
-* ``output``: an ``aclTensor*`` the op writes;
-* ``workspace_size``/``executor``: phase 1's two out-parameters.
-
+Roles, in C order: ``input`` (an ``aclTensor*``, ``optional`` when the header says
+``...Optional``), ``int_array`` (an ``aclIntArray*``), ``attr`` (``double``, ``int64_t`` or the
+``char*`` layout), ``output``, and phase 1's out-parameters ``workspace_size``/``executor``.
 Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace, uint64_t workspaceSize,
 aclOpExecutor *executor, const aclrtStream stream)``.
 """
@@ -25,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Tuple
 
 from .constants import INT32_MAX
 
 __all__ = ["Param", "OpVersion", "BACKWARD_V3", "FORWARD_V3", "OPS", "INT_ARRAYS", "ATTRIBUTES",
-           "PHASE2_PARAMS", "ROLES", "op_for_symbol"]
+           "PHASE2_PARAMS", "ROLES"]
 
 ROLES = ("input", "int_array", "attr", "output", "workspace_size", "executor")
 TENSOR, INT_ARRAY = "const aclTensor *", "const aclIntArray *"
@@ -59,41 +48,22 @@ class OpVersion:
     output_like: Mapping[str, str] = field(default_factory=dict)
     optional_symbols: bool = False      # a CANN without this op still loads (the forward)
 
-    @property
-    def phase1(self) -> str:
-        return self.symbol + "GetWorkspaceSize"
-
-    @property
-    def phase2(self) -> str:
-        return self.symbol
+    phase1 = property(lambda self: self.symbol + "GetWorkspaceSize")
+    phase2 = property(lambda self: self.symbol)
 
     def names(self, role: str) -> Tuple[str, ...]:
         return tuple(p.name for p in self.params if p.role == role)
 
-    @cached_property
-    def inputs(self) -> Tuple[str, ...]:
-        return self.names("input")
-
-    @cached_property
-    def int_arrays(self) -> Tuple[str, ...]:
-        return self.names("int_array")
-
-    @cached_property
-    def attrs(self) -> Tuple[str, ...]:
-        return self.names("attr")
-
-    @cached_property
-    def outputs(self) -> Tuple[str, ...]:
-        return self.names("output")
+    inputs = cached_property(lambda self: self.names("input"))
+    int_arrays = cached_property(lambda self: self.names("int_array"))
+    attrs = cached_property(lambda self: self.names("attr"))
+    outputs = cached_property(lambda self: self.names("output"))
 
     def param(self, name: str) -> Param:
         for p in self.params:
             if p.name == name:
                 return p
         raise KeyError(f"{self.symbol} has no parameter {name!r}")
-
-    def attr_defaults(self) -> Dict[str, object]:
-        return {p.name: p.default for p in self.params if p.role == "attr"}
 
     def c_parameters(self) -> str:
         """The phase-1 parameter list as C text (``const aclTensor *query, ...``)."""
@@ -151,8 +121,7 @@ BACKWARD_V3 = OpVersion(
         _tensor("query", "query"), _tensor("query_rope", "queryRope"),
         _tensor("key", "keyIn"), _tensor("key_rope", "keyInRope"),
         _tensor("value", "value"), _tensor("dy", "dy"),
-        _tensor("pse_shift", "pseShiftOptional"),
-        _tensor("drop_mask", "dropMaskOptional"),
+        _tensor("pse_shift", "pseShiftOptional"), _tensor("drop_mask", "dropMaskOptional"),
         _tensor("padding_mask", "paddingMaskOptional"),
         _tensor("atten_mask", "attenMaskOptional"),
         _tensor("softmax_max", "softmaxMaxOptional"),
@@ -174,10 +143,8 @@ FORWARD_V3 = OpVersion(
     header="aclnnop/aclnn_flash_attention_score.h",
     params=(
         _tensor("query", "query"), _tensor("query_rope", "queryRope"),
-        _tensor("key", "key"), _tensor("key_rope", "keyRope"),
-        _tensor("value", "value"),
-        _tensor("pse_shift", "realShiftOptional"),
-        _tensor("drop_mask", "dropMaskOptional"),
+        _tensor("key", "key"), _tensor("key_rope", "keyRope"), _tensor("value", "value"),
+        _tensor("pse_shift", "realShiftOptional"), _tensor("drop_mask", "dropMaskOptional"),
         _tensor("padding_mask", "paddingMaskOptional"),
         _tensor("atten_mask", "attenMaskOptional"),
     ) + INT_ARRAYS + ATTRIBUTES + (
@@ -190,11 +157,3 @@ FORWARD_V3 = OpVersion(
 OPS: Dict[str, OpVersion] = {op.key: op for op in (BACKWARD_V3, FORWARD_V3)}
 
 assert len(BACKWARD_V3.params) == 36 and len(FORWARD_V3.params) == 29
-
-
-def op_for_symbol(symbol: str) -> Optional[OpVersion]:
-    """The op version whose phase 1 or phase 2 is ``symbol`` (None when none is)."""
-    for op in OPS.values():
-        if symbol in (op.phase1, op.phase2):
-            return op
-    return None
