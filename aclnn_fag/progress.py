@@ -1,17 +1,11 @@
 """Progress on stderr for long work: a bar over the cases of ``parity``/``bench`` and over the
 blocks of a long NumPy-backend call.
 
-``progress_bar(total, desc, unit, enabled)`` is a context manager yielding an object with
-``update(n)``, ``set_postfix_str(s)`` and ``close()``: tqdm's bar when tqdm is installed (the
-``progress`` and ``test`` extras carry it), else a plain line on stderr at most every
-``PLAIN_INTERVAL_S`` seconds (done/total, rate, ETA); nothing at all when ``enabled`` is
-false.
-
-NumPy-backend calls (``aclnn_fag.reference``) report progress over their blocks when their
-estimated time (``estimate_seconds``: the kept area's flops at ``ASSUMED_GFLOPS``) exceeds
-``LONG_CALL_S`` and progress is enabled: ``progress=True`` on the public calls,
-``ACLNN_FAG_PROGRESS=1`` in the environment, or ``enable_call_progress(True)`` (the CLI does
-this). ``progress=False`` or ``ACLNN_FAG_PROGRESS=0`` keeps a call silent.
+The bar is tqdm's when tqdm is installed, else a plain line on stderr at most every
+``PLAIN_INTERVAL_S`` seconds (done/total, rate, ETA). NumPy-backend calls report progress when
+their estimated time (``estimate_seconds``) exceeds ``LONG_CALL_S`` and progress is wanted:
+``progress=True`` on the public calls, ``ACLNN_FAG_PROGRESS=1``, or ``enable_call_progress()``
+(the CLI); ``progress=False`` or ``ACLNN_FAG_PROGRESS=0`` keeps a call silent.
 """
 
 from __future__ import annotations
@@ -65,7 +59,8 @@ def estimate_seconds(flops: float) -> float:
 
 
 class _PlainBar:
-    """tqdm's interface, as lines on stderr at most every PLAIN_INTERVAL_S seconds."""
+    """tqdm's interface, as lines on ``stream`` at most every PLAIN_INTERVAL_S seconds (no
+    output when ``stream`` is None)."""
 
     def __init__(self, total, desc, unit, stream):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
@@ -76,34 +71,18 @@ class _PlainBar:
     def update(self, n=1):
         self.n += n
         now = time.perf_counter()
-        if now - self._last >= PLAIN_INTERVAL_S or self.n >= self.total:
+        if self._stream is not None and (now - self._last >= PLAIN_INTERVAL_S
+                                         or self.n >= self.total):
             self._last = now
-            self._write(now)
+            rate = self.n / max(now - self._start, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            extra = f" [{self._postfix}]" if self._postfix else ""
+            self._stream.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s, "
+                               f"{rate:.2f} {self.unit}/s, ETA {eta:.0f} s{extra}\n")
+            self._stream.flush()
 
     def set_postfix_str(self, s, refresh=True):
         self._postfix = s
-
-    def _write(self, now):
-        elapsed = max(now - self._start, 1e-9)
-        rate = self.n / elapsed
-        eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-        extra = f" [{self._postfix}]" if self._postfix else ""
-        self._stream.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s, "
-                           f"{rate:.2f} {self.unit}/s, ETA {eta:.0f} s{extra}\n")
-        self._stream.flush()
-
-    def close(self):
-        pass
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, n=1):
-        self.n += n
-
-    def set_postfix_str(self, s, refresh=True):
-        pass
 
     def close(self):
         pass
@@ -117,16 +96,20 @@ def _tqdm():
     return tqdm
 
 
+def _bar(total, desc, unit, enabled, stream):
+    if not enabled:
+        return _PlainBar(total, desc, unit, None)
+    tqdm = _tqdm()
+    if tqdm is None:
+        return _PlainBar(total, desc, unit, stream)
+    return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
+
+
 @contextlib.contextmanager
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, stream=None):
-    """A progress bar over ``total`` steps on stderr (module docstring)."""
-    stream = sys.stderr if stream is None else stream
-    if not enabled:
-        bar = _NoBar()
-    else:
-        tqdm = _tqdm()
-        bar = (tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
-               if tqdm is not None else _PlainBar(total, desc, unit, stream))
+    """A bar over ``total`` steps on stderr with ``update(n)``, ``set_postfix_str(s)`` and
+    ``close()`` (module docstring); nothing is shown when ``enabled`` is false."""
+    bar = _bar(total, desc, unit, enabled, sys.stderr if stream is None else stream)
     try:
         yield bar
     finally:
@@ -134,17 +117,13 @@ def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, 
 
 
 class BlockProgress:
-    """Progress of one long NumPy-backend call over its (batch, KV head) blocks: a bar
-    counting blocks with rate and ETA (module docstring); does nothing when disabled."""
+    """Progress of one long NumPy-backend call over its blocks (nothing when disabled)."""
 
     def __init__(self, total_blocks: int, what: str, enabled: bool):
-        self._cm = progress_bar(total_blocks, what, "block", enabled) if enabled else None
-        self._bar = self._cm.__enter__() if enabled else _NoBar()
+        self._bar = _bar(total_blocks, what, "block", enabled, sys.stderr)
 
     def step(self, n: int = 1):
         self._bar.update(n)
 
     def close(self):
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
-            self._cm = None
+        self._bar.close()
