@@ -1,26 +1,13 @@
 """The CANN releases whose behaviour the package knows, and which one a call follows
 (docs/releases.md).
 
-The op changed under the binding between CANN 8.5, 9.0 and 9.1. Each known release is a
-:class:`Release` whose flags say what it does:
-
-* ``eod_padding`` (9.0 and later): when T1 exceeds the sum of the query lengths **and** T2
-  the sum of the key lengths, the last entries of both ``actual_seq_qlen`` and
-  ``actual_seq_kvlen`` must be 0 (end-of-data padding); the backward rejects the call
-  otherwise (161002) and the forward's tiling fails (161001). The binding appends the 0 entry
-  itself on these releases, so "last end below T" works everywhere.
-* ``batch_drops_zero_ends`` (9.1 and later): the batch count B drops trailing entries whose
-  *cumulative value* is 0; before, it dropped the trailing entries whose query and key
-  *lengths* are both 0 (``[2, 4, 4]``: B = 3 on 9.1, B = 2 before).
-* ``process_wide_determinism`` (9.0 and later): the op reads the deterministic option of the
-  whole process, not the context's.
-
-Which release applies: on the NPU the one the runtime reports (the ``ops_transformer``
-package's version, else the runtime's, else the CANN version; :mod:`aclnn_fag.acl.versions`);
-on the NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default: the newest known), so CI can
-check each release's verdicts. A release newer than the newest known one follows the newest
-rules, an older one the oldest, and an unreadable or malformed version the newest; each of
-these says so once (:class:`~aclnn_fag.errors.UnknownReleaseWarning`).
+Each known release is a :class:`Release` whose flags say what the op does on it:
+``eod_padding`` (9.0+: end-of-data padding is checked; the binding appends the 0 entries
+itself), ``batch_drops_zero_ends`` (9.1+: B drops trailing entries whose cumulative value is
+0) and ``process_wide_determinism`` (9.0+: the op reads the process's deterministic option).
+On the NPU the release the runtime reports applies (:mod:`aclnn_fag.acl.versions`), on the
+NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default: the newest known). An unknown version
+follows the nearest known release, saying so once (UnknownReleaseWarning).
 """
 
 from __future__ import annotations
