@@ -1,13 +1,7 @@
-"""Cumulative sequence ends (``actual_seq_qlen``/``actual_seq_kvlen``) and what follows
-from them (docs/semantics.md, Sequence lengths): lengths ``[2, 2, 0, 2, 2]`` are passed as
-``[2, 4, 4, 6, 8]``; a leading 0 (flash-attn's ``cu_seqlens``) is read as an empty first
-sequence.
-
-Public helpers, checking their input with the public call's messages:
-``lengths_to_cumulative``, ``cumulative_to_lengths`` and ``max_lengths`` (the ``[maxSq,
-maxSkv]`` of the explicit mask of sparse modes 0/1). For the rest of the package: ``int_list``
-(an aclIntArray argument), ``ends_problem``/``per_sequence_hint`` (the S4 messages),
-``SeqInfo``/``seq_info`` (per-batch starts and lengths) and the end-of-data padding.
+"""Cumulative sequence ends (``actual_seq_qlen``/``actual_seq_kvlen``: lengths ``[2, 2, 0, 2,
+2]`` are passed as ``[2, 4, 4, 6, 8]``) and what follows from them (docs/semantics.md,
+Sequence lengths; docs/releases.md, End-of-data padding). The public helpers check their input
+with the public call's messages.
 """
 
 from __future__ import annotations
@@ -44,9 +38,7 @@ def per_sequence_hint(ends, total=None) -> str:
 
 def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
     """What is wrong with cumulative ends ``ends`` (ints), or '' when nothing is: a negative
-    entry, a decrease, or (with ``total`` = T) a last end past T. The public call (check S4 of
-    docs/validation.md) and the helpers of aclnn_fag.seqlens / aclnn_fag.softmax_layout all
-    report these with this text."""
+    entry, a decrease, or (with ``total`` = T) a last end past T (S4 of docs/validation.md)."""
     if not ends:
         return f"{name} must have at least one entry"
     hint = per_sequence_hint(ends, total)
@@ -66,12 +58,9 @@ def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
 
 @dataclass(frozen=True)
 class SeqInfo:
-    """Per-batch starts/lengths derived from the cumulative ends.
-
-    ``batch`` is B of docs/semantics.md, "Sequence lengths": the raw count minus the trailing run
-    (index >= 1) of batches whose query and key lengths are both 0.
-    ``max_sq``/``max_skv`` are taken over all raw entries.
-    """
+    """Per-batch starts/lengths derived from the cumulative ends. ``batch`` is B: the raw
+    count minus the trailing run (index >= 1) of batches whose query and key lengths are both
+    0; ``max_sq``/``max_skv`` are taken over all raw entries."""
 
     q_ends: tuple
     kv_ends: tuple
@@ -150,6 +139,7 @@ def int_list(name, value):
 
 
 def _ints(name, value) -> tuple:
+    """``int_list`` of a required argument."""
     values = int_list(name, value)
     if values is None:
         raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
@@ -170,10 +160,8 @@ def checked_ends(name, ends, total=None, total_name: str = "T", strip_padding=Fa
 
 
 def lengths_to_cumulative(lengths) -> np.ndarray:
-    """Per-sequence lengths -> the cumulative ends the op takes (int64, no leading 0).
-
-    ``[300, 0, 212]`` -> ``[300, 300, 512]``. Raises TypeError for anything but a 1-D
-    sequence of integers and ValueError for a negative length."""
+    """Per-sequence lengths -> the cumulative ends the op takes (int64, no leading 0):
+    ``[300, 0, 212]`` -> ``[300, 300, 512]``."""
     values = _ints("lengths", lengths)
     for i, x in enumerate(values):
         if x < 0:
@@ -183,10 +171,7 @@ def lengths_to_cumulative(lengths) -> np.ndarray:
 
 
 def cumulative_to_lengths(ends) -> np.ndarray:
-    """Cumulative ends -> per-sequence lengths (int64): ``[300, 300, 512]`` -> ``[300, 0, 212]``.
-
-    Raises TypeError for anything but a 1-D sequence of integers and ValueError for ends that
-    are negative or decrease (per-sequence lengths passed by mistake are named in the message)."""
+    """Cumulative ends -> per-sequence lengths (int64): ``[300, 300, 512]`` -> ``[300, 0, 212]``."""
     return np.diff(np.asarray(checked_ends("ends", ends), dtype=np.int64), prepend=np.int64(0))
 
 
@@ -201,8 +186,7 @@ def max_lengths(q_ends, kv_ends=None) -> tuple:
 # --------------------------------------------------------------------------- end-of-data padding
 def padding_start(ends) -> int:
     """Where the end-of-data padding of ``ends`` starts: the index of a trailing run of 0
-    entries that follows a positive end (``[2, 5, 9, 0, 0]`` -> 3), else ``len(ends)``.
-    The padding entries are no sequences (docs/releases.md, End-of-data padding)."""
+    entries that follows a positive end (``[2, 5, 9, 0, 0]`` -> 3), else ``len(ends)``."""
     n = len(ends)
     while n > 1 and ends[n - 1] == 0:
         n -= 1
