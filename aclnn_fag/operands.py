@@ -1,16 +1,8 @@
-"""The kinds of tensor the public calls accept, recognised without importing torch
-(docs/npu.md, Tensors on the NPU, torch, the caller's stream).
-
-* ``numpy``: ``numpy.ndarray`` (bf16 as ``ml_dtypes.bfloat16``); results are numpy arrays.
-* ``torch``: torch CPU tensors, taken as numpy views of their memory and returned as torch
-  tensors over the results' memory (no copies); recognised only when the caller has already
-  imported ``torch``.
-* ``device``: :class:`aclnn_fag.acl.DeviceArray`; results are DeviceArrays.
-* ``npu``: NPU tensors, used only through ``device``, ``data_ptr()``, ``shape``, ``stride()``,
-  ``dtype`` (mapped by name) and ``new_empty`` for the results: the caller's addresses and
-  strides, no copy.
-
-One call takes one kind for all its tensor arguments (``None`` aside).
+"""The kinds of tensor the public calls accept, one kind per call, recognised without
+importing torch (docs/npu.md, Tensors on the NPU, torch, the caller's stream): numpy arrays,
+torch CPU tensors (numpy views of their memory, results as torch tensors, no copies),
+:class:`aclnn_fag.acl.DeviceArray` and NPU tensors (used in place through ``device``,
+``data_ptr()``, ``shape``, ``stride()``, ``dtype`` and ``new_empty``).
 """
 
 from __future__ import annotations
@@ -87,30 +79,14 @@ def is_npu_tensor(x) -> bool:
     return getattr(dev, "type", None) == "npu" and callable(getattr(x, "data_ptr", None))
 
 
-# type -> NUMPY or DEVICE for the types whose kind follows from the type alone (subclasses
-# included), _BY_INSTANCE for the others (NPU / torch CPU tensors, unknown objects).
-_BY_INSTANCE = "by instance"
-_KIND_OF_TYPE: dict = {np.ndarray: NUMPY}
-_KIND_OF_TYPE_MAX = 256
-
-
 def kind_of(x) -> Optional[str]:
     """The kind of one tensor argument (None for None, "?" for anything unknown)."""
     if x is None:
         return None
-    k = _KIND_OF_TYPE.get(type(x))
-    if k is None:
-        k = _BY_INSTANCE
-        if isinstance(x, np.ndarray):
-            k = NUMPY
-        elif isinstance(x, DeviceArray):
-            k = DEVICE
-        if len(_KIND_OF_TYPE) >= _KIND_OF_TYPE_MAX:
-            _KIND_OF_TYPE.clear()
-            _KIND_OF_TYPE[np.ndarray] = NUMPY
-        _KIND_OF_TYPE[type(x)] = k
-    if k is not _BY_INSTANCE:
-        return k
+    if isinstance(x, np.ndarray):
+        return NUMPY
+    if isinstance(x, DeviceArray):
+        return DEVICE
     if is_npu_tensor(x):
         return NPU
     torch = sys.modules.get("torch")
@@ -133,11 +109,9 @@ def _torch_cpu_to_numpy(name: str, t) -> np.ndarray:
     return t.numpy()
 
 
-def _npu_to_device_array(name: str, t, torch_npu=False):
-    """A DeviceArray over an NPU tensor's memory (no copy; ``owner`` the tensor).
-    ``torch_npu``: the torch_npu module when imported, else None (False: look it up)."""
-    if torch_npu is False:
-        torch_npu = sys.modules.get("torch_npu")
+def _npu_to_device_array(name: str, t):
+    """A DeviceArray over an NPU tensor's memory (no copy; ``owner`` the tensor)."""
+    torch_npu = sys.modules.get("torch_npu")
     if torch_npu is not None and hasattr(torch_npu, "get_npu_format"):
         fmt = int(torch_npu.get_npu_format(t))
         if fmt not in _PLAIN_FORMATS:
@@ -175,8 +149,7 @@ def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
                     "the odd one (e.g. the mask) once beforehand")
             kind, first = k, name
     if kind == NPU:
-        torch_npu = sys.modules.get("torch_npu")
-        return kind, tuple(_npu_to_device_array(n, x, torch_npu)
+        return kind, tuple(_npu_to_device_array(n, x)
                            if x is not None and (not odd or kind_of(x) == NPU) else x
                            for n, x in zip(names, values))
     if kind == TORCH:
