@@ -75,24 +75,20 @@ def resolve_backend(backend: str = "auto", precision: str = "device") -> str:
     if backend == "npu" and precision != "device":
         raise ValueError(f"parameter 'precision'={precision!r} needs backend='numpy': the NPU "
                          "computes only the device precision")
+    if backend == "numpy" or precision != "device":
+        return "numpy"
+    status = acl.availability()
+    if status.ok:
+        return "npu"
     if backend == "auto":
-        if precision != "device":
-            return "numpy"
-        status = acl.availability()
-        if status.ok:
-            return "npu"
         if getattr(status, "installed", False):
             _warn_fallback(status.reason, status.device_id)
         return "numpy"
-    if backend == "npu":
-        status = acl.availability()
-        if not status.ok:
-            forked = acl.runtime.forked_child_reason()
-            if forked is not None:      # a subclass of BackendUnavailableError
-                raise acl.ForkedProcessError(forked, code=361001, param="backend")
-            raise BackendUnavailableError(f"backend 'npu' is not available: {status.reason}",
-                                          code=361001, param="backend")
-    return backend
+    forked = acl.runtime.forked_child_reason()
+    if forked is not None:      # a subclass of BackendUnavailableError
+        raise acl.ForkedProcessError(forked, code=361001, param="backend")
+    raise BackendUnavailableError(f"backend 'npu' is not available: {status.reason}",
+                                  code=361001, param="backend")
 
 
 def flash_attention_unpadding_score_grad_v3(
@@ -105,28 +101,23 @@ def flash_attention_unpadding_score_grad_v3(
         stream=None, progress=None) -> FagGrads:
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
-    The arguments mirror the C op one to one (docs/usage.md, docs/semantics.md; docs/porting.md
-    for torch_npu's names). query [T1, N1, D], query_rope [T1, N1, Dr], key [T2, N2, D],
-    key_rope [T2, N2, Dr], value [T2, N2, Dv], dy and attention_in [T1, N1, Dv]: bfloat16;
-    softmax_max, softmax_sum [T1, N1, 8]: float32 in the device's layout (as
-    ``flash_attention_forward`` returns them; ``aclnn_fag.softmax_layout`` converts);
-    atten_mask: nonzero = masked (docs/sparse_modes.md). One kind per call: numpy arrays, torch
-    CPU tensors, or device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (docs/npu.md).
-    actual_seq_qlen, actual_seq_kvlen: cumulative ends (``aclnn_fag.seqlens`` converts).
-    scale_value: the real scale. sparse_mode, pre_tokens, next_tokens, head_num (None:
-    query.shape[1]), input_layout ("TND"), inner_precise, keep_prob (1.0), pse_type (1),
-    pse_shift and drop_mask (None): as the op takes them. padding_mask, softmax_in, prefix:
-    accepted and ignored. q_start_idx, kv_start_idx: docs/abi.md §7.
+    The arguments mirror the C op (docs/usage.md; docs/porting.md for torch_npu's names):
+    query, query_rope, key, key_rope, value, dy, attention_in (bfloat16), softmax_max,
+    softmax_sum ([T1, N1, 8] float32 in the device's layout, as ``flash_attention_forward``
+    returns them), atten_mask (nonzero = masked), actual_seq_qlen / actual_seq_kvlen
+    (cumulative ends), scale_value (the real scale), keep_prob, pre_tokens, next_tokens,
+    head_num (None: query.shape[1]), input_layout, inner_precise, sparse_mode, pse_type,
+    pse_shift, drop_mask; padding_mask, softmax_in, prefix are ignored; q_start_idx,
+    kv_start_idx: docs/abi.md §7. Tensors of one kind per call: numpy arrays, torch CPU
+    tensors, or device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (docs/npu.md).
 
-    backend: "auto", "numpy" or "npu" (``resolve_backend``). precision: "device", "fp32" or
-    "fp64" (NumPy only). deterministic: ACL_OPT_DETERMINISTIC for the call (and rule 16).
-    check_data: run the rules that read tensor data (None: yes, except for device-resident
-    inputs with ``stream``). stream: the caller's aclrtStream (docs/npu.md). progress: report
-    long NumPy-backend calls on stderr (None: ``$ACLNN_FAG_PROGRESS``).
+    backend: "auto", "numpy" or "npu" (``resolve_backend``); precision: "device", "fp32" or
+    "fp64" (NumPy only); deterministic: ACL_OPT_DETERMINISTIC for the call; check_data: run
+    the rules that read tensor data (None: yes, except for device-resident inputs with a
+    ``stream``, the caller's aclrtStream); progress: report long NumPy-backend calls on stderr.
 
-    Returns FagGrads(dq, dq_rope, dk, dk_rope, dv), each shaped like its input. Raises
-    ParamInvalidError (161002) / ParamNullptrError (161001) with the device's status code
-    (docs/validation.md), TypeError / ValueError, BackendUnavailableError. Warns
+    Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Raises ParamInvalidError (161002) /
+    ParamNullptrError (161001) with the device's status code (docs/validation.md). Warns
     SequenceEndWarning, FullyMaskedRowWarning, SoftmaxStatsMismatchWarning,
     IgnoredArgumentWarning.
     """
