@@ -1,10 +1,7 @@
 """The BLAS library under numpy, its thread count, and a cap on it for the NumPy reference
-(docs/usage.md, Threads).
-
-The thread count is read and set through the library itself (``openblas_get_num_threads``
-and the prefixed names of the scipy-openblas builds numpy ships, ``mkl_get_max_threads``,
-BLIS's ``bli_thread_get_num_threads``), found among the libraries loaded into this process.
-Where no such library is found the information says so and the cap does nothing.
+(docs/usage.md, Threads). The count is read and set through the library itself, found among
+the libraries loaded into this process; without one, the information says so and the cap does
+nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +21,8 @@ ENV_VAR = "ACLNN_FAG_BLAS_THREADS"
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               ENV_VAR)
 
-# (kind, getter names, setter names): tried in order on every loaded candidate library.
+# (kind, getter names, setter names), tried in order on every loaded candidate library (the
+# scipy-openblas builds numpy ships prefix their names)
 _APIS = (
     ("openblas", ("openblas_get_num_threads", "openblas_get_num_threads64_",
                   "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads"),
@@ -98,10 +96,8 @@ def blas_threads():
 
 
 def blas_info() -> dict:
-    """Which BLAS numpy uses and how many threads it runs, as a JSON-ready dict: ``library``,
-    ``version``, ``configuration`` (when numpy records it), ``kind``, ``path``, ``threads``
-    (read from the library, else from the first thread variable set), ``threads_via``,
-    ``cap``, ``cpu_count``, ``usable_cpus`` and ``env`` (the thread variables set)."""
+    """Which BLAS numpy uses and how many threads it runs (read from the library, else from
+    the first thread variable set), as a JSON-ready dict the reports record."""
     try:
         cfg = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
     except Exception:          # older numpy: no dict mode

@@ -1,11 +1,7 @@
-"""Progress on stderr for long work: a bar over the cases of ``parity``/``bench`` and over the
-blocks of a long NumPy-backend call.
-
-The bar is tqdm's when tqdm is installed, else a plain line on stderr at most every
-``PLAIN_INTERVAL_S`` seconds (done/total, rate, ETA). NumPy-backend calls report progress when
-their estimated time (``estimate_seconds``) exceeds ``LONG_CALL_S`` and progress is wanted:
-``progress=True`` on the public calls, ``ACLNN_FAG_PROGRESS=1``, or ``enable_call_progress()``
-(the CLI); ``progress=False`` or ``ACLNN_FAG_PROGRESS=0`` keeps a call silent.
+"""Progress on stderr for long work (the cases of ``parity``/``bench``, the blocks of a long
+NumPy-backend call): tqdm's bar when tqdm is installed, else a plain line at most every
+``PLAIN_INTERVAL_S`` seconds. A NumPy-backend call reports progress when it is estimated to
+take over ``LONG_CALL_S`` and progress is wanted (``call_progress_wanted``).
 """
 
 from __future__ import annotations
@@ -35,9 +31,8 @@ def enable_call_progress(on: bool = True) -> bool:
 
 
 def call_progress_wanted(progress: Optional[bool]) -> bool:
-    """Whether a call reports progress: its ``progress`` argument when given, else
-    ``$ACLNN_FAG_PROGRESS`` (1/true/yes/on or 0/false/no/off) when set, else whether the CLI
-    enabled it."""
+    """Whether a call reports progress: its ``progress`` argument, else ``$ACLNN_FAG_PROGRESS``,
+    else whether the CLI enabled it."""
     if progress is not None:
         if not isinstance(progress, bool):
             raise TypeError(f"parameter 'progress' must be None, True or False, got "

@@ -1,13 +1,8 @@
 """Each op version as data: its C symbols, its ordered parameters with their C types and
 roles, and the defaults the Python calls use (docs/abi.md §2). The ctypes prototypes, the raw
-calls, the executor's slots, the ``--backend-module`` keywords, the C reproducer's call and
-the check of the stub's header all follow from here (docs/architecture.md, A new op version).
-
-Roles, in C order: ``input`` (an ``aclTensor*``, ``optional`` when the header says
-``...Optional``), ``int_array`` (an ``aclIntArray*``), ``attr`` (``double``, ``int64_t`` or the
-``char*`` layout), ``output``, and phase 1's out-parameters ``workspace_size``/``executor``.
-Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace, uint64_t workspaceSize,
-aclOpExecutor *executor, const aclrtStream stream)``.
+calls, the executor's slots, the C reproducer and the check of the stub's header follow from
+here (docs/architecture.md). Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace,
+uint64_t workspaceSize, aclOpExecutor *executor, const aclrtStream stream)``.
 """
 
 from __future__ import annotations
@@ -21,6 +16,8 @@ from .constants import INT32_MAX
 __all__ = ["Param", "OpVersion", "BACKWARD_V3", "FORWARD_V3", "OPS", "INT_ARRAYS", "ATTRIBUTES",
            "PHASE2_PARAMS", "ROLES"]
 
+# tensors read (``optional`` when the header says ``...Optional``), aclIntArrays, scalar
+# attributes, tensors written, and phase 1's two out-parameters
 ROLES = ("input", "int_array", "attr", "output", "workspace_size", "executor")
 TENSOR, INT_ARRAY = "const aclTensor *", "const aclIntArray *"
 
