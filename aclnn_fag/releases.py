@@ -20,8 +20,8 @@ from typing import Optional, Tuple
 
 from .errors import UnknownReleaseWarning
 
-__all__ = ["Release", "KNOWN", "NEWEST", "OLDEST", "ENV_VAR", "parse_version", "resolve",
-           "numpy_release", "by_name"]
+__all__ = ["Release", "KNOWN", "NEWEST", "OLDEST", "ENV_VAR", "resolve", "numpy_release",
+           "by_name"]
 
 ENV_VAR = "ACLNN_FAG_CANN_RELEASE"
 
@@ -53,16 +53,6 @@ _VERSION = re.compile(r"^\s*(\d{1,4})\.(\d{1,4})(?:\.(\d{1,4})|\.RC\d+)?(?:[.\-+
 _said: set = set()
 
 
-def parse_version(text) -> Optional[Tuple[int, int, int]]:
-    """``(major, minor, patch)`` of a CANN version string, or None when it is not one."""
-    if not isinstance(text, str):
-        return None
-    m = _VERSION.match(text)
-    if m is None:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
 def by_name(name: str) -> Release:
     """The known release named exactly ``name`` (ValueError naming the known ones otherwise)."""
     for r in KNOWN:
@@ -72,14 +62,14 @@ def by_name(name: str) -> Release:
 
 
 def resolve(text, source: str = "the CANN version") -> Tuple[Release, Optional[str]]:
-    """The release whose rules apply to version ``text``, and a note when it is not a known
-    release (None when it is one): newer than the newest -> the newest, older than the
-    oldest -> the oldest, between two known ones -> the older of them, unreadable -> the
-    newest."""
-    v = parse_version(text)
-    if v is None:
+    """The release whose rules apply to version ``text`` (newer than the newest -> the newest,
+    older than the oldest -> the oldest, between two -> the older, unreadable -> the newest),
+    and a note when it is not a known release (None when it is one)."""
+    m = _VERSION.match(text) if isinstance(text, str) else None
+    if m is None:
         return NEWEST, (f"{source} {text!r} is not a version aclnn_fag can read: it applies the "
                         f"rules of the newest release it knows, CANN {NEWEST.name}")
+    v = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     exact = [r for r in KNOWN if r.version[:2] == v[:2]]
     if exact:
         return exact[-1], None
