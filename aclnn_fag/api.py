@@ -14,9 +14,10 @@ from .call import INT32_MAX, FagForward, FagGrads
 from .constants import BF16
 from .errors import AclnnError, BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
 from .reference import PRECISIONS, attention_backward, attention_forward
-from .rules import validate_backward_args, validate_forward
+from .rules import validate_backward_args
+from .rules.driver import validate
 from .rules.arguments import names
-from .spec import BACKWARD_V3
+from .spec import BACKWARD_V3, FORWARD_V3
 
 __all__ = ["flash_attention_unpadding_score_grad_v3", "flash_attention_forward",
            "resolve_backend", "last_backend", "BACKENDS", "NpuFallbackWarning"]
@@ -33,6 +34,7 @@ assert _SCALARS == ("scale_value", "keep_prob", "pre_tokens", "next_tokens", "he
 assert _LISTS == ("prefix", "actual_seq_qlen", "actual_seq_kvlen", "q_start_idx", "kv_start_idx")
 _FWD_TENSORS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask", "pse_shift",
                 "drop_mask", "padding_mask")
+assert set(_FWD_TENSORS) == set(FORWARD_V3.inputs) and names(FORWARD_V3)[1:] == (_SCALARS, _LISTS)
 _NO_FORWARD = ("the loaded CANN libraries do not export aclnnFlashAttentionVarLenScoreV3 (the "
                "device forward); the backward still runs on the NPU")
 _warned_lock = threading.Lock()
@@ -162,16 +164,10 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     kind, t = operands.convert_args(_FWD_TENSORS, (
         query, query_rope, key, key_rope, value, atten_mask, pse_shift, drop_mask, padding_mask))
     on_device, name, check_data = _call_setup(kind, t[0], backend, precision, check_data, stream)
-    q, qr, k, kr, v, atten_mask, pse_shift, drop_mask, padding_mask = t
-    call = _validated(kind, validate_forward, q, qr, k, kr, v, atten_mask=atten_mask,
-                      actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-                      scale_value=scale_value, keep_prob=keep_prob, pre_tokens=pre_tokens,
-                      next_tokens=next_tokens, head_num=head_num, input_layout=input_layout,
-                      inner_precise=inner_precise, sparse_mode=sparse_mode, pse_type=pse_type,
-                      pse_shift=pse_shift, drop_mask=drop_mask, padding_mask=padding_mask,
-                      prefix=prefix, q_start_idx=q_start_idx, kv_start_idx=kv_start_idx,
-                      deterministic=deterministic, check_data=check_data,
-                      release=_release(name))
+    call = _validated(kind, validate, FORWARD_V3, dict(zip(_FWD_TENSORS + _SCALARS + _LISTS, t + (
+        scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout, inner_precise,
+        sparse_mode, pse_type, deterministic, prefix, actual_seq_qlen, actual_seq_kvlen,
+        q_start_idx, kv_start_idx))), check_data, _release(name))
     if not on_device and name == "npu" and backend != "npu" and not acl.forward_available():
         _warn_fallback(_NO_FORWARD)      # "auto" on a CANN without the forward op
         name = "numpy"
