@@ -14,6 +14,7 @@ from .call import INT32_MAX, FagForward, FagGrads
 from .constants import BF16
 from .errors import AclnnError, BackendUnavailableError, NpuFallbackWarning, caller_stacklevel
 from .reference import PRECISIONS, attention_backward, attention_forward
+from .reference.common import precision_dtype
 from .rules import validate_backward_args
 from .rules.driver import validate
 from .rules.arguments import names
@@ -126,12 +127,12 @@ def flash_attention_unpadding_score_grad_v3(
     kind, t = operands.convert_args(_TENSORS, (
         query, query_rope, key, key_rope, value, dy, pse_shift, drop_mask, padding_mask,
         atten_mask, softmax_max, softmax_sum, softmax_in, attention_in))
-    on_device, name, check_data = _call_setup(kind, t[0], backend, precision, check_data, stream)
+    on_device, name, check_data, release = _call_setup(kind, t[0], backend, precision,
+                                                       check_data, stream)
     call = _validated(kind, validate_backward_args, t, (
         scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout, inner_precise,
         sparse_mode, pse_type, deterministic), (
-        prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data,
-        _release(name))
+        prefix, actual_seq_qlen, actual_seq_kvlen, q_start_idx, kv_start_idx), check_data, release)
     _last.name = name
     if on_device:
         return device_run.run_backward_on_device(call, kind, query, stream)
@@ -163,11 +164,12 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     """
     kind, t = operands.convert_args(_FWD_TENSORS, (
         query, query_rope, key, key_rope, value, atten_mask, pse_shift, drop_mask, padding_mask))
-    on_device, name, check_data = _call_setup(kind, t[0], backend, precision, check_data, stream)
+    on_device, name, check_data, release = _call_setup(kind, t[0], backend, precision,
+                                                       check_data, stream)
     call = _validated(kind, validate, FORWARD_V3, dict(zip(_FWD_TENSORS + _SCALARS + _LISTS, t + (
         scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout, inner_precise,
         sparse_mode, pse_type, deterministic, prefix, actual_seq_qlen, actual_seq_kvlen,
-        q_start_idx, kv_start_idx))), check_data, _release(name))
+        q_start_idx, kv_start_idx))), check_data, release)
     if not on_device and name == "npu" and backend != "npu" and not acl.forward_available():
         _warn_fallback(_NO_FORWARD)      # "auto" on a CANN without the forward op
         name = "numpy"
@@ -182,19 +184,12 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     return _results(kind, acl.run_forward(call, stream=stream))
 
 
-def _release(backend: str):
-    """The CANN release a call on ``backend`` follows (docs/releases.md): the loaded runtime's
-    on the NPU, $ACLNN_FAG_CANN_RELEASE's on NumPy."""
-    if backend == "npu":
-        return acl_release.current()
-    return releases.numpy_release()
-
-
 def _call_setup(kind, query, backend, precision, check_data, stream):
-    """(on_device, backend name, check_data) of one public call: device-resident inputs
-    always run on the NPU; ``check_data`` None means True except for device-resident inputs
-    with a caller's stream (their data may still be being written by queued work), and True
-    there synchronises that stream once first."""
+    """(on_device, backend name, check_data, release) of one public call: device-resident
+    inputs always run on the NPU; ``check_data`` None means True except for device-resident
+    inputs with a caller's stream (their data may still be being written by queued work), and
+    True there synchronises that stream once first; the CANN release whose rules apply is the
+    loaded runtime's on the NPU, $ACLNN_FAG_CANN_RELEASE's on NumPy (docs/releases.md)."""
     on_device = kind in operands.DEVICE_KINDS
     if on_device and backend == "numpy":
         raise ValueError("parameter 'backend'='numpy' cannot take device-resident tensors "
@@ -205,13 +200,14 @@ def _call_setup(kind, query, backend, precision, check_data, stream):
         check_data = not (on_device and stream is not None)
     elif check_data and on_device and stream is not None:
         acl.runtime.synchronize_stream(stream, query.device_id)   # the data must be ready
-    return on_device, name, check_data
+    release = acl_release.current() if name == "npu" else releases.numpy_release()
+    return on_device, name, check_data, release
 
 
-def _validated(kind, validate, *args, **kwargs):
-    """``validate(*args, **kwargs)``, its errors reworded in torch's terms for torch inputs."""
+def _validated(kind, validate, *args):
+    """``validate(*args)``, its errors reworded in torch's terms for torch inputs."""
     try:
-        return validate(*args, **kwargs)
+        return validate(*args)
     except AclnnError as e:
         if kind in (operands.TORCH, operands.NPU):
             raise operands.in_torch_terms(e) from None
@@ -229,9 +225,6 @@ def _empty_forward(call, precision) -> FagForward:
     """F2: every output empty (T1 * N1 == 0): nothing is computed."""
     t1, n1 = call.query.shape[0], call.query.shape[1]
     dv = call.value.shape[-1] if call.value.ndim else 0
-    if precision == "device":
-        out_dtype, stat_dtype = BF16, np.float32
-    else:
-        out_dtype = stat_dtype = np.float32 if precision == "fp32" else np.float64
-    return FagForward(np.zeros((t1, n1, dv), out_dtype), np.zeros((t1, n1, 8), stat_dtype),
-                      np.zeros((t1, n1, 8), stat_dtype))
+    stat_dtype = precision_dtype(precision)           # float32 in "device" precision
+    return FagForward(np.zeros((t1, n1, dv), BF16 if precision == "device" else stat_dtype),
+                      np.zeros((t1, n1, 8), stat_dtype), np.zeros((t1, n1, 8), stat_dtype))

@@ -428,8 +428,8 @@ MUTANTS = [
            "the binding passes the ends as given: 'last end below T' fails on 9.0+ devices",
            ("tests/acl/test_releases_npu.py",)),
     Mutant("rel-npu-release", "acl", "aclnn_fag/api.py",
-           "        return acl_release.current()",
-           "        return releases.numpy_release()",
+           '    release = acl_release.current() if name == "npu" else releases.numpy_release()',
+           "    release = releases.numpy_release()",
            "NPU calls follow $ACLNN_FAG_CANN_RELEASE instead of the runtime's release",
            ("tests/acl/test_releases_npu.py",)),
     # ------------------------------------------------------------------ acl/
