@@ -21,17 +21,15 @@ ENV_VAR = "ACLNN_FAG_BLAS_THREADS"
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               ENV_VAR)
 
-# (kind, getter names, setter names), tried in order on every loaded candidate library (the
+# (kind, getter, setter), tried in order on every loaded candidate library (the
 # scipy-openblas builds numpy ships prefix their names)
-_APIS = (
-    ("openblas", ("openblas_get_num_threads", "openblas_get_num_threads64_",
-                  "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads"),
-     ("openblas_set_num_threads", "openblas_set_num_threads64_",
-      "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads")),
-    ("mkl", ("mkl_get_max_threads", "MKL_Get_Max_Threads"),
-     ("mkl_set_num_threads", "MKL_Set_Num_Threads")),
-    ("blis", ("bli_thread_get_num_threads",), ("bli_thread_set_num_threads",)),
-)
+_APIS = (("openblas", "openblas_get_num_threads", "openblas_set_num_threads"),
+         ("openblas", "openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+         ("openblas", "scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
+         ("openblas", "scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
+         ("mkl", "mkl_get_max_threads", "mkl_set_num_threads"),
+         ("mkl", "MKL_Get_Max_Threads", "MKL_Set_Num_Threads"),
+         ("blis", "bli_thread_get_num_threads", "bli_thread_set_num_threads"))
 _KEYWORDS = ("blas", "mkl", "blis")
 
 
@@ -42,7 +40,7 @@ class _Controller:
         self.kind, self.path, self.getter_name = kind, path, getter_name
         self._get = getattr(lib, getter_name)
         self._get.restype, self._get.argtypes = ctypes.c_int, []
-        self._set = None if setter_name is None else getattr(lib, setter_name)
+        self._set = getattr(lib, setter_name, None)
         if self._set is not None:         # void ..._set_num_threads(int); BLIS takes a dim_t
             self._set.restype = None
             self._set.argtypes = [ctypes.c_int64 if kind == "blis" else ctypes.c_int]
@@ -78,10 +76,8 @@ def _probe():
             lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
         except OSError:
             continue
-        for kind, getters, setters in _APIS:
-            getter = next((n for n in getters if hasattr(lib, n)), None)
-            if getter is not None:
-                setter = next((n for n in setters if hasattr(lib, n)), None)
+        for kind, getter, setter in _APIS:
+            if hasattr(lib, getter):
                 return _Controller(kind, path, lib, getter, setter)
     return None
 
