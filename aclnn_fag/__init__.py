@@ -1,20 +1,15 @@
-"""aclnn_fag: Huawei CANN's fused attention backward ``aclnnFlashAttentionUnpaddingScoreGradV3``
-(TND varlen, rope parts, GQA, every sparse mode) and its forward through ctypes on Ascend NPUs,
-and the same computation as a NumPy reference when no NPU is present.
+"""aclnn_fag: CANN's fused attention ``aclnnFlashAttentionUnpaddingScoreGradV3`` (TND varlen,
+rope parts, GQA, every sparse mode) and its forward through ctypes on Ascend NPUs, and the same
+computation as a NumPy reference.
 
-Calls: flash_attention_unpadding_score_grad_v3 -> FagGrads, flash_attention_forward ->
-FagForward, resolve_backend / last_backend / BACKENDS (which backend runs), blas_info /
-reference_threads / set_reference_threads (numpy's BLAS threads).
-
-Helpers: aclnn_fag.masks (compressed_causal_mask, band_mask, causal_mask), aclnn_fag.seqlens
-(lengths_to_cumulative, cumulative_to_lengths, max_lengths), aclnn_fag.softmax_layout
-(device_stats_from_token_major, token_major_from_device_stats), aclnn_fag.acl (the ctypes
-layer: FagPlan, DeviceArray, call_raw).
-
-Errors: AclnnError and its subclasses by status code (error_class_for(code)); the warnings
-SequenceEndWarning, FullyMaskedRowWarning, SoftmaxStatsMismatchWarning,
-IgnoredArgumentWarning. Documentation: docs/usage.md, docs/semantics.md, docs/validation.md,
-docs/npu.md; the command line: ``aclnn-fag --help``.
+Calls: flash_attention_unpadding_score_grad_v3, flash_attention_forward, resolve_backend,
+last_backend, blas_info, reference_threads, set_reference_threads. Helpers: masks
+(compressed_causal_mask, band_mask, causal_mask), seqlens (lengths_to_cumulative,
+cumulative_to_lengths, max_lengths), softmax_layout (device_stats_from_token_major,
+token_major_from_device_stats), acl (FagPlan, DeviceArray, call_raw). Errors: AclnnError and
+its subclasses by status code (error_class_for); SequenceEndWarning, FullyMaskedRowWarning,
+SoftmaxStatsMismatchWarning, IgnoredArgumentWarning. Documentation: docs/usage.md,
+docs/validation.md, docs/npu.md; the command line: ``aclnn-fag --help``.
 """
 
 from . import masks, seqlens, softmax_layout

@@ -1,7 +1,5 @@
-"""The BLAS library under numpy, its thread count, and a cap on it for the NumPy reference
-(docs/usage.md, Threads). The count is read and set through the library itself, found among
-the libraries loaded into this process; without one, the information says so and the cap does
-nothing.
+"""The BLAS library under numpy, its thread count (read and set through the library itself,
+found among the loaded libraries), and a cap on it for the NumPy reference (docs/usage.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""The validated arguments of one op call, as every backend receives them: ``rules`` builds
-a ``FagCall`` (backward) or ``FwdCall`` (forward) once, the backends only read it. Arrays are
-the caller's own (never copied or modified); derived facts are computed once.
+"""The validated arguments of one op call (``FagCall``, ``FwdCall``), built once by
+``rules`` and only read by the backends, and the results' named tuples.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Exceptions and warnings: one class per aclnn status code and per ACL runtime error code.
-
-Every exception carries the ``code`` the device returns for the same condition, the
-``param`` it concerns, the ``rule`` in plain words and, for errors of a native call, the
-``function`` and the text of ``aclGetRecentErrMsg()``. The classes are generated from the
-code tables (catch ``ParamNullptrError`` for 161001, ``ParamInvalidError`` for 161002, or the
-base ``AclnnError``); ``error_class_for(code)`` maps a code to its class.
+"""Exceptions and warnings: one class per aclnn status code and per ACL runtime error code,
+generated from the code tables (``error_class_for(code)``); every exception carries the
+``code`` the device returns, the ``param``, the ``rule`` and, for a native call's errors, the
+``function`` and ``aclGetRecentErrMsg()``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
 """The kinds of tensor the public calls accept, one kind per call, recognised without
-importing torch (docs/npu.md, Tensors on the NPU, torch, the caller's stream): numpy arrays,
-torch CPU tensors (numpy views of their memory, results as torch tensors, no copies),
-:class:`aclnn_fag.acl.DeviceArray` and NPU tensors (used in place through ``device``,
-``data_ptr()``, ``shape``, ``stride()``, ``dtype`` and ``new_empty``).
+importing torch: numpy arrays, torch CPU tensors, DeviceArrays and NPU tensors (docs/npu.md).
 """
 
 from __future__ import annotations

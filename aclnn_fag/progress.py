@@ -1,7 +1,6 @@
 """Progress on stderr for long work (the cases of ``parity``/``bench``, the blocks of a long
 NumPy-backend call): tqdm's bar when tqdm is installed, else a plain line at most every
-``PLAIN_INTERVAL_S`` seconds. A NumPy-backend call reports progress when it is estimated to
-take over ``LONG_CALL_S`` and progress is wanted (``call_progress_wanted``).
+``PLAIN_INTERVAL_S`` seconds.
 """
 
 from __future__ import annotations

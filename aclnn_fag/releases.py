@@ -1,13 +1,7 @@
-"""The CANN releases whose behaviour the package knows, and which one a call follows
-(docs/releases.md).
-
-Each known release is a :class:`Release` whose flags say what the op does on it:
-``eod_padding`` (9.0+: end-of-data padding is checked; the binding appends the 0 entries
-itself), ``batch_drops_zero_ends`` (9.1+: B drops trailing entries whose cumulative value is
-0) and ``process_wide_determinism`` (9.0+: the op reads the process's deterministic option).
-On the NPU the release the runtime reports applies (:mod:`aclnn_fag.acl.versions`), on the
-NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default: the newest known). An unknown version
-follows the nearest known release, saying so once (UnknownReleaseWarning).
+"""The CANN releases whose behaviour the package knows (a :class:`Release` each, its flags
+saying what the op does on it) and which one a call follows: on the NPU the runtime's
+(:mod:`aclnn_fag.acl.versions`), on the NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default:
+the newest); an unknown version follows the nearest known release (docs/releases.md).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Cumulative sequence ends (``actual_seq_qlen``/``actual_seq_kvlen``: lengths ``[2, 2, 0, 2,
-2]`` are passed as ``[2, 4, 4, 6, 8]``) and what follows from them (docs/semantics.md,
-Sequence lengths; docs/releases.md, End-of-data padding). The public helpers check their input
-with the public call's messages.
+"""Cumulative sequence ends (lengths ``[2, 2, 0]`` are passed as ``[2, 4, 4]``) and what
+follows from them (docs/semantics.md, Sequence lengths; docs/releases.md, End-of-data padding).
 """
 
 from __future__ import annotations

@@ -1,10 +1,6 @@
-"""The device's memory layout of ``softmax_max``/``softmax_sum`` and converters to and from
-token-major arrays (docs/semantics.md, Softmax statistics).
-
-The op declares the statistics as ``[T1, N1, 8]`` float32, but per batch b they form one
-contiguous ``[N1, Sq_b, 8]`` block at flat offset ``qStart[b]*N1*8`` (8 identical copies);
-rows after the last cumulative end are not touched by the op (zero here). The converters
-check ``actual_seq_qlen`` as the public call checks it (same messages).
+"""The device's memory layout of ``softmax_max``/``softmax_sum`` -- declared ``[T1, N1, 8]``,
+but per batch b one contiguous ``[N1, Sq_b, 8]`` block at flat offset ``qStart[b]*N1*8`` --
+and converters to and from token-major arrays (docs/semantics.md, Softmax statistics).
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Kept sets per sparse mode (docs/sparse_modes.md): per batch, a band on the local
-difference ``d = j - i`` (``lo <= d <= hi``), intersected for modes 0/1/5 with the explicit
-mask; the compressed modes (2, 3, 4, 7, 8) use the band alone (their canonical 2048x2048 mask
-adds nothing).
+"""Kept sets per sparse mode (docs/sparse_modes.md): per batch, a band ``lo <= j - i <= hi``,
+intersected for modes 0/1/5 with the explicit mask (the compressed modes' mask adds nothing).
 """
 
 from __future__ import annotations
