@@ -46,26 +46,6 @@ def numpy_dtype_of_torch(dtype, name: str = "tensor") -> np.dtype:
                         f"(supported: {', '.join(sorted(_TORCH_TO_NUMPY))})") from None
 
 
-# dtype object -> numpy dtype for the (immutable, singleton) torch dtypes met so far: one dict
-# lookup per tensor instead of str() and a lookup by name. Unsupported dtypes are never stored.
-_DTYPE_OF: dict = {}
-_DTYPE_OF_MAX = 64
-
-
-def _numpy_dtype_cached(dtype, name: str) -> np.dtype:
-    try:
-        return _DTYPE_OF[dtype]
-    except KeyError:
-        pass
-    except TypeError:                     # an unhashable dtype object: by name each time
-        return numpy_dtype_of_torch(dtype, name)
-    dt = numpy_dtype_of_torch(dtype, name)
-    if len(_DTYPE_OF) >= _DTYPE_OF_MAX:
-        _DTYPE_OF.clear()
-    _DTYPE_OF[dtype] = dt
-    return dt
-
-
 def torch_dtype_name(dtype) -> str:
     """``'torch.bfloat16'`` etc. for a numpy dtype."""
     return _NUMPY_TO_TORCH[np.dtype(dtype)]
@@ -115,7 +95,7 @@ def _npu_to_device_array(name: str, t):
             raise ValueError(f"parameter '{name}' has the private NPU storage format {fmt} (its "
                              "memory is not plain strided memory); convert it with "
                              "torch_npu.npu_format_cast(t, 2) (ND)")
-    dt = _numpy_dtype_cached(t.dtype, name)
+    dt = numpy_dtype_of_torch(t.dtype, name)
     index = t.device.index
     ptr = t.data_ptr()
     if type(ptr) is not int:

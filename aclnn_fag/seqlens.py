@@ -70,10 +70,6 @@ class SeqInfo:
     max_sq: int
     max_skv: int
 
-    @property
-    def batch_raw(self) -> int:
-        return len(self.q_ends)
-
     def batches(self):
         """Yield (b, q_start, sq, kv_start, skv) for b < batch."""
         for b in range(self.batch):

@@ -14,11 +14,8 @@ from typing import Dict, Mapping, Tuple
 from .constants import INT32_MAX
 
 __all__ = ["Param", "OpVersion", "BACKWARD_V3", "FORWARD_V3", "OPS", "INT_ARRAYS", "ATTRIBUTES",
-           "PHASE2_PARAMS", "ROLES"]
+           "PHASE2_PARAMS"]
 
-# tensors read (``optional`` when the header says ``...Optional``), aclIntArrays, scalar
-# attributes, tensors written, and phase 1's two out-parameters
-ROLES = ("input", "int_array", "attr", "output", "workspace_size", "executor")
 TENSOR, INT_ARRAY = "const aclTensor *", "const aclIntArray *"
 
 
@@ -29,8 +26,8 @@ class Param:
     name: str
     c_name: str
     c_type: str
-    role: str
-    optional: bool = False
+    role: str      # input, int_array, attr, output, workspace_size, executor (C order)
+    optional: bool = False       # a tensor the header names ``...Optional``
     default: object = None
 
 
