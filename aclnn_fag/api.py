@@ -105,19 +105,14 @@ def flash_attention_unpadding_score_grad_v3(
     """aclnnFlashAttentionUnpaddingScoreGradV3: gradients of TND varlen attention with rope parts.
 
     The arguments mirror the C op (docs/usage.md; docs/porting.md for torch_npu's names):
-    query, query_rope, key, key_rope, value, dy, attention_in (bfloat16), softmax_max,
-    softmax_sum ([T1, N1, 8] float32 in the device's layout, as ``flash_attention_forward``
-    returns them), atten_mask (nonzero = masked), actual_seq_qlen / actual_seq_kvlen
-    (cumulative ends), scale_value (the real scale), keep_prob, pre_tokens, next_tokens,
-    head_num (None: query.shape[1]), input_layout, inner_precise, sparse_mode, pse_type,
-    pse_shift, drop_mask; padding_mask, softmax_in, prefix are ignored; q_start_idx,
-    kv_start_idx: docs/abi.md §7. Tensors of one kind per call: numpy arrays, torch CPU
-    tensors, or device-resident ``aclnn_fag.acl.DeviceArray`` / NPU tensors (docs/npu.md).
-
-    backend: "auto", "numpy" or "npu" (``resolve_backend``); precision: "device", "fp32" or
-    "fp64" (NumPy only); deterministic: ACL_OPT_DETERMINISTIC for the call; check_data: run
-    the rules that read tensor data (None: yes, except for device-resident inputs with a
-    ``stream``, the caller's aclrtStream); progress: report long NumPy-backend calls on stderr.
+    query, query_rope, key, key_rope, value, dy, attention_in (bfloat16), softmax_max and
+    softmax_sum (the forward's [T1, N1, 8] statistics in the device's layout), atten_mask
+    (nonzero = masked), actual_seq_qlen / actual_seq_kvlen (cumulative ends), scale_value (the
+    real scale), keep_prob, pre_tokens, next_tokens, head_num (None: query.shape[1]),
+    input_layout, inner_precise, sparse_mode, pse_type, pse_shift, drop_mask; padding_mask,
+    softmax_in and prefix are ignored; q_start_idx, kv_start_idx (docs/abi.md §7). One tensor
+    kind per call: numpy, torch CPU, or device-resident (DeviceArray, NPU tensors). backend,
+    precision, deterministic, check_data, stream, progress: docs/npu.md, docs/usage.md.
 
     Returns FagGrads(dq, dq_rope, dk, dk_rope, dv). Raises ParamInvalidError (161002) /
     ParamNullptrError (161001) with the device's status code (docs/validation.md). Warns
@@ -154,13 +149,10 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
 
     query, query_rope, key, key_rope, value, atten_mask, actual_seq_qlen, actual_seq_kvlen,
     scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout, inner_precise,
-    sparse_mode, pse_type, pse_shift, drop_mask, padding_mask, prefix, backend, precision,
-    deterministic, check_data, stream, progress: as for
-    ``flash_attention_unpadding_score_grad_v3``; "npu" needs a CANN that exports the forward
-    ("auto" then runs NumPy). q_start_idx / kv_start_idx: None passes [0].
-
-    Returns FagForward(attention_out, softmax_max, softmax_sum): attention_out [T1, N1, Dv], the
-    statistics [T1, N1, 8] in the device's layout, ready for the backward.
+    sparse_mode, pse_type, pse_shift, drop_mask, padding_mask, prefix, q_start_idx,
+    kv_start_idx, backend, precision, deterministic, check_data, stream, progress: as for the
+    backward. Returns FagForward(attention_out, softmax_max, softmax_sum), the statistics in
+    the device's layout, ready for the backward.
     """
     kind, t = operands.convert_args(_FWD_TENSORS, (
         query, query_rope, key, key_rope, value, atten_mask, pse_shift, drop_mask, padding_mask))
