@@ -78,11 +78,8 @@ class AclnnError(Exception):
             known = ACLNN_STATUS.get(self.code) or ACL_ERRORS.get(self.code)
             if known is not None:
                 self.meaning = known[1]
-        self.param = param
-        self.rule = rule
-        self.function = function
-        self.recent_msg = recent_msg
-        self.stricter = stricter
+        self.param, self.rule, self.function = param, rule, function
+        self.recent_msg, self.stricter = recent_msg, stricter
         super().__init__(self._format())
 
     def _format(self) -> str:

@@ -99,15 +99,10 @@ def _bar(total, desc, unit, enabled, stream):
     return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
 
 
-@contextlib.contextmanager
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, stream=None):
-    """A bar over ``total`` steps on stderr with ``update(n)``, ``set_postfix_str(s)`` and
-    ``close()`` (module docstring); nothing is shown when ``enabled`` is false."""
-    bar = _bar(total, desc, unit, enabled, sys.stderr if stream is None else stream)
-    try:
-        yield bar
-    finally:
-        bar.close()
+    """A bar over ``total`` steps on stderr with ``update(n)`` and ``set_postfix_str(s)``, as a
+    context manager that closes it; nothing is shown when ``enabled`` is false."""
+    return contextlib.closing(_bar(total, desc, unit, enabled, stream or sys.stderr))
 
 
 class BlockProgress:
