@@ -123,9 +123,7 @@ _cap_state = {"setting": None, "active": 0, "saved": None}
 
 
 def _check_threads(n):
-    if n is None:
-        return None
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"the BLAS thread cap must be an int >= 1 or None, got {n!r}")
     return n
 

@@ -63,9 +63,8 @@ ACL_ERRORS = {
 
 
 class AclnnError(Exception):
-    """An error with an aclnn status code (or ACL runtime error code): ``code``, ``param``,
-    ``rule``, ``function``, ``recent_msg``, ``meaning`` (what the code means) and ``stricter``
-    (the device would not reject this input but crash or compute garbage)."""
+    """An error with an aclnn status code (or ACL runtime error code); ``stricter``: the device
+    would not reject this input but crash or compute garbage."""
 
     code: int = 0
     meaning: str = "unknown status code"
@@ -127,13 +126,11 @@ class BackendUnavailableError(AclnnError, RuntimeError):
 
 
 class ResourceReleaseWarning(RuntimeWarning):
-    """Releasing a native handle failed: it is released once more by ``acl.shutdown()``
-    (docs/faults.md)."""
+    """Releasing a native handle failed; ``acl.shutdown()`` tries again (docs/faults.md)."""
 
 
 class DeterminismWarning(RuntimeWarning):
-    """ACL_OPT_DETERMINISTIC could not be read before a call, so it could not be restored
-    after it (docs/faults.md)."""
+    """ACL_OPT_DETERMINISTIC could not be read, so not restored after a call (docs/faults.md)."""
 
 
 class IgnoredArgumentWarning(UserWarning):
@@ -141,8 +138,7 @@ class IgnoredArgumentWarning(UserWarning):
 
 
 class SoftmaxStatsMismatchWarning(UserWarning):
-    """Sampled softmax statistics make a row's probabilities sum to more than 1: they were not
-    computed from these scores (e.g. another scale_value) and the gradients will be wrong."""
+    """Sampled softmax statistics were not computed from these scores (docs/validation.md)."""
 
 
 class SequenceEndWarning(UserWarning):
@@ -154,13 +150,11 @@ class FullyMaskedRowWarning(UserWarning):
 
 
 class NpuFallbackWarning(UserWarning):
-    """backend="auto" ran NumPy although CANN libraries are installed but the NPU cannot be
-    used (once per process and reason)."""
+    """backend="auto" ran NumPy: CANN is installed but the NPU cannot be used (docs/npu.md)."""
 
 
 class UnknownReleaseWarning(UserWarning):
-    """The CANN version is not a release the package knows: the rules of the nearest known
-    release apply (docs/releases.md). Said once per version."""
+    """The CANN version is unknown: the nearest known release's rules apply (docs/releases.md)."""
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))

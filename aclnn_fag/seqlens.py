@@ -92,9 +92,11 @@ def seq_info(actual_seq_qlen, actual_seq_kvlen) -> SeqInfo:
                    max_sq=max(sq) if sq else 0, max_skv=max(skv) if skv else 0)
 
 
-def int_list(name, value):
-    """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values (a list
-    or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
+def int_list(name, value, required=False):
+    """An int array argument (aclIntArray): None (TypeError when ``required``), or a 1-D
+    sequence of int64 values (a list or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
+    if value is None and required:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
     if value is None:
         return None
     torch = sys.modules.get("torch")
@@ -132,19 +134,11 @@ def int_list(name, value):
     return out
 
 
-def _ints(name, value) -> tuple:
-    """``int_list`` of a required argument."""
-    values = int_list(name, value)
-    if values is None:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
-    return values
-
-
 def checked_ends(name, ends, total=None, total_name: str = "T", strip_padding=False) -> tuple:
     """Cumulative ends as ints (without their end-of-data padding when ``strip_padding``),
     checked as the public call checks them (S4; ``total`` T when known): TypeError for anything
     but a 1-D sequence of integers, ValueError otherwise."""
-    values = _ints(name, ends)
+    values = int_list(name, ends, required=True)
     if strip_padding:
         values = without_padding(values)
     problem = ends_problem(name, values, total, total_name)
@@ -156,7 +150,7 @@ def checked_ends(name, ends, total=None, total_name: str = "T", strip_padding=Fa
 def lengths_to_cumulative(lengths) -> np.ndarray:
     """Per-sequence lengths -> the cumulative ends the op takes (int64, no leading 0):
     ``[300, 0, 212]`` -> ``[300, 300, 512]``."""
-    values = _ints("lengths", lengths)
+    values = int_list("lengths", lengths, required=True)
     for i, x in enumerate(values):
         if x < 0:
             raise ValueError(f"parameter 'lengths' has a negative entry ({x} at index {i}): "
