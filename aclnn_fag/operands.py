@@ -97,11 +97,9 @@ def _npu_to_device_array(name: str, t):
                              "torch_npu.npu_format_cast(t, 2) (ND)")
     dt = numpy_dtype_of_torch(t.dtype, name)
     index = t.device.index
-    ptr = t.data_ptr()
-    if type(ptr) is not int:
-        ptr = int(ptr)
     try:
-        return foreign_view(ptr, t.shape, dt, t.stride(), 0 if index is None else index, t)
+        return foreign_view(int(t.data_ptr()), t.shape, dt, t.stride(),
+                            0 if index is None else index, t)
     except (TypeError, ValueError) as e:
         raise named_error(e, f"parameter '{name}' (an NPU tensor)") from None
 
@@ -125,14 +123,11 @@ def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
                     "CPU tensors, aclnn_fag.acl.DeviceArray or NPU tensors); convert or upload "
                     "the odd one (e.g. the mask) once beforehand")
             kind, first = k, name
-    if kind == NPU:
-        return kind, tuple(_npu_to_device_array(n, x)
-                           if x is not None and (not odd or kind_of(x) == NPU) else x
-                           for n, x in zip(names, values))
-    if kind == TORCH:
-        return kind, tuple(_torch_cpu_to_numpy(n, x) if x is not None and kind_of(x) == TORCH
-                           else x for n, x in zip(names, values))
-    return kind or NUMPY, values
+    convert = {NPU: _npu_to_device_array, TORCH: _torch_cpu_to_numpy}.get(kind)
+    if convert is None:
+        return kind or NUMPY, values
+    return kind, tuple(convert(n, x) if x is not None and (not odd or kind_of(x) == kind) else x
+                       for n, x in zip(names, values))
 
 
 def to_torch(a):
