@@ -74,13 +74,9 @@ def _c_decl(p: Param) -> str:
     return f"{p.c_type}{p.c_name}" if p.c_type.endswith("*") else f"{p.c_type} {p.c_name}"
 
 
-def _tensor(name: str, c_name: str) -> Param:
-    """A tensor input; optional exactly when the header's name says so."""
-    return Param(name, c_name, TENSOR, "input", c_name.endswith("Optional"))
-
-
-def _out(name: str, c_name: str) -> Param:
-    return Param(name, c_name, TENSOR, "output")
+def _tensors(role: str, *names) -> Tuple[Param, ...]:
+    """Tensors from (name, header name) pairs, optional exactly when the header says so."""
+    return tuple(Param(n, c, TENSOR, role, c.endswith("Optional")) for n, c in names)
 
 
 # The five int arrays and nine attributes both ops share, in their C order.
@@ -111,20 +107,16 @@ BACKWARD_V3 = OpVersion(
     key="backward_v3",
     symbol="aclnnFlashAttentionUnpaddingScoreGradV3",
     header="aclnnop/aclnn_flash_attention_score_grad.h",
-    params=(
-        _tensor("query", "query"), _tensor("query_rope", "queryRope"),
-        _tensor("key", "keyIn"), _tensor("key_rope", "keyInRope"),
-        _tensor("value", "value"), _tensor("dy", "dy"),
-        _tensor("pse_shift", "pseShiftOptional"), _tensor("drop_mask", "dropMaskOptional"),
-        _tensor("padding_mask", "paddingMaskOptional"),
-        _tensor("atten_mask", "attenMaskOptional"),
-        _tensor("softmax_max", "softmaxMaxOptional"),
-        _tensor("softmax_sum", "softmaxSumOptional"),
-        _tensor("softmax_in", "softmaxInOptional"),
-        _tensor("attention_in", "attentionInOptional"),
-    ) + INT_ARRAYS + ATTRIBUTES + (
-        _out("dq", "dqOut"), _out("dq_rope", "dqRopeOut"), _out("dk", "dkOut"),
-        _out("dk_rope", "dkRopeOut"), _out("dv", "dvOut"), _out("dpse", "dpseOut"),
+    params=_tensors(
+        "input", ("query", "query"), ("query_rope", "queryRope"), ("key", "keyIn"),
+        ("key_rope", "keyInRope"), ("value", "value"), ("dy", "dy"),
+        ("pse_shift", "pseShiftOptional"), ("drop_mask", "dropMaskOptional"),
+        ("padding_mask", "paddingMaskOptional"), ("atten_mask", "attenMaskOptional"),
+        ("softmax_max", "softmaxMaxOptional"), ("softmax_sum", "softmaxSumOptional"),
+        ("softmax_in", "softmaxInOptional"), ("attention_in", "attentionInOptional"),
+    ) + INT_ARRAYS + ATTRIBUTES + _tensors(
+        "output", ("dq", "dqOut"), ("dq_rope", "dqRopeOut"), ("dk", "dkOut"),
+        ("dk_rope", "dkRopeOut"), ("dv", "dvOut"), ("dpse", "dpseOut"),
     ) + PHASE1_TAIL,
     output_like={"dq": "query", "dq_rope": "query_rope", "dk": "key", "dk_rope": "key_rope",
                  "dv": "value"},
@@ -135,15 +127,14 @@ FORWARD_V3 = OpVersion(
     key="forward_v3",
     symbol="aclnnFlashAttentionVarLenScoreV3",
     header="aclnnop/aclnn_flash_attention_score.h",
-    params=(
-        _tensor("query", "query"), _tensor("query_rope", "queryRope"),
-        _tensor("key", "key"), _tensor("key_rope", "keyRope"), _tensor("value", "value"),
-        _tensor("pse_shift", "realShiftOptional"), _tensor("drop_mask", "dropMaskOptional"),
-        _tensor("padding_mask", "paddingMaskOptional"),
-        _tensor("atten_mask", "attenMaskOptional"),
-    ) + INT_ARRAYS + ATTRIBUTES + (
-        _out("softmax_max", "softmaxMaxOut"), _out("softmax_sum", "softmaxSumOut"),
-        _out("softmax_out", "softmaxOutOut"), _out("attention_out", "attentionOutOut"),
+    params=_tensors(
+        "input", ("query", "query"), ("query_rope", "queryRope"), ("key", "key"),
+        ("key_rope", "keyRope"), ("value", "value"), ("pse_shift", "realShiftOptional"),
+        ("drop_mask", "dropMaskOptional"), ("padding_mask", "paddingMaskOptional"),
+        ("atten_mask", "attenMaskOptional"),
+    ) + INT_ARRAYS + ATTRIBUTES + _tensors(
+        "output", ("softmax_max", "softmaxMaxOut"), ("softmax_sum", "softmaxSumOut"),
+        ("softmax_out", "softmaxOutOut"), ("attention_out", "attentionOutOut"),
     ) + PHASE1_TAIL,
     optional_symbols=True,
 )
