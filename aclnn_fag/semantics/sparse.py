@@ -30,7 +30,8 @@ def normalize_tokens(sparse_mode: int, pre_tokens: int, next_tokens: int) -> tup
 
 
 def band_index(sparse_mode: int, seqs: SeqInfo) -> int:
-    """bandIdx of modes 7 (last b < B with Sq_b != 0) and 8 (first such b); 0 if none; -1 otherwise."""
+    """bandIdx of modes 7 (last b < B with Sq_b != 0) and 8 (first such b); 0 if none; -1
+    for the other modes."""
     if sparse_mode not in (7, 8):
         return -1
     nonempty = [b for b in range(seqs.batch) if seqs.sq[b] != 0]
@@ -77,20 +78,18 @@ class MaskReader:
     blocks of Sq_b x Skv_b (x N1) elements (docs/sparse_modes.md)."""
 
     def __init__(self, mask: np.ndarray, seqs: SeqInfo, n1: int):
-        self.per_head = False
-        self._offsets: list = []
+        self.per_head, self._offsets, self._seqs, self._n1 = False, [], seqs, n1
         self._top_left = self._flat = None
-        self._seqs, self._n1 = seqs, n1
         if mask.ndim == 2 or (mask.ndim == 4 and mask.shape[0] == 1 and mask.shape[1] == 1):
             self._top_left = mask.reshape(mask.shape[-2], mask.shape[-1])
-        else:
-            self.per_head = mask.shape[1] != 1
-            self._flat = mask.reshape(-1)
-            heads = n1 if self.per_head else 1
-            off = 0
-            for b in range(seqs.batch):
-                self._offsets.append(off)
-                off += heads * seqs.sq[b] * seqs.skv[b]
+            return
+        self.per_head = mask.shape[1] != 1
+        self._flat = mask.reshape(-1)
+        heads = n1 if self.per_head else 1
+        off = 0
+        for b in range(seqs.batch):
+            self._offsets.append(off)
+            off += heads * seqs.sq[b] * seqs.skv[b]
 
     def block(self, b: int, i0: int, i1: int, j0: int, j1: int, heads=None) -> np.ndarray:
         """Boolean 'masked' block: [i1-i0, j1-j0], or [len(heads), i1-i0, j1-j0] when per-head."""
