@@ -15,18 +15,15 @@ __all__ = ["COPIES", "device_stats_from_token_major", "token_major_from_device_s
 COPIES = 8
 
 
-def device_stat_blocks(stats: np.ndarray, seqs, batch: int):
+def device_stat_blocks(stats: np.ndarray, seqs: SeqInfo, batch: int):
     """View of batch ``batch``'s [N1, Sq_b, 8] block inside a [T1, N1, 8] stats array."""
-    info = seqs if isinstance(seqs, SeqInfo) else seq_info(seqs, seqs)
     n1 = stats.shape[1]
     flat = np.ascontiguousarray(stats).reshape(-1)
-    start, sq = info.q_starts[batch], info.sq[batch]
+    start, sq = seqs.q_starts[batch], seqs.sq[batch]
     return flat[start * n1 * COPIES:(start + sq) * n1 * COPIES].reshape(n1, sq, COPIES)
 
 
 def _checked_info(actual_seq_qlen, t1) -> SeqInfo:
-    if isinstance(actual_seq_qlen, SeqInfo):
-        return actual_seq_qlen
     ends = checked_ends("actual_seq_qlen", actual_seq_qlen, t1, "T (stats.shape[0])",
                         strip_padding=True)        # end-of-data padding entries are no batches
     return seq_info(ends, ends)
