@@ -125,36 +125,27 @@ class BackendUnavailableError(AclnnError, RuntimeError):
     meaning = "backend unavailable"
 
 
-class ResourceReleaseWarning(RuntimeWarning):
-    """Releasing a native handle failed; ``acl.shutdown()`` tries again (docs/faults.md)."""
-
-
-class DeterminismWarning(RuntimeWarning):
-    """ACL_OPT_DETERMINISTIC could not be read, so not restored after a call (docs/faults.md)."""
-
-
-class IgnoredArgumentWarning(UserWarning):
-    """An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."""
-
-
-class SoftmaxStatsMismatchWarning(UserWarning):
-    """Sampled softmax statistics were not computed from these scores (docs/validation.md)."""
-
-
-class SequenceEndWarning(UserWarning):
-    """The last cumulative end is below T: the rows after it get zero gradients."""
-
-
-class FullyMaskedRowWarning(UserWarning):
-    """A query row has no kept key (the docs call this unsupported)."""
-
-
-class NpuFallbackWarning(UserWarning):
-    """backend="auto" ran NumPy: CANN is installed but the NPU cannot be used (docs/npu.md)."""
-
-
-class UnknownReleaseWarning(UserWarning):
-    """The CANN version is unknown: the nearest known release's rules apply (docs/releases.md)."""
+# the warnings, made like the status classes: (name, base, docstring)
+_WARNINGS = (
+    ("ResourceReleaseWarning", RuntimeWarning,
+     "Releasing a native handle failed; ``acl.shutdown()`` tries again (docs/faults.md)."),
+    ("DeterminismWarning", RuntimeWarning,
+     "ACL_OPT_DETERMINISTIC could not be read, so not restored after a call (docs/faults.md)."),
+    ("IgnoredArgumentWarning", UserWarning,
+     "An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."),
+    ("SoftmaxStatsMismatchWarning", UserWarning,
+     "Sampled softmax statistics were not computed from these scores (docs/validation.md)."),
+    ("SequenceEndWarning", UserWarning,
+     "The last cumulative end is below T: the rows after it get zero gradients."),
+    ("FullyMaskedRowWarning", UserWarning,
+     "A query row has no kept key (the docs call this unsupported)."),
+    ("NpuFallbackWarning", UserWarning,
+     'backend="auto" ran NumPy: CANN is installed but the NPU cannot be used (docs/npu.md).'),
+    ("UnknownReleaseWarning", UserWarning,
+     "The CANN version is unknown: the nearest known release's rules apply (docs/releases.md)."),
+)
+for _name, _base, _doc in _WARNINGS:
+    globals()[_name] = type(_name, (_base,), {"__doc__": _doc, "__module__": __name__})
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
