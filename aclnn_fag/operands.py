@@ -25,11 +25,10 @@ _DESCRIBE = {NUMPY: "a numpy.ndarray", TORCH: "a torch CPU tensor",
              DEVICE: "an aclnn_fag.acl.DeviceArray", NPU: "an NPU tensor"}
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 
-# torch dtype (by its str(), so torch is never imported) -> numpy dtype, and back
+# torch dtype (by its str(), so torch is never imported) -> numpy dtype
 _TORCH_TO_NUMPY = {"torch." + np.dtype(d).name: np.dtype(d) for d in (
     ml_dtypes.bfloat16, np.float32, np.float16, np.float64, np.uint8, np.bool_, np.int8,
     np.int16, np.int32, np.int64)}
-_NUMPY_TO_TORCH = {v: k for k, v in _TORCH_TO_NUMPY.items()}
 
 # aclFormat values whose memory is plain strided memory (the others, e.g. FRACTAL_NZ, are
 # private tiled layouts): NCHW, NHWC, ND, NDHWC, NCDHW, NCL.
@@ -48,7 +47,7 @@ def numpy_dtype_of_torch(dtype, name: str = "tensor") -> np.dtype:
 
 def torch_dtype_name(dtype) -> str:
     """``'torch.bfloat16'`` etc. for a numpy dtype."""
-    return _NUMPY_TO_TORCH[np.dtype(dtype)]
+    return "torch." + np.dtype(dtype).name
 
 
 def is_npu_tensor(x) -> bool:

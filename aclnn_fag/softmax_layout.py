@@ -44,8 +44,7 @@ def device_stats_from_token_major(token_major, actual_seq_qlen) -> np.ndarray:
                          f"{tm.shape}{hint}")
     info = _checked_info(actual_seq_qlen, tm.shape[0])
     out = np.zeros(tm.shape + (COPIES,), dtype=np.float32)
-    for b in range(len(info.q_ends)):
-        s, n = info.q_starts[b], info.sq[b]
+    for b, (s, n) in enumerate(zip(info.q_starts, info.sq)):
         block = device_stat_blocks(out, info, b)
         block[...] = tm[s:s + n].T[:, :, None]
     return out
@@ -59,8 +58,7 @@ def token_major_from_device_stats(stats, actual_seq_qlen) -> np.ndarray:
     st = np.ascontiguousarray(st)             # one copy at most, not one per batch
     info = _checked_info(actual_seq_qlen, st.shape[0])
     out = np.zeros(st.shape[:2], dtype=st.dtype)
-    for b in range(len(info.q_ends)):
-        s, n = info.q_starts[b], info.sq[b]
+    for b, (s, n) in enumerate(zip(info.q_starts, info.sq)):
         block = device_stat_blocks(st, info, b)
         out[s:s + n] = block[:, :, 0].T
     return out

@@ -54,11 +54,8 @@ def batch_keep(sparse_mode: int, b: int, sq: int, skv: int, pre: int, nxt: int,
     """The band and mask use of batch b (tokens already normalised)."""
     delta = skv - sq
     mode = sparse_mode
-    if mode in (7, 8):
-        if b == band_idx:
-            mode = 4
-        else:
-            mode = 3 if sparse_mode == 7 else 2
+    if mode in (7, 8):      # the band batch as mode 4, the others causal (7: bottom-right)
+        mode = 4 if b == band_idx else (3 if sparse_mode == 7 else 2)
     if mode in (0, 5):
         return BatchKeep(-pre, nxt, True)
     if mode == 1:
