@@ -1,15 +1,10 @@
-"""aclnn_fag: CANN's fused attention ``aclnnFlashAttentionUnpaddingScoreGradV3`` (TND varlen,
-rope parts, GQA, every sparse mode) and its forward through ctypes on Ascend NPUs, and the same
-computation as a NumPy reference.
+"""aclnn_fag: CANN's fused attention backward ``aclnnFlashAttentionUnpaddingScoreGradV3`` and
+its forward through ctypes on Ascend NPUs, and the same computation as a NumPy reference.
 
-Calls: flash_attention_unpadding_score_grad_v3, flash_attention_forward, resolve_backend,
-last_backend, blas_info, reference_threads, set_reference_threads. Helpers: masks
-(compressed_causal_mask, band_mask, causal_mask), seqlens (lengths_to_cumulative,
-cumulative_to_lengths, max_lengths), softmax_layout (device_stats_from_token_major,
-token_major_from_device_stats), acl (FagPlan, DeviceArray, call_raw). Errors: AclnnError and
-its subclasses by status code (error_class_for); SequenceEndWarning, FullyMaskedRowWarning,
-SoftmaxStatsMismatchWarning, IgnoredArgumentWarning. Documentation: docs/usage.md,
-docs/validation.md, docs/npu.md; the command line: ``aclnn-fag --help``.
+Helpers: masks (compressed_causal_mask, band_mask, causal_mask), seqlens
+(lengths_to_cumulative, cumulative_to_lengths, max_lengths), softmax_layout
+(device_stats_from_token_major, token_major_from_device_stats), acl (FagPlan, DeviceArray,
+call_raw). Documentation: docs/usage.md, docs/validation.md; ``aclnn-fag --help``.
 """
 
 from . import masks, seqlens, softmax_layout

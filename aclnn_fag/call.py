@@ -16,9 +16,8 @@ __all__ = ["FagCall", "FwdCall", "FagGrads", "FagForward", "INT32_MAX", "device_
 
 
 class FagGrads(NamedTuple):
-    """The five gradients of the backward op, in this order: ``(dq, dq_rope, dk, dk_rope, dv)``,
-    each shaped like its input; bfloat16 in precision "device" (float32 / float64 in "fp32" /
-    "fp64"). torch_npu's grad returns (dq, dk, dv, ...): use the names when porting."""
+    """The five gradients, in this order: ``(dq, dq_rope, dk, dk_rope, dv)``, each shaped like
+    its input (torch_npu's grad returns (dq, dk, dv, ...): use the names when porting)."""
 
     dq: np.ndarray
     dq_rope: np.ndarray
