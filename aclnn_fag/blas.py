@@ -28,7 +28,6 @@ _APIS = (("openblas", "openblas_get_num_threads", "openblas_set_num_threads"),
          ("mkl", "mkl_get_max_threads", "mkl_set_num_threads"),
          ("mkl", "MKL_Get_Max_Threads", "MKL_Set_Num_Threads"),
          ("blis", "bli_thread_get_num_threads", "bli_thread_set_num_threads"))
-_KEYWORDS = ("blas", "mkl", "blis")
 
 
 class _Controller:
@@ -51,25 +50,20 @@ class _Controller:
             self._set(int(n))
 
 
-def _loaded_libraries() -> list:
-    """Paths of the loaded shared libraries whose name looks like a BLAS (Linux: /proc)."""
-    paths = {}
-    try:
-        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
-            for parts in map(str.split, fh):
-                name = os.path.basename(parts[-1]).lower() if len(parts) >= 6 else ""
-                if ".so" in name and parts[-1][0] == "/" and any(k in name for k in _KEYWORDS):
-                    paths[parts[-1]] = None
-    except OSError:
-        pass
-    return list(paths)
-
-
 @functools.lru_cache(maxsize=None)
 def _probe():
-    """The controller of numpy's BLAS, or None (found once)."""
+    """The controller of numpy's BLAS among the loaded libraries (Linux: /proc), or None."""
     np.dot(np.ones((2, 2)), np.ones((2, 2)))           # make sure the BLAS is loaded
-    for path in _loaded_libraries():
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as fh:
+            paths = dict.fromkeys(p[-1] for p in map(str.split, fh) if len(p) >= 6
+                                  and p[-1][0] == "/")
+    except OSError:
+        return None
+    for path in paths:
+        name = os.path.basename(path).lower()
+        if ".so" not in name or not any(k in name for k in ("blas", "mkl", "blis")):
+            continue
         try:
             lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_LOCAL)
         except OSError:

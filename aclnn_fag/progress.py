@@ -58,9 +58,8 @@ class _PlainBar:
 
     def __init__(self, total, desc, unit, stream):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
-        self._stream = stream
+        self._stream, self._postfix = stream, ""
         self._start = self._last = time.perf_counter()
-        self._postfix = ""
 
     def update(self, n=1):
         self.n += n

@@ -136,8 +136,7 @@ def int_list(name, value, required=False):
 
 def checked_ends(name, ends, total=None, total_name: str = "T", strip_padding=False) -> tuple:
     """Cumulative ends as ints (without their end-of-data padding when ``strip_padding``),
-    checked as the public call checks them (S4; ``total`` T when known): TypeError for anything
-    but a 1-D sequence of integers, ValueError otherwise."""
+    checked as the public call checks them (S4; ``total``: T when known)."""
     values = int_list(name, ends, required=True)
     if strip_padding:
         values = without_padding(values)
