@@ -14,8 +14,7 @@ def get(name: str) -> Optional[str]:
 
 
 def non_negative_int(name: str, raw: Optional[str], default: int, zero_means: str) -> int:
-    """Variable ``name``'s value (text ``raw``): ``default`` when unset or blank, else a
-    non-negative integer (ValueError otherwise; ``zero_means`` says what 0 does)."""
+    """Variable ``name``'s value (text ``raw``): ``default`` when unset or blank, else int >= 0."""
     if raw is None or raw.strip() == "":
         return default
     try:

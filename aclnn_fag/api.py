@@ -171,10 +171,8 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
 
 def _call_setup(kind, query, backend, precision, check_data, stream):
     """(on_device, backend name, check_data, release) of one public call: device-resident
-    inputs always run on the NPU; ``check_data`` None means True except for device-resident
-    inputs with a caller's stream (their data may still be being written by queued work), and
-    True there synchronises that stream once first; the CANN release whose rules apply is the
-    loaded runtime's on the NPU, $ACLNN_FAG_CANN_RELEASE's on NumPy (docs/releases.md)."""
+    inputs run on the NPU; ``check_data`` None means True except for device-resident inputs
+    with a caller's stream (their data may still be being written by queued work)."""
     on_device = kind in operands.DEVICE_KINDS
     if on_device and backend == "numpy":
         raise ValueError("parameter 'backend'='numpy' cannot take device-resident tensors "

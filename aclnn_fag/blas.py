@@ -19,8 +19,7 @@ ENV_VAR = "ACLNN_FAG_BLAS_THREADS"
 THREAD_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
               ENV_VAR)
 
-# (kind, getter, setter), tried in order on every loaded candidate library (the
-# scipy-openblas builds numpy ships prefix their names)
+# (kind, getter, setter), tried in order on each loaded candidate (numpy's scipy-openblas too)
 _APIS = (("openblas", "openblas_get_num_threads", "openblas_set_num_threads"),
          ("openblas", "openblas_get_num_threads64_", "openblas_set_num_threads64_"),
          ("openblas", "scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
@@ -144,9 +143,8 @@ def get_reference_threads():
 
 @contextlib.contextmanager
 def reference_threads(n):
-    """Run the block with the BLAS capped at ``n`` threads, then restore the previous count.
-    Thread counts are process-wide: concurrent blocks share one cap (the first one in sets
-    it, the last one out restores the count)."""
+    """Run the block with the BLAS capped at ``n`` threads, then restore the previous count
+    (process-wide: the first block in sets the cap, the last one out restores the count)."""
     n = _check_threads(n)
     ctl = _probe() if n is not None else None
     if ctl is None or ctl._set is None:

@@ -6,6 +6,7 @@ generated from the code tables (``error_class_for(code)``); every exception carr
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -100,13 +101,9 @@ class AclnnError(Exception):
         return text
 
     def __reduce__(self):  # keep pickling (multiprocessing) working
-        return (_rebuild, (type(self), self.code, self.rule, self.param, self.function,
-                           self.recent_msg, self.stricter))
-
-
-def _rebuild(cls, code, rule, param, function, recent_msg, stricter):
-    return cls(rule, code=code, param=param, function=function, recent_msg=recent_msg,
-               stricter=stricter)
+        return functools.partial(type(self), self.rule, code=self.code, param=self.param,
+                                 function=self.function, recent_msg=self.recent_msg,
+                                 stricter=self.stricter), ()
 
 
 class AclRuntimeError(AclnnError):

@@ -30,8 +30,7 @@ _TORCH_TO_NUMPY = {"torch." + np.dtype(d).name: np.dtype(d) for d in (
     ml_dtypes.bfloat16, np.float32, np.float16, np.float64, np.uint8, np.bool_, np.int8,
     np.int16, np.int32, np.int64)}
 
-# aclFormat values whose memory is plain strided memory (the others, e.g. FRACTAL_NZ, are
-# private tiled layouts): NCHW, NHWC, ND, NDHWC, NCDHW, NCL.
+# the aclFormats of plain strided memory (NCHW, NHWC, ND, NDHWC, NCDHW, NCL; not FRACTAL_NZ)
 _PLAIN_FORMATS = (0, 1, 2, 27, 30, 47)
 
 
@@ -104,10 +103,8 @@ def _npu_to_device_array(name: str, t):
 
 
 def convert_args(names: Tuple[str, ...], values: tuple) -> Tuple[str, tuple]:
-    """(kind, the arguments converted, in order) for one call's tensor arguments (parameter
-    names, arguments): torch CPU tensors become numpy views, NPU tensors DeviceArrays over
-    their memory; numpy arrays, DeviceArrays and arguments of an unknown type (validation
-    names them) pass through."""
+    """(kind, the arguments converted): torch CPU tensors as numpy views, NPU tensors as
+    DeviceArrays over their memory; anything else passes through (validation names it)."""
     kind = first = None
     odd = False                           # some argument is not of the call's kind
     for name, x in zip(names, values):
@@ -140,8 +137,7 @@ def to_torch(a):
 
 
 def npu_to_device_array(name: str, t):
-    """A DeviceArray over an NPU tensor's memory, or None when ``t`` is not an NPU tensor (the
-    converter aclnn_fag.device_run registers for the plans)."""
+    """A DeviceArray over an NPU tensor's memory, or None when ``t`` is not an NPU tensor."""
     return _npu_to_device_array(name, t) if kind_of(t) == NPU else None
 
 
@@ -159,9 +155,8 @@ _DTYPE_WORD = re.compile(r"(?<![\w.])(" + "|".join(_TORCH_NAMES) + r")(?![\w])")
 
 
 def in_torch_terms(error: Exception) -> Exception:
-    """A validation error of a call made with torch tensors, reworded for torch: dtypes by
-    their torch names and torch's conversion (``query.to(torch.bfloat16)``); same class, code,
-    parameter and rule otherwise. Errors without a ``rule`` come back unchanged."""
+    """A validation error reworded for torch (dtypes by their torch names, ``.to(...)``
+    conversions); errors without a ``rule`` come back unchanged."""
     rule = getattr(error, "rule", None)
     if not rule:
         return error

@@ -22,8 +22,7 @@ _enabled_by_cli = False
 
 
 def enable_call_progress(on: bool = True) -> bool:
-    """Report progress of long NumPy-backend calls by default (the CLI turns it on for the
-    command's duration); returns the previous setting."""
+    """Report progress of long NumPy-backend calls by default; returns the previous setting."""
     global _enabled_by_cli
     previous, _enabled_by_cli = _enabled_by_cli, bool(on)
     return previous
@@ -53,8 +52,7 @@ def estimate_seconds(flops: float) -> float:
 
 
 class _PlainBar:
-    """tqdm's interface, as lines on ``stream`` at most every PLAIN_INTERVAL_S seconds (no
-    output when ``stream`` is None)."""
+    """tqdm's interface as lines on ``stream`` (None: silent), at most every PLAIN_INTERVAL_S."""
 
     def __init__(self, total, desc, unit, stream):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
@@ -90,11 +88,9 @@ def _tqdm():
 
 
 def _bar(total, desc, unit, enabled, stream):
-    if not enabled:
-        return _PlainBar(total, desc, unit, None)
-    tqdm = _tqdm()
+    tqdm = _tqdm() if enabled else None
     if tqdm is None:
-        return _PlainBar(total, desc, unit, stream)
+        return _PlainBar(total, desc, unit, stream if enabled else None)
     return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
 
 

@@ -56,9 +56,8 @@ def by_name(name: str) -> Release:
 
 
 def resolve(text, source: str = "the CANN version") -> Tuple[Release, Optional[str]]:
-    """The release whose rules apply to version ``text`` (newer than the newest -> the newest,
-    older than the oldest -> the oldest, between two -> the older, unreadable -> the newest),
-    and a note when it is not a known release (None when it is one)."""
+    """The release whose rules apply to version ``text`` (else the nearest older one, the
+    oldest, or the newest) and a note when it is not a known release (else None)."""
     m = _VERSION.match(text) if isinstance(text, str) else None
     if m is None:
         return NEWEST, (f"{source} {text!r} is not a version aclnn_fag can read: it applies the "

@@ -56,9 +56,8 @@ def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
 
 @dataclass(frozen=True)
 class SeqInfo:
-    """Per-batch starts/lengths derived from the cumulative ends. ``batch`` is B: the raw
-    count minus the trailing run (index >= 1) of batches whose query and key lengths are both
-    0; ``max_sq``/``max_skv`` are taken over all raw entries."""
+    """Per-batch starts/lengths of the cumulative ends; ``batch`` is B (docs/semantics.md),
+    ``max_sq``/``max_skv`` are taken over all raw entries."""
 
     q_ends: tuple
     kv_ends: tuple

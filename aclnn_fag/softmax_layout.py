@@ -31,9 +31,7 @@ def _checked_info(actual_seq_qlen, t1) -> SeqInfo:
 
 def device_stats_from_token_major(token_major, actual_seq_qlen) -> np.ndarray:
     """Token-major ``[T1, N1]`` (or ``[T1, N1, 1]``) statistics -> the device layout
-    ``[T1, N1, 8]`` float32, ready for ``softmax_max``/``softmax_sum``; rows after the last
-    end stay 0. A log-sum-exp ``lse`` converts as ``softmax_max`` with ``softmax_sum`` all
-    ones."""
+    ``[T1, N1, 8]`` float32; rows after the last end stay 0."""
     tm = np.asarray(token_major)
     if tm.ndim == 3 and tm.shape[2] == 1:
         tm = tm[:, :, 0]

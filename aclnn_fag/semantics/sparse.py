@@ -70,9 +70,8 @@ def batch_keep(sparse_mode: int, b: int, sq: int, skv: int, pre: int, nxt: int,
 
 
 class MaskReader:
-    """Reads the explicit mask of modes 0/1/5 with the kernel's addressing: 2-D and
-    [1, 1, ..] masks top-left for every batch and head, [B, 1|N1, ..] masks as packed ragged
-    blocks of Sq_b x Skv_b (x N1) elements (docs/sparse_modes.md)."""
+    """Reads the explicit mask of modes 0/1/5 as the kernel does: 2-D and [1, 1, ..] masks
+    top-left, [B, 1|N1, ..] masks as packed ragged Sq_b x Skv_b (x N1) blocks."""
 
     def __init__(self, mask: np.ndarray, seqs: SeqInfo, n1: int):
         self.per_head, self._offsets, self._seqs, self._n1 = False, [], seqs, n1
