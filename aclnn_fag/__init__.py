@@ -12,10 +12,10 @@ from .blas import blas_info, reference_threads, set_reference_threads
 from .api import (BACKENDS, NpuFallbackWarning, flash_attention_forward,
                   flash_attention_unpadding_score_grad_v3, last_backend, resolve_backend)
 from .call import FagForward, FagGrads
-from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, LibraryNotFoundError,
-                     ParamInvalidError, ParamNullptrError, error_class_for)
-from .errors import (FullyMaskedRowWarning, IgnoredArgumentWarning, SequenceEndWarning,
-                     SoftmaxStatsMismatchWarning)
+from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, FullyMaskedRowWarning,
+                     IgnoredArgumentWarning, LibraryNotFoundError, ParamInvalidError,
+                     ParamNullptrError, SequenceEndWarning, SoftmaxStatsMismatchWarning,
+                     error_class_for)
 
 __version__ = "0.1.0"
 

@@ -149,8 +149,7 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 def caller_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning raised by the calling function point at the
-    first frame outside this package (the user's call)."""
+    """The ``stacklevel`` of a warning that points at the first frame outside this package."""
     level, f = 1, sys._getframe(1)
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE + os.sep):
         f = f.f_back

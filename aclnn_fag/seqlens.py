@@ -18,8 +18,7 @@ __all__ = ["lengths_to_cumulative", "cumulative_to_lengths", "max_lengths", "int
 
 
 def per_sequence_hint(ends, total=None) -> str:
-    """' -- ...' when ``ends`` look like per-sequence lengths: with ``total`` (T) known, they
-    sum to T and the last is not T; without it, they decrease somewhere."""
+    """' -- ...' when ``ends`` look like per-sequence lengths (summing to ``total``; or falling)."""
     if not ends or len(ends) < 2:
         return ""
     if total is not None:
@@ -86,9 +85,8 @@ def seq_info(actual_seq_qlen, actual_seq_kvlen) -> SeqInfo:
     batch = min(len(q_ends), len(kv_ends))
     while batch > 1 and sq[batch - 1] == 0 and skv[batch - 1] == 0:
         batch -= 1
-    return SeqInfo(q_ends=q_ends, kv_ends=kv_ends, q_starts=q_starts, kv_starts=kv_starts,
-                   sq=sq, skv=skv, batch=batch,
-                   max_sq=max(sq) if sq else 0, max_skv=max(skv) if skv else 0)
+    return SeqInfo(q_ends, kv_ends, q_starts, kv_starts, sq, skv, batch, max(sq, default=0),
+                   max(skv, default=0))
 
 
 def int_list(name, value, required=False):

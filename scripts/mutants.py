@@ -250,7 +250,7 @@ MUTANTS = [
            "    return np.asarray(values, dtype=np.int64)",
            "seqlens.lengths_to_cumulative returns the lengths"),
     Mutant("sem-max-sq", "semantics", "aclnn_fag/seqlens.py",
-           "max_sq=max(sq) if sq else 0", "max_sq=sq[0] if sq else 0",
+           "batch, max(sq, default=0),", "batch, (sq or (0,))[0],",
            "maxSq = first batch's length: mask shape rule wrong"),
     Mutant("sem-stat-blocks", "semantics", "aclnn_fag/softmax_layout.py",
            "    return flat[start * n1 * COPIES:(start + sq) * n1 * COPIES].reshape(n1, sq, COPIES)",
