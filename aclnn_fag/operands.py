@@ -13,12 +13,10 @@ import numpy as np
 
 from .acl.device import DeviceArray, foreign_view
 
-__all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "KINDS", "kind_of", "convert_args",
-           "numpy_dtype_of_torch", "torch_dtype_name", "to_torch", "is_npu_tensor",
-           "DEVICE_KINDS", "in_torch_terms"]
+__all__ = ["NUMPY", "TORCH", "DEVICE", "NPU", "DEVICE_KINDS", "kind_of", "convert_args", "to_torch",
+           "numpy_dtype_of_torch", "torch_dtype_name", "is_npu_tensor", "in_torch_terms"]
 
 NUMPY, TORCH, DEVICE, NPU = "numpy", "torch", "device", "npu"
-KINDS = (NUMPY, TORCH, DEVICE, NPU)
 DEVICE_KINDS = (DEVICE, NPU)
 
 _DESCRIBE = {NUMPY: "a numpy.ndarray", TORCH: "a torch CPU tensor",

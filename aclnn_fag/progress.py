@@ -18,6 +18,7 @@ ENV_VAR = "ACLNN_FAG_PROGRESS"
 LONG_CALL_S = 10.0          # calls estimated longer than this report progress
 ASSUMED_GFLOPS = 40.0       # a conservative NumPy float32 rate for the estimate
 PLAIN_INTERVAL_S = 2.0      # the plain (no tqdm) bar writes at most this often
+_ON = ("1", "true", "yes", "on")
 _enabled_by_cli = False
 
 
@@ -37,13 +38,9 @@ def call_progress_wanted(progress: Optional[bool]) -> bool:
                             f"{type(progress).__name__}")
         return progress
     raw = os.environ.get(ENV_VAR, "").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    if raw:
+    if raw and raw not in _ON + ("0", "false", "no", "off"):
         raise ValueError(f"{ENV_VAR} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
-    return _enabled_by_cli
+    return raw in _ON if raw else _enabled_by_cli
 
 
 def estimate_seconds(flops: float) -> float:
