@@ -1,32 +1,10 @@
-"""aclnn_fag: Huawei CANN's fused attention backward ``aclnnFlashAttentionUnpaddingScoreGradV3``
-(TND varlen, rope parts, GQA, every sparse mode) through ctypes on Ascend NPUs, and the same
-computation as a NumPy reference when no NPU is present.
+"""aclnn_fag: CANN's fused attention backward ``aclnnFlashAttentionUnpaddingScoreGradV3`` and
+its forward through ctypes on Ascend NPUs, and the same computation as a NumPy reference.
 
-Calls:
-    flash_attention_unpadding_score_grad_v3(...) -> FagGrads(dq, dq_rope, dk, dk_rope, dv)
-        the backward op; arguments mirror the C op (see its docstring).
-    flash_attention_forward(...) -> FagForward(attention_out, softmax_max, softmax_sum)
-        the forward it differentiates, statistics in the device's layout.
-    resolve_backend(backend, precision), last_backend(), BACKENDS
-        which backend runs ("numpy" or "npu"; ``ACLNN_FAG_BACKEND`` for "auto").
-    blas_info(), reference_threads(n), set_reference_threads(n)
-        numpy's BLAS and its thread count; cap the threads of the NumPy reference (shared
-        machines; also ``$ACLNN_FAG_BLAS_THREADS``).
-
-Helpers:
-    aclnn_fag.masks          compressed_causal_mask, band_mask, causal_mask
-    aclnn_fag.seqlens        lengths_to_cumulative, cumulative_to_lengths, max_lengths
-    aclnn_fag.softmax_layout device_stats_from_token_major, token_major_from_device_stats
-    aclnn_fag.acl            the ctypes layer: FagPlan, DeviceArray, call_raw (imported on use)
-
-Errors and warnings:
-    AclnnError and its subclasses (ParamNullptrError 161001, ParamInvalidError 161002, ...;
-    error_class_for(code)), AclRuntimeError, LibraryNotFoundError, BackendUnavailableError;
-    SequenceEndWarning, FullyMaskedRowWarning, SoftmaxStatsMismatchWarning,
-    IgnoredArgumentWarning.
-
-Documentation (in the repository): docs/semantics.md, docs/sparse_modes.md,
-docs/validation.md, docs/abi.md, docs/porting.md; the command line: ``aclnn-fag --help``.
+Helpers: masks (compressed_causal_mask, band_mask, causal_mask), seqlens
+(lengths_to_cumulative, cumulative_to_lengths, max_lengths), softmax_layout
+(device_stats_from_token_major, token_major_from_device_stats), acl (FagPlan, DeviceArray,
+call_raw). Documentation: docs/usage.md, docs/validation.md; ``aclnn-fag --help``.
 """
 
 from . import masks, seqlens, softmax_layout
@@ -34,10 +12,10 @@ from .blas import blas_info, reference_threads, set_reference_threads
 from .api import (BACKENDS, NpuFallbackWarning, flash_attention_forward,
                   flash_attention_unpadding_score_grad_v3, last_backend, resolve_backend)
 from .call import FagForward, FagGrads
-from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, LibraryNotFoundError,
-                     ParamInvalidError, ParamNullptrError, error_class_for)
-from .errors import (FullyMaskedRowWarning, IgnoredArgumentWarning, SequenceEndWarning,
-                     SoftmaxStatsMismatchWarning)
+from .errors import (AclnnError, AclRuntimeError, BackendUnavailableError, FullyMaskedRowWarning,
+                     IgnoredArgumentWarning, LibraryNotFoundError, ParamInvalidError,
+                     ParamNullptrError, SequenceEndWarning, SoftmaxStatsMismatchWarning,
+                     error_class_for)
 
 __version__ = "0.1.0"
 

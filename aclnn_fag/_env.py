@@ -14,9 +14,7 @@ def get(name: str) -> Optional[str]:
 
 
 def non_negative_int(name: str, raw: Optional[str], default: int, zero_means: str) -> int:
-    """The value of variable ``name`` whose text is ``raw`` (from :func:`get`): ``default``
-    when unset or blank, else a non-negative integer; ValueError naming the variable
-    otherwise (``zero_means``: what 0 does, for the message)."""
+    """Variable ``name``'s value (text ``raw``): ``default`` when unset or blank, else int >= 0."""
     if raw is None or raw.strip() == "":
         return default
     try:

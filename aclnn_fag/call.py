@@ -1,10 +1,5 @@
-"""The validated arguments of one op call, as every backend receives them.
-
-``validate.validate_backward`` builds a ``FagCall`` (``validate.validate_forward``
-a ``FwdCall``) once; backends only read it. Arrays are the caller's own numpy
-arrays (never copied or modified by validation); derived facts (sequence
-layout, normalised tokens) are computed once here.
-"""
+"""The validated arguments of one call (built once by ``rules``, read by the backends) and
+the results' named tuples."""
 
 from __future__ import annotations
 
@@ -19,16 +14,9 @@ from .constants import INT32_MAX
 __all__ = ["FagCall", "FwdCall", "FagGrads", "FagForward", "INT32_MAX", "device_int_array"]
 
 
-
 class FagGrads(NamedTuple):
-    """The five gradients of the backward op, in this order: ``(dq, dq_rope, dk, dk_rope, dv)``.
-
-    Each has the shape of its input -- dq [T1, N1, D], dq_rope [T1, N1, Dr], dk [T2, N2, D],
-    dk_rope [T2, N2, Dr], dv [T2, N2, Dv] -- and is bfloat16 in precision "device" (float32 /
-    float64 in "fp32" / "fp64"). Each rope gradient follows its main gradient; torch_npu's
-    fused-attention grad returns (dq, dk, dv, ...) instead, so use the names when porting
-    (docs/porting.md).
-    """
+    """The five gradients, in this order: ``(dq, dq_rope, dk, dk_rope, dv)``, each shaped like
+    its input (torch_npu's grad returns (dq, dk, dv, ...): use the names when porting)."""
 
     dq: np.ndarray
     dq_rope: np.ndarray
@@ -38,12 +26,8 @@ class FagGrads(NamedTuple):
 
 
 class FagForward(NamedTuple):
-    """Forward results, in this order: ``(attention_out, softmax_max, softmax_sum)``.
-
-    attention_out [T1, N1, Dv] (bfloat16 in precision "device"); softmax_max and softmax_sum
-    [T1, N1, 8] in the device's layout (per batch [N1, Sq_b, 8] blocks, 8 equal copies;
-    docs/semantics.md, Softmax statistics) -- pass them to the backward unchanged.
-    """
+    """Forward results, in this order: ``(attention_out, softmax_max, softmax_sum)``; the
+    statistics [T1, N1, 8] in the device's layout -- pass them to the backward unchanged."""
 
     attention_out: np.ndarray
     softmax_max: np.ndarray

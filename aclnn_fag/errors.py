@@ -1,40 +1,20 @@
-"""Exceptions: one class per aclnn status code and per ACL runtime error code.
-
-Every exception carries the numeric ``code`` the device returns for the same
-condition, the ``param`` (parameter name) it concerns when known, the ``rule``
-in plain words, and for errors raised by a native call the ``function`` name
-and the text of ``aclGetRecentErrMsg()``.
-
-The classes are generated from the code tables, in the style of pynvml: catch
-``ParamNullptrError`` for 161001, ``ParamInvalidError`` for 161002, or the
-base ``AclnnError`` for all of them; ``error_class_for(code)`` maps a code to
-its class (unknown codes get ``AclnnError``).
+"""Exceptions and warnings: one class per aclnn status code and per ACL runtime error code,
+generated from the code tables (``error_class_for(code)``); every exception carries the
+``code`` the device returns, the ``param``, the ``rule`` and, for a native call's errors, the
+``function`` and ``aclGetRecentErrMsg()``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
-__all__ = [
-    "AclnnError",
-    "AclRuntimeError",
-    "LibraryNotFoundError",
-    "BackendUnavailableError",
-    "ResourceReleaseWarning",
-    "DeterminismWarning",
-    "IgnoredArgumentWarning",
-    "SequenceEndWarning",
-    "SoftmaxStatsMismatchWarning",
-    "FullyMaskedRowWarning",
-    "NpuFallbackWarning",
-    "caller_stacklevel",
-    "UnknownReleaseWarning",
-    "ACLNN_STATUS",
-    "ACL_ERRORS",
-    "error_class_for",
-    "raise_for_status",
-]
+__all__ = ["AclnnError", "AclRuntimeError", "LibraryNotFoundError", "BackendUnavailableError",
+           "ResourceReleaseWarning", "DeterminismWarning", "IgnoredArgumentWarning",
+           "SequenceEndWarning", "SoftmaxStatsMismatchWarning", "FullyMaskedRowWarning",
+           "NpuFallbackWarning", "caller_stacklevel", "UnknownReleaseWarning", "ACLNN_STATUS",
+           "ACL_ERRORS", "error_class_for"]
 
 # aclnnStatus values (opdev/op_errno.h) -> (class name, meaning)
 ACLNN_STATUS = {
@@ -84,15 +64,8 @@ ACL_ERRORS = {
 
 
 class AclnnError(Exception):
-    """An error with an aclnn status code (or ACL runtime error code).
-
-    Attributes: ``code`` (int), ``param`` (parameter name or None), ``rule``
-    (the violated rule in plain words), ``function`` (native function name for
-    errors reported by a native call), ``recent_msg`` (aclGetRecentErrMsg
-    text), ``meaning`` (what the code means), ``stricter`` (True when the
-    real device would not reject this input but crash or compute garbage, and
-    this package rejects it on purpose).
-    """
+    """An error with an aclnn status code (or ACL runtime error code); ``stricter``: the device
+    would not reject this input but crash or compute garbage."""
 
     code: int = 0
     meaning: str = "unknown status code"
@@ -105,11 +78,8 @@ class AclnnError(Exception):
             known = ACLNN_STATUS.get(self.code) or ACL_ERRORS.get(self.code)
             if known is not None:
                 self.meaning = known[1]
-        self.param = param
-        self.rule = rule
-        self.function = function
-        self.recent_msg = recent_msg
-        self.stricter = stricter
+        self.param, self.rule, self.function = param, rule, function
+        self.recent_msg, self.stricter = recent_msg, stricter
         super().__init__(self._format())
 
     def _format(self) -> str:
@@ -124,19 +94,16 @@ class AclnnError(Exception):
         text = f"{head}: {self.rule}" if head and self.rule else (self.rule or head)
         text += f" [{self.meaning}]"
         if self.stricter:
-            text += " (aclnn_fag is stricter than the device here: the device would crash or compute garbage)"
+            text += (" (aclnn_fag is stricter than the device here: the device would crash or "
+                     "compute garbage)")
         if self.recent_msg:
             text += f"\n  aclGetRecentErrMsg: {self.recent_msg}"
         return text
 
     def __reduce__(self):  # keep pickling (multiprocessing) working
-        return (_rebuild, (type(self), self.code, self.rule, self.param, self.function,
-                           self.recent_msg, self.stricter))
-
-
-def _rebuild(cls, code, rule, param, function, recent_msg, stricter):
-    return cls(rule, code=code, param=param, function=function, recent_msg=recent_msg,
-               stricter=stricter)
+        return functools.partial(type(self), self.rule, code=self.code, param=self.param,
+                                 function=self.function, recent_msg=self.recent_msg,
+                                 stricter=self.stricter), ()
 
 
 class AclRuntimeError(AclnnError):
@@ -155,48 +122,34 @@ class BackendUnavailableError(AclnnError, RuntimeError):
     meaning = "backend unavailable"
 
 
-class ResourceReleaseWarning(RuntimeWarning):
-    """Releasing a native handle (aclrtFree, aclDestroyTensor, aclrtDestroyStream, ...) failed.
-
-    The handle is kept and released once more by ``acl.shutdown()`` (also run at exit);
-    results an op had already computed are still returned (docs/faults.md)."""
-
-
-class DeterminismWarning(RuntimeWarning):
-    """ACL_OPT_DETERMINISTIC could not be read before a call, so it could not be restored
-    after it: the context keeps the value the call ran with (docs/faults.md)."""
-
-
-class IgnoredArgumentWarning(UserWarning):
-    """An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."""
-
-
-class SoftmaxStatsMismatchWarning(UserWarning):
-    """Sampled softmax statistics make a row's probabilities sum to more than 1: they were not
-    computed from these scores (e.g. another scale_value) and the gradients will be wrong."""
-
-
-class SequenceEndWarning(UserWarning):
-    """The last cumulative end is below T: the rows after it get zero gradients."""
-
-
-class FullyMaskedRowWarning(UserWarning):
-    """A query row has no kept key (the docs call this unsupported)."""
-
-
-class NpuFallbackWarning(UserWarning):
-    """backend="auto" ran NumPy although CANN libraries are installed: the NPU cannot be used
-    as configured (the message names the device and the cause). Issued once per process and
-    reason; never when simply no CANN is installed."""
+# the warnings, made like the status classes: (name, base, docstring)
+_WARNINGS = (
+    ("ResourceReleaseWarning", RuntimeWarning,
+     "Releasing a native handle failed; ``acl.shutdown()`` tries again (docs/faults.md)."),
+    ("DeterminismWarning", RuntimeWarning,
+     "ACL_OPT_DETERMINISTIC could not be read, so not restored after a call (docs/faults.md)."),
+    ("IgnoredArgumentWarning", UserWarning,
+     "An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."),
+    ("SoftmaxStatsMismatchWarning", UserWarning,
+     "Sampled softmax statistics were not computed from these scores (docs/validation.md)."),
+    ("SequenceEndWarning", UserWarning,
+     "The last cumulative end is below T: the rows after it get zero gradients."),
+    ("FullyMaskedRowWarning", UserWarning,
+     "A query row has no kept key (the docs call this unsupported)."),
+    ("NpuFallbackWarning", UserWarning,
+     'backend="auto" ran NumPy: CANN is installed but the NPU cannot be used (docs/npu.md).'),
+    ("UnknownReleaseWarning", UserWarning,
+     "The CANN version is unknown: the nearest known release's rules apply (docs/releases.md)."),
+)
+for _name, _base, _doc in _WARNINGS:
+    globals()[_name] = type(_name, (_base,), {"__doc__": _doc, "__module__": __name__})
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
 def caller_stacklevel() -> int:
-    """The ``stacklevel`` that makes a warning raised by the calling function point at the
-    first frame outside this package (the user's call), however deep the package's own
-    frames are (public call, validation cache, helpers)."""
+    """The ``stacklevel`` of a warning that points at the first frame outside this package."""
     level, f = 1, sys._getframe(1)
     while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE + os.sep):
         f = f.f_back
@@ -204,36 +157,15 @@ def caller_stacklevel() -> int:
     return level
 
 
-class UnknownReleaseWarning(UserWarning):
-    """The CANN version is not a release the package knows (newer, older or unreadable): the
-    rules of the nearest known release apply (docs/releases.md). Said once per version."""
-
-
 _CLASSES: dict[int, type] = {}
-
-
-def _make_classes() -> None:
-    for table, base in ((ACLNN_STATUS, AclnnError), (ACL_ERRORS, AclRuntimeError)):
-        for code, (name, meaning) in table.items():
-            cls = type(name, (base,), {"code": code, "meaning": meaning,
-                                       "__doc__": f"Status {code}: {meaning}."})
-            cls.__module__ = __name__
-            globals()[name] = cls
-            __all__.append(name)
-            _CLASSES[code] = cls
-
-
-_make_classes()
+for _table, _base in ((ACLNN_STATUS, AclnnError), (ACL_ERRORS, AclRuntimeError)):
+    for _code, (_name, _meaning) in _table.items():
+        _CLASSES[_code] = globals()[_name] = type(_name, (_base,), {
+            "code": _code, "meaning": _meaning, "__doc__": f"Status {_code}: {_meaning}.",
+            "__module__": __name__})
+        __all__.append(_name)
 
 
 def error_class_for(code: int) -> type:
     """The exception class for a status/error code (AclnnError for unknown codes)."""
     return _CLASSES.get(int(code), AclnnError)
-
-
-def raise_for_status(code: int, *, function: str, recent_msg: str | None = None,
-                     param: str | None = None, rule: str = "") -> None:
-    """Raise the exception class of ``code`` when it is non-zero."""
-    if code != 0:
-        cls = error_class_for(code)
-        raise cls(rule, code=code, function=function, recent_msg=recent_msg, param=param)

@@ -1,17 +1,6 @@
-"""Progress on stderr for long work: a bar over the cases of ``parity``/``bench`` and over the
-blocks of a long NumPy-backend call.
-
-``progress_bar(total, desc, unit, enabled)`` is a context manager yielding an object with
-``update(n)``, ``set_postfix_str(s)`` and ``close()``: tqdm's bar when tqdm is installed (the
-``progress`` and ``test`` extras carry it), else a plain line on stderr at most every
-``PLAIN_INTERVAL_S`` seconds (done/total, rate, ETA); nothing at all when ``enabled`` is
-false.
-
-NumPy-backend calls (``aclnn_fag.reference``) report progress over their blocks when their
-estimated time (``estimate_seconds``: the kept area's flops at ``ASSUMED_GFLOPS``) exceeds
-``LONG_CALL_S`` and progress is enabled: ``progress=True`` on the public calls,
-``ACLNN_FAG_PROGRESS=1`` in the environment, or ``enable_call_progress(True)`` (the CLI does
-this). ``progress=False`` or ``ACLNN_FAG_PROGRESS=0`` keeps a call silent.
+"""Progress on stderr for long work (the cases of ``parity``/``bench``, the blocks of a long
+NumPy-backend call): tqdm's bar when tqdm is installed, else a plain line at most every
+``PLAIN_INTERVAL_S`` seconds.
 """
 
 from __future__ import annotations
@@ -29,34 +18,29 @@ ENV_VAR = "ACLNN_FAG_PROGRESS"
 LONG_CALL_S = 10.0          # calls estimated longer than this report progress
 ASSUMED_GFLOPS = 40.0       # a conservative NumPy float32 rate for the estimate
 PLAIN_INTERVAL_S = 2.0      # the plain (no tqdm) bar writes at most this often
+_ON = ("1", "true", "yes", "on")
 _enabled_by_cli = False
 
 
 def enable_call_progress(on: bool = True) -> bool:
-    """Report progress of long NumPy-backend calls by default (the CLI turns it on for the
-    command's duration); returns the previous setting."""
+    """Report progress of long NumPy-backend calls by default; returns the previous setting."""
     global _enabled_by_cli
     previous, _enabled_by_cli = _enabled_by_cli, bool(on)
     return previous
 
 
 def call_progress_wanted(progress: Optional[bool]) -> bool:
-    """Whether a call reports progress: its ``progress`` argument when given, else
-    ``$ACLNN_FAG_PROGRESS`` (1/true/yes/on or 0/false/no/off) when set, else whether the CLI
-    enabled it."""
+    """Whether a call reports progress: its ``progress`` argument, else ``$ACLNN_FAG_PROGRESS``,
+    else whether the CLI enabled it."""
     if progress is not None:
         if not isinstance(progress, bool):
             raise TypeError(f"parameter 'progress' must be None, True or False, got "
                             f"{type(progress).__name__}")
         return progress
     raw = os.environ.get(ENV_VAR, "").strip().lower()
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    if raw:
+    if raw and raw not in _ON + ("0", "false", "no", "off"):
         raise ValueError(f"{ENV_VAR} must be 1/true/yes/on or 0/false/no/off, got {raw!r}")
-    return _enabled_by_cli
+    return raw in _ON if raw else _enabled_by_cli
 
 
 def estimate_seconds(flops: float) -> float:
@@ -65,45 +49,28 @@ def estimate_seconds(flops: float) -> float:
 
 
 class _PlainBar:
-    """tqdm's interface, as lines on stderr at most every PLAIN_INTERVAL_S seconds."""
+    """tqdm's interface as lines on ``stream`` (None: silent), at most every PLAIN_INTERVAL_S."""
 
     def __init__(self, total, desc, unit, stream):
         self.total, self.desc, self.unit, self.n = total, desc, unit, 0
-        self._stream = stream
+        self._stream, self._postfix = stream, ""
         self._start = self._last = time.perf_counter()
-        self._postfix = ""
 
     def update(self, n=1):
         self.n += n
         now = time.perf_counter()
-        if now - self._last >= PLAIN_INTERVAL_S or self.n >= self.total:
+        if self._stream is not None and (now - self._last >= PLAIN_INTERVAL_S
+                                         or self.n >= self.total):
             self._last = now
-            self._write(now)
+            rate = self.n / max(now - self._start, 1e-9)
+            eta = (self.total - self.n) / rate if rate > 0 else float("inf")
+            extra = f" [{self._postfix}]" if self._postfix else ""
+            self._stream.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s, "
+                               f"{rate:.2f} {self.unit}/s, ETA {eta:.0f} s{extra}\n")
+            self._stream.flush()
 
     def set_postfix_str(self, s, refresh=True):
         self._postfix = s
-
-    def _write(self, now):
-        elapsed = max(now - self._start, 1e-9)
-        rate = self.n / elapsed
-        eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-        extra = f" [{self._postfix}]" if self._postfix else ""
-        self._stream.write(f"{self.desc}: {self.n}/{self.total} {self.unit}s, "
-                           f"{rate:.2f} {self.unit}/s, ETA {eta:.0f} s{extra}\n")
-        self._stream.flush()
-
-    def close(self):
-        pass
-
-
-class _NoBar:
-    n = 0
-
-    def update(self, n=1):
-        self.n += n
-
-    def set_postfix_str(self, s, refresh=True):
-        pass
 
     def close(self):
         pass
@@ -117,34 +84,27 @@ def _tqdm():
     return tqdm
 
 
-@contextlib.contextmanager
+def _bar(total, desc, unit, enabled, stream):
+    tqdm = _tqdm() if enabled else None
+    if tqdm is None:
+        return _PlainBar(total, desc, unit, stream if enabled else None)
+    return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
+
+
 def progress_bar(total: int, desc: str, unit: str = "it", enabled: bool = True, stream=None):
-    """A progress bar over ``total`` steps on stderr (module docstring)."""
-    stream = sys.stderr if stream is None else stream
-    if not enabled:
-        bar = _NoBar()
-    else:
-        tqdm = _tqdm()
-        bar = (tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
-               if tqdm is not None else _PlainBar(total, desc, unit, stream))
-    try:
-        yield bar
-    finally:
-        bar.close()
+    """A bar over ``total`` steps on stderr with ``update(n)`` and ``set_postfix_str(s)``, as a
+    context manager that closes it; nothing is shown when ``enabled`` is false."""
+    return contextlib.closing(_bar(total, desc, unit, enabled, stream or sys.stderr))
 
 
 class BlockProgress:
-    """Progress of one long NumPy-backend call over its (batch, KV head) blocks: a bar
-    counting blocks with rate and ETA (module docstring); does nothing when disabled."""
+    """Progress of one long NumPy-backend call over its blocks (nothing when disabled)."""
 
     def __init__(self, total_blocks: int, what: str, enabled: bool):
-        self._cm = progress_bar(total_blocks, what, "block", enabled) if enabled else None
-        self._bar = self._cm.__enter__() if enabled else _NoBar()
+        self._bar = _bar(total_blocks, what, "block", enabled, sys.stderr)
 
     def step(self, n: int = 1):
         self._bar.update(n)
 
     def close(self):
-        if self._cm is not None:
-            self._cm.__exit__(None, None, None)
-            self._cm = None
+        self._bar.close()

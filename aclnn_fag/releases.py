@@ -1,26 +1,7 @@
-"""The CANN releases whose behaviour the package knows, and which one a call follows
-(docs/releases.md).
-
-The op changed under the binding between CANN 8.5, 9.0 and 9.1. Each known release is a
-:class:`Release` whose flags say what it does:
-
-* ``eod_padding`` (9.0 and later): when T1 exceeds the sum of the query lengths **and** T2
-  the sum of the key lengths, the last entries of both ``actual_seq_qlen`` and
-  ``actual_seq_kvlen`` must be 0 (end-of-data padding); the backward rejects the call
-  otherwise (161002) and the forward's tiling fails (161001). The binding appends the 0 entry
-  itself on these releases, so "last end below T" works everywhere.
-* ``batch_drops_zero_ends`` (9.1 and later): the batch count B drops trailing entries whose
-  *cumulative value* is 0; before, it dropped the trailing entries whose query and key
-  *lengths* are both 0 (``[2, 4, 4]``: B = 3 on 9.1, B = 2 before).
-* ``process_wide_determinism`` (9.0 and later): the op reads the deterministic option of the
-  whole process, not the context's.
-
-Which release applies: on the NPU the one the runtime reports (the ``ops_transformer``
-package's version, else the runtime's, else the CANN version; :mod:`aclnn_fag.acl.versions`);
-on the NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default: the newest known), so CI can
-check each release's verdicts. A release newer than the newest known one follows the newest
-rules, an older one the oldest, and an unreadable or malformed version the newest; each of
-these says so once (:class:`~aclnn_fag.errors.UnknownReleaseWarning`).
+"""The CANN releases whose behaviour the package knows (a :class:`Release` each, its flags
+saying what the op does on it) and which one a call follows: on the NPU the runtime's
+(:mod:`aclnn_fag.acl.versions`), on the NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default:
+the newest); an unknown version follows the nearest known release (docs/releases.md).
 """
 
 from __future__ import annotations
@@ -33,8 +14,8 @@ from typing import Optional, Tuple
 
 from .errors import UnknownReleaseWarning
 
-__all__ = ["Release", "KNOWN", "NEWEST", "OLDEST", "ENV_VAR", "parse_version", "resolve",
-           "numpy_release", "by_name"]
+__all__ = ["Release", "KNOWN", "NEWEST", "OLDEST", "ENV_VAR", "resolve", "numpy_release",
+           "by_name"]
 
 ENV_VAR = "ACLNN_FAG_CANN_RELEASE"
 
@@ -66,16 +47,6 @@ _VERSION = re.compile(r"^\s*(\d{1,4})\.(\d{1,4})(?:\.(\d{1,4})|\.RC\d+)?(?:[.\-+
 _said: set = set()
 
 
-def parse_version(text) -> Optional[Tuple[int, int, int]]:
-    """``(major, minor, patch)`` of a CANN version string, or None when it is not one."""
-    if not isinstance(text, str):
-        return None
-    m = _VERSION.match(text)
-    if m is None:
-        return None
-    return int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
-
-
 def by_name(name: str) -> Release:
     """The known release named exactly ``name`` (ValueError naming the known ones otherwise)."""
     for r in KNOWN:
@@ -85,14 +56,13 @@ def by_name(name: str) -> Release:
 
 
 def resolve(text, source: str = "the CANN version") -> Tuple[Release, Optional[str]]:
-    """The release whose rules apply to version ``text``, and a note when it is not a known
-    release (None when it is one): newer than the newest -> the newest, older than the
-    oldest -> the oldest, between two known ones -> the older of them, unreadable -> the
-    newest."""
-    v = parse_version(text)
-    if v is None:
+    """The release whose rules apply to version ``text`` (else the nearest older one, the
+    oldest, or the newest) and a note when it is not a known release (else None)."""
+    m = _VERSION.match(text) if isinstance(text, str) else None
+    if m is None:
         return NEWEST, (f"{source} {text!r} is not a version aclnn_fag can read: it applies the "
                         f"rules of the newest release it knows, CANN {NEWEST.name}")
+    v = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     exact = [r for r in KNOWN if r.version[:2] == v[:2]]
     if exact:
         return exact[-1], None

@@ -1,23 +1,5 @@
-"""Cumulative sequence ends (``actual_seq_qlen``/``actual_seq_kvlen``) and what follows
-from them (docs/semantics.md, Sequence lengths).
-
-The op's ``actual_seq_qlen``/``actual_seq_kvlen`` hold **cumulative end offsets**: lengths
-``[2, 2, 0, 2, 2]`` are passed as ``[2, 4, 4, 6, 8]``. A leading 0 (flash-attn's
-``cu_seqlens``) is accepted: the op reads it as an empty first sequence (docs/semantics.md,
-The leading-0 form).
-
-Public helpers (they check their input the way the public call does, with the same
-messages: a list of integers -- ``TypeError`` otherwise, e.g. for floats --, no negative
-entry, ends that never decrease -- ``ValueError``):
-
-* ``lengths_to_cumulative(lengths)`` -> int64 ends;
-* ``cumulative_to_lengths(ends)`` -> int64 lengths;
-* ``max_lengths(q_ends, kv_ends=None)`` -> ``(maxSq, maxSkv)``, the last two dims of the
-  ``[maxSq, maxSkv]`` mask of sparse modes 0/1 (``aclnn_fag.masks.band_mask``).
-
-For the rest of the package: ``int_list`` (an aclIntArray argument as a tuple of ints),
-``ends_problem``/``per_sequence_hint`` (the S4 messages) and ``SeqInfo``/``seq_info`` (per-batch
-starts and lengths, the batch count B).
+"""Cumulative sequence ends (lengths ``[2, 2, 0]`` are passed as ``[2, 4, 4]``) and what
+follows from them (docs/semantics.md, Sequence lengths; docs/releases.md, End-of-data padding).
 """
 
 from __future__ import annotations
@@ -32,20 +14,19 @@ import numpy as np
 from .constants import INT64_MAX, INT64_MIN, LIMITS, MAX_INT_ARRAY_ENTRIES
 
 __all__ = ["lengths_to_cumulative", "cumulative_to_lengths", "max_lengths", "int_list",
-           "SeqInfo", "seq_info", "per_sequence_hint", "ends_problem"]
-
-PER_SEQUENCE_HINT = (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
-                     "to T); the op takes cumulative ends without a leading 0 "
-                     "(aclnn_fag.seqlens.lengths_to_cumulative)")
+           "SeqInfo", "seq_info", "per_sequence_hint", "ends_problem", "checked_ends"]
 
 
 def per_sequence_hint(ends, total=None) -> str:
-    """' -- ...' when ``ends`` look like per-sequence lengths: with ``total`` (T) known, they
-    sum to T and the last is not T; without it, they decrease somewhere."""
+    """' -- ...' when ``ends`` look like per-sequence lengths (summing to ``total``; or falling)."""
     if not ends or len(ends) < 2:
         return ""
     if total is not None:
-        return PER_SEQUENCE_HINT if sum(ends) == total and ends[-1] != total else ""
+        if sum(ends) != total or ends[-1] == total:
+            return ""
+        return (" -- actual_seq_qlen/actual_seq_kvlen look like per-sequence lengths (they sum "
+                "to T); the op takes cumulative ends without a leading 0 "
+                "(aclnn_fag.seqlens.lengths_to_cumulative)")
     if any(b < a for a, b in zip(ends, ends[1:])) and min(ends) >= 0:
         return (" -- these look like per-sequence lengths, not cumulative ends "
                 "(aclnn_fag.seqlens.lengths_to_cumulative converts lengths to ends)")
@@ -54,9 +35,7 @@ def per_sequence_hint(ends, total=None) -> str:
 
 def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
     """What is wrong with cumulative ends ``ends`` (ints), or '' when nothing is: a negative
-    entry, a decrease, or (with ``total`` = T) a last end past T. The public call (check S4 of
-    docs/validation.md) and the helpers of aclnn_fag.seqlens / aclnn_fag.softmax_layout all
-    report these with this text."""
+    entry, a decrease, or (with ``total`` = T) a last end past T (S4 of docs/validation.md)."""
     if not ends:
         return f"{name} must have at least one entry"
     hint = per_sequence_hint(ends, total)
@@ -76,12 +55,8 @@ def ends_problem(name: str, ends, total=None, total_name: str = "T") -> str:
 
 @dataclass(frozen=True)
 class SeqInfo:
-    """Per-batch starts/lengths derived from the cumulative ends.
-
-    ``batch`` is B of docs/semantics.md, "Sequence lengths": the raw count minus the trailing run
-    (index >= 1) of batches whose query and key lengths are both 0.
-    ``max_sq``/``max_skv`` are taken over all raw entries.
-    """
+    """Per-batch starts/lengths of the cumulative ends; ``batch`` is B (docs/semantics.md),
+    ``max_sq``/``max_skv`` are taken over all raw entries."""
 
     q_ends: tuple
     kv_ends: tuple
@@ -92,10 +67,6 @@ class SeqInfo:
     batch: int
     max_sq: int
     max_skv: int
-
-    @property
-    def batch_raw(self) -> int:
-        return len(self.q_ends)
 
     def batches(self):
         """Yield (b, q_start, sq, kv_start, skv) for b < batch."""
@@ -114,14 +85,15 @@ def seq_info(actual_seq_qlen, actual_seq_kvlen) -> SeqInfo:
     batch = min(len(q_ends), len(kv_ends))
     while batch > 1 and sq[batch - 1] == 0 and skv[batch - 1] == 0:
         batch -= 1
-    return SeqInfo(q_ends=q_ends, kv_ends=kv_ends, q_starts=q_starts, kv_starts=kv_starts,
-                   sq=sq, skv=skv, batch=batch,
-                   max_sq=max(sq) if sq else 0, max_skv=max(skv) if skv else 0)
+    return SeqInfo(q_ends, kv_ends, q_starts, kv_starts, sq, skv, batch, max(sq, default=0),
+                   max(skv, default=0))
 
 
-def int_list(name, value):
-    """An int array argument (aclIntArray): None, or a 1-D sequence of int64 values (a list
-    or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
+def int_list(name, value, required=False):
+    """An int array argument (aclIntArray): None (TypeError when ``required``), or a 1-D
+    sequence of int64 values (a list or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
+    if value is None and required:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
     if value is None:
         return None
     torch = sys.modules.get("torch")
@@ -131,56 +103,50 @@ def int_list(name, value):
                             "the sequence ends are read on the host; pass a list, a numpy array "
                             f"or a CPU tensor ({name}.cpu())")
         value = value.detach().numpy()
-    if isinstance(value, np.ndarray):
-        if value.ndim != 1:
-            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
-                            f"{value.ndim}-D array of shape {value.shape}")
-        if value.size > MAX_INT_ARRAY_ENTRIES:
-            raise ValueError(f"parameter '{name}' has {value.size} entries; at most "
-                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
-                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+    is_array = isinstance(value, np.ndarray)
+    if is_array and value.ndim != 1:
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got a "
+                        f"{value.ndim}-D array of shape {value.shape}")
+    if not is_array and (not isinstance(value, Sequence)
+                         or isinstance(value, (str, bytes, bytearray))):
+        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
+                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
+    if len(value) > MAX_INT_ARRAY_ENTRIES:
+        raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
+                         f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
+                         f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
+    if is_array:
         if value.size and value.dtype.kind not in "iu":
             raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got an "
                             f"array of dtype {value.dtype}")
-        out = tuple(int(x) for x in value.tolist())
-    elif isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)):
-        if len(value) > MAX_INT_ARRAY_ENTRIES:
-            raise ValueError(f"parameter '{name}' has {len(value)} entries; at most "
-                             f"{LIMITS['max_batch']} sequences are supported (aclnn_fag refuses "
-                             f"to copy more than {MAX_INT_ARRAY_ENTRIES})")
-        out = []
-        for i, x in enumerate(value):
-            if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
-                raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
-                                f"{i} is {type(x).__name__} {x!r}")
-            out.append(int(x))
-        out = tuple(out)
-    else:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers (list, tuple, "
-                        f"1-D numpy array or CPU torch tensor) or None, got {type(value).__name__}")
+        value = value.tolist()
+    for i, x in enumerate(value):
+        if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers; entry "
+                            f"{i} is {type(x).__name__} {x!r}")
+    out = tuple(int(x) for x in value)
     for x in out:
         if not INT64_MIN <= x <= INT64_MAX:
             raise ValueError(f"parameter '{name}' has {x}, which does not fit in int64")
     return out
 
-def _ends(name, ends) -> tuple:
-    values = int_list(name, ends)
-    if values is None:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
-    problem = ends_problem(name, values)
+
+def checked_ends(name, ends, total=None, total_name: str = "T", strip_padding=False) -> tuple:
+    """Cumulative ends as ints (without their end-of-data padding when ``strip_padding``),
+    checked as the public call checks them (S4; ``total``: T when known)."""
+    values = int_list(name, ends, required=True)
+    if strip_padding:
+        values = without_padding(values)
+    problem = ends_problem(name, values, total, total_name)
     if problem:
         raise ValueError(f"parameter '{name}': {problem} (docs/validation.md, S4)")
     return values
 
 
 def lengths_to_cumulative(lengths) -> np.ndarray:
-    """Per-sequence lengths -> the cumulative ends the op takes (int64, no leading 0).
-
-    ``[300, 0, 212]`` -> ``[300, 300, 512]``. Raises TypeError for anything but a 1-D
-    sequence of integers and ValueError for a negative length."""
-    values = int_list("lengths", lengths)
-    if values is None:
-        raise TypeError("parameter 'lengths' must be a 1-D sequence of integers, got None")
+    """Per-sequence lengths -> the cumulative ends the op takes (int64, no leading 0):
+    ``[300, 0, 212]`` -> ``[300, 300, 512]``."""
+    values = int_list("lengths", lengths, required=True)
     for i, x in enumerate(values):
         if x < 0:
             raise ValueError(f"parameter 'lengths' has a negative entry ({x} at index {i}): "
@@ -189,28 +155,22 @@ def lengths_to_cumulative(lengths) -> np.ndarray:
 
 
 def cumulative_to_lengths(ends) -> np.ndarray:
-    """Cumulative ends -> per-sequence lengths (int64): ``[300, 300, 512]`` -> ``[300, 0, 212]``.
-
-    Raises TypeError for anything but a 1-D sequence of integers and ValueError for ends that
-    are negative or decrease (per-sequence lengths passed by mistake are named in the message)."""
-    values = _ends("ends", ends)
-    arr = np.asarray(values, dtype=np.int64)
-    return np.diff(arr, prepend=np.int64(0))
+    """Cumulative ends -> per-sequence lengths (int64): ``[300, 300, 512]`` -> ``[300, 0, 212]``."""
+    return np.diff(np.asarray(checked_ends("ends", ends), dtype=np.int64), prepend=np.int64(0))
 
 
 def max_lengths(q_ends, kv_ends=None) -> tuple:
     """``(maxSq, maxSkv)`` of cumulative ends (``kv_ends`` defaults to ``q_ends``): the last
     two dims of the explicit mask of sparse modes 0/1."""
-    q = cumulative_to_lengths(_ends("q_ends", q_ends))
-    kv = q if kv_ends is None else cumulative_to_lengths(_ends("kv_ends", kv_ends))
+    q = cumulative_to_lengths(checked_ends("q_ends", q_ends))
+    kv = q if kv_ends is None else cumulative_to_lengths(checked_ends("kv_ends", kv_ends))
     return int(q.max()), int(kv.max())
 
 
 # --------------------------------------------------------------------------- end-of-data padding
 def padding_start(ends) -> int:
     """Where the end-of-data padding of ``ends`` starts: the index of a trailing run of 0
-    entries that follows a positive end (``[2, 5, 9, 0, 0]`` -> 3), else ``len(ends)``.
-    The padding entries are no sequences (docs/releases.md, End-of-data padding)."""
+    entries that follows a positive end (``[2, 5, 9, 0, 0]`` -> 3), else ``len(ends)``."""
     n = len(ends)
     while n > 1 and ends[n - 1] == 0:
         n -= 1

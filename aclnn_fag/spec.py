@@ -1,38 +1,21 @@
 """Each op version as data: its C symbols, its ordered parameters with their C types and
-roles, and the defaults the Python calls use (docs/abi.md §2).
-
-Everything that depends on an op's signature is derived from here: the ctypes prototypes
-(:mod:`aclnn_fag.acl.prototypes`), the raw calls ``call_raw``/``call_raw_forward``, the slot
-order of the executor, the keywords a ``--backend-module`` receives, the C reproducer's call
-and the check of the stub libraries' header (tests/native). Adding an op version (say the
-V5 backward with an attention sink) means one more :class:`OpVersion` below, its rules, its
-reference terms and its stub entry.
-
-Roles, in the order the C prototype lists them:
-
-* ``input``: an ``aclTensor*`` the op reads (``optional`` when the header names it
-  ``...Optional``);
-* ``int_array``: an ``aclIntArray*`` (all optional);
-* ``attr``: a scalar attribute (``double``, ``int64_t`` or the ``char*`` layout);
-* ``output``: an ``aclTensor*`` the op writes;
-* ``workspace_size``/``executor``: phase 1's two out-parameters.
-
-Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace, uint64_t workspaceSize,
-aclOpExecutor *executor, const aclrtStream stream)``.
+roles, and the defaults the Python calls use (docs/abi.md §2). The ctypes prototypes, the raw
+calls, the executor's slots, the C reproducer and the check of the stub's header follow from
+here (docs/architecture.md). Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace,
+uint64_t workspaceSize, aclOpExecutor *executor, const aclrtStream stream)``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Tuple
 
 from .constants import INT32_MAX
 
 __all__ = ["Param", "OpVersion", "BACKWARD_V3", "FORWARD_V3", "OPS", "INT_ARRAYS", "ATTRIBUTES",
-           "PHASE2_PARAMS", "ROLES", "op_for_symbol"]
+           "PHASE2_PARAMS"]
 
-ROLES = ("input", "int_array", "attr", "output", "workspace_size", "executor")
 TENSOR, INT_ARRAY = "const aclTensor *", "const aclIntArray *"
 
 
@@ -43,8 +26,8 @@ class Param:
     name: str
     c_name: str
     c_type: str
-    role: str
-    optional: bool = False
+    role: str      # input, int_array, attr, output, workspace_size, executor (C order)
+    optional: bool = False       # a tensor the header names ``...Optional``
     default: object = None
 
 
@@ -59,41 +42,22 @@ class OpVersion:
     output_like: Mapping[str, str] = field(default_factory=dict)
     optional_symbols: bool = False      # a CANN without this op still loads (the forward)
 
-    @property
-    def phase1(self) -> str:
-        return self.symbol + "GetWorkspaceSize"
-
-    @property
-    def phase2(self) -> str:
-        return self.symbol
+    phase1 = property(lambda self: self.symbol + "GetWorkspaceSize")
+    phase2 = property(lambda self: self.symbol)
 
     def names(self, role: str) -> Tuple[str, ...]:
         return tuple(p.name for p in self.params if p.role == role)
 
-    @cached_property
-    def inputs(self) -> Tuple[str, ...]:
-        return self.names("input")
-
-    @cached_property
-    def int_arrays(self) -> Tuple[str, ...]:
-        return self.names("int_array")
-
-    @cached_property
-    def attrs(self) -> Tuple[str, ...]:
-        return self.names("attr")
-
-    @cached_property
-    def outputs(self) -> Tuple[str, ...]:
-        return self.names("output")
+    inputs = cached_property(lambda self: self.names("input"))
+    int_arrays = cached_property(lambda self: self.names("int_array"))
+    attrs = cached_property(lambda self: self.names("attr"))
+    outputs = cached_property(lambda self: self.names("output"))
 
     def param(self, name: str) -> Param:
         for p in self.params:
             if p.name == name:
                 return p
         raise KeyError(f"{self.symbol} has no parameter {name!r}")
-
-    def attr_defaults(self) -> Dict[str, object]:
-        return {p.name: p.default for p in self.params if p.role == "attr"}
 
     def c_parameters(self) -> str:
         """The phase-1 parameter list as C text (``const aclTensor *query, ...``)."""
@@ -110,13 +74,9 @@ def _c_decl(p: Param) -> str:
     return f"{p.c_type}{p.c_name}" if p.c_type.endswith("*") else f"{p.c_type} {p.c_name}"
 
 
-def _tensor(name: str, c_name: str) -> Param:
-    """A tensor input; optional exactly when the header's name says so."""
-    return Param(name, c_name, TENSOR, "input", c_name.endswith("Optional"))
-
-
-def _out(name: str, c_name: str) -> Param:
-    return Param(name, c_name, TENSOR, "output")
+def _tensors(role: str, *names) -> Tuple[Param, ...]:
+    """Tensors from (name, header name) pairs, optional exactly when the header says so."""
+    return tuple(Param(n, c, TENSOR, role, c.endswith("Optional")) for n, c in names)
 
 
 # The five int arrays and nine attributes both ops share, in their C order.
@@ -147,21 +107,16 @@ BACKWARD_V3 = OpVersion(
     key="backward_v3",
     symbol="aclnnFlashAttentionUnpaddingScoreGradV3",
     header="aclnnop/aclnn_flash_attention_score_grad.h",
-    params=(
-        _tensor("query", "query"), _tensor("query_rope", "queryRope"),
-        _tensor("key", "keyIn"), _tensor("key_rope", "keyInRope"),
-        _tensor("value", "value"), _tensor("dy", "dy"),
-        _tensor("pse_shift", "pseShiftOptional"),
-        _tensor("drop_mask", "dropMaskOptional"),
-        _tensor("padding_mask", "paddingMaskOptional"),
-        _tensor("atten_mask", "attenMaskOptional"),
-        _tensor("softmax_max", "softmaxMaxOptional"),
-        _tensor("softmax_sum", "softmaxSumOptional"),
-        _tensor("softmax_in", "softmaxInOptional"),
-        _tensor("attention_in", "attentionInOptional"),
-    ) + INT_ARRAYS + ATTRIBUTES + (
-        _out("dq", "dqOut"), _out("dq_rope", "dqRopeOut"), _out("dk", "dkOut"),
-        _out("dk_rope", "dkRopeOut"), _out("dv", "dvOut"), _out("dpse", "dpseOut"),
+    params=_tensors(
+        "input", ("query", "query"), ("query_rope", "queryRope"), ("key", "keyIn"),
+        ("key_rope", "keyInRope"), ("value", "value"), ("dy", "dy"),
+        ("pse_shift", "pseShiftOptional"), ("drop_mask", "dropMaskOptional"),
+        ("padding_mask", "paddingMaskOptional"), ("atten_mask", "attenMaskOptional"),
+        ("softmax_max", "softmaxMaxOptional"), ("softmax_sum", "softmaxSumOptional"),
+        ("softmax_in", "softmaxInOptional"), ("attention_in", "attentionInOptional"),
+    ) + INT_ARRAYS + ATTRIBUTES + _tensors(
+        "output", ("dq", "dqOut"), ("dq_rope", "dqRopeOut"), ("dk", "dkOut"),
+        ("dk_rope", "dkRopeOut"), ("dv", "dvOut"), ("dpse", "dpseOut"),
     ) + PHASE1_TAIL,
     output_like={"dq": "query", "dq_rope": "query_rope", "dk": "key", "dk_rope": "key_rope",
                  "dv": "value"},
@@ -172,17 +127,14 @@ FORWARD_V3 = OpVersion(
     key="forward_v3",
     symbol="aclnnFlashAttentionVarLenScoreV3",
     header="aclnnop/aclnn_flash_attention_score.h",
-    params=(
-        _tensor("query", "query"), _tensor("query_rope", "queryRope"),
-        _tensor("key", "key"), _tensor("key_rope", "keyRope"),
-        _tensor("value", "value"),
-        _tensor("pse_shift", "realShiftOptional"),
-        _tensor("drop_mask", "dropMaskOptional"),
-        _tensor("padding_mask", "paddingMaskOptional"),
-        _tensor("atten_mask", "attenMaskOptional"),
-    ) + INT_ARRAYS + ATTRIBUTES + (
-        _out("softmax_max", "softmaxMaxOut"), _out("softmax_sum", "softmaxSumOut"),
-        _out("softmax_out", "softmaxOutOut"), _out("attention_out", "attentionOutOut"),
+    params=_tensors(
+        "input", ("query", "query"), ("query_rope", "queryRope"), ("key", "key"),
+        ("key_rope", "keyRope"), ("value", "value"), ("pse_shift", "realShiftOptional"),
+        ("drop_mask", "dropMaskOptional"), ("padding_mask", "paddingMaskOptional"),
+        ("atten_mask", "attenMaskOptional"),
+    ) + INT_ARRAYS + ATTRIBUTES + _tensors(
+        "output", ("softmax_max", "softmaxMaxOut"), ("softmax_sum", "softmaxSumOut"),
+        ("softmax_out", "softmaxOutOut"), ("attention_out", "attentionOutOut"),
     ) + PHASE1_TAIL,
     optional_symbols=True,
 )
@@ -190,11 +142,3 @@ FORWARD_V3 = OpVersion(
 OPS: Dict[str, OpVersion] = {op.key: op for op in (BACKWARD_V3, FORWARD_V3)}
 
 assert len(BACKWARD_V3.params) == 36 and len(FORWARD_V3.params) == 29
-
-
-def op_for_symbol(symbol: str) -> Optional[OpVersion]:
-    """The op version whose phase 1 or phase 2 is ``symbol`` (None when none is)."""
-    for op in OPS.values():
-        if symbol in (op.phase1, op.phase2):
-            return op
-    return None

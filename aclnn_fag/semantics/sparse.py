@@ -1,28 +1,19 @@
-"""Kept sets per sparse mode (docs/sparse_modes.md).
-
-Every supported mode reduces, per batch b, to a diagonal band on the local
-difference ``d = j - i`` (``lo <= d <= hi``), intersected for modes 0/1/5
-with an explicit mask read from the atten_mask tensor. Compressed modes
-(2, 3, 4, 7, 8) use the band formula alone (the canonical 2048x2048 mask
-is required, so its content adds nothing).
+"""Kept sets per sparse mode (docs/sparse_modes.md): per batch, a band ``lo <= j - i <= hi``,
+intersected for modes 0/1/5 with the explicit mask (the compressed modes' mask adds nothing).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import numpy as np
 
 from ..seqlens import SeqInfo
 from ..constants import INT32_MAX
 
-__all__ = ["INT32_MAX", "COMPRESSED_MODES", "DENSE_MASK_MODES", "SUPPORTED_MODES",
-           "normalize_tokens", "band_index", "BatchKeep", "batch_keep", "MaskReader"]
+__all__ = ["COMPRESSED_MODES", "normalize_tokens", "band_index", "BatchKeep", "batch_keep",
+           "MaskReader"]
 
 COMPRESSED_MODES = (2, 3, 4, 7, 8)
-DENSE_MASK_MODES = (0, 1, 5)
-SUPPORTED_MODES = (0, 1, 2, 3, 4, 5, 7, 8)
 _INF = float("inf")
 
 
@@ -39,7 +30,8 @@ def normalize_tokens(sparse_mode: int, pre_tokens: int, next_tokens: int) -> tup
 
 
 def band_index(sparse_mode: int, seqs: SeqInfo) -> int:
-    """bandIdx of modes 7 (last b < B with Sq_b != 0) and 8 (first such b); 0 if none; -1 otherwise."""
+    """bandIdx of modes 7 (last b < B with Sq_b != 0) and 8 (first such b); 0 if none; -1
+    for the other modes."""
     if sparse_mode not in (7, 8):
         return -1
     nonempty = [b for b in range(seqs.batch) if seqs.sq[b] != 0]
@@ -62,11 +54,8 @@ def batch_keep(sparse_mode: int, b: int, sq: int, skv: int, pre: int, nxt: int,
     """The band and mask use of batch b (tokens already normalised)."""
     delta = skv - sq
     mode = sparse_mode
-    if mode in (7, 8):
-        if b == band_idx:
-            mode = 4
-        else:
-            mode = 3 if sparse_mode == 7 else 2
+    if mode in (7, 8):      # the band batch as mode 4, the others causal (7: bottom-right)
+        mode = 4 if b == band_idx else (3 if sparse_mode == 7 else 2)
     if mode in (0, 5):
         return BatchKeep(-pre, nxt, True)
     if mode == 1:
@@ -81,30 +70,22 @@ def batch_keep(sparse_mode: int, b: int, sq: int, skv: int, pre: int, nxt: int,
 
 
 class MaskReader:
-    """Reads the explicit mask of modes 0/1/5 with the kernel's addressing (docs/sparse_modes.md).
-
-    2-D [maxSq, maxSkv] and [1, 1, maxSq, maxSkv] masks are read top-left for every
-    batch and head; [B, 1, ..] and [B, N1, ..] masks are read as packed ragged blocks
-    of Sq_b x Skv_b (x N1) elements from the flattened tensor.
-    """
+    """Reads the explicit mask of modes 0/1/5 as the kernel does: 2-D and [1, 1, ..] masks
+    top-left, [B, 1|N1, ..] masks as packed ragged Sq_b x Skv_b (x N1) blocks."""
 
     def __init__(self, mask: np.ndarray, seqs: SeqInfo, n1: int):
-        self.per_head = False
-        self._flat: Optional[np.ndarray] = None
-        self._offsets: list = []
+        self.per_head, self._offsets, self._seqs, self._n1 = False, [], seqs, n1
+        self._top_left = self._flat = None
         if mask.ndim == 2 or (mask.ndim == 4 and mask.shape[0] == 1 and mask.shape[1] == 1):
             self._top_left = mask.reshape(mask.shape[-2], mask.shape[-1])
-        else:
-            self._top_left = None
-            self.per_head = mask.shape[1] != 1
-            self._flat = mask.reshape(-1)
-            heads = n1 if self.per_head else 1
-            off = 0
-            for b in range(seqs.batch):
-                self._offsets.append(off)
-                off += heads * seqs.sq[b] * seqs.skv[b]
-        self._seqs = seqs
-        self._n1 = n1
+            return
+        self.per_head = mask.shape[1] != 1
+        self._flat = mask.reshape(-1)
+        heads = n1 if self.per_head else 1
+        off = 0
+        for b in range(seqs.batch):
+            self._offsets.append(off)
+            off += heads * seqs.sq[b] * seqs.skv[b]
 
     def block(self, b: int, i0: int, i1: int, j0: int, j1: int, heads=None) -> np.ndarray:
         """Boolean 'masked' block: [i1-i0, j1-j0], or [len(heads), i1-i0, j1-j0] when per-head."""
