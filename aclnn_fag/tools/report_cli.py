@@ -1,12 +1,10 @@
-"""``--html FILE`` on ``parity`` and ``parity --compare``, and the ``aclnn-fag report`` command
-(a saved JSON report as a table, an HTML page or JUnit XML). The pages:
-:mod:`aclnn_fag.tools.html_report`.
+"""``--html FILE`` on ``parity`` and ``parity --compare``, the comparison's text, and the
+``aclnn-fag report`` command (a saved JSON report as a table, an HTML page or JUnit XML; the
+pages: :mod:`aclnn_fag.tools.html_report`).
 
-Exit status of ``report``: 0 every case of the report passed, 1 a case failed or errored (as
-``parity`` would have exited), 2 bad input: the file is not a parity report of this format
-(``aclnn_fag.parity_report/1``), ``--html`` cannot be written or matplotlib is missing, or the
-report has no per-position error summaries (an older run: the page is still written with the
-parts it has, and the message says what is missing).
+Exit status of ``report``: 0 every case passed, 1 a case failed or errored, 2 bad input (not
+a parity report of this format, ``--html`` not writable, no matplotlib, or no per-position
+error summaries: the page is then written without its pictures).
 """
 
 from __future__ import annotations
@@ -14,29 +12,27 @@ from __future__ import annotations
 import sys
 
 from . import report_compare
-from .output import STDOUT, human_stream
+from .output import STDOUT, human_stream, write_json, write_text
 
-__all__ = ["add_html_argument", "prepare_html", "write_run_page", "write_compare_page",
-           "add_report_command", "cmd_report", "run_compare"]
+__all__ = ["add_html_argument", "prepare_html", "write_run_page", "add_report_command",
+           "cmd_report", "run_compare"]
 
-HTML_HELP = ("write the results as one self-contained HTML page (environment, verdicts, the case "
+HTML_HELP = ("write {} as one self-contained HTML page (environment, verdicts, the case "
              "table failing first, heat maps and token plots of the failing and borderline "
              "cases) to FILE; needs matplotlib: pip install 'aclnn_fag[report]'")
 
 
 def add_html_argument(p, what: str = "the results") -> None:
-    p.add_argument("--html", metavar="FILE", default=None,
-                   help=HTML_HELP.replace("the results", what, 1))
+    p.add_argument("--html", metavar="FILE", default=None, help=HTML_HELP.format(what))
 
 
 def prepare_html(args, prog: str) -> int:
     """0, or 2 after a message when ``--html`` cannot be honoured (checked before any work)."""
-    dest = getattr(args, "html", None)
-    if dest is None:
+    if getattr(args, "html", None) is None:
         return 0
     from .html_report import HtmlError, prepare
     try:
-        prepare(dest)
+        prepare(args.html)
     except HtmlError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
@@ -51,7 +47,7 @@ def _write(page_and_notices, dest, prog: str, stream) -> int:
     except HtmlError as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
-    print(f"html: {dest}", file=stream)
+    print(f"html: {dest}", file=stream or sys.stdout)
     for notice in notices:
         print(f"{prog}: {notice}", file=sys.stderr)
     return 2 if notices else 0
@@ -61,16 +57,7 @@ def write_run_page(report: dict, dest, prog: str = "aclnn-fag parity", source: s
                    stream=None) -> int:
     """Render ``report`` to ``dest``: 0, or 2 (cannot write, or the page lacks pictures)."""
     from .html_report import render_report
-    stream = stream or sys.stdout
     return _write(render_report(report, source=source, html_path=dest), dest, prog, stream)
-
-
-def write_compare_page(old: dict, new: dict, cmp: dict, old_label: str, new_label: str, dest,
-                       stream=None) -> int:
-    from .html_report import render_compare
-    stream = stream or sys.stdout
-    return _write(render_compare(old, new, cmp, old_label, new_label, html_path=dest), dest,
-                  "aclnn-fag parity --compare", stream)
 
 
 def add_report_command(sub) -> None:
@@ -93,7 +80,6 @@ def add_report_command(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from .output import write_text
     from .parity import format_table
     prog = "aclnn-fag report"
     if args.html == STDOUT:
@@ -122,31 +108,30 @@ def cmd_report(args) -> int:
             print(f"junit: {args.junit}", file=text)
     status = 0 if report.get("ok") else 1
     if args.html:
-        html_status = write_run_page(report, args.html, prog, source=f"report {args.report_json}",
-                                     stream=text)
-        status = html_status or status
+        status = write_run_page(report, args.html, prog, source=f"report {args.report_json}",
+                                stream=text) or status
     return status
 
 
-def run_compare(old_path, new_path, factor: float = report_compare.FACTOR, json_dest=None,
-                html_dest=None) -> int:
+def run_compare(old_path, new_path, factor=None, json_dest=None, html_dest=None) -> int:
     """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input;
     also when ``html_dest``'s page lacks pictures because NEW has no error summaries)."""
-    from .output import write_json
     try:
         old, new = report_compare.load_report(old_path), report_compare.load_report(new_path)
-        cmp = report_compare.compare_reports(old, new, factor)
+        cmp = report_compare.compare_reports(old, new, report_compare.FACTOR if factor is None
+                                             else factor)
     except (report_compare.ReportError, ValueError) as exc:
         print(f"aclnn-fag parity --compare: {exc}", file=sys.stderr)
         return 2
-    print(report_compare.format_comparison(cmp, str(old_path), str(new_path)),
-          file=human_stream(json_dest))
+    text = human_stream(json_dest)
+    print(report_compare.format_comparison(cmp, str(old_path), str(new_path)), file=text)
     if json_dest:
         write_json(cmp, json_dest)
         if json_dest != STDOUT:
-            print(f"comparison: {json_dest}", file=human_stream(json_dest))
+            print(f"comparison: {json_dest}", file=text)
     if html_dest:
-        if write_compare_page(old, new, cmp, str(old_path), str(new_path), html_dest,
-                              stream=human_stream(json_dest)):
+        from .html_report import render_compare
+        page = render_compare(old, new, cmp, str(old_path), str(new_path), html_path=html_dest)
+        if _write(page, html_dest, "aclnn-fag parity --compare", text):
             return 2
     return 1 if cmp["regressed"] else 0
