@@ -42,9 +42,6 @@ OUTPUTS = FagGrads._fields
 OPS = ("backward", "forward", "roundtrip")
 OUTPUTS_BY_OP = {"backward": FagGrads._fields, "forward": FagForward._fields,
                  "roundtrip": FagForward._fields + FagGrads._fields}
-FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
-                "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
-                "next_tokens", "sparse_mode", "deterministic")
 BackendFn = Callable[..., FagGrads]
 SELF_CHECK_NOTE = ("SELF-CHECK: the backend under test is the NumPy reference itself (ratio 1.00 by "
                    "construction); this run tests the reference against the fp64 golden, not a "
@@ -74,8 +71,8 @@ def reference_grads(**kwargs) -> FagGrads:
 
 
 def _forward(inputs: dict, backend: str, precision: str) -> FagForward:
-    return flash_attention_forward(**{k: inputs[k] for k in FORWARD_KEYS if k in inputs},
-                                   backend=backend, precision=precision)
+    return flash_attention_forward(**cases_mod.forward_arguments(inputs), backend=backend,
+                                   precision=precision)
 
 
 def _with_stats(inputs: dict, fwd: FagForward) -> dict:
