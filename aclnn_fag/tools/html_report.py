@@ -1,5 +1,5 @@
 """Parity reports as one self-contained HTML page (``--html FILE`` of ``parity``, ``parity
---compare`` and ``report``; docs/parity.md, "Look at it"): inline CSS and a sorting script,
+--compare`` and ``report``; docs/parity.md, "5. Look at it"): inline CSS and a sorting script,
 pictures as base64 PNG (:mod:`aclnn_fag.tools.report_plots`), no network. A run's page shows
 the environment, the verdict counts, the case table failing first and a section per ERROR,
 FAIL or borderline case (a pass that used at least ``BORDERLINE`` of a criterion's budget);

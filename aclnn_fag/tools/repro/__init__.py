@@ -3,7 +3,7 @@
 Each failing case is shrunk (:mod:`.shrink`; ``--no-shrink`` keeps it) and ``DIR/<case>/``
 gets ``inputs/*.bin`` (exactly as the binding passes them), ``golden/*.bin`` (the fp64 golden
 as float32), ``repro.c`` (:mod:`.csource`), ``build.sh``, ``README.md`` and ``case.json``
-(docs/parity.md, "Reproduce"). The arguments are the ``FagCall`` of
+(docs/parity.md, "4. Reproduce"). The arguments are the ``FagCall`` of
 ``aclnn_fag.rules.validate_backward``, the one ``aclnn_fag.acl.run_backward`` passes on.
 """
 
