@@ -16,6 +16,7 @@ import base64
 import datetime
 import html
 import os
+import pathlib
 import re
 import tempfile
 from typing import List, Optional
@@ -91,50 +92,6 @@ def missing_summaries(report: dict) -> List[str]:
                    and "error_summary_error" not in o for o in (case.get("outputs") or {}).values())]
 
 
-_CSS = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.2em 2em;color:#222}
-h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
-h3{font-size:1.05em;margin:1.2em 0 .4em}
-table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 6px;
-vertical-align:top}th{background:#f3f3f3;text-align:left}
-table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#999}
-.num{font-family:ui-monospace,monospace;font-size:12px;text-align:right;white-space:nowrap}
-.name{white-space:nowrap}
-.mono{font-family:ui-monospace,monospace}
-.v-PASS{color:#1e7e34;font-weight:600}.v-FAIL,.v-ERROR{color:#c0392b;font-weight:700}
-.v-BORDERLINE{color:#b9770e;font-weight:700}.bad{color:#c0392b;font-weight:700}
-.badge{display:inline-block;padding:.2em .7em;margin-right:.5em;border-radius:1em;
-background:#eee;font-weight:600}
-.notice{background:#fff3cd;border:1px solid #e0c36b;padding:.5em .8em;margin:.6em 0}
-.standin{background:#fde2e1;border:1px solid #e6a5a1;padding:.5em .8em;margin:.6em 0}
-.diff{background:#fff3cd}tr.regression td{background:#fdecea}
-td a{white-space:nowrap}img{max-width:100%;display:block;margin:.3em 0}pre{background:#f7f7f7;padding:.5em;overflow:auto}
-.small{color:#666;font-size:.9em}
-"""
-
-_JS = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
-    th.addEventListener("click", function () {
-      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-      var asc = th.getAttribute("data-dir") !== "asc";
-      th.setAttribute("data-dir", asc ? "asc" : "desc");
-      function key(row) {
-        var cell = row.cells[col];
-        return cell.hasAttribute("data-sort") ? cell.getAttribute("data-sort") : cell.textContent;
-      }
-      rows.sort(function (a, b) {
-        var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
-        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return asc ? c : -c;
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
-
-
 def _e(x) -> str:
     return html.escape("-" if x is None else str(x), quote=True)
 
@@ -152,11 +109,14 @@ def anchor(name) -> str:
 
 
 def _page(title: str, body: List[str]) -> str:
+    """The page around ``body``, with the style and the sorting script of aclnn_fag/tools/data/."""
+    data = pathlib.Path(__file__).resolve().parent / "data"
+    css, js = ((data / name).read_text(encoding="utf-8") for name in ("report.css", "report.js"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<link rel=\"icon\" href=\"data:,\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + f"\n<script>{_JS}</script>\n</body></html>\n")
+            f"<title>{_e(title)}</title><style>\n{css}</style></head><body>\n"
+            + "\n".join(body) + f"\n<script>\n{js}</script>\n</body></html>\n")
 
 
 def _environment_rows(report: dict) -> list:
