@@ -1,28 +1,10 @@
-"""Where an output's error sits: compact per-(batch, head), per-token and histogram summaries.
-
-``aclnn-fag parity`` stores one summary per judged output in its JSON report
-(``cases[i].outputs[name].error_summary``), so that ``--html`` pages (and
-``aclnn-fag report REPORT.json --html FILE``) can draw the heat map, the error along the
-token positions and the error histogram from the JSON alone. ``FORMAT`` names the layout::
-
-    {"format": "aclnn_fag.error_summary/1",
-     "tokens": T, "heads": N, "token_axis": "query" | "key",
-     "batch_ends": [cumulative ends],               # the ends the output's rows follow
-     "bh_max_abs": [[B x N]], "bh_ref_max_abs": [[B x N]],   # max |y-g|, |ref-g| per cell;
-                                                    # null for an empty batch
-     "token_bin": tokens per bin (1 up to MAX_TOKEN_BINS bins),
-     "token_max_abs": [...], "token_ref_max_abs": [...],     # max over heads and the last dim
-     "hist": {"log10_lo": -12, "log10_step": 0.25, "bins": 56,
-              "backend": [counts], "reference": [counts],
-              "backend_zero": n, "reference_zero": n,        # |err| == 0 exactly
-              "backend_under": n, "reference_under": n,      # 0 < |err| < 10**log10_lo
-              "backend_over": n, "reference_over": n}}       # |err| >= the top edge or not finite
-
-Values are rounded to 3 significant digits (the page shows magnitudes, the verdict uses the
-exact figures next to the summary). ``y`` and ``g`` are the output under test and the fp64
-golden, ``ref`` the NumPy device-precision reference (the noise floor of criterion 1).
-Statistics outputs (``softmax_max``/``softmax_sum``, device layout) are read token-major first;
-their invalid lines compare as equal when both hold the same FLT_MAX value.
+"""Where an output's error sits: per-(batch, head), per-token and histogram summaries, one
+per judged output in the JSON report (``cases[i].outputs[name].error_summary``; the layout:
+docs/parity.md, "5. Look at it"), so that the HTML pages draw their pictures from the JSON
+alone. Values are rounded to 3 significant digits (the verdict uses the exact figures).
+``y``/``g``/``ref``: the output under test, the fp64 golden, the NumPy device-precision
+reference. Statistics (device layout) are read token-major first; their invalid lines compare
+as equal when both hold the same FLT_MAX value.
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ import numpy as np
 from ...acl.tensors import acl_dtype
 from ...spec import BACKWARD_V3
 
-__all__ = ["c_source", "build_script", "phase1_call"]
+__all__ = ["c_source", "build_script", "phase1_call", "template"]
 
 OP = BACKWARD_V3
 
 
-def _template(name: str) -> Template:
+def template(name: str) -> Template:
     """A template of aclnn_fag/tools/data/ (``$name`` placeholders, ``$$`` for a dollar)."""
     return Template((pathlib.Path(__file__).resolve().parents[1] / "data" / name).read_text())
 
@@ -86,7 +86,7 @@ def c_source(*, case: str, version: str, inputs, int_arrays: dict, attrs: dict, 
     def c_names(role):
         return ", ".join(p.c_name for p in OP.params if p.role == role)
 
-    return _template("repro.c.in").substitute(
+    return template("repro.c.in").substitute(
         case=case, version=version, op=OP.symbol, phase1=OP.phase1, header=OP.header,
         n_in=len(OP.inputs), in_names=c_names("input"), in_rows=_tensor_rows(inputs, OP.inputs),
         n_ia=len(OP.int_arrays), ia_decl="\n".join(ia_decl), ia_rows="\n".join(ia_rows),
@@ -118,5 +118,5 @@ def phase1_call(op=OP) -> str:
 
 
 def build_script(opapi_preference) -> str:
-    return _template("repro_build.sh.in").substitute(names=" ".join(opapi_preference),
+    return template("repro_build.sh.in").substitute(names=" ".join(opapi_preference),
                                                      phase1=OP.phase1)
