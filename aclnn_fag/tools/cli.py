@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.main)
 
-    from .report_cli import add_report_command
+    from .parity_cli import add_report_command
     add_report_command(sub)
     return parser
 

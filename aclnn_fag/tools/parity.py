@@ -1,20 +1,10 @@
-"""``aclnn-fag parity``: run a case suite on a backend and judge every output (docs/parity.md).
-
-Per case the inputs are drawn from its seed (:mod:`aclnn_fag.tools.cases`) and ``--op``
-chooses what is judged (docs/forward.md, "Parity of the forward and of the round trip"):
-
-* ``backward``: the NumPy forward's statistics (device precision) into the backward under
-  test; the five gradients judged against the **golden** (NumPy, fp64) with the
-  **reference** (NumPy, device precision) as the yardstick (:func:`accuracy.judge`);
-* ``forward``: the forward under test; ``attention_out`` and the statistics against the fp64
-  NumPy forward, the device-precision NumPy forward as the reference;
-* ``roundtrip``: the backend's forward fed to its own backward; all eight outputs judged.
-
-Statistics rows that keep no key are the device's invalid lines (max = -FLT_MAX, sum =
-FLT_MAX): they must match exactly and are left out of the numeric criteria. When the backend
-under test is the NumPy backend in device precision, its result *is* the reference and is
-computed once (a self-check of the suite and the criteria). A case passes when all its
-outputs pass; any exception but KeyboardInterrupt makes it an ERROR and the run goes on.
+"""``aclnn-fag parity``: run a case suite on a backend and judge every output (docs/parity.md;
+``--op`` forward and roundtrip: docs/forward.md, "Parity of the forward and of the round trip").
+Per case three runs get identical inputs: the **golden** (NumPy, fp64), the **reference**
+(NumPy, device precision; criterion 1's yardstick) and the backend under test, whose outputs
+:func:`accuracy.judge` judges. The statistics' invalid lines (rows that keep no key) must
+match exactly. The NumPy backend in device precision *is* the reference (computed once: a
+self-check). Any exception but KeyboardInterrupt makes a case an ERROR; the run goes on.
 """
 
 from __future__ import annotations
