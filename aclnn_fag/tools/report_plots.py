@@ -27,21 +27,17 @@ class MissingMatplotlib(RuntimeError):
 
 
 def require():
-    """Import matplotlib's object API (raises MissingMatplotlib with what to install)."""
+    """matplotlib's Figure (raises MissingMatplotlib with what to install)."""
     try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise MissingMatplotlib(f"--html needs matplotlib ({exc}): {INSTALL_HINT}") from None
-    return matplotlib, Figure, FigureCanvasAgg
+    return Figure
 
 
 def _png(fig) -> bytes:
-    _, _, canvas_cls = require()
-    canvas_cls(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format="png", dpi=_DPI)        # a Figure alone draws with Agg
     return buf.getvalue()
 
 
@@ -71,7 +67,7 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
     """One panel per output that has a per-(batch, head) summary; None when none has."""
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
-    _, Figure, _ = require()
+    Figure = require()
     panels = _panels(outputs, "bh_max_abs")
     if not panels:
         return None
@@ -127,7 +123,7 @@ def _token_series(values, width):
 def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None) -> Optional[bytes]:
     """One row per output with a per-token summary; None when none has one."""
     from matplotlib.ticker import NullFormatter
-    _, Figure, _ = require()
+    Figure = require()
     panels = _panels(outputs, "token_max_abs")
     if not panels:
         return None
@@ -175,7 +171,7 @@ def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None
 
 def histograms(outputs: Dict[str, dict]) -> Optional[bytes]:
     """One panel per output with a histogram summary; None when none has one."""
-    _, Figure, _ = require()
+    Figure = require()
     panels = _panels(outputs, "hist")
     if not panels:
         return None
