@@ -49,8 +49,7 @@ def _per_token_head(y: np.ndarray, g: np.ndarray):
         gp = g[s].astype(np.float64).reshape(s.stop - s.start, n, -1)
         with np.errstate(invalid="ignore", over="ignore"):
             err = np.abs(yp - gp)
-        both_equal = yp == gp                 # FLT_MAX invalid lines, infinities in both
-        err = np.where(both_equal, 0.0, err)
+        err = np.where(yp == gp, 0.0, err)    # FLT_MAX invalid lines, infinities in both
         err = np.where(np.isfinite(err), err, np.inf)
         if err.shape[2]:
             per[s] = err.max(axis=2)
@@ -127,20 +126,15 @@ def summarise(output, golden, reference, ends, token_axis: str = "query",
 
 def attach(outputs: Mapping[str, dict], result, golden, reference, inputs: Mapping) -> None:
     """Add ``error_summary`` to each judged output of ``outputs`` (name -> judge dict) whose
-    shapes agree; ``result``/``golden``/``reference``: name -> array mappings or objects with
-    those attributes. A summary that cannot be made records ``error_summary_error`` instead
-    (the verdict never depends on it)."""
-    def get(src, name):
-        return src[name] if isinstance(src, Mapping) else getattr(src, name)
-
+    shapes agree; ``result``/``golden``/``reference``: name -> array. A summary that cannot be
+    made records ``error_summary_error`` instead (the verdict never depends on it)."""
     for name, judged in outputs.items():
         if judged.get("problem", "").startswith("shape"):
             continue
         query_side = name in QUERY_OUTPUTS
         ends = inputs["actual_seq_qlen"] if query_side else inputs["actual_seq_kvlen"]
         try:
-            judged["error_summary"] = summarise(get(result, name), get(golden, name),
-                                                get(reference, name), ends,
+            judged["error_summary"] = summarise(result[name], golden[name], reference[name], ends,
                                                 "query" if query_side else "key",
                                                 stats=name in STATS_OUTPUTS)
         except Exception as exc:          # a summary is for the eyes; never fail the case
