@@ -1,14 +1,8 @@
-"""``aclnn-fag bench``: time a backend over a few sizes next to this machine's sgemm
-(docs/cli.md). Work is counted exactly over the **kept area** of the mask: per query head and
-kept (i, j) pair the backward does 2 (3 Dqk + 2 Dv) flops, the forward 2 (Dqk + Dv), Dqk =
-D + Dr. Each row reports the best and median of ``--repeat`` calls (arguments validated once,
-outside the timed calls), GFLOP/s and the ratio to sgemm, on the NPU the host time per call
-(marshaling and the two phases), and the peak extra memory of one more call.
-
-Suites: ``default``, ``smoke`` (tiny, for CI) and ``targets``, the project's performance
-targets (``_goal_rows``), reported with their goals and enforced only with ``--check``. Rows in
-fp32/fp64 and the forward's always run on NumPy (the NPU computes the device precision only).
-"""
+"""``aclnn-fag bench`` (docs/cli.md): time a backend over a few sizes next to this machine's
+sgemm, the work counted exactly over the kept area of the mask, with the host time per call on
+the NPU and the peak extra memory. Suites: ``default``, ``smoke`` (tiny, for CI), ``targets``
+(the project's performance targets, ``_goal_rows``; missed ones exit 1 only with ``--check``).
+fp32/fp64 and forward rows run on NumPy (the NPU computes the device precision only)."""
 
 from __future__ import annotations
 

@@ -1,15 +1,7 @@
-"""``aclnn-fag bench --suite overhead``: host time per call of the NPU path, in microseconds
-(docs/npu.md, "Host overhead"), on the documentation's shape with a causal mask (T = 256,
-N = 2, D = 128 + rope 64, Dv = 128, sparse mode 3), every call validated in full: a bare ctypes
-call, the device-resident public call (NPU tensors through :class:`_ProtocolTensor`, and
-``acl.DeviceArray``; with and without ``stream=``), ``FagPlan.run`` and a numpy-in call
-without its copies, against the goals ``GOALS_US``; then where the time goes.
-
-On the stand-in libraries of ``native_stubs/`` the op's computation is off
-(``ACL_STUB_SKIP_COMPUTE=1``) and fresh allocations are not filled (``ACL_STUB_MALLOC_FILL=-1``),
-so the times are the binding's own; on a real NPU they include the launch (and the kernel
-where a row synchronises).
-"""
+"""``aclnn-fag bench --suite overhead`` (docs/npu.md, "Host overhead"): host microseconds per
+call of the NPU path on the documentation's shape with a causal mask, against ``GOALS_US``,
+then where the time goes. On the stubs of ``native_stubs/`` the op's computation is off and
+fresh allocations are not filled (``STUB_VARS``), so the times are the binding's own."""
 
 from __future__ import annotations
 

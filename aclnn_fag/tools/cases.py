@@ -1,19 +1,8 @@
-"""Test cases as data: a case is shapes, arguments and a seed, never arrays.
-
-A suite is a JSON file (the shipped one: ``aclnn_fag/tools/data/parity_suite.json``) of the
-form ``{"schema": "aclnn_fag.suite/1", "description": ..., "default_exclude_tags": [...],
-"defaults": {case keys}, "cases": [{case keys}, ...]}`` (a bare list of cases is accepted).
-The case keys are the fields of ``CaseSpec``: ``lengths_q`` are per-sequence query lengths
-(the op gets their cumulative ends), ``lengths_kv`` defaults to them, ``kv_heads`` to
-``heads``, ``d_v`` to ``d``, ``scale`` to 1/sqrt(d + d_rope); ``mask`` applies to modes
-0/1/5 (``zeros``, ``causal`` = triu(1), ``band`` = masked outside -pre <= j-i <= next,
-``random`` with ``mask_density``), the other modes get ``masks.compressed_causal_mask()``.
-Unknown keys are an error (typos must not pass silently).
-
-``make_inputs`` draws the inputs from ``numpy.random.default_rng(seed)`` in a fixed order
-(query, query_rope, key, key_rope, value, dy: standard normal rounded to bf16; then the
-random mask); ``with_forward`` adds the NumPy forward's results in device precision.
-"""
+"""Test cases as data: shapes, arguments and a seed, never arrays (the suite format:
+docs/parity.md, "1. Run"). ``make_inputs`` draws a case's inputs from
+``numpy.random.default_rng(seed)`` in a fixed order (query, query_rope, key, key_rope, value,
+dy: standard normal rounded to bf16; then a random mask); ``with_forward`` adds the NumPy
+forward's results in device precision."""
 
 from __future__ import annotations
 

@@ -1,14 +1,7 @@
-"""Parity reports as one self-contained HTML page (``--html FILE`` of ``parity``, ``parity
---compare`` and ``report``; docs/parity.md, "5. Look at it"): inline CSS and a sorting script,
-pictures as base64 PNG (:mod:`aclnn_fag.tools.report_plots`), no network. A run's page shows
-the environment, the verdict counts, the case table failing first and a section per ERROR,
-FAIL or borderline case (a pass that used at least ``BORDERLINE`` of a criterion's budget);
-a comparison shows both runs side by side, regressions first.
-
-Everything comes from the JSON report. A report whose outputs carry no error summaries (an
-older run) still renders without the pictures and with a notice, which :func:`render_report`
-returns so that the CLI exits 2; bad input is an ``HtmlError``.
-"""
+"""Parity reports and comparisons as one self-contained HTML page (docs/parity.md, "5. Look at
+it"), from the JSON report alone: pictures as base64 PNG (:mod:`aclnn_fag.tools.report_plots`),
+no network. A report without error summaries (an older run) renders without pictures and with
+a notice, which :func:`render_report` returns so that the CLI exits 2."""
 
 from __future__ import annotations
 

@@ -1,12 +1,7 @@
 """The ``aclnn-fag parity`` and ``aclnn-fag report`` commands (docs/parity.md): the options,
 the case selection and the report side (``--json``/``--report``, ``--junit``, ``--compare``,
 ``--html``, ``--backend-module``, ``--repro``). Running and judging the cases is
-:mod:`aclnn_fag.tools.parity`'s job, the pages :mod:`aclnn_fag.tools.html_report`'s.
-
-Exit status of ``report``: 0 every case passed, 1 a case failed or errored, 2 bad input (not
-a parity report of this format, ``--html`` not writable, no matplotlib, or no per-position
-error summaries: the page is then written without its pictures).
-"""
+:mod:`aclnn_fag.tools.parity`'s job, the pages :mod:`aclnn_fag.tools.html_report`'s."""
 
 from __future__ import annotations
 

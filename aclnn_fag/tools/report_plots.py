@@ -29,6 +29,7 @@ class MissingMatplotlib(RuntimeError):
 def require():
     """matplotlib's Figure (raises MissingMatplotlib with what to install)."""
     try:
+        import matplotlib  # noqa: F401  (first: a cached submodule must not hide its absence)
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise MissingMatplotlib(f"--html needs matplotlib ({exc}): {INSTALL_HINT}") from None

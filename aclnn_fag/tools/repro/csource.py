@@ -1,13 +1,6 @@
-"""The text of ``repro.c`` and ``build.sh`` for one call (see :mod:`aclnn_fag.tools.repro`).
-
-``repro.c`` (the template ``aclnn_fag/tools/data/repro.c.in``) follows the op's documented C sample and makes the calls the binding
-(``aclnn_fag/acl/``) makes, in its order: aclInit, aclrtSetDevice, a stream, the context's
-ACL_OPT_DETERMINISTIC set explicitly, per input one aclrtMalloc + H2D copy, bf16 outputs
-zero-filled (docs/faults.md), the aclTensors (C-contiguous, offset 0, 1-D storage, format ND)
-and aclIntArrays, phase 1, a workspace only when its size is > 0, phase 2, the handles
-destroyed, aclrtSynchronizeStream, the D2H copies. Slots, attributes and the phase-1 argument
-order all come from ``aclnn_fag/spec.py``.
-"""
+"""The text of ``repro.c`` and ``build.sh`` for one call (templates in aclnn_fag/tools/data/):
+the calls the binding (``aclnn_fag/acl/``) makes, in its order, from aclInit to the D2H copies,
+with the slots, attributes and phase-1 argument order of ``aclnn_fag/spec.py``."""
 
 from __future__ import annotations
 
