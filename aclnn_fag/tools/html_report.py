@@ -17,6 +17,7 @@ from typing import List, Optional
 from .accuracy import budget_used
 from .envinfo import shorten, summary as version_summary
 from .output import STDOUT, figure, write_text
+from .report_compare import IMPROVED
 
 __all__ = ["HtmlError", "BORDERLINE", "check_destination", "prepare", "case_status",
            "missing_summaries", "render_report", "render_compare", "write_page"]
@@ -324,9 +325,6 @@ def render_report(report: dict, source: str = "", html_path: str = "report.html"
     criteria.append(f"golden: {crit.get('golden')}")
     body.append("<h2>Criteria</h2><pre>" + _e("\n".join(criteria)) + "</pre>")
     return _page(f"aclnn_fag parity {report.get('backend')}", body), notices
-
-
-IMPROVED = ("fail->pass", "error->pass", "error->fail", "errors down")
 
 
 def _kind(row) -> str:

@@ -18,7 +18,7 @@ from .accuracy import as_float
 from .junit import output_figures
 
 __all__ = ["compare_reports", "format_comparison", "load_report", "check_report",
-           "FACTOR", "ReportError"]
+           "FACTOR", "ReportError", "IMPROVED"]
 
 FACTOR = 2.0
 SHARE_NOISE = 0.1          # of the share limit
@@ -49,6 +49,7 @@ def load_report(path) -> dict:
 
 
 VERDICTS = ("PASS", "FAIL", "ERROR")
+IMPROVED = ("fail->pass", "error->pass", "error->fail", "errors down")
 # the per-output figures the comparison reads or prints (junit.output_figures)
 _METRICS = ("max_abs_err", "ref_max_abs_err", "share_above", "share_limit", "fa_bound", "fa_ratio",
             "k", "rtol", "max_rel_err")
@@ -206,20 +207,19 @@ def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
         "regressed": sum(r["regression"] for r in rows),
         "pass_to_fail": sum(r["status"] in ("pass->fail", "pass->error", "fail->error") for r in rows),
         "errors_up": sum(any(ch["direction"] == "up" for ch in r["changes"]) for r in rows),
-        "improved": sum(r["status"] in ("fail->pass", "error->pass", "error->fail", "errors down")
-                        for r in rows),
+        "improved": sum(r["status"] in IMPROVED for r in rows),
         "only_in_old": [r["name"] for r in rows if r["status"] == "only in OLD"],
         "only_in_new": [r["name"] for r in rows if r["status"] == "only in NEW"],
     }
-    env_old, env_new = version_summary(old.get("environment")), version_summary(new.get("environment"))
-    return {"schema": "aclnn_fag.parity_compare/1", "factor": factor,
-            "old": {"backend": old.get("backend"), "started": old.get("started"),
-                    "summary": old.get("summary"), "versions": env_old,
-                    "k": (old.get("criteria") or {}).get("flash_attention", {}).get("k")},
-            "new": {"backend": new.get("backend"), "started": new.get("started"),
-                    "summary": new.get("summary"), "versions": env_new,
-                    "k": (new.get("criteria") or {}).get("flash_attention", {}).get("k")},
-            "cases": rows, "summary": summary, "regressed": summary["regressed"] > 0}
+
+    def side(report):
+        return {"backend": report.get("backend"), "started": report.get("started"),
+                "summary": report.get("summary"),
+                "versions": version_summary(report.get("environment")),
+                "k": (report.get("criteria") or {}).get("flash_attention", {}).get("k")}
+    return {"schema": "aclnn_fag.parity_compare/1", "factor": factor, "old": side(old),
+            "new": side(new), "cases": rows, "summary": summary,
+            "regressed": summary["regressed"] > 0}
 
 
 def _v(x) -> str:
