@@ -9,6 +9,7 @@ import os
 import statistics
 import time
 from ctypes import byref, c_uint32, c_void_p
+from types import SimpleNamespace
 
 from ..acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
@@ -31,20 +32,7 @@ class _ProtocolTensor:
     to the device. Kept lean (plain attributes, no DeviceArray per result), as torch's C++
     allocator is: its own cost is measured in a row of its own."""
 
-    class _Dev:
-        type = "npu"
-        index = 0
-
-    class _DType:
-        def __init__(self, name):
-            self.name = name
-
-        def __str__(self):
-            return self.name
-
-    _NAMES = {"bfloat16": "torch.bfloat16", "float32": "torch.float32", "uint8": "torch.uint8",
-              "bool": "torch.bool"}
-    device = _Dev()
+    device = SimpleNamespace(type="npu", index=0)
     _free: dict = {}            # nbytes -> [DeviceBuffer]: the allocator's cached blocks
     _geometry: dict = {}        # (shape, dtype) -> (shape, nbytes, strides)
 
@@ -55,7 +43,7 @@ class _ProtocolTensor:
         if da is not None:
             self._keep = da
             self.shape = da.shape
-            self.dtype = _PT_DTYPES[da.dtype.name]
+            self.dtype = f"torch.{da.dtype.name}"      # a torch dtype's str() is its name
             self._ptr = da.buffer.ptr + da.offset * da.itemsize
             self._strides = da.strides
 
@@ -86,9 +74,6 @@ class _ProtocolTensor:
     def __del__(self):
         if self._block is not None:
             self._block[0].append(self._block[1])
-
-
-_PT_DTYPES = {n: _ProtocolTensor._DType(t) for n, t in _ProtocolTensor._NAMES.items()}
 
 
 def _time(fn, repeat: int, inner: int, acc: dict = None):
