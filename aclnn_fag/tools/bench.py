@@ -24,7 +24,7 @@ from ..semantics.sparse import MaskReader, batch_keep
 from .cases import CaseSpec, forward_arguments, make_inputs, with_forward
 from .cliargs import positive_int
 from .envinfo import environment
-from .output import add_json_argument, emit_report
+from .output import add_json_argument, emit_report, progress_writer
 
 __all__ = ["kept_pairs", "flop_count", "measure_sgemm", "peak_extra_memory", "SUITES",
            "run_bench", "add_arguments", "main", "BENCH_SCHEMA"]
@@ -245,11 +245,7 @@ def run_bench(suite: str = "default", backend: str = "auto", precision: str = "d
     name = resolve_backend(backend, "device")
     rows = SUITES[suite]()
 
-    def say(msg):
-        if progress:
-            progress.write(msg + "\n")
-            progress.flush()
-
+    say = progress_writer(progress)
     with blas.capped():        # sgemm and the NumPy rows with the threads the package's calls get
         blas_used = blas.blas_info()
         say(format_blas(blas_used))

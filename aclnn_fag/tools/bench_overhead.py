@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 from ..acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
+from .output import progress_writer
 from ..operands import numpy_dtype_of_torch
 
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
@@ -101,11 +102,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     from ..api import flash_attention_unpadding_score_grad_v3 as fag
     from ..rules import validate_backward
 
-    def say(msg):
-        if progress:
-            progress.write(msg + "\n")
-            progress.flush()
-
+    say = progress_writer(progress)
     saved = {v: os.environ.get(v) for v in STUB_VARS}
     os.environ.update(STUB_VARS)
     try:

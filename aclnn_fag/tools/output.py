@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 __all__ = ["STDOUT", "add_json_argument", "human_stream", "write_text", "write_json",
-           "emit_report", "json_safe", "figure"]
+           "emit_report", "json_safe", "figure", "progress_writer"]
 
 STDOUT = "-"
 
@@ -27,6 +27,15 @@ def add_json_argument(p, what: str, optional_value: bool = False) -> None:
 def human_stream(*destinations):
     """Where the human-readable text goes: stderr when a document is written to stdout."""
     return sys.stderr if STDOUT in destinations else sys.stdout
+
+
+def progress_writer(stream):
+    """A function writing one progress line to ``stream`` (nothing when it is None)."""
+    def say(msg: str) -> None:
+        if stream:
+            stream.write(msg + "\n")
+            stream.flush()
+    return say
 
 
 def figure(x, spec: str = ".2e") -> str:
