@@ -16,11 +16,11 @@ from typing import List, Optional
 
 from .accuracy import budget_used
 from .envinfo import shorten, summary as version_summary
-from .output import STDOUT, figure, write_text
+from .output import STDOUT, figure
 from .report_compare import IMPROVED
 
-__all__ = ["HtmlError", "BORDERLINE", "check_destination", "prepare", "case_status",
-           "missing_summaries", "render_report", "render_compare", "write_page"]
+__all__ = ["HtmlError", "BORDERLINE", "prepare", "case_status", "missing_summaries",
+           "render_report", "render_compare"]
 
 BORDERLINE = 0.75
 STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "BORDERLINE": 2, "PASS": 3}
@@ -34,8 +34,9 @@ class HtmlError(ValueError):
     """An HTML page cannot be made: bad destination, unreadable report, no matplotlib."""
 
 
-def check_destination(path) -> None:
-    """Raise HtmlError unless a file can be created at ``path`` (a real write test)."""
+def prepare(path) -> None:
+    """Raise HtmlError unless ``--html path`` can be honoured, checked before any work: a file
+    can be created at ``path`` (a real write test) and matplotlib can be imported."""
     if path is None or str(path) == STDOUT or not str(path).strip():
         raise HtmlError(f"--html takes a file name, got {path!r}")
     full = os.path.abspath(os.fspath(path))
@@ -50,11 +51,6 @@ def check_destination(path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise HtmlError(f"--html {path}: cannot write in {directory}: {exc.strerror or exc}") from None
-
-
-def prepare(path) -> None:
-    """Everything ``--html`` needs, checked before any work: the destination and matplotlib."""
-    check_destination(path)
     from . import report_plots
     try:
         report_plots.require()
@@ -408,11 +404,3 @@ def _worst_cell(case: Optional[dict]) -> str:
     usage = budget_used(o)
     return (f'<td class="num" data-sort="{_sort_key(usage)}">{_e(worst)} '
             f'{_num(o.get("max_abs_err"))} ({_num(usage * 100, ".0f")}%)</td>')
-
-
-def write_page(path, page: str) -> None:
-    """Write the page (whole or not at all); HtmlError when the file cannot be written."""
-    try:
-        write_text(page, path)
-    except OSError as exc:
-        raise HtmlError(f"--html {path}: cannot write: {exc.strerror or exc}") from None

@@ -41,12 +41,11 @@ def prepare_html(args, prog: str) -> int:
 
 
 def _write(page_and_notices, dest, prog: str, stream) -> int:
-    from .html_report import HtmlError, write_page
     page, notices = page_and_notices
     try:
-        write_page(dest, page)
-    except HtmlError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        write_text(page, dest)          # whole or not at all
+    except OSError as exc:
+        print(f"{prog}: --html {dest}: cannot write: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"html: {dest}", file=stream or sys.stdout)
     for notice in notices:
