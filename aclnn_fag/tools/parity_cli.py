@@ -100,11 +100,7 @@ def cmd_report(args) -> int:
         except (KeyError, TypeError) as exc:
             print(f"{prog}: {args.report_json}: the report lacks {exc} for its table", file=sys.stderr)
             return 2
-    if args.junit:
-        from .junit import junit_xml
-        write_text(junit_xml(report), args.junit)
-        if args.junit != STDOUT:
-            print(f"junit: {args.junit}", file=text)
+    _write_junit(report, args.junit, text)
     status = 0 if report.get("ok") else 1
     if args.html:
         status = write_run_page(report, args.html, prog, source=f"report {args.report_json}",
@@ -221,6 +217,14 @@ def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
         by_dir[os.path.basename(w)]: w for w in written if os.path.basename(w) in by_dir}}
 
 
+def _write_junit(report: dict, dest, text) -> None:
+    if dest:
+        from .junit import junit_xml
+        write_text(junit_xml(report), dest)
+        if dest != STDOUT:
+            print(f"junit: {dest}", file=text)
+
+
 def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
     """Print the table, write the reproducers, the report, JUnit and HTML; the exit status."""
     json_dest = args.json or (args.report if args.report != STDOUT else None)
@@ -232,11 +236,7 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         write_json(report, json_dest)
         if json_dest != STDOUT:
             print(f"report: {json_dest}", file=text)
-    if args.junit:
-        from .junit import junit_xml
-        write_text(junit_xml(report), args.junit)
-        if args.junit != STDOUT:
-            print(f"junit: {args.junit}", file=text)
+    _write_junit(report, args.junit, text)
     status = 0 if report["ok"] else 1
     if getattr(args, "html", None):
         source = f"report {json_dest}" if json_dest and json_dest != STDOUT else "this run"
