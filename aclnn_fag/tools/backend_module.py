@@ -1,20 +1,8 @@
-"""``aclnn-fag parity --backend-module pkg.mod:function``: judge any implementation.
-
-The function is called exactly like the public call
-``aclnn_fag.flash_attention_unpadding_score_grad_v3`` is by the parity suite, with keyword
-arguments only: ``query, query_rope, key, key_rope, value, dy`` (bf16 numpy arrays, TND),
-``atten_mask`` (uint8), ``softmax_max, softmax_sum`` (float32 ``[T, N, 8]``, device layout),
-``attention_in`` (bf16), ``actual_seq_qlen, actual_seq_kvlen`` (lists of cumulative ends),
-``scale_value, pre_tokens, next_tokens, sparse_mode, deterministic``. It returns the five
-gradients ``dq, dq_rope, dk, dk_rope, dv`` as numpy arrays shaped like their inputs: a
-``FagGrads``, any 5-sequence in that order, a dict or an object with those names.
-
-The module is imported from ``sys.path`` with the current directory first (so a local
-``my_adapter.py`` works with ``--backend-module my_adapter:backward``). ``function`` may be a
-dotted path inside the module (``mod:Class.method``). Its ``backend_name`` attribute, if any,
-names it in the report; otherwise ``module:<pkg.mod:function>``. See docs/parity.md and
-``aclnn_fag/tools/adapters/torch_npu_v2.py`` (torch_npu's ``npu_fusion_attention_grad_v2``).
-"""
+"""``aclnn-fag parity --backend-module pkg.mod:function``: judge any implementation
+(docs/parity.md, "Judging another implementation"). The function takes the public call's
+keyword arguments (``CALL_KEYWORDS``, numpy arrays) and returns ``dq, dq_rope, dk, dk_rope,
+dv``; the module is imported with the current directory first on ``sys.path``, ``function``
+may be a dotted path inside it, and its ``backend_name`` (else ``module:<spec>``) names it."""
 
 from __future__ import annotations
 
@@ -85,11 +73,8 @@ def load_backend(spec: str):
         raise BackendModuleError(f"--backend-module {spec}: cannot import {mod_name}: "
                                  f"{type(exc).__name__}: {exc}") from None
     finally:
-        if added:
-            try:
-                sys.path.remove(cwd)
-            except ValueError:
-                pass
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     obj = module
     for part in attr_path.split("."):
         try:

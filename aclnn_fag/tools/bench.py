@@ -1,36 +1,8 @@
-"""``aclnn-fag bench``: time a backend over a few sizes and compare with this machine's sgemm.
-
-Work is counted over the **kept area** of the mask, exactly, per batch: the number of kept
-(i, j) pairs from the sparse mode's band (docs/sparse_modes.md), intersected with the
-mask's zeros for modes 0/1/5. Per query head and kept pair the backward does
-2 * (3 * Dqk + 2 * Dv) flops (recompute S, dP = dy V^T, dV, dQ, dK; Dqk = D + Dr) and the
-forward 2 * (Dqk + Dv). GFLOP/s are set against the machine's own sgemm (NumPy float32
-matmul of 1024, 1536 and 2048 squares, best of 3) measured in the same run.
-
-Per row (arguments validated once, outside the timed calls): best and median time of
-``--repeat`` calls, GFLOP/s, ratio to sgemm; for the NPU
-backend the host time per call in marshaling and the two phases (from
-``acl.run_backward(timings=...)``, copies excluded); the peak extra memory of one extra
-call (tracemalloc peak during the call minus its outputs; the inputs exist before).
-
-Suites (``--suite``): ``default`` (a few sizes), ``smoke`` (tiny, for CI) and ``targets``
-(the project's performance targets, each printed with its measured value and its goal):
-
-* backward, MLA shape (2 sequences of 2048 tokens, N=8, D=128 + rope 64, Dv=128, sparse
-  mode 0 with an all-zero mask), precision fp32 (NumPy) and device: >= 0.65 x sgemm;
-* the same shape causal (mode 3): time <= 0.6 x unmasked;
-* band (mode 4, pre = next = 256): time / unmasked <= 1.2 x the band's area share
-  (the slack the causal goal allows: 0.6 at area 0.5);
-* forward on the same shape (NumPy), fp32 and device: >= 0.6 x sgemm (the causal and band
-  forwards are measured too, without a goal);
-* peak extra memory of one backward call at T = 32768 (one sequence), N = 8, device
-  precision: <= 64 MiB (band mode 4, pre = next = 256, so the call takes seconds: the
-  reference's memory depends on the sequence length, not on the kept area);
-* fp64 time / fp32 time of the unmasked backward: <= 2.5.
-
-Rows in fp32/fp64 always run on NumPy (the NPU computes only the device precision). Missed
-targets do not change the exit status unless ``--check`` is given.
-"""
+"""``aclnn-fag bench`` (docs/cli.md): time a backend over a few sizes next to this machine's
+sgemm, the work counted exactly over the kept area of the mask, with the host time per call on
+the NPU and the peak extra memory. Suites: ``default``, ``smoke`` (tiny, for CI), ``targets``
+(the project's performance targets, ``_goal_rows``; missed ones exit 1 only with ``--check``).
+fp32/fp64 and forward rows run on NumPy (the NPU computes the device precision only)."""
 
 from __future__ import annotations
 
@@ -46,13 +18,13 @@ import numpy as np
 
 from .. import blas
 from ..api import resolve_backend
-from .cases import CaseSpec, make_inputs, with_forward
-from .cliargs import positive_int
-from .envinfo import environment
-from .output import add_json_argument, emit_report
-from ..semantics.sparse import MaskReader, batch_keep
 from ..reference import attention_backward, attention_forward
 from ..rules import validate_backward, validate_forward
+from ..semantics.sparse import MaskReader, batch_keep
+from .cases import CaseSpec, forward_arguments, make_inputs, with_forward
+from .cliargs import positive_int
+from .envinfo import environment
+from .output import add_json_argument, emit_report, progress_writer
 
 __all__ = ["kept_pairs", "flop_count", "measure_sgemm", "peak_extra_memory", "SUITES",
            "run_bench", "add_arguments", "main", "BENCH_SCHEMA"]
@@ -61,7 +33,6 @@ BENCH_SCHEMA = "aclnn_fag.tools.bench/1"
 MiB = float(1 << 20)
 
 
-# --------------------------------------------------------------------------- work
 def kept_pairs(call) -> list:
     """Kept (i, j) pairs per batch of a validated call (FwdCall/FagCall), exactly (for a
     per-head 4-D mask: the mean over the query heads)."""
@@ -75,33 +46,32 @@ def kept_pairs(call) -> list:
             continue
         keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff, call.band_index)
         if mask is None or not keep.uses_mask:
-            out.append(_band_count(sq, skv, keep.lo, keep.hi))
+            i = np.arange(sq, dtype=np.float64)
+            first, last = np.clip(i + keep.lo, 0, skv), np.clip(i + keep.hi, -1, skv - 1)
+            out.append(int(np.maximum(0.0, last - first + 1).sum()))
             continue
         total, rows = 0, max(1, (1 << 24) // max(1, skv))
         for i0 in range(0, sq, rows):
             i1 = min(sq, i0 + rows)
-            masked = mask.block(b, i0, i1, 0, skv)
             d = np.arange(skv)[None, :] - np.arange(i0, i1)[:, None]
-            kept = ~masked & (d >= keep.lo) & (d <= keep.hi)
+            kept = ~mask.block(b, i0, i1, 0, skv) & (d >= keep.lo) & (d <= keep.hi)
             # a per-head [N1, r, c] mask: the mean over heads, so that x N1 gives the total
             total += np.count_nonzero(kept) / (kept.shape[0] if kept.ndim == 3 else 1)
         out.append(total)
     return out
 
 
-def _band_count(sq: int, skv: int, lo: float, hi: float) -> int:
-    i = np.arange(sq, dtype=np.float64)
-    first = np.clip(i + lo, 0, skv)
-    last = np.clip(i + hi, -1, skv - 1)
-    return int(np.maximum(0.0, last - first + 1).sum())
-
-
 def flop_count(call, direction: str) -> float:
     """Flops of one call: kept pairs x N1 x 2(3 Dqk + 2 Dv) (bwd) or 2(Dqk + Dv) (fwd)."""
-    dqk = call.query.shape[2] + call.query_rope.shape[2]
-    dv = call.value.shape[2]
+    dqk, dv = call.query.shape[2] + call.query_rope.shape[2], call.value.shape[2]
     per_pair = 2 * (3 * dqk + 2 * dv) if direction == "bwd" else 2 * (dqk + dv)
     return float(sum(kept_pairs(call))) * call.query.shape[1] * per_pair
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 def measure_sgemm(sizes=(1024, 1536, 2048), repeats: int = 3) -> dict:
@@ -109,19 +79,12 @@ def measure_sgemm(sizes=(1024, 1536, 2048), repeats: int = 3) -> dict:
     rng = np.random.default_rng(0)
     per_size = {}
     for n in sizes:
-        a = rng.standard_normal((n, n), dtype=np.float32)
-        b = rng.standard_normal((n, n), dtype=np.float32)
+        a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
         c = np.empty((n, n), np.float32)
         np.matmul(a, b, out=c)                                    # warm-up
         best = min(_timed(lambda: np.matmul(a, b, out=c)) for _ in range(repeats))
         per_size[str(n)] = 2.0 * n ** 3 / best / 1e9
     return {"gflops": max(per_size.values()), "per_size_gflops": per_size, "repeats": repeats}
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def peak_extra_memory(fn) -> tuple:
@@ -143,7 +106,6 @@ def peak_extra_memory(fn) -> tuple:
     return result, max(0, peak - base - out_bytes)
 
 
-# --------------------------------------------------------------------------- suites
 @dataclass(frozen=True)
 class Row:
     """One measurement: ``direction`` "bwd"/"fwd" of ``spec`` in ``precision``."""
@@ -157,25 +119,18 @@ class Row:
 
 
 def _mla(name, lengths, heads, mode=0, **kw) -> CaseSpec:
-    extra = {"mask": "zeros"} if mode in (0, 1) else {}
-    extra.update(kw)
+    extra = {"mask": "zeros", **kw} if mode in (0, 1) else kw
     return CaseSpec(name=name, lengths_q=tuple(lengths), heads=heads, d=128, d_rope=64, d_v=128,
                     sparse_mode=mode, seed=7, **extra)
 
 
 def _default_rows():
-    specs = [
-        CaseSpec(name="doc-example", lengths_q=(256,), heads=1, sparse_mode=0, mask="zeros",
-                 scale=0.088388, pre_tokens=65536, next_tokens=65536, seed=0),
-        _mla("mla-1k-n16", [1024], 16),
-        _mla("mla-2x1k-n16-causal", [1024, 1024], 16, mode=3),
-        _mla("gqa-1k-32x4-causal", [1024], 32, mode=3, kv_heads=4),
-    ]
-    rows = []
-    for s in specs:
-        rows.append(Row(f"bwd:{s.name}", f"bwd {s.name}", s, "bwd"))
-        rows.append(Row(f"fwd:{s.name}", f"fwd {s.name}", s, "fwd", memory=False))
-    return rows
+    specs = [CaseSpec(name="doc-example", lengths_q=(256,), heads=1, sparse_mode=0, mask="zeros",
+                      scale=0.088388, pre_tokens=65536, next_tokens=65536, seed=0),
+             _mla("mla-1k-n16", [1024], 16), _mla("mla-2x1k-n16-causal", [1024, 1024], 16, mode=3),
+             _mla("gqa-1k-32x4-causal", [1024], 32, mode=3, kv_heads=4)]
+    return [Row(f"{d}:{s.name}", f"{d} {s.name}", s, d, memory=d == "bwd")
+            for s in specs for d in ("bwd", "fwd")]
 
 
 def _smoke_rows():
@@ -185,84 +140,59 @@ def _smoke_rows():
             Row("bwd:tiny-causal-gqa", "bwd tiny-causal-gqa", s2)]
 
 
-TARGET_LENGTHS = (2048, 2048)
-TARGET_HEADS = 8
-
-
 def _target_rows():
-    un = _mla("mla-2x2048-n8", TARGET_LENGTHS, TARGET_HEADS, mode=0)
-    causal = _mla("mla-2x2048-n8-causal", TARGET_LENGTHS, TARGET_HEADS, mode=3)
-    band = _mla("mla-2x2048-n8-band256", TARGET_LENGTHS, TARGET_HEADS, mode=4, pre_tokens=256,
-                next_tokens=256)
-    mem = _mla("mla-32k-n8-band256", (32768,), TARGET_HEADS, mode=4, pre_tokens=256, next_tokens=256)
-    return [
-        Row("bwd:unmasked:fp32", "bwd unmasked fp32", un, "bwd", "fp32", memory=False),
-        Row("bwd:unmasked:device", "bwd unmasked device", un, "bwd", "device", memory=False),
-        Row("bwd:causal:device", "bwd causal device", causal, "bwd", "device", memory=False),
-        Row("bwd:band:device", "bwd band256 device", band, "bwd", "device", memory=False),
-        Row("bwd:unmasked:fp64", "bwd unmasked fp64", un, "bwd", "fp64", memory=False),
-        Row("fwd:unmasked:fp32", "fwd unmasked fp32", un, "fwd", "fp32", memory=False),
-        Row("fwd:unmasked:device", "fwd unmasked device", un, "fwd", "device", memory=False),
-        Row("fwd:causal:device", "fwd causal device", causal, "fwd", "device", memory=False),
-        Row("fwd:band:device", "fwd band256 device", band, "fwd", "device", memory=False),
-        Row("mem:32k", "bwd T=32768 N=8 band256 device (memory)", mem, "bwd", "device", memory=True),
-    ]
+    band = dict(mode=4, pre_tokens=256, next_tokens=256)
+    specs = {"unmasked": ("unmasked", _mla("mla-2x2048-n8", (2048, 2048), 8)),
+             "causal": ("causal", _mla("mla-2x2048-n8-causal", (2048, 2048), 8, mode=3)),
+             "band": ("band256", _mla("mla-2x2048-n8-band256", (2048, 2048), 8, **band))}
+    plan = [("bwd", "unmasked", "fp32"), ("bwd", "unmasked", "device"), ("bwd", "causal", "device"),
+            ("bwd", "band", "device"), ("bwd", "unmasked", "fp64"), ("fwd", "unmasked", "fp32"),
+            ("fwd", "unmasked", "device"), ("fwd", "causal", "device"), ("fwd", "band", "device")]
+    rows = [Row(f"{d}:{k}:{p}", f"{d} {specs[k][0]} {p}", specs[k][1], d, p, memory=False)
+            for d, k, p in plan]
+    mem = _mla("mla-32k-n8-band256", (32768,), 8, **band)
+    return rows + [Row("mem:32k", "bwd T=32768 N=8 band256 device (memory)", mem, "bwd", "device")]
 
 
 SUITES = {"default": _default_rows, "smoke": _smoke_rows, "targets": _target_rows}
 
 
-# --------------------------------------------------------------------------- running
-def _backward_fn(call, backend: str, precision: str, host_timings: Optional[list]):
-    """A zero-argument callable running one backward call on a validated call (validation is
-    done once per row, outside the timed calls)."""
-    if backend == "npu":
-        from .. import acl
-
-        def run():
-            t = {}
-            out = acl.run_backward(call, device_id=None, timings=t)   # None: $ACLNN_FAG_DEVICE or 0
-            if host_timings is not None:
-                host_timings.append(t)
-            return out
-        return run
-    return lambda: attention_backward(call, precision)
-
-
-_FWD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask", "actual_seq_qlen",
-             "actual_seq_kvlen", "scale_value", "pre_tokens", "next_tokens", "sparse_mode")
-
-
 def _measure_row(row: Row, inputs: dict, backend: str, precision: str, repeat: int,
-                 sgemm: float, measure_memory: bool) -> dict:
+                 sgemm: float) -> dict:
     call = validate_backward(**inputs)
-    flops = flop_count(call, row.direction)
-    pairs = sum(kept_pairs(call))
+    flops, pairs = flop_count(call, row.direction), sum(kept_pairs(call))
     full = sum(sq * skv for _, _, sq, _, skv in call.seqs.batches())
     ran_on = backend if (row.direction == "bwd" and precision == "device") else "numpy"
-    host = [] if ran_on == "npu" else None
-    if row.direction == "bwd":
-        fn = _backward_fn(call, ran_on, precision, host)
+    host = []
+    if row.direction == "fwd":
+        fwd_call = validate_forward(**forward_arguments(inputs))
+        fn = lambda: attention_forward(fwd_call, precision)       # noqa: E731
+    elif ran_on == "npu":
+        from .. import acl
+
+        def fn():
+            t = {}
+            out = acl.run_backward(call, device_id=None, timings=t)   # None: $ACLNN_FAG_DEVICE or 0
+            host.append(t)
+            return out
     else:
-        fwd_call = validate_forward(**{k: inputs[k] for k in _FWD_KEYS})
-        fn = lambda: attention_forward(fwd_call, precision)   # noqa: E731
+        fn = lambda: attention_backward(call, precision)          # noqa: E731
     times = [_timed(fn) for _ in range(repeat)]
-    best, med = min(times), statistics.median(times)
+    best = min(times)
     result = {"key": row.key, "label": row.label, "direction": row.direction, "backend": ran_on,
               "precision": precision, "case": row.spec.to_dict(),
               "shapes": {k: list(v.shape) for k, v in inputs.items() if isinstance(v, np.ndarray)},
               "kept_pairs": pairs, "area_share": pairs / full if full else 0.0,
-              "gflop": flops / 1e9, "times_s": times, "best_s": best, "median_s": med,
-              "gflops": flops / best / 1e9 if best > 0 else 0.0}
+              "gflop": flops / 1e9, "times_s": times, "best_s": best,
+              "median_s": statistics.median(times), "gflops": flops / best / 1e9 if best > 0 else 0.0}
     result["ratio_to_sgemm"] = result["gflops"] / sgemm if sgemm else None
     if host:
-        keys = sorted({k for t in host for k in t})
-        med_t = {k: statistics.median([t.get(k, 0.0) for t in host]) for k in keys}
-        med_t["host_excluding_copies"] = sum(med_t.get(k, 0.0) for k in ("marshal", "phase1", "phase2"))
-        result["host_timings_s"] = med_t
-    if measure_memory and row.memory:
-        _, extra = peak_extra_memory(fn)
-        result["peak_extra_mib"] = extra / MiB
+        med = {k: statistics.median([t.get(k, 0.0) for t in host])
+               for k in sorted({k for t in host for k in t})}
+        med["host_excluding_copies"] = sum(med.get(k, 0.0) for k in ("marshal", "phase1", "phase2"))
+        result["host_timings_s"] = med
+    if row.memory:
+        result["peak_extra_mib"] = peak_extra_memory(fn)[1] / MiB
     return result
 
 
@@ -274,31 +204,28 @@ def _goal_rows(results: dict) -> list:
         t.append({"target": name, "measured": measured, "goal": goal_text, "met": bool(ok),
                   "detail": detail})
 
-    for prec in ("fp32", "device"):
-        r = results.get(f"bwd:unmasked:{prec}")
-        if r and r.get("ratio_to_sgemm") is not None:
-            add(f"bwd MLA 2x2048 N=8 unmasked, {prec} ({r['backend']})",
-                f"{r['ratio_to_sgemm']:.2f} x sgemm ({r['gflops']:.1f} GFLOP/s)", ">= 0.65 x sgemm",
-                r["ratio_to_sgemm"] >= 0.65)
-    un = results.get("bwd:unmasked:device")
-    for mode_key, name in (("causal", "causal (mode 3)"), ("band", "band (mode 4, 256/256)")):
-        r = results.get(f"bwd:{mode_key}:device")
-        if not (r and un):
-            continue
-        ratio = r["best_s"] / un["best_s"]
-        if mode_key == "causal":
-            add(f"bwd {name} time / unmasked", f"{ratio:.2f}", "<= 0.60", ratio <= 0.6,
-                f"area share {r['area_share']:.3f}")
-        else:
-            per_area = ratio / r["area_share"] if r["area_share"] else float("inf")
-            add(f"bwd {name} time / unmasked", f"{ratio:.2f} = {per_area:.2f} x area share "
-                f"{r['area_share']:.3f}", "<= 1.2 x area share (time ∝ area)", per_area <= 1.2)
-    for key, name in (("fwd:unmasked:fp32", "unmasked, fp32"), ("fwd:unmasked:device", "unmasked, device")):
+    def sgemm_goal(key, name, goal):
         r = results.get(key)
         if r and r.get("ratio_to_sgemm") is not None:
-            add(f"fwd MLA 2x2048 N=8 {name} (numpy)",
-                f"{r['ratio_to_sgemm']:.2f} x sgemm ({r['gflops']:.1f} GFLOP/s)", ">= 0.60 x sgemm",
-                r["ratio_to_sgemm"] >= 0.6)
+            add(name.format(**r), f"{r['ratio_to_sgemm']:.2f} x sgemm ({r['gflops']:.1f} GFLOP/s)",
+                f">= {goal:.2f} x sgemm", r["ratio_to_sgemm"] >= goal)
+
+    for prec in ("fp32", "device"):
+        sgemm_goal(f"bwd:unmasked:{prec}", f"bwd MLA 2x2048 N=8 unmasked, {prec} ({{backend}})", 0.65)
+    un = results.get("bwd:unmasked:device")
+    r = results.get("bwd:causal:device")
+    if r and un:
+        ratio = r["best_s"] / un["best_s"]
+        add("bwd causal (mode 3) time / unmasked", f"{ratio:.2f}", "<= 0.60", ratio <= 0.6,
+            f"area share {r['area_share']:.3f}")
+    r = results.get("bwd:band:device")
+    if r and un:
+        ratio = r["best_s"] / un["best_s"]
+        per_area = ratio / r["area_share"] if r["area_share"] else float("inf")
+        add("bwd band (mode 4, 256/256) time / unmasked", f"{ratio:.2f} = {per_area:.2f} x area "
+            f"share {r['area_share']:.3f}", "<= 1.2 x area share (time ∝ area)", per_area <= 1.2)
+    for prec in ("fp32", "device"):
+        sgemm_goal(f"fwd:unmasked:{prec}", f"fwd MLA 2x2048 N=8 unmasked, {prec} (numpy)", 0.6)
     r = results.get("mem:32k")
     if r and "peak_extra_mib" in r:
         add(f"peak extra memory, bwd T=32768 N=8 ({r['precision']}, {r['backend']})",
@@ -312,33 +239,27 @@ def _goal_rows(results: dict) -> list:
 
 def run_bench(suite: str = "default", backend: str = "auto", precision: str = "device",
               repeat: int = 3, progress=None, sgemm: Optional[dict] = None) -> dict:
-    """Run a named suite; returns the JSON-ready result (see module docstring)."""
+    """Run a named suite; returns the JSON-ready result."""
     if suite not in SUITES:
         raise ValueError(f"unknown bench suite {suite!r}; choose from {sorted(SUITES)}")
     name = resolve_backend(backend, "device")
     rows = SUITES[suite]()
 
-    def say(msg):
-        if progress:
-            progress.write(msg + "\n")
-            progress.flush()
-
+    say = progress_writer(progress)
     with blas.capped():        # sgemm and the NumPy rows with the threads the package's calls get
         blas_used = blas.blas_info()
-        say(f"{format_blas(blas_used)}")
+        say(format_blas(blas_used))
         say("measuring sgemm (numpy float32 matmul 1024/1536/2048, best of 3) ...")
         sgemm = sgemm or measure_sgemm()
-        results, cache = {}, {}
+        results, inputs = {}, {}
         t0 = time.perf_counter()
         for i, row in enumerate(rows, 1):
-            prec = row.precision or precision
             say(f"[{i}/{len(rows)}] {row.label} ...")
-            if row.spec not in cache:
-                cache.clear()                               # keep one input set alive at a time
-                cache[row.spec] = with_forward(make_inputs(row.spec))
-            results[row.key] = _measure_row(row, cache[row.spec], name, prec, repeat, sgemm["gflops"],
-                                            measure_memory=True)
-    cache.clear()
+            if row.spec not in inputs:                   # one input set alive at a time
+                inputs = {row.spec: with_forward(make_inputs(row.spec))}
+            results[row.key] = _measure_row(row, inputs[row.spec], name, row.precision or precision,
+                                            repeat, sgemm["gflops"])
+    inputs.clear()
     targets = _goal_rows(results) if suite == "targets" else []
     return {"schema": BENCH_SCHEMA, "suite": suite, "backend": name, "precision": precision,
             "repeat": repeat, "blas": blas_used, "sgemm": sgemm, "results": list(results.values()),
@@ -351,8 +272,7 @@ def format_blas(info: dict) -> str:
     """One line: numpy's BLAS, its thread count and the CPUs this process may use."""
     if not info or info.get("error"):
         return f"BLAS: unknown ({(info or {}).get('error', 'not reported')})"
-    threads = info.get("threads")
-    cap = info.get("cap")
+    threads, cap = info.get("threads"), info.get("cap")
     return (f"BLAS: {info.get('library') or 'unknown'} {info.get('version') or ''}".rstrip()
             + f", {threads if threads is not None else 'unknown'} threads"
             + (f" (capped at {cap} during NumPy-backend calls)" if cap else "")
@@ -360,35 +280,36 @@ def format_blas(info: dict) -> str:
             + "".join(f", {k}={v}" for k, v in sorted((info.get("env") or {}).items())))
 
 
+def _table(head: str, rows: list) -> list:
+    return [head, "-" * len(head)] + rows
+
+
 def format_bench(report: dict) -> str:
     sg = report["sgemm"]
     lines = [format_blas(report.get("blas") or report.get("environment", {}).get("blas")),
              f"sgemm (numpy float32): {sg['gflops']:.1f} GFLOP/s best "
              f"({', '.join(f'{n}: {g:.1f}' for n, g in sg['per_size_gflops'].items())})"]
-    head = (f"{'row':<44s} {'backend':<7s} {'prec':<6s} {'GFLOP':>8s} {'best_s':>8s} {'median_s':>8s} "
-            f"{'GFLOP/s':>8s} {'x sgemm':>7s} {'area':>5s} {'peak MiB':>8s}")
-    lines += [head, "-" * len(head)]
+    rows = []
     for r in report["results"]:
         mem = f"{r['peak_extra_mib']:.1f}" if "peak_extra_mib" in r else "-"
         ratio = f"{r['ratio_to_sgemm']:.2f}" if r.get("ratio_to_sgemm") is not None else "-"
-        lines.append(f"{r['label']:<44s} {r['backend']:<7s} {r['precision']:<6s} {r['gflop']:>8.2f} "
-                     f"{r['best_s']:>8.4f} {r['median_s']:>8.4f} {r['gflops']:>8.1f} {ratio:>7s} "
-                     f"{r['area_share']:>5.2f} {mem:>8s}")
+        rows.append(f"{r['label']:<44s} {r['backend']:<7s} {r['precision']:<6s} {r['gflop']:>8.2f} "
+                    f"{r['best_s']:>8.4f} {r['median_s']:>8.4f} {r['gflops']:>8.1f} {ratio:>7s} "
+                    f"{r['area_share']:>5.2f} {mem:>8s}")
         if "host_timings_s" in r:
-            h = r["host_timings_s"]
-            lines.append("    host per call (median): " + ", ".join(
-                f"{k} {v * 1e3:.3f} ms" for k, v in h.items()))
+            rows.append("    host per call (median): " + ", ".join(
+                f"{k} {v * 1e3:.3f} ms" for k, v in r["host_timings_s"].items()))
+    lines += _table(f"{'row':<44s} {'backend':<7s} {'prec':<6s} {'GFLOP':>8s} {'best_s':>8s} "
+                    f"{'median_s':>8s} {'GFLOP/s':>8s} {'x sgemm':>7s} {'area':>5s} {'peak MiB':>8s}",
+                    rows)
     if report["targets"]:
-        lines.append("")
-        head = f"{'target':<58s} {'measured':<40s} {'goal':<36s} status"
-        lines += [head, "-" * len(head)]
-        for t in report["targets"]:
-            lines.append(f"{t['target']:<58s} {t['measured']:<40s} {t['goal']:<36s} "
-                         f"{'met' if t['met'] else 'MISSED'}{('  (' + t['detail'] + ')') if t['detail'] else ''}")
+        lines += [""] + _table(f"{'target':<58s} {'measured':<40s} {'goal':<36s} status", [
+            f"{t['target']:<58s} {t['measured']:<40s} {t['goal']:<36s} "
+            f"{'met' if t['met'] else 'MISSED'}{('  (' + t['detail'] + ')') if t['detail'] else ''}"
+            for t in report["targets"]])
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("auto", "numpy", "npu"), default="auto",
                    help="backend of the device-precision backward rows (default: auto; the "
@@ -402,7 +323,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "microseconds per call on the NPU path; needs the NPU backend or "
                         "the stubs, whose computation it switches off), torch (forward + "
                         "backward against torch's CPU scaled_dot_product_attention; needs torch)")
-    p.add_argument("--repeat", type=positive_int, default=3, help="timed calls per row; best and median are reported (default: 3)")
+    p.add_argument("--repeat", type=positive_int, default=3,
+                   help="timed calls per row; best and median are reported (default: 3)")
     add_json_argument(p, "the results")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
@@ -410,17 +332,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--suite torch: torch's and the BLAS's threads for both sides (default: 1)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="--suite torch: wall time (default) or this process's CPU time")
-
-
-def _main_overhead(args) -> int:
-    from .bench_overhead import format_overhead, run_overhead
-    try:
-        resolve_backend("npu", "device")
-    except Exception as exc:
-        print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
-        return 2
-    report = run_overhead(repeat=max(args.repeat, 3), progress=None if args.quiet else sys.stderr)
-    return emit_report(args, format_overhead(report), report, report["all_goals_met"])
 
 
 def main(args) -> int:
@@ -433,12 +344,19 @@ def main(args) -> int:
     except Exception as exc:
         print(f"aclnn-fag bench: {exc}", file=sys.stderr)
         return 2
+    progress = None if args.quiet else sys.stderr
     if args.suite == "overhead":
-        return _main_overhead(args)
+        from .bench_overhead import format_overhead, run_overhead
+        try:
+            resolve_backend("npu", "device")
+        except Exception as exc:
+            print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
+            return 2
+        report = run_overhead(repeat=max(args.repeat, 3), progress=progress)
+        return emit_report(args, format_overhead(report), report, report["all_goals_met"])
     if args.suite == "torch":
         from .bench_torch import main_torch
         return main_torch(args)
-    report = run_bench(args.suite, args.backend, args.precision, args.repeat,
-                       progress=None if args.quiet else sys.stderr)
+    report = run_bench(args.suite, args.backend, args.precision, args.repeat, progress=progress)
     return emit_report(args, format_bench(report), report,
                        not report["targets"] or report["all_targets_met"])

@@ -1,30 +1,7 @@
-"""``aclnn-fag bench --suite overhead``: host time per call of the NPU path, in microseconds.
-
-Rows (the documentation's shape with a causal mask: T = 256, N = 2, D = 128 + rope 64,
-Dv = 128, sparse mode 3 with the package's compressed mask; every call validated in full):
-
-* ``bare ctypes call``: one ``aclrtGetDeviceCount`` through the bound prototype -- the floor
-  any call through ctypes pays;
-* ``device-resident public call``: ``flash_attention_unpadding_score_grad_v3`` on NPU tensors
-  (a minimal object implementing the tensor protocol over device memory, whose ``new_empty``
-  reuses freed blocks like torch_npu's caching allocator) with ``stream=``: conversion,
-  validation (the data checks are skipped on a caller's stream by default), results from
-  ``new_empty``, and the op: every timed call after the first is an executor-cache hit
-  (``acl/exec_cache.py``: signature, repoint, phase 2), as every training step after the
-  first is; the same on ``acl.DeviceArray`` inputs (results from aclrtMalloc each call), and
-  without ``stream=`` (own stream + sync: the data checks read their samples);
-* ``FagPlan.run``: phase 2 on a built plan, with ``stream=`` and with its synchronisation;
-* ``numpy-in public call, excluding copies``: the public call on host arrays minus the time
-  spent in host<->device copies (``acl.run_backward(timings=...)`` copy_in/copy_out).
-
-Goals (issue: a training step must not wait on the host): device-resident public call
-<= 250 us, FagPlan.run <= 50 us, numpy-in call overhead <= 500 us.
-
-On the stand-in libraries of ``native_stubs/`` the op's computation is switched off
-(``ACL_STUB_SKIP_COMPUTE=1``; every check still runs) and fresh allocations are not filled
-(``ACL_STUB_MALLOC_FILL=-1``), so the times are the binding's own.
-On a real NPU they include the launch and, for the rows that synchronise, the kernel.
-"""
+"""``aclnn-fag bench --suite overhead`` (docs/npu.md, "Host overhead"): host microseconds per
+call of the NPU path on the documentation's shape with a causal mask, against ``GOALS_US``,
+then where the time goes. On the stubs of ``native_stubs/`` the op's computation is off and
+fresh allocations are not filled (``STUB_VARS``), so the times are the binding's own."""
 
 from __future__ import annotations
 
@@ -32,9 +9,11 @@ import os
 import statistics
 import time
 from ctypes import byref, c_uint32, c_void_p
+from types import SimpleNamespace
 
 from ..acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
+from .output import progress_writer
 from ..operands import numpy_dtype_of_torch
 
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
@@ -54,20 +33,7 @@ class _ProtocolTensor:
     to the device. Kept lean (plain attributes, no DeviceArray per result), as torch's C++
     allocator is: its own cost is measured in a row of its own."""
 
-    class _Dev:
-        type = "npu"
-        index = 0
-
-    class _DType:
-        def __init__(self, name):
-            self.name = name
-
-        def __str__(self):
-            return self.name
-
-    _NAMES = {"bfloat16": "torch.bfloat16", "float32": "torch.float32", "uint8": "torch.uint8",
-              "bool": "torch.bool"}
-    device = _Dev()
+    device = SimpleNamespace(type="npu", index=0)
     _free: dict = {}            # nbytes -> [DeviceBuffer]: the allocator's cached blocks
     _geometry: dict = {}        # (shape, dtype) -> (shape, nbytes, strides)
 
@@ -78,7 +44,7 @@ class _ProtocolTensor:
         if da is not None:
             self._keep = da
             self.shape = da.shape
-            self.dtype = _PT_DTYPES[da.dtype.name]
+            self.dtype = f"torch.{da.dtype.name}"      # a torch dtype's str() is its name
             self._ptr = da.buffer.ptr + da.offset * da.itemsize
             self._strides = da.strides
 
@@ -91,52 +57,42 @@ class _ProtocolTensor:
     def new_empty(self, shape, dtype=None):
         dtype = dtype or self.dtype
         key = (tuple(shape), dtype)
-        geom = self._geometry.get(key)
-        if geom is None:                # sizes and strides: C++ arithmetic in torch, once here
-            itemsize = numpy_dtype_of_torch(dtype).itemsize
+        if key not in self._geometry:   # sizes and strides: C++ arithmetic in torch, once here
             n, strides = 1, []
             for d in reversed(key[0]):
                 strides.append(n)
                 n *= d
-            geom = self._geometry[key] = (key[0], n * itemsize, tuple(reversed(strides)))
-        shape, nbytes, strides = geom
-        pool = self._free.get(nbytes)
-        if pool:                        # a cached block of this size
-            buf = pool.pop()
-        else:                           # none free: a new device allocation
-            if pool is None:
-                pool = self._free[nbytes] = []
-            buf = DeviceBuffer(nbytes)
-        t = _new(_ProtocolTensor)
-        t.shape, t.dtype, t._ptr, t._strides = shape, dtype, buf.ptr, strides
-        t._keep = None
+            nbytes = n * numpy_dtype_of_torch(dtype).itemsize
+            self._geometry[key] = (key[0], nbytes, tuple(reversed(strides)))
+        shape, nbytes, strides = self._geometry[key]
+        pool = self._free.setdefault(nbytes, [])
+        buf = pool.pop() if pool else DeviceBuffer(nbytes)     # a cached block, else a new one
+        t = _ProtocolTensor()
+        t.shape, t.dtype, t._ptr, t._strides, t._keep = shape, dtype, buf.ptr, strides, None
         t._block = (pool, buf)
         return t
 
     def __del__(self):
-        block = self._block
-        if block is not None:
-            block[0].append(block[1])
+        if self._block is not None:
+            self._block[0].append(self._block[1])
 
 
-_PT_DTYPES = {n: _ProtocolTensor._DType(t) for n, t in _ProtocolTensor._NAMES.items()}
-_new = object.__new__
-
-
-def _time(fn, repeat: int, inner: int):
+def _time(fn, repeat: int, inner: int, acc: dict = None):
     """(median CPU us, best CPU us, median wall us) per call over ``repeat`` rounds of
     ``inner`` calls. CPU time is the calling thread's (``time.thread_time``): the host work
-    of the call, unaffected by other processes competing for the cores; wall time is shown
-    next to it."""
+    of the call, unaffected by other processes competing for the cores. ``acc``: the CPU and
+    wall seconds ``fn`` reports in acc["cpu"] / acc["s"] are left out (the copies)."""
     fn()
     fn()
+    acc = {} if acc is None else acc
     cpu, wall = [], []
     for _ in range(repeat):
+        acc["s"] = acc["cpu"] = 0.0
         c0, t0 = time.thread_time(), time.perf_counter()
         for _ in range(inner):
             fn()
-        cpu.append((time.thread_time() - c0) / inner)
-        wall.append((time.perf_counter() - t0) / inner)
+        cpu.append((time.thread_time() - c0 - acc["cpu"]) / inner)
+        wall.append((time.perf_counter() - t0 - acc["s"]) / inner)
     return statistics.median(cpu) * 1e6, min(cpu) * 1e6, statistics.median(wall) * 1e6
 
 
@@ -146,11 +102,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     from ..api import flash_attention_unpadding_score_grad_v3 as fag
     from ..rules import validate_backward
 
-    def say(msg):
-        if progress:
-            progress.write(msg + "\n")
-            progress.flush()
-
+    say = progress_writer(progress)
     saved = {v: os.environ.get(v) for v in STUB_VARS}
     os.environ.update(STUB_VARS)
     try:
@@ -159,12 +111,10 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
         spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
                         d_v=128, sparse_mode=3, seed=0)
         inp = with_forward(make_inputs(spec))
-        names = ("query", "query_rope", "key", "key_rope", "value", "dy")
-        host = {n: inp[n] for n in names}
-        kw = dict(atten_mask=inp["atten_mask"], softmax_max=inp["softmax_max"],
-                  softmax_sum=inp["softmax_sum"], attention_in=inp["attention_in"],
-                  actual_seq_qlen=inp["actual_seq_qlen"], actual_seq_kvlen=inp["actual_seq_kvlen"],
-                  scale_value=inp["scale_value"], sparse_mode=inp["sparse_mode"])
+        host = {n: inp[n] for n in ("query", "query_rope", "key", "key_rope", "value", "dy")}
+        on_device = ("atten_mask", "softmax_max", "softmax_sum", "attention_in")
+        kw = {n: inp[n] for n in on_device + ("actual_seq_qlen", "actual_seq_kvlen",
+                                                "scale_value", "sparse_mode")}
         acl.runtime.ensure_device(0)
         stream_h = c_void_p()
         rc = b.aclrtCreateStream(byref(stream_h))
@@ -172,59 +122,56 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             raise RuntimeError(f"aclrtCreateStream returned {rc}")
         stream = stream_h.value
         rows = []
+
+        def row(label, goal_key, fn, n=inner, acc=None):
+            median_us, best_us, wall_us = _time(fn, repeat, n, acc)
+            goal = GOALS_US.get(goal_key)
+            rows.append({"label": label, "median_us": median_us, "best_us": best_us,
+                         "wall_median_us": wall_us, "goal_us": goal,
+                         "met": None if goal is None else median_us <= goal})
         try:
             dev = {n: acl.DeviceArray.from_numpy(a) for n, a in host.items()}
-            dev_kw = dict(kw)
-            for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
-                dev_kw[n] = acl.DeviceArray.from_numpy(kw[n])
+            dev_kw = dict(kw, **{n: acl.DeviceArray.from_numpy(kw[n]) for n in on_device})
             npu = {n: _ProtocolTensor(a) for n, a in dev.items()}
-            npu_kw = dict(dev_kw)
-            for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in"):
-                npu_kw[n] = _ProtocolTensor(dev_kw[n])
-
+            npu_kw = dict(dev_kw, **{n: _ProtocolTensor(dev_kw[n]) for n in on_device})
             count = c_uint32()
             say("bare ctypes call ...")
-            rows.append(("bare ctypes call (aclrtGetDeviceCount)", None,
-                         _time(lambda: b.aclrtGetDeviceCount(byref(count)), repeat, inner * 10)))
+            row("bare ctypes call (aclrtGetDeviceCount)", None,
+                lambda: b.aclrtGetDeviceCount(byref(count)), inner * 10)
             say("device-resident public calls ...")
-            rows.append(("device-resident public call: NPU tensors, stream=", "device_call",
-                         _time(lambda: fag(*npu.values(), stream=stream, **npu_kw), repeat, inner)))
+            row("device-resident public call: NPU tensors, stream=", "device_call",
+                lambda: fag(*npu.values(), stream=stream, **npu_kw))
             q = npu["query"]
-            rows.append(("  of which the test tensors' new_empty (5 results)", None,
-                         _time(lambda: [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)],
-                               repeat, inner)))
-            rows.append(("device-resident public call: DeviceArray, stream=", None,
-                         _time(lambda: fag(*dev.values(), stream=stream, **dev_kw), repeat, inner)))
-            rows.append(("device-resident public call: DeviceArray, own stream + sync", None,
-                         _time(lambda: fag(*dev.values(), **dev_kw), repeat, inner)))
-            rows.append(("device-resident public call: check_data=False, stream=", None,
-                         _time(lambda: fag(*dev.values(), stream=stream, check_data=False,
-                                           **dev_kw), repeat, inner)))
+            row("  of which the test tensors' new_empty (5 results)", None,
+                lambda: [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)])
+            row("device-resident public call: DeviceArray, stream=", None,
+                lambda: fag(*dev.values(), stream=stream, **dev_kw))
+            row("device-resident public call: DeviceArray, own stream + sync", None,
+                lambda: fag(*dev.values(), **dev_kw))
+            row("device-resident public call: check_data=False, stream=", None,
+                lambda: fag(*dev.values(), stream=stream, check_data=False, **dev_kw))
             say("breakdown ...")
             breakdown = _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner)
             say("FagPlan.run ...")
             plan = acl.FagPlan(**dev, **dev_kw)
             try:
-                rows.append(("FagPlan.run(stream=)", "plan_run",
-                             _time(lambda: plan.run(stream=stream), repeat, inner * 5)))
-                rows.append(("FagPlan.run() (own stream + sync)", None,
-                             _time(lambda: plan.run(), repeat, inner * 5)))
+                row("FagPlan.run(stream=)", "plan_run", lambda: plan.run(stream=stream), inner * 5)
+                row("FagPlan.run() (own stream + sync)", None, lambda: plan.run(), inner * 5)
             finally:
                 plan.close()
             say("numpy-in public call ...")
             copies = {"s": 0.0, "cpu": 0.0}
 
             def numpy_call():
-                call = validate_backward(*host.values(), **kw)
                 t = {}
-                acl.run_backward(call, timings=t, cpu_timings=True)
+                acl.run_backward(validate_backward(*host.values(), **kw), timings=t,
+                                 cpu_timings=True)
                 copies["s"] += t["copy_in"] + t["copy_out"]
                 copies["cpu"] += t["copy_in_cpu"] + t["copy_out_cpu"]
-            rows.append(("numpy-in public call, excluding copies", "numpy_call",
-                         _time_minus(numpy_call, copies, repeat, max(1, inner // 4))))
-            rows.append(("numpy-in public call, total (copies included)", None,
-                         _time(lambda: fag(*host.values(), backend="npu", **kw), repeat,
-                               max(1, inner // 4))))
+            row("numpy-in public call, excluding copies", "numpy_call", numpy_call,
+                max(1, inner // 4), copies)
+            row("numpy-in public call, total (copies included)", None,
+                lambda: fag(*host.values(), backend="npu", **kw), max(1, inner // 4))
         finally:
             acl.runtime.release_stream_workspace(stream)
             b.aclrtDestroyStream(stream)
@@ -239,15 +186,9 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
                 os.environ.pop(var, None)
             else:
                 os.environ[var] = value
-    out = []
-    for label, goal_key, (median_us, best_us, wall_us) in rows:
-        goal = GOALS_US.get(goal_key)
-        out.append({"label": label, "median_us": median_us, "best_us": best_us,
-                    "wall_median_us": wall_us,
-                    "goal_us": goal, "met": None if goal is None else median_us <= goal})
     return {"schema": "aclnn_fag.tools.bench_overhead/1", "stub_compute_off": is_stub,
             "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
-            "rows": out, "all_goals_met": all(r["met"] for r in out if r["met"] is not None),
+            "rows": rows, "all_goals_met": all(r["met"] for r in rows if r["met"] is not None),
             "breakdown": breakdown}
 
 
@@ -272,6 +213,11 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
         out.append({"label": f"    {label}: " + ", ".join(
             f"{k} {after[k] - before[k]}" for k in keys), "cpu_us": None})
 
+    def of_which(timings, calls, parts):
+        """The CPU time per call of parts of a stage, from the timings its calls summed."""
+        for key, label in parts:
+            out.append({"label": f"    of which {label}", "cpu_us": timings[key] / calls * 1e6})
+
     # the public call's own steps: its tensors in the spec's order, converted in one pass
     # (operands.convert_args), then validated as tuples (rules.validate_backward_args)
     tensor_names, scalar_names, list_names = names(BACKWARD_V3)
@@ -293,9 +239,7 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
                    for t in [q.new_empty(q.shape, dtype=q.dtype) for _ in range(5)]])
     stage("NPU tensors, stream=: run_backward_on_device (results + the op's host side)",
           lambda: run_backward_on_device(dcall, operands.NPU, q, stream))
-    outs = {o: getattr(dcall, s) for o, s in
-            (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
-             ("dv", "value"))}
+    outs = {o: getattr(dcall, s) for o, s in BACKWARD_V3.output_like.items()}
 
     def op_hit():
         acl.run_backward(dcall, keep_on_device=True, stream=stream, outputs=outs)
@@ -313,9 +257,8 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
         n_calls[0] += 1
     stage("  the op's host side, a cache miss (the cache emptied before each call)", op_miss,
           max(1, inner // 4))
-    for key, label in (("marshal_cpu", "aclTensor/aclIntArray creates"),
-                       ("phase1_cpu", "phase 1 (36 arguments through ctypes)")):
-        out.append({"label": f"    of which {label}", "cpu_us": t[key] / n_calls[0] * 1e6})
+    of_which(t, n_calls[0], (("marshal_cpu", "aclTensor/aclIntArray creates"),
+                             ("phase1_cpu", "phase 1 (36 arguments through ctypes)")))
     hcall = validate_backward(*host.values(), **kw)
     stage("numpy-in: validation without the data rules", lambda: validate_backward(
         *host.values(), check_data=False, **kw), max(1, inner // 4))
@@ -329,12 +272,11 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
         nh[0] += 1
     stage("numpy-in: the op's host side with copies (run_backward; acl/host_path.py)", host_op,
           max(1, inner // 4))
-    for key, label in (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
-                       ("alloc_cpu", "device memory (kept from the last call) + zero fill"),
-                       ("phase2_cpu", "phase 2 + synchronisation (a cache hit)"),
-                       ("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
-                       ("phase1_cpu", "phase 1")):
-        out.append({"label": f"    of which {label}", "cpu_us": th[key] / nh[0] * 1e6})
+    of_which(th, nh[0], (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
+                         ("alloc_cpu", "device memory (kept from the last call) + zero fill"),
+                         ("phase2_cpu", "phase 2 + synchronisation (a cache hit)"),
+                         ("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
+                         ("phase1_cpu", "phase 1")))
     native_calls("native calls per call", lambda: acl.run_backward(hcall),
                  ("tensors", "phase1", "malloc", "free", "memset", "h2d", "d2h"))
     return out
@@ -342,27 +284,7 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
 
 def _is_stub(b) -> bool:
     """True on the stand-in libraries of native_stubs/ (they export aclStubGetCounters)."""
-    for lib in b.libraries.handles.values():
-        try:
-            getattr(lib, "aclStubGetCounters")
-            return True
-        except AttributeError:
-            continue
-    return False
-
-
-def _time_minus(fn, acc: dict, repeat: int, inner: int):
-    """As _time, minus the CPU (and wall) time ``fn`` reports in acc["cpu"] / acc["s"]."""
-    fn()
-    cpu, wall = [], []
-    for _ in range(repeat):
-        acc["s"] = acc["cpu"] = 0.0
-        c0, t0 = time.thread_time(), time.perf_counter()
-        for _ in range(inner):
-            fn()
-        cpu.append((time.thread_time() - c0 - acc["cpu"]) / inner)
-        wall.append((time.perf_counter() - t0 - acc["s"]) / inner)
-    return statistics.median(cpu) * 1e6, min(cpu) * 1e6, statistics.median(wall) * 1e6
+    return any(hasattr(lib, "aclStubGetCounters") for lib in b.libraries.handles.values())
 
 
 def format_overhead(report: dict) -> str:

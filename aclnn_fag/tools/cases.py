@@ -1,29 +1,8 @@
-"""Test cases as data: a case is shapes, arguments and a seed, never arrays.
-
-A case suite is a JSON file (the shipped one is ``aclnn_fag/tools/data/parity_suite.json``)::
-
-    {"schema": "aclnn_fag.suite/1",
-     "description": "...",
-     "default_exclude_tags": ["long", "heavy"],
-     "defaults": {"d": 128, "d_rope": 64, "d_v": 128},
-     "cases": [{"name": "doc-example", "tags": ["quick"], "seed": 0, "lengths_q": [256],
-                "heads": 1, "sparse_mode": 0, "mask": "zeros", "scale": 0.088388,
-                "pre_tokens": 65536, "next_tokens": 65536}, ...]}
-
-Case keys (``CaseSpec``): ``name``, ``tags``, ``seed``, ``lengths_q`` (per-sequence query
-lengths; the op gets their cumulative ends), ``lengths_kv`` (default: ``lengths_q``),
-``heads`` (N1), ``kv_heads`` (N2, default N1), ``d``, ``d_rope``, ``d_v`` (default d),
-``sparse_mode``, ``pre_tokens``/``next_tokens`` (default INT32_MAX), ``scale`` (default
-1/sqrt(d + d_rope)), ``mask`` (modes 0/1/5 only: ``"zeros"``, ``"causal"`` = top-left
-triu(1), ``"band"`` = masked outside -pre <= j-i <= next, ``"random"`` with
-``mask_density``; modes 2/3/4/7/8 always get ``masks.compressed_causal_mask()``),
-``deterministic``, ``note``. Unknown keys are an error (typos must not pass silently).
-
-``make_inputs(spec)`` draws the inputs from ``numpy.random.default_rng(seed)`` in a fixed
-order (query, query_rope, key, key_rope, value, dy: standard normal rounded to bf16; then the
-random mask) and ``with_forward`` adds the NumPy forward's attention_out / softmax
-statistics in device precision: the backward's inputs, identical for every backend.
-"""
+"""Test cases as data: shapes, arguments and a seed, never arrays (the suite format:
+docs/parity.md, "1. Run"). ``make_inputs`` draws a case's inputs from
+``numpy.random.default_rng(seed)`` in a fixed order (query, query_rope, key, key_rope, value,
+dy: standard normal rounded to bf16; then a random mask); ``with_forward`` adds the NumPy
+forward's results in device precision."""
 
 from __future__ import annotations
 
@@ -39,16 +18,23 @@ import numpy as np
 
 from ..api import flash_attention_forward
 from ..call import INT32_MAX
+from ..constants import BF16
 from ..masks import compressed_causal_mask
 from ..semantics.sparse import COMPRESSED_MODES
 from ..seqlens import lengths_to_cumulative
-from ..constants import BF16
 
 __all__ = ["CaseSpec", "Suite", "SuiteError", "DOC_EXAMPLE", "load_suite", "default_suite_path",
-           "select_cases", "make_inputs", "with_forward", "case_arguments", "MASK_KINDS"]
+           "select_cases", "make_inputs", "with_forward", "case_arguments", "MASK_KINDS",
+           "FORWARD_KEYS", "forward_arguments"]
 
 SUITE_SCHEMA = "aclnn_fag.suite/1"
 MASK_KINDS = ("zeros", "causal", "band", "random")
+INT_KEYS = ("heads", "kv_heads", "d", "d_rope", "d_v", "sparse_mode", "pre_tokens",
+            "next_tokens", "seed")
+# the backward's keyword arguments the forward takes too
+FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
+                "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
+                "next_tokens", "sparse_mode", "deterministic")
 
 
 class SuiteError(ValueError):
@@ -78,7 +64,6 @@ class CaseSpec:
     tags: tuple = ()
     note: str = ""
 
-    # ---- derived values
     @property
     def kv_lengths(self) -> tuple:
         return tuple(self.lengths_kv if self.lengths_kv is not None else self.lengths_q)
@@ -118,8 +103,7 @@ class CaseSpec:
 
     @classmethod
     def from_dict(cls, raw: dict, defaults: Optional[dict] = None) -> "CaseSpec":
-        data = dict(defaults or {})
-        data.update(raw)
+        data = {**(defaults or {}), **raw}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         label = data.get("name", "<unnamed case>")
@@ -130,17 +114,15 @@ class CaseSpec:
                 raise SuiteError(f"case {label!r}: missing key {key!r}")
         try:
             for key in ("lengths_q", "lengths_kv", "tags"):
-                if data.get(key) is not None:
-                    if isinstance(data[key], (str, bytes)) or not hasattr(data[key], "__iter__"):
-                        raise TypeError(f"{key} must be a list")
-                    data[key] = tuple(data[key])
-            for key in ("heads", "kv_heads", "d", "d_rope", "d_v", "sparse_mode", "pre_tokens",
-                        "next_tokens", "seed"):
+                value = data.get(key)
+                if value is not None and (isinstance(value, (str, bytes)) or not hasattr(value, "__iter__")):
+                    raise TypeError(f"{key} must be a list")
+            for key in ("lengths_q", "lengths_kv"):
+                if key == "lengths_q" or data.get(key) is not None:
+                    data[key] = tuple(_as_int(key, x) for x in data[key])
+            for key in INT_KEYS:
                 if data.get(key) is not None:
                     data[key] = _as_int(key, data[key])
-            data["lengths_q"] = tuple(_as_int("lengths_q", x) for x in data["lengths_q"])
-            if data.get("lengths_kv") is not None:
-                data["lengths_kv"] = tuple(_as_int("lengths_kv", x) for x in data["lengths_kv"])
             data["tags"] = tuple(str(t) for t in data.get("tags", ()))
             spec = cls(**data)
         except (TypeError, ValueError) as exc:
@@ -150,17 +132,13 @@ class CaseSpec:
 
     def check(self) -> None:
         """Structural checks (the op's own rules are left to the validator)."""
-        problems = []
-        if not self.lengths_q:
-            problems.append("lengths_q is empty")
-        if len(self.kv_lengths) != len(self.lengths_q):
-            problems.append("lengths_kv must have as many entries as lengths_q")
-        if any(x < 0 for x in self.lengths_q + self.kv_lengths):
-            problems.append("lengths must be >= 0")
-        if self.mask not in MASK_KINDS:
-            problems.append(f"mask must be one of {MASK_KINDS}, got {self.mask!r}")
-        if not 0.0 <= self.mask_density < 1.0:
-            problems.append("mask_density must be in [0, 1)")
+        problems = [text for bad, text in (
+            (not self.lengths_q, "lengths_q is empty"),
+            (len(self.kv_lengths) != len(self.lengths_q),
+             "lengths_kv must have as many entries as lengths_q"),
+            (any(x < 0 for x in self.lengths_q + self.kv_lengths), "lengths must be >= 0"),
+            (self.mask not in MASK_KINDS, f"mask must be one of {MASK_KINDS}, got {self.mask!r}"),
+            (not 0.0 <= self.mask_density < 1.0, "mask_density must be in [0, 1)")) if bad]
         if problems:
             raise SuiteError(f"case {self.name!r}: " + "; ".join(problems))
 
@@ -205,15 +183,14 @@ def load_suite(path=None) -> Suite:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SuiteError(f"suite file {p} is not valid JSON: {exc}") from None
-    if isinstance(raw, list):                        # a bare list of cases is accepted too
+    if isinstance(raw, list):
         raw = {"cases": raw}
     if not isinstance(raw, dict) or not isinstance(raw.get("cases"), list):
         raise SuiteError(f"suite file {p}: expected an object with a 'cases' list")
     schema = raw.get("schema", SUITE_SCHEMA)
     if schema != SUITE_SCHEMA:
         raise SuiteError(f"suite file {p}: unsupported schema {schema!r} (expected {SUITE_SCHEMA!r})")
-    defaults = raw.get("defaults", {})
-    cases = tuple(CaseSpec.from_dict(c, defaults) for c in raw["cases"])
+    cases = tuple(CaseSpec.from_dict(c, raw.get("defaults", {})) for c in raw["cases"])
     names = [c.name for c in cases]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -227,33 +204,24 @@ def select_cases(suite: Suite, tags=None, names=None, include_all=False) -> list
     """Cases to run: by ``names`` (glob patterns) and/or ``tags`` (any match); with neither,
     every case except those carrying a tag of ``suite.default_exclude_tags`` (unless
     ``include_all``)."""
-    chosen = []
-    for case in suite.cases:
-        if names and not any(fnmatch.fnmatchcase(case.name, pat) for pat in names):
-            continue
-        if tags and not set(tags) & set(case.tags):
-            continue
-        if not names and not tags and not include_all and set(case.tags) & set(suite.default_exclude_tags):
-            continue
-        chosen.append(case)
-    return chosen
+    excluded = set() if names or tags or include_all else set(suite.default_exclude_tags)
+    return [case for case in suite.cases
+            if (not names or any(fnmatch.fnmatchcase(case.name, pat) for pat in names))
+            and (not tags or set(tags) & set(case.tags)) and not set(case.tags) & excluded]
 
 
-# --------------------------------------------------------------------------- inputs
 def _explicit_mask(spec: CaseSpec, rng) -> np.ndarray:
     max_sq, max_skv = max(spec.lengths_q), max(spec.kv_lengths)
-    shape = (max_sq, max_skv)
     if spec.mask == "zeros":
-        return np.zeros(shape, dtype=np.uint8)
+        return np.zeros((max_sq, max_skv), dtype=np.uint8)
     diff = np.arange(max_skv)[None, :] - np.arange(max_sq)[:, None]     # j - i
     if spec.mask == "causal":
         return (diff > 0).astype(np.uint8)
     if spec.mask == "band":
         return ((diff > spec.next_tokens) | (-diff > spec.pre_tokens)).astype(np.uint8)
-    mask = (rng.random(shape, dtype=np.float32) < spec.mask_density).astype(np.uint8)
+    mask = (rng.random((max_sq, max_skv), dtype=np.float32) < spec.mask_density).astype(np.uint8)
     if max_skv:
-        # never leave a row fully masked: keep the diagonal and column 0 (a key every
-        # non-empty batch has)
+        # never a fully masked row: keep the diagonal and column 0 (a key every batch has)
         rows = np.arange(max_sq)
         mask[rows, np.minimum(rows, max_skv - 1)] = 0
         mask[:, 0] = 0
@@ -263,20 +231,13 @@ def _explicit_mask(spec: CaseSpec, rng) -> np.ndarray:
 def make_inputs(spec: CaseSpec) -> dict:
     """The backward's keyword arguments without the forward results (see module docstring)."""
     rng = np.random.default_rng(spec.seed)
-
-    def draw(shape):
-        return rng.standard_normal(shape, dtype=np.float32).astype(BF16)
-
-    t1, t2, n1, n2 = spec.t1, spec.t2, spec.heads, spec.n2
-    query = draw((t1, n1, spec.d))
-    query_rope = draw((t1, n1, spec.d_rope))
-    key = draw((t2, n2, spec.d))
-    key_rope = draw((t2, n2, spec.d_rope))
-    value = draw((t2, n2, spec.dv))
-    dy = draw((t1, n1, spec.dv))
+    shapes = {"query": (spec.t1, spec.heads, spec.d), "query_rope": (spec.t1, spec.heads, spec.d_rope),
+              "key": (spec.t2, spec.n2, spec.d), "key_rope": (spec.t2, spec.n2, spec.d_rope),
+              "value": (spec.t2, spec.n2, spec.dv), "dy": (spec.t1, spec.heads, spec.dv)}
+    out = {name: rng.standard_normal(shape, dtype=np.float32).astype(BF16)
+           for name, shape in shapes.items()}
     mask = compressed_causal_mask() if spec.compressed_mask else _explicit_mask(spec, rng)
-    return dict(query=query, query_rope=query_rope, key=key, key_rope=key_rope, value=value,
-                dy=dy, atten_mask=mask,
+    return dict(out, atten_mask=mask,
                 actual_seq_qlen=[int(x) for x in lengths_to_cumulative(spec.lengths_q)],
                 actual_seq_kvlen=[int(x) for x in lengths_to_cumulative(spec.kv_lengths)],
                 scale_value=spec.scale_value, pre_tokens=spec.pre_tokens,
@@ -284,21 +245,17 @@ def make_inputs(spec: CaseSpec) -> dict:
                 deterministic=spec.deterministic)
 
 
-_FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
-                 "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
-                 "next_tokens", "sparse_mode")
+def forward_arguments(inputs: dict) -> dict:
+    """The forward's keyword arguments out of the backward's."""
+    return {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
 
 
 def with_forward(inputs: dict, backend: str = "numpy") -> dict:
     """``inputs`` plus attention_in / softmax_max / softmax_sum from the forward on ``backend``
-    (default: the NumPy forward; device precision: bf16 output, float32 statistics in the
-    device layout)."""
-    fwd = flash_attention_forward(**{k: inputs[k] for k in _FORWARD_KEYS}, precision="device",
-                                  backend=backend)
-    out = dict(inputs)
-    out.update(attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
-               softmax_sum=fwd.softmax_sum)
-    return out
+    in device precision (bf16 output, float32 statistics in the device layout)."""
+    fwd = flash_attention_forward(**forward_arguments(inputs), precision="device", backend=backend)
+    return dict(inputs, attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
+                softmax_sum=fwd.softmax_sum)
 
 
 def case_arguments(spec: CaseSpec, inputs: dict) -> dict:

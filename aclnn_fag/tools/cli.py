@@ -1,8 +1,5 @@
-"""The ``aclnn-fag`` command: ``info``, ``demo``, ``parity``, ``bench``.
-
-``main(argv)`` returns the exit status (also usable in-process: ``main(["demo"])``).
-``info`` and ``demo`` live here; ``parity`` and ``bench`` in their own modules.
-"""
+"""The ``aclnn-fag`` command (docs/cli.md): ``info`` and ``demo`` here, ``parity``, ``bench``
+and ``report`` in their own modules. ``main(argv)`` returns the exit status."""
 
 from __future__ import annotations
 
@@ -19,86 +16,76 @@ from . import cliargs
 __all__ = ["main", "build_parser"]
 
 
-# --------------------------------------------------------------------------- info
 def _cmd_info(args) -> int:
+    from ..acl.versions import version_summary_line
     from .envinfo import auto_backend, environment, npu_status
+    from .output import STDOUT, write_json
 
     npu = npu_status(refresh=True)
     auto, auto_error = auto_backend()
     env = environment(auto, "device", npu)
     if args.json:
-        from .output import STDOUT, write_json
         write_json({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
                     "npu": npu, "environment": env}, args.json)
         if args.json == STDOUT:
             return 0
     if getattr(args, "quiet", False):
         return 0
-    ok = bool(npu.get("ok"))
-    features = npu.get("features") or {}
-    print(f"aclnn_fag {__version__}  (python {env['python']}, numpy {env['numpy_version']}, "
-          f"ml_dtypes {env['ml_dtypes_version']}, {env['platform']})")
-    print(f"auto backend:    {auto if auto else 'cannot resolve: ' + str(auto_error)}")
+    ok, features = bool(npu.get("ok")), npu.get("features") or {}
     reason = str(npu.get("reason") or "").strip().splitlines()
-    print(f"NPU backend:     {'available' if ok else 'unavailable'}"
-          + ("" if ok or not reason else f" -- {reason[0]}"))
+    lines = [f"aclnn_fag {__version__}  (python {env['python']}, numpy {env['numpy_version']}, "
+             f"ml_dtypes {env['ml_dtypes_version']}, {env['platform']})",
+             f"auto backend:    {auto if auto else 'cannot resolve: ' + str(auto_error)}",
+             f"NPU backend:     {'available' if ok else 'unavailable'}"
+             + ("" if ok or not reason else f" -- {reason[0]}")]
     if npu.get("stand_in"):
-        print(f"                 *** {npu.get('stand_in_note')} ***")
+        lines.append(f"                 *** {npu.get('stand_in_note')} ***")
     libs = npu.get("libraries")
     if isinstance(libs, dict) and libs:
-        print("libraries:")
-        for role, where in libs.items():
-            print(f"  {role:<10s} {where}")
+        lines += ["libraries:"] + [f"  {role:<10s} {where}" for role, where in libs.items()]
     if npu.get("search_order"):
-        print("search order:    " + "; ".join(npu["search_order"]))
+        lines.append("search order:    " + "; ".join(npu["search_order"]))
     if not ok and npu.get("search_notes"):
-        print("skipped:         " + "; ".join(npu["search_notes"]))
+        lines.append("skipped:         " + "; ".join(npu["search_notes"]))
     if not ok and npu.get("info_error"):
-        print(f"info:            {npu['info_error']}")
-    print(f"device count:    {npu.get('device_count') if npu.get('device_count') is not None else 0}")
-    soc = npu.get("soc_name")
-    if not soc:
-        soc = f"unknown ({npu['soc_name_error']})" if npu.get("soc_name_error") else "unknown (no device)"
-    print(f"SoC name:        {soc}")
-    _print_versions(env.get("versions") or {})
-    rules = env.get("cann_rules") or {}
-    print(f"rules of CANN:   {rules.get('release')} (from {rules.get('from')})"
-          + (f"; {rules['note']}" if rules.get("note") else ""))
-    print(f"determinism:     {_yes_no(features, 'determinism_setter', 'determinism_getter')}"
-          " (aclrtCtxSetSysParamOpt/aclrtCtxGetSysParamOpt)")
-    print(f"repeatable executors: {_yes_no(features, 'repeatable_executor')}"
-          " (aclSetAclOpExecutorRepeatable)")
-    if features:
-        others = {k: v for k, v in features.items()
-                  if k not in ("determinism_setter", "determinism_getter", "repeatable_executor")}
-        if others:
-            print("other features:  " + ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in others.items()))
-    return 0
-
-
-def _print_versions(v: dict) -> None:
-    from ..acl.versions import version_summary_line
+        lines.append(f"info:            {npu['info_error']}")
+    lines.append(f"device count:    {npu.get('device_count') or 0}")
+    soc = npu.get("soc_name") or (f"unknown ({npu['soc_name_error']})" if npu.get("soc_name_error")
+                                  else "unknown (no device)")
+    lines.append(f"SoC name:        {soc}")
+    v = env.get("versions") or {}
     cann = v.get("cann") or {}
-    print(f"CANN version:    {version_summary_line(v.get('cann'))}")
+    lines.append(f"CANN version:    {version_summary_line(v.get('cann'))}")
     if cann:
-        for pkg in ("runtime", "ops_transformer"):
-            print(f"{pkg + ':':<17s}{cann.get(pkg + '_version') or 'unknown'}"
-                  f" (aclsysGetVersionStr(\"{pkg}\"))")
-    if (v.get("cann") or {}).get("acl_api_version"):
-        print(f"ACL API version: {v['cann']['acl_api_version']} (aclrtGetVersion)")
-    tk = v.get("toolkit_install") or {}
-    print(f"toolkit install: " + (f"{tk.get('version')} ({tk['path']})" if tk.get("path")
-                                  else "no install-info file found"))
-    drv = v.get("driver") or {}
-    print(f"driver version:  " + (f"{drv.get('version')} ({drv['path']})" if drv.get("path")
-                                  else "not readable"))
-    blas = v.get("blas") or {}
+        lines += [f"{pkg + ':':<17s}{cann.get(pkg + '_version') or 'unknown'} "
+                  f"(aclsysGetVersionStr(\"{pkg}\"))" for pkg in ("runtime", "ops_transformer")]
+    if cann.get("acl_api_version"):
+        lines.append(f"ACL API version: {cann['acl_api_version']} (aclrtGetVersion)")
+    tk, drv, blas = v.get("toolkit_install") or {}, v.get("driver") or {}, v.get("blas") or {}
+    lines.append("toolkit install: " + (f"{tk.get('version')} ({tk['path']})" if tk.get("path")
+                                        else "no install-info file found"))
+    lines.append("driver version:  " + (f"{drv.get('version')} ({drv['path']})" if drv.get("path")
+                                        else "not readable"))
     if blas:
         threads = blas.get("threads")
-        print(f"BLAS:            {blas.get('library') or 'unknown'} {blas.get('version') or ''}".rstrip()
-              + f", threads {threads if threads is not None else 'unknown'}"
-              + (f" ({blas['threads_via']})" if blas.get("threads_via") else "")
-              + (f", {blas['path']}" if blas.get("path") else ""))
+        lines.append(f"BLAS:            {blas.get('library') or 'unknown'} {blas.get('version') or ''}".rstrip()
+                     + f", threads {threads if threads is not None else 'unknown'}"
+                     + (f" ({blas['threads_via']})" if blas.get("threads_via") else "")
+                     + (f", {blas['path']}" if blas.get("path") else ""))
+    rules = env.get("cann_rules") or {}
+    lines.append(f"rules of CANN:   {rules.get('release')} (from {rules.get('from')})"
+                 + (f"; {rules['note']}" if rules.get("note") else ""))
+    lines.append(f"determinism:     {_yes_no(features, 'determinism_setter', 'determinism_getter')}"
+                 " (aclrtCtxSetSysParamOpt/aclrtCtxGetSysParamOpt)")
+    lines.append(f"repeatable executors: {_yes_no(features, 'repeatable_executor')}"
+                 " (aclSetAclOpExecutorRepeatable)")
+    others = {k: v for k, v in features.items()
+              if k not in ("determinism_setter", "determinism_getter", "repeatable_executor")}
+    if others:
+        lines.append("other features:  " + ", ".join(f"{k}={'yes' if v else 'no'}"
+                                                     for k, v in others.items()))
+    print("\n".join(lines))
+    return 0
 
 
 def _yes_no(features: dict, *keys) -> str:
@@ -263,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.main)
 
-    from .report_cli import add_report_command
+    from .parity_cli import add_report_command
     add_report_command(sub)
     return parser
 

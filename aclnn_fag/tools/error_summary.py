@@ -1,28 +1,10 @@
-"""Where an output's error sits: compact per-(batch, head), per-token and histogram summaries.
-
-``aclnn-fag parity`` stores one summary per judged output in its JSON report
-(``cases[i].outputs[name].error_summary``), so that ``--html`` pages (and
-``aclnn-fag report REPORT.json --html FILE``) can draw the heat map, the error along the
-token positions and the error histogram from the JSON alone. ``FORMAT`` names the layout::
-
-    {"format": "aclnn_fag.error_summary/1",
-     "tokens": T, "heads": N, "token_axis": "query" | "key",
-     "batch_ends": [cumulative ends],               # the ends the output's rows follow
-     "bh_max_abs": [[B x N]], "bh_ref_max_abs": [[B x N]],   # max |y-g|, |ref-g| per cell;
-                                                    # null for an empty batch
-     "token_bin": tokens per bin (1 up to MAX_TOKEN_BINS bins),
-     "token_max_abs": [...], "token_ref_max_abs": [...],     # max over heads and the last dim
-     "hist": {"log10_lo": -12, "log10_step": 0.25, "bins": 56,
-              "backend": [counts], "reference": [counts],
-              "backend_zero": n, "reference_zero": n,        # |err| == 0 exactly
-              "backend_under": n, "reference_under": n,      # 0 < |err| < 10**log10_lo
-              "backend_over": n, "reference_over": n}}       # |err| >= the top edge or not finite
-
-Values are rounded to 3 significant digits (the page shows magnitudes, the verdict uses the
-exact figures next to the summary). ``y`` and ``g`` are the output under test and the fp64
-golden, ``ref`` the NumPy device-precision reference (the noise floor of criterion 1).
-Statistics outputs (``softmax_max``/``softmax_sum``, device layout) are read token-major first;
-their invalid lines compare as equal when both hold the same FLT_MAX value.
+"""Where an output's error sits: per-(batch, head), per-token and histogram summaries, one
+per judged output in the JSON report (``cases[i].outputs[name].error_summary``; the layout:
+docs/parity.md, "5. Look at it"), so that the HTML pages draw their pictures from the JSON
+alone. Values are rounded to 3 significant digits (the verdict uses the exact figures).
+``y``/``g``/``ref``: the output under test, the fp64 golden, the NumPy device-precision
+reference. Statistics (device layout) are read token-major first; their invalid lines compare
+as equal when both hold the same FLT_MAX value.
 """
 
 from __future__ import annotations
@@ -67,8 +49,7 @@ def _per_token_head(y: np.ndarray, g: np.ndarray):
         gp = g[s].astype(np.float64).reshape(s.stop - s.start, n, -1)
         with np.errstate(invalid="ignore", over="ignore"):
             err = np.abs(yp - gp)
-        both_equal = yp == gp                 # FLT_MAX invalid lines, infinities in both
-        err = np.where(both_equal, 0.0, err)
+        err = np.where(yp == gp, 0.0, err)    # FLT_MAX invalid lines, infinities in both
         err = np.where(np.isfinite(err), err, np.inf)
         if err.shape[2]:
             per[s] = err.max(axis=2)
@@ -145,20 +126,15 @@ def summarise(output, golden, reference, ends, token_axis: str = "query",
 
 def attach(outputs: Mapping[str, dict], result, golden, reference, inputs: Mapping) -> None:
     """Add ``error_summary`` to each judged output of ``outputs`` (name -> judge dict) whose
-    shapes agree; ``result``/``golden``/``reference``: name -> array mappings or objects with
-    those attributes. A summary that cannot be made records ``error_summary_error`` instead
-    (the verdict never depends on it)."""
-    def get(src, name):
-        return src[name] if isinstance(src, Mapping) else getattr(src, name)
-
+    shapes agree; ``result``/``golden``/``reference``: name -> array. A summary that cannot be
+    made records ``error_summary_error`` instead (the verdict never depends on it)."""
     for name, judged in outputs.items():
         if judged.get("problem", "").startswith("shape"):
             continue
         query_side = name in QUERY_OUTPUTS
         ends = inputs["actual_seq_qlen"] if query_side else inputs["actual_seq_kvlen"]
         try:
-            judged["error_summary"] = summarise(get(result, name), get(golden, name),
-                                                get(reference, name), ends,
+            judged["error_summary"] = summarise(result[name], golden[name], reference[name], ends,
                                                 "query" if query_side else "key",
                                                 stats=name in STATS_OUTPUTS)
         except Exception as exc:          # a summary is for the eyes; never fail the case

@@ -1,52 +1,26 @@
-"""Parity reports as one self-contained HTML page (``--html FILE``).
-
-Three entry points, all through :func:`write_page`:
-
-* ``aclnn-fag parity ... --html FILE`` — the run just made;
-* ``aclnn-fag report REPORT.json --html FILE`` — a saved JSON report;
-* ``aclnn-fag parity --compare OLD.json NEW.json --html FILE`` — a comparison.
-
-The page needs nothing but itself: CSS and a small sorting script inline, pictures as base64
-PNG (matplotlib, the optional extra ``[report]``: :mod:`aclnn_fag.tools.report_plots`), no
-network, no fonts. It shows, top to bottom: the environment (the CANN, runtime and
-ops_transformer versions, the ACL API version, the release whose rules apply, toolkit install,
-driver, SoC, the op-API library, package, numpy, BLAS and its threads) and the verdict counts; the table of cases, failing first (click a heading to
-sort); then one section per ERROR, FAIL or borderline case (a passing case that used at least
-``BORDERLINE`` of a criterion's budget): every output's figures against its thresholds, the
-heat map of max |y - golden| per (batch, head), the error along the token positions and the
-histogram of |backend - golden| beside |reference - golden|, and the link to its reproducer
-folder when the run had ``--repro``. A comparison shows both runs side by side (versions, counts,
-verdicts and errors per case), regressions first, and sections for NEW's regressed, failing
-and borderline cases (OLD's error drawn along NEW's in the token plot when OLD has it).
-
-Everything comes from the JSON report: the error summaries of
-:mod:`aclnn_fag.tools.error_summary` (``outputs[name].error_summary``) give the pictures.
-
-Bad input (``HtmlError``, exit status 2 in the CLI): a destination that cannot be written
-(checked before a parity run starts), a file that is not a parity report of a format this
-version reads (``aclnn_fag.parity_report/1``), matplotlib missing. A report of an older run
-whose outputs carry no error summaries still renders with the parts it has (environment,
-counts, the case table, every output's figures, errors, reproducer links) and a notice on top
-where the pictures would be; :func:`write_page` returns that notice and the CLI prints it and
-exits 2, so scripts notice the incomplete page.
-"""
+"""Parity reports and comparisons as one self-contained HTML page (docs/parity.md, "5. Look at
+it"), from the JSON report alone: pictures as base64 PNG (:mod:`aclnn_fag.tools.report_plots`),
+no network. A report without error summaries (an older run) renders without pictures and with
+a notice, which :func:`render_report` returns so that the CLI exits 2."""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import html
-import math
 import os
+import pathlib
 import re
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional
 
+from .accuracy import budget_used
 from .envinfo import shorten, summary as version_summary
-from .output import STDOUT, write_text
+from .output import STDOUT, figure
+from .report_compare import IMPROVED
 
-__all__ = ["HtmlError", "BORDERLINE", "check_destination", "prepare", "case_status",
-           "missing_summaries", "render_report", "render_compare", "write_page"]
+__all__ = ["HtmlError", "BORDERLINE", "prepare", "case_status", "missing_summaries",
+           "render_report", "render_compare"]
 
 BORDERLINE = 0.75
 STATUS_ORDER = {"ERROR": 0, "FAIL": 1, "BORDERLINE": 2, "PASS": 3}
@@ -60,9 +34,9 @@ class HtmlError(ValueError):
     """An HTML page cannot be made: bad destination, unreadable report, no matplotlib."""
 
 
-# --------------------------------------------------------------------------- checks
-def check_destination(path) -> None:
-    """Raise HtmlError unless a file can be created at ``path`` (a real write test)."""
+def prepare(path) -> None:
+    """Raise HtmlError unless ``--html path`` can be honoured, checked before any work: a file
+    can be created at ``path`` (a real write test) and matplotlib can be imported."""
     if path is None or str(path) == STDOUT or not str(path).strip():
         raise HtmlError(f"--html takes a file name, got {path!r}")
     full = os.path.abspath(os.fspath(path))
@@ -77,11 +51,6 @@ def check_destination(path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise HtmlError(f"--html {path}: cannot write in {directory}: {exc.strerror or exc}") from None
-
-
-def prepare(path) -> None:
-    """Everything ``--html`` needs, checked before any work: the destination and matplotlib."""
-    check_destination(path)
     from . import report_plots
     try:
         report_plots.require()
@@ -89,30 +58,8 @@ def prepare(path) -> None:
         raise HtmlError(str(exc)) from None
 
 
-def _f(x) -> Optional[float]:
-    if x is None or isinstance(x, bool):
-        return None
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
-def output_usage(o: dict) -> float:
-    """How much of its criteria's budgets an output used (1 = at the limit; inf = failed
-    without figures, e.g. a shape mismatch)."""
-    if "max_abs_err" not in o:
-        return math.inf if o.get("verdict") not in (None, "PASS") else 0.0
-    err, bound = _f(o.get("max_abs_err")), _f(o.get("fa_bound"))
-    share, limit = _f(o.get("share_above")), _f(o.get("share_limit"))
-    fa = err / bound if err is not None and bound else 0.0
-    dt = share / limit if share is not None and limit else 0.0
-    return max(fa, dt)
-
-
 def case_usage(case: dict) -> float:
-    outs = case.get("outputs") or {}
-    return max((output_usage(o) for o in outs.values()), default=0.0)
+    return max((budget_used(o) for o in (case.get("outputs") or {}).values()), default=0.0)
 
 
 def case_status(case: dict) -> str:
@@ -125,64 +72,14 @@ def case_status(case: dict) -> str:
 
 def _worst(case: dict) -> Optional[str]:
     outs = case.get("outputs") or {}
-    return max(outs, key=lambda n: output_usage(outs[n])) if outs else None
+    return max(outs, key=lambda n: budget_used(outs[n])) if outs else None
 
 
 def missing_summaries(report: dict) -> List[str]:
     """Cases with a judged output that carries no error summary (and no reason why)."""
-    out = []
-    for case in report.get("cases") or []:
-        for o in (case.get("outputs") or {}).values():
-            if isinstance(o, dict) and "max_abs_err" in o and "error_summary" not in o \
-                    and "error_summary_error" not in o:
-                out.append(str(case.get("name")))
-                break
-    return out
-
-
-# --------------------------------------------------------------------------- pieces
-_CSS = """
-body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:1.2em 2em;color:#222}
-h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
-h3{font-size:1.05em;margin:1.2em 0 .4em}
-table{border-collapse:collapse;margin:.4em 0}td,th{border:1px solid #ccc;padding:2px 6px;
-vertical-align:top}th{background:#f3f3f3;text-align:left}
-table.sortable th{cursor:pointer}table.sortable th:after{content:" \\2195";color:#999}
-.num{font-family:ui-monospace,monospace;font-size:12px;text-align:right;white-space:nowrap}
-.name{white-space:nowrap}
-.mono{font-family:ui-monospace,monospace}
-.v-PASS{color:#1e7e34;font-weight:600}.v-FAIL,.v-ERROR{color:#c0392b;font-weight:700}
-.v-BORDERLINE{color:#b9770e;font-weight:700}.bad{color:#c0392b;font-weight:700}
-.badge{display:inline-block;padding:.2em .7em;margin-right:.5em;border-radius:1em;
-background:#eee;font-weight:600}
-.notice{background:#fff3cd;border:1px solid #e0c36b;padding:.5em .8em;margin:.6em 0}
-.standin{background:#fde2e1;border:1px solid #e6a5a1;padding:.5em .8em;margin:.6em 0}
-.diff{background:#fff3cd}tr.regression td{background:#fdecea}
-td a{white-space:nowrap}img{max-width:100%;display:block;margin:.3em 0}pre{background:#f7f7f7;padding:.5em;overflow:auto}
-.small{color:#666;font-size:.9em}
-"""
-
-_JS = """
-document.querySelectorAll("table.sortable").forEach(function (table) {
-  table.querySelectorAll("th").forEach(function (th, col) {
-    th.addEventListener("click", function () {
-      var body = table.tBodies[0], rows = Array.prototype.slice.call(body.rows);
-      var asc = th.getAttribute("data-dir") !== "asc";
-      th.setAttribute("data-dir", asc ? "asc" : "desc");
-      function key(row) {
-        var cell = row.cells[col];
-        return cell.hasAttribute("data-sort") ? cell.getAttribute("data-sort") : cell.textContent;
-      }
-      rows.sort(function (a, b) {
-        var x = key(a), y = key(b), nx = parseFloat(x), ny = parseFloat(y);
-        var c = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-        return asc ? c : -c;
-      });
-      rows.forEach(function (r) { body.appendChild(r); });
-    });
-  });
-});
-"""
+    return [str(case.get("name")) for case in report.get("cases") or []
+            if any(isinstance(o, dict) and "max_abs_err" in o and "error_summary" not in o
+                   and "error_summary_error" not in o for o in (case.get("outputs") or {}).values())]
 
 
 def _e(x) -> str:
@@ -190,16 +87,11 @@ def _e(x) -> str:
 
 
 def _num(x, spec=".2e") -> str:
-    v = _f(x)
-    if v is None:
-        return "-" if x is None else _e(x)
-    if math.isinf(v) or math.isnan(v):
-        return str(v)
-    return format(v, spec)
+    return _e(figure(x, spec))
 
 
 def _sort_key(v: float) -> str:
-    return "1e308" if math.isinf(v) else f"{v:.6g}"
+    return "1e308" if v == float("inf") else f"{v:.6g}"
 
 
 def anchor(name) -> str:
@@ -207,39 +99,30 @@ def anchor(name) -> str:
 
 
 def _page(title: str, body: List[str]) -> str:
+    """The page around ``body``, with the style and the sorting script of aclnn_fag/tools/data/."""
+    data = pathlib.Path(__file__).resolve().parent / "data"
+    css, js = ((data / name).read_text(encoding="utf-8") for name in ("report.css", "report.js"))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             "<link rel=\"icon\" href=\"data:,\">"
-            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>\n"
-            + "\n".join(body) + f"\n<script>{_JS}</script>\n</body></html>\n")
+            f"<title>{_e(title)}</title><style>\n{css}</style></head><body>\n"
+            + "\n".join(body) + f"\n<script>\n{js}</script>\n</body></html>\n")
 
 
-def _img(png: Optional[bytes], alt: str) -> str:
-    if not png:
-        return ""
-    return (f'<img alt="{_e(alt)}" src="data:image/png;base64,'
-            f'{base64.b64encode(png).decode("ascii")}">')
-
-
-def _environment_rows(report: dict) -> List[Tuple[str, str, str]]:
+def _environment_rows(report: dict) -> list:
     """(label, short value, full value) of the environment block."""
     env = report.get("environment") or {}
     v = version_summary(env)
-    blas = ((env.get("versions") or {}).get("blas") or {})
-    threads = v.get("blas_threads")
+    blas = (env.get("versions") or {}).get("blas") or {}
     rows = [
         ("CANN", v.get("cann") and f"{v['cann']} (via {v.get('cann_source') or '?'})"),
-        ("runtime", v.get("runtime")),
-        ("ops_transformer", v.get("ops_transformer")),
-        ("ACL API", v.get("acl_api")),
-        ("rules of CANN release", v.get("cann_rules")),
-        ("toolkit install", v.get("toolkit_install")),
-        ("driver", v.get("driver")),
-        ("SoC", v.get("soc")),
-        ("op-API library", v.get("opapi_library")),
+        ("runtime", v.get("runtime")), ("ops_transformer", v.get("ops_transformer")),
+        ("ACL API", v.get("acl_api")), ("rules of CANN release", v.get("cann_rules")),
+        ("toolkit install", v.get("toolkit_install")), ("driver", v.get("driver")),
+        ("SoC", v.get("soc")), ("op-API library", v.get("opapi_library")),
         ("aclnn_fag", v.get("aclnn_fag")),
         ("numpy / ml_dtypes / python", " / ".join(_e(v.get(k)) for k in ("numpy", "ml_dtypes", "python"))),
-        ("BLAS and threads", (v.get("blas") or "unknown") + f", {threads or 'unknown'} threads"),
+        ("BLAS and threads", (v.get("blas") or "unknown") + f", {v.get('blas_threads') or 'unknown'} threads"),
         ("backend / op / precision", f"{report.get('backend')} / {report.get('op', 'backward')} / "
                                      f"{report.get('precision')}"),
         ("started / wall time", f"{report.get('started')} / {_num(report.get('wall_s'), '.1f')} s"),
@@ -251,20 +134,14 @@ def _environment_rows(report: dict) -> List[Tuple[str, str, str]]:
             for label, value in rows]
 
 
-def _counts(report: dict) -> Dict[str, int]:
+def _counts(report: dict) -> dict:
     statuses = [case_status(c) for c in report.get("cases") or []]
     return {s: statuses.count(s) for s in ("PASS", "BORDERLINE", "FAIL", "ERROR")}
 
 
-def _badges(report: dict) -> str:
-    c = _counts(report)
-    total = len(report.get("cases") or [])
-    passed = c["PASS"] + c["BORDERLINE"]
-    return (f'<p><span class="badge">{total} cases</span>'
-            f'<span class="badge v-PASS">PASS {passed}</span>'
-            f'<span class="badge v-BORDERLINE">of which borderline {c["BORDERLINE"]}</span>'
-            f'<span class="badge v-FAIL">FAIL {c["FAIL"]}</span>'
-            f'<span class="badge v-ERROR">ERROR {c["ERROR"]}</span></p>')
+def _badges(pairs) -> str:
+    return "<p>" + "".join(f'<span class="badge{f" v-{cls}" if cls else ""}">{text}</span>'
+                           for cls, text in pairs) + "</p>"
 
 
 def _banners(report: dict) -> List[str]:
@@ -286,7 +163,7 @@ def _output_cell(o: Optional[dict]) -> str:
         return f'<td class="bad" data-sort="1e308">{_e(o.get("problem") or o.get("verdict"))}</td>'
     fa = "" if o.get("fa_pass") else ' class="bad"'
     dt = "" if o.get("dt_pass") else ' class="bad"'
-    return (f'<td class="num" data-sort="{_sort_key(output_usage(o))}">'
+    return (f'<td class="num" data-sort="{_sort_key(budget_used(o))}">'
             f'<span{fa}>{_num(o.get("max_abs_err"))}</span> / {_num(o.get("fa_bound"))}<br>'
             f'<span{dt}>{_num(o.get("share_above"), ".1e")}</span> / '
             f'{_num(o.get("share_limit"), ".0e")}</td>')
@@ -296,25 +173,26 @@ def _ordered(cases: list) -> list:
     return sorted(cases, key=lambda c: (STATUS_ORDER[case_status(c)], -case_usage(c)))
 
 
+def _name_cell(name, linked: bool) -> str:
+    label = f'<a href="#{anchor(name)}">{_e(name)}</a>' if linked else _e(name)
+    return f'<td class="name">{label}</td>'
+
+
 def _case_table(report: dict, outputs: List[str], with_sections: set) -> List[str]:
     head = "".join(f"<th>{_e(n)}<br><span class=small>err / bound<br>share / limit</span></th>"
                    for n in outputs)
     lines = ['<table class="sortable" id="cases"><thead><tr><th>#</th><th>case</th><th>verdict</th>'
              f'<th>worst output</th><th>budget used</th>{head}<th>time s</th></tr></thead><tbody>']
     for i, case in enumerate(_ordered(report.get("cases") or []), 1):
-        status = case_status(case)
-        name = case.get("name")
-        label = (f'<a href="#{anchor(name)}">{_e(name)}</a>' if name in with_sections else _e(name))
-        usage = case_usage(case)
-        outs = case.get("outputs") or {}
-        t = (case.get("timings") or {}).get("backend_s")
+        status, usage, outs = case_status(case), case_usage(case), case.get("outputs") or {}
         lines.append(
-            f'<tr class="case-row" data-status="{status}"><td class="num">{i}</td><td class="name">{label}</td>'
+            f'<tr class="case-row" data-status="{status}"><td class="num">{i}</td>'
+            f'{_name_cell(case.get("name"), case.get("name") in with_sections)}'
             f'<td class="v-{status}" data-sort="{STATUS_ORDER[status]}">{status}</td>'
             f'<td>{_e(_worst(case))}</td>'
             f'<td class="num" data-sort="{_sort_key(usage)}">{_num(usage * 100, ".0f")}%</td>'
             + "".join(_output_cell(outs.get(n)) for n in outputs)
-            + f'<td class="num">{_num(t, ".3f")}</td></tr>')
+            + f'<td class="num">{_num((case.get("timings") or {}).get("backend_s"), ".3f")}</td></tr>')
     lines.append("</tbody></table>")
     lines.append(f'<p class="small">Ordered ERROR, FAIL, borderline (a pass that used at least '
                  f'{BORDERLINE:.0%} of a criterion\'s budget), PASS; within each, most budget used '
@@ -325,8 +203,7 @@ def _case_table(report: dict, outputs: List[str], with_sections: set) -> List[st
 
 
 def _arguments(case: dict) -> str:
-    spec = case.get("spec") or {}
-    args = case.get("arguments") or {}
+    spec, args = case.get("spec") or {}, case.get("arguments") or {}
     shapes = case.get("shapes") or {}
     q, qr, k, v = (shapes.get(n) or [None] * 3 for n in ("query", "query_rope", "key", "value"))
     parts = [f"seed {case.get('seed')}", f"sparse_mode {args.get('sparse_mode')}",
@@ -339,40 +216,40 @@ def _arguments(case: dict) -> str:
     return "; ".join(_e(p) for p in parts)
 
 
-def _metrics_table(outs: Dict[str, dict]) -> List[str]:
-    cols = [("max_abs_err", ".3e"), ("ref_max_abs_err", ".3e"), ("fa_bound", ".3e"),
-            ("fa_ratio", ".2f"), ("share_above", ".2e"), ("ref_share_above", ".2e"),
-            ("share_limit", ".0e"), ("rtol", ".3g"), ("max_rel_err", ".2e")]
-    lines = ["<table><tr><th>output</th>" + "".join(f"<th>{c}</th>" for c, _ in cols)
+METRIC_COLUMNS = (("max_abs_err", ".3e"), ("ref_max_abs_err", ".3e"), ("fa_bound", ".3e"),
+                  ("fa_ratio", ".2f"), ("share_above", ".2e"), ("ref_share_above", ".2e"),
+                  ("share_limit", ".0e"), ("rtol", ".3g"), ("max_rel_err", ".2e"))
+
+
+def _metrics_table(outs: dict) -> List[str]:
+    lines = ["<table><tr><th>output</th>" + "".join(f"<th>{c}</th>" for c, _ in METRIC_COLUMNS)
              + "<th>verdict</th><th>note</th></tr>"]
     for name, o in outs.items():
         verdict = o.get("verdict")
         note = o.get("problem") or o.get("error_summary_error") or ""
         lines.append(f"<tr><td>{_e(name)}</td>" + "".join(
-            f'<td class="num">{_num(o.get(c), spec)}</td>' for c, spec in cols)
+            f'<td class="num">{_num(o.get(c), spec)}</td>' for c, spec in METRIC_COLUMNS)
             + f'<td class="v-{_e(verdict)}">{_e(verdict)}</td><td>{_e(note)}</td></tr>')
     lines.append("</table>")
     return lines
 
 
-def _pictures(outs: Dict[str, dict], name: str, old_outs=None) -> List[str]:
+def _pictures(outs: dict, name: str, old_outs=None) -> List[str]:
     from . import report_plots
-    heat = report_plots.heatmaps(outs)
-    tokens = report_plots.token_errors(outs, old_outs)
-    hist = report_plots.histograms(outs)
-    if not (heat or tokens or hist):
+    pictures = [(report_plots.heatmaps(outs), "max |y - golden| per (batch, head)",
+                 "error per batch and head"),
+                (report_plots.token_errors(outs, old_outs), "along the token positions",
+                 "error per token"),
+                (report_plots.histograms(outs), "|backend - golden| beside |reference - golden|",
+                 "error histograms")]
+    if not any(png for png, _, _ in pictures):
         return ['<p class="notice">No error summaries for this case in the report: no pictures.</p>']
-    return ["<h4>max |y - golden| per (batch, head)</h4>" if heat else "",
-            _img(heat, f"{name}: error per batch and head"),
-            "<h4>along the token positions</h4>" if tokens else "",
-            _img(tokens, f"{name}: error per token"),
-            "<h4>|backend - golden| beside |reference - golden|</h4>" if hist else "",
-            _img(hist, f"{name}: error histograms")]
+    return [f'<h4>{title}</h4><img alt="{_e(f"{name}: {alt}")}" src="data:image/png;base64,'
+            f'{base64.b64encode(png).decode("ascii")}">' for png, title, alt in pictures if png]
 
 
 def _repro_link(report: dict, name, html_dir: str) -> str:
-    rep = (report.get("reproducers") or {}).get("cases") or {}
-    path = rep.get(name)
+    path = ((report.get("reproducers") or {}).get("cases") or {}).get(name)
     if not path:
         return ""
     rel = os.path.relpath(os.path.abspath(path), html_dir)
@@ -382,9 +259,7 @@ def _repro_link(report: dict, name, html_dir: str) -> str:
 
 
 def _case_section(report: dict, case: dict, html_dir: str, old_case=None, extra="") -> List[str]:
-    name = case.get("name")
-    status = case_status(case)
-    outs = case.get("outputs") or {}
+    name, status, outs = case.get("name"), case_status(case), case.get("outputs") or {}
     lines = [f'<section class="case" id="{anchor(name)}">',
              f'<h3>{_e(name)} <span class="v-{status}">{status}</span></h3>', extra,
              f'<p class="small">{_arguments(case)}</p>']
@@ -395,47 +270,42 @@ def _case_section(report: dict, case: dict, html_dir: str, old_case=None, extra=
         if case.get("traceback"):
             lines.append(f"<pre>{_e(case['traceback'])}</pre>")
     if outs:
-        lines += _metrics_table(outs)
-        lines += _pictures(outs, name, (old_case or {}).get("outputs"))
+        lines += _metrics_table(outs) + _pictures(outs, name, (old_case or {}).get("outputs"))
     if case.get("warnings"):
         lines.append("<p class=small>warnings: " + "; ".join(_e(w) for w in case["warnings"]) + "</p>")
-    lines.append(_repro_link(report, name, html_dir))
-    lines.append("</section>")
-    return lines
+    return lines + [_repro_link(report, name, html_dir), "</section>"]
 
 
-def _outputs_of(report: dict) -> List[str]:
-    names = list(report.get("outputs") or [])
-    for case in report.get("cases") or []:
-        names += [n for n in case.get("outputs") or {} if n not in names]
-    return names
-
-
-def _notice(what: str, missing: List[str]) -> str:
+def _notices(what: str, report: dict) -> List[str]:
+    missing = missing_summaries(report)
+    if not missing:
+        return []
     shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-    return _NOTICE.format(what=what, cases=f"{len(missing)} case(s): {shown}")
+    return [_NOTICE.format(what=what, cases=f"{len(missing)} case(s): {shown}")]
 
 
-# --------------------------------------------------------------------------- pages
-def render_report(report: dict, source: str = "", html_path: str = "report.html") -> Tuple[str, List[str]]:
+def render_report(report: dict, source: str = "", html_path: str = "report.html"):
     """(the page, notices) for one parity report; notices say what the page lacks."""
     html_dir = os.path.dirname(os.path.abspath(html_path))
-    cases = report.get("cases") or []
-    sections = [c for c in _ordered(cases) if case_status(c) != "PASS"]
-    missing = missing_summaries(report)
-    notices = [_notice(source or "the report", missing)] if missing else []
+    sections = [c for c in _ordered(report.get("cases") or []) if case_status(c) != "PASS"]
+    notices = _notices(source or "the report", report)
+    c = _counts(report)
     body = [f"<h1>aclnn_fag parity: {_e(report.get('op', 'backward'))} on {_e(report.get('backend'))}</h1>",
             f'<p class="small">{_e(source)} &mdash; rendered '
             f'{datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}</p>']
-    body += _banners(report)
-    body += [f'<div class="notice">{_e(n)}</div>' for n in notices]
-    body.append(_badges(report))
+    body += _banners(report) + [f'<div class="notice">{_e(n)}</div>' for n in notices]
+    body.append(_badges([("", f"{len(report.get('cases') or [])} cases"),
+                         ("PASS", f"PASS {c['PASS'] + c['BORDERLINE']}"),
+                         ("BORDERLINE", f"of which borderline {c['BORDERLINE']}"),
+                         ("FAIL", f"FAIL {c['FAIL']}"), ("ERROR", f"ERROR {c['ERROR']}")]))
     body.append("<h2>Environment</h2><table id=environment>")
     body += [f'<tr><th>{_e(k)}</th><td class="mono" title="{_e(full)}">{_e(short)}</td></tr>'
              for k, short, full in _environment_rows(report)]
-    body.append("</table>")
-    body.append("<h2>Cases</h2>")
-    body += _case_table(report, _outputs_of(report), {c.get("name") for c in sections})
+    body.append("</table><h2>Cases</h2>")
+    outputs = list(report.get("outputs") or [])
+    for case in report.get("cases") or []:
+        outputs += [n for n in case.get("outputs") or {} if n not in outputs]
+    body += _case_table(report, outputs, {c.get("name") for c in sections})
     body.append("<h2>Failing and borderline cases</h2>")
     if not sections:
         body.append("<p>None: every case passed with at least "
@@ -443,58 +313,47 @@ def render_report(report: dict, source: str = "", html_path: str = "report.html"
     for case in sections:
         body += _case_section(report, case, html_dir)
     crit = report.get("criteria") or {}
-    body.append("<h2>Criteria</h2><pre>" + _e(_criteria_text(crit)) + "</pre>")
+    fa, dt = crit.get("flash_attention") or {}, crit.get("double_thousandths") or {}
+    criteria = [f"1. {fa.get('rule')}  (k = {fa.get('k')}, floor_abs = {fa.get('floor_abs')}; "
+                f"reference: {fa.get('reference')})", f"2. {dt.get('rule')}"]
+    criteria += [f"   {dtype}: rtol {th.get('rtol'):.3g}, share_limit {th.get('share_limit'):g}"
+                 for dtype, th in (dt.get("per_dtype") or {}).items()]
+    criteria.append(f"golden: {crit.get('golden')}")
+    body.append("<h2>Criteria</h2><pre>" + _e("\n".join(criteria)) + "</pre>")
     return _page(f"aclnn_fag parity {report.get('backend')}", body), notices
 
 
-def _criteria_text(crit: dict) -> str:
-    fa = crit.get("flash_attention") or {}
-    dt = crit.get("double_thousandths") or {}
-    lines = [f"1. {fa.get('rule')}  (k = {fa.get('k')}, floor_abs = {fa.get('floor_abs')}; "
-             f"reference: {fa.get('reference')})",
-             f"2. {dt.get('rule')}"]
-    for dtype, th in (dt.get("per_dtype") or {}).items():
-        lines.append(f"   {dtype}: rtol {th.get('rtol'):.3g}, share_limit {th.get('share_limit'):g}")
-    lines.append(f"golden: {crit.get('golden')}")
-    return "\n".join(lines)
+def _kind(row) -> str:
+    if row["regression"]:
+        return "regression"
+    if row["new"] in ("FAIL", "ERROR"):
+        return "new-failing"
+    return "improved" if row["status"] in IMPROVED else "other"
 
 
 def render_compare(old: dict, new: dict, cmp: dict, old_label: str, new_label: str,
-                   html_path: str = "compare.html") -> Tuple[str, List[str]]:
+                   html_path: str = "compare.html"):
     """(the page, notices) for a comparison (``report_compare.compare_reports``)."""
     html_dir = os.path.dirname(os.path.abspath(html_path))
-    missing = missing_summaries(new)
-    notices = [_notice(f"NEW ({new_label})", missing)] if missing else []
+    notices = _notices(f"NEW ({new_label})", new)
     old_cases = {c.get("name"): c for c in old.get("cases") or []}
     new_cases = {c.get("name"): c for c in new.get("cases") or []}
     rank = {"regression": 0, "new-failing": 1, "improved": 2, "other": 3}
-
-    def kind(row):
-        if row["regression"]:
-            return "regression"
-        if row["new"] in ("FAIL", "ERROR"):
-            return "new-failing"
-        if row["status"] in ("fail->pass", "error->pass", "error->fail", "errors down"):
-            return "improved"
-        return "other"
-
-    rows = sorted(cmp["cases"], key=lambda r: rank[kind(r)])
+    rows = sorted(cmp["cases"], key=lambda r: rank[_kind(r)])
     body = [f"<h1>aclnn_fag parity comparison: {'NEW regressed' if cmp['regressed'] else 'no regression'}</h1>",
             f'<p class="small">OLD: {_e(old_label)} (backend {_e(cmp["old"]["backend"])}, started '
             f'{_e(cmp["old"]["started"])})<br>NEW: {_e(new_label)} (backend {_e(cmp["new"]["backend"])}, '
             f'started {_e(cmp["new"]["started"])})</p>']
-    body += [f'<div class="notice">{_e(n)}</div>' for n in notices]
-    body += _banners(new)
+    body += [f'<div class="notice">{_e(n)}</div>' for n in notices] + _banners(new)
     s = cmp["summary"]
-    body.append(f'<p><span class="badge v-FAIL">{s["regressed"]} regressed</span>'
-                f'<span class="badge">{s["pass_to_fail"]} pass&rarr;fail/error</span>'
-                f'<span class="badge">{s["errors_up"]} errors up by more than x{cmp["factor"]:g}</span>'
-                f'<span class="badge v-PASS">{s["improved"]} improved</span>'
-                f'<span class="badge">only in OLD: {len(s["only_in_old"])}</span>'
-                f'<span class="badge">only in NEW: {len(s["only_in_new"])}</span></p>')
+    body.append(_badges([("FAIL", f"{s['regressed']} regressed"),
+                         ("", f"{s['pass_to_fail']} pass&rarr;fail/error"),
+                         ("", f"{s['errors_up']} errors up by more than x{cmp['factor']:g}"),
+                         ("PASS", f"{s['improved']} improved"),
+                         ("", f"only in OLD: {len(s['only_in_old'])}"),
+                         ("", f"only in NEW: {len(s['only_in_new'])}")]))
     body.append('<h2>The two runs</h2><table id="runs"><tr><th></th><th>OLD</th><th>NEW</th></tr>')
-    eo, en = _environment_rows(old), _environment_rows(new)
-    for (label, so, fo), (_, sn, fn) in zip(eo, en):
+    for (label, so, fo), (_, sn, fn) in zip(_environment_rows(old), _environment_rows(new)):
         mark = ' class="diff"' if fo != fn and label != "started / wall time" else ""
         body.append(f'<tr{mark}><th>{_e(label)}</th><td class="mono" title="{_e(fo)}">{_e(so)}</td>'
                     f'<td class="mono" title="{_e(fn)}">{_e(sn)}</td></tr>')
@@ -510,20 +369,16 @@ def render_compare(old: dict, new: dict, cmp: dict, old_label: str, new_label: s
                 '<th>OLD</th><th>NEW</th><th>change</th><th>OLD worst</th><th>NEW worst</th>'
                 '<th>details</th></tr></thead><tbody>')
     for i, r in enumerate(rows, 1):
-        c_old, c_new = old_cases.get(r["name"]), new_cases.get(r["name"])
-        label = (f'<a href="#{anchor(r["name"])}">{_e(r["name"])}</a>' if r["name"] in sections
-                 else _e(r["name"]))
-        details = []
-        for ch in r["changes"]:
-            details.append(f"{ch['output']} {ch['metric']} {_num(ch['old'])} &rarr; {_num(ch['new'])} "
-                           f"({ch['direction']})")
-        details += [_e(n) for n in r["notes"]]
-        cls = ' class="case-row regression"' if r["regression"] else ' class="case-row"'
+        details = [f"{ch['output']} {ch['metric']} {_num(ch['old'])} &rarr; {_num(ch['new'])} "
+                   f"({ch['direction']})" for ch in r["changes"]] + [_e(n) for n in r["notes"]]
+        cls = "case-row regression" if r["regression"] else "case-row"
         body.append(
-            f'<tr{cls} data-kind="{kind(r)}"><td class="num">{i}</td><td class="name">{label}</td>'
+            f'<tr class="{cls}" data-kind="{_kind(r)}"><td class="num">{i}</td>'
+            f'{_name_cell(r["name"], r["name"] in sections)}'
             f'<td class="v-{_e(r["old"])}">{_e(r["old"])}</td><td class="v-{_e(r["new"])}">{_e(r["new"])}</td>'
-            f'<td class="name" data-sort="{rank[kind(r)]}">{_e(r["status"])}</td>'
-            f'{_worst_cell(c_old)}{_worst_cell(c_new)}<td>{"<br>".join(details)}</td></tr>')
+            f'<td class="name" data-sort="{rank[_kind(r)]}">{_e(r["status"])}</td>'
+            f'{_worst_cell(old_cases.get(r["name"]))}{_worst_cell(new_cases.get(r["name"]))}'
+            f'<td>{"<br>".join(details)}</td></tr>')
     body.append("</tbody></table>")
     body.append('<p class="small">Regressions first, then cases failing in NEW, improvements, the '
                 'rest. worst: the output that used most of its criteria\'s budget, its max |y-g| '
@@ -534,7 +389,7 @@ def render_compare(old: dict, new: dict, cmp: dict, old_label: str, new_label: s
     by_row = {r["name"]: r for r in rows}
     for name in sections:
         r = by_row[name]
-        extra = (f'<p>OLD {_e(r["old"])} &rarr; NEW {_e(r["new"])}: {_e(r["status"])}</p>')
+        extra = f'<p>OLD {_e(r["old"])} &rarr; NEW {_e(r["new"])}: {_e(r["status"])}</p>'
         body += _case_section(new, new_cases[name], html_dir, old_cases.get(name), extra)
     return _page("aclnn_fag parity comparison", body), notices
 
@@ -546,14 +401,6 @@ def _worst_cell(case: Optional[dict]) -> str:
     if worst is None:
         return f'<td data-sort="1e308">{_e(case.get("verdict"))}</td>'
     o = case["outputs"][worst]
-    usage = output_usage(o)
+    usage = budget_used(o)
     return (f'<td class="num" data-sort="{_sort_key(usage)}">{_e(worst)} '
             f'{_num(o.get("max_abs_err"))} ({_num(usage * 100, ".0f")}%)</td>')
-
-
-def write_page(path, page: str) -> None:
-    """Write the page (whole or not at all); HtmlError when the file cannot be written."""
-    try:
-        write_text(page, path)
-    except OSError as exc:
-        raise HtmlError(f"--html {path}: cannot write: {exc.strerror or exc}") from None

@@ -1,54 +1,17 @@
-"""JUnit XML for ``aclnn-fag parity --junit FILE``: what CI systems (Jenkins, GitLab, GitHub
-test reporters) read.
-
-One ``<testsuite name="aclnn_fag.tools.parity">`` with the environment as ``<properties>`` (backend,
-precision, CANN version, SoC, library paths, ...), one ``<testcase>`` per case:
-
-* PASS: an empty testcase (``time`` = the backend's seconds), the worst output's figures in
-  ``<system-out>``;
-* FAIL: ``<failure type="ParityFailure" message="...">`` whose message names the worst output
-  and its errors against the criteria; the text lists every failing output;
-* ERROR: ``<error type="<exception class>" message="...">`` with the traceback.
-"""
+"""JUnit XML for ``aclnn-fag parity --junit FILE`` (and ``report --junit``): one
+``<testsuite name="aclnn_fag.tools.parity">`` with the environment as ``<properties>``, one
+``<testcase>`` per case: a PASS holds the worst output's figures in ``<system-out>``, a FAIL a
+``<failure type="ParityFailure">``, an ERROR an ``<error>`` with the traceback."""
 
 from __future__ import annotations
 
-import math
 import xml.etree.ElementTree as ET
 
+from .accuracy import budget_used
 from .envinfo import summary as version_summary
+from .output import figure
 
 __all__ = ["junit_xml", "output_figures", "worst_output"]
-
-
-def _num(x, spec=".3e") -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, str):
-        return x
-    if isinstance(x, float) and math.isinf(x):
-        return "inf"
-    return format(x, spec)
-
-
-def _float(x):
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            return None
-    return x
-
-
-def badness(o: dict) -> float:
-    """How close one output came to failing (1 = at a limit), the larger of the two criteria."""
-    if o.get("verdict") != "PASS" and (o.get("problem") or o.get("nonfinite")):
-        return math.inf
-    err, bound = _float(o.get("max_abs_err")), _float(o.get("fa_bound"))
-    share, limit = _float(o.get("share_above")), _float(o.get("share_limit"))
-    fa = (err or 0.0) / bound if bound else 0.0
-    dt = (share or 0.0) / limit if limit else 0.0
-    return max(fa, dt)
 
 
 def worst_output(case: dict):
@@ -57,8 +20,7 @@ def worst_output(case: dict):
     if not outs:
         return None, None
     failing = [kv for kv in outs.items() if kv[1].get("verdict") != "PASS"]
-    name, o = max(failing or outs.items(), key=lambda kv: badness(kv[1]))
-    return name, o
+    return max(failing or outs.items(), key=lambda kv: budget_used(kv[1]))
 
 
 def output_figures(name: str, o: dict) -> str:
@@ -66,22 +28,23 @@ def output_figures(name: str, o: dict) -> str:
     3.1e-03 (limit 1.0e-03; FAIL)``."""
     if o.get("problem") and "max_abs_err" not in o:
         return f"{name}: {o['problem']}"
-    fa = "pass" if o.get("fa_pass") else "FAIL"
-    dt = "pass" if o.get("dt_pass") else "FAIL"
-    text = (f"{name}: max_abs_err {_num(o.get('max_abs_err'))} (bound {_num(o.get('fa_bound'))} = "
-            f"{_num(o.get('k'), 'g')} x ref {_num(o.get('ref_max_abs_err'))} + floor, ratio "
-            f"{_num(o.get('fa_ratio'), '.2f')}; {fa}), share>rtol {_num(o.get('share_above'))} "
-            f"(rtol {_num(o.get('rtol'))}, limit {_num(o.get('share_limit'))}; {dt}), max_rel_err "
-            f"{_num(o.get('max_rel_err'))}")
-    if o.get("problem"):
-        text += f"; {o['problem']}"
-    return text
+
+    def f(key, spec=".3e"):
+        return figure(o.get(key), spec)
+
+    text = (f"{name}: max_abs_err {f('max_abs_err')} (bound {f('fa_bound')} = {f('k', 'g')} x "
+            f"ref {f('ref_max_abs_err')} + floor, ratio {f('fa_ratio', '.2f')}; "
+            f"{'pass' if o.get('fa_pass') else 'FAIL'}), share>rtol {f('share_above')} (rtol "
+            f"{f('rtol')}, limit {f('share_limit')}; {'pass' if o.get('dt_pass') else 'FAIL'}), "
+            f"max_rel_err {f('max_rel_err')}")
+    return text + (f"; {o['problem']}" if o.get("problem") else "")
 
 
 def _case_time(case: dict) -> float:
-    t = (case.get("timings") or {}).get("backend_s")
+    timings = case.get("timings") or {}
+    t = timings.get("backend_s")
     if not isinstance(t, (int, float)):
-        t = sum(v for v in (case.get("timings") or {}).values() if isinstance(v, (int, float)))
+        t = sum(v for v in timings.values() if isinstance(v, (int, float)))
     return float(t or 0.0)
 
 
@@ -96,8 +59,8 @@ def junit_xml(report: dict) -> str:
         "time": f"{float(report.get('wall_s') or 0.0):.3f}",
         "timestamp": str(report.get("started") or "")})
     props = ET.SubElement(suite, "properties")
-    facts = {"backend": backend, "precision": report.get("precision")}
-    facts.update(version_summary(report.get("environment")))
+    facts = {"backend": backend, "precision": report.get("precision"),
+             **version_summary(report.get("environment"))}
     for key, value in facts.items():
         if value is not None:
             ET.SubElement(props, "property", {"name": key, "value": str(value)})
@@ -115,8 +78,7 @@ def junit_xml(report: dict) -> str:
         if verdict == "FAIL":
             failing = [n for n, o in case["outputs"].items() if o.get("verdict") != "PASS"]
             el = ET.SubElement(tc, "failure", {
-                "type": "ParityFailure",
-                "message": f"worst output {output_figures(name, worst)}"})
+                "type": "ParityFailure", "message": f"worst output {output_figures(name, worst)}"})
             el.text = "\n".join([f"failing outputs: {', '.join(failing)}"]
                                 + [output_figures(n, case['outputs'][n]) for n in failing])
         elif name is not None:

@@ -1,17 +1,9 @@
-"""One output convention for ``info``, ``parity`` and ``bench`` (and ``parity --junit``).
-
-* ``--json FILE`` writes the command's JSON document to FILE; ``--json -`` writes it to
-  stdout. ``info --json`` with no FILE still means stdout (its old spelling).
-* Whenever a machine-readable document goes to stdout, the human-readable text (tables,
-  "report: FILE" lines) goes to stderr instead, so that stdout stays parseable.
-* Files are written whole or not at all (a temporary file in the same directory, renamed).
-* Old spellings kept: ``parity --report FILE`` = ``--json FILE`` (but ``--report -`` keeps
-  its old meaning "no report"). Changed: ``parity`` no longer writes ``parity_report.json``
-  to the current directory unless asked to.
-"""
+"""One output convention for every command (docs/parity.md, "Output options"): ``--json
+FILE`` ('-' = stdout, the text then goes to stderr), files written whole or not at all."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -19,8 +11,8 @@ import re
 import sys
 import tempfile
 
-__all__ = ["STDOUT", "add_json_argument", "to_stdout", "human_stream", "write_text", "write_json",
-           "emit_report", "json_safe"]
+__all__ = ["STDOUT", "add_json_argument", "human_stream", "write_text", "write_json",
+           "emit_report", "json_safe", "figure", "progress_writer"]
 
 STDOUT = "-"
 
@@ -32,13 +24,27 @@ def add_json_argument(p, what: str, optional_value: bool = False) -> None:
                    help=f"write {what} as JSON to FILE ('-' = stdout; the text then goes to stderr)")
 
 
-def to_stdout(*destinations) -> bool:
-    return any(d == STDOUT for d in destinations)
-
-
 def human_stream(*destinations):
     """Where the human-readable text goes: stderr when a document is written to stdout."""
-    return sys.stderr if to_stdout(*destinations) else sys.stdout
+    return sys.stderr if STDOUT in destinations else sys.stdout
+
+
+def progress_writer(stream):
+    """A function writing one progress line to ``stream`` (nothing when it is None)."""
+    def say(msg: str) -> None:
+        if stream:
+            stream.write(msg + "\n")
+            stream.flush()
+    return say
+
+
+def figure(x, spec: str = ".2e") -> str:
+    """A report's figure for a table: "-" for None, non-finite ones and text as they are."""
+    if x is None:
+        return "-"
+    if isinstance(x, str):
+        return x
+    return str(float(x)) if not math.isfinite(x) else format(x, spec)
 
 
 def json_safe(value):
@@ -68,10 +74,8 @@ def write_text(text: str, dest) -> None:
             fh.write(text)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 

@@ -1,45 +1,24 @@
-"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports.
-
-Typical use: OLD = the report of the CANN release in production, NEW = the candidate's, same
-suite and selection. Cases are matched by name. Printed, in order:
-
-1. both environments' versions side by side (CANN version, toolkit install-info, driver, SoC,
-   op-API library, package, numpy/ml_dtypes, BLAS), differing lines marked ``*``;
-2. one line per case: the two verdicts and what changed;
-3. a summary, and ``NEW regressed`` or ``no regression``.
-
-What counts (``FACTOR`` = 2 by default, ``--factor``):
-
-* **regression** (exit status 1): a case that passed in OLD and fails or errors in NEW, or failed
-  in OLD and errors in NEW; or an output whose ``max_abs_err`` grew by more than ``FACTOR``
-  (NEW > FACTOR x OLD) while NEW is above the noise floor (the NumPy device-precision
-  reference's own error ``ref_max_abs_err`` — any bf16 implementation is that far off), or whose
-  share of elements above rtol grew by more than ``FACTOR`` while NEW is above a tenth of the
-  share limit. Errors that grow count even when the case still passes: it is the trend the
-  comparison is for.
-* **improvement**: fail/error -> pass, or the same changes downwards (OLD > FACTOR x NEW, OLD
-  above the noise floor).
-* **missing**: a case in only one report is listed ("only in OLD" / "only in NEW") and is
-  not a regression (selections differ); a case whose arguments (shapes, seed, scalars) differ
-  between the reports is compared by verdict only and flagged "arguments differ".
-
-Exit status: 0 no regression, 1 NEW regressed, 2 a report cannot be read: not JSON (or
-nested too deeply), not a parity report, or a field the comparison reads has the wrong type
-(``check_report``; the message names the case and the field). A case name that appears twice
-in one report is an error too (which of its verdicts counts would be a guess).
+"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports
+(docs/parity.md, "2. Compare", gives the rules). Cases are matched by name. A **regression**
+(exit status 1): PASS -> FAIL/ERROR or FAIL -> ERROR, or an output whose ``max_abs_err`` grew
+by more than ``FACTOR`` above the noise floor (the reference's own error) or whose share above
+rtol grew by more than ``FACTOR`` above a tenth of the share limit, also in a case that still
+passes or fails on both sides. Exit status 2: a file that cannot be read as a parity report
+(``check_report`` names the case and the field; a case name twice is an error too).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from typing import List, Optional
+from typing import List
 
 from .envinfo import shorten, summary as version_summary
+from .accuracy import as_float
 from .junit import output_figures
 
 __all__ = ["compare_reports", "format_comparison", "load_report", "check_report",
-           "FACTOR", "ReportError"]
+           "FACTOR", "ReportError", "IMPROVED"]
 
 FACTOR = 2.0
 SHARE_NOISE = 0.1          # of the share limit
@@ -70,6 +49,7 @@ def load_report(path) -> dict:
 
 
 VERDICTS = ("PASS", "FAIL", "ERROR")
+IMPROVED = ("fail->pass", "error->pass", "error->fail", "errors down")
 # the per-output figures the comparison reads or prints (junit.output_figures)
 _METRICS = ("max_abs_err", "ref_max_abs_err", "share_above", "share_limit", "fa_bound", "fa_ratio",
             "k", "rtol", "max_rel_err")
@@ -131,17 +111,6 @@ def check_report(data: dict, label: str) -> None:
                                       f"string such as \"nan\", or null, got {_kind(value)}")
 
 
-def _f(x) -> Optional[float]:
-    if x is None:
-        return None
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            return None
-    return float(x)
-
-
 def _grew(new, old, factor: float, noise: float) -> bool:
     """new > factor * old, new above the noise floor (inf/NaN-safe)."""
     if new is None or old is None:
@@ -153,10 +122,13 @@ def _grew(new, old, factor: float, noise: float) -> bool:
 
 def _metric_changes(name: str, o_old: dict, o_new: dict, factor: float) -> List[dict]:
     out = []
-    noise_abs = _f(o_new.get("ref_max_abs_err")) or _f(o_old.get("ref_max_abs_err")) or 0.0
-    limit = _f(o_new.get("share_limit")) or _f(o_old.get("share_limit")) or 0.0
+
+    def either(key):
+        return as_float(o_new.get(key)) or as_float(o_old.get(key)) or 0.0
+
+    noise_abs, limit = either("ref_max_abs_err"), either("share_limit")
     for metric, noise in (("max_abs_err", noise_abs), ("share_above", SHARE_NOISE * limit)):
-        a, b = _f(o_old.get(metric)), _f(o_new.get(metric))
+        a, b = as_float(o_old.get(metric)), as_float(o_new.get(metric))
         if a is None or b is None:
             continue
         if _grew(b, a, factor, noise):
@@ -235,20 +207,19 @@ def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
         "regressed": sum(r["regression"] for r in rows),
         "pass_to_fail": sum(r["status"] in ("pass->fail", "pass->error", "fail->error") for r in rows),
         "errors_up": sum(any(ch["direction"] == "up" for ch in r["changes"]) for r in rows),
-        "improved": sum(r["status"] in ("fail->pass", "error->pass", "error->fail", "errors down")
-                        for r in rows),
+        "improved": sum(r["status"] in IMPROVED for r in rows),
         "only_in_old": [r["name"] for r in rows if r["status"] == "only in OLD"],
         "only_in_new": [r["name"] for r in rows if r["status"] == "only in NEW"],
     }
-    env_old, env_new = version_summary(old.get("environment")), version_summary(new.get("environment"))
-    return {"schema": "aclnn_fag.parity_compare/1", "factor": factor,
-            "old": {"backend": old.get("backend"), "started": old.get("started"),
-                    "summary": old.get("summary"), "versions": env_old,
-                    "k": (old.get("criteria") or {}).get("flash_attention", {}).get("k")},
-            "new": {"backend": new.get("backend"), "started": new.get("started"),
-                    "summary": new.get("summary"), "versions": env_new,
-                    "k": (new.get("criteria") or {}).get("flash_attention", {}).get("k")},
-            "cases": rows, "summary": summary, "regressed": summary["regressed"] > 0}
+
+    def side(report):
+        return {"backend": report.get("backend"), "started": report.get("started"),
+                "summary": report.get("summary"),
+                "versions": version_summary(report.get("environment")),
+                "k": (report.get("criteria") or {}).get("flash_attention", {}).get("k")}
+    return {"schema": "aclnn_fag.parity_compare/1", "factor": factor, "old": side(old),
+            "new": side(new), "cases": rows, "summary": summary,
+            "regressed": summary["regressed"] > 0}
 
 
 def _v(x) -> str:

@@ -1,19 +1,9 @@
 """The pictures of a parity HTML page (:mod:`aclnn_fag.tools.html_report`), drawn with
-matplotlib from a report's error summaries (:mod:`aclnn_fag.tools.error_summary`) alone.
-
-matplotlib is an optional dependency (``pip install 'aclnn_fag[report]'``): nothing else of
-the package imports this module. Figures are made with ``matplotlib.figure.Figure`` and the
-Agg canvas (no pyplot state, no display) and returned as PNG bytes.
-
-* ``heatmaps``: per output, max |y - golden| per (batch, head); cells above the output's
-  criterion-1 bound are outlined; empty batches are grey.
-* ``token_errors``: per output, max |y - golden| along the token positions (one bin =
-  ``token_bin`` tokens) beside the reference's, the criterion-1 bound dashed, the sequence
-  ends dotted: a bad block or a bad sequence boundary shows as a spike. With ``old``
-  summaries (a comparison), OLD's error is drawn too.
-* ``histograms``: per output, counts of log10 |backend - golden| beside
-  log10 |reference - golden| (the noise floor criterion 1 uses).
-"""
+matplotlib (the optional extra ``[report]``; nothing else imports this module) from a report's
+error summaries (:mod:`aclnn_fag.tools.error_summary`) alone, with ``Figure`` and the Agg
+canvas (no pyplot state), as PNG bytes: per output the heat map of max |y - golden| per
+(batch, head), the error along the token positions beside the reference's (and OLD's in a
+comparison), and the histograms of |backend - golden| and |reference - golden|."""
 
 from __future__ import annotations
 
@@ -22,6 +12,8 @@ import math
 from typing import Dict, Optional
 
 import numpy as np
+
+from .accuracy import as_float
 
 __all__ = ["MissingMatplotlib", "require", "heatmaps", "token_errors", "histograms"]
 
@@ -35,33 +27,36 @@ class MissingMatplotlib(RuntimeError):
 
 
 def require():
-    """Import matplotlib's object API (raises MissingMatplotlib with what to install)."""
+    """matplotlib's Figure (raises MissingMatplotlib with what to install)."""
     try:
-        import matplotlib
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        import matplotlib  # noqa: F401  (first: a cached submodule must not hide its absence)
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise MissingMatplotlib(f"--html needs matplotlib ({exc}): {INSTALL_HINT}") from None
-    return matplotlib, Figure, FigureCanvasAgg
+    return Figure
 
 
 def _png(fig) -> bytes:
-    _, _, canvas_cls = require()
-    canvas_cls(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI)
+    fig.savefig(buf, format="png", dpi=_DPI)        # a Figure alone draws with Agg
     return buf.getvalue()
 
 
 def _num(x) -> float:
-    if x is None:
-        return math.nan
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            return math.nan
-    return float(x)
+    value = as_float(x)
+    return math.nan if value is None else value
+
+
+def _panels(outputs: Dict[str, dict], key: str) -> list:
+    """(name, output) of the outputs whose error summary has ``key``."""
+    return [(n, o) for n, o in outputs.items()
+            if isinstance(o.get("error_summary"), dict) and o["error_summary"].get(key)]
+
+
+def _bound(o: dict) -> Optional[float]:
+    """The output's criterion-1 bound when it is a finite number > 0."""
+    bound = _num(o.get("fa_bound"))
+    return bound if math.isfinite(bound) and bound > 0 else None
 
 
 def _positive_floor(values: np.ndarray) -> float:
@@ -73,9 +68,8 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
     """One panel per output that has a per-(batch, head) summary; None when none has."""
     from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
-    _, Figure, _ = require()
-    panels = [(n, o) for n, o in outputs.items()
-              if isinstance(o.get("error_summary"), dict) and o["error_summary"].get("bh_max_abs")]
+    Figure = require()
+    panels = _panels(outputs, "bh_max_abs")
     if not panels:
         return None
     b = max(len(o["error_summary"]["bh_max_abs"]) for _, o in panels)
@@ -99,7 +93,7 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
         image = ax.imshow(shown, cmap=_cmap(), norm=LogNorm(vmin=lo, vmax=hi), aspect="auto",
                           interpolation="nearest")
         bound = _num(o.get("fa_bound"))
-        if math.isfinite(bound):
+        if math.isfinite(bound):                      # cells above the bound outlined
             for (bi, hi_), v in np.ndenumerate(grid):
                 if np.isfinite(v) and v > bound:
                     ax.add_patch(Rectangle((hi_ - 0.5, bi - 0.5), 1, 1, fill=False,
@@ -130,9 +124,8 @@ def _token_series(values, width):
 def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None) -> Optional[bytes]:
     """One row per output with a per-token summary; None when none has one."""
     from matplotlib.ticker import NullFormatter
-    _, Figure, _ = require()
-    panels = [(n, o) for n, o in outputs.items()
-              if isinstance(o.get("error_summary"), dict) and o["error_summary"].get("token_max_abs")]
+    Figure = require()
+    panels = _panels(outputs, "token_max_abs")
     if not panels:
         return None
     height = 1.75 * len(panels) + 0.5
@@ -158,8 +151,8 @@ def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None
             _, p = _token_series(prev["token_max_abs"], width)
             ax.step(x, np.where(p > 0, p, floor), where="mid", color=_OLD, linewidth=1.0,
                     label="OLD backend")
-        bound = _num(o.get("fa_bound"))
-        if math.isfinite(bound) and bound > 0:
+        bound = _bound(o)
+        if bound:
             ax.axhline(bound, color=_BOUND, linestyle="--", linewidth=1, label="bound")
         for end in s.get("batch_ends") or []:
             ax.axvline(end - 0.5, color="black", linestyle=":", linewidth=0.8)
@@ -179,9 +172,8 @@ def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None
 
 def histograms(outputs: Dict[str, dict]) -> Optional[bytes]:
     """One panel per output with a histogram summary; None when none has one."""
-    _, Figure, _ = require()
-    panels = [(n, o) for n, o in outputs.items()
-              if isinstance(o.get("error_summary"), dict) and o["error_summary"].get("hist")]
+    Figure = require()
+    panels = _panels(outputs, "hist")
     if not panels:
         return None
     cols = min(4, len(panels))
@@ -203,8 +195,8 @@ def histograms(outputs: Dict[str, dict]) -> Optional[bytes]:
                 ax.stairs(counts, edges, color=colour, fill=True, alpha=0.45, label=label + extra)
             else:
                 ax.stairs(counts, edges, color=colour, linewidth=1.2, label=label + extra)
-        bound = _num(o.get("fa_bound"))
-        if math.isfinite(bound) and bound > 0:
+        bound = _bound(o)
+        if bound:
             ax.axvline(math.log10(bound), color=_BOUND, linestyle="--", linewidth=1)
         used = np.nonzero(np.array(h.get("backend") or [0]) + np.array(h.get("reference") or [0]))[0]
         if used.size:

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from aclnn_fag.tools import parity, parity_ops
+from aclnn_fag.tools import parity
 
 FORWARD = ("attention_out", "softmax_max", "softmax_sum")
 GRADS = ("dq", "dq_rope", "dk", "dk_rope", "dv")
@@ -91,13 +91,13 @@ def test_op_usage_errors(numpy_only, run_cli, tiny_suite):
 
 def _bad_forward_judged(monkeypatch, tiny_suite, op, breaker):
     """Judge a deliberately broken forward: the op's outputs must fail."""
-    real = parity_ops._forward
+    real = parity._forward
 
     def broken(inputs, backend, precision):
         fwd = real(inputs, "numpy", "device")
         return breaker(fwd) if backend == "npu" else fwd
 
-    monkeypatch.setattr(parity_ops, "_forward", broken)
+    monkeypatch.setattr(parity, "_forward", broken)
     from aclnn_fag.tools import cases
     suite = cases.load_suite(tiny_suite)
     specs = cases.select_cases(suite, names=["tiny-gqa-causal"])
@@ -128,8 +128,8 @@ def test_invalid_lines_are_judged_exactly():
     g = np.full((2, 1, 8), -np.finfo(np.float32).max, np.float64)
     g[1] = 1.5
     y = g.astype(np.float32).copy()
-    res = parity_ops._judge_stats("softmax_max", y, g, y, g, k=2.0)
+    res = parity._judge_stats("softmax_max", y, g, y, g, k=2.0)
     assert res["verdict"] == "PASS" and res["invalid_lines"] == 1
     y[0, 0, 3] = 0.0
-    res = parity_ops._judge_stats("softmax_max", y, g, g.astype(np.float32), g, k=2.0)
+    res = parity._judge_stats("softmax_max", y, g, g.astype(np.float32), g, k=2.0)
     assert res["verdict"] == "FAIL" and "invalid-line" in res["problem"]

@@ -1,30 +1,14 @@
-"""torch_npu's ``npu_fusion_attention_grad_v2`` behind the public call's signature.
+"""torch_npu's ``npu_fusion_attention_grad_v2`` behind the public call's signature:
 
     aclnn-fag parity --backend-module aclnn_fag.tools.adapters.torch_npu_v2:backward
 
-torch_npu calls the same op (``aclnnFlashAttentionUnpaddingScoreGradV3`` when the rope inputs
-are given in layout TND), so this judges torch_npu's path (its argument marshaling, its
-CANN) by the same suite and criteria. The mapping, argument by argument:
-
-==========================  ==================================================================
-public call (numpy)         npu_fusion_attention_grad_v2 (torch, on the NPU)
-==========================  ==================================================================
-query, key, value, dy       positional 1-4 (bf16 tensors, TND)
-query.shape[1]              head_num (positional 5)
-"TND"                       input_layout (positional 6)
-query_rope, key_rope        query_rope=, key_rope=
-atten_mask (uint8)          atten_mask= (torch.bool)
-softmax_max/_sum, [T,N,8]   softmax_max=, softmax_sum= (float32, same device layout)
-attention_in                attention_in=
-actual_seq_qlen/_kvlen      actual_seq_qlen=, actual_seq_kvlen= (lists of cumulative ends)
-scale_value, pre_tokens,    scale_value=, pre_tokens=, next_tokens=, sparse_mode= (as is);
-next_tokens, sparse_mode    keep_prob=1.0, inner_precise=0, pse_type=1
-deterministic               torch.use_deterministic_algorithms for the call (restored after)
-==========================  ==================================================================
-
-The result ``(dq, dk, dv, dpse, dq_rope, dk_rope)`` is copied back to numpy bf16 and
-returned as ``(dq, dq_rope, dk, dk_rope, dv)``. torch and torch_npu are imported on the first
-call only. ``DEVICE`` (default ``"npu:<$ACLNN_FAG_DEVICE or 0>"``) is where tensors go.
+torch_npu calls the same op (``aclnnFlashAttentionUnpaddingScoreGradV3`` with the rope inputs
+in layout TND), so this judges torch_npu's path (its argument marshaling, its CANN) by the
+same suite and criteria. ``backward`` maps every argument (the mask as torch.bool,
+``deterministic`` as torch.use_deterministic_algorithms for the call) and returns torch_npu's
+``(dq, dk, dv, dpse, dq_rope, dk_rope)`` as numpy ``(dq, dq_rope, dk, dk_rope, dv)``. torch and
+torch_npu are imported on the first call; tensors go to ``DEVICE`` (``npu:$ACLNN_FAG_DEVICE``,
+default ``npu:0``).
 """
 
 from __future__ import annotations

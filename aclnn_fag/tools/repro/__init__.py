@@ -1,28 +1,10 @@
-"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer for each failing case.
+"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer per failing case.
 
-For a failing case the case is first shrunk (:mod:`.shrink`; ``--no-shrink`` keeps it) and then
-``DIR/<case>/`` gets:
-
-* ``inputs/<name>.bin`` — query, query_rope, key, key_rope, value, dy, atten_mask,
-  softmax_max, softmax_sum, attention_in exactly as the binding passes them (raw
-  little-endian, C order, the op's dtypes: bf16, uint8 mask, float32 statistics);
-* ``golden/<name>.bin`` — dq, dq_rope, dk, dk_rope, dv: the fp64 golden as float32;
-* ``repro.c`` (:mod:`.csource`) — the binding's exact call through CANN's C API, both
-  phases, ``outputs/<name>.bin`` (bf16), judged with the parity criteria; exit 1 on failure;
-* ``build.sh`` — ``cc`` against ``$ASCEND_HOME_PATH/include`` and ``lib64``;
-* ``README.md`` — the case, the versions, how to build and run, the figures, what was shrunk;
-* ``case.json`` — the (shrunk) case as a suite entry, plus the original one.
-
-The reproducer calls the C op itself. When the failure came from something else -- a
-``--backend-module`` (torch_npu's path, another binding) or the NumPy backend -- the README
-and ``case.json`` say that the program tests the C op only (it may pass although the backend
-under test failed). A target directory that cannot be made (a file, a dangling symbolic link,
-a file among its parents) is refused before the run (``target_problem``), and a reproducer
-that cannot be written is reported on ``errors`` even when progress lines are off.
-
-The arguments come from ``aclnn_fag.rules.validate_backward`` — the ``FagCall`` that
-``aclnn_fag.acl.run_backward`` turns into the native call (including the ``q_start_idx`` /
-``kv_start_idx`` it adds), and the attributes ``aclnn_fag/acl/op.py`` passes.
+Each failing case is shrunk (:mod:`.shrink`; ``--no-shrink`` keeps it) and ``DIR/<case>/``
+gets ``inputs/*.bin`` (exactly as the binding passes them), ``golden/*.bin`` (the fp64 golden
+as float32), ``repro.c`` (:mod:`.csource`), ``build.sh``, ``README.md`` and ``case.json``
+(docs/parity.md, "4. Reproduce"). The arguments are the ``FagCall`` of
+``aclnn_fag.rules.validate_backward``, the one ``aclnn_fag.acl.run_backward`` passes on.
 """
 
 from __future__ import annotations
@@ -36,19 +18,22 @@ from typing import List, Optional
 import numpy as np
 
 from ... import __version__
-from ...call import device_int_array
-from .. import accuracy, cases as cases_mod
-from ..envinfo import summary as version_summary
 from ...acl.loader import ROLES
+from ...call import device_int_array
 from ...rules import validate_backward
 from ...spec import BACKWARD_V3
+from .. import accuracy, cases as cases_mod
+from ..envinfo import summary as version_summary
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
 
-__all__ = ["write_reproducers", "write_case", "case_directory_name", "binding_call",
-           "target_problem", "backend_under_test"]
+__all__ = ["write_reproducers", "write_case", "case_directory_name", "target_problem",
+           "backend_under_test", "backend_error"]
 
 JUDGED = ("dq", "dq_rope", "dk", "dk_rope", "dv")
+README_VERSIONS = ("cann", "cann_source", "runtime", "ops_transformer", "cann_rules", "acl_api",
+                   "toolkit_install", "driver", "soc", "opapi_library",
+                   "aclnn_fag", "numpy", "ml_dtypes", "blas", "blas_threads", "python")
 
 
 def case_directory_name(name: str) -> str:
@@ -59,23 +44,21 @@ def target_problem(path) -> Optional[str]:
     """Why ``path`` cannot become the reproducers' directory, or None: it exists and is not a
     directory, it is a symbolic link to nothing, or one of its parents is not a directory."""
     p = pathlib.Path(path)
-    for q in [p] + list(p.parents):
+    for q in [p, *p.parents]:
+        what = f"{q}" if q == p else f"its parent {q}"
         if q.is_symlink() and not q.exists():
-            return (f"{q} is a symbolic link to a missing target ({os.readlink(q)})" if q == p else
-                    f"its parent {q} is a symbolic link to a missing target ({os.readlink(q)})")
+            return f"{what} is a symbolic link to a missing target ({os.readlink(q)})"
         if q.exists():
-            if not q.is_dir():
-                return (f"{q} exists and is not a directory" if q == p else
-                        f"its parent {q} is not a directory")
-            return None
+            if q.is_dir():
+                return None
+            return f"{q} exists and is not a directory" if q == p else f"{what} is not a directory"
     return None
 
 
 def backend_under_test(backend_fn, backend_name=None) -> tuple:
-    """(name, whether it is aclnn_fag's own call of the C op) of the backend a case failed on:
-    ``backend_fn``, else the backend named ``backend_name`` (default: the NumPy reference).
-    Only the package's "npu" backend runs the C op the way repro.c does; a --backend-module
-    (``backend_module`` attribute), another callable or the NumPy backend do not."""
+    """(name, whether it is aclnn_fag's own call of the C op) of the backend a case failed on.
+    Only the package's "npu" backend runs the C op as repro.c does; a --backend-module, another
+    callable or the NumPy backend do not."""
     if backend_fn is None:
         return backend_name or "numpy", backend_name == "npu"
     name = getattr(backend_fn, "backend_name", None) or backend_name or "custom"
@@ -84,51 +67,9 @@ def backend_under_test(backend_fn, backend_name=None) -> tuple:
             module is None and name == "npu")
 
 
-def binding_call(inputs: dict):
-    """The FagCall the binding would run for the parity inputs (validated like the public call)."""
-    return validate_backward(**inputs)
-
-
-def _tensor_spec(a) -> Optional[dict]:
-    if a is None:
-        return None
-    a = np.asarray(a)
-    return {"shape": [int(d) for d in a.shape], "dtype": a.dtype.name, "itemsize": a.itemsize}
-
-
-def _backend_for(report: dict, backend_fn):
-    """The backend under test as run_case expects it (None = the NumPy reference)."""
-    if backend_fn is not None:
-        return backend_fn
-    from ..parity import make_backend_fn
-    fn = make_backend_fn(report.get("backend") or "auto", report.get("precision") or "device")
-    if fn.backend_name == "numpy" and fn.precision == "device":
-        return None
-    return fn
-
-
-def _judge_case(spec, backend_fn, k):
-    """Inputs, FagCall, golden, result and per-output metrics of one case."""
-    from ..parity import golden_grads, reference_grads
-    inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
-    call = binding_call(inputs)
-    golden = golden_grads(**inputs)
-    reference = reference_grads(**inputs)
-    error = None
-    try:
-        result = reference if backend_fn is None else backend_fn(**inputs)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:   # the backend raised on a valid call: reproduce the call
-        result, error = reference, f"{type(exc).__name__}: {exc}"
-    metrics = {n: accuracy.judge(getattr(result, n), getattr(golden, n), getattr(reference, n), k=k)
-               for n in JUDGED}
-    return inputs, call, golden, error, metrics
-
-
 def backend_error(entry: dict) -> bool:
     """True when a case errored in the backend under test itself (the golden and the reference
-    ran, so the arguments passed the validator): such a case is reproduced like a failure."""
+    ran, so the validator accepted the arguments): reproduced like a failure."""
     t = entry.get("timings") or {}
     return entry.get("verdict") == "ERROR" and "reference_s" in t and "backend_s" in t
 
@@ -136,6 +77,12 @@ def backend_error(entry: dict) -> bool:
 def _error_class(entry_or_text) -> str:
     text = entry_or_text.get("error") if isinstance(entry_or_text, dict) else entry_or_text
     return str(text or "").split(":", 1)[0]
+
+
+def _tensor_spec(a) -> Optional[dict]:
+    if a is None:
+        return None
+    return {"shape": [int(d) for d in np.shape(a)], "dtype": a.dtype.name, "itemsize": a.itemsize}
 
 
 def _write_bin(path: pathlib.Path, a) -> None:
@@ -146,53 +93,58 @@ def _write_bin(path: pathlib.Path, a) -> None:
     path.write_bytes(a.tobytes())
 
 
-def _fmt_metrics(name, o) -> str:
-    return (f"| {name} | {o['max_abs_err']:.4e} | {o['fa_bound']:.4e} | {o['fa_ratio']:.2f} | "
-            f"{o['share_above']:.4e} | {o['share_limit']:.0e} | {o['verdict']} |")
+def _judge_case(spec, backend_fn, k):
+    """Inputs, FagCall, golden, the backend's error (or None) and per-output metrics."""
+    from ..parity import golden_grads, reference_grads
+    inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
+    call = validate_backward(**inputs)
+    golden, reference = golden_grads(**inputs), reference_grads(**inputs)
+    error = None
+    try:
+        result = reference if backend_fn is None else backend_fn(**inputs)
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:   # the backend raised on a valid call: reproduce the call
+        result, error = reference, f"{type(exc).__name__}: {exc}"
+    metrics = {n: accuracy.judge(getattr(result, n), getattr(golden, n), getattr(reference, n), k=k)
+               for n in JUDGED}
+    return call, golden, error, metrics
 
 
 def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environment=None,
                original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
                backend_name=None) -> pathlib.Path:
     """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
-    inputs, call, golden, error, metrics = _judge_case(spec, backend_fn, k)
+    call, golden, error, metrics = _judge_case(spec, backend_fn, k)
     backend_name, c_op = backend_under_test(backend_fn, backend_name)
     d = pathlib.Path(out_dir) / case_directory_name(spec.name)
     d.mkdir(parents=True, exist_ok=True)
-    in_specs = []
+    in_specs = [_tensor_spec(getattr(call, slot, None)) for slot in BACKWARD_V3.inputs]
     for slot in BACKWARD_V3.inputs:
-        a = getattr(call, slot, None)
-        in_specs.append(_tensor_spec(a))
-        if a is not None:
-            _write_bin(d / "inputs" / f"{slot}.bin", a)
-    out_specs = []
-    for slot in BACKWARD_V3.outputs:
-        src = getattr(call, BACKWARD_V3.output_like[slot], None) if slot in BACKWARD_V3.output_like else None
-        out_specs.append(None if src is None else {"shape": list(np.shape(src)), "dtype": "bfloat16",
-                                                  "itemsize": 2})
+        if getattr(call, slot, None) is not None:
+            _write_bin(d / "inputs" / f"{slot}.bin", getattr(call, slot))
+    out_specs = [None if slot not in BACKWARD_V3.output_like else
+                 {"shape": list(np.shape(getattr(call, BACKWARD_V3.output_like[slot]))),
+                  "dtype": "bfloat16", "itemsize": 2} for slot in BACKWARD_V3.outputs]
     for name in JUDGED:
         _write_bin(d / "golden" / f"{name}.bin", np.asarray(getattr(golden, name), dtype=np.float32))
     # what the binding gives the device (the ends with the release's end-of-data padding)
     int_arrays = {n: (None if device_int_array(call, n) is None
                       else [int(v) for v in device_int_array(call, n)])
                   for n in BACKWARD_V3.int_arrays}
-    attrs = dict(scale_value=call.scale_value, keep_prob=call.keep_prob, pre_tokens=call.pre_tokens,
-                 next_tokens=call.next_tokens, head_num=call.head_num, input_layout=call.input_layout,
-                 inner_precise=call.inner_precise, sparse_mode=call.sparse_mode, pse_type=call.pse_type)
-    criteria = {n: {"ref_max_abs_err": metrics[n]["ref_max_abs_err"], "rtol": metrics[n]["rtol"],
-                    "share_limit": metrics[n]["share_limit"]} for n in JUDGED if "rtol" in metrics[n]}
-    src = csource.c_source(case=spec.name, version=__version__, inputs=in_specs, input_names=BACKWARD_V3.inputs,
-                           int_arrays=int_arrays, int_array_names=BACKWARD_V3.int_arrays, attrs=attrs,
-                           outputs=out_specs, output_names=BACKWARD_V3.outputs,
-                           deterministic=1 if call.deterministic else 0, criteria=criteria, k=k,
-                           floor_rel=accuracy.FA_FLOOR_REL, floor_min=accuracy.FA_FLOOR_MIN)
-    (d / "repro.c").write_text(src, encoding="utf-8")
+    attrs = {n: getattr(call, n) for n in BACKWARD_V3.attrs}
+    criteria = {n: {key: metrics[n][key] for key in ("ref_max_abs_err", "rtol", "share_limit")}
+                for n in JUDGED if "rtol" in metrics[n]}
+    (d / "repro.c").write_text(csource.c_source(
+        case=spec.name, version=__version__, inputs=in_specs, int_arrays=int_arrays, attrs=attrs,
+        outputs=out_specs, deterministic=1 if call.deterministic else 0, criteria=criteria,
+        k=k, floor_rel=accuracy.FA_FLOOR_REL, floor_min=accuracy.FA_FLOOR_MIN), encoding="utf-8")
     build = d / "build.sh"
     build.write_text(csource.build_script(ROLES["opapi"][0]), encoding="utf-8")
     os.chmod(build, 0o755)
     case_doc = {"case": spec.to_dict(), "original_case": (original or spec).to_dict(),
-                "shrink_steps": list(shrink_steps), "arguments": {**attrs, **int_arrays,
-                                                                  "deterministic": bool(call.deterministic)},
+                "shrink_steps": list(shrink_steps),
+                "arguments": {**attrs, **int_arrays, "deterministic": bool(call.deterministic)},
                 "inputs": {n: s for n, s in zip(BACKWARD_V3.inputs, in_specs) if s is not None},
                 "criteria": {"k": k, **criteria}, "backend_error": error,
                 "backend_under_test": backend_name,
@@ -200,108 +152,83 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
                          f"the C op only, not the backend the failure came from ({backend_name})",
                 "python_verdicts": None if error else {n: metrics[n]["verdict"] for n in JUDGED}}
     (d / "case.json").write_text(json.dumps(case_doc, indent=1) + "\n", encoding="utf-8")
-    (d / "README.md").write_text(_readme(spec, original, shrink_steps, shrink_runs, metrics, attrs,
-                                         int_arrays, in_specs, call, environment, original_entry, k,
-                                         backend_name, error, c_op), encoding="utf-8")
+    readme = _readme(spec, original, shrink_steps, shrink_runs, metrics, attrs, int_arrays,
+                     in_specs, call, environment, original_entry, k, backend_name, error, c_op)
+    (d / "README.md").write_text(readme, encoding="utf-8")
     return d
+
+
+C_OP_ONLY = """
+## This program tests the C op only
+
+The failure was found with `{name}`, not with aclnn_fag's own call of the C op. `repro.c` \
+calls `aclnnFlashAttentionUnpaddingScoreGradV3` directly, with the arguments aclnn_fag \
+passes: it tests the C op only. If it passes, the failure lies in the path of the backend \
+under test (its conversion of the arguments, its binding, the framework around the op), \
+which this program cannot show.
+"""
+
+RAISED = """The call raised `{error}` although the arguments pass aclnn_fag's validator \
+(which mirrors the op's documented checks). repro.c prints the status code and \
+`aclGetRecentErrMsg` and exits 2. Should the call succeed, repro.c judges the outputs as \
+below; the NumPy reference's own figures for this input:
+
+"""
 
 
 def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, call, env,
             original_entry, k, backend_name, error=None, c_op=True) -> str:
+    """README.md from the template aclnn_fag/tools/data/repro_README.md.in."""
     v = version_summary(env)
     who, which = (("`aclnnFlashAttentionUnpaddingScoreGradV3`", f" (backend under test: `{backend_name}`)")
                   if c_op else (f"The backend under test `{backend_name}`", ""))
-    lines = [f"# Reproducer: parity case `{spec.name}`", "",
-             f"Generated by aclnn_fag {__version__} (`aclnn-fag parity --repro`). "
-             + (f"{who} fails on this valid input{which}: `{error}`." if error else
-                f"{who} gives gradients that fail the parity criteria on this input{which}."),
-             ""]
-    if not c_op:
-        lines += ["## This program tests the C op only", "",
-                  f"The failure was found with `{backend_name}`, not with aclnn_fag's own call of "
-                  "the C op. `repro.c` calls `aclnnFlashAttentionUnpaddingScoreGradV3` directly, "
-                  "with the arguments aclnn_fag passes: it tests the C op only. If it passes, the "
-                  "failure lies in the path of the backend under test (its conversion of the "
-                  "arguments, its binding, the framework around the op), which this program "
-                  "cannot show.", ""]
-    lines += ["## Versions (of the run that found the failure)", "",
-             "| what | version |", "|---|---|"]
-    for key in ("cann", "cann_source", "runtime", "ops_transformer", "cann_rules", "acl_api",
-                "toolkit_install", "driver", "soc", "opapi_library",
-                "aclnn_fag", "numpy", "ml_dtypes", "blas", "blas_threads", "python"):
-        lines.append(f"| {key} | {v.get(key) if v.get(key) is not None else '-'} |")
-    lines += ["", "## Build and run", "", "```bash",
-              "source /usr/local/Ascend/ascend-toolkit/set_env.sh   # sets ASCEND_HOME_PATH",
-              "./build.sh                                           # cc -> ./repro",
-              "./repro            # device: $ACLNN_FAG_DEVICE (default 0); exit 1 = fails the criteria",
-              "```", "",
-              "`repro` reads `inputs/*.bin`, runs both phases with the arguments below, writes "
-              "`outputs/*.bin` (bf16, shaped like the matching input) and prints, per output, its "
-              "errors against `golden/*.bin` (the fp64 golden as float32). Exit status: 0 pass, 1 an "
-              "output fails the criteria, 2 an ACL/aclnn call or file failed (the status code and "
-              "`aclGetRecentErrMsg` are printed).", "",
-              "## The call", "",
-              "| argument | value |", "|---|---|"]
-    for name, s in zip(BACKWARD_V3.inputs, in_specs):
-        lines.append(f"| {name} | " + ("NULL" if s is None else
-                                       f"{s['dtype']} {s['shape']} (`inputs/{name}.bin`)") + " |")
-    for name, vals in int_arrays.items():
-        lines.append(f"| {name} | {'NULL' if vals is None else vals} |")
-    for name, val in attrs.items():
-        lines.append(f"| {name} | {val!r} |")
-    lines.append(f"| outputs | dq, dq_rope, dk, dk_rope, dv: bf16 shaped like query, query_rope, key, "
-                 f"key_rope, value; dpse NULL |")
-    lines.append(f"| ACL_OPT_DETERMINISTIC | {1 if call.deterministic else 0} (set on the context "
-                 "explicitly, as aclnn_fag does) |")
-    lines += ["", f"Inputs are drawn from `numpy.random.default_rng({spec.seed})` (standard normal rounded to "
-              "bf16; see `aclnn_fag/tools/cases.py`); attention_in and the softmax statistics come from "
-              "the NumPy forward in device precision. The case as a suite entry is in `case.json`.",
-              "", "## Failing figures (this input)", ""]
-    if error:
-        lines += [f"The call raised `{error}` although the arguments pass aclnn_fag's validator "
-                  "(which mirrors the op's documented checks). repro.c prints the status code and "
-                  "`aclGetRecentErrMsg` and exits 2. Should the call succeed, repro.c judges the "
-                  "outputs as below; the NumPy reference's own figures for this input:", ""]
-    lines += [f"Criteria: (1) max|y−g| ≤ k·ref_err + max(1e-6·max|g|, 1e-30), k = {k:g}, ref_err = the "
-              "NumPy bf16 reference's own max error (built into repro.c); (2) the share of elements "
-              "with |y−g| / max(|g|, RMS(g)) > rtol below the limit (bf16: rtol 2^-6, limit 1e-3).", "",
-              "| output | max_abs_err | bound | ratio | share>rtol | limit | verdict |",
-              "|---|---|---|---|---|---|---|"]
-    for name in JUDGED:
-        if "max_abs_err" in metrics[name]:
-            lines.append(_fmt_metrics(name, metrics[name]))
-    lines += ["", "(aclnn_fag judged against the fp64 golden; repro.c judges against its float32 "
-              "rounding, which can move a borderline figure in the last digits.)", "",
-              "## What was shrunk", ""]
+    call_rows = [f"| {name} | " + ("NULL" if s is None else f"{s['dtype']} {s['shape']} (`inputs/{name}.bin`)")
+                 + " |" for name, s in zip(BACKWARD_V3.inputs, in_specs)]
+    call_rows += [f"| {name} | {'NULL' if vals is None else vals} |" for name, vals in int_arrays.items()]
+    call_rows += [f"| {name} | {val!r} |" for name, val in attrs.items()]
     if original is None or original == spec:
-        lines.append("Nothing: the case is the suite's case as it is (`--no-shrink`, or no smaller "
-                     "variant failed).")
+        shrunk = ["Nothing: the case is the suite's case as it is (`--no-shrink`, or no smaller "
+                  "variant failed)."]
     else:
-        lines.append(f"The suite's case `{original.name}` (lengths_q {list(original.lengths_q)}, "
-                     f"lengths_kv {list(original.kv_lengths)}, heads {original.heads}/{original.n2}) was "
-                     f"shrunk while it still failed ({runs} runs; the seed is kept, so the smaller "
-                     "shapes get freshly drawn data):")
-        lines += [f"{i}. {s}" for i, s in enumerate(steps, 1)]
-        lines.append(f"\nResult: lengths_q {list(spec.lengths_q)}, lengths_kv {list(spec.kv_lengths)}, "
-                     f"heads {spec.heads}/{spec.n2}.")
+        shrunk = [f"The suite's case `{original.name}` (lengths_q {list(original.lengths_q)}, "
+                  f"lengths_kv {list(original.kv_lengths)}, heads {original.heads}/{original.n2}) was "
+                  f"shrunk while it still failed ({runs} runs; the seed is kept, so the smaller "
+                  "shapes get freshly drawn data):"]
+        shrunk += [f"{i}. {s}" for i, s in enumerate(steps, 1)]
+        shrunk.append(f"\nResult: lengths_q {list(spec.lengths_q)}, lengths_kv {list(spec.kv_lengths)}, "
+                      f"heads {spec.heads}/{spec.n2}.")
         if original_entry and original_entry.get("failed_outputs"):
-            lines.append(f"The original case failed on: {', '.join(original_entry['failed_outputs'])}.")
-    return "\n".join(lines) + "\n"
+            shrunk.append(f"The original case failed on: {', '.join(original_entry['failed_outputs'])}.")
+    return csource.template("repro_README.md.in").substitute(
+        case=spec.name, version=__version__,
+        finding=(f"{who} fails on this valid input{which}: `{error}`." if error else
+                 f"{who} gives gradients that fail the parity criteria on this input{which}."),
+        c_op_only="" if c_op else C_OP_ONLY.format(name=backend_name),
+        versions="\n".join(f"| {key} | {v.get(key) if v.get(key) is not None else '-'} |"
+                           for key in README_VERSIONS),
+        call="\n".join(call_rows), deterministic=1 if call.deterministic else 0, seed=spec.seed,
+        raised=RAISED.format(error=error) if error else "", k=f"{k:g}",
+        figures="\n".join(f"| {name} | {o['max_abs_err']:.4e} | {o['fa_bound']:.4e} | "
+                          f"{o['fa_ratio']:.2f} | {o['share_above']:.4e} | {o['share_limit']:.0e} | "
+                          f"{o['verdict']} |" for name, o in metrics.items() if "max_abs_err" in o),
+        shrunk="\n".join(shrunk))
 
 
 def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, backend_fn=None,
                       progress=None, budget: int = DEFAULT_BUDGET, errors=None) -> List[str]:
     """One reproducer per failing case of ``report``; returns the directories written.
-    ``progress``: a stream for progress lines (or None); ``errors``: a stream for the reason a
-    reproducer could not be written (default: ``progress``), printed even without progress.
+    ``errors``: where a reproducer that cannot be written is reported (default ``progress``).
 
-    A case is shrunk while it fails *the same way*: a FAIL while still failing on at least one
-    of the outputs the suite's run failed on (never on a candidate that errors or that the
-    validator rejects), a backend error while raising the same exception class."""
-    from ..parity import run_case
+    A case is shrunk while it fails *the same way*: a FAIL while still failing on one of the
+    outputs the run failed on, a backend error while raising the same exception class."""
+    from ..parity import make_backend_fn, run_case
     k = (report.get("criteria") or {}).get("flash_attention", {}).get("k", accuracy.DEFAULT_K)
     by_name = {s.name: s for s in specs}
-    fn = _backend_for(report, backend_fn)
+    fn = backend_fn
+    if fn is None:
+        fn = make_backend_fn(report.get("backend") or "auto", report.get("precision") or "device")
+        if fn.backend_name == "numpy" and fn.precision == "device":
+            fn = None                                  # the NumPy reference itself
     written = []
     for entry in report["cases"]:
         if entry.get("name") not in by_name or not (entry.get("verdict") == "FAIL" or backend_error(entry)):
