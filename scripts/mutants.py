@@ -491,14 +491,14 @@ MUTANTS = [
            "            elif rc == ACL_ERROR_REPEAT_INITIALIZE:", "            elif rc == -12345:",
            "a prior aclInit (torch_npu) makes the package fail"),
     Mutant("acl-det-no-restore", "acl", A + "runtime.py",
-           "    restore, prev, code = gate.changed, gate.prev, gate.prev_code",
-           "    restore, prev, code = False, gate.prev, gate.prev_code",
+           "        restore, prev, code = self.changed, self.prev, self.prev_code",
+           "        restore, prev, code = False, self.prev, self.prev_code",
            "the determinism option is not restored after a call", DET_T),
     Mutant("acl-det-restore-after-unlock", "acl", A + "runtime.py",
-           "        value = _exit_gate_locked(gate, me)\n        if value is None:\n            return None\n"
-           "        # written back",
-           "        value = _exit_gate_locked(gate, me)\n    if value is None:\n        return None\n"
-           "    if True:\n        # written back",
+           "            value = self._exit_locked(me)\n            if value is None:\n                return None\n"
+           "            # written back",
+           "            value = self._exit_locked(me)\n        if value is None:\n            return None\n"
+           "        if True:\n            # written back",
            "the last holder writes the option back after a waiting call of the other mode "
            "entered: that call restores the wrong value", DET_T),
     Mutant("acl-det-unset-writeback", "acl", A + "runtime.py",
