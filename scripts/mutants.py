@@ -1105,7 +1105,7 @@ MUTANTS = [
            "a handle freed explicitly is freed again by garbage collection (double free)",
            ("tests/acl/test_faults.py", "tests/acl/test_interrupts.py")),
     Mutant("acl-own-consumed-destroyed", "acl", A + "ownership.py",
-           "            if self.state in (OWNED, FAILED):\n                self.state = CONSUMED",
+           "            if owned:\n                self.state = CONSUMED",
            "            if False:\n                self.state = CONSUMED",
            "an executor phase 2 consumed is destroyed again by the package (double free on "
            "CANN)", ("tests/acl/test_interrupts.py", "tests/acl/test_leaks.py")),

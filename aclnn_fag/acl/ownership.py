@@ -148,8 +148,7 @@ class Claim:
     """The ownership record of one native handle. ``what`` names it for messages; ``rank``
     orders :func:`release_all` (lower first: executors, tensors, memory, streams)."""
 
-    __slots__ = ("what", "rank", "handle", "func", "args", "state", "gen", "failures",
-                 "error", "ref", "__weakref__")
+    __slots__ = ("what", "rank", "handle", "func", "args", "state", "gen", "ref", "__weakref__")
 
     def __init__(self, what: str, rank: int = 1) -> None:
         self.what = what
@@ -159,20 +158,22 @@ class Claim:
         self.args: tuple = ()
         self.state = EMPTY
         self.gen = _gen
-        self.failures = 0
-        self.error: Optional[BaseException] = None
         self.ref = None         # watch(): the owner's weak reference (its finalizer)
 
     def watch(self, owner) -> None:
         """Release the handle when ``owner`` is garbage collected (mode "gc"); the weak
-        reference lives on the registered claim, so its callback runs in reference cycles too."""
+        reference lives on the registered claim, so its callback runs in reference cycles too.
+        While alive, the owner's ``_on_released()`` is called once when the handle stops being
+        owned (released, dropped or consumed, whoever did it)."""
         self.ref = weakref.ref(owner, self._collected)
-
-    def unwatch(self) -> None:
-        self.ref = None
 
     def _collected(self, _ref) -> None:
         run_finalizer(self.release, "gc")
+
+    def _tell_owner(self) -> None:
+        owner = self.ref() if self.ref is not None else None
+        if owner is not None:
+            owner._on_released()
 
     def take(self, handle, func: Callable, *args) -> None:
         """Own ``handle``; ``func(*args)`` releases it and returns None or an exception.
@@ -188,9 +189,12 @@ class Claim:
     def consume(self) -> None:
         """The library takes the handle now (call inside the atomic block of that call)."""
         with _lock:
-            if self.state in (OWNED, FAILED):
+            owned = self.state == OWNED
+            if owned:
                 self.state = CONSUMED
                 _registry.pop(id(self), None)
+        if owned:
+            self._tell_owner()
 
     def release(self, mode: str = "raise") -> bool:
         """Release the handle now; True when it is gone. On failure the handle is kept and, by
@@ -202,28 +206,24 @@ class Claim:
                     return True
                 if self.state == FAILED and mode in ("gc", "warn"):
                     return False                # its retry is shutdown's (or release()'s)
-                if self.gen != _gen:            # inherited across fork: never ours to free
-                    self.state = DROPPED
-                    _registry.pop(id(self), None)
-                    return True
+                owned = self.state == OWNED
                 self.state = RELEASING
-            try:
-                err = self.func(*self.args)
-            except Exception as exc:            # a release function must not raise; be safe
-                err = exc
+            err = None
+            if self.gen == _gen:                # inherited across fork: never ours to free
+                try:
+                    err = self.func(*self.args)
+                except Exception as exc:        # a release function must not raise; be safe
+                    err = exc
             with _lock:
-                if err is None:
-                    self.state = RELEASED
-                    self.error = None
-                    _registry.pop(id(self), None)
-                    return True
-                self.failures += 1
-                self.error = err
-                if mode == "final":
-                    self.state = DROPPED
+                if err is None or mode == "final":
+                    self.state = RELEASED if err is None and self.gen == _gen else DROPPED
                     _registry.pop(id(self), None)
                 else:
                     self.state = FAILED
+            if owned:
+                self._tell_owner()
+        if err is None:
+            return True
         if mode == "raise":
             raise err
         if not (_quiet or sys.is_finalizing()):

@@ -529,24 +529,13 @@ class NativeResource:
     def release(self, mode: str = "raise") -> None:
         """Release the handle now: a failure raises ("raise") or warns ("warn"); either way the
         handle is kept for a retry by ``shutdown()``."""
-        c = self._claim
-        if c is None:
-            return
-        was_owned = c.state == ownership.OWNED
-        try:
-            ok = c.release(mode)
-        finally:
-            if was_owned and c.state != ownership.OWNED:
-                self._on_released()
-        if ok:
-            c.unwatch()
+        if self._claim is not None:
+            self._claim.release(mode)
 
     def disown(self) -> None:
         """The library took the handle (phase 2 consumed the executor); call in its atomic block."""
-        c = self._claim
-        if c is not None and c.state == ownership.OWNED:
-            c.consume()
-            self._on_released()
+        if self._claim is not None:
+            self._claim.consume()
 
     def call_consuming(self, fn, *args):
         """``fn(*args)``, a call that takes the handle over, disowned in the same atomic step
@@ -556,7 +545,7 @@ class NativeResource:
             return fn(*args)
 
     def _on_released(self) -> None:
-        """Hook: forget the handle (called once, when it stops being owned)."""
+        """Hook: forget the handle (its claim calls it once, when it stops being owned)."""
 
     def __enter__(self):
         return self
@@ -965,11 +954,8 @@ def shutdown(finalize: bool = True) -> None:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
         pass
-    # through the owning objects first (so that they know: buffer.closed, tensor.handle
-    # None), by rank; then the claims whose object is gone or whose release failed, and
-    # the streams (rank 3); then the caches forget what was released
-    for res in sorted(live_resources(), key=lambda r: r._rank):
-        res.release("final")
+    # by rank (executors, tensors and int arrays, memory, streams; the owning objects are
+    # told), then the caches forget what was released
     ownership.release_all()
     caches.clear_all()
     if st is None:
