@@ -234,9 +234,7 @@ def soc_name() -> Optional[str]:
 
 def _tls_current(st: _State) -> Optional[int]:
     """The device this package made current on the calling thread (a record), or None."""
-    if getattr(_tls, "key", None) != st.key or getattr(_tls, "gen", None) != _process_gen:
-        return None
-    return _tls.current
+    return _tls.current if getattr(_tls, "state", None) is st else None
 
 
 def _current_context(b) -> Optional[int]:
@@ -277,8 +275,7 @@ def current_context_record() -> tuple:
 
 
 def _record_device(st: _State, dev: int) -> None:
-    _tls.key = st.key
-    _tls.gen = _process_gen
+    _tls.state = st         # a new state (shutdown, fork, other libraries) makes it stale
     _tls.current = dev
     _tls.ctx = _current_context(st.b)
 
@@ -971,9 +968,6 @@ def shutdown(finalize: bool = True) -> None:
     with _state_lock:
         if _state is st:
             _state = None
-    for attr in ("key", "gen", "current", "ctx"):
-        if hasattr(_tls, attr):
-            delattr(_tls, attr)
 
 
 def _at_exit() -> None:
