@@ -18,6 +18,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3
+from .prototypes import bind
 
 __all__ = [
     "ENV_LIB_DIR", "DEFAULT_TOOLKIT_LIB64", "ROLES", "Place", "Attempt", "Libraries",
@@ -250,8 +251,7 @@ def _not_found(roles, places, notes, tried) -> LibraryNotFoundError:
     return err
 
 
-_cache = SimpleNamespace(lock=threading.RLock(), libs=None, failure=None, bindings=None,
-                         generation=0)
+_cache = SimpleNamespace(lock=threading.RLock(), failure=None, bindings=None, generation=0)
 
 
 def _copy_failure(err: LibraryNotFoundError) -> LibraryNotFoundError:
@@ -261,45 +261,31 @@ def _copy_failure(err: LibraryNotFoundError) -> LibraryNotFoundError:
     return new
 
 
-def libraries() -> Libraries:
-    """The loaded libraries (loaded on first use, cached). Raises LibraryNotFoundError."""
-    libs = _cache.libs
-    if libs is not None:
-        return libs
-    with _cache.lock:
-        if _cache.libs is None:
-            if _cache.failure is not None:
-                raise _copy_failure(_cache.failure)
-            try:
-                _cache.libs = load_libraries()
-            except LibraryNotFoundError as exc:
-                _cache.failure = exc
-                raise _copy_failure(exc) from None
-        return _cache.libs
-
-
 def bindings():
-    """The bound prototype table (:class:`.prototypes.Bindings`), cached with the libraries."""
+    """The bound prototype table (:class:`.prototypes.Bindings`): the libraries are loaded
+    and bound on first use; the result, a LibraryNotFoundError too, is kept until reset()."""
     b = _cache.bindings
     if b is not None:
         return b
     with _cache.lock:
-        if _cache.bindings is None:
-            from .prototypes import bind
-            libs = libraries()
+        if _cache.bindings is None and _cache.failure is None:
             try:
-                _cache.bindings = bind(libs)
+                _cache.bindings = bind(load_libraries())
             except LibraryNotFoundError as exc:
                 _cache.failure = exc
-                _cache.libs = None
-                raise _copy_failure(exc) from None
+        if _cache.failure is not None:
+            raise _copy_failure(_cache.failure)
         return _cache.bindings
+
+
+def libraries() -> Libraries:
+    """The loaded libraries (those of :func:`bindings`). Raises LibraryNotFoundError."""
+    return bindings().libraries
 
 
 def reset() -> None:
     """Forget the cached result (the next use searches again). Loaded libraries stay mapped."""
     with _cache.lock:
-        _cache.libs = None
         _cache.failure = None
         _cache.bindings = None
         _cache.generation += 1
