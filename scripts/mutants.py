@@ -491,8 +491,8 @@ MUTANTS = [
            "            elif rc == ACL_ERROR_REPEAT_INITIALIZE:", "            elif rc == -12345:",
            "a prior aclInit (torch_npu) makes the package fail"),
     Mutant("acl-det-no-restore", "acl", A + "runtime.py",
-           "        restore, prev, code = self.changed, self.prev, self.prev_code",
-           "        restore, prev, code = False, self.prev, self.prev_code",
+           "                    self.restore = (0 if unset else prev) if changed else None",
+           "                    self.restore = None",
            "the determinism option is not restored after a call", DET_T),
     Mutant("acl-det-restore-after-unlock", "acl", A + "runtime.py",
            "            value = self._exit_locked(me)\n            if value is None:\n                return None\n"
@@ -502,8 +502,8 @@ MUTANTS = [
            "the last holder writes the option back after a waiting call of the other mode "
            "entered: that call restores the wrong value", DET_T),
     Mutant("acl-det-unset-writeback", "acl", A + "runtime.py",
-           "        prev = 0                    # never set on this context: the documented default",
-           "        prev = 1                    # never set on this context: the documented default",
+           "                    self.restore = (0 if unset else prev) if changed else None",
+           "                    self.restore = (1 if unset else prev) if changed else None",
            "an unset determinism option is written back as 1 (deterministic) instead of 0", DET_T),
     # (changed = prev != int(want) would be equivalent: a value 2 is set to 1 for the call and
     #  restored afterwards; the op only tests for non-zero)

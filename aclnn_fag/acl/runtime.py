@@ -627,32 +627,29 @@ class DeviceBuffer(NativeResource):
     def closed(self) -> bool:
         return self.nbytes > 0 and self.ptr is None
 
-    def _require(self, offset: int, nbytes: int) -> int:
+    def _span(self, offset: int, nbytes: int) -> tuple:
+        """(device address at ``offset``, bindings) for ``nbytes`` there, the device current."""
         if self.closed:
             raise ValueError("the device buffer has been freed")
         if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
             raise ValueError(f"range [{offset}, {offset + nbytes}) outside the {self.nbytes}-byte buffer")
-        return (self.ptr or 0) + offset
+        return (self.ptr or 0) + offset, ensure_device(self.device_id)
 
     def copy_from_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """H2D copy of ``nbytes`` from the host address into this buffer at ``offset``."""
-        if nbytes == 0:
-            return
-        dst = self._require(offset, nbytes)
-        b = ensure_device(self.device_id)
-        rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
-        check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
-        _count("h2d", 1, "h2d_bytes", nbytes)
+        if nbytes:
+            dst, b = self._span(offset, nbytes)
+            rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
+            check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
+            _count("h2d", 1, "h2d_bytes", nbytes)
 
     def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
-        if nbytes == 0:
-            return
-        src = self._require(offset, nbytes)
-        b = ensure_device(self.device_id)
-        rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
-        check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
-        _count("d2h", 1, "d2h_bytes", nbytes)
+        if nbytes:
+            src, b = self._span(offset, nbytes)
+            rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
+            check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
+            _count("d2h", 1, "d2h_bytes", nbytes)
 
     def upload(self, array, offset: int = 0) -> None:
         """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""
@@ -668,14 +665,11 @@ class DeviceBuffer(NativeResource):
 
     def memset(self, value: int = 0, offset: int = 0, nbytes: Optional[int] = None) -> None:
         """Fill ``nbytes`` (default: to the end) from ``offset`` with a byte value (aclrtMemset)."""
-        if nbytes is None:
-            nbytes = self.nbytes - offset
-        if nbytes == 0:
-            return
-        dst = self._require(offset, nbytes)
-        b = ensure_device(self.device_id)
-        check(b, b.aclrtMemset(dst, self.nbytes - offset, int(value), nbytes), "aclrtMemset")
-        _count("memset")
+        nbytes = self.nbytes - offset if nbytes is None else nbytes
+        if nbytes:
+            dst, b = self._span(offset, nbytes)
+            check(b, b.aclrtMemset(dst, self.nbytes - offset, int(value), nbytes), "aclrtMemset")
+            _count("memset")
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else (f"{self.ptr:#x}" if self.ptr else "empty")
@@ -701,11 +695,8 @@ class _ModeGate:
         self.deferred: list = []
         self.mode: Optional[bool] = None
         self.active = 0
-        self.prev: Optional[int] = None
-        self.prev_code = 0               # the getter's code when prev is None
-        self.changed = False
-        self.holders: Dict[int, int] = {}    # thread id -> hold count
-        self.waiting = 0                     # threads in cond.wait(): notified on a change
+        self.restore: Optional[int] = None     # what the last holder out writes back
+        self.holders: Dict[int, int] = {}      # thread id -> hold count
 
     def enter(self, want: bool, claim) -> Optional[int]:
         """Join with ``want`` (waiting while others hold the other value); ``claim`` owns the
@@ -720,11 +711,7 @@ class _ModeGate:
                     f"({self.name}); a nested call asking for deterministic={want} would wait "
                     "for itself")
             while self.active and self.mode != want:
-                self.waiting += 1
-                try:
-                    self.cond.wait()
-                finally:
-                    self.waiting -= 1
+                self.cond.wait()
                 self._drain()
             with ownership.atomic():
                 if self.active == 0:
@@ -736,8 +723,12 @@ class _ModeGate:
                     changed = prev is None or bool(prev) != want
                     if changed:
                         self.write(int(want))          # raises: nothing was committed
-                    self.prev, self.prev_code, self.changed, self.mode = prev, code, changed, want
-                    if prev is None and code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
+                    unset = prev is None and code == ACL_ERROR_RT_SYSPARAMOPT_NOT_SET
+                    # the value read; 0 (the documented default) when never set on this
+                    # context; nothing when unreadable (left as the call ran, warned)
+                    self.restore = (0 if unset else prev) if changed else None
+                    self.mode = want
+                    if prev is None and not unset:
                         warn = code
                 self.active += 1
                 self.holders[me] = self.holders.get(me, 0) + 1
@@ -747,23 +738,14 @@ class _ModeGate:
     def _exit_locked(self, me: int) -> Optional[int]:
         """One holder leaves (lock held); the value to write back, or None."""
         self.active -= 1
-        if self.holders.get(me, 0) <= 1:
-            self.holders.pop(me, None)
-        else:
-            self.holders[me] -= 1
+        self.holders[me] -= 1
+        if not self.holders[me]:
+            del self.holders[me]
         if self.active:
             return None
-        restore, prev, code = self.changed, self.prev, self.prev_code
-        self.mode, self.changed, self.prev, self.prev_code = None, False, None, 0
-        if self.waiting:
-            self.cond.notify_all()
-        if not restore:
-            return None
-        if prev is None:
-            if code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
-                return None             # unknown previous value: left as the call ran (warned)
-            prev = 0                    # never set on this context: the documented default
-        return prev
+        restore, self.restore, self.mode = self.restore, None, None
+        self.cond.notify_all()
+        return restore
 
     def _drain(self) -> None:
         """Apply the leaves deferred by finalizers that ran inside this thread's section."""
