@@ -66,7 +66,6 @@ class atomic:
         if _depth:
             _depth += 1
             self._mine = True
-            self._old = None
             return self
         try:
             current = _getsignal(_SIGINT)
@@ -242,9 +241,8 @@ class Claim:
 
 def pending() -> List[Claim]:
     """Claims still holding a handle (owned, or kept after a failed release)."""
-    with _lock:
-        claims = list(_registry.values())
-    return [c for c in claims if c.state in (OWNED, FAILED, RELEASING)]
+    with _lock:     # the registry holds exactly those
+        return list(_registry.values())
 
 
 def release_all() -> None:
@@ -256,10 +254,10 @@ def release_all() -> None:
         c.release("final")
 
 
-def set_quiet(value: bool = True) -> None:
+def set_quiet() -> None:
     """At interpreter exit: failures are no longer reported (nothing could act on them)."""
     global _quiet
-    _quiet = bool(value)
+    _quiet = True
 
 
 def after_fork() -> None:

@@ -953,7 +953,7 @@ def shutdown(finalize: bool = True) -> None:
 
 
 def _at_exit() -> None:
-    ownership.set_quiet(True)
+    ownership.set_quiet()
     try:
         shutdown(finalize=False)
     except Exception:
