@@ -164,7 +164,7 @@ class _LinkMap(ctypes.Structure):
 
 
 def _loaded_path(lib: ctypes.CDLL) -> Optional[str]:
-    """The file behind a dlopen handle (dlinfo RTLD_DI_LINKMAP; else /proc/self/maps)."""
+    """The file behind a dlopen handle (dlinfo RTLD_DI_LINKMAP), or None."""
     for libname in (None, "libdl.so.2"):    # glibc 2.34 and later export dlinfo from libc
         try:
             dlinfo = ctypes.CDLL(libname).dlinfo
@@ -175,25 +175,13 @@ def _loaded_path(lib: ctypes.CDLL) -> Optional[str]:
                 and lm.contents.l_name:    # 2: RTLD_DI_LINKMAP
             return lm.contents.l_name.decode("utf-8", errors="replace")
         break
-    name = os.path.basename(getattr(lib, "_name", "") or "")
-    try:
-        with open("/proc/self/maps", "r", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                parts = line.split()
-                if len(parts) >= 6 and os.path.basename(parts[5]) == name:
-                    return parts[5]
-    except OSError:
-        pass
     return None
 
 
 def _already_loaded(name: str) -> Optional[str]:
     """Path of an already loaded library that ``dlopen(name)`` would return, else None."""
-    noload = getattr(os, "RTLD_NOLOAD", None)
-    if noload is None:
-        return None
     try:
-        lib = ctypes.CDLL(name, mode=noload | ctypes.RTLD_LOCAL)
+        lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD | ctypes.RTLD_LOCAL)
     except OSError:
         return None
     return _loaded_path(lib) or name
