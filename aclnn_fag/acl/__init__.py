@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import call_pool, device_constants, exec_cache, loader, ownership, prototypes, runtime, versions
+from . import (call_pool, device_constants, exec_cache, loader, ownership, prototypes, runtime,
+               versions)
 from . import device_constants as constants     # the public name of earlier releases
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
@@ -71,7 +72,7 @@ class Availability:
 
 
 _avail_lock = threading.Lock()
-_avail: Optional[tuple] = None   # (loader generation, Availability, time before which not to re-probe)
+_avail: Optional[tuple] = None   # (loader generation, Availability, no probe again before)
 # a failed aclInit / aclrtGetDeviceCount is probed again after a back-off (docs/faults.md)
 RETRY_BACKOFF_MIN = 0.05
 RETRY_BACKOFF_MAX = 5.0

@@ -47,7 +47,7 @@ HINT = ("Install the CANN toolkit and run `source /usr/local/Ascend/ascend-toolk
 
 @dataclass(frozen=True)
 class Place:
-    """One place searched: ``source`` says where it came from, ``directory`` None = system loader."""
+    """One place searched: ``source`` says where from; ``directory`` None: the system loader."""
 
     source: str
     directory: Optional[str]
@@ -189,7 +189,7 @@ def _already_loaded(name: str) -> Optional[str]:
 
 def load_libraries(environ: Optional[Mapping[str, str]] = None,
                    places: Optional[List[Place]] = None) -> Libraries:
-    """Search and load the three roles (uncached). Raises LibraryNotFoundError listing every attempt."""
+    """Search and load the three roles (uncached); LibraryNotFoundError lists every attempt."""
     notes: List[str] = []
     if places is None:
         places, notes = search_places(environ)

@@ -36,7 +36,7 @@ FWD_PHASE1, FWD_PHASE2 = FORWARD_V3.phase1, FORWARD_V3.phase2
 
 @dataclass(frozen=True)
 class Proto:
-    """One native function: ``via`` is the handle it is resolved through first ("runtime"/"opapi")."""
+    """One native function; ``via``: the handle it is resolved through first (RT or OP)."""
 
     name: str
     restype: Any
@@ -193,7 +193,8 @@ def bind(libraries) -> Bindings:
         where = ", ".join(f"{r}={p}" for r, p in libraries.paths.items())
         err = LibraryNotFoundError(
             f"the CANN libraries loaded ({where}) do not export {', '.join(missing)}; "
-            "this CANN release is too old or incomplete for aclnnFlashAttentionUnpaddingScoreGradV3. "
+            "this CANN release is too old or incomplete for "
+            "aclnnFlashAttentionUnpaddingScoreGradV3. "
             "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.")
         err.tried = list(libraries.tried)
         err.places = list(libraries.places)

@@ -603,7 +603,8 @@ class DeviceBuffer(NativeResource):
             if rc == 0 and p.value:
                 self._take(p.value, _free_device, b, self.device_id, p.value)
                 self.ptr = p.value
-        check(b, rc, "aclrtMalloc", rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
+        check(b, rc, "aclrtMalloc",
+              rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
         if not p.value:
             raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
                                fetch_message=False)
@@ -632,7 +633,8 @@ class DeviceBuffer(NativeResource):
         if self.closed:
             raise ValueError("the device buffer has been freed")
         if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
-            raise ValueError(f"range [{offset}, {offset + nbytes}) outside the {self.nbytes}-byte buffer")
+            raise ValueError(f"range [{offset}, {offset + nbytes}) outside the "
+                             f"{self.nbytes}-byte buffer")
         return (self.ptr or 0) + offset, ensure_device(self.device_id)
 
     def copy_from_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
