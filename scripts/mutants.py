@@ -495,10 +495,9 @@ MUTANTS = [
            "                    self.restore = None",
            "the determinism option is not restored after a call", DET_T),
     Mutant("acl-det-restore-after-unlock", "acl", A + "runtime.py",
-           "            value = self._exit_locked(me)\n            if value is None:\n                return None\n"
-           "            # written back",
-           "            value = self._exit_locked(me)\n        if value is None:\n            return None\n"
-           "        if True:\n            # written back",
+           "        self.cond.notify_all()\n        try:\n            if restore is not None:",
+           "        self.cond.notify_all()\n        self.cond.wait(0.05)      # the lock let go\n"
+           "        try:\n            if restore is not None:",
            "the last holder writes the option back after a waiting call of the other mode "
            "entered: that call restores the wrong value", DET_T),
     Mutant("acl-det-unset-writeback", "acl", A + "runtime.py",

@@ -737,8 +737,10 @@ class _ModeGate:
                 claim.take(self, self.leave, me)
         return warn
 
-    def _exit_locked(self, me: int) -> Optional[int]:
-        """One holder leaves (lock held); the value to write back, or None."""
+    def _exit_locked(self, me: int):
+        """One holder leaves (lock held); the last one out writes the previous value back while
+        the lock is still held: a call waiting for the other mode must read the restored value
+        as its "previous" one. Returns None or the write's error."""
         self.active -= 1
         self.holders[me] -= 1
         if not self.holders[me]:
@@ -747,17 +749,18 @@ class _ModeGate:
             return None
         restore, self.restore, self.mode = self.restore, None, None
         self.cond.notify_all()
-        return restore
+        try:
+            if restore is not None:
+                self.write(restore)
+        except Exception as exc:
+            return exc
+        return None
 
     def _drain(self) -> None:
-        """Apply the leaves deferred by finalizers that ran inside this thread's section."""
+        """Apply the leaves deferred by finalizers that ran inside this thread's section (a
+        failed write-back there is reported by nobody: best effort)."""
         while self.deferred:
-            value = self._exit_locked(self.deferred.pop())
-            if value is not None:
-                try:
-                    self.write(value)
-                except Exception:       # pragma: no cover - reported by nobody: best effort
-                    pass
+            self._exit_locked(self.deferred.pop())
 
     def leave(self, me: int):
         """Release one hold (a Claim release function: returns None or the error)."""
@@ -768,16 +771,7 @@ class _ModeGate:
             return None
         with self.lock:
             self._drain()
-            value = self._exit_locked(me)
-            if value is None:
-                return None
-            # written back before the lock is released: a call waiting for the other mode must
-            # read the restored value as its "previous" one, not the value this hold set
-            try:
-                self.write(value)
-            except Exception as exc:
-                return exc
-        return None
+            return self._exit_locked(me)
 
 
 def _read_option(getter):
