@@ -488,19 +488,18 @@ MUTANTS = [
            "            elif rc == ACL_ERROR_REPEAT_INITIALIZE:", "            elif rc == -12345:",
            "a prior aclInit (torch_npu) makes the package fail"),
     Mutant("acl-det-no-restore", "acl", A + "runtime.py",
-           "    restore, prev, code = gate.changed, gate.prev, gate.prev_code",
-           "    restore, prev, code = False, gate.prev, gate.prev_code",
+           "                    self.restore = (0 if unset else prev) if changed else None",
+           "                    self.restore = None",
            "the determinism option is not restored after a call", DET_T),
     Mutant("acl-det-restore-after-unlock", "acl", A + "runtime.py",
-           "        value = _exit_gate_locked(gate, me)\n        if value is None:\n            return None\n"
-           "        # written back",
-           "        value = _exit_gate_locked(gate, me)\n    if value is None:\n        return None\n"
-           "    if True:\n        # written back",
+           "        self.cond.notify_all()\n        try:\n            if restore is not None:",
+           "        self.cond.notify_all()\n        self.cond.wait(0.05)      # the lock let go\n"
+           "        try:\n            if restore is not None:",
            "the last holder writes the option back after a waiting call of the other mode "
            "entered: that call restores the wrong value", DET_T),
     Mutant("acl-det-unset-writeback", "acl", A + "runtime.py",
-           "        prev = 0                    # never set on this context: the documented default",
-           "        prev = 1                    # never set on this context: the documented default",
+           "                    self.restore = (0 if unset else prev) if changed else None",
+           "                    self.restore = (1 if unset else prev) if changed else None",
            "an unset determinism option is written back as 1 (deterministic) instead of 0", DET_T),
     # (changed = prev != int(want) would be equivalent: a value 2 is set to 1 for the call and
     #  restored afterwards; the op only tests for non-zero)
@@ -590,8 +589,8 @@ MUTANTS = [
            "    if len(_lru) > cap:\n        _trim(cap)", "    if False:\n        _trim(cap)",
            "the executor cache grows without bound", CACHE_T),
     Mutant("acl-loader-env-first", "acl", A + "loader.py",
-           "    value = env.get(ENV_LIB_DIR, \"\").strip()\n    if value:",
-           "    value = env.get(ENV_LIB_DIR, \"\").strip()\n    if False:",
+           "        elif var == ENV_LIB_DIR:\n            add(f\"${var}\", value)",
+           "        elif False:\n            add(f\"${var}\", value)",
            "ACLNN_FAG_LIB_DIR ignored", LOADER_T),
     Mutant("acl-loader-transformer", "acl", A + "loader.py",
            '"opapi": (("libopapi_transformer.so", "libopapi.so"),',
@@ -1104,7 +1103,7 @@ MUTANTS = [
            "a handle freed explicitly is freed again by garbage collection (double free)",
            ("tests/acl/test_faults.py", "tests/acl/test_interrupts.py")),
     Mutant("acl-own-consumed-destroyed", "acl", A + "ownership.py",
-           "            if self.state in (OWNED, FAILED):\n                self.state = CONSUMED",
+           "            if owned:\n                self.state = CONSUMED",
            "            if False:\n                self.state = CONSUMED",
            "an executor phase 2 consumed is destroyed again by the package (double free on "
            "CANN)", ("tests/acl/test_interrupts.py", "tests/acl/test_leaks.py")),

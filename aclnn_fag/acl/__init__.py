@@ -1,39 +1,7 @@
-"""The NPU backend: aclnnFlashAttentionUnpaddingScoreGradV3 through ctypes.
-
-Importing this package never fails and never loads a library; the first use does
-(see :mod:`.loader` for the search order).  Modules, by job:
-
-* :mod:`.loader` — finding/loading libascendcl, libnnopbase, libopapi[_transformer];
-* :mod:`.prototypes` — the declarative table of every C function used;
-* :mod:`.runtime` — aclInit, per-thread device, streams, :class:`DeviceBuffer`, copies,
-  the determinism option;
-* :mod:`.tensors` — :class:`AclTensor`, :class:`AclIntArray`;
-* :mod:`.device` — :class:`DeviceArray`, :func:`upload_arrays` (views of one host array
-  share one upload), ``call_memory`` (a call's uploads and outputs in one allocation);
-* :mod:`.arena` — that one allocation, handed out in aligned slices;
-* :mod:`.call_pool` — those allocations kept after a call for the next one
-  (``ACLNN_FAG_CALL_MEMORY_CACHE``, :func:`release_call_memory`);
-* :mod:`.executor` — the one route of a call: the only caller of phase 1, the address
-  setters and phase 2 (the executor cache and the caller's memory policy behind it);
-* :mod:`.op` — :func:`run_backward` / :func:`run_forward` (validated calls) and
-  :func:`call_raw` / :func:`call_raw_forward` (no validation; keywords from the op spec);
-* :mod:`.host_path` — the short path of calls on C-contiguous host arrays;
-* :mod:`.plan` — :class:`FagPlan` (a.k.a. ``FagExecutor``): phase 1 once, phase 2 per run;
-* :mod:`.caches` — the registry of every cache (emptied at shutdown, forgotten after fork);
-* :mod:`.exec_cache` — the public calls' repeatable executors kept per call signature
-  (phase 1 once per signature; ``ACLNN_FAG_EXECUTOR_CACHE``, :func:`clear_executor_cache`);
-* :mod:`.device_constants` — one device copy per device of the package's compressed mask
-  (:func:`release_constants`);
-* :mod:`.ownership` — interrupt-safe ownership of native handles (claims taken atomically
-  with each create, SIGINT deferred across create-and-own; docs/faults.md).
-
-Processes: CANN's runtime is not fork-safe. A child forked after this process initialised
-ACL (any NPU call, or ``availability()``) cannot use the NPU backend: every use raises
-:class:`ForkedProcessError` (a ``BackendUnavailableError``, code 361001) saying so,
-``availability()`` is False there (``backend="auto"`` picks NumPy) and native handles
-inherited from the parent are dropped unreleased. The check is an ``os.register_at_fork``
-hook plus a pid comparison (for forks that bypass Python). A child of a parent that never
-initialised ACL initialises its own; "spawn"/"forkserver" children always do.
+"""The NPU backend: the CANN fused attention ops through ctypes (docs/npu.md; the modules
+and their jobs: docs/architecture.md). Importing this package never fails and never loads a
+library; the first use does. A child forked after this process initialised ACL cannot use
+the backend (:class:`ForkedProcessError`; docs/faults.md, fork).
 """
 
 from __future__ import annotations
@@ -45,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 from ..errors import AclnnError, LibraryNotFoundError
-from . import call_pool, device_constants, exec_cache, loader, ownership, prototypes, runtime, versions
+from . import (call_pool, device_constants, exec_cache, loader, ownership, prototypes, runtime,
+               versions)
 from . import device_constants as constants     # the public name of earlier releases
 from .device import DeviceArray, upload_arrays
 from .op import AUTO, call_raw, call_raw_forward, forward_available, run_backward, run_forward
@@ -67,34 +36,25 @@ __all__ = [
 
 
 def clear_executor_cache() -> int:
-    """Destroy every executor the public calls keep for reuse (:mod:`.exec_cache`), with its
-    aclTensors and aclIntArrays; returns how many there were. ``shutdown()`` does this too."""
+    """Destroy the executors the public calls keep for reuse; returns how many there were."""
     return exec_cache.clear()
 
 
 def release_constants() -> int:
-    """Free the device copies of the package's compressed mask (:mod:`.device_constants`; 4 MiB per
-    device and dtype, made by the first numpy-in call that passes it); returns how many there
-    were. ``shutdown()`` does this too."""
+    """Free the device copies of the package's compressed mask; returns how many there were."""
     return device_constants.clear()
 
 
 def release_call_memory() -> int:
-    """Free the device memory that calls on host arrays keep for the next call
-    (:mod:`.call_pool`; at most ``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB per device, default 64);
-    returns how many allocations there were. ``shutdown()`` does this too."""
+    """Free the device memory calls on host arrays keep for the next call; returns how many
+    allocations there were."""
     return call_pool.clear()
 
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether the NPU backend can run here.
-
-    ``ok`` is True only when the libraries load (with the V3 op) and
-    ``aclrtGetDeviceCount`` > 0. ``libraries`` maps each role (runtime, nnopbase, opapi)
-    to the loaded path or to the reason it could not be loaded; ``tried`` lists every
-    load attempt (:class:`.loader.Attempt`).
-    """
+    """Whether the NPU backend can run here: ``ok`` when the libraries load (with the V3 op)
+    and a device exists; ``libraries`` maps each role to its path or why it did not load."""
 
     ok: bool
     reason: str
@@ -112,10 +72,8 @@ class Availability:
 
 
 _avail_lock = threading.Lock()
-_avail: Optional[tuple] = None   # (loader generation, Availability, time before which not to re-probe)
-# A failed aclInit / aclrtGetDeviceCount (a driver hiccup) is not cached for good: the next
-# call probes again once the back-off has passed (doubling from MIN to MAX seconds while the
-# failure persists; docs/faults.md).
+_avail: Optional[tuple] = None   # (loader generation, Availability, no probe again before)
+# a failed aclInit / aclrtGetDeviceCount is probed again after a back-off (docs/faults.md)
 RETRY_BACKOFF_MIN = 0.05
 RETRY_BACKOFF_MAX = 5.0
 _backoff = RETRY_BACKOFF_MIN
@@ -156,40 +114,39 @@ def _probe() -> Availability:
             getattr(a, "outcome", None) == "loaded" for a in tried)
         return Availability(False, str(exc), 0, _library_summary(tried), tried,
                             installed=installed)
-    libs = b.libraries
-    summary = dict(libs.paths)
-    tried = list(libs.tried)
+    summary = dict(b.libraries.paths)
+    tried = list(b.libraries.tried)
+    dev = bad_device = None
     try:
         dev = runtime.resolve_device(None)
     except (TypeError, ValueError) as exc:
-        dev = None
         bad_device = str(exc)
-    else:
-        bad_device = None
+
+    def unavailable(reason: str, count: int = 0, **kw) -> Availability:
+        return Availability(False, reason, count, summary, tried, installed=True, **kw)
+
     try:
         count = runtime.device_count()
     except AclnnError as exc:
         # the message names the function (aclInit or aclrtGetDeviceCount) and its code
-        return Availability(False, f"ACL could not report the devices: {exc}", 0, summary, tried,
-                            transient=True, installed=True, device_id=dev)
+        return unavailable(f"ACL could not report the devices: {exc}", transient=True,
+                           device_id=dev)
     if count <= 0:
-        return Availability(False, "the CANN libraries load but aclrtGetDeviceCount reports no "
-                            "device", 0, summary, tried, installed=True, device_id=dev)
+        return unavailable("the CANN libraries load but aclrtGetDeviceCount reports no device",
+                           device_id=dev)
     if bad_device is not None:
-        return Availability(False, bad_device, count, summary, tried, installed=True)
+        return unavailable(bad_device, count)
     if dev >= count:
-        return Availability(False, f"{runtime.ENV_DEVICE}={dev} but aclrtGetDeviceCount reports "
-                            f"{count} device(s)", count, summary, tried, installed=True,
-                            device_id=dev)
+        return unavailable(f"{runtime.ENV_DEVICE}={dev} but aclrtGetDeviceCount reports "
+                           f"{count} device(s)", count, device_id=dev)
     return Availability(True, f"{count} device(s); libraries: "
                         + ", ".join(f"{r}={p}" for r, p in summary.items()), count, summary, tried,
                         device_id=dev)
 
 
 def availability(refresh: bool = False) -> Availability:
-    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again).
-    In a child forked after the parent initialised ACL it is never available (see
-    :class:`ForkedProcessError`)."""
+    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again);
+    never in a child forked after the parent initialised ACL."""
     global _avail, _backoff
     forked = runtime.forked_child_reason()
     if forked is not None:
@@ -224,10 +181,8 @@ STAND_IN_LABEL = "STAND-IN stub libraries (native_stubs/), not an NPU"
 
 
 def stand_in() -> bool:
-    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/):
-    they export the stub-only ``aclStubGetCounters`` (their SoC name also ends in "_stub").
-    Reports label runs on them so nobody mistakes a stub report for a device report. False
-    when nothing loads."""
+    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/),
+    which export ``aclStubGetCounters`` (docs/npu.md); False when nothing loads."""
     try:
         b = loader.bindings()
     except LibraryNotFoundError:
@@ -236,8 +191,7 @@ def stand_in() -> bool:
 
 
 def info() -> dict:
-    """A diagnostic report: libraries (paths or why not), search order, devices, SoC name,
-    the CANN version (``versions``, see :mod:`.versions`), optional features (determinism setter/getter, repeatable executors, address setters)."""
+    """A diagnostic report: libraries, search order, devices, SoC name, versions, features."""
     places, notes = loader.search_places()
     status = availability()
     report = {

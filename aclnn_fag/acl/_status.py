@@ -6,7 +6,8 @@ from typing import Optional
 
 from ..errors import ACL_ERRORS, ACLNN_STATUS, AclRuntimeError, error_class_for
 
-__all__ = ["recent_message", "check", "status_error", "null_handle_error", "ACLNN_ERR_INNER_NULLPTR"]
+__all__ = ["recent_message", "check", "status_error", "null_handle_error",
+           "ACLNN_ERR_INNER_NULLPTR"]
 
 ACLNN_ERR_INNER_NULLPTR = 561103
 
@@ -14,19 +15,11 @@ ACLNN_ERR_INNER_NULLPTR = 561103
 def recent_message(b) -> Optional[str]:
     """``aclGetRecentErrMsg()`` text of this thread (None when absent or the symbol is missing)."""
     fn = getattr(b, "aclGetRecentErrMsg", None)
-    if fn is None:
-        return None
     try:
-        raw = fn()
+        raw = fn() if fn is not None else None
     except Exception:  # pragma: no cover - defensive: never mask the real error
         return None
-    if not raw:
-        return None
-    return raw.decode("utf-8", errors="replace").strip() or None
-
-
-def _is_runtime_function(function: str) -> bool:
-    return function.startswith("aclrt") or function in ("aclInit", "aclFinalize")
+    return (raw.decode("utf-8", errors="replace").strip() or None) if raw else None
 
 
 def status_error(b, code: int, function: str, rule: str = "", recent_msg: Optional[str] = None,
@@ -35,7 +28,8 @@ def status_error(b, code: int, function: str, rule: str = "", recent_msg: Option
     if recent_msg is None and fetch_message:
         recent_msg = recent_message(b)
     code = int(code)
-    if code not in ACLNN_STATUS and code not in ACL_ERRORS and _is_runtime_function(function):
+    runtime = function.startswith("aclrt") or function in ("aclInit", "aclFinalize")
+    if code not in ACLNN_STATUS and code not in ACL_ERRORS and runtime:
         cls = AclRuntimeError
     else:
         cls = error_class_for(code)

@@ -1,16 +1,7 @@
-"""Device copies of the package's immutable host arrays, uploaded once per device.
-
-The compressed causal mask of sparse modes 2/3/4/7/8 is 2048 x 2048 bytes (4 MiB), the same
-for every call. When a public call passes the package's own read-only mask
-(``aclnn_fag.masks.compressed_causal_mask()``, recognised by ``masks.is_package_mask``
-without reading it), the call uses one device copy of it made by the first such call
-instead of uploading 4 MiB every time. The array can never change (a read-only view of a
-buffer only the package holds), so the copy cannot go stale; a writable mask, even one
-with the same content, is uploaded by every call as before.
-
-One copy per (dtype, device, ACL context record): a context found reset by other code
-gets a new copy. :func:`clear` frees the copies; ``acl.shutdown()`` does too. Calls only
-read the copy (it is an input of the op).
+"""One device copy per device of the package's read-only compressed mask (4 MiB), made by
+the first call that passes it and used instead of an upload by later ones (docs/npu.md, "The
+compressed mask on the device"). One copy per (dtype, device, ACL context record); calls
+only read it; :func:`clear` and ``acl.shutdown()`` free the copies.
 """
 
 from __future__ import annotations
@@ -31,9 +22,8 @@ _copies: Dict[tuple, DeviceArray] = {}
 
 
 def package_mask(mask, dev: int) -> Optional[DeviceArray]:
-    """The device copy of ``mask`` when it is the package's own 2-D compressed mask (made
-    now if this device and context have none yet), else None. Call after
-    ``runtime.ensure_device(dev)``."""
+    """The device copy of ``mask`` when it is the package's own 2-D compressed mask, else
+    None. Call after ``runtime.ensure_device(dev)``."""
     if type(mask) is not np.ndarray or mask.ndim != 2 or not masks.is_package_mask(mask):
         return None
     key = (mask.dtype.str, dev, runtime.current_context_record())

@@ -1,18 +1,9 @@
-"""The declarative prototype table: every native function this package calls.
-
-Each entry gives the exact ``restype`` and ``argtypes`` (docs/abi.md §2) with the C
-prototype as a comment beside it.  ``bind(libraries)`` resolves each name and
-returns a :class:`Bindings` object with one attribute per function (``None`` for
-an optional symbol the installed CANN does not export).
-
-Width notes (LP64 Linux, x86-64 and aarch64): aclError is ``int``, aclnnStatus
-``int32_t``; every C enum is passed as ``c_int``; ``int64_t``/``uint64_t``/
-``size_t`` are 8 bytes; handles (aclrtStream, aclTensor*, aclIntArray*,
-aclOpExecutor*) are ``c_void_p``; the two ``const char*`` returns are
-``c_char_p`` (library-owned, never freed).  Function pointers are taken with
-``handle[name]`` (a fresh object), so other users of the same ``CDLL`` keep their
-own argtypes.
-"""
+"""Every native function this package calls: its exact ``restype`` and ``argtypes`` with the
+C prototype beside it (docs/abi.md §1-2; the ops' are typed from their spec,
+``aclnn_fag/spec.py``). ``bind(libraries)`` returns a :class:`Bindings` with one attribute per
+function (None for an optional symbol the installed CANN does not export); each is taken
+with ``handle[name]``, a fresh object, so other users of the same ``CDLL`` keep their own
+argtypes."""
 
 from __future__ import annotations
 
@@ -20,7 +11,7 @@ import ctypes
 from ctypes import (POINTER, c_char_p, c_double, c_int, c_int32, c_int64, c_size_t, c_uint32,
                     c_uint64, c_void_p)
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OPS, PHASE2_PARAMS, OpVersion
@@ -45,7 +36,7 @@ FWD_PHASE1, FWD_PHASE2 = FORWARD_V3.phase1, FORWARD_V3.phase2
 
 @dataclass(frozen=True)
 class Proto:
-    """One native function: ``via`` is the handle it is resolved through first ("runtime"/"opapi")."""
+    """One native function; ``via``: the handle it is resolved through first (RT or OP)."""
 
     name: str
     restype: Any
@@ -139,10 +130,7 @@ PROTOTYPES: Tuple[Proto, ...] = (
     #                                    aclTensor *tensor, void *addr);    (optional)
     Proto("aclSetOutputTensorAddr", aclnnStatus, (HANDLE, c_size_t, HANDLE, c_void_p), OP,
           optional=True),
-
 )
-
-
 
 # ---- the ops (aclnn_fag/spec.py: one entry per op version), resolved through libopapi ----
 _CTYPES = {"const aclTensor *": HANDLE, "const aclIntArray *": HANDLE, "double": c_double,
@@ -152,12 +140,8 @@ _CTYPES = {"const aclTensor *": HANDLE, "const aclIntArray *": HANDLE, "double":
 
 
 def op_prototypes(op: OpVersion) -> Tuple[Proto, Proto]:
-    """Phase 1 and phase 2 of one op version, typed from its spec (an optional op's symbols
-    may be absent). Their C prototypes, one argtype per C parameter in order, are
-    ``op.c_prototype(1)`` -- e.g. ``aclnnStatus aclnnFlashAttentionUnpaddingScoreGradV3
-    GetWorkspaceSize(const aclTensor *query, ..., uint64_t *workspaceSize, aclOpExecutor
-    **executor)`` -- and ``op.c_prototype(2)``: ``aclnnStatus <symbol>(void *workspace,
-    uint64_t workspaceSize, aclOpExecutor *executor, const aclrtStream stream)``."""
+    """Phase 1 and phase 2 of one op version, one argtype per C parameter of
+    ``op.c_prototype(1)`` and ``op.c_prototype(2)``."""
     return (Proto(op.phase1, aclnnStatus, tuple(_CTYPES[p.c_type] for p in op.params), OP,
                   optional=op.optional_symbols),
             Proto(op.phase2, aclnnStatus, tuple(_CTYPES[p.c_type] for p in PHASE2_PARAMS), OP,
@@ -177,11 +161,8 @@ _SEARCH = {RT: ("runtime", "nnopbase", "opapi", "op_compiler"),
 
 
 class Bindings:
-    """Bound functions: ``b.aclrtMalloc(...)``; optional ones are None when absent.
-
-    ``b.libraries`` is the :class:`.loader.Libraries`; ``b.found_in[name]`` the role whose handle
-    resolved a symbol; ``b.key`` identifies the loaded libraries.
-    """
+    """Bound functions (``b.aclrtMalloc(...)``), ``b.libraries``, ``b.found_in[name]`` (the
+    role whose handle resolved a symbol) and ``b.key`` (identifies the loaded libraries)."""
 
     def __init__(self, libraries) -> None:
         self.libraries = libraries
@@ -191,41 +172,29 @@ class Bindings:
     def has(self, name: str) -> bool:
         return getattr(self, name, None) is not None
 
-    def function(self, name: str) -> Optional[Any]:
-        return getattr(self, name, None)
-
-
-def _resolve(libraries, proto: Proto):
-    for role in _SEARCH[proto.via]:
-        lib = libraries.handles.get(role)
-        if lib is None:
-            continue
-        try:
-            fn = lib[proto.name]
-        except AttributeError:
-            continue
-        fn.restype = proto.restype
-        fn.argtypes = list(proto.argtypes)
-        return role, fn
-    return None, None
-
 
 def bind(libraries) -> Bindings:
     """Resolve and type every prototype. A missing required symbol raises LibraryNotFoundError."""
     b = Bindings(libraries)
-    missing = []
     for proto in PROTOTYPES:
-        role, fn = _resolve(libraries, proto)
-        if fn is None and not proto.optional:
-            missing.append(proto.name)
-        setattr(b, proto.name, fn)
-        if role is not None:
+        setattr(b, proto.name, None)
+        for role in _SEARCH[proto.via]:
+            try:
+                fn = libraries.handles[role][proto.name]
+            except (KeyError, AttributeError):     # no such library, or not exported by it
+                continue
+            fn.restype = proto.restype
+            fn.argtypes = list(proto.argtypes)
+            setattr(b, proto.name, fn)
             b.found_in[proto.name] = role
+            break
+    missing = [p.name for p in PROTOTYPES if not p.optional and getattr(b, p.name) is None]
     if missing:
         where = ", ".join(f"{r}={p}" for r, p in libraries.paths.items())
         err = LibraryNotFoundError(
             f"the CANN libraries loaded ({where}) do not export {', '.join(missing)}; "
-            "this CANN release is too old or incomplete for aclnnFlashAttentionUnpaddingScoreGradV3. "
+            "this CANN release is too old or incomplete for "
+            "aclnnFlashAttentionUnpaddingScoreGradV3. "
             "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.")
         err.tried = list(libraries.tried)
         err.places = list(libraries.places)

@@ -1,14 +1,7 @@
-"""The CANN release the loaded runtime reports, read once per loaded library set
-(docs/releases.md): the rules of that release apply to NPU calls.
-
-``current()`` queries the versions (:func:`.versions.query_cann_version`) the first time it
-runs for the bindings :func:`.loader.bindings` returns, and keeps the answer with them; a
-reload of the libraries (``loader.reset()``) gives new bindings and so a new query. A
-version that is not a known release (newer, older, between two, unreadable) gives the rules
-:func:`aclnn_fag.releases.resolve` picks and one ``UnknownReleaseWarning``; a failing query
-gives the newest rules, never an error. ``forget()`` drops the kept answer (tests that
-change ``$ACL_STUB_CANN_VERSION`` in-process call it).
-"""
+"""The CANN release the loaded runtime reports (docs/releases.md), read once per loaded
+library set (a ``loader.reset()`` gives new bindings, so a new query): the rules of that
+release apply to NPU calls. An unknown version gives :func:`aclnn_fag.releases.resolve`'s
+rules and one warning; a failing query the newest rules, never an error."""
 
 from __future__ import annotations
 

@@ -1,32 +1,17 @@
-"""The ACL runtime side: initialisation, per-thread device, streams, device buffers, copies.
+"""The ACL runtime: aclInit, the per-thread device and context, streams and their
+workspaces, device buffers, the determinism option, fork detection, stats, shutdown.
 
-* ``aclInit`` runs once per process (100002 "already initialised", e.g. by torch_npu,
-  is accepted; then this package does not own the initialisation).
-* ``ensure_device(dev)`` calls ``aclrtSetDevice`` on each calling thread the first time
-  it uses ``dev`` there (thread-local record); the device's default context is shared
-  by all threads, so the determinism option is per device (see ``determinism``).
-  Threads are never ``aclrtResetDevice``'d (that would drop the shared context).
-* ``stream(dev)``: one stream per (device, thread), created lazily; streams of threads
-  that have ended are destroyed the next time a stream is requested on that device,
-  by ``release_thread_resources()`` and by ``shutdown()``.
-* :class:`DeviceBuffer`: ``aclrtMalloc``'d memory owned by a Python object, freed
-  exactly once by ``free()``, the context manager, garbage collection
-  (a weak reference on its claim) or ``shutdown()``, through an :class:`.ownership.Claim` taken
-  atomically with the allocation (Ctrl-C at any bytecode neither leaks nor double-frees);
-  a failed release warns (``ResourceReleaseWarning``) or raises (explicit ``free()``) and
-  keeps the handle for a retry by ``shutdown()``; memory inherited across ``fork`` is never
-  freed. Streams likewise (a failed ``aclrtDestroyStream`` is reported and retried).
-* device ids: int32 and below ``aclrtGetDeviceCount`` (:func:`resolve_device`,
-  :func:`ensure_device`).
-* ``stats()``: process-wide counters of native calls (allocations, copies, ...).
+Behaviour: docs/npu.md ("NPU setup", "Faults"), docs/faults.md, docs/abi.md §6. Every
+native handle (memory, streams, determinism holds) is owned through an
+:class:`.ownership.Claim` taken atomically with its create.
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import operator
 import os
-import sys
 import threading
 import warnings
 import weakref
@@ -34,7 +19,7 @@ from ctypes import byref, c_int64, c_uint32, c_void_p
 from typing import Callable, Dict, Optional
 
 from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
-                      ResourceReleaseWarning, error_class_for)
+                      error_class_for)
 from .. import _env
 from . import caches, loader, ownership
 from ._status import check, recent_message, status_error
@@ -54,6 +39,7 @@ ENV_DEVICE = "ACLNN_FAG_DEVICE"
 ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_ERROR_RT_SYSPARAMOPT_NOT_SET = 107021
 ACL_ERROR_RT_CONTEXT_NULL = 107002
+ACL_ERROR_RT_INVALID_DEVICEID = 107001
 MEMCPY_HOST_TO_DEVICE = 1
 MEMCPY_DEVICE_TO_HOST = 2
 MALLOC_HUGE_FIRST = 0
@@ -62,10 +48,10 @@ DEVICE_ALIGN = 32
 MAX_ALLOCATION = (1 << 63) - 1   # bytes: sizes are computed with Python ints, passed as size_t
 
 # ----------------------------------------------------------------------------- counters
-_stats_lock = threading.RLock()
-_STAT_KEYS = ("malloc", "malloc_bytes", "free", "h2d", "h2d_bytes", "d2h", "d2h_bytes",
-              "memset", "tensors", "int_arrays", "streams", "phase1", "phase2", "cache_hits")
-_stats: Dict[str, int] = dict.fromkeys(_STAT_KEYS, 0)
+_stats_lock = threading.Lock()
+_stats: Dict[str, int] = dict.fromkeys(
+    ("malloc", "malloc_bytes", "free", "h2d", "h2d_bytes", "d2h", "d2h_bytes", "memset",
+     "tensors", "int_arrays", "streams", "phase1", "phase2", "cache_hits"), 0)
 
 
 def _count(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> None:
@@ -83,77 +69,22 @@ def stats() -> Dict[str, int]:
 
 def reset_stats() -> None:
     with _stats_lock:
-        for k in _STAT_KEYS:
-            _stats[k] = 0
+        _stats.update(dict.fromkeys(_stats, 0))
 
 
 # ----------------------------------------------------------------------------- process state
-_process_gen = 0          # bumped in a forked child: inherited handles are never released there
-_shutting_down = False
-
-
-class _Stream:
-    __slots__ = ("handle", "thread", "device")
-
-    def __init__(self, handle: int, thread, device: int) -> None:
-        self.handle = handle
-        self.thread = thread      # weakref to threading.Thread
-        self.device = device
-
-    def dead(self) -> bool:
-        t = self.thread()
-        return t is None or not t.is_alive()
-
-
 class ForkedProcessError(BackendUnavailableError):
-    """The NPU backend was initialised in a parent process before this process was forked.
-
-    CANN's runtime is not fork-safe (aclInit/aclrtSetDevice start driver threads and map
-    device memory, none of which a forked child inherits in a usable state), so a child
-    never touches it: every NPU use there raises this error, ``availability()`` reports the
-    backend unavailable (``backend="auto"`` falls back to NumPy) and handles inherited from
-    the parent are dropped without being released. The same holds for the stub libraries
-    of ``native_stubs/`` (no re-initialisation is attempted in the child). A child may use
-    the NPU backend when the parent never initialised it (importing ``aclnn_fag`` does not),
-    or use the "spawn"/"forkserver" start methods."""
+    """The NPU backend was initialised in a parent process before this process was forked:
+    CANN's runtime is not fork-safe, so a forked child never uses it (docs/faults.md, fork)."""
 
 
+_process_gen = 0          # bumped in a forked child: inherited handles are never released there
 _fork_reason: Optional[str] = None    # set in a child forked after ACL was initialised
-
-
-def _forked_message(parent_pid: int) -> str:
-    return (f"the NPU backend was initialised in process {parent_pid} and this process "
-            f"(pid {os.getpid()}) was forked from it afterwards; CANN's runtime is not fork-safe, "
-            "so the NPU backend cannot be used in a forked child. Use "
-            "multiprocessing.get_context('spawn') or 'forkserver', or initialise the NPU backend "
-            "only in the child processes (importing aclnn_fag does not initialise it)")
-
-
-def forked_child_reason() -> Optional[str]:
-    """Why the NPU backend is unusable in this (forked) process, or None."""
-    _check_pid()
-    return _fork_reason
-
-
-def _check_pid() -> None:
-    """Catch forks that bypassed os.register_at_fork (e.g. a C extension calling fork())."""
-    global _fork_reason, _state, _process_gen
-    st = _state
-    if st is not None and st.pid != os.getpid():
-        with _state_lock:
-            if _state is st:
-                if st.initialised and _fork_reason is None:
-                    _fork_reason = _forked_message(st.pid)
-                _process_gen += 1
-                _state = None
-                ownership.after_fork()
-                caches.forget_all()
-
-
-def _raise_if_forked() -> None:
-    _check_pid()
-    if _fork_reason is not None:
-        raise ForkedProcessError(_fork_reason, code=361001, param="backend")
+_state = None
+_state_serials = itertools.count(1)
+_state_lock = threading.RLock()
+_tls = threading.local()
+_atexit_registered = False
 
 
 class _State:
@@ -167,22 +98,42 @@ class _State:
         self.lock = threading.RLock()
         self.initialised = False
         self.owns_init = False
-        self.streams: Dict[tuple, _Stream] = {}
-        self.failed_streams: list = []      # destroy failed once: retried by shutdown()
-        self.gates: Dict[object, "_ModeGate"] = {}    # per device, and "process"
-        self.workspaces: Dict[tuple, "_StreamWorkspace"] = {}   # (device, caller stream)
+        self.streams: Dict[tuple, _Stream] = {}        # (device, thread id)
+        self.gates: Dict[object, _ModeGate] = {}       # per device, and "process"
+        self.workspaces: Dict[tuple, DeviceBuffer] = {}   # (device, caller stream)
 
 
-_state: Optional[_State] = None
-_state_serials = itertools.count(1)
-_state_lock = threading.RLock()
-_tls = threading.local()
-_atexit_registered = False
+def _forget_parent() -> None:
+    """In a forked child: the parent's runtime state and handles are never used or released."""
+    global _state, _process_gen, _fork_reason
+    st = _state
+    if st is not None and st.initialised and _fork_reason is None:
+        _fork_reason = (
+            f"the NPU backend was initialised in process {st.pid} and this process "
+            f"(pid {os.getpid()}) was forked from it afterwards; CANN's runtime is not fork-safe, "
+            "so the NPU backend cannot be used in a forked child. Use "
+            "multiprocessing.get_context('spawn') or 'forkserver', or initialise the NPU backend "
+            "only in the child processes (importing aclnn_fag does not initialise it)")
+    _process_gen += 1
+    _state = None
+    ownership.after_fork()
+    caches.forget_all()
+
+
+def forked_child_reason() -> Optional[str]:
+    """Why the NPU backend is unusable in this (forked) process, or None."""
+    st = _state
+    if st is not None and st.pid != os.getpid():    # a fork that bypassed register_at_fork
+        with _state_lock:
+            if _state is st:
+                _forget_parent()
+    return _fork_reason
 
 
 def _get_state() -> _State:
     global _state, _atexit_registered
-    _raise_if_forked()
+    if forked_child_reason() is not None:
+        raise ForkedProcessError(_fork_reason, code=361001, param="backend")
     b = loader.bindings()
     st = _state
     if st is not None and st.key == b.key:
@@ -190,7 +141,7 @@ def _get_state() -> _State:
     with _state_lock:
         if _state is None or _state.key != b.key:
             _state = _State(b)
-            if not _atexit_registered:
+            if not _atexit_registered:      # at first use: run before earlier exit handlers
                 atexit.register(_at_exit)
                 _atexit_registered = True
         return _state
@@ -226,18 +177,23 @@ def initialise() -> _State:
     return st
 
 
-def _device_source(device_id) -> str:
-    return f"${ENV_DEVICE}" if device_id is None else "parameter 'device_id'"
+# ----------------------------------------------------------------------------- devices, contexts
+def _index(value, message: str) -> int:
+    """``operator.index(value)``, else TypeError(message)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(message) from None
 
 
 def resolve_device(device_id: Optional[int] = None) -> int:
     """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX] (ctypes
-    would silently wrap a larger one modulo 2**32 into another device). The device count is
-    checked by :func:`ensure_device`, where ACL is initialised anyway."""
+    would wrap a larger one into another device). :func:`ensure_device` checks the count."""
     if type(device_id) is int and 0 <= device_id <= INT32_MAX:
         return device_id                # the common case, first
-    source = _device_source(device_id)
+    source = "parameter 'device_id'"
     if device_id is None:
+        source = f"${ENV_DEVICE}"
         text = (_env.get(ENV_DEVICE) or "").strip()
         if not text:
             return 0
@@ -245,45 +201,46 @@ def resolve_device(device_id: Optional[int] = None) -> int:
             device_id = int(text)
         except ValueError:
             raise ValueError(f"{ENV_DEVICE} must be an integer device id, got {text!r}") from None
-    if isinstance(device_id, bool) or not isinstance(device_id, int):
-        try:
-            import operator
-            device_id = operator.index(device_id)
-        except TypeError:
-            raise TypeError(f"device_id must be an int, got {type(device_id).__name__}") from None
+    device_id = _index(device_id, f"device_id must be an int, got {type(device_id).__name__}")
     if not 0 <= device_id <= INT32_MAX:
         raise ValueError(f"{source}: device id {device_id} is outside [0, {INT32_MAX}] "
                          "(device ids are int32_t)")
-    return int(device_id)
+    return device_id
 
 
-ACL_ERROR_RT_INVALID_DEVICEID = 107001
-
-
-def check_device_count(b, dev: int, source: str = "parameter 'device_id'") -> None:
-    """The 107001 (ACL_ERROR_RT_INVALID_DEVICEID) error class when ``dev`` is not below
-    ``aclrtGetDeviceCount`` (``.param`` names where the id came from)."""
+def _device_count(b) -> int:
     n = c_uint32(0)
     check(b, b.aclrtGetDeviceCount(byref(n)), "aclrtGetDeviceCount")
-    if dev >= n.value:
-        param = ENV_DEVICE if source.startswith("$") else "device_id"
-        raise error_class_for(ACL_ERROR_RT_INVALID_DEVICEID)(
-            f"{source}: device id {dev} does not exist: aclrtGetDeviceCount reports "
-            f"{n.value} device(s)" + (f" (ids 0..{n.value - 1})" if n.value else ""),
-            code=ACL_ERROR_RT_INVALID_DEVICEID, param=param)
+    return int(n.value)
+
+
+def device_count() -> int:
+    """``aclrtGetDeviceCount`` (initialises ACL first)."""
+    return _device_count(initialise().b)
+
+
+def soc_name() -> Optional[str]:
+    """``aclrtGetSocName()`` or None (symbol missing or NULL)."""
+    st = initialise()
+    fn = st.b.aclrtGetSocName
+    if fn is None:
+        return None
+    raw = fn()
+    if not raw:
+        recent_message(st.b)
+        return None
+    return raw.decode("utf-8", errors="replace")
 
 
 def _tls_current(st: _State) -> Optional[int]:
-    """The device this package made current on the calling thread, or None. Only a record:
-    other code may have changed the thread's context since (see _context_lost)."""
-    if getattr(_tls, "key", None) != st.key or getattr(_tls, "gen", None) != _process_gen:
-        return None
-    return _tls.current
+    """The device this package made current on the calling thread (a record), or None."""
+    return _tls.current if getattr(_tls, "state", None) is st else None
 
 
 def _current_context(b) -> Optional[int]:
-    """``aclrtGetCurrentContext``: the calling thread's context, or None (no context, or the
-    query failed; its error message is consumed)."""
+    """The thread's context, or None (none, the query failed, or the symbol is missing)."""
+    if b.aclrtGetCurrentContext is None:
+        return None
     ctx = c_void_p()
     if b.aclrtGetCurrentContext(byref(ctx)):
         recent_message(b)
@@ -292,12 +249,9 @@ def _current_context(b) -> Optional[int]:
 
 
 def _context_lost(b) -> bool:
-    """True when the thread's context is no longer the one this package's aclrtSetDevice
-    made current: another library, a user or a test called aclrtResetDevice, aclFinalize or
-    aclrtSetCurrentContext on this thread meanwhile, so the thread-local record is stale.
-    One query per check; without aclrtGetCurrentContext the record is trusted. A record made
-    without the context (the query was missing or failed then) adopts the thread's current
-    one, and is lost only when there is none."""
+    """True when the thread's context is not the one this package's aclrtSetDevice made
+    current (other code reset it meanwhile). Without aclrtGetCurrentContext the record is
+    trusted; a record made without a context adopts the current one."""
     if b.aclrtGetCurrentContext is None:
         return False
     actual = _current_context(b)
@@ -312,32 +266,27 @@ _context_epoch = 0     # bumped whenever a thread's context is found reset by so
 
 
 def current_context_record() -> tuple:
-    """What identifies the ACL context this thread's calls run in, as recorded by the last
-    checked :func:`ensure_device`: (runtime state serial, process generation, context epoch,
-    context handle, device). Objects tied to a context (cached executors) carry it; a new
-    ``aclInit``, a fork, or a context found reset by other code (even when the runtime
-    hands out the same handle again) gives a different record."""
+    """What identifies this thread's ACL context as the last checked :func:`ensure_device`
+    recorded it (state serial, process generation, context epoch, handle, device): objects
+    tied to a context (cached executors) carry it."""
     st = _state
     return (st.serial if st is not None else 0, _process_gen, _context_epoch,
             getattr(_tls, "ctx", None), getattr(_tls, "current", None))
 
 
 def _record_device(st: _State, dev: int) -> None:
-    """After a successful aclrtSetDevice on this thread: remember the device and its context."""
-    _tls.key = st.key
-    _tls.gen = _process_gen
+    _tls.state = st         # a new state (shutdown, fork, other libraries) makes it stale
     _tls.current = dev
-    _tls.ctx = _current_context(st.b) if st.b.aclrtGetCurrentContext is not None else None
+    _tls.ctx = _current_context(st.b)
+
+
+_OPEN, _VERIFIED = 1, 2     # _tls.op: inside an operation; its context already checked
 
 
 def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
-    """Initialise ACL and make ``device_id`` current on this thread. Returns the bindings.
-
-    The thread-local record of what this package made current is checked against the
-    thread's real context (one aclrtGetCurrentContext), so that a reset by other code is
-    noticed. ``check_context=False`` trusts the record: for the steps of one operation that
-    follow its checked ensure_device (stream lookup, determinism hold), which would
-    otherwise pay the query again."""
+    """Initialise ACL and make ``device_id`` current on this thread; returns the bindings.
+    The record is checked against the thread's real context unless ``check_context`` is
+    False (later steps of an operation whose first ensure_device checked it)."""
     global _context_epoch
     st = initialise()
     dev = resolve_device(device_id)
@@ -348,26 +297,25 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
             # the context this package made current was reset by someone else: objects tied
             # to contexts (cached executors) made before now are never used again
             _context_epoch += 1
-        check_device_count(st.b, dev, _device_source(device_id))
-        rc = st.b.aclrtSetDevice(dev)
-        check(st.b, rc, "aclrtSetDevice")
+        n = _device_count(st.b)
+        if dev >= n:
+            where = "parameter 'device_id'" if device_id is not None else f"${ENV_DEVICE}"
+            raise error_class_for(ACL_ERROR_RT_INVALID_DEVICEID)(
+                f"{where}: device id {dev} does not exist: aclrtGetDeviceCount reports "
+                f"{n} device(s)" + (f" (ids 0..{n - 1})" if n else ""),
+                code=ACL_ERROR_RT_INVALID_DEVICEID,
+                param="device_id" if device_id is not None else ENV_DEVICE)
+        check(st.b, st.b.aclrtSetDevice(dev), "aclrtSetDevice")
         _record_device(st, dev)
     if op == _OPEN and check_context:
         _tls.op = _VERIFIED         # checked (or set) once in this operation: trusted after
     return st.b
 
 
-_OPEN, _VERIFIED = 1, 2     # _tls.op: inside an operation; its context already checked
-
-
 class operation:
-    """``with runtime.operation():`` one public operation (an op call, a plan's
-    construction or run). Its first :func:`ensure_device` checks the thread's context as
-    usual; the later ones in the same operation trust the record (saves one
-    aclrtGetCurrentContext each). Leaving the operation restores the state before it, so
-    the next operation, and every call outside one, checks again: a foreign
-    aclrtResetDevice between operations is still noticed. A nested operation checks again
-    on its own first call."""
+    """``with runtime.operation():`` one public operation: its first :func:`ensure_device`
+    checks the thread's context, the later ones trust the record; leaving restores the
+    state before (the next operation checks again)."""
 
     __slots__ = ("prev",)
 
@@ -398,64 +346,88 @@ def _ensure_any_context(b, dev: int) -> None:
         _record_device(st, dev)
 
 
-def device_count() -> int:
-    """``aclrtGetDeviceCount`` (initialises ACL first)."""
-    st = initialise()
-    n = c_uint32(0)
-    check(st.b, st.b.aclrtGetDeviceCount(byref(n)), "aclrtGetDeviceCount")
-    return int(n.value)
-
-
-def soc_name() -> Optional[str]:
-    """``aclrtGetSocName()`` or None (symbol missing or NULL)."""
-    st = initialise()
-    fn = st.b.aclrtGetSocName
-    if fn is None:
-        return None
-    raw = fn()
-    if not raw:
-        recent_message(st.b)
-        return None
-    return raw.decode("utf-8", errors="replace")
-
-
 # ----------------------------------------------------------------------------- streams
+class _Stream:
+    __slots__ = ("claim", "thread", "device")
+
+    def __init__(self, thread, device: int) -> None:
+        self.claim = ownership.Claim("a stream (aclrtCreateStream)", rank=3)
+        self.thread = weakref.ref(thread)
+        self.device = device
+
+    def dead(self) -> bool:
+        t = self.thread()
+        return t is None or not t.is_alive()
+
+
+def _destroy_stream(b, dev: int, handle: int):
+    """``aclrtDestroyStream``; returns None or the error (a Claim release function)."""
+    _ensure_any_context(b, dev)
+    rc = b.aclrtDestroyStream(handle)
+    if rc:
+        return status_error(b, rc, "aclrtDestroyStream",
+                            rule=f"cannot destroy the stream {handle:#x} of device {dev}")
+    return None
+
+
 def stream(device_id: Optional[int] = None) -> int:
-    """The stream of (device, calling thread), created on first use. The thread remembers
-    the last one it got: while that stream is still registered (not destroyed by
-    ``release_thread_resources``, ``shutdown`` or a new runtime state) it is returned at
-    once; otherwise streams of ended threads on the device are destroyed first."""
+    """The stream of (device, calling thread), created on first use; streams of ended
+    threads on the device are destroyed before one is looked up or created."""
     dev = resolve_device(device_id)
-    b = ensure_device(dev, check_context=False)
+    ensure_device(dev, check_context=False)
     st = _get_state()
-    last = getattr(_tls, "stream", None)
-    if last is not None and last[0] is st and last[1] == dev:
-        entry = last[2]
-        if entry.handle is not None and st.streams.get((dev, threading.get_ident())) is entry:
-            return entry.handle
-    thread = threading.current_thread()
     key = (dev, threading.get_ident())
+    last = getattr(_tls, "stream", None)
+    if last is not None and last[0] is st and st.streams.get(key) is last[1]:
+        return last[1].claim.handle
+    thread = threading.current_thread()
+    _drop_streams(st, lambda k, e: e.device == dev and e.dead())
     with st.lock:
-        _sweep_dead_streams(st, dev)
         entry = st.streams.get(key)
         if entry is not None:
             if entry.thread() is not thread:      # thread id reused by a new thread: adopt
                 entry.thread = weakref.ref(thread)
-            _tls.stream = (st, dev, entry)
-            return entry.handle
+            _tls.stream = (st, entry)
+            return entry.claim.handle
     b = ensure_device(dev)        # a native create follows: the context must really be current
     handle = c_void_p()
-    entry = _Stream(None, weakref.ref(thread), dev)     # Python objects before the create
+    entry = _Stream(thread, dev)     # Python objects before the create
     with ownership.atomic():
         rc = b.aclrtCreateStream(byref(handle))
         if rc == 0:
-            entry.handle = handle.value
+            entry.claim.take(handle.value, _destroy_stream, b, dev, handle.value)
             with st.lock:
                 st.streams[key] = entry
-            _tls.stream = (st, dev, entry)
+            _tls.stream = (st, entry)
     check(b, rc, "aclrtCreateStream")
     _count("streams")
     return handle.value
+
+
+def _drop_streams(st: _State, doomed: Callable) -> None:
+    """Destroy the streams ``doomed(key, entry)`` picks (a failure warns; shutdown retries)."""
+    with st.lock:
+        victims = [(k, e) for k, e in st.streams.items() if doomed(k, e)]
+    for key, entry in victims:
+        ensure_device(entry.device)   # native destroys follow: the context must be current
+        with ownership.atomic():
+            with st.lock:
+                if st.streams.get(key) is not entry:
+                    continue
+                del st.streams[key]
+            entry.claim.release("warn")
+
+
+def release_thread_resources() -> None:
+    """Destroy this thread's streams and those of ended threads (all devices)."""
+    st = _state
+    if st is None:
+        return
+    me = threading.get_ident()
+    current = _tls_current(st)
+    _drop_streams(st, lambda k, e: k[1] == me or e.dead())
+    if current is not None:
+        ensure_device(current)
 
 
 def resolve_stream(stream) -> int:
@@ -463,17 +435,12 @@ def resolve_stream(stream) -> int:
     with an ``npu_stream`` attribute (torch_npu's ``torch.npu.current_stream()``)."""
     if hasattr(stream, "npu_stream"):
         stream = stream.npu_stream
-    if isinstance(stream, bool) or not isinstance(stream, int):
-        try:
-            import operator
-            stream = operator.index(stream)
-        except TypeError:
-            raise TypeError("parameter 'stream' must be an aclrtStream handle (int) or an object "
-                            "with an 'npu_stream' attribute (torch.npu.current_stream()), got "
-                            f"{type(stream).__name__}") from None
+    stream = _index(stream, "parameter 'stream' must be an aclrtStream handle (int) or an object "
+                    "with an 'npu_stream' attribute (torch.npu.current_stream()), got "
+                    f"{type(stream).__name__}")
     if not 0 <= stream < (1 << 64):
         raise ValueError(f"parameter 'stream' = {stream} is not a pointer value")
-    return int(stream)
+    return stream
 
 
 def synchronize_stream(stream, device_id: Optional[int] = None) -> None:
@@ -483,33 +450,23 @@ def synchronize_stream(stream, device_id: Optional[int] = None) -> None:
     check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
 
 
-class _StreamWorkspace:
-    __slots__ = ("buffer",)
-
-    def __init__(self) -> None:
-        self.buffer: Optional["DeviceBuffer"] = None
-
-
 def stream_workspace(device_id: int, stream_handle: int, nbytes: int) -> "DeviceBuffer":
-    """The workspace of a caller's stream: at least ``nbytes`` of device memory that stays
-    alive for later work queued on that stream (calls on one stream run in order, so the
-    next call may reuse it). Growing it synchronises the stream once before the smaller
-    buffer is freed. Released by ``release_stream_workspace`` or ``shutdown``."""
+    """At least ``nbytes`` of device memory kept for a caller's stream (work queued on it runs
+    in order, so later calls reuse it); growing it synchronises the stream first."""
     st = _get_state()
     key = (int(device_id), int(stream_handle))
     with st.lock:
-        entry = st.workspaces.setdefault(key, _StreamWorkspace())
-        buf = entry.buffer
+        buf = st.workspaces.get(key)
         if buf is not None and not buf.closed and buf.nbytes >= nbytes:
             return buf
-        entry.buffer = None
+        st.workspaces.pop(key, None)
     if buf is not None and not buf.closed:
         check(st.b, st.b.aclrtSynchronizeStream(stream_handle), "aclrtSynchronizeStream",
               rule="before growing the stream's workspace")
         buf.free()
     new = DeviceBuffer(nbytes, device_id)
     with st.lock:
-        entry.buffer = new
+        st.workspaces[key] = new
     return new
 
 
@@ -523,78 +480,17 @@ def release_stream_workspace(stream=None) -> None:
     with st.lock:
         keys = [k for k in st.workspaces if handle is None or k[1] == handle]
         entries = [(k, st.workspaces.pop(k)) for k in keys]
-    for (dev, h), entry in entries:
-        buf = entry.buffer
-        if buf is None or buf.closed:
-            continue
-        ensure_device(dev)
-        rc = st.b.aclrtSynchronizeStream(h)
-        if rc:
-            recent_message(st.b)
-        buf.free()
-
-
-def _destroy_stream(st: _State, entry: _Stream, final: bool = False) -> bool:
-    """``aclrtDestroyStream``; a failure is reported (ResourceReleaseWarning) and the stream
-    kept for one retry by ``shutdown()`` (``final``: that retry; then it is dropped)."""
-    if entry.handle is None:
-        return True
-    rc = st.b.aclrtDestroyStream(entry.handle)
-    if rc == 0:
-        entry.handle = None
-        return True
-    err = status_error(st.b, rc, "aclrtDestroyStream",
-                       rule=f"cannot destroy the stream {entry.handle:#x} of device {entry.device}")
-    if final:
-        tail = "it could not be destroyed at shutdown either and is dropped"
-    else:
-        st.failed_streams.append(entry)
-        tail = "the stream is kept and destroyed again by acl.shutdown()"
-    if not (_shutting_down or sys.is_finalizing()):
-        warnings.warn(ResourceReleaseWarning(f"{err}; {tail}"), stacklevel=3)
-    return False
-
-
-def _sweep_dead_streams(st: _State, dev: int) -> None:
-    """Destroy streams of ended threads on ``dev`` (the caller made ``dev`` current)."""
-    checked = False
-    for key, entry in list(st.streams.items()):
-        if entry.device == dev and entry.dead():
-            if not checked:         # native destroys follow: the context must really be current
-                ensure_device(dev)
-                checked = True
-            with ownership.atomic():
-                if st.streams.get(key) is entry:
-                    del st.streams[key]
-                    _destroy_stream(st, entry)
-
-
-def release_thread_resources() -> None:
-    """Destroy this thread's streams and those of ended threads (all devices)."""
-    st = _state
-    if st is None:
-        return
-    me = threading.get_ident()
-    with st.lock:
-        victims = [(k, e) for k, e in st.streams.items() if k[1] == me or e.dead()]
-    current = _tls_current(st)
-    for key, entry in victims:
-        ensure_device(entry.device)
-        with ownership.atomic():
-            with st.lock:
-                if st.streams.get(key) is not entry:
-                    continue
-                del st.streams[key]
-            _destroy_stream(st, entry)
-    if current is not None:
-        ensure_device(current)
+    for (dev, h), buf in entries:
+        if not buf.closed:
+            ensure_device(dev)
+            if st.b.aclrtSynchronizeStream(h):
+                recent_message(st.b)
+            buf.free()
 
 
 # ----------------------------------------------------------------------------- resources
 def refuse_pickle(obj, protocol=None):
-    """``__reduce_ex__`` of the objects over device memory or native handles: they only
-    mean something in this process, so ``pickle`` and ``copy.deepcopy`` (and
-    ``copy.copy``) raise a TypeError saying so and what to do instead."""
+    """``__reduce_ex__`` of objects over device memory or native handles (pickle and copy raise)."""
     raise TypeError(f"a {type(obj).__name__} cannot be pickled or copied: it refers to "
                     "device memory (or native handles) that only this process can use; "
                     "copy the data to the host with .numpy() (a numpy array pickles) and "
@@ -602,14 +498,9 @@ def refuse_pickle(obj, protocol=None):
 
 
 class NativeResource:
-    """Base of objects that own one native handle (buffer, tensor, int array, executor).
-
-    Ownership goes through an :class:`~.ownership.Claim` allocated before the native create
-    (``_prepare``) and filled in the create's atomic block (``_take``): an interrupt at any
-    bytecode neither leaks the handle nor frees it twice. ``release()`` frees it now (errors
-    raised; the handle is then kept for a retry); otherwise garbage collection or
-    ``shutdown()`` does (failures warned). Idempotent.
-    """
+    """Base of objects that own one native handle (buffer, tensor, int array, executor),
+    through a claim allocated before the create (``_prepare``) and filled in its atomic
+    block (``_take``); released once by ``release()``, garbage collection or ``shutdown()``."""
 
     _claim: Optional[ownership.Claim] = None
     _what = "a native handle"
@@ -633,40 +524,25 @@ class NativeResource:
         return c is None or c.state != ownership.OWNED
 
     def release(self, mode: str = "raise") -> None:
-        """Release the handle now. ``mode`` "raise" (default) raises a failed release's error;
-        "warn" warns instead (used on the op's cleanup paths, so that computed results are
-        still returned). Either way a failed handle is kept for a retry by ``shutdown()``."""
-        c = self._claim
-        if c is None:
-            return
-        was_owned = c.state == ownership.OWNED
-        try:
-            ok = c.release(mode)
-        finally:
-            if was_owned and c.state != ownership.OWNED:
-                self._on_released()
-        if ok:
-            c.unwatch()
+        """Release the handle now: a failure raises ("raise") or warns ("warn"); either way the
+        handle is kept for a retry by ``shutdown()``."""
+        if self._claim is not None:
+            self._claim.release(mode)
 
     def disown(self) -> None:
-        """The library took the handle (e.g. phase 2 consumed the executor). Call inside the
-        ``ownership.atomic()`` block of the consuming call, right before it."""
-        c = self._claim
-        if c is not None and c.state == ownership.OWNED:
-            c.consume()
-            self._on_released()
+        """The library took the handle (phase 2 consumed the executor); call in its atomic block."""
+        if self._claim is not None:
+            self._claim.consume()
 
     def call_consuming(self, fn, *args):
-        """``fn(*args)`` — a call that takes the handle over (phase 2 and its executor) —
-        with the handle counted as the library's from the moment the call is entered: the
-        disown and the call form one atomic step for SIGINT. Pass ctypes objects (no
-        conversion can fail between the two)."""
+        """``fn(*args)``, a call that takes the handle over, disowned in the same atomic step
+        (pass ctypes objects: no conversion can fail between the two)."""
         with ownership.atomic():
             self.disown()
             return fn(*args)
 
     def _on_released(self) -> None:
-        """Hook: forget the handle (called once, when it stops being owned)."""
+        """Hook: forget the handle (its claim calls it once, when it stops being owned)."""
 
     def __enter__(self):
         return self
@@ -680,24 +556,14 @@ class NativeResource:
         return False
 
 
-def _owners() -> list:
-    """The objects owning the registered claims' handles (each watched by its claim)."""
-    out = []
-    for c in ownership.pending():
-        ref = c.ref
-        obj = ref() if ref is not None else None
-        if isinstance(obj, NativeResource):
-            out.append(obj)
-    return out
-
-
 def live_resources() -> list:
     """The native resources of this package that are still alive (diagnostics)."""
-    return [r for r in _owners() if not r.released]
+    owners = (c.ref() if c.ref is not None else None for c in ownership.pending())
+    return [r for r in owners if isinstance(r, NativeResource) and not r.released]
 
 
 def _free_device(b, dev: int, ptr: int):
-    """``aclrtFree``; returns None or the error (see ownership.Claim.take)."""
+    """``aclrtFree``; returns None or the error (a Claim release function)."""
     _ensure_any_context(b, dev)
     rc = b.aclrtFree(ptr)
     _count("free")
@@ -707,11 +573,8 @@ def _free_device(b, dev: int, ptr: int):
 
 
 class DeviceBuffer(NativeResource):
-    """``nbytes`` of device memory (``aclrtMalloc``, policy HUGE_FIRST), 32-byte aligned.
-
-    ``ptr`` is the device address (None for an empty buffer or after ``free()``).
-    Use as a context manager, call ``free()``, or let garbage collection free it.
-    """
+    """``nbytes`` of device memory (``aclrtMalloc``, policy HUGE_FIRST), 32-byte aligned;
+    ``ptr`` is None for an empty buffer or after ``free()``."""
 
     _what = "device memory (aclrtMalloc)"
     _rank = 2
@@ -740,7 +603,8 @@ class DeviceBuffer(NativeResource):
             if rc == 0 and p.value:
                 self._take(p.value, _free_device, b, self.device_id, p.value)
                 self.ptr = p.value
-        check(b, rc, "aclrtMalloc", rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
+        check(b, rc, "aclrtMalloc",
+              rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
         if not p.value:
             raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
                                fetch_message=False)
@@ -764,32 +628,30 @@ class DeviceBuffer(NativeResource):
     def closed(self) -> bool:
         return self.nbytes > 0 and self.ptr is None
 
-    def _require(self, offset: int, nbytes: int) -> int:
+    def _span(self, offset: int, nbytes: int) -> tuple:
+        """(device address at ``offset``, bindings) for ``nbytes`` there, the device current."""
         if self.closed:
             raise ValueError("the device buffer has been freed")
         if offset < 0 or nbytes < 0 or offset + nbytes > self.nbytes:
-            raise ValueError(f"range [{offset}, {offset + nbytes}) outside the {self.nbytes}-byte buffer")
-        return (self.ptr or 0) + offset
+            raise ValueError(f"range [{offset}, {offset + nbytes}) outside the "
+                             f"{self.nbytes}-byte buffer")
+        return (self.ptr or 0) + offset, ensure_device(self.device_id)
 
     def copy_from_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """H2D copy of ``nbytes`` from the host address into this buffer at ``offset``."""
-        if nbytes == 0:
-            return
-        dst = self._require(offset, nbytes)
-        b = ensure_device(self.device_id)
-        rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
-        check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
-        _count("h2d", 1, "h2d_bytes", nbytes)
+        if nbytes:
+            dst, b = self._span(offset, nbytes)
+            rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
+            check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
+            _count("h2d", 1, "h2d_bytes", nbytes)
 
     def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
-        if nbytes == 0:
-            return
-        src = self._require(offset, nbytes)
-        b = ensure_device(self.device_id)
-        rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
-        check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
-        _count("d2h", 1, "d2h_bytes", nbytes)
+        if nbytes:
+            src, b = self._span(offset, nbytes)
+            rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
+            check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
+            _count("d2h", 1, "d2h_bytes", nbytes)
 
     def upload(self, array, offset: int = 0) -> None:
         """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""
@@ -805,14 +667,11 @@ class DeviceBuffer(NativeResource):
 
     def memset(self, value: int = 0, offset: int = 0, nbytes: Optional[int] = None) -> None:
         """Fill ``nbytes`` (default: to the end) from ``offset`` with a byte value (aclrtMemset)."""
-        if nbytes is None:
-            nbytes = self.nbytes - offset
-        if nbytes == 0:
-            return
-        dst = self._require(offset, nbytes)
-        b = ensure_device(self.device_id)
-        check(b, b.aclrtMemset(dst, self.nbytes - offset, int(value), nbytes), "aclrtMemset")
-        _count("memset")
+        nbytes = self.nbytes - offset if nbytes is None else nbytes
+        if nbytes:
+            dst, b = self._span(offset, nbytes)
+            check(b, b.aclrtMemset(dst, self.nbytes - offset, int(value), nbytes), "aclrtMemset")
+            _count("memset")
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else (f"{self.ptr:#x}" if self.ptr else "empty")
@@ -820,29 +679,99 @@ class DeviceBuffer(NativeResource):
 
 
 # ----------------------------------------------------------------------------- determinism
+READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
+
+
 class _ModeGate:
-    """Serialises calls that need different values of one option.
+    """Serialises holders that need different values of one option (docs/faults.md,
+    Determinism option): holders of one value share the gate; the first one in sets the
+    value, the last one out writes the previous one back. ``read()`` gives (value, 0) or
+    (None, error code); ``write(value)`` raises on failure."""
 
-    Calls wanting the same value run concurrently; the first one in sets the value (if it
-    differs), the last one out restores the previous value. ``read()`` gives (value, 0) or
-    (None, the getter's error code); ``write(value)`` sets it (raises on failure).
-    """
-
-    def __init__(self, read: Callable, write: Callable) -> None:
-        # ``with gate.lock`` (a C lock: no bytecode runs between its acquire and the with
-        # block, so an interrupt cannot leave it held), ``gate.cond.wait()`` inside;
-        # re-entrant for the finalizers that may run inside a section (see _leave_gate)
+    def __init__(self, name: str, read: Callable, write: Callable) -> None:
+        # a C lock (an interrupt cannot leave it held), re-entrant for the finalizers that
+        # may run inside a section (see leave)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
-        self.read, self.write = read, write
+        self.name, self.read, self.write = name, read, write
         self.deferred: list = []
         self.mode: Optional[bool] = None
         self.active = 0
-        self.prev: Optional[int] = None
-        self.prev_code = 0               # the getter's code when prev is None
-        self.changed = False
-        self.holders: Dict[int, int] = {}    # thread id -> hold count
-        self.waiting = 0                     # threads in cond.wait(): notified on a change
+        self.restore: Optional[int] = None     # what the last holder out writes back
+        self.holders: Dict[int, int] = {}      # thread id -> hold count
+
+    def enter(self, want: bool, claim) -> Optional[int]:
+        """Join with ``want`` (waiting while others hold the other value); ``claim`` owns the
+        leave. Returns the getter's error code when the previous value is unknown."""
+        me = threading.get_ident()
+        warn = None
+        with self.lock:
+            self._drain()
+            if self.active and self.mode != want and me in self.holders:
+                raise RuntimeError(
+                    f"this thread already holds ACL_OPT_DETERMINISTIC={int(self.mode)} "
+                    f"({self.name}); a nested call asking for deterministic={want} would wait "
+                    "for itself")
+            while self.active and self.mode != want:
+                self.cond.wait()
+                self._drain()
+            with ownership.atomic():
+                if self.active == 0:
+                    prev, code = self.read()
+                    for _ in range(READ_RETRIES):      # a transient failure: read again
+                        if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
+                            break
+                        prev, code = self.read()
+                    changed = prev is None or bool(prev) != want
+                    if changed:
+                        self.write(int(want))          # raises: nothing was committed
+                    unset = prev is None and code == ACL_ERROR_RT_SYSPARAMOPT_NOT_SET
+                    # the value read; 0 (the documented default) when never set on this
+                    # context; nothing when unreadable (left as the call ran, warned)
+                    self.restore = (0 if unset else prev) if changed else None
+                    self.mode = want
+                    if prev is None and not unset:
+                        warn = code
+                self.active += 1
+                self.holders[me] = self.holders.get(me, 0) + 1
+                claim.take(self, self.leave, me)
+        return warn
+
+    def _exit_locked(self, me: int):
+        """One holder leaves (lock held); the last one out writes the previous value back while
+        the lock is still held: a call waiting for the other mode must read the restored value
+        as its "previous" one. Returns None or the write's error."""
+        self.active -= 1
+        self.holders[me] -= 1
+        if not self.holders[me]:
+            del self.holders[me]
+        if self.active:
+            return None
+        restore, self.restore, self.mode = self.restore, None, None
+        self.cond.notify_all()
+        try:
+            if restore is not None:
+                self.write(restore)
+        except Exception as exc:
+            return exc
+        return None
+
+    def _drain(self) -> None:
+        """Apply the leaves deferred by finalizers that ran inside this thread's section (a
+        failed write-back there is reported by nobody: best effort)."""
+        while self.deferred:
+            self._exit_locked(self.deferred.pop())
+
+    def leave(self, me: int):
+        """Release one hold (a Claim release function: returns None or the error)."""
+        if self.lock._is_owned():
+            # a garbage-collection finalizer inside this thread's own section: changing the
+            # gate now would corrupt the section's view of it; applied at the next entry
+            self.deferred.append(me)
+            return None
+        with self.lock:
+            self._drain()
+            return self._exit_locked(me)
 
 
 def _read_option(getter):
@@ -857,20 +786,14 @@ def _read_option(getter):
     return int(value.value), 0
 
 
-def _read_determinism(b):
-    """The current context's ACL_OPT_DETERMINISTIC: (value, 0) or (None, error code)."""
-    return _read_option(b.aclrtCtxGetSysParamOpt)
-
-
 def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
     """The current context's ACL_OPT_DETERMINISTIC value, or None when it cannot be read."""
-    b = ensure_device(device_id)
-    return _read_determinism(b)[0]
+    return _read_option(ensure_device(device_id).aclrtCtxGetSysParamOpt)[0]
 
 
 def get_process_determinism() -> Optional[int]:
-    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``; the value CANN 9.0
-    and later read), or None when it cannot be read or the symbol is missing."""
+    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``, read by CANN 9.0 and
+    later), or None when it cannot be read or the symbol is missing."""
     return _read_option(api().aclrtGetSysParamOpt)[0]
 
 
@@ -884,165 +807,53 @@ def _set_process_determinism(b, value: int) -> None:
           rule="cannot set the process-wide ACL_OPT_DETERMINISTIC")
 
 
-def _exit_gate_locked(gate: _ModeGate, me: int) -> Optional[int]:
-    """One holder leaves (``gate.lock`` held); the value to write back, or None."""
-    gate.active -= 1
-    if gate.holders.get(me, 0) <= 1:
-        gate.holders.pop(me, None)
-    else:
-        gate.holders[me] -= 1
-    if gate.active:
-        return None
-    restore, prev, code = gate.changed, gate.prev, gate.prev_code
-    gate.mode, gate.changed, gate.prev, gate.prev_code = None, False, None, 0
-    if gate.waiting:
-        gate.cond.notify_all()
-    if not restore:
-        return None
-    if prev is None:
-        if code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
-            return None             # unknown previous value: left as the call ran (warned)
-        prev = 0                    # never set on this context: the documented default
-    return prev
-
-
-def _drain_gate_locked(gate: _ModeGate) -> None:
-    """Apply the leaves deferred by finalizers that ran inside this thread's gate section."""
-    while gate.deferred:
-        me = gate.deferred.pop()
-        value = _exit_gate_locked(gate, me)
-        if value is not None:
-            try:
-                gate.write(value)
-            except Exception:       # pragma: no cover - reported by nobody: best effort
-                pass
-
-
-def _leave_gate(gate: _ModeGate, me: int):
-    """Release one hold of ``gate`` (a Claim release function: returns None or the error)."""
-    if gate.lock._is_owned():
-        # a garbage-collection finalizer running inside this thread's own gate section
-        # (any allocation there may trigger one): changing the gate now would corrupt the
-        # section's view of it, so the leave is applied at the next entry of the gate
-        gate.deferred.append(me)
-        return None
-    with gate.lock:
-        _drain_gate_locked(gate)
-        value = _exit_gate_locked(gate, me)
-        if value is None:
-            return None
-        # written back before the lock is released: a call waiting for the other mode must
-        # read the restored value as its "previous" one, not the value this hold set
-        try:
-            gate.write(value)
-        except Exception as exc:
-            return exc
-    return None
-
-
-READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
-
-
-def _enter_gate(gate: _ModeGate, want: bool, claim, what: str) -> Optional[int]:
-    """Join ``gate`` with ``want`` (waiting while other holders want the other value); the
-    first holder in reads, sets and remembers the option. ``claim`` owns this holder's
-    leave. Returns the getter's error code when the previous value is unknown, else None."""
-    me = threading.get_ident()
-    warn = None
-    with gate.lock:
-        _drain_gate_locked(gate)
-        if gate.active and gate.mode != want and me in gate.holders:
-            raise RuntimeError(
-                f"this thread already holds ACL_OPT_DETERMINISTIC={int(gate.mode)} ({what}); a "
-                f"nested call asking for deterministic={want} would wait for itself")
-        while gate.active and gate.mode != want:
-            gate.waiting += 1
-            try:
-                gate.cond.wait()
-            finally:
-                gate.waiting -= 1
-            _drain_gate_locked(gate)
-        with ownership.atomic():
-            if gate.active == 0:
-                prev, code = gate.read()
-                for _ in range(READ_RETRIES):      # a transient failure: read again
-                    if prev is not None or code in (ACL_ERROR_RT_SYSPARAMOPT_NOT_SET, -1):
-                        break
-                    prev, code = gate.read()
-                changed = prev is None or bool(prev) != want
-                if changed:
-                    gate.write(int(want))          # raises: nothing was committed
-                gate.prev, gate.prev_code, gate.changed, gate.mode = prev, code, changed, want
-                if prev is None and code != ACL_ERROR_RT_SYSPARAMOPT_NOT_SET:
-                    warn = code
-            gate.active += 1
-            gate.holders[me] = gate.holders.get(me, 0) + 1
-            claim.take(gate, _leave_gate, gate, me)
-    return warn
-
-
-def _device_gate(st: "_State", b, dev: int) -> _ModeGate:
+def _device_gate(st: _State, b, dev: int) -> _ModeGate:
     """The gate of one device's context option."""
     gate = st.gates.get(dev)
-    if gate is None:
-        def read():
-            prev, code = _read_determinism(b)
-            if code == ACL_ERROR_RT_CONTEXT_NULL:
-                # the record trusted before was stale (other code reset this thread's
-                # device): set it again, then read
-                distrust_context()
-                prev, code = _read_determinism(ensure_device(dev))
-            return prev, code
+    if gate is not None:
+        return gate
 
-        def write(value):
-            _set_determinism(ensure_device(dev), value)
-            # from CANN 9.0 the context setter also writes the process-wide value: while the
-            # process gate is held, put back the value its holders run with
-            held = st.gates.get("process")
-            if held is not None and held.active and b.aclrtSetSysParamOpt is not None:
-                _set_process_determinism(b, int(held.mode))
+    def read():
+        prev, code = _read_option(b.aclrtCtxGetSysParamOpt)
+        if code == ACL_ERROR_RT_CONTEXT_NULL:
+            # the record trusted before was stale (other code reset this thread's device)
+            distrust_context()
+            prev, code = _read_option(ensure_device(dev).aclrtCtxGetSysParamOpt)
+        return prev, code
 
-        with st.lock:
-            gate = st.gates.setdefault(dev, _ModeGate(read, write))
-    return gate
+    def write(value):
+        _set_determinism(ensure_device(dev), value)
+        # from CANN 9.0 the context setter also writes the process-wide value: while the
+        # process gate is held, put back the value its holders run with
+        held = st.gates.get("process")
+        if held is not None and held.active and b.aclrtSetSysParamOpt is not None:
+            _set_process_determinism(b, int(held.mode))
+
+    with st.lock:
+        return st.gates.setdefault(dev, _ModeGate(f"device {dev}", read, write))
 
 
-def _process_gate(st: "_State", b) -> _ModeGate:
-    """The gate of the process-wide option: every call that sets the option enters it, on
-    any device, so calls with different settings never overlap (CANN 9.0 and later read
-    this one value for every device and context). Without ``aclrtSetSysParamOpt`` the gate
-    still serialises the calls and writes nothing."""
+def _process_gate(st: _State, b) -> _ModeGate:
+    """The gate of the process-wide option, entered by every call that sets the option on
+    any device (CANN 9.0 and later read this one value); without the symbols it only
+    serialises the calls."""
     gate = st.gates.get("process")
-    if gate is None:
-        if b.aclrtSetSysParamOpt is None or b.aclrtGetSysParamOpt is None:
-            gate = _ModeGate(lambda: (None, -1), lambda value: None)
-        else:
-            gate = _ModeGate(lambda: _read_option(b.aclrtGetSysParamOpt),
-                             lambda value: _set_process_determinism(b, value))
-        with st.lock:
-            gate = st.gates.setdefault("process", gate)
-    return gate
+    if gate is not None:
+        return gate
+    if b.aclrtSetSysParamOpt is None or b.aclrtGetSysParamOpt is None:
+        gate = _ModeGate("the process", lambda: (None, -1), lambda value: None)
+    else:
+        gate = _ModeGate("the process", lambda: _read_option(b.aclrtGetSysParamOpt),
+                         lambda value: _set_process_determinism(b, value))
+    with st.lock:
+        return st.gates.setdefault("process", gate)
 
 
 class DeterminismHold:
-    """Hold ACL_OPT_DETERMINISTIC == ``want`` between :meth:`acquire` and :meth:`release`
-    (``want`` None: leave the option alone): the process-wide value
-    (``aclrtSetSysParamOpt``, where exported) and the device's context value
-    (``aclrtCtxSetSysParamOpt``), each set by the first holder that needs it and restored by
-    the last one out. One process-wide gate orders the holds: calls wanting different values
-    wait for each other on every device (docs/releases.md, Determinism).
-
-    Each value is restored exactly as read before (a failed read is retried READ_RETRIES
-    times); 0 (the op's documented default) when the context option had never been set
-    (107021); when it could not be read for another reason, a DeterminismWarning says so
-    and the option keeps the value the call ran with (no guessed value is written). Without
-    ``aclrtCtxSetSysParamOpt``, ``want=True`` raises BackendUnavailableError and
-    ``want=False`` proceeds unchanged.
-
-    Interrupt-safe: each hold is a :class:`~.ownership.Claim` taken atomically with the
-    gate entry, released by :meth:`release`, by garbage collection or by ``shutdown()``.
-    Register :meth:`release` (e.g. on an ExitStack) *before* calling :meth:`acquire`.
-    """
+    """Hold ACL_OPT_DETERMINISTIC == ``want`` (None: leave it alone) between :meth:`acquire`
+    and :meth:`release`: the process-wide value (where exported), then the device's context
+    value, each through its gate (docs/faults.md, Determinism option). Each hold is a claim
+    taken atomically with the gate entry; register :meth:`release` before :meth:`acquire`."""
 
     def __init__(self, device_id: Optional[int], want: Optional[bool]) -> None:
         self.want = None if want is None else bool(want)
@@ -1066,18 +877,17 @@ class DeterminismHold:
                     "not export", code=361001, param="deterministic")
             return self
         st = _get_state()
-        warn = _enter_gate(_process_gate(st, b), want, self._process, "the process")
-        if warn is not None:
-            warnings.warn(DeterminismWarning(
-                f"aclrtGetSysParamOpt could not read the process-wide ACL_OPT_DETERMINISTIC (it "
-                f"returned {warn}); it is set to {int(want)} for the call and left at that value "
-                "afterwards, since the previous value is unknown"), stacklevel=3)
-        warn = _enter_gate(_device_gate(st, b, dev), want, self._context, f"device {dev}")
-        if warn is not None:
-            warnings.warn(DeterminismWarning(
-                f"aclrtCtxGetSysParamOpt could not read ACL_OPT_DETERMINISTIC on device {dev} "
-                f"(it returned {warn}); the option is set to {int(want)} for the call and left at "
-                "that value afterwards, since the previous value is unknown"), stacklevel=3)
+        for gate, claim, getter, what, it in (
+                (_process_gate(st, b), self._process, "aclrtGetSysParamOpt",
+                 "the process-wide ACL_OPT_DETERMINISTIC", "it"),
+                (_device_gate(st, b, dev), self._context, "aclrtCtxGetSysParamOpt",
+                 f"ACL_OPT_DETERMINISTIC on device {dev}", "the option")):
+            code = gate.enter(want, claim)
+            if code is not None:
+                warnings.warn(DeterminismWarning(
+                    f"{getter} could not read {what} (it returned {code}); {it} is set to "
+                    f"{int(want)} for the call and left at that value afterwards, since the "
+                    "previous value is unknown"), stacklevel=3)
         return self
 
     def release(self, mode: str = "warn") -> None:
@@ -1103,68 +913,43 @@ def _release_claims(context, process, mode: str) -> bool:
 
 
 def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
-    """``with determinism(dev, want):`` hold ACL_OPT_DETERMINISTIC == ``want`` for the block
-    (see :class:`DeterminismHold`)."""
+    """``with determinism(dev, want):`` hold ACL_OPT_DETERMINISTIC == ``want`` for the block."""
     return DeterminismHold(device_id, want)
 
 
 # ----------------------------------------------------------------------------- teardown
-def _release_all_resources() -> None:
-    # through the owning objects first (so that they know: buffer.closed, tensor.handle
-    # None), executors before tensors before memory; then the claims whose object is gone
-    # (its finalizer was interrupted) or whose earlier release failed — their one retry
-    for res in sorted((r for r in _owners() if not r.released), key=lambda r: r._rank):
-        res.release("final")
-    ownership.release_all(final=True)
-
-
 def shutdown(finalize: bool = True) -> None:
-    """Release every live buffer/tensor/executor of this package (also handles whose earlier
-    release failed: their one retry) and every stream; then, if this package's ``aclInit``
-    initialised ACL and ``finalize`` is true, call ``aclFinalize``. Failures are reported
-    as ResourceReleaseWarning. The next use initialises again."""
+    """Release every handle of this package (also those whose earlier release failed: their
+    one retry), in dependency order, and every stream; then ``aclFinalize`` when this
+    package's ``aclInit`` initialised ACL and ``finalize`` is true. The next use initialises
+    again."""
     global _state
     st = _state
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
         pass
-    # dependency order: every owned handle by rank (executors, then tensors and int arrays,
-    # then memory), the caches' included; then the caches forget what was released
-    _release_all_resources()
+    # by rank (executors, tensors and int arrays, memory, streams; the owning objects are
+    # told), then the caches forget what was released
+    ownership.release_all()
     caches.clear_all()
     if st is None:
         return
     with st.lock:
-        entries = list(st.streams.values())
         st.streams.clear()
-        retries, st.failed_streams = st.failed_streams, []
-    for entry in entries + retries:
-        try:
-            with ownership.atomic():
-                _ensure_any_context(st.b, entry.device)
-                _destroy_stream(st, entry, final=True)
-        except Exception:
-            pass
     if finalize and st.owns_init:
         try:
-            rc = st.b.aclFinalize()
-            if rc:
+            if st.b.aclFinalize():
                 recent_message(st.b)
         except Exception:
             pass
     with _state_lock:
         if _state is st:
             _state = None
-    for attr in ("key", "gen", "current", "ctx"):
-        if hasattr(_tls, attr):
-            delattr(_tls, attr)
 
 
 def _at_exit() -> None:
-    global _shutting_down
-    _shutting_down = True
-    ownership.set_quiet(True)
+    ownership.set_quiet()
     try:
         shutdown(finalize=False)
     except Exception:
@@ -1172,18 +957,12 @@ def _at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _state, _process_gen, _fork_reason, _state_lock, _stats_lock
-    _process_gen += 1
-    st = _state
-    if st is not None and st.initialised and _fork_reason is None:
-        _fork_reason = _forked_message(st.pid)
-    _state = None
-    ownership.after_fork()
-    caches.forget_all()         # the parent's handles and memory: never released here
+    global _state_lock, _stats_lock
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()
-    _stats_lock = threading.RLock()
+    _stats_lock = threading.Lock()
     loader._cache.lock = threading.RLock()
+    _forget_parent()        # the parent's handles and memory: never released here
 
 
 if hasattr(os, "register_at_fork"):

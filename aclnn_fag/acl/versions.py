@@ -1,22 +1,6 @@
-"""The versions the runtime reports (optional symbols of libascendcl, each tried with a
-128-byte buffer; a symbol the installed CANN does not export is skipped, a failing call is
-recorded with its status and the next query is tried):
-
-* **the CANN version**: ``aclsysGetCANNVersion(ACL_PKG_NAME_CANN, &version)`` first (as
-  torch_npu asks for "CANN"; deprecated in newer releases but still exported), then
-  ``aclsysGetVersionStr("CANN", buf)``, then the ACL *API* version of
-  ``aclrtGetVersion(&major, &minor, &patch)``, reported as ``"acl-api <major>.<minor>.<patch>"``
-  so that it is never read as a CANN release;
-* **the package versions**: ``aclsysGetVersionStr(pkg, buf)`` reads
-  ``$ASCEND_HOME_PATH/share/info/<pkg>/version.info``; queried for ``"runtime"`` and for
-  ``"ops_transformer"``, the package that holds these two ops; ``aclsysGetVersionNum(pkg,
-  &num)`` (newer releases) gives each package's version as a number that grows with the
-  release, recorded as it is;
-* **the release whose rules apply** (:mod:`aclnn_fag.releases`): read from the
-  ops_transformer version, else the runtime's, else the CANN version.
-
-The ACL API version is queried on its own as well (when exported): it identifies the runtime
-library independently of the package strings.
+"""The versions the runtime reports, through optional symbols of libascendcl (docs/abi.md
+§2e; the order they are asked in: docs/releases.md, "Version queries"). A symbol the
+installed CANN does not export is skipped; a failing call is recorded and the next one tried.
 """
 
 from __future__ import annotations
@@ -26,6 +10,7 @@ from ctypes import byref, c_int32, create_string_buffer
 from typing import Optional
 
 from .. import releases
+from ._status import recent_message
 
 __all__ = ["query_cann_version", "release_of", "PKG_VERSION_MAX_SIZE", "PackageVersion",
            "ACL_PKG_NAME_CANN", "PACKAGES"]
@@ -34,93 +19,53 @@ PKG_VERSION_MAX_SIZE = 128        # ACL_PKG_VERSION_MAX_SIZE
 PKG_VERSION_PARTS_MAX_SIZE = 64   # ACL_PKG_VERSION_PARTS_MAX_SIZE
 ACL_PKG_NAME_CANN = 0             # aclCANNPackageName: ACL_PKG_NAME_CANN = 0
 PACKAGES = ("runtime", "ops_transformer")   # aclsysGetVersionStr package names queried
+_PARTS = ("major", "minor", "release", "patch")
 
 
 class PackageVersion(ctypes.Structure):
     """``aclCANNPackageVersion``: version[128], major/minor/release/patch[64], reserved[128]."""
 
-    _fields_ = [("version", ctypes.c_char * PKG_VERSION_MAX_SIZE),
-                ("majorVersion", ctypes.c_char * PKG_VERSION_PARTS_MAX_SIZE),
-                ("minorVersion", ctypes.c_char * PKG_VERSION_PARTS_MAX_SIZE),
-                ("releaseVersion", ctypes.c_char * PKG_VERSION_PARTS_MAX_SIZE),
-                ("patchVersion", ctypes.c_char * PKG_VERSION_PARTS_MAX_SIZE),
-                ("reserved", ctypes.c_char * PKG_VERSION_MAX_SIZE)]
+    _fields_ = ([("version", ctypes.c_char * PKG_VERSION_MAX_SIZE)]
+                + [(f"{p}Version", ctypes.c_char * PKG_VERSION_PARTS_MAX_SIZE) for p in _PARTS]
+                + [("reserved", ctypes.c_char * PKG_VERSION_MAX_SIZE)])
 
 
 def _text(raw: bytes) -> str:
     return raw.split(b"\0", 1)[0].decode("utf-8", errors="replace").strip()
 
 
-def _recent(b) -> str:
-    fn = getattr(b, "aclGetRecentErrMsg", None)
+def _call(b, name: str, *args, label: str = "") -> Optional[str]:
+    """The optional ``b.<name>(*args)``: None when it succeeded, else why it gave nothing."""
+    fn = getattr(b, name, None)
     if fn is None:
-        return ""
-    try:
-        raw = fn()
-    except Exception:
-        return ""
-    return raw.decode("utf-8", errors="replace") if raw else ""
-
-
-def _failed(b, name: str, rc: int) -> str:
-    msg = _recent(b)
-    return f"{name} returned {rc}" + (f": {msg}" if msg else "")
-
-
-def acl_api_version(b) -> tuple:
-    """(``"major.minor.patch"`` or None, error text or None) from ``aclrtGetVersion``."""
-    fn = getattr(b, "aclrtGetVersion", None)
-    if fn is None:
-        return None, "aclrtGetVersion: not exported"
-    major, minor, patch = c_int32(0), c_int32(0), c_int32(0)
-    rc = fn(byref(major), byref(minor), byref(patch))
-    if rc:
-        return None, _failed(b, "aclrtGetVersion", rc)
-    return f"{major.value}.{minor.value}.{patch.value}", None
+        return f"{name}: not exported"
+    rc = fn(*args)
+    if not rc:
+        return None
+    msg = recent_message(b)
+    return f"{label or name} returned {rc}" + (f": {msg}" if msg else "")
 
 
 def _version_str(b, pkg: str) -> tuple:
     """(``aclsysGetVersionStr(pkg)`` or None, why it gave nothing or None)."""
-    fn = getattr(b, "aclsysGetVersionStr", None)
-    if fn is None:
-        return None, "aclsysGetVersionStr: not exported"
     buf = create_string_buffer(PKG_VERSION_MAX_SIZE)
-    rc = fn(pkg.encode(), buf)
-    if rc:
-        return None, _failed(b, f"aclsysGetVersionStr({pkg!r})", rc)
-    text = _text(buf.raw)
-    return (text, None) if text else (None, f"aclsysGetVersionStr({pkg!r}): returned an empty string")
+    label = f"aclsysGetVersionStr({pkg!r})"
+    why = _call(b, "aclsysGetVersionStr", pkg.encode(), buf, label=label)
+    text = None if why else _text(buf.raw)
+    if text == "":
+        return None, f"{label}: returned an empty string"
+    return text, why
 
 
-def _version_num(b, pkg: str) -> Optional[int]:
-    fn = getattr(b, "aclsysGetVersionNum", None)
-    if fn is None:
-        return None
-    num = c_int32(0)
-    return None if fn(pkg.encode(), byref(num)) else int(num.value)
-
-
-def _cann_version_struct(b) -> tuple:
-    """(text or None, parts or None, why it gave nothing or None) of aclsysGetCANNVersion."""
-    fn = getattr(b, "aclsysGetCANNVersion", None)
-    if fn is None:
-        return None, None, "aclsysGetCANNVersion: not exported"
-    ver = PackageVersion()
-    rc = fn(ACL_PKG_NAME_CANN, byref(ver))
-    if rc:
-        return None, None, _failed(b, "aclsysGetCANNVersion", rc)
-    text = _text(bytes(ver.version))
-    if not text:
-        return None, None, "aclsysGetCANNVersion: returned an empty string"
-    parts = {k: _text(bytes(getattr(ver, f))) for k, f in (
-        ("major", "majorVersion"), ("minor", "minorVersion"), ("release", "releaseVersion"),
-        ("patch", "patchVersion"))}
-    return text, parts, None
+def _empty() -> dict:
+    return {"cann_version": None, "cann_version_source": None, "acl_api_version": None,
+            "runtime_version": None, "ops_transformer_version": None, "version_num": {},
+            "attempts": []}
 
 
 def query_cann_version(b) -> dict:
-    """The versions through the bound functions ``b`` (a ``prototypes.Bindings``; missing
-    optional symbols are None). Never raises for a missing or failing symbol. Returns::
+    """The versions through the bound functions ``b`` (missing optional symbols are None);
+    never raises for a missing or failing symbol. Returns::
 
         {"cann_version": str or None, "cann_version_source": function name or None,
          "cann_version_parts": {...} (aclsysGetCANNVersion only), "acl_api_version": str or None,
@@ -130,42 +75,46 @@ def query_cann_version(b) -> dict:
          was read from, "release_note": why it is not an exact match (or None),
          "attempts": ["aclsysGetCANNVersion: ...", ...]}   # why a query gave nothing
     """
-    out = {"cann_version": None, "cann_version_source": None, "acl_api_version": None,
-           "runtime_version": None, "ops_transformer_version": None, "version_num": {},
-           "attempts": []}
+    out = _empty()
     attempts = out["attempts"]
-    text, parts, why = _cann_version_struct(b)
-    if text is not None:
+    ver = PackageVersion()
+    why = _call(b, "aclsysGetCANNVersion", ACL_PKG_NAME_CANN, byref(ver))
+    text = None if why else _text(bytes(ver.version))
+    if text:
         out.update(cann_version=text, cann_version_source="aclsysGetCANNVersion",
-                   cann_version_parts=parts)
+                   cann_version_parts={p: _text(bytes(getattr(ver, f"{p}Version")))
+                                       for p in _PARTS})
     else:
-        attempts.append(why)
+        attempts.append(why or "aclsysGetCANNVersion: returned an empty string")
         text, why = _version_str(b, "CANN")
         if text is not None:
             out.update(cann_version=text, cann_version_source="aclsysGetVersionStr")
         else:
             attempts.append(why)
-    api, api_error = acl_api_version(b)
-    out["acl_api_version"] = api
+    nums = (c_int32(0), c_int32(0), c_int32(0))
+    why = _call(b, "aclrtGetVersion", *(byref(n) for n in nums))
+    # the ACL *API* version: never read as a CANN release
+    out["acl_api_version"] = api = None if why else ".".join(str(n.value) for n in nums)
     if out["cann_version"] is None:
         if api is not None:
             out.update(cann_version=f"acl-api {api}", cann_version_source="aclrtGetVersion")
         else:
-            attempts.append(api_error)
+            attempts.append(why)
     for pkg in PACKAGES:
         text, why = _version_str(b, pkg)
         out[f"{pkg}_version"] = text
         if text is None:
             attempts.append(why)
-        num = _version_num(b, pkg)
-        if num is not None:
-            out["version_num"][pkg] = num
+        num = c_int32(0)
+        if _call(b, "aclsysGetVersionNum", pkg.encode(), byref(num)) is None:
+            out["version_num"][pkg] = int(num.value)
     out.update(release_of(out))
     return out
 
 
 def release_of(v: dict) -> dict:
-    """The known release whose rules apply to the versions ``v`` (see the module doc)."""
+    """The known release whose rules apply to the versions ``v``: read from the
+    ops_transformer version, else the runtime's, else the CANN version."""
     for key, source in (("ops_transformer_version", "ops_transformer"),
                         ("runtime_version", "runtime"), ("cann_version", "CANN")):
         text = v.get(key)
@@ -181,9 +130,8 @@ def cann_version_or_error(b) -> dict:
     try:
         return query_cann_version(b)
     except Exception as exc:   # a broken symbol must not break `aclnn-fag info`
-        out = {"cann_version": None, "cann_version_source": None, "acl_api_version": None,
-               "runtime_version": None, "ops_transformer_version": None, "version_num": {},
-               "attempts": [], "error": f"{type(exc).__name__}: {exc}"}
+        out = _empty()
+        out["error"] = f"{type(exc).__name__}: {exc}"
         out.update(release_of(out))
         return out
 

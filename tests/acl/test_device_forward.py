@@ -146,7 +146,7 @@ def test_forward_only_enqueues_on_the_callers_stream(stub, caller_stream):  # no
     assert after == {"launches": before["launches"] + 1, "syncs": before["syncs"]}
     assert stub.stream_counts(own_stream()) == mine
     # the workspace is the stream's cached one (the backward's mechanism), alive after return
-    ws = acl.runtime._get_state().workspaces[(0, caller_stream)].buffer
+    ws = acl.runtime._get_state().workspaces[(0, caller_stream)]
     assert ws is not None and not ws.closed and ws.nbytes > 0
     mallocs = acl.stats()["malloc"]
     again = af.flash_attention_forward(*pos, stream=caller_stream, **kw)
@@ -262,7 +262,7 @@ def test_a_failing_device_forward_on_a_stream_leaves_nothing_live(fn, code, no_l
         af.flash_attention_forward(*pos, stream=caller_stream, **kw)
     assert info.value.code == code
     ws = acl.runtime._get_state().workspaces.get((0, caller_stream))
-    cached = ws.buffer.nbytes if ws is not None and ws.buffer is not None else 0
+    cached = ws.nbytes if ws is not None else 0
     del info
     gc.collect()
     assert no_leaks.counters()["device_bytes"] == bytes_before + cached

@@ -176,7 +176,8 @@ def test_failed_destroy_after_a_successful_op_returns_the_results_with_a_warning
     for a, b in zip(got, ref):
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
     assert stub.counters()["tensors"] == 1                # kept, not dropped
-    assert len(ownership.pending()) == 1
+    # the kept tensor is the one pending handle besides the thread's stream
+    assert len([c for c in ownership.pending() if c.what != "a stream (aclrtCreateStream)"]) == 1
     acl.shutdown(finalize=False)                          # its retry
     assert stub.objects() == dict(tensors=0, int_arrays=0, executors=0, device_bytes=0)
 

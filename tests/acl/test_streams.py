@@ -59,13 +59,13 @@ def test_workspace_is_cached_per_stream_and_outlives_the_call(stub, caller_strea
     pos, kw = on_device(p, acl.DeviceArray.from_numpy)
     af.flash_attention_unpadding_score_grad_v3(*pos, stream=caller_stream, **kw)
     st = acl.runtime._get_state()
-    ws = st.workspaces[(0, caller_stream)].buffer
+    ws = st.workspaces[(0, caller_stream)]
     assert ws is not None and not ws.closed and ws.nbytes > 0   # alive after the call returned
     ptr = ws.ptr
     mallocs = acl.stats()["malloc"]
     grads = af.flash_attention_unpadding_score_grad_v3(*pos, stream=caller_stream, **kw)
     # the second call reused the same workspace: its only allocation is the 5 results' arena
-    assert st.workspaces[(0, caller_stream)].buffer.ptr == ptr
+    assert st.workspaces[(0, caller_stream)].ptr == ptr
     assert acl.stats()["malloc"] - mallocs == 1
     syncs = stub.stream_counts(caller_stream)["syncs"]
     bytes_before = stub.counters()["device_bytes"]
