@@ -202,8 +202,8 @@ class FagPlan:
             shape = getattr(query, "shape", ())
             args["head_num"] = shape[1] if len(shape) >= 2 else 0
         self._attrs = {n: args[n] for n in BACKWARD.attrs}
-        check_device_arrays(given, self.device_id)
-        check_device_arrays(outs_given, self.device_id)
+        check_device_arrays(given.items(), self.device_id)
+        check_device_arrays(outs_given.items(), self.device_id)
         with runtime.operation():     # one context check for the construction
             try:
                 runtime.ensure_device(self.device_id if device_id is not None else None)
@@ -370,7 +370,7 @@ class FagPlan:
                 raise TypeError(f"unknown tensor slot {name!r}")
             if not isinstance(arr, DeviceArray):
                 raise TypeError(f"{name} must be a DeviceArray")
-            check_device_arrays({name: arr}, self.device_id)
+            check_device_arrays([(name, arr)], self.device_id)
             if cur is None or not _same_view(cur, arr):
                 raise ValueError(f"{name}: a replacement must match the planned array "
                                  f"({cur!r}), got {arr!r}")
