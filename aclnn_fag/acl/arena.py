@@ -1,21 +1,11 @@
 """One device allocation for the device memory of one op call, handed out in slices.
 
-A call on host arrays needs device memory for its uploads and its outputs. Instead of one
-``aclrtMalloc``/``aclrtFree`` (and one owning Python object) per array, :func:`layout`
-places every piece in one :class:`ArenaBuffer` and each piece becomes an
-:class:`ArenaSlice`: a :class:`~aclnn_fag.acl.runtime.DeviceBuffer` look-alike whose ``ptr``
-is the arena's base plus the slice's start. Every slice starts at a multiple of
-:data:`ARENA_ALIGN` bytes from the base (the base itself is 32-byte aligned, checked by
-``DeviceBuffer``), so the aclTensor of a slice gets its own aligned ``tensorData`` and a
-storage of the slice's size -- exactly what it got from a buffer of its own (docs/abi.md §4)
--- and no two slices overlap.
-
-Lifetime: the arena is one native resource (one ownership claim, freed exactly once by
-``free()``, an ExitStack of the call, garbage collection or ``shutdown()``). A slice holds
-the arena alive. A slice handed out as a result (:meth:`ArenaBuffer.share`) holds one
-*share*: ``free()`` on the slice gives its share back, and the arena is freed when the last
-share is given back -- or when the last slice object is collected. Freeing the arena itself
-(the call's cleanup; an error path) makes every slice of it ``closed``.
+:func:`layout` places every piece of a call in one :class:`ArenaBuffer`, each piece an
+:class:`ArenaSlice` starting at a multiple of :data:`ARENA_ALIGN` bytes (so its aclTensor
+gets an aligned ``tensorData`` and a storage of its own size, docs/abi.md §4). The arena is
+one native resource, freed exactly once; a slice keeps it alive. A slice handed out as a
+result (:meth:`ArenaBuffer.share`) holds a share: the arena is freed when the last share is
+given back or the last slice collected. Freeing the arena makes every slice ``closed``.
 """
 
 from __future__ import annotations
