@@ -1,38 +1,22 @@
 """A reusable executor for data that stays on the device: :class:`FagPlan`.
 
-Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` exists and returns 0 the
-executor is kept and every :meth:`FagPlan.run` is one phase 2 (+ sync), through
-:mod:`.executor` (the only caller of both phases and of the address setters). New device
-buffers can be swapped in between runs (``plan.run(query=new_q, dq=new_dq)``) through
-``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; a replacement must have the same
-shape, dtype, strides and offset as the array it replaces.
+Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` returns 0 the executor is kept
+and every :meth:`FagPlan.run` is one phase 2 (+ sync), through :mod:`.executor`. Buffers
+swapped in between runs (``plan.run(query=new_q, dq=new_dq)``, same shape, dtype, strides
+and offset) are repointed (``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; the
+index counts the **non-NULL** tensors of each kind, docs/abi.md §2b). Fallbacks, never an
+error: without a repeatable executor each run after the first runs phase 1 again
+(``plan.repeatable_reason`` says why); without the setters (or ``repoint=False``) the
+executor is rebuilt with new tensors for the swapped buffers.
 
-Fallbacks (never an error):
-
-* the symbol is missing or returns non-zero: the executor is one-shot; each run after
-  the first runs phase 1 again (``plan.repeatable`` is False, ``plan.repeatable_reason``
-  says why);
-* the address setters are missing or one returns non-zero: the executor is destroyed
-  and rebuilt (phase 1) with new tensors for the swapped buffers.
-
-The setters' index is the position among the **non-NULL** tensors of each kind in
-parameter order (docs/abi.md §2b); pass ``repoint=False`` to always rebuild instead.
-
-Results never alias: each run returns new DeviceArray objects. What a run returns for an
-output the plan allocated is a view over a :class:`ResultBuffer` -- the caller's handle on
-the plan's buffer. The plan keeps only a weak reference to it: while it is alive (a result,
-a view of one, or the buffer object itself is held), the next run writes into a fresh
-zero-filled buffer (repointing the executor or running phase 1 again) and the old one
-belongs to the results (freed with the last of them); once it is gone, the next run
-writes into the same buffer again (a loop that drops its results allocates nothing).
-Output arrays the caller passed in are written by every later run and returned as they are.
-
-The plan owns its executor, tensors, int arrays, workspace and the buffers it allocated;
-``close()`` / the context manager / garbage collection release them, the executor first.
-Device arrays passed in stay the caller's. A plan is bound to one device; runs are
-serialised by a lock. Inputs of other kinds (NPU tensors) are converted by the
-converters registered with :func:`.device.register_converter`; ``validate=True`` runs the
-validator registered with :func:`register_validator` (both by the layers above acl/).
+Results never alias: a run returns new DeviceArrays, those over the outputs the plan
+allocated over a :class:`ResultBuffer`. While one is alive the next run writes into a
+fresh zero-filled buffer and the old one belongs to the results; once all are gone the
+next run writes into the same buffer again. The plan owns its executor, handles, workspace
+and buffers (``close()``, the context manager or GC release them, the executor first);
+arrays passed in stay the caller's. Runs are serialised by a lock. NPU tensors are
+converted by :func:`.device.register_converter`'s converters; ``validate=True`` runs the
+validator of :func:`register_validator` (both registered by the layers above acl/).
 """
 
 from __future__ import annotations
@@ -64,9 +48,8 @@ def register_validator(fn: Callable) -> None:
 
 
 class ResultBuffer(DeviceBuffer):
-    """The caller's handle on a plan's output buffer (``real``): same memory, and it keeps
-    ``real`` alive. ``free()`` frees the memory now (every result over it becomes unusable,
-    and the plan writes its next run into a fresh buffer)."""
+    """The caller's handle on a plan's output buffer ``real`` (kept alive); ``free()`` frees
+    the memory now (the plan writes its next run into a fresh buffer)."""
 
     def __init__(self, real: DeviceBuffer) -> None:   # no allocation: shares ``real``
         self.real = real
@@ -99,10 +82,8 @@ class _PlanState:
         self.int_arrays: List[AclIntArray] = []
         self.workspace: Optional[DeviceBuffer] = None
         self.owned: List[DeviceBuffer] = []
-        # output slot -> the buffer the plan allocated for it, and a weak reference to the
-        # ResultBuffer the last results were handed out over
-        self.results: Dict[str, DeviceBuffer] = {}
-        self.handed: Dict[str, weakref.ref] = {}
+        self.results: Dict[str, DeviceBuffer] = {}     # output slot -> the plan's buffer
+        self.handed: Dict[str, weakref.ref] = {}       # ... -> the last ResultBuffer over it
         self.streams: Dict[int, int] = {}    # caller streams with queued runs -> device
 
     def held(self, slot: str) -> bool:
@@ -110,8 +91,8 @@ class _PlanState:
         return ref is not None and ref() is not None
 
     def wait_for_streams(self) -> None:
-        """Synchronise the caller's streams that may still run this plan's work (before its
-        memory is released); errors (e.g. a stream destroyed meanwhile) are ignored."""
+        """Synchronise the caller's streams that may still run this plan's work (errors, e.g.
+        a stream destroyed meanwhile, are ignored)."""
         streams, self.streams = self.streams, {}
         for handle, dev in streams.items():
             try:
@@ -158,11 +139,9 @@ def _same_view(a: DeviceArray, b: DeviceArray) -> bool:
 class FagPlan:
     """Phase 1 once, phase 2 per :meth:`run`, on device-resident arrays (see module doc).
 
-    Tensor arguments: :class:`DeviceArray` (used in place, stays the caller's) or numpy
-    (uploaded once, owned by the plan; views of one host array share one upload). Outputs
-    ``dq``...``dv``: a DeviceArray to write into, or None to let the plan allocate bf16
-    arrays shaped like the matching inputs. Attributes mirror the op; ``validate`` runs the
-    public call's rules (``check_data=False`` skips the data rules).
+    Tensors: DeviceArrays (used in place) or numpy (uploaded once, owned by the plan).
+    Outputs ``dq``...``dv``: a DeviceArray to write into, or None (the plan allocates them).
+    ``validate`` runs the public call's rules (``check_data=False``: not the data rules).
     """
 
     __reduce_ex__ = refuse_pickle     # its executor and buffers live in this process
@@ -243,8 +222,7 @@ class FagPlan:
     @classmethod
     def from_call(cls, call, *, device_id: Optional[int] = None, repeatable: bool = True,
                   repoint: bool = True) -> "FagPlan":
-        """A plan for a validated FagCall (its numpy inputs are uploaded once; not validated
-        again)."""
+        """A plan for a validated FagCall (not validated again)."""
         kw = {n: getattr(call, n, None) for n in BACKWARD.inputs + BACKWARD.attrs}
         kw.update({n: device_int_array(call, n) for n in BACKWARD.int_arrays})  # device's ends
         return cls(**kw, deterministic=bool(call.deterministic), device_id=device_id,
@@ -261,19 +239,16 @@ class FagPlan:
 
     @property
     def outputs(self) -> FagGrads:
-        """The output device arrays the next run writes into, which hold the last run's
-        results (FagGrads of DeviceArray over the same memory as what the last ``run()``
-        returned). Holding them makes the next run write into fresh buffers, like holding
-        a run's result."""
+        """The last run's results, as ``run()`` returned them (holding them makes the next
+        run write into fresh buffers)."""
         with self._lock:
             if self.closed:
                 raise ValueError("the plan is closed")
             return self._results()
 
     def _results(self) -> FagGrads:
-        """New DeviceArrays over a ResultBuffer for the buffers the plan allocated (the one
-        handed out last while it is alive and over the same buffer), the caller's own
-        arrays as they are."""
+        """New DeviceArrays over a ResultBuffer (the one handed out last while it lives) for
+        the plan's buffers; the caller's own arrays as they are."""
         st = self._state
         out = []
         for n in _OUT_SLOTS:
@@ -385,20 +360,13 @@ class FagPlan:
 
     # ------------------------------------------------------------------ public
     def run(self, stream=None, **arrays: DeviceArray) -> FagGrads:
-        """Run the op (phase 2 + sync; phase 1 first when needed) and return the output arrays.
+        """Run the op (phase 2 + sync; phase 1 first when needed): FagGrads of new
+        DeviceArrays (see the module doc; the caller's output arrays as they are).
 
-        Keyword arguments swap device arrays in: any input slot (``query``, ``dy``, ...)
-        or output slot (``dq``, ...), each with the same shape/dtype/strides/offset as the
-        array it replaces. The plan keeps a reference to each array it uses; a swapped-in
-        output array is written by this run and every later one.
-
-        Returns FagGrads of new DeviceArray objects that never alias another run's results
-        (see the module doc); output arrays the caller passed in are returned as they are.
-
-        ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``): phase 2
-        is only enqueued on it (no synchronisation). The plan's workspace and buffers stay
-        alive until :meth:`close`, which first synchronises every stream a run was
-        enqueued on.
+        Keywords swap device arrays into input or output slots (same shape, dtype, strides
+        and offset as the array replaced; a swapped-in output is written by every later
+        run). ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``):
+        phase 2 is only enqueued (:meth:`close` synchronises it first).
         """
         arrays = {n: as_device_array(n, a) for n, a in arrays.items()}
         with self._lock, runtime.operation():
@@ -464,13 +432,11 @@ class FagPlan:
                 t.release("raise" if strict else "warn")
 
     def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
-        """Point the plan at the changed arrays (``fresh``: the output slots whose new array
-        the plan allocated): repoint the executor (or forget it and the changed tensors),
-        then record the arrays; an output buffer the plan allocated and no result holds is
-        kept until close (work queued on a caller's stream may still write it). Should
-        anything fail or be interrupted before the record is complete, the executor and
-        the changed tensors are forgotten: no executor points at an array the plan does
-        not hold."""
+        """Point the plan at the changed arrays (``fresh``: output slots whose new array the
+        plan allocated): repoint the executor (or forget it and the changed tensors), then
+        record them; a replaced buffer of the plan's that no result holds is kept until
+        close (queued work may still write it). On any failure the executor and the changed
+        tensors are forgotten: no executor points at an array the plan does not hold."""
         st = self._state
         try:
             if not (st.executor is not None and self.repeatable and self._repoint(b, changes)):
@@ -493,8 +459,7 @@ class FagPlan:
             raise
 
     def grads(self) -> FagGrads:
-        """The outputs of the last run copied to the host (FagGrads of new numpy arrays;
-        None for absent ones)."""
+        """The outputs of the last run copied to the host (None for absent ones)."""
         with self._lock:
             if self.closed:
                 raise ValueError("the plan is closed")
