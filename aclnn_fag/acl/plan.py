@@ -32,7 +32,7 @@ from ._status import recent_message, status_error
 from .device import DeviceArray, as_device_array, upload_arrays
 from .op import BACKWARD, check_device_arrays
 from .runtime import DeviceBuffer, refuse_pickle
-from .tensors import AclIntArray, AclTensor
+from .tensors import HandleBatch, int64_values
 
 __all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
 
@@ -78,8 +78,8 @@ class _PlanState:
 
     def __init__(self) -> None:
         self.executor: Optional[executor.Executor] = None
-        self.tensors: Dict[str, AclTensor] = {}
-        self.int_arrays: List[AclIntArray] = []
+        self.batch: Optional[HandleBatch] = None       # the aclTensors and aclIntArrays
+        self.handles: Dict[str, int] = {}              # "in:<slot>" / "out:<slot>" -> aclTensor
         self.workspace: Optional[DeviceBuffer] = None
         self.owned: List[DeviceBuffer] = []
         self.results: Dict[str, DeviceBuffer] = {}     # output slot -> the plan's buffer
@@ -102,23 +102,13 @@ class _PlanState:
             except Exception:
                 pass
 
-    def drop_executor(self, strict: bool = True) -> None:
-        ex, self.executor = self.executor, None
-        if ex is not None:
-            try:
-                ex.release()
-            except Exception:
-                if strict:
-                    raise
-
     def close(self, strict: bool = True) -> None:
         self.wait_for_streams()
         errors = []
         # outputs a live result holds are the caller's now: only dropped here
         unheld = [buf for n, buf in self.results.items() if not self.held(n)]
-        resources = ([self.executor] + list(self.tensors.values()) + self.int_arrays
-                     + [self.workspace] + self.owned + unheld)
-        self.executor, self.tensors, self.int_arrays = None, {}, []
+        resources = [self.executor, self.batch, self.workspace] + self.owned + unheld
+        self.executor, self.batch, self.handles = None, None, {}
         self.workspace, self.owned, self.results, self.handed = None, [], {}, {}
         for res in resources:        # executor first, then handles, then memory
             if res is None:
@@ -168,7 +158,6 @@ class FagPlan:
         self.repeatable = False
         self.repeatable_reason = "phase 1 has not run"
         self.phase1_runs = self.phase2_runs = self.repoints = 0
-        self._int_handles: Optional[list] = None
         self._ws_size = 0
         given = {n: as_device_array(n, args[n]) for n in BACKWARD.inputs}
         outs_given = {n: as_device_array(n, args[n]) for n in _OUT_SLOTS}
@@ -269,32 +258,26 @@ class FagPlan:
         return 0 if ws is None else ws.nbytes
 
     # ------------------------------------------------------------------ internals
-    def _tensor(self, key: str, arr: Optional[DeviceArray]) -> Optional[int]:
-        if arr is None:
-            return None
-        t = self._state.tensors.get(key)
-        if t is None:
-            t = self._state.tensors[key] = AclTensor.from_device_array(arr)
-        return t.handle
-
     def _build(self) -> None:
-        """Phase 1 with the current arrays (the caller holds the determinism option)."""
+        """Phase 1 with the current arrays (the caller holds the determinism option); the
+        handles are made once, and again after a swap the executor could not take."""
         b = runtime.api()
         st = self._state
-        if self._int_handles is None:
-            self._int_handles = []
-            for n in BACKWARD.int_arrays:
-                vals = self._int_values[n]
-                if vals is None:
-                    self._int_handles.append(None)
-                    continue
-                ia = AclIntArray(vals)
-                st.int_arrays.append(ia)
-                self._int_handles.append(ia.handle)
-        in_h = [self._tensor("in:" + n, self._inputs[n]) for n in BACKWARD.inputs]
-        out_h = [self._tensor("out:" + n, self._outputs[n]) for n in _OUT_SLOTS] + [None]
+        if st.batch is None:
+            ints = [None if v is None else int64_values(n, v)
+                    for n, v in self._int_values.items()]
+            with ownership.atomic():
+                st.batch = HandleBatch()
+                in_h = st.batch.tensors([self._inputs[n] for n in BACKWARD.inputs])
+                ia_h = st.batch.int_arrays(ints)
+                out_h = st.batch.tensors([self._outputs[n] for n in _OUT_SLOTS]) + [None]
+            st.handles = dict(zip(["in:" + n for n in BACKWARD.inputs], in_h))
+            st.handles.update(zip(["out:" + n for n in _OUT_SLOTS], out_h))
+            st.handles["ints"] = ia_h
+        in_h = [st.handles["in:" + n] for n in BACKWARD.inputs]
+        out_h = [st.handles["out:" + n] for n in _OUT_SLOTS] + [None]
         try:
-            ex, ws_size = executor.phase1(b, BACKWARD, in_h, self._int_handles,
+            ex, ws_size = executor.phase1(b, BACKWARD, in_h, st.handles["ints"],
                                           executor.attr_values(BACKWARD, self._attrs), out_h)
         finally:
             self.phase1_runs += 1
@@ -325,11 +308,10 @@ class FagPlan:
                  "out": [n for n in _OUT_SLOTS if self._outputs[n] is not None]}
         for key, arr in changes.items():
             kind, name = key.split(":", 1)
-            tensor = self._state.tensors[key]
             if not executor.set_address(b, kind == "out", self._state.executor,
-                                        index[kind].index(name), tensor.handle, arr.buffer.ptr):
+                                        index[kind].index(name), self._state.handles[key],
+                                        arr.buffer.ptr):
                 return False
-            tensor.data_ptr = arr.buffer.ptr
             self.repoints += 1
         return True
 
@@ -422,14 +404,17 @@ class FagPlan:
                     hold.release()
             return self._results()
 
-    def _forget(self, changes, strict: bool) -> None:
-        """The executor and the tensors of the changed slots go (rebuilt by the next phase 1)."""
+    def _forget(self, strict: bool) -> None:
+        """The executor and the handles go (made again by the next phase 1)."""
         st = self._state
-        st.drop_executor(strict)
-        for key in changes:
-            t = st.tensors.pop(key, None)
-            if t is not None:
-                t.release("raise" if strict else "warn")
+        ex, batch, st.executor, st.batch = st.executor, st.batch, None, None
+        mode = "raise" if strict else "warn"
+        try:
+            if ex is not None:
+                ex.release(mode)
+        finally:                      # the executor first, then the handles it refers to
+            if batch is not None:
+                batch.release(mode)
 
     def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
         """Point the plan at the changed arrays (``fresh``: output slots whose new array the
@@ -440,7 +425,7 @@ class FagPlan:
         st = self._state
         try:
             if not (st.executor is not None and self.repeatable and self._repoint(b, changes)):
-                self._forget(changes, strict=True)
+                self._forget(strict=True)
             with ownership.atomic():       # the record: one step for SIGINT
                 for key, arr in changes.items():
                     kind, name = key.split(":", 1)
@@ -455,7 +440,7 @@ class FagPlan:
                     self._outputs[name] = arr
         except BaseException:
             with ownership.atomic():
-                self._forget(changes, strict=False)
+                self._forget(strict=False)
             raise
 
     def grads(self) -> FagGrads:
