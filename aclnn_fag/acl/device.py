@@ -68,9 +68,8 @@ def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
 
 
 class ForeignBuffer(DeviceBuffer):
-    """Device memory this package does not own (``DeviceArray.from_pointer``): ``ptr`` a
-    32-byte aligned base at or below the caller's address, ``nbytes`` up to the last element
-    the view reaches. ``free()`` only forgets the address; ``owner`` is kept alive."""
+    """Device memory this package does not own (``DeviceArray.from_pointer``); ``free()``
+    only forgets the address, ``owner`` is kept alive."""
 
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
         # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
@@ -148,7 +147,7 @@ class DeviceArray:
     @classmethod
     def _checked(cls, buffer: DeviceBuffer, shape: Tuple[int, ...], dtype: np.dtype,
                  strides: Tuple[int, ...], offset: int = 0) -> "DeviceArray":
-        """An array whose fields the caller has checked (__init__'s checks not run again)."""
+        """An array whose fields the caller checked (no __init__ checks)."""
         self = object.__new__(cls)
         self.buffer, self.shape, self.dtype = buffer, shape, dtype
         self.strides, self.offset = strides, offset
@@ -187,13 +186,9 @@ class DeviceArray:
     def from_pointer(cls, ptr: int, shape: Sequence[int], dtype, strides: Optional[Sequence[int]] = None,
                      device_id: int = 0, owner=None) -> "DeviceArray":
         """Wrap device memory allocated by someone else (e.g. a framework's tensor) without
-        copying: ``ptr`` is the address of element 0, ``strides`` are in elements (None =
-        C-contiguous), ``device_id`` the NPU the memory lives on.
-
-        Nothing is freed by this package (``free()`` only forgets the address); ``owner`` is
-        kept alive as long as the array or a view of it. The aclTensor gets a 32-byte aligned
-        base at or below ``ptr`` and an element offset to ``ptr`` (docs/abi.md §4).
-        """
+        copying: ``ptr`` the address of element 0, ``strides`` in elements (None: C order).
+        Nothing is freed by this package; ``owner`` is kept alive as long as the array. The
+        aclTensor gets a 32-byte aligned base at or below ``ptr`` and an element offset."""
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
         dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
@@ -322,9 +317,8 @@ class DeviceArray:
 
     # ---- lifetime
     def free(self) -> None:
-        """Free the underlying device buffer now (every view of it becomes unusable). The
-        device results of one call share one allocation (:mod:`.arena`): freeing one gives
-        its share back; the memory returns when the last of them is freed or collected."""
+        """Free the underlying buffer now (every view of it becomes unusable; a result of a
+        call gives back its share of the call's allocation, :mod:`.arena`)."""
         self.buffer.free()
 
     close = free
@@ -347,8 +341,7 @@ class DeviceArray:
 
 
 def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
-    """``DeviceArray.from_pointer``: the view over an NPU tensor or a result the caller's
-    allocator made (device_run.py, operands)."""
+    """``DeviceArray.from_pointer``: the view over an NPU tensor (device_run.py, operands)."""
     return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
 
 
@@ -356,15 +349,14 @@ _converters: list = []
 
 
 def register_converter(fn) -> None:
-    """Add ``fn(name, value)``: a DeviceArray over the device memory of ``value`` (e.g. an NPU
-    tensor: aclnn_fag.device_run registers it), or None when ``value`` is not of its kind."""
+    """Add ``fn(name, value)``: a DeviceArray over ``value``'s device memory (an NPU tensor:
+    aclnn_fag.device_run registers it), or None when ``value`` is not of its kind."""
     if fn not in _converters:
         _converters.append(fn)
 
 
 def as_device_array(name: str, value):
-    """``value`` as a DeviceArray when a registered converter recognises it (the plans take
-    NPU tensors this way); anything else (numpy, DeviceArray, None) unchanged."""
+    """``value`` as a DeviceArray when a registered converter recognises it, else unchanged."""
     if value is None or isinstance(value, (DeviceArray, np.ndarray)):
         return value
     for fn in _converters:
@@ -401,9 +393,8 @@ def _needs_host_copy(a: np.ndarray) -> bool:
 
 
 def _as_native(a: np.ndarray) -> np.ndarray:
-    """A native-order array with non-negative strides and the same contents. Zero-stride axes
-    are cut to length 1 before the copy and broadcast again after it (a huge broadcast view
-    costs the memory of its distinct elements)."""
+    """A native-order copy with non-negative strides; zero-stride axes stay broadcast (a huge
+    broadcast view costs the memory of its distinct elements)."""
     compact = a[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None)
                       for n, s in zip(a.shape, a.strides))]
     if compact.dtype.byteorder not in ("=", "|"):
@@ -415,9 +406,8 @@ def _as_native(a: np.ndarray) -> np.ndarray:
 
 
 def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int]):
-    """(out, groups): ``out`` one entry per input (an empty DeviceArray for an empty array,
-    else None for now); ``groups`` the H2D copies as (start, end address, members), each
-    member (an _Item) a view over the group's device bytes."""
+    """(out, groups): ``out`` per input an empty DeviceArray for an empty array, else None;
+    ``groups`` the H2D copies as (start, end address, members: _Items, each a view)."""
     out: List[Optional[DeviceArray]] = [None] * len(arrays)
     items: List[_Item] = []
     for i, a in enumerate(arrays):
@@ -469,9 +459,8 @@ def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
 
 def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int] = None,
                   timings: Optional[dict] = None) -> List[Optional[DeviceArray]]:
-    """Upload numpy arrays, one H2D copy per group of overlapping/touching memory ranges,
-    each group into a device buffer of its own: one DeviceArray per input (None for None).
-    On an error every buffer allocated so far is freed. ``timings``: "alloc", "copy_in"."""
+    """Upload numpy arrays (one DeviceArray or None each), one H2D copy per group of
+    overlapping/touching memory ranges into a buffer of its own (see the module doc)."""
     out, groups = _plan_uploads(arrays, device_id)
     timer = Timer(timings)
     created: List[DeviceBuffer] = []
@@ -491,6 +480,7 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
 
 
 def _free_all(buffers) -> None:
+    """Free every buffer now (after an error: not left to the garbage collector)."""
     for buf in buffers:
         try:
             buf.free()
@@ -499,9 +489,8 @@ def _free_all(buffers) -> None:
 
 
 class CallMemory:
-    """The device memory of one call (:func:`call_memory`): ``inputs`` and ``outputs`` (one
-    DeviceArray per entry), ``arenas`` (freed or pooled when the call ends) and
-    ``result_arenas`` (owned by the outputs once they are handed out)."""
+    """:func:`call_memory`'s DeviceArrays (``inputs``, ``outputs``), the allocations freed or
+    pooled when the call ends (``arenas``) and those owned by the results (``result_arenas``)."""
 
     __slots__ = ("inputs", "outputs", "arenas", "result_arenas")
 
@@ -561,11 +550,7 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
         for (start, end, members), at in zip(groups, group_at):
             _views(dev_in, in_arena.slice(at, end - start), start, members)
     except BaseException:
-        for buf in mem.arenas + mem.result_arenas:
-            try:
-                buf.free()
-            except Exception:
-                pass
+        _free_all(mem.arenas + mem.result_arenas)
         raise
     del groups, inits       # the host arrays lived until every copy finished
     mem.inputs, mem.outputs = dev_in, dev_out
