@@ -65,16 +65,12 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
         return ArenaBuffer(nbytes, device_id)   # not kept (pool_key None): give() frees it
     key = (device_id, runtime.current_context_record())
     with _lock:
-        found = None
-        entries = _idle.get(key)
-        if entries:
-            for i, a in enumerate(entries):
-                if a.nbytes >= nbytes and (found is None or a.nbytes < entries[found].nbytes):
-                    found = i
-            if found is not None:
-                found = entries.pop(found)
-                if not entries:
-                    del _idle[key]
+        entries = _idle.get(key, [])
+        found = min((a for a in entries if a.nbytes >= nbytes), key=_size, default=None)
+        if found is not None:
+            entries.remove(found)
+            if not entries:
+                del _idle[key]
     if found is not None and not found.closed:
         return found
     # another context's on this device: never handed out again
@@ -111,6 +107,10 @@ def give(arena: ArenaBuffer) -> None:
             total -= old.nbytes
             dropped.append(old)
     _drop(dropped)
+
+
+def _size(arena: ArenaBuffer) -> int:
+    return arena.nbytes
 
 
 def discard(arena: ArenaBuffer) -> None:

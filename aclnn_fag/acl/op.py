@@ -31,15 +31,9 @@ from .runtime import MEMCPY_DEVICE_TO_HOST
 from .tensors import int64_values
 
 __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
-           "execute", "check_device_arrays", "BACKWARD", "FORWARD", "INPUT_SLOTS",
-           "INT_ARRAY_SLOTS", "OUTPUT_SLOTS", "OUTPUT_LIKE", "FWD_INPUT_SLOTS",
-           "FWD_OUTPUT_SLOTS", "AUTO", "TIMING_KEYS"]
+           "execute", "check_device_arrays", "BACKWARD", "FORWARD", "AUTO"]
 
 BACKWARD, FORWARD = BACKWARD_V3, FORWARD_V3
-INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_SLOTS = BACKWARD.inputs, BACKWARD.int_arrays, BACKWARD.outputs
-OUTPUT_LIKE = dict(BACKWARD.output_like)
-FWD_INPUT_SLOTS, FWD_OUTPUT_SLOTS = FORWARD.inputs, FORWARD.outputs
-TIMING_KEYS = executor.TIMING_KEYS
 _RESULTS = {BACKWARD.key: FagGrads, FORWARD.key: FagForward}   # what each op returns
 
 
@@ -66,9 +60,8 @@ def _shape(x) -> tuple:
 
 def _auto_outputs(op: OpVersion, inputs: list) -> list:
     """Per output slot the (shape, dtype, None) of the buffer the call allocates, or None
-    (NULL); ``inputs`` in slot order. The backward's gradients are bf16 shaped like their
-    inputs (dpse NULL); the forward's are the [T1, N1, 8] float32 statistics, an empty
-    softmax_out (torch_npu passes one) and the bf16 [T1, N1, Dv] attention_out."""
+    (NULL): the backward's gradients bf16 like their inputs (dpse NULL); the forward's
+    statistics, an empty softmax_out (torch_npu passes one) and attention_out."""
     named = dict(zip(op.inputs, inputs))
     if op is FORWARD:
         q, v = named["query"], named["value"]
@@ -86,15 +79,12 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
             outputs: list, *, deterministic: Optional[bool], device_id: Optional[int],
             stream=None, keep_on_device: bool = False, public: bool = True,
             timer: executor.Timer = executor.Timer(), out_params=(True, True)) -> list:
-    """Run one call; every list in slot order. ``inputs``: numpy array / DeviceArray / None;
-    ``int_arrays``: sequence / None; ``outputs``: None, a DeviceArray (written in place) or
-    (shape, dtype, initial host array or None). Returns host arrays (None for NULL outputs),
-    or with ``keep_on_device`` the DeviceArrays.
-
-    ``stream`` None: this thread's own stream, synchronised. A caller's stream only gets the
-    launch when every input is device-resident and ``keep_on_device`` is set. ``public``:
-    the executor cache, the package mask's device copy and the memory pool are used
-    (``call_raw``: none of them; ``out_params`` may then pass NULL out-parameters)."""
+    """Run one call, every list in slot order: ``inputs`` numpy / DeviceArray / None,
+    ``outputs`` None, a DeviceArray (written in place) or (shape, dtype, initial host array
+    or None). Returns host arrays, or with ``keep_on_device`` the DeviceArrays. A caller's
+    ``stream`` only gets the launch when every input is device-resident and results stay on
+    the device (else it is synchronised). ``public``: the executor cache, the mask's device
+    copy and the memory pool are used (``call_raw``: none; ``out_params`` may pass NULL)."""
     # Python-level argument checks first: nothing native exists yet when they fail.
     attr_values = executor.attr_values(op, attrs)
     int_values = tuple([None if v is None else int64_values(n, v)
@@ -219,16 +209,12 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
                  keep_on_device: bool = False, stream=None, cpu_timings: bool = False) -> FagGrads:
     """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
 
-    ``outputs``: slot (dq, dq_rope, dk, dk_rope, dv) -> DeviceArray to write into (others
-    are allocated). ``keep_on_device``: return FagGrads of DeviceArrays instead of
-    downloading. ``stream``: a caller's aclrtStream (int or an object with ``npu_stream``);
-    with device-resident inputs and ``keep_on_device`` the call only enqueues.
-
-    ``device_id`` None means ``$ACLNN_FAG_DEVICE`` or 0. ``timings`` (a dict) receives host
-    seconds: "marshal" (aclTensor/aclIntArray creation and destruction), "phase1", "phase2"
-    (launch + aclrtSynchronizeStream), "copy_in", "copy_out", "alloc" (device allocations);
-    ``cpu_timings`` adds the thread's CPU seconds as "<key>_cpu".
-    Errors raise the status code's exception class with aclGetRecentErrMsg text.
+    ``outputs``: slot (dq ... dv) -> DeviceArray to write into (others are allocated).
+    ``keep_on_device``: return DeviceArrays instead of downloading. ``stream``: a caller's
+    aclrtStream (int or an object with ``npu_stream``); with device-resident inputs and
+    ``keep_on_device`` the call only enqueues. ``device_id`` None: ``$ACLNN_FAG_DEVICE`` or
+    0. ``timings`` (a dict) receives host seconds per stage ("marshal", "phase1", "phase2",
+    "copy_in", "copy_out", "alloc"; with ``cpu_timings`` also "<key>_cpu").
     """
     return _run(BACKWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings, cpu_timings))
@@ -256,14 +242,9 @@ def _require(op: OpVersion) -> None:
 def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
                 timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
                 keep_on_device: bool = False, stream=None) -> FagForward:
-    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU.
-
-    Returns FagForward(attention_out bf16 [T1, N1, Dv], softmax_max, softmax_sum float32
-    [T1, N1, 8]) exactly as the device wrote them: the statistics in the device layout
-    (per batch [N1, Sq_b, 8] blocks), ready for the backward. ``timings``, ``outputs``
-    (slot attention_out / softmax_max / softmax_sum -> DeviceArray to write into),
-    ``keep_on_device`` and ``stream``: as run_backward.
-    """
+    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU: FagForward
+    as the device wrote it (the statistics in the device's per-batch layout, ready for the
+    backward). The keywords as run_backward's."""
     _require(FORWARD)
     return _run(FORWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings))
