@@ -61,15 +61,15 @@ def _framework_dtype(like, name: str):
                     "imported)")
 
 
-def _run_on_device(call, kind: str, query_obj, specs, run, names):
-    """Run one op on device-resident inputs; ``specs``: output -> (shape, numpy dtype) in
-    result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
-    DeviceArray to write into). Returns the results: NPU tensors or new DeviceArrays."""
+def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
+    """Run one op (``run``: acl.run_backward / run_forward) on device-resident inputs;
+    ``specs``: output -> (shape, numpy dtype) in result order. Returns the results: NPU
+    tensors (written through DeviceArrays over them) or new DeviceArrays."""
     dev = call_device(call, names)
     if kind != operands.NPU:
         if call.empty_result:
             return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
-        return list(run(dev, None))
+        return list(run(call, device_id=dev, keep_on_device=True, stream=stream))
     tensors = []
     outs = {}
     qdtype = query_obj.dtype
@@ -88,18 +88,15 @@ def _run_on_device(call, kind: str, query_obj, specs, run, names):
         for da in outs.values():
             _zero(da)
     else:
-        run(dev, outs)
+        run(call, device_id=dev, outputs=outs, keep_on_device=True, stream=stream)
     return tensors
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
     fields = call.__dict__
     specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
-    return FagGrads(*_run_on_device(
-        call, kind, query_obj, specs,
-        lambda dev, outs: acl.run_backward(call, device_id=dev, outputs=outs,
-                                           keep_on_device=True, stream=stream),
-        _BACKWARD_INPUTS))
+    return FagGrads(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_backward,
+                                    _BACKWARD_INPUTS))
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
@@ -109,11 +106,8 @@ def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     stats = ((t1, n1, 8), np.dtype(np.float32))
     specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),
              "softmax_max": stats, "softmax_sum": stats}
-    return FagForward(*_run_on_device(
-        call, kind, query_obj, specs,
-        lambda dev, outs: acl.run_forward(call, device_id=dev, outputs=outs,
-                                          keep_on_device=True, stream=stream),
-        _FORWARD_INPUTS))
+    return FagForward(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_forward,
+                                      _FORWARD_INPUTS))
 
 
 def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:

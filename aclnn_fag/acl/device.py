@@ -340,9 +340,7 @@ class DeviceArray:
                 f"{' (freed)' if self.closed else ''}>")
 
 
-def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
-    """``DeviceArray.from_pointer``: the view over an NPU tensor (device_run.py, operands)."""
-    return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
+foreign_view = DeviceArray.from_pointer     # the view over an NPU tensor (operands, device_run)
 
 
 _converters: list = []

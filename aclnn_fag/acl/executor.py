@@ -278,11 +278,9 @@ def _build_and_launch(b, call: Launch, cap: int, stream: int, workspace_of,
         if ex is None:
             return None
         entry = None
-        if cap and b.aclSetAclOpExecutorRepeatable(ex.handle) == 0:
+        if cap and make_repeatable(b, ex) is None:     # else one-shot, as without the cache
             entry = exec_cache.CachedExecutor(ex, batch, _slots(t_in, call.inputs),
                                               _slots(t_out, call.outputs), ws_size)
-        elif cap:
-            recent_message(b)       # not repeatable: one-shot, as without the cache
         workspace = _workspace(workspace_of, ws_size, False)
         with timer("phase2"):
             phase2(b, call.op, ex, workspace, ws_size, stream, entry is not None)

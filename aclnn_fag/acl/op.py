@@ -45,13 +45,19 @@ class _Auto:
 AUTO = _Auto()   # call_raw output default: the op's own output shape (see _auto_outputs)
 
 
-def check_device_arrays(named: Iterable, dev: int) -> None:
-    """ValueError when a DeviceArray of (name, array) pairs lives on another device."""
-    for name, arr in named:
-        if isinstance(arr, DeviceArray) and arr.device_id != dev:
-            raise ValueError(f"parameter '{name}': the device array is on device {arr.device_id}, "
-                             f"but the call runs on device {dev}; pass device_id={arr.device_id} "
-                             "or copy the array to that device")
+def check_device_arrays(named: Iterable, dev: int) -> list:
+    """ValueError when a DeviceArray of (name, array) pairs lives on another device; the
+    places of the other non-None arrays (host arrays, output specs)."""
+    others = []
+    for i, (name, arr) in enumerate(named):
+        if isinstance(arr, DeviceArray):
+            if arr.device_id != dev:
+                raise ValueError(f"parameter '{name}': the device array is on device "
+                                 f"{arr.device_id}, but the call runs on device {dev}; pass "
+                                 f"device_id={arr.device_id} or copy the array to that device")
+        elif arr is not None:
+            others.append(i)
+    return others
 
 
 def _shape(x) -> tuple:
@@ -90,10 +96,8 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
     int_values = tuple([None if v is None else int64_values(n, v)
                         for n, v in zip(op.int_arrays, int_arrays)])
     dev = runtime.resolve_device(device_id)
-    check_device_arrays(zip(op.inputs, inputs), dev)
-    check_device_arrays(zip(op.outputs, outputs), dev)
-    host = [i for i, v in enumerate(inputs) if v is not None and not isinstance(v, DeviceArray)]
-    made = [i for i, v in enumerate(outputs) if v is not None and not isinstance(v, DeviceArray)]
+    host = check_device_arrays(zip(op.inputs, inputs), dev)
+    made = check_device_arrays(zip(op.outputs, outputs), dev)
     enqueue_only = stream is not None and keep_on_device and not host
     with runtime.operation():
         runtime.ensure_device(dev if device_id is not None else None)
