@@ -98,23 +98,24 @@ def layout_arg(layout) -> Optional[bytes]:
     return raw
 
 
+def _number(name: str, value, kind: type, abc: type, what: str):
+    """``kind(value)`` for a ``kind`` or an ``abc`` number that is no bool, else TypeError."""
+    if type(value) is not kind and (isinstance(value, bool) or not isinstance(value, abc)):
+        raise TypeError(f"parameter '{name}' must be {what}, got {type(value).__name__}")
+    return kind(value)
+
+
 def _int64_attr(name: str, value) -> int:
     """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
-    if type(value) is not int and (isinstance(value, bool)
-                                   or not isinstance(value, numbers.Integral)):
-        raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
-    value = int(value)
+    value = _number(name, value, int, numbers.Integral, "an int")
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"parameter '{name}' = {value} does not fit in int64")
     return value
 
 
 def _double_attr(name: str, value) -> float:
-    if type(value) is not float and (isinstance(value, bool)
-                                     or not isinstance(value, numbers.Real)):
-        raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
     try:
-        return float(value)
+        return _number(name, value, float, numbers.Real, "a float")
     except OverflowError:
         raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
 
