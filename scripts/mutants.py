@@ -860,6 +860,10 @@ MUTANTS = [
            "    key = (device_id,)",
            "after someone else's aclrtResetDevice, calls reuse memory of the destroyed context",
            POOL_T),
+    Mutant("acl-pool-workspace-over-pieces", "acl", A + "device.py",
+           "        at = -(-in_end // ARENA_ALIGN) * ARENA_ALIGN", "        at = 0",
+           "the workspace a call on host arrays takes behind its pieces overlaps its uploads "
+           "and outputs (wrong gradients)", POOL_T + ARENA_T),
     Mutant("acl-pool-no-limit", "acl", A + "call_pool.py",
            "        while total > cap:", "        while False:",
            "idle device memory grows without bound", POOL_T),

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import call_pool, runtime
 from ._status import check
-from .arena import ArenaBuffer, layout
+from .arena import ARENA_ALIGN, ArenaBuffer, layout
 from .executor import Timer
 from .runtime import MEMCPY_HOST_TO_DEVICE, DeviceBuffer, refuse_pickle
 from .tensors import ACL_DTYPES, acl_dtype
@@ -488,27 +488,29 @@ def _free_all(buffers) -> None:
 
 class CallMemory:
     """:func:`call_memory`'s DeviceArrays (``inputs``, ``outputs``), the allocations freed or
-    pooled when the call ends (``arenas``) and those owned by the results (``result_arenas``)."""
+    pooled when the call ends (``arenas``), those owned by the results (``result_arenas``)
+    and the unused tail of the first allocation (``spare``: address, bytes; or None)."""
 
-    __slots__ = ("inputs", "outputs", "arenas", "result_arenas")
+    __slots__ = ("inputs", "outputs", "arenas", "result_arenas", "spare")
 
 
 def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple],
                 device_id: int, timer: Timer = Timer(), results_apart: bool = False,
-                pooled: bool = False) -> CallMemory:
+                pooled: bool = False, spare: int = 0) -> CallMemory:
     """Upload host ``arrays`` (grouped as :func:`upload_arrays`) and place ``outputs`` -- each
     (shape, dtype, initial host array or None) -- in **one** allocation (:mod:`.arena`), or
     two with ``results_apart`` (the outputs' own, owned by the results).
 
     Outputs without an initial array come first and are zero-filled by one ``aclrtMemset``
     (the op may leave parts unwritten: docs/faults.md). ``pooled``: the allocation not handed
-    out with the results comes from :mod:`.call_pool`. On an error it is freed first."""
+    out with the results comes from :mod:`.call_pool`, with ``spare`` bytes more behind the
+    pieces (``CallMemory.spare``, e.g. for the workspace). On an error it is freed first."""
     dev_in, groups = _plan_uploads(arrays, device_id)
     dev_out: List[Optional[DeviceArray]] = [None] * len(outputs)
     zeros, inits = [], []         # (index, shape, dtype, nbytes[, host array])
     for i, (shape, dtype, init) in enumerate(outputs):
         shape = tuple(map(int, shape))
-        dt = np.dtype(dtype)
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
         n = math.prod(shape) * dt.itemsize
         if n == 0:
             dev_out[i] = DeviceArray.empty(shape, dt, device_id)
@@ -530,7 +532,7 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
             if results_apart and out_end:
                 mem.result_arenas.append(ArenaBuffer(out_end, device_id))
             if in_end:          # used only until the call returns: reusable (.call_pool)
-                mem.arenas.append(call_pool.take(in_end, device_id) if pooled
+                mem.arenas.append(call_pool.take(in_end + spare, device_id) if pooled
                                   else ArenaBuffer(in_end, device_id))
             in_arena = mem.arenas[0] if in_end else None
             out_arena = mem.result_arenas[0] if results_apart and out_end else in_arena
@@ -551,7 +553,10 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
         _free_all(mem.arenas + mem.result_arenas)
         raise
     del groups, inits       # the host arrays lived until every copy finished
-    mem.inputs, mem.outputs = dev_in, dev_out
+    mem.inputs, mem.outputs, mem.spare = dev_in, dev_out, None
+    if in_arena is not None:        # behind the pieces, aligned
+        at = -(-in_end // ARENA_ALIGN) * ARENA_ALIGN
+        mem.spare = (in_arena.ptr + at, in_arena.nbytes - at)
     return mem
 
 

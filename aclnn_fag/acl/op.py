@@ -24,8 +24,9 @@ from ..call import FagCall, FagForward, FagGrads, FwdCall, device_int_array
 from ..constants import BF16
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OpVersion
-from . import call_pool, device_constants, executor, ownership, runtime
+from . import caches, call_pool, device_constants, executor, ownership, runtime
 from ._status import check
+from .arena import ARENA_ALIGN
 from .device import DeviceArray, call_memory
 from .runtime import MEMCPY_DEVICE_TO_HOST
 from .tensors import int64_values
@@ -35,6 +36,7 @@ __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forwa
 
 BACKWARD, FORWARD = BACKWARD_V3, FORWARD_V3
 _RESULTS = {BACKWARD.key: FagGrads, FORWARD.key: FagForward}   # what each op returns
+_WORKSPACE: dict = {}       # op key -> the largest workspace a cached executor asked for
 
 
 class _Auto:
@@ -103,6 +105,7 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
         runtime.ensure_device(dev if device_id is not None else None)
         handle = runtime.resolve_stream(stream) if stream is not None else runtime.stream(dev)
         pooled, owned, results = [], [], []     # released when the call ends (see finally)
+        spare = None
         ok = False
         try:
             # one outer atomic block: the blocks inside it nest (no signal calls); nothing
@@ -113,9 +116,11 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
                     _shared_mask(op, inputs, host, dev)
                 if host or made:
                     mem = call_memory([inputs[i] for i in host], [outputs[i] for i in made], dev,
-                                      timer, results_apart=keep_on_device, pooled=public)
+                                      timer, results_apart=keep_on_device, pooled=public,
+                                      spare=_room(op) if public else 0)
                     (pooled if public else owned).extend(mem.arenas)
                     results.extend(mem.result_arenas)
+                    spare = mem.spare if public else None
                     for i, da in zip(host, mem.inputs):
                         inputs[i] = da
                     for i, da in zip(made, mem.outputs):
@@ -125,6 +130,10 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
                     with timer("alloc"):
                         if enqueue_only:
                             return runtime.stream_workspace(dev, handle, nbytes).ptr
+                        if spare is not None and nbytes <= spare[1]:
+                            return spare[0]     # behind the call's pieces, in its allocation
+                        if cached and public:   # the next calls take room for it
+                            _WORKSPACE[op.key] = max(_WORKSPACE.get(op.key, 0), nbytes)
                         ws = (call_pool.take(nbytes, dev) if public
                               else runtime.DeviceBuffer(nbytes, dev))
                         (pooled if public else owned).append(ws)
@@ -149,6 +158,21 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
                 for res in owned + ([] if ok else results):
                     res.release("warn")
     return outputs
+
+
+def _forget_workspaces() -> int:
+    n = len(_WORKSPACE)
+    _WORKSPACE.clear()
+    return n
+
+
+caches.register("workspace sizes", _forget_workspaces, _forget_workspaces)
+
+
+def _room(op: OpVersion) -> int:
+    """Bytes to take behind a call's pieces for the workspace its cached executor asked for."""
+    seen = _WORKSPACE.get(op.key, 0)
+    return seen + ARENA_ALIGN if seen else 0      # the workspace starts aligned
 
 
 def _shared_mask(op: OpVersion, inputs: list, host: list, dev: int) -> None:

@@ -326,3 +326,17 @@ def test_out_of_memory_frees_the_idle_allocations_and_tries_again(stub, no_leaks
     with pytest.raises(errors.AclRuntimeError) as info:       # nothing idle to free: raised
         call_pool.take(8 * call_pool.GRAIN, 0)
     assert info.value.code == 207001 and "aclrtMalloc" in str(info.value)
+
+
+def test_the_workspace_lies_behind_the_pieces_once_its_size_is_known(taken, no_leaks):
+    """After a cache hit asked for its workspace, the next calls take one allocation for
+    the uploads, the outputs and the workspace (behind them, not over them)."""
+    p = make_problem(seed=13, q_lens=(5, 6), mode=2)
+    want = p.grads("numpy")
+    for _ in range(3):
+        p.grads("npu")
+    assert exec_cache.size() == 1 and all(e.workspace_size > 0 for e in exec_cache._lru)
+    n = len(taken)
+    got = p.grads("npu")
+    assert len(taken) - n == 1
+    assert_grads_close(got, want)
