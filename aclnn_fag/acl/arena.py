@@ -1,11 +1,7 @@
-"""One device allocation for the device memory of one op call, handed out in slices.
-
-:func:`layout` places every piece of a call in one :class:`ArenaBuffer`, each piece an
-:class:`ArenaSlice` starting at a multiple of :data:`ARENA_ALIGN` bytes (so its aclTensor
-gets an aligned ``tensorData`` and a storage of its own size, docs/abi.md §4). The arena is
-one native resource, freed exactly once; a slice keeps it alive. A slice handed out as a
-result (:meth:`ArenaBuffer.share`) holds a share: the arena is freed when the last share is
-given back or the last slice collected. Freeing the arena makes every slice ``closed``.
+"""One device allocation for the device memory of one call, in slices placed by :func:`layout`
+at multiples of :data:`ARENA_ALIGN` (each aclTensor gets an aligned ``tensorData`` and a storage
+of its own size, docs/abi.md §4). A slice keeps the arena alive; a result's slice holds a share
+(:meth:`ArenaBuffer.share`) and the arena is freed when the last share is given back.
 """
 
 from __future__ import annotations
@@ -115,4 +111,5 @@ class ArenaSlice(DeviceBuffer):
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else f"{self.ptr:#x}"
-        return f"<ArenaSlice {self.nbytes} bytes at +{self.start} on device {self.device_id}: {state}>"
+        return (f"<ArenaSlice {self.nbytes} bytes at +{self.start} on device {self.device_id}: "
+                f"{state}>")

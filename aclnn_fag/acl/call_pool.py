@@ -1,14 +1,9 @@
-"""Device memory kept between calls on host arrays: the allocation of a finished call,
-reused by the next (no ``aclrtMalloc``/``aclrtFree`` per call).
-
-Such a call synchronises its stream before it returns, so nothing queued can still use
-its allocation. Rules: an allocation serves one call at a time (:func:`take` /
-:func:`give`; a failed call frees it instead: :func:`discard`); allocations are kept per
-(device, ACL context record), so memory of a context that was reset or forked away is
-never handed out again; at most ``limit()`` idle bytes per device and context
-(``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off), the least recently returned
-freed first; sizes rounded up to :data:`GRAIN`; an allocation that fails for lack of memory
-frees the idle ones and is tried once more. Results kept on the device never come from here.
+"""Device memory kept between calls on host arrays: a finished call's allocation reused by the
+next (such a call synchronises before it returns). An allocation serves one call at a time and
+is freed after a failed one; kept per (device, ACL context record), so memory of a context reset
+or forked away is never handed out again; at most ``limit()`` idle bytes
+(``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off), the least recently returned freed
+first; sizes rounded up to :data:`GRAIN`; out of memory frees the idle ones and tries again.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""Arrays that live on the device, and the upload planner that creates them from numpy.
-
-A :class:`DeviceArray` is a strided view (shape, dtype, element strides, element offset)
-over one :class:`~aclnn_fag.acl.runtime.DeviceBuffer`: what an ``aclTensor`` describes.
-
-Uploads: numpy arrays whose memory overlaps or touches (``q = qkv[..., :128]`` and
-``q_rope = qkv[..., 128:]``) are uploaded as **one** copy of the byte range covering them,
-each a view over it. Arrays with negative or misaligned strides or a non-native byte order
-are copied on the host first and uploaded on their own. Empty arrays get an empty buffer
-(``tensorData`` NULL).
+"""Arrays that live on the device (:class:`DeviceArray`, a strided view over one buffer, what an
+aclTensor describes) and the uploads that make them from numpy: arrays whose memory overlaps
+or touches (``q = qkv[..., :128]``, ``q_rope = qkv[..., 128:]``) share one copy of the range
+covering them; negative or misaligned strides and a foreign byte order are copied first.
 """
 
 from __future__ import annotations
@@ -94,7 +88,8 @@ class ForeignBuffer(DeviceBuffer):
 
     def __repr__(self) -> str:
         state = "forgotten" if self._forgotten else (f"{self.ptr:#x}" if self.ptr else "empty")
-        return f"<ForeignBuffer {self.nbytes} bytes on device {self.device_id}: {state} (not owned)>"
+        return (f"<ForeignBuffer {self.nbytes} bytes on device {self.device_id}: {state} "
+                "(not owned)>")
 
 
 class _Interface:
@@ -183,8 +178,9 @@ class DeviceArray:
         return upload_arrays([array], device_id)[0]
 
     @classmethod
-    def from_pointer(cls, ptr: int, shape: Sequence[int], dtype, strides: Optional[Sequence[int]] = None,
-                     device_id: int = 0, owner=None) -> "DeviceArray":
+    def from_pointer(cls, ptr: int, shape: Sequence[int], dtype,
+                     strides: Optional[Sequence[int]] = None, device_id: int = 0,
+                     owner=None) -> "DeviceArray":
         """Wrap device memory allocated by someone else (e.g. a framework's tensor) without
         copying: ``ptr`` the address of element 0, ``strides`` in elements (None: C order).
         Nothing is freed by this package; ``owner`` is kept alive as long as the array. The
@@ -200,13 +196,15 @@ class DeviceArray:
         if strides is None:
             strides = contiguous_strides(shape)
         if len(strides) != len(shape):
-            raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension of {shape}")
+            raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension "
+                             f"of {shape}")
         if 0 in shape or 1 in shape:
             kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
         else:
             kept = strides
         if kept and min(kept) < 0:
-            raise ValueError(f"parameter 'strides' must be non-negative (element strides), got {strides}")
+            raise ValueError("parameter 'strides' must be non-negative (element strides), got "
+                             f"{strides}")
         device_id = operator.index(device_id)
         if device_id < 0:
             raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
@@ -256,8 +254,8 @@ class DeviceArray:
 
     @property
     def is_contiguous(self) -> bool:
-        return all(s == c for d, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape))
-                   if d > 1)
+        c_strides = contiguous_strides(self.shape)
+        return all(s == c for d, s, c in zip(self.shape, self.strides, c_strides) if d > 1)
 
     @property
     def closed(self) -> bool:
@@ -265,7 +263,7 @@ class DeviceArray:
 
     # ---- data movement
     def numpy(self) -> np.ndarray:
-        """A new C-contiguous host array with the view's contents (D2H copy of the reached range)."""
+        """A new C-contiguous host array with the view's contents (one D2H copy)."""
         out = np.empty(self.shape, self.dtype)
         if out.size == 0:
             return out

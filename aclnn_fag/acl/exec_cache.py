@@ -1,17 +1,9 @@
-"""Executors kept between public calls: phase 1 once per call signature (docs/abi.md §6).
-
-A public call marks its executor repeatable and, after a successful phase 2, keeps it here
-with the handles it refers to. The next call of the same **signature** -- everything phase
-1 sees but the device addresses: the op, the device and the thread's ACL context, the
-determinism value, the attributes (floats bit for bit), the int arrays' values, and per
-tensor slot NULL-ness, shape, strides, dtype, offset and storage size -- takes it out,
-repoints its tensors (``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``, in
-:mod:`.executor`) and runs phase 2 only.
-
-An entry serves one call at a time (``take`` / ``give``); a failure anywhere destroys it
-(executor first, then its handles). At most ``capacity()`` idle entries are kept, the least
-recently used dropped first (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off). Without
-``aclSetAclOpExecutorRepeatable`` or the address setters nothing is cached.
+"""Executors kept between public calls: phase 1 once per call **signature** -- everything phase
+1 sees but the device addresses (the op, the device and ACL context, the determinism value,
+the attributes bit for bit, the int arrays, and per tensor slot shape, strides, dtype, offset
+and storage size). A hit is repointed by :mod:`.executor` and runs phase 2 only; an entry
+serves one call at a time and is destroyed after any failure. At most ``capacity()`` idle
+entries (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off), least recently used dropped first.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
-"""The one route of a call on the device: the only caller of phase 1, the address setters
-and phase 2 (docs/architecture.md, "The path of one call"; docs/abi.md §6).
-
-:func:`run` takes a :class:`Launch` and, with the executor cache on, takes an idle executor
-of the call's signature out of :mod:`.exec_cache` and repoints its tensors; otherwise it
-holds the determinism option, creates the handles (one :class:`~.tensors.HandleBatch`),
-runs phase 1 and marks the executor repeatable when it will be cached. Then the workspace
-(``workspace_of``: the caller's memory policy), phase 2, the synchronisation when asked,
-and the executor back into the cache. A one-shot executor is the library's once phase 2
-is entered; a repeatable one stays ours (destroyed after a failure: executor, then handles).
+"""The one route of a call on the device, the only caller of phase 1, the address setters and
+phase 2 (docs/architecture.md, "The path of one call"; docs/abi.md §6): :func:`run` takes a
+:class:`Launch`, reuses a cached executor of its signature (:mod:`.exec_cache`, repointed) or
+makes the handles and runs phase 1, then phase 2 on the caller's workspace. A one-shot
+executor is the library's once phase 2 is entered; a repeatable one stays ours.
 """
 
 from __future__ import annotations

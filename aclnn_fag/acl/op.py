@@ -1,16 +1,10 @@
-"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated calls)
-and ``call_raw`` / ``call_raw_forward`` (no validation; their keywords come from
-:mod:`aclnn_fag.spec`).
-
-Each call turns its arguments into device arrays and hands them to :mod:`.executor` (the one
-route to phase 1 and phase 2): host arrays are uploaded into one allocation next to the
-outputs it allocates (:func:`.device.call_memory`); device arrays are used in place.
-
-Memory policy (docs/architecture.md, "Where to change the memory policy"): the public calls
-take that allocation and the workspace from :mod:`.call_pool` and hand them back after the
-synchronisation (freed instead after an error); with a caller's stream and device-resident
-inputs only the launch is enqueued and the workspace is the stream's own
-(``runtime.stream_workspace``); ``call_raw`` allocates and frees everything.
+"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated calls) and
+``call_raw`` / ``call_raw_forward`` (no validation; keywords from :mod:`aclnn_fag.spec`). Each
+turns its arguments into device arrays -- host arrays uploaded into one allocation next to the
+outputs (:func:`.device.call_memory`), device arrays used in place -- and hands them to
+:func:`.executor.run`. The memory policy is here (docs/architecture.md): the public calls take
+their allocation and workspace from :mod:`.call_pool`; with a caller's stream and device inputs
+only the launch is enqueued (the stream's own workspace); ``call_raw`` allocates everything.
 """
 
 from __future__ import annotations
@@ -320,7 +314,8 @@ def _call_raw(op: OpVersion, args: Mapping[str, object]):
     if attrs["head_num"] is None:
         shape = _shape(args["query"]) if args["query"] is not None else ()
         attrs["head_num"] = shape[1] if len(shape) >= 2 else 0
-    outputs = [_output_slot(args[n], auto) for n, auto in zip(op.outputs, _auto_outputs(op, inputs))]
+    auto = _auto_outputs(op, inputs)
+    outputs = [_output_slot(args[n], a) for n, a in zip(op.outputs, auto)]
     res = execute(op, inputs, [args[n] for n in op.int_arrays], attrs, outputs,
                   deterministic=args["deterministic"], device_id=args["device_id"],
                   public=False, timer=executor.Timer(args["timings"]),
