@@ -434,8 +434,8 @@ MUTANTS = [
            ("tests/acl/test_releases_npu.py",)),
     # ------------------------------------------------------------------ acl/
     Mutant('acl-plan-index-counts-empty', "acl", A + "plan.py",
-           '"in": [n for n in BACKWARD.inputs if self._inputs[n] is not None],',
-           '"in": list(BACKWARD.inputs),',
+           '            index = sum(h is not None for h in handles[:at])    # among the non-NULL ones',
+           '            index = at',
            'FagPlan.run repoints inputs after an empty optional slot at the wrong index',
            PLAN_T),
     Mutant('acl-plan-out-setter', "acl", A + "executor.py",

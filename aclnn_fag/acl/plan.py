@@ -79,7 +79,7 @@ class _PlanState:
     def __init__(self) -> None:
         self.executor: Optional[executor.Executor] = None
         self.batch: Optional[HandleBatch] = None       # the aclTensors and aclIntArrays
-        self.handles: Dict[str, int] = {}              # "in:<slot>" / "out:<slot>" -> aclTensor
+        self.handles: Dict[str, list] = {}             # "in" / "ints" / "out" -> handles
         self.workspace: Optional[DeviceBuffer] = None
         self.owned: List[DeviceBuffer] = []
         self.results: Dict[str, DeviceBuffer] = {}     # output slot -> the plan's buffer
@@ -222,6 +222,10 @@ class FagPlan:
     def closed(self) -> bool:
         return not self._finalizer.alive
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("the plan is closed")
+
     @property
     def inputs(self) -> Dict[str, Optional[DeviceArray]]:
         return dict(self._inputs)
@@ -231,8 +235,7 @@ class FagPlan:
         """The last run's results, as ``run()`` returned them (holding them makes the next
         run write into fresh buffers)."""
         with self._lock:
-            if self.closed:
-                raise ValueError("the plan is closed")
+            self._check_open()
             return self._results()
 
     def _results(self) -> FagGrads:
@@ -271,14 +274,11 @@ class FagPlan:
                 in_h = st.batch.tensors([self._inputs[n] for n in BACKWARD.inputs])
                 ia_h = st.batch.int_arrays(ints)
                 out_h = st.batch.tensors([self._outputs[n] for n in _OUT_SLOTS]) + [None]
-            st.handles = dict(zip(["in:" + n for n in BACKWARD.inputs], in_h))
-            st.handles.update(zip(["out:" + n for n in _OUT_SLOTS], out_h))
-            st.handles["ints"] = ia_h
-        in_h = [st.handles["in:" + n] for n in BACKWARD.inputs]
-        out_h = [st.handles["out:" + n] for n in _OUT_SLOTS] + [None]
+            st.handles = {"in": in_h, "ints": ia_h, "out": out_h}
         try:
-            ex, ws_size = executor.phase1(b, BACKWARD, in_h, st.handles["ints"],
-                                          executor.attr_values(BACKWARD, self._attrs), out_h)
+            ex, ws_size = executor.phase1(b, BACKWARD, st.handles["in"], st.handles["ints"],
+                                          executor.attr_values(BACKWARD, self._attrs),
+                                          st.handles["out"])
         finally:
             self.phase1_runs += 1
         if ex is None:
@@ -304,13 +304,13 @@ class FagPlan:
         if (not self.repoint_enabled or b.aclSetInputTensorAddr is None
                 or b.aclSetOutputTensorAddr is None):
             return False
-        index = {"in": [n for n in BACKWARD.inputs if self._inputs[n] is not None],
-                 "out": [n for n in _OUT_SLOTS if self._outputs[n] is not None]}
         for key, arr in changes.items():
             kind, name = key.split(":", 1)
-            if not executor.set_address(b, kind == "out", self._state.executor,
-                                        index[kind].index(name), self._state.handles[key],
-                                        arr.buffer.ptr):
+            handles = self._state.handles[kind]
+            at = (BACKWARD.inputs if kind == "in" else _OUT_SLOTS).index(name)
+            index = sum(h is not None for h in handles[:at])    # among the non-NULL ones
+            if not executor.set_address(b, kind == "out", self._state.executor, index,
+                                        handles[at], arr.buffer.ptr):
                 return False
             self.repoints += 1
         return True
@@ -352,8 +352,7 @@ class FagPlan:
         """
         arrays = {n: as_device_array(n, a) for n, a in arrays.items()}
         with self._lock, runtime.operation():
-            if self.closed:
-                raise ValueError("the plan is closed")
+            self._check_open()
             changes = self._changes(arrays)
             st = self._state
             fresh = set()
@@ -446,8 +445,7 @@ class FagPlan:
     def grads(self) -> FagGrads:
         """The outputs of the last run copied to the host (None for absent ones)."""
         with self._lock:
-            if self.closed:
-                raise ValueError("the plan is closed")
+            self._check_open()
             return FagGrads(*(None if d is None else d.numpy()
                               for d in (self._outputs[n] for n in _OUT_SLOTS)))
 
