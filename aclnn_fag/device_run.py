@@ -1,13 +1,10 @@
 """The public calls on device-resident inputs (DeviceArray or NPU tensors): results stay on
-the device.
+the device, on the one device all inputs live on.
 
-* DeviceArray inputs: the results are new DeviceArrays (owned by the returned objects).
-* NPU tensors (``aclnn_fag.operands``): each result is ``query.new_empty(shape, dtype=...)``
-  (bf16 results take ``query.dtype``, the forward's float32 statistics the float32 of the
-  query's framework) -- the caller's allocator owns it -- and the op writes into it through
-  a DeviceArray over its memory. The results are returned as those tensors.
-
-All inputs must live on one device; the op runs there.
+DeviceArray inputs give new DeviceArrays. For NPU tensors (``aclnn_fag.operands``) each
+result is ``query.new_empty(shape, dtype=...)`` (bf16 results take ``query.dtype``, the
+forward's statistics the float32 of the query's framework), written through a DeviceArray
+over its memory and returned as that tensor.
 """
 
 from __future__ import annotations
@@ -26,22 +23,23 @@ __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
 _GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
               ("dv", "value"))
+_BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
+                    "softmax_max", "softmax_sum", "attention_in")
+_FORWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask")
 
 
 def call_device(call, names) -> int:
     """The one device id of the call's device arrays (ValueError when they differ)."""
     fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
-    devices = {getattr(fields.get(n), "device_id", None) for n in names}
-    devices.discard(None)
-    if len(devices) == 1:
-        return devices.pop()
-    if not devices:
-        return 0
     seen = {}
     for n in names:
         d = getattr(fields.get(n), "device_id", None)
         if d is not None:
             seen.setdefault(d, n)
+    if len(seen) == 1:
+        return next(iter(seen))
+    if not seen:
+        return 0
     detail = ", ".join(f"'{n}' on device {d}" for d, n in seen.items())
     raise ValueError(f"all tensor arguments must live on one device, got {detail}")
 
@@ -53,9 +51,8 @@ def _zero(da) -> None:
 
 
 def _framework_dtype(like, name: str):
-    """The dtype called ``name`` (e.g. "float32") of the framework of the tensor dtype ``like``
-    (torch for torch_npu tensors), looked up without importing it: the module of ``like``'s
-    type, else an already imported ``torch``."""
+    """The dtype called ``name`` (e.g. "float32") of the framework of the tensor dtype
+    ``like``, looked up without importing it (``like``'s module, else an imported torch)."""
     for mod in (sys.modules.get(type(like).__module__), sys.modules.get("torch")):
         dt = getattr(mod, name, None)
         if dt is not None and str(dt) == f"torch.{name}":
@@ -64,74 +61,59 @@ def _framework_dtype(like, name: str):
                     "imported)")
 
 
-def _run_on_device(call, kind: str, query_obj, specs, run, names):
-    """Run one op on device-resident inputs; ``specs``: output -> (shape, numpy dtype), in
-    result order; ``run(dev, outputs or None)`` runs the op (``outputs``: output ->
-    DeviceArray to write into) and returns its results. Returns the outputs in order: NPU
-    tensors from ``query_obj.new_empty`` for NPU inputs, else new DeviceArrays."""
+def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
+    """Run one op (``run``: acl.run_backward / run_forward) on device-resident inputs;
+    ``specs``: output -> (shape, numpy dtype) in result order. Returns the results: NPU
+    tensors (written through DeviceArrays over them) or new DeviceArrays."""
     dev = call_device(call, names)
-    if kind == operands.NPU:
-        tensors = []
-        outs = {}
-        qdtype = query_obj.dtype
-        view = acl.device.foreign_view
-        for out, (shape, dt) in specs.items():
-            tdt = qdtype if dt == BF16 else _framework_dtype(
-                qdtype, operands.torch_dtype_name(dt)[len("torch."):])
-            t = query_obj.new_empty(shape, dtype=tdt)
-            tensors.append(t)
-            ptr = t.data_ptr()
-            # from_pointer's checks (the allocator's strides must be non-negative etc.)
-            try:
-                outs[out] = view(ptr if type(ptr) is int else int(ptr), shape, dt, t.stride(),
-                                 dev, t)
-            except (TypeError, ValueError) as e:
-                raise operands.named_error(e, f"result '{out}' (query.new_empty)") from None
+    if kind != operands.NPU:
         if call.empty_result:
-            for da in outs.values():
-                _zero(da)
-        else:
-            run(dev, outs)
-        return tensors
+            return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
+        return list(run(call, device_id=dev, keep_on_device=True, stream=stream))
+    tensors = []
+    outs = {}
+    qdtype = query_obj.dtype
+    for out, (shape, dt) in specs.items():
+        tdt = qdtype if dt == BF16 else _framework_dtype(
+            qdtype, operands.torch_dtype_name(dt)[len("torch."):])
+        t = query_obj.new_empty(shape, dtype=tdt)
+        tensors.append(t)
+        ptr = t.data_ptr()
+        try:        # from_pointer's checks (the allocator's strides must be non-negative etc.)
+            outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr), shape,
+                                                dt, t.stride(), dev, t)
+        except (TypeError, ValueError) as e:
+            raise operands.named_error(e, f"result '{out}' (query.new_empty)") from None
     if call.empty_result:
-        return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
-    return list(run(dev, None))
+        for da in outs.values():
+            _zero(da)
+    else:
+        run(call, device_id=dev, outputs=outs, keep_on_device=True, stream=stream)
+    return tensors
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    run_backward = acl.run_backward
     fields = call.__dict__
     specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
-    return FagGrads(*_run_on_device(
-        call, kind, query_obj, specs,
-        lambda dev, outs: run_backward(call, device_id=dev, outputs=outs, keep_on_device=True,
-                                       stream=stream), _BACKWARD_INPUTS))
-
-
-_BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
-                    "softmax_max", "softmax_sum", "attention_in")
+    return FagGrads(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_backward,
+                                    _BACKWARD_INPUTS))
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
     statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
-    run_forward = acl.run_forward
     t1, n1 = call.query.shape[0], call.query.shape[1]
     stats = ((t1, n1, 8), np.dtype(np.float32))
     specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),
              "softmax_max": stats, "softmax_sum": stats}
-    return FagForward(*_run_on_device(
-        call, kind, query_obj, specs,
-        lambda dev, outs: run_forward(call, device_id=dev, outputs=outs, keep_on_device=True,
-                                      stream=stream),
-        ("query", "query_rope", "key", "key_rope", "value", "atten_mask")))
+    return FagForward(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_forward,
+                                      _FORWARD_INPUTS))
 
 
 def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:
     """``FagPlan(validate=True)``: the public call's rules on the plan's (uploaded) inputs, of
-    the release the runtime reports; the data rules read only a bounded sample of device
-    memory (none with check_data=False). Sets the ends the device gets in ``int_values`` (the
-    plan's own dict: the release's end-of-data padding, docs/releases.md)."""
+    the release the runtime reports (the data rules read a bounded sample; none with
+    check_data=False). Sets the ends the device gets in ``int_values`` (docs/releases.md)."""
     call = validate_backward(
         *(inputs[n] for n in ("query", "query_rope", "key", "key_rope", "value", "dy")),
         **{n: inputs[n] for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in",

@@ -1,21 +1,7 @@
-"""One device allocation for the device memory of one op call, handed out in slices.
-
-A call on host arrays needs device memory for its uploads and its outputs. Instead of one
-``aclrtMalloc``/``aclrtFree`` (and one owning Python object) per array, :func:`layout`
-places every piece in one :class:`ArenaBuffer` and each piece becomes an
-:class:`ArenaSlice`: a :class:`~aclnn_fag.acl.runtime.DeviceBuffer` look-alike whose ``ptr``
-is the arena's base plus the slice's start. Every slice starts at a multiple of
-:data:`ARENA_ALIGN` bytes from the base (the base itself is 32-byte aligned, checked by
-``DeviceBuffer``), so the aclTensor of a slice gets its own aligned ``tensorData`` and a
-storage of the slice's size -- exactly what it got from a buffer of its own (docs/abi.md §4)
--- and no two slices overlap.
-
-Lifetime: the arena is one native resource (one ownership claim, freed exactly once by
-``free()``, an ExitStack of the call, garbage collection or ``shutdown()``). A slice holds
-the arena alive. A slice handed out as a result (:meth:`ArenaBuffer.share`) holds one
-*share*: ``free()`` on the slice gives its share back, and the arena is freed when the last
-share is given back -- or when the last slice object is collected. Freeing the arena itself
-(the call's cleanup; an error path) makes every slice of it ``closed``.
+"""One device allocation for the device memory of one call, in slices placed by :func:`layout`
+at multiples of :data:`ARENA_ALIGN` (each aclTensor gets an aligned ``tensorData`` and a storage
+of its own size, docs/abi.md §4). A slice keeps the arena alive; a result's slice holds a share
+(:meth:`ArenaBuffer.share`) and the arena is freed when the last share is given back.
 """
 
 from __future__ import annotations
@@ -125,4 +111,5 @@ class ArenaSlice(DeviceBuffer):
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else f"{self.ptr:#x}"
-        return f"<ArenaSlice {self.nbytes} bytes at +{self.start} on device {self.device_id}: {state}>"
+        return (f"<ArenaSlice {self.nbytes} bytes at +{self.start} on device {self.device_id}: "
+                f"{state}>")

@@ -1,11 +1,5 @@
-"""Every cache of the acl layer in one registry: the one place that empties them at
-``acl.shutdown()`` (after every owned handle, the caches' included, was released by rank:
-executors, then tensors, then memory) and forgets them in a forked child (the parent's
-handles are never released there).
-
-A cache registers itself with :func:`register` when its module is imported; tests empty
-them all through :func:`clear_all`.
-"""
+"""Every cache of the acl layer in one registry: emptied at ``acl.shutdown()`` and in the
+tests (:func:`clear_all`), forgotten in a forked child (:func:`forget_all`)."""
 
 from __future__ import annotations
 

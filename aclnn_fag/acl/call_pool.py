@@ -1,34 +1,9 @@
-"""Device memory kept between calls on host arrays: the arena of a finished call, reused.
-
-A call on host arrays puts its uploads and outputs in one device allocation
-(:func:`.device.call_memory`, :mod:`.arena`). That call synchronises its stream before it
-returns (host results are downloaded; with host inputs and a caller's stream, that stream
-too), so once it is over nothing queued can still use the allocation. Instead of
-``aclrtFree`` it gives the allocation back here, and the next call that needs at most as
-many bytes takes it: no ``aclrtMalloc``/``aclrtFree`` per call (on the stand-in libraries
-also no fresh pages for the copies to fault in).
-
-Rules:
-
-* An allocation is used by one call at a time: :func:`take` removes it from the pool,
-  :func:`give` puts it back after a **successful** call. A failed call frees its
-  allocation instead (the device may not be done with it).
-* Kept per (device, ACL context record -- ``runtime.current_context_record()``): memory
-  of a context that was reset, finalised or forked away is never handed out again.
-* At most ``limit()`` bytes of idle allocations per device and context
-  (``ACLNN_FAG_CALL_MEMORY_CACHE`` in MiB, default 64; ``0`` turns reuse off: every call
-  allocates and frees as before, and what the pool held is freed by the next call; an
-  invalid value warns and leaves the limit as it was). A call needing more than the limit
-  allocates and frees its own. Beyond the limit the least recently returned allocations
-  are freed first.
-* Sizes are rounded up to :data:`GRAIN` bytes so that calls of nearly equal sizes share.
-* An allocation that fails for lack of device memory frees the idle allocations of that
-  device and is tried once more.
-* :func:`clear` (``acl.release_call_memory()``) frees every idle allocation;
-  ``acl.shutdown()`` does too.
-
-Results kept on the device (``keep_on_device``) never come from here: they own an
-allocation of their own (:meth:`.arena.ArenaBuffer.share`).
+"""Device memory kept between calls on host arrays: a finished call's allocation reused by the
+next (such a call synchronises before it returns). An allocation serves one call at a time and
+is freed after a failed one; kept per (device, ACL context record), so memory of a context reset
+or forked away is never handed out again; at most ``limit()`` idle bytes
+(``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off), the least recently returned freed
+first; sizes rounded up to :data:`GRAIN`; out of memory frees the idle ones and tries again.
 """
 
 from __future__ import annotations
@@ -57,10 +32,9 @@ _limit = DEFAULT_LIMIT_MIB << 20
 
 
 def limit() -> int:
-    """Idle bytes kept at most per device (``$ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default
-    64, 0 = off). Read again whenever the variable changes. An invalid value never fails a
-    call (it may be set while one runs, which must not lose its results): a RuntimeWarning
-    naming the variable, once per value, and the limit in force stays."""
+    """Idle bytes kept at most per device (read again when the variable changes). An invalid
+    value never fails a call (one may be running): a RuntimeWarning naming the variable,
+    once per value, and the limit in force stays."""
     global _env_seen, _limit
     raw = _env.get(ENV_LIMIT)
     if raw != _env_seen:
@@ -79,24 +53,19 @@ def limit() -> int:
 
 
 def take(nbytes: int, device_id: int) -> ArenaBuffer:
-    """An allocation of at least ``nbytes`` on ``device_id`` for one call: an idle one
-    (the smallest that fits) or a new one. Call after ``runtime.ensure_device``. Hand it
-    back with :func:`give` after a successful call, :func:`discard` after a failed one."""
+    """An allocation of at least ``nbytes`` for one call: the smallest idle one that fits, or
+    a new one (call after ``runtime.ensure_device``)."""
     cap = limit()
     if cap == 0 or nbytes > cap:
         return ArenaBuffer(nbytes, device_id)   # not kept (pool_key None): give() frees it
     key = (device_id, runtime.current_context_record())
     with _lock:
-        found = None
-        entries = _idle.get(key)
-        if entries:
-            for i, a in enumerate(entries):
-                if a.nbytes >= nbytes and (found is None or a.nbytes < entries[found].nbytes):
-                    found = i
-            if found is not None:
-                found = entries.pop(found)
-                if not entries:
-                    del _idle[key]
+        entries = _idle.get(key, [])
+        found = min((a for a in entries if a.nbytes >= nbytes), key=_size, default=None)
+        if found is not None:
+            entries.remove(found)
+            if not entries:
+                del _idle[key]
     if found is not None and not found.closed:
         return found
     # another context's on this device: never handed out again
@@ -113,10 +82,8 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
 
 
 def give(arena: ArenaBuffer) -> None:
-    """Back after a successful call: kept for the next one (within the limit), or freed
-    (not poolable or too big). A failed free only warns. (An allocation of a context that
-    was reset meanwhile is kept under its old record: :func:`take` never hands it out and
-    frees it when it next allocates on that device.)"""
+    """Back after a successful call: kept for the next one (within the limit) or freed. (One
+    of a context reset meanwhile is kept under its old record: never handed out again.)"""
     key = arena.pool_key
     cap = limit()
     if key is None or arena.closed or arena.nbytes > cap:
@@ -135,6 +102,10 @@ def give(arena: ArenaBuffer) -> None:
             total -= old.nbytes
             dropped.append(old)
     _drop(dropped)
+
+
+def _size(arena: ArenaBuffer) -> int:
+    return arena.nbytes
 
 
 def discard(arena: ArenaBuffer) -> None:

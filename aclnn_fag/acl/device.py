@@ -1,44 +1,35 @@
-"""Arrays that live on the device, and the upload planner that creates them from numpy.
-
-A :class:`DeviceArray` is a strided view (shape, dtype, element strides, element
-offset) over one :class:`~aclnn_fag.acl.runtime.DeviceBuffer`; several arrays may
-share a buffer.  It is what an ``aclTensor`` describes.
-
-**Uploads** (:func:`upload_arrays`): numpy arrays whose memory overlaps or touches
-(e.g. ``q = qkv[..., :128]`` and ``q_rope = qkv[..., 128:]`` of one ``[T, N, 192]``
-array) are uploaded as **one** copy of the byte range covering them, and each
-becomes a view (same strides, an element offset) over that one device buffer.
-Arrays that need a host copy first, each then uploaded on its own:
-
-* negative strides (``a[::-1]``) — the device tensors take non-negative strides;
-* strides or an address that are not a multiple of the item size inside the range;
-* non-native byte order.
-
-Zero strides (``np.broadcast_to``) are kept as views.  Empty arrays get an empty
-buffer (``tensorData`` NULL).
+"""Arrays that live on the device (:class:`DeviceArray`, a strided view over one buffer, what an
+aclTensor describes) and the uploads that make them from numpy: arrays whose memory overlaps
+or touches (``q = qkv[..., :128]``, ``q_rope = qkv[..., 128:]``) share one copy of the range
+covering them; negative or misaligned strides and a foreign byte order are copied first.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
-import time
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .runtime import DeviceBuffer, refuse_pickle
+from . import call_pool, runtime
+from ._status import check
+from .arena import ARENA_ALIGN, ArenaBuffer, layout
+from .executor import Timer
+from .runtime import MEMCPY_HOST_TO_DEVICE, DeviceBuffer, refuse_pickle
 from .tensors import ACL_DTYPES, acl_dtype
 
 __all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
            "CallMemory", "contiguous_strides", "as_device_array", "register_converter"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
+_BASE_ALIGN = 32
 
 
 def _unit_strides(shape: Sequence[int], strides: Sequence[int]) -> Tuple[int, ...]:
-    """Give size-1 axes the stride a C-contiguous layout would (their stride is never used;
-    this keeps a contiguous array looking contiguous to the op's checks)."""
+    """Size-1 axes get the stride a C-contiguous layout would (never used; keeps a contiguous
+    array looking contiguous to the op's checks)."""
     out = list(strides)
     for i in range(len(out) - 1, -1, -1):
         if shape[i] == 1:
@@ -48,25 +39,31 @@ def _unit_strides(shape: Sequence[int], strides: Sequence[int]) -> Tuple[int, ..
 
 def contiguous_strides(shape: Sequence[int]) -> Tuple[int, ...]:
     """C-order strides in elements."""
+    return _c_strides(tuple(map(int, shape)))
+
+
+@functools.lru_cache(maxsize=1024)
+def _c_strides(shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """:func:`contiguous_strides` of a tuple of ints (computed once per shape)."""
     strides = []
     step = 1
-    for d in reversed(tuple(shape)):
+    for d in reversed(shape):
         strides.append(step)
-        step *= max(int(d), 1)
+        step *= max(d, 1)
     return tuple(reversed(strides))
 
 
+def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
+    try:
+        out = tuple(map(operator.index, values))
+    except TypeError:
+        raise TypeError(f"parameter '{name}' must be a sequence of ints, got {values!r}") from None
+    return out
+
+
 class ForeignBuffer(DeviceBuffer):
-    """Device memory this package does not own (``DeviceArray.from_pointer``).
-
-    ``ptr`` is a 32-byte aligned base at or below the caller's address (aclCreateTensor
-    wants an aligned ``tensorData``; device allocations are at least 32-byte aligned, so the
-    aligned base never lies before the allocation), ``nbytes`` reaches the last element the
-    view can address. ``free()`` only forgets the address: the memory stays the caller's.
-    ``owner`` (any object) is kept alive as long as this buffer is.
-    """
-
-    _forgotten = False
+    """Device memory this package does not own (``DeviceArray.from_pointer``); ``free()``
+    only forgets the address, ``owner`` is kept alive."""
 
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
         # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
@@ -87,25 +84,12 @@ class ForeignBuffer(DeviceBuffer):
     def released(self) -> bool:
         return self._forgotten
 
-    @property
-    def closed(self) -> bool:
-        return self._forgotten
+    closed = released
 
     def __repr__(self) -> str:
         state = "forgotten" if self._forgotten else (f"{self.ptr:#x}" if self.ptr else "empty")
-        return f"<ForeignBuffer {self.nbytes} bytes on device {self.device_id}: {state} (not owned)>"
-
-
-_BASE_ALIGN = 32
-_prod = math.prod
-
-
-def _check_int_tuple(name: str, values) -> Tuple[int, ...]:
-    try:
-        out = tuple(map(operator.index, values))
-    except TypeError:
-        raise TypeError(f"parameter '{name}' must be a sequence of ints, got {values!r}") from None
-    return out
+        return (f"<ForeignBuffer {self.nbytes} bytes on device {self.device_id}: {state} "
+                "(not owned)>")
 
 
 class _Interface:
@@ -130,9 +114,8 @@ class DeviceArray:
     (both in elements, strides non-negative).
 
     Create with :meth:`from_numpy`, :meth:`empty`, :meth:`zeros` or :func:`upload_arrays`;
-    read back with :meth:`numpy`; slice with basic indexing (``a[..., :128]``; no negative
-    steps). ``free()`` / the context manager free the underlying buffer — and so every view
-    sharing it; otherwise the buffer is freed when the last view is garbage collected.
+    read back with :meth:`numpy`; slice with basic indexing (no negative steps). ``free()``
+    frees the buffer, and so every view sharing it; otherwise the last view collected does.
     """
 
     __reduce_ex__ = refuse_pickle     # device memory: .numpy() is the host copy
@@ -156,20 +139,17 @@ class DeviceArray:
             raise ValueError(f"the view (offset {self.offset}, shape {self.shape}, strides "
                              f"{self.strides}) reaches past the {buffer.nbytes}-byte buffer")
 
-    # ---- construction
     @classmethod
     def _checked(cls, buffer: DeviceBuffer, shape: Tuple[int, ...], dtype: np.dtype,
                  strides: Tuple[int, ...], offset: int = 0) -> "DeviceArray":
-        """An array whose fields the caller has checked already (int tuples, a supported
-        dtype, the view inside ``buffer``): __init__'s checks are not run again."""
+        """An array whose fields the caller checked (no __init__ checks)."""
         self = object.__new__(cls)
         self.buffer, self.shape, self.dtype = buffer, shape, dtype
         self.strides, self.offset = strides, offset
         return self
 
     def rebased(self, buffer: DeviceBuffer) -> "DeviceArray":
-        """The same view (shape, dtype, strides, offset) over ``buffer``, a buffer of the
-        same size as this array's (e.g. another handle on the same memory)."""
+        """The same view over ``buffer``, a buffer of the same size (another handle on it)."""
         if buffer.nbytes != self.buffer.nbytes:
             raise ValueError(f"rebased onto a {buffer.nbytes}-byte buffer, need "
                              f"{self.buffer.nbytes} bytes")
@@ -180,14 +160,10 @@ class DeviceArray:
         shape = tuple(int(d) for d in shape)
         if any(d < 0 for d in shape):
             raise ValueError(f"negative dimension in shape {shape}")
-        n = 1
-        for d in shape:            # Python ints: no int64 wrap-around for absurd shapes
-            n *= d
         dt = np.dtype(dtype)
-        if dt not in ACL_DTYPES:
-            acl_dtype(dt)          # TypeError for an unsupported dtype, before allocating
-        buf = DeviceBuffer(n * dt.itemsize, device_id)
-        # a C-contiguous view of the whole new buffer: every invariant of __init__ holds
+        acl_dtype(dt)              # TypeError for an unsupported dtype, before allocating
+        # Python ints: no int64 wrap-around for absurd shapes
+        buf = DeviceBuffer(math.prod(shape) * dt.itemsize, device_id)
         return cls._checked(buf, shape, dt, contiguous_strides(shape))
 
     @classmethod
@@ -202,18 +178,13 @@ class DeviceArray:
         return upload_arrays([array], device_id)[0]
 
     @classmethod
-    def from_pointer(cls, ptr: int, shape: Sequence[int], dtype, strides: Optional[Sequence[int]] = None,
-                     device_id: int = 0, owner=None) -> "DeviceArray":
+    def from_pointer(cls, ptr: int, shape: Sequence[int], dtype,
+                     strides: Optional[Sequence[int]] = None, device_id: int = 0,
+                     owner=None) -> "DeviceArray":
         """Wrap device memory allocated by someone else (e.g. a framework's tensor) without
-        copying: ``ptr`` is the address of element 0, ``strides`` are in elements
-        (None = C-contiguous, non-negative), ``device_id`` the NPU the memory lives on.
-
-        The caller keeps ownership: nothing is freed by this package (``free()`` only
-        forgets the address) and ``owner`` -- typically the tensor the memory belongs to --
-        is kept alive as long as the returned array or any view of it. The array's aclTensor
-        gets a 32-byte aligned base at or below ``ptr`` and an element offset to ``ptr``
-        (ABI: ``tensorData`` must be 32-byte aligned; allocations always are).
-        """
+        copying: ``ptr`` the address of element 0, ``strides`` in elements (None: C order).
+        Nothing is freed by this package; ``owner`` is kept alive as long as the array. The
+        aclTensor gets a 32-byte aligned base at or below ``ptr`` and an element offset."""
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
         dt = dtype if type(dtype) is np.dtype else np.dtype(dtype)
@@ -225,25 +196,26 @@ class DeviceArray:
         if strides is None:
             strides = contiguous_strides(shape)
         if len(strides) != len(shape):
-            raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension of {shape}")
+            raise ValueError(f"parameter 'strides' {strides} must have one entry per dimension "
+                             f"of {shape}")
         if 0 in shape or 1 in shape:
             kept = [s if d > 1 else 0 for d, s in zip(shape, strides)]   # size-1 axes: unused
         else:
             kept = strides
         if kept and min(kept) < 0:
-            raise ValueError(f"parameter 'strides' must be non-negative (element strides), got {strides}")
+            raise ValueError("parameter 'strides' must be non-negative (element strides), got "
+                             f"{strides}")
         device_id = operator.index(device_id)
         if device_id < 0:
             raise ValueError(f"parameter 'device_id' must be >= 0, got {device_id}")
         isz = dt.itemsize
-        if _prod(shape) == 0:
+        if 0 in shape:
             return cls(ForeignBuffer(0, 0, device_id, owner), shape, dt, list(kept) or None, 0)
         if ptr <= 0:
             raise ValueError(f"parameter 'ptr' must be a device address, got {ptr}")
         if ptr % isz:
             raise ValueError(f"parameter 'ptr' {ptr:#x} is not aligned to the {dt} item size {isz}")
         span = sum(map(operator.mul, shape, kept)) - sum(kept) + 1    # sum((d - 1) * s) + 1
-        # the aclTensor's base: 32-byte aligned at or below ptr; the view starts at an offset
         rem = ptr % _BASE_ALIGN
         offset = rem // isz
         buf = ForeignBuffer(ptr - rem, (offset + span) * isz, device_id, owner)
@@ -261,10 +233,7 @@ class DeviceArray:
 
     @property
     def size(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -285,8 +254,8 @@ class DeviceArray:
 
     @property
     def is_contiguous(self) -> bool:
-        return all(s == c for d, s, c in zip(self.shape, self.strides, contiguous_strides(self.shape))
-                   if d > 1)
+        c_strides = contiguous_strides(self.shape)
+        return all(s == c for d, s, c in zip(self.shape, self.strides, c_strides) if d > 1)
 
     @property
     def closed(self) -> bool:
@@ -294,19 +263,17 @@ class DeviceArray:
 
     # ---- data movement
     def numpy(self) -> np.ndarray:
-        """A new C-contiguous host array with the view's contents (D2H copy of the reached range)."""
+        """A new C-contiguous host array with the view's contents (one D2H copy)."""
         out = np.empty(self.shape, self.dtype)
         if out.size == 0:
             return out
         if self.is_contiguous:          # one D2H copy straight into the result
             self.buffer.download(out, self.offset * self.itemsize)
             return out
-        span = self.max_index_from_offset + 1
-        host = np.empty(span, self.dtype)
+        host = np.empty(self.max_index_from_offset + 1, self.dtype)
         self.buffer.download(host, self.offset * self.itemsize)
-        view = np.lib.stride_tricks.as_strided(
+        out[...] = np.lib.stride_tricks.as_strided(
             host, self.shape, tuple(s * self.itemsize for s in self.strides), writeable=False)
-        out[...] = view
         return out
 
     def copy_from_numpy(self, array) -> None:
@@ -348,11 +315,8 @@ class DeviceArray:
 
     # ---- lifetime
     def free(self) -> None:
-        """Free the underlying device buffer now (every view of it becomes unusable).
-
-        The device results of one call share one allocation (:mod:`.arena`): freeing one
-        makes it unusable and gives its share back; the memory returns to the device when
-        the last of them is freed or collected."""
+        """Free the underlying buffer now (every view of it becomes unusable; a result of a
+        call gives back its share of the call's allocation, :mod:`.arena`)."""
         self.buffer.free()
 
     close = free
@@ -374,26 +338,21 @@ class DeviceArray:
                 f"{' (freed)' if self.closed else ''}>")
 
 
-def foreign_view(ptr, shape, dtype: np.dtype, strides, device_id, owner) -> DeviceArray:
-    """``DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)``: the view
-    over an NPU tensor or a result the caller's allocator made (device_run.py, operands)."""
-    return DeviceArray.from_pointer(ptr, shape, dtype, strides, device_id, owner)
+foreign_view = DeviceArray.from_pointer     # the view over an NPU tensor (operands, device_run)
 
 
 _converters: list = []
 
 
 def register_converter(fn) -> None:
-    """Add ``fn(name, value)``: a DeviceArray over the device memory of ``value`` (an array
-    of another framework, e.g. an NPU tensor: aclnn_fag.operands registers it), or None
-    when ``value`` is not of its kind. :func:`as_device_array` asks each in turn."""
+    """Add ``fn(name, value)``: a DeviceArray over ``value``'s device memory (an NPU tensor:
+    aclnn_fag.device_run registers it), or None when ``value`` is not of its kind."""
     if fn not in _converters:
         _converters.append(fn)
 
 
 def as_device_array(name: str, value):
-    """``value`` as a DeviceArray when a registered converter recognises it (the plans take
-    NPU tensors this way); anything else (numpy, DeviceArray, None) unchanged."""
+    """``value`` as a DeviceArray when a registered converter recognises it, else unchanged."""
     if value is None or isinstance(value, (DeviceArray, np.ndarray)):
         return value
     for fn in _converters:
@@ -414,7 +373,7 @@ class _Item:
         self.start = addr
         if array.flags.c_contiguous:    # the common case: no per-axis arithmetic
             self.end = addr + array.nbytes
-            self.strides = contiguous_strides(array.shape)
+            self.strides = _c_strides(array.shape)
             return
         isz = array.itemsize
         self.end = addr + isz + sum((d - 1) * s for d, s in zip(array.shape, array.strides))
@@ -430,11 +389,8 @@ def _needs_host_copy(a: np.ndarray) -> bool:
 
 
 def _as_native(a: np.ndarray) -> np.ndarray:
-    """A native-byte-order array with non-negative strides and the same contents.
-
-    Only the distinct elements are copied: zero-stride axes (``np.broadcast_to``) are cut to
-    length 1 before the copy and broadcast again after it, so a huge broadcast view with a
-    reversed axis costs the memory of its distinct elements, not of its shape."""
+    """A native-order copy with non-negative strides; zero-stride axes stay broadcast (a huge
+    broadcast view costs the memory of its distinct elements)."""
     compact = a[tuple(slice(0, 1) if s == 0 and n > 1 else slice(None)
                       for n, s in zip(a.shape, a.strides))]
     if compact.dtype.byteorder not in ("=", "|"):
@@ -446,10 +402,8 @@ def _as_native(a: np.ndarray) -> np.ndarray:
 
 
 def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int]):
-    """(out, groups): ``out`` has one entry per input (None for None, an empty DeviceArray
-    for an empty array, else None for now); ``groups`` lists the H2D copies to make as
-    (start address, end address, members) where each member (an _Item) becomes a view
-    (its strides, an element offset) over the group's device bytes."""
+    """(out, groups): ``out`` per input an empty DeviceArray for an empty array, else None;
+    ``groups`` the H2D copies as (start, end address, members: _Items, each a view)."""
     out: List[Optional[DeviceArray]] = [None] * len(arrays)
     items: List[_Item] = []
     for i, a in enumerate(arrays):
@@ -465,7 +419,6 @@ def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
         if not (a.flags.c_contiguous and a.dtype.isnative) and _needs_host_copy(a):
             a = _as_native(a)
         items.append(_Item(i, a))
-    # group overlapping or touching byte ranges
     items.sort(key=lambda it: (it.start, -it.end))
     groups: List[List[_Item]] = []
     group_end = None
@@ -476,7 +429,7 @@ def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
         else:
             groups.append([it])
             group_end = it.end
-    # a member whose position inside the group is not a whole number of its elements is split off
+    # a member whose place in the group is not a whole number of its elements goes alone
     final = []
     for g in groups:
         if len(g) == 1:
@@ -493,156 +446,126 @@ def _plan_uploads(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
 
 
 def _views(out: list, buf: DeviceBuffer, start: int, members) -> None:
-    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``;
-    each member lies inside the group's range, with non-negative strides)."""
+    """The DeviceArrays of one uploaded group over ``buf`` (its byte 0 = host ``start``)."""
     for it in members:
         a = it.array
         out[it.index] = DeviceArray._checked(buf, a.shape, a.dtype, it.strides,
                                              (it.start - start) // a.itemsize)
 
 
-def slice_view(arena, at: int, nbytes: int, shape: tuple, dtype: np.dtype,
-               strides: tuple) -> DeviceArray:
-    """A C-contiguous DeviceArray (``strides``: its C strides in elements) over bytes
-    [at, at + nbytes) of an arena (:mod:`.arena`), placed by :func:`.arena.layout`."""
-    return DeviceArray._checked(arena.slice(at, nbytes), shape, dtype, strides)
-
-
-def _add(timings: Optional[dict], key: str, wall: float, cpu: float) -> None:
-    timings[key] = timings.get(key, 0.0) + wall
-    if key + "_cpu" in timings:          # thread CPU time too (run_backward(cpu_timings))
-        timings[key + "_cpu"] += cpu
-
-
 def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[int] = None,
                   timings: Optional[dict] = None) -> List[Optional[DeviceArray]]:
-    """Upload numpy arrays, one H2D copy per group of overlapping/touching memory ranges,
-    each group into a device buffer of its own.
-
-    Returns one :class:`DeviceArray` per input (None for None), in order. On an error every
-    buffer allocated so far is freed. ``timings`` (a dict) accumulates host seconds under
-    "alloc" (aclrtMalloc) and "copy_in" (H2D copies).
-    """
+    """Upload numpy arrays (one DeviceArray or None each), one H2D copy per group of
+    overlapping/touching memory ranges into a buffer of its own (see the module doc)."""
     out, groups = _plan_uploads(arrays, device_id)
+    timer = Timer(timings)
     created: List[DeviceBuffer] = []
     try:
         for start, end, members in groups:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            buf = DeviceBuffer(end - start, device_id)
+            with timer("alloc"):
+                buf = DeviceBuffer(end - start, device_id)
             created.append(buf)
-            t1, c1 = time.perf_counter(), time.thread_time()
-            buf.copy_from_host(start, end - start)
-            if timings is not None:
-                _add(timings, "alloc", t1 - t0, c1 - c0)
-                _add(timings, "copy_in", time.perf_counter() - t1, time.thread_time() - c1)
+            with timer("copy_in"):
+                buf.copy_from_host(start, end - start)
             _views(out, buf, start, members)
     except BaseException:
-        for buf in created:
-            try:
-                buf.free()
-            except Exception:
-                pass
+        _free_all(created)
         raise
-    # the host arrays (including temporary copies) were alive until every copy finished
-    del groups
+    del groups      # the host arrays (temporary copies too) lived until every copy finished
     return out
 
 
-class CallMemory:
-    """The device memory of one call (:func:`call_memory`): ``inputs`` and ``outputs`` (one
-    DeviceArray per entry, in order), ``arenas`` (the allocations to free when the call
-    ends) and ``result_arenas`` (those owned by the outputs when they are handed out)."""
+def _free_all(buffers) -> None:
+    """Free every buffer now (after an error: not left to the garbage collector)."""
+    for buf in buffers:
+        try:
+            buf.free()
+        except Exception:
+            pass
 
-    __slots__ = ("inputs", "outputs", "arenas", "result_arenas")
+
+class CallMemory:
+    """:func:`call_memory`'s DeviceArrays (``inputs``, ``outputs``), the allocations freed or
+    pooled when the call ends (``arenas``), those owned by the results (``result_arenas``)
+    and the unused tail of the first allocation (``spare``: address, bytes; or None)."""
+
+    __slots__ = ("inputs", "outputs", "arenas", "result_arenas", "spare")
 
 
 def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple],
-                device_id: int, timings: Optional[dict] = None,
-                results_apart: bool = False, pooled: bool = False) -> CallMemory:
-    """Upload host ``arrays`` (as :func:`upload_arrays`: one H2D copy per group of
-    overlapping ranges) and allocate ``outputs`` -- each (shape, dtype, initial host array
-    or None) -- in **one** device allocation (an :mod:`.arena`), or two with
-    ``results_apart`` (the outputs in an arena of their own, to be owned by the returned
-    DeviceArrays: see :meth:`.arena.ArenaBuffer.share`).
+                device_id: int, timer: Timer = Timer(), results_apart: bool = False,
+                pooled: bool = False, spare: int = 0) -> CallMemory:
+    """Upload host ``arrays`` (grouped as :func:`upload_arrays`) and place ``outputs`` -- each
+    (shape, dtype, initial host array or None) -- in **one** allocation (:mod:`.arena`), or
+    two with ``results_apart`` (the outputs' own, owned by the results).
 
-    Outputs without an initial array are zero-filled by one ``aclrtMemset`` (the op may
-    leave parts unwritten: docs/faults.md); they come first in the arena so that their
-    bytes are one range. Empty arrays and outputs get an empty buffer (``tensorData``
-    NULL). On an error the allocation is freed before the exception propagates.
-    ``pooled``: the allocation that is not handed out with the results comes from
-    :mod:`.call_pool` (the caller hands it back after its synchronisation).
-    ``timings``: "alloc" (the allocation and the zero fill), "copy_in" (H2D copies).
-    """
-    from . import call_pool
-    from .arena import ArenaBuffer, layout
-
+    Outputs without an initial array come first and are zero-filled by one ``aclrtMemset``
+    (the op may leave parts unwritten: docs/faults.md). ``pooled``: the allocation not handed
+    out with the results comes from :mod:`.call_pool`, with ``spare`` bytes more behind the
+    pieces (``CallMemory.spare``, e.g. for the workspace). On an error it is freed first."""
     dev_in, groups = _plan_uploads(arrays, device_id)
     dev_out: List[Optional[DeviceArray]] = [None] * len(outputs)
-    zero_sizes, zero_idx, init_sizes, init_idx, inits = [], [], [], [], []
+    zeros, inits = [], []         # (index, shape, dtype, nbytes[, host array])
     for i, (shape, dtype, init) in enumerate(outputs):
-        shape = tuple(shape)
-        dt = np.dtype(dtype)
-        n = dt.itemsize
-        for d in shape:
-            n *= d
+        shape = tuple(map(int, shape))
+        dt = dtype if isinstance(dtype, np.dtype) else np.dtype(dtype)
+        n = math.prod(shape) * dt.itemsize
         if n == 0:
             dev_out[i] = DeviceArray.empty(shape, dt, device_id)
-            continue
-        if init is None:
-            zero_idx.append((i, shape, dt))
-            zero_sizes.append(n)
+        elif init is None:
+            zeros.append((i, shape, dt, n))
         else:
             a = np.asarray(init)
             if a.shape != shape or a.dtype != dt:
                 raise ValueError(f"need shape {shape} {dt}, got {a.shape} {a.dtype}")
-            init_idx.append((i, shape, dt))
-            init_sizes.append(n)
-            inits.append(np.ascontiguousarray(a))
-    zero_at, zero_end = layout(zero_sizes)
-    init_at, out_end = layout(init_sizes, zero_end)
+            inits.append((i, shape, dt, n, np.ascontiguousarray(a)))
+    zero_at, zero_end = layout([z[3] for z in zeros])
+    init_at, out_end = layout([z[3] for z in inits], zero_end)
     group_at, in_end = layout([end - start for start, end, _ in groups],
                               0 if results_apart else out_end)
-    t0, c0 = time.perf_counter(), time.thread_time()
     mem = CallMemory()
     mem.arenas, mem.result_arenas = [], []
     try:
-        if results_apart:
-            if out_end:
+        with timer("alloc"):
+            if results_apart and out_end:
                 mem.result_arenas.append(ArenaBuffer(out_end, device_id))
-            if in_end:
-                mem.arenas.append(call_pool.take(in_end, device_id) if pooled
-                                  else ArenaBuffer(in_end, device_id))
-            out_arena = mem.result_arenas[0] if out_end else None
-            in_arena = mem.arenas[0] if in_end else None
-        else:
             if in_end:          # used only until the call returns: reusable (.call_pool)
-                mem.arenas.append(call_pool.take(in_end, device_id) if pooled
+                mem.arenas.append(call_pool.take(in_end + spare, device_id) if pooled
                                   else ArenaBuffer(in_end, device_id))
-            out_arena = in_arena = mem.arenas[0] if in_end else None
-        if zero_end:
-            out_arena.memset(0, 0, zero_end)
-        if timings is not None:
-            _add(timings, "alloc", time.perf_counter() - t0, time.thread_time() - c0)
-        t1, c1 = time.perf_counter(), time.thread_time()
-        for (i, shape, dt), at, n in zip(zero_idx, zero_at, zero_sizes):
-            dev_out[i] = slice_view(out_arena, at, n, shape, dt, contiguous_strides(shape))
-        for (i, shape, dt), at, n, a in zip(init_idx, init_at, init_sizes, inits):
-            da = dev_out[i] = slice_view(out_arena, at, n, shape, dt, contiguous_strides(shape))
-            da.buffer.copy_from_host(a.ctypes.data, n)
+            in_arena = mem.arenas[0] if in_end else None
+            out_arena = mem.result_arenas[0] if results_apart and out_end else in_arena
+            if zero_end:
+                out_arena.memset(0, 0, zero_end)
+        with timer("copy_in"):
+            copies = [(in_arena, at, start, end - start) for (start, end, _), at
+                      in zip(groups, group_at)]
+            copies += [(out_arena, at, z[4].__array_interface__["data"][0], z[3])
+                       for z, at in zip(inits, init_at)]
+            _copy_in(copies)
+        for (i, shape, dt, n, *_), at in zip(zeros + inits, zero_at + init_at):
+            dev_out[i] = DeviceArray._checked(out_arena.slice(at, n), shape, dt,
+                                              _c_strides(shape))
         for (start, end, members), at in zip(groups, group_at):
-            buf = in_arena.slice(at, end - start)
-            buf.copy_from_host(start, end - start)
-            _views(dev_in, buf, start, members)
-        if timings is not None:
-            _add(timings, "copy_in", time.perf_counter() - t1, time.thread_time() - c1)
+            _views(dev_in, in_arena.slice(at, end - start), start, members)
     except BaseException:
-        for buf in mem.arenas + mem.result_arenas:
-            try:
-                buf.free()
-            except Exception:
-                pass
+        _free_all(mem.arenas + mem.result_arenas)
         raise
-    # the host arrays (including temporary copies) were alive until every copy finished
-    del groups, inits
-    mem.inputs, mem.outputs = dev_in, dev_out
+    del groups, inits       # the host arrays lived until every copy finished
+    mem.inputs, mem.outputs, mem.spare = dev_in, dev_out, None
+    if in_arena is not None:        # behind the pieces, aligned
+        at = -(-in_end // ARENA_ALIGN) * ARENA_ALIGN
+        mem.spare = (in_arena.ptr + at, in_arena.nbytes - at)
     return mem
+
+
+def _copy_in(copies) -> None:
+    """H2D copies (arena, offset, host address, nbytes), one native call each."""
+    if not copies:
+        return
+    b = runtime.api()
+    total = 0
+    for arena, at, src, n in copies:
+        check(b, b.aclrtMemcpy(arena.ptr + at, arena.nbytes - at, src, n, MEMCPY_HOST_TO_DEVICE),
+              "aclrtMemcpy", rule="host to device copy failed")
+        total += n
+    runtime._count("h2d", len(copies), "h2d_bytes", total)

@@ -1,34 +1,9 @@
-"""Executors kept between public calls: phase 1 once per call signature.
-
-A public call (``run_backward`` / ``run_forward``, so every ``backend="npu"`` call) whose
-phase 1 succeeded marks its executor repeatable (``aclSetAclOpExecutorRepeatable``) and,
-after a successful phase 2, keeps it here together with the aclTensor and aclIntArray
-handles it refers to, instead of destroying them. The next call with the same
-**signature** takes it out, points its tensors at the new device addresses
-(``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``) and runs phase 2 only: no
-aclTensor is created, phase 1 (tiling) does not run again, and the determinism option is
-not touched (phase 1 is where the op reads it; docs/abi.md §6).
-
-The signature is everything phase 1 sees except the device addresses: the op, the device
-and the thread's ACL context, the determinism value, every attribute (floats compared bit
-for bit), the int arrays' values, and for each tensor slot NULL-ness, shape, strides,
-dtype, element offset and the size of the storage its aclTensor describes. Two calls with
-equal signatures give phase 1 identical arguments but for ``tensorData``, which is exactly
-what the address setters replace.
-
-Rules that keep it safe:
-
-* An entry is used by one call at a time: ``take`` removes it from the cache, ``give``
-  puts it back (a concurrent call with the same signature builds its own).
-* Failure anywhere (an address setter, phase 2, the synchronisation) destroys the entry
-  instead of returning it. A repeatable executor stays ours through phase 2 (phase 2 does
-  not free it), so it is destroyed by us exactly once: executor first, then its handles.
-* The cache holds at most ``capacity()`` idle entries (least recently used dropped first);
-  ``ACLNN_FAG_EXECUTOR_CACHE`` sets it (default 16; ``0`` turns caching off, every call
-  then creates and destroys its handles as before). :func:`clear` destroys every idle
-  entry; ``acl.shutdown()`` does too. Host memory only: no device memory is kept (each
-  call brings its own buffers and workspace).
-* Without ``aclSetAclOpExecutorRepeatable`` or the address setters nothing is cached.
+"""Executors kept between public calls: phase 1 once per call **signature** -- everything phase
+1 sees but the device addresses (the op, the device and ACL context, the determinism value,
+the attributes bit for bit, the int arrays, and per tensor slot shape, strides, dtype, offset
+and storage size). A hit is repointed by :mod:`.executor` and runs phase 2 only; an entry
+serves one call at a time and is destroyed after any failure. At most ``capacity()`` idle
+entries (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off), least recently used dropped first.
 """
 
 from __future__ import annotations
@@ -56,8 +31,8 @@ _capacity = DEFAULT_CAPACITY
 
 
 def capacity() -> int:
-    """Idle entries kept at most (``$ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off).
-    Read again whenever the variable changes; an invalid value raises ValueError naming it."""
+    """Idle entries kept at most (``$ACLNN_FAG_EXECUTOR_CACHE``, read again when it changes;
+    an invalid value raises ValueError naming it)."""
     global _env_seen, _capacity
     raw = _env.get(ENV_CAPACITY)
     if raw != _env_seen:
@@ -79,8 +54,7 @@ def enabled(b) -> int:
 
 
 def _double_key(value: float) -> int:
-    """The double's 64-bit pattern: -0.0 and 0.0, the NaN signs and payloads told apart
-    (``float.hex()`` gives 'nan' for every NaN)."""
+    """The double's 64-bit pattern (-0.0 and 0.0, NaN signs and payloads told apart)."""
     return _BITS.unpack(_DOUBLE.pack(value))[0]
 
 
@@ -89,34 +63,28 @@ _DOUBLE, _BITS = struct.Struct("=d"), struct.Struct("=Q")
 
 def signature(op_name: str, dev: int, deterministic, attrs: tuple, int_arrays: tuple,
               inputs: list, outputs: list) -> tuple:
-    """The cache key of one call (see the module doc). ``attrs``: the attribute values in
-    parameter order (doubles first); ``inputs`` / ``outputs``: DeviceArray or None per
-    slot in parameter order."""
+    """The cache key of one call (see the module doc); ``attrs`` in parameter order (the
+    doubles first), ``inputs`` / ``outputs`` a DeviceArray or None per slot."""
     return (op_name, dev, runtime.current_context_record(), deterministic,
             (_double_key(attrs[0]), _double_key(attrs[1])) + tuple(attrs[2:]), int_arrays,
             array_keys(inputs), array_keys(outputs))
 
 
 def array_keys(arrays: list) -> tuple:
-    """What phase 1 sees of each tensor slot but its address: NULL, or shape, strides,
-    dtype, element offset and the storage size."""
+    """What phase 1 sees of each tensor slot but its address."""
     return tuple([None if a is None else (a.shape, a.strides, a.dtype, a.offset, a.buffer.nbytes)
                   for a in arrays])
 
 
 class CachedExecutor:
-    """A repeatable executor plus the handles (``HandleBatch``) its tensors and int arrays
-    live in; ``inputs`` / ``outputs``: per non-NULL tensor slot (setter index, aclTensor
-    handle, the device base address it points at now; :mod:`.executor` repoints them)."""
+    """A repeatable executor and the ``HandleBatch`` it refers to; ``inputs`` / ``outputs``:
+    per non-NULL tensor slot (setter index, aclTensor handle, the address it points at)."""
 
     __slots__ = ("executor", "batch", "inputs", "outputs", "workspace_size", "__weakref__")
 
     def __init__(self, executor, batch, inputs: list, outputs: list, workspace_size: int) -> None:
-        self.executor = executor
-        self.batch = batch
-        self.inputs = inputs
-        self.outputs = outputs
-        self.workspace_size = workspace_size
+        self.executor, self.batch = executor, batch
+        self.inputs, self.outputs, self.workspace_size = inputs, outputs, workspace_size
 
     @property
     def alive(self) -> bool:
@@ -147,8 +115,8 @@ def take(key: tuple) -> Optional[CachedExecutor]:
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
-    """Return an entry after a successful call (the least recently used ones beyond the
-    capacity -- ``capacity()`` unless given -- are destroyed)."""
+    """Return an entry after a successful call (the least recently used beyond ``cap``,
+    default ``capacity()``, are destroyed)."""
     if cap is None:
         cap = capacity()
     if cap <= 0 or not entry.alive:

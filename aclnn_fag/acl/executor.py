@@ -1,25 +1,8 @@
-"""The one route of a call on the device: the only caller of phase 1, the address setters
-and phase 2 (docs/architecture.md, "The path of one call").
-
-Every public call, ``call_raw``, the host-array short path (:mod:`.host_path`) and the
-plans (:mod:`.plan`) end here. A call arrives as a :class:`Launch` -- the op version
-(:mod:`aclnn_fag.spec`), the device, the determinism value, the nine attributes, the int
-arrays' values and one DeviceArray (or None) per tensor slot -- and :func:`run` does, in
-order (docs/abi.md §6):
-
-1. with the executor cache on (``Launch.cache``): the call's signature, an idle executor
-   of that signature taken out of :mod:`.exec_cache` and its tensors repointed at this
-   call's addresses (no create, no phase 1, no determinism hold);
-2. otherwise: the determinism option held, the aclTensors and aclIntArrays created (one
-   :class:`~.tensors.HandleBatch`), phase 1, the executor marked repeatable when it will
-   be cached;
-3. the workspace (``workspace_of(nbytes, cached)``, the caller's memory policy), phase 2 on the
-   stream, the handles destroyed right after phase 2 (or kept with the executor), the
-   stream synchronised when asked, and the executor back into the cache.
-
-Ownership: every handle is owned the moment it exists (:mod:`.ownership`). A one-shot
-executor is the library's from the moment phase 2 is entered; a repeatable one stays ours
-(destroyed by us after a failure, exactly once: executor first, then its handles).
+"""The one route of a call on the device, the only caller of phase 1, the address setters and
+phase 2 (docs/architecture.md, "The path of one call"; docs/abi.md §6): :func:`run` takes a
+:class:`Launch`, reuses a cached executor of its signature (:mod:`.exec_cache`, repointed) or
+makes the handles and runs phase 1, then phase 2 on the caller's workspace. A one-shot
+executor is the library's once phase 2 is entered; a repeatable one stays ours.
 """
 
 from __future__ import annotations
@@ -28,7 +11,7 @@ import contextlib
 import numbers
 import time
 from ctypes import byref, c_double, c_int64, c_uint64, c_void_p
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 from ..constants import INT64_MAX, INT64_MIN
 from ..errors import ParamNullptrError
@@ -47,12 +30,11 @@ _UNTIMED = contextlib.nullcontext()
 
 
 class Timer:
-    """Host seconds per stage added to ``timings`` (wall, and thread CPU as ``<key>_cpu``
-    with ``cpu``); without a dict it times nothing."""
+    """Host seconds per stage added to ``timings`` (and thread CPU as ``<key>_cpu`` with
+    ``cpu``); without a dict it times nothing."""
 
     def __init__(self, timings: Optional[dict] = None, cpu: bool = False) -> None:
         self.timings = timings
-        self.cpu = cpu
         for k in TIMING_KEYS if timings is not None else ():
             timings.setdefault(k, 0.0)
             if cpu:
@@ -68,18 +50,14 @@ class Timer:
         try:
             yield
         finally:
-            self.add(key, time.perf_counter() - t0, time.thread_time() - c0)
-
-    def add(self, key: str, wall: float, cpu: float) -> None:
-        if self.timings is not None:
-            self.timings[key] = self.timings.get(key, 0.0) + wall
+            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - t0
             if key + "_cpu" in self.timings:
-                self.timings[key + "_cpu"] += cpu
+                self.timings[key + "_cpu"] += time.thread_time() - c0
 
 
 class Executor(runtime.NativeResource):
-    """An ``aclOpExecutor*`` we own until phase 2 consumes it (a one-shot one) or we destroy
-    it. Made empty before phase 1; phase 1 adopts its handle in the same atomic step."""
+    """An ``aclOpExecutor*`` we own until phase 2 consumes it (one-shot) or we destroy it;
+    phase 1 adopts its handle in the same atomic step."""
 
     _what = "an aclOpExecutor"
     _rank = 0                      # destroyed before the tensors it refers to
@@ -99,8 +77,8 @@ class Executor(runtime.NativeResource):
 
 # --------------------------------------------------------------------------- arguments
 def layout_arg(layout) -> Optional[bytes]:
-    """``input_layout`` as the C string the op receives (None = NULL). A NUL inside would
-    silently cut the string short on the C side, so it is refused (ValueError)."""
+    """``input_layout`` as the C string the op receives (None = NULL; a NUL inside, which
+    would cut the string short, is refused)."""
     if layout is None:
         return None
     if isinstance(layout, (bytes, bytearray)):
@@ -115,23 +93,24 @@ def layout_arg(layout) -> Optional[bytes]:
     return raw
 
 
+def _number(name: str, value, kind: type, abc: type, what: str):
+    """``kind(value)`` for a ``kind`` or an ``abc`` number that is no bool, else TypeError."""
+    if type(value) is not kind and (isinstance(value, bool) or not isinstance(value, abc)):
+        raise TypeError(f"parameter '{name}' must be {what}, got {type(value).__name__}")
+    return kind(value)
+
+
 def _int64_attr(name: str, value) -> int:
     """An int64 attribute: ctypes would silently wrap a value outside int64, so refuse it."""
-    if type(value) is not int and (isinstance(value, bool)
-                                   or not isinstance(value, numbers.Integral)):
-        raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
-    value = int(value)
+    value = _number(name, value, int, numbers.Integral, "an int")
     if not INT64_MIN <= value <= INT64_MAX:
         raise ValueError(f"parameter '{name}' = {value} does not fit in int64")
     return value
 
 
 def _double_attr(name: str, value) -> float:
-    if type(value) is not float and (isinstance(value, bool)
-                                     or not isinstance(value, numbers.Real)):
-        raise TypeError(f"parameter '{name}' must be a float, got {type(value).__name__}")
     try:
-        return float(value)
+        return _number(name, value, float, numbers.Real, "a float")
     except OverflowError:
         raise ValueError(f"parameter '{name}' = {value} does not fit in a double") from None
 
@@ -154,8 +133,7 @@ _ATTR_PARAMS: dict = {}
 
 
 def attr_values(op: OpVersion, attrs) -> tuple:
-    """The op's attributes in parameter order, checked against their C types (``attrs``:
-    name -> value; the layout becomes bytes)."""
+    """The op's attributes (name -> value) in parameter order, checked against their C types."""
     return tuple([check(name, attrs[name]) for name, check, _ in _attr_params(op)])
 
 
@@ -163,9 +141,8 @@ def attr_values(op: OpVersion, attrs) -> tuple:
 def phase1(b, op: OpVersion, tensors_in: Sequence, int_arrays: Sequence, attrs: tuple,
            tensors_out: Sequence, out_params: Tuple[bool, bool] = (True, True)
            ) -> Tuple[Optional[Executor], int]:
-    """Phase 1 on handles (aclTensor / aclIntArray / None per slot, parameter order) and
-    checked attribute values: the executor (owned; None when phase 1 returned none) and the
-    workspace size. ``out_params``: pass workspaceSize / executor (False: NULL)."""
+    """Phase 1 on handles (None per NULL slot, parameter order) and checked attribute values:
+    (the owned executor or None, the workspace size). ``out_params``: False passes NULL."""
     ws_size, handle = c_uint64(0), c_void_p(None)
     c_attrs = [ctype(v) for (_, _, ctype), v in zip(_attr_params(op), attrs)]
     args = (list(tensors_in) + list(int_arrays) + c_attrs + list(tensors_out)
@@ -197,8 +174,8 @@ def make_repeatable(b, ex: Executor) -> Optional[str]:
 
 
 def set_address(b, output: bool, ex: Executor, index: int, tensor: int, address) -> bool:
-    """Point one aclTensor of a repeatable executor at ``address`` (``index``: the position
-    among the non-NULL tensors of its kind, docs/abi.md §2b). False when the setter fails."""
+    """Point one aclTensor of a repeatable executor at ``address`` (``index``: its place among
+    the non-NULL tensors of its kind, docs/abi.md §2b); False when the setter fails."""
     setter = b.aclSetOutputTensorAddr if output else b.aclSetInputTensorAddr
     if setter(ex.handle, index, tensor, address):
         recent_message(b)
@@ -208,8 +185,7 @@ def set_address(b, output: bool, ex: Executor, index: int, tensor: int, address)
 
 def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: int, stream: int,
            repeatable: bool) -> None:
-    """Phase 2 on ``stream``. A repeatable executor stays ours; a one-shot one is the
-    library's from the moment phase 2 is entered (also when it fails)."""
+    """Phase 2 on ``stream``; a one-shot executor is the library's once phase 2 is entered."""
     if ws_size > 0 and not workspace:
         # the op would delete the executor, even a repeatable one we still own (opbase):
         # refused before the call, the executor stays ours (docs/releases.md)
@@ -225,33 +201,28 @@ def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: in
 
 
 # --------------------------------------------------------------------------- one call
-class Launch:
-    """One call as the executor sees it (see the module doc). ``inputs`` / ``outputs``:
-    one DeviceArray or None per tensor slot, in parameter order; ``attrs``: checked values
-    (:func:`attr_values`); ``int_values``: a tuple of ints or None per int-array slot.
-    ``cache``: use the executor cache (the public calls); ``out_params``: pass phase 1's
-    workspaceSize / executor out-parameters (``call_raw``, which never caches, may pass
-    NULL)."""
+class Launch(NamedTuple):
+    """One call as the executor sees it: ``inputs`` / ``outputs`` one DeviceArray or None per
+    tensor slot, ``attrs`` checked values (:func:`attr_values`), ``int_values`` a tuple of
+    ints or None per int-array slot. ``cache``: use the executor cache (the public calls);
+    ``out_params``: pass phase 1's out-parameters (``call_raw`` may pass NULL)."""
 
-    __slots__ = ("op", "dev", "deterministic", "attrs", "int_values", "inputs", "outputs",
-                 "cache", "out_params")
-
-    def __init__(self, op: OpVersion, dev: int, deterministic: Optional[bool], attrs: tuple,
-                 int_values: tuple, inputs: list, outputs: list, cache: bool = True,
-                 out_params: Tuple[bool, bool] = (True, True)) -> None:
-        self.op, self.dev, self.deterministic = op, dev, deterministic
-        self.attrs, self.int_values = attrs, int_values
-        self.inputs, self.outputs = inputs, outputs
-        self.cache = cache
-        self.out_params = out_params
+    op: OpVersion
+    dev: int
+    deterministic: Optional[bool]
+    attrs: tuple
+    int_values: tuple
+    inputs: list
+    outputs: list
+    cache: bool = True
+    out_params: Tuple[bool, bool] = (True, True)
 
 
 def run(call: Launch, stream: int, workspace_of: Callable[[int, bool], int], sync: bool,
         timer: Timer = Timer()) -> None:
-    """Run ``call`` on ``stream`` (see the module doc); ``workspace_of(nbytes, cached)``
-    gives the workspace's address (asked only for more than 0 bytes; ``cached``: for an
-    executor taken from the cache; the memory's lifetime is the caller's);
-    ``sync``: synchronise the stream before returning (kernel faults surface there)."""
+    """Run ``call`` on ``stream`` (see the module doc). ``workspace_of(nbytes, cached)`` gives
+    the workspace's address (the memory is the caller's); ``sync``: synchronise the stream
+    before returning (kernel faults surface there)."""
     b = runtime.api()
     cap = exec_cache.enabled(b) if call.cache else 0
     key = entry = None
@@ -303,11 +274,9 @@ def _build_and_launch(b, call: Launch, cap: int, stream: int, workspace_of,
         if ex is None:
             return None
         entry = None
-        if cap and b.aclSetAclOpExecutorRepeatable(ex.handle) == 0:
+        if cap and make_repeatable(b, ex) is None:     # else one-shot, as without the cache
             entry = exec_cache.CachedExecutor(ex, batch, _slots(t_in, call.inputs),
                                               _slots(t_out, call.outputs), ws_size)
-        elif cap:
-            recent_message(b)       # not repeatable: one-shot, as without the cache
         workspace = _workspace(workspace_of, ws_size, False)
         with timer("phase2"):
             phase2(b, call.op, ex, workspace, ws_size, stream, entry is not None)
@@ -334,45 +303,38 @@ def _slots(handles: list, arrays: list) -> list:
     return out
 
 
-def _addresses(arrays: list) -> List[Optional[int]]:
-    """The base address of each non-NULL DeviceArray's buffer (None: an empty one);
-    ValueError for a freed buffer."""
-    out = []
-    for arr in arrays:
-        if arr is not None:
-            if arr.buffer.closed:
-                raise ValueError("the device array's buffer has been freed")
-            out.append(arr.buffer.ptr)
-    return out
-
-
 def _take_repointed(b, key, call: Launch) -> Optional[exec_cache.CachedExecutor]:
     """An idle entry of ``key`` with its tensors pointed at the call's arrays, or None (no
-    entry, or a setter failed: that entry is destroyed and the caller runs phase 1). An
-    error while repointing (a freed buffer) destroys the entry too."""
+    entry, or a setter failed). An entry that could not be repointed is destroyed."""
     with ownership.atomic():
         entry = exec_cache.take(key)
     if entry is None:
         return None
+    ok = False
     try:
-        ok = (_repoint(b, entry, entry.inputs, _addresses(call.inputs), False)
-              and _repoint(b, entry, entry.outputs, _addresses(call.outputs), True))
-    except BaseException:
-        with ownership.atomic():
-            exec_cache.discard(entry)
-        raise
-    if not ok:
-        with ownership.atomic():
-            exec_cache.discard(entry)
-        return None
-    return entry
+        ok = (_repoint(b, entry, entry.inputs, call.inputs, False)
+              and _repoint(b, entry, entry.outputs, call.outputs, True))
+    finally:
+        if not ok:
+            with ownership.atomic():
+                exec_cache.discard(entry)
+    return entry if ok else None
 
 
-def _repoint(b, entry, slots: list, addresses: list, output: bool) -> bool:
-    for k, new in enumerate(addresses):
+def _repoint(b, entry, slots: list, arrays: list, output: bool) -> bool:
+    """Point the entry's tensors (``slots``) at the non-NULL ``arrays``' buffers (ValueError
+    for a freed one); False when a setter fails."""
+    k = 0
+    for arr in arrays:
+        if arr is None:
+            continue
+        if arr.buffer.closed:
+            raise ValueError("the device array's buffer has been freed")
+        new = arr.buffer.ptr
         index, handle, ptr = slots[k]
         if new != ptr:
             if not set_address(b, output, entry.executor, index, handle, new):
                 return False
             slots[k] = (index, handle, new)
+        k += 1
     return True

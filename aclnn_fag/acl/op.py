@@ -1,26 +1,16 @@
-"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated calls)
-and ``call_raw`` / ``call_raw_forward`` (no validation; their keywords come from
-:mod:`aclnn_fag.spec`).
-
-Each call turns its arguments into device arrays and hands them to :mod:`.executor` (the
-one route to phase 1 and phase 2): host arrays are uploaded into one allocation (views of
-one host array share one upload, :func:`.device.call_memory`) next to the outputs it
-allocates (zero-filled by one aclrtMemset: the op may leave parts unwritten, docs/faults.md);
-device arrays are used in place. A public call whose inputs are all C-contiguous host
-arrays takes :mod:`.host_path` instead (a per-shape layout, the same executor route).
-
-Memory policy (docs/architecture.md, "Where to change the memory policy"): the public calls
-take the allocation used only during the call and the workspace from :mod:`.call_pool` and
-hand them back after the synchronisation (freed instead after an error); with a caller's
-stream and device-resident inputs only the launch is enqueued and the workspace is the
-stream's own (``runtime.stream_workspace``); ``call_raw`` allocates and frees everything.
+"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated calls) and
+``call_raw`` / ``call_raw_forward`` (no validation; keywords from :mod:`aclnn_fag.spec`). Each
+turns its arguments into device arrays -- host arrays uploaded into one allocation next to the
+outputs (:func:`.device.call_memory`), device arrays used in place -- and hands them to
+:func:`.executor.run`. The memory policy is here (docs/architecture.md): the public calls take
+their allocation and workspace from :mod:`.call_pool`; with a caller's stream and device inputs
+only the launch is enqueued (the stream's own workspace); ``call_raw`` allocates everything.
 """
 
 from __future__ import annotations
 
-import contextlib
 import inspect
-from typing import Dict, Mapping, Optional
+from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
@@ -28,21 +18,19 @@ from ..call import FagCall, FagForward, FagGrads, FwdCall, device_int_array
 from ..constants import BF16
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OpVersion
-from . import call_pool, device_constants, executor, host_path, ownership, runtime
+from . import caches, call_pool, device_constants, executor, ownership, runtime
+from ._status import check
+from .arena import ARENA_ALIGN
 from .device import DeviceArray, call_memory
+from .runtime import MEMCPY_DEVICE_TO_HOST
 from .tensors import int64_values
 
 __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
-           "execute", "check_device_arrays", "BACKWARD", "FORWARD", "INPUT_SLOTS",
-           "INT_ARRAY_SLOTS", "OUTPUT_SLOTS", "OUTPUT_LIKE", "FWD_INPUT_SLOTS",
-           "FWD_OUTPUT_SLOTS", "AUTO", "TIMING_KEYS"]
+           "execute", "check_device_arrays", "BACKWARD", "FORWARD", "AUTO"]
 
 BACKWARD, FORWARD = BACKWARD_V3, FORWARD_V3
-INPUT_SLOTS, INT_ARRAY_SLOTS, OUTPUT_SLOTS = BACKWARD.inputs, BACKWARD.int_arrays, BACKWARD.outputs
-OUTPUT_LIKE = dict(BACKWARD.output_like)
-FWD_INPUT_SLOTS, FWD_OUTPUT_SLOTS = FORWARD.inputs, FORWARD.outputs
-TIMING_KEYS = executor.TIMING_KEYS
 _RESULTS = {BACKWARD.key: FagGrads, FORWARD.key: FagForward}   # what each op returns
+_WORKSPACE: dict = {}       # op key -> the largest workspace a cached executor asked for
 
 
 class _Auto:
@@ -53,190 +41,189 @@ class _Auto:
 AUTO = _Auto()   # call_raw output default: the op's own output shape (see _auto_outputs)
 
 
-def check_device_arrays(arrays: Mapping[str, object], dev: int) -> None:
-    """ValueError when a DeviceArray lives on another device than the call's."""
-    for name, arr in arrays.items():
-        if arr is not None and isinstance(arr, DeviceArray) and arr.device_id != dev:
-            raise ValueError(f"parameter '{name}': the device array is on device {arr.device_id}, "
-                             f"but the call runs on device {dev}; pass device_id={arr.device_id} "
-                             "or copy the array to that device")
+def check_device_arrays(named: Iterable, dev: int) -> list:
+    """ValueError when a DeviceArray of (name, array) pairs lives on another device; the
+    places of the other non-None arrays (host arrays, output specs)."""
+    others = []
+    for i, (name, arr) in enumerate(named):
+        if isinstance(arr, DeviceArray):
+            if arr.device_id != dev:
+                raise ValueError(f"parameter '{name}': the device array is on device "
+                                 f"{arr.device_id}, but the call runs on device {dev}; pass "
+                                 f"device_id={arr.device_id} or copy the array to that device")
+        elif arr is not None:
+            others.append(i)
+    return others
 
 
 def _shape(x) -> tuple:
     return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
 
 
-def _auto_outputs(op: OpVersion, inputs: Mapping[str, object]) -> Dict[str, Optional[tuple]]:
-    """Output slot -> (shape, dtype, None) of the buffer the call allocates, or None (NULL).
-    The backward's gradients are bf16 shaped like their inputs (``output_like``; dpse NULL);
-    the forward's are the [T1, N1, 8] float32 statistics, an empty softmax_out (torch_npu
-    passes one) and the bf16 [T1, N1, Dv] attention_out."""
+def _auto_outputs(op: OpVersion, inputs: list) -> list:
+    """Per output slot the (shape, dtype, None) of the buffer the call allocates, or None
+    (NULL): the backward's gradients bf16 like their inputs (dpse NULL); the forward's
+    statistics, an empty softmax_out (torch_npu passes one) and attention_out."""
+    named = dict(zip(op.inputs, inputs))
     if op is FORWARD:
-        q, v = inputs.get("query"), inputs.get("value")
+        q, v = named["query"], named["value"]
         qs, vs = (() if q is None else _shape(q)), (() if v is None else _shape(v))
         if len(qs) < 2 or len(vs) < 1:
-            return dict.fromkeys(op.outputs)
+            return [None] * len(op.outputs)
         stats = ((qs[0], qs[1], 8), np.dtype(np.float32), None)
-        return {"softmax_max": stats, "softmax_sum": stats, "softmax_out": ((0,), BF16, None),
-                "attention_out": ((qs[0], qs[1], vs[-1]), BF16, None)}
-    out = {}
-    for name in op.outputs:
-        src = inputs.get(op.output_like.get(name, ""))
-        out[name] = None if src is None else (_shape(src), BF16, None)
-    return out
+        return [stats, stats, ((0,), BF16, None), ((qs[0], qs[1], vs[-1]), BF16, None)]
+    srcs = [named.get(op.output_like.get(n, "")) for n in op.outputs]
+    return [None if src is None else (_shape(src), BF16, None) for src in srcs]
 
 
 # --------------------------------------------------------------------------- one call
-def _release_on_exit(stack: contextlib.ExitStack, resource) -> None:
-    """Release ``resource`` when ``stack`` unwinds; a failed release warns
-    (ResourceReleaseWarning, the handle kept for shutdown) instead of raising."""
-    stack.callback(resource.release, "warn")
-
-
-def _release_on_error(stack: contextlib.ExitStack, resource) -> None:
-    """Release ``resource`` only when ``stack`` unwinds with an exception (a result that
-    would have been handed to the caller)."""
-    def _exit(exc_type, exc, tb):
-        if exc_type is not None:
-            try:
-                resource.release()
-            except Exception:
-                pass
-        return False
-    stack.push(_exit)
-
-
-def _pool_on_exit(stack: contextlib.ExitStack, arena) -> None:
-    """When ``stack`` unwinds: ``arena`` back to :mod:`.call_pool` after success, freed
-    after an error."""
-    def _exit(exc_type, exc, tb):
-        (call_pool.give if exc_type is None else call_pool.discard)(arena)
-        return False
-    stack.push(_exit)
-
-
-def execute(op: OpVersion, inputs: Mapping[str, object], int_arrays: Mapping[str, object],
-            attrs: Mapping[str, object], outputs: Mapping[str, object], *,
-            deterministic: Optional[bool], device_id: Optional[int], stream=None,
-            keep_on_device: bool = False, public: bool = True,
-            timer: executor.Timer = executor.Timer(), out_params=(True, True)
-            ) -> Dict[str, object]:
-    """Run one call. ``inputs``: slot -> numpy array / DeviceArray / None; ``int_arrays``:
-    slot -> sequence / None; ``outputs``: slot -> None, a DeviceArray (written in place) or
-    (shape, dtype, initial host array or None). Returns slot -> host array (None for NULL
-    outputs), or with ``keep_on_device`` slot -> DeviceArray (nothing downloaded).
-
-    ``stream`` None: this thread's own stream, synchronised. A caller's stream only gets
-    the launch when every input is device-resident and ``keep_on_device`` is set;
-    otherwise it is synchronised before the results are read. ``public``: the executor
-    cache, the package mask's device copy and the memory pool are used (``call_raw``:
-    none of them; ``out_params`` may then pass NULL out-parameters to phase 1)."""
+def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, object],
+            outputs: list, *, deterministic: Optional[bool], device_id: Optional[int],
+            stream=None, keep_on_device: bool = False, public: bool = True,
+            timer: executor.Timer = executor.Timer(), out_params=(True, True)) -> list:
+    """Run one call, every list in slot order: ``inputs`` numpy / DeviceArray / None,
+    ``outputs`` None, a DeviceArray (written in place) or (shape, dtype, initial host array
+    or None). Returns host arrays, or with ``keep_on_device`` the DeviceArrays. A caller's
+    ``stream`` only gets the launch when every input is device-resident and results stay on
+    the device (else it is synchronised). ``public``: the executor cache, the mask's device
+    copy and the memory pool are used (``call_raw``: none; ``out_params`` may pass NULL)."""
     # Python-level argument checks first: nothing native exists yet when they fail.
     attr_values = executor.attr_values(op, attrs)
-    int_values = tuple(None if int_arrays.get(n) is None else int64_values(n, int_arrays[n])
-                       for n in op.int_arrays)
+    int_values = tuple([None if v is None else int64_values(n, v)
+                        for n, v in zip(op.int_arrays, int_arrays)])
     dev = runtime.resolve_device(device_id)
-    check_device_arrays(inputs, dev)
-    check_device_arrays(outputs, dev)
+    host = check_device_arrays(zip(op.inputs, inputs), dev)
+    made = check_device_arrays(zip(op.outputs, outputs), dev)
+    enqueue_only = stream is not None and keep_on_device and not host
     with runtime.operation():
         runtime.ensure_device(dev if device_id is not None else None)
         handle = runtime.resolve_stream(stream) if stream is not None else runtime.stream(dev)
-        enqueue_only = (stream is not None and keep_on_device
-                        and all(v is None or isinstance(v, DeviceArray) for v in inputs.values()))
+        pooled, owned, results = [], [], []     # released when the call ends (see finally)
+        spare = None
         ok = False
-        stack = contextlib.ExitStack()
         try:
             # one outer atomic block: the blocks inside it nest (no signal calls); nothing
             # in it waits in Python (the waits are native calls, which hold SIGINT anyway)
             with ownership.atomic():
-                in_list, out_list, made = _device_arrays(op, inputs, outputs, dev, stack,
-                                                         keep_on_device, public, timer)
+                inputs, outputs = list(inputs), list(outputs)
+                if public and "atten_mask" in op.inputs:
+                    _shared_mask(op, inputs, host, dev)
+                if host or made:
+                    mem = call_memory([inputs[i] for i in host], [outputs[i] for i in made], dev,
+                                      timer, results_apart=keep_on_device, pooled=public,
+                                      spare=_room(op) if public else 0)
+                    (pooled if public else owned).extend(mem.arenas)
+                    results.extend(mem.result_arenas)
+                    spare = mem.spare if public else None
+                    for i, da in zip(host, mem.inputs):
+                        inputs[i] = da
+                    for i, da in zip(made, mem.outputs):
+                        outputs[i] = da
 
                 def workspace_of(nbytes: int, cached: bool) -> int:
                     with timer("alloc"):
                         if enqueue_only:
                             return runtime.stream_workspace(dev, handle, nbytes).ptr
+                        if spare is not None and nbytes <= spare[1]:
+                            return spare[0]     # behind the call's pieces, in its allocation
+                        if cached and public:   # the next calls take room for it
+                            _WORKSPACE[op.key] = max(_WORKSPACE.get(op.key, 0), nbytes)
                         ws = (call_pool.take(nbytes, dev) if public
                               else runtime.DeviceBuffer(nbytes, dev))
-                        (_pool_on_exit if public else _release_on_exit)(stack, ws)
+                        (pooled if public else owned).append(ws)
                         return ws.ptr
 
                 launch = executor.Launch(op, dev, deterministic, attr_values, int_values,
-                                         in_list, out_list, cache=public, out_params=out_params)
+                                         inputs, outputs, cache=public, out_params=out_params)
                 executor.run(launch, handle, workspace_of, sync=not enqueue_only, timer=timer)
-            result = dict(zip(op.outputs, out_list))
             if keep_on_device:
-                for name in made:       # each result holds a share of the outputs' arena
-                    da = result[name]
+                for i in made:       # each result holds a share of the outputs' arena
+                    da = outputs[i]
                     if da.size:
                         da.buffer.arena.share(da.buffer)
             else:
                 with timer("copy_out"):
-                    result = {n: None if da is None else da.numpy() for n, da in result.items()}
+                    outputs = _download(outputs, made)
             ok = True
         finally:
             with ownership.atomic():
-                if ok:
-                    stack.close()
-                else:       # the callbacks that release only on errors must see one
-                    stack.__exit__(RuntimeError, RuntimeError("the call failed"), None)
-    return result
+                for arena in pooled:
+                    (call_pool.give if ok else call_pool.discard)(arena)
+                for res in owned + ([] if ok else results):
+                    res.release("warn")
+    return outputs
 
 
-def _device_arrays(op: OpVersion, inputs, outputs, dev: int, stack, keep_on_device: bool,
-                   public: bool, timer):
-    """(inputs, outputs, names of the outputs allocated here): one DeviceArray or None per
-    slot. Host inputs are uploaded and the outputs to allocate placed in one allocation
-    (the outputs one of their own with ``keep_on_device``, owned by the results); its
-    release is registered on ``stack``."""
-    if public and type(inputs.get("atten_mask")) is np.ndarray:
-        # the package's own compressed mask: one device copy per device (.device_constants)
-        shared = device_constants.package_mask(inputs["atten_mask"], dev)
+def _forget_workspaces() -> int:
+    n = len(_WORKSPACE)
+    _WORKSPACE.clear()
+    return n
+
+
+caches.register("workspace sizes", _forget_workspaces, _forget_workspaces)
+
+
+def _room(op: OpVersion) -> int:
+    """Bytes to take behind a call's pieces for the workspace its cached executor asked for."""
+    seen = _WORKSPACE.get(op.key, 0)
+    return seen + ARENA_ALIGN if seen else 0      # the workspace starts aligned
+
+
+def _shared_mask(op: OpVersion, inputs: list, host: list, dev: int) -> None:
+    """The package's own compressed mask: its one device copy per device (.device_constants)
+    in place of the host array (which then is not uploaded)."""
+    at = op.inputs.index("atten_mask")
+    if type(inputs[at]) is np.ndarray:
+        shared = device_constants.package_mask(inputs[at], dev)
         if shared is not None:
-            inputs = dict(inputs, atten_mask=shared)
-    host = [n for n in op.inputs if inputs.get(n) is not None
-            and not isinstance(inputs[n], DeviceArray)]
-    made = [n for n in op.outputs if outputs.get(n) is not None
-            and not isinstance(outputs[n], DeviceArray)]
-    dev_in = {n: inputs.get(n) for n in op.inputs}
-    dev_out = {n: outputs.get(n) for n in op.outputs}
-    if host or made:
-        with ownership.atomic():
-            mem = call_memory([inputs[n] for n in host], [outputs[n] for n in made], dev,
-                              timer.timings, results_apart=keep_on_device, pooled=public)
-            for arena in mem.arenas:
-                (_pool_on_exit if public else _release_on_exit)(stack, arena)
-            for arena in mem.result_arenas:
-                _release_on_error(stack, arena)
-        dev_in.update(zip(host, mem.inputs))
-        dev_out.update(zip(made, mem.outputs))
-    return list(dev_in.values()), list(dev_out.values()), made
+            inputs[at] = shared
+            host.remove(at)
+
+
+def _download(arrays: list, made: list) -> list:
+    """Each output as a new host array: the ones allocated here (C-contiguous, each a piece
+    of the call's allocation) by one aclrtMemcpy each, a caller's through ``numpy()``."""
+    b = runtime.api()
+    out = []
+    copies = total = 0
+    for i, da in enumerate(arrays):
+        if da is None or i not in made:
+            out.append(None if da is None else da.numpy())
+            continue
+        host = np.empty(da.shape, da.dtype)
+        n = host.nbytes
+        if n:
+            addr = host.__array_interface__["data"][0]
+            check(b, b.aclrtMemcpy(addr, n, da.buffer.ptr, n, MEMCPY_DEVICE_TO_HOST),
+                  "aclrtMemcpy", rule="device to host copy failed")
+            copies += 1
+            total += n
+        out.append(host)
+    runtime._count("d2h", copies, "d2h_bytes", total)
+    return out
 
 
 # --------------------------------------------------------------------------- validated calls
 def _run(op: OpVersion, call, given: Optional[Mapping[str, object]], device_id, stream,
          keep_on_device: bool, timer: executor.Timer):
     """A validated call (FagCall / FwdCall) of ``op``: its results in ``op``'s result type."""
-    inputs = {n: getattr(call, n, None) for n in op.inputs}
-    auto = _auto_outputs(op, inputs)
-    attrs = {n: getattr(call, n) for n in op.attrs}
-    int_arrays = {n: device_int_array(call, n) for n in op.int_arrays}   # the device's ends
-    if not keep_on_device and not given and host_path.eligible(list(inputs.values())):
-        res = host_path.run(op, list(inputs.values()),
-                            [None if s is None else s[:2] for s in auto.values()],
-                            device_id, stream, bool(call.deterministic),
-                            executor.attr_values(op, attrs),
-                            tuple(None if v is None else int64_values(n, v)
-                                  for n, v in int_arrays.items()), timer)
-        res = dict(zip(op.outputs, res))
-    else:
-        outputs = {n: (given or {}).get(n) if (given or {}).get(n) is not None else auto[n]
-                   for n in op.outputs}
-        res = execute(op, inputs, int_arrays, attrs, outputs,
-                      deterministic=bool(call.deterministic), device_id=device_id,
-                      stream=stream, keep_on_device=keep_on_device, timer=timer)
+    inputs = [getattr(call, n, None) for n in op.inputs]
+    outputs = _auto_outputs(op, inputs)
+    if given:
+        outputs = [given.get(n) if given.get(n) is not None else auto
+                   for n, auto in zip(op.outputs, outputs)]
+    res = execute(op, inputs, [device_int_array(call, n) for n in op.int_arrays],  # device's ends
+                  {n: getattr(call, n) for n in op.attrs}, outputs,
+                  deterministic=bool(call.deterministic), device_id=device_id,
+                  stream=stream, keep_on_device=keep_on_device, timer=timer)
+    return _result(op, res)
+
+
+def _result(op: OpVersion, res: list):
+    """The results in ``op``'s result type (FagGrads leaves out dpse)."""
+    named = dict(zip(op.outputs, res))
     result_type = _RESULTS[op.key]
-    return result_type(*(res[n] for n in result_type._fields))
+    return result_type(*(named[n] for n in result_type._fields))
 
 
 def run_backward(call: FagCall, *, device_id: Optional[int] = None,
@@ -244,16 +231,12 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
                  keep_on_device: bool = False, stream=None, cpu_timings: bool = False) -> FagGrads:
     """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
 
-    ``outputs``: slot (dq, dq_rope, dk, dk_rope, dv) -> DeviceArray to write into (others
-    are allocated). ``keep_on_device``: return FagGrads of DeviceArrays instead of
-    downloading. ``stream``: a caller's aclrtStream (int or an object with ``npu_stream``);
-    with device-resident inputs and ``keep_on_device`` the call only enqueues.
-
-    ``device_id`` None means ``$ACLNN_FAG_DEVICE`` or 0. ``timings`` (a dict) receives host
-    seconds: "marshal" (aclTensor/aclIntArray creation and destruction), "phase1", "phase2"
-    (launch + aclrtSynchronizeStream), "copy_in", "copy_out", "alloc" (device allocations);
-    ``cpu_timings`` adds the thread's CPU seconds as "<key>_cpu".
-    Errors raise the status code's exception class with aclGetRecentErrMsg text.
+    ``outputs``: slot (dq ... dv) -> DeviceArray to write into (others are allocated).
+    ``keep_on_device``: return DeviceArrays instead of downloading. ``stream``: a caller's
+    aclrtStream (int or an object with ``npu_stream``); with device-resident inputs and
+    ``keep_on_device`` the call only enqueues. ``device_id`` None: ``$ACLNN_FAG_DEVICE`` or
+    0. ``timings`` (a dict) receives host seconds per stage ("marshal", "phase1", "phase2",
+    "copy_in", "copy_out", "alloc"; with ``cpu_timings`` also "<key>_cpu").
     """
     return _run(BACKWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings, cpu_timings))
@@ -281,14 +264,9 @@ def _require(op: OpVersion) -> None:
 def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
                 timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
                 keep_on_device: bool = False, stream=None) -> FagForward:
-    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU.
-
-    Returns FagForward(attention_out bf16 [T1, N1, Dv], softmax_max, softmax_sum float32
-    [T1, N1, 8]) exactly as the device wrote them: the statistics in the device layout
-    (per batch [N1, Sq_b, 8] blocks), ready for the backward. ``timings``, ``outputs``
-    (slot attention_out / softmax_max / softmax_sum -> DeviceArray to write into),
-    ``keep_on_device`` and ``stream``: as run_backward.
-    """
+    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU: FagForward
+    as the device wrote it (the statistics in the device's per-batch layout, ready for the
+    backward). The keywords as run_backward's."""
     _require(FORWARD)
     return _run(FORWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings))
@@ -303,7 +281,7 @@ def _raw_signature(op: OpVersion) -> inspect.Signature:
     """Every C parameter of ``op`` as a keyword (tensors and int arrays None, attributes the
     spec's defaults, outputs AUTO when the call can shape them else None), then the extras."""
     dummy = np.empty((1, 1))
-    auto = {n for n, s in _auto_outputs(op, dict.fromkeys(op.inputs, dummy)).items()
+    auto = {n for n, s in zip(op.outputs, _auto_outputs(op, [dummy] * len(op.inputs)))
             if s is not None}
     kw = inspect.Parameter.KEYWORD_ONLY
     params = []
@@ -331,19 +309,18 @@ def _output_slot(spec, auto_slot):
 
 def _call_raw(op: OpVersion, args: Mapping[str, object]):
     _require(op)
-    inputs = {n: args[n] for n in op.inputs}
+    inputs = [args[n] for n in op.inputs]
     attrs = {n: args[n] for n in op.attrs}
     if attrs["head_num"] is None:
-        shape = _shape(inputs["query"]) if inputs["query"] is not None else ()
+        shape = _shape(args["query"]) if args["query"] is not None else ()
         attrs["head_num"] = shape[1] if len(shape) >= 2 else 0
     auto = _auto_outputs(op, inputs)
-    outputs = {n: _output_slot(args[n], auto[n]) for n in op.outputs}
-    res = execute(op, inputs, {n: args[n] for n in op.int_arrays}, attrs, outputs,
+    outputs = [_output_slot(args[n], a) for n, a in zip(op.outputs, auto)]
+    res = execute(op, inputs, [args[n] for n in op.int_arrays], attrs, outputs,
                   deterministic=args["deterministic"], device_id=args["device_id"],
                   public=False, timer=executor.Timer(args["timings"]),
                   out_params=(bool(args["workspace_size_out"]), bool(args["executor_out"])))
-    result_type = _RESULTS[op.key]
-    return result_type(*(res[n] for n in result_type._fields))
+    return _result(op, res)
 
 
 def _raw_function(op: OpVersion, name: str, doc: str):

@@ -1,38 +1,22 @@
 """A reusable executor for data that stays on the device: :class:`FagPlan`.
 
-Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` exists and returns 0 the
-executor is kept and every :meth:`FagPlan.run` is one phase 2 (+ sync), through
-:mod:`.executor` (the only caller of both phases and of the address setters). New device
-buffers can be swapped in between runs (``plan.run(query=new_q, dq=new_dq)``) through
-``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; a replacement must have the same
-shape, dtype, strides and offset as the array it replaces.
+Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` returns 0 the executor is kept
+and every :meth:`FagPlan.run` is one phase 2 (+ sync), through :mod:`.executor`. Buffers
+swapped in between runs (``plan.run(query=new_q, dq=new_dq)``, same shape, dtype, strides
+and offset) are repointed (``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; the
+index counts the **non-NULL** tensors of each kind, docs/abi.md §2b). Fallbacks, never an
+error: without a repeatable executor each run after the first runs phase 1 again
+(``plan.repeatable_reason`` says why); without the setters (or ``repoint=False``) the
+executor is rebuilt with new tensors for the swapped buffers.
 
-Fallbacks (never an error):
-
-* the symbol is missing or returns non-zero: the executor is one-shot; each run after
-  the first runs phase 1 again (``plan.repeatable`` is False, ``plan.repeatable_reason``
-  says why);
-* the address setters are missing or one returns non-zero: the executor is destroyed
-  and rebuilt (phase 1) with new tensors for the swapped buffers.
-
-The setters' index is the position among the **non-NULL** tensors of each kind in
-parameter order (docs/abi.md §2b); pass ``repoint=False`` to always rebuild instead.
-
-Results never alias: each run returns new DeviceArray objects. What a run returns for an
-output the plan allocated is a view over a :class:`ResultBuffer` -- the caller's handle on
-the plan's buffer. The plan keeps only a weak reference to it: while it is alive (a result,
-a view of one, or the buffer object itself is held), the next run writes into a fresh
-zero-filled buffer (repointing the executor or running phase 1 again) and the old one
-belongs to the results (freed with the last of them); once it is gone, the next run
-writes into the same buffer again (a loop that drops its results allocates nothing).
-Output arrays the caller passed in are written by every later run and returned as they are.
-
-The plan owns its executor, tensors, int arrays, workspace and the buffers it allocated;
-``close()`` / the context manager / garbage collection release them, the executor first.
-Device arrays passed in stay the caller's. A plan is bound to one device; runs are
-serialised by a lock. Inputs of other kinds (NPU tensors) are converted by the
-converters registered with :func:`.device.register_converter`; ``validate=True`` runs the
-validator registered with :func:`register_validator` (both by the layers above acl/).
+Results never alias: a run returns new DeviceArrays, those over the outputs the plan
+allocated over a :class:`ResultBuffer`. While one is alive the next run writes into a
+fresh zero-filled buffer and the old one belongs to the results; once all are gone the
+next run writes into the same buffer again. The plan owns its executor, handles, workspace
+and buffers (``close()``, the context manager or GC release them, the executor first);
+arrays passed in stay the caller's. Runs are serialised by a lock. NPU tensors are
+converted by :func:`.device.register_converter`'s converters; ``validate=True`` runs the
+validator of :func:`register_validator` (both registered by the layers above acl/).
 """
 
 from __future__ import annotations
@@ -48,7 +32,7 @@ from ._status import recent_message, status_error
 from .device import DeviceArray, as_device_array, upload_arrays
 from .op import BACKWARD, check_device_arrays
 from .runtime import DeviceBuffer, refuse_pickle
-from .tensors import AclIntArray, AclTensor
+from .tensors import HandleBatch, int64_values
 
 __all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
 
@@ -64,9 +48,8 @@ def register_validator(fn: Callable) -> None:
 
 
 class ResultBuffer(DeviceBuffer):
-    """The caller's handle on a plan's output buffer (``real``): same memory, and it keeps
-    ``real`` alive. ``free()`` frees the memory now (every result over it becomes unusable,
-    and the plan writes its next run into a fresh buffer)."""
+    """The caller's handle on a plan's output buffer ``real`` (kept alive); ``free()`` frees
+    the memory now (the plan writes its next run into a fresh buffer)."""
 
     def __init__(self, real: DeviceBuffer) -> None:   # no allocation: shares ``real``
         self.real = real
@@ -95,14 +78,12 @@ class _PlanState:
 
     def __init__(self) -> None:
         self.executor: Optional[executor.Executor] = None
-        self.tensors: Dict[str, AclTensor] = {}
-        self.int_arrays: List[AclIntArray] = []
+        self.batch: Optional[HandleBatch] = None       # the aclTensors and aclIntArrays
+        self.handles: Dict[str, list] = {}             # "in" / "ints" / "out" -> handles
         self.workspace: Optional[DeviceBuffer] = None
         self.owned: List[DeviceBuffer] = []
-        # output slot -> the buffer the plan allocated for it, and a weak reference to the
-        # ResultBuffer the last results were handed out over
-        self.results: Dict[str, DeviceBuffer] = {}
-        self.handed: Dict[str, weakref.ref] = {}
+        self.results: Dict[str, DeviceBuffer] = {}     # output slot -> the plan's buffer
+        self.handed: Dict[str, weakref.ref] = {}       # ... -> the last ResultBuffer over it
         self.streams: Dict[int, int] = {}    # caller streams with queued runs -> device
 
     def held(self, slot: str) -> bool:
@@ -110,8 +91,8 @@ class _PlanState:
         return ref is not None and ref() is not None
 
     def wait_for_streams(self) -> None:
-        """Synchronise the caller's streams that may still run this plan's work (before its
-        memory is released); errors (e.g. a stream destroyed meanwhile) are ignored."""
+        """Synchronise the caller's streams that may still run this plan's work (errors, e.g.
+        a stream destroyed meanwhile, are ignored)."""
         streams, self.streams = self.streams, {}
         for handle, dev in streams.items():
             try:
@@ -121,23 +102,13 @@ class _PlanState:
             except Exception:
                 pass
 
-    def drop_executor(self, strict: bool = True) -> None:
-        ex, self.executor = self.executor, None
-        if ex is not None:
-            try:
-                ex.release()
-            except Exception:
-                if strict:
-                    raise
-
     def close(self, strict: bool = True) -> None:
         self.wait_for_streams()
         errors = []
         # outputs a live result holds are the caller's now: only dropped here
         unheld = [buf for n, buf in self.results.items() if not self.held(n)]
-        resources = ([self.executor] + list(self.tensors.values()) + self.int_arrays
-                     + [self.workspace] + self.owned + unheld)
-        self.executor, self.tensors, self.int_arrays = None, {}, []
+        resources = [self.executor, self.batch, self.workspace] + self.owned + unheld
+        self.executor, self.batch, self.handles = None, None, {}
         self.workspace, self.owned, self.results, self.handed = None, [], {}, {}
         for res in resources:        # executor first, then handles, then memory
             if res is None:
@@ -158,11 +129,9 @@ def _same_view(a: DeviceArray, b: DeviceArray) -> bool:
 class FagPlan:
     """Phase 1 once, phase 2 per :meth:`run`, on device-resident arrays (see module doc).
 
-    Tensor arguments: :class:`DeviceArray` (used in place, stays the caller's) or numpy
-    (uploaded once, owned by the plan; views of one host array share one upload). Outputs
-    ``dq``...``dv``: a DeviceArray to write into, or None to let the plan allocate bf16
-    arrays shaped like the matching inputs. Attributes mirror the op; ``validate`` runs the
-    public call's rules (``check_data=False`` skips the data rules).
+    Tensors: DeviceArrays (used in place) or numpy (uploaded once, owned by the plan).
+    Outputs ``dq``...``dv``: a DeviceArray to write into, or None (the plan allocates them).
+    ``validate`` runs the public call's rules (``check_data=False``: not the data rules).
     """
 
     __reduce_ex__ = refuse_pickle     # its executor and buffers live in this process
@@ -189,7 +158,6 @@ class FagPlan:
         self.repeatable = False
         self.repeatable_reason = "phase 1 has not run"
         self.phase1_runs = self.phase2_runs = self.repoints = 0
-        self._int_handles: Optional[list] = None
         self._ws_size = 0
         given = {n: as_device_array(n, args[n]) for n in BACKWARD.inputs}
         outs_given = {n: as_device_array(n, args[n]) for n in _OUT_SLOTS}
@@ -202,8 +170,8 @@ class FagPlan:
             shape = getattr(query, "shape", ())
             args["head_num"] = shape[1] if len(shape) >= 2 else 0
         self._attrs = {n: args[n] for n in BACKWARD.attrs}
-        check_device_arrays(given, self.device_id)
-        check_device_arrays(outs_given, self.device_id)
+        check_device_arrays(given.items(), self.device_id)
+        check_device_arrays(outs_given.items(), self.device_id)
         with runtime.operation():     # one context check for the construction
             try:
                 runtime.ensure_device(self.device_id if device_id is not None else None)
@@ -243,8 +211,7 @@ class FagPlan:
     @classmethod
     def from_call(cls, call, *, device_id: Optional[int] = None, repeatable: bool = True,
                   repoint: bool = True) -> "FagPlan":
-        """A plan for a validated FagCall (its numpy inputs are uploaded once; not validated
-        again)."""
+        """A plan for a validated FagCall (not validated again)."""
         kw = {n: getattr(call, n, None) for n in BACKWARD.inputs + BACKWARD.attrs}
         kw.update({n: device_int_array(call, n) for n in BACKWARD.int_arrays})  # device's ends
         return cls(**kw, deterministic=bool(call.deterministic), device_id=device_id,
@@ -255,25 +222,25 @@ class FagPlan:
     def closed(self) -> bool:
         return not self._finalizer.alive
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise ValueError("the plan is closed")
+
     @property
     def inputs(self) -> Dict[str, Optional[DeviceArray]]:
         return dict(self._inputs)
 
     @property
     def outputs(self) -> FagGrads:
-        """The output device arrays the next run writes into, which hold the last run's
-        results (FagGrads of DeviceArray over the same memory as what the last ``run()``
-        returned). Holding them makes the next run write into fresh buffers, like holding
-        a run's result."""
+        """The last run's results, as ``run()`` returned them (holding them makes the next
+        run write into fresh buffers)."""
         with self._lock:
-            if self.closed:
-                raise ValueError("the plan is closed")
+            self._check_open()
             return self._results()
 
     def _results(self) -> FagGrads:
-        """New DeviceArrays over a ResultBuffer for the buffers the plan allocated (the one
-        handed out last while it is alive and over the same buffer), the caller's own
-        arrays as they are."""
+        """New DeviceArrays over a ResultBuffer (the one handed out last while it lives) for
+        the plan's buffers; the caller's own arrays as they are."""
         st = self._state
         out = []
         for n in _OUT_SLOTS:
@@ -294,33 +261,24 @@ class FagPlan:
         return 0 if ws is None else ws.nbytes
 
     # ------------------------------------------------------------------ internals
-    def _tensor(self, key: str, arr: Optional[DeviceArray]) -> Optional[int]:
-        if arr is None:
-            return None
-        t = self._state.tensors.get(key)
-        if t is None:
-            t = self._state.tensors[key] = AclTensor.from_device_array(arr)
-        return t.handle
-
     def _build(self) -> None:
-        """Phase 1 with the current arrays (the caller holds the determinism option)."""
+        """Phase 1 with the current arrays (the caller holds the determinism option); the
+        handles are made once, and again after a swap the executor could not take."""
         b = runtime.api()
         st = self._state
-        if self._int_handles is None:
-            self._int_handles = []
-            for n in BACKWARD.int_arrays:
-                vals = self._int_values[n]
-                if vals is None:
-                    self._int_handles.append(None)
-                    continue
-                ia = AclIntArray(vals)
-                st.int_arrays.append(ia)
-                self._int_handles.append(ia.handle)
-        in_h = [self._tensor("in:" + n, self._inputs[n]) for n in BACKWARD.inputs]
-        out_h = [self._tensor("out:" + n, self._outputs[n]) for n in _OUT_SLOTS] + [None]
+        if st.batch is None:
+            ints = [None if v is None else int64_values(n, v)
+                    for n, v in self._int_values.items()]
+            with ownership.atomic():
+                st.batch = HandleBatch()
+                in_h = st.batch.tensors([self._inputs[n] for n in BACKWARD.inputs])
+                ia_h = st.batch.int_arrays(ints)
+                out_h = st.batch.tensors([self._outputs[n] for n in _OUT_SLOTS]) + [None]
+            st.handles = {"in": in_h, "ints": ia_h, "out": out_h}
         try:
-            ex, ws_size = executor.phase1(b, BACKWARD, in_h, self._int_handles,
-                                          executor.attr_values(BACKWARD, self._attrs), out_h)
+            ex, ws_size = executor.phase1(b, BACKWARD, st.handles["in"], st.handles["ints"],
+                                          executor.attr_values(BACKWARD, self._attrs),
+                                          st.handles["out"])
         finally:
             self.phase1_runs += 1
         if ex is None:
@@ -346,15 +304,14 @@ class FagPlan:
         if (not self.repoint_enabled or b.aclSetInputTensorAddr is None
                 or b.aclSetOutputTensorAddr is None):
             return False
-        index = {"in": [n for n in BACKWARD.inputs if self._inputs[n] is not None],
-                 "out": [n for n in _OUT_SLOTS if self._outputs[n] is not None]}
         for key, arr in changes.items():
             kind, name = key.split(":", 1)
-            tensor = self._state.tensors[key]
-            if not executor.set_address(b, kind == "out", self._state.executor,
-                                        index[kind].index(name), tensor.handle, arr.buffer.ptr):
+            handles = self._state.handles[kind]
+            at = (BACKWARD.inputs if kind == "in" else _OUT_SLOTS).index(name)
+            index = sum(h is not None for h in handles[:at])    # among the non-NULL ones
+            if not executor.set_address(b, kind == "out", self._state.executor, index,
+                                        handles[at], arr.buffer.ptr):
                 return False
-            tensor.data_ptr = arr.buffer.ptr
             self.repoints += 1
         return True
 
@@ -370,7 +327,7 @@ class FagPlan:
                 raise TypeError(f"unknown tensor slot {name!r}")
             if not isinstance(arr, DeviceArray):
                 raise TypeError(f"{name} must be a DeviceArray")
-            check_device_arrays({name: arr}, self.device_id)
+            check_device_arrays([(name, arr)], self.device_id)
             if cur is None or not _same_view(cur, arr):
                 raise ValueError(f"{name}: a replacement must match the planned array "
                                  f"({cur!r}), got {arr!r}")
@@ -385,25 +342,17 @@ class FagPlan:
 
     # ------------------------------------------------------------------ public
     def run(self, stream=None, **arrays: DeviceArray) -> FagGrads:
-        """Run the op (phase 2 + sync; phase 1 first when needed) and return the output arrays.
+        """Run the op (phase 2 + sync; phase 1 first when needed): FagGrads of new
+        DeviceArrays (see the module doc; the caller's output arrays as they are).
 
-        Keyword arguments swap device arrays in: any input slot (``query``, ``dy``, ...)
-        or output slot (``dq``, ...), each with the same shape/dtype/strides/offset as the
-        array it replaces. The plan keeps a reference to each array it uses; a swapped-in
-        output array is written by this run and every later one.
-
-        Returns FagGrads of new DeviceArray objects that never alias another run's results
-        (see the module doc); output arrays the caller passed in are returned as they are.
-
-        ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``): phase 2
-        is only enqueued on it (no synchronisation). The plan's workspace and buffers stay
-        alive until :meth:`close`, which first synchronises every stream a run was
-        enqueued on.
+        Keywords swap device arrays into input or output slots (same shape, dtype, strides
+        and offset as the array replaced; a swapped-in output is written by every later
+        run). ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``):
+        phase 2 is only enqueued (:meth:`close` synchronises it first).
         """
         arrays = {n: as_device_array(n, a) for n, a in arrays.items()}
         with self._lock, runtime.operation():
-            if self.closed:
-                raise ValueError("the plan is closed")
+            self._check_open()
             changes = self._changes(arrays)
             st = self._state
             fresh = set()
@@ -454,27 +403,28 @@ class FagPlan:
                     hold.release()
             return self._results()
 
-    def _forget(self, changes, strict: bool) -> None:
-        """The executor and the tensors of the changed slots go (rebuilt by the next phase 1)."""
+    def _forget(self, strict: bool) -> None:
+        """The executor and the handles go (made again by the next phase 1)."""
         st = self._state
-        st.drop_executor(strict)
-        for key in changes:
-            t = st.tensors.pop(key, None)
-            if t is not None:
-                t.release("raise" if strict else "warn")
+        ex, batch, st.executor, st.batch = st.executor, st.batch, None, None
+        mode = "raise" if strict else "warn"
+        try:
+            if ex is not None:
+                ex.release(mode)
+        finally:                      # the executor first, then the handles it refers to
+            if batch is not None:
+                batch.release(mode)
 
     def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
-        """Point the plan at the changed arrays (``fresh``: the output slots whose new array
-        the plan allocated): repoint the executor (or forget it and the changed tensors),
-        then record the arrays; an output buffer the plan allocated and no result holds is
-        kept until close (work queued on a caller's stream may still write it). Should
-        anything fail or be interrupted before the record is complete, the executor and
-        the changed tensors are forgotten: no executor points at an array the plan does
-        not hold."""
+        """Point the plan at the changed arrays (``fresh``: output slots whose new array the
+        plan allocated): repoint the executor (or forget it and the changed tensors), then
+        record them; a replaced buffer of the plan's that no result holds is kept until
+        close (queued work may still write it). On any failure the executor and the changed
+        tensors are forgotten: no executor points at an array the plan does not hold."""
         st = self._state
         try:
             if not (st.executor is not None and self.repeatable and self._repoint(b, changes)):
-                self._forget(changes, strict=True)
+                self._forget(strict=True)
             with ownership.atomic():       # the record: one step for SIGINT
                 for key, arr in changes.items():
                     kind, name = key.split(":", 1)
@@ -489,15 +439,13 @@ class FagPlan:
                     self._outputs[name] = arr
         except BaseException:
             with ownership.atomic():
-                self._forget(changes, strict=False)
+                self._forget(strict=False)
             raise
 
     def grads(self) -> FagGrads:
-        """The outputs of the last run copied to the host (FagGrads of new numpy arrays;
-        None for absent ones)."""
+        """The outputs of the last run copied to the host (None for absent ones)."""
         with self._lock:
-            if self.closed:
-                raise ValueError("the plan is closed")
+            self._check_open()
             return FagGrads(*(None if d is None else d.numpy()
                               for d in (self._outputs[n] for n in _OUT_SLOTS)))
 

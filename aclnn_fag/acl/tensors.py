@@ -1,11 +1,9 @@
 """aclTensor and aclIntArray handles owned by Python objects.
 
-An :class:`AclTensor` describes a view over one device buffer exactly as docs/abi.md §4
-says: ``viewDims`` = shape, ``stride`` in **elements**, ``offset`` = storage offset
-in elements, a 1-D ``storageDims`` = the buffer's size in elements, format ND, and
-``tensorData`` = the **base** of the device buffer (not advanced by the offset).
-The values are copied by ``aclCreateTensor``/``aclCreateIntArray``; the handle is
-destroyed exactly once (``release()``, context manager, GC or ``runtime.shutdown``).
+An aclTensor describes a view over one device buffer as docs/abi.md §4 says: ``viewDims``
+the shape, ``stride`` and ``offset`` in elements, a 1-D ``storageDims`` of the buffer's size
+in elements, format ND, ``tensorData`` the buffer's **base**. Each handle is destroyed
+exactly once (``release()``, context manager, GC or ``runtime.shutdown``).
 """
 
 from __future__ import annotations
@@ -58,13 +56,10 @@ def acl_dtype(dtype) -> int:
         raise TypeError(f"dtype {dt} has no aclDataType (supported: {names})") from None
 
 
-
-
 def int64_values(name: str, values) -> tuple:
     """``values`` as a tuple of Python ints that fit int64 (ctypes would silently wrap the
-    others). TypeError for a non-sequence or a non-integer entry, ValueError for a value
-    outside int64 or more than ``MAX_INT_ARRAY_ENTRIES`` entries (e.g. a huge zero-stride
-    array), each naming the parameter."""
+    others); TypeError / ValueError naming the parameter, also for more than
+    ``MAX_INT_ARRAY_ENTRIES`` entries."""
     if type(values) is tuple and len(values) <= MAX_INT_ARRAY_ENTRIES:
         for v in values:                # the common case (validated calls): plain ints
             if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
@@ -112,7 +107,28 @@ def destroy(b, fname: str, handle: int):
     return None
 
 
-class AclTensor(runtime.NativeResource):
+class _Handle(runtime.NativeResource):
+    """One handle made by an ACL create function and owned from the same atomic step."""
+
+    def _create(self, b, fname: str, destroy_name: str, counter: str, *args) -> None:
+        self.handle: Optional[int] = None
+        self._prepare()
+        with ownership.atomic():      # the create and its ownership: one step for SIGINT
+            handle = getattr(b, fname)(*args)
+            if handle:
+                self._take(handle, destroy, b, destroy_name, handle)
+                self.handle = handle
+        if not handle:
+            raise null_handle_error(b, fname)
+        runtime._count(counter)
+
+    def _on_released(self) -> None:
+        self.handle = None
+
+    destroy = runtime.NativeResource.release
+
+
+class AclTensor(_Handle):
     """One ``aclTensor*``. Build with :meth:`from_device_array` or the raw constructor."""
 
     _what = "an aclTensor"
@@ -127,20 +143,11 @@ class AclTensor(runtime.NativeResource):
         self.offset = int(offset)
         self.storage_dims = tuple(int(d) for d in storage_dims)
         self.data_ptr = data_ptr or None
-        dims = int64_array(self.shape)
         strd = None if self.strides is None else int64_array(self.strides)
-        stor = int64_array(self.storage_dims)
-        self.handle: Optional[int] = None
-        self._prepare()
-        with ownership.atomic():      # the create and its ownership: one step for SIGINT
-            handle = b.aclCreateTensor(dims, len(self.shape), self.acl_dtype, strd, self.offset,
-                                       FORMAT_ND, stor, len(self.storage_dims), self.data_ptr)
-            if handle:
-                self._take(handle, destroy, b, "aclDestroyTensor", handle)
-                self.handle = handle
-        if not handle:
-            raise null_handle_error(b, "aclCreateTensor")
-        runtime._count("tensors")
+        self._create(b, "aclCreateTensor", "aclDestroyTensor", "tensors",
+                     int64_array(self.shape), len(self.shape), self.acl_dtype, strd, self.offset,
+                     FORMAT_ND, int64_array(self.storage_dims), len(self.storage_dims),
+                     self.data_ptr)
 
     @classmethod
     def from_device_array(cls, array) -> "AclTensor":
@@ -151,45 +158,25 @@ class AclTensor(runtime.NativeResource):
         return cls(array.shape, array.dtype, array.strides, array.offset,
                    (array.storage_elems,), buf.ptr)
 
-    def _on_released(self) -> None:
-        self.handle = None
-
-    destroy = runtime.NativeResource.release
-
     def __repr__(self) -> str:
         return (f"<AclTensor {self.dtype} {list(self.shape)} strides={self.strides} "
                 f"offset={self.offset} storage={list(self.storage_dims)} "
                 f"{'destroyed' if self.handle is None else hex(self.handle)}>")
 
 
-class AclIntArray(runtime.NativeResource):
+class AclIntArray(_Handle):
     """One ``aclIntArray*`` holding a copy of ``values`` (host int64)."""
 
     _what = "an aclIntArray"
 
     def __init__(self, values: Iterable[int]) -> None:
         self.values = int64_values("values", values)
-        b = runtime.api()
-        arr = int64_array(self.values)
-        self.handle: Optional[int] = None
-        self._prepare()
-        with ownership.atomic():
-            handle = b.aclCreateIntArray(arr, len(self.values))
-            if handle:
-                self._take(handle, destroy, b, "aclDestroyIntArray", handle)
-                self.handle = handle
-        if not handle:
-            raise null_handle_error(b, "aclCreateIntArray")
-        runtime._count("int_arrays")
-
-    def _on_released(self) -> None:
-        self.handle = None
-
-    destroy = runtime.NativeResource.release
+        self._create(runtime.api(), "aclCreateIntArray", "aclDestroyIntArray", "int_arrays",
+                     int64_array(self.values), len(self.values))
 
     def __repr__(self) -> str:
-        return f"<AclIntArray {list(self.values)} {'destroyed' if self.handle is None else hex(self.handle)}>"
-
+        state = "destroyed" if self.handle is None else hex(self.handle)
+        return f"<AclIntArray {list(self.values)} {state}>"
 
 
 def _destroy_batch(b, tensors: list, int_arrays: list):
@@ -217,10 +204,8 @@ def _dims(values):
 
 
 class HandleBatch(runtime.NativeResource):
-    """The aclTensor and aclIntArray handles of one call, created on the fast path (values
-    taken from validated DeviceArrays and int tuples) and destroyed together, exactly once
-    (``release()``, an ExitStack, GC or ``runtime.shutdown``): one Python object instead of
-    one per handle keeps the host cost per call low."""
+    """The aclTensor and aclIntArray handles of one call (of validated DeviceArrays and int
+    tuples), destroyed together exactly once: one Python object, not one per handle."""
 
     def __init__(self) -> None:
         self._b = runtime.api()
@@ -230,14 +215,8 @@ class HandleBatch(runtime.NativeResource):
         # the claim owns the two lists; each create appends in the same atomic step
         self._take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
 
-    def tensor(self, array) -> Optional[int]:
-        """A new aclTensor for a DeviceArray view (None -> None)."""
-        return self.tensors((array,))[0]
-
     def tensors(self, arrays) -> list:
-        """New aclTensors for DeviceArray views (None -> None), in order. Each create and the
-        store of its handle happen in one ``ownership.atomic()`` step (the whole loop); on a
-        NULL handle the ones made so far stay in the batch (released with it)."""
+        """New aclTensors for DeviceArray views (None -> None), in order."""
         create, dims, dtype_codes = self._b.aclCreateTensor, _dims, ACL_DTYPES
 
         def make(array):
@@ -253,10 +232,6 @@ class HandleBatch(runtime.NativeResource):
 
         return self._create_each(arrays, make, self._tensors, "tensors", "aclCreateTensor")
 
-    def int_array(self, values) -> Optional[int]:
-        """A new aclIntArray of a tuple of ints already checked to fit int64 (None -> None)."""
-        return self.int_arrays((values,))[0]
-
     def int_arrays(self, seqs) -> list:
         """New aclIntArrays of tuples of ints already checked to fit int64 (None -> None)."""
         create = self._b.aclCreateIntArray
@@ -264,9 +239,8 @@ class HandleBatch(runtime.NativeResource):
                                  self._int_arrays, "int_arrays", "aclCreateIntArray")
 
     def _create_each(self, items, make, handles: list, counter: str, function: str) -> list:
-        """``make(item)`` for each item (None -> None), storing every handle in ``handles``
-        inside one atomic step; a NULL handle stops the loop and raises (the handles made so
-        far stay in the batch and are released with it)."""
+        """``make(item)`` for each item (None -> None), each handle stored in ``handles`` in the
+        same atomic step; a NULL handle raises (the ones made so far stay in the batch)."""
         store = handles.append
         out = []
         made = 0

@@ -270,7 +270,7 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     def host_op():
         acl.run_backward(hcall, timings=th, cpu_timings=True)
         nh[0] += 1
-    stage("numpy-in: the op's host side with copies (run_backward; acl/host_path.py)", host_op,
+    stage("numpy-in: the op's host side with copies (run_backward; acl/op.py)", host_op,
           max(1, inner // 4))
     of_which(th, nh[0], (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
                          ("alloc_cpu", "device memory (kept from the last call) + zero fill"),

@@ -153,7 +153,7 @@ def test_shutdown_releases_executors_then_tensors_then_memory(monkeypatch, stub)
     assert exec_cache.size() == 2 and call_pool.idle_bytes() > 0
     uses = {e.executor.handle: {h for _, h, _ in e.inputs + e.outputs}
             for e in exec_cache._lru}
-    uses[plan._state.executor.handle] = {t.handle for t in plan._state.tensors.values()}
+    uses[plan._state.executor.handle] = set(plan._state.batch._tensors)
     b = runtime.api()
     order = []
 

@@ -79,8 +79,10 @@ def test_q_and_q_rope_slices_of_one_array_cost_one_upload():
     got, up, mal = _upload_counts(lambda: af.flash_attention_unpadding_score_grad_v3(
         q, qr, p.k, p.kr, p.v, p.dy, backend="npu", **kw))
     assert up == up_ref - 1                             # one upload for both
-    # the first call's arena and workspace (aclnn_fag/acl/call_pool.py), reused by the second
-    assert (mal_ref, mal) == (2, 0)
+    # the first call's arena and workspace (aclnn_fag/acl/call_pool.py; one allocation when
+    # the workspace size is known from an earlier call, aclnn_fag/acl/op.py), reused by the
+    # second
+    assert mal_ref in (1, 2) and mal == 0
     for a, b in zip(got, ref):
         assert np.array_equal(a.view(np.uint16), b.view(np.uint16))
     assert got.dq.flags.c_contiguous and got.dq.shape == (t, n, d)

@@ -1,10 +1,11 @@
-"""Calls on host arrays through aclnn_fag/acl/host_path.py, with their device memory kept
-between calls by aclnn_fag/acl/call_pool.py, on the stub.
+"""Calls on host arrays (aclnn_fag/acl/op.py, ``execute``), with their device memory kept
+between calls by aclnn_fag/acl/call_pool.py and their executors by acl/exec_cache.py, on
+the stub.
 
-Oracles: the general path of aclnn_fag/acl/op.py on the same inputs (host_path.eligible
-patched to say no) must give bit-identical results, and both must match the NumPy
-reference; allocation and launch counts come from the package's counters
-(``acl.stats()``) and the stub's own (live device bytes, per-stream launches).
+Oracles: the same call with the pool and the executor cache off (fresh memory and phase 1
+on every call) must give bit-identical results, and both must match the NumPy reference;
+allocation and launch counts come from the package's counters (``acl.stats()``) and the
+stub's own (live device bytes, per-stream launches).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import aclnn_fag as af
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
-from aclnn_fag.acl import call_pool, exec_cache, host_path, op
+from aclnn_fag.acl import call_pool, exec_cache, op
 from aclnn_fag.rules import validate_backward
 from acl_cases import assert_grads_close, assert_same_bits, make_problem
 from test_streams import caller_stream  # noqa: F401  (a fixture)
@@ -37,10 +38,15 @@ SHAPES = {
 
 
 def _general(monkeypatch, fn):
-    """``fn()`` with every call on the general path of acl/op.py."""
+    """``fn()`` with the memory pool and the executor cache off (nothing reused)."""
     with monkeypatch.context() as m:
-        m.setattr(host_path, "eligible", lambda arrays: False)
-        return fn()
+        m.setenv(call_pool.ENV_LIMIT, "0")
+        m.setenv(exec_cache.ENV_CAPACITY, "0")
+        acl.reset_stats()
+        out = fn()
+        s = acl.stats()
+        assert s["cache_hits"] == 0 and s["malloc"] > 0 and s["free"] > 0
+        return out
 
 
 def _counted(fn):
@@ -63,40 +69,28 @@ def taken(monkeypatch):
     return out
 
 
-@pytest.fixture
-def runs(monkeypatch):
-    """Counts the calls host_path.run takes."""
-    n = [0]
-    real = host_path.run
-
-    def spy(*a, **kw):
-        n[0] += 1
-        return real(*a, **kw)
-    monkeypatch.setattr(host_path, "run", spy)
-    return n
-
-
 @pytest.mark.parametrize("name", list(SHAPES))
-def test_results_equal_the_general_path_bit_for_bit(name, monkeypatch, runs, no_leaks):
+def test_results_equal_the_uncached_call_bit_for_bit(name, monkeypatch, no_leaks):
     p = make_problem(seed=3, **SHAPES[name])
     want = _general(monkeypatch, lambda: p.grads("npu"))
-    assert runs[0] == 0
-    first, second = p.grads("npu"), p.grads("npu")          # a cache miss, then a hit
-    assert runs[0] == 2
+    first, s1 = _counted(lambda: p.grads("npu"))             # a cache miss, then a hit
+    second, s2 = _counted(lambda: p.grads("npu"))
+    assert (s1["phase1"], s2["phase1"], s2["cache_hits"], s2["malloc"]) == (1, 0, 1, 0)
     assert_same_bits(first, want)
     assert_same_bits(second, want)
     assert_grads_close(first, p.grads("numpy"))
 
 
-def test_calls_of_several_shapes_in_turn_each_get_their_own_layout(monkeypatch, runs, no_leaks):
-    """Layouts are kept per shape signature: calls alternating between shapes (each a hit
-    after its first call) give every shape its own pieces and results."""
+def test_calls_of_several_shapes_in_turn_each_get_their_own_pieces(monkeypatch, no_leaks):
+    """Calls alternating between shapes (each a hit after its first call) on reused memory
+    give every shape its own pieces and results."""
     probs = [make_problem(seed=5, **SHAPES[n]) for n in ("mode2", "mode3", "mode8")]
     want = [_general(monkeypatch, lambda p=p: p.grads("npu")) for p in probs]
+    acl.reset_stats()
     for _ in range(2):
         for p, w in zip(probs, want):
             assert_same_bits(p.grads("npu"), w)
-    assert runs[0] == 2 * len(probs)
+    assert acl.stats()["phase1"] == acl.stats()["cache_hits"] == len(probs)
 
 
 def test_a_repeated_call_allocates_nothing_and_makes_no_handle(no_leaks):
@@ -118,7 +112,7 @@ def test_a_repeated_call_allocates_nothing_and_makes_no_handle(no_leaks):
     assert_same_bits(got2, got)
 
 
-def test_the_forward_takes_the_short_path_too(monkeypatch, runs, no_leaks):
+def test_the_forward_reuses_memory_and_executors_too(monkeypatch, no_leaks):
     p = make_problem(seed=5, q_lens=(6, 0, 9), g=2, mode=2)
 
     def fwd():
@@ -129,7 +123,6 @@ def test_the_forward_takes_the_short_path_too(monkeypatch, runs, no_leaks):
     want = _general(monkeypatch, fwd)
     first = fwd()
     second, s = _counted(fwd)
-    assert runs[0] == 2
     assert (s["malloc"], s["phase1"], s["cache_hits"]) == (0, 0, 1)
     for got in (first, second):
         assert_same_bits([got.attention_out, got.softmax_max, got.softmax_sum],
@@ -191,13 +184,11 @@ def test_signed_zero_scale_is_a_different_signature(no_leaks):
     lambda a: np.asfortranarray(a),                                   # not C-contiguous
     lambda a: a.astype(a.dtype.newbyteorder(">")) if a.dtype.itemsize > 1 else a,
 ])
-def test_other_layouts_take_the_general_path_with_the_same_results(make, runs, no_leaks):
+def test_other_layouts_give_the_same_results(make, no_leaks):
     p = make_problem(seed=10, q_lens=(5, 6), mode=2)
     want = p.grads("npu")
-    assert runs[0] == 1
     smax = make(p.fwd.softmax_max)
     got = p.grads("npu", softmax_max=smax)
-    assert runs[0] == 1
     assert_same_bits(got, want)
 
 
@@ -335,3 +326,17 @@ def test_out_of_memory_frees_the_idle_allocations_and_tries_again(stub, no_leaks
     with pytest.raises(errors.AclRuntimeError) as info:       # nothing idle to free: raised
         call_pool.take(8 * call_pool.GRAIN, 0)
     assert info.value.code == 207001 and "aclrtMalloc" in str(info.value)
+
+
+def test_the_workspace_lies_behind_the_pieces_once_its_size_is_known(taken, no_leaks):
+    """After a cache hit asked for its workspace, the next calls take one allocation for
+    the uploads, the outputs and the workspace (behind them, not over them)."""
+    p = make_problem(seed=13, q_lens=(5, 6), mode=2)
+    want = p.grads("numpy")
+    for _ in range(3):
+        p.grads("npu")
+    assert exec_cache.size() == 1 and all(e.workspace_size > 0 for e in exec_cache._lru)
+    n = len(taken)
+    got = p.grads("npu")
+    assert len(taken) - n == 1
+    assert_grads_close(got, want)

@@ -84,7 +84,7 @@ def test_release_shutdown_and_raw_calls(no_leaks):
 
 
 def test_the_general_path_uses_the_copy_too(no_leaks):
-    """A call that does not take the short path of acl/host_path.py (a strided input)."""
+    """A call with a strided input (copied on the host first) takes the copy too."""
     p = make_problem(seed=56, q_lens=(6, 5), mode=3)
     want = p.grads("npu")                                    # makes the copy
     strided = np.ascontiguousarray(p.fwd.softmax_sum[:, :, None].repeat(2, 2))[:, :, 0]
