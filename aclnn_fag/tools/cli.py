@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "NumPy; only the backend under test runs on --backend (or is "
                                    "--backend-module). Prints a table and progress on stderr; "
                                    "--json, --junit and --html write reports.",
-                       epilog="Details: the docstrings of aclnn_fag.tools.parity and aclnn_fag.tools.accuracy. "
+                       epilog="Details: docs/parity.md. "
                               "Exit status: 0 all passed, 1 a case failed or errored, 2 usage "
                               "error (bad suite, no case selected, backend unavailable).")
     parity_cli.add_arguments(p)
