@@ -364,6 +364,11 @@ MUTANTS = [
            "if np.count_nonzero(differ) >= np.count_nonzero(differ[COPIES - 1::COPIES]):",
            "S8: float32 statistics with differing copies accepted",
            ("tests/reference/test_stats_copies.py", "tests/reference/test_softmax_layout.py")),
+    Mutant("val-s8-view-runs", "validate", DR,
+           "merged = (n == 1 or s1 == COPIES * s2) and (t == 1 or s0 == n * COPIES * s2)",
+           "merged = (s1 == COPIES * s2 and (n == 1 or s0 == n * s1)) or t == 1",
+           "sampled S8 on a strided device view of the statistics reads the memory between "
+           "entries: valid statistics rejected", ("tests/acl/test_sampled_stats_views.py",)),
     Mutant("val-s8-nan-copies", "validate", DR,
            "                part, np.broadcast_to(first, part.shape), equal_nan=True):",
            "                part, np.broadcast_to(first, part.shape), equal_nan=False):",

@@ -347,7 +347,8 @@ class Sampler:
         if s2 == 0 or t * n == 0:
             return True
         entries = t * n
-        merged = (s1 == COPIES * s2 and (n == 1 or s0 == n * s1)) or t == 1
+        # entry e = (token, head) starts at e * COPIES * s2: one read covers a run
+        merged = (n == 1 or s1 == COPIES * s2) and (t == 1 or s0 == n * COPIES * s2)
         for e0 in sorted({0, max(0, entries // 2 - _S8_RUN // 2), max(0, entries - _S8_RUN)}):
             run = min(_S8_RUN, entries - e0)
             if merged and s2 == 1:
