@@ -74,7 +74,8 @@ def attention_backward(call: FagCall, precision: str = "device",
         nh = n2.stop - n2.start
         max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
         sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
-        acc_k, acc_v = accumulators.take(nh, skv)  # [dK | dKr] (unscaled), dV; zeroed
+        acc_k, acc_v = accumulators.take(nh, skv)  # [dK | dKr] (unscaled), dV
+        fresh = True                                # nothing accumulated yet
         key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
         for i0, i1 in query_blocks(sq, bq):
             work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
@@ -118,8 +119,15 @@ def attention_backward(call: FagCall, precision: str = "device",
                     round_bf16_away_inplace(p)
                     round_bf16_away_inplace(ds)
                 # 7. accumulate (the G stacked heads sum into dK/dV)
-                acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
-                acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
+                if fresh and j1 - j0 == skv:      # the first tile over every key sets them
+                    np.matmul(p.swapaxes(-1, -2), dy_aug_t[..., :dv], out=acc_v)
+                    np.matmul(ds.swapaxes(-1, -2), q_cat_t, out=acc_k)
+                else:
+                    if fresh:
+                        _clear(acc_k, acc_v)
+                    acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
+                    acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
+                fresh = False
                 part = ds @ k_cat
                 if part.shape[1] == q_cat.shape[1]:
                     if acc_q is None:
@@ -133,6 +141,8 @@ def attention_backward(call: FagCall, precision: str = "device",
             _finish(acc_q, scale, device)
             scatter_heads(grads.dq, rows, hs, acc_q[..., :d].reshape(-1, d))
             scatter_heads(grads.dq_rope, rows, hs, acc_q[..., d:].reshape(-1, d_qk - d))
+        if fresh:
+            _clear(acc_k, acc_v)
         _finish(acc_k, scale, device)
         _finish(acc_v, None, device)
         for out, part in ((grads.dk, acc_k[..., :d]), (grads.dk_rope, acc_k[..., d:]),
@@ -148,7 +158,7 @@ def attention_backward(call: FagCall, precision: str = "device",
 
 class _KvAccumulators:
     """dK/dV accumulators, allocated for the most KV heads and the longest KV sequence met so
-    far and reused (zeroed) for every (batch, group of KV heads): extra memory
+    far and reused for every (batch, group of KV heads): extra memory
     H·max(Skv_b)·(D + Dr + Dv) elements (H bounded by batch_heads)."""
 
     def __init__(self, d_qk, dv, dtype):
@@ -160,10 +170,12 @@ class _KvAccumulators:
             shape = (max(heads, self.k.shape[0]), max(rows, self.k.shape[1]))
             self.k = np.empty(shape + self.k.shape[2:], self.k.dtype)
             self.v = np.empty(shape + self.v.shape[2:], self.v.dtype)
-        k, v = self.k[:heads, :rows], self.v[:heads, :rows]
-        k.fill(0)
-        v.fill(0)
-        return k, v
+        return self.k[:heads, :rows], self.v[:heads, :rows]
+
+
+def _clear(acc_k, acc_v):
+    acc_k.fill(0)
+    acc_v.fill(0)
 
 
 def _finish(acc, scale, device):

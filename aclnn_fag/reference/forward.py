@@ -67,44 +67,46 @@ def attention_forward(call: FwdCall, precision: str = "device",
             rows = slice(qs + i0, qs + i1)
             q_scaled = gather_concat((q, qr), rows, hs, work).reshape(nh, -1, d_qk)
             q_scaled *= scale                                   # scale·[Q | Qr]
-            m = np.full(q_scaled.shape[:2] + (1,), NEG, dtype=work)
-            l = np.zeros(q_scaled.shape[:2] + (1,), dtype=work)
-            acc = np.zeros(q_scaled.shape[:2] + (v.shape[2],), dtype=work)
+            m = l = acc = None      # the running state: the first tile over every row gives it
             for r0, r1, j0, j1, masked, key_tile in tiles(keep, mask, b, i0, i1, skv, blocks,
                                                           per_head):
                 k_tile, v_tile = key_side.get(key_tile, j0, j1)
                 s = rows_2d(q_scaled, group, r0, r1) @ k_tile.swapaxes(-1, -2)
                 if masked is not None:
                     apply_mask(s, masked, group)
-                m_old = rows_2d(m, group, r0, r1)
+                m_old = NEG if m is None else rows_2d(m, group, r0, r1)
                 m_new = np.maximum(m_old, row_max(s))
-                correction = np.exp(m_old - m_new)
                 s -= m_new
                 np.exp(s, out=s)
                 tile_sum = row_sum(s)
                 if device:
                     round_bf16_away_inplace(s)
                 tile_out = s @ v_tile
+                if m is None and r1 - r0 == i1 - i0:   # m, l, acc = NEG, 0, 0 updated by it
+                    m, l, acc = m_new, tile_sum, tile_out
+                    continue
+                if m is None:
+                    m, l, acc = _start_state(q_scaled, v.shape[2])
                 # the running state of these rows, updated in place through [H, G, r, .] views
                 shape4 = (nh, group, r1 - r0, -1)
-                correction = correction.reshape(shape4)
+                correction = np.exp(m_old - m_new).reshape(shape4)
                 l_rows, acc_rows = row_part(l, group, r0, r1), row_part(acc, group, r0, r1)
                 l_rows *= correction
                 l_rows += tile_sum.reshape(shape4)
                 acc_rows *= correction
                 acc_rows += tile_out.reshape(shape4)
                 row_part(m, group, r0, r1)[...] = m_new.reshape(shape4)
+            if m is None:                                       # no key kept for any row
+                m, l, acc = _start_state(q_scaled, v.shape[2])
             invalid = (m == NEG)[..., 0]
-            fully_masked += int(np.count_nonzero(invalid))
-            safe_l = np.where(invalid[..., None], 1.0, l)
-            o = acc / safe_l
-            o[invalid] = 0.0
-            m[invalid] = NEG
-            l[invalid] = FLT_MAX
+            if invalid.any():       # the device's invalid lines: sum FLT_MAX, output 0
+                fully_masked += int(np.count_nonzero(invalid))
+                l[invalid] = FLT_MAX
+                acc[invalid] = 0.0
+            acc /= l                                            # the output, in place
             if device:
-                o = np.ascontiguousarray(o, dtype=np.float32)
-                round_bf16_away_inplace(o)
-            scatter_heads(out, rows, hs, o.reshape(-1, v.shape[2]))
+                round_bf16_away_inplace(acc)
+            scatter_heads(out, rows, hs, acc.reshape(-1, v.shape[2]))
             max_block[hs, i0:i1, :] = m.reshape(nh * group, i1 - i0, 1)
             sum_block[hs, i0:i1, :] = l.reshape(nh * group, i1 - i0, 1)
             bar.step(nh)
@@ -114,3 +116,10 @@ def attention_forward(call: FwdCall, precision: str = "device",
                       "unsupported; stored as the device's invalid lines (max = -FLT_MAX, "
                       "sum = FLT_MAX, output 0)", FullyMaskedRowWarning, stacklevel=3)
     return FagForward(out, flat_max.reshape(t1, n1, COPIES), flat_sum.reshape(t1, n1, COPIES))
+
+
+def _start_state(q_tile, dv):
+    """The running state (max, sum, output) of a query tile before any key: -FLT_MAX, 0, 0."""
+    rows = q_tile.shape[:2] + (1,)
+    return (np.full(rows, NEG, q_tile.dtype), np.zeros(rows, q_tile.dtype),
+            np.zeros(q_tile.shape[:2] + (dv,), q_tile.dtype))
