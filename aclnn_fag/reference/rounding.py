@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from ..constants import BF16
 
-__all__ = ["round_bf16_away_inplace", "to_bf16_away", "BF16", "load_into", "store_into"]
+__all__ = ["round_bf16_away_inplace", "BF16", "load_into", "store_into"]
 
 _HALF = np.uint32(0x8000)
 _KEEP = np.uint32(0xFFFF0000)
@@ -29,13 +29,6 @@ def round_bf16_away_inplace(x: np.ndarray) -> np.ndarray:
     np.add(bits, _HALF, out=bits)
     np.bitwise_and(bits, _KEEP, out=bits)
     return x
-
-
-def to_bf16_away(x: np.ndarray) -> np.ndarray:
-    """float32 (or float64, first rounded to float32) -> bfloat16 array, ties away from zero."""
-    y = np.array(x, dtype=np.float32, order="C", copy=True)
-    round_bf16_away_inplace(y)
-    return y.astype(BF16)
 
 
 def load_into(dst: np.ndarray, src: np.ndarray) -> None:
