@@ -85,25 +85,19 @@ def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen, stream=None) -
 
 
 class FlashAttentionVarlenRope(torch.autograd.Function):
-    """The NPU-tensor path: forward(q, q_rope, k, k_rope, v, atten_mask, options) ->
-    (attention output, softmax_max, softmax_sum); the backward returns dq, dq_rope, dk,
-    dk_rope, dv (None for the mask and options). Once differentiable."""
+    """The NPU-tensor path: forward(q, q_rope, k, k_rope, v, atten_mask, options, stream) ->
+    (attention output, softmax_max, softmax_sum), ``options`` the keywords both public ops
+    take; the backward returns dq, dq_rope, dk, dk_rope, dv. Once differentiable."""
 
     @staticmethod
-    def forward(ctx, q, q_rope, k, k_rope, v, atten_mask, options: dict):
-        stream = options["stream"] if options["stream"] is not None else current_stream(q)
+    def forward(ctx, q, q_rope, k, k_rope, v, atten_mask, options: dict, stream=None):
         fwd = api.flash_attention_forward(
-            q, q_rope, k, k_rope, v, atten_mask=atten_mask,
-            actual_seq_qlen=options["actual_seq_qlen"],
-            actual_seq_kvlen=options["actual_seq_kvlen"], scale_value=options["scale_value"],
-            pre_tokens=options["pre_tokens"], next_tokens=options["next_tokens"],
-            sparse_mode=options["sparse_mode"], backend=options["backend"],
-            check_data=options["check_data"], stream=stream)
-        ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, fwd.attention_out,
-                              fwd.softmax_max, fwd.softmax_sum)
-        ctx.options = options
+            q, q_rope, k, k_rope, v, atten_mask=atten_mask, **options,
+            stream=stream if stream is not None else current_stream(q))
+        ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, *fwd)
+        ctx.options, ctx.stream = options, stream
         ctx.set_materialize_grads(False)      # unused statistics get None, not zeros
-        return fwd.attention_out, fwd.softmax_max, fwd.softmax_sum
+        return tuple(fwd)
 
     @staticmethod
     @once_differentiable
@@ -112,18 +106,12 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
             raise RuntimeError(STATS_GRADIENT_ERROR)
         q, q_rope, k, k_rope, v, mask, out, smax, ssum = ctx.saved_tensors
         if grad_out is None:
-            return None, None, None, None, None, None, None
-        o = ctx.options
-        stream = o["stream"] if o["stream"] is not None else current_stream(q)
-        dy = grad_out.to(q.dtype).contiguous()
+            return (None,) * 8
+        stream = ctx.stream if ctx.stream is not None else current_stream(q)
         g = api.flash_attention_unpadding_score_grad_v3(
-            q, q_rope, k, k_rope, v, dy,
-            atten_mask=mask, softmax_max=smax, softmax_sum=ssum, attention_in=out,
-            actual_seq_qlen=o["actual_seq_qlen"], actual_seq_kvlen=o["actual_seq_kvlen"],
-            scale_value=o["scale_value"], pre_tokens=o["pre_tokens"],
-            next_tokens=o["next_tokens"], sparse_mode=o["sparse_mode"], backend=o["backend"],
-            check_data=o["check_data"], stream=stream)
-        return g.dq, g.dq_rope, g.dk, g.dk_rope, g.dv, None, None
+            q, q_rope, k, k_rope, v, grad_out.to(q.dtype).contiguous(), atten_mask=mask,
+            softmax_max=smax, softmax_sum=ssum, attention_in=out, **ctx.options, stream=stream)
+        return (*g, None, None, None)
 
 
 def _ends(name, value) -> list:
@@ -163,9 +151,9 @@ def varlen_attention(q, q_rope, k, k_rope, v, *, actual_seq_qlen, actual_seq_kvl
         options = dict(actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,
                        scale_value=float(scale_value), sparse_mode=int(sparse_mode),
                        pre_tokens=int(pre_tokens), next_tokens=int(next_tokens), backend=backend,
-                       check_data=check_data, stream=stream)
+                       check_data=check_data)
         out, smax, ssum = FlashAttentionVarlenRope.apply(q, q_rope, k, k_rope, v, atten_mask,
-                                                         options)
+                                                         options, stream)
     else:
         if stream is not None:
             raise ValueError("parameter 'stream' applies to NPU tensors only")

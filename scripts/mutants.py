@@ -803,8 +803,8 @@ MUTANTS = [
            "stats = ((t1, n1, 8), np.dtype(np.float32))", "stats = ((t1, n1, 8), BF16)",
            "the device forward's statistics are bf16 tensors", ("tests/acl/test_device_forward.py",)),
     Mutant("torch-npu-stream", "acl", "aclnn_fag/torch.py",
-           'stream = o["stream"] if o["stream"] is not None else current_stream(q)',
-           'stream = o["stream"]',
+           "stream = ctx.stream if ctx.stream is not None else current_stream(q)",
+           "stream = ctx.stream",
            "varlen_attention's backward on NPU tensors ignores torch_npu's current stream",
            ("tests/torch/test_npu_autograd.py",)),
     # ------------------------------------------------------------------ one call's device memory
