@@ -145,8 +145,7 @@ def _runners(case: TorchCase, heads: int = HEADS):
 
 
 def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
-                    heads: int = HEADS, progress: bool = True, reference: bool = True,
-                    clock: str = "wall") -> dict:
+                    heads: int = HEADS, progress: bool = True, clock: str = "wall") -> dict:
     """Time every case (module docstring); returns the JSON-ready report. ``clock``: "wall"
     or "cpu" (this process's CPU time: with one thread, what the step costs however busy
     the machine is)."""
@@ -155,7 +154,6 @@ def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
     import torch
     old_threads = torch.get_num_threads()
     rows = []
-    names = ["torch", "plain", "sdpa"] + (["ref64"] if reference else [])
     t_start = time.perf_counter()
     try:
         if threads is not None:
@@ -166,7 +164,7 @@ def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
             for case in cases:
                 bar.set_postfix_str(case.name)
                 runners = _runners(case, heads)
-                times = _median_times({n: runners[n] for n in names}, repeat, CLOCKS[clock])
+                times = _median_times(runners, repeat, CLOCKS[clock])
                 del runners
                 rows.append(_row(case, times))
                 bar.update(1)
@@ -182,9 +180,7 @@ def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
 def _row(case: TorchCase, times: dict) -> dict:
     sdpa = times["sdpa"]
     ratios = {"torch/sdpa": times["torch"] / sdpa, "plain/sdpa": times["plain"] / sdpa,
-              "torch/plain": times["torch"] / times["plain"]}
-    if "ref64" in times:
-        ratios["ref64/sdpa"] = times["ref64"] / sdpa
+              "torch/plain": times["torch"] / times["plain"], "ref64/sdpa": times["ref64"] / sdpa}
     met = (ratios["torch/sdpa"] <= case.goal and ratios["plain/sdpa"] <= case.goal
            and ratios["torch/plain"] <= WRAPPER_GOAL)
     return {"case": case.name, "lengths": list(case.lengths), "causal": case.causal,
@@ -202,9 +198,8 @@ def format_torch_bench(report: dict) -> str:
     lines.append("-" * len(lines[-1]))
     for r in report["rows"]:
         t, x = r["median_s"], r["ratios"]
-        ref = f"{t['ref64'] * 1e3:9.1f}" if "ref64" in t else f"{'-':>9s}"
         lines.append(f"{r['case']:<36s} {t['torch'] * 1e3:9.1f} {t['plain'] * 1e3:9.1f} "
-                     f"{t['sdpa'] * 1e3:9.1f} {ref} {x['torch/sdpa']:10.2f} "
+                     f"{t['sdpa'] * 1e3:9.1f} {t['ref64'] * 1e3:9.1f} {x['torch/sdpa']:10.2f} "
                      f"{x['plain/sdpa']:10.2f} {x['torch/plain']:11.2f} "
                      f"{r['goal_x_sdpa']:5.1f}x {'met' if r['met'] else 'MISSED'}")
     lines.append(f"goals: torch/sdpa and plain/sdpa <= the row's goal, torch/plain <= "
