@@ -1,4 +1,5 @@
-"""Rounding points of the device (docs/semantics.md, "Backward"): fp32 -> bf16 with ties away from zero.
+"""Rounding points of the device (docs/semantics.md, "Backward"): fp32 -> bf16, ties away
+from zero.
 
 AscendC's ``RoundMode::CAST_ROUND`` rounds to nearest with ties away from zero
 (ml_dtypes' cast rounds ties to even). On the bit pattern: add half an ulp of
