@@ -24,27 +24,27 @@ COMPRESSED_SIZE = 2048
 # a [maxSq, maxSkv] mask larger than this is refused (it would take more than 4 GiB)
 MAX_MASK_ELEMENTS = 1 << 32
 
-# The package's own canonical masks: immutable bytes objects (numpy cannot make a view of
-# them writeable), one per dtype, built on first use.
+# The package's canonical masks: immutable bytes (numpy cannot make a view of them
+# writeable), one per dtype, built on first use.
 _CANONICAL: dict = {}
 _PACKAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))
 
 
 def _canonical(dt: np.dtype):
+    """(immutable bytes, read-only [2048, 2048] view of them) of the canonical mask."""
     entry = _CANONICAL.get(dt)
     if entry is None:
         raw = np.triu(np.ones((COMPRESSED_SIZE, COMPRESSED_SIZE), dtype=dt), 1).tobytes()
         view = np.frombuffer(raw, dtype=dt).reshape(COMPRESSED_SIZE, COMPRESSED_SIZE)
-        entry = _CANONICAL.setdefault(dt, (raw, view, view.__array_interface__["data"][0]))
+        entry = _CANONICAL.setdefault(dt, (raw, view))
     return entry
 
 
 def compressed_causal_mask(dtype=np.uint8) -> np.ndarray:
-    """The 2048x2048 mask sparse modes 2/3/4/7/8 require: 1 (masked) strictly above the diagonal.
-
-    For uint8 and bool the result is a **read-only** view of one immutable buffer the package
-    owns, so validation recognises it without reading its 4 MiB (``is_package_mask``); use
-    ``.copy()`` for a writable array. Other dtypes get a new writable array."""
+    """The 2048x2048 mask sparse modes 2/3/4/7/8 require: 1 (masked) strictly above the
+    diagonal. For uint8 and bool a **read-only** view of one immutable buffer the package owns
+    (validation recognises it without reading it, ``is_package_mask``; ``.copy()`` it to
+    write); other dtypes get a new writable array."""
     dt = np.dtype(dtype)
     if dt not in _PACKAGE_DTYPES:
         return np.triu(np.ones((COMPRESSED_SIZE, COMPRESSED_SIZE), dtype=dt), 1)
@@ -52,9 +52,8 @@ def compressed_causal_mask(dtype=np.uint8) -> np.ndarray:
 
 
 def is_package_mask(mask) -> bool:
-    """True when the first 2048x2048 slice of ``mask`` is a view of the package's own
-    read-only canonical mask (same immutable buffer, same address and strides): its content
-    is then known without reading it. Never true for an array the caller can write."""
+    """True when the first 2048x2048 slice of ``mask`` is a read-only view of the package's
+    canonical mask (same immutable buffer and strides): its content is known unread."""
     if not isinstance(mask, np.ndarray) or mask.dtype not in _PACKAGE_DTYPES:
         return False
     if mask.ndim == 4 and mask.shape[0] >= 1 and mask.shape[1] >= 1:
@@ -64,7 +63,7 @@ def is_package_mask(mask) -> bool:
     entry = _CANONICAL.get(mask.dtype)
     if entry is None or mask.flags.writeable:
         return False
-    raw, view, _ = entry
+    raw, view = entry
     root = mask
     while isinstance(root, np.ndarray) and root.base is not None:
         root = root.base
@@ -73,27 +72,12 @@ def is_package_mask(mask) -> bool:
     return root is raw and mask.strides == view.strides
 
 
-_CANONICAL_U8 = None
-
-
-def _canonical_u8() -> np.ndarray:
-    """The canonical mask as read-only uint8 0/1 (built once, 4 MiB)."""
-    global _CANONICAL_U8
-    if _CANONICAL_U8 is None:
-        m = compressed_causal_mask(np.uint8)
-        m.flags.writeable = False
-        _CANONICAL_U8 = m
-    return _CANONICAL_U8
-
-
 def is_canonical_compressed(mask: np.ndarray) -> bool:
-    """True when the first 2048x2048 slice has the canonical content (nonzero iff y > x).
-
-    Compared in row chunks, so the temporaries stay small (< 1 MiB). A bool/uint8 chunk
-    holding exactly 0/1 is compared byte for byte with the canonical mask (the common case);
-    any other chunk by its nonzero pattern."""
+    """True when the first 2048x2048 slice has the canonical content (nonzero iff y > x),
+    compared in row chunks (small temporaries): byte for byte for bool/uint8 chunks holding
+    0/1, else by the nonzero pattern."""
     m = mask.reshape(-1, COMPRESSED_SIZE, COMPRESSED_SIZE)[0] if mask.ndim == 4 else mask
-    canon = _canonical_u8()
+    canon = _canonical(np.dtype(np.uint8))[1]
     raw = m.dtype in (np.dtype(np.uint8), np.dtype(np.bool_))
     chunk = 256
     for r0 in range(0, COMPRESSED_SIZE, chunk):
@@ -117,14 +101,9 @@ def _int(name, value, minimum=None):
 def band_mask(max_sq, max_skv, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
               dtype=np.uint8) -> np.ndarray:
     """The ``[max_sq, max_skv]`` mask of sparse modes 0/1 that masks every (i, j) outside the
-    token band ``-pre_tokens <= j - i <= next_tokens`` (top-left origin, as mode 0 counts).
-
-    Mode 0 applies its token band only block by block and needs a mask that agrees with the
-    tokens: pass this mask with the **same** ``pre_tokens``/``next_tokens``. With mode 1 (tokens
-    ignored) the mask alone gives the same kept set. ``max_sq``/``max_skv`` are the longest
-    query/KV sequence (``aclnn_fag.seqlens.max_lengths(ends)``). Tokens are clamped to 2^31 - 1 as the
-    op clamps them; negative tokens move the band off the diagonal (pre + next must stay > 0).
-    """
+    token band ``-pre_tokens <= j - i <= next_tokens`` (top-left origin, as mode 0 counts;
+    docs/sparse_modes.md): pass it to mode 0 with the **same** tokens, or alone to mode 1.
+    Tokens are clamped to 2^31 - 1 as the op clamps them (pre + next must stay > 0)."""
     max_sq = _int("max_sq", max_sq, 0)
     max_skv = _int("max_skv", max_skv, 0)
     pre = min(_int("pre_tokens", pre_tokens), INT32_MAX)
@@ -133,15 +112,15 @@ def band_mask(max_sq, max_skv, pre_tokens=INT32_MAX, next_tokens=INT32_MAX,
         raise ValueError(f"pre_tokens + next_tokens must be > 0 (docs/validation.md, rule 28), "
                          f"got {pre} + {nxt}")
     if max_sq * max_skv > MAX_MASK_ELEMENTS:
-        raise ValueError(f"parameters 'max_sq', 'max_skv': a [{max_sq}, {max_skv}] mask has more than {MAX_MASK_ELEMENTS} "
-                         "elements; use a compressed sparse mode (2/3/4/7/8) for long sequences")
+        raise ValueError(f"parameters 'max_sq', 'max_skv': a [{max_sq}, {max_skv}] mask has "
+                         f"more than {MAX_MASK_ELEMENTS} elements; use a compressed sparse mode "
+                         "(2/3/4/7/8) for long sequences")
     d = np.arange(max_skv, dtype=np.int64)[None, :] - np.arange(max_sq, dtype=np.int64)[:, None]
     return ((d < -pre) | (d > nxt)).astype(dtype)
 
 
 def causal_mask(max_sq, max_skv, dtype=np.uint8) -> np.ndarray:
     """The ``[max_sq, max_skv]`` causal mask of sparse modes 0/1: masked where j > i (top-left
-    origin, the kept set of sparse mode 2). Use it with ``sparse_mode=1``, or with
-    ``sparse_mode=0, pre_tokens=2**31 - 1, next_tokens=0``. For causality counted from the last
-    query row (bottom-right, sparse mode 3) use sparse mode 3 with the compressed mask."""
+    origin, the kept set of sparse mode 2): with ``sparse_mode=1``, or ``sparse_mode=0,
+    pre_tokens=2**31 - 1, next_tokens=0``."""
     return band_mask(max_sq, max_skv, INT32_MAX, 0, dtype)

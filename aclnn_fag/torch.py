@@ -1,46 +1,24 @@
 """Varlen attention with rope parts for torch: autograd, torch.compile, golden precisions
-(optional: needs torch).
+(optional: needs torch; docs/torch.md).
 
 ``varlen_attention(q, q_rope, k, k_rope, v, actual_seq_qlen=..., scale_value=...)`` returns
-the attention output and, on ``backward()``, the gradients of q, q_rope, k, k_rope and v,
-computed by this package (docs/torch.md)::
+the attention output; ``backward()`` gives the gradients of q, q_rope, k, k_rope and v.
 
-    from aclnn_fag.torch import varlen_attention
-    out = varlen_attention(q, q_rope, k, k_rope, v, actual_seq_qlen=ends,
-                           actual_seq_kvlen=ends, scale_value=1 / (192 ** 0.5), sparse_mode=3)
-    loss = f(out); loss.backward()                # q.grad, q_rope.grad, ... filled
+* **CPU tensors** go through the custom ops ``torch.ops.aclnn_fag.varlen_fwd`` /
+  ``varlen_bwd`` (``aclnn_fag.torch_ops``), so ``torch.compile`` traces them without graph
+  breaks; they run the backend ``backend`` chooses (the NumPy reference without an NPU).
+* **NPU tensors** (torch_npu, used only through ``aclnn_fag.operands``; never imported) run
+  both ops on the NPU in place, enqueued on the caller's current stream, the statistics kept
+  on the device between them (``FlashAttentionVarlenRope``).
+* **Once differentiable**: a second-order use raises ``RuntimeError``.
+* **precision** ``"device"`` (bf16 tensors, the device's rounding points), ``"fp32"`` or
+  ``"fp64"`` (NumPy backend, CPU tensors of one dtype: bf16, float32 or float64).
+* **return_stats=True** returns ``(out, softmax_max, softmax_sum)`` in the device layout;
+  a gradient reaching the statistics raises.
 
-* **CPU tensors** go through the torch custom ops ``torch.ops.aclnn_fag.varlen_fwd`` /
-  ``varlen_bwd`` (``aclnn_fag.torch_ops``: fake implementations give the shapes and dtypes,
-  the autograd formula is registered), so ``torch.compile(model)`` and ``fullgraph=True``
-  trace them without graph breaks; they run the backend ``backend`` chooses (the NumPy
-  reference without an NPU).
-* **NPU tensors** (torch_npu) run the forward op (aclnnFlashAttentionVarLenScoreV3) and the
-  backward op (aclnnFlashAttentionUnpaddingScoreGradV3) on the NPU, in place and on the
-  caller's current stream (``torch.npu.current_stream()``, found by duck typing; only
-  enqueued, never synchronised), the statistics kept on the device between the two
-  (``FlashAttentionVarlenRope``, an autograd Function). NPU tensors are used only through
-  the protocol of ``aclnn_fag.operands``; torch_npu is never imported.
-* **Once differentiable**: the backward is not itself differentiable. Any second-order use
-  (``torch.autograd.grad(..., create_graph=True)`` and a backward through its result, e.g. a
-  gradient penalty) raises ``RuntimeError`` naming ``aclnn_fag.torch.varlen_attention``.
-* **precision** ``"device"`` (default: bf16 tensors, the device's rounding points), ``"fp32"``
-  or ``"fp64"`` (the golden precisions, NumPy backend only, CPU tensors: bf16, float32 or
-  float64 inputs, all five of one dtype; output and statistics in the precision's dtype),
-  so that ``torch.autograd.gradcheck`` runs in float64.
-* **return_stats=True** returns ``(out, softmax_max, softmax_sum)``: the statistics in the
-  device layout (``[T1, N1, 8]``, per batch ``[N1, Sq_b, 8]`` blocks;
-  ``aclnn_fag.softmax_layout.token_major_from_device_stats`` gives token-major ``[T1, N1]``)
-  for merging partial results (context parallelism). They are not differentiable: a
-  gradient that reaches them (nonzero on CPU tensors, any on NPU tensors) raises.
-
-Tensors: ``[T, N, D]`` (TND, cumulative ends without a leading 0 -- a list, a 1-D numpy
-array or a CPU torch tensor, see docs/usage.md); GQA when k/v have fewer heads. ``atten_mask``
-None gives the compressed causal mask for sparse modes 2/3/4/7/8 and an all-zero ``[maxSq,
-maxSkv]`` mask for modes 0/1 (on the NPU: made once per device and shape with
-``q.new_empty`` and kept, see ``_default_mask``).
-
-Importing this module imports torch; ``import aclnn_fag`` does not.
+``atten_mask`` None gives the compressed causal mask for sparse modes 2/3/4/7/8 and an
+all-zero ``[maxSq, maxSkv]`` mask for modes 0/1 (on the NPU made once per device and shape,
+``_default_mask``). Importing this module imports torch; ``import aclnn_fag`` does not.
 """
 
 from __future__ import annotations
@@ -51,12 +29,12 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import api, masks, operands
+from . import api, operands
 from .call import INT32_MAX
 from .reference import PRECISIONS
 from .semantics.sparse import COMPRESSED_MODES
 from .seqlens import int_list
-from .torch_ops import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR
+from .torch_ops import DOUBLE_BACKWARD_ERROR, STATS_GRADIENT_ERROR, default_mask
 
 __all__ = ["FlashAttentionVarlenRope", "varlen_attention", "DOUBLE_BACKWARD_ERROR",
            "STATS_GRADIENT_ERROR"]
@@ -91,49 +69,35 @@ def _npu_mask(q: torch.Tensor, host: np.ndarray, stream) -> torch.Tensor:
 
 
 def _default_mask(q: torch.Tensor, sparse_mode: int, qlen, kvlen, stream=None) -> torch.Tensor:
-    """The default mask of an NPU tensor's call, on its device (CPU tensors get theirs as
-    numpy in aclnn_fag.torch_ops)."""
-    if sparse_mode in COMPRESSED_MODES:
-        key = (q.device.type, q.device.index, "compressed")
-        m = _MASK_CACHE.get(key)
-        if m is None:
-            m = _npu_mask(q, masks.compressed_causal_mask(), stream)
-            _MASK_CACHE[key] = m
-        return m
-    lens_q = np.diff(np.concatenate([[0], np.asarray(qlen, dtype=np.int64)]))
-    lens_kv = np.diff(np.concatenate([[0], np.asarray(kvlen, dtype=np.int64)]))
-    shape = (int(max(lens_q.max(), 1)), int(max(lens_kv.max(), 1)))
-    key = (q.device.type, q.device.index, shape)
+    """The default mask (``torch_ops.default_mask``) of an NPU tensor's call on its device,
+    kept per device: the compressed one, and the newest ``_NPU_ZERO_MASKS`` all-zero ones."""
+    host = default_mask(sparse_mode, qlen, kvlen)
+    compressed = sparse_mode in COMPRESSED_MODES
+    key = (q.device.type, q.device.index, "compressed" if compressed else host.shape)
     m = _MASK_CACHE.pop(key, None)
     if m is None:
-        m = _npu_mask(q, np.zeros(shape, np.uint8), stream)
+        m = _npu_mask(q, host, stream)
         zero_keys = [k for k in _MASK_CACHE if k[2] != "compressed"]
-        for old in zero_keys[:max(0, len(zero_keys) - _NPU_ZERO_MASKS + 1)]:
+        for old in zero_keys[:0 if compressed else max(0, len(zero_keys) - _NPU_ZERO_MASKS + 1)]:
             del _MASK_CACHE[old]     # the oldest (torch_npu frees in stream order)
     _MASK_CACHE[key] = m             # (re)inserted as the newest
     return m
 
 
 class FlashAttentionVarlenRope(torch.autograd.Function):
-    """The NPU-tensor path: forward(q, q_rope, k, k_rope, v, atten_mask, options) ->
-    (attention output, softmax_max, softmax_sum); the backward returns dq, dq_rope, dk,
-    dk_rope, dv (None for the mask and options). Once differentiable."""
+    """The NPU-tensor path: forward(q, q_rope, k, k_rope, v, atten_mask, options, stream) ->
+    (attention output, softmax_max, softmax_sum), ``options`` the keywords both public ops
+    take; the backward returns dq, dq_rope, dk, dk_rope, dv. Once differentiable."""
 
     @staticmethod
-    def forward(ctx, q, q_rope, k, k_rope, v, atten_mask, options: dict):
-        stream = options["stream"] if options["stream"] is not None else current_stream(q)
+    def forward(ctx, q, q_rope, k, k_rope, v, atten_mask, options: dict, stream=None):
         fwd = api.flash_attention_forward(
-            q, q_rope, k, k_rope, v, atten_mask=atten_mask,
-            actual_seq_qlen=options["actual_seq_qlen"],
-            actual_seq_kvlen=options["actual_seq_kvlen"], scale_value=options["scale_value"],
-            pre_tokens=options["pre_tokens"], next_tokens=options["next_tokens"],
-            sparse_mode=options["sparse_mode"], backend=options["backend"],
-            check_data=options["check_data"], stream=stream)
-        ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, fwd.attention_out,
-                              fwd.softmax_max, fwd.softmax_sum)
-        ctx.options = options
+            q, q_rope, k, k_rope, v, atten_mask=atten_mask, **options,
+            stream=stream if stream is not None else current_stream(q))
+        ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, *fwd)
+        ctx.options, ctx.stream = options, stream
         ctx.set_materialize_grads(False)      # unused statistics get None, not zeros
-        return fwd.attention_out, fwd.softmax_max, fwd.softmax_sum
+        return tuple(fwd)
 
     @staticmethod
     @once_differentiable
@@ -142,18 +106,12 @@ class FlashAttentionVarlenRope(torch.autograd.Function):
             raise RuntimeError(STATS_GRADIENT_ERROR)
         q, q_rope, k, k_rope, v, mask, out, smax, ssum = ctx.saved_tensors
         if grad_out is None:
-            return None, None, None, None, None, None, None
-        o = ctx.options
-        stream = o["stream"] if o["stream"] is not None else current_stream(q)
-        dy = grad_out.to(q.dtype).contiguous()
+            return (None,) * 8
+        stream = ctx.stream if ctx.stream is not None else current_stream(q)
         g = api.flash_attention_unpadding_score_grad_v3(
-            q, q_rope, k, k_rope, v, dy,
-            atten_mask=mask, softmax_max=smax, softmax_sum=ssum, attention_in=out,
-            actual_seq_qlen=o["actual_seq_qlen"], actual_seq_kvlen=o["actual_seq_kvlen"],
-            scale_value=o["scale_value"], pre_tokens=o["pre_tokens"],
-            next_tokens=o["next_tokens"], sparse_mode=o["sparse_mode"], backend=o["backend"],
-            check_data=o["check_data"], stream=stream)
-        return g.dq, g.dq_rope, g.dk, g.dk_rope, g.dv, None, None
+            q, q_rope, k, k_rope, v, grad_out.to(q.dtype).contiguous(), atten_mask=mask,
+            softmax_max=smax, softmax_sum=ssum, attention_in=out, **ctx.options, stream=stream)
+        return (*g, None, None, None)
 
 
 def _ends(name, value) -> list:
@@ -193,9 +151,9 @@ def varlen_attention(q, q_rope, k, k_rope, v, *, actual_seq_qlen, actual_seq_kvl
         options = dict(actual_seq_qlen=qlen, actual_seq_kvlen=kvlen,
                        scale_value=float(scale_value), sparse_mode=int(sparse_mode),
                        pre_tokens=int(pre_tokens), next_tokens=int(next_tokens), backend=backend,
-                       check_data=check_data, stream=stream)
+                       check_data=check_data)
         out, smax, ssum = FlashAttentionVarlenRope.apply(q, q_rope, k, k_rope, v, atten_mask,
-                                                         options)
+                                                         options, stream)
     else:
         if stream is not None:
             raise ValueError("parameter 'stream' applies to NPU tensors only")
@@ -203,6 +161,3 @@ def varlen_attention(q, q_rope, k, k_rope, v, *, actual_seq_qlen, actual_seq_kvl
             q, q_rope, k, k_rope, v, atten_mask, qlen, kvlen, float(scale_value),
             int(sparse_mode), int(pre_tokens), int(next_tokens), backend, precision, check_data)
     return (out, smax, ssum) if return_stats else out
-
-
-from . import torch_ops as _torch_ops  # noqa: E402,F401  (registers torch.ops.aclnn_fag.*)

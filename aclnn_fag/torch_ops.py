@@ -7,21 +7,16 @@
   softmax_max, softmax_sum, grad_max, grad_sum, <the same options>) -> (dq, dq_rope, dk,
   dk_rope, dv)``
 
-Both are opaque to torch.compile (``torch.library.custom_op``); their fake implementations
-give the output shapes and dtypes, and ``varlen_fwd``'s autograd formula calls
-``varlen_bwd``. ``varlen_bwd``'s own backward raises (``DOUBLE_BACKWARD_ERROR``): the
-function is once differentiable. A nonzero gradient reaching the statistics raises
-(``STATS_GRADIENT_ERROR``) inside ``varlen_bwd``.
+Both are opaque to torch.compile; their fake implementations give the output shapes and
+dtypes, ``varlen_fwd``'s autograd formula calls ``varlen_bwd``, whose own backward raises
+(``DOUBLE_BACKWARD_ERROR``); a nonzero gradient of the statistics raises
+(``STATS_GRADIENT_ERROR``).
 
-Precision "device" calls the public ops (``aclnn_fag.api``) on numpy views of the tensors
-(no copies; validation errors reworded for torch): bf16 inputs, the backend ``backend``
-chooses. A mask of None is the default one as numpy (the package's read-only compressed
-mask, which validation recognises without reading it). The golden precisions "fp32"/"fp64" run the NumPy reference
-in that dtype on bf16, float32 or float64 inputs (all five of one dtype): the call is
-validated with the forward's rules on zero-stride bf16 stand-ins of the inputs' shapes (the
-mask and every attribute as given), and the reference then reads the caller's arrays. The
-backward reuses the forward's validated call with the forward's own output and statistics
-(in the precision's dtype, never rounded), so that the gradients are those of the forward.
+Precision "device" calls the public ops on numpy views of the tensors (no copies; errors
+worded for torch). The golden precisions "fp32"/"fp64" validate the call with the forward's
+rules on zero-stride bf16 stand-ins of the inputs' shapes, then run the NumPy reference on
+the caller's arrays; the backward reuses that call with the forward's own output and
+statistics (never rounded), so that the gradients are those of the forward.
 """
 
 import dataclasses
@@ -39,7 +34,7 @@ from .reference.rounding import BF16
 from .semantics.sparse import COMPRESSED_MODES
 from .rules import validate_forward
 
-__all__ = ["varlen_fwd", "varlen_bwd", "GOLDEN_DTYPES"]
+__all__ = ["varlen_fwd", "varlen_bwd", "GOLDEN_DTYPES", "default_mask"]
 
 DOUBLE_BACKWARD_ERROR = (
     "aclnn_fag.torch.varlen_attention is once differentiable: its backward (the "
@@ -55,29 +50,39 @@ STATS_GRADIENT_ERROR = (
 
 GOLDEN_DTYPES = {"fp32": torch.float32, "fp64": torch.float64}
 _INPUT_NAMES = ("query", "query_rope", "key", "key_rope", "value")
+_BWD_NAMES = ("dy", "attention_in", "softmax_max", "softmax_sum")
 _GOLDEN_INPUT_DTYPES = (torch.bfloat16, torch.float32, torch.float64)
 
 
-def _result_dtypes(precision):
-    """(output dtype, statistics dtype) of a precision."""
-    if precision == "device":
-        return torch.bfloat16, torch.float32
-    return GOLDEN_DTYPES[precision], GOLDEN_DTYPES[precision]
+def default_mask(sparse_mode, qlen, kvlen) -> np.ndarray:
+    """The mask of a call without one: the package's read-only compressed causal mask (which
+    validation recognises unread) for the compressed modes, else all-zero [maxSq, maxSkv]."""
+    if sparse_mode in COMPRESSED_MODES:
+        return masks.compressed_causal_mask()
+    longest = (max((b - a for a, b in zip([0] + list(e[:-1]), e)), default=0)
+               for e in (qlen, kvlen))
+    return np.zeros(tuple(max(n, 1) for n in longest), np.uint8)
+
+
+def _arrays(tensors, atten_mask, sparse_mode, qlen, kvlen) -> tuple:
+    """numpy views of the five inputs and the mask (no copies; None: ``default_mask``)."""
+    _, arrays = operands.convert_args(_INPUT_NAMES + ("atten_mask",), tensors + (atten_mask,))
+    if atten_mask is None:
+        arrays = arrays[:5] + (default_mask(sparse_mode, qlen, kvlen),)
+    return arrays
 
 
 def _golden_call(q, q_rope, k, k_rope, v, atten_mask, qlen, kvlen, scale_value, sparse_mode,
                  pre_tokens, next_tokens, backend, precision, check_data) -> FwdCall:
-    """The validated forward call of a golden precision over the caller's arrays (module
-    docstring)."""
+    """The validated forward call of a golden precision over the caller's arrays."""
     api.resolve_backend(backend, precision)       # "npu" with a golden precision raises
     tensors = (q, q_rope, k, k_rope, v)
     for name, t in zip(_INPUT_NAMES, tensors):
         if t.dtype not in _GOLDEN_INPUT_DTYPES or t.dtype != q.dtype:
-            want = GOLDEN_DTYPES[precision]
             raise TypeError(f"parameter '{name}' has dtype {t.dtype} (query: {q.dtype}); "
                             f"precision={precision!r} takes torch.bfloat16, torch.float32 or "
                             f"torch.float64 tensors, all five of one dtype: convert with "
-                            f"{name}.to({want})")
+                            f"{name}.to({GOLDEN_DTYPES[precision]})")
     arrays = _arrays(tensors, atten_mask, sparse_mode, qlen, kvlen)
     stand_ins = [np.broadcast_to(np.zeros((), BF16), a.shape) for a in arrays[:5]]
     call = validate_forward(*stand_ins, atten_mask=arrays[5], actual_seq_qlen=qlen,
@@ -88,32 +93,27 @@ def _golden_call(q, q_rope, k, k_rope, v, atten_mask, qlen, kvlen, scale_value, 
     return dataclasses.replace(call, **dict(zip(_INPUT_NAMES, arrays[:5])))
 
 
-def _arrays(tensors, atten_mask, sparse_mode, qlen, kvlen) -> tuple:
-    """numpy views of the input tensors and of the mask (no copies); a mask of None becomes
-    the default one as numpy: the package's read-only compressed causal mask, which
-    validation recognises without reading its 4 MiB, or an all-zero [maxSq, maxSkv] mask."""
-    _, arrays = operands.convert_args(_INPUT_NAMES + ("atten_mask",), tensors + (atten_mask,))
-    if atten_mask is None:
-        if sparse_mode in COMPRESSED_MODES:
-            mask = masks.compressed_causal_mask()
-        else:
-            mask = np.zeros((max(max(_lengths(qlen), default=0), 1),
-                             max(max(_lengths(kvlen), default=0), 1)), np.uint8)
-        arrays = arrays[:5] + (mask,)
-    return arrays
-
-
-def _lengths(ends) -> list:
-    return [b - a for a, b in zip([0] + list(ends[:-1]), ends)]
-
-
-def _in_torch_terms(fn, *args, **kwargs):
-    """``fn`` (a public call on numpy views of the caller's tensors) with its validation
-    errors worded for torch (``operands.in_torch_terms``)."""
+def _device_op(fn, tensors, atten_mask, extra, qlen, kvlen, sparse_mode, **kwargs) -> tuple:
+    """The public op ``fn`` on numpy views of the tensors (``extra``: the backward's dy,
+    attention_in and statistics), its validation errors worded for torch; torch results."""
+    arrays = _arrays(tensors, atten_mask, sparse_mode, qlen, kvlen)
+    named = {}
+    if extra:
+        _, extra = operands.convert_args(_BWD_NAMES, extra)
+        named = dict(zip(_BWD_NAMES[1:], extra[1:]))
     try:
-        return fn(*args, **kwargs)
+        result = fn(*arrays[:5], *extra[:1], atten_mask=arrays[5], actual_seq_qlen=qlen,
+                    actual_seq_kvlen=kvlen, sparse_mode=sparse_mode, **named, **kwargs)
     except AclnnError as e:
         raise operands.in_torch_terms(e) from None
+    return tuple(operands.to_torch(x) for x in result)
+
+
+def _result_dtypes(precision):
+    """(output dtype, statistics dtype) of a precision."""
+    if precision == "device":
+        return torch.bfloat16, torch.float32
+    return GOLDEN_DTYPES[precision], GOLDEN_DTYPES[precision]
 
 
 @torch.library.custom_op("aclnn_fag::varlen_fwd", mutates_args=())
@@ -123,14 +123,10 @@ def varlen_fwd(q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor, v: Tensor,
                pre_tokens: int, next_tokens: int, backend: str, precision: str,
                check_data: Optional[bool]) -> tuple[Tensor, Tensor, Tensor]:
     if precision == "device":
-        arrays = _arrays((q, q_rope, k, k_rope, v), atten_mask, sparse_mode, actual_seq_qlen,
-                         actual_seq_kvlen)
-        fwd = _in_torch_terms(
-            api.flash_attention_forward, *arrays[:5], atten_mask=arrays[5],
-            actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-            scale_value=scale_value, pre_tokens=pre_tokens, next_tokens=next_tokens,
-            sparse_mode=sparse_mode, backend=backend, check_data=check_data)
-        return tuple(operands.to_torch(x) for x in fwd)
+        return _device_op(api.flash_attention_forward, (q, q_rope, k, k_rope, v), atten_mask,
+                          (), actual_seq_qlen, actual_seq_kvlen, sparse_mode,
+                          scale_value=scale_value, pre_tokens=pre_tokens,
+                          next_tokens=next_tokens, backend=backend, check_data=check_data)
     call = _golden_call(q, q_rope, k, k_rope, v, atten_mask, actual_seq_qlen, actual_seq_kvlen,
                         scale_value, sparse_mode, pre_tokens, next_tokens, backend, precision,
                         check_data)
@@ -165,27 +161,19 @@ def varlen_bwd(grad_out: Tensor, q: Tensor, q_rope: Tensor, k: Tensor, k_rope: T
         if g is not None and bool(g.any()):
             raise RuntimeError(STATS_GRADIENT_ERROR)
     if precision == "device":
-        arrays = _arrays((q, q_rope, k, k_rope, v), atten_mask, sparse_mode, actual_seq_qlen,
-                         actual_seq_kvlen)
-        _, extra = operands.convert_args(
-            ("dy", "attention_in", "softmax_max", "softmax_sum"),
-            (grad_out.to(q.dtype).contiguous(), out, softmax_max, softmax_sum))
-        g = _in_torch_terms(
-            api.flash_attention_unpadding_score_grad_v3, *arrays[:5], extra[0],
-            atten_mask=arrays[5], softmax_max=extra[2], softmax_sum=extra[3],
-            attention_in=extra[1], actual_seq_qlen=actual_seq_qlen,
-            actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value, pre_tokens=pre_tokens,
-            next_tokens=next_tokens, sparse_mode=sparse_mode, backend=backend,
-            check_data=check_data)
-        return tuple(operands.to_torch(x) for x in g)
+        return _device_op(api.flash_attention_unpadding_score_grad_v3,
+                          (q, q_rope, k, k_rope, v), atten_mask,
+                          (grad_out.to(q.dtype).contiguous(), out, softmax_max, softmax_sum),
+                          actual_seq_qlen, actual_seq_kvlen, sparse_mode,
+                          scale_value=scale_value, pre_tokens=pre_tokens,
+                          next_tokens=next_tokens, backend=backend, check_data=check_data)
     call = _golden_call(q, q_rope, k, k_rope, v, atten_mask, actual_seq_qlen, actual_seq_kvlen,
                         scale_value, sparse_mode, pre_tokens, next_tokens, backend, precision,
                         check_data)
-    _, extra = operands.convert_args(("dy", "attention_in", "softmax_max", "softmax_sum"),
+    _, extra = operands.convert_args(_BWD_NAMES,
                                      (grad_out.contiguous(), out, softmax_max, softmax_sum))
     fields = {f.name: getattr(call, f.name) for f in dataclasses.fields(FwdCall)}
-    bcall = FagCall(**fields, dy=extra[0], attention_in=extra[1], softmax_max=extra[2],
-                    softmax_sum=extra[3])
+    bcall = FagCall(**fields, **dict(zip(_BWD_NAMES, extra)))
     with blas.capped():
         grads = attention_backward(bcall, precision)
     return tuple(operands.to_torch(x) for x in grads)
@@ -201,8 +189,7 @@ def _varlen_bwd_fake(grad_out, q, q_rope, k, k_rope, v, atten_mask, out, softmax
 
 
 def _setup_forward(ctx, inputs, output):
-    q, q_rope, k, k_rope, v, atten_mask = inputs[:6]
-    ctx.save_for_backward(q, q_rope, k, k_rope, v, atten_mask, *output)
+    ctx.save_for_backward(*inputs[:6], *output)
     ctx.options = inputs[6:]
 
 

@@ -1,24 +1,16 @@
 """NumPy backward of the op (docs/semantics.md, "Backward"), tiled.
 
-Loop order: per batch b, per group of up to MAX_BWD_HEADS KV heads (batched
-matmuls), per query tile (the G query heads of a KV head stacked into one row
-block, so every matmul serves the whole GQA group and dK/dV sum over the group
-for free), per key tile with work (blocks.key_blocks). dQ of a query tile
-accumulates locally; dK/dV accumulate per (b, KV heads) in the working
-precision: extra memory is H·Skv_b·(D + Dr + Dv) accumulator elements plus a
-few tiles.
+Per batch, per group of up to MAX_BWD_HEADS KV heads (batched matmuls), per query tile (the
+G query heads of a KV head stacked into one row block, so that dK/dV sum over the group in
+the matmul), per key tile with work (blocks.tiles). dQ accumulates per query tile, dK/dV per
+(batch, KV heads) in the working precision.
 
-Rope parts are concatenated per tile ([Q | Qr]·[K | Kr]ᵀ = Q·Kᵀ + Qr·Krᵀ, one
-fp32 accumulation instead of two added fp32 results), the scale is folded
-into the query tile and the per-row terms (−max, −Dterm) into the matmuls as
-one extra contraction column. These change only fp32 summation order (the
-"matmul rounding" the device does not let us reproduce either), not the
-rounding points.
-
-Precision "device": scores and P in float32; P and dS rounded to bf16 (ties
-away from zero) before the gradient matmuls; float32 accumulation; the scale
-applied to dq/dk/dqRope/dkRope at the end; outputs rounded to bf16 (ties away).
-"fp32"/"fp64": the same math in that precision, no bf16 rounding anywhere.
+The rope parts are concatenated ([Q | Qr]·[K | Kr]ᵀ, one fp32 accumulation), the scale is
+folded into the query tile and the per-row terms (−max, −Dterm) into the matmuls as one
+extra contraction column: only the fp32 summation order changes, not the rounding points.
+Precision "device": P and dS rounded to bf16 (ties away from zero) before the gradient
+matmuls, float32 accumulation, the scale applied to dq/dk/dqRope/dkRope at the end, the
+outputs rounded to bf16; "fp32"/"fp64": the same math without rounding.
 """
 
 from __future__ import annotations
@@ -28,11 +20,11 @@ import warnings
 import numpy as np
 
 from ..call import FagCall, FagGrads
+from ..errors import FullyMaskedRowWarning
 from ..softmax_layout import device_stat_blocks
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
-from .common import (FullyMaskedRowWarning, KeySide, apply_mask, batch_heads, call_progress,
-                     gather_concat, gather_heads, kernel_setup, precision_dtype, row_part,
-                     rows_2d, scatter_heads)
+from .common import (KeySide, apply_mask, batch_heads, call_progress, gather_concat,
+                     kernel_setup, precision_dtype, row_part, rows_2d, scatter_heads)
 from .rounding import BF16, round_bf16_away_inplace, store_into
 
 __all__ = ["attention_backward"]
@@ -64,17 +56,18 @@ def attention_backward(call: FagCall, precision: str = "device",
     def per_head_bytes(skv):          # dK/dV accumulators and the key side of one KV head
         return 2 * skv * (d_qk + dv + 2) * itemsize
 
-    # Tiles are [H, G*rows, C] for H KV heads at a time (batch_heads), H at most
-    # MAX_BWD_HEADS: all 8 heads of a short sequence at once (T = 256, N = 8) page-faulted
-    # afresh on every call (~2,000 minor faults per call, slower than one head per step);
-    # 4 at a time did not fault and measured ~8 % faster than one at a time.
+    # Tiles are [H, G*rows, C] for H KV heads at a time, H at most MAX_BWD_HEADS: all 8
+    # heads of a short sequence at once (T = 256, N = 8) page-faulted afresh on every call
+    # once torch is imported (~2,000 minor faults, slower than one head per step); 4 at a
+    # time did not fault and measured ~8 % faster than one at a time.
     for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
                                                                     per_head_bytes,
                                                                     MAX_BWD_HEADS):
         nh = n2.stop - n2.start
         max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
         sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
-        acc_k, acc_v = accumulators.take(nh, skv)  # [dK | dKr] (unscaled), dV; zeroed
+        acc_k, acc_v = accumulators.take(nh, skv)  # [dK | dKr] (unscaled), dV
+        fresh = True                                # nothing accumulated yet
         key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
         for i0, i1 in query_blocks(sq, bq):
             work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
@@ -95,7 +88,7 @@ def attention_backward(call: FagCall, precision: str = "device",
             np.negative(row_max, out=q_aug[..., d_qk:], casting="unsafe")
             # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
             dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1).reshape(nh, -1, dv + 1)
-            o_t = gather_heads(call.attention_in, rows, hs, work).reshape(nh, -1, dv)
+            o_t = gather_concat((call.attention_in,), rows, hs, work).reshape(nh, -1, dv)
             np.negative(np.einsum("hrc,hrc->hr", dy_aug[..., :dv], o_t)[..., None],
                         out=dy_aug[..., dv:])
             acc_q = None   # [dQ | dQr], unscaled: a first tile over every row gives it
@@ -118,8 +111,15 @@ def attention_backward(call: FagCall, precision: str = "device",
                     round_bf16_away_inplace(p)
                     round_bf16_away_inplace(ds)
                 # 7. accumulate (the G stacked heads sum into dK/dV)
-                acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
-                acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
+                if fresh and j1 - j0 == skv:      # the first tile over every key sets them
+                    np.matmul(p.swapaxes(-1, -2), dy_aug_t[..., :dv], out=acc_v)
+                    np.matmul(ds.swapaxes(-1, -2), q_cat_t, out=acc_k)
+                else:
+                    if fresh:
+                        _clear(acc_k, acc_v)
+                    acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
+                    acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
+                fresh = False
                 part = ds @ k_cat
                 if part.shape[1] == q_cat.shape[1]:
                     if acc_q is None:
@@ -131,8 +131,10 @@ def attention_backward(call: FagCall, precision: str = "device",
                         acc_q = np.zeros(q_cat.shape, work)
                     row_part(acc_q, group, r0, r1)[...] += part.reshape(nh, group, r1 - r0, -1)
             _finish(acc_q, scale, device)
-            scatter_heads(grads.dq, rows, hs, acc_q[..., :d].reshape(-1, d))
-            scatter_heads(grads.dq_rope, rows, hs, acc_q[..., d:].reshape(-1, d_qk - d))
+            scatter_heads(grads.dq, rows, hs, acc_q[..., :d])
+            scatter_heads(grads.dq_rope, rows, hs, acc_q[..., d:])
+        if fresh:
+            _clear(acc_k, acc_v)
         _finish(acc_k, scale, device)
         _finish(acc_v, None, device)
         for out, part in ((grads.dk, acc_k[..., :d]), (grads.dk_rope, acc_k[..., d:]),
@@ -147,9 +149,8 @@ def attention_backward(call: FagCall, precision: str = "device",
 
 
 class _KvAccumulators:
-    """dK/dV accumulators, allocated for the most KV heads and the longest KV sequence met so
-    far and reused (zeroed) for every (batch, group of KV heads): extra memory
-    H·max(Skv_b)·(D + Dr + Dv) elements (H bounded by batch_heads)."""
+    """dK/dV accumulators for the most KV heads and the longest KV sequence met so far,
+    reused for every (batch, group of KV heads)."""
 
     def __init__(self, d_qk, dv, dtype):
         self.k = np.empty((0, 0, d_qk), dtype)
@@ -160,10 +161,12 @@ class _KvAccumulators:
             shape = (max(heads, self.k.shape[0]), max(rows, self.k.shape[1]))
             self.k = np.empty(shape + self.k.shape[2:], self.k.dtype)
             self.v = np.empty(shape + self.v.shape[2:], self.v.dtype)
-        k, v = self.k[:heads, :rows], self.v[:heads, :rows]
-        k.fill(0)
-        v.fill(0)
-        return k, v
+        return self.k[:heads, :rows], self.v[:heads, :rows]
+
+
+def _clear(acc_k, acc_v):
+    acc_k.fill(0)
+    acc_v.fill(0)
 
 
 def _finish(acc, scale, device):

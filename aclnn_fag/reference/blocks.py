@@ -1,13 +1,10 @@
 """The block iterator: which tiles of a (batch, query tile) have work.
 
-A tile is skipped when the kept set of its batch (a diagonal band, see
-semantics.sparse) excludes all of it; it is *full* (no mask needed) when the
-band covers it and no explicit mask applies or the mask block is all zero;
-otherwise it is *partial* and comes with a boolean "masked" block. A tile that
-the band cuts (the diagonal of causal and band modes) is cut into row strips,
-halving down to ``BlockSizes.min_split`` rows, each strip's keys trimmed to the
-band's reach, so that most of what the band removes is not computed. Memory stays bounded by the block sizes, whatever
-the sequence lengths.
+A tile is skipped when the kept set of its batch (a diagonal band, semantics.sparse) excludes
+all of it, *full* (no mask) when the band covers it and no explicit mask applies or its mask
+block is all zero, else *partial* with a boolean "masked" block. A tile the band cuts (the
+diagonal of causal and band modes) is cut into row strips, halving down to
+``BlockSizes.min_split`` rows, each strip's keys trimmed to the band's reach.
 """
 
 from __future__ import annotations
@@ -15,26 +12,15 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterator, Optional
 
 import numpy as np
 
 from ..semantics.sparse import BatchKeep, MaskReader
 
-__all__ = ["Tile", "BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys"]
+__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys"]
 
 _INF = float("inf")
-
-
-class Tile(NamedTuple):
-    """Rows [r0, r1) of the query tile (relative) meet keys [j0, j1) of the batch."""
-
-    r0: int
-    r1: int
-    j0: int
-    j1: int
-    masked: Optional[np.ndarray]
-    key_tile: tuple
 
 
 @dataclass(frozen=True)
@@ -65,14 +51,10 @@ def query_blocks(sq: int, q_tokens: int) -> Iterator[tuple]:
 
 def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int, skv: int,
           blocks: BlockSizes, heads=None) -> Iterator[tuple]:
-    """Yield a Tile for each piece of query rows [i0, i1) that has work.
-
-    Rows [i0 + r0, i0 + r1) meet keys [j0, j1) (local indices of the batch). ``masked`` is
-    None for a full tile, else a bool array (True = excluded) of shape [r1-r0, j1-j0], or
-    [len(heads), r1-r0, j1-j0] for a per-head mask. The pieces of one key tile
-    ``key_tile = (kt0, kt1)`` come one after another, so a body can gather the key side
-    once per key tile and slice it.
-    """
+    """Yield (r0, r1, j0, j1, masked, key_tile) for each piece of query rows [i0, i1) with
+    work: rows [i0 + r0, i0 + r1) meet keys [j0, j1) of the batch; ``masked`` is None for a
+    full tile, else a bool array (True = excluded) [r1-r0, j1-j0], or [len(heads), ...] for
+    a per-head mask. The pieces of one key tile ``key_tile = (kt0, kt1)`` come together."""
     lo, hi = keep.lo, keep.hi
     j_first = max(0, i0 + lo) if lo != -_INF else 0
     j_last = min(skv - 1, i1 - 1 + hi) if hi != _INF else skv - 1
@@ -82,7 +64,7 @@ def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int,
     for j0 in range(int(j_first), int(j_last) + 1, bk):   # tiles start where the band starts
         key_tile = (j0, min(skv, j0 + bk))
         for piece in _split(keep, mask, b, i0, i0, i1, j0, key_tile[1], blocks.min_split, heads):
-            yield Tile(*piece, key_tile)
+            yield (*piece, key_tile)
 
 
 def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):

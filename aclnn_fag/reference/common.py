@@ -6,19 +6,19 @@ from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
 
+from ..constants import FLT_MAX
 from ..semantics.sparse import MaskReader, batch_keep
 from .rounding import load_into, store_into
-from ..constants import FLT_MAX
-from ..errors import FullyMaskedRowWarning
 
-__all__ = ["KernelSetup", "kernel_setup", "batch_heads", "call_progress", "NEG", "FLT_MAX", "PRECISIONS", "FullyMaskedRowWarning", "precision_dtype",
-           "gather_heads", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads", "apply_mask", "row_part", "rows_2d"]
+__all__ = ["KernelSetup", "kernel_setup", "batch_heads", "call_progress", "NEG", "PRECISIONS",
+           "precision_dtype", "gather_concat", "KeySide", "row_max", "row_sum", "scatter_heads",
+           "apply_mask", "row_part", "rows_2d"]
 
-# KeySide gathers one (batch, KV head)'s whole key side when it fits this many bytes, else
+# KeySide gathers one (batch, KV heads)'s whole key side when it fits this many bytes, else
 # key tile by key tile (read at construction: tests lower it to drive the tile path).
 KEY_GATHER_BYTES = 16 << 20
-# The bodies process several KV heads at once while one [H, G*rows, keys] score tile (and
-# the per-head memory a body names) stays within this many bytes (batch_heads).
+# The bodies take several KV heads per step while one [H, G*rows, keys] score tile (and the
+# per-head memory a body names) stays within this many bytes (batch_heads).
 HEAD_BATCH_BYTES = 4 << 20
 NEG = -FLT_MAX
 PRECISIONS = ("device", "fp32", "fp64")
@@ -47,19 +47,15 @@ def kernel_setup(call, precision: str, q_tokens_of) -> KernelSetup:
 def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes,
                 max_heads: Optional[int] = None) -> Iterator[tuple]:
     """Yield (b, qs, sq, ks, skv, keep, kv_heads, heads, per_head) for every batch with work
-    and every group of KV heads processed together: ``kv_heads`` a slice of H KV heads,
-    ``heads`` the slice of their H*G query heads, ``per_head`` the head range when the
-    explicit mask differs per head (then H = 1), else None.
-
-    H is as large as ``HEAD_BATCH_BYTES`` allows for one [H, G*rows, keys] score tile and
-    ``per_head_bytes(skv)`` (a body's other per-KV-head memory, e.g. its dK/dV accumulators)
-    allows within ``HEAD_BATCH_BYTES`` too: small sequences then run all heads in one set of
-    batched matmuls instead of one Python pass per head. ``max_heads`` caps H."""
-    seqs, group = call.seqs, setup.group
+    and every group of KV heads taken together: ``kv_heads`` a slice of H KV heads, ``heads``
+    the slice of their H*G query heads, ``per_head`` the head range when the explicit mask
+    differs per head (then H = 1), else None. H is at most ``max_heads`` and as large as
+    ``HEAD_BATCH_BYTES`` allows for one score tile and for ``per_head_bytes(skv)``."""
+    group = setup.group
     n2_total = call.key.shape[1]
     per_head_mask = setup.mask is not None and setup.mask.per_head
     itemsize = np.dtype(setup.work).itemsize
-    for b, qs, sq, ks, skv in seqs.batches():
+    for b, qs, sq, ks, skv in call.seqs.batches():
         if sq == 0 or skv == 0:
             continue     # nothing computed: outputs (and the forward's statistics) stay 0
         keep = batch_keep(call.sparse_mode, b, sq, skv, call.pre_eff, call.next_eff,
@@ -76,10 +72,8 @@ def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes,
 
 
 def call_progress(call, setup: KernelSetup, direction: str, progress):
-    """A ``progress.BlockProgress`` over the query tiles of a call: shown when progress is
-    wanted (``progress`` / $ACLNN_FAG_PROGRESS / the CLI) and the call is estimated to take
-    more than ``progress.LONG_CALL_S`` (the area of the sequences, halved for the causal
-    modes 2/3, at ``progress.ASSUMED_GFLOPS``)."""
+    """A ``progress.BlockProgress`` over the query tiles of a call, shown when progress is
+    wanted and the call's estimated time (its kept area, halved for modes 2/3) is long."""
     from .. import progress as prog
     if not prog.call_progress_wanted(progress):
         return prog.BlockProgress(0, "", False)
@@ -105,31 +99,18 @@ def precision_dtype(precision: str):
     raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
 
 
-def gather_heads(x: np.ndarray, rows: slice, heads: slice, dtype) -> np.ndarray:
-    """x[rows, heads, :] as a C-contiguous [G*rows, C] array in ``dtype`` (head-major rows)."""
-    part = x[rows, heads]                       # [r, G, C]
-    out = np.empty((part.shape[1], part.shape[0], part.shape[2]), dtype=dtype)
-    load_into(out, part.transpose(1, 0, 2))
-    return out.reshape(-1, part.shape[2])
-
-
-def gather_concat(parts, rows: slice, heads, dtype, extra: int = 0) -> np.ndarray:
-    """Concatenate x[rows, heads, :] of several arrays along the last dim into one
-    C-contiguous [G*rows, sum(C) + extra] tile in ``dtype`` (head-major rows; ``heads`` a
-    slice, or an int for a single head). The ``extra`` trailing columns are left
-    uninitialised for the caller (used to fold a per-row term into a matmul)."""
-    if isinstance(heads, int):
-        heads = slice(heads, heads + 1)
+def gather_concat(parts, rows: slice, heads: slice, dtype, extra: int = 0) -> np.ndarray:
+    """x[rows, heads, :] of several arrays concatenated along the last dim, as a C-contiguous
+    [heads, rows, sum(C) + extra] array in ``dtype``; the ``extra`` trailing columns are left
+    for the caller (a per-row term folded into a matmul)."""
     first = parts[0][rows, heads]
-    g, r = first.shape[1], first.shape[0]
     width = sum(p.shape[2] for p in parts)
-    out = np.empty((g, r, width + extra), dtype=dtype)
+    out = np.empty((first.shape[1], first.shape[0], width + extra), dtype=dtype)
     col = 0
     for p in parts:
-        c = p.shape[2]
-        load_into(out[:, :, col:col + c], p[rows, heads].transpose(1, 0, 2))
-        col += c
-    return out.reshape(g * r, width + extra)
+        load_into(out[:, :, col:col + p.shape[2]], p[rows, heads].transpose(1, 0, 2))
+        col += p.shape[2]
+    return out
 
 
 def row_part(x: np.ndarray, group: int, r0: int, r1: int) -> np.ndarray:
@@ -146,21 +127,19 @@ def rows_2d(x: np.ndarray, group: int, r0: int, r1: int) -> np.ndarray:
 
 
 class KeySide:
-    """The key side of one (batch, KV head) in the working dtype: [K | Kr | 1] and [V | 1]
-    (the trailing ones column folds a per-row term into a matmul; ``ones=False`` omits it).
+    """The key side of one batch's KV heads ``n2`` (a slice of H heads) in the working dtype:
+    [K | Kr | 1] and [V | 1], each [H, rows, C] (the ones column folds a per-row term into a
+    matmul; ``ones=False`` omits it). Gathered once for the whole sequence when it fits
+    ``budget_bytes`` (default ``KEY_GATHER_BYTES``), else once per key tile."""
 
-    Gathered once for the whole sequence when it fits ``budget_bytes`` (default
-    ``KEY_GATHER_BYTES``), else once per key tile (pieces of one key tile come together from the tile iterator); ``get`` returns
-    row slices (views) for keys [j0, j1)."""
-
-    def __init__(self, k, kr, v, kv_rows: slice, n2: int, dtype, ones: bool,
+    def __init__(self, k, kr, v, kv_rows: slice, n2: slice, dtype, ones: bool,
                  budget_bytes: Optional[int] = None):
         if budget_bytes is None:
             budget_bytes = KEY_GATHER_BYTES
         self._src = (k, kr, v)
         self._start = kv_rows.start
         self._n2, self._dtype, self._extra = n2, dtype, int(ones)
-        self._heads = n2.stop - n2.start if isinstance(n2, slice) else 1
+        self._heads = n2.stop - n2.start
         width = k.shape[2] + kr.shape[2] + v.shape[2] + 2 * self._extra
         rows = kv_rows.stop - kv_rows.start
         self._whole = self._heads * rows * width * np.dtype(dtype).itemsize <= budget_bytes
@@ -174,16 +153,12 @@ class KeySide:
         k_tile = gather_concat((k, kr), cols, self._n2, self._dtype, extra=self._extra)
         v_tile = gather_concat((v,), cols, self._n2, self._dtype, extra=self._extra)
         if self._extra:
-            k_tile[:, -1] = 1
-            v_tile[:, -1] = 1
-        if isinstance(self._n2, slice):           # H heads: [H, rows, C]
-            k_tile = k_tile.reshape(self._heads, t1 - t0, -1)
-            v_tile = v_tile.reshape(self._heads, t1 - t0, -1)
+            k_tile[..., -1] = 1
+            v_tile[..., -1] = 1
         return k_tile, v_tile
 
     def get(self, key_tile: tuple, j0: int, j1: int):
-        """([K | Kr (| 1)], [V (| 1)]) rows for keys [j0, j1) of ``key_tile`` ([H, j1-j0, C]
-        when the KeySide covers a slice of H KV heads)."""
+        """([K | Kr (| 1)], [V (| 1)]) rows for keys [j0, j1) of ``key_tile``."""
         if not self._whole and self._cached != key_tile:
             self._cached = key_tile
             self._tile = key_tile
@@ -193,8 +168,7 @@ class KeySide:
 
 
 def row_max(s: np.ndarray) -> np.ndarray:
-    """max over the last axis of a tile, [..., r, 1] (NumPy's own reduction: since NumPy 2 it
-    runs SIMD over the rows and beats a hand-written halving by ~3x)."""
+    """max over the last axis of a tile, [..., r, 1]."""
     return s.max(axis=-1, keepdims=True)
 
 
@@ -205,18 +179,15 @@ def row_sum(s: np.ndarray) -> np.ndarray:
 
 
 def scatter_heads(x: np.ndarray, rows: slice, heads: slice, tile: np.ndarray) -> None:
-    """Inverse of gather_heads: write a [G*r, C] tile into x[rows, heads, :]."""
+    """Write a head-major tile (``heads`` x ``rows`` rows of C) into x[rows, heads, :]."""
     target = x[rows, heads]
     store_into(target, tile.reshape(target.shape[1], target.shape[0], -1).transpose(1, 0, 2))
 
 
 def apply_mask(s: np.ndarray, masked: np.ndarray, group: int) -> None:
     """Exclude masked positions of a [..., G*r, c] score tile (masked: [r, c], or [G, r, c]
-    for a per-head mask, which comes with one KV head per tile).
-
-    Excluded scores become -inf: exp(-inf - max) = 0 exactly as the device's
-    -FLT_MAX gives 0 for any row with a kept key, and rows with no kept key
-    (max = -FLT_MAX) then contribute 0 instead of the device's ~2.9e-39.
+    for a per-head mask, which comes with one KV head per tile): they become -inf, so that
+    exp gives exactly 0 (rows with no kept key then contribute 0, not the device's ~2.9e-39).
     """
     s3 = s.reshape(-1, masked.shape[-2], s.shape[-1])          # [H*G, r, c]
     np.copyto(s3, -np.inf, where=masked)

@@ -1,4 +1,5 @@
-"""Rounding points of the device (docs/semantics.md, "Backward"): fp32 -> bf16 with ties away from zero.
+"""Rounding points of the device (docs/semantics.md, "Backward"): fp32 -> bf16, ties away
+from zero.
 
 AscendC's ``RoundMode::CAST_ROUND`` rounds to nearest with ties away from zero
 (ml_dtypes' cast rounds ties to even). On the bit pattern: add half an ulp of
@@ -15,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 from ..constants import BF16
 
-__all__ = ["round_bf16_away_inplace", "to_bf16_away", "BF16", "load_into", "store_into"]
+__all__ = ["round_bf16_away_inplace", "BF16", "load_into", "store_into"]
 
 _HALF = np.uint32(0x8000)
 _KEEP = np.uint32(0xFFFF0000)
@@ -29,13 +30,6 @@ def round_bf16_away_inplace(x: np.ndarray) -> np.ndarray:
     np.add(bits, _HALF, out=bits)
     np.bitwise_and(bits, _KEEP, out=bits)
     return x
-
-
-def to_bf16_away(x: np.ndarray) -> np.ndarray:
-    """float32 (or float64, first rounded to float32) -> bfloat16 array, ties away from zero."""
-    y = np.array(x, dtype=np.float32, order="C", copy=True)
-    round_bf16_away_inplace(y)
-    return y.astype(BF16)
 
 
 def load_into(dst: np.ndarray, src: np.ndarray) -> None:

@@ -2,25 +2,22 @@
 attention (needs torch).
 
 Per case (MLA dims: N = 8 query and KV heads, D = 128 + rope 64, Dv = 128, bf16 inputs) the
-median time of ``--repeat`` calls of one forward + backward step, each after one untimed
-warm-up call, of:
+median time of ``--repeat`` forward + backward steps of each runner, after one untimed
+warm-up step each; the runners take turns step by step, so that a burst of other load on a
+shared host falls on all of them alike:
 
-* ``torch``: ``aclnn_fag.torch.varlen_attention`` on bf16 CPU tensors, ``out.backward(dy)``
-  (the NumPy backend, precision "device");
+* ``torch``: ``aclnn_fag.torch.varlen_attention`` on bf16 CPU tensors, ``out.backward(dy)``;
 * ``plain``: ``flash_attention_forward`` + ``flash_attention_unpadding_score_grad_v3`` on
-  numpy arrays (the NumPy backend, precision "device");
+  numpy arrays (both on the NumPy backend, precision "device");
 * ``sdpa``: torch's ``scaled_dot_product_attention`` in float32, one call per sequence (query
   and key with the rope part concatenated, ``is_causal`` for the causal cases), forward +
   ``backward`` -- the peer a torch user would pick on a CPU;
-* ``ref64``: an explicit float64 torch attention (scores, softmax, output; autograd), one call
-  per sequence -- what a float64 golden costs.
+* ``ref64``: an explicit float64 torch attention, one call per sequence (a float64 golden).
 
 Ratios printed: torch / sdpa, plain / sdpa, torch / plain and ref64 / sdpa, with the goals
-(<= 1.0 x sdpa from 2 x 512 up, <= 1.5 x sdpa at T = 256, the torch wrapper within 10 % of
-the plain call). ``--threads`` (default 1) sets both torch's intra-op threads and the BLAS
-threads of the package's calls, so that both sides get the same cores; ``--clock cpu``
-measures this process's CPU time instead of wall time (with one thread: robust to other
-load on a shared host).
+(docs/torch.md). ``--threads`` (default 1) sets both torch's intra-op threads and the BLAS
+threads of the package's calls; ``--clock cpu`` measures this process's CPU time instead of
+wall time (with one thread: robust to other load on a shared host).
 """
 
 from __future__ import annotations
@@ -63,14 +60,17 @@ WRAPPER_GOAL = 1.10         # torch API time / plain API time
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
-def _median_time(fn, repeat: int, clock=time.perf_counter) -> float:
-    fn()                                            # warm-up (caches, first-call costs)
-    times = []
+def _median_times(runners: dict, repeat: int, clock) -> dict:
+    """name -> median time of ``repeat`` calls, the runners called in turn."""
+    for fn in runners.values():
+        fn()                                        # warm-up (caches, first-call costs)
+    times = {name: [] for name in runners}
     for _ in range(repeat):
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return statistics.median(times)
+        for name, fn in runners.items():
+            t0 = clock()
+            fn()
+            times[name].append(clock() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _runners(case: TorchCase, heads: int = HEADS):
@@ -112,48 +112,40 @@ def _runners(case: TorchCase, heads: int = HEADS):
         out = varlen_attention(*leaves, **opts)      # the default mask (as "plain"'s)
         out.backward(tdy)
 
-    # per-sequence [1, N, S, C] tensors for the dense references (empty sequences skipped)
-    def per_seq(dtype):
+    def dense(dtype, attend):
+        """One step of ``attend`` per non-empty sequence on [1, N, S, C] tensors in ``dtype``
+        (the rope parts concatenated)."""
         seqs = []
-        start = 0
-        for end in ends:
-            if end > start:
-                sl = slice(start, end)
-                qq = torch.cat([tensor(q[sl]), tensor(qr[sl])], -1).to(dtype).transpose(0, 1)
-                kk = torch.cat([tensor(k[sl]), tensor(kr[sl])], -1).to(dtype).transpose(0, 1)
-                vv = tensor(v[sl]).to(dtype).transpose(0, 1)
-                gg = tensor(dy[sl]).to(dtype).transpose(0, 1)
-                seqs.append([x.contiguous()[None] for x in (qq, kk, vv, gg)])
-                for x in seqs[-1][:3]:
-                    x.requires_grad_()
-            start = end
-        return seqs
-    seqs32, seqs64 = per_seq(torch.float32), per_seq(torch.float64)
+        for a, b in zip([0] + ends[:-1], ends):
+            if b > a:
+                xs = [tensor(np.concatenate([x[a:b] for x in part], -1)).to(dtype)
+                      .transpose(0, 1).contiguous()[None]
+                      for part in ((q, qr), (k, kr), (v,), (dy,))]
+                seqs.append([x.requires_grad_() for x in xs[:3]] + xs[3:])
 
-    def sdpa():
-        for qq, kk, vv, gg in seqs32:
-            for x in (qq, kk, vv):
-                x.grad = None
-            out = F.scaled_dot_product_attention(qq, kk, vv, is_causal=case.causal, scale=scale)
-            out.backward(gg)
+        def step():
+            for qq, kk, vv, gg in seqs:
+                for x in (qq, kk, vv):
+                    x.grad = None
+                attend(qq, kk, vv).backward(gg)
+        return step
 
-    def ref64():
-        for qq, kk, vv, gg in seqs64:
-            for x in (qq, kk, vv):
-                x.grad = None
-            s = (qq @ kk.transpose(-1, -2)) * scale
-            if case.causal:
-                n = s.shape[-1]
-                s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
-            out = torch.softmax(s, -1) @ vv
-            out.backward(gg)
+    def sdpa(qq, kk, vv):
+        return F.scaled_dot_product_attention(qq, kk, vv, is_causal=case.causal, scale=scale)
 
-    return {"torch": torch_api, "plain": plain, "sdpa": sdpa, "ref64": ref64}
+    def ref64(qq, kk, vv):
+        s = (qq @ kk.transpose(-1, -2)) * scale
+        if case.causal:
+            n = s.shape[-1]
+            s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        return torch.softmax(s, -1) @ vv
+
+    return {"torch": torch_api, "plain": plain, "sdpa": dense(torch.float32, sdpa),
+            "ref64": dense(torch.float64, ref64)}
 
 
 def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
-                    heads: int = HEADS, progress: bool = True, reference: bool = True,
-                    clock: str = "wall") -> dict:
+                    heads: int = HEADS, progress: bool = True, clock: str = "wall") -> dict:
     """Time every case (module docstring); returns the JSON-ready report. ``clock``: "wall"
     or "cpu" (this process's CPU time: with one thread, what the step costs however busy
     the machine is)."""
@@ -162,23 +154,20 @@ def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
     import torch
     old_threads = torch.get_num_threads()
     rows = []
-    names = ["torch", "plain", "sdpa"] + (["ref64"] if reference else [])
     t_start = time.perf_counter()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
         with blas.reference_threads(threads), \
-                progress_bar(total=len(cases) * len(names), desc="bench torch", unit="run",
+                progress_bar(total=len(cases), desc="bench torch", unit="case",
                              enabled=progress) as bar:
             for case in cases:
+                bar.set_postfix_str(case.name)
                 runners = _runners(case, heads)
-                times = {}
-                for name in names:
-                    bar.set_postfix_str(f"{case.name}: {name}")
-                    times[name] = _median_time(runners[name], repeat, CLOCKS[clock])
-                    bar.update(1)
+                times = _median_times(runners, repeat, CLOCKS[clock])
                 del runners
                 rows.append(_row(case, times))
+                bar.update(1)
     finally:
         torch.set_num_threads(old_threads)
     return {"schema": BENCH_TORCH_SCHEMA, "suite": "torch", "repeat": repeat, "clock": clock,
@@ -191,9 +180,7 @@ def run_torch_bench(repeat: int = 3, threads: Optional[int] = 1, cases=CASES,
 def _row(case: TorchCase, times: dict) -> dict:
     sdpa = times["sdpa"]
     ratios = {"torch/sdpa": times["torch"] / sdpa, "plain/sdpa": times["plain"] / sdpa,
-              "torch/plain": times["torch"] / times["plain"]}
-    if "ref64" in times:
-        ratios["ref64/sdpa"] = times["ref64"] / sdpa
+              "torch/plain": times["torch"] / times["plain"], "ref64/sdpa": times["ref64"] / sdpa}
     met = (ratios["torch/sdpa"] <= case.goal and ratios["plain/sdpa"] <= case.goal
            and ratios["torch/plain"] <= WRAPPER_GOAL)
     return {"case": case.name, "lengths": list(case.lengths), "causal": case.causal,
@@ -211,9 +198,8 @@ def format_torch_bench(report: dict) -> str:
     lines.append("-" * len(lines[-1]))
     for r in report["rows"]:
         t, x = r["median_s"], r["ratios"]
-        ref = f"{t['ref64'] * 1e3:9.1f}" if "ref64" in t else f"{'-':>9s}"
         lines.append(f"{r['case']:<36s} {t['torch'] * 1e3:9.1f} {t['plain'] * 1e3:9.1f} "
-                     f"{t['sdpa'] * 1e3:9.1f} {ref} {x['torch/sdpa']:10.2f} "
+                     f"{t['sdpa'] * 1e3:9.1f} {t['ref64'] * 1e3:9.1f} {x['torch/sdpa']:10.2f} "
                      f"{x['plain/sdpa']:10.2f} {x['torch/plain']:11.2f} "
                      f"{r['goal_x_sdpa']:5.1f}x {'met' if r['met'] else 'MISSED'}")
     lines.append(f"goals: torch/sdpa and plain/sdpa <= the row's goal, torch/plain <= "
