@@ -1,11 +1,8 @@
-"""The predicates of the shape, dtype and attribute rules, one per row of the table
-(:mod:`.table`, same id). Each takes the call's :class:`~.driver.Context` and returns
-nothing when the rule holds, else True or the message's fields (a dict; ``name`` is the
-parameter blamed where the row's param is ``{name}``); rows of code 0 return the empty
-call's ``head_num``. As in the op-API source (ops-transformer @c29bc10): D, Dk, Dv and Dr
-are dimension **2** of their tensors (also for a rank > 3 tensor); rule 25 compares the
-**last** dims; all integer arithmetic is exact.
-"""
+"""The predicates of the shape, dtype and attribute rows of :mod:`.table` (same id): each
+takes the :class:`~.driver.Context` and returns nothing when the rule holds, else True or the
+message's fields (``name``: the parameter a ``{name}`` row blames; code-0 rows: the empty call's
+``head_num``). As in the op-API source (ops-transformer @c29bc10): D, Dk, Dv and Dr are dim 2
+of their tensors, rule 25 compares the last dims, all integer arithmetic is exact."""
 
 from __future__ import annotations
 
@@ -109,11 +106,9 @@ def _stats_shape(c):
     return bad
 
 
-# ---------------------------------------------------------------- the forward, F1-F8
 # ---------------------------------------------------------------- rules 23-30, F9-F14
 def _unlike(a, b) -> bool:
-    """Rule 25 (IsSameShapeButValueDLeEqD): not equal to b except the last dim, or that dim
-    larger than b's."""
+    """Rule 25 (IsSameShapeButValueDLeEqD): unlike b but in the last dim, or that dim larger."""
     last = lambda t: t.shape[-1] if t.ndim else 0    # noqa: E731
     return a.ndim != b.ndim or a.shape[:-1] != b.shape[:-1] or last(a) > last(b)
 
@@ -254,10 +249,8 @@ def _block_skip_bound(c):
 
 # ---------------------------------------------------------------- rule 16 and F6: padding
 def _small_call(qlen, kvlen, q_limit) -> bool:
-    """The small-shape exception: the longest KV sequence (GetSumIntArrayMaxValue: ends[0] or
-    a consecutive difference) <= 1024 and the last positive query end (getSeqLenQSum; the
-    first entry when none is positive) below ``q_limit``, both non-zero (None or unequal
-    ends: not small)."""
+    """The small-shape exception: the longest KV sequence (GetSumIntArrayMaxValue) <= 1024 and
+    the last positive query end (getSeqLenQSum; else the first) below ``q_limit``, non-zero."""
     if qlen is None or kvlen is None or len(qlen) != len(kvlen) or not qlen:
         return False
     kv_max = max([kvlen[0]] + [b - a for a, b in zip(kvlen, kvlen[1:])])
@@ -266,8 +259,7 @@ def _small_call(qlen, kvlen, q_limit) -> bool:
 
 
 def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob: float) -> str:
-    """Rule 16: why D/Dv needs padding (which V3 rejects), or ''. D = query.shape[2],
-    Dv = value.shape[2]."""
+    """Rule 16: why D/Dv needs padding (which V3 rejects), or ''."""
     d, dv = query.shape[2], value.shape[2]
     nondet = not deterministic
     mla_shape = d == 192 and dv == 128 and nondet
@@ -298,8 +290,7 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
 
 
 def forward_needs_padding(query, value, qlen, kvlen) -> bool:
-    """F6's pad decision: True when D/Dv would be padded, which the forward rejects with rope
-    inputs."""
+    """F6: whether D/Dv would be padded (which the forward rejects with rope inputs)."""
     d, dv = query.shape[2], value.shape[2]
     align = 16 if (d < 196 or d == 448) else 128
     need = d % align != 0 or dv % align != 0

@@ -1,13 +1,8 @@
 """The one validation driver of both ops: an op's rows of the table (those of one CANN
-release: the caller's, else the NumPy backend's) run in order on the call's
-:class:`Context`; the first that fails raises its code's error (161001 ``ParamNullptrError``,
-161002 ``ParamInvalidError``) with the row's parameter, message and stricter flag; a row of
-code 0 ends validation with an empty call. Host arrays and device-resident inputs go through
-the same rows (only the data rules read them differently, :mod:`.data_rules`).
-
-Verdict cache: every rule but the data rules (S6, S8, S9) is a function of the description
-of a call (:func:`.arguments.signature`, compared by value). A call described like one that
-passed before runs only the data rules; calls that warn are not cached.
+release) run in order on the call's :class:`Context`; the first that fails raises its code's
+error, a row of code 0 ends validation with an empty call. The verdict cache: every rule but
+the data rules (S6, S8, S9) is a function of :func:`.arguments.signature`, so a call described
+like one that passed before (and did not warn) runs only the data rules.
 """
 
 from __future__ import annotations
@@ -43,10 +38,8 @@ _DATA_PLAN = tuple(p for p in _PLANS[BACKWARD_V3.key, RELEASES[-1]] if p[0].data
 
 
 class Context:
-    """One call as the rules see it: its arguments by parameter name (those of
-    :class:`aclnn_fag.call.FagCall`, so a validated call serves as it is) and the facts
-    derived from them, each computed when a rule first asks (the rules before it made it
-    safe to compute)."""
+    """One call as the rules see it: its arguments by parameter name and the facts derived
+    from them, each computed when a rule first asks (the rules before it made it safe)."""
 
     def __init__(self, args: dict, check_data: bool = True, release=None) -> None:
         self.__dict__.update(args)
@@ -127,8 +120,7 @@ def _run(plan, c):
 
 
 def run_rules(ids, c) -> None:
-    """The rows ``ids`` alone, in table order, on a context (anything with the attributes
-    their checks read, and ``check_data``): raises the first failure."""
+    """The rows ``ids`` alone, in table order, on anything with the attributes they read."""
     _run(tuple((r, CHECKS[r.id]) for r in RULES if r.id in ids), c)
 
 
@@ -154,10 +146,9 @@ def _call(op: OpVersion, c: Context, empty):
 
 
 def validate(op: OpVersion, args: dict, check_data: bool = True, release=None):
-    """Every rule of ``op`` in the device's order on ``args`` (keyed by parameter name, with
-    ``deterministic``); returns the FagCall / FwdCall. ``check_data=False`` skips the rules
-    that read tensor data (S6, S8, S9). ``release``: the :class:`aclnn_fag.releases.Release`
-    whose rules apply (None: the NumPy backend's, ``releases.numpy_release()``)."""
+    """Every rule of ``op`` in order on ``args`` (by parameter name, with ``deterministic``);
+    returns the FagCall / FwdCall. ``check_data=False`` skips S6, S8, S9; ``release``: the
+    :class:`aclnn_fag.releases.Release` whose rules apply (None: the NumPy backend's)."""
     if release is None:
         release = releases.numpy_release()
     det = args.pop("deterministic", False)
@@ -242,13 +233,9 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     """Every rule of docs/validation.md in the device's order, then S1-S9; returns the
     FagCall. The optional keywords (the other parameters of aclnn_fag/spec.py's backward and
     ``deterministic``) default as the spec says; ``release`` as for :func:`validate`."""
-    args = _with_defaults(BACKWARD_V3, optional, query=query, query_rope=query_rope, key=key,
-                          key_rope=key_rope, value=value, dy=dy, atten_mask=atten_mask,
-                          softmax_max=softmax_max, softmax_sum=softmax_sum,
-                          attention_in=attention_in, actual_seq_qlen=actual_seq_qlen,
-                          actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value)
-    return validate_backward_args(_get_tensors(args), _get_scalars(args), _get_lists(args),
-                                  check_data, release)
+    args = _with_defaults(BACKWARD_V3, optional, locals())
+    groups = (tuple(args[n] for n in group) for group in names(BACKWARD_V3))
+    return validate_backward_args(*groups, check_data, release)
 
 
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
@@ -256,26 +243,22 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
                      **optional) -> FwdCall:
     """The forward's checks in its order and with its codes (docs/forward.md, F1-F14), then
     the package's own (SF1, S3-S7); returns the FwdCall. Keywords as for validate_backward."""
-    args = _with_defaults(FORWARD_V3, optional, query=query, query_rope=query_rope, key=key,
-                          key_rope=key_rope, value=value, atten_mask=atten_mask,
-                          actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
-                          scale_value=scale_value)
-    return validate(FORWARD_V3, args, check_data, release)
+    return validate(FORWARD_V3, _with_defaults(FORWARD_V3, optional, locals()), check_data,
+                    release)
 
 
 _DEFAULTS = {op.key: dict({p.name: p.default for p in op.params
                             if p.role in ("input", "int_array", "attr")}, deterministic=False)
              for op in (BACKWARD_V3, FORWARD_V3)}
-_get_tensors, _get_scalars, _get_lists = (operator.itemgetter(*n) for n in names(BACKWARD_V3))
 
 
-def _with_defaults(op: OpVersion, optional: dict, **given) -> dict:
-    """The inputs, int arrays and attributes of ``op`` (and deterministic): the given ones,
-    the spec's defaults for the rest; an unknown keyword is a TypeError, as in a call."""
+def _with_defaults(op: OpVersion, optional: dict, given: dict) -> dict:
+    """The arguments of ``op`` (and deterministic): ``given`` (a call's locals) and
+    ``optional``, the spec's defaults for the rest; an unknown keyword is a TypeError."""
     args = dict(_DEFAULTS[op.key])
-    unknown = (optional.keys() - args.keys()) or (optional.keys() & given.keys())
+    unknown = optional.keys() - args.keys()
     if unknown:
         raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
-    args.update(given)
+    args.update((n, given[n]) for n in args.keys() & given.keys())
     args.update(optional)
     return args

@@ -1,14 +1,8 @@
-"""Every validation rule of both ops, once, as data (docs/validation.md, docs/forward.md).
-
-One row per check, in the order the device evaluates them: an op runs the rows that name it,
-in table order (:func:`rules_for`). A row holds its status code (0: the op succeeds without
-computing), the parameter it blames (``{name}``: the one its check names), whether it is
-stricter than the device, its message (a ``str.format`` template over the call and the
-fields its check returns; ``{ref}`` cites ``section``), its section of the docs, whether it
-reads tensor data and the CANN releases it applies to. :data:`STUB_MESSAGES` holds the
-stand-in op's printf formats per op and rule; scripts/gen_rules.py writes the stub's header
-and the docs' rule tables from this module.
-"""
+"""Every validation rule of both ops, once, as data, in the device's order (docs/validation.md,
+docs/forward.md): an op runs the rows that name it (:func:`rules_for`). A message is a
+``str.format`` template over the call and its check's fields (``{ref}``: the citation); code
+0 ends validation without computing. :data:`STUB_MESSAGES`: the stand-in op's printf formats,
+which scripts/gen_rules.py writes to its header with the docs' rule tables."""
 
 from __future__ import annotations
 
@@ -398,8 +392,7 @@ _STUB_F = {
           "addition S7]",
 }
 
-# The stand-in op's messages (printf formats after "<phase-1 symbol>: "; "{ref}" is the
-# citation), per op and rule, in the order its C checks report them.
+# The stand-in op's messages after "<phase-1 symbol>: ", per op and rule, in its C order.
 STUB_MESSAGES = {B[0]: _STUB_B, F[0]: _STUB_F}
 
 
