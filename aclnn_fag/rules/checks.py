@@ -278,11 +278,9 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
     if pad_dim:
         if deterministic:
             reasons.append(f"D={d} must be a multiple of {align} in deterministic mode")
-        elif d % 8:
+        else:                     # non-deterministic: only D % 8 != 0 pads
             reasons.append(f"D={d} is not a multiple of 8 (allowed only when max Skv <= 1024, "
                            "D < 96 and the last positive query end < 163840)")
-        else:
-            reasons.append(f"D={d} must be a multiple of {align}")
     if pad_value:
         reasons.append(f"D={d} != Dv={dv} (only D=192 with Dv=128 in non-deterministic mode "
                        "is allowed)")

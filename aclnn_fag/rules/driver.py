@@ -7,6 +7,7 @@ like one that passed before (and did not warn) runs only the data rules.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import warnings
 from functools import cached_property
@@ -136,8 +137,7 @@ def _call(op: OpVersion, c: Context, empty):
         for name, like in (("query_rope", c.query), ("key_rope", c.key)):
             if fields[name] is None:
                 fields[name] = np.zeros(like.shape[:-1] + (0,), BF16)
-        head_num = empty["head_num"]
-        return cls(head_num=head_num if head_num is not None else 0, seqs=seq_info((), ()),
+        return cls(head_num=empty["head_num"] or 0, seqs=seq_info((), ()),
                    pre_eff=0, next_eff=0, band_index=-1, empty_result=True, **fields)
     q_dev, kv_dev = c.device_ends
     return cls(head_num=c.heads, seqs=c.seqs, pre_eff=c.pre_eff, next_eff=c.next_eff,
@@ -220,10 +220,8 @@ def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
     if key is not None and not _would_warn(call, args):
         if len(_VERDICTS) >= _VERDICTS_MAX:
             _VERDICTS.clear()
-        bare = _new(FagCall)                     # no reference to the caller's tensors
-        bare.__dict__.update(call.__dict__)
-        bare.__dict__.update(dict.fromkeys(_CALL_TENSORS))
-        _VERDICTS[key] = bare
+        # no reference to the caller's tensors
+        _VERDICTS[key] = dataclasses.replace(call, **dict.fromkeys(_CALL_TENSORS))
     return call
 
 
