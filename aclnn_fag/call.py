@@ -1,5 +1,5 @@
-"""The validated arguments of one call (built once by ``rules``, read by the backends) and
-the results' named tuples."""
+"""The validated arguments of one call (built by ``rules``, read by the backends) and the
+results' named tuples."""
 
 from __future__ import annotations
 

@@ -38,9 +38,7 @@ def check(*ids):
 
 def _native(dt: np.dtype) -> np.dtype:
     """The dtype in native byte order (the binding uploads byte-swapped arrays natively)."""
-    if dt.byteorder in ("<", ">") and dt.kind in "biufc":
-        return dt.newbyteorder("=")
-    return dt
+    return dt.newbyteorder("=") if dt.kind in "biufc" else dt
 
 
 def _same_dtype(a, b) -> bool:
