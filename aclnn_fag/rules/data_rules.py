@@ -400,12 +400,10 @@ def warn_stats_mismatch(samples, scale_value) -> None:
     isfinite = math.isfinite
     for b, i, h, lse, m, l in samples:
         if isfinite(m) and isfinite(l) and l > 0:
-            if not isfinite(lse):
-                continue
             stored = m + math.log(l)
-            if lse - stored <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
-                continue
             excess = lse - stored
+            if not isfinite(lse) or excess <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
+                continue
             ratio = f"{math.exp(excess):.3g}" if excess < 700 else f"e^{excess:.3g}"
             what = (f"max + log(sum) = {stored:.6g} is below the log-sum-exp {lse:.6g} of the "
                     f"row's scores (scale_value={scale_value:g}), so its probabilities would sum "
