@@ -389,7 +389,7 @@ MUTANTS = [
     Mutant("val-row23-len", "validate", CK, "(len(c.qlen) != len(c.kvlen)\n",
            "(len(c.qlen) < len(c.kvlen)\n", "rule 23: more query ends than KV ends accepted"),
     Mutant("val-row20-sum", "validate", CK,
-           '"R20": lambda c: _first(c, ("softmax_max", "softmax_sum"),',
+           '"R20": lambda c: _first(c, _STATS,',
            '"R20": lambda c: _first(c, ("softmax_max",),',
            "rule 20: a float16 softmax_sum accepted"),
     Mutant("val-row17", "validate", CK, '"R17": lambda c: np.float32(c.keep_prob) > 1.0,',

@@ -25,6 +25,8 @@ MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
 _F32 = np.dtype(np.float32)
 _ROPES = ("query_rope", "key_rope")
 _FIVE = ("query", "query_rope", "key", "key_rope", "value")
+_BWD = ("query", "key", "value", "dy", "attention_in")
+_STATS = ("softmax_max", "softmax_sum")
 
 
 def check(*ids):
@@ -60,8 +62,7 @@ def _first(c, names, bad, **fields):
 @check("R5")
 def _min_rank(c):
     ropes = _ROPES if c.query_rope is not None and c.key_rope is not None else ()
-    return _first(c, ropes + ("query", "key", "value", "dy", "attention_in"),
-                  lambda t: t.ndim < 3)
+    return _first(c, ropes + _BWD, lambda t: t.ndim < 3)
 
 
 @check("R10", "F6_bf16")
@@ -96,8 +97,7 @@ def _stats_shape_hint(shape, t1, n1) -> str:
 
 @check("R21")
 def _stats_shape(c):
-    bad = _first(c, ("softmax_max", "softmax_sum"),
-                 lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
+    bad = _first(c, _STATS, lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
     if bad:
         shape = tuple(bad["shape"])
         bad.update(shape=list(shape), hint=_stats_shape_hint(shape, c.t1, c.n1))
@@ -219,13 +219,6 @@ def _eod_padding(c):
                     "name": "actual_seq_kvlen" if is_padded(q_dev) else "actual_seq_qlen"}
 
 
-@check("S5_q")
-def _rope_q_shape(c):
-    want = (c.t1, c.n1, c.query_rope.shape[2])
-    if c.query_rope.ndim != 3 or tuple(c.query_rope.shape) != want:
-        return {"want": list(want)}
-
-
 @check("S5_k")
 def _rope_k_shape(c):
     kr, dr = c.key_rope, c.query_rope.shape[2]
@@ -327,11 +320,12 @@ _SIMPLE = {
                            and {"nq": len(without_padding(c.qlen)), "limit": LIMITS["max_batch"]}),
     "R23_len": lambda c: (len(c.qlen) != len(c.kvlen)
                           and {"nq": len(c.qlen), "nkv": len(c.kvlen)}),
+    "S5_q": lambda c: (list(c.query_rope.shape) != [c.t1, c.n1, c.query_rope.shape[2]]
+                       and {"want": [c.t1, c.n1, c.query_rope.shape[2]]}),
     "S5_dr": lambda c: c.query_rope.shape[2] % 8 != 0 and {"dr": c.query_rope.shape[2]},
     ("R1_null", "F1_layout"): lambda c: c.input_layout is None,
     ("R1", "F3"): lambda c: c.input_layout != "TND",
-    "R2": lambda c: _first(c, ("query", "key", "value", "dy", "attention_in"),
-                           lambda t: t is None),
+    "R2": lambda c: _first(c, _BWD, lambda t: t is None),
     ("R4", "F5_heads"): lambda c: c.heads is not None and c.heads <= 0,
     ("R6", "F5_d"): lambda c: c.d != c.dk,
     ("R7", "F5_dv"): lambda c: c.d < c.dv,
@@ -344,12 +338,10 @@ _SIMPLE = {
     ("R13", "F6_pse"): lambda c: c.pse_shift is not None,
     ("R14", "F6_drop"): lambda c: c.drop_mask is not None,
     ("R15", "F6_keep"): lambda c: c.keep_prob < 1.0,
-    "R18": lambda c: _first(c, ("softmax_max", "softmax_sum"),
-                            lambda t: t is None or t.ndim == 0),
+    "R18": lambda c: _first(c, _STATS, lambda t: t is None or t.ndim == 0),
     ("R19", "F11_heads"): lambda c: c.heads != c.n1,
     "R17": lambda c: np.float32(c.keep_prob) > 1.0,
-    "R20": lambda c: _first(c, ("softmax_max", "softmax_sum"),
-                            lambda t: _native(t.dtype) != _F32),
+    "R20": lambda c: _first(c, _STATS, lambda t: _native(t.dtype) != _F32),
     "R20_attn": lambda c: not _same_dtype(c.attention_in, c.query),
     "R22": lambda c: c.t1 == 0 or c.n1 == 0 or c.d == 0,
     "F1": lambda c: _first(c, ("query", "key", "value"), lambda t: t is None),
