@@ -130,13 +130,10 @@ def _f32_beside(a, b) -> np.ndarray:
     d = a.shape[-1]
     bits = a.dtype == BF16 and b.dtype == BF16
     out = np.empty(a.shape[:-1] + (d + b.shape[-1],), np.uint32 if bits else np.float32)
-    if not bits:
-        out[..., :d] = a
-        out[..., d:] = b
-        return out
-    out[..., :d] = a.view(_U16)
-    out[..., d:] = b.view(_U16)
-    out <<= 16
+    out[..., :d] = a.view(_U16) if bits else a
+    out[..., d:] = b.view(_U16) if bits else b
+    if bits:
+        out <<= 16
     return out.view(np.float32)
 
 
@@ -174,10 +171,14 @@ def _stats_layout(c):
     return rejected
 
 
-def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
-    j0, j1 = band
-    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
+def _kept(masked, j0):
+    """The keys of a row's band from ``j0`` that ``masked`` (bool) leaves, or None."""
+    sel = np.flatnonzero(~masked)
     return sel + j0 if sel.size else None
+
+
+def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
+    return _kept(_mask_row(mask, seqs, n1, b, h, i, skv)[band[0]:band[1]], band[0])
 
 
 def _host_lse(q, qr, k, kr, row, scale32) -> float:
@@ -365,8 +366,7 @@ class Sampler:
         if mask.ndim != 2:
             return None
         (j0, j1), (ms0, ms1) = band, mask.strides
-        sel = np.flatnonzero(self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0) == 0)
-        return sel + j0 if sel.size else None
+        return _kept(self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0) != 0, j0)
 
     def lse(self, q, qr, k, kr, row, scale32) -> float:
         """The row's log-sum-exp (NaN when a read would exceed the budget)."""
