@@ -27,8 +27,7 @@ BACKENDS = ("auto", "numpy", "npu")
 _last = threading.local()
 # the orders of the tuples the public calls pass (tests/api/test_argument_orders.py)
 _TENSORS, _SCALARS, _LISTS = names(BACKWARD_V3)
-_FWD_TENSORS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask", "pse_shift",
-                "drop_mask", "padding_mask")
+_FWD_NAMES = FORWARD_V3.inputs + _SCALARS + _LISTS
 _NO_FORWARD = ("the loaded CANN libraries do not export aclnnFlashAttentionVarLenScoreV3 (the "
                "device forward); the backward still runs on the NPU")
 _warned_lock = threading.Lock()
@@ -147,11 +146,11 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     backward. Returns FagForward(attention_out, softmax_max, softmax_sum), the statistics in
     the device's layout, ready for the backward.
     """
-    kind, t = operands.convert_args(_FWD_TENSORS, (
-        query, query_rope, key, key_rope, value, atten_mask, pse_shift, drop_mask, padding_mask))
+    kind, t = operands.convert_args(FORWARD_V3.inputs, (
+        query, query_rope, key, key_rope, value, pse_shift, drop_mask, padding_mask, atten_mask))
     on_device, name, check_data, release = _call_setup(kind, t[0], backend, precision,
                                                        check_data, stream)
-    call = _validated(kind, validate, FORWARD_V3, dict(zip(_FWD_TENSORS + _SCALARS + _LISTS, t + (
+    call = _validated(kind, validate, FORWARD_V3, dict(zip(_FWD_NAMES, t + (
         scale_value, keep_prob, pre_tokens, next_tokens, head_num, input_layout, inner_precise,
         sparse_mode, pse_type, deterministic, prefix, actual_seq_qlen, actual_seq_kvlen,
         q_start_idx, kv_start_idx))), check_data, release)
@@ -170,9 +169,8 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
 
 
 def _call_setup(kind, query, backend, precision, check_data, stream):
-    """(on_device, backend name, check_data, release) of one public call: device-resident
-    inputs run on the NPU; ``check_data`` None means True except for device-resident inputs
-    with a caller's stream (their data may still be being written by queued work)."""
+    """(on_device, backend name, check_data, release) of one public call; ``check_data`` None
+    is False only for device-resident inputs on a caller's stream (their data may be pending)."""
     on_device = kind in operands.DEVICE_KINDS
     if on_device and backend == "numpy":
         raise ValueError("parameter 'backend'='numpy' cannot take device-resident tensors "

@@ -1,5 +1,5 @@
-"""The validated arguments of one call (built once by ``rules``, read by the backends) and
-the results' named tuples."""
+"""The validated arguments of one call (built by ``rules``, read by the backends) and the
+results' named tuples."""
 
 from __future__ import annotations
 
@@ -89,11 +89,8 @@ class FagCall(FwdCall):
     attention_in: Optional[np.ndarray] = None  # [T1, N1, Dv] bf16 (forward output)
 
 
-_DEVICE_ENDS = {"actual_seq_qlen": "device_seq_qlen", "actual_seq_kvlen": "device_seq_kvlen"}
-
-
 def device_int_array(call, name: str):
-    """The value of int array ``name`` of a validated call that the device is given (for the
-    cumulative ends: the device ends, which may carry the padding the binding appended)."""
-    device = getattr(call, _DEVICE_ENDS.get(name, ""), None)
+    """The value of int array ``name`` the device is given: for the cumulative ends, the
+    device ends (``device_seq_qlen``: with the end-of-data padding the binding appends)."""
+    device = getattr(call, name.replace("actual_", "device_"), None)
     return device if device else getattr(call, name, None)

@@ -1,8 +1,7 @@
-"""Exceptions and warnings: one class per aclnn status code and per ACL runtime error code,
-generated from the code tables (``error_class_for(code)``); every exception carries the
-``code`` the device returns, the ``param``, the ``rule`` and, for a native call's errors, the
-``function`` and ``aclGetRecentErrMsg()``.
-"""
+"""Exceptions and warnings: one class per aclnn status code and per ACL runtime error code
+(``error_class_for(code)``; those validation raises written out, the others made from the code
+tables), each carrying the ``code``, ``param``, ``rule`` and, for a native call's errors, the
+``function`` and ``aclGetRecentErrMsg()``."""
 
 from __future__ import annotations
 
@@ -122,27 +121,48 @@ class BackendUnavailableError(AclnnError, RuntimeError):
     meaning = "backend unavailable"
 
 
-# the warnings, made like the status classes: (name, base, docstring)
-_WARNINGS = (
-    ("ResourceReleaseWarning", RuntimeWarning,
-     "Releasing a native handle failed; ``acl.shutdown()`` tries again (docs/faults.md)."),
-    ("DeterminismWarning", RuntimeWarning,
-     "ACL_OPT_DETERMINISTIC could not be read, so not restored after a call (docs/faults.md)."),
-    ("IgnoredArgumentWarning", UserWarning,
-     "An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."),
-    ("SoftmaxStatsMismatchWarning", UserWarning,
-     "Sampled softmax statistics were not computed from these scores (docs/validation.md)."),
-    ("SequenceEndWarning", UserWarning,
-     "The last cumulative end is below T: the rows after it get zero gradients."),
-    ("FullyMaskedRowWarning", UserWarning,
-     "A query row has no kept key (the docs call this unsupported)."),
-    ("NpuFallbackWarning", UserWarning,
-     'backend="auto" ran NumPy: CANN is installed but the NPU cannot be used (docs/npu.md).'),
-    ("UnknownReleaseWarning", UserWarning,
-     "The CANN version is unknown: the nearest known release's rules apply (docs/releases.md)."),
-)
-for _name, _base, _doc in _WARNINGS:
-    globals()[_name] = type(_name, (_base,), {"__doc__": _doc, "__module__": __name__})
+class ParamNullptrError(AclnnError):
+    """Status 161001: a required argument is null or a shape/attribute check in tiling failed."""
+
+    code, meaning = 161001, ACLNN_STATUS[161001][1]
+
+
+class ParamInvalidError(AclnnError):
+    """Status 161002: a dtype, format, shape or attribute check failed."""
+
+    code, meaning = 161002, ACLNN_STATUS[161002][1]
+
+
+class ResourceReleaseWarning(RuntimeWarning):
+    """Releasing a native handle failed; ``acl.shutdown()`` tries again (docs/faults.md)."""
+
+
+class DeterminismWarning(RuntimeWarning):
+    """ACL_OPT_DETERMINISTIC could not be read, so not restored after a call (docs/faults.md)."""
+
+
+class IgnoredArgumentWarning(UserWarning):
+    """An argument the op accepts but does not use (paddingMask, softmaxIn, prefix)."""
+
+
+class SoftmaxStatsMismatchWarning(UserWarning):
+    """Sampled softmax statistics were not computed from these scores (docs/validation.md)."""
+
+
+class SequenceEndWarning(UserWarning):
+    """The last cumulative end is below T: the rows after it get zero gradients."""
+
+
+class FullyMaskedRowWarning(UserWarning):
+    """A query row has no kept key (the docs call this unsupported)."""
+
+
+class NpuFallbackWarning(UserWarning):
+    """backend="auto" ran NumPy: CANN is installed but the NPU cannot be used (docs/npu.md)."""
+
+
+class UnknownReleaseWarning(UserWarning):
+    """The CANN version is unknown: the nearest known release's rules apply (docs/releases.md)."""
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -160,7 +180,7 @@ def caller_stacklevel() -> int:
 _CLASSES: dict[int, type] = {}
 for _table, _base in ((ACLNN_STATUS, AclnnError), (ACL_ERRORS, AclRuntimeError)):
     for _code, (_name, _meaning) in _table.items():
-        _CLASSES[_code] = globals()[_name] = type(_name, (_base,), {
+        _CLASSES[_code] = globals()[_name] = globals().get(_name) or type(_name, (_base,), {
             "code": _code, "meaning": _meaning, "__doc__": f"Status {_code}: {_meaning}.",
             "__module__": __name__})
         __all__.append(_name)

@@ -1,6 +1,5 @@
-"""The kinds of tensor the public calls accept, one kind per call, recognised without
-importing torch: numpy arrays, torch CPU tensors, DeviceArrays and NPU tensors (docs/npu.md).
-"""
+"""The kinds of tensor the public calls accept, one per call, recognised without importing
+torch: numpy arrays, torch CPU tensors, DeviceArrays and NPU tensors (docs/npu.md)."""
 
 from __future__ import annotations
 
@@ -140,8 +139,7 @@ def npu_to_device_array(name: str, t):
 
 
 def named_error(error: Exception, what: str) -> Exception:
-    """``error`` (a TypeError / ValueError about a view) with the tensor it is about named
-    first (``what``, e.g. "result 'dq' (query.new_empty)"); other exception types unchanged."""
+    """A TypeError / ValueError with ``what`` it is about named first; others unchanged."""
     if type(error) not in (TypeError, ValueError):
         return error
     return type(error)(f"{what}: {error}")
@@ -153,8 +151,7 @@ _DTYPE_WORD = re.compile(r"(?<![\w.])(" + "|".join(_TORCH_NAMES) + r")(?![\w])")
 
 
 def in_torch_terms(error: Exception) -> Exception:
-    """A validation error reworded for torch (dtypes by their torch names, ``.to(...)``
-    conversions); errors without a ``rule`` come back unchanged."""
+    """A validation error reworded for torch (torch dtype names, ``.to(...)`` conversions)."""
     rule = getattr(error, "rule", None)
     if not rule:
         return error

@@ -76,17 +76,12 @@ class _PlainBar:
         pass
 
 
-def _tqdm():
+def _bar(total, desc, unit, enabled, stream):
     try:
         from tqdm import tqdm
     except ImportError:
-        return None
-    return tqdm
-
-
-def _bar(total, desc, unit, enabled, stream):
-    tqdm = _tqdm() if enabled else None
-    if tqdm is None:
+        tqdm = None
+    if tqdm is None or not enabled:
         return _PlainBar(total, desc, unit, stream if enabled else None)
     return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
 

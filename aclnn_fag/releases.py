@@ -1,8 +1,6 @@
-"""The CANN releases whose behaviour the package knows (a :class:`Release` each, its flags
-saying what the op does on it) and which one a call follows: on the NPU the runtime's
-(:mod:`aclnn_fag.acl.versions`), on the NumPy backend ``$ACLNN_FAG_CANN_RELEASE`` (default:
-the newest); an unknown version follows the nearest known release (docs/releases.md).
-"""
+"""The CANN releases the package knows (a :class:`Release` each, its flags saying what the op
+does on it) and which one a call follows: the runtime's on the NPU, ``$ACLNN_FAG_CANN_RELEASE``
+(default: the newest) on NumPy; an unknown version follows the nearest one (docs/releases.md)."""
 
 from __future__ import annotations
 

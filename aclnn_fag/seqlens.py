@@ -58,8 +58,6 @@ class SeqInfo:
     """Per-batch starts/lengths of the cumulative ends; ``batch`` is B (docs/semantics.md),
     ``max_sq``/``max_skv`` are taken over all raw entries."""
 
-    q_ends: tuple
-    kv_ends: tuple
     q_starts: tuple
     kv_starts: tuple
     sq: tuple
@@ -85,16 +83,15 @@ def seq_info(actual_seq_qlen, actual_seq_kvlen) -> SeqInfo:
     batch = min(len(q_ends), len(kv_ends))
     while batch > 1 and sq[batch - 1] == 0 and skv[batch - 1] == 0:
         batch -= 1
-    return SeqInfo(q_ends, kv_ends, q_starts, kv_starts, sq, skv, batch, max(sq, default=0),
-                   max(skv, default=0))
+    return SeqInfo(q_starts, kv_starts, sq, skv, batch, max(sq, default=0), max(skv, default=0))
 
 
 def int_list(name, value, required=False):
     """An int array argument (aclIntArray): None (TypeError when ``required``), or a 1-D
     sequence of int64 values (a list or tuple, a 1-D numpy array or a 1-D CPU torch tensor)."""
-    if value is None and required:
-        raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
     if value is None:
+        if required:
+            raise TypeError(f"parameter '{name}' must be a 1-D sequence of integers, got None")
         return None
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):

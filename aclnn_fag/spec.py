@@ -1,9 +1,5 @@
 """Each op version as data: its C symbols, its ordered parameters with their C types and
-roles, and the defaults the Python calls use (docs/abi.md §2). The ctypes prototypes, the raw
-calls, the executor's slots, the C reproducer and the check of the stub's header follow from
-here (docs/architecture.md). Phase 2 of every op is ``aclnnStatus <symbol>(void *workspace,
-uint64_t workspaceSize, aclOpExecutor *executor, const aclrtStream stream)``.
-"""
+roles, and the defaults the Python calls use (docs/abi.md §2; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -54,10 +50,7 @@ class OpVersion:
     outputs = cached_property(lambda self: self.names("output"))
 
     def param(self, name: str) -> Param:
-        for p in self.params:
-            if p.name == name:
-                return p
-        raise KeyError(f"{self.symbol} has no parameter {name!r}")
+        return next(p for p in self.params if p.name == name)
 
     def c_parameters(self) -> str:
         """The phase-1 parameter list as C text (``const aclTensor *query, ...``)."""

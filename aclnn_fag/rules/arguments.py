@@ -1,8 +1,6 @@
-"""The arguments of a validated call, as aclnn_fag/spec.py describes them: which parameters an
-op takes, in which order, with which Python types (before any rule: ``TypeError`` for the
-wrong type, ``ValueError`` for a value no C call can carry), the start indices every call
-passes, and the hashable description of a call the verdict cache keys on.
-"""
+"""The arguments of a call as aclnn_fag/spec.py describes them: their Python types, checked
+before any rule (``TypeError``; ``ValueError`` for a value no C call can carry), the start
+indices every call passes, and the description of a call the verdict cache keys on."""
 
 from __future__ import annotations
 
@@ -45,10 +43,6 @@ def _array(name, value):
     return value
 
 
-def _optional_int(name, value):
-    return None if value is None else _int(name, value)
-
-
 def _int(name, value):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"parameter '{name}' must be an int, got {type(value).__name__}")
@@ -83,7 +77,9 @@ def _checker(p):
         return _array if p.role == "input" else int_list
     if p.c_type in ("double", "char *"):
         return _float if p.c_type == "double" else _layout
-    return _int if p.default is not None else _optional_int   # head_num: None = query's N1
+    if p.default is None:         # head_num: None means query's N1
+        return lambda name, value: None if value is None else _int(name, value)
+    return _int
 
 
 def _kind(p) -> int:
@@ -92,17 +88,15 @@ def _kind(p) -> int:
 
 
 def normalize(op: OpVersion, values: dict) -> dict:
-    """Every argument of ``values`` (keyed by parameter name) type-checked in the order of
-    :func:`_kind`, then the spec's, and normalised (ints, floats, int tuples; arrays as
-    they are)."""
+    """The arguments ``values`` (by parameter name) type-checked in the order of :func:`_kind`
+    and normalised (ints, floats, int tuples; arrays as they are)."""
     return {p.name: _checker(p)(p.name, values[p.name])
             for p in sorted(op.params, key=_kind) if p.name in values}
 
 
 def start_indices(q_start_idx, kv_start_idx):
-    """qStartIdx / kvStartIdx as every call passes them: the caller's values, else ``(0,)``
-    -- never None (NULL), which may select the device's "MLA basic" templates that ignore
-    the rope inputs without an error (docs/forward.md, "Start indices")."""
+    """qStartIdx / kvStartIdx as every call passes them: the caller's, else ``(0,)``, never
+    NULL (which may select templates that ignore the rope inputs; docs/forward.md)."""
     q = int_list("q_start_idx", q_start_idx)
     kv = int_list("kv_start_idx", kv_start_idx)
     return (START_INDEX_DEFAULT if q is None else q,
@@ -125,11 +119,9 @@ def _list_sig(v):
 
 
 def signature(tensors: tuple, scalars: tuple, lists: tuple):
-    """The hashable description of a call (its tensors, scalars and int lists in the orders
-    of :func:`names`), or None when it cannot be described safely. Every rule except the
-    data rules is a function of it. Types are part of it: 128.0 == 128, but only 128 passed
-    the checks; so is the sign of each zero (0.0 == -0.0, but the op gets the one passed).
-    (Its hash may still fail: an unhashable scalar.)"""
+    """The description of a call (its tensors, scalars and int lists in the orders of
+    :func:`names`) every rule but the data rules is a function of, or None. The types are
+    part of it (128.0 == 128, but only 128 passes) and so are the signs of zeros."""
     nd, dev, copysign = _ND, _DEVICE_TYPES, math.copysign
     try:
         return (tuple([None if a is None

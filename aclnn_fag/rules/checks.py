@@ -1,11 +1,8 @@
-"""The predicates of the shape, dtype and attribute rules, one per row of the table
-(:mod:`.table`, same id). Each takes the call's :class:`~.driver.Context` and returns
-nothing when the rule holds, else True or the message's fields (a dict; ``name`` is the
-parameter blamed where the row's param is ``{name}``); rows of code 0 return the empty
-call's ``head_num``. As in the op-API source (ops-transformer @c29bc10): D, Dk, Dv and Dr
-are dimension **2** of their tensors (also for a rank > 3 tensor); rule 25 compares the
-**last** dims; all integer arithmetic is exact.
-"""
+"""The predicates of the shape, dtype and attribute rows of :mod:`.table` (same id): each
+takes the :class:`~.driver.Context` and returns nothing when the rule holds, else True or the
+message's fields (``name``: the parameter a ``{name}`` row blames; code-0 rows: the empty call's
+``head_num``). As in the op-API source (ops-transformer @c29bc10): D, Dk, Dv and Dr are dim 2
+of their tensors, rule 25 compares the last dims, all integer arithmetic is exact."""
 
 from __future__ import annotations
 
@@ -28,6 +25,8 @@ MASK_DTYPES = (np.dtype(np.bool_), np.dtype(np.uint8))
 _F32 = np.dtype(np.float32)
 _ROPES = ("query_rope", "key_rope")
 _FIVE = ("query", "query_rope", "key", "key_rope", "value")
+_BWD = ("query", "key", "value", "dy", "attention_in")
+_STATS = ("softmax_max", "softmax_sum")
 
 
 def check(*ids):
@@ -41,9 +40,7 @@ def check(*ids):
 
 def _native(dt: np.dtype) -> np.dtype:
     """The dtype in native byte order (the binding uploads byte-swapped arrays natively)."""
-    if dt.byteorder in ("<", ">") and dt.kind in "biufc":
-        return dt.newbyteorder("=")
-    return dt
+    return dt.newbyteorder("=") if dt.kind in "biufc" else dt
 
 
 def _same_dtype(a, b) -> bool:
@@ -65,8 +62,7 @@ def _first(c, names, bad, **fields):
 @check("R5")
 def _min_rank(c):
     ropes = _ROPES if c.query_rope is not None and c.key_rope is not None else ()
-    return _first(c, ropes + ("query", "key", "value", "dy", "attention_in"),
-                  lambda t: t.ndim < 3)
+    return _first(c, ropes + _BWD, lambda t: t.ndim < 3)
 
 
 @check("R10", "F6_bf16")
@@ -101,19 +97,16 @@ def _stats_shape_hint(shape, t1, n1) -> str:
 
 @check("R21")
 def _stats_shape(c):
-    bad = _first(c, ("softmax_max", "softmax_sum"),
-                 lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
+    bad = _first(c, _STATS, lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
     if bad:
         shape = tuple(bad["shape"])
         bad.update(shape=list(shape), hint=_stats_shape_hint(shape, c.t1, c.n1))
     return bad
 
 
-# ---------------------------------------------------------------- the forward, F1-F8
 # ---------------------------------------------------------------- rules 23-30, F9-F14
 def _unlike(a, b) -> bool:
-    """Rule 25 (IsSameShapeButValueDLeEqD): not equal to b except the last dim, or that dim
-    larger than b's."""
+    """Rule 25 (IsSameShapeButValueDLeEqD): unlike b but in the last dim, or that dim larger."""
     last = lambda t: t.shape[-1] if t.ndim else 0    # noqa: E731
     return a.ndim != b.ndim or a.shape[:-1] != b.shape[:-1] or last(a) > last(b)
 
@@ -226,13 +219,6 @@ def _eod_padding(c):
                     "name": "actual_seq_kvlen" if is_padded(q_dev) else "actual_seq_qlen"}
 
 
-@check("S5_q")
-def _rope_q_shape(c):
-    want = (c.t1, c.n1, c.query_rope.shape[2])
-    if c.query_rope.ndim != 3 or tuple(c.query_rope.shape) != want:
-        return {"want": list(want)}
-
-
 @check("S5_k")
 def _rope_k_shape(c):
     kr, dr = c.key_rope, c.query_rope.shape[2]
@@ -254,10 +240,8 @@ def _block_skip_bound(c):
 
 # ---------------------------------------------------------------- rule 16 and F6: padding
 def _small_call(qlen, kvlen, q_limit) -> bool:
-    """The small-shape exception: the longest KV sequence (GetSumIntArrayMaxValue: ends[0] or
-    a consecutive difference) <= 1024 and the last positive query end (getSeqLenQSum; the
-    first entry when none is positive) below ``q_limit``, both non-zero (None or unequal
-    ends: not small)."""
+    """The small-shape exception: the longest KV sequence (GetSumIntArrayMaxValue) <= 1024 and
+    the last positive query end (getSeqLenQSum; else the first) below ``q_limit``, non-zero."""
     if qlen is None or kvlen is None or len(qlen) != len(kvlen) or not qlen:
         return False
     kv_max = max([kvlen[0]] + [b - a for a, b in zip(kvlen, kvlen[1:])])
@@ -266,8 +250,7 @@ def _small_call(qlen, kvlen, q_limit) -> bool:
 
 
 def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob: float) -> str:
-    """Rule 16: why D/Dv needs padding (which V3 rejects), or ''. D = query.shape[2],
-    Dv = value.shape[2]."""
+    """Rule 16: why D/Dv needs padding (which V3 rejects), or ''."""
     d, dv = query.shape[2], value.shape[2]
     nondet = not deterministic
     mla_shape = d == 192 and dv == 128 and nondet
@@ -286,11 +269,9 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
     if pad_dim:
         if deterministic:
             reasons.append(f"D={d} must be a multiple of {align} in deterministic mode")
-        elif d % 8:
+        else:                     # non-deterministic: only D % 8 != 0 pads
             reasons.append(f"D={d} is not a multiple of 8 (allowed only when max Skv <= 1024, "
                            "D < 96 and the last positive query end < 163840)")
-        else:
-            reasons.append(f"D={d} must be a multiple of {align}")
     if pad_value:
         reasons.append(f"D={d} != Dv={dv} (only D=192 with Dv=128 in non-deterministic mode "
                        "is allowed)")
@@ -298,8 +279,7 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
 
 
 def forward_needs_padding(query, value, qlen, kvlen) -> bool:
-    """F6's pad decision: True when D/Dv would be padded, which the forward rejects with rope
-    inputs."""
+    """F6: whether D/Dv would be padded (which the forward rejects with rope inputs)."""
     d, dv = query.shape[2], value.shape[2]
     align = 16 if (d < 196 or d == 448) else 128
     need = d % align != 0 or dv % align != 0
@@ -340,11 +320,12 @@ _SIMPLE = {
                            and {"nq": len(without_padding(c.qlen)), "limit": LIMITS["max_batch"]}),
     "R23_len": lambda c: (len(c.qlen) != len(c.kvlen)
                           and {"nq": len(c.qlen), "nkv": len(c.kvlen)}),
+    "S5_q": lambda c: (list(c.query_rope.shape) != [c.t1, c.n1, c.query_rope.shape[2]]
+                       and {"want": [c.t1, c.n1, c.query_rope.shape[2]]}),
     "S5_dr": lambda c: c.query_rope.shape[2] % 8 != 0 and {"dr": c.query_rope.shape[2]},
     ("R1_null", "F1_layout"): lambda c: c.input_layout is None,
     ("R1", "F3"): lambda c: c.input_layout != "TND",
-    "R2": lambda c: _first(c, ("query", "key", "value", "dy", "attention_in"),
-                           lambda t: t is None),
+    "R2": lambda c: _first(c, _BWD, lambda t: t is None),
     ("R4", "F5_heads"): lambda c: c.heads is not None and c.heads <= 0,
     ("R6", "F5_d"): lambda c: c.d != c.dk,
     ("R7", "F5_dv"): lambda c: c.d < c.dv,
@@ -357,12 +338,10 @@ _SIMPLE = {
     ("R13", "F6_pse"): lambda c: c.pse_shift is not None,
     ("R14", "F6_drop"): lambda c: c.drop_mask is not None,
     ("R15", "F6_keep"): lambda c: c.keep_prob < 1.0,
-    "R18": lambda c: _first(c, ("softmax_max", "softmax_sum"),
-                            lambda t: t is None or t.ndim == 0),
+    "R18": lambda c: _first(c, _STATS, lambda t: t is None or t.ndim == 0),
     ("R19", "F11_heads"): lambda c: c.heads != c.n1,
     "R17": lambda c: np.float32(c.keep_prob) > 1.0,
-    "R20": lambda c: _first(c, ("softmax_max", "softmax_sum"),
-                            lambda t: _native(t.dtype) != _F32),
+    "R20": lambda c: _first(c, _STATS, lambda t: _native(t.dtype) != _F32),
     "R20_attn": lambda c: not _same_dtype(c.attention_in, c.query),
     "R22": lambda c: c.t1 == 0 or c.n1 == 0 or c.d == 0,
     "F1": lambda c: _first(c, ("query", "key", "value"), lambda t: t is None),

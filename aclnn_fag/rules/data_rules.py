@@ -1,11 +1,7 @@
 """The rules that read tensor data -- S6 (canonical compressed mask), S8 (8 equal statistic
-copies), S9 (statistics in the device's layout) -- and the statistics-mismatch warning.
-
-Host arrays are read in place, never copied in proportion to their size. Device-resident
-arrays (DeviceArray, NPU tensors) are read through a :class:`Sampler`: a few small ranges,
-at most ``DEVICE_SAMPLE_BYTES`` per call (docs/validation.md, "What S9 samples"). The
-predicates follow :mod:`.checks`' convention (nothing when the rule holds, else the fields).
-"""
+copies), S9 (statistics in the device's layout) -- and the statistics-mismatch warning. Host
+arrays are read in place, never copied whole; device-resident ones through a :class:`Sampler`
+(a few small reads, at most ``DEVICE_SAMPLE_BYTES`` per call; docs/validation.md)."""
 
 from __future__ import annotations
 
@@ -121,8 +117,8 @@ def _host_copies_equal(stats) -> bool:
 
 # ---------------------------------------------------------------- S9
 def fits(m, l, lse) -> bool:
-    """max + log(sum) equals ``lse`` within 1e-3 relative; False for a sum <= 0 or NaN and a
-    lse that is not finite (an infinite or NaN max or sum never fits, through the arithmetic)."""
+    """max + log(sum) equals ``lse`` within 1e-3 relative (never for a sum <= 0 or NaN, or an
+    infinite lse)."""
     m, l = float(m), float(l)
     if not (l > 0 and math.isfinite(lse)):
         return False
@@ -130,25 +126,20 @@ def fits(m, l, lse) -> bool:
 
 
 def _f32_beside(a, b) -> np.ndarray:
-    """[a | b] along the last axis as a new float32 array; bfloat16 widened exactly by moving
-    its 16 bits to the top of a 32-bit word (no element-wise ml_dtypes cast)."""
+    """[a | b] along the last axis in float32 (bfloat16 widened by a 16-bit shift of its bits)."""
     d = a.shape[-1]
     bits = a.dtype == BF16 and b.dtype == BF16
     out = np.empty(a.shape[:-1] + (d + b.shape[-1],), np.uint32 if bits else np.float32)
-    if not bits:
-        out[..., :d] = a
-        out[..., d:] = b
-        return out
-    out[..., :d] = a.view(_U16)
-    out[..., d:] = b.view(_U16)
-    out <<= 16
+    out[..., :d] = a.view(_U16) if bits else a
+    out[..., d:] = b.view(_U16) if bits else b
+    if bits:
+        out <<= 16
     return out.view(np.float32)
 
 
 def _lse(s, scale32) -> float:
-    """The log-sum-exp of a row's scores ``scale32 * s`` (``s``: the float32 dot products,
-    scaled in place in float32, as the device rounds them), summed in float64; NaN when the
-    top score is not finite."""
+    """The log-sum-exp of ``scale32 * s`` (scaled in place in float32 as on the device, summed
+    in float64); NaN when the top score is not finite."""
     s *= scale32
     top = float(s.max())
     if not math.isfinite(top):
@@ -160,14 +151,10 @@ def _lse(s, scale32) -> float:
 
 @check("S9")
 def _stats_layout(c):
-    """A few sampled (row, head) pairs of the statistics must describe the row's scores.
-
-    For each sample the two readings of the [T1, N1, 8] arrays are taken: the device's
-    (flat (qStart·N1 + h·Sq_b + i)·8) and the token-major one (flat ((qStart + i)·N1 + h)·8).
-    A reading fits when max + log(sum) equals the row's log-sum-exp of scale·S over the kept
-    keys. Rejected: every checked sample fits the token-major reading and none the device's.
-    The rows recomputed on host arrays are kept in ``c.samples`` [(b, i, h, lse, max, sum)]
-    for the mismatch warning."""
+    """Rejected when every sampled (row, head) fits the token-major reading of the statistics
+    (flat ((qStart + i)·N1 + h)·8) and none the device's (flat (qStart·N1 + h·Sq_b + i)·8); a
+    reading fits when max + log(sum) is the row's log-sum-exp. The host rows recomputed are
+    kept in ``c.samples`` [(b, i, h, lse, max, sum)] for the mismatch warning."""
     nd = _ND
     if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
             and type(c.key_rope) is nd and type(c.softmax_max) is nd
@@ -184,10 +171,14 @@ def _stats_layout(c):
     return rejected
 
 
-def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
-    j0, j1 = band
-    sel = np.flatnonzero(~_mask_row(mask, seqs, n1, b, h, i, skv)[j0:j1])
+def _kept(masked, j0):
+    """The keys of a row's band from ``j0`` that ``masked`` (bool) leaves, or None."""
+    sel = np.flatnonzero(~masked)
     return sel + j0 if sel.size else None
+
+
+def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
+    return _kept(_mask_row(mask, seqs, n1, b, h, i, skv)[band[0]:band[1]], band[0])
 
 
 def _host_lse(q, qr, k, kr, row, scale32) -> float:
@@ -214,11 +205,9 @@ _batch_keep = functools.lru_cache(maxsize=1024)(batch_keep)
 
 def _votes(c, reader):
     """(samples, rejected) of S9 through ``reader`` (docs/validation.md, "What S9 samples"):
-    in each batch the rows (0, N1 - 1), (Sq/2, N1/2), (Sq - 1, 0) the reader affords, until
-    ``reader.max_samples`` are checked -- or until the first checked row fits the device's
-    reading (the call can no longer be rejected; it is then the only sample). Rows whose two
-    readings give the same values are recomputed for the warning only (host arrays, at most
-    STATS_LAYOUT_SAMPLES, at the end)."""
+    per batch the rows (0, N1 - 1), (Sq/2, N1/2), (Sq - 1, 0) the reader affords, until
+    ``reader.max_samples`` are checked or the first one fits the device's reading. Rows whose
+    readings agree are recomputed at the end, for the warning only."""
     q, qr, k, kr, mask, seqs = c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.seqs
     n1, group = q.shape[1], q.shape[1] // k.shape[1]
     width = (q.shape[2] + qr.shape[2]) * k.itemsize      # bytes of one key (k and k_rope)
@@ -272,8 +261,7 @@ def _votes(c, reader):
 
 
 def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
-    """Row i of batch b, head h of an explicit (modes 0/1/5) mask as the kernel addresses it:
-    bool 'masked' [skv]; reads only those skv elements (no copy of the mask)."""
+    """Row i of batch b, head h of an explicit mask as the kernel addresses it ('masked')."""
     if mask.ndim == 2:
         return mask[i, :skv] != 0
     d0, d1 = mask.shape[:2]
@@ -291,10 +279,9 @@ class _Budget(Exception):
 
 
 class Sampler:
-    """Bounded reads of device arrays for one validated call (``bytes_read`` counts them):
-    S6 reads rows 0, 1023 and 2047 of the compressed mask (a window around the diagonal of a
-    strided one), S8 three runs of 16 (token, head) entries of each statistic, S9 at most two
-    rows whose kept keys fit the remaining budget (a 2-D mask or none)."""
+    """Bounded reads of device arrays for one validated call (``bytes_read`` counts them): S6
+    three rows of the compressed mask, S8 three runs of entries of each statistic, S9 at most
+    two rows whose kept keys fit the budget (docs/validation.md)."""
 
     max_samples = 2
     sampled = True
@@ -380,8 +367,7 @@ class Sampler:
         if mask.ndim != 2:
             return None
         (j0, j1), (ms0, ms1) = band, mask.strides
-        sel = np.flatnonzero(self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0) == 0)
-        return sel + j0 if sel.size else None
+        return _kept(self.strided(mask, i * ms0 + j0 * ms1, ms1, j1 - j0) != 0, j0)
 
     def lse(self, q, qr, k, kr, row, scale32) -> float:
         """The row's log-sum-exp (NaN when a read would exceed the budget)."""
@@ -410,19 +396,15 @@ class Sampler:
 
 # ---------------------------------------------------------------- the mismatch warning
 def warn_stats_mismatch(samples, scale_value) -> None:
-    """SoftmaxStatsMismatchWarning when a sampled row's statistics give max + log(sum) below
-    the log-sum-exp of the row's scaled scores: its probabilities would sum to more than 1
-    (a wrong scale_value, other inputs or another mask). A larger max + log(sum) is fine:
-    statistics over more keys (context parallelism, ring attention) are legitimate."""
+    """SoftmaxStatsMismatchWarning when a sampled row's max + log(sum) is below its scores'
+    log-sum-exp (probabilities summing to more than 1); above is fine (ring attention)."""
     isfinite = math.isfinite
     for b, i, h, lse, m, l in samples:
         if isfinite(m) and isfinite(l) and l > 0:
-            if not isfinite(lse):
-                continue
             stored = m + math.log(l)
-            if lse - stored <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
-                continue
             excess = lse - stored
+            if not isfinite(lse) or excess <= STATS_MISMATCH_TOLERANCE * max(1.0, abs(lse)):
+                continue
             ratio = f"{math.exp(excess):.3g}" if excess < 700 else f"e^{excess:.3g}"
             what = (f"max + log(sum) = {stored:.6g} is below the log-sum-exp {lse:.6g} of the "
                     f"row's scores (scale_value={scale_value:g}), so its probabilities would sum "

@@ -1,17 +1,13 @@
 """The one validation driver of both ops: an op's rows of the table (those of one CANN
-release: the caller's, else the NumPy backend's) run in order on the call's
-:class:`Context`; the first that fails raises its code's error (161001 ``ParamNullptrError``,
-161002 ``ParamInvalidError``) with the row's parameter, message and stricter flag; a row of
-code 0 ends validation with an empty call. Host arrays and device-resident inputs go through
-the same rows (only the data rules read them differently, :mod:`.data_rules`).
-
-Verdict cache: every rule but the data rules (S6, S8, S9) is a function of the description
-of a call (:func:`.arguments.signature`, compared by value). A call described like one that
-passed before runs only the data rules; calls that warn are not cached.
+release) run in order on the call's :class:`Context`; the first that fails raises its code's
+error, a row of code 0 ends validation with an empty call. The verdict cache: every rule but
+the data rules (S6, S8, S9) is a function of :func:`.arguments.signature`, so a call described
+like one that passed before (and did not warn) runs only the data rules.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import warnings
 from functools import cached_property
@@ -43,10 +39,8 @@ _DATA_PLAN = tuple(p for p in _PLANS[BACKWARD_V3.key, RELEASES[-1]] if p[0].data
 
 
 class Context:
-    """One call as the rules see it: its arguments by parameter name (those of
-    :class:`aclnn_fag.call.FagCall`, so a validated call serves as it is) and the facts
-    derived from them, each computed when a rule first asks (the rules before it made it
-    safe to compute)."""
+    """One call as the rules see it: its arguments by parameter name and the facts derived
+    from them, each computed when a rule first asks (the rules before it made it safe)."""
 
     def __init__(self, args: dict, check_data: bool = True, release=None) -> None:
         self.__dict__.update(args)
@@ -127,8 +121,7 @@ def _run(plan, c):
 
 
 def run_rules(ids, c) -> None:
-    """The rows ``ids`` alone, in table order, on a context (anything with the attributes
-    their checks read, and ``check_data``): raises the first failure."""
+    """The rows ``ids`` alone, in table order, on anything with the attributes they read."""
     _run(tuple((r, CHECKS[r.id]) for r in RULES if r.id in ids), c)
 
 
@@ -144,8 +137,7 @@ def _call(op: OpVersion, c: Context, empty):
         for name, like in (("query_rope", c.query), ("key_rope", c.key)):
             if fields[name] is None:
                 fields[name] = np.zeros(like.shape[:-1] + (0,), BF16)
-        head_num = empty["head_num"]
-        return cls(head_num=head_num if head_num is not None else 0, seqs=seq_info((), ()),
+        return cls(head_num=empty["head_num"] or 0, seqs=seq_info((), ()),
                    pre_eff=0, next_eff=0, band_index=-1, empty_result=True, **fields)
     q_dev, kv_dev = c.device_ends
     return cls(head_num=c.heads, seqs=c.seqs, pre_eff=c.pre_eff, next_eff=c.next_eff,
@@ -154,10 +146,9 @@ def _call(op: OpVersion, c: Context, empty):
 
 
 def validate(op: OpVersion, args: dict, check_data: bool = True, release=None):
-    """Every rule of ``op`` in the device's order on ``args`` (keyed by parameter name, with
-    ``deterministic``); returns the FagCall / FwdCall. ``check_data=False`` skips the rules
-    that read tensor data (S6, S8, S9). ``release``: the :class:`aclnn_fag.releases.Release`
-    whose rules apply (None: the NumPy backend's, ``releases.numpy_release()``)."""
+    """Every rule of ``op`` in order on ``args`` (by parameter name, with ``deterministic``);
+    returns the FagCall / FwdCall. ``check_data=False`` skips S6, S8, S9; ``release``: the
+    :class:`aclnn_fag.releases.Release` whose rules apply (None: the NumPy backend's)."""
     if release is None:
         release = releases.numpy_release()
     det = args.pop("deterministic", False)
@@ -229,10 +220,8 @@ def validate_backward_args(tensors: tuple, scalars: tuple, lists: tuple,
     if key is not None and not _would_warn(call, args):
         if len(_VERDICTS) >= _VERDICTS_MAX:
             _VERDICTS.clear()
-        bare = _new(FagCall)                     # no reference to the caller's tensors
-        bare.__dict__.update(call.__dict__)
-        bare.__dict__.update(dict.fromkeys(_CALL_TENSORS))
-        _VERDICTS[key] = bare
+        # no reference to the caller's tensors
+        _VERDICTS[key] = dataclasses.replace(call, **dict.fromkeys(_CALL_TENSORS))
     return call
 
 
@@ -247,8 +236,7 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
                           softmax_max=softmax_max, softmax_sum=softmax_sum,
                           attention_in=attention_in, actual_seq_qlen=actual_seq_qlen,
                           actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value)
-    return validate_backward_args(_get_tensors(args), _get_scalars(args), _get_lists(args),
-                                  check_data, release)
+    return validate_backward_args(*(get(args) for get in _GETTERS), check_data, release)
 
 
 def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, actual_seq_qlen,
@@ -266,14 +254,14 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
 _DEFAULTS = {op.key: dict({p.name: p.default for p in op.params
                             if p.role in ("input", "int_array", "attr")}, deterministic=False)
              for op in (BACKWARD_V3, FORWARD_V3)}
-_get_tensors, _get_scalars, _get_lists = (operator.itemgetter(*n) for n in names(BACKWARD_V3))
+_GETTERS = tuple(operator.itemgetter(*group) for group in names(BACKWARD_V3))
 
 
 def _with_defaults(op: OpVersion, optional: dict, **given) -> dict:
-    """The inputs, int arrays and attributes of ``op`` (and deterministic): the given ones,
-    the spec's defaults for the rest; an unknown keyword is a TypeError, as in a call."""
+    """The arguments of ``op`` (and deterministic): the given ones, the spec's defaults for
+    the rest; an unknown keyword is a TypeError, as in a call."""
     args = dict(_DEFAULTS[op.key])
-    unknown = (optional.keys() - args.keys()) or (optional.keys() & given.keys())
+    unknown = optional.keys() - args.keys()
     if unknown:
         raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
     args.update(given)

@@ -20,13 +20,11 @@ _INF = float("inf")
 def normalize_tokens(sparse_mode: int, pre_tokens: int, next_tokens: int) -> tuple:
     """pre/next after the op's normalisation: clamp to INT32_MAX; modes 2/3 -> (INT32_MAX, 0);
     mode 1 -> (INT32_MAX, INT32_MAX)."""
-    pre = min(int(pre_tokens), INT32_MAX)
-    nxt = min(int(next_tokens), INT32_MAX)
     if sparse_mode in (2, 3):
         return INT32_MAX, 0
     if sparse_mode == 1:
         return INT32_MAX, INT32_MAX
-    return pre, nxt
+    return min(int(pre_tokens), INT32_MAX), min(int(next_tokens), INT32_MAX)
 
 
 def band_index(sparse_mode: int, seqs: SeqInfo) -> int:
