@@ -1,8 +1,5 @@
 """``aclnn-fag parity --backend-module pkg.mod:function``: judge any implementation
-(docs/parity.md, "Judging another implementation"). The function takes the public call's
-keyword arguments (``CALL_KEYWORDS``, numpy arrays) and returns ``dq, dq_rope, dk, dk_rope,
-dv``; the module is imported with the current directory first on ``sys.path``, ``function``
-may be a dotted path inside it, and its ``backend_name`` (else ``module:<spec>``) names it."""
+(docs/parity.md, "Judging another implementation")."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
 """Test cases as data: shapes, arguments and a seed, never arrays (the suite format:
-docs/parity.md, "1. Run"). ``make_inputs`` draws a case's inputs from
-``numpy.random.default_rng(seed)`` in a fixed order (query, query_rope, key, key_rope, value,
-dy: standard normal rounded to bf16; then a random mask); ``with_forward`` adds the NumPy
-forward's results in device precision."""
+docs/parity.md, "1. Run")."""
 
 from __future__ import annotations
 
@@ -201,9 +198,8 @@ def load_suite(path=None) -> Suite:
 
 
 def select_cases(suite: Suite, tags=None, names=None, include_all=False) -> list:
-    """Cases to run: by ``names`` (glob patterns) and/or ``tags`` (any match); with neither,
-    every case except those carrying a tag of ``suite.default_exclude_tags`` (unless
-    ``include_all``)."""
+    """Cases by ``names`` (globs) and/or ``tags`` (any); with neither, all but those carrying a tag
+    of ``suite.default_exclude_tags`` (unless ``include_all``)."""
     excluded = set() if names or tags or include_all else set(suite.default_exclude_tags)
     return [case for case in suite.cases
             if (not names or any(fnmatch.fnmatchcase(case.name, pat) for pat in names))
@@ -229,7 +225,8 @@ def _explicit_mask(spec: CaseSpec, rng) -> np.ndarray:
 
 
 def make_inputs(spec: CaseSpec) -> dict:
-    """The backward's keyword arguments without the forward results (see module docstring)."""
+    """The backward's keyword arguments without the forward results, drawn from
+    ``default_rng(seed)`` in order: query ... dy (standard normal rounded to bf16), the mask."""
     rng = np.random.default_rng(spec.seed)
     shapes = {"query": (spec.t1, spec.heads, spec.d), "query_rope": (spec.t1, spec.heads, spec.d_rope),
               "key": (spec.t2, spec.n2, spec.d), "key_rope": (spec.t2, spec.n2, spec.d_rope),
@@ -251,8 +248,7 @@ def forward_arguments(inputs: dict) -> dict:
 
 
 def with_forward(inputs: dict, backend: str = "numpy") -> dict:
-    """``inputs`` plus attention_in / softmax_max / softmax_sum from the forward on ``backend``
-    in device precision (bf16 output, float32 statistics in the device layout)."""
+    """``inputs`` plus attention_in / softmax_max / softmax_sum of the device-precision forward."""
     fwd = flash_attention_forward(**forward_arguments(inputs), precision="device", backend=backend)
     return dict(inputs, attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
                 softmax_sum=fwd.softmax_sum)

@@ -1,10 +1,5 @@
-"""What this machine offers (docs/parity.md, "What every report records"): the NPU backend's
-status (``npu_status``, which never raises: ``aclnn-fag info`` and every report work without
-CANN), the reports' environment block with the versions a result depends on (the CANN version
-the runtime reports, :mod:`aclnn_fag.acl.versions`; the toolkit's install-info file and the
-driver's version.info, read without loading CANN; numpy's BLAS; the packages), and ``summary``
-of such a block, flat.
-"""
+"""What this machine offers: the NPU backend's status (never raises) and the reports'
+environment block (docs/parity.md, "What every report records")."""
 
 from __future__ import annotations
 
@@ -29,8 +24,7 @@ SHORT_WIDTH = 48
 
 
 def backend_label(name, npu: dict = None) -> str:
-    """``name`` ("numpy"/"npu"), with " [STAND-IN stub libraries ...]" when the "npu" backend
-    is the stand-in libraries of native_stubs/ (so a stub run is never taken for a device run)."""
+    """``name``, marked " [STAND-IN stub libraries ...]" when "npu" is native_stubs/."""
     if name != "npu":
         return str(name)
     npu = npu if npu is not None else npu_status()
@@ -42,8 +36,7 @@ def backend_label(name, npu: dict = None) -> str:
 
 
 def npu_status(refresh: bool = False) -> dict:
-    """What ``acl.info()`` returns (libraries with paths or why not, search order, device
-    count, SoC name, features), plus ``ok`` and ``reason``. Never raises."""
+    """What ``acl.info()`` returns plus ``ok`` and ``reason``; never raises."""
     try:
         from .. import acl
     except Exception as exc:        # module missing or broken: report, never raise
@@ -113,8 +106,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
 
 
 def _rules_block(backend, npu: dict) -> dict:
-    """Which CANN release's rules the backend under test follows (docs/releases.md): on the
-    NPU the one read from the runtime, on NumPy ``$ACLNN_FAG_CANN_RELEASE`` or the newest."""
+    """The CANN release whose rules the backend follows (docs/releases.md)."""
     from .. import releases
     if backend == "npu":
         v = npu.get("versions") or {}
@@ -142,8 +134,7 @@ def parse_key_values(text: str) -> Dict[str, str]:
 
 
 def _first_readable(paths) -> dict:
-    """``{"path", "version", "fields"}`` of the first file of ``paths`` that can be read, or
-    ``{"path": None, "version": None, "searched": [...]}``."""
+    """path, version and fields of the first readable file of ``paths`` (else where it looked)."""
     searched = []
     for path in dict.fromkeys(paths):
         searched.append(str(path))
@@ -164,8 +155,7 @@ def _env_roots(environ: Mapping[str, str]) -> list:
 
 
 def toolkit_install_info(environ: Optional[Mapping[str, str]] = None, library_paths=()) -> dict:
-    """The CANN toolkit's install-info file, looked for around ``$ASCEND_HOME_PATH``,
-    ``$ASCEND_TOOLKIT_HOME`` and the loaded libraries (most specific first)."""
+    """The toolkit's install-info file near $ASCEND_HOME_PATH, $ASCEND_TOOLKIT_HOME, the libs."""
     roots = _env_roots(os.environ if environ is None else environ)
     roots += [pathlib.Path(p).resolve().parent.parent for p in library_paths or ()
               if isinstance(p, str) and os.path.isabs(p)]            # .../lib64/lib.so -> root
@@ -177,8 +167,7 @@ def toolkit_install_info(environ: Optional[Mapping[str, str]] = None, library_pa
 
 
 def driver_version(environ: Optional[Mapping[str, str]] = None) -> dict:
-    """The driver's ``<Ascend root>/driver/version.info``: the root is a parent of
-    ``$ASCEND_HOME_PATH`` (or ``$ASCEND_TOOLKIT_HOME``), else /usr/local/Ascend."""
+    """The driver's ``<Ascend root>/driver/version.info``."""
     roots = [parent for p in _env_roots(os.environ if environ is None else environ)
              for parent in [p] + list(p.parents)[:4]]
     return _first_readable([r / "driver" / "version.info" for r in roots]
@@ -222,9 +211,7 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
 
 
 def shorten(value, width: int = SHORT_WIDTH) -> str:
-    """A version-table value in at most ``width`` characters (the full one belongs in JSON):
-    ``not loaded: <a; b; c>`` becomes ``not loaded (3 places tried)``, an absolute path keeps
-    its last parts (``.../lib64/libopapi.so``), anything else loses its middle."""
+    """A version-table value in at most ``width`` characters (paths keep their tail)."""
     text = "-" if value is None else " ".join(str(value).split())
     if len(text) <= width:
         return text

@@ -1,11 +1,5 @@
-"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports
-(docs/parity.md, "2. Compare", gives the rules). Cases are matched by name. A **regression**
-(exit status 1): PASS -> FAIL/ERROR or FAIL -> ERROR, or an output whose ``max_abs_err`` grew
-by more than ``FACTOR`` above the noise floor (the reference's own error) or whose share above
-rtol grew by more than ``FACTOR`` above a tenth of the share limit, also in a case that still
-passes or fails on both sides. Exit status 2: a file that cannot be read as a parity report
-(``check_report`` names the case and the field; a case name twice is an error too).
-"""
+"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports,
+case by case (docs/parity.md, "2. Compare", gives the rules of a regression)."""
 
 from __future__ import annotations
 
@@ -150,8 +144,7 @@ def _ratio(new, old) -> str:
 
 
 def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
-    """The comparison as data: ``cases`` (one entry per case name, OLD's order then NEW-only),
-    ``summary`` and ``regressed``."""
+    """The comparison as data: ``cases`` (OLD's order, then NEW-only), ``summary``, ``regressed``"""
     if not factor > 1:
         raise ValueError("factor must be > 1")
     check_report(old, "OLD")

@@ -1,9 +1,5 @@
-"""The pictures of a parity HTML page (:mod:`aclnn_fag.tools.html_report`), drawn with
-matplotlib (the optional extra ``[report]``; nothing else imports this module) from a report's
-error summaries (:mod:`aclnn_fag.tools.error_summary`) alone, with ``Figure`` and the Agg
-canvas (no pyplot state), as PNG bytes: per output the heat map of max |y - golden| per
-(batch, head), the error along the token positions beside the reference's (and OLD's in a
-comparison), and the histograms of |backend - golden| and |reference - golden|."""
+"""The pictures of a parity HTML page as PNG bytes, drawn with matplotlib's ``Figure`` (no
+pyplot state) from a report's error summaries alone; only html_report imports this module."""
 
 from __future__ import annotations
 

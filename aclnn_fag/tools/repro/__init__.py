@@ -1,11 +1,5 @@
-"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer per failing case.
-
-Each failing case is shrunk (:mod:`.shrink`; ``--no-shrink`` keeps it) and ``DIR/<case>/``
-gets ``inputs/*.bin`` (exactly as the binding passes them), ``golden/*.bin`` (the fp64 golden
-as float32), ``repro.c`` (:mod:`.csource`), ``build.sh``, ``README.md`` and ``case.json``
-(docs/parity.md, "4. Reproduce"). The arguments are the ``FagCall`` of
-``aclnn_fag.rules.validate_backward``, the one ``aclnn_fag.acl.run_backward`` passes on.
-"""
+"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer per failing case, shrunk
+first unless ``--no-shrink`` (docs/parity.md, "4. Reproduce")."""
 
 from __future__ import annotations
 
@@ -41,8 +35,7 @@ def case_directory_name(name: str) -> str:
 
 
 def target_problem(path) -> Optional[str]:
-    """Why ``path`` cannot become the reproducers' directory, or None: it exists and is not a
-    directory, it is a symbolic link to nothing, or one of its parents is not a directory."""
+    """Why ``path`` cannot become the reproducers' directory, or None."""
     p = pathlib.Path(path)
     for q in [p, *p.parents]:
         what = f"{q}" if q == p else f"its parent {q}"
@@ -56,9 +49,8 @@ def target_problem(path) -> Optional[str]:
 
 
 def backend_under_test(backend_fn, backend_name=None) -> tuple:
-    """(name, whether it is aclnn_fag's own call of the C op) of the backend a case failed on.
-    Only the package's "npu" backend runs the C op as repro.c does; a --backend-module, another
-    callable or the NumPy backend do not."""
+    """(name, whether it is aclnn_fag's own call of the C op, the "npu" backend) of the backend
+    under test."""
     if backend_fn is None:
         return backend_name or "numpy", backend_name == "npu"
     name = getattr(backend_fn, "backend_name", None) or backend_name or "custom"
@@ -68,8 +60,7 @@ def backend_under_test(backend_fn, backend_name=None) -> tuple:
 
 
 def backend_error(entry: dict) -> bool:
-    """True when a case errored in the backend under test itself (the golden and the reference
-    ran, so the validator accepted the arguments): reproduced like a failure."""
+    """True when a case errored in the backend under test (the validator accepted the call)."""
     t = entry.get("timings") or {}
     return entry.get("verdict") == "ERROR" and "reference_s" in t and "backend_s" in t
 
@@ -216,19 +207,13 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
 
 def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, backend_fn=None,
                       progress=None, budget: int = DEFAULT_BUDGET, errors=None) -> List[str]:
-    """One reproducer per failing case of ``report``; returns the directories written.
-    ``errors``: where a reproducer that cannot be written is reported (default ``progress``).
-
-    A case is shrunk while it fails *the same way*: a FAIL while still failing on one of the
-    outputs the run failed on, a backend error while raising the same exception class."""
-    from ..parity import make_backend_fn, run_case
+    """One reproducer per failing case; the directories written. A case is shrunk while it
+    fails the same way (a FAIL on one of the same outputs, or the same exception class)."""
+    from ..parity import run_case, under_test
     k = (report.get("criteria") or {}).get("flash_attention", {}).get("k", accuracy.DEFAULT_K)
     by_name = {s.name: s for s in specs}
-    fn = backend_fn
-    if fn is None:
-        fn = make_backend_fn(report.get("backend") or "auto", report.get("precision") or "device")
-        if fn.backend_name == "numpy" and fn.precision == "device":
-            fn = None                                  # the NumPy reference itself
+    fn = under_test(backend_fn, report.get("backend") or "auto",
+                    report.get("precision") or "device")[0]
     written = []
     for entry in report["cases"]:
         if entry.get("name") not in by_name or not (entry.get("verdict") == "FAIL" or backend_error(entry)):
