@@ -17,10 +17,9 @@ from ..operands import numpy_dtype_of_torch
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
 
 GOALS_US = {"device_call": 250.0, "plan_run": 50.0, "numpy_call": 500.0}
-SKIP_COMPUTE_VAR = "ACL_STUB_SKIP_COMPUTE"
 # the stubs' computation off, and fresh allocations not filled (a debugging aid of the stub
 # that the real aclrtMalloc does not do); both ignored by a real CANN
-STUB_VARS = {SKIP_COMPUTE_VAR: "1", "ACL_STUB_MALLOC_FILL": "-1"}
+STUB_VARS = {"ACL_STUB_SKIP_COMPUTE": "1", "ACL_STUB_MALLOC_FILL": "-1"}
 
 
 class _ProtocolTensor:
@@ -99,7 +98,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     os.environ.update(STUB_VARS)
     try:
         b = acl.runtime.api()
-        is_stub = _is_stub(b)
+        is_stub = acl.stand_in()
         spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
                         d_v=128, sparse_mode=3, seed=0)
         inp = with_forward(make_inputs(spec))
@@ -265,11 +264,6 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     native_calls("native calls per call", lambda: acl.run_backward(hcall),
                  ("tensors", "phase1", "malloc", "free", "memset", "h2d", "d2h"))
     return out
-
-
-def _is_stub(b) -> bool:
-    """True on the stand-in libraries of native_stubs/ (they export aclStubGetCounters)."""
-    return any(hasattr(lib, "aclStubGetCounters") for lib in b.libraries.handles.values())
 
 
 def format_overhead(report: dict) -> str:

@@ -21,8 +21,8 @@ from ..semantics.sparse import COMPRESSED_MODES
 from ..seqlens import lengths_to_cumulative
 
 __all__ = ["CaseSpec", "Suite", "SuiteError", "DOC_EXAMPLE", "load_suite", "default_suite_path",
-           "select_cases", "make_inputs", "with_forward", "case_arguments", "MASK_KINDS",
-           "FORWARD_KEYS", "forward_arguments"]
+           "select_cases", "make_inputs", "forward", "with_stats", "with_forward", "case_arguments",
+           "MASK_KINDS", "FORWARD_KEYS", "forward_arguments"]
 
 SUITE_SCHEMA = "aclnn_fag.suite/1"
 MASK_KINDS = ("zeros", "causal", "band", "random")
@@ -247,11 +247,24 @@ def forward_arguments(inputs: dict) -> dict:
     return {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
 
 
+def forward(inputs: dict, backend: str = "numpy", precision: str = "device"):
+    """The forward (FagForward) of the backward's keyword arguments ``inputs``."""
+    return flash_attention_forward(**forward_arguments(inputs), backend=backend,
+                                   precision=precision)
+
+
+def with_stats(inputs: dict, fwd) -> dict:
+    """``inputs`` plus attention_in / softmax_max / softmax_sum from ``fwd``, in the op's dtypes
+    (an fp32/fp64 forward is rounded to them)."""
+    return dict(inputs, attention_in=np.asarray(fwd.attention_out).astype(inputs["query"].dtype,
+                                                                          copy=False),
+                softmax_max=np.asarray(fwd.softmax_max, np.float32),
+                softmax_sum=np.asarray(fwd.softmax_sum, np.float32))
+
+
 def with_forward(inputs: dict, backend: str = "numpy") -> dict:
-    """``inputs`` plus attention_in / softmax_max / softmax_sum of the device-precision forward."""
-    fwd = flash_attention_forward(**forward_arguments(inputs), precision="device", backend=backend)
-    return dict(inputs, attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
-                softmax_sum=fwd.softmax_sum)
+    """``inputs`` plus the results of the device-precision forward on ``backend``."""
+    return with_stats(inputs, forward(inputs, backend))
 
 
 def case_arguments(spec: CaseSpec, inputs: dict) -> dict:

@@ -18,11 +18,16 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_info(args) -> int:
     from ..acl.versions import version_summary_line
-    from .envinfo import auto_backend, environment, npu_status
+    from ..api import resolve_backend
+    from .envinfo import environment, npu_status
     from .output import STDOUT, write_json
 
     npu = npu_status(refresh=True)
-    auto, auto_error = auto_backend()
+    auto = auto_error = None
+    try:
+        auto = resolve_backend("auto")
+    except Exception as exc:
+        auto_error = f"{type(exc).__name__}: {exc}"
     env = environment(auto, "device", npu)
     if args.json:
         write_json({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
@@ -102,15 +107,12 @@ CHECKSUM_RESOLUTION = 1e-5
 
 
 def _checksums(x: np.ndarray) -> tuple:
+    """(sum, sum |x|) in float64, then both as text rounded to the digits that do not depend
+    on the BLAS build."""
     x64 = x.astype(np.float64)
-    return float(x64.sum()), float(np.abs(x64).sum())
-
-
-def _stable_checksums(x: np.ndarray) -> tuple:
-    """(sum, sum |x|) as text, rounded to the digits that do not depend on the BLAS build."""
-    total, total_abs = _checksums(x)
+    total, total_abs = float(x64.sum()), float(np.abs(x64).sum())
     if not (math.isfinite(total) and math.isfinite(total_abs)) or total_abs == 0:
-        return f"{total:g}", f"{total_abs:g}"
+        return total, total_abs, f"{total:g}", f"{total_abs:g}"
     exponent = math.ceil(math.log10(total_abs * CHECKSUM_RESOLUTION))
     decimals = max(0, -exponent)
 
@@ -118,7 +120,7 @@ def _stable_checksums(x: np.ndarray) -> tuple:
         rounded = round(v / 10.0 ** exponent) * 10.0 ** exponent
         return f"{rounded + 0.0 if rounded else 0.0:.{decimals}f}"
 
-    return fmt(total), fmt(total_abs)
+    return total, total_abs, fmt(total), fmt(total_abs)
 
 
 def _cmd_demo(args) -> int:
@@ -149,7 +151,7 @@ def _cmd_demo(args) -> int:
     if args.json:
         tensors = {}
         for name, arr in rows:
-            (total, total_abs), (shown, shown_abs) = _checksums(arr), _stable_checksums(arr)
+            total, total_abs, shown, shown_abs = _checksums(arr)
             tensors[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sum": total,
                              "sum_abs": total_abs, "sum_shown": shown, "sum_abs_shown": shown_abs}
         write_json({"schema": "aclnn_fag.demo/1", "requested": args.backend, "backend": ran,
@@ -169,7 +171,7 @@ def _cmd_demo(args) -> int:
     print(f"  {'tensor':<13s} {'shape':<16s} {'dtype':<9s} {'sum':>12s} {'sum |x|':>12s}"
           f"   (float64 sums, rounded to 1e-5 of sum |x|)", file=out)
     for name, arr in rows:
-        s, a = _stable_checksums(arr)
+        s, a = _checksums(arr)[2:]
         print(f"  {name:<13s} {str(list(arr.shape)):<16s} {str(arr.dtype):<9s} {s:>12s} {a:>12s}",
               file=out)
     print(f"time: inputs {times['inputs']:.4f} s, forward {times['forward']:.4f} s ({ran_fwd}), "

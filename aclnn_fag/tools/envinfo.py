@@ -15,8 +15,8 @@ import numpy as np
 from .. import __version__
 from .output import json_safe
 
-__all__ = ["npu_status", "auto_backend", "environment", "backend_label", "toolkit_install_info",
-           "driver_version", "package_versions", "parse_key_values", "summary", "shorten"]
+__all__ = ["npu_status", "environment", "backend_label", "toolkit_install_info",
+           "driver_version", "parse_key_values", "summary", "shorten"]
 
 DEFAULT_ASCEND_ROOT = "/usr/local/Ascend"
 INSTALL_INFO_NAMES = ("ascend_toolkit_install.info", "version.info", "version.cfg")
@@ -60,27 +60,21 @@ def npu_status(refresh: bool = False) -> dict:
     return out
 
 
-def auto_backend() -> tuple:
-    """(name, None) of the backend "auto" picks, or (None, reason) when resolving fails."""
-    from ..api import resolve_backend
-    try:
-        return resolve_backend("auto"), None
-    except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-
-
 def environment(backend: str = None, precision: str = None, npu: dict = None) -> dict:
     """The environment block of the JSON reports."""
     from .. import blas
     npu = npu if npu is not None else npu_status()
     libs = npu.get("libraries") if isinstance(npu.get("libraries"), dict) else {}
+    packages = {"aclnn_fag": __version__, "numpy": np.__version__,
+                "ml_dtypes": getattr(ml_dtypes, "__version__", "unknown"),
+                "python": sys.version.split()[0]}
     return {
         "package_version": __version__,
-        "python": sys.version.split()[0],
+        "python": packages["python"],
         "platform": platform.platform(),
         "machine": platform.machine(),
         "numpy_version": np.__version__,
-        "ml_dtypes_version": getattr(ml_dtypes, "__version__", "unknown"),
+        "ml_dtypes_version": packages["ml_dtypes"],
         "cpu_count": os.cpu_count(),
         "backend": backend,
         "precision": precision,
@@ -97,7 +91,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
                      "toolkit_install": toolkit_install_info(
                          library_paths=[p for p in libs.values() if isinstance(p, str)]),
                      "driver": driver_version(), "blas": blas.blas_info(),
-                     "packages": package_versions()},
+                     "packages": packages},
         "cann_rules": _rules_block(backend, npu),
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
@@ -172,12 +166,6 @@ def driver_version(environ: Optional[Mapping[str, str]] = None) -> dict:
              for parent in [p] + list(p.parents)[:4]]
     return _first_readable([r / "driver" / "version.info" for r in roots]
                            + [pathlib.Path(DEFAULT_ASCEND_ROOT) / "driver" / "version.info"])
-
-
-def package_versions() -> dict:
-    return {"aclnn_fag": __version__, "numpy": np.__version__,
-            "ml_dtypes": getattr(ml_dtypes, "__version__", "unknown"),
-            "python": sys.version.split()[0]}
 
 
 def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:

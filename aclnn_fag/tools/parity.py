@@ -12,7 +12,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from . import accuracy, cases as cases_mod, error_summary
-from ..api import flash_attention_forward, flash_attention_unpadding_score_grad_v3, resolve_backend
+from ..api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from ..call import FagForward, FagGrads
 from ..constants import FLT_MAX
 from .envinfo import backend_label, environment
@@ -61,19 +61,6 @@ def reference_grads(**kwargs) -> FagGrads:
     return flash_attention_unpadding_score_grad_v3(**kwargs, backend="numpy", precision="device")
 
 
-def _forward(inputs: dict, backend: str, precision: str) -> FagForward:
-    return flash_attention_forward(**cases_mod.forward_arguments(inputs), backend=backend,
-                                   precision=precision)
-
-
-def _with_stats(inputs: dict, fwd: FagForward) -> dict:
-    """The backward's inputs from a forward's results (in the op's dtypes)."""
-    return dict(inputs, attention_in=np.asarray(fwd.attention_out).astype(inputs["query"].dtype,
-                                                                          copy=False),
-                softmax_max=np.asarray(fwd.softmax_max, np.float32),
-                softmax_sum=np.asarray(fwd.softmax_sum, np.float32))
-
-
 def _backend_outputs(op: str, inputs: dict, ref_fwd, backend_fn, timed=None,
                      stage=lambda what: None) -> dict:
     """The outputs of ``op`` from the backend under test (not None); ``timed`` records times."""
@@ -82,12 +69,12 @@ def _backend_outputs(op: str, inputs: dict, ref_fwd, backend_fn, timed=None,
     out, fwd = {}, ref_fwd
     if op != "backward":
         stage(f"forward ({name})")
-        fwd = timed("backend_forward_s", _forward, inputs, name,
+        fwd = timed("backend_forward_s", cases_mod.forward, inputs, name,
                     getattr(backend_fn, "precision", "device"))
         out.update(fwd._asdict())
     if op != "forward":
         stage(f"backend ({name})" if op == "backward" else f"backward ({name}) on its own forward")
-        out.update(timed("backend_s", backend_fn, **_with_stats(inputs, fwd))._asdict())
+        out.update(timed("backend_s", backend_fn, **cases_mod.with_stats(inputs, fwd))._asdict())
     return out
 
 
@@ -191,14 +178,14 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
             inputs = timed("inputs_s", cases_mod.make_inputs, spec)
             entry.update(cases_mod.case_arguments(spec, inputs))
             stage("forward (numpy, device)")
-            ref_fwd = timed("forward_s", _forward, inputs, "numpy", "device")
+            ref_fwd = timed("forward_s", cases_mod.forward, inputs, "numpy", "device")
             golden, reference = {}, {}
             if op != "backward":
                 stage("forward golden (numpy, fp64)")
-                golden.update(timed("forward_golden_s", _forward, inputs, "numpy", "fp64")._asdict())
+                golden.update(timed("forward_golden_s", cases_mod.forward, inputs, "numpy", "fp64")._asdict())
                 reference.update(ref_fwd._asdict())
             if op != "forward":
-                bwd_inputs = _with_stats(inputs, ref_fwd)
+                bwd_inputs = cases_mod.with_stats(inputs, ref_fwd)
                 stage("golden (numpy, fp64)")
                 golden.update(timed("golden_s", golden_grads, **bwd_inputs)._asdict())
                 stage("reference (numpy, device)")

@@ -97,13 +97,15 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
         ax.set_title(f"{name}: max |y-g|", fontsize=9)
         ax.set_xlabel("head", fontsize=8)
         ax.set_ylabel("batch", fontsize=8)
-        ax.set_xticks(range(grid.shape[1]) if grid.shape[1] <= 16 else
-                      np.linspace(0, grid.shape[1] - 1, 8, dtype=int))
-        ax.set_yticks(range(grid.shape[0]) if grid.shape[0] <= 16 else
-                      np.linspace(0, grid.shape[0] - 1, 8, dtype=int))
+        ax.set_xticks(_ticks(grid.shape[1]))
+        ax.set_yticks(_ticks(grid.shape[0]))
         ax.tick_params(labelsize=7)
         fig.colorbar(image, ax=ax, shrink=0.9).ax.tick_params(labelsize=7)
     return _png(fig)
+
+
+def _ticks(n: int):
+    return range(n) if n <= 16 else np.linspace(0, n - 1, 8, dtype=int)
 
 
 def _cmap():

@@ -84,8 +84,10 @@ def _write_bin(path: pathlib.Path, a) -> None:
     path.write_bytes(a.tobytes())
 
 
-def _judge_case(spec, backend_fn, k):
-    """Inputs, FagCall, golden, the backend's error (or None) and per-output metrics."""
+def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environment=None,
+               original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
+               backend_name=None) -> pathlib.Path:
+    """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
     from ..parity import golden_grads, reference_grads
     inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
     call = validate_backward(**inputs)
@@ -99,14 +101,6 @@ def _judge_case(spec, backend_fn, k):
         result, error = reference, f"{type(exc).__name__}: {exc}"
     metrics = {n: accuracy.judge(getattr(result, n), getattr(golden, n), getattr(reference, n), k=k)
                for n in JUDGED}
-    return call, golden, error, metrics
-
-
-def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environment=None,
-               original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
-               backend_name=None) -> pathlib.Path:
-    """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
-    call, golden, error, metrics = _judge_case(spec, backend_fn, k)
     backend_name, c_op = backend_under_test(backend_fn, backend_name)
     d = pathlib.Path(out_dir) / case_directory_name(spec.name)
     d.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,5 @@
 """The text of ``repro.c`` and ``build.sh`` for one call (templates in aclnn_fag/tools/data/):
-the calls the binding (``aclnn_fag/acl/``) makes, in its order, from aclInit to the D2H copies,
-with the slots, attributes and phase-1 argument order of ``aclnn_fag/spec.py``."""
+the binding's calls in its order, with the slots and attributes of ``aclnn_fag/spec.py``."""
 
 from __future__ import annotations
 
