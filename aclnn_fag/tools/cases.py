@@ -19,6 +19,7 @@ from ..constants import BF16
 from ..masks import compressed_causal_mask
 from ..semantics.sparse import COMPRESSED_MODES
 from ..seqlens import lengths_to_cumulative
+from ..spec import FORWARD_V3
 
 __all__ = ["CaseSpec", "Suite", "SuiteError", "DOC_EXAMPLE", "load_suite", "default_suite_path",
            "select_cases", "make_inputs", "forward", "with_stats", "with_forward", "case_arguments",
@@ -29,9 +30,7 @@ MASK_KINDS = ("zeros", "causal", "band", "random")
 INT_KEYS = ("heads", "kv_heads", "d", "d_rope", "d_v", "sparse_mode", "pre_tokens",
             "next_tokens", "seed")
 # the backward's keyword arguments the forward takes too
-FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
-                "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
-                "next_tokens", "sparse_mode", "deterministic")
+FORWARD_KEYS = FORWARD_V3.inputs + FORWARD_V3.int_arrays + FORWARD_V3.attrs + ("deterministic",)
 
 
 class SuiteError(ValueError):

@@ -99,7 +99,6 @@ def _yes_no(features: dict, *keys) -> str:
     return "yes" if all(features[k] for k in keys) else "no"
 
 
-# --------------------------------------------------------------------------- demo
 # The checksums are rounded to this fraction of sum |x| (then to a power of ten): a BLAS build
 # with another fp32 summation order flips a few bf16 roundings, which moves the sums by about
 # 1e-6 of sum |x|; the digits printed stay the same.
@@ -181,7 +180,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import bench, parity_cli
 

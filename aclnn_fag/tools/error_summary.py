@@ -105,11 +105,10 @@ def summarise(output, golden, reference, ends, token_axis: str = "query",
     out = {"format": FORMAT, "tokens": t, "heads": n, "token_axis": token_axis,
            "batch_ends": ends, "token_bin": width,
            "token_max_abs": _tokens(per_y, width), "token_ref_max_abs": _tokens(per_r, width),
-           "hist": {"log10_lo": HIST_LO, "log10_step": HIST_STEP, "bins": HIST_BINS,
-                    "backend": h_y.tolist(), "reference": h_r.tolist(),
-                    "backend_zero": z_y, "reference_zero": z_r,
-                    "backend_under": u_y, "reference_under": u_r,
-                    "backend_over": o_y, "reference_over": o_r}}
+           "hist": {"log10_lo": HIST_LO, "log10_step": HIST_STEP, "bins": HIST_BINS}}
+    for suffix, y_value, r_value in (("", h_y.tolist(), h_r.tolist()), ("_zero", z_y, z_r),
+                                     ("_under", u_y, u_r), ("_over", o_y, o_r)):
+        out["hist"].update({"backend" + suffix: y_value, "reference" + suffix: r_value})
     if len(ends) * n <= MAX_BH_CELLS:
         out["bh_max_abs"] = _bh(per_y, ends)
         out["bh_ref_max_abs"] = _bh(per_r, ends)
