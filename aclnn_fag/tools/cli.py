@@ -142,8 +142,8 @@ def _cmd_demo(args) -> int:
     grads = flash_attention_unpadding_score_grad_v3(**inputs, backend=backend)
     t3 = time.perf_counter()
     ran = last_backend()
-    rows = [("attention_in", inputs["attention_in"]), ("softmax_max", inputs["softmax_max"]),
-            ("softmax_sum", inputs["softmax_sum"])] + list(grads._asdict().items())
+    rows = [(n, inputs[n]) for n in ("attention_in", "softmax_max", "softmax_sum")]
+    rows += list(grads._asdict().items())
     times = {"inputs": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "total": t3 - t0}
     from .envinfo import backend_label
     from .output import STDOUT, human_stream, write_json

@@ -65,9 +65,8 @@ def backend_error(entry: dict) -> bool:
     return entry.get("verdict") == "ERROR" and "reference_s" in t and "backend_s" in t
 
 
-def _error_class(entry_or_text) -> str:
-    text = entry_or_text.get("error") if isinstance(entry_or_text, dict) else entry_or_text
-    return str(text or "").split(":", 1)[0]
+def _error_class(entry: dict) -> str:
+    return str(entry.get("error") or "").split(":", 1)[0]
 
 
 def _tensor_spec(a) -> Optional[dict]:
