@@ -182,7 +182,8 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
             golden, reference = {}, {}
             if op != "backward":
                 stage("forward golden (numpy, fp64)")
-                golden.update(timed("forward_golden_s", cases_mod.forward, inputs, "numpy", "fp64")._asdict())
+                golden.update(timed("forward_golden_s", cases_mod.forward, inputs, "numpy",
+                                    "fp64")._asdict())
                 reference.update(ref_fwd._asdict())
             if op != "forward":
                 bwd_inputs = cases_mod.with_stats(inputs, ref_fwd)
