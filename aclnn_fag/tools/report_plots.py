@@ -184,15 +184,14 @@ def histograms(outputs: Dict[str, dict]) -> Optional[bytes]:
         lo, step, bins = float(h["log10_lo"]), float(h["log10_step"]), int(h["bins"])
         edges = lo + step * np.arange(bins + 1)
         ax = fig.add_subplot(rows, cols, i)
-        for key, colour, label in (("reference", _REFERENCE, "|ref-g|"),
-                                   ("backend", _BACKEND, "|backend-g|")):
+        # the reference filled underneath, the backend's outline on top
+        for key, label, style in (("reference", "|ref-g|", dict(fill=True, alpha=0.45)),
+                                  ("backend", "|backend-g|", dict(linewidth=1.2))):
             counts = np.array(h.get(key) or [0] * bins, float)
             extra = f", {h.get(key + '_zero', 0)} exact" if h.get(key + "_zero") else ""
             extra += f", {h.get(key + '_over', 0)} >=1e{edges[-1]:g}" if h.get(key + "_over") else ""
-            if key == "reference":             # filled underneath, the backend's outline on top
-                ax.stairs(counts, edges, color=colour, fill=True, alpha=0.45, label=label + extra)
-            else:
-                ax.stairs(counts, edges, color=colour, linewidth=1.2, label=label + extra)
+            ax.stairs(counts, edges, color=_REFERENCE if key == "reference" else _BACKEND,
+                      label=label + extra, **style)
         bound = _bound(o)
         if bound:
             ax.axvline(math.log10(bound), color=_BOUND, linestyle="--", linewidth=1)
