@@ -1,15 +1,6 @@
-"""Accuracy criteria: one output of a backend against the fp64 golden (docs/parity.md,
-"Criteria", says why these thresholds). ``judge`` requires both:
-
-1. flash-attention's: ``max|y - g| <= k * max|r - g| + max(1e-6 * max|g|, 1e-30)``, k = 2,
-   r = the NumPy backend in device precision (the device's bf16 rounding points);
-2. Ascend's double-thousandths: ``share(|y - g| / max(|g|, RMS(g)) > rtol) < share_limit``
-   per output dtype (``THRESHOLDS``; bf16: rtol 2**-6, limit 1e-3, i.e. 4 x bf16's half ulp,
-   since every element carries ~2**-9..2**-8 of the output's RMS from the device's own
-   rounding points).
-
-Large outputs are processed in chunks, so judging needs little extra memory.
-"""
+"""Accuracy criteria of one output against the fp64 golden: flash-attention's and Ascend's
+double-thousandths (bf16: share of |y-g| / max(|g|, RMS(g)) > 2**-6 below 1e-3; docs/parity.md,
+"Criteria"), in chunks so that judging needs little memory."""
 
 from __future__ import annotations
 
@@ -102,10 +93,7 @@ def _errors(y: np.ndarray, g: np.ndarray, floor: float, rtol: float):
 
 def judge(output: np.ndarray, golden: np.ndarray, reference: np.ndarray,
           k: float = DEFAULT_K, thresholds: Optional[Thresholds] = None) -> dict:
-    """Judge ``output`` (the backend's) against ``golden`` (fp64), with ``reference`` (the
-    NumPy device-precision result) as the low-precision yardstick. Returns a JSON-ready dict;
-    ``verdict`` is "PASS" or "FAIL". ``ref_share_above`` is the reference's share judged by
-    the thresholds of the reference's own dtype (for information)."""
+    """Judge ``output`` against ``golden`` (fp64); yardstick: ``reference`` (device precision)."""
     output, golden, reference = (np.asarray(x) for x in (output, golden, reference))
     result = {"dtype": str(output.dtype), "shape": list(output.shape)}
     if output.shape != golden.shape:
@@ -148,8 +136,7 @@ def as_float(x) -> Optional[float]:
 
 
 def budget_used(o: dict) -> float:
-    """How much of its criteria's budgets a judged output used (1 = at a limit; inf = failed
-    without figures, e.g. a shape mismatch)."""
+    """The share of its criteria's budgets a judged output used (1: at a limit; inf: no figures)."""
     if "max_abs_err" not in o:
         return 0.0 if o.get("verdict") in (None, "PASS") else math.inf
     err, bound = as_float(o.get("max_abs_err")), as_float(o.get("fa_bound"))

@@ -1,8 +1,5 @@
 """``aclnn-fag parity --backend-module pkg.mod:function``: judge any implementation
-(docs/parity.md, "Judging another implementation"). The function takes the public call's
-keyword arguments (``CALL_KEYWORDS``, numpy arrays) and returns ``dq, dq_rope, dk, dk_rope,
-dv``; the module is imported with the current directory first on ``sys.path``, ``function``
-may be a dotted path inside it, and its ``backend_name`` (else ``module:<spec>``) names it."""
+(docs/parity.md, "Judging another implementation")."""
 
 from __future__ import annotations
 
@@ -75,22 +72,21 @@ def load_backend(spec: str):
     finally:
         if added and cwd in sys.path:
             sys.path.remove(cwd)
-    obj = module
+    fn = module
     for part in attr_path.split("."):
         try:
-            obj = getattr(obj, part)
+            fn = getattr(fn, part)
         except AttributeError:
             raise BackendModuleError(f"--backend-module {spec}: {mod_name} has no {attr_path}") from None
-    if not callable(obj):
+    if not callable(fn):
         raise BackendModuleError(f"--backend-module {spec}: {attr_path} is not callable")
     try:
-        inspect.signature(obj).bind(**dict.fromkeys(CALL_KEYWORDS))
+        inspect.signature(fn).bind(**dict.fromkeys(CALL_KEYWORDS))
     except TypeError as exc:
         raise BackendModuleError(f"--backend-module {spec}: {attr_path} cannot take the public "
                                  f"call's keyword arguments ({', '.join(CALL_KEYWORDS)}): {exc}") from None
     except ValueError:
         pass                                     # no signature (a builtin): try it at run time
-    fn = obj
     name = getattr(fn, "backend_name", None) or f"module:{spec}"
 
     def run(**kwargs) -> FagGrads:

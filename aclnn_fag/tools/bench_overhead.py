@@ -1,7 +1,5 @@
 """``aclnn-fag bench --suite overhead`` (docs/npu.md, "Host overhead"): host microseconds per
-call of the NPU path on the documentation's shape with a causal mask, against ``GOALS_US``,
-then where the time goes. On the stubs of ``native_stubs/`` the op's computation is off and
-fresh allocations are not filled (``STUB_VARS``), so the times are the binding's own."""
+call of the NPU path against ``GOALS_US``, then where the time goes."""
 
 from __future__ import annotations
 
@@ -19,19 +17,14 @@ from ..operands import numpy_dtype_of_torch
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
 
 GOALS_US = {"device_call": 250.0, "plan_run": 50.0, "numpy_call": 500.0}
-SKIP_COMPUTE_VAR = "ACL_STUB_SKIP_COMPUTE"
 # the stubs' computation off, and fresh allocations not filled (a debugging aid of the stub
 # that the real aclrtMalloc does not do); both ignored by a real CANN
-STUB_VARS = {SKIP_COMPUTE_VAR: "1", "ACL_STUB_MALLOC_FILL": "-1"}
+STUB_VARS = {"ACL_STUB_SKIP_COMPUTE": "1", "ACL_STUB_MALLOC_FILL": "-1"}
 
 
 class _ProtocolTensor:
-    """The NPU tensor protocol of aclnn_fag.operands over device memory (bench only).
-
-    ``new_empty`` models torch_npu's caching allocator: a freed block goes back to a pool
-    by size (when the tensor is garbage collected) and is handed out again, never returned
-    to the device. Kept lean (plain attributes, no DeviceArray per result), as torch's C++
-    allocator is: its own cost is measured in a row of its own."""
+    """The NPU tensor protocol of aclnn_fag.operands over device memory; ``new_empty`` models
+    torch_npu's caching allocator (a freed block goes back to a pool by size, never freed)."""
 
     device = SimpleNamespace(type="npu", index=0)
     _free: dict = {}            # nbytes -> [DeviceBuffer]: the allocator's cached blocks
@@ -78,10 +71,8 @@ class _ProtocolTensor:
 
 
 def _time(fn, repeat: int, inner: int, acc: dict = None):
-    """(median CPU us, best CPU us, median wall us) per call over ``repeat`` rounds of
-    ``inner`` calls. CPU time is the calling thread's (``time.thread_time``): the host work
-    of the call, unaffected by other processes competing for the cores. ``acc``: the CPU and
-    wall seconds ``fn`` reports in acc["cpu"] / acc["s"] are left out (the copies)."""
+    """(median CPU us, best CPU us, median wall us) per call over ``repeat`` rounds of ``inner``
+    calls; CPU time is the thread's, less what ``fn`` adds to acc["cpu"] / acc["s"] (copies)."""
     fn()
     fn()
     acc = {} if acc is None else acc
@@ -97,7 +88,7 @@ def _time(fn, repeat: int, inner: int, acc: dict = None):
 
 
 def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
-    """Measure every row (see the module docstring); needs the NPU backend (or its stubs)."""
+    """Measure every row; needs the NPU backend (or its stubs)."""
     from .. import acl
     from ..api import flash_attention_unpadding_score_grad_v3 as fag
     from ..rules import validate_backward
@@ -107,7 +98,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     os.environ.update(STUB_VARS)
     try:
         b = acl.runtime.api()
-        is_stub = _is_stub(b)
+        is_stub = acl.stand_in()
         spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
                         d_v=128, sparse_mode=3, seed=0)
         inp = with_forward(make_inputs(spec))
@@ -193,17 +184,17 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
 
 
 def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
-    """Where the time of two rows goes: each stage timed on its own (CPU us, median), plus
-    the native handles and allocations one call makes (``acl.runtime.stats()``)."""
+    """Where the time of two rows goes: each stage timed on its own, and the native calls made."""
     from .. import operands
     from ..rules.arguments import names
     from ..spec import BACKWARD_V3
     from ..device_run import run_backward_on_device
     from ..rules import check_data_rules, validate_backward, validate_backward_args
-    out = []
+    out, few = [], max(1, inner // 4)
 
-    def stage(label, fn, n=inner):
+    def stage(label, fn, n=inner) -> int:
         out.append({"label": label, "cpu_us": _time(fn, repeat, n)[0]})
+        return 2 + repeat * n              # the calls of fn: two warm-ups, then the rounds
 
     def native_calls(label, fn, keys):
         """One call of ``fn``: how many of each counter of acl.runtime.stats() it adds."""
@@ -248,31 +239,24 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     native_calls("native handles per hit", op_hit,
                  ("tensors", "int_arrays", "phase1", "malloc", "memset"))
     t = {}
-    n_calls = [0]
 
     def op_miss():
         acl.clear_executor_cache()
         acl.run_backward(dcall, keep_on_device=True, stream=stream, timings=t, cpu_timings=True,
                          outputs=outs)
-        n_calls[0] += 1
-    stage("  the op's host side, a cache miss (the cache emptied before each call)", op_miss,
-          max(1, inner // 4))
-    of_which(t, n_calls[0], (("marshal_cpu", "aclTensor/aclIntArray creates"),
-                             ("phase1_cpu", "phase 1 (36 arguments through ctypes)")))
+    calls = stage("  the op's host side, a cache miss (the cache emptied before each call)",
+                  op_miss, few)
+    of_which(t, calls, (("marshal_cpu", "aclTensor/aclIntArray creates"),
+                        ("phase1_cpu", "phase 1 (36 arguments through ctypes)")))
     hcall = validate_backward(*host.values(), **kw)
     stage("numpy-in: validation without the data rules", lambda: validate_backward(
-        *host.values(), check_data=False, **kw), max(1, inner // 4))
+        *host.values(), check_data=False, **kw), few)
     stage("numpy-in: data rules S6 + S8 + S9 (mask recognised, statistics sampled)",
-          lambda: check_data_rules(hcall, True), max(1, inner // 4))
+          lambda: check_data_rules(hcall, True), few)
     th = {}
-    nh = [0]
-
-    def host_op():
-        acl.run_backward(hcall, timings=th, cpu_timings=True)
-        nh[0] += 1
-    stage("numpy-in: the op's host side with copies (run_backward; acl/op.py)", host_op,
-          max(1, inner // 4))
-    of_which(th, nh[0], (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
+    calls = stage("numpy-in: the op's host side with copies (run_backward; acl/op.py)",
+                  lambda: acl.run_backward(hcall, timings=th, cpu_timings=True), few)
+    of_which(th, calls, (("copy_in_cpu", "copies in"), ("copy_out_cpu", "copies out"),
                          ("alloc_cpu", "device memory (kept from the last call) + zero fill"),
                          ("phase2_cpu", "phase 2 + synchronisation (a cache hit)"),
                          ("marshal_cpu", "aclTensor/aclIntArray creates + destroys"),
@@ -280,11 +264,6 @@ def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     native_calls("native calls per call", lambda: acl.run_backward(hcall),
                  ("tensors", "phase1", "malloc", "free", "memset", "h2d", "d2h"))
     return out
-
-
-def _is_stub(b) -> bool:
-    """True on the stand-in libraries of native_stubs/ (they export aclStubGetCounters)."""
-    return any(hasattr(lib, "aclStubGetCounters") for lib in b.libraries.handles.values())
 
 
 def format_overhead(report: dict) -> str:

@@ -1,8 +1,5 @@
 """Test cases as data: shapes, arguments and a seed, never arrays (the suite format:
-docs/parity.md, "1. Run"). ``make_inputs`` draws a case's inputs from
-``numpy.random.default_rng(seed)`` in a fixed order (query, query_rope, key, key_rope, value,
-dy: standard normal rounded to bf16; then a random mask); ``with_forward`` adds the NumPy
-forward's results in device precision."""
+docs/parity.md, "1. Run")."""
 
 from __future__ import annotations
 
@@ -22,19 +19,18 @@ from ..constants import BF16
 from ..masks import compressed_causal_mask
 from ..semantics.sparse import COMPRESSED_MODES
 from ..seqlens import lengths_to_cumulative
+from ..spec import FORWARD_V3
 
 __all__ = ["CaseSpec", "Suite", "SuiteError", "DOC_EXAMPLE", "load_suite", "default_suite_path",
-           "select_cases", "make_inputs", "with_forward", "case_arguments", "MASK_KINDS",
-           "FORWARD_KEYS", "forward_arguments"]
+           "select_cases", "make_inputs", "forward", "with_stats", "with_forward", "case_arguments",
+           "MASK_KINDS", "FORWARD_KEYS", "forward_arguments"]
 
 SUITE_SCHEMA = "aclnn_fag.suite/1"
 MASK_KINDS = ("zeros", "causal", "band", "random")
 INT_KEYS = ("heads", "kv_heads", "d", "d_rope", "d_v", "sparse_mode", "pre_tokens",
             "next_tokens", "seed")
 # the backward's keyword arguments the forward takes too
-FORWARD_KEYS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask",
-                "actual_seq_qlen", "actual_seq_kvlen", "scale_value", "pre_tokens",
-                "next_tokens", "sparse_mode", "deterministic")
+FORWARD_KEYS = FORWARD_V3.inputs + FORWARD_V3.int_arrays + FORWARD_V3.attrs + ("deterministic",)
 
 
 class SuiteError(ValueError):
@@ -201,9 +197,8 @@ def load_suite(path=None) -> Suite:
 
 
 def select_cases(suite: Suite, tags=None, names=None, include_all=False) -> list:
-    """Cases to run: by ``names`` (glob patterns) and/or ``tags`` (any match); with neither,
-    every case except those carrying a tag of ``suite.default_exclude_tags`` (unless
-    ``include_all``)."""
+    """Cases by ``names`` (globs) and/or ``tags`` (any); with neither, all but those carrying a tag
+    of ``suite.default_exclude_tags`` (unless ``include_all``)."""
     excluded = set() if names or tags or include_all else set(suite.default_exclude_tags)
     return [case for case in suite.cases
             if (not names or any(fnmatch.fnmatchcase(case.name, pat) for pat in names))
@@ -229,7 +224,8 @@ def _explicit_mask(spec: CaseSpec, rng) -> np.ndarray:
 
 
 def make_inputs(spec: CaseSpec) -> dict:
-    """The backward's keyword arguments without the forward results (see module docstring)."""
+    """The backward's keyword arguments without the forward results, drawn from
+    ``default_rng(seed)`` in order: query ... dy (standard normal rounded to bf16), the mask."""
     rng = np.random.default_rng(spec.seed)
     shapes = {"query": (spec.t1, spec.heads, spec.d), "query_rope": (spec.t1, spec.heads, spec.d_rope),
               "key": (spec.t2, spec.n2, spec.d), "key_rope": (spec.t2, spec.n2, spec.d_rope),
@@ -250,12 +246,24 @@ def forward_arguments(inputs: dict) -> dict:
     return {k: inputs[k] for k in FORWARD_KEYS if k in inputs}
 
 
+def forward(inputs: dict, backend: str = "numpy", precision: str = "device"):
+    """The forward (FagForward) of the backward's keyword arguments ``inputs``."""
+    return flash_attention_forward(**forward_arguments(inputs), backend=backend,
+                                   precision=precision)
+
+
+def with_stats(inputs: dict, fwd) -> dict:
+    """``inputs`` plus attention_in / softmax_max / softmax_sum from ``fwd``, in the op's dtypes
+    (an fp32/fp64 forward is rounded to them)."""
+    return dict(inputs, attention_in=np.asarray(fwd.attention_out).astype(inputs["query"].dtype,
+                                                                          copy=False),
+                softmax_max=np.asarray(fwd.softmax_max, np.float32),
+                softmax_sum=np.asarray(fwd.softmax_sum, np.float32))
+
+
 def with_forward(inputs: dict, backend: str = "numpy") -> dict:
-    """``inputs`` plus attention_in / softmax_max / softmax_sum from the forward on ``backend``
-    in device precision (bf16 output, float32 statistics in the device layout)."""
-    fwd = flash_attention_forward(**forward_arguments(inputs), precision="device", backend=backend)
-    return dict(inputs, attention_in=fwd.attention_out, softmax_max=fwd.softmax_max,
-                softmax_sum=fwd.softmax_sum)
+    """``inputs`` plus the results of the device-precision forward on ``backend``."""
+    return with_stats(inputs, forward(inputs, backend))
 
 
 def case_arguments(spec: CaseSpec, inputs: dict) -> dict:

@@ -18,11 +18,16 @@ __all__ = ["main", "build_parser"]
 
 def _cmd_info(args) -> int:
     from ..acl.versions import version_summary_line
-    from .envinfo import auto_backend, environment, npu_status
+    from ..api import resolve_backend
+    from .envinfo import environment, npu_status
     from .output import STDOUT, write_json
 
     npu = npu_status(refresh=True)
-    auto, auto_error = auto_backend()
+    auto = auto_error = None
+    try:
+        auto = resolve_backend("auto")
+    except Exception as exc:
+        auto_error = f"{type(exc).__name__}: {exc}"
     env = environment(auto, "device", npu)
     if args.json:
         write_json({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
@@ -94,7 +99,6 @@ def _yes_no(features: dict, *keys) -> str:
     return "yes" if all(features[k] for k in keys) else "no"
 
 
-# --------------------------------------------------------------------------- demo
 # The checksums are rounded to this fraction of sum |x| (then to a power of ten): a BLAS build
 # with another fp32 summation order flips a few bf16 roundings, which moves the sums by about
 # 1e-6 of sum |x|; the digits printed stay the same.
@@ -102,15 +106,12 @@ CHECKSUM_RESOLUTION = 1e-5
 
 
 def _checksums(x: np.ndarray) -> tuple:
+    """(sum, sum |x|) in float64, then both as text rounded to the digits that do not depend
+    on the BLAS build."""
     x64 = x.astype(np.float64)
-    return float(x64.sum()), float(np.abs(x64).sum())
-
-
-def _stable_checksums(x: np.ndarray) -> tuple:
-    """(sum, sum |x|) as text, rounded to the digits that do not depend on the BLAS build."""
-    total, total_abs = _checksums(x)
+    total, total_abs = float(x64.sum()), float(np.abs(x64).sum())
     if not (math.isfinite(total) and math.isfinite(total_abs)) or total_abs == 0:
-        return f"{total:g}", f"{total_abs:g}"
+        return total, total_abs, f"{total:g}", f"{total_abs:g}"
     exponent = math.ceil(math.log10(total_abs * CHECKSUM_RESOLUTION))
     decimals = max(0, -exponent)
 
@@ -118,7 +119,7 @@ def _stable_checksums(x: np.ndarray) -> tuple:
         rounded = round(v / 10.0 ** exponent) * 10.0 ** exponent
         return f"{rounded + 0.0 if rounded else 0.0:.{decimals}f}"
 
-    return fmt(total), fmt(total_abs)
+    return total, total_abs, fmt(total), fmt(total_abs)
 
 
 def _cmd_demo(args) -> int:
@@ -141,15 +142,15 @@ def _cmd_demo(args) -> int:
     grads = flash_attention_unpadding_score_grad_v3(**inputs, backend=backend)
     t3 = time.perf_counter()
     ran = last_backend()
-    rows = [("attention_in", inputs["attention_in"]), ("softmax_max", inputs["softmax_max"]),
-            ("softmax_sum", inputs["softmax_sum"])] + list(grads._asdict().items())
+    rows = [(n, inputs[n]) for n in ("attention_in", "softmax_max", "softmax_sum")]
+    rows += list(grads._asdict().items())
     times = {"inputs": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "total": t3 - t0}
     from .envinfo import backend_label
     from .output import STDOUT, human_stream, write_json
     if args.json:
         tensors = {}
         for name, arr in rows:
-            (total, total_abs), (shown, shown_abs) = _checksums(arr), _stable_checksums(arr)
+            total, total_abs, shown, shown_abs = _checksums(arr)
             tensors[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "sum": total,
                              "sum_abs": total_abs, "sum_shown": shown, "sum_abs_shown": shown_abs}
         write_json({"schema": "aclnn_fag.demo/1", "requested": args.backend, "backend": ran,
@@ -169,7 +170,7 @@ def _cmd_demo(args) -> int:
     print(f"  {'tensor':<13s} {'shape':<16s} {'dtype':<9s} {'sum':>12s} {'sum |x|':>12s}"
           f"   (float64 sums, rounded to 1e-5 of sum |x|)", file=out)
     for name, arr in rows:
-        s, a = _stable_checksums(arr)
+        s, a = _checksums(arr)[2:]
         print(f"  {name:<13s} {str(list(arr.shape)):<16s} {str(arr.dtype):<9s} {s:>12s} {a:>12s}",
               file=out)
     print(f"time: inputs {times['inputs']:.4f} s, forward {times['forward']:.4f} s ({ran_fwd}), "
@@ -179,7 +180,6 @@ def _cmd_demo(args) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from . import bench, parity_cli
 

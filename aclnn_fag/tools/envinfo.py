@@ -1,10 +1,5 @@
-"""What this machine offers (docs/parity.md, "What every report records"): the NPU backend's
-status (``npu_status``, which never raises: ``aclnn-fag info`` and every report work without
-CANN), the reports' environment block with the versions a result depends on (the CANN version
-the runtime reports, :mod:`aclnn_fag.acl.versions`; the toolkit's install-info file and the
-driver's version.info, read without loading CANN; numpy's BLAS; the packages), and ``summary``
-of such a block, flat.
-"""
+"""What this machine offers: the NPU backend's status (never raises) and the reports'
+environment block (docs/parity.md, "What every report records")."""
 
 from __future__ import annotations
 
@@ -20,8 +15,8 @@ import numpy as np
 from .. import __version__
 from .output import json_safe
 
-__all__ = ["npu_status", "auto_backend", "environment", "backend_label", "toolkit_install_info",
-           "driver_version", "package_versions", "parse_key_values", "summary", "shorten"]
+__all__ = ["npu_status", "environment", "backend_label", "toolkit_install_info",
+           "driver_version", "parse_key_values", "summary", "shorten"]
 
 DEFAULT_ASCEND_ROOT = "/usr/local/Ascend"
 INSTALL_INFO_NAMES = ("ascend_toolkit_install.info", "version.info", "version.cfg")
@@ -29,8 +24,7 @@ SHORT_WIDTH = 48
 
 
 def backend_label(name, npu: dict = None) -> str:
-    """``name`` ("numpy"/"npu"), with " [STAND-IN stub libraries ...]" when the "npu" backend
-    is the stand-in libraries of native_stubs/ (so a stub run is never taken for a device run)."""
+    """``name``, marked " [STAND-IN stub libraries ...]" when "npu" is native_stubs/."""
     if name != "npu":
         return str(name)
     npu = npu if npu is not None else npu_status()
@@ -42,8 +36,7 @@ def backend_label(name, npu: dict = None) -> str:
 
 
 def npu_status(refresh: bool = False) -> dict:
-    """What ``acl.info()`` returns (libraries with paths or why not, search order, device
-    count, SoC name, features), plus ``ok`` and ``reason``. Never raises."""
+    """What ``acl.info()`` returns plus ``ok`` and ``reason``; never raises."""
     try:
         from .. import acl
     except Exception as exc:        # module missing or broken: report, never raise
@@ -67,27 +60,21 @@ def npu_status(refresh: bool = False) -> dict:
     return out
 
 
-def auto_backend() -> tuple:
-    """(name, None) of the backend "auto" picks, or (None, reason) when resolving fails."""
-    from ..api import resolve_backend
-    try:
-        return resolve_backend("auto"), None
-    except Exception as exc:
-        return None, f"{type(exc).__name__}: {exc}"
-
-
 def environment(backend: str = None, precision: str = None, npu: dict = None) -> dict:
     """The environment block of the JSON reports."""
     from .. import blas
     npu = npu if npu is not None else npu_status()
     libs = npu.get("libraries") if isinstance(npu.get("libraries"), dict) else {}
+    packages = {"aclnn_fag": __version__, "numpy": np.__version__,
+                "ml_dtypes": getattr(ml_dtypes, "__version__", "unknown"),
+                "python": sys.version.split()[0]}
     return {
         "package_version": __version__,
-        "python": sys.version.split()[0],
+        "python": packages["python"],
         "platform": platform.platform(),
         "machine": platform.machine(),
         "numpy_version": np.__version__,
-        "ml_dtypes_version": getattr(ml_dtypes, "__version__", "unknown"),
+        "ml_dtypes_version": packages["ml_dtypes"],
         "cpu_count": os.cpu_count(),
         "backend": backend,
         "precision": precision,
@@ -104,7 +91,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
                      "toolkit_install": toolkit_install_info(
                          library_paths=[p for p in libs.values() if isinstance(p, str)]),
                      "driver": driver_version(), "blas": blas.blas_info(),
-                     "packages": package_versions()},
+                     "packages": packages},
         "cann_rules": _rules_block(backend, npu),
         "env": {k: v for k, v in os.environ.items()
                 if k.startswith(("ACLNN_FAG_", "ASCEND_", "ACL_STUB_"))
@@ -113,8 +100,7 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
 
 
 def _rules_block(backend, npu: dict) -> dict:
-    """Which CANN release's rules the backend under test follows (docs/releases.md): on the
-    NPU the one read from the runtime, on NumPy ``$ACLNN_FAG_CANN_RELEASE`` or the newest."""
+    """The CANN release whose rules the backend follows (docs/releases.md)."""
     from .. import releases
     if backend == "npu":
         v = npu.get("versions") or {}
@@ -142,8 +128,7 @@ def parse_key_values(text: str) -> Dict[str, str]:
 
 
 def _first_readable(paths) -> dict:
-    """``{"path", "version", "fields"}`` of the first file of ``paths`` that can be read, or
-    ``{"path": None, "version": None, "searched": [...]}``."""
+    """path, version and fields of the first readable file of ``paths`` (else where it looked)."""
     searched = []
     for path in dict.fromkeys(paths):
         searched.append(str(path))
@@ -164,8 +149,7 @@ def _env_roots(environ: Mapping[str, str]) -> list:
 
 
 def toolkit_install_info(environ: Optional[Mapping[str, str]] = None, library_paths=()) -> dict:
-    """The CANN toolkit's install-info file, looked for around ``$ASCEND_HOME_PATH``,
-    ``$ASCEND_TOOLKIT_HOME`` and the loaded libraries (most specific first)."""
+    """The toolkit's install-info file near $ASCEND_HOME_PATH, $ASCEND_TOOLKIT_HOME, the libs."""
     roots = _env_roots(os.environ if environ is None else environ)
     roots += [pathlib.Path(p).resolve().parent.parent for p in library_paths or ()
               if isinstance(p, str) and os.path.isabs(p)]            # .../lib64/lib.so -> root
@@ -177,18 +161,11 @@ def toolkit_install_info(environ: Optional[Mapping[str, str]] = None, library_pa
 
 
 def driver_version(environ: Optional[Mapping[str, str]] = None) -> dict:
-    """The driver's ``<Ascend root>/driver/version.info``: the root is a parent of
-    ``$ASCEND_HOME_PATH`` (or ``$ASCEND_TOOLKIT_HOME``), else /usr/local/Ascend."""
+    """The driver's ``<Ascend root>/driver/version.info``."""
     roots = [parent for p in _env_roots(os.environ if environ is None else environ)
              for parent in [p] + list(p.parents)[:4]]
     return _first_readable([r / "driver" / "version.info" for r in roots]
                            + [pathlib.Path(DEFAULT_ASCEND_ROOT) / "driver" / "version.info"])
-
-
-def package_versions() -> dict:
-    return {"aclnn_fag": __version__, "numpy": np.__version__,
-            "ml_dtypes": getattr(ml_dtypes, "__version__", "unknown"),
-            "python": sys.version.split()[0]}
 
 
 def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
@@ -222,9 +199,7 @@ def summary(env: Optional[dict]) -> Dict[str, Optional[str]]:
 
 
 def shorten(value, width: int = SHORT_WIDTH) -> str:
-    """A version-table value in at most ``width`` characters (the full one belongs in JSON):
-    ``not loaded: <a; b; c>`` becomes ``not loaded (3 places tried)``, an absolute path keeps
-    its last parts (``.../lib64/libopapi.so``), anything else loses its middle."""
+    """A version-table value in at most ``width`` characters (paths keep their tail)."""
     text = "-" if value is None else " ".join(str(value).split())
     if len(text) <= width:
         return text

@@ -1,11 +1,6 @@
-"""Where an output's error sits: per-(batch, head), per-token and histogram summaries, one
-per judged output in the JSON report (``cases[i].outputs[name].error_summary``; the layout:
-docs/parity.md, "5. Look at it"), so that the HTML pages draw their pictures from the JSON
-alone. Values are rounded to 3 significant digits (the verdict uses the exact figures).
-``y``/``g``/``ref``: the output under test, the fp64 golden, the NumPy device-precision
-reference. Statistics (device layout) are read token-major first; their invalid lines compare
-as equal when both hold the same FLT_MAX value.
-"""
+"""Where an output's error sits: per-(batch, head), per-token and histogram summaries in the
+JSON report, from which the HTML pages draw (docs/parity.md, "5. Look at it"); rounded to 3
+significant digits (the verdict uses the exact figures)."""
 
 from __future__ import annotations
 
@@ -34,8 +29,7 @@ def _r3(x: float):
 
 
 def _per_token_head(y: np.ndarray, g: np.ndarray):
-    """max over the trailing dims of |y - g| as [T, N] float64 (non-finite y: inf), and the
-    histogram counts of log10 |y - g|."""
+    """max |y - g| over the trailing dims as [T, N] (non-finite: inf), and the log10 histogram."""
     t, n = g.shape[0], g.shape[1]
     per = np.zeros((t, n), np.float64)
     counts = np.zeros(HIST_BINS, np.int64)
@@ -91,7 +85,7 @@ def _tokens(per: np.ndarray, width: int) -> list:
 
 def summarise(output, golden, reference, ends, token_axis: str = "query",
               stats: bool = False) -> dict:
-    """The summary of one output (see the module docstring). ``ends``: the cumulative ends
+    """The summary of one output (y, golden, reference). ``ends``: the cumulative ends
     its rows follow (``actual_seq_qlen`` for query-side outputs, ``actual_seq_kvlen`` for
     dk/dk_rope/dv). ``stats``: the output is softmax statistics in the device layout."""
     y, g, r = (np.asarray(a) for a in (output, golden, reference))
@@ -111,11 +105,10 @@ def summarise(output, golden, reference, ends, token_axis: str = "query",
     out = {"format": FORMAT, "tokens": t, "heads": n, "token_axis": token_axis,
            "batch_ends": ends, "token_bin": width,
            "token_max_abs": _tokens(per_y, width), "token_ref_max_abs": _tokens(per_r, width),
-           "hist": {"log10_lo": HIST_LO, "log10_step": HIST_STEP, "bins": HIST_BINS,
-                    "backend": h_y.tolist(), "reference": h_r.tolist(),
-                    "backend_zero": z_y, "reference_zero": z_r,
-                    "backend_under": u_y, "reference_under": u_r,
-                    "backend_over": o_y, "reference_over": o_r}}
+           "hist": {"log10_lo": HIST_LO, "log10_step": HIST_STEP, "bins": HIST_BINS}}
+    for suffix, y_value, r_value in (("", h_y.tolist(), h_r.tolist()), ("_zero", z_y, z_r),
+                                     ("_under", u_y, u_r), ("_over", o_y, o_r)):
+        out["hist"].update({"backend" + suffix: y_value, "reference" + suffix: r_value})
     if len(ends) * n <= MAX_BH_CELLS:
         out["bh_max_abs"] = _bh(per_y, ends)
         out["bh_ref_max_abs"] = _bh(per_r, ends)
@@ -125,9 +118,8 @@ def summarise(output, golden, reference, ends, token_axis: str = "query",
 
 
 def attach(outputs: Mapping[str, dict], result, golden, reference, inputs: Mapping) -> None:
-    """Add ``error_summary`` to each judged output of ``outputs`` (name -> judge dict) whose
-    shapes agree; ``result``/``golden``/``reference``: name -> array. A summary that cannot be
-    made records ``error_summary_error`` instead (the verdict never depends on it)."""
+    """Add ``error_summary`` to each judged output whose shapes agree (``error_summary_error``
+    when it cannot be made: the verdict never depends on it)."""
     for name, judged in outputs.items():
         if judged.get("problem", "").startswith("shape"):
             continue

@@ -1,7 +1,5 @@
-"""Parity reports and comparisons as one self-contained HTML page (docs/parity.md, "5. Look at
-it"), from the JSON report alone: pictures as base64 PNG (:mod:`aclnn_fag.tools.report_plots`),
-no network. A report without error summaries (an older run) renders without pictures and with
-a notice, which :func:`render_report` returns so that the CLI exits 2."""
+"""Parity reports and comparisons as one self-contained HTML page from the JSON report alone
+(docs/parity.md, "5. Look at it"); a report without error summaries renders without pictures."""
 
 from __future__ import annotations
 
@@ -35,8 +33,7 @@ class HtmlError(ValueError):
 
 
 def prepare(path) -> None:
-    """Raise HtmlError unless ``--html path`` can be honoured, checked before any work: a file
-    can be created at ``path`` (a real write test) and matplotlib can be imported."""
+    """Raise HtmlError unless ``--html path`` can be written and matplotlib imported."""
     if path is None or str(path) == STDOUT or not str(path).strip():
         raise HtmlError(f"--html takes a file name, got {path!r}")
     full = os.path.abspath(os.fspath(path))

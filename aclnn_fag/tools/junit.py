@@ -1,7 +1,5 @@
-"""JUnit XML for ``aclnn-fag parity --junit FILE`` (and ``report --junit``): one
-``<testsuite name="aclnn_fag.tools.parity">`` with the environment as ``<properties>``, one
-``<testcase>`` per case: a PASS holds the worst output's figures in ``<system-out>``, a FAIL a
-``<failure type="ParityFailure">``, an ERROR an ``<error>`` with the traceback."""
+"""JUnit XML for ``aclnn-fag parity --junit FILE`` (and ``report --junit``): one testcase per
+case, a FAIL as ``<failure>``, an ERROR as ``<error>``."""
 
 from __future__ import annotations
 
@@ -24,8 +22,7 @@ def worst_output(case: dict):
 
 
 def output_figures(name: str, o: dict) -> str:
-    """``dk_rope: max_abs_err 1.2e-02 (bound 8.0e-03 = 2 x ref 4.0e-03 + floor; FAIL), share>rtol
-    3.1e-03 (limit 1.0e-03; FAIL)``."""
+    """``dk_rope: max_abs_err ... (bound ...; FAIL), share>rtol ... (limit ...; FAIL)``."""
     if o.get("problem") and "max_abs_err" not in o:
         return f"{name}: {o['problem']}"
 

@@ -95,8 +95,7 @@ def write_json(data, dest) -> None:
 
 
 def emit_report(args, text: str, report: dict, goals_met: bool) -> int:
-    """Print a suite's table (stderr when the JSON goes to stdout), write ``--json``, and
-    return the exit status (1 when ``--check`` and a goal was missed)."""
+    """Print the table, write ``--json``; 1 when ``--check`` and a goal was missed, else 0."""
     stream = human_stream(args.json)
     print(text, file=stream)
     if args.json:

@@ -1,11 +1,5 @@
-"""``aclnn-fag parity``: run a case suite on a backend and judge every output (docs/parity.md;
-``--op`` forward and roundtrip: docs/forward.md, "Parity of the forward and of the round trip").
-Per case three runs get identical inputs: the **golden** (NumPy, fp64), the **reference**
-(NumPy, device precision; criterion 1's yardstick) and the backend under test, whose outputs
-:func:`accuracy.judge` judges. The statistics' invalid lines (rows that keep no key) must
-match exactly. The NumPy backend in device precision *is* the reference (computed once: a
-self-check). Any exception but KeyboardInterrupt makes a case an ERROR; the run goes on.
-"""
+"""``aclnn-fag parity``: run a case suite on a backend and judge every output against the fp64
+golden and the NumPy device-precision reference (docs/parity.md; ``--op``: docs/forward.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +12,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 
 from . import accuracy, cases as cases_mod, error_summary
-from ..api import flash_attention_forward, flash_attention_unpadding_score_grad_v3, resolve_backend
+from ..api import flash_attention_unpadding_score_grad_v3, resolve_backend
 from ..call import FagForward, FagGrads
 from ..constants import FLT_MAX
 from .envinfo import backend_label, environment
@@ -38,9 +32,8 @@ SELF_CHECK_NOTE = ("SELF-CHECK: the backend under test is the NumPy reference it
 
 
 def make_backend_fn(backend: str = "auto", precision: str = "device") -> BackendFn:
-    """The backend under test as a function of the backward's keyword arguments, carrying
-    ``backend_name`` and ``precision``. Raises BackendUnavailableError (or ValueError) when
-    ``backend`` cannot run here."""
+    """The backend under test (the backward's keyword arguments -> FagGrads), carrying
+    ``backend_name`` and ``precision``; raises when ``backend`` cannot run here."""
     name = resolve_backend(backend, precision)
 
     def run(**kwargs) -> FagGrads:
@@ -51,6 +44,15 @@ def make_backend_fn(backend: str = "auto", precision: str = "device") -> Backend
     return run
 
 
+def under_test(backend_fn, backend: str, precision: str) -> tuple:
+    """(``backend_fn`` or ``make_backend_fn(backend, precision)``, its name); the function is
+    None for the NumPy backend in device precision: it *is* the reference (a self-check)."""
+    if backend_fn is not None:
+        return backend_fn, getattr(backend_fn, "backend_name", "custom")
+    fn = make_backend_fn(backend, precision)
+    return (None if fn.backend_name == "numpy" and precision == "device" else fn), fn.backend_name
+
+
 def golden_grads(**kwargs) -> FagGrads:
     return flash_attention_unpadding_score_grad_v3(**kwargs, backend="numpy", precision="fp64")
 
@@ -59,37 +61,20 @@ def reference_grads(**kwargs) -> FagGrads:
     return flash_attention_unpadding_score_grad_v3(**kwargs, backend="numpy", precision="device")
 
 
-def _forward(inputs: dict, backend: str, precision: str) -> FagForward:
-    return flash_attention_forward(**cases_mod.forward_arguments(inputs), backend=backend,
-                                   precision=precision)
-
-
-def _with_stats(inputs: dict, fwd: FagForward) -> dict:
-    """The backward's inputs from a forward's results: float32 statistics, attention_in in the
-    query's dtype (an fp32/fp64 NumPy forward under test is rounded to the op's types)."""
-    return dict(inputs, attention_in=np.asarray(fwd.attention_out).astype(inputs["query"].dtype,
-                                                                          copy=False),
-                softmax_max=np.asarray(fwd.softmax_max, np.float32),
-                softmax_sum=np.asarray(fwd.softmax_sum, np.float32))
-
-
-def _untimed(label, fn, /, *args, **kwargs):
-    return fn(*args, **kwargs)
-
-
-def _backend_outputs(op: str, inputs: dict, ref_fwd, backend_fn, timed=_untimed,
+def _backend_outputs(op: str, inputs: dict, ref_fwd, backend_fn, timed=None,
                      stage=lambda what: None) -> dict:
-    """The outputs of ``op`` from the backend under test (not None)."""
+    """The outputs of ``op`` from the backend under test (not None); ``timed`` records times."""
+    timed = timed or (lambda label, fn, /, *args, **kwargs: fn(*args, **kwargs))
     name = getattr(backend_fn, "backend_name", None) or "custom"
     out, fwd = {}, ref_fwd
     if op != "backward":
         stage(f"forward ({name})")
-        fwd = timed("backend_forward_s", _forward, inputs, name,
+        fwd = timed("backend_forward_s", cases_mod.forward, inputs, name,
                     getattr(backend_fn, "precision", "device"))
         out.update(fwd._asdict())
     if op != "forward":
         stage(f"backend ({name})" if op == "backward" else f"backward ({name}) on its own forward")
-        out.update(timed("backend_s", backend_fn, **_with_stats(inputs, fwd))._asdict())
+        out.update(timed("backend_s", backend_fn, **cases_mod.with_stats(inputs, fwd))._asdict())
     return out
 
 
@@ -159,8 +144,7 @@ def _bits(a) -> bytes:
 
 
 def _repeat_check(first: dict, again: Callable[[], dict], runs: int) -> dict:
-    """Run the backend ``runs - 1`` more times on the same inputs: which outputs ever differed
-    from the first run in any bit (``parity --repeat``)."""
+    """Run the backend ``runs - 1`` more times: which outputs ever differed in any bit."""
     ref = {n: _bits(v) for n, v in first.items() if v is not None}
     differing: dict = {}
     for _ in range(runs - 1):
@@ -172,10 +156,8 @@ def _repeat_check(first: dict, again: Callable[[], dict], runs: int) -> dict:
 
 def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_K,
              progress: Optional[_Progress] = None, op: str = "backward", repeat: int = 1) -> dict:
-    """Run and judge one case. ``backend_fn=None`` means the NumPy device-precision backend
-    (its result is the reference, computed once); for ``op`` forward/roundtrip only its
-    ``backend_name``/``precision`` are read. ``repeat`` > 1 runs the backend that many times
-    and records in ``entry["repeat"]`` whether its outputs were bit-identical."""
+    """Run and judge one case. ``backend_fn=None``: the NumPy reference itself (computed once);
+    ``repeat`` > 1: ``entry["repeat"]`` says whether the backend's outputs were bit-identical."""
     entry = {"name": spec.name, "tags": list(spec.tags), "note": spec.note, "verdict": "ERROR",
              "error": None, "backend": getattr(backend_fn, "backend_name", None) or
              ("numpy" if backend_fn is None else "custom"), "timings": {}, "warnings": [],
@@ -196,14 +178,15 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
             inputs = timed("inputs_s", cases_mod.make_inputs, spec)
             entry.update(cases_mod.case_arguments(spec, inputs))
             stage("forward (numpy, device)")
-            ref_fwd = timed("forward_s", _forward, inputs, "numpy", "device")
+            ref_fwd = timed("forward_s", cases_mod.forward, inputs, "numpy", "device")
             golden, reference = {}, {}
             if op != "backward":
                 stage("forward golden (numpy, fp64)")
-                golden.update(timed("forward_golden_s", _forward, inputs, "numpy", "fp64")._asdict())
+                golden.update(timed("forward_golden_s", cases_mod.forward, inputs, "numpy",
+                                    "fp64")._asdict())
                 reference.update(ref_fwd._asdict())
             if op != "forward":
-                bwd_inputs = _with_stats(inputs, ref_fwd)
+                bwd_inputs = cases_mod.with_stats(inputs, ref_fwd)
                 stage("golden (numpy, fp64)")
                 golden.update(timed("golden_s", golden_grads, **bwd_inputs)._asdict())
                 stage("reference (numpy, device)")
@@ -241,20 +224,11 @@ def run_case(spec, backend_fn: Optional[BackendFn], k: float = accuracy.DEFAULT_
 def run_suite(specs, backend: str = "auto", precision: str = "device", k: float = accuracy.DEFAULT_K,
               backend_fn: Optional[BackendFn] = None, progress=None, suite=None,
               selection: Optional[dict] = None, op: str = "backward", repeat: int = 1) -> dict:
-    """Run ``specs`` (CaseSpec list) and return the report dict. The backend under test is
-    ``backend_fn`` when given (the backward's keyword arguments -> FagGrads; its
-    ``backend_name`` is reported), else ``make_backend_fn(backend, precision)``.
-    ``progress``: a stream for progress lines, or None."""
+    """Run ``specs`` (CaseSpec list) on ``under_test(backend_fn, backend, precision)``; the
+    report dict. ``progress``: a stream for progress lines, or None."""
     started = datetime.datetime.now(datetime.timezone.utc)
     t0 = time.perf_counter()
-    if backend_fn is None:
-        fn = make_backend_fn(backend, precision)
-        backend_name = fn.backend_name
-        if backend_name == "numpy" and precision == "device":
-            fn = None                                      # identical to the reference
-    else:
-        fn = backend_fn
-        backend_name = getattr(backend_fn, "backend_name", "custom")
+    fn, backend_name = under_test(backend_fn, backend, precision)
     specs = list(specs)
     bar = _Progress(progress, len(specs)) if progress else None
     results = []
@@ -278,7 +252,6 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
                     "outputs_judged": sum(len(r["outputs"]) for r in results)},
         "backend": backend_name, "op": op, "repeat": repeat, "outputs": list(OUTPUTS_BY_OP[op]),
         "precision": precision,
-        # the NumPy backend in device precision *is* the reference: a self-check, not a device
         "self_check": backend_name == "numpy" and precision == "device",
         "criteria": accuracy.criteria_description(k),
         "environment": environment(backend_name, precision),
@@ -292,8 +265,7 @@ def run_suite(specs, backend: str = "auto", precision: str = "device", k: float 
 
 
 def format_table(report: dict, verbose: bool = False) -> str:
-    """A text table: one row per case (worst output), or per output with ``verbose``;
-    the outputs of failing cases are always listed."""
+    """A text table: a row per case (worst output) or per output; failing outputs always."""
     head = (f"{'case':<32s} {'output':<13s} {'max_abs_err':>11s} {'ref_err':>9s} {'ratio':>6s} "
             f"{'share>rtol':>10s} {'ref_share':>9s} {'time_s':>7s} verdict")
     lines = [head, "-" * len(head)]

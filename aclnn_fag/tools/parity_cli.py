@@ -1,7 +1,5 @@
 """The ``aclnn-fag parity`` and ``aclnn-fag report`` commands (docs/parity.md): the options,
-the case selection and the report side (``--json``/``--report``, ``--junit``, ``--compare``,
-``--html``, ``--backend-module``, ``--repro``). Running and judging the cases is
-:mod:`aclnn_fag.tools.parity`'s job, the pages :mod:`aclnn_fag.tools.html_report`'s."""
+the case selection and the report side; running the cases is :mod:`aclnn_fag.tools.parity`'s."""
 
 from __future__ import annotations
 
@@ -40,7 +38,8 @@ def prepare_html(args, prog: str) -> int:
     return 0
 
 
-def _write(page_and_notices, dest, prog: str, stream) -> int:
+def _write_page(page_and_notices, dest, prog: str, stream) -> int:
+    """Write an HTML page: 0, or 2 (cannot write, or the page lacks pictures)."""
     page, notices = page_and_notices
     try:
         write_text(page, dest)          # whole or not at all
@@ -51,13 +50,6 @@ def _write(page_and_notices, dest, prog: str, stream) -> int:
     for notice in notices:
         print(f"{prog}: {notice}", file=sys.stderr)
     return 2 if notices else 0
-
-
-def write_run_page(report: dict, dest, prog: str = "aclnn-fag parity", source: str = "",
-                   stream=None) -> int:
-    """Render ``report`` to ``dest``: 0, or 2 (cannot write, or the page lacks pictures)."""
-    from .html_report import render_report
-    return _write(render_report(report, source=source, html_path=dest), dest, prog, stream)
 
 
 def add_report_command(sub) -> None:
@@ -100,17 +92,11 @@ def cmd_report(args) -> int:
         except (KeyError, TypeError) as exc:
             print(f"{prog}: {args.report_json}: the report lacks {exc} for its table", file=sys.stderr)
             return 2
-    _write_junit(report, args.junit, text)
-    status = 0 if report.get("ok") else 1
-    if args.html:
-        status = write_run_page(report, args.html, prog, source=f"report {args.report_json}",
-                                stream=text) or status
-    return status
+    return _junit_and_page(report, args, text, f"report {args.report_json}", prog)
 
 
 def run_compare(old_path, new_path, factor=None, json_dest=None, html_dest=None) -> int:
-    """Print the comparison; exit status 0 (no regression), 1 (NEW regressed), 2 (bad input;
-    also when ``html_dest``'s page lacks pictures because NEW has no error summaries)."""
+    """Print the comparison; exit status 0, 1 (NEW regressed) or 2 (bad input, no pictures)."""
     try:
         old, new = report_compare.load_report(old_path), report_compare.load_report(new_path)
         cmp = report_compare.compare_reports(old, new, report_compare.FACTOR if factor is None
@@ -127,7 +113,7 @@ def run_compare(old_path, new_path, factor=None, json_dest=None, html_dest=None)
     if html_dest:
         from .html_report import render_compare
         page = render_compare(old, new, cmp, str(old_path), str(new_path), html_path=html_dest)
-        if _write(page, html_dest, "aclnn-fag parity --compare", text):
+        if _write_page(page, html_dest, "aclnn-fag parity --compare", text):
             return 2
     return 1 if cmp["regressed"] else 0
 
@@ -199,8 +185,7 @@ def _usage_problem(args):
 
 
 def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
-    """The reproducers of the failing cases (and of the cases whose backend call raised on
-    arguments the validator accepts), recorded in the report."""
+    """The reproducers of the failing cases (and backend errors), recorded in the report."""
     from . import repro
     failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
     written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
@@ -217,12 +202,19 @@ def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
         by_dir[os.path.basename(w)]: w for w in written if os.path.basename(w) in by_dir}}
 
 
-def _write_junit(report: dict, dest, text) -> None:
-    if dest:
+def _junit_and_page(report: dict, args, text, source: str, prog: str) -> int:
+    """Write ``--junit`` and ``--html`` of ``report``; the exit status."""
+    if args.junit:
         from .junit import junit_xml
-        write_text(junit_xml(report), dest)
-        if dest != STDOUT:
-            print(f"junit: {dest}", file=text)
+        write_text(junit_xml(report), args.junit)
+        if args.junit != STDOUT:
+            print(f"junit: {args.junit}", file=text)
+    status = 0 if report.get("ok") else 1
+    if getattr(args, "html", None):
+        from .html_report import render_report
+        page = render_report(report, source=source, html_path=args.html)
+        status = _write_page(page, args.html, prog, text) or status
+    return status
 
 
 def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
@@ -236,23 +228,8 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
         write_json(report, json_dest)
         if json_dest != STDOUT:
             print(f"report: {json_dest}", file=text)
-    _write_junit(report, args.junit, text)
-    status = 0 if report["ok"] else 1
-    if getattr(args, "html", None):
-        source = f"report {json_dest}" if json_dest and json_dest != STDOUT else "this run"
-        status = write_run_page(report, args.html, source=source, stream=text) or status
-    return status
-
-
-def _load_backend_fn(args):
-    """(backend_fn or None, error text or None) for ``--backend-module``."""
-    if not getattr(args, "backend_module", None):
-        return None, None
-    from .backend_module import BackendModuleError, load_backend
-    try:
-        return load_backend(args.backend_module), None
-    except BackendModuleError as exc:
-        return None, str(exc)
+    source = f"report {json_dest}" if json_dest and json_dest != STDOUT else "this run"
+    return _junit_and_page(report, args, text, source, "aclnn-fag parity")
 
 
 def _fail(problem: str) -> int:
@@ -270,8 +247,14 @@ def main(args) -> int:
     if args.compare:
         return run_compare(args.compare[0], args.compare[1], factor=args.factor,
                            json_dest=args.json, html_dest=getattr(args, "html", None))
-    backend_fn, problem = _load_backend_fn(args)
-    if not problem and args.op != "backward" and (backend_fn is not None or args.repro):
+    backend_fn = None
+    if getattr(args, "backend_module", None):
+        from .backend_module import BackendModuleError, load_backend
+        try:
+            backend_fn = load_backend(args.backend_module)
+        except BackendModuleError as exc:
+            return _fail(str(exc))
+    if args.op != "backward" and (backend_fn is not None or args.repro):
         problem = f"--op {args.op} judges the package's own forward: it does not go with " + (
             "--backend-module" if backend_fn is not None else "--repro")
     if problem:

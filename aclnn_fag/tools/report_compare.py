@@ -1,11 +1,5 @@
-"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports
-(docs/parity.md, "2. Compare", gives the rules). Cases are matched by name. A **regression**
-(exit status 1): PASS -> FAIL/ERROR or FAIL -> ERROR, or an output whose ``max_abs_err`` grew
-by more than ``FACTOR`` above the noise floor (the reference's own error) or whose share above
-rtol grew by more than ``FACTOR`` above a tenth of the share limit, also in a case that still
-passes or fails on both sides. Exit status 2: a file that cannot be read as a parity report
-(``check_report`` names the case and the field; a case name twice is an error too).
-"""
+"""``aclnn-fag parity --compare OLD.json NEW.json``: what changed between two parity reports,
+case by case (docs/parity.md, "2. Compare", gives the rules of a regression)."""
 
 from __future__ import annotations
 
@@ -65,11 +59,8 @@ def _object_or_null(value, what: str, label: str) -> None:
 
 
 def check_report(data: dict, label: str) -> None:
-    """Raise ReportError naming the first field the comparison cannot read: ``cases`` a list
-    of objects with a non-empty string ``name`` (each name once), a ``verdict`` PASS/FAIL/ERROR,
-    ``outputs`` an object of objects whose figures are numbers, strings ("nan") or null;
-    ``environment`` (and its ``versions`` and the entries the version summary reads) and
-    ``criteria`` (and its ``flash_attention``) objects or null."""
+    """Raise ReportError naming the first field the comparison (or a page, or the version
+    summary) cannot read."""
     cases = data.get("cases")
     if not isinstance(cases, list):
         raise ReportError(f"{label}: no 'cases' list")
@@ -150,8 +141,7 @@ def _ratio(new, old) -> str:
 
 
 def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
-    """The comparison as data: ``cases`` (one entry per case name, OLD's order then NEW-only),
-    ``summary`` and ``regressed``."""
+    """The comparison as data: ``cases`` (OLD's order, then NEW-only), ``summary``, ``regressed``"""
     if not factor > 1:
         raise ValueError("factor must be > 1")
     check_report(old, "OLD")
@@ -173,14 +163,9 @@ def compare_reports(old: dict, new: dict, factor: float = FACTOR) -> dict:
         if not comparable:
             row["notes"].append("arguments differ (verdicts compared only)")
         vo, vn = row["old"], row["new"]
-        if vo == "PASS" and vn != "PASS":
-            row.update(status=f"pass->{vn.lower()}", regression=True)
-        elif vo == "FAIL" and vn == "ERROR":
-            row.update(status="fail->error", regression=True)
-        elif vo != "PASS" and vn == "PASS":
-            row["status"] = f"{vo.lower()}->pass"
-        elif vo == "ERROR" and vn == "FAIL":
-            row["status"] = "error->fail"
+        if vo != vn:            # PASS -> FAIL/ERROR and FAIL -> ERROR regress
+            row.update(status=f"{vo.lower()}->{vn.lower()}",
+                       regression=vo == "PASS" or (vo, vn) == ("FAIL", "ERROR"))
         elif vo != "PASS":
             row["status"] = f"still {vn.lower()}"
         if comparable:

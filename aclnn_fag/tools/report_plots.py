@@ -1,9 +1,5 @@
-"""The pictures of a parity HTML page (:mod:`aclnn_fag.tools.html_report`), drawn with
-matplotlib (the optional extra ``[report]``; nothing else imports this module) from a report's
-error summaries (:mod:`aclnn_fag.tools.error_summary`) alone, with ``Figure`` and the Agg
-canvas (no pyplot state), as PNG bytes: per output the heat map of max |y - golden| per
-(batch, head), the error along the token positions beside the reference's (and OLD's in a
-comparison), and the histograms of |backend - golden| and |reference - golden|."""
+"""The pictures of a parity HTML page as PNG bytes, drawn with matplotlib's ``Figure`` (no
+pyplot state) from a report's error summaries alone; only html_report imports this module."""
 
 from __future__ import annotations
 
@@ -101,13 +97,15 @@ def heatmaps(outputs: Dict[str, dict]) -> Optional[bytes]:
         ax.set_title(f"{name}: max |y-g|", fontsize=9)
         ax.set_xlabel("head", fontsize=8)
         ax.set_ylabel("batch", fontsize=8)
-        ax.set_xticks(range(grid.shape[1]) if grid.shape[1] <= 16 else
-                      np.linspace(0, grid.shape[1] - 1, 8, dtype=int))
-        ax.set_yticks(range(grid.shape[0]) if grid.shape[0] <= 16 else
-                      np.linspace(0, grid.shape[0] - 1, 8, dtype=int))
+        ax.set_xticks(_ticks(grid.shape[1]))
+        ax.set_yticks(_ticks(grid.shape[0]))
         ax.tick_params(labelsize=7)
         fig.colorbar(image, ax=ax, shrink=0.9).ax.tick_params(labelsize=7)
     return _png(fig)
+
+
+def _ticks(n: int):
+    return range(n) if n <= 16 else np.linspace(0, n - 1, 8, dtype=int)
 
 
 def _cmap():
@@ -186,15 +184,14 @@ def histograms(outputs: Dict[str, dict]) -> Optional[bytes]:
         lo, step, bins = float(h["log10_lo"]), float(h["log10_step"]), int(h["bins"])
         edges = lo + step * np.arange(bins + 1)
         ax = fig.add_subplot(rows, cols, i)
-        for key, colour, label in (("reference", _REFERENCE, "|ref-g|"),
-                                   ("backend", _BACKEND, "|backend-g|")):
+        # the reference filled underneath, the backend's outline on top
+        for key, label, style in (("reference", "|ref-g|", dict(fill=True, alpha=0.45)),
+                                  ("backend", "|backend-g|", dict(linewidth=1.2))):
             counts = np.array(h.get(key) or [0] * bins, float)
             extra = f", {h.get(key + '_zero', 0)} exact" if h.get(key + "_zero") else ""
             extra += f", {h.get(key + '_over', 0)} >=1e{edges[-1]:g}" if h.get(key + "_over") else ""
-            if key == "reference":             # filled underneath, the backend's outline on top
-                ax.stairs(counts, edges, color=colour, fill=True, alpha=0.45, label=label + extra)
-            else:
-                ax.stairs(counts, edges, color=colour, linewidth=1.2, label=label + extra)
+            ax.stairs(counts, edges, color=_REFERENCE if key == "reference" else _BACKEND,
+                      label=label + extra, **style)
         bound = _bound(o)
         if bound:
             ax.axvline(math.log10(bound), color=_BOUND, linestyle="--", linewidth=1)

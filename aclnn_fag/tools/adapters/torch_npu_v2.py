@@ -1,15 +1,7 @@
-"""torch_npu's ``npu_fusion_attention_grad_v2`` behind the public call's signature:
-
-    aclnn-fag parity --backend-module aclnn_fag.tools.adapters.torch_npu_v2:backward
-
-torch_npu calls the same op (``aclnnFlashAttentionUnpaddingScoreGradV3`` with the rope inputs
-in layout TND), so this judges torch_npu's path (its argument marshaling, its CANN) by the
-same suite and criteria. ``backward`` maps every argument (the mask as torch.bool,
-``deterministic`` as torch.use_deterministic_algorithms for the call) and returns torch_npu's
-``(dq, dk, dv, dpse, dq_rope, dk_rope)`` as numpy ``(dq, dq_rope, dk, dk_rope, dv)``. torch and
-torch_npu are imported on the first call; tensors go to ``DEVICE`` (``npu:$ACLNN_FAG_DEVICE``,
-default ``npu:0``).
-"""
+"""torch_npu's ``npu_fusion_attention_grad_v2`` (the same C op) behind the public call's
+signature, tensors on ``DEVICE`` (``npu:$ACLNN_FAG_DEVICE``, default ``npu:0``):
+``aclnn-fag parity --backend-module aclnn_fag.tools.adapters.torch_npu_v2:backward``
+(docs/parity.md, "Judging another implementation")."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer per failing case.
-
-Each failing case is shrunk (:mod:`.shrink`; ``--no-shrink`` keeps it) and ``DIR/<case>/``
-gets ``inputs/*.bin`` (exactly as the binding passes them), ``golden/*.bin`` (the fp64 golden
-as float32), ``repro.c`` (:mod:`.csource`), ``build.sh``, ``README.md`` and ``case.json``
-(docs/parity.md, "4. Reproduce"). The arguments are the ``FagCall`` of
-``aclnn_fag.rules.validate_backward``, the one ``aclnn_fag.acl.run_backward`` passes on.
-"""
+"""``aclnn-fag parity ... --repro DIR``: a standalone C reproducer per failing case, shrunk
+first unless ``--no-shrink`` (docs/parity.md, "4. Reproduce")."""
 
 from __future__ import annotations
 
@@ -41,8 +35,7 @@ def case_directory_name(name: str) -> str:
 
 
 def target_problem(path) -> Optional[str]:
-    """Why ``path`` cannot become the reproducers' directory, or None: it exists and is not a
-    directory, it is a symbolic link to nothing, or one of its parents is not a directory."""
+    """Why ``path`` cannot become the reproducers' directory, or None."""
     p = pathlib.Path(path)
     for q in [p, *p.parents]:
         what = f"{q}" if q == p else f"its parent {q}"
@@ -56,9 +49,8 @@ def target_problem(path) -> Optional[str]:
 
 
 def backend_under_test(backend_fn, backend_name=None) -> tuple:
-    """(name, whether it is aclnn_fag's own call of the C op) of the backend a case failed on.
-    Only the package's "npu" backend runs the C op as repro.c does; a --backend-module, another
-    callable or the NumPy backend do not."""
+    """(name, whether it is aclnn_fag's own call of the C op, the "npu" backend) of the backend
+    under test."""
     if backend_fn is None:
         return backend_name or "numpy", backend_name == "npu"
     name = getattr(backend_fn, "backend_name", None) or backend_name or "custom"
@@ -68,15 +60,13 @@ def backend_under_test(backend_fn, backend_name=None) -> tuple:
 
 
 def backend_error(entry: dict) -> bool:
-    """True when a case errored in the backend under test itself (the golden and the reference
-    ran, so the validator accepted the arguments): reproduced like a failure."""
+    """True when a case errored in the backend under test (the validator accepted the call)."""
     t = entry.get("timings") or {}
     return entry.get("verdict") == "ERROR" and "reference_s" in t and "backend_s" in t
 
 
-def _error_class(entry_or_text) -> str:
-    text = entry_or_text.get("error") if isinstance(entry_or_text, dict) else entry_or_text
-    return str(text or "").split(":", 1)[0]
+def _error_class(entry: dict) -> str:
+    return str(entry.get("error") or "").split(":", 1)[0]
 
 
 def _tensor_spec(a) -> Optional[dict]:
@@ -93,8 +83,10 @@ def _write_bin(path: pathlib.Path, a) -> None:
     path.write_bytes(a.tobytes())
 
 
-def _judge_case(spec, backend_fn, k):
-    """Inputs, FagCall, golden, the backend's error (or None) and per-output metrics."""
+def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environment=None,
+               original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
+               backend_name=None) -> pathlib.Path:
+    """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
     from ..parity import golden_grads, reference_grads
     inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
     call = validate_backward(**inputs)
@@ -108,14 +100,6 @@ def _judge_case(spec, backend_fn, k):
         result, error = reference, f"{type(exc).__name__}: {exc}"
     metrics = {n: accuracy.judge(getattr(result, n), getattr(golden, n), getattr(reference, n), k=k)
                for n in JUDGED}
-    return call, golden, error, metrics
-
-
-def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environment=None,
-               original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
-               backend_name=None) -> pathlib.Path:
-    """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
-    call, golden, error, metrics = _judge_case(spec, backend_fn, k)
     backend_name, c_op = backend_under_test(backend_fn, backend_name)
     d = pathlib.Path(out_dir) / case_directory_name(spec.name)
     d.mkdir(parents=True, exist_ok=True)
@@ -216,19 +200,13 @@ def _readme(spec, original, steps, runs, metrics, attrs, int_arrays, in_specs, c
 
 def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, backend_fn=None,
                       progress=None, budget: int = DEFAULT_BUDGET, errors=None) -> List[str]:
-    """One reproducer per failing case of ``report``; returns the directories written.
-    ``errors``: where a reproducer that cannot be written is reported (default ``progress``).
-
-    A case is shrunk while it fails *the same way*: a FAIL while still failing on one of the
-    outputs the run failed on, a backend error while raising the same exception class."""
-    from ..parity import make_backend_fn, run_case
+    """One reproducer per failing case; the directories written. A case is shrunk while it
+    fails the same way (a FAIL on one of the same outputs, or the same exception class)."""
+    from ..parity import run_case, under_test
     k = (report.get("criteria") or {}).get("flash_attention", {}).get("k", accuracy.DEFAULT_K)
     by_name = {s.name: s for s in specs}
-    fn = backend_fn
-    if fn is None:
-        fn = make_backend_fn(report.get("backend") or "auto", report.get("precision") or "device")
-        if fn.backend_name == "numpy" and fn.precision == "device":
-            fn = None                                  # the NumPy reference itself
+    fn = under_test(backend_fn, report.get("backend") or "auto",
+                    report.get("precision") or "device")[0]
     written = []
     for entry in report["cases"]:
         if entry.get("name") not in by_name or not (entry.get("verdict") == "FAIL" or backend_error(entry)):

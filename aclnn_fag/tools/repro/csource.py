@@ -1,6 +1,5 @@
 """The text of ``repro.c`` and ``build.sh`` for one call (templates in aclnn_fag/tools/data/):
-the calls the binding (``aclnn_fag/acl/``) makes, in its order, from aclInit to the D2H copies,
-with the slots, attributes and phase-1 argument order of ``aclnn_fag/spec.py``."""
+the binding's calls in its order, with the slots and attributes of ``aclnn_fag/spec.py``."""
 
 from __future__ import annotations
 
@@ -60,9 +59,7 @@ def _attributes(attrs: dict) -> str:
 def c_source(*, case: str, version: str, inputs, int_arrays: dict, attrs: dict, outputs,
              deterministic: int, criteria: dict, k: float, floor_rel: float,
              floor_min: float) -> str:
-    """The reproducer. ``inputs``/``outputs``: per slot of the spec None or {"shape",
-    "dtype", "itemsize"}; ``criteria``: per judged output {"ref_max_abs_err", "rtol",
-    "share_limit"}."""
+    """The reproducer; ``inputs``/``outputs`` per slot None or {"shape", "dtype", "itemsize"}."""
     ia_decl, ia_rows = [], []
     for name in OP.int_arrays:
         vals = int_arrays.get(name)
@@ -93,8 +90,7 @@ def c_source(*, case: str, version: str, inputs, int_arrays: dict, attrs: dict, 
 
 
 def phase1_call(op=OP) -> str:
-    """The phase-1 call, its arguments in the order of ``op``'s prototype: tensors from
-    g_in/g_out, int arrays, attribute constants, the two out-parameters."""
+    """The phase-1 call, its arguments in the order of ``op``'s prototype."""
     args, seen = [], {"input": 0, "int_array": 0, "output": 0}
     slot = {"input": "g_in[{}].tensor", "int_array": "intArrays[{}]", "output": "g_out[{}].tensor"}
     for p in op.params:

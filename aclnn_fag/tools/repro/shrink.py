@@ -1,7 +1,5 @@
-"""Shrink a failing parity case while it still fails: fewer batches, shorter sequences,
-fewer heads (greedy, each accepted step restarts the pass; bounded number of runs). A shrunk
-case keeps its seed, so its inputs are drawn again for the smaller shapes; candidates the
-validator rejects (or that error) count as "does not fail"."""
+"""Shrink a failing parity case while it still fails (greedy, bounded): fewer batches, shorter
+sequences, fewer heads; the seed is kept, candidates that error count as "does not fail"."""
 
 from __future__ import annotations
 
