@@ -1,11 +1,5 @@
 """The public calls on device-resident inputs (DeviceArray or NPU tensors): results stay on
-the device, on the one device all inputs live on.
-
-DeviceArray inputs give new DeviceArrays. For NPU tensors (``aclnn_fag.operands``) each
-result is ``query.new_empty(shape, dtype=...)`` (bf16 results take ``query.dtype``, the
-forward's statistics the float32 of the query's framework), written through a DeviceArray
-over its memory and returned as that tensor.
-"""
+the one device the inputs live on (NPU tensors get ``query.new_empty`` results)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""The NPU backend: the CANN fused attention ops through ctypes (docs/npu.md; the modules
-and their jobs: docs/architecture.md). Importing this package never fails and never loads a
-library; the first use does. A child forked after this process initialised ACL cannot use
-the backend (:class:`ForkedProcessError`; docs/faults.md, fork).
-"""
+"""The NPU backend: the CANN fused attention ops through ctypes (docs/npu.md,
+docs/architecture.md). Importing it never loads a library; the first use does."""
 
 from __future__ import annotations
 

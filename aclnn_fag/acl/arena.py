@@ -1,8 +1,5 @@
-"""One device allocation for the device memory of one call, in slices placed by :func:`layout`
-at multiples of :data:`ARENA_ALIGN` (each aclTensor gets an aligned ``tensorData`` and a storage
-of its own size, docs/abi.md §4). A slice keeps the arena alive; a result's slice holds a share
-(:meth:`ArenaBuffer.share`) and the arena is freed when the last share is given back.
-"""
+"""One device allocation for the memory of one call, in slices placed by :func:`layout`
+(docs/abi.md §4); a result's slice holds a share and the last share frees the arena."""
 
 from __future__ import annotations
 

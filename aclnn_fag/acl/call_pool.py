@@ -1,10 +1,6 @@
-"""Device memory kept between calls on host arrays: a finished call's allocation reused by the
-next (such a call synchronises before it returns). An allocation serves one call at a time and
-is freed after a failed one; kept per (device, ACL context record), so memory of a context reset
-or forked away is never handed out again; at most ``limit()`` idle bytes
-(``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off), the least recently returned freed
-first; sizes rounded up to :data:`GRAIN`; out of memory frees the idle ones and tries again.
-"""
+"""Device memory kept between calls on host arrays, per (device, ACL context record): at
+most ``limit()`` idle bytes (``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off),
+sizes rounded up to :data:`GRAIN`; out of memory frees the idle ones and tries again."""
 
 from __future__ import annotations
 

@@ -1,8 +1,6 @@
-"""Arrays that live on the device (:class:`DeviceArray`, a strided view over one buffer, what an
-aclTensor describes) and the uploads that make them from numpy: arrays whose memory overlaps
-or touches (``q = qkv[..., :128]``, ``q_rope = qkv[..., 128:]``) share one copy of the range
-covering them; negative or misaligned strides and a foreign byte order are copied first.
-"""
+"""Arrays that live on the device (:class:`DeviceArray`, a strided view over one buffer) and
+the uploads that make them from numpy: overlapping or touching arrays share one copy;
+negative or misaligned strides and a foreign byte order are copied first."""
 
 from __future__ import annotations
 
@@ -14,7 +12,6 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import call_pool, runtime
-from ._status import check
 from .arena import ARENA_ALIGN, ArenaBuffer, layout
 from .executor import Timer
 from .runtime import MEMCPY_HOST_TO_DEVICE, DeviceBuffer, refuse_pickle
@@ -541,7 +538,9 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
                       in zip(groups, group_at)]
             copies += [(out_arena, at, z[4].__array_interface__["data"][0], z[3])
                        for z, at in zip(inits, init_at)]
-            _copy_in(copies)
+            if copies:
+                runtime.memcpy(runtime.api(), [(a.ptr + at, a.nbytes - at, src, n)
+                                               for a, at, src, n in copies], MEMCPY_HOST_TO_DEVICE)
         for (i, shape, dt, n, *_), at in zip(zeros + inits, zero_at + init_at):
             dev_out[i] = DeviceArray._checked(out_arena.slice(at, n), shape, dt,
                                               _c_strides(shape))
@@ -557,15 +556,3 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
         mem.spare = (in_arena.ptr + at, in_arena.nbytes - at)
     return mem
 
-
-def _copy_in(copies) -> None:
-    """H2D copies (arena, offset, host address, nbytes), one native call each."""
-    if not copies:
-        return
-    b = runtime.api()
-    total = 0
-    for arena, at, src, n in copies:
-        check(b, b.aclrtMemcpy(arena.ptr + at, arena.nbytes - at, src, n, MEMCPY_HOST_TO_DEVICE),
-              "aclrtMemcpy", rule="host to device copy failed")
-        total += n
-    runtime._count("h2d", len(copies), "h2d_bytes", total)

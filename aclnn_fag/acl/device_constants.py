@@ -1,8 +1,5 @@
-"""One device copy per device of the package's read-only compressed mask (4 MiB), made by
-the first call that passes it and used instead of an upload by later ones (docs/npu.md, "The
-compressed mask on the device"). One copy per (dtype, device, ACL context record); calls
-only read it; :func:`clear` and ``acl.shutdown()`` free the copies.
-"""
+"""One device copy per (dtype, device, ACL context record) of the package's read-only
+compressed mask, used instead of an upload (docs/npu.md, "The compressed mask on the device")."""
 
 from __future__ import annotations
 

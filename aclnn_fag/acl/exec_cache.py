@@ -1,10 +1,6 @@
-"""Executors kept between public calls: phase 1 once per call **signature** -- everything phase
-1 sees but the device addresses (the op, the device and ACL context, the determinism value,
-the attributes bit for bit, the int arrays, and per tensor slot shape, strides, dtype, offset
-and storage size). A hit is repointed by :mod:`.executor` and runs phase 2 only; an entry
-serves one call at a time and is destroyed after any failure. At most ``capacity()`` idle
-entries (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off), least recently used dropped first.
-"""
+"""Executors kept between public calls, by call **signature** (everything phase 1 sees but
+the addresses): a hit is repointed and runs phase 2 only; at most ``capacity()`` idle
+entries (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off), least recently used dropped."""
 
 from __future__ import annotations
 

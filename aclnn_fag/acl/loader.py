@@ -1,11 +1,5 @@
-"""Finding and loading the CANN libraries (docs/npu.md, "NPU setup"; docs/abi.md §5).
-
-Nothing is searched at import; the first ``bindings()`` searches the places of
-:func:`search_places` in order, loads each role from the first place where it loads (a
-library already loaded in the process is what the system loader step returns, except a
-copy this package loaded from a directory no longer searched) and reports every attempt.
-The result, success or failure, is cached until ``reset()``; libraries are never unloaded.
-"""
+"""Finding and loading the CANN libraries (docs/npu.md, "NPU setup"; docs/abi.md §5): searched
+at first use, the result (a failure too) cached until ``reset()``; never unloaded."""
 
 from __future__ import annotations
 

@@ -1,11 +1,6 @@
-"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated calls) and
-``call_raw`` / ``call_raw_forward`` (no validation; keywords from :mod:`aclnn_fag.spec`). Each
-turns its arguments into device arrays -- host arrays uploaded into one allocation next to the
-outputs (:func:`.device.call_memory`), device arrays used in place -- and hands them to
-:func:`.executor.run`. The memory policy is here (docs/architecture.md): the public calls take
-their allocation and workspace from :mod:`.call_pool`; with a caller's stream and device inputs
-only the launch is enqueued (the stream's own workspace); ``call_raw`` allocates everything.
-"""
+"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated) and
+``call_raw`` / ``call_raw_forward`` (keywords from :mod:`aclnn_fag.spec`), each through
+:func:`.executor.run`; the memory policy of the calls (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -19,7 +14,6 @@ from ..constants import BF16
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OpVersion
 from . import caches, call_pool, device_constants, executor, ownership, runtime
-from ._status import check
 from .arena import ARENA_ALIGN
 from .device import DeviceArray, call_memory
 from .runtime import MEMCPY_DEVICE_TO_HOST
@@ -183,23 +177,11 @@ def _shared_mask(op: OpVersion, inputs: list, host: list, dev: int) -> None:
 def _download(arrays: list, made: list) -> list:
     """Each output as a new host array: the ones allocated here (C-contiguous, each a piece
     of the call's allocation) by one aclrtMemcpy each, a caller's through ``numpy()``."""
-    b = runtime.api()
-    out = []
-    copies = total = 0
-    for i, da in enumerate(arrays):
-        if da is None or i not in made:
-            out.append(None if da is None else da.numpy())
-            continue
-        host = np.empty(da.shape, da.dtype)
-        n = host.nbytes
-        if n:
-            addr = host.__array_interface__["data"][0]
-            check(b, b.aclrtMemcpy(addr, n, da.buffer.ptr, n, MEMCPY_DEVICE_TO_HOST),
-                  "aclrtMemcpy", rule="device to host copy failed")
-            copies += 1
-            total += n
-        out.append(host)
-    runtime._count("d2h", copies, "d2h_bytes", total)
+    out = [None if da is None else (np.empty(da.shape, da.dtype) if i in made else da.numpy())
+           for i, da in enumerate(arrays)]
+    copies = [(host.__array_interface__["data"][0], host.nbytes, arrays[i].buffer.ptr,
+               host.nbytes) for i, host in enumerate(out) if i in made and host.nbytes]
+    runtime.memcpy(runtime.api(), copies, MEMCPY_DEVICE_TO_HOST)
     return out
 
 

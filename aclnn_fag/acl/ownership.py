@@ -1,16 +1,6 @@
-"""Interrupt-safe ownership of native handles (docs/faults.md, "Ctrl-C at any moment").
-
-:class:`atomic` holds SIGINT back on the main thread for a create and the store of its
-handle; a :class:`Claim` (allocated before the create, filled by :meth:`Claim.take` inside
-the block) records each handle until it is released exactly once, by its owner, garbage
-collection or :func:`release_all` (``acl.shutdown()``). Usage::
-
-    resource._prepare()                     # the claim and the finalizer first
-    with ownership.atomic():
-        handle = b.aclCreateTensor(...)
-        if handle:
-            resource._take(handle, release_fn, *args)  # the only step after the call
-"""
+"""Interrupt-safe ownership of native handles (docs/faults.md, "Ctrl-C at any moment"):
+:class:`atomic` holds SIGINT back for a create and the :meth:`Claim.take` of its handle;
+the claim releases it exactly once (owner, garbage collection or :func:`release_all`)."""
 
 from __future__ import annotations
 

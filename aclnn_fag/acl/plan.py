@@ -1,23 +1,5 @@
-"""A reusable executor for data that stays on the device: :class:`FagPlan`.
-
-Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` returns 0 the executor is kept
-and every :meth:`FagPlan.run` is one phase 2 (+ sync), through :mod:`.executor`. Buffers
-swapped in between runs (``plan.run(query=new_q, dq=new_dq)``, same shape, dtype, strides
-and offset) are repointed (``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; the
-index counts the **non-NULL** tensors of each kind, docs/abi.md §2b). Fallbacks, never an
-error: without a repeatable executor each run after the first runs phase 1 again
-(``plan.repeatable_reason`` says why); without the setters (or ``repoint=False``) the
-executor is rebuilt with new tensors for the swapped buffers.
-
-Results never alias: a run returns new DeviceArrays, those over the outputs the plan
-allocated over a :class:`ResultBuffer`. While one is alive the next run writes into a
-fresh zero-filled buffer and the old one belongs to the results; once all are gone the
-next run writes into the same buffer again. The plan owns its executor, handles, workspace
-and buffers (``close()``, the context manager or GC release them, the executor first);
-arrays passed in stay the caller's. Runs are serialised by a lock. NPU tensors are
-converted by :func:`.device.register_converter`'s converters; ``validate=True`` runs the
-validator of :func:`register_validator` (both registered by the layers above acl/).
-"""
+"""A reusable executor for data that stays on the device, :class:`FagPlan`: phase 1 once,
+phase 2 per run; swapped buffers repointed, else the executor rebuilt (docs/npu.md)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,6 @@
-"""Every native function this package calls: its exact ``restype`` and ``argtypes`` with the
-C prototype beside it (docs/abi.md §1-2; the ops' are typed from their spec,
-``aclnn_fag/spec.py``). ``bind(libraries)`` returns a :class:`Bindings` with one attribute per
-function (None for an optional symbol the installed CANN does not export); each is taken
-with ``handle[name]``, a fresh object, so other users of the same ``CDLL`` keep their own
-argtypes."""
+"""Every native function this package calls, ``restype`` and ``argtypes`` beside its C
+prototype (docs/abi.md §1-2; the ops' typed from ``aclnn_fag/spec.py``). Each is taken with
+``handle[name]``, a fresh object: other users of the same ``CDLL`` keep their argtypes."""
 
 from __future__ import annotations
 

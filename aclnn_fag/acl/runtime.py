@@ -1,10 +1,5 @@
-"""The ACL runtime: aclInit, the per-thread device and context, streams and their
-workspaces, device buffers, the determinism option, fork detection, stats, shutdown.
-
-Behaviour: docs/npu.md ("NPU setup", "Faults"), docs/faults.md, docs/abi.md §6. Every
-native handle (memory, streams, determinism holds) is owned through an
-:class:`.ownership.Claim` taken atomically with its create.
-"""
+"""The ACL runtime: aclInit, the per-thread device and context, streams and workspaces,
+device buffers, the determinism option, fork detection, stats, shutdown (docs/faults.md)."""
 
 from __future__ import annotations
 
@@ -59,6 +54,19 @@ def _count(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> Non
         _stats[key] += n
         if key2 is not None:
             _stats[key2] += n2
+
+
+def memcpy(b, copies, kind: int) -> None:
+    """``aclrtMemcpy`` of each (destination, its capacity, source, nbytes) in the direction
+    ``kind``, counted once for all."""
+    h2d = kind == MEMCPY_HOST_TO_DEVICE
+    total = 0
+    for dst, cap, src, n in copies:
+        check(b, b.aclrtMemcpy(dst, cap, src, n, kind), "aclrtMemcpy",
+              rule="host to device copy failed" if h2d else "device to host copy failed")
+        total += n
+    key = "h2d" if h2d else "d2h"
+    _count(key, len(copies), key + "_bytes", total)
 
 
 def stats() -> Dict[str, int]:
@@ -250,8 +258,7 @@ def _current_context(b) -> Optional[int]:
 
 def _context_lost(b) -> bool:
     """True when the thread's context is not the one this package's aclrtSetDevice made
-    current (other code reset it meanwhile). Without aclrtGetCurrentContext the record is
-    trusted; a record made without a context adopts the current one."""
+    current (without aclrtGetCurrentContext the record is trusted)."""
     if b.aclrtGetCurrentContext is None:
         return False
     actual = _current_context(b)
@@ -266,9 +273,8 @@ _context_epoch = 0     # bumped whenever a thread's context is found reset by so
 
 
 def current_context_record() -> tuple:
-    """What identifies this thread's ACL context as the last checked :func:`ensure_device`
-    recorded it (state serial, process generation, context epoch, handle, device): objects
-    tied to a context (cached executors) carry it."""
+    """This thread's ACL context as :func:`ensure_device` recorded it (state serial, process
+    generation, context epoch, handle, device): carried by objects tied to a context."""
     st = _state
     return (st.serial if st is not None else 0, _process_gen, _context_epoch,
             getattr(_tls, "ctx", None), getattr(_tls, "current", None))
@@ -285,17 +291,14 @@ _OPEN, _VERIFIED = 1, 2     # _tls.op: inside an operation; its context already 
 
 def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
     """Initialise ACL and make ``device_id`` current on this thread; returns the bindings.
-    The record is checked against the thread's real context unless ``check_context`` is
-    False (later steps of an operation whose first ensure_device checked it)."""
+    ``check_context`` False trusts the record (later steps of an operation)."""
     global _context_epoch
     st = initialise()
     dev = resolve_device(device_id)
     op = getattr(_tls, "op", None)
     recorded = _tls_current(st)
     if recorded != dev or (check_context and op != _VERIFIED and _context_lost(st.b)):
-        if recorded == dev:
-            # the context this package made current was reset by someone else: objects tied
-            # to contexts (cached executors) made before now are never used again
+        if recorded == dev:     # reset by someone else: older context-bound objects retire
             _context_epoch += 1
         n = _device_count(st.b)
         if dev >= n:
@@ -314,8 +317,7 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
 
 class operation:
     """``with runtime.operation():`` one public operation: its first :func:`ensure_device`
-    checks the thread's context, the later ones trust the record; leaving restores the
-    state before (the next operation checks again)."""
+    checks the thread's context, the later ones trust the record."""
 
     __slots__ = ("prev",)
 
@@ -498,9 +500,8 @@ def refuse_pickle(obj, protocol=None):
 
 
 class NativeResource:
-    """Base of objects that own one native handle (buffer, tensor, int array, executor),
-    through a claim allocated before the create (``_prepare``) and filled in its atomic
-    block (``_take``); released once by ``release()``, garbage collection or ``shutdown()``."""
+    """Base of objects owning one native handle through a claim allocated before the create
+    (``_prepare``), taken in its atomic block; released once (release, GC or shutdown)."""
 
     _claim: Optional[ownership.Claim] = None
     _what = "a native handle"
@@ -514,35 +515,25 @@ class NativeResource:
         claim.watch(self)           # released ("gc") when this object is collected
         return claim
 
-    def _take(self, handle, func, *args) -> None:
-        """Own ``handle`` (inside the create's ``ownership.atomic()`` block)."""
-        self._claim.take(handle, func, *args)
-
     @property
     def released(self) -> bool:
         c = self._claim
         return c is None or c.state != ownership.OWNED
 
     def release(self, mode: str = "raise") -> None:
-        """Release the handle now: a failure raises ("raise") or warns ("warn"); either way the
-        handle is kept for a retry by ``shutdown()``."""
+        """Release the handle now (a failure raises or warns; shutdown() retries it)."""
         if self._claim is not None:
             self._claim.release(mode)
-
-    def disown(self) -> None:
-        """The library took the handle (phase 2 consumed the executor); call in its atomic block."""
-        if self._claim is not None:
-            self._claim.consume()
 
     def call_consuming(self, fn, *args):
         """``fn(*args)``, a call that takes the handle over, disowned in the same atomic step
         (pass ctypes objects: no conversion can fail between the two)."""
         with ownership.atomic():
-            self.disown()
+            self._claim.consume()
             return fn(*args)
 
     def _on_released(self) -> None:
-        """Hook: forget the handle (its claim calls it once, when it stops being owned)."""
+        """Hook: the claim calls it once, when the handle stops being owned."""
 
     def __enter__(self):
         return self
@@ -601,7 +592,7 @@ class DeviceBuffer(NativeResource):
         with ownership.atomic():      # the create and its ownership: one step for SIGINT
             rc = b.aclrtMalloc(byref(p), nbytes, MALLOC_HUGE_FIRST)
             if rc == 0 and p.value:
-                self._take(p.value, _free_device, b, self.device_id, p.value)
+                self._claim.take(p.value, _free_device, b, self.device_id, p.value)
                 self.ptr = p.value
         check(b, rc, "aclrtMalloc",
               rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
@@ -641,17 +632,13 @@ class DeviceBuffer(NativeResource):
         """H2D copy of ``nbytes`` from the host address into this buffer at ``offset``."""
         if nbytes:
             dst, b = self._span(offset, nbytes)
-            rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
-            check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
-            _count("h2d", 1, "h2d_bytes", nbytes)
+            memcpy(b, [(dst, self.nbytes - offset, host_addr, nbytes)], MEMCPY_HOST_TO_DEVICE)
 
     def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
         if nbytes:
             src, b = self._span(offset, nbytes)
-            rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
-            check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
-            _count("d2h", 1, "d2h_bytes", nbytes)
+            memcpy(b, [(host_addr, nbytes, src, nbytes)], MEMCPY_DEVICE_TO_HOST)
 
     def upload(self, array, offset: int = 0) -> None:
         """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""
@@ -684,13 +671,11 @@ READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
 
 class _ModeGate:
     """Serialises holders that need different values of one option (docs/faults.md,
-    Determinism option): holders of one value share the gate; the first one in sets the
-    value, the last one out writes the previous one back. ``read()`` gives (value, 0) or
-    (None, error code); ``write(value)`` raises on failure."""
+    Determinism option): the first holder in sets the value, the last one out writes the
+    previous one back. ``read()`` gives (value, 0) or (None, error code)."""
 
     def __init__(self, name: str, read: Callable, write: Callable) -> None:
-        # a C lock (an interrupt cannot leave it held), re-entrant for the finalizers that
-        # may run inside a section (see leave)
+        # re-entrant for the finalizers that may run inside a section (see leave)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.name, self.read, self.write = name, read, write
@@ -702,7 +687,7 @@ class _ModeGate:
 
     def enter(self, want: bool, claim) -> Optional[int]:
         """Join with ``want`` (waiting while others hold the other value); ``claim`` owns the
-        leave. Returns the getter's error code when the previous value is unknown."""
+        leave. The getter's error code when the previous value is unknown, else None."""
         me = threading.get_ident()
         warn = None
         with self.lock:
@@ -738,9 +723,8 @@ class _ModeGate:
         return warn
 
     def _exit_locked(self, me: int):
-        """One holder leaves (lock held); the last one out writes the previous value back while
-        the lock is still held: a call waiting for the other mode must read the restored value
-        as its "previous" one. Returns None or the write's error."""
+        """One holder leaves (lock held); the last one out writes the previous value back
+        before a waiter reads it. Returns None or the write's error."""
         self.active -= 1
         self.holders[me] -= 1
         if not self.holders[me]:
@@ -757,16 +741,13 @@ class _ModeGate:
         return None
 
     def _drain(self) -> None:
-        """Apply the leaves deferred by finalizers that ran inside this thread's section (a
-        failed write-back there is reported by nobody: best effort)."""
+        """Apply the leaves deferred by finalizers inside this thread's section (best effort)."""
         while self.deferred:
             self._exit_locked(self.deferred.pop())
 
     def leave(self, me: int):
         """Release one hold (a Claim release function: returns None or the error)."""
-        if self.lock._is_owned():
-            # a garbage-collection finalizer inside this thread's own section: changing the
-            # gate now would corrupt the section's view of it; applied at the next entry
+        if self.lock._is_owned():     # a GC finalizer inside this thread's own section
             self.deferred.append(me)
             return None
         with self.lock:
@@ -792,8 +773,8 @@ def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
 
 
 def get_process_determinism() -> Optional[int]:
-    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``, read by CANN 9.0 and
-    later), or None when it cannot be read or the symbol is missing."""
+    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``, CANN 9.0 and later),
+    or None when it cannot be read."""
     return _read_option(api().aclrtGetSysParamOpt)[0]
 
 
@@ -823,8 +804,8 @@ def _device_gate(st: _State, b, dev: int) -> _ModeGate:
 
     def write(value):
         _set_determinism(ensure_device(dev), value)
-        # from CANN 9.0 the context setter also writes the process-wide value: while the
-        # process gate is held, put back the value its holders run with
+        # from CANN 9.0 the context setter also writes the process-wide value: put back the
+        # value the process gate's holders run with
         held = st.gates.get("process")
         if held is not None and held.active and b.aclrtSetSysParamOpt is not None:
             _set_process_determinism(b, int(held.mode))
@@ -834,9 +815,8 @@ def _device_gate(st: _State, b, dev: int) -> _ModeGate:
 
 
 def _process_gate(st: _State, b) -> _ModeGate:
-    """The gate of the process-wide option, entered by every call that sets the option on
-    any device (CANN 9.0 and later read this one value); without the symbols it only
-    serialises the calls."""
+    """The gate of the process-wide option (CANN 9.0 and later read it), entered by every call
+    that sets the option; without the symbols it only serialises the calls."""
     gate = st.gates.get("process")
     if gate is not None:
         return gate
@@ -851,9 +831,8 @@ def _process_gate(st: _State, b) -> _ModeGate:
 
 class DeterminismHold:
     """Hold ACL_OPT_DETERMINISTIC == ``want`` (None: leave it alone) between :meth:`acquire`
-    and :meth:`release`: the process-wide value (where exported), then the device's context
-    value, each through its gate (docs/faults.md, Determinism option). Each hold is a claim
-    taken atomically with the gate entry; register :meth:`release` before :meth:`acquire`."""
+    and :meth:`release`: the process-wide value (where exported), then the context's, each
+    through its gate and owned by a claim (docs/faults.md, Determinism option)."""
 
     def __init__(self, device_id: Optional[int], want: Optional[bool]) -> None:
         self.want = None if want is None else bool(want)
@@ -919,19 +898,16 @@ def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHo
 
 # ----------------------------------------------------------------------------- teardown
 def shutdown(finalize: bool = True) -> None:
-    """Release every handle of this package (also those whose earlier release failed: their
-    one retry), in dependency order, and every stream; then ``aclFinalize`` when this
-    package's ``aclInit`` initialised ACL and ``finalize`` is true. The next use initialises
-    again."""
+    """Release every handle of this package in dependency order (a failed release gets its
+    one retry), then ``aclFinalize`` when this package's ``aclInit`` initialised ACL and
+    ``finalize`` is true. The next use initialises again."""
     global _state
     st = _state
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
         pass
-    # by rank (executors, tensors and int arrays, memory, streams; the owning objects are
-    # told), then the caches forget what was released
-    ownership.release_all()
+    ownership.release_all()     # by rank: executors, tensors, memory, streams
     caches.clear_all()
     if st is None:
         return

@@ -1,10 +1,5 @@
-"""aclTensor and aclIntArray handles owned by Python objects.
-
-An aclTensor describes a view over one device buffer as docs/abi.md §4 says: ``viewDims``
-the shape, ``stride`` and ``offset`` in elements, a 1-D ``storageDims`` of the buffer's size
-in elements, format ND, ``tensorData`` the buffer's **base**. Each handle is destroyed
-exactly once (``release()``, context manager, GC or ``runtime.shutdown``).
-"""
+"""aclTensor and aclIntArray handles owned by Python objects (the aclTensor of a view:
+docs/abi.md §4); each destroyed exactly once."""
 
 from __future__ import annotations
 
@@ -116,7 +111,7 @@ class _Handle(runtime.NativeResource):
         with ownership.atomic():      # the create and its ownership: one step for SIGINT
             handle = getattr(b, fname)(*args)
             if handle:
-                self._take(handle, destroy, b, destroy_name, handle)
+                self._claim.take(handle, destroy, b, destroy_name, handle)
                 self.handle = handle
         if not handle:
             raise null_handle_error(b, fname)
@@ -213,7 +208,7 @@ class HandleBatch(runtime.NativeResource):
         self._int_arrays: list = []
         self._prepare()
         # the claim owns the two lists; each create appends in the same atomic step
-        self._take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
+        self._claim.take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
 
     def tensors(self, arrays) -> list:
         """New aclTensors for DeviceArray views (None -> None), in order."""

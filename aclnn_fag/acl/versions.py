@@ -1,7 +1,5 @@
-"""The versions the runtime reports, through optional symbols of libascendcl (docs/abi.md
-§2e; the order they are asked in: docs/releases.md, "Version queries"). A symbol the
-installed CANN does not export is skipped; a failing call is recorded and the next one tried.
-"""
+"""The versions the runtime reports through optional symbols of libascendcl (docs/abi.md
+§2e; docs/releases.md, "Version queries"); a missing or failing one is recorded, not raised."""
 
 from __future__ import annotations
 
