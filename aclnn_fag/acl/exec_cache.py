@@ -14,7 +14,7 @@ from . import caches, ownership, runtime
 
 __all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature",
            "array_keys", "take", "give",
-           "discard", "clear", "size", "CachedExecutor"]
+           "discard", "clear", "size", "CachedExecutor", "release_handles"]
 
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
 DEFAULT_CAPACITY = 16
@@ -87,12 +87,18 @@ class CachedExecutor:
         return not (self.executor.released or self.batch.released)
 
     def release(self, mode: str = "warn") -> None:
-        """Destroy the executor, then its tensors and int arrays (idempotent)."""
-        with ownership.atomic():
-            try:
-                self.executor.release(mode)
-            finally:
-                self.batch.release(mode)
+        release_handles(self.executor, self.batch, mode)
+
+
+def release_handles(executor, batch, mode: str = "warn") -> None:
+    """Destroy an executor, then the tensors and int arrays it refers to (None: none)."""
+    with ownership.atomic():
+        try:
+            if executor is not None:
+                executor.release(mode)
+        finally:
+            if batch is not None:
+                batch.release(mode)
 
 
 def take(key: tuple) -> Optional[CachedExecutor]:

@@ -266,13 +266,8 @@ def _build_and_launch(b, call: Launch, cap: int, stream: int, workspace_of,
             batch = ex = None       # the entry's now
         return entry
     finally:
-        with timer("marshal"), ownership.atomic():
-            try:
-                if ex is not None:
-                    ex.release("warn")
-            finally:
-                if batch is not None:
-                    batch.release("warn")
+        with timer("marshal"):
+            exec_cache.release_handles(ex, batch)
         hold.release()
 
 
