@@ -11,15 +11,14 @@ from .runtime import DEVICE_ALIGN, DeviceBuffer
 
 __all__ = ["ARENA_ALIGN", "ArenaBuffer", "ArenaSlice", "layout"]
 
-# a multiple of the 32 bytes aclCreateTensor wants for tensorData (docs/abi.md §4); 512, the
-# granularity of torch_npu's caching allocator, so the op sees the alignment it usually gets
+# a multiple of the 32 bytes aclCreateTensor wants (docs/abi.md §4): torch_npu's granularity
 ARENA_ALIGN = 512
 assert ARENA_ALIGN % DEVICE_ALIGN == 0
 
 
 def layout(sizes: Sequence[int], start: int = 0) -> Tuple[List[int], int]:
-    """(start offsets, end) of pieces of ``sizes`` bytes placed one after the other from
-    ``start``, each start rounded up to a multiple of :data:`ARENA_ALIGN`."""
+    """(start offsets, end) of pieces of ``sizes`` bytes placed in turn from ``start``, each
+    start rounded up to a multiple of :data:`ARENA_ALIGN`."""
     offsets = []
     end = start
     align = ARENA_ALIGN
@@ -43,8 +42,7 @@ class ArenaBuffer(DeviceBuffer):
         super().__init__(nbytes, device_id)
 
     def slice(self, start: int, nbytes: int) -> "ArenaSlice":
-        """Bytes [start, start + nbytes) as a buffer of their own (not checked: the caller
-        placed them with :func:`layout`)."""
+        """Bytes [start, start + nbytes) as a buffer of their own (placed by :func:`layout`)."""
         return ArenaSlice(self, start, nbytes)
 
     def share(self, piece: "ArenaSlice") -> None:
@@ -62,13 +60,10 @@ class ArenaBuffer(DeviceBuffer):
 
 
 class ArenaSlice(DeviceBuffer):
-    """Bytes [start, start + nbytes) of an :class:`ArenaBuffer` (see the module doc).
-
-    Owns nothing native: ``free()`` gives back the slice's share of the arena (if it holds
-    one) and makes the slice unusable; the memory goes back when the arena is freed."""
+    """Bytes [start, start + nbytes) of an :class:`ArenaBuffer`; owns nothing native:
+    ``free()`` gives back the slice's share of the arena (if it holds one)."""
 
     def __init__(self, arena: ArenaBuffer, start: int, nbytes: int) -> None:
-        # no DeviceBuffer.__init__: nothing is allocated and nothing is registered
         self.arena: Optional[ArenaBuffer] = arena
         self.start = int(start)
         self.nbytes = int(nbytes)
@@ -103,8 +98,6 @@ class ArenaSlice(DeviceBuffer):
                 last = arena._shares == 0
         if last:
             arena.release(mode)
-
-    free = close = release
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else f"{self.ptr:#x}"

@@ -63,7 +63,6 @@ class ForeignBuffer(DeviceBuffer):
     only forgets the address, ``owner`` is kept alive."""
 
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
-        # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
         self.device_id = int(device_id)
         self.nbytes = int(nbytes)
         self.ptr: Optional[int] = int(ptr) if nbytes else None
@@ -74,8 +73,6 @@ class ForeignBuffer(DeviceBuffer):
         self.ptr = None
         self.owner = None
         self._forgotten = True
-
-    free = close = release
 
     @property
     def released(self) -> bool:
@@ -108,12 +105,8 @@ def _is_basic_index(k) -> bool:
 
 class DeviceArray:
     """A view over device memory: ``buffer``, ``shape``, ``dtype``, ``strides`` and ``offset``
-    (both in elements, strides non-negative).
-
-    Create with :meth:`from_numpy`, :meth:`empty`, :meth:`zeros` or :func:`upload_arrays`;
-    read back with :meth:`numpy`; slice with basic indexing (no negative steps). ``free()``
-    frees the buffer, and so every view sharing it; otherwise the last view collected does.
-    """
+    (in elements, non-negative); basic indexing only. ``free()`` frees the buffer (every view
+    of it); otherwise the last view collected does."""
 
     __reduce_ex__ = refuse_pickle     # device memory: .numpy() is the host copy
 
@@ -178,9 +171,8 @@ class DeviceArray:
     def from_pointer(cls, ptr: int, shape: Sequence[int], dtype,
                      strides: Optional[Sequence[int]] = None, device_id: int = 0,
                      owner=None) -> "DeviceArray":
-        """Wrap device memory allocated by someone else (e.g. a framework's tensor) without
-        copying: ``ptr`` the address of element 0, ``strides`` in elements (None: C order).
-        Nothing is freed by this package; ``owner`` is kept alive as long as the array. The
+        """Wrap device memory allocated by someone else without copying: ``ptr`` the address
+        of element 0, ``strides`` in elements (None: C order); ``owner`` is kept alive. The
         aclTensor gets a 32-byte aligned base at or below ``ptr`` and an element offset."""
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
@@ -312,8 +304,7 @@ class DeviceArray:
 
     # ---- lifetime
     def free(self) -> None:
-        """Free the underlying buffer now (every view of it becomes unusable; a result of a
-        call gives back its share of the call's allocation, :mod:`.arena`)."""
+        """Free the underlying buffer now (every view of it becomes unusable)."""
         self.buffer.free()
 
     close = free
@@ -342,8 +333,8 @@ _converters: list = []
 
 
 def register_converter(fn) -> None:
-    """Add ``fn(name, value)``: a DeviceArray over ``value``'s device memory (an NPU tensor:
-    aclnn_fag.device_run registers it), or None when ``value`` is not of its kind."""
+    """Add ``fn(name, value)``: a DeviceArray over ``value``'s device memory, or None when
+    ``value`` is not of its kind (aclnn_fag.device_run registers the NPU tensors')."""
     if fn not in _converters:
         _converters.append(fn)
 
@@ -482,9 +473,8 @@ def _free_all(buffers) -> None:
 
 
 class CallMemory:
-    """:func:`call_memory`'s DeviceArrays (``inputs``, ``outputs``), the allocations freed or
-    pooled when the call ends (``arenas``), those owned by the results (``result_arenas``)
-    and the unused tail of the first allocation (``spare``: address, bytes; or None)."""
+    """:func:`call_memory`'s DeviceArrays, the allocations freed or pooled when the call ends
+    (``arenas``) or owned by the results, and ``spare`` (address, bytes) behind the pieces."""
 
     __slots__ = ("inputs", "outputs", "arenas", "result_arenas", "spare")
 
@@ -492,14 +482,10 @@ class CallMemory:
 def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple],
                 device_id: int, timer: Timer = Timer(), results_apart: bool = False,
                 pooled: bool = False, spare: int = 0) -> CallMemory:
-    """Upload host ``arrays`` (grouped as :func:`upload_arrays`) and place ``outputs`` -- each
-    (shape, dtype, initial host array or None) -- in **one** allocation (:mod:`.arena`), or
-    two with ``results_apart`` (the outputs' own, owned by the results).
-
-    Outputs without an initial array come first and are zero-filled by one ``aclrtMemset``
-    (the op may leave parts unwritten: docs/faults.md). ``pooled``: the allocation not handed
-    out with the results comes from :mod:`.call_pool`, with ``spare`` bytes more behind the
-    pieces (``CallMemory.spare``, e.g. for the workspace). On an error it is freed first."""
+    """Upload host ``arrays`` (grouped as :func:`upload_arrays`) and place ``outputs`` (shape,
+    dtype, initial host array or None) in **one** allocation, or two with ``results_apart``.
+    Outputs without an initial array are zero-filled by one ``aclrtMemset`` (docs/faults.md);
+    ``pooled``: from :mod:`.call_pool`, with ``spare`` bytes more behind the pieces."""
     dev_in, groups = _plan_uploads(arrays, device_id)
     dev_out: List[Optional[DeviceArray]] = [None] * len(outputs)
     zeros, inits = [], []         # (index, shape, dtype, nbytes[, host array])
