@@ -36,8 +36,8 @@ AUTO = _Auto()   # call_raw output default: the op's own output shape (see _auto
 
 
 def check_device_arrays(named: Iterable, dev: int) -> list:
-    """ValueError when a DeviceArray of (name, array) pairs lives on another device; the
-    places of the other non-None arrays (host arrays, output specs)."""
+    """ValueError when a DeviceArray of the (name, array) pairs lives on another device; the
+    places of the other non-None arrays."""
     others = []
     for i, (name, arr) in enumerate(named):
         if isinstance(arr, DeviceArray):
@@ -56,8 +56,8 @@ def _shape(x) -> tuple:
 
 def _auto_outputs(op: OpVersion, inputs: list) -> list:
     """Per output slot the (shape, dtype, None) of the buffer the call allocates, or None
-    (NULL): the backward's gradients bf16 like their inputs (dpse NULL); the forward's
-    statistics, an empty softmax_out (torch_npu passes one) and attention_out."""
+    (NULL): the backward's gradients bf16 like their inputs; the forward's statistics, an
+    empty softmax_out (torch_npu passes one) and attention_out."""
     named = dict(zip(op.inputs, inputs))
     if op is FORWARD:
         q, v = named["query"], named["value"]
@@ -75,13 +75,11 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
             outputs: list, *, deterministic: Optional[bool], device_id: Optional[int],
             stream=None, keep_on_device: bool = False, public: bool = True,
             timer: executor.Timer = executor.Timer(), out_params=(True, True)) -> list:
-    """Run one call, every list in slot order: ``inputs`` numpy / DeviceArray / None,
-    ``outputs`` None, a DeviceArray (written in place) or (shape, dtype, initial host array
-    or None). Returns host arrays, or with ``keep_on_device`` the DeviceArrays. A caller's
-    ``stream`` only gets the launch when every input is device-resident and results stay on
-    the device (else it is synchronised). ``public``: the executor cache, the mask's device
-    copy and the memory pool are used (``call_raw``: none; ``out_params`` may pass NULL)."""
-    # Python-level argument checks first: nothing native exists yet when they fail.
+    """Run one call, lists in slot order: ``inputs`` numpy / DeviceArray / None, ``outputs``
+    None, a DeviceArray (written in place) or (shape, dtype, initial host array or None).
+    Host arrays back, or the DeviceArrays with ``keep_on_device``; a caller's ``stream`` only
+    gets the launch when every input is on the device and results stay there. ``public``:
+    the executor cache, the mask's device copy and the pool (``call_raw``: none)."""
     attr_values = executor.attr_values(op, attrs)
     int_values = tuple([None if v is None else int64_values(n, v)
                         for n, v in zip(op.int_arrays, int_arrays)])
@@ -96,9 +94,7 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
         spare = None
         ok = False
         try:
-            # one outer atomic block: the blocks inside it nest (no signal calls); nothing
-            # in it waits in Python (the waits are native calls, which hold SIGINT anyway)
-            with ownership.atomic():
+            with ownership.atomic():     # the blocks inside nest (no signal calls)
                 inputs, outputs = list(inputs), list(outputs)
                 if public and "atten_mask" in op.inputs:
                     _shared_mask(op, inputs, host, dev)
@@ -164,8 +160,8 @@ def _room(op: OpVersion) -> int:
 
 
 def _shared_mask(op: OpVersion, inputs: list, host: list, dev: int) -> None:
-    """The package's own compressed mask: its one device copy per device (.device_constants)
-    in place of the host array (which then is not uploaded)."""
+    """The package's own compressed mask: its device copy (.device_constants) in place of
+    the host array."""
     at = op.inputs.index("atten_mask")
     if type(inputs[at]) is np.ndarray:
         shared = device_constants.package_mask(inputs[at], dev)
@@ -212,14 +208,10 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
                  timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
                  keep_on_device: bool = False, stream=None, cpu_timings: bool = False) -> FagGrads:
     """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
-
-    ``outputs``: slot (dq ... dv) -> DeviceArray to write into (others are allocated).
-    ``keep_on_device``: return DeviceArrays instead of downloading. ``stream``: a caller's
-    aclrtStream (int or an object with ``npu_stream``); with device-resident inputs and
-    ``keep_on_device`` the call only enqueues. ``device_id`` None: ``$ACLNN_FAG_DEVICE`` or
-    0. ``timings`` (a dict) receives host seconds per stage ("marshal", "phase1", "phase2",
-    "copy_in", "copy_out", "alloc"; with ``cpu_timings`` also "<key>_cpu").
-    """
+    ``outputs``: slot -> DeviceArray to write into; ``keep_on_device``: DeviceArrays back;
+    ``stream``: a caller's aclrtStream (with device inputs and ``keep_on_device`` the call
+    only enqueues); ``timings``: a dict of host seconds per stage (``executor.TIMING_KEYS``;
+    with ``cpu_timings`` also "<key>_cpu")."""
     return _run(BACKWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings, cpu_timings))
 
@@ -246,9 +238,8 @@ def _require(op: OpVersion) -> None:
 def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
                 timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
                 keep_on_device: bool = False, stream=None) -> FagForward:
-    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU: FagForward
-    as the device wrote it (the statistics in the device's per-batch layout, ready for the
-    backward). The keywords as run_backward's."""
+    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU (the statistics
+    in the device's layout); the keywords as run_backward's."""
     _require(FORWARD)
     return _run(FORWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings))
@@ -260,8 +251,8 @@ _RAW_EXTRAS = (("workspace_size_out", True), ("executor_out", True), ("determini
 
 
 def _raw_signature(op: OpVersion) -> inspect.Signature:
-    """Every C parameter of ``op`` as a keyword (tensors and int arrays None, attributes the
-    spec's defaults, outputs AUTO when the call can shape them else None), then the extras."""
+    """Every C parameter of ``op`` as a keyword (attributes the spec's defaults, outputs AUTO
+    when the call can shape them, else None), then the extras."""
     dummy = np.empty((1, 1))
     auto = {n for n, s in zip(op.outputs, _auto_outputs(op, [dummy] * len(op.inputs)))
             if s is not None}
@@ -279,8 +270,7 @@ def _raw_signature(op: OpVersion) -> inspect.Signature:
 
 
 def _output_slot(spec, auto_slot):
-    """One output of :func:`execute`: ``auto_slot`` for AUTO, None for no output, else the
-    caller's array as (shape, dtype, array)."""
+    """One output of :func:`execute`: ``auto_slot`` for AUTO, None, or (shape, dtype, array)."""
     if spec is AUTO:
         return auto_slot
     if spec is None:

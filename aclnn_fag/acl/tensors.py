@@ -52,9 +52,8 @@ def acl_dtype(dtype) -> int:
 
 
 def int64_values(name: str, values) -> tuple:
-    """``values`` as a tuple of Python ints that fit int64 (ctypes would silently wrap the
-    others); TypeError / ValueError naming the parameter, also for more than
-    ``MAX_INT_ARRAY_ENTRIES`` entries."""
+    """``values`` as a tuple of Python ints that fit int64 (ctypes would wrap the others), at
+    most ``MAX_INT_ARRAY_ENTRIES``; TypeError / ValueError naming the parameter."""
     if type(values) is tuple and len(values) <= MAX_INT_ARRAY_ENTRIES:
         for v in values:                # the common case (validated calls): plain ints
             if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
@@ -90,8 +89,13 @@ def int64_values(name: str, values) -> tuple:
 
 def int64_array(values: Sequence[int], name: str = "values"):
     """A ctypes ``int64_t[n]`` (n may be 0) holding ``values`` (checked: see int64_values)."""
-    vals = int64_values(name, values)
-    return (c_int64 * len(vals))(*vals)
+    return _dims(int64_values(name, values))
+
+
+def _dims(values):
+    """A ctypes int64_t[n] holding ``values`` (the ACL create functions copy it)."""
+    values = tuple(values)
+    return (c_int64 * len(values))(*values)
 
 
 def destroy(b, fname: str, handle: int):
@@ -175,8 +179,8 @@ class AclIntArray(_Handle):
 
 
 def _destroy_batch(b, tensors: list, int_arrays: list):
-    """Destroy every handle of a batch; the ones whose destroy fails stay in their list (for
-    the retry by shutdown). Returns None or the first error (an ownership.Claim release)."""
+    """Destroy every handle of a batch (a failed one stays for shutdown's retry); None or
+    the first error (an ownership.Claim release)."""
     first = None
     for fname, handles in (("aclDestroyTensor", tensors), ("aclDestroyIntArray", int_arrays)):
         fn = getattr(b, fname)
@@ -192,15 +196,8 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
     return first
 
 
-def _dims(values):
-    """A ctypes int64_t[n] holding ``values`` (the ACL create functions copy it)."""
-    values = tuple(values)
-    return (c_int64 * len(values))(*values)
-
-
 class HandleBatch(runtime.NativeResource):
-    """The aclTensor and aclIntArray handles of one call (of validated DeviceArrays and int
-    tuples), destroyed together exactly once: one Python object, not one per handle."""
+    """The aclTensor and aclIntArray handles of one call, destroyed together exactly once."""
 
     def __init__(self) -> None:
         self._b = runtime.api()
@@ -235,7 +232,7 @@ class HandleBatch(runtime.NativeResource):
 
     def _create_each(self, items, make, handles: list, counter: str, function: str) -> list:
         """``make(item)`` for each item (None -> None), each handle stored in ``handles`` in the
-        same atomic step; a NULL handle raises (the ones made so far stay in the batch)."""
+        same atomic step; a NULL handle raises."""
         store = handles.append
         out = []
         made = 0
