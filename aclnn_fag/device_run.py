@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
-
 from . import acl, operands
 from .acl import release as acl_release
 from .call import FagForward, FagGrads, device_int_array
@@ -15,8 +13,6 @@ from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
-_GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
-              ("dv", "value"))
 _BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
                     "softmax_max", "softmax_sum", "attention_in")
 _FORWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask")
@@ -86,20 +82,22 @@ def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
     return tensors
 
 
+def _specs(op, call, result_type) -> dict:
+    """Output -> (shape, numpy dtype) of each result, as the host call allocates them."""
+    named = dict(zip(op.outputs, acl.op.auto_outputs(op, [getattr(call, n, None)
+                                                          for n in op.inputs])))
+    return {n: named[n][:2] for n in result_type._fields}
+
+
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    fields = call.__dict__
-    specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
+    specs = _specs(acl.op.BACKWARD, call, FagGrads)
     return FagGrads(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_backward,
                                     _BACKWARD_INPUTS))
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
-    """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
-    statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
-    t1, n1 = call.query.shape[0], call.query.shape[1]
-    stats = ((t1, n1, 8), np.dtype(np.float32))
-    specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),
-             "softmax_max": stats, "softmax_sum": stats}
+    """The forward on device-resident inputs (the statistics in the device's layout)."""
+    specs = _specs(acl.op.FORWARD, call, FagForward)
     return FagForward(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_forward,
                                       _FORWARD_INPUTS))
 

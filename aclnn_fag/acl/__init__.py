@@ -43,24 +43,21 @@ def release_constants() -> int:
 
 
 def release_call_memory() -> int:
-    """Free the device memory calls on host arrays keep for the next call; returns how many
-    allocations there were."""
+    """Free the device memory calls on host arrays keep; returns how many allocations."""
     return call_pool.clear()
 
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether the NPU backend can run here: ``ok`` when the libraries load (with the V3 op)
-    and a device exists; ``libraries`` maps each role to its path or why it did not load."""
+    """Whether the NPU backend can run here (libraries with the V3 op and a device);
+    ``libraries`` maps each role to its path or why it did not load."""
 
     ok: bool
     reason: str
     device_count: int = 0
     libraries: Dict[str, str] = field(default_factory=dict)
     tried: List[object] = field(default_factory=list)
-    # True when CANN libraries were found (they loaded, or loaded without the op) but the NPU
-    # cannot be used as configured; False when simply no CANN is installed (or ok is True)
-    installed: bool = False
+    installed: bool = False     # a CANN was found but cannot be used as configured
     device_id: Optional[int] = None   # the device the backend would use, when known
     transient: bool = False      # ACL itself failed (aclInit, device query): retried later
 
@@ -70,7 +67,6 @@ class Availability:
 
 _avail_lock = threading.Lock()
 _avail: Optional[tuple] = None   # (loader generation, Availability, no probe again before)
-# a failed aclInit / aclrtGetDeviceCount is probed again after a back-off (docs/faults.md)
 RETRY_BACKOFF_MIN = 0.05
 RETRY_BACKOFF_MAX = 5.0
 _backoff = RETRY_BACKOFF_MIN
@@ -124,8 +120,7 @@ def _probe() -> Availability:
 
     try:
         count = runtime.device_count()
-    except AclnnError as exc:
-        # the message names the function (aclInit or aclrtGetDeviceCount) and its code
+    except AclnnError as exc:       # names aclInit or aclrtGetDeviceCount and the code
         return unavailable(f"ACL could not report the devices: {exc}", transient=True,
                            device_id=dev)
     if count <= 0:
@@ -142,8 +137,8 @@ def _probe() -> Availability:
 
 
 def availability(refresh: bool = False) -> Availability:
-    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again);
-    never in a child forked after the parent initialised ACL."""
+    """Whether the NPU backend can run (cached; ``refresh=True`` searches again; a failed
+    probe is retried after a back-off, docs/faults.md)."""
     global _avail, _backoff
     forked = runtime.forked_child_reason()
     if forked is not None:
@@ -175,11 +170,17 @@ def reset() -> None:
 
 STAND_IN_SYMBOL = "aclStubGetCounters"   # exported only by the stand-in libraries (native_stubs/)
 STAND_IN_LABEL = "STAND-IN stub libraries (native_stubs/), not an NPU"
+_FEATURES = {"determinism_setter": ("aclrtCtxSetSysParamOpt",),
+             "determinism_getter": ("aclrtCtxGetSysParamOpt",),
+             "repeatable_executor": ("aclSetAclOpExecutorRepeatable",),
+             "tensor_addr_setters": ("aclSetInputTensorAddr", "aclSetOutputTensorAddr"),
+             "recent_error_message": ("aclGetRecentErrMsg",), "soc_name": ("aclrtGetSocName",),
+             "forward_op": ("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize",
+                            "aclnnFlashAttentionVarLenScoreV3")}
 
 
 def stand_in() -> bool:
-    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/),
-    which export ``aclStubGetCounters`` (docs/npu.md); False when nothing loads."""
+    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/)."""
     try:
         b = loader.bindings()
     except LibraryNotFoundError:
@@ -214,16 +215,7 @@ def info() -> dict:
     report["stand_in"] = stand_in()
     if report["stand_in"]:
         report["stand_in_note"] = STAND_IN_LABEL
-    report["features"] = {
-        "determinism_setter": b.has("aclrtCtxSetSysParamOpt"),
-        "determinism_getter": b.has("aclrtCtxGetSysParamOpt"),
-        "repeatable_executor": b.has("aclSetAclOpExecutorRepeatable"),
-        "tensor_addr_setters": b.has("aclSetInputTensorAddr") and b.has("aclSetOutputTensorAddr"),
-        "recent_error_message": b.has("aclGetRecentErrMsg"),
-        "soc_name": b.has("aclrtGetSocName"),
-        "forward_op": b.has("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize")
-        and b.has("aclnnFlashAttentionVarLenScoreV3"),
-    }
+    report["features"] = {k: all(map(b.has, names)) for k, names in _FEATURES.items()}
     try:
         report["soc_name"] = runtime.soc_name()
     except AclnnError as exc:

@@ -122,8 +122,6 @@ def _try_load(role: str, name: str, place: Place, mode: int, symbol: Optional[st
                         for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p)
         if earlier is not None and os.path.realpath(earlier) in _explicit_paths and \
                 os.path.dirname(os.path.realpath(earlier)) not in searched_dirs + ld_path:
-            # dlopen("libx.so") would return the copy this package loaded earlier from a
-            # directory that is no longer searched (e.g. ACLNN_FAG_LIB_DIR changed + reset()).
             note("not found", f"only the copy aclnn_fag loaded earlier from {earlier} is "
                  "present, and that directory is no longer searched")
             return None
@@ -244,8 +242,8 @@ def _copy_failure(err: LibraryNotFoundError) -> LibraryNotFoundError:
 
 
 def bindings():
-    """The bound prototype table (:class:`.prototypes.Bindings`): the libraries are loaded
-    and bound on first use; the result, a LibraryNotFoundError too, is kept until reset()."""
+    """The bound prototype table (:class:`.prototypes.Bindings`), loaded on first use; the
+    result, a LibraryNotFoundError too, is kept until reset()."""
     b = _cache.bindings
     if b is not None:
         return b

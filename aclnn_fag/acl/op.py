@@ -20,7 +20,7 @@ from .runtime import MEMCPY_DEVICE_TO_HOST
 from .tensors import int64_values
 
 __all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
-           "execute", "check_device_arrays", "BACKWARD", "FORWARD", "AUTO"]
+           "execute", "check_device_arrays", "auto_outputs", "BACKWARD", "FORWARD", "AUTO"]
 
 BACKWARD, FORWARD = BACKWARD_V3, FORWARD_V3
 _RESULTS = {BACKWARD.key: FagGrads, FORWARD.key: FagForward}   # what each op returns
@@ -32,7 +32,7 @@ class _Auto:
         return "AUTO"
 
 
-AUTO = _Auto()   # call_raw output default: the op's own output shape (see _auto_outputs)
+AUTO = _Auto()   # call_raw output default: the op's own output shape (see auto_outputs)
 
 
 def check_device_arrays(named: Iterable, dev: int) -> list:
@@ -54,7 +54,7 @@ def _shape(x) -> tuple:
     return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
 
 
-def _auto_outputs(op: OpVersion, inputs: list) -> list:
+def auto_outputs(op: OpVersion, inputs: list) -> list:
     """Per output slot the (shape, dtype, None) of the buffer the call allocates, or None
     (NULL): the backward's gradients bf16 like their inputs; the forward's statistics, an
     empty softmax_out (torch_npu passes one) and attention_out."""
@@ -186,7 +186,7 @@ def _run(op: OpVersion, call, given: Optional[Mapping[str, object]], device_id, 
          keep_on_device: bool, timer: executor.Timer):
     """A validated call (FagCall / FwdCall) of ``op``: its results in ``op``'s result type."""
     inputs = [getattr(call, n, None) for n in op.inputs]
-    outputs = _auto_outputs(op, inputs)
+    outputs = auto_outputs(op, inputs)
     if given:
         outputs = [given.get(n) if given.get(n) is not None else auto
                    for n, auto in zip(op.outputs, outputs)]
@@ -254,7 +254,7 @@ def _raw_signature(op: OpVersion) -> inspect.Signature:
     """Every C parameter of ``op`` as a keyword (attributes the spec's defaults, outputs AUTO
     when the call can shape them, else None), then the extras."""
     dummy = np.empty((1, 1))
-    auto = {n for n, s in zip(op.outputs, _auto_outputs(op, [dummy] * len(op.inputs)))
+    auto = {n for n, s in zip(op.outputs, auto_outputs(op, [dummy] * len(op.inputs)))
             if s is not None}
     kw = inspect.Parameter.KEYWORD_ONLY
     params = []
@@ -286,7 +286,7 @@ def _call_raw(op: OpVersion, args: Mapping[str, object]):
     if attrs["head_num"] is None:
         shape = _shape(args["query"]) if args["query"] is not None else ()
         attrs["head_num"] = shape[1] if len(shape) >= 2 else 0
-    auto = _auto_outputs(op, inputs)
+    auto = auto_outputs(op, inputs)
     outputs = [_output_slot(args[n], a) for n, a in zip(op.outputs, auto)]
     res = execute(op, inputs, [args[n] for n in op.int_arrays], attrs, outputs,
                   deterministic=args["deterministic"], device_id=args["device_id"],

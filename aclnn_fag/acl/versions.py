@@ -62,17 +62,9 @@ def _empty() -> dict:
 
 
 def query_cann_version(b) -> dict:
-    """The versions through the bound functions ``b`` (missing optional symbols are None);
-    never raises for a missing or failing symbol. Returns::
-
-        {"cann_version": str or None, "cann_version_source": function name or None,
-         "cann_version_parts": {...} (aclsysGetCANNVersion only), "acl_api_version": str or None,
-         "runtime_version": str or None, "ops_transformer_version": str or None,
-         "version_num": {"runtime": int, "ops_transformer": int} (what answered),
-         "release": "9.1.0" (the known release whose rules apply), "release_from": what it
-         was read from, "release_note": why it is not an exact match (or None),
-         "attempts": ["aclsysGetCANNVersion: ...", ...]}   # why a query gave nothing
-    """
+    """The versions through the bound functions ``b`` (the keys of :func:`_empty`, plus
+    ``cann_version_parts`` from aclsysGetCANNVersion and :func:`release_of`'s); ``attempts``
+    says why a query gave nothing. Never raises for a missing or failing symbol."""
     out = _empty()
     attempts = out["attempts"]
     ver = PackageVersion()
