@@ -821,7 +821,7 @@ MUTANTS = [
            "            out_arena.memset(0, 0, zeros[0][3])",
            "only the first output is zero-filled", ARENA_T),
     Mutant("acl-arena-no-free-on-error", "acl", A + "device.py",
-           "        _free_all(mem.arenas + mem.result_arenas)",
+           "        runtime.free_all(mem.arenas + mem.result_arenas)",
            "        pass",
            "a failed upload leaves the call's device memory to the garbage collector", ARENA_T),
     Mutant('acl-arena-results-together', "acl", A + "op.py",

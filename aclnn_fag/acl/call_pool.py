@@ -65,7 +65,7 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
     if found is not None and not found.closed:
         return found
     # another context's on this device: never handed out again
-    _drop(_pop_idle(lambda k: k[0] == device_id and k != key))
+    runtime.free_all(_pop_idle(lambda k: k[0] == device_id and k != key), "warn")
     size = min(cap, -(-nbytes // GRAIN) * GRAIN)
     try:
         arena = ArenaBuffer(size, device_id)
@@ -97,7 +97,7 @@ def give(arena: ArenaBuffer) -> None:
             old = entries.pop(0)
             total -= old.nbytes
             dropped.append(old)
-    _drop(dropped)
+    runtime.free_all(dropped, "warn")
 
 
 def _size(arena: ArenaBuffer) -> int:
@@ -109,18 +109,10 @@ def discard(arena: ArenaBuffer) -> None:
     arena.release("warn")
 
 
-def _drop(arenas) -> None:
-    for a in arenas:
-        try:
-            a.release("warn")
-        except Exception:
-            pass
-
-
 def clear(device_id: Optional[int] = None) -> int:
     """Free every idle allocation (of one device, or all); returns how many there were."""
     arenas = _pop_idle(lambda k: device_id is None or k[0] == device_id)
-    _drop(arenas)
+    runtime.free_all(arenas, "warn")
     return len(arenas)
 
 

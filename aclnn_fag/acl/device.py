@@ -457,19 +457,10 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
                 buf.copy_from_host(start, end - start)
             _views(out, buf, start, members)
     except BaseException:
-        _free_all(created)
+        runtime.free_all(created)
         raise
     del groups      # the host arrays (temporary copies too) lived until every copy finished
     return out
-
-
-def _free_all(buffers) -> None:
-    """Free every buffer now (after an error: not left to the garbage collector)."""
-    for buf in buffers:
-        try:
-            buf.free()
-        except Exception:
-            pass
 
 
 class CallMemory:
@@ -533,7 +524,7 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
         for (start, end, members), at in zip(groups, group_at):
             _views(dev_in, in_arena.slice(at, end - start), start, members)
     except BaseException:
-        _free_all(mem.arenas + mem.result_arenas)
+        runtime.free_all(mem.arenas + mem.result_arenas)
         raise
     del groups, inits       # the host arrays lived until every copy finished
     mem.inputs, mem.outputs, mem.spare = dev_in, dev_out, None

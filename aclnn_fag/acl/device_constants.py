@@ -42,11 +42,7 @@ def clear() -> int:
     with _lock:
         copies = list(_copies.values())
         _copies.clear()
-    for da in copies:
-        try:
-            da.buffer.free()
-        except Exception:
-            pass
+    runtime.free_all([da.buffer for da in copies])
     return len(copies)
 
 

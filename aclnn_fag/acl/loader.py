@@ -12,7 +12,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3
-from .prototypes import bind
+from .prototypes import bind, library_error
 
 __all__ = [
     "ENV_LIB_DIR", "DEFAULT_TOOLKIT_LIB64", "ROLES", "Place", "Attempt", "Libraries",
@@ -224,21 +224,10 @@ def _not_found(roles, places, notes, tried) -> LibraryNotFoundError:
     lines.append("Attempts:")
     lines.extend("  " + a.line() for a in tried)
     lines.append(HINT)
-    err = LibraryNotFoundError("\n".join(lines))
-    err.tried = list(tried)
-    err.places = list(places)
-    err.role = ", ".join(roles)
-    return err
+    return library_error("\n".join(lines), tried, places, ", ".join(roles))
 
 
 _cache = SimpleNamespace(lock=threading.RLock(), failure=None, bindings=None, generation=0)
-
-
-def _copy_failure(err: LibraryNotFoundError) -> LibraryNotFoundError:
-    new = LibraryNotFoundError(err.rule)
-    for attr in ("tried", "places", "role"):
-        setattr(new, attr, getattr(err, attr, None))
-    return new
 
 
 def bindings():
@@ -254,7 +243,8 @@ def bindings():
             except LibraryNotFoundError as exc:
                 _cache.failure = exc
         if _cache.failure is not None:
-            raise _copy_failure(_cache.failure)
+            f = _cache.failure
+            raise library_error(f.rule, f.tried, f.places, f.role)
         return _cache.bindings
 
 

@@ -170,6 +170,13 @@ class Bindings:
         return getattr(self, name, None) is not None
 
 
+def library_error(text: str, tried, places, role: str) -> LibraryNotFoundError:
+    """A LibraryNotFoundError carrying the load attempts, the places searched and the role."""
+    err = LibraryNotFoundError(text)
+    err.tried, err.places, err.role = list(tried), list(places), role
+    return err
+
+
 def bind(libraries) -> Bindings:
     """Resolve and type every prototype. A missing required symbol raises LibraryNotFoundError."""
     b = Bindings(libraries)
@@ -188,15 +195,12 @@ def bind(libraries) -> Bindings:
     missing = [p.name for p in PROTOTYPES if not p.optional and getattr(b, p.name) is None]
     if missing:
         where = ", ".join(f"{r}={p}" for r, p in libraries.paths.items())
-        err = LibraryNotFoundError(
+        raise library_error(
             f"the CANN libraries loaded ({where}) do not export {', '.join(missing)}; "
             "this CANN release is too old or incomplete for "
             "aclnnFlashAttentionUnpaddingScoreGradV3. "
-            "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.")
-        err.tried = list(libraries.tried)
-        err.places = list(libraries.places)
-        err.role = "symbols"
-        raise err
+            "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.",
+            libraries.tried, libraries.places, "symbols")
     return b
 
 

@@ -82,8 +82,7 @@ def reset_stats() -> None:
 
 # ----------------------------------------------------------------------------- process state
 class ForkedProcessError(BackendUnavailableError):
-    """The NPU backend was initialised in a parent process before this process was forked:
-    CANN's runtime is not fork-safe, so a forked child never uses it (docs/faults.md, fork)."""
+    """The NPU backend was initialised before this process was forked (docs/faults.md, fork)."""
 
 
 _process_gen = 0          # bumped in a forked child: inherited handles are never released there
@@ -187,7 +186,6 @@ def initialise() -> _State:
 
 # ----------------------------------------------------------------------------- devices, contexts
 def _index(value, message: str) -> int:
-    """``operator.index(value)``, else TypeError(message)."""
     try:
         return operator.index(value)
     except TypeError:
@@ -195,8 +193,7 @@ def _index(value, message: str) -> int:
 
 
 def resolve_device(device_id: Optional[int] = None) -> int:
-    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX] (ctypes
-    would wrap a larger one into another device). :func:`ensure_device` checks the count."""
+    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX]."""
     if type(device_id) is int and 0 <= device_id <= INT32_MAX:
         return device_id                # the common case, first
     source = "parameter 'device_id'"
@@ -241,12 +238,12 @@ def soc_name() -> Optional[str]:
 
 
 def _tls_current(st: _State) -> Optional[int]:
-    """The device this package made current on the calling thread (a record), or None."""
+    """The device this package made current on the calling thread, or None."""
     return _tls.current if getattr(_tls, "state", None) is st else None
 
 
 def _current_context(b) -> Optional[int]:
-    """The thread's context, or None (none, the query failed, or the symbol is missing)."""
+    """The thread's context, or None (none, or it cannot be asked)."""
     if b.aclrtGetCurrentContext is None:
         return None
     ctx = c_void_p()
@@ -338,7 +335,7 @@ def distrust_context() -> None:
 
 
 def _ensure_any_context(b, dev: int) -> None:
-    """For releases from any thread (GC, atexit): make sure the thread has a current context."""
+    """For releases from any thread (GC, atexit): a current context on the thread."""
     st = _state
     if (st is not None and st.key == b.key and _tls_current(st) is not None
             and (getattr(_tls, "op", None) == _VERIFIED or not _context_lost(b))):
@@ -545,6 +542,15 @@ class NativeResource:
             if exc_type is None:
                 raise
         return False
+
+
+def free_all(buffers, mode: str = "raise") -> None:
+    """Free every buffer now, each failure ignored (with ``mode`` "warn": warned)."""
+    for buf in buffers:
+        try:
+            buf.release(mode)
+        except Exception:
+            pass
 
 
 def live_resources() -> list:
