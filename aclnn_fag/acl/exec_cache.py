@@ -7,7 +7,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Optional
 
 from .. import _env
 from . import caches, ownership, runtime
@@ -20,8 +20,7 @@ ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
 DEFAULT_CAPACITY = 16
 
 _lock = threading.Lock()
-_idle: "Dict[tuple, List[CachedExecutor]]" = {}     # key -> its idle entries, newest last
-_lru: "OrderedDict[CachedExecutor, tuple]" = OrderedDict()   # every idle entry, oldest first
+_lru: "OrderedDict[CachedExecutor, tuple]" = OrderedDict()   # idle entry -> key, oldest first
 _env_seen: Optional[str] = "unset"
 _capacity = DEFAULT_CAPACITY
 
@@ -102,18 +101,13 @@ def release_handles(executor, batch, mode: str = "warn") -> None:
 
 
 def take(key: tuple) -> Optional[CachedExecutor]:
-    """An idle entry for ``key`` (removed from the cache), or None."""
+    """The newest idle entry for ``key`` (removed from the cache), or None."""
     with _lock:
-        entries = _idle.get(key)
-        found = None
-        while entries and found is None:
-            entry = entries.pop()           # a released one (shutdown) is dropped
+        for entry in reversed([e for e, k in _lru.items() if k == key]):
             del _lru[entry]
-            if entry.alive:
-                found = entry
-        if entries is not None and not entries:
-            del _idle[key]
-    return found
+            if entry.alive:                 # a released one (shutdown) is dropped
+                return entry
+    return None
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
@@ -125,7 +119,6 @@ def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
         entry.release()
         return
     with _lock:
-        _idle.setdefault(key, []).append(entry)
         _lru[entry] = key
     if len(_lru) > cap:
         _trim(cap)
@@ -143,10 +136,6 @@ def _trim(cap: int) -> None:
     with _lock:
         while len(_lru) > cap:
             entry, key = _lru.popitem(last=False)
-            entries = _idle[key]
-            entries.remove(entry)
-            if not entries:
-                del _idle[key]
             dropped.append(entry)
     for entry in dropped:
         entry.release("warn")
@@ -156,7 +145,6 @@ def clear() -> int:
     """Destroy every idle entry; returns how many there were."""
     with _lock:
         entries = list(_lru)
-        _idle.clear()
         _lru.clear()
     for entry in entries:
         entry.release("warn")
@@ -171,8 +159,7 @@ def size() -> int:
 def _forget_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
-    _idle.clear()              # the handles were the parent's: never released here
-    _lru.clear()
+    _lru.clear()              # the handles were the parent's: never released here
 
 
 caches.register("executor cache", clear, _forget_after_fork)
