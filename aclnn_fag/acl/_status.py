@@ -6,9 +6,6 @@ from typing import Optional
 
 from ..errors import ACL_ERRORS, ACLNN_STATUS, AclRuntimeError, error_class_for
 
-__all__ = ["recent_message", "check", "status_error", "null_handle_error",
-           "ACLNN_ERR_INNER_NULLPTR"]
-
 ACLNN_ERR_INNER_NULLPTR = 561103
 
 

@@ -16,8 +16,6 @@ from .op import BACKWARD, check_device_arrays
 from .runtime import DeviceBuffer, refuse_pickle
 from .tensors import HandleBatch, int64_values
 
-__all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
-
 _OUT_SLOTS = FagGrads._fields                      # dq .. dv (dpse: NULL)
 _validator: List[Callable] = []
 
