@@ -51,11 +51,14 @@ def _framework_dtype(like, name: str):
                     "imported)")
 
 
-def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
-    """Run one op (``run``: acl.run_backward / run_forward) on device-resident inputs;
-    ``specs``: output -> (shape, numpy dtype) in result order. Returns the results: NPU
+def _run_on_device(call, kind: str, query_obj, stream, op, result_type, run, names):
+    """Run ``op`` (``run``: acl.run_backward / run_forward) on device-resident inputs; its
+    results (those ``result_type`` holds, shaped as the host call allocates them): NPU
     tensors (written through DeviceArrays over them) or new DeviceArrays."""
     dev = call_device(call, names)
+    auto = acl.op.auto_outputs(op, [getattr(call, n, None) for n in op.inputs])
+    named = dict(zip(op.outputs, auto))
+    specs = {n: named[n][:2] for n in result_type._fields}     # (shape, numpy dtype)
     if kind != operands.NPU:
         if call.empty_result:
             return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
@@ -82,36 +85,23 @@ def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
     return tensors
 
 
-def _specs(op, call, result_type) -> dict:
-    """Output -> (shape, numpy dtype) of each result, as the host call allocates them."""
-    named = dict(zip(op.outputs, acl.op.auto_outputs(op, [getattr(call, n, None)
-                                                          for n in op.inputs])))
-    return {n: named[n][:2] for n in result_type._fields}
-
-
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    specs = _specs(acl.op.BACKWARD, call, FagGrads)
-    return FagGrads(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_backward,
-                                    _BACKWARD_INPUTS))
+    return FagGrads(*_run_on_device(call, kind, query_obj, stream, acl.op.BACKWARD, FagGrads,
+                                    acl.run_backward, _BACKWARD_INPUTS))
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     """The forward on device-resident inputs (the statistics in the device's layout)."""
-    specs = _specs(acl.op.FORWARD, call, FagForward)
-    return FagForward(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_forward,
-                                      _FORWARD_INPUTS))
+    return FagForward(*_run_on_device(call, kind, query_obj, stream, acl.op.FORWARD,
+                                      FagForward, acl.run_forward, _FORWARD_INPUTS))
 
 
 def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:
     """``FagPlan(validate=True)``: the public call's rules on the plan's (uploaded) inputs, of
     the release the runtime reports (the data rules read a bounded sample; none with
     check_data=False). Sets the ends the device gets in ``int_values`` (docs/releases.md)."""
-    call = validate_backward(
-        *(inputs[n] for n in ("query", "query_rope", "key", "key_rope", "value", "dy")),
-        **{n: inputs[n] for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in",
-                                  "pse_shift", "drop_mask", "padding_mask", "softmax_in")},
-        **int_values, **attrs, deterministic=deterministic, check_data=check_data,
-        release=acl_release.current())
+    call = validate_backward(**inputs, **int_values, **attrs, deterministic=deterministic,
+                             check_data=check_data, release=acl_release.current())
     for n in ("actual_seq_qlen", "actual_seq_kvlen"):
         int_values[n] = device_int_array(call, n)
 
