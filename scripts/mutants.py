@@ -520,7 +520,7 @@ MUTANTS = [
     Mutant("acl-upload-touching", "acl", A + "device.py",
            "        if groups and it.start <= group_end:", "        if groups and it.start < group_end:",
            "views that touch are uploaded separately (not one buffer)"),
-    Mutant("acl-status-class", "acl", A + "_status.py",
+    Mutant("acl-status-class", "acl", A + "runtime.py",
            "    else:\n        cls = error_class_for(code)", "    else:\n        cls = AclRuntimeError",
            "status codes lose their exception classes (161002 -> generic error)"),
     Mutant('acl-op-no-workspace', "acl", A + "executor.py",

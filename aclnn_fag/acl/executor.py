@@ -13,7 +13,7 @@ from ..constants import INT64_MAX, INT64_MIN
 from ..errors import ParamNullptrError
 from ..spec import OPS, OpVersion
 from . import exec_cache, ownership, runtime
-from ._status import recent_message, status_error
+from .runtime import recent_message, status_error
 from .tensors import HandleBatch, destroy
 
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")

@@ -10,7 +10,7 @@ from typing import Callable, Dict, List, Optional
 from ..call import FagGrads, device_int_array
 from ..constants import BF16
 from . import exec_cache, executor, ownership, runtime
-from ._status import recent_message, status_error
+from .runtime import recent_message, status_error
 from .device import DeviceArray, as_device_array, upload_arrays
 from .op import BACKWARD, check_device_arrays
 from .runtime import DeviceBuffer, refuse_pickle

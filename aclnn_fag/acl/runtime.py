@@ -13,11 +13,10 @@ import weakref
 from ctypes import byref, c_int64, c_uint32, c_void_p
 from typing import Callable, Dict, Optional
 
-from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
-                      error_class_for)
+from ..errors import (ACL_ERRORS, ACLNN_STATUS, AclRuntimeError, BackendUnavailableError,
+                      DeterminismWarning, error_class_for)
 from .. import _env
 from . import caches, loader, ownership
-from ._status import check, recent_message, status_error
 from ..constants import INT32_MAX
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
@@ -31,6 +30,45 @@ MALLOC_HUGE_FIRST = 0
 OPT_DETERMINISTIC = 0
 DEVICE_ALIGN = 32
 MAX_ALLOCATION = (1 << 63) - 1   # bytes: sizes are computed with Python ints, passed as size_t
+
+# ----------------------------------------------------------------------------- status codes
+ACLNN_ERR_INNER_NULLPTR = 561103
+
+
+def recent_message(b) -> Optional[str]:
+    """``aclGetRecentErrMsg()`` text of this thread (None when absent or the symbol is missing)."""
+    fn = getattr(b, "aclGetRecentErrMsg", None)
+    try:
+        raw = fn() if fn is not None else None
+    except Exception:  # pragma: no cover - defensive: never mask the real error
+        return None
+    return (raw.decode("utf-8", errors="replace").strip() or None) if raw else None
+
+
+def status_error(b, code: int, function: str, rule: str = "", recent_msg: Optional[str] = None,
+                 fetch_message: bool = True):
+    """The exception for a non-zero ``code`` returned by ``function`` (message fetched now)."""
+    if recent_msg is None and fetch_message:
+        recent_msg = recent_message(b)
+    code = int(code)
+    runtime = function.startswith("aclrt") or function in ("aclInit", "aclFinalize")
+    if code not in ACLNN_STATUS and code not in ACL_ERRORS and runtime:
+        cls = AclRuntimeError
+    else:
+        cls = error_class_for(code)
+    return cls(rule, code=code, function=function, recent_msg=recent_msg)
+
+
+def check(b, code: int, function: str, rule: str = "") -> None:
+    """Raise the exception class of ``code`` (with aclGetRecentErrMsg text) when it is non-zero."""
+    if code:
+        raise status_error(b, code, function, rule)
+
+
+def null_handle_error(b, function: str):
+    """The exception for a pointer-returning function that returned NULL (561103)."""
+    return status_error(b, ACLNN_ERR_INNER_NULLPTR, function, rule=f"{function} returned NULL")
+
 
 # ----------------------------------------------------------------------------- counters
 _stats_lock = threading.Lock()

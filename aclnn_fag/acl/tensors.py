@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 
 from . import ownership, runtime
-from ._status import null_handle_error, status_error
+from .runtime import null_handle_error, status_error
 from ..constants import MAX_INT_ARRAY_ENTRIES, INT64_MIN as _INT64_MIN, INT64_MAX as _INT64_MAX
 
 FORMAT_ND = 2

@@ -8,7 +8,7 @@ from ctypes import byref, c_int32, create_string_buffer
 from typing import Optional
 
 from .. import releases
-from ._status import recent_message
+from .runtime import recent_message
 
 PKG_VERSION_MAX_SIZE = 128        # ACL_PKG_VERSION_MAX_SIZE
 PKG_VERSION_PARTS_MAX_SIZE = 64   # ACL_PKG_VERSION_PARTS_MAX_SIZE
