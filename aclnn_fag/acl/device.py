@@ -100,7 +100,7 @@ def _is_basic_index(k) -> bool:
         return False
 
 
-class DeviceArray:
+class DeviceArray(runtime.Closing):
     """A view over device memory: ``buffer``, ``shape``, ``dtype``, ``strides`` and ``offset``
     (in elements, non-negative); basic indexing only. ``free()`` frees the buffer (every view
     of it); otherwise the last view collected does."""
@@ -305,17 +305,6 @@ class DeviceArray:
         self.buffer.free()
 
     close = free
-
-    def __enter__(self) -> "DeviceArray":
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.free()
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
 
     def __repr__(self) -> str:
         return (f"<DeviceArray {self.dtype} {list(self.shape)} strides={list(self.strides)} "

@@ -102,7 +102,7 @@ def _same_view(a: DeviceArray, b: DeviceArray) -> bool:
             and a.offset == b.offset)
 
 
-class FagPlan:
+class FagPlan(runtime.Closing):
     """Phase 1 once, phase 2 per :meth:`run`. Tensors: DeviceArrays (used in place) or numpy
     (uploaded once); outputs: a DeviceArray to write into, or None (the plan allocates it)."""
 
@@ -409,17 +409,6 @@ class FagPlan:
                 self._inputs = dict.fromkeys(self._inputs)
                 self._outputs = dict.fromkeys(self._outputs)
                 self._state.close(strict=True)
-
-    def __enter__(self) -> "FagPlan":
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.close()
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("repeatable" if self.repeatable else "one-shot")

@@ -524,7 +524,23 @@ def refuse_pickle(obj, protocol=None):
                     "upload it again with DeviceArray.from_numpy")
 
 
-class NativeResource:
+class Closing:
+    """``with obj:`` calls ``obj.close()`` on leaving (its failure raised only when the block
+    raised nothing)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+
+
+class NativeResource(Closing):
     """Base of objects owning one native handle through a claim allocated before the create
     (``_prepare``), taken in its atomic block; released once (release, GC or shutdown)."""
 
@@ -560,16 +576,8 @@ class NativeResource:
     def _on_released(self) -> None:
         """Hook: the claim calls it once, when the handle stops being owned."""
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.release()
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
+    def close(self) -> None:
+        self.release()
 
 
 def free_all(buffers, mode: str = "raise") -> None:
@@ -646,8 +654,6 @@ class DeviceBuffer(NativeResource):
     def free(self) -> None:
         """Free the memory now (idempotent)."""
         self.release()
-
-    close = free
 
     @property
     def closed(self) -> bool:
