@@ -14,7 +14,7 @@ from ..errors import ParamNullptrError
 from ..spec import OPS, OpVersion
 from . import exec_cache, ownership, runtime
 from .runtime import recent_message, status_error
-from .tensors import HandleBatch, destroy
+from .tensors import HandleBatch
 
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
 _UNTIMED = contextlib.nullcontext()
@@ -58,7 +58,7 @@ class Executor(runtime.NativeResource):
         self._prepare()
 
     def _adopt(self, handle: int) -> None:
-        self._claim.take(handle, destroy, self.b, "aclDestroyAclOpExecutor", handle)
+        self._claim.take(handle, runtime.destroy, self.b, "aclDestroyAclOpExecutor", handle)
         self.handle = handle
 
     def _on_released(self) -> None:

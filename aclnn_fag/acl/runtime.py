@@ -387,13 +387,15 @@ class _Stream:
         return t is None or not t.is_alive()
 
 
-def _destroy_stream(b, dev: int, handle: int):
-    """``aclrtDestroyStream``; returns None or the error (a Claim release function)."""
-    _ensure_any_context(b, dev)
-    rc = b.aclrtDestroyStream(handle)
+def destroy(b, fname: str, handle: int, dev: Optional[int] = None):
+    """``fname(handle)``, a Claim release function (None or the error); with ``dev`` (a
+    stream's) a context of that device is made current first."""
+    if dev is not None:
+        _ensure_any_context(b, dev)
+    rc = getattr(b, fname)(handle)
     if rc:
-        return status_error(b, rc, "aclrtDestroyStream",
-                            rule=f"cannot destroy the stream {handle:#x} of device {dev}")
+        where = "" if dev is None else f"the stream {handle:#x} of device {dev}"
+        return status_error(b, rc, fname, rule=f"cannot destroy {where or hex(handle)}")
     return None
 
 
@@ -422,7 +424,7 @@ def stream(device_id: Optional[int] = None) -> int:
     with ownership.atomic():
         rc = b.aclrtCreateStream(byref(handle))
         if rc == 0:
-            entry.claim.take(handle.value, _destroy_stream, b, dev, handle.value)
+            entry.claim.take(handle.value, destroy, b, "aclrtDestroyStream", handle.value, dev)
             with st.lock:
                 st.streams[key] = entry
             _tls.stream = (st, entry)

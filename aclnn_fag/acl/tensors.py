@@ -95,14 +95,6 @@ def _dims(values):
     return (c_int64 * len(values))(*values)
 
 
-def destroy(b, fname: str, handle: int):
-    """Call the destroy function ``fname``; None or the error (an ownership.Claim release)."""
-    rc = getattr(b, fname)(handle)
-    if rc:
-        return status_error(b, rc, fname, rule=f"cannot destroy {handle:#x}")
-    return None
-
-
 class _Handle(runtime.NativeResource):
     """One handle made by an ACL create function and owned from the same atomic step."""
 
@@ -112,7 +104,7 @@ class _Handle(runtime.NativeResource):
         with ownership.atomic():      # the create and its ownership: one step for SIGINT
             handle = getattr(b, fname)(*args)
             if handle:
-                self._claim.take(handle, destroy, b, destroy_name, handle)
+                self._claim.take(handle, runtime.destroy, b, destroy_name, handle)
                 self.handle = handle
         if not handle:
             raise null_handle_error(b, fname)
