@@ -862,7 +862,7 @@ MUTANTS = [
            "the workspace a call on host arrays takes behind its pieces overlaps its uploads "
            "and outputs (wrong gradients)", POOL_T + ARENA_T),
     Mutant("acl-pool-no-limit", "acl", A + "call_pool.py",
-           "        while total > cap:", "        while False:",
+           "        while sum(a.nbytes for a in entries) > cap:", "        while False:",
            "idle device memory grows without bound", POOL_T),
     Mutant("acl-pool-worst-fit", "acl", A + "call_pool.py",
            "        found = min((a for a in entries if a.nbytes >= nbytes), key=_size, default=None)",

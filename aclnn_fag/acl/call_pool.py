@@ -75,25 +75,18 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
 
 
 def give(arena: ArenaBuffer) -> None:
-    """Back after a successful call: kept for the next one (within the limit) or freed. (One
-    of a context reset meanwhile is kept under its old record: never handed out again.)"""
+    """Back after a successful call: kept for the next one (within the limit) or freed."""
     key = arena.pool_key
     cap = limit()
     if key is None or arena.closed or arena.nbytes > cap:
         arena.release("warn")
         return
+    dropped = []
     with _lock:
-        entries = _idle.get(key)
-        if entries is None:
-            _idle[key] = [arena]
-            return                              # the common case: the only one, within cap
+        entries = _idle.setdefault(key, [])
         entries.append(arena)
-        dropped = []
-        total = sum(a.nbytes for a in entries)
-        while total > cap:
-            old = entries.pop(0)
-            total -= old.nbytes
-            dropped.append(old)
+        while sum(a.nbytes for a in entries) > cap:     # the oldest go first
+            dropped.append(entries.pop(0))
     runtime.free_all(dropped, "warn")
 
 
