@@ -134,10 +134,8 @@ class FagPlan(runtime.Closing):
         given = {n: as_device_array(n, args[n]) for n in BACKWARD.inputs}
         outs_given = {n: as_device_array(n, args[n]) for n in _OUT_SLOTS}
         # start indices are never NULL: [0] unless given (docs/forward.md, "Start indices")
-        self._int_values = {n: args[n] for n in BACKWARD.int_arrays}
-        for n in ("q_start_idx", "kv_start_idx"):
-            if self._int_values[n] is None:
-                self._int_values[n] = (0,)
+        self._int_values = {n: (0,) if args[n] is None and n.endswith("start_idx") else args[n]
+                            for n in BACKWARD.int_arrays}
         if head_num is None:
             shape = getattr(query, "shape", ())
             args["head_num"] = shape[1] if len(shape) >= 2 else 0

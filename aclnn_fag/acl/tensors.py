@@ -60,21 +60,18 @@ def int64_values(name: str, values) -> tuple:
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise TypeError(f"parameter '{name}' must be 1-D, got shape {values.shape}")
-        n = values.size
-    else:
-        if not hasattr(values, "__len__"):
-            try:            # an iterable without a length: take at most one entry too many
-                values = list(itertools.islice(iter(values), MAX_INT_ARRAY_ENTRIES + 1))
-            except TypeError:
-                raise TypeError(f"parameter '{name}' must be a sequence of ints, got "
-                                f"{type(values).__name__}") from None
-        n = len(values)
+    elif not hasattr(values, "__len__"):
+        try:            # an iterable without a length: take at most one entry too many
+            values = list(itertools.islice(iter(values), MAX_INT_ARRAY_ENTRIES + 1))
+        except TypeError:
+            raise TypeError(f"parameter '{name}' must be a sequence of ints, got "
+                            f"{type(values).__name__}") from None
+    n = len(values)
     if n > MAX_INT_ARRAY_ENTRIES:
         raise ValueError(f"parameter '{name}' has {n} entries; more than {MAX_INT_ARRAY_ENTRIES} "
                          "are refused")
-    seq = values.tolist() if isinstance(values, np.ndarray) else values
     out = []
-    for v in seq:
+    for v in values.tolist() if isinstance(values, np.ndarray) else values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"parameter '{name}' must hold ints, got {type(v).__name__} {v!r}")
         v = int(v)
