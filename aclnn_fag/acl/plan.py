@@ -10,10 +10,9 @@ from typing import Callable, Dict, List, Optional
 from ..call import FagGrads, device_int_array
 from ..constants import BF16
 from . import exec_cache, executor, ownership, runtime
-from .runtime import recent_message, status_error
 from .device import DeviceArray, as_device_array, upload_arrays
 from .op import BACKWARD, check_device_arrays
-from .runtime import DeviceBuffer, refuse_pickle
+from .runtime import DeviceBuffer, recent_message, refuse_pickle, status_error
 from .tensors import HandleBatch, int64_values
 
 _OUT_SLOTS = FagGrads._fields                      # dq .. dv (dpse: NULL)
@@ -355,9 +354,7 @@ class FagPlan(runtime.Closing):
                 if stream is not None:
                     st.streams[handle] = self.device_id
                 else:
-                    rc = b.aclrtSynchronizeStream(handle)
-                    if rc:
-                        raise status_error(b, rc, "aclrtSynchronizeStream")
+                    runtime.check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
             finally:
                 if hold is not None:
                     hold.release()
