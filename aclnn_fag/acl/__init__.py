@@ -32,19 +32,11 @@ __all__ = [
 ]
 
 
-def clear_executor_cache() -> int:
-    """Destroy the executors the public calls keep for reuse; returns how many there were."""
-    return exec_cache.clear()
-
-
-def release_constants() -> int:
-    """Free the device copies of the package's compressed mask; returns how many there were."""
-    return device_constants.clear()
-
-
-def release_call_memory() -> int:
-    """Free the device memory calls on host arrays keep; returns how many allocations."""
-    return call_pool.clear()
+# each returns how many it freed: the executors the public calls keep for reuse, the device
+# copies of the package's compressed mask, the device memory calls on host arrays keep
+clear_executor_cache = exec_cache.clear
+release_constants = device_constants.clear
+release_call_memory = call_pool.clear
 
 
 @dataclass(frozen=True)
