@@ -39,10 +39,6 @@ class ArenaBuffer(DeviceBuffer):
         self._share_lock = threading.Lock()
         super().__init__(nbytes, device_id)
 
-    def slice(self, start: int, nbytes: int) -> "ArenaSlice":
-        """Bytes [start, start + nbytes) as a buffer of their own (placed by :func:`layout`)."""
-        return ArenaSlice(self, start, nbytes)
-
     def share(self, piece: "ArenaSlice") -> None:
         """``piece`` is handed out (a result): it holds a share of the arena until freed."""
         if piece.arena is not self:

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import call_pool, runtime
-from .arena import ARENA_ALIGN, ArenaBuffer, layout
+from .arena import ARENA_ALIGN, ArenaBuffer, ArenaSlice, layout
 from .executor import Timer
 from .runtime import MEMCPY_HOST_TO_DEVICE, DeviceBuffer, refuse_pickle
 from .tensors import ACL_DTYPES, acl_dtype
@@ -505,10 +505,10 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
                 runtime.memcpy(runtime.api(), [(a.ptr + at, a.nbytes - at, src, n)
                                                for a, at, src, n in copies], MEMCPY_HOST_TO_DEVICE)
         for (i, shape, dt, n, *_), at in zip(zeros + inits, zero_at + init_at):
-            dev_out[i] = DeviceArray._checked(out_arena.slice(at, n), shape, dt,
+            dev_out[i] = DeviceArray._checked(ArenaSlice(out_arena, at, n), shape, dt,
                                               _c_strides(shape))
         for (start, end, members), at in zip(groups, group_at):
-            _views(dev_in, in_arena.slice(at, end - start), start, members)
+            _views(dev_in, ArenaSlice(in_arena, at, end - start), start, members)
     except BaseException:
         runtime.free_all(mem.arenas + mem.result_arenas)
         raise
