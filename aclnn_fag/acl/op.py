@@ -47,10 +47,6 @@ def check_device_arrays(named: Iterable, dev: int) -> list:
     return others
 
 
-def _shape(x) -> tuple:
-    return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
-
-
 def auto_outputs(op: OpVersion, inputs: list) -> list:
     """Per output slot the (shape, dtype, None) of the buffer the call allocates, or None
     (NULL): the backward's gradients bf16 like their inputs; the forward's statistics, an
@@ -58,13 +54,13 @@ def auto_outputs(op: OpVersion, inputs: list) -> list:
     named = dict(zip(op.inputs, inputs))
     if op is FORWARD:
         q, v = named["query"], named["value"]
-        qs, vs = (() if q is None else _shape(q)), (() if v is None else _shape(v))
+        qs, vs = tuple(np.shape(q)), tuple(np.shape(v))     # () for None
         if len(qs) < 2 or len(vs) < 1:
             return [None] * len(op.outputs)
         stats = ((qs[0], qs[1], 8), np.dtype(np.float32), None)
         return [stats, stats, ((0,), BF16, None), ((qs[0], qs[1], vs[-1]), BF16, None)]
     srcs = [named.get(op.output_like.get(n, "")) for n in op.outputs]
-    return [None if src is None else (_shape(src), BF16, None) for src in srcs]
+    return [None if src is None else (tuple(np.shape(src)), BF16, None) for src in srcs]
 
 
 # --------------------------------------------------------------------------- one call
@@ -281,7 +277,7 @@ def _call_raw(op: OpVersion, args: Mapping[str, object]):
     inputs = [args[n] for n in op.inputs]
     attrs = {n: args[n] for n in op.attrs}
     if attrs["head_num"] is None:
-        shape = _shape(args["query"]) if args["query"] is not None else ()
+        shape = np.shape(args["query"])
         attrs["head_num"] = shape[1] if len(shape) >= 2 else 0
     auto = auto_outputs(op, inputs)
     outputs = [_output_slot(args[n], a) for n, a in zip(op.outputs, auto)]
