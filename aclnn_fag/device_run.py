@@ -1,17 +1,9 @@
 """The public calls on device-resident inputs (DeviceArray or NPU tensors): results stay on
-the device, on the one device all inputs live on.
-
-DeviceArray inputs give new DeviceArrays. For NPU tensors (``aclnn_fag.operands``) each
-result is ``query.new_empty(shape, dtype=...)`` (bf16 results take ``query.dtype``, the
-forward's statistics the float32 of the query's framework), written through a DeviceArray
-over its memory and returned as that tensor.
-"""
+the one device the inputs live on (NPU tensors get ``query.new_empty`` results)."""
 
 from __future__ import annotations
 
 import sys
-
-import numpy as np
 
 from . import acl, operands
 from .acl import release as acl_release
@@ -21,8 +13,6 @@ from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
-_GRAD_LIKE = (("dq", "query"), ("dq_rope", "query_rope"), ("dk", "key"), ("dk_rope", "key_rope"),
-              ("dv", "value"))
 _BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
                     "softmax_max", "softmax_sum", "attention_in")
 _FORWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask")
@@ -61,11 +51,14 @@ def _framework_dtype(like, name: str):
                     "imported)")
 
 
-def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
-    """Run one op (``run``: acl.run_backward / run_forward) on device-resident inputs;
-    ``specs``: output -> (shape, numpy dtype) in result order. Returns the results: NPU
+def _run_on_device(call, kind: str, query_obj, stream, op, result_type, run, names):
+    """Run ``op`` (``run``: acl.run_backward / run_forward) on device-resident inputs; its
+    results (those ``result_type`` holds, shaped as the host call allocates them): NPU
     tensors (written through DeviceArrays over them) or new DeviceArrays."""
     dev = call_device(call, names)
+    auto = acl.op.auto_outputs(op, [getattr(call, n, None) for n in op.inputs])
+    named = dict(zip(op.outputs, auto))
+    specs = {n: named[n][:2] for n in result_type._fields}     # (shape, numpy dtype)
     if kind != operands.NPU:
         if call.empty_result:
             return [acl.DeviceArray.zeros(shape, dt, dev) for shape, dt in specs.values()]
@@ -93,33 +86,22 @@ def _run_on_device(call, kind: str, query_obj, stream, specs, run, names):
 
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
-    fields = call.__dict__
-    specs = {out: (tuple(fields[src].shape), BF16) for out, src in _GRAD_LIKE}
-    return FagGrads(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_backward,
-                                    _BACKWARD_INPUTS))
+    return FagGrads(*_run_on_device(call, kind, query_obj, stream, acl.op.BACKWARD, FagGrads,
+                                    acl.run_backward, _BACKWARD_INPUTS))
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
-    """The forward on device-resident inputs: attention_out bf16 [T1, N1, Dv] and the
-    statistics float32 [T1, N1, 8] in the device's per-batch layout, ready for the backward."""
-    t1, n1 = call.query.shape[0], call.query.shape[1]
-    stats = ((t1, n1, 8), np.dtype(np.float32))
-    specs = {"attention_out": ((t1, n1, call.value.shape[2]), BF16),
-             "softmax_max": stats, "softmax_sum": stats}
-    return FagForward(*_run_on_device(call, kind, query_obj, stream, specs, acl.run_forward,
-                                      _FORWARD_INPUTS))
+    """The forward on device-resident inputs (the statistics in the device's layout)."""
+    return FagForward(*_run_on_device(call, kind, query_obj, stream, acl.op.FORWARD,
+                                      FagForward, acl.run_forward, _FORWARD_INPUTS))
 
 
 def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:
     """``FagPlan(validate=True)``: the public call's rules on the plan's (uploaded) inputs, of
     the release the runtime reports (the data rules read a bounded sample; none with
     check_data=False). Sets the ends the device gets in ``int_values`` (docs/releases.md)."""
-    call = validate_backward(
-        *(inputs[n] for n in ("query", "query_rope", "key", "key_rope", "value", "dy")),
-        **{n: inputs[n] for n in ("atten_mask", "softmax_max", "softmax_sum", "attention_in",
-                                  "pse_shift", "drop_mask", "padding_mask", "softmax_in")},
-        **int_values, **attrs, deterministic=deterministic, check_data=check_data,
-        release=acl_release.current())
+    call = validate_backward(**inputs, **int_values, **attrs, deterministic=deterministic,
+                             check_data=check_data, release=acl_release.current())
     for n in ("actual_seq_qlen", "actual_seq_kvlen"):
         int_values[n] = device_int_array(call, n)
 

@@ -1,8 +1,5 @@
-"""The NPU backend: the CANN fused attention ops through ctypes (docs/npu.md; the modules
-and their jobs: docs/architecture.md). Importing this package never fails and never loads a
-library; the first use does. A child forked after this process initialised ACL cannot use
-the backend (:class:`ForkedProcessError`; docs/faults.md, fork).
-"""
+"""The NPU backend: the CANN fused attention ops through ctypes (docs/npu.md,
+docs/architecture.md). Importing it never loads a library; the first use does."""
 
 from __future__ import annotations
 
@@ -35,35 +32,24 @@ __all__ = [
 ]
 
 
-def clear_executor_cache() -> int:
-    """Destroy the executors the public calls keep for reuse; returns how many there were."""
-    return exec_cache.clear()
-
-
-def release_constants() -> int:
-    """Free the device copies of the package's compressed mask; returns how many there were."""
-    return device_constants.clear()
-
-
-def release_call_memory() -> int:
-    """Free the device memory calls on host arrays keep for the next call; returns how many
-    allocations there were."""
-    return call_pool.clear()
+# each returns how many it freed: the executors the public calls keep for reuse, the device
+# copies of the package's compressed mask, the device memory calls on host arrays keep
+clear_executor_cache = exec_cache.clear
+release_constants = device_constants.clear
+release_call_memory = call_pool.clear
 
 
 @dataclass(frozen=True)
 class Availability:
-    """Whether the NPU backend can run here: ``ok`` when the libraries load (with the V3 op)
-    and a device exists; ``libraries`` maps each role to its path or why it did not load."""
+    """Whether the NPU backend can run here (libraries with the V3 op and a device);
+    ``libraries`` maps each role to its path or why it did not load."""
 
     ok: bool
     reason: str
     device_count: int = 0
     libraries: Dict[str, str] = field(default_factory=dict)
     tried: List[object] = field(default_factory=list)
-    # True when CANN libraries were found (they loaded, or loaded without the op) but the NPU
-    # cannot be used as configured; False when simply no CANN is installed (or ok is True)
-    installed: bool = False
+    installed: bool = False     # a CANN was found but cannot be used as configured
     device_id: Optional[int] = None   # the device the backend would use, when known
     transient: bool = False      # ACL itself failed (aclInit, device query): retried later
 
@@ -73,7 +59,6 @@ class Availability:
 
 _avail_lock = threading.Lock()
 _avail: Optional[tuple] = None   # (loader generation, Availability, no probe again before)
-# a failed aclInit / aclrtGetDeviceCount is probed again after a back-off (docs/faults.md)
 RETRY_BACKOFF_MIN = 0.05
 RETRY_BACKOFF_MAX = 5.0
 _backoff = RETRY_BACKOFF_MIN
@@ -127,8 +112,7 @@ def _probe() -> Availability:
 
     try:
         count = runtime.device_count()
-    except AclnnError as exc:
-        # the message names the function (aclInit or aclrtGetDeviceCount) and its code
+    except AclnnError as exc:       # names aclInit or aclrtGetDeviceCount and the code
         return unavailable(f"ACL could not report the devices: {exc}", transient=True,
                            device_id=dev)
     if count <= 0:
@@ -145,8 +129,8 @@ def _probe() -> Availability:
 
 
 def availability(refresh: bool = False) -> Availability:
-    """Whether the NPU backend can run (cached; ``refresh=True`` searches the libraries again);
-    never in a child forked after the parent initialised ACL."""
+    """Whether the NPU backend can run (cached; ``refresh=True`` searches again; a failed
+    probe is retried after a back-off, docs/faults.md)."""
     global _avail, _backoff
     forked = runtime.forked_child_reason()
     if forked is not None:
@@ -178,11 +162,17 @@ def reset() -> None:
 
 STAND_IN_SYMBOL = "aclStubGetCounters"   # exported only by the stand-in libraries (native_stubs/)
 STAND_IN_LABEL = "STAND-IN stub libraries (native_stubs/), not an NPU"
+_FEATURES = {"determinism_setter": ("aclrtCtxSetSysParamOpt",),
+             "determinism_getter": ("aclrtCtxGetSysParamOpt",),
+             "repeatable_executor": ("aclSetAclOpExecutorRepeatable",),
+             "tensor_addr_setters": ("aclSetInputTensorAddr", "aclSetOutputTensorAddr"),
+             "recent_error_message": ("aclGetRecentErrMsg",), "soc_name": ("aclrtGetSocName",),
+             "forward_op": ("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize",
+                            "aclnnFlashAttentionVarLenScoreV3")}
 
 
 def stand_in() -> bool:
-    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/),
-    which export ``aclStubGetCounters`` (docs/npu.md); False when nothing loads."""
+    """True when the loaded "CANN" libraries are this project's stand-ins (native_stubs/)."""
     try:
         b = loader.bindings()
     except LibraryNotFoundError:
@@ -217,16 +207,7 @@ def info() -> dict:
     report["stand_in"] = stand_in()
     if report["stand_in"]:
         report["stand_in_note"] = STAND_IN_LABEL
-    report["features"] = {
-        "determinism_setter": b.has("aclrtCtxSetSysParamOpt"),
-        "determinism_getter": b.has("aclrtCtxGetSysParamOpt"),
-        "repeatable_executor": b.has("aclSetAclOpExecutorRepeatable"),
-        "tensor_addr_setters": b.has("aclSetInputTensorAddr") and b.has("aclSetOutputTensorAddr"),
-        "recent_error_message": b.has("aclGetRecentErrMsg"),
-        "soc_name": b.has("aclrtGetSocName"),
-        "forward_op": b.has("aclnnFlashAttentionVarLenScoreV3GetWorkspaceSize")
-        and b.has("aclnnFlashAttentionVarLenScoreV3"),
-    }
+    report["features"] = {k: all(map(b.has, names)) for k, names in _FEATURES.items()}
     try:
         report["soc_name"] = runtime.soc_name()
     except AclnnError as exc:

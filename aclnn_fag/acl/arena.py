@@ -1,8 +1,5 @@
-"""One device allocation for the device memory of one call, in slices placed by :func:`layout`
-at multiples of :data:`ARENA_ALIGN` (each aclTensor gets an aligned ``tensorData`` and a storage
-of its own size, docs/abi.md §4). A slice keeps the arena alive; a result's slice holds a share
-(:meth:`ArenaBuffer.share`) and the arena is freed when the last share is given back.
-"""
+"""One device allocation for the memory of one call, in slices placed by :func:`layout`
+(docs/abi.md §4); a result's slice holds a share and the last share frees the arena."""
 
 from __future__ import annotations
 
@@ -12,17 +9,14 @@ from typing import List, Optional, Sequence, Tuple
 from . import ownership
 from .runtime import DEVICE_ALIGN, DeviceBuffer
 
-__all__ = ["ARENA_ALIGN", "ArenaBuffer", "ArenaSlice", "layout"]
-
-# a multiple of the 32 bytes aclCreateTensor wants for tensorData (docs/abi.md §4); 512, the
-# granularity of torch_npu's caching allocator, so the op sees the alignment it usually gets
+# a multiple of the 32 bytes aclCreateTensor wants (docs/abi.md §4): torch_npu's granularity
 ARENA_ALIGN = 512
 assert ARENA_ALIGN % DEVICE_ALIGN == 0
 
 
 def layout(sizes: Sequence[int], start: int = 0) -> Tuple[List[int], int]:
-    """(start offsets, end) of pieces of ``sizes`` bytes placed one after the other from
-    ``start``, each start rounded up to a multiple of :data:`ARENA_ALIGN`."""
+    """(start offsets, end) of pieces of ``sizes`` bytes placed in turn from ``start``, each
+    start rounded up to a multiple of :data:`ARENA_ALIGN`."""
     offsets = []
     end = start
     align = ARENA_ALIGN
@@ -45,11 +39,6 @@ class ArenaBuffer(DeviceBuffer):
         self._share_lock = threading.Lock()
         super().__init__(nbytes, device_id)
 
-    def slice(self, start: int, nbytes: int) -> "ArenaSlice":
-        """Bytes [start, start + nbytes) as a buffer of their own (not checked: the caller
-        placed them with :func:`layout`)."""
-        return ArenaSlice(self, start, nbytes)
-
     def share(self, piece: "ArenaSlice") -> None:
         """``piece`` is handed out (a result): it holds a share of the arena until freed."""
         if piece.arena is not self:
@@ -65,13 +54,10 @@ class ArenaBuffer(DeviceBuffer):
 
 
 class ArenaSlice(DeviceBuffer):
-    """Bytes [start, start + nbytes) of an :class:`ArenaBuffer` (see the module doc).
-
-    Owns nothing native: ``free()`` gives back the slice's share of the arena (if it holds
-    one) and makes the slice unusable; the memory goes back when the arena is freed."""
+    """Bytes [start, start + nbytes) of an :class:`ArenaBuffer`; owns nothing native:
+    ``free()`` gives back the slice's share of the arena (if it holds one)."""
 
     def __init__(self, arena: ArenaBuffer, start: int, nbytes: int) -> None:
-        # no DeviceBuffer.__init__: nothing is allocated and nothing is registered
         self.arena: Optional[ArenaBuffer] = arena
         self.start = int(start)
         self.nbytes = int(nbytes)
@@ -106,8 +92,6 @@ class ArenaSlice(DeviceBuffer):
                 last = arena._shares == 0
         if last:
             arena.release(mode)
-
-    free = close = release
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else f"{self.ptr:#x}"

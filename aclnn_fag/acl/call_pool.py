@@ -1,10 +1,6 @@
-"""Device memory kept between calls on host arrays: a finished call's allocation reused by the
-next (such a call synchronises before it returns). An allocation serves one call at a time and
-is freed after a failed one; kept per (device, ACL context record), so memory of a context reset
-or forked away is never handed out again; at most ``limit()`` idle bytes
-(``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off), the least recently returned freed
-first; sizes rounded up to :data:`GRAIN`; out of memory frees the idle ones and tries again.
-"""
+"""Device memory kept between calls on host arrays, per (device, ACL context record): at
+most ``limit()`` idle bytes (``ACLNN_FAG_CALL_MEMORY_CACHE`` MiB, default 64, 0 = off),
+sizes rounded up to :data:`GRAIN`; out of memory frees the idle ones and tries again."""
 
 from __future__ import annotations
 
@@ -16,9 +12,6 @@ from .. import _env
 from ..errors import AclnnError
 from . import caches, runtime
 from .arena import ArenaBuffer
-
-__all__ = ["ENV_LIMIT", "DEFAULT_LIMIT_MIB", "GRAIN", "limit", "take", "give", "discard",
-           "clear", "idle_bytes"]
 
 ENV_LIMIT = "ACLNN_FAG_CALL_MEMORY_CACHE"
 DEFAULT_LIMIT_MIB = 64
@@ -69,7 +62,7 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
     if found is not None and not found.closed:
         return found
     # another context's on this device: never handed out again
-    _drop(_pop_idle(lambda k: k[0] == device_id and k != key))
+    runtime.free_all(_pop_idle(lambda k: k[0] == device_id and k != key), "warn")
     size = min(cap, -(-nbytes // GRAIN) * GRAIN)
     try:
         arena = ArenaBuffer(size, device_id)
@@ -82,26 +75,19 @@ def take(nbytes: int, device_id: int) -> ArenaBuffer:
 
 
 def give(arena: ArenaBuffer) -> None:
-    """Back after a successful call: kept for the next one (within the limit) or freed. (One
-    of a context reset meanwhile is kept under its old record: never handed out again.)"""
+    """Back after a successful call: kept for the next one (within the limit) or freed."""
     key = arena.pool_key
     cap = limit()
     if key is None or arena.closed or arena.nbytes > cap:
         arena.release("warn")
         return
+    dropped = []
     with _lock:
-        entries = _idle.get(key)
-        if entries is None:
-            _idle[key] = [arena]
-            return                              # the common case: the only one, within cap
+        entries = _idle.setdefault(key, [])
         entries.append(arena)
-        dropped = []
-        total = sum(a.nbytes for a in entries)
-        while total > cap:
-            old = entries.pop(0)
-            total -= old.nbytes
-            dropped.append(old)
-    _drop(dropped)
+        while sum(a.nbytes for a in entries) > cap:     # the oldest go first
+            dropped.append(entries.pop(0))
+    runtime.free_all(dropped, "warn")
 
 
 def _size(arena: ArenaBuffer) -> int:
@@ -113,18 +99,10 @@ def discard(arena: ArenaBuffer) -> None:
     arena.release("warn")
 
 
-def _drop(arenas) -> None:
-    for a in arenas:
-        try:
-            a.release("warn")
-        except Exception:
-            pass
-
-
 def clear(device_id: Optional[int] = None) -> int:
     """Free every idle allocation (of one device, or all); returns how many there were."""
     arenas = _pop_idle(lambda k: device_id is None or k[0] == device_id)
-    _drop(arenas)
+    runtime.free_all(arenas, "warn")
     return len(arenas)
 
 

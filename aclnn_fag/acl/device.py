@@ -1,8 +1,6 @@
-"""Arrays that live on the device (:class:`DeviceArray`, a strided view over one buffer, what an
-aclTensor describes) and the uploads that make them from numpy: arrays whose memory overlaps
-or touches (``q = qkv[..., :128]``, ``q_rope = qkv[..., 128:]``) share one copy of the range
-covering them; negative or misaligned strides and a foreign byte order are copied first.
-"""
+"""Arrays that live on the device (:class:`DeviceArray`, a strided view over one buffer) and
+the uploads that make them from numpy: overlapping or touching arrays share one copy;
+negative or misaligned strides and a foreign byte order are copied first."""
 
 from __future__ import annotations
 
@@ -14,14 +12,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import call_pool, runtime
-from ._status import check
-from .arena import ARENA_ALIGN, ArenaBuffer, layout
+from .arena import ARENA_ALIGN, ArenaBuffer, ArenaSlice, layout
 from .executor import Timer
 from .runtime import MEMCPY_HOST_TO_DEVICE, DeviceBuffer, refuse_pickle
 from .tensors import ACL_DTYPES, acl_dtype
-
-__all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
-           "CallMemory", "contiguous_strides", "as_device_array", "register_converter"]
 
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 _BASE_ALIGN = 32
@@ -66,7 +60,6 @@ class ForeignBuffer(DeviceBuffer):
     only forgets the address, ``owner`` is kept alive."""
 
     def __init__(self, ptr: int, nbytes: int, device_id: int, owner=None) -> None:
-        # no DeviceBuffer.__init__: nothing is allocated and nothing is registered for release
         self.device_id = int(device_id)
         self.nbytes = int(nbytes)
         self.ptr: Optional[int] = int(ptr) if nbytes else None
@@ -77,8 +70,6 @@ class ForeignBuffer(DeviceBuffer):
         self.ptr = None
         self.owner = None
         self._forgotten = True
-
-    free = close = release
 
     @property
     def released(self) -> bool:
@@ -109,14 +100,10 @@ def _is_basic_index(k) -> bool:
         return False
 
 
-class DeviceArray:
+class DeviceArray(runtime.Closing):
     """A view over device memory: ``buffer``, ``shape``, ``dtype``, ``strides`` and ``offset``
-    (both in elements, strides non-negative).
-
-    Create with :meth:`from_numpy`, :meth:`empty`, :meth:`zeros` or :func:`upload_arrays`;
-    read back with :meth:`numpy`; slice with basic indexing (no negative steps). ``free()``
-    frees the buffer, and so every view sharing it; otherwise the last view collected does.
-    """
+    (in elements, non-negative); basic indexing only. ``free()`` frees the buffer (every view
+    of it); otherwise the last view collected does."""
 
     __reduce_ex__ = refuse_pickle     # device memory: .numpy() is the host copy
 
@@ -181,9 +168,8 @@ class DeviceArray:
     def from_pointer(cls, ptr: int, shape: Sequence[int], dtype,
                      strides: Optional[Sequence[int]] = None, device_id: int = 0,
                      owner=None) -> "DeviceArray":
-        """Wrap device memory allocated by someone else (e.g. a framework's tensor) without
-        copying: ``ptr`` the address of element 0, ``strides`` in elements (None: C order).
-        Nothing is freed by this package; ``owner`` is kept alive as long as the array. The
+        """Wrap device memory allocated by someone else without copying: ``ptr`` the address
+        of element 0, ``strides`` in elements (None: C order); ``owner`` is kept alive. The
         aclTensor gets a 32-byte aligned base at or below ``ptr`` and an element offset."""
         ptr = operator.index(ptr)
         shape = _check_int_tuple("shape", shape)
@@ -315,22 +301,10 @@ class DeviceArray:
 
     # ---- lifetime
     def free(self) -> None:
-        """Free the underlying buffer now (every view of it becomes unusable; a result of a
-        call gives back its share of the call's allocation, :mod:`.arena`)."""
+        """Free the underlying buffer now (every view of it becomes unusable)."""
         self.buffer.free()
 
     close = free
-
-    def __enter__(self) -> "DeviceArray":
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.free()
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
 
     def __repr__(self) -> str:
         return (f"<DeviceArray {self.dtype} {list(self.shape)} strides={list(self.strides)} "
@@ -345,8 +319,8 @@ _converters: list = []
 
 
 def register_converter(fn) -> None:
-    """Add ``fn(name, value)``: a DeviceArray over ``value``'s device memory (an NPU tensor:
-    aclnn_fag.device_run registers it), or None when ``value`` is not of its kind."""
+    """Add ``fn(name, value)``: a DeviceArray over ``value``'s device memory, or None when
+    ``value`` is not of its kind (aclnn_fag.device_run registers the NPU tensors')."""
     if fn not in _converters:
         _converters.append(fn)
 
@@ -469,25 +443,15 @@ def upload_arrays(arrays: Sequence[Optional[np.ndarray]], device_id: Optional[in
                 buf.copy_from_host(start, end - start)
             _views(out, buf, start, members)
     except BaseException:
-        _free_all(created)
+        runtime.free_all(created)
         raise
     del groups      # the host arrays (temporary copies too) lived until every copy finished
     return out
 
 
-def _free_all(buffers) -> None:
-    """Free every buffer now (after an error: not left to the garbage collector)."""
-    for buf in buffers:
-        try:
-            buf.free()
-        except Exception:
-            pass
-
-
 class CallMemory:
-    """:func:`call_memory`'s DeviceArrays (``inputs``, ``outputs``), the allocations freed or
-    pooled when the call ends (``arenas``), those owned by the results (``result_arenas``)
-    and the unused tail of the first allocation (``spare``: address, bytes; or None)."""
+    """:func:`call_memory`'s DeviceArrays, the allocations freed or pooled when the call ends
+    (``arenas``) or owned by the results, and ``spare`` (address, bytes) behind the pieces."""
 
     __slots__ = ("inputs", "outputs", "arenas", "result_arenas", "spare")
 
@@ -495,14 +459,10 @@ class CallMemory:
 def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple],
                 device_id: int, timer: Timer = Timer(), results_apart: bool = False,
                 pooled: bool = False, spare: int = 0) -> CallMemory:
-    """Upload host ``arrays`` (grouped as :func:`upload_arrays`) and place ``outputs`` -- each
-    (shape, dtype, initial host array or None) -- in **one** allocation (:mod:`.arena`), or
-    two with ``results_apart`` (the outputs' own, owned by the results).
-
-    Outputs without an initial array come first and are zero-filled by one ``aclrtMemset``
-    (the op may leave parts unwritten: docs/faults.md). ``pooled``: the allocation not handed
-    out with the results comes from :mod:`.call_pool`, with ``spare`` bytes more behind the
-    pieces (``CallMemory.spare``, e.g. for the workspace). On an error it is freed first."""
+    """Upload host ``arrays`` (grouped as :func:`upload_arrays`) and place ``outputs`` (shape,
+    dtype, initial host array or None) in **one** allocation, or two with ``results_apart``.
+    Outputs without an initial array are zero-filled by one ``aclrtMemset`` (docs/faults.md);
+    ``pooled``: from :mod:`.call_pool`, with ``spare`` bytes more behind the pieces."""
     dev_in, groups = _plan_uploads(arrays, device_id)
     dev_out: List[Optional[DeviceArray]] = [None] * len(outputs)
     zeros, inits = [], []         # (index, shape, dtype, nbytes[, host array])
@@ -541,14 +501,16 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
                       in zip(groups, group_at)]
             copies += [(out_arena, at, z[4].__array_interface__["data"][0], z[3])
                        for z, at in zip(inits, init_at)]
-            _copy_in(copies)
+            if copies:
+                runtime.memcpy(runtime.api(), [(a.ptr + at, a.nbytes - at, src, n)
+                                               for a, at, src, n in copies], MEMCPY_HOST_TO_DEVICE)
         for (i, shape, dt, n, *_), at in zip(zeros + inits, zero_at + init_at):
-            dev_out[i] = DeviceArray._checked(out_arena.slice(at, n), shape, dt,
+            dev_out[i] = DeviceArray._checked(ArenaSlice(out_arena, at, n), shape, dt,
                                               _c_strides(shape))
         for (start, end, members), at in zip(groups, group_at):
-            _views(dev_in, in_arena.slice(at, end - start), start, members)
+            _views(dev_in, ArenaSlice(in_arena, at, end - start), start, members)
     except BaseException:
-        _free_all(mem.arenas + mem.result_arenas)
+        runtime.free_all(mem.arenas + mem.result_arenas)
         raise
     del groups, inits       # the host arrays lived until every copy finished
     mem.inputs, mem.outputs, mem.spare = dev_in, dev_out, None
@@ -557,15 +519,3 @@ def call_memory(arrays: Sequence[Optional[np.ndarray]], outputs: Sequence[tuple]
         mem.spare = (in_arena.ptr + at, in_arena.nbytes - at)
     return mem
 
-
-def _copy_in(copies) -> None:
-    """H2D copies (arena, offset, host address, nbytes), one native call each."""
-    if not copies:
-        return
-    b = runtime.api()
-    total = 0
-    for arena, at, src, n in copies:
-        check(b, b.aclrtMemcpy(arena.ptr + at, arena.nbytes - at, src, n, MEMCPY_HOST_TO_DEVICE),
-              "aclrtMemcpy", rule="host to device copy failed")
-        total += n
-    runtime._count("h2d", len(copies), "h2d_bytes", total)

@@ -1,8 +1,5 @@
-"""One device copy per device of the package's read-only compressed mask (4 MiB), made by
-the first call that passes it and used instead of an upload by later ones (docs/npu.md, "The
-compressed mask on the device"). One copy per (dtype, device, ACL context record); calls
-only read it; :func:`clear` and ``acl.shutdown()`` free the copies.
-"""
+"""One device copy per (dtype, device, ACL context record) of the package's read-only
+compressed mask, used instead of an upload (docs/npu.md, "The compressed mask on the device")."""
 
 from __future__ import annotations
 
@@ -14,8 +11,6 @@ import numpy as np
 from .. import masks
 from . import caches, runtime
 from .device import DeviceArray, upload_arrays
-
-__all__ = ["package_mask", "clear", "size"]
 
 _lock = threading.Lock()
 _copies: Dict[tuple, DeviceArray] = {}
@@ -45,11 +40,7 @@ def clear() -> int:
     with _lock:
         copies = list(_copies.values())
         _copies.clear()
-    for da in copies:
-        try:
-            da.buffer.free()
-        except Exception:
-            pass
+    runtime.free_all([da.buffer for da in copies])
     return len(copies)
 
 

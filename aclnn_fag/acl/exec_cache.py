@@ -1,31 +1,22 @@
-"""Executors kept between public calls: phase 1 once per call **signature** -- everything phase
-1 sees but the device addresses (the op, the device and ACL context, the determinism value,
-the attributes bit for bit, the int arrays, and per tensor slot shape, strides, dtype, offset
-and storage size). A hit is repointed by :mod:`.executor` and runs phase 2 only; an entry
-serves one call at a time and is destroyed after any failure. At most ``capacity()`` idle
-entries (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off), least recently used dropped first.
-"""
+"""Executors kept between public calls, by call **signature** (everything phase 1 sees but
+the addresses): a hit is repointed and runs phase 2 only; at most ``capacity()`` idle
+entries (``ACLNN_FAG_EXECUTOR_CACHE``, default 16, 0 = off), least recently used dropped."""
 
 from __future__ import annotations
 
 import struct
 import threading
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Optional
 
 from .. import _env
 from . import caches, ownership, runtime
-
-__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature",
-           "array_keys", "take", "give",
-           "discard", "clear", "size", "CachedExecutor"]
 
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
 DEFAULT_CAPACITY = 16
 
 _lock = threading.Lock()
-_idle: "Dict[tuple, List[CachedExecutor]]" = {}     # key -> its idle entries, newest last
-_lru: "OrderedDict[CachedExecutor, tuple]" = OrderedDict()   # every idle entry, oldest first
+_lru: "OrderedDict[CachedExecutor, tuple]" = OrderedDict()   # idle entry -> key, oldest first
 _env_seen: Optional[str] = "unset"
 _capacity = DEFAULT_CAPACITY
 
@@ -91,27 +82,28 @@ class CachedExecutor:
         return not (self.executor.released or self.batch.released)
 
     def release(self, mode: str = "warn") -> None:
-        """Destroy the executor, then its tensors and int arrays (idempotent)."""
-        with ownership.atomic():
-            try:
-                self.executor.release(mode)
-            finally:
-                self.batch.release(mode)
+        release_handles(self.executor, self.batch, mode)
+
+
+def release_handles(executor, batch, mode: str = "warn") -> None:
+    """Destroy an executor, then the tensors and int arrays it refers to (None: none)."""
+    with ownership.atomic():
+        try:
+            if executor is not None:
+                executor.release(mode)
+        finally:
+            if batch is not None:
+                batch.release(mode)
 
 
 def take(key: tuple) -> Optional[CachedExecutor]:
-    """An idle entry for ``key`` (removed from the cache), or None."""
+    """The newest idle entry for ``key`` (removed from the cache), or None."""
     with _lock:
-        entries = _idle.get(key)
-        found = None
-        while entries and found is None:
-            entry = entries.pop()           # a released one (shutdown) is dropped
+        for entry in reversed([e for e, k in _lru.items() if k == key]):
             del _lru[entry]
-            if entry.alive:
-                found = entry
-        if entries is not None and not entries:
-            del _idle[key]
-    return found
+            if entry.alive:                 # a released one (shutdown) is dropped
+                return entry
+    return None
 
 
 def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
@@ -123,7 +115,6 @@ def give(key: tuple, entry: CachedExecutor, cap: Optional[int] = None) -> None:
         entry.release()
         return
     with _lock:
-        _idle.setdefault(key, []).append(entry)
         _lru[entry] = key
     if len(_lru) > cap:
         _trim(cap)
@@ -141,10 +132,6 @@ def _trim(cap: int) -> None:
     with _lock:
         while len(_lru) > cap:
             entry, key = _lru.popitem(last=False)
-            entries = _idle[key]
-            entries.remove(entry)
-            if not entries:
-                del _idle[key]
             dropped.append(entry)
     for entry in dropped:
         entry.release("warn")
@@ -154,7 +141,6 @@ def clear() -> int:
     """Destroy every idle entry; returns how many there were."""
     with _lock:
         entries = list(_lru)
-        _idle.clear()
         _lru.clear()
     for entry in entries:
         entry.release("warn")
@@ -169,8 +155,7 @@ def size() -> int:
 def _forget_after_fork() -> None:
     global _lock
     _lock = threading.Lock()
-    _idle.clear()              # the handles were the parent's: never released here
-    _lru.clear()
+    _lru.clear()              # the handles were the parent's: never released here
 
 
 caches.register("executor cache", clear, _forget_after_fork)

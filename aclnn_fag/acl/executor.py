@@ -1,9 +1,5 @@
-"""The one route of a call on the device, the only caller of phase 1, the address setters and
-phase 2 (docs/architecture.md, "The path of one call"; docs/abi.md §6): :func:`run` takes a
-:class:`Launch`, reuses a cached executor of its signature (:mod:`.exec_cache`, repointed) or
-makes the handles and runs phase 1, then phase 2 on the caller's workspace. A one-shot
-executor is the library's once phase 2 is entered; a repeatable one stays ours.
-"""
+"""The one route of a call on the device: the only caller of phase 1, the address setters
+and phase 2 (docs/architecture.md, "The path of one call"; docs/abi.md §6)."""
 
 from __future__ import annotations
 
@@ -15,17 +11,12 @@ from typing import Callable, NamedTuple, Optional, Sequence, Tuple
 
 from ..constants import INT64_MAX, INT64_MIN
 from ..errors import ParamNullptrError
-from ..spec import OpVersion
+from ..spec import OPS, OpVersion
 from . import exec_cache, ownership, runtime
-from ._status import recent_message, status_error
-from .tensors import HandleBatch, destroy
-
-__all__ = ["Executor", "Launch", "Timer", "run", "phase1", "make_repeatable", "set_address",
-           "phase2", "attr_values", "layout_arg", "TIMING_KEYS"]
+from .runtime import recent_message, status_error
+from .tensors import HandleBatch
 
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
-
-
 _UNTIMED = contextlib.nullcontext()
 
 
@@ -56,8 +47,7 @@ class Timer:
 
 
 class Executor(runtime.NativeResource):
-    """An ``aclOpExecutor*`` we own until phase 2 consumes it (one-shot) or we destroy it;
-    phase 1 adopts its handle in the same atomic step."""
+    """An ``aclOpExecutor*`` we own until phase 2 consumes it (one-shot) or we destroy it."""
 
     _what = "an aclOpExecutor"
     _rank = 0                      # destroyed before the tensors it refers to
@@ -68,7 +58,7 @@ class Executor(runtime.NativeResource):
         self._prepare()
 
     def _adopt(self, handle: int) -> None:
-        self._take(handle, destroy, self.b, "aclDestroyAclOpExecutor", handle)
+        self._claim.take(handle, runtime.destroy, self.b, "aclDestroyAclOpExecutor", handle)
         self.handle = handle
 
     def _on_released(self) -> None:
@@ -120,21 +110,14 @@ _CHECK = {"double": _double_attr, "int64_t": _int64_attr,
 _CTYPE = {"double": c_double, "int64_t": c_int64, "char *": lambda raw: raw}
 
 
-def _attr_params(op: OpVersion) -> list:
-    """(name, check, ctypes type) of each attribute of ``op``, in parameter order."""
-    got = _ATTR_PARAMS.get(op.key)
-    if got is None:
-        got = _ATTR_PARAMS[op.key] = [(p.name, _CHECK[p.c_type], _CTYPE[p.c_type])
-                                      for p in op.params if p.role == "attr"]
-    return got
-
-
-_ATTR_PARAMS: dict = {}
+# op key -> (name, check, ctypes type) of each attribute, in parameter order
+_ATTR_PARAMS = {op.key: [(p.name, _CHECK[p.c_type], _CTYPE[p.c_type])
+                         for p in op.params if p.role == "attr"] for op in OPS.values()}
 
 
 def attr_values(op: OpVersion, attrs) -> tuple:
     """The op's attributes (name -> value) in parameter order, checked against their C types."""
-    return tuple([check(name, attrs[name]) for name, check, _ in _attr_params(op)])
+    return tuple([check(name, attrs[name]) for name, check, _ in _ATTR_PARAMS[op.key]])
 
 
 # --------------------------------------------------------------------------- the four natives
@@ -144,16 +127,16 @@ def phase1(b, op: OpVersion, tensors_in: Sequence, int_arrays: Sequence, attrs: 
     """Phase 1 on handles (None per NULL slot, parameter order) and checked attribute values:
     (the owned executor or None, the workspace size). ``out_params``: False passes NULL."""
     ws_size, handle = c_uint64(0), c_void_p(None)
-    c_attrs = [ctype(v) for (_, _, ctype), v in zip(_attr_params(op), attrs)]
+    c_attrs = [ctype(v) for (_, _, ctype), v in zip(_ATTR_PARAMS[op.key], attrs)]
     args = (list(tensors_in) + list(int_arrays) + c_attrs + list(tensors_out)
             + [byref(ws_size) if out_params[0] else None,
                byref(handle) if out_params[1] else None])
     ex = Executor(b)
     fn = getattr(b, op.phase1)
-    with ownership.atomic():           # phase 1 and the executor's ownership: one step
+    with ownership.atomic():
         rc = fn(*args)
-        if handle.value:               # also on failure: the forward hands one out on two
-            ex._adopt(handle.value)    # of its error paths (docs/releases.md)
+        if handle.value:               # also on failure (the forward's, docs/releases.md)
+            ex._adopt(handle.value)
     runtime._count("phase1")
     if rc:
         error = status_error(b, rc, op.phase1)
@@ -174,8 +157,8 @@ def make_repeatable(b, ex: Executor) -> Optional[str]:
 
 
 def set_address(b, output: bool, ex: Executor, index: int, tensor: int, address) -> bool:
-    """Point one aclTensor of a repeatable executor at ``address`` (``index``: its place among
-    the non-NULL tensors of its kind, docs/abi.md §2b); False when the setter fails."""
+    """Point one aclTensor of a repeatable executor at ``address`` (``index`` among the
+    non-NULL tensors of its kind, docs/abi.md §2b); False when the setter fails."""
     setter = b.aclSetOutputTensorAddr if output else b.aclSetInputTensorAddr
     if setter(ex.handle, index, tensor, address):
         recent_message(b)
@@ -186,9 +169,7 @@ def set_address(b, output: bool, ex: Executor, index: int, tensor: int, address)
 def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: int, stream: int,
            repeatable: bool) -> None:
     """Phase 2 on ``stream``; a one-shot executor is the library's once phase 2 is entered."""
-    if ws_size > 0 and not workspace:
-        # the op would delete the executor, even a repeatable one we still own (opbase):
-        # refused before the call, the executor stays ours (docs/releases.md)
+    if ws_size > 0 and not workspace:   # the op would delete even a repeatable executor
         raise ParamNullptrError(f"phase 1 asked for a workspace of {ws_size} bytes and none was "
                                 "given; phase 2 is not run without it", code=161001,
                                 param="workspace", function=op.phase2, stricter=True)
@@ -202,10 +183,8 @@ def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: in
 
 # --------------------------------------------------------------------------- one call
 class Launch(NamedTuple):
-    """One call as the executor sees it: ``inputs`` / ``outputs`` one DeviceArray or None per
-    tensor slot, ``attrs`` checked values (:func:`attr_values`), ``int_values`` a tuple of
-    ints or None per int-array slot. ``cache``: use the executor cache (the public calls);
-    ``out_params``: pass phase 1's out-parameters (``call_raw`` may pass NULL)."""
+    """One call: a DeviceArray or None per tensor slot, checked ``attrs``
+    (:func:`attr_values`), int tuples or None; ``cache``: use the executor cache."""
 
     op: OpVersion
     dev: int
@@ -220,9 +199,9 @@ class Launch(NamedTuple):
 
 def run(call: Launch, stream: int, workspace_of: Callable[[int, bool], int], sync: bool,
         timer: Timer = Timer()) -> None:
-    """Run ``call`` on ``stream`` (see the module doc). ``workspace_of(nbytes, cached)`` gives
-    the workspace's address (the memory is the caller's); ``sync``: synchronise the stream
-    before returning (kernel faults surface there)."""
+    """Run ``call`` on ``stream``: a cached executor of its signature repointed, else new
+    handles and phase 1; ``workspace_of(nbytes, cached)`` gives the workspace's address (the
+    caller's memory); ``sync``: synchronise the stream before returning."""
     b = runtime.api()
     cap = exec_cache.enabled(b) if call.cache else 0
     key = entry = None
@@ -284,13 +263,8 @@ def _build_and_launch(b, call: Launch, cap: int, stream: int, workspace_of,
             batch = ex = None       # the entry's now
         return entry
     finally:
-        with timer("marshal"), ownership.atomic():
-            try:
-                if ex is not None:
-                    ex.release("warn")
-            finally:
-                if batch is not None:
-                    batch.release("warn")
+        with timer("marshal"):
+            exec_cache.release_handles(ex, batch)
         hold.release()
 
 
@@ -304,8 +278,8 @@ def _slots(handles: list, arrays: list) -> list:
 
 
 def _take_repointed(b, key, call: Launch) -> Optional[exec_cache.CachedExecutor]:
-    """An idle entry of ``key`` with its tensors pointed at the call's arrays, or None (no
-    entry, or a setter failed). An entry that could not be repointed is destroyed."""
+    """An idle entry of ``key`` pointed at the call's arrays, or None (one that could not be
+    repointed is destroyed)."""
     with ownership.atomic():
         entry = exec_cache.take(key)
     if entry is None:
@@ -322,8 +296,7 @@ def _take_repointed(b, key, call: Launch) -> Optional[exec_cache.CachedExecutor]
 
 
 def _repoint(b, entry, slots: list, arrays: list, output: bool) -> bool:
-    """Point the entry's tensors (``slots``) at the non-NULL ``arrays``' buffers (ValueError
-    for a freed one); False when a setter fails."""
+    """Point the entry's tensors at the non-NULL ``arrays``; False when a setter fails."""
     k = 0
     for arr in arrays:
         if arr is None:

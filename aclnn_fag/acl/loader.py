@@ -1,11 +1,5 @@
-"""Finding and loading the CANN libraries (docs/npu.md, "NPU setup"; docs/abi.md §5).
-
-Nothing is searched at import; the first ``bindings()`` searches the places of
-:func:`search_places` in order, loads each role from the first place where it loads (a
-library already loaded in the process is what the system loader step returns, except a
-copy this package loaded from a directory no longer searched) and reports every attempt.
-The result, success or failure, is cached until ``reset()``; libraries are never unloaded.
-"""
+"""Finding and loading the CANN libraries (docs/npu.md, "NPU setup"; docs/abi.md §5): searched
+at first use, the result (a failure too) cached until ``reset()``; never unloaded."""
 
 from __future__ import annotations
 
@@ -18,12 +12,7 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3
-from .prototypes import bind
-
-__all__ = [
-    "ENV_LIB_DIR", "DEFAULT_TOOLKIT_LIB64", "ROLES", "Place", "Attempt", "Libraries",
-    "search_places", "load_libraries", "libraries", "bindings", "reset",
-]
+from .prototypes import bind, library_error
 
 ENV_LIB_DIR = "ACLNN_FAG_LIB_DIR"
 DEFAULT_TOOLKIT_LIB64 = "/usr/local/Ascend/ascend-toolkit/latest/lib64"
@@ -128,8 +117,6 @@ def _try_load(role: str, name: str, place: Place, mode: int, symbol: Optional[st
                         for p in os.environ.get("LD_LIBRARY_PATH", "").split(":") if p)
         if earlier is not None and os.path.realpath(earlier) in _explicit_paths and \
                 os.path.dirname(os.path.realpath(earlier)) not in searched_dirs + ld_path:
-            # dlopen("libx.so") would return the copy this package loaded earlier from a
-            # directory that is no longer searched (e.g. ACLNN_FAG_LIB_DIR changed + reset()).
             note("not found", f"only the copy aclnn_fag loaded earlier from {earlier} is "
                  "present, and that directory is no longer searched")
             return None
@@ -232,26 +219,15 @@ def _not_found(roles, places, notes, tried) -> LibraryNotFoundError:
     lines.append("Attempts:")
     lines.extend("  " + a.line() for a in tried)
     lines.append(HINT)
-    err = LibraryNotFoundError("\n".join(lines))
-    err.tried = list(tried)
-    err.places = list(places)
-    err.role = ", ".join(roles)
-    return err
+    return library_error("\n".join(lines), tried, places, ", ".join(roles))
 
 
 _cache = SimpleNamespace(lock=threading.RLock(), failure=None, bindings=None, generation=0)
 
 
-def _copy_failure(err: LibraryNotFoundError) -> LibraryNotFoundError:
-    new = LibraryNotFoundError(err.rule)
-    for attr in ("tried", "places", "role"):
-        setattr(new, attr, getattr(err, attr, None))
-    return new
-
-
 def bindings():
-    """The bound prototype table (:class:`.prototypes.Bindings`): the libraries are loaded
-    and bound on first use; the result, a LibraryNotFoundError too, is kept until reset()."""
+    """The bound prototype table (:class:`.prototypes.Bindings`), loaded on first use; the
+    result, a LibraryNotFoundError too, is kept until reset()."""
     b = _cache.bindings
     if b is not None:
         return b
@@ -262,7 +238,8 @@ def bindings():
             except LibraryNotFoundError as exc:
                 _cache.failure = exc
         if _cache.failure is not None:
-            raise _copy_failure(_cache.failure)
+            f = _cache.failure
+            raise library_error(f.rule, f.tried, f.places, f.role)
         return _cache.bindings
 
 

@@ -1,11 +1,6 @@
-"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated calls) and
-``call_raw`` / ``call_raw_forward`` (no validation; keywords from :mod:`aclnn_fag.spec`). Each
-turns its arguments into device arrays -- host arrays uploaded into one allocation next to the
-outputs (:func:`.device.call_memory`), device arrays used in place -- and hands them to
-:func:`.executor.run`. The memory policy is here (docs/architecture.md): the public calls take
-their allocation and workspace from :mod:`.call_pool`; with a caller's stream and device inputs
-only the launch is enqueued (the stream's own workspace); ``call_raw`` allocates everything.
-"""
+"""The calls of both ops on the device: ``run_backward`` / ``run_forward`` (validated) and
+``call_raw`` / ``call_raw_forward`` (keywords from :mod:`aclnn_fag.spec`), each through
+:func:`.executor.run`; the memory policy of the calls (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -19,14 +14,10 @@ from ..constants import BF16
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OpVersion
 from . import caches, call_pool, device_constants, executor, ownership, runtime
-from ._status import check
 from .arena import ARENA_ALIGN
 from .device import DeviceArray, call_memory
 from .runtime import MEMCPY_DEVICE_TO_HOST
 from .tensors import int64_values
-
-__all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
-           "execute", "check_device_arrays", "BACKWARD", "FORWARD", "AUTO"]
 
 BACKWARD, FORWARD = BACKWARD_V3, FORWARD_V3
 _RESULTS = {BACKWARD.key: FagGrads, FORWARD.key: FagForward}   # what each op returns
@@ -38,12 +29,12 @@ class _Auto:
         return "AUTO"
 
 
-AUTO = _Auto()   # call_raw output default: the op's own output shape (see _auto_outputs)
+AUTO = _Auto()   # call_raw output default: the op's own output shape (see auto_outputs)
 
 
 def check_device_arrays(named: Iterable, dev: int) -> list:
-    """ValueError when a DeviceArray of (name, array) pairs lives on another device; the
-    places of the other non-None arrays (host arrays, output specs)."""
+    """ValueError when a DeviceArray of the (name, array) pairs lives on another device; the
+    places of the other non-None arrays."""
     others = []
     for i, (name, arr) in enumerate(named):
         if isinstance(arr, DeviceArray):
@@ -56,24 +47,20 @@ def check_device_arrays(named: Iterable, dev: int) -> list:
     return others
 
 
-def _shape(x) -> tuple:
-    return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
-
-
-def _auto_outputs(op: OpVersion, inputs: list) -> list:
+def auto_outputs(op: OpVersion, inputs: list) -> list:
     """Per output slot the (shape, dtype, None) of the buffer the call allocates, or None
-    (NULL): the backward's gradients bf16 like their inputs (dpse NULL); the forward's
-    statistics, an empty softmax_out (torch_npu passes one) and attention_out."""
+    (NULL): the backward's gradients bf16 like their inputs; the forward's statistics, an
+    empty softmax_out (torch_npu passes one) and attention_out."""
     named = dict(zip(op.inputs, inputs))
     if op is FORWARD:
         q, v = named["query"], named["value"]
-        qs, vs = (() if q is None else _shape(q)), (() if v is None else _shape(v))
+        qs, vs = tuple(np.shape(q)), tuple(np.shape(v))     # () for None
         if len(qs) < 2 or len(vs) < 1:
             return [None] * len(op.outputs)
         stats = ((qs[0], qs[1], 8), np.dtype(np.float32), None)
         return [stats, stats, ((0,), BF16, None), ((qs[0], qs[1], vs[-1]), BF16, None)]
     srcs = [named.get(op.output_like.get(n, "")) for n in op.outputs]
-    return [None if src is None else (_shape(src), BF16, None) for src in srcs]
+    return [None if src is None else (tuple(np.shape(src)), BF16, None) for src in srcs]
 
 
 # --------------------------------------------------------------------------- one call
@@ -81,13 +68,11 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
             outputs: list, *, deterministic: Optional[bool], device_id: Optional[int],
             stream=None, keep_on_device: bool = False, public: bool = True,
             timer: executor.Timer = executor.Timer(), out_params=(True, True)) -> list:
-    """Run one call, every list in slot order: ``inputs`` numpy / DeviceArray / None,
-    ``outputs`` None, a DeviceArray (written in place) or (shape, dtype, initial host array
-    or None). Returns host arrays, or with ``keep_on_device`` the DeviceArrays. A caller's
-    ``stream`` only gets the launch when every input is device-resident and results stay on
-    the device (else it is synchronised). ``public``: the executor cache, the mask's device
-    copy and the memory pool are used (``call_raw``: none; ``out_params`` may pass NULL)."""
-    # Python-level argument checks first: nothing native exists yet when they fail.
+    """Run one call, lists in slot order: ``inputs`` numpy / DeviceArray / None, ``outputs``
+    None, a DeviceArray (written in place) or (shape, dtype, initial host array or None).
+    Host arrays back, or the DeviceArrays with ``keep_on_device``; a caller's ``stream`` only
+    gets the launch when every input is on the device and results stay there. ``public``:
+    the executor cache, the mask's device copy and the pool (``call_raw``: none)."""
     attr_values = executor.attr_values(op, attrs)
     int_values = tuple([None if v is None else int64_values(n, v)
                         for n, v in zip(op.int_arrays, int_arrays)])
@@ -102,9 +87,7 @@ def execute(op: OpVersion, inputs: list, int_arrays: list, attrs: Mapping[str, o
         spare = None
         ok = False
         try:
-            # one outer atomic block: the blocks inside it nest (no signal calls); nothing
-            # in it waits in Python (the waits are native calls, which hold SIGINT anyway)
-            with ownership.atomic():
+            with ownership.atomic():     # the blocks inside nest (no signal calls)
                 inputs, outputs = list(inputs), list(outputs)
                 if public and "atten_mask" in op.inputs:
                     _shared_mask(op, inputs, host, dev)
@@ -170,8 +153,8 @@ def _room(op: OpVersion) -> int:
 
 
 def _shared_mask(op: OpVersion, inputs: list, host: list, dev: int) -> None:
-    """The package's own compressed mask: its one device copy per device (.device_constants)
-    in place of the host array (which then is not uploaded)."""
+    """The package's own compressed mask: its device copy (.device_constants) in place of
+    the host array."""
     at = op.inputs.index("atten_mask")
     if type(inputs[at]) is np.ndarray:
         shared = device_constants.package_mask(inputs[at], dev)
@@ -183,23 +166,11 @@ def _shared_mask(op: OpVersion, inputs: list, host: list, dev: int) -> None:
 def _download(arrays: list, made: list) -> list:
     """Each output as a new host array: the ones allocated here (C-contiguous, each a piece
     of the call's allocation) by one aclrtMemcpy each, a caller's through ``numpy()``."""
-    b = runtime.api()
-    out = []
-    copies = total = 0
-    for i, da in enumerate(arrays):
-        if da is None or i not in made:
-            out.append(None if da is None else da.numpy())
-            continue
-        host = np.empty(da.shape, da.dtype)
-        n = host.nbytes
-        if n:
-            addr = host.__array_interface__["data"][0]
-            check(b, b.aclrtMemcpy(addr, n, da.buffer.ptr, n, MEMCPY_DEVICE_TO_HOST),
-                  "aclrtMemcpy", rule="device to host copy failed")
-            copies += 1
-            total += n
-        out.append(host)
-    runtime._count("d2h", copies, "d2h_bytes", total)
+    out = [None if da is None else (np.empty(da.shape, da.dtype) if i in made else da.numpy())
+           for i, da in enumerate(arrays)]
+    copies = [(host.__array_interface__["data"][0], host.nbytes, arrays[i].buffer.ptr,
+               host.nbytes) for i, host in enumerate(out) if i in made and host.nbytes]
+    runtime.memcpy(runtime.api(), copies, MEMCPY_DEVICE_TO_HOST)
     return out
 
 
@@ -208,7 +179,7 @@ def _run(op: OpVersion, call, given: Optional[Mapping[str, object]], device_id, 
          keep_on_device: bool, timer: executor.Timer):
     """A validated call (FagCall / FwdCall) of ``op``: its results in ``op``'s result type."""
     inputs = [getattr(call, n, None) for n in op.inputs]
-    outputs = _auto_outputs(op, inputs)
+    outputs = auto_outputs(op, inputs)
     if given:
         outputs = [given.get(n) if given.get(n) is not None else auto
                    for n, auto in zip(op.outputs, outputs)]
@@ -230,14 +201,10 @@ def run_backward(call: FagCall, *, device_id: Optional[int] = None,
                  timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
                  keep_on_device: bool = False, stream=None, cpu_timings: bool = False) -> FagGrads:
     """Run aclnnFlashAttentionUnpaddingScoreGradV3 for a validated call on the NPU.
-
-    ``outputs``: slot (dq ... dv) -> DeviceArray to write into (others are allocated).
-    ``keep_on_device``: return DeviceArrays instead of downloading. ``stream``: a caller's
-    aclrtStream (int or an object with ``npu_stream``); with device-resident inputs and
-    ``keep_on_device`` the call only enqueues. ``device_id`` None: ``$ACLNN_FAG_DEVICE`` or
-    0. ``timings`` (a dict) receives host seconds per stage ("marshal", "phase1", "phase2",
-    "copy_in", "copy_out", "alloc"; with ``cpu_timings`` also "<key>_cpu").
-    """
+    ``outputs``: slot -> DeviceArray to write into; ``keep_on_device``: DeviceArrays back;
+    ``stream``: a caller's aclrtStream (with device inputs and ``keep_on_device`` the call
+    only enqueues); ``timings``: a dict of host seconds per stage (``executor.TIMING_KEYS``;
+    with ``cpu_timings`` also "<key>_cpu")."""
     return _run(BACKWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings, cpu_timings))
 
@@ -264,9 +231,8 @@ def _require(op: OpVersion) -> None:
 def run_forward(call: FwdCall, *, device_id: Optional[int] = None,
                 timings: Optional[dict] = None, outputs: Optional[Mapping[str, object]] = None,
                 keep_on_device: bool = False, stream=None) -> FagForward:
-    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU: FagForward
-    as the device wrote it (the statistics in the device's per-batch layout, ready for the
-    backward). The keywords as run_backward's."""
+    """Run aclnnFlashAttentionVarLenScoreV3 for a validated FwdCall on the NPU (the statistics
+    in the device's layout); the keywords as run_backward's."""
     _require(FORWARD)
     return _run(FORWARD, call, outputs, device_id, stream, keep_on_device,
                 executor.Timer(timings))
@@ -278,10 +244,10 @@ _RAW_EXTRAS = (("workspace_size_out", True), ("executor_out", True), ("determini
 
 
 def _raw_signature(op: OpVersion) -> inspect.Signature:
-    """Every C parameter of ``op`` as a keyword (tensors and int arrays None, attributes the
-    spec's defaults, outputs AUTO when the call can shape them else None), then the extras."""
+    """Every C parameter of ``op`` as a keyword (attributes the spec's defaults, outputs AUTO
+    when the call can shape them, else None), then the extras."""
     dummy = np.empty((1, 1))
-    auto = {n for n, s in zip(op.outputs, _auto_outputs(op, [dummy] * len(op.inputs)))
+    auto = {n for n, s in zip(op.outputs, auto_outputs(op, [dummy] * len(op.inputs)))
             if s is not None}
     kw = inspect.Parameter.KEYWORD_ONLY
     params = []
@@ -297,8 +263,7 @@ def _raw_signature(op: OpVersion) -> inspect.Signature:
 
 
 def _output_slot(spec, auto_slot):
-    """One output of :func:`execute`: ``auto_slot`` for AUTO, None for no output, else the
-    caller's array as (shape, dtype, array)."""
+    """One output of :func:`execute`: ``auto_slot`` for AUTO, None, or (shape, dtype, array)."""
     if spec is AUTO:
         return auto_slot
     if spec is None:
@@ -312,9 +277,9 @@ def _call_raw(op: OpVersion, args: Mapping[str, object]):
     inputs = [args[n] for n in op.inputs]
     attrs = {n: args[n] for n in op.attrs}
     if attrs["head_num"] is None:
-        shape = _shape(args["query"]) if args["query"] is not None else ()
+        shape = np.shape(args["query"])
         attrs["head_num"] = shape[1] if len(shape) >= 2 else 0
-    auto = _auto_outputs(op, inputs)
+    auto = auto_outputs(op, inputs)
     outputs = [_output_slot(args[n], a) for n, a in zip(op.outputs, auto)]
     res = execute(op, inputs, [args[n] for n in op.int_arrays], attrs, outputs,
                   deterministic=args["deterministic"], device_id=args["device_id"],

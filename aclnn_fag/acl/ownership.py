@@ -1,16 +1,6 @@
-"""Interrupt-safe ownership of native handles (docs/faults.md, "Ctrl-C at any moment").
-
-:class:`atomic` holds SIGINT back on the main thread for a create and the store of its
-handle; a :class:`Claim` (allocated before the create, filled by :meth:`Claim.take` inside
-the block) records each handle until it is released exactly once, by its owner, garbage
-collection or :func:`release_all` (``acl.shutdown()``). Usage::
-
-    resource._prepare()                     # the claim and the finalizer first
-    with ownership.atomic():
-        handle = b.aclCreateTensor(...)
-        if handle:
-            resource._take(handle, release_fn, *args)  # the only step after the call
-"""
+"""Interrupt-safe ownership of native handles (docs/faults.md, "Ctrl-C at any moment"):
+:class:`atomic` holds SIGINT back for a create and the :meth:`Claim.take` of its handle;
+the claim releases it exactly once (owner, garbage collection or :func:`release_all`)."""
 
 from __future__ import annotations
 
@@ -23,19 +13,14 @@ from typing import Callable, Dict, List, Optional
 
 from ..errors import ResourceReleaseWarning
 
-try:        # the C functions under ``signal``'s wrappers, which convert every handler to an
-    # enum member (~10 us a call, against ~0.5 us for the swap). Kept (measured): without it
-    # the NPU-tensor call of the overhead bench misses its 250 us goal.
+try:        # the C functions under ``signal``'s wrappers (~0.5 us a swap against ~10 us;
+    # measured: without them the NPU-tensor call misses its 250 us goal)
     from _signal import getsignal as _getsignal, signal as _setsignal
 except ImportError:     # pragma: no cover - other interpreters
     _getsignal, _setsignal = signal.getsignal, signal.signal
 _SIGINT = int(signal.SIGINT)
 _get_ident = threading.get_ident
 _main_ident = threading.main_thread().ident     # refreshed by after_fork
-
-__all__ = ["atomic", "Claim", "release_all", "pending", "after_fork",
-           "run_finalizer", "deliver_deferred", "deferred_interrupts",
-           "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
 
 EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
     "empty", "owned", "releasing", "failed", "released", "consumed", "dropped")
@@ -72,9 +57,8 @@ class atomic:
         except (ValueError, OSError):       # pragma: no cover - no signal support here
             return self
         if current is None or current is _record:
-            # None: a handler installed outside Python, which signal.signal could not put
-            # back; _record: an outer block is between its swap and its depth update (a
-            # finalizer ran inside it) — the outer block defers for us.
+            # a handler set outside Python (could not be put back), or an outer block between
+            # its swap and its depth update (a finalizer inside it): that block defers for us
             return self
         if _deferred and not _finalizing:
             _raise_deferred()               # a boundary: before anything of the block
@@ -160,10 +144,9 @@ class Claim:
         self.ref = None         # watch(): the owner's weak reference (its finalizer)
 
     def watch(self, owner) -> None:
-        """Release the handle when ``owner`` is garbage collected (mode "gc"); the weak
-        reference lives on the registered claim, so its callback runs in reference cycles too.
-        While alive, the owner's ``_on_released()`` is called once when the handle stops being
-        owned (released, dropped or consumed, whoever did it)."""
+        """Release the handle when ``owner`` is garbage collected (mode "gc"; the weak
+        reference lives on the claim, so cycles too); while alive, the owner's
+        ``_on_released()`` is called once when the handle stops being owned."""
         self.ref = weakref.ref(owner, self._collected)
 
     def _collected(self, _ref) -> None:
@@ -196,9 +179,8 @@ class Claim:
             self._tell_owner()
 
     def release(self, mode: str = "raise") -> bool:
-        """Release the handle now; True when it is gone. On failure the handle is kept and, by
-        ``mode``: "raise" raises, "warn" and "gc" warn, "final" (:func:`release_all`, the
-        last try) warns and drops it."""
+        """Release the handle now; True when it is gone. On failure the handle is kept and
+        "raise" raises, "warn" / "gc" warn; "final" (:func:`release_all`) warns and drops it."""
         with atomic():
             with _lock:
                 if self.state not in (OWNED, FAILED):
@@ -246,8 +228,8 @@ def pending() -> List[Claim]:
 
 
 def release_all() -> None:
-    """Release every registered handle, lowest rank first (``acl.shutdown()``): the last try,
-    a failure drops the handle with a warning."""
+    """Release every registered handle, lowest rank first (``acl.shutdown()``; a failure
+    drops the handle with a warning)."""
     with _lock:
         claims = sorted(_registry.values(), key=lambda c: c.rank)
     for c in claims:

@@ -1,23 +1,5 @@
-"""A reusable executor for data that stays on the device: :class:`FagPlan`.
-
-Phase 1 runs once; when ``aclSetAclOpExecutorRepeatable`` returns 0 the executor is kept
-and every :meth:`FagPlan.run` is one phase 2 (+ sync), through :mod:`.executor`. Buffers
-swapped in between runs (``plan.run(query=new_q, dq=new_dq)``, same shape, dtype, strides
-and offset) are repointed (``aclSetInputTensorAddr`` / ``aclSetOutputTensorAddr``; the
-index counts the **non-NULL** tensors of each kind, docs/abi.md §2b). Fallbacks, never an
-error: without a repeatable executor each run after the first runs phase 1 again
-(``plan.repeatable_reason`` says why); without the setters (or ``repoint=False``) the
-executor is rebuilt with new tensors for the swapped buffers.
-
-Results never alias: a run returns new DeviceArrays, those over the outputs the plan
-allocated over a :class:`ResultBuffer`. While one is alive the next run writes into a
-fresh zero-filled buffer and the old one belongs to the results; once all are gone the
-next run writes into the same buffer again. The plan owns its executor, handles, workspace
-and buffers (``close()``, the context manager or GC release them, the executor first);
-arrays passed in stay the caller's. Runs are serialised by a lock. NPU tensors are
-converted by :func:`.device.register_converter`'s converters; ``validate=True`` runs the
-validator of :func:`register_validator` (both registered by the layers above acl/).
-"""
+"""A reusable executor for data that stays on the device, :class:`FagPlan`: phase 1 once,
+phase 2 per run; swapped buffers repointed, else the executor rebuilt (docs/npu.md)."""
 
 from __future__ import annotations
 
@@ -27,31 +9,26 @@ from typing import Callable, Dict, List, Optional
 
 from ..call import FagGrads, device_int_array
 from ..constants import BF16
-from . import executor, ownership, runtime
-from ._status import recent_message, status_error
+from . import exec_cache, executor, ownership, runtime
 from .device import DeviceArray, as_device_array, upload_arrays
 from .op import BACKWARD, check_device_arrays
-from .runtime import DeviceBuffer, refuse_pickle
+from .runtime import DeviceBuffer, recent_message, refuse_pickle, status_error
 from .tensors import HandleBatch, int64_values
-
-__all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
 
 _OUT_SLOTS = FagGrads._fields                      # dq .. dv (dpse: NULL)
 _validator: List[Callable] = []
 
 
 def register_validator(fn: Callable) -> None:
-    """The public call's rules for ``FagPlan(validate=True)``: ``fn(inputs, int_values,
-    attrs, deterministic, check_data)`` raises for an invalid plan (aclnn_fag.device_run
-    registers ``validate_backward``)."""
+    """``fn(inputs, int_values, attrs, deterministic, check_data)`` raises for an invalid
+    plan (``FagPlan(validate=True)``; aclnn_fag.device_run registers the public rules)."""
     _validator[:] = [fn]
 
 
 class ResultBuffer(DeviceBuffer):
-    """The caller's handle on a plan's output buffer ``real`` (kept alive); ``free()`` frees
-    the memory now (the plan writes its next run into a fresh buffer)."""
+    """The caller's handle on a plan's output buffer ``real``; ``free()`` frees it now."""
 
-    def __init__(self, real: DeviceBuffer) -> None:   # no allocation: shares ``real``
+    def __init__(self, real: DeviceBuffer) -> None:   # no allocation
         self.real = real
         self.device_id = real.device_id
         self.nbytes = real.nbytes
@@ -66,8 +43,6 @@ class ResultBuffer(DeviceBuffer):
 
     def release(self, mode: str = "raise") -> None:
         self.real.release(mode)
-
-    free = close = release
 
     def __repr__(self) -> str:
         return f"<ResultBuffer of {self.real!r}>"
@@ -91,8 +66,8 @@ class _PlanState:
         return ref is not None and ref() is not None
 
     def wait_for_streams(self) -> None:
-        """Synchronise the caller's streams that may still run this plan's work (errors, e.g.
-        a stream destroyed meanwhile, are ignored)."""
+        """Synchronise the caller's streams that may still run this plan's work (errors
+        ignored: the stream may be gone)."""
         streams, self.streams = self.streams, {}
         for handle, dev in streams.items():
             try:
@@ -126,13 +101,9 @@ def _same_view(a: DeviceArray, b: DeviceArray) -> bool:
             and a.offset == b.offset)
 
 
-class FagPlan:
-    """Phase 1 once, phase 2 per :meth:`run`, on device-resident arrays (see module doc).
-
-    Tensors: DeviceArrays (used in place) or numpy (uploaded once, owned by the plan).
-    Outputs ``dq``...``dv``: a DeviceArray to write into, or None (the plan allocates them).
-    ``validate`` runs the public call's rules (``check_data=False``: not the data rules).
-    """
+class FagPlan(runtime.Closing):
+    """Phase 1 once, phase 2 per :meth:`run`. Tensors: DeviceArrays (used in place) or numpy
+    (uploaded once); outputs: a DeviceArray to write into, or None (the plan allocates it)."""
 
     __reduce_ex__ = refuse_pickle     # its executor and buffers live in this process
 
@@ -162,10 +133,8 @@ class FagPlan:
         given = {n: as_device_array(n, args[n]) for n in BACKWARD.inputs}
         outs_given = {n: as_device_array(n, args[n]) for n in _OUT_SLOTS}
         # start indices are never NULL: [0] unless given (docs/forward.md, "Start indices")
-        self._int_values = {n: args[n] for n in BACKWARD.int_arrays}
-        for n in ("q_start_idx", "kv_start_idx"):
-            if self._int_values[n] is None:
-                self._int_values[n] = (0,)
+        self._int_values = {n: (0,) if args[n] is None and n.endswith("start_idx") else args[n]
+                            for n in BACKWARD.int_arrays}
         if head_num is None:
             shape = getattr(query, "shape", ())
             args["head_num"] = shape[1] if len(shape) >= 2 else 0
@@ -232,15 +201,14 @@ class FagPlan:
 
     @property
     def outputs(self) -> FagGrads:
-        """The last run's results, as ``run()`` returned them (holding them makes the next
-        run write into fresh buffers)."""
+        """The last run's results, as ``run()`` returned them."""
         with self._lock:
             self._check_open()
             return self._results()
 
     def _results(self) -> FagGrads:
-        """New DeviceArrays over a ResultBuffer (the one handed out last while it lives) for
-        the plan's buffers; the caller's own arrays as they are."""
+        """New DeviceArrays over a ResultBuffer for the plan's buffers (the one handed out last
+        while it lives); the caller's own arrays as they are."""
         st = self._state
         out = []
         for n in _OUT_SLOTS:
@@ -263,7 +231,7 @@ class FagPlan:
     # ------------------------------------------------------------------ internals
     def _build(self) -> None:
         """Phase 1 with the current arrays (the caller holds the determinism option); the
-        handles are made once, and again after a swap the executor could not take."""
+        handles are made again only after a swap the executor could not take."""
         b = runtime.api()
         st = self._state
         if st.batch is None:
@@ -342,14 +310,9 @@ class FagPlan:
 
     # ------------------------------------------------------------------ public
     def run(self, stream=None, **arrays: DeviceArray) -> FagGrads:
-        """Run the op (phase 2 + sync; phase 1 first when needed): FagGrads of new
-        DeviceArrays (see the module doc; the caller's output arrays as they are).
-
-        Keywords swap device arrays into input or output slots (same shape, dtype, strides
-        and offset as the array replaced; a swapped-in output is written by every later
-        run). ``stream``: a caller's aclrtStream (int, or an object with ``npu_stream``):
-        phase 2 is only enqueued (:meth:`close` synchronises it first).
-        """
+        """Phase 2 + sync (phase 1 first when needed): FagGrads of new DeviceArrays. Keywords
+        swap device arrays of the same view into slots; with a caller's ``stream`` phase 2
+        is only enqueued (docs/npu.md)."""
         arrays = {n: as_device_array(n, a) for n, a in arrays.items()}
         with self._lock, runtime.operation():
             self._check_open()
@@ -363,9 +326,7 @@ class FagPlan:
                 if real is None:
                     if arr.closed:
                         raise ValueError(f"{name}: the device array has been freed")
-                elif st.held(name) or real.closed:
-                    # a result of the last run still holds this buffer (or freed it): write
-                    # into a fresh one; zeros, as at construction (docs/faults.md)
+                elif st.held(name) or real.closed:     # a result holds it: a fresh one
                     changes["out:" + name] = DeviceArray.zeros(arr.shape, arr.dtype,
                                                                self.device_id)
                     fresh.add(name)
@@ -373,9 +334,7 @@ class FagPlan:
             runtime.ensure_device(self.device_id)
             handle = (runtime.resolve_stream(stream) if stream is not None
                       else runtime.stream(self.device_id))
-            # the determinism option is read by phase 1 (docs/abi.md §6): held only when
-            # this run builds the executor; a repeatable executor's phase 2 needs no hold
-            hold = None
+            hold = None     # held only when this run runs phase 1 (docs/abi.md §6)
             try:
                 if changes:
                     self._apply(b, changes, fresh)
@@ -395,9 +354,7 @@ class FagPlan:
                 if stream is not None:
                     st.streams[handle] = self.device_id
                 else:
-                    rc = b.aclrtSynchronizeStream(handle)
-                    if rc:
-                        raise status_error(b, rc, "aclrtSynchronizeStream")
+                    runtime.check(b, b.aclrtSynchronizeStream(handle), "aclrtSynchronizeStream")
             finally:
                 if hold is not None:
                     hold.release()
@@ -407,20 +364,12 @@ class FagPlan:
         """The executor and the handles go (made again by the next phase 1)."""
         st = self._state
         ex, batch, st.executor, st.batch = st.executor, st.batch, None, None
-        mode = "raise" if strict else "warn"
-        try:
-            if ex is not None:
-                ex.release(mode)
-        finally:                      # the executor first, then the handles it refers to
-            if batch is not None:
-                batch.release(mode)
+        exec_cache.release_handles(ex, batch, "raise" if strict else "warn")
 
     def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
         """Point the plan at the changed arrays (``fresh``: output slots whose new array the
-        plan allocated): repoint the executor (or forget it and the changed tensors), then
-        record them; a replaced buffer of the plan's that no result holds is kept until
-        close (queued work may still write it). On any failure the executor and the changed
-        tensors are forgotten: no executor points at an array the plan does not hold."""
+        plan allocated): repoint the executor, else forget it; then record them. A replaced
+        buffer of the plan's is kept until close (queued work may still write it)."""
         st = self._state
         try:
             if not (st.executor is not None and self.repeatable and self._repoint(b, changes)):
@@ -438,8 +387,7 @@ class FagPlan:
                         st.results[name] = arr.buffer
                     self._outputs[name] = arr
         except BaseException:
-            with ownership.atomic():
-                self._forget(strict=False)
+            self._forget(strict=False)
             raise
 
     def grads(self) -> FagGrads:
@@ -453,21 +401,9 @@ class FagPlan:
         """Destroy the executor (if any), the tensors and int arrays, free owned memory."""
         with self._lock:
             if self._finalizer.detach() is not None:
-                # the plan lets go of every array: results it returned live on alone
                 self._inputs = dict.fromkeys(self._inputs)
                 self._outputs = dict.fromkeys(self._outputs)
                 self._state.close(strict=True)
-
-    def __enter__(self) -> "FagPlan":
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        try:
-            self.close()
-        except Exception:
-            if exc_type is None:
-                raise
-        return False
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("repeatable" if self.repeatable else "one-shot")

@@ -1,9 +1,6 @@
-"""Every native function this package calls: its exact ``restype`` and ``argtypes`` with the
-C prototype beside it (docs/abi.md §1-2; the ops' are typed from their spec,
-``aclnn_fag/spec.py``). ``bind(libraries)`` returns a :class:`Bindings` with one attribute per
-function (None for an optional symbol the installed CANN does not export); each is taken
-with ``handle[name]``, a fresh object, so other users of the same ``CDLL`` keep their own
-argtypes."""
+"""Every native function this package calls, ``restype`` and ``argtypes`` beside its C
+prototype (docs/abi.md §1-2; the ops' typed from ``aclnn_fag/spec.py``). Each is taken with
+``handle[name]``, a fresh object: other users of the same ``CDLL`` keep their argtypes."""
 
 from __future__ import annotations
 
@@ -15,10 +12,6 @@ from typing import Any, Dict, Tuple
 
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OPS, PHASE2_PARAMS, OpVersion
-
-__all__ = ["Proto", "PROTOTYPES", "PROTOTYPE_BY_NAME", "Bindings", "bind", "PHASE1", "PHASE2",
-           "PHASE1_NARGS", "OPTIONAL", "FWD_PHASE1", "FWD_PHASE2", "FWD_PHASE1_NARGS",
-           "op_prototypes"]
 
 P_I64 = POINTER(c_int64)
 P_U64 = POINTER(c_uint64)
@@ -173,6 +166,13 @@ class Bindings:
         return getattr(self, name, None) is not None
 
 
+def library_error(text: str, tried, places, role: str) -> LibraryNotFoundError:
+    """A LibraryNotFoundError carrying the load attempts, the places searched and the role."""
+    err = LibraryNotFoundError(text)
+    err.tried, err.places, err.role = list(tried), list(places), role
+    return err
+
+
 def bind(libraries) -> Bindings:
     """Resolve and type every prototype. A missing required symbol raises LibraryNotFoundError."""
     b = Bindings(libraries)
@@ -191,15 +191,12 @@ def bind(libraries) -> Bindings:
     missing = [p.name for p in PROTOTYPES if not p.optional and getattr(b, p.name) is None]
     if missing:
         where = ", ".join(f"{r}={p}" for r, p in libraries.paths.items())
-        err = LibraryNotFoundError(
+        raise library_error(
             f"the CANN libraries loaded ({where}) do not export {', '.join(missing)}; "
             "this CANN release is too old or incomplete for "
             "aclnnFlashAttentionUnpaddingScoreGradV3. "
-            "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.")
-        err.tried = list(libraries.tried)
-        err.places = list(libraries.places)
-        err.role = "symbols"
-        raise err
+            "Set ACLNN_FAG_LIB_DIR or source set_env.sh of a newer toolkit.",
+            libraries.tried, libraries.places, "symbols")
     return b
 
 

@@ -1,7 +1,5 @@
 """The CANN release the loaded runtime reports (docs/releases.md), read once per loaded
-library set (a ``loader.reset()`` gives new bindings, so a new query): the rules of that
-release apply to NPU calls. An unknown version gives :func:`aclnn_fag.releases.resolve`'s
-rules and one warning; a failing query the newest rules, never an error."""
+library set; a failing query gives the newest rules, never an error."""
 
 from __future__ import annotations
 
@@ -9,8 +7,6 @@ import threading
 
 from .. import releases
 from . import loader, versions
-
-__all__ = ["current", "forget"]
 
 _lock = threading.Lock()
 _kept = (None, None)          # (the bindings queried, the Release)

@@ -1,10 +1,5 @@
-"""The ACL runtime: aclInit, the per-thread device and context, streams and their
-workspaces, device buffers, the determinism option, fork detection, stats, shutdown.
-
-Behaviour: docs/npu.md ("NPU setup", "Faults"), docs/faults.md, docs/abi.md §6. Every
-native handle (memory, streams, determinism holds) is owned through an
-:class:`.ownership.Claim` taken atomically with its create.
-"""
+"""The ACL runtime: aclInit, the per-thread device and context, streams and workspaces,
+device buffers, the determinism option, fork detection, stats, shutdown (docs/faults.md)."""
 
 from __future__ import annotations
 
@@ -18,22 +13,11 @@ import weakref
 from ctypes import byref, c_int64, c_uint32, c_void_p
 from typing import Callable, Dict, Optional
 
-from ..errors import (AclRuntimeError, BackendUnavailableError, DeterminismWarning,
-                      error_class_for)
+from ..errors import (ACL_ERRORS, ACLNN_STATUS, AclRuntimeError, BackendUnavailableError,
+                      DeterminismWarning, error_class_for)
 from .. import _env
 from . import caches, loader, ownership
-from ._status import check, recent_message, status_error
 from ..constants import INT32_MAX
-
-__all__ = [
-    "ENV_DEVICE", "MEMCPY_HOST_TO_DEVICE", "MEMCPY_DEVICE_TO_HOST", "OPT_DETERMINISTIC",
-    "api", "initialise", "resolve_device", "ensure_device", "device_count", "soc_name", "stream",
-    "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
-    "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
-    "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "DeterminismHold",
-    "INT32_MAX", "refuse_pickle", "resolve_stream", "stream_workspace", "release_stream_workspace",
-    "synchronize_stream",
-]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
 ACL_ERROR_REPEAT_INITIALIZE = 100002
@@ -46,6 +30,45 @@ MALLOC_HUGE_FIRST = 0
 OPT_DETERMINISTIC = 0
 DEVICE_ALIGN = 32
 MAX_ALLOCATION = (1 << 63) - 1   # bytes: sizes are computed with Python ints, passed as size_t
+
+# ----------------------------------------------------------------------------- status codes
+ACLNN_ERR_INNER_NULLPTR = 561103
+
+
+def recent_message(b) -> Optional[str]:
+    """``aclGetRecentErrMsg()`` text of this thread (None when absent or the symbol is missing)."""
+    fn = getattr(b, "aclGetRecentErrMsg", None)
+    try:
+        raw = fn() if fn is not None else None
+    except Exception:  # pragma: no cover - defensive: never mask the real error
+        return None
+    return (raw.decode("utf-8", errors="replace").strip() or None) if raw else None
+
+
+def status_error(b, code: int, function: str, rule: str = "", recent_msg: Optional[str] = None,
+                 fetch_message: bool = True):
+    """The exception for a non-zero ``code`` returned by ``function`` (message fetched now)."""
+    if recent_msg is None and fetch_message:
+        recent_msg = recent_message(b)
+    code = int(code)
+    runtime = function.startswith("aclrt") or function in ("aclInit", "aclFinalize")
+    if code not in ACLNN_STATUS and code not in ACL_ERRORS and runtime:
+        cls = AclRuntimeError
+    else:
+        cls = error_class_for(code)
+    return cls(rule, code=code, function=function, recent_msg=recent_msg)
+
+
+def check(b, code: int, function: str, rule: str = "") -> None:
+    """Raise the exception class of ``code`` (with aclGetRecentErrMsg text) when it is non-zero."""
+    if code:
+        raise status_error(b, code, function, rule)
+
+
+def null_handle_error(b, function: str):
+    """The exception for a pointer-returning function that returned NULL (561103)."""
+    return status_error(b, ACLNN_ERR_INNER_NULLPTR, function, rule=f"{function} returned NULL")
+
 
 # ----------------------------------------------------------------------------- counters
 _stats_lock = threading.Lock()
@@ -61,6 +84,19 @@ def _count(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> Non
             _stats[key2] += n2
 
 
+def memcpy(b, copies, kind: int) -> None:
+    """``aclrtMemcpy`` of each (destination, its capacity, source, nbytes) in the direction
+    ``kind``, counted once for all."""
+    h2d = kind == MEMCPY_HOST_TO_DEVICE
+    total = 0
+    for dst, cap, src, n in copies:
+        check(b, b.aclrtMemcpy(dst, cap, src, n, kind), "aclrtMemcpy",
+              rule="host to device copy failed" if h2d else "device to host copy failed")
+        total += n
+    key = "h2d" if h2d else "d2h"
+    _count(key, len(copies), key + "_bytes", total)
+
+
 def stats() -> Dict[str, int]:
     """Process-wide counters of native calls made by this package since the last reset."""
     with _stats_lock:
@@ -74,8 +110,7 @@ def reset_stats() -> None:
 
 # ----------------------------------------------------------------------------- process state
 class ForkedProcessError(BackendUnavailableError):
-    """The NPU backend was initialised in a parent process before this process was forked:
-    CANN's runtime is not fork-safe, so a forked child never uses it (docs/faults.md, fork)."""
+    """The NPU backend was initialised before this process was forked (docs/faults.md, fork)."""
 
 
 _process_gen = 0          # bumped in a forked child: inherited handles are never released there
@@ -179,7 +214,6 @@ def initialise() -> _State:
 
 # ----------------------------------------------------------------------------- devices, contexts
 def _index(value, message: str) -> int:
-    """``operator.index(value)``, else TypeError(message)."""
     try:
         return operator.index(value)
     except TypeError:
@@ -187,8 +221,7 @@ def _index(value, message: str) -> int:
 
 
 def resolve_device(device_id: Optional[int] = None) -> int:
-    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX] (ctypes
-    would wrap a larger one into another device). :func:`ensure_device` checks the count."""
+    """``device_id``, else ``$ACLNN_FAG_DEVICE``, else 0; an int in [0, INT32_MAX]."""
     if type(device_id) is int and 0 <= device_id <= INT32_MAX:
         return device_id                # the common case, first
     source = "parameter 'device_id'"
@@ -233,12 +266,12 @@ def soc_name() -> Optional[str]:
 
 
 def _tls_current(st: _State) -> Optional[int]:
-    """The device this package made current on the calling thread (a record), or None."""
+    """The device this package made current on the calling thread, or None."""
     return _tls.current if getattr(_tls, "state", None) is st else None
 
 
 def _current_context(b) -> Optional[int]:
-    """The thread's context, or None (none, the query failed, or the symbol is missing)."""
+    """The thread's context, or None (none, or it cannot be asked)."""
     if b.aclrtGetCurrentContext is None:
         return None
     ctx = c_void_p()
@@ -250,8 +283,7 @@ def _current_context(b) -> Optional[int]:
 
 def _context_lost(b) -> bool:
     """True when the thread's context is not the one this package's aclrtSetDevice made
-    current (other code reset it meanwhile). Without aclrtGetCurrentContext the record is
-    trusted; a record made without a context adopts the current one."""
+    current (without aclrtGetCurrentContext the record is trusted)."""
     if b.aclrtGetCurrentContext is None:
         return False
     actual = _current_context(b)
@@ -266,9 +298,8 @@ _context_epoch = 0     # bumped whenever a thread's context is found reset by so
 
 
 def current_context_record() -> tuple:
-    """What identifies this thread's ACL context as the last checked :func:`ensure_device`
-    recorded it (state serial, process generation, context epoch, handle, device): objects
-    tied to a context (cached executors) carry it."""
+    """This thread's ACL context as :func:`ensure_device` recorded it (state serial, process
+    generation, context epoch, handle, device): carried by objects tied to a context."""
     st = _state
     return (st.serial if st is not None else 0, _process_gen, _context_epoch,
             getattr(_tls, "ctx", None), getattr(_tls, "current", None))
@@ -285,17 +316,14 @@ _OPEN, _VERIFIED = 1, 2     # _tls.op: inside an operation; its context already 
 
 def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
     """Initialise ACL and make ``device_id`` current on this thread; returns the bindings.
-    The record is checked against the thread's real context unless ``check_context`` is
-    False (later steps of an operation whose first ensure_device checked it)."""
+    ``check_context`` False trusts the record (later steps of an operation)."""
     global _context_epoch
     st = initialise()
     dev = resolve_device(device_id)
     op = getattr(_tls, "op", None)
     recorded = _tls_current(st)
     if recorded != dev or (check_context and op != _VERIFIED and _context_lost(st.b)):
-        if recorded == dev:
-            # the context this package made current was reset by someone else: objects tied
-            # to contexts (cached executors) made before now are never used again
+        if recorded == dev:     # reset by someone else: older context-bound objects retire
             _context_epoch += 1
         n = _device_count(st.b)
         if dev >= n:
@@ -314,8 +342,7 @@ def ensure_device(device_id: Optional[int] = None, check_context: bool = True):
 
 class operation:
     """``with runtime.operation():`` one public operation: its first :func:`ensure_device`
-    checks the thread's context, the later ones trust the record; leaving restores the
-    state before (the next operation checks again)."""
+    checks the thread's context, the later ones trust the record."""
 
     __slots__ = ("prev",)
 
@@ -336,7 +363,7 @@ def distrust_context() -> None:
 
 
 def _ensure_any_context(b, dev: int) -> None:
-    """For releases from any thread (GC, atexit): make sure the thread has a current context."""
+    """For releases from any thread (GC, atexit): a current context on the thread."""
     st = _state
     if (st is not None and st.key == b.key and _tls_current(st) is not None
             and (getattr(_tls, "op", None) == _VERIFIED or not _context_lost(b))):
@@ -360,13 +387,15 @@ class _Stream:
         return t is None or not t.is_alive()
 
 
-def _destroy_stream(b, dev: int, handle: int):
-    """``aclrtDestroyStream``; returns None or the error (a Claim release function)."""
-    _ensure_any_context(b, dev)
-    rc = b.aclrtDestroyStream(handle)
+def destroy(b, fname: str, handle: int, dev: Optional[int] = None):
+    """``fname(handle)``, a Claim release function (None or the error); with ``dev`` (a
+    stream's) a context of that device is made current first."""
+    if dev is not None:
+        _ensure_any_context(b, dev)
+    rc = getattr(b, fname)(handle)
     if rc:
-        return status_error(b, rc, "aclrtDestroyStream",
-                            rule=f"cannot destroy the stream {handle:#x} of device {dev}")
+        where = "" if dev is None else f"the stream {handle:#x} of device {dev}"
+        return status_error(b, rc, fname, rule=f"cannot destroy {where or hex(handle)}")
     return None
 
 
@@ -395,7 +424,7 @@ def stream(device_id: Optional[int] = None) -> int:
     with ownership.atomic():
         rc = b.aclrtCreateStream(byref(handle))
         if rc == 0:
-            entry.claim.take(handle.value, _destroy_stream, b, dev, handle.value)
+            entry.claim.take(handle.value, destroy, b, "aclrtDestroyStream", handle.value, dev)
             with st.lock:
                 st.streams[key] = entry
             _tls.stream = (st, entry)
@@ -497,10 +526,25 @@ def refuse_pickle(obj, protocol=None):
                     "upload it again with DeviceArray.from_numpy")
 
 
-class NativeResource:
-    """Base of objects that own one native handle (buffer, tensor, int array, executor),
-    through a claim allocated before the create (``_prepare``) and filled in its atomic
-    block (``_take``); released once by ``release()``, garbage collection or ``shutdown()``."""
+class Closing:
+    """``with obj:`` calls ``obj.close()`` on leaving (its failure raised only when the block
+    raised nothing)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:
+                raise
+        return False
+
+
+class NativeResource(Closing):
+    """Base of objects owning one native handle through a claim allocated before the create
+    (``_prepare``), taken in its atomic block; released once (release, GC or shutdown)."""
 
     _claim: Optional[ownership.Claim] = None
     _what = "a native handle"
@@ -514,46 +558,37 @@ class NativeResource:
         claim.watch(self)           # released ("gc") when this object is collected
         return claim
 
-    def _take(self, handle, func, *args) -> None:
-        """Own ``handle`` (inside the create's ``ownership.atomic()`` block)."""
-        self._claim.take(handle, func, *args)
-
     @property
     def released(self) -> bool:
         c = self._claim
         return c is None or c.state != ownership.OWNED
 
     def release(self, mode: str = "raise") -> None:
-        """Release the handle now: a failure raises ("raise") or warns ("warn"); either way the
-        handle is kept for a retry by ``shutdown()``."""
+        """Release the handle now (a failure raises or warns; shutdown() retries it)."""
         if self._claim is not None:
             self._claim.release(mode)
-
-    def disown(self) -> None:
-        """The library took the handle (phase 2 consumed the executor); call in its atomic block."""
-        if self._claim is not None:
-            self._claim.consume()
 
     def call_consuming(self, fn, *args):
         """``fn(*args)``, a call that takes the handle over, disowned in the same atomic step
         (pass ctypes objects: no conversion can fail between the two)."""
         with ownership.atomic():
-            self.disown()
+            self._claim.consume()
             return fn(*args)
 
     def _on_released(self) -> None:
-        """Hook: forget the handle (its claim calls it once, when it stops being owned)."""
+        """Hook: the claim calls it once, when the handle stops being owned."""
 
-    def __enter__(self):
-        return self
+    def close(self) -> None:
+        self.release()
 
-    def __exit__(self, exc_type, exc, tb):
+
+def free_all(buffers, mode: str = "raise") -> None:
+    """Free every buffer now, each failure ignored (with ``mode`` "warn": warned)."""
+    for buf in buffers:
         try:
-            self.release()
+            buf.release(mode)
         except Exception:
-            if exc_type is None:
-                raise
-        return False
+            pass
 
 
 def live_resources() -> list:
@@ -601,7 +636,7 @@ class DeviceBuffer(NativeResource):
         with ownership.atomic():      # the create and its ownership: one step for SIGINT
             rc = b.aclrtMalloc(byref(p), nbytes, MALLOC_HUGE_FIRST)
             if rc == 0 and p.value:
-                self._take(p.value, _free_device, b, self.device_id, p.value)
+                self._claim.take(p.value, _free_device, b, self.device_id, p.value)
                 self.ptr = p.value
         check(b, rc, "aclrtMalloc",
               rule=f"cannot allocate {nbytes} bytes on device {self.device_id}")
@@ -622,8 +657,6 @@ class DeviceBuffer(NativeResource):
         """Free the memory now (idempotent)."""
         self.release()
 
-    close = free
-
     @property
     def closed(self) -> bool:
         return self.nbytes > 0 and self.ptr is None
@@ -641,17 +674,13 @@ class DeviceBuffer(NativeResource):
         """H2D copy of ``nbytes`` from the host address into this buffer at ``offset``."""
         if nbytes:
             dst, b = self._span(offset, nbytes)
-            rc = b.aclrtMemcpy(dst, self.nbytes - offset, host_addr, nbytes, MEMCPY_HOST_TO_DEVICE)
-            check(b, rc, "aclrtMemcpy", rule="host to device copy failed")
-            _count("h2d", 1, "h2d_bytes", nbytes)
+            memcpy(b, [(dst, self.nbytes - offset, host_addr, nbytes)], MEMCPY_HOST_TO_DEVICE)
 
     def copy_to_host(self, host_addr: int, nbytes: int, offset: int = 0) -> None:
         """D2H copy of ``nbytes`` from this buffer at ``offset`` to the host address."""
         if nbytes:
             src, b = self._span(offset, nbytes)
-            rc = b.aclrtMemcpy(host_addr, nbytes, src, nbytes, MEMCPY_DEVICE_TO_HOST)
-            check(b, rc, "aclrtMemcpy", rule="device to host copy failed")
-            _count("d2h", 1, "d2h_bytes", nbytes)
+            memcpy(b, [(host_addr, nbytes, src, nbytes)], MEMCPY_DEVICE_TO_HOST)
 
     def upload(self, array, offset: int = 0) -> None:
         """Copy a C-contiguous numpy array's bytes into the buffer at ``offset``."""
@@ -684,13 +713,11 @@ READ_RETRIES = 2     # extra reads of ACL_OPT_DETERMINISTIC after a failed one
 
 class _ModeGate:
     """Serialises holders that need different values of one option (docs/faults.md,
-    Determinism option): holders of one value share the gate; the first one in sets the
-    value, the last one out writes the previous one back. ``read()`` gives (value, 0) or
-    (None, error code); ``write(value)`` raises on failure."""
+    Determinism option): the first holder in sets the value, the last one out writes the
+    previous one back. ``read()`` gives (value, 0) or (None, error code)."""
 
     def __init__(self, name: str, read: Callable, write: Callable) -> None:
-        # a C lock (an interrupt cannot leave it held), re-entrant for the finalizers that
-        # may run inside a section (see leave)
+        # re-entrant for the finalizers that may run inside a section (see leave)
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.name, self.read, self.write = name, read, write
@@ -702,7 +729,7 @@ class _ModeGate:
 
     def enter(self, want: bool, claim) -> Optional[int]:
         """Join with ``want`` (waiting while others hold the other value); ``claim`` owns the
-        leave. Returns the getter's error code when the previous value is unknown."""
+        leave. The getter's error code when the previous value is unknown, else None."""
         me = threading.get_ident()
         warn = None
         with self.lock:
@@ -738,9 +765,8 @@ class _ModeGate:
         return warn
 
     def _exit_locked(self, me: int):
-        """One holder leaves (lock held); the last one out writes the previous value back while
-        the lock is still held: a call waiting for the other mode must read the restored value
-        as its "previous" one. Returns None or the write's error."""
+        """One holder leaves (lock held); the last one out writes the previous value back
+        before a waiter reads it. Returns None or the write's error."""
         self.active -= 1
         self.holders[me] -= 1
         if not self.holders[me]:
@@ -757,16 +783,13 @@ class _ModeGate:
         return None
 
     def _drain(self) -> None:
-        """Apply the leaves deferred by finalizers that ran inside this thread's section (a
-        failed write-back there is reported by nobody: best effort)."""
+        """Apply the leaves deferred by finalizers inside this thread's section (best effort)."""
         while self.deferred:
             self._exit_locked(self.deferred.pop())
 
     def leave(self, me: int):
         """Release one hold (a Claim release function: returns None or the error)."""
-        if self.lock._is_owned():
-            # a garbage-collection finalizer inside this thread's own section: changing the
-            # gate now would corrupt the section's view of it; applied at the next entry
+        if self.lock._is_owned():     # a GC finalizer inside this thread's own section
             self.deferred.append(me)
             return None
         with self.lock:
@@ -792,8 +815,8 @@ def get_determinism(device_id: Optional[int] = None) -> Optional[int]:
 
 
 def get_process_determinism() -> Optional[int]:
-    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``, read by CANN 9.0 and
-    later), or None when it cannot be read or the symbol is missing."""
+    """The process-wide ACL_OPT_DETERMINISTIC (``aclrtGetSysParamOpt``, CANN 9.0 and later),
+    or None when it cannot be read."""
     return _read_option(api().aclrtGetSysParamOpt)[0]
 
 
@@ -823,8 +846,8 @@ def _device_gate(st: _State, b, dev: int) -> _ModeGate:
 
     def write(value):
         _set_determinism(ensure_device(dev), value)
-        # from CANN 9.0 the context setter also writes the process-wide value: while the
-        # process gate is held, put back the value its holders run with
+        # from CANN 9.0 the context setter also writes the process-wide value: put back the
+        # value the process gate's holders run with
         held = st.gates.get("process")
         if held is not None and held.active and b.aclrtSetSysParamOpt is not None:
             _set_process_determinism(b, int(held.mode))
@@ -834,9 +857,8 @@ def _device_gate(st: _State, b, dev: int) -> _ModeGate:
 
 
 def _process_gate(st: _State, b) -> _ModeGate:
-    """The gate of the process-wide option, entered by every call that sets the option on
-    any device (CANN 9.0 and later read this one value); without the symbols it only
-    serialises the calls."""
+    """The gate of the process-wide option (CANN 9.0 and later read it), entered by every call
+    that sets the option; without the symbols it only serialises the calls."""
     gate = st.gates.get("process")
     if gate is not None:
         return gate
@@ -851,9 +873,8 @@ def _process_gate(st: _State, b) -> _ModeGate:
 
 class DeterminismHold:
     """Hold ACL_OPT_DETERMINISTIC == ``want`` (None: leave it alone) between :meth:`acquire`
-    and :meth:`release`: the process-wide value (where exported), then the device's context
-    value, each through its gate (docs/faults.md, Determinism option). Each hold is a claim
-    taken atomically with the gate entry; register :meth:`release` before :meth:`acquire`."""
+    and :meth:`release`: the process-wide value (where exported), then the context's, each
+    through its gate and owned by a claim (docs/faults.md, Determinism option)."""
 
     def __init__(self, device_id: Optional[int], want: Optional[bool]) -> None:
         self.want = None if want is None else bool(want)
@@ -919,19 +940,16 @@ def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHo
 
 # ----------------------------------------------------------------------------- teardown
 def shutdown(finalize: bool = True) -> None:
-    """Release every handle of this package (also those whose earlier release failed: their
-    one retry), in dependency order, and every stream; then ``aclFinalize`` when this
-    package's ``aclInit`` initialised ACL and ``finalize`` is true. The next use initialises
-    again."""
+    """Release every handle of this package in dependency order (a failed release gets its
+    one retry), then ``aclFinalize`` when this package's ``aclInit`` initialised ACL and
+    ``finalize`` is true. The next use initialises again."""
     global _state
     st = _state
     try:
         release_stream_workspace()      # waits for the caller's streams first
     except Exception:
         pass
-    # by rank (executors, tensors and int arrays, memory, streams; the owning objects are
-    # told), then the caches forget what was released
-    ownership.release_all()
+    ownership.release_all()     # by rank: executors, tensors, memory, streams
     caches.clear_all()
     if st is None:
         return

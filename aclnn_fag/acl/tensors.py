@@ -1,10 +1,5 @@
-"""aclTensor and aclIntArray handles owned by Python objects.
-
-An aclTensor describes a view over one device buffer as docs/abi.md §4 says: ``viewDims``
-the shape, ``stride`` and ``offset`` in elements, a 1-D ``storageDims`` of the buffer's size
-in elements, format ND, ``tensorData`` the buffer's **base**. Each handle is destroyed
-exactly once (``release()``, context manager, GC or ``runtime.shutdown``).
-"""
+"""aclTensor and aclIntArray handles owned by Python objects (the aclTensor of a view:
+docs/abi.md §4); each destroyed exactly once."""
 
 from __future__ import annotations
 
@@ -16,11 +11,8 @@ import ml_dtypes
 import numpy as np
 
 from . import ownership, runtime
-from ._status import null_handle_error, status_error
+from .runtime import null_handle_error, status_error
 from ..constants import MAX_INT_ARRAY_ENTRIES, INT64_MIN as _INT64_MIN, INT64_MAX as _INT64_MAX
-
-__all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array",
-           "int64_values", "MAX_INT_ARRAY_ENTRIES"]
 
 FORMAT_ND = 2
 
@@ -57,9 +49,8 @@ def acl_dtype(dtype) -> int:
 
 
 def int64_values(name: str, values) -> tuple:
-    """``values`` as a tuple of Python ints that fit int64 (ctypes would silently wrap the
-    others); TypeError / ValueError naming the parameter, also for more than
-    ``MAX_INT_ARRAY_ENTRIES`` entries."""
+    """``values`` as a tuple of Python ints that fit int64 (ctypes would wrap the others), at
+    most ``MAX_INT_ARRAY_ENTRIES``; TypeError / ValueError naming the parameter."""
     if type(values) is tuple and len(values) <= MAX_INT_ARRAY_ENTRIES:
         for v in values:                # the common case (validated calls): plain ints
             if type(v) is not int or not _INT64_MIN <= v <= _INT64_MAX:
@@ -69,21 +60,18 @@ def int64_values(name: str, values) -> tuple:
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise TypeError(f"parameter '{name}' must be 1-D, got shape {values.shape}")
-        n = values.size
-    else:
-        if not hasattr(values, "__len__"):
-            try:            # an iterable without a length: take at most one entry too many
-                values = list(itertools.islice(iter(values), MAX_INT_ARRAY_ENTRIES + 1))
-            except TypeError:
-                raise TypeError(f"parameter '{name}' must be a sequence of ints, got "
-                                f"{type(values).__name__}") from None
-        n = len(values)
+    elif not hasattr(values, "__len__"):
+        try:            # an iterable without a length: take at most one entry too many
+            values = list(itertools.islice(iter(values), MAX_INT_ARRAY_ENTRIES + 1))
+        except TypeError:
+            raise TypeError(f"parameter '{name}' must be a sequence of ints, got "
+                            f"{type(values).__name__}") from None
+    n = len(values)
     if n > MAX_INT_ARRAY_ENTRIES:
         raise ValueError(f"parameter '{name}' has {n} entries; more than {MAX_INT_ARRAY_ENTRIES} "
                          "are refused")
-    seq = values.tolist() if isinstance(values, np.ndarray) else values
     out = []
-    for v in seq:
+    for v in values.tolist() if isinstance(values, np.ndarray) else values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
             raise TypeError(f"parameter '{name}' must hold ints, got {type(v).__name__} {v!r}")
         v = int(v)
@@ -95,16 +83,13 @@ def int64_values(name: str, values) -> tuple:
 
 def int64_array(values: Sequence[int], name: str = "values"):
     """A ctypes ``int64_t[n]`` (n may be 0) holding ``values`` (checked: see int64_values)."""
-    vals = int64_values(name, values)
-    return (c_int64 * len(vals))(*vals)
+    return _dims(int64_values(name, values))
 
 
-def destroy(b, fname: str, handle: int):
-    """Call the destroy function ``fname``; None or the error (an ownership.Claim release)."""
-    rc = getattr(b, fname)(handle)
-    if rc:
-        return status_error(b, rc, fname, rule=f"cannot destroy {handle:#x}")
-    return None
+def _dims(values):
+    """A ctypes int64_t[n] holding ``values`` (the ACL create functions copy it)."""
+    values = tuple(values)
+    return (c_int64 * len(values))(*values)
 
 
 class _Handle(runtime.NativeResource):
@@ -116,7 +101,7 @@ class _Handle(runtime.NativeResource):
         with ownership.atomic():      # the create and its ownership: one step for SIGINT
             handle = getattr(b, fname)(*args)
             if handle:
-                self._take(handle, destroy, b, destroy_name, handle)
+                self._claim.take(handle, runtime.destroy, b, destroy_name, handle)
                 self.handle = handle
         if not handle:
             raise null_handle_error(b, fname)
@@ -180,8 +165,8 @@ class AclIntArray(_Handle):
 
 
 def _destroy_batch(b, tensors: list, int_arrays: list):
-    """Destroy every handle of a batch; the ones whose destroy fails stay in their list (for
-    the retry by shutdown). Returns None or the first error (an ownership.Claim release)."""
+    """Destroy every handle of a batch (a failed one stays for shutdown's retry); None or
+    the first error (an ownership.Claim release)."""
     first = None
     for fname, handles in (("aclDestroyTensor", tensors), ("aclDestroyIntArray", int_arrays)):
         fn = getattr(b, fname)
@@ -197,15 +182,8 @@ def _destroy_batch(b, tensors: list, int_arrays: list):
     return first
 
 
-def _dims(values):
-    """A ctypes int64_t[n] holding ``values`` (the ACL create functions copy it)."""
-    values = tuple(values)
-    return (c_int64 * len(values))(*values)
-
-
 class HandleBatch(runtime.NativeResource):
-    """The aclTensor and aclIntArray handles of one call (of validated DeviceArrays and int
-    tuples), destroyed together exactly once: one Python object, not one per handle."""
+    """The aclTensor and aclIntArray handles of one call, destroyed together exactly once."""
 
     def __init__(self) -> None:
         self._b = runtime.api()
@@ -213,7 +191,7 @@ class HandleBatch(runtime.NativeResource):
         self._int_arrays: list = []
         self._prepare()
         # the claim owns the two lists; each create appends in the same atomic step
-        self._take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
+        self._claim.take(self._tensors, _destroy_batch, self._b, self._tensors, self._int_arrays)
 
     def tensors(self, arrays) -> list:
         """New aclTensors for DeviceArray views (None -> None), in order."""
@@ -240,7 +218,7 @@ class HandleBatch(runtime.NativeResource):
 
     def _create_each(self, items, make, handles: list, counter: str, function: str) -> list:
         """``make(item)`` for each item (None -> None), each handle stored in ``handles`` in the
-        same atomic step; a NULL handle raises (the ones made so far stay in the batch)."""
+        same atomic step; a NULL handle raises."""
         store = handles.append
         out = []
         made = 0

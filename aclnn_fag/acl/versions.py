@@ -1,7 +1,5 @@
-"""The versions the runtime reports, through optional symbols of libascendcl (docs/abi.md
-§2e; the order they are asked in: docs/releases.md, "Version queries"). A symbol the
-installed CANN does not export is skipped; a failing call is recorded and the next one tried.
-"""
+"""The versions the runtime reports through optional symbols of libascendcl (docs/abi.md
+§2e; docs/releases.md, "Version queries"); a missing or failing one is recorded, not raised."""
 
 from __future__ import annotations
 
@@ -10,10 +8,7 @@ from ctypes import byref, c_int32, create_string_buffer
 from typing import Optional
 
 from .. import releases
-from ._status import recent_message
-
-__all__ = ["query_cann_version", "release_of", "PKG_VERSION_MAX_SIZE", "PackageVersion",
-           "ACL_PKG_NAME_CANN", "PACKAGES"]
+from .runtime import recent_message
 
 PKG_VERSION_MAX_SIZE = 128        # ACL_PKG_VERSION_MAX_SIZE
 PKG_VERSION_PARTS_MAX_SIZE = 64   # ACL_PKG_VERSION_PARTS_MAX_SIZE
@@ -64,17 +59,9 @@ def _empty() -> dict:
 
 
 def query_cann_version(b) -> dict:
-    """The versions through the bound functions ``b`` (missing optional symbols are None);
-    never raises for a missing or failing symbol. Returns::
-
-        {"cann_version": str or None, "cann_version_source": function name or None,
-         "cann_version_parts": {...} (aclsysGetCANNVersion only), "acl_api_version": str or None,
-         "runtime_version": str or None, "ops_transformer_version": str or None,
-         "version_num": {"runtime": int, "ops_transformer": int} (what answered),
-         "release": "9.1.0" (the known release whose rules apply), "release_from": what it
-         was read from, "release_note": why it is not an exact match (or None),
-         "attempts": ["aclsysGetCANNVersion: ...", ...]}   # why a query gave nothing
-    """
+    """The versions through the bound functions ``b`` (the keys of :func:`_empty`, plus
+    ``cann_version_parts`` from aclsysGetCANNVersion and :func:`release_of`'s); ``attempts``
+    says why a query gave nothing. Never raises for a missing or failing symbol."""
     out = _empty()
     attempts = out["attempts"]
     ver = PackageVersion()

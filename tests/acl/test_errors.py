@@ -13,7 +13,7 @@ import pytest
 import aclnn_fag.acl as acl
 from aclnn_fag import errors
 from aclnn_fag.acl import prototypes, runtime
-from aclnn_fag.acl._status import check
+from aclnn_fag.acl.runtime import check
 from aclnn_fag.rules import validate_backward
 from acl_cases import BF16, make_problem
 
