@@ -24,7 +24,7 @@ _main_ident = threading.main_thread().ident     # refreshed by after_fork
 
 __all__ = ["atomic", "Claim", "release_all", "pending", "after_fork",
            "run_finalizer", "deliver_deferred", "deferred_interrupts",
-           "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY"]
+           "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY", "set_quiet"]
 
 EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
     "empty", "owned", "releasing", "failed", "released", "consumed", "dropped")

@@ -26,7 +26,9 @@ __all__ = [
     "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
     "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "DeterminismHold",
     "INT32_MAX", "refuse_pickle", "resolve_stream", "stream_workspace", "release_stream_workspace",
-    "synchronize_stream",
+    "synchronize_stream", "status_error", "check", "null_handle_error", "recent_message",
+    "memcpy", "destroy", "free_all", "Closing", "current_context_record", "operation",
+    "distrust_context", "get_process_determinism",
 ]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
