@@ -9,6 +9,8 @@ from typing import List, Optional, Sequence, Tuple
 from . import ownership
 from .runtime import DEVICE_ALIGN, DeviceBuffer
 
+__all__ = ["ARENA_ALIGN", "ArenaBuffer", "ArenaSlice", "layout"]
+
 # a multiple of the 32 bytes aclCreateTensor wants (docs/abi.md §4): torch_npu's granularity
 ARENA_ALIGN = 512
 assert ARENA_ALIGN % DEVICE_ALIGN == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Callable, Dict, List, Tuple
 
+__all__ = ["register", "clear_all", "forget_all", "names"]
+
 _registry: List[Tuple[str, Callable[[], object], Callable[[], None]]] = []
 
 

@@ -13,6 +13,9 @@ from ..errors import AclnnError
 from . import caches, runtime
 from .arena import ArenaBuffer
 
+__all__ = ["ENV_LIMIT", "DEFAULT_LIMIT_MIB", "GRAIN", "limit", "take", "give", "discard",
+           "clear", "idle_bytes"]
+
 ENV_LIMIT = "ACLNN_FAG_CALL_MEMORY_CACHE"
 DEFAULT_LIMIT_MIB = 64
 GRAIN = 64 * 1024

@@ -17,6 +17,9 @@ from .executor import Timer
 from .runtime import MEMCPY_HOST_TO_DEVICE, DeviceBuffer, refuse_pickle
 from .tensors import ACL_DTYPES, acl_dtype
 
+__all__ = ["DeviceArray", "ForeignBuffer", "foreign_view", "upload_arrays", "call_memory",
+           "CallMemory", "contiguous_strides", "as_device_array", "register_converter"]
+
 _FAKE_BASE = 1 << 44   # address used only for numpy index arithmetic; never dereferenced
 _BASE_ALIGN = 32
 

@@ -12,6 +12,8 @@ from .. import masks
 from . import caches, runtime
 from .device import DeviceArray, upload_arrays
 
+__all__ = ["package_mask", "clear", "size"]
+
 _lock = threading.Lock()
 _copies: Dict[tuple, DeviceArray] = {}
 

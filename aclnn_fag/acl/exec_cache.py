@@ -12,6 +12,10 @@ from typing import Optional
 from .. import _env
 from . import caches, ownership, runtime
 
+__all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature",
+           "array_keys", "take", "give",
+           "discard", "clear", "size", "CachedExecutor", "release_handles"]
+
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
 DEFAULT_CAPACITY = 16
 

@@ -16,6 +16,9 @@ from . import exec_cache, ownership, runtime
 from .runtime import recent_message, status_error
 from .tensors import HandleBatch
 
+__all__ = ["Executor", "Launch", "Timer", "run", "phase1", "make_repeatable", "set_address",
+           "phase2", "attr_values", "layout_arg", "TIMING_KEYS"]
+
 TIMING_KEYS = ("marshal", "phase1", "phase2", "copy_in", "copy_out", "alloc")
 _UNTIMED = contextlib.nullcontext()
 

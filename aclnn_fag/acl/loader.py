@@ -14,6 +14,11 @@ from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3
 from .prototypes import bind, library_error
 
+__all__ = [
+    "ENV_LIB_DIR", "DEFAULT_TOOLKIT_LIB64", "ROLES", "Place", "Attempt", "Libraries",
+    "search_places", "load_libraries", "libraries", "bindings", "reset",
+]
+
 ENV_LIB_DIR = "ACLNN_FAG_LIB_DIR"
 DEFAULT_TOOLKIT_LIB64 = "/usr/local/Ascend/ascend-toolkit/latest/lib64"
 

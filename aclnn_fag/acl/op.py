@@ -19,6 +19,9 @@ from .device import DeviceArray, call_memory
 from .runtime import MEMCPY_DEVICE_TO_HOST
 from .tensors import int64_values
 
+__all__ = ["run_backward", "call_raw", "run_forward", "call_raw_forward", "forward_available",
+           "execute", "check_device_arrays", "auto_outputs", "BACKWARD", "FORWARD", "AUTO"]
+
 BACKWARD, FORWARD = BACKWARD_V3, FORWARD_V3
 _RESULTS = {BACKWARD.key: FagGrads, FORWARD.key: FagForward}   # what each op returns
 _WORKSPACE: dict = {}       # op key -> the largest workspace a cached executor asked for

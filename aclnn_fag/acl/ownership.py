@@ -22,6 +22,10 @@ _SIGINT = int(signal.SIGINT)
 _get_ident = threading.get_ident
 _main_ident = threading.main_thread().ident     # refreshed by after_fork
 
+__all__ = ["atomic", "Claim", "release_all", "pending", "after_fork",
+           "run_finalizer", "deliver_deferred", "deferred_interrupts",
+           "OWNED", "FAILED", "RELEASED", "CONSUMED", "EMPTY", "set_quiet"]
+
 EMPTY, OWNED, RELEASING, FAILED, RELEASED, CONSUMED, DROPPED = (
     "empty", "owned", "releasing", "failed", "released", "consumed", "dropped")
 

@@ -15,6 +15,8 @@ from .op import BACKWARD, check_device_arrays
 from .runtime import DeviceBuffer, recent_message, refuse_pickle, status_error
 from .tensors import HandleBatch, int64_values
 
+__all__ = ["FagPlan", "FagExecutor", "ResultBuffer", "register_validator"]
+
 _OUT_SLOTS = FagGrads._fields                      # dq .. dv (dpse: NULL)
 _validator: List[Callable] = []
 

@@ -13,6 +13,10 @@ from typing import Any, Dict, Tuple
 from ..errors import LibraryNotFoundError
 from ..spec import BACKWARD_V3, FORWARD_V3, OPS, PHASE2_PARAMS, OpVersion
 
+__all__ = ["Proto", "PROTOTYPES", "PROTOTYPE_BY_NAME", "Bindings", "bind", "PHASE1", "PHASE2",
+           "PHASE1_NARGS", "OPTIONAL", "FWD_PHASE1", "FWD_PHASE2", "FWD_PHASE1_NARGS",
+           "op_prototypes", "library_error", "c_widths"]
+
 P_I64 = POINTER(c_int64)
 P_U64 = POINTER(c_uint64)
 P_U32 = POINTER(c_uint32)

@@ -8,6 +8,8 @@ import threading
 from .. import releases
 from . import loader, versions
 
+__all__ = ["current", "forget"]
+
 _lock = threading.Lock()
 _kept = (None, None)          # (the bindings queried, the Release)
 

@@ -19,6 +19,18 @@ from .. import _env
 from . import caches, loader, ownership
 from ..constants import INT32_MAX
 
+__all__ = [
+    "ENV_DEVICE", "MEMCPY_HOST_TO_DEVICE", "MEMCPY_DEVICE_TO_HOST", "OPT_DETERMINISTIC",
+    "api", "initialise", "resolve_device", "ensure_device", "device_count", "soc_name", "stream",
+    "release_thread_resources", "shutdown", "DeviceBuffer", "NativeResource", "determinism",
+    "get_determinism", "stats", "reset_stats", "live_resources", "owns_init",
+    "ForkedProcessError", "forked_child_reason", "MAX_ALLOCATION", "DeterminismHold",
+    "INT32_MAX", "refuse_pickle", "resolve_stream", "stream_workspace", "release_stream_workspace",
+    "synchronize_stream", "status_error", "check", "null_handle_error", "recent_message",
+    "memcpy", "destroy", "free_all", "Closing", "current_context_record", "operation",
+    "distrust_context", "get_process_determinism",
+]
+
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
 ACL_ERROR_REPEAT_INITIALIZE = 100002
 ACL_ERROR_RT_SYSPARAMOPT_NOT_SET = 107021

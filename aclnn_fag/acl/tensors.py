@@ -14,6 +14,9 @@ from . import ownership, runtime
 from .runtime import null_handle_error, status_error
 from ..constants import MAX_INT_ARRAY_ENTRIES, INT64_MIN as _INT64_MIN, INT64_MAX as _INT64_MAX
 
+__all__ = ["ACL_DTYPES", "FORMAT_ND", "acl_dtype", "AclTensor", "AclIntArray", "int64_array",
+           "int64_values", "MAX_INT_ARRAY_ENTRIES", "HandleBatch"]
+
 FORMAT_ND = 2
 
 # numpy dtype -> aclDataType (docs/abi.md §3)

@@ -10,6 +10,9 @@ from typing import Optional
 from .. import releases
 from .runtime import recent_message
 
+__all__ = ["query_cann_version", "release_of", "PKG_VERSION_MAX_SIZE", "PackageVersion",
+           "ACL_PKG_NAME_CANN", "PACKAGES", "cann_version_or_error", "version_summary_line"]
+
 PKG_VERSION_MAX_SIZE = 128        # ACL_PKG_VERSION_MAX_SIZE
 PKG_VERSION_PARTS_MAX_SIZE = 64   # ACL_PKG_VERSION_PARTS_MAX_SIZE
 ACL_PKG_NAME_CANN = 0             # aclCANNPackageName: ACL_PKG_NAME_CANN = 0
