@@ -161,7 +161,7 @@ def flash_attention_forward(query, query_rope, key, key_rope, value, *, atten_ma
     if on_device:
         return device_run.run_forward_on_device(call, kind, query, stream)
     if call.empty_result:
-        return _results(kind, _empty_forward(call, precision))
+        return _results(kind, empty_forward(call, precision))
     if name == "numpy":
         with blas.capped():
             return _results(kind, attention_forward(call, precision, progress=progress))
@@ -202,7 +202,7 @@ def _results(kind, results):
     return results
 
 
-def _empty_forward(call, precision) -> FagForward:
+def empty_forward(call, precision) -> FagForward:
     """F2: every output empty (T1 * N1 == 0): nothing is computed."""
     t1, n1 = call.query.shape[0], call.query.shape[1]
     dv = call.value.shape[-1] if call.value.ndim else 0

@@ -131,7 +131,7 @@ def varlen_fwd(q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor, v: Tensor,
                         scale_value, sparse_mode, pre_tokens, next_tokens, backend, precision,
                         check_data)
     if call.empty_result:
-        fwd = api._empty_forward(call, precision)
+        fwd = api.empty_forward(call, precision)
     else:
         with blas.capped():
             fwd = attention_forward(call, precision)

@@ -138,7 +138,7 @@ def availability(refresh: bool = False) -> Availability:
     with _avail_lock:
         if refresh:
             loader.reset()
-        gen = loader._cache.generation
+        gen = loader.generation()
         now = time.monotonic()
         if _avail is None or _avail[0] != gen or (_avail[1].transient and now >= _avail[2]):
             status = _probe()

@@ -140,7 +140,7 @@ def phase1(b, op: OpVersion, tensors_in: Sequence, int_arrays: Sequence, attrs: 
         rc = fn(*args)
         if handle.value:               # also on failure (the forward's, docs/releases.md)
             ex._adopt(handle.value)
-    runtime._count("phase1")
+    runtime.tally("phase1")
     if rc:
         error = status_error(b, rc, op.phase1)
         ex.release("warn")             # a failed phase 1's executor: ours to destroy
@@ -179,7 +179,7 @@ def phase2(b, op: OpVersion, ex: Executor, workspace: Optional[int], ws_size: in
     fn = getattr(b, op.phase2)
     args = (c_void_p(workspace), c_uint64(ws_size), c_void_p(ex.handle), c_void_p(stream))
     rc = fn(*args) if repeatable else ex.call_consuming(fn, *args)
-    runtime._count("phase2")
+    runtime.tally("phase2")
     if rc:
         raise status_error(b, rc, op.phase2)
 
@@ -214,7 +214,7 @@ def run(call: Launch, stream: int, workspace_of: Callable[[int, bool], int], syn
         entry = _take_repointed(b, key, call)
     try:
         if entry is not None:
-            runtime._count("cache_hits")
+            runtime.tally("cache_hits")
             with timer("phase2"):
                 phase2(b, call.op, entry.executor,
                        _workspace(workspace_of, entry.workspace_size, True),

@@ -16,7 +16,8 @@ from .prototypes import bind, library_error
 
 __all__ = [
     "ENV_LIB_DIR", "DEFAULT_TOOLKIT_LIB64", "ROLES", "Place", "Attempt", "Libraries",
-    "search_places", "load_libraries", "libraries", "bindings", "reset",
+    "search_places", "load_libraries", "libraries", "bindings", "reset", "after_fork",
+    "generation",
 ]
 
 ENV_LIB_DIR = "ACLNN_FAG_LIB_DIR"
@@ -228,6 +229,16 @@ def _not_found(roles, places, notes, tried) -> LibraryNotFoundError:
 
 
 _cache = SimpleNamespace(lock=threading.RLock(), failure=None, bindings=None, generation=0)
+
+
+def generation() -> int:
+    """How many times the libraries were reset (a cached probe of an older one is stale)."""
+    return _cache.generation
+
+
+def after_fork() -> None:
+    """In a forked child: a new lock (a parent thread may have held the old one at fork)."""
+    _cache.lock = threading.RLock()
 
 
 def bindings():

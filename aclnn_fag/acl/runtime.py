@@ -28,7 +28,7 @@ __all__ = [
     "INT32_MAX", "refuse_pickle", "resolve_stream", "stream_workspace", "release_stream_workspace",
     "synchronize_stream", "status_error", "check", "null_handle_error", "recent_message",
     "memcpy", "destroy", "free_all", "Closing", "current_context_record", "operation",
-    "distrust_context", "get_process_determinism",
+    "distrust_context", "get_process_determinism", "tally",
 ]
 
 ENV_DEVICE = "ACLNN_FAG_DEVICE"
@@ -89,7 +89,8 @@ _stats: Dict[str, int] = dict.fromkeys(
      "tensors", "int_arrays", "streams", "phase1", "phase2", "cache_hits"), 0)
 
 
-def _count(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> None:
+def tally(key: str, n: int = 1, key2: Optional[str] = None, n2: int = 0) -> None:
+    """Add n to the acl.stats() counter key (and n2 to key2)."""
     with _stats_lock:
         _stats[key] += n
         if key2 is not None:
@@ -106,7 +107,7 @@ def memcpy(b, copies, kind: int) -> None:
               rule="host to device copy failed" if h2d else "device to host copy failed")
         total += n
     key = "h2d" if h2d else "d2h"
-    _count(key, len(copies), key + "_bytes", total)
+    tally(key, len(copies), key + "_bytes", total)
 
 
 def stats() -> Dict[str, int]:
@@ -441,7 +442,7 @@ def stream(device_id: Optional[int] = None) -> int:
                 st.streams[key] = entry
             _tls.stream = (st, entry)
     check(b, rc, "aclrtCreateStream")
-    _count("streams")
+    tally("streams")
     return handle.value
 
 
@@ -613,7 +614,7 @@ def _free_device(b, dev: int, ptr: int):
     """``aclrtFree``; returns None or the error (a Claim release function)."""
     _ensure_any_context(b, dev)
     rc = b.aclrtFree(ptr)
-    _count("free")
+    tally("free")
     if rc:
         return status_error(b, rc, "aclrtFree", rule=f"cannot free {ptr:#x} on device {dev}")
     return None
@@ -655,7 +656,7 @@ class DeviceBuffer(NativeResource):
         if not p.value:
             raise status_error(b, 207001, "aclrtMalloc", rule="aclrtMalloc returned a NULL pointer",
                                fetch_message=False)
-        _count("malloc", 1, "malloc_bytes", nbytes)
+        tally("malloc", 1, "malloc_bytes", nbytes)
         if p.value % DEVICE_ALIGN:
             self.free()
             raise AclRuntimeError(f"aclrtMalloc returned {p.value:#x}, not {DEVICE_ALIGN}-byte "
@@ -712,7 +713,7 @@ class DeviceBuffer(NativeResource):
         if nbytes:
             dst, b = self._span(offset, nbytes)
             check(b, b.aclrtMemset(dst, self.nbytes - offset, int(value), nbytes), "aclrtMemset")
-            _count("memset")
+            tally("memset")
 
     def __repr__(self) -> str:
         state = "freed" if self.closed else (f"{self.ptr:#x}" if self.ptr else "empty")
@@ -991,7 +992,7 @@ def _after_fork_in_child() -> None:
     # a lock held by another parent thread at fork time would never be released here
     _state_lock = threading.RLock()
     _stats_lock = threading.Lock()
-    loader._cache.lock = threading.RLock()
+    loader.after_fork()
     _forget_parent()        # the parent's handles and memory: never released here
 
 

@@ -108,7 +108,7 @@ class _Handle(runtime.NativeResource):
                 self.handle = handle
         if not handle:
             raise null_handle_error(b, fname)
-        runtime._count(counter)
+        runtime.tally(counter)
 
     def _on_released(self) -> None:
         self.handle = None
@@ -239,7 +239,7 @@ class HandleBatch(runtime.NativeResource):
                     out.append(handle)
         finally:
             if made:
-                runtime._count(counter, made)
+                runtime.tally(counter, made)
         if len(out) < len(items):
             raise null_handle_error(self._b, function)
         return out

@@ -125,6 +125,47 @@ def test_no_private_name_crosses_a_module():
     assert crossing == []
 
 
+def _private_attributes(mods: dict):
+    """(module, "alias._name") for every ``alias._name`` read where ``alias`` is another
+    package module bound by an import of this one (``from . import runtime``)."""
+    for name, path in mods.items():
+        base = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                root = base
+                for _ in range(max(node.level - 1, 0)):
+                    root = root.rsplit(".", 1)[0]
+                target = (root + ("." + node.module if node.module else "")) if node.level \
+                    else (node.module or "")
+                for a in node.names:
+                    if target + "." + a.name in mods:
+                        bound[a.asname or a.name] = target + "." + a.name
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.asname and a.name in mods:
+                        bound[a.asname] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in bound and bound[node.value.id] != name
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                yield name, f"{node.value.id}.{node.attr}"
+
+
+def test_no_private_attribute_of_another_module_is_read():
+    assert sorted(set(_private_attributes(_modules()))) == []
+
+
+def test_the_private_attribute_check_sees_one(tmp_path):
+    pkg = tmp_path / "aclnn_fag"
+    pkg.mkdir()
+    (pkg / "a.py").write_text("x = 1\n_y = 2\n")
+    (pkg / "b.py").write_text("from . import a\nz = a.x + a._y\n")
+    mods = {"aclnn_fag.a": pkg / "a.py", "aclnn_fag.b": pkg / "b.py"}
+    assert list(_private_attributes(mods)) == [("aclnn_fag.b", "a._y")]
+
+
 @pytest.mark.parametrize("edge", [("aclnn_fag.acl.plan", "aclnn_fag.rules"),
                                   ("aclnn_fag.seqlens", "aclnn_fag.tools.cli")])
 def test_the_checks_see_an_upward_import(edge, monkeypatch):
