@@ -48,17 +48,22 @@ def _layer(module: str) -> int:
     raise AssertionError(f"{module} is in no layer of docs/architecture.md")
 
 
+def _from_target(node: ast.ImportFrom, base: str) -> str:
+    """The absolute module a ``from ... import`` in package ``base`` names."""
+    root = base
+    for _ in range(max(node.level - 1, 0)):
+        root = root.rsplit(".", 1)[0]
+    return (root + ("." + node.module if node.module else "")) if node.level \
+        else (node.module or "")
+
+
 def _imports(mods: dict):
     """(importer, imported module, names) for every import inside the package."""
     for name, path in mods.items():
         base = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom):
-                root = base
-                for _ in range(max(node.level - 1, 0)):
-                    root = root.rsplit(".", 1)[0]
-                target = (root + ("." + node.module if node.module else "")) if node.level \
-                    else (node.module or "")
+                target = _from_target(node, base)
                 if not target.startswith("aclnn_fag"):
                     continue
                 subs = [target + "." + a.name for a in node.names if target + "." + a.name in mods]
@@ -134,11 +139,7 @@ def _private_attributes(mods: dict):
         bound = {}
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
-                root = base
-                for _ in range(max(node.level - 1, 0)):
-                    root = root.rsplit(".", 1)[0]
-                target = (root + ("." + node.module if node.module else "")) if node.level \
-                    else (node.module or "")
+                target = _from_target(node, base)
                 for a in node.names:
                     if target + "." + a.name in mods:
                         bound[a.asname or a.name] = target + "." + a.name
