@@ -10,7 +10,8 @@
 Both are opaque to torch.compile; their fake implementations give the output shapes and
 dtypes, ``varlen_fwd``'s autograd formula calls ``varlen_bwd``, whose own backward raises
 (``DOUBLE_BACKWARD_ERROR``); a nonzero gradient of the statistics raises
-(``STATS_GRADIENT_ERROR``).
+(``STATS_GRADIENT_ERROR``). Their bodies, ``run_forward`` / ``run_backward``, are what the
+eager path of ``aclnn_fag.torch`` calls (the dispatcher costs ~0.5 ms per training step).
 
 Precision "device" calls the public ops on numpy views of the tensors (no copies; errors
 worded for torch). The golden precisions "fp32"/"fp64" validate the call with the forward's
@@ -34,7 +35,8 @@ from .reference.rounding import BF16
 from .semantics.sparse import COMPRESSED_MODES
 from .rules import validate_forward
 
-__all__ = ["varlen_fwd", "varlen_bwd", "GOLDEN_DTYPES", "default_mask"]
+__all__ = ["varlen_fwd", "varlen_bwd", "run_forward", "run_backward", "first_order_only",
+           "GOLDEN_DTYPES", "default_mask"]
 
 DOUBLE_BACKWARD_ERROR = (
     "aclnn_fag.torch.varlen_attention is once differentiable: its backward (the "
@@ -116,12 +118,13 @@ def _result_dtypes(precision):
     return GOLDEN_DTYPES[precision], GOLDEN_DTYPES[precision]
 
 
-@torch.library.custom_op("aclnn_fag::varlen_fwd", mutates_args=())
-def varlen_fwd(q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor, v: Tensor,
-               atten_mask: Optional[Tensor], actual_seq_qlen: list[int],
-               actual_seq_kvlen: list[int], scale_value: float, sparse_mode: int,
-               pre_tokens: int, next_tokens: int, backend: str, precision: str,
-               check_data: Optional[bool]) -> tuple[Tensor, Tensor, Tensor]:
+def run_forward(q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor, v: Tensor,
+                atten_mask: Optional[Tensor], actual_seq_qlen: list[int],
+                actual_seq_kvlen: list[int], scale_value: float, sparse_mode: int,
+                pre_tokens: int, next_tokens: int, backend: str, precision: str,
+                check_data: Optional[bool]) -> tuple[Tensor, Tensor, Tensor]:
+    """(out, softmax_max, softmax_sum) of CPU tensors: the body of ``varlen_fwd``, which
+    ``aclnn_fag.torch`` also calls directly in eager mode (without the dispatcher)."""
     if precision == "device":
         return _device_op(api.flash_attention_forward, (q, q_rope, k, k_rope, v), atten_mask,
                           (), actual_seq_qlen, actual_seq_kvlen, sparse_mode,
@@ -138,6 +141,9 @@ def varlen_fwd(q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor, v: Tensor,
     return tuple(operands.to_torch(x) for x in fwd)
 
 
+varlen_fwd = torch.library.custom_op("aclnn_fag::varlen_fwd", run_forward, mutates_args=())
+
+
 @varlen_fwd.register_fake
 def _varlen_fwd_fake(q, q_rope, k, k_rope, v, atten_mask, actual_seq_qlen, actual_seq_kvlen,
                      scale_value, sparse_mode, pre_tokens, next_tokens, backend, precision,
@@ -149,14 +155,15 @@ def _varlen_fwd_fake(q, q_rope, k, k_rope, v, atten_mask, actual_seq_qlen, actua
             q.new_empty((t1, n1, 8), dtype=stat_dtype))
 
 
-@torch.library.custom_op("aclnn_fag::varlen_bwd", mutates_args=())
-def varlen_bwd(grad_out: Tensor, q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor,
-               v: Tensor, atten_mask: Optional[Tensor], out: Tensor, softmax_max: Tensor,
-               softmax_sum: Tensor, grad_max: Optional[Tensor], grad_sum: Optional[Tensor],
-               actual_seq_qlen: list[int], actual_seq_kvlen: list[int], scale_value: float,
-               sparse_mode: int, pre_tokens: int, next_tokens: int, backend: str,
-               precision: str, check_data: Optional[bool]
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+def run_backward(grad_out: Tensor, q: Tensor, q_rope: Tensor, k: Tensor, k_rope: Tensor,
+                 v: Tensor, atten_mask: Optional[Tensor], out: Tensor, softmax_max: Tensor,
+                 softmax_sum: Tensor, grad_max: Optional[Tensor], grad_sum: Optional[Tensor],
+                 actual_seq_qlen: list[int], actual_seq_kvlen: list[int], scale_value: float,
+                 sparse_mode: int, pre_tokens: int, next_tokens: int, backend: str,
+                 precision: str, check_data: Optional[bool]
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dq_rope, dk, dk_rope, dv) of CPU tensors: the body of ``varlen_bwd`` (also called
+    directly in eager mode). A nonzero gradient of the statistics raises."""
     for g in (grad_max, grad_sum):
         if g is not None and bool(g.any()):
             raise RuntimeError(STATS_GRADIENT_ERROR)
@@ -177,6 +184,9 @@ def varlen_bwd(grad_out: Tensor, q: Tensor, q_rope: Tensor, k: Tensor, k_rope: T
     with blas.capped():
         grads = attention_backward(bcall, precision)
     return tuple(operands.to_torch(x) for x in grads)
+
+
+varlen_bwd = torch.library.custom_op("aclnn_fag::varlen_bwd", run_backward, mutates_args=())
 
 
 @varlen_bwd.register_fake
@@ -202,6 +212,28 @@ def _backward(ctx, grad_out, grad_max, grad_sum):
 
 def _no_double_backward(ctx, *grads):
     raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+class _SecondOrderRefused(torch.autograd.Function):
+    """Passes a backward's gradients through a node whose own backward raises: their
+    ``inputs`` are the tensors the gradients depend on, so that a second-order use reaches
+    it."""
+
+    @staticmethod
+    def forward(ctx, grads, *inputs):
+        return grads
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(DOUBLE_BACKWARD_ERROR)
+
+
+def first_order_only(grads: tuple, *inputs) -> tuple:
+    """The gradients of an autograd Function's backward; under ``create_graph=True`` (grad
+    mode on in the backward) a backward through them raises ``DOUBLE_BACKWARD_ERROR``."""
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in inputs):
+        return _SecondOrderRefused.apply(grads, *inputs)
+    return grads
 
 
 varlen_fwd.register_autograd(_backward, setup_context=_setup_forward)

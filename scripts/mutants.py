@@ -92,6 +92,11 @@ S9_DEV_T = ("tests/acl/test_device_stats_layout_masks.py", "tests/acl/test_devic
 
 MUTANTS = [
     # ------------------------------------------------------------------ reference/
+    Mutant("ref-short-tile-unsplit", "reference", "aclnn_fag/reference/blocks.py",
+           "    return min(blocks.min_split, max(32, (rows + 1) // 2))",
+           "    return blocks.min_split",
+           "a short causal sequence computes its whole diagonal tile (the masked half too)",
+           ("tests/reference/test_reference_holes.py",)),
     Mutant("ref-bwd-ds-round", "reference", R + "backward.py",
            "                    round_bf16_away_inplace(ds)\n", "                    pass\n",
            "device precision drops the dS bf16 rounding point"),
@@ -812,6 +817,20 @@ MUTANTS = [
            "stream = ctx.stream",
            "varlen_attention's backward on NPU tensors ignores torch_npu's current stream",
            ("tests/torch/test_npu_autograd.py",)),
+    Mutant("torch-second-order-silent", "acl", "aclnn_fag/torch_ops.py",
+           "        return _SecondOrderRefused.apply(grads, *inputs)", "        return grads",
+           "a gradient penalty through varlen_attention (eager, CPU or NPU tensors) runs "
+           "silently with wrong gradients", ("tests/torch/test_training.py",
+                                            "tests/torch/test_npu_autograd.py")),
+    Mutant("torch-stats-grad-ignored", "acl", "aclnn_fag/torch_ops.py",
+           "        if g is not None and bool(g.any()):",
+           "        if g is not None and False:",
+           "a gradient reaching softmax_max / softmax_sum is silently dropped",
+           ("tests/torch/test_training.py",)),
+    Mutant("torch-compile-eager-route", "acl", "aclnn_fag/torch.py",
+           "        if torch.compiler.is_compiling():", "        if False:",
+           "torch.compile traces into the eager Function (graph break or failure) instead of "
+           "the custom ops", ("tests/torch/test_training.py",)),
     # ------------------------------------------------------------------ one call's device memory
     Mutant("acl-arena-unaligned", "acl", A + "arena.py",
            "        at = -(-end // align) * align", "        at = end",

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..semantics.sparse import BatchKeep, MaskReader
 
-__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys"]
+__all__ = ["BlockSizes", "default_block_sizes", "tiles", "query_blocks", "rows_without_keys",
+           "split_rows"]
 
 _INF = float("inf")
 
@@ -63,8 +64,17 @@ def tiles(keep: BatchKeep, mask: Optional[MaskReader], b: int, i0: int, i1: int,
     bk = blocks.k
     for j0 in range(int(j_first), int(j_last) + 1, bk):   # tiles start where the band starts
         key_tile = (j0, min(skv, j0 + bk))
-        for piece in _split(keep, mask, b, i0, i0, i1, j0, key_tile[1], blocks.min_split, heads):
+        for piece in _split(keep, mask, b, i0, i0, i1, j0, key_tile[1],
+                            split_rows(blocks, i1 - i0), heads):
             yield (*piece, key_tile)
+
+
+def split_rows(blocks: BlockSizes, rows: int) -> int:
+    """The fewest rows a band-cut piece of a ``rows``-row query tile is split down to:
+    ``blocks.min_split``, but a tile of fewer than 2 * min_split rows (a short sequence) is
+    still halved once when both halves keep 32 rows or more -- its diagonal tile would
+    otherwise compute the whole masked half (measured: ~5 % of a T = 256 causal step)."""
+    return min(blocks.min_split, max(32, (rows + 1) // 2))
 
 
 def _split(keep, mask, b, i0, a0, a1, j0, j1, min_split, heads):

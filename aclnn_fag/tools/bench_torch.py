@@ -103,8 +103,9 @@ def _runners(case: TorchCase, heads: int = HEADS):
 
     def tensor(a):
         return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
-    leaves = [tensor(x).requires_grad_() for x in (q, qr, k, kr, v)]
-    tdy = tensor(dy)
+    # copies: a runner that shared plain's memory would find its inputs in cache after it
+    leaves = [tensor(x.copy()).requires_grad_() for x in (q, qr, k, kr, v)]
+    tdy = tensor(dy.copy())
 
     def torch_api():
         for x in leaves:

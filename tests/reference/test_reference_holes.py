@@ -308,3 +308,19 @@ def test_device_forward_output_tie_rounds_away():
     np.testing.assert_array_equal(out[:, 0, 0], [1 + 2.0 ** -7] * sq)
     np.testing.assert_array_equal(out[:, 0, 1], [-(1 + 2.0 ** -7)] * sq)
     assert np.all(fwd.softmax_sum == 2.0) and np.all(fwd.softmax_max == 0.0)
+
+
+@pytest.mark.parametrize("rows, pieces", [(100, [(0, 50, 0, 50), (50, 100, 0, 100)]),
+                                          (60, [(0, 60, 0, 60)]),
+                                          (512, [(0, 128, 0, 128), (128, 256, 0, 256),
+                                                 (256, 384, 0, 384), (384, 512, 0, 512)])])
+def test_band_cut_tiles_of_short_sequences_are_halved_once(rows, pieces):
+    """A causal diagonal tile of a short sequence (fewer than 2 * min_split rows) is halved
+    once when both halves keep 32 rows: two strips computing 3/4 of the square; longer tiles
+    are cut down to min_split (128) rows as before."""
+    from aclnn_fag.reference.blocks import default_block_sizes, tiles
+    from aclnn_fag.semantics.sparse import batch_keep
+    keep = batch_keep(3, 0, rows, rows, 2147483647, 2147483647, -1)
+    got = [(r0, r1, j0, j1) for r0, r1, j0, j1, _, _ in
+           tiles(keep, None, 0, 0, rows, rows, default_block_sizes())]
+    assert got == pieces

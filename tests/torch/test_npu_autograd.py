@@ -188,3 +188,18 @@ def test_nothing_leaks(stub, npu_stream):
     gc.collect()
     after = stub.counters()
     assert after == before, f"native objects leaked: before {before}, after {after}"
+
+
+def test_gradient_penalty_on_npu_tensors_raises_naming_the_function(stub, npu_stream):
+    """Second-order use refused on NPU tensors too, with the CPU path's message (not the
+    generic once_differentiable one)."""
+    leaves, mask, dy, kw = problem("mode3-gqa4-default-mask")
+    xs = [NpuTensor.from_cpu(x).requires_grad_() for x in leaves]
+    loss = (varlen_attention(*xs, **kw).double() ** 2).sum()
+    (gk,) = torch.autograd.grad(loss, xs[2], create_graph=True)
+    assert gk.grad_fn is not None
+    with pytest.raises(RuntimeError) as info:
+        (gk.double() ** 2).sum().backward()
+    assert str(info.value) == aft.DOUBLE_BACKWARD_ERROR
+    (g1,) = torch.autograd.grad((varlen_attention(*xs, **kw).double() ** 2).sum(), xs[2])
+    assert same_bits(g1.cpu_copy(), gk.detach().cpu_copy())   # first order unchanged

@@ -103,6 +103,30 @@ def test_torch_compile_matches_eager_without_graph_breaks(fullgraph):
     dynamo.reset()
 
 
+def test_compiled_path_refuses_statistics_gradients_and_second_order_use():
+    """Under torch.compile the custom ops run (eager mode skips the dispatcher): a gradient
+    of the statistics raises the same error, and a gradient penalty raises instead of running
+    silently (AOTAutograd's own refusal of double backward comes first)."""
+    import torch._dynamo as dynamo
+    dynamo.reset()
+
+    def f(*xs):
+        return varlen_attention(*xs, actual_seq_qlen=[5, 12], scale_value=0.25, sparse_mode=3,
+                                backend="numpy", return_stats=True)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    xs = inputs(12, 12, 2, 1)
+    out, smax, _ = compiled(*xs)
+    with pytest.raises(RuntimeError) as info:
+        (out.float().sum() + smax.sum()).backward()
+    assert str(info.value) == STATS_GRADIENT_ERROR
+    out = compiled(*xs)[0]
+    (gq,) = torch.autograd.grad(out.float().pow(2).sum(), xs[0], create_graph=True)
+    assert torch.equal(gq, torch.autograd.grad(f(*xs)[0].float().pow(2).sum(), xs[0])[0])
+    with pytest.raises(RuntimeError, match="double backward|once differentiable"):
+        gq.float().pow(2).sum().backward()
+    dynamo.reset()
+
+
 def test_fake_implementations_give_shapes_and_dtypes():
     from torch._subclasses.fake_tensor import FakeTensorMode
     xs = inputs(9, 9, 4, 2, grad=False)
