@@ -13,11 +13,6 @@ from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
-_BACKWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "dy", "atten_mask",
-                    "softmax_max", "softmax_sum", "attention_in")
-_FORWARD_INPUTS = ("query", "query_rope", "key", "key_rope", "value", "atten_mask")
-
-
 def call_device(call, names) -> int:
     """The one device id of the call's device arrays (ValueError when they differ)."""
     fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
@@ -51,11 +46,11 @@ def _framework_dtype(like, name: str):
                     "imported)")
 
 
-def _run_on_device(call, kind: str, query_obj, stream, op, result_type, run, names):
+def _run_on_device(call, kind: str, query_obj, stream, op, result_type, run):
     """Run ``op`` (``run``: acl.run_backward / run_forward) on device-resident inputs; its
     results (those ``result_type`` holds, shaped as the host call allocates them): NPU
     tensors (written through DeviceArrays over them) or new DeviceArrays."""
-    dev = call_device(call, names)
+    dev = call_device(call, op.inputs)      # (the slots a FagCall / FwdCall lacks: None)
     auto = acl.op.auto_outputs(op, [getattr(call, n, None) for n in op.inputs])
     named = dict(zip(op.outputs, auto))
     specs = {n: named[n][:2] for n in result_type._fields}     # (shape, numpy dtype)
@@ -87,13 +82,13 @@ def _run_on_device(call, kind: str, query_obj, stream, op, result_type, run, nam
 
 def run_backward_on_device(call, kind: str, query_obj, stream) -> FagGrads:
     return FagGrads(*_run_on_device(call, kind, query_obj, stream, acl.op.BACKWARD, FagGrads,
-                                    acl.run_backward, _BACKWARD_INPUTS))
+                                    acl.run_backward))
 
 
 def run_forward_on_device(call, kind: str, query_obj, stream) -> FagForward:
     """The forward on device-resident inputs (the statistics in the device's layout)."""
     return FagForward(*_run_on_device(call, kind, query_obj, stream, acl.op.FORWARD,
-                                      FagForward, acl.run_forward, _FORWARD_INPUTS))
+                                      FagForward, acl.run_forward))
 
 
 def _validate_plan(inputs, int_values, attrs, deterministic: bool, check_data: bool) -> None:

@@ -130,8 +130,8 @@ def discard(entry: Optional[CachedExecutor]) -> None:
         entry.release("warn")
 
 
-def _trim(cap: int) -> None:
-    """Destroy the least recently returned entries (of any key) beyond ``cap``."""
+def _trim(cap: int) -> int:
+    """Destroy the least recently returned entries (of any key) beyond ``cap``; how many."""
     dropped = []
     with _lock:
         while len(_lru) > cap:
@@ -139,16 +139,12 @@ def _trim(cap: int) -> None:
             dropped.append(entry)
     for entry in dropped:
         entry.release("warn")
+    return len(dropped)
 
 
 def clear() -> int:
     """Destroy every idle entry; returns how many there were."""
-    with _lock:
-        entries = list(_lru)
-        _lru.clear()
-    for entry in entries:
-        entry.release("warn")
-    return len(entries)
+    return _trim(0)
 
 
 def size() -> int:

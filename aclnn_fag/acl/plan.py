@@ -149,8 +149,7 @@ class FagPlan(runtime.Closing):
                 host = [n for n in BACKWARD.inputs if given[n] is not None
                         and not isinstance(given[n], DeviceArray)]
                 uploaded = upload_arrays([given[n] for n in host], self.device_id)
-                for buf in {id(d.buffer): d.buffer for d in uploaded}.values():
-                    self._state.owned.append(buf)
+                self._state.owned.extend({id(d.buffer): d.buffer for d in uploaded}.values())
                 self._inputs: Dict[str, Optional[DeviceArray]] = dict(given)
                 self._inputs.update(zip(host, uploaded))
                 if validate:
@@ -262,20 +261,19 @@ class FagPlan(runtime.Closing):
             why = executor.make_repeatable(b, ex)
             self.repeatable = why is None
             self.repeatable_reason = why or "repeatable"
-        if ws_size > (st.workspace.nbytes if st.workspace is not None else 0):
+        if ws_size > self.workspace_size:
             old, st.workspace = st.workspace, None
             if old is not None:
                 old.release()
             st.workspace = DeviceBuffer(ws_size, self.device_id)
         self._ws_size = ws_size
 
-    def _repoint(self, b, changes: Dict[str, DeviceArray]) -> bool:
+    def _repoint(self, b, changes: Dict[tuple, DeviceArray]) -> bool:
         """Point the repeatable executor at new buffers; False when that is not possible."""
         if (not self.repoint_enabled or b.aclSetInputTensorAddr is None
                 or b.aclSetOutputTensorAddr is None):
             return False
-        for key, arr in changes.items():
-            kind, name = key.split(":", 1)
+        for (kind, name), arr in changes.items():
             handles = self._state.handles[kind]
             at = (BACKWARD.inputs if kind == "in" else _OUT_SLOTS).index(name)
             index = sum(h is not None for h in handles[:at])    # among the non-NULL ones
@@ -285,14 +283,14 @@ class FagPlan(runtime.Closing):
             self.repoints += 1
         return True
 
-    def _changes(self, arrays: Dict[str, object]) -> Dict[str, DeviceArray]:
-        """The swaps of one run, checked: "in:<slot>" / "out:<slot>" -> the new array."""
-        changes: Dict[str, DeviceArray] = {}
+    def _changes(self, arrays: Dict[str, object]) -> Dict[tuple, DeviceArray]:
+        """The swaps of one run, checked: ("in" / "out", slot) -> the new array."""
+        changes: Dict[tuple, DeviceArray] = {}
         for name, arr in arrays.items():
             if name in BACKWARD.inputs:
-                key, cur = "in:" + name, self._inputs[name]
+                key, cur = ("in", name), self._inputs[name]
             elif name in _OUT_SLOTS:
-                key, cur = "out:" + name, self._outputs[name]
+                key, cur = ("out", name), self._outputs[name]
             else:
                 raise TypeError(f"unknown tensor slot {name!r}")
             if not isinstance(arr, DeviceArray):
@@ -323,17 +321,16 @@ class FagPlan(runtime.Closing):
             fresh = set()
             for name, arr in self._outputs.items():
                 real = st.results.get(name)
-                if arr is None or "out:" + name in changes:
+                if arr is None or ("out", name) in changes:
                     continue
                 if real is None:
                     if arr.closed:
                         raise ValueError(f"{name}: the device array has been freed")
                 elif st.held(name) or real.closed:     # a result holds it: a fresh one
-                    changes["out:" + name] = DeviceArray.zeros(arr.shape, arr.dtype,
+                    changes["out", name] = DeviceArray.zeros(arr.shape, arr.dtype,
                                                                self.device_id)
                     fresh.add(name)
-            b = runtime.api()
-            runtime.ensure_device(self.device_id)
+            b = runtime.ensure_device(self.device_id)
             handle = (runtime.resolve_stream(stream) if stream is not None
                       else runtime.stream(self.device_id))
             hold = None     # held only when this run runs phase 1 (docs/abi.md §6)
@@ -368,7 +365,7 @@ class FagPlan(runtime.Closing):
         ex, batch, st.executor, st.batch = st.executor, st.batch, None, None
         exec_cache.release_handles(ex, batch, "raise" if strict else "warn")
 
-    def _apply(self, b, changes: Dict[str, DeviceArray], fresh) -> None:
+    def _apply(self, b, changes: Dict[tuple, DeviceArray], fresh) -> None:
         """Point the plan at the changed arrays (``fresh``: output slots whose new array the
         plan allocated): repoint the executor, else forget it; then record them. A replaced
         buffer of the plan's is kept until close (queued work may still write it)."""
@@ -377,8 +374,7 @@ class FagPlan(runtime.Closing):
             if not (st.executor is not None and self.repeatable and self._repoint(b, changes)):
                 self._forget(strict=True)
             with ownership.atomic():       # the record: one step for SIGINT
-                for key, arr in changes.items():
-                    kind, name = key.split(":", 1)
+                for (kind, name), arr in changes.items():
                     if kind == "in":
                         self._inputs[name] = arr
                         continue

@@ -42,8 +42,6 @@ MALLOC_HUGE_FIRST = 0
 OPT_DETERMINISTIC = 0
 DEVICE_ALIGN = 32
 MAX_ALLOCATION = (1 << 63) - 1   # bytes: sizes are computed with Python ints, passed as size_t
-
-# ----------------------------------------------------------------------------- status codes
 ACLNN_ERR_INNER_NULLPTR = 561103
 
 
@@ -946,9 +944,7 @@ def _release_claims(context, process, mode: str) -> bool:
     return done
 
 
-def determinism(device_id: Optional[int], want: Optional[bool]) -> DeterminismHold:
-    """``with determinism(dev, want):`` hold ACL_OPT_DETERMINISTIC == ``want`` for the block."""
-    return DeterminismHold(device_id, want)
+determinism = DeterminismHold      # ``with determinism(dev, want):`` holds it for the block
 
 
 # ----------------------------------------------------------------------------- teardown

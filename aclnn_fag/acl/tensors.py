@@ -89,9 +89,8 @@ def int64_array(values: Sequence[int], name: str = "values"):
     return _dims(int64_values(name, values))
 
 
-def _dims(values):
+def _dims(values: tuple):
     """A ctypes int64_t[n] holding ``values`` (the ACL create functions copy it)."""
-    values = tuple(values)
     return (c_int64 * len(values))(*values)
 
 
