@@ -84,12 +84,10 @@ def _copies_equal(c):
         stats = getattr(c, name)
         if stats.strides[2] == 0:
             continue
-        if _on_device(stats):
-            if not c.sampler.stats_copies_equal(stats):
-                return {"name": name, "copies": COPIES,
-                        "sampled": " (found in a sample of the device array)"}
-        elif not _host_copies_equal(stats):
-            return {"name": name, "copies": COPIES, "sampled": ""}
+        sampled = _on_device(stats)
+        if not (c.sampler.stats_copies_equal(stats) if sampled else _host_copies_equal(stats)):
+            return {"name": name, "copies": COPIES,
+                    "sampled": " (found in a sample of the device array)" if sampled else ""}
     return None
 
 
@@ -155,13 +153,11 @@ def _stats_layout(c):
     (flat ((qStart + i)·N1 + h)·8) and none the device's (flat (qStart·N1 + h·Sq_b + i)·8); a
     reading fits when max + log(sum) is the row's log-sum-exp. The host rows recomputed are
     kept in ``c.samples`` [(b, i, h, lse, max, sum)] for the mismatch warning."""
-    nd = _ND
-    if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
-            and type(c.key_rope) is nd and type(c.softmax_max) is nd
-            and type(c.softmax_sum) is nd and type(c.atten_mask) is nd):
+    arrays = (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.softmax_max,
+              c.softmax_sum)
+    if all(type(a) is _ND for a in arrays):
         reader = HOST
-    elif all(is_device(a) for a in (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask,
-                                     c.softmax_max, c.softmax_sum)):
+    elif all(is_device(a) for a in arrays):
         reader = c.sampler
     else:
         return None       # host and device arrays mixed (a FagPlan's inputs): not sampled
@@ -178,7 +174,17 @@ def _kept(masked, j0):
 
 
 def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
-    return _kept(_mask_row(mask, seqs, n1, b, h, i, skv)[band[0]:band[1]], band[0])
+    """The unmasked keys of row i within ``band``, the mask addressed as the kernel does."""
+    if mask.ndim == 2:
+        row = mask[i, :skv]
+    elif mask.shape[:2] == (1, 1):
+        row = mask[0, 0, i, :skv]
+    else:
+        per_head = mask.shape[1] != 1
+        base = sum((n1 if per_head else 1) * seqs.sq[bb] * seqs.skv[bb] for bb in range(b))
+        start = base + ((h * seqs.sq[b] + i) * skv if per_head else i * skv)
+        row = mask[np.unravel_index(np.arange(start, start + skv, dtype=np.int64), mask.shape)]
+    return _kept(row[band[0]:band[1]] != 0, band[0])
 
 
 def _host_lse(q, qr, k, kr, row, scale32) -> float:
@@ -258,19 +264,6 @@ def _votes(c, reader):
     samples = [(b, i, h, reader.lse(q, qr, k, kr, x, scale32) if type(x) is tuple else x, m, l)
                for b, i, h, x, m, l in samples]
     return samples, checked and device_fits == 0 and token_fits == checked
-
-
-def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
-    """Row i of batch b, head h of an explicit mask as the kernel addresses it ('masked')."""
-    if mask.ndim == 2:
-        return mask[i, :skv] != 0
-    d0, d1 = mask.shape[:2]
-    if d0 == 1 and d1 == 1:
-        return mask[0, 0, i, :skv] != 0
-    per_head = d1 != 1
-    base = sum((n1 if per_head else 1) * seqs.sq[bb] * seqs.skv[bb] for bb in range(b))
-    start = base + ((h * seqs.sq[b] + i) * skv if per_head else i * skv)
-    return mask[np.unravel_index(np.arange(start, start + skv, dtype=np.int64), mask.shape)] != 0
 
 
 # ---------------------------------------------------------------- device-resident inputs
