@@ -295,9 +295,7 @@ class Sampler:
         return host
 
     def strided(self, da, start: int, step: int, n: int) -> np.ndarray:
-        """n elements at storage positions start + k * step (relative to the view's offset)."""
-        if n <= 0:
-            return np.empty(0, da.dtype)
+        """n > 0 elements at storage positions start + k * step (relative to the view's offset)."""
         if step == 0:
             return np.repeat(self._raw(da, start, 1), n)
         span = (n - 1) * step + 1
@@ -323,9 +321,7 @@ class Sampler:
     def stats_copies_equal(self, stats) -> bool:
         """Sampled S8: three runs of (token, head) entries have 8 equal copies."""
         t, n, _ = stats.shape
-        s0, s1, s2 = stats.strides
-        if s2 == 0 or t * n == 0:
-            return True
+        s0, s1, s2 = stats.strides      # s2 != 0 (_copies_equal) and t * n != 0 (rule 22)
         entries = t * n
         # entry e = (token, head) starts at e * COPIES * s2: one read covers a run
         merged = (n == 1 or s1 == COPIES * s2) and (t == 1 or s0 == n * COPIES * s2)
