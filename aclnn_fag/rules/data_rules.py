@@ -42,19 +42,17 @@ def _on_device(a) -> bool:
 
 
 # ---------------------------------------------------------------- S6
-def _compressed_mask_checked(c) -> bool:
-    return c.sparse_mode in COMPRESSED_MODES and not is_package_mask(c.atten_mask)
-
-
 @check("S6_sample")
 def _mask_sample(c):
-    return (_on_device(c.atten_mask) and _compressed_mask_checked(c)
+    return (c.sparse_mode in COMPRESSED_MODES and _on_device(c.atten_mask)
             and not c.sampler.compressed_mask_is_canonical(c.atten_mask))
 
 
 @check("S6")
 def _mask_canonical(c):
-    if _on_device(c.atten_mask) or not _compressed_mask_checked(c):
+    """The package's read-only mask (is_package_mask) is known canonical without a read."""
+    if (c.sparse_mode not in COMPRESSED_MODES or _on_device(c.atten_mask)
+            or is_package_mask(c.atten_mask)):
         return None
     m = c.atten_mask if c.atten_mask.ndim == 2 else c.atten_mask[0, 0]   # never a copy
     if is_canonical_compressed(m):
