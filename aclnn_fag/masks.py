@@ -1,14 +1,7 @@
-"""Attention masks the op takes (nonzero = masked; docs/sparse_modes.md, Masks).
-
-* ``compressed_causal_mask()``: the 2048x2048 mask sparse modes 2/3/4/7/8 require.
-* ``band_mask(max_sq, max_skv, pre_tokens, next_tokens)``: the ``[maxSq, maxSkv]`` mask of
-  sparse modes 0/1 that keeps exactly the token band ``-pre <= j - i <= next``.
-* ``causal_mask(max_sq, max_skv)``: the ``[maxSq, maxSkv]`` causal mask (``j <= i``) of modes
-  0/1 -- the kept set of sparse mode 2.
-
-A 2-D mask of modes 0/1 is read top-left for every sequence, so these masks give every
-sequence of a call the same band, counted from its first query row and first key.
-"""
+"""Attention masks the op takes (nonzero = masked; docs/sparse_modes.md, Masks): the compressed
+mask of sparse modes 2/3/4/7/8, and band and causal ``[maxSq, maxSkv]`` masks of modes 0/1. A 2-D
+mask of modes 0/1 is read top-left for every sequence, so these masks give every sequence of a
+call the same band, counted from its first query row and first key."""
 
 from __future__ import annotations
 

@@ -43,8 +43,7 @@ def device_stats_from_token_major(token_major, actual_seq_qlen) -> np.ndarray:
     info = _checked_info(actual_seq_qlen, tm.shape[0])
     out = np.zeros(tm.shape + (COPIES,), dtype=np.float32)
     for b, (s, n) in enumerate(zip(info.q_starts, info.sq)):
-        block = device_stat_blocks(out, info, b)
-        block[...] = tm[s:s + n].T[:, :, None]
+        device_stat_blocks(out, info, b)[...] = tm[s:s + n].T[:, :, None]
     return out
 
 
@@ -57,6 +56,5 @@ def token_major_from_device_stats(stats, actual_seq_qlen) -> np.ndarray:
     info = _checked_info(actual_seq_qlen, st.shape[0])
     out = np.zeros(st.shape[:2], dtype=st.dtype)
     for b, (s, n) in enumerate(zip(info.q_starts, info.sq)):
-        block = device_stat_blocks(st, info, b)
-        out[s:s + n] = block[:, :, 0].T
+        out[s:s + n] = device_stat_blocks(st, info, b)[:, :, 0].T
     return out

@@ -82,26 +82,23 @@ def _padding(c):
     return {"reason": reason} if reason else None
 
 
-def _stats_shape_hint(shape, t1, n1) -> str:
-    if shape == (n1, t1, COPIES):
-        return " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]"
-    if shape in ((t1, n1), (t1, n1, 1)):
-        return (" -- these look like token-major [T, N] statistics (e.g. a log-sum-exp); convert "
-                "them with aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
-                "actual_seq_qlen)")
-    if shape == (n1, t1):
-        return (" -- these look like [N, T] statistics; transpose to [T, N] and convert with "
-                "aclnn_fag.softmax_layout.device_stats_from_token_major(stats.T, actual_seq_qlen)")
-    return ""
-
-
 @check("R21")
 def _stats_shape(c):
-    bad = _first(c, _STATS, lambda t: tuple(t.shape) != (c.t1, c.n1, COPIES))
-    if bad:
-        shape = tuple(bad["shape"])
-        bad.update(shape=list(shape), hint=_stats_shape_hint(shape, c.t1, c.n1))
-    return bad
+    t1, n1 = c.t1, c.n1
+    bad = _first(c, _STATS, lambda t: tuple(t.shape) != (t1, n1, COPIES))
+    if not bad:
+        return None
+    shape, hint = tuple(bad["shape"]), ""
+    if shape == (n1, t1, COPIES):
+        hint = " -- [N, T, 8] is the docs' notation; the op takes [T, N, 8]"
+    elif shape in ((t1, n1), (t1, n1, 1)):
+        hint = (" -- these look like token-major [T, N] statistics (e.g. a log-sum-exp); convert "
+                "them with aclnn_fag.softmax_layout.device_stats_from_token_major(stats, "
+                "actual_seq_qlen)")
+    elif shape == (n1, t1):
+        hint = (" -- these look like [N, T] statistics; transpose to [T, N] and convert with "
+                "aclnn_fag.softmax_layout.device_stats_from_token_major(stats.T, actual_seq_qlen)")
+    return dict(bad, shape=list(shape), hint=hint)
 
 
 # ---------------------------------------------------------------- rules 23-30, F9-F14
@@ -115,7 +112,8 @@ def _unlike(a, b) -> bool:
 def _fwd_totals(c):
     for name, ends, total, tname in (("actual_seq_qlen", c.qlen, c.t1, "T1"),
                                      ("actual_seq_kvlen", c.kvlen, c.t2, "T2")):
-        need = clamped_total(ends)
+        # the forward tiling's sum of sequence lengths (negative differences count 0)
+        need = ends[0] + sum(max(0, b - a) for a, b in zip(ends, ends[1:]))
         if total < need:
             return dict(name=name, tname=tname, total=total, need=need,
                         hint=per_sequence_hint(ends, total))
@@ -263,8 +261,6 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
         elif nondet and d < 96 and not keep_prob < 1.0 and not keep_prob > 1.0 \
                 and _small_call(qlen, kvlen, 163840):
             pad_dim = False
-        if mla_shape:
-            pad_dim = False
     reasons = []
     if pad_dim:
         if deterministic:
@@ -278,22 +274,15 @@ def needs_padding(query, key, value, qlen, kvlen, deterministic: bool, keep_prob
     return "; ".join(reasons)
 
 
-def forward_needs_padding(query, value, qlen, kvlen) -> bool:
-    """F6: whether D/Dv would be padded (which the forward rejects with rope inputs)."""
-    d, dv = query.shape[2], value.shape[2]
+@check("F6_pad")
+def _forward_padding(c):
+    """Whether D/Dv would be padded (which the forward rejects with rope inputs)."""
+    if c.n2 == 0 or c.d == 0 or (c.d < 96 and _small_call(c.qlen, c.kvlen, 160 * 1024)):
+        return False
+    d, dv = c.d, c.dv
     align = 16 if (d < 196 or d == 448) else 128
-    need = d % align != 0 or dv % align != 0
     # "hardware affinity" padding of the source: its HEAD_DIM_128 constant is 88
-    if d != dv and d in (88, 64, 80):
-        need = True
-    if d < 96 and _small_call(qlen, kvlen, 160 * 1024):
-        need = False
-    return need
-
-
-def clamped_total(ends) -> int:
-    """F10: the forward tiling's sum of sequence lengths (negative differences count 0)."""
-    return ends[0] + sum(max(0, b - a) for a, b in zip(ends, ends[1:]))
+    return d % align != 0 or dv % align != 0 or d != dv and d in (88, 64, 80)
 
 
 # ---------------------------------------------------------------- the one-line predicates
@@ -350,8 +339,6 @@ _SIMPLE = {
     ("F5_rank", "R24_rank"): lambda c: c.query.ndim != 3,
     "F5_kv_rank": lambda c: _first(c, ("key", "value"), lambda t: t.ndim < 3),
     "F6_rope_rank": lambda c: _first(c, _ROPES, lambda t: t.ndim < 3),
-    "F6_pad": lambda c: (c.n2 != 0 and c.d != 0
-                         and forward_needs_padding(c.query, c.value, c.qlen, c.kvlen)),
     "F7_keep": lambda c: np.float32(c.keep_prob) <= 0.0 or np.float32(c.keep_prob) > 1.0,
     "F7_pse": lambda c: not 0 <= c.pse_type < 4,
     ("F8", "S1"): lambda c: c.key.ndim != 3,

@@ -42,19 +42,17 @@ def _on_device(a) -> bool:
 
 
 # ---------------------------------------------------------------- S6
-def _compressed_mask_checked(c) -> bool:
-    return c.sparse_mode in COMPRESSED_MODES and not is_package_mask(c.atten_mask)
-
-
 @check("S6_sample")
 def _mask_sample(c):
-    return (_on_device(c.atten_mask) and _compressed_mask_checked(c)
+    return (c.sparse_mode in COMPRESSED_MODES and _on_device(c.atten_mask)
             and not c.sampler.compressed_mask_is_canonical(c.atten_mask))
 
 
 @check("S6")
 def _mask_canonical(c):
-    if _on_device(c.atten_mask) or not _compressed_mask_checked(c):
+    """The package's read-only mask (is_package_mask) is known canonical without a read."""
+    if (c.sparse_mode not in COMPRESSED_MODES or _on_device(c.atten_mask)
+            or is_package_mask(c.atten_mask)):
         return None
     m = c.atten_mask if c.atten_mask.ndim == 2 else c.atten_mask[0, 0]   # never a copy
     if is_canonical_compressed(m):
@@ -84,12 +82,10 @@ def _copies_equal(c):
         stats = getattr(c, name)
         if stats.strides[2] == 0:
             continue
-        if _on_device(stats):
-            if not c.sampler.stats_copies_equal(stats):
-                return {"name": name, "copies": COPIES,
-                        "sampled": " (found in a sample of the device array)"}
-        elif not _host_copies_equal(stats):
-            return {"name": name, "copies": COPIES, "sampled": ""}
+        sampled = _on_device(stats)
+        if not (c.sampler.stats_copies_equal(stats) if sampled else _host_copies_equal(stats)):
+            return {"name": name, "copies": COPIES,
+                    "sampled": " (found in a sample of the device array)" if sampled else ""}
     return None
 
 
@@ -155,13 +151,11 @@ def _stats_layout(c):
     (flat ((qStart + i)·N1 + h)·8) and none the device's (flat (qStart·N1 + h·Sq_b + i)·8); a
     reading fits when max + log(sum) is the row's log-sum-exp. The host rows recomputed are
     kept in ``c.samples`` [(b, i, h, lse, max, sum)] for the mismatch warning."""
-    nd = _ND
-    if (type(c.query) is nd and type(c.key) is nd and type(c.query_rope) is nd
-            and type(c.key_rope) is nd and type(c.softmax_max) is nd
-            and type(c.softmax_sum) is nd and type(c.atten_mask) is nd):
+    arrays = (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask, c.softmax_max,
+              c.softmax_sum)
+    if all(type(a) is _ND for a in arrays):
         reader = HOST
-    elif all(is_device(a) for a in (c.query, c.query_rope, c.key, c.key_rope, c.atten_mask,
-                                     c.softmax_max, c.softmax_sum)):
+    elif all(is_device(a) for a in arrays):
         reader = c.sampler
     else:
         return None       # host and device arrays mixed (a FagPlan's inputs): not sampled
@@ -178,7 +172,17 @@ def _kept(masked, j0):
 
 
 def _host_kept_keys(mask, seqs, n1, b, h, i, skv, band):
-    return _kept(_mask_row(mask, seqs, n1, b, h, i, skv)[band[0]:band[1]], band[0])
+    """The unmasked keys of row i within ``band``, the mask addressed as the kernel does."""
+    if mask.ndim == 2:
+        row = mask[i, :skv]
+    elif mask.shape[:2] == (1, 1):
+        row = mask[0, 0, i, :skv]
+    else:
+        per_head = mask.shape[1] != 1
+        base = sum((n1 if per_head else 1) * seqs.sq[bb] * seqs.skv[bb] for bb in range(b))
+        start = base + ((h * seqs.sq[b] + i) * skv if per_head else i * skv)
+        row = mask[np.unravel_index(np.arange(start, start + skv, dtype=np.int64), mask.shape)]
+    return _kept(row[band[0]:band[1]] != 0, band[0])
 
 
 def _host_lse(q, qr, k, kr, row, scale32) -> float:
@@ -260,19 +264,6 @@ def _votes(c, reader):
     return samples, checked and device_fits == 0 and token_fits == checked
 
 
-def _mask_row(mask, seqs, n1, b, h, i, skv) -> np.ndarray:
-    """Row i of batch b, head h of an explicit mask as the kernel addresses it ('masked')."""
-    if mask.ndim == 2:
-        return mask[i, :skv] != 0
-    d0, d1 = mask.shape[:2]
-    if d0 == 1 and d1 == 1:
-        return mask[0, 0, i, :skv] != 0
-    per_head = d1 != 1
-    base = sum((n1 if per_head else 1) * seqs.sq[bb] * seqs.skv[bb] for bb in range(b))
-    start = base + ((h * seqs.sq[b] + i) * skv if per_head else i * skv)
-    return mask[np.unravel_index(np.arange(start, start + skv, dtype=np.int64), mask.shape)] != 0
-
-
 # ---------------------------------------------------------------- device-resident inputs
 class _Budget(Exception):
     """The next read would exceed the byte budget."""
@@ -302,9 +293,7 @@ class Sampler:
         return host
 
     def strided(self, da, start: int, step: int, n: int) -> np.ndarray:
-        """n elements at storage positions start + k * step (relative to the view's offset)."""
-        if n <= 0:
-            return np.empty(0, da.dtype)
+        """n > 0 elements at storage positions start + k * step (relative to the view's offset)."""
         if step == 0:
             return np.repeat(self._raw(da, start, 1), n)
         span = (n - 1) * step + 1
@@ -330,9 +319,7 @@ class Sampler:
     def stats_copies_equal(self, stats) -> bool:
         """Sampled S8: three runs of (token, head) entries have 8 equal copies."""
         t, n, _ = stats.shape
-        s0, s1, s2 = stats.strides
-        if s2 == 0 or t * n == 0:
-            return True
+        s0, s1, s2 = stats.strides      # s2 != 0 (_copies_equal) and t * n != 0 (rule 22)
         entries = t * n
         # entry e = (token, head) starts at e * COPIES * s2: one read covers a run
         merged = (n == 1 or s1 == COPIES * s2) and (t == 1 or s0 == n * COPIES * s2)
