@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from . import cliargs
+from .output import usage_error
 
 __all__ = ["main", "build_parser"]
 
@@ -32,9 +33,7 @@ def _cmd_info(args) -> int:
     if args.json:
         write_json({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
                     "npu": npu, "environment": env}, args.json)
-        if args.json == STDOUT:
-            return 0
-    if getattr(args, "quiet", False):
+    if args.quiet or args.json == STDOUT:
         return 0
     ok, features = bool(npu.get("ok")), npu.get("features") or {}
     reason = str(npu.get("reason") or "").strip().splitlines()
@@ -131,8 +130,7 @@ def _cmd_demo(args) -> int:
     try:
         backend = resolve_backend(args.backend)
     except Exception as exc:
-        print(f"aclnn-fag demo: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("aclnn-fag demo", str(exc))
     t0 = time.perf_counter()
     inputs = make_inputs(spec)
     t1 = time.perf_counter()
