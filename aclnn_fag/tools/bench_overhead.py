@@ -8,6 +8,7 @@ import statistics
 import time
 from ctypes import byref, c_uint32, c_void_p
 from types import SimpleNamespace
+from unittest import mock
 
 from ..acl.runtime import DeviceBuffer
 from .cases import CaseSpec, make_inputs, with_forward
@@ -94,9 +95,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     from ..rules import validate_backward
 
     say = progress_writer(progress)
-    saved = {v: os.environ.get(v) for v in STUB_VARS}
-    os.environ.update(STUB_VARS)
-    try:
+    with mock.patch.dict(os.environ, STUB_VARS):        # the environment as it was after
         b = acl.runtime.api()
         is_stub = acl.stand_in()
         spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
@@ -171,12 +170,6 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
                     buf.free()
             _ProtocolTensor._free.clear()
             _ProtocolTensor._geometry.clear()
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
     return {"schema": "aclnn_fag.tools.bench_overhead/1", "stub_compute_off": is_stub,
             "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
             "rows": rows, "all_goals_met": all(r["met"] for r in rows if r["met"] is not None),
