@@ -966,7 +966,7 @@ MUTANTS = [
            "                return backend_error(got)",
            "a backend error is shrunk onto a case raising another exception", REPRO_T),
     Mutant("repro-target-unchecked", "tools", TL + "parity_cli.py",
-           "        why = target_problem(args.repro)", "        why = None",
+           "        why = repro.target_problem(args.repro)", "        why = None",
            "--repro onto a file runs the whole suite and writes nothing", REPRO_T),
     Mutant("repro-quiet-hides-errors", "tools", TL + "parity_cli.py",
            "                                      errors=sys.stderr)",

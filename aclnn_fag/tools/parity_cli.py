@@ -8,9 +8,12 @@ import math
 import os
 import sys
 
-from . import accuracy, cases as cases_mod, report_compare
+from . import accuracy, cases as cases_mod, report_compare, repro
 from ..api import resolve_backend
+from .backend_module import BackendModuleError, load_backend
 from .cliargs import positive_float, positive_int
+from .html_report import HtmlError, prepare, render_compare, render_report
+from .junit import junit_xml
 from .output import STDOUT, human_stream, usage_error, write_json, write_text
 from .parity import OPS, format_table, run_suite
 
@@ -30,7 +33,6 @@ def prepare_html(args, prog: str) -> int:
     """0, or 2 after a message when ``--html`` cannot be honoured (checked before any work)."""
     if getattr(args, "html", None) is None:
         return 0
-    from .html_report import HtmlError, prepare
     try:
         prepare(args.html)
     except HtmlError as exc:
@@ -106,7 +108,6 @@ def run_compare(old_path, new_path, factor=None, json_dest=None, html_dest=None)
         if json_dest != STDOUT:
             print(f"comparison: {json_dest}", file=text)
     if html_dest:
-        from .html_report import render_compare
         page = render_compare(old, new, cmp, str(old_path), str(new_path), html_path=html_dest)
         if _write_page(page, html_dest, "aclnn-fag parity --compare", text):
             return 2
@@ -172,8 +173,7 @@ def _usage_problem(args):
     if getattr(args, "html", None) == STDOUT:
         return "--html takes a file name, not '-'"
     if args.repro and not args.compare:
-        from .repro import target_problem
-        why = target_problem(args.repro)
+        why = repro.target_problem(args.repro)
         if why:
             return f"--repro {args.repro}: cannot write reproducers there: {why}"
     return None
@@ -181,7 +181,6 @@ def _usage_problem(args):
 
 def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
     """The reproducers of the failing cases (and backend errors), recorded in the report."""
-    from . import repro
     failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
     written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
                                       backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
@@ -200,13 +199,11 @@ def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
 def _junit_and_page(report: dict, args, text, source: str, prog: str) -> int:
     """Write ``--junit`` and ``--html`` of ``report``; the exit status."""
     if args.junit:
-        from .junit import junit_xml
         write_text(junit_xml(report), args.junit)
         if args.junit != STDOUT:
             print(f"junit: {args.junit}", file=text)
     status = 0 if report.get("ok") else 1
     if getattr(args, "html", None):
-        from .html_report import render_report
         page = render_report(report, source=source, html_path=args.html)
         status = _write_page(page, args.html, prog, text) or status
     return status
@@ -239,7 +236,6 @@ def main(args) -> int:
                            json_dest=args.json, html_dest=getattr(args, "html", None))
     backend_fn = None
     if getattr(args, "backend_module", None):
-        from .backend_module import BackendModuleError, load_backend
         try:
             backend_fn = load_backend(args.backend_module)
         except BackendModuleError as exc:
