@@ -241,8 +241,9 @@ def main(args) -> int:
         except BackendModuleError as exc:
             return usage_error(PROG, str(exc))
     if args.op != "backward" and (backend_fn is not None or args.repro):
+        other = "--backend-module" if backend_fn is not None else "--repro"
         return usage_error(PROG, f"--op {args.op} judges the package's own forward: it does not "
-                           "go with " + ("--backend-module" if backend_fn is not None else "--repro"))
+                                 f"go with {other}")
     try:
         suite = cases_mod.load_suite(args.suite)
     except cases_mod.SuiteError as exc:
