@@ -30,9 +30,7 @@ class BackendModuleError(ValueError):
 
 def as_grads(result) -> FagGrads:
     """The callable's result as FagGrads of numpy arrays (TypeError when it is not one)."""
-    if isinstance(result, FagGrads):
-        values = tuple(result)
-    elif isinstance(result, dict):
+    if isinstance(result, dict):
         missing = [k for k in FagGrads._fields if k not in result]
         if missing:
             raise TypeError(f"the backend module returned a dict without {missing}")

@@ -21,7 +21,7 @@ from ..semantics.sparse import MaskReader, batch_keep
 from .cases import CaseSpec, forward_arguments, make_inputs, with_forward
 from .cliargs import positive_int
 from .envinfo import environment
-from .output import add_json_argument, emit_report, progress_writer
+from .output import add_json_argument, emit_report, progress_writer, usage_error
 
 __all__ = ["kept_pairs", "flop_count", "measure_sgemm", "peak_extra_memory", "SUITES",
            "run_bench", "add_arguments", "main", "BENCH_SCHEMA"]
@@ -334,16 +334,15 @@ def main(args) -> int:
     try:
         resolve_backend(args.backend, "device")
     except Exception as exc:
-        print(f"aclnn-fag bench: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("aclnn-fag bench", str(exc))
     progress = None if args.quiet else sys.stderr
     if args.suite == "overhead":
         from .bench_overhead import format_overhead, run_overhead
         try:
             resolve_backend("npu", "device")
         except Exception as exc:
-            print(f"aclnn-fag bench --suite overhead needs the NPU backend: {exc}", file=sys.stderr)
-            return 2
+            return usage_error("aclnn-fag bench --suite overhead",
+                               f"needs the NPU backend: {exc}")
         report = run_overhead(repeat=max(args.repeat, 3), progress=progress)
         return emit_report(args, format_overhead(report), report, report["all_goals_met"])
     if args.suite == "torch":

@@ -8,11 +8,17 @@ import statistics
 import time
 from ctypes import byref, c_uint32, c_void_p
 from types import SimpleNamespace
+from unittest import mock
 
+from .. import acl, operands
 from ..acl.runtime import DeviceBuffer
+from ..api import flash_attention_unpadding_score_grad_v3 as fag
+from ..device_run import run_backward_on_device
+from ..rules import check_data_rules, validate_backward, validate_backward_args
+from ..rules.arguments import names
+from ..spec import BACKWARD_V3
 from .cases import CaseSpec, make_inputs, with_forward
 from .output import progress_writer
-from ..operands import numpy_dtype_of_torch
 
 __all__ = ["run_overhead", "format_overhead", "GOALS_US"]
 
@@ -55,7 +61,7 @@ class _ProtocolTensor:
             for d in reversed(key[0]):
                 strides.append(n)
                 n *= d
-            nbytes = n * numpy_dtype_of_torch(dtype).itemsize
+            nbytes = n * operands.numpy_dtype_of_torch(dtype).itemsize
             self._geometry[key] = (key[0], nbytes, tuple(reversed(strides)))
         shape, nbytes, strides = self._geometry[key]
         pool = self._free.setdefault(nbytes, [])
@@ -89,14 +95,8 @@ def _time(fn, repeat: int, inner: int, acc: dict = None):
 
 def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
     """Measure every row; needs the NPU backend (or its stubs)."""
-    from .. import acl
-    from ..api import flash_attention_unpadding_score_grad_v3 as fag
-    from ..rules import validate_backward
-
     say = progress_writer(progress)
-    saved = {v: os.environ.get(v) for v in STUB_VARS}
-    os.environ.update(STUB_VARS)
-    try:
+    with mock.patch.dict(os.environ, STUB_VARS):        # the environment as it was after
         b = acl.runtime.api()
         is_stub = acl.stand_in()
         spec = CaseSpec(name="overhead", lengths_q=(128, 128), heads=2, d=128, d_rope=64,
@@ -142,7 +142,7 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
             row("device-resident public call: check_data=False, stream=", None,
                 lambda: fag(*dev.values(), stream=stream, check_data=False, **dev_kw))
             say("breakdown ...")
-            breakdown = _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner)
+            breakdown = _breakdown(npu, npu_kw, host, kw, stream, repeat, inner)
             say("FagPlan.run ...")
             plan = acl.FagPlan(**dev, **dev_kw)
             try:
@@ -171,25 +171,14 @@ def run_overhead(repeat: int = 5, inner: int = 200, progress=None) -> dict:
                     buf.free()
             _ProtocolTensor._free.clear()
             _ProtocolTensor._geometry.clear()
-    finally:
-        for var, value in saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
     return {"schema": "aclnn_fag.tools.bench_overhead/1", "stub_compute_off": is_stub,
             "shape": "T=256 (2 x 128), N=2, D=128+64, Dv=128, sparse_mode=3",
             "rows": rows, "all_goals_met": all(r["met"] for r in rows if r["met"] is not None),
             "breakdown": breakdown}
 
 
-def _breakdown(acl, npu, npu_kw, host, kw, stream, repeat, inner) -> list:
+def _breakdown(npu, npu_kw, host, kw, stream, repeat, inner) -> list:
     """Where the time of two rows goes: each stage timed on its own, and the native calls made."""
-    from .. import operands
-    from ..rules.arguments import names
-    from ..spec import BACKWARD_V3
-    from ..device_run import run_backward_on_device
-    from ..rules import check_data_rules, validate_backward, validate_backward_args
     out, few = [], max(1, inner // 4)
 
     def stage(label, fn, n=inner) -> int:
@@ -280,8 +269,7 @@ def format_overhead(report: dict) -> str:
         lines.append(f"{r['label']:<62s} {r['median_us']:>9.1f} {r['best_us']:>8.1f} "
                      f"{r['wall_median_us']:>9.1f} {goal:>8s}  {status}")
     if report.get("breakdown"):
-        lines.append("")
-        lines.append("where the time goes (each stage timed on its own; CPU us, median)")
+        lines += ["", "where the time goes (each stage timed on its own; CPU us, median)"]
         for r in report["breakdown"]:
             v = "" if r["cpu_us"] is None else f"{r['cpu_us']:>9.1f}"
             lines.append(f"{r['label']:<86s} {v}")

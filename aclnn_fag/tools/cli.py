@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from . import cliargs
+from .output import STDOUT, add_json_argument, human_stream, usage_error, write_json
 
 __all__ = ["main", "build_parser"]
 
@@ -20,7 +21,6 @@ def _cmd_info(args) -> int:
     from ..acl.versions import version_summary_line
     from ..api import resolve_backend
     from .envinfo import environment, npu_status
-    from .output import STDOUT, write_json
 
     npu = npu_status(refresh=True)
     auto = auto_error = None
@@ -32,9 +32,7 @@ def _cmd_info(args) -> int:
     if args.json:
         write_json({"version": __version__, "auto_backend": auto, "auto_error": auto_error,
                     "npu": npu, "environment": env}, args.json)
-        if args.json == STDOUT:
-            return 0
-    if getattr(args, "quiet", False):
+    if args.quiet or args.json == STDOUT:
         return 0
     ok, features = bool(npu.get("ok")), npu.get("features") or {}
     reason = str(npu.get("reason") or "").strip().splitlines()
@@ -131,8 +129,7 @@ def _cmd_demo(args) -> int:
     try:
         backend = resolve_backend(args.backend)
     except Exception as exc:
-        print(f"aclnn-fag demo: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("aclnn-fag demo", str(exc))
     t0 = time.perf_counter()
     inputs = make_inputs(spec)
     t1 = time.perf_counter()
@@ -146,7 +143,6 @@ def _cmd_demo(args) -> int:
     rows += list(grads._asdict().items())
     times = {"inputs": t1 - t0, "forward": t2 - t1, "backward": t3 - t2, "total": t3 - t0}
     from .envinfo import backend_label
-    from .output import STDOUT, human_stream, write_json
     if args.json:
         tensors = {}
         for name, arr in rows:
@@ -197,7 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
                                    "determinism and repeatable-executor support. Loads the "
                                    "libraries and queries the runtime, runs no op; works without "
                                    "CANN.")
-    from .output import add_json_argument
     add_json_argument(p, "the same information", optional_value=True)
     p.add_argument("-q", "--quiet", action="store_true",
                    help="no text (with --json FILE: only the file)")
@@ -250,8 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_arguments(p)
     p.set_defaults(func=bench.main)
 
-    from .parity_cli import add_report_command
-    add_report_command(sub)
+    parity_cli.add_report_command(sub)
     return parser
 
 

@@ -12,7 +12,7 @@ from typing import Dict, Mapping, Optional
 import ml_dtypes
 import numpy as np
 
-from .. import __version__
+from .. import __version__, blas, releases
 from .output import json_safe
 
 __all__ = ["npu_status", "environment", "backend_label", "toolkit_install_info",
@@ -62,7 +62,6 @@ def npu_status(refresh: bool = False) -> dict:
 
 def environment(backend: str = None, precision: str = None, npu: dict = None) -> dict:
     """The environment block of the JSON reports."""
-    from .. import blas
     npu = npu if npu is not None else npu_status()
     libs = npu.get("libraries") if isinstance(npu.get("libraries"), dict) else {}
     packages = {"aclnn_fag": __version__, "numpy": np.__version__,
@@ -101,7 +100,6 @@ def environment(backend: str = None, precision: str = None, npu: dict = None) ->
 
 def _rules_block(backend, npu: dict) -> dict:
     """The CANN release whose rules the backend follows (docs/releases.md)."""
-    from .. import releases
     if backend == "npu":
         v = npu.get("versions") or {}
         return {"release": v.get("release"), "from": v.get("release_from"),

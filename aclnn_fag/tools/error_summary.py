@@ -5,7 +5,7 @@ significant digits (the verdict uses the exact figures)."""
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from typing import Mapping
 
 import numpy as np
 
@@ -60,14 +60,11 @@ def _per_token_head(y: np.ndarray, g: np.ndarray):
     return per, counts, zero, under, over
 
 
-def _bh(per: np.ndarray, ends) -> Optional[list]:
+def _bh(per: np.ndarray, ends) -> list:
     rows, start = [], 0
     for end in ends:
         end = min(int(end), per.shape[0])
-        if end <= start:
-            rows.append(None)
-        else:
-            rows.append([_r3(float(v)) for v in per[start:end].max(axis=0)])
+        rows.append(None if end <= start else [_r3(float(v)) for v in per[start:end].max(axis=0)])
         start = max(start, end)
     return rows
 
@@ -75,11 +72,8 @@ def _bh(per: np.ndarray, ends) -> Optional[list]:
 def _tokens(per: np.ndarray, width: int) -> list:
     by_token = per.max(axis=1) if per.shape[1] else np.zeros(per.shape[0])
     t = by_token.shape[0]
-    if width > 1 and t:
-        pad = (-t) % width
-        if pad:
-            by_token = np.concatenate([by_token, np.zeros(pad)])
-        by_token = by_token.reshape(-1, width).max(axis=1)
+    if width > 1 and t:         # errors are >= 0: zeros pad the last bin
+        by_token = np.pad(by_token, (0, (-t) % width)).reshape(-1, width).max(axis=1)
     return [_r3(float(v)) for v in by_token]
 
 

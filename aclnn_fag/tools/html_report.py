@@ -12,6 +12,7 @@ import re
 import tempfile
 from typing import List, Optional
 
+from . import report_plots
 from .accuracy import budget_used
 from .envinfo import shorten, summary as version_summary
 from .output import STDOUT, figure
@@ -48,7 +49,6 @@ def prepare(path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise HtmlError(f"--html {path}: cannot write in {directory}: {exc.strerror or exc}") from None
-    from . import report_plots
     try:
         report_plots.require()
     except report_plots.MissingMatplotlib as exc:
@@ -232,7 +232,6 @@ def _metrics_table(outs: dict) -> List[str]:
 
 
 def _pictures(outs: dict, name: str, old_outs=None) -> List[str]:
-    from . import report_plots
     pictures = [(report_plots.heatmaps(outs), "max |y - golden| per (batch, head)",
                  "error per batch and head"),
                 (report_plots.token_errors(outs, old_outs), "along the token positions",

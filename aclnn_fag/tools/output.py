@@ -12,7 +12,7 @@ import sys
 import tempfile
 
 __all__ = ["STDOUT", "add_json_argument", "human_stream", "write_text", "write_json",
-           "emit_report", "json_safe", "figure", "progress_writer"]
+           "emit_report", "json_safe", "figure", "progress_writer", "usage_error"]
 
 STDOUT = "-"
 
@@ -27,6 +27,12 @@ def add_json_argument(p, what: str, optional_value: bool = False) -> None:
 def human_stream(*destinations):
     """Where the human-readable text goes: stderr when a document is written to stdout."""
     return sys.stderr if STDOUT in destinations else sys.stdout
+
+
+def usage_error(prog: str, message: str) -> int:
+    """Print ``prog: message`` on stderr; the exit status of a usage error (2)."""
+    print(f"{prog}: {message}", file=sys.stderr)
+    return 2
 
 
 def progress_writer(stream):

@@ -8,12 +8,16 @@ import math
 import os
 import sys
 
-from . import accuracy, cases as cases_mod, report_compare
+from . import accuracy, cases as cases_mod, report_compare, repro
 from ..api import resolve_backend
+from .backend_module import BackendModuleError, load_backend
 from .cliargs import positive_float, positive_int
-from .output import STDOUT, human_stream, write_json, write_text
+from .html_report import HtmlError, prepare, render_compare, render_report
+from .junit import junit_xml
+from .output import STDOUT, human_stream, usage_error, write_json, write_text
 from .parity import OPS, format_table, run_suite
 
+PROG = "aclnn-fag parity"
 __all__ = ["add_arguments", "main", "finish", "add_report_command", "cmd_report", "run_compare"]
 
 HTML_HELP = ("write {} as one self-contained HTML page (environment, verdicts, the case "
@@ -29,12 +33,10 @@ def prepare_html(args, prog: str) -> int:
     """0, or 2 after a message when ``--html`` cannot be honoured (checked before any work)."""
     if getattr(args, "html", None) is None:
         return 0
-    from .html_report import HtmlError, prepare
     try:
         prepare(args.html)
     except HtmlError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(prog, str(exc))
     return 0
 
 
@@ -44,8 +46,7 @@ def _write_page(page_and_notices, dest, prog: str, stream) -> int:
     try:
         write_text(page, dest)          # whole or not at all
     except OSError as exc:
-        print(f"{prog}: --html {dest}: cannot write: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return usage_error(prog, f"--html {dest}: cannot write: {exc.strerror or exc}")
     print(f"html: {dest}", file=stream or sys.stdout)
     for notice in notices:
         print(f"{prog}: {notice}", file=sys.stderr)
@@ -74,15 +75,13 @@ def add_report_command(sub) -> None:
 def cmd_report(args) -> int:
     prog = "aclnn-fag report"
     if args.html == STDOUT:
-        print(f"{prog}: --html takes a file name, not '-'", file=sys.stderr)
-        return 2
+        return usage_error(prog, "--html takes a file name, not '-'")
     try:
         report = report_compare.load_report(args.report_json)
     except report_compare.ReportError as exc:
         hint = (" (a comparison: render it with 'aclnn-fag parity --compare OLD.json NEW.json "
                 "--html FILE')" if "parity_compare" in str(exc) else "")
-        print(f"{prog}: {exc}{hint}", file=sys.stderr)
-        return 2
+        return usage_error(prog, f"{exc}{hint}")
     if prepare_html(args, prog):
         return 2
     text = human_stream(args.junit)
@@ -90,8 +89,7 @@ def cmd_report(args) -> int:
         try:
             print(format_table(report, verbose=args.verbose), file=text)
         except (KeyError, TypeError) as exc:
-            print(f"{prog}: {args.report_json}: the report lacks {exc} for its table", file=sys.stderr)
-            return 2
+            return usage_error(prog, f"{args.report_json}: the report lacks {exc} for its table")
     return _junit_and_page(report, args, text, f"report {args.report_json}", prog)
 
 
@@ -102,8 +100,7 @@ def run_compare(old_path, new_path, factor=None, json_dest=None, html_dest=None)
         cmp = report_compare.compare_reports(old, new, report_compare.FACTOR if factor is None
                                              else factor)
     except (report_compare.ReportError, ValueError) as exc:
-        print(f"aclnn-fag parity --compare: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("aclnn-fag parity --compare", str(exc))
     text = human_stream(json_dest)
     print(report_compare.format_comparison(cmp, str(old_path), str(new_path)), file=text)
     if json_dest:
@@ -111,7 +108,6 @@ def run_compare(old_path, new_path, factor=None, json_dest=None, html_dest=None)
         if json_dest != STDOUT:
             print(f"comparison: {json_dest}", file=text)
     if html_dest:
-        from .html_report import render_compare
         page = render_compare(old, new, cmp, str(old_path), str(new_path), html_path=html_dest)
         if _write_page(page, html_dest, "aclnn-fag parity --compare", text):
             return 2
@@ -177,8 +173,7 @@ def _usage_problem(args):
     if getattr(args, "html", None) == STDOUT:
         return "--html takes a file name, not '-'"
     if args.repro and not args.compare:
-        from .repro import target_problem
-        why = target_problem(args.repro)
+        why = repro.target_problem(args.repro)
         if why:
             return f"--repro {args.repro}: cannot write reproducers there: {why}"
     return None
@@ -186,7 +181,6 @@ def _usage_problem(args):
 
 def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
     """The reproducers of the failing cases (and backend errors), recorded in the report."""
-    from . import repro
     failing = [c for c in report["cases"] if c["verdict"] == "FAIL" or repro.backend_error(c)]
     written = repro.write_reproducers(report, specs, args.repro, shrink=not args.no_shrink,
                                       backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
@@ -205,13 +199,11 @@ def _write_reproducers(report: dict, args, specs, backend_fn, text) -> None:
 def _junit_and_page(report: dict, args, text, source: str, prog: str) -> int:
     """Write ``--junit`` and ``--html`` of ``report``; the exit status."""
     if args.junit:
-        from .junit import junit_xml
         write_text(junit_xml(report), args.junit)
         if args.junit != STDOUT:
             print(f"junit: {args.junit}", file=text)
     status = 0 if report.get("ok") else 1
     if getattr(args, "html", None):
-        from .html_report import render_report
         page = render_report(report, source=source, html_path=args.html)
         status = _write_page(page, args.html, prog, text) or status
     return status
@@ -232,16 +224,11 @@ def finish(report: dict, table: str, args, specs=(), backend_fn=None) -> int:
     return _junit_and_page(report, args, text, source, "aclnn-fag parity")
 
 
-def _fail(problem: str) -> int:
-    print(f"aclnn-fag parity: {problem}", file=sys.stderr)
-    return 2
-
-
 def main(args) -> int:
     """The ``parity`` subcommand (``args`` from ``add_arguments``)."""
     problem = _usage_problem(args)
     if problem:
-        return _fail(problem)
+        return usage_error(PROG, problem)
     if prepare_html(args, "aclnn-fag parity"):      # before any work: destination, matplotlib
         return 2
     if args.compare:
@@ -249,20 +236,18 @@ def main(args) -> int:
                            json_dest=args.json, html_dest=getattr(args, "html", None))
     backend_fn = None
     if getattr(args, "backend_module", None):
-        from .backend_module import BackendModuleError, load_backend
         try:
             backend_fn = load_backend(args.backend_module)
         except BackendModuleError as exc:
-            return _fail(str(exc))
+            return usage_error(PROG, str(exc))
     if args.op != "backward" and (backend_fn is not None or args.repro):
-        problem = f"--op {args.op} judges the package's own forward: it does not go with " + (
-            "--backend-module" if backend_fn is not None else "--repro")
-    if problem:
-        return _fail(problem)
+        other = "--backend-module" if backend_fn is not None else "--repro"
+        return usage_error(PROG, f"--op {args.op} judges the package's own forward: it does not "
+                                 f"go with {other}")
     try:
         suite = cases_mod.load_suite(args.suite)
     except cases_mod.SuiteError as exc:
-        return _fail(str(exc))
+        return usage_error(PROG, str(exc))
     tags = [t.strip() for group in args.tags for t in group.split(",") if t.strip()]
     sel = {"tags": tags + ["quick"] * args.quick, "names": list(args.case), "all": bool(args.all)}
     specs = cases_mod.select_cases(suite, tags=sel["tags"], names=sel["names"], include_all=sel["all"])
@@ -272,14 +257,14 @@ def main(args) -> int:
                   f"mode={s.sparse_mode} tags={','.join(s.tags)}")
         return 0
     if not specs:
-        return _fail(f"no case of {suite.path} matches the selection {sel}")
+        return usage_error(PROG, f"no case of {suite.path} matches the selection {sel}")
     if not (math.isfinite(args.k) and args.k > 0):          # args built without the parser
-        return _fail(f"--k must be a finite number > 0, got {args.k}")
+        return usage_error(PROG, f"--k must be a finite number > 0, got {args.k}")
     try:
         if backend_fn is None:
             resolve_backend(args.backend, args.precision)      # fail early when it cannot run
     except Exception as exc:
-        return _fail(str(exc))
+        return usage_error(PROG, str(exc))
     report = run_suite(specs, backend=args.backend, precision=args.precision, k=args.k,
                        backend_fn=backend_fn, progress=None if args.quiet else sys.stderr,
                        suite=suite, selection=sel, op=args.op, repeat=args.repeat)

@@ -53,9 +53,11 @@ def _kind(x) -> str:
     return "null" if x is None else type(x).__name__
 
 
-def _object_or_null(value, what: str, label: str) -> None:
-    if value is not None and not isinstance(value, dict):
-        raise ReportError(f"{label}: '{what}' must be an object or null, got {_kind(value)}")
+# the objects (or nulls) the comparison, a page or the version summary read, parents first
+_OBJECTS = ("environment", "environment.versions", "environment.versions.cann",
+            "environment.versions.toolkit_install", "environment.versions.driver",
+            "environment.versions.blas", "environment.cann_rules", "criteria",
+            "criteria.flash_attention")
 
 
 def check_report(data: dict, label: str) -> None:
@@ -64,15 +66,12 @@ def check_report(data: dict, label: str) -> None:
     cases = data.get("cases")
     if not isinstance(cases, list):
         raise ReportError(f"{label}: no 'cases' list")
-    _object_or_null(data.get("environment"), "environment", label)
-    env = data.get("environment") or {}
-    _object_or_null(env.get("versions"), "environment.versions", label)
-    for key in ("cann", "toolkit_install", "driver", "blas"):        # what envinfo.summary reads
-        _object_or_null((env.get("versions") or {}).get(key), f"environment.versions.{key}", label)
-    _object_or_null(env.get("cann_rules"), "environment.cann_rules", label)
-    _object_or_null(data.get("criteria"), "criteria", label)
-    _object_or_null((data.get("criteria") or {}).get("flash_attention"), "criteria.flash_attention",
-                    label)
+    for what in _OBJECTS:
+        value = data
+        for key in what.split("."):
+            value = (value or {}).get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ReportError(f"{label}: '{what}' must be an object or null, got {_kind(value)}")
     seen = {}
     for i, case in enumerate(cases, 1):
         if not isinstance(case, dict):
@@ -217,16 +216,14 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
     if cmp["old"].get("k") != cmp["new"].get("k"):
         lines.append(f"note: the reports used different criteria (k {cmp['old'].get('k')} vs "
                      f"{cmp['new'].get('k')})")
-    lines.append("")
     vo, vn = cmp["old"]["versions"], cmp["new"]["versions"]
     width = max([3] + [len(shorten(vo.get(key))) for key in vo])
-    lines.append(f"  {'version':<15s} {'OLD':<{width}s}  NEW")
+    lines += ["", f"  {'version':<15s} {'OLD':<{width}s}  NEW"]
     for key in vo:
         a, b = _v(vo.get(key)), _v(vn.get(key))
         mark = "*" if a != b else " "      # compared in full, shown shortened (JSON: in full)
         lines.append(f"{mark} {key:<15s} {shorten(a):<{width}s}  {shorten(b)}")
-    lines.append("")
-    lines.append(f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change")
+    lines += ["", f"  {'case':<32s} {'OLD':<6s} {'NEW':<6s} change"]
     for r in cmp["cases"]:
         mark = "!" if r["regression"] else " "
         detail = [r["status"]]
@@ -238,10 +235,9 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
         for note in r["notes"]:
             lines.append(f"  {'':<32s} {'':<6s} {'':<6s}   {note}")
     s = cmp["summary"]
-    lines.append("")
-    lines.append(f"summary: {s['regressed']} regressed ({s['pass_to_fail']} pass->fail/error, "
+    lines += ["", f"summary: {s['regressed']} regressed ({s['pass_to_fail']} pass->fail/error, "
                  f"{s['errors_up']} with errors up by more than x{cmp['factor']:g}), {s['improved']} "
                  f"improved; only in OLD: {', '.join(s['only_in_old']) or 'none'}; only in NEW: "
-                 f"{', '.join(s['only_in_new']) or 'none'}")
-    lines.append("NEW regressed" if cmp["regressed"] else "no regression")
+                 f"{', '.join(s['only_in_new']) or 'none'}",
+              "NEW regressed" if cmp["regressed"] else "no regression"]
     return "\n".join(lines)

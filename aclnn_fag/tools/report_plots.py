@@ -136,19 +136,19 @@ def token_errors(outputs: Dict[str, dict], old: Optional[Dict[str, dict]] = None
         ax = fig.add_subplot(len(panels), 1, i)
         x, y = _token_series(s["token_max_abs"], width)
         _, r = _token_series(s.get("token_ref_max_abs") or [], width)
-        series = [y] + ([r] if r.size else [])
-        floor = _positive_floor(np.concatenate(series)) / 2
+        floor = _positive_floor(np.concatenate([y, r])) / 2
+
+        def step(values, **style):
+            ax.step(x, np.where(values > 0, values, floor), where="mid", **style)
+
         if r.size == y.size:                   # underneath, wider: the backend's line on top
-            ax.step(x, np.where(r > 0, r, floor), where="mid", color=_REFERENCE, linewidth=2.6,
-                    alpha=0.55, label="reference")
-        ax.step(x, np.where(y > 0, y, floor), where="mid", color=_BACKEND, linewidth=1.0,
-                label="backend")
+            step(r, color=_REFERENCE, linewidth=2.6, alpha=0.55, label="reference")
+        step(y, color=_BACKEND, linewidth=1.0, label="backend")
         prev = ((old or {}).get(name) or {}).get("error_summary")
         if isinstance(prev, dict) and prev.get("token_max_abs") and \
                 len(prev["token_max_abs"]) == y.size:
-            _, p = _token_series(prev["token_max_abs"], width)
-            ax.step(x, np.where(p > 0, p, floor), where="mid", color=_OLD, linewidth=1.0,
-                    label="OLD backend")
+            step(_token_series(prev["token_max_abs"], width)[1], color=_OLD, linewidth=1.0,
+                 label="OLD backend")
         bound = _bound(o)
         if bound:
             ax.axhline(bound, color=_BOUND, linestyle="--", linewidth=1, label="bound")

@@ -42,10 +42,8 @@ def backward(*, query, query_rope, key, key_rope, value, dy, atten_mask=None, so
     import torch
     import torch_npu
 
-    dev = DEVICE
-
     def t(a):
-        return None if a is None else to_torch(a, torch, dev)
+        return None if a is None else to_torch(a, torch, DEVICE)
 
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(bool(deterministic))

@@ -18,6 +18,7 @@ from ...rules import validate_backward
 from ...spec import BACKWARD_V3
 from .. import accuracy, cases as cases_mod
 from ..envinfo import summary as version_summary
+from ..parity import golden_grads, reference_grads, run_case, under_test
 from . import csource
 from .shrink import DEFAULT_BUDGET, shrink as shrink_case
 
@@ -87,7 +88,6 @@ def write_case(out_dir, spec, *, backend_fn=None, k=accuracy.DEFAULT_K, environm
                original=None, shrink_steps=(), shrink_runs=0, original_entry=None,
                backend_name=None) -> pathlib.Path:
     """Write ``out_dir/<case>/`` for ``spec`` (already shrunk); returns the directory."""
-    from ..parity import golden_grads, reference_grads
     inputs = cases_mod.with_forward(cases_mod.make_inputs(spec))
     call = validate_backward(**inputs)
     golden, reference = golden_grads(**inputs), reference_grads(**inputs)
@@ -202,7 +202,6 @@ def write_reproducers(report: dict, specs, out_dir, *, shrink: bool = True, back
                       progress=None, budget: int = DEFAULT_BUDGET, errors=None) -> List[str]:
     """One reproducer per failing case; the directories written. A case is shrunk while it
     fails the same way (a FAIL on one of the same outputs, or the same exception class)."""
-    from ..parity import run_case, under_test
     k = (report.get("criteria") or {}).get("flash_attention", {}).get("k", accuracy.DEFAULT_K)
     by_name = {s.name: s for s in specs}
     fn = under_test(backend_fn, report.get("backend") or "auto",
