@@ -227,7 +227,11 @@ def validate_backward(query, query_rope, key, key_rope, value, dy, *, atten_mask
     """Every rule of docs/validation.md in the device's order, then S1-S9; returns the
     FagCall. The optional keywords (the other parameters of aclnn_fag/spec.py's backward and
     ``deterministic``) default as the spec says; ``release`` as for :func:`validate`."""
-    args = _with_defaults(BACKWARD_V3, locals())
+    args = _with_defaults(BACKWARD_V3, optional, query=query, query_rope=query_rope, key=key,
+                          key_rope=key_rope, value=value, dy=dy, atten_mask=atten_mask,
+                          softmax_max=softmax_max, softmax_sum=softmax_sum,
+                          attention_in=attention_in, actual_seq_qlen=actual_seq_qlen,
+                          actual_seq_kvlen=actual_seq_kvlen, scale_value=scale_value)
     return validate_backward_args(*(get(args) for get in _GETTERS), check_data, release)
 
 
@@ -236,7 +240,11 @@ def validate_forward(query, query_rope, key, key_rope, value, *, atten_mask, act
                      **optional) -> FwdCall:
     """The forward's checks in its order and with its codes (docs/forward.md, F1-F14), then
     the package's own (SF1, S3-S7); returns the FwdCall. Keywords as for validate_backward."""
-    return validate(FORWARD_V3, _with_defaults(FORWARD_V3, locals()), check_data, release)
+    args = _with_defaults(FORWARD_V3, optional, query=query, query_rope=query_rope, key=key,
+                          key_rope=key_rope, value=value, atten_mask=atten_mask,
+                          actual_seq_qlen=actual_seq_qlen, actual_seq_kvlen=actual_seq_kvlen,
+                          scale_value=scale_value)
+    return validate(FORWARD_V3, args, check_data, release)
 
 
 _DEFAULTS = {op.key: dict({p.name: p.default for p in op.params
@@ -245,15 +253,13 @@ _DEFAULTS = {op.key: dict({p.name: p.default for p in op.params
 _GETTERS = tuple(operator.itemgetter(*group) for group in names(BACKWARD_V3))
 
 
-def _with_defaults(op: OpVersion, given: dict) -> dict:
-    """The arguments of ``op`` (and deterministic) from a validate_* call's ``locals()``: its
-    parameters and ``**optional``, the spec's defaults for the rest; an unknown keyword is a
-    TypeError, as in a call."""
+def _with_defaults(op: OpVersion, optional: dict, **given) -> dict:
+    """The arguments of ``op`` (and deterministic): the given ones, the spec's defaults for
+    the rest; an unknown keyword is a TypeError, as in a call."""
     args = dict(_DEFAULTS[op.key])
-    optional = given["optional"]
     unknown = optional.keys() - args.keys()
     if unknown:
         raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
-    args.update((name, value) for name, value in given.items() if name in args)
+    args.update(given)
     args.update(optional)
     return args
