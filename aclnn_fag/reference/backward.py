@@ -1,6 +1,6 @@
 """NumPy backward of the op (docs/semantics.md, "Backward"), tiled.
 
-Per batch, per group of up to MAX_BWD_HEADS KV heads (batched matmuls), per query tile (the
+Per batch, per group of KV heads (batched matmuls, common.batch_heads), per query tile (the
 G query heads of a KV head stacked into one row block, so that dK/dV sum over the group in
 the matmul), per key tile with work (blocks.tiles). dQ accumulates per query tile, dK/dV per
 (batch, KV heads) in the working precision.
@@ -29,9 +29,6 @@ from .rounding import BF16, round_bf16_away_inplace, store_into
 
 __all__ = ["attention_backward"]
 
-# KV heads per step of the backward (the comment at its loop)
-MAX_BWD_HEADS = 4
-
 
 def attention_backward(call: FagCall, precision: str = "device",
                        blocks: BlockSizes | None = None, progress=None) -> FagGrads:
@@ -56,13 +53,9 @@ def attention_backward(call: FagCall, precision: str = "device",
     def per_head_bytes(skv):          # dK/dV accumulators and the key side of one KV head
         return 2 * skv * (d_qk + dv + 2) * itemsize
 
-    # Tiles are [H, G*rows, C] for H KV heads at a time, H at most MAX_BWD_HEADS: all 8
-    # heads of a short sequence at once (T = 256, N = 8) page-faulted afresh on every call
-    # once torch is imported (~2,000 minor faults, slower than one head per step); 4 at a
-    # time did not fault and measured ~8 % faster than one at a time.
+    # Tiles are [H, G*rows, C] for H KV heads at a time (common.HEAD_BATCH_BYTES bounds H)
     for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
-                                                                    per_head_bytes,
-                                                                    MAX_BWD_HEADS):
+                                                                    per_head_bytes):
         nh = n2.stop - n2.start
         max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
         sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)

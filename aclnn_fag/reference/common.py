@@ -44,13 +44,12 @@ def kernel_setup(call, precision: str, q_tokens_of) -> KernelSetup:
                        q_tokens_of(call.group), mask)
 
 
-def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes,
-                max_heads: Optional[int] = None) -> Iterator[tuple]:
+def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes) -> Iterator[tuple]:
     """Yield (b, qs, sq, ks, skv, keep, kv_heads, heads, per_head) for every batch with work
     and every group of KV heads taken together: ``kv_heads`` a slice of H KV heads, ``heads``
     the slice of their H*G query heads, ``per_head`` the head range when the explicit mask
-    differs per head (then H = 1), else None. H is at most ``max_heads`` and as large as
-    ``HEAD_BATCH_BYTES`` allows for one score tile and for ``per_head_bytes(skv)``."""
+    differs per head (then H = 1), else None. H is as large as ``HEAD_BATCH_BYTES`` allows
+    for one score tile and for ``per_head_bytes(skv)``."""
     group = setup.group
     n2_total = call.key.shape[1]
     per_head_mask = setup.mask is not None and setup.mask.per_head
@@ -62,8 +61,7 @@ def batch_heads(call, setup: KernelSetup, blocks, per_head_bytes,
                           call.band_index)
         tile = group * min(sq, setup.q_tokens) * min(skv, blocks.k) * itemsize
         step = 1 if per_head_mask else max(1, min(
-            n2_total if max_heads is None else max_heads, HEAD_BATCH_BYTES // max(1, tile),
-            HEAD_BATCH_BYTES // max(1, per_head_bytes(skv))))
+            n2_total, HEAD_BATCH_BYTES // max(1, tile), HEAD_BATCH_BYTES // per_head_bytes(skv)))
         for n2 in range(0, n2_total, step):
             kv_heads = slice(n2, min(n2 + step, n2_total))
             heads = slice(kv_heads.start * group, kv_heads.stop * group)

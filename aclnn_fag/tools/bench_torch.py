@@ -4,7 +4,7 @@ attention (needs torch).
 Per case (MLA dims: N = 8 query and KV heads, D = 128 + rope 64, Dv = 128, bf16 inputs) the
 median time of ``--repeat`` forward + backward steps of each runner, after one untimed
 warm-up step each; the runners take turns step by step, so that a burst of other load on a
-shared host falls on all of them alike:
+shared host falls on all of them alike, each round starting with the next runner:
 
 * ``torch``: ``aclnn_fag.torch.varlen_attention`` on bf16 CPU tensors, ``out.backward(dy)``;
 * ``plain``: ``flash_attention_forward`` + ``flash_attention_unpadding_score_grad_v3`` on
@@ -61,14 +61,17 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def _median_times(runners: dict, repeat: int, clock) -> dict:
-    """name -> median time of ``repeat`` calls, the runners called in turn."""
+    """name -> median time of ``repeat`` calls, the runners called in turn, each round
+    starting one runner later (a runner that always followed ``ref64`` measured ~7 % slower
+    than in any other place)."""
     for fn in runners.values():
         fn()                                        # warm-up (caches, first-call costs)
     times = {name: [] for name in runners}
-    for _ in range(repeat):
-        for name, fn in runners.items():
+    names = list(runners)
+    for i in range(repeat):
+        for name in names[i % len(names):] + names[:i % len(names)]:
             t0 = clock()
-            fn()
+            runners[name]()
             times[name].append(clock() - t0)
     return {name: statistics.median(t) for name, t in times.items()}
 
