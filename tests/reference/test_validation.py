@@ -256,6 +256,14 @@ def test_row16_head_dims_accepted(d, dv, deterministic):
     assert g.dq.shape == (8, 2, d) and g.dv.shape == (9, 1, dv)
 
 
+def test_row16_mla_shape_names_both_reasons_in_deterministic_mode():
+    """D=192 with Dv=128 is allowed only in non-deterministic mode: in deterministic mode the
+    message names the unaligned D and the D != Dv padding."""
+    err = expect(INVALID, ("query", "value"), deterministic=True, **_dims(192, 128))
+    assert "D=192 must be a multiple of 128" in str(err)
+    assert "D=192 != Dv=128" in str(err)
+
+
 def test_row16_small_unaligned_d_needs_short_keys():
     """D % 8 != 0 passes in non-deterministic mode only with max Skv <= 1024 (and D < 96)."""
     ok(**_dims(12, 12, t2=1024, kv_ends=(1000, 1024)))
