@@ -120,7 +120,7 @@ class _VarlenCpu(torch.autograd.Function):
     """The eager path of CPU tensors: forward(q, q_rope, k, k_rope, v, atten_mask, options) ->
     (out, softmax_max, softmax_sum), ``options`` the custom ops' remaining arguments in order.
     It runs the custom ops' bodies (``torch_ops.run_forward`` / ``run_backward``) without the
-    dispatcher and its autograd wrapper (~0.5 ms per training step at T = 256); under
+    dispatcher and its autograd wrapper (~0.3 ms of host time per training step); under
     torch.compile ``varlen_attention`` calls the custom ops themselves."""
 
     @staticmethod

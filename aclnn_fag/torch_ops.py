@@ -11,7 +11,7 @@ Both are opaque to torch.compile; their fake implementations give the output sha
 dtypes, ``varlen_fwd``'s autograd formula calls ``varlen_bwd``, whose own backward raises
 (``DOUBLE_BACKWARD_ERROR``); a nonzero gradient of the statistics raises
 (``STATS_GRADIENT_ERROR``). Their bodies, ``run_forward`` / ``run_backward``, are what the
-eager path of ``aclnn_fag.torch`` calls (the dispatcher costs ~0.5 ms per training step).
+eager path of ``aclnn_fag.torch`` calls (the dispatcher costs ~0.3 ms per training step).
 
 Precision "device" calls the public ops on numpy views of the tensors (no copies; errors
 worded for torch). The golden precisions "fp32"/"fp64" validate the call with the forward's
