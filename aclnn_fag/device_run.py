@@ -13,6 +13,7 @@ from .rules import validate_backward
 
 __all__ = ["run_backward_on_device", "run_forward_on_device", "call_device"]
 
+
 def call_device(call, names) -> int:
     """The one device id of the call's device arrays (ValueError when they differ)."""
     fields = call.__dict__              # FagCall / FwdCall: frozen dataclasses (plain fields)
@@ -66,10 +67,8 @@ def _run_on_device(call, kind: str, query_obj, stream, op, result_type, run):
             qdtype, operands.torch_dtype_name(dt)[len("torch."):])
         t = query_obj.new_empty(shape, dtype=tdt)
         tensors.append(t)
-        ptr = t.data_ptr()
         try:        # from_pointer's checks (the allocator's strides must be non-negative etc.)
-            outs[out] = acl.device.foreign_view(ptr if type(ptr) is int else int(ptr), shape,
-                                                dt, t.stride(), dev, t)
+            outs[out] = acl.device.foreign_view(int(t.data_ptr()), shape, dt, t.stride(), dev, t)
         except (TypeError, ValueError) as e:
             raise operands.named_error(e, f"result '{out}' (query.new_empty)") from None
     if call.empty_result:

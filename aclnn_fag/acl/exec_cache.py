@@ -13,8 +13,8 @@ from .. import _env
 from . import caches, ownership, runtime
 
 __all__ = ["ENV_CAPACITY", "DEFAULT_CAPACITY", "capacity", "enabled", "signature",
-           "array_keys", "take", "give",
-           "discard", "clear", "size", "CachedExecutor", "release_handles"]
+           "array_keys", "take", "give", "discard", "clear", "size", "CachedExecutor",
+           "release_handles"]
 
 ENV_CAPACITY = "ACLNN_FAG_EXECUTOR_CACHE"
 DEFAULT_CAPACITY = 16

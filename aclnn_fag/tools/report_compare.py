@@ -235,9 +235,9 @@ def format_comparison(cmp: dict, old_label: str = "OLD", new_label: str = "NEW")
         for note in r["notes"]:
             lines.append(f"  {'':<32s} {'':<6s} {'':<6s}   {note}")
     s = cmp["summary"]
-    lines += ["", f"summary: {s['regressed']} regressed ({s['pass_to_fail']} pass->fail/error, "
-                 f"{s['errors_up']} with errors up by more than x{cmp['factor']:g}), {s['improved']} "
-                 f"improved; only in OLD: {', '.join(s['only_in_old']) or 'none'}; only in NEW: "
-                 f"{', '.join(s['only_in_new']) or 'none'}",
-              "NEW regressed" if cmp["regressed"] else "no regression"]
+    summary = (f"summary: {s['regressed']} regressed ({s['pass_to_fail']} pass->fail/error, "
+               f"{s['errors_up']} with errors up by more than x{cmp['factor']:g}), "
+               f"{s['improved']} improved; only in OLD: {', '.join(s['only_in_old']) or 'none'}; "
+               f"only in NEW: {', '.join(s['only_in_new']) or 'none'}")
+    lines += ["", summary, "NEW regressed" if cmp["regressed"] else "no regression"]
     return "\n".join(lines)
