@@ -24,7 +24,7 @@ from ..errors import FullyMaskedRowWarning
 from ..softmax_layout import device_stat_blocks
 from .blocks import BlockSizes, default_block_sizes, query_blocks, rows_without_keys, tiles
 from .common import (KeySide, apply_mask, batch_heads, call_progress, gather_concat,
-                     kernel_setup, precision_dtype, row_part, rows_2d, scatter_heads)
+                     kernel_setup, precision_dtype, row_part, rows_2d, scatter_heads, scratch)
 from .rounding import BF16, round_bf16_away_inplace, store_into
 
 __all__ = ["attention_backward"]
@@ -41,10 +41,9 @@ def attention_backward(call: FagCall, precision: str = "device",
     if call.empty_result:
         return grads
     setup = kernel_setup(call, precision, blocks.q_tokens)
-    work, device, scale, group, bq, mask = setup
-    d, d_qk, dv = q.shape[2], q.shape[2] + qr.shape[2], v.shape[2]
+    work = setup.work
+    d_qk, dv = q.shape[2] + qr.shape[2], v.shape[2]
     fully_masked = 0
-    accumulators = _KvAccumulators(d_qk, dv, work)
     stats_max = np.ascontiguousarray(call.softmax_max)   # no copy when already contiguous
     stats_sum = np.ascontiguousarray(call.softmax_sum)
     bar = call_progress(call, setup, "backward", progress)
@@ -54,85 +53,10 @@ def attention_backward(call: FagCall, precision: str = "device",
         return 2 * skv * (d_qk + dv + 2) * itemsize
 
     # Tiles are [H, G*rows, C] for H KV heads at a time (common.HEAD_BATCH_BYTES bounds H)
-    for b, qs, sq, ks, skv, keep, n2, hs, per_head in batch_heads(call, setup, blocks,
-                                                                    per_head_bytes):
-        nh = n2.stop - n2.start
-        max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
-        sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
-        acc_k, acc_v = accumulators.take(nh, skv)  # [dK | dKr] (unscaled), dV
-        fresh = True                                # nothing accumulated yet
-        key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, ones=True)
-        for i0, i1 in query_blocks(sq, bq):
-            work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
-            fully_masked += nh * rows_without_keys(work_tiles, group, i1 - i0)
-            bar.step(nh)
-            if not work_tiles:
-                continue
-            rows = slice(qs + i0, qs + i1)
-            # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
-            # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
-            q_cat = gather_concat((q, qr), rows, hs, work).reshape(nh, -1, d_qk)
-            # a contiguous copy: NumPy 2.4's float64 negative misreads this strided [r, 1]
-            # view into a column of q_aug (float64 statistics: torch golden precision fp64)
-            row_max = np.ascontiguousarray(max_blocks[hs, i0:i1, 0]).reshape(nh, -1, 1)
-            row_sum = sum_blocks[hs, i0:i1, 0].reshape(nh, -1, 1).astype(work)
-            q_aug = np.empty(q_cat.shape[:2] + (d_qk + 1,), work)
-            np.multiply(q_cat, scale, out=q_aug[..., :d_qk])
-            np.negative(row_max, out=q_aug[..., d_qk:], casting="unsafe")
-            # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
-            dy_aug = gather_concat((call.dy,), rows, hs, work, extra=1).reshape(nh, -1, dv + 1)
-            o_t = gather_concat((call.attention_in,), rows, hs, work).reshape(nh, -1, dv)
-            np.negative(np.einsum("hrc,hrc->hr", dy_aug[..., :dv], o_t)[..., None],
-                        out=dy_aug[..., dv:])
-            acc_q = None   # [dQ | dQr], unscaled: a first tile over every row gives it
-            for r0, r1, j0, j1, masked, key_tile in work_tiles:
-                k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
-                k_cat = k_aug[..., :d_qk]
-                q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
-                                                     for x in (q_aug, q_cat, dy_aug, row_sum))
-                # 1-2. P = exp(scale·S − max) / sum; excluded positions give exactly 0
-                p = q_aug_t @ k_aug.swapaxes(-1, -2)
-                if masked is not None:
-                    apply_mask(p, masked, group)
-                np.exp(p, out=p)
-                p /= sum_t
-                # 3-5. dS = P ⊙ (dy·Vᵀ − Dterm), with the un-rounded P
-                ds = dy_aug_t @ v_aug.swapaxes(-1, -2)
-                ds *= p
-                # 6. device rounding points: P and dS to bf16, ties away from zero
-                if device:
-                    round_bf16_away_inplace(p)
-                    round_bf16_away_inplace(ds)
-                # 7. accumulate (the G stacked heads sum into dK/dV)
-                if fresh and j1 - j0 == skv:      # the first tile over every key sets them
-                    np.matmul(p.swapaxes(-1, -2), dy_aug_t[..., :dv], out=acc_v)
-                    np.matmul(ds.swapaxes(-1, -2), q_cat_t, out=acc_k)
-                else:
-                    if fresh:
-                        _clear(acc_k, acc_v)
-                    acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
-                    acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
-                fresh = False
-                part = ds @ k_cat
-                if part.shape[1] == q_cat.shape[1]:
-                    if acc_q is None:
-                        acc_q = part
-                    else:
-                        acc_q += part
-                else:
-                    if acc_q is None:
-                        acc_q = np.zeros(q_cat.shape, work)
-                    row_part(acc_q, group, r0, r1)[...] += part.reshape(nh, group, r1 - r0, -1)
-            _finish(acc_q, scale, device)
-            scatter_heads(grads.dq, rows, hs, acc_q[..., :d])
-            scatter_heads(grads.dq_rope, rows, hs, acc_q[..., d:])
-        if fresh:
-            _clear(acc_k, acc_v)
-        _finish(acc_k, scale, device)
-        _finish(acc_v, None, device)
-        for out, part in ((grads.dk, acc_k[..., :d]), (grads.dk_rope, acc_k[..., d:]),
-                          (grads.dv, acc_v)):
-            store_into(out[ks:ks + skv, n2], part.transpose(1, 0, 2))
+    with scratch() as buffers:
+        for step in batch_heads(call, setup, blocks, per_head_bytes):
+            fully_masked += _batch_heads_backward(call, setup, blocks, step, grads, stats_max,
+                                                  stats_sum, buffers, bar)
     bar.close()
     if fully_masked:
         warnings.warn(f"{fully_masked} (row, head) pairs have no kept key: "
@@ -141,20 +65,100 @@ def attention_backward(call: FagCall, precision: str = "device",
     return grads
 
 
-class _KvAccumulators:
-    """dK/dV accumulators for the most KV heads and the longest KV sequence met so far,
-    reused for every (batch, group of KV heads)."""
-
-    def __init__(self, d_qk, dv, dtype):
-        self.k = np.empty((0, 0, d_qk), dtype)
-        self.v = np.empty((0, 0, dv), dtype)
-
-    def take(self, heads, rows):
-        if heads > self.k.shape[0] or rows > self.k.shape[1]:
-            shape = (max(heads, self.k.shape[0]), max(rows, self.k.shape[1]))
-            self.k = np.empty(shape + self.k.shape[2:], self.k.dtype)
-            self.v = np.empty(shape + self.v.shape[2:], self.v.dtype)
-        return self.k[:heads, :rows], self.v[:heads, :rows]
+def _batch_heads_backward(call, setup, blocks, step, grads, stats_max, stats_sum, buffers,
+                          bar) -> int:
+    """One (batch, group of H KV heads) of the backward: every tile is [H, G*rows, C], the
+    matmuls batched; returns the count of (row, head) pairs with no kept key."""
+    work, device, scale, group, bq, mask = setup
+    q, qr, k, kr, v = call.query, call.query_rope, call.key, call.key_rope, call.value
+    d, d_qk, dv = q.shape[2], q.shape[2] + qr.shape[2], v.shape[2]
+    b, qs, sq, ks, skv, keep, n2, hs, per_head = step
+    fully_masked = 0
+    nh = n2.stop - n2.start
+    max_blocks = device_stat_blocks(stats_max, call.seqs, b)   # [N1, Sq_b, 8]
+    sum_blocks = device_stat_blocks(stats_sum, call.seqs, b)
+    acc_k = buffers.take("acc_k", (nh, skv, d_qk), work)     # [dK | dKr] (unscaled)
+    acc_v = buffers.take("acc_v", (nh, skv, dv), work)
+    fresh = True                                # nothing accumulated yet
+    key_side = KeySide(k, kr, v, slice(ks, ks + skv), n2, work, True, buffers)
+    for i0, i1 in query_blocks(sq, bq):
+        work_tiles = list(tiles(keep, mask, b, i0, i1, skv, blocks, per_head))
+        fully_masked += nh * rows_without_keys(work_tiles, group, i1 - i0)
+        bar.step(nh)
+        if not work_tiles:
+            continue
+        rows = slice(qs + i0, qs + i1)
+        # Query side of the tile, G heads stacked: [Q | Qr] unscaled (for dK), and
+        # [scale·Q | scale·Qr | −max] so that one matmul gives scale·S − max.
+        q_cat = gather_concat((q, qr), rows, hs, work, 0, buffers, "queries")
+        q_cat = q_cat.reshape(nh, -1, d_qk)
+        # a contiguous copy: NumPy 2.4's float64 negative misreads this strided [r, 1]
+        # view into a column of q_aug (float64 statistics: torch golden precision fp64)
+        row_max = np.ascontiguousarray(max_blocks[hs, i0:i1, 0]).reshape(nh, -1, 1)
+        row_sum = sum_blocks[hs, i0:i1, 0].reshape(nh, -1, 1).astype(work)
+        q_aug = buffers.take("scaled_queries", q_cat.shape[:2] + (d_qk + 1,), work)
+        np.multiply(q_cat, scale, out=q_aug[..., :d_qk])
+        np.negative(row_max, out=q_aug[..., d_qk:], casting="unsafe")
+        # [dy | −Dterm] so that one matmul gives dP − Dterm (Dterm = Σ_c dy·O).
+        dy_aug = gather_concat((call.dy,), rows, hs, work, 1, buffers, "dy")
+        dy_aug = dy_aug.reshape(nh, -1, dv + 1)
+        o_t = gather_concat((call.attention_in,), rows, hs, work, 0, buffers, "out")
+        o_t = o_t.reshape(nh, -1, dv)
+        np.negative(np.einsum("hrc,hrc->hr", dy_aug[..., :dv], o_t)[..., None],
+                    out=dy_aug[..., dv:])
+        acc_q = None   # [dQ | dQr], unscaled: a first tile over every row gives it
+        for r0, r1, j0, j1, masked, key_tile in work_tiles:
+            k_aug, v_aug = key_side.get(key_tile, j0, j1)   # [K | Kr | 1], [V | 1]
+            k_cat = k_aug[..., :d_qk]
+            q_aug_t, q_cat_t, dy_aug_t, sum_t = (rows_2d(x, group, r0, r1)
+                                                 for x in (q_aug, q_cat, dy_aug, row_sum))
+            # 1-2. P = exp(scale·S − max) / sum; excluded positions give exactly 0
+            tile = q_aug_t.shape[:2] + (j1 - j0,)
+            p = np.matmul(q_aug_t, k_aug.swapaxes(-1, -2), out=buffers.take("p", tile, work))
+            if masked is not None:
+                apply_mask(p, masked, group)
+            np.exp(p, out=p)
+            p /= sum_t
+            # 3-5. dS = P ⊙ (dy·Vᵀ − Dterm), with the un-rounded P
+            ds = np.matmul(dy_aug_t, v_aug.swapaxes(-1, -2), out=buffers.take("ds", tile, work))
+            ds *= p
+            # 6. device rounding points: P and dS to bf16, ties away from zero
+            if device:
+                round_bf16_away_inplace(p)
+                round_bf16_away_inplace(ds)
+            # 7. accumulate (the G stacked heads sum into dK/dV)
+            if fresh and j1 - j0 == skv:      # the first tile over every key sets them
+                np.matmul(p.swapaxes(-1, -2), dy_aug_t[..., :dv], out=acc_v)
+                np.matmul(ds.swapaxes(-1, -2), q_cat_t, out=acc_k)
+            else:
+                if fresh:
+                    _clear(acc_k, acc_v)
+                acc_v[:, j0:j1] += p.swapaxes(-1, -2) @ dy_aug_t[..., :dv]
+                acc_k[:, j0:j1] += ds.swapaxes(-1, -2) @ q_cat_t
+            fresh = False
+            every_row = tile[1] == q_cat.shape[1]
+            if every_row and acc_q is None:
+                acc_q = np.matmul(ds, k_cat, out=buffers.take("acc_q", q_cat.shape, work))
+                continue
+            part = np.matmul(ds, k_cat, out=buffers.take("dq_part", tile[:2] + (d_qk,), work))
+            if acc_q is None:
+                acc_q = buffers.take("acc_q", q_cat.shape, work)
+                acc_q.fill(0)
+            if every_row:
+                acc_q += part
+            else:
+                row_part(acc_q, group, r0, r1)[...] += part.reshape(nh, group, r1 - r0, -1)
+        _finish(acc_q, scale, device)
+        scatter_heads(grads.dq, rows, hs, acc_q[..., :d])
+        scatter_heads(grads.dq_rope, rows, hs, acc_q[..., d:])
+    if fresh:
+        _clear(acc_k, acc_v)
+    _finish(acc_k, scale, device)
+    _finish(acc_v, None, device)
+    for out, part in ((grads.dk, acc_k[..., :d]), (grads.dk_rope, acc_k[..., d:]),
+                      (grads.dv, acc_v)):
+        store_into(out[ks:ks + skv, n2], part.transpose(1, 0, 2))
+    return fully_masked
 
 
 def _clear(acc_k, acc_v):

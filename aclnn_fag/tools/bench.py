@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import blas
 from ..api import resolve_backend
-from ..reference import attention_backward, attention_forward
+from ..reference import attention_backward, attention_forward, release_scratch
 from ..rules import validate_backward, validate_forward
 from ..semantics.sparse import MaskReader, batch_keep
 from .cases import CaseSpec, forward_arguments, make_inputs, with_forward
@@ -84,7 +84,9 @@ def measure_sgemm(sizes=(1024, 1536, 2048), repeats: int = 3) -> dict:
 
 
 def peak_extra_memory(fn) -> tuple:
-    """(result, tracemalloc peak during ``fn()`` minus the bytes of the arrays it returns)."""
+    """(result, tracemalloc peak during ``fn()`` minus the bytes of the arrays it returns);
+    the reference's scratch buffers are released first, so that a call's own count."""
+    release_scratch()
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
