@@ -153,16 +153,15 @@ def precision_dtype(precision: str):
     raise ValueError(f"parameter 'precision' must be one of {PRECISIONS}, got {precision!r}")
 
 
-def gather_concat(parts, rows: slice, heads: slice, dtype, extra: int = 0,
-                  buffers: Optional[Scratch] = None, role: str = "") -> np.ndarray:
+def gather_concat(parts, rows: slice, heads: slice, dtype, extra: int, buffers: Scratch,
+                  role: str) -> np.ndarray:
     """x[rows, heads, :] of several arrays concatenated along the last dim, as a C-contiguous
-    [heads, rows, sum(C) + extra] array in ``dtype`` (over ``buffers``' ``role`` buffer when
-    given); the ``extra`` trailing columns are left for the caller (a per-row term folded
-    into a matmul)."""
+    [heads, rows, sum(C) + extra] array in ``dtype`` over ``buffers``' ``role`` buffer; the
+    ``extra`` trailing columns are left for the caller (a per-row term folded into a
+    matmul)."""
     first = parts[0][rows, heads]
     width = sum(p.shape[2] for p in parts)
-    shape = (first.shape[1], first.shape[0], width + extra)
-    out = np.empty(shape, dtype) if buffers is None else buffers.take(role, shape, dtype)
+    out = buffers.take(role, (first.shape[1], first.shape[0], width + extra), dtype)
     col = 0
     for p in parts:
         load_into(out[:, :, col:col + p.shape[2]], p[rows, heads].transpose(1, 0, 2))
@@ -190,7 +189,7 @@ class KeySide:
     ``budget_bytes`` (default ``KEY_GATHER_BYTES``), else once per key tile."""
 
     def __init__(self, k, kr, v, kv_rows: slice, n2: slice, dtype, ones: bool,
-                 buffers: Optional[Scratch] = None, budget_bytes: Optional[int] = None):
+                 buffers: Scratch, budget_bytes: Optional[int] = None):
         if budget_bytes is None:
             budget_bytes = KEY_GATHER_BYTES
         self._src = (k, kr, v)

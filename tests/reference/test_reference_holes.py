@@ -108,13 +108,14 @@ def test_key_gather_budget_boundary(extra_rows, whole):
     kr = np.broadcast_to(np.ones((1, 1, dr), BF16), (rows, 1, dr))
     v = np.broadcast_to(np.ones((1, 1, dv), BF16), (rows, 1, dv))
     head = slice(0, 1)
-    side = common.KeySide(k, kr, v, slice(0, rows), head, np.float32, ones=True,
+    side = common.KeySide(k, kr, v, slice(0, rows), head, np.float32, True, common.Scratch(),
                           budget_bytes=budget)
     assert side._whole is whole
     kt, vt = side.get((0, 8), 3, 8)
     assert kt.shape == (1, 5, d + dr + 1) and vt.shape == (1, 5, dv + 1)
     assert np.all(kt == 1) and np.all(vt == 1)
-    assert common.KeySide(k, kr, v, slice(0, 100), head, np.float32, ones=True)._whole
+    assert common.KeySide(k, kr, v, slice(0, 100), head, np.float32, True,
+                          common.Scratch())._whole
 
 
 # ----------------------------------------------------------------------------- row max
