@@ -40,3 +40,16 @@ def test_bench_targets_script_help():
                           env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "--suite" in proc.stdout and "--check" in proc.stdout
+
+
+def test_bench_loop_script_plain_and_torch():
+    """scripts/bench_loop.py (docs/torch.md, fourth round) runs both loops and reports them."""
+    import re
+    for extra in ([], ["--torch", "--full"]):
+        proc = subprocess.run([PYTHON, str(ROOT / "scripts" / "bench_loop.py"), "--lengths",
+                               "24,0,16", "--heads", "2", "--steps", "3", *extra],
+                              env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        line = proc.stdout.strip()
+        assert line.startswith("torch" if extra else "plain"), line
+        assert re.search(r"median \d+\.\d\d ms per step, \d+ minor page faults per step$", line)
